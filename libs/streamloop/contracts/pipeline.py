@@ -1,0 +1,334 @@
+"""The pipeline spec: what a user declares to run streamloop on their own events.
+
+A YAML (or TOML) file validated here; every error names the field it is about, e.g.
+``features.aggregations[2].window.hop: required for hopping windows``. Nothing in libs/ or
+services/ knows the demo: everything domain-specific comes from this spec.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+
+from streamloop.contracts.exceptions import PipelineSpecError
+from streamloop.contracts.schemas import AvroSchema
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
+_UNIT_MS = {"ms": 1, "s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+
+
+def parse_duration_ms(value: Any) -> int:
+    """``250ms``, ``30s``, ``10m``, ``1h``, ``7d`` or a number of milliseconds."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 30s, 10m, 1h")
+    if isinstance(value, int | float):
+        return int(value)
+    match = _DURATION.match(str(value))
+    if not match:
+        raise ValueError(f"{value!r} is not a duration (use e.g. 500ms, 30s, 10m, 1h, 7d)")
+    return int(float(match.group(1)) * _UNIT_MS[match.group(2)])
+
+
+DurationMs = Annotated[int, BeforeValidator(parse_duration_ms), Field(ge=0)]
+PositiveDurationMs = Annotated[int, BeforeValidator(parse_duration_ms), Field(gt=0)]
+Share = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FieldRule(_Spec):
+    """A declarative validation rule for one input field; failing events are dead-lettered."""
+
+    type: Literal["string", "double", "long", "boolean"] | None = None
+    required: bool = False
+    min: float | None = None
+    max: float | None = None
+    allowed: list[str | int | float | bool] | None = None
+    max_length: int | None = Field(default=None, ge=0)
+
+    @model_validator(mode="after")
+    def _range_is_ordered(self) -> FieldRule:
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min ({self.min}) is greater than max ({self.max})")
+        return self
+
+
+class InputSpec(_Spec):
+    topic: str
+    schema_path: str = Field(alias="schema")
+    event_id: str
+    entity_key: str
+    event_time: str
+    partitions: int = Field(default=6, ge=1)
+    validation: dict[str, FieldRule] = Field(default_factory=dict)
+    max_map_size: int = Field(default=256, ge=1, description="Largest map/array accepted in an event.")
+
+
+class WindowSpec(_Spec):
+    kind: Literal["tumbling", "hopping", "sliding"]
+    size: PositiveDurationMs
+    hop: PositiveDurationMs | None = None
+
+    @model_validator(mode="after")
+    def _hop_fits(self) -> WindowSpec:
+        if self.kind == "hopping":
+            if self.hop is None:
+                raise ValueError("hop: required for hopping windows")
+            if self.hop > self.size:
+                raise ValueError("hop: must not be longer than size")
+        elif self.hop is not None:
+            raise ValueError(f"hop: only hopping windows take a hop, not {self.kind}")
+        return self
+
+
+Aggregation = Literal["count", "sum", "mean", "std", "min", "max", "last", "distinct_count"]
+
+
+class AggregationSpec(_Spec):
+    name: str
+    field: str
+    agg: Aggregation
+    window: WindowSpec
+
+
+class PassthroughSpec(_Spec):
+    field: str
+    name: str | None = None
+    default: float | None = None
+
+    @property
+    def feature_name(self) -> str:
+        return self.name or self.field
+
+
+class CategoricalSpec(_Spec):
+    field: str
+    name: str | None = None
+    encoding: Literal["passthrough", "one_hot"] = "passthrough"
+    categories: list[str] | None = None
+    unknown: Literal["keep", "other"] = "keep"
+
+    @property
+    def feature_name(self) -> str:
+        return self.name or self.field
+
+
+class FeaturesSpec(_Spec):
+    allowed_lateness: DurationMs = 0
+    late_events: Literal["emit_unwindowed", "dead_letter"] = "emit_unwindowed"
+    ttl: PositiveDurationMs = 86_400_000
+    time_since_previous: bool = True
+    aggregations: list[AggregationSpec] = Field(default_factory=list)
+    passthrough: list[PassthroughSpec] = Field(default_factory=list)
+    categorical: list[CategoricalSpec] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _names_unique(self) -> FeaturesSpec:
+        names = [a.name for a in self.aggregations] + [p.feature_name for p in self.passthrough]
+        names += [c.feature_name for c in self.categorical]
+        if self.time_since_previous:
+            names.append("time_since_previous_s")
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"feature names must be unique; repeated: {', '.join(duplicates)}")
+        return self
+
+
+class LabelsSpec(_Spec):
+    topic: str = "labels.label.v1"
+    join_horizon: PositiveDurationMs = 600_000
+
+
+class ActionRule(_Spec):
+    when_probability_at_least: float | None = Field(default=None, ge=0.0, le=1.0)
+    when_value_at_least: float | None = None
+    otherwise: str | None = None
+    action: str | None = None
+
+    @model_validator(mode="after")
+    def _one_condition(self) -> ActionRule:
+        conditions = [self.when_probability_at_least, self.when_value_at_least]
+        if self.otherwise is not None:
+            if any(c is not None for c in conditions) or self.action is not None:
+                raise ValueError("an 'otherwise' rule takes no condition and no action")
+        elif sum(c is not None for c in conditions) != 1 or not self.action:
+            raise ValueError("give exactly one condition and an action, or 'otherwise'")
+        return self
+
+
+class ExplanationSpec(_Spec):
+    top_k: int = Field(default=3, ge=1, le=50)
+    sample_share: Share = 0.1
+
+
+class RegressionCost(_Spec):
+    per_unit_over: float = Field(default=1.0, ge=0)
+    per_unit_under: float = Field(default=1.0, ge=0)
+
+
+class ModelSpec(_Spec):
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")
+    task: Literal["classification", "regression"]
+    estimator: str
+    params: dict[str, Any] = Field(default_factory=dict)
+    preprocessing: list[str] = Field(default_factory=list)
+    positive_class: str | None = None
+    actions: list[ActionRule] = Field(default_factory=list)
+    explanations: ExplanationSpec = Field(default_factory=ExplanationSpec)
+    cost_matrix: dict[str, dict[str, float]] | None = None
+    cost_function: RegressionCost | None = None
+    default_prediction: float | str | None = Field(
+        default=None, description="Answer for an unknown entity over gRPC; unset means NOT_FOUND."
+    )
+
+    @model_validator(mode="after")
+    def _estimators_are_river(self) -> ModelSpec:
+        # A spec names classes to import; allowing any module would make a config file a code path.
+        for path in [self.estimator, *self.preprocessing]:
+            if not re.fullmatch(r"river(\.[A-Za-z_][A-Za-z0-9_]*)+", path):
+                raise ValueError(f"{path!r} is not a river class path such as river.linear_model.LogisticRegression")
+        if self.task == "classification" and self.cost_function is not None:
+            raise ValueError("cost_function is for regression; use cost_matrix")
+        if self.task == "regression" and self.cost_matrix is not None:
+            raise ValueError("cost_matrix is for classification; use cost_function")
+        return self
+
+
+class DriftSpec(_Spec):
+    reference_size: int = Field(default=2000, ge=50)
+    window_size: int = Field(default=1000, ge=50)
+    p_value: float = Field(default=0.01, gt=0, lt=1)
+    correction: Literal["holm", "bonferroni", "none"] = "holm"
+    psi_warning: float = Field(default=0.1, ge=0)
+    psi_critical: float = Field(default=0.25, ge=0)
+    concept_detectors: list[Literal["adwin", "page_hinkley", "ddm"]] = Field(
+        default_factory=lambda: ["adwin", "page_hinkley", "ddm"]
+    )
+    cooldown: DurationMs = 120_000
+
+
+class RetrainSpec(_Spec):
+    online_publish_every_labels: int | None = Field(default=2000, ge=1)
+    online_publish_every: DurationMs | None = 60_000
+    rebuild_on_drift: bool = True
+    rebuild_window: int = Field(default=5000, ge=10)
+    holdout_share: float = Field(default=0.2, gt=0, lt=1)
+    schedule: DurationMs | None = None
+
+
+class PromotionSpec(_Spec):
+    metric: Literal["log_loss", "cost", "squared_error", "absolute_error", "zero_one"] = "log_loss"
+    min_samples: int = Field(default=500, ge=10)
+    p_value: float = Field(default=0.05, gt=0, lt=1)
+    min_improvement: float = Field(default=0.0, ge=0)
+    segment_min_samples: int = Field(default=100, ge=1)
+    segment_max_regression: float = Field(default=0.05, ge=0)
+    canary_weight: Share = 0.0
+    rollback_margin: float = Field(default=0.02, ge=0)
+    rollback_min_samples: int = Field(default=300, ge=10)
+
+
+class StalenessSpec(_Spec):
+    max_model_age: PositiveDurationMs = 86_400_000
+    max_label_silence: PositiveDurationMs = 600_000
+    max_metric_decay: float = Field(default=0.05, ge=0)
+
+
+class PipelineSpec(_Spec):
+    """The whole pipeline: input, features, labels, model and the policies of the loop."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")
+    input: InputSpec
+    features: FeaturesSpec
+    segments: list[str] = Field(default_factory=list)
+    labels: LabelsSpec = Field(default_factory=LabelsSpec)
+    model: ModelSpec
+    drift: DriftSpec = Field(default_factory=DriftSpec)
+    retrain: RetrainSpec = Field(default_factory=RetrainSpec)
+    promotion: PromotionSpec = Field(default_factory=PromotionSpec)
+    staleness: StalenessSpec = Field(default_factory=StalenessSpec)
+
+    # Set by load_pipeline: where the spec came from, to resolve relative paths.
+    base_dir: Path = Field(default=Path("."), exclude=True)
+
+    @model_validator(mode="after")
+    def _cost_metric_needs_costs(self) -> PipelineSpec:
+        if self.promotion.metric == "cost" and not (self.model.cost_matrix or self.model.cost_function):
+            raise ValueError("promotion.metric: 'cost' needs model.cost_matrix or model.cost_function")
+        return self
+
+    @property
+    def input_schema_file(self) -> Path:
+        return (self.base_dir / self.input.schema_path).resolve()
+
+    def input_schema(self) -> AvroSchema:
+        return AvroSchema.from_file(self.input_schema_file)
+
+    def check_against_schema(self, schema: AvroSchema) -> None:
+        """Every field the spec names must exist in the input schema."""
+        fields = set(schema.field_names)
+        named: list[tuple[str, str]] = [
+            ("input.event_id", self.input.event_id),
+            ("input.entity_key", self.input.entity_key),
+            ("input.event_time", self.input.event_time),
+        ]
+        named += [(f"input.validation.{name}", name) for name in self.input.validation]
+        named += [(f"features.aggregations[{i}].field", a.field) for i, a in enumerate(self.features.aggregations)]
+        named += [(f"features.passthrough[{i}].field", p.field) for i, p in enumerate(self.features.passthrough)]
+        named += [(f"features.categorical[{i}].field", c.field) for i, c in enumerate(self.features.categorical)]
+        named += [(f"segments[{i}]", s) for i, s in enumerate(self.segments)]
+        problems = [f"{where}: no field {name!r} in {schema.name}" for where, name in named if name not in fields]
+        if problems:
+            raise PipelineSpecError(_report(self.base_dir, problems))
+
+
+def _report(source: Path | str, problems: list[str]) -> str:
+    return f"invalid pipeline spec ({source}):\n  " + "\n  ".join(problems)
+
+
+def _location(loc: tuple[Any, ...]) -> str:
+    text = ""
+    for part in loc:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text += f".{part}" if text else str(part)
+    return text or "(top level)"
+
+
+def parse_pipeline(data: Any, base_dir: Path, source: str = "<spec>") -> PipelineSpec:
+    if not isinstance(data, dict):
+        raise PipelineSpecError(f"invalid pipeline spec ({source}): expected a mapping at the top level")
+    try:
+        spec = PipelineSpec.model_validate({**data, "base_dir": base_dir})
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            message = error["msg"].removeprefix("Value error, ")
+            problems.append(f"{_location(error['loc'])}: {message}")
+        raise PipelineSpecError(_report(source, problems)) from None
+    return spec
+
+
+def load_pipeline(path: str | Path, check_schema: bool = True) -> PipelineSpec:
+    """Read, validate and cross-check a pipeline spec file (.yaml, .yml or .toml)."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise PipelineSpecError(f"cannot read pipeline spec {path}: {exc.strerror}") from exc
+    try:
+        data = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
+    except (yaml.YAMLError, tomllib.TOMLDecodeError) as exc:
+        raise PipelineSpecError(f"pipeline spec {path} is not valid {path.suffix[1:].upper()}: {exc}") from exc
+    spec = parse_pipeline(data, path.parent.resolve(), str(path))
+    if check_schema:
+        spec.check_against_schema(spec.input_schema())
+    return spec

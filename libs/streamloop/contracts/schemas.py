@@ -1,0 +1,111 @@
+"""Loading the .avsc contracts: parsed once, looked up by path, full name or fingerprint.
+
+The .avsc files are the source of truth (as in confluent-kafka-python's examples); records stay
+plain dicts and are only encoded at the serializer edge. Historical versions of a schema live
+beside it in ``history/<record>.<n>.avsc`` so that readers can still decode what old writers
+produced, and the evolution tests can check every change in both directions.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import fastavro
+from fastavro.schema import to_parsing_canonical_form
+
+from streamloop.contracts.exceptions import SchemaNotFoundError
+from streamloop.contracts.fingerprint import crc64_avro
+
+
+def schemas_root() -> Path:
+    """The schemas/ folder: ``STREAMLOOP_SCHEMAS_DIR`` or the one in this source tree."""
+    configured = os.environ.get("STREAMLOOP_SCHEMAS_DIR")
+    if configured:
+        return Path(configured)
+    return Path(__file__).resolve().parents[3] / "schemas"
+
+
+@dataclass(frozen=True)
+class AvroSchema:
+    """One parsed schema with its identity: full name, canonical form and 64-bit fingerprint."""
+
+    name: str
+    source: str
+    raw: dict[str, Any] = field(repr=False)
+    parsed: Any = field(repr=False)
+    canonical: str = field(repr=False)
+    fingerprint: int = 0
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], source: str) -> AvroSchema:
+        parsed = fastavro.parse_schema(raw, _write_hint=False)
+        canonical = to_parsing_canonical_form(parsed)
+        name = raw.get("name", "")
+        namespace = raw.get("namespace")
+        full_name = f"{namespace}.{name}" if namespace and "." not in name else name
+        return cls(full_name, source, raw, parsed, canonical, crc64_avro(canonical.encode()))
+
+    @classmethod
+    def from_file(cls, path: Path) -> AvroSchema:
+        try:
+            raw = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise SchemaNotFoundError(f"cannot read Avro schema {path}: {exc}") from exc
+        try:
+            return cls.from_dict(raw, str(path))
+        except (fastavro.schema.SchemaParseException, TypeError, KeyError, ValueError) as exc:
+            raise SchemaNotFoundError(f"invalid Avro schema {path}: {exc}") from exc
+
+    @property
+    def field_names(self) -> list[str]:
+        return [f["name"] for f in self.raw.get("fields", [])]
+
+
+class SchemaRepository:
+    """Every schema streamloop may read: current ones by path, all versions by fingerprint."""
+
+    def __init__(self, root: Path | None = None) -> None:
+        self.root = root or schemas_root()
+        self._by_path: dict[str, AvroSchema] = {}
+        self._by_fingerprint: dict[int, AvroSchema] = {}
+
+    def load(self, relative_path: str) -> AvroSchema:
+        """The current schema at ``avro/<relative_path>``, with its historical versions registered."""
+        cached = self._by_path.get(relative_path)
+        if cached is not None:
+            return cached
+        path = self.root / "avro" / relative_path
+        if not path.is_file():
+            raise SchemaNotFoundError(f"no schema file {path}")
+        schema = self.register_file(path)
+        self._by_path[relative_path] = schema
+        history = path.parent / "history"
+        for old in sorted(history.glob(f"{path.stem}.*.avsc")) if history.is_dir() else []:
+            self.register_file(old)
+        return schema
+
+    def register_file(self, path: Path) -> AvroSchema:
+        return self.register(AvroSchema.from_file(path))
+
+    def register(self, schema: AvroSchema) -> AvroSchema:
+        self._by_fingerprint.setdefault(schema.fingerprint, schema)
+        return schema
+
+    def by_fingerprint(self, fingerprint: int) -> AvroSchema:
+        try:
+            return self._by_fingerprint[fingerprint]
+        except KeyError:
+            raise SchemaNotFoundError(f"no known schema has fingerprint {fingerprint:#018x}") from None
+
+    def all_current(self) -> list[AvroSchema]:
+        """Every current .avsc under schemas/avro (history excluded)."""
+        found = []
+        for path in sorted((self.root / "avro").rglob("*.avsc")):
+            if "history" in path.parts:
+                continue
+            found.append(self.load(str(path.relative_to(self.root / "avro"))))
+        return found

@@ -1,0 +1,75 @@
+"""The Confluent wire format (magic byte 0, 4-byte schema id, body) through a Schema Registry.
+
+Used when ``SCHEMA_REGISTRY_URL`` is set, so streamloop's topics interoperate with the Confluent
+ecosystem. Auto-registration is off unless asked for: in production, schemas are registered by
+the deployment pipeline, not by whichever producer starts first. ``mock://`` URLs select
+confluent-kafka's in-process mock registry, which the tests use.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from confluent_kafka.schema_registry import SchemaRegistryClient
+from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
+from confluent_kafka.schema_registry.error import SchemaRegistryError
+from confluent_kafka.serialization import MessageField, SerializationContext
+from confluent_kafka.serialization import SerializationError as ConfluentSerializationError
+
+from streamloop.contracts.schemas import AvroSchema
+from streamloop.serde.exceptions import DeserializationError, SerializationError, UnknownSchemaError
+
+CONFLUENT_MAGIC = 0
+
+
+class ConfluentSerde:
+    """Encodes and decodes one topic's records through a Schema Registry (subject ``<topic>-value``)."""
+
+    wire_format = "confluent"
+
+    def __init__(
+        self,
+        schema: AvroSchema,
+        topic: str,
+        registry: SchemaRegistryClient,
+        auto_register: bool = False,
+    ) -> None:
+        self.schema = schema
+        self.topic = topic
+        schema_str = json.dumps(schema.raw)
+        self._context = SerializationContext(topic, MessageField.VALUE)
+        self._serializer = AvroSerializer(
+            registry, schema_str, conf={"auto.register.schemas": auto_register}
+        )
+        self._deserializer = AvroDeserializer(registry, schema_str)
+
+    @staticmethod
+    def client(url: str, **config: Any) -> SchemaRegistryClient:
+        return SchemaRegistryClient.new_client({"url": url, **config})
+
+    def encode(self, record: dict[str, Any]) -> bytes:
+        try:
+            return self._serializer(record, self._context)
+        except SchemaRegistryError as exc:
+            raise SerializationError(
+                f"schema of {self.topic} is not registered under {self.topic}-value "
+                f"(auto-registration is off): {exc}"
+            ) from exc
+        except (ConfluentSerializationError, ValueError, TypeError, KeyError) as exc:
+            raise SerializationError(f"record does not match {self.schema.name}: {exc}") from exc
+
+    def decode(self, data: bytes | None) -> dict[str, Any]:
+        if data is None:
+            raise DeserializationError("record has no value (tombstone)")
+        if len(data) < 5 or data[0] != CONFLUENT_MAGIC:
+            raise DeserializationError("not the Confluent wire format (expected magic byte 0)")
+        try:
+            record = self._deserializer(data, self._context)
+        except SchemaRegistryError as exc:
+            raise UnknownSchemaError(f"schema id {int.from_bytes(data[1:5], 'big')}: {exc}") from exc
+        except Exception as exc:  # noqa: BLE001 - the deserializer raises many unrelated types on garbage
+            raise DeserializationError(f"corrupt {self.schema.name} record: {type(exc).__name__}: {exc}") from exc
+        if not isinstance(record, dict):
+            raise DeserializationError(f"decoded a {type(record).__name__}, expected a {self.schema.name} record")
+        return record

@@ -1,0 +1,21 @@
+from streamloop.errors import StreamloopError
+
+
+class SerdeError(StreamloopError):
+    """Encoding or decoding a record failed."""
+
+
+class SerializationError(SerdeError):
+    """A record does not match the schema it is written with."""
+
+
+class DeserializationError(SerdeError):
+    """Bytes could not be decoded into a record."""
+
+
+class UnknownSchemaError(DeserializationError):
+    """The bytes name a schema (fingerprint or registry id) that this reader does not know."""
+
+
+class WrongSchemaError(DeserializationError):
+    """The bytes were written with a schema that cannot be resolved to the topic's schema."""

@@ -1,0 +1,86 @@
+"""Avro single-object encoding: ``C3 01`` + 8-byte little-endian CRC-64-AVRO fingerprint + body.
+
+No registry is needed: any Avro library holding the .avsc can read our topics. A reader resolves
+the writer's schema by fingerprint (current or historical version) and reads with its own, so
+producers and consumers can be upgraded in either order when the change is compatible.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+from typing import Any
+
+import fastavro
+
+from streamloop.contracts.schemas import AvroSchema, SchemaRepository
+from streamloop.serde.exceptions import (
+    DeserializationError,
+    SerializationError,
+    UnknownSchemaError,
+    WrongSchemaError,
+)
+
+MARKER = b"\xc3\x01"
+HEADER_SIZE = 10
+_FINGERPRINT = struct.Struct("<Q")
+
+
+class SingleObjectSerde:
+    """Encodes and decodes the records of one schema; parsed schemas are reused, never re-parsed."""
+
+    wire_format = "avro-single-object"
+
+    def __init__(self, schema: AvroSchema, repository: SchemaRepository) -> None:
+        self.schema = schema
+        self.repository = repository
+        repository.register(schema)
+        self._header = MARKER + _FINGERPRINT.pack(schema.fingerprint)
+
+    def encode(self, record: dict[str, Any]) -> bytes:
+        buffer = io.BytesIO()
+        buffer.write(self._header)
+        try:
+            fastavro.schemaless_writer(buffer, self.schema.parsed, record, strict_allow_default=True)
+        except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
+            raise SerializationError(f"record does not match {self.schema.name}: {exc}") from exc
+        return buffer.getvalue()
+
+    def decode(self, data: bytes | None) -> dict[str, Any]:
+        if data is None:
+            raise DeserializationError("record has no value (tombstone)")
+        if len(data) < HEADER_SIZE or data[:2] != MARKER:
+            raise DeserializationError(
+                f"not Avro single-object encoding (expected marker c301, got {data[:2].hex() or 'nothing'})"
+            )
+        (fingerprint,) = _FINGERPRINT.unpack_from(data, 2)
+        if fingerprint == self.schema.fingerprint:
+            writer = self.schema
+        else:
+            try:
+                writer = self.repository.by_fingerprint(fingerprint)
+            except Exception as exc:
+                raise UnknownSchemaError(str(exc)) from exc
+        return read_body(data, HEADER_SIZE, writer, self.schema)
+
+
+def read_body(data: bytes, start: int, writer: AvroSchema, reader: AvroSchema) -> dict[str, Any]:
+    """Decode an Avro body written with ``writer`` into ``reader``'s shape, checking it is whole."""
+    if writer is not reader and writer.name != reader.name:
+        raise WrongSchemaError(f"record was written as {writer.name}, this topic carries {reader.name}")
+    buffer = io.BytesIO(data)
+    buffer.seek(start)
+    try:
+        record = fastavro.schemaless_reader(
+            buffer, writer.parsed, None if writer is reader else reader.parsed
+        )
+    except fastavro.read.SchemaResolutionError as exc:
+        raise WrongSchemaError(f"cannot resolve {writer.name} to the reader schema: {exc}") from exc
+    except (EOFError, ValueError, TypeError, KeyError, IndexError, OverflowError, MemoryError,
+            UnicodeDecodeError, struct.error) as exc:
+        raise DeserializationError(f"corrupt {reader.name} body: {type(exc).__name__}: {exc}") from exc
+    if buffer.tell() != len(data):
+        raise DeserializationError(
+            f"{len(data) - buffer.tell()} trailing bytes after the {reader.name} body"
+        )
+    return record

@@ -1,0 +1,13 @@
+from streamloop.errors import StreamloopError
+
+
+class StackError(StreamloopError):
+    """The embedded stack could not start or stop a part."""
+
+
+class BinaryNotFoundError(StackError):
+    """A server binary (broker or Redis) is not installed."""
+
+
+class StartTimeoutError(StackError):
+    """A server process did not accept connections in time."""

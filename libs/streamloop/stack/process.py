@@ -1,0 +1,88 @@
+"""Child server processes that never outlive their parent.
+
+Each child runs in its own process group and gets PR_SET_PDEATHSIG on Linux, so a SIGKILLed
+launcher (or test run) leaves no orphan broker or Redis behind.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from streamloop.stack.exceptions import StartTimeoutError
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    os.setsid()
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        except OSError:
+            pass
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_port(host: str, port: int, timeout_s: float, process: subprocess.Popen | None = None,
+                  what: str = "server", log_path: Path | None = None) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise StartTimeoutError(f"{what} exited with code {process.returncode} before listening"
+                                    + _log_tail(log_path))
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise StartTimeoutError(f"{what} did not listen on {host}:{port} within {timeout_s:.0f}s" + _log_tail(log_path))
+
+
+def _log_tail(log_path: Path | None) -> str:
+    if log_path is None or not log_path.exists():
+        return ""
+    lines = log_path.read_text(errors="replace").splitlines()[-5:]
+    return "; last log lines: " + " | ".join(lines) if lines else ""
+
+
+def spawn(argv: list[str], log_path: Path, env: dict[str, str] | None = None,
+          cwd: Path | None = None) -> subprocess.Popen:
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log = open(log_path, "ab")  # noqa: SIM115 - handed to the child, closed by stop()
+    return subprocess.Popen(  # noqa: S603 - argv built by streamloop from installed binaries
+        argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        env=env, cwd=cwd, preexec_fn=_die_with_parent,
+    )
+
+
+def stop(process: subprocess.Popen, timeout_s: float = 10.0) -> int | None:
+    """SIGTERM the child's process group, SIGKILL it if it lingers; returns the exit code."""
+    if process.poll() is None:
+        try:
+            os.killpg(process.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        try:
+            process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            process.wait(5)
+    for stream in (process.stdout, process.stderr):
+        if stream:
+            stream.close()
+    return process.returncode
