@@ -56,7 +56,7 @@ class FieldRule(_Spec):
     @model_validator(mode="after")
     def _range_is_ordered(self) -> FieldRule:
         if self.min is not None and self.max is not None and self.min > self.max:
-            raise ValueError(f"min ({self.min}) is greater than max ({self.max})")
+            raise ValueError(f"min: {self.min} is greater than max ({self.max})")
         return self
 
 
@@ -191,9 +191,12 @@ class ModelSpec(_Spec):
     @model_validator(mode="after")
     def _estimators_are_river(self) -> ModelSpec:
         # A spec names classes to import; allowing any module would make a config file a code path.
-        for path in [self.estimator, *self.preprocessing]:
+        named = [("estimator", self.estimator)]
+        named += [(f"preprocessing[{i}]", p) for i, p in enumerate(self.preprocessing)]
+        for where, path in named:
             if not re.fullmatch(r"river(\.[A-Za-z_][A-Za-z0-9_]*)+", path):
-                raise ValueError(f"{path!r} is not a river class path such as river.linear_model.LogisticRegression")
+                example = "river.linear_model.LogisticRegression"
+                raise ValueError(f"{where}: {path!r} is not a river class path such as {example}")
         if self.task == "classification" and self.cost_function is not None:
             raise ValueError("cost_function is for regression; use cost_matrix")
         if self.task == "regression" and self.cost_matrix is not None:
@@ -293,6 +296,20 @@ def _report(source: Path | str, problems: list[str]) -> str:
     return f"invalid pipeline spec ({source}):\n  " + "\n  ".join(problems)
 
 
+# A validator that checks several fields reports on one of them as "<field>: message"; that
+# field belongs in the location, so messages read features.aggregations[0].window.hop: ...
+_FIELD_PREFIX = re.compile(r"^([A-Za-z_][\w.\[\]]*): (.*)$", re.DOTALL)
+
+
+def _problem(loc: tuple[Any, ...], message: str) -> str:
+    location = _location(loc)
+    match = _FIELD_PREFIX.match(message)
+    if match:
+        sub, message = match.groups()
+        location = sub if not loc else location + ("" if sub.startswith("[") else ".") + sub
+    return f"{location}: {message}"
+
+
 def _location(loc: tuple[Any, ...]) -> str:
     text = ""
     for part in loc:
@@ -311,8 +328,7 @@ def parse_pipeline(data: Any, base_dir: Path, source: str = "<spec>") -> Pipelin
     except ValidationError as exc:
         problems = []
         for error in exc.errors():
-            message = error["msg"].removeprefix("Value error, ")
-            problems.append(f"{_location(error['loc'])}: {message}")
+            problems.append(_problem(error["loc"], error["msg"].removeprefix("Value error, ")))
         raise PipelineSpecError(_report(source, problems)) from None
     return spec
 

@@ -42,7 +42,8 @@ class AvroSchema:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], source: str) -> AvroSchema:
-        parsed = fastavro.parse_schema(raw, _write_hint=False)
+        # The write hint marks the schema as parsed; without it fastavro re-parses on every write.
+        parsed = fastavro.parse_schema(raw)
         canonical = to_parsing_canonical_form(parsed)
         name = raw.get("name", "")
         namespace = raw.get("namespace")

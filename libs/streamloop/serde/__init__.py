@@ -35,3 +35,17 @@ __all__ = [
     "UnknownSchemaError",
     "WrongSchemaError",
 ]
+
+
+def make_serde(schema, repository, topic: str, registry_url: str | None = None,
+               auto_register: bool = False, registry_config: dict | None = None) -> Serde:
+    """The serde of one topic: single-object encoding, or Confluent's format when a registry is set."""
+    if registry_url:
+        from streamloop.serde.confluent import ConfluentSerde
+
+        client = ConfluentSerde.client(registry_url, **(registry_config or {}))
+        return ConfluentSerde(schema, topic, client, auto_register=auto_register)
+    return SingleObjectSerde(schema, repository)
+
+
+__all__.append("make_serde")

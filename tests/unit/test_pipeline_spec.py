@@ -1,0 +1,218 @@
+"""The pipeline spec: the demo loads, and every kind of mistake names the field it is about."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from streamloop.contracts import PipelineSpec, PipelineSpecError, load_pipeline
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEMO_DIR = REPO_ROOT / "examples" / "card_fraud"
+DEMO_SPEC = DEMO_DIR / "pipeline.yaml"
+
+
+def _demo() -> dict[str, Any]:
+    spec = yaml.safe_load(DEMO_SPEC.read_text())
+    spec["input"]["schema"] = str(DEMO_DIR / "transaction.avsc")  # the copy lives elsewhere
+    return spec
+
+
+def _write(tmp_path: Path, spec: Any, name: str = "pipeline.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def _error(tmp_path: Path, change: Callable[[dict[str, Any]], Any]) -> str:
+    spec = copy.deepcopy(_demo())
+    change(spec)
+    with pytest.raises(PipelineSpecError) as caught:
+        load_pipeline(_write(tmp_path, spec))
+    return str(caught.value)
+
+
+def test_demo_spec_loads(demo_pipeline: PipelineSpec) -> None:
+    assert demo_pipeline.name == "card-fraud"
+    assert demo_pipeline.input.entity_key == "card_id"
+    assert demo_pipeline.features.allowed_lateness == 30_000
+    assert demo_pipeline.labels.join_horizon == 600_000
+    assert demo_pipeline.features.aggregations[5].window.hop == 600_000
+    assert demo_pipeline.model.estimator == "river.linear_model.LogisticRegression"
+    assert demo_pipeline.input_schema().name == "examples.payments.Transaction"
+
+
+def test_the_demo_spec_validates_when_copied(tmp_path: Path) -> None:
+    assert load_pipeline(_write(tmp_path, _demo())).name == "card-fraud"
+
+
+def _set_window(index: int, **changes: Any) -> Callable[[dict[str, Any]], None]:
+    return lambda spec: spec["features"]["aggregations"][index]["window"].update(changes)
+
+
+def _model(**changes: Any) -> Callable[[dict[str, Any]], None]:
+    return lambda spec: spec["model"].update(changes)
+
+
+def _no_cost_matrix(spec: dict[str, Any]) -> None:
+    spec["promotion"]["metric"] = "cost"
+    del spec["model"]["cost_matrix"]
+
+
+W0, W1, W2, W5 = (f"features.aggregations[{i}].window" for i in (0, 1, 2, 5))
+MISTAKES = [
+    pytest.param(_set_window(0, kind="hopping"), f"{W0}.hop", "required", id="hopping-without-hop"),
+    pytest.param(_set_window(5, hop="2h"), f"{W5}.hop", "longer than size", id="hop-longer-than-size"),
+    pytest.param(_set_window(1, hop="5m"), f"{W1}.hop", "only hopping", id="hop-on-sliding"),
+    pytest.param(_set_window(2, kind="weekly"), f"{W2}.kind", "tumbling", id="unknown-window-kind"),
+    pytest.param(_model(estimator="os.system"), "model.estimator", "river", id="non-river-estimator"),
+    pytest.param(_model(preprocessing=["sklearn.preprocessing.Scaler"]), "model.preprocessing[0]", "river",
+                 id="non-river-preprocessing"),
+    pytest.param(_model(estimatr="river.tree.HoeffdingTreeClassifier"), "model.estimatr", "Extra inputs",
+                 id="extra-key"),
+    pytest.param(lambda s: s.update(promtion={"metric": "cost"}), "promtion", "Extra inputs",
+                 id="extra-top-level-key"),
+    pytest.param(lambda s: s["features"].update(allowed_lateness="30 parsecs"), "features.allowed_lateness",
+                 "not a duration", id="bad-duration"),
+    pytest.param(lambda s: s["staleness"].update(max_model_age=-5), "staleness.max_model_age",
+                 "greater than 0", id="negative-duration"),
+    pytest.param(lambda s: s["input"]["validation"]["amount"].update(min=10, max=1),
+                 "input.validation.amount.min", "greater than max", id="min-above-max"),
+    pytest.param(_no_cost_matrix, "promotion.metric", "cost_matrix", id="cost-metric-without-costs"),
+    pytest.param(lambda s: s["input"].pop("event_time"), "input.event_time", "Field required",
+                 id="missing-required-field"),
+    pytest.param(_model(name="Fraud Model!"), "model.name", "pattern", id="bad-model-name"),
+    pytest.param(lambda s: s["features"]["passthrough"].append({"field": "amount"}), "features",
+                 "repeated: amount", id="duplicate-feature-names"),
+    pytest.param(lambda s: s["promotion"].update(canary_weight=1.5), "promotion.canary_weight",
+                 "less than or equal to 1", id="share-out-of-range"),
+]
+
+
+@pytest.mark.parametrize(("change", "path", "message"), MISTAKES)
+def test_each_mistake_names_its_field(tmp_path: Path, change, path: str, message: str) -> None:
+    error = _error(tmp_path, change)
+    assert f"\n  {path}: " in error, error
+    assert message in error, error
+
+
+@pytest.mark.parametrize(
+    ("change", "path"),
+    [
+        (lambda s: s["input"].update(entity_key="account_id"), "input.entity_key"),
+        (lambda s: s["features"]["aggregations"][3].update(field="amnt"), "features.aggregations[3].field"),
+        (lambda s: s.update(segments=["country", "tier"]), "segments[1]"),
+        (lambda s: s["input"]["validation"].update(ghost={"required": True}), "input.validation.ghost"),
+    ],
+    ids=["entity-key", "aggregation-field", "segment", "validation-field"],
+)
+def test_fields_missing_from_the_input_schema_are_named(tmp_path: Path, change, path: str) -> None:
+    error = _error(tmp_path, change)
+    assert f"{path}: no field" in error and "examples.payments.Transaction" in error, error
+
+
+def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
+    def two_mistakes(spec: dict[str, Any]) -> None:
+        spec["model"]["estimator"] = "os.system"
+        spec["features"]["ttl"] = "forever"
+
+    error = _error(tmp_path, two_mistakes)
+    assert "model.estimator: " in error and "features.ttl: " in error, error
+
+
+def test_invalid_yaml_is_a_spec_error(tmp_path: Path) -> None:
+    path = tmp_path / "pipeline.yaml"
+    path.write_text("name: card-fraud\ninput: {topic: [unclosed\n")
+    with pytest.raises(PipelineSpecError, match="not valid YAML"):
+        load_pipeline(path)
+
+
+def test_a_spec_that_is_not_a_mapping_is_a_spec_error(tmp_path: Path) -> None:
+    with pytest.raises(PipelineSpecError, match="mapping"):
+        load_pipeline(_write(tmp_path, ["name", "card-fraud"]))
+
+
+def test_a_missing_file_is_a_spec_error(tmp_path: Path) -> None:
+    with pytest.raises(PipelineSpecError, match="cannot read"):
+        load_pipeline(tmp_path / "absent.yaml")
+
+
+def test_a_missing_input_schema_is_a_contract_error(tmp_path: Path) -> None:
+    spec = _demo()
+    spec["input"]["schema"] = "nowhere.avsc"
+    from streamloop.contracts import ContractError
+
+    with pytest.raises(ContractError, match=r"nowhere\.avsc"):
+        load_pipeline(_write(tmp_path, spec))
+
+
+TOML_SPEC = """\
+name = "card-fraud-toml"
+segments = ["country"]
+
+[input]
+topic = "payments.transaction.v1"
+schema = "transaction.avsc"
+event_id = "transaction_id"
+entity_key = "card_id"
+event_time = "timestamp"
+
+[input.validation.amount]
+required = true
+min = 0
+max = 1_000_000
+
+[features]
+allowed_lateness = "30s"
+
+[[features.aggregations]]
+name = "amount_mean_1h"
+field = "amount"
+agg = "mean"
+window = { kind = "hopping", size = "1h", hop = "10m" }
+
+[[features.passthrough]]
+field = "amount"
+
+[model]
+name = "fraud"
+task = "classification"
+estimator = "river.linear_model.LogisticRegression"
+params = { l2 = 0.0001 }
+
+[promotion]
+metric = "log_loss"
+"""
+
+
+def test_toml_spec_loads(tmp_path: Path) -> None:
+    (tmp_path / "transaction.avsc").write_text((DEMO_DIR / "transaction.avsc").read_text())
+    path = tmp_path / "pipeline.toml"
+    path.write_text(TOML_SPEC)
+    spec = load_pipeline(path)
+    assert spec.name == "card-fraud-toml"
+    assert spec.input_schema_file == (tmp_path / "transaction.avsc").resolve()
+    assert spec.features.allowed_lateness == 30_000
+    assert spec.features.aggregations[0].window.hop == 600_000
+    assert spec.input.validation["amount"].max == 1_000_000
+    assert spec.model.params == {"l2": 0.0001}
+
+
+def test_invalid_toml_is_a_spec_error(tmp_path: Path) -> None:
+    path = tmp_path / "pipeline.toml"
+    path.write_text('name = "x"\n[input\n')
+    with pytest.raises(PipelineSpecError, match="not valid TOML"):
+        load_pipeline(path)
+
+
+def test_toml_mistakes_name_their_field_too(tmp_path: Path) -> None:
+    (tmp_path / "transaction.avsc").write_text((DEMO_DIR / "transaction.avsc").read_text())
+    path = tmp_path / "pipeline.toml"
+    path.write_text(TOML_SPEC.replace('hop = "10m"', 'hop = "10 minutes"'))
+    with pytest.raises(PipelineSpecError, match=r"features\.aggregations\[0\]\.window\.hop: "):
+        load_pipeline(path)

@@ -1,0 +1,268 @@
+"""The wire formats: single-object encoding (header, fingerprints, evolution, typed errors) and
+the Confluent format against confluent-kafka's in-process mock registry."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import random
+import uuid
+from pathlib import Path
+
+import pytest
+from fastavro.schema import fingerprint as fastavro_fingerprint
+from fastavro.schema import parse_schema, to_parsing_canonical_form
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from streamloop.contracts.fingerprint import crc64_avro
+from streamloop.contracts.samples import sample_record
+from streamloop.contracts.schemas import AvroSchema, SchemaRepository
+from streamloop.serde import (
+    DeserializationError,
+    SerdeError,
+    SerializationError,
+    SingleObjectSerde,
+    UnknownSchemaError,
+    WrongSchemaError,
+)
+from streamloop.serde.single_object import HEADER_SIZE, MARKER
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SCHEMAS = REPO_ROOT / "schemas"
+LABEL_V1 = SCHEMAS / "avro" / "labels" / "history" / "label.1.avsc"
+
+# From apache/avro share/test/data/schema-tests.txt: canonical form → CRC-64-AVRO, as the
+# signed 64-bit integers Java prints.
+SPEC_VECTORS = [
+    ('"null"', 7195948357588979594),
+    ('"boolean"', -6970731678124411036),
+    ('"int"', 8247732601305521295),
+    ('"long"', -3434872931120570953),
+    ('"float"', 5583340709985441680),
+    ('"double"', -8181574048448539266),
+    ('"bytes"', 5746618253357095269),
+    ('"string"', -8142146995180207161),
+    ('{"name":"foo","type":"record","fields":[]}', -4824392279771201922),
+]
+
+
+def _signed(value: int) -> int:
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+@pytest.fixture
+def repository() -> SchemaRepository:
+    return SchemaRepository(SCHEMAS)
+
+
+@pytest.fixture
+def label_serde(repository: SchemaRepository) -> SingleObjectSerde:
+    return SingleObjectSerde(repository.load("labels/label.avsc"), repository)
+
+
+@pytest.fixture
+def label_bytes(label_serde: SingleObjectSerde) -> bytes:
+    return label_serde.encode({"event_id": "e-1", "label": "fraud", "label_time": 1_700_000_000_000,
+                               "entity_key": "card-9"})
+
+
+# Header and fingerprints ------------------------------------------------------------------
+
+
+def test_header_is_marker_and_little_endian_fingerprint(label_serde: SingleObjectSerde, label_bytes: bytes):
+    assert MARKER == b"\xc3\x01"
+    assert label_bytes[:2] == b"\xc3\x01"
+    assert label_bytes[2:HEADER_SIZE] == label_serde.schema.fingerprint.to_bytes(8, "little")
+
+
+@pytest.mark.parametrize(("canonical", "expected"), SPEC_VECTORS, ids=[v[0] for v in SPEC_VECTORS])
+def test_fingerprint_matches_the_avro_spec_test_vectors(canonical: str, expected: int) -> None:
+    assert _signed(crc64_avro(canonical.encode())) == expected
+
+
+def test_int_fingerprint_matches_fastavro_read_little_endian() -> None:
+    canonical = to_parsing_canonical_form(parse_schema("int"))
+    assert canonical == '"int"'
+    ours = crc64_avro(canonical.encode())
+    assert ours.to_bytes(8, "little").hex() == fastavro_fingerprint(canonical, "CRC-64-AVRO")
+    # The single-object header of "int" in the Avro Ruby implementation's tests.
+    assert (MARKER + ours.to_bytes(8, "little")).hex() == "c3018f5c393f1ad57572"
+
+
+def test_record_fingerprint_uses_the_canonical_form() -> None:
+    schema = AvroSchema.from_dict({"fields": [], "type": "record", "name": "foo", "doc": "ignored"}, "<test>")
+    assert schema.canonical == '{"name":"foo","type":"record","fields":[]}'
+    assert _signed(schema.fingerprint) == -4824392279771201922
+
+
+def test_every_schema_fingerprint_agrees_with_fastavro(repository: SchemaRepository) -> None:
+    for schema in repository.all_current():
+        expected = fastavro_fingerprint(schema.canonical, "CRC-64-AVRO")
+        assert schema.fingerprint.to_bytes(8, "little").hex() == expected, schema.name
+
+
+# Evolution across versions ----------------------------------------------------------------
+
+
+def test_old_writer_is_read_with_the_new_readers_defaults(label_serde: SingleObjectSerde) -> None:
+    old = AvroSchema.from_file(LABEL_V1)
+    old_writer = SingleObjectSerde(old, SchemaRepository(SCHEMAS))
+    data = old_writer.encode({"event_id": "e-7", "label": True, "label_time": 1_700_000_000_000})
+    assert data[2:HEADER_SIZE] == old.fingerprint.to_bytes(8, "little")
+    record = label_serde.decode(data)
+    assert record["entity_key"] is None  # the default the current schema gives the added field
+    assert record["event_id"] == "e-7" and record["label"] is True
+
+
+def test_new_writer_is_read_by_an_old_reader(label_bytes: bytes, repository: SchemaRepository) -> None:
+    old_reader = SingleObjectSerde(AvroSchema.from_file(LABEL_V1), repository)
+    record = old_reader.decode(label_bytes)
+    assert "entity_key" not in record
+    assert record["event_id"] == "e-1"
+
+
+# Typed errors -----------------------------------------------------------------------------
+
+
+def test_none_is_a_deserialization_error(label_serde: SingleObjectSerde) -> None:
+    with pytest.raises(DeserializationError, match="tombstone"):
+        label_serde.decode(None)
+
+
+def test_random_bytes_are_a_deserialization_error(label_serde: SingleObjectSerde) -> None:
+    with pytest.raises(DeserializationError, match="not Avro single-object"):
+        label_serde.decode(random.Random(7).randbytes(64))
+
+
+def test_wrong_marker_is_a_deserialization_error(label_serde: SingleObjectSerde, label_bytes: bytes) -> None:
+    with pytest.raises(DeserializationError, match="c302"):
+        label_serde.decode(b"\xc3\x02" + label_bytes[2:])
+
+
+@pytest.mark.parametrize("keep", [0, 1, 5, HEADER_SIZE, HEADER_SIZE + 3, -1])
+def test_truncated_record_is_a_deserialization_error(
+    label_serde: SingleObjectSerde, label_bytes: bytes, keep: int
+) -> None:
+    with pytest.raises(DeserializationError):
+        label_serde.decode(label_bytes[:keep])
+
+
+def test_unknown_fingerprint_is_an_unknown_schema_error(label_serde: SingleObjectSerde, label_bytes: bytes):
+    forged = MARKER + (label_serde.schema.fingerprint ^ 1).to_bytes(8, "little") + label_bytes[HEADER_SIZE:]
+    with pytest.raises(UnknownSchemaError):
+        label_serde.decode(forged)
+
+
+def test_another_record_type_is_a_wrong_schema_error(
+    label_serde: SingleObjectSerde, repository: SchemaRepository
+) -> None:
+    prediction = repository.load("inference/prediction.avsc")
+    data = SingleObjectSerde(prediction, repository).encode(sample_record(prediction, 1))
+    with pytest.raises(WrongSchemaError, match="Prediction"):
+        label_serde.decode(data)
+    # A reader that has never seen the other schema cannot even name it.
+    stranger = SingleObjectSerde(label_serde.schema, SchemaRepository(SCHEMAS))
+    with pytest.raises(UnknownSchemaError):
+        stranger.decode(data)
+
+
+def test_trailing_garbage_is_a_deserialization_error(label_serde: SingleObjectSerde, label_bytes: bytes):
+    with pytest.raises(DeserializationError, match="trailing"):
+        label_serde.decode(label_bytes + b"\x00junk")
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        {"label": "x", "label_time": 1},  # event_id missing, and it has no default
+        {"event_id": "e", "label": "x", "label_time": "yesterday"},
+        {"event_id": "e", "label": ["not", "a", "label"], "label_time": 1},
+        {"event_id": 42, "label": "x", "label_time": 1},
+    ],
+    ids=["missing-field", "wrong-type", "no-union-branch", "int-for-string"],
+)
+def test_encoding_an_invalid_record_is_a_serialization_error(label_serde: SingleObjectSerde, record: dict):
+    with pytest.raises(SerializationError):
+        label_serde.encode(record)
+
+
+def test_unknown_enum_symbol_is_a_serialization_error(repository: SchemaRepository) -> None:
+    prediction = repository.load("inference/prediction.avsc")
+    record = {**sample_record(prediction, 2), "role": "INTERN"}
+    with pytest.raises(SerializationError):
+        SingleObjectSerde(prediction, repository).encode(record)
+
+
+# Arbitrary bytes: only typed errors, never a crash or a hang. The body strategy puts a valid
+# header in front half the time, so the Avro decoder itself sees the garbage.
+_repository = SchemaRepository(SCHEMAS)
+_FUZZ_SERDES = [SingleObjectSerde(_repository.load(p), _repository)
+                for p in ("labels/labeled_example.avsc", "inference/prediction.avsc", "labels/label.avsc")]
+_HEADERS = st.sampled_from([b""] + [MARKER + s.schema.fingerprint.to_bytes(8, "little") for s in _FUZZ_SERDES]
+                           + [MARKER + AvroSchema.from_file(LABEL_V1).fingerprint.to_bytes(8, "little")])
+
+
+@pytest.mark.timeout(120)
+@settings(max_examples=400, deadline=1000, suppress_health_check=[HealthCheck.too_slow])
+@given(header=_HEADERS, body=st.binary(max_size=256), which=st.integers(0, len(_FUZZ_SERDES) - 1))
+def test_arbitrary_bytes_only_raise_serde_errors(header: bytes, body: bytes, which: int) -> None:
+    _repository.load("labels/label.avsc")  # registers label.1 so its header is a known writer
+    with contextlib.suppress(SerdeError):
+        _FUZZ_SERDES[which].decode(header + body)
+
+
+# The Confluent wire format ----------------------------------------------------------------
+
+
+def _confluent(schema: AvroSchema, auto_register: bool):
+    from confluent_kafka.schema_registry import SchemaRegistryClient
+
+    from streamloop.serde.confluent import ConfluentSerde
+
+    # A fresh URL per test: mock registries with the same URL may share their state.
+    client = SchemaRegistryClient.new_client({"url": f"mock://{uuid.uuid4().hex}"})
+    return ConfluentSerde(schema, "labels.label.v1", client, auto_register=auto_register), client
+
+
+def test_confluent_without_auto_register_needs_a_registered_schema(repository: SchemaRepository) -> None:
+    from confluent_kafka.schema_registry import Schema
+
+    schema = repository.load("labels/label.avsc")
+    serde, client = _confluent(schema, auto_register=False)
+    record = sample_record(schema, 4)
+    with pytest.raises(SerializationError, match="labels.label.v1-value"):
+        serde.encode(record)
+    schema_id = client.register_schema("labels.label.v1-value", Schema(json.dumps(schema.raw), "AVRO"))
+    data = serde.encode(record)
+    assert data[0] == 0 and int.from_bytes(data[1:5], "big") == schema_id
+    assert serde.decode(data) == record
+
+
+def test_confluent_with_auto_register_just_works(repository: SchemaRepository) -> None:
+    schema = repository.load("labels/label.avsc")
+    serde, _ = _confluent(schema, auto_register=True)
+    for seed in range(4):
+        record = sample_record(schema, seed)
+        assert serde.decode(serde.encode(record)) == record
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"garbage!",
+        b"\x00\x00\x00\x00\x01",
+        b"\x00\x00\x00\x00\x01\xff\xff\xff",
+        b"\x00\x00\x00\x03\x09body",
+        b"",
+    ],
+    ids=["no-magic", "header-only", "corrupt-body", "unknown-id", "empty"],
+)
+def test_confluent_garbage_is_a_deserialization_error(repository: SchemaRepository, data: bytes) -> None:
+    schema = repository.load("labels/label.avsc")
+    serde, _ = _confluent(schema, auto_register=True)
+    serde.encode(sample_record(schema, 0))  # registers the schema as id 1
+    with pytest.raises(DeserializationError):
+        serde.decode(data)
+    with pytest.raises(DeserializationError):
+        serde.decode(None)
