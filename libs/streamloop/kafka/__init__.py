@@ -1,0 +1,29 @@
+"""The Kafka runtime: settings, the stage runner, dead letters, topic admin and consumer lag."""
+
+from streamloop.kafka.configuration import KafkaSettings
+from streamloop.kafka.exceptions import (
+    BrokerUnavailableError,
+    DeliveryError,
+    InvalidRecordError,
+    KafkaRuntimeError,
+    UnknownTopicError,
+)
+from streamloop.kafka.records import ConsumedRecord, OutgoingRecord, ProcessResult, Processor, Rejection
+from streamloop.kafka.runner import RunnerSettings, StageRunner, StageTopics
+
+__all__ = [
+    "BrokerUnavailableError",
+    "ConsumedRecord",
+    "DeliveryError",
+    "InvalidRecordError",
+    "KafkaRuntimeError",
+    "KafkaSettings",
+    "OutgoingRecord",
+    "ProcessResult",
+    "Processor",
+    "Rejection",
+    "RunnerSettings",
+    "StageRunner",
+    "StageTopics",
+    "UnknownTopicError",
+]

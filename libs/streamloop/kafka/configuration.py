@@ -1,0 +1,131 @@
+"""Typed Kafka settings, turned into librdkafka dicts in exactly one place.
+
+Security settings (SASL_SSL, mTLS) are declared once here and reach every client streamloop makes:
+producers, consumers, the admin client and faust (through ``faust_broker_options``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+
+
+def _read_secret_file(value: Any) -> Any:
+    # Secrets may be given as "file:/run/secrets/x" so they never sit in the environment.
+    if isinstance(value, str) and value.startswith("file:"):
+        return Path(value[5:]).read_text().strip()
+    return value
+
+
+class KafkaSettings(BaseSettings):
+    """Connection settings shared by every service (``KAFKA_*`` environment variables)."""
+
+    model_config = SettingsConfigDict(env_prefix="KAFKA_", frozen=True, extra="ignore")
+
+    bootstrap_servers: str = "127.0.0.1:9092"
+    security_protocol: SecurityProtocol = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_ca_location: str | None = None
+    ssl_certificate_location: str | None = None
+    ssl_key_location: str | None = None
+    ssl_key_password: SecretStr | None = None
+    client_id: str = "streamloop"
+    # Static membership (KIP-345): a replica restarted with the same id takes its partitions back
+    # at once, with no rebalance. The embedded stack relies on it (docs/embedded-stack.md, N3).
+    group_instance_id: str | None = None
+    # The librdkafka default of 500 ms adds ~120 ms per hop; 10 ms keeps a hop near 9 ms.
+    fetch_wait_max_ms: int = Field(default=10, ge=0)
+    session_timeout_ms: int = Field(default=10_000, ge=1_000)
+    # Brokers wait up to this long for a dead member during a rebalance; a SIGKILLed replica
+    # blocks its partitions for this long (librdkafka's default is 300 s).
+    max_poll_interval_ms: int = Field(default=30_000, ge=1_000)
+    linger_ms: int = Field(default=5, ge=0)
+    # librdkafka's default message.max.bytes; artifacts never travel in records (see docs).
+    message_max_bytes: int = Field(default=1_000_000, ge=1_000)
+
+    @field_validator("sasl_password", "ssl_key_password", mode="before")
+    @classmethod
+    def _secret_from_file(cls, value: Any) -> Any:
+        return _read_secret_file(value)
+
+    def common(self) -> dict[str, Any]:
+        config: dict[str, Any] = {
+            "bootstrap.servers": self.bootstrap_servers,
+            "security.protocol": self.security_protocol,
+            "client.id": self.client_id,
+        }
+        optional = {
+            "sasl.mechanism": self.sasl_mechanism,
+            "sasl.username": self.sasl_username,
+            "sasl.password": self.sasl_password.get_secret_value() if self.sasl_password else None,
+            "ssl.ca.location": self.ssl_ca_location,
+            "ssl.certificate.location": self.ssl_certificate_location,
+            "ssl.key.location": self.ssl_key_location,
+            "ssl.key.password": self.ssl_key_password.get_secret_value() if self.ssl_key_password else None,
+        }
+        config.update({k: v for k, v in optional.items() if v is not None})
+        return config
+
+    def producer(self, **overrides: Any) -> dict[str, Any]:
+        # librdkafka does not default to idempotence; without it a retry can duplicate or reorder.
+        return {
+            **self.common(),
+            "enable.idempotence": True,
+            "acks": "all",
+            "linger.ms": self.linger_ms,
+            "message.max.bytes": self.message_max_bytes,
+            "compression.type": "lz4",
+            **overrides,
+        }
+
+    def consumer(self, group_id: str, **overrides: Any) -> dict[str, Any]:
+        return {
+            **self.common(),
+            "group.id": group_id,
+            # Offsets are committed by the runner only after a batch's outputs are acknowledged.
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": "earliest",
+            "fetch.wait.max.ms": self.fetch_wait_max_ms,
+            "session.timeout.ms": self.session_timeout_ms,
+            "heartbeat.interval.ms": max(500, self.session_timeout_ms // 5),
+            "max.poll.interval.ms": max(self.max_poll_interval_ms, self.session_timeout_ms),
+            "enable.partition.eof": False,
+            **({"group.instance.id": self.group_instance_id} if self.group_instance_id else {}),
+            **overrides,
+        }
+
+    def admin(self) -> dict[str, Any]:
+        return self.common()
+
+    def faust_broker_options(self) -> dict[str, Any]:
+        """Keyword arguments for ``faust.App`` so faust uses the same brokers and credentials."""
+        import ssl
+
+        options: dict[str, Any] = {"broker": "kafka://" + self.bootstrap_servers.replace(",", ";kafka://")}
+        if self.security_protocol in ("SSL", "SASL_SSL"):
+            context = ssl.create_default_context(cafile=self.ssl_ca_location)
+            if self.ssl_certificate_location:
+                context.load_cert_chain(
+                    self.ssl_certificate_location,
+                    self.ssl_key_location,
+                    self.ssl_key_password.get_secret_value() if self.ssl_key_password else None,
+                )
+            options["broker_credentials"] = context
+        if self.security_protocol.startswith("SASL"):
+            import faust
+
+            options["broker_credentials"] = faust.SASLCredentials(
+                username=self.sasl_username or "",
+                password=self.sasl_password.get_secret_value() if self.sasl_password else "",
+                mechanism=self.sasl_mechanism or "PLAIN",
+                ssl_context=options.get("broker_credentials"),
+            )
+        return options

@@ -1,0 +1,25 @@
+from streamloop.errors import StreamloopError
+
+
+class KafkaRuntimeError(StreamloopError):
+    """The Kafka runtime failed."""
+
+
+class DeliveryError(KafkaRuntimeError):
+    """Some outputs of a batch were not acknowledged by the broker; the batch will be retried."""
+
+
+class BrokerUnavailableError(KafkaRuntimeError):
+    """The broker could not be reached within the allowed time."""
+
+
+class UnknownTopicError(KafkaRuntimeError):
+    """The topic does not exist on the broker or in the catalog."""
+
+
+class InvalidRecordError(KafkaRuntimeError):
+    """A record is well-formed Avro but breaks a rule; it goes to the dead-letter topic."""
+
+    def __init__(self, message: str, rule: str | None = None) -> None:
+        super().__init__(message)
+        self.rule = rule

@@ -1,0 +1,58 @@
+"""Consumer lag per group, topic and partition: end offset minus committed offset.
+
+Figures carry kafka-lag-exporter's meaning, so dashboards built for it read ours unchanged.
+Lag is clamped at zero: a negative value can only come from a broker reporting a wrong end
+offset (Tansu's T1 defect, docs/embedded-stack.md), and is reported as such by the conformance suite.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, TopicPartition
+from confluent_kafka.admin import AdminClient
+
+from streamloop.kafka.configuration import KafkaSettings
+
+
+@dataclass(frozen=True)
+class PartitionLag:
+    group: str
+    topic: str
+    partition: int
+    committed: int | None
+    end_offset: int
+
+    @property
+    def lag(self) -> int:
+        if self.committed is None or self.committed < 0:
+            return self.end_offset
+        return max(0, self.end_offset - self.committed)
+
+
+def consumer_groups(admin: AdminClient, timeout_s: float = 10.0) -> list[str]:
+    result = admin.list_consumer_groups(request_timeout=timeout_s).result(timeout_s)
+    return sorted(g.group_id for g in result.valid)
+
+
+def group_lag(kafka: KafkaSettings, admin: AdminClient, groups: list[str] | None = None,
+              timeout_s: float = 10.0) -> list[PartitionLag]:
+    groups = groups if groups is not None else consumer_groups(admin, timeout_s)
+    rows: list[PartitionLag] = []
+    if not groups:
+        return rows
+    probe = Consumer(kafka.consumer("streamloop-lag-probe"))
+    try:
+        for group in groups:
+            futures = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group)],
+                                                        request_timeout=timeout_s)
+            committed = futures[group].result(timeout_s).topic_partitions or []
+            for tp in committed:
+                if tp.error is not None:
+                    continue
+                _low, high = probe.get_watermark_offsets(TopicPartition(tp.topic, tp.partition), timeout=timeout_s)
+                rows.append(PartitionLag(group, tp.topic, tp.partition,
+                                         tp.offset if tp.offset >= 0 else None, high))
+    finally:
+        probe.close()
+    return sorted(rows, key=lambda r: (r.group, r.topic, r.partition))

@@ -1,0 +1,83 @@
+"""What a processor sees and returns: decoded records in, records to produce out.
+
+Processors are pure: they never touch a consumer or producer, so they are tested without a broker.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+Headers = list[tuple[str, bytes]]
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumedRecord:
+    topic: str
+    partition: int
+    offset: int
+    key: str | None
+    value: dict[str, Any]
+    timestamp_ms: int
+    headers: Headers = field(default_factory=list)
+
+    def header(self, name: str) -> bytes | None:
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class OutgoingRecord:
+    """A record to produce; ``value=None`` is a tombstone. ``source`` links it to its input."""
+
+    topic: str
+    key: str | None
+    value: dict[str, Any] | None
+    headers: Headers = field(default_factory=list)
+    source: ConsumedRecord | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """An input that must not be processed; it goes to the dead-letter topic with the reason."""
+
+    record: ConsumedRecord
+    error: Exception
+    stage: str = "VALIDATION"
+
+
+@dataclass
+class ProcessResult:
+    outputs: list[OutgoingRecord] = field(default_factory=list)
+    rejections: list[Rejection] = field(default_factory=list)
+
+    def extend(self, other: ProcessResult) -> None:
+        self.outputs.extend(other.outputs)
+        self.rejections.extend(other.rejections)
+
+
+@dataclass(frozen=True, slots=True)
+class TopicPartitionRef:
+    topic: str
+    partition: int
+
+
+class Processor(Protocol):
+    """The pure logic of a stage. Optional hooks: ``on_assigned``, ``on_revoked``, ``tick``."""
+
+    def process(self, batch: Sequence[ConsumedRecord]) -> ProcessResult: ...
+
+
+class PartitionAware(Protocol):
+    def on_assigned(self, partitions: Sequence[TopicPartitionRef]) -> None: ...
+
+    def on_revoked(self, partitions: Sequence[TopicPartitionRef]) -> None: ...
+
+
+class Ticking(Protocol):
+    def tick(self, now_ms: int) -> ProcessResult:
+        """Called between batches, also when idle: time-based work (window close, publish by time)."""
+        ...

@@ -1,0 +1,397 @@
+"""The one consume -> process -> produce loop every streamloop service runs.
+
+Delivery guarantee: at-least-once, everywhere. A batch's input offsets are committed only after
+every output of the batch (and every dead letter) is acknowledged by the broker (acks=all,
+idempotent producer). A crash between produce and commit replays the batch, so processors must
+tolerate seeing a record twice (stateful ones remember the highest offset applied per partition).
+
+Nothing is lost: a record that cannot be decoded, breaks a rule or makes the processor raise goes
+to ``<topic>.dlq`` with its original bytes and Kafka Connect's error headers, and the rest of the
+batch flows on.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from pydantic import BaseModel, ConfigDict, Field
+
+from streamloop.kafka import dead_letters
+from streamloop.kafka.configuration import KafkaSettings
+from streamloop.kafka.exceptions import DeliveryError
+from streamloop.kafka.records import (
+    ConsumedRecord,
+    Headers,
+    OutgoingRecord,
+    ProcessResult,
+    Processor,
+    Rejection,
+    TopicPartitionRef,
+)
+from streamloop.serde import Serde, SerdeError
+
+log = logging.getLogger(__name__)
+
+TRACEPARENT = "traceparent"
+
+
+class RunnerSettings(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    batch_size: int = Field(default=500, ge=1)
+    poll_timeout_s: float = Field(default=0.05, gt=0)
+    retry_backoff_s: float = Field(default=0.5, gt=0)
+    retry_backoff_max_s: float = Field(default=30.0, gt=0)
+    lag_report_interval_s: float = Field(default=5.0, gt=0)
+    tick_interval_s: float = Field(default=0.5, gt=0)
+
+
+class RunnerMetrics(Protocol):
+    def record_batch(self, topic: str, records: int, seconds: float, errors: int = 0) -> None: ...
+
+    def dead_letter(self, topic: str, error_class: str) -> None: ...
+
+    def set_lag(self, group: str, lag: dict[tuple[str, int], int]) -> None: ...
+
+
+class _NoMetrics:
+    def record_batch(self, topic: str, records: int, seconds: float, errors: int = 0) -> None:
+        pass
+
+    def dead_letter(self, topic: str, error_class: str) -> None:
+        pass
+
+    def set_lag(self, group: str, lag: dict[tuple[str, int], int]) -> None:
+        pass
+
+
+@dataclass
+class StageTopics:
+    """What a stage reads (with the serde of each topic) and what it may write."""
+
+    inputs: dict[str, Serde]
+    outputs: dict[str, Serde]
+    dead_letters: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class RunnerStats:
+    consumed: int = 0
+    produced: int = 0
+    dead_lettered: int = 0
+    batches: int = 0
+    commits_failed: int = 0
+    delivery_retries: int = 0
+
+
+class StageRunner:
+    """Runs one processor as a member of a consumer group until stopped."""
+
+    def __init__(
+        self,
+        service: str,
+        group_id: str,
+        kafka: KafkaSettings,
+        topics: StageTopics,
+        processor: Processor,
+        settings: RunnerSettings | None = None,
+        metrics: RunnerMetrics | None = None,
+        consumer_overrides: dict[str, Any] | None = None,
+        producer_overrides: dict[str, Any] | None = None,
+    ) -> None:
+        self.service = service
+        self.group_id = group_id
+        self.kafka = kafka
+        self.topics = topics
+        self.processor = processor
+        self.settings = settings or RunnerSettings()
+        self.metrics: RunnerMetrics = metrics or _NoMetrics()
+        self.stats = RunnerStats()
+        self._consumer_config = kafka.consumer(group_id, error_cb=self._on_client_error,
+                                               **(consumer_overrides or {}))
+        self._producer_config = kafka.producer(error_cb=self._on_client_error, **(producer_overrides or {}))
+        self._stopping = threading.Event()
+        self._producer_fatal = False
+        self._last_unreachable_log = 0.0
+        self._assigned: set[tuple[str, int]] = set()
+        self.consumer: Consumer | None = None
+        self.producer: Producer | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def stop(self, *_: object) -> None:
+        """Finish the current batch, commit, and leave; safe from signal handlers and threads."""
+        self._stopping.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self.stop)
+        signal.signal(signal.SIGINT, self.stop)
+
+    def run(self, on_started: Callable[[], None] | None = None) -> int:
+        self.producer = Producer(self._producer_config)
+        self.consumer = Consumer(self._consumer_config)
+        self.consumer.subscribe(
+            list(self.topics.inputs), on_assign=self._on_assign, on_revoke=self._on_revoke,
+            on_lost=self._on_revoke,
+        )
+        log.info("%s: consuming %s as group %s", self.service, ", ".join(self.topics.inputs), self.group_id)
+        if on_started:
+            on_started()
+        next_lag_report = next_tick = time.monotonic()
+        try:
+            while not self.stopping:
+                messages = self.consumer.consume(self.settings.batch_size, self.settings.poll_timeout_s)
+                if messages:
+                    self._run_batch(messages)
+                now = time.monotonic()
+                if now >= next_tick and hasattr(self.processor, "tick"):
+                    next_tick = now + self.settings.tick_interval_s
+                    self._deliver_with_retry(self.processor.tick(int(time.time() * 1000)), [])
+                if now >= next_lag_report:
+                    next_lag_report = now + self.settings.lag_report_interval_s
+                    self._report_lag()
+        finally:
+            self._shutdown()
+        return 0
+
+    def _shutdown(self) -> None:
+        if self.producer is not None:
+            self.producer.flush(30)
+        if self.consumer is not None:
+            try:
+                self.consumer.close()
+            except KafkaException as exc:
+                log.warning("%s: consumer close: %s", self.service, exc)
+        log.info("%s: stopped (%s)", self.service, self.stats)
+
+    # -- one batch ---------------------------------------------------------------------------
+
+    def _run_batch(self, messages: list[Message]) -> None:
+        started = time.perf_counter()
+        records: list[ConsumedRecord] = []
+        raw: dict[tuple[str, int, int], Message] = {}
+        dead: list[tuple[Message, str, BaseException]] = []
+        next_offsets: dict[tuple[str, int], int] = {}
+        for message in messages:
+            error = message.error()
+            if error is not None:
+                self._on_consume_error(error)
+                continue
+            topic, partition, offset = message.topic(), message.partition(), message.offset()
+            next_offsets[(topic, partition)] = offset + 1
+            raw[(topic, partition, offset)] = message
+            try:
+                value = self.topics.inputs[topic].decode(message.value())
+            except SerdeError as exc:
+                dead.append((message, dead_letters.STAGE_DECODE, exc))
+                continue
+            key = message.key()
+            records.append(ConsumedRecord(
+                topic, partition, offset,
+                key.decode("utf-8", "replace") if isinstance(key, bytes) else key,
+                value, message.timestamp()[1], list(message.headers() or []),
+            ))
+        result = self._process(records)
+        for rejection in result.rejections:
+            source = rejection.record
+            dead.append((raw[(source.topic, source.partition, source.offset)], rejection.stage, rejection.error))
+        if self._deliver_with_retry(result, dead, raw):
+            self._commit(next_offsets)
+        self.stats.batches += 1
+        self.stats.consumed += len(messages)
+        elapsed = time.perf_counter() - started
+        for topic in {m.topic() for m in messages if m.error() is None}:
+            count = sum(1 for m in messages if m.error() is None and m.topic() == topic)
+            self.metrics.record_batch(topic, count, elapsed, errors=sum(1 for d in dead if d[0].topic() == topic))
+
+    def _process(self, records: list[ConsumedRecord]) -> ProcessResult:
+        if not records:
+            return ProcessResult()
+        try:
+            return self.processor.process(records)
+        except Exception:  # noqa: BLE001 - isolate the poison record instead of crash-looping
+            log.exception("%s: batch of %d failed; retrying record by record", self.service, len(records))
+        result = ProcessResult()
+        for record in records:
+            try:
+                result.extend(self.processor.process([record]))
+            except Exception as exc:  # noqa: BLE001
+                result.rejections.append(Rejection(record, exc, dead_letters.STAGE_PROCESS))
+        return result
+
+    # -- produce and commit ------------------------------------------------------------------
+
+    def _deliver_with_retry(
+        self,
+        result: ProcessResult,
+        dead: list[tuple[Message, str, BaseException]],
+        raw: dict[tuple[str, int, int], Message] | None = None,
+    ) -> bool:
+        """Produce outputs and dead letters until acknowledged; False if stopped before that."""
+        encoded, encode_failures = self._encode(result.outputs)
+        for source, exc in encode_failures:
+            if raw is not None and source is not None:
+                dead.append((raw[(source.topic, source.partition, source.offset)], dead_letters.STAGE_ENCODE, exc))
+            else:
+                log.error("%s: dropped an output that does not match its schema: %s", self.service, exc)
+        backoff = self.settings.retry_backoff_s
+        while True:
+            try:
+                self._produce_all(encoded, dead)
+                return True
+            except DeliveryError as exc:
+                self.stats.delivery_retries += 1
+                if self.stopping:
+                    # Leave without committing: the batch is consumed again after restart.
+                    log.warning("%s: stopping with an undelivered batch; it will be replayed", self.service)
+                    return False
+                log.warning("%s: %s; retrying in %.1fs", self.service, exc, backoff)
+                if self._producer_fatal:
+                    self._recreate_producer()
+                self._sleep(backoff)
+                backoff = min(backoff * 2, self.settings.retry_backoff_max_s)
+
+    def _encode(self, outputs: Sequence[OutgoingRecord]) -> tuple[list[tuple[str, bytes | None, bytes | None, Headers]], list]:
+        encoded = []
+        failures = []
+        for out in outputs:
+            try:
+                value = None if out.value is None else self.topics.outputs[out.topic].encode(out.value)
+            except SerdeError as exc:
+                failures.append((out.source, exc))
+                continue
+            headers = list(out.headers)
+            if out.source is not None:
+                parent = out.source.header(TRACEPARENT)
+                if parent is not None and not any(k == TRACEPARENT for k, _ in headers):
+                    headers.append((TRACEPARENT, parent))
+            encoded.append((out.topic, out.key.encode() if out.key is not None else None, value, headers))
+        return encoded, failures
+
+    def _produce_all(self, encoded: list, dead: list[tuple[Message, str, BaseException]]) -> None:
+        assert self.producer is not None
+        failures: list[str] = []
+
+        def on_delivery(error: KafkaError | None, _message: Message) -> None:
+            if error is not None:
+                failures.append(error.str())
+
+        for topic, key, value, headers in encoded:
+            self._produce(topic, key, value, headers, on_delivery)
+        for message, stage, error in dead:
+            dlq = self.topics.dead_letters.get(message.topic(), message.topic() + ".dlq")
+            headers = dead_letters.dead_letter_headers(
+                message.headers(), topic=message.topic(), partition=message.partition(),
+                offset=message.offset(), stage=stage, error=error, service=self.service,
+            )
+            self._produce(dlq, message.key(), message.value(), headers, on_delivery)
+        waited = 0.0
+        while len(self.producer) > 0:
+            self.producer.flush(1.0)
+            waited += 1.0
+            if self.stopping and waited > 10:
+                raise DeliveryError(f"{len(self.producer)} records still queued at shutdown")
+        if failures:
+            raise DeliveryError(f"{len(failures)} records not acknowledged: {failures[0]}")
+        self.stats.produced += len(encoded)
+        self.stats.dead_lettered += len(dead)
+        for message, _stage, error in dead:
+            self.metrics.dead_letter(message.topic(), type(error).__name__)
+        if dead:
+            log.warning("%s: %d records dead-lettered (first: %s at %s[%d]@%d)", self.service, len(dead),
+                        dead[0][2], dead[0][0].topic(), dead[0][0].partition(), dead[0][0].offset())
+
+    def _produce(self, topic: str, key: bytes | None, value: bytes | None, headers: Headers, callback) -> None:
+        assert self.producer is not None
+        while True:
+            try:
+                self.producer.produce(topic, value=value, key=key, headers=headers, on_delivery=callback)
+                self.producer.poll(0)
+                return
+            except BufferError:
+                # The local queue is full: let deliveries drain, then try again.
+                self.producer.poll(0.1)
+
+    def _commit(self, next_offsets: dict[tuple[str, int], int]) -> None:
+        assert self.consumer is not None
+        if not next_offsets:
+            return
+        offsets = [TopicPartition(t, p, o) for (t, p), o in next_offsets.items() if (t, p) in self._assigned]
+        if not offsets:
+            return
+        try:
+            self.consumer.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as exc:
+            # A rebalance took the partitions; the new owner replays from the last commit (duplicates, no loss).
+            self.stats.commits_failed += 1
+            log.warning("%s: commit failed, batch will be replayed by the partition's owner: %s", self.service, exc)
+
+    def _recreate_producer(self) -> None:
+        log.warning("%s: producer hit a fatal error; creating a new one", self.service)
+        assert self.producer is not None
+        self.producer.flush(5)
+        self.producer = Producer(self._producer_config)
+        self._producer_fatal = False
+
+    # -- callbacks ---------------------------------------------------------------------------
+
+    def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._assigned.update((tp.topic, tp.partition) for tp in partitions)
+        if hasattr(self.processor, "on_assigned"):
+            self.processor.on_assigned([TopicPartitionRef(tp.topic, tp.partition) for tp in partitions])
+
+    def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # Batches are processed, delivered and committed before consume() returns to the
+        # rebalance, so nothing is in flight here: the processor only drops its state.
+        self._assigned.difference_update((tp.topic, tp.partition) for tp in partitions)
+        if hasattr(self.processor, "on_revoked"):
+            self.processor.on_revoked([TopicPartitionRef(tp.topic, tp.partition) for tp in partitions])
+
+    def _on_client_error(self, error: KafkaError) -> None:
+        if error.fatal():
+            self._producer_fatal = True
+            log.error("%s: fatal client error: %s", self.service, error.str())
+            return
+        if error.code() in (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT, KafkaError._RESOLVE):
+            now = time.monotonic()
+            if now - self._last_unreachable_log > 10:
+                self._last_unreachable_log = now
+                log.warning("%s: broker %s unreachable (%s); librdkafka keeps retrying with backoff",
+                            self.service, self.kafka.bootstrap_servers, error.str())
+            return
+        log.warning("%s: client error: %s", self.service, error.str())
+
+    def _on_consume_error(self, error: KafkaError) -> None:
+        if error.code() == KafkaError._PARTITION_EOF:
+            return
+        log.warning("%s: consume error: %s", self.service, error.str())
+
+    def _report_lag(self) -> None:
+        if self.consumer is None or not self._assigned:
+            return
+        partitions = [TopicPartition(t, p) for t, p in sorted(self._assigned)]
+        try:
+            positions = self.consumer.position(partitions)
+            lag = {}
+            for tp in positions:
+                _low, high = self.consumer.get_watermark_offsets(tp, cached=True)
+                if high is None or high < 0:
+                    continue
+                lag[(tp.topic, tp.partition)] = max(0, high - tp.offset) if tp.offset >= 0 else high
+            self.metrics.set_lag(self.group_id, lag)
+        except KafkaException as exc:
+            log.debug("%s: lag report skipped: %s", self.service, exc)
+
+    def _sleep(self, seconds: float) -> None:
+        self._stopping.wait(seconds)

@@ -1,0 +1,67 @@
+"""The service context: pipeline, catalog and serdes, built once at start-up."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+
+from streamloop.contracts import Catalog, PipelineSpec, TopicSpec, load_catalog, load_pipeline
+from streamloop.kafka.records import Processor
+from streamloop.kafka.runner import RunnerMetrics, StageRunner, StageTopics
+from streamloop.serde import Serde, make_serde
+from streamloop.service.settings import CommonSettings
+
+
+def configure_logging(level: str, service: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        stream=sys.stderr,
+        format=f"%(asctime)s %(levelname)s {service}[{os.getpid()}] %(name)s: %(message)s",
+    )
+
+
+@dataclass
+class ServiceContext:
+    service: str
+    common: CommonSettings
+    pipeline: PipelineSpec
+    catalog: Catalog
+    _serdes: dict[str, Serde] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, service: str, common: CommonSettings) -> ServiceContext:
+        pipeline = load_pipeline(common.pipeline)
+        return cls(service, common, pipeline, load_catalog(pipeline))
+
+    def serde(self, role: str) -> Serde:
+        topic = self.catalog[role]
+        if topic.name not in self._serdes:
+            self._serdes[topic.name] = make_serde(
+                topic.schema, self.catalog.repository, topic.name,
+                registry_url=self.common.serde.url, auto_register=self.common.serde.auto_register,
+                registry_config=self.common.serde.registry_config(),
+            )
+        return self._serdes[topic.name]
+
+    def topic(self, role: str) -> TopicSpec:
+        return self.catalog[role]
+
+    def stage_topics(self, inputs: list[str], outputs: list[str]) -> StageTopics:
+        return StageTopics(
+            inputs={self.topic(r).name: self.serde(r) for r in inputs},
+            outputs={self.topic(r).name: self.serde(r) for r in outputs},
+            dead_letters={self.topic(r).name: self.topic(r).dead_letter_topic for r in inputs},
+        )
+
+    @property
+    def group_id(self) -> str:
+        return f"streamloop.{self.pipeline.name}.{self.service}"
+
+    def runner(self, processor: Processor, inputs: list[str], outputs: list[str],
+               metrics: RunnerMetrics | None = None) -> StageRunner:
+        return StageRunner(
+            self.service, self.group_id, self.common.kafka, self.stage_topics(inputs, outputs),
+            processor, self.common.runner, metrics,
+        )
