@@ -34,7 +34,8 @@ class TaggingProcessor:
         result = ProcessResult()
         for record in batch:
             if record.value["event_id"].startswith("invalid"):
-                result.rejections.append(Rejection(record, InvalidRecordError("event_id is invalid", rule="event_id.prefix")))
+                error = InvalidRecordError("event_id is invalid", rule="event_id.prefix")
+                result.rejections.append(Rejection(record, error))
                 continue
             value = {**record.value, "entity_key": "processed"}
             result.outputs.append(OutgoingRecord(self.output_topic, record.value["event_id"], value, source=record))

@@ -13,6 +13,7 @@ import pytest
 import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from streamloop.stack.process import free_port
 from streamloop.store import (
     FeatureStoreAccessDenied,

@@ -12,6 +12,7 @@ import pytest
 import redis
 from hypothesis import given
 from hypothesis import strategies as st
+
 from streamloop.store import (
     FeatureRead,
     FeatureStoreError,

@@ -23,8 +23,11 @@ AVRO_ROOT = REPO_ROOT / "schemas" / "avro"
 SCHEMA_FILES = sorted(AVRO_ROOT.rglob("*.avsc")) + sorted((REPO_ROOT / "examples").rglob("*.avsc"))
 HISTORY_FILES = history_files(AVRO_ROOT)
 SEEDS = range(6)
-SERVICES = {"featurizer", "scorer", "collector", "drift-detector", "retrainer", "publisher"}
-SERVICES |= {"user", "dashboard"}  # outside the loop: the user's systems and the dashboard
+from streamloop.stack.services import EXTERNAL_PARTIES
+from streamloop.stack.services import SERVICES as SERVICE_MODULES
+
+SERVICES = set(SERVICE_MODULES)
+SERVICES |= EXTERNAL_PARTIES
 # fastavro writes a union value as the first branch that accepts it, and every int is a valid
 # double: with "double" before "long", long labels are written, and read back, as doubles.
 # Reorder these unions to ["string", "boolean", "long", "double"] and drop this entry.

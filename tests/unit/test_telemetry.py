@@ -19,6 +19,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import ValidationError
+
 from streamloop.telemetry import (
     KafkaTracer,
     MetricNameError,

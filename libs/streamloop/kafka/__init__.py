@@ -8,7 +8,7 @@ from streamloop.kafka.exceptions import (
     KafkaRuntimeError,
     UnknownTopicError,
 )
-from streamloop.kafka.records import ConsumedRecord, OutgoingRecord, ProcessResult, Processor, Rejection
+from streamloop.kafka.records import ConsumedRecord, OutgoingRecord, Processor, ProcessResult, Rejection
 from streamloop.kafka.runner import RunnerSettings, StageRunner, StageTopics
 
 __all__ = [

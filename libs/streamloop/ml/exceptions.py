@@ -1,0 +1,21 @@
+from streamloop.errors import StreamloopError
+
+
+class ModelError(StreamloopError):
+    """A model could not be built, loaded or used."""
+
+
+class EstimatorSpecError(ModelError):
+    """The pipeline spec names an estimator that cannot be built with the given parameters."""
+
+
+class ArtifactNotFoundError(ModelError):
+    """No artifact is stored under that reference."""
+
+
+class ArtifactIntegrityError(ModelError):
+    """An artifact's content hash or signature does not verify; it is never unpickled."""
+
+
+class SigningKeyError(ModelError):
+    """No signing key is configured, or it is unusable."""

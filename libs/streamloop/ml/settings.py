@@ -1,0 +1,36 @@
+"""Settings of the model registry's artifact store and signing keys (``STREAMLOOP_ARTIFACT_*``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from streamloop.kafka.configuration import _read_secret_file
+from streamloop.ml.artifacts import ArtifactSigner, ArtifactStore
+from streamloop.ml.exceptions import SigningKeyError
+
+
+class ArtifactSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="STREAMLOOP_ARTIFACT_", frozen=True, extra="ignore")
+
+    store: str = Field(default="file://./.streamloop/artifacts", description="Directory (file:// URI) of artifacts.")
+    signing_key: SecretStr | None = Field(default=None, description="HMAC key; 'file:/path' reads it from a file.")
+    signing_key_id: str = "default"
+    previous_keys: dict[str, SecretStr] = Field(default_factory=dict, description="Retired keys still accepted.")
+
+    @field_validator("signing_key", mode="before")
+    @classmethod
+    def _secret_from_file(cls, value: Any) -> Any:
+        return _read_secret_file(value)
+
+    def signer(self) -> ArtifactSigner:
+        if self.signing_key is None:
+            raise SigningKeyError("no artifact signing key: set STREAMLOOP_ARTIFACT_SIGNING_KEY")
+        keys = {k: v.get_secret_value().encode() for k, v in self.previous_keys.items()}
+        keys[self.signing_key_id] = self.signing_key.get_secret_value().encode()
+        return ArtifactSigner(keys, self.signing_key_id)
+
+    def artifact_store(self) -> ArtifactStore:
+        return ArtifactStore(self.store, self.signer())
