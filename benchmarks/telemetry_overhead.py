@@ -18,6 +18,7 @@ from opentelemetry import trace
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
 from streamloop.telemetry import KafkaTracer, ServiceMetrics, TelemetrySettings, configure_tracing
 from streamloop.telemetry.tracing import extract_context, inject_headers
 

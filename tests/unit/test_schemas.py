@@ -17,14 +17,14 @@ from streamloop.contracts.evolution import check_both_ways, check_compatibility,
 from streamloop.contracts.samples import sample_record, sample_records, shadowed_union_branches
 from streamloop.contracts.schemas import AvroSchema
 from streamloop.serde import SingleObjectSerde
+from streamloop.stack.services import EXTERNAL_PARTIES
+from streamloop.stack.services import SERVICES as SERVICE_MODULES
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 AVRO_ROOT = REPO_ROOT / "schemas" / "avro"
 SCHEMA_FILES = sorted(AVRO_ROOT.rglob("*.avsc")) + sorted((REPO_ROOT / "examples").rglob("*.avsc"))
 HISTORY_FILES = history_files(AVRO_ROOT)
 SEEDS = range(6)
-from streamloop.stack.services import EXTERNAL_PARTIES
-from streamloop.stack.services import SERVICES as SERVICE_MODULES
 
 SERVICES = set(SERVICE_MODULES)
 SERVICES |= EXTERNAL_PARTIES

@@ -1,7 +1,12 @@
 """Contracts: the topic catalog, the Avro schemas that type every topic, and the pipeline spec."""
 
 from streamloop.contracts.catalog import Catalog, TopicSpec, load_catalog
-from streamloop.contracts.exceptions import CatalogError, ContractError, PipelineSpecError, SchemaNotFoundError
+from streamloop.contracts.exceptions import (
+    CatalogError,
+    ContractError,
+    PipelineSpecError,
+    SchemaNotFoundError,
+)
 from streamloop.contracts.pipeline import PipelineSpec, load_pipeline
 from streamloop.contracts.schemas import SchemaRepository, schemas_root
 
