@@ -13,8 +13,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from confluent_kafka.admin import AdminClient
 
-from streamloop.contracts import PipelineSpec, load_pipeline
+from streamloop.contracts import Catalog, PipelineSpec, load_catalog, load_pipeline
+from streamloop.kafka.admin import ensure_topics, topic_specs
 from streamloop.stack.broker import DEFAULT_BROKER, EmbeddedBroker
 from streamloop.stack.redis_server import EmbeddedRedis
 
@@ -69,3 +71,26 @@ def unique_name(request: pytest.FixtureRequest) -> str:
     """A name no other test uses: topics, groups and key prefixes never collide between tests."""
     base = request.node.name.lower().replace("[", "-").replace("]", "").replace("_", "-")[:40]
     return f"t-{base}-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def loop_catalog(demo_pipeline: PipelineSpec, unique_name: str, bootstrap_servers: str) -> Catalog:
+    """The demo pipeline's catalog under a topic prefix of this test's own, with every topic created."""
+    catalog = load_catalog(demo_pipeline, topic_prefix=f"{unique_name}.")
+    ensure_topics(AdminClient({"bootstrap.servers": bootstrap_servers}), topic_specs(catalog))
+    return catalog
+
+
+@pytest.fixture
+def service_env(loop_catalog: Catalog, bootstrap_servers: str, redis_url: str, unique_name: str,
+                tmp_path: Path) -> dict[str, str]:
+    """Environment for running any service against this test's topics, Redis keys and artifacts."""
+    return {
+        "KAFKA_BOOTSTRAP_SERVERS": bootstrap_servers,
+        "REDIS_URL": redis_url,
+        "REDIS_KEY_PREFIX": unique_name,
+        "STREAMLOOP_PIPELINE": str(DEMO_SPEC),
+        "STREAMLOOP_TOPIC_PREFIX": f"{unique_name}.",
+        "STREAMLOOP_ARTIFACT_STORE": (tmp_path / "artifacts").as_uri(),
+        "STREAMLOOP_ARTIFACT_SIGNING_KEY": "test-signing-key-0123456789abcdef",
+    }

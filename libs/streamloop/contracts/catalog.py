@@ -93,7 +93,12 @@ def load_catalog(
     pipeline: PipelineSpec,
     path: Path | None = None,
     repository: SchemaRepository | None = None,
+    topic_prefix: str = "",
 ) -> Catalog:
+    """The catalog resolved for ``pipeline``; ``topic_prefix`` namespaces every topic name.
+
+    The prefix lets several pipelines (or test runs) share one cluster without sharing topics.
+    """
     root = schemas_root()
     path = path or root / "topics.yaml"
     repository = repository or SchemaRepository(root)
@@ -104,13 +109,15 @@ def load_catalog(
     topics: dict[str, TopicSpec] = {}
     for role, entry in raw.items():
         try:
-            topics[role] = _resolve(role, entry, pipeline, repository)
+            topics[role] = _resolve(role, entry, pipeline, repository, topic_prefix)
         except (KeyError, TypeError, ValueError) as exc:
             raise CatalogError(f"catalog topic {role!r}: {exc}") from exc
     return Catalog(topics, repository)
 
 
-def _resolve(role: str, entry: dict[str, Any], pipeline: PipelineSpec, repository: SchemaRepository) -> TopicSpec:
+def _resolve(
+    role: str, entry: dict[str, Any], pipeline: PipelineSpec, repository: SchemaRepository, topic_prefix: str
+) -> TopicSpec:
     name = entry["name"]
     schema_ref = entry["schema"]
     key = entry["key"]
@@ -130,7 +137,7 @@ def _resolve(role: str, entry: dict[str, Any], pipeline: PipelineSpec, repositor
         raise ValueError(f"cleanup_policy must be delete or compact, not {entry['cleanup_policy']!r}")
     return TopicSpec(
         role=role,
-        name=name,
+        name=topic_prefix + name,
         schema_ref=schema_ref,
         key=key,
         partitions=partitions,

@@ -33,7 +33,7 @@ class ServiceContext:
     @classmethod
     def load(cls, service: str, common: CommonSettings) -> ServiceContext:
         pipeline = load_pipeline(common.pipeline)
-        return cls(service, common, pipeline, load_catalog(pipeline))
+        return cls(service, common, pipeline, load_catalog(pipeline, topic_prefix=common.topic_prefix))
 
     def serde(self, role: str) -> Serde:
         topic = self.catalog[role]
@@ -57,7 +57,7 @@ class ServiceContext:
 
     @property
     def group_id(self) -> str:
-        return f"streamloop.{self.pipeline.name}.{self.service}"
+        return f"{self.common.topic_prefix}streamloop.{self.pipeline.name}.{self.service}"
 
     def runner(self, processor: Processor, inputs: list[str], outputs: list[str],
                metrics: RunnerMetrics | None = None) -> StageRunner:

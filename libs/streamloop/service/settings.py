@@ -55,6 +55,7 @@ class CommonSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="STREAMLOOP_", frozen=True, extra="ignore")
 
     pipeline: Path = Field(default=Path("pipeline.yaml"), description="Path of the pipeline spec.")
+    topic_prefix: str = Field(default="", description="Prepended to every topic name (namespaces a deployment).")
     log_level: str = "INFO"
     instance_id: str | None = Field(default=None, description="Distinguishes replicas in logs and client ids.")
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
