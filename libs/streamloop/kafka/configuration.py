@@ -6,11 +6,14 @@ producers, consumers, the admin client and faust (through ``faust_broker_options
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+LIBRDKAFKA_LOGGER = logging.getLogger("streamloop.librdkafka")
 
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 
@@ -57,6 +60,9 @@ class KafkaSettings(BaseSettings):
 
     def common(self) -> dict[str, Any]:
         config: dict[str, Any] = {
+            # librdkafka logs through Python logging, so services and the CLI decide what is shown.
+            "logger": LIBRDKAFKA_LOGGER,
+            "log.connection.close": False,
             "bootstrap.servers": self.bootstrap_servers,
             "security.protocol": self.security_protocol,
             "client.id": self.client_id,

@@ -46,13 +46,17 @@ def group_lag(kafka: KafkaSettings, admin: AdminClient, groups: list[str] | None
         for group in groups:
             futures = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group)],
                                                         request_timeout=timeout_s)
-            committed = futures[group].result(timeout_s).topic_partitions or []
-            for tp in committed:
-                if tp.error is not None:
-                    continue
-                _low, high = probe.get_watermark_offsets(TopicPartition(tp.topic, tp.partition), timeout=timeout_s)
-                rows.append(PartitionLag(group, tp.topic, tp.partition,
-                                         tp.offset if tp.offset >= 0 else None, high))
+            committed = {
+                (tp.topic, tp.partition): tp.offset
+                for tp in futures[group].result(timeout_s).topic_partitions or []
+                if tp.error is None and tp.offset >= 0
+            }
+            # Every partition of each topic the group reads, also those it has not committed on yet.
+            for topic in sorted({topic for topic, _ in committed}):
+                partitions = probe.list_topics(topic, timeout=timeout_s).topics[topic].partitions
+                for partition in sorted(partitions):
+                    _low, high = probe.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout_s)
+                    rows.append(PartitionLag(group, topic, partition, committed.get((topic, partition)), high))
     finally:
         probe.close()
     return sorted(rows, key=lambda r: (r.group, r.topic, r.partition))

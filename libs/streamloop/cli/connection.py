@@ -1,0 +1,67 @@
+"""Where the CLI finds the pipeline, the broker and Redis: options, environment, running stack."""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import typer
+
+from streamloop.contracts import Catalog, PipelineSpec, load_catalog, load_pipeline
+from streamloop.errors import StreamloopError
+from streamloop.stack.launcher import read_state
+
+DEMO_PIPELINE = Path(__file__).resolve().parents[3] / "examples" / "card_fraud" / "pipeline.yaml"
+
+PipelineOption = typer.Option(
+    None, "--pipeline", "-p", envvar="STREAMLOOP_PIPELINE",
+    help="Pipeline spec; default ./pipeline.yaml, else the running stack's, else the bundled demo.",
+)
+DataDirOption = typer.Option(
+    Path(".streamloop"), "--data-dir", envvar="STREAMLOOP_DATA_DIR", help="Where the local stack keeps its state.",
+)
+BootstrapOption = typer.Option(
+    None, "--bootstrap-servers", envvar="KAFKA_BOOTSTRAP_SERVERS", help="Kafka brokers; default: the running stack's.",
+)
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    """Print one clear line to stderr; the caller raises the returned Exit."""
+    print(f"streamloop: {message}", file=sys.stderr)
+    return typer.Exit(code)
+
+
+def resolve_pipeline_path(pipeline: Path | None, data_dir: Path) -> Path:
+    if pipeline is not None:
+        return pipeline
+    if Path("pipeline.yaml").exists():
+        return Path("pipeline.yaml")
+    state = read_state(data_dir)
+    if state:
+        return Path(state["pipeline"])
+    return DEMO_PIPELINE
+
+
+@dataclass
+class Connection:
+    pipeline: PipelineSpec
+    catalog: Catalog
+    bootstrap_servers: str
+    redis_url: str
+
+
+def connect(pipeline: Path | None, data_dir: Path, bootstrap_servers: str | None) -> Connection:
+    state = read_state(data_dir) or {}
+    try:
+        spec = load_pipeline(resolve_pipeline_path(pipeline, data_dir))
+        prefix = os.environ.get("STREAMLOOP_TOPIC_PREFIX", state.get("topic_prefix", ""))
+        catalog = load_catalog(spec, topic_prefix=prefix)
+    except StreamloopError as exc:
+        raise fail(str(exc), 2) from None
+    return Connection(
+        spec, catalog,
+        bootstrap_servers or state.get("bootstrap_servers") or "127.0.0.1:9092",
+        os.environ.get("REDIS_URL") or state.get("redis_url") or "redis://127.0.0.1:6379/0",
+    )

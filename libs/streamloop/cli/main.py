@@ -1,0 +1,34 @@
+"""The ``streamloop`` command: every option can also be set by the environment variable it names."""
+
+from __future__ import annotations
+
+import logging
+
+import typer
+
+from streamloop import __version__
+from streamloop.cli import stack_commands, topic_commands
+from streamloop.kafka.configuration import LIBRDKAFKA_LOGGER
+
+app = typer.Typer(
+    name="streamloop",
+    help="Closed-loop machine learning on event streams.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+# The CLI says what went wrong in one line of its own; librdkafka's retry chatter stays quiet.
+LIBRDKAFKA_LOGGER.setLevel(logging.CRITICAL)
+
+for command_module in (stack_commands, topic_commands):
+    app.registered_commands.extend(command_module.app.registered_commands)
+
+
+@app.command()
+def version() -> None:
+    """Print streamloop's version."""
+    print(__version__)
+
+
+if __name__ == "__main__":
+    app()

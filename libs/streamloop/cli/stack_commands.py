@@ -1,0 +1,124 @@
+"""up, status and service: running the loop locally, or one service in a container."""
+
+from __future__ import annotations
+
+import runpy
+import signal
+import sys
+import time
+from pathlib import Path
+
+import redis
+import typer
+from confluent_kafka.admin import AdminClient
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from streamloop.cli.connection import DataDirOption, PipelineOption, fail, resolve_pipeline_path
+from streamloop.contracts import load_pipeline
+from streamloop.errors import StreamloopError
+from streamloop.kafka.admin import wait_for_broker
+from streamloop.kafka.configuration import KafkaSettings
+from streamloop.stack.launcher import Stack, read_state
+from streamloop.stack.services import SERVICES
+
+app = typer.Typer()
+
+
+def _services_table(stack: Stack) -> Table:
+    table = Table("service", "pid", "state", "restarts", "metrics", "log", title="streamloop stack")
+    for s in stack.processes:
+        table.add_row(s.instance_id, str(s.pid or "-"), s.state, str(s.restarts),
+                      f"http://127.0.0.1:{s.metrics_port}/metrics", str(s.log_path))
+    return table
+
+
+@app.command()
+def up(
+    pipeline: Path | None = PipelineOption,
+    data_dir: Path = DataDirOption,
+    fresh: bool = typer.Option(False, "--fresh", envvar="STREAMLOOP_FRESH",
+                               help="Start from an empty data directory (bounds the embedded broker's growth)."),
+    broker: str = typer.Option("noida", "--broker", envvar="STREAMLOOP_BROKER",
+                               help="Embedded broker: noida (default) or tansu."),
+    service: list[str] = typer.Option(None, "--service", "-s", help="Only these services (default: all)."),
+    no_services: bool = typer.Option(False, "--no-services", help="Start only the broker, Redis and topics."),
+) -> None:
+    """Start the broker, Redis, the topics and every service; Ctrl-C stops everything."""
+    if broker not in ("noida", "tansu"):
+        raise fail(f"--broker must be noida or tansu, not {broker!r}", 2)
+    unknown = set(service or []) - set(SERVICES)
+    if unknown:
+        raise fail(f"unknown service {sorted(unknown)[0]!r}; services: {', '.join(SERVICES)}", 2)
+    path = resolve_pipeline_path(pipeline, data_dir)
+    if read_state(data_dir):
+        raise fail(f"a stack is already running from {data_dir} (see `streamloop status`)")
+    try:
+        spec = load_pipeline(path)
+    except StreamloopError as exc:
+        raise fail(str(exc), 2) from None
+    stack = Stack.prepare(spec, path, data_dir, fresh=fresh, broker_kind=broker,  # type: ignore[arg-type]
+                          services=[] if no_services else (service or list(SERVICES)))
+    console = Console(stderr=True)
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        with console.status("starting broker, Redis and topics"):
+            stack.start_infrastructure()
+        console.print(f"pipeline [bold]{spec.name}[/] from {path}")
+        console.print(f"Kafka  {stack.bootstrap_servers}   Redis {stack.redis_url}")
+        stack.start_services()
+        stack.write_state()
+        console.print("Ctrl-C stops everything.")
+        with Live(_services_table(stack), console=console, refresh_per_second=1) as live:
+            while True:
+                for line in stack.supervise_once():
+                    console.print(line)
+                stack.write_state()
+                live.update(_services_table(stack))
+                time.sleep(0.5)
+    except KeyboardInterrupt:
+        console.print("stopping…")
+    except StreamloopError as exc:
+        stack.stop()
+        raise fail(str(exc)) from None
+    stack.stop()
+    console.print("stopped; no process left behind.")
+
+
+@app.command()
+def status(data_dir: Path = DataDirOption) -> None:
+    """Show the running local stack: broker, Redis and each service."""
+    state = read_state(data_dir)
+    if state is None:
+        raise fail(f"no stack is running from {data_dir} (start one with `streamloop up`)")
+    console = Console()
+    admin = AdminClient(KafkaSettings(bootstrap_servers=state["bootstrap_servers"]).admin())
+    try:
+        wait_for_broker(admin, timeout_s=3)
+        broker_state = f"up ({len(admin.list_topics(timeout=5).topics)} topics)"
+    except StreamloopError:
+        broker_state = "UNREACHABLE"
+    try:
+        redis.Redis.from_url(state["redis_url"], socket_timeout=2).ping()
+        redis_state = "up"
+    except redis.RedisError:
+        redis_state = "UNREACHABLE"
+    console.print(f"pipeline {state['pipeline']}")
+    console.print(f"Kafka {state['bootstrap_servers']} ({state['broker']}): {broker_state}")
+    console.print(f"Redis {state['redis_url']}: {redis_state}")
+    table = Table("service", "pid", "state", "restarts", "metrics")
+    for s in state["services"]:
+        table.add_row(f"{s['name']}-{s['replica']}", str(s["pid"] or "-"), s["state"], str(s["restarts"]),
+                      f"http://127.0.0.1:{s['metrics_port']}/metrics")
+    console.print(table)
+
+
+@app.command("service")
+def run_service(name: str = typer.Argument(..., help=f"One of: {', '.join(SERVICES)}")) -> None:
+    """Run one service in the foreground (what containers run)."""
+    module = SERVICES.get(name)
+    if module is None:
+        raise fail(f"unknown service {name!r}; services: {', '.join(SERVICES)}", 2)
+    sys.argv = [module]
+    runpy.run_module(module, run_name="__main__", alter_sys=True)

@@ -1,0 +1,185 @@
+"""produce, tail and lag: a user's window onto the topics."""
+
+from __future__ import annotations
+
+import base64
+import json
+import sys
+import time
+from datetime import date, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import typer
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+from streamloop.cli.connection import BootstrapOption, DataDirOption, PipelineOption, connect, fail
+from streamloop.contracts import CatalogError
+from streamloop.contracts.catalog import DEAD_LETTER_SUFFIX
+from streamloop.kafka.admin import wait_for_broker
+from streamloop.kafka.configuration import KafkaSettings
+from streamloop.kafka.dead_letters import read_error_headers
+from streamloop.kafka.exceptions import BrokerUnavailableError
+from streamloop.kafka.lag import group_lag
+from streamloop.serde import SerdeError, SingleObjectSerde
+
+app = typer.Typer()
+
+
+def _reachable_admin(bootstrap: str) -> AdminClient:
+    admin = AdminClient(KafkaSettings(bootstrap_servers=bootstrap).admin())
+    try:
+        wait_for_broker(admin, timeout_s=5)
+    except BrokerUnavailableError:
+        raise fail(f"cannot reach a Kafka broker at {bootstrap} (is `streamloop up` running?)") from None
+    return admin
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode()
+    if isinstance(value, Decimal):
+        return str(value)
+    return str(value)
+
+
+@app.command()
+def produce(
+    topic: str = typer.Argument(..., help="Topic name, as in the catalog."),
+    file: Path | None = typer.Option(None, "--file", "-f", help="JSON lines file; default: standard input."),
+    pipeline: Path | None = PipelineOption,
+    data_dir: Path = DataDirOption,
+    bootstrap_servers: str | None = BootstrapOption,
+) -> None:
+    """Produce JSON lines to TOPIC, encoded with the topic's Avro schema."""
+    conn = connect(pipeline, data_dir, bootstrap_servers)
+    try:
+        spec = conn.catalog.by_name(topic)
+    except CatalogError as exc:
+        raise fail(str(exc)) from None
+    _reachable_admin(conn.bootstrap_servers)
+    serde = SingleObjectSerde(spec.schema, conn.catalog.repository)
+    producer = Producer(KafkaSettings(bootstrap_servers=conn.bootstrap_servers).producer())
+    failures: list[str] = []
+
+    def on_delivery(error, _message) -> None:
+        if error is not None:
+            failures.append(error.str())
+
+    lines = file.read_text().splitlines() if file else sys.stdin
+    total = len(lines) if isinstance(lines, list) else None
+    produced = 0
+    with Progress(transient=True, disable=total is None) as progress:
+        task = progress.add_task(f"producing to {topic}", total=total)
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                value = serde.encode(record)
+                key = spec.key_of(record)
+            except json.JSONDecodeError as exc:
+                producer.flush(30)
+                raise fail(f"line {number}: not JSON ({exc.msg}); {produced} records produced before it") from None
+            except (SerdeError, KeyError) as exc:
+                producer.flush(30)
+                raise fail(f"line {number}: invalid {spec.schema.name}: {exc}; {produced} records produced before it")\
+                    from None
+            producer.produce(spec.name, value=value, key=key.encode(), on_delivery=on_delivery)
+            producer.poll(0)
+            produced += 1
+            progress.advance(task)
+    producer.flush(60)
+    if failures:
+        raise fail(f"{len(failures)} records were not acknowledged: {failures[0]}")
+    print(f"produced {produced} records to {spec.name}", file=sys.stderr)
+
+
+@app.command()
+def tail(
+    topic: str = typer.Argument(..., help="Topic name (a <topic>.dlq shows dead letters with their errors)."),
+    from_beginning: bool = typer.Option(False, "--from-beginning", help="Start at the oldest record."),
+    max_records: int = typer.Option(0, "--max", "-n", help="Stop after this many records (0: follow)."),
+    timeout_s: float = typer.Option(0.0, "--timeout", help="Stop after this many idle seconds (0: never)."),
+    pipeline: Path | None = PipelineOption,
+    data_dir: Path = DataDirOption,
+    bootstrap_servers: str | None = BootstrapOption,
+) -> None:
+    """Print TOPIC's records as JSON lines, decoded with the topic's schema."""
+    conn = connect(pipeline, data_dir, bootstrap_servers)
+    dead_letters = topic.endswith(DEAD_LETTER_SUFFIX)
+    try:
+        spec = conn.catalog.by_name(topic.removesuffix(DEAD_LETTER_SUFFIX) if dead_letters else topic)
+    except CatalogError as exc:
+        raise fail(str(exc)) from None
+    admin = _reachable_admin(conn.bootstrap_servers)
+    metadata = admin.list_topics(topic, timeout=10).topics.get(topic)
+    if metadata is None or metadata.error is not None:
+        raise fail(f"topic {topic} does not exist on {conn.bootstrap_servers}")
+    serde = SingleObjectSerde(spec.schema, conn.catalog.repository)
+    consumer = Consumer(KafkaSettings(bootstrap_servers=conn.bootstrap_servers).consumer("streamloop-cli-tail"))
+    offset = -2 if from_beginning else -1  # OFFSET_BEGINNING / OFFSET_END
+    consumer.assign([TopicPartition(topic, p, offset) for p in metadata.partitions])
+    shown, idle_since = 0, time.monotonic()
+    try:
+        while max_records == 0 or shown < max_records:
+            messages = consumer.consume(500, 0.2)
+            if not messages and timeout_s and time.monotonic() - idle_since > timeout_s:
+                break
+            for message in messages:
+                if message.error() is not None:
+                    continue
+                idle_since = time.monotonic()
+                print(json.dumps(_render(message, serde, dead_letters), default=_json_default), flush=True)
+                shown += 1
+                if max_records and shown >= max_records:
+                    break
+    except KeyboardInterrupt:
+        pass
+    finally:
+        consumer.close()
+
+
+def _render(message, serde: SingleObjectSerde, dead_letters: bool) -> dict[str, Any]:
+    meta = {"partition": message.partition(), "offset": message.offset(),
+            "key": message.key().decode("utf-8", "replace") if message.key() else None}
+    if dead_letters:
+        return {**meta, "errors": read_error_headers(message.headers()),
+                "value_base64": base64.b64encode(message.value() or b"").decode()}
+    try:
+        return {**meta, "value": serde.decode(message.value())}
+    except SerdeError as exc:
+        return {**meta, "undecodable": str(exc)}
+
+
+@app.command()
+def lag(
+    json_output: bool = typer.Option(False, "--json", help="One JSON object per partition."),
+    group: list[str] = typer.Option(None, "--group", "-g", help="Only these consumer groups."),
+    pipeline: Path | None = PipelineOption,
+    data_dir: Path = DataDirOption,
+    bootstrap_servers: str | None = BootstrapOption,
+) -> None:
+    """Consumer lag per group, topic and partition (end offset minus committed offset)."""
+    conn = connect(pipeline, data_dir, bootstrap_servers)
+    admin = _reachable_admin(conn.bootstrap_servers)
+    try:
+        rows = group_lag(KafkaSettings(bootstrap_servers=conn.bootstrap_servers), admin, group or None)
+    except KafkaException as exc:
+        raise fail(f"cannot read consumer groups: {exc}") from None
+    if json_output:
+        for row in rows:
+            print(json.dumps({"group": row.group, "topic": row.topic, "partition": row.partition,
+                              "committed": row.committed, "end_offset": row.end_offset, "lag": row.lag}))
+        return
+    table = Table("group", "topic", "partition", "committed", "end", "lag")
+    for row in rows:
+        table.add_row(row.group, row.topic, str(row.partition), str(row.committed), str(row.end_offset), str(row.lag))
+    Console().print(table)

@@ -1,0 +1,216 @@
+"""The embedded stack: broker, Redis, topics and every service as its own OS process.
+
+``streamloop up`` and the end-to-end tests use this one launcher. External infrastructure is
+used instead of the embedded one when ``KAFKA_BOOTSTRAP_SERVERS`` / ``REDIS_URL`` are set.
+Services are supervised: one that exits unexpectedly is restarted with backoff under the same
+static member id (so it takes its partitions straight back; see docs/embedded-stack.md).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from confluent_kafka.admin import AdminClient
+
+from streamloop.contracts import PipelineSpec, load_catalog
+from streamloop.kafka.admin import ensure_topics, topic_specs, wait_for_broker
+from streamloop.kafka.configuration import KafkaSettings
+from streamloop.stack.broker import DEFAULT_BROKER, BrokerKind, EmbeddedBroker
+from streamloop.stack.process import free_port, spawn, stop
+from streamloop.stack.redis_server import EmbeddedRedis
+from streamloop.stack.services import SERVICES
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "stack.json"
+_RESTART_BACKOFF_MAX_S = 30.0
+
+
+@dataclass
+class ServiceProcess:
+    name: str
+    module: str
+    replica: int
+    env: dict[str, str]
+    log_path: Path
+    metrics_port: int
+    process: subprocess.Popen | None = field(default=None, repr=False)
+    restarts: int = 0
+    state: str = "stopped"
+    next_start: float = 0.0
+    started_at: float = 0.0
+
+    @property
+    def instance_id(self) -> str:
+        return f"{self.name}-{self.replica}"
+
+    def start(self) -> None:
+        self.process = spawn([sys.executable, "-m", self.module], self.log_path, env=self.env)
+        self.state = "running"
+        self.started_at = time.monotonic()
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop(self.process, timeout_s=20)
+        self.state = "stopped"
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None and self.process.poll() is None else None
+
+
+@dataclass
+class Stack:
+    """One local deployment of a pipeline: infrastructure plus supervised service processes."""
+
+    pipeline: PipelineSpec
+    pipeline_path: Path
+    data_dir: Path
+    broker_kind: BrokerKind = DEFAULT_BROKER
+    services: list[str] = field(default_factory=lambda: list(SERVICES))
+    replicas: dict[str, int] = field(default_factory=dict)
+    extra_env: dict[str, str] = field(default_factory=dict)
+    broker: EmbeddedBroker | None = None
+    redis: EmbeddedRedis | None = None
+    bootstrap_servers: str = ""
+    redis_url: str = ""
+    processes: list[ServiceProcess] = field(default_factory=list)
+
+    @classmethod
+    def prepare(cls, pipeline: PipelineSpec, pipeline_path: Path, data_dir: Path, fresh: bool = False,
+                **kwargs) -> Stack:
+        if fresh and data_dir.exists():
+            # A fresh data directory bounds the embedded broker's growth (it keeps every record).
+            shutil.rmtree(data_dir)
+        data_dir.mkdir(parents=True, exist_ok=True)
+        return cls(pipeline, pipeline_path.resolve(), data_dir.resolve(), **kwargs)
+
+    # -- infrastructure ----------------------------------------------------------------------
+
+    def start_infrastructure(self) -> None:
+        self.bootstrap_servers = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "")
+        if not self.bootstrap_servers:
+            self.broker = EmbeddedBroker(self.broker_kind, self.data_dir / "broker").start()
+            self.bootstrap_servers = self.broker.bootstrap_servers
+        self.redis_url = os.environ.get("REDIS_URL", "")
+        if not self.redis_url:
+            self.redis = EmbeddedRedis(self.data_dir / "redis").start()
+            self.redis_url = self.redis.url
+        kafka = KafkaSettings(bootstrap_servers=self.bootstrap_servers)
+        admin = AdminClient(kafka.admin())
+        wait_for_broker(admin, timeout_s=30)
+        catalog = load_catalog(self.pipeline, topic_prefix=self.extra_env.get("STREAMLOOP_TOPIC_PREFIX", ""))
+        ensure_topics(admin, topic_specs(catalog))
+
+    def signing_key_file(self) -> Path:
+        """A per-stack artifact signing key, kept in a 0600 file and passed to services by path."""
+        path = self.data_dir / "signing.key"
+        if not path.exists():
+            path.write_text(secrets.token_hex(32))
+            path.chmod(0o600)
+        return path
+
+    def service_env(self, name: str, replica: int, metrics_port: int) -> dict[str, str]:
+        env = {key: value for key, value in os.environ.items() if not key.startswith("PYTEST")}
+        env.update({
+            "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap_servers,
+            "KAFKA_GROUP_INSTANCE_ID": f"{name}-{replica}",
+            "KAFKA_CLIENT_ID": f"streamloop-{name}-{replica}",
+            "REDIS_URL": self.redis_url,
+            "STREAMLOOP_PIPELINE": str(self.pipeline_path),
+            "STREAMLOOP_INSTANCE_ID": f"{name}-{replica}",
+            "STREAMLOOP_METRICS_PORT": str(metrics_port),
+            "STREAMLOOP_ARTIFACT_STORE": (self.data_dir / "artifacts").as_uri(),
+            "STREAMLOOP_ARTIFACT_SIGNING_KEY": f"file:{self.signing_key_file()}",
+            "OTEL_SERVICE_NAME": name,
+        })
+        env.update(self.extra_env)
+        return env
+
+    # -- services ----------------------------------------------------------------------------
+
+    def start_services(self) -> None:
+        (self.data_dir / "logs").mkdir(exist_ok=True)
+        for name in self.services:
+            for replica in range(self.replicas.get(name, 1)):
+                port = free_port()
+                service = ServiceProcess(
+                    name, SERVICES[name], replica, self.service_env(name, replica, port),
+                    self.data_dir / "logs" / f"{name}-{replica}.log", port,
+                )
+                service.start()
+                self.processes.append(service)
+        self.write_state()
+
+    def supervise_once(self) -> list[str]:
+        """Restart services that died; returns a line per event worth telling the user."""
+        events = []
+        now = time.monotonic()
+        for service in self.processes:
+            if service.state == "running" and service.process is not None and service.process.poll() is not None:
+                code = service.process.returncode
+                backoff = min(_RESTART_BACKOFF_MAX_S, 2 ** min(service.restarts, 5) * 0.5)
+                service.state, service.next_start = "restarting", now + backoff
+                events.append(f"{service.instance_id} exited with code {code}; restarting in {backoff:.1f}s "
+                              f"(log: {service.log_path})")
+            elif service.state == "restarting" and now >= service.next_start:
+                service.restarts += 1
+                service.start()
+                self.write_state()
+        return events
+
+    def process_of(self, name: str, replica: int = 0) -> ServiceProcess:
+        for service in self.processes:
+            if service.name == name and service.replica == replica:
+                return service
+        raise KeyError(f"{name}-{replica}")
+
+    def stop(self) -> None:
+        for service in reversed(self.processes):
+            service.stop()
+        if self.redis is not None:
+            self.redis.stop()
+        if self.broker is not None:
+            self.broker.stop()
+        state = self.data_dir / STATE_FILE
+        if state.exists():
+            state.unlink()
+
+    # -- state shared with other commands ----------------------------------------------------
+
+    def write_state(self) -> None:
+        state = {
+            "pipeline": str(self.pipeline_path),
+            "bootstrap_servers": self.bootstrap_servers,
+            "redis_url": self.redis_url,
+            "broker": self.broker_kind if self.broker else "external",
+            "topic_prefix": self.extra_env.get("STREAMLOOP_TOPIC_PREFIX", ""),
+            "launcher_pid": os.getpid(),
+            "services": [
+                {"name": s.name, "replica": s.replica, "pid": s.pid, "state": s.state, "restarts": s.restarts,
+                 "metrics_port": s.metrics_port, "log": str(s.log_path)}
+                for s in self.processes
+            ],
+        }
+        (self.data_dir / STATE_FILE).write_text(json.dumps(state, indent=2))
+
+
+def read_state(data_dir: Path) -> dict | None:
+    path = data_dir / STATE_FILE
+    if not path.exists():
+        return None
+    state = json.loads(path.read_text())
+    try:
+        os.kill(int(state["launcher_pid"]), 0)
+    except (OSError, ValueError, KeyError):
+        return None
+    return state

@@ -1,0 +1,95 @@
+"""The streamloop CLI against the embedded broker: clear one-line errors, never a traceback."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Consumer
+
+from tests.conftest import DEMO_SPEC
+
+pytestmark = pytest.mark.integration
+
+
+def streamloop(*args: str, env: dict[str, str], stdin: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "streamloop.cli.main", *args],
+        input=stdin, capture_output=True, text=True, timeout=60,
+        env={**os.environ, **env, "STREAMLOOP_PIPELINE": str(DEMO_SPEC)},
+    )
+
+
+@pytest.fixture
+def cli_env(loop_catalog, bootstrap_servers, unique_name, tmp_path) -> dict[str, str]:
+    return {"KAFKA_BOOTSTRAP_SERVERS": bootstrap_servers, "STREAMLOOP_TOPIC_PREFIX": f"{unique_name}.",
+            "STREAMLOOP_DATA_DIR": str(tmp_path / "no-stack")}
+
+
+def test_produce_then_tail_round_trips_records(cli_env, loop_catalog, tmp_path: Path):
+    topic = loop_catalog["labels"].name
+    lines = [{"event_id": f"e{i}", "label": i % 2 == 0, "label_time": 1_700_000_000_000 + i} for i in range(5)]
+    records = tmp_path / "labels.jsonl"
+    records.write_text("\n".join(json.dumps(r) for r in lines) + "\n")
+
+    produced = streamloop("produce", topic, "--file", str(records), env=cli_env)
+    assert produced.returncode == 0, produced.stderr
+    assert "produced 5 records" in produced.stderr
+
+    tailed = streamloop("tail", topic, "--from-beginning", "--max", "5", "--timeout", "20", env=cli_env)
+    assert tailed.returncode == 0, tailed.stderr
+    values = [json.loads(line)["value"] for line in tailed.stdout.splitlines()]
+    assert sorted(v["event_id"] for v in values) == [f"e{i}" for i in range(5)]
+    assert {v["event_id"]: v["label"] for v in values} == {r["event_id"]: r["label"] for r in lines}
+
+
+def test_invalid_record_gets_one_clear_line_and_nonzero_exit(cli_env, loop_catalog):
+    topic = loop_catalog["labels"].name
+    result = streamloop("produce", topic, env=cli_env, stdin='{"event_id": "e1"}\n')
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert "line 1: invalid streamloop.labels.Label" in result.stderr
+    assert "Traceback" not in result.stderr
+
+    not_json = streamloop("produce", topic, env=cli_env, stdin="{nope\n")
+    assert not_json.returncode == 1 and "line 1: not JSON" in not_json.stderr
+
+
+def test_unknown_topic_and_unreachable_broker_are_one_line_errors(cli_env, tmp_path):
+    unknown = streamloop("tail", "no.such.topic", env=cli_env)
+    assert unknown.returncode == 1
+    assert "unknown topic 'no.such.topic'" in unknown.stderr and "Traceback" not in unknown.stderr
+
+    unreachable = streamloop("lag", env={**cli_env, "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"})
+    assert unreachable.returncode == 1
+    assert unreachable.stderr.strip() == (
+        "streamloop: cannot reach a Kafka broker at 127.0.0.1:1 (is `streamloop up` running?)"
+    )
+
+
+def test_lag_reports_committed_and_end_offsets(cli_env, loop_catalog, bootstrap_servers, unique_name):
+    topic = loop_catalog["labels"].name
+    lines = "".join(json.dumps({"event_id": f"k{i}", "label": 1, "label_time": 1}) + "\n" for i in range(30))
+    assert streamloop("produce", topic, env=cli_env, stdin=lines).returncode == 0
+    group = f"{unique_name}-reader"
+    consumer = Consumer({"bootstrap.servers": bootstrap_servers, "group.id": group, "auto.offset.reset": "earliest",
+                         "enable.auto.commit": False})
+    consumer.subscribe([topic])
+    seen = 0
+    while seen < 10:
+        for message in consumer.consume(10 - seen, 1.0):
+            if message.error() is None:
+                seen += 1
+                consumer.commit(message, asynchronous=False)
+    consumer.close()
+
+    result = streamloop("lag", "--json", "--group", group, env=cli_env)
+    assert result.returncode == 0, result.stderr
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert rows and all(r["group"] == group and r["topic"] == topic for r in rows)
+    assert sum(r["end_offset"] for r in rows) == 30
+    assert sum(r["lag"] for r in rows) == 30 - 10
