@@ -112,3 +112,37 @@ def test_sigkill_mid_stream_and_restart_loses_nothing(bootstrap_servers, unique_
     assert missing == 0
     # At-least-once: only the batches in flight at the kill may repeat (500 per partition at most).
     assert duplicates <= 4 * 500 * 2
+
+
+def test_trace_context_follows_a_sampled_record_to_its_output(bootstrap_servers, unique_name):
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from streamloop.telemetry import KafkaTracer, TelemetrySettings, configure_tracing
+
+    exporter = InMemorySpanExporter()
+    provider = configure_tracing(TelemetrySettings(traces_sampler_ratio=0.0), exporter=exporter)
+    source, sink = f"{unique_name}.in", f"{unique_name}.out"
+    create_topics(bootstrap_servers, [source, sink, source + ".dlq"])
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    sampled = f"00-{trace_id}-00f067aa0ba902b7-01".encode()
+    unsampled = b"00-11111111111111111111111111111111-00f067aa0ba902b7-00"
+    produce(bootstrap_servers, source, labels(1, prefix="sampled"), headers=[("traceparent", sampled)])
+    produce(bootstrap_servers, source, labels(1, prefix="unsampled"), headers=[("traceparent", unsampled)])
+
+    runner = build_runner(source, sink, unique_name, KafkaSettings(bootstrap_servers=bootstrap_servers))
+    runner.tracer = KafkaTracer(provider)
+    worker = threading.Thread(target=runner.run)
+    worker.start()
+    try:
+        outputs = {r.key: dict(r.headers) for r in drain(bootstrap_servers, sink, expected=2, timeout_s=60)}
+    finally:
+        runner.stop()
+        worker.join(30)
+    provider.force_flush()
+
+    child = outputs[b"sampled-0"]["traceparent"].decode()
+    assert child.split("-")[1] == trace_id, "the output continues the input's trace"
+    assert child.split("-")[2] != "00f067aa0ba902b7", "as a child span of the stage, not a copy"
+    assert outputs[b"unsampled-0"]["traceparent"] == unsampled, "unsampled context is passed through as is"
+    spans = [s for s in exporter.get_finished_spans() if s.context.trace_id == int(trace_id, 16)]
+    assert spans and all(s.attributes["messaging.system"] == "kafka" for s in spans)

@@ -36,6 +36,7 @@ from streamloop.kafka.records import (
     TopicPartitionRef,
 )
 from streamloop.serde import Serde, SerdeError
+from streamloop.telemetry.tracing import KafkaTracer, inject_headers, is_sampled
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +110,7 @@ class StageRunner:
         processor: Processor,
         settings: RunnerSettings | None = None,
         metrics: RunnerMetrics | None = None,
+        tracer: KafkaTracer | None = None,
         consumer_overrides: dict[str, Any] | None = None,
         producer_overrides: dict[str, Any] | None = None,
     ) -> None:
@@ -119,6 +121,7 @@ class StageRunner:
         self.processor = processor
         self.settings = settings or RunnerSettings()
         self.metrics: RunnerMetrics = metrics or _NoMetrics()
+        self.tracer = tracer
         self.stats = RunnerStats()
         self._consumer_config = kafka.consumer(group_id, error_cb=self._on_client_error,
                                                **(consumer_overrides or {}))
@@ -208,7 +211,11 @@ class StageRunner:
                 key.decode("utf-8", "replace") if isinstance(key, bytes) else key,
                 value, message.timestamp()[1], list(message.headers() or []),
             ))
-        result = self._process(records)
+        if self.tracer is None:
+            result = self._process(records)
+        else:
+            with self.tracer.process_batch([m for m in messages if m.error() is None], group=self.group_id):
+                result = self._process(records)
         for rejection in result.rejections:
             source = rejection.record
             dead.append((raw[(source.topic, source.partition, source.offset)], rejection.stage, rejection.error))
@@ -256,7 +263,7 @@ class StageRunner:
         raw: dict[tuple[str, int, int], Message] | None = None,
     ) -> bool:
         """Produce outputs and dead letters until acknowledged; False if stopped before that."""
-        encoded, encode_failures = self._encode(result.outputs)
+        encoded, encode_failures = self._encode(result.outputs, raw)
         for source, exc in encode_failures:
             if raw is not None and source is not None:
                 dead.append((raw[(source.topic, source.partition, source.offset)], dead_letters.STAGE_ENCODE, exc))
@@ -279,7 +286,22 @@ class StageRunner:
                 self._sleep(backoff)
                 backoff = min(backoff * 2, self.settings.retry_backoff_max_s)
 
-    def _encode(self, outputs: Sequence[OutgoingRecord]) -> tuple[list[_Encoded], list]:
+    def _trace_headers(self, out: OutgoingRecord, raw: dict[tuple[str, int, int], Message] | None) -> Headers:
+        """Carry the source's trace onward; sampled records get a span of their own as the parent."""
+        headers = list(out.headers)
+        if out.source is None or any(k == TRACEPARENT for k, _ in headers):
+            return headers
+        parent = out.source.header(TRACEPARENT)
+        message = raw.get((out.source.topic, out.source.partition, out.source.offset)) if raw else None
+        if self.tracer is None or message is None or (parent is not None and not is_sampled(parent)):
+            # Unsampled: copying the header is all it takes, and costs next to nothing.
+            if parent is not None:
+                headers.append((TRACEPARENT, parent))
+            return headers
+        with self.tracer.process_record(message, group=self.group_id):
+            return inject_headers(headers)
+
+    def _encode(self, outputs: Sequence[OutgoingRecord], raw=None) -> tuple[list[_Encoded], list]:
         encoded = []
         failures = []
         for out in outputs:
@@ -288,11 +310,7 @@ class StageRunner:
             except SerdeError as exc:
                 failures.append((out.source, exc))
                 continue
-            headers = list(out.headers)
-            if out.source is not None:
-                parent = out.source.header(TRACEPARENT)
-                if parent is not None and not any(k == TRACEPARENT for k, _ in headers):
-                    headers.append((TRACEPARENT, parent))
+            headers = self._trace_headers(out, raw)
             encoded.append((out.topic, out.key.encode() if out.key is not None else None, value, headers))
         return encoded, failures
 

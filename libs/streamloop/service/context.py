@@ -12,6 +12,7 @@ from streamloop.kafka.records import Processor
 from streamloop.kafka.runner import RunnerMetrics, StageRunner, StageTopics
 from streamloop.serde import Serde, make_serde
 from streamloop.service.settings import CommonSettings
+from streamloop.telemetry.tracing import KafkaTracer
 
 
 def configure_logging(level: str, service: str) -> None:
@@ -60,8 +61,8 @@ class ServiceContext:
         return f"{self.common.topic_prefix}streamloop.{self.pipeline.name}.{self.service}"
 
     def runner(self, processor: Processor, inputs: list[str], outputs: list[str],
-               metrics: RunnerMetrics | None = None) -> StageRunner:
+               metrics: RunnerMetrics | None = None, tracer: KafkaTracer | None = None) -> StageRunner:
         return StageRunner(
             self.service, self.group_id, self.common.kafka, self.stage_topics(inputs, outputs),
-            processor, self.common.runner, metrics,
+            processor, self.common.runner, metrics, tracer,
         )

@@ -132,6 +132,12 @@ def extract_context(headers: HeadersIn) -> Context:
     return trace.set_span_in_context(NonRecordingSpan(span_context), _ROOT)
 
 
+def is_sampled(traceparent: bytes | str) -> bool:
+    """Whether a W3C traceparent's sampled flag is set, read without parsing the whole header."""
+    text = traceparent.decode("ascii", "replace") if isinstance(traceparent, bytes) else traceparent
+    return text.lstrip(" \t")[54:55] in _SAMPLED_FLAG_DIGITS
+
+
 def inject_headers(headers: HeadersIn = None, context: Context | None = None) -> list[Header]:
     """A copy of ``headers`` carrying ``context`` (default: the current one) as traceparent/tracestate.
 
