@@ -1,0 +1,127 @@
+"""streamloop demo: the closed loop on the embedded stack, with a synthetic drifting domain."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from streamloop.cli.connection import DEMO_PIPELINE, DataDirOption, fail
+from streamloop.contracts import load_catalog, load_pipeline
+from streamloop.errors import StreamloopError
+from streamloop.stack.launcher import Stack
+from streamloop.stack.loop_driver import LoopDriver, load_generator
+
+app = typer.Typer()
+
+
+def _progress(driver: LoopDriver, total: int, stack: Stack) -> Table:
+    obs = driver.observed
+    table = Table(title="streamloop demo", show_header=False)
+    table.add_row("events produced", f"{len(obs.produced_at_ms)} / {total}")
+    table.add_row("predictions", str(len(obs.predicted_at_ms)))
+    table.add_row("labels sent / joined", f"{obs.labels_sent} / {obs.labeled_examples}")
+    table.add_row("drift events", str(len(obs.drift_events)))
+    table.add_row("decisions", ", ".join(d["kind"] for d in obs.decisions[-6:]) or "-")
+    table.add_row("dead letters", str(obs.dead_letters))
+    restarts = sum(p.restarts for p in stack.processes)
+    table.add_row("services", f"{sum(1 for p in stack.processes if p.pid)} running, {restarts} restarts")
+    return table
+
+
+@app.command()
+def demo(
+    events: int = typer.Option(50_000, "--events", envvar="STREAMLOOP_DEMO_EVENTS", help="Events to stream."),
+    rate: float = typer.Option(1000.0, "--rate", envvar="STREAMLOOP_DEMO_RATE", help="Events per second."),
+    seed: int = typer.Option(7, "--seed", envvar="STREAMLOOP_DEMO_SEED", help="Seed of the synthetic domain."),
+    drift_at: float = typer.Option(0.5, "--drift-at", help="Where the concept drifts, as a share of the events."),
+    headless: bool = typer.Option(False, "--headless", help="No live view; progress lines only."),
+    json_output: bool = typer.Option(False, "--json", help="End with the summary as one JSON object."),
+    pipeline: Path = typer.Option(DEMO_PIPELINE, "--pipeline", "-p", help="A pipeline with a generator.py."),
+    data_dir: Path = DataDirOption,
+    broker: str = typer.Option("noida", "--broker", envvar="STREAMLOOP_BROKER", help="noida or tansu."),
+) -> None:
+    """Run the whole loop on the embedded stack and report what it did."""
+    console = Console(stderr=True)
+    try:
+        spec = load_pipeline(pipeline)
+        generator = load_generator(spec)
+    except (StreamloopError, FileNotFoundError) as exc:
+        raise fail(str(exc), 2) from None
+    stack = Stack.prepare(spec, pipeline, data_dir / "demo", fresh=True, broker_kind=broker)  # type: ignore[arg-type]
+    try:
+        with console.status("starting broker, Redis, topics and services"):
+            stack.start_infrastructure()
+            stack.start_services()
+        driver = LoopDriver(spec, load_catalog(spec), stack.bootstrap_servers)
+        driver.start_readers()
+        console.print(f"Kafka {stack.bootstrap_servers}  Redis {stack.redis_url}  logs {stack.data_dir / 'logs'}")
+        _wait_for_champion(driver, stack, console)
+        start_ms = int(time.time() * 1000)
+        stream = generator.generate(events, seed=seed, drift_at=drift_at, start_ms=start_ms, rate_per_s=rate)
+        started = time.monotonic()
+        producer = threading.Thread(target=driver.run, args=(stream, rate), daemon=True)
+        producer.start()
+        _watch(producer, driver, stack, console, events, headless)
+        driver.wait_for_predictions(timeout_s=60)
+        time.sleep(2)  # let the last labels reach the collector
+        elapsed = time.monotonic() - started
+        summary = driver.summary(int(events * drift_at), min(5000, events // 5), elapsed, start_ms, rate)
+        driver.stop()
+    except KeyboardInterrupt:
+        console.print("interrupted")
+        stack.stop()
+        raise typer.Exit(130) from None
+    except StreamloopError as exc:
+        stack.stop()
+        raise fail(str(exc)) from None
+    stack.stop()
+    _report(summary, console, json_output)
+
+
+def _wait_for_champion(driver: LoopDriver, stack: Stack, console: Console, timeout_s: float = 90) -> None:
+    with console.status("waiting for the model publisher to deploy the first champion"):
+        deadline = time.monotonic() + timeout_s
+        while not driver.observed.decisions:
+            for line in stack.supervise_once():
+                console.print(line)
+            if time.monotonic() > deadline:
+                raise fail(f"no champion was deployed within {timeout_s:.0f}s; see {stack.data_dir / 'logs'}")
+            time.sleep(0.2)
+
+
+def _watch(producer: threading.Thread, driver: LoopDriver, stack: Stack, console: Console, total: int,
+           headless: bool) -> None:
+    if headless:
+        last = 0.0
+        while producer.is_alive():
+            for line in stack.supervise_once():
+                console.print(line)
+            if time.monotonic() - last > 5:
+                last = time.monotonic()
+                obs = driver.observed
+                console.print(f"produced {len(obs.produced_at_ms)}/{total}, predictions {len(obs.predicted_at_ms)}, "
+                              f"drift events {len(obs.drift_events)}, decisions {len(obs.decisions)}")
+            time.sleep(0.2)
+        return
+    with Live(_progress(driver, total, stack), console=console, refresh_per_second=4) as live:
+        while producer.is_alive():
+            for line in stack.supervise_once():
+                console.print(line)
+            live.update(_progress(driver, total, stack))
+            time.sleep(0.25)
+
+
+def _report(summary: dict, console: Console, json_output: bool) -> None:
+    table = Table(title="summary", show_header=False)
+    for key, value in summary.items():
+        table.add_row(key, str(value))
+    console.print(table)
+    if json_output:
+        print(json.dumps(summary), flush=True)

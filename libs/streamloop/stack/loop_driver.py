@@ -1,0 +1,242 @@
+"""Drives a running loop with a pipeline's event generator and measures what comes back.
+
+Used by ``streamloop demo`` and the end-to-end tests. It plays the user: it produces events at a
+rate, produces each label after its delay (sometimes twice, sometimes never), reads the
+predictions, decisions, drift events and dead letters, and reports one summary. It knows no
+domain: the events come from the generator module beside the pipeline spec (``generator.py``
+with ``generate(count, seed, drift_at, start_ms, rate_per_s)`` yielding objects with ``index``,
+``event``, ``label``, ``label_delay_ms``, ``label_copies``).
+"""
+
+from __future__ import annotations
+
+import heapq
+import importlib.util
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from streamloop.contracts import Catalog, PipelineSpec
+from streamloop.kafka.configuration import KafkaSettings
+from streamloop.serde import SerdeError, SingleObjectSerde
+
+
+def load_generator(pipeline: PipelineSpec) -> ModuleType:
+    path = pipeline.base_dir / "generator.py"
+    if not path.is_file():
+        raise FileNotFoundError(f"no generator.py beside the pipeline spec in {pipeline.base_dir}")
+    spec = importlib.util.spec_from_file_location(f"streamloop_generator_{pipeline.name}", path)
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
+
+
+@dataclass
+class LoopObservation:
+    """Everything read back from the loop, keyed by event id where it matters."""
+
+    produced_at_ms: dict[str, int] = field(default_factory=dict)
+    index_of: dict[str, int] = field(default_factory=dict)
+    labels: dict[str, Any] = field(default_factory=dict)
+    predicted_at_ms: dict[str, int] = field(default_factory=dict)
+    predicted: dict[str, str | None] = field(default_factory=dict)
+    model_version: dict[str, str] = field(default_factory=dict)
+    decisions: list[dict] = field(default_factory=list)
+    drift_events: list[dict] = field(default_factory=list)
+    labeled_examples: int = 0
+    dead_letters: int = 0
+    labels_sent: int = 0
+
+
+class LoopDriver:
+    def __init__(self, pipeline: PipelineSpec, catalog: Catalog, bootstrap_servers: str) -> None:
+        self.pipeline = pipeline
+        self.catalog = catalog
+        self.kafka = KafkaSettings(bootstrap_servers=bootstrap_servers)
+        self.observed = LoopObservation()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._readers: list[threading.Thread] = []
+
+    def _serde(self, role: str) -> SingleObjectSerde:
+        return SingleObjectSerde(self.catalog[role].schema, self.catalog.repository)
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def start_readers(self) -> None:
+        topics = {
+            self.catalog["predictions"].name: ("predictions", self._on_prediction),
+            self.catalog["model_decisions"].name: ("model_decisions", self._on_decision),
+            self.catalog["drift_events"].name: ("drift_events", self._on_drift),
+            self.catalog["labeled_examples"].name: ("labeled_examples", self._on_labeled_example),
+        }
+        dead_letter_topics = [t.dead_letter_topic for t in self.catalog if t.dead_letter]
+        thread = threading.Thread(target=self._read, args=(topics, dead_letter_topics), daemon=True,
+                                  name="loop-driver-reader")
+        thread.start()
+        self._readers.append(thread)
+
+    def _read(self, topics: dict[str, tuple[str, Callable]], dead_letter_topics: list[str]) -> None:
+        consumer = Consumer(self.kafka.consumer("streamloop-loop-driver"))
+        serdes = {name: self._serde(role) for name, (role, _) in topics.items()}
+        assignment = []
+        metadata = consumer.list_topics(timeout=10).topics
+        for name in [*topics, *dead_letter_topics]:
+            for partition in metadata.get(name).partitions if name in metadata else []:
+                assignment.append(TopicPartition(name, partition, -2))
+        consumer.assign(assignment)
+        try:
+            while not self._stop.is_set():
+                for message in consumer.consume(1000, 0.1):
+                    if message.error() is not None:
+                        continue
+                    if message.topic() not in topics:
+                        with self._lock:
+                            self.observed.dead_letters += 1
+                        continue
+                    try:
+                        value = serdes[message.topic()].decode(message.value())
+                    except SerdeError:
+                        continue
+                    topics[message.topic()][1](value, message.timestamp()[1])
+        finally:
+            consumer.close()
+
+    def _on_prediction(self, value: dict, timestamp_ms: int) -> None:
+        event_id = value["event_id"]
+        with self._lock:
+            if event_id not in self.observed.predicted_at_ms:
+                self.observed.predicted_at_ms[event_id] = timestamp_ms
+                self.observed.predicted[event_id] = value.get("predicted_class")
+                self.observed.model_version[event_id] = value["model_version"]
+
+    def _on_decision(self, value: dict, _timestamp_ms: int) -> None:
+        with self._lock:
+            self.observed.decisions.append(value)
+
+    def _on_drift(self, value: dict, _timestamp_ms: int) -> None:
+        with self._lock:
+            self.observed.drift_events.append(value)
+
+    def _on_labeled_example(self, _value: dict, _timestamp_ms: int) -> None:
+        with self._lock:
+            self.observed.labeled_examples += 1
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._readers:
+            thread.join(10)
+
+    # -- producing -----------------------------------------------------------------------------
+
+    def run(self, demo_events: Iterator[Any], rate_per_s: float,
+            on_progress: Callable[[int], None] | None = None) -> None:
+        """Produce events at ``rate_per_s`` and each label after its delay; returns when all are sent."""
+        input_topic = self.catalog["input"]
+        label_topic = self.catalog["labels"]
+        event_serde, label_serde = self._serde("input"), self._serde("labels")
+        producer = Producer(self.kafka.producer(linger_ms=2))
+        pending_labels: list[tuple[float, int, dict]] = []
+        started = time.monotonic()
+        sent = 0
+        for sent, demo_event in enumerate(demo_events, start=1):
+            due = started + (sent - 1) / rate_per_s
+            while True:
+                now = time.monotonic()
+                self._send_due_labels(producer, label_topic.name, label_serde, pending_labels, now)
+                if now >= due:
+                    break
+                time.sleep(min(due - now, 0.005))
+            event = demo_event.event
+            event_id = str(event[self.pipeline.input.event_id])
+            self._produce(producer, input_topic.name, str(event[self.pipeline.input.entity_key]),
+                          event_serde.encode(event))
+            with self._lock:
+                self.observed.produced_at_ms[event_id] = int(time.time() * 1000)
+                self.observed.index_of[event_id] = demo_event.index
+                self.observed.labels[event_id] = demo_event.label
+            label = {"event_id": event_id, "label": demo_event.label,
+                     "label_time": int(event[self.pipeline.input.event_time]) + demo_event.label_delay_ms,
+                     "entity_key": str(event[self.pipeline.input.entity_key])}
+            for copy in range(demo_event.label_copies):
+                heapq.heappush(pending_labels, (time.monotonic() + demo_event.label_delay_ms / 1000 + copy * 0.5,
+                                                sent * 2 + copy, label))
+            if on_progress and sent % 500 == 0:
+                on_progress(sent)
+        while pending_labels:
+            self._send_due_labels(producer, label_topic.name, label_serde, pending_labels, time.monotonic())
+            time.sleep(0.01)
+        producer.flush(60)
+
+    def _send_due_labels(self, producer: Producer, topic: str, serde: SingleObjectSerde,
+                         pending: list, now: float) -> None:
+        while pending and pending[0][0] <= now:
+            _, _, label = heapq.heappop(pending)
+            self._produce(producer, topic, label["event_id"], serde.encode(label))
+            self.observed.labels_sent += 1
+
+    @staticmethod
+    def _produce(producer: Producer, topic: str, key: str, value: bytes) -> None:
+        while True:
+            try:
+                producer.produce(topic, value=value, key=key.encode())
+                producer.poll(0)
+                return
+            except BufferError:
+                producer.poll(0.05)
+
+    def wait_for_predictions(self, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with self._lock:
+                if len(self.observed.predicted_at_ms) >= len(self.observed.produced_at_ms):
+                    return True
+            time.sleep(0.2)
+        return False
+
+    # -- the summary ---------------------------------------------------------------------------
+
+    def summary(self, drift_index: int, window: int, elapsed_s: float, start_ms: int, rate_per_s: float) -> dict:
+        with self._lock:
+            obs = self.observed
+            by_index = sorted((obs.index_of[e], e) for e in obs.produced_at_ms)
+            latencies = [obs.predicted_at_ms[e] - obs.produced_at_ms[e] for e in obs.produced_at_ms
+                         if e in obs.predicted_at_ms]
+
+            def accuracy(ids: list[str]) -> float | None:
+                scored = [e for e in ids if e in obs.predicted]
+                if not scored:
+                    return None
+                hits = sum(str(obs.predicted[e]).lower() == str(obs.labels[e]).lower() for e in scored)
+                return round(hits / len(scored), 4)
+
+            before = [e for i, e in by_index if drift_index - window <= i < drift_index]
+            after = [e for _, e in by_index[-window:]]
+            detections = [d for d in obs.drift_events if d["window_end"] >= start_ms + drift_index * 1000 / rate_per_s]
+            first = min((d["window_end"] for d in detections), default=None)
+            kinds = [d["kind"] for d in obs.decisions]
+            return {
+                "events_in": len(obs.produced_at_ms),
+                "predictions_out": len(obs.predicted_at_ms),
+                "dlq": obs.dead_letters,
+                "labels_sent": obs.labels_sent,
+                "labels_joined": obs.labeled_examples,
+                "lost": len(obs.produced_at_ms) - len(obs.predicted_at_ms),
+                "accuracy_before_drift": accuracy(before),
+                "accuracy_after_recovery": accuracy(after),
+                "drift_at": drift_index,
+                "drift_detected_at": None if first is None else int((first - start_ms) * rate_per_s / 1000),
+                "drift_events": len(obs.drift_events),
+                "promotions": sum(1 for d in obs.decisions if d["kind"] == "PROMOTE" and d.get("from_version")),
+                "rollbacks": kinds.count("ROLLBACK"),
+                "model_versions": len(set(obs.model_version.values())),
+                "throughput_eps": round(len(obs.predicted_at_ms) / elapsed_s, 1) if elapsed_s else None,
+                "latency_p50_ms": float(np.percentile(latencies, 50)) if latencies else None,
+                "latency_p99_ms": float(np.percentile(latencies, 99)) if latencies else None,
+            }
