@@ -1,0 +1,3 @@
+from services.featurizer.app import main
+
+raise SystemExit(main())

@@ -1,0 +1,344 @@
+"""The featurizer's processor: input events in, one FeatureVector per event out, rows to the store.
+
+Pure as far as Kafka goes: it is handed decoded records, returns records to produce and never
+touches a consumer. The two things it talks to are injected: a :class:`FeatureStore` (through
+:class:`FeatureRowWriter`) and a :class:`PartitionHistory`, which replays an assigned partition's
+recent input so the windows are rebuilt before the partition's first batch (docs/featurizer.md).
+
+Per event: validate (before any state), decide lateness, insert into the entity's sorted buffer,
+compute the vector over buffered events with a version key <= the event's own, evict. Per batch:
+each entity's greatest-version row is queued for the store (written by the writer's thread in
+the service, at once in tests), and the metrics are recorded.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import suppress
+from typing import Any, Protocol
+
+from services.featurizer.exceptions import LateEventError
+from services.featurizer.state import EntityState, PartitionState
+from services.featurizer.store_writer import FeatureRowWriter
+from services.featurizer.validation import RecordValidator
+from services.featurizer.vectors import FeatureBuilder
+from services.featurizer.windows import OFFSET_MASK, SHIFT
+from streamloop.contracts import PipelineSpec
+from streamloop.contracts.schemas import AvroSchema
+from streamloop.kafka import ConsumedRecord, InvalidRecordError, OutgoingRecord, ProcessResult, Rejection
+from streamloop.kafka.dead_letters import STAGE_PROCESS, STAGE_VALIDATION
+from streamloop.kafka.records import TopicPartitionRef
+from streamloop.store import FeatureStore, FeatureWrite
+from streamloop.store.feature_store import wall_clock_ms
+
+log = logging.getLogger(__name__)
+
+Outcome = OutgoingRecord | Rejection
+_TP = tuple[str, int]
+
+
+class PartitionHistory(Protocol):
+    """The input topic read as the featurizer's changelog (services/featurizer/history.py)."""
+
+    def committed(self, partitions: Sequence[TopicPartitionRef]) -> dict[TopicPartitionRef, int | None]:
+        """The group's committed offset of each partition; None where nothing is committed."""
+        ...
+
+    def replay(self, ends: Mapping[TopicPartitionRef, int], lookback_ms: int) -> Iterable[ConsumedRecord]:
+        """Decoded records before each end offset, starting ``lookback_ms`` before the last one's timestamp."""
+        ...
+
+
+class Metrics(Protocol):
+    def counter(self, name: str, description: str = "", unit: str = "") -> Callable[..., None]: ...
+
+    def gauge(self, name: str, description: str = "", unit: str = "") -> Callable[..., None]: ...
+
+
+class _NoMetrics:
+    def counter(self, name: str, description: str = "", unit: str = "") -> Callable[..., None]:
+        return lambda *args, **kwargs: None
+
+    gauge = counter
+
+
+class FeaturizerProcessor:
+    """Turns the pipeline's input events into FeatureVectors (the ``features`` topic)."""
+
+    def __init__(self, spec: PipelineSpec, schema: AvroSchema, *, features_topic: str,
+                 store: FeatureStore | None = None, history: PartitionHistory | None = None,
+                 metrics: Metrics | None = None, group: str = "features", disorder_ms: int = 3_600_000,
+                 sweep_interval_s: float = 60.0,
+                 clock: Callable[[], int] = wall_clock_ms, monotonic: Callable[[], float] = time.monotonic) -> None:
+        self.spec = spec
+        self.features_topic = features_topic
+        self.builder = FeatureBuilder(spec, schema)
+        self.validator = RecordValidator(spec.input, schema)
+        self.writer = FeatureRowWriter(store, group, monotonic=monotonic)
+        self.history = history
+        self.horizon = self.builder.horizon
+        self.forget_after = self.horizon + disorder_ms
+        # Replay far enough back that every event still buffered at the end offset is read again.
+        self.lookback_ms = self.horizon + 2 * disorder_ms
+        self._lateness = spec.features.allowed_lateness
+        self._late_policy = spec.features.late_events
+        self._ttl = spec.features.ttl
+        self._fields = len(self.builder.fields)
+        self._partitions: dict[_TP, PartitionState] = {}
+        self._parked: dict[_TP, PartitionState] = {}
+        # Outcomes of the latest batch's new records: what a replay of that batch must emit again.
+        self._recent: dict[tuple[str, int, int], Outcome] = {}
+        self._clock = clock
+        self._monotonic = monotonic
+        self._sweep_interval = sweep_interval_s
+        self._next_sweep = monotonic() + sweep_interval_s
+        metrics = metrics or _NoMetrics()
+        self._validation_failures = metrics.counter(
+            "streamloop_validation_failures", "Input events dead-lettered by validation, by rule.")
+        self._late = metrics.counter("streamloop_late_events", "Events later than the allowed lateness, by policy.")
+        self._replayed = metrics.counter("streamloop_featurizer_replayed_records",
+                                         "Records seen again: re-emitted (replay) or re-applied to rebuild state.")
+        self._store_writes = metrics.counter("streamloop_feature_store_writes",
+                                             "Feature rows written to the store, by result (applied or stale).")
+        self._entities_gauge = metrics.gauge("streamloop_featurizer_entities", "Entities with buffered events.")
+        self._events_gauge = metrics.gauge("streamloop_featurizer_buffered_events", "Events held in windows.")
+        self._pending_gauge = metrics.gauge("streamloop_feature_store_pending_writes",
+                                            "Feature rows queued for the store (waiting for it, when it is down).")
+        self._reported = (0, 0)
+
+    # -- the batch ---------------------------------------------------------------------------
+
+    def process(self, batch: Sequence[ConsumedRecord]) -> ProcessResult:
+        result = ProcessResult()
+        now = self._clock()
+        failures: Counter[str] = Counter()
+        late = replayed = 0
+        rows: dict[str, tuple[int, OutgoingRecord]] = {}
+        current: _TP | None = None
+        part = PartitionState()
+        recent = None
+        for record in batch:
+            if (record.topic, record.partition) != current:
+                current = (record.topic, record.partition)
+                part = self._partitions.get(current) or self._ensure(current)
+            if record.offset <= part.applied:
+                replayed += 1
+                outcome = self._replay(part, record, now)
+            else:
+                try:
+                    outcome = self._apply(part, record, now, emit=True)
+                except LateEventError as exc:
+                    outcome = Rejection(record, exc, STAGE_VALIDATION)
+                    late += 1
+                except InvalidRecordError as exc:
+                    outcome = Rejection(record, exc, STAGE_VALIDATION)
+                    failures[exc.rule or "unknown"] += 1
+                except Exception as exc:  # noqa: BLE001 - a bug on one event must not stall the partition
+                    log.exception("featurizing %s[%d]@%d failed", record.topic, record.partition, record.offset)
+                    outcome = Rejection(record, exc, STAGE_PROCESS)
+                part.applied = record.offset
+                if recent is None:
+                    recent = self._recent = {}
+                recent[(record.topic, record.partition, record.offset)] = outcome
+                if isinstance(outcome, OutgoingRecord):
+                    late += outcome.value["late"]  # type: ignore[index]
+                    key = outcome.value["event_time"] * SHIFT + record.offset  # type: ignore[index]
+                    best = rows.get(outcome.key)  # type: ignore[arg-type]
+                    if best is None or key > best[0]:
+                        rows[outcome.key] = (key, outcome)  # type: ignore[index]
+            if isinstance(outcome, OutgoingRecord):
+                result.outputs.append(outcome)
+            else:
+                result.rejections.append(outcome)
+        self._write_rows(rows.values(), now)
+        for rule, count in failures.items():
+            self._validation_failures(count, {"rule": rule})
+        if late:
+            self._late(late, {"policy": self._late_policy})
+        if replayed:
+            self._replayed(replayed, {"kind": "re-emitted"})
+        return result
+
+    def _apply(self, part: PartitionState, record: ConsumedRecord, now: int, emit: bool) -> OutgoingRecord | None:
+        """Validate, insert and (when ``emit``) build one new event's vector; raises on rejection."""
+        value = record.value
+        event_id, entity_key, event_time = self.validator.validate(value)
+        entities = part.entities
+        entity = entities.get(entity_key)
+        if entity is not None and entity.max_time < part.watermark - self.forget_after:
+            entity = None  # forgotten: silent for longer than the horizon (state.py)
+        late = entity is not None and event_time < entity.max_time - self._lateness
+        if late and self._late_policy == "dead_letter":
+            raise LateEventError(
+                f"event time {event_time} is more than {self._lateness} ms behind the entity's newest event "
+                f"({entity.max_time})", rule=f"{self.spec.input.event_time}.allowed_lateness")  # type: ignore[union-attr]
+        key = event_time * SHIFT + record.offset
+        fresh = entity is None
+        if entity is None:
+            entity = EntityState(self._fields)
+        entity.insert(key, self.builder.field_values(value))
+        output = None
+        if emit:
+            try:
+                output = self._output(record, entity, key, value, event_id, entity_key, event_time, now, late)
+            except Exception:
+                if not fresh:
+                    entity.remove(key)
+                raise
+        if fresh:
+            entities[entity_key] = entity
+        entity.applied(key, value, self.horizon)
+        if event_time > part.watermark:
+            part.watermark = event_time
+        return output
+
+    def _output(self, record: ConsumedRecord, entity: EntityState, key: int, value: dict[str, Any],
+                event_id: str, entity_key: str, event_time: int, now: int, late: bool) -> OutgoingRecord:
+        numeric, categorical, segments = self.builder.build(entity, key, value)
+        vector = {
+            "event_id": event_id, "entity_key": entity_key, "event_time": event_time, "pipeline": self.spec.name,
+            "numeric": numeric, "categorical": categorical, "segments": segments, "computed_at": now, "late": late,
+        }
+        return OutgoingRecord(self.features_topic, entity_key, vector, source=record)
+
+    # -- replays -----------------------------------------------------------------------------
+
+    def _replay(self, part: PartitionState, record: ConsumedRecord, now: int) -> Outcome:
+        """An already-applied record: the same outcome again, without touching the state."""
+        remembered = self._recent.get((record.topic, record.partition, record.offset))
+        if remembered is not None:
+            return remembered
+        # Not of the latest batch: rebuild the entity's state as it was just before this record.
+        value = record.value
+        try:
+            event_id, entity_key, event_time = self.validator.validate(value)
+        except InvalidRecordError as exc:
+            return Rejection(record, exc, STAGE_VALIDATION)
+        entity = part.entities.get(entity_key)
+        view = entity.as_of(record.offset - 1) if entity is not None else EntityState(self._fields)
+        late = bool(view.keys) and event_time < view.max_time - self._lateness
+        if late and self._late_policy == "dead_letter":
+            return Rejection(record, LateEventError("event later than the allowed lateness (replayed)",
+                                                    rule=f"{self.spec.input.event_time}.allowed_lateness"),
+                             STAGE_VALIDATION)
+        key = event_time * SHIFT + record.offset
+        view.insert(key, self.builder.field_values(value))
+        return self._output(record, view, key, value, event_id, entity_key, event_time, now, late)
+
+    # -- the store ---------------------------------------------------------------------------
+
+    def _write_rows(self, rows: Iterable[tuple[int, OutgoingRecord]], now: int) -> None:
+        if self.writer.store is None:
+            return
+        writes = []
+        for key, output in rows:
+            vector = output.value
+            assert vector is not None
+            writes.append(FeatureWrite(vector["entity_key"], vector["event_time"], key & OFFSET_MASK,
+                                       vector["numeric"], vector["categorical"]))
+        self.writer.submit(writes)
+        self._flush(now)
+
+    def _flush(self, now: int) -> None:
+        """Write pending rows now, unless the writer's own thread does; report what was written."""
+        writer = self.writer
+        if not writer.background:
+            writer.flush(now)
+        applied, stale = writer.applied, writer.stale
+        if applied > self._reported[0]:
+            self._store_writes(applied - self._reported[0], {"result": "applied"})
+        if stale > self._reported[1]:
+            self._store_writes(stale - self._reported[1], {"result": "stale"})
+        self._reported = (applied, stale)
+        self._pending_gauge(writer.pending)
+
+    # -- partitions --------------------------------------------------------------------------
+
+    def on_assigned(self, partitions: Sequence[TopicPartitionRef]) -> None:
+        """Keep the state of a partition we still hold at its committed offset; rebuild the others."""
+        self._take(partitions)
+        self._parked.clear()  # revoked and not given back: gone
+
+    def _take(self, partitions: Sequence[TopicPartitionRef]) -> None:
+        committed = self.history.committed(partitions) if self.history is not None else {}
+        to_restore: dict[_TP, int] = {}
+        for ref in partitions:
+            tp = (ref.topic, ref.partition)
+            parked = self._parked.pop(tp, None)
+            offset = committed.get(ref)
+            if parked is not None and (self.history is None or offset == parked.applied + 1):
+                self._partitions[tp] = parked
+            elif offset is None or offset <= 0:
+                self._partitions[tp] = PartitionState()  # consumption starts at the beginning
+            else:
+                to_restore[tp] = offset
+        if to_restore:
+            self._restore(to_restore)
+
+    def on_revoked(self, partitions: Sequence[TopicPartitionRef]) -> None:
+        for ref in partitions:
+            part = self._partitions.pop((ref.topic, ref.partition), None)
+            if part is not None:
+                self._parked[(ref.topic, ref.partition)] = part
+
+    def _ensure(self, tp: _TP) -> PartitionState:
+        """A record of a partition never announced by on_assigned (tests, or a runner without hooks)."""
+        if self.history is not None:
+            self._take([TopicPartitionRef(*tp)])
+        return self._partitions.setdefault(tp, PartitionState())
+
+    def _restore(self, ends: dict[_TP, int]) -> None:
+        """Re-apply each partition's recent input without emitting, then rewrite the latest rows."""
+        assert self.history is not None
+        started = self._monotonic()
+        parts = {tp: PartitionState(applied=end - 1) for tp, end in ends.items()}
+        refs = {TopicPartitionRef(*tp): end for tp, end in ends.items()}
+        replayed = 0
+        for record in self.history.replay(refs, self.lookback_ms):
+            tp = (record.topic, record.partition)
+            part = parts.get(tp)
+            if part is None or record.offset >= ends[tp]:
+                continue
+            replayed += 1
+            # A record that was dead-lettered when first consumed (invalid, late, or failing) left no
+            # trace in the state then, and leaves none now.
+            with suppress(Exception):
+                self._apply(part, record, 0, emit=False)
+        self._partitions.update(parts)
+        self._rewrite_rows(parts.values())
+        self._replayed(replayed, {"kind": "restored"})
+        log.info("rebuilt %d partitions from %d input records in %.2fs (%d entities)", len(parts), replayed,
+                 self._monotonic() - started, sum(len(p.entities) for p in parts.values()))
+
+    def _rewrite_rows(self, parts: Iterable[PartitionState]) -> None:
+        """Queue each rebuilt entity's latest row again: rows pending at a crash are not lost."""
+        if self.writer.store is None:
+            return
+        now = self._clock()
+        writes = []
+        for part in parts:
+            for entity_key, entity in part.entities.items():
+                event_time, offset = entity.latest_key // SHIFT, entity.latest_key & OFFSET_MASK
+                if entity.latest_value is None or now - event_time > self._ttl:
+                    continue
+                numeric, categorical, _ = self.builder.build(entity.as_of(offset), entity.latest_key,
+                                                             entity.latest_value)
+                writes.append(FeatureWrite(entity_key, event_time, offset, numeric, categorical))
+        self.writer.submit(writes)
+        self._flush(now)
+
+    # -- time --------------------------------------------------------------------------------
+
+    def tick(self, now_ms: int) -> ProcessResult:
+        """Retry pending store rows; every sweep interval, drop forgotten entities and report sizes."""
+        self._flush(now_ms)
+        if self._monotonic() >= self._next_sweep:
+            self._next_sweep = self._monotonic() + self._sweep_interval
+            for part in self._partitions.values():
+                part.sweep(self.forget_after)
+            self._entities_gauge(sum(len(p.entities) for p in self._partitions.values()))
+            self._events_gauge(sum(p.buffered_events for p in self._partitions.values()))
+        return ProcessResult()

@@ -1,0 +1,152 @@
+"""Per-partition, per-entity event buffers, sorted by version key (event time, then offset).
+
+An entity keeps the events it still needs: those newer than ``max_time - horizon``. A whole
+entity is forgotten once its newest event trails its partition's newest event by more than
+``horizon + disorder`` (docs/featurizer.md, "State"). Both rules depend only on the events, never
+on when a sweep ran, so a state rebuilt by replaying the input topic equals the original.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left, bisect_right
+from collections.abc import Sequence
+from typing import Any
+
+from services.featurizer.windows import OFFSET_MASK, SHIFT
+
+
+def _insert(keys: list[int], key: int) -> int:
+    """Insert ``key`` in order and return its index; appending is the common (in-order) case."""
+    if not keys or key > keys[-1]:
+        keys.append(key)
+        return len(keys) - 1
+    index = bisect_right(keys, key)
+    keys.insert(index, key)
+    return index
+
+
+class Series:
+    """The non-null values of one aggregated field, in version-key order."""
+
+    __slots__ = ("keys", "values")
+
+    def __init__(self, keys: list[int] | None = None, values: list[Any] | None = None) -> None:
+        self.keys: list[int] = keys if keys is not None else []
+        self.values: list[Any] = values if values is not None else []
+
+    def insert(self, key: int, value: Any) -> None:
+        index = _insert(self.keys, key)
+        if index == len(self.values):
+            self.values.append(value)
+        else:
+            self.values.insert(index, value)
+
+    def remove(self, key: int) -> None:
+        index = bisect_left(self.keys, key)
+        if index < len(self.keys) and self.keys[index] == key:
+            del self.keys[index]
+            del self.values[index]
+
+    def evict_before(self, cutoff_key: int) -> None:
+        if self.keys and self.keys[0] < cutoff_key:
+            index = bisect_left(self.keys, cutoff_key)
+            del self.keys[:index]
+            del self.values[:index]
+
+    def window(self, start_key: int, end_key: int) -> list[Any]:
+        """Values with ``start_key <= key <= end_key``."""
+        keys = self.keys
+        hi = len(keys) if keys and keys[-1] == end_key else bisect_right(keys, end_key)
+        return self.values[bisect_left(keys, start_key, 0, hi):hi]
+
+
+class EntityState:
+    """The buffered events of one entity: every event's key, and one :class:`Series` per field.
+
+    ``latest`` is the version key and record of the entity's greatest-version event, whose
+    features are the entity's row in the online store.
+    """
+
+    __slots__ = ("keys", "series", "max_time", "latest_key", "latest_value")
+
+    def __init__(self, fields: int) -> None:
+        self.keys: list[int] = []
+        self.series: list[Series] = [Series() for _ in range(fields)]
+        self.max_time = -1
+        self.latest_key = -1
+        self.latest_value: dict[str, Any] | None = None
+
+    def insert(self, key: int, values: Sequence[Any]) -> None:
+        _insert(self.keys, key)
+        for series, value in zip(self.series, values, strict=True):
+            if value is not None:
+                series.insert(key, value)
+
+    def remove(self, key: int) -> None:
+        """Undo :meth:`insert` (when computing the event's features failed)."""
+        index = bisect_left(self.keys, key)
+        if index < len(self.keys) and self.keys[index] == key:
+            del self.keys[index]
+        for series in self.series:
+            series.remove(key)
+
+    def applied(self, key: int, value: dict[str, Any], horizon: int) -> None:
+        """Account for an inserted event: newest time, latest version, and evict what is too old."""
+        event_time = key // SHIFT
+        if event_time > self.max_time:
+            self.max_time = event_time
+        if key > self.latest_key:
+            self.latest_key = key
+            self.latest_value = value
+        cutoff = (self.max_time - horizon + 1) * SHIFT
+        if self.keys[0] < cutoff:
+            del self.keys[:bisect_left(self.keys, cutoff)]
+            for series in self.series:
+                series.evict_before(cutoff)
+
+    def previous_time(self, key: int) -> int | None:
+        """Event time of the buffered event just before ``key`` in version order."""
+        keys = self.keys
+        index = len(keys) - 1 if keys and keys[-1] == key else bisect_left(keys, key)
+        return keys[index - 1] // SHIFT if index > 0 else None
+
+    def as_of(self, offset: int) -> EntityState:
+        """A copy holding only the events with offset <= ``offset``: the state as it was then.
+
+        Exact as long as nothing that event's windows needed was evicted since (docs/featurizer.md).
+        """
+        view = EntityState(0)
+        view.keys = [k for k in self.keys if k & OFFSET_MASK <= offset]
+        view.series = []
+        for series in self.series:
+            kept = [i for i, k in enumerate(series.keys) if k & OFFSET_MASK <= offset]
+            view.series.append(Series([series.keys[i] for i in kept], [series.values[i] for i in kept]))
+        view.max_time = max((k // SHIFT for k in view.keys), default=-1)
+        return view
+
+    @property
+    def size(self) -> int:
+        return len(self.keys)
+
+
+class PartitionState:
+    """The entities of one input partition, the highest offset applied and the newest event time."""
+
+    __slots__ = ("entities", "applied", "watermark")
+
+    def __init__(self, applied: int = -1) -> None:
+        self.entities: dict[str, EntityState] = {}
+        self.applied = applied
+        self.watermark = -1
+
+    def sweep(self, forget_after: int) -> int:
+        """Drop every entity forgotten by the rule above; returns how many were dropped."""
+        threshold = self.watermark - forget_after
+        stale = [key for key, entity in self.entities.items() if entity.max_time < threshold]
+        for key in stale:
+            del self.entities[key]
+        return len(stale)
+
+    @property
+    def buffered_events(self) -> int:
+        return sum(entity.size for entity in self.entities.values())

@@ -1,0 +1,172 @@
+"""Input validation: the spec's ``input.validation`` rules plus sanity checks, before any state.
+
+A failing event raises :class:`InvalidRecordError` whose ``rule`` is ``<field>.<rule>``; the
+runner sends it to the dead-letter topic with the rule in the ``streamloop.errors.rule`` header.
+Checks run in this order and the first failure wins:
+
+1. identity: the event id and entity key are present and non-empty (``<field>.required``); the
+   event time is present (``.required``), a timestamp or an integer (``.type``) and in
+   ``[0, 2**63 - 1]`` ms (``.range``);
+2. sanity, over every field: no NaN or infinite number (``<field>.finite``, nested values
+   included) and no map or array with more than ``input.max_map_size`` entries (``.max_size``);
+3. the declared rules, in the spec's order: ``required``, ``type``, ``min``, ``max``,
+   ``allowed``, ``max_length``.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from streamloop.contracts.pipeline import FieldRule, InputSpec
+from streamloop.contracts.schemas import AvroSchema
+from streamloop.kafka import InvalidRecordError
+
+MAX_TIME_MS = 2**63 - 1
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MILLISECOND = timedelta(milliseconds=1)
+_PRIMITIVES = frozenset({"null", "boolean", "int", "long", "float", "double", "bytes", "string"})
+
+_TYPE_CHECKS = {
+    "string": lambda v: isinstance(v, str),
+    "double": lambda v: isinstance(v, int | float) and not isinstance(v, bool),
+    "long": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "boolean": lambda v: isinstance(v, bool),
+}
+
+
+def type_kinds(avro_type: Any) -> set[str]:
+    """The kinds a field's Avro type can hold: primitive names, or record/map/array/enum/fixed/named."""
+    if isinstance(avro_type, list):
+        return set().union(*(type_kinds(t) for t in avro_type)) if avro_type else set()
+    if isinstance(avro_type, dict):
+        kind = avro_type.get("type")
+        if kind in ("record", "error"):
+            return {"record"}
+        if kind in ("map", "array", "enum", "fixed"):
+            return {kind}
+        return type_kinds(kind)
+    return {avro_type} if avro_type in _PRIMITIVES else {"named"}
+
+
+def field_kinds(schema: AvroSchema) -> dict[str, set[str]]:
+    return {f["name"]: type_kinds(f["type"]) for f in schema.raw.get("fields", [])}
+
+
+def to_millis(value: Any) -> int | None:
+    """An event time as ms since the epoch: a decoded ``timestamp-millis`` or a plain long."""
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return (value - _EPOCH) // _MILLISECOND
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    return None
+
+
+def _tag(value: Any) -> tuple[str, Any]:
+    # True == 1 in Python; tags keep a boolean from matching a number in an `allowed` list.
+    if isinstance(value, bool):
+        return ("b", value)
+    if isinstance(value, int | float):
+        return ("n", float(value))
+    return ("s", value)
+
+
+class _Rule:
+    __slots__ = ("field", "required", "type", "type_check", "min", "max", "strings", "tagged", "max_length")
+
+    def __init__(self, field: str, rule: FieldRule) -> None:
+        self.field = field
+        self.required = rule.required
+        self.type = rule.type
+        self.type_check = _TYPE_CHECKS[rule.type] if rule.type else None
+        self.min = rule.min
+        self.max = rule.max
+        allowed = rule.allowed
+        # Fast path: an all-string list is a plain set lookup.
+        self.strings = frozenset(allowed) if allowed is not None and all(isinstance(a, str) for a in allowed) else None
+        self.tagged = frozenset(_tag(a) for a in allowed) if allowed is not None and self.strings is None else None
+        self.max_length = rule.max_length
+
+    def check(self, value: Any) -> None:
+        field = self.field
+        if value is None:
+            if self.required:
+                raise InvalidRecordError(f"{field} is required", rule=f"{field}.required")
+            return
+        if self.type_check is not None and not self.type_check(value):
+            raise InvalidRecordError(f"{field} must be a {self.type}, got {type(value).__name__}", rule=f"{field}.type")
+        if self.min is not None or self.max is not None:
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise InvalidRecordError(f"{field} must be a number to check min/max", rule=f"{field}.type")
+            if self.min is not None and value < self.min:
+                raise InvalidRecordError(f"{field} is {value}, below the minimum {self.min}", rule=f"{field}.min")
+            if self.max is not None and value > self.max:
+                raise InvalidRecordError(f"{field} is {value}, above the maximum {self.max}", rule=f"{field}.max")
+        if self.strings is not None:
+            if not (isinstance(value, str) and value in self.strings):
+                raise InvalidRecordError(f"{field} is {value!r}, not one of the allowed values",
+                                         rule=f"{field}.allowed")
+        elif self.tagged is not None and _tag(value) not in self.tagged:
+            raise InvalidRecordError(f"{field} is {value!r}, not one of the allowed values", rule=f"{field}.allowed")
+        if self.max_length is not None and isinstance(value, str | bytes | list | dict) \
+                and len(value) > self.max_length:
+            raise InvalidRecordError(f"{field} has length {len(value)}, above the maximum {self.max_length}",
+                                     rule=f"{field}.max_length")
+
+
+class RecordValidator:
+    """Checks one decoded input event; :meth:`validate` returns its identity or raises."""
+
+    def __init__(self, spec: InputSpec, schema: AvroSchema) -> None:
+        kinds = field_kinds(schema)
+        self.event_id = spec.event_id
+        self.entity_key = spec.entity_key
+        self.event_time = spec.event_time
+        self.max_size = spec.max_map_size
+        self._floats = tuple(f for f, k in kinds.items() if k & {"float", "double"})
+        self._nested = tuple(f for f, k in kinds.items() if k & {"record", "map", "array", "named"})
+        self._rules = tuple(_Rule(field, rule) for field, rule in spec.validation.items())
+
+    def validate(self, value: dict[str, Any]) -> tuple[str, str, int]:
+        """``(event_id, entity_key, event_time_ms)`` of a valid event; raises InvalidRecordError."""
+        event_id = value.get(self.event_id)
+        if event_id is None or event_id == "":
+            raise InvalidRecordError(f"{self.event_id} (the event id) is missing", rule=f"{self.event_id}.required")
+        entity = value.get(self.entity_key)
+        if entity is None or entity == "":
+            raise InvalidRecordError(f"{self.entity_key} (the entity key) is missing",
+                                     rule=f"{self.entity_key}.required")
+        raw_time = value.get(self.event_time)
+        event_time = to_millis(raw_time)
+        if event_time is None:
+            rule = "required" if raw_time is None else "type"
+            raise InvalidRecordError(f"{self.event_time} (the event time) is {raw_time!r}",
+                                     rule=f"{self.event_time}.{rule}")
+        if not 0 <= event_time <= MAX_TIME_MS:
+            raise InvalidRecordError(f"{self.event_time} is {event_time} ms, outside [0, 2**63 - 1]",
+                                     rule=f"{self.event_time}.range")
+        for field in self._floats:
+            number = value.get(field)
+            if number.__class__ is float and not math.isfinite(number):
+                raise InvalidRecordError(f"{field} is {number}", rule=f"{field}.finite")
+        for field in self._nested:
+            self._check_nested(field, value.get(field))
+        for rule in self._rules:
+            rule.check(value.get(rule.field))
+        return str(event_id), str(entity), event_time
+
+    def _check_nested(self, field: str, value: Any) -> None:
+        pending = [value]
+        while pending:
+            item = pending.pop()
+            if isinstance(item, float):
+                if not math.isfinite(item):
+                    raise InvalidRecordError(f"{field} holds {item}", rule=f"{field}.finite")
+            elif isinstance(item, dict | list):
+                if len(item) > self.max_size:
+                    raise InvalidRecordError(f"{field} holds {len(item)} entries, above input.max_map_size "
+                                             f"({self.max_size})", rule=f"{field}.max_size")
+                pending.extend(item.values() if isinstance(item, dict) else item)

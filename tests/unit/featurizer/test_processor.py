@@ -1,0 +1,280 @@
+"""The processor: point-in-time correct windows, lateness, replays, restores, the store, metrics."""
+
+from __future__ import annotations
+
+import random
+import time
+
+import pytest
+
+from services.featurizer.exceptions import LateEventError
+from streamloop.kafka import OutgoingRecord, Rejection
+from streamloop.kafka.records import TopicPartitionRef
+from tests.unit.featurizer.support import (
+    ListHistory,
+    MemoryStore,
+    RecordingMetrics,
+    all_aggregations_spec,
+    assert_close,
+    event,
+    make_spec,
+    processor,
+    records,
+    reference_run,
+    run_batches,
+    vectors,
+)
+
+SPEC = all_aggregations_spec()
+COUNT_1M = {"aggregations": [{"name": "count", "field": "x", "agg": "count",
+                              "window": {"kind": "sliding", "size": 60_000}}], "allowed_lateness": "10s"}
+
+
+def stream(seed: int, count: int = 400, entities: int = 4, jitter_ms: int = 25_000) -> list[dict]:
+    """Events a few seconds apart, some arriving up to ``jitter_ms`` out of order, some nulls and repeats."""
+    rng = random.Random(seed)
+    clock = 1_700_000_000_000
+    events = []
+    for i in range(count):
+        clock += rng.choice([0, 500, 1_000, 3_000, 7_000, 20_000])
+        late_by = rng.randint(0, jitter_ms) if rng.random() < 0.2 else 0
+        events.append(event(i, f"k{rng.randrange(entities)}", clock - late_by,
+                            x=None if rng.random() < 0.1 else float(rng.randint(-5, 50)), cat=rng.choice("abc")))
+    return events
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_every_aggregation_and_window_matches_brute_force(seed: int) -> None:
+    proc = processor(SPEC)
+    recs = records(stream(seed))
+    got = vectors(run_batches(proc, recs, sizes=[7, 50, 1, 200]))
+    for event_id, (late, expected) in reference_run(SPEC, recs, proc.horizon).items():
+        assert got[event_id]["late"] == late
+        if not late:
+            assert_close(got[event_id]["numeric"], expected, event_id)
+
+
+def test_an_out_of_order_event_sees_only_events_up_to_its_own_time() -> None:
+    proc = processor(make_spec(COUNT_1M))
+    got = vectors(proc.process(records([event(0, "a", 10_000), event(1, "a", 30_000), event(2, "a", 20_000),
+                                        event(3, "a", 40_000)])))
+    assert [got[f"e{i}"]["numeric"]["count"] for i in range(4)] == [1.0, 2.0, 2.0, 4.0]
+    assert [got[f"e{i}"]["late"] for i in range(4)] == [False] * 4
+
+
+@pytest.mark.parametrize("policy", ["emit_unwindowed", "dead_letter"])
+def test_late_events_follow_the_policy_and_are_counted(policy: str) -> None:
+    metrics = RecordingMetrics()
+    proc = processor(make_spec(COUNT_1M | {"late_events": policy}), metrics=metrics)
+    # 100 s is the newest; 90 s is exactly at the lateness boundary (on time); 89.999 s is late.
+    result = proc.process(records([event(0, "a", 50_000), event(1, "a", 100_000), event(2, "a", 90_000),
+                                   event(3, "a", 89_999), event(4, "a", 101_000)]))
+    got = vectors(result)
+    assert got["e2"]["late"] is False and got["e2"]["numeric"]["count"] == 2.0
+    assert metrics.count("streamloop_late_events", policy=policy) == 1
+    if policy == "dead_letter":
+        (rejection,) = result.rejections
+        assert isinstance(rejection.error, LateEventError) and rejection.stage == "VALIDATION"
+        assert rejection.error.rule == "ts.allowed_lateness" and rejection.record.offset == 3
+        assert "e3" not in got and got["e4"]["numeric"]["count"] == 4.0
+    else:
+        assert not result.rejections
+        # Scored with what is buffered up to its own time (50 s, itself), marked late; later events include it.
+        assert got["e3"]["late"] is True and got["e3"]["numeric"]["count"] == 2.0
+        assert got["e4"]["numeric"]["count"] == 5.0
+
+
+def test_a_replayed_batch_re_emits_identical_vectors_and_leaves_state_alone() -> None:
+    store = MemoryStore()
+    proc = processor(SPEC, store=store)
+    recs = records(stream(1, count=120))
+    first = proc.process(recs)
+    state = _snapshot(proc)
+    writes = list(store.calls)
+    again = proc.process(recs)
+    assert again.outputs == first.outputs and again.rejections == first.rejections
+    # The runner's fallback: the same batch record by record.
+    one_by_one = [out for r in recs for out in proc.process([r]).outputs]
+    assert one_by_one == first.outputs
+    assert _snapshot(proc) == state and store.calls == writes, "a replay must not touch state or the store"
+
+
+def test_replays_older_than_the_last_batch_are_recomputed_as_they_were() -> None:
+    # All within one horizon, so nothing a replayed event needs has been evicted (docs/featurizer.md).
+    rng = random.Random(2)
+    recs = records([event(i, f"k{rng.randrange(3)}", 1_700_000_000_000 + rng.randrange(25_000),
+                          x=float(rng.randint(0, 9)), cat=rng.choice("ab")) for i in range(150)])
+    proc = processor(SPEC)
+    first = vectors(proc.process(recs[:100]))
+    proc.process(recs[100:])
+    state = _snapshot(proc)
+    assert vectors(proc.process(recs[:100])) == first
+    assert _snapshot(proc) == state
+
+
+def test_a_failure_while_featurizing_one_event_dead_letters_it_and_keeps_state(monkeypatch) -> None:
+    proc = processor(make_spec(COUNT_1M))
+    build = proc.builder.build
+
+    def failing(entity, key, value):  # noqa: ANN001, ANN202
+        if value["id"] == "e1":
+            raise ZeroDivisionError("boom")
+        return build(entity, key, value)
+
+    monkeypatch.setattr(proc.builder, "build", failing)
+    result = proc.process(records([event(0, "a", 1_000), event(1, "a", 2_000), event(2, "a", 3_000)]))
+    (rejection,) = result.rejections
+    assert rejection.stage == "TASK_PUT" and isinstance(rejection.error, ZeroDivisionError)
+    assert vectors(result)["e2"]["numeric"]["count"] == 2.0, "the failed event never entered the window"
+
+
+@pytest.mark.parametrize("cut", [1, 37, 150, 299])
+def test_a_restore_from_the_input_topic_gives_the_uninterrupted_vectors(cut: int) -> None:
+    parts = {p: records(stream(10 + p, count=300), partition=p) for p in (0, 1)}
+    uninterrupted = processor(SPEC)
+    expected = {}
+    for recs in parts.values():
+        expected |= vectors(run_batches(uninterrupted, recs, sizes=[64]))
+
+    before = processor(SPEC)
+    for recs in parts.values():
+        run_batches(before, recs[:cut], sizes=[10])
+    history = ListHistory(parts, committed={0: cut, 1: cut})  # the crash lost everything in memory
+    after = processor(SPEC, history=history)
+    after.on_assigned([TopicPartitionRef("events", 0), TopicPartitionRef("events", 1)])
+    got = {}
+    for recs in parts.values():
+        got |= vectors(run_batches(after, recs[cut:], sizes=[33, 5]))
+    assert got == {k: v for k, v in expected.items() if int(k[1:]) >= cut}
+    assert len(history.replays) == 1
+
+
+def test_revoked_partitions_given_back_at_their_committed_offset_keep_their_state() -> None:
+    recs = records(stream(3, count=50))
+    history = ListHistory({0: recs}, committed={0: None})
+    proc = processor(SPEC, history=history)
+    ref = TopicPartitionRef("events", 0)
+    proc.on_assigned([ref])
+    assert history.replays == [], "nothing committed: consumption starts at the beginning, nothing to rebuild"
+    proc.process(recs)
+    history.committed_offsets[0] = 50  # the runner committed the batch
+    proc.on_revoked([ref])
+    proc.on_assigned([ref])
+    assert history.replays == [], "same offset: state kept, no replay"
+    proc.on_revoked([ref])
+    history.committed_offsets[0] = 40  # someone else's commit failed: our state is ahead of it
+    proc.on_assigned([ref])
+    assert history.replays == [{ref: 40}]
+    assert proc._partitions[("events", 0)].applied == 39
+
+
+def test_entities_silent_longer_than_horizon_plus_disorder_are_forgotten_the_same_with_or_without_sweeps() -> None:
+    spec = make_spec(COUNT_1M)  # horizon 70 s; disorder 1 s below: forgotten when 71 s behind the partition
+    events = [event(0, "a", 100_000), event(1, "b", 100_000), event(2, "b", 171_500), event(3, "a", 95_000)]
+    swept = processor(spec, disorder_ms=1_000, sweep_interval_s=0.0)
+    lazy = processor(spec, disorder_ms=1_000, sweep_interval_s=1e9)
+    got = {}
+    for proc in (swept, lazy):
+        out = {}
+        for rec in records(events):
+            out |= vectors(proc.process([rec]))
+            proc.tick(0)
+        got[proc is swept] = out
+    assert got[True] == got[False]
+    # "a" was forgotten: 95 s is not late against a newest event nobody remembers, and it has no previous.
+    assert got[True]["e3"]["late"] is False and got[True]["e3"]["numeric"]["count"] == 1.0
+    assert got[True]["e3"]["numeric"]["time_since_previous_s"] == 70.0
+    assert set(swept._partitions[("events", 0)].entities) == {"b"}, "95 s is itself too far behind: swept"
+
+
+def test_buffers_hold_only_the_horizon() -> None:
+    proc = processor(make_spec(COUNT_1M))
+    proc.process(records([event(i, "a", i * 1_000) for i in range(1_000)]))
+    assert proc._partitions[("events", 0)].entities["a"].size == 70  # (999 s - 70 s, 999 s]
+
+
+def test_one_store_write_per_batch_with_each_entity_latest_row() -> None:
+    store = MemoryStore()
+    metrics = RecordingMetrics()
+    proc = processor(make_spec(COUNT_1M), store=store, metrics=metrics)
+    proc.process(records([event(0, "a", 5_000), event(1, "b", 1_000), event(2, "a", 9_000), event(3, "a", 7_000)]))
+    assert store.calls == [2]
+    row = store.rows[("features", "a")]
+    assert (row.event_time_ms, row.sequence, row.numeric["count"]) == (9_000, 2, 2.0)
+    proc.process(records([event(4, "a", 8_000)], first_offset=4))  # older than the row: the guard keeps 9 s
+    assert store.rows[("features", "a")].sequence == 2
+    assert metrics.count("streamloop_feature_store_writes", result="stale") == 1
+
+
+def test_rows_wait_while_the_store_is_down_and_a_restore_rewrites_lost_ones() -> None:
+    store = MemoryStore()
+    clock = [0.0]
+    proc = processor(make_spec(COUNT_1M), store=store, monotonic=lambda: clock[0])
+    store.down = True
+    recs = records([event(0, "a", 1_000), event(1, "b", 2_000), event(2, "a", 3_000)])
+    assert len(proc.process(recs).outputs) == 3, "vectors flow while the store is down"
+    assert proc.writer.pending == 2 and not store.rows
+    store.down = False
+    proc.tick(0)
+    assert proc.writer.pending == 2, "backing off"
+    clock[0] += 1
+    proc.tick(0)
+    assert proc.writer.pending == 0 and store.rows[("features", "a")].sequence == 2
+
+    lost = MemoryStore()  # the rows never made it before a crash
+    rebuilt = processor(make_spec(COUNT_1M), store=lost, history=ListHistory({0: recs}, committed={0: 3}))
+    rebuilt.on_assigned([TopicPartitionRef("events", 0)])
+    assert lost.rows == store.rows
+
+
+def test_validation_failures_are_counted_per_rule_once_per_batch() -> None:
+    metrics = RecordingMetrics()
+    proc = processor(make_spec(COUNT_1M, validation={"x": {"min": 0}}), metrics=metrics)
+    result = proc.process(records([event(0, "a", 1, x=-1.0), event(1, "a", 2, x=-2.0), event(2, "", 3)]))
+    assert len(result.rejections) == 3 and not result.outputs
+    assert metrics.count("streamloop_validation_failures", rule="x.min") == 2
+    assert metrics.count("streamloop_validation_failures", rule="entity.required") == 1
+    assert all(isinstance(r, Rejection) for r in result.rejections)
+    assert all(isinstance(o, OutgoingRecord) for o in proc.process(records([event(3, "a", 4)], first_offset=3)).outputs)
+
+
+def _snapshot(proc) -> dict:  # noqa: ANN001
+    return {tp: (part.applied, part.watermark, {k: (list(e.keys), [(list(s.keys), list(s.values)) for s in e.series],
+                                                  e.max_time, e.latest_key) for k, e in part.entities.items()})
+            for tp, part in proc._partitions.items()}
+
+
+def test_metrics_reach_prometheus_under_their_documented_names() -> None:
+    from prometheus_client import generate_latest
+
+    from streamloop.telemetry import ServiceMetrics
+
+    metrics = ServiceMetrics("featurizer")
+    try:
+        proc = processor(make_spec(COUNT_1M | {"late_events": "dead_letter"}, validation={"x": {"min": 0}}),
+                         metrics=metrics, store=MemoryStore())
+        proc.process(records([event(0, "a", 100_000), event(1, "a", 1_000), event(2, "a", 100_001, x=-1.0)]))
+        proc.tick(0)
+        text = generate_latest(metrics.registry).decode()
+    finally:
+        metrics.shutdown()
+    assert 'streamloop_validation_failures_total{rule="x.min",service="featurizer"} 1.0' in text
+    assert 'streamloop_late_events_total{policy="dead_letter",service="featurizer"} 1.0' in text
+    assert 'streamloop_feature_store_writes_total{result="applied",service="featurizer"} 1.0' in text
+    assert 'streamloop_feature_store_pending_writes{service="featurizer"} 0.0' in text
+
+
+def test_the_background_writer_coalesces_and_writes_everything_by_stop() -> None:
+    store = MemoryStore()
+    proc = processor(make_spec(COUNT_1M), store=store)
+    proc.writer.start()
+    try:
+        for i in range(50):
+            proc.process(records([event(i, f"k{i % 5}", 1_000 + i)], first_offset=i))
+        deadline = time.monotonic() + 5
+        while proc.writer.pending and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        proc.writer.stop()
+    assert {k: w.sequence for (_, k), w in store.rows.items()} == {f"k{i}": 45 + i for i in range(5)}
+    assert sum(store.calls) <= 50 and proc.writer.pending == 0

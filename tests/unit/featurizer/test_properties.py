@@ -1,0 +1,93 @@
+"""Property tests: for random streams with out-of-order and late arrivals, in random batches,
+
+- every on-time vector equals a brute-force recomputation over the entity's events that had
+  arrived by then, with event time <= its own and within the window;
+- a late vector never holds more than that (nothing from a later event time, nothing that
+  arrived later), whatever the policy;
+- a featurizer rebuilt from the input topic at any offset emits exactly the vectors of an
+  uninterrupted one.
+"""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from streamloop.kafka.records import TopicPartitionRef
+from tests.unit.featurizer.support import (
+    ListHistory,
+    all_aggregations_spec,
+    assert_close,
+    event,
+    processor,
+    records,
+    reference_run,
+    run_batches,
+    vectors,
+)
+
+SPECS = {policy: all_aggregations_spec(lateness=15_000, late_events=policy)
+         for policy in ("emit_unwindowed", "dead_letter")}
+
+steps = st.lists(
+    st.tuples(
+        st.sampled_from(["a", "b", "c"]),
+        # Event-time steps and arrival delays that often land exactly on window edges.
+        st.sampled_from([0, 1, 999, 1_000, 5_000, 10_000, 19_999, 20_000, 40_000]),
+        st.one_of(st.just(0), st.sampled_from([1, 10_000, 15_000, 15_001, 20_000]), st.integers(0, 40_000)),
+        st.one_of(st.none(), st.integers(-3, 3).map(float)),
+        st.sampled_from("xyz"),
+    ),
+    min_size=1, max_size=80,
+)
+batch_sizes = st.lists(st.integers(1, 30), min_size=1, max_size=5)
+
+
+def build_stream(items: list) -> list[dict]:
+    clock = 1_700_000_000_000
+    events = []
+    for i, (entity, step, behind, x, cat) in enumerate(items):
+        clock += step
+        events.append(event(i, entity, clock - behind, x=x, cat=cat))
+    return events
+
+
+@settings(max_examples=150, deadline=None)
+@given(items=steps, sizes=batch_sizes, policy=st.sampled_from(sorted(SPECS)))
+def test_vectors_equal_brute_force_and_never_see_the_future(items: list, sizes: list[int], policy: str) -> None:
+    spec = SPECS[policy]
+    proc = processor(spec)
+    recs = records(build_stream(items))
+    result = run_batches(proc, recs, sizes)
+    got = vectors(result)
+    expected = reference_run(spec, recs, proc.horizon)
+    rejected = {r.record.value["id"] for r in result.rejections}
+    for event_id, (late, numeric) in expected.items():
+        if late and policy == "dead_letter":
+            assert event_id in rejected and event_id not in got
+            continue
+        vector = got[event_id]
+        assert vector["late"] == late, event_id
+        if not late:
+            assert_close(vector["numeric"], numeric, event_id)
+            continue
+        for name, value in vector["numeric"].items():
+            # A subset of the brute-force window: never more events, never a larger max or smaller min.
+            if name.startswith(("count", "distinct_count", "cats", "max")):
+                assert value <= numeric[name], (event_id, name)
+            elif name.startswith("min"):
+                assert value >= numeric[name], (event_id, name)
+
+
+@settings(max_examples=60, deadline=None)
+@given(items=steps, sizes=batch_sizes, cut_share=st.floats(0, 1), policy=st.sampled_from(sorted(SPECS)))
+def test_a_rebuilt_featurizer_emits_the_uninterrupted_vectors(items: list, sizes: list[int], cut_share: float,
+                                                              policy: str) -> None:
+    spec = SPECS[policy]
+    recs = records(build_stream(items))
+    cut = int(len(recs) * cut_share)
+    expected = vectors(run_batches(processor(spec), recs, sizes))
+    rebuilt = processor(spec, history=ListHistory({0: recs}, committed={0: cut or None}))
+    rebuilt.on_assigned([TopicPartitionRef("events", 0)])
+    got = vectors(run_batches(rebuilt, recs[cut:], sizes[::-1]))
+    assert got == {k: v for k, v in expected.items() if int(k[1:]) >= cut}

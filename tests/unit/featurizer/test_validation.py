@@ -1,0 +1,112 @@
+"""Input validation: every rule and sanity check names its rule, before any state is touched."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from services.featurizer.validation import RecordValidator, to_millis
+from streamloop.contracts import load_pipeline
+from streamloop.kafka import InvalidRecordError
+from tests.conftest import DEMO_SPEC
+from tests.unit.featurizer.support import SCHEMA, event, make_spec, processor, records
+
+RULES = {
+    "x": {"required": True, "min": 0, "max": 100},
+    "cat": {"type": "string", "allowed": ["a", "b"], "max_length": 1},
+    "n": {"type": "long", "allowed": [0, 1, 2]},
+    "flag": {"type": "boolean", "allowed": [False]},
+}
+
+
+def validator(rules: dict | None = None) -> RecordValidator:
+    return RecordValidator(make_spec(validation=RULES if rules is None else rules).input, SCHEMA)
+
+
+def rule_of(value: dict, rules: dict | None = None) -> str | None:
+    try:
+        validator(rules).validate(value)
+    except InvalidRecordError as exc:
+        return exc.rule
+    return None
+
+
+@pytest.mark.parametrize(("change", "rule"), [
+    ({"x": None}, "x.required"),
+    ({"x": -0.5}, "x.min"),
+    ({"x": 100.5}, "x.max"),
+    ({"cat": "c"}, "cat.allowed"),
+    ({"cat": 7}, "cat.type"),
+    ({"n": 3}, "n.allowed"),
+    ({"n": 1.5}, "n.type"),
+    ({"n": True}, "n.type"),
+    ({"flag": True}, "flag.allowed"),
+    ({"x": float("nan")}, "x.finite"),
+    ({"x": float("inf")}, "x.finite"),
+    ({"tags": {"a": float("-inf")}}, "tags.finite"),
+    ({"tags": {str(i): 1.0 for i in range(5)}}, "tags.max_size"),
+    ({"items": ["a"] * 5}, "items.max_size"),
+    ({"id": ""}, "id.required"),
+    ({"entity": None}, "entity.required"),
+    ({"ts": None}, "ts.required"),
+    ({"ts": "yesterday"}, "ts.type"),
+    ({"ts": -1}, "ts.range"),
+])
+def test_each_failure_names_its_rule(change: dict, rule: str) -> None:
+    assert rule_of(event(1, "a", 1_000, x=5.0) | change) == rule
+
+
+def test_a_valid_event_returns_its_identity() -> None:
+    assert validator().validate(event(7, "card", 1_234, x=5.0, n=2)) == ("e7", "card", 1_234)
+    assert rule_of(event(1, "a", 1_000, x=5.0, tags={str(i): 1.0 for i in range(4)})) is None
+
+
+def test_max_length_and_mixed_allowed_lists() -> None:
+    assert rule_of(event(1, "a", 1, cat="ab"), {"cat": {"max_length": 1}}) == "cat.max_length"
+    assert rule_of(event(1, "a", 1, items=["a", "b"]), {"items": {"max_length": 1}}) == "items.max_length"
+    # A boolean never matches a number in an allowed list, although True == 1 in Python.
+    assert rule_of(event(1, "a", 1, n=1), {"n": {"allowed": [1, "x"]}}) is None
+    assert rule_of(event(1, "a", 1, flag=True), {"flag": {"allowed": [1, "x"]}}) == "flag.allowed"
+    assert rule_of(event(1, "a", 1, x=2.0), {"x": {"allowed": [2, "x"]}}) is None
+    assert rule_of(event(1, "a", 1, cat="b"), {"cat": {"min": 1}}) == "cat.type"
+
+
+def test_nan_is_caught_before_range_rules() -> None:
+    # NaN compares false with everything, so a min/max rule alone would let it through.
+    assert rule_of(event(1, "a", 1, x=float("nan")), {"x": {"min": 0, "max": 1}}) == "x.finite"
+
+
+def test_event_times_are_timestamps_or_longs() -> None:
+    assert to_millis(datetime(2023, 11, 14, 22, 13, 20, 123000, tzinfo=UTC)) == 1_700_000_000_123
+    assert to_millis(datetime(1970, 1, 1, 0, 0, 1)) == 1_000, "naive datetimes are UTC"
+    assert to_millis(5) == 5 and to_millis(True) is None and to_millis(1.5) is None
+
+
+def test_demo_rules() -> None:
+    spec = load_pipeline(DEMO_SPEC)
+    demo = RecordValidator(spec.input, spec.input_schema())
+    good = {"transaction_id": "t1", "card_id": "c1", "timestamp": 1_700_000_000_000, "amount": 12.5,
+            "merchant_category": "fuel", "country": "DE", "customer_tier": "gold", "card_present": True,
+            "distance_from_home_km": None}
+    assert demo.validate(good) == ("t1", "c1", 1_700_000_000_000)
+    broken = [({"amount": -1.0}, "amount.min"), ({"merchant_category": "casino"}, "merchant_category.allowed"),
+              ({"country": "DEU"}, "country.max_length"), ({"amount": float("nan")}, "amount.finite"),
+              ({"distance_from_home_km": 30_000.0}, "distance_from_home_km.max"),
+              ({"country": None}, "country.required")]
+    for change, rule in broken:
+        with pytest.raises(InvalidRecordError) as caught:
+            demo.validate(good | change)
+        assert caught.value.rule == rule
+
+
+def test_invalid_events_are_dead_lettered_before_touching_state() -> None:
+    proc = processor(make_spec({"aggregations": [{"name": "c", "field": "x", "agg": "count",
+                                                  "window": {"kind": "sliding", "size": 1000}}]},
+                               validation={"x": {"max": 10}}))
+    result = proc.process(records([event(0, "a", 1_000, x=50.0), event(1, "a", 1_000, x=float("nan")),
+                                   event(2, "a", 1_000, x=5.0)]))
+    assert [r.error.rule for r in result.rejections] == ["x.max", "x.finite"]  # type: ignore[attr-defined]
+    assert all(r.stage == "VALIDATION" for r in result.rejections)
+    assert len(result.outputs) == 1 and result.outputs[0].value["numeric"]["c"] == 1.0  # type: ignore[index]
+    assert proc._partitions[("events", 0)].entities["a"].size == 1
