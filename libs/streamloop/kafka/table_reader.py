@@ -1,0 +1,209 @@
+"""A compacted topic read as a table: key -> latest value, kept current by a background thread.
+
+Every replica of every service that needs the model registry reads ``models.model-deployment.v1``
+this way. The reader is not a consumer-group member: it assigns itself every partition from the
+beginning and never commits, so each replica sees the whole table (not a share of it) and a
+restart rebuilds it from the topic. A tombstone (null value) deletes its key.
+
+Usage::
+
+    reader = CompactedTopicReader(kafka, topic, serde, on_change=holder.on_deployment).start()
+    reader.wait_until_caught_up(timeout_s=30)
+    ...
+    reader.stop()
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message, TopicPartition
+
+from streamloop.kafka.configuration import KafkaSettings
+from streamloop.serde import Serde, SerdeError
+
+log = logging.getLogger(__name__)
+
+OnChange = Callable[[str, dict[str, Any] | None], None]
+
+
+@dataclass
+class TableReaderStats:
+    records: int = 0
+    tombstones: int = 0
+    undecodable: int = 0
+    callback_errors: int = 0
+
+
+class CompactedTopicReader:
+    """Materializes a compacted topic in memory and calls ``on_change(key, value_or_None)`` per change.
+
+    ``on_change`` runs on the reader's thread, in offset order per partition. When a consumed
+    batch holds several records of one key (a topic not compacted yet), only the latest is
+    applied, so a restart does not replay every superseded value through the callback.
+    """
+
+    def __init__(self, kafka: KafkaSettings, topic: str, serde: Serde, on_change: OnChange | None = None,
+                 *, name: str = "table-reader", poll_timeout_s: float = 0.2, batch_size: int = 500,
+                 metadata_timeout_s: float = 10.0) -> None:
+        self.topic = topic
+        self.name = name
+        self.stats = TableReaderStats()
+        self._serde = serde
+        self._on_change = on_change
+        self._poll_timeout_s = poll_timeout_s
+        self._batch_size = batch_size
+        self._metadata_timeout_s = metadata_timeout_s
+        # group.id is only a client label here: assign() never joins a group and nothing is committed.
+        self._config = {
+            **kafka.common(),
+            "group.id": f"{kafka.client_id}.{name}.{uuid.uuid4().hex[:12]}",
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": "earliest",
+            "fetch.wait.max.ms": kafka.fetch_wait_max_ms,
+            "enable.partition.eof": False,
+        }
+        self._table: dict[str, dict[str, Any]] = {}
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._caught_up = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> CompactedTopicReader:
+        self._thread = threading.Thread(target=self._run, name=f"{self.name}:{self.topic}", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        self._stopping.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout_s)
+
+    def wait_until_caught_up(self, timeout_s: float | None = None) -> bool:
+        """True once every partition was read up to the end offsets seen when reading began."""
+        return self._caught_up.wait(timeout_s)
+
+    @property
+    def caught_up(self) -> bool:
+        return self._caught_up.is_set()
+
+    # -- the table ---------------------------------------------------------------------------
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        with self._lock:
+            return self._table.get(key)
+
+    def snapshot(self) -> dict[str, dict[str, Any]]:
+        with self._lock:
+            return dict(self._table)
+
+    # -- the thread --------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        consumer = Consumer(self._config)
+        try:
+            ends = self._assign_all(consumer)
+            if ends is None:
+                return
+            pending = {p for p, end in ends.items() if end > 0}
+            if not pending:
+                self._caught_up.set()
+            while not self._stopping.is_set():
+                messages = consumer.consume(self._batch_size, self._poll_timeout_s)
+                self._apply(messages)
+                if pending:
+                    pending = self._still_behind(consumer, pending, ends, messages)
+                    if not pending:
+                        log.info("%s: caught up with %s (%d keys)", self.name, self.topic, len(self._table))
+                        self._caught_up.set()
+        except Exception:  # noqa: BLE001 - a dead reader must be visible, not silent
+            log.exception("%s: reading %s failed; the table stops updating", self.name, self.topic)
+        finally:
+            consumer.close()
+
+    def _assign_all(self, consumer: Consumer) -> dict[int, int] | None:
+        """Assign every partition from the beginning; the high watermarks are the catch-up target."""
+        backoff = 0.5
+        while not self._stopping.is_set():
+            try:
+                metadata = consumer.list_topics(self.topic, timeout=self._metadata_timeout_s).topics[self.topic]
+                if metadata.error is not None or not metadata.partitions:
+                    raise KafkaException(metadata.error)
+                ends = {}
+                for partition in metadata.partitions:
+                    low, high = consumer.get_watermark_offsets(
+                        TopicPartition(self.topic, partition), timeout=self._metadata_timeout_s)
+                    ends[partition] = high if high > low else 0
+                consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in ends])
+                return ends
+            except KafkaException as exc:
+                log.warning("%s: cannot read %s yet (%s); retrying in %.1fs", self.name, self.topic, exc, backoff)
+                self._stopping.wait(backoff)
+                backoff = min(backoff * 2, 10.0)
+        return None
+
+    def _apply(self, messages: list[Message]) -> None:
+        latest: dict[str, dict[str, Any] | None] = {}
+        for message in messages:
+            if message.error() is not None:
+                log.warning("%s: consume error on %s: %s", self.name, self.topic, message.error().str())
+                continue
+            raw_key = message.key()
+            if raw_key is None:
+                self.stats.undecodable += 1
+                log.warning("%s: %s[%d]@%d has no key; skipped", self.name, self.topic, message.partition(),
+                            message.offset())
+                continue
+            key = raw_key.decode("utf-8", "replace") if isinstance(raw_key, bytes) else str(raw_key)
+            value = message.value()
+            self.stats.records += 1
+            decoded: dict[str, Any] | None = None
+            if value is None:
+                self.stats.tombstones += 1
+            else:
+                try:
+                    decoded = self._serde.decode(value)
+                except SerdeError as exc:
+                    self.stats.undecodable += 1
+                    log.warning("%s: %s[%d]@%d cannot be decoded, skipped: %s", self.name, self.topic,
+                                message.partition(), message.offset(), exc)
+                    continue
+            latest.pop(key, None)  # re-inserted, so callbacks run in the order of the latest records
+            latest[key] = decoded
+        for key, decoded in latest.items():
+            with self._lock:
+                if decoded is None:
+                    existed = self._table.pop(key, None) is not None
+                else:
+                    existed = True
+                    self._table[key] = decoded
+            if existed and self._on_change is not None:
+                try:
+                    self._on_change(key, decoded)
+                except Exception:  # noqa: BLE001 - one bad callback must not stop the table
+                    self.stats.callback_errors += 1
+                    log.exception("%s: on_change failed for %s key %r", self.name, self.topic, key)
+
+    def _still_behind(self, consumer: Consumer, pending: set[int], ends: dict[int, int],
+                      messages: list[Message]) -> set[int]:
+        for message in messages:
+            if message.error() is None and message.offset() + 1 >= ends.get(message.partition(), 0):
+                pending.discard(message.partition())
+        if pending and not messages:
+            # Control records (transaction markers) are never delivered; the position passes them.
+            try:
+                for tp in consumer.position([TopicPartition(self.topic, p) for p in pending]):
+                    if tp.offset >= ends[tp.partition]:
+                        pending.discard(tp.partition)
+            except KafkaException as exc:
+                log.debug("%s: position check skipped: %s", self.name, exc)
+        return pending
+

@@ -1,0 +1,3 @@
+from services.online_scorer.app import main
+
+raise SystemExit(main())

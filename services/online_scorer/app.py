@@ -1,0 +1,193 @@
+"""The online scorer's composition root: the only module that wires Kafka, Redis, gRPC and artifacts.
+
+One process runs three things around one :class:`ModelHolder`:
+
+- a :class:`CompactedTopicReader` of the deployments topic, which loads and swaps models;
+- the gRPC server (health NOT_SERVING until a champion is live);
+- the stage runner scoring the features topic, started only once a champion is live.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+from typing import Any
+
+from confluent_kafka import KafkaError, Message, Producer
+from pydantic import ValidationError
+
+from services.online_scorer.grpc_service import RequestLimits, ScoringServer, ScoringServicer
+from services.online_scorer.models import ModelHolder
+from services.online_scorer.processor import ScoringProcessor
+from services.online_scorer.settings import ScorerSettings
+from streamloop.contracts import TopicSpec
+from streamloop.errors import StreamloopError
+from streamloop.kafka import KafkaSettings, StageRunner
+from streamloop.kafka.table_reader import CompactedTopicReader
+from streamloop.serde import Serde
+from streamloop.service import ServiceContext
+from streamloop.service.context import configure_logging
+from streamloop.store import RedisFeatureStore, create_redis_client
+from streamloop.telemetry import Telemetry, configure_telemetry
+
+SERVICE = "online-scorer"
+
+log = logging.getLogger(__name__)
+
+
+class KafkaAlertPublisher:
+    """Sends Alert records on the alerts topic with its own producer (alerts can precede the runner)."""
+
+    def __init__(self, kafka: KafkaSettings, topic: TopicSpec, serde: Serde) -> None:
+        self._producer = Producer(kafka.producer())
+        self._topic = topic
+        self._serde = serde
+
+    def __call__(self, alert: dict[str, Any]) -> None:
+        self._producer.produce(self._topic.name, key=self._topic.key_of(alert).encode(),
+                               value=self._serde.encode(alert), on_delivery=_report_delivery)
+        self._producer.poll(0)
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        if self._producer.flush(timeout_s):
+            log.warning("some alerts were not delivered before shutdown")
+
+
+def _report_delivery(error: KafkaError | None, message: Message) -> None:
+    if error is not None:
+        log.error("alert not delivered to %s: %s", message.topic(), error.str())
+
+
+class ScorerApp:
+    """The running scorer; ``run`` blocks until ``stop`` (or a signal) and returns the exit code."""
+
+    def __init__(self, settings: ScorerSettings, ctx: ServiceContext, telemetry: Telemetry, holder: ModelHolder,
+                 reader: CompactedTopicReader, server: ScoringServer, runner: StageRunner,
+                 alerts: KafkaAlertPublisher, store: RedisFeatureStore) -> None:
+        self.settings = settings
+        self.ctx = ctx
+        self.telemetry = telemetry
+        self.holder = holder
+        self.reader = reader
+        self.server = server
+        self.runner = runner
+        self.alerts = alerts
+        self.store = store
+        self._stopping = threading.Event()
+        self.started = threading.Event()
+
+    @property
+    def grpc_address(self) -> str:
+        return self.server.address
+
+    def stop(self, *_: object) -> None:
+        """Health NOT_SERVING at once; the runner finishes its batch; then the server drains. Signal-safe."""
+        self._stopping.set()
+        self.server.begin_shutdown()
+        self.runner.stop()
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self.stop)
+        signal.signal(signal.SIGINT, self.stop)
+
+    def run(self) -> int:
+        try:
+            self.reader.start()
+            self.server.start()
+            if self._wait_for_champion():
+                self.server.set_serving(True)
+                self.runner.run(on_started=self.started.set)
+        finally:
+            self._shutdown()
+        return 0
+
+    def _wait_for_champion(self) -> bool:
+        """Block until a champion is live (True) or a stop is requested (False), logging progress."""
+        waited = 0
+        reported_catch_up = False
+        while not self._stopping.is_set():
+            if not reported_catch_up and self.reader.caught_up:
+                reported_catch_up = True
+                log.info("deployments read: %d slots", len(self.reader.snapshot()))
+            if self.holder.wait_for_champion(1.0):
+                champion = self.holder.current.champion
+                assert champion is not None
+                log.info("champion %s version %s is live; scoring %s", champion.name, champion.version,
+                         self.ctx.topic("features").name)
+                return not self._stopping.is_set()
+            waited += 1
+            if not reported_catch_up and waited == int(self.settings.deployments_catch_up_s):
+                log.warning("deployments topic not read after %ds; still trying", waited)
+            if waited % 30 == 0:
+                log.info("no champion deployed yet after %ds (the model publisher deploys the first one)", waited)
+        return False
+
+    def _shutdown(self) -> None:
+        self.server.stop(self.settings.grpc_grace_s)
+        self.reader.stop()
+        self.alerts.close()
+        self.store.close()
+        self.telemetry.shutdown()
+        log.info("stopped")
+
+
+def build(settings: ScorerSettings, telemetry: Telemetry | None = None) -> ScorerApp:
+    """Wire the scorer; raises StreamloopError (or ValidationError) on a bad spec or setting."""
+    ctx = ServiceContext.load(SERVICE, settings.common)
+    artifacts = settings.artifacts.artifact_store()  # fails on a missing signing key before anything starts
+    if telemetry is None:
+        telemetry_settings = settings.telemetry
+        if "OTEL_SERVICE_NAME" not in os.environ:
+            telemetry_settings = telemetry_settings.model_copy(update={"service_name": SERVICE})
+        telemetry = configure_telemetry(telemetry_settings)
+    metrics = telemetry.metrics
+    kafka = settings.common.kafka
+    alerts = KafkaAlertPublisher(kafka, ctx.topic("alerts"), ctx.serde("alerts"))
+    holder = ModelHolder(ctx.pipeline, artifacts, alerts=alerts, metrics=metrics,
+                         service=SERVICE)
+    reader = CompactedTopicReader(kafka, ctx.topic("model_deployments").name, ctx.serde("model_deployments"),
+                                  on_change=holder.on_deployment, name=f"{SERVICE}-deployments")
+    redis = settings.redis
+    client = create_redis_client(redis.url, username=redis.username,
+                                 password=redis.password.get_secret_value() if redis.password else None,
+                                 ssl_ca_certs=redis.ssl_ca_certs)
+    store = RedisFeatureStore(client, ctx.pipeline.name, ttl_ms=ctx.pipeline.features.ttl,
+                              key_prefix=redis.key_prefix)
+    limits = RequestLimits(settings.max_request_features, settings.max_batch_entities, settings.max_entity_id_length)
+    servicer = ScoringServicer(ctx.pipeline, holder, store, group=settings.feature_group, limits=limits,
+                               metrics=metrics)
+    server = ScoringServer(servicer, host=settings.grpc_host, port=settings.grpc_port, workers=settings.grpc_workers,
+                           max_concurrent_rpcs=settings.grpc_max_concurrent_rpcs, metrics=metrics)
+    processor = ScoringProcessor(ctx.pipeline, holder, features=ctx.topic("features"),
+                                 predictions=ctx.topic("predictions"),
+                                 shadow_predictions=ctx.topic("shadow_predictions"), metrics=metrics)
+    runner = ctx.runner(processor, inputs=["features"], outputs=["predictions", "shadow_predictions"],
+                        metrics=metrics)
+    return ScorerApp(settings, ctx, telemetry, holder, reader, server, runner, alerts, store)
+
+
+def main() -> int:
+    try:
+        settings = ScorerSettings()
+    except ValidationError as exc:
+        print(f"{SERVICE}: invalid settings: {_first_error(exc)}", file=sys.stderr)
+        return 2
+    configure_logging(settings.common.log_level, SERVICE)
+    try:
+        app = build(settings)
+    except ValidationError as exc:
+        print(f"{SERVICE}: invalid settings: {_first_error(exc)}", file=sys.stderr)
+        return 2
+    except StreamloopError as exc:
+        print(f"{SERVICE}: {exc}", file=sys.stderr)
+        return 2
+    app.install_signal_handlers()
+    return app.run()
+
+
+def _first_error(exc: ValidationError) -> str:
+    error = exc.errors()[0]
+    return f"{'.'.join(str(p) for p in error['loc'])}: {error['msg']}"

@@ -1,0 +1,73 @@
+"""The scorer's errors; each one that crosses gRPC knows its status code (one interceptor maps them)."""
+
+from __future__ import annotations
+
+import grpc
+
+from streamloop.errors import StreamloopError
+from streamloop.ml.exceptions import ModelError
+from streamloop.store import FeatureStoreUnavailable, InvalidEntityKey
+
+
+class ScorerError(StreamloopError):
+    """The online scorer failed; ``code`` is the gRPC status a caller receives."""
+
+    code = grpc.StatusCode.INTERNAL
+
+
+class InvalidScoreRequest(ScorerError):
+    """A request is malformed; the message names the field."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class EntityNotFound(ScorerError):
+    """No features are stored for the entity and the spec has no default prediction."""
+
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class NoChampion(ScorerError):
+    """No champion model is loaded yet."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class ScoringDeadlineExceeded(ScorerError):
+    """The caller's deadline passed before the answer was ready; the remaining work is skipped."""
+
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class ModelLoadError(ScorerError):
+    """A deployed model could not be fetched, verified or warmed; the current model keeps serving."""
+
+
+class ScorerUnreachable(ScorerError):
+    """The client could not connect to the scorer's gRPC address."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class ScoreFailed(ScorerError):
+    """The scorer answered a client's request with an error status."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(f"{code.name}: {message}")
+        self.code = code
+        self.details = message
+
+
+def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
+    """The status and message a caller sees for ``exc``; unexpected errors reveal nothing internal."""
+    if isinstance(exc, ScorerError):
+        return exc.code, str(exc)
+    if isinstance(exc, FeatureStoreUnavailable):
+        return grpc.StatusCode.UNAVAILABLE, f"the feature store is unavailable: {exc}"
+    if isinstance(exc, InvalidEntityKey):
+        return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
+    if isinstance(exc, ModelError):
+        return grpc.StatusCode.INTERNAL, f"the model failed: {exc}"
+    if isinstance(exc, StreamloopError):
+        return grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}"
+    return grpc.StatusCode.INTERNAL, "internal error (see the scorer's log)"

@@ -1,0 +1,268 @@
+"""The request path: ``streamloop.scoring.v1.ScoringService`` over gRPC.
+
+A request names an entity; its latest features come from the online feature store (one pipelined
+Redis read, group ``features``), request-time features override or extend them, and the champion
+scores them through the same :class:`Scorer` as the stream path. Errors are exceptions that know
+their status (``errors.py``), turned into gRPC statuses by :class:`ErrorInterceptor` alone.
+
+The server also runs the standard ``grpc.health.v1.Health`` service (NOT_SERVING until a champion
+is live and again from the start of a graceful stop) and server reflection.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from services.online_scorer.errors import (
+    EntityNotFound,
+    InvalidScoreRequest,
+    NoChampion,
+    ScorerError,
+    ScoringDeadlineExceeded,
+    status_of,
+)
+from services.online_scorer.models import LoadedModel, ModelHolder, wall_clock_ms
+from services.online_scorer.processor import PREDICTIONS_METRIC
+from services.online_scorer.scoring import Scored, Scorer
+from streamloop.contracts import PipelineSpec
+from streamloop.contracts.generated.scoring.v1 import scoring_pb2, scoring_pb2_grpc
+from streamloop.ml.prediction import default_output
+from streamloop.store import FeatureRead, FeatureStore
+from streamloop.telemetry import ServiceMetrics
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = scoring_pb2.DESCRIPTOR.services_by_name["ScoringService"].full_name
+
+
+@dataclass(frozen=True)
+class RequestLimits:
+    max_features: int = 256
+    max_batch: int = 1000
+    max_entity_id_length: int = 1024
+
+
+def validate(request: scoring_pb2.ScoreRequest, limits: RequestLimits, where: str = "") -> None:
+    """Raise InvalidScoreRequest naming the first problem of a request."""
+    if not request.entity_id:
+        raise InvalidScoreRequest(f"{where}entity_id: must not be empty")
+    if len(request.entity_id) > limits.max_entity_id_length:
+        raise InvalidScoreRequest(f"{where}entity_id: longer than {limits.max_entity_id_length} characters")
+    count = len(request.numeric_features) + len(request.categorical_features)
+    if count > limits.max_features:
+        raise InvalidScoreRequest(f"{where}features: {count} request-time features, at most {limits.max_features}")
+    for name, value in request.numeric_features.items():
+        if not name:
+            raise InvalidScoreRequest(f"{where}numeric_features: a feature has an empty name")
+        if not math.isfinite(value):
+            raise InvalidScoreRequest(f"{where}numeric_features[{name!r}]: {value} is not a finite number")
+    for name in request.categorical_features:
+        if not name:
+            raise InvalidScoreRequest(f"{where}categorical_features: a feature has an empty name")
+
+
+class ScoringServicer(scoring_pb2_grpc.ScoringServiceServicer):
+    """Handlers; every failure is raised as an exception and mapped by the interceptor."""
+
+    def __init__(self, pipeline: PipelineSpec, holder: ModelHolder, store: FeatureStore, *,
+                 group: str = "features", limits: RequestLimits | None = None,
+                 metrics: ServiceMetrics | None = None, clock: Callable[[], int] = wall_clock_ms) -> None:
+        self.pipeline = pipeline
+        self.holder = holder
+        self.store = store
+        self.group = group
+        self.limits = limits or RequestLimits()
+        self.scorer = Scorer(pipeline)
+        self._default = default_output(pipeline.model)
+        self._clock = clock
+        self._count = metrics.counter(PREDICTIONS_METRIC, "Predictions emitted, by path, role and version.") \
+            if metrics else None
+
+    def Score(self, request: scoring_pb2.ScoreRequest, context: grpc.ServicerContext) -> scoring_pb2.ScoreResponse:  # noqa: N802
+        validate(request, self.limits)
+        result = self._score_all([request], context)[0]
+        if isinstance(result, ScorerError):
+            raise result
+        return result
+
+    def ScoreBatch(self, request: scoring_pb2.ScoreBatchRequest,  # noqa: N802
+                   context: grpc.ServicerContext) -> scoring_pb2.ScoreBatchResponse:
+        if not request.requests:
+            raise InvalidScoreRequest("requests: must not be empty")
+        if len(request.requests) > self.limits.max_batch:
+            raise InvalidScoreRequest(f"requests: {len(request.requests)} entities, at most {self.limits.max_batch}")
+        for i, item in enumerate(request.requests):
+            validate(item, self.limits, where=f"requests[{i}].")
+        results = []
+        for result in self._score_all(request.requests, context):
+            if isinstance(result, ScorerError):
+                code, message = status_of(result)
+                results.append(scoring_pb2.ScoreResult(error=scoring_pb2.ScoreError(code=code.value[0],
+                                                                                     message=message)))
+            else:
+                results.append(scoring_pb2.ScoreResult(response=result))
+        return scoring_pb2.ScoreBatchResponse(results=results)
+
+    # -- shared --------------------------------------------------------------------------------
+
+    def _score_all(self, requests: Sequence[scoring_pb2.ScoreRequest],
+                   context: grpc.ServicerContext) -> list[scoring_pb2.ScoreResponse | ScorerError]:
+        champion = self.holder.current.champion  # one model version for the whole call
+        if champion is None:
+            raise NoChampion("no champion model is loaded yet")
+        _check_deadline(context, "reading features")
+        rows = self.store.read_many(self.group, [r.entity_id for r in requests])
+        _check_deadline(context, "scoring")
+        results: list[scoring_pb2.ScoreResponse | ScorerError] = []
+        for i, (request, row) in enumerate(zip(requests, rows, strict=True)):
+            if i and i % 100 == 0:  # a large explained batch takes tens of ms
+                _check_deadline(context, "scoring")
+            results.append(self._score_one(champion, request, row))
+        if self._count is not None:
+            self._count(sum(1 for r in results if not isinstance(r, ScorerError)),
+                        {"path": "grpc", "role": champion.role, "model_version": champion.version})
+        return results
+
+    def _score_one(self, champion: LoadedModel, request: scoring_pb2.ScoreRequest,
+                   row: FeatureRead | None) -> scoring_pb2.ScoreResponse | ScorerError:
+        if row is None:
+            if self._default is None:
+                return EntityNotFound(f"no features stored for entity {request.entity_id!r}")
+            return self._response(request.entity_id, champion, Scored(self._default), freshness_ms=-1,
+                                  scored_at=self._clock(), default=True)
+        numeric = {**row.numeric, **request.numeric_features}
+        categorical = {**row.categorical, **request.categorical_features}
+        scored = self.scorer.score(champion.model, numeric, categorical, explain_it=request.explain)
+        scored_at = self._clock()
+        return self._response(request.entity_id, champion, scored, freshness_ms=scored_at - row.event_time_ms,
+                              scored_at=scored_at)
+
+    @staticmethod
+    def _response(entity_id: str, champion: LoadedModel, scored: Scored, *, freshness_ms: int, scored_at: int,
+                  default: bool = False) -> scoring_pb2.ScoreResponse:
+        output = scored.output
+        prediction = scoring_pb2.Prediction(probabilities=output.probabilities)
+        if output.predicted_class is not None:
+            prediction.predicted_class = output.predicted_class
+        if output.value is not None:
+            prediction.value = output.value
+        if output.action is not None:
+            prediction.action = output.action
+        response = scoring_pb2.ScoreResponse(
+            entity_id=entity_id, prediction=prediction, model_name=champion.name, model_version=champion.version,
+            feature_freshness_ms=freshness_ms, default_prediction=default, scored_at_ms=scored_at,
+        )
+        if scored.explanation is not None:
+            response.explanation.method = scored.explanation.method
+            for c in scored.explanation.contributions:
+                item = response.explanation.contributions.add(feature=c.feature, contribution=c.contribution)
+                if isinstance(c.value, str):
+                    item.categorical_value = c.value
+                elif c.value is not None:
+                    item.numeric_value = c.value
+        return response
+
+
+def _check_deadline(context: grpc.ServicerContext, stage: str) -> None:
+    remaining = context.time_remaining()
+    if remaining is not None and remaining <= 0:
+        raise ScoringDeadlineExceeded(f"the deadline passed before {stage}")
+    if not context.is_active():
+        raise ScoringDeadlineExceeded(f"the call was cancelled before {stage}")
+
+
+class ErrorInterceptor(grpc.ServerInterceptor):
+    """The one place exceptions become gRPC statuses; unexpected ones are logged, not revealed."""
+
+    def __init__(self, metrics: ServiceMetrics | None = None) -> None:
+        self._count = metrics.counter("streamloop_grpc_requests_total", "gRPC calls by method and status.") \
+            if metrics else None
+        self._wrapped: dict[str, Any] = {}
+
+    def intercept_service(self, continuation: Callable[[Any], Any], handler_call_details: Any) -> Any:
+        method = handler_call_details.method
+        wrapped = self._wrapped.get(method)
+        if wrapped is None:
+            handler = continuation(handler_call_details)
+            if handler is None:  # an unknown method: not cached, so callers cannot grow the cache
+                return None
+            # A method's registered handler never changes, so each is wrapped once, not per call.
+            wrapped = self._wrapped[method] = self._wrap(handler, method)
+        return wrapped
+
+    def _wrap(self, handler: Any, method_path: str) -> Any:
+        if handler.unary_unary is None:
+            return handler
+        method = method_path.rsplit("/", 1)[-1]
+        inner = handler.unary_unary
+        count = self._count
+
+        def call(request: Any, context: grpc.ServicerContext) -> Any:
+            try:
+                response = inner(request, context)
+            except Exception as exc:  # noqa: BLE001 - every failure leaves with a status
+                code, message = status_of(exc)
+                if code is grpc.StatusCode.INTERNAL:
+                    log.exception("%s failed", method)
+                if count is not None:
+                    count(1, {"method": method, "code": code.name})
+                context.abort(code, message)
+            if count is not None:
+                count(1, {"method": method, "code": "OK"})
+            return response
+
+        return grpc.unary_unary_rpc_method_handler(call, request_deserializer=handler.request_deserializer,
+                                                   response_serializer=handler.response_serializer)
+
+
+class ScoringServer:
+    """The gRPC server: scoring, health and reflection, on a thread pool."""
+
+    def __init__(self, servicer: ScoringServicer, *, host: str = "127.0.0.1", port: int = 0, workers: int = 8,
+                 max_concurrent_rpcs: int | None = None, metrics: ServiceMetrics | None = None) -> None:
+        self.server = grpc.server(ThreadPoolExecutor(max_workers=workers, thread_name_prefix="scorer-grpc"),
+                                  interceptors=[ErrorInterceptor(metrics)],
+                                  maximum_concurrent_rpcs=max_concurrent_rpcs)
+        scoring_pb2_grpc.add_ScoringServiceServicer_to_server(servicer, self.server)
+        self.health = health.HealthServicer(experimental_non_blocking=True)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            self.server)
+        self.port = self.server.add_insecure_port(f"{host}:{port}")
+        if self.port == 0:
+            raise ScorerError(f"cannot listen for gRPC on {host}:{port}")
+        self.host = host
+        self.set_serving(False)
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def start(self) -> ScoringServer:
+        self.server.start()
+        log.info("gRPC scoring service listening on %s", self.address)
+        return self
+
+    def set_serving(self, serving: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ("", SERVICE_NAME):
+            self.health.set(name, status)
+
+    def begin_shutdown(self) -> None:
+        """Health turns NOT_SERVING (and stays so), so load balancers drain before the server stops."""
+        self.health.enter_graceful_shutdown()
+
+    def stop(self, grace_s: float) -> None:
+        """NOT_SERVING at once, then refuse new calls and let in-flight ones finish within ``grace_s``."""
+        self.begin_shutdown()
+        self.server.stop(grace_s).wait()

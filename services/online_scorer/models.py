@@ -1,0 +1,246 @@
+"""The model holder: the deployed models of this pipeline, swapped atomically as deployments change.
+
+Deployments arrive from the compacted ``models.model-deployment.v1`` topic (one record per slot:
+``champion``, ``canary``, ``shadow/<version>``). For each one the holder fetches the artifact,
+verifies its hash and signature before unpickling (``ArtifactStore.load_model``), warms it with
+one prediction, and only then swaps it in: the new :class:`ModelSet` replaces the old one in a
+single reference assignment, so a request or batch that took the old set keeps scoring with it.
+
+A load that fails leaves the current models serving; it is logged, counted
+(``streamloop_model_load_failures_total``) and reported as an Alert (``model_load_failed``,
+RAISED; CLEARED once that slot loads again).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+from services.online_scorer.errors import ModelLoadError
+from streamloop.contracts import PipelineSpec
+from streamloop.ml import ArtifactRef, ArtifactStore
+from streamloop.ml.prediction import predict
+from streamloop.telemetry import ServiceMetrics
+
+log = logging.getLogger(__name__)
+
+CHAMPION, CANARY, SHADOW = "CHAMPION", "CANARY", "SHADOW"
+ALERT_LOAD_FAILED = "model_load_failed"
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MILLISECOND = timedelta(milliseconds=1)
+
+
+def wall_clock_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def to_millis(value: int | datetime) -> int:
+    """A timestamp-millis field as an int: fastavro decodes them as aware datetimes."""
+    if isinstance(value, datetime):
+        return (value - _EPOCH) // _MILLISECOND
+    return int(value)
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedModel:
+    """A verified, warmed model and the deployment it came from."""
+
+    name: str
+    version: str
+    slot: str
+    role: str
+    model: Any = field(repr=False, compare=False)
+    sha256: str = ""
+    canary_weight: float = 0.0
+    deployed_at_ms: int = 0
+    loaded_at_ms: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSet:
+    """Everything one event is scored with; immutable, replaced as a whole."""
+
+    champion: LoadedModel | None = None
+    canary: LoadedModel | None = None
+    shadows: tuple[LoadedModel, ...] = ()
+
+    def slots(self) -> dict[str, LoadedModel]:
+        loaded = [m for m in (self.champion, self.canary, *self.shadows) if m is not None]
+        return {m.slot: m for m in loaded}
+
+
+class AlertSink(Protocol):
+    def __call__(self, alert: dict[str, Any]) -> None: ...
+
+
+def typical_vector(model: Any) -> dict[str, float]:
+    """A warm-up input: the first scaler's running means when there is one, else no features."""
+    steps = getattr(model, "steps", None)
+    first = next(iter(steps.values()), None) if isinstance(steps, dict) else None
+    means = getattr(first, "means", None)
+    if isinstance(means, dict):
+        return {name: float(mean) for name, mean in list(means.items()) if isinstance(mean, int | float)}
+    return {}
+
+
+class ModelHolder:
+    """Holds the pipeline's deployed models; ``on_deployment`` is the table reader's callback."""
+
+    def __init__(self, pipeline: PipelineSpec, artifacts: ArtifactStore, *, alerts: AlertSink | None = None,
+                 metrics: ServiceMetrics | None = None, service: str = "online-scorer",
+                 clock: Callable[[], int] = wall_clock_ms) -> None:
+        self.pipeline = pipeline
+        self.artifacts = artifacts
+        self.service = service
+        self._alerts = alerts
+        self._clock = clock
+        self._current = ModelSet()
+        self._lock = threading.Lock()
+        self._failed_slots: set[str] = set()
+        self.champion_ready = threading.Event()
+        self.load_failures = 0
+        self._failures = self._info = self._age = None
+        if metrics is not None:
+            self._failures = metrics.counter("streamloop_model_load_failures_total",
+                                             "Deployed models that failed to load.")
+            self._info = metrics.gauge("streamloop_model_info", "1 for each model version being served.")
+            self._age = metrics.gauge("streamloop_model_age_seconds", "Time since the served model was deployed.")
+
+    @property
+    def current(self) -> ModelSet:
+        """The models to score with now; hold on to the returned set for a whole request or batch."""
+        return self._current
+
+    def wait_for_champion(self, timeout_s: float | None = None) -> bool:
+        return self.champion_ready.wait(timeout_s)
+
+    # -- deployments -------------------------------------------------------------------------
+
+    def on_deployment(self, key: str, record: dict[str, Any] | None) -> None:
+        """Apply one deployment-slot change (``record=None`` is a tombstone retiring the slot)."""
+        pipeline, _, rest = key.partition("/")
+        model_name, _, slot = rest.partition("/")
+        if record is not None:
+            pipeline, model_name, slot = record["pipeline"], record["model_name"], record["slot"]
+        if pipeline != self.pipeline.name or model_name != self.pipeline.model.name:
+            log.debug("deployment %s is not for %s/%s; ignored", key, self.pipeline.name, self.pipeline.model.name)
+            return
+        with self._lock:
+            if record is None:
+                self._retire(slot)
+            else:
+                self._deploy(slot, record)
+
+    def _deploy(self, slot: str, record: dict[str, Any]) -> None:
+        role, version = record["role"], record["version"]
+        loaded = self._current.slots().get(slot)
+        if loaded is not None and loaded.version == version and loaded.sha256 == record["artifact"]["sha256"]:
+            # The same deployment again (a restarted reader, a re-published record): nothing to do,
+            # apart from a canary weight that may have been ramped.
+            if loaded.canary_weight != float(record.get("canary_weight") or 0.0):
+                self._swap(slot, replace(loaded, canary_weight=float(record.get("canary_weight") or 0.0)))
+            return
+        started = time.perf_counter()
+        try:
+            model = self.load(record)
+        except ModelLoadError as exc:
+            self._load_failed(slot, record, exc)
+            return
+        new = LoadedModel(
+            name=record["model_name"], version=version, slot=slot, role=role, model=model,
+            sha256=record["artifact"]["sha256"], canary_weight=float(record.get("canary_weight") or 0.0),
+            deployed_at_ms=to_millis(record["deployed_at"]), loaded_at_ms=self._clock(),
+        )
+        self._swap(slot, new)
+        log.info("%s %s version %s is live (slot %s, loaded in %.0f ms)", role.lower(), new.name, version, slot,
+                 (time.perf_counter() - started) * 1000)
+        if slot in self._failed_slots:
+            self._failed_slots.discard(slot)
+            self._alert("CLEARED", new.name, version, f"slot {slot} loaded version {version}")
+
+    def load(self, record: dict[str, Any]) -> Any:
+        """Fetch, verify and warm the deployment's model; nothing is swapped here."""
+        ref = ArtifactRef.from_record(record["artifact"])
+        try:
+            model = self.artifacts.load_model(ref)
+        except Exception as exc:  # noqa: BLE001 - integrity, missing file, unpickling: all keep the old model
+            raise ModelLoadError(f"cannot load {record['model_name']} {record['version']} from {ref.uri}: "
+                                 f"{type(exc).__name__}: {exc}") from exc
+        try:
+            predict(model, typical_vector(model), self.pipeline.model)
+        except Exception as exc:  # noqa: BLE001
+            raise ModelLoadError(f"{record['model_name']} {record['version']} failed its warm-up prediction: "
+                                 f"{type(exc).__name__}: {exc}") from exc
+        return model
+
+    def _retire(self, slot: str) -> None:
+        current = self._current
+        if slot == "champion" or (current.champion is not None and current.champion.slot == slot):
+            # Scoring without a champion would stop the stream; the next champion replaces it.
+            log.warning("the champion slot was retired; %s keeps serving until a new champion is deployed",
+                        current.champion.version if current.champion else "nothing")
+            return
+        retired = current.slots().get(slot)
+        if retired is None:
+            return
+        self._swap(slot, None)
+        log.info("%s %s version %s retired (slot %s)", retired.role.lower(), retired.name, retired.version, slot)
+
+    def _swap(self, slot: str, new: LoadedModel | None) -> None:
+        current = self._current
+        slots = current.slots()
+        old = slots.pop(slot, None)
+        if new is not None:
+            slots[slot] = new
+        models = list(slots.values())
+        champion = next((m for m in models if m.role == CHAMPION), None)
+        canary = next((m for m in models if m.role == CANARY), None)
+        shadows = tuple(sorted((m for m in models if m.role == SHADOW), key=lambda m: m.slot))
+        self._current = ModelSet(champion, canary, shadows)  # the one assignment readers observe
+        if self._info is not None:
+            if old is not None:
+                self._info(0, {"model_name": old.name, "slot": slot, "role": old.role, "version": old.version})
+            if new is not None:
+                self._info(1, {"model_name": new.name, "slot": slot, "role": new.role, "version": new.version})
+        if champion is not None:
+            self.champion_ready.set()
+
+    def _load_failed(self, slot: str, record: dict[str, Any], exc: ModelLoadError) -> None:
+        self.load_failures += 1
+        self._failed_slots.add(slot)
+        serving = self._current.slots().get(slot)
+        keeps = f"version {serving.version} keeps serving" if serving else "the slot stays empty"
+        log.error("model load failed, %s: %s", keeps, exc)
+        if self._failures is not None:
+            reason = type(exc.__cause__).__name__ if exc.__cause__ is not None else "ModelLoadError"
+            self._failures(1, {"model_name": record["model_name"], "slot": slot, "reason": reason})
+        self._alert("RAISED", record["model_name"], record["version"], f"{exc}; {keeps}")
+
+    def _alert(self, state: str, model_name: str, version: str, message: str) -> None:
+        if self._alerts is None:
+            return
+        alert = {
+            "pipeline": self.pipeline.name, "alert": ALERT_LOAD_FAILED, "state": state,
+            "model_name": model_name, "model_version": version, "message": message,
+            "observed": None, "threshold": None, "source": self.service, "at": self._clock(),
+        }
+        try:
+            self._alerts(alert)
+        except Exception:  # noqa: BLE001 - an alert that cannot be sent must not break the holder
+            log.exception("could not send alert %s", alert)
+
+    # -- metrics -----------------------------------------------------------------------------
+
+    def report_age(self, now_ms: int) -> None:
+        """Set ``streamloop_model_age_seconds`` for every served model (called between batches)."""
+        if self._age is None:
+            return
+        for slot, model in self._current.slots().items():
+            self._age((now_ms - model.deployed_at_ms) / 1000, {"model_name": model.name, "slot": slot})

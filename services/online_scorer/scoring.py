@@ -1,0 +1,69 @@
+"""Scoring one entity with one model: the code the stream path and the gRPC path share.
+
+Both paths hand the served features to :meth:`Scorer.score`, which assembles them with
+``assemble_features`` (the one assembly function), maps the model's output with
+``streamloop.ml.prediction.predict`` and, when asked, explains it. The same features and the
+same model object therefore give the same answer on either path, bit for bit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from services.online_scorer.models import LoadedModel, ModelSet
+from streamloop.contracts import PipelineSpec
+from streamloop.ml.explain import Explanation, explain
+from streamloop.ml.features import assemble_features
+from streamloop.ml.prediction import ModelOutput, in_share, predict
+
+CANARY_SALT = "canary"
+EXPLAIN_SALT = "explain"
+
+
+@dataclass(frozen=True, slots=True)
+class Scored:
+    output: ModelOutput
+    explanation: Explanation | None = None
+
+
+class Scorer:
+    """The pipeline's model spec applied to one set of features at a time."""
+
+    def __init__(self, pipeline: PipelineSpec) -> None:
+        self.model_spec = pipeline.model
+        self.spec_canary_weight = pipeline.promotion.canary_weight
+
+    @staticmethod
+    def features(numeric: Mapping[str, float], categorical: Mapping[str, str]) -> dict[str, float]:
+        """The model input. Keys are sorted first, so the float sums inside a model run in one order
+        whichever order a map arrived in (Avro keeps it, protobuf maps do not)."""
+        return assemble_features(dict(sorted(numeric.items())), dict(sorted(categorical.items())))
+
+    def score(self, model: Any, numeric: Mapping[str, float], categorical: Mapping[str, str], *,
+              explain_it: bool = False) -> Scored:
+        x = self.features(numeric, categorical)
+        output = predict(model, x, self.model_spec)
+        if not explain_it:
+            return Scored(output)
+        explanation = explain(model, x, task=self.model_spec.task, positive_class=self.model_spec.positive_class,
+                              top_k=self.model_spec.explanations.top_k, categorical=categorical)
+        return Scored(output, explanation)
+
+    def route(self, models: ModelSet, event_id: str) -> LoadedModel | None:
+        """The model whose answer is served for this event: the canary for its share, else the champion.
+
+        The canary's share is its deployment's ``canary_weight`` when set, else the spec's
+        ``promotion.canary_weight``; the split is by a hash of the event id, so a replayed event
+        is always scored by the same slot.
+        """
+        canary = models.canary
+        if canary is not None:
+            weight = canary.canary_weight if canary.canary_weight > 0 else self.spec_canary_weight
+            if in_share(event_id, CANARY_SALT, weight):
+                return canary
+        return models.champion
+
+    def sampled_for_explanation(self, event_id: str) -> bool:
+        return in_share(event_id, EXPLAIN_SALT, self.model_spec.explanations.sample_share)

@@ -1,0 +1,115 @@
+"""Explanations: exact linear contributions, and perturbation for every other model."""
+
+from __future__ import annotations
+
+import doctest
+import math
+import random
+
+import pytest
+from river import compose, linear_model, preprocessing, tree
+
+import streamloop.ml.explain as explain_module
+from streamloop.ml import assemble_features
+from streamloop.ml.explain import LINEAR, PERTURBATION, explain, linear_contributions, perturbation_contributions
+from tests.unit.online_scorer.fakes import categorical_features, numeric_features, trained_model
+
+
+def test_doctests_run() -> None:
+    assert doctest.testmod(explain_module).failed == 0
+
+
+def _logit(p: float) -> float:
+    return math.log(p / (1 - p))
+
+
+def test_linear_contributions_plus_intercept_are_the_logit(spec) -> None:
+    model = trained_model(spec)
+    rng = random.Random(3)
+    for _ in range(50):
+        numeric, categorical = numeric_features(rng), categorical_features(rng)
+        x = assemble_features(numeric, categorical)
+        explanation = linear_contributions(model, x, "true", categorical)
+        assert explanation.method == LINEAR
+        score = explanation.intercept + math.fsum(c.contribution for c in explanation.contributions)
+        z = model["StandardScaler"].transform_one(x)
+        # The decision score river itself computes, and the log-odds of its probability.
+        assert score == pytest.approx(model["LogisticRegression"]._raw_dot_one(z), rel=1e-12, abs=1e-12)
+        assert score == pytest.approx(_logit(model.predict_proba_one(x)[True]), rel=1e-9, abs=1e-9)
+        assert len(explanation.contributions) == len(x)
+
+
+def test_each_contribution_is_weight_times_standardized_value(spec) -> None:
+    model = trained_model(spec)
+    x = {"amount": 420.0, "distance_from_home_km": 3.0}
+    explanation = linear_contributions(model, x)
+    scaler, estimator = model["StandardScaler"], model["LogisticRegression"]
+    for c in explanation.contributions:
+        standardized = (x[c.feature] - scaler.means[c.feature]) / scaler.vars[c.feature] ** 0.5
+        assert c.contribution == pytest.approx(estimator.weights[c.feature] * standardized, rel=1e-12)
+        assert c.value == x[c.feature]
+
+
+def test_linear_regression_without_scaler_sums_to_the_value() -> None:
+    model = linear_model.LinearRegression(intercept_init=0.5)
+    rng = random.Random(1)
+    for _ in range(200):
+        x = {"a": rng.random(), "b": rng.random()}
+        model.learn_one(x, 3 * x["a"] - x["b"])
+    x = {"a": 0.3, "b": 0.9}
+    explanation = linear_contributions(model, x)
+    assert explanation.intercept + math.fsum(c.contribution for c in explanation.contributions) == pytest.approx(
+        model.predict_one(x), rel=1e-12)
+
+
+def test_top_k_are_the_largest_in_magnitude_and_one_hot_features_show_their_category(spec) -> None:
+    model = trained_model(spec)
+    numeric, categorical = {"amount": 480.0, "distance_from_home_km": 400.0}, {"merchant_category": "jewelry"}
+    x = assemble_features(numeric, categorical)
+    full = linear_contributions(model, x, "true", categorical)
+    top = explain(model, x, task="classification", positive_class="true", top_k=2, categorical=categorical)
+    assert [c.feature for c in top.contributions] == [c.feature for c in full.contributions[:2]]
+    magnitudes = [abs(c.contribution) for c in full.contributions]
+    assert magnitudes == sorted(magnitudes, reverse=True)
+    shown = {c.feature: c.value for c in full.contributions}
+    assert shown["merchant_category"] == "jewelry"
+    assert shown["amount"] == 480.0
+
+
+def test_a_false_positive_class_flips_the_signs(spec) -> None:
+    model = trained_model(spec)
+    x = {"amount": 480.0}
+    as_true = linear_contributions(model, x, "true")
+    as_false = linear_contributions(model, x, "false")
+    assert as_false.contributions[0].contribution == -as_true.contributions[0].contribution
+    assert as_false.intercept == -as_true.intercept
+
+
+def test_non_linear_models_are_explained_by_perturbation() -> None:
+    model = compose.Pipeline(preprocessing.StandardScaler(), tree.HoeffdingTreeClassifier(grace_period=20))
+    rng = random.Random(5)
+    for _ in range(2000):
+        x = {"signal": rng.random(), "noise": rng.random()}
+        model.learn_one(x, x["signal"] > 0.5)
+    x = {"signal": 0.95, "noise": 0.5}
+    explanation = explain(model, x, task="classification", positive_class="true", top_k=2)
+    assert explanation.method == PERTURBATION
+    assert explanation.intercept is None
+    by_feature = {c.feature: c.contribution for c in explanation.contributions}
+    base = model.predict_proba_one(x)[True]
+    assert by_feature["signal"] == pytest.approx(base - model.predict_proba_one({"signal": 0.0, "noise": 0.5})[True])
+    assert by_feature["signal"] > 0.5, "zeroing the feature that makes it True lowers p(True)"
+    assert abs(by_feature["signal"]) >= abs(by_feature["noise"])
+
+
+def test_perturbation_for_a_regressor_measures_the_value() -> None:
+    model = tree.HoeffdingTreeRegressor(grace_period=20)
+    rng = random.Random(2)
+    for _ in range(1000):
+        x = {"a": rng.random(), "b": rng.random()}
+        model.learn_one(x, 10 * x["a"])
+    x = {"a": 0.9, "b": 0.1}
+    explanation = perturbation_contributions(model, x, "regression")
+    contributions = {c.feature: c.contribution for c in explanation.contributions}
+    assert contributions["a"] == pytest.approx(model.predict_one(x) - model.predict_one({"a": 0.0, "b": 0.1}))
+    assert contributions["a"] > 5

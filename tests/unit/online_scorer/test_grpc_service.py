@@ -1,0 +1,231 @@
+"""The gRPC handlers on an in-process server with an in-memory feature store."""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Iterator
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from prometheus_client import generate_latest
+
+from services.online_scorer.client import score
+from services.online_scorer.errors import ScoreFailed, ScorerUnreachable
+from services.online_scorer.grpc_service import SERVICE_NAME, RequestLimits, ScoringServer, ScoringServicer
+from services.online_scorer.models import ModelHolder
+from services.online_scorer.scoring import Scorer
+from streamloop.contracts.generated.scoring.v1 import scoring_pb2, scoring_pb2_grpc
+from streamloop.stack.process import free_port
+from streamloop.store import FeatureStoreUnavailable, FeatureWrite
+from tests.unit.online_scorer.fakes import MemoryFeatureStore, publish, slot_key, trained_model
+
+NOW = 1_700_000_100_000
+STORED = {"amount": 420.0, "distance_from_home_km": 250.0, "txn_count_10m": 3.0}
+
+
+class Served:
+    def __init__(self, spec, artifacts, metrics, *, champion: bool = True, delay_s: float = 0.0,
+                 limits: RequestLimits | None = None) -> None:
+        self.spec = spec
+        self.store = MemoryFeatureStore(delay_s)
+        stored = FeatureWrite("card-1", NOW - 2_000, 1, dict(STORED), {"merchant_category": "fuel"})
+        self.store.write("features", stored)
+        self.holder = ModelHolder(spec, artifacts)
+        if champion:
+            record = publish(artifacts, spec, trained_model(spec), "v1")
+            self.holder.on_deployment(slot_key(record), record)
+        self.servicer = ScoringServicer(spec, self.holder, self.store, limits=limits, metrics=metrics,
+                                        clock=lambda: NOW)
+        self.server = ScoringServer(self.servicer, metrics=metrics).start()
+        self.channel = grpc.insecure_channel(self.server.address)
+        self.stub = scoring_pb2_grpc.ScoringServiceStub(self.channel)
+
+    def close(self) -> None:
+        self.channel.close()
+        self.server.stop(0)
+
+
+@pytest.fixture
+def served(spec, artifacts, metrics) -> Iterator[Served]:
+    s = Served(spec, artifacts, metrics)
+    yield s
+    s.close()
+
+
+def status_of_call(call, request, **kwargs) -> tuple[grpc.StatusCode, str]:
+    with pytest.raises(grpc.RpcError) as info:
+        call(request, **kwargs)
+    return info.value.code(), info.value.details()
+
+
+def test_score_reads_the_store_and_uses_the_shared_scorer(served: Served) -> None:
+    response = served.stub.Score(scoring_pb2.ScoreRequest(entity_id="card-1"), timeout=5)
+    expected = Scorer(served.spec).score(served.holder.current.champion.model, STORED, {"merchant_category": "fuel"})
+    assert dict(response.prediction.probabilities) == expected.output.probabilities
+    assert response.prediction.predicted_class == expected.output.predicted_class
+    assert response.prediction.action == expected.output.action
+    assert not response.prediction.HasField("value")
+    assert (response.model_name, response.model_version, response.entity_id) == ("fraud", "v1", "card-1")
+    assert response.feature_freshness_ms == 2_000
+    assert not response.default_prediction
+    assert response.explanation.method == "" and not response.explanation.contributions
+
+
+def test_request_time_features_override_and_extend_stored_ones(served: Served) -> None:
+    request = scoring_pb2.ScoreRequest(entity_id="card-1", numeric_features={"amount": 5.0, "amount_max_1h": 9.0},
+                                       categorical_features={"country": "FR"})
+    response = served.stub.Score(request, timeout=5)
+    expected = Scorer(served.spec).score(served.holder.current.champion.model,
+                                         {**STORED, "amount": 5.0, "amount_max_1h": 9.0},
+                                         {"merchant_category": "fuel", "country": "FR"})
+    assert dict(response.prediction.probabilities) == expected.output.probabilities
+
+
+def test_explanations_on_request(served: Served) -> None:
+    response = served.stub.Score(scoring_pb2.ScoreRequest(entity_id="card-1", explain=True), timeout=5)
+    assert response.explanation.method == "linear_contribution"
+    assert len(response.explanation.contributions) == served.spec.model.explanations.top_k
+    kinds = {c.feature: c.WhichOneof("feature_value") for c in response.explanation.contributions}
+    assert all(kind == ("categorical_value" if f == "merchant_category" else "numeric_value")
+               for f, kind in kinds.items())
+
+
+@pytest.mark.parametrize(("request_kwargs", "problem"), [
+    ({"entity_id": ""}, "entity_id: must not be empty"),
+    ({"entity_id": "x" * 2000}, "entity_id: longer than 1024"),
+    ({"entity_id": "card-1", "numeric_features": {"amount": math.nan}}, "numeric_features['amount']: nan"),
+    ({"entity_id": "card-1", "numeric_features": {"amount": math.inf}}, "is not a finite number"),
+    ({"entity_id": "card-1", "numeric_features": {f"f{i}": 1.0 for i in range(300)}}, "300 request-time features"),
+    ({"entity_id": "card-1", "categorical_features": {"": "x"}}, "categorical_features: a feature has an empty name"),
+])
+def test_malformed_requests_are_invalid_argument_naming_the_problem(served: Served, request_kwargs, problem) -> None:
+    code, details = status_of_call(served.stub.Score, scoring_pb2.ScoreRequest(**request_kwargs), timeout=5)
+    assert code is grpc.StatusCode.INVALID_ARGUMENT
+    assert problem in details
+    assert served.store.reads == 0, "nothing is read for a malformed request"
+
+
+def test_unknown_entity_is_not_found(served: Served) -> None:
+    code, details = status_of_call(served.stub.Score, scoring_pb2.ScoreRequest(entity_id="card-404"), timeout=5)
+    assert code is grpc.StatusCode.NOT_FOUND
+    assert "card-404" in details
+
+
+def test_unknown_entity_gets_the_spec_default_prediction(spec, artifacts, metrics) -> None:
+    with_default = spec.model_copy(update={"model": spec.model.model_copy(update={"default_prediction": 0.05})})
+    s = Served(with_default, artifacts, metrics)
+    try:
+        response = s.stub.Score(scoring_pb2.ScoreRequest(entity_id="card-404"), timeout=5)
+    finally:
+        s.close()
+    assert response.default_prediction
+    assert dict(response.prediction.probabilities) == {"true": 0.05}
+    assert response.prediction.action == "allow"
+    assert response.feature_freshness_ms == -1 and response.model_version == "v1"
+
+
+def test_no_champion_is_unavailable(spec, artifacts, metrics) -> None:
+    s = Served(spec, artifacts, metrics, champion=False)
+    try:
+        code, details = status_of_call(s.stub.Score, scoring_pb2.ScoreRequest(entity_id="card-1"), timeout=5)
+    finally:
+        s.close()
+    assert code is grpc.StatusCode.UNAVAILABLE and "no champion" in details
+
+
+def test_feature_store_outage_is_unavailable_and_surprises_are_internal(served: Served, monkeypatch) -> None:
+    def unavailable(*_a, **_k):
+        raise FeatureStoreUnavailable("connection refused")
+
+    monkeypatch.setattr(served.store, "read_many", unavailable)
+    code, details = status_of_call(served.stub.Score, scoring_pb2.ScoreRequest(entity_id="card-1"), timeout=5)
+    assert code is grpc.StatusCode.UNAVAILABLE and "connection refused" in details
+
+    def bug(*_a, **_k):
+        raise KeyError("secret internals")
+
+    monkeypatch.setattr(served.store, "read_many", bug)
+    code, details = status_of_call(served.stub.Score, scoring_pb2.ScoreRequest(entity_id="card-1"), timeout=5)
+    assert code is grpc.StatusCode.INTERNAL and "secret" not in details
+
+
+def test_deadlines_are_respected_and_late_work_is_skipped(spec, artifacts, metrics) -> None:
+    s = Served(spec, artifacts, metrics, delay_s=0.4)
+    try:
+        code, _ = status_of_call(s.stub.Score, scoring_pb2.ScoreRequest(entity_id="card-1"), timeout=0.1)
+        assert code is grpc.StatusCode.DEADLINE_EXCEEDED
+        time.sleep(0.6)  # the handler notices the passed deadline after its slow read and stops there
+        exposition = generate_latest(metrics.registry).decode()
+        assert 'code="DEADLINE_EXCEEDED",method="Score"' in exposition
+        assert "streamloop_predictions_total" not in exposition
+    finally:
+        s.close()
+
+
+def test_score_batch_answers_each_entity_with_one_read(served: Served) -> None:
+    served.store.write("features", FeatureWrite("card-2", NOW - 10, 1, {"amount": 1.0}, {}))
+    request = scoring_pb2.ScoreBatchRequest(requests=[
+        scoring_pb2.ScoreRequest(entity_id="card-1"), scoring_pb2.ScoreRequest(entity_id="card-404"),
+        scoring_pb2.ScoreRequest(entity_id="card-2")])
+    response = served.stub.ScoreBatch(request, timeout=5)
+    assert [r.WhichOneof("result") for r in response.results] == ["response", "error", "response"]
+    assert response.results[1].error.code == grpc.StatusCode.NOT_FOUND.value[0]
+    single = served.stub.Score(scoring_pb2.ScoreRequest(entity_id="card-1"), timeout=5)
+    assert response.results[0].response.prediction == single.prediction
+    assert served.store.reads == 2
+
+
+def test_score_batch_rejects_a_malformed_item_by_index(served: Served) -> None:
+    request = scoring_pb2.ScoreBatchRequest(requests=[scoring_pb2.ScoreRequest(entity_id="card-1"),
+                                                      scoring_pb2.ScoreRequest(entity_id="")])
+    code, details = status_of_call(served.stub.ScoreBatch, request, timeout=5)
+    assert code is grpc.StatusCode.INVALID_ARGUMENT and details == "requests[1].entity_id: must not be empty"
+    code, details = status_of_call(served.stub.ScoreBatch, scoring_pb2.ScoreBatchRequest(), timeout=5)
+    assert code is grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_health_and_graceful_stop_finish_in_flight_calls(spec, artifacts, metrics) -> None:
+    s = Served(spec, artifacts, metrics, delay_s=0.5)
+    health = health_pb2_grpc.HealthStub(s.channel)
+
+    def status() -> int:
+        return health.Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=5).status
+
+    assert status() == health_pb2.HealthCheckResponse.NOT_SERVING
+    s.server.set_serving(True)
+    assert status() == health_pb2.HealthCheckResponse.SERVING
+    in_flight = s.stub.Score.future(scoring_pb2.ScoreRequest(entity_id="card-1"), timeout=10)
+    time.sleep(0.1)
+    s.server.begin_shutdown()
+    assert status() == health_pb2.HealthCheckResponse.NOT_SERVING
+    stopper = threading.Thread(target=s.server.stop, args=(5.0,))
+    stopper.start()
+    assert in_flight.result().model_version == "v1", "the call in flight completes"
+    stopper.join(10)
+    s.channel.close()
+
+
+def test_reflection_lists_the_services(served: Served) -> None:
+    stub = reflection_pb2_grpc.ServerReflectionStub(served.channel)
+    responses = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+    names = {s.name for s in next(responses).list_services_response.service}
+    assert {SERVICE_NAME, "grpc.health.v1.Health"} <= names
+
+
+def test_client_scores_and_reports_errors(served: Served) -> None:
+    result = score(served.server.address, "card-1", numeric={"amount": 5.0}, explain=True)
+    assert result.model_version == "v1" and result.action in ("block", "review", "allow")
+    assert result.explanation_method == "linear_contribution" and len(result.explanation) == 3
+    with pytest.raises(ScoreFailed) as info:
+        score(served.server.address, "card-404")
+    assert info.value.code is grpc.StatusCode.NOT_FOUND
+
+
+def test_client_names_an_unreachable_server() -> None:
+    address = f"127.0.0.1:{free_port()}"
+    with pytest.raises(ScorerUnreachable, match=f"cannot reach the online scorer at {address}"):
+        score(address, "card-1", connect_timeout_s=0.3)

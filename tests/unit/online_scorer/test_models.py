@@ -1,0 +1,186 @@
+"""The model holder: verified loads, warm-up, atomic swaps, refused artifacts and their alerts."""
+
+from __future__ import annotations
+
+import struct
+import threading
+from pathlib import Path
+
+import pytest
+from prometheus_client import generate_latest
+
+from services.online_scorer.models import ModelHolder, typical_vector
+from services.online_scorer.processor import ScoringProcessor
+from streamloop.kafka import ConsumedRecord
+from tests.unit.online_scorer.fakes import (
+    BrokenClassifier,
+    ConstantClassifier,
+    publish,
+    slot_key,
+    trained_model,
+)
+
+
+def holder_for(spec, artifacts, metrics=None) -> tuple[ModelHolder, list[dict]]:
+    alerts: list[dict] = []
+    return ModelHolder(spec, artifacts, alerts=alerts.append, metrics=metrics, clock=lambda: 1_700_000_100_000), alerts
+
+
+def deploy(holder: ModelHolder, record: dict) -> None:
+    holder.on_deployment(slot_key(record), record)
+
+
+def test_a_champion_deployment_is_loaded_and_signals_ready(spec, artifacts) -> None:
+    holder, alerts = holder_for(spec, artifacts)
+    assert holder.current.champion is None
+    assert not holder.wait_for_champion(0)
+    deploy(holder, publish(artifacts, spec, trained_model(spec), "v1"))
+    champion = holder.current.champion
+    assert champion.version == "v1" and champion.role == "CHAMPION" and champion.slot == "champion"
+    assert holder.wait_for_champion(0)
+    assert champion.model.predict_proba_one({"amount": 10.0})
+    assert alerts == []
+
+
+def test_tampered_artifact_is_refused_and_the_old_model_keeps_serving(spec, artifacts, metrics) -> None:
+    holder, alerts = holder_for(spec, artifacts, metrics)
+    deploy(holder, publish(artifacts, spec, ConstantClassifier(0.1), "v1"))
+    before = holder.current
+    record = publish(artifacts, spec, ConstantClassifier(0.9), "v2")
+    path = Path(record["artifact"]["uri"].removeprefix("file://"))
+    original = path.read_bytes()
+    tampered = original.replace(struct.pack(">d", 0.9), struct.pack(">d", 0.0))  # a valid pickle of p=0.0
+    assert tampered != original
+    path.write_bytes(tampered)
+    deploy(holder, record)
+    assert holder.current is before, "nothing was swapped"
+    assert holder.current.champion.version == "v1"
+    assert holder.current.champion.model.p == 0.1
+    assert holder.load_failures == 1
+    [alert] = alerts
+    assert alert["alert"] == "model_load_failed" and alert["state"] == "RAISED"
+    assert alert["model_version"] == "v2" and alert["source"] == "online-scorer"
+    assert "content hash does not match" in alert["message"] and "v1 keeps serving" in alert["message"]
+    exposition = generate_latest(metrics.registry).decode()
+    assert 'streamloop_model_load_failures_total{' in exposition
+    assert 'reason="ArtifactIntegrityError"' in exposition
+
+
+def test_a_forged_signature_is_refused(spec, artifacts) -> None:
+    holder, alerts = holder_for(spec, artifacts)
+    record = publish(artifacts, spec, ConstantClassifier(0.2), "v1")
+    record["artifact"]["signature"] = "0" * 64
+    deploy(holder, record)
+    assert holder.current.champion is None
+    assert "signature does not verify" in alerts[0]["message"]
+
+
+def test_a_missing_artifact_or_a_failed_warm_up_keeps_the_current_model(spec, artifacts) -> None:
+    holder, alerts = holder_for(spec, artifacts)
+    deploy(holder, publish(artifacts, spec, ConstantClassifier(0.1), "v1"))
+    missing = publish(artifacts, spec, ConstantClassifier(0.3), "v2")
+    Path(missing["artifact"]["uri"].removeprefix("file://")).unlink()
+    deploy(holder, missing)
+    deploy(holder, publish(artifacts, spec, BrokenClassifier(), "v3"))
+    assert holder.current.champion.version == "v1"
+    assert [a["model_version"] for a in alerts] == ["v2", "v3"]
+    assert "warm-up" in alerts[1]["message"]
+
+
+def test_a_good_load_after_a_failure_clears_the_alert(spec, artifacts) -> None:
+    holder, alerts = holder_for(spec, artifacts)
+    deploy(holder, publish(artifacts, spec, BrokenClassifier(), "v1"))
+    deploy(holder, publish(artifacts, spec, ConstantClassifier(0.1), "v2"))
+    assert [(a["state"], a["model_version"]) for a in alerts] == [("RAISED", "v1"), ("CLEARED", "v2")]
+
+
+def test_the_same_deployment_again_is_not_reloaded(spec, artifacts) -> None:
+    holder, _ = holder_for(spec, artifacts)
+    record = publish(artifacts, spec, ConstantClassifier(0.1), "v1")
+    deploy(holder, record)
+    first = holder.current.champion
+    deploy(holder, dict(record))
+    assert holder.current.champion is first
+
+
+def test_shadow_and_canary_slots_and_their_retirement(spec, artifacts) -> None:
+    holder, _ = holder_for(spec, artifacts)
+    deploy(holder, publish(artifacts, spec, ConstantClassifier(0.1), "v1"))
+    shadow = publish(artifacts, spec, ConstantClassifier(0.2), "v2", slot="shadow/v2", role="SHADOW")
+    canary = publish(artifacts, spec, ConstantClassifier(0.3), "v3", slot="canary", role="CANARY", canary_weight=0.2)
+    deploy(holder, shadow)
+    deploy(holder, canary)
+    models = holder.current
+    assert [s.version for s in models.shadows] == ["v2"]
+    assert models.canary.version == "v3" and models.canary.canary_weight == 0.2
+    holder.on_deployment(slot_key(shadow), None)
+    assert holder.current.shadows == ()
+    assert holder.current.canary.version == "v3"
+    holder.on_deployment(f"{spec.name}/{spec.model.name}/champion", None)
+    assert holder.current.champion.version == "v1", "a retired champion slot keeps the champion serving"
+
+
+def test_deployments_of_other_pipelines_or_models_are_ignored(spec, artifacts) -> None:
+    holder, _ = holder_for(spec, artifacts)
+    other = publish(artifacts, spec, ConstantClassifier(0.1), "v1")
+    deploy(holder, {**other, "pipeline": "another-pipeline"})
+    deploy(holder, {**other, "model_name": "another-model"})
+    assert holder.current.champion is None
+
+
+def test_typical_vector_uses_the_scaler_means(spec) -> None:
+    model = trained_model(spec)
+    assert set(typical_vector(model)) == set(model["StandardScaler"].means)
+    assert typical_vector(ConstantClassifier()) == {}
+
+
+def test_swaps_are_atomic_under_concurrent_scoring(spec, catalog, artifacts) -> None:
+    """Scoring threads never see a half-swapped model: every prediction names the version that made it."""
+    holder, _ = holder_for(spec, artifacts)
+    versions = {f"v{i}": i / 10 for i in range(1, 9)}
+    records = {v: publish(artifacts, spec, ConstantClassifier(p), v) for v, p in versions.items()}
+    deploy(holder, records["v1"])
+    processor = ScoringProcessor(spec, holder, features=catalog["features"], predictions=catalog["predictions"],
+                                 shadow_predictions=catalog["shadow_predictions"])
+    batch = [ConsumedRecord("features", 0, i, f"card-{i}", {
+        "event_id": f"e{i}", "entity_key": f"card-{i}", "event_time": 1_700_000_000_000, "pipeline": spec.name,
+        "numeric": {"amount": float(i)}, "categorical": {}}, 0) for i in range(20)]
+    stop = threading.Event()
+    seen: list[tuple[str, float]] = []
+    errors: list[BaseException] = []
+
+    def score() -> None:
+        try:
+            while not stop.is_set():
+                result = processor.process(batch)
+                batch_versions = {out.value["model_version"] for out in result.outputs}
+                assert len(batch_versions) == 1, "one batch, one model version"
+                seen.extend((out.value["model_version"], out.value["probabilities"]["true"]) for out in result.outputs)
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=score) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for _ in range(30):
+        for version in versions:
+            deploy(holder, records[version])
+    stop.set()
+    for thread in threads:
+        thread.join(10)
+    assert not errors, errors[:1]
+    assert len({v for v, _ in seen}) > 1, "swaps happened while scoring"
+    assert all(p == pytest.approx(versions[v]) for v, p in seen)
+
+
+def test_metrics_name_the_served_version(spec, artifacts, metrics) -> None:
+    holder, _ = holder_for(spec, artifacts, metrics)
+    deploy(holder, publish(artifacts, spec, ConstantClassifier(0.1), "v1", deployed_at=1_700_000_000_000))
+    deploy(holder, publish(artifacts, spec, ConstantClassifier(0.2), "v2", deployed_at=1_700_000_000_000))
+    holder.report_age(1_700_000_060_000)
+    exposition = generate_latest(metrics.registry).decode()
+    assert 'streamloop_model_info{model_name="fraud",role="CHAMPION",service="online-scorer",slot="champion",' \
+           'version="v2"} 1.0' in exposition
+    assert 'version="v1"} 0.0' in exposition
+    assert 'streamloop_model_age_seconds{model_name="fraud",service="online-scorer",slot="champion"} 60.0' \
+        in exposition

@@ -1,0 +1,42 @@
+"""CompactedTopicReader's table logic without a broker: coalescing, tombstones, bad records."""
+
+from __future__ import annotations
+
+from confluent_kafka import Message
+
+from streamloop.kafka import KafkaSettings
+from streamloop.kafka.table_reader import CompactedTopicReader
+from streamloop.serde import make_serde
+
+
+def test_apply_coalesces_deletes_and_skips_bad_records(catalog) -> None:
+    serde = make_serde(catalog["alerts"].schema, catalog.repository, "alerts")
+
+    def alert(version: str) -> bytes:
+        return serde.encode({"pipeline": "p", "alert": "a", "state": "RAISED", "model_version": version,
+                             "message": "m", "source": "s", "at": 1})
+
+    changes: list[tuple[str, str | None]] = []
+
+    def on_change(key: str, value: dict | None) -> None:
+        changes.append((key, value["model_version"] if value else None))
+        if key == "boom":
+            raise RuntimeError("a failing callback does not stop the table")
+
+    reader = CompactedTopicReader(KafkaSettings(), "t", serde, on_change)
+    messages = [
+        Message(topic="t", partition=0, offset=0, key=b"a", value=alert("1")),
+        Message(topic="t", partition=0, offset=1, key=b"b", value=alert("1")),
+        Message(topic="t", partition=0, offset=2, key=b"a", value=alert("2")),
+        Message(topic="t", partition=0, offset=3, key=b"gone", value=None),  # tombstone of an unknown key
+        Message(topic="t", partition=0, offset=4, key=None, value=alert("x")),
+        Message(topic="t", partition=0, offset=5, key=b"c", value=b"not avro"),
+        Message(topic="t", partition=0, offset=6, key=b"boom", value=alert("3")),
+    ]
+    reader._apply(messages)
+    assert changes == [("b", "1"), ("a", "2"), ("boom", "3")]
+    assert {k: v["model_version"] for k, v in reader.snapshot().items()} == {"a": "2", "b": "1", "boom": "3"}
+    assert (reader.stats.undecodable, reader.stats.tombstones, reader.stats.callback_errors) == (2, 1, 1)
+
+    reader._apply([Message(topic="t", partition=0, offset=7, key=b"a", value=None)])
+    assert changes[-1] == ("a", None) and reader.get("a") is None
