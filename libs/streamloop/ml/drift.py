@@ -1,0 +1,399 @@
+"""Drift statistics: two-sample tests, PSI and multiple-testing correction over feature windows.
+
+Pure numpy/scipy, no I/O: the drift-detector service feeds it decoded feature vectors and scores.
+
+- Continuous features: two-sample Kolmogorov-Smirnov. The reference is sorted once; a window's
+  statistic is two ``searchsorted`` calls (~0.1-0.2 ms for 1,000 vs 2,000 values) and its p-value
+  is the limiting Kolmogorov distribution at sqrt(n·m/(n+m))·D (``kstwobign``, 1 µs) instead of
+  ``ks_2samp``'s exact method (~1-5 ms) or even its asymptotic ``kstwo.sf`` (0.1-0.5 ms). The
+  limiting p-value is a little larger than ``kstwo``'s (conservative): ~5 % at p = 0.01 and
+  ~11 % at p = 1e-6 for 1,000 vs 2,000 values.
+- Categorical features (and numeric features with few distinct reference values): chi-squared
+  test of homogeneity on the 2 x k table of counts, sparse columns pooled until every expected
+  count is at least ``min_expected`` (Cochran's rule), unseen categories kept as columns of their own.
+- Effect size: PSI over the reference's quantile bins (or categories), with epsilon smoothing.
+- Many features tested at once: Holm (or Bonferroni) adjusted p-values per window.
+
+>>> import numpy as np
+>>> rng = np.random.default_rng(7)
+>>> monitor = DriftMonitor(reference_size=500, window_size=500, alpha=0.01)
+>>> reports = [monitor.update({"x": float(v), "y": float(w)})
+...            for v, w in zip(rng.normal(size=1500), rng.normal(size=1500), strict=True)]
+>>> reports = [r for r in reports if r is not None]
+>>> [r.drifted for r in reports]
+[[], []]
+>>> shifted = [monitor.update({"x": float(v) + 1.0, "y": float(w)})
+...            for v, w in zip(rng.normal(size=500), rng.normal(size=500), strict=True)]
+>>> [d.feature for d in shifted[-1].drifted]
+['x']
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Hashable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from scipy import special, stats
+
+from streamloop.ml.exceptions import ModelError
+
+Severity = Literal["INFO", "WARNING", "CRITICAL"]
+Correction = Literal["holm", "bonferroni", "none"]
+Value = float | str
+
+NO_CATEGORY = "(none)"
+
+
+class DriftInputError(ModelError):
+    """A drift test was given a sample it cannot test (empty, or not numeric)."""
+
+
+# -- statistics -------------------------------------------------------------------------------
+
+
+def ks_statistic(reference_sorted: np.ndarray, current: np.ndarray) -> float:
+    """The two-sample KS statistic sup|F_ref - F_cur|, evaluated at every point of both samples."""
+    current = np.sort(current)
+    both = np.concatenate((reference_sorted, current))
+    cdf_reference = np.searchsorted(reference_sorted, both, side="right") / reference_sorted.size
+    cdf_current = np.searchsorted(current, both, side="right") / current.size
+    return float(np.max(np.abs(cdf_reference - cdf_current)))
+
+
+def ks_p_value(statistic: float, n: int, m: int) -> float:
+    """Two-sided asymptotic p-value: ``kstwobign.sf(sqrt(n·m/(n+m)) · D)``, Smirnov's limit."""
+    return float(np.clip(special.kolmogorov(np.sqrt(n * m / (n + m)) * statistic), 0.0, 1.0))
+
+
+def proportions(counts: np.ndarray, epsilon: float) -> np.ndarray:
+    """Bin shares with epsilon smoothing: an empty bin gets ~epsilon, so PSI stays finite."""
+    total = counts.sum()
+    shares = counts / total if total > 0 else np.zeros(len(counts))
+    return (shares + epsilon) / (1.0 + epsilon * len(counts))
+
+
+def psi(reference_counts: np.ndarray, current_counts: np.ndarray, epsilon: float = 1e-4) -> float:
+    """Population stability index, sum((cur - ref) * ln(cur / ref)) over smoothed bin shares."""
+    expected = proportions(np.asarray(reference_counts, dtype=float), epsilon)
+    actual = proportions(np.asarray(current_counts, dtype=float), epsilon)
+    return float(np.sum((actual - expected) * np.log(actual / expected)))
+
+
+def chi2_homogeneity(
+    reference_counts: np.ndarray, current_counts: np.ndarray, min_expected: float = 5.0
+) -> tuple[float, float, int]:
+    """Chi-squared test that two samples share one categorical distribution: (statistic, p, dof).
+
+    Columns with expected counts below ``min_expected`` are merged, smallest first, so the
+    asymptotic chi-squared distribution holds; a table left with one column is no evidence (p=1).
+    """
+    table = np.vstack((reference_counts, current_counts)).astype(float)
+    table = table[:, table.sum(axis=0) > 0]
+    rows = table.sum(axis=1)
+    total = rows.sum()
+    if table.shape[1] < 2 or rows.min() == 0:
+        return 0.0, 1.0, 0
+    # The smallest expected count of a column is its total * smallest row / N.
+    threshold = min_expected * total / rows.min()
+    columns = sorted(table.T, key=lambda c: c.sum())
+    while len(columns) > 1 and columns[0].sum() < threshold:
+        merged = columns[0] + columns[1]
+        columns = sorted([merged, *columns[2:]], key=lambda c: c.sum())
+    if len(columns) < 2:
+        return 0.0, 1.0, 0
+    table = np.array(columns).T
+    expected = np.outer(rows, table.sum(axis=0)) / total
+    statistic = float(np.sum((table - expected) ** 2 / expected))
+    dof = table.shape[1] - 1
+    return statistic, float(stats.chi2.sf(statistic, dof)), dof
+
+
+def adjust_p_values(p_values: Sequence[float] | np.ndarray, method: Correction) -> np.ndarray:
+    """Family-wise adjusted p-values: Holm's step-down, Bonferroni, or unchanged ("none")."""
+    p = np.asarray(p_values, dtype=float)
+    m = p.size
+    if m == 0 or method == "none":
+        return p.copy()
+    if method == "bonferroni":
+        return np.minimum(1.0, p * m)
+    order = np.argsort(p, kind="stable")
+    stepped = np.maximum.accumulate((m - np.arange(m)) * p[order])
+    adjusted = np.empty(m)
+    adjusted[order] = np.minimum(1.0, stepped)
+    return adjusted
+
+
+def classify(p_value: float, effect: float, alpha: float, psi_warning: float, psi_critical: float) -> Severity | None:
+    """None when not significant; otherwise the PSI decides: INFO, WARNING or CRITICAL."""
+    if not p_value < alpha:
+        return None
+    if effect >= psi_critical:
+        return "CRITICAL"
+    if effect >= psi_warning:
+        return "WARNING"
+    return "INFO"
+
+
+# -- references: a feature's reference sample, prepared once ----------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Comparison:
+    """One feature's window against its reference, before correction."""
+
+    test: Literal["ks", "chi2"]
+    statistic: float
+    p_value: float
+    psi: float
+    n_reference: int
+    n_current: int
+
+
+class ContinuousReference:
+    """A numeric reference: sorted once, with PSI bins at its deciles (or ``bins`` quantiles)."""
+
+    test = "ks"
+
+    def __init__(self, values: Iterable[float], bins: int = 10, epsilon: float = 1e-4) -> None:
+        array = np.asarray(list(values) if not isinstance(values, np.ndarray) else values, dtype=float)
+        array = array[np.isfinite(array)]
+        if array.size == 0:
+            raise DriftInputError("a continuous reference needs at least one finite value")
+        self.sorted = np.sort(array)
+        self.epsilon = epsilon
+        # Interior quantiles; ties (a value covering several deciles) collapse to one edge.
+        self.edges = np.unique(np.quantile(self.sorted, np.linspace(0, 1, bins + 1)[1:-1]))
+        self.counts = self._bin(self.sorted)
+
+    def _bin(self, values: np.ndarray) -> np.ndarray:
+        return np.bincount(np.searchsorted(self.edges, values, side="right"), minlength=self.edges.size + 1)
+
+    def compare(self, current: Sequence[float] | np.ndarray) -> Comparison:
+        array = np.asarray(current, dtype=float)
+        array = array[np.isfinite(array)]
+        if array.size == 0:
+            raise DriftInputError("the current window has no finite value")
+        d = ks_statistic(self.sorted, array)
+        return Comparison("ks", d, ks_p_value(d, self.sorted.size, array.size),
+                          psi(self.counts, self._bin(array), self.epsilon), self.sorted.size, array.size)
+
+
+class CategoricalReference:
+    """Category counts of the reference; categories first seen in a window get their own column."""
+
+    test = "chi2"
+
+    def __init__(self, values: Iterable[Hashable], epsilon: float = 1e-4, min_expected: float = 5.0) -> None:
+        self.counter = Counter(values)
+        if not self.counter:
+            raise DriftInputError("a categorical reference needs at least one value")
+        self.categories = list(self.counter)
+        self.size = sum(self.counter.values())
+        self.epsilon = epsilon
+        self.min_expected = min_expected
+
+    def compare(self, current: Iterable[Hashable]) -> Comparison:
+        seen = Counter(current)
+        if not seen:
+            raise DriftInputError("the current window has no value")
+        categories = self.categories + [c for c in seen if c not in self.counter]
+        reference = np.array([self.counter.get(c, 0) for c in categories], dtype=float)
+        window = np.array([seen.get(c, 0) for c in categories], dtype=float)
+        statistic, p_value, _dof = chi2_homogeneity(reference, window, self.min_expected)
+        return Comparison("chi2", statistic, p_value, psi(reference, window, self.epsilon),
+                          self.size, int(window.sum()))
+
+
+# -- the monitor: reference, windows, correction ----------------------------------------------
+
+
+def categorical_view(numeric: Mapping[str, float], categorical: Mapping[str, str]) -> dict[str, Value]:
+    """A feature vector as the monitor tests it: one-hot ``name=value`` keys become ``name: value``.
+
+    ``assemble_features`` turns a categorical feature into numeric ``name=value: 1.0`` keys; a
+    group of such keys is one categorical feature (chi-squared), not many 0/1 columns. A group
+    whose keys are all 0 reads as ``(none)``.
+    """
+    x: dict[str, Value] = {}
+    for name, value in numeric.items():
+        if "=" in name:
+            group, _, category = name.partition("=")
+            if value > 0.5:
+                x[group] = category
+            else:
+                x.setdefault(group, NO_CATEGORY)
+        else:
+            x[name] = value
+    x.update(categorical)
+    return x
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureDrift:
+    feature: str
+    test: Literal["ks", "chi2"]
+    statistic: float
+    p_value: float
+    p_adjusted: float
+    psi: float
+    severity: Severity | None
+
+
+@dataclass(frozen=True, slots=True)
+class WindowReport:
+    """The tests of one window: ``start``/``end`` are the smallest and largest times given to it."""
+
+    index: int
+    start: int
+    end: int
+    size: int
+    results: tuple[FeatureDrift, ...]
+
+    @property
+    def drifted(self) -> list[FeatureDrift]:
+        return [r for r in self.results if r.severity is not None]
+
+
+class DriftMonitor:
+    """Per-feature drift of consecutive windows of ``window_size`` vectors against a reference.
+
+    The first ``reference_size`` vectors given to ``update`` are the reference; then every
+    ``window_size`` vectors are tested at once (KS or chi-squared per feature, PSI effect size),
+    p-values are adjusted over the features tested (``correction``), and a feature has drifted
+    when its adjusted p-value is below ``alpha``. Testing per window, not per event, is what keeps
+    the cost per event at a few microseconds.
+
+    A numeric feature with at most ``discrete_max_values`` distinct reference values (a 0/1
+    flag) is tested as categorical. A feature present fewer than ``min_samples`` times in the
+    reference or the window is not tested.
+    """
+
+    def __init__(
+        self,
+        reference_size: int,
+        window_size: int,
+        alpha: float,
+        correction: Correction = "holm",
+        psi_warning: float = 0.1,
+        psi_critical: float = 0.25,
+        bins: int = 10,
+        epsilon: float = 1e-4,
+        discrete_max_values: int = 2,
+        min_samples: int = 50,
+        min_expected: float = 5.0,
+    ) -> None:
+        if reference_size < 1 or window_size < 1:
+            raise DriftInputError("reference_size and window_size must be positive")
+        self.reference_size, self.window_size = reference_size, window_size
+        self.alpha = alpha
+        self.correction: Correction = correction
+        self.psi_warning, self.psi_critical = psi_warning, psi_critical
+        self.bins, self.epsilon = bins, epsilon
+        self.discrete_max_values = discrete_max_values
+        self.min_samples, self.min_expected = min_samples, min_expected
+        self.references: dict[str, ContinuousReference | CategoricalReference] | None = None
+        self.windows_tested = 0
+        self._columns: dict[str, list[Value]] = {}
+        self._count = 0
+        self._start: int | None = None
+        self._end: int | None = None
+
+    @property
+    def reference_ready(self) -> bool:
+        return self.references is not None
+
+    @property
+    def pending(self) -> int:
+        """Vectors collected towards the reference or the current window."""
+        return self._count
+
+    def update(self, x: Mapping[str, Value], time: int = 0) -> WindowReport | None:
+        """Add one vector; returns the window's report when this vector completes a window."""
+        columns = self._columns
+        for name, value in x.items():
+            try:
+                columns[name].append(value)
+            except KeyError:
+                columns[name] = [value]
+        self._count += 1
+        if self._start is None or self._end is None:
+            self._start = self._end = time
+        elif time > self._end:
+            self._end = time
+        elif time < self._start:
+            self._start = time
+        if self.references is None:
+            if self._count >= self.reference_size:
+                self.references = self._build_references(self._columns)
+                self._clear()
+            return None
+        if self._count < self.window_size:
+            return None
+        report = self.test(self._columns, self._start or 0, self._end or 0)
+        self._clear()
+        return report
+
+    def _clear(self) -> None:
+        self._columns = {}
+        self._count = 0
+        self._start = self._end = None
+
+    def _build_references(self, columns: Mapping[str, list[Value]]) -> dict:
+        references: dict[str, ContinuousReference | CategoricalReference] = {}
+        for name, values in columns.items():
+            if len(values) < self.min_samples:
+                continue
+            if any(isinstance(v, str) for v in values):
+                references[name] = CategoricalReference(map(str, values), self.epsilon, self.min_expected)
+                continue
+            array = np.asarray(values, dtype=float)
+            array = array[np.isfinite(array)]
+            if array.size < self.min_samples:
+                continue
+            if np.unique(array).size <= self.discrete_max_values:
+                references[name] = CategoricalReference(array.tolist(), self.epsilon, self.min_expected)
+            else:
+                references[name] = ContinuousReference(array, self.bins, self.epsilon)
+        return references
+
+    def test(self, columns: Mapping[str, Sequence[Value]], start: int = 0, end: int = 0) -> WindowReport:
+        """Test one window's columns against the reference (``update`` calls this every window)."""
+        if self.references is None:
+            raise DriftInputError("no reference yet: give reference_size vectors to update() first")
+        names: list[str] = []
+        comparisons: list[Comparison] = []
+        for name, reference in self.references.items():
+            values = columns.get(name)
+            if values is None or len(values) < self.min_samples:
+                continue
+            try:
+                if isinstance(reference, CategoricalReference):
+                    first = next(iter(reference.counter))
+                    current = map(str, values) if isinstance(first, str) else _as_floats(values).tolist()
+                    comparisons.append(reference.compare(current))
+                else:
+                    comparisons.append(reference.compare(_as_floats(values)))
+            except DriftInputError:
+                continue
+            names.append(name)
+        adjusted = adjust_p_values([c.p_value for c in comparisons], self.correction)
+        results = tuple(
+            FeatureDrift(name, c.test, c.statistic, c.p_value, float(p), c.psi,
+                         classify(float(p), c.psi, self.alpha, self.psi_warning, self.psi_critical))
+            for name, c, p in zip(names, comparisons, adjusted, strict=True)
+        )
+        self.windows_tested += 1
+        size = max((len(v) for v in columns.values()), default=0)
+        return WindowReport(self.windows_tested, start, end, size, results)
+
+
+def _as_floats(values: Sequence[Value]) -> np.ndarray:
+    """The finite numbers among ``values`` (one numpy conversion; a stray string costs a slow path)."""
+    try:
+        array = np.asarray(values, dtype=float)
+    except (TypeError, ValueError):
+        array = np.array([v for v in values if isinstance(v, int | float)], dtype=float)
+    return array[np.isfinite(array)]

@@ -1,0 +1,3 @@
+from services.drift_detector.app import main
+
+raise SystemExit(main())

@@ -1,0 +1,142 @@
+"""The drift detector's composition root: the only module that wires I/O.
+
+One active replica per pipeline (its windows are global, not per entity): with
+``DRIFT_STANDBY_LEASE`` (default) every replica first waits for the lease, so a second replica is
+a hot standby, not a second consumer splitting the partitions.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Callable
+
+from pydantic import ValidationError
+
+from services.drift_detector.history import KafkaHistory, TableChampions
+from services.drift_detector.lease import LeaderLease
+from services.drift_detector.metrics import PrometheusDriftMetrics
+from services.drift_detector.processor import DriftProcessor, DriftTopics
+from services.drift_detector.settings import SERVICE, DriftSettings
+from streamloop.errors import StreamloopError
+from streamloop.kafka.runner import StageRunner
+from streamloop.kafka.table_reader import CompactedTopicReader
+from streamloop.service.context import ServiceContext, configure_logging
+from streamloop.telemetry import Telemetry, configure_telemetry
+
+log = logging.getLogger(__name__)
+
+INPUTS = ["features", "predictions", "labeled_examples"]
+OUTPUTS = ["drift_events"]
+
+
+class DriftService:
+    """Waits for the lease, then runs the stage runner until stopped or the lease is lost."""
+
+    def __init__(self, ctx: ServiceContext, settings: DriftSettings, telemetry: Telemetry,
+                 deployments: CompactedTopicReader, champions: TableChampions, history: KafkaHistory | None,
+                 lease: LeaderLease | None) -> None:
+        self.ctx = ctx
+        self.settings = settings
+        self.telemetry = telemetry
+        self.deployments = deployments
+        self.champions = champions
+        self.history = history
+        self.lease = lease
+        self.metrics = PrometheusDriftMetrics(telemetry.metrics)
+        self.topics = DriftTopics(*(ctx.topic(role).name for role in INPUTS + OUTPUTS))
+        self.runner: StageRunner | None = None
+        self.processor: DriftProcessor | None = None
+        self._stopping = threading.Event()
+
+    def stop(self, *_: object) -> None:
+        self._stopping.set()
+        if self.runner is not None:
+            self.runner.stop()
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self.stop)
+        signal.signal(signal.SIGINT, self.stop)
+
+    def run(self, on_started: Callable[[], None] | None = None) -> int:
+        try:
+            self._serve(on_started)
+        finally:
+            if self.lease is not None:
+                self.lease.close()  # a dynamic member leaves the group: a standby takes over at once
+        return 0
+
+    def _serve(self, on_started: Callable[[], None] | None) -> None:
+        while not self._stopping.is_set():
+            if self.lease is not None and not self.lease.acquire(self._stopping):
+                break
+            # A fresh processor per term: its state is rebuilt by replay when partitions arrive.
+            self.processor = DriftProcessor(self.ctx.pipeline, self.topics, self.settings, self.champions,
+                                            self.history, self.metrics)
+            self.runner = self.ctx.runner(self.processor, inputs=INPUTS, outputs=OUTPUTS,
+                                          metrics=self.telemetry.metrics)
+            if self._stopping.is_set():
+                break
+            if self.lease is not None:
+                self.lease.watch(on_lost=self.runner.stop)
+            self.runner.run(on_started)
+            on_started = None
+            if self.lease is None or not self.lease.lost:
+                break
+            self.lease.unwatch()
+
+    def close(self) -> None:
+        if self.lease is not None:
+            self.lease.close()
+        self.deployments.stop()
+        self.telemetry.shutdown()
+
+
+def build(settings: DriftSettings) -> DriftService:
+    ctx = ServiceContext.load(SERVICE, settings.common)
+    telemetry_settings = settings.telemetry
+    if telemetry_settings.service_name == "streamloop":
+        telemetry_settings = telemetry_settings.model_copy(update={"service_name": SERVICE})
+    telemetry = configure_telemetry(telemetry_settings)
+    kafka = settings.common.kafka
+    spec = ctx.pipeline
+
+    topic = ctx.topic("model_deployments")
+    deployments = CompactedTopicReader(kafka, topic.name, ctx.serde("model_deployments"),
+                                       name=f"{SERVICE}-deployments").start()
+    if not deployments.wait_until_caught_up(settings.history_timeout_s):
+        log.warning("deployments not read to the end within %.0fs; the champion may come later",
+                    settings.history_timeout_s)
+    champions = TableChampions(
+        deployments, topic.key_of({"pipeline": spec.name, "model_name": spec.model.name, "slot": "champion"}))
+
+    history = None
+    if settings.replay_on_start:
+        serdes = {ctx.topic(role).name: ctx.serde(role) for role in INPUTS + OUTPUTS}
+        history = KafkaHistory(kafka, ctx.group_id, serdes, settings.history_timeout_s)
+    lease = None
+    if settings.standby_lease:
+        lease = LeaderLease(kafka, f"{ctx.group_id}.lease", ctx.topic("drift_events").name, settings.lease_poll_s)
+    return DriftService(ctx, settings, telemetry, deployments, champions, history, lease)
+
+
+def main() -> int:
+    try:
+        settings = DriftSettings()
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        print(f"{SERVICE}: invalid setting {'.'.join(map(str, error['loc']))}: {error['msg']}", file=sys.stderr)
+        return 2
+    configure_logging(settings.common.log_level, SERVICE)
+    try:
+        service = build(settings)
+    except StreamloopError as exc:
+        print(f"{SERVICE}: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2
+    service.install_signal_handlers()
+    try:
+        return service.run()
+    finally:
+        service.close()

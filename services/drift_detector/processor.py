@@ -1,0 +1,324 @@
+"""The drift detector's processor: feature vectors, predictions and labeled examples in,
+DriftEvent records out. Pure: the champion, the history and the metrics are handed in.
+
+State is global to the pipeline (one reference, one window, one error stream), so exactly one
+replica processes all partitions (docs/drift-detector.md). Everything is about the current
+champion: a new champion version resets the reference, the windows, the concept detectors and
+the cooldowns.
+
+- Reference: the first ``reference_size`` feature vectors (and champion predictions) whose Kafka
+  timestamp is at or after the champion's ``deployed_at``; records produced before it belong to
+  the previous champion and are skipped.
+- Windows: every ``window_size`` vectors after the reference are one test (DATA per feature,
+  PREDICTION on the champion's score).
+- Concept: the champion's error on each labeled example feeds ADWIN / Page-Hinkley / DDM.
+- Restart (``on_assigned``): with a History, the reference is replayed from ``deployed_at``, the
+  last window and the last ``concept_replay`` labeled examples before the committed offsets are
+  replayed, and cooldowns are restored from the drift topic, so a restart loses no detection
+  beyond the cooldown and repeats none within it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from confluent_kafka import KafkaException
+
+from services.drift_detector.concept import ConceptDriftMonitor
+from services.drift_detector.events import SEVERITY_RANK, Champion, Cooldown, Detection, Kind, millis
+from services.drift_detector.settings import DriftSettings
+from streamloop.contracts.pipeline import PipelineSpec
+from streamloop.errors import StreamloopError
+from streamloop.kafka.records import ConsumedRecord, OutgoingRecord, ProcessResult, TopicPartitionRef
+from streamloop.ml.drift import DriftMonitor, WindowReport, categorical_view
+
+log = logging.getLogger(__name__)
+
+
+class ChampionSource(Protocol):
+    def champion(self) -> Champion | None:
+        """The current champion deployment (refreshed without blocking), or None."""
+        ...
+
+
+class History(Protocol):
+    """Reads back what the detector consumed before (up to its group's committed offsets)."""
+
+    def since(self, topic: str, time_ms: int, limit: int) -> list[ConsumedRecord]: ...
+
+    def tail(self, topic: str, limit: int) -> list[ConsumedRecord]: ...
+
+    def latest(self, topic: str, limit: int) -> list[dict[str, Any]]: ...
+
+
+class DriftMetrics(Protocol):
+    def window(self, kind: Kind, report: WindowReport) -> None: ...
+
+    def detection(self, detection: Detection, emitted: bool) -> None: ...
+
+    def error_rate(self, model: str, value: float) -> None: ...
+
+
+@dataclass(frozen=True)
+class DriftTopics:
+    features: str
+    predictions: str
+    labeled_examples: str
+    drift_events: str
+
+
+@dataclass
+class DetectorStats:
+    vectors: int = 0
+    predictions: int = 0
+    labeled: int = 0
+    skipped: int = 0
+    replayed: int = 0
+    windows: int = 0
+    detections: int = 0
+    emitted: int = 0
+    champions: list[str] = field(default_factory=list)
+
+
+def class_name(value: Any) -> str:
+    """A label or predicted class as one canonical string: True/"True"/"true" -> "true", 1.0 -> "1"."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    text = str(value)
+    return text.lower() if text.lower() in ("true", "false") else text
+
+
+class DriftProcessor:
+    def __init__(
+        self,
+        spec: PipelineSpec,
+        topics: DriftTopics,
+        settings: DriftSettings,
+        champions: ChampionSource,
+        history: History | None = None,
+        metrics: DriftMetrics | None = None,
+        clock: Callable[[], int] | None = None,
+    ) -> None:
+        self.spec = spec
+        self.topics = topics
+        self.settings = settings
+        self.champions = champions
+        self.history = history
+        self.metrics = metrics
+        self.clock = clock or (lambda: int(time.time() * 1000))
+        self.stats = DetectorStats()
+        self.champion: Champion | None = None
+        self.cooldown = Cooldown(spec.drift.cooldown)
+        self.regression = spec.model.task == "regression"
+        self.score_name = self._score_name()
+        self._min_rank = SEVERITY_RANK[settings.min_severity]
+        self._pending: list[OutgoingRecord] = []
+        self._applied: dict[tuple[str, int], int] = {}
+        self._warm = False
+        self._reset()
+
+    # -- state per champion ----------------------------------------------------------------
+
+    def _reset(self) -> None:
+        drift, s = self.spec.drift, self.settings
+        options = dict(psi_warning=drift.psi_warning, psi_critical=drift.psi_critical, bins=s.psi_bins,
+                       epsilon=s.psi_epsilon, discrete_max_values=s.discrete_max_values,
+                       min_samples=s.min_samples, min_expected=s.min_expected)
+        self.data = DriftMonitor(drift.reference_size, drift.window_size, drift.p_value, drift.correction, **options)
+        # One score, one test: nothing to correct.
+        self.prediction = DriftMonitor(drift.reference_size, drift.window_size, drift.p_value, "none", **options)
+        self.concept = ConceptDriftMonitor(
+            drift.concept_detectors, binary=not self.regression, baseline_size=drift.reference_size,
+            recent_size=drift.window_size, adwin_delta=s.adwin_delta,
+            page_hinkley_threshold=s.page_hinkley_threshold, page_hinkley_delta=s.page_hinkley_delta,
+            ddm_drift_threshold=s.ddm_drift_threshold, ddm_warm_start=s.ddm_warm_start,
+        )
+        self.cooldown.clear()
+
+    def _refresh_champion(self) -> Champion | None:
+        current = self.champions.champion()
+        if current is None or current == self.champion:
+            return self.champion
+        if self.champion is None or (current.model_name, current.version) != (
+                self.champion.model_name, self.champion.version):
+            log.info("champion %s %s (deployed at %d): new reference", current.model_name, current.version,
+                     current.deployed_at)
+            self.stats.champions.append(current.version)
+            self._reset()
+        self.champion = current
+        return current
+
+    # -- the processor protocol -----------------------------------------------------------
+
+    def process(self, batch: Sequence[ConsumedRecord]) -> ProcessResult:
+        self._refresh_champion()
+        for record in batch:
+            key = (record.topic, record.partition)
+            if record.offset <= self._applied.get(key, -1):
+                continue  # a replayed batch: already applied
+            self._applied[key] = record.offset
+            self._ingest(record)
+        return self._flush()
+
+    def tick(self, now_ms: int) -> ProcessResult:
+        self._refresh_champion()
+        return self._flush()
+
+    def on_assigned(self, partitions: Sequence[TopicPartitionRef]) -> None:
+        if self.history is None or self._warm:
+            return
+        self._warm = True
+        champion = self._refresh_champion()
+        if champion is None:
+            return
+        try:
+            self._warm_start(self.history, champion)
+        except (StreamloopError, KafkaException) as exc:
+            # Better late windows than a crash loop: the reference and windows fill up live.
+            log.warning("warm start failed, starting with empty windows: %s", exc)
+            self._reset()
+
+    def on_revoked(self, partitions: Sequence[TopicPartitionRef]) -> None:
+        # Global state cannot be split: losing any partition drops it all; the next owner replays.
+        self._warm = False
+        self._applied.clear()
+        self._pending.clear()
+        self.champion = None
+        self._reset()
+
+    def _flush(self) -> ProcessResult:
+        outputs, self._pending = self._pending, []
+        return ProcessResult(outputs=outputs)
+
+    # -- restart ---------------------------------------------------------------------------
+
+    def _warm_start(self, history: History, champion: Champion) -> None:
+        started = time.perf_counter()
+        for event in history.latest(self.topics.drift_events, self.settings.events_replay):
+            if (event.get("pipeline"), event.get("model_name"), event.get("model_version")) == (
+                    champion.pipeline, champion.model_name, champion.version):
+                self.cooldown.restore(event)
+        drift = self.spec.drift
+        plan = [(self.topics.features, drift.window_size), (self.topics.predictions, drift.window_size),
+                (self.topics.labeled_examples, self.settings.concept_replay)]
+        for topic, tail_size in plan:
+            reference = history.since(topic, champion.deployed_at, drift.reference_size)
+            seen = {(r.partition, r.offset) for r in reference}
+            recent = [r for r in history.tail(topic, tail_size) if (r.partition, r.offset) not in seen]
+            for record in reference + recent:
+                self._ingest(record)
+            self.stats.replayed += len(reference) + len(recent)
+        log.info("warm start for %s %s: replayed %d records, %d detections pending (%.2fs)", champion.model_name,
+                 champion.version, self.stats.replayed, len(self._pending), time.perf_counter() - started)
+
+    # -- one record ------------------------------------------------------------------------
+
+    def _ingest(self, record: ConsumedRecord) -> None:
+        champion = self.champion
+        value = record.value
+        if champion is None or value.get("pipeline", champion.pipeline) != champion.pipeline:
+            self.stats.skipped += 1
+            return
+        if record.topic == self.topics.labeled_examples:
+            self._on_labeled(champion, value)
+            return
+        if record.timestamp_ms < champion.deployed_at:
+            self.stats.skipped += 1  # produced before this champion was deployed
+            return
+        if record.topic == self.topics.features:
+            self.stats.vectors += 1
+            x = categorical_view(value.get("numeric") or {}, value.get("categorical") or {})
+            report = self.data.update(x, millis(value["event_time"]))
+            if report is not None:
+                self._on_report("DATA", report)
+        elif record.topic == self.topics.predictions:
+            score = self._score(champion, value)
+            if score is None:
+                self.stats.skipped += 1
+                return
+            self.stats.predictions += 1
+            report = self.prediction.update({self.score_name: score}, millis(value["event_time"]))
+            if report is not None:
+                self._on_report("PREDICTION", report)
+
+    def _on_report(self, kind: Kind, report: WindowReport) -> None:
+        self.stats.windows += 1
+        if self.metrics is not None:
+            self.metrics.window(kind, report)
+        for result in report.drifted:
+            assert result.severity is not None
+            self._emit(Detection(kind, result.test, result.feature, result.statistic, result.p_adjusted,
+                                 result.psi, result.severity, report.start, report.end))
+
+    def _on_labeled(self, champion: Champion, value: dict[str, Any]) -> None:
+        error = self._error(champion, value)
+        if error is None:
+            self.stats.skipped += 1
+            return
+        self.stats.labeled += 1
+        for found in self.concept.update(error, millis(value["event_time"])):
+            effect = found.recent - found.baseline
+            self._emit(Detection("CONCEPT", found.detector, None, found.recent, None, effect,
+                                 "CRITICAL" if effect > 0 else "INFO", found.start, found.end))
+        if self.metrics is not None and self.concept.examples % self.spec.drift.window_size == 0:
+            self.metrics.error_rate(champion.model_name, self.concept.recent)
+
+    def _emit(self, detection: Detection) -> None:
+        assert self.champion is not None
+        self.stats.detections += 1
+        emitted = SEVERITY_RANK[detection.severity] >= self._min_rank and self.cooldown.allow(detection)
+        if self.metrics is not None:
+            self.metrics.detection(detection, emitted)
+        if emitted:
+            self.stats.emitted += 1
+            # No source: an output of a whole window belongs to no single input record.
+            self._pending.append(OutgoingRecord(self.topics.drift_events, self.champion.pipeline,
+                                                detection.to_record(self.champion, self.clock())))
+
+    # -- what a prediction and a label say -------------------------------------------------
+
+    def _score_name(self) -> str:
+        if self.regression:
+            return "value"
+        positive = self.spec.model.positive_class
+        return f"probability[{positive}]" if positive is not None else "confidence"
+
+    def _score(self, champion: Champion, value: dict[str, Any]) -> float | None:
+        if value.get("role") != "CHAMPION" or value.get("model_version") != champion.version:
+            return None
+        if self.regression:
+            return value.get("value")
+        probabilities = value.get("probabilities") or {}
+        positive = self.spec.model.positive_class
+        if positive is not None:
+            score = probabilities.get(positive)
+            if score is None:  # the scorer may spell the class differently ("True" for "true")
+                wanted = class_name(positive)
+                score = next((p for label, p in probabilities.items() if class_name(label) == wanted), None)
+            return score
+        return max(probabilities.values()) if probabilities else None
+
+    def _error(self, champion: Champion, value: dict[str, Any]) -> float | None:
+        joined = next((p for p in value.get("predictions") or () if p.get("role") == "CHAMPION"
+                       and p.get("model_version") == champion.version
+                       and p.get("model_name") == champion.model_name), None)
+        if joined is None:
+            return None
+        label = value.get("label")
+        if self.regression:
+            if joined.get("value") is None or isinstance(label, str | bool) or label is None:
+                return None
+            return abs(float(label) - float(joined["value"]))
+        predicted = joined.get("predicted_class")
+        if predicted is None:
+            probabilities = joined.get("probabilities") or {}
+            if not probabilities:
+                return None
+            predicted = max(probabilities, key=probabilities.__getitem__)
+        return float(class_name(predicted) != class_name(label))

@@ -1,0 +1,80 @@
+"""Concept drift on the champion's error stream: river's SEA concepts, abrupt switch at a known point.
+
+The champion is concept 0's own rule (label = x0 + x1 > 8), so before the drift its error is the
+stream's 10 % label noise; after the switch to concept 1, 2 or 3 (threshold 9, 7 or 9.5) it rises
+to ~16-20 %. Detector settings are the service defaults. Run with ``-s`` to see delays and alarms.
+"""
+
+from __future__ import annotations
+
+import pytest
+from river.datasets import synth
+
+from services.drift_detector.concept import DETECTORS, ConceptDriftMonitor
+from services.drift_detector.settings import DriftSettings
+
+DRIFT_AT = 20_000
+# Measured (seeds 0-2): ADWIN 320-1060, Page-Hinkley 640-1690, DDM 500-6400 events after the switch.
+MAX_DELAY = {"adwin": 2_000, "page_hinkley": 3_000, "ddm": 10_000}
+# Measured on 3 x 100k stationary examples: ADWIN 0, Page-Hinkley 0-1, DDM 0-1.
+MAX_FALSE_ALARMS_PER_100K = 2
+
+
+def monitor() -> ConceptDriftMonitor:
+    s = DriftSettings()
+    return ConceptDriftMonitor(DETECTORS, binary=True, baseline_size=2000, recent_size=1000,
+                               adwin_delta=s.adwin_delta, page_hinkley_threshold=s.page_hinkley_threshold,
+                               page_hinkley_delta=s.page_hinkley_delta, ddm_drift_threshold=s.ddm_drift_threshold,
+                               ddm_warm_start=s.ddm_warm_start)
+
+
+def errors(stream, n: int) -> list[float]:
+    return [float((x[0] + x[1] > 8) != y) for x, y in stream.take(n)]
+
+
+def fired(errs: list[float]) -> dict[str, list[int]]:
+    m = monitor()
+    found: dict[str, list[int]] = {name: [] for name in DETECTORS}
+    for t, error in enumerate(errs):
+        for drift in m.update(error, t):
+            found[drift.detector].append(t)
+    return found
+
+
+@pytest.mark.parametrize("variant", [1, 2, 3])
+def test_each_detector_flags_the_concept_switch_within_its_delay(variant: int) -> None:
+    stream = synth.ConceptDriftStream(stream=synth.SEA(variant=0, noise=0.1, seed=7),
+                                      drift_stream=synth.SEA(variant=variant, noise=0.1, seed=8),
+                                      position=DRIFT_AT, width=200, seed=9)
+    found = fired(errors(stream, DRIFT_AT + 12_000))
+    delays = {name: next((t - DRIFT_AT for t in times if t >= DRIFT_AT - 300), None) for name, times in found.items()}
+    early = {name: sum(t < DRIFT_AT - 300 for t in times) for name, times in found.items()}
+    print(f"\nSEA 0 -> {variant}: delay (examples) {delays}; alarms before the drift {early}")
+    for name in DETECTORS:
+        assert delays[name] is not None and delays[name] <= MAX_DELAY[name], name
+        assert early[name] <= 1, name
+
+
+def test_stationary_error_stream_false_alarms_are_counted_and_rare() -> None:
+    found = fired(errors(synth.SEA(variant=0, noise=0.1, seed=11), 100_000))
+    counts = {name: len(times) for name, times in found.items()}
+    print(f"\nstationary 100k labeled examples: false alarms {counts}")
+    assert all(count <= MAX_FALSE_ALARMS_PER_100K for count in counts.values())
+
+
+def test_detections_report_the_error_increase_over_the_champions_baseline() -> None:
+    m = monitor()
+    drifts = [d for t in range(6000) for d in m.update(float(t % 10 == 0 if t < 3000 else t % 3 == 0), t)]
+    assert drifts, "a jump from 10 % to 33 % error is detected"
+    first = drifts[0]
+    assert first.baseline == pytest.approx(0.1, abs=0.01)
+    assert first.recent > first.baseline
+    assert 0 <= first.start <= first.end and 3000 <= first.end < 4000
+
+
+def test_ddm_is_left_out_for_regression_errors() -> None:
+    m = ConceptDriftMonitor(DETECTORS, binary=False)
+    assert m.skipped == ["ddm"] and set(m.detectors) == {"adwin", "page_hinkley"}
+    assert m.update(0.7, 1) == []
+    with pytest.raises(ValueError, match="unknown"):
+        ConceptDriftMonitor(["kswin"], binary=True)

@@ -1,0 +1,292 @@
+"""The drift processor without a broker: records in, DriftEvent records out.
+
+Small windows (reference 500, window 250, events 100 ms apart) keep these fast; the statistics
+themselves are tested in test_data_drift.py and test_concept_drift.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import pytest
+from prometheus_client import generate_latest
+
+from services.drift_detector.events import Champion
+from services.drift_detector.exceptions import HistoryUnavailableError
+from services.drift_detector.metrics import PrometheusDriftMetrics
+from services.drift_detector.processor import DriftProcessor, DriftTopics, class_name
+from services.drift_detector.settings import DriftSettings
+from streamloop.contracts import PipelineSpec, SchemaRepository
+from streamloop.contracts.pipeline import DriftSpec
+from streamloop.kafka.records import ConsumedRecord, ProcessResult, TopicPartitionRef
+from streamloop.serde import SingleObjectSerde
+from streamloop.telemetry import ServiceMetrics
+
+TOPICS = DriftTopics("features", "predictions", "labeled", "drift")
+DEPLOYED_AT = 1_800_000_000_000
+STEP_MS = 100
+REFERENCE, WINDOW, COOLDOWN_MS = 500, 250, 120_000
+CHAMPION = Champion("card-fraud", "fraud", "v1", DEPLOYED_AT)
+
+
+class Champions:
+    def __init__(self, champion: Champion | None = CHAMPION) -> None:
+        self.current = champion
+
+    def champion(self) -> Champion | None:
+        return self.current
+
+
+class History:
+    """The topics as lists of records, all of them before the (pretend) committed offsets."""
+
+    def __init__(self, topics: dict[str, list[ConsumedRecord]], drift_events: list[dict] | None = None) -> None:
+        self.topics = topics
+        self.drift_events = drift_events or []
+
+    def since(self, topic: str, time_ms: int, limit: int) -> list[ConsumedRecord]:
+        return [r for r in self.topics.get(topic, []) if r.timestamp_ms >= time_ms][:limit]
+
+    def tail(self, topic: str, limit: int) -> list[ConsumedRecord]:
+        return self.topics.get(topic, [])[-limit:] if limit > 0 else []
+
+    def latest(self, topic: str, limit: int) -> list[dict]:
+        assert topic == TOPICS.drift_events
+        return self.drift_events[-limit:]
+
+
+@pytest.fixture
+def spec(demo_pipeline: PipelineSpec) -> PipelineSpec:
+    drift = DriftSpec(reference_size=REFERENCE, window_size=WINDOW, p_value=0.01, correction="holm",
+                      cooldown=COOLDOWN_MS)
+    return demo_pipeline.model_copy(update={"drift": drift})
+
+
+def processor(spec: PipelineSpec, champions: Champions | None = None, history: History | None = None,
+              **settings: Any) -> DriftProcessor:
+    return DriftProcessor(spec, TOPICS, DriftSettings(**settings), champions or Champions(), history,
+                          clock=lambda: 1_900_000_000_000)
+
+
+def at(i: int, start: int = DEPLOYED_AT) -> int:
+    return start + i * STEP_MS
+
+
+def features(n: int, start_index: int = 0, shift: float = 0.0, seed: int = 0, partition: int | None = None,
+             start: int = DEPLOYED_AT) -> list[ConsumedRecord]:
+    """Feature vectors; ``shift`` moves ``amount`` by that many standard deviations."""
+    rng = np.random.default_rng(seed)
+    records = []
+    for k in range(n):
+        i = start_index + k
+        numeric = {"amount": float(rng.normal(shift)), "distance": float(rng.exponential()),
+                   f"merchant_category={rng.choice(['fuel', 'grocery', 'travel'])}": 1.0}
+        value = {"event_id": f"e{i}", "entity_key": f"c{i % 7}", "pipeline": "card-fraud",
+                 "event_time": datetime.fromtimestamp(at(i, start) / 1000, UTC), "numeric": numeric,
+                 "categorical": {"country": str(rng.choice(["DE", "FR"]))}, "segments": {},
+                 "computed_at": datetime.fromtimestamp(at(i, start) / 1000, UTC), "late": False}
+        where = (i % 3, i) if partition is None else (partition, k)
+        records.append(ConsumedRecord(TOPICS.features, *where, value["entity_key"], value, at(i, start)))
+    return records
+
+
+def predictions(n: int, start_index: int, shift: float = 0.0, version: str = "v1", role: str = "CHAMPION",
+                seed: int = 1, partition: int = 0) -> list[ConsumedRecord]:
+    rng = np.random.default_rng(seed)
+    records = []
+    for k in range(n):
+        i = start_index + k
+        p = float(np.clip(rng.beta(2, 8) + shift, 0, 1))
+        value = {"event_id": f"e{i}", "pipeline": "card-fraud", "model_name": "fraud", "model_version": version,
+                 "role": role, "probabilities": {"True": p, "False": 1 - p},  # spec says "true"
+                 "event_time": datetime.fromtimestamp(at(i) / 1000, UTC)}
+        records.append(ConsumedRecord(TOPICS.predictions, partition, i, None, value, at(i)))
+    return records
+
+
+def labeled(n: int, start_index: int, error_rate: float, version: str = "v1", seed: int = 2,
+            partition: int = 0) -> list[ConsumedRecord]:
+    rng = np.random.default_rng(seed)
+    records = []
+    for k in range(n):
+        i = start_index + k
+        label = bool(rng.random() < 0.5)
+        predicted = (not label) if rng.random() < error_rate else label
+        value = {"event_id": f"e{i}", "pipeline": "card-fraud", "label": label,
+                 "event_time": datetime.fromtimestamp(at(i) / 1000, UTC),
+                 "predictions": [{"model_name": "fraud", "model_version": version, "role": "CHAMPION",
+                                  "predicted_class": str(predicted).lower(), "probabilities": {}}]}
+        records.append(ConsumedRecord(TOPICS.labeled_examples, partition, i, None, value, at(i)))
+    return records
+
+
+def batches(records: list[ConsumedRecord], size: int = 100) -> Iterator[list[ConsumedRecord]]:
+    for start in range(0, len(records), size):
+        yield records[start:start + size]
+
+
+def run(p: DriftProcessor, records: list[ConsumedRecord]) -> list[dict]:
+    out: list[dict] = []
+    for batch in batches(records):
+        result = p.process(batch)
+        assert isinstance(result, ProcessResult) and not result.rejections
+        out.extend(o.value for o in result.outputs if o.value is not None)
+    return out
+
+
+def drift_serde() -> SingleObjectSerde:
+    repository = SchemaRepository()
+    return SingleObjectSerde(repository.load("monitoring/drift_event.avsc"), repository)
+
+
+def test_without_a_champion_nothing_is_collected(spec: PipelineSpec) -> None:
+    p = processor(spec, Champions(None))
+    assert run(p, features(REFERENCE + 2 * WINDOW, shift=1.0)) == []
+    assert p.stats.vectors == 0 and p.stats.skipped == REFERENCE + 2 * WINDOW
+
+
+def test_shifted_feature_produces_one_schema_valid_drift_event(spec: PipelineSpec) -> None:
+    p = processor(spec)
+    before_deployment = features(300, start=DEPLOYED_AT - 300 * STEP_MS, shift=3.0, seed=9, partition=5)
+    stable = features(REFERENCE + WINDOW)
+    shifted = features(WINDOW, start_index=REFERENCE + WINDOW, shift=1.0, seed=5)
+    events = run(p, before_deployment + stable + shifted)
+    assert p.stats.skipped == 300, "vectors produced before the deployment belong to the previous champion"
+    assert [(e["kind"], e["detector"], e["feature"]) for e in events] == [("DATA", "ks", "amount")]
+    event = events[0]
+    assert event["model_name"] == "fraud" and event["model_version"] == "v1" and event["pipeline"] == "card-fraud"
+    assert event["p_value"] < 0.01 and event["effect_size"] >= 0.25 and event["severity"] == "CRITICAL"
+    assert event["window_start"] == at(REFERENCE + WINDOW) and event["window_end"] == at(REFERENCE + 2 * WINDOW - 1)
+    serde = drift_serde()
+    decoded = serde.decode(serde.encode(event))
+    assert decoded["feature"] == "amount" and decoded["kind"] == "DATA"
+
+
+def test_persistent_drift_is_reported_once_per_cooldown(spec: PipelineSpec) -> None:
+    p = processor(spec)
+    windows = 12  # 25 s of stream time each; the cooldown is 120 s
+    events = run(p, features(REFERENCE) + features(windows * WINDOW, start_index=REFERENCE, shift=1.0))
+    ends = [e["window_end"] for e in events if e["feature"] == "amount"]
+    assert p.stats.detections >= windows, "every window detects the drift"
+    assert len(ends) == 3, ends
+    assert all(b - a >= COOLDOWN_MS for a, b in zip(ends, ends[1:], strict=False))
+
+
+def test_an_escalation_within_the_cooldown_is_reported(spec: PipelineSpec) -> None:
+    p = processor(spec)
+    records = (features(REFERENCE) + features(WINDOW, start_index=REFERENCE, shift=0.45)
+               + features(WINDOW, start_index=REFERENCE + WINDOW, shift=1.5, seed=3))
+    events = [e for e in run(p, records) if e["feature"] == "amount"]
+    assert [e["severity"] for e in events] == ["WARNING", "CRITICAL"]
+
+
+def test_min_severity_holds_back_weaker_detections(spec: PipelineSpec) -> None:
+    p = processor(spec, min_severity="CRITICAL")
+    records = features(REFERENCE) + features(WINDOW, start_index=REFERENCE, shift=0.45)
+    assert run(p, records) == []
+    assert p.stats.detections == 1 and p.stats.emitted == 0
+
+
+def test_a_replayed_batch_is_not_counted_twice(spec: PipelineSpec) -> None:
+    p = processor(spec)
+    records = features(300)
+    p.process(records)
+    p.process(records[100:])
+    assert p.stats.vectors == 300 and p.data.pending == 300
+
+
+def test_a_new_champion_replaces_the_reference(spec: PipelineSpec) -> None:
+    champions = Champions()
+    p = processor(spec, champions)
+    run(p, features(REFERENCE + WINDOW))
+    assert p.data.reference_ready
+    champions.current = Champion("card-fraud", "fraud", "v2", at(REFERENCE + WINDOW))
+    p.tick(0)
+    assert not p.data.reference_ready and p.stats.champions == ["v1", "v2"]
+    # The same version published again (e.g. a new deployed_at) keeps the state.
+    run(p, features(10, start_index=REFERENCE + WINDOW))
+    champions.current = Champion("card-fraud", "fraud", "v2", at(REFERENCE + WINDOW + 1))
+    p.tick(0)
+    assert p.data.pending == 10
+
+
+def test_prediction_drift_on_the_champions_score_only(spec: PipelineSpec) -> None:
+    p = processor(spec)
+    others = (predictions(REFERENCE, 0, shift=0.5, role="CANARY", partition=1)
+              + predictions(REFERENCE, 0, shift=0.5, version="v0", partition=2))
+    records = others + predictions(REFERENCE + WINDOW, 0) + predictions(WINDOW, REFERENCE + WINDOW, shift=0.2, seed=4)
+    events = run(p, records)
+    assert p.stats.predictions == REFERENCE + 2 * WINDOW
+    assert [(e["kind"], e["detector"], e["feature"]) for e in events] == [("PREDICTION", "ks", "probability[true]")]
+
+
+def test_concept_drift_from_the_champions_errors(spec: PipelineSpec) -> None:
+    p = processor(spec)
+    other_version = labeled(300, 0, 0.1, version="v0", partition=1)
+    records = other_version + labeled(4000, 0, 0.1) + labeled(3000, 4000, 0.35, seed=3)
+    events = run(p, records)
+    assert p.stats.labeled == 7000
+    concept = [e for e in events if e["kind"] == "CONCEPT"]
+    assert {e["detector"] for e in concept} == {"adwin", "page_hinkley", "ddm"}
+    for event in concept:
+        assert event["window_end"] >= at(4000) and event["severity"] == "CRITICAL"
+        assert event["effect_size"] > 0 and event["p_value"] is None and event["feature"] is None
+    serde = drift_serde()
+    assert all(serde.decode(serde.encode(e)) for e in concept)
+
+
+def test_warm_start_rebuilds_the_reference_and_tests_the_last_window(spec: PipelineSpec) -> None:
+    consumed = features(REFERENCE + 3 * WINDOW) + features(WINDOW, start_index=REFERENCE + 3 * WINDOW, shift=1.0)
+    p = processor(spec, history=History({TOPICS.features: consumed}))
+    p.on_assigned([TopicPartitionRef(TOPICS.features, 0)])
+    events = [o.value for o in p.tick(0).outputs]
+    assert [(e["kind"], e["feature"]) for e in events] == [("DATA", "amount")]
+    assert p.stats.replayed == REFERENCE + WINDOW, "the reference from deployed_at, then the last window only"
+
+
+def test_warm_start_restores_cooldowns_from_the_drift_topic(spec: PipelineSpec) -> None:
+    consumed = features(REFERENCE + 3 * WINDOW) + features(WINDOW, start_index=REFERENCE + 3 * WINDOW, shift=1.0)
+    already = {"pipeline": "card-fraud", "kind": "DATA", "detector": "ks", "feature": "amount", "severity": "CRITICAL",
+               "window_end": datetime.fromtimestamp(at(REFERENCE + 3 * WINDOW) / 1000, UTC),
+               "model_name": "fraud", "model_version": "v1"}
+    p = processor(spec, history=History({TOPICS.features: consumed}, [already]))
+    p.on_assigned([TopicPartitionRef(TOPICS.features, 0)])
+    assert p.tick(0).outputs == [], "emitted before the restart: not again within the cooldown"
+    assert p.stats.detections == 1
+    # Losing the partitions drops the state; the next assignment rebuilds it.
+    p.on_revoked([TopicPartitionRef(TOPICS.features, 0)])
+    assert not p.data.reference_ready and p.champion is None
+
+
+def test_a_failed_warm_start_leaves_empty_windows_instead_of_crashing(spec: PipelineSpec) -> None:
+    class Broken(History):
+        def since(self, topic: str, time_ms: int, limit: int) -> list[ConsumedRecord]:
+            raise HistoryUnavailableError("replaying features timed out")
+
+    p = processor(spec, history=Broken({TOPICS.features: features(REFERENCE)}))
+    p.on_assigned([TopicPartitionRef(TOPICS.features, 0)])
+    assert not p.data.reference_ready and p.data.pending == 0
+    assert run(p, features(REFERENCE + WINDOW)) == [] and p.data.reference_ready
+
+
+def test_window_metrics_are_exported(spec: PipelineSpec) -> None:
+    service_metrics = ServiceMetrics("drift-detector")
+    p = DriftProcessor(spec, TOPICS, DriftSettings(), Champions(), metrics=PrometheusDriftMetrics(service_metrics))
+    run(p, features(REFERENCE) + features(WINDOW, start_index=REFERENCE, shift=1.0))
+    text = generate_latest(service_metrics.registry).decode()
+    for line in ('streamloop_drift_psi{feature="amount",kind="DATA",service="drift-detector"}',
+                 'streamloop_drift_p_value{feature="merchant_category",kind="DATA",service="drift-detector"}',
+                 'streamloop_drift_statistic{feature="amount",kind="DATA",service="drift-detector",test="ks"}',
+                 'streamloop_drift_windows_total{kind="DATA",service="drift-detector"} 1.0',
+                 'streamloop_drift_detections_total{detector="ks",emitted="true",kind="DATA",'
+                 'service="drift-detector",severity="CRITICAL"} 1.0'):
+        assert line in text, line
+    service_metrics.shutdown()
+
+
+@pytest.mark.parametrize(("value", "expected"), [(True, "true"), ("True", "true"), (1.0, "1"), (2, "2"), ("x", "x")])
+def test_labels_and_classes_compare_as_one_spelling(value: object, expected: str) -> None:
+    assert class_name(value) == expected
