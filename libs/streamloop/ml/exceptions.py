@@ -19,3 +19,7 @@ class ArtifactIntegrityError(ModelError):
 
 class SigningKeyError(ModelError):
     """No signing key is configured, or it is unusable."""
+
+
+class RegistryError(ModelError):
+    """The model registry cannot be read, or a requested change to it is not possible."""

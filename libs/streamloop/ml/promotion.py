@@ -1,0 +1,326 @@
+"""Promotion statistics: per-event loss, paired tests and the promote / refuse / roll back verdicts.
+
+Pure functions of numbers; the model publisher feeds them the losses of two models on the *same*
+labeled events (every labeled example carries each model's prediction for its event), so a
+challenger is judged on exactly the traffic its champion saw and the comparison is paired.
+
+All margins are relative to the baseline's mean loss (``delta / baseline``), so one setting
+means the same for log loss, squared error or a cost in currency units (docs/model-registry.md).
+
+>>> import numpy as np
+>>> from streamloop.contracts.pipeline import PromotionSpec
+>>> rng = np.random.default_rng(0)
+>>> champion = rng.uniform(0.4, 0.6, 600)
+>>> verdict = decide_promotion(champion, champion - 0.1, [{}] * 600, PromotionSpec())
+>>> verdict.outcome, verdict.evidence["sample_count"]
+('promote', 600.0)
+>>> decide_promotion(champion, champion, [{}] * 600, PromotionSpec()).outcome
+'refuse'
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+from scipy import stats
+
+from streamloop.contracts.pipeline import ModelSpec, PromotionSpec
+
+PairedTest = Literal["t", "wilcoxon"]
+Outcome = Literal["promote", "refuse", "wait", "rollback", "keep"]
+
+_EPS = 1e-15
+_BOOL_KEYS = {"true": "true", "false": "false"}
+# Metrics where a larger value is better; every other metric is a loss (smaller is better).
+HIGHER_IS_BETTER = frozenset({"accuracy", "f1", "roc_auc", "precision", "recall"})
+
+
+def class_key(value: Any) -> str:
+    """A class label as the string every record uses: booleans are ``true`` / ``false``."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    text = str(value)
+    return _BOOL_KEYS.get(text.lower(), text)
+
+
+def effective_metric(metric: str, task: str) -> str:
+    """The per-event loss for a task: log loss and 0/1 loss make no sense for regression."""
+    if task == "regression" and metric in ("log_loss", "zero_one"):
+        return "squared_error"
+    return metric
+
+
+def probability_of_label(label: Any, probabilities: Mapping[str, float], positive_class: str | None) -> float | None:
+    """The probability a model gave to the class that turned out true (None: it gave none)."""
+    if not probabilities:
+        return None
+    probs = {class_key(k): float(v) for k, v in probabilities.items()}
+    target = class_key(label)
+    if target in probs:
+        return probs[target]
+    if positive_class is not None:
+        positive = class_key(positive_class)
+        # A binary model may report True/False while labels carry the positive class's name.
+        scored = probs.get(positive, probs.get("true"))
+        if scored is not None:
+            return scored if target == positive else 1.0 - scored
+    return 0.0
+
+
+def predicted_class(prediction: Mapping[str, Any]) -> str | None:
+    if prediction.get("predicted_class") is not None:
+        return class_key(prediction["predicted_class"])
+    probabilities = prediction.get("probabilities") or {}
+    if not probabilities:
+        return None
+    return class_key(max(probabilities.items(), key=lambda item: item[1])[0])
+
+
+def event_loss(metric: str, model: ModelSpec, label: Any, prediction: Mapping[str, Any]) -> float | None:
+    """One model's loss on one labeled event; None when its prediction cannot be scored that way.
+
+    ``prediction`` has the fields of a ``JoinedPrediction`` (predicted_class, probabilities, value).
+    Cost: ``model.cost_matrix[actual][predicted]`` (a missing cell costs 0 when right, 1 when
+    wrong), or ``model.cost_function`` per unit over / under for regression.
+    """
+    metric = effective_metric(metric, model.task)
+    if model.task == "regression":
+        value = prediction.get("value")
+        if value is None or label is None or isinstance(label, str | bool):
+            return None
+        error = float(value) - float(label)
+        if metric == "absolute_error":
+            return abs(error)
+        if metric == "cost":
+            unit = model.cost_function
+            over, under = (unit.per_unit_over, unit.per_unit_under) if unit else (1.0, 1.0)
+            return over * max(error, 0.0) + under * max(-error, 0.0)
+        return error * error
+    if metric in ("zero_one", "cost"):
+        predicted = predicted_class(prediction)
+        if predicted is None:
+            return None
+        actual = class_key(label)
+        if metric == "zero_one":
+            return float(predicted != actual)
+        row = (model.cost_matrix or {}).get(actual, {})
+        return float(row.get(predicted, 0.0 if predicted == actual else 1.0))
+    p = probability_of_label(label, prediction.get("probabilities") or {}, model.positive_class)
+    if p is None:
+        predicted = predicted_class(prediction)
+        if predicted is None:
+            return None
+        p = 1.0 if predicted == class_key(label) else 0.0
+    p = min(max(p, _EPS), 1.0 - _EPS)
+    if metric == "log_loss":
+        return -math.log(p)
+    if metric == "absolute_error":
+        return 1.0 - p
+    return (1.0 - p) ** 2
+
+
+def holdout_metrics(model: ModelSpec, labels: Sequence[Any],
+                    predictions: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    """Metrics of predictions on held-out labeled events, named as metric snapshots name them.
+
+    ``accuracy`` and ``log_loss`` (classification), ``mae`` and ``rmse`` (regression), ``cost``
+    (total) and ``mean_cost`` when the spec has costs, and ``sample_count``.
+    """
+    names = ["log_loss", "zero_one"] if model.task == "classification" else ["absolute_error", "squared_error"]
+    if model.cost_matrix or model.cost_function:
+        names.append("cost")
+    result: dict[str, float] = {"sample_count": float(len(labels))}
+    for name in names:
+        losses = [event_loss(name, model, y, p) for y, p in zip(labels, predictions, strict=True)]
+        scored = [loss for loss in losses if loss is not None]
+        if not scored:
+            continue
+        mean = float(np.mean(scored))
+        if name == "zero_one":
+            result["accuracy"] = 1.0 - mean
+        elif name == "absolute_error":
+            result["mae"] = mean
+        elif name == "squared_error":
+            result["rmse"] = math.sqrt(mean)
+        elif name == "cost":
+            result["cost"] = float(np.sum(scored))
+            result["mean_cost"] = mean
+        else:
+            result[name] = mean
+    return result
+
+
+def relative_change(value: float, baseline: float) -> float:
+    """``(value - baseline) / |baseline|``; positive means ``value`` is the larger loss."""
+    return (value - baseline) / max(abs(baseline), 1e-12)
+
+
+def paired_test(baseline: np.ndarray, challenger: np.ndarray, test: PairedTest = "t") -> tuple[float, float]:
+    """One-sided paired test that the challenger's loss is smaller: (statistic, p-value)."""
+    differences = baseline - challenger
+    if differences.size < 2 or np.allclose(differences, 0.0):
+        return 0.0, 1.0
+    if np.allclose(differences, differences[0], rtol=1e-9, atol=1e-12):
+        # Every event improved (or worsened) by the same amount: no variance to test against.
+        return (math.inf, 0.0) if differences[0] > 0 else (-math.inf, 1.0)
+    if test == "wilcoxon":
+        result = stats.wilcoxon(differences, alternative="greater", zero_method="wilcox")
+    else:
+        result = stats.ttest_rel(baseline, challenger, alternative="greater")
+    p_value = float(result.pvalue)
+    return float(result.statistic), p_value if math.isfinite(p_value) else 1.0
+
+
+@dataclass(frozen=True)
+class SegmentDelta:
+    field: str
+    value: str
+    sample_count: int
+    baseline_mean: float
+    challenger_mean: float
+
+    @property
+    def regression(self) -> float:
+        """How much worse the challenger is on this segment, relative to the baseline (negative: better)."""
+        return relative_change(self.challenger_mean, self.baseline_mean)
+
+    @property
+    def name(self) -> str:
+        return f"{self.field}={self.value}"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    outcome: Outcome
+    reason: str
+    evidence: dict[str, float] = field(default_factory=dict)
+    segment: str | None = None
+
+
+def segment_deltas(baseline: np.ndarray, challenger: np.ndarray,
+                   segments: Sequence[Mapping[str, str]]) -> list[SegmentDelta]:
+    groups: dict[tuple[str, str], list[int]] = {}
+    for index, fields in enumerate(segments):
+        for name, value in fields.items():
+            groups.setdefault((name, str(value)), []).append(index)
+    deltas = []
+    for (name, value), indices in sorted(groups.items()):
+        rows = np.asarray(indices)
+        deltas.append(SegmentDelta(name, value, len(indices), float(baseline[rows].mean()),
+                                   float(challenger[rows].mean())))
+    return deltas
+
+
+def _evidence(baseline: np.ndarray, challenger: np.ndarray, statistic: float, p_value: float,
+              segments: Sequence[SegmentDelta]) -> dict[str, float]:
+    base, chal = float(baseline.mean()), float(challenger.mean())
+    evidence = {
+        "sample_count": float(baseline.size),
+        "baseline_mean_loss": base,
+        "challenger_mean_loss": chal,
+        "mean_loss_delta": base - chal,
+        "relative_improvement": -relative_change(chal, base),
+        "p_value": p_value,
+        "statistic": statistic if math.isfinite(statistic) else math.copysign(1e308, statistic),
+    }
+    for segment in segments:
+        evidence[f"segment.{segment.name}.sample_count"] = float(segment.sample_count)
+        evidence[f"segment.{segment.name}.relative_regression"] = segment.regression
+    return evidence
+
+
+def decide_promotion(baseline: Sequence[float] | np.ndarray, challenger: Sequence[float] | np.ndarray,
+                     segments: Sequence[Mapping[str, str]], spec: PromotionSpec,
+                     test: PairedTest = "t") -> Verdict:
+    """Promote only a challenger significantly and sufficiently better overall and on every segment.
+
+    ``baseline[i]`` and ``challenger[i]`` are the two models' losses on the same event ``i``,
+    whose segment values are ``segments[i]``. Below ``spec.min_samples`` the verdict is ``wait``.
+    """
+    base = np.asarray(baseline, dtype=np.float64)
+    chal = np.asarray(challenger, dtype=np.float64)
+    if base.size < spec.min_samples:
+        return Verdict("wait", f"{base.size} of {spec.min_samples} paired samples",
+                       {"sample_count": float(base.size)})
+    statistic, p_value = paired_test(base, chal, test)
+    deltas = segment_deltas(base, chal, segments)
+    evidence = _evidence(base, chal, statistic, p_value, deltas)
+    improvement = evidence["relative_improvement"]
+    summary = (f"mean loss {evidence['challenger_mean_loss']:.4g} vs {evidence['baseline_mean_loss']:.4g} "
+               f"({improvement:+.2%}), p={p_value:.3g} on {base.size} events")
+    if improvement <= 0 or improvement < spec.min_improvement or p_value >= spec.p_value:
+        return Verdict("refuse", f"no significant improvement: {summary} (needs p<{spec.p_value:g}, "
+                                 f"improvement>={spec.min_improvement:.2%})", evidence)
+    eligible = [d for d in deltas if d.sample_count >= spec.segment_min_samples]
+    regressed = [d for d in eligible if d.regression > spec.segment_max_regression]
+    if regressed:
+        worst = max(regressed, key=lambda d: d.regression)
+        return Verdict("refuse", f"better overall ({summary}) but segment {worst.name} regresses by "
+                                 f"{worst.regression:.2%} (> {spec.segment_max_regression:.2%}) on "
+                                 f"{worst.sample_count} events", evidence, segment=worst.name)
+    return Verdict("promote", f"significantly better: {summary}", evidence)
+
+
+def decide_rollback(predecessor: Sequence[float] | np.ndarray, champion: Sequence[float] | np.ndarray,
+                    spec: PromotionSpec) -> Verdict:
+    """Roll back a newly promoted champion whose live loss exceeds its predecessor's by the margin.
+
+    Both models scored the same post-promotion events (the predecessor as a shadow). No
+    significance is required: a regression beyond ``spec.rollback_margin`` on at least
+    ``spec.rollback_min_samples`` events is enough, because keeping a bad model costs more
+    than re-serving the one that was fine before. The p-value is reported as evidence.
+    """
+    base = np.asarray(predecessor, dtype=np.float64)
+    new = np.asarray(champion, dtype=np.float64)
+    if base.size < spec.rollback_min_samples:
+        return Verdict("wait", f"{base.size} of {spec.rollback_min_samples} post-promotion samples",
+                       {"sample_count": float(base.size)})
+    # Tested the other way round: is the new champion's loss larger?
+    statistic, p_value = paired_test(new, base)
+    evidence = _evidence(base, new, statistic, p_value, [])
+    regression = relative_change(evidence["challenger_mean_loss"], evidence["baseline_mean_loss"])
+    evidence["relative_regression"] = regression
+    summary = (f"live mean loss {evidence['challenger_mean_loss']:.4g} vs predecessor "
+               f"{evidence['baseline_mean_loss']:.4g} ({regression:+.2%}) on {base.size} events")
+    if regression > spec.rollback_margin:
+        return Verdict("rollback", f"new champion worse than its predecessor: {summary} "
+                                   f"(margin {spec.rollback_margin:.2%})", evidence)
+    return Verdict("keep", f"within the rollback margin: {summary}", evidence)
+
+
+def decide_canary(champion: Sequence[float] | np.ndarray, canary: Sequence[float] | np.ndarray,
+                  spec: PromotionSpec) -> Verdict:
+    """Judge a canary by the events it served against the events the champion served meanwhile.
+
+    A canary answers its share of events *instead of* the champion, so the two samples are
+    disjoint: the comparison is unpaired (Welch's t-test, reported as evidence), but the split is
+    a hash of the event id, so both samples come from the same traffic. ``promote`` once the
+    canary served ``spec.rollback_min_samples`` events within ``spec.rollback_margin`` of the
+    champion; ``rollback`` when it is worse beyond the margin.
+    """
+    base = np.asarray(champion, dtype=np.float64)
+    new = np.asarray(canary, dtype=np.float64)
+    if new.size < spec.rollback_min_samples or base.size < 2:
+        return Verdict("wait", f"{new.size} of {spec.rollback_min_samples} canary-served events",
+                       {"sample_count": float(new.size)})
+    base_mean, new_mean = float(base.mean()), float(new.mean())
+    if np.std(base) == 0.0 and np.std(new) == 0.0:
+        p_value = 0.0 if new_mean > base_mean else 1.0
+    else:
+        p_value = float(stats.ttest_ind(new, base, equal_var=False, alternative="greater").pvalue)
+    regression = relative_change(new_mean, base_mean)
+    evidence = {
+        "sample_count": float(new.size), "baseline_sample_count": float(base.size),
+        "baseline_mean_loss": base_mean, "challenger_mean_loss": new_mean, "mean_loss_delta": base_mean - new_mean,
+        "relative_regression": regression, "p_value": p_value if math.isfinite(p_value) else 1.0,
+    }
+    summary = (f"canary mean loss {new_mean:.4g} on {new.size} events vs champion {base_mean:.4g} on "
+               f"{base.size} ({regression:+.2%})")
+    if regression > spec.rollback_margin:
+        return Verdict("rollback", f"canary worse than the champion: {summary} (margin {spec.rollback_margin:.2%})",
+                       evidence)
+    return Verdict("promote", f"canary held up: {summary}", evidence)

@@ -1,0 +1,3 @@
+from services.model_publisher.app import main
+
+raise SystemExit(main())

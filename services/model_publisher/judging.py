@@ -1,0 +1,206 @@
+"""Judging the registry's models on live labeled traffic: promote, refuse, roll back, retire.
+
+State lives in the deployments table, not here, so a restarted publisher picks up where the
+last one stopped: a champion whose ``previous_version`` still occupies ``shadow/<previous>``
+under the same ``decision_id`` is under rollback watch; a ``canary`` slot is a canary on trial.
+
+One look per challenger: a shadow is judged once, when it and the champion have both scored
+``promotion.min_samples`` labeled events, and promoted or refused (and retired) then. Looking
+again and again until a test passes would inflate the false-promotion rate far above
+``promotion.p_value``; the retrainer's next candidate gets its own look.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from services.model_publisher.ledger import LossLedger
+from services.model_publisher.writer import RegistryWriter
+from streamloop.contracts.pipeline import PipelineSpec
+from streamloop.kafka.records import OutgoingRecord
+from streamloop.ml.promotion import PairedTest, Verdict, decide_canary, decide_promotion, decide_rollback
+from streamloop.ml.registry import CANARY, CHAMPION, SHADOW_PREFIX, DeploymentTable, shadow_slot
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class JudgingPolicy:
+    paired_test: PairedTest = "t"
+    max_shadows: int = 3
+    rollback_watch_samples: int = 5_000
+
+
+class Judge:
+    def __init__(self, pipeline: PipelineSpec, table: DeploymentTable, ledger: LossLedger, writer: RegistryWriter,
+                 policy: JudgingPolicy) -> None:
+        self.pipeline = pipeline
+        self.spec = pipeline.promotion
+        self.table = table
+        self.ledger = ledger
+        self.writer = writer
+        self.policy = policy
+        self._judged: set[tuple[str, str]] = set()
+        self.closed: set[str] = set()  # refused, rolled back or retired: never deployed again automatically
+
+    # -- reading the table -----------------------------------------------------------------------
+
+    def slots(self) -> dict[str, dict[str, Any]]:
+        return self.table.slots(self.pipeline.name, self.pipeline.model.name)
+
+    def watched_predecessor(self, slots: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+        """The predecessor kept as a shadow by the promotion that made the current champion."""
+        champion = slots.get(CHAMPION)
+        if champion is None or not champion.get("previous_version"):
+            return None
+        kept = slots.get(shadow_slot(champion["previous_version"]))
+        if kept is not None and kept.get("decision_id") and kept.get("decision_id") == champion.get("decision_id"):
+            return kept
+        return None
+
+    def challengers(self, slots: dict[str, dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
+        """Shadow slots on trial (not the watched predecessor), oldest first."""
+        kept = self.watched_predecessor(slots)
+        shadows = [(s, r) for s, r in slots.items() if s.startswith(SHADOW_PREFIX) and r is not kept]
+        return sorted(shadows, key=lambda sr: (sr[1].get("deployed_at") or 0, sr[1]["version"]))
+
+    # -- judging ---------------------------------------------------------------------------------
+
+    def judge(self) -> list[OutgoingRecord]:
+        slots = self.slots()
+        champion = slots.get(CHAMPION)
+        if champion is None:
+            return []
+        predecessor = self.watched_predecessor(slots)
+        if predecessor is not None:
+            outputs = self._watch(champion, predecessor)
+            if outputs and outputs[0].value and outputs[0].value["kind"] == "ROLLBACK":
+                return outputs
+        else:
+            outputs = []
+        canary = slots.get(CANARY)
+        if canary is not None:
+            return outputs + self._trial(champion, canary)
+        return outputs + self._challengers(champion, slots)
+
+    def _watch(self, champion: dict[str, Any], predecessor: dict[str, Any]) -> list[OutgoingRecord]:
+        new, old = champion["version"], predecessor["version"]
+        pairs = self.ledger.paired(old, new, challenger_role="CHAMPION")
+        verdict = decide_rollback(pairs.baseline, pairs.challenger, self.spec)
+        if verdict.outcome == "rollback":
+            log.warning("rolling back %s to %s: %s", new, old, verdict.reason)
+            return self._rollback(champion, predecessor, verdict)
+        if verdict.outcome == "keep" and len(pairs) >= self.policy.rollback_watch_samples:
+            reason = f"predecessor retired: champion {new} held up over the rollback watch; {verdict.reason}"
+            return self._retire(shadow_slot(old), old, reason, verdict.evidence)
+        return []
+
+    def _rollback(self, champion: dict[str, Any], predecessor: dict[str, Any], verdict: Verdict,
+                  ) -> list[OutgoingRecord]:
+        new, old = champion["version"], predecessor["version"]
+        decision_id = f"{new}:rollback"
+        self.closed.add(new)
+        outputs = [
+            self.writer.decide("ROLLBACK", verdict.reason, decision_id=decision_id, from_version=new,
+                               to_version=old, evidence=verdict.evidence),
+            self.writer.deploy(CHAMPION, old, predecessor["artifact"], previous_version=new, decision_id=decision_id),
+            self.writer.retire(shadow_slot(old)),
+        ]
+        self.ledger.forget({new})
+        return outputs
+
+    def _trial(self, champion: dict[str, Any], canary: dict[str, Any]) -> list[OutgoingRecord]:
+        """A canary serves its share of events instead of the champion: an A/B comparison."""
+        version = canary["version"]
+        since = self.ledger.first_seen(version) or 0
+        verdict = decide_canary(self.ledger.losses(champion["version"], "CHAMPION", since),
+                                self.ledger.losses(version, "CANARY"), self.spec)
+        if verdict.outcome == "promote":
+            return self._promote(champion, CANARY, canary, verdict, to_canary=False)
+        if verdict.outcome == "rollback":
+            decision_id = f"{version}:rollback"
+            self.closed.add(version)
+            self.ledger.forget({version})
+            return [self.writer.decide("ROLLBACK", verdict.reason, decision_id=decision_id, from_version=version,
+                                       to_version=champion["version"], evidence=verdict.evidence),
+                    self.writer.retire(CANARY)]
+        return []
+
+    def _challengers(self, champion: dict[str, Any], slots: dict[str, dict[str, Any]]) -> list[OutgoingRecord]:
+        current = champion["version"]
+        outputs: list[OutgoingRecord] = []
+        passed: list[tuple[Verdict, str, dict[str, Any]]] = []
+        for slot, record in self.challengers(slots):
+            version = record["version"]
+            if (current, version) in self._judged or version == current:
+                continue
+            if min(self.ledger.count(version), self.ledger.count(current)) < self.spec.min_samples:
+                continue
+            pairs = self.ledger.paired(current, version)
+            verdict = decide_promotion(pairs.baseline, pairs.challenger, pairs.segments, self.spec,
+                                       self.policy.paired_test)
+            if verdict.outcome == "wait":
+                continue
+            self._judged.add((current, version))
+            if verdict.outcome == "promote":
+                passed.append((verdict, slot, record))
+                continue
+            log.info("refusing %s against %s: %s", version, current, verdict.reason)
+            self.closed.add(version)
+            self.ledger.forget({version})
+            outputs += [self.writer.decide("REFUSE", verdict.reason, decision_id=f"{version}:refuse:{current}",
+                                           from_version=current, to_version=version, evidence=verdict.evidence),
+                        self.writer.retire(slot)]
+        if passed:
+            verdict, slot, record = max(passed, key=lambda p: p[0].evidence["relative_improvement"])
+            outputs += self._promote(champion, slot, record, verdict, to_canary=self.spec.canary_weight > 0)
+        return outputs
+
+    def _promote(self, champion: dict[str, Any], slot: str, record: dict[str, Any], verdict: Verdict, *,
+                 to_canary: bool) -> list[OutgoingRecord]:
+        new, old = record["version"], champion["version"]
+        if to_canary:
+            decision_id = f"{new}:canary"
+            reason = f"to canary at {self.spec.canary_weight:.0%} of traffic: {verdict.reason}"
+            evidence = {**verdict.evidence, "canary_weight": self.spec.canary_weight}
+            log.info("promoting %s to canary: %s", new, verdict.reason)
+            return [self.writer.decide("PROMOTE", reason, decision_id=decision_id, from_version=old, to_version=new,
+                                       evidence=evidence),
+                    self.writer.deploy(CANARY, new, record["artifact"], previous_version=old,
+                                       decision_id=decision_id),
+                    self.writer.retire(slot)]
+        decision_id = f"{new}:promote"
+        log.info("promoting %s over %s: %s", new, old, verdict.reason)
+        outputs = [
+            self.writer.decide("PROMOTE", verdict.reason, decision_id=decision_id, from_version=old, to_version=new,
+                               evidence=verdict.evidence),
+            self.writer.deploy(CHAMPION, new, record["artifact"], previous_version=old, decision_id=decision_id),
+            self.writer.retire(slot),
+        ]
+        earlier = self.watched_predecessor(self.slots() | {CHAMPION: champion})
+        if earlier is not None and earlier["version"] != new:
+            # The champion's own predecessor is no longer the one to roll back to.
+            outputs += self._retire(shadow_slot(earlier["version"]), earlier["version"],
+                                    f"predecessor retired: {old}, which replaced it, is itself replaced by {new}", {})
+        # The old champion stays on as a shadow, scored beside the new one, for the rollback watch.
+        outputs.append(self.writer.deploy(shadow_slot(old), old, champion["artifact"], decision_id=decision_id))
+        return outputs
+
+    def _retire(self, slot: str, version: str, reason: str, evidence: dict[str, float]) -> list[OutgoingRecord]:
+        self.closed.add(version)
+        self.ledger.forget({version})
+        return [self.writer.decide("RETIRE", reason, decision_id=f"{version}:retire", from_version=version,
+                                   evidence=evidence),
+                self.writer.retire(slot)]
+
+    def make_room(self) -> list[OutgoingRecord]:
+        """Retire the oldest challengers so a new one fits within ``max_shadows``."""
+        challengers = self.challengers(self.slots())
+        outputs: list[OutgoingRecord] = []
+        while len(challengers) >= self.policy.max_shadows:
+            slot, record = challengers.pop(0)
+            outputs += self._retire(slot, record["version"], f"superseded: at most {self.policy.max_shadows} "
+                                                             "shadow challengers are scored at once", {})
+        return outputs

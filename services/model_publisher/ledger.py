@@ -1,0 +1,109 @@
+"""The loss ledger: every recent labeled event with each model's loss on it, for paired comparisons.
+
+A labeled example carries every model's prediction for its event (champion, canary, shadows), so
+one entry per event holds the loss of each version that scored it and the role it scored in.
+Any two versions are then compared on exactly the events both scored. Bounded: the oldest
+events fall out past ``max_events``. An event seen twice (a replayed or duplicated example)
+replaces its entry instead of counting twice.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    seq: int
+    segments: Mapping[str, str]
+    losses: Mapping[str, tuple[float, str]]  # version -> (loss, ROLE)
+
+
+@dataclass(frozen=True)
+class Paired:
+    baseline: np.ndarray
+    challenger: np.ndarray
+    segments: list[Mapping[str, str]]
+
+    def __len__(self) -> int:
+        return int(self.baseline.size)
+
+
+class LossLedger:
+    def __init__(self, max_events: int = 100_000) -> None:
+        self.max_events = max_events
+        self._entries: OrderedDict[str, Entry] = OrderedDict()
+        self._counts: Counter[str] = Counter()
+        self._first_seq: dict[str, int] = {}
+        self._seq = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def add(self, event_id: str, segments: Mapping[str, str], losses: Mapping[str, tuple[float, str]]) -> None:
+        if not losses:
+            return
+        previous = self._entries.pop(event_id, None)
+        if previous is not None:
+            self._counts.subtract(previous.losses.keys())
+        self._seq += 1
+        normalized = {version: (float(loss), role.upper()) for version, (loss, role) in losses.items()}
+        self._entries[event_id] = Entry(self._seq, dict(segments), normalized)
+        self._counts.update(normalized.keys())
+        for version in normalized:
+            self._first_seq.setdefault(version, self._seq)
+        while len(self._entries) > self.max_events:
+            _, dropped = self._entries.popitem(last=False)
+            self._counts.subtract(dropped.losses.keys())
+
+    def count(self, version: str) -> int:
+        """Events in the ledger that ``version`` scored (an upper bound of any pairing with it)."""
+        return max(self._counts.get(version, 0), 0)
+
+    def first_seen(self, version: str) -> int | None:
+        return self._first_seq.get(version)
+
+    def paired(self, baseline: str, challenger: str, *, challenger_role: str | None = None,
+               since_seq: int = 0) -> Paired:
+        """Losses of both versions on every event both scored (optionally: ``challenger`` in that role)."""
+        base: list[float] = []
+        chal: list[float] = []
+        segments: list[Mapping[str, str]] = []
+        role = challenger_role.upper() if challenger_role else None
+        for entry in self._entries.values():
+            if entry.seq < since_seq:
+                continue
+            b = entry.losses.get(baseline)
+            c = entry.losses.get(challenger)
+            if b is None or c is None or (role is not None and c[1] != role):
+                continue
+            base.append(b[0])
+            chal.append(c[0])
+            segments.append(entry.segments)
+        return Paired(np.asarray(base, dtype=np.float64), np.asarray(chal, dtype=np.float64), segments)
+
+    def losses(self, version: str, role: str, since_seq: int = 0) -> np.ndarray:
+        """One version's losses on the events it scored in ``role`` (unpaired: a canary's A/B split)."""
+        wanted = role.upper()
+        return np.asarray([e.losses[version][0] for e in self._entries.values()
+                           if e.seq >= since_seq and version in e.losses and e.losses[version][1] == wanted],
+                          dtype=np.float64)
+
+    def forget(self, versions: set[str]) -> None:
+        """Stop tracking retired versions (their losses leave each entry)."""
+        if not versions:
+            return
+        for event_id, entry in list(self._entries.items()):
+            if versions & entry.losses.keys():
+                kept = {v: lc for v, lc in entry.losses.items() if v not in versions}
+                if kept:
+                    self._entries[event_id] = Entry(entry.seq, entry.segments, kept)
+                else:
+                    del self._entries[event_id]
+        for version in versions:
+            self._counts.pop(version, None)
+            self._first_seq.pop(version, None)

@@ -1,0 +1,233 @@
+"""The model publisher's logic: register candidates, judge them on live labels, watch the champion.
+
+Pure apart from its injected collaborators (the deployments table and the artifact store), so it
+is tested without a broker. Inputs: ``model_candidates``, ``labeled_examples``, ``metrics``;
+outputs: ``model_deployments``, ``model_decisions`` and ``alerts``.
+
+- Bootstrap: once the deployments table is caught up and holds no champion, an untrained
+  ``build_model(spec.model)`` is registered and promoted under a version derived from the spec,
+  so replicas and restarts agree on it.
+- A candidate whose artifact does not verify (hash, signature, unpickles to a model) is refused
+  and never deployed; a verified one is registered and deployed as a shadow challenger.
+- Labeled examples feed the loss ledger; ``Judge`` promotes, refuses, rolls back and retires.
+- ``tick`` checks staleness and raises or clears alerts.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from services.model_publisher.judging import Judge, JudgingPolicy
+from services.model_publisher.ledger import LossLedger
+from services.model_publisher.staleness import Champion, StalenessMonitor
+from services.model_publisher.writer import RegistryWriter
+from streamloop.contracts.pipeline import PipelineSpec
+from streamloop.kafka.dead_letters import STAGE_PROCESS
+from streamloop.kafka.records import ConsumedRecord, OutgoingRecord, ProcessResult, Rejection
+from streamloop.ml import build_model
+from streamloop.ml.artifacts import ArtifactRef, ArtifactStore
+from streamloop.ml.exceptions import ModelError
+from streamloop.ml.promotion import event_loss
+from streamloop.ml.registry import CHAMPION, DeploymentTable, bootstrap_version, millis, shadow_slot
+
+log = logging.getLogger(__name__)
+SOURCE = "model-publisher"
+
+
+@dataclass(frozen=True)
+class PublisherTopics:
+    model_candidates: str
+    labeled_examples: str
+    metrics: str
+    model_deployments: str
+    model_decisions: str
+    alerts: str
+
+
+@dataclass(frozen=True)
+class PublisherPolicy:
+    judging: JudgingPolicy = JudgingPolicy()
+    bootstrap: bool = True
+    ledger_events: int = 100_000
+    staleness_interval_ms: int = 5_000
+    min_metric_samples: int = 100
+
+
+def wall_clock_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class PublisherProcessor:
+    def __init__(self, pipeline: PipelineSpec, topics: PublisherTopics, table: DeploymentTable,
+                 store: ArtifactStore, *, policy: PublisherPolicy | None = None,
+                 clock: Callable[[], int] = wall_clock_ms, metrics: Any = None) -> None:
+        self.pipeline = pipeline
+        self.topics = topics
+        self.table = table
+        self.store = store
+        self.policy = policy or PublisherPolicy()
+        self.clock = clock
+        self.metric = pipeline.promotion.metric
+        self.ledger = LossLedger(self.policy.ledger_events)
+        self.writer = RegistryWriter(pipeline, table, deployments_topic=topics.model_deployments,
+                                     decisions_topic=topics.model_decisions, alerts_topic=topics.alerts, clock=clock)
+        self.judge = Judge(pipeline, table, self.ledger, self.writer, self.policy.judging)
+        self.staleness = StalenessMonitor(pipeline, SOURCE, self.policy.min_metric_samples)
+        self._metrics = metrics
+        self._candidates: dict[str, dict[str, Any]] = {}
+        self._high_water: dict[tuple[str, int], int] = {}
+        self._bootstrapped = False
+        self._next_staleness_ms = 0
+
+    # -- the runner's hooks --------------------------------------------------------------------
+
+    def process(self, batch: Sequence[ConsumedRecord]) -> ProcessResult:
+        result = ProcessResult(outputs=self._bootstrap())
+        labeled = 0
+        for record in batch:
+            key = (record.topic, record.partition)
+            if record.offset <= self._high_water.get(key, -1):
+                continue  # a replay: already applied
+            self._high_water[key] = record.offset
+            try:
+                if record.topic == self.topics.model_candidates:
+                    result.outputs += self._on_candidate(record.value)
+                elif record.topic == self.topics.labeled_examples:
+                    labeled += self._on_labeled(record)
+                elif record.topic == self.topics.metrics:
+                    self.staleness.observe_snapshot(record.value)
+            except Exception as exc:  # noqa: BLE001 - one bad record goes to the dead letters, the batch flows
+                # Raising would make the runner replay the batch record by record after this
+                # processor already applied (and wrote through) the records before this one.
+                log.exception("cannot process %s[%d]@%d", record.topic, record.partition, record.offset)
+                result.rejections.append(Rejection(record, exc, STAGE_PROCESS))
+        if labeled:
+            result.outputs += self.judge.judge()
+        return result
+
+    def tick(self, now_ms: int) -> ProcessResult:
+        result = ProcessResult(outputs=self._bootstrap())
+        if self.table.ready and now_ms >= self._next_staleness_ms:
+            self._next_staleness_ms = now_ms + self.policy.staleness_interval_ms
+            result.outputs += self._check_staleness(now_ms)
+        return result
+
+    # -- bootstrap -----------------------------------------------------------------------------
+
+    def _bootstrap(self) -> list[OutgoingRecord]:
+        if self._bootstrapped or not self.table.ready:
+            return []
+        self._bootstrapped = True
+        champion = self.table.champion(self.pipeline.name, self.pipeline.model.name)
+        if champion is not None or not self.policy.bootstrap:
+            return []
+        model_spec = self.pipeline.model
+        version = bootstrap_version(model_spec)
+        artifact = self.store.put_model(build_model(model_spec)).to_record()
+        self._candidates[version] = {"version": version, "created_at": self.clock(), "heldout_metrics": {},
+                                     "trigger": "BOOTSTRAP"}
+        reason = (f"bootstrap: the registry has no champion for {self.pipeline.name}/{model_spec.name}; an untrained "
+                  f"{model_spec.estimator} serves until a trained candidate beats it")
+        log.info("bootstrapping champion %s", version)
+        return [
+            self.writer.decide("REGISTER", reason, decision_id=f"{version}:register", to_version=version),
+            self.writer.decide("PROMOTE", reason, decision_id=f"{version}:promote", to_version=version),
+            self.writer.deploy(CHAMPION, version, artifact, decision_id=f"{version}:promote"),
+        ]
+
+    # -- candidates ----------------------------------------------------------------------------
+
+    def remember_candidate(self, candidate: dict[str, Any]) -> None:
+        """Lineage of a version (creation time, validation metrics), e.g. read back at start-up."""
+        self._candidates[candidate["version"]] = candidate
+
+    def _on_candidate(self, candidate: dict[str, Any]) -> list[OutgoingRecord]:
+        if candidate.get("pipeline") != self.pipeline.name or candidate.get("model_name") != self.pipeline.model.name:
+            log.warning("ignoring candidate %s of %s/%s", candidate.get("version"), candidate.get("pipeline"),
+                        candidate.get("model_name"))
+            return []
+        version = candidate["version"]
+        if version in self.judge.closed or self.table.find(self.pipeline.name, self.pipeline.model.name, version):
+            return []  # already registered (a replay) or already decided against
+        try:
+            model = self.store.load_model(ArtifactRef.from_record(candidate["artifact"]))
+            if not callable(getattr(model, "learn_one", None)):
+                raise ModelError(f"the artifact holds a {type(model).__name__}, not a river model")
+        except (ModelError, KeyError, ValueError) as exc:
+            log.error("refusing candidate %s: %s", version, exc)
+            self.judge.closed.add(version)
+            self._count("refused_unverifiable")
+            return [self.writer.decide("REFUSE", f"artifact does not verify: {exc}",
+                                       decision_id=f"{version}:refuse", to_version=version,
+                                       evidence={"sample_count": float(candidate.get("sample_count") or 0)})]
+        except Exception as exc:  # noqa: BLE001 - unpickling arbitrary (if signed) bytes can raise anything
+            log.error("refusing candidate %s: artifact does not load: %s", version, exc)
+            self.judge.closed.add(version)
+            return [self.writer.decide("REFUSE", f"artifact does not load: {type(exc).__name__}: {exc}",
+                                       decision_id=f"{version}:refuse", to_version=version)]
+        del model
+        self._candidates[version] = candidate
+        evidence = {"sample_count": float(candidate.get("sample_count") or 0)}
+        evidence |= {f"heldout.{k}": float(v) for k, v in (candidate.get("heldout_metrics") or {}).items()}
+        champion = self.table.champion(self.pipeline.name, self.pipeline.model.name)
+        against = champion["version"] if champion else None
+        outputs = self.judge.make_room()
+        outputs += [
+            self.writer.decide("REGISTER", f"{candidate['trigger']} candidate registered: artifact verified "
+                                           f"(sha256 {candidate['artifact']['sha256'][:12]}), parent "
+                                           f"{candidate.get('parent_version')}",
+                               decision_id=f"{version}:register", to_version=version, evidence=evidence),
+            self.writer.decide("SHADOW", f"scored as a shadow on live traffic beside champion {against}",
+                               decision_id=f"{version}:shadow", from_version=against, to_version=version),
+            self.writer.deploy(shadow_slot(version), version, candidate["artifact"],
+                               previous_version=candidate.get("parent_version"), decision_id=f"{version}:shadow"),
+        ]
+        self._count("registered")
+        return outputs
+
+    # -- labeled examples ----------------------------------------------------------------------
+
+    def _on_labeled(self, record: ConsumedRecord) -> int:
+        example = record.value
+        if example.get("pipeline") != self.pipeline.name:
+            return 0
+        self.staleness.observe_label(record.timestamp_ms)
+        losses: dict[str, tuple[float, str]] = {}
+        for prediction in example.get("predictions") or []:
+            if prediction.get("model_name") != self.pipeline.model.name:
+                continue
+            loss = event_loss(self.metric, self.pipeline.model, example.get("label"), prediction)
+            if loss is not None:
+                losses[prediction["model_version"]] = (loss, str(prediction.get("role") or ""))
+        if not losses:
+            return 0
+        segments = example.get("segments") or {}
+        wanted = {name: str(segments[name]) for name in self.pipeline.segments if name in segments}
+        self.ledger.add(example["event_id"], wanted, losses)
+        return 1
+
+    # -- staleness -----------------------------------------------------------------------------
+
+    def _check_staleness(self, now_ms: int) -> list[OutgoingRecord]:
+        champion = self.table.champion(self.pipeline.name, self.pipeline.model.name)
+        if champion is None:
+            return []
+        version = champion["version"]
+        lineage = self._candidates.get(version, {})
+        created = millis(lineage.get("created_at")) or millis(champion.get("deployed_at"))
+        alerts = self.staleness.check(now_ms, Champion(version, created, dict(lineage.get("heldout_metrics") or {})))
+        if self._metrics is not None:
+            attributes = {"pipeline": self.pipeline.name, "model_name": self.pipeline.model.name}
+            for name, value in self.staleness.gauges.items():
+                self._metrics.gauge(f"streamloop_{name}")(value, attributes)
+        for alert in alerts:
+            log.warning("alert %s %s: %s", alert["alert"], alert["state"].lower(), alert["message"])
+        return [self.writer.alert(alert) for alert in alerts]
+
+    def _count(self, outcome: str) -> None:
+        if self._metrics is not None:
+            self._metrics.counter("streamloop_publisher_candidates")(1, {"outcome": outcome})

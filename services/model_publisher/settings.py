@@ -1,0 +1,32 @@
+"""The model publisher's settings (``PUBLISHER_*``); the policies themselves are the pipeline spec's
+``promotion`` and ``staleness`` sections."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from streamloop.contracts.pipeline import DurationMs
+from streamloop.ml.settings import ArtifactSettings
+from streamloop.service.settings import CommonSettings
+from streamloop.telemetry import TelemetrySettings
+
+
+class PublisherSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PUBLISHER_", frozen=True, extra="ignore")
+
+    common: CommonSettings = Field(default_factory=CommonSettings)
+    telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
+    artifacts: ArtifactSettings = Field(default_factory=ArtifactSettings)
+
+    bootstrap: bool = Field(default=True, description="Publish an untrained champion when the registry has none.")
+    paired_test: Literal["t", "wilcoxon"] = Field(default="t", description="Paired test on per-event losses.")
+    max_shadows: int = Field(default=3, ge=1, description="Shadow challengers scored at once; the oldest retire.")
+    rollback_watch_samples: int = Field(default=5_000, ge=1,
+                                        description="Post-promotion events after which the predecessor retires.")
+    ledger_events: int = Field(default=100_000, ge=100, description="Recent labeled events kept for comparisons.")
+    staleness_interval: DurationMs = Field(default=5_000, description="How often staleness is checked.")
+    min_metric_samples: int = Field(default=100, ge=1, description="Smallest live metric window for metric decay.")
+    table_timeout_s: float = Field(default=60.0, gt=0, description="Wait this long for the deployments table.")

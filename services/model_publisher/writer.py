@@ -1,0 +1,51 @@
+"""The publisher's writes to the registry: deployment slots and the decisions that explain them.
+
+Each deployment change is also written through to the publisher's own ``DeploymentTable``, so the
+next decision (in the same batch) sees it before the compacted topic echoes it back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from streamloop.contracts.pipeline import PipelineSpec
+from streamloop.kafka.records import OutgoingRecord
+from streamloop.ml.registry import CANARY, DeploymentTable, decision_record, deployment_record, slot_key
+
+
+class RegistryWriter:
+    def __init__(self, pipeline: PipelineSpec, table: DeploymentTable, *, deployments_topic: str,
+                 decisions_topic: str, alerts_topic: str, clock: Callable[[], int]) -> None:
+        self.pipeline = pipeline
+        self.table = table
+        self.deployments_topic = deployments_topic
+        self.decisions_topic = decisions_topic
+        self.alerts_topic = alerts_topic
+        self.clock = clock
+        self.model_name = pipeline.model.name
+
+    def deploy(self, slot: str, version: str, artifact: dict[str, Any], *, previous_version: str | None = None,
+               decision_id: str | None = None) -> OutgoingRecord:
+        weight = self.pipeline.promotion.canary_weight if slot == CANARY else 0.0
+        record = deployment_record(self.pipeline.name, self.model_name, slot, version, artifact,
+                                   deployed_at=self.clock(), canary_weight=weight,
+                                   previous_version=previous_version, decision_id=decision_id)
+        key = slot_key(self.pipeline.name, self.model_name, slot)
+        self.table.write(key, record)
+        return OutgoingRecord(self.deployments_topic, key, record)
+
+    def retire(self, slot: str) -> OutgoingRecord:
+        key = slot_key(self.pipeline.name, self.model_name, slot)
+        self.table.write(key, None)
+        return OutgoingRecord(self.deployments_topic, key, None)
+
+    def decide(self, kind: str, reason: str, *, decision_id: str, from_version: str | None = None,
+               to_version: str | None = None, evidence: dict[str, float] | None = None) -> OutgoingRecord:
+        record = decision_record(self.pipeline.name, self.model_name, kind, reason, decision_id=decision_id,
+                                 decided_at=self.clock(), from_version=from_version, to_version=to_version,
+                                 evidence=evidence)
+        return OutgoingRecord(self.decisions_topic, self.model_name, record)
+
+    def alert(self, record: dict[str, Any]) -> OutgoingRecord:
+        return OutgoingRecord(self.alerts_topic, record["alert"], record)

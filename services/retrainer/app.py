@@ -1,0 +1,104 @@
+"""The retrainer's composition root: the only module that wires its I/O.
+
+Reads ``labeled_examples`` and ``drift_events`` through the stage runner, the deployments table
+through a ``CompactedTopicReader``, replays rebuild windows with a ``KafkaWindowReader`` and writes
+``model_candidates``; artifacts go to the signed artifact store.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from concurrent.futures import Executor, ThreadPoolExecutor
+from dataclasses import dataclass
+
+from pydantic import ValidationError
+
+from services.retrainer.processor import InlineExecutor, RebuildPolicy, RetrainerProcessor, RetrainerTopics
+from services.retrainer.settings import RetrainerSettings
+from services.retrainer.window import KafkaWindowReader
+from streamloop.errors import StreamloopError
+from streamloop.kafka.runner import StageRunner
+from streamloop.kafka.table_reader import CompactedTopicReader
+from streamloop.ml.registry import DeploymentTable
+from streamloop.service.context import ServiceContext, configure_logging
+from streamloop.telemetry import Telemetry, configure_telemetry
+
+SERVICE = "retrainer"
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RetrainerApp:
+    runner: StageRunner
+    processor: RetrainerProcessor
+    table_reader: CompactedTopicReader
+    executor: Executor
+    telemetry: Telemetry
+    table_timeout_s: float
+
+    def run(self) -> int:
+        self.table_reader.start()
+        try:
+            if self.table_reader.wait_until_caught_up(self.table_timeout_s):
+                self.processor.table.ready = True
+            else:
+                log.warning("deployments table not caught up after %.0fs; starting anyway", self.table_timeout_s)
+            return self.runner.run()
+        finally:
+            self.table_reader.stop()
+            self.executor.shutdown(wait=False, cancel_futures=True)
+            self.telemetry.shutdown()
+
+    def stop(self) -> None:
+        self.runner.stop()
+
+
+def build(settings: RetrainerSettings, install_global_telemetry: bool = True) -> RetrainerApp:
+    ctx = ServiceContext.load(SERVICE, settings.common)
+    store = settings.artifacts.artifact_store()
+    telemetry = configure_telemetry(settings.telemetry, install_global=install_global_telemetry)
+    table = DeploymentTable()
+    deployments = ctx.topic("model_deployments").name
+    reader = CompactedTopicReader(settings.common.kafka, deployments, ctx.serde("model_deployments"),
+                                  on_change=table.apply, name=f"{SERVICE}-deployments")
+    window = KafkaWindowReader(settings.common.kafka, ctx.topic("labeled_examples").name,
+                               ctx.serde("labeled_examples"), timeout_s=settings.window_read_timeout_s)
+    executor: Executor = ThreadPoolExecutor(1, thread_name_prefix="rebuild") if settings.rebuild_in_background \
+        else InlineExecutor()
+    policy = RebuildPolicy(
+        min_severity=settings.rebuild_min_severity, drift_kinds=tuple(settings.rebuild_drift_kinds),
+        min_interval_ms=settings.rebuild_min_interval, min_examples=settings.rebuild_min_examples,
+        online_min_labels=settings.online_min_labels,
+    )
+    topics = RetrainerTopics(ctx.topic("labeled_examples").name, ctx.topic("drift_events").name,
+                             ctx.topic("model_candidates").name)
+    processor = RetrainerProcessor(ctx.pipeline, topics, table, store, window, policy=policy, executor=executor,
+                                   metrics=telemetry.metrics, remember_events=settings.remember_events)
+    runner = ctx.runner(processor, inputs=["labeled_examples", "drift_events"], outputs=["model_candidates"],
+                        metrics=telemetry.metrics)
+    return RetrainerApp(runner, processor, reader, executor, telemetry, settings.table_timeout_s)
+
+
+def _first_error(exc: ValidationError) -> str:
+    error = exc.errors()[0]
+    return f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']}"
+
+
+def main() -> int:
+    try:
+        settings = RetrainerSettings()
+    except ValidationError as exc:
+        print(f"{SERVICE}: invalid settings: {_first_error(exc)}", file=sys.stderr)
+        return 2
+    configure_logging(settings.common.log_level, SERVICE)
+    try:
+        app = build(settings)
+    except ValidationError as exc:
+        print(f"{SERVICE}: invalid settings: {_first_error(exc)}", file=sys.stderr)
+        return 2
+    except (StreamloopError, OSError) as exc:
+        print(f"{SERVICE}: {' '.join(line.strip() for line in str(exc).splitlines())}", file=sys.stderr)
+        return 2
+    app.runner.install_signal_handlers()
+    return app.run()

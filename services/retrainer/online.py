@@ -1,0 +1,146 @@
+"""The online challenger: the current champion, continuing to learn from every new label.
+
+It learns ``learn_one`` per labeled example, test-then-train: each example is first scored, so
+the metrics a snapshot reports were measured on examples the model had not yet learned
+(prequential evaluation, the honest hold-out of a stream).
+
+Replays are harmless: the runner delivers at least once, so the learner remembers the highest
+offset it applied per (topic, partition) and skips anything at or below it, and it skips an
+event id it has learned recently (the collector may emit one event twice at two offsets).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from services.retrainer.examples import score, training_pair, valid
+from streamloop.contracts.pipeline import ModelSpec
+from streamloop.kafka.records import ConsumedRecord
+from streamloop.ml.promotion import holdout_metrics
+
+
+@dataclass
+class OffsetRange:
+    topic: str
+    partition: int
+    start: int
+    end: int  # exclusive
+
+    def to_record(self) -> dict[str, Any]:
+        return {"topic": self.topic, "partition": self.partition, "start": self.start, "end": self.end}
+
+
+@dataclass
+class Snapshot:
+    """What a published online candidate is made of: the model and what it learned since its parent."""
+
+    model: Any
+    parent_version: str | None
+    source_offsets: list[OffsetRange]
+    sample_count: int
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+class OnlineLearner:
+    """One model learning online, with the lineage of what it learned since its last snapshot."""
+
+    def __init__(self, model_spec: ModelSpec, remember_events: int = 100_000, metric_window: int = 10_000) -> None:
+        self.spec = model_spec
+        self.model: Any = None
+        self.parent_version: str | None = None
+        self._chain: set[str] = set()
+        self._high_water: dict[tuple[str, int], int] = {}
+        self._recent_events: OrderedDict[str, None] = OrderedDict()
+        self._remember_events = remember_events
+        self._metric_window = metric_window
+        self._ranges: dict[tuple[str, int], OffsetRange] = {}
+        self._labels: list[Any] = []
+        self._predictions: list[Mapping[str, Any]] = []
+        self.pending = 0
+        self.learned_total = 0
+        self.skipped_duplicates = 0
+
+    # -- lineage -----------------------------------------------------------------------------
+
+    def reset(self, model: Any, version: str) -> None:
+        """Continue from ``model`` (a champion); what was learned but not published is dropped."""
+        self.model = model
+        self.parent_version = version
+        self._chain = {version}
+        self._clear_pending()
+
+    def continues(self, version: str) -> bool:
+        """True when ``version`` is this learner's starting point or one of its snapshots.
+
+        Then the learner is a descendant of that version (it learned everything it did and
+        more), so it may keep going instead of restarting from it; the processor still restarts
+        it after a rollback, which says this line went wrong.
+        """
+        return version in self._chain
+
+    def _clear_pending(self) -> None:
+        self._ranges = {}
+        self._labels = []
+        self._predictions = []
+        self.pending = 0
+
+    # -- learning ----------------------------------------------------------------------------
+
+    def seen(self, record: ConsumedRecord) -> bool:
+        """True for a replay: an offset at or below this partition's high-water mark, or a recent event id."""
+        if record.offset <= self._high_water.get((record.topic, record.partition), -1):
+            return True
+        event_id = record.value.get("event_id")
+        return event_id is not None and event_id in self._recent_events
+
+    def learn(self, record: ConsumedRecord) -> bool:
+        """Test-then-train on one labeled example; False when it was skipped."""
+        key = (record.topic, record.partition)
+        if self.seen(record):
+            self.skipped_duplicates += 1
+            self._high_water[key] = max(record.offset, self._high_water.get(key, -1))
+            return False
+        self._high_water[key] = record.offset
+        event_id = record.value.get("event_id")
+        if event_id is not None:
+            self._recent_events[event_id] = None
+            if len(self._recent_events) > self._remember_events:
+                self._recent_events.popitem(last=False)
+        if self.model is None or not valid(self.spec, record.value):
+            return False
+        x, y = training_pair(self.spec, record.value)
+        if len(self._labels) < self._metric_window:
+            self._labels.append(record.value["label"])
+            self._predictions.append(score(self.model, self.spec, x))
+        self.model.learn_one(x, y)
+        span = self._ranges.get(key)
+        if span is None:
+            self._ranges[key] = OffsetRange(record.topic, record.partition, record.offset, record.offset + 1)
+        else:
+            span.start = min(span.start, record.offset)
+            span.end = max(span.end, record.offset + 1)
+        self.pending += 1
+        self.learned_total += 1
+        return True
+
+    def snapshot(self) -> Snapshot:
+        """What was learned since the parent; serialize ``model`` before learning again, then call ``published``.
+
+        The metrics are prequential (each example scored before it was learned), named as the
+        hold-out metrics of a rebuild are, so the publisher compares both kinds the same way.
+        """
+        metrics = holdout_metrics(self.spec, self._labels, self._predictions) if self._labels else {}
+        ranges = sorted(self._ranges.values(), key=lambda r: (r.topic, r.partition))
+        return Snapshot(self.model, self.parent_version, ranges, self.pending, metrics)
+
+    def published(self, version: str) -> None:
+        """The last snapshot is now ``version``: the parent of the next one."""
+        self.parent_version = version
+        self._chain.add(version)
+        self._clear_pending()
+
+    def high_water(self) -> dict[tuple[str, int], int]:
+        return dict(self._high_water)

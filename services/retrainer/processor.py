@@ -1,0 +1,229 @@
+"""The retrainer's logic: learn online from every label, rebuild on drift or schedule, publish candidates.
+
+Pure apart from its injected collaborators (the deployments table, the artifact store, the
+window reader and the executor a rebuild runs on), so it is tested without a broker.
+
+- Labeled examples feed the online challenger (``OnlineLearner``), which starts from the current
+  champion's artifact and is published as an ``ONLINE`` candidate every
+  ``retrain.online_publish_every_labels`` labels or ``retrain.online_publish_every``.
+- A drift event at or above the configured severity, or ``retrain.schedule``, starts a rebuild:
+  a fresh model on the last ``retrain.rebuild_window`` examples, published as ``DRIFT`` or
+  ``SCHEDULE`` with hold-out metrics. Rebuilds run off the consume loop, one at a time.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor, Future
+from dataclasses import dataclass
+from typing import Any
+
+from services.retrainer.lineage import CandidateFactory, wall_clock_ms
+from services.retrainer.online import OnlineLearner
+from services.retrainer.rebuild import RebuildSkipped, rebuild
+from streamloop.contracts.pipeline import PipelineSpec
+from streamloop.kafka.dead_letters import STAGE_PROCESS
+from streamloop.kafka.records import ConsumedRecord, OutgoingRecord, ProcessResult, Rejection
+from streamloop.ml.artifacts import ArtifactRef, ArtifactStore
+from streamloop.ml.exceptions import ModelError
+from streamloop.ml.registry import DeploymentTable
+
+log = logging.getLogger(__name__)
+
+SEVERITY_RANK = {"INFO": 0, "WARNING": 1, "CRITICAL": 2}
+WindowReader = Callable[[int], list[ConsumedRecord]]
+
+
+@dataclass(frozen=True)
+class RetrainerTopics:
+    labeled_examples: str
+    drift_events: str
+    model_candidates: str
+
+
+@dataclass(frozen=True)
+class RebuildPolicy:
+    min_severity: str = "WARNING"
+    drift_kinds: tuple[str, ...] = ("DATA", "PREDICTION", "CONCEPT")
+    min_interval_ms: int = 60_000
+    min_examples: int = 100
+    online_min_labels: int = 1
+
+
+class InlineExecutor(Executor):
+    """Runs a submitted job at once (tests, and a retrainer configured without a rebuild thread)."""
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
+        future: Future = Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except Exception as exc:  # noqa: BLE001 - handed to whoever collects the future
+            future.set_exception(exc)
+        return future
+
+
+class RetrainerProcessor:
+    def __init__(self, pipeline: PipelineSpec, topics: RetrainerTopics, table: DeploymentTable,
+                 store: ArtifactStore, window: WindowReader, *, policy: RebuildPolicy | None = None,
+                 executor: Executor | None = None, clock: Callable[[], int] = wall_clock_ms,
+                 metrics: Any = None, remember_events: int = 100_000) -> None:
+        self.pipeline = pipeline
+        self.topics = topics
+        self.table = table
+        self.store = store
+        self.window = window
+        self.policy = policy or RebuildPolicy()
+        self.executor = executor or InlineExecutor()
+        self.clock = clock
+        self.learner = OnlineLearner(pipeline.model, remember_events=remember_events)
+        self.factory = CandidateFactory(pipeline, store, clock)
+        self._metrics = metrics
+        self._champion_version: str | None = None
+        self._drift_high_water: dict[int, int] = {}
+        self._rebuild: Future | None = None
+        self._rebuild_trigger: str | None = None
+        now = clock()
+        self._last_publish_ms = now
+        self._last_rebuild_ms = now
+        self._last_drift_rebuild_ms: int | None = None
+
+    # -- the runner's hooks --------------------------------------------------------------------
+
+    def process(self, batch: Sequence[ConsumedRecord]) -> ProcessResult:
+        self._sync_champion()
+        result = ProcessResult()
+        learned = 0
+        every = self.pipeline.retrain.online_publish_every_labels
+        for record in batch:
+            try:
+                if record.topic == self.topics.labeled_examples:
+                    if record.value.get("pipeline") != self.pipeline.name:
+                        continue
+                    if self.learner.learn(record):
+                        learned += 1
+                        if every is not None and self.learner.pending >= every:
+                            result.outputs.append(self._publish_online())
+                elif record.topic == self.topics.drift_events:
+                    self._on_drift(record)
+            except Exception as exc:  # noqa: BLE001 - one bad record goes to the dead letters, the batch flows
+                # Raising would make the runner replay the batch record by record, after the
+                # learner already learned the records before this one.
+                log.exception("cannot process %s[%d]@%d", record.topic, record.partition, record.offset)
+                result.rejections.append(Rejection(record, exc, STAGE_PROCESS))
+        self._count("streamloop_retrainer_labels_learned", learned)
+        result.outputs.extend(self._collect_rebuild())
+        return result
+
+    def tick(self, now_ms: int) -> ProcessResult:
+        self._sync_champion()
+        result = ProcessResult()
+        retrain = self.pipeline.retrain
+        if (retrain.online_publish_every is not None and self.learner.pending >= self.policy.online_min_labels
+                and now_ms - self._last_publish_ms >= retrain.online_publish_every):
+            result.outputs.append(self._publish_online())
+        if retrain.schedule is not None and now_ms - self._last_rebuild_ms >= retrain.schedule:
+            self._start_rebuild("SCHEDULE", f"schedule every {retrain.schedule} ms")
+        result.outputs.extend(self._collect_rebuild())
+        return result
+
+    # -- the champion --------------------------------------------------------------------------
+
+    def _sync_champion(self) -> None:
+        champion = self.table.champion(self.pipeline.name, self.pipeline.model.name)
+        if champion is None or champion["version"] == self._champion_version:
+            return
+        version = champion["version"]
+        self._champion_version = version
+        rollback = ":rollback" in (champion.get("decision_id") or "")
+        if self.learner.continues(version) and not rollback:
+            log.info("champion %s is this learner's own line; it keeps learning", version)
+            return
+        try:
+            model = self.store.load_model(ArtifactRef.from_record(champion["artifact"]))
+        except ModelError as exc:
+            log.error("cannot load champion %s (%s); no online learning until the next champion", version, exc)
+            self._count("streamloop_retrainer_champion_load_failures")
+            model = None
+        self.learner.reset(model, version)
+        self._last_publish_ms = self.clock()
+        log.info("online challenger restarts from champion %s", version)
+
+    # -- online candidates ---------------------------------------------------------------------
+
+    def _publish_online(self) -> OutgoingRecord:
+        snapshot = self.learner.snapshot()
+        record = self.factory.build(snapshot.model, "ONLINE", snapshot.parent_version, snapshot.source_offsets,
+                                    snapshot.sample_count, snapshot.metrics)
+        self.learner.published(record["version"])
+        self._last_publish_ms = self.clock()
+        log.info("online candidate %s (%d new labels, parent %s)", record["version"], snapshot.sample_count,
+                 snapshot.parent_version)
+        return self._candidate(record)
+
+    def _candidate(self, record: dict[str, Any]) -> OutgoingRecord:
+        self._count("streamloop_retrainer_candidates", 1, {"trigger": record["trigger"]})
+        return OutgoingRecord(self.topics.model_candidates, record["model_name"], record)
+
+    # -- rebuilds ------------------------------------------------------------------------------
+
+    def _on_drift(self, record: ConsumedRecord) -> None:
+        if record.offset <= self._drift_high_water.get(record.partition, -1):
+            return
+        self._drift_high_water[record.partition] = record.offset
+        event = record.value
+        if event.get("pipeline") != self.pipeline.name or not self.pipeline.retrain.rebuild_on_drift:
+            return
+        severity = SEVERITY_RANK.get(str(event.get("severity")), 0)
+        if severity < SEVERITY_RANK[self.policy.min_severity] or event.get("kind") not in self.policy.drift_kinds:
+            return
+        now = self.clock()
+        if self._last_drift_rebuild_ms is not None and now - self._last_drift_rebuild_ms < self.policy.min_interval_ms:
+            log.info("drift event (%s %s) within %d ms of the last rebuild; not rebuilding again",
+                     event.get("kind"), event.get("detector"), self.policy.min_interval_ms)
+            self._count("streamloop_retrainer_rebuilds_skipped", 1, {"reason": "interval"})
+            return
+        feature = f" on {event['feature']}" if event.get("feature") else ""
+        if self._start_rebuild("DRIFT", f"{event.get('severity')} {event.get('kind')} drift ({event.get('detector')})"
+                                        f"{feature}"):
+            self._last_drift_rebuild_ms = now
+
+    def _start_rebuild(self, trigger: str, reason: str) -> bool:
+        self._last_rebuild_ms = self.clock()
+        if self._rebuild is not None:
+            log.info("%s rebuild requested (%s) while one is running; skipped", trigger, reason)
+            self._count("streamloop_retrainer_rebuilds_skipped", 1, {"reason": "running"})
+            return False
+        log.info("%s rebuild: %s", trigger, reason)
+        self._rebuild_trigger = trigger
+        self._rebuild = self.executor.submit(self._rebuild_job, trigger, self._champion_version)
+        return True
+
+    def _rebuild_job(self, trigger: str, parent_version: str | None) -> dict[str, Any]:
+        retrain = self.pipeline.retrain
+        records = self.window(retrain.rebuild_window)
+        built = rebuild(self.pipeline.model, records, retrain.rebuild_window, retrain.holdout_share,
+                        self.policy.min_examples)
+        return self.factory.build(built.model, trigger, parent_version, built.source_offsets, built.sample_count,
+                                  built.heldout_metrics)
+
+    def _collect_rebuild(self) -> list[OutgoingRecord]:
+        if self._rebuild is None or not self._rebuild.done():
+            return []
+        future, trigger, self._rebuild = self._rebuild, self._rebuild_trigger, None
+        try:
+            record = future.result()
+        except RebuildSkipped as exc:
+            log.warning("%s rebuild skipped: %s", trigger, exc)
+            self._count("streamloop_retrainer_rebuilds_skipped", 1, {"reason": "too_few_examples"})
+            return []
+        except Exception:  # noqa: BLE001 - a failed rebuild must not stop online learning
+            log.exception("%s rebuild failed", trigger)
+            self._count("streamloop_retrainer_rebuilds_skipped", 1, {"reason": "failed"})
+            return []
+        log.info("%s candidate %s: %s", trigger, record["version"], record["heldout_metrics"])
+        return [self._candidate(record)]
+
+    def _count(self, name: str, amount: float = 1, attributes: dict[str, str] | None = None) -> None:
+        if self._metrics is not None and amount:
+            self._metrics.counter(name)(amount, {"pipeline": self.pipeline.name, **(attributes or {})})

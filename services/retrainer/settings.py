@@ -1,0 +1,33 @@
+"""The retrainer's settings (``RETRAINER_*``); the policies themselves are the pipeline spec's ``retrain`` section."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from streamloop.contracts.pipeline import DurationMs
+from streamloop.ml.settings import ArtifactSettings
+from streamloop.service.settings import CommonSettings
+from streamloop.telemetry import TelemetrySettings
+
+DriftKind = Literal["DATA", "PREDICTION", "CONCEPT"]
+
+
+class RetrainerSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RETRAINER_", frozen=True, extra="ignore")
+
+    common: CommonSettings = Field(default_factory=CommonSettings)
+    telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
+    artifacts: ArtifactSettings = Field(default_factory=ArtifactSettings)
+
+    online_min_labels: int = Field(default=1, ge=1, description="New labels needed before a time-based publish.")
+    rebuild_min_severity: Literal["INFO", "WARNING", "CRITICAL"] = "WARNING"
+    rebuild_drift_kinds: list[DriftKind] = Field(default_factory=lambda: ["DATA", "PREDICTION", "CONCEPT"])
+    rebuild_min_interval: DurationMs = Field(default=60_000, description="Drift rebuilds at most this often.")
+    rebuild_min_examples: int = Field(default=100, ge=2, description="Fewer labeled examples: no rebuild.")
+    rebuild_in_background: bool = Field(default=True, description="Rebuild on a worker thread, off the consume loop.")
+    window_read_timeout_s: float = Field(default=60.0, gt=0)
+    table_timeout_s: float = Field(default=60.0, gt=0, description="Wait this long for the deployments table.")
+    remember_events: int = Field(default=100_000, ge=0, description="Recent event ids kept to skip duplicates.")

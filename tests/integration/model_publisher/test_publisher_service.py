@@ -1,0 +1,118 @@
+"""The model publisher against the embedded broker: bootstrap, shadow, promotion, rollback, refusal."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from services.model_publisher.app import build
+from services.model_publisher.settings import PublisherSettings
+from streamloop.ml import build_model
+from streamloop.ml.registry import CHAMPION, bootstrap_version, shadow_slot, slot_key
+from tests.integration.model_publisher.harness import ServiceThread, Topics, apply_env, values, wait_for
+from tests.unit.model_publisher.factories import artifact_store, candidate, examples
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def topics(loop_catalog, bootstrap_servers) -> Topics:
+    return Topics(loop_catalog, bootstrap_servers)
+
+
+@pytest.fixture
+def publisher(service_env, monkeypatch):
+    apply_env(monkeypatch, {**service_env, "PUBLISHER_STALENESS_INTERVAL": "1s"})
+
+    def start() -> ServiceThread:
+        return ServiceThread(build(PublisherSettings(), install_global_telemetry=False))
+
+    return start
+
+
+def champion_key(spec) -> str:
+    return slot_key(spec.name, spec.model.name, CHAMPION)
+
+
+def slots(topics: Topics) -> dict[str, dict]:
+    """The registry as the compacted topic says: the last record per key, tombstones removing it."""
+    table: dict[str, dict] = {}
+    for key, value in topics.read("model_deployments", timeout_s=5):
+        if value is None:
+            table.pop(key, None)
+        else:
+            table[key] = value
+    return table
+
+
+def decisions(topics: Topics, until=None, timeout_s: float = 60.0) -> list[dict]:
+    return values(topics.read("model_decisions", until=(lambda rs: until(values(rs))) if until else None,
+                              timeout_s=timeout_s))
+
+
+def test_the_publisher_bootstraps_a_champion_once_even_when_started_twice(publisher, topics, demo_pipeline):
+    version = bootstrap_version(demo_pipeline.model)
+    for _ in range(2):
+        with publisher() as service:
+            wait_for(lambda s=service: s.app.processor._bootstrapped, what="the registry to be read")
+            wait_for(lambda s=service: s.app.processor.table.champion("card-fraud", "fraud") is not None,
+                     what="a champion")
+        # Leaving the block stops the runner, which flushes everything the publisher produced.
+    records = topics.read("model_deployments", timeout_s=10)
+    assert [(k, v["version"]) for k, v in records] == [(champion_key(demo_pipeline), version)]
+    made = decisions(topics, timeout_s=5)
+    assert [(d["kind"], d["to_version"]) for d in made] == [("REGISTER", version), ("PROMOTE", version)]
+
+
+def test_shadow_then_promotion_then_automatic_rollback(publisher, topics, demo_pipeline, service_env):
+    store = artifact_store(Path(service_env["STREAMLOOP_ARTIFACT_STORE"].removeprefix("file://")),
+                           key=service_env["STREAMLOOP_ARTIFACT_SIGNING_KEY"].encode())
+    old = bootstrap_version(demo_pipeline.model)
+    model = build_model(demo_pipeline.model)
+    model.learn_one({"amount": 1.0}, True)  # a different artifact from the bootstrap's
+    challenger = candidate(demo_pipeline, store, model=model, parent=old)
+    new = challenger["version"]
+    with publisher() as service:
+        wait_for(lambda: service.app.processor._bootstrapped, what="bootstrap")
+        topics.produce("model_candidates", [challenger])
+        topics.read("model_deployments", until=lambda rs: any(k and k.endswith(shadow_slot(new)) for k, _ in rs))
+        assert slots(topics)[slot_key("card-fraud", "fraud", shadow_slot(new))]["role"] == "SHADOW"
+
+        topics.produce("labeled_examples", examples(600, models={old: (0.5, "CHAMPION"), new: (0.8, "SHADOW")}))
+        made = decisions(topics, until=lambda ds: any(d["kind"] == "PROMOTE" and d["to_version"] == new for d in ds))
+        promotion = next(d for d in made if d["kind"] == "PROMOTE" and d["to_version"] == new)
+        assert promotion["from_version"] == old and promotion["automatic"] is True
+        assert promotion["evidence"]["sample_count"] >= 500 and promotion["evidence"]["p_value"] < 0.05
+        wait_for(lambda: slots(topics).get(champion_key(demo_pipeline), {}).get("version") == new,
+                 what="the champion slot to name the promoted version")
+        registry = slots(topics)
+        assert registry[champion_key(demo_pipeline)]["previous_version"] == old
+        assert registry[slot_key("card-fraud", "fraud", shadow_slot(old))]["role"] == "SHADOW"
+
+        topics.produce("labeled_examples", examples(350, start=10_000, models={new: (0.6, "CHAMPION"),
+                                                                                old: (0.8, "SHADOW")}))
+        made = decisions(topics, until=lambda ds: any(d["kind"] == "ROLLBACK" for d in ds))
+        rollback = next(d for d in made if d["kind"] == "ROLLBACK")
+        assert (rollback["from_version"], rollback["to_version"], rollback["automatic"]) == (new, old, True)
+        assert rollback["evidence"]["relative_regression"] > demo_pipeline.promotion.rollback_margin
+        wait_for(lambda: slots(topics).get(champion_key(demo_pipeline), {}).get("version") == old,
+                 what="the predecessor to be champion again")
+    assert [d["kind"] for d in made] == ["REGISTER", "PROMOTE", "REGISTER", "SHADOW", "PROMOTE", "ROLLBACK"]
+
+
+def test_a_tampered_candidate_is_refused_and_never_deployed(publisher, topics, demo_pipeline, service_env):
+    store = artifact_store(Path(service_env["STREAMLOOP_ARTIFACT_STORE"].removeprefix("file://")),
+                           key=service_env["STREAMLOOP_ARTIFACT_SIGNING_KEY"].encode())
+    model = build_model(demo_pipeline.model)
+    model.learn_one({"amount": 2.0}, False)
+    tampered = candidate(demo_pipeline, store, model=model)
+    path = Path(tampered["artifact"]["uri"].removeprefix("file://"))
+    path.write_bytes(path.read_bytes()[:-1] + b"\x00")
+    with publisher() as service:
+        wait_for(lambda: service.app.processor._bootstrapped, what="bootstrap")
+        topics.produce("model_candidates", [tampered])
+        made = decisions(topics, until=lambda ds: any(d["kind"] == "REFUSE" for d in ds))
+    refusal = next(d for d in made if d["kind"] == "REFUSE")
+    assert refusal["to_version"] == tampered["version"] and "does not verify" in refusal["reason"]
+    assert all(v["version"] != tampered["version"] for v in slots(topics).values())

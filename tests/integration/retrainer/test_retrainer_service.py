@@ -1,0 +1,99 @@
+"""The retrainer against the embedded broker: online candidates with lineage, drift rebuilds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from services.retrainer.app import build
+from services.retrainer.settings import RetrainerSettings
+from streamloop.ml import ArtifactRef, build_model
+from streamloop.ml.registry import CHAMPION, deployment_record
+from tests.conftest import DEMO_SPEC
+from tests.integration.model_publisher.harness import ServiceThread, Topics, apply_env, values
+from tests.unit.model_publisher.factories import T0, artifact_store, labeled_example
+
+pytestmark = pytest.mark.integration
+
+CHAMPION_VERSION = "fraud-20240101000000000-00c0ffee"
+
+
+def spec_file(tmp_path: Path, **retrain: object) -> Path:
+    data = yaml.safe_load(DEMO_SPEC.read_text())
+    data["input"]["schema"] = str(DEMO_SPEC.parent / data["input"]["schema"])
+    data["retrain"].update(retrain)
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.fixture
+def topics(loop_catalog, bootstrap_servers) -> Topics:
+    return Topics(loop_catalog, bootstrap_servers)
+
+
+@pytest.fixture
+def store(service_env):
+    return artifact_store(Path(service_env["STREAMLOOP_ARTIFACT_STORE"].removeprefix("file://")),
+                          key=service_env["STREAMLOOP_ARTIFACT_SIGNING_KEY"].encode())
+
+
+@pytest.fixture
+def retrainer(service_env, monkeypatch, tmp_path, topics, store, demo_pipeline):
+    """Start the retrainer with a champion in the registry and the given ``retrain`` overrides."""
+    ref = store.put_model(build_model(demo_pipeline.model))
+    topics.produce("model_deployments", [deployment_record("card-fraud", "fraud", CHAMPION, CHAMPION_VERSION,
+                                                           ref.to_record(), deployed_at=T0)])
+
+    def start(**retrain: object) -> ServiceThread:
+        apply_env(monkeypatch, {**service_env, "STREAMLOOP_PIPELINE": str(spec_file(tmp_path, **retrain)),
+                                "RETRAINER_REBUILD_MIN_EXAMPLES": "50"})
+        return ServiceThread(build(RetrainerSettings(), install_global_telemetry=False))
+
+    return start
+
+
+def labeled(count: int, start: int = 0) -> list[dict]:
+    return [labeled_example(i, label=(i % 3 == 0)) for i in range(start, start + count)]
+
+
+def candidates(topics: Topics, trigger: str) -> list[dict]:
+    found = topics.read("model_candidates", timeout_s=90,
+                        until=lambda rs: any(v and v["trigger"] == trigger for _, v in rs))
+    return [c for c in values(found) if c["trigger"] == trigger]
+
+
+def test_an_online_candidate_after_n_labels_with_lineage_offsets(retrainer, topics, store, loop_catalog):
+    with retrainer(online_publish_every_labels=200, online_publish_every="10m", schedule=None):
+        topics.produce("labeled_examples", labeled(250))
+        online = candidates(topics, "ONLINE")
+    first = online[0]
+    assert first["parent_version"] == CHAMPION_VERSION
+    assert first["sample_count"] == 200
+    ranges = first["source_offsets"]
+    assert {r["topic"] for r in ranges} == {loop_catalog["labeled_examples"].name}
+    assert sum(r["end"] - r["start"] for r in ranges) == 200
+    assert len({r["partition"] for r in ranges}) > 1, "the labels are spread over partitions"
+    assert first["heldout_metrics"]["sample_count"] == 200 and "log_loss" in first["heldout_metrics"]
+    model = store.load_model(ArtifactRef.from_record(first["artifact"]))
+    assert callable(model.learn_one)
+
+
+def test_a_drift_event_publishes_a_rebuilt_candidate_with_heldout_metrics(retrainer, topics):
+    with retrainer(online_publish_every_labels=100_000, online_publish_every="10m", rebuild_window=500,
+                   holdout_share=0.2, schedule=None):
+        topics.produce("labeled_examples", labeled(500))
+        topics.produce("drift_events", [{
+            "pipeline": "card-fraud", "kind": "CONCEPT", "detector": "adwin", "feature": None, "statistic": 3.2,
+            "p_value": None, "effect_size": None, "severity": "WARNING", "window_start": T0, "window_end": T0,
+            "model_name": "fraud", "model_version": CHAMPION_VERSION, "detected_at": T0}])
+        rebuilt = candidates(topics, "DRIFT")
+    assert len(rebuilt) == 1
+    candidate = rebuilt[0]
+    assert candidate["parent_version"] == CHAMPION_VERSION
+    assert candidate["sample_count"] == 400
+    assert candidate["heldout_metrics"]["sample_count"] == 100
+    assert candidate["heldout_metrics"]["accuracy"] > 0.9
+    assert sum(r["end"] - r["start"] for r in candidate["source_offsets"]) == 500

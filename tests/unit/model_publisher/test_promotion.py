@@ -1,0 +1,174 @@
+"""Promotion statistics: paired tests on per-event loss, segment guard, rollback and canary verdicts."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from streamloop.contracts.pipeline import ModelSpec, PromotionSpec
+from streamloop.ml.promotion import (
+    class_key,
+    decide_canary,
+    decide_promotion,
+    decide_rollback,
+    event_loss,
+    holdout_metrics,
+    paired_test,
+)
+
+SPEC = PromotionSpec(min_samples=500, p_value=0.05, min_improvement=0.0, segment_min_samples=100,
+                     segment_max_regression=0.05, rollback_margin=0.02, rollback_min_samples=300)
+rng = np.random.default_rng(42)
+
+
+def losses(n: int, mean: float, spread: float = 0.2) -> np.ndarray:
+    return np.clip(rng.normal(mean, spread, n), 0.001, None)
+
+
+def test_a_clear_winner_is_promoted_with_its_evidence():
+    champion = losses(800, 0.6)
+    challenger = champion - 0.15 + rng.normal(0, 0.05, 800)
+    verdict = decide_promotion(champion, challenger, [{"country": "US"}] * 800, SPEC)
+    assert verdict.outcome == "promote"
+    assert verdict.evidence["sample_count"] == 800
+    assert verdict.evidence["p_value"] < 1e-6
+    assert verdict.evidence["mean_loss_delta"] == pytest.approx(champion.mean() - challenger.mean())
+    assert verdict.evidence["relative_improvement"] > 0.2
+    assert "segment.country=US.relative_regression" in verdict.evidence
+
+
+def test_a_tie_is_refused():
+    champion = losses(800, 0.5)
+    verdict = decide_promotion(champion, champion.copy(), [{}] * 800, SPEC)
+    assert verdict.outcome == "refuse"
+    assert verdict.evidence["p_value"] == 1.0
+    assert "no significant improvement" in verdict.reason
+
+
+def test_noise_is_not_an_improvement():
+    champion = losses(800, 0.5)
+    challenger = champion + rng.normal(0, 0.05, 800)  # same model, noisy: no systematic gain
+    assert decide_promotion(champion, challenger, [{}] * 800, SPEC).outcome == "refuse"
+
+
+def test_a_worse_challenger_is_refused():
+    champion = losses(800, 0.4)
+    assert decide_promotion(champion, champion + 0.1, [{}] * 800, SPEC).outcome == "refuse"
+
+
+def test_below_min_samples_it_waits():
+    champion = losses(499, 0.6)
+    verdict = decide_promotion(champion, champion - 0.3, [{}] * 499, SPEC)
+    assert verdict.outcome == "wait"
+    assert verdict.evidence == {"sample_count": 499.0}
+
+
+def test_min_improvement_is_relative_to_the_champion():
+    champion = losses(800, 0.5, 0.01)
+    challenger = champion * 0.97  # 3 % better, very significant
+    strict = SPEC.model_copy(update={"min_improvement": 0.05})
+    assert decide_promotion(champion, challenger, [{}] * 800, SPEC).outcome == "promote"
+    assert decide_promotion(champion, challenger, [{}] * 800, strict).outcome == "refuse"
+
+
+def test_a_segment_regression_refuses_a_better_model_and_names_the_segment():
+    n = 900
+    segments = [{"country": "US" if i % 3 else "FR", "customer_tier": "gold"} for i in range(n)]
+    champion = losses(n, 0.5, 0.05)
+    challenger = champion - 0.2
+    fr = np.array([s["country"] == "FR" for s in segments])
+    challenger[fr] = champion[fr] * 1.10  # 10 % worse for the 300 French events
+    verdict = decide_promotion(champion, challenger, segments, SPEC)
+    assert verdict.outcome == "refuse"
+    assert verdict.segment == "country=FR"
+    assert "country=FR" in verdict.reason and "better overall" in verdict.reason
+    assert verdict.evidence["segment.country=FR.relative_regression"] == pytest.approx(0.10)
+    assert verdict.evidence["segment.country=FR.sample_count"] == 300
+
+
+def test_a_small_segment_does_not_block_promotion():
+    n = 900
+    segments = [{"country": "FR" if i < 50 else "US"} for i in range(n)]
+    champion = losses(n, 0.5, 0.05)
+    challenger = champion - 0.2
+    challenger[:50] = champion[:50] * 1.5
+    verdict = decide_promotion(champion, challenger, segments, SPEC)
+    assert verdict.outcome == "promote"  # 50 < segment_min_samples
+
+
+def test_wilcoxon_agrees_on_a_clear_winner():
+    champion = losses(600, 0.6)
+    assert decide_promotion(champion, champion - 0.1, [{}] * 600, SPEC, test="wilcoxon").outcome == "promote"
+    statistic, p = paired_test(champion, champion - 0.1 + rng.normal(0, 0.01, 600), "wilcoxon")
+    assert p < 1e-10 and statistic > 0
+
+
+FRAUD = ModelSpec(name="fraud", task="classification", estimator="river.linear_model.LogisticRegression",
+                  positive_class="true", cost_matrix={"true": {"true": 0.0, "false": 50.0},
+                                                      "false": {"true": 2.0, "false": 0.0}})
+
+
+def _pred(p_true: float, predicted: str | None = None) -> dict:
+    return {"predicted_class": predicted or ("true" if p_true >= 0.5 else "false"),
+            "probabilities": {"true": p_true, "false": 1 - p_true}}
+
+
+def test_event_losses_per_metric():
+    assert event_loss("log_loss", FRAUD, True, _pred(0.8)) == pytest.approx(-math.log(0.8))
+    assert event_loss("log_loss", FRAUD, False, _pred(0.8)) == pytest.approx(-math.log(0.2))
+    assert event_loss("log_loss", FRAUD, True, {"probabilities": {"True": 0.7, "False": 0.3}}) == \
+        pytest.approx(-math.log(0.7))
+    assert event_loss("zero_one", FRAUD, True, _pred(0.3)) == 1.0
+    assert event_loss("cost", FRAUD, True, _pred(0.3)) == 50.0  # missed fraud
+    assert event_loss("cost", FRAUD, False, _pred(0.9)) == 2.0  # false alarm
+    assert event_loss("cost", FRAUD, False, _pred(0.1)) == 0.0
+    assert event_loss("log_loss", FRAUD, True, {}) is None
+    regression = ModelSpec(name="eta", task="regression", estimator="river.linear_model.LinearRegression")
+    assert event_loss("log_loss", regression, 3.0, {"value": 5.0}) == 4.0  # falls back to squared error
+    assert event_loss("absolute_error", regression, 3.0, {"value": 5.0}) == 2.0
+    assert class_key(True) == "true" and class_key("False") == "false" and class_key("FR") == "FR"
+
+
+def test_a_cost_based_decision_follows_the_cost_matrix_not_the_log_loss():
+    # The champion is calibrated but never flags fraud; the challenger flags it, with a few false alarms.
+    labels = [i % 10 == 0 for i in range(1000)]
+    champion = [_pred(0.4 if y else 0.05) for y in labels]
+    challenger = [_pred(0.6 if y else (0.55 if i % 20 == 1 else 0.2)) for i, y in enumerate(labels)]
+    cost = SPEC.model_copy(update={"segment_min_samples": 10_000})
+    base = [event_loss("cost", FRAUD, y, p) for y, p in zip(labels, champion, strict=True)]
+    chal = [event_loss("cost", FRAUD, y, p) for y, p in zip(labels, challenger, strict=True)]
+    verdict = decide_promotion(base, chal, [{}] * 1000, cost)
+    assert verdict.outcome == "promote"
+    assert verdict.evidence["baseline_mean_loss"] == pytest.approx(5.0)  # 100 missed frauds × 50 / 1000
+    assert verdict.evidence["challenger_mean_loss"] == pytest.approx(0.1)  # 50 false alarms × 2 / 1000
+    refused = decide_promotion(chal, base, [{}] * 1000, cost)
+    assert refused.outcome == "refuse"
+
+
+def test_holdout_metrics_are_named_as_snapshots_name_them():
+    metrics = holdout_metrics(FRAUD, [True, False, True, False], [_pred(0.9), _pred(0.2), _pred(0.4), _pred(0.1)])
+    assert metrics["accuracy"] == 0.75
+    assert metrics["sample_count"] == 4
+    assert metrics["log_loss"] == pytest.approx(-np.mean(np.log([0.9, 0.8, 0.4, 0.9])))
+    assert metrics["cost"] == 50.0 and metrics["mean_cost"] == 12.5
+
+
+def test_rollback_when_the_new_champion_is_worse_beyond_the_margin():
+    predecessor = losses(400, 0.4, 0.05)
+    verdict = decide_rollback(predecessor, predecessor * 1.10, SPEC)
+    assert verdict.outcome == "rollback"
+    assert verdict.evidence["relative_regression"] == pytest.approx(0.10)
+    assert verdict.evidence["p_value"] < 0.001
+    assert decide_rollback(predecessor, predecessor * 1.01, SPEC).outcome == "keep"
+    assert decide_rollback(predecessor, predecessor * 0.8, SPEC).outcome == "keep"
+    assert decide_rollback(predecessor[:299], predecessor[:299] * 2, SPEC).outcome == "wait"
+
+
+def test_canary_is_promoted_or_rolled_back_on_its_share_of_traffic():
+    champion = losses(2000, 0.4, 0.05)
+    assert decide_canary(champion, losses(300, 0.38, 0.05), SPEC).outcome == "promote"
+    rolled = decide_canary(champion, losses(300, 0.5, 0.05), SPEC)
+    assert rolled.outcome == "rollback" and rolled.evidence["p_value"] < 0.001
+    assert decide_canary(champion, losses(100, 0.9), SPEC).outcome == "wait"

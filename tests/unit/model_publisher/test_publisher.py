@@ -1,0 +1,246 @@
+"""The model publisher's logic without a broker: bootstrap, registration, promotion, refusal, rollback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from services.model_publisher.judging import JudgingPolicy
+from services.model_publisher.publisher import PublisherPolicy, PublisherProcessor, PublisherTopics
+from streamloop.contracts.pipeline import PipelineSpec
+from streamloop.kafka.records import ProcessResult
+from streamloop.ml import ArtifactRef
+from streamloop.ml.registry import CANARY, CHAMPION, DeploymentTable, bootstrap_version, shadow_slot, slot_key
+from tests.unit.model_publisher.factories import T0, artifact_store, candidate, consumed, examples, with_policy
+
+TOPICS = PublisherTopics("cand", "lab", "met", "dep", "dec", "alerts")
+
+
+class Harness:
+    def __init__(self, spec: PipelineSpec, root: Path, policy: PublisherPolicy | None = None,
+                 table: DeploymentTable | None = None) -> None:
+        self.spec = spec
+        self.now = T0
+        self.table = table or DeploymentTable()
+        self.table.ready = True
+        self.store = artifact_store(root)
+        self.processor = PublisherProcessor(spec, TOPICS, self.table, self.store, policy=policy,
+                                            clock=lambda: self.now)
+        self.offsets: dict[str, int] = {}
+
+    def feed(self, topic: str, values: list[dict]) -> ProcessResult:
+        batch = []
+        for value in values:
+            offset = self.offsets.get(topic, 0)
+            self.offsets[topic] = offset + 1
+            batch.append(consumed(topic, value, offset, timestamp_ms=self.now))
+        return self.processor.process(batch)
+
+    def slot(self, slot: str) -> dict | None:
+        return self.table.slot(self.spec.name, self.spec.model.name, slot)
+
+    def bootstrap(self) -> str:
+        self.processor.tick(self.now)
+        return self.slot(CHAMPION)["version"]
+
+    def shadow(self, **kwargs) -> str:
+        self.now += 1000
+        record = candidate(self.spec, self.store, created_ms=self.now, **kwargs)
+        self.feed("cand", [record])
+        return record["version"]
+
+
+def decisions(result: ProcessResult) -> list[dict]:
+    return [o.value for o in result.outputs if o.topic == "dec"]
+
+
+def deployments(result: ProcessResult) -> dict[str, dict | None]:
+    return {o.key: o.value for o in result.outputs if o.topic == "dep"}
+
+
+@pytest.fixture
+def harness(demo_pipeline, tmp_path) -> Harness:
+    return Harness(demo_pipeline, tmp_path)
+
+
+def test_bootstrap_publishes_an_initial_champion_once(harness, demo_pipeline):
+    result = harness.processor.tick(T0)
+    version = bootstrap_version(demo_pipeline.model)
+    assert version.startswith("fraud-bootstrap-")
+    assert [(d["kind"], d["to_version"]) for d in decisions(result)] == [("REGISTER", version), ("PROMOTE", version)]
+    champion = deployments(result)[slot_key("card-fraud", "fraud", CHAMPION)]
+    assert champion["version"] == version and champion["role"] == "CHAMPION"
+    assert champion["decision_id"] == f"{version}:promote"
+    assert callable(harness.store.load_model(ArtifactRef.from_record(champion["artifact"])).learn_one)
+    assert harness.processor.tick(T0 + 10_000).outputs == []
+
+
+def test_no_bootstrap_when_the_registry_has_a_champion_or_is_not_read_yet(demo_pipeline, tmp_path):
+    first = Harness(demo_pipeline, tmp_path)
+    first.bootstrap()
+    restarted = Harness(demo_pipeline, tmp_path, table=first.table)
+    assert restarted.processor.tick(T0).outputs == []
+    unread = DeploymentTable()
+    waiting = Harness(demo_pipeline, tmp_path / "other", table=unread)
+    unread.ready = False
+    assert waiting.processor.tick(T0).outputs == []
+    unread.ready = True
+    assert len(waiting.processor.tick(T0).outputs) == 3
+
+
+def test_a_verified_candidate_becomes_a_shadow_once(harness):
+    champion = harness.bootstrap()
+    record = candidate(harness.spec, harness.store, parent=champion, created_ms=T0 + 5)
+    result = harness.feed("cand", [record])
+    assert [d["kind"] for d in decisions(result)] == ["REGISTER", "SHADOW"]
+    assert decisions(result)[0]["evidence"]["heldout.log_loss"] == 0.3
+    shadow = harness.slot(shadow_slot(record["version"]))
+    assert shadow["role"] == "SHADOW" and shadow["previous_version"] == champion
+    assert harness.feed("cand", [record]).outputs == [], "a replayed candidate is not registered twice"
+
+
+def test_a_tampered_or_foreign_signed_artifact_is_refused_and_never_deployed(harness, tmp_path):
+    harness.bootstrap()
+    tampered = candidate(harness.spec, harness.store, created_ms=T0 + 1)
+    path = Path(tampered["artifact"]["uri"].removeprefix("file://"))
+    path.write_bytes(path.read_bytes() + b"\x00")
+    foreign_store = artifact_store(tmp_path / "foreign", key=b"another-key-0123456789")
+    foreign = candidate(harness.spec, foreign_store, created_ms=T0 + 2)
+    result = harness.feed("cand", [tampered, foreign])
+    refusals = decisions(result)
+    assert [d["kind"] for d in refusals] == ["REFUSE", "REFUSE"]
+    assert "content hash" in refusals[0]["reason"] and "signature" in refusals[1]["reason"]
+    assert deployments(result) == {}
+    assert set(harness.table.slots("card-fraud", "fraud")) == {CHAMPION}
+
+
+def promote(harness: Harness) -> tuple[str, str]:
+    old = harness.bootstrap()
+    new = harness.shadow(parent=old)
+    result = harness.feed("lab", examples(600, models={old: (0.5, "CHAMPION"), new: (0.8, "SHADOW")}))
+    kinds = [d["kind"] for d in decisions(result)]
+    assert kinds == ["PROMOTE"], kinds
+    return old, new
+
+
+def test_a_clearly_better_shadow_is_promoted_and_its_predecessor_kept_for_the_watch(harness):
+    old, new = promote(harness)
+    champion = harness.slot(CHAMPION)
+    assert champion["version"] == new and champion["previous_version"] == old
+    assert harness.slot(shadow_slot(new)) is None
+    kept = harness.slot(shadow_slot(old))
+    assert kept["version"] == old and kept["decision_id"] == champion["decision_id"] == f"{new}:promote"
+
+
+def test_promotion_waits_for_min_samples_and_ignores_replays(harness):
+    old = harness.bootstrap()
+    new = harness.shadow()
+    batch = examples(499, models={old: (0.5, "CHAMPION"), new: (0.9, "SHADOW")})
+    assert decisions(harness.feed("lab", batch)) == []
+    # The same records replayed (same offsets) and the same events again (new offsets) add nothing.
+    harness.processor.process([consumed("lab", v, i) for i, v in enumerate(batch)])
+    assert decisions(harness.feed("lab", batch)) == []
+    assert harness.slot(CHAMPION)["version"] == old
+
+
+def test_an_automatic_rollback_when_the_new_champion_does_worse_live(harness):
+    old, new = promote(harness)
+    result = harness.feed("lab", examples(350, start=1000, models={new: (0.6, "CHAMPION"), old: (0.8, "SHADOW")}))
+    rollback = decisions(result)
+    assert [d["kind"] for d in rollback] == ["ROLLBACK"]
+    assert rollback[0]["from_version"] == new and rollback[0]["to_version"] == old
+    assert rollback[0]["evidence"]["relative_regression"] > harness.spec.promotion.rollback_margin
+    assert rollback[0]["automatic"] is True
+    champion = harness.slot(CHAMPION)
+    assert champion["version"] == old and champion["previous_version"] == new
+    assert harness.slot(shadow_slot(old)) is None
+    assert set(harness.table.slots("card-fraud", "fraud")) == {CHAMPION}
+
+
+def test_a_champion_that_holds_up_retires_its_predecessor_after_the_watch(demo_pipeline, tmp_path):
+    harness = Harness(demo_pipeline, tmp_path, PublisherPolicy(judging=JudgingPolicy(rollback_watch_samples=400)))
+    old, new = promote(harness)
+    result = harness.feed("lab", examples(450, start=1000, models={new: (0.8, "CHAMPION"), old: (0.5, "SHADOW")}))
+    assert [(d["kind"], d["from_version"]) for d in decisions(result)] == [("RETIRE", old)]
+    assert harness.slot(shadow_slot(old)) is None and harness.slot(CHAMPION)["version"] == new
+
+
+def test_a_shadow_that_is_no_better_is_refused_and_retired(harness):
+    old = harness.bootstrap()
+    new = harness.shadow()
+    result = harness.feed("lab", examples(600, models={old: (0.7, "CHAMPION"), new: (0.7, "SHADOW")}))
+    refused = decisions(result)
+    assert [d["kind"] for d in refused] == ["REFUSE"] and "no significant improvement" in refused[0]["reason"]
+    assert deployments(result) == {slot_key("card-fraud", "fraud", shadow_slot(new)): None}
+
+
+def test_a_segment_regression_is_refused_naming_the_segment(harness):
+    old = harness.bootstrap()
+    new = harness.shadow()
+    countries = iter([{"country": "FR" if i % 4 == 0 else "US"} for i in range(10_000)])
+    batch = examples(800, models={old: (0.6, "CHAMPION"), new: (0.85, "SHADOW")}, segments=countries)
+    for example in batch:
+        if example["segments"]["country"] == "FR":
+            for p in example["predictions"]:
+                if p["model_version"] == new:  # the challenger is much worse for French cards
+                    right = 0.4
+                    p["probabilities"] = {"true": right if example["label"] else 1 - right,
+                                          "false": 1 - right if example["label"] else right}
+    refused = decisions(harness.feed("lab", batch))
+    assert [d["kind"] for d in refused] == ["REFUSE"]
+    assert "segment country=FR" in refused[0]["reason"]
+    assert refused[0]["evidence"]["segment.country=FR.relative_regression"] > 0.05
+    assert harness.slot(CHAMPION)["version"] == old
+
+
+def test_at_most_max_shadows_challengers(demo_pipeline, tmp_path):
+    harness = Harness(demo_pipeline, tmp_path, PublisherPolicy(judging=JudgingPolicy(max_shadows=2)))
+    harness.bootstrap()
+    first, second = harness.shadow(), harness.shadow()
+    harness.now += 1000
+    third = candidate(harness.spec, harness.store, created_ms=harness.now)
+    result = harness.feed("cand", [third])
+    assert [(d["kind"], d["to_version"] or d["from_version"]) for d in decisions(result)] == [
+        ("RETIRE", first), ("REGISTER", third["version"]), ("SHADOW", third["version"])]
+    assert {s for s in harness.table.slots("card-fraud", "fraud")} == {
+        CHAMPION, shadow_slot(second), shadow_slot(third["version"])}
+
+
+def test_with_a_canary_weight_a_winner_serves_a_share_first_then_becomes_champion(demo_pipeline, tmp_path):
+    spec = with_policy(demo_pipeline, promotion={"canary_weight": 0.2})
+    harness = Harness(spec, tmp_path)
+    old = harness.bootstrap()
+    new = harness.shadow()
+    result = harness.feed("lab", examples(600, models={old: (0.5, "CHAMPION"), new: (0.8, "SHADOW")}))
+    assert [d["kind"] for d in decisions(result)] == ["PROMOTE"]
+    canary = harness.slot(CANARY)
+    assert canary["version"] == new and canary["canary_weight"] == 0.2 and canary["role"] == "CANARY"
+    assert harness.slot(CHAMPION)["version"] == old
+    served = examples(1600, start=1000, models={old: (0.5, "CHAMPION")})
+    canary_events = examples(400, start=5000, models={new: (0.8, "CANARY")})
+    result = harness.feed("lab", served + canary_events)
+    assert [d["kind"] for d in decisions(result)] == ["PROMOTE"]
+    assert harness.slot(CHAMPION)["version"] == new and harness.slot(CANARY) is None
+    assert harness.slot(shadow_slot(old))["decision_id"] == harness.slot(CHAMPION)["decision_id"]
+
+
+def test_a_canary_worse_than_the_champion_is_rolled_back(demo_pipeline, tmp_path):
+    harness = Harness(with_policy(demo_pipeline, promotion={"canary_weight": 0.2}), tmp_path)
+    old = harness.bootstrap()
+    new = harness.shadow()
+    harness.feed("lab", examples(600, models={old: (0.5, "CHAMPION"), new: (0.8, "SHADOW")}))
+    result = harness.feed("lab", examples(1600, start=1000, models={old: (0.7, "CHAMPION")})
+                          + examples(400, start=5000, models={new: (0.55, "CANARY")}))
+    assert [(d["kind"], d["from_version"], d["to_version"]) for d in decisions(result)] == [("ROLLBACK", new, old)]
+    assert harness.slot(CANARY) is None and harness.slot(CHAMPION)["version"] == old
+
+
+def test_a_record_that_cannot_be_judged_is_dead_lettered_and_the_batch_flows(harness):
+    old = harness.bootstrap()
+    good = examples(2, models={old: (0.6, "CHAMPION")})
+    garbage = {"model_name": "fraud", "model_version": old, "probabilities": {"true": "high"}}
+    broken = {**good[0], "event_id": "broken", "predictions": [garbage]}
+    result = harness.feed("lab", [good[0], broken, good[1]])
+    assert [r.record.value["event_id"] for r in result.rejections] == ["broken"]
+    assert len(harness.processor.ledger) == 2

@@ -1,0 +1,103 @@
+"""Staleness alerts: raised once when a condition starts to hold, cleared once when it stops."""
+
+from __future__ import annotations
+
+from services.model_publisher.staleness import Champion, StalenessMonitor, decay_metric, metric_decay
+from tests.unit.model_publisher.factories import T0, consumed, with_policy
+from tests.unit.model_publisher.test_publisher import Harness
+
+HOUR = 3_600_000
+
+
+def snapshot(version: str, log_loss: float, samples: int = 500, end: int = T0, segment: str | None = None) -> dict:
+    return {"pipeline": "card-fraud", "model_name": "fraud", "model_version": version, "role": "CHAMPION",
+            "window_start": end - 60_000, "window_end": end, "segment_field": segment,
+            "segment_value": "US" if segment else None, "sample_count": samples,
+            "metrics": {"log_loss": log_loss, "accuracy": 0.9}, "label_delay_ms": {}, "emitted_at": end}
+
+
+def states(alerts: list[dict]) -> list[tuple[str, str]]:
+    return [(a["alert"], a["state"]) for a in alerts]
+
+
+def test_a_stale_model_is_raised_once_and_cleared_by_a_fresh_champion(demo_pipeline):
+    monitor = StalenessMonitor(demo_pipeline)
+    old = Champion("fraud-a", T0, {})
+    monitor.observe_label(T0 + 25 * HOUR)
+    assert states(monitor.check(T0 + 23 * HOUR, old)) == []
+    raised = monitor.check(T0 + 25 * HOUR, old)
+    assert states(raised) == [("stale_model", "RAISED")]
+    assert raised[0]["observed"] == 25 * 3600 and raised[0]["threshold"] == 24 * 3600
+    assert raised[0]["model_version"] == "fraud-a" and raised[0]["source"] == "model-publisher"
+    monitor.observe_label(T0 + 26 * HOUR)
+    assert monitor.check(T0 + 26 * HOUR, old) == [], "raised once, not on every check"
+    fresh = Champion("fraud-b", T0 + 25 * HOUR, {})
+    assert states(monitor.check(T0 + 26 * HOUR, fresh)) == [("stale_model", "CLEARED")]
+    assert monitor.gauges["model_age_seconds"] == 3600
+
+
+def test_label_silence_raises_and_a_new_label_clears(demo_pipeline):
+    monitor = StalenessMonitor(demo_pipeline)
+    champion = Champion("fraud-a", T0, {})
+    monitor.observe_label(T0)
+    assert monitor.check(T0 + 9 * 60_000, champion) == []
+    assert states(monitor.check(T0 + 11 * 60_000, champion)) == [("no_labels", "RAISED")]
+    monitor.observe_label(T0 + 11 * 60_000)
+    assert states(monitor.check(T0 + 12 * 60_000, champion)) == [("no_labels", "CLEARED")]
+    assert monitor.gauges["label_silence_seconds"] == 60
+
+
+def test_silence_counts_from_start_when_no_label_ever_came(demo_pipeline):
+    monitor = StalenessMonitor(demo_pipeline)
+    champion = Champion("fraud-a", T0, {})
+    assert monitor.check(T0, champion) == []
+    assert states(monitor.check(T0 + 11 * 60_000, champion)) == [("no_labels", "RAISED")]
+
+
+def test_metric_decay_against_the_validation_metric(demo_pipeline):
+    monitor = StalenessMonitor(demo_pipeline)
+    champion = Champion("fraud-a", T0, {"log_loss": 0.30})
+    monitor.observe_label(T0)
+    monitor.observe_snapshot(snapshot("fraud-a", 0.31))
+    assert monitor.check(T0 + 1000, champion) == []
+    monitor.observe_snapshot(snapshot("fraud-a", 0.9, segment="country"))  # a segment is not the population
+    monitor.observe_snapshot(snapshot("fraud-a", 0.9, samples=10, end=T0 + 1))  # too few events to judge
+    assert monitor.check(T0 + 2000, champion) == []
+    monitor.observe_snapshot(snapshot("fraud-a", 0.36, end=T0 + 2))
+    raised = monitor.check(T0 + 3000, champion)
+    assert states(raised) == [("metric_decay", "RAISED")]
+    assert raised[0]["observed"] > 0.05 and "log_loss" in raised[0]["message"]
+    monitor.observe_snapshot(snapshot("fraud-a", 0.30, end=T0 + 3))
+    assert states(monitor.check(T0 + 4000, champion)) == [("metric_decay", "CLEARED")]
+
+
+def test_decay_direction_and_metric_choice(demo_pipeline):
+    assert metric_decay("accuracy", 0.9, 0.8) > 0 and metric_decay("log_loss", 0.3, 0.2) < 0
+    assert decay_metric(demo_pipeline) == "log_loss"
+    assert decay_metric(with_policy(demo_pipeline, promotion={"metric": "cost"})) == "mean_cost"
+    assert decay_metric(with_policy(demo_pipeline, promotion={"metric": "zero_one"})) == "accuracy"
+
+
+class Gauges:
+    def __init__(self) -> None:
+        self.values: dict[str, float] = {}
+
+    def gauge(self, name: str):
+        return lambda value, attributes=None: self.values.__setitem__(name, value)
+
+    def counter(self, name: str):
+        return lambda amount=1, attributes=None: None
+
+
+def test_the_publisher_emits_alert_records_and_gauges(demo_pipeline, tmp_path):
+    harness = Harness(demo_pipeline, tmp_path)
+    gauges = Gauges()
+    harness.processor._metrics = gauges
+    harness.bootstrap()
+    harness.processor.process([consumed("lab", {"pipeline": "card-fraud", "event_id": "x", "predictions": []}, 0,
+                                        timestamp_ms=T0)])
+    result = harness.processor.tick(T0 + 11 * 60_000)
+    alerts = [o for o in result.outputs if o.topic == "alerts"]
+    assert [(o.key, o.value["state"]) for o in alerts] == [("no_labels", "RAISED")]
+    assert gauges.values["streamloop_label_silence_seconds"] == 660
+    assert "streamloop_model_age_seconds" in gauges.values
