@@ -1,0 +1,3 @@
+from services.ground_truth_collector.app import main
+
+raise SystemExit(main())

@@ -1,0 +1,471 @@
+"""The ground-truth collector's composition root: a faust-streaming app, the only module that wires I/O.
+
+Three agents (docs/ground-truth-collector.md has the picture and the reasons):
+
+1. ``key_by_event``: features, predictions, shadow predictions and labels are decoded, checked
+   and forwarded (original bytes) to ``<app>-by-event``, keyed by event_id by this app's producer.
+   Undecodable or invalid records go to ``<topic>.dlq`` with Kafka Connect's error headers.
+2. ``join``: the keyed stream, a batch at a time, through one :class:`JoinPartition` per
+   partition over the ``join-state`` table (memory store, changelog topic). Outputs are awaited
+   until acknowledged, then the batch's state is written, then its records are acknowledged.
+3. ``score``: joined examples through the single-partition ``<app>-joined`` topic into the
+   prequential metrics; MetricSnapshot records when a window closes.
+
+A timer writes tick records into both internal topics so idle partitions' clocks can run on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+import time
+from typing import Any
+
+import faust
+from aiokafka.partitioner import DefaultPartitioner
+from confluent_kafka import Consumer, TopicPartition
+from pydantic import ValidationError
+
+from services.ground_truth_collector.entries import JoinInput, SourceRef
+from services.ground_truth_collector.faust_options import faust_options
+from services.ground_truth_collector.join import Decision, JoinConfig, JoinCounters, Joined, JoinPartition
+from services.ground_truth_collector.pacing import Pacer, SourceOrder
+from services.ground_truth_collector.reporting import CollectorMetrics
+from services.ground_truth_collector.routing import (
+    HEADER_DECIDED_AT,
+    HEADER_LABEL_SOURCE,
+    HEADER_ORIGIN,
+    INPUT_ROLES,
+    RESUME,
+    TICK,
+    control_headers,
+    control_of,
+    event_id_of,
+    forwarded_headers,
+    header,
+    header_list,
+    keyed_headers,
+    read_keyed,
+    with_millis,
+)
+from services.ground_truth_collector.scoring import MetricsStage
+from services.ground_truth_collector.settings import SERVICE, CollectorSettings
+from services.ground_truth_collector.state import TableStore
+from streamloop.errors import StreamloopError
+from streamloop.kafka import dead_letters
+from streamloop.kafka.exceptions import InvalidRecordError
+from streamloop.ml.evaluation import EvaluationConfig, WindowReport
+from streamloop.serde import SerdeError
+from streamloop.service.context import ServiceContext, configure_logging
+from streamloop.telemetry import Telemetry, configure_telemetry
+
+log = logging.getLogger(__name__)
+
+OUTPUTS = ["labeled_examples", "unmatched_labels", "metrics"]
+_RAW = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
+_CLOSED_UNTIL = "closed_until"
+
+
+class Collector:
+    """The faust app of the collector and the state its agents share; ``run`` blocks until stopped."""
+
+    def __init__(self, ctx: ServiceContext, settings: CollectorSettings, telemetry: Telemetry) -> None:
+        self.ctx = ctx
+        self.settings = settings
+        self.telemetry = telemetry
+        self.exit_code = 0
+        spec = ctx.pipeline
+        horizon = spec.labels.join_horizon
+        remember = horizon if settings.remember_expired is None else settings.remember_expired
+        self.join_config = JoinConfig(
+            pipeline=spec.name, horizon_ms=horizon, grace_ms=settings.join_grace, remember_ms=remember,
+            max_entries=settings.max_entries_per_partition, idle_after_ms=settings.idle_after,
+            future_tolerance_ms=settings.future_tolerance,
+            sources=tuple(f"{t.name}:{p}" for t in map(ctx.topic, INPUT_ROLES) for p in range(t.partitions)))
+        self.evaluation = EvaluationConfig.from_spec(spec, settings.metrics_window, settings.metrics_lateness)
+        self.counters = JoinCounters()
+        self.partitions: dict[int, JoinPartition] = {}
+        self.scoring: MetricsStage | None = None
+        self.report = CollectorMetrics(telemetry.metrics)
+        self.pacer = Pacer(settings.idle_after / 1000)
+        self.order = SourceOrder()
+        self._partitioner = DefaultPartitioner()
+        self.inputs = {ctx.topic(role).name: role for role in INPUT_ROLES}
+        self.serdes = {ctx.topic(role).name: ctx.serde(role) for role in [*INPUT_ROLES, *OUTPUTS]}
+        self.app = self._make_app()
+        self._wire()
+
+    # -- the app -----------------------------------------------------------------------------
+
+    def _make_app(self) -> faust.App:
+        self.keyed_partitions = self.settings.keyed_partitions or self.ctx.topic("labels").partitions
+        self._keyed_range = list(range(self.keyed_partitions))
+        return faust.App(self.ctx.group_id, **faust_options(self.settings, self.keyed_partitions))
+
+    def _wire(self) -> None:
+        app, ctx, settings = self.app, self.ctx, self.settings
+        group = ctx.group_id
+        self.sources = app.topic(*self.inputs, **_RAW)
+        self.keyed = app.topic(f"{group}-by-event", partitions=self.keyed_partitions, internal=True, **_RAW)
+        self.joined = app.topic(f"{group}-joined", partitions=1, internal=True, **_RAW)
+        self.outputs = {role: app.topic(ctx.topic(role).name, **_RAW) for role in OUTPUTS}
+        self.dead_letter_topics = {name: app.topic(ctx.topic(role).dead_letter_topic, **_RAW)
+                                   for name, role in self.inputs.items()}
+        # bytes key and value types make the changelog raw bytes (a faust.Schema would turn them into JSON).
+        self.state = TableStore(app.Table("join-state", partitions=self.keyed_partitions, key_type=bytes,
+                                          value_type=bytes))
+        self.scoring_state = TableStore(app.Table("scoring-state", partitions=1, key_type=bytes, value_type=bytes))
+        app.agent(self.sources, name="key_by_event")(self._key_by_event)
+        app.agent(self.keyed, name="join")(self._join)
+        app.agent(self.joined, name="score")(self._score)
+        app.timer(settings.tick_interval / 1000)(self._tick)
+        app.timer(settings.metrics_report_interval / 1000)(self._report)
+        app.on_partitions_revoked.connect(self._on_revoked)
+
+    def _on_revoked(self, _sender: Any, revoked: set, **_: Any) -> None:
+        self.pacer.reassigned()
+        self.order.reset()
+        keyed = {tp.partition for tp in revoked if tp.topic == self.keyed.get_topic_name()}
+        for partition in keyed:
+            self.partitions.pop(partition, None)
+        self.state.forget(keyed)
+        if any(tp.topic == self.joined.get_topic_name() for tp in revoked):
+            self.scoring = None
+
+    # -- agent 1: key every input by event_id ------------------------------------------------
+
+    async def _key_by_event(self, stream: Any) -> None:
+        task = self.ctx.pipeline.model.task
+        resumed = False
+        # The stream is iterated at once: an agent that awaits anything before its first iteration
+        # can be left without records by faust when a restart and table recovery coincide. Records
+        # are acknowledged by hand, once forwarded, in order per partition (SourceOrder).
+        async for event in stream.noack().events():
+            await self.app.tables.recovery.completed.wait()
+            if self.pacer.baseline is None:
+                await self._load_baseline()
+            if not resumed:  # before forwarding any backlog: see StreamClock.resume
+                await self._resume(self.keyed, self._keyed_range)
+                resumed = True
+            message = event.message
+            if not await self._in_order(message):
+                continue
+            self.report.consumed[message.topic] += 1
+            kind = INPUT_ROLES[self.inputs[message.topic]]
+            source = SourceRef(message.topic, message.partition, message.offset)
+            headers = header_list(message.headers)
+            try:
+                event_id = event_id_of(kind, self.serdes[message.topic].decode(message.value), task)
+            except (SerdeError, InvalidRecordError) as exc:
+                stage = dead_letters.STAGE_DECODE if isinstance(exc, SerdeError) else dead_letters.STAGE_VALIDATION
+                await self._dead_letter(message, stage, exc)
+                await self._forwarded(stream, event)
+                continue
+            # The partition is chosen here (the producer's default murmur2) to know which went quiet.
+            key = event_id.encode()
+            partition = self._partitioner(key, self._keyed_range, self._keyed_range)
+            await self.keyed.send(key=key, value=message.value, partition=partition,
+                                  headers=keyed_headers(kind, source, headers))
+            self.pacer.keyed(partition)
+            await self._forwarded(stream, event)
+
+    async def _in_order(self, message: Any) -> bool:
+        """True to forward this record now; a record out of order is skipped or re-read (SourceOrder)."""
+        tp = (message.topic, message.partition)
+        baseline = (self.pacer.baseline or {}).get(tp)
+        verdict = self.order.check(tp, message.offset, baseline)
+        if verdict == SourceOrder.RESEEK:
+            expected = self.order.expected(tp, baseline)
+            log.warning("%s[%d]: got offset %d, expected %s; reading the partition again from there",
+                        message.topic, message.partition, message.offset, expected)
+            await self.app.consumer.seek(message.tp, expected)
+        return verdict == SourceOrder.PROCESS
+
+    async def _forwarded(self, stream: Any, event: Any) -> None:
+        message = event.message
+        await stream.ack(event)
+        self.order.forwarded((message.topic, message.partition), message.offset)
+        self.pacer.done(message.topic, message.partition, message.offset, "sources")
+
+    async def _resume(self, topic: Any, partitions: list[int]) -> None:
+        for partition in partitions:
+            await topic.send(key=None, value=b"", partition=partition, headers=control_headers(RESUME))
+        log.info("%s: resume markers written to %s", SERVICE, topic.get_topic_name())
+
+    async def _dead_letter(self, message: Any, stage: str, error: BaseException) -> None:
+        headers = dead_letters.dead_letter_headers(
+            header_list(message.headers), topic=message.topic, partition=message.partition,
+            offset=message.offset, stage=stage, error=error, service=SERVICE)
+        await self.dead_letter_topics[message.topic].send(key=message.key, value=message.value, headers=headers)
+        self.telemetry.metrics.record_dead_letters(message.topic, type(error).__name__)
+        log.warning("dead-lettered %s[%d]@%d: %s", message.topic, message.partition, message.offset, error)
+
+    async def _dead_letter_keyed(self, message: Any, error: BaseException) -> None:
+        """A keyed record the join cannot apply goes to its source topic's dead-letter topic."""
+        try:
+            _, source = read_keyed(header_list(message.headers))
+        except InvalidRecordError:
+            source = None
+        if source is None or source.topic not in self.dead_letter_topics:
+            log.error("dropping keyed record %s[%d]@%d of unknown origin: %s", message.topic, message.partition,
+                      message.offset, error)
+            return
+        headers = dead_letters.dead_letter_headers(
+            header_list(message.headers), topic=source.topic, partition=source.partition, offset=source.offset,
+            stage=dead_letters.STAGE_PROCESS, error=error, service=SERVICE)
+        await self.dead_letter_topics[source.topic].send(key=message.key, value=message.value, headers=headers)
+        self.telemetry.metrics.record_dead_letters(source.topic, type(error).__name__)
+
+    # -- agent 2: the join -------------------------------------------------------------------
+
+    async def _join(self, stream: Any) -> None:
+        wait = self.settings.batch_wait / 1000
+        resumed = False
+        async for events in stream.noack_take(self.settings.batch_size, within=wait):
+            # Never before the table is restored (faust can deliver records during recovery);
+            # what is delivered again after recovery's seek is recognised as a replay.
+            await self.app.tables.recovery.completed.wait()
+            if not resumed:
+                await self._resume(self.joined, [0])
+                resumed = True
+            pending: list[Any] = []
+            for event in events:
+                try:
+                    decisions = self._apply(event)
+                except Exception as exc:  # noqa: BLE001 - one poison record must not stop the join
+                    log.exception("join failed on %s[%d]@%d", event.message.topic, event.message.partition,
+                                  event.message.offset)
+                    await self._dead_letter_keyed(event.message, exc)
+                    continue
+                for decision in decisions:
+                    pending += await self._send_decision(decision, event.message)
+            await self._settle(pending)
+            await self._settle(await self.state.flush())
+            for event in events:
+                await stream.ack(event)
+                self.pacer.done(event.message.topic, event.message.partition, event.message.offset, "keyed")
+
+    def _apply(self, event: Any) -> list[Decision]:
+        message = event.message
+        partition = self.partitions.get(message.partition)
+        if partition is None:
+            partition = JoinPartition(message.partition, self.state, self.join_config, self.counters)
+            self.partitions[message.partition] = partition
+        timestamp_ms = int(message.timestamp * 1000)
+        headers = header_list(message.headers)
+        control = control_of(headers)
+        if control == RESUME:
+            partition.resume(timestamp_ms)
+            return []
+        if control == TICK:
+            return partition.tick(timestamp_ms)
+        kind, source = read_keyed(headers)
+        value = with_millis(kind, self.serdes[source.topic].decode(message.value))
+        item = JoinInput(kind, message.key.decode(), value, source, timestamp_ms)
+        return partition.apply(item)
+
+    async def _send_decision(self, decision: Decision, trigger: Any) -> list[Any]:
+        """Send a decision's records; returns their delivery futures. ``trigger`` is the keyed message."""
+        trigger_headers = header_list(trigger.headers)
+        if isinstance(decision, Joined):
+            value = self.serdes[self.ctx.topic("labeled_examples").name].encode(decision.example)
+            label = (HEADER_LABEL_SOURCE, decision.label_source.text().encode())
+            decided_at = (HEADER_DECIDED_AT, str(decision.decided_at).encode())
+            origin = (HEADER_ORIGIN, SourceRef(trigger.topic, trigger.partition, trigger.offset).text().encode())
+            futures = [await self.joined.send(
+                key=decision.example["event_id"].encode(), value=value, partition=0,
+                headers=forwarded_headers(trigger_headers, label, decided_at, origin))]
+            self.pacer.joined()
+            if not decision.late_prediction:
+                futures.append(await self.outputs["labeled_examples"].send(
+                    key=decision.example["entity_key"].encode(), value=value,
+                    headers=forwarded_headers(trigger_headers, label)))
+            return futures
+        value = self.serdes[self.ctx.topic("unmatched_labels").name].encode(decision.record)
+        return [await self.outputs["unmatched_labels"].send(
+            key=decision.record["event_id"].encode(), value=value,
+            headers=forwarded_headers(trigger_headers, (HEADER_LABEL_SOURCE, decision.label_source.text().encode())))]
+
+    async def _settle(self, futures: list[Any]) -> None:
+        """Wait until every output is acknowledged; a failure stops the worker before state is written."""
+        if not futures:
+            return
+        try:
+            await asyncio.gather(*futures)
+        except Exception as exc:
+            self.state.discard()
+            self._fail(f"outputs not acknowledged: {exc}")
+            raise
+
+    # -- agent 3: prequential metrics --------------------------------------------------------
+
+    async def _score(self, stream: Any) -> None:
+        held: list[tuple[Any, int | None]] = []
+        wait = self.settings.batch_wait / 1000
+        async for events in stream.noack_take(self.settings.batch_size, within=wait):
+            await self.app.tables.recovery.completed.wait()
+            scoring = self._scoring()
+            for event in events:
+                message = event.message
+                self.pacer.done(message.topic, message.partition, message.offset, "joined")
+                timestamp_ms = int(message.timestamp * 1000)
+                headers = header_list(message.headers)
+                control = control_of(headers)
+                decided_at = header(headers, HEADER_DECIDED_AT)
+                if control is not None or decided_at is None:
+                    if control == RESUME:
+                        scoring.clock.resume(timestamp_ms)
+                    else:
+                        scoring.tick(timestamp_ms)
+                    held.append((event, None))
+                    continue
+                example = self.serdes[self.ctx.topic("labeled_examples").name].decode(message.value)
+                origin = SourceRef.parse((header(headers, HEADER_ORIGIN) or b"?:0:0").decode())
+                held.append((event, scoring.add(example, int(decided_at), origin, timestamp_ms)))
+            reports = scoring.close()
+            if reports:
+                await self._publish(reports)
+                self.scoring_state.put(_CLOSED_UNTIL, {"closed_until": scoring.closed_until}, 0)
+                await self._settle(await self.scoring_state.flush())
+            still_held = []
+            for event, window in held:
+                if scoring.is_reported(window):
+                    await stream.ack(event)
+                else:
+                    still_held.append((event, window))
+            held = still_held
+
+    def _scoring(self) -> MetricsStage:
+        if self.scoring is None:
+            stored = self.scoring_state.get(_CLOSED_UNTIL) or {}
+            keyed = self.keyed.get_topic_name()
+            self.scoring = MetricsStage(self.evaluation, self.settings.idle_after, stored.get("closed_until"),
+                                        sources=tuple(f"{keyed}:{p}" for p in self._keyed_range),
+                                        future_tolerance_ms=self.settings.future_tolerance)
+        return self.scoring
+
+    async def _publish(self, reports: list[WindowReport]) -> None:
+        serde = self.serdes[self.ctx.topic("metrics").name]
+        now = int(time.time() * 1000)
+        futures = []
+        for report in reports:
+            snapshot = report.snapshot(self.ctx.pipeline.name, now)
+            futures.append(await self.outputs["metrics"].send(
+                key=snapshot["model_version"].encode(), value=serde.encode(snapshot)))
+        await self._settle(futures)
+        self.report.windows(reports)
+
+    # -- timers ------------------------------------------------------------------------------
+
+    async def _tick(self) -> None:
+        """Tick the partitions that went quiet while caught up, so their clocks can run on."""
+        now = self.pacer.warmed_up(self.app.tables.recovery.completed.is_set())
+        consumer = self.app.consumer
+        if now is not None and self.pacer.baseline is None:
+            await self._load_baseline()
+        if now is None or await self._unstick(now) or not await self.pacer.caught_up(consumer, set(self.inputs)):
+            return
+        for partition in self.pacer.quiet_keyed(now, self._keyed_range):
+            await self.keyed.send(key=None, value=b"", partition=partition, headers=control_headers(TICK))
+        if self.pacer.quiet_joined(now) and await self.pacer.caught_up(consumer, {self.keyed.get_topic_name()}):
+            await self.joined.send(key=None, value=b"", partition=0, headers=control_headers(TICK))
+
+    async def _unstick(self, now: float) -> bool:
+        """Seek back to the committed offsets when an agent idles on a backlog (see pacing.py)."""
+        stall_after = self.settings.stall_after / 1000
+        if now - self.pacer.last_reseek < stall_after:
+            return False
+        groups = {"sources": set(self.inputs), "keyed": {self.keyed.get_topic_name()},
+                  "joined": {self.joined.get_topic_name()}}
+        for group, topics in groups.items():
+            stuck = await self.pacer.stalled(self.app.consumer, topics, group, now, stall_after)
+            if stuck:
+                log.warning("%s: no progress for %.0fs although %s have records to read; seeking back to the "
+                            "committed offsets", group, stall_after, ", ".join(f"{tp.topic}[{tp.partition}]"
+                                                                              for tp in stuck))
+                self.pacer.last_reseek = now
+                self.pacer.last_progress = dict.fromkeys(groups, now)
+                self.report.consumer_reseeks += 1
+                await self.app.consumer.perform_seek()
+                return True
+        return False
+
+    async def _load_baseline(self) -> None:
+        tps = [(tp.topic, tp.partition) for tp in self.app.consumer.assignment()]
+        self.pacer.baseline = await asyncio.get_running_loop().run_in_executor(None, self._committed, tps)
+
+    def _committed(self, tps: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
+        """The group's committed offsets (the low watermark where there is none), read with confluent-kafka."""
+        consumer = Consumer(self.settings.common.kafka.consumer(self.ctx.group_id))
+        try:
+            found = consumer.committed([TopicPartition(t, p) for t, p in tps], timeout=10)
+            offsets = {}
+            for tp in found:
+                offset = tp.offset
+                if offset < 0:
+                    offset = consumer.get_watermark_offsets(TopicPartition(tp.topic, tp.partition), timeout=10)[0]
+                offsets[(tp.topic, tp.partition)] = offset
+            return offsets
+        finally:
+            consumer.close()
+
+    def _totals(self) -> dict[str, int]:
+        totals = self.counters.as_dict()
+        if self.scoring is not None:
+            totals.update({f"outcomes_{k}": v for k, v in vars(self.scoring.counters).items()})
+        totals["consumer_reseeks"] = self.report.consumer_reseeks
+        return totals
+
+    async def _report(self) -> None:
+        partitions = list(self.partitions.values())
+        log.info("DEBUG consumed %s totals %s", dict(self.report.consumed), self._totals())
+        self.report.report(self._totals(), sum(p.pending for p in partitions), sum(p.size for p in partitions))
+
+    # -- running -----------------------------------------------------------------------------
+
+    def _fail(self, reason: str) -> None:
+        log.error("%s: %s; stopping (the unacknowledged batch is replayed on restart)", SERVICE, reason)
+        self.exit_code = 1
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    def run(self) -> int:
+        worker = faust.Worker(self.app, loglevel=self.settings.common.log_level.lower(), quiet=True,
+                              override_logging=False, redirect_stdouts=False)
+        try:
+            worker.execute_from_commandline()
+        except SystemExit as exc:
+            if exc.code not in (None, 0):
+                self.exit_code = self.exit_code or int(exc.code) if isinstance(exc.code, int) else 1
+        finally:
+            log.info("%s: stopped; counters %s", SERVICE, self._totals())
+            self.telemetry.shutdown()
+        if self.app.crash_reason is not None:
+            self.exit_code = self.exit_code or 1
+        return self.exit_code
+
+
+def build(settings: CollectorSettings) -> Collector:
+    ctx = ServiceContext.load(SERVICE, settings.common)
+    telemetry_settings = settings.telemetry
+    if telemetry_settings.service_name == "streamloop":
+        telemetry_settings = telemetry_settings.model_copy(update={"service_name": SERVICE})
+    return Collector(ctx, settings, configure_telemetry(telemetry_settings))
+
+
+def main() -> int:
+    try:
+        settings = CollectorSettings()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        print(f"{SERVICE}: invalid setting {'.'.join(map(str, first['loc']))}: {first['msg']}", file=sys.stderr)
+        return 2
+    configure_logging(settings.common.log_level, SERVICE)
+    try:
+        collector = build(settings)
+    except (StreamloopError, ValueError) as exc:
+        print(f"{SERVICE}: {exc}", file=sys.stderr)
+        return 2
+    return collector.run()

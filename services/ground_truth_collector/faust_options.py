@@ -1,0 +1,40 @@
+"""The collector's settings turned into ``faust.App`` keyword arguments, in one place."""
+
+from __future__ import annotations
+
+import tempfile
+from typing import Any
+
+import mode
+
+from services.ground_truth_collector.settings import SERVICE, CollectorSettings
+
+
+def faust_options(settings: CollectorSettings, keyed_partitions: int) -> dict[str, Any]:
+    common = settings.common
+    kafka = common.kafka
+    # Static membership: on the embedded broker a restarted member gets its partitions back only
+    # with the same group.instance.id (docs/ground-truth-collector.md).
+    instance = kafka.group_instance_id or (f"{SERVICE}-{common.instance_id}" if common.instance_id else None)
+    return {
+        **kafka.faust_broker_options(),
+        "store": "memory://",  # the changelog is the state; nothing on local disk to lose or restore
+        "datadir": str(settings.data_dir or tempfile.mkdtemp(prefix=f"{SERVICE}-")),
+        "web_enabled": False,
+        "topic_partitions": keyed_partitions,
+        "producer_acks": -1,
+        "broker_client_id": kafka.client_id,
+        "consumer_auto_offset_reset": "earliest",
+        "broker_session_timeout": kafka.session_timeout_ms / 1000,
+        "broker_heartbeat_interval": max(0.5, kafka.session_timeout_ms / 5000),
+        "broker_commit_interval": settings.commit_interval / 1000,
+        "broker_commit_every": settings.batch_size,
+        "producer_linger": kafka.linger_ms / 1000,
+        "producer_max_request_size": kafka.message_max_bytes,
+        "consumer_group_instance_id": instance,
+        # Held acknowledgements (the metrics windows) must not block a rebalance or shutdown:
+        # unacknowledged records are simply processed again (at-least-once).
+        "stream_wait_empty": False,
+        # A failed agent stops the worker; its batch was not acknowledged and is replayed.
+        "agent_supervisor": mode.CrashingSupervisor,
+    }

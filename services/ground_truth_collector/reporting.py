@@ -1,0 +1,56 @@
+"""The collector's Prometheus series, on top of the service metrics every streamloop service has.
+
+- ``streamloop_model_accuracy{model_name,model_version,role}``: accuracy of the last closed window
+- ``streamloop_label_delay_seconds{model_name,model_version,role,quantile}``: label delay (p50, p90,
+  p99, max) in the last closed window
+- ``streamloop_collector_events_total{event}``: the join's and the metrics stage's counters
+  (labels_in, joined, after_horizon, no_matching_event, duplicate, evicted, replayed, outcomes_late...)
+- ``streamloop_collector_pending_labels``, ``streamloop_collector_join_entries``: join state size
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Mapping
+
+from streamloop.ml.evaluation import WindowReport
+from streamloop.telemetry import ServiceMetrics
+
+
+class CollectorMetrics:
+    def __init__(self, metrics: ServiceMetrics) -> None:
+        self.metrics = metrics
+        self.consumed: Counter[str] = Counter()
+        self.consumer_reseeks = 0
+        self._reported: dict[str, int] = {}
+        self._accuracy = metrics.gauge("streamloop_model_accuracy",
+                                       "Prequential accuracy of the last closed window, per model.")
+        self._delay = metrics.gauge("streamloop_label_delay_seconds",
+                                    "Label delay (label_time - event_time) in the last closed window.")
+        self._events = metrics.counter("streamloop_collector_events", "What the join and the metrics stage did.")
+        self._pending = metrics.gauge("streamloop_collector_pending_labels", "Labels waiting for their event.")
+        self._entries = metrics.gauge("streamloop_collector_join_entries", "Entries in the join state.")
+
+    def windows(self, reports: Iterable[WindowReport]) -> None:
+        for report in reports:
+            if report.segment is not None:
+                continue
+            name, version, role = report.model
+            model = {"model_name": name, "model_version": version, "role": role}
+            if "accuracy" in report.metrics:
+                self._accuracy(report.metrics["accuracy"], model)
+            for quantile, value in report.label_delay_ms.items():
+                self._delay(value / 1000, {**model, "quantile": quantile})
+
+    def report(self, totals: Mapping[str, int], pending: int, entries: int) -> None:
+        """Called periodically: consumed records per topic, counter increments, state gauges."""
+        for topic, count in self.consumed.items():
+            self.metrics.record_batch(topic, 1, count, 0.0)
+        self.consumed.clear()
+        for name, value in totals.items():
+            previous = self._reported.get(name, 0)
+            if value != previous:
+                self._events(value - previous, {"event": name})
+                self._reported[name] = value
+        self._pending(pending)
+        self._entries(entries)

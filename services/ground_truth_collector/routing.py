@@ -1,0 +1,111 @@
+"""From the collector's input topics to the keyed stream, and the headers that carry what it needs.
+
+Features and predictions are keyed by ``entity_key`` and labels by ``event_id``, with whatever
+partitioner their producer used, so nothing guarantees a label and its event share a partition.
+The collector therefore re-keys all four inputs by ``event_id`` into one internal topic written by
+its own producer (one partitioner), keeping each record's original Avro bytes and saying where it
+came from in headers. A label and everything about its event then reach the same join partition,
+in one ordered log.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from services.ground_truth_collector.entries import Kind, SourceRef
+from streamloop.kafka.exceptions import InvalidRecordError
+from streamloop.kafka.records import Headers
+from streamloop.ml.evaluation import millis
+
+HEADER_KIND = "streamloop.join.kind"
+HEADER_SOURCE = "streamloop.join.source"
+HEADER_DECIDED_AT = "streamloop.join.decided_at"
+HEADER_LABEL_SOURCE = "streamloop.label.source"
+HEADER_ORIGIN = "streamloop.join.origin"  # the join partition (keyed record) a joined example came from
+TICK = "tick"
+RESUME = "resume"
+
+# The catalog roles the collector joins, and what each one is to the join.
+INPUT_ROLES: dict[str, Kind] = {
+    "features": Kind.FEATURES,
+    "predictions": Kind.PREDICTION,
+    "shadow_predictions": Kind.PREDICTION,
+    "labels": Kind.LABEL,
+}
+_OWN_HEADERS = (HEADER_KIND, HEADER_SOURCE)
+
+
+def event_id_of(kind: Kind, value: Mapping[str, Any], task: str) -> str:
+    """The join key of a decoded input, after the checks the join relies on."""
+    event_id = value.get("event_id")
+    if not isinstance(event_id, str) or not event_id:
+        raise InvalidRecordError("event_id is empty", rule="event_id.required")
+    if kind is Kind.LABEL and task == "regression":
+        label = value.get("label")
+        if isinstance(label, bool) or not isinstance(label, int | float):
+            raise InvalidRecordError(f"a regression label must be a number, not {label!r}", rule="label.type")
+    return event_id
+
+
+_TIMES = {Kind.LABEL: ("label_time",), Kind.FEATURES: ("event_time", "computed_at"),
+          Kind.PREDICTION: ("event_time", "scored_at")}
+
+
+def with_millis(kind: Kind, value: dict[str, Any]) -> dict[str, Any]:
+    """The decoded record with its timestamp-millis fields as ms (the decoder gives datetimes)."""
+    for name in _TIMES[kind]:
+        if name in value and value[name] is not None:
+            value[name] = millis(value[name])
+    return value
+
+
+def header_list(headers: Any) -> Headers:
+    """Kafka headers as a list of (name, bytes) whatever shape the client handed them over in."""
+    if not headers:
+        return []
+    if isinstance(headers, Mapping):
+        return [(str(k), bytes(v)) for k, v in headers.items() if v is not None]
+    return [(str(k), bytes(v)) for k, v in headers if v is not None]
+
+
+def header(headers: Iterable[tuple[str, bytes]], name: str) -> bytes | None:
+    for key, value in headers:
+        if key == name:
+            return value
+    return None
+
+
+def keyed_headers(kind: Kind, source: SourceRef, original: Headers) -> Headers:
+    """The original headers (trace context included) plus the kind and origin of the record."""
+    kept = [(k, v) for k, v in original if k not in _OWN_HEADERS]
+    return kept + [(HEADER_KIND, kind.value.encode()), (HEADER_SOURCE, source.text().encode())]
+
+
+def control_headers(control: str) -> Headers:
+    """Headers of a control record: a TICK (time passes) or a RESUME (a collector started)."""
+    return [(HEADER_KIND, control.encode())]
+
+
+def control_of(headers: Headers) -> str | None:
+    """TICK or RESUME for a control record, None for a data record."""
+    kind = header(headers, HEADER_KIND)
+    text = kind.decode() if kind is not None else None
+    return text if text in (TICK, RESUME) else None
+
+
+def read_keyed(headers: Headers) -> tuple[Kind, SourceRef]:
+    """(kind, source) of a keyed data record."""
+    kind = header(headers, HEADER_KIND)
+    if kind is None:
+        raise InvalidRecordError(f"keyed record without a {HEADER_KIND} header", rule="keyed.kind")
+    source = header(headers, HEADER_SOURCE)
+    if source is None:
+        raise InvalidRecordError(f"keyed record without a {HEADER_SOURCE} header", rule="keyed.source")
+    return Kind(kind.decode()), SourceRef.parse(source.decode())
+
+
+def forwarded_headers(original: Headers, *extra: tuple[str, bytes]) -> Headers:
+    """Headers of an output: the trigger's trace context, without the keyed stream's own headers."""
+    kept = [(k, v) for k, v in original if k not in (*_OWN_HEADERS, HEADER_DECIDED_AT, HEADER_ORIGIN)]
+    return kept + list(extra)

@@ -1,0 +1,50 @@
+"""Settings of the ground-truth collector (``COLLECTOR_*``); the README has the table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from streamloop.contracts.pipeline import DurationMs, PositiveDurationMs
+from streamloop.service.settings import CommonSettings
+from streamloop.telemetry.settings import TelemetrySettings
+
+SERVICE = "ground-truth-collector"
+
+
+class CollectorSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="COLLECTOR_", frozen=True, extra="ignore")
+
+    common: CommonSettings = Field(default_factory=CommonSettings)
+    telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
+
+    # The join (the horizon itself is the spec's labels.join_horizon).
+    join_grace: DurationMs = Field(
+        default=30_000, description="Kept beyond the horizon for records that arrive a little out of order.")
+    remember_expired: DurationMs | None = Field(
+        default=None, description="How long an expired entry is remembered to classify a late label "
+                                  "(AFTER_HORIZON, DUPLICATE); unset: the join horizon; 0: not at all.")
+    max_entries_per_partition: int = Field(default=200_000, ge=1)
+    idle_after: PositiveDurationMs = Field(
+        default=30_000, description="Wall time without records after which a source stops holding the clock back.")
+    future_tolerance: DurationMs = Field(
+        default=3_600_000, description="A time this far beyond its record's Kafka timestamp does not move the clock.")
+    tick_interval: PositiveDurationMs = 1_000
+    stall_after: PositiveDurationMs = Field(
+        default=30_000, description="An agent idle this long while its input has a backlog: seek back (faust stall).")
+    keyed_partitions: int | None = Field(
+        default=None, ge=1, description="Partitions of the keyed stream; unset: as many as the labels topic.")
+
+    # Prequential metrics.
+    metrics_window: PositiveDurationMs = 10_000
+    metrics_lateness: DurationMs = 5_000
+
+    # Batching and faust.
+    batch_size: int = Field(default=500, ge=1)
+    batch_wait: PositiveDurationMs = 50
+    commit_interval: PositiveDurationMs = 1_000
+    data_dir: Path | None = Field(
+        default=None, description="faust's data directory; unset: a temporary one (the memory store keeps nothing).")
+    metrics_report_interval: PositiveDurationMs = 5_000
