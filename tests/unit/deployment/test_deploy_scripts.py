@@ -1,0 +1,95 @@
+"""deploy/create_topics.py and deploy/healthcheck.py, without a broker (their plan and their checks)."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import pytest
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from prometheus_client import CollectorRegistry, start_http_server
+
+from streamloop.contracts import load_catalog
+from tests.unit.deployment.conftest import DEPLOY, REPO, load_module
+
+create_topics = load_module(DEPLOY / "create_topics.py")
+healthcheck = load_module(DEPLOY / "healthcheck.py")
+DEMO_SPEC = REPO / "examples" / "card_fraud" / "pipeline.yaml"
+
+
+@pytest.fixture(scope="module")
+def catalog(demo_pipeline):
+    return load_catalog(demo_pipeline)
+
+
+def test_plan_creates_every_catalog_and_dead_letter_topic(catalog):
+    plan = create_topics.plan(catalog, replication_factor=3, min_insync_replicas=2)
+    by_name = {t.topic: t for t in plan.topics}
+    assert set(by_name) == set(catalog.all_topic_names())
+    for spec in catalog:
+        assert by_name[spec.name].num_partitions == spec.partitions
+        assert by_name[spec.name].config["cleanup.policy"] == spec.cleanup_policy
+    assert {t.replication_factor for t in plan.topics} == {3}
+    assert {t.config["min.insync.replicas"] for t in plan.topics} == {"2"}
+
+
+def test_plan_registers_every_catalog_topic_value_schema(catalog):
+    plan = create_topics.plan(catalog)
+    assert set(plan.subjects) == {f"{spec.name}-value" for spec in catalog}
+    assert all("min.insync.replicas" not in t.config for t in plan.topics)
+
+
+def test_min_insync_cannot_exceed_the_replicas(catalog):
+    with pytest.raises(ValueError, match="min.insync.replicas"):
+        create_topics.plan(catalog, replication_factor=1, min_insync_replicas=2)
+
+
+def test_schemas_register_once_under_topic_value_subjects(catalog):
+    subjects = create_topics.plan(catalog).subjects
+    first = create_topics.register_schemas("mock://deploy-scripts", {}, subjects)
+    again = create_topics.register_schemas("mock://deploy-scripts", {}, subjects)
+    assert first == again  # registering the same schema is a no-op: same ids
+    assert len(first) == len(subjects)
+
+
+def test_dry_run_prints_the_plan(monkeypatch, capsys):
+    monkeypatch.setenv("STREAMLOOP_PIPELINE", str(DEMO_SPEC))
+    monkeypatch.setenv("STREAMLOOP_TOPIC_PREFIX", "t1.")
+    assert create_topics.main(["--dry-run", "--replication-factor", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "topic t1.features.feature-vector.v1 partitions=6 replication=3" in out
+    assert "schema t1.models.model-deployment.v1-value" in out
+
+
+def test_a_bad_spec_exits_2_with_one_line(monkeypatch, capsys, tmp_path):
+    monkeypatch.setenv("STREAMLOOP_PIPELINE", str(tmp_path / "missing.yaml"))
+    assert create_topics.main(["--dry-run"]) == 2
+    assert capsys.readouterr().err.startswith("create_topics: ")
+
+
+def test_metrics_check_passes_only_when_the_endpoint_answers():
+    server, thread = start_http_server(0, addr="127.0.0.1", registry=CollectorRegistry())
+    try:
+        port = server.server_port
+        assert healthcheck.main(["metrics", "--port", str(port)]) == 0
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+    assert healthcheck.main(["metrics", "--port", str(port), "--timeout", "1"]) == 1
+
+
+def test_grpc_check_follows_the_health_service():
+    server = grpc.server(ThreadPoolExecutor(max_workers=2))
+    servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+        assert healthcheck.main(["grpc", "--port", str(port)]) == 1
+        servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+        assert healthcheck.main(["grpc", "--port", str(port)]) == 0
+    finally:
+        server.stop(None)
+    assert healthcheck.main(["grpc", "--port", str(port), "--timeout", "1"]) == 1
