@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import heapq
 import importlib.util
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from types import ModuleType
 from typing import Any
 
@@ -31,8 +33,11 @@ def load_generator(pipeline: PipelineSpec) -> ModuleType:
     path = pipeline.base_dir / "generator.py"
     if not path.is_file():
         raise FileNotFoundError(f"no generator.py beside the pipeline spec in {pipeline.base_dir}")
-    spec = importlib.util.spec_from_file_location(f"streamloop_generator_{pipeline.name}", path)
+    name = f"streamloop_generator_{pipeline.name.replace('-', '_')}"
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    # Registered before it runs: dataclasses look their module up in sys.modules.
+    sys.modules[name] = module
     spec.loader.exec_module(module)  # type: ignore[union-attr]
     return module
 
@@ -141,7 +146,7 @@ class LoopDriver:
         input_topic = self.catalog["input"]
         label_topic = self.catalog["labels"]
         event_serde, label_serde = self._serde("input"), self._serde("labels")
-        producer = Producer(self.kafka.producer(linger_ms=2))
+        producer = Producer(self.kafka.producer(**{"linger.ms": 2}))
         pending_labels: list[tuple[float, int, dict]] = []
         started = time.monotonic()
         sent = 0
@@ -218,8 +223,10 @@ class LoopDriver:
 
             before = [e for i, e in by_index if drift_index - window <= i < drift_index]
             after = [e for _, e in by_index[-window:]]
-            detections = [d for d in obs.drift_events if d["window_end"] >= start_ms + drift_index * 1000 / rate_per_s]
-            first = min((d["window_end"] for d in detections), default=None)
+            # The generator stamps event i at start_ms + i / rate, so a window's end names an event index.
+            detected_at = sorted(int((_millis(d["window_end"]) - start_ms) * rate_per_s / 1000)
+                                 for d in obs.drift_events)
+            after_drift = [i for i in detected_at if i >= drift_index]
             kinds = [d["kind"] for d in obs.decisions]
             return {
                 "events_in": len(obs.produced_at_ms),
@@ -231,8 +238,9 @@ class LoopDriver:
                 "accuracy_before_drift": accuracy(before),
                 "accuracy_after_recovery": accuracy(after),
                 "drift_at": drift_index,
-                "drift_detected_at": None if first is None else int((first - start_ms) * rate_per_s / 1000),
+                "drift_detected_at": after_drift[0] if after_drift else None,
                 "drift_events": len(obs.drift_events),
+                "drift_events_before_drift": len(detected_at) - len(after_drift),
                 "promotions": sum(1 for d in obs.decisions if d["kind"] == "PROMOTE" and d.get("from_version")),
                 "rollbacks": kinds.count("ROLLBACK"),
                 "model_versions": len(set(obs.model_version.values())),
@@ -240,3 +248,10 @@ class LoopDriver:
                 "latency_p50_ms": float(np.percentile(latencies, 50)) if latencies else None,
                 "latency_p99_ms": float(np.percentile(latencies, 99)) if latencies else None,
             }
+
+
+def _millis(value: Any) -> int:
+    """An Avro timestamp-millis as fastavro decodes it (an aware datetime) or as raw milliseconds."""
+    if isinstance(value, datetime):
+        return int(value.timestamp() * 1000)
+    return int(value)
