@@ -386,12 +386,48 @@ class Collector:
                 log.warning("%s: no progress for %.0fs although %s have records to read; seeking back to the "
                             "committed offsets", group, stall_after, ", ".join(f"{tp.topic}[{tp.partition}]"
                                                                               for tp in stuck))
+                self._diag(stuck)
                 self.pacer.last_reseek = now
                 self.pacer.last_progress = dict.fromkeys(groups, now)
                 self.report.consumer_reseeks += 1
                 await self.app.consumer.perform_seek()
                 return True
         return False
+
+    def _diag(self, stuck) -> None:  # TEMP diagnostics
+        try:
+            c = self.app.consumer
+            ak = c._thread._ensure_consumer()
+            assignment = ak._fetcher._subscriptions.subscription.assignment
+            fetcher = ak._fetcher
+            log.warning("DIAG flow_active=%s flow_control=%s recovery=%s active=%d paused=%d buffered=%s",
+                        c.flow_active, self.app.flow_control.is_active(), self.app.tables.recovery.completed.is_set(),
+                        len(c._active_partitions or ()), len(c._paused_partitions), c._buffered_partitions)
+            for tp in stuck:
+                st = assignment.state_value(tp)
+                rec = fetcher._records.get(tp)
+                log.warning("DIAG %s[%d] active=%s paused=%s buffered=%s read=%s committed=%s | ak paused=%s pos=%s "
+                            "status=%s hw=%s records=%s processed=%s order=%s baseline=%s",
+                            tp.topic[-30:], tp.partition, tp in (c._active_partitions or ()), tp in c._paused_partitions,
+                            tp in c._buffered_partitions, c._read_offset.get(tp), c._committed_offset.get(tp),
+                            st.paused, st._position, st._status, st.highwater, rec,
+                            self.pacer.processed.get((tp.topic, tp.partition)),
+                            self.order.next.get((tp.topic, tp.partition)),
+                            (self.pacer.baseline or {}).get((tp.topic, tp.partition)))
+            log.warning("DIAG fetch tasks=%s pending=%s", getattr(fetcher, "_fetch_task", None),
+                        getattr(fetcher, "_pending_tasks", None))
+            import io
+            for task in asyncio.all_tasks():
+                out = io.StringIO()
+                task.print_stack(limit=30, file=out)
+                text = out.getvalue()
+                if "ground_truth_collector" in text or "conductor" in text or "fetcher" in text.lower():
+                    log.warning("DIAG task %s\n%s", task.get_name(), text)
+            for chan in list(self.app.topics._topics):
+                log.warning("DIAG queue %s size=%s", str(chan.get_topic_name())[-30:], chan.queue.qsize())
+            log.warning("DIAG producer buffer=%s", self.app.producer.buffer.size)
+        except Exception:
+            log.exception("DIAG failed")
 
     async def _load_baseline(self) -> None:
         tps = [(tp.topic, tp.partition) for tp in self.app.consumer.assignment()]
