@@ -57,6 +57,8 @@ class LoopObservation:
     labeled_examples: int = 0
     dead_letters: int = 0
     labels_sent: int = 0
+    bad_promotion: dict | None = None
+    unmatched_labels: dict[str, int] = field(default_factory=dict)  # per reason
 
 
 class LoopDriver:
@@ -80,6 +82,7 @@ class LoopDriver:
             self.catalog["model_decisions"].name: ("model_decisions", self._on_decision),
             self.catalog["drift_events"].name: ("drift_events", self._on_drift),
             self.catalog["labeled_examples"].name: ("labeled_examples", self._on_labeled_example),
+            self.catalog["unmatched_labels"].name: ("unmatched_labels", self._on_unmatched_label),
         }
         dead_letter_topics = [t.dead_letter_topic for t in self.catalog if t.dead_letter]
         thread = threading.Thread(target=self._read, args=(topics, dead_letter_topics), daemon=True,
@@ -132,6 +135,11 @@ class LoopDriver:
     def _on_labeled_example(self, _value: dict, _timestamp_ms: int) -> None:
         with self._lock:
             self.observed.labeled_examples += 1
+
+    def _on_unmatched_label(self, value: dict, _timestamp_ms: int) -> None:
+        with self._lock:
+            reason = str(value["reason"])
+            self.observed.unmatched_labels[reason] = self.observed.unmatched_labels.get(reason, 0) + 1
 
     def stop(self) -> None:
         self._stop.set()
@@ -196,6 +204,17 @@ class LoopDriver:
             except BufferError:
                 producer.poll(0.05)
 
+    def wait_for_labels(self, timeout_s: float) -> bool:
+        """Until every label sent came back joined or unmatched (the collector caught up)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with self._lock:
+                obs = self.observed
+                if obs.labeled_examples + sum(obs.unmatched_labels.values()) >= obs.labels_sent:
+                    return True
+            time.sleep(0.2)
+        return False
+
     def wait_for_predictions(self, timeout_s: float) -> bool:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -234,6 +253,7 @@ class LoopDriver:
                 "dlq": obs.dead_letters,
                 "labels_sent": obs.labels_sent,
                 "labels_joined": obs.labeled_examples,
+                "labels_unmatched": dict(obs.unmatched_labels),
                 "lost": len(obs.produced_at_ms) - len(obs.predicted_at_ms),
                 "accuracy_before_drift": accuracy(before),
                 "accuracy_after_recovery": accuracy(after),
@@ -241,8 +261,12 @@ class LoopDriver:
                 "drift_detected_at": after_drift[0] if after_drift else None,
                 "drift_events": len(obs.drift_events),
                 "drift_events_before_drift": len(detected_at) - len(after_drift),
-                "promotions": sum(1 for d in obs.decisions if d["kind"] == "PROMOTE" and d.get("from_version")),
+                "promotions": sum(1 for d in obs.decisions
+                                  if d["kind"] == "PROMOTE" and d.get("from_version") and d.get("automatic", True)),
                 "rollbacks": kinds.count("ROLLBACK"),
+                "bad_promotion_rolled_back": None if obs.bad_promotion is None else any(
+                    d["kind"] == "ROLLBACK" and d.get("from_version") == obs.bad_promotion["to_version"]
+                    for d in obs.decisions),
                 "model_versions": len(set(obs.model_version.values())),
                 "throughput_eps": round(len(obs.predicted_at_ms) / elapsed_s, 1) if elapsed_s else None,
                 "latency_p50_ms": float(np.percentile(latencies, 50)) if latencies else None,

@@ -1,0 +1,211 @@
+"""models, score and explain: the registry, a synchronous score, and one prediction's record."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+from confluent_kafka import Consumer, TopicPartition
+from rich.console import Console
+from rich.table import Table
+
+from services.online_scorer.client import score as score_entity
+from services.online_scorer.errors import ScorerError
+from streamloop.cli.connection import BootstrapOption, DataDirOption, PipelineOption, connect, fail
+from streamloop.cli.topic_commands import _json_default, _reachable_admin
+from streamloop.kafka.configuration import KafkaSettings
+from streamloop.ml.exceptions import ModelError
+from streamloop.ml.registry import RegistryClient
+from streamloop.serde import SerdeError, make_serde
+from streamloop.stack.launcher import read_state
+
+app = typer.Typer()
+models_app = typer.Typer(help="The model registry: versions, lineage, promotions and rollbacks.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+
+
+def _registry(pipeline: Path | None, data_dir: Path, bootstrap_servers: str | None) -> RegistryClient:
+    conn = connect(pipeline, data_dir, bootstrap_servers)
+    _reachable_admin(conn.bootstrap_servers)
+    return RegistryClient(conn.pipeline, conn.catalog, KafkaSettings(bootstrap_servers=conn.bootstrap_servers))
+
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, default=_json_default, indent=2), flush=True)
+
+
+@models_app.command("list")
+def models_list(
+    json_output: bool = typer.Option(False, "--json", help="One JSON array instead of a table."),
+    pipeline: Path | None = PipelineOption,
+    data_dir: Path = DataDirOption,
+    bootstrap_servers: str | None = BootstrapOption,
+) -> None:
+    """Every known version, oldest first: where it serves, what made it, the last decision about it."""
+    try:
+        rows = _registry(pipeline, data_dir, bootstrap_servers).models()
+    except ModelError as exc:
+        raise fail(str(exc)) from None
+    if json_output:
+        _print_json(rows)
+        return
+    table = Table("version", "slots", "trigger", "parent", "samples", "last decision")
+    for row in rows:
+        table.add_row(row["version"], ",".join(row["slots"]) or "-", str(row["trigger"] or "-"),
+                      str(row["parent_version"] or "-"), str(row["sample_count"] or "-"),
+                      str(row["last_decision"] or "-"))
+    Console().print(table)
+
+
+@models_app.command("show")
+def models_show(
+    version: str = typer.Argument(..., help="A model version, as `streamloop models list` prints it."),
+    pipeline: Path | None = PipelineOption,
+    data_dir: Path = DataDirOption,
+    bootstrap_servers: str | None = BootstrapOption,
+) -> None:
+    """One version's lineage, held-out metrics, slots and decisions, as JSON."""
+    try:
+        _print_json(_registry(pipeline, data_dir, bootstrap_servers).show(version))
+    except ModelError as exc:
+        raise fail(str(exc)) from None
+
+
+@models_app.command("promote")
+def models_promote(
+    version: str = typer.Argument(..., help="The version to make champion now."),
+    reason: str = typer.Option("manual promotion", "--reason", help="Recorded in the decision event."),
+    pipeline: Path | None = PipelineOption,
+    data_dir: Path = DataDirOption,
+    bootstrap_servers: str | None = BootstrapOption,
+) -> None:
+    """Make VERSION the champion (a manual decision; the scorers swap to it live)."""
+    try:
+        decision = _registry(pipeline, data_dir, bootstrap_servers).promote(version, reason)
+    except ModelError as exc:
+        raise fail(str(exc)) from None
+    print(f"promoted {decision['to_version']} (was {decision['from_version'] or 'none'})", file=sys.stderr)
+
+
+@models_app.command("rollback")
+def models_rollback(
+    reason: str = typer.Option("manual rollback", "--reason", help="Recorded in the decision event."),
+    pipeline: Path | None = PipelineOption,
+    data_dir: Path = DataDirOption,
+    bootstrap_servers: str | None = BootstrapOption,
+) -> None:
+    """Serve the champion's predecessor again."""
+    try:
+        decision = _registry(pipeline, data_dir, bootstrap_servers).rollback(reason)
+    except ModelError as exc:
+        raise fail(str(exc)) from None
+    print(f"rolled back to {decision['to_version']} (from {decision['from_version']})", file=sys.stderr)
+
+
+def _scorer_address(address: str | None, data_dir: Path) -> str:
+    if address:
+        return address
+    state = read_state(data_dir) or {}
+    port = state.get("grpc_port") or os.environ.get("SCORER_GRPC_PORT", "50051")
+    return f"127.0.0.1:{port}"
+
+
+def _parse_features(pairs: list[str]) -> tuple[dict[str, float], dict[str, str]]:
+    numeric: dict[str, float] = {}
+    categorical: dict[str, str] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise fail(f"--feature takes NAME=VALUE, got {pair!r}", 2)
+        try:
+            numeric[name] = float(value)
+        except ValueError:
+            categorical[name] = value
+    return numeric, categorical
+
+
+@app.command()
+def score(
+    entity_id: str = typer.Argument(..., help="The entity whose online features are scored."),
+    feature: list[str] = typer.Option(None, "--feature", "-f", help="Request-time feature NAME=VALUE (repeat)."),
+    explain: bool = typer.Option(False, "--explain", help="Include the top feature contributions."),
+    address: str | None = typer.Option(None, "--address", envvar="STREAMLOOP_SCORER_ADDRESS",
+                                       help="host:port of the scorer's gRPC API; default: the running stack's."),
+    data_dir: Path = DataDirOption,
+) -> None:
+    """Score ENTITY_ID synchronously over gRPC, with the champion and its online features."""
+    numeric, categorical = _parse_features(feature or [])
+    try:
+        result = score_entity(_scorer_address(address, data_dir), entity_id, numeric=numeric,
+                              categorical=categorical, explain=explain)
+    except ScorerError as exc:
+        raise fail(str(exc)) from None
+    _print_json(result.__dict__)
+
+
+@app.command()
+def explain(
+    event_id: str = typer.Argument(..., help="The event whose prediction to show."),
+    pipeline: Path | None = PipelineOption,
+    data_dir: Path = DataDirOption,
+    bootstrap_servers: str | None = BootstrapOption,
+) -> None:
+    """Show the logged prediction(s) of EVENT_ID: model version, output, action and explanation."""
+    conn = connect(pipeline, data_dir, bootstrap_servers)
+    _reachable_admin(conn.bootstrap_servers)
+    found = [
+        {"topic": role, **record}
+        for role in ("predictions", "shadow_predictions")
+        for record in _find_event(conn.catalog, role, event_id, conn.bootstrap_servers)
+    ]
+    if not found:
+        raise fail(f"no prediction of event {event_id!r} on {conn.catalog['predictions'].name}")
+    _print_json(found[0] if len(found) == 1 else found)
+    for record in found:
+        contributions = record.get("explanation") or []
+        if contributions:
+            table = Table("feature", "value", "contribution", title=f"{record['model_version']} ({record['topic']})")
+            for c in contributions:
+                table.add_row(str(c["feature"]), str(c.get("value")), f"{c['contribution']:+.4f}")
+            Console(stderr=True).print(table)
+
+
+def _find_event(catalog, role: str, event_id: str, bootstrap_servers: str) -> list[dict[str, Any]]:
+    """Scan a topic from its oldest record to its current end; records of the event, decoded."""
+    topic = catalog[role]
+    serde = make_serde(topic.schema, catalog.repository, topic.name)
+    consumer = Consumer(KafkaSettings(bootstrap_servers=bootstrap_servers).consumer("streamloop-cli-explain"))
+    needle = event_id.encode()
+    found: list[dict[str, Any]] = []
+    try:
+        metadata = consumer.list_topics(topic.name, timeout=10).topics.get(topic.name)
+        if metadata is None or metadata.error is not None:
+            return []
+        ends = {}
+        for partition in metadata.partitions:
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic.name, partition), timeout=10)
+            if high > low:
+                ends[partition] = high
+        consumer.assign([TopicPartition(topic.name, p, -2) for p in ends])
+        while ends:
+            for message in consumer.consume(1000, 1.0):
+                if message.error() is not None:
+                    continue
+                partition = message.partition()
+                # The event id is in the record's bytes; decode only the candidates.
+                if needle in (message.value() or b""):
+                    try:
+                        record = serde.decode(message.value())
+                    except SerdeError:
+                        record = None
+                    if record is not None and record.get("event_id") == event_id:
+                        found.append(record)
+                if partition in ends and message.offset() + 1 >= ends[partition]:
+                    del ends[partition]
+    finally:
+        consumer.close()
+    return found

@@ -1,0 +1,65 @@
+"""The whole loop, as a user runs it: `streamloop demo` on its own embedded stack.
+
+One run, no restarts: events in → features → predictions; delayed, duplicated and missing labels
+→ labeled examples; an abrupt concept drift → detection → challenger → promotion; a deliberately
+bad promotion (the untrained bootstrap model, by hand) → automatic rollback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+EVENTS = 16_000
+RATE = 800
+
+
+@pytest.fixture(scope="module")
+def summary(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    data_dir = tmp_path_factory.mktemp("demo")
+    command = [sys.executable, "-m", "streamloop.cli.main", "demo", "--events", str(EVENTS), "--rate", str(RATE),
+               "--headless", "--json", "--bad-promotion-at", "0.85", "--data-dir", str(data_dir)]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "REDIS_", "STREAMLOOP_"))}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=280, env=env, check=False)
+    logs = data_dir / "demo" / "logs"
+    tails = "\n".join(f"--- {p.name}\n{p.read_text()[-1500:]}" for p in sorted(logs.glob("*.log"))) \
+        if logs.exists() else ""
+    assert result.returncode == 0, f"{result.stderr[-3000:]}\n{tails}"
+    last_line = result.stdout.strip().splitlines()[-1]
+    return json.loads(last_line) | {"_stderr": result.stderr, "_logs": tails}
+
+
+def test_every_event_gets_a_prediction(summary: dict):
+    assert summary["events_in"] == EVENTS
+    assert summary["lost"] == 0, summary
+    assert summary["predictions_out"] == EVENTS
+    assert summary["latency_p99_ms"] is not None
+
+
+def test_every_label_sent_is_joined_or_unmatched_with_a_reason(summary: dict):
+    unmatched = summary["labels_unmatched"]
+    # The generator duplicates some labels: each copy after the first is a DUPLICATE.
+    assert unmatched.get("DUPLICATE", 0) > 0, summary
+    assert summary["labels_joined"] + sum(unmatched.values()) == summary["labels_sent"], summary
+
+
+def test_the_drift_is_detected_after_it_happens(summary: dict):
+    assert summary["drift_detected_at"] is not None, summary
+    assert summary["drift_at"] <= summary["drift_detected_at"] < EVENTS
+
+
+def test_a_challenger_is_promoted_and_accuracy_recovers(summary: dict):
+    assert summary["promotions"] >= 1, summary
+    assert summary["model_versions"] >= 2, summary
+    assert summary["accuracy_after_recovery"] >= summary["accuracy_before_drift"] - 0.02, summary
+
+
+def test_a_bad_promotion_is_rolled_back_automatically(summary: dict):
+    assert summary["bad_promotion_rolled_back"] is True, summary
