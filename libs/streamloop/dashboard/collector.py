@@ -1,0 +1,97 @@
+"""The dashboard's readers wired to its model: topic records, Prometheus scrapes and lag, on threads.
+
+``DashboardCollector`` is what both views use: the web server asks it for snapshots, and so does
+``streamloop top``. Scrape targets come from a callable, so the launcher can hand over its live
+process list (ports change when a service restarts) and ``top`` the running stack's state file.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from streamloop.contracts import Catalog, PipelineSpec
+from streamloop.dashboard.assembly import DashboardModel
+from streamloop.dashboard.prometheus import ScrapeTarget, scrape
+from streamloop.dashboard.settings import DashboardSettings
+from streamloop.dashboard.sources import LagReader, TopicRecordReader
+from streamloop.kafka.configuration import KafkaSettings
+
+log = logging.getLogger(__name__)
+
+Targets = Callable[[], list[ScrapeTarget]]
+
+
+def metrics_url(port: int, host: str = "127.0.0.1") -> str:
+    return f"http://{host}:{port}/metrics"
+
+
+def targets_from_state(state: dict[str, Any]) -> list[ScrapeTarget]:
+    """The scrape targets of a running stack, from its state file (streamloop.stack.launcher)."""
+    return [ScrapeTarget(f"{s['name']}-{s['replica']}", metrics_url(s["metrics_port"]))
+            for s in state.get("services", []) if s.get("metrics_port") and s.get("pid")]
+
+
+def targets_from_processes(processes: Iterable[Any]) -> list[ScrapeTarget]:
+    """The scrape targets of the launcher's service processes that are running now."""
+    return [ScrapeTarget(p.instance_id, metrics_url(p.metrics_port)) for p in processes if p.pid]
+
+
+class DashboardCollector:
+    def __init__(self, pipeline: PipelineSpec, catalog: Catalog, kafka: KafkaSettings, targets: Targets,
+                 settings: DashboardSettings | None = None) -> None:
+        self.settings = settings or DashboardSettings()
+        self.model = DashboardModel(pipeline.name, metric="accuracy" if pipeline.model.task == "classification"
+                                    else "rmse")
+        self._targets = targets
+        self._reader = TopicRecordReader(kafka, catalog, self.model.add_record,
+                                         on_error=lambda e: self.model.source_error("kafka", e))
+        self._lag = LagReader(kafka, catalog)
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> DashboardCollector:
+        self._reader.start()
+        self._thread = threading.Thread(target=self._run, name="dashboard-collector", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._reader.stop()
+        if self._thread is not None:
+            self._thread.join(15)
+        self._lag.close()
+
+    def snapshot(self) -> dict[str, Any]:
+        return self.model.snapshot()
+
+    def _run(self) -> None:
+        next_lag = 0.0
+        while not self._stopping.is_set():
+            started = time.monotonic()
+            self.scrape_once()
+            if started >= next_lag:
+                self.read_lag_once()
+                next_lag = started + self.settings.lag_interval_s
+            self._stopping.wait(max(0.0, self.settings.scrape_interval_s - (time.monotonic() - started)))
+
+    def scrape_once(self) -> None:
+        targets = self._targets()
+        answers = {}
+        for target in targets:
+            samples = scrape(target)
+            if samples is not None:
+                answers[target.instance] = samples
+        self.model.add_scrape(time.time(), answers, len(targets))
+
+    def read_lag_once(self) -> None:
+        try:
+            rows, dead_letters = self._lag.read()
+        except Exception as exc:  # noqa: BLE001 - an unreachable broker shows on the page, it does not crash
+            self.model.source_error("lag", f"{type(exc).__name__}: {exc}")
+            return
+        self.model.add_lag(time.time(), rows, dead_letters)

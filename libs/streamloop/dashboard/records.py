@@ -1,0 +1,216 @@
+"""Figures from the loop's own monitoring topics: accuracy per model version, drift detections,
+the model timeline and alerts.
+
+Pure: fed decoded records (as the topics' Avro schemas define them) in any order and with
+duplicates (delivery is at least once), it keeps what the dashboard shows, bounded. Records are
+keyed by what identifies them, so a replayed record replaces itself instead of counting twice.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from datetime import datetime
+from typing import Any
+
+from streamloop.dashboard.series import chart, finite
+
+ROLES = ("metrics", "drift_events", "alerts", "model_deployments", "model_decisions")
+TIMELINE_KINDS = {"PROMOTE", "ROLLBACK"}  # decisions drawn as marks on the accuracy chart
+WORST_SEGMENTS = 5
+
+
+class _Bounded(OrderedDict):
+    """An insertion-ordered dict that forgets its oldest entries beyond ``size``."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        super().__setitem__(key, value)
+        while len(self) > self.size:
+            self.popitem(last=False)
+
+
+def epoch_ms(moment: datetime) -> int:
+    return round(moment.timestamp() * 1000)
+
+
+def _s(ms: Any) -> float:
+    return round(int(ms) / 1000, 3)
+
+
+class RecordViews:
+    def __init__(self, history: int = 2000, metric: str = "accuracy") -> None:
+        self.metric = metric
+        self._overall: dict[str, _Bounded] = {}  # version -> (window_start, window_end) -> snapshot
+        self._roles: dict[str, str] = {}
+        self._models: dict[str, str] = {}
+        self._segments: dict[tuple[str, str, str], dict[str, Any]] = {}  # latest per version and segment
+        self._detections = _Bounded(history)
+        self._alerts = _Bounded(history)
+        self._alert_state: dict[tuple[str, str], dict[str, Any]] = {}
+        self._deployments: dict[str, dict[str, Any]] = {}  # the compacted table: key -> current slot
+        self._timeline = _Bounded(history)
+        self.records = {role: 0 for role in ROLES}
+
+    def add(self, role: str, key: str | None, value: dict[str, Any] | None) -> None:
+        """One decoded record of ``role``'s topic; ``value`` None is a tombstone."""
+        if role not in self.records:
+            return
+        self.records[role] += 1
+        if value is not None:
+            # fastavro decodes timestamp-millis as aware datetimes; the figures work in epoch millis.
+            value = {k: epoch_ms(v) if isinstance(v, datetime) else v for k, v in value.items()}
+        handler = getattr(self, f"_on_{role}")
+        handler(key, value)
+
+    def _on_metrics(self, _key: str | None, value: dict[str, Any] | None) -> None:
+        if value is None:
+            return
+        version = value["model_version"]
+        self._models[version] = value["model_name"]
+        if value.get("segment_field") is None:
+            self._roles[version] = value["role"]
+            windows = self._overall.setdefault(version, _Bounded(self._detections.size))
+            windows[(value["window_start"], value["window_end"])] = value
+            return
+        segment = (version, value["segment_field"], str(value.get("segment_value")))
+        held = self._segments.get(segment)
+        if held is None or held["window_end"] <= value["window_end"]:
+            self._segments[segment] = value
+
+    def _on_drift_events(self, _key: str | None, value: dict[str, Any] | None) -> None:
+        if value is None:
+            return
+        identity = (value["kind"], value["detector"], value.get("feature"), value["window_end"])
+        self._detections[identity] = value
+
+    def _on_alerts(self, _key: str | None, value: dict[str, Any] | None) -> None:
+        if value is None:
+            return
+        self._alerts[(value["alert"], value.get("model_version"), value["state"], value["at"])] = value
+        # The latest state of each alert wins, whatever order copies arrive in.
+        which = (value["alert"], value.get("model_name") or "")
+        held = self._alert_state.get(which)
+        if held is None or held["at"] <= value["at"]:
+            self._alert_state[which] = value
+
+    def _on_model_deployments(self, key: str | None, value: dict[str, Any] | None) -> None:
+        slot_key = key or (f"{value['pipeline']}/{value['model_name']}/{value['slot']}" if value else "")
+        if value is None:
+            self._deployments.pop(slot_key, None)
+            return
+        self._deployments[slot_key] = value
+        self._timeline[("DEPLOY", slot_key, value["version"], value["deployed_at"])] = {
+            "at": _s(value["deployed_at"]), "kind": f"DEPLOY {value['role']}", "model": value["model_name"],
+            "from_version": value.get("previous_version"), "to_version": value["version"],
+            "reason": f"slot {value['slot']}" + (f", canary weight {value['canary_weight']:.2f}"
+                                                  if value["role"] == "CANARY" else ""),
+        }
+
+    def _on_model_decisions(self, _key: str | None, value: dict[str, Any] | None) -> None:
+        if value is None:
+            return
+        self._timeline[("DECISION", value["decision_id"])] = {
+            "at": _s(value["decided_at"]), "kind": value["kind"], "model": value["model_name"],
+            "from_version": value.get("from_version"), "to_version": value.get("to_version"),
+            "reason": value["reason"], "automatic": value.get("automatic", True),
+            "evidence": {k: finite(v) for k, v in (value.get("evidence") or {}).items()},
+        }
+
+    # -- output ------------------------------------------------------------------------------
+
+    def detections(self) -> list[dict[str, Any]]:
+        rows = []
+        for d in sorted(self._detections.values(), key=lambda d: d["detected_at"]):
+            feature = d.get("feature")
+            rows.append({
+                "at": _s(d["detected_at"]), "kind": d["kind"], "detector": d["detector"], "feature": feature,
+                "statistic": finite(d["statistic"]), "p_value": finite(d.get("p_value")),
+                "effect_size": finite(d.get("effect_size")), "severity": d["severity"],
+                "model_version": d["model_version"],
+                "label": f"{d['kind']} {d['detector']}" + (f" {feature}" if feature else ""),
+            })
+        return rows
+
+    def timeline(self) -> list[dict[str, Any]]:
+        return sorted(self._timeline.values(), key=lambda e: e["at"])
+
+    def charts(self) -> dict[str, dict[str, Any]]:
+        marks = [{"x": e["at"], "label": f"{e['kind']} {e['to_version'] or ''}".strip(), "kind": e["kind"]}
+                 for e in self.timeline() if e["kind"] in TIMELINE_KINDS]
+        metric_series, cost_series = {}, {}
+        for version, windows in self._overall.items():
+            label = f"{version} ({self._roles.get(version, '?').lower()})"
+            ordered = sorted(windows.values(), key=lambda s: s["window_end"])
+            metric_series[label] = [(_s(s["window_end"]), s["metrics"].get(self.metric)) for s in ordered]
+            costs = [(_s(s["window_end"]), s["metrics"]["cost"]) for s in ordered if "cost" in s["metrics"]]
+            if costs:
+                cost_series[label] = costs
+        return {
+            "accuracy": chart(metric_series, title=f"Prequential {self.metric} per model version",
+                              unit=self.metric, marks=marks),
+            "cost": chart(cost_series, title="Cost per window and model version", unit="cost", marks=marks),
+        }
+
+    def worst_segments(self, limit: int = WORST_SEGMENTS) -> list[dict[str, Any]]:
+        """The segments where the champion (else the latest version) does worst, in its latest windows."""
+        version = self.current_version()
+        rows = [s for (v, _f, _value), s in self._segments.items()
+                if v == version and finite(s["metrics"].get(self.metric)) is not None]
+        rows.sort(key=lambda s: (s["metrics"][self.metric], -s["sample_count"]))
+        return [{"model_version": s["model_version"], "segment": f"{s['segment_field']}={s['segment_value']}",
+                 self.metric: finite(s["metrics"][self.metric]), "cost": finite(s["metrics"].get("cost")),
+                 "samples": s["sample_count"], "window_end": _s(s["window_end"])} for s in rows[:limit]]
+
+    def _active_alerts(self) -> list[dict[str, Any]]:
+        return sorted((a for a in self._alert_state.values() if a["state"] == "RAISED"), key=lambda a: a["at"])
+
+    def current_version(self) -> str | None:
+        champions = [d for d in self._deployments.values() if d["role"] == "CHAMPION"]
+        if champions:
+            return max(champions, key=lambda d: d["deployed_at"])["version"]
+        latest = [(max(w)[1], v) for v, w in self._overall.items() if w]
+        return max(latest)[1] if latest else None
+
+    def tables(self) -> dict[str, Any]:
+        latest = []
+        for version, windows in self._overall.items():
+            snapshot = windows[max(windows, key=lambda w: w[1])]
+            latest.append({"model_version": version, "model_name": self._models.get(version),
+                           "role": self._roles.get(version), "window_end": _s(snapshot["window_end"]),
+                           "samples": snapshot["sample_count"],
+                           **{k: finite(v) for k, v in sorted(snapshot["metrics"].items())}})
+        latest.sort(key=lambda r: r["window_end"], reverse=True)
+        return {
+            "models": latest,
+            "worst_segments": self.worst_segments(),
+            "deployments": [{"slot": d["slot"], "role": d["role"], "model": d["model_name"], "version": d["version"],
+                             "canary_weight": d["canary_weight"], "deployed_at": _s(d["deployed_at"])}
+                            for d in sorted(self._deployments.values(), key=lambda d: d["slot"])],
+            "timeline": list(reversed(self.timeline()))[:50],
+            "detections": list(reversed(self.detections()))[:50],
+            "alerts_active": [_alert_row(a) for a in self._active_alerts()],
+            "alerts_recent": [_alert_row(a) for a in sorted(self._alerts.values(), key=lambda a: a["at"],
+                                                             reverse=True)[:30]],
+        }
+
+    def summary(self) -> dict[str, Any]:
+        version = self.current_version()
+        value = None
+        if version in self._overall and self._overall[version]:
+            windows = self._overall[version]
+            value = finite(windows[max(windows, key=lambda w: w[1])]["metrics"].get(self.metric))
+        kinds = [e["kind"] for e in self._timeline.values()]
+        return {
+            "champion": version, self.metric: value, "drift_detections": len(self._detections),
+            "promotions": kinds.count("PROMOTE"), "rollbacks": kinds.count("ROLLBACK"),
+            "active_alerts": len(self._active_alerts()),
+        }
+
+
+def _alert_row(alert: dict[str, Any]) -> dict[str, Any]:
+    return {"at": _s(alert["at"]), "alert": alert["alert"], "state": alert["state"], "source": alert["source"],
+            "model_version": alert.get("model_version"), "message": alert["message"],
+            "observed": finite(alert.get("observed")), "threshold": finite(alert.get("threshold"))}

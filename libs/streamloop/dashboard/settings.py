@@ -1,0 +1,29 @@
+"""Dashboard settings, from ``STREAMLOOP_DASHBOARD_*`` environment variables.
+
+| variable                                | field               | default                       |
+|-----------------------------------------|---------------------|-------------------------------|
+| ``STREAMLOOP_DASHBOARD_HOST``           | ``host``            | ``127.0.0.1``                 |
+| ``STREAMLOOP_DASHBOARD_PORT``           | ``port``            | ``8765`` (0: any free port; -1: no dashboard) |
+| ``STREAMLOOP_DASHBOARD_SCRAPE_INTERVAL_S`` | ``scrape_interval_s`` | ``2.0`` (Prometheus endpoints) |
+| ``STREAMLOOP_DASHBOARD_LAG_INTERVAL_S`` | ``lag_interval_s``  | ``5.0`` (consumer lag, dead letters) |
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_PORT = 8765
+
+
+class DashboardSettings(BaseSettings):
+    model_config = SettingsConfigDict(frozen=True, extra="ignore", env_prefix="STREAMLOOP_DASHBOARD_")
+
+    host: str = "127.0.0.1"
+    port: int = Field(DEFAULT_PORT, ge=-1, le=65535)
+    scrape_interval_s: float = Field(2.0, gt=0)
+    lag_interval_s: float = Field(5.0, gt=0)
+
+    @property
+    def enabled(self) -> bool:
+        return self.port != -1

@@ -1,0 +1,151 @@
+"""Where the dashboard's numbers come from: the monitoring topics, consumer lag, dead-letter topics.
+
+The I/O half of the dashboard; what the numbers mean is in assembly.py and its parts.
+
+- ``TopicRecordReader`` reads the five monitoring topics (metric snapshots, drift events, alerts,
+  deployments, decisions) from the beginning on a thread of its own. Like the registry's table
+  reader it assigns itself every partition and never joins a group or commits, so it neither
+  shows up as a lagging group nor takes records from anyone.
+- ``read_lag`` asks the broker for every group's lag (streamloop.kafka.lag) and counts the
+  records each dead-letter topic holds (high minus low watermark).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient
+
+from streamloop.contracts import Catalog
+from streamloop.dashboard.live import LagRow
+from streamloop.dashboard.records import ROLES
+from streamloop.kafka.configuration import KafkaSettings
+from streamloop.kafka.lag import group_lag
+from streamloop.serde import SerdeError, make_serde
+
+log = logging.getLogger(__name__)
+
+OnRecord = Callable[[str, str | None, dict[str, Any] | None], None]
+
+
+class TopicRecordReader:
+    """Reads the monitoring topics from their start and hands each decoded record to ``on_record``."""
+
+    def __init__(self, kafka: KafkaSettings, catalog: Catalog, on_record: OnRecord,
+                 on_error: Callable[[str | None], None] | None = None, poll_timeout_s: float = 0.3) -> None:
+        self._kafka = kafka
+        self._catalog = catalog
+        self._on_record = on_record
+        self._on_error = on_error or (lambda _error: None)
+        self._poll_timeout_s = poll_timeout_s
+        registry = os.environ.get("SCHEMA_REGISTRY_URL") or None
+        self._roles = {catalog[role].name: role for role in ROLES}
+        self._serdes = {catalog[role].name: make_serde(catalog[role].schema, catalog.repository, catalog[role].name,
+                                                       registry_url=registry) for role in ROLES}
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.undecodable = 0
+
+    def start(self) -> TopicRecordReader:
+        self._thread = threading.Thread(target=self._run, name="dashboard-topic-reader", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join(10)
+
+    def _run(self) -> None:
+        consumer = Consumer({
+            **self._kafka.common(),
+            "group.id": f"streamloop-dashboard.{uuid.uuid4().hex[:12]}",  # a client label; nothing is committed
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": "earliest",
+            "enable.partition.eof": False,
+        })
+        try:
+            self._assign(consumer)
+            while not self._stopping.is_set():
+                for message in consumer.consume(500, self._poll_timeout_s):
+                    if message.error() is not None:
+                        continue
+                    topic = message.topic()
+                    key = message.key()
+                    try:
+                        value = None if message.value() is None else self._serdes[topic].decode(message.value())
+                    except SerdeError:
+                        self.undecodable += 1
+                        continue
+                    self._on_record(self._roles[topic],
+                                    key.decode("utf-8", "replace") if isinstance(key, bytes) else key, value)
+        except Exception as exc:  # noqa: BLE001 - reported on the page rather than killing the stack
+            log.exception("dashboard topic reader stopped")
+            self._on_error(f"{type(exc).__name__}: {exc}")
+        finally:
+            consumer.close()
+
+    def _assign(self, consumer: Consumer) -> None:
+        """Every partition of every monitoring topic, waiting for topics that do not exist yet."""
+        missing = set(self._roles)
+        assignment: list[TopicPartition] = []
+        while missing and not self._stopping.is_set():
+            try:
+                metadata = consumer.list_topics(timeout=5).topics
+            except KafkaException as exc:
+                self._on_error(f"broker unreachable: {exc}")
+                self._stopping.wait(2)
+                continue
+            for name in sorted(missing & set(metadata)):
+                assignment += [TopicPartition(name, p, OFFSET_BEGINNING) for p in metadata[name].partitions]
+                missing.discard(name)
+            if missing:
+                self._on_error(f"waiting for topics {', '.join(sorted(missing))}")
+                self._stopping.wait(2)
+        consumer.assign(assignment)
+        self._on_error(None)
+
+
+class LagReader:
+    """Consumer lag per group, topic and partition, and the size of every dead-letter topic."""
+
+    def __init__(self, kafka: KafkaSettings, catalog: Catalog, timeout_s: float = 5.0) -> None:
+        self._kafka = kafka
+        self._admin = AdminClient(kafka.admin())
+        self._timeout_s = timeout_s
+        self._dead_letter_topics = sorted(t.dead_letter_topic for t in catalog if t.dead_letter)
+        self._probe: Consumer | None = None
+
+    def read(self) -> tuple[list[LagRow], dict[str, int]]:
+        rows = [LagRow(r.group, r.topic, r.partition, r.lag)
+                for r in group_lag(self._kafka, self._admin, timeout_s=self._timeout_s)
+                if not r.group.startswith("streamloop-dashboard")]
+        return rows, self._dead_letters()
+
+    def _dead_letters(self) -> dict[str, int]:
+        if self._probe is None:
+            self._probe = Consumer(self._kafka.consumer("streamloop-dashboard-probe"))
+        metadata = self._probe.list_topics(timeout=self._timeout_s).topics
+        counts = {}
+        for topic in self._dead_letter_topics:
+            if topic not in metadata:
+                continue
+            total = 0
+            for partition in metadata[topic].partitions:
+                low, high = self._probe.get_watermark_offsets(TopicPartition(topic, partition),
+                                                              timeout=self._timeout_s)
+                total += max(0, high - max(low, 0))
+            counts[topic] = total
+        return counts
+
+    def close(self) -> None:
+        if self._probe is not None:
+            self._probe.close()
+            self._probe = None

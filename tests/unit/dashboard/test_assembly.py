@@ -1,0 +1,58 @@
+"""The whole snapshot: every panel present, JSON-safe, the same for the page and for `streamloop top`."""
+
+import json
+
+from streamloop.dashboard import DashboardModel
+from streamloop.dashboard.live import LagRow
+from streamloop.dashboard.prometheus import Sample
+from streamloop.dashboard.series import chart_points
+from tests.unit.dashboard.conftest import T0, alert, decision, deployment, drift, snapshot
+
+CHARTS = {"lag", "throughput", "latency", "accuracy", "cost", "drift", "dead_letters"}
+TABLES = {"lag", "throughput", "latency", "models", "worst_segments", "deployments", "timeline", "detections",
+          "drift_statistics", "dead_letter_topics", "dead_letter_errors", "alerts_active", "alerts_recent"}
+
+
+def loaded_model() -> DashboardModel:
+    model = DashboardModel("card-fraud")
+    model.add_record("model_deployments", "card-fraud/fraud/champion", deployment("v1", T0))
+    model.add_record("metrics", "v1", snapshot("v1", T0 + 60_000, 0.91, cost=3.0))
+    model.add_record("metrics", "v1", snapshot("v1", T0 + 60_000, 0.42, segment=("country", "NG")))
+    model.add_record("drift_events", "card-fraud", drift("amount", T0 + 70_000))
+    model.add_record("model_decisions", "fraud", decision("PROMOTE", T0 + 80_000, "v1"))
+    model.add_record("alerts", "stale_model", alert("stale_model", "RAISED", T0 + 90_000))
+    for at, count in [(100.0, 0.0), (102.0, 400.0)]:
+        model.add_scrape(at, {"online-scorer-0": [
+            Sample("messaging_process_messages_total", {"service": "online-scorer", "topic": "f"}, count),
+            Sample("streamloop_event_latency_seconds_bucket", {"service": "online-scorer", "topic": "f", "le": "0.05"},
+                   count),
+            Sample("streamloop_event_latency_seconds_bucket", {"service": "online-scorer", "topic": "f", "le": "+Inf"},
+                   count),
+        ]}, targets=2)
+    model.add_lag(102.0, [LagRow("featurizer", "in", 0, 9)], {"in.dlq": 1})
+    return model
+
+
+def test_the_snapshot_has_every_panel_and_is_strict_json():
+    snap = loaded_model().snapshot(now_s=200.0)
+    assert set(snap["charts"]) == CHARTS and set(snap["tables"]) >= TABLES
+    text = json.dumps(snap, allow_nan=False)  # NaN evidence and the like never reach the page
+    assert json.loads(text)["generated_at"] == 200.0
+    assert snap["summary"] == {
+        "total_lag": 9, "predictions_per_s": 200.0, "latency_p99_ms": 49.5, "dead_letters": 1, "scrapes": 2,
+        "champion": "v1", "accuracy": 0.91, "drift_detections": 1, "promotions": 1, "rollbacks": 0,
+        "active_alerts": 1}
+    assert snap["sources"]["prometheus"] == {"targets": 2, "answered": 1, "at": 102.0}
+    assert snap["sources"]["kafka"]["by_topic"]["metrics"] == 2
+    for name in CHARTS - {"cost"} - {"throughput"}:
+        chart = snap["charts"][name]
+        assert all(len(s["values"]) == len(chart["x"]) for s in chart["series"]), name
+        assert chart["series"], name
+
+
+def test_an_empty_model_answers_empty_panels():
+    snap = DashboardModel("p").snapshot()
+    assert all(chart_points(chart) == 0 for chart in snap["charts"].values())
+    assert snap["summary"]["champion"] is None and snap["summary"]["total_lag"] is None
+    json.dumps(snap, allow_nan=False)
+

@@ -1,0 +1,110 @@
+"""Figures from the services' /metrics endpoints (as ServiceMetrics writes them) and from lag readings."""
+
+import pytest
+from prometheus_client import generate_latest
+
+from streamloop.dashboard.live import LagRow, LiveFigures
+from streamloop.dashboard.prometheus import parse_samples
+from streamloop.telemetry import ServiceMetrics
+
+
+@pytest.fixture
+def scorer():
+    metrics = ServiceMetrics("online-scorer")
+    yield metrics
+    metrics.shutdown()
+
+
+def read(metrics: ServiceMetrics):
+    return parse_samples(generate_latest(metrics.registry).decode())
+
+
+def test_throughput_is_the_rate_between_scrapes_summed_over_replicas(scorer):
+    other = ServiceMetrics("online-scorer")
+    try:
+        live = LiveFigures()
+        live.add_scrape(100.0, {"online-scorer-0": read(scorer), "online-scorer-1": read(other)})
+        scorer.record_batch("features.feature-vector.v1", 1, 300, 0.01)
+        other.record_batch("features.feature-vector.v1", 1, 100, 0.01)
+        live.add_scrape(102.0, {"online-scorer-0": read(scorer), "online-scorer-1": read(other)})
+    finally:
+        other.shutdown()
+    assert live.tables()["throughput"] == [
+        {"service": "online-scorer", "topic": "features.feature-vector.v1", "rate": 200.0}]
+    throughput = live.charts([])["throughput"]
+    assert throughput["series"] == [{"label": "online-scorer ← features.feature-vector.v1", "values": [200.0]}]
+    assert live.summary()["predictions_per_s"] == 200.0
+
+
+def test_latency_quantiles_come_from_the_last_interval_only(scorer):
+    live = LiveFigures()
+    scorer.record_batch("features.feature-vector.v1", 1, 100, 0.01, latencies=[5.0] * 100)  # slow, long ago
+    live.add_scrape(100.0, {"online-scorer-0": read(scorer)})
+    assert live.tables()["latency"][0]["window"] == "since start"
+    scorer.record_batch("features.feature-vector.v1", 1, 100, 0.01, latencies=[0.02] * 100)
+    live.add_scrape(102.0, {"online-scorer-0": read(scorer)})
+    row = live.tables()["latency"][0]
+    assert row["service"] == "online-scorer" and row["window"] == "last scrape interval"
+    assert 10 < row["p50"] <= 25 and row["observations"] == 200
+    latency = live.charts([])["latency"]
+    assert latency["service"] == "online-scorer"
+    assert [s["label"] for s in latency["series"]] == ["p50 (ms)", "p95 (ms)", "p99 (ms)"]
+    assert len(latency["x"]) == 1 and live.summary()["latency_p99_ms"] <= 25
+
+
+def test_a_restarted_replica_does_not_make_rates_negative(scorer):
+    live = LiveFigures()
+    scorer.record_batch("t", 1, 1000, 0.01)
+    live.add_scrape(100.0, {"online-scorer-0": read(scorer)})
+    fresh = ServiceMetrics("online-scorer")  # the same replica after a restart: counters from zero
+    try:
+        fresh.record_batch("t", 1, 40, 0.01)
+        live.add_scrape(102.0, {"online-scorer-0": read(fresh)})
+    finally:
+        fresh.shutdown()
+    assert live.tables()["throughput"][0]["rate"] == 20.0
+
+
+def test_dead_letters_and_drift_statistics_from_the_services():
+    detector = ServiceMetrics("drift-detector")
+    featurizer = ServiceMetrics("featurizer")
+    try:
+        detector.gauge("streamloop_drift_psi")(0.31, {"kind": "DATA", "feature": "amount"})
+        detector.gauge("streamloop_drift_p_value")(0.002, {"kind": "DATA", "feature": "amount"})
+        featurizer.record_dead_letters("payments.transaction.v1", "ValidationError", 3)
+        live = LiveFigures()
+        live.add_scrape(100.0, {"drift-detector-0": read(detector), "featurizer-0": read(featurizer)})
+    finally:
+        detector.shutdown()
+        featurizer.shutdown()
+    tables = live.tables()
+    assert tables["drift_statistics"] == [{"kind": "DATA", "feature": "amount", "psi": 0.31, "statistic": None,
+                                           "p_value": 0.002}]
+    assert tables["dead_letter_errors"] == [{"service": "featurizer", "topic": "payments.transaction.v1",
+                                             "error_class": "ValidationError", "records": 3}]
+    mark = {"at": 100.5, "label": "DATA psi amount", "kind": "DATA", "feature": "amount", "statistic": 0.3}
+    drift = live.charts([mark])["drift"]
+    assert drift["series"] == [{"label": "amount", "values": [0.31]}]
+    assert drift["marks"] == [{"x": 100.5, "label": "DATA psi amount", "kind": "DATA"}]
+
+
+def test_drift_chart_falls_back_to_the_detections_own_statistics():
+    live = LiveFigures()
+    detections = [{"at": 1.0, "label": "DATA ks amount", "kind": "DATA", "feature": "amount", "statistic": 0.2},
+                  {"at": 2.0, "label": "CONCEPT adwin", "kind": "CONCEPT", "feature": None, "statistic": 0.1}]
+    drift = live.charts(detections)["drift"]
+    assert {s["label"] for s in drift["series"]} == {"amount", "CONCEPT"}
+    assert len(drift["marks"]) == 2
+
+
+def test_lag_is_summed_per_group_and_topic_and_dead_letter_topics_are_counted():
+    live = LiveFigures()
+    live.add_lag(100.0, [LagRow("featurizer", "in", 0, 5), LagRow("featurizer", "in", 1, 7),
+                         LagRow("online-scorer", "features", 0, 0)])
+    live.add_dead_letter_counts(100.0, {"in.dlq": 2, "features.dlq": 0})
+    assert live.tables()["lag"] == [{"group": "featurizer", "topic": "in", "lag": 12},
+                                    {"group": "online-scorer", "topic": "features", "lag": 0}]
+    charts = live.charts([])
+    assert charts["lag"]["series"][0] == {"label": "featurizer ← in", "values": [12]}
+    assert charts["dead_letters"]["series"][0]["values"] == [2]
+    assert live.summary()["total_lag"] == 12 and live.summary()["dead_letters"] == 2

@@ -1,0 +1,96 @@
+"""The figures from the monitoring topics: accuracy per version, drift, the timeline, alerts."""
+
+from streamloop.dashboard.records import RecordViews
+from tests.unit.dashboard.conftest import T0, alert, decision, deployment, drift, snapshot
+
+
+def test_accuracy_is_one_series_per_model_version_with_promotions_and_rollbacks_marked():
+    views = RecordViews()
+    views.add("metrics", "v1", snapshot("v1", T0, 0.90))
+    views.add("metrics", "v1", snapshot("v1", T0 + 60_000, 0.80))
+    views.add("metrics", "v2", snapshot("v2", T0 + 60_000, 0.88, role="SHADOW"))
+    views.add("model_decisions", "fraud", decision("PROMOTE", T0 + 90_000, "v2", "v1"))
+    views.add("model_decisions", "fraud", decision("ROLLBACK", T0 + 120_000, "v1", "v2"))
+    views.add("model_decisions", "fraud", decision("REGISTER", T0 + 30_000, "v2"))
+    accuracy = views.charts()["accuracy"]
+    assert accuracy["x"] == [T0 / 1000, (T0 + 60_000) / 1000]
+    assert {s["label"]: s["values"] for s in accuracy["series"]} == {
+        "v1 (champion)": [0.90, 0.80], "v2 (shadow)": [None, 0.88]}
+    assert [(m["kind"], m["label"]) for m in accuracy["marks"]] == [
+        ("PROMOTE", "PROMOTE v2"), ("ROLLBACK", "ROLLBACK v1")]
+
+
+def test_replayed_records_do_not_count_twice():
+    views = RecordViews()
+    for _ in range(2):  # at-least-once delivery
+        views.add("metrics", "v1", snapshot("v1", T0, 0.9))
+        views.add("drift_events", "p", drift("amount", T0))
+        views.add("model_decisions", "fraud", decision("PROMOTE", T0, "v1", decision_id="d1"))
+    assert views.charts()["accuracy"]["series"][0]["values"] == [0.9]
+    assert len(views.detections()) == 1
+    assert len(views.timeline()) == 1
+    assert views.summary()["promotions"] == 1
+
+
+def test_cost_is_charted_only_when_the_snapshots_carry_it():
+    views = RecordViews()
+    views.add("metrics", "v1", snapshot("v1", T0, 0.9))
+    assert views.charts()["cost"]["series"] == []
+    views.add("metrics", "v1", snapshot("v1", T0 + 60_000, 0.9, cost=12.5))
+    assert views.charts()["cost"]["series"] == [{"label": "v1 (champion)", "values": [12.5]}]
+
+
+def test_worst_segments_are_the_champions_latest_windows_ordered_by_accuracy():
+    views = RecordViews()
+    views.add("model_deployments", "card-fraud/fraud/champion", deployment("v2", T0))
+    views.add("metrics", "v2", snapshot("v2", T0, 0.5, segment=("country", "NG"), cost=40.0))
+    views.add("metrics", "v2", snapshot("v2", T0 + 60_000, 0.7, segment=("country", "NG")))  # newer window wins
+    views.add("metrics", "v2", snapshot("v2", T0, 0.6, segment=("merchant_category", "jewelry")))
+    views.add("metrics", "v2", snapshot("v2", T0, 0.95, segment=("country", "DE")))
+    views.add("metrics", "v1", snapshot("v1", T0, 0.1, segment=("country", "NG")))  # not the champion
+    worst = views.worst_segments(limit=2)
+    assert [(w["segment"], w["accuracy"]) for w in worst] == [("merchant_category=jewelry", 0.6), ("country=NG", 0.7)]
+    assert worst[1]["cost"] is None
+
+
+def test_deployments_are_a_table_that_tombstones_retire_and_a_timeline():
+    views = RecordViews()
+    views.add("model_deployments", "card-fraud/fraud/champion", deployment("v1", T0))
+    views.add("model_deployments", "card-fraud/fraud/shadow/v2", deployment("v2", T0 + 1, "SHADOW", "shadow/v2"))
+    views.add("model_deployments", "card-fraud/fraud/champion", deployment("v2", T0 + 2, previous="v1"))
+    views.add("model_deployments", "card-fraud/fraud/shadow/v2", None)
+    tables = views.tables()
+    assert [(d["slot"], d["version"]) for d in tables["deployments"]] == [("champion", "v2")]
+    assert [(e["kind"], e["to_version"]) for e in tables["timeline"]] == [
+        ("DEPLOY CHAMPION", "v2"), ("DEPLOY SHADOW", "v2"), ("DEPLOY CHAMPION", "v1")]
+    assert views.current_version() == "v2"
+
+
+def test_alerts_raised_then_cleared_leave_the_active_list_and_datetimes_are_read():
+    views = RecordViews()
+    views.add("alerts", "stale_model", alert("stale_model", "RAISED", T0))
+    views.add("alerts", "no_labels", alert("no_labels", "RAISED", T0 + 5))
+    assert [a["alert"] for a in views.tables()["alerts_active"]] == ["stale_model", "no_labels"]
+    views.add("alerts", "stale_model", alert("stale_model", "CLEARED", T0 + 10))
+    # A late copy of the older RAISED record does not raise it again.
+    views.add("alerts", "stale_model", alert("stale_model", "RAISED", T0))
+    tables = views.tables()
+    assert [a["alert"] for a in tables["alerts_active"]] == ["no_labels"]
+    assert tables["alerts_recent"][0] == {
+        "at": (T0 + 10) / 1000, "alert": "stale_model", "state": "CLEARED", "source": "model-publisher",
+        "model_version": "v1", "message": "stale_model cleared", "observed": 900.0, "threshold": 600.0}
+
+
+def test_detections_carry_their_statistics_and_a_label_for_the_chart():
+    views = RecordViews()
+    views.add("drift_events", "p", drift(None, T0 + 5, kind="CONCEPT", detector="adwin"))
+    views.add("drift_events", "p", drift("amount", T0))
+    rows = views.detections()
+    assert [r["label"] for r in rows] == ["DATA psi amount", "CONCEPT adwin"]
+    assert rows[0]["at"] == T0 / 1000 and rows[0]["p_value"] == 0.001
+
+
+def test_decision_evidence_is_json_safe():
+    views = RecordViews()
+    views.add("model_decisions", "fraud", decision("REFUSE", T0, "v3"))
+    assert views.timeline()[0]["evidence"] == {"sample_count": 500.0, "p_value": None}

@@ -1,0 +1,56 @@
+import math
+
+import pytest
+
+from streamloop.dashboard.series import (
+    CounterRates,
+    Ring,
+    chart,
+    chart_points,
+    finite,
+    histogram_quantile,
+    subtract_buckets,
+)
+
+
+def test_chart_aligns_series_on_the_union_of_their_x_values():
+    spec = chart({"a": [(1.0, 0.5), (3.0, 0.7)], "b": [(2.0, 1.0), (3.0, float("nan"))]}, title="t", unit="u")
+    assert spec["x"] == [1.0, 2.0, 3.0]
+    assert spec["series"] == [{"label": "a", "values": [0.5, None, 0.7]}, {"label": "b", "values": [None, 1.0, None]}]
+    assert chart_points(spec) == 3
+    assert spec["title"] == "t" and spec["marks"] == []
+
+
+def test_ring_keeps_the_last_points_and_drops_non_finite_values():
+    ring = Ring(2)
+    for x, y in [(1, 1.0), (2, math.inf), (3, 3.0)]:
+        ring.append(x, y)
+    assert ring.points() == [(2, None), (3, 3.0)]
+    assert ring.last() == 3.0 and finite("x") is None
+
+
+def test_counter_rates_survive_a_restart():
+    rates = CounterRates()
+    assert rates.update("k", 10.0, 100) is None
+    assert rates.update("k", 12.0, 300) == 100.0
+    # The process restarted: its counter starts again at zero; the new value is the increase.
+    assert rates.update("k", 14.0, 50) == 25.0
+
+
+@pytest.mark.parametrize(("q", "expected"), [(0.5, 0.05), (0.7, 0.075), (0.9, 0.1), (0.99, 0.25)])
+def test_histogram_quantile_interpolates_like_prometheus(q, expected):
+    # 100 observations: 50 under 0.05, 40 in (0.05, 0.1], 10 in (0.1, +Inf).
+    buckets = [(0.05, 50), (0.1, 90), (0.25, 90), (math.inf, 100)]
+    value = histogram_quantile(q, buckets)
+    assert value == pytest.approx(expected)
+
+
+def test_histogram_quantile_of_an_empty_histogram_is_none():
+    assert histogram_quantile(0.5, [(0.1, 0), (math.inf, 0)]) is None
+    assert histogram_quantile(0.5, []) is None
+
+
+def test_subtract_buckets_takes_the_whole_reading_after_a_reset():
+    assert subtract_buckets({0.1: 5, math.inf: 8}, {0.1: 2, math.inf: 3}) == {0.1: 3, math.inf: 5}
+    assert subtract_buckets({0.1: 1, math.inf: 1}, {0.1: 2, math.inf: 3}) == {0.1: 1, math.inf: 1}
+    assert subtract_buckets({0.1: 1}, None) == {0.1: 1}
