@@ -24,8 +24,11 @@ class RetrainerSettings(BaseSettings):
 
     online_min_labels: int = Field(default=1, ge=1, description="New labels needed before a time-based publish.")
     rebuild_min_severity: Literal["INFO", "WARNING", "CRITICAL"] = "WARNING"
-    rebuild_drift_kinds: list[DriftKind] = Field(default_factory=lambda: ["DATA", "PREDICTION", "CONCEPT"])
-    rebuild_min_interval: DurationMs = Field(default=60_000, description="Drift rebuilds at most this often.")
+    # Concept drift (the champion's errors changed) is what a rebuild answers. Data and prediction
+    # drift are alerts: the inputs moved, which a model often survives; add them here to rebuild on them too.
+    rebuild_drift_kinds: list[DriftKind] = Field(
+        default_factory=lambda: ["CONCEPT"], description="Drift kinds that start a rebuild (DATA, PREDICTION, CONCEPT).")
+    rebuild_min_interval: DurationMs = Field(default=30_000, description="Drift rebuilds at most this often.")
     rebuild_min_examples: int = Field(default=100, ge=2, description="Fewer labeled examples: no rebuild.")
     rebuild_in_background: bool = Field(default=True, description="Rebuild on a worker thread, off the consume loop.")
     window_read_timeout_s: float = Field(default=60.0, gt=0)
