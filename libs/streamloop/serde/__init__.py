@@ -12,6 +12,7 @@ from streamloop.serde.exceptions import (
     DeserializationError,
     SerdeError,
     SerializationError,
+    UnboundedSchemaError,
     UnknownSchemaError,
     WrongSchemaError,
 )
@@ -32,6 +33,7 @@ __all__ = [
     "SerdeError",
     "SerializationError",
     "SingleObjectSerde",
+    "UnboundedSchemaError",
     "UnknownSchemaError",
     "WrongSchemaError",
 ]

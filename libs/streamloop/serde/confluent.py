@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import fastavro
 from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
 from confluent_kafka.schema_registry.error import SchemaRegistryError
@@ -18,7 +19,12 @@ from confluent_kafka.serialization import MessageField, SerializationContext
 from confluent_kafka.serialization import SerializationError as ConfluentSerializationError
 
 from streamloop.contracts.schemas import AvroSchema
-from streamloop.serde.exceptions import DeserializationError, SerializationError, UnknownSchemaError
+from streamloop.serde.exceptions import (
+    DeserializationError,
+    SerializationError,
+    UnknownSchemaError,
+)
+from streamloop.serde.limits import check_bounded
 
 CONFLUENT_MAGIC = 0
 
@@ -35,8 +41,12 @@ class ConfluentSerde:
         registry: SchemaRegistryClient,
         auto_register: bool = False,
     ) -> None:
+        check_bounded(schema.parsed, schema.name)
         self.schema = schema
         self.topic = topic
+        self._registry = registry
+        # Registry ids whose writer schema was checked to decode in bounded time.
+        self._bounded: set[int] = set()
         schema_str = json.dumps(schema.raw)
         self._context = SerializationContext(topic, MessageField.VALUE)
         self._serializer = AvroSerializer(
@@ -64,12 +74,30 @@ class ConfluentSerde:
             raise DeserializationError("record has no value (tombstone)")
         if len(data) < 5 or data[0] != CONFLUENT_MAGIC:
             raise DeserializationError("not the Confluent wire format (expected magic byte 0)")
+        schema_id = int.from_bytes(data[1:5], "big")
+        if schema_id not in self._bounded:
+            self._check_writer(schema_id)
         try:
             record = self._deserializer(data, self._context)
         except SchemaRegistryError as exc:
-            raise UnknownSchemaError(f"schema id {int.from_bytes(data[1:5], 'big')}: {exc}") from exc
+            raise UnknownSchemaError(f"schema id {schema_id}: {exc}") from exc
         except Exception as exc:  # noqa: BLE001 - the deserializer raises many unrelated types on garbage
             raise DeserializationError(f"corrupt {self.schema.name} record: {type(exc).__name__}: {exc}") from exc
         if not isinstance(record, dict):
             raise DeserializationError(f"decoded a {type(record).__name__}, expected a {self.schema.name} record")
         return record
+
+    def _check_writer(self, schema_id: int) -> None:
+        """Refuse a writer schema that could make decoding loop (see ``streamloop.serde.limits``)."""
+        try:
+            writer = self._registry.get_schema(schema_id)
+        except SchemaRegistryError as exc:
+            raise UnknownSchemaError(f"schema id {schema_id}: {exc}") from exc
+        except Exception as exc:  # noqa: BLE001 - an unreachable registry must not crash the consumer
+            raise UnknownSchemaError(f"schema id {schema_id}: registry lookup failed: {exc}") from exc
+        try:
+            parsed = fastavro.parse_schema(json.loads(writer.schema_str), _write_hint=False)
+        except Exception as exc:  # noqa: BLE001 - e.g. schema references, which streamloop never registers
+            raise UnknownSchemaError(f"schema id {schema_id} cannot be parsed: {exc}") from exc
+        check_bounded(parsed, f"schema id {schema_id}")
+        self._bounded.add(schema_id)

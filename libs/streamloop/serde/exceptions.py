@@ -19,3 +19,7 @@ class UnknownSchemaError(DeserializationError):
 
 class WrongSchemaError(DeserializationError):
     """The bytes were written with a schema that cannot be resolved to the topic's schema."""
+
+
+class UnboundedSchemaError(SerdeError):
+    """A schema could make a decoder loop without consuming input (arrays of zero-byte items)."""

@@ -16,10 +16,12 @@ import fastavro
 from streamloop.contracts.schemas import AvroSchema, SchemaRepository
 from streamloop.serde.exceptions import (
     DeserializationError,
+    SerdeError,
     SerializationError,
     UnknownSchemaError,
     WrongSchemaError,
 )
+from streamloop.serde.limits import check_bounded
 
 MARKER = b"\xc3\x01"
 HEADER_SIZE = 10
@@ -34,7 +36,10 @@ class SingleObjectSerde:
     def __init__(self, schema: AvroSchema, repository: SchemaRepository) -> None:
         self.schema = schema
         self.repository = repository
+        check_bounded(schema.parsed, schema.name)
         repository.register(schema)
+        # Writer schemas (by fingerprint) already checked to decode in bounded time.
+        self._bounded: set[int] = {schema.fingerprint}
         self._header = MARKER + _FINGERPRINT.pack(schema.fingerprint)
 
     def encode(self, record: dict[str, Any]) -> bytes:
@@ -61,6 +66,9 @@ class SingleObjectSerde:
                 writer = self.repository.by_fingerprint(fingerprint)
             except Exception as exc:
                 raise UnknownSchemaError(str(exc)) from exc
+            if fingerprint not in self._bounded:
+                check_bounded(writer.parsed, writer.name)
+                self._bounded.add(fingerprint)
         return read_body(data, HEADER_SIZE, writer, self.schema)
 
 
@@ -76,8 +84,9 @@ def read_body(data: bytes, start: int, writer: AvroSchema, reader: AvroSchema) -
         )
     except fastavro.read.SchemaResolutionError as exc:
         raise WrongSchemaError(f"cannot resolve {writer.name} to the reader schema: {exc}") from exc
-    except (EOFError, ValueError, TypeError, KeyError, IndexError, OverflowError, MemoryError,
-            UnicodeDecodeError, struct.error) as exc:
+    except SerdeError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - hostile bytes reach odd corners (logical types, OS limits)
         raise DeserializationError(f"corrupt {reader.name} body: {type(exc).__name__}: {exc}") from exc
     if buffer.tell() != len(data):
         raise DeserializationError(
