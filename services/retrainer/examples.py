@@ -6,11 +6,13 @@ Both the online challenger and a rebuild learn through ``training_pair`` and sco
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
 from streamloop.contracts.pipeline import ModelSpec
 from streamloop.ml import assemble_features
+from streamloop.ml.features import feature_problem
 from streamloop.ml.prediction import ModelOutputError, predict
 from streamloop.ml.promotion import class_key
 
@@ -41,10 +43,19 @@ def score(estimator: Any, model: ModelSpec, x: Mapping[str, float]) -> dict[str,
         return {}
 
 
+def learnable(example: Mapping[str, Any]) -> bool:
+    """Features a model may learn from (streamloop.ml.features policy: no NaN, inf or oversized input).
+
+    The online learner lets ``training_pair`` raise, so such a record is dead-lettered with the
+    reason; a rebuild leaves it out instead of failing on it.
+    """
+    return feature_problem(example.get("numeric") or {}, example.get("categorical") or {}) is None
+
+
 def valid(model: ModelSpec, example: Mapping[str, Any]) -> bool:
     label = example.get("label")
     if label is None:
         return False
     if model.task == "regression":
-        return isinstance(label, int | float) and not isinstance(label, bool)
+        return isinstance(label, int | float) and not isinstance(label, bool) and math.isfinite(label)
     return True

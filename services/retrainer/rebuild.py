@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from services.retrainer.examples import score, training_pair, valid
+from services.retrainer.examples import learnable, score, training_pair, valid
 from services.retrainer.online import OffsetRange
 from streamloop.contracts.pipeline import ModelSpec
 from streamloop.errors import StreamloopError
@@ -39,7 +39,7 @@ def recent_window(model_spec: ModelSpec, records: Sequence[ConsumedRecord], wind
     latest: dict[str, ConsumedRecord] = {}
     anonymous = []
     for record in records:
-        if not valid(model_spec, record.value):
+        if not valid(model_spec, record.value) or not learnable(record.value):
             continue
         event_id = record.value.get("event_id")
         if event_id is None:

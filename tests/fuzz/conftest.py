@@ -42,3 +42,7 @@ def bounded(max_peak_bytes: int, max_seconds: float) -> Iterator[Callable[[], tu
         tracemalloc.stop()
     assert result["peak"] <= max_peak_bytes, f"peak {result['peak']} bytes > {max_peak_bytes}"
     assert result["seconds"] <= max_seconds, f"took {result['seconds']:.2f}s > {max_seconds}s"
+
+
+# The scorer's fixtures (spec, catalog, artifacts, metrics), shared rather than copied.
+from tests.unit.online_scorer.conftest import artifacts, catalog, metrics, spec  # noqa: E402, F401

@@ -9,7 +9,7 @@ from streamloop.ml.exceptions import (
     ModelError,
     SigningKeyError,
 )
-from streamloop.ml.features import assemble_features
+from streamloop.ml.features import InvalidFeatureValue, assemble_features
 
 __all__ = [
     "ArtifactIntegrityError",
@@ -20,6 +20,7 @@ __all__ = [
     "EstimatorSpecError",
     "ModelError",
     "SigningKeyError",
+    "InvalidFeatureValue",
     "assemble_features",
     "build_model",
     "final_estimator",

@@ -2,19 +2,60 @@
 
 The stream scorer and the gRPC scorer both call ``assemble_features``, and the retrainer learns
 from the same dict, so a model never sees features built two different ways.
+
+Policy for values a model must never see (docs/security.md): a NaN or infinite number, a
+non-number, more than ``MAX_FEATURES`` features, or a name or category longer than
+``MAX_TEXT_LENGTH`` raise :class:`InvalidFeatureValue` naming the feature. One NaN learned by an
+online model turns every weight into NaN, so such inputs are refused, not cleaned: the stream paths
+dead-letter the record with the reason, the gRPC path answers INVALID_ARGUMENT (request-time
+features) or FAILED_PRECONDITION (stored ones). An unseen category is *not* an error: it adds a
+``name=value`` key the model has no weight for yet.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
+
+from streamloop.ml.exceptions import ModelError
+
+MAX_FEATURES = 4096
+MAX_TEXT_LENGTH = 1024
+
+
+class InvalidFeatureValue(ModelError, ValueError):
+    """A feature value a model must not see (non-finite, not a number, too many, too long)."""
+
+
+def feature_problem(numeric: Mapping[str, object], categorical: Mapping[str, object]) -> str | None:
+    """Why these features must not reach a model, or None."""
+    if len(numeric) + len(categorical) > MAX_FEATURES:
+        return f"{len(numeric) + len(categorical)} features, at most {MAX_FEATURES}"
+    for name, value in numeric.items():
+        if not isinstance(name, str) or not name or len(name) > MAX_TEXT_LENGTH:
+            return f"numeric feature name {str(name)[:40]!r} is empty, not text or too long"
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return f"numeric feature {name!r} is a {type(value).__name__}, not a number"
+        if not math.isfinite(value):
+            return f"numeric feature {name!r} is {value}"
+    for name, value in categorical.items():
+        if not isinstance(name, str) or not name or len(name) > MAX_TEXT_LENGTH:
+            return f"categorical feature name {str(name)[:40]!r} is empty, not text or too long"
+        if not isinstance(value, str) or len(value) > MAX_TEXT_LENGTH:
+            return f"categorical feature {name!r} is not text of at most {MAX_TEXT_LENGTH} characters"
+    return None
 
 
 def assemble_features(numeric: Mapping[str, float], categorical: Mapping[str, str]) -> dict[str, float]:
     """Numeric features as they are; each categorical feature one-hot as ``name=value``: 1.0.
 
     One-hot keys keep the input numeric for every river model, and an unseen category simply
-    adds a key the model has no weight for yet (river models grow their feature set).
+    adds a key the model has no weight for yet (river models grow their feature set). Raises
+    InvalidFeatureValue for what the module docstring's policy refuses.
     """
+    problem = feature_problem(numeric, categorical)
+    if problem is not None:
+        raise InvalidFeatureValue(problem)
     x = {name: float(value) for name, value in numeric.items()}
     for name, value in categorical.items():
         x[f"{name}={value}"] = 1.0
