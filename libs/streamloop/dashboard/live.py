@@ -9,6 +9,7 @@ counters start again at zero) never shows as a negative rate.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -35,6 +36,7 @@ from streamloop.dashboard.series import (
 QUANTILES = (("p50", 0.5), ("p95", 0.95), ("p99", 0.99))
 # The scorer's event latency is the time from an event to its prediction being delivered.
 PREDICTION_SERVICE = "online-scorer"
+_SERVICE_GROUP = re.compile(r"streamloop\.[^.]+\.([^.]+)$")
 
 
 @dataclass(frozen=True)
@@ -155,7 +157,7 @@ class LiveFigures:
     # -- output ------------------------------------------------------------------------------
 
     def charts(self, detections: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-        lag = chart({f"{g} ← {t}": ring.points() for (g, t), ring in sorted(self._lag.items())},
+        lag = chart({f"{_short_group(g)} ← {t}": ring.points() for (g, t), ring in sorted(self._lag.items())},
                     title="Consumer lag (records) per group and topic", unit="records")
         throughput = chart(
             {f"{s} ← {t}": ring.points() for (s, t), ring in sorted(self._throughput.items())
@@ -204,6 +206,12 @@ class LiveFigures:
             "dead_letters": sum(self._dead_letter_topics.values()),
             "scrapes": self.scrapes,
         }
+
+
+def _short_group(group: str) -> str:
+    """``<prefix>streamloop.<pipeline>.<service>`` (a service's group) as ``<service>``; others unchanged."""
+    match = _SERVICE_GROUP.search(group)
+    return match.group(1) if match else group
 
 
 def _ms(seconds: float | None) -> float | None:

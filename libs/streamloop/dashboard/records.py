@@ -203,9 +203,11 @@ class RecordViews:
             windows = self._overall[version]
             value = finite(windows[max(windows, key=lambda w: w[1])]["metrics"].get(self.metric))
         kinds = [e["kind"] for e in self._timeline.values()]
+        # A promotion replaces a champion; the bootstrap's first PROMOTE (from nothing) is not one.
+        promotions = sum(1 for e in self._timeline.values() if e["kind"] == "PROMOTE" and e["from_version"])
         return {
             "champion": version, self.metric: value, "drift_detections": len(self._detections),
-            "promotions": kinds.count("PROMOTE"), "rollbacks": kinds.count("ROLLBACK"),
+            "promotions": promotions, "rollbacks": kinds.count("ROLLBACK"),
             "active_alerts": len(self._active_alerts()),
         }
 

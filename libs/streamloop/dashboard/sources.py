@@ -6,8 +6,9 @@ The I/O half of the dashboard; what the numbers mean is in assembly.py and its p
   deployments, decisions) from the beginning on a thread of its own. Like the registry's table
   reader it assigns itself every partition and never joins a group or commits, so it neither
   shows up as a lagging group nor takes records from anyone.
-- ``read_lag`` asks the broker for every group's lag (streamloop.kafka.lag) and counts the
-  records each dead-letter topic holds (high minus low watermark).
+- ``LagReader`` asks the broker for the lag of every group that reads one of the pipeline's topics
+  (streamloop.kafka.lag) and counts the records each dead-letter topic holds (high minus low
+  watermark).
 """
 
 from __future__ import annotations
@@ -121,12 +122,15 @@ class LagReader:
         self._admin = AdminClient(kafka.admin())
         self._timeout_s = timeout_s
         self._dead_letter_topics = sorted(t.dead_letter_topic for t in catalog if t.dead_letter)
+        self._topics = {t.name for t in catalog}
         self._probe: Consumer | None = None
 
     def read(self) -> tuple[list[LagRow], dict[str, int]]:
-        rows = [LagRow(r.group, r.topic, r.partition, r.lag)
-                for r in group_lag(self._kafka, self._admin, timeout_s=self._timeout_s)
-                if not r.group.startswith("streamloop-dashboard")]
+        lags = group_lag(self._kafka, self._admin, timeout_s=self._timeout_s)
+        # The groups of this pipeline: those reading one of its topics (its services, and users of
+        # its outputs), not every group of a shared cluster.
+        groups = {r.group for r in lags if r.topic in self._topics}
+        rows = [LagRow(r.group, r.topic, r.partition, r.lag) for r in lags if r.group in groups]
         return rows, self._dead_letters()
 
     def _dead_letters(self) -> dict[str, int]:

@@ -19,7 +19,7 @@ def loaded_model() -> DashboardModel:
     model.add_record("metrics", "v1", snapshot("v1", T0 + 60_000, 0.91, cost=3.0))
     model.add_record("metrics", "v1", snapshot("v1", T0 + 60_000, 0.42, segment=("country", "NG")))
     model.add_record("drift_events", "card-fraud", drift("amount", T0 + 70_000))
-    model.add_record("model_decisions", "fraud", decision("PROMOTE", T0 + 80_000, "v1"))
+    model.add_record("model_decisions", "fraud", decision("PROMOTE", T0 + 80_000, "v1", "v0"))
     model.add_record("alerts", "stale_model", alert("stale_model", "RAISED", T0 + 90_000))
     for at, count in [(100.0, 0.0), (102.0, 400.0)]:
         model.add_scrape(at, {"online-scorer-0": [

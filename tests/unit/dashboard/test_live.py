@@ -99,12 +99,14 @@ def test_drift_chart_falls_back_to_the_detections_own_statistics():
 
 def test_lag_is_summed_per_group_and_topic_and_dead_letter_topics_are_counted():
     live = LiveFigures()
-    live.add_lag(100.0, [LagRow("featurizer", "in", 0, 5), LagRow("featurizer", "in", 1, 7),
+    live.add_lag(100.0, [LagRow("t-1.streamloop.card-fraud.featurizer", "in", 0, 5),
+                         LagRow("t-1.streamloop.card-fraud.featurizer", "in", 1, 7),
                          LagRow("online-scorer", "features", 0, 0)])
     live.add_dead_letter_counts(100.0, {"in.dlq": 2, "features.dlq": 0})
-    assert live.tables()["lag"] == [{"group": "featurizer", "topic": "in", "lag": 12},
-                                    {"group": "online-scorer", "topic": "features", "lag": 0}]
+    assert live.tables()["lag"] == [{"group": "online-scorer", "topic": "features", "lag": 0},
+                                    {"group": "t-1.streamloop.card-fraud.featurizer", "topic": "in", "lag": 12}]
     charts = live.charts([])
-    assert charts["lag"]["series"][0] == {"label": "featurizer ← in", "values": [12]}
+    # A service's group is named by its service alone.
+    assert charts["lag"]["series"][1] == {"label": "featurizer ← in", "values": [12]}
     assert charts["dead_letters"]["series"][0]["values"] == [2]
     assert live.summary()["total_lag"] == 12 and live.summary()["dead_letters"] == 2

@@ -25,7 +25,7 @@ def test_replayed_records_do_not_count_twice():
     for _ in range(2):  # at-least-once delivery
         views.add("metrics", "v1", snapshot("v1", T0, 0.9))
         views.add("drift_events", "p", drift("amount", T0))
-        views.add("model_decisions", "fraud", decision("PROMOTE", T0, "v1", decision_id="d1"))
+        views.add("model_decisions", "fraud", decision("PROMOTE", T0, "v1", "v0", decision_id="d1"))
     assert views.charts()["accuracy"]["series"][0]["values"] == [0.9]
     assert len(views.detections()) == 1
     assert len(views.timeline()) == 1

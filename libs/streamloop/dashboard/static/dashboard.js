@@ -34,6 +34,7 @@ function marksPlugin(getMarks) {
         ctx.save();
         ctx.font = `${10 * devicePixelRatio}px sans-serif`;
         ctx.lineWidth = 1.5 * devicePixelRatio;
+        let lastLabelEnd = -Infinity;
         for (const mark of marks) {
           const x = u.valToPos(mark.x, "x", true);
           if (x < u.bbox.left || x > u.bbox.left + u.bbox.width) continue;
@@ -43,7 +44,11 @@ function marksPlugin(getMarks) {
           ctx.moveTo(x, u.bbox.top);
           ctx.lineTo(x, u.bbox.top + u.bbox.height);
           ctx.stroke();
-          ctx.fillText(mark.label, x + 3 * devicePixelRatio, u.bbox.top + 10 * devicePixelRatio);
+          // Labels only where they do not overlap the previous one; the line is always drawn.
+          if (x > lastLabelEnd) {
+            ctx.fillText(mark.label, x + 3 * devicePixelRatio, u.bbox.top + 10 * devicePixelRatio);
+            lastLabelEnd = x + ctx.measureText(mark.label).width + 6 * devicePixelRatio;
+          }
         }
         ctx.restore();
       },
