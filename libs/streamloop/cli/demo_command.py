@@ -62,6 +62,7 @@ def demo(
         driver = LoopDriver(spec, load_catalog(spec), stack.bootstrap_servers)
         driver.start_readers()
         console.print(f"Kafka {stack.bootstrap_servers}  Redis {stack.redis_url}  logs {stack.data_dir / 'logs'}")
+        console.print(f"dashboard {stack.start_dashboard() or 'off'}")
         _wait_for_champion(driver, stack, console)
         start_ms = int(time.time() * 1000)
         stream = generator.generate(events, seed=seed, drift_at=drift_at, start_ms=start_ms, rate_per_s=rate)

@@ -69,6 +69,8 @@ def up(
         console.print(f"Kafka  {stack.bootstrap_servers}   Redis {stack.redis_url}")
         stack.start_services()
         stack.write_state()
+        dashboard_url = stack.start_dashboard()
+        console.print(f"dashboard {dashboard_url or 'off (STREAMLOOP_DASHBOARD_PORT=-1)'}")
         console.print("Ctrl-C stops everything.")
         with Live(_services_table(stack), console=console, refresh_per_second=1) as live:
             while True:

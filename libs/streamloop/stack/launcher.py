@@ -22,6 +22,7 @@ from pathlib import Path
 from confluent_kafka.admin import AdminClient
 
 from streamloop.contracts import PipelineSpec, load_catalog
+from streamloop.dashboard import Dashboard, DashboardSettings, start_dashboard, targets_from_processes
 from streamloop.kafka.admin import ensure_topics, topic_specs, wait_for_broker
 from streamloop.kafka.configuration import KafkaSettings
 from streamloop.stack.broker import DEFAULT_BROKER, BrokerKind, EmbeddedBroker
@@ -84,6 +85,7 @@ class Stack:
     bootstrap_servers: str = ""
     redis_url: str = ""
     processes: list[ServiceProcess] = field(default_factory=list)
+    dashboard: Dashboard | None = None
 
     @classmethod
     def prepare(cls, pipeline: PipelineSpec, pipeline_path: Path, data_dir: Path, fresh: bool = False,
@@ -168,6 +170,18 @@ class Stack:
                 self.write_state()
         return events
 
+    def start_dashboard(self) -> str | None:
+        """Serve the dashboard from threads of this process (docs/dashboard.md); its URL, None when off."""
+        settings = DashboardSettings()
+        if not settings.enabled:
+            return None
+        catalog = load_catalog(self.pipeline, topic_prefix=self.extra_env.get("STREAMLOOP_TOPIC_PREFIX", ""))
+        kafka = KafkaSettings(bootstrap_servers=self.bootstrap_servers)
+        self.dashboard = start_dashboard(self.pipeline, catalog, kafka, lambda: targets_from_processes(self.processes),
+                                         settings)
+        self.write_state()
+        return self.dashboard.url
+
     def process_of(self, name: str, replica: int = 0) -> ServiceProcess:
         for service in self.processes:
             if service.name == name and service.replica == replica:
@@ -175,6 +189,8 @@ class Stack:
         raise KeyError(f"{name}-{replica}")
 
     def stop(self) -> None:
+        if self.dashboard is not None:
+            self.dashboard.stop()
         for service in reversed(self.processes):
             service.stop()
         if self.redis is not None:
@@ -195,6 +211,7 @@ class Stack:
             "broker": self.broker_kind if self.broker else "external",
             "topic_prefix": self.extra_env.get("STREAMLOOP_TOPIC_PREFIX", ""),
             "launcher_pid": os.getpid(),
+            "dashboard_url": self.dashboard.url if self.dashboard else None,
             "services": [
                 {"name": s.name, "replica": s.replica, "pid": s.pid, "state": s.state, "restarts": s.restarts,
                  "metrics_port": s.metrics_port, "log": str(s.log_path)}
