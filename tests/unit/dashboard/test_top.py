@@ -1,0 +1,22 @@
+"""`streamloop top` draws the dashboard's snapshot in the terminal."""
+
+from rich.console import Console
+
+from streamloop.cli.top_command import render_snapshot, sparkline
+from streamloop.dashboard import DashboardModel
+from tests.unit.dashboard.test_assembly import loaded_model
+
+
+def test_top_renders_the_same_snapshot():
+    console = Console(record=True, width=160)
+    console.print(render_snapshot(loaded_model().snapshot()))
+    screen = console.export_text()
+    for expected in ("champion v1", "accuracy 0.91", "ALERT stale_model", "country=NG", "featurizer", "PROMOTE",
+                     "online-scorer ← f", "in.dlq"):
+        assert expected in screen, expected
+    console.print(render_snapshot(DashboardModel("p").snapshot()))
+
+
+def test_sparkline_scales_between_min_and_max():
+    assert sparkline([0.0, None, 0.5, 1.0]) == "▁▅█"
+    assert sparkline([2.0, 2.0]) == "▁▁" and sparkline([]) == ""
