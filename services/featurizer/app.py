@@ -23,7 +23,7 @@ from streamloop.errors import StreamloopError
 from streamloop.kafka import StageRunner
 from streamloop.service import ServiceContext
 from streamloop.service.context import configure_logging
-from streamloop.store import RedisFeatureStore, create_redis_client
+from streamloop.store import RedisFeatureStore
 from streamloop.telemetry import Telemetry, configure_telemetry
 
 SERVICE = "featurizer"
@@ -76,10 +76,7 @@ def build(settings: FeaturizerSettings, telemetry: Telemetry | None = None) -> F
             telemetry_settings = telemetry_settings.model_copy(update={"service_name": SERVICE})
         telemetry = configure_telemetry(telemetry_settings)
     redis = settings.redis
-    client = create_redis_client(redis.url, username=redis.username,
-                                 password=redis.password.get_secret_value() if redis.password else None,
-                                 ssl_ca_certs=redis.ssl_ca_certs)
-    store = RedisFeatureStore(client, ctx.pipeline.name, ttl_ms=ctx.pipeline.features.ttl,
+    store = RedisFeatureStore(redis.client(), ctx.pipeline.name, ttl_ms=ctx.pipeline.features.ttl,
                               key_prefix=redis.key_prefix)
     history = KafkaPartitionHistory(settings.common.kafka, ctx.group_id, {input_topic.name: ctx.serde("input")},
                                     timeout_s=settings.restore_timeout_s)

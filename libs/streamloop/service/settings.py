@@ -7,7 +7,8 @@ Environment variables: ``STREAMLOOP_PIPELINE`` (path of the pipeline spec), ``KA
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -15,8 +16,32 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from streamloop.kafka.configuration import KafkaSettings, _read_secret_file
 from streamloop.kafka.runner import RunnerSettings
 
+if TYPE_CHECKING:
+    import redis
 
-class SerdeSettings(BaseSettings):
+
+def redact_url(url: str | None) -> str | None:
+    """The URL with any password replaced by ``***``, for logs and reprs."""
+    if not url:
+        return url
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = f"{parts.username}:***" if parts.username else ":***"
+    host = parts.hostname or ""
+    netloc = f"{user}@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+class _RedactedUrl:
+    """``url`` may carry a password (``rediss://user:pw@host``): reprs show it redacted."""
+
+    def __repr_args__(self):  # pydantic's repr hook
+        for name, value in super().__repr_args__():  # type: ignore[misc]
+            yield name, redact_url(value) if name == "url" else value
+
+
+class SerdeSettings(_RedactedUrl, BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SCHEMA_REGISTRY_", frozen=True, extra="ignore")
 
     url: str | None = Field(default=None, description="Set to use the Confluent wire format through this registry.")
@@ -34,19 +59,39 @@ class SerdeSettings(BaseSettings):
         return {"basic.auth.user.info": self.basic_auth_user_info.get_secret_value()}
 
 
-class RedisSettings(BaseSettings):
+class RedisSettings(_RedactedUrl, BaseSettings):
+    """``REDIS_URL`` (``rediss://`` for TLS), ACL ``REDIS_USERNAME``/``REDIS_PASSWORD`` and TLS files."""
+
     model_config = SettingsConfigDict(env_prefix="REDIS_", frozen=True, extra="ignore")
 
     url: str = "redis://127.0.0.1:6379/0"
-    username: str | None = None
-    password: SecretStr | None = None
-    ssl_ca_certs: str | None = None
+    username: str | None = Field(default=None, description="ACL user (Redis 6+).")
+    password: SecretStr | None = Field(default=None, description="ACL password; 'file:/path' reads it.")
+    ssl_ca_certs: str | None = Field(default=None, description="PEM CA that signed the server's certificate.")
+    ssl_certfile: str | None = Field(default=None, description="PEM client certificate (mutual TLS).")
+    ssl_keyfile: str | None = Field(default=None, description="PEM key of ssl_certfile.")
+    ssl_check_hostname: bool = True
     key_prefix: str = "streamloop"
 
     @field_validator("password", mode="before")
     @classmethod
     def _secret_from_file(cls, value: Any) -> Any:
         return _read_secret_file(value)
+
+    def client_options(self) -> dict[str, Any]:
+        """Keyword arguments of ``create_redis_client`` besides the URL; holds the password in clear."""
+        return {
+            "username": self.username,
+            "password": self.password.get_secret_value() if self.password else None,
+            "ssl_ca_certs": self.ssl_ca_certs, "ssl_certfile": self.ssl_certfile, "ssl_keyfile": self.ssl_keyfile,
+            "ssl_check_hostname": self.ssl_check_hostname,
+        }
+
+    def client(self) -> redis.Redis:
+        """The one way services make their Redis client: credentials and TLS always applied."""
+        from streamloop.store import create_redis_client
+
+        return create_redis_client(self.url, **self.client_options())
 
 
 class CommonSettings(BaseSettings):

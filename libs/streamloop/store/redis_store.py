@@ -84,27 +84,38 @@ def create_redis_client(
     username: str | None = None,
     password: str | None = None,
     ssl_ca_certs: str | None = None,
+    ssl_certfile: str | None = None,
+    ssl_keyfile: str | None = None,
+    ssl_check_hostname: bool = True,
     socket_timeout_s: float = 5.0,
     retries: int = 3,
 ) -> redis.Redis:
     """A client for ``redis://``, ``rediss://`` (TLS) or ``unix://`` URLs.
 
     Credentials may be in the URL (``rediss://user:password@host:6380/0``) or given here, which
-    keeps secrets out of logged URLs. Lost connections are retried ``retries`` times: safe for
-    writes too, because the write script ignores versions it already holds.
+    keeps secrets out of logged URLs. With ``rediss://`` the server certificate is always verified
+    (against ``ssl_ca_certs``, else the system CAs); ``ssl_certfile``/``ssl_keyfile`` add a client
+    certificate (mutual TLS). Lost connections are retried ``retries`` times: safe for writes too,
+    because the write script ignores versions it already holds.
     """
     scheme = urlsplit(url).scheme
     if scheme not in ("redis", "rediss", "unix"):
         raise InvalidFeatureStoreConfig(f"not a Redis URL (redis://, rediss:// or unix://): {scheme}://...")
-    if ssl_ca_certs is not None and scheme != "rediss":
-        raise InvalidFeatureStoreConfig("ssl_ca_certs needs a rediss:// URL")
+    tls_files = {"ssl_ca_certs": ssl_ca_certs, "ssl_certfile": ssl_certfile, "ssl_keyfile": ssl_keyfile}
+    for name, value in tls_files.items():
+        if value is not None and scheme != "rediss":
+            raise InvalidFeatureStoreConfig(f"{name} needs a rediss:// URL")
+    if (ssl_certfile is None) != (ssl_keyfile is None):
+        raise InvalidFeatureStoreConfig("ssl_certfile and ssl_keyfile are given together")
     options: dict[str, Any] = {}
     if username is not None:
         options["username"] = username
     if password is not None:
         options["password"] = password
-    if ssl_ca_certs is not None:
-        options["ssl_ca_certs"] = ssl_ca_certs
+    if scheme == "rediss":
+        options["ssl_cert_reqs"] = "required"
+        options["ssl_check_hostname"] = ssl_check_hostname
+    options.update({k: v for k, v in tls_files.items() if v is not None})
     return redis.Redis.from_url(
         url,
         decode_responses=False,
