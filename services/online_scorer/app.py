@@ -30,7 +30,7 @@ from streamloop.kafka.table_reader import CompactedTopicReader
 from streamloop.serde import Serde
 from streamloop.service import ServiceContext
 from streamloop.service.context import configure_logging
-from streamloop.store import RedisFeatureStore, create_redis_client
+from streamloop.store import RedisFeatureStore
 from streamloop.telemetry import Telemetry, configure_telemetry
 
 SERVICE = "online-scorer"
@@ -114,7 +114,8 @@ class ScorerApp:
                 log.info("deployments read: %d slots", len(self.reader.snapshot()))
             if self.holder.wait_for_champion(1.0):
                 champion = self.holder.current.champion
-                assert champion is not None
+                if champion is None:  # retired between the wait and this read: wait again
+                    continue
                 log.info("champion %s version %s is live; scoring %s", champion.name, champion.version,
                          self.ctx.topic("features").name)
                 return not self._stopping.is_set()
@@ -151,16 +152,17 @@ def build(settings: ScorerSettings, telemetry: Telemetry | None = None) -> Score
     reader = CompactedTopicReader(kafka, ctx.topic("model_deployments").name, ctx.serde("model_deployments"),
                                   on_change=holder.on_deployment, name=f"{SERVICE}-deployments")
     redis = settings.redis
-    client = create_redis_client(redis.url, username=redis.username,
-                                 password=redis.password.get_secret_value() if redis.password else None,
-                                 ssl_ca_certs=redis.ssl_ca_certs)
-    store = RedisFeatureStore(client, ctx.pipeline.name, ttl_ms=ctx.pipeline.features.ttl,
+    store = RedisFeatureStore(redis.client(), ctx.pipeline.name, ttl_ms=ctx.pipeline.features.ttl,
                               key_prefix=redis.key_prefix)
     limits = RequestLimits(settings.max_request_features, settings.max_batch_entities, settings.max_entity_id_length)
     servicer = ScoringServicer(ctx.pipeline, holder, store, group=settings.feature_group, limits=limits,
                                metrics=metrics)
+    token = settings.auth_token.get_secret_value() if settings.auth_token else None
     server = ScoringServer(servicer, host=settings.grpc_host, port=settings.grpc_port, workers=settings.grpc_workers,
-                           max_concurrent_rpcs=settings.grpc_max_concurrent_rpcs, metrics=metrics)
+                           max_concurrent_rpcs=settings.grpc_max_concurrent_rpcs, metrics=metrics,
+                           tls=settings.server_tls(), auth_token=token, reflection_open=settings.reflection_open)
+    if token is None and settings.grpc_host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("gRPC listens on %s with no bearer token (set SCORER_AUTH_TOKEN)", settings.grpc_host)
     processor = ScoringProcessor(ctx.pipeline, holder, features=ctx.topic("features"),
                                  predictions=ctx.topic("predictions"),
                                  shadow_predictions=ctx.topic("shadow_predictions"), metrics=metrics)

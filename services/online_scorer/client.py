@@ -3,18 +3,59 @@
 >>> result = score("127.0.0.1:50051", "4000-1234-5678-9010", numeric={"amount": 990.0})  # doctest: +SKIP
 >>> result.action, result.model_version  # doctest: +SKIP
 ('review', 'v7')
+
+A secured scorer is reached with ``security=ClientSecurity(token=..., ca_file=...)``; without it
+the client reads ``SCORER_AUTH_TOKEN``, ``SCORER_TLS_CA_FILE``, ``SCORER_TLS_CLIENT_CERT_FILE``,
+``SCORER_TLS_CLIENT_KEY_FILE`` and ``SCORER_TLS_SERVER_NAME`` (ScorerClientSettings).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import grpc
 
 from services.online_scorer.errors import ScoreFailed, ScorerUnreachable
 from streamloop.contracts.generated.scoring.v1 import scoring_pb2, scoring_pb2_grpc
+
+
+@dataclass(frozen=True)
+class ClientSecurity:
+    """How the client proves itself and checks the server: a bearer token, TLS, a client certificate."""
+
+    token: str | None = field(default=None, repr=False)
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    server_name: str | None = None
+
+    @classmethod
+    def from_env(cls) -> ClientSecurity:
+        from services.online_scorer.settings import ScorerClientSettings
+
+        s = ScorerClientSettings()
+        return cls(s.auth_token.get_secret_value() if s.auth_token else None, s.tls_ca_file, s.tls_client_cert_file,
+                   s.tls_client_key_file, s.tls_server_name)
+
+    @property
+    def tls(self) -> bool:
+        return self.ca_file is not None or self.cert_file is not None
+
+    def channel(self, address: str) -> grpc.Channel:
+        if not self.tls:
+            return grpc.insecure_channel(address)
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=self.ca_file.read_bytes() if self.ca_file else None,
+            private_key=self.key_file.read_bytes() if self.key_file else None,
+            certificate_chain=self.cert_file.read_bytes() if self.cert_file else None)
+        options = [("grpc.ssl_target_name_override", self.server_name)] if self.server_name else []
+        return grpc.secure_channel(address, credentials, options=options)
+
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        return (("authorization", f"Bearer {self.token}"),) if self.token else ()
 
 
 @dataclass(frozen=True)
@@ -51,11 +92,15 @@ class ScoreResult:
 
 def score(address: str, entity_id: str, *, numeric: Mapping[str, float] | None = None,
           categorical: Mapping[str, str] | None = None, explain: bool = False, timeout_s: float = 5.0,
-          connect_timeout_s: float = 3.0) -> ScoreResult:
-    """Score one entity; raises ScorerUnreachable (no server at ``address``) or ScoreFailed (its status)."""
+          connect_timeout_s: float = 3.0, security: ClientSecurity | None = None) -> ScoreResult:
+    """Score one entity; raises ScorerUnreachable (no server at ``address``) or ScoreFailed (its status).
+
+    ``security`` defaults to ``ClientSecurity.from_env()``.
+    """
+    security = security if security is not None else ClientSecurity.from_env()
     request = scoring_pb2.ScoreRequest(entity_id=entity_id, numeric_features=dict(numeric or {}),
                                        categorical_features=dict(categorical or {}), explain=explain)
-    with grpc.insecure_channel(address) as channel:
+    with security.channel(address) as channel:
         try:
             grpc.channel_ready_future(channel).result(timeout=connect_timeout_s)
         except grpc.FutureTimeoutError:
@@ -64,7 +109,7 @@ def score(address: str, entity_id: str, *, numeric: Mapping[str, float] | None =
                 "(is it running? set SCORER_GRPC_PORT / --address)") from None
         stub = scoring_pb2_grpc.ScoringServiceStub(channel)
         try:
-            response = stub.Score(request, timeout=timeout_s)
+            response = stub.Score(request, timeout=timeout_s, metadata=security.metadata())
         except grpc.RpcError as exc:
             raise ScoreFailed(exc.code(), exc.details() or "") from exc
     return ScoreResult.from_response(response)

@@ -6,6 +6,7 @@ import grpc
 
 from streamloop.errors import StreamloopError
 from streamloop.ml.exceptions import ModelError
+from streamloop.ml.features import InvalidFeatureValue
 from streamloop.store import FeatureStoreUnavailable, InvalidEntityKey
 
 
@@ -43,6 +44,12 @@ class ModelLoadError(ScorerError):
     """A deployed model could not be fetched, verified or warmed; the current model keeps serving."""
 
 
+class Unauthenticated(ScorerError):
+    """The call carries no valid bearer token."""
+
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
 class ScorerUnreachable(ScorerError):
     """The client could not connect to the scorer's gRPC address."""
 
@@ -66,6 +73,9 @@ def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
         return grpc.StatusCode.UNAVAILABLE, f"the feature store is unavailable: {exc}"
     if isinstance(exc, InvalidEntityKey):
         return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
+    if isinstance(exc, InvalidFeatureValue):
+        # Request-time features are checked before scoring, so this is a stored row gone bad.
+        return grpc.StatusCode.FAILED_PRECONDITION, f"the stored features cannot be scored: {exc}"
     if isinstance(exc, ModelError):
         return grpc.StatusCode.INTERNAL, f"the model failed: {exc}"
     if isinstance(exc, StreamloopError):

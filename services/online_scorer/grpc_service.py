@@ -7,18 +7,26 @@ their status (``errors.py``), turned into gRPC statuses by :class:`ErrorIntercep
 
 The server also runs the standard ``grpc.health.v1.Health`` service (NOT_SERVING until a champion
 is live and again from the start of a graceful stop) and server reflection.
+
+Security (docs/security.md): TLS with the server's certificate, mutual TLS when a client CA is
+given, and a bearer token checked by :class:`TokenAuthInterceptor` on every call except the health
+service (probes carry no token); reflection needs the token unless configured otherwise. Request
+bytes are parsed inside the interceptor, so a message that is not a valid protobuf is
+INVALID_ARGUMENT, not INTERNAL.
 """
 
 from __future__ import annotations
 
+import hmac
 import logging
 import math
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -28,6 +36,7 @@ from services.online_scorer.errors import (
     NoChampion,
     ScorerError,
     ScoringDeadlineExceeded,
+    Unauthenticated,
     status_of,
 )
 from services.online_scorer.models import LoadedModel, ModelHolder, wall_clock_ms
@@ -42,6 +51,7 @@ from streamloop.telemetry import ServiceMetrics
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = scoring_pb2.DESCRIPTOR.services_by_name["ScoringService"].full_name
+HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 
 
 @dataclass(frozen=True)
@@ -49,6 +59,8 @@ class RequestLimits:
     max_features: int = 256
     max_batch: int = 1000
     max_entity_id_length: int = 1024
+    max_name_length: int = 256
+    max_category_length: int = 1024
 
 
 def validate(request: scoring_pb2.ScoreRequest, limits: RequestLimits, where: str = "") -> None:
@@ -63,11 +75,18 @@ def validate(request: scoring_pb2.ScoreRequest, limits: RequestLimits, where: st
     for name, value in request.numeric_features.items():
         if not name:
             raise InvalidScoreRequest(f"{where}numeric_features: a feature has an empty name")
+        if len(name) > limits.max_name_length:
+            raise InvalidScoreRequest(f"{where}numeric_features: a name is longer than {limits.max_name_length}")
         if not math.isfinite(value):
             raise InvalidScoreRequest(f"{where}numeric_features[{name!r}]: {value} is not a finite number")
-    for name in request.categorical_features:
+    for name, value in request.categorical_features.items():
         if not name:
             raise InvalidScoreRequest(f"{where}categorical_features: a feature has an empty name")
+        if len(name) > limits.max_name_length:
+            raise InvalidScoreRequest(f"{where}categorical_features: a name is longer than {limits.max_name_length}")
+        if len(value) > limits.max_category_length:
+            raise InvalidScoreRequest(f"{where}categorical_features[{name!r}]: longer than "
+                                      f"{limits.max_category_length} characters")
 
 
 class ScoringServicer(scoring_pb2_grpc.ScoringServiceServicer):
@@ -204,10 +223,15 @@ class ErrorInterceptor(grpc.ServerInterceptor):
             return handler
         method = method_path.rsplit("/", 1)[-1]
         inner = handler.unary_unary
+        parse = handler.request_deserializer
         count = self._count
 
-        def call(request: Any, context: grpc.ServicerContext) -> Any:
+        def call(raw: bytes, context: grpc.ServicerContext) -> Any:
             try:
+                try:
+                    request = parse(raw) if parse is not None else raw
+                except (DecodeError, ValueError, TypeError) as exc:
+                    raise InvalidScoreRequest(f"the request is not a valid {method} message") from exc
                 response = inner(request, context)
             except Exception as exc:  # noqa: BLE001 - every failure leaves with a status
                 code, message = status_of(exc)
@@ -220,25 +244,99 @@ class ErrorInterceptor(grpc.ServerInterceptor):
                 count(1, {"method": method, "code": "OK"})
             return response
 
-        return grpc.unary_unary_rpc_method_handler(call, request_deserializer=handler.request_deserializer,
+        return grpc.unary_unary_rpc_method_handler(call, request_deserializer=None,
                                                    response_serializer=handler.response_serializer)
+
+
+def _abort_handler(handler: Any, code: grpc.StatusCode, message: str) -> Any:
+    """A handler of the same shape as ``handler`` that ends every call with ``code``."""
+
+    def unary(_request: Any, context: grpc.ServicerContext) -> Any:
+        context.abort(code, message)
+
+    def streaming(_requests: Any, context: grpc.ServicerContext) -> Any:
+        context.abort(code, message)
+
+    if handler.unary_unary is not None:
+        return grpc.unary_unary_rpc_method_handler(unary)
+    if handler.unary_stream is not None:
+        return grpc.unary_stream_rpc_method_handler(unary)
+    if handler.stream_unary is not None:
+        return grpc.stream_unary_rpc_method_handler(streaming)
+    return grpc.stream_stream_rpc_method_handler(streaming)
+
+
+class TokenAuthInterceptor(grpc.ServerInterceptor):
+    """Every call needs ``authorization: Bearer <token>``, except the health service (for probes).
+
+    Reflection describes the API, so it needs the token too unless ``reflection_open``. Tokens are
+    compared in constant time and never logged; a refused call is UNAUTHENTICATED.
+    """
+
+    def __init__(self, token: str, *, reflection_open: bool = False) -> None:
+        if not token:
+            raise ScorerError("the gRPC bearer token must not be empty")
+        self._expected = f"Bearer {token}".encode()
+        self._open = {f"/{HEALTH_SERVICE}/"}
+        if reflection_open:
+            self._open.add(f"/{reflection.SERVICE_NAME}/")
+
+    def intercept_service(self, continuation: Callable[[Any], Any], handler_call_details: Any) -> Any:
+        method = handler_call_details.method
+        if any(method.startswith(prefix) for prefix in self._open):
+            return continuation(handler_call_details)
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None
+        supplied = b""
+        for key, value in handler_call_details.invocation_metadata or ():
+            if key == "authorization":
+                supplied = value.encode() if isinstance(value, str) else bytes(value)
+                break
+        if hmac.compare_digest(supplied, self._expected):
+            return handler
+        error = Unauthenticated("missing or invalid bearer token")
+        return _abort_handler(handler, error.code, str(error))
+
+
+@dataclass(frozen=True)
+class ServerTLS:
+    """PEM bytes: the server's certificate chain and key; a client CA turns on mutual TLS."""
+
+    certificate_chain: bytes
+    private_key: bytes = field(repr=False)
+    client_ca: bytes | None = None
+
+    def credentials(self) -> grpc.ServerCredentials:
+        return grpc.ssl_server_credentials([(self.private_key, self.certificate_chain)],
+                                           root_certificates=self.client_ca,
+                                           require_client_auth=self.client_ca is not None)
 
 
 class ScoringServer:
     """The gRPC server: scoring, health and reflection, on a thread pool."""
 
     def __init__(self, servicer: ScoringServicer, *, host: str = "127.0.0.1", port: int = 0, workers: int = 8,
-                 max_concurrent_rpcs: int | None = None, metrics: ServiceMetrics | None = None) -> None:
+                 max_concurrent_rpcs: int | None = None, metrics: ServiceMetrics | None = None,
+                 tls: ServerTLS | None = None, auth_token: str | None = None, reflection_open: bool = False,
+                 max_message_bytes: int = 4 * 1024 * 1024) -> None:
+        interceptors: list[grpc.ServerInterceptor] = [ErrorInterceptor(metrics)]
+        if auth_token is not None:
+            interceptors.insert(0, TokenAuthInterceptor(auth_token, reflection_open=reflection_open))
         self.server = grpc.server(ThreadPoolExecutor(max_workers=workers, thread_name_prefix="scorer-grpc"),
-                                  interceptors=[ErrorInterceptor(metrics)],
-                                  maximum_concurrent_rpcs=max_concurrent_rpcs)
+                                  interceptors=interceptors, maximum_concurrent_rpcs=max_concurrent_rpcs,
+                                  options=[("grpc.max_receive_message_length", max_message_bytes)])
         scoring_pb2_grpc.add_ScoringServiceServicer_to_server(servicer, self.server)
         self.health = health.HealthServicer(experimental_non_blocking=True)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        reflection.enable_server_reflection(
-            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
-            self.server)
-        self.port = self.server.add_insecure_port(f"{host}:{port}")
+        reflection.enable_server_reflection((SERVICE_NAME, HEALTH_SERVICE, reflection.SERVICE_NAME), self.server)
+        if tls is None:
+            self.port = self.server.add_insecure_port(f"{host}:{port}")
+        else:
+            self.port = self.server.add_secure_port(f"{host}:{port}", tls.credentials())
+        self.tls = tls is not None
+        self._mtls = tls is not None and tls.client_ca is not None
+        self.authenticated = auth_token is not None
         if self.port == 0:
             raise ScorerError(f"cannot listen for gRPC on {host}:{port}")
         self.host = host
@@ -250,7 +348,9 @@ class ScoringServer:
 
     def start(self) -> ScoringServer:
         self.server.start()
-        log.info("gRPC scoring service listening on %s", self.address)
+        log.info("gRPC scoring service listening on %s (%s, %s)", self.address,
+                 "mutual TLS" if self.tls and self._mtls else "TLS" if self.tls else "plaintext",
+                 "bearer token required" if self.authenticated else "no authentication")
         return self
 
     def set_serving(self, serving: bool) -> None:

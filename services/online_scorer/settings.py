@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from services.online_scorer.grpc_service import ServerTLS
+from streamloop.kafka.configuration import _read_secret_file
 from streamloop.ml.settings import ArtifactSettings
 from streamloop.service import CommonSettings
 from streamloop.service.settings import RedisSettings
@@ -31,3 +36,47 @@ class ScorerSettings(BaseSettings):
     feature_group: str = Field(default="features", description="Feature store group the featurizer writes.")
     deployments_catch_up_s: float = Field(default=30.0, gt=0,
                                           description="How long start-up waits to read the deployments topic.")
+    auth_token: SecretStr | None = Field(
+        default=None, description="Bearer token every gRPC call must carry (health excepted); 'file:/path' reads it.")
+    reflection_open: bool = Field(default=False, description="Serve gRPC reflection without the token.")
+    tls_cert_file: Path | None = Field(default=None, description="PEM certificate chain: serve gRPC over TLS.")
+    tls_key_file: Path | None = Field(default=None, description="PEM private key of tls_cert_file.")
+    tls_client_ca_file: Path | None = Field(default=None,
+                                            description="PEM CA of client certificates: require mutual TLS.")
+
+    @field_validator("auth_token", mode="before")
+    @classmethod
+    def _secret_from_file(cls, value: Any) -> Any:
+        return _read_secret_file(value)
+
+    @model_validator(mode="after")
+    def _tls_files_together(self) -> ScorerSettings:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("SCORER_TLS_CERT_FILE and SCORER_TLS_KEY_FILE are set together")
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ValueError("SCORER_TLS_CLIENT_CA_FILE (mutual TLS) needs SCORER_TLS_CERT_FILE and _KEY_FILE")
+        return self
+
+    def server_tls(self) -> ServerTLS | None:
+        """The TLS material read from its files, or None for plaintext."""
+        if self.tls_cert_file is None or self.tls_key_file is None:
+            return None
+        return ServerTLS(self.tls_cert_file.read_bytes(), self.tls_key_file.read_bytes(),
+                         self.tls_client_ca_file.read_bytes() if self.tls_client_ca_file else None)
+
+
+class ScorerClientSettings(BaseSettings):
+    """What ``streamloop score`` (services/online_scorer/client.py) uses to reach a secured scorer."""
+
+    model_config = SettingsConfigDict(env_prefix="SCORER_", frozen=True, extra="ignore")
+
+    auth_token: SecretStr | None = Field(default=None, description="Bearer token; 'file:/path' reads it.")
+    tls_ca_file: Path | None = Field(default=None, description="PEM CA that signed the scorer's certificate: use TLS.")
+    tls_client_cert_file: Path | None = Field(default=None, description="PEM client certificate for mutual TLS.")
+    tls_client_key_file: Path | None = Field(default=None, description="PEM key of tls_client_cert_file.")
+    tls_server_name: str | None = Field(default=None, description="Name to verify in the server's certificate.")
+
+    @field_validator("auth_token", mode="before")
+    @classmethod
+    def _secret_from_file(cls, value: Any) -> Any:
+        return _read_secret_file(value)
