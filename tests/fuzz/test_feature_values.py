@@ -59,8 +59,8 @@ def test_an_unseen_category_is_a_new_one_hot_key_not_an_error() -> None:
 
 
 def test_the_stream_scorer_refuses_a_poisoned_vector_and_the_runner_dead_letters_it(spec, catalog, artifacts) -> None:
-    from tests.unit.online_scorer.test_processor import setup, vectors
     from tests.unit.online_scorer.fakes import trained_model
+    from tests.unit.online_scorer.test_processor import setup, vectors
 
     processor, _ = setup(spec, catalog, artifacts, (trained_model(spec), "v1", {}))
     record = vectors(spec, 1)[0]

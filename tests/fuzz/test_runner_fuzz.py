@@ -123,7 +123,7 @@ def test_poison_records_become_dead_letters_and_the_batch_flows(values: list) ->
     dead = [p for p in runner.producer.produced if p[0] == TOPIC + ".dlq"]
     assert len(processor.seen) + len(dead) == len(values)
     assert len(processor.seen) >= good  # garbage that happens to decode is processed, never lost
-    for topic, key, value, headers in dead:
+    for _topic, key, value, headers in dead:
         errors = dl.read_error_headers(headers)
         original = messages[int(errors[dl.OFFSET])]
         assert (key, value) == (original.key(), original.value())
