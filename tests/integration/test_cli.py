@@ -93,3 +93,45 @@ def test_lag_reports_committed_and_end_offsets(cli_env, loop_catalog, bootstrap_
     assert rows and all(r["group"] == group and r["topic"] == topic for r in rows)
     assert sum(r["end_offset"] for r in rows) == 30
     assert sum(r["lag"] for r in rows) == 30 - 10
+
+
+def test_explain_shows_an_events_logged_prediction_and_its_contributions(cli_env, loop_catalog):
+    from confluent_kafka import Producer
+
+    from streamloop.contracts.samples import sample_record
+    from streamloop.serde import SingleObjectSerde
+
+    topic = loop_catalog["predictions"]
+    serde = SingleObjectSerde(topic.schema, loop_catalog.repository)
+    contributions = [{"feature": "amount", "value": 990.0, "contribution": 1.25},
+                     {"feature": "merchant_category=jewelry", "value": None, "contribution": 0.5}]
+    records = [sample_record(topic.schema, seed) | {"event_id": f"txn-{seed}", "explanation": contributions}
+               for seed in range(20)]
+    producer = Producer({"bootstrap.servers": cli_env["KAFKA_BOOTSTRAP_SERVERS"]})
+    for record in records:
+        producer.produce(topic.name, key=b"card-1", value=serde.encode(record))
+    assert producer.flush(30) == 0
+
+    shown = streamloop("explain", "txn-7", env=cli_env)
+    assert shown.returncode == 0, shown.stderr
+    record = json.loads(shown.stdout)
+    assert record["event_id"] == "txn-7" and record["topic"] == "predictions"
+    assert record["model_version"] == records[7]["model_version"]
+    assert [c["feature"] for c in record["explanation"]] == ["amount", "merchant_category=jewelry"]
+    assert "+1.2500" in shown.stderr  # the contributions table
+
+    missing = streamloop("explain", "txn-unknown", env=cli_env)
+    assert missing.returncode == 1 and "no prediction of event 'txn-unknown'" in missing.stderr
+    assert "Traceback" not in missing.stderr
+
+
+def test_models_list_says_when_the_broker_is_unreachable(cli_env):
+    result = streamloop("models", "list", env={**cli_env, "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"})
+    assert result.returncode == 1 and "cannot reach a Kafka broker" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_score_says_when_no_scorer_listens(cli_env):
+    result = streamloop("score", "card-1", "--address", "127.0.0.1:1", env=cli_env)
+    assert result.returncode == 1 and "cannot reach the online scorer" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -15,6 +15,8 @@ from rich.table import Table
 from streamloop.cli.connection import DEMO_PIPELINE, DataDirOption, fail
 from streamloop.contracts import load_catalog, load_pipeline
 from streamloop.errors import StreamloopError
+from streamloop.kafka.configuration import KafkaSettings
+from streamloop.ml.registry import RegistryClient
 from streamloop.stack.launcher import Stack
 from streamloop.stack.loop_driver import LoopDriver, load_generator
 
@@ -46,6 +48,10 @@ def demo(
     pipeline: Path = typer.Option(DEMO_PIPELINE, "--pipeline", "-p", help="A pipeline with a generator.py."),
     data_dir: Path = DataDirOption,
     broker: str = typer.Option("noida", "--broker", envvar="STREAMLOOP_BROKER", help="noida or tansu."),
+    bad_promotion_at: float | None = typer.Option(
+        None, "--bad-promotion-at", min=0.0, max=1.0,
+        help="At this share of the events, promote the untrained bootstrap model by hand, to watch the "
+             "publisher roll the bad promotion back."),
 ) -> None:
     """Run the whole loop on the embedded stack and report what it did."""
     console = Console(stderr=True)
@@ -69,9 +75,12 @@ def demo(
         started = time.monotonic()
         producer = threading.Thread(target=driver.run, args=(stream, rate), daemon=True)
         producer.start()
+        if bad_promotion_at is not None:
+            threading.Thread(target=_promote_badly, args=(driver, spec, pipeline, stack, console,
+                                                          int(events * bad_promotion_at)), daemon=True).start()
         _watch(producer, driver, stack, console, events, headless)
         driver.wait_for_predictions(timeout_s=60)
-        time.sleep(2)  # let the last labels reach the collector
+        driver.wait_for_labels(timeout_s=30)
         elapsed = time.monotonic() - started
         summary = driver.summary(int(events * drift_at), min(5000, events // 5), elapsed, start_ms, rate)
         driver.stop()
@@ -84,6 +93,21 @@ def demo(
         raise fail(str(exc)) from None
     stack.stop()
     _report(summary, console, json_output)
+
+
+def _promote_badly(driver: LoopDriver, spec, pipeline_path: Path, stack: Stack, console: Console, at: int) -> None:
+    """Promote the bootstrap model (never trained) once ``at`` events are out: a promotion gone wrong."""
+    while len(driver.observed.produced_at_ms) < at:
+        time.sleep(0.2)
+    registry = RegistryClient(spec, driver.catalog, KafkaSettings(bootstrap_servers=stack.bootstrap_servers))
+    try:
+        bootstrap = next(row["version"] for row in registry.models() if row["trigger"] == "BOOTSTRAP")
+        decision = registry.promote(bootstrap, reason="demo: a deliberately bad promotion")
+    except (StopIteration, StreamloopError) as exc:
+        console.print(f"bad promotion not possible: {exc}")
+        return
+    driver.observed.bad_promotion = {"at": at, **decision}
+    console.print(f"promoted the untrained {bootstrap} by hand at event {at}; the publisher should roll it back")
 
 
 def _wait_for_champion(driver: LoopDriver, stack: Stack, console: Console, timeout_s: float = 90) -> None:

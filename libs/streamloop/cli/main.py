@@ -7,7 +7,7 @@ import logging
 import typer
 
 from streamloop import __version__
-from streamloop.cli import demo_command, stack_commands, top_command, topic_commands
+from streamloop.cli import demo_command, model_commands, stack_commands, top_command, topic_commands
 from streamloop.kafka.configuration import LIBRDKAFKA_LOGGER
 
 app = typer.Typer(
@@ -20,8 +20,9 @@ app = typer.Typer(
 # The CLI says what went wrong in one line of its own; librdkafka's retry chatter stays quiet.
 LIBRDKAFKA_LOGGER.setLevel(logging.CRITICAL)
 
-for command_module in (stack_commands, topic_commands, demo_command, top_command):
+for command_module in (stack_commands, topic_commands, model_commands, demo_command, top_command):
     app.registered_commands.extend(command_module.app.registered_commands)
+    app.registered_groups.extend(command_module.app.registered_groups)
 
 
 @app.command()
