@@ -15,6 +15,7 @@ import hashlib
 import hmac
 import os
 import pickle
+import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,8 @@ from urllib.parse import urlparse
 from streamloop.ml.exceptions import ArtifactIntegrityError, ArtifactNotFoundError, SigningKeyError
 
 _MIN_KEY_BYTES = 16
+# Far above any model we build (tree ensembles are 3-80 MB); a reference claiming more is refused unread.
+MAX_ARTIFACT_BYTES = 2 * 1024**3
 
 
 @dataclass(frozen=True)
@@ -93,9 +96,26 @@ class ArtifactStore:
         return self.put_bytes(pickle.dumps(model, protocol=pickle.HIGHEST_PROTOCOL))
 
     def get_verified_bytes(self, ref: ArtifactRef) -> bytes:
+        """The artifact's bytes once their SHA-256 matches the reference and its HMAC verifies.
+
+        The reference comes from a topic, so it is not trusted either: only a regular file of exactly
+        ``size_bytes`` (at most MAX_ARTIFACT_BYTES) is read, so a URI naming ``/dev/zero``, a FIFO
+        or a huge file costs nothing.
+        """
+        if urlparse(ref.uri).scheme not in ("", "file"):
+            raise ArtifactNotFoundError(f"artifact {ref.uri}: only file:// artifacts are supported")
         path = Path(urlparse(ref.uri).path)
+        if not 0 <= ref.size_bytes <= MAX_ARTIFACT_BYTES:
+            raise ArtifactIntegrityError(f"artifact {ref.uri} claims {ref.size_bytes} bytes")
         try:
-            data = path.read_bytes()
+            info = path.stat()
+            if not stat.S_ISREG(info.st_mode):
+                raise ArtifactIntegrityError(f"artifact {ref.uri} is not a regular file")
+            if info.st_size != ref.size_bytes:
+                raise ArtifactIntegrityError(f"artifact {ref.uri} content hash does not match its reference "
+                                             f"({info.st_size} bytes, the reference says {ref.size_bytes})")
+            with path.open("rb") as handle:
+                data = handle.read(ref.size_bytes + 1)
         except OSError as exc:
             raise ArtifactNotFoundError(f"artifact {ref.uri} cannot be read: {exc.strerror}") from exc
         digest = hashlib.sha256(data).hexdigest()

@@ -1,0 +1,165 @@
+"""A tampered, unsigned, foreign-signed or hostile artifact is never unpickled, on any path.
+
+The paths that turn an ``ArtifactRef`` from a topic into a model: the scorer's ModelHolder
+(deployments), the retrainer (its champion), the model publisher (candidates) and the registry
+client (manual promote/rollback). Each is fed a reference to a pickle whose ``__reduce__`` would
+create a marker file: the marker must never appear.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import os
+import pickle
+from pathlib import Path
+
+import pytest
+
+from streamloop.ml import ArtifactIntegrityError, ArtifactRef, ArtifactSigner, ArtifactStore
+from streamloop.ml.exceptions import ArtifactNotFoundError, ModelError
+
+ROOT = Path(__file__).resolve().parents[3]
+KEY = b"unit-test-signing-key-0123456789"
+OTHER_KEY = b"an-attacker-signing-key-987654321"
+
+
+class Exploit:
+    """Unpickling this creates ``marker``: proof that untrusted bytes reached ``pickle.loads``."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.makedirs, (str(self.marker),))
+
+
+def hostile_refs(root: Path, store: ArtifactStore, marker: Path) -> dict[str, ArtifactRef]:
+    """Every way a reference can lie; none of them may execute the payload."""
+    payload = pickle.dumps(Exploit(marker))
+    digest = hashlib.sha256(payload).hexdigest()
+    path = root / f"{digest}.pkl"
+    path.write_bytes(payload)
+    uri = path.resolve().as_uri()
+    good = store.put_model({"a": "model"})
+    good_path = Path(good.uri.removeprefix("file://"))
+    swapped = root / "swapped.pkl"
+    swapped.write_bytes(payload)
+    attacker = ArtifactSigner({"default": OTHER_KEY}, "default")
+    return {
+        "unsigned": ArtifactRef(uri, digest, "", "default", len(payload)),
+        "forged signature": ArtifactRef(uri, digest, "0" * 64, "default", len(payload)),
+        "signed with another key": ArtifactRef(uri, digest, attacker.sign(digest), "default", len(payload)),
+        "unknown key id": ArtifactRef(uri, digest, attacker.sign(digest), "attacker", len(payload)),
+        "bytes swapped under a signed ref": ArtifactRef(swapped.resolve().as_uri(), good.sha256, good.signature,
+                                                        good.key_id, len(payload)),
+        "signed ref, tampered file": _tampered(good, good_path, payload),
+        "device instead of a file": ArtifactRef("file:///dev/zero", digest, "", "default", len(payload)),
+        "size beyond the limit": ArtifactRef(uri, digest, "", "default", 2**62),
+        "not a file URI": ArtifactRef("https://evil.example/model.pkl", digest, "", "default", len(payload)),
+    }
+
+
+def _tampered(good: ArtifactRef, path: Path, payload: bytes) -> ArtifactRef:
+    path.write_bytes(payload)
+    return ArtifactRef(good.uri, good.sha256, good.signature, good.key_id, len(payload))
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> ArtifactStore:
+    return ArtifactStore(tmp_path / "artifacts", ArtifactSigner({"default": KEY}, "default"))
+
+
+@pytest.fixture
+def marker(tmp_path: Path) -> Path:
+    return tmp_path / "PWNED"
+
+
+def test_the_store_refuses_every_hostile_reference(store, marker, tmp_path) -> None:
+    refs = hostile_refs(store.root, store, marker)
+    for name, ref in refs.items():
+        with pytest.raises((ArtifactIntegrityError, ArtifactNotFoundError)):
+            store.load_model(ref)
+        assert not marker.exists(), name
+    # The payload really is live: a store that trusts the attacker's key would run it.
+    gullible = ArtifactStore(store.root, ArtifactSigner({"default": OTHER_KEY}, "default"))
+    gullible.load_model(refs["signed with another key"])
+    assert marker.exists()
+
+
+def test_the_scorer_never_loads_a_hostile_deployment(spec, store, marker) -> None:
+    from services.online_scorer.models import ModelHolder
+    from tests.unit.online_scorer.fakes import deployment, slot_key
+
+    holder = ModelHolder(spec, store)
+    for name, ref in hostile_refs(store.root, store, marker).items():
+        record = deployment(spec, ref, f"v-{abs(hash(name))}")
+        holder.on_deployment(slot_key(record), record)
+        assert holder.current.champion is None, name
+    assert not marker.exists()
+
+
+def test_the_retrainer_never_continues_from_a_hostile_champion(demo_pipeline, store, marker, tmp_path) -> None:
+    from streamloop.ml.registry import CHAMPION, deployment_record, slot_key
+    from tests.unit.retrainer.test_retrainer import Harness
+
+    harness = Harness(demo_pipeline, tmp_path / "h")
+    for i, ref in enumerate(hostile_refs(harness.store.root, harness.store, marker).values()):
+        key = slot_key(demo_pipeline.name, demo_pipeline.model.name, CHAMPION)
+        record = deployment_record(demo_pipeline.name, demo_pipeline.model.name, CHAMPION, f"fraud-x-{i}",
+                                   ref.to_record(), deployed_at=harness.now)
+        harness.table.apply(key, record)
+        harness.processor._sync_champion()  # what every batch does first
+        assert harness.processor.learner.model is None, "no online learning from an unverified champion"
+    assert not marker.exists()
+
+
+def test_the_publisher_refuses_hostile_candidates(demo_pipeline, marker, tmp_path) -> None:
+    from tests.unit.model_publisher.factories import candidate
+    from tests.unit.model_publisher.test_publisher import Harness, decisions
+
+    harness = Harness(demo_pipeline, tmp_path)
+    harness.bootstrap()
+    records = []
+    for i, ref in enumerate(hostile_refs(harness.store.root, harness.store, marker).values()):
+        record = candidate(harness.spec, harness.store, created_ms=1_700_000_000_000 + i)
+        record["artifact"] = ref.to_record()
+        records.append(record)
+    refused = decisions(harness.feed("cand", records))
+    assert [d["kind"] for d in refused] == ["REFUSE"] * len(records)
+    assert not marker.exists()
+
+
+def test_the_registry_client_verifies_before_a_manual_promotion(demo_pipeline, store, marker) -> None:
+    from streamloop.contracts import load_catalog
+    from streamloop.kafka import KafkaSettings
+    from streamloop.ml.registry import DeploymentTable, RegistryClient, RegistryState
+
+    client = RegistryClient(demo_pipeline, load_catalog(demo_pipeline), KafkaSettings(bootstrap_servers="127.0.0.1:1"),
+                            store=store)
+    produced: list = []
+    client._produce = produced.append  # type: ignore[method-assign]
+    for ref in hostile_refs(store.root, store, marker).values():
+        with pytest.raises(ModelError):
+            client._change("PROMOTE", "fraud-evil", ref.to_record(), None, "test",
+                           RegistryState(DeploymentTable(), [], [], {}))
+    assert produced == [] and not marker.exists()
+
+
+def test_pickle_is_only_loaded_by_the_verifying_store() -> None:
+    """Static: no module but streamloop/ml/artifacts.py unpickles, and it verifies first."""
+    loaders = {"loads", "load", "Unpickler"}
+    found = []
+    for path in [*ROOT.glob("libs/streamloop/**/*.py"), *ROOT.glob("services/**/*.py")]:
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and node.attr in loaders and isinstance(node.value, ast.Name) \
+                    and node.value.id in ("pickle", "cloudpickle", "dill", "joblib"):
+                found.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+            if isinstance(node, ast.ImportFrom) and node.module in ("pickle", "dill", "joblib") \
+                    and any(a.name in loaders for a in node.names):
+                found.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert [f.split(":")[0] for f in found] == ["libs/streamloop/ml/artifacts.py"]
+    source = (ROOT / "libs/streamloop/ml/artifacts.py").read_text()
+    body = source[source.index("def load_model"):]
+    assert body.index("get_verified_bytes") < body.index("pickle.loads")
