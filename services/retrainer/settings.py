@@ -27,7 +27,8 @@ class RetrainerSettings(BaseSettings):
     # Concept drift (the champion's errors changed) is what a rebuild answers. Data and prediction
     # drift are alerts: the inputs moved, which a model often survives; add them here to rebuild on them too.
     rebuild_drift_kinds: list[DriftKind] = Field(
-        default_factory=lambda: ["CONCEPT"], description="Drift kinds that start a rebuild (DATA, PREDICTION, CONCEPT).")
+        default_factory=lambda: ["CONCEPT"],
+        description="Drift kinds that start a rebuild (DATA, PREDICTION, CONCEPT).")
     rebuild_min_interval: DurationMs = Field(default=30_000, description="Drift rebuilds at most this often.")
     rebuild_min_examples: int = Field(default=100, ge=2, description="Fewer labeled examples: no rebuild.")
     rebuild_in_background: bool = Field(default=True, description="Rebuild on a worker thread, off the consume loop.")

@@ -13,6 +13,7 @@ from rich.live import Live
 from rich.table import Table
 
 from streamloop.cli.connection import DEMO_PIPELINE, DataDirOption, fail
+from streamloop.cli.model_commands import artifact_store
 from streamloop.contracts import load_catalog, load_pipeline
 from streamloop.errors import StreamloopError
 from streamloop.kafka.configuration import KafkaSettings
@@ -99,7 +100,9 @@ def _promote_badly(driver: LoopDriver, spec, pipeline_path: Path, stack: Stack, 
     """Promote the bootstrap model (never trained) once ``at`` events are out: a promotion gone wrong."""
     while len(driver.observed.produced_at_ms) < at:
         time.sleep(0.2)
-    registry = RegistryClient(spec, driver.catalog, KafkaSettings(bootstrap_servers=stack.bootstrap_servers))
+    # Verified like any promotion: the bad model is untrained, not tampered with.
+    registry = RegistryClient(spec, driver.catalog, KafkaSettings(bootstrap_servers=stack.bootstrap_servers),
+                              store=artifact_store(stack.data_dir))
     try:
         bootstrap = next(row["version"] for row in registry.models() if row["trigger"] == "BOOTSTRAP")
         decision = registry.promote(bootstrap, reason="demo: a deliberately bad promotion")

@@ -18,8 +18,10 @@ from services.online_scorer.errors import ScorerError
 from streamloop.cli.connection import BootstrapOption, DataDirOption, PipelineOption, connect, fail
 from streamloop.cli.topic_commands import _json_default, _reachable_admin
 from streamloop.kafka.configuration import KafkaSettings
+from streamloop.ml.artifacts import ArtifactStore
 from streamloop.ml.exceptions import ModelError
 from streamloop.ml.registry import RegistryClient
+from streamloop.ml.settings import ArtifactSettings
 from streamloop.serde import SerdeError, make_serde
 from streamloop.stack.launcher import read_state
 
@@ -28,10 +30,24 @@ models_app = typer.Typer(help="The model registry: versions, lineage, promotions
 app.add_typer(models_app, name="models")
 
 
-def _registry(pipeline: Path | None, data_dir: Path, bootstrap_servers: str | None) -> RegistryClient:
+def artifact_store(data_dir: Path) -> ArtifactStore:
+    """The store promotions are verified against: STREAMLOOP_ARTIFACT_* if set, else the local stack's."""
+    settings = ArtifactSettings()
+    if settings.signing_key is None and (data_dir / "signing.key").exists():
+        settings = ArtifactSettings(store=(data_dir / "artifacts").resolve().as_uri(),
+                                    signing_key=f"file:{(data_dir / 'signing.key').resolve()}")
+    return settings.artifact_store()
+
+
+def _registry(pipeline: Path | None, data_dir: Path, bootstrap_servers: str | None,
+              verify: bool = False) -> RegistryClient:
     conn = connect(pipeline, data_dir, bootstrap_servers)
     _reachable_admin(conn.bootstrap_servers)
-    return RegistryClient(conn.pipeline, conn.catalog, KafkaSettings(bootstrap_servers=conn.bootstrap_servers))
+    # A registry change names an artifact that scorers will load: it is verified here first, so a
+    # tampered or unsigned artifact is refused before it is ever published as champion.
+    store = artifact_store(data_dir) if verify else None
+    return RegistryClient(conn.pipeline, conn.catalog, KafkaSettings(bootstrap_servers=conn.bootstrap_servers),
+                          store=store)
 
 
 def _print_json(value: Any) -> None:
@@ -85,7 +101,7 @@ def models_promote(
 ) -> None:
     """Make VERSION the champion (a manual decision; the scorers swap to it live)."""
     try:
-        decision = _registry(pipeline, data_dir, bootstrap_servers).promote(version, reason)
+        decision = _registry(pipeline, data_dir, bootstrap_servers, verify=True).promote(version, reason)
     except ModelError as exc:
         raise fail(str(exc)) from None
     print(f"promoted {decision['to_version']} (was {decision['from_version'] or 'none'})", file=sys.stderr)
@@ -100,7 +116,7 @@ def models_rollback(
 ) -> None:
     """Serve the champion's predecessor again."""
     try:
-        decision = _registry(pipeline, data_dir, bootstrap_servers).rollback(reason)
+        decision = _registry(pipeline, data_dir, bootstrap_servers, verify=True).rollback(reason)
     except ModelError as exc:
         raise fail(str(exc)) from None
     print(f"rolled back to {decision['to_version']} (from {decision['from_version']})", file=sys.stderr)
