@@ -32,7 +32,7 @@ from pydantic import ValidationError
 from services.ground_truth_collector.entries import JoinInput, SourceRef
 from services.ground_truth_collector.faust_options import faust_options
 from services.ground_truth_collector.join import Decision, JoinConfig, JoinCounters, Joined, JoinPartition
-from services.ground_truth_collector.pacing import Pacer, SourceOrder
+from services.ground_truth_collector.pacing import OffsetOrder, Pacer
 from services.ground_truth_collector.reporting import CollectorMetrics
 from services.ground_truth_collector.routing import (
     HEADER_DECIDED_AT,
@@ -91,7 +91,8 @@ class Collector:
         self.scoring: MetricsStage | None = None
         self.report = CollectorMetrics(telemetry.metrics)
         self.pacer = Pacer(settings.idle_after / 1000)
-        self.order = SourceOrder()
+        self.order = OffsetOrder()
+        self._baseline_lock = asyncio.Lock()
         self._partitioner = DefaultPartitioner()
         self.inputs = {ctx.topic(role).name: role for role in INPUT_ROLES}
         self.serdes = {ctx.topic(role).name: ctx.serde(role) for role in [*INPUT_ROLES, *OUTPUTS]}
@@ -127,7 +128,7 @@ class Collector:
 
     def _on_revoked(self, _sender: Any, revoked: set, **_: Any) -> None:
         self.pacer.reassigned()
-        self.order.reset()
+        self.order.forget((tp.topic, tp.partition) for tp in revoked)
         keyed = {tp.partition for tp in revoked if tp.topic == self.keyed.get_topic_name()}
         for partition in keyed:
             self.partitions.pop(partition, None)
@@ -142,11 +143,9 @@ class Collector:
         resumed = False
         # The stream is iterated at once: an agent that awaits anything before its first iteration
         # can be left without records by faust when a restart and table recovery coincide. Records
-        # are acknowledged by hand, once forwarded, in order per partition (SourceOrder).
+        # are acknowledged by hand, once forwarded, in order per partition (OffsetOrder).
         async for event in stream.noack().events():
             await self.app.tables.recovery.completed.wait()
-            if self.pacer.baseline is None:
-                await self._load_baseline()
             if not resumed:  # before forwarding any backlog: see StreamClock.resume
                 await self._resume(self.keyed, self._keyed_range)
                 resumed = True
@@ -173,21 +172,34 @@ class Collector:
             await self._forwarded(stream, event)
 
     async def _in_order(self, message: Any) -> bool:
-        """True to forward this record now; a record out of order is skipped or re-read (SourceOrder)."""
+        """True to process this record now (and it counts as processed); a record out of order is
+        skipped, or the partition is read again from the expected offset (OffsetOrder)."""
+        await self._ensure_baseline()
         tp = (message.topic, message.partition)
         baseline = (self.pacer.baseline or {}).get(tp)
         verdict = self.order.check(tp, message.offset, baseline)
-        if verdict == SourceOrder.RESEEK:
+        if verdict == OffsetOrder.RESEEK:
             expected = self.order.expected(tp, baseline)
             log.warning("%s[%d]: got offset %d, expected %s; reading the partition again from there",
                         message.topic, message.partition, message.offset, expected)
-            await self.app.consumer.seek(message.tp, expected)
-        return verdict == SourceOrder.PROCESS
+            await self._read_again(message.tp, expected)
+        elif verdict == OffsetOrder.PROCESS:
+            self.order.processed(tp, message.offset)
+        return verdict == OffsetOrder.PROCESS
+
+    async def _read_again(self, tp: Any, offset: int) -> None:
+        """Seek a partition back to the first record its agent has not processed (pacing.py)."""
+        consumer = self.app.consumer
+        # Where faust skipped records it registered a "gap" (meant for compacted topics) and counts
+        # those offsets as acknowledged: they would be committed before they are processed.
+        gaps = getattr(consumer, "_gap", None)
+        if gaps is not None:
+            gaps.pop(tp, None)
+        await consumer.seek(tp, offset)
 
     async def _forwarded(self, stream: Any, event: Any) -> None:
         message = event.message
         await stream.ack(event)
-        self.order.forwarded((message.topic, message.partition), message.offset)
         self.pacer.done(message.topic, message.partition, message.offset, "sources")
 
     async def _resume(self, topic: Any, partitions: list[int]) -> None:
@@ -232,7 +244,11 @@ class Collector:
                 await self._resume(self.joined, [0])
                 resumed = True
             pending: list[Any] = []
+            applied = []
             for event in events:
+                if not await self._in_order(event.message):
+                    continue
+                applied.append(event)
                 try:
                     decisions = self._apply(event)
                 except Exception as exc:  # noqa: BLE001 - one poison record must not stop the join
@@ -244,7 +260,7 @@ class Collector:
                     pending += await self._send_decision(decision, event.message)
             await self._settle(pending)
             await self._settle(await self.state.flush())
-            for event in events:
+            for event in applied:
                 await stream.ack(event)
                 self.pacer.done(event.message.topic, event.message.partition, event.message.offset, "keyed")
 
@@ -310,6 +326,8 @@ class Collector:
             scoring = self._scoring()
             for event in events:
                 message = event.message
+                if not await self._in_order(message):
+                    continue
                 self.pacer.done(message.topic, message.partition, message.offset, "joined")
                 timestamp_ms = int(message.timestamp * 1000)
                 headers = header_list(message.headers)
@@ -364,8 +382,8 @@ class Collector:
         """Tick the partitions that went quiet while caught up, so their clocks can run on."""
         now = self.pacer.warmed_up(self.app.tables.recovery.completed.is_set())
         consumer = self.app.consumer
-        if now is not None and self.pacer.baseline is None:
-            await self._load_baseline()
+        if now is not None:
+            await self._ensure_baseline()
         if now is None or await self._unstick(now) or not await self.pacer.caught_up(consumer, set(self.inputs)):
             return
         for partition in self.pacer.quiet_keyed(now, self._keyed_range):
@@ -374,7 +392,7 @@ class Collector:
             await self.joined.send(key=None, value=b"", partition=0, headers=control_headers(TICK))
 
     async def _unstick(self, now: float) -> bool:
-        """Seek back to the committed offsets when an agent idles on a backlog (see pacing.py)."""
+        """Read a partition again from where its agent stands when it idles on a backlog (pacing.py)."""
         stall_after = self.settings.stall_after / 1000
         if now - self.pacer.last_reseek < stall_after:
             return False
@@ -383,51 +401,24 @@ class Collector:
         for group, topics in groups.items():
             stuck = await self.pacer.stalled(self.app.consumer, topics, group, now, stall_after)
             if stuck:
-                log.warning("%s: no progress for %.0fs although %s have records to read; seeking back to the "
-                            "committed offsets", group, stall_after, ", ".join(f"{tp.topic}[{tp.partition}]"
-                                                                              for tp in stuck))
-                self._diag(stuck)
+                log.warning("%s: no progress for %.0fs although %s have records to read; reading them again",
+                            group, stall_after, ", ".join(f"{tp.topic}[{tp.partition}] from {done} (end {end})"
+                                                          for tp, done, end in stuck))
                 self.pacer.last_reseek = now
                 self.pacer.last_progress = dict.fromkeys(groups, now)
                 self.report.consumer_reseeks += 1
-                await self.app.consumer.perform_seek()
+                for tp, done, _ in stuck:
+                    await self._read_again(tp, done)
                 return True
         return False
 
-    def _diag(self, stuck) -> None:  # TEMP diagnostics
-        try:
-            c = self.app.consumer
-            ak = c._thread._ensure_consumer()
-            assignment = ak._fetcher._subscriptions.subscription.assignment
-            fetcher = ak._fetcher
-            log.warning("DIAG flow_active=%s flow_control=%s recovery=%s active=%d paused=%d buffered=%s",
-                        c.flow_active, self.app.flow_control.is_active(), self.app.tables.recovery.completed.is_set(),
-                        len(c._active_partitions or ()), len(c._paused_partitions), c._buffered_partitions)
-            for tp in stuck:
-                st = assignment.state_value(tp)
-                rec = fetcher._records.get(tp)
-                log.warning("DIAG %s[%d] active=%s paused=%s buffered=%s read=%s committed=%s | ak paused=%s pos=%s "
-                            "status=%s hw=%s records=%s processed=%s order=%s baseline=%s",
-                            tp.topic[-30:], tp.partition, tp in (c._active_partitions or ()), tp in c._paused_partitions,
-                            tp in c._buffered_partitions, c._read_offset.get(tp), c._committed_offset.get(tp),
-                            st.paused, st._position, st._status, st.highwater, rec,
-                            self.pacer.processed.get((tp.topic, tp.partition)),
-                            self.order.next.get((tp.topic, tp.partition)),
-                            (self.pacer.baseline or {}).get((tp.topic, tp.partition)))
-            log.warning("DIAG fetch tasks=%s pending=%s", getattr(fetcher, "_fetch_task", None),
-                        getattr(fetcher, "_pending_tasks", None))
-            import io
-            for task in asyncio.all_tasks():
-                out = io.StringIO()
-                task.print_stack(limit=30, file=out)
-                text = out.getvalue()
-                if "ground_truth_collector" in text or "conductor" in text or "fetcher" in text.lower():
-                    log.warning("DIAG task %s\n%s", task.get_name(), text)
-            for chan in list(self.app.topics._topics):
-                log.warning("DIAG queue %s size=%s", str(chan.get_topic_name())[-30:], chan.queue.qsize())
-            log.warning("DIAG producer buffer=%s", self.app.producer.buffer.size)
-        except Exception:
-            log.exception("DIAG failed")
+    async def _ensure_baseline(self) -> None:
+        """The committed offsets of this assignment, read once per assignment (Pacer.baseline)."""
+        if self.pacer.baseline is not None:
+            return
+        async with self._baseline_lock:
+            if self.pacer.baseline is None:
+                await self._load_baseline()
 
     async def _load_baseline(self) -> None:
         tps = [(tp.topic, tp.partition) for tp in self.app.consumer.assignment()]
@@ -453,12 +444,14 @@ class Collector:
         if self.scoring is not None:
             totals.update({f"outcomes_{k}": v for k, v in vars(self.scoring.counters).items()})
         totals["consumer_reseeks"] = self.report.consumer_reseeks
+        totals["holes_accepted"] = self.order.holes_accepted
         return totals
 
     async def _report(self) -> None:
         partitions = list(self.partitions.values())
-        log.info("DEBUG consumed %s totals %s", dict(self.report.consumed), self._totals())
-        self.report.report(self._totals(), sum(p.pending for p in partitions), sum(p.size for p in partitions))
+        totals = self._totals()
+        log.debug("consumed since the last report %s; counters %s", dict(self.report.consumed), totals)
+        self.report.report(totals, sum(p.pending for p in partitions), sum(p.size for p in partitions))
 
     # -- running -----------------------------------------------------------------------------
 

@@ -5,16 +5,18 @@ A partition without records *because its backlog is still being read* (after a r
 not quiet, so ticks are only written while the collector is caught up with its inputs: every
 assigned partition processed up to the end offset the consumer last saw.
 
-Stalls: on the embedded broker, faust sometimes stops delivering a partition after a restart
-(records fetched during table recovery are dropped while its read offset moves past them, so
-the same records fetched again are discarded as already read). The agents then idle while the
-partition has a backlog. :meth:`Pacer.stalled` finds that state; the collector then seeks every
-partition back to its committed offset, which faust delivers again (replays are recognised).
+Holes and stalls: after a restart, faust (0.15.3 with aiokafka 0.14, seen on noida-db) sometimes
+never hands an agent the first records of a partition after the committed offset, although the
+fetch position moved past them. Where later records follow, the agent sees a hole
+(:class:`OffsetOrder` seeks back); at the tail of a backlog nothing reveals it, the agent idles
+while the partition has records it has not processed: :meth:`Pacer.stalled` finds that state and
+the collector seeks each such partition back to its first unprocessed record.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterable
 from typing import Any
 
 
@@ -37,8 +39,10 @@ class Pacer:
         self.processed[(topic, partition)] = offset + 1
         self.last_progress[group] = time.monotonic()
 
-    async def stalled(self, consumer: Any, topics: set[str], group: str, now: float, stall_after_s: float) -> list:
-        """Partitions of ``topics`` with a backlog although their agent processed nothing for a while."""
+    async def stalled(self, consumer: Any, topics: set[str], group: str, now: float,
+                      stall_after_s: float) -> list[tuple[Any, int, int]]:
+        """(partition, next offset to process, end offset) of each partition of ``topics`` with a
+        backlog although their agent processed nothing for a while."""
         since = self.last_progress.get(group, self.ready_since if self.ready_since is not None else now)
         if now - since < stall_after_s:
             return []
@@ -49,7 +53,7 @@ class Pacer:
             end = consumer.highwater(tp)
             done = self._done(tp)
             if end is not None and done is not None and done < end:
-                stuck.append(tp)
+                stuck.append((tp, done, end))
         return stuck
 
     def keyed(self, partition: int) -> None:
@@ -98,38 +102,63 @@ class Pacer:
         self.processed.clear()
 
 
-class SourceOrder:
-    """The next offset to forward, per source partition: forwarding must not skip a record.
+class OffsetOrder:
+    """The next offset to process, per consumed partition: an agent must never skip a record.
 
-    After a restart faust may hand the key_by agent a partition with a hole (records it fetched
-    during table recovery and then discarded). A record beyond the expected offset therefore
-    makes the agent seek back to the expected one, once; a hole that is still there on the
-    second pass is real (a transactional producer's commit markers) and accepted.
+    faust can hand an agent a partition with a hole after a (re)start: records it fetched around
+    table recovery and then dropped, while the fetch position moved past them (docs/ground-truth-
+    collector.md, "Restarts"). A record beyond the expected offset therefore makes the agent seek
+    back to the expected one (RESEEK). Until the record at the expected offset arrives, records
+    beyond it are still in faust's buffers from before the seek and are skipped (SKIP), not
+    processed: processing one would turn the hole into a loss. If they keep coming for
+    ``retry_after_s`` the seek is repeated (faust may have dropped the re-read too), at most
+    ``max_seeks`` times; a hole that is still there then is real (a transactional producer's
+    commit markers, or records deleted by retention) and is accepted.
+
+    Records below the expected offset are deliveries of records already processed (SKIP).
     """
 
     PROCESS, SKIP, RESEEK = "process", "skip", "reseek"
 
-    def __init__(self) -> None:
+    def __init__(self, retry_after_s: float = 2.0, max_seeks: int = 5,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.retry_after_s = retry_after_s
+        self.max_seeks = max_seeks
+        self._clock = clock
         self.next: dict[tuple[str, int], int] = {}
-        self._retried: set[tuple[tuple[str, int], int]] = set()
+        self._seeking: dict[tuple[str, int], tuple[int, int, float]] = {}  # tp -> (expected, seeks, last seek)
+        self.holes_accepted = 0
 
     def check(self, tp: tuple[str, int], offset: int, baseline: int | None) -> str:
         expected = self.next.get(tp, baseline)
         if expected is None or offset == expected:
+            self._seeking.pop(tp, None)
             return self.PROCESS
         if offset < expected:
-            return self.SKIP  # delivered again after a seek back: already forwarded
-        if (tp, expected) in self._retried:
+            return self.SKIP
+        now = self._clock()
+        seeking = self._seeking.get(tp)
+        if seeking is None or seeking[0] != expected:
+            self._seeking[tp] = (expected, 1, now)
+            return self.RESEEK
+        _, seeks, last = seeking
+        if now - last < self.retry_after_s:
+            return self.SKIP  # fetched before the seek: the re-read is still to come
+        if seeks >= self.max_seeks:
+            self._seeking.pop(tp, None)
+            self.holes_accepted += 1
             return self.PROCESS
-        self._retried.add((tp, expected))
+        self._seeking[tp] = (expected, seeks + 1, now)
         return self.RESEEK
 
-    def forwarded(self, tp: tuple[str, int], offset: int) -> None:
+    def processed(self, tp: tuple[str, int], offset: int) -> None:
         self.next[tp] = offset + 1
 
     def expected(self, tp: tuple[str, int], baseline: int | None) -> int | None:
         return self.next.get(tp, baseline)
 
-    def reset(self) -> None:
-        self.next.clear()
-        self._retried.clear()
+    def forget(self, tps: Iterable[tuple[str, int]]) -> None:
+        """Partitions revoked: their next owner starts from the committed offsets."""
+        for tp in tps:
+            self.next.pop(tp, None)
+            self._seeking.pop(tp, None)
