@@ -36,11 +36,13 @@ from services.ground_truth_collector.pacing import OffsetOrder, Pacer
 from services.ground_truth_collector.reporting import CollectorMetrics
 from services.ground_truth_collector.routing import (
     HEADER_DECIDED_AT,
+    HEADER_JOIN_CLOCK,
     HEADER_LABEL_SOURCE,
     HEADER_ORIGIN,
     INPUT_ROLES,
     RESUME,
     TICK,
+    WATERMARK,
     control_headers,
     control_of,
     event_id_of,
@@ -92,6 +94,7 @@ class Collector:
         self.report = CollectorMetrics(telemetry.metrics)
         self.pacer = Pacer(settings.idle_after / 1000)
         self.order = OffsetOrder()
+        self._announced: dict[int, tuple[int, float]] = {}  # join partition -> (clock, when) last announced
         self._baseline_lock = asyncio.Lock()
         self._partitioner = DefaultPartitioner()
         self.inputs = {ctx.topic(role).name: role for role in INPUT_ROLES}
@@ -132,6 +135,7 @@ class Collector:
         keyed = {tp.partition for tp in revoked if tp.topic == self.keyed.get_topic_name()}
         for partition in keyed:
             self.partitions.pop(partition, None)
+            self._announced.pop(partition, None)
         self.state.forget(keyed)
         if any(tp.topic == self.joined.get_topic_name() for tp in revoked):
             self.scoring = None
@@ -245,10 +249,12 @@ class Collector:
                 resumed = True
             pending: list[Any] = []
             applied = []
+            touched: dict[int, int] = {}  # join partition -> offset of its last record in the batch
             for event in events:
                 if not await self._in_order(event.message):
                     continue
                 applied.append(event)
+                touched[event.message.partition] = event.message.offset
                 try:
                     decisions = self._apply(event)
                 except Exception as exc:  # noqa: BLE001 - one poison record must not stop the join
@@ -258,6 +264,7 @@ class Collector:
                     continue
                 for decision in decisions:
                     pending += await self._send_decision(decision, event.message)
+            pending += await self._announce_clocks(touched)
             await self._settle(pending)
             await self._settle(await self.state.flush())
             for event in applied:
@@ -291,9 +298,13 @@ class Collector:
             label = (HEADER_LABEL_SOURCE, decision.label_source.text().encode())
             decided_at = (HEADER_DECIDED_AT, str(decision.decided_at).encode())
             origin = (HEADER_ORIGIN, SourceRef(trigger.topic, trigger.partition, trigger.offset).text().encode())
+            extra = [label, decided_at, origin]
+            clock = self.partitions[trigger.partition].clock
+            if clock is not None:  # the partition's clock: the metrics stage's watermark (scoring.py)
+                extra.append((HEADER_JOIN_CLOCK, str(clock).encode()))
             futures = [await self.joined.send(
                 key=decision.example["event_id"].encode(), value=value, partition=0,
-                headers=forwarded_headers(trigger_headers, label, decided_at, origin))]
+                headers=forwarded_headers(trigger_headers, *extra))]
             self.pacer.joined()
             if not decision.late_prediction:
                 futures.append(await self.outputs["labeled_examples"].send(
@@ -304,6 +315,26 @@ class Collector:
         return [await self.outputs["unmatched_labels"].send(
             key=decision.record["event_id"].encode(), value=value,
             headers=forwarded_headers(trigger_headers, (HEADER_LABEL_SOURCE, decision.label_source.text().encode())))]
+
+    async def _announce_clocks(self, touched: dict[int, int]) -> list[Any]:
+        """Tell the metrics stage the clocks of the join partitions a batch moved (or kept busy)."""
+        futures = []
+        now = time.monotonic()
+        keep_alive = self.settings.idle_after / 2000
+        for partition, offset in touched.items():
+            join = self.partitions.get(partition)
+            if join is None or join.time.high is None:
+                continue  # no data record yet: nothing this partition could decide
+            last = self._announced.get(partition)
+            if last is not None and last[0] == join.clock and now - last[1] < keep_alive:
+                continue
+            self._announced[partition] = (join.clock, now)
+            headers = [(HEADER_ORIGIN, SourceRef(self.keyed.get_topic_name(), partition, offset).text().encode())]
+            if join.clock is not None:
+                headers.append((HEADER_JOIN_CLOCK, str(join.clock).encode()))
+            futures.append(await self.joined.send(key=None, value=b"", partition=0,
+                                                  headers=control_headers(WATERMARK, *headers)))
+        return futures
 
     async def _settle(self, futures: list[Any]) -> None:
         """Wait until every output is acknowledged; a failure stops the worker before state is written."""
@@ -333,6 +364,12 @@ class Collector:
                 headers = header_list(message.headers)
                 control = control_of(headers)
                 decided_at = header(headers, HEADER_DECIDED_AT)
+                origin = SourceRef.parse((header(headers, HEADER_ORIGIN) or b"?:0:0").decode())
+                join_clock = header(headers, HEADER_JOIN_CLOCK)
+                if control == WATERMARK:
+                    scoring.watermark(origin, None if join_clock is None else int(join_clock), timestamp_ms)
+                    held.append((event, None))
+                    continue
                 if control is not None or decided_at is None:
                     if control == RESUME:
                         scoring.clock.resume(timestamp_ms)
@@ -341,8 +378,8 @@ class Collector:
                     held.append((event, None))
                     continue
                 example = self.serdes[self.ctx.topic("labeled_examples").name].decode(message.value)
-                origin = SourceRef.parse((header(headers, HEADER_ORIGIN) or b"?:0:0").decode())
-                held.append((event, scoring.add(example, int(decided_at), origin, timestamp_ms)))
+                held.append((event, scoring.add(example, int(decided_at), origin, timestamp_ms,
+                                                None if join_clock is None else int(join_clock))))
             reports = scoring.close()
             if reports:
                 await self._publish(reports)

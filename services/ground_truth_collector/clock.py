@@ -65,6 +65,15 @@ class StreamClock:
             self._last_ts = timestamp_ms if self._last_ts is None else max(self._last_ts, timestamp_ms)
         self._advance(self._last_ts if self._last_ts is not None else 0)
 
+    def hold(self, source: SourceRef, timestamp_ms: int) -> None:
+        """A record from a source that cannot say its time yet: while it is active, the clock waits."""
+        stream = self._streams.setdefault(source.stream, [source.offset, None, timestamp_ms])
+        stream[_OFFSET] = max(stream[_OFFSET], source.offset)
+        if timestamp_ms > 0:
+            stream[_TS] = max(stream[_TS], timestamp_ms)
+            self._epoch_ts = self._epoch_ts if self._epoch_ts is not None else timestamp_ms
+            self._last_ts = timestamp_ms if self._last_ts is None else max(self._last_ts, timestamp_ms)
+
     def tick(self, timestamp_ms: int) -> bool:
         """A tick record; True when the clock moved."""
         before = self.clock
@@ -86,6 +95,8 @@ class StreamClock:
         idle = self.idle_after_ms
         if self._waiting_for_a_source(now_ts):
             return  # a source has not delivered since the (re)start: wait for it a little
+        if any(s[_TIME] is None and now_ts - s[_TS] < idle for s in self._streams.values()):
+            return  # an active source whose time is not known yet (StreamClock.hold)
         active = [s[_TIME] for s in self._streams.values() if s[_TIME] is not None and now_ts - s[_TS] < idle]
         if active:
             candidate = min(active)

@@ -23,8 +23,10 @@ HEADER_SOURCE = "streamloop.join.source"
 HEADER_DECIDED_AT = "streamloop.join.decided_at"
 HEADER_LABEL_SOURCE = "streamloop.label.source"
 HEADER_ORIGIN = "streamloop.join.origin"  # the join partition (keyed record) a joined example came from
+HEADER_JOIN_CLOCK = "streamloop.join.clock"  # that join partition's clock: its later decisions are not earlier
 TICK = "tick"
 RESUME = "resume"
+WATERMARK = "watermark"  # a join partition's clock, for the metrics stage (origin and clock headers)
 
 # The catalog roles the collector joins, and what each one is to the join.
 INPUT_ROLES: dict[str, Kind] = {
@@ -82,16 +84,17 @@ def keyed_headers(kind: Kind, source: SourceRef, original: Headers) -> Headers:
     return kept + [(HEADER_KIND, kind.value.encode()), (HEADER_SOURCE, source.text().encode())]
 
 
-def control_headers(control: str) -> Headers:
-    """Headers of a control record: a TICK (time passes) or a RESUME (a collector started)."""
-    return [(HEADER_KIND, control.encode())]
+def control_headers(control: str, *extra: tuple[str, bytes]) -> Headers:
+    """Headers of a control record: a TICK (time passes), a RESUME (a collector started) or a
+    WATERMARK (a join partition's clock)."""
+    return [(HEADER_KIND, control.encode()), *extra]
 
 
 def control_of(headers: Headers) -> str | None:
-    """TICK or RESUME for a control record, None for a data record."""
+    """TICK, RESUME or WATERMARK for a control record, None for a data record."""
     kind = header(headers, HEADER_KIND)
     text = kind.decode() if kind is not None else None
-    return text if text in (TICK, RESUME) else None
+    return text if text in (TICK, RESUME, WATERMARK) else None
 
 
 def read_keyed(headers: Headers) -> tuple[Kind, SourceRef]:
@@ -107,5 +110,6 @@ def read_keyed(headers: Headers) -> tuple[Kind, SourceRef]:
 
 def forwarded_headers(original: Headers, *extra: tuple[str, bytes]) -> Headers:
     """Headers of an output: the trigger's trace context, without the keyed stream's own headers."""
-    kept = [(k, v) for k, v in original if k not in (*_OWN_HEADERS, HEADER_DECIDED_AT, HEADER_ORIGIN)]
+    kept = [(k, v) for k, v in original if k not in (*_OWN_HEADERS, HEADER_DECIDED_AT, HEADER_ORIGIN,
+                                                      HEADER_JOIN_CLOCK)]
     return kept + list(extra)

@@ -6,8 +6,12 @@ parts. Windows are tumbling over ``decided_at``: the label's time, or the join's
 later (when a label had to wait for its event), i.e. when the truth became usable (prequential
 order). The stage's clock is a watermark over the join partitions that feed it (the same
 :class:`StreamClock` as the join's), so a join partition that runs ahead cannot close a window
-that a slower one still has examples for. A window closes once that clock passes its end by the
-allowed lateness; tick records let the clock run on when every join partition is quiet.
+that a slower one still has examples for. Each join partition's time there is its own *clock*,
+carried by every example and by watermark records the join writes after each batch, never the
+examples' ``decided_at``: a join partition decides at ``max(label time, its clock)``, so its
+``decided_at`` values are not ordered (a label stamped later can be decided before one stamped
+earlier), but none is ever below its clock. A window closes once the stage's clock passes its end
+by the allowed lateness; tick records let the clock run on when every join partition is quiet.
 
 The stage holds the Kafka acknowledgements of a window's records until the window is reported:
 after a crash the open windows are rebuilt by replaying their records, and ``closed_until``
@@ -52,9 +56,12 @@ class MetricsStage:
     def closed_until(self) -> int | None:
         return self.evaluator.closed_until
 
-    def add(self, example: Mapping[str, Any], decided_at: int, origin: SourceRef, timestamp_ms: int = 0) -> int | None:
-        """File one joined example from the join partition ``origin``; its window's start, or None
-        when nothing of it was counted (late, repeated, or no prediction to score)."""
+    def add(self, example: Mapping[str, Any], decided_at: int, origin: SourceRef, timestamp_ms: int = 0,
+            join_clock: int | None = None) -> int | None:
+        """File one joined example from the join partition ``origin`` whose clock was ``join_clock``
+        when it decided; its window's start, or None when nothing of it was counted (late, repeated,
+        or no prediction to score). Without a clock (the partition's first moments) the partition
+        holds the stage's clock while it is active."""
         counted = False
         for outcome in outcomes_from_example(example):
             added = self.evaluator.add(outcome, decided_at)
@@ -65,9 +72,17 @@ class MetricsStage:
                 self.counters.duplicate += 1
             else:
                 self.counters.late += 1
-        self.clock.observe(origin, decided_at, timestamp_ms)
-        self._advance()
+        self.watermark(origin, join_clock, timestamp_ms)
         return self.evaluator.window_start(decided_at) if counted else None
+
+    def watermark(self, origin: SourceRef, join_clock: int | None, timestamp_ms: int = 0) -> None:
+        """The join partition ``origin`` will decide nothing earlier than ``join_clock``; None: it
+        has no clock yet, and may decide anything (it holds the stage's clock while active)."""
+        if join_clock is None:
+            self.clock.hold(origin, timestamp_ms)
+        else:
+            self.clock.observe(origin, join_clock, timestamp_ms)
+        self._advance()
 
     def tick(self, timestamp_ms: int) -> None:
         self.clock.tick(timestamp_ms)
