@@ -1,4 +1,4 @@
-"""Settings of the ground-truth collector (``COLLECTOR_*``); the README has the table."""
+"""Settings of the ground-truth collector (``COLLECTOR_*``); docs/ground-truth-collector.md has the table."""
 
 from __future__ import annotations
 
