@@ -80,10 +80,13 @@ class FeaturizerProcessor:
         self.writer = FeatureRowWriter(store, group, monotonic=monotonic)
         self.history = history
         self.horizon = self.builder.horizon
-        self.forget_after = self.horizon + disorder_ms
-        # Replay far enough back that every event still buffered at the end offset is read again.
-        self.lookback_ms = self.horizon + 2 * disorder_ms
         self._lateness = spec.features.allowed_lateness
+        # An on-time event can be `allowed_lateness` behind the entity's newest and looks back one
+        # horizon (time_since_previous_s is capped there): that much is kept behind the newest.
+        self.retention = self.horizon + self._lateness
+        self.forget_after = self.retention + disorder_ms
+        # Replay far enough back that every event still buffered at the end offset is read again.
+        self.lookback_ms = self.retention + 2 * disorder_ms
         self._late_policy = spec.features.late_events
         self._ttl = spec.features.ttl
         self._fields = len(self.builder.fields)
@@ -190,7 +193,7 @@ class FeaturizerProcessor:
                 raise
         if fresh:
             entities[entity_key] = entity
-        entity.applied(key, value, self.horizon)
+        entity.applied(key, value, self.retention)
         if event_time > part.watermark:
             part.watermark = event_time
         return output

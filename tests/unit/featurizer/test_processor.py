@@ -169,8 +169,9 @@ def test_revoked_partitions_given_back_at_their_committed_offset_keep_their_stat
 
 
 def test_entities_silent_longer_than_horizon_plus_disorder_are_forgotten_the_same_with_or_without_sweeps() -> None:
-    spec = make_spec(COUNT_1M)  # horizon 70 s; disorder 1 s below: forgotten when 71 s behind the partition
-    events = [event(0, "a", 100_000), event(1, "b", 100_000), event(2, "b", 171_500), event(3, "a", 95_000)]
+    # horizon 70 s, kept 10 s more (the lateness); disorder 1 s below: forgotten when 81 s behind the partition
+    spec = make_spec(COUNT_1M)
+    events = [event(0, "a", 100_000), event(1, "b", 100_000), event(2, "b", 181_500), event(3, "a", 95_000)]
     swept = processor(spec, disorder_ms=1_000, sweep_interval_s=0.0)
     lazy = processor(spec, disorder_ms=1_000, sweep_interval_s=1e9)
     got = {}
@@ -187,10 +188,11 @@ def test_entities_silent_longer_than_horizon_plus_disorder_are_forgotten_the_sam
     assert set(swept._partitions[("events", 0)].entities) == {"b"}, "95 s is itself too far behind: swept"
 
 
-def test_buffers_hold_only_the_horizon() -> None:
+def test_buffers_hold_only_the_horizon_and_the_lateness() -> None:
+    # An on-time event may be 10 s (the lateness) behind the newest and looks back 70 s (the horizon).
     proc = processor(make_spec(COUNT_1M))
     proc.process(records([event(i, "a", i * 1_000) for i in range(1_000)]))
-    assert proc._partitions[("events", 0)].entities["a"].size == 70  # (999 s - 70 s, 999 s]
+    assert proc._partitions[("events", 0)].entities["a"].size == 80  # (999 s - 80 s, 999 s]
 
 
 def test_one_store_write_per_batch_with_each_entity_latest_row() -> None:
