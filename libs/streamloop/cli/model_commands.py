@@ -126,7 +126,8 @@ def _scorer_address(address: str | None, data_dir: Path) -> str:
     if address:
         return address
     state = read_state(data_dir) or {}
-    port = state.get("grpc_port") or os.environ.get("SCORER_GRPC_PORT", "50051")
+    ports = [s["grpc_port"] for s in state.get("services", []) if s.get("grpc_port")]
+    port = ports[0] if ports else os.environ.get("SCORER_GRPC_PORT", "50051")
     return f"127.0.0.1:{port}"
 
 

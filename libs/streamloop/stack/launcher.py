@@ -145,9 +145,12 @@ class Stack:
         for name in self.services:
             for replica in range(self.replicas.get(name, 1)):
                 port = free_port()
+                env = self.service_env(name, replica, port)
+                if name == "online-scorer" and "SCORER_GRPC_PORT" not in self.extra_env:
+                    # Each replica its own free port: replicas share the loopback, not a port.
+                    env["SCORER_GRPC_PORT"] = str(free_port())
                 service = ServiceProcess(
-                    name, SERVICES[name], replica, self.service_env(name, replica, port),
-                    self.data_dir / "logs" / f"{name}-{replica}.log", port,
+                    name, SERVICES[name], replica, env, self.data_dir / "logs" / f"{name}-{replica}.log", port,
                 )
                 service.start()
                 self.processes.append(service)
@@ -214,7 +217,8 @@ class Stack:
             "dashboard_url": self.dashboard.url if self.dashboard else None,
             "services": [
                 {"name": s.name, "replica": s.replica, "pid": s.pid, "state": s.state, "restarts": s.restarts,
-                 "metrics_port": s.metrics_port, "log": str(s.log_path)}
+                 "metrics_port": s.metrics_port, "log": str(s.log_path),
+                 **({"grpc_port": int(s.env["SCORER_GRPC_PORT"])} if "SCORER_GRPC_PORT" in s.env else {})}
                 for s in self.processes
             ],
         }
