@@ -204,7 +204,7 @@ class Collector:
     async def _forwarded(self, stream: Any, event: Any) -> None:
         message = event.message
         await stream.ack(event)
-        self.pacer.done(message.topic, message.partition, message.offset, "sources")
+        self.pacer.done(message.topic, message.partition, message.offset)
 
     async def _resume(self, topic: Any, partitions: list[int]) -> None:
         for partition in partitions:
@@ -251,10 +251,11 @@ class Collector:
             applied = []
             touched: dict[int, int] = {}  # join partition -> offset of its last record in the batch
             for event in events:
+                # A partition being read again (OffsetOrder) is busy too: it keeps holding the metrics clock.
+                touched[event.message.partition] = event.message.offset
                 if not await self._in_order(event.message):
                     continue
                 applied.append(event)
-                touched[event.message.partition] = event.message.offset
                 try:
                     decisions = self._apply(event)
                 except Exception as exc:  # noqa: BLE001 - one poison record must not stop the join
@@ -269,7 +270,7 @@ class Collector:
             await self._settle(await self.state.flush())
             for event in applied:
                 await stream.ack(event)
-                self.pacer.done(event.message.topic, event.message.partition, event.message.offset, "keyed")
+                self.pacer.done(event.message.topic, event.message.partition, event.message.offset)
 
     def _apply(self, event: Any) -> list[Decision]:
         message = event.message
@@ -359,7 +360,7 @@ class Collector:
                 message = event.message
                 if not await self._in_order(message):
                     continue
-                self.pacer.done(message.topic, message.partition, message.offset, "joined")
+                self.pacer.done(message.topic, message.partition, message.offset)
                 timestamp_ms = int(message.timestamp * 1000)
                 headers = header_list(message.headers)
                 control = control_of(headers)
@@ -431,23 +432,17 @@ class Collector:
     async def _unstick(self, now: float) -> bool:
         """Read a partition again from where its agent stands when it idles on a backlog (pacing.py)."""
         stall_after = self.settings.stall_after / 1000
-        if now - self.pacer.last_reseek < stall_after:
+        topics = {*self.inputs, self.keyed.get_topic_name(), self.joined.get_topic_name()}
+        stuck = await self.pacer.stalled(self.app.consumer, topics, now, stall_after)
+        if not stuck:
             return False
-        groups = {"sources": set(self.inputs), "keyed": {self.keyed.get_topic_name()},
-                  "joined": {self.joined.get_topic_name()}}
-        for group, topics in groups.items():
-            stuck = await self.pacer.stalled(self.app.consumer, topics, group, now, stall_after)
-            if stuck:
-                log.warning("%s: no progress for %.0fs although %s have records to read; reading them again",
-                            group, stall_after, ", ".join(f"{tp.topic}[{tp.partition}] from {done} (end {end})"
-                                                          for tp, done, end in stuck))
-                self.pacer.last_reseek = now
-                self.pacer.last_progress = dict.fromkeys(groups, now)
-                self.report.consumer_reseeks += 1
-                for tp, done, _ in stuck:
-                    await self._read_again(tp, done)
-                return True
-        return False
+        log.warning("no progress for %.0fs although %s have records to read; reading them again", stall_after,
+                    ", ".join(f"{tp.topic}[{tp.partition}] from {done} (end {end})" for tp, done, end in stuck))
+        self.pacer.last_reseek = now
+        self.report.consumer_reseeks += 1
+        for tp, done, _ in stuck:
+            await self._read_again(tp, done)
+        return True
 
     async def _ensure_baseline(self) -> None:
         """The committed offsets of this assignment, read once per assignment (Pacer.baseline)."""

@@ -33,22 +33,22 @@ class Pacer:
         # the consumer's position, which a stall moves past records it did not deliver.
         self.baseline: dict[tuple[str, int], int] | None = None
 
-        self.last_progress: dict[str, float] = {}  # per group of topics (an agent's input)
+        self.last_progress: dict[tuple[str, int], float] = {}  # per partition: when its agent last processed
 
-    def done(self, topic: str, partition: int, offset: int, group: str = "") -> None:
+    def done(self, topic: str, partition: int, offset: int) -> None:
         self.processed[(topic, partition)] = offset + 1
-        self.last_progress[group] = time.monotonic()
+        self.last_progress[(topic, partition)] = time.monotonic()
 
-    async def stalled(self, consumer: Any, topics: set[str], group: str, now: float,
+    async def stalled(self, consumer: Any, topics: set[str], now: float,
                       stall_after_s: float) -> list[tuple[Any, int, int]]:
         """(partition, next offset to process, end offset) of each partition of ``topics`` with a
-        backlog although their agent processed nothing for a while."""
-        since = self.last_progress.get(group, self.ready_since if self.ready_since is not None else now)
-        if now - since < stall_after_s:
-            return []
+        backlog although its agent processed nothing of it for ``stall_after_s``."""
+        start = self.ready_since if self.ready_since is not None else now
         stuck = []
         for tp in consumer.assignment():
             if tp.topic not in topics:
+                continue
+            if now - max(self.last_progress.get((tp.topic, tp.partition), start), self.last_reseek) < stall_after_s:
                 continue
             end = consumer.highwater(tp)
             done = self._done(tp)
@@ -110,23 +110,26 @@ class OffsetOrder:
     collector.md, "Restarts"). A record beyond the expected offset therefore makes the agent seek
     back to the expected one (RESEEK). Until the record at the expected offset arrives, records
     beyond it are still in faust's buffers from before the seek and are skipped (SKIP), not
-    processed: processing one would turn the hole into a loss. If they keep coming for
-    ``retry_after_s`` the seek is repeated (faust may have dropped the re-read too), at most
-    ``max_seeks`` times; a hole that is still there then is real (a transactional producer's
-    commit markers, or records deleted by retention) and is accepted.
+    processed: processing one would turn the hole into a loss. Such a record still arriving
+    ``retry_after_s`` after the seek means faust dropped the re-read as well (its read offset was
+    moved past it by those buffered records), so the seek is repeated. A hole still there after
+    ``max_seeks`` seeks and ``accept_after_s`` is real (a transactional producer's commit markers,
+    or records deleted by retention) and is accepted.
 
     Records below the expected offset are deliveries of records already processed (SKIP).
     """
 
     PROCESS, SKIP, RESEEK = "process", "skip", "reseek"
 
-    def __init__(self, retry_after_s: float = 2.0, max_seeks: int = 5,
+    def __init__(self, retry_after_s: float = 0.5, max_seeks: int = 5, accept_after_s: float = 10.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.retry_after_s = retry_after_s
         self.max_seeks = max_seeks
+        self.accept_after_s = accept_after_s
         self._clock = clock
         self.next: dict[tuple[str, int], int] = {}
-        self._seeking: dict[tuple[str, int], tuple[int, int, float]] = {}  # tp -> (expected, seeks, last seek)
+        # tp -> (expected offset, seeks so far, first seek, last seek)
+        self._seeking: dict[tuple[str, int], tuple[int, int, float, float]] = {}
         self.holes_accepted = 0
 
     def check(self, tp: tuple[str, int], offset: int, baseline: int | None) -> str:
@@ -139,16 +142,16 @@ class OffsetOrder:
         now = self._clock()
         seeking = self._seeking.get(tp)
         if seeking is None or seeking[0] != expected:
-            self._seeking[tp] = (expected, 1, now)
+            self._seeking[tp] = (expected, 1, now, now)
             return self.RESEEK
-        _, seeks, last = seeking
+        _, seeks, first, last = seeking
         if now - last < self.retry_after_s:
             return self.SKIP  # fetched before the seek: the re-read is still to come
-        if seeks >= self.max_seeks:
+        if seeks >= self.max_seeks and now - first >= self.accept_after_s:
             self._seeking.pop(tp, None)
             self.holes_accepted += 1
             return self.PROCESS
-        self._seeking[tp] = (expected, seeks + 1, now)
+        self._seeking[tp] = (expected, seeks + 1, first, now)
         return self.RESEEK
 
     def processed(self, tp: tuple[str, int], offset: int) -> None:

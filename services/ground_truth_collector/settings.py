@@ -33,7 +33,8 @@ class CollectorSettings(BaseSettings):
         default=3_600_000, description="A time this far beyond its record's Kafka timestamp does not move the clock.")
     tick_interval: PositiveDurationMs = 1_000
     stall_after: PositiveDurationMs = Field(
-        default=30_000, description="An agent idle this long while its input has a backlog: seek back (faust stall).")
+        default=30_000, description="A partition its agent processed nothing of for this long although the consumer "
+                                    "sees records beyond: read them again (faust stall); at most idle_after.")
     keyed_partitions: int | None = Field(
         default=None, ge=1, description="Partitions of the keyed stream; unset: as many as the labels topic.")
 

@@ -62,14 +62,26 @@ def test_the_seek_is_repeated_when_the_re_read_was_dropped_as_well():
 
 def test_a_hole_that_survives_every_seek_is_real_and_accepted():
     clock = FakeClock()
-    order = OffsetOrder(retry_after_s=1.0, max_seeks=3, clock=clock)
+    order = OffsetOrder(retry_after_s=1.0, max_seeks=3, accept_after_s=4.0, clock=clock)
     verdicts = [feed(order, [0])[0]]
-    for _ in range(4):
+    for _ in range(5):
         verdicts += feed(order, [10])
         clock.now += 1.5
-    assert verdicts == ["process", "reseek", "reseek", "reseek", "process"]
+    # Seeks at 0, 1.5 and 3 s; at 4.5 s three seeks and 4 s are enough: the hole is real. 10 again: a replay.
+    assert verdicts == ["process", "reseek", "reseek", "reseek", "process", "skip"]
     assert order.holes_accepted == 1
     assert feed(order, [11]) == ["process"]
+
+
+def test_many_quick_seeks_do_not_make_a_hole_real_before_accept_after():
+    clock = FakeClock()
+    order = OffsetOrder(retry_after_s=0.5, max_seeks=3, accept_after_s=10.0, clock=clock)
+    feed(order, [0])
+    verdicts = []
+    for _ in range(8):
+        verdicts += feed(order, [10])
+        clock.now += 1.0
+    assert "process" not in verdicts and order.holes_accepted == 0
 
 
 def test_forget_drops_a_revoked_partition():
