@@ -248,9 +248,13 @@ def run_no_change(stream: Stream, rate: float) -> Result:
     return result
 
 
-def run_loop(stream: Stream, model, rate: float) -> tuple[Result, ClosedLoop]:
+def run_loop(stream: Stream, model, rate: float, oracle: bool = False,
+             publish_on_drift: bool = False) -> tuple[Result, ClosedLoop]:
     with tempfile.TemporaryDirectory() as tmp:
-        loop = ClosedLoop(stream.spec, model, Path(tmp), rate_per_s=rate)
+        start_ms = 1_800_000_000_000
+        change_ms = start_ms + int(stream.drift_at * 1000 / rate) if oracle else None
+        loop = ClosedLoop(stream.spec, model, Path(tmp), rate_per_s=rate, start_ms=start_ms,
+                          oracle_change_ms=change_ms, publish_online_on_drift=publish_on_drift)
         correct = [loop.step(x, y, stream.delays_ms[i]) for i, (x, y) in enumerate(stream.events)]
     result = Result(correct)
     result.detections = [i for i, e in loop.log.drift_events if e["severity"] in ("WARNING", "CRITICAL")]
@@ -374,7 +378,8 @@ def run(name: str, seed: int, args: argparse.Namespace) -> tuple[Stream, dict[st
         results[approach] = runner()
         seconds[approach] = time.process_time() - started
     started = time.process_time()
-    results["streamloop loop"], loop = run_loop(stream, copy.deepcopy(pretrained), args.rate)
+    results["streamloop loop"], loop = run_loop(stream, copy.deepcopy(pretrained), args.rate, args.oracle_window,
+                                                 args.publish_online_on_drift)
     seconds["streamloop loop"] = time.process_time() - started
     results = {a: results[a] for a in APPROACHES}
     return stream, results, loop, rows_for(stream, seed, results, seconds)
@@ -436,6 +441,11 @@ def main() -> None:
     parser.add_argument("--no-plots", action="store_true")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                         help="override a policy field of the spec, e.g. retrain.rebuild_window=1000 (repeatable)")
+    parser.add_argument("--oracle-window", action="store_true",
+                        help="not the shipped policy: rebuilds after the drift learn only post-drift labels (a "
+                             "perfect change-point estimate), to bound what a smarter rebuild window could do")
+    parser.add_argument("--publish-online-on-drift", action="store_true",
+                        help="not the shipped policy: a CONCEPT drift event also publishes the online challenger")
     parser.add_argument("--plot-suffix", default="", help="appended to the plot file names")
     args = parser.parse_args()
     rows: list[Row] = []
@@ -452,8 +462,9 @@ def main() -> None:
                 plot(stream, results, loop, args.window, path)
                 print(f"  plot: {path.relative_to(REPO_ROOT)}")
     print()
-    if args.set:
-        print("policy overrides: " + ", ".join(args.set))
+    if args.set or args.oracle_window or args.publish_online_on_drift:
+        print("policy overrides: " + ", ".join(args.set + (["oracle rebuild window"] if args.oracle_window else [])
+                                             + (["publish online on drift"] if args.publish_online_on_drift else [])))
     print_rows(rows)
     summary(rows)
 

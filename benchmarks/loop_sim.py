@@ -88,8 +88,15 @@ class _Topic:
 
 class ClosedLoop:
     def __init__(self, spec: PipelineSpec, initial_model: Any, root: Path, *, rate_per_s: float,
-                 start_ms: int = 1_800_000_000_000, batch: int = 50) -> None:
+                 start_ms: int = 1_800_000_000_000, batch: int = 50, oracle_change_ms: int | None = None,
+                 publish_online_on_drift: bool = False) -> None:
         self.spec = spec
+        # Not the shipped policy either: a CONCEPT drift event also publishes the online challenger at once
+        # (through the retrainer's own _publish_online), instead of at the next label or time threshold.
+        self.publish_online_on_drift = publish_online_on_drift
+        # Not the shipped policy: once past this event time, rebuilds learn only from labels of events
+        # after it (a perfect change-point estimate), to bound what a smarter rebuild window could do.
+        self.oracle_change_ms = oracle_change_ms
         self.rate_per_s = rate_per_s
         self.start_ms = start_ms
         self.now = start_ms
@@ -129,6 +136,8 @@ class ClosedLoop:
 
     def _window(self, size: int) -> list[ConsumedRecord]:
         """The retrainer's window reader: the last ``size`` labeled examples of the topic."""
+        if self.oracle_change_ms is not None and self.now >= self.oracle_change_ms:
+            return [r for r in self._labeled[-size:] if r.value["event_time"] >= self.oracle_change_ms]
         return self._labeled[-size:]
 
     # -- the scorer --------------------------------------------------------------------------------
@@ -198,6 +207,9 @@ class ClosedLoop:
 
         candidate_records = []
         outputs = self.retrainer.process(labeled + drift_records).outputs + self.retrainer.tick(self.now).outputs
+        concept = any(r.value["kind"] == "CONCEPT" and r.value["severity"] != "INFO" for r in drift_records)
+        if self.publish_online_on_drift and concept and self.retrainer.learner.pending:
+            outputs.append(self.retrainer._publish_online())  # noqa: SLF001 - prototype of a proposed policy
         for output in outputs:
             self.log.candidates.append((self._index, output.value))
             candidate_records.append(self.topics[CANDIDATES].record(output.value, output.key, self.now))
