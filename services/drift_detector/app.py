@@ -62,13 +62,14 @@ class DriftService:
 
     def run(self, on_started: Callable[[], None] | None = None) -> int:
         try:
-            self._serve(on_started)
+            return self._serve(on_started)
         finally:
             if self.lease is not None:
                 self.lease.close()  # a dynamic member leaves the group: a standby takes over at once
-        return 0
 
-    def _serve(self, on_started: Callable[[], None] | None) -> None:
+    def _serve(self, on_started: Callable[[], None] | None) -> int:
+        """The runner's exit code (non-zero after a fatal consumer error); 0 when stopped before it ran."""
+        code = 0
         while not self._stopping.is_set():
             if self.lease is not None and not self.lease.acquire(self._stopping):
                 break
@@ -81,11 +82,12 @@ class DriftService:
                 break
             if self.lease is not None:
                 self.lease.watch(on_lost=self.runner.stop)
-            self.runner.run(on_started)
+            code = self.runner.run(on_started)
             on_started = None
-            if self.lease is None or not self.lease.lost:
+            if code != 0 or self.lease is None or not self.lease.lost:
                 break
             self.lease.unwatch()
+        return code
 
     def close(self) -> None:
         if self.lease is not None:

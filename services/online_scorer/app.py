@@ -94,15 +94,16 @@ class ScorerApp:
         signal.signal(signal.SIGINT, self.stop)
 
     def run(self) -> int:
+        code = 0
         try:
             self.reader.start()
             self.server.start()
             if self._wait_for_champion():
                 self.server.set_serving(True)
-                self.runner.run(on_started=self.started.set)
+                code = self.runner.run(on_started=self.started.set)
         finally:
             self._shutdown()
-        return 0
+        return code
 
     def _wait_for_champion(self) -> bool:
         """Block until a champion is live (True) or a stop is requested (False), logging progress."""

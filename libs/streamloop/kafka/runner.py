@@ -128,6 +128,7 @@ class StageRunner:
         self._producer_config = kafka.producer(error_cb=self._on_client_error, **(producer_overrides or {}))
         self._stopping = threading.Event()
         self._producer_fatal = False
+        self._consumer_fatal: KafkaError | None = None
         self._last_unreachable_log = 0.0
         self._assigned: set[tuple[str, int]] = set()
         self.consumer: Consumer | None = None
@@ -172,7 +173,9 @@ class StageRunner:
                     self._report_lag()
         finally:
             self._shutdown()
-        return 0
+        # A consumer that hit a fatal error never consumes again: exit non-zero so that the
+        # supervisor (or the orchestrator) restarts the service, which rejoins the group.
+        return 1 if self._consumer_fatal is not None else 0
 
     def _shutdown(self) -> None:
         if self.producer is not None:
@@ -333,7 +336,10 @@ class StageRunner:
             self._produce(dlq, message.key(), message.value(), headers, on_delivery)
         waited = 0.0
         while len(self.producer) > 0:
-            self.producer.flush(1.0)
+            try:
+                self.producer.flush(1.0)
+            except KafkaException as exc:
+                raise self._fatal_producer_error(exc) from exc
             waited += 1.0
             if self.stopping and waited > 10:
                 raise DeliveryError(f"{len(self.producer)} records still queued at shutdown")
@@ -357,6 +363,17 @@ class StageRunner:
             except BufferError:
                 # The local queue is full: let deliveries drain, then try again.
                 self.producer.poll(0.1)
+            except KafkaException as exc:
+                raise self._fatal_producer_error(exc) from exc
+
+    def _fatal_producer_error(self, exc: KafkaException) -> DeliveryError:
+        """A fatal producer error (e.g. OUT_OF_ORDER_SEQUENCE_NUMBER after a broker restart lost the
+        idempotence state) raised by produce or flush: the batch is retried on a new producer."""
+        error = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+        if error is None or not (error.fatal() or error.code() == KafkaError._FATAL):
+            raise exc
+        self._producer_fatal = True
+        return DeliveryError(f"producer fatal error: {error.str()}")
 
     def _commit(self, next_offsets: dict[tuple[str, int], int]) -> None:
         assert self.consumer is not None
@@ -375,7 +392,10 @@ class StageRunner:
     def _recreate_producer(self) -> None:
         log.warning("%s: producer hit a fatal error; creating a new one", self.service)
         assert self.producer is not None
-        self.producer.flush(5)
+        try:
+            self.producer.flush(5)
+        except KafkaException as exc:  # a fatal producer raises again; what it holds is produced anew
+            log.warning("%s: discarding the failed producer: %s", self.service, exc)
         self.producer = Producer(self._producer_config)
         self._producer_fatal = False
 
@@ -409,6 +429,14 @@ class StageRunner:
 
     def _on_consume_error(self, error: KafkaError) -> None:
         if error.code() == KafkaError._PARTITION_EOF:
+            return
+        if error.fatal():
+            # E.g. FENCED_INSTANCE_ID for a static member that was paused past its session timeout.
+            # The batch in hand is finished (its commit fails; it is replayed after the restart).
+            self._consumer_fatal = error
+            log.error("%s: fatal consumer error, exiting so that a restart rejoins the group: %s",
+                      self.service, error.str())
+            self._stopping.set()
             return
         log.warning("%s: consume error: %s", self.service, error.str())
 
