@@ -21,7 +21,7 @@ from services.model_publisher.writer import RegistryWriter
 from streamloop.contracts.pipeline import PipelineSpec
 from streamloop.kafka.records import OutgoingRecord
 from streamloop.ml.promotion import PairedTest, Verdict, decide_canary, decide_promotion, decide_rollback
-from streamloop.ml.registry import CANARY, CHAMPION, SHADOW_PREFIX, DeploymentTable, shadow_slot
+from streamloop.ml.registry import CANARY, CHAMPION, SHADOW_PREFIX, DeploymentTable, millis, shadow_slot
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,9 @@ class Judge:
         """Shadow slots on trial (not the watched predecessor), oldest first."""
         kept = self.watched_predecessor(slots)
         shadows = [(s, r) for s, r in slots.items() if s.startswith(SHADOW_PREFIX) and r is not kept]
-        return sorted(shadows, key=lambda sr: (sr[1].get("deployed_at") or 0, sr[1]["version"]))
+        # deployed_at is a datetime in records read back from the topic and an int in those written
+        # by this process: compare them as milliseconds.
+        return sorted(shadows, key=lambda sr: (millis(sr[1].get("deployed_at")), sr[1]["version"]))
 
     # -- judging ---------------------------------------------------------------------------------
 
