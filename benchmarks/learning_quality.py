@@ -424,7 +424,11 @@ def summary(rows: list[Row]) -> None:
         for approach in APPROACHES[:3]:
             values = [r.recovery for r in rows if r.stream == stream and r.approach == approach]
             recovered = [v for v in values if v is not None]
-            median = statistics.median(recovered) if len(recovered) == len(values) else None
+            # "never" counts as longer than any recovery: the median of [1,200, 3,400, never] is 3,400.
+            ordered = sorted(values, key=lambda v: float("inf") if v is None else v)
+            median = ordered[(len(ordered) - 1) // 2] if len(ordered) % 2 else (
+                statistics.median(ordered[len(ordered) // 2 - 1:len(ordered) // 2 + 1])
+                if None not in ordered[len(ordered) // 2 - 1:len(ordered) // 2 + 1] else None)
             cells.append(f"{approach}: median {fmt(median, '{:,.0f}')} ({len(recovered)}/{len(values)} recovered)")
         print(f"  {stream:<11} " + "; ".join(cells))
 

@@ -1,7 +1,7 @@
 """streamloop beside its peers, side by side in one run on the embedded stack, as ratios.
 
     pip install -e '.[benchmark]'          # into its own venv: quixstreams pins confluent-kafka<2.13
-    python benchmarks/peers.py [--events 100000] [--seconds 5] [--only river,quix,feast]
+    python benchmarks/peers.py [--drain-events 20000,100000] [--seconds 5] [--only river,quix,feast]
 
 Three comparisons (each peer does the same job as the streamloop part it is compared with):
 
@@ -188,11 +188,18 @@ def end_offsets(consumer, topic: str) -> int:
     return sum(consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in metadata.partitions)
 
 
-def watch(consumer, topic: str, expected: int, pid: int, timeout_s: float) -> dict[str, float]:
-    """Poll ``topic``'s end offsets until ``expected`` records: events/s and CPU-µs/event first-to-last output."""
+def watch(consumer, topic: str, expected: int, pid: int, broker_pid: int | None,
+          timeout_s: float) -> dict[str, float]:
+    """Poll ``topic``'s end offsets until ``expected`` records: events/s, CPU-µs/event of the process
+    and of the broker, from the first output to the last."""
     import psutil
 
     process = psutil.Process(pid)
+    broker = psutil.Process(broker_pid) if broker_pid else None
+
+    def cpu_of(p) -> float:
+        return sum(p.cpu_times()[:2]) if p is not None else 0.0
+
     deadline = time.monotonic() + timeout_s
     first = None
     count = 0
@@ -200,18 +207,20 @@ def watch(consumer, topic: str, expected: int, pid: int, timeout_s: float) -> di
         count = end_offsets(consumer, topic)
         now = time.monotonic()
         if first is None and count > 0:
-            first = (now, count, sum(process.cpu_times()[:2]))
+            first = (now, count, cpu_of(process), cpu_of(broker))
         if count >= expected:
             break
         time.sleep(0.1)
     if first is None or count < expected:
         raise RuntimeError(f"{topic}: {count:,} of {expected:,} records within {timeout_s:.0f}s")
-    cpu = sum(process.cpu_times()[:2]) - first[2]
+    cpu = cpu_of(process) - first[2]
+    broker_cpu = cpu_of(broker) - first[3]
     done = count - first[1]
     if done < expected // 2:
         raise RuntimeError(f"{topic}: {first[1]:,} of {expected:,} records were already out at the first look; "
                            "give more --events")
-    return {"events_per_s": done / (now - first[0]), "cpu_us": cpu / done * 1e6, "startup_s": 0.0}
+    return {"events_per_s": done / (now - first[0]), "cpu_us": cpu / done * 1e6,
+            "broker_cpu_us": broker_cpu / done * 1e6}
 
 
 def last_record(bootstrap: str, topic: str) -> bytes | None:
@@ -265,8 +274,10 @@ def quix_vs_featurizer(stack, events: int, cards: int, timeout_s: float) -> dict
     results = {}
     try:
         print(f"  {input_topic}: {end_offsets(consumer, input_topic):,} records produced")
+        broker_pid = stack.broker.process.pid if stack.broker is not None and stack.broker.process else None
         stack.start_services()
-        results["streamloop featurizer"] = watch(consumer, features_topic, events, stack.processes[0].pid, timeout_s)
+        results["streamloop featurizer"] = watch(consumer, features_topic, events, stack.processes[0].pid,
+                                                  broker_pid, timeout_s)
         stack.processes[0].stop()
         quix_out = f"bench.quix-aggregates.{uuid.uuid4().hex[:6]}"
         log = open(stack.data_dir / "logs" / "quix.log", "w")  # noqa: SIM115 - closed below
@@ -274,7 +285,7 @@ def quix_vs_featurizer(stack, events: int, cards: int, timeout_s: float) -> dict
                 str(stack.data_dir / "quix-state")]
         child = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)  # noqa: S603 - this script
         try:
-            results["Quix Streams"] = watch(consumer, quix_out, events, child.pid, timeout_s)
+            results["Quix Streams"] = watch(consumer, quix_out, events, child.pid, broker_pid, timeout_s)
         finally:
             child.terminate()
             child.wait(30)
@@ -290,9 +301,10 @@ def quix_vs_featurizer(stack, events: int, cards: int, timeout_s: float) -> dict
     for name, figures in results.items():
         speed = ours["events_per_s"] / figures["events_per_s"]
         efficiency = figures["cpu_us"] / ours["cpu_us"]
-        report("quix vs featurizer", name, f"{figures['events_per_s']:>9,.0f} events/s  {figures['cpu_us']:7.1f} "
-                                           f"CPU-µs/event  (streamloop / this: {speed:.2f}x events/s, "
-                                           f"{efficiency:.2f}x fewer CPU-µs per event)")
+        report("quix vs featurizer", f"{name}, {events:,} events",
+               f"{figures['events_per_s']:>9,.0f} events/s  {figures['cpu_us']:7.1f} CPU-µs/event (broker "
+               f"{figures['broker_cpu_us']:.1f})  streamloop / this: {speed:.2f}x events/s, {efficiency:.2f}x "
+               "fewer CPU-µs per event")
     return results
 
 
@@ -417,7 +429,9 @@ def feast_vs_grpc(tmp: Path, redis_url: str, seconds: float, entities: int) -> N
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--events", type=int, default=100_000, help="events for river and the Quix/featurizer run")
+    parser.add_argument("--events", type=int, default=50_000, help="events for river in-process")
+    parser.add_argument("--drain-events", default="20000,100000",
+                        help="topic sizes the featurizer and Quix drain (each on a fresh broker)")
     parser.add_argument("--cards", type=int, default=5_000)
     parser.add_argument("--seconds", type=float, default=5.0, help="per latency measurement")
     parser.add_argument("--entities", type=int, default=1_000)
@@ -437,15 +451,18 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as name:
         tmp = Path(name)
         if "river" in only:
-            river_vs_inference(tmp, min(args.events, 50_000))
-        if only & {"quix", "feast"}:
-            stack = Stack.prepare(load_pipeline(PEERS_SPEC), PEERS_SPEC, tmp / "stack", fresh=True,
+            river_vs_inference(tmp, args.events)
+        # A fresh broker and Redis per drain: noida-db keeps every record, and a second drain of the
+        # same topic would start from the featurizer group's committed offsets.
+        sizes = [int(n) for n in args.drain_events.split(",")] if "quix" in only else []
+        for n, events in enumerate(sizes + ([0] if "feast" in only else [])):
+            stack = Stack.prepare(load_pipeline(PEERS_SPEC), PEERS_SPEC, tmp / f"stack-{n}", fresh=True,
                                   broker_kind=args.broker, services=["featurizer"])
             stack.start_infrastructure()
             try:
-                if "quix" in only:
-                    quix_vs_featurizer(stack, args.events, args.cards, args.timeout)
-                if "feast" in only:
+                if events:
+                    quix_vs_featurizer(stack, events, args.cards, args.timeout)
+                else:
                     feast_vs_grpc(tmp, stack.redis_url, args.seconds, args.entities)
             finally:
                 stack.stop()
