@@ -430,7 +430,7 @@ class StageRunner:
     def _on_consume_error(self, error: KafkaError) -> None:
         if error.code() == KafkaError._PARTITION_EOF:
             return
-        if error.fatal():
+        if error.fatal() or error.code() == KafkaError._FATAL:
             # E.g. FENCED_INSTANCE_ID for a static member that was paused past its session timeout.
             # The batch in hand is finished (its commit fails; it is replayed after the restart).
             self._consumer_fatal = error
