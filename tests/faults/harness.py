@@ -1,0 +1,525 @@
+"""What every fault test shares: a running loop, known events, and everything read back by event id.
+
+A :class:`FaultLoop` is the six services started by the stack's launcher (``Stack``), supervised
+as ``streamloop up`` supervises them (a killed service is restarted under its static member id),
+on the session's broker and Redis (tests/conftest.py) under a topic and Redis key prefix of its
+own, running the short-windowed pipeline beside this file. The fault tests of a module share one
+loop; each test streams events whose ids no other test uses and checks only those, so a test
+never waits for six services to start.
+
+What a test checks after its fault (``FaultLoop.verify``):
+
+- every input event has a prediction or a dead letter, by event id (0 lost); duplicates are
+  counted per event;
+- every label sent came back as a labeled example or an unmatched label;
+- Redis holds what a clean run holds: the featurizer's pure processor, applied in offset order
+  to every record of the input topic (the very records the faulted run consumed, with their
+  offsets), writes its rows through the same store code under another key prefix, and the two
+  key sets and every hash (event time ``t``, sequence ``s``, features ``v``; not ``w``, the wall
+  clock of the first write) must be equal. Every feature vector the faulted featurizer emitted,
+  duplicates included, must equal the clean processor's vector for that event;
+- the scorer's served champion (``streamloop_model_info{slot="champion"}``) is the registry's
+  champion slot, and every prediction names a version the registry deployed.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import os
+import re
+import threading
+import time
+import urllib.request
+import uuid
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka.admin import AdminClient
+
+from streamloop.contracts import PipelineSpec, load_catalog, load_pipeline
+from streamloop.kafka import ConsumedRecord
+from streamloop.kafka.admin import ensure_topics, topic_specs
+from streamloop.kafka.configuration import KafkaSettings
+from streamloop.kafka.lag import group_lag
+from streamloop.ml.registry import RegistryClient
+from streamloop.serde import SerdeError, SingleObjectSerde
+from streamloop.stack.launcher import ServiceProcess, Stack
+from streamloop.stack.loop_driver import load_generator
+from streamloop.store import RedisFeatureStore, create_redis_client
+from tests.faults.outputs import OutputReader
+from tests.faults.producer import UserProducer
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+FAULT_SPEC = Path(__file__).resolve().parent / "pipeline.yaml"
+DEMO_SPEC = REPO_ROOT / "examples" / "card_fraud" / "pipeline.yaml"
+FEATURE_GROUP = "features"
+SESSION_TIMEOUT_MS = 6000
+
+# Every 40th event breaks a validation rule (a negative amount): it must come back as a dead letter.
+INVALID_EVERY = 40
+
+
+def fault_pipeline() -> PipelineSpec:
+    return load_pipeline(FAULT_SPEC)
+
+
+# -- events -----------------------------------------------------------------------------------
+
+
+def events(count: int, seed: int, rate_per_s: float) -> list[Any]:
+    """``count`` demo events (ids ``txn-<seed>-<index>``), every INVALID_EVERY-th invalid and unlabeled."""
+    generator = load_generator(load_pipeline(DEMO_SPEC))
+    out = []
+    for demo in generator.generate(count, seed=seed, drift_at=0.5, start_ms=int(time.time() * 1000),
+                                   rate_per_s=rate_per_s, cards=300):
+        if demo.index % INVALID_EVERY == INVALID_EVERY - 1:
+            demo = replace(demo, event={**demo.event, "amount": -1.0}, label_copies=0)
+        out.append(demo)
+    return out
+
+
+# -- the loop -----------------------------------------------------------------------------------
+
+
+@dataclass
+class ScenarioResult:
+    """One scenario's counts, printed as one JSON line (docs/reliability.md quotes them)."""
+
+    scenario: str
+    events_in: int = 0
+    invalid_in: int = 0
+    predictions_out: int = 0
+    dlq: int = 0
+    lost: int = 0
+    duplicates: int = 0
+    max_copies: int = 0
+    labels_sent: int = 0
+    labels_back: int = 0
+    labels_lost: int = 0
+    label_duplicates: int = 0
+    redis_entities: int = 0
+    redis_mismatches: int = 0
+    vector_mismatches: int = 0
+    champion: str | None = None
+    registry_champion: str | None = None
+    unknown_versions: int = 0
+    other_dead_letters: int = 0
+    recover_s: float | None = None
+    elapsed_s: float = 0.0
+    notes: dict[str, Any] = field(default_factory=dict)
+
+    def report(self) -> None:
+        line = json.dumps({"fault_scenario": self.__dict__}, default=str)
+        print("\n" + line, flush=True)
+        log_dir = os.environ.get("STREAMLOOP_FAULTS_REPORT")
+        if log_dir:
+            with open(log_dir, "a") as out:
+                out.write(line + "\n")
+
+
+class FaultLoop:
+    def __init__(self, data_dir: Path, bootstrap_servers: str, redis_url: str, *, name: str,
+                 replicas: dict[str, int] | None = None, env: dict[str, str] | None = None) -> None:
+        self.spec = fault_pipeline()
+        self.prefix = f"{name}."
+        self.key_prefix = name
+        self.catalog = load_catalog(self.spec, topic_prefix=self.prefix)
+        self.stack = Stack.prepare(self.spec, FAULT_SPEC, data_dir, replicas=replicas or {}, extra_env={
+            "STREAMLOOP_TOPIC_PREFIX": self.prefix,
+            "REDIS_KEY_PREFIX": self.key_prefix,
+            "SCORER_GRPC_PORT": "0",
+            "KAFKA_SESSION_TIMEOUT_MS": str(SESSION_TIMEOUT_MS),
+            "STREAMLOOP_LOG_LEVEL": "INFO",
+            **(env or {}),
+        })
+        self.stack.bootstrap_servers = bootstrap_servers
+        self.stack.redis_url = redis_url
+        self.kafka = KafkaSettings(bootstrap_servers=bootstrap_servers)
+        self.reader = OutputReader(self.catalog, bootstrap_servers)
+        self.supervisor_events: list[tuple[float, str]] = []
+        self.producers: list[UserProducer] = []
+        self._dead_letters_before = 0
+        self._stop = threading.Event()
+        self._supervising = threading.Event()
+        self._supervisor = threading.Thread(target=self._supervise, daemon=True, name="fault-supervisor")
+
+    # -- life cycle
+
+    def start(self, ready_timeout_s: float = 180.0) -> FaultLoop:
+        admin = AdminClient(self.kafka.admin())
+        ensure_topics(admin, topic_specs(self.catalog))
+        self.stack.start_services()
+        self._supervising.set()
+        self._supervisor.start()
+        self.reader.start()
+        self.wait_for_champion(ready_timeout_s)
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._supervisor.join(5)
+        self.reader.stop()
+        for service in reversed(self.stack.processes):
+            if service.process is not None and service.process.poll() is None:
+                os.kill(service.process.pid, 18)  # SIGCONT, in case a test left one stopped
+            service.stop()
+
+    def _supervise(self) -> None:
+        while not self._stop.is_set():
+            if self._supervising.is_set():
+                for line in self.stack.supervise_once():
+                    self.supervisor_events.append((time.monotonic(), line))
+            time.sleep(0.1)
+
+    def log_tails(self, chars: int = 1500) -> str:
+        return "\n".join(f"--- {s.log_path.name}\n{s.log_path.read_text(errors='replace')[-chars:]}"
+                         for s in self.stack.processes if s.log_path.exists())
+
+    def service(self, name: str, replica: int = 0) -> ServiceProcess:
+        return self.stack.process_of(name, replica)
+
+    def wait_until_restarted(self, service: ServiceProcess, timeout_s: float = 30.0) -> float:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if service.state == "running" and service.pid is not None:
+                return time.monotonic()
+            time.sleep(0.05)
+        raise AssertionError(f"{service.instance_id} was not restarted within {timeout_s}s")
+
+    # -- the registry
+
+    def registry(self) -> RegistryClient:
+        return RegistryClient(self.spec, self.catalog, self.kafka)
+
+    def registry_champion(self) -> str | None:
+        champion = self.registry().state().table.champion(self.spec.name, self.spec.model.name)
+        return champion["version"] if champion else None
+
+    def deployed_versions(self) -> set[str]:
+        return {r["version"] for r in self.registry().state().history}
+
+    def served_champion(self) -> str | None:
+        """The scorer's champion, from its /metrics (``streamloop_model_info{slot="champion"} 1``)."""
+        port = self.service("online-scorer").metrics_port
+        try:
+            text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        except OSError:
+            return None
+        for line in text.splitlines():
+            if line.startswith("streamloop_model_info{") and 'slot="champion"' in line and line.endswith(" 1.0"):
+                match = re.search(r'version="([^"]+)"', line)
+                if match:
+                    return match.group(1)
+        return None
+
+    def wait_for_champion(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.served_champion() is not None:
+                return
+            time.sleep(0.5)
+        raise AssertionError(f"no champion served within {timeout_s}s\n{self.log_tails()}")
+
+    # -- streaming
+
+    def stream(self, demo_events: list[Any], rate_per_s: float,
+               at: dict[int, Callable[[], None]] | None = None) -> threading.Thread:
+        """Produce the events (and their labels) at a rate in a thread; ``at[i]`` runs once i events are out.
+
+        An action runs in the producing thread, so it must not start processes: a child started
+        from a thread gets its PR_SET_PDEATHSIG when that thread ends (libs/streamloop/stack/process.py),
+        so a server restarted there would die with the stream. Restarts use :func:`when`.
+        """
+        actions = dict(at or {})
+        input_spec = self.spec.input
+        event_serde = SingleObjectSerde(self.catalog["input"].schema, self.catalog.repository)
+        label_serde = SingleObjectSerde(self.catalog["labels"].schema, self.catalog.repository)
+        events_topic, labels_topic = self.catalog["input"].name, self.catalog["labels"].name
+        producer = UserProducer(self.kafka)
+        self.producers.append(producer)
+        with self.reader.lock:
+            self._dead_letters_before = self.reader.observed.other_dead_letters
+
+        def run() -> None:
+            started = time.monotonic()
+            labels: list[tuple[float, int, str, bytes]] = []
+            for i, demo in enumerate(demo_events):
+                if i in actions:
+                    actions.pop(i)()
+                due = started + i / rate_per_s
+                while True:
+                    now = time.monotonic()
+                    while labels and labels[0][0] <= now:
+                        _, _, key, value = heapq.heappop(labels)
+                        producer.send(labels_topic, key, value)
+                    if now >= due:
+                        break
+                    time.sleep(min(due - now, 0.005))
+                event = demo.event
+                event_id = str(event[input_spec.event_id])
+                producer.send(events_topic, str(event[input_spec.entity_key]), event_serde.encode(event))
+                label = label_serde.encode({
+                    "event_id": event_id, "label": demo.label, "entity_key": str(event[input_spec.entity_key]),
+                    "label_time": int(event[input_spec.event_time]) + demo.label_delay_ms})
+                for copy in range(demo.label_copies):
+                    heapq.heappush(labels, (time.monotonic() + demo.label_delay_ms / 1000 + copy * 0.5,
+                                            i * 2 + copy, event_id, label))
+            while labels:
+                due_at, _, key, value = heapq.heappop(labels)
+                time.sleep(max(0.0, due_at - time.monotonic()))
+                producer.send(labels_topic, key, value)
+            producer.flush(120)
+
+        thread = threading.Thread(target=run, daemon=True, name="fault-producer")
+        thread.start()
+        return thread
+
+    def accounted(self, ids: list[str]) -> int:
+        with self.reader.lock:
+            obs = self.reader.observed
+            return sum(1 for i in ids if obs.predictions[i] or obs.dead_letters[i])
+
+    def wait_accounted(self, ids: list[str], timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.accounted(ids) >= len(ids):
+                return True
+            time.sleep(0.2)
+        return False
+
+    def wait_labels(self, labeled_ids: list[str], timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with self.reader.lock:
+                obs = self.reader.observed
+                if all(obs.labeled[i] + obs.unmatched[i] >= 1 for i in labeled_ids):
+                    return True
+            time.sleep(0.3)
+        return False
+
+    def group_caught_up(self, service: str) -> bool:
+        """Every partition the service's group committed on is at its end offset."""
+        group = f"{self.prefix}streamloop.{self.spec.name}.{service}"
+        rows = group_lag(self.kafka, AdminClient(self.kafka.admin()), [group], timeout_s=10)
+        return bool(rows) and all(r.lag == 0 for r in rows)
+
+    def wait_caught_up(self, service: str, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.group_caught_up(service):
+                return True
+            time.sleep(0.5)
+        return False
+
+    # -- the feature store against a clean replay
+
+    def redis_state(self, key_prefix: str) -> dict[str, dict[bytes, bytes]]:
+        client = create_redis_client(self.stack.redis_url)
+        try:
+            pattern = f"{key_prefix}:{self.spec.name}:{FEATURE_GROUP}:*"
+            start = len(pattern) - 1
+            state = {}
+            for key in client.scan_iter(match=pattern, count=1000):
+                row = client.hgetall(key)
+                state[key.decode()[start:]] = {k: v for k, v in row.items() if k != b"w"}
+            return state
+        finally:
+            client.close()
+
+    def read_topic(self, role: str) -> dict[int, list[ConsumedRecord]]:
+        """Every decodable record of a topic, per partition in offset order, read to the end offsets."""
+        topic = self.catalog[role]
+        serde = SingleObjectSerde(topic.schema, self.catalog.repository)
+        consumer = Consumer(self.kafka.consumer(f"fault-read-{uuid.uuid4().hex[:8]}"))
+        by_partition: dict[int, list[ConsumedRecord]] = defaultdict(list)
+        try:
+            partitions = consumer.list_topics(topic.name, timeout=10).topics[topic.name].partitions
+            ends = {p: consumer.get_watermark_offsets(TopicPartition(topic.name, p), timeout=10)[1]
+                    for p in partitions}
+            consumer.assign([TopicPartition(topic.name, p, 0) for p, end in ends.items() if end > 0])
+            remaining = {p for p, end in ends.items() if end > 0}
+            deadline = time.monotonic() + 60
+            while remaining and time.monotonic() < deadline:
+                for message in consumer.consume(1000, 0.2):
+                    if message.error() is not None:
+                        continue
+                    partition = message.partition()
+                    try:
+                        value = serde.decode(message.value())
+                    except SerdeError:
+                        value = None
+                    if value is not None:
+                        by_partition[partition].append(ConsumedRecord(
+                            topic.name, partition, message.offset(), message.key().decode(), value,
+                            message.timestamp()[1]))
+                    if message.offset() >= ends[partition] - 1:
+                        remaining.discard(partition)
+            assert not remaining, f"could not read {topic.name} to its end: partitions {remaining}"
+        finally:
+            consumer.close()
+        return by_partition
+
+    def ids_in(self, role: str, id_field: str) -> set[str]:
+        return {str(r.value[id_field]) for records in self.read_topic(role).values() for r in records}
+
+    def clean_replay(self) -> tuple[str, dict[str, dict]]:
+        """Apply the featurizer's processor to the whole input topic in offset order.
+
+        Returns the key prefix it wrote its rows under and its vector per event id.
+        """
+        from services.featurizer.processor import FeaturizerProcessor
+
+        replay_prefix = f"{self.key_prefix}-replay-{uuid.uuid4().hex[:6]}"
+        client = create_redis_client(self.stack.redis_url)
+        store = RedisFeatureStore(client, self.spec.name, ttl_ms=self.spec.features.ttl, key_prefix=replay_prefix)
+        topic = self.catalog["input"]
+        processor = FeaturizerProcessor(self.spec, topic.schema, features_topic=self.catalog["features"].name,
+                                        store=store, group=FEATURE_GROUP)
+        vectors: dict[str, dict] = {}
+        try:
+            for _partition, records in sorted(self.read_topic("input").items()):
+                for start in range(0, len(records), 500):
+                    for output in processor.process(records[start:start + 500]).outputs:
+                        v = output.value
+                        vectors[v["event_id"]] = {"numeric": v["numeric"], "categorical": v["categorical"],
+                                                  "late": v["late"]}
+        finally:
+            store.close()
+        return replay_prefix, vectors
+
+    # -- the verdict
+
+    def verify(self, result: ScenarioResult, demo_events: list[Any], *, timeout_s: float = 120.0,
+               labels: bool = False, broker_may_lose: bool = False) -> ScenarioResult:
+        """Wait for every event and label to come back, then count and compare (see the module docstring).
+
+        ``broker_may_lose``: the fault is a broker restart, and noida-db may drop records it had
+        acknowledged (docs/reliability.md). Events and labels that are not in their topics
+        afterwards are counted as lost by the broker, and the checks cover those that are.
+        """
+        ids = [str(d.event["transaction_id"]) for d in demo_events]
+        labeled_ids = [str(d.event["transaction_id"]) for d in demo_events if d.label_copies]
+        in_input = self.ids_in("input", self.spec.input.event_id)
+        # Events the producing side never got into the input topic are not the loop's to lose; counted apart.
+        result.notes["not_in_input_topic"] = sum(1 for i in ids if i not in in_input)
+        if self.producers:
+            result.notes["user_producer_recreated"] = self.producers[-1].recreated
+        if broker_may_lose:
+            in_labels = self.ids_in("labels", "event_id")
+            result.notes["labels_not_in_label_topic"] = sum(1 for i in labeled_ids if i not in in_labels)
+            ids = [i for i in ids if i in in_input]
+            # A label whose event the broker dropped waits for the join horizon (2 minutes) to come back unmatched.
+            labeled_ids = [i for i in labeled_ids if i in in_labels and i in in_input]
+        phase = time.monotonic()
+        complete = self.wait_accounted(ids, timeout_s)
+        result.notes["wait_outputs_s"] = round(time.monotonic() - phase, 1)
+        phase = time.monotonic()
+        # Labels are checked where the fault touches their path (the collector's own test, the broker
+        # restart): the collector takes tens of seconds to settle a run's labels on this machine.
+        if not labels:
+            labeled_ids = []
+        labels_complete = self.wait_labels(labeled_ids, timeout_s)
+        result.notes["wait_labels_s"] = round(time.monotonic() - phase, 1)
+        phase = time.monotonic()
+        with self.reader.lock:
+            obs = self.reader.observed
+            result.events_in = len(ids)
+            counted = set(ids)
+            result.invalid_in = sum(1 for d in demo_events
+                                    if d.event["amount"] < 0 and str(d.event["transaction_id"]) in counted)
+            result.predictions_out = sum(1 for i in ids if obs.predictions[i])
+            result.dlq = sum(1 for i in ids if obs.dead_letters[i])
+            result.lost = sum(1 for i in ids if not obs.predictions[i] and not obs.dead_letters[i])
+            result.duplicates = sum(max(0, obs.predictions[i] - 1) for i in ids)
+            result.max_copies = max((obs.predictions[i] for i in ids), default=0)
+            result.labels_sent = len(labeled_ids)
+            result.labels_back = sum(1 for i in labeled_ids if obs.labeled[i] + obs.unmatched[i])
+            result.labels_lost = result.labels_sent - result.labels_back
+            result.label_duplicates = sum(max(0, obs.labeled[i] - 1) for i in labeled_ids)
+            result.other_dead_letters = obs.other_dead_letters - self._dead_letters_before
+            versions = set().union(*(obs.versions[i] for i in ids if obs.versions[i]))
+            emitted = {i: list(obs.vectors[i]) for i in ids}
+        assert complete, f"events not accounted for: {result}\n{self.log_tails()}"
+        assert labels_complete, f"labels not accounted for: {result}\n{self.log_tails()}"
+
+        # The store converges after the last batch: the featurizer writes rows from a thread.
+        replay_prefix, clean_vectors = self.clean_replay()
+        expected = self.redis_state(replay_prefix)
+        deadline = time.monotonic() + 30
+        while True:
+            actual = self.redis_state(self.key_prefix)
+            mismatched = {k for k in expected.keys() | actual.keys() if expected.get(k) != actual.get(k)}
+            if not mismatched or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        result.notes["redis_s"] = round(time.monotonic() - phase, 1)
+        result.redis_entities = len(expected)
+        result.redis_mismatches = len(mismatched)
+        result.vector_mismatches = sum(1 for i, copies in emitted.items() for v in copies
+                                       if v != clean_vectors.get(i))
+
+        deadline = time.monotonic() + 60
+        while True:
+            result.registry_champion = self.registry_champion()
+            result.champion = self.served_champion()
+            if result.champion == result.registry_champion or time.monotonic() > deadline:
+                break
+            time.sleep(1)
+        result.unknown_versions = len(versions - self.deployed_versions())
+        result.notes["compare_s"] = round(time.monotonic() - phase, 1)
+        return result
+
+
+def assert_sound(result: ScenarioResult, max_copies: int = 2, *, same_input: bool = True) -> None:
+    """The assertions every scenario shares (after ``FaultLoop.verify``).
+
+    ``same_input=False`` when the broker dropped input records it had acknowledged (and the loop
+    had already consumed): a replay of what is left is then no reference for Redis or the vectors.
+    """
+    assert result.lost == 0, result
+    assert result.dlq == result.invalid_in, f"exactly the invalid events are dead-lettered: {result}"
+    assert result.predictions_out + result.dlq == result.events_in, result
+    # At-least-once: a fault replays the batches in flight; no event is predicted more than once per fault + 1.
+    assert result.max_copies <= max_copies, result
+    assert result.duplicates <= result.events_in, result
+    assert result.labels_lost == 0, result
+    if same_input:
+        assert result.redis_mismatches == 0, f"feature store differs from a clean replay: {result}"
+        assert result.vector_mismatches == 0, f"feature vectors differ from a clean replay: {result}"
+    assert result.champion is not None and result.champion == result.registry_champion, result
+    assert result.unknown_versions == 0, result
+    # Nothing else in the loop dead-letters anything (labels, candidates, metrics, deployments...).
+    assert result.other_dead_letters == 0, result
+
+
+def when(index: int) -> tuple[dict[int, Callable[[], None]], threading.Event]:
+    """An ``at`` mapping for ``FaultLoop.stream`` that only signals: the test's own thread acts on the event."""
+    reached = threading.Event()
+    return {index: reached.set}, reached
+
+
+def processed_total(service: ServiceProcess) -> float | None:
+    """``messaging_process_messages_total`` summed over the process's /metrics; None while it does not answer."""
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{service.metrics_port}/metrics", timeout=2).read().decode()
+    except OSError:
+        return None
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("messaging_process_messages_total{"))
+
+
+def wait_processing(service: ServiceProcess, since: float, old_pid: int | None = None,
+                    timeout_s: float = 90.0) -> float | None:
+    """Seconds from ``since`` until the (restarted) process reports a processed record; None on timeout."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        total = processed_total(service) if service.pid not in (None, old_pid) else None
+        if total:
+            return round(time.monotonic() - since, 2)
+        time.sleep(0.2)
+    return None

@@ -1,0 +1,162 @@
+"""The broker restarted: what survives on each embedded broker, and whether the loop recovers.
+
+Measured here (docs/reliability.md): noida-db writes its data directory (one JSON file)
+asynchronously, within about a second. A graceful stop (SIGTERM) saves what had been written:
+topics, records and committed offsets survive a restart on the same directory. A SIGKILL loses
+what was acknowledged in the last moments before it, records included (acks=all, idempotent
+producer), so that case is a strict xfail; under traffic even a graceful restart sometimes drops
+a few acknowledged records, which the loop test counts. Tansu's memory engine loses everything.
+
+These tests start brokers of their own (they stop and kill them), so they need the embedded
+brokers and are skipped when KAFKA_BOOTSTRAP_SERVERS names an external one.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from streamloop.stack.broker import EmbeddedBroker
+from tests.faults.harness import FaultLoop, ScenarioResult, assert_sound, events, when
+
+pytestmark = [
+    pytest.mark.faults,
+    pytest.mark.skipif(bool(os.environ.get("KAFKA_BOOTSTRAP_SERVERS")),
+                       reason="restarts brokers of its own; KAFKA_BOOTSTRAP_SERVERS names an external one"),
+]
+
+RECORDS = 300
+
+
+def _fill(bootstrap: str, topic: str, records: int = RECORDS) -> None:
+    """Create a 3-partition topic, produce ``records`` (acknowledged) and commit them as group g."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    for future in admin.create_topics([NewTopic(topic, 3, 1)]).values():
+        future.result(30)
+    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "acks": "all"})
+    acked: list[bool] = []
+    for i in range(records):
+        producer.produce(topic, key=str(i).encode(), value=b"v" * 100,
+                         on_delivery=lambda error, _m: acked.append(error is None))
+    producer.flush(30)
+    assert sum(acked) == records
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "g", "enable.auto.commit": False,
+                         "auto.offset.reset": "earliest"})
+    consumer.subscribe([topic])
+    seen, deadline = 0, time.monotonic() + 60
+    while seen < records and time.monotonic() < deadline:
+        seen += sum(1 for m in consumer.consume(500, 0.5) if m.error() is None)
+    consumer.commit(asynchronous=False)
+    consumer.close()
+    assert seen == records
+
+
+def _state(bootstrap: str, topic: str) -> tuple[int | None, int | None]:
+    """(records in the topic, offsets committed by group g); None where the topic or the offsets are gone."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "g"})
+    try:
+        metadata = consumer.list_topics(timeout=10).topics
+        if topic not in metadata or metadata[topic].error is not None:
+            return None, None
+        partitions = [TopicPartition(topic, p) for p in metadata[topic].partitions]
+        records = sum(consumer.get_watermark_offsets(tp, timeout=10)[1] for tp in partitions)
+        committed = [tp.offset for tp in consumer.committed(partitions, timeout=10)]
+        return records, (sum(committed) if all(o >= 0 for o in committed) else None)
+    finally:
+        consumer.close()
+
+
+def _sigkill_and_start(broker: EmbeddedBroker) -> None:
+    assert broker.process is not None
+    os.killpg(broker.process.pid, signal.SIGKILL)
+    broker.process.wait(10)
+    broker.process = None
+    broker.start()
+
+
+@pytest.mark.parametrize("kind, durable", [("noida", True), ("tansu", False)])
+def test_a_graceful_broker_restart_keeps_topics_records_and_offsets(tmp_path: Path, kind: str, durable: bool):
+    broker = EmbeddedBroker(kind, tmp_path / kind).start()  # type: ignore[arg-type]
+    try:
+        _fill(broker.bootstrap_servers, "durable")
+        before = _state(broker.bootstrap_servers, "durable")
+        started = time.monotonic()
+        broker.restart()  # SIGTERM, then start on the same port and data directory
+        restart_s = time.monotonic() - started
+        after = _state(broker.bootstrap_servers, "durable")
+    finally:
+        broker.stop()
+    print(f"\n{kind}: before restart (records, committed) = {before}, after = {after}, restart {restart_s:.1f}s")
+    if durable:
+        assert before == after == (RECORDS, RECORDS)
+    else:
+        # Tansu's memory engine: the topic, its records and the group's offsets are gone.
+        assert after == (None, None)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "noida-db 0.2.3 saves its data directory asynchronously: records acknowledged (acks=all) and offsets "
+    "committed within about a second before a SIGKILL are lost (measured: all 2,000 of 2,000 acked records in one "
+    "probe, the committed offsets in another)"))
+def test_acknowledged_records_survive_a_broker_sigkill(tmp_path: Path):
+    broker = EmbeddedBroker("noida", tmp_path / "noida").start()
+    try:
+        _fill(broker.bootstrap_servers, "acked")
+        _sigkill_and_start(broker)
+        after = _state(broker.bootstrap_servers, "acked")
+    finally:
+        broker.stop()
+    print(f"\nnoida after SIGKILL right after the writes (records, committed) = {after}")
+    assert after == (RECORDS, RECORDS)
+
+
+@pytest.fixture
+def private_loop(tmp_path: Path, redis_url: str) -> Iterator[tuple[FaultLoop, EmbeddedBroker]]:
+    broker = EmbeddedBroker("noida", tmp_path / "broker").start()
+    loop = FaultLoop(tmp_path / "stack", broker.bootstrap_servers, redis_url,
+                     name=f"f-brk-{os.getpid()}-{int(time.time())}")
+    try:
+        loop.start()
+        yield loop, broker
+    finally:
+        loop.stop()
+        broker.stop()
+
+
+@pytest.mark.slow
+def test_the_loop_recovers_from_a_broker_restart_mid_stream(private_loop: tuple[FaultLoop, EmbeddedBroker]):
+    loop, broker = private_loop
+    started = time.monotonic()
+    demo = events(600, seed=777001, rate_per_s=100.0)
+    moments: dict[str, float] = {}
+    at, reached = when(200)
+    producer = loop.stream(demo, 100.0, at=at)
+    assert reached.wait(60)
+    moments["down"] = time.monotonic()
+    broker.restart()  # SIGTERM, then start on the same port and data directory
+    moments["up"] = time.monotonic()
+    producer.join(180)
+    result = loop.verify(ScenarioResult("broker restart (noida-db, graceful)"), demo, timeout_s=90, labels=True,
+                         broker_may_lose=True)
+    first_after = min((t for t in loop.reader.observed.first_prediction_at.values() if t > moments["up"]),
+                      default=None)
+    result.elapsed_s = round(time.monotonic() - started, 1)
+    result.recover_s = round(first_after - moments["down"], 2) if first_after else None
+    restarts = {p.instance_id: p.restarts for p in loop.stack.processes}
+    result.notes |= {"broker_down_s": round(moments["up"] - moments["down"], 2), "service_restarts": restarts}
+    result.report()
+    # Acknowledged records noida-db dropped in the restart are not the loop's to process (counted in
+    # the notes); everything that is in the topics is processed, once or twice.
+    # An event may come three times: the user's producer, replaced after its fatal error, sends again what
+    # it had not seen acknowledged, and the loop replays its uncommitted batches.
+    assert_sound(result, max_copies=3, same_input=result.notes["not_in_input_topic"] == 0)
+    # Clients reconnect on their own: no service needed more than one restart (no crash loop).
+    assert all(count <= 1 for count in restarts.values()), restarts
+    assert all(p.pid is not None for p in loop.stack.processes), "every service is running at the end"
