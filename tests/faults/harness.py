@@ -24,10 +24,12 @@ What a test checks after its fault (``FaultLoop.verify``):
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import json
 import os
 import re
+import signal
 import threading
 import time
 import urllib.request
@@ -164,9 +166,13 @@ class FaultLoop:
         self._stop.set()
         self._supervisor.join(5)
         self.reader.stop()
-        for service in reversed(self.stack.processes):
+        # SIGTERM every service first so that they shut down side by side, then wait for each.
+        for service in self.stack.processes:
             if service.process is not None and service.process.poll() is None:
-                os.kill(service.process.pid, 18)  # SIGCONT, in case a test left one stopped
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(service.process.pid, signal.SIGCONT)  # in case a test left one stopped
+                    os.killpg(service.process.pid, signal.SIGTERM)
+        for service in reversed(self.stack.processes):
             service.stop()
 
     def _supervise(self) -> None:
