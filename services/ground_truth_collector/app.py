@@ -53,6 +53,7 @@ from services.ground_truth_collector.routing import (
     read_keyed,
     with_millis,
 )
+from services.ground_truth_collector.runner_app import RunnerCollector
 from services.ground_truth_collector.scoring import MetricsStage
 from services.ground_truth_collector.settings import SERVICE, CollectorSettings
 from services.ground_truth_collector.state import TableStore
@@ -525,8 +526,18 @@ def main() -> int:
         return 2
     configure_logging(settings.common.log_level, SERVICE)
     try:
-        collector = build(settings)
+        collector = build(settings) if settings.runtime == "faust" else build_runner(settings)
     except (StreamloopError, ValueError) as exc:
         print(f"{SERVICE}: {exc}", file=sys.stderr)
         return 2
     return collector.run()
+
+
+def build_runner(settings: CollectorSettings) -> RunnerCollector:
+    ctx = ServiceContext.load(SERVICE, settings.common)
+    telemetry_settings = settings.telemetry
+    if telemetry_settings.service_name == "streamloop":
+        telemetry_settings = telemetry_settings.model_copy(update={"service_name": SERVICE})
+    collector = RunnerCollector(ctx, settings, configure_telemetry(telemetry_settings))
+    collector.install_signal_handlers()
+    return collector

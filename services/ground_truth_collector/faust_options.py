@@ -6,13 +6,34 @@ import tempfile
 from typing import Any
 
 import mode
+from faust.transport.drivers import aiokafka as faust_aiokafka
 
 from services.ground_truth_collector.settings import SERVICE, CollectorSettings
+
+_create_worker_consumer = faust_aiokafka.AIOKafkaConsumerThread._create_worker_consumer
+
+
+def use_fetch_wait(max_wait_ms: int) -> None:
+    """Make faust's consumer wait at most ``max_wait_ms`` for a fetch to fill (KAFKA_FETCH_WAIT_MAX_MS).
+
+    faust hard-codes 1,500 ms, and a broker may hold a fetch for much of that although records
+    are there (the embedded one does: docs/embedded-stack.md). Every hop of the collector's three
+    (source, keyed, joined) then costs up to that, which capped the join at a few dozen records a
+    second. aiokafka reads the value when the consumer starts, so it is set on the new consumer.
+    """
+
+    def create(self: Any, transport: Any) -> Any:
+        consumer = _create_worker_consumer(self, transport)
+        consumer._fetch_max_wait_ms = max_wait_ms  # noqa: SLF001 - faust offers no setting for it
+        return consumer
+
+    faust_aiokafka.AIOKafkaConsumerThread._create_worker_consumer = create
 
 
 def faust_options(settings: CollectorSettings, keyed_partitions: int) -> dict[str, Any]:
     common = settings.common
     kafka = common.kafka
+    use_fetch_wait(kafka.fetch_wait_max_ms)
     # Static membership: on the embedded broker a restarted member gets its partitions back only
     # with the same group.instance.id (docs/ground-truth-collector.md).
     instance = kafka.group_instance_id or (f"{SERVICE}-{common.instance_id}" if common.instance_id else None)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from streamloop.contracts.pipeline import DurationMs, PositiveDurationMs
-from streamloop.service.settings import CommonSettings
+from streamloop.service.settings import CommonSettings, RedisSettings
 from streamloop.telemetry.settings import TelemetrySettings
 
 SERVICE = "ground-truth-collector"
@@ -19,6 +20,11 @@ class CollectorSettings(BaseSettings):
 
     common: CommonSettings = Field(default_factory=CommonSettings)
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
+    redis: RedisSettings = Field(default_factory=RedisSettings)
+
+    runtime: Literal["runner", "faust"] = Field(
+        default="runner", description="runner: three confluent-kafka stage runners, join state in Redis; "
+                                      "faust: the faust-streaming app, join state in a changelog-backed table.")
 
     # The join (the horizon itself is the spec's labels.join_horizon).
     join_grace: DurationMs = Field(

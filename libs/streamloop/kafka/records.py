@@ -31,13 +31,17 @@ class ConsumedRecord:
 
 @dataclass(frozen=True, slots=True)
 class OutgoingRecord:
-    """A record to produce; ``value=None`` is a tombstone. ``source`` links it to its input."""
+    """A record to produce; ``value=None`` is a tombstone. ``source`` links it to its input.
+
+    ``partition`` pins the record to a partition (None: the producer's partitioner, by key).
+    """
 
     topic: str
     key: str | None
     value: dict[str, Any] | None
     headers: Headers = field(default_factory=list)
     source: ConsumedRecord | None = None
+    partition: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +79,20 @@ class PartitionAware(Protocol):
     def on_assigned(self, partitions: Sequence[TopicPartitionRef]) -> None: ...
 
     def on_revoked(self, partitions: Sequence[TopicPartitionRef]) -> None: ...
+
+
+class Delivered(Protocol):
+    def delivered(self) -> None:
+        """Called once a batch's outputs are acknowledged, before its offsets are committed:
+        where a stateful stage persists what the batch changed (state never ahead of outputs)."""
+        ...
+
+
+class CommitLimited(Protocol):
+    def commit_limit(self, topic: str, partition: int) -> int | None:
+        """The lowest offset still needed after a restart (None: no limit): a stage that holds
+        records in memory (an open window) keeps them replayable by committing no further."""
+        ...
 
 
 class Ticking(Protocol):

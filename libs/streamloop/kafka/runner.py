@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 
 TRACEPARENT = "traceparent"
 
-_Encoded = tuple[str, bytes | None, bytes | None, Headers]
+_Encoded = tuple[str, bytes | None, bytes | None, Headers, int | None]
 
 
 class RunnerSettings(BaseModel):
@@ -167,7 +167,9 @@ class StageRunner:
                 now = time.monotonic()
                 if now >= next_tick and hasattr(self.processor, "tick"):
                     next_tick = now + self.settings.tick_interval_s
-                    self._deliver_with_retry(self.processor.tick(int(time.time() * 1000)), [])
+                    if self._deliver_with_retry(self.processor.tick(int(time.time() * 1000)), []) \
+                            and hasattr(self.processor, "delivered"):
+                        self.processor.delivered()
                 if now >= next_lag_report:
                     next_lag_report = now + self.settings.lag_report_interval_s
                     self._report_lag()
@@ -223,10 +225,21 @@ class StageRunner:
             source = rejection.record
             dead.append((raw[(source.topic, source.partition, source.offset)], rejection.stage, rejection.error))
         if self._deliver_with_retry(result, dead, raw):
-            self._commit(next_offsets)
+            if hasattr(self.processor, "delivered"):
+                self.processor.delivered()
+            self._commit(self._limited(next_offsets))
         self.stats.batches += 1
         self.stats.consumed += len(messages)
         self._record_batch(messages, dead, time.perf_counter() - started)
+
+    def _limited(self, next_offsets: dict[tuple[str, int], int]) -> dict[tuple[str, int], int]:
+        if not hasattr(self.processor, "commit_limit"):
+            return next_offsets
+        limited = {}
+        for (topic, partition), offset in next_offsets.items():
+            limit = self.processor.commit_limit(topic, partition)
+            limited[(topic, partition)] = offset if limit is None else min(offset, limit)
+        return limited
 
     def _record_batch(self, messages: list[Message], dead: list, seconds: float) -> None:
         """Per-batch metrics; latency is record timestamp (event produced) to batch delivered."""
@@ -314,7 +327,8 @@ class StageRunner:
                 failures.append((out.source, exc))
                 continue
             headers = self._trace_headers(out, raw)
-            encoded.append((out.topic, out.key.encode() if out.key is not None else None, value, headers))
+            encoded.append((out.topic, out.key.encode() if out.key is not None else None, value, headers,
+                            out.partition))
         return encoded, failures
 
     def _produce_all(self, encoded: list, dead: list[tuple[Message, str, BaseException]]) -> None:
@@ -325,8 +339,8 @@ class StageRunner:
             if error is not None:
                 failures.append(error.str())
 
-        for topic, key, value, headers in encoded:
-            self._produce(topic, key, value, headers, on_delivery)
+        for topic, key, value, headers, partition in encoded:
+            self._produce(topic, key, value, headers, on_delivery, partition)
         for message, stage, error in dead:
             dlq = self.topics.dead_letters.get(message.topic(), message.topic() + ".dlq")
             headers = dead_letters.dead_letter_headers(
@@ -353,11 +367,13 @@ class StageRunner:
             log.warning("%s: %d records dead-lettered (first: %s at %s[%d]@%d)", self.service, len(dead),
                         dead[0][2], dead[0][0].topic(), dead[0][0].partition(), dead[0][0].offset())
 
-    def _produce(self, topic: str, key: bytes | None, value: bytes | None, headers: Headers, callback) -> None:
+    def _produce(self, topic: str, key: bytes | None, value: bytes | None, headers: Headers, callback,
+                 partition: int | None = None) -> None:
         assert self.producer is not None
+        pinned = {} if partition is None else {"partition": partition}
         while True:
             try:
-                self.producer.produce(topic, value=value, key=key, headers=headers, on_delivery=callback)
+                self.producer.produce(topic, value=value, key=key, headers=headers, on_delivery=callback, **pinned)
                 self.producer.poll(0)
                 return
             except BufferError:

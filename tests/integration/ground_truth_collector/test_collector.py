@@ -28,8 +28,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.faults]
 HORIZON_MS = 20_000
 
 
-@pytest.fixture
-def collector_env(service_env: dict[str, str], tmp_path: Path, unique_name: str) -> dict[str, str]:
+@pytest.fixture(params=["runner", "faust"])
+def collector_env(request: pytest.FixtureRequest, service_env: dict[str, str], tmp_path: Path,
+                  unique_name: str) -> dict[str, str]:
     """The demo pipeline with a 20 s join horizon, and settings that keep the test short."""
     spec = yaml.safe_load(DEMO_SPEC.read_text())
     spec["input"]["schema"] = str(DEMO_SPEC.parent / spec["input"]["schema"])
@@ -41,7 +42,7 @@ def collector_env(service_env: dict[str, str], tmp_path: Path, unique_name: str)
             "KAFKA_GROUP_INSTANCE_ID": f"{unique_name}-collector-0",
             "COLLECTOR_JOIN_GRACE": "4s", "COLLECTOR_IDLE_AFTER": "3s", "COLLECTOR_TICK_INTERVAL": "250ms",
             "COLLECTOR_METRICS_WINDOW": "10s", "COLLECTOR_METRICS_LATENESS": "1s",
-            "COLLECTOR_COMMIT_INTERVAL": "500ms", "COLLECTOR_STALL_AFTER": "3s"}
+            "COLLECTOR_COMMIT_INTERVAL": "500ms", "COLLECTOR_STALL_AFTER": "3s", "COLLECTOR_RUNTIME": request.param}
 
 
 def launch(env: dict[str, str], log_path: Path) -> subprocess.Popen:

@@ -1,0 +1,112 @@
+"""Join state in Redis, one hash per keyed partition, for the stage-runner runtime.
+
+A :class:`RedisPartitionStore` mirrors its partition's hash in memory (read once, when the
+partition is assigned) and buffers a batch's writes until :meth:`flush`, which the runner calls
+once the batch's outputs are acknowledged and before its offsets are committed. State is
+therefore never ahead of the outputs: a crash before the flush replays the batch and decides it
+again; a crash after it finds the records already applied (the join ignores replays). Values are
+JSON, the same as the faust table's changelog, so the state is readable with redis-cli.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+import redis
+
+log = logging.getLogger(__name__)
+_DELETED = None
+T = TypeVar("T")
+
+
+def retrying(action: Callable[[], T], what: str) -> T:
+    """Run ``action`` until Redis answers: the stage waits while Redis is down (a restart takes
+    well under a second) instead of failing records that did nothing wrong."""
+    delay, last_log = 0.1, 0.0
+    while True:
+        try:
+            return action()
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            if time.monotonic() - last_log > 5:
+                last_log = time.monotonic()
+                log.warning("Redis unavailable for %s (%s); retrying", what, exc)
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+
+def _copy(value: dict[str, Any]) -> dict[str, Any]:
+    # Nothing may share objects with the store (the join mutates what it reads).
+    return json.loads(json.dumps(value))
+
+
+class RedisPartitionStore:
+    """The StateStore of one join partition (services/ground_truth_collector/join.py)."""
+
+    def __init__(self, client: Any, key: str, partition: int) -> None:
+        self.client = client
+        self.key = key
+        self.partition = partition
+        stored = retrying(lambda: client.hgetall(key), f"reading {key}")
+        self.data: dict[str, dict[str, Any]] = {
+            (k.decode() if isinstance(k, bytes) else k): json.loads(v) for k, v in stored.items()}
+        self._pending: dict[str, dict[str, Any] | None] = {}
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        if key in self._pending:
+            value = self._pending[key]
+            return None if value is None else _copy(value)
+        found = self.data.get(key)
+        return None if found is None else _copy(found)
+
+    def put(self, key: str, value: dict[str, Any], partition: int) -> None:
+        self._pending[key] = _copy(value)
+
+    def delete(self, key: str, partition: int) -> None:
+        self._pending[key] = _DELETED
+
+    def entries(self, partition: int) -> Iterator[tuple[str, dict[str, Any]]]:
+        for key, value in list(self.data.items()):
+            yield key, _copy(value)
+
+    @property
+    def pending_writes(self) -> int:
+        return len(self._pending)
+
+    def flush(self) -> None:
+        if not self._pending:
+            return
+        pipe = self.client.pipeline(transaction=True)
+        for key, value in self._pending.items():
+            if value is _DELETED:
+                pipe.hdel(self.key, key)
+            else:
+                pipe.hset(self.key, key, json.dumps(value, separators=(",", ":")))
+        retrying(pipe.execute, f"writing {self.key}")
+        for key, value in self._pending.items():
+            if value is _DELETED:
+                self.data.pop(key, None)
+            else:
+                self.data[key] = value
+        self._pending.clear()
+
+    def discard(self) -> None:
+        self._pending.clear()
+
+
+class RedisValue:
+    """One JSON value under one key (the metrics stage's ``closed_until``)."""
+
+    def __init__(self, client: Any, key: str) -> None:
+        self.client = client
+        self.key = key
+
+    def get(self) -> Any:
+        raw = retrying(lambda: self.client.get(self.key), f"reading {self.key}")
+        return None if raw is None else json.loads(raw)
+
+    def set(self, value: Any) -> None:
+        retrying(lambda: self.client.set(self.key, json.dumps(value)), f"writing {self.key}")

@@ -1,0 +1,131 @@
+"""Composition root of the collector's default runtime: three stage runners in one process.
+
+stages.py has the pipeline; each stage is its own consumer group (``<group>``, ``<group>.join``,
+``<group>.score``), so each scales and commits on its own, and the three run on threads of one
+process: if any stops with an error, all stop and the process exits non-zero (the supervisor or
+the orchestrator restarts it, and every stage resumes from its committed offsets).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from services.ground_truth_collector.join import JoinConfig, JoinCounters
+from services.ground_truth_collector.redis_state import RedisPartitionStore, RedisValue
+from services.ground_truth_collector.reporting import CollectorMetrics
+from services.ground_truth_collector.routing import INPUT_ROLES
+from services.ground_truth_collector.settings import SERVICE, CollectorSettings
+from services.ground_truth_collector.stages import JoinStage, RekeyStage, ScoreStage
+from streamloop.kafka import StageRunner
+from streamloop.kafka.admin import ensure_topics, wait_for_broker
+from streamloop.kafka.runner import RunnerSettings, StageTopics
+from streamloop.ml.evaluation import EvaluationConfig
+from streamloop.serde.raw import RawSerde
+from streamloop.service.context import ServiceContext
+from streamloop.telemetry import Telemetry
+
+log = logging.getLogger(__name__)
+
+
+class RunnerCollector:
+    def __init__(self, ctx: ServiceContext, settings: CollectorSettings, telemetry: Telemetry) -> None:
+        self.ctx, self.settings, self.telemetry = ctx, settings, telemetry
+        spec, kafka = ctx.pipeline, settings.common.kafka
+        group = ctx.group_id
+        self.keyed_topic, self.joined_topic = f"{group}-by-event", f"{group}-joined"
+        self.keyed_partitions = settings.keyed_partitions or ctx.topic("labels").partitions
+        raw = RawSerde()
+        inputs = {ctx.topic(role).name: role for role in INPUT_ROLES}
+        sources = tuple(f"{name}:{p}" for name in inputs for p in range(ctx.topic(inputs[name]).partitions))
+        horizon = spec.labels.join_horizon
+        remember = horizon if settings.remember_expired is None else settings.remember_expired
+        join_config = JoinConfig(
+            pipeline=spec.name, horizon_ms=horizon, grace_ms=settings.join_grace, remember_ms=remember,
+            max_entries=settings.max_entries_per_partition, idle_after_ms=settings.idle_after,
+            future_tolerance_ms=settings.future_tolerance, sources=sources)
+        self.counters = JoinCounters()
+        self.report = CollectorMetrics(telemetry.metrics)
+        source_serdes = {name: ctx.serde(role) for name, role in inputs.items()}
+        redis = settings.redis.client()
+        state_prefix = f"{settings.redis.key_prefix}:collector:{group}"
+        runner_settings = RunnerSettings(batch_size=settings.batch_size, poll_timeout_s=settings.batch_wait / 1000,
+                                         tick_interval_s=settings.tick_interval / 1000)
+
+        self.rekey = RekeyStage({name: INPUT_ROLES[role] for name, role in inputs.items()}, source_serdes,
+                                self.keyed_topic, self.keyed_partitions, spec.model.task, settings.idle_after)
+        self.join = JoinStage(
+            join_config, lambda p: RedisPartitionStore(redis, f"{state_prefix}:join:{p}", p), source_serdes,
+            ctx.serde("labeled_examples"), ctx.serde("unmatched_labels"), keyed_topic=self.keyed_topic,
+            joined_topic=self.joined_topic, examples_topic=ctx.topic("labeled_examples").name,
+            unmatched_topic=ctx.topic("unmatched_labels").name, idle_after_ms=settings.idle_after,
+            counters=self.counters)
+        self.score = ScoreStage(
+            EvaluationConfig.from_spec(spec, settings.metrics_window, settings.metrics_lateness),
+            RedisValue(redis, f"{state_prefix}:closed_until"), ctx.serde("labeled_examples"), pipeline=spec.name,
+            metrics_topic=ctx.topic("metrics").name, keyed_topic=self.keyed_topic,
+            keyed_partitions=self.keyed_partitions, idle_after_ms=settings.idle_after,
+            future_tolerance_ms=settings.future_tolerance, on_reports=self.report.windows)
+        dead = {name: ctx.topic(role).dead_letter_topic for name, role in inputs.items()}
+        metrics = telemetry.metrics
+        self.runners = [
+            StageRunner(SERVICE, group, kafka, StageTopics({n: raw for n in inputs}, {self.keyed_topic: raw}, dead),
+                        self.rekey, runner_settings, metrics),
+            StageRunner(SERVICE, f"{group}.join", kafka, StageTopics(
+                {self.keyed_topic: raw},
+                {self.joined_topic: raw, ctx.topic("labeled_examples").name: raw,
+                 ctx.topic("unmatched_labels").name: raw}), self.join, runner_settings, metrics),
+            StageRunner(SERVICE, f"{group}.score", kafka, StageTopics(
+                {self.joined_topic: raw}, {ctx.topic("metrics").name: ctx.serde("metrics")}),
+                self.score, runner_settings, metrics),
+        ]
+        self._stop = threading.Event()
+        self.exit_code = 0
+
+    def ensure_internal_topics(self) -> None:
+        admin = AdminClient(self.settings.common.kafka.admin())
+        wait_for_broker(admin, timeout_s=60)
+        ensure_topics(admin, [NewTopic(self.keyed_topic, self.keyed_partitions, 1),
+                              NewTopic(self.joined_topic, 1, 1)])
+
+    def stop(self, *_: object) -> None:
+        self._stop.set()
+        for runner in self.runners:
+            runner.stop()
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self.stop)
+        signal.signal(signal.SIGINT, self.stop)
+
+    def _run(self, runner: StageRunner) -> None:
+        try:
+            code = runner.run()
+        except Exception:
+            log.exception("%s: stage %s failed", SERVICE, runner.group_id)
+            code = 1
+        if code != 0:
+            self.exit_code = code
+            self.stop()
+
+    def run(self) -> int:
+        self.ensure_internal_topics()
+        threads = [threading.Thread(target=self._run, args=(r,), name=r.group_id, daemon=True) for r in self.runners]
+        for thread in threads:
+            thread.start()
+        log.info("%s: joining labels on %s (%d partitions) with the stage runner", SERVICE, self.keyed_topic,
+                 self.keyed_partitions)
+        next_report = time.monotonic()
+        while any(t.is_alive() for t in threads):
+            self._stop.wait(0.5)
+            if time.monotonic() >= next_report:
+                next_report = time.monotonic() + self.settings.metrics_report_interval / 1000
+                self.report.report(self.counters.as_dict(), self.join.pending, self.join.entries)
+        for thread in threads:
+            thread.join()
+        log.info("%s: stopped; counters %s", SERVICE, self.counters.as_dict())
+        self.telemetry.shutdown()
+        return self.exit_code

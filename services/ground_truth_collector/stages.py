@@ -1,0 +1,317 @@
+"""The collector as three stage-runner processors: re-key, join, metrics (the default runtime).
+
+The same pipeline as the faust app (app.py), with the same pure parts, on streamloop's own
+confluent-kafka runner, which batches, commits after acknowledgement and dead-letters:
+
+1. :class:`RekeyStage` reads features, predictions, shadow predictions and labels, checks each
+   record and forwards its original bytes to ``<group>-by-event``, partitioned by event id (CRC-32,
+   so every replica agrees), with its kind and origin in headers (routing.py). It writes a RESUME
+   record into every keyed partition when it gets partitions, and TICK records into keyed
+   partitions that went quiet while it is idle, so their clocks can run on (clock.py).
+2. :class:`JoinStage` runs one :class:`JoinPartition` per keyed partition over a Redis hash
+   (redis_state.py), emits labeled examples and unmatched labels, copies every joined example to
+   the single-partition ``<group>-joined`` topic with its decision time and its partition's clock,
+   and writes WATERMARK records there. State is written after the batch's outputs are acknowledged.
+3. :class:`ScoreStage` reads ``<group>-joined`` into the prequential metrics (scoring.py) and emits
+   a MetricSnapshot per model version, window and segment when a window closes; it commits no
+   further than the first record of a window not yet reported, so a restart rebuilds open windows.
+
+docs/ground-truth-collector.md says why this is the default and the faust app an option.
+"""
+
+from __future__ import annotations
+
+import time
+import zlib
+from collections.abc import Callable, Mapping, Sequence
+
+from services.ground_truth_collector.entries import JoinInput, Kind, SourceRef
+from services.ground_truth_collector.join import Decision, JoinConfig, JoinCounters, Joined, JoinPartition
+from services.ground_truth_collector.redis_state import RedisPartitionStore, RedisValue
+from services.ground_truth_collector.routing import (
+    HEADER_DECIDED_AT,
+    HEADER_JOIN_CLOCK,
+    HEADER_LABEL_SOURCE,
+    HEADER_ORIGIN,
+    RESUME,
+    TICK,
+    WATERMARK,
+    control_headers,
+    control_of,
+    event_id_of,
+    forwarded_headers,
+    header,
+    keyed_headers,
+    read_keyed,
+    with_millis,
+)
+from services.ground_truth_collector.scoring import MetricsStage
+from streamloop.kafka import dead_letters
+from streamloop.kafka.exceptions import InvalidRecordError
+from streamloop.kafka.records import ConsumedRecord, OutgoingRecord, ProcessResult, Rejection, TopicPartitionRef
+from streamloop.ml.evaluation import EvaluationConfig, WindowReport
+from streamloop.serde import Serde, SerdeError
+
+_EMPTY = {"bytes": b""}
+
+
+def keyed_partition(event_id: str, partitions: int) -> int:
+    return zlib.crc32(event_id.encode()) % partitions
+
+
+class RekeyStage:
+    def __init__(self, kinds: Mapping[str, Kind], serdes: Mapping[str, Serde], keyed_topic: str,
+                 keyed_partitions: int, task: str, idle_after_ms: int) -> None:
+        self.kinds = kinds
+        self.serdes = serdes
+        self.keyed_topic = keyed_topic
+        self.keyed_partitions = keyed_partitions
+        self.task = task
+        self.idle_after_ms = idle_after_ms
+        self._resume = False
+        self._last_record_ms = 0
+        self._last_written: dict[int, int] = {}
+
+    def on_assigned(self, partitions: Sequence[TopicPartitionRef]) -> None:
+        self._resume = True
+
+    def on_revoked(self, partitions: Sequence[TopicPartitionRef]) -> None:
+        pass
+
+    def process(self, batch: Sequence[ConsumedRecord]) -> ProcessResult:
+        result = ProcessResult()
+        now = int(time.time() * 1000)
+        self._last_record_ms = now
+        for record in batch:
+            kind = self.kinds[record.topic]
+            raw = record.value["bytes"]
+            try:
+                event_id = event_id_of(kind, self.serdes[record.topic].decode(raw), self.task)
+            except SerdeError as exc:
+                result.rejections.append(Rejection(record, exc, dead_letters.STAGE_DECODE))
+                continue
+            except InvalidRecordError as exc:
+                result.rejections.append(Rejection(record, exc, dead_letters.STAGE_VALIDATION))
+                continue
+            partition = keyed_partition(event_id, self.keyed_partitions)
+            self._last_written[partition] = now
+            source = SourceRef(record.topic, record.partition, record.offset)
+            result.outputs.append(OutgoingRecord(
+                self.keyed_topic, event_id, {"bytes": raw}, keyed_headers(kind, source, record.headers),
+                source=record, partition=partition))
+        return result
+
+    def tick(self, now_ms: int) -> ProcessResult:
+        result = ProcessResult()
+        if self._resume:  # before this start's records: see StreamClock.resume
+            self._resume = False
+            result.outputs += [self._control(RESUME, p) for p in range(self.keyed_partitions)]
+            return result
+        if now_ms - self._last_record_ms < self.idle_after_ms:
+            return result  # still reading: quiet partitions are only quiet once the inputs are
+        for partition in range(self.keyed_partitions):
+            if now_ms - self._last_written.get(partition, 0) >= self.idle_after_ms:
+                self._last_written[partition] = now_ms
+                result.outputs.append(self._control(TICK, partition))
+        return result
+
+    def _control(self, kind: str, partition: int) -> OutgoingRecord:
+        return OutgoingRecord(self.keyed_topic, None, _EMPTY, control_headers(kind), partition=partition)
+
+
+class JoinStage:
+    def __init__(self, config: JoinConfig, store_for: Callable[[int], RedisPartitionStore],
+                 source_serdes: Mapping[str, Serde], example_serde: Serde, unmatched_serde: Serde, *,
+                 keyed_topic: str, joined_topic: str, examples_topic: str, unmatched_topic: str,
+                 idle_after_ms: int, counters: JoinCounters | None = None) -> None:
+        self.config = config
+        self.store_for = store_for
+        self.source_serdes = source_serdes
+        self.example_serde = example_serde
+        self.unmatched_serde = unmatched_serde
+        self.keyed_topic, self.joined_topic = keyed_topic, joined_topic
+        self.examples_topic, self.unmatched_topic = examples_topic, unmatched_topic
+        self.idle_after_ms = idle_after_ms
+        self.counters = counters if counters is not None else JoinCounters()
+        self.partitions: dict[int, JoinPartition] = {}
+        self.stores: dict[int, RedisPartitionStore] = {}
+        self._announced: dict[int, tuple[int | None, int]] = {}
+        self._last_joined_ms = int(time.time() * 1000)
+
+    def on_assigned(self, partitions: Sequence[TopicPartitionRef]) -> None:
+        pass  # each partition is read from Redis when its first record arrives
+
+    def on_revoked(self, partitions: Sequence[TopicPartitionRef]) -> None:
+        for ref in partitions:
+            self.partitions.pop(ref.partition, None)
+            self.stores.pop(ref.partition, None)
+            self._announced.pop(ref.partition, None)
+
+    def join(self, partition: int) -> JoinPartition:
+        join = self.partitions.get(partition)
+        if join is None:
+            store = self.store_for(partition)
+            self.stores[partition] = store
+            join = JoinPartition(partition, store, self.config, self.counters)
+            self.partitions[partition] = join
+        return join
+
+    def process(self, batch: Sequence[ConsumedRecord]) -> ProcessResult:
+        result = ProcessResult()
+        touched: dict[int, int] = {}
+        for record in batch:
+            join = self.join(record.partition)
+            touched[record.partition] = record.offset
+            control = control_of(record.headers)
+            if control == RESUME:
+                join.resume(record.timestamp_ms)
+                continue
+            if control == TICK:
+                decisions = join.tick(record.timestamp_ms)
+            else:
+                try:
+                    kind, source = read_keyed(record.headers)
+                    value = with_millis(kind, self.source_serdes[source.topic].decode(record.value["bytes"]))
+                except (SerdeError, InvalidRecordError, KeyError) as exc:
+                    result.rejections.append(Rejection(record, exc, dead_letters.STAGE_PROCESS))
+                    continue
+                decisions = join.apply(JoinInput(kind, record.key or "", value, source, record.timestamp_ms))
+            for decision in decisions:
+                result.outputs += self._outputs(decision, record, join)
+        result.outputs += self._watermarks(touched)
+        return result
+
+    def _outputs(self, decision: Decision, trigger: ConsumedRecord, join: JoinPartition) -> list[OutgoingRecord]:
+        label = (HEADER_LABEL_SOURCE, decision.label_source.text().encode())
+        if isinstance(decision, Joined):
+            value = self.example_serde.encode(decision.example)
+            extra = [label, (HEADER_DECIDED_AT, str(decision.decided_at).encode()),
+                     (HEADER_ORIGIN, SourceRef(trigger.topic, trigger.partition, trigger.offset).text().encode())]
+            if join.clock is not None:  # the partition's clock: the metrics stage's watermark (scoring.py)
+                extra.append((HEADER_JOIN_CLOCK, str(join.clock).encode()))
+            self._last_joined_ms = int(time.time() * 1000)
+            outputs = [OutgoingRecord(self.joined_topic, decision.example["event_id"], {"bytes": value},
+                                      forwarded_headers(trigger.headers, *extra), source=trigger, partition=0)]
+            if not decision.late_prediction:
+                outputs.append(OutgoingRecord(self.examples_topic, decision.example["entity_key"], {"bytes": value},
+                                              forwarded_headers(trigger.headers, label), source=trigger))
+            return outputs
+        value = self.unmatched_serde.encode(decision.record)
+        return [OutgoingRecord(self.unmatched_topic, decision.record["event_id"], {"bytes": value},
+                               forwarded_headers(trigger.headers, label), source=trigger)]
+
+    def _watermarks(self, touched: dict[int, int]) -> list[OutgoingRecord]:
+        """Tell the metrics stage the clocks of the partitions a batch moved (or kept busy)."""
+        outputs = []
+        now = int(time.time() * 1000)
+        for partition, offset in touched.items():
+            join = self.partitions[partition]
+            if join.time.high is None:
+                continue  # no data record yet: nothing this partition could decide
+            last = self._announced.get(partition)
+            if last is not None and last[0] == join.clock and now - last[1] < self.idle_after_ms // 2:
+                continue
+            self._announced[partition] = (join.clock, now)
+            headers = [(HEADER_ORIGIN, SourceRef(self.keyed_topic, partition, offset).text().encode())]
+            if join.clock is not None:
+                headers.append((HEADER_JOIN_CLOCK, str(join.clock).encode()))
+            outputs.append(OutgoingRecord(self.joined_topic, None, _EMPTY, control_headers(WATERMARK, *headers),
+                                          partition=0))
+        return outputs
+
+    def tick(self, now_ms: int) -> ProcessResult:
+        result = ProcessResult()
+        if now_ms - self._last_joined_ms >= self.idle_after_ms:
+            self._last_joined_ms = now_ms
+            result.outputs.append(OutgoingRecord(self.joined_topic, None, _EMPTY, control_headers(TICK), partition=0))
+        return result
+
+    def delivered(self) -> None:
+        for store in self.stores.values():
+            store.flush()
+
+    @property
+    def pending(self) -> int:
+        return sum(p.pending for p in self.partitions.values())
+
+    @property
+    def entries(self) -> int:
+        return sum(p.size for p in self.partitions.values())
+
+
+class ScoreStage:
+    def __init__(self, config: EvaluationConfig, closed_until: RedisValue, example_serde: Serde, *,
+                 pipeline: str, metrics_topic: str, keyed_topic: str, keyed_partitions: int, idle_after_ms: int,
+                 future_tolerance_ms: int, on_reports: Callable[[list[WindowReport]], None] | None = None) -> None:
+        self.config = config
+        self.closed_until = closed_until
+        self.example_serde = example_serde
+        self.pipeline, self.metrics_topic = pipeline, metrics_topic
+        self.sources = tuple(f"{keyed_topic}:{p}" for p in range(keyed_partitions))
+        self.idle_after_ms, self.future_tolerance_ms = idle_after_ms, future_tolerance_ms
+        self.on_reports = on_reports
+        self.scoring: MetricsStage | None = None
+        self.held: list[tuple[str, int, int, int | None]] = []  # topic, partition, offset, window start
+        self._closed_to_save: int | None = None
+
+    def on_assigned(self, partitions: Sequence[TopicPartitionRef]) -> None:
+        self.scoring = None  # rebuilt from Redis and the replay from the committed offset
+        self.held.clear()
+
+    def on_revoked(self, partitions: Sequence[TopicPartitionRef]) -> None:
+        self.scoring = None
+        self.held.clear()
+
+    def _stage(self) -> MetricsStage:
+        if self.scoring is None:
+            stored = self.closed_until.get()
+            self.scoring = MetricsStage(self.config, self.idle_after_ms, stored, sources=self.sources,
+                                        future_tolerance_ms=self.future_tolerance_ms)
+        return self.scoring
+
+    def process(self, batch: Sequence[ConsumedRecord]) -> ProcessResult:
+        scoring = self._stage()
+        for record in batch:
+            control = control_of(record.headers)
+            origin = SourceRef.parse((header(record.headers, HEADER_ORIGIN) or b"?:0:0").decode())
+            clock = header(record.headers, HEADER_JOIN_CLOCK)
+            join_clock = None if clock is None else int(clock)
+            decided_at = header(record.headers, HEADER_DECIDED_AT)
+            window = None
+            if control == WATERMARK:
+                scoring.watermark(origin, join_clock, record.timestamp_ms)
+            elif control == RESUME:
+                scoring.clock.resume(record.timestamp_ms)
+            elif control is not None or decided_at is None:
+                scoring.tick(record.timestamp_ms)
+            else:
+                example = self.example_serde.decode(record.value["bytes"])
+                window = scoring.add(example, int(decided_at), origin, record.timestamp_ms, join_clock)
+            self.held.append((record.topic, record.partition, record.offset, window))
+        return self._close(scoring)
+
+    def tick(self, now_ms: int) -> ProcessResult:
+        return ProcessResult() if self.scoring is None else self._close(self.scoring)
+
+    def _close(self, scoring: MetricsStage) -> ProcessResult:
+        result = ProcessResult()
+        reports = scoring.close()
+        if reports:
+            now = int(time.time() * 1000)
+            result.outputs += [OutgoingRecord(self.metrics_topic, snapshot["model_version"], snapshot)
+                               for snapshot in (report.snapshot(self.pipeline, now) for report in reports)]
+            self._closed_to_save = scoring.closed_until
+            if self.on_reports is not None:
+                self.on_reports(reports)
+        self.held = [h for h in self.held if not scoring.is_reported(h[3])]
+        return result
+
+    def delivered(self) -> None:
+        if self._closed_to_save is not None:
+            self.closed_until.set(self._closed_to_save)
+            self._closed_to_save = None
+
+    def commit_limit(self, topic: str, partition: int) -> int | None:
+        """Records of windows not yet reported stay replayable (the faust app holds their acks)."""
+        offsets = [offset for t, p, offset, _ in self.held if (t, p) == (topic, partition)]
+        return min(offsets) if offsets else None
