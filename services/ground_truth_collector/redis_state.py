@@ -38,39 +38,36 @@ def retrying(action: Callable[[], T], what: str) -> T:
             delay = min(delay * 2, 2.0)
 
 
-def _copy(value: dict[str, Any]) -> dict[str, Any]:
-    # Nothing may share objects with the store (the join mutates what it reads).
-    return json.loads(json.dumps(value))
-
-
 class RedisPartitionStore:
-    """The StateStore of one join partition (services/ground_truth_collector/join.py)."""
+    """The StateStore of one join partition (services/ground_truth_collector/join.py).
+
+    Entries are kept as their JSON text: a put serializes once (the same text goes to Redis), a
+    get parses once, so nothing the join holds shares objects with the store.
+    """
 
     def __init__(self, client: Any, key: str, partition: int) -> None:
         self.client = client
         self.key = key
         self.partition = partition
         stored = retrying(lambda: client.hgetall(key), f"reading {key}")
-        self.data: dict[str, dict[str, Any]] = {
-            (k.decode() if isinstance(k, bytes) else k): json.loads(v) for k, v in stored.items()}
-        self._pending: dict[str, dict[str, Any] | None] = {}
+        self.data: dict[str, str] = {
+            (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
+            for k, v in stored.items()}
+        self._pending: dict[str, str | None] = {}
 
     def get(self, key: str) -> dict[str, Any] | None:
-        if key in self._pending:
-            value = self._pending[key]
-            return None if value is None else _copy(value)
-        found = self.data.get(key)
-        return None if found is None else _copy(found)
+        text = self._pending[key] if key in self._pending else self.data.get(key)
+        return None if text is None else json.loads(text)
 
     def put(self, key: str, value: dict[str, Any], partition: int) -> None:
-        self._pending[key] = _copy(value)
+        self._pending[key] = json.dumps(value, separators=(",", ":"))
 
     def delete(self, key: str, partition: int) -> None:
         self._pending[key] = _DELETED
 
     def entries(self, partition: int) -> Iterator[tuple[str, dict[str, Any]]]:
-        for key, value in list(self.data.items()):
-            yield key, _copy(value)
+        for key, text in list(self.data.items()):
+            yield key, json.loads(text)
 
     @property
     def pending_writes(self) -> int:
@@ -80,17 +77,16 @@ class RedisPartitionStore:
         if not self._pending:
             return
         pipe = self.client.pipeline(transaction=True)
-        for key, value in self._pending.items():
-            if value is _DELETED:
-                pipe.hdel(self.key, key)
-            else:
-                pipe.hset(self.key, key, json.dumps(value, separators=(",", ":")))
+        deleted = [key for key, text in self._pending.items() if text is _DELETED]
+        written = {key: text for key, text in self._pending.items() if text is not _DELETED}
+        if deleted:
+            pipe.hdel(self.key, *deleted)
+        if written:
+            pipe.hset(self.key, mapping=written)
         retrying(pipe.execute, f"writing {self.key}")
-        for key, value in self._pending.items():
-            if value is _DELETED:
-                self.data.pop(key, None)
-            else:
-                self.data[key] = value
+        for key in deleted:
+            self.data.pop(key, None)
+        self.data.update(written)
         self._pending.clear()
 
     def discard(self) -> None:

@@ -59,6 +59,7 @@ class LoopObservation:
     labels_sent: int = 0
     bad_promotion: dict | None = None
     unmatched_labels: dict[str, int] = field(default_factory=dict)  # per reason
+    dead_lettered_events: set[str] = field(default_factory=set)  # input events sent to the DLQ
 
 
 class LoopDriver:
@@ -99,14 +100,14 @@ class LoopDriver:
             for partition in metadata.get(name).partitions if name in metadata else []:
                 assignment.append(TopicPartition(name, partition, -2))
         consumer.assign(assignment)
+        input_dlq, input_serde = self.catalog["input"].dead_letter_topic, self._serde("input")
         try:
             while not self._stop.is_set():
                 for message in consumer.consume(1000, 0.1):
                     if message.error() is not None:
                         continue
                     if message.topic() not in topics:
-                        with self._lock:
-                            self.observed.dead_letters += 1
+                        self._on_dead_letter(message.topic(), message.value(), input_dlq, input_serde)
                         continue
                     try:
                         value = serdes[message.topic()].decode(message.value())
@@ -115,6 +116,18 @@ class LoopDriver:
                     topics[message.topic()][1](value, message.timestamp()[1])
         finally:
             consumer.close()
+
+    def _on_dead_letter(self, topic: str, value: bytes | None, input_dlq: str, input_serde: SingleObjectSerde) -> None:
+        event_id = None
+        if topic == input_dlq:  # an event refused at the door (its bytes are kept as they came)
+            try:
+                event_id = str(input_serde.decode(value)[self.pipeline.input.event_id])
+            except (SerdeError, KeyError):
+                event_id = None
+        with self._lock:
+            self.observed.dead_letters += 1
+            if event_id is not None:
+                self.observed.dead_lettered_events.add(event_id)
 
     def _on_prediction(self, value: dict, timestamp_ms: int) -> None:
         event_id = value["event_id"]
@@ -219,7 +232,9 @@ class LoopDriver:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             with self._lock:
-                if len(self.observed.predicted_at_ms) >= len(self.observed.produced_at_ms):
+                obs = self.observed
+                if len(obs.predicted_at_ms) + len(obs.dead_lettered_events - obs.predicted_at_ms.keys()) \
+                        >= len(obs.produced_at_ms):
                     return True
             time.sleep(0.2)
         return False
@@ -258,10 +273,13 @@ class LoopDriver:
                 "events_in": len(obs.produced_at_ms),
                 "predictions_out": len(obs.predicted_at_ms),
                 "dlq": obs.dead_letters,
+                "dlq_events": len(obs.dead_lettered_events),
                 "labels_sent": obs.labels_sent,
                 "labels_joined": obs.labeled_examples,
                 "labels_unmatched": dict(obs.unmatched_labels),
-                "lost": len(obs.produced_at_ms) - len(obs.predicted_at_ms),
+                # Lost: an event with neither a prediction nor a dead letter.
+                "lost": sum(1 for e in obs.produced_at_ms
+                            if e not in obs.predicted_at_ms and e not in obs.dead_lettered_events),
                 "accuracy_before_drift": accuracy(before),
                 "accuracy_after_recovery": accuracy(after),
                 "drift_at": drift_index,
