@@ -60,6 +60,7 @@ class LoopObservation:
     bad_promotion: dict | None = None
     unmatched_labels: dict[str, int] = field(default_factory=dict)  # per reason
     dead_lettered_events: set[str] = field(default_factory=set)  # input events sent to the DLQ
+    labels_sent_per_event: dict[str, int] = field(default_factory=dict)
 
 
 class LoopDriver:
@@ -206,6 +207,8 @@ class LoopDriver:
             _, _, label = heapq.heappop(pending)
             self._produce(producer, topic, label["event_id"], serde.encode(label))
             self.observed.labels_sent += 1
+            self.observed.labels_sent_per_event[label["event_id"]] = \
+                self.observed.labels_sent_per_event.get(label["event_id"], 0) + 1
 
     @staticmethod
     def _produce(producer: Producer, topic: str, key: str, value: bytes) -> None:
@@ -223,7 +226,8 @@ class LoopDriver:
         while time.monotonic() < deadline:
             with self._lock:
                 obs = self.observed
-                if obs.labeled_examples + sum(obs.unmatched_labels.values()) >= obs.labels_sent:
+                awaiting = sum(obs.labels_sent_per_event.get(e, 0) for e in obs.dead_lettered_events)
+                if obs.labeled_examples + sum(obs.unmatched_labels.values()) + awaiting >= obs.labels_sent:
                     return True
             time.sleep(0.2)
         return False
@@ -277,6 +281,9 @@ class LoopDriver:
                 "labels_sent": obs.labels_sent,
                 "labels_joined": obs.labeled_examples,
                 "labels_unmatched": dict(obs.unmatched_labels),
+                # Labels of dead-lettered events: no event to join, NO_MATCHING_EVENT once the join
+                # horizon has passed (the demo ends before that).
+                "labels_awaiting_horizon": sum(obs.labels_sent_per_event.get(e, 0) for e in obs.dead_lettered_events),
                 # Lost: an event with neither a prediction nor a dead letter.
                 "lost": sum(1 for e in obs.produced_at_ms
                             if e not in obs.predicted_at_ms and e not in obs.dead_lettered_events),
