@@ -9,21 +9,18 @@ from __future__ import annotations
 
 import logging
 import signal
-import sys
 import threading
 from collections.abc import Callable
-
-from pydantic import ValidationError
 
 from services.drift_detector.history import KafkaHistory, TableChampions
 from services.drift_detector.lease import LeaderLease
 from services.drift_detector.metrics import PrometheusDriftMetrics
 from services.drift_detector.processor import DriftProcessor, DriftTopics
 from services.drift_detector.settings import SERVICE, DriftSettings
-from streamloop.errors import StreamloopError
 from streamloop.kafka.runner import StageRunner
 from streamloop.kafka.table_reader import CompactedTopicReader
-from streamloop.service.context import ServiceContext, configure_logging
+from streamloop.service.context import ServiceContext
+from streamloop.service.entrypoint import start_service
 from streamloop.telemetry import Telemetry, configure_telemetry
 
 log = logging.getLogger(__name__)
@@ -125,18 +122,9 @@ def build(settings: DriftSettings) -> DriftService:
 
 
 def main() -> int:
-    try:
-        settings = DriftSettings()
-    except ValidationError as exc:
-        error = exc.errors()[0]
-        print(f"{SERVICE}: invalid setting {'.'.join(map(str, error['loc']))}: {error['msg']}", file=sys.stderr)
-        return 2
-    configure_logging(settings.common.log_level, SERVICE)
-    try:
-        service = build(settings)
-    except StreamloopError as exc:
-        print(f"{SERVICE}: {' '.join(str(exc).split())}", file=sys.stderr)
-        return 2
+    service = start_service(SERVICE, DriftSettings, build)
+    if isinstance(service, int):
+        return service
     service.install_signal_handlers()
     try:
         return service.run()

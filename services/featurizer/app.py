@@ -10,19 +10,15 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import sys
 import threading
-
-from pydantic import ValidationError
 
 from services.featurizer.exceptions import RestoreCancelled, RestoreError
 from services.featurizer.history import KafkaPartitionHistory
 from services.featurizer.processor import FeaturizerProcessor
 from services.featurizer.settings import FeaturizerSettings
-from streamloop.errors import StreamloopError
 from streamloop.kafka import StageRunner
 from streamloop.service import ServiceContext
-from streamloop.service.context import configure_logging
+from streamloop.service.entrypoint import start_service
 from streamloop.store import RedisFeatureStore
 from streamloop.telemetry import Telemetry, configure_telemetry
 
@@ -91,20 +87,9 @@ def build(settings: FeaturizerSettings, telemetry: Telemetry | None = None) -> F
 
 
 def main() -> int:
-    try:
-        settings = FeaturizerSettings()
-    except ValidationError as exc:
-        print(f"{SERVICE}: invalid settings: {_first_error(exc)}", file=sys.stderr)
-        return 2
-    configure_logging(settings.common.log_level, SERVICE)
-    try:
-        app = build(settings)
-    except ValidationError as exc:
-        print(f"{SERVICE}: invalid settings: {_first_error(exc)}", file=sys.stderr)
-        return 2
-    except StreamloopError as exc:
-        print(f"{SERVICE}: {exc}", file=sys.stderr)
-        return 2
+    app = start_service(SERVICE, FeaturizerSettings, build)
+    if isinstance(app, int):
+        return app
     app.install_signal_handlers()
     try:
         return app.run()
@@ -115,7 +100,3 @@ def main() -> int:
         log.error("%s; exiting so that a restart tries again", exc)
         return 1
 
-
-def _first_error(exc: ValidationError) -> str:
-    error = exc.errors()[0]
-    return f"{'.'.join(str(p) for p in error['loc'])}: {error['msg']}"

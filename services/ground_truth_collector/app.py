@@ -20,14 +20,12 @@ import asyncio
 import logging
 import os
 import signal
-import sys
 import time
 from typing import Any
 
 import faust
 from aiokafka.partitioner import DefaultPartitioner
 from confluent_kafka import Consumer, TopicPartition
-from pydantic import ValidationError
 
 from services.ground_truth_collector.entries import JoinInput, SourceRef
 from services.ground_truth_collector.faust_options import faust_options
@@ -57,12 +55,12 @@ from services.ground_truth_collector.runner_app import RunnerCollector
 from services.ground_truth_collector.scoring import MetricsStage
 from services.ground_truth_collector.settings import SERVICE, CollectorSettings
 from services.ground_truth_collector.state import TableStore
-from streamloop.errors import StreamloopError
 from streamloop.kafka import dead_letters
 from streamloop.kafka.exceptions import InvalidRecordError
 from streamloop.ml.evaluation import EvaluationConfig, WindowReport
 from streamloop.serde import SerdeError
-from streamloop.service.context import ServiceContext, configure_logging
+from streamloop.service.context import ServiceContext
+from streamloop.service.entrypoint import start_service
 from streamloop.telemetry import Telemetry, configure_telemetry
 
 log = logging.getLogger(__name__)
@@ -518,18 +516,10 @@ def build(settings: CollectorSettings) -> Collector:
 
 
 def main() -> int:
-    try:
-        settings = CollectorSettings()
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        print(f"{SERVICE}: invalid setting {'.'.join(map(str, first['loc']))}: {first['msg']}", file=sys.stderr)
-        return 2
-    configure_logging(settings.common.log_level, SERVICE)
-    try:
-        collector = build(settings) if settings.runtime == "faust" else build_runner(settings)
-    except (StreamloopError, ValueError) as exc:
-        print(f"{SERVICE}: {exc}", file=sys.stderr)
-        return 2
+    collector = start_service(
+        SERVICE, CollectorSettings, lambda s: build(s) if s.runtime == "faust" else build_runner(s))
+    if isinstance(collector, int):
+        return collector
     return collector.run()
 
 

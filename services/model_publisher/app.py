@@ -9,11 +9,8 @@ reads the candidates topic back for the lineage of the versions in the registry.
 from __future__ import annotations
 
 import logging
-import sys
 import threading
 from dataclasses import dataclass
-
-from pydantic import ValidationError
 
 from services.model_publisher.judging import JudgingPolicy
 from services.model_publisher.publisher import PublisherPolicy, PublisherProcessor, PublisherTopics
@@ -24,7 +21,8 @@ from streamloop.kafka.runner import StageRunner
 from streamloop.kafka.table_reader import CompactedTopicReader
 from streamloop.ml.registry import DeploymentTable, read_topic
 from streamloop.serde import Serde
-from streamloop.service.context import ServiceContext, configure_logging
+from streamloop.service.context import ServiceContext
+from streamloop.service.entrypoint import start_service
 from streamloop.telemetry import Telemetry, configure_telemetry
 
 SERVICE = "model-publisher"
@@ -111,25 +109,10 @@ def build(settings: PublisherSettings, install_global_telemetry: bool = True) ->
                         topics.model_candidates, ctx.serde("model_candidates"), settings.table_timeout_s)
 
 
-def _first_error(exc: ValidationError) -> str:
-    error = exc.errors()[0]
-    return f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']}"
-
 
 def main() -> int:
-    try:
-        settings = PublisherSettings()
-    except ValidationError as exc:
-        print(f"{SERVICE}: invalid settings: {_first_error(exc)}", file=sys.stderr)
-        return 2
-    configure_logging(settings.common.log_level, SERVICE)
-    try:
-        app = build(settings)
-    except ValidationError as exc:
-        print(f"{SERVICE}: invalid settings: {_first_error(exc)}", file=sys.stderr)
-        return 2
-    except (StreamloopError, OSError) as exc:
-        print(f"{SERVICE}: {' '.join(line.strip() for line in str(exc).splitlines())}", file=sys.stderr)
-        return 2
+    app = start_service(SERVICE, PublisherSettings, build)
+    if isinstance(app, int):
+        return app
     app.runner.install_signal_handlers()
     return app.run()

@@ -12,24 +12,21 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import sys
 import threading
 from typing import Any
 
 from confluent_kafka import KafkaError, Message, Producer
-from pydantic import ValidationError
 
 from services.online_scorer.grpc_service import RequestLimits, ScoringServer, ScoringServicer
 from services.online_scorer.models import ModelHolder
 from services.online_scorer.processor import ScoringProcessor
 from services.online_scorer.settings import ScorerSettings
 from streamloop.contracts import TopicSpec
-from streamloop.errors import StreamloopError
 from streamloop.kafka import KafkaSettings, StageRunner
 from streamloop.kafka.table_reader import CompactedTopicReader
 from streamloop.serde import Serde
 from streamloop.service import ServiceContext
-from streamloop.service.context import configure_logging
+from streamloop.service.entrypoint import start_service
 from streamloop.store import RedisFeatureStore
 from streamloop.telemetry import Telemetry, configure_telemetry
 
@@ -173,24 +170,8 @@ def build(settings: ScorerSettings, telemetry: Telemetry | None = None) -> Score
 
 
 def main() -> int:
-    try:
-        settings = ScorerSettings()
-    except ValidationError as exc:
-        print(f"{SERVICE}: invalid settings: {_first_error(exc)}", file=sys.stderr)
-        return 2
-    configure_logging(settings.common.log_level, SERVICE)
-    try:
-        app = build(settings)
-    except ValidationError as exc:
-        print(f"{SERVICE}: invalid settings: {_first_error(exc)}", file=sys.stderr)
-        return 2
-    except StreamloopError as exc:
-        print(f"{SERVICE}: {exc}", file=sys.stderr)
-        return 2
+    app = start_service(SERVICE, ScorerSettings, build)
+    if isinstance(app, int):
+        return app
     app.install_signal_handlers()
     return app.run()
-
-
-def _first_error(exc: ValidationError) -> str:
-    error = exc.errors()[0]
-    return f"{'.'.join(str(p) for p in error['loc'])}: {error['msg']}"

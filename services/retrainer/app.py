@@ -8,20 +8,17 @@ through a ``CompactedTopicReader``, replays rebuild windows with a ``KafkaWindow
 from __future__ import annotations
 
 import logging
-import sys
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
-
-from pydantic import ValidationError
 
 from services.retrainer.processor import InlineExecutor, RebuildPolicy, RetrainerProcessor, RetrainerTopics
 from services.retrainer.settings import RetrainerSettings
 from services.retrainer.window import KafkaWindowReader
-from streamloop.errors import StreamloopError
 from streamloop.kafka.runner import StageRunner
 from streamloop.kafka.table_reader import CompactedTopicReader
 from streamloop.ml.registry import DeploymentTable
-from streamloop.service.context import ServiceContext, configure_logging
+from streamloop.service.context import ServiceContext
+from streamloop.service.entrypoint import start_service
 from streamloop.telemetry import Telemetry, configure_telemetry
 
 SERVICE = "retrainer"
@@ -80,25 +77,10 @@ def build(settings: RetrainerSettings, install_global_telemetry: bool = True) ->
     return RetrainerApp(runner, processor, reader, executor, telemetry, settings.table_timeout_s)
 
 
-def _first_error(exc: ValidationError) -> str:
-    error = exc.errors()[0]
-    return f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']}"
-
 
 def main() -> int:
-    try:
-        settings = RetrainerSettings()
-    except ValidationError as exc:
-        print(f"{SERVICE}: invalid settings: {_first_error(exc)}", file=sys.stderr)
-        return 2
-    configure_logging(settings.common.log_level, SERVICE)
-    try:
-        app = build(settings)
-    except ValidationError as exc:
-        print(f"{SERVICE}: invalid settings: {_first_error(exc)}", file=sys.stderr)
-        return 2
-    except (StreamloopError, OSError) as exc:
-        print(f"{SERVICE}: {' '.join(line.strip() for line in str(exc).splitlines())}", file=sys.stderr)
-        return 2
+    app = start_service(SERVICE, RetrainerSettings, build)
+    if isinstance(app, int):
+        return app
     app.runner.install_signal_handlers()
     return app.run()

@@ -15,7 +15,7 @@ def test_a_bad_setting_exits_2_with_one_line(monkeypatch: pytest.MonkeyPatch, ca
     monkeypatch.setenv("DRIFT_PSI_BINS", "1")
     assert main() == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("drift-detector: invalid setting psi_bins") and "\n" not in err
+    assert err.startswith("drift-detector: invalid settings: psi_bins") and "\n" not in err
 
 
 def test_a_missing_pipeline_spec_exits_2_with_one_line(monkeypatch: pytest.MonkeyPatch, tmp_path,
