@@ -83,8 +83,8 @@ def main() -> None:
         records = len(scenario.records)
 
         env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap_servers, "STREAMLOOP_PIPELINE": str(spec_path),
-               "PYTHONPATH": str(REPO), "REDIS_URL": redis.url, "KAFKA_GROUP_INSTANCE_ID": "bench-collector-0", "COLLECTOR_JOIN_GRACE": "4s",
-               "COLLECTOR_IDLE_AFTER": "3s", "COLLECTOR_STALL_AFTER": "3s",
+               "PYTHONPATH": str(REPO), "REDIS_URL": redis.url, "KAFKA_GROUP_INSTANCE_ID": "bench-collector-0",
+               "COLLECTOR_JOIN_GRACE": "4s", "COLLECTOR_IDLE_AFTER": "3s", "COLLECTOR_STALL_AFTER": "3s",
                **{k: v for k, v in os.environ.items() if k.startswith("COLLECTOR_")}}
         started = time.monotonic()
         log = (work / "collector.log").open("w")
