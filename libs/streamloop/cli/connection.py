@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import sys
 from dataclasses import dataclass
+from datetime import date, datetime
+from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import typer
+from confluent_kafka.admin import AdminClient
 
 from streamloop.contracts import Catalog, PipelineSpec, load_catalog, load_pipeline
 from streamloop.errors import StreamloopError
+from streamloop.kafka.admin import wait_for_broker
+from streamloop.kafka.configuration import KafkaSettings
+from streamloop.kafka.exceptions import BrokerUnavailableError
 from streamloop.stack.launcher import read_state
 
 DEMO_PIPELINE = Path(__file__).resolve().parents[3] / "examples" / "card_fraud" / "pipeline.yaml"
@@ -65,3 +73,24 @@ def connect(pipeline: Path | None, data_dir: Path, bootstrap_servers: str | None
         bootstrap_servers or state.get("bootstrap_servers") or "127.0.0.1:9092",
         os.environ.get("REDIS_URL") or state.get("redis_url") or "redis://127.0.0.1:6379/0",
     )
+
+
+def reachable_admin(bootstrap: str) -> AdminClient:
+    """An admin client of a broker that answers; else one clear line and exit 1."""
+    admin = AdminClient(KafkaSettings(bootstrap_servers=bootstrap).admin())
+    try:
+        wait_for_broker(admin, timeout_s=5)
+    except BrokerUnavailableError:
+        raise fail(f"cannot reach a Kafka broker at {bootstrap} (is `streamloop up` running?)") from None
+    return admin
+
+
+def json_default(value: Any) -> Any:
+    """How the CLI prints what JSON has no type for: times as ISO 8601, bytes as base64."""
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode()
+    if isinstance(value, Decimal):
+        return str(value)
+    return str(value)

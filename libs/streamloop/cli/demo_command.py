@@ -14,7 +14,7 @@ from rich.table import Table
 
 from streamloop.cli.connection import DEMO_PIPELINE, DataDirOption, fail
 from streamloop.cli.model_commands import artifact_store
-from streamloop.contracts import load_catalog, load_pipeline
+from streamloop.contracts import PipelineSpec, load_catalog, load_pipeline
 from streamloop.errors import StreamloopError
 from streamloop.kafka.configuration import KafkaSettings
 from streamloop.ml.registry import RegistryClient
@@ -77,7 +77,7 @@ def demo(
         producer = threading.Thread(target=driver.run, args=(stream, rate), daemon=True)
         producer.start()
         if bad_promotion_at is not None:
-            threading.Thread(target=_promote_badly, args=(driver, spec, pipeline, stack, console,
+            threading.Thread(target=_promote_badly, args=(driver, spec, stack, console,
                                                           int(events * bad_promotion_at)), daemon=True).start()
         _watch(producer, driver, stack, console, events, headless)
         driver.wait_for_predictions(timeout_s=60)
@@ -96,7 +96,7 @@ def demo(
     _report(summary, console, json_output)
 
 
-def _promote_badly(driver: LoopDriver, spec, pipeline_path: Path, stack: Stack, console: Console, at: int) -> None:
+def _promote_badly(driver: LoopDriver, spec: PipelineSpec, stack: Stack, console: Console, at: int) -> None:
     """Promote the bootstrap model (never trained) once ``at`` events are out: a promotion gone wrong."""
     while len(driver.observed.produced_at_ms) < at:
         time.sleep(0.2)

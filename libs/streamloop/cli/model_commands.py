@@ -15,8 +15,15 @@ from rich.table import Table
 
 from services.online_scorer.client import score as score_entity
 from services.online_scorer.errors import ScorerError
-from streamloop.cli.connection import BootstrapOption, DataDirOption, PipelineOption, connect, fail
-from streamloop.cli.topic_commands import _json_default, _reachable_admin
+from streamloop.cli.connection import (
+    BootstrapOption,
+    DataDirOption,
+    PipelineOption,
+    connect,
+    fail,
+    json_default,
+    reachable_admin,
+)
 from streamloop.kafka.configuration import KafkaSettings
 from streamloop.ml.artifacts import ArtifactStore
 from streamloop.ml.exceptions import ModelError
@@ -42,7 +49,7 @@ def artifact_store(data_dir: Path) -> ArtifactStore:
 def _registry(pipeline: Path | None, data_dir: Path, bootstrap_servers: str | None,
               verify: bool = False) -> RegistryClient:
     conn = connect(pipeline, data_dir, bootstrap_servers)
-    _reachable_admin(conn.bootstrap_servers)
+    reachable_admin(conn.bootstrap_servers)
     # A registry change names an artifact that scorers will load: it is verified here first, so a
     # tampered or unsigned artifact is refused before it is ever published as champion.
     store = artifact_store(data_dir) if verify else None
@@ -51,7 +58,7 @@ def _registry(pipeline: Path | None, data_dir: Path, bootstrap_servers: str | No
 
 
 def _print_json(value: Any) -> None:
-    print(json.dumps(value, default=_json_default, indent=2), flush=True)
+    print(json.dumps(value, default=json_default, indent=2), flush=True)
 
 
 @models_app.command("list")
@@ -173,7 +180,7 @@ def explain(
 ) -> None:
     """Show the logged prediction(s) of EVENT_ID: model version, output, action and explanation."""
     conn = connect(pipeline, data_dir, bootstrap_servers)
-    _reachable_admin(conn.bootstrap_servers)
+    reachable_admin(conn.bootstrap_servers)
     found = [
         {"topic": role, **record}
         for role in ("predictions", "shadow_predictions")

@@ -6,48 +6,32 @@ import base64
 import json
 import sys
 import time
-from datetime import date, datetime
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import typer
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from streamloop.cli.connection import BootstrapOption, DataDirOption, PipelineOption, connect, fail
+from streamloop.cli.connection import (
+    BootstrapOption,
+    DataDirOption,
+    PipelineOption,
+    connect,
+    fail,
+    json_default,
+    reachable_admin,
+)
 from streamloop.contracts import CatalogError
 from streamloop.contracts.catalog import DEAD_LETTER_SUFFIX
-from streamloop.kafka.admin import wait_for_broker
 from streamloop.kafka.configuration import KafkaSettings
 from streamloop.kafka.dead_letters import read_error_headers
-from streamloop.kafka.exceptions import BrokerUnavailableError
 from streamloop.kafka.lag import group_lag
 from streamloop.serde import SerdeError, SingleObjectSerde
 
 app = typer.Typer()
-
-
-def _reachable_admin(bootstrap: str) -> AdminClient:
-    admin = AdminClient(KafkaSettings(bootstrap_servers=bootstrap).admin())
-    try:
-        wait_for_broker(admin, timeout_s=5)
-    except BrokerUnavailableError:
-        raise fail(f"cannot reach a Kafka broker at {bootstrap} (is `streamloop up` running?)") from None
-    return admin
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, datetime | date):
-        return value.isoformat()
-    if isinstance(value, bytes):
-        return base64.b64encode(value).decode()
-    if isinstance(value, Decimal):
-        return str(value)
-    return str(value)
 
 
 @app.command()
@@ -64,7 +48,7 @@ def produce(
         spec = conn.catalog.by_name(topic)
     except CatalogError as exc:
         raise fail(str(exc)) from None
-    _reachable_admin(conn.bootstrap_servers)
+    reachable_admin(conn.bootstrap_servers)
     serde = SingleObjectSerde(spec.schema, conn.catalog.repository)
     producer = Producer(KafkaSettings(bootstrap_servers=conn.bootstrap_servers).producer())
     failures: list[str] = []
@@ -119,7 +103,7 @@ def tail(
         spec = conn.catalog.by_name(topic.removesuffix(DEAD_LETTER_SUFFIX) if dead_letters else topic)
     except CatalogError as exc:
         raise fail(str(exc)) from None
-    admin = _reachable_admin(conn.bootstrap_servers)
+    admin = reachable_admin(conn.bootstrap_servers)
     metadata = admin.list_topics(topic, timeout=10).topics.get(topic)
     if metadata is None or metadata.error is not None:
         raise fail(f"topic {topic} does not exist on {conn.bootstrap_servers}")
@@ -137,7 +121,7 @@ def tail(
                 if message.error() is not None:
                     continue
                 idle_since = time.monotonic()
-                print(json.dumps(_render(message, serde, dead_letters), default=_json_default), flush=True)
+                print(json.dumps(_render(message, serde, dead_letters), default=json_default), flush=True)
                 shown += 1
                 if max_records and shown >= max_records:
                     break
@@ -169,7 +153,7 @@ def lag(
 ) -> None:
     """Consumer lag per group, topic and partition (end offset minus committed offset)."""
     conn = connect(pipeline, data_dir, bootstrap_servers)
-    admin = _reachable_admin(conn.bootstrap_servers)
+    admin = reachable_admin(conn.bootstrap_servers)
     try:
         rows = group_lag(KafkaSettings(bootstrap_servers=conn.bootstrap_servers), admin, group or None)
     except KafkaException as exc:

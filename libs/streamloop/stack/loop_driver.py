@@ -62,6 +62,10 @@ class LoopObservation:
     dead_lettered_events: set[str] = field(default_factory=set)  # input events sent to the DLQ
     labels_sent_per_event: dict[str, int] = field(default_factory=dict)
 
+    def labels_awaiting_horizon(self) -> int:
+        """Labels of dead-lettered events: no event to join, NO_MATCHING_EVENT once the horizon passed."""
+        return sum(self.labels_sent_per_event.get(e, 0) for e in self.dead_lettered_events)
+
 
 class LoopDriver:
     def __init__(self, pipeline: PipelineSpec, catalog: Catalog, bootstrap_servers: str) -> None:
@@ -226,8 +230,8 @@ class LoopDriver:
         while time.monotonic() < deadline:
             with self._lock:
                 obs = self.observed
-                awaiting = sum(obs.labels_sent_per_event.get(e, 0) for e in obs.dead_lettered_events)
-                if obs.labeled_examples + sum(obs.unmatched_labels.values()) + awaiting >= obs.labels_sent:
+                if obs.labeled_examples + sum(obs.unmatched_labels.values()) + obs.labels_awaiting_horizon() \
+                        >= obs.labels_sent:
                     return True
             time.sleep(0.2)
         return False
@@ -283,7 +287,7 @@ class LoopDriver:
                 "labels_unmatched": dict(obs.unmatched_labels),
                 # Labels of dead-lettered events: no event to join, NO_MATCHING_EVENT once the join
                 # horizon has passed (the demo ends before that).
-                "labels_awaiting_horizon": sum(obs.labels_sent_per_event.get(e, 0) for e in obs.dead_lettered_events),
+                "labels_awaiting_horizon": obs.labels_awaiting_horizon(),
                 # Lost: an event with neither a prediction nor a dead letter.
                 "lost": sum(1 for e in obs.produced_at_ms
                             if e not in obs.predicted_at_ms and e not in obs.dead_lettered_events),
