@@ -161,10 +161,18 @@ def test_the_dashboard_draws_every_chart_with_data(stack: Stack, demo_pipeline: 
     produce_monitoring_records(catalog, stack.bootstrap_servers, champion["summary"]["champion"])
     snap = wait_for(lambda s: scored(s) and s["summary"]["total_lag"] is not None
                     and s["charts"]["latency"]["service"] == "online-scorer"
-                    and s["summary"]["accuracy"] is not None and s["summary"]["rollbacks"] == 1,
-                    60, "throughput, latency, lag and the monitoring records", snapshot)
+                    and s["summary"]["accuracy"] is not None and s["summary"]["rollbacks"] == 1
+                    and s["tables"]["explanations"],
+                    60, "throughput, latency, lag, explanations and the monitoring records", snapshot)
     assert snap["tables"]["worst_segments"][0]["segment"] == "country=NG"
     assert [a["alert"] for a in snap["tables"]["alerts_active"]] == ["stale_model"]
+    # The demo spec explains every prediction with its top 3 contributions; the scorer's own records.
+    explained = snap["tables"]["explanations"][0]
+    assert explained["model_version"] == champion["summary"]["champion"]
+    assert 1 <= explained["top_contributions"].count(",") + 1 <= 3
+    # The bootstrap champion is untrained (zero weights), so the contributions themselves are 0 here.
+    assert all(0 < r["in_top_k"] <= 1 for r in snap["tables"]["feature_influence"])
+    assert snap["tables"]["feature_influence"]
 
     dom = run_chromium(binary, tmp_path / "profile", "--virtual-time-budget=6000", "--dump-dom", url)
     assert dom.returncode == 0, dom.stderr[-2000:]
@@ -178,6 +186,8 @@ def test_the_dashboard_draws_every_chart_with_data(stack: Stack, demo_pipeline: 
     assert int(figures["drift"][1]["marks"]) == 3
     assert 'data-rows="0"' not in re.search(r'<table id="table-timeline"[^>]*>', dom.stdout).group(0)
     assert "stale_model" in dom.stdout
+    for table in ("explanations", "feature_influence"):
+        assert 'data-rows="0"' not in re.search(rf'<table id="table-{table}"[^>]*>', dom.stdout).group(0), table
 
     screenshot = tmp_path / "dashboard.png"
     shot = run_chromium(binary, tmp_path / "profile", "--virtual-time-budget=6000", f"--screenshot={screenshot}",

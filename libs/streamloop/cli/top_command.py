@@ -83,6 +83,8 @@ def render_snapshot(snapshot: dict[str, Any]) -> Group:
     parts += [
         _table(f"{metric} per model version", _series(c["accuracy"]), ["series", "last", "trend"]),
         _table("worst segments of the champion", t["worst_segments"], ["segment", metric, "cost", "samples"], 5),
+        _table("latest predictions, explained", t["explanations"],
+               ["event_id", "model_version", "output", "action", "top_contributions"], 3),
         _table("throughput (records/s)", _series(c["throughput"]), ["series", "last", "trend"], 12),
         _table("event latency (ms)", t["latency"], ["service", "p50", "p95", "p99", "observations"]),
         _table("consumer lag", t["lag"], ["group", "topic", "lag"], 14),

@@ -10,8 +10,8 @@ The snapshot::
      "charts": {"lag", "throughput", "latency", "accuracy", "cost", "drift", "dead_letters": <chart>},
      "tables": {"lag", "throughput", "latency", "models", "worst_segments", "deployments", "timeline",
                 "detections", "drift_statistics", "dead_letter_topics", "dead_letter_errors",
-                "alerts_active", "alerts_recent": [<row>, ...]},
-     "sources": {"kafka": ..., "prometheus": ..., "lag": ...}}
+                "alerts_active", "alerts_recent", "explanations", "feature_influence": [<row>, ...]},
+     "sources": {"kafka": ..., "prometheus": ..., "lag": ..., "predictions": ...}}
 
 Each chart is ``{"title", "unit", "x", "series": [{"label", "values"}], "marks"}`` (series.py).
 """
@@ -23,6 +23,7 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from streamloop.dashboard.explanations import ExplainedPredictions
 from streamloop.dashboard.live import LagRow, LiveFigures
 from streamloop.dashboard.prometheus import Sample
 from streamloop.dashboard.records import RecordViews
@@ -33,11 +34,13 @@ class DashboardModel:
         self.pipeline = pipeline
         self._records = RecordViews(metric=metric)
         self._live = LiveFigures(history=history)
+        self._explained = ExplainedPredictions()
         self._lock = threading.Lock()
         self._sources: dict[str, dict[str, Any]] = {
             "kafka": {"records": 0, "error": None},
             "prometheus": {"targets": 0, "answered": 0, "at": None},
             "lag": {"at": None, "error": None},
+            "predictions": {"read": 0, "error": None},
         }
 
     # -- input (any thread) ------------------------------------------------------------------
@@ -46,6 +49,11 @@ class DashboardModel:
         with self._lock:
             self._records.add(role, key, value)
             self._sources["kafka"]["records"] += 1
+
+    def add_prediction(self, value: dict[str, Any] | None) -> None:
+        with self._lock:
+            self._explained.add(value)
+            self._sources["predictions"]["read"] += 1
 
     def add_scrape(self, at_s: float, samples_by_instance: Mapping[str, Iterable[Sample]], targets: int) -> None:
         with self._lock:
@@ -72,7 +80,8 @@ class DashboardModel:
         with self._lock:
             detections = self._records.detections()
             charts = {**self._live.charts(detections), **self._records.charts()}
-            tables = {**self._live.tables(), **self._records.tables()}
+            tables = {**self._live.tables(), **self._records.tables(),
+                      "explanations": self._explained.rows(), "feature_influence": self._explained.influence()}
             summary = {**self._live.summary(), **self._records.summary()}
             sources = {name: dict(values) for name, values in self._sources.items()}
             sources["kafka"]["by_topic"] = dict(self._records.records)

@@ -17,7 +17,7 @@ from streamloop.contracts import Catalog, PipelineSpec
 from streamloop.dashboard.assembly import DashboardModel
 from streamloop.dashboard.prometheus import ScrapeTarget, scrape
 from streamloop.dashboard.settings import DashboardSettings
-from streamloop.dashboard.sources import LagReader, TopicRecordReader
+from streamloop.dashboard.sources import LagReader, PredictionTailReader, TopicRecordReader
 from streamloop.kafka.configuration import KafkaSettings
 
 log = logging.getLogger(__name__)
@@ -50,6 +50,8 @@ class DashboardCollector:
         self._reader = TopicRecordReader(kafka, catalog, self.model.add_record,
                                          on_error=lambda e: self.model.source_error("kafka", e))
         self._lag = LagReader(kafka, catalog)
+        self._predictions = PredictionTailReader(kafka, catalog, self.model.add_prediction,
+                                                 tail=self.settings.explanation_tail)
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -65,6 +67,7 @@ class DashboardCollector:
         if self._thread is not None:
             self._thread.join(15)
         self._lag.close()
+        self._predictions.close()
 
     def snapshot(self) -> dict[str, Any]:
         return self.model.snapshot()
@@ -76,6 +79,7 @@ class DashboardCollector:
             self.scrape_once()
             if started >= next_lag:
                 self.read_lag_once()
+                self.read_predictions_once()
                 next_lag = started + self.settings.lag_interval_s
             self._stopping.wait(max(0.0, self.settings.scrape_interval_s - (time.monotonic() - started)))
 
@@ -95,3 +99,11 @@ class DashboardCollector:
             self.model.source_error("lag", f"{type(exc).__name__}: {exc}")
             return
         self.model.add_lag(time.time(), rows, dead_letters)
+
+    def read_predictions_once(self) -> None:
+        try:
+            self._predictions.read_once()
+        except Exception as exc:  # noqa: BLE001 - shown on the page like the other sources
+            self.model.source_error("predictions", f"{type(exc).__name__}: {exc}")
+            return
+        self.model.source_error("predictions", None)

@@ -5,7 +5,8 @@
 | ``STREAMLOOP_DASHBOARD_HOST``           | ``host``            | ``127.0.0.1``                 |
 | ``STREAMLOOP_DASHBOARD_PORT``           | ``port``            | ``8765`` (0: any free port; -1: no dashboard) |
 | ``STREAMLOOP_DASHBOARD_SCRAPE_INTERVAL_S`` | ``scrape_interval_s`` | ``2.0`` (Prometheus endpoints) |
-| ``STREAMLOOP_DASHBOARD_LAG_INTERVAL_S`` | ``lag_interval_s``  | ``5.0`` (consumer lag, dead letters) |
+| ``STREAMLOOP_DASHBOARD_LAG_INTERVAL_S`` | ``lag_interval_s``  | ``5.0`` (lag, dead letters, predictions) |
+| ``STREAMLOOP_DASHBOARD_EXPLANATION_TAIL`` | ``explanation_tail`` | ``20`` (newest predictions per partition) |
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ class DashboardSettings(BaseSettings):
     port: int = Field(DEFAULT_PORT, ge=-1, le=65535)
     scrape_interval_s: float = Field(2.0, gt=0)
     lag_interval_s: float = Field(5.0, gt=0)
+    explanation_tail: int = Field(20, ge=1, le=10_000)
 
     @property
     def enabled(self) -> bool:

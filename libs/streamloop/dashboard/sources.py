@@ -6,6 +6,10 @@ The I/O half of the dashboard; what the numbers mean is in assembly.py and its p
   deployments, decisions) from the beginning on a thread of its own. Like the registry's table
   reader it assigns itself every partition and never joins a group or commits, so it neither
   shows up as a lagging group nor takes records from anyone.
+- ``PredictionTailReader`` samples the newest records of the predictions topic for the
+  explanations table (explanations.py): the tail of each partition every few seconds, not the
+  whole topic, which would cost the broker and this process a fetch and a decode per event for
+  fifteen rows.
 - ``LagReader`` asks the broker for the lag of every group that reads one of the pipeline's topics
   (streamloop.kafka.lag) and counts the records each dead-letter topic holds (high minus low
   watermark).
@@ -16,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -112,6 +117,67 @@ class TopicRecordReader:
                 self._stopping.wait(2)
         consumer.assign(assignment)
         self._on_error(None)
+
+
+class PredictionTailReader:
+    """Reads up to ``tail`` of the newest prediction records per partition on each ``read_once``."""
+
+    def __init__(self, kafka: KafkaSettings, catalog: Catalog, on_record: Callable[[dict[str, Any]], None],
+                 tail: int = 20, timeout_s: float = 3.0) -> None:
+        self._kafka = kafka
+        self._topic = catalog["predictions"].name
+        self._serde = make_serde(catalog["predictions"].schema, catalog.repository, self._topic,
+                                 registry_url=os.environ.get("SCHEMA_REGISTRY_URL") or None)
+        self._on_record = on_record
+        self._tail = tail
+        self._timeout_s = timeout_s
+        self._read_up_to: dict[int, int] = {}  # partition -> next offset not yet handed over
+        self._consumer: Consumer | None = None
+
+    def read_once(self) -> int:
+        """Hand over the newest records not handed over before; the number handed over."""
+        if self._consumer is None:
+            # Assigned, never subscribed: the group id is a label, nothing is committed.
+            self._consumer = Consumer(self._kafka.consumer("streamloop-dashboard-predictions"))
+        consumer = self._consumer
+        metadata = consumer.list_topics(self._topic, timeout=self._timeout_s).topics.get(self._topic)
+        if metadata is None or metadata.error is not None:
+            return 0
+        ends, starts = {}, []
+        for partition in metadata.partitions:
+            low, high = consumer.get_watermark_offsets(TopicPartition(self._topic, partition), timeout=self._timeout_s)
+            start = max(low, high - self._tail, self._read_up_to.get(partition, 0))
+            if high > start:
+                ends[partition] = high
+                starts.append(TopicPartition(self._topic, partition, start))
+        if not starts:
+            return 0
+        consumer.assign(starts)
+        handed = 0
+        deadline = time.monotonic() + self._timeout_s
+        try:
+            while ends and time.monotonic() < deadline:
+                for message in consumer.consume(500, 0.5):
+                    if message.error() is not None or message.partition() not in ends:
+                        continue
+                    self._read_up_to[message.partition()] = message.offset() + 1
+                    if message.offset() + 1 >= ends[message.partition()]:
+                        del ends[message.partition()]
+                    try:
+                        value = None if message.value() is None else self._serde.decode(message.value())
+                    except SerdeError:
+                        continue  # the scorer only writes valid records; a stranger's bytes are not ours to show
+                    if value is not None:
+                        self._on_record(value)
+                        handed += 1
+        finally:
+            consumer.unassign()
+        return handed
+
+    def close(self) -> None:
+        if self._consumer is not None:
+            self._consumer.close()
+            self._consumer = None
 
 
 class LagReader:

@@ -46,3 +46,14 @@ def alert(name: str, state: str, at: int, version: str = "v1") -> dict[str, Any]
     return {"pipeline": "card-fraud", "alert": name, "state": state, "model_name": "fraud", "model_version": version,
             "message": f"{name} {state.lower()}", "observed": 900.0, "threshold": 600.0, "source": "model-publisher",
             "at": datetime.fromtimestamp(at / 1000, tz=UTC)}
+
+
+def prediction(event_id: str, at_ms: int, contributions: list[tuple[str, float]], *, version: str = "v1",
+               probability: float = 0.81) -> dict:
+    return {"event_id": event_id, "entity_key": "card-7", "event_time": datetime.fromtimestamp(at_ms / 1000, UTC),
+            "pipeline": "card-fraud", "model_name": "fraud", "model_version": version, "role": "CHAMPION",
+            "predicted_class": "true", "probabilities": {"true": probability, "false": 1 - probability},
+            "value": None, "action": "block",
+            "explanation": [{"feature": f, "value": 1.0, "contribution": c} for f, c in contributions],
+            "explanation_method": "linear", "features_ref": None,
+            "scored_at": datetime.fromtimestamp(at_ms / 1000, UTC), "feature_freshness_ms": 3}

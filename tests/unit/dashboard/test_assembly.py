@@ -6,11 +6,12 @@ from streamloop.dashboard import DashboardModel
 from streamloop.dashboard.live import LagRow
 from streamloop.dashboard.prometheus import Sample
 from streamloop.dashboard.series import chart_points
-from tests.unit.dashboard.conftest import T0, alert, decision, deployment, drift, snapshot
+from tests.unit.dashboard.conftest import T0, alert, decision, deployment, drift, prediction, snapshot
 
 CHARTS = {"lag", "throughput", "latency", "accuracy", "cost", "drift", "dead_letters"}
 TABLES = {"lag", "throughput", "latency", "models", "worst_segments", "deployments", "timeline", "detections",
-          "drift_statistics", "dead_letter_topics", "dead_letter_errors", "alerts_active", "alerts_recent"}
+          "drift_statistics", "dead_letter_topics", "dead_letter_errors", "alerts_active", "alerts_recent",
+          "explanations", "feature_influence"}
 
 
 def loaded_model() -> DashboardModel:
@@ -30,6 +31,7 @@ def loaded_model() -> DashboardModel:
                    count),
         ]}, targets=2)
     model.add_lag(102.0, [LagRow("featurizer", "in", 0, 9)], {"in.dlq": 1})
+    model.add_prediction(prediction("e-1", T0 + 95_000, [("amount", 1.25), ("country", -0.5)]))
     return model
 
 

@@ -12,7 +12,8 @@ def test_top_renders_the_same_snapshot():
     console.print(render_snapshot(loaded_model().snapshot()))
     screen = console.export_text()
     for expected in ("champion v1", "accuracy 0.91", "ALERT stale_model", "country=NG", "featurizer", "PROMOTE",
-                     "online-scorer ← f", "in.dlq"):
+                     "online-scorer ← f", "in.dlq",
+                     "amount +1.250, country -0.500"):
         assert expected in screen, expected
     console.print(render_snapshot(DashboardModel("p").snapshot()))
 

@@ -149,6 +149,9 @@ function render(snapshot) {
   const t = snapshot.tables;
   renderTable("models", t.models);
   renderTable("worst_segments", t.worst_segments);
+  renderTable("explanations", t.explanations,
+    ["at", "event_id", "model_version", "output", "action", "top_contributions"]);
+  renderTable("feature_influence", t.feature_influence);
   renderTable("deployments", t.deployments);
   renderTable("timeline", t.timeline, ["at", "kind", "model", "from_version", "to_version", "reason"]);
   renderTable("detections", t.detections,
