@@ -47,6 +47,7 @@ KNOWN_DEFECTS: dict[str, dict[str, str]] = {
     "noida": {
         "test_fetch_response_size_is_bounded": "noida-db N2: fetch ignores fetch.max.bytes",
         "test_killed_member_partitions_move_on[dynamic]": "noida-db N3: a killed dynamic member is never evicted",
+        "test_an_empty_fetch_is_held_for_fetch_wait": "noida-db N4: an empty fetch is answered at once",
     },
     "tansu": {
         "test_end_offsets_count_every_record": "Tansu T1: end offset = base offset of the last batch + 1",
@@ -485,6 +486,32 @@ def test_short_fetch_wait_gives_prompt_delivery(
     cuts = statistics.quantiles(hops_ms, n=100)
     _report("hop", messages=len(hops_ms), p50_ms=round(cuts[49], 2), p99_ms=round(cuts[98], 2))
     assert cuts[49] < 100
+
+
+def test_an_empty_fetch_is_held_for_fetch_wait(bootstrap_servers: str, make_topic: TopicFactory,
+                                               unique_name: str) -> None:
+    """An idle consumer costs a few requests a second: the broker holds an empty Fetch for
+    ``fetch.wait.max.ms``. noida-db answers at once (N4) and librdkafka spins (kafka/pacing.py)."""
+    topic = make_topic()
+    samples: list[dict] = []
+    consumer = KafkaConsumer({**consumer_config(bootstrap_servers, unique_name), "fetch.wait.max.ms": 500,
+                              "statistics.interval.ms": 1000,
+                              "stats_cb": lambda raw: samples.append(json.loads(raw))})
+    consumer.assign([TopicPartition(topic, 0, 0)])
+    try:
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            consumer.poll(0.1)
+    finally:
+        consumer.close()
+
+    def fetches(sample: dict) -> int:
+        return sum(b["req"].get("Fetch", 0) for b in sample["brokers"].values())
+
+    first, last = samples[1], samples[-1]
+    rate = (fetches(last) - fetches(first)) / ((last["ts"] - first["ts"]) / 1e6)
+    _report("idle fetch", fetch_per_s=round(rate, 1))
+    assert rate < 20, f"{rate:.0f} Fetch/s from one idle consumer with fetch.wait.max.ms=500"
 
 
 def test_fetch_response_size_is_bounded(

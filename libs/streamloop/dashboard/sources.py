@@ -33,6 +33,7 @@ from streamloop.dashboard.live import LagRow
 from streamloop.dashboard.records import ROLES
 from streamloop.kafka.configuration import KafkaSettings
 from streamloop.kafka.lag import group_lag
+from streamloop.kafka.pacing import FetchPacer
 from streamloop.serde import SerdeError, make_serde
 
 log = logging.getLogger(__name__)
@@ -44,12 +45,14 @@ class TopicRecordReader:
     """Reads the monitoring topics from their start and hands each decoded record to ``on_record``."""
 
     def __init__(self, kafka: KafkaSettings, catalog: Catalog, on_record: OnRecord,
-                 on_error: Callable[[str | None], None] | None = None, poll_timeout_s: float = 0.3) -> None:
+                 on_error: Callable[[str | None], None] | None = None, poll_timeout_s: float = 0.3,
+                 idle_pause_s: float = 0.5) -> None:
         self._kafka = kafka
         self._catalog = catalog
         self._on_record = on_record
         self._on_error = on_error or (lambda _error: None)
         self._poll_timeout_s = poll_timeout_s
+        self._idle_pause_s = idle_pause_s
         registry = os.environ.get("SCHEMA_REGISTRY_URL") or None
         self._roles = {catalog[role].name: role for role in ROLES}
         self._serdes = {catalog[role].name: make_serde(catalog[role].schema, catalog.repository, catalog[role].name,
@@ -77,10 +80,12 @@ class TopicRecordReader:
             "auto.offset.reset": "earliest",
             "enable.partition.eof": False,
         })
+        # The monitoring topics are quiet most of the time: rest between reads (kafka/pacing.py).
+        pacer = FetchPacer(consumer, self._idle_pause_s)
         try:
-            self._assign(consumer)
+            self._assign(pacer)
             while not self._stopping.is_set():
-                for message in consumer.consume(500, self._poll_timeout_s):
+                for message in pacer.consume(500, self._poll_timeout_s):
                     if message.error() is not None:
                         continue
                     topic = message.topic()
@@ -98,8 +103,9 @@ class TopicRecordReader:
         finally:
             consumer.close()
 
-    def _assign(self, consumer: Consumer) -> None:
+    def _assign(self, pacer: FetchPacer) -> None:
         """Every partition of every monitoring topic, waiting for topics that do not exist yet."""
+        consumer = pacer.consumer
         missing = set(self._roles)
         assignment: list[TopicPartition] = []
         while missing and not self._stopping.is_set():
@@ -115,7 +121,7 @@ class TopicRecordReader:
             if missing:
                 self._on_error(f"waiting for topics {', '.join(sorted(missing))}")
                 self._stopping.wait(2)
-        consumer.assign(assignment)
+        pacer.assign(assignment)
         self._on_error(None)
 
 

@@ -45,6 +45,11 @@ class KafkaSettings(BaseSettings):
     group_instance_id: str | None = None
     # The librdkafka default of 500 ms adds ~120 ms per hop; 10 ms keeps a hop near 9 ms.
     fetch_wait_max_ms: int = Field(default=10, ge=0)
+    # After a consume that drained its partitions, stop fetching for this long (kafka/pacing.py).
+    # 0 for Apache Kafka, which holds empty fetches for fetch.wait.max.ms; the embedded noida-db
+    # answers them at once, so the launcher sets it there or every idle consumer spins.
+    idle_fetch_pause_ms: int = Field(default=0, ge=0, le=10_000)
+    idle_fetch_listen_ms: int = Field(default=5, ge=1, le=1_000)
     session_timeout_ms: int = Field(default=10_000, ge=1_000)
     # Brokers wait up to this long for a dead member during a rebalance; a SIGKILLed replica
     # blocks its partitions for this long (librdkafka's default is 300 s).

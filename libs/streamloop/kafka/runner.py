@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from streamloop.kafka import dead_letters
 from streamloop.kafka.configuration import KafkaSettings
 from streamloop.kafka.exceptions import DeliveryError
+from streamloop.kafka.pacing import FetchPacer
 from streamloop.kafka.records import (
     ConsumedRecord,
     Headers,
@@ -132,6 +133,7 @@ class StageRunner:
         self._last_unreachable_log = 0.0
         self._assigned: set[tuple[str, int]] = set()
         self.consumer: Consumer | None = None
+        self.pacer: FetchPacer | None = None
         self.producer: Producer | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -151,6 +153,8 @@ class StageRunner:
     def run(self, on_started: Callable[[], None] | None = None) -> int:
         self.producer = Producer(self._producer_config)
         self.consumer = Consumer(self._consumer_config)
+        self.pacer = FetchPacer(self.consumer, self.kafka.idle_fetch_pause_ms / 1000,
+                                self.kafka.idle_fetch_listen_ms / 1000)
         self.consumer.subscribe(
             list(self.topics.inputs), on_assign=self._on_assign, on_revoke=self._on_revoke,
             on_lost=self._on_revoke,
@@ -161,7 +165,7 @@ class StageRunner:
         next_lag_report = next_tick = time.monotonic()
         try:
             while not self.stopping:
-                messages = self.consumer.consume(self.settings.batch_size, self.settings.poll_timeout_s)
+                messages = self.pacer.consume(self.settings.batch_size, self.settings.poll_timeout_s)
                 if messages:
                     self._run_batch(messages)
                 now = time.monotonic()
@@ -419,6 +423,8 @@ class StageRunner:
 
     def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._assigned.update((tp.topic, tp.partition) for tp in partitions)
+        if self.pacer is not None:
+            self.pacer.rebalanced(partitions)
         if hasattr(self.processor, "on_assigned"):
             self.processor.on_assigned([TopicPartitionRef(tp.topic, tp.partition) for tp in partitions])
 
@@ -426,6 +432,8 @@ class StageRunner:
         # Batches are processed, delivered and committed before consume() returns to the
         # rebalance, so nothing is in flight here: the processor only drops its state.
         self._assigned.difference_update((tp.topic, tp.partition) for tp in partitions)
+        if self.pacer is not None:
+            self.pacer.rebalanced()
         if hasattr(self.processor, "on_revoked"):
             self.processor.on_revoked([TopicPartitionRef(tp.topic, tp.partition) for tp in partitions])
 
@@ -464,6 +472,10 @@ class StageRunner:
             positions = self.consumer.position(partitions)
             lag = {}
             for tp in positions:
+                # While the pacer holds the partitions back, librdkafka does not know the position.
+                known = self.pacer.position(tp.topic, tp.partition) if self.pacer is not None else None
+                if known is not None:
+                    tp.offset = known
                 _low, high = self.consumer.get_watermark_offsets(tp, cached=True)
                 if high is None or high < 0:
                     continue

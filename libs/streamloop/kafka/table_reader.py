@@ -25,6 +25,7 @@ from typing import Any
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message, TopicPartition
 
 from streamloop.kafka.configuration import KafkaSettings
+from streamloop.kafka.pacing import FetchPacer
 from streamloop.serde import Serde, SerdeError
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,7 @@ class CompactedTopicReader:
 
     def __init__(self, kafka: KafkaSettings, topic: str, serde: Serde, on_change: OnChange | None = None,
                  *, name: str = "table-reader", poll_timeout_s: float = 0.2, batch_size: int = 500,
-                 metadata_timeout_s: float = 10.0) -> None:
+                 metadata_timeout_s: float = 10.0, idle_pause_s: float = 0.2) -> None:
         self.topic = topic
         self.name = name
         self.stats = TableReaderStats()
@@ -59,6 +60,9 @@ class CompactedTopicReader:
         self._poll_timeout_s = poll_timeout_s
         self._batch_size = batch_size
         self._metadata_timeout_s = metadata_timeout_s
+        # A table changes rarely: when it is read up to date, stop fetching for a while (pacing.py);
+        # a change reaches the table at most this much later.
+        self._idle_pause_s = idle_pause_s
         # group.id is only a client label here: assign() never joins a group and nothing is committed.
         self._config = {
             **kafka.common(),
@@ -109,18 +113,19 @@ class CompactedTopicReader:
 
     def _run(self) -> None:
         consumer = Consumer(self._config)
+        pacer = FetchPacer(consumer, self._idle_pause_s)
         try:
-            ends = self._assign_all(consumer)
+            ends = self._assign_all(pacer)
             if ends is None:
                 return
             pending = {p for p, end in ends.items() if end > 0}
             if not pending:
                 self._caught_up.set()
             while not self._stopping.is_set():
-                messages = consumer.consume(self._batch_size, self._poll_timeout_s)
+                messages = pacer.consume(self._batch_size, self._poll_timeout_s)
                 self._apply(messages)
                 if pending:
-                    pending = self._still_behind(consumer, pending, ends, messages)
+                    pending = self._still_behind(pacer, pending, ends, messages)
                     if not pending:
                         log.info("%s: caught up with %s (%d keys)", self.name, self.topic, len(self._table))
                         self._caught_up.set()
@@ -129,8 +134,9 @@ class CompactedTopicReader:
         finally:
             consumer.close()
 
-    def _assign_all(self, consumer: Consumer) -> dict[int, int] | None:
+    def _assign_all(self, pacer: FetchPacer) -> dict[int, int] | None:
         """Assign every partition from the beginning; the high watermarks are the catch-up target."""
+        consumer = pacer.consumer
         backoff = 0.5
         while not self._stopping.is_set():
             try:
@@ -142,7 +148,7 @@ class CompactedTopicReader:
                     low, high = consumer.get_watermark_offsets(
                         TopicPartition(self.topic, partition), timeout=self._metadata_timeout_s)
                     ends[partition] = high if high > low else 0
-                consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in ends])
+                pacer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in ends])
                 return ends
             except KafkaException as exc:
                 log.warning("%s: cannot read %s yet (%s); retrying in %.1fs", self.name, self.topic, exc, backoff)
@@ -192,16 +198,18 @@ class CompactedTopicReader:
                     self.stats.callback_errors += 1
                     log.exception("%s: on_change failed for %s key %r", self.name, self.topic, key)
 
-    def _still_behind(self, consumer: Consumer, pending: set[int], ends: dict[int, int],
+    def _still_behind(self, pacer: FetchPacer, pending: set[int], ends: dict[int, int],
                       messages: list[Message]) -> set[int]:
         for message in messages:
             if message.error() is None and message.offset() + 1 >= ends.get(message.partition(), 0):
                 pending.discard(message.partition())
         if pending and not messages:
             # Control records (transaction markers) are never delivered; the position passes them.
+            # While the pacer holds the partitions back, its own position is the one known.
             try:
-                for tp in consumer.position([TopicPartition(self.topic, p) for p in pending]):
-                    if tp.offset >= ends[tp.partition]:
+                for tp in pacer.consumer.position([TopicPartition(self.topic, p) for p in pending]):
+                    offset = pacer.position(tp.topic, tp.partition) if pacer.resting else tp.offset
+                    if offset is not None and offset >= ends[tp.partition]:
                         pending.discard(tp.partition)
             except KafkaException as exc:
                 log.debug("%s: position check skipped: %s", self.name, exc)

@@ -20,6 +20,9 @@ from streamloop.stack.process import free_port, spawn, stop, wait_for_port
 
 BrokerKind = Literal["noida", "tansu"]
 DEFAULT_BROKER: BrokerKind = "noida"
+# noida-db answers an empty Fetch at once instead of holding it for fetch.wait.max.ms, so idle
+# consumers spin unless they pace themselves (kafka/pacing.py); Tansu holds fetches as Kafka does.
+ANSWERS_EMPTY_FETCH_AT_ONCE: dict[BrokerKind, bool] = {"noida": True, "tansu": False}
 
 
 def _package_file(package: str, *parts: str) -> Path | None:

@@ -25,10 +25,10 @@ from streamloop.contracts import PipelineSpec, load_catalog
 from streamloop.dashboard import Dashboard, DashboardSettings, start_dashboard, targets_from_processes
 from streamloop.kafka.admin import ensure_topics, topic_specs, wait_for_broker
 from streamloop.kafka.configuration import KafkaSettings
-from streamloop.stack.broker import DEFAULT_BROKER, BrokerKind, EmbeddedBroker
+from streamloop.stack.broker import ANSWERS_EMPTY_FETCH_AT_ONCE, DEFAULT_BROKER, BrokerKind, EmbeddedBroker
 from streamloop.stack.process import free_port, spawn, stop
 from streamloop.stack.redis_server import EmbeddedRedis
-from streamloop.stack.services import SERVICES
+from streamloop.stack.services import BACKGROUND_IDLE_FETCH_PAUSE_MS, IDLE_FETCH_PAUSE_MS, SERVICES
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +135,9 @@ class Stack:
             "STREAMLOOP_ARTIFACT_SIGNING_KEY": f"file:{self.signing_key_file()}",
             "OTEL_SERVICE_NAME": name,
         })
+        if self.broker is not None and ANSWERS_EMPTY_FETCH_AT_ONCE[self.broker.kind] \
+                and "KAFKA_IDLE_FETCH_PAUSE_MS" not in os.environ:
+            env["KAFKA_IDLE_FETCH_PAUSE_MS"] = str(IDLE_FETCH_PAUSE_MS.get(name, BACKGROUND_IDLE_FETCH_PAUSE_MS))
         env.update(self.extra_env)
         return env
 

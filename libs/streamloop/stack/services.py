@@ -17,3 +17,9 @@ SERVICES: dict[str, str] = {
 
 # Who else appears in the catalog as a producer or consumer, without being a service of ours.
 EXTERNAL_PARTIES = {"user", "dashboard"}
+
+# On a broker that answers empty fetches at once (noida-db, see kafka/pacing.py), how long each
+# service's consumer rests once it has read everything: the prediction path waits little, the
+# learning loop's services (whose reaction is measured in seconds) can wait longer and spare the CPU.
+IDLE_FETCH_PAUSE_MS: dict[str, int] = {"featurizer": 10, "online-scorer": 10}
+BACKGROUND_IDLE_FETCH_PAUSE_MS = 100
