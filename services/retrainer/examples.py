@@ -1,6 +1,7 @@
 """Labeled examples as a model sees them: the served features assembled, the label as a target.
 
-Both the online challenger and a rebuild learn through ``training_pair`` and score through
+Both the online challenger and a rebuild learn through ``training_pair`` (from
+``streamloop.ml.training``, shared with the demo's offline reference model) and score through
 ``score``, so the two kinds of candidate are built and evaluated the same way the scorer serves.
 """
 
@@ -11,28 +12,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from streamloop.contracts.pipeline import ModelSpec
-from streamloop.ml import assemble_features
 from streamloop.ml.features import feature_problem
 from streamloop.ml.prediction import ModelOutputError, predict
-from streamloop.ml.promotion import class_key
-
-
-def target(model: ModelSpec, label: Any) -> Any:
-    """The label as the estimator learns it.
-
-    A classifier with a positive class learns a boolean (river's binary classifiers need one);
-    a boolean label stays boolean; other classes become their text. A regressor learns a float.
-    """
-    if model.task == "regression":
-        return float(label)
-    if model.positive_class is not None:
-        return class_key(label) == class_key(model.positive_class)
-    return label if isinstance(label, bool) else class_key(label)
-
-
-def training_pair(model: ModelSpec, example: Mapping[str, Any]) -> tuple[dict[str, float], Any]:
-    x = assemble_features(example.get("numeric") or {}, example.get("categorical") or {})
-    return x, target(model, example["label"])
 
 
 def score(estimator: Any, model: ModelSpec, x: Mapping[str, float]) -> dict[str, Any]:

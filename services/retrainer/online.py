@@ -16,10 +16,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from services.retrainer.examples import score, training_pair, valid
+from services.retrainer.examples import score, valid
 from streamloop.contracts.pipeline import ModelSpec
 from streamloop.kafka.records import ConsumedRecord
 from streamloop.ml.promotion import holdout_metrics
+from streamloop.ml.training import training_pair
 
 
 @dataclass

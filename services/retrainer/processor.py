@@ -9,6 +9,13 @@ window reader and the executor a rebuild runs on), so it is tested without a bro
 - A drift event at or above the configured severity, or ``retrain.schedule``, starts a rebuild:
   a fresh model on the last ``retrain.rebuild_window`` examples, published as ``DRIFT`` or
   ``SCHEDULE`` with hold-out metrics. Rebuilds run off the consume loop, one at a time.
+- A drift rebuild waits for ``retrain.rebuild_window`` examples of events after the detection
+  (event time past the detection's window end) and trains on those: the examples before it
+  belong, mostly, to the concept that just stopped holding. Rebuilding at once on the last
+  window, as a schedule does, would teach the new model mostly the old concept (measured in the
+  demo: the rebuild's window was about a third post-drift, its candidate no better than the
+  champion). Once ``retrain.rebuild_window`` examples of the new concept have arrived, the
+  window the reader replays from Kafka is exactly those.
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ from streamloop.kafka.dead_letters import STAGE_PROCESS
 from streamloop.kafka.records import ConsumedRecord, OutgoingRecord, ProcessResult, Rejection
 from streamloop.ml.artifacts import ArtifactRef, ArtifactStore
 from streamloop.ml.exceptions import ModelError
-from streamloop.ml.registry import DeploymentTable
+from streamloop.ml.registry import DeploymentTable, millis
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +94,9 @@ class RetrainerProcessor:
         self._last_publish_ms = now
         self._last_rebuild_ms = now
         self._last_drift_rebuild_ms: int | None = None
+        # A drift rebuild waiting for examples of the new concept: (reason, detection's event time).
+        self._awaiting_drift: tuple[str, int] | None = None
+        self._fresh_examples = 0
 
     # -- the runner's hooks --------------------------------------------------------------------
 
@@ -100,6 +110,7 @@ class RetrainerProcessor:
                 if record.topic == self.topics.labeled_examples:
                     if record.value.get("pipeline") != self.pipeline.name:
                         continue
+                    self._count_fresh(record.value)
                     if self.learner.learn(record):
                         learned += 1
                         if every is not None and self.learner.pending >= every:
@@ -184,9 +195,27 @@ class RetrainerProcessor:
             self._count("streamloop_retrainer_rebuilds_skipped", 1, {"reason": "interval"})
             return
         feature = f" on {event['feature']}" if event.get("feature") else ""
-        if self._start_rebuild("DRIFT", f"{event.get('severity')} {event.get('kind')} drift ({event.get('detector')})"
-                                        f"{feature}"):
-            self._last_drift_rebuild_ms = now
+        reason = f"{event.get('severity')} {event.get('kind')} drift ({event.get('detector')}){feature}"
+        if self._awaiting_drift is not None:
+            log.info("drift event (%s) while a drift rebuild waits for fresh examples; it waits on", reason)
+            return
+        self._awaiting_drift = (reason, millis(event.get("window_end") or event.get("detected_at") or 0))
+        self._fresh_examples = 0
+        self._last_drift_rebuild_ms = now
+        log.info("drift rebuild (%s) waits for %d examples of events after the detection", reason,
+                 self.pipeline.retrain.rebuild_window)
+
+    def _count_fresh(self, example: dict[str, Any]) -> None:
+        """Count an example of an event after the awaited detection; start the rebuild when enough."""
+        if self._awaiting_drift is None:
+            return
+        reason, detected_at = self._awaiting_drift
+        if millis(example.get("event_time") or 0) <= detected_at:
+            return
+        self._fresh_examples += 1
+        if self._fresh_examples >= self.pipeline.retrain.rebuild_window and self._rebuild is None:
+            self._awaiting_drift = None
+            self._start_rebuild("DRIFT", f"{reason}; trained on the {self._fresh_examples} examples since")
 
     def _start_rebuild(self, trigger: str, reason: str) -> bool:
         self._last_rebuild_ms = self.clock()
@@ -203,7 +232,7 @@ class RetrainerProcessor:
         retrain = self.pipeline.retrain
         records = self.window(retrain.rebuild_window)
         built = rebuild(self.pipeline.model, records, retrain.rebuild_window, retrain.holdout_share,
-                        self.policy.min_examples)
+                        self.policy.min_examples, retrain.rebuild_passes)
         return self.factory.build(built.model, trigger, parent_version, built.source_offsets, built.sample_count,
                                   built.heldout_metrics)
 

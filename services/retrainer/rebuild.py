@@ -8,11 +8,12 @@ and never learned, so the candidate's ``heldout_metrics`` describe exactly the a
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from services.retrainer.examples import learnable, score, training_pair, valid
+from services.retrainer.examples import learnable, score, valid
 from services.retrainer.online import OffsetRange
 from streamloop.contracts.pipeline import ModelSpec
 from streamloop.errors import StreamloopError
@@ -20,6 +21,7 @@ from streamloop.kafka.records import ConsumedRecord
 from streamloop.ml import build_model
 from streamloop.ml.promotion import holdout_metrics
 from streamloop.ml.registry import millis
+from streamloop.ml.training import training_pair
 
 
 class RebuildSkipped(StreamloopError):
@@ -67,17 +69,25 @@ def offset_ranges(records: Sequence[ConsumedRecord]) -> list[OffsetRange]:
 
 
 def rebuild(model_spec: ModelSpec, records: Sequence[ConsumedRecord], window: int, holdout_share: float,
-            min_examples: int = 10) -> RebuildResult:
-    """Train a fresh model on the window's older part and evaluate it on the newest ``holdout_share``."""
+            min_examples: int = 10, passes: int = 1) -> RebuildResult:
+    """Train a fresh model on the window's older part and evaluate it on the newest ``holdout_share``.
+
+    The first pass is in event order; further passes (``passes`` > 1) go over the same training
+    part shuffled, with a fixed seed so a rebuild is reproducible from its lineage.
+    """
     examples = recent_window(model_spec, records, window)
     holdout = max(1, round(len(examples) * holdout_share))
     if len(examples) < max(min_examples, 2) or len(examples) - holdout < 1:
         raise RebuildSkipped(f"{len(examples)} labeled examples in the window; a rebuild needs {min_examples}")
     train, test = examples[:-holdout], examples[-holdout:]
     model = build_model(model_spec)
-    for record in train:
-        x, y = training_pair(model_spec, record.value)
-        model.learn_one(x, y)
+    pairs = [training_pair(model_spec, record.value) for record in train]
+    shuffler = random.Random(len(pairs))  # noqa: S311 - a reproducible shuffle, not a secret
+    for index in range(passes):
+        if index:
+            shuffler.shuffle(pairs)
+        for x, y in pairs:
+            model.learn_one(x, y)
     predictions = [score(model, model_spec, training_pair(model_spec, r.value)[0]) for r in test]
     metrics = holdout_metrics(model_spec, [r.value["label"] for r in test], predictions)
     return RebuildResult(model, len(train), metrics, offset_ranges(examples))

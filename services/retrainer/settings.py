@@ -29,7 +29,7 @@ class RetrainerSettings(BaseSettings):
     rebuild_drift_kinds: list[DriftKind] = Field(
         default_factory=lambda: ["CONCEPT"],
         description="Drift kinds that start a rebuild (DATA, PREDICTION, CONCEPT).")
-    rebuild_min_interval: DurationMs = Field(default=30_000, description="Drift rebuilds at most this often.")
+    rebuild_min_interval: DurationMs = Field(default=10_000, description="Drift rebuilds at most this often.")
     rebuild_min_examples: int = Field(default=100, ge=2, description="Fewer labeled examples: no rebuild.")
     rebuild_in_background: bool = Field(default=True, description="Rebuild on a worker thread, off the consume loop.")
     window_read_timeout_s: float = Field(default=60.0, gt=0)

@@ -222,6 +222,9 @@ class RetrainSpec(_Spec):
     online_publish_every: DurationMs | None = 60_000
     rebuild_on_drift: bool = True
     rebuild_window: int = Field(default=5000, ge=10)
+    # An incremental learner trained once over a few thousand examples is far from converged:
+    # more passes over the same window (shuffled) get a rebuilt linear model near what the data allows.
+    rebuild_passes: int = Field(default=1, ge=1, le=100)
     holdout_share: float = Field(default=0.2, gt=0, lt=1)
     schedule: DurationMs | None = None
 

@@ -147,14 +147,26 @@ def drift(severity: str = "WARNING", kind: str = "CONCEPT", pipeline: str = "car
             "model_name": "fraud", "model_version": "fraud-bootstrap-00000000", "detected_at": T0}
 
 
-def test_a_drift_event_rebuilds_a_fresh_model_judged_on_its_most_recent_slice(spec, tmp_path):
+def triggers(result) -> list[str]:
+    return [c["trigger"] for c in candidates(result)]
+
+
+def test_a_drift_rebuild_waits_for_examples_after_the_detection_and_trains_on_them(spec, tmp_path):
     window = labeled(300, partitions=3)
     harness = Harness(spec, tmp_path, window=window)
     assert harness.processor.process([consumed("drift", drift("INFO"), 0)]).outputs == []
     assert harness.processor.process([consumed("drift", drift(pipeline="other"), 1)]).outputs == []
-    built = candidates(harness.processor.process([consumed("drift", drift(), 2)]))
+    assert harness.processor.process([consumed("drift", drift(), 2)]).outputs == []
+    assert harness.window_sizes == [], "no rebuild on the examples of the concept that just stopped holding"
+    # The detection's window ends at T0: the example of T0 itself and earlier ones do not count.
+    before = [consumed("lab", labeled_example(-i, label=False), offset=1000 + i) for i in range(0, 50)]
+    assert "DRIFT" not in triggers(harness.processor.process(before))
+    assert "DRIFT" not in triggers(harness.processor.process(labeled(299, start=1)))
+    assert harness.window_sizes == []
+    assert harness.processor.process([consumed("drift", drift("CRITICAL"), 3)]).outputs == [], \
+        "a second detection while waiting starts nothing new"
+    built = [c for c in candidates(harness.processor.process(labeled(1, start=300))) if c["trigger"] == "DRIFT"]
     assert harness.window_sizes == [300]
-    assert [c["trigger"] for c in built] == ["DRIFT"]
     candidate = built[0]
     assert candidate["parent_version"] == harness.champion
     assert candidate["sample_count"] == 240
@@ -163,9 +175,12 @@ def test_a_drift_event_rebuilds_a_fresh_model_judged_on_its_most_recent_slice(sp
     assert candidate["source_offsets"] == [{"topic": "lab", "partition": p, "start": 0, "end": 100} for p in range(3)]
     assert harness.processor.process([consumed("drift", drift(), 2)]).outputs == [], "a replayed event"
     harness.now += 30_000
-    assert harness.processor.process([consumed("drift", drift("CRITICAL"), 3)]).outputs == [], "within min interval"
+    harness.processor.process([consumed("drift", drift("CRITICAL"), 4)])
+    assert "DRIFT" not in triggers(harness.processor.process(labeled(300, start=301))), "within min interval"
     harness.now += 60_000
-    assert [c["trigger"] for c in candidates(harness.processor.process([consumed("drift", drift(), 4)]))] == ["DRIFT"]
+    harness.processor.process([consumed("drift", drift(), 5)])
+    assert "DRIFT" in triggers(harness.processor.process(labeled(300, start=601)))
+    assert harness.window_sizes == [300, 300]
 
 
 def test_a_scheduled_rebuild(demo_pipeline, tmp_path):
@@ -182,6 +197,8 @@ def test_a_scheduled_rebuild(demo_pipeline, tmp_path):
 def test_too_few_examples_skip_a_rebuild(spec, tmp_path):
     harness = Harness(spec, tmp_path, window=labeled(20))
     assert harness.processor.process([consumed("drift", drift(), 0)]).outputs == []
+    assert "DRIFT" not in triggers(harness.processor.process(labeled(300, start=1)))
+    assert harness.window_sizes == [300], "the rebuild ran and found too few examples in the window"
     with pytest.raises(RebuildSkipped):
         rebuild(spec.model, labeled(20), 300, 0.2, min_examples=50)
 
