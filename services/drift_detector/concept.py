@@ -74,6 +74,9 @@ class ConceptDriftMonitor:
         self._since: dict[str, int | None] = dict.fromkeys(self.detectors)
         self._counts: dict[str, int] = dict.fromkeys(self.detectors, 0)
         self.examples = 0
+        # Labels arrive out of event order (each after its own delay), so a detection's window
+        # ends at the newest event seen, not at the event whose label happened to come last.
+        self._newest = 0
 
     @property
     def baseline(self) -> float:
@@ -86,6 +89,7 @@ class ConceptDriftMonitor:
     def update(self, error: float, time: int) -> list[ConceptDrift]:
         """Feed one example's error (event time ``time``); returns a ConceptDrift per detector that fired."""
         self.examples += 1
+        self._newest = max(self._newest, time)
         if self._baseline_count < self.baseline_size:
             self._baseline_sum += error
             self._baseline_count += 1
@@ -100,7 +104,7 @@ class ConceptDriftMonitor:
             self._counts[name] += 1
             detector.update(bool(error) if name == "ddm" else error)
             if detector.drift_detected:
-                fired.append(ConceptDrift(name, self.recent, self.baseline, self._since[name] or time, time,
+                fired.append(ConceptDrift(name, self.recent, self.baseline, self._since[name] or time, self._newest,
                                           self._counts[name]))
                 self._since[name] = None
                 self._counts[name] = 0
