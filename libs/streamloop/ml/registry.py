@@ -337,6 +337,12 @@ class RegistryClient:
         found = state.table.find(pipeline, model, version)
         if found and found[0] != CHAMPION:
             outputs.append(("model_deployments", slot_key(pipeline, model, found[0]), None))
+        if kind == "PROMOTE" and champion is not None:
+            # As after an automatic promotion, the old champion stays on as a shadow under the same
+            # decision: the publisher watches the new one against it and rolls back if it is worse.
+            outputs.append(("model_deployments", slot_key(pipeline, model, shadow_slot(old)), deployment_record(
+                pipeline, model, shadow_slot(old), old, champion["artifact"], deployed_at=now,
+                decision_id=decision["decision_id"])))
         self._produce(outputs)
         return decision
 

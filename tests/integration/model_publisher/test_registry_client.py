@@ -55,6 +55,9 @@ def test_list_show_promote_and_roll_back_by_hand(service_env, monkeypatch, loop_
                  what="the manual promotion")
         state = client.state()
         assert state.table.slot("card-fraud", "fraud", shadow_slot(new)) is None
+        # The old champion stays on as a shadow under the same decision: the publisher's rollback watch.
+        kept = state.table.slot("card-fraud", "fraud", shadow_slot(boot))
+        assert kept is not None and kept["decision_id"] == promoted["decision_id"]
         with pytest.raises(RegistryError, match="already the champion"):
             client.promote(new)
 
@@ -64,3 +67,5 @@ def test_list_show_promote_and_roll_back_by_hand(service_env, monkeypatch, loop_
                  what="the manual rollback")
         wait_for(lambda: service.app.processor.table.champion("card-fraud", "fraud")["version"] == boot,
                  what="the publisher to see the manual change")
+        wait_for(lambda: client.state().table.slot("card-fraud", "fraud", shadow_slot(boot)) is None,
+                 what="the rolled-back-to version to leave its shadow slot")
