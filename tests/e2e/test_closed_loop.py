@@ -16,24 +16,21 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+# Each module fixture runs a whole demo (about 2.5 min for the 50k events) inside its first test.
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(900)]
 
-EVENTS = 9_000
-# What the whole loop (broker, Redis, six services, this driver) sustains on the 2-core CI machine.
-RATE = 250
-# Measured on the 2-core machine (docs/benchmarks.md): the ground-truth collector, sharing the two
-# cores with the broker and five other services, falls behind the stream, so labels reach the
-# detector and the publisher too late for a promotion within a short run. Kept as expected
-# failures, not removed: they pass when the loop keeps up, and the notes track the work.
-LOOP_LAGS = pytest.mark.xfail(reason="the learning loop lags the stream on the 2-core machine "
-                                     "(docs/benchmarks.md); not yet closed within a CI-sized run", strict=False)
+# The demo exactly as a new user runs it: `streamloop demo --events 50000 --headless --json`
+# (400 events/s by default, the rate the 2-core machine sustains with the whole loop on it).
+EVENTS = 50_000
+# The bad-promotion run: long enough for a trained champion to exist before the bad promotion.
+BAD_PROMOTION_EVENTS = 16_000
 
 
 def run_demo(data_dir: Path, *options: str) -> dict:
     command = [sys.executable, "-m", "streamloop.cli.main", "demo", "--headless", "--json",
                "--data-dir", str(data_dir), *options]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "REDIS_", "STREAMLOOP_"))}
-    result = subprocess.run(command, capture_output=True, text=True, timeout=280, env=env, check=False)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=420, env=env, check=False)
     logs = data_dir / "demo" / "logs"
     tails = "\n".join(f"--- {p.name}\n{p.read_text()[-1500:]}" for p in sorted(logs.glob("*.log"))) \
         if logs.exists() else ""
@@ -43,47 +40,49 @@ def run_demo(data_dir: Path, *options: str) -> dict:
 
 @pytest.fixture(scope="module")
 def summary(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    return run_demo(tmp_path_factory.mktemp("demo"), "--events", str(EVENTS), "--rate", str(RATE))
+    return run_demo(tmp_path_factory.mktemp("demo"), "--events", str(EVENTS))
 
 
 @pytest.fixture(scope="module")
 def bad_promotion_summary(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    return run_demo(tmp_path_factory.mktemp("bad-promotion"), "--events", "6000", "--rate", str(RATE),
-                    "--drift-at", "1.0", "--bad-promotion-at", "0.5")
+    return run_demo(tmp_path_factory.mktemp("bad-promotion"), "--events", str(BAD_PROMOTION_EVENTS),
+                    "--drift-at", "1.0", "--bad-promotion-at", "0.6")
 
 
 def test_every_event_gets_a_prediction(summary: dict):
     assert summary["events_in"] == EVENTS
-    assert summary["lost"] == 0, summary
+    assert summary["lost"] == 0, json.dumps(summary)
     # The generator makes a few events break a validation rule: they are dead-lettered, not scored.
-    assert summary["predictions_out"] + summary["dlq_events"] == EVENTS, summary
+    assert summary["predictions_out"] + summary["dlq_events"] == EVENTS, json.dumps(summary)
     assert summary["latency_p99_ms"] is not None
 
 
 def test_every_label_sent_is_joined_or_unmatched_with_a_reason(summary: dict):
     unmatched = summary["labels_unmatched"]
     # The generator duplicates some labels: each copy after the first is a DUPLICATE.
-    assert unmatched.get("DUPLICATE", 0) > 0, summary
+    assert unmatched.get("DUPLICATE", 0) > 0, json.dumps(summary)
     # A label of a dead-lettered event has no event to join: it waits out the join horizon (10 min).
     assert summary["labels_joined"] + sum(unmatched.values()) + summary["labels_awaiting_horizon"] \
-        == summary["labels_sent"], summary
+        == summary["labels_sent"], json.dumps(summary)
 
 
-@LOOP_LAGS
 def test_the_drift_is_detected_after_it_happens(summary: dict):
-    assert summary["drift_detected_at"] is not None, summary
+    assert summary["drift_detected_at"] is not None, json.dumps(summary)
     assert summary["drift_at"] <= summary["drift_detected_at"] < EVENTS
+    print(f"demo: {summary['elapsed_s']} s for {EVENTS} events, drift at {summary['drift_at']} detected at "
+          f"{summary['drift_detected_at']}; {summary['promotions']} promotions")
 
 
-@LOOP_LAGS
 def test_a_challenger_is_promoted_and_accuracy_recovers(summary: dict):
-    assert summary["promotions"] >= 1, summary
-    assert summary["model_versions"] >= 2, summary
-    assert summary["accuracy_after_recovery"] >= summary["accuracy_before_drift"] - 0.02, summary
+    assert summary["promotions"] >= 1 and summary["model_versions"] >= 2, json.dumps(summary)
+    # The champion of the day fails on the new concept, and the loop brings the served accuracy
+    # back to what the same estimator, trained offline on the post-drift examples, reaches.
+    assert summary["accuracy_after_drift"] < summary["accuracy_before_drift"] - 0.1, json.dumps(summary)
+    assert summary["recovered"] is True, json.dumps(summary)
+    assert summary["accuracy_after_recovery"] > summary["accuracy_after_drift"] + 0.1, json.dumps(summary)
 
 
-@LOOP_LAGS
 def test_a_bad_promotion_is_rolled_back_automatically(bad_promotion_summary: dict):
     summary = bad_promotion_summary
-    assert summary["bad_promotion_rolled_back"] is True, summary
-    assert summary["rollbacks"] >= 1 and summary["lost"] == 0, summary
+    assert summary["bad_promotion_rolled_back"] is True, json.dumps(summary)
+    assert summary["rollbacks"] >= 1 and summary["lost"] == 0, json.dumps(summary)

@@ -41,7 +41,7 @@ def _progress(driver: LoopDriver, total: int, stack: Stack) -> Table:
 @app.command()
 def demo(
     events: int = typer.Option(50_000, "--events", envvar="STREAMLOOP_DEMO_EVENTS", help="Events to stream."),
-    rate: float = typer.Option(1000.0, "--rate", envvar="STREAMLOOP_DEMO_RATE", help="Events per second."),
+    rate: float = typer.Option(400.0, "--rate", envvar="STREAMLOOP_DEMO_RATE", help="Events per second."),
     seed: int = typer.Option(7, "--seed", envvar="STREAMLOOP_DEMO_SEED", help="Seed of the synthetic domain."),
     drift_at: float = typer.Option(0.5, "--drift-at", help="Where the concept drifts, as a share of the events."),
     headless: bool = typer.Option(False, "--headless", help="No live view; progress lines only."),
