@@ -126,6 +126,11 @@ class RetrainerProcessor:
         result.outputs.extend(self._collect_rebuild())
         return result
 
+    @property
+    def awaiting_drift_rebuild(self) -> bool:
+        """A drift was accepted and its rebuild waits for examples of events after the detection."""
+        return self._awaiting_drift is not None
+
     def tick(self, now_ms: int) -> ProcessResult:
         self._sync_champion()
         result = ProcessResult()

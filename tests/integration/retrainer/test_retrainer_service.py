@@ -12,7 +12,7 @@ from services.retrainer.settings import RetrainerSettings
 from streamloop.ml import ArtifactRef, build_model
 from streamloop.ml.registry import CHAMPION, deployment_record
 from tests.conftest import DEMO_SPEC
-from tests.integration.model_publisher.harness import ServiceThread, Topics, apply_env, values
+from tests.integration.model_publisher.harness import ServiceThread, Topics, apply_env, values, wait_for
 from tests.unit.model_publisher.factories import T0, artifact_store, labeled_example
 
 pytestmark = pytest.mark.integration
@@ -83,12 +83,15 @@ def test_an_online_candidate_after_n_labels_with_lineage_offsets(retrainer, topi
 
 def test_a_drift_event_publishes_a_rebuilt_candidate_with_heldout_metrics(retrainer, topics):
     with retrainer(online_publish_every_labels=100_000, online_publish_every="10m", rebuild_window=500,
-                   holdout_share=0.2, schedule=None):
-        topics.produce("labeled_examples", labeled(500))
+                   holdout_share=0.2, schedule=None) as service:
+        topics.produce("labeled_examples", labeled(300, start=-300))  # events before the detection
         topics.produce("drift_events", [{
             "pipeline": "card-fraud", "kind": "CONCEPT", "detector": "adwin", "feature": None, "statistic": 3.2,
             "p_value": None, "effect_size": None, "severity": "WARNING", "window_start": T0, "window_end": T0,
             "model_name": "fraud", "model_version": CHAMPION_VERSION, "detected_at": T0}])
+        wait_for(lambda: service.app.processor.awaiting_drift_rebuild, timeout_s=60, what="the drift to be accepted")
+        # The rebuild waits for 500 examples of events after the detection (event time > T0).
+        topics.produce("labeled_examples", labeled(500, start=1))
         rebuilt = candidates(topics, "DRIFT")
     assert len(rebuilt) == 1
     candidate = rebuilt[0]
