@@ -34,6 +34,9 @@ from streamloop.serde import SerdeError, SingleObjectSerde
 
 # Recovered: the served accuracy over the last window within this of the offline reference model.
 RECOVERY_MARGIN = 0.02
+# Events after the drift counted as "right after": at the demo's rate the loop needs more than
+# this many events to detect the drift and serve a new model.
+REACTION_WINDOW = 2000
 
 
 def load_generator(pipeline: PipelineSpec) -> ModuleType:
@@ -279,7 +282,8 @@ class LoopDriver:
                 return round(hits / len(scored), 4)
 
             before = [e for i, e in by_index if drift_index - window <= i < drift_index]
-            just_after = [e for i, e in by_index if drift_index <= i < drift_index + window]
+            # Right after the drift: the first events, before a detection and a promotion can act.
+            just_after = [e for i, e in by_index if drift_index <= i < drift_index + min(window, REACTION_WINDOW)]
             after = [e for _, e in by_index[-window:]]
             reference = self._retrained_offline([e for i, e in by_index if drift_index <= i < len(by_index) - window],
                                                 after)
