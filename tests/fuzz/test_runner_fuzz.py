@@ -21,42 +21,12 @@ from streamloop.kafka.runner import StageRunner, StageTopics
 from streamloop.kafka.table_reader import CompactedTopicReader
 from streamloop.serde import SingleObjectSerde
 from tests.fuzz.conftest import FUZZ
+from tests.kafka_fakes import FakeMessage
 
 REPOSITORY = SchemaRepository()
 VECTOR = REPOSITORY.load("features/feature_vector.avsc")
 DEPLOYMENT = REPOSITORY.load("models/model_deployment.avsc")
-TOPIC = "features.feature-vector.v1"
-
-
-class FakeMessage:
-    def __init__(self, value: bytes | None, offset: int, key: bytes | None = b"k", topic: str = TOPIC,
-                 partition: int = 0, headers=None) -> None:
-        self._value, self._offset, self._key, self._topic = value, offset, key, topic
-        self._partition, self._headers = partition, headers
-
-    def error(self):
-        return None
-
-    def topic(self) -> str:
-        return self._topic
-
-    def partition(self) -> int:
-        return self._partition
-
-    def offset(self) -> int:
-        return self._offset
-
-    def key(self):
-        return self._key
-
-    def value(self):
-        return self._value
-
-    def headers(self):
-        return self._headers
-
-    def timestamp(self):
-        return (1, 1_700_000_000_000)
+TOPIC = "features.feature-vector.v1"  # FakeMessage's default topic too
 
 
 class FakeProducer:

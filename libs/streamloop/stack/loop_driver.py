@@ -294,7 +294,9 @@ class LoopDriver:
             def index_of(event: dict) -> int:
                 return int((_millis(event["window_end"]) - start_ms) * rate_per_s / 1000)
 
-            detected_at = sorted(index_of(d) for d in obs.drift_events if d["kind"] == "CONCEPT")
+            # A concept detection with the error going down (a better model took over) is INFO, not drift.
+            detected_at = sorted(index_of(d) for d in obs.drift_events
+                                 if d["kind"] == "CONCEPT" and d.get("severity") != "INFO")
             after_drift = [i for i in detected_at if i >= drift_index]
             by_kind: dict[str, int] = {}
             for event in obs.drift_events:

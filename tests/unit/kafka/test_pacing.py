@@ -2,30 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_INVALID, TopicPartition
 
 from streamloop.kafka.pacing import FetchPacer
-
-
-@dataclass
-class FakeMessage:
-    _topic: str
-    _partition: int
-    _offset: int
-
-    def error(self):
-        return None
-
-    def topic(self) -> str:
-        return self._topic
-
-    def partition(self) -> int:
-        return self._partition
-
-    def offset(self) -> int:
-        return self._offset
+from tests.kafka_fakes import FakeMessage
 
 
 class FakeConsumer:
@@ -62,7 +42,7 @@ class FakeConsumer:
         out = []
         for where, position in self.assigned.items():
             while position < self.logs[where] and len(out) < num_messages:
-                out.append(FakeMessage(where[0], where[1], position))
+                out.append(FakeMessage(None, position, topic=where[0], partition=where[1]))
                 position += 1
             self.assigned[where] = position
         return out
