@@ -3,8 +3,8 @@ DriftEvent records out. Pure: the champion, the history and the metrics are hand
 
 State is global to the pipeline (one reference, one window, one error stream), so exactly one
 replica processes all partitions (docs/drift-detector.md). Everything is about the current
-champion: a new champion version resets the reference, the windows and the cooldowns; the
-concept detectors go on across champions (the error stream of whatever serves).
+champion: a new champion version resets the reference, the windows, the concept detectors and
+the cooldowns.
 
 - Reference: the first ``reference_size`` feature vectors (and champion predictions) whose Kafka
   timestamp is at or after the champion's ``deployed_at``; records produced before it belong to
@@ -133,17 +133,12 @@ class DriftProcessor:
         self.data = DriftMonitor(drift.reference_size, drift.window_size, drift.p_value, drift.correction, **options)
         # One score, one test: nothing to correct.
         self.prediction = DriftMonitor(drift.reference_size, drift.window_size, drift.p_value, "none", **options)
-        # The concept detectors watch the error stream of whatever serves, across champions: a
-        # promotion that lowers the error is no drift (it is reported as INFO at most), while
-        # resetting them on every promotion hid a drift that came soon after one (measured in
-        # the demo, where online candidates are promoted every ~15 s).
-        if getattr(self, "concept", None) is None:
-            self.concept = ConceptDriftMonitor(
-                drift.concept_detectors, binary=not self.regression, baseline_size=drift.reference_size,
-                recent_size=drift.window_size, adwin_delta=s.adwin_delta,
-                page_hinkley_threshold=s.page_hinkley_threshold, page_hinkley_delta=s.page_hinkley_delta,
-                ddm_drift_threshold=s.ddm_drift_threshold, ddm_warm_start=s.ddm_warm_start,
-            )
+        self.concept = ConceptDriftMonitor(
+            drift.concept_detectors, binary=not self.regression, baseline_size=drift.reference_size,
+            recent_size=drift.window_size, adwin_delta=s.adwin_delta,
+            page_hinkley_threshold=s.page_hinkley_threshold, page_hinkley_delta=s.page_hinkley_delta,
+            ddm_drift_threshold=s.ddm_drift_threshold, ddm_warm_start=s.ddm_warm_start,
+        )
         self.cooldown.clear()
 
     def _refresh_champion(self) -> Champion | None:
