@@ -24,7 +24,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(900)]
 EVENTS = 50_000
 # The bad-promotion run: long enough for a trained champion to exist before the bad promotion.
 BAD_PROMOTION_EVENTS = 16_000
-# Measured over 10 runs of the 50k demo at 400 events/s across this work's builds (docs/benchmarks.md):
+# Measured over 11 runs of the 50k demo at 400 events/s across this work's builds (docs/benchmarks.md):
 # nothing was ever lost and every label was accounted for; the concept drift was detected after the
 # drift point in 7 and the served accuracy recovered in 7, not always the same ones. Online
 # candidates are promoted every ~15 s, and a promotion near the drift or near the end of the
