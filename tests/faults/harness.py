@@ -34,7 +34,7 @@ import threading
 import time
 import urllib.request
 import uuid
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -371,7 +371,11 @@ class FaultLoop:
         return by_partition
 
     def ids_in(self, role: str, id_field: str) -> set[str]:
-        return {str(r.value[id_field]) for records in self.read_topic(role).values() for r in records}
+        return set(self.id_counts(role, id_field))
+
+    def id_counts(self, role: str, id_field: str) -> Counter[str]:
+        """How many records of the topic carry each id (a replayed stage writes a record again)."""
+        return Counter(str(r.value[id_field]) for records in self.read_topic(role).values() for r in records)
 
     def clean_replay(self) -> tuple[str, dict[str, dict]]:
         """Apply the featurizer's processor to the whole input topic in offset order.
@@ -410,7 +414,8 @@ class FaultLoop:
         """
         ids = [str(d.event["transaction_id"]) for d in demo_events]
         labeled_ids = [str(d.event["transaction_id"]) for d in demo_events if d.label_copies]
-        in_input = self.ids_in("input", self.spec.input.event_id)
+        input_copies = self.id_counts("input", self.spec.input.event_id)
+        in_input = set(input_copies)
         # Events the producing side never got into the input topic are not the loop's to lose; counted apart.
         result.notes["not_in_input_topic"] = sum(1 for i in ids if i not in in_input)
         if self.producers:
@@ -450,6 +455,13 @@ class FaultLoop:
             result.other_dead_letters = obs.other_dead_letters - self._dead_letters_before
             versions = set().union(*(obs.versions[i] for i in ids if obs.versions[i]))
             emitted = {i: list(obs.vectors[i]) for i in ids}
+            result.notes["records_read_again"] = obs.rereads
+            # Where copies multiply when they do: each stage that replays writes its outputs again.
+            result.notes["max_copies_by_stage"] = {
+                "input": max((input_copies[i] for i in ids), default=0),
+                "features": max((len(emitted[i]) for i in ids), default=0),
+                "predictions": result.max_copies,
+            }
         assert complete, f"events not accounted for: {result}\n{self.log_tails()}"
         assert labels_complete, f"labels not accounted for: {result}\n{self.log_tails()}"
 

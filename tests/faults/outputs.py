@@ -26,6 +26,8 @@ class Observed:
     labeled: Counter = field(default_factory=Counter)            # event id -> labeled examples
     unmatched: Counter = field(default_factory=Counter)          # event id -> unmatched labels
     first_prediction_at: dict[str, float] = field(default_factory=dict)
+    # Records read a second time at the same offset: not copies in the topic (see OutputReader).
+    rereads: int = 0
 
 
 class OutputReader:
@@ -65,11 +67,22 @@ class OutputReader:
         metadata = consumer.list_topics(timeout=10).topics
         consumer.assign([TopicPartition(name, p, -2) for name in [*handlers, *others] if name in metadata
                          for p in metadata[name].partitions])
+        # When noida-db loses the tail of a log in a restart, this reader's position lies past the
+        # new end; librdkafka resets it to the earliest offset and it reads the partition again.
+        # Those are the same records, not copies the loop wrote: each (partition, offset) is
+        # counted once, unless a different record took the offset after the loss.
+        seen: dict[tuple[str, int, int], int] = {}
         try:
             while not self._stop.is_set():
                 for message in consumer.consume(1000, 0.1):
                     if message.error() is not None:
                         continue
+                    where, fingerprint = (message.topic(), message.partition(), message.offset()), hash(message.value())
+                    if seen.get(where) == fingerprint:
+                        with self.lock:
+                            self.observed.rereads += 1
+                        continue
+                    seen[where] = fingerprint
                     handler = handlers.get(message.topic())
                     if handler is None:
                         with self.lock:
