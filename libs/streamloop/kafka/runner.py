@@ -290,11 +290,20 @@ class StageRunner:
             else:
                 log.error("%s: dropped an output that does not match its schema: %s", self.service, exc)
         backoff = self.settings.retry_backoff_s
+        outputs, letters = list(encoded), list(dead)
         while True:
+            # A retry sends again only what the broker did not acknowledge: re-sending the whole
+            # batch after a broker restart wrote every acknowledged output of it twice.
+            acked_outputs: set[int] = set()
+            acked_letters: set[int] = set()
             try:
-                self._produce_all(encoded, dead)
+                self._produce_all(outputs, letters, acked_outputs, acked_letters)
+                self._count_delivered(len(outputs), letters)
                 return True
             except DeliveryError as exc:
+                self._count_delivered(len(acked_outputs), [d for i, d in enumerate(letters) if i in acked_letters])
+                outputs = [o for i, o in enumerate(outputs) if i not in acked_outputs]
+                letters = [d for i, d in enumerate(letters) if i not in acked_letters]
                 self.stats.delivery_retries += 1
                 if self.stopping:
                     # Leave without committing: the batch is consumed again after restart.
@@ -335,23 +344,31 @@ class StageRunner:
                             out.partition))
         return encoded, failures
 
-    def _produce_all(self, encoded: list, dead: list[tuple[Message, str, BaseException]]) -> None:
+    def _produce_all(self, encoded: list, dead: list[tuple[Message, str, BaseException]],
+                     acked_outputs: set[int] | None = None, acked_letters: set[int] | None = None) -> None:
+        """Produce and wait for every acknowledgement; the indexes acknowledged go into the two sets."""
         assert self.producer is not None
         failures: list[str] = []
+        acked_outputs = set() if acked_outputs is None else acked_outputs
+        acked_letters = set() if acked_letters is None else acked_letters
 
-        def on_delivery(error: KafkaError | None, _message: Message) -> None:
-            if error is not None:
-                failures.append(error.str())
+        def on_delivery(acked: set[int], index: int) -> Callable[[KafkaError | None, Message], None]:
+            def delivered(error: KafkaError | None, _message: Message) -> None:
+                if error is None:
+                    acked.add(index)
+                else:
+                    failures.append(error.str())
+            return delivered
 
-        for topic, key, value, headers, partition in encoded:
-            self._produce(topic, key, value, headers, on_delivery, partition)
-        for message, stage, error in dead:
+        for index, (topic, key, value, headers, partition) in enumerate(encoded):
+            self._produce(topic, key, value, headers, on_delivery(acked_outputs, index), partition)
+        for index, (message, stage, error) in enumerate(dead):
             dlq = self.topics.dead_letters.get(message.topic(), message.topic() + ".dlq")
             headers = dead_letters.dead_letter_headers(
                 message.headers(), topic=message.topic(), partition=message.partition(),
                 offset=message.offset(), stage=stage, error=error, service=self.service,
             )
-            self._produce(dlq, message.key(), message.value(), headers, on_delivery)
+            self._produce(dlq, message.key(), message.value(), headers, on_delivery(acked_letters, index))
         waited = 0.0
         while len(self.producer) > 0:
             try:
@@ -363,13 +380,15 @@ class StageRunner:
                 raise DeliveryError(f"{len(self.producer)} records still queued at shutdown")
         if failures:
             raise DeliveryError(f"{len(failures)} records not acknowledged: {failures[0]}")
-        self.stats.produced += len(encoded)
-        self.stats.dead_lettered += len(dead)
-        for message, _stage, error in dead:
+
+    def _count_delivered(self, outputs: int, letters: list[tuple[Message, str, BaseException]]) -> None:
+        self.stats.produced += outputs
+        self.stats.dead_lettered += len(letters)
+        for message, _stage, error in letters:
             self.metrics.record_dead_letters(message.topic(), type(error).__name__)
-        if dead:
-            log.warning("%s: %d records dead-lettered (first: %s at %s[%d]@%d)", self.service, len(dead),
-                        dead[0][2], dead[0][0].topic(), dead[0][0].partition(), dead[0][0].offset())
+        if letters:
+            log.warning("%s: %d records dead-lettered (first: %s at %s[%d]@%d)", self.service, len(letters),
+                        letters[0][2], letters[0][0].topic(), letters[0][0].partition(), letters[0][0].offset())
 
     def _produce(self, topic: str, key: bytes | None, value: bytes | None, headers: Headers, callback,
                  partition: int | None = None) -> None:
