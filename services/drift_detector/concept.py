@@ -2,12 +2,17 @@
 
 The error of one labeled example is 0/1 (misclassified) for classification and the absolute
 error for regression; DDM models a Bernoulli error rate, so it only runs on 0/1 errors. Each
-detection carries the recent error rate (the last ``recent_size`` errors) and the baseline (the
-champion's first ``baseline_size`` errors): effect size = recent - baseline.
+detection says whether the error rose, and carries the error rate after and before the change:
+for ADWIN the two sides of the cut it made (its window after the detection, and what it
+dropped); for Page-Hinkley (mode "up") and DDM, which only ever fire on a rising error, the last
+``recent_size`` errors and the ``baseline_size`` errors before those. Both slide with the
+stream, because the monitor outlives champions (the processor feeds it the error of whatever
+served): a fixed "first errors" baseline would be the bootstrap model's, and a real drift after
+a few promotions would read as an improvement.
 
 >>> monitor = ConceptDriftMonitor(["page_hinkley"], binary=True, baseline_size=100, recent_size=100)
 >>> found = [d for t in range(3000) for d in monitor.update(float(t >= 1500 and t % 2 == 0), t)]
->>> [(d.detector, d.recent > d.baseline, 1500 <= d.end < 2000) for d in found]
+>>> [(d.detector, d.rising, 1500 <= d.end < 2000) for d in found]
 [('page_hinkley', True, True)]
 """
 
@@ -31,6 +36,7 @@ class ConceptDrift:
     start: int
     end: int
     examples: int
+    rising: bool = True
 
 
 class ConceptDriftMonitor:
@@ -69,8 +75,8 @@ class ConceptDriftMonitor:
         }
         self._recent: deque[float] = deque(maxlen=recent_size)
         self._recent_sum = 0.0
-        self._baseline_sum = 0.0
-        self._baseline_count = 0
+        self._before: deque[float] = deque(maxlen=baseline_size)  # the errors just before the recent ones
+        self._before_sum = 0.0
         self._since: dict[str, int | None] = dict.fromkeys(self.detectors)
         self._counts: dict[str, int] = dict.fromkeys(self.detectors, 0)
         self.examples = 0
@@ -80,7 +86,9 @@ class ConceptDriftMonitor:
 
     @property
     def baseline(self) -> float:
-        return self._baseline_sum / self._baseline_count if self._baseline_count else 0.0
+        if not self._before:  # too early for a baseline of its own: no effect can be told yet
+            return self.recent
+        return self._before_sum / len(self._before)
 
     @property
     def recent(self) -> float:
@@ -90,11 +98,14 @@ class ConceptDriftMonitor:
         """Feed one example's error (event time ``time``); returns a ConceptDrift per detector that fired."""
         self.examples += 1
         self._newest = max(self._newest, time)
-        if self._baseline_count < self.baseline_size:
-            self._baseline_sum += error
-            self._baseline_count += 1
         if len(self._recent) == self._recent.maxlen:
-            self._recent_sum -= self._recent[0]
+            leaving = self._recent[0]
+            self._recent_sum -= leaving
+            if self._before.maxlen:
+                if len(self._before) == self._before.maxlen:
+                    self._before_sum -= self._before[0]
+                self._before.append(leaving)
+                self._before_sum += leaving
         self._recent.append(error)
         self._recent_sum += error
         fired = []
@@ -102,10 +113,28 @@ class ConceptDriftMonitor:
             if self._since[name] is None:
                 self._since[name] = time
             self._counts[name] += 1
+            width, mean = (detector.width, detector.estimation) if name == "adwin" else (0, 0.0)
             detector.update(bool(error) if name == "ddm" else error)
             if detector.drift_detected:
-                fired.append(ConceptDrift(name, self.recent, self.baseline, self._since[name] or time, self._newest,
-                                          self._counts[name]))
+                if name == "adwin":
+                    recent, baseline = _adwin_cut(width + 1, (mean * width + error), detector)
+                else:
+                    recent, baseline = self.recent, self.baseline
+                fired.append(ConceptDrift(name, recent, baseline, self._since[name] or time, self._newest,
+                                          self._counts[name], rising=name != "adwin" or recent > baseline))
                 self._since[name] = None
                 self._counts[name] = 0
         return fired
+
+
+def _adwin_cut(count: int, total: float, adwin: DriftDetector) -> tuple[float, float]:
+    """The mean error on each side of ADWIN's cut: (the window it kept, the part it dropped).
+
+    ``count`` and ``total`` describe the window just before the cut (the new error included);
+    after a detection ADWIN keeps only the newer side, whose mean is its ``estimation``.
+    """
+    kept_count, kept_mean = adwin.width, adwin.estimation  # type: ignore[attr-defined]
+    dropped = count - kept_count
+    if dropped <= 0:
+        return kept_mean, kept_mean
+    return kept_mean, (total - kept_mean * kept_count) / dropped

@@ -2,16 +2,22 @@
 DriftEvent records out. Pure: the champion, the history and the metrics are handed in.
 
 State is global to the pipeline (one reference, one window, one error stream), so exactly one
-replica processes all partitions (docs/drift-detector.md). Everything is about the current
-champion: a new champion version resets the reference, the windows, the concept detectors and
-the cooldowns.
+replica processes all partitions (docs/drift-detector.md). Data drift is about the current
+champion: a new champion version resets the reference, the windows and the cooldowns. Concept
+drift is about what users were served: the detectors watch the error of the prediction that
+served each event, whichever version made it, and go on across promotions.
 
 - Reference: the first ``reference_size`` feature vectors (and champion predictions) whose Kafka
   timestamp is at or after the champion's ``deployed_at``; records produced before it belong to
   the previous champion and are skipped.
 - Windows: every ``window_size`` vectors after the reference are one test (DATA per feature,
   PREDICTION on the champion's score).
-- Concept: the champion's error on each labeled example feeds ADWIN / Page-Hinkley / DDM.
+- Concept: the served prediction's error on each labeled example feeds ADWIN / Page-Hinkley /
+  DDM. Restarting them with every promotion hid drifts: in the demo online candidates were
+  promoted every ~15 s, and one promoted right after the drift gave the restarted detectors a
+  post-drift baseline, so nothing rose (docs/benchmarks.md). A promotion that lowers the error
+  is at most an INFO detection (ADWIN's cut shows the error fell); a bad promotion that raises
+  it is a concept alarm like any other.
 - Restart (``on_assigned``): with a History, the reference is replayed from ``deployed_at``, the
   last window and the last ``concept_replay`` labeled examples before the committed offsets are
   replayed, and cooldowns are restored from the drift topic, so a restart loses no detection
@@ -84,6 +90,9 @@ class DetectorStats:
     champions: list[str] = field(default_factory=list)
 
 
+SERVED_ROLES = ("CHAMPION", "CANARY")
+
+
 def class_name(value: Any) -> str:
     """A label or predicted class as one canonical string: True/"True"/"true" -> "true", 1.0 -> "1"."""
     if isinstance(value, bool):
@@ -122,6 +131,7 @@ class DriftProcessor:
         self._applied: dict[tuple[str, int], int] = {}
         self._warm = False
         self._reset()
+        self._reset_concept()
 
     # -- state per champion ----------------------------------------------------------------
 
@@ -133,13 +143,16 @@ class DriftProcessor:
         self.data = DriftMonitor(drift.reference_size, drift.window_size, drift.p_value, drift.correction, **options)
         # One score, one test: nothing to correct.
         self.prediction = DriftMonitor(drift.reference_size, drift.window_size, drift.p_value, "none", **options)
+        self.cooldown.clear()
+
+    def _reset_concept(self) -> None:
+        drift, s = self.spec.drift, self.settings
         self.concept = ConceptDriftMonitor(
             drift.concept_detectors, binary=not self.regression, baseline_size=drift.reference_size,
             recent_size=drift.window_size, adwin_delta=s.adwin_delta,
             page_hinkley_threshold=s.page_hinkley_threshold, page_hinkley_delta=s.page_hinkley_delta,
             ddm_drift_threshold=s.ddm_drift_threshold, ddm_warm_start=s.ddm_warm_start,
         )
-        self.cooldown.clear()
 
     def _refresh_champion(self) -> Champion | None:
         current = self.champions.champion()
@@ -183,6 +196,7 @@ class DriftProcessor:
             # Better late windows than a crash loop: the reference and windows fill up live.
             log.warning("warm start failed, starting with empty windows: %s", exc)
             self._reset()
+            self._reset_concept()
 
     def on_revoked(self, partitions: Sequence[TopicPartitionRef]) -> None:
         # Global state cannot be split: losing any partition drops it all; the next owner replays.
@@ -191,6 +205,7 @@ class DriftProcessor:
         self._pending.clear()
         self.champion = None
         self._reset()
+        self._reset_concept()
 
     def _flush(self) -> ProcessResult:
         outputs, self._pending = self._pending, []
@@ -265,7 +280,7 @@ class DriftProcessor:
         for found in self.concept.update(error, millis(value["event_time"])):
             effect = found.recent - found.baseline
             self._emit(Detection("CONCEPT", found.detector, None, found.recent, None, effect,
-                                 "CRITICAL" if effect > 0 else "INFO", found.start, found.end))
+                                 "CRITICAL" if found.rising else "INFO", found.start, found.end))
         if self.metrics is not None and self.concept.examples % self.spec.drift.window_size == 0:
             self.metrics.error_rate(champion.model_name, self.concept.recent)
 
@@ -305,8 +320,8 @@ class DriftProcessor:
         return max(probabilities.values()) if probabilities else None
 
     def _error(self, champion: Champion, value: dict[str, Any]) -> float | None:
-        joined = next((p for p in value.get("predictions") or () if p.get("role") == "CHAMPION"
-                       and p.get("model_version") == champion.version
+        """The error of the prediction that served the event (champion or canary, whichever version)."""
+        joined = next((p for p in value.get("predictions") or () if p.get("role") in SERVED_ROLES
                        and p.get("model_name") == champion.model_name), None)
         if joined is None:
             return None

@@ -223,12 +223,14 @@ def test_prediction_drift_on_the_champions_score_only(spec: PipelineSpec) -> Non
     assert [(e["kind"], e["detector"], e["feature"]) for e in events] == [("PREDICTION", "ks", "probability[true]")]
 
 
-def test_concept_drift_from_the_champions_errors(spec: PipelineSpec) -> None:
+def test_concept_drift_from_the_errors_of_what_served(spec: PipelineSpec) -> None:
     p = processor(spec)
-    other_version = labeled(300, 0, 0.1, version="v0", partition=1)
-    records = other_version + labeled(4000, 0, 0.1) + labeled(3000, 4000, 0.35, seed=3)
+    earlier_champion = labeled(300, 0, 0.1, version="v0", partition=1)
+    shadow_only = [ConsumedRecord(r.topic, 2, r.offset, r.key, {**r.value, "predictions": [
+        {**r.value["predictions"][0], "role": "SHADOW"}]}, r.timestamp_ms) for r in labeled(50, 0, 0.9)]
+    records = earlier_champion + shadow_only + labeled(4000, 0, 0.1) + labeled(3000, 4000, 0.35, seed=3)
     events = run(p, records)
-    assert p.stats.labeled == 7000
+    assert p.stats.labeled == 7300 and p.stats.skipped == 50, "served by v0 or v1 counts; a shadow's error does not"
     concept = [e for e in events if e["kind"] == "CONCEPT"]
     assert {e["detector"] for e in concept} == {"adwin", "page_hinkley", "ddm"}
     for event in concept:
@@ -290,3 +292,24 @@ def test_window_metrics_are_exported(spec: PipelineSpec) -> None:
 @pytest.mark.parametrize(("value", "expected"), [(True, "true"), ("True", "true"), (1.0, "1"), (2, "2"), ("x", "x")])
 def test_labels_and_classes_compare_as_one_spelling(value: object, expected: str) -> None:
     assert class_name(value) == expected
+
+
+def test_a_promotion_right_at_the_drift_does_not_hide_it(spec: PipelineSpec) -> None:
+    """The detectors go on across champions: the new one's errors are compared with the old one's."""
+    champions = Champions()
+    p = processor(spec, champions)
+    run(p, labeled(4000, 0, 0.1))
+    champions.current = Champion("card-fraud", "fraud", "v2", at(4000))
+    events = run(p, labeled(3000, 4000, 0.35, version="v2", seed=3))
+    concept = [e for e in events if e["kind"] == "CONCEPT"]
+    assert concept and all(e["severity"] == "CRITICAL" and e["model_version"] == "v2" for e in concept)
+    assert p.stats.champions == ["v1", "v2"]
+
+
+def test_a_promotion_that_lowers_the_error_is_no_alarm(spec: PipelineSpec) -> None:
+    champions = Champions()
+    p = processor(spec, champions)
+    run(p, labeled(4000, 0, 0.35))
+    champions.current = Champion("card-fraud", "fraud", "v2", at(4000))
+    events = run(p, labeled(4000, 4000, 0.1, version="v2", seed=3))
+    assert all(e["severity"] == "INFO" for e in events if e["kind"] == "CONCEPT")
