@@ -10,6 +10,7 @@ with ``generate(count, seed, drift_at, start_ms, rate_per_s)`` yielding objects 
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import importlib.util
 import sys
@@ -302,6 +303,7 @@ class LoopDriver:
             for event in obs.drift_events:
                 by_kind[event["kind"]] = by_kind.get(event["kind"], 0) + 1
             kinds = [d["kind"] for d in obs.decisions]
+            timeline = self._timeline(by_index, index_of)
             return {
                 "events_in": len(obs.produced_at_ms),
                 "predictions_out": len(obs.predicted_at_ms),
@@ -342,8 +344,30 @@ class LoopDriver:
                 "throughput_eps": round(len(obs.predicted_at_ms) / elapsed_s, 1) if elapsed_s else None,
                 "latency_p50_ms": float(np.percentile(latencies, 50)) if latencies else None,
                 "latency_p99_ms": float(np.percentile(latencies, 99)) if latencies else None,
+                "timeline": timeline,
             }
 
+    def _timeline(self, by_index: list[tuple[int, str]], index_of: Callable[[dict], int]) -> list[dict]:
+        """What happened at which event: the first champion, each promotion and rollback, each concept alarm.
+
+        A decision is placed at the number of events produced before the publisher made it (the
+        scorer swaps within about a second); an alarm at the newest event its window saw.
+        """
+        obs = self.observed
+        produced = sorted(obs.produced_at_ms.values())
+        entries: list[dict] = []
+        first = next((obs.model_version[e] for _, e in by_index if e in obs.model_version), None)
+        if first is not None:
+            entries.append({"event": by_index[0][0], "serving": first})
+        for decision in obs.decisions:
+            if decision["kind"] not in ("PROMOTE", "ROLLBACK"):
+                continue
+            entries.append({"event": bisect.bisect_right(produced, _millis(decision["decided_at"])),
+                            "decision": decision["kind"], "serving": decision["to_version"],
+                            "automatic": decision.get("automatic", True), "improvement": _improvement(decision)})
+        entries += [{"event": index_of(d), "concept_alarm": d["detector"], "severity": d.get("severity")}
+                    for d in obs.drift_events if d["kind"] == "CONCEPT"]
+        return sorted(entries, key=lambda e: e["event"])
 
     def _retrained_offline(self, train_ids: list[str], test_ids: list[str]) -> float | None:
         """Accuracy on ``test_ids`` of a fresh estimator trained on ``train_ids``' labeled examples."""
@@ -365,3 +389,9 @@ def _millis(value: Any) -> int:
     if isinstance(value, datetime):
         return int(value.timestamp() * 1000)
     return int(value)
+
+
+def _improvement(decision: dict | None) -> float | None:
+    """The promotion's relative loss improvement (its evidence), rounded for reading."""
+    value = ((decision or {}).get("evidence") or {}).get("relative_improvement")
+    return None if value is None else round(float(value), 4)

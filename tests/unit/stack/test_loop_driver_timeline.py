@@ -1,0 +1,37 @@
+"""The demo summary's timeline: which version served from which event, and each concept alarm."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from streamloop.contracts import load_catalog, load_pipeline
+from streamloop.stack.loop_driver import LoopDriver
+
+PIPELINE = Path(__file__).parents[3] / "examples" / "card_fraud" / "pipeline.yaml"
+
+
+def test_the_first_champion_each_decision_and_each_concept_alarm_in_event_order() -> None:
+    spec = load_pipeline(PIPELINE)
+    driver = LoopDriver(spec, load_catalog(spec), "127.0.0.1:1")  # never connects: no readers started
+    obs = driver.observed
+    by_index = [(i, f"e{i}") for i in range(8)]
+    obs.produced_at_ms.update({f"e{i}": 1000 + 10 * i for i in range(8)})  # event i produced at 1000 + 10 i
+    obs.model_version.update({f"e{i}": "v1" for i in range(8)})
+    obs.decisions += [
+        {"kind": "PROMOTE", "from_version": "v1", "to_version": "v2", "automatic": True, "decided_at": 1025,
+         "evidence": {"relative_improvement": 0.04123}},
+        {"kind": "REFUSE", "from_version": "v2", "to_version": "v3", "automatic": True, "decided_at": 1040},
+        {"kind": "ROLLBACK", "from_version": "v2", "to_version": "v1", "automatic": True, "decided_at": 1060,
+         "evidence": {}},
+    ]
+    obs.drift_events.append({"kind": "CONCEPT", "detector": "adwin", "severity": "CRITICAL", "window_end": 5})
+    obs.drift_events.append({"kind": "DATA", "detector": "ks", "severity": "WARNING", "window_end": 1})
+
+    timeline = driver._timeline(by_index, lambda event: event["window_end"])
+
+    assert timeline == [
+        {"event": 0, "serving": "v1"},
+        {"event": 3, "decision": "PROMOTE", "serving": "v2", "automatic": True, "improvement": 0.0412},
+        {"event": 5, "concept_alarm": "adwin", "severity": "CRITICAL"},
+        {"event": 7, "decision": "ROLLBACK", "serving": "v1", "automatic": True, "improvement": None},
+    ]
