@@ -360,8 +360,8 @@ class LoopDriver:
         if first is not None:
             entries.append({"event": by_index[0][0], "serving": first})
         for decision in obs.decisions:
-            if decision["kind"] not in ("PROMOTE", "ROLLBACK"):
-                continue
+            if decision["kind"] not in ("PROMOTE", "ROLLBACK") or not decision.get("from_version"):
+                continue  # not a change: the bootstrap champion is the first one served
             entries.append({"event": bisect.bisect_right(produced, _millis(decision["decided_at"])),
                             "decision": decision["kind"], "serving": decision["to_version"],
                             "automatic": decision.get("automatic", True), "improvement": _improvement(decision)})

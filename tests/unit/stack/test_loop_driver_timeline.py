@@ -18,6 +18,7 @@ def test_the_first_champion_each_decision_and_each_concept_alarm_in_event_order(
     obs.produced_at_ms.update({f"e{i}": 1000 + 10 * i for i in range(8)})  # event i produced at 1000 + 10 i
     obs.model_version.update({f"e{i}": "v1" for i in range(8)})
     obs.decisions += [
+        {"kind": "PROMOTE", "from_version": None, "to_version": "v1", "automatic": True, "decided_at": 990},
         {"kind": "PROMOTE", "from_version": "v1", "to_version": "v2", "automatic": True, "decided_at": 1025,
          "evidence": {"relative_improvement": 0.04123}},
         {"kind": "REFUSE", "from_version": "v2", "to_version": "v3", "automatic": True, "decided_at": 1040},
