@@ -266,3 +266,16 @@ def test_confluent_garbage_is_a_deserialization_error(repository: SchemaReposito
         serde.decode(data)
     with pytest.raises(DeserializationError):
         serde.decode(None)
+
+
+@pytest.mark.parametrize("event_id", ["e", "txn-7-00001234", "x" * 300, "é" * 70])
+def test_the_leading_event_id_is_read_without_decoding_the_body(repository: SchemaRepository, event_id: str) -> None:
+    for name in ("features/feature_vector.avsc", "inference/prediction.avsc", "labels/label.avsc"):
+        schema = repository.load(name)
+        serde = SingleObjectSerde(schema, repository)
+        data = serde.encode({**sample_record(schema, 3), "event_id": event_id})
+        assert serde.leading_string(data, "event_id") == event_id, name
+        assert serde.leading_string(data, "entity_key") is None, "only the first field can be read so"
+        with pytest.raises(DeserializationError):
+            serde.leading_string(data[:HEADER_SIZE + 1], "event_id")  # the id runs past the record
+    assert serde.leading_string(b"\x00garbage", "event_id") is None  # not single-object: decode() says why

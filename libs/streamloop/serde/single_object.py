@@ -72,6 +72,51 @@ class SingleObjectSerde:
         return read_body(data, HEADER_SIZE, writer, self.schema)
 
 
+    def leading_string(self, data: bytes | None, field: str) -> str | None:
+        """The record's first field, read without decoding the rest, when it is the string ``field``.
+
+        Avro writes fields in schema order, so a router that needs only a leading key (the
+        collector's re-keying by event id) can skip decoding whole feature vectors. None when
+        the writer's schema does not start with that string field: decode the record instead.
+        Only the header and that field are checked; whoever decodes the record later finds
+        any damage further on.
+        """
+        if data is None or len(data) < HEADER_SIZE or data[:2] != MARKER:
+            return None
+        (fingerprint,) = _FINGERPRINT.unpack_from(data, 2)
+        if fingerprint == self.schema.fingerprint:
+            writer = self.schema
+        else:
+            try:
+                writer = self.repository.by_fingerprint(fingerprint)
+            except Exception:  # noqa: BLE001 - unknown writer: decode() raises the proper error
+                return None
+        fields = writer.parsed.get("fields") if isinstance(writer.parsed, dict) else None
+        if not fields or fields[0].get("name") != field or fields[0].get("type") != "string":
+            return None
+        length, start = _read_long(data, HEADER_SIZE)
+        if length < 0 or start + length > len(data):
+            raise DeserializationError(f"corrupt {writer.name} body: field {field} runs past the record")
+        try:
+            return data[start:start + length].decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise DeserializationError(f"corrupt {writer.name} body: field {field} is not UTF-8") from exc
+
+
+def _read_long(data: bytes, position: int) -> tuple[int, int]:
+    """An Avro long (zig-zag varint) at ``position``: (value, position after it)."""
+    result, shift = 0, 0
+    while True:
+        if position >= len(data) or shift > 63:
+            raise DeserializationError("corrupt Avro body: a length runs past the record")
+        byte = data[position]
+        position += 1
+        result |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return (result >> 1) ^ -(result & 1), position
+        shift += 7
+
+
 def read_body(data: bytes, start: int, writer: AvroSchema, reader: AvroSchema) -> dict[str, Any]:
     """Decode an Avro body written with ``writer`` into ``reader``'s shape, checking it is whole."""
     if writer is not reader and writer.name != reader.name:
