@@ -1,0 +1,62 @@
+"""The demo driver holds events back while the loop is behind, and says for how long."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from streamloop.contracts import load_catalog, load_pipeline
+from streamloop.stack import loop_driver
+from streamloop.stack.loop_driver import LoopDriver
+
+PIPELINE = Path(__file__).parents[3] / "examples" / "card_fraud" / "pipeline.yaml"
+
+
+@dataclass
+class Event:
+    index: int
+    event: dict
+    label: bool = False
+    label_delay_ms: int = 0
+    label_copies: int = 0
+
+
+class Producer:
+    def __init__(self, *_args, **_kwargs) -> None:
+        self.values: list[bytes] = []
+
+    def produce(self, topic, value=None, key=None) -> None:
+        self.values.append(value)
+
+    def poll(self, _timeout=0) -> int:
+        return 0
+
+    def flush(self, _timeout=0) -> int:
+        return 0
+
+
+def events(count: int) -> list[Event]:
+    return [Event(i, {"transaction_id": f"t{i}", "card_id": "c", "timestamp": 1_700_000_000_000 + i, "amount": 1.0,
+                      "merchant_category": "fuel", "country": "DE", "customer_tier": "gold", "card_present": True,
+                      "distance_from_home_km": 1.0}) for i in range(count)]
+
+
+def test_the_driver_waits_while_events_are_unscored_and_goes_on_when_they_are(monkeypatch) -> None:
+    monkeypatch.setattr(loop_driver, "Producer", Producer)
+    spec = load_pipeline(PIPELINE)
+    driver = LoopDriver(spec, load_catalog(spec), "127.0.0.1:1")
+    rate = 1000.0  # the backlog limit is then 2,000 unscored events
+    sending = threading.Thread(target=driver.run, args=(events(2_100), rate))
+    sending.start()
+    deadline = time.monotonic() + 10
+    while len(driver.observed.produced_at_ms) < 2_001 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.3)
+    assert len(driver.observed.produced_at_ms) == 2_001, "held back at the limit while nothing is scored"
+    with driver._lock:  # the scorer catches up
+        driver.observed.predicted_at_ms.update({e: 0 for e in driver.observed.produced_at_ms})
+    sending.join(10)
+    assert len(driver.observed.produced_at_ms) == 2_100
+    assert driver.observed.throttled_s >= 0.3
