@@ -1,4 +1,4 @@
-"""A confluent-kafka Message stand-in for tests that drive consumers and runners without a broker."""
+"""confluent-kafka stand-ins (message, producer, consumer) for tests that drive runners without a broker."""
 
 from __future__ import annotations
 
@@ -34,3 +34,37 @@ class FakeMessage:
 
     def timestamp(self):
         return (1, 1_700_000_000_000)
+
+
+class FakeProducer:
+    """Records what is produced and acknowledges it at once; ``deliver`` decides the outcome."""
+
+    def __init__(self) -> None:
+        self.produced: list[tuple[str, bytes | None, bytes | None, list]] = []
+
+    def deliver(self, value: bytes | None):
+        """The delivery error for this record, or None (acknowledged)."""
+        return None
+
+    def produce(self, topic, value=None, key=None, headers=None, on_delivery=None, **_pinned) -> None:
+        error = self.deliver(value)
+        self.produced.append((topic, key, value, headers or []))
+        if on_delivery is not None:
+            on_delivery(error, None)
+
+    def poll(self, _timeout: float = 0) -> int:
+        return 0
+
+    def flush(self, _timeout: float = 0) -> int:
+        return 0
+
+    def __len__(self) -> int:
+        return 0
+
+
+class FakeConsumer:
+    def __init__(self) -> None:
+        self.commits: list = []
+
+    def commit(self, offsets=None, asynchronous=True) -> None:
+        self.commits.append(offsets)

@@ -21,39 +21,12 @@ from streamloop.kafka.runner import StageRunner, StageTopics
 from streamloop.kafka.table_reader import CompactedTopicReader
 from streamloop.serde import SingleObjectSerde
 from tests.fuzz.conftest import FUZZ
-from tests.kafka_fakes import FakeMessage
+from tests.kafka_fakes import FakeConsumer, FakeMessage, FakeProducer
 
 REPOSITORY = SchemaRepository()
 VECTOR = REPOSITORY.load("features/feature_vector.avsc")
 DEPLOYMENT = REPOSITORY.load("models/model_deployment.avsc")
 TOPIC = "features.feature-vector.v1"  # FakeMessage's default topic too
-
-
-class FakeProducer:
-    def __init__(self) -> None:
-        self.produced: list[tuple[str, bytes | None, bytes | None, list]] = []
-
-    def produce(self, topic, value=None, key=None, headers=None, on_delivery=None) -> None:
-        self.produced.append((topic, key, value, headers or []))
-        if on_delivery is not None:
-            on_delivery(None, None)
-
-    def poll(self, _timeout: float = 0) -> int:
-        return 0
-
-    def flush(self, _timeout: float = 0) -> int:
-        return 0
-
-    def __len__(self) -> int:
-        return 0
-
-
-class FakeConsumer:
-    def __init__(self) -> None:
-        self.commits: list = []
-
-    def commit(self, offsets=None, asynchronous=True) -> None:
-        self.commits.append(offsets)
 
 
 class Recording:

@@ -59,17 +59,19 @@ class SingleObjectSerde:
                 f"not Avro single-object encoding (expected marker c301, got {data[:2].hex() or 'nothing'})"
             )
         (fingerprint,) = _FINGERPRINT.unpack_from(data, 2)
-        if fingerprint == self.schema.fingerprint:
-            writer = self.schema
-        else:
-            try:
-                writer = self.repository.by_fingerprint(fingerprint)
-            except Exception as exc:
-                raise UnknownSchemaError(str(exc)) from exc
-            if fingerprint not in self._bounded:
-                check_bounded(writer.parsed, writer.name)
-                self._bounded.add(fingerprint)
+        writer = self._writer(fingerprint)
+        if fingerprint not in self._bounded:
+            check_bounded(writer.parsed, writer.name)
+            self._bounded.add(fingerprint)
         return read_body(data, HEADER_SIZE, writer, self.schema)
+
+    def _writer(self, fingerprint: int) -> AvroSchema:
+        if fingerprint == self.schema.fingerprint:
+            return self.schema
+        try:
+            return self.repository.by_fingerprint(fingerprint)
+        except Exception as exc:
+            raise UnknownSchemaError(str(exc)) from exc
 
 
     def leading_string(self, data: bytes | None, field: str) -> str | None:
@@ -83,14 +85,10 @@ class SingleObjectSerde:
         """
         if data is None or len(data) < HEADER_SIZE or data[:2] != MARKER:
             return None
-        (fingerprint,) = _FINGERPRINT.unpack_from(data, 2)
-        if fingerprint == self.schema.fingerprint:
-            writer = self.schema
-        else:
-            try:
-                writer = self.repository.by_fingerprint(fingerprint)
-            except Exception:  # noqa: BLE001 - unknown writer: decode() raises the proper error
-                return None
+        try:
+            writer = self._writer(_FINGERPRINT.unpack_from(data, 2)[0])
+        except UnknownSchemaError:
+            return None  # decode() says so, with the error the dead letter carries
         fields = writer.parsed.get("fields") if isinstance(writer.parsed, dict) else None
         if not fields or fields[0].get("name") != field or fields[0].get("type") != "string":
             return None

@@ -12,43 +12,30 @@ from streamloop.kafka import KafkaSettings
 from streamloop.kafka.records import ConsumedRecord, OutgoingRecord, ProcessResult
 from streamloop.kafka.runner import RunnerSettings, StageRunner, StageTopics
 from streamloop.serde import SingleObjectSerde
-from tests.kafka_fakes import FakeMessage
+from tests.kafka_fakes import FakeConsumer, FakeMessage, FakeProducer
 
 REPOSITORY = SchemaRepository()
 VECTOR = REPOSITORY.load("features/feature_vector.avsc")
 SOURCE, SINK = "in.feature-vector.v1", "out.feature-vector.v1"
 
 
-class FlakyProducer:
+class FlakyProducer(FakeProducer):
     """Fails the first delivery of every other record, as a broker restart does to a batch in flight."""
 
     def __init__(self) -> None:
-        self.sent: list[bytes] = []
+        super().__init__()
         self.failed: list[bytes] = []
 
-    def produce(self, topic, value=None, key=None, headers=None, on_delivery=None, **_pinned) -> None:
-        fail = value not in self.sent and len(self.sent) % 2 == 1
-        self.sent.append(value)
-        if fail:
-            self.failed.append(value)
-        on_delivery(KafkaError(KafkaError._MSG_TIMED_OUT) if fail else None, None)
+    def deliver(self, value: bytes | None):
+        sent = [v for _t, _k, v, _h in self.produced]
+        if value in sent or len(sent) % 2 == 0:
+            return None
+        self.failed.append(value)
+        return KafkaError(KafkaError._MSG_TIMED_OUT)
 
-    def poll(self, _timeout: float = 0) -> int:
-        return 0
-
-    def flush(self, _timeout: float = 0) -> int:
-        return 0
-
-    def __len__(self) -> int:
-        return 0
-
-
-class FakeConsumer:
-    def __init__(self) -> None:
-        self.commits: list = []
-
-    def commit(self, offsets=None, asynchronous=True) -> None:
-        self.commits.append(offsets)
+    @property
+    def sent(self) -> list[bytes | None]:
+        return [v for _t, _k, v, _h in self.produced]
 
 
 class Echo:
