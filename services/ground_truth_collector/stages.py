@@ -80,6 +80,10 @@ class RekeyStage:
 
     def process(self, batch: Sequence[ConsumedRecord]) -> ProcessResult:
         result = ProcessResult()
+        # The resume records go out before this start's first records, not at the next tick: a
+        # batch that came first let the join clock run on the labels alone after a restart, and
+        # labels whose features were still to be re-read came out NO_MATCHING_EVENT (seen in CI).
+        result.outputs += self._resume_records()
         now = int(time.time() * 1000)
         self._last_record_ms = now
         for record in batch:
@@ -117,11 +121,17 @@ class RekeyStage:
                 return event_id
         return event_id_of(kind, serde.decode(raw), self.task)
 
+    def _resume_records(self) -> list[OutgoingRecord]:
+        """Once per (re)assignment, before anything else this start writes: see StreamClock.resume."""
+        if not self._resume:
+            return []
+        self._resume = False
+        return [self._control(RESUME, p) for p in range(self.keyed_partitions)]
+
     def tick(self, now_ms: int) -> ProcessResult:
         result = ProcessResult()
-        if self._resume:  # before this start's records: see StreamClock.resume
-            self._resume = False
-            result.outputs += [self._control(RESUME, p) for p in range(self.keyed_partitions)]
+        result.outputs += self._resume_records()
+        if result.outputs:
             return result
         if now_ms - self._last_record_ms < self.idle_after_ms:
             return result  # still reading: quiet partitions are only quiet once the inputs are
