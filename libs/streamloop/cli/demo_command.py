@@ -51,8 +51,8 @@ def demo(
     broker: str = typer.Option("noida", "--broker", envvar="STREAMLOOP_BROKER", help="noida or tansu."),
     bad_promotion_at: float | None = typer.Option(
         None, "--bad-promotion-at", min=0.0, max=1.0,
-        help="At this share of the events, promote the untrained bootstrap model by hand, to watch the "
-             "publisher roll the bad promotion back."),
+        help="At this share of the events (or at the first promotion, if later), promote the untrained "
+             "bootstrap model by hand, to watch the publisher roll the bad promotion back."),
 ) -> None:
     """Run the whole loop on the embedded stack and report what it did."""
     console = Console(stderr=True)
@@ -78,7 +78,8 @@ def demo(
         producer.start()
         if bad_promotion_at is not None:
             threading.Thread(target=_promote_badly, args=(driver, spec, stack, console,
-                                                          int(events * bad_promotion_at)), daemon=True).start()
+                                                          int(events * bad_promotion_at), producer),
+                             daemon=True).start()
         _watch(producer, driver, stack, console, events, headless)
         driver.wait_for_predictions(timeout_s=60)
         driver.wait_for_labels(timeout_s=30)
@@ -96,10 +97,20 @@ def demo(
     _report(summary, console, json_output)
 
 
-def _promote_badly(driver: LoopDriver, spec: PipelineSpec, stack: Stack, console: Console, at: int) -> None:
-    """Promote the bootstrap model (never trained) once ``at`` events are out: a promotion gone wrong."""
-    while len(driver.observed.produced_at_ms) < at:
+def _promote_badly(driver: LoopDriver, spec: PipelineSpec, stack: Stack, console: Console, at: int,
+                   producing: threading.Thread) -> None:
+    """Promote the bootstrap model (never trained) once ``at`` events are out and a trained model
+    serves: a promotion gone wrong. Waiting for the first promotion matters on a slow machine,
+    where it came after 60 % of a 16,000-event run and the bootstrap was still the champion."""
+    def trained_champion() -> bool:
+        return any(d["kind"] == "PROMOTE" and d.get("from_version") for d in list(driver.observed.decisions))
+
+    while len(driver.observed.produced_at_ms) < at or not trained_champion():
+        if not producing.is_alive():
+            console.print("bad promotion not made: no trained champion before the stream ended")
+            return
         time.sleep(0.2)
+    at = len(driver.observed.produced_at_ms)
     # Verified like any promotion: the bad model is untrained, not tampered with.
     registry = RegistryClient(spec, driver.catalog, KafkaSettings(bootstrap_servers=stack.bootstrap_servers),
                               store=artifact_store(stack.data_dir))
