@@ -16,29 +16,27 @@ from pathlib import Path
 
 import pytest
 
-# Each module fixture runs a whole demo (about 2.5 min for the 50k events) inside its first test.
+# Each module fixture runs a whole demo (2.5-5 min for the 50k events, by machine) inside its first test.
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(900)]
 
 # The demo exactly as a new user runs it: `streamloop demo --events 50000 --headless --json`
-# (400 events/s by default, the rate the 2-core machine sustains with the whole loop on it).
+# (400 events/s offered by default; the demo slows down to what the machine sustains).
 EVENTS = 50_000
 # The bad-promotion run: long enough for a trained champion to exist before the bad promotion.
 BAD_PROMOTION_EVENTS = 16_000
-# Measured over 11 runs of the 50k demo at 400 events/s across this work's builds (docs/benchmarks.md):
-# nothing was ever lost and every label was accounted for; the concept drift was detected after the
-# drift point in 7 and the served accuracy recovered in 7, not always the same ones. Online
-# candidates are promoted every ~15 s, and a promotion near the drift or near the end of the
-# stream decides the outcome. Expected failures that must not fail CI, kept strict=False so
-# their passes show in the report.
-LOOP_TIMING = pytest.mark.xfail(reason="whether the loop closes before the 50k demo ends depends on when "
-                                       "online candidates are promoted (docs/benchmarks.md)", strict=False)
+# The loop closing is asserted, not hoped for. Two changes made it dependable (docs/benchmarks.md):
+# the concept detectors watch the served error stream across promotions (a restart with each
+# promotion hid a drift that came right after one: 7 of 11 runs detected it before), and the
+# demo holds events back while the loop is behind (a machine slower than the default rate buried
+# the collector). Since then, 3 of 3 local runs detected the drift after it happened and
+# recovered, on a machine that sustains about 200 events/s with the whole loop on it.
 
 
 def run_demo(data_dir: Path, *options: str) -> dict:
     command = [sys.executable, "-m", "streamloop.cli.main", "demo", "--headless", "--json",
                "--data-dir", str(data_dir), *options]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "REDIS_", "STREAMLOOP_"))}
-    result = subprocess.run(command, capture_output=True, text=True, timeout=420, env=env, check=False)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env, check=False)
     logs = data_dir / "demo" / "logs"
     tails = "\n".join(f"--- {p.name}\n{p.read_text()[-1500:]}" for p in sorted(logs.glob("*.log"))) \
         if logs.exists() else ""
@@ -74,14 +72,17 @@ def test_every_label_sent_is_joined_or_unmatched_with_a_reason(summary: dict):
         == summary["labels_sent"], json.dumps(summary)
 
 
-@LOOP_TIMING
 def test_the_drift_is_detected_after_it_happens(summary: dict):
     print(f"demo summary: {json.dumps(summary)}")
     assert summary["drift_detected_at"] is not None, json.dumps(summary)
     assert summary["drift_at"] <= summary["drift_detected_at"] < EVENTS
+    # The timeline shows it: a rising-error concept alarm after the drift, and a promotion after that.
+    alarms = [e["event"] for e in summary["timeline"] if e.get("severity") == "CRITICAL"
+              and e["event"] >= summary["drift_at"]]
+    promotions = [e["event"] for e in summary["timeline"] if e.get("decision") == "PROMOTE"]
+    assert alarms and any(p > alarms[0] for p in promotions), json.dumps(summary["timeline"])
 
 
-@LOOP_TIMING
 def test_a_challenger_is_promoted_and_accuracy_recovers(summary: dict):
     assert summary["promotions"] >= 1 and summary["model_versions"] >= 2, json.dumps(summary)
     # The champion of the day fails on the new concept, and the loop brings the served accuracy
