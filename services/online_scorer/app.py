@@ -163,8 +163,7 @@ def build(settings: ScorerSettings, telemetry: Telemetry | None = None) -> Score
         log.warning("gRPC listens on %s with no bearer token (set SCORER_AUTH_TOKEN)", settings.grpc_host)
     processor = ScoringProcessor(ctx.pipeline, holder, features=ctx.topic("features"),
                                  predictions=ctx.topic("predictions"),
-                                 shadow_predictions=ctx.topic("shadow_predictions"), metrics=metrics,
-                                 remember_events=settings.dedupe_event_ids)
+                                 shadow_predictions=ctx.topic("shadow_predictions"), metrics=metrics)
     runner = ctx.runner(processor, inputs=["features"], outputs=["predictions", "shadow_predictions"],
                         metrics=metrics)
     return ScorerApp(settings, ctx, telemetry, holder, reader, server, runner, alerts, store)

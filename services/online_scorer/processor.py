@@ -22,7 +22,6 @@ from services.online_scorer.models import SHADOW, LoadedModel, ModelHolder, Mode
 from services.online_scorer.scoring import Scored, Scorer
 from streamloop.contracts import PipelineSpec, TopicSpec
 from streamloop.kafka import ConsumedRecord, InvalidRecordError, OutgoingRecord, ProcessResult, Rejection
-from streamloop.kafka.dedupe import DeliveredEventIds
 from streamloop.telemetry import ServiceMetrics
 
 log = logging.getLogger(__name__)
@@ -35,7 +34,7 @@ class ScoringProcessor:
 
     def __init__(self, pipeline: PipelineSpec, holder: ModelHolder, *, features: TopicSpec,
                  predictions: TopicSpec, shadow_predictions: TopicSpec, metrics: ServiceMetrics | None = None,
-                 clock: Callable[[], int] = wall_clock_ms, remember_events: int = 0) -> None:
+                 clock: Callable[[], int] = wall_clock_ms) -> None:
         self.pipeline = pipeline
         self.holder = holder
         self.scorer = Scorer(pipeline)
@@ -48,10 +47,6 @@ class ScoringProcessor:
         self._shadow_errors = metrics.counter("streamloop_shadow_errors_total", "Shadow models that failed to score.") \
             if metrics else None
         self.shadow_failures = 0
-        # One prediction per event: a vector replayed after its prediction was delivered is skipped.
-        # Kept across rebalances: a broker restart revokes and gives back the same partitions, and
-        # an id delivered stays delivered whoever owns its partition now.
-        self.replayed = DeliveredEventIds(remember_events)
 
     def process(self, batch: Sequence[ConsumedRecord]) -> ProcessResult:
         models = self.holder.current
@@ -60,15 +55,12 @@ class ScoringProcessor:
             raise RuntimeError("scoring before a champion model was loaded")
         result = ProcessResult()
         emitted: Counter[tuple[str, str]] = Counter()
-        self.replayed.begin_batch()
         for record in batch:
             vector = record.value
             if vector["pipeline"] != self.pipeline.name:
                 error = InvalidRecordError(f"feature vector of pipeline {vector['pipeline']!r}, this scorer serves "
                                            f"{self.pipeline.name!r}", rule="pipeline")
                 result.rejections.append(Rejection(record, error))
-                continue
-            if not self.replayed.fresh((record.topic, record.partition), vector["event_id"]):
                 continue
             served = self.scorer.route(models, vector["event_id"])
             assert served is not None
@@ -87,9 +79,6 @@ class ScoringProcessor:
     def tick(self, now_ms: int) -> ProcessResult:
         self.holder.report_age(now_ms)
         return ProcessResult()
-
-    def delivered(self) -> None:
-        self.replayed.delivered()
 
     def _score_shadows(self, models: ModelSet, record: ConsumedRecord, result: ProcessResult,
                        emitted: Counter[tuple[str, str]]) -> None:

@@ -34,10 +34,6 @@ class ScorerSettings(BaseSettings):
     max_batch_entities: int = Field(default=1000, ge=1, description="Entities allowed in one ScoreBatch call.")
     max_entity_id_length: int = Field(default=1024, ge=1)
     feature_group: str = Field(default="features", description="Feature store group the featurizer writes.")
-    dedupe_event_ids: int = Field(
-        default=20_000, ge=0,
-        description="Event ids per partition whose predictions were delivered, remembered so that a replayed "
-                    "feature vector is not scored twice (one prediction per event); 0 turns it off.")
     deployments_catch_up_s: float = Field(default=30.0, gt=0,
                                           description="How long start-up waits to read the deployments topic.")
     auth_token: SecretStr | None = Field(

@@ -11,7 +11,6 @@ from services.online_scorer.models import ModelHolder
 from services.online_scorer.processor import ScoringProcessor
 from services.online_scorer.scoring import Scorer
 from streamloop.kafka import ConsumedRecord, InvalidRecordError
-from streamloop.kafka.records import TopicPartitionRef
 from streamloop.serde import make_serde
 from tests.unit.online_scorer.fakes import (
     BrokenClassifier,
@@ -38,15 +37,13 @@ def vectors(spec, count: int, seed: int = 1) -> list[ConsumedRecord]:
     ]
 
 
-def setup(spec, catalog, artifacts, *deployments: tuple, remember_events: int = 0,
-          ) -> tuple[ScoringProcessor, ModelHolder]:
+def setup(spec, catalog, artifacts, *deployments: tuple) -> tuple[ScoringProcessor, ModelHolder]:
     holder = ModelHolder(spec, artifacts)
     for model, version, kwargs in deployments:
         record = publish(artifacts, spec, model, version, **kwargs)
         holder.on_deployment(slot_key(record), record)
     processor = ScoringProcessor(spec, holder, features=catalog["features"], predictions=catalog["predictions"],
-                                 shadow_predictions=catalog["shadow_predictions"], clock=lambda: NOW,
-                                 remember_events=remember_events)
+                                 shadow_predictions=catalog["shadow_predictions"], clock=lambda: NOW)
     return processor, holder
 
 
@@ -164,45 +161,3 @@ def test_scoring_before_a_champion_is_refused(spec, catalog, artifacts) -> None:
     processor, _ = setup(spec, catalog, artifacts)
     with pytest.raises(RuntimeError, match="champion"):
         processor.process(vectors(spec, 1))
-
-
-def test_a_vector_replayed_after_its_prediction_was_delivered_is_not_scored_again(spec, catalog, artifacts) -> None:
-    processor, _ = setup(spec, catalog, artifacts, (ConstantClassifier(0.1), "v1", {}),
-                         (ConstantClassifier(0.2), "v2", {"slot": "shadow/v2", "role": "SHADOW"}), remember_events=100)
-    batch = vectors(spec, 6)
-    first = processor.process(batch)
-    assert len(first.outputs) == 12  # champion and shadow
-    processor.delivered()
-    # A broker that lost its log tail makes the consumer read the partition again, and the
-    # featurizer's own replay writes a second vector for the same event.
-    replay = processor.process(batch[:3] + vectors(spec, 8)[6:])
-    assert [o.value["event_id"] for o in replay.outputs if o.topic == catalog["predictions"].name] == \
-        ["txn-1-6", "txn-1-7"]
-    assert processor.replayed.skipped == 3
-
-
-def test_a_batch_never_delivered_is_scored_again_in_full(spec, catalog, artifacts) -> None:
-    processor, _ = setup(spec, catalog, artifacts, (ConstantClassifier(0.1), "v1", {}), remember_events=100)
-    batch = vectors(spec, 4)
-    processor.process(batch)  # its delivery failed: delivered() never came
-    again = processor.process(batch)
-    assert len(again.outputs) == 4
-
-
-def test_what_was_delivered_is_remembered_across_a_rebalance(spec, catalog, artifacts) -> None:
-    processor, _ = setup(spec, catalog, artifacts, (ConstantClassifier(0.1), "v1", {}), remember_events=100)
-    batch = vectors(spec, 3)
-    processor.process(batch)
-    processor.delivered()
-    # What the runner does on a rebalance (a broker restart revokes and gives back the same partitions).
-    for hook in ("on_revoked", "on_assigned"):
-        getattr(processor, hook, lambda _partitions: None)([TopicPartitionRef("t.features", p) for p in range(3)])
-    assert processor.process(batch).outputs == []
-
-
-def test_the_same_event_twice_in_one_batch_is_scored_once(spec, catalog, artifacts) -> None:
-    processor, _ = setup(spec, catalog, artifacts, (ConstantClassifier(0.1), "v1", {}), remember_events=100)
-    record = vectors(spec, 1)[0]
-    copy = ConsumedRecord(record.topic, record.partition, record.offset + 1, record.key, record.value,
-                          record.timestamp_ms)
-    assert len(processor.process([record, copy]).outputs) == 1
