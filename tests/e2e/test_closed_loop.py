@@ -30,10 +30,12 @@ BAD_PROMOTION_EVENTS = 16_000
 # demo holds events back while the loop is behind (a machine slower than the default rate buried
 # the collector). Since then, 3 of 3 local runs detected the drift after it happened and
 # recovered, on a machine that sustains about 200 events/s with the whole loop on it; in CI the
-# detection held in 3 of 3 runs and the promotion-and-recovery check in 2 of 3. So detection is a
-# hard check and recovery an expected failure that must not fail CI (strict=False: its passes show).
+# detection and `recovered` held in 3 of 3 runs, but one failed the recovery test's margin (the
+# last 5,000 events 10 points above the 2,000 right after the drift, which cost only 12.6 points
+# there). So detection is a hard check and the recovery test an expected failure for now.
 RECOVERY_NOT_YET_CERTAIN = pytest.mark.xfail(
-    reason="recovered in 5 of 6 runs since the detectors outlive promotions (docs/benchmarks.md)", strict=False)
+    reason="recovered in 6 of 6 runs; the +10-point margin over right-after-drift failed once (docs/benchmarks.md)",
+    strict=False)
 
 
 def run_demo(data_dir: Path, *options: str) -> dict:
