@@ -38,11 +38,16 @@ INPUT_ROLES: dict[str, Kind] = {
 _OWN_HEADERS = (HEADER_KIND, HEADER_SOURCE)
 
 
-def event_id_of(kind: Kind, value: Mapping[str, Any], task: str) -> str:
-    """The join key of a decoded input, after the checks the join relies on."""
-    event_id = value.get("event_id")
+def checked_event_id(event_id: Any) -> str:
+    """The join key, which must be a non-empty string."""
     if not isinstance(event_id, str) or not event_id:
         raise InvalidRecordError("event_id is empty", rule="event_id.required")
+    return event_id
+
+
+def event_id_of(kind: Kind, value: Mapping[str, Any], task: str) -> str:
+    """The join key of a decoded input, after the checks the join relies on."""
+    event_id = checked_event_id(value.get("event_id"))
     if kind is Kind.LABEL and task == "regression":
         label = value.get("label")
         if isinstance(label, bool) or not isinstance(label, int | float):

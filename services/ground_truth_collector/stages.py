@@ -36,6 +36,7 @@ from services.ground_truth_collector.routing import (
     RESUME,
     TICK,
     WATERMARK,
+    checked_event_id,
     control_headers,
     control_of,
     event_id_of,
@@ -116,9 +117,7 @@ class RekeyStage:
         if peek is not None and not (kind is Kind.LABEL and self.task == "regression"):
             event_id = peek(raw, "event_id")
             if event_id is not None:
-                if not event_id:
-                    raise InvalidRecordError("event_id is empty", rule="event_id.required")
-                return event_id
+                return checked_event_id(event_id)
         return event_id_of(kind, serde.decode(raw), self.task)
 
     def _resume_records(self) -> list[OutgoingRecord]:

@@ -345,12 +345,10 @@ class StageRunner:
         return encoded, failures
 
     def _produce_all(self, encoded: list, dead: list[tuple[Message, str, BaseException]],
-                     acked_outputs: set[int] | None = None, acked_letters: set[int] | None = None) -> None:
+                     acked_outputs: set[int], acked_letters: set[int]) -> None:
         """Produce and wait for every acknowledgement; the indexes acknowledged go into the two sets."""
         assert self.producer is not None
         failures: list[str] = []
-        acked_outputs = set() if acked_outputs is None else acked_outputs
-        acked_letters = set() if acked_letters is None else acked_letters
 
         def on_delivery(acked: set[int], index: int) -> Callable[[KafkaError | None, Message], None]:
             def delivered(error: KafkaError | None, _message: Message) -> None:

@@ -73,7 +73,6 @@ class SingleObjectSerde:
         except Exception as exc:
             raise UnknownSchemaError(str(exc)) from exc
 
-
     def leading_string(self, data: bytes | None, field: str) -> str | None:
         """The record's first field, read without decoding the rest, when it is the string ``field``.
 

@@ -86,6 +86,16 @@ class LoopObservation:
         """Labels of dead-lettered events: no event to join, NO_MATCHING_EVENT once the horizon passed."""
         return sum(self.labels_sent_per_event.get(e, 0) for e in self.dead_lettered_events)
 
+    def events_unanswered(self) -> int:
+        """Events produced that have neither a prediction nor a dead letter yet."""
+        return len(self.produced_at_ms) - len(self.predicted_at_ms) \
+            - len(self.dead_lettered_events - self.predicted_at_ms.keys())
+
+    def labels_unanswered(self) -> int:
+        """Labels sent that are not yet joined, unmatched, or waiting for the horizon of a dead-lettered event."""
+        return self.labels_sent - self.labeled_examples - sum(self.unmatched_labels.values()) \
+            - self.labels_awaiting_horizon()
+
 
 class LoopDriver:
     def __init__(self, pipeline: PipelineSpec, catalog: Catalog, bootstrap_servers: str) -> None:
@@ -247,10 +257,7 @@ class LoopDriver:
         but not yet joined or returned unmatched (the collector is the loop's slowest stage).
         """
         with self._lock:
-            obs = self.observed
-            unscored = len(obs.produced_at_ms) - len(obs.predicted_at_ms) - len(obs.dead_lettered_events)
-            unjoined = obs.labels_sent - obs.labeled_examples - sum(obs.unmatched_labels.values()) \
-                - obs.labels_awaiting_horizon()
+            unscored, unjoined = self.observed.events_unanswered(), self.observed.labels_unanswered()
         return unscored > BACKLOG_EVENTS_S * rate_per_s or unjoined > BACKLOG_LABELS_S * rate_per_s
 
     def _send_due_labels(self, producer: Producer, topic: str, serde: SingleObjectSerde,
@@ -277,9 +284,7 @@ class LoopDriver:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             with self._lock:
-                obs = self.observed
-                if obs.labeled_examples + sum(obs.unmatched_labels.values()) + obs.labels_awaiting_horizon() \
-                        >= obs.labels_sent:
+                if self.observed.labels_unanswered() <= 0:
                     return True
             time.sleep(0.2)
         return False
@@ -288,9 +293,7 @@ class LoopDriver:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             with self._lock:
-                obs = self.observed
-                if len(obs.predicted_at_ms) + len(obs.dead_lettered_events - obs.predicted_at_ms.keys()) \
-                        >= len(obs.produced_at_ms):
+                if self.observed.events_unanswered() <= 0:
                     return True
             time.sleep(0.2)
         return False
@@ -423,7 +426,7 @@ def _millis(value: Any) -> int:
     return int(value)
 
 
-def _improvement(decision: dict | None) -> float | None:
+def _improvement(decision: dict) -> float | None:
     """The promotion's relative loss improvement (its evidence), rounded for reading."""
-    value = ((decision or {}).get("evidence") or {}).get("relative_improvement")
+    value = (decision.get("evidence") or {}).get("relative_improvement")
     return None if value is None else round(float(value), 4)
