@@ -28,14 +28,11 @@ BAD_PROMOTION_EVENTS = 16_000
 # the concept detectors watch the served error stream across promotions (a restart with each
 # promotion hid a drift that came right after one: 7 of 11 runs detected it before), and the
 # demo holds events back while the loop is behind (a machine slower than the default rate buried
-# the collector). Since then, 3 of 3 local runs detected the drift after it happened and
-# recovered, on a machine that sustains about 200 events/s with the whole loop on it; in CI the
-# detection and `recovered` held in 3 of 3 runs, but one failed the recovery test's margin (the
-# last 5,000 events 10 points above the 2,000 right after the drift, which cost only 12.6 points
-# there). So detection is a hard check and the recovery test an expected failure for now.
-RECOVERY_NOT_YET_CERTAIN = pytest.mark.xfail(
-    reason="recovered in 6 of 6 runs; the +10-point margin over right-after-drift failed once (docs/benchmarks.md)",
-    strict=False)
+# the collector). Since then detection and `recovered` held in every run, local and CI.
+# Recovery is measured against what the estimator can reach on the new concept (the offline
+# reference), not by a fixed number of points: the new concept is harder for a linear model, so
+# a fixed +10 points over the accuracy right after the drift can ask for more than the reference
+# itself (a CI run: 0.660 right after, reference 0.730, recovered to 0.737, failed that margin).
 
 
 def run_demo(data_dir: Path, *options: str) -> dict:
@@ -89,14 +86,16 @@ def test_the_drift_is_detected_after_it_happens(summary: dict):
     assert alarms and any(p > alarms[0] for p in promotions), json.dumps(summary["timeline"])
 
 
-@RECOVERY_NOT_YET_CERTAIN
 def test_a_challenger_is_promoted_and_accuracy_recovers(summary: dict):
     assert summary["promotions"] >= 1 and summary["model_versions"] >= 2, json.dumps(summary)
     # The champion of the day fails on the new concept, and the loop brings the served accuracy
     # back to what the same estimator, trained offline on the post-drift examples, reaches.
     assert summary["accuracy_after_drift"] < summary["accuracy_before_drift"] - 0.1, json.dumps(summary)
     assert summary["recovered"] is True, json.dumps(summary)
-    assert summary["accuracy_after_recovery"] > summary["accuracy_after_drift"] + 0.1, json.dumps(summary)
+    # And the loop, not the stream, did it: the served accuracy closed at least half of the gap
+    # between the champion's accuracy right after the drift and the reference.
+    gap = summary["accuracy_retrained_offline"] - summary["accuracy_after_drift"]
+    assert summary["accuracy_after_recovery"] - summary["accuracy_after_drift"] >= gap / 2, json.dumps(summary)
 
 
 def test_a_bad_promotion_is_rolled_back_automatically(bad_promotion_summary: dict):
