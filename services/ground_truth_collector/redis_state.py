@@ -41,8 +41,13 @@ def retrying(action: Callable[[], T], what: str) -> T:
 class RedisPartitionStore:
     """The StateStore of one join partition (services/ground_truth_collector/join.py).
 
-    Entries are kept as their JSON text: a put serializes once (the same text goes to Redis), a
-    get parses once, so nothing the join holds shares objects with the store.
+    Committed entries are kept as their JSON text, so nothing the join holds shares objects with
+    them: a get parses, and a batch that is discarded leaves them as they were. A batch's writes
+    are kept as the objects put until :meth:`flush` serializes each key once: an event's feature
+    vector, predictions and the partition's clock are put several times in one batch, and
+    serializing on every put took a fifth of the join's CPU (docs/benchmarks.md). A get of a key
+    written in the same batch returns that object; the join puts every entry it changes, so the
+    object put last is always the whole state.
     """
 
     def __init__(self, client: Any, key: str, partition: int) -> None:
@@ -53,14 +58,16 @@ class RedisPartitionStore:
         self.data: dict[str, str] = {
             (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
             for k, v in stored.items()}
-        self._pending: dict[str, str | None] = {}
+        self._pending: dict[str, dict[str, Any] | None] = {}
 
     def get(self, key: str) -> dict[str, Any] | None:
-        text = self._pending[key] if key in self._pending else self.data.get(key)
+        if key in self._pending:
+            return self._pending[key]
+        text = self.data.get(key)
         return None if text is None else json.loads(text)
 
     def put(self, key: str, value: dict[str, Any], partition: int) -> None:
-        self._pending[key] = json.dumps(value, separators=(",", ":"))
+        self._pending[key] = value
 
     def delete(self, key: str, partition: int) -> None:
         self._pending[key] = _DELETED
@@ -77,8 +84,9 @@ class RedisPartitionStore:
         if not self._pending:
             return
         pipe = self.client.pipeline(transaction=True)
-        deleted = [key for key, text in self._pending.items() if text is _DELETED]
-        written = {key: text for key, text in self._pending.items() if text is not _DELETED}
+        deleted = [key for key, value in self._pending.items() if value is _DELETED]
+        written = {key: json.dumps(value, separators=(",", ":"))
+                   for key, value in self._pending.items() if value is not _DELETED}
         if deleted:
             pipe.hdel(self.key, *deleted)
         if written:
