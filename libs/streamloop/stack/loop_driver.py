@@ -79,6 +79,8 @@ class LoopObservation:
     dead_lettered_events: set[str] = field(default_factory=set)  # input events sent to the DLQ
     labels_sent_per_event: dict[str, int] = field(default_factory=dict)
     throttled_s: float = 0.0  # time the driver waited for the loop to catch up (backpressure)
+    # The same time by what was behind ("events": unscored, "labels": unjoined): which stage limits the rate.
+    throttled_by: dict[str, float] = field(default_factory=dict)
     # The first labeled example of each event, as the retrainer learns it: the reference model's data.
     training_pairs: dict[str, tuple[dict[str, float], Any]] = field(default_factory=dict)
 
@@ -219,13 +221,15 @@ class LoopDriver:
             while True:
                 now = time.monotonic()
                 self._send_due_labels(producer, label_topic.name, label_serde, pending_labels, now)
-                if self._loop_behind(rate_per_s):
+                behind = self._loop_behind(rate_per_s)
+                if behind is not None:
                     # The machine does not sustain the offered rate: wait for the loop instead of
                     # burying it, and move the schedule on so no burst follows.
                     time.sleep(0.005)
                     waited = time.monotonic() - now
                     started += waited
                     self.observed.throttled_s += waited
+                    self.observed.throttled_by[behind] = self.observed.throttled_by.get(behind, 0.0) + waited
                     continue
                 if now >= due:
                     break
@@ -251,8 +255,8 @@ class LoopDriver:
             time.sleep(0.01)
         producer.flush(60)
 
-    def _loop_behind(self, rate_per_s: float) -> bool:
-        """Whether the loop is further behind than the backpressure limits allow.
+    def _loop_behind(self, rate_per_s: float) -> str | None:
+        """What is further behind than the backpressure limits allow ("events" or "labels"), if anything.
 
         Events: more than ``BACKLOG_EVENTS_S`` seconds of the offered rate produced but neither
         predicted nor dead-lettered. Labels: more than ``BACKLOG_LABELS_S`` seconds of it sent
@@ -260,7 +264,11 @@ class LoopDriver:
         """
         with self._lock:
             unscored, unjoined = self.observed.events_unanswered(), self.observed.labels_unanswered()
-        return unscored > BACKLOG_EVENTS_S * rate_per_s or unjoined > BACKLOG_LABELS_S * rate_per_s
+        if unscored > BACKLOG_EVENTS_S * rate_per_s:
+            return "events"
+        if unjoined > BACKLOG_LABELS_S * rate_per_s:
+            return "labels"
+        return None
 
     def _send_due_labels(self, producer: Producer, topic: str, serde: SingleObjectSerde,
                          pending: list, now: float) -> None:
@@ -378,6 +386,7 @@ class LoopDriver:
                 # Seconds the driver held events back because the loop was behind (0: the
                 # machine sustained the offered rate).
                 "throttled_s": round(obs.throttled_s, 1),
+                "throttled_by": {k: round(v, 1) for k, v in sorted(obs.throttled_by.items())},
                 "throughput_eps": round(len(obs.predicted_at_ms) / elapsed_s, 1) if elapsed_s else None,
                 "latency_p50_ms": float(np.percentile(latencies, 50)) if latencies else None,
                 "latency_p99_ms": float(np.percentile(latencies, 99)) if latencies else None,

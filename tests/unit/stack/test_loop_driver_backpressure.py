@@ -60,6 +60,8 @@ def test_the_driver_waits_while_events_are_unscored_and_goes_on_when_they_are(mo
     sending.join(10)
     assert len(driver.observed.produced_at_ms) == 2_100
     assert driver.observed.throttled_s >= 0.3
+    assert driver.observed.throttled_by.keys() == {"events"}, "the labels were never behind"
+    assert driver.observed.throttled_by["events"] == driver.observed.throttled_s
 
 
 def test_an_event_is_unanswered_until_it_is_predicted_or_dead_lettered() -> None:
