@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from pathlib import Path
@@ -20,6 +21,7 @@ from streamloop.kafka.configuration import KafkaSettings
 from streamloop.ml.registry import RegistryClient
 from streamloop.stack.launcher import Stack
 from streamloop.stack.loop_driver import LoopDriver, load_generator
+from streamloop.stack.services import embedded_replicas
 
 app = typer.Typer()
 
@@ -61,7 +63,8 @@ def demo(
         generator = load_generator(spec)
     except (StreamloopError, FileNotFoundError) as exc:
         raise fail(str(exc), 2) from None
-    stack = Stack.prepare(spec, pipeline, data_dir / "demo", fresh=True, broker_kind=broker)  # type: ignore[arg-type]
+    stack = Stack.prepare(spec, pipeline, data_dir / "demo", fresh=True, broker_kind=broker,  # type: ignore[arg-type]
+                          replicas=embedded_replicas(os.environ))
     try:
         with console.status("starting broker, Redis, topics and services"):
             stack.start_infrastructure()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import runpy
 import signal
 import sys
@@ -21,7 +22,7 @@ from streamloop.errors import StreamloopError
 from streamloop.kafka.admin import wait_for_broker
 from streamloop.kafka.configuration import KafkaSettings
 from streamloop.stack.launcher import Stack, read_state
-from streamloop.stack.services import SERVICES
+from streamloop.stack.services import SERVICES, embedded_replicas
 
 app = typer.Typer()
 
@@ -59,7 +60,8 @@ def up(
     except StreamloopError as exc:
         raise fail(str(exc), 2) from None
     stack = Stack.prepare(spec, path, data_dir, fresh=fresh, broker_kind=broker,  # type: ignore[arg-type]
-                          services=[] if no_services else (service or list(SERVICES)))
+                          services=[] if no_services else (service or list(SERVICES)),
+                          replicas=embedded_replicas(os.environ))
     console = Console(stderr=True)
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:

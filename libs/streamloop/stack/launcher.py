@@ -26,7 +26,7 @@ from streamloop.dashboard import Dashboard, DashboardSettings, start_dashboard, 
 from streamloop.kafka.admin import ensure_topics, topic_specs, wait_for_broker
 from streamloop.kafka.configuration import KafkaSettings
 from streamloop.stack.broker import ANSWERS_EMPTY_FETCH_AT_ONCE, DEFAULT_BROKER, BrokerKind, EmbeddedBroker
-from streamloop.stack.process import free_port, spawn, stop
+from streamloop.stack.process import free_port, spawn, stop, terminate
 from streamloop.stack.redis_server import EmbeddedRedis
 from streamloop.stack.services import BACKGROUND_IDLE_FETCH_PAUSE_MS, IDLE_FETCH_PAUSE_MS, SERVICES
 
@@ -59,9 +59,14 @@ class ServiceProcess:
         self.state = "running"
         self.started_at = time.monotonic()
 
-    def stop(self) -> None:
+    def terminate(self) -> None:
+        """Ask the service to stop (SIGTERM) without waiting: ``stop`` waits."""
         if self.process is not None:
-            stop(self.process, timeout_s=20)
+            terminate(self.process)
+
+    def stop(self, terminated: bool = False) -> None:
+        if self.process is not None:
+            stop(self.process, timeout_s=20, terminated=terminated)
         self.state = "stopped"
 
     @property
@@ -197,8 +202,12 @@ class Stack:
     def stop(self) -> None:
         if self.dashboard is not None:
             self.dashboard.stop()
+        # Every service drains and leaves its group at the same time: one after another, the
+        # stop took about a second per process (7 s of every demo run).
+        for service in self.processes:
+            service.terminate()
         for service in reversed(self.processes):
-            service.stop()
+            service.stop(terminated=True)
         if self.redis is not None:
             self.redis.stop()
         if self.broker is not None:

@@ -66,11 +66,19 @@ def spawn(argv: list[str], log_path: Path, env: dict[str, str] | None = None,
     )
 
 
-def stop(process: subprocess.Popen, timeout_s: float = 10.0) -> int | None:
-    """SIGTERM the child's process group, SIGKILL it if it lingers; returns the exit code."""
+def terminate(process: subprocess.Popen) -> None:
+    """SIGTERM the child's process group and return at once; ``stop`` then waits for it."""
     if process.poll() is None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGTERM)
+
+
+def stop(process: subprocess.Popen, timeout_s: float = 10.0, *, terminated: bool = False) -> int | None:
+    """SIGTERM the child's process group (unless ``terminate`` already did), SIGKILL it if it
+    lingers; returns the exit code."""
+    if process.poll() is None:
+        if not terminated:
+            terminate(process)
         try:
             process.wait(timeout_s)
         except subprocess.TimeoutExpired:
