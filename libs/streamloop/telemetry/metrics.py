@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.metrics import CallbackOptions, Observation
-from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter, MeterProvider
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import HistogramMetricFamily
@@ -119,8 +119,12 @@ class ServiceMetrics:
         self.registry = registry if registry is not None else CollectorRegistry()
         # Scope labels (otel_scope_name, ...) would add three labels to every series for nothing.
         self._reader = PrometheusMetricReader(scope_info_enabled=False, registry=self.registry)
+        # No exemplars: the Prometheus text format carries none, and collecting the reservoirs the
+        # default (trace-based) filter fills took most of each scrape (10 % of the model
+        # publisher's CPU in the demo, py-spy; docs/benchmarks.md).
         self._provider = MeterProvider(
-            metric_readers=[self._reader], resource=Resource.create({SERVICE_NAME: service})
+            metric_readers=[self._reader], resource=Resource.create({SERVICE_NAME: service}),
+            exemplar_filter=AlwaysOffExemplarFilter(),
         )
         self._meter = self._provider.get_meter("streamloop", __version__)
         self._servers: list[Any] = []
