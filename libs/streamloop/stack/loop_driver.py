@@ -78,11 +78,16 @@ class LoopObservation:
     unmatched_labels: dict[str, int] = field(default_factory=dict)  # per reason
     dead_lettered_events: set[str] = field(default_factory=set)  # input events sent to the DLQ
     labels_sent_per_event: dict[str, int] = field(default_factory=dict)
-    throttled_s: float = 0.0  # time the driver waited for the loop to catch up (backpressure)
-    # The same time by what was behind ("events": unscored, "labels": unjoined): which stage limits the rate.
+    # Time the driver waited for the loop to catch up (backpressure), by what was behind
+    # ("events": unscored, "labels": unjoined): which stage limits the rate.
     throttled_by: dict[str, float] = field(default_factory=dict)
     # The first labeled example of each event, as the retrainer learns it: the reference model's data.
     training_pairs: dict[str, tuple[dict[str, float], Any]] = field(default_factory=dict)
+
+    @property
+    def throttled_s(self) -> float:
+        """All the time the driver waited for the loop to catch up."""
+        return sum(self.throttled_by.values())
 
     def labels_awaiting_horizon(self) -> int:
         """Labels of dead-lettered events: no event to join, NO_MATCHING_EVENT once the horizon passed."""
@@ -228,7 +233,6 @@ class LoopDriver:
                     time.sleep(0.005)
                     waited = time.monotonic() - now
                     started += waited
-                    self.observed.throttled_s += waited
                     self.observed.throttled_by[behind] = self.observed.throttled_by.get(behind, 0.0) + waited
                     continue
                 if now >= due:
