@@ -154,7 +154,7 @@ def test_the_dashboard_draws_every_chart_with_data(stack: Stack, demo_pipeline: 
 
     champion = wait_for(lambda s: s["summary"]["champion"], 90, "the bootstrap champion", snapshot)
     catalog = load_catalog(demo_pipeline, topic_prefix=f"{unique_name}.")
-    driver = LoopDriver(demo_pipeline, catalog, stack.bootstrap_servers)
+    driver = LoopDriver(demo_pipeline, catalog, stack.client_settings())
     events = load_generator(demo_pipeline).generate(EVENTS, seed=11, start_ms=int(time.time() * 1000),
                                                     rate_per_s=RATE)
     driver.run(events, RATE)

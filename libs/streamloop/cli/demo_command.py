@@ -17,7 +17,6 @@ from streamloop.cli.connection import DEMO_PIPELINE, DataDirOption, fail
 from streamloop.cli.model_commands import artifact_store
 from streamloop.contracts import PipelineSpec, load_catalog, load_pipeline
 from streamloop.errors import StreamloopError
-from streamloop.kafka.configuration import KafkaSettings
 from streamloop.ml.registry import RegistryClient
 from streamloop.stack.launcher import Stack
 from streamloop.stack.loop_driver import LoopDriver, load_generator
@@ -69,7 +68,7 @@ def demo(
         with console.status("starting broker, Redis, topics and services"):
             stack.start_infrastructure()
             stack.start_services()
-        driver = LoopDriver(spec, load_catalog(spec), stack.bootstrap_servers)
+        driver = LoopDriver(spec, load_catalog(spec), stack.client_settings())
         driver.start_readers()
         console.print(f"Kafka {stack.bootstrap_servers}  Redis {stack.redis_url}  logs {stack.data_dir / 'logs'}")
         console.print(f"dashboard {stack.start_dashboard() or 'off'}")
@@ -115,7 +114,7 @@ def _promote_badly(driver: LoopDriver, spec: PipelineSpec, stack: Stack, console
         time.sleep(0.2)
     at = len(driver.observed.produced_at_ms)
     # Verified like any promotion: the bad model is untrained, not tampered with.
-    registry = RegistryClient(spec, driver.catalog, KafkaSettings(bootstrap_servers=stack.bootstrap_servers),
+    registry = RegistryClient(spec, driver.catalog, stack.client_settings(),
                               store=artifact_store(stack.data_dir))
     try:
         bootstrap = next(row["version"] for row in registry.models() if row["trigger"] == "BOOTSTRAP")

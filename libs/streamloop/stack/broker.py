@@ -11,6 +11,7 @@ import importlib.util
 import os
 import shutil
 import subprocess
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -23,6 +24,17 @@ DEFAULT_BROKER: BrokerKind = "noida"
 # noida-db answers an empty Fetch at once instead of holding it for fetch.wait.max.ms, so idle
 # consumers spin unless they pace themselves (kafka/pacing.py); Tansu holds fetches as Kafka does.
 ANSWERS_EMPTY_FETCH_AT_ONCE: dict[BrokerKind, bool] = {"noida": True, "tansu": False}
+# For the same reason a consumer that keeps up with a steady stream refetches without pause there,
+# a record or two per response; these KafkaSettings make it wait 5 ms before fetching a partition
+# whose records are still queued (docs/embedded-stack.md, N5).
+BUSY_FETCH_SETTINGS: dict[str, int] = {"queued_min_messages": 1, "fetch_queue_backoff_ms": 5}
+
+
+def client_fetch_settings(kind: BrokerKind | None, environ: Mapping[str, str]) -> dict[str, int]:
+    """The KafkaSettings every client of this broker should use, unless the environment sets them."""
+    if kind is None or not ANSWERS_EMPTY_FETCH_AT_ONCE[kind]:
+        return {}
+    return {name: value for name, value in BUSY_FETCH_SETTINGS.items() if f"KAFKA_{name.upper()}" not in environ}
 
 
 def _package_file(package: str, *parts: str) -> Path | None:

@@ -25,7 +25,13 @@ from streamloop.contracts import PipelineSpec, load_catalog
 from streamloop.dashboard import Dashboard, DashboardSettings, start_dashboard, targets_from_processes
 from streamloop.kafka.admin import ensure_topics, topic_specs, wait_for_broker
 from streamloop.kafka.configuration import KafkaSettings
-from streamloop.stack.broker import ANSWERS_EMPTY_FETCH_AT_ONCE, DEFAULT_BROKER, BrokerKind, EmbeddedBroker
+from streamloop.stack.broker import (
+    ANSWERS_EMPTY_FETCH_AT_ONCE,
+    DEFAULT_BROKER,
+    BrokerKind,
+    EmbeddedBroker,
+    client_fetch_settings,
+)
 from streamloop.stack.process import free_port, spawn, stop, terminate
 from streamloop.stack.redis_server import EmbeddedRedis
 from streamloop.stack.services import BACKGROUND_IDLE_FETCH_PAUSE_MS, IDLE_FETCH_PAUSE_MS, SERVICES
@@ -112,11 +118,16 @@ class Stack:
         if not self.redis_url:
             self.redis = EmbeddedRedis(self.data_dir / "redis").start()
             self.redis_url = self.redis.url
-        kafka = KafkaSettings(bootstrap_servers=self.bootstrap_servers)
-        admin = AdminClient(kafka.admin())
+        admin = AdminClient(self.client_settings().admin())
         wait_for_broker(admin, timeout_s=30)
         catalog = load_catalog(self.pipeline, topic_prefix=self.extra_env.get("STREAMLOOP_TOPIC_PREFIX", ""))
         ensure_topics(admin, topic_specs(catalog))
+
+    def client_settings(self) -> KafkaSettings:
+        """Kafka settings for this process's own clients (the demo's driver, the dashboard), with
+        the fetch settings the services get on this broker."""
+        fetch = client_fetch_settings(self.broker.kind if self.broker else None, os.environ)
+        return KafkaSettings(bootstrap_servers=self.bootstrap_servers, **fetch)
 
     def signing_key_file(self) -> Path:
         """A per-stack artifact signing key, kept in a 0600 file and passed to services by path."""
@@ -143,6 +154,8 @@ class Stack:
         if self.broker is not None and ANSWERS_EMPTY_FETCH_AT_ONCE[self.broker.kind] \
                 and "KAFKA_IDLE_FETCH_PAUSE_MS" not in os.environ:
             env["KAFKA_IDLE_FETCH_PAUSE_MS"] = str(IDLE_FETCH_PAUSE_MS.get(name, BACKGROUND_IDLE_FETCH_PAUSE_MS))
+        fetch = client_fetch_settings(self.broker.kind if self.broker else None, os.environ)
+        env.update({f"KAFKA_{setting.upper()}": str(value) for setting, value in fetch.items()})
         env.update(self.extra_env)
         return env
 
@@ -187,8 +200,8 @@ class Stack:
         if not settings.enabled:
             return None
         catalog = load_catalog(self.pipeline, topic_prefix=self.extra_env.get("STREAMLOOP_TOPIC_PREFIX", ""))
-        kafka = KafkaSettings(bootstrap_servers=self.bootstrap_servers)
-        self.dashboard = start_dashboard(self.pipeline, catalog, kafka, lambda: targets_from_processes(self.processes),
+        self.dashboard = start_dashboard(self.pipeline, catalog, self.client_settings(),
+                                         lambda: targets_from_processes(self.processes),
                                          settings)
         self.write_state()
         return self.dashboard.url

@@ -107,10 +107,10 @@ class LoopObservation:
 
 
 class LoopDriver:
-    def __init__(self, pipeline: PipelineSpec, catalog: Catalog, bootstrap_servers: str) -> None:
+    def __init__(self, pipeline: PipelineSpec, catalog: Catalog, kafka: KafkaSettings) -> None:
         self.pipeline = pipeline
         self.catalog = catalog
-        self.kafka = KafkaSettings(bootstrap_servers=bootstrap_servers)
+        self.kafka = kafka
         self.observed = LoopObservation()
         self._lock = threading.Lock()
         self._stop = threading.Event()

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from streamloop.contracts import load_catalog, load_pipeline
+from streamloop.kafka.configuration import KafkaSettings
 from streamloop.stack import loop_driver
 from streamloop.stack.loop_driver import LoopDriver
 
@@ -46,7 +47,7 @@ def events(count: int) -> list[Event]:
 def test_the_driver_waits_while_events_are_unscored_and_goes_on_when_they_are(monkeypatch) -> None:
     monkeypatch.setattr(loop_driver, "Producer", Producer)
     spec = load_pipeline(PIPELINE)
-    driver = LoopDriver(spec, load_catalog(spec), "127.0.0.1:1")
+    driver = LoopDriver(spec, load_catalog(spec), KafkaSettings(bootstrap_servers="127.0.0.1:1"))
     rate = 1000.0  # the backlog limit is then 2,000 unscored events
     sending = threading.Thread(target=driver.run, args=(events(2_100), rate))
     sending.start()

@@ -1,4 +1,4 @@
-"""How the embedded stack runs its services: replicas, and stopping them all at once."""
+"""How the embedded stack runs its services: replicas, client settings, and stopping them all at once."""
 
 from __future__ import annotations
 
@@ -7,8 +7,17 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+from confluent_kafka import Consumer
+
+from streamloop.contracts import load_pipeline
+from streamloop.kafka import KafkaSettings
+from streamloop.stack.broker import EmbeddedBroker
+from streamloop.stack.launcher import Stack
 from streamloop.stack.process import spawn, stop, terminate
 from streamloop.stack.services import embedded_replicas
+
+DEMO_SPEC = Path(__file__).resolve().parents[3] / "examples" / "card_fraud" / "pipeline.yaml"
 
 
 def test_the_collector_runs_two_replicas_except_under_faust() -> None:
@@ -37,3 +46,45 @@ def test_services_asked_to_stop_together_stop_in_the_time_of_one(tmp_path: Path)
     assert codes == [0, 0, 0]
     assert took < 4.5, f"stopping three 2 s shutdowns took {took:.1f}s: one after another takes 6 s"
     assert all(isinstance(child, subprocess.Popen) and child.poll() == 0 for child in children)
+
+
+def _stack_on(kind: str, tmp_path: Path) -> Stack:
+    stack = Stack.prepare(load_pipeline(DEMO_SPEC), DEMO_SPEC, tmp_path / "stack")
+    stack.broker = EmbeddedBroker(kind, tmp_path / "broker")  # type: ignore[arg-type]  # never started
+    stack.bootstrap_servers = "127.0.0.1:1"
+    return stack
+
+
+@pytest.mark.parametrize("kind", ["noida", "tansu"])
+def test_on_a_broker_that_answers_fetches_at_once_every_client_waits_while_records_are_queued(
+        kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("KAFKA_QUEUED_MIN_MESSAGES", "KAFKA_FETCH_QUEUE_BACKOFF_MS"):
+        monkeypatch.delenv(name, raising=False)
+    stack = _stack_on(kind, tmp_path)
+    env = stack.service_env("online-scorer", 0, 9000)
+    driver_consumer = stack.client_settings().consumer("driver")
+    if kind == "noida":
+        assert env["KAFKA_QUEUED_MIN_MESSAGES"] == "1" and env["KAFKA_FETCH_QUEUE_BACKOFF_MS"] == "5"
+        # The demo's driver and the dashboard read the same topics the same way.
+        assert driver_consumer["queued.min.messages"] == 1 and driver_consumer["fetch.queue.backoff.ms"] == 5
+    else:  # Tansu holds fetches as Apache Kafka does: librdkafka's defaults
+        assert "KAFKA_QUEUED_MIN_MESSAGES" not in env and "KAFKA_FETCH_QUEUE_BACKOFF_MS" not in env
+        assert "queued.min.messages" not in driver_consumer and "fetch.queue.backoff.ms" not in driver_consumer
+
+
+def test_the_environment_overrides_the_stacks_fetch_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KAFKA_FETCH_QUEUE_BACKOFF_MS", "20")
+    monkeypatch.delenv("KAFKA_QUEUED_MIN_MESSAGES", raising=False)
+    stack = _stack_on("noida", tmp_path)
+    env = stack.service_env("featurizer", 0, 9000)
+    assert env["KAFKA_FETCH_QUEUE_BACKOFF_MS"] == "20" and env["KAFKA_QUEUED_MIN_MESSAGES"] == "1"
+    assert stack.client_settings().consumer("driver")["fetch.queue.backoff.ms"] == 20
+
+
+def test_librdkafka_accepts_the_fetch_settings_and_they_are_absent_unless_set() -> None:
+    assert not {"queued.min.messages", "fetch.queue.backoff.ms"} & set(
+        KafkaSettings(bootstrap_servers="127.0.0.1:1").consumer("g"))
+    settings = KafkaSettings(bootstrap_servers="127.0.0.1:1", queued_min_messages=1, fetch_queue_backoff_ms=5)
+    config = settings.consumer("g")
+    assert config["queued.min.messages"] == 1 and config["fetch.queue.backoff.ms"] == 5
+    Consumer(config).close()  # an unknown or invalid property would raise here
