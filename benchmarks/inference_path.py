@@ -1,0 +1,366 @@
+"""The inference path alone on the embedded stack: events in, predictions out, through the broker.
+
+    .venv/bin/python benchmarks/inference_path.py                       # 2,000 events/s, then a flood
+    .venv/bin/python benchmarks/inference_path.py --rates 1000,2000,5000,10000 --seconds 20 --flood 100000
+
+Starts the embedded broker and Redis (``Stack``, as ``streamloop demo`` does) and three services
+as their own processes: the featurizer, the online scorer and the model publisher. The publisher
+is there only to deploy the bootstrap champion: no labels, drift events or examples flow, so the
+collector, drift detector and retrainer are not started. The card-fraud demo's spec and events
+are used (six windowed aggregations, one-hot categoricals, an explanation on every prediction).
+
+Phases, one after the other on the same stack:
+
+- fixed rate, for each of ``--rates``: events produced at that rate for ``--seconds``. Latency is
+  measured per event from just before its produce to the prediction record's timestamp (the
+  scorer's create time, as the demo measures it) and, separately, to the moment this script read
+  the prediction back. The backlog (events produced but not yet predicted) is sampled every
+  100 ms; a rate is sustained when the backlog at the end of the produce span is no larger than
+  half a second's worth of events.
+- flood: ``--flood`` events produced as fast as this process can, then drained. Throughput is
+  counted from the first produce to the last prediction.
+
+With ``--compare-librdkafka-fetch-defaults`` the whole measurement runs twice, each on a fresh
+stack: first with librdkafka's own ``queued.min.messages`` and ``fetch.queue.backoff.ms``, then
+with the values the stack sets on noida-db (docs/embedded-stack.md, N5), and prints the ratios.
+
+Every phase also reports CPU seconds per process (from /proc) as CPU-µs per event: on a shared
+machine that figure is steadier than the wall clock. A speed reference of the machine at the time
+is printed first: the timeit line of docs/benchmarks.md
+(``python -m timeit -n 3 "sum(i*i for i in range(1000000))"``), best of three, in ms.
+
+Linux only (the CPU figures read /proc).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import timeit
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from confluent_kafka import Consumer, Producer, TopicPartition  # noqa: E402
+
+from streamloop.contracts import Catalog, load_catalog, load_pipeline  # noqa: E402
+from streamloop.kafka.configuration import KafkaSettings  # noqa: E402
+from streamloop.kafka.pacing import FetchPacer  # noqa: E402
+from streamloop.serde import SingleObjectSerde  # noqa: E402
+from streamloop.stack.launcher import Stack  # noqa: E402
+from streamloop.stack.loop_driver import load_generator  # noqa: E402
+
+DEMO_SPEC = REPO_ROOT / "examples" / "card_fraud" / "pipeline.yaml"
+SERVICES = ["featurizer", "online-scorer", "model-publisher"]
+TICKS_PER_S = os.sysconf("SC_CLK_TCK")
+# The reader's rest between fetches of a drained predictions topic: short, since the read-back
+# latency includes it; the produce-to-record-timestamp latency does not.
+READER_PAUSE_S = 0.005
+# librdkafka's own values of the two settings the stack sets on noida-db (N5), for the comparison.
+LIBRDKAFKA_FETCH_DEFAULTS = {"KAFKA_QUEUED_MIN_MESSAGES": "100000", "KAFKA_FETCH_QUEUE_BACKOFF_MS": "1000"}
+
+
+def cpu_seconds(pid: int | None) -> float:
+    if pid is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / TICKS_PER_S
+
+
+def percentile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * share))] if ordered else float("nan")
+
+
+@dataclass
+class Predictions:
+    """Predictions read back, keyed by event id: (record timestamp ms, read-back wall time ms)."""
+
+    seen: dict[str, tuple[int, float]] = field(default_factory=dict)
+    dead_lettered: set[str] = field(default_factory=set)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    # The events of the phase in progress, and how many of them have been answered: counted as
+    # they arrive, since counting by walking the phase's events cost the driver a core's fifth.
+    phase: frozenset[str] = frozenset()
+    phase_answered: int = 0
+
+    def start_phase(self, event_ids: list[str]) -> None:
+        with self.lock:
+            self.phase = frozenset(event_ids)
+            self.phase_answered = sum(1 for e in self.phase if e in self.seen or e in self.dead_lettered)
+
+    def answer(self, event_id: str, stamped: int, read_at: float, dead_lettered: bool) -> None:
+        """Called with the lock held."""
+        if event_id in self.seen or event_id in self.dead_lettered:
+            return
+        if dead_lettered:
+            self.dead_lettered.add(event_id)
+        else:
+            self.seen[event_id] = (stamped, read_at)
+        if event_id in self.phase:
+            self.phase_answered += 1
+
+    def answered(self) -> int:
+        """Events of the phase with a prediction or a dead letter."""
+        with self.lock:
+            return self.phase_answered
+
+
+class PredictionReader(threading.Thread):
+    """Reads the predictions, and the input's dead letters: an event refused at the door (the demo's
+    generator makes a few invalid ones on purpose) is answered by its dead letter, not a prediction."""
+
+    def __init__(self, kafka: KafkaSettings, catalog: Catalog, event_id_field: str, predictions: Predictions) -> None:
+        super().__init__(daemon=True, name="prediction-reader")
+        self.kafka, self.catalog, self.predictions = kafka, catalog, predictions
+        self.input_event_id = event_id_field
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        consumer = Consumer(self.kafka.consumer("inference-path-benchmark"))
+        prediction_topic, dead_letter_topic = self.catalog["predictions"].name, self.catalog["input"].dead_letter_topic
+        serdes = {prediction_topic: SingleObjectSerde(self.catalog["predictions"].schema, self.catalog.repository),
+                  dead_letter_topic: SingleObjectSerde(self.catalog["input"].schema, self.catalog.repository)}
+        event_id_field = {prediction_topic: "event_id", dead_letter_topic: self.input_event_id}
+        metadata = consumer.list_topics(timeout=10).topics
+        pacer = FetchPacer(consumer, READER_PAUSE_S)
+        pacer.assign([TopicPartition(topic, p, -2) for topic in serdes for p in metadata[topic].partitions])
+        try:
+            while not self.stopping.is_set():
+                batch = pacer.consume(1000, 0.05)
+                read_at = time.time() * 1000
+                decoded = [(str(serdes[m.topic()].decode(m.value())[event_id_field[m.topic()]]), m.timestamp()[1],
+                            m.topic() == dead_letter_topic) for m in batch if m.error() is None]
+                with self.predictions.lock:
+                    for event_id, stamped, dead_lettered in decoded:
+                        self.predictions.answer(event_id, stamped, read_at, dead_lettered)
+        finally:
+            consumer.close()
+
+
+class StackCpu:
+    """CPU seconds of the stack's processes (and this one) between two readings."""
+
+    def __init__(self, stack: Stack) -> None:
+        self.pids = {"broker": stack.broker.process.pid if stack.broker else None,
+                     "redis": stack.redis.process.pid if stack.redis else None,
+                     "featurizer": stack.process_of("featurizer").pid,
+                     "online-scorer": stack.process_of("online-scorer").pid,
+                     "model-publisher": stack.process_of("model-publisher").pid,
+                     "this driver": os.getpid()}
+
+    def read(self) -> dict[str, float]:
+        return {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+
+
+def speed_reference() -> float:
+    """The timeit line of docs/benchmarks.md, in ms (best of 3): this machine's speed at the time."""
+    return min(timeit.repeat("sum(i * i for i in range(1000000))", number=1, repeat=3)) * 1000
+
+
+def produce_at(producer: Producer, topic: str, records: list[tuple[str, bytes, str]], rate: float | None,
+               produced_at: dict[str, float]) -> float:
+    """Produce ``records`` at ``rate`` per second (None: flat out); returns the seconds it took."""
+    started = time.monotonic()
+    for sent, (key, value, event_id) in enumerate(records):
+        if rate is not None:
+            due = started + sent / rate
+            while (now := time.monotonic()) < due:
+                time.sleep(min(due - now, 0.001))
+        produced_at[event_id] = time.time() * 1000
+        while True:
+            try:
+                producer.produce(topic, value=value, key=key)
+                break
+            except BufferError:
+                producer.poll(0.01)
+        producer.poll(0)
+    producer.flush(60)
+    return time.monotonic() - started
+
+
+def run_phase(name: str, records: list[tuple[str, bytes, str]], rate: float | None, stack_cpu: StackCpu,
+              producer: Producer, topic: str, predictions: Predictions, drain_timeout_s: float) -> dict:
+    event_ids = [event_id for _, _, event_id in records]
+    produced_at: dict[str, float] = {}
+    backlog: list[tuple[float, int]] = []
+    done = threading.Event()
+
+    def sample_backlog() -> None:
+        while not done.is_set():
+            backlog.append((time.monotonic(), len(produced_at) - predictions.answered()))
+            time.sleep(0.1)
+
+    predictions.start_phase(event_ids)
+    sampler = threading.Thread(target=sample_backlog, daemon=True)
+    cpu_before, started = stack_cpu.read(), time.monotonic()
+    sampler.start()
+    produce_s = produce_at(producer, topic, records, rate, produced_at)
+    backlog_at_end_of_produce = len(produced_at) - predictions.answered()
+    deadline = time.monotonic() + drain_timeout_s
+    while predictions.answered() < len(event_ids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    done.set()
+    sampler.join()
+    cpu_after = stack_cpu.read()
+    with predictions.lock:
+        answered = {e: predictions.seen[e] for e in event_ids if e in predictions.seen}
+        dead_lettered = sum(1 for e in event_ids if e in predictions.dead_lettered)
+    stamped = [answered[e][0] - produced_at[e] for e in answered]
+    read_back = [answered[e][1] - produced_at[e] for e in answered]
+    last_prediction_s = max((answered[e][1] / 1000 for e in answered), default=0.0) \
+        - min(produced_at.values()) / 1000
+    cpu = {process: cpu_after[process] - cpu_before[process] for process in cpu_after}
+    offered = f"{rate:,.0f}/s" if rate is not None else "flat out"
+    result = {
+        "phase": name, "offered": offered, "events": len(records), "predicted": len(answered),
+        "dead_lettered": dead_lettered,
+        "produce_rate": len(records) / produce_s,
+        "delivered_rate": len(answered) / last_prediction_s if last_prediction_s > 0 else 0.0,
+        "p50_ms": statistics.median(stamped) if stamped else float("nan"), "p99_ms": percentile(stamped, 0.99),
+        "read_p50_ms": statistics.median(read_back) if read_back else float("nan"),
+        "read_p99_ms": percentile(read_back, 0.99),
+        "max_backlog": max((b for _, b in backlog), default=0), "backlog_at_end": backlog_at_end_of_produce,
+        "cpu_us_per_event": {p: s / max(1, len(answered)) * 1e6 for p, s in cpu.items()},
+        "cpu_share": {p: s / (time.monotonic() - started) for p, s in cpu.items()},
+    }
+    result["sustained"] = rate is not None and backlog_at_end_of_produce <= rate / 2
+    return result
+
+
+def encoded_events(spec, catalog, count: int, seed: int, rate: float) -> list[tuple[str, bytes, str]]:
+    generator = load_generator(spec)
+    serde = SingleObjectSerde(catalog["input"].schema, catalog.repository)
+    stream = generator.generate(count, seed=seed, drift_at=1.0, start_ms=int(time.time() * 1000), rate_per_s=rate)
+    return [(str(e.event[spec.input.entity_key]).encode(), serde.encode(e.event), str(e.event[spec.input.event_id]))
+            for e in stream]
+
+
+def report(results: list[dict]) -> None:
+    print()
+    print(f"{'phase':<12} {'offered':>10} {'events':>8} {'predicted':>9} {'delivered/s':>11} "
+          f"{'DLQ':>4} {'p50 ms':>7} {'p99 ms':>8} {'read p50':>8} {'read p99':>8} {'max backlog':>11} "
+          f"{'at end':>7} sustained")
+    for r in results:
+        print(f"{r['phase']:<12} {r['offered']:>10} {r['events']:>8,} {r['predicted']:>9,} "
+              f"{r['delivered_rate']:>11,.0f} {r['dead_lettered']:>4} "
+              f"{r['p50_ms']:>7.1f} {r['p99_ms']:>8.1f} {r['read_p50_ms']:>8.1f} {r['read_p99_ms']:>8.1f} "
+              f"{r['max_backlog']:>11,} {r['backlog_at_end']:>7,} {'yes' if r['sustained'] else '-'}")
+    print()
+    processes = list(results[0]["cpu_us_per_event"])
+    print(f"{'CPU-µs per event':<18}" + "".join(f"{p:>16}" for p in processes) + f"{'stack total':>14}")
+    for r in results:
+        per_event = r["cpu_us_per_event"]
+        stack_total = sum(v for p, v in per_event.items() if p != "this driver")
+        print(f"{r['phase'] + ' ' + r['offered']:<18}" + "".join(f"{per_event[p]:>16.0f}" for p in processes)
+              + f"{stack_total:>14.0f}")
+    print()
+    print(f"{'share of a core':<18}" + "".join(f"{p:>16}" for p in processes))
+    for r in results:
+        print(f"{r['phase'] + ' ' + r['offered']:<18}" + "".join(f"{r['cpu_share'][p] * 100:>15.0f}%"
+                                                                for p in processes))
+
+
+def measure(spec, catalog, rates: list[float], phases: list[list[tuple[str, bytes, str]]], warmup) -> list[dict]:
+    """One fresh stack: the warm-up, then each fixed-rate phase, then the flood (a last phase without a rate)."""
+    data_dir = Path(tempfile.mkdtemp(prefix="inference-path-"))
+    stack = Stack.prepare(spec, DEMO_SPEC, data_dir, fresh=True, services=SERVICES)
+    results = []
+    try:
+        stack.start_infrastructure()
+        stack.start_services()
+        predictions = Predictions()
+        reader = PredictionReader(stack.client_settings(), catalog, spec.input.event_id, predictions)
+        reader.start()
+        producer = Producer(stack.client_settings().producer(**{"linger.ms": 1}))
+        topic = catalog["input"].name
+        stack_cpu = StackCpu(stack)
+        # Warm-up: until the champion is deployed and answering (the first predictions wait for it).
+        produce_at(producer, topic, warmup, None, {})
+        deadline = time.monotonic() + 120
+        predictions.start_phase([e for _, _, e in warmup])
+        while predictions.answered() < len(warmup):
+            if time.monotonic() > deadline:
+                raise SystemExit(f"no predictions for the warm-up events after 120 s; logs in {data_dir / 'logs'}")
+            time.sleep(0.2)
+        for rate, records in zip([*rates, None], phases, strict=False):
+            results.append(run_phase("fixed rate" if rate is not None else "flood", records, rate, stack_cpu,
+                                     producer, topic, predictions, drain_timeout_s=120 if rate else 300))
+            last = results[-1]
+            print(f"  {last['offered']}: p50 {last['p50_ms']:.1f} ms, p99 {last['p99_ms']:.1f} ms, "
+                  f"delivered {last['delivered_rate']:,.0f}/s", flush=True)
+        reader.stopping.set()
+        reader.join(10)
+    finally:
+        stack.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)  # the embedded broker keeps every record
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rates", default="2000", help="fixed rates to measure, events/s, comma-separated")
+    parser.add_argument("--seconds", type=float, default=20.0, help="produce span of each fixed-rate phase")
+    parser.add_argument("--flood", type=int, default=60_000, help="events of the flat-out phase (0: none)")
+    parser.add_argument("--idle-pause-ms", type=int, default=None,
+                        help="KAFKA_IDLE_FETCH_PAUSE_MS for the services (default: the stack's own, 30 ms on "
+                             "the prediction path)")
+    parser.add_argument("--compare-librdkafka-fetch-defaults", action="store_true",
+                        help="first measure everything with librdkafka's own queued.min.messages and "
+                             "fetch.queue.backoff.ms (what the stack overrode before N5), then with the stack's")
+    parser.add_argument("--no-reference", action="store_true", help="skip the machine's speed reference")
+    args = parser.parse_args()
+    rates = [float(r) for r in args.rates.split(",") if r]
+    if args.idle_pause_ms is not None:
+        os.environ["KAFKA_IDLE_FETCH_PAUSE_MS"] = str(args.idle_pause_ms)
+    if not args.no_reference:
+        print(f"speed reference: the timeit line takes {speed_reference():.0f} ms", flush=True)
+
+    spec = load_pipeline(DEMO_SPEC)
+    catalog = load_catalog(spec)
+    sizes = [int(rate * args.seconds) for rate in rates] + ([args.flood] if args.flood else [])
+    everything = encoded_events(spec, catalog, 200 + sum(sizes), seed=11, rate=max(rates, default=2000.0))
+    warmup, phases, offset = everything[:200], [], 200
+    for size in sizes:
+        phases.append(everything[offset:offset + size])
+        offset += size
+
+    configurations = {"the stack's fetch settings": {}}
+    if args.compare_librdkafka_fetch_defaults:
+        configurations = {"librdkafka's fetch defaults": LIBRDKAFKA_FETCH_DEFAULTS, **configurations}
+    measured = {}
+    for name, environment in configurations.items():
+        print(f"{name}:", flush=True)
+        os.environ.update(environment)
+        try:
+            measured[name] = measure(spec, catalog, rates, phases, warmup)
+        finally:
+            for variable in environment:
+                os.environ.pop(variable, None)
+    for name, results in measured.items():
+        print(f"\n== {name}")
+        report(results)
+    if len(measured) == 2:
+        (before_name, before), (after_name, after) = measured.items()
+        print(f"\n{after_name} against {before_name}, phase by phase:")
+        for old, new in zip(before, after, strict=True):
+            old_cpu = sum(v for p, v in old["cpu_us_per_event"].items() if p != "this driver")
+            new_cpu = sum(v for p, v in new["cpu_us_per_event"].items() if p != "this driver")
+            print(f"  {new['phase']} {new['offered']}: delivered {new['delivered_rate'] / old['delivered_rate']:.2f}x, "
+                  f"stack CPU per event {new_cpu / old_cpu:.2f}x, p50 {new['p50_ms'] / old['p50_ms']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
