@@ -81,7 +81,10 @@ def test_the_environment_overrides_the_stacks_fetch_settings(tmp_path: Path, mon
     assert stack.client_settings().consumer("driver")["fetch.queue.backoff.ms"] == 20
 
 
-def test_librdkafka_accepts_the_fetch_settings_and_they_are_absent_unless_set() -> None:
+def test_librdkafka_accepts_the_fetch_settings_and_they_are_absent_unless_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The test session sets them for its own clients on noida-db (tests/conftest.py).
+    for name in ("KAFKA_QUEUED_MIN_MESSAGES", "KAFKA_FETCH_QUEUE_BACKOFF_MS"):
+        monkeypatch.delenv(name, raising=False)
     assert not {"queued.min.messages", "fetch.queue.backoff.ms"} & set(
         KafkaSettings(bootstrap_servers="127.0.0.1:1").consumer("g"))
     settings = KafkaSettings(bootstrap_servers="127.0.0.1:1", queued_min_messages=1, fetch_queue_backoff_ms=5)
