@@ -26,6 +26,7 @@ from tests.topic_io import drain
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
 HORIZON_MS = 20_000
+SEGMENT_FIELDS = ("country", "customer_tier")  # the demo spec's segments
 
 
 @pytest.fixture(params=["runner", "faust"])
@@ -119,9 +120,22 @@ def test_labels_join_out_of_order_and_the_state_survives_a_kill(
         unmatched = decoded(drain(bootstrap_servers, unmatched_topic, timeout_s=10), "unmatched_labels")
         champion = sum(1 for e in scenario.events if "fraud-v1" in e.models and expected.get(
             (e.event_id, e.labels[0]["label_time"]) if e.labels else None) == "JOINED")
-        snapshots = decoded(drain(bootstrap_servers, loop_catalog["metrics"].name, timeout_s=60, until=lambda rs: sum(
-            s["sample_count"] for s in decoded(rs, "metrics") if s["model_version"] == "fraud-v1"
-            and s["segment_field"] is None) >= champion), "metrics")
+
+        def metrics_complete(drained) -> bool:
+            # A window's segment snapshots follow its overall one on the topic: stopping at the
+            # last overall snapshot could miss them (the drain's batch ended between the two).
+            snapshots = decoded(drained, "metrics")
+            unique = {(s["model_version"], s["window_start"], s["segment_field"], s["segment_value"]): s
+                      for s in snapshots}
+            champion_counted = sum(s["sample_count"] for k, s in unique.items() if k[0] == "fraud-v1" and k[2] is None)
+            return champion_counted >= champion and all(
+                sum(s["sample_count"] for k, s in unique.items() if k[:3] == (version, start, field))
+                == overall["sample_count"]
+                for (version, start, segment_field, _), overall in unique.items() if segment_field is None
+                for field in SEGMENT_FIELDS)
+
+        snapshots = decoded(drain(bootstrap_servers, loop_catalog["metrics"].name, timeout_s=60,
+                                  until=metrics_complete), "metrics")
         dead_labels = drain(bootstrap_servers, loop_catalog["labels"].dead_letter_topic, expected=1, timeout_s=10)
         dead_features = drain(bootstrap_servers, loop_catalog["features"].dead_letter_topic, expected=1, timeout_s=10)
         collector.send_signal(signal.SIGTERM)
@@ -172,7 +186,7 @@ def test_labels_join_out_of_order_and_the_state_survives_a_kill(
     assert sum(s["sample_count"] for k, s in overall.items() if k[0] == "fraud-v1") == champion
     assert {k[0] for k in overall} == {"fraud-v1", "fraud-v2"}
     for (version, start, _, _), snapshot in overall.items():
-        for field in ("country", "customer_tier"):
+        for field in SEGMENT_FIELDS:
             parts = [s["sample_count"] for k, s in unique.items() if k[:3] == (version, start, field)]
             assert sum(parts) == snapshot["sample_count"], "segments partition the window"
         assert set(snapshot["label_delay_ms"]) == {"p50", "p90", "p99", "max"}
