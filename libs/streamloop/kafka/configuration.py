@@ -51,8 +51,8 @@ class KafkaSettings(BaseSettings):
     idle_fetch_pause_ms: int = Field(default=0, ge=0, le=10_000)
     idle_fetch_listen_ms: int = Field(default=5, ge=1, le=1_000)
     # A consumer keeping up with a steady stream on a broker that answers every fetch at once
-    # (noida-db) refetches without pause, a record or two per response: 35 % of the inference
-    # path's CPU there (docs/embedded-stack.md, N5). With queued.min.messages 1, librdkafka waits
+    # (noida-db) refetches without pause, a record or two per response: a quarter to a third of
+    # the inference path's CPU there (docs/embedded-stack.md, N5). With queued.min.messages 1, librdkafka waits
     # fetch.queue.backoff.ms before fetching a partition whose records are still queued. Unset,
     # librdkafka's defaults apply (Apache Kafka batches server-side with fetch.wait.max.ms).
     queued_min_messages: int | None = Field(default=None, ge=1)
