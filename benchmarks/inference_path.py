@@ -52,7 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from confluent_kafka import Consumer, Producer, TopicPartition  # noqa: E402
 
-from streamloop.contracts import Catalog, load_catalog, load_pipeline  # noqa: E402
+from streamloop.contracts import Catalog, PipelineSpec, load_catalog, load_pipeline  # noqa: E402
 from streamloop.kafka.configuration import KafkaSettings  # noqa: E402
 from streamloop.kafka.pacing import FetchPacer  # noqa: E402
 from streamloop.serde import SingleObjectSerde  # noqa: E402
@@ -67,6 +67,8 @@ TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 READER_PAUSE_S = 0.005
 # librdkafka's own values of the two settings the stack sets on noida-db (N5), for the comparison.
 LIBRDKAFKA_FETCH_DEFAULTS = {"KAFKA_QUEUED_MIN_MESSAGES": "100000", "KAFKA_FETCH_QUEUE_BACKOFF_MS": "1000"}
+
+Encoded = tuple[bytes, bytes, str]  # an input event ready to produce: key, value, event id
 
 
 def cpu_seconds(pid: int | None) -> float:
@@ -170,9 +172,9 @@ def speed_reference() -> float:
     return min(timeit.repeat("sum(i * i for i in range(1000000))", number=1, repeat=3)) * 1000
 
 
-def produce_at(producer: Producer, topic: str, records: list[tuple[str, bytes, str]], rate: float | None,
-               produced_at: dict[str, float]) -> float:
-    """Produce ``records`` at ``rate`` per second (None: flat out); returns the seconds it took."""
+def produce_at(producer: Producer, topic: str, records: list[Encoded], rate: float | None,
+               produced_at: dict[str, float]) -> None:
+    """Produce ``records`` at ``rate`` per second (None: flat out), noting when each was sent."""
     started = time.monotonic()
     for sent, (key, value, event_id) in enumerate(records):
         if rate is not None:
@@ -188,26 +190,25 @@ def produce_at(producer: Producer, topic: str, records: list[tuple[str, bytes, s
                 producer.poll(0.01)
         producer.poll(0)
     producer.flush(60)
-    return time.monotonic() - started
 
 
-def run_phase(name: str, records: list[tuple[str, bytes, str]], rate: float | None, stack_cpu: StackCpu,
+def run_phase(name: str, records: list[Encoded], rate: float | None, stack_cpu: StackCpu,
               producer: Producer, topic: str, predictions: Predictions, drain_timeout_s: float) -> dict:
     event_ids = [event_id for _, _, event_id in records]
     produced_at: dict[str, float] = {}
-    backlog: list[tuple[float, int]] = []
+    backlog: list[int] = []
     done = threading.Event()
 
     def sample_backlog() -> None:
         while not done.is_set():
-            backlog.append((time.monotonic(), len(produced_at) - predictions.answered()))
+            backlog.append(len(produced_at) - predictions.answered())
             time.sleep(0.1)
 
     predictions.start_phase(event_ids)
     sampler = threading.Thread(target=sample_backlog, daemon=True)
     cpu_before, started = stack_cpu.read(), time.monotonic()
     sampler.start()
-    produce_s = produce_at(producer, topic, records, rate, produced_at)
+    produce_at(producer, topic, records, rate, produced_at)
     backlog_at_end_of_produce = len(produced_at) - predictions.answered()
     deadline = time.monotonic() + drain_timeout_s
     while predictions.answered() < len(event_ids) and time.monotonic() < deadline:
@@ -227,12 +228,11 @@ def run_phase(name: str, records: list[tuple[str, bytes, str]], rate: float | No
     result = {
         "phase": name, "offered": offered, "events": len(records), "predicted": len(answered),
         "dead_lettered": dead_lettered,
-        "produce_rate": len(records) / produce_s,
         "delivered_rate": len(answered) / last_prediction_s if last_prediction_s > 0 else 0.0,
         "p50_ms": statistics.median(stamped) if stamped else float("nan"), "p99_ms": percentile(stamped, 0.99),
         "read_p50_ms": statistics.median(read_back) if read_back else float("nan"),
         "read_p99_ms": percentile(read_back, 0.99),
-        "max_backlog": max((b for _, b in backlog), default=0), "backlog_at_end": backlog_at_end_of_produce,
+        "max_backlog": max(backlog, default=0), "backlog_at_end": backlog_at_end_of_produce,
         "cpu_us_per_event": {p: s / max(1, len(answered)) * 1e6 for p, s in cpu.items()},
         "cpu_share": {p: s / (time.monotonic() - started) for p, s in cpu.items()},
     }
@@ -240,7 +240,7 @@ def run_phase(name: str, records: list[tuple[str, bytes, str]], rate: float | No
     return result
 
 
-def encoded_events(spec, catalog, count: int, seed: int, rate: float) -> list[tuple[str, bytes, str]]:
+def encoded_events(spec: PipelineSpec, catalog: Catalog, count: int, seed: int, rate: float) -> list[Encoded]:
     generator = load_generator(spec)
     serde = SingleObjectSerde(catalog["input"].schema, catalog.repository)
     stream = generator.generate(count, seed=seed, drift_at=1.0, start_ms=int(time.time() * 1000), rate_per_s=rate)
@@ -273,7 +273,8 @@ def report(results: list[dict]) -> None:
                                                                 for p in processes))
 
 
-def measure(spec, catalog, rates: list[float], phases: list[list[tuple[str, bytes, str]]], warmup) -> list[dict]:
+def measure(spec: PipelineSpec, catalog: Catalog, rates: list[float], phases: list[list[Encoded]],
+            warmup: list[Encoded]) -> list[dict]:
     """One fresh stack: the warm-up, then each fixed-rate phase, then the flood (a last phase without a rate)."""
     data_dir = Path(tempfile.mkdtemp(prefix="inference-path-"))
     stack = Stack.prepare(spec, DEMO_SPEC, data_dir, fresh=True, services=SERVICES)
