@@ -17,7 +17,12 @@ from confluent_kafka.admin import AdminClient
 
 from streamloop.contracts import Catalog, PipelineSpec, load_catalog, load_pipeline
 from streamloop.kafka.admin import ensure_topics, topic_specs
-from streamloop.stack.broker import ANSWERS_EMPTY_FETCH_AT_ONCE, BUSY_FETCH_SETTINGS, DEFAULT_BROKER, EmbeddedBroker
+from streamloop.stack.broker import (
+    ANSWERS_EMPTY_FETCH_AT_ONCE,
+    DEFAULT_BROKER,
+    EmbeddedBroker,
+    client_fetch_environment,
+)
 from streamloop.stack.redis_server import EmbeddedRedis
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -46,8 +51,7 @@ def embedded_broker(stack_dir: Path) -> Iterator[EmbeddedBroker | None]:
         # Every client of the session paces its idle fetches (kafka/pacing.py), as the launcher
         # makes the stack's services do; otherwise the suite's idle consumers fill both cores.
         os.environ.setdefault("KAFKA_IDLE_FETCH_PAUSE_MS", "10")
-        for setting, value in BUSY_FETCH_SETTINGS.items():
-            os.environ.setdefault(f"KAFKA_{setting.upper()}", str(value))
+        os.environ.update(client_fetch_environment(broker.kind, os.environ))
     yield broker
     broker.stop()
 

@@ -52,9 +52,10 @@ class KafkaSettings(BaseSettings):
     idle_fetch_listen_ms: int = Field(default=5, ge=1, le=1_000)
     # A consumer keeping up with a steady stream on a broker that answers every fetch at once
     # (noida-db) refetches without pause, a record or two per response: a quarter to a third of
-    # the inference path's CPU there (docs/embedded-stack.md, N5). With queued.min.messages 1, librdkafka waits
-    # fetch.queue.backoff.ms before fetching a partition whose records are still queued. Unset,
-    # librdkafka's defaults apply (Apache Kafka batches server-side with fetch.wait.max.ms).
+    # the inference path's CPU there (docs/embedded-stack.md, N5). With queued.min.messages 1,
+    # librdkafka waits fetch.queue.backoff.ms before fetching a partition whose records are still
+    # queued. Unset, librdkafka's defaults apply (Apache Kafka batches server-side with
+    # fetch.wait.max.ms).
     queued_min_messages: int | None = Field(default=None, ge=1)
     fetch_queue_backoff_ms: int | None = Field(default=None, ge=0)
     session_timeout_ms: int = Field(default=10_000, ge=1_000)
@@ -117,7 +118,7 @@ class KafkaSettings(BaseSettings):
             "max.poll.interval.ms": max(self.max_poll_interval_ms, self.session_timeout_ms),
             "enable.partition.eof": False,
             **({"group.instance.id": self.group_instance_id} if self.group_instance_id else {}),
-            **({"queued.min.messages": self.queued_min_messages} if self.queued_min_messages else {}),
+            **({"queued.min.messages": self.queued_min_messages} if self.queued_min_messages is not None else {}),
             **({"fetch.queue.backoff.ms": self.fetch_queue_backoff_ms}
                if self.fetch_queue_backoff_ms is not None else {}),
             **overrides,

@@ -37,6 +37,11 @@ def client_fetch_settings(kind: BrokerKind | None, environ: Mapping[str, str]) -
     return {name: value for name, value in BUSY_FETCH_SETTINGS.items() if f"KAFKA_{name.upper()}" not in environ}
 
 
+def client_fetch_environment(kind: BrokerKind | None, environ: Mapping[str, str]) -> dict[str, str]:
+    """The same settings as ``KAFKA_*`` environment variables, for client processes."""
+    return {f"KAFKA_{name.upper()}": str(value) for name, value in client_fetch_settings(kind, environ).items()}
+
+
 def _package_file(package: str, *parts: str) -> Path | None:
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:

@@ -30,6 +30,7 @@ from streamloop.stack.broker import (
     DEFAULT_BROKER,
     BrokerKind,
     EmbeddedBroker,
+    client_fetch_environment,
     client_fetch_settings,
 )
 from streamloop.stack.process import free_port, spawn, stop, terminate
@@ -126,8 +127,13 @@ class Stack:
     def client_settings(self) -> KafkaSettings:
         """Kafka settings for this process's own clients (the demo's driver, the dashboard), with
         the fetch settings the services get on this broker."""
-        fetch = client_fetch_settings(self.broker.kind if self.broker else None, os.environ)
+        fetch = client_fetch_settings(self._broker_kind, os.environ)
         return KafkaSettings(bootstrap_servers=self.bootstrap_servers, **fetch)
+
+    @property
+    def _broker_kind(self) -> BrokerKind | None:
+        """The embedded broker's kind; None for an external one (its clients keep librdkafka's ways)."""
+        return self.broker.kind if self.broker is not None else None
 
     def signing_key_file(self) -> Path:
         """A per-stack artifact signing key, kept in a 0600 file and passed to services by path."""
@@ -154,8 +160,7 @@ class Stack:
         if self.broker is not None and ANSWERS_EMPTY_FETCH_AT_ONCE[self.broker.kind] \
                 and "KAFKA_IDLE_FETCH_PAUSE_MS" not in os.environ:
             env["KAFKA_IDLE_FETCH_PAUSE_MS"] = str(IDLE_FETCH_PAUSE_MS.get(name, BACKGROUND_IDLE_FETCH_PAUSE_MS))
-        fetch = client_fetch_settings(self.broker.kind if self.broker else None, os.environ)
-        env.update({f"KAFKA_{setting.upper()}": str(value) for setting, value in fetch.items()})
+        env.update(client_fetch_environment(self._broker_kind, os.environ))
         env.update(self.extra_env)
         return env
 

@@ -48,6 +48,15 @@ def test_services_asked_to_stop_together_stop_in_the_time_of_one(tmp_path: Path)
     assert all(isinstance(child, subprocess.Popen) and child.poll() == 0 for child in children)
 
 
+@pytest.fixture
+def fetch_environment_unset(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """No KAFKA_QUEUED_MIN_MESSAGES / KAFKA_FETCH_QUEUE_BACKOFF_MS: the test session sets them for
+    its own clients on noida-db (tests/conftest.py)."""
+    for name in ("KAFKA_QUEUED_MIN_MESSAGES", "KAFKA_FETCH_QUEUE_BACKOFF_MS"):
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
 def _stack_on(kind: str, tmp_path: Path) -> Stack:
     stack = Stack.prepare(load_pipeline(DEMO_SPEC), DEMO_SPEC, tmp_path / "stack")
     stack.broker = EmbeddedBroker(kind, tmp_path / "broker")  # type: ignore[arg-type]  # never started
@@ -57,9 +66,7 @@ def _stack_on(kind: str, tmp_path: Path) -> Stack:
 
 @pytest.mark.parametrize("kind", ["noida", "tansu"])
 def test_on_a_broker_that_answers_fetches_at_once_every_client_waits_while_records_are_queued(
-        kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("KAFKA_QUEUED_MIN_MESSAGES", "KAFKA_FETCH_QUEUE_BACKOFF_MS"):
-        monkeypatch.delenv(name, raising=False)
+        kind: str, tmp_path: Path, fetch_environment_unset: pytest.MonkeyPatch) -> None:
     stack = _stack_on(kind, tmp_path)
     env = stack.service_env("online-scorer", 0, 9000)
     driver_consumer = stack.client_settings().consumer("driver")
@@ -72,19 +79,17 @@ def test_on_a_broker_that_answers_fetches_at_once_every_client_waits_while_recor
         assert "queued.min.messages" not in driver_consumer and "fetch.queue.backoff.ms" not in driver_consumer
 
 
-def test_the_environment_overrides_the_stacks_fetch_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("KAFKA_FETCH_QUEUE_BACKOFF_MS", "20")
-    monkeypatch.delenv("KAFKA_QUEUED_MIN_MESSAGES", raising=False)
+def test_the_environment_overrides_the_stacks_fetch_settings(tmp_path: Path,
+                                                            fetch_environment_unset: pytest.MonkeyPatch) -> None:
+    fetch_environment_unset.setenv("KAFKA_FETCH_QUEUE_BACKOFF_MS", "20")
     stack = _stack_on("noida", tmp_path)
     env = stack.service_env("featurizer", 0, 9000)
     assert env["KAFKA_FETCH_QUEUE_BACKOFF_MS"] == "20" and env["KAFKA_QUEUED_MIN_MESSAGES"] == "1"
     assert stack.client_settings().consumer("driver")["fetch.queue.backoff.ms"] == 20
 
 
-def test_librdkafka_accepts_the_fetch_settings_and_they_are_absent_unless_set(monkeypatch: pytest.MonkeyPatch) -> None:
-    # The test session sets them for its own clients on noida-db (tests/conftest.py).
-    for name in ("KAFKA_QUEUED_MIN_MESSAGES", "KAFKA_FETCH_QUEUE_BACKOFF_MS"):
-        monkeypatch.delenv(name, raising=False)
+def test_librdkafka_accepts_the_fetch_settings_and_they_are_absent_unless_set(
+        fetch_environment_unset: pytest.MonkeyPatch) -> None:
     assert not {"queued.min.messages", "fetch.queue.backoff.ms"} & set(
         KafkaSettings(bootstrap_servers="127.0.0.1:1").consumer("g"))
     settings = KafkaSettings(bootstrap_servers="127.0.0.1:1", queued_min_messages=1, fetch_queue_backoff_ms=5)
