@@ -24,18 +24,19 @@ TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 SAMPLE_EVERY_S = 2.0
 
 
+def stat_of(pid: int) -> tuple[int, float] | None:
+    """(parent pid, CPU seconds: utime + stime) of a process; None once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return int(fields[1]), (int(fields[11]) + int(fields[12])) / TICKS_PER_S
+
+
 def process_table() -> dict[int, tuple[int, float]]:
     """pid -> (parent pid, CPU seconds) for every process readable in /proc."""
-    table = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        table[int(entry)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / TICKS_PER_S)
-    return table
+    stats = {int(entry): stat_of(int(entry)) for entry in os.listdir("/proc") if entry.isdigit()}
+    return {pid: stat for pid, stat in stats.items() if stat is not None}
 
 
 def descendants(root: int, table: dict[int, tuple[int, float]]) -> set[int]:

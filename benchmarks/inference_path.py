@@ -51,6 +51,7 @@ sys.path.insert(0, str(REPO_ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from confluent_kafka import Consumer, Producer, TopicPartition  # noqa: E402
+from demo_cpu import stat_of  # noqa: E402
 
 from streamloop.contracts import Catalog, PipelineSpec, load_catalog, load_pipeline  # noqa: E402
 from streamloop.kafka.configuration import KafkaSettings  # noqa: E402
@@ -61,7 +62,6 @@ from streamloop.stack.loop_driver import load_generator  # noqa: E402
 
 DEMO_SPEC = REPO_ROOT / "examples" / "card_fraud" / "pipeline.yaml"
 SERVICES = ["featurizer", "online-scorer", "model-publisher"]
-TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 # The reader's rest between fetches of a drained predictions topic: short, since the read-back
 # latency includes it; the produce-to-record-timestamp latency does not.
 READER_PAUSE_S = 0.005
@@ -72,13 +72,8 @@ Encoded = tuple[bytes, bytes, str]  # an input event ready to produce: key, valu
 
 
 def cpu_seconds(pid: int | None) -> float:
-    if pid is None:
-        return 0.0
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / TICKS_PER_S
+    stat = stat_of(pid) if pid is not None else None
+    return stat[1] if stat is not None else 0.0
 
 
 def percentile(values: list[float], share: float) -> float:
