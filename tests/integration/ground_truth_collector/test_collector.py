@@ -29,6 +29,16 @@ HORIZON_MS = 20_000
 SEGMENT_FIELDS = ("country", "customer_tier")  # the demo spec's segments
 
 
+def by_identity(snapshots: list[dict]) -> dict[tuple, dict]:
+    """One snapshot per model, window and segment: repeats after the kill are identical."""
+    return {(s["model_version"], s["window_start"], s["segment_field"], s["segment_value"]): s for s in snapshots}
+
+
+def segment_total(unique: dict[tuple, dict], version: str, start: int, field: str) -> int:
+    """The samples of one window over the values of one segment field."""
+    return sum(s["sample_count"] for k, s in unique.items() if k[:3] == (version, start, field))
+
+
 @pytest.fixture(params=["runner", "faust"])
 def collector_env(request: pytest.FixtureRequest, service_env: dict[str, str], tmp_path: Path,
                   unique_name: str) -> dict[str, str]:
@@ -124,13 +134,10 @@ def test_labels_join_out_of_order_and_the_state_survives_a_kill(
         def metrics_complete(drained) -> bool:
             # A window's segment snapshots follow its overall one on the topic: stopping at the
             # last overall snapshot could miss them (the drain's batch ended between the two).
-            snapshots = decoded(drained, "metrics")
-            unique = {(s["model_version"], s["window_start"], s["segment_field"], s["segment_value"]): s
-                      for s in snapshots}
+            unique = by_identity(decoded(drained, "metrics"))
             champion_counted = sum(s["sample_count"] for k, s in unique.items() if k[0] == "fraud-v1" and k[2] is None)
             return champion_counted >= champion and all(
-                sum(s["sample_count"] for k, s in unique.items() if k[:3] == (version, start, field))
-                == overall["sample_count"]
+                segment_total(unique, version, start, field) == overall["sample_count"]
                 for (version, start, segment_field, _), overall in unique.items() if segment_field is None
                 for field in SEGMENT_FIELDS)
 
@@ -181,14 +188,14 @@ def test_labels_join_out_of_order_and_the_state_survives_a_kill(
     assert len(across) >= 5 and all("JOINED" in got[k] for k in across)
 
     # Metrics: one snapshot per model, window and segment (repeats after the kill are identical).
-    unique = {(s["model_version"], s["window_start"], s["segment_field"], s["segment_value"]): s for s in snapshots}
+    unique = by_identity(snapshots)
     overall = {k: s for k, s in unique.items() if k[2] is None}
     assert sum(s["sample_count"] for k, s in overall.items() if k[0] == "fraud-v1") == champion
     assert {k[0] for k in overall} == {"fraud-v1", "fraud-v2"}
     for (version, start, _, _), snapshot in overall.items():
         for field in SEGMENT_FIELDS:
-            parts = [s["sample_count"] for k, s in unique.items() if k[:3] == (version, start, field)]
-            assert sum(parts) == snapshot["sample_count"], "segments partition the window"
+            assert segment_total(unique, version, start, field) == snapshot["sample_count"], \
+                "segments partition the window"
         assert set(snapshot["label_delay_ms"]) == {"p50", "p90", "p99", "max"}
         assert {"accuracy", "log_loss", "f1", "cost"} <= set(snapshot["metrics"])
     truth = {e["event_id"]: e["label"] for e in examples}
