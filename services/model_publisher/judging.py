@@ -18,7 +18,7 @@ from typing import Any
 
 from services.model_publisher.ledger import LossLedger
 from services.model_publisher.writer import RegistryWriter
-from streamloop.contracts.pipeline import PipelineSpec
+from streamloop.contracts.pipeline import PipelineSpec, PromotionSpec
 from streamloop.kafka.records import OutgoingRecord
 from streamloop.ml.promotion import PairedTest, Verdict, decide_canary, decide_promotion, decide_rollback
 from streamloop.ml.registry import CANARY, CHAMPION, SHADOW_PREFIX, DeploymentTable, millis, shadow_slot
@@ -44,6 +44,8 @@ class Judge:
         self.policy = policy
         self._judged: set[tuple[str, str]] = set()
         self.closed: set[str] = set()  # refused, rolled back or retired: never deployed again automatically
+        # Candidates that came with prequential losses (retrain.catch_up): judged at catch-up's p-value.
+        self.catching_up: set[str] = set()
 
     # -- reading the table -----------------------------------------------------------------------
 
@@ -141,7 +143,7 @@ class Judge:
             if min(self.ledger.count(version), self.ledger.count(current)) < self.spec.min_samples:
                 continue
             pairs = self.ledger.paired(current, version)
-            verdict = decide_promotion(pairs.baseline, pairs.challenger, pairs.segments, self.spec,
+            verdict = decide_promotion(pairs.baseline, pairs.challenger, pairs.segments, self._spec_for(version),
                                        self.policy.paired_test)
             if verdict.outcome == "wait":
                 continue
@@ -159,6 +161,12 @@ class Judge:
             verdict, slot, record = max(passed, key=lambda p: p[0].evidence["relative_improvement"])
             outputs += self._promote(champion, slot, record, verdict, to_canary=self.spec.canary_weight > 0)
         return outputs
+
+    def _spec_for(self, version: str) -> PromotionSpec:
+        p_value = self.pipeline.retrain.catch_up.p_value
+        if version in self.catching_up and p_value is not None:
+            return self.spec.model_copy(update={"p_value": p_value})
+        return self.spec
 
     def _promote(self, champion: dict[str, Any], slot: str, record: dict[str, Any], verdict: Verdict, *,
                  to_canary: bool) -> list[OutgoingRecord]:

@@ -5,6 +5,10 @@ one entry per event holds the loss of each version that scored it and the role i
 Any two versions are then compared on exactly the events both scored. Bounded: the oldest
 events fall out past ``max_events``. An event seen twice (a replayed or duplicated example)
 replaces its entry instead of counting twice.
+
+A candidate in catch-up brings its learner's prequential losses (role ``PREQUENTIAL``): they are
+added to the entries of events already here, so they pair with the champion's live losses on the
+same events and labels. Only live losses serve as a baseline.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
+
+PREQUENTIAL = "PREQUENTIAL"
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +66,24 @@ class LossLedger:
             _, dropped = self._entries.popitem(last=False)
             self._counts.subtract(dropped.losses.keys())
 
+    def backfill(self, version: str, losses: Mapping[str, float]) -> int:
+        """Add ``version``'s prequential losses to the events already here; returns how many were added.
+
+        An event the ledger has not seen (its example not here yet, or fallen out) is skipped: there
+        is no live loss to pair it with.
+        """
+        added = 0
+        for event_id, loss in losses.items():
+            entry = self._entries.get(event_id)
+            if entry is None or version in entry.losses:
+                continue
+            losses_here = {**entry.losses, version: (float(loss), PREQUENTIAL)}
+            self._entries[event_id] = Entry(entry.seq, entry.segments, losses_here)
+            self._counts[version] += 1
+            self._first_seq[version] = min(self._first_seq.get(version, entry.seq), entry.seq)
+            added += 1
+        return added
+
     def count(self, version: str) -> int:
         """Events in the ledger that ``version`` scored (an upper bound of any pairing with it)."""
         return max(self._counts.get(version, 0), 0)
@@ -79,7 +103,7 @@ class LossLedger:
                 continue
             b = entry.losses.get(baseline)
             c = entry.losses.get(challenger)
-            if b is None or c is None or (role is not None and c[1] != role):
+            if b is None or c is None or b[1] == PREQUENTIAL or (role is not None and c[1] != role):
                 continue
             base.append(b[0])
             chal.append(c[0])

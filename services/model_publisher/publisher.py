@@ -87,7 +87,7 @@ class PublisherProcessor:
 
     def process(self, batch: Sequence[ConsumedRecord]) -> ProcessResult:
         result = ProcessResult(outputs=self._bootstrap())
-        labeled = 0
+        evidence = 0  # labeled events, and candidates that brought prequential losses
         for record in batch:
             key = (record.topic, record.partition)
             if record.offset <= self._high_water.get(key, -1):
@@ -96,8 +96,9 @@ class PublisherProcessor:
             try:
                 if record.topic == self.topics.model_candidates:
                     result.outputs += self._on_candidate(record.value)
+                    evidence += record.value.get("version") in self.judge.catching_up
                 elif record.topic == self.topics.labeled_examples:
-                    labeled += self._on_labeled(record)
+                    evidence += self._on_labeled(record)
                 elif record.topic == self.topics.metrics:
                     self.staleness.observe_snapshot(record.value)
             except Exception as exc:  # noqa: BLE001 - one bad record goes to the dead letters, the batch flows
@@ -105,7 +106,7 @@ class PublisherProcessor:
                 # processor already applied (and wrote through) the records before this one.
                 log.exception("cannot process %s[%d]@%d", record.topic, record.partition, record.offset)
                 result.rejections.append(Rejection(record, exc, STAGE_PROCESS))
-        if labeled:
+        if evidence:
             result.outputs += self.judge.judge()
         return result
 
@@ -171,6 +172,11 @@ class PublisherProcessor:
                                        decision_id=f"{version}:refuse", to_version=version)]
         del model
         self._candidates[version] = candidate
+        if candidate.get("prequential_losses"):
+            added = self.ledger.backfill(version, {p["event_id"]: p["loss"] for p in candidate["prequential_losses"]})
+            self.judge.catching_up.add(version)
+            log.info("candidate %s: %d of its %d prequential losses pair with live ones", version, added,
+                     len(candidate["prequential_losses"]))
         evidence = {"sample_count": float(candidate.get("sample_count") or 0)}
         evidence |= {f"heldout.{k}": float(v) for k, v in (candidate.get("heldout_metrics") or {}).items()}
         champion = self.table.champion(self.pipeline.name, self.pipeline.model.name)

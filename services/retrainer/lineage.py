@@ -54,7 +54,8 @@ class CandidateFactory:
             return self._last_ms
 
     def build(self, model: Any, trigger: str, parent_version: str | None, source_offsets: Sequence[OffsetRange],
-              sample_count: int, heldout_metrics: dict[str, float]) -> dict[str, Any]:
+              sample_count: int, heldout_metrics: dict[str, float],
+              prequential_losses: Sequence[tuple[str, float]] = ()) -> dict[str, Any]:
         if trigger not in TRIGGERS:
             raise ValueError(f"unknown candidate trigger {trigger!r}")
         artifact = self.store.put_model(model)
@@ -73,4 +74,5 @@ class CandidateFactory:
             "heldout_metrics": {k: float(v) for k, v in heldout_metrics.items()},
             "code_version": code_version(),
             "created_at": created,
+            "prequential_losses": [{"event_id": e, "loss": float(loss)} for e, loss in prequential_losses],
         }

@@ -11,15 +11,16 @@ event id it has learned recently (the collector may emit one event twice at two 
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from services.retrainer.catch_up import change_point
 from services.retrainer.examples import score, valid
 from streamloop.contracts.pipeline import ModelSpec
 from streamloop.kafka.records import ConsumedRecord
-from streamloop.ml.promotion import holdout_metrics
+from streamloop.ml.promotion import event_loss, holdout_metrics
 from streamloop.ml.training import training_pair
 
 
@@ -43,13 +44,25 @@ class Snapshot:
     source_offsets: list[OffsetRange]
     sample_count: int
     metrics: dict[str, float] = field(default_factory=dict)
+    # (event id, loss) of the learner's last test-then-train predictions, each made before it
+    # learned that label: out-of-sample evidence the publisher can pair with the champion's.
+    prequential_losses: list[tuple[str, float]] = field(default_factory=list)
 
 
 class OnlineLearner:
-    """One model learning online, with the lineage of what it learned since its last snapshot."""
+    """One model learning online, with the lineage of what it learned since its last snapshot.
 
-    def __init__(self, model_spec: ModelSpec, remember_events: int = 100_000, metric_window: int = 10_000) -> None:
+    ``loss_metric`` (the promotion metric) scores each test-then-train prediction; the last
+    ``prequential_window`` of those losses go with a snapshot. The last ``replay_backlog``
+    examples are kept, with their 0/1 errors (squared for regression), for a catch-up replay.
+    """
+
+    def __init__(self, model_spec: ModelSpec, remember_events: int = 100_000, metric_window: int = 10_000, *,
+                 loss_metric: str = "zero_one", prequential_window: int = 0, replay_backlog: int = 0) -> None:
         self.spec = model_spec
+        self._loss_metric = loss_metric
+        self._prequential: deque[tuple[str, float]] = deque(maxlen=prequential_window)
+        self._backlog: deque[tuple[dict[str, Any], Any, float]] = deque(maxlen=replay_backlog)
         self.model: Any = None
         self.parent_version: str | None = None
         self._chain: set[str] = set()
@@ -72,6 +85,7 @@ class OnlineLearner:
         self.parent_version = version
         self._chain = {version}
         self._clear_pending()
+        self._prequential.clear()  # another line's predictions are no evidence for this one
 
     def continues(self, version: str) -> bool:
         """True when ``version`` is this learner's starting point or one of its snapshots.
@@ -97,8 +111,8 @@ class OnlineLearner:
         event_id = record.value.get("event_id")
         return event_id is not None and event_id in self._recent_events
 
-    def learn(self, record: ConsumedRecord) -> bool:
-        """Test-then-train on one labeled example; False when it was skipped."""
+    def learn(self, record: ConsumedRecord, repeats: int = 1) -> bool:
+        """Test-then-train on one labeled example (learned ``repeats`` times); False when it was skipped."""
         key = (record.topic, record.partition)
         if self.seen(record):
             self.skipped_duplicates += 1
@@ -113,10 +127,20 @@ class OnlineLearner:
         if self.model is None or not valid(self.spec, record.value):
             return False
         x, y = training_pair(self.spec, record.value)
+        label = record.value["label"]
+        prediction = score(self.model, self.spec, x)
         if len(self._labels) < self._metric_window:
-            self._labels.append(record.value["label"])
-            self._predictions.append(score(self.model, self.spec, x))
-        self.model.learn_one(x, y)
+            self._labels.append(label)
+            self._predictions.append(prediction)
+        if self._prequential.maxlen and event_id is not None:
+            loss = event_loss(self._loss_metric, self.spec, label, prediction) if prediction else None
+            if loss is not None:
+                self._prequential.append((event_id, loss))
+        if self._backlog.maxlen:
+            error = event_loss("zero_one", self.spec, label, prediction) if prediction else None
+            self._backlog.append((x, y, 1.0 if error is None else error))
+        for _ in range(repeats):
+            self.model.learn_one(x, y)
         span = self._ranges.get(key)
         if span is None:
             self._ranges[key] = OffsetRange(record.topic, record.partition, record.offset, record.offset + 1)
@@ -127,6 +151,20 @@ class OnlineLearner:
         self.learned_total += 1
         return True
 
+    def replay_since_change(self, passes: int) -> int:
+        """Learn the backlog's examples since the estimated rise of its error rate ``passes`` more times.
+
+        In order, oldest first, as they arrived; returns how many examples that was.
+        """
+        if self.model is None or not passes:
+            return 0
+        since = change_point([error for _, _, error in self._backlog])
+        recent = list(self._backlog)[len(self._backlog) - since:] if since else []
+        for _ in range(passes):
+            for x, y, _ in recent:
+                self.model.learn_one(x, y)
+        return since
+
     def snapshot(self) -> Snapshot:
         """What was learned since the parent; serialize ``model`` before learning again, then call ``published``.
 
@@ -135,7 +173,7 @@ class OnlineLearner:
         """
         metrics = holdout_metrics(self.spec, self._labels, self._predictions) if self._labels else {}
         ranges = sorted(self._ranges.values(), key=lambda r: (r.topic, r.partition))
-        return Snapshot(self.model, self.parent_version, ranges, self.pending, metrics)
+        return Snapshot(self.model, self.parent_version, ranges, self.pending, metrics, list(self._prequential))
 
     def published(self, version: str) -> None:
         """The last snapshot is now ``version``: the parent of the next one."""

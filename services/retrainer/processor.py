@@ -16,6 +16,10 @@ window reader and the executor a rebuild runs on), so it is tested without a bro
   demo: the rebuild's window was about a third post-drift, its candidate no better than the
   champion). Once ``retrain.rebuild_window`` examples of the new concept have arrived, the
   window the reader replays from Kafka is exactly those.
+- A concept drift at or above that severity also starts ``retrain.catch_up`` when the spec enables
+  it (catch_up.py): the online challenger replays the examples since the estimated change point,
+  learns faster, is published at once and then more often, and each of its candidates carries its
+  prequential losses for the publisher to judge it on at once.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 from typing import Any
 
+from services.retrainer.catch_up import CatchUp
 from services.retrainer.lineage import CandidateFactory, wall_clock_ms
 from services.retrainer.online import OnlineLearner
 from services.retrainer.rebuild import RebuildSkipped, rebuild
@@ -83,7 +88,15 @@ class RetrainerProcessor:
         self.policy = policy or RebuildPolicy()
         self.executor = executor or InlineExecutor()
         self.clock = clock
-        self.learner = OnlineLearner(pipeline.model, remember_events=remember_events)
+        catch_up = pipeline.retrain.catch_up
+        self.catch_up = CatchUp(catch_up, pipeline.promotion.min_samples)
+        # A little over min_samples: a few of the learner's events may be missing from the
+        # publisher's ledger (a label the champion's prediction never joined), and the judge
+        # looks once it has min_samples pairs.
+        self.learner = OnlineLearner(
+            pipeline.model, remember_events=remember_events, loss_metric=pipeline.promotion.metric,
+            prequential_window=int(pipeline.promotion.min_samples * 1.2) if self.catch_up.enabled else 0,
+            replay_backlog=catch_up.replay_backlog if self.catch_up.enabled and catch_up.replay_passes else 0)
         self.factory = CandidateFactory(pipeline, store, clock)
         self._metrics = metrics
         self._champion_version: str | None = None
@@ -104,19 +117,20 @@ class RetrainerProcessor:
         self._sync_champion()
         result = ProcessResult()
         learned = 0
-        every = self.pipeline.retrain.online_publish_every_labels
         for record in batch:
             try:
                 if record.topic == self.topics.labeled_examples:
                     if record.value.get("pipeline") != self.pipeline.name:
                         continue
                     self._count_fresh(record.value)
-                    if self.learner.learn(record):
+                    every = self.catch_up.publish_every(self.pipeline.retrain.online_publish_every_labels)
+                    if self.learner.learn(record, self.catch_up.repeats):
                         learned += 1
                         if every is not None and self.learner.pending >= every:
                             result.outputs.append(self._publish_online())
+                        self.catch_up.learned()
                 elif record.topic == self.topics.drift_events:
-                    self._on_drift(record)
+                    result.outputs.extend(self._on_drift(record))
             except Exception as exc:  # noqa: BLE001 - one bad record goes to the dead letters, the batch flows
                 # Raising would make the runner replay the batch record by record, after the
                 # learner already learned the records before this one.
@@ -170,7 +184,8 @@ class RetrainerProcessor:
     def _publish_online(self) -> OutgoingRecord:
         snapshot = self.learner.snapshot()
         record = self.factory.build(snapshot.model, "ONLINE", snapshot.parent_version, snapshot.source_offsets,
-                                    snapshot.sample_count, snapshot.metrics)
+                                    snapshot.sample_count, snapshot.metrics,
+                                    snapshot.prequential_losses if self.catch_up.active else ())
         self.learner.published(record["version"])
         self._last_publish_ms = self.clock()
         log.info("online candidate %s (%d new labels, parent %s)", record["version"], snapshot.sample_count,
@@ -183,16 +198,35 @@ class RetrainerProcessor:
 
     # -- rebuilds ------------------------------------------------------------------------------
 
-    def _on_drift(self, record: ConsumedRecord) -> None:
+    def _on_drift(self, record: ConsumedRecord) -> list[OutgoingRecord]:
+        """Start catch-up and/or a drift rebuild; the online candidate catch-up publishes at once, if any."""
         if record.offset <= self._drift_high_water.get(record.partition, -1):
-            return
+            return []
         self._drift_high_water[record.partition] = record.offset
         event = record.value
-        if event.get("pipeline") != self.pipeline.name or not self.pipeline.retrain.rebuild_on_drift:
-            return
+        if event.get("pipeline") != self.pipeline.name:
+            return []
         severity = SEVERITY_RANK.get(str(event.get("severity")), 0)
+        outputs = []
+        if event.get("kind") == "CONCEPT" and severity >= SEVERITY_RANK[self.policy.min_severity]:
+            outputs = self._start_catch_up()
+        if not self.pipeline.retrain.rebuild_on_drift:
+            return outputs
         if severity < SEVERITY_RANK[self.policy.min_severity] or event.get("kind") not in self.policy.drift_kinds:
-            return
+            return outputs
+        self._await_drift_rebuild(event)
+        return outputs
+
+    def _start_catch_up(self) -> list[OutgoingRecord]:
+        if not self.catch_up.start() or self.learner.model is None:
+            return []
+        replayed = self.learner.replay_since_change(self.catch_up.spec.replay_passes)
+        log.info("concept drift: catch-up for %d labels; replayed the %d examples since the estimated change "
+                 "point %d times", self.catch_up.spec.labels, replayed, self.catch_up.spec.replay_passes)
+        self._count("streamloop_retrainer_catch_ups")
+        return [self._publish_online()] if self.learner.pending else []
+
+    def _await_drift_rebuild(self, event: dict[str, Any]) -> None:
         now = self.clock()
         if self._last_drift_rebuild_ms is not None and now - self._last_drift_rebuild_ms < self.policy.min_interval_ms:
             log.info("drift event (%s %s) within %d ms of the last rebuild; not rebuilding again",

@@ -217,6 +217,26 @@ class DriftSpec(_Spec):
     cooldown: DurationMs = 120_000
 
 
+class CatchUpSpec(_Spec):
+    """After a concept drift: the online challenger learns faster and is judged on its prequential record.
+
+    A challenger judged only as a shadow needs ``promotion.min_samples`` fresh labels before its
+    one look, and by then the drifted champion has served thousands of events. In catch-up the
+    online learner replays the examples since the estimated change point, learns each new label
+    ``repeats`` times, and is published every ``publish_every_labels`` labels with the losses of
+    its own test-then-train predictions on the events the champion scored live: paired,
+    out-of-sample evidence the publisher can judge at once, at ``p_value``. The rollback watch
+    guards the promotions this buys.
+    """
+
+    labels: int = Field(default=0, ge=0)  # how long catch-up lasts after a concept drift; 0: never
+    repeats: int = Field(default=1, ge=1, le=100)
+    publish_every_labels: int | None = Field(default=None, ge=10)  # None: half of promotion.min_samples
+    replay_passes: int = Field(default=0, ge=0, le=100)
+    replay_backlog: int = Field(default=1000, ge=60)
+    p_value: float | None = Field(default=None, gt=0, lt=1)  # None: promotion.p_value
+
+
 class RetrainSpec(_Spec):
     online_publish_every_labels: int | None = Field(default=2000, ge=1)
     online_publish_every: DurationMs | None = 60_000
@@ -227,6 +247,7 @@ class RetrainSpec(_Spec):
     rebuild_passes: int = Field(default=1, ge=1, le=100)
     holdout_share: float = Field(default=0.2, gt=0, lt=1)
     schedule: DurationMs | None = None
+    catch_up: CatchUpSpec = Field(default_factory=CatchUpSpec)
 
 
 class PromotionSpec(_Spec):

@@ -116,3 +116,26 @@ def test_a_tampered_candidate_is_refused_and_never_deployed(publisher, topics, d
     refusal = next(d for d in made if d["kind"] == "REFUSE")
     assert refusal["to_version"] == tampered["version"] and "does not verify" in refusal["reason"]
     assert all(v["version"] != tampered["version"] for v in slots(topics).values())
+
+
+def test_a_candidate_bringing_prequential_losses_is_judged_at_once(publisher, topics, demo_pipeline, service_env):
+    store = artifact_store(Path(service_env["STREAMLOOP_ARTIFACT_STORE"].removeprefix("file://")),
+                           key=service_env["STREAMLOOP_ARTIFACT_SIGNING_KEY"].encode())
+    old = bootstrap_version(demo_pipeline.model)
+    model = build_model(demo_pipeline.model)
+    model.learn_one({"amount": 2.0}, True)
+    challenger = candidate(demo_pipeline, store, model=model, parent=old)
+    new = challenger["version"]
+    with publisher() as service:
+        wait_for(lambda: service.app.processor._bootstrapped, what="bootstrap")
+        topics.produce("labeled_examples", examples(600, models={old: (0.6, "CHAMPION")}))
+        ledger = service.app.processor.ledger
+        wait_for(lambda: ledger.count(old) == 600, what="the champion's 600 live losses")
+        live = ledger.losses(old, "CHAMPION").tolist()
+        # Through the topic's Avro schema: the losses of the candidate's learner on the same events.
+        challenger["prequential_losses"] = [{"event_id": f"evt-{i}", "loss": 0.6 * loss} for i, loss in enumerate(live)]
+        topics.produce("model_candidates", [challenger])
+        made = decisions(topics, until=lambda ds: any(d["kind"] == "PROMOTE" and d["to_version"] == new for d in ds))
+    promotion = next(d for d in made if d["kind"] == "PROMOTE" and d["to_version"] == new)
+    assert promotion["evidence"]["sample_count"] == 600, "no shadow label was needed"
+    assert [d["kind"] for d in made if d["to_version"] == new] == ["REGISTER", "SHADOW", "PROMOTE"]

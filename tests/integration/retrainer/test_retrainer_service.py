@@ -100,3 +100,19 @@ def test_a_drift_event_publishes_a_rebuilt_candidate_with_heldout_metrics(retrai
     assert candidate["heldout_metrics"]["sample_count"] == 100
     assert candidate["heldout_metrics"]["accuracy"] > 0.9
     assert sum(r["end"] - r["start"] for r in candidate["source_offsets"]) == 500
+
+
+def test_a_concept_drift_in_catch_up_publishes_a_candidate_with_its_prequential_losses(retrainer, topics):
+    with retrainer(online_publish_every_labels=100_000, online_publish_every="10m", rebuild_on_drift=False,
+                   schedule=None, catch_up={"labels": 500, "repeats": 2}) as service:
+        topics.produce("labeled_examples", labeled(300))
+        wait_for(lambda: service.app.processor.learner.learned_total == 300, timeout_s=60, what="300 labels learned")
+        topics.produce("drift_events", [{
+            "pipeline": "card-fraud", "kind": "CONCEPT", "detector": "ddm", "feature": None, "statistic": 3.2,
+            "p_value": None, "effect_size": None, "severity": "CRITICAL", "window_start": T0, "window_end": T0,
+            "model_name": "fraud", "model_version": CHAMPION_VERSION, "detected_at": T0}])
+        online = candidates(topics, "ONLINE")
+    assert len(online) == 1 and online[0]["sample_count"] == 300
+    losses = online[0]["prequential_losses"]
+    assert sorted(p["event_id"] for p in losses) == sorted(f"evt-{i}" for i in range(300))
+    assert all(p["loss"] >= 0 for p in losses)

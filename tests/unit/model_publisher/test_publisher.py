@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 from services.model_publisher.judging import JudgingPolicy
 from services.model_publisher.publisher import PublisherPolicy, PublisherProcessor, PublisherTopics
 from streamloop.contracts.pipeline import PipelineSpec
@@ -57,11 +55,6 @@ def decisions(result: ProcessResult) -> list[dict]:
 
 def deployments(result: ProcessResult) -> dict[str, dict | None]:
     return {o.key: o.value for o in result.outputs if o.topic == "dep"}
-
-
-@pytest.fixture
-def harness(demo_pipeline, tmp_path) -> Harness:
-    return Harness(demo_pipeline, tmp_path)
 
 
 def test_bootstrap_publishes_an_initial_champion_once(harness, demo_pipeline):

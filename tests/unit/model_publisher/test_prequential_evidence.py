@@ -1,0 +1,78 @@
+"""A candidate in catch-up brings prequential losses: paired with the champion's live ones and judged at once."""
+
+from __future__ import annotations
+
+from services.model_publisher.ledger import PREQUENTIAL, LossLedger
+from streamloop.contracts.pipeline import CatchUpSpec
+from streamloop.ml.registry import CHAMPION, shadow_slot
+from tests.unit.model_publisher.factories import candidate, examples, with_policy
+from tests.unit.model_publisher.test_publisher import Harness, decisions
+
+
+def test_backfilled_losses_pair_only_with_live_events_and_never_serve_as_a_baseline():
+    ledger = LossLedger()
+    for i in range(3):
+        ledger.add(f"e{i}", {"country": "US"}, {"champ": (0.5 + i, "CHAMPION")})
+    assert ledger.backfill("new", {"e0": 0.1, "e2": 0.3, "e9": 0.9}) == 2, "e9 has no live loss to pair with"
+    assert ledger.backfill("new", {"e0": 0.7}) == 0, "a loss already here is kept"
+    assert ledger.count("new") == 2
+    pairs = ledger.paired("champ", "new")
+    assert pairs.baseline.tolist() == [0.5, 2.5] and pairs.challenger.tolist() == [0.1, 0.3]
+    assert pairs.segments == [{"country": "US"}] * 2
+    assert len(ledger.paired("new", "champ")) == 0, "a baseline must have scored the event live"
+    assert len(ledger.paired("champ", "new", challenger_role="CHAMPION")) == 0, "nor is it a rollback watch's"
+    assert ledger.losses("new", PREQUENTIAL).tolist() == [0.1, 0.3]
+    ledger.forget({"new"})
+    assert ledger.count("new") == 0 and len(ledger) == 3
+
+
+def live_champion(harness: Harness, count: int = 600) -> tuple[str, list[float]]:
+    champion = harness.bootstrap()
+    harness.feed("lab", examples(count, models={champion: (0.6, "CHAMPION")}))
+    return champion, harness.processor.ledger.losses(champion, "CHAMPION").tolist()
+
+
+def catching_up(harness: Harness, champion: str, losses: list[float]) -> dict:
+    record = candidate(harness.spec, harness.store, parent=champion, created_ms=harness.now + 1000)
+    record["prequential_losses"] = [{"event_id": f"evt-{i}", "loss": loss} for i, loss in enumerate(losses)]
+    return record
+
+
+def test_a_candidate_clearly_better_on_its_prequential_record_is_promoted_at_once(harness):
+    champion, live = live_champion(harness)
+    record = catching_up(harness, champion, [loss * 0.6 for loss in live])
+    result = harness.feed("cand", [record])
+    assert [d["kind"] for d in decisions(result)] == ["REGISTER", "SHADOW", "PROMOTE"]
+    promote = decisions(result)[-1]
+    assert promote["evidence"]["sample_count"] == 600
+    assert harness.slot(CHAMPION)["version"] == record["version"]
+    assert harness.slot(shadow_slot(champion))["version"] == champion, "the rollback watch follows as always"
+
+
+def test_a_candidate_no_better_on_its_prequential_record_is_refused_at_once(harness):
+    champion, live = live_champion(harness)
+    result = harness.feed("cand", [catching_up(harness, champion, live)])
+    assert [d["kind"] for d in decisions(result)] == ["REGISTER", "SHADOW", "REFUSE"]
+    assert harness.slot(CHAMPION)["version"] == champion
+
+
+def test_too_few_paired_losses_wait_for_live_shadow_evidence(harness):
+    champion, live = live_champion(harness, count=300)
+    record = catching_up(harness, champion, [loss * 0.6 for loss in live])
+    assert [d["kind"] for d in decisions(harness.feed("cand", [record]))] == ["REGISTER", "SHADOW"]
+    more = examples(300, start=300, models={champion: (0.6, "CHAMPION"), record["version"]: (0.9, "SHADOW")})
+    assert [d["kind"] for d in decisions(harness.feed("lab", more))] == ["PROMOTE"]
+
+
+def test_catch_up_p_value_applies_to_prequential_candidates_only(demo_pipeline, tmp_path):
+    verdicts = {}
+    for p_value in (None, 0.5):
+        spec = with_policy(demo_pipeline, retrain={"catch_up": CatchUpSpec(labels=1000, p_value=p_value)})
+        harness = Harness(spec, tmp_path / str(p_value))
+        champion, live = live_champion(harness)
+        # 0.01 better on average, +-0.3 event by event: t = 0.01 / (0.3 / sqrt(600)) = 0.82
+        slightly_better = [loss - 0.01 + (0.3 if i % 2 else -0.3) for i, loss in enumerate(live)]
+        verdicts[p_value] = decisions(harness.feed("cand", [catching_up(harness, champion, slightly_better)]))[-1]
+    assert verdicts[None]["kind"] == "REFUSE" and "needs p<0.05" in verdicts[None]["reason"]
+    assert verdicts[0.5]["kind"] == "PROMOTE", verdicts[0.5]["reason"]
+    assert 0.05 < verdicts[0.5]["evidence"]["p_value"] < 0.5

@@ -1,0 +1,143 @@
+"""Catch-up after a concept drift: the change point, the learner's prequential record and replay, the processor."""
+
+from __future__ import annotations
+
+import copy
+import pickle
+import random
+
+import pytest
+
+from services.retrainer.catch_up import CatchUp, change_point
+from services.retrainer.examples import score
+from services.retrainer.online import OnlineLearner
+from streamloop.contracts.pipeline import CatchUpSpec, PipelineSpec
+from streamloop.ml import build_model
+from streamloop.ml.promotion import event_loss
+from streamloop.ml.training import training_pair
+from tests.unit.model_publisher.factories import consumed, labeled_example, with_policy
+from tests.unit.retrainer.test_retrainer import Harness, candidates, drift, labeled
+
+
+def test_the_change_point_is_where_the_error_rate_rises():
+    rng = random.Random(3)
+    errors = [float(rng.random() < 0.1) for _ in range(600)] + [float(rng.random() < 0.6) for _ in range(250)]
+    assert 230 <= change_point(errors) <= 270
+
+
+def test_no_change_point_without_a_rise_or_without_enough_errors():
+    rng = random.Random(4)
+    steady = [float(rng.random() < 0.2) for _ in range(800)]
+    falling = [1.0] * 300 + [0.0] * 300
+    assert change_point(falling) == 0, "a model getting better is no drift"
+    assert change_point([0.0] * 30 + [1.0] * 29) == 0, "fewer than min_side on each side"
+    rising = steady[:500] + [1.0] * 300
+    assert change_point(rising) == 300
+
+
+def test_catch_up_counts_down_and_changes_cadence_and_repeats():
+    off = CatchUp(CatchUpSpec(), min_samples=500)
+    assert not off.enabled and not off.start() and off.repeats == 1 and off.publish_every(5000) == 5000
+    on = CatchUp(CatchUpSpec(labels=3, repeats=4), min_samples=500)
+    assert on.publish_every(5000) == 5000 and on.repeats == 1, "only while active"
+    assert on.start() is True and on.active
+    assert on.publish_every(5000) == 250 and on.publish_every(None) == 250 and on.publish_every(100) == 100
+    assert on.repeats == 4
+    on.learned()
+    assert on.start() is False, "already running: the countdown restarts, no second replay"
+    assert on.labels_left == 3
+    for _ in range(3):
+        on.learned()
+    assert not on.active and on.repeats == 1 and on.publish_every(5000) == 5000
+    assert CatchUp(CatchUpSpec(labels=3, publish_every_labels=40), 500).publish_every(None) is None
+    every = CatchUp(CatchUpSpec(labels=3, publish_every_labels=40), 500)
+    every.start()
+    assert every.publish_every(None) == 40
+
+
+def test_the_learner_records_each_loss_before_it_learns_the_label(demo_pipeline):
+    spec = demo_pipeline.model
+    learner = OnlineLearner(spec, loss_metric="log_loss", prequential_window=5)
+    learner.reset(build_model(spec), "fraud-a")
+    expected = []
+    for record in labeled(8):
+        shadow = copy.deepcopy(learner.model)
+        x, _ = training_pair(spec, record.value)
+        expected.append((record.value["event_id"], event_loss("log_loss", spec, record.value["label"],
+                                                              score(shadow, spec, x))))
+        assert learner.learn(record)
+    assert learner.snapshot().prequential_losses == expected[-5:], "the last window, in order"
+    learner.reset(build_model(spec), "fraud-b")
+    assert learner.snapshot().prequential_losses == [], "another line's predictions are no evidence for this one"
+
+
+def test_repeats_learn_a_label_more_than_once(demo_pipeline):
+    spec = demo_pipeline.model
+    once, thrice = OnlineLearner(spec), OnlineLearner(spec)
+    once.reset(build_model(spec), "fraud-a")
+    thrice.reset(build_model(spec), "fraud-a")
+    record = labeled(1)[0]
+    once.learn(record)
+    thrice.learn(record, repeats=3)
+    for _ in range(2):
+        x, y = training_pair(spec, record.value)
+        once.model.learn_one(x, y)
+    assert pickle.dumps(once.model) == pickle.dumps(thrice.model)
+    assert thrice.learned_total == 1 and thrice.pending == 1, "one label, however often learned"
+
+
+def test_the_replay_learns_the_examples_since_the_change_point_again(demo_pipeline):
+    spec = demo_pipeline.model
+    learner = OnlineLearner(spec, replay_backlog=400)
+    learner.reset(build_model(spec), "fraud-a")
+    # 300 examples of the old concept, then 100 with their labels inverted: the errors rise.
+    old = [consumed("lab", labeled_example(i, label=i % 3 == 0), offset=i) for i in range(300)]
+    new = [consumed("lab", labeled_example(i, label=i % 3 != 0, amount=(900.0 if i % 3 == 0 else 20.0)), offset=i)
+           for i in range(300, 400)]
+    for record in old + new:
+        learner.learn(record)
+    before = pickle.dumps(learner.model)
+    assert learner.replay_since_change(0) == 0 and pickle.dumps(learner.model) == before
+    since = learner.replay_since_change(2)
+    assert 80 <= since <= 120, since
+    assert pickle.dumps(learner.model) != before
+    assert learner.pending == 400, "a replay is not new labels"
+
+
+@pytest.fixture
+def catch_up_spec(demo_pipeline) -> PipelineSpec:
+    return with_policy(demo_pipeline,
+                       retrain={"online_publish_every_labels": 1000, "online_publish_every": None,
+                                "rebuild_on_drift": False, "schedule": None,
+                                "catch_up": CatchUpSpec(labels=100, repeats=2, publish_every_labels=20)},
+                       promotion={"min_samples": 50})
+
+
+def test_a_concept_drift_publishes_at_once_then_often_with_prequential_losses(catch_up_spec, tmp_path):
+    harness = Harness(catch_up_spec, tmp_path)
+    assert candidates(harness.processor.process(labeled(70))) == []
+    assert harness.processor.process([consumed("drift", drift(kind="DATA"), 0)]).outputs == [], \
+        "data drift says nothing about the model"
+    first = candidates(harness.processor.process([consumed("drift", drift("INFO"), 1),
+                                                  consumed("drift", drift(), 2)]))
+    assert [c["trigger"] for c in first] == ["ONLINE"] and first[0]["sample_count"] == 70
+    losses = first[0]["prequential_losses"]
+    assert [p["event_id"] for p in losses] == [f"evt-{i}" for i in range(10, 70)], "the last 1.2 x min_samples"
+    assert all(p["loss"] >= 0 for p in losses)
+    during = candidates(harness.processor.process(labeled(100, start=70)))
+    assert [c["sample_count"] for c in during] == [20] * 5
+    assert all(len(c["prequential_losses"]) == 60 for c in during)
+    assert during[-1]["prequential_losses"][-1]["event_id"] == "evt-169"
+    after = candidates(harness.processor.process(labeled(1000, start=170)))
+    assert [c["sample_count"] for c in after] == [1000] and after[0]["prequential_losses"] == [], \
+        "catch-up over: the usual cadence, judged as a shadow"
+
+
+def test_catch_up_is_off_unless_the_spec_asks(demo_pipeline, tmp_path):
+    spec = with_policy(demo_pipeline, retrain={"online_publish_every_labels": 50, "online_publish_every": None,
+                                               "rebuild_on_drift": False, "schedule": None})
+    harness = Harness(spec, tmp_path)
+    harness.processor.process(labeled(30))
+    assert harness.processor.process([consumed("drift", drift("CRITICAL"), 0)]).outputs == []
+    published = candidates(harness.processor.process(labeled(20, start=30)))
+    assert [c["prequential_losses"] for c in published] == [[]]
