@@ -11,7 +11,7 @@ import pytest
 from services.retrainer.catch_up import CatchUp, change_point
 from services.retrainer.examples import score
 from services.retrainer.online import OnlineLearner
-from streamloop.contracts.pipeline import CatchUpSpec, PipelineSpec
+from streamloop.contracts.pipeline import CatchUpSpec, PipelineSpec, RetrainSpec
 from streamloop.ml import build_model
 from streamloop.ml.promotion import event_loss
 from streamloop.ml.training import training_pair
@@ -134,8 +134,10 @@ def test_a_concept_drift_publishes_at_once_then_often_with_prequential_losses(ca
 
 
 def test_catch_up_is_off_unless_the_spec_asks(demo_pipeline, tmp_path):
+    assert RetrainSpec().catch_up == CatchUpSpec() and not CatchUp(CatchUpSpec(), 500).enabled
     spec = with_policy(demo_pipeline, retrain={"online_publish_every_labels": 50, "online_publish_every": None,
-                                               "rebuild_on_drift": False, "schedule": None})
+                                               "rebuild_on_drift": False, "schedule": None,
+                                               "catch_up": RetrainSpec().catch_up})
     harness = Harness(spec, tmp_path)
     harness.processor.process(labeled(30))
     assert harness.processor.process([consumed("drift", drift("CRITICAL"), 0)]).outputs == []
