@@ -76,3 +76,14 @@ def test_catch_up_p_value_applies_to_prequential_candidates_only(demo_pipeline, 
     assert verdicts[None]["kind"] == "REFUSE" and "needs p<0.05" in verdicts[None]["reason"]
     assert verdicts[0.5]["kind"] == "PROMOTE", verdicts[0.5]["reason"]
     assert 0.05 < verdicts[0.5]["evidence"]["p_value"] < 0.5
+
+
+def test_a_shadow_judged_on_live_labels_keeps_the_promotion_p_value(demo_pipeline, tmp_path):
+    spec = with_policy(demo_pipeline, retrain={"catch_up": CatchUpSpec(labels=1000, p_value=0.5)})
+    harness = Harness(spec, tmp_path)
+    champion = harness.bootstrap()
+    shadow = harness.shadow(parent=champion)
+    live = examples(600, models={champion: (0.6, "CHAMPION"), shadow: (0.603, "SHADOW")}, seed=1)
+    verdict = decisions(harness.feed("lab", live))[-1]
+    assert verdict["kind"] == "REFUSE" and "needs p<0.05" in verdict["reason"], verdict["reason"]
+    assert 0.05 < verdict["evidence"]["p_value"] < 0.5, "catch-up's 0.5 would have promoted it"
