@@ -127,18 +127,7 @@ class OnlineLearner:
         if self.model is None or not valid(self.spec, record.value):
             return False
         x, y = training_pair(self.spec, record.value)
-        label = record.value["label"]
-        prediction = score(self.model, self.spec, x)
-        if len(self._labels) < self._metric_window:
-            self._labels.append(label)
-            self._predictions.append(prediction)
-        if self._prequential.maxlen and event_id is not None:
-            loss = event_loss(self._loss_metric, self.spec, label, prediction) if prediction else None
-            if loss is not None:
-                self._prequential.append((event_id, loss))
-        if self._backlog.maxlen:
-            error = event_loss("zero_one", self.spec, label, prediction) if prediction else None
-            self._backlog.append((x, y, 1.0 if error is None else error))
+        self._test(event_id, x, y, record.value["label"])
         for _ in range(repeats):
             self.model.learn_one(x, y)
         span = self._ranges.get(key)
@@ -150,6 +139,27 @@ class OnlineLearner:
         self.pending += 1
         self.learned_total += 1
         return True
+
+    def _test(self, event_id: str | None, x: dict[str, Any], y: Any, label: Any) -> None:
+        """Score the example before it is learned, for whichever record wants the prediction.
+
+        Once the metric window is full and catch-up keeps no record, nothing does: no scoring.
+        """
+        measured = len(self._labels) < self._metric_window
+        recorded = bool(self._prequential.maxlen) and event_id is not None
+        if not (measured or recorded or self._backlog.maxlen):
+            return
+        prediction = score(self.model, self.spec, x)
+        if measured:
+            self._labels.append(label)
+            self._predictions.append(prediction)
+        if recorded:
+            loss = event_loss(self._loss_metric, self.spec, label, prediction) if prediction else None
+            if loss is not None:
+                self._prequential.append((event_id, loss))
+        if self._backlog.maxlen:
+            error = event_loss("zero_one", self.spec, label, prediction) if prediction else None
+            self._backlog.append((x, y, 1.0 if error is None else error))
 
     def replay_since_change(self, passes: int) -> int:
         """Learn the backlog's examples since the estimated rise of its error rate ``passes`` more times.
