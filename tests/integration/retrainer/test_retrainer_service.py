@@ -13,7 +13,7 @@ from streamloop.ml import ArtifactRef, build_model
 from streamloop.ml.registry import CHAMPION, deployment_record
 from tests.conftest import DEMO_SPEC
 from tests.integration.model_publisher.harness import ServiceThread, Topics, apply_env, values, wait_for
-from tests.unit.model_publisher.factories import T0, artifact_store, labeled_example
+from tests.unit.model_publisher.factories import T0, artifact_store, drift_event, labeled_example
 
 pytestmark = pytest.mark.integration
 
@@ -85,10 +85,7 @@ def test_a_drift_event_publishes_a_rebuilt_candidate_with_heldout_metrics(retrai
     with retrainer(online_publish_every_labels=100_000, online_publish_every="10m", rebuild_window=500,
                    holdout_share=0.2, schedule=None) as service:
         topics.produce("labeled_examples", labeled(300, start=-300))  # events before the detection
-        topics.produce("drift_events", [{
-            "pipeline": "card-fraud", "kind": "CONCEPT", "detector": "adwin", "feature": None, "statistic": 3.2,
-            "p_value": None, "effect_size": None, "severity": "WARNING", "window_start": T0, "window_end": T0,
-            "model_name": "fraud", "model_version": CHAMPION_VERSION, "detected_at": T0}])
+        topics.produce("drift_events", [drift_event("WARNING", detector="adwin", model_version=CHAMPION_VERSION)])
         wait_for(lambda: service.app.processor.awaiting_drift_rebuild, timeout_s=60, what="the drift to be accepted")
         # The rebuild waits for 500 examples of events after the detection (event time > T0).
         topics.produce("labeled_examples", labeled(500, start=1))
@@ -107,10 +104,7 @@ def test_a_concept_drift_in_catch_up_publishes_a_candidate_with_its_prequential_
                    schedule=None, catch_up={"labels": 500, "repeats": 2}) as service:
         topics.produce("labeled_examples", labeled(300))
         wait_for(lambda: service.app.processor.learner.learned_total == 300, timeout_s=60, what="300 labels learned")
-        topics.produce("drift_events", [{
-            "pipeline": "card-fraud", "kind": "CONCEPT", "detector": "ddm", "feature": None, "statistic": 3.2,
-            "p_value": None, "effect_size": None, "severity": "CRITICAL", "window_start": T0, "window_end": T0,
-            "model_name": "fraud", "model_version": CHAMPION_VERSION, "detected_at": T0}])
+        topics.produce("drift_events", [drift_event("CRITICAL", detector="ddm", model_version=CHAMPION_VERSION)])
         online = candidates(topics, "ONLINE")
     assert len(online) == 1 and online[0]["sample_count"] == 300
     losses = online[0]["prequential_losses"]

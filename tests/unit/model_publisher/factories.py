@@ -81,3 +81,11 @@ def candidate(spec: PipelineSpec, store: ArtifactStore, *, model: Any = None, tr
         "heldout_metrics": {"log_loss": 0.3, "accuracy": 0.9}, "code_version": code_version(),
         "created_at": created_ms,
     }
+
+
+def drift_event(severity: str = "WARNING", kind: str = "CONCEPT", pipeline: str = "card-fraud", *,
+                detector: str = "adwin", model_version: str = "fraud-bootstrap-00000000") -> dict[str, Any]:
+    """A DriftEvent detected at T0 (its window ends there), as the retrainer reads it."""
+    return {"pipeline": pipeline, "kind": kind, "detector": detector, "feature": None, "statistic": 1.0,
+            "p_value": None, "effect_size": None, "severity": severity, "window_start": T0, "window_end": T0,
+            "model_name": "fraud", "model_version": model_version, "detected_at": T0}

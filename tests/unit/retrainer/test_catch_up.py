@@ -15,8 +15,8 @@ from streamloop.contracts.pipeline import CatchUpSpec, PipelineSpec, RetrainSpec
 from streamloop.ml import build_model
 from streamloop.ml.promotion import event_loss
 from streamloop.ml.training import training_pair
-from tests.unit.model_publisher.factories import consumed, labeled_example, with_policy
-from tests.unit.retrainer.test_retrainer import Harness, candidates, drift, labeled
+from tests.unit.model_publisher.factories import consumed, drift_event, labeled_example, with_policy
+from tests.unit.retrainer.test_retrainer import Harness, candidates, labeled
 
 
 def test_the_change_point_is_where_the_error_rate_rises():
@@ -116,10 +116,10 @@ def catch_up_spec(demo_pipeline) -> PipelineSpec:
 def test_a_concept_drift_publishes_at_once_then_often_with_prequential_losses(catch_up_spec, tmp_path):
     harness = Harness(catch_up_spec, tmp_path)
     assert candidates(harness.processor.process(labeled(70))) == []
-    assert harness.processor.process([consumed("drift", drift(kind="DATA"), 0)]).outputs == [], \
+    assert harness.processor.process([consumed("drift", drift_event(kind="DATA"), 0)]).outputs == [], \
         "data drift says nothing about the model"
-    first = candidates(harness.processor.process([consumed("drift", drift("INFO"), 1),
-                                                  consumed("drift", drift(), 2)]))
+    first = candidates(harness.processor.process([consumed("drift", drift_event("INFO"), 1),
+                                                  consumed("drift", drift_event(), 2)]))
     assert [c["trigger"] for c in first] == ["ONLINE"] and first[0]["sample_count"] == 70
     losses = first[0]["prequential_losses"]
     assert [p["event_id"] for p in losses] == [f"evt-{i}" for i in range(10, 70)], "the last 1.2 x min_samples"
@@ -140,6 +140,6 @@ def test_catch_up_is_off_unless_the_spec_asks(demo_pipeline, tmp_path):
                                                "catch_up": RetrainSpec().catch_up})
     harness = Harness(spec, tmp_path)
     harness.processor.process(labeled(30))
-    assert harness.processor.process([consumed("drift", drift("CRITICAL"), 0)]).outputs == []
+    assert harness.processor.process([consumed("drift", drift_event("CRITICAL"), 0)]).outputs == []
     published = candidates(harness.processor.process(labeled(20, start=30)))
     assert [c["prequential_losses"] for c in published] == [[]]

@@ -17,7 +17,14 @@ from streamloop.contracts.pipeline import PipelineSpec
 from streamloop.kafka.records import ConsumedRecord
 from streamloop.ml import ArtifactRef, build_model
 from streamloop.ml.registry import CHAMPION, DeploymentTable, deployment_record, slot_key
-from tests.unit.model_publisher.factories import T0, artifact_store, consumed, labeled_example, with_policy
+from tests.unit.model_publisher.factories import (
+    T0,
+    artifact_store,
+    consumed,
+    drift_event,
+    labeled_example,
+    with_policy,
+)
 
 TOPICS = RetrainerTopics("lab", "drift", "cand")
 VERSION = re.compile(r"^fraud-\d{17}-[0-9a-f]{8}$")
@@ -141,12 +148,6 @@ def test_time_based_publishing_needs_new_labels(demo_pipeline, tmp_path):
     assert [c["sample_count"] for c in candidates(harness.processor.tick(T0 + 121_000))] == [1]
 
 
-def drift(severity: str = "WARNING", kind: str = "CONCEPT", pipeline: str = "card-fraud") -> dict:
-    return {"pipeline": pipeline, "kind": kind, "detector": "adwin", "feature": None, "statistic": 1.0,
-            "p_value": None, "effect_size": None, "severity": severity, "window_start": T0, "window_end": T0,
-            "model_name": "fraud", "model_version": "fraud-bootstrap-00000000", "detected_at": T0}
-
-
 def triggers(result) -> list[str]:
     return [c["trigger"] for c in candidates(result)]
 
@@ -154,16 +155,16 @@ def triggers(result) -> list[str]:
 def test_a_drift_rebuild_waits_for_examples_after_the_detection_and_trains_on_them(spec, tmp_path):
     window = labeled(300, partitions=3)
     harness = Harness(spec, tmp_path, window=window)
-    assert harness.processor.process([consumed("drift", drift("INFO"), 0)]).outputs == []
-    assert harness.processor.process([consumed("drift", drift(pipeline="other"), 1)]).outputs == []
-    assert harness.processor.process([consumed("drift", drift(), 2)]).outputs == []
+    assert harness.processor.process([consumed("drift", drift_event("INFO"), 0)]).outputs == []
+    assert harness.processor.process([consumed("drift", drift_event(pipeline="other"), 1)]).outputs == []
+    assert harness.processor.process([consumed("drift", drift_event(), 2)]).outputs == []
     assert harness.window_sizes == [], "no rebuild on the examples of the concept that just stopped holding"
     # The detection's window ends at T0: the example of T0 itself and earlier ones do not count.
     before = [consumed("lab", labeled_example(-i, label=False), offset=1000 + i) for i in range(0, 50)]
     assert "DRIFT" not in triggers(harness.processor.process(before))
     assert "DRIFT" not in triggers(harness.processor.process(labeled(299, start=1)))
     assert harness.window_sizes == []
-    assert harness.processor.process([consumed("drift", drift("CRITICAL"), 3)]).outputs == [], \
+    assert harness.processor.process([consumed("drift", drift_event("CRITICAL"), 3)]).outputs == [], \
         "a second detection while waiting starts nothing new"
     built = [c for c in candidates(harness.processor.process(labeled(1, start=300))) if c["trigger"] == "DRIFT"]
     assert harness.window_sizes == [300]
@@ -173,12 +174,12 @@ def test_a_drift_rebuild_waits_for_examples_after_the_detection_and_trains_on_th
     assert candidate["heldout_metrics"]["sample_count"] == 60
     assert candidate["heldout_metrics"]["accuracy"] >= 0.95
     assert candidate["source_offsets"] == [{"topic": "lab", "partition": p, "start": 0, "end": 100} for p in range(3)]
-    assert harness.processor.process([consumed("drift", drift(), 2)]).outputs == [], "a replayed event"
+    assert harness.processor.process([consumed("drift", drift_event(), 2)]).outputs == [], "a replayed event"
     harness.now += 30_000
-    harness.processor.process([consumed("drift", drift("CRITICAL"), 4)])
+    harness.processor.process([consumed("drift", drift_event("CRITICAL"), 4)])
     assert "DRIFT" not in triggers(harness.processor.process(labeled(300, start=301))), "within min interval"
     harness.now += 60_000
-    harness.processor.process([consumed("drift", drift(), 5)])
+    harness.processor.process([consumed("drift", drift_event(), 5)])
     assert "DRIFT" in triggers(harness.processor.process(labeled(300, start=601)))
     assert harness.window_sizes == [300, 300]
 
@@ -196,7 +197,7 @@ def test_a_scheduled_rebuild(demo_pipeline, tmp_path):
 
 def test_too_few_examples_skip_a_rebuild(spec, tmp_path):
     harness = Harness(spec, tmp_path, window=labeled(20))
-    assert harness.processor.process([consumed("drift", drift(), 0)]).outputs == []
+    assert harness.processor.process([consumed("drift", drift_event(), 0)]).outputs == []
     assert "DRIFT" not in triggers(harness.processor.process(labeled(300, start=1)))
     assert harness.window_sizes == [300], "the rebuild ran and found too few examples in the window"
     with pytest.raises(RebuildSkipped):
