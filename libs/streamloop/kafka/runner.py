@@ -7,7 +7,10 @@ tolerate seeing a record twice (stateful ones remember the highest offset applie
 
 Nothing is lost: a record that cannot be decoded, breaks a rule or makes the processor raise goes
 to ``<topic>.dlq`` with its original bytes and Kafka Connect's error headers, and the rest of the
-batch flows on.
+batch flows on. A fatal producer error (the broker lost the idempotent producer's sequence state,
+as noida-db does on a restart, losing acknowledged records with it) sends the outputs acknowledged
+in the last ``resend_window_s`` again on a new producer: the committed input offsets cannot bring
+them back.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import logging
 import signal
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -55,6 +59,11 @@ class RunnerSettings(BaseModel):
     retry_backoff_max_s: float = Field(default=30.0, gt=0)
     lag_report_interval_s: float = Field(default=5.0, gt=0)
     tick_interval_s: float = Field(default=0.5, gt=0)
+    # Outputs acknowledged this recently are sent again after a fatal producer error: that error
+    # (OUT_OF_ORDER_SEQUENCE_NUMBER, say) means the broker lost sequence state, and noida-db then
+    # also lost records it had acknowledged (docs/reliability.md). 0 turns it off.
+    resend_window_s: float = Field(default=5.0, ge=0)
+    resend_max_records: int = Field(default=50_000, ge=1)
 
 
 class RunnerMetrics(Protocol):
@@ -97,6 +106,7 @@ class RunnerStats:
     batches: int = 0
     commits_failed: int = 0
     delivery_retries: int = 0
+    resent: int = 0  # acknowledged outputs sent again after a fatal producer error
 
 
 class StageRunner:
@@ -129,6 +139,8 @@ class StageRunner:
         self._producer_config = kafka.producer(error_cb=self._on_client_error, **(producer_overrides or {}))
         self._stopping = threading.Event()
         self._producer_fatal = False
+        # (monotonic time acknowledged, the record as produced): the candidates for a re-send.
+        self._acknowledged: deque[tuple[float, _Encoded]] = deque()
         self._consumer_fatal: KafkaError | None = None
         self._last_unreachable_log = 0.0
         self._assigned: set[tuple[str, int]] = set()
@@ -312,6 +324,7 @@ class StageRunner:
                 log.warning("%s: %s; retrying in %.1fs", self.service, exc, backoff)
                 if self._producer_fatal:
                     self._recreate_producer()
+                    outputs = self._recently_acknowledged() + outputs
                 self._sleep(backoff)
                 backoff = min(backoff * 2, self.settings.retry_backoff_max_s)
 
@@ -350,23 +363,27 @@ class StageRunner:
         assert self.producer is not None
         failures: list[str] = []
 
-        def on_delivery(acked: set[int], index: int) -> Callable[[KafkaError | None, Message], None]:
+        def on_delivery(acked: set[int], index: int,
+                        record: _Encoded) -> Callable[[KafkaError | None, Message], None]:
             def delivered(error: KafkaError | None, _message: Message) -> None:
                 if error is None:
                     acked.add(index)
+                    self._remember_acknowledged(record)
                 else:
                     failures.append(error.str())
             return delivered
 
-        for index, (topic, key, value, headers, partition) in enumerate(encoded):
-            self._produce(topic, key, value, headers, on_delivery(acked_outputs, index), partition)
+        for index, record in enumerate(encoded):
+            topic, key, value, headers, partition = record
+            self._produce(topic, key, value, headers, on_delivery(acked_outputs, index, record), partition)
         for index, (message, stage, error) in enumerate(dead):
             dlq = self.topics.dead_letters.get(message.topic(), message.topic() + ".dlq")
             headers = dead_letters.dead_letter_headers(
                 message.headers(), topic=message.topic(), partition=message.partition(),
                 offset=message.offset(), stage=stage, error=error, service=self.service,
             )
-            self._produce(dlq, message.key(), message.value(), headers, on_delivery(acked_letters, index))
+            letter = (dlq, message.key(), message.value(), headers, None)
+            self._produce(dlq, message.key(), message.value(), headers, on_delivery(acked_letters, index, letter))
         waited = 0.0
         while len(self.producer) > 0:
             try:
@@ -425,6 +442,31 @@ class StageRunner:
             # A rebalance took the partitions; the new owner replays from the last commit (duplicates, no loss).
             self.stats.commits_failed += 1
             log.warning("%s: commit failed, batch will be replayed by the partition's owner: %s", self.service, exc)
+
+    def _remember_acknowledged(self, record: _Encoded) -> None:
+        if not self.settings.resend_window_s:
+            return
+        now = time.monotonic()
+        self._acknowledged.append((now, record))
+        self._forget_acknowledged(now)
+
+    def _forget_acknowledged(self, now: float) -> None:
+        horizon = now - self.settings.resend_window_s
+        while self._acknowledged and (self._acknowledged[0][0] < horizon
+                                      or len(self._acknowledged) > self.settings.resend_max_records):
+            self._acknowledged.popleft()
+
+    def _recently_acknowledged(self) -> list[_Encoded]:
+        """The outputs acknowledged within ``resend_window_s``, to send again (taken: they are remembered anew
+        when acknowledged again). Duplicates downstream are the price: at-least-once, nothing lost."""
+        self._forget_acknowledged(time.monotonic())
+        records = [record for _, record in self._acknowledged]
+        self._acknowledged.clear()
+        if records:
+            self.stats.resent += len(records)
+            log.warning("%s: sending again the %d outputs acknowledged in the last %.0f s: the broker may have "
+                        "lost them", self.service, len(records), self.settings.resend_window_s)
+        return records
 
     def _recreate_producer(self) -> None:
         log.warning("%s: producer hit a fatal error; creating a new one", self.service)

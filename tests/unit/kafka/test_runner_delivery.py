@@ -1,14 +1,17 @@
-"""A batch whose delivery partly failed: the retry sends again only what was not acknowledged."""
+"""Delivery retries: a batch sends again only what was not acknowledged, and a fatal producer error
+also sends again what was acknowledged in the last window (the broker may have lost it)."""
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Sequence
 
-from confluent_kafka import KafkaError
+from confluent_kafka import KafkaError, KafkaException
 
 from streamloop.contracts.samples import sample_record
 from streamloop.contracts.schemas import SchemaRepository
 from streamloop.kafka import KafkaSettings
+from streamloop.kafka import runner as runner_module
 from streamloop.kafka.records import ConsumedRecord, OutgoingRecord, ProcessResult
 from streamloop.kafka.runner import RunnerSettings, StageRunner, StageTopics
 from streamloop.serde import SingleObjectSerde
@@ -59,3 +62,57 @@ def test_a_retry_resends_only_the_unacknowledged_outputs() -> None:
     assert producer.sent == values + producer.failed
     assert runner.stats.produced == 6 and runner.stats.delivery_retries == 1
     assert consumer.commits[-1][0].offset == 6
+
+
+class DesynchronizedProducer(FakeProducer):
+    """Acknowledges the first ``healthy`` records, then fails as after a broker restart that lost its state."""
+
+    def __init__(self, healthy: int) -> None:
+        super().__init__()
+        self.healthy = healthy
+
+    def produce(self, topic, value=None, key=None, headers=None, on_delivery=None, **pinned) -> None:
+        if len(self.produced) >= self.healthy:
+            raise KafkaException(KafkaError(KafkaError.OUT_OF_ORDER_SEQUENCE_NUMBER,
+                                            "sequence desynchronization with broker 1", fatal=True))
+        super().produce(topic, value, key, headers, on_delivery, **pinned)
+
+
+def desync_runner(monkeypatch, window_s: float) -> tuple[StageRunner, SingleObjectSerde, FakeProducer]:
+    serde = SingleObjectSerde(VECTOR, REPOSITORY)
+    runner = StageRunner("delivery", "delivery-group", KafkaSettings(bootstrap_servers="127.0.0.1:1"),
+                         StageTopics(inputs={SOURCE: serde}, outputs={SINK: serde}), Echo(),
+                         RunnerSettings(retry_backoff_s=0.001, resend_window_s=window_s))
+    replacement = FakeProducer()
+    monkeypatch.setattr(runner_module, "Producer", lambda _config: replacement)
+    runner.producer, runner.consumer = DesynchronizedProducer(healthy=3), FakeConsumer()
+    runner._assigned.add((SOURCE, 0))
+    return runner, serde, replacement
+
+
+def test_a_fatal_producer_error_sends_the_recently_acknowledged_outputs_again(monkeypatch) -> None:
+    runner, serde, replacement = desync_runner(monkeypatch, window_s=60.0)
+    values = [serde.encode(sample_record(VECTOR, seed)) for seed in range(6)]
+    runner._run_batch([FakeMessage(v, offset, topic=SOURCE) for offset, v in enumerate(values[:3])])
+    runner._run_batch([FakeMessage(v, offset, topic=SOURCE) for offset, v in enumerate(values[3:], start=3)])
+
+    # The first batch was acknowledged and committed, but the broker that lost its sequence state
+    # may have lost those records too: the new producer sends them again before the second batch.
+    assert [v for _t, _k, v, _h in replacement.produced] == values
+    assert runner.stats.resent == 3 and runner.stats.delivery_retries == 1
+    assert runner.consumer.commits[-1][0].offset == 6
+
+
+def test_outputs_acknowledged_before_the_window_are_not_sent_again(monkeypatch) -> None:
+    runner, serde, replacement = desync_runner(monkeypatch, window_s=60.0)
+    values = [serde.encode(sample_record(VECTOR, seed)) for seed in range(6)]
+    runner._run_batch([FakeMessage(v, offset, topic=SOURCE) for offset, v in enumerate(values[:3])])
+    runner._acknowledged = deque((acked_at - 61.0, record) for acked_at, record in runner._acknowledged)
+    runner._run_batch([FakeMessage(v, offset, topic=SOURCE) for offset, v in enumerate(values[3:], start=3)])
+    assert [v for _t, _k, v, _h in replacement.produced] == values[3:]
+    assert runner.stats.resent == 0
+
+    off, serde, replacement = desync_runner(monkeypatch, window_s=0.0)
+    off._run_batch([FakeMessage(v, offset, topic=SOURCE) for offset, v in enumerate(values[:3])])
+    off._run_batch([FakeMessage(v, offset, topic=SOURCE) for offset, v in enumerate(values[3:], start=3)])
+    assert [v for _t, _k, v, _h in replacement.produced] == values[3:], "a window of 0 turns it off"
