@@ -158,7 +158,11 @@ def test_the_loop_recovers_from_a_broker_restart_mid_stream(private_loop: tuple[
     # fatal error, sends again what it had not seen acknowledged (2 in the input topic), and the
     # featurizer and the scorer may each replay their uncommitted batch (measured once: 2, 2, then 4
     # predictions). The end-to-end count is then bounded by the stages' product, not by a constant.
-    assert_sound(result, max_copies=None, same_input=result.notes["not_in_input_topic"] == 0)
+    # A stage may write a record it read three times: once, once more when its group rejoins after
+    # the restart from an offset commit the broker lost, and once more when its producer's fatal
+    # error sends again what was acknowledged in the last seconds (which the broker may have lost).
+    assert_sound(result, max_copies=None, same_input=result.notes["not_in_input_topic"] == 0,
+                 max_copies_per_stage=3)
     assert result.notes["max_copies_by_stage"]["input"] <= 2, result
     # Clients reconnect on their own: no service needed more than one restart (no crash loop).
     assert all(count <= 1 for count in restarts.values()), restarts
