@@ -4,7 +4,7 @@ When the concept changes, the champion keeps serving its old concept until a cha
 promoted, and a challenger judged as a shadow needs ``promotion.min_samples`` fresh labels first.
 In catch-up the online learner (1) replays the examples since the estimated change point, so the
 new concept's first examples count more than the old concept's many, (2) learns each new label
-``repeats`` times, and (3) is published more often, each candidate carrying the losses of its own
+``repeats`` times, fewer and fewer towards the end (``repeats_decay``), and (3) is published more often, each candidate carrying the losses of its own
 test-then-train predictions so the publisher can judge it on them at once.
 """
 
@@ -67,7 +67,12 @@ class CatchUp:
 
     @property
     def repeats(self) -> int:
-        return self.spec.repeats if self.active else 1
+        """Times to learn the next label: ``spec.repeats`` at the drift, then down to 1 if decaying."""
+        if not self.active:
+            return 1
+        if self.spec.repeats_decay == "none":
+            return self.spec.repeats
+        return max(1, round(self.spec.repeats * self.labels_left / self.spec.labels))
 
     def publish_every(self, usual: int | None) -> int | None:
         """Labels between online candidates: the usual cadence, or catch-up's if that is sooner."""

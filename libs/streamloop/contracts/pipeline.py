@@ -227,10 +227,15 @@ class CatchUpSpec(_Spec):
     its own test-then-train predictions on the events the champion scored live: paired,
     out-of-sample evidence the publisher can judge at once, at ``p_value``. The rollback watch
     guards the promotions this buys.
+
+    ``repeats_decay="linear"`` lowers the repeats from ``repeats`` at the drift to 1 at the end,
+    as a learning-rate schedule would: many repeats move an SGD model to the new concept quickly,
+    but held to the end they keep its steps large and it jitters around the new optimum.
     """
 
     labels: int = Field(default=0, ge=0)  # how long catch-up lasts after a concept drift; 0: never
     repeats: int = Field(default=1, ge=1, le=100)
+    repeats_decay: Literal["linear", "none"] = "linear"
     publish_every_labels: int | None = Field(default=None, ge=10)  # None: half of promotion.min_samples
     replay_passes: int = Field(default=0, ge=0, le=100)
     replay_backlog: int = Field(default=1000, ge=60)

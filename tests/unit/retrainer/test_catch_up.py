@@ -38,7 +38,7 @@ def test_no_change_point_without_a_rise_or_without_enough_errors():
 def test_catch_up_counts_down_and_changes_cadence_and_repeats():
     off = CatchUp(CatchUpSpec(), min_samples=500)
     assert not off.enabled and not off.start() and off.repeats == 1 and off.publish_every(5000) == 5000
-    on = CatchUp(CatchUpSpec(labels=3, repeats=4), min_samples=500)
+    on = CatchUp(CatchUpSpec(labels=3, repeats=4, repeats_decay="none"), min_samples=500)
     assert on.publish_every(5000) == 5000 and on.repeats == 1, "only while active"
     assert on.start() is True and on.active
     assert on.publish_every(5000) == 250 and on.publish_every(None) == 250 and on.publish_every(100) == 100
@@ -53,6 +53,28 @@ def test_catch_up_counts_down_and_changes_cadence_and_repeats():
     every = CatchUp(CatchUpSpec(labels=3, publish_every_labels=40), 500)
     every.start()
     assert every.publish_every(None) == 40
+
+
+def test_repeats_decay_linearly_to_one_over_the_catch_up():
+    catch_up = CatchUp(CatchUpSpec(labels=100, repeats=10), min_samples=500)
+    assert catch_up.spec.repeats_decay == "linear", "the default"
+    catch_up.start()
+    seen = []
+    while catch_up.active:
+        seen.append(catch_up.repeats)
+        catch_up.learned()
+    assert len(seen) == 100
+    assert seen[0] == 10 and seen[-1] == 1, "all of them at the drift, one at the end"
+    assert seen == sorted(seen, reverse=True), "never rising"
+    assert seen[50] == 5, "halfway, half of them"
+    assert catch_up.repeats == 1, "over"
+    catch_up.start()
+    assert catch_up.repeats == 10, "a new concept drift starts over"
+    constant = CatchUp(CatchUpSpec(labels=100, repeats=10, repeats_decay="none"), min_samples=500)
+    constant.start()
+    for _ in range(99):
+        constant.learned()
+    assert constant.active and constant.repeats == 10
 
 
 def test_the_learner_records_each_loss_before_it_learns_the_label(demo_pipeline):
