@@ -4,8 +4,9 @@ When the concept changes, the champion keeps serving its old concept until a cha
 promoted, and a challenger judged as a shadow needs ``promotion.min_samples`` fresh labels first.
 In catch-up the online learner (1) replays the examples since the estimated change point, so the
 new concept's first examples count more than the old concept's many, (2) learns each new label
-``repeats`` times, fewer and fewer towards the end (``repeats_decay``), and (3) is published more often, each candidate carrying the losses of its own
-test-then-train predictions so the publisher can judge it on them at once.
+``repeats`` times, fewer and fewer towards the end (``repeats_decay``), and (3) is published more
+often, each candidate carrying the losses of its own test-then-train predictions so the publisher
+can judge it on them at once.
 """
 
 from __future__ import annotations

@@ -152,15 +152,14 @@ def test_the_loop_recovers_from_a_broker_restart_mid_stream(private_loop: tuple[
     restarts = {p.instance_id: p.restarts for p in loop.stack.processes}
     result.notes |= {"broker_down_s": round(moments["up"] - moments["down"], 2), "service_restarts": restarts}
     result.report()
-    # Acknowledged records noida-db dropped in the restart are not the loop's to process (counted in
-    # the notes); everything that is in the topics is processed, once or twice by each stage.
-    # The restart hits every stage at once, so copies compound: the user's producer, replaced after its
-    # fatal error, sends again what it had not seen acknowledged (2 in the input topic), and the
-    # featurizer and the scorer may each replay their uncommitted batch (measured once: 2, 2, then 4
-    # predictions). The end-to-end count is then bounded by the stages' product, not by a constant.
-    # A stage may write a record it read three times: once, once more when its group rejoins after
-    # the restart from an offset commit the broker lost, and once more when its producer's fatal
-    # error sends again what was acknowledged in the last seconds (which the broker may have lost).
+    # Acknowledged input records noida-db dropped in the restart are not the loop's to process (counted
+    # in the notes); everything that is in the topics is processed. A stage may write a record it read
+    # up to three times: once, once more when its group rejoins from an offset commit the broker lost,
+    # and once more when its producer's fatal error sends again what was acknowledged in the last
+    # seconds (which the broker may have lost). The user's producer, replaced after its own fatal
+    # error, may put an event in the input topic twice. The restart hits every stage at once, so the
+    # copies compound (measured: 2 in the input topic, 2 vectors, 4 predictions) and the end-to-end
+    # count is bounded by the stages' product, not by a constant.
     assert_sound(result, max_copies=None, same_input=result.notes["not_in_input_topic"] == 0,
                  max_copies_per_stage=3)
     assert result.notes["max_copies_by_stage"]["input"] <= 2, result
