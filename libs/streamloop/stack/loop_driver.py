@@ -71,7 +71,12 @@ class LoopObservation:
     model_version: dict[str, str] = field(default_factory=dict)
     decisions: list[dict] = field(default_factory=list)
     drift_events: list[dict] = field(default_factory=list)
-    labeled_examples: int = 0
+    labeled_examples: int = 0  # events joined with their label, each counted once
+    # Labeled examples of an event already joined: the collector is at-least-once, and a batch
+    # replayed after a failed offset commit (noida-db: ILLEGAL_GENERATION while its two replicas
+    # join the group) emits its joins again.
+    labeled_example_repeats: int = 0
+    joined_events: set[str] = field(default_factory=set)
     dead_letters: int = 0
     labels_sent: int = 0
     bad_promotion: dict | None = None
@@ -194,10 +199,15 @@ class LoopDriver:
 
     def _on_labeled_example(self, value: dict, _timestamp_ms: int) -> None:
         pair = training_pair(self.pipeline.model, value) if self.pipeline.model.task == "classification" else None
+        event_id = str(value["event_id"])
         with self._lock:
+            if event_id in self.observed.joined_events:
+                self.observed.labeled_example_repeats += 1
+                return
+            self.observed.joined_events.add(event_id)
             self.observed.labeled_examples += 1
             if pair is not None:
-                self.observed.training_pairs.setdefault(str(value["event_id"]), pair)
+                self.observed.training_pairs.setdefault(event_id, pair)
 
     def _on_unmatched_label(self, value: dict, _timestamp_ms: int) -> None:
         with self._lock:
@@ -357,6 +367,7 @@ class LoopDriver:
                 "dlq_events": len(obs.dead_lettered_events),
                 "labels_sent": obs.labels_sent,
                 "labels_joined": obs.labeled_examples,
+                "labeled_examples_repeated": obs.labeled_example_repeats,
                 "labels_unmatched": dict(obs.unmatched_labels),
                 # Labels of dead-lettered events: no event to join, NO_MATCHING_EVENT once the join
                 # horizon has passed (the demo ends before that).
