@@ -71,8 +71,8 @@ def test_every_label_sent_is_joined_or_unmatched_with_a_reason(summary: dict):
     # The generator duplicates some labels: each copy after the first is a DUPLICATE.
     assert unmatched.get("DUPLICATE", 0) > 0, json.dumps(summary)
     # A label of a dead-lettered event has no event to join: it waits out the join horizon (10 min).
-    # labels_joined counts events joined, once each; a join the collector emitted again (at-least-once,
-    # after a failed offset commit) is counted in labeled_examples_repeated (seen: 1 in 49,485).
+    # The collector is at-least-once: a decision it emits again (a batch replayed after a failed offset
+    # commit) is counted in label_answers_repeated, not here (seen once: a DUPLICATE emitted twice).
     assert summary["labels_joined"] + sum(unmatched.values()) + summary["labels_awaiting_horizon"] \
         == summary["labels_sent"], json.dumps(summary)
 

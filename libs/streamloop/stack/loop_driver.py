@@ -71,12 +71,12 @@ class LoopObservation:
     model_version: dict[str, str] = field(default_factory=dict)
     decisions: list[dict] = field(default_factory=list)
     drift_events: list[dict] = field(default_factory=list)
-    labeled_examples: int = 0  # events joined with their label, each counted once
-    # Labeled examples of an event already joined: the collector is at-least-once, and a batch
-    # replayed after a failed offset commit (noida-db: ILLEGAL_GENERATION while its two replicas
-    # join the group) emits its joins again.
-    labeled_example_repeats: int = 0
-    joined_events: set[str] = field(default_factory=set)
+    labeled_examples: int = 0
+    # Answers (labeled examples and unmatched labels) beyond the labels sent for their event: the
+    # collector is at-least-once, and a batch replayed after a failed offset commit (noida-db:
+    # ILLEGAL_GENERATION while its two replicas join the group) can emit a decision again.
+    label_answers_repeated: int = 0
+    answers_per_event: dict[str, int] = field(default_factory=dict)
     dead_letters: int = 0
     labels_sent: int = 0
     bad_promotion: dict | None = None
@@ -201,18 +201,27 @@ class LoopDriver:
         pair = training_pair(self.pipeline.model, value) if self.pipeline.model.task == "classification" else None
         event_id = str(value["event_id"])
         with self._lock:
-            if event_id in self.observed.joined_events:
-                self.observed.labeled_example_repeats += 1
+            if not self._first_answer(event_id):
                 return
-            self.observed.joined_events.add(event_id)
             self.observed.labeled_examples += 1
             if pair is not None:
                 self.observed.training_pairs.setdefault(event_id, pair)
 
     def _on_unmatched_label(self, value: dict, _timestamp_ms: int) -> None:
         with self._lock:
+            if not self._first_answer(str(value["event_id"])):
+                return
             reason = str(value["reason"])
             self.observed.unmatched_labels[reason] = self.observed.unmatched_labels.get(reason, 0) + 1
+
+    def _first_answer(self, event_id: str) -> bool:
+        """False for an answer beyond the labels sent for the event: a repeat, counted apart (hold the lock)."""
+        answered = self.observed.answers_per_event.get(event_id, 0)
+        if answered >= self.observed.labels_sent_per_event.get(event_id, 0):
+            self.observed.label_answers_repeated += 1
+            return False
+        self.observed.answers_per_event[event_id] = answered + 1
+        return True
 
     def stop(self) -> None:
         self._stop.set()
@@ -288,10 +297,12 @@ class LoopDriver:
                          pending: list, now: float) -> None:
         while pending and pending[0][0] <= now:
             _, _, label = heapq.heappop(pending)
+            # Counted before it is sent, so that its answer always finds it counted.
+            with self._lock:
+                self.observed.labels_sent += 1
+                self.observed.labels_sent_per_event[label["event_id"]] = \
+                    self.observed.labels_sent_per_event.get(label["event_id"], 0) + 1
             self._produce(producer, topic, label["event_id"], serde.encode(label))
-            self.observed.labels_sent += 1
-            self.observed.labels_sent_per_event[label["event_id"]] = \
-                self.observed.labels_sent_per_event.get(label["event_id"], 0) + 1
 
     @staticmethod
     def _produce(producer: Producer, topic: str, key: str, value: bytes) -> None:
@@ -367,7 +378,7 @@ class LoopDriver:
                 "dlq_events": len(obs.dead_lettered_events),
                 "labels_sent": obs.labels_sent,
                 "labels_joined": obs.labeled_examples,
-                "labeled_examples_repeated": obs.labeled_example_repeats,
+                "label_answers_repeated": obs.label_answers_repeated,
                 "labels_unmatched": dict(obs.unmatched_labels),
                 # Labels of dead-lettered events: no event to join, NO_MATCHING_EVENT once the join
                 # horizon has passed (the demo ends before that).

@@ -1,4 +1,4 @@
-"""The demo's label accounting: an event joined twice (the collector is at-least-once) is one label joined."""
+"""The demo's label accounting: the collector is at-least-once, so an answer may come twice."""
 
 from __future__ import annotations
 
@@ -12,16 +12,29 @@ from tests.unit.model_publisher.factories import labeled_example
 PIPELINE = Path(__file__).parents[3] / "examples" / "card_fraud" / "pipeline.yaml"
 
 
-def test_a_repeated_labeled_example_counts_once_and_is_reported_apart() -> None:
+def driver_that_sent(copies: dict[str, int]) -> LoopDriver:
     spec = load_pipeline(PIPELINE)
     driver = LoopDriver(spec, load_catalog(spec), KafkaSettings(bootstrap_servers="127.0.0.1:1"))
-    observed = driver.observed
-    observed.labels_sent = 3
+    driver.observed.labels_sent = sum(copies.values())
+    driver.observed.labels_sent_per_event = dict(copies)
+    return driver
+
+
+def test_answers_beyond_the_labels_sent_for_an_event_are_repeats_counted_apart() -> None:
     first, second = labeled_example(1, label=True), labeled_example(2, label=False)
-    for value in (first, second, first):  # the replay of a batch whose offset commit failed
-        driver._on_labeled_example(value, 0)
+    once, twice = str(first["event_id"]), str(second["event_id"])
+    driver = driver_that_sent({once: 1, twice: 2})
+    observed = driver.observed
+    duplicate = {"event_id": twice, "reason": "DUPLICATE"}
+    # The replay of a batch whose offset commit failed emits its decisions again.
+    for answer in (first, second, first):
+        driver._on_labeled_example(answer, 0)
+    assert observed.labels_unanswered() == 1, "the second copy of the second label is still to come"
+    for answer in (duplicate, duplicate):
+        driver._on_unmatched_label(answer, 0)
 
     assert observed.labeled_examples == 2
-    assert observed.labeled_example_repeats == 1
-    assert sorted(observed.training_pairs) == sorted([str(first["event_id"]), str(second["event_id"])])
-    assert observed.labels_unanswered() == 1, "the third label sent is still to come"
+    assert observed.unmatched_labels == {"DUPLICATE": 1}
+    assert observed.label_answers_repeated == 2
+    assert observed.labels_unanswered() == 0
+    assert sorted(observed.training_pairs) == sorted([once, twice])
