@@ -5,14 +5,9 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
-from streamloop.contracts import load_catalog, load_pipeline
-from streamloop.kafka.configuration import KafkaSettings
 from streamloop.stack import loop_driver
 from streamloop.stack.loop_driver import LoopDriver
-
-PIPELINE = Path(__file__).parents[3] / "examples" / "card_fraud" / "pipeline.yaml"
 
 
 @dataclass
@@ -44,10 +39,10 @@ def events(count: int) -> list[Event]:
                       "distance_from_home_km": 1.0}) for i in range(count)]
 
 
-def test_the_driver_waits_while_events_are_unscored_and_goes_on_when_they_are(monkeypatch) -> None:
+def test_the_driver_waits_while_events_are_unscored_and_goes_on_when_they_are(monkeypatch,
+                                                                             card_driver: LoopDriver) -> None:
     monkeypatch.setattr(loop_driver, "Producer", Producer)
-    spec = load_pipeline(PIPELINE)
-    driver = LoopDriver(spec, load_catalog(spec), KafkaSettings(bootstrap_servers="127.0.0.1:1"))
+    driver = card_driver
     rate = 1000.0  # the backlog limit is then 2,000 unscored events
     sending = threading.Thread(target=driver.run, args=(events(2_100), rate))
     sending.start()

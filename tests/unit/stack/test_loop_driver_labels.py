@@ -2,29 +2,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from streamloop.contracts import load_catalog, load_pipeline
-from streamloop.kafka.configuration import KafkaSettings
 from streamloop.stack.loop_driver import LoopDriver
 from tests.unit.model_publisher.factories import labeled_example
 
-PIPELINE = Path(__file__).parents[3] / "examples" / "card_fraud" / "pipeline.yaml"
 
-
-def driver_that_sent(copies: dict[str, int]) -> LoopDriver:
-    spec = load_pipeline(PIPELINE)
-    driver = LoopDriver(spec, load_catalog(spec), KafkaSettings(bootstrap_servers="127.0.0.1:1"))
-    driver.observed.labels_sent = sum(copies.values())
-    driver.observed.labels_sent_per_event = dict(copies)
-    return driver
-
-
-def test_answers_beyond_the_labels_sent_for_an_event_are_repeats_counted_apart() -> None:
+def test_answers_beyond_the_labels_sent_for_an_event_are_repeats_counted_apart(card_driver: LoopDriver) -> None:
     first, second = labeled_example(1, label=True), labeled_example(2, label=False)
     once, twice = str(first["event_id"]), str(second["event_id"])
-    driver = driver_that_sent({once: 1, twice: 2})
+    driver = card_driver
     observed = driver.observed
+    observed.labels_sent, observed.labels_sent_per_event = 3, {once: 1, twice: 2}
     duplicate = {"event_id": twice, "reason": "DUPLICATE"}
     # The replay of a batch whose offset commit failed emits its decisions again.
     for answer in (first, second, first):

@@ -2,19 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from streamloop.contracts import load_catalog, load_pipeline
-from streamloop.kafka.configuration import KafkaSettings
 from streamloop.stack.loop_driver import LoopDriver
 
-PIPELINE = Path(__file__).parents[3] / "examples" / "card_fraud" / "pipeline.yaml"
 
-
-def test_the_first_champion_each_decision_and_each_concept_alarm_in_event_order() -> None:
-    spec = load_pipeline(PIPELINE)
-    # Never connects: no readers are started.
-    driver = LoopDriver(spec, load_catalog(spec), KafkaSettings(bootstrap_servers="127.0.0.1:1"))
+def test_the_first_champion_each_decision_and_each_concept_alarm_in_event_order(card_driver: LoopDriver) -> None:
+    driver = card_driver
     obs = driver.observed
     by_index = [(i, f"e{i}") for i in range(8)]
     obs.produced_at_ms.update({f"e{i}": 1000 + 10 * i for i in range(8)})  # event i produced at 1000 + 10 i
