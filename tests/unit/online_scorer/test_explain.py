@@ -76,6 +76,27 @@ def test_top_k_are_the_largest_in_magnitude_and_one_hot_features_show_their_cate
     assert shown["amount"] == 480.0
 
 
+def test_top_k_is_the_start_of_the_full_ranking_ties_broken_by_shown_name_then_position(spec) -> None:
+    # A new model's weights are all 0, so every contribution ties: the ranking then follows the
+    # shown name (a one-hot feature is shown as its field: "m" sorts before "m0", "m=x" after).
+    untrained = preprocessing.StandardScaler() | linear_model.LogisticRegression()
+    x = {"b": 1.0, "m0": 1.0, "m=x": 1.0, "a": 2.0}
+    for top_k in (1, 2, 3, 4, None):
+        explanation = linear_contributions(untrained, x, "true", {"m": "x"}, top_k=top_k)
+        assert [c.feature for c in explanation.contributions] == ["a", "b", "m", "m0"][:top_k]
+        assert [c.value for c in explanation.contributions] == [2.0, 1.0, "x", 1.0][:top_k]
+    model = trained_model(spec)
+    rng = random.Random(5)
+    for _ in range(30):
+        numeric, categorical = numeric_features(rng), categorical_features(rng)
+        x = assemble_features(numeric, categorical)
+        for method in (linear_contributions, lambda *args, **kw: perturbation_contributions(
+                args[0], args[1], "classification", *args[2:], **kw)):
+            full = method(model, x, "true", categorical).contributions
+            for top_k in (1, 3, len(full)):
+                assert method(model, x, "true", categorical, top_k=top_k).contributions == full[:top_k]
+
+
 def test_a_false_positive_class_flips_the_signs(spec) -> None:
     model = trained_model(spec)
     x = {"amount": 480.0}
