@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from services.online_scorer.models import SHADOW, LoadedModel, ModelHolder, ModelSet, to_millis, wall_clock_ms
@@ -65,12 +65,13 @@ class ScoringProcessor:
             served = self.scorer.route(models, vector["event_id"])
             assert served is not None
             explain_it = self.scorer.sampled_for_explanation(vector["event_id"])
-            scored = self.scorer.score(served.model, vector["numeric"], vector["categorical"], explain_it=explain_it)
+            x = self.scorer.features(vector["numeric"], vector["categorical"])
+            scored = self.scorer.score_features(served.model, x, vector["categorical"], explain_it=explain_it)
             prediction = self._prediction(record, served, served.role, scored)
             result.outputs.append(OutgoingRecord(self.predictions.name, self.predictions.key_of(prediction),
                                                  prediction, source=record))
             emitted[(served.role, served.version)] += 1
-            self._score_shadows(models, record, result, emitted)
+            self._score_shadows(models, record, x, result, emitted)
         if self._count is not None:
             for (role, version), count in emitted.items():
                 self._count(count, {"path": "stream", "role": role, "model_version": version})
@@ -80,12 +81,12 @@ class ScoringProcessor:
         self.holder.report_age(now_ms)
         return ProcessResult()
 
-    def _score_shadows(self, models: ModelSet, record: ConsumedRecord, result: ProcessResult,
-                       emitted: Counter[tuple[str, str]]) -> None:
+    def _score_shadows(self, models: ModelSet, record: ConsumedRecord, x: Mapping[str, float],
+                       result: ProcessResult, emitted: Counter[tuple[str, str]]) -> None:
         vector = record.value
         for shadow in models.shadows:
             try:
-                scored = self.scorer.score(shadow.model, vector["numeric"], vector["categorical"])
+                scored = self.scorer.score_features(shadow.model, x, vector["categorical"])
             except Exception as exc:  # noqa: BLE001 - a failing challenger never costs the champion's answer
                 self.shadow_failures += 1
                 if self._shadow_errors is not None:

@@ -1,9 +1,10 @@
 """Scoring one entity with one model: the code the stream path and the gRPC path share.
 
-Both paths hand the served features to :meth:`Scorer.score`, which assembles them with
-``assemble_features`` (the one assembly function), maps the model's output with
-``streamloop.ml.prediction.predict`` and, when asked, explains it. The same features and the
-same model object therefore give the same answer on either path, bit for bit.
+Both paths assemble the served features with :meth:`Scorer.features` (``assemble_features``, the
+one assembly function, on sorted keys) and score them with :meth:`Scorer.score_features`, which
+maps the model's output with ``streamloop.ml.prediction.predict`` and, when asked, explains it;
+:meth:`Scorer.score` does both. The same features and the same model object therefore give the
+same answer on either path, bit for bit.
 """
 
 from __future__ import annotations
@@ -43,7 +44,12 @@ class Scorer:
 
     def score(self, model: Any, numeric: Mapping[str, float], categorical: Mapping[str, str], *,
               explain_it: bool = False) -> Scored:
-        x = self.features(numeric, categorical)
+        return self.score_features(model, self.features(numeric, categorical), categorical, explain_it=explain_it)
+
+    def score_features(self, model: Any, x: Mapping[str, float], categorical: Mapping[str, str], *,
+                       explain_it: bool = False) -> Scored:
+        """:meth:`score` on features already assembled by :meth:`features` (the stream path
+        assembles an event's features once for the champion and every shadow)."""
         output = predict(model, x, self.model_spec)
         if not explain_it:
             return Scored(output)
