@@ -25,8 +25,16 @@ stack: first with librdkafka's own ``queued.min.messages`` and ``fetch.queue.bac
 with the values the stack sets on noida-db (docs/embedded-stack.md, N5), and prints the ratios.
 
 Every phase also reports CPU seconds per process (from /proc) as CPU-µs per event: on a shared
-machine that figure is steadier than the wall clock. A speed reference of the machine at the time
-is printed first: the timeit line of docs/benchmarks.md
+machine that figure is steadier than the wall clock.
+
+Last, on the same stack, the Avro cost of the path (``--avro-sample`` records of each topic, 0 to
+skip): the CPU this process takes to do the path's four Avro steps on the records the run really
+carried (decode an event and encode its feature vector, as the featurizer does; decode the vector
+and encode its prediction, as the scorer does), and the rate two cores could reach if each event
+cost nothing but those steps and the broker's CPU per event in the flood: a ceiling, not a
+forecast, since it leaves out the services' own work and the clients that produce and read.
+
+A speed reference of the machine at the time is printed first: the timeit line of docs/benchmarks.md
 (``python -m timeit -n 3 "sum(i*i for i in range(1000000))"``), best of three, in ms.
 
 Linux only (the CPU figures read /proc).
@@ -268,8 +276,67 @@ def report(results: list[dict]) -> None:
                                                                 for p in processes))
 
 
+def sample_values(kafka: KafkaSettings, topic: str, count: int) -> list[bytes]:
+    """Up to ``count`` record values from the start of ``topic``'s partitions."""
+    consumer = Consumer(kafka.consumer("inference-path-avro-sample"))
+    try:
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        consumer.assign([TopicPartition(topic, p, -2) for p in partitions])
+        values: list[bytes] = []
+        deadline = time.monotonic() + 30
+        while len(values) < count and time.monotonic() < deadline:
+            values += [m.value() for m in consumer.consume(min(1000, count - len(values)), 1.0)
+                       if m.error() is None and m.value() is not None]
+        return values
+    finally:
+        consumer.close()
+
+
+def cpu_us_each(action, items: list) -> float:
+    """CPU-µs per item of ``action`` over ``items``, best of three passes."""
+    best = float("inf")
+    for _ in range(3):
+        started = time.process_time()
+        for item in items:
+            action(item)
+        best = min(best, time.process_time() - started)
+    return best / len(items) * 1e6
+
+
+def avro_cost(kafka: KafkaSettings, catalog: Catalog, count: int) -> dict[str, float]:
+    """CPU-µs per record of each Avro step of the inference path, on records the run carried."""
+    serdes = {role: SingleObjectSerde(catalog[role].schema, catalog.repository)
+              for role in ("input", "features", "predictions")}
+    steps = {}
+    for role, reads, writes in (("input", "event decode", None), ("features", "vector decode", "vector encode"),
+                                ("predictions", None, "prediction encode")):
+        serde = serdes[role]
+        values = sample_values(kafka, catalog[role].name, count)
+        decoded = [serde.decode(v) for v in values]
+        if writes:  # in the path's order: the featurizer writes the vector the scorer then reads
+            steps[writes] = cpu_us_each(serde.encode, decoded)
+        if reads:
+            steps[reads] = cpu_us_each(serde.decode, values)
+        steps[f"{role} bytes"] = statistics.mean(len(v) for v in values)
+    return steps
+
+
+def report_avro(steps: dict[str, float], flood: dict | None) -> None:
+    avro = sum(v for k, v in steps.items() if not k.endswith("bytes"))
+    print("\nAvro on the inference path, CPU-µs per record (this process, best of 3 passes):")
+    print("  " + ", ".join(f"{k} {v:.1f}" for k, v in steps.items() if not k.endswith("bytes"))
+          + f": {avro:.0f} per event")
+    print("  record sizes, bytes: " + ", ".join(f"{k.split()[0]} {v:.0f}" for k, v in steps.items()
+                                                if k.endswith("bytes")))
+    if flood is not None:
+        broker = flood["cpu_us_per_event"]["broker"]
+        print(f"  with the broker's {broker:.0f} CPU-µs per event in the flood: at most "
+              f"{2e6 / (avro + broker):,.0f} events/s on 2 cores if the path did nothing else "
+              f"(the broker alone: {2e6 / broker:,.0f})")
+
+
 def measure(spec: PipelineSpec, catalog: Catalog, rates: list[float], phases: list[list[Encoded]],
-            warmup: list[Encoded]) -> list[dict]:
+            warmup: list[Encoded], avro_sample: int = 0) -> tuple[list[dict], dict[str, float]]:
     """One fresh stack: the warm-up, then each fixed-rate phase, then the flood (a last phase without a rate)."""
     data_dir = Path(tempfile.mkdtemp(prefix="inference-path-"))
     stack = Stack.prepare(spec, DEMO_SPEC, data_dir, fresh=True, services=SERVICES)
@@ -299,10 +366,11 @@ def measure(spec: PipelineSpec, catalog: Catalog, rates: list[float], phases: li
                   f"delivered {last['delivered_rate']:,.0f}/s", flush=True)
         reader.stopping.set()
         reader.join(10)
+        avro = avro_cost(stack.client_settings(), catalog, avro_sample) if avro_sample else {}
     finally:
         stack.stop()
         shutil.rmtree(data_dir, ignore_errors=True)  # the embedded broker keeps every record
-    return results
+    return results, avro
 
 
 def main() -> None:
@@ -317,6 +385,8 @@ def main() -> None:
                         help="first measure everything with librdkafka's own queued.min.messages and "
                              "fetch.queue.backoff.ms (what the stack overrode before N5), then with the stack's")
     parser.add_argument("--no-reference", action="store_true", help="skip the machine's speed reference")
+    parser.add_argument("--avro-sample", type=int, default=2000,
+                        help="records of each topic the Avro cost is measured on (0: skip)")
     args = parser.parse_args()
     rates = [float(r) for r in args.rates.split(",") if r]
     if args.idle_pause_ms is not None:
@@ -336,18 +406,21 @@ def main() -> None:
     configurations = {"the stack's fetch settings": {}}
     if args.compare_librdkafka_fetch_defaults:
         configurations = {"librdkafka's fetch defaults": LIBRDKAFKA_FETCH_DEFAULTS, **configurations}
-    measured = {}
+    measured, avro = {}, {}
     for name, environment in configurations.items():
         print(f"{name}:", flush=True)
         os.environ.update(environment)
         try:
-            measured[name] = measure(spec, catalog, rates, phases, warmup)
+            measured[name], avro = measure(spec, catalog, rates, phases, warmup, args.avro_sample)
         finally:
             for variable in environment:
                 os.environ.pop(variable, None)
     for name, results in measured.items():
         print(f"\n== {name}")
         report(results)
+    if avro:
+        last = list(measured.values())[-1]
+        report_avro(avro, next((r for r in last if r["phase"] == "flood"), None))
     if len(measured) == 2:
         (before_name, before), (after_name, after) = measured.items()
         print(f"\n{after_name} against {before_name}, phase by phase:")
