@@ -47,7 +47,11 @@ log = logging.getLogger(__name__)
 
 TRACEPARENT = "traceparent"
 
-_Encoded = tuple[str, bytes | None, bytes | None, Headers, int | None]
+# Which output a record is, whichever time its input was read: the n-th output to a topic from one
+# input record (its topic, partition and offset). A replayed input yields outputs of the same
+# identities; outputs with no input record (ticks) and dead letters have none.
+_Identity = tuple[str, str, int, int, int] | None
+_Encoded = tuple[str, bytes | None, bytes | None, Headers, int | None, _Identity]
 
 
 class RunnerSettings(BaseModel):
@@ -346,7 +350,13 @@ class StageRunner:
     def _encode(self, outputs: Sequence[OutgoingRecord], raw=None) -> tuple[list[_Encoded], list]:
         encoded = []
         failures = []
+        ordinals: dict[tuple[str, str, int, int], int] = {}
         for out in outputs:
+            identity: _Identity = None
+            if out.source is not None:
+                slot = (out.topic, out.source.topic, out.source.partition, out.source.offset)
+                identity = (*slot, ordinals.get(slot, 0))
+                ordinals[slot] = identity[4] + 1
             try:
                 value = None if out.value is None else self.topics.outputs[out.topic].encode(out.value)
             except SerdeError as exc:
@@ -354,7 +364,7 @@ class StageRunner:
                 continue
             headers = self._trace_headers(out, raw)
             encoded.append((out.topic, out.key.encode() if out.key is not None else None, value, headers,
-                            out.partition))
+                            out.partition, identity))
         return encoded, failures
 
     def _produce_all(self, encoded: list, dead: list[tuple[Message, str, BaseException]],
@@ -374,7 +384,7 @@ class StageRunner:
             return delivered
 
         for index, record in enumerate(encoded):
-            topic, key, value, headers, partition = record
+            topic, key, value, headers, partition, _identity = record
             self._produce(topic, key, value, headers, on_delivery(acked_outputs, index, record), partition)
         for index, (message, stage, error) in enumerate(dead):
             dlq = self.topics.dead_letters.get(message.topic(), message.topic() + ".dlq")
@@ -382,7 +392,7 @@ class StageRunner:
                 message.headers(), topic=message.topic(), partition=message.partition(),
                 offset=message.offset(), stage=stage, error=error, service=self.service,
             )
-            letter = (dlq, message.key(), message.value(), headers, None)
+            letter = (dlq, message.key(), message.value(), headers, None, None)
             self._produce(dlq, message.key(), message.value(), headers, on_delivery(acked_letters, index, letter))
         waited = 0.0
         while len(self.producer) > 0:
@@ -460,7 +470,14 @@ class StageRunner:
         """The outputs acknowledged within ``resend_window_s``, to send again (taken: they are remembered anew
         when acknowledged again). Duplicates downstream are the price: at-least-once, nothing lost."""
         self._forget_acknowledged(time.monotonic())
-        records = [record for _, record in self._acknowledged]
+        # One copy per identity, the latest: an input read again within the window (its offset
+        # commit was lost) left two acknowledged copies of each of its outputs, and sending both
+        # again wrote four of a record read once (CI, a broker restart).
+        latest: dict[object, _Encoded] = {}
+        for _, record in self._acknowledged:
+            identity = record[5]
+            latest[identity if identity is not None else object()] = record
+        records = list(latest.values())
         self._acknowledged.clear()
         if records:
             self.stats.resent += len(records)

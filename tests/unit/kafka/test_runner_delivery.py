@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Sequence
+from datetime import UTC, datetime
 
 from confluent_kafka import KafkaError, KafkaException
 
@@ -78,14 +79,28 @@ class DesynchronizedProducer(FakeProducer):
         super().produce(topic, value, key, headers, on_delivery, **pinned)
 
 
-def desync_runner(monkeypatch, window_s: float) -> tuple[StageRunner, SingleObjectSerde, FakeProducer]:
+class Stamping:
+    """Echo, each output stamped with the number of the run that made it: a replay's bytes differ,
+    as the featurizer's vectors do (their computed_at)."""
+
+    def __init__(self) -> None:
+        self.runs = 0
+
+    def process(self, batch: Sequence[ConsumedRecord]) -> ProcessResult:
+        self.runs += 1
+        return ProcessResult(outputs=[OutgoingRecord(SINK, r.key, {**r.value, "computed_at": self.runs}, source=r)
+                                      for r in batch])
+
+
+def desync_runner(monkeypatch, window_s: float, processor=None,
+                  healthy: int = 3) -> tuple[StageRunner, SingleObjectSerde, FakeProducer]:
     serde = SingleObjectSerde(VECTOR, REPOSITORY)
     runner = StageRunner("delivery", "delivery-group", KafkaSettings(bootstrap_servers="127.0.0.1:1"),
-                         StageTopics(inputs={SOURCE: serde}, outputs={SINK: serde}), Echo(),
+                         StageTopics(inputs={SOURCE: serde}, outputs={SINK: serde}), processor or Echo(),
                          RunnerSettings(retry_backoff_s=0.001, resend_window_s=window_s))
     replacement = FakeProducer()
     monkeypatch.setattr(runner_module, "Producer", lambda _config: replacement)
-    runner.producer, runner.consumer = DesynchronizedProducer(healthy=3), FakeConsumer()
+    runner.producer, runner.consumer = DesynchronizedProducer(healthy=healthy), FakeConsumer()
     runner._assigned.add((SOURCE, 0))
     return runner, serde, replacement
 
@@ -116,3 +131,23 @@ def test_outputs_acknowledged_before_the_window_are_not_sent_again(monkeypatch) 
     off._run_batch([FakeMessage(v, offset, topic=SOURCE) for offset, v in enumerate(values[:3])])
     off._run_batch([FakeMessage(v, offset, topic=SOURCE) for offset, v in enumerate(values[3:], start=3)])
     assert [v for _t, _k, v, _h in replacement.produced] == values[3:], "a window of 0 turns it off"
+
+
+def test_an_input_read_twice_within_the_window_has_its_outputs_sent_again_once(monkeypatch) -> None:
+    runner, serde, replacement = desync_runner(monkeypatch, window_s=60.0, processor=Stamping(), healthy=6)
+    values = [serde.encode(sample_record(VECTOR, seed)) for seed in range(6)]
+    first = [FakeMessage(v, offset, topic=SOURCE) for offset, v in enumerate(values[:3])]
+    runner._run_batch(first)
+    runner._run_batch(first)  # read again: the group rejoined from an offset commit the broker lost
+    runner._run_batch([FakeMessage(v, offset, topic=SOURCE) for offset, v in enumerate(values[3:], start=3)])
+
+    # Six outputs of offsets 0-2 were acknowledged (two copies each), then the producer failed.
+    # Each output is sent again once, as its latest copy; then the third batch.
+    resent = [serde.decode(v) for _t, _k, v, _h in replacement.produced]
+    assert [r["event_id"] for r in resent] == [serde.decode(v)["event_id"] for v in values]
+    assert [r["computed_at"] for r in resent] == [to_datetime(2)] * 3 + [to_datetime(3)] * 3
+    assert runner.stats.resent == 3
+
+
+def to_datetime(millis: int) -> datetime:
+    return datetime.fromtimestamp(millis / 1000, tz=UTC)
