@@ -162,7 +162,8 @@ def _ranked(contributions: list[tuple[str, float]], x: Mapping[str, float],
     Ranked as plain tuples, compared in C, whose position field settles every tie before the
     rest is compared; only the kept pairs become Contributions. A spec may explain every event,
     and with wide feature vectors one frozen dataclass per feature, sorted by a Python key, cost
-    several times the prediction itself (about 101 against 57 µs for 30 features and top 3).
+    several times the prediction itself (97 against 55 µs for 30 features and top 3; the command
+    is in docs/benchmarks.md).
     """
     keyed = [(-abs(contribution), _shown_name(name, categorical), position, name, contribution)
              for position, (name, contribution) in enumerate(contributions)]
