@@ -129,6 +129,7 @@ class Entry:
     prediction_sources: list[str] = field(default_factory=list)  # their records, to recognise replays
     label: dict[str, Any] | None = None  # label, label_time, entity_key, source
     decided_at: int | None = None
+    duplicate_label_sources: list[str] = field(default_factory=list)  # later labels answered DUPLICATE
 
     @property
     def label_time(self) -> int | None:
@@ -149,7 +150,7 @@ class Entry:
             "segments": self.segments or None, "predictions": self.predictions or None,
             "prediction_ids": self.prediction_ids or None,
             "prediction_sources": self.prediction_sources or None, "label": self.label,
-            "decided_at": self.decided_at,
+            "decided_at": self.decided_at, "duplicate_label_sources": self.duplicate_label_sources or None,
         }
         state.update({k: v for k, v in optional.items() if v is not None})
         return state
@@ -166,7 +167,7 @@ class Entry:
             segments=state.get("segments") or {}, predictions=state.get("predictions") or [],
             prediction_ids=state.get("prediction_ids") or [],
             prediction_sources=state.get("prediction_sources") or [], label=state.get("label"),
-            decided_at=state.get("decided_at"),
+            decided_at=state.get("decided_at"), duplicate_label_sources=state.get("duplicate_label_sources") or [],
         )
 
 

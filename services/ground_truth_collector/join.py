@@ -19,8 +19,9 @@ AFTER_HORIZON, a second one DUPLICATE), and then deleted. At most ``max_entries`
 partition: beyond that the one nearest its deadline is evicted early.
 
 Replays are recognised per entry: an entry keeps the source (topic, partition, offset) of its
-label, feature vector and predictions, so a record it already holds changes nothing, in whatever
-order records are delivered again after a restart. (A per-source offset watermark would be
+label, feature vector and predictions, and of every later label it answered DUPLICATE, so a
+record it already holds or answered changes nothing, in whatever order records are delivered
+again after a restart. (A per-source offset watermark would be
 cheaper, but faust can deliver a source partition with a gap after a rebalance and then redeliver
 the gap; a watermark would silently skip it.) A replay of a record whose entry was already
 deleted, i.e. older than horizon + grace + remember in stream time, is treated as new.
@@ -172,7 +173,9 @@ class JoinPartition:
     # -- per kind ----------------------------------------------------------------------------
 
     def _on_label(self, entry: Entry | None, item: JoinInput) -> list[Decision]:
-        if entry is not None and entry.label is not None and entry.label["source"] == item.source.text():
+        source = item.source.text()
+        if entry is not None and entry.label is not None and (
+                entry.label["source"] == source or source in entry.duplicate_label_sources):
             self.counters.replayed += 1
             return []
         self.counters.labels_in += 1
@@ -182,7 +185,10 @@ class JoinPartition:
             self.pending += 1
             return self._evict_over_cap()
         if entry.label is not None:
-            return [self._duplicate(entry, item)]
+            decision = self._duplicate(entry, item)
+            entry.duplicate_label_sources.append(source)
+            self._save(entry)
+            return [decision]
         entry.label = label_state(item)
         if entry.status is Status.EXPIRED:
             return [self._decide_late_label(entry, item)]

@@ -215,6 +215,20 @@ def test_records_delivered_again_out_of_order_are_recognised_by_their_entry():
     assert_accounted(join)
 
 
+def test_a_replayed_duplicate_label_is_answered_once():
+    """A batch replayed after a failed commit (ILLEGAL_GENERATION) delivers a duplicate label again:
+    its DUPLICATE was already emitted, so the replay emits nothing, also after a restart."""
+    inputs, store = Inputs(), DictStore()
+    join = partition(store)
+    duplicate = inputs.label("e1", T0 + 6)
+    run(join, inputs.features("e1", T0), inputs.prediction("e1", T0), inputs.label("e1", T0 + 5))
+    assert [d.record["reason"] for d in run(join, duplicate)] == ["DUPLICATE"]
+    assert run(join, duplicate) == []
+    assert run(partition(store), duplicate) == [], "the answered duplicate is in the stored entry"
+    assert join.counters.duplicate == 1 and join.counters.labels_in == 2 and join.counters.replayed == 1
+    assert_accounted(join)
+
+
 def test_a_restarted_partition_continues_from_the_stored_state():
     inputs, store = Inputs(), DictStore()
     first = partition(store)
