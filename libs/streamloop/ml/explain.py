@@ -162,8 +162,7 @@ def _ranked(contributions: list[tuple[str, float]], x: Mapping[str, float],
     Ranked as plain tuples, compared in C, whose position field settles every tie before the
     rest is compared; only the kept pairs become Contributions. A spec may explain every event,
     and with wide feature vectors one frozen dataclass per feature, sorted by a Python key, cost
-    several times the prediction itself (97 against 55 µs for 30 features and top 3; the command
-    is in docs/benchmarks.md).
+    several times the prediction itself (docs/benchmarks.md, "Explanations", has the figures).
     """
     keyed = [(-abs(contribution), _shown_name(name, categorical), position, name, contribution)
              for position, (name, contribution) in enumerate(contributions)]
