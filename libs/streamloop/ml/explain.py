@@ -140,14 +140,14 @@ def _target_label(probabilities: Mapping[Any, float], positive_class: str | None
 
 
 def _shown(name: str, x: Mapping[str, float], categorical: Mapping[str, str] | None) -> tuple[str, float | str]:
-    if categorical and "=" in name:
-        field, _, category = name.partition("=")
-        if categorical.get(field) == category:
-            return field, category
+    shown = _shown_name(name, categorical)
+    if shown != name:  # a one-hot feature: its field, with the category as the value
+        return shown, name[len(shown) + 1:]
     return name, float(x[name]) if name in x else 0.0
 
 
 def _shown_name(name: str, categorical: Mapping[str, str] | None) -> str:
+    """The feature as reported: a one-hot ``field=category`` of the event's category is ``field``."""
     if categorical and "=" in name:
         field, _, category = name.partition("=")
         if categorical.get(field) == category:
