@@ -303,31 +303,35 @@ def cpu_us_each(action, items: list) -> float:
     return best / len(items) * 1e6
 
 
-def avro_cost(kafka: KafkaSettings, catalog: Catalog, count: int) -> dict[str, float]:
-    """CPU-µs per record of each Avro step of the inference path, on records the run carried."""
-    serdes = {role: SingleObjectSerde(catalog[role].schema, catalog.repository)
-              for role in ("input", "features", "predictions")}
-    steps = {}
+@dataclass
+class AvroCost:
+    """CPU-µs per record of each Avro step of the path, in the path's order; mean record size per topic role."""
+
+    steps: dict[str, float] = field(default_factory=dict)
+    sizes: dict[str, float] = field(default_factory=dict)
+
+
+def avro_cost(kafka: KafkaSettings, catalog: Catalog, count: int) -> AvroCost:
+    """The Avro steps of the inference path, measured on records the run carried."""
+    cost = AvroCost()
     for role, reads, writes in (("input", "event decode", None), ("features", "vector decode", "vector encode"),
                                 ("predictions", None, "prediction encode")):
-        serde = serdes[role]
+        serde = SingleObjectSerde(catalog[role].schema, catalog.repository)
         values = sample_values(kafka, catalog[role].name, count)
         decoded = [serde.decode(v) for v in values]
         if writes:  # in the path's order: the featurizer writes the vector the scorer then reads
-            steps[writes] = cpu_us_each(serde.encode, decoded)
+            cost.steps[writes] = cpu_us_each(serde.encode, decoded)
         if reads:
-            steps[reads] = cpu_us_each(serde.decode, values)
-        steps[f"{role} bytes"] = statistics.mean(len(v) for v in values)
-    return steps
+            cost.steps[reads] = cpu_us_each(serde.decode, values)
+        cost.sizes[role] = statistics.mean(len(v) for v in values)
+    return cost
 
 
-def report_avro(steps: dict[str, float], flood: dict | None) -> None:
-    avro = sum(v for k, v in steps.items() if not k.endswith("bytes"))
+def report_avro(cost: AvroCost, flood: dict | None) -> None:
+    avro = sum(cost.steps.values())
     print("\nAvro on the inference path, CPU-µs per record (this process, best of 3 passes):")
-    print("  " + ", ".join(f"{k} {v:.1f}" for k, v in steps.items() if not k.endswith("bytes"))
-          + f": {avro:.0f} per event")
-    print("  record sizes, bytes: " + ", ".join(f"{k.split()[0]} {v:.0f}" for k, v in steps.items()
-                                                if k.endswith("bytes")))
+    print("  " + ", ".join(f"{k} {v:.1f}" for k, v in cost.steps.items()) + f": {avro:.0f} per event")
+    print("  record sizes, bytes: " + ", ".join(f"{k} {v:.0f}" for k, v in cost.sizes.items()))
     if flood is not None:
         broker = flood["cpu_us_per_event"]["broker"]
         print(f"  with the broker's {broker:.0f} CPU-µs per event in the flood: at most "
@@ -336,7 +340,7 @@ def report_avro(steps: dict[str, float], flood: dict | None) -> None:
 
 
 def measure(spec: PipelineSpec, catalog: Catalog, rates: list[float], phases: list[list[Encoded]],
-            warmup: list[Encoded], avro_sample: int = 0) -> tuple[list[dict], dict[str, float]]:
+            warmup: list[Encoded], avro_sample: int = 0) -> tuple[list[dict], AvroCost | None]:
     """One fresh stack: the warm-up, then each fixed-rate phase, then the flood (a last phase without a rate)."""
     data_dir = Path(tempfile.mkdtemp(prefix="inference-path-"))
     stack = Stack.prepare(spec, DEMO_SPEC, data_dir, fresh=True, services=SERVICES)
@@ -366,7 +370,7 @@ def measure(spec: PipelineSpec, catalog: Catalog, rates: list[float], phases: li
                   f"delivered {last['delivered_rate']:,.0f}/s", flush=True)
         reader.stopping.set()
         reader.join(10)
-        avro = avro_cost(stack.client_settings(), catalog, avro_sample) if avro_sample else {}
+        avro = avro_cost(stack.client_settings(), catalog, avro_sample) if avro_sample else None
     finally:
         stack.stop()
         shutil.rmtree(data_dir, ignore_errors=True)  # the embedded broker keeps every record
@@ -406,7 +410,7 @@ def main() -> None:
     configurations = {"the stack's fetch settings": {}}
     if args.compare_librdkafka_fetch_defaults:
         configurations = {"librdkafka's fetch defaults": LIBRDKAFKA_FETCH_DEFAULTS, **configurations}
-    measured, avro = {}, {}
+    measured, avro = {}, None
     for name, environment in configurations.items():
         print(f"{name}:", flush=True)
         os.environ.update(environment)
@@ -418,7 +422,7 @@ def main() -> None:
     for name, results in measured.items():
         print(f"\n== {name}")
         report(results)
-    if avro:
+    if avro is not None:
         last = list(measured.values())[-1]
         report_avro(avro, next((r for r in last if r["phase"] == "flood"), None))
     if len(measured) == 2:
