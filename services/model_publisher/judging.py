@@ -78,28 +78,29 @@ class Judge:
         if champion is None:
             return []
         predecessor = self.watched_predecessor(slots)
+        outputs: list[OutgoingRecord] = []
         if predecessor is not None:
-            outputs = self._watch(champion, predecessor)
-            if outputs and outputs[0].value and outputs[0].value["kind"] == "ROLLBACK":
+            verdict, outputs = self._watch(champion, predecessor)
+            # Until the watch's first verdict, no challenger may replace the champion: one that
+            # paired with it while it was a shadow could otherwise pre-empt the rollback.
+            if verdict.outcome in ("rollback", "wait"):
                 return outputs
-        else:
-            outputs = []
         canary = slots.get(CANARY)
         if canary is not None:
             return outputs + self._trial(champion, canary)
         return outputs + self._challengers(champion, slots)
 
-    def _watch(self, champion: dict[str, Any], predecessor: dict[str, Any]) -> list[OutgoingRecord]:
+    def _watch(self, champion: dict[str, Any], predecessor: dict[str, Any]) -> tuple[Verdict, list[OutgoingRecord]]:
         new, old = champion["version"], predecessor["version"]
         pairs = self.ledger.paired(old, new, challenger_role="CHAMPION")
         verdict = decide_rollback(pairs.baseline, pairs.challenger, self.spec)
         if verdict.outcome == "rollback":
             log.warning("rolling back %s to %s: %s", new, old, verdict.reason)
-            return self._rollback(champion, predecessor, verdict)
+            return verdict, self._rollback(champion, predecessor, verdict)
         if verdict.outcome == "keep" and len(pairs) >= self.policy.rollback_watch_samples:
             reason = f"predecessor retired: champion {new} held up over the rollback watch; {verdict.reason}"
-            return self._retire(shadow_slot(old), old, reason, verdict.evidence)
-        return []
+            return verdict, self._retire(shadow_slot(old), old, reason, verdict.evidence)
+        return verdict, []
 
     def _rollback(self, champion: dict[str, Any], predecessor: dict[str, Any], verdict: Verdict,
                   ) -> list[OutgoingRecord]:

@@ -151,6 +151,25 @@ def test_an_automatic_rollback_when_the_new_champion_does_worse_live(harness):
     assert set(harness.table.slots("card-fraud", "fraud")) == {CHAMPION}
 
 
+def test_a_challenger_waits_for_the_rollback_watch_and_cannot_pre_empt_a_rollback(harness):
+    old = harness.bootstrap()
+    new = harness.shadow(parent=old)
+    rival = harness.shadow(parent=old)
+    # The rival joins later: too few samples to be judged when ``new`` is promoted, but 400 events
+    # paired with ``new`` while ``new`` was still a shadow.
+    harness.feed("lab", examples(200, models={old: (0.5, "CHAMPION"), new: (0.8, "SHADOW")}))
+    promoted = decisions(harness.feed("lab", examples(400, start=200, models={
+        old: (0.5, "CHAMPION"), new: (0.8, "SHADOW"), rival: (0.95, "SHADOW")})))
+    assert [(d["kind"], d["to_version"]) for d in promoted] == [("PROMOTE", new)]
+    # Live, ``new`` does worse than its predecessor; the rival, far better, now has 600 pairs with it.
+    live = {new: (0.6, "CHAMPION"), old: (0.8, "SHADOW"), rival: (0.95, "SHADOW")}
+    assert decisions(harness.feed("lab", examples(200, start=1000, models=live))) == [], \
+        "no challenger is judged against a champion whose watch has not had its first verdict"
+    rollback = decisions(harness.feed("lab", examples(150, start=1200, models=live)))
+    assert [(d["kind"], d["from_version"], d["to_version"]) for d in rollback] == [("ROLLBACK", new, old)]
+    assert harness.slot(CHAMPION)["version"] == old
+
+
 def test_a_champion_that_holds_up_retires_its_predecessor_after_the_watch(demo_pipeline, tmp_path):
     harness = Harness(demo_pipeline, tmp_path, PublisherPolicy(judging=JudgingPolicy(rollback_watch_samples=400)))
     old, new = promote(harness)
