@@ -146,19 +146,21 @@ def phishing(seed: int, events: int) -> Stream:
 
 
 def with_overrides(spec: PipelineSpec, overrides: list[str]) -> PipelineSpec:
-    """``section.field=value`` (YAML value) applied to the spec's policy sections, e.g. retrain.rebuild_window=1000."""
+    """``section.field=value`` (YAML value) applied to the spec's policy sections, e.g.
+    retrain.rebuild_window=1000; a deeper path changes one field of a nested section
+    (retrain.catch_up.repeats_decay=none) and keeps the others, as the stream's spec set them."""
     import yaml
 
-    sections: dict[str, dict] = {}
+    data = spec.model_dump(by_alias=True, exclude={"base_dir"})
     for item in overrides:
         path, _, value = item.partition("=")
-        section, _, name = path.partition(".")
-        if section not in ("drift", "retrain", "promotion") or not name:
-            raise SystemExit(f"--set {item}: expected drift|retrain|promotion.<field>=<value>")
-        sections.setdefault(section, {})[name] = yaml.safe_load(value)
-    data = spec.model_dump(by_alias=True, exclude={"base_dir"})
-    for section, fields in sections.items():
-        data[section] = {**data[section], **fields}
+        section, *names = path.split(".")
+        if section not in ("drift", "retrain", "promotion") or not names:
+            raise SystemExit(f"--set {item}: expected drift|retrain|promotion.<field>[.<field>]=<value>")
+        parent = data[section]
+        for name in names[:-1]:
+            parent = parent[name]
+        parent[names[-1]] = yaml.safe_load(value)
     return parse_pipeline(data, spec.base_dir)
 
 
