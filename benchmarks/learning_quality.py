@@ -159,7 +159,9 @@ def with_overrides(spec: PipelineSpec, overrides: list[str]) -> PipelineSpec:
             raise SystemExit(f"--set {item}: expected drift|retrain|promotion.<field>[.<field>]=<value>")
         parent = data[section]
         for name in names[:-1]:
-            parent = parent[name]
+            parent = parent.get(name) if isinstance(parent, dict) else None
+        if not isinstance(parent, dict):
+            raise SystemExit(f"--set {item}: {'.'.join([section, *names[:-1]])} is not a section of the spec")
         parent[names[-1]] = yaml.safe_load(value)
     return parse_pipeline(data, spec.base_dir)
 
