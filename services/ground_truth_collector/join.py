@@ -23,8 +23,8 @@ label, feature vector and predictions, and of every later label it answered DUPL
 record it already holds or answered changes nothing, in whatever order records are delivered
 again after a restart. (A per-source offset watermark would be cheaper, but faust can deliver a
 source partition with a gap after a rebalance and then redeliver the gap; a watermark would
-silently skip it.) A replay of a record whose entry was already
-deleted, i.e. older than horizon + grace + remember in stream time, is treated as new.
+silently skip it.) A replay of a record whose entry was already deleted, i.e. older than
+horizon + grace + remember in stream time, is treated as new.
 """
 
 from __future__ import annotations
