@@ -1,4 +1,4 @@
-"""The ``streamloop`` command: every option can also be set by the environment variable it names."""
+"""The ``streamloop`` command: an option whose help names an environment variable can also be set by it."""
 
 from __future__ import annotations
 
