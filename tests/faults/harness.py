@@ -97,6 +97,8 @@ class ScenarioResult:
     invalid_in: int = 0
     predictions_out: int = 0
     dlq: int = 0
+    # Events whose fate was the wrong one: a valid event dead-lettered, or an invalid one not.
+    dlq_mismatched: int = 0
     lost: int = 0
     duplicates: int = 0
     max_copies: int = 0
@@ -105,6 +107,8 @@ class ScenarioResult:
     labels_sent: int = 0
     labels_back: int = 0
     labels_lost: int = 0
+    # Labels of predicted events that came back only as unmatched: a join that lost its state.
+    labels_unjoined: int = 0
     label_duplicates: int = 0
     redis_entities: int = 0
     redis_mismatches: int = 0
@@ -310,19 +314,36 @@ class FaultLoop:
             time.sleep(0.3)
         return False
 
-    def group_caught_up(self, service: str) -> bool:
-        """Every partition the service's group committed on is at its end offset."""
-        group = f"{self.prefix}streamloop.{self.spec.name}.{service}"
-        rows = group_lag(self.kafka, AdminClient(self.kafka.admin()), [group], timeout_s=10)
-        return bool(rows) and all(r.lag == 0 for r in rows)
+    def wait_consumed(self, service: str, roles: list[str], timeout_s: float) -> dict[str, Any]:
+        """Wait until the service's group has committed past every record now in its input topics.
 
-    def wait_caught_up(self, service: str, timeout_s: float) -> bool:
+        The stage runner commits a batch only after processing it, so a restarted service whose
+        group reaches these end offsets has processed every record it had not committed before
+        the kill. Returns the partitions still behind (topic, partition: committed, end), empty
+        when none is, and the records it had to reach.
+        """
+        group = f"{self.prefix}streamloop.{self.spec.name}.{service}"
+        probe = Consumer(self.kafka.consumer(f"{self.prefix}consumed-probe"))
+        targets: dict[tuple[str, int], int] = {}
+        try:
+            for role in roles:
+                topic = self.catalog[role].name
+                for partition in probe.list_topics(topic, timeout=10).topics[topic].partitions:
+                    low, high = probe.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
+                    if high > low:
+                        targets[(topic, partition)] = high
+        finally:
+            probe.close()
+        admin = AdminClient(self.kafka.admin())
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.group_caught_up(service):
-                return True
+        while True:
+            committed = {(r.topic, r.partition): r.committed for r in group_lag(self.kafka, admin, [group])}
+            behind = {f"{topic}[{partition}]": (committed.get((topic, partition)), end)
+                      for (topic, partition), end in targets.items()
+                      if (committed.get((topic, partition)) or 0) < end}
+            if not behind or time.monotonic() > deadline:
+                return {"behind": behind, "records": sum(targets.values())}
             time.sleep(0.5)
-        return False
 
     # -- the feature store against a clean replay
 
@@ -443,16 +464,18 @@ class FaultLoop:
             obs = self.reader.observed
             result.events_in = len(ids)
             counted = set(ids)
-            result.invalid_in = sum(1 for d in demo_events
-                                    if d.event["amount"] < 0 and str(d.event["transaction_id"]) in counted)
+            invalid = {str(d.event["transaction_id"]) for d in demo_events if d.event["amount"] < 0} & counted
+            result.invalid_in = len(invalid)
             result.predictions_out = sum(1 for i in ids if obs.predictions[i])
             result.dlq = sum(1 for i in ids if obs.dead_letters[i])
+            result.dlq_mismatched = sum(1 for i in ids if bool(obs.dead_letters[i]) != (i in invalid))
             result.lost = sum(1 for i in ids if not obs.predictions[i] and not obs.dead_letters[i])
             result.duplicates = sum(max(0, obs.predictions[i] - 1) for i in ids)
             result.max_copies = max((obs.predictions[i] for i in ids), default=0)
             result.labels_sent = len(labeled_ids)
             result.labels_back = sum(1 for i in labeled_ids if obs.labeled[i] + obs.unmatched[i])
             result.labels_lost = result.labels_sent - result.labels_back
+            result.labels_unjoined = sum(1 for i in labeled_ids if obs.predictions[i] and not obs.labeled[i])
             result.label_duplicates = sum(max(0, obs.labeled[i] - 1) for i in labeled_ids)
             result.other_dead_letters = obs.other_dead_letters - self._dead_letters_before
             versions = set().union(*(obs.versions[i] for i in ids if obs.versions[i]))
@@ -502,7 +525,7 @@ class FaultLoop:
 
 
 def assert_sound(result: ScenarioResult, max_copies: int | None = 2, *, same_input: bool = True,
-                 max_copies_per_stage: int = 2) -> None:
+                 max_copies_per_stage: int = 2, labels_joined: bool = True) -> None:
     """The assertions every scenario shares (after ``FaultLoop.verify``).
 
     ``max_copies``: the most predictions of one event, end to end; ``None`` when the fault hits
@@ -510,9 +533,13 @@ def assert_sound(result: ScenarioResult, max_copies: int | None = 2, *, same_inp
     ``max_copies_per_stage``: the most copies one stage may write of a record it read.
     ``same_input=False`` when the broker dropped input records it had acknowledged (and the loop
     had already consumed): a replay of what is left is then no reference for Redis or the vectors.
+    ``labels_joined=False`` when the broker may have dropped feature vectors or predictions, so a
+    label may rightly come back unmatched; otherwise every label of a predicted event is joined
+    (each arrives seconds after its event, well inside the join horizon).
     """
     assert result.lost == 0, result
     assert result.dlq == result.invalid_in, f"exactly the invalid events are dead-lettered: {result}"
+    assert result.dlq_mismatched == 0, f"exactly the invalid events are dead-lettered: {result}"
     assert result.predictions_out + result.dlq == result.events_in, result
     # At-least-once: a fault replays the batches in flight once, so each stage writes a record it
     # read at most twice (one fault + 1), whatever the stages before it did.
@@ -521,6 +548,8 @@ def assert_sound(result: ScenarioResult, max_copies: int | None = 2, *, same_inp
         assert result.max_copies <= max_copies, result
     assert result.duplicates <= result.events_in, result
     assert result.labels_lost == 0, result
+    if labels_joined:
+        assert result.labels_unjoined == 0, f"labels of predicted events came back unmatched: {result}"
     if same_input:
         assert result.redis_mismatches == 0, f"feature store differs from a clean replay: {result}"
         assert result.vector_mismatches == 0, f"feature vectors differ from a clean replay: {result}"

@@ -160,8 +160,13 @@ def test_the_loop_recovers_from_a_broker_restart_mid_stream(private_loop: tuple[
     # error, may put an event in the input topic twice. The restart hits every stage at once, so the
     # copies compound (measured: 2 in the input topic, 2 vectors, 4 predictions) and the end-to-end
     # count is bounded by the stages' product, not by a constant.
+    # What the broker dropped is bounded (measured: 1-20 of 600 events, 0-6 labels), so the checks
+    # below always cover most of the stream; a broker that dropped everything would fail here.
+    assert result.events_in >= 0.9 * len(demo), result
+    assert result.notes["labels_not_in_label_topic"] <= 0.1 * sum(1 for d in demo if d.label_copies), result
+    # A dropped feature vector or prediction leaves its label unmatched: counted, not failed.
     assert_sound(result, max_copies=None, same_input=result.notes["not_in_input_topic"] == 0,
-                 max_copies_per_stage=3)
+                 max_copies_per_stage=3, labels_joined=False)
     assert result.notes["max_copies_by_stage"]["input"] <= 2, result
     # Clients reconnect on their own: no service needed more than one restart (no crash loop).
     assert all(count <= 1 for count in restarts.values()), restarts

@@ -32,6 +32,16 @@ pytestmark = [pytest.mark.faults, pytest.mark.slow]
 EVENTS = 600
 RATE = 100.0          # events per second: a 6-second stream per test
 KILL_AT = EVENTS // 3
+# What each service's stage runner consumes (its app.py), by catalog role.
+INPUTS = {
+    "featurizer": ["input"],
+    "online-scorer": ["features"],
+    "ground-truth-collector": ["labels", "features", "predictions", "shadow_predictions"],
+    "drift-detector": ["features", "predictions", "labeled_examples"],
+    "retrainer": ["labeled_examples", "drift_events"],
+    "model-publisher": ["model_candidates", "labeled_examples", "metrics"],
+}
+LABEL_PATH = {"ground-truth-collector", "drift-detector", "retrainer", "model-publisher"}
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +83,11 @@ def test_sigkill_mid_stream_and_restart(loop: FaultLoop, service: str):
     assert killed, "the kill never ran"
     loop.wait_until_restarted(process)
     assert process.pid != killed["pid"]
-    result = loop.verify(ScenarioResult(f"sigkill {service}"), demo, labels=service == "ground-truth-collector")
+    # Labels are waited for wherever the killed service is on their path (the collector and what
+    # reads the labeled examples), so every labeled example is in its topic before the count below.
+    result = loop.verify(ScenarioResult(f"sigkill {service}"), demo, labels=service in LABEL_PATH)
+    consumed = loop.wait_consumed(service, INPUTS[service], timeout_s=90)
+    result.notes["inputs_consumed"] = consumed
     deadline = time.monotonic() + 60
     while not recovery and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -82,6 +96,9 @@ def test_sigkill_mid_stream_and_restart(loop: FaultLoop, service: str):
     result.notes |= {"restart_after_s": round(process.started_at - killed["at"], 2), "restarts": process.restarts}
     result.report()
     assert result.recover_s is not None, f"{service} did not process anything after its restart"
+    # The killed service's own inputs: its group went on past every record, those it had read but
+    # not committed before the kill included (the outputs above only count the inference path's).
+    assert consumed["records"] > 0 and not consumed["behind"], consumed
     assert_sound(result)
 
 
