@@ -12,7 +12,8 @@ from contextlib import contextmanager
 
 import numpy as np
 import pytest
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, ConsumerGroupState, TopicPartition
+from confluent_kafka.admin import AdminClient
 
 from services.drift_detector.app import DriftService, build
 from services.drift_detector.settings import DriftSettings
@@ -92,6 +93,18 @@ def running(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Iterator[Dr
     assert not worker.is_alive(), "the detector did not stop on request"
 
 
+def wait_for_members(bootstrap: str, group: str, members: int, timeout_s: float = 30.0) -> bool:
+    """True once ``group`` is stable with ``members`` members."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        description = admin.describe_consumer_groups([group])[group].result(10)
+        if description.state == ConsumerGroupState.STABLE and len(description.members) == members:
+            return True
+        time.sleep(0.2)
+    return False
+
+
 def drift_events(bootstrap: str, catalog: Catalog, feature: str, timeout_s: float = 60.0) -> list[dict]:
     decoder = serde(catalog, "drift_events")
 
@@ -154,7 +167,11 @@ def test_a_standby_takes_over_and_detects_what_the_active_replica_left(service_e
         produce(bootstrap_servers, features, feature_vectors(loop_catalog, 0, REFERENCE))
         wait_committed(bootstrap_servers, active, REFERENCE)
         with running(service_env, monkeypatch) as standby:
-            time.sleep(3)
+            assert active.lease is not None and standby.lease is not None
+            # The standby has joined the lease's group and the group settled with the active replica
+            # still holding the lease: only then does "not running" mean waiting, not starting.
+            assert wait_for_members(bootstrap_servers, standby.lease.group_id, 2), "the standby never joined"
+            assert active.lease.held and not standby.lease.held
             assert standby.runner is None, "the standby waits for the lease instead of sharing partitions"
             active.stop()  # the active replica goes away; its lease is released
             produce(bootstrap_servers, features,
