@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from confluent_kafka import Consumer
+from confluent_kafka.admin import AdminClient
 
 from tests.conftest import DEMO_SPEC
 
@@ -135,3 +136,89 @@ def test_score_says_when_no_scorer_listens(cli_env):
     result = streamloop("score", "card-1", "--address", "127.0.0.1:1", env=cli_env)
     assert result.returncode == 1 and "cannot reach the online scorer" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("arguments", [["--rate", "0"], ["--events", "0"], ["--drift-at", "1.5"]])
+def test_demo_refuses_bad_arguments_before_starting_anything(cli_env, tmp_path: Path, arguments: list[str]):
+    data_dir = tmp_path / "demo-state"
+    result = streamloop("demo", *arguments, "--headless", "--json", "--data-dir", str(data_dir), env=cli_env)
+    assert result.returncode == 2, result.stderr
+    assert f"Invalid value for '{arguments[0]}'" in result.stderr and "Traceback" not in result.stderr
+    assert not data_dir.exists(), "nothing was started"
+
+
+def test_up_and_demo_refuse_a_model_the_spec_cannot_build(cli_env, tmp_path: Path):
+    text = DEMO_SPEC.read_text()
+    assert "estimator: river.linear_model.LogisticRegression" in text and "params: {l2: 0.0001}" in text
+    specs = {
+        "no such estimator": text.replace("river.linear_model.LogisticRegression", "river.linear_model.Nope"),
+        "unknown params": text.replace("params: {l2: 0.0001}", "params: {l3: 0.0001}"),
+    }
+    for case, spec_text in specs.items():
+        spec = DEMO_SPEC.parent / f"test-{os.getpid()}-{case.replace(' ', '-')}.yaml"
+        spec.write_text(spec_text)  # beside the original: the spec names its schema by a relative path
+        try:
+            for command in (["up"], ["demo", "--headless"]):
+                data_dir = tmp_path / f"{command[0]}-{case}"
+                result = streamloop(*command, "-p", str(spec), "--data-dir", str(data_dir), env=cli_env)
+                assert result.returncode == 2, (case, command, result.stderr)
+                assert result.stderr.startswith(f"streamloop: invalid pipeline spec ({spec}): model: "), result.stderr
+                assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+                assert not data_dir.exists(), "nothing was started"
+        finally:
+            spec.unlink()
+
+
+def test_spec_syntax_and_schema_errors_name_the_file_and_the_place(cli_env, tmp_path: Path):
+    broken = DEMO_SPEC.parent / f"test-{os.getpid()}-broken.yaml"
+    broken.write_text("name: card-fraud\ninput: {topic: a\n  b: c: d\n")
+    wrong_field = DEMO_SPEC.parent / f"test-{os.getpid()}-wrong-field.yaml"
+    wrong_field.write_text(DEMO_SPEC.read_text().replace("event_id: transaction_id", "event_id: no_such_field"))
+    try:
+        syntax = streamloop("lag", "-p", str(broken), env=cli_env)
+        assert syntax.returncode == 2
+        assert syntax.stderr.strip() == (f"streamloop: pipeline spec {broken} is not valid YAML: "
+                                         "line 3, column 4: expected ',' or '}', but got ':'")
+        schema = streamloop("lag", "-p", str(wrong_field), env=cli_env)
+        assert schema.returncode == 2
+        assert schema.stderr.startswith(f"streamloop: invalid pipeline spec ({wrong_field}):\n"), schema.stderr
+        assert "input.event_id: no field 'no_such_field'" in schema.stderr
+    finally:
+        broken.unlink()
+        wrong_field.unlink()
+
+
+def test_produce_says_what_is_wrong_with_its_file(cli_env, loop_catalog, tmp_path: Path):
+    topic = loop_catalog["labels"].name
+    wide = {**cli_env, "COLUMNS": "400"}  # typer's usage box would wrap the long temporary path
+    missing = streamloop("produce", topic, "-f", str(tmp_path / "missing.jsonl"), env=wide)
+    assert missing.returncode == 2 and "does not exist" in missing.stderr and "Traceback" not in missing.stderr
+    directory = streamloop("produce", topic, "-f", str(tmp_path), env=wide)
+    assert directory.returncode == 2 and "is a directory" in directory.stderr
+    binary = tmp_path / "binary.jsonl"
+    binary.write_bytes(b"\xff\xfe{}\n")
+    not_text = streamloop("produce", topic, "-f", str(binary), env=cli_env)
+    assert not_text.returncode == 1
+    assert not_text.stderr.strip() == f"streamloop: {binary} is not UTF-8 text (byte 0); nothing produced"
+    array = streamloop("produce", topic, env=cli_env, stdin="[1, 2]\n")
+    assert array.returncode == 1
+    assert array.stderr.strip() == "streamloop: line 1: a JSON list, not an object; 0 records produced before it"
+
+
+def test_tail_refuses_a_dead_letter_topic_the_catalog_does_not_have(cli_env, loop_catalog):
+    unmatched = loop_catalog["unmatched_labels"]
+    assert not unmatched.dead_letter
+    result = streamloop("tail", f"{unmatched.name}.dlq", "--timeout", "1", env=cli_env)
+    assert result.returncode == 1
+    assert result.stderr.strip() == (f"streamloop: {unmatched.name} has no dead-letter topic "
+                                     "(the catalog's dead_letter is false)")
+    topics = AdminClient({"bootstrap.servers": cli_env["KAFKA_BOOTSTRAP_SERVERS"]}).list_topics(timeout=10).topics
+    assert f"{unmatched.name}.dlq" not in topics
+
+
+def test_top_says_when_the_broker_is_unreachable(cli_env):
+    result = streamloop("top", "--once", env={**cli_env, "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"})
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        "streamloop: cannot reach a Kafka broker at 127.0.0.1:1 (is `streamloop up` running?)"
+    )

@@ -60,6 +60,26 @@ class Connection:
     redis_url: str
 
 
+def load_runnable_pipeline(path: Path) -> PipelineSpec:
+    """A spec the services can run, for the commands that start them: valid, and its model builds.
+
+    The spec's own validation does not import river (every CLI command reads the spec), so an
+    estimator that does not exist or parameters it does not take would otherwise surface only as a
+    service crash-looping on start.
+    """
+    from streamloop.ml.estimators import build_model
+    from streamloop.ml.exceptions import EstimatorSpecError
+
+    try:
+        spec = load_pipeline(path)
+        build_model(spec.model)
+    except EstimatorSpecError as exc:
+        raise fail(f"invalid pipeline spec ({path}): model: {exc}", 2) from None
+    except StreamloopError as exc:
+        raise fail(str(exc), 2) from None
+    return spec
+
+
 def connect(pipeline: Path | None, data_dir: Path, bootstrap_servers: str | None) -> Connection:
     state = read_state(data_dir) or {}
     try:

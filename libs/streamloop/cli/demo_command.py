@@ -13,9 +13,9 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from streamloop.cli.connection import DEMO_PIPELINE, DataDirOption, fail
+from streamloop.cli.connection import DEMO_PIPELINE, DataDirOption, fail, load_runnable_pipeline
 from streamloop.cli.model_commands import artifact_store
-from streamloop.contracts import PipelineSpec, load_catalog, load_pipeline
+from streamloop.contracts import PipelineSpec, load_catalog
 from streamloop.errors import StreamloopError
 from streamloop.ml.registry import RegistryClient
 from streamloop.stack.launcher import Stack
@@ -39,15 +39,24 @@ def _progress(driver: LoopDriver, total: int, stack: Stack) -> Table:
     return table
 
 
+def _positive(value: float) -> float:
+    if not value > 0:
+        raise typer.BadParameter(f"{value} is not more than 0")
+    return value
+
+
 @app.command()
 def demo(
-    events: int = typer.Option(50_000, "--events", envvar="STREAMLOOP_DEMO_EVENTS", help="Events to stream."),
-    rate: float = typer.Option(400.0, "--rate", envvar="STREAMLOOP_DEMO_RATE", help="Events per second."),
+    events: int = typer.Option(50_000, "--events", min=1, envvar="STREAMLOOP_DEMO_EVENTS", help="Events to stream."),
+    rate: float = typer.Option(400.0, "--rate", envvar="STREAMLOOP_DEMO_RATE", callback=_positive,
+                               help="Events per second (more than 0)."),
     seed: int = typer.Option(7, "--seed", envvar="STREAMLOOP_DEMO_SEED", help="Seed of the synthetic domain."),
-    drift_at: float = typer.Option(0.5, "--drift-at", help="Where the concept drifts, as a share of the events."),
+    drift_at: float = typer.Option(0.5, "--drift-at", min=0.0, max=1.0,
+                                   help="Where the concept drifts, as a share of the events."),
     headless: bool = typer.Option(False, "--headless", help="No live view; progress lines only."),
     json_output: bool = typer.Option(False, "--json", help="End with the summary as one JSON object."),
-    pipeline: Path = typer.Option(DEMO_PIPELINE, "--pipeline", "-p", help="A pipeline with a generator.py."),
+    pipeline: Path = typer.Option(DEMO_PIPELINE, "--pipeline", "-p", envvar="STREAMLOOP_PIPELINE",
+                                  help="A pipeline with a generator.py."),
     data_dir: Path = DataDirOption,
     broker: str = typer.Option("noida", "--broker", envvar="STREAMLOOP_BROKER", help="noida or tansu."),
     bad_promotion_at: float | None = typer.Option(
@@ -57,8 +66,8 @@ def demo(
 ) -> None:
     """Run the whole loop on the embedded stack and report what it did."""
     console = Console(stderr=True)
+    spec = load_runnable_pipeline(pipeline)
     try:
-        spec = load_pipeline(pipeline)
         generator = load_generator(spec)
     except (StreamloopError, FileNotFoundError) as exc:
         raise fail(str(exc), 2) from None
@@ -76,13 +85,16 @@ def demo(
         start_ms = int(time.time() * 1000)
         stream = generator.generate(events, seed=seed, drift_at=drift_at, start_ms=start_ms, rate_per_s=rate)
         started = time.monotonic()
-        producer = threading.Thread(target=driver.run, args=(stream, rate), daemon=True)
+        failures: list[BaseException] = []
+        producer = threading.Thread(target=_producing, args=(driver, stream, rate, failures), daemon=True)
         producer.start()
         if bad_promotion_at is not None:
             threading.Thread(target=_promote_badly, args=(driver, spec, stack, console,
                                                           int(events * bad_promotion_at), producer),
                              daemon=True).start()
         _watch(producer, driver, stack, console, events, headless)
+        if failures:
+            raise StreamloopError(f"the demo stopped producing events: {type(failures[0]).__name__}: {failures[0]}")
         driver.wait_for_predictions(timeout_s=60)
         driver.wait_for_labels(timeout_s=30)
         elapsed = time.monotonic() - started
@@ -97,6 +109,15 @@ def demo(
         raise fail(str(exc)) from None
     stack.stop()
     _report(summary, console, json_output)
+
+
+def _producing(driver: LoopDriver, stream, rate: float, failures: list[BaseException]) -> None:
+    """The producing thread: a failure is kept for the command to report, not printed as a traceback
+    with a summary of nothing after it."""
+    try:
+        driver.run(stream, rate)
+    except Exception as exc:  # noqa: BLE001 - reported by the command as one line, with a non-zero exit
+        failures.append(exc)
 
 
 def _promote_badly(driver: LoopDriver, spec: PipelineSpec, stack: Stack, console: Console, at: int,

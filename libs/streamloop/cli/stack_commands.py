@@ -16,8 +16,13 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from streamloop.cli.connection import DataDirOption, PipelineOption, fail, resolve_pipeline_path
-from streamloop.contracts import load_pipeline
+from streamloop.cli.connection import (
+    DataDirOption,
+    PipelineOption,
+    fail,
+    load_runnable_pipeline,
+    resolve_pipeline_path,
+)
 from streamloop.errors import StreamloopError
 from streamloop.kafka.admin import wait_for_broker
 from streamloop.kafka.configuration import KafkaSettings
@@ -55,10 +60,7 @@ def up(
     path = resolve_pipeline_path(pipeline, data_dir)
     if read_state(data_dir):
         raise fail(f"a stack is already running from {data_dir} (see `streamloop status`)")
-    try:
-        spec = load_pipeline(path)
-    except StreamloopError as exc:
-        raise fail(str(exc), 2) from None
+    spec = load_runnable_pipeline(path)
     stack = Stack.prepare(spec, path, data_dir, fresh=fresh, broker_kind=broker,  # type: ignore[arg-type]
                           services=[] if no_services else (service or list(SERVICES)),
                           replicas=embedded_replicas(os.environ))

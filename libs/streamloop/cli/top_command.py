@@ -18,7 +18,14 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from streamloop.cli.connection import BootstrapOption, DataDirOption, PipelineOption, connect, fail
+from streamloop.cli.connection import (
+    BootstrapOption,
+    DataDirOption,
+    PipelineOption,
+    connect,
+    fail,
+    reachable_admin,
+)
 from streamloop.dashboard import DashboardCollector, DashboardSettings, targets_from_state
 from streamloop.kafka.configuration import KafkaSettings
 from streamloop.stack.launcher import read_state
@@ -108,6 +115,8 @@ def top(
     if interval <= 0:
         raise fail("--interval must be positive", 2)
     connection = connect(pipeline, data_dir, bootstrap_servers)
+    # Say so at once: the collector would otherwise keep retrying and show a screen of dashes.
+    reachable_admin(connection.bootstrap_servers)
     settings = DashboardSettings(scrape_interval_s=interval, lag_interval_s=max(interval, 2.0))
     collector = DashboardCollector(
         connection.pipeline, connection.catalog, KafkaSettings(bootstrap_servers=connection.bootstrap_servers),

@@ -37,7 +37,8 @@ app = typer.Typer()
 @app.command()
 def produce(
     topic: str = typer.Argument(..., help="Topic name, as in the catalog."),
-    file: Path | None = typer.Option(None, "--file", "-f", help="JSON lines file; default: standard input."),
+    file: Path | None = typer.Option(None, "--file", "-f", exists=True, dir_okay=False, readable=True,
+                                     help="JSON lines file; default: standard input."),
     pipeline: Path | None = PipelineOption,
     data_dir: Path = DataDirOption,
     bootstrap_servers: str | None = BootstrapOption,
@@ -48,6 +49,10 @@ def produce(
         spec = conn.catalog.by_name(topic)
     except CatalogError as exc:
         raise fail(str(exc)) from None
+    try:
+        lines = file.read_text(encoding="utf-8").splitlines() if file else sys.stdin
+    except UnicodeDecodeError as exc:
+        raise fail(f"{file} is not UTF-8 text (byte {exc.start}); nothing produced") from None
     reachable_admin(conn.bootstrap_servers)
     serde = SingleObjectSerde(spec.schema, conn.catalog.repository)
     producer = Producer(KafkaSettings(bootstrap_servers=conn.bootstrap_servers).producer())
@@ -57,7 +62,6 @@ def produce(
         if error is not None:
             failures.append(error.str())
 
-    lines = file.read_text().splitlines() if file else sys.stdin
     total = len(lines) if isinstance(lines, list) else None
     produced = 0
     with Progress(transient=True, disable=total is None) as progress:
@@ -67,31 +71,39 @@ def produce(
                 continue
             try:
                 record = json.loads(line)
+                if not isinstance(record, dict):
+                    producer.flush(30)
+                    raise fail(f"line {number}: a JSON {type(record).__name__}, not an object; "
+                               f"{_records(produced)} produced before it")
                 value = serde.encode(record)
                 key = spec.key_of(record)
             except json.JSONDecodeError as exc:
                 producer.flush(30)
-                raise fail(f"line {number}: not JSON ({exc.msg}); {produced} records produced before it") from None
+                raise fail(f"line {number}: not JSON ({exc.msg}); {_records(produced)} produced before it") from None
             except (SerdeError, KeyError) as exc:
                 producer.flush(30)
-                raise fail(f"line {number}: invalid {spec.schema.name}: {exc}; {produced} records produced before it")\
-                    from None
+                raise fail(f"line {number}: invalid {spec.schema.name}: {exc}; "
+                           f"{_records(produced)} produced before it") from None
             producer.produce(spec.name, value=value, key=key.encode(), on_delivery=on_delivery)
             producer.poll(0)
             produced += 1
             progress.advance(task)
     producer.flush(60)
     if failures:
-        raise fail(f"{len(failures)} records were not acknowledged: {failures[0]}")
-    print(f"produced {produced} records to {spec.name}", file=sys.stderr)
+        raise fail(f"{_records(len(failures))} not acknowledged: {failures[0]}")
+    print(f"produced {_records(produced)} to {spec.name}", file=sys.stderr)
+
+
+def _records(count: int) -> str:
+    return f"{count} record" if count == 1 else f"{count} records"
 
 
 @app.command()
 def tail(
     topic: str = typer.Argument(..., help="Topic name (a <topic>.dlq shows dead letters with their errors)."),
     from_beginning: bool = typer.Option(False, "--from-beginning", help="Start at the oldest record."),
-    max_records: int = typer.Option(0, "--max", "-n", help="Stop after this many records (0: follow)."),
-    timeout_s: float = typer.Option(0.0, "--timeout", help="Stop after this many idle seconds (0: never)."),
+    max_records: int = typer.Option(0, "--max", "-n", min=0, help="Stop after this many records (0: follow)."),
+    timeout_s: float = typer.Option(0.0, "--timeout", min=0.0, help="Stop after this many idle seconds (0: never)."),
     pipeline: Path | None = PipelineOption,
     data_dir: Path = DataDirOption,
     bootstrap_servers: str | None = BootstrapOption,
@@ -103,8 +115,11 @@ def tail(
         spec = conn.catalog.by_name(topic.removesuffix(DEAD_LETTER_SUFFIX) if dead_letters else topic)
     except CatalogError as exc:
         raise fail(str(exc)) from None
+    if dead_letters and not spec.dead_letter:
+        raise fail(f"{spec.name} has no dead-letter topic (the catalog's dead_letter is false)")
     admin = reachable_admin(conn.bootstrap_servers)
-    metadata = admin.list_topics(topic, timeout=10).topics.get(topic)
+    # All topics, not this one: a metadata request naming a missing topic can make the broker create it.
+    metadata = admin.list_topics(timeout=10).topics.get(topic)
     if metadata is None or metadata.error is not None:
         raise fail(f"topic {topic} does not exist on {conn.bootstrap_servers}")
     serde = SingleObjectSerde(spec.schema, conn.catalog.repository)

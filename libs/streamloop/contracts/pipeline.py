@@ -303,8 +303,8 @@ class PipelineSpec(_Spec):
     def input_schema(self) -> AvroSchema:
         return AvroSchema.from_file(self.input_schema_file)
 
-    def check_against_schema(self, schema: AvroSchema) -> None:
-        """Every field the spec names must exist in the input schema."""
+    def check_against_schema(self, schema: AvroSchema, source: str | Path | None = None) -> None:
+        """Every field the spec names must exist in the input schema; ``source`` names the spec in errors."""
         fields = set(schema.field_names)
         named: list[tuple[str, str]] = [
             ("input.event_id", self.input.event_id),
@@ -318,7 +318,15 @@ class PipelineSpec(_Spec):
         named += [(f"segments[{i}]", s) for i, s in enumerate(self.segments)]
         problems = [f"{where}: no field {name!r} in {schema.name}" for where, name in named if name not in fields]
         if problems:
-            raise PipelineSpecError(_report(self.base_dir, problems))
+            raise PipelineSpecError(_report(source or self.base_dir, problems))
+
+
+def _syntax_error(exc: Exception) -> str:
+    """PyYAML's message spans several lines and names "<unicode string>"; one line with the position."""
+    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
+        mark = exc.problem_mark
+        return f"line {mark.line + 1}, column {mark.column + 1}: {exc.problem}"
+    return " ".join(str(exc).split())
 
 
 def _report(source: Path | str, problems: list[str]) -> str:
@@ -372,8 +380,9 @@ def load_pipeline(path: str | Path, check_schema: bool = True) -> PipelineSpec:
     try:
         data = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
     except (yaml.YAMLError, tomllib.TOMLDecodeError) as exc:
-        raise PipelineSpecError(f"pipeline spec {path} is not valid {path.suffix[1:].upper()}: {exc}") from exc
+        raise PipelineSpecError(f"pipeline spec {path} is not valid {path.suffix[1:].upper()}: "
+                                f"{_syntax_error(exc)}") from exc
     spec = parse_pipeline(data, path.parent.resolve(), str(path))
     if check_schema:
-        spec.check_against_schema(spec.input_schema())
+        spec.check_against_schema(spec.input_schema(), path)
     return spec
