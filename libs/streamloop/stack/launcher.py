@@ -191,8 +191,10 @@ class Stack:
                 code = service.process.returncode
                 backoff = min(_RESTART_BACKOFF_MAX_S, 2 ** min(service.restarts, 5) * 0.5)
                 service.state, service.next_start = "restarting", now + backoff
-                events.append(f"{service.instance_id} exited with code {code}; restarting in {backoff:.1f}s "
-                              f"(log: {service.log_path})")
+                cause = last_log_line(service.log_path)
+                events.append(f"{service.instance_id} exited with code {code}"
+                              + (f" ({cause})" if cause else "")
+                              + f"; restarting in {backoff:.1f}s (log: {service.log_path})")
             elif service.state == "restarting" and now >= service.next_start:
                 service.restarts += 1
                 service.start()
@@ -265,3 +267,17 @@ def read_state(data_dir: Path) -> dict | None:
     except (OSError, ValueError, KeyError):
         return None
     return state
+
+
+def last_log_line(path: Path, limit: int = 300) -> str | None:
+    """The last line a service wrote before it exited: usually the cause, shown without opening the log."""
+    try:
+        with path.open("rb") as log:
+            log.seek(0, 2)
+            log.seek(max(0, log.tell() - 4096))
+            lines = [line.strip() for line in log.read().decode("utf-8", "replace").splitlines() if line.strip()]
+    except OSError:
+        return None
+    if not lines:
+        return None
+    return lines[-1] if len(lines[-1]) <= limit else lines[-1][:limit] + "..."

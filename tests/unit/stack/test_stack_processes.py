@@ -13,7 +13,7 @@ from confluent_kafka import Consumer
 from streamloop.contracts import load_pipeline
 from streamloop.kafka import KafkaSettings
 from streamloop.stack.broker import EmbeddedBroker
-from streamloop.stack.launcher import Stack
+from streamloop.stack.launcher import Stack, last_log_line
 from streamloop.stack.process import spawn, stop, terminate
 from streamloop.stack.services import embedded_replicas
 
@@ -105,3 +105,12 @@ def test_librdkafka_accepts_the_fetch_settings_and_they_are_absent_unless_set(
     config = settings.consumer("g")
     assert config["queued.min.messages"] == 1 and config["fetch.queue.backoff.ms"] == 5
     Consumer(config).close()  # an unknown or invalid property would raise here
+
+
+def test_a_service_that_exits_is_reported_with_the_last_line_it_logged(tmp_path: Path) -> None:
+    log = tmp_path / "model-publisher-0.log"
+    log.write_text("starting\n" + "x" * 5000 + "\nmodel-publisher: cannot import river.linear_model.Nope\n\n")
+    assert last_log_line(log) == "model-publisher: cannot import river.linear_model.Nope"
+    log.write_text("y" * 400 + "\n")
+    assert last_log_line(log) == "y" * 300 + "..."
+    assert last_log_line(tmp_path / "never-written.log") is None
