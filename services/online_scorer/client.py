@@ -106,7 +106,7 @@ def score(address: str, entity_id: str, *, numeric: Mapping[str, float] | None =
         except grpc.FutureTimeoutError:
             raise ScorerUnreachable(
                 f"cannot reach the online scorer at {address} within {connect_timeout_s:.0f}s "
-                "(is it running? set SCORER_GRPC_PORT / --address)") from None
+                "(is it running? `streamloop score` takes --address or STREAMLOOP_SCORER_ADDRESS)") from None
         stub = scoring_pb2_grpc.ScoringServiceStub(channel)
         try:
             response = stub.Score(request, timeout=timeout_s, metadata=security.metadata())

@@ -222,3 +222,18 @@ def test_top_says_when_the_broker_is_unreachable(cli_env):
     assert result.stderr.strip() == (
         "streamloop: cannot reach a Kafka broker at 127.0.0.1:1 (is `streamloop up` running?)"
     )
+
+
+def test_lag_of_a_group_without_offsets_says_so(cli_env, unique_name):
+    result = streamloop("lag", "--json", "-g", f"{unique_name}-no-such-group", env=cli_env)
+    assert result.returncode == 0 and result.stdout == ""
+    assert result.stderr.strip() == (f"streamloop: group {unique_name}-no-such-group has no committed offsets "
+                                     "(an unknown group, or one that has not committed yet)")
+
+
+def test_version_and_short_help(cli_env):
+    from streamloop import __version__
+
+    assert streamloop("--version", env=cli_env).stdout.strip() == __version__
+    short = streamloop("-h", env=cli_env)
+    assert short.returncode == 0 and "Usage:" in short.stdout and "demo" in short.stdout

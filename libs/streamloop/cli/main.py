@@ -16,6 +16,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 # The CLI says what went wrong in one line of its own; librdkafka's retry chatter stays quiet.
 LIBRDKAFKA_LOGGER.setLevel(logging.CRITICAL)
@@ -29,6 +30,20 @@ for command_module in (stack_commands, topic_commands, model_commands, demo_comm
 def version() -> None:
     """Print streamloop's version."""
     print(__version__)
+
+
+def _print_version(asked: bool) -> None:
+    if asked:
+        print(__version__)
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    _version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                  help="Print streamloop's version and exit."),
+) -> None:
+    """Closed-loop machine learning on event streams."""
 
 
 if __name__ == "__main__":

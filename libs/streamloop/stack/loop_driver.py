@@ -414,8 +414,8 @@ class LoopDriver:
                 "throttled_s": round(obs.throttled_s, 1),
                 "throttled_by": {k: round(v, 1) for k, v in sorted(obs.throttled_by.items())},
                 "throughput_eps": round(len(obs.predicted_at_ms) / elapsed_s, 1) if elapsed_s else None,
-                "latency_p50_ms": float(np.percentile(latencies, 50)) if latencies else None,
-                "latency_p99_ms": float(np.percentile(latencies, 99)) if latencies else None,
+                "latency_p50_ms": round(float(np.percentile(latencies, 50)), 1) if latencies else None,
+                "latency_p99_ms": round(float(np.percentile(latencies, 99)), 1) if latencies else None,
                 "timeline": timeline,
             }
 
