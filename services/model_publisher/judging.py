@@ -21,7 +21,15 @@ from services.model_publisher.writer import RegistryWriter
 from streamloop.contracts.pipeline import PipelineSpec, PromotionSpec
 from streamloop.kafka.records import OutgoingRecord
 from streamloop.ml.promotion import PairedTest, Verdict, decide_canary, decide_promotion, decide_rollback
-from streamloop.ml.registry import CANARY, CHAMPION, SHADOW_PREFIX, DeploymentTable, millis, shadow_slot
+from streamloop.ml.registry import (
+    CANARY,
+    CHAMPION,
+    SHADOW_PREFIX,
+    DeploymentTable,
+    millis,
+    restored_previous_version,
+    shadow_slot,
+)
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +118,10 @@ class Judge:
         outputs = [
             self.writer.decide("ROLLBACK", verdict.reason, decision_id=decision_id, from_version=new,
                                to_version=old, evidence=verdict.evidence),
-            self.writer.deploy(CHAMPION, old, predecessor["artifact"], previous_version=new, decision_id=decision_id),
+            # The kept predecessor carries its own predecessor (see _promote), which it names again as
+            # champion: another rollback goes further back, never to the version rolled back here.
+            self.writer.deploy(CHAMPION, old, predecessor["artifact"], decision_id=decision_id,
+                               previous_version=restored_previous_version(predecessor.get("previous_version"), new)),
             self.writer.retire(shadow_slot(old)),
         ]
         self.ledger.forget({new})
@@ -195,8 +206,10 @@ class Judge:
             # The champion's own predecessor is no longer the one to roll back to.
             outputs += self._retire(shadow_slot(earlier["version"]), earlier["version"],
                                     f"predecessor retired: {old}, which replaced it, is itself replaced by {new}", {})
-        # The old champion stays on as a shadow, scored beside the new one, for the rollback watch.
-        outputs.append(self.writer.deploy(shadow_slot(old), old, champion["artifact"], decision_id=decision_id))
+        # The old champion stays on as a shadow, scored beside the new one, for the rollback watch,
+        # and keeps its own predecessor for when a rollback makes it champion again.
+        outputs.append(self.writer.deploy(shadow_slot(old), old, champion["artifact"], decision_id=decision_id,
+                                          previous_version=champion.get("previous_version")))
         return outputs
 
     def _retire(self, slot: str, version: str, reason: str, evidence: dict[str, float]) -> list[OutgoingRecord]:

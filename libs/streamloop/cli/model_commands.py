@@ -121,7 +121,11 @@ def models_rollback(
     data_dir: Path = DataDirOption,
     bootstrap_servers: str | None = BootstrapOption,
 ) -> None:
-    """Serve the champion's predecessor again."""
+    """Serve the champion's predecessor again.
+
+    Run again, it goes one champion further back, never to the version it rolled back from.
+    With none further back, it fails and changes nothing.
+    """
     try:
         decision = _registry(pipeline, data_dir, bootstrap_servers, verify=True).rollback(reason)
     except ModelError as exc:

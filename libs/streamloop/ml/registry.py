@@ -15,7 +15,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
@@ -118,6 +118,33 @@ def decision_record(pipeline: str, model_name: str, kind: str, reason: str, *, d
         "from_version": from_version, "to_version": to_version, "automatic": automatic, "reason": reason,
         "evidence": {k: float(v) for k, v in (evidence or {}).items()}, "decided_at": decided_at,
     }
+
+
+def restored_previous_version(predecessor: str | None, rolled_back: str) -> str | None:
+    """The ``previous_version`` of a champion that a rollback restores: its own predecessor.
+
+    That is the champion before it was promoted, so rolling back again walks further back in the
+    champion history instead of re-serving ``rolled_back``.
+    """
+    # A predecessor that is the very version rolled back away from (it was champion before the
+    # restored one, then promoted again) would make the next rollback undo this one.
+    return None if predecessor == rolled_back else predecessor
+
+
+def champion_predecessors(decisions: Iterable[dict[str, Any]]) -> dict[str, str | None]:
+    """Each version's ``previous_version`` as champion, replayed from its decisions, oldest first.
+
+    The decisions topic keeps every decision; the compacted deployments topic keeps only a slot's
+    last record, so the predecessor an earlier champion record named may be gone from it.
+    """
+    predecessors: dict[str, str | None] = {}
+    for decision in decisions:
+        if decision["kind"] == "PROMOTE":
+            predecessors[decision["to_version"]] = decision["from_version"]
+        elif decision["kind"] == "ROLLBACK":
+            restored = decision["to_version"]
+            predecessors[restored] = restored_previous_version(predecessors.get(restored), decision["from_version"])
+    return predecessors
 
 
 def _identity(value: dict[str, Any] | None) -> tuple[str, str | None] | None:
@@ -307,22 +334,31 @@ class RegistryClient:
         artifact = state.artifact_of(self.pipeline.name, self.model_name, version)
         if artifact is None:
             raise RegistryError(f"no artifact known for {version!r}; it was never registered or has expired")
-        return self._change("PROMOTE", version, artifact, champion, reason, state)
+        return self._change("PROMOTE", version, artifact, champion, reason, state,
+                            previous_version=champion["version"] if champion else None)
 
     def rollback(self, reason: str = "manual rollback") -> dict[str, Any]:
-        """Re-serve the champion's predecessor (its ``previous_version``) as champion (automatic=false)."""
+        """Re-serve the champion's predecessor (its ``previous_version``) as champion (automatic=false).
+
+        The restored champion's own ``previous_version`` is its predecessor, not the version rolled
+        back away from: a second rollback goes one champion further back, or fails if there is none.
+        """
         state = self.state()
         champion = state.table.champion(self.pipeline.name, self.model_name)
-        if champion is None or not champion.get("previous_version"):
-            raise RegistryError("the champion has no predecessor to roll back to")
+        if champion is None:
+            raise RegistryError(f"model {self.model_name!r} has no champion to roll back")
+        if not champion.get("previous_version"):
+            raise RegistryError(f"nothing to roll back to: champion {champion['version']} has no predecessor")
         target = champion["previous_version"]
         artifact = state.artifact_of(self.pipeline.name, self.model_name, target)
         if artifact is None:
             raise RegistryError(f"no artifact known for the predecessor {target!r}")
-        return self._change("ROLLBACK", target, artifact, champion, reason, state)
+        predecessor = champion_predecessors(state.decisions).get(target)
+        return self._change("ROLLBACK", target, artifact, champion, reason, state,
+                            previous_version=restored_previous_version(predecessor, champion["version"]))
 
     def _change(self, kind: str, version: str, artifact: dict[str, Any], champion: dict[str, Any] | None,
-                reason: str, state: RegistryState) -> dict[str, Any]:
+                reason: str, state: RegistryState, *, previous_version: str | None) -> dict[str, Any]:
         if self.store is not None:
             self.store.get_verified_bytes(ArtifactRef.from_record(artifact))
         now = int(time.time() * 1000)
@@ -332,7 +368,7 @@ class RegistryClient:
                                    decided_at=now, from_version=old, to_version=version, automatic=False)
         outputs: list[tuple[str, str, dict[str, Any] | None]] = [("model_decisions", model, decision)]
         outputs.append(("model_deployments", slot_key(pipeline, model, CHAMPION), deployment_record(
-            pipeline, model, CHAMPION, version, artifact, deployed_at=now, previous_version=old,
+            pipeline, model, CHAMPION, version, artifact, deployed_at=now, previous_version=previous_version,
             decision_id=decision["decision_id"])))
         found = state.table.find(pipeline, model, version)
         if found and found[0] != CHAMPION:
@@ -340,9 +376,10 @@ class RegistryClient:
         if kind == "PROMOTE" and champion is not None:
             # As after an automatic promotion, the old champion stays on as a shadow under the same
             # decision: the publisher watches the new one against it and rolls back if it is worse.
+            # It keeps its own predecessor, which it carries again as champion after such a rollback.
             outputs.append(("model_deployments", slot_key(pipeline, model, shadow_slot(old)), deployment_record(
                 pipeline, model, shadow_slot(old), old, champion["artifact"], deployed_at=now,
-                decision_id=decision["decision_id"])))
+                previous_version=champion.get("previous_version"), decision_id=decision["decision_id"])))
         self._produce(outputs)
         return decision
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from services.model_publisher.judging import JudgingPolicy
 from services.model_publisher.publisher import PublisherPolicy, PublisherProcessor, PublisherTopics
 from streamloop.contracts.pipeline import PipelineSpec
-from streamloop.kafka.records import ProcessResult
+from streamloop.kafka.records import OutgoingRecord, ProcessResult
 from streamloop.ml import ArtifactRef
 from streamloop.ml.registry import CANARY, CHAMPION, DeploymentTable, bootstrap_version, shadow_slot, slot_key
 from tests.unit.model_publisher.factories import T0, artifact_store, candidate, consumed, examples, with_policy
@@ -26,6 +26,7 @@ class Harness:
         self.processor = PublisherProcessor(spec, TOPICS, self.table, self.store, policy=policy,
                                             clock=lambda: self.now)
         self.offsets: dict[str, int] = {}
+        self.written: list[OutgoingRecord] = []  # every record produced, in order: the registry's topics
 
     def feed(self, topic: str, values: list[dict]) -> ProcessResult:
         batch = []
@@ -33,13 +34,15 @@ class Harness:
             offset = self.offsets.get(topic, 0)
             self.offsets[topic] = offset + 1
             batch.append(consumed(topic, value, offset, timestamp_ms=self.now))
-        return self.processor.process(batch)
+        result = self.processor.process(batch)
+        self.written += result.outputs
+        return result
 
     def slot(self, slot: str) -> dict | None:
         return self.table.slot(self.spec.name, self.spec.model.name, slot)
 
     def bootstrap(self) -> str:
-        self.processor.tick(self.now)
+        self.written += self.processor.tick(self.now).outputs
         return self.slot(CHAMPION)["version"]
 
     def shadow(self, **kwargs) -> str:
@@ -146,9 +149,27 @@ def test_an_automatic_rollback_when_the_new_champion_does_worse_live(harness):
     assert rollback[0]["evidence"]["relative_regression"] > harness.spec.promotion.rollback_margin
     assert rollback[0]["automatic"] is True
     champion = harness.slot(CHAMPION)
-    assert champion["version"] == old and champion["previous_version"] == new
+    assert champion["version"] == old and champion["previous_version"] is None, \
+        "the bootstrap champion had no predecessor: nothing to roll back to, and never the rolled-back version"
     assert harness.slot(shadow_slot(old)) is None
     assert set(harness.table.slots("card-fraud", "fraud")) == {CHAMPION}
+
+
+def test_an_automatic_rollback_restores_the_champion_with_its_own_predecessor(harness):
+    first, second = promote(harness)
+    third = harness.shadow(parent=second)
+    # ``second`` holds up against ``first`` (the watch's first verdict) and ``third`` beats it.
+    promoted = decisions(harness.feed("lab", examples(600, start=1000, models={
+        second: (0.8, "CHAMPION"), first: (0.5, "SHADOW"), third: (0.95, "SHADOW")})))
+    assert [(d["kind"], d["to_version"] or d["from_version"]) for d in promoted] == [
+        ("PROMOTE", third), ("RETIRE", first)]
+    assert harness.slot(shadow_slot(second))["previous_version"] == first, "kept with its own predecessor"
+    rollback = decisions(harness.feed("lab", examples(350, start=2000, models={
+        third: (0.6, "CHAMPION"), second: (0.8, "SHADOW")})))
+    assert [(d["kind"], d["from_version"], d["to_version"]) for d in rollback] == [("ROLLBACK", third, second)]
+    champion = harness.slot(CHAMPION)
+    assert champion["version"] == second
+    assert champion["previous_version"] == first, "the champion before it, never the version rolled back from"
 
 
 def test_a_challenger_waits_for_the_rollback_watch_and_cannot_pre_empt_a_rollback(harness):

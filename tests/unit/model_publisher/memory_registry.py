@@ -1,0 +1,61 @@
+"""``RegistryClient`` over registry topics held in lists: what ``streamloop models`` runs, without a broker.
+
+Used by the unit tests of the registry client and of the ``streamloop models`` commands.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from streamloop.contracts import PipelineSpec, load_catalog
+from streamloop.kafka.configuration import KafkaSettings
+from streamloop.kafka.records import OutgoingRecord
+from streamloop.ml.registry import RegistryClient
+from tests.unit.model_publisher.factories import T0, candidate
+from tests.unit.model_publisher.test_publisher import TOPICS, Harness
+
+# The publisher harness's topic names, as the client's catalog roles.
+ROLES = {TOPICS.model_deployments: "model_deployments", TOPICS.model_decisions: "model_decisions",
+         TOPICS.model_candidates: "model_candidates"}
+
+
+class InMemoryRegistry(RegistryClient):
+    """Reads back, in order, what it or the publisher wrote; nothing is compacted."""
+
+    def __init__(self, pipeline: PipelineSpec) -> None:
+        super().__init__(pipeline, load_catalog(pipeline), KafkaSettings(bootstrap_servers="unused:9092"))
+        self.topics: dict[str, list[tuple[str | None, dict[str, Any] | None]]] = {role: [] for role in ROLES.values()}
+
+    def _read(self, role: str) -> list[tuple[str | None, dict[str, Any] | None]]:
+        return list(self.topics[role])
+
+    def _produce(self, outputs: list[tuple[str, str, dict[str, Any] | None]]) -> None:
+        for role, key, value in outputs:
+            self.topics[role].append((key, value))
+
+    def add(self, records: Iterable[OutgoingRecord]) -> InMemoryRegistry:
+        """Append the publisher's (or a test's) records to the topics they were produced to."""
+        for record in records:
+            if record.topic in ROLES:
+                self.topics[ROLES[record.topic]].append((record.key, record.value))
+        return self
+
+    def add_candidate(self, candidate: dict[str, Any]) -> str:
+        self.topics["model_candidates"].append((candidate["version"], candidate))
+        return candidate["version"]
+
+    def champion(self) -> dict[str, Any] | None:
+        return self.state().table.champion(self.pipeline.name, self.model_name)
+
+
+def bootstrapped(harness: Harness) -> tuple[InMemoryRegistry, str]:
+    """A registry whose champion is the publisher's bootstrap model, which has no predecessor."""
+    first = harness.bootstrap()
+    return InMemoryRegistry(harness.spec).add(harness.written), first
+
+
+def new_candidates(harness: Harness, registry: InMemoryRegistry, count: int) -> list[str]:
+    """``count`` versions the retrainer built, oldest first, on the candidates topic only."""
+    return [registry.add_candidate(candidate(harness.spec, harness.store, created_ms=T0 + i + 1))
+            for i in range(count)]

@@ -1,0 +1,78 @@
+"""``RegistryClient`` without a broker: manual rollbacks walk back the champion history."""
+
+from __future__ import annotations
+
+import pytest
+
+from streamloop.ml.exceptions import RegistryError
+from streamloop.ml.registry import champion_predecessors
+from tests.unit.model_publisher.memory_registry import InMemoryRegistry, bootstrapped, new_candidates
+from tests.unit.model_publisher.test_publisher import examples, promote
+
+
+def test_a_second_rollback_goes_to_the_champion_before_never_back_to_the_rolled_back_one(harness):
+    registry, first = bootstrapped(harness)
+    a, b = new_candidates(harness, registry, 2)
+    registry.promote(a)
+    registry.promote(b)
+
+    rolled = registry.rollback()
+    assert (rolled["from_version"], rolled["to_version"]) == (b, a)
+    assert registry.champion()["previous_version"] == first, "A's own predecessor, not B"
+
+    rolled = registry.rollback()
+    assert (rolled["from_version"], rolled["to_version"]) == (a, first)
+    assert registry.champion()["previous_version"] is None
+    with pytest.raises(RegistryError, match=f"^nothing to roll back to: champion {first} has no predecessor$"):
+        registry.rollback()
+    assert registry.champion()["version"] == first
+
+
+def test_with_nothing_further_back_a_second_rollback_fails_instead_of_undoing_the_first(harness):
+    registry, first = bootstrapped(harness)
+    (b,) = new_candidates(harness, registry, 1)
+    registry.promote(b)
+    assert registry.rollback()["to_version"] == first
+    with pytest.raises(RegistryError, match="nothing to roll back to"):
+        registry.rollback()
+    assert registry.champion()["version"] == first
+
+
+def test_a_rollback_never_returns_to_the_version_it_rolled_back_from_even_if_that_one_came_first(harness):
+    registry, first = bootstrapped(harness)
+    (a,) = new_candidates(harness, registry, 1)
+    registry.promote(a)
+    registry.promote(first)  # the first champion again, by hand: A is its predecessor, and first is A's
+    assert registry.rollback()["to_version"] == a
+    assert registry.champion()["previous_version"] is None
+    with pytest.raises(RegistryError, match="nothing to roll back to"):
+        registry.rollback()
+
+
+def test_after_an_automatic_rollback_a_manual_one_goes_to_the_restored_champions_predecessor(harness):
+    first, second = promote(harness)
+    third = harness.shadow(parent=second)
+    harness.feed("lab", examples(600, start=1000, models={
+        second: (0.8, "CHAMPION"), first: (0.5, "SHADOW"), third: (0.95, "SHADOW")}))
+    harness.feed("lab", examples(350, start=2000, models={third: (0.6, "CHAMPION"), second: (0.8, "SHADOW")}))
+    registry = InMemoryRegistry(harness.spec).add(harness.written)
+    assert registry.champion()["version"] == second, "the publisher rolled third back"
+
+    rolled = registry.rollback()
+    assert (rolled["from_version"], rolled["to_version"]) == (second, first)
+    with pytest.raises(RegistryError, match="nothing to roll back to"):
+        registry.rollback()
+
+
+def test_the_predecessors_replayed_from_the_decisions_are_those_the_champion_records_carry(harness):
+    registry, first = bootstrapped(harness)
+    a, b, c = new_candidates(harness, registry, 3)
+    registry.promote(a)
+    registry.promote(b)
+    registry.rollback()
+    registry.promote(c)
+    decisions = registry.state().decisions
+    champions = [v for _, v in registry.topics["model_deployments"] if v is not None and v["slot"] == "champion"]
+    assert [(r["version"], r["previous_version"]) for r in champions] == [
+        (first, None), (a, first), (b, a), (a, first), (c, a)]
+    assert champion_predecessors(decisions) == {first: None, a: first, b: a, c: a}
