@@ -11,7 +11,7 @@ from typing import Any
 import typer
 from confluent_kafka import Consumer, TopicPartition
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
 
 from services.online_scorer.client import score as score_entity
 from services.online_scorer.errors import ScorerError
@@ -76,7 +76,11 @@ def models_list(
     if json_output:
         _print_json(rows)
         return
-    table = Table("version", "slots", "trigger", "parent", "samples", "last decision")
+    # Versions are copied into `models promote`: their column never wraps or shortens them, at 80
+    # columns or piped alike; the other columns shrink instead.
+    version_width = max((len(row["version"]) for row in rows), default=0)
+    table = Table(Column("version", no_wrap=True, min_width=version_width),
+                  "slots", "trigger", "parent", "samples", "last decision")
     for row in rows:
         table.add_row(row["version"], ",".join(row["slots"]) or "-", str(row["trigger"] or "-"),
                       str(row["parent_version"] or "-"), str(row["sample_count"] or "-"),

@@ -120,6 +120,16 @@ def decision_record(pipeline: str, model_name: str, kind: str, reason: str, *, d
     }
 
 
+def decision_subjects(decision: dict[str, Any]) -> set[str]:
+    """The versions a decision is about: its ``to_version``, and the ``from_version`` it rolls back or retires.
+
+    In SHADOW, PROMOTE and REFUSE decisions ``from_version`` is only the champion of the moment,
+    the incumbent the subject was judged against.
+    """
+    leaving = decision["from_version"] if decision["kind"] in ("ROLLBACK", "RETIRE") else None
+    return {v for v in (decision["to_version"], leaving) if v is not None}
+
+
 def restored_previous_version(predecessor: str | None, rolled_back: str) -> str | None:
     """The ``previous_version`` of a champion that a rollback restores: its own predecessor.
 
@@ -294,7 +304,7 @@ class RegistryClient:
         return RegistryState(table, history, decisions, candidates)  # type: ignore[arg-type]
 
     def models(self) -> list[dict[str, Any]]:
-        """One row per known version: lineage summary, current slots, last decision; oldest first."""
+        """One row per known version: lineage summary, current slots, last decision about it; oldest first."""
         state = self.state()
         slots = state.table.slots(self.pipeline.name, self.model_name)
         born: dict[str, int] = {v: millis(c.get("created_at")) for v, c in state.candidates.items()}
@@ -303,7 +313,7 @@ class RegistryClient:
         rows = []
         for version in sorted(born, key=lambda v: (born[v], v)):
             candidate = state.candidates.get(version, {})
-            decisions = [d for d in state.decisions if version in (d["to_version"], d["from_version"])]
+            decisions = [d for d in state.decisions if version in decision_subjects(d)]
             rows.append({
                 "version": version, "slots": sorted(s for s, r in slots.items() if r["version"] == version),
                 "trigger": candidate.get("trigger", "BOOTSTRAP" if "-bootstrap-" in version else None),

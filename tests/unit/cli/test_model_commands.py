@@ -7,6 +7,7 @@ from typer.testing import CliRunner
 
 from streamloop.cli import model_commands
 from streamloop.cli.main import app
+from tests.unit.model_publisher.factories import candidate
 from tests.unit.model_publisher.memory_registry import InMemoryRegistry, bootstrapped, new_candidates
 from tests.unit.model_publisher.test_publisher import Harness
 
@@ -34,3 +35,21 @@ def test_rolling_back_again_goes_further_back_then_fails_in_one_line(harness, mo
     assert last.exit_code == 1
     assert last.stderr == f"streamloop: nothing to roll back to: champion {first} has no predecessor\n"
     assert registry.champion()["version"] == first
+
+
+def test_the_listing_keeps_every_version_whole_on_one_line_at_80_columns(harness, monkeypatch):
+    champion = harness.bootstrap()
+    challengers = [harness.shadow(parent=champion) for _ in range(2)]
+    registry = InMemoryRegistry(harness.spec).add(harness.written)
+    # A snapshot of a trained version, never deployed: its parent column holds a 32-character version too.
+    challengers.append(registry.add_candidate(candidate(harness.spec, harness.store, parent=challengers[0],
+                                                        created_ms=harness.now + 1000)))
+    assert {len(v) for v in challengers} == {32}, "trained versions: <model>-<17-digit UTC stamp>-<8 hex>"
+    use(registry, monkeypatch)
+
+    listing = CliRunner().invoke(app, ["models", "list"], env={"COLUMNS": "80"})
+    assert listing.exit_code == 0, listing.output
+    lines = listing.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    for version in [champion, *challengers]:
+        assert any(f"│ {version} " in line for line in lines), f"{version} is cut or wrapped:\n{listing.stdout}"

@@ -1,4 +1,4 @@
-"""``RegistryClient`` without a broker: manual rollbacks walk back the champion history."""
+"""``RegistryClient`` without a broker: rollbacks walk back the champion history; what the listing reports."""
 
 from __future__ import annotations
 
@@ -76,3 +76,28 @@ def test_the_predecessors_replayed_from_the_decisions_are_those_the_champion_rec
     assert [(r["version"], r["previous_version"]) for r in champions] == [
         (first, None), (a, first), (b, a), (a, first), (c, a)]
     assert champion_predecessors(decisions) == {first: None, a: first, b: a, c: a}
+
+
+def test_a_champions_last_decision_is_about_it_not_a_challenger_judged_against_it(harness):
+    champion = harness.bootstrap()
+    refused = harness.shadow(parent=champion)
+    harness.feed("lab", examples(600, models={champion: (0.7, "CHAMPION"), refused: (0.7, "SHADOW")}))
+    later = harness.shadow(parent=champion)
+    registry = InMemoryRegistry(harness.spec).add(harness.written)
+    decided = [(d["kind"], d["from_version"], d["to_version"]) for _, d in registry.topics["model_decisions"]]
+    assert decided[-1] == ("SHADOW", champion, later), "the last decision names the champion as its from_version"
+    assert ("REFUSE", champion, refused) in decided
+
+    rows = {r["version"]: r for r in registry.models()}
+    assert rows[champion]["slots"] == ["champion"] and rows[champion]["last_decision"] == "PROMOTE"
+    assert (rows[refused]["last_decision"], rows[later]["last_decision"]) == ("REFUSE", "SHADOW")
+
+
+def test_rolled_back_and_retired_versions_show_those_decisions(harness):
+    first, second = promote(harness)
+    third = harness.shadow(parent=second)
+    harness.feed("lab", examples(600, start=1000, models={
+        second: (0.8, "CHAMPION"), first: (0.5, "SHADOW"), third: (0.95, "SHADOW")}))
+    harness.feed("lab", examples(350, start=2000, models={third: (0.6, "CHAMPION"), second: (0.8, "SHADOW")}))
+    rows = {r["version"]: r["last_decision"] for r in InMemoryRegistry(harness.spec).add(harness.written).models()}
+    assert rows == {first: "RETIRE", second: "ROLLBACK", third: "ROLLBACK"}
