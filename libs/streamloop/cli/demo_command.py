@@ -6,7 +6,9 @@ import json
 import os
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -111,7 +113,7 @@ def demo(
     _report(summary, console, json_output)
 
 
-def _producing(driver: LoopDriver, stream, rate: float, failures: list[BaseException]) -> None:
+def _producing(driver: LoopDriver, stream: Iterator[Any], rate: float, failures: list[BaseException]) -> None:
     """The producing thread: a failure is kept for the command to report, not printed as a traceback
     with a summary of nothing after it."""
     try:
