@@ -29,6 +29,7 @@ from streamloop.ml.registry import (
     millis,
     restored_previous_version,
     shadow_slot,
+    watched_predecessor,
 )
 
 log = logging.getLogger(__name__)
@@ -62,13 +63,7 @@ class Judge:
 
     def watched_predecessor(self, slots: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
         """The predecessor kept as a shadow by the promotion that made the current champion."""
-        champion = slots.get(CHAMPION)
-        if champion is None or not champion.get("previous_version"):
-            return None
-        kept = slots.get(shadow_slot(champion["previous_version"]))
-        if kept is not None and kept.get("decision_id") and kept.get("decision_id") == champion.get("decision_id"):
-            return kept
-        return None
+        return watched_predecessor(slots)
 
     def challengers(self, slots: dict[str, dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
         """Shadow slots on trial (not the watched predecessor), oldest first."""

@@ -43,6 +43,17 @@ def shadow_slot(version: str) -> str:
     return SHADOW_PREFIX + version
 
 
+def watched_predecessor(slots: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+    """The predecessor kept as a shadow by the promotion that made the current champion, if any."""
+    champion = slots.get(CHAMPION)
+    if champion is None or not champion.get("previous_version"):
+        return None
+    kept = slots.get(shadow_slot(champion["previous_version"]))
+    if kept is not None and kept.get("decision_id") and kept.get("decision_id") == champion.get("decision_id"):
+        return kept
+    return None
+
+
 def slot_key(pipeline: str, model_name: str, slot: str) -> str:
     return f"{pipeline}/{model_name}/{slot}"
 
@@ -383,6 +394,15 @@ class RegistryClient:
         found = state.table.find(pipeline, model, version)
         if found and found[0] != CHAMPION:
             outputs.append(("model_deployments", slot_key(pipeline, model, found[0]), None))
+        earlier = watched_predecessor(state.table.slots(pipeline, model))
+        if kind == "PROMOTE" and earlier is not None and earlier["version"] != version:
+            # As the publisher does: the champion's own predecessor is no longer the one to roll back
+            # to, and left in its shadow slot it would be judged as a challenger.
+            outputs.append(("model_decisions", model, decision_record(
+                pipeline, model, "RETIRE", f"predecessor retired: {old}, which replaced it, is itself replaced "
+                f"by {version}", decision_id=f"{earlier['version']}:retire:manual:{now}", decided_at=now,
+                from_version=earlier["version"], automatic=False)))
+            outputs.append(("model_deployments", slot_key(pipeline, model, shadow_slot(earlier["version"])), None))
         if kind == "PROMOTE" and champion is not None:
             # As after an automatic promotion, the old champion stays on as a shadow under the same
             # decision: the publisher watches the new one against it and rolls back if it is worse.

@@ -101,3 +101,19 @@ def test_rolled_back_and_retired_versions_show_those_decisions(harness):
     harness.feed("lab", examples(350, start=2000, models={third: (0.6, "CHAMPION"), second: (0.8, "SHADOW")}))
     rows = {r["version"]: r["last_decision"] for r in InMemoryRegistry(harness.spec).add(harness.written).models()}
     assert rows == {first: "RETIRE", second: "ROLLBACK", third: "ROLLBACK"}
+
+
+def test_a_manual_promotion_retires_the_predecessor_the_last_one_kept_as_the_publisher_does(harness):
+    registry, first = bootstrapped(harness)
+    a, b = new_candidates(harness, registry, 2)
+    registry.promote(a)
+    slots = registry.state().table.slots(harness.spec.name, harness.spec.model.name)
+    assert slots[f"shadow/{first}"]["version"] == first, "kept for the rollback watch of A"
+
+    registry.promote(b)
+    slots = registry.state().table.slots(harness.spec.name, harness.spec.model.name)
+    # Left there, the first champion would be judged as a challenger; A is now the one watched.
+    assert sorted(slots) == ["champion", f"shadow/{a}"]
+    retired = [d for d in registry.state().decisions if d["kind"] == "RETIRE"]
+    assert [(d["from_version"], d["automatic"]) for d in retired] == [(first, False)]
+    assert registry.rollback()["to_version"] == a
