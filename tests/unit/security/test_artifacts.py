@@ -142,7 +142,7 @@ def test_the_registry_client_verifies_before_a_manual_promotion(demo_pipeline, s
     for ref in hostile_refs(store.root, store, marker).values():
         with pytest.raises(ModelError):
             client._change("PROMOTE", "fraud-evil", ref.to_record(), None, "test",
-                           RegistryState(DeploymentTable(), [], [], {}))
+                           RegistryState(DeploymentTable(), [], [], {}), previous_version=None)
     assert produced == [] and not marker.exists()
 
 
