@@ -19,7 +19,8 @@ from streamloop.errors import StreamloopError
 from streamloop.kafka.configuration import KafkaSettings
 from streamloop.kafka.runner import StageRunner
 from streamloop.kafka.table_reader import CompactedTopicReader
-from streamloop.ml.registry import DeploymentTable, read_topic
+from streamloop.ml.registry import DeploymentTable
+from streamloop.ml.registry_client import read_topic
 from streamloop.serde import Serde
 from streamloop.service.context import ServiceContext
 from streamloop.service.entrypoint import start_service

@@ -48,7 +48,7 @@ from streamloop.kafka import ConsumedRecord
 from streamloop.kafka.admin import ensure_topics, topic_specs
 from streamloop.kafka.configuration import KafkaSettings
 from streamloop.kafka.lag import group_lag
-from streamloop.ml.registry import RegistryClient
+from streamloop.ml.registry_client import RegistryClient
 from streamloop.serde import SerdeError, SingleObjectSerde
 from streamloop.stack.launcher import ServiceProcess, Stack
 from streamloop.stack.loop_driver import load_generator

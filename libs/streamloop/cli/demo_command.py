@@ -19,7 +19,7 @@ from streamloop.cli.connection import DEMO_PIPELINE, DataDirOption, fail, load_r
 from streamloop.cli.model_commands import artifact_store
 from streamloop.contracts import PipelineSpec, load_catalog
 from streamloop.errors import StreamloopError
-from streamloop.ml.registry import RegistryClient
+from streamloop.ml.registry_client import RegistryClient
 from streamloop.stack.launcher import Stack
 from streamloop.stack.loop_driver import LoopDriver, load_generator
 from streamloop.stack.services import embedded_replicas

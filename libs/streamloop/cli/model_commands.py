@@ -27,7 +27,7 @@ from streamloop.cli.connection import (
 from streamloop.kafka.configuration import KafkaSettings
 from streamloop.ml.artifacts import ArtifactStore
 from streamloop.ml.exceptions import ModelError
-from streamloop.ml.registry import RegistryClient
+from streamloop.ml.registry_client import RegistryClient
 from streamloop.ml.settings import ArtifactSettings
 from streamloop.serde import SerdeError, make_serde
 from streamloop.stack.launcher import read_state

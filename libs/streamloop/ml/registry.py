@@ -6,7 +6,7 @@ a tombstone retires a slot. Every change is explained by a ``ModelDecision`` rec
 version the retrainer built has its lineage on the candidates topic.
 
 Used by the model publisher (record builders, ``DeploymentTable``), the retrainer (the table)
-and the ``streamloop models`` commands (``RegistryClient``).
+and ``streamloop.ml.registry_client`` (what the ``streamloop models`` commands run).
 """
 
 from __future__ import annotations
@@ -14,24 +14,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
 from threading import RLock
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
-
 import streamloop
-from streamloop.contracts import Catalog, PipelineSpec
 from streamloop.contracts.pipeline import ModelSpec
-from streamloop.kafka.configuration import KafkaSettings
-from streamloop.ml.artifacts import ArtifactRef, ArtifactStore
-from streamloop.ml.exceptions import RegistryError
-from streamloop.serde import Serde, make_serde
 
 CHAMPION = "champion"
 CANARY = "canary"
@@ -226,204 +217,3 @@ class DeploymentTable:
             if record["version"] == version:
                 return slot, record
         return None
-
-
-def read_topic(kafka: KafkaSettings, topic: str, decode: Callable[[bytes], dict[str, Any]],
-               timeout_s: float = 30.0) -> list[tuple[str | None, dict[str, Any] | None]]:
-    """Every record of a topic from its beginning to its current end, in offset order per partition."""
-    config = kafka.consumer(f"{kafka.client_id}.registry-reader.{os.getpid()}", **{"enable.partition.eof": True})
-    config.pop("group.instance.id", None)  # assign() joins no group
-    consumer = Consumer(config)
-    try:
-        metadata = consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
-        if metadata is None or metadata.error is not None:
-            raise RegistryError(f"topic {topic} is not readable: {metadata.error if metadata else 'missing'}")
-        ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s)
-                for p in metadata.partitions}
-        pending = {p for p, (low, high) in ends.items() if high > low}
-        consumer.assign([TopicPartition(topic, p, ends[p][0]) for p in pending])
-        records: list[tuple[str | None, dict[str, Any] | None]] = []
-        deadline = time.monotonic() + timeout_s
-        while pending and time.monotonic() < deadline:
-            for message in consumer.consume(500, 0.2):
-                error = message.error()
-                if error is not None and error.code() != KafkaError._PARTITION_EOF:
-                    raise RegistryError(f"reading {topic}: {error.str()}")
-                if error is None and message.offset() < ends[message.partition()][1]:
-                    key = message.key()
-                    value = message.value()
-                    records.append((key.decode() if key is not None else None,
-                                    decode(value) if value is not None else None))
-                if error is not None or message.offset() >= ends[message.partition()][1] - 1:
-                    pending.discard(message.partition())
-        if pending:
-            raise RegistryError(f"timed out reading {topic} to its end")
-        return records
-    finally:
-        consumer.close()
-
-
-@dataclass
-class RegistryState:
-    """What the registry topics hold for one model: current slots, deployment history, decisions, candidates."""
-
-    table: DeploymentTable
-    history: list[dict[str, Any]]
-    decisions: list[dict[str, Any]]
-    candidates: dict[str, dict[str, Any]]
-
-    def artifact_of(self, pipeline: str, model_name: str, version: str) -> dict[str, Any] | None:
-        found = self.table.find(pipeline, model_name, version)
-        if found:
-            return found[1]["artifact"]
-        for record in reversed(self.history):
-            if record["version"] == version:
-                return record["artifact"]
-        candidate = self.candidates.get(version)
-        return candidate["artifact"] if candidate else None
-
-
-class RegistryClient:
-    """Reads and changes one pipeline's model registry; what ``streamloop models`` runs."""
-
-    def __init__(self, pipeline: PipelineSpec, catalog: Catalog, kafka: KafkaSettings,
-                 serde_for: Callable[[str], Serde] | None = None, store: ArtifactStore | None = None) -> None:
-        self.pipeline = pipeline
-        self.catalog = catalog
-        self.kafka = kafka
-        self.store = store
-        self._serde_for = serde_for or (lambda role: make_serde(catalog[role].schema, catalog.repository,
-                                                                catalog[role].name))
-        self.model_name = pipeline.model.name
-
-    def _read(self, role: str) -> list[tuple[str | None, dict[str, Any] | None]]:
-        return read_topic(self.kafka, self.catalog[role].name, self._serde_for(role).decode)
-
-    def _mine(self, record: dict[str, Any] | None) -> bool:
-        return record is not None and record["pipeline"] == self.pipeline.name and \
-            record["model_name"] == self.model_name
-
-    def state(self) -> RegistryState:
-        table = DeploymentTable()
-        history = []
-        for key, value in self._read("model_deployments"):
-            table.apply(key, value)
-            if self._mine(value):
-                history.append(value)
-        decisions = [v for _, v in self._read("model_decisions") if self._mine(v)]
-        candidates = {v["version"]: v for _, v in self._read("model_candidates") if self._mine(v)}
-        return RegistryState(table, history, decisions, candidates)  # type: ignore[arg-type]
-
-    def models(self) -> list[dict[str, Any]]:
-        """One row per known version: lineage summary, current slots, last decision about it; oldest first."""
-        state = self.state()
-        slots = state.table.slots(self.pipeline.name, self.model_name)
-        born: dict[str, int] = {v: millis(c.get("created_at")) for v, c in state.candidates.items()}
-        for record in state.history:
-            born.setdefault(record["version"], millis(record.get("deployed_at")))
-        rows = []
-        for version in sorted(born, key=lambda v: (born[v], v)):
-            candidate = state.candidates.get(version, {})
-            decisions = [d for d in state.decisions if version in decision_subjects(d)]
-            rows.append({
-                "version": version, "slots": sorted(s for s, r in slots.items() if r["version"] == version),
-                "trigger": candidate.get("trigger", "BOOTSTRAP" if "-bootstrap-" in version else None),
-                "parent_version": candidate.get("parent_version"), "sample_count": candidate.get("sample_count"),
-                "created_at": candidate.get("created_at"),
-                "last_decision": decisions[-1]["kind"] if decisions else None,
-            })
-        return rows
-
-    def show(self, version: str) -> dict[str, Any]:
-        state = self.state()
-        slots = state.table.slots(self.pipeline.name, self.model_name)
-        if version not in state.candidates and not any(r["version"] == version for r in state.history):
-            raise RegistryError(f"no version {version!r} of model {self.model_name!r} in the registry")
-        return {
-            "version": version,
-            "candidate": state.candidates.get(version),
-            "slots": {s: r for s, r in slots.items() if r["version"] == version},
-            "decisions": [d for d in state.decisions if version in (d["to_version"], d["from_version"])],
-        }
-
-    def promote(self, version: str, reason: str = "manual promotion") -> dict[str, Any]:
-        """Make ``version`` the champion now (automatic=false); the old champion is its previous_version."""
-        state = self.state()
-        champion = state.table.champion(self.pipeline.name, self.model_name)
-        if champion is not None and champion["version"] == version:
-            raise RegistryError(f"{version} is already the champion")
-        artifact = state.artifact_of(self.pipeline.name, self.model_name, version)
-        if artifact is None:
-            raise RegistryError(f"no artifact known for {version!r}; it was never registered or has expired")
-        return self._change("PROMOTE", version, artifact, champion, reason, state,
-                            previous_version=champion["version"] if champion else None)
-
-    def rollback(self, reason: str = "manual rollback") -> dict[str, Any]:
-        """Re-serve the champion's predecessor (its ``previous_version``) as champion (automatic=false).
-
-        The restored champion's own ``previous_version`` is its predecessor, not the version rolled
-        back away from: a second rollback goes one champion further back, or fails if there is none.
-        """
-        state = self.state()
-        champion = state.table.champion(self.pipeline.name, self.model_name)
-        if champion is None:
-            raise RegistryError(f"model {self.model_name!r} has no champion to roll back")
-        if not champion.get("previous_version"):
-            raise RegistryError(f"nothing to roll back to: champion {champion['version']} has no predecessor")
-        target = champion["previous_version"]
-        artifact = state.artifact_of(self.pipeline.name, self.model_name, target)
-        if artifact is None:
-            raise RegistryError(f"no artifact known for the predecessor {target!r}")
-        predecessor = champion_predecessors(state.decisions).get(target)
-        return self._change("ROLLBACK", target, artifact, champion, reason, state,
-                            previous_version=restored_previous_version(predecessor, champion["version"]))
-
-    def _change(self, kind: str, version: str, artifact: dict[str, Any], champion: dict[str, Any] | None,
-                reason: str, state: RegistryState, *, previous_version: str | None) -> dict[str, Any]:
-        if self.store is not None:
-            self.store.get_verified_bytes(ArtifactRef.from_record(artifact))
-        now = int(time.time() * 1000)
-        pipeline, model = self.pipeline.name, self.model_name
-        old = champion["version"] if champion else None
-        decision = decision_record(pipeline, model, kind, reason, decision_id=f"{version}:{kind.lower()}:manual:{now}",
-                                   decided_at=now, from_version=old, to_version=version, automatic=False)
-        outputs: list[tuple[str, str, dict[str, Any] | None]] = [("model_decisions", model, decision)]
-        outputs.append(("model_deployments", slot_key(pipeline, model, CHAMPION), deployment_record(
-            pipeline, model, CHAMPION, version, artifact, deployed_at=now, previous_version=previous_version,
-            decision_id=decision["decision_id"])))
-        found = state.table.find(pipeline, model, version)
-        if found and found[0] != CHAMPION:
-            outputs.append(("model_deployments", slot_key(pipeline, model, found[0]), None))
-        earlier = watched_predecessor(state.table.slots(pipeline, model))
-        if kind == "PROMOTE" and earlier is not None and earlier["version"] != version:
-            # As the publisher does: the champion's own predecessor is no longer the one to roll back
-            # to, and left in its shadow slot it would be judged as a challenger.
-            outputs.append(("model_decisions", model, decision_record(
-                pipeline, model, "RETIRE", f"predecessor retired: {old}, which replaced it, is itself replaced "
-                f"by {version}", decision_id=f"{earlier['version']}:retire:manual:{now}", decided_at=now,
-                from_version=earlier["version"], automatic=False)))
-            outputs.append(("model_deployments", slot_key(pipeline, model, shadow_slot(earlier["version"])), None))
-        if kind == "PROMOTE" and champion is not None:
-            # As after an automatic promotion, the old champion stays on as a shadow under the same
-            # decision: the publisher watches the new one against it and rolls back if it is worse.
-            # It keeps its own predecessor, which it carries again as champion after such a rollback.
-            outputs.append(("model_deployments", slot_key(pipeline, model, shadow_slot(old)), deployment_record(
-                pipeline, model, shadow_slot(old), old, champion["artifact"], deployed_at=now,
-                previous_version=champion.get("previous_version"), decision_id=decision["decision_id"])))
-        self._produce(outputs)
-        return decision
-
-    def _produce(self, outputs: list[tuple[str, str, dict[str, Any] | None]]) -> None:
-        producer = Producer(self.kafka.producer())
-        failures: list[str] = []
-
-        def on_delivery(error: KafkaError | None, _message: Any) -> None:
-            if error is not None:
-                failures.append(error.str())
-
-        for role, key, value in outputs:
-            encoded = None if value is None else self._serde_for(role).encode(value)
-            producer.produce(self.catalog[role].name, key=key.encode(), value=encoded, on_delivery=on_delivery)
-        remaining = producer.flush(30)
-        if failures or remaining:
-            raise RegistryError(f"registry change not acknowledged: {failures[:1] or f'{remaining} queued'}")

@@ -11,7 +11,8 @@ from services.model_publisher.settings import PublisherSettings
 from streamloop.kafka import KafkaSettings
 from streamloop.ml import build_model
 from streamloop.ml.exceptions import RegistryError
-from streamloop.ml.registry import CHAMPION, RegistryClient, bootstrap_version, shadow_slot
+from streamloop.ml.registry import CHAMPION, bootstrap_version, shadow_slot
+from streamloop.ml.registry_client import RegistryClient
 from tests.integration.model_publisher.harness import ServiceThread, Topics, apply_env, wait_for
 from tests.unit.model_publisher.factories import artifact_store, candidate
 

@@ -11,7 +11,7 @@ from typing import Any
 from streamloop.contracts import PipelineSpec, load_catalog
 from streamloop.kafka.configuration import KafkaSettings
 from streamloop.kafka.records import OutgoingRecord
-from streamloop.ml.registry import RegistryClient
+from streamloop.ml.registry_client import RegistryClient
 from tests.unit.model_publisher.factories import T0, candidate
 from tests.unit.model_publisher.test_publisher import TOPICS, Harness
 

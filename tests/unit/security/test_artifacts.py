@@ -133,7 +133,8 @@ def test_the_publisher_refuses_hostile_candidates(demo_pipeline, marker, tmp_pat
 def test_the_registry_client_verifies_before_a_manual_promotion(demo_pipeline, store, marker) -> None:
     from streamloop.contracts import load_catalog
     from streamloop.kafka import KafkaSettings
-    from streamloop.ml.registry import DeploymentTable, RegistryClient, RegistryState
+    from streamloop.ml.registry import DeploymentTable
+    from streamloop.ml.registry_client import RegistryClient, RegistryState
 
     client = RegistryClient(demo_pipeline, load_catalog(demo_pipeline), KafkaSettings(bootstrap_servers="127.0.0.1:1"),
                             store=store)
