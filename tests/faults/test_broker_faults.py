@@ -143,7 +143,10 @@ def test_the_loop_recovers_from_a_broker_restart_mid_stream(private_loop: tuple[
     broker.restart()  # SIGTERM, then start on the same port and data directory
     moments["up"] = time.monotonic()
     producer.join(180)
-    result = loop.verify(ScenarioResult("broker restart (noida-db, graceful)"), demo, timeout_s=90, labels=True,
+    # A label whose feature vector or prediction the broker dropped is answered only once its entry
+    # expires: the join horizon (2 min) and grace (30 s) after the event, with the clock moved on by
+    # ticks once the sources fall idle (30 s). The wait ends as soon as every label is back.
+    result = loop.verify(ScenarioResult("broker restart (noida-db, graceful)"), demo, timeout_s=240, labels=True,
                          broker_may_lose=True)
     first_after = min((t for t in loop.reader.observed.first_prediction_at.values() if t > moments["up"]),
                       default=None)
