@@ -33,7 +33,7 @@ from streamloop.stack.broker import (
     client_fetch_environment,
     client_fetch_settings,
 )
-from streamloop.stack.process import free_port, spawn, stop, terminate
+from streamloop.stack.process import free_port, log_tail, spawn, stop, terminate
 from streamloop.stack.redis_server import EmbeddedRedis
 from streamloop.stack.services import BACKGROUND_IDLE_FETCH_PAUSE_MS, IDLE_FETCH_PAUSE_MS, SERVICES
 
@@ -271,13 +271,7 @@ def read_state(data_dir: Path) -> dict | None:
 
 def last_log_line(path: Path, limit: int = 300) -> str | None:
     """The last line a service wrote before it exited: usually the cause, shown without opening the log."""
-    try:
-        with path.open("rb") as log:
-            log.seek(0, 2)
-            log.seek(max(0, log.tell() - 4096))
-            lines = [line.strip() for line in log.read().decode("utf-8", "replace").splitlines() if line.strip()]
-    except OSError:
-        return None
+    lines = log_tail(path, 1)
     if not lines:
         return None
     return lines[-1] if len(lines[-1]) <= limit else lines[-1][:limit] + "..."

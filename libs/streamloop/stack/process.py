@@ -50,10 +50,23 @@ def wait_for_port(host: str, port: int, timeout_s: float, process: subprocess.Po
 
 
 def _log_tail(log_path: Path | None) -> str:
-    if log_path is None or not log_path.exists():
-        return ""
-    lines = log_path.read_text(errors="replace").splitlines()[-5:]
+    lines = log_tail(log_path, 5)
     return "; last log lines: " + " | ".join(lines) if lines else ""
+
+
+def log_tail(log_path: Path | None, count: int, window_bytes: int = 16_384) -> list[str]:
+    """The last ``count`` non-empty lines of a child's log, read from its last ``window_bytes``
+    (a log can be large; what an error message needs is at its end)."""
+    if log_path is None:
+        return []
+    try:
+        with log_path.open("rb") as log:
+            log.seek(0, os.SEEK_END)
+            log.seek(max(0, log.tell() - window_bytes))
+            text = log.read().decode("utf-8", "replace")
+    except OSError:
+        return []
+    return [line.strip() for line in text.splitlines() if line.strip()][-count:]
 
 
 def spawn(argv: list[str], log_path: Path, env: dict[str, str] | None = None,
