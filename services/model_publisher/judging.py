@@ -27,6 +27,7 @@ from streamloop.ml.registry import (
     SHADOW_PREFIX,
     DeploymentTable,
     millis,
+    predecessor_replaced,
     restored_previous_version,
     shadow_slot,
     watched_predecessor,
@@ -61,13 +62,9 @@ class Judge:
     def slots(self) -> dict[str, dict[str, Any]]:
         return self.table.slots(self.pipeline.name, self.pipeline.model.name)
 
-    def watched_predecessor(self, slots: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
-        """The predecessor kept as a shadow by the promotion that made the current champion."""
-        return watched_predecessor(slots)
-
     def challengers(self, slots: dict[str, dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
         """Shadow slots on trial (not the watched predecessor), oldest first."""
-        kept = self.watched_predecessor(slots)
+        kept = watched_predecessor(slots)
         shadows = [(s, r) for s, r in slots.items() if s.startswith(SHADOW_PREFIX) and r is not kept]
         # deployed_at is a datetime in records read back from the topic and an int in those written
         # by this process: compare them as milliseconds.
@@ -80,7 +77,7 @@ class Judge:
         champion = slots.get(CHAMPION)
         if champion is None:
             return []
-        predecessor = self.watched_predecessor(slots)
+        predecessor = watched_predecessor(slots)
         outputs: list[OutgoingRecord] = []
         if predecessor is not None:
             verdict, outputs = self._watch(champion, predecessor)
@@ -196,11 +193,11 @@ class Judge:
             self.writer.deploy(CHAMPION, new, record["artifact"], previous_version=old, decision_id=decision_id),
             self.writer.retire(slot),
         ]
-        earlier = self.watched_predecessor(self.slots() | {CHAMPION: champion})
+        earlier = watched_predecessor(self.slots() | {CHAMPION: champion})
         if earlier is not None and earlier["version"] != new:
             # The champion's own predecessor is no longer the one to roll back to.
             outputs += self._retire(shadow_slot(earlier["version"]), earlier["version"],
-                                    f"predecessor retired: {old}, which replaced it, is itself replaced by {new}", {})
+                                    predecessor_replaced(old, new), {})
         # The old champion stays on as a shadow, scored beside the new one, for the rollback watch,
         # and keeps its own predecessor for when a rollback makes it champion again.
         outputs.append(self.writer.deploy(shadow_slot(old), old, champion["artifact"], decision_id=decision_id,

@@ -122,6 +122,11 @@ def decision_record(pipeline: str, model_name: str, kind: str, reason: str, *, d
     }
 
 
+def predecessor_replaced(old: str, new: str) -> str:
+    """Why a promotion retires the predecessor it no longer watches (the publisher's and a manual one alike)."""
+    return f"predecessor retired: {old}, which replaced it, is itself replaced by {new}"
+
+
 def decision_subjects(decision: dict[str, Any]) -> set[str]:
     """The versions a decision is about: its ``to_version``, and the ``from_version`` it rolls back or retires.
 

@@ -27,6 +27,7 @@ from streamloop.ml.registry import (
     decision_subjects,
     deployment_record,
     millis,
+    predecessor_replaced,
     restored_previous_version,
     shadow_slot,
     slot_key,
@@ -201,16 +202,16 @@ class RegistryClient:
         found = state.table.find(pipeline, model, version)
         if found and found[0] != CHAMPION:
             outputs.append(("model_deployments", slot_key(pipeline, model, found[0]), None))
-        earlier = watched_predecessor(state.table.slots(pipeline, model))
-        if kind == "PROMOTE" and earlier is not None and earlier["version"] != version:
-            # As the publisher does: the champion's own predecessor is no longer the one to roll back
-            # to, and left in its shadow slot it would be judged as a challenger.
-            outputs.append(("model_decisions", model, decision_record(
-                pipeline, model, "RETIRE", f"predecessor retired: {old}, which replaced it, is itself replaced "
-                f"by {version}", decision_id=f"{earlier['version']}:retire:manual:{now}", decided_at=now,
-                from_version=earlier["version"], automatic=False)))
-            outputs.append(("model_deployments", slot_key(pipeline, model, shadow_slot(earlier["version"])), None))
         if kind == "PROMOTE" and champion is not None:
+            earlier = watched_predecessor(state.table.slots(pipeline, model))
+            if earlier is not None and earlier["version"] != version:
+                # As the publisher does: the champion's own predecessor is no longer the one to roll
+                # back to, and left in its shadow slot it would be judged as a challenger.
+                outputs.append(("model_decisions", model, decision_record(
+                    pipeline, model, "RETIRE", predecessor_replaced(champion["version"], version),
+                    decision_id=f"{earlier['version']}:retire:manual:{now}", decided_at=now,
+                    from_version=earlier["version"], automatic=False)))
+                outputs.append(("model_deployments", slot_key(pipeline, model, shadow_slot(earlier["version"])), None))
             # As after an automatic promotion, the old champion stays on as a shadow under the same
             # decision: the publisher watches the new one against it and rolls back if it is worse.
             # It keeps its own predecessor, which it carries again as champion after such a rollback.
