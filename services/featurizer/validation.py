@@ -2,7 +2,9 @@
 
 A failing event raises :class:`InvalidRecordError` whose ``rule`` is ``<field>.<rule>``; the
 runner sends it to the dead-letter topic with the rule in the ``streamloop.errors.rule`` header.
-Checks run in this order and the first failure wins:
+Checks run in this order; ``rule`` is the first failure, and an event that breaks more than one
+rule names all of them (one per field) in ``rules`` and in its message, so that a producer fixes
+them in one round, not one dead letter at a time:
 
 1. identity: the event id and entity key are present and non-empty (``<field>.required``); the
    event time is present (``.required``), a timestamp or an integer (``.type``) and in
@@ -16,6 +18,7 @@ Checks run in this order and the first failure wins:
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -132,31 +135,51 @@ class RecordValidator:
 
     def validate(self, value: dict[str, Any]) -> tuple[str, str, int]:
         """``(event_id, entity_key, event_time_ms)`` of a valid event; raises InvalidRecordError."""
+        errors = list(self._violations(value))
+        if errors:
+            raise errors[0] if len(errors) == 1 else InvalidRecordError(
+                "; ".join(str(e) for e in errors), rule=errors[0].rule, rules=[e.rule for e in errors])
+        return str(value[self.event_id]), str(value[self.entity_key]), to_millis(value[self.event_time])  # type: ignore[return-value]
+
+    def _violations(self, value: dict[str, Any]) -> Iterator[InvalidRecordError]:
+        """Every check the event fails, in the order above; at most one per field."""
         event_id = value.get(self.event_id)
         if event_id is None or event_id == "":
-            raise InvalidRecordError(f"{self.event_id} (the event id) is missing", rule=f"{self.event_id}.required")
+            yield InvalidRecordError(f"{self.event_id} (the event id) is missing", rule=f"{self.event_id}.required")
         entity = value.get(self.entity_key)
         if entity is None or entity == "":
-            raise InvalidRecordError(f"{self.entity_key} (the entity key) is missing",
+            yield InvalidRecordError(f"{self.entity_key} (the entity key) is missing",
                                      rule=f"{self.entity_key}.required")
         raw_time = value.get(self.event_time)
         event_time = to_millis(raw_time)
         if event_time is None:
             rule = "required" if raw_time is None else "type"
-            raise InvalidRecordError(f"{self.event_time} (the event time) is {raw_time!r}",
+            yield InvalidRecordError(f"{self.event_time} (the event time) is {raw_time!r}",
                                      rule=f"{self.event_time}.{rule}")
-        if not 0 <= event_time <= MAX_TIME_MS:
-            raise InvalidRecordError(f"{self.event_time} is {event_time} ms, outside [0, 2**63 - 1]",
+        elif not 0 <= event_time <= MAX_TIME_MS:
+            yield InvalidRecordError(f"{self.event_time} is {event_time} ms, outside [0, 2**63 - 1]",
                                      rule=f"{self.event_time}.range")
+        broken: set[str] = set()
         for field in self._floats:
             number = value.get(field)
             if number.__class__ is float and not math.isfinite(number):
-                raise InvalidRecordError(f"{field} is {number}", rule=f"{field}.finite")
+                broken.add(field)
+                yield InvalidRecordError(f"{field} is {number}", rule=f"{field}.finite")
         for field in self._nested:
-            self._check_nested(field, value.get(field))
+            try:
+                self._check_nested(field, value.get(field))
+            except InvalidRecordError as exc:
+                broken.add(field)
+                yield exc
         for rule in self._rules:
-            rule.check(value.get(rule.field))
-        return str(event_id), str(entity), event_time
+            # A field already broken (NaN passes any min/max) is not checked again: one error per field.
+            if rule.field in broken:
+                continue
+            try:
+                rule.check(value.get(rule.field))
+            except InvalidRecordError as exc:
+                broken.add(rule.field)
+                yield exc
 
     def _check_nested(self, field: str, value: Any) -> None:
         pending = [value]

@@ -17,6 +17,8 @@ CLASS_NAME = PREFIX + "exception.class.name"
 MESSAGE = PREFIX + "exception.message"
 CONNECTOR = PREFIX + "connector.name"
 RULE = "streamloop.errors.rule"
+# Every rule an invalid record broke, comma-separated, when it broke more than one (RULE is the first).
+RULES = "streamloop.errors.rules"
 
 # Stages, named as Connect does where one fits.
 STAGE_DECODE = "VALUE_CONVERTER"
@@ -51,6 +53,9 @@ def dead_letter_headers(
     rule = getattr(error, "rule", None)
     if rule:
         headers.append((RULE, str(rule).encode()))
+    rules = getattr(error, "rules", None) or []
+    if len(rules) > 1:
+        headers.append((RULES, ",".join(rules).encode()))
     return headers
 
 
@@ -59,5 +64,5 @@ def read_error_headers(headers: Headers | None) -> dict[str, str]:
     return {
         key: value.decode("utf-8", "replace")
         for key, value in (headers or [])
-        if (key.startswith(PREFIX) or key == RULE) and value is not None
+        if (key.startswith(PREFIX) or key in (RULE, RULES)) and value is not None
     }

@@ -18,8 +18,12 @@ class UnknownTopicError(KafkaRuntimeError):
 
 
 class InvalidRecordError(KafkaRuntimeError):
-    """A record is well-formed Avro but breaks a rule; it goes to the dead-letter topic."""
+    """A record is well-formed Avro but breaks a rule; it goes to the dead-letter topic.
 
-    def __init__(self, message: str, rule: str | None = None) -> None:
+    ``rule`` is the first rule broken; ``rules`` every one, when the check looked for more.
+    """
+
+    def __init__(self, message: str, rule: str | None = None, rules: list[str | None] | None = None) -> None:
         super().__init__(message)
         self.rule = rule
+        self.rules = [r for r in rules if r] if rules else ([rule] if rule else [])

@@ -28,7 +28,7 @@ from services.featurizer.settings import FeaturizerSettings
 from services.featurizer.validation import to_millis
 from streamloop.contracts import Catalog, PipelineSpec
 from streamloop.kafka import ConsumedRecord
-from streamloop.kafka.dead_letters import RULE, read_error_headers
+from streamloop.kafka.dead_letters import RULE, RULES, read_error_headers
 from streamloop.serde import SingleObjectSerde
 from streamloop.store import RedisFeatureStore
 from tests.topic_io import drain
@@ -39,12 +39,13 @@ REPO_ROOT = Path(__file__).resolve().parents[3]
 MERCHANTS = ["grocery", "fuel", "travel", "electronics", "online", "restaurant", "jewelry"]
 INVALID = [({"amount": -5.0}, "amount.min"), ({"merchant_category": "casino"}, "merchant_category.allowed"),
            ({"country": "DEU"}, "country.max_length"), ({"amount": float("nan")}, "amount.finite"),
-           ({"distance_from_home_km": 99_999.0}, "distance_from_home_km.max")]
+           ({"distance_from_home_km": 99_999.0}, "distance_from_home_km.max"),
+           ({"amount": -5.0, "country": "DEU"}, "amount.min,country.max_length")]
 
 
 def transactions(count: int, cards: int = 30, seed: int = 3) -> tuple[list[dict[str, Any]], dict[str, str]]:
     """About three days of transactions up to a minute ago: bursts per card, some out of order, some
-    late, some invalid. Returns the events and, for each invalid one, the rule it breaks.
+    late, some invalid. Returns the events and, for each invalid one, the rules it breaks (comma-separated).
 
     Recent, because the topic's retention and the store's TTL both count from the event time.
     """
@@ -156,7 +157,9 @@ def test_one_vector_per_valid_event_dead_letters_with_rules_and_latest_rows_in_r
     for record in dead:
         txn = serde.decode(record.value)
         headers = read_error_headers(record.headers)
-        assert headers[RULE] == invalid[txn["transaction_id"]]
+        rules = invalid[txn["transaction_id"]]
+        assert headers[RULE] == rules.split(",")[0]
+        assert headers.get(RULES) == (rules if "," in rules else None), "every rule, when there are several"
         assert headers["__connect.errors.stage"] == "VALIDATION"
 
     latest: dict[str, dict[str, Any]] = {}

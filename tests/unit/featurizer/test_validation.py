@@ -57,6 +57,28 @@ def test_each_failure_names_its_rule(change: dict, rule: str) -> None:
     assert rule_of(event(1, "a", 1_000, x=5.0) | change) == rule
 
 
+def test_an_event_that_breaks_several_rules_names_every_one() -> None:
+    # The producer sees every problem of the event in one dead letter, not one per round trip.
+    with pytest.raises(InvalidRecordError) as caught:
+        validator().validate(event(1, "a", 1_000, x=-0.5, cat="c", n=3) | {"id": ""})
+    error = caught.value
+    assert error.rule == "id.required", "the first failure, in the documented order, stays the rule"
+    assert error.rules == ["id.required", "x.min", "cat.allowed", "n.allowed"]
+    assert str(error).split("; ") == ["id (the event id) is missing", "x is -0.5, below the minimum 0.0",
+                                      "cat is 'c', not one of the allowed values",
+                                      "n is 3, not one of the allowed values"]
+
+
+def test_a_field_is_named_once_even_when_it_breaks_a_sanity_check_and_a_rule() -> None:
+    # NaN fails `finite`, and would fail nothing else (it passes min/max): one error for the field.
+    with pytest.raises(InvalidRecordError) as caught:
+        validator().validate(event(1, "a", 1_000, x=float("nan"), flag=True))
+    assert caught.value.rules == ["x.finite", "flag.allowed"]
+    with pytest.raises(InvalidRecordError) as single:
+        validator().validate(event(1, "a", 1_000, x=float("nan")))
+    assert single.value.rules == ["x.finite"] and str(single.value) == "x is nan"
+
+
 def test_a_valid_event_returns_its_identity() -> None:
     assert validator().validate(event(7, "card", 1_234, x=5.0, n=2)) == ("e7", "card", 1_234)
     assert rule_of(event(1, "a", 1_000, x=5.0, tags={str(i): 1.0 for i in range(4)})) is None
