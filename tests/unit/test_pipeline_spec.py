@@ -89,6 +89,8 @@ MISTAKES = [
     pytest.param(_model(name="Fraud Model!"), "model.name", "pattern", id="bad-model-name"),
     pytest.param(lambda s: s["features"]["passthrough"].append({"field": "amount"}), "features",
                  "repeated: amount", id="duplicate-feature-names"),
+    pytest.param(lambda s: s["features"]["aggregations"][0].update(name="amount=max"), "features",
+                 "must not contain '='", id="one-hot-separator-in-a-feature-name"),
     pytest.param(lambda s: s["promotion"].update(canary_weight=1.5), "promotion.canary_weight",
                  "less than or equal to 1", id="share-out-of-range"),
 ]

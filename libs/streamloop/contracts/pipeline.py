@@ -120,6 +120,9 @@ class CategoricalSpec(_Spec):
         return self.name or self.field
 
 
+TIME_SINCE_PREVIOUS = "time_since_previous_s"
+
+
 class FeaturesSpec(_Spec):
     allowed_lateness: DurationMs = 0
     late_events: Literal["emit_unwindowed", "dead_letter"] = "emit_unwindowed"
@@ -134,11 +137,22 @@ class FeaturesSpec(_Spec):
         names = [a.name for a in self.aggregations] + [p.feature_name for p in self.passthrough]
         names += [c.feature_name for c in self.categorical]
         if self.time_since_previous:
-            names.append("time_since_previous_s")
+            names.append(TIME_SINCE_PREVIOUS)
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ValueError(f"feature names must be unique; repeated: {', '.join(duplicates)}")
+        # `name=value` is how a category becomes a one-hot column: the model tells the two apart by it.
+        with_separator = sorted(n for n in names if "=" in n)
+        if with_separator:
+            raise ValueError("feature names must not contain '=' (it marks one-hot columns): "
+                             + ", ".join(with_separator))
         return self
+
+    @property
+    def numeric_names(self) -> list[str]:
+        """The numeric features every vector may hold, besides the one-hot columns of categoricals."""
+        names = [a.name for a in self.aggregations] + [p.feature_name for p in self.passthrough]
+        return names + [TIME_SINCE_PREVIOUS] if self.time_since_previous else names
 
 
 class LabelsSpec(_Spec):

@@ -1,14 +1,45 @@
-"""Building the spec's river model: preprocessing steps piped into the estimator."""
+"""Building the spec's river model: preprocessing steps piped into the estimator.
+
+A ``river.preprocessing.StandardScaler`` step is built as :class:`IndicatorPassthroughScaler`:
+it scales the numeric features and passes the one-hot indicator columns (``name=value``, see
+``streamloop.ml.features``) through as they are. river's scaler keeps statistics only for the
+features present in an event, and an indicator is present only when it is 1.0: its variance is
+0 and river scales it to 0.0, so a linear model behind it could never learn from a categorical
+feature (measured on the card demo: every ``merchant_category=`` and ``country=`` weight stayed 0).
+"""
 
 from __future__ import annotations
 
 import importlib
 from typing import Any
 
-from river import base, compose
+from river import base, compose, preprocessing
 
 from streamloop.contracts.pipeline import ModelSpec
 from streamloop.ml.exceptions import EstimatorSpecError
+from streamloop.ml.features import INDICATOR_SEPARATOR
+
+
+class IndicatorPassthroughScaler(preprocessing.StandardScaler):
+    """river's StandardScaler on the numeric features; one-hot indicator columns pass through unscaled."""
+
+    def learn_one(self, x: dict) -> None:
+        super().learn_one({k: v for k, v in x.items() if INDICATOR_SEPARATOR not in k})
+
+    def transform_one(self, x: dict) -> dict:
+        numeric = {}
+        indicators = {}
+        for k, v in x.items():
+            if INDICATOR_SEPARATOR in k:
+                indicators[k] = v
+            else:
+                numeric[k] = v
+        scaled = super().transform_one(numeric)
+        scaled.update(indicators)
+        return scaled
+
+
+_BUILT_AS = {"river.preprocessing.StandardScaler": IndicatorPassthroughScaler}
 
 
 def _river_class(path: str) -> type:
@@ -28,7 +59,9 @@ def build_model(spec: ModelSpec) -> base.Estimator:
         estimator = estimator_class(**spec.params)
     except TypeError as exc:
         raise EstimatorSpecError(f"model.params do not fit {spec.estimator}: {exc}") from exc
-    steps: list[Any] = [_river_class(path)() for path in spec.preprocessing]
+    # Steps keep the spec's names (``model["StandardScaler"]``), whichever class is built for them.
+    steps: list[Any] = [(path.rpartition(".")[2], (_BUILT_AS.get(path) or _river_class(path))())
+                        for path in spec.preprocessing]
     if spec.task == "classification" and not isinstance(estimator, base.Classifier):
         raise EstimatorSpecError(f"{spec.estimator} is not a classifier but model.task is classification")
     if spec.task == "regression" and not isinstance(estimator, base.Regressor):

@@ -20,6 +20,8 @@ from collections.abc import Mapping
 from streamloop.ml.exceptions import ModelError
 
 MAX_FEATURES = 4096
+# One-hot columns are ``name=value``; the spec forbids it in feature names, so it marks an indicator.
+INDICATOR_SEPARATOR = "="
 MAX_TEXT_LENGTH = 1024
 
 
@@ -58,5 +60,5 @@ def assemble_features(numeric: Mapping[str, float], categorical: Mapping[str, st
         raise InvalidFeatureValue(problem)
     x = {name: float(value) for name, value in numeric.items()}
     for name, value in categorical.items():
-        x[f"{name}={value}"] = 1.0
+        x[f"{name}{INDICATOR_SEPARATOR}{value}"] = 1.0
     return x

@@ -114,7 +114,8 @@ def test_the_replay_learns_the_examples_since_the_change_point_again(demo_pipeli
     learner.reset(build_model(spec), "fraud-a")
     # 300 examples of the old concept, then 100 with their labels inverted: the errors rise.
     old = [consumed("lab", labeled_example(i, label=i % 3 == 0), offset=i) for i in range(300)]
-    new = [consumed("lab", labeled_example(i, label=i % 3 != 0, amount=(900.0 if i % 3 == 0 else 20.0)), offset=i)
+    # Every feature (amount, distance, merchant) keeps its old-concept value; only the label flips.
+    new = [consumed("lab", labeled_example(i, label=i % 3 == 0) | {"label": i % 3 != 0}, offset=i)
            for i in range(300, 400)]
     for record in old + new:
         learner.learn(record)
