@@ -16,49 +16,12 @@ from services.featurizer.state import EntityState
 from services.featurizer.validation import field_kinds
 from services.featurizer.windows import AGGREGATORS, NUMERIC_AGGREGATIONS, SHIFT, horizon_ms, window_start
 from streamloop.contracts import PipelineSpec
+from streamloop.contracts.pipeline import TIME_SINCE_PREVIOUS
 from streamloop.contracts.schemas import AvroSchema
+from streamloop.ml.categorical import CategoricalEncoder, as_text
 
-TIME_SINCE_PREVIOUS = "time_since_previous_s"
-OTHER = "__other__"
 _NUMERIC = frozenset({"int", "long", "float", "double", "boolean"})
 _SCALAR = _NUMERIC | {"string", "enum", "named", "bytes", "fixed", "null"}
-
-
-def as_text(value: Any) -> str:
-    """A categorical or segment value as text: booleans as ``true``/``false``, like Avro JSON."""
-    if value is True:
-        return "true"
-    if value is False:
-        return "false"
-    return value if isinstance(value, str) else str(value)
-
-
-class _Categorical:
-    __slots__ = ("name", "field", "one_hot", "categories", "other", "zeros", "keys")
-
-    def __init__(self, name: str, field: str, encoding: str, categories: list[str] | None, unknown: str) -> None:
-        self.name = name
-        self.field = field
-        self.one_hot = encoding == "one_hot"
-        self.categories = frozenset(categories) if categories is not None else None
-        self.other = unknown == "other" and categories is not None
-        known = list(categories or []) + ([OTHER] if self.other else [])
-        # With a known list, one-hot is fixed width: every known column is present, 0.0 or 1.0.
-        self.zeros = {f"{name}={c}": 0.0 for c in known} if self.one_hot else {}
-        self.keys = {c: f"{name}={c}" for c in known}
-
-    def encode(self, value: Any, numeric: dict[str, float], categorical: dict[str, str]) -> None:
-        if self.zeros:
-            numeric.update(self.zeros)
-        if value is None:
-            return
-        text = as_text(value)
-        if self.other and text not in self.categories:  # type: ignore[operator]
-            text = OTHER
-        if self.one_hot:
-            numeric[self.keys.get(text) or f"{self.name}={text}"] = 1.0
-        else:
-            categorical[self.name] = text
 
 
 class FeatureBuilder:
@@ -87,8 +50,7 @@ class FeatureBuilder:
             (a.name, AGGREGATORS[a.agg], windows.index((self.fields.index(a.field), a.window)))
             for a in features.aggregations)
         self._passthrough = tuple((p.feature_name, p.field, p.default) for p in features.passthrough)
-        self._categorical = tuple(_Categorical(c.feature_name, c.field, c.encoding, c.categories, c.unknown)
-                                  for c in features.categorical)
+        self._categorical = tuple(CategoricalEncoder(c) for c in features.categorical)
         self._segments = tuple(spec.segments)
 
     def field_values(self, value: dict[str, Any]) -> list[Any]:

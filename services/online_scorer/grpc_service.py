@@ -1,8 +1,9 @@
 """The request path: ``streamloop.scoring.v1.ScoringService`` over gRPC.
 
 A request names an entity; its latest features come from the online feature store (one pipelined
-Redis read, group ``features``), request-time features override or extend them, and the champion
-scores them through the same :class:`Scorer` as the stream path. Errors are exceptions that know
+Redis read, group ``features``), request-time features (checked and encoded by
+:class:`RequestFeatures`) override or fill them in, and the champion scores them through the same
+:class:`Scorer` as the stream path. Errors are exceptions that know
 their status (``errors.py``), turned into gRPC statuses by :class:`ErrorInterceptor` alone.
 
 The server also runs the standard ``grpc.health.v1.Health`` service (NOT_SERVING until a champion
@@ -41,6 +42,7 @@ from services.online_scorer.errors import (
 )
 from services.online_scorer.models import LoadedModel, ModelHolder, wall_clock_ms
 from services.online_scorer.processor import PREDICTIONS_METRIC
+from services.online_scorer.request_features import RequestFeatures
 from services.online_scorer.scoring import Scored, Scorer
 from streamloop.contracts import PipelineSpec
 from streamloop.contracts.generated.scoring.v1 import scoring_pb2, scoring_pb2_grpc
@@ -101,6 +103,7 @@ class ScoringServicer(scoring_pb2_grpc.ScoringServiceServicer):
         self.group = group
         self.limits = limits or RequestLimits()
         self.scorer = Scorer(pipeline)
+        self.request_features = RequestFeatures(pipeline)
         self._default = default_output(pipeline.model)
         self._clock = clock
         self._count = metrics.counter(PREDICTIONS_METRIC, "Predictions emitted, by path, role and version.") \
@@ -108,6 +111,7 @@ class ScoringServicer(scoring_pb2_grpc.ScoringServiceServicer):
 
     def Score(self, request: scoring_pb2.ScoreRequest, context: grpc.ServicerContext) -> scoring_pb2.ScoreResponse:  # noqa: N802
         validate(request, self.limits)
+        self.request_features.check(request.numeric_features, request.categorical_features)
         result = self._score_all([request], context)[0]
         if isinstance(result, ScorerError):
             raise result
@@ -121,6 +125,7 @@ class ScoringServicer(scoring_pb2_grpc.ScoringServiceServicer):
             raise InvalidScoreRequest(f"requests: {len(request.requests)} entities, at most {self.limits.max_batch}")
         for i, item in enumerate(request.requests):
             validate(item, self.limits, where=f"requests[{i}].")
+            self.request_features.check(item.numeric_features, item.categorical_features, where=f"requests[{i}].")
         results = []
         for result in self._score_all(request.requests, context):
             if isinstance(result, ScorerError):
@@ -158,8 +163,8 @@ class ScoringServicer(scoring_pb2_grpc.ScoringServiceServicer):
                 return EntityNotFound(f"no features stored for entity {request.entity_id!r}")
             return self._response(request.entity_id, champion, Scored(self._default), freshness_ms=-1,
                                   scored_at=self._clock(), default=True)
-        numeric = {**row.numeric, **request.numeric_features}
-        categorical = {**row.categorical, **request.categorical_features}
+        numeric, categorical = self.request_features.merge(row.numeric, row.categorical, request.numeric_features,
+                                                           request.categorical_features)
         scored = self.scorer.score(champion.model, numeric, categorical, explain_it=request.explain)
         scored_at = self._clock()
         return self._response(request.entity_id, champion, scored, freshness_ms=scored_at - row.event_time_ms,

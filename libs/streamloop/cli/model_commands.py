@@ -146,13 +146,17 @@ def _scorer_address(address: str | None, data_dir: Path) -> str:
     return f"127.0.0.1:{port}"
 
 
-def _parse_features(pairs: list[str]) -> tuple[dict[str, float], dict[str, str]]:
+def _parse_features(pairs: list[str], categorical_pairs: list[str]) -> tuple[dict[str, float], dict[str, str]]:
+    """``-f`` values that read as numbers are numeric features, the rest categorical; ``-c`` is always categorical."""
     numeric: dict[str, float] = {}
     categorical: dict[str, str] = {}
-    for pair in pairs:
+    for option, pair in [("--feature", p) for p in pairs] + [("--categorical", p) for p in categorical_pairs]:
         name, sep, value = pair.partition("=")
         if not sep or not name:
-            raise fail(f"--feature takes NAME=VALUE, got {pair!r}", 2)
+            raise fail(f"{option} takes NAME=VALUE, got {pair!r}", 2)
+        if option == "--categorical":
+            categorical[name] = value
+            continue
         try:
             numeric[name] = float(value)
         except ValueError:
@@ -163,14 +167,19 @@ def _parse_features(pairs: list[str]) -> tuple[dict[str, float], dict[str, str]]
 @app.command()
 def score(
     entity_id: str = typer.Argument(..., help="The entity whose online features are scored."),
-    feature: list[str] = typer.Option(None, "--feature", "-f", help="Request-time feature NAME=VALUE (repeat)."),
+    feature: list[str] = typer.Option(None, "--feature", "-f",
+                                      help="Request-time feature NAME=VALUE (repeat); a number is numeric, "
+                                           "anything else categorical."),
+    categorical_feature: list[str] = typer.Option(None, "--categorical", "-c",
+                                                  help="Request-time categorical feature NAME=VALUE, even when "
+                                                       "VALUE reads as a number (repeat)."),
     explain: bool = typer.Option(False, "--explain", help="Include the top feature contributions."),
     address: str | None = typer.Option(None, "--address", envvar="STREAMLOOP_SCORER_ADDRESS",
                                        help="host:port of the scorer's gRPC API; default: the running stack's."),
     data_dir: Path = DataDirOption,
 ) -> None:
     """Score ENTITY_ID synchronously over gRPC, with the champion and its online features."""
-    numeric, categorical = _parse_features(feature or [])
+    numeric, categorical = _parse_features(feature or [], categorical_feature or [])
     try:
         result = score_entity(_scorer_address(address, data_dir), entity_id, numeric=numeric,
                               categorical=categorical, explain=explain)

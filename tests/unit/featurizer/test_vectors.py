@@ -7,7 +7,8 @@ import re
 import pytest
 
 from services.featurizer.exceptions import FeaturizerConfigError
-from services.featurizer.vectors import OTHER, as_text, check_spec
+from services.featurizer.vectors import check_spec
+from streamloop.ml.categorical import OTHER, as_text
 from tests.unit.featurizer.support import SCHEMA, event, make_spec, processor, records, vectors
 
 

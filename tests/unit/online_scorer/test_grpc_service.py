@@ -24,7 +24,9 @@ from streamloop.store import FeatureStoreUnavailable, FeatureWrite
 from tests.unit.online_scorer.fakes import MemoryFeatureStore, publish, slot_key, trained_model
 
 NOW = 1_700_000_100_000
-STORED = {"amount": 420.0, "distance_from_home_km": 250.0, "txn_count_10m": 3.0}
+# As the featurizer writes the demo spec's features: merchant_category one-hot, country as text.
+STORED = {"amount": 420.0, "distance_from_home_km": 250.0, "txn_count_10m": 3.0, "merchant_category=fuel": 1.0}
+STORED_CATEGORICAL = {"country": "DE"}
 
 
 class Served:
@@ -32,7 +34,7 @@ class Served:
                  limits: RequestLimits | None = None) -> None:
         self.spec = spec
         self.store = MemoryFeatureStore(delay_s)
-        stored = FeatureWrite("card-1", NOW - 2_000, 1, dict(STORED), {"merchant_category": "fuel"})
+        stored = FeatureWrite("card-1", NOW - 2_000, 1, dict(STORED), dict(STORED_CATEGORICAL))
         self.store.write("features", stored)
         self.holder = ModelHolder(spec, artifacts)
         if champion:
@@ -64,7 +66,7 @@ def status_of_call(call, request, **kwargs) -> tuple[grpc.StatusCode, str]:
 
 def test_score_reads_the_store_and_uses_the_shared_scorer(served: Served) -> None:
     response = served.stub.Score(scoring_pb2.ScoreRequest(entity_id="card-1"), timeout=5)
-    expected = Scorer(served.spec).score(served.holder.current.champion.model, STORED, {"merchant_category": "fuel"})
+    expected = Scorer(served.spec).score(served.holder.current.champion.model, STORED, STORED_CATEGORICAL)
     assert dict(response.prediction.probabilities) == expected.output.probabilities
     assert response.prediction.predicted_class == expected.output.predicted_class
     assert response.prediction.action == expected.output.action
@@ -81,8 +83,49 @@ def test_request_time_features_override_and_extend_stored_ones(served: Served) -
     response = served.stub.Score(request, timeout=5)
     expected = Scorer(served.spec).score(served.holder.current.champion.model,
                                          {**STORED, "amount": 5.0, "amount_max_1h": 9.0},
-                                         {"merchant_category": "fuel", "country": "FR"})
+                                         {"country": "FR"})
     assert dict(response.prediction.probabilities) == expected.output.probabilities
+
+
+def test_a_request_time_one_hot_category_replaces_the_stored_column(served: Served) -> None:
+    # Encoded as the featurizer encodes it: the stored merchant_category=fuel column goes, one hot column stays.
+    request = scoring_pb2.ScoreRequest(entity_id="card-1", categorical_features={"merchant_category": "jewelry"})
+    response = served.stub.Score(request, timeout=5)
+    numeric = {k: v for k, v in STORED.items() if k != "merchant_category=fuel"} | {"merchant_category=jewelry": 1.0}
+    expected = Scorer(served.spec).score(served.holder.current.champion.model, numeric, STORED_CATEGORICAL)
+    stale = Scorer(served.spec).score(served.holder.current.champion.model, STORED | {"merchant_category=jewelry": 1.0},
+                                      STORED_CATEGORICAL)
+    assert dict(response.prediction.probabilities) == expected.output.probabilities
+    assert expected.output.probabilities != stale.output.probabilities, "the test can tell one hot column from two"
+
+
+@pytest.mark.parametrize(("features", "problem"), [
+    ({"numeric_features": {"amout": 5.0}},
+     "numeric_features['amout']: not a numeric feature of pipeline 'card-fraud'; it has amount, amount_max_1h"),
+    ({"numeric_features": {"country": 1.0}},
+     "numeric_features['country']: country is a categorical feature of pipeline 'card-fraud'; "
+     "send it in categorical_features"),
+    ({"numeric_features": {"merchant_category=fuel": 1.0}},
+     "numeric_features['merchant_category=fuel']: a one-hot column of merchant_category; "
+     "send merchant_category='fuel' in categorical_features"),
+    ({"categorical_features": {"amount": "5"}},
+     "categorical_features['amount']: amount is a numeric feature of pipeline 'card-fraud'; "
+     "send it in numeric_features"),
+    ({"categorical_features": {"tier": "gold"}},
+     "categorical_features['tier']: not a categorical feature of pipeline 'card-fraud'; it has country, "
+     "merchant_category"),
+])
+def test_a_feature_the_pipeline_does_not_produce_is_invalid_argument(served: Served, features, problem) -> None:
+    # The model has never learned a weight for such a name: scoring it would silently ignore it.
+    code, details = status_of_call(served.stub.Score, scoring_pb2.ScoreRequest(entity_id="card-1", **features),
+                                   timeout=5)
+    assert (code, details) == (grpc.StatusCode.INVALID_ARGUMENT, problem) or (code is grpc.StatusCode.INVALID_ARGUMENT
+                                                                              and details.startswith(problem)), details
+    assert served.store.reads == 0, "refused before any read"
+    batch = scoring_pb2.ScoreBatchRequest(requests=[scoring_pb2.ScoreRequest(entity_id="card-1"),
+                                                    scoring_pb2.ScoreRequest(entity_id="card-2", **features)])
+    code, details = status_of_call(served.stub.ScoreBatch, batch, timeout=5)
+    assert code is grpc.StatusCode.INVALID_ARGUMENT and details.startswith("requests[1]." + problem), details
 
 
 def test_explanations_on_request(served: Served) -> None:
@@ -90,7 +133,7 @@ def test_explanations_on_request(served: Served) -> None:
     assert response.explanation.method == "linear_contribution"
     assert len(response.explanation.contributions) == served.spec.model.explanations.top_k
     kinds = {c.feature: c.WhichOneof("feature_value") for c in response.explanation.contributions}
-    assert all(kind == ("categorical_value" if f == "merchant_category" else "numeric_value")
+    assert all(kind == ("categorical_value" if f == "country" else "numeric_value")
                for f, kind in kinds.items())
 
 
@@ -100,6 +143,7 @@ def test_explanations_on_request(served: Served) -> None:
     ({"entity_id": "card-1", "numeric_features": {"amount": math.nan}}, "numeric_features['amount']: nan"),
     ({"entity_id": "card-1", "numeric_features": {"amount": math.inf}}, "is not a finite number"),
     ({"entity_id": "card-1", "numeric_features": {f"f{i}": 1.0 for i in range(300)}}, "300 request-time features"),
+    ({"entity_id": "card-1", "numeric_features": {"f0": 1.0}}, "numeric_features['f0']: not a numeric feature"),
     ({"entity_id": "card-1", "categorical_features": {"": "x"}}, "categorical_features: a feature has an empty name"),
 ])
 def test_malformed_requests_are_invalid_argument_naming_the_problem(served: Served, request_kwargs, problem) -> None:
@@ -229,3 +273,24 @@ def test_client_names_an_unreachable_server() -> None:
     address = f"127.0.0.1:{free_port()}"
     with pytest.raises(ScorerUnreachable, match=f"cannot reach the online scorer at {address}"):
         score(address, "card-1", connect_timeout_s=0.3)
+
+
+def test_the_score_command_sends_numbers_as_numeric_and_says_what_the_scorer_refused(served: Served) -> None:
+    from typer.testing import CliRunner
+
+    from streamloop.cli.main import app
+
+    runner = CliRunner()
+    address = ["--address", served.server.address]
+    ok = runner.invoke(app, ["score", "card-1", "-f", "amount=5", "-c", "merchant_category=jewelry", *address])
+    assert ok.exit_code == 0, ok.stderr
+    numeric = {k: v for k, v in STORED.items() if k != "merchant_category=fuel"} | {"amount": 5.0,
+                                                                                     "merchant_category=jewelry": 1.0}
+    expected = Scorer(served.spec).score(served.holder.current.champion.model, numeric, STORED_CATEGORICAL)
+    assert '"model_version": "v1"' in ok.stdout and str(expected.output.probabilities["true"]) in ok.stdout
+    typo = runner.invoke(app, ["score", "card-1", "-f", "amout=5", *address])
+    assert typo.exit_code == 1 and "Traceback" not in typo.stderr
+    assert typo.stderr.startswith("streamloop: INVALID_ARGUMENT: numeric_features['amout']: not a numeric feature")
+    as_number = runner.invoke(app, ["score", "card-1", "-f", "country=1", *address])
+    assert "country is a categorical feature" in as_number.stderr
+    assert runner.invoke(app, ["score", "card-1", "-c", "country=1", *address]).exit_code == 0
