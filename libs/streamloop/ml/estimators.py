@@ -23,19 +23,12 @@ from streamloop.ml.features import INDICATOR_SEPARATOR
 class IndicatorPassthroughScaler(preprocessing.StandardScaler):
     """river's StandardScaler on the numeric features; one-hot indicator columns pass through unscaled."""
 
-    def learn_one(self, x: dict) -> None:
-        super().learn_one({k: v for k, v in x.items() if INDICATOR_SEPARATOR not in k})
-
     def transform_one(self, x: dict) -> dict:
-        numeric = {}
-        indicators = {}
-        for k, v in x.items():
-            if INDICATOR_SEPARATOR in k:
-                indicators[k] = v
-            else:
-                numeric[k] = v
-        scaled = super().transform_one(numeric)
-        scaled.update(indicators)
+        # river keeps (unused) statistics for the indicators too: cheaper than filtering every event.
+        scaled = super().transform_one(x)
+        for name, value in x.items():
+            if INDICATOR_SEPARATOR in name:
+                scaled[name] = value
         return scaled
 
 
