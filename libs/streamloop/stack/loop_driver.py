@@ -392,8 +392,8 @@ class LoopDriver:
                 "accuracy_after_recovery": recovered_after,
                 # The same estimator trained offline, in one pass in event order, on every labeled
                 # post-drift example before the last window, scored on the last window: what the
-                # model class reaches on the new concept. The demo's post-drift concept is harder
-                # for a linear model than the old one, so "recovered" is measured against this.
+                # model class reaches on the new concept. "recovered" is measured against this, so that
+                # it asks the loop for what the model can learn, however hard the new concept is.
                 "accuracy_retrained_offline": reference,
                 "recovered": None if reference is None or recovered_after is None
                 else recovered_after >= reference - RECOVERY_MARGIN,
