@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from streamloop.stack.loop_driver import LoopDriver
+from streamloop.stack.loop_observation import LoopObservation, timeline
 
 
-def test_the_first_champion_each_decision_and_each_concept_alarm_in_event_order(card_driver: LoopDriver) -> None:
-    driver = card_driver
-    obs = driver.observed
+def test_the_first_champion_each_decision_and_each_concept_alarm_in_event_order() -> None:
+    obs = LoopObservation()
     by_index = [(i, f"e{i}") for i in range(8)]
     obs.produced_at_ms.update({f"e{i}": 1000 + 10 * i for i in range(8)})  # event i produced at 1000 + 10 i
     obs.model_version.update({f"e{i}": "v1" for i in range(8)})
@@ -22,9 +21,7 @@ def test_the_first_champion_each_decision_and_each_concept_alarm_in_event_order(
     obs.drift_events.append({"kind": "CONCEPT", "detector": "adwin", "severity": "CRITICAL", "window_end": 5})
     obs.drift_events.append({"kind": "DATA", "detector": "ks", "severity": "WARNING", "window_end": 1})
 
-    timeline = driver._timeline(by_index, lambda event: event["window_end"])
-
-    assert timeline == [
+    assert timeline(obs, by_index, lambda event: event["window_end"]) == [
         {"event": 0, "serving": "v1"},
         {"event": 3, "decision": "PROMOTE", "serving": "v2", "automatic": True, "improvement": 0.0412},
         {"event": 5, "concept_alarm": "adwin", "severity": "CRITICAL"},
