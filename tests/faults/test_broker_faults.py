@@ -24,7 +24,8 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from streamloop.stack.broker import EmbeddedBroker
-from tests.faults.harness import FaultLoop, ScenarioResult, assert_sound, events, when
+from tests.faults.harness import FaultLoop, events, when
+from tests.faults.verification import ScenarioResult, assert_sound, verify
 
 pytestmark = [
     pytest.mark.faults,
@@ -146,7 +147,7 @@ def test_the_loop_recovers_from_a_broker_restart_mid_stream(private_loop: tuple[
     # A label whose feature vector or prediction the broker dropped is answered only once its entry
     # expires: the join horizon (2 min) and grace (30 s) after the event, with the clock moved on by
     # ticks once the sources fall idle (30 s). The wait ends as soon as every label is back.
-    result = loop.verify(ScenarioResult("broker restart (noida-db, graceful)"), demo, timeout_s=240, labels=True,
+    result = verify(loop, ScenarioResult("broker restart (noida-db, graceful)"), demo, timeout_s=240, labels=True,
                          broker_may_lose=True)
     first_after = min((t for t in loop.reader.observed.first_prediction_at.values() if t > moments["up"]),
                       default=None)

@@ -19,7 +19,8 @@ from collections.abc import Iterator
 import pytest
 
 from streamloop.stack.broker import DEFAULT_BROKER
-from tests.faults.harness import SESSION_TIMEOUT_MS, FaultLoop, ScenarioResult, assert_sound, events
+from tests.faults.harness import SESSION_TIMEOUT_MS, FaultLoop, events
+from tests.faults.verification import ScenarioResult, assert_sound, verify
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
 
@@ -65,7 +66,7 @@ def test_one_of_two_featurizers_killed_and_restarted(loop: FaultLoop):
     loop._supervising.set()
     restarted_at = loop.wait_until_restarted(victim)
     producer.join(120)
-    result = loop.verify(ScenarioResult("two featurizers, one SIGKILLed past the session timeout"), demo)
+    result = verify(loop, ScenarioResult("two featurizers, one SIGKILLed past the session timeout"), demo)
     first_after = min((t for t in loop.reader.observed.first_prediction_at.values() if t > restarted_at),
                       default=None)
     result.elapsed_s = round(time.monotonic() - started, 1)

@@ -2,7 +2,7 @@
 
 One loop (six services) for the module; each test streams its own events (ids no other test
 uses) and checks, by event id, that nothing was lost, how many duplicates there were, that Redis
-equals a clean replay and that the scorer serves the registry's champion (tests/faults/harness.py).
+equals a clean replay and that the scorer serves the registry's champion (tests/faults/verification.py).
 Counts and timings print as one ``fault_scenario`` JSON line per test (docs/reliability.md).
 """
 
@@ -17,15 +17,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.faults.harness import (
-    SESSION_TIMEOUT_MS,
-    FaultLoop,
-    ScenarioResult,
-    assert_sound,
-    events,
-    wait_processing,
-    when,
-)
+from tests.faults.harness import SESSION_TIMEOUT_MS, FaultLoop, events, wait_processing, when
+from tests.faults.verification import ScenarioResult, assert_sound, verify
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
 
@@ -85,7 +78,7 @@ def test_sigkill_mid_stream_and_restart(loop: FaultLoop, service: str):
     assert process.pid != killed["pid"]
     # Labels are waited for wherever the killed service is on their path (the collector and what
     # reads the labeled examples), so every labeled example is in its topic before the count below.
-    result = loop.verify(ScenarioResult(f"sigkill {service}"), demo, labels=service in LABEL_PATH)
+    result = verify(loop, ScenarioResult(f"sigkill {service}"), demo, labels=service in LABEL_PATH)
     consumed = loop.wait_consumed(service, INPUTS[service], timeout_s=90)
     result.notes["inputs_consumed"] = consumed
     deadline = time.monotonic() + 60
@@ -116,7 +109,7 @@ def test_redis_restart_mid_stream(loop: FaultLoop):
     redis.restart()  # SIGTERM (the append-only file is flushed), then start on the same port
     restarted["up"] = time.monotonic()
     producer.join(120)
-    result = loop.verify(ScenarioResult("redis restart"), demo)
+    result = verify(loop, ScenarioResult("redis restart"), demo)
     result.elapsed_s = round(time.monotonic() - started, 1)
     result.recover_s = round(restarted["up"] - restarted["at"], 2)
     result.notes |= {"service_restarts": {p.instance_id: p.restarts for p in loop.stack.processes if p.restarts}}
@@ -142,7 +135,7 @@ def test_sigstop_past_the_session_timeout_then_sigcont(loop: FaultLoop):
     os.kill(process.pid, signal.SIGCONT)  # type: ignore[arg-type]
     resumed = time.monotonic()
     producer.join(120)
-    result = loop.verify(ScenarioResult("sigstop featurizer past session timeout"), demo)
+    result = verify(loop, ScenarioResult("sigstop featurizer past session timeout"), demo)
     result.elapsed_s = round(time.monotonic() - started, 1)
     first_after = min((t for i, t in loop.reader.observed.first_prediction_at.items()
                        if t > resumed), default=None)

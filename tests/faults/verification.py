@@ -1,0 +1,222 @@
+"""The verdict of a fault scenario: wait for everything to come back, count it, compare it.
+
+:func:`verify` waits for every event and label of a scenario, counts them by event id into a
+:class:`ScenarioResult`, compares Redis and the feature vectors with a clean replay and the served
+champion with the registry's; :func:`assert_sound` holds the assertions every scenario shares.
+What is checked, and why, is in ``harness.py``'s docstring.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from streamloop.store import RedisFeatureStore, create_redis_client
+from tests.faults.harness import FEATURE_GROUP
+
+if TYPE_CHECKING:
+    from tests.faults.harness import FaultLoop
+
+
+@dataclass
+class ScenarioResult:
+    """One scenario's counts, printed as one JSON line (docs/reliability.md quotes them)."""
+
+    scenario: str
+    events_in: int = 0
+    invalid_in: int = 0
+    predictions_out: int = 0
+    dlq: int = 0
+    # Events whose fate was the wrong one: a valid event dead-lettered, or an invalid one not.
+    dlq_mismatched: int = 0
+    lost: int = 0
+    duplicates: int = 0
+    max_copies: int = 0
+    # The most copies one stage wrote per record it read, rounded up (see ``verify``).
+    max_copies_per_stage: int = 0
+    labels_sent: int = 0
+    labels_back: int = 0
+    labels_lost: int = 0
+    # Labels of predicted events that came back only as unmatched: a join that lost its state.
+    labels_unjoined: int = 0
+    label_duplicates: int = 0
+    redis_entities: int = 0
+    redis_mismatches: int = 0
+    vector_mismatches: int = 0
+    champion: str | None = None
+    registry_champion: str | None = None
+    unknown_versions: int = 0
+    other_dead_letters: int = 0
+    recover_s: float | None = None
+    elapsed_s: float = 0.0
+    notes: dict[str, Any] = field(default_factory=dict)
+
+    def report(self) -> None:
+        line = json.dumps({"fault_scenario": self.__dict__}, default=str)
+        print("\n" + line, flush=True)
+        log_dir = os.environ.get("STREAMLOOP_FAULTS_REPORT")
+        if log_dir:
+            with open(log_dir, "a") as out:
+                out.write(line + "\n")
+
+
+def verify(loop: FaultLoop, result: ScenarioResult, demo_events: list[Any], *, timeout_s: float = 120.0,
+           labels: bool = False, broker_may_lose: bool = False) -> ScenarioResult:
+    """Wait for every event and label to come back, then count and compare (see the module docstring).
+
+    ``broker_may_lose``: the fault is a broker restart, and noida-db may drop records it had
+    acknowledged (docs/reliability.md). Events and labels that are not in their topics
+    afterwards are counted as lost by the broker, and the checks cover those that are.
+    """
+    ids = [str(d.event["transaction_id"]) for d in demo_events]
+    labeled_ids = [str(d.event["transaction_id"]) for d in demo_events if d.label_copies]
+    input_copies = loop.id_counts("input", loop.spec.input.event_id)
+    in_input = set(input_copies)
+    # Events the producing side never got into the input topic are not the loop's to lose; counted apart.
+    result.notes["not_in_input_topic"] = sum(1 for i in ids if i not in in_input)
+    if loop.producers:
+        result.notes["user_producer_recreated"] = loop.producers[-1].recreated
+    if broker_may_lose:
+        in_labels = loop.ids_in("labels", "event_id")
+        result.notes["labels_not_in_label_topic"] = sum(1 for i in labeled_ids if i not in in_labels)
+        ids = [i for i in ids if i in in_input]
+        # A label whose event the broker dropped waits for the join horizon (2 minutes) to come back unmatched.
+        labeled_ids = [i for i in labeled_ids if i in in_labels and i in in_input]
+    phase = time.monotonic()
+    complete = loop.wait_accounted(ids, timeout_s)
+    result.notes["wait_outputs_s"] = round(time.monotonic() - phase, 1)
+    phase = time.monotonic()
+    # Labels are checked where the fault touches their path (the collector's own test, the broker
+    # restart): the collector takes tens of seconds to settle a run's labels on this machine.
+    if not labels:
+        labeled_ids = []
+    labels_complete = loop.wait_labels(labeled_ids, timeout_s)
+    result.notes["wait_labels_s"] = round(time.monotonic() - phase, 1)
+    phase = time.monotonic()
+    with loop.reader.lock:
+        obs = loop.reader.observed
+        result.events_in = len(ids)
+        counted = set(ids)
+        invalid = {str(d.event["transaction_id"]) for d in demo_events if d.event["amount"] < 0} & counted
+        result.invalid_in = len(invalid)
+        result.predictions_out = sum(1 for i in ids if obs.predictions[i])
+        result.dlq = sum(1 for i in ids if obs.dead_letters[i])
+        result.dlq_mismatched = sum(1 for i in ids if bool(obs.dead_letters[i]) != (i in invalid))
+        result.lost = sum(1 for i in ids if not obs.predictions[i] and not obs.dead_letters[i])
+        result.duplicates = sum(max(0, obs.predictions[i] - 1) for i in ids)
+        result.max_copies = max((obs.predictions[i] for i in ids), default=0)
+        result.labels_sent = len(labeled_ids)
+        result.labels_back = sum(1 for i in labeled_ids if obs.labeled[i] + obs.unmatched[i])
+        result.labels_lost = result.labels_sent - result.labels_back
+        result.labels_unjoined = sum(1 for i in labeled_ids if obs.predictions[i] and not obs.labeled[i])
+        result.label_duplicates = sum(max(0, obs.labeled[i] - 1) for i in labeled_ids)
+        result.other_dead_letters = obs.other_dead_letters - loop.dead_letters_before
+        versions = set().union(*(obs.versions[i] for i in ids if obs.versions[i]))
+        emitted = {i: list(obs.vectors[i]) for i in ids}
+        result.notes["records_read_again"] = obs.rereads
+        # Where copies multiply when they do: each stage that replays writes its outputs again.
+        result.notes["max_copies_by_stage"] = {
+            "input": max((input_copies[i] for i in ids), default=0),
+            "features": max((len(emitted[i]) for i in ids), default=0),
+            "predictions": result.max_copies,
+        }
+        # Copies compound: a featurizer replay doubles what the input topic holds, and a scorer
+        # replay doubles that again. What one stage may do is bounded per record it read.
+        featurizer = max((-(-len(emitted[i]) // max(1, input_copies[i])) for i in ids), default=0)
+        scorer = max((-(-obs.predictions[i] // max(1, len(emitted[i]))) for i in ids), default=0)
+        result.notes["max_copies_per_record_read"] = {"featurizer": featurizer, "scorer": scorer}
+        result.max_copies_per_stage = max(featurizer, scorer)
+    assert complete, f"events not accounted for: {result}\n{loop.log_tails()}"
+    assert labels_complete, f"labels not accounted for: {result}\n{loop.log_tails()}"
+
+    # The store converges after the last batch: the featurizer writes rows from a thread.
+    replay_prefix, clean_vectors = clean_replay(loop)
+    expected = loop.redis_state(replay_prefix)
+    deadline = time.monotonic() + 30
+    while True:
+        actual = loop.redis_state(loop.key_prefix)
+        mismatched = {k for k in expected.keys() | actual.keys() if expected.get(k) != actual.get(k)}
+        if not mismatched or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    result.notes["redis_s"] = round(time.monotonic() - phase, 1)
+    result.redis_entities = len(expected)
+    result.redis_mismatches = len(mismatched)
+    result.vector_mismatches = sum(1 for i, copies in emitted.items() for v in copies
+                                   if v != clean_vectors.get(i))
+
+    deadline = time.monotonic() + 60
+    while True:
+        result.registry_champion = loop.registry_champion()
+        result.champion = loop.served_champion()
+        if result.champion == result.registry_champion or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    result.unknown_versions = len(versions - loop.deployed_versions())
+    result.notes["compare_s"] = round(time.monotonic() - phase, 1)
+    return result
+
+
+def clean_replay(loop: FaultLoop) -> tuple[str, dict[str, dict]]:
+    """Apply the featurizer's processor to the whole input topic in offset order.
+
+    Returns the key prefix it wrote its rows under and its vector per event id.
+    """
+    from services.featurizer.processor import FeaturizerProcessor
+
+    replay_prefix = f"{loop.key_prefix}-replay-{uuid.uuid4().hex[:6]}"
+    client = create_redis_client(loop.stack.redis_url)
+    store = RedisFeatureStore(client, loop.spec.name, ttl_ms=loop.spec.features.ttl, key_prefix=replay_prefix)
+    topic = loop.catalog["input"]
+    processor = FeaturizerProcessor(loop.spec, topic.schema, features_topic=loop.catalog["features"].name,
+                                    store=store, group=FEATURE_GROUP)
+    vectors: dict[str, dict] = {}
+    try:
+        for _partition, records in sorted(loop.read_topic("input").items()):
+            for start in range(0, len(records), 500):
+                for output in processor.process(records[start:start + 500]).outputs:
+                    v = output.value
+                    vectors[v["event_id"]] = {"numeric": v["numeric"], "categorical": v["categorical"],
+                                              "late": v["late"]}
+    finally:
+        store.close()
+    return replay_prefix, vectors
+
+
+def assert_sound(result: ScenarioResult, max_copies: int | None = 2, *, same_input: bool = True,
+                 max_copies_per_stage: int = 2, labels_joined: bool = True) -> None:
+    """The assertions every scenario shares (after :func:`verify`).
+
+    ``max_copies``: the most predictions of one event, end to end; ``None`` when the fault hits
+    every stage at once (a broker restart), where copies compound and only the per-stage bound holds.
+    ``max_copies_per_stage``: the most copies one stage may write of a record it read.
+    ``same_input=False`` when the broker dropped input records it had acknowledged (and the loop
+    had already consumed): a replay of what is left is then no reference for Redis or the vectors.
+    ``labels_joined=False`` when the broker may have dropped feature vectors or predictions, so a
+    label may rightly come back unmatched; otherwise every label of a predicted event is joined
+    (each arrives seconds after its event, well inside the join horizon).
+    """
+    assert result.lost == 0, result
+    assert result.dlq == result.invalid_in, f"exactly the invalid events are dead-lettered: {result}"
+    assert result.dlq_mismatched == 0, f"exactly the invalid events are dead-lettered: {result}"
+    assert result.predictions_out + result.dlq == result.events_in, result
+    # At-least-once: a fault replays the batches in flight once, so each stage writes a record it
+    # read at most twice (one fault + 1), whatever the stages before it did.
+    assert result.max_copies_per_stage <= max_copies_per_stage, result
+    if max_copies is not None:
+        assert result.max_copies <= max_copies, result
+    assert result.duplicates <= result.events_in, result
+    assert result.labels_lost == 0, result
+    if labels_joined:
+        assert result.labels_unjoined == 0, f"labels of predicted events came back unmatched: {result}"
+    if same_input:
+        assert result.redis_mismatches == 0, f"feature store differs from a clean replay: {result}"
+        assert result.vector_mismatches == 0, f"feature vectors differ from a clean replay: {result}"
+    assert result.champion is not None and result.champion == result.registry_champion, result
+    assert result.unknown_versions == 0, result
+    # Nothing else in the loop dead-letters anything (labels, candidates, metrics, deployments...).
+    assert result.other_dead_letters == 0, result
