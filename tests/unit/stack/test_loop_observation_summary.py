@@ -1,0 +1,64 @@
+"""The demo's summary, computed from an observation built by hand (no broker, no services)."""
+
+from __future__ import annotations
+
+import random
+
+from streamloop.contracts.pipeline import PipelineSpec
+from streamloop.stack.loop_observation import LoopObservation, summarize
+
+START_MS = 1_700_000_000_000
+RATE = 100.0  # events per second of event time: event i's window ends at START_MS + 10 i
+
+
+def observation(events: int, drift_at: int, served_right: callable) -> LoopObservation:
+    """Labels follow ``amount > 250`` before the drift and the opposite after it."""
+    rng = random.Random(5)
+    obs = LoopObservation()
+    for i in range(events):
+        e = f"e{i}"
+        amount = rng.uniform(0, 500)
+        label = (amount > 250) != (i >= drift_at)
+        obs.produced_at_ms[e], obs.index_of[e], obs.labels[e] = START_MS + 10 * i, i, label
+        obs.predicted_at_ms[e] = START_MS + 10 * i + 40
+        obs.predicted[e] = str(label if served_right(i) else not label).lower()
+        obs.model_version[e] = "v1"
+        obs.training_pairs[e] = ({"amount": amount}, label)
+    return obs
+
+
+def alarm(kind: str, severity: str, at_event: int) -> dict:
+    return {"kind": kind, "severity": severity, "detector": "adwin", "window_end": START_MS + 10 * at_event}
+
+
+def test_accuracies_around_the_drift_the_reference_and_recovery(demo_pipeline: PipelineSpec) -> None:
+    # Right before the drift every answer is right, for the first 100 after it every one wrong,
+    # then every one right again: the loop "recovered".
+    obs = observation(1_000, 500, lambda i: not 500 <= i < 600)
+    obs.drift_events += [alarm("CONCEPT", "CRITICAL", 530), alarm("CONCEPT", "WARNING", 200),
+                         alarm("CONCEPT", "INFO", 700), alarm("DATA", "WARNING", 510)]
+    summary = summarize(obs, demo_pipeline.model, drift_index=500, window=100, elapsed_s=10.0, start_ms=START_MS,
+                        rate_per_s=RATE)
+    assert (summary["accuracy_before_drift"], summary["accuracy_after_drift"], summary["accuracy_after_recovery"]) \
+        == (1.0, 0.0, 1.0)
+    # The spec's model, trained offline on the post-drift examples before the last window, learns the new rule.
+    assert summary["accuracy_retrained_offline"] >= 0.95 and summary["recovered"] is True
+    assert summary["drift_detected_at"] == 530, "the first concept alarm at or after the drift, not an INFO one"
+    assert summary["concept_drift_alarms_before_drift"] == 1
+    assert summary["drift_events"] == {"CONCEPT": 3, "DATA": 1}
+    assert (summary["events_in"], summary["predictions_out"], summary["lost"]) == (1_000, 1_000, 0)
+    assert (summary["latency_p50_ms"], summary["latency_p99_ms"]) == (40.0, 40.0)
+    assert summary["throughput_eps"] == 100.0
+
+
+def test_an_event_with_neither_prediction_nor_dead_letter_is_lost_and_a_stuck_loop_is_not_recovered(
+        demo_pipeline: PipelineSpec) -> None:
+    obs = observation(1_000, 500, lambda i: i < 500)  # never right again after the drift
+    for e in ("e10", "e11", "e12"):
+        del obs.predicted_at_ms[e], obs.predicted[e]
+    obs.dead_lettered_events.add("e12")
+    summary = summarize(obs, demo_pipeline.model, drift_index=500, window=100, elapsed_s=10.0, start_ms=START_MS,
+                        rate_per_s=RATE)
+    assert summary["lost"] == 2 and summary["predictions_out"] == 997
+    assert summary["accuracy_after_recovery"] == 0.0 and summary["recovered"] is False
+    assert summary["drift_detected_at"] is None
