@@ -1,4 +1,4 @@
-"""The spec's model as built: a StandardScaler step scales numbers and leaves one-hot columns alone."""
+"""The spec's model as built: scalers leave one-hot columns alone, and non-linear models see absent ones as 0."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ import pytest
 from river import linear_model, preprocessing
 
 from streamloop.contracts import load_pipeline
+from streamloop.contracts.pipeline import ModelSpec
 from streamloop.ml import assemble_features, build_model
-from streamloop.ml.estimators import IndicatorPassthroughScaler
+from streamloop.ml.estimators import IndicatorDensifier, IndicatorPassthroughScaler
 from streamloop.ml.explain import linear_contributions
 from tests.conftest import DEMO_SPEC
 
@@ -65,3 +66,57 @@ def test_explanations_name_the_categorical_feature_that_decided() -> None:
     top = explanation.contributions[0]
     assert (top.feature, top.value) == ("merchant_category", "jewelry")
     assert top.contribution == pytest.approx(model["LogisticRegression"].weights["merchant_category=jewelry"])
+
+
+def noisy_events(n: int, seed: int = 3):
+    """Fraud is 90 % likely on a jewelry purchase and 5 % on any other; the amount is noise."""
+    rng = random.Random(seed)
+    for _ in range(n):
+        merchant = rng.choice(["grocery", "fuel", "jewelry"])
+        x = assemble_features({"amount": rng.lognormvariate(3, 1)}, {"merchant_category": merchant})
+        yield x, rng.random() < (0.9 if merchant == "jewelry" else 0.05)
+
+
+def fraud_rates(model, seed: int = 9) -> dict[str, float]:
+    """The model's mean fraud probability per merchant, on fresh events."""
+    by_merchant: dict[str, list[float]] = {}
+    for x, _ in noisy_events(3_000, seed=seed):
+        merchant = next(k.split("=", 1)[1] for k in x if k.startswith("merchant_category="))
+        by_merchant.setdefault(merchant, []).append(model.predict_proba_one(x).get(True, 0.0))
+    return {m: sum(p) / len(p) for m, p in by_merchant.items()}
+
+
+@pytest.mark.parametrize("estimator", ["river.tree.HoeffdingTreeClassifier", "river.naive_bayes.GaussianNB"])
+def test_a_non_linear_model_sees_the_absent_one_hot_columns_as_zero(estimator: str) -> None:
+    spec = ModelSpec(name="m", task="classification", estimator=estimator, positive_class="true")
+    model = build_model(spec)
+    assert list(model.steps)[0] == "IndicatorDensifier"
+    for x, y in noisy_events(20_000):
+        model.learn_one(x, y)
+    rates = fraud_rates(model)
+    # Without the zeros the model only ever saw each indicator at 1.0 and gave every merchant the same rate.
+    assert rates["jewelry"] > 0.8 and rates["grocery"] < 0.15 and rates["fuel"] < 0.15, rates
+
+
+def test_the_densifier_fills_in_only_columns_it_learned_and_at_most_its_cap_per_feature() -> None:
+    densifier = IndicatorDensifier(max_per_feature=2)
+    numeric_only = {"amount": 3.0}
+    densifier.learn_one(numeric_only)
+    assert densifier.transform_one(numeric_only) is numeric_only, "nothing to fill in: the event as it is"
+    for merchant in ("fuel", "grocery", "jewelry"):
+        densifier.learn_one({"amount": 1.0, f"merchant_category={merchant}": 1.0, "country=DE": 1.0})
+    assert densifier.transform_one({"amount": 2.0, "merchant_category=fuel": 1.0}) == {
+        "amount": 2.0, "merchant_category=fuel": 1.0, "merchant_category=grocery": 0.0, "country=DE": 0.0}
+    assert "merchant_category=jewelry" not in densifier.transform_one({}), "the third merchant is over the cap"
+
+
+def test_a_linear_model_gets_no_densifier_and_every_river_scaler_passes_indicators_through() -> None:
+    linear = ModelSpec(name="m", task="classification", estimator="river.linear_model.LogisticRegression",
+                       positive_class="true")
+    assert isinstance(build_model(linear), linear_model.LogisticRegression), "an absent feature adds 0 to a dot product"
+    for scaler in ("MinMaxScaler", "MaxAbsScaler", "RobustScaler", "AdaptiveStandardScaler", "StandardScaler"):
+        model = build_model(linear.model_copy(update={"preprocessing": [f"river.preprocessing.{scaler}"]}))
+        assert isinstance(model[scaler], getattr(preprocessing, scaler)), scaler
+        for x, y in events(3_000):
+            model.learn_one(x, y)
+        assert model["LogisticRegression"].weights["merchant_category=jewelry"] > 1.0, scaler
