@@ -33,6 +33,7 @@ from typing import Any, Literal
 
 from river import compose, linear_model, preprocessing
 
+from streamloop.ml.features import INDICATOR_SEPARATOR
 from streamloop.ml.prediction import label_text
 
 LINEAR = "linear_contribution"
@@ -140,17 +141,21 @@ def _target_label(probabilities: Mapping[Any, float], positive_class: str | None
 
 
 def _shown(name: str, x: Mapping[str, float], categorical: Mapping[str, str] | None) -> tuple[str, float | str]:
-    shown = _shown_name(name, categorical)
+    shown = _shown_name(name, x, categorical)
     if shown != name:  # a one-hot feature: its field, with the category as the value
         return shown, name[len(shown) + 1:]
     return name, float(x[name]) if name in x else 0.0
 
 
-def _shown_name(name: str, categorical: Mapping[str, str] | None) -> str:
-    """The feature as reported: a one-hot ``field=category`` of the event's category is ``field``."""
-    if categorical and "=" in name:
-        field, _, category = name.partition("=")
-        if categorical.get(field) == category:
+def _shown_name(name: str, x: Mapping[str, float], categorical: Mapping[str, str] | None) -> str:
+    """The feature as reported: the event's hot one-hot column ``field=category`` is ``field``.
+
+    Hot either way a categorical reaches the model: from the event's ``categorical`` map (one-hot
+    in ``assemble_features``) or as a column the featurizer already one-hot encoded (1.0 in ``x``).
+    """
+    if INDICATOR_SEPARATOR in name:
+        field, _, category = name.partition(INDICATOR_SEPARATOR)
+        if x.get(name) == 1.0 or (categorical and categorical.get(field) == category):
             return field
     return name
 
@@ -164,7 +169,7 @@ def _ranked(contributions: list[tuple[str, float]], x: Mapping[str, float],
     and with wide feature vectors one frozen dataclass per feature, sorted by a Python key, cost
     several times the prediction itself (docs/benchmarks.md, "Explanations", has the figures).
     """
-    keyed = [(-abs(contribution), _shown_name(name, categorical), position, name, contribution)
+    keyed = [(-abs(contribution), _shown_name(name, x, categorical), position, name, contribution)
              for position, (name, contribution) in enumerate(contributions)]
     kept = sorted(keyed) if top_k is None else heapq.nsmallest(top_k, keyed)
     return tuple(Contribution(*_shown(name, x, categorical), contribution) for *_, name, contribution in kept)

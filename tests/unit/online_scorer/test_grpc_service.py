@@ -133,8 +133,23 @@ def test_explanations_on_request(served: Served) -> None:
     assert response.explanation.method == "linear_contribution"
     assert len(response.explanation.contributions) == served.spec.model.explanations.top_k
     kinds = {c.feature: c.WhichOneof("feature_value") for c in response.explanation.contributions}
-    assert all(kind == ("categorical_value" if f == "country" else "numeric_value")
-               for f, kind in kinds.items())
+    # Both ways a category is stored (country as text, merchant_category one-hot by the featurizer) show the
+    # field with its category.
+    assert all(kind == ("categorical_value" if f in ("country", "merchant_category") else "numeric_value")
+               for f, kind in kinds.items()), kinds
+    assert not any("=" in c.feature for c in response.explanation.contributions)
+
+
+def test_a_one_hot_column_the_featurizer_encoded_is_explained_as_its_field_and_category(spec) -> None:
+    from streamloop.ml.explain import linear_contributions
+
+    model = trained_model(spec)
+    x = {k: v for k, v in STORED.items() if k != "merchant_category=fuel"} | {"merchant_category=jewelry": 1.0}
+    shown = {c.feature: c.value for c in linear_contributions(model, x, "true").contributions}
+    assert shown["merchant_category"] == "jewelry" and "merchant_category=jewelry" not in shown
+    zero = {c.feature: c.value for c in linear_contributions(model, {**x, "merchant_category=fuel": 0.0},
+                                                             "true").contributions}
+    assert zero["merchant_category=fuel"] == 0.0, "a column at 0.0 (fixed width) is not the event's category"
 
 
 @pytest.mark.parametrize(("request_kwargs", "problem"), [
