@@ -31,7 +31,7 @@ from streamloop.kafka.records import ConsumedRecord, OutgoingRecord, ProcessResu
 from streamloop.ml import build_model
 from streamloop.ml.artifacts import ArtifactRef, ArtifactStore
 from streamloop.ml.exceptions import ModelError
-from streamloop.ml.promotion import event_loss
+from streamloop.ml.promotion import NO_SEGMENT_VALUE, event_loss
 from streamloop.ml.registry import CHAMPION, DeploymentTable, bootstrap_version, millis, shadow_slot
 
 log = logging.getLogger(__name__)
@@ -212,7 +212,10 @@ class PublisherProcessor:
         if not losses:
             return 0
         segments = example.get("segments") or {}
-        wanted = {name: str(segments[name]) for name in self.pipeline.segments if name in segments}
+        # An event without a segment value is in that field's NO_SEGMENT_VALUE segment, not in none
+        # (the collector's metrics count it the same way), so the guard sees a regression there too.
+        wanted = {name: NO_SEGMENT_VALUE if segments.get(name) is None else str(segments[name])
+                  for name in self.pipeline.segments}
         self.ledger.add(example["event_id"], wanted, losses)
         return 1
 

@@ -201,6 +201,10 @@ class Verdict:
     segment: str | None = None
 
 
+# The segment of the events that have no value for a segment field.
+NO_SEGMENT_VALUE = "(none)"
+
+
 def segment_deltas(baseline: np.ndarray, challenger: np.ndarray,
                    segments: Sequence[Mapping[str, str]]) -> list[SegmentDelta]:
     groups: dict[tuple[str, str], list[int]] = {}

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from services.model_publisher.judging import JudgingPolicy
 from services.model_publisher.publisher import PublisherPolicy, PublisherProcessor, PublisherTopics
 from streamloop.contracts.pipeline import PipelineSpec
@@ -208,13 +210,16 @@ def test_a_shadow_that_is_no_better_is_refused_and_retired(harness):
     assert deployments(result) == {slot_key("card-fraud", "fraud", shadow_slot(new)): None}
 
 
-def test_a_segment_regression_is_refused_naming_the_segment(harness):
+@pytest.mark.parametrize(("worse", "named"), [({"country": "FR"}, "country=FR"), ({}, "country=(none)")])
+def test_a_segment_regression_is_refused_naming_the_segment(harness, worse, named):
+    # ``{}``: events without a country form their own segment, as the collector's metrics count them.
     old = harness.bootstrap()
     new = harness.shadow()
     countries = iter([{"country": "FR" if i % 4 == 0 else "US"} for i in range(10_000)])
     batch = examples(800, models={old: (0.6, "CHAMPION"), new: (0.85, "SHADOW")}, segments=countries)
     for example in batch:
         if example["segments"]["country"] == "FR":
+            example["segments"] = dict(worse)
             for p in example["predictions"]:
                 if p["model_version"] == new:  # the challenger is much worse for French cards
                     right = 0.4
@@ -222,8 +227,8 @@ def test_a_segment_regression_is_refused_naming_the_segment(harness):
                                           "false": 1 - right if example["label"] else right}
     refused = decisions(harness.feed("lab", batch))
     assert [d["kind"] for d in refused] == ["REFUSE"]
-    assert "segment country=FR" in refused[0]["reason"]
-    assert refused[0]["evidence"]["segment.country=FR.relative_regression"] > 0.05
+    assert f"segment {named}" in refused[0]["reason"]
+    assert refused[0]["evidence"][f"segment.{named}.relative_regression"] > 0.05
     assert harness.slot(CHAMPION)["version"] == old
 
 
