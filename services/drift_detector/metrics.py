@@ -1,8 +1,9 @@
 """The detector's Prometheus series, recorded once per window (never per event).
 
-- ``streamloop_drift_psi{kind,feature}``: PSI of the last window against the reference
-- ``streamloop_drift_statistic{kind,feature,test}``: KS D or chi-squared statistic of the last window
-- ``streamloop_drift_p_value{kind,feature}``: its corrected p-value
+- ``streamloop_drift_psi{kind,feature}``: PSI of the last window's values against the reference
+- ``streamloop_drift_statistic{kind,feature,test}``: KS D or chi-squared statistic of the last window;
+  ``test="presence"``: the chi-squared of how often the feature was present
+- ``streamloop_drift_p_value{kind,feature}``: the values' corrected p-value
 - ``streamloop_drift_windows_total{kind}``: windows tested
 - ``streamloop_drift_detections_total{kind,detector,severity,emitted}``: detections; ``emitted="false"``
   when the cooldown or ``DRIFT_MIN_SEVERITY`` held them back
@@ -29,9 +30,12 @@ class PrometheusDriftMetrics:
         self._windows(1, {"kind": kind})
         for result in report.results:
             labels = {"kind": kind, "feature": result.feature}
-            self._psi(result.psi, labels)
             self._statistic(result.statistic, {**labels, "test": result.test})
-            self._p_value(result.p_adjusted, labels)
+            # A feature's PSI and p-value series stay its values' (the dashboard's per-feature
+            # chart); a presence detection shows as a drift event with detector "presence".
+            if result.test != "presence":
+                self._psi(result.psi, labels)
+                self._p_value(result.p_adjusted, labels)
 
     def detection(self, detection: Detection, emitted: bool) -> None:
         self._detections(1, {"kind": detection.kind, "detector": detection.detector,

@@ -127,6 +127,8 @@ class LiveFigures:
             self._dead_letter_classes.update(dead_letters)
 
     def _drift_sample(self, at_s: float, sample: Sample) -> None:
+        if sample.labels.get("test") == "presence":
+            return  # the row shows the test of the feature's values; a presence alarm is a drift event
         feature = sample.labels.get("feature", "")
         kind = sample.labels.get("kind", "")
         now = self._drift_now.setdefault((kind, feature), {"psi": None, "statistic": None, "p_value": None})

@@ -12,6 +12,9 @@ Pure numpy/scipy, no I/O: the drift-detector service feeds it decoded feature ve
   test of homogeneity on the 2 x k table of counts, sparse columns pooled until every expected
   count is at least ``min_expected`` (Cochran's rule), unseen categories kept as columns of their own.
 - Effect size: PSI over the reference's quantile bins (or categories), with epsilon smoothing.
+- Presence: a feature that appears in fewer (or more) vectors than in the reference, an upstream
+  field going null, is tested as a 2 x 2 chi-squared table of present and absent counts (test
+  ``presence``); the values that are present cannot show it.
 - Many features tested at once: Holm (or Bonferroni) adjusted p-values per window.
 
 >>> import numpy as np
@@ -144,7 +147,7 @@ def classify(p_value: float, effect: float, alpha: float, psi_warning: float, ps
 class Comparison:
     """One feature's window against its reference, before correction."""
 
-    test: Literal["ks", "chi2"]
+    test: Literal["ks", "chi2", "presence"]
     statistic: float
     p_value: float
     psi: float
@@ -207,6 +210,15 @@ class CategoricalReference:
                           self.size, int(window.sum()))
 
 
+def presence_comparison(present_reference: int, reference_size: int, present: int, size: int,
+                        epsilon: float = 1e-4, min_expected: float = 5.0) -> Comparison:
+    """How often a feature is present in a window against the reference: chi-squared on a 2 x 2 table."""
+    reference = np.array([present_reference, reference_size - present_reference], dtype=float)
+    window = np.array([present, size - present], dtype=float)
+    statistic, p_value, _dof = chi2_homogeneity(reference, window, min_expected)
+    return Comparison("presence", statistic, p_value, psi(reference, window, epsilon), reference_size, size)
+
+
 # -- the monitor: reference, windows, correction ----------------------------------------------
 
 
@@ -234,7 +246,7 @@ def categorical_view(numeric: Mapping[str, float], categorical: Mapping[str, str
 @dataclass(frozen=True, slots=True)
 class FeatureDrift:
     feature: str
-    test: Literal["ks", "chi2"]
+    test: Literal["ks", "chi2", "presence"]
     statistic: float
     p_value: float
     p_adjusted: float
@@ -268,7 +280,8 @@ class DriftMonitor:
 
     A numeric feature with at most ``discrete_max_values`` distinct reference values (a 0/1
     flag) is tested as categorical. A feature present fewer than ``min_samples`` times in the
-    reference or the window is not tested.
+    reference is not tested; one present fewer times in the window is not tested for its values,
+    but every referenced feature's presence rate is (unless it is present in every vector of both).
     """
 
     def __init__(
@@ -295,6 +308,9 @@ class DriftMonitor:
         self.discrete_max_values = discrete_max_values
         self.min_samples, self.min_expected = min_samples, min_expected
         self.references: dict[str, ContinuousReference | CategoricalReference] | None = None
+        # Vectors of the reference that had each referenced feature, and the reference's size.
+        self.reference_presence: dict[str, int] = {}
+        self.reference_count = 0
         self.windows_tested = 0
         self._columns: dict[str, list[Value]] = {}
         self._count = 0
@@ -328,11 +344,13 @@ class DriftMonitor:
         if self.references is None:
             if self._count >= self.reference_size:
                 self.references = self._build_references(self._columns)
+                self.reference_presence = {name: len(self._columns[name]) for name in self.references}
+                self.reference_count = self._count
                 self._clear()
             return None
         if self._count < self.window_size:
             return None
-        report = self.test(self._columns, self._start or 0, self._end or 0)
+        report = self.test(self._columns, self._start or 0, self._end or 0, self._count)
         self._clear()
         return report
 
@@ -359,8 +377,12 @@ class DriftMonitor:
                 references[name] = ContinuousReference(array, self.bins, self.epsilon)
         return references
 
-    def test(self, columns: Mapping[str, Sequence[Value]], start: int = 0, end: int = 0) -> WindowReport:
-        """Test one window's columns against the reference (``update`` calls this every window)."""
+    def test(self, columns: Mapping[str, Sequence[Value]], start: int = 0, end: int = 0,
+             count: int | None = None) -> WindowReport:
+        """Test one window's columns against the reference (``update`` calls this every window).
+
+        ``count``: the window's vectors (by default its longest column), for the presence tests.
+        """
         if self.references is None:
             raise DriftInputError("no reference yet: give reference_size vectors to update() first")
         names: list[str] = []
@@ -379,6 +401,13 @@ class DriftMonitor:
             except DriftInputError:
                 continue
             names.append(name)
+        size = count if count is not None else max((len(v) for v in columns.values()), default=0)
+        for name, present_reference in self.reference_presence.items():
+            present = len(columns.get(name) or ())
+            if size and (present_reference < self.reference_count or present < size):
+                comparisons.append(presence_comparison(present_reference, self.reference_count, present, size,
+                                                       self.epsilon, self.min_expected))
+                names.append(name)
         adjusted = adjust_p_values([c.p_value for c in comparisons], self.correction)
         results = tuple(
             FeatureDrift(name, c.test, c.statistic, c.p_value, float(p), c.psi,
@@ -386,7 +415,6 @@ class DriftMonitor:
             for name, c, p in zip(names, comparisons, adjusted, strict=True)
         )
         self.windows_tested += 1
-        size = max((len(v) for v in columns.values()), default=0)
         return WindowReport(self.windows_tested, start, end, size, results)
 
 

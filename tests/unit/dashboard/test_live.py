@@ -71,6 +71,9 @@ def test_dead_letters_and_drift_statistics_from_the_services():
     try:
         detector.gauge("streamloop_drift_psi")(0.31, {"kind": "DATA", "feature": "amount"})
         detector.gauge("streamloop_drift_p_value")(0.002, {"kind": "DATA", "feature": "amount"})
+        detector.gauge("streamloop_drift_statistic")(0.12, {"kind": "DATA", "feature": "amount", "test": "ks"})
+        # How often the feature was present: its own test, which must not replace the values' statistic.
+        detector.gauge("streamloop_drift_statistic")(54.0, {"kind": "DATA", "feature": "amount", "test": "presence"})
         featurizer.record_dead_letters("payments.transaction.v1", "ValidationError", 3)
         live = LiveFigures()
         live.add_scrape(100.0, {"drift-detector-0": read(detector), "featurizer-0": read(featurizer)})
@@ -78,7 +81,7 @@ def test_dead_letters_and_drift_statistics_from_the_services():
         detector.shutdown()
         featurizer.shutdown()
     tables = live.tables()
-    assert tables["drift_statistics"] == [{"kind": "DATA", "feature": "amount", "psi": 0.31, "statistic": None,
+    assert tables["drift_statistics"] == [{"kind": "DATA", "feature": "amount", "psi": 0.31, "statistic": 0.12,
                                            "p_value": 0.002}]
     assert tables["dead_letter_errors"] == [{"service": "featurizer", "topic": "payments.transaction.v1",
                                              "error_class": "ValidationError", "records": 3}]

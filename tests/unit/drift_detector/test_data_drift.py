@@ -24,8 +24,11 @@ FEATURES = {"f0", "f1", "f2", "f3", "f4", "f5", "f9", "flag", "merchant", "count
 
 
 def vectors(seed: int, n: int, drift_at: int | None = None, shift: float = 0.5,
-            merchant_shares: list[float] | None = None) -> Iterator[dict]:
-    """Feature vectors as the featurizer serves them; from ``drift_at`` f3 and f9 shift by ``shift`` sd."""
+            merchant_shares: list[float] | None = None, f0_missing: tuple[float, float] = (0.0, 0.0)) -> Iterator[dict]:
+    """Feature vectors as the featurizer serves them; from ``drift_at`` f3 and f9 shift by ``shift`` sd.
+
+    ``f0_missing``: the share of vectors without f0 before and after ``drift_at`` (a null upstream field).
+    """
     rng = np.random.default_rng(seed)
     f3, f9 = rng.normal(size=n), rng.uniform(size=n)
     merchant = rng.choice(5, p=MERCHANT_SHARES, size=n)
@@ -42,8 +45,11 @@ def vectors(seed: int, n: int, drift_at: int | None = None, shift: float = 0.5,
     names = list(columns)
     rows = np.column_stack([columns[k] for k in names]).tolist()
     countries = rng.choice(COUNTRIES, p=[0.5, 0.3, 0.2], size=n)
-    for row, m, country in zip(rows, merchant, countries, strict=True):
+    missing_draws = rng.random(n)
+    for i, (row, m, country) in enumerate(zip(rows, merchant, countries, strict=True)):
         numeric = dict(zip(names, row, strict=True))
+        if missing_draws[i] < f0_missing[drift_at is not None and i >= drift_at]:
+            del numeric["f0"]
         numeric[f"merchant={MERCHANTS[m]}"] = 1.0
         yield categorical_view(numeric, {"country": str(country)})
 
@@ -94,12 +100,28 @@ def test_a_categorical_shift_is_flagged_by_chi2() -> None:
     assert flagged == {("merchant", "chi2")}
 
 
+@pytest.mark.parametrize(("f0_missing", "flagged"), [
+    ((0.0, 1.0), True),    # the field vanishes: no value left to test, only its absence
+    ((0.0, 0.6), True),    # 60 % of the vectors lose it; the values left look like the reference
+    ((0.1, 0.1), False),   # as often missing as in the reference: no drift
+])
+def test_a_feature_that_goes_missing_is_flagged_by_its_presence(f0_missing, flagged: bool) -> None:
+    reports = run(monitor(), vectors(4, 10_000, drift_at=6_000, shift=0.0, f0_missing=f0_missing))
+    after = {(r.feature, r.test) for i, report in reports if i >= 6_000 for r in report.drifted}
+    before = {(r.feature, r.test) for i, report in reports if i < 6_000 for r in report.drifted}
+    assert after == ({("f0", "presence")} if flagged else set()) and not before, (before, after)
+    if flagged:
+        last = [r for r in reports[-1][1].drifted if r.test == "presence"]
+        assert last and last[0].severity == "CRITICAL", "a field gone null moves the presence PSI far"
+
+
 def test_stationary_stream_false_alarms_stay_within_holms_family_wise_rate() -> None:
     events = 100_000
-    reports = run(monitor(), vectors(3, events))
+    # f0 is missing from 10 % of the vectors throughout: its presence is tested in every window too.
+    reports = run(monitor(), vectors(3, events, f0_missing=(0.1, 0.1)))
     windows = len(reports)
     alarms = sum(1 for _, report in reports if report.drifted)
-    # Holm keeps each window's family-wise error rate (any of the 10 features flagged) <= alpha,
+    # Holm keeps each window's family-wise error rate (any of the 11 tests flagged) <= alpha,
     # so the expected number of windows with a false alarm is <= alpha * windows.
     expected = ALPHA * windows
     bound = stats.poisson.ppf(0.999, expected)

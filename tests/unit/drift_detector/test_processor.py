@@ -165,6 +165,19 @@ def test_shifted_feature_produces_one_schema_valid_drift_event(spec: PipelineSpe
     assert decoded["feature"] == "amount" and decoded["kind"] == "DATA"
 
 
+def test_a_feature_gone_missing_is_a_schema_valid_presence_event(spec: PipelineSpec) -> None:
+    p = processor(spec)
+    stable = features(REFERENCE + WINDOW)
+    nulled = features(WINDOW, start_index=REFERENCE + WINDOW, seed=5)
+    for record in nulled:  # the upstream field behind `distance` went null: the featurizer leaves it out
+        del record.value["numeric"]["distance"]
+    events = run(p, stable + nulled)
+    assert [(e["kind"], e["detector"], e["feature"], e["severity"]) for e in events] == [
+        ("DATA", "presence", "distance", "CRITICAL")]
+    serde = drift_serde()
+    assert serde.decode(serde.encode(events[0]))["detector"] == "presence"
+
+
 def test_persistent_drift_is_reported_once_per_cooldown(spec: PipelineSpec) -> None:
     p = processor(spec)
     windows = 12  # 25 s of stream time each; the cooldown is 120 s
