@@ -39,12 +39,19 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-from scipy import special, stats
 
+from streamloop.ml.drift_statistics import (
+    Correction,
+    Severity,
+    adjust_p_values,
+    chi2_homogeneity,
+    classify,
+    ks_p_value,
+    ks_statistic,
+    psi,
+)
 from streamloop.ml.exceptions import ModelError
 
-Severity = Literal["INFO", "WARNING", "CRITICAL"]
-Correction = Literal["holm", "bonferroni", "none"]
 Value = float | str
 
 NO_CATEGORY = "(none)"
@@ -52,92 +59,6 @@ NO_CATEGORY = "(none)"
 
 class DriftInputError(ModelError):
     """A drift test was given a sample it cannot test (empty, or not numeric)."""
-
-
-# -- statistics -------------------------------------------------------------------------------
-
-
-def ks_statistic(reference_sorted: np.ndarray, current: np.ndarray) -> float:
-    """The two-sample KS statistic sup|F_ref - F_cur|, evaluated at every point of both samples."""
-    current = np.sort(current)
-    both = np.concatenate((reference_sorted, current))
-    cdf_reference = np.searchsorted(reference_sorted, both, side="right") / reference_sorted.size
-    cdf_current = np.searchsorted(current, both, side="right") / current.size
-    return float(np.max(np.abs(cdf_reference - cdf_current)))
-
-
-def ks_p_value(statistic: float, n: int, m: int) -> float:
-    """Two-sided asymptotic p-value: ``kstwobign.sf(sqrt(n·m/(n+m)) · D)``, Smirnov's limit."""
-    return float(np.clip(special.kolmogorov(np.sqrt(n * m / (n + m)) * statistic), 0.0, 1.0))
-
-
-def proportions(counts: np.ndarray, epsilon: float) -> np.ndarray:
-    """Bin shares with epsilon smoothing: an empty bin gets ~epsilon, so PSI stays finite."""
-    total = counts.sum()
-    shares = counts / total if total > 0 else np.zeros(len(counts))
-    return (shares + epsilon) / (1.0 + epsilon * len(counts))
-
-
-def psi(reference_counts: np.ndarray, current_counts: np.ndarray, epsilon: float = 1e-4) -> float:
-    """Population stability index, sum((cur - ref) * ln(cur / ref)) over smoothed bin shares."""
-    expected = proportions(np.asarray(reference_counts, dtype=float), epsilon)
-    actual = proportions(np.asarray(current_counts, dtype=float), epsilon)
-    return float(np.sum((actual - expected) * np.log(actual / expected)))
-
-
-def chi2_homogeneity(
-    reference_counts: np.ndarray, current_counts: np.ndarray, min_expected: float = 5.0
-) -> tuple[float, float, int]:
-    """Chi-squared test that two samples share one categorical distribution: (statistic, p, dof).
-
-    Columns with expected counts below ``min_expected`` are merged, smallest first, so the
-    asymptotic chi-squared distribution holds; a table left with one column is no evidence (p=1).
-    """
-    table = np.vstack((reference_counts, current_counts)).astype(float)
-    table = table[:, table.sum(axis=0) > 0]
-    rows = table.sum(axis=1)
-    total = rows.sum()
-    if table.shape[1] < 2 or rows.min() == 0:
-        return 0.0, 1.0, 0
-    # The smallest expected count of a column is its total * smallest row / N.
-    threshold = min_expected * total / rows.min()
-    columns = sorted(table.T, key=lambda c: c.sum())
-    while len(columns) > 1 and columns[0].sum() < threshold:
-        merged = columns[0] + columns[1]
-        columns = sorted([merged, *columns[2:]], key=lambda c: c.sum())
-    if len(columns) < 2:
-        return 0.0, 1.0, 0
-    table = np.array(columns).T
-    expected = np.outer(rows, table.sum(axis=0)) / total
-    statistic = float(np.sum((table - expected) ** 2 / expected))
-    dof = table.shape[1] - 1
-    return statistic, float(stats.chi2.sf(statistic, dof)), dof
-
-
-def adjust_p_values(p_values: Sequence[float] | np.ndarray, method: Correction) -> np.ndarray:
-    """Family-wise adjusted p-values: Holm's step-down, Bonferroni, or unchanged ("none")."""
-    p = np.asarray(p_values, dtype=float)
-    m = p.size
-    if m == 0 or method == "none":
-        return p.copy()
-    if method == "bonferroni":
-        return np.minimum(1.0, p * m)
-    order = np.argsort(p, kind="stable")
-    stepped = np.maximum.accumulate((m - np.arange(m)) * p[order])
-    adjusted = np.empty(m)
-    adjusted[order] = np.minimum(1.0, stepped)
-    return adjusted
-
-
-def classify(p_value: float, effect: float, alpha: float, psi_warning: float, psi_critical: float) -> Severity | None:
-    """None when not significant; otherwise the PSI decides: INFO, WARNING or CRITICAL."""
-    if not p_value < alpha:
-        return None
-    if effect >= psi_critical:
-        return "CRITICAL"
-    if effect >= psi_warning:
-        return "WARNING"
-    return "INFO"
 
 
 # -- references: a feature's reference sample, prepared once ----------------------------------
