@@ -101,6 +101,9 @@ def test_a_challenger_is_promoted_and_accuracy_recovers(summary: dict):
     # between the champion's accuracy right after the drift and the reference.
     gap = summary["accuracy_retrained_offline"] - summary["accuracy_after_drift"]
     assert summary["accuracy_after_recovery"] - summary["accuracy_after_drift"] >= gap / 2, json.dumps(summary)
+    # And by the issue's own measure: back within 2 points of the served accuracy before the drift
+    # (eight runs with categorical features reaching the model: 0.3 points under to 4.3 over).
+    assert summary["accuracy_after_recovery"] >= summary["accuracy_before_drift"] - 0.02, json.dumps(summary)
 
 
 def test_a_bad_promotion_is_rolled_back_automatically(bad_promotion_summary: dict):
