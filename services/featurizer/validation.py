@@ -143,23 +143,27 @@ class RecordValidator:
 
     def _violations(self, value: dict[str, Any]) -> Iterator[InvalidRecordError]:
         """Every check the event fails, in the order above; at most one per field."""
+        broken: set[str] = set()
         event_id = value.get(self.event_id)
         if event_id is None or event_id == "":
+            broken.add(self.event_id)
             yield InvalidRecordError(f"{self.event_id} (the event id) is missing", rule=f"{self.event_id}.required")
         entity = value.get(self.entity_key)
         if entity is None or entity == "":
+            broken.add(self.entity_key)
             yield InvalidRecordError(f"{self.entity_key} (the entity key) is missing",
                                      rule=f"{self.entity_key}.required")
         raw_time = value.get(self.event_time)
         event_time = to_millis(raw_time)
         if event_time is None:
+            broken.add(self.event_time)
             rule = "required" if raw_time is None else "type"
             yield InvalidRecordError(f"{self.event_time} (the event time) is {raw_time!r}",
                                      rule=f"{self.event_time}.{rule}")
         elif not 0 <= event_time <= MAX_TIME_MS:
+            broken.add(self.event_time)
             yield InvalidRecordError(f"{self.event_time} is {event_time} ms, outside [0, 2**63 - 1]",
                                      rule=f"{self.event_time}.range")
-        broken: set[str] = set()
         for field in self._floats:
             number = value.get(field)
             if number.__class__ is float and not math.isfinite(number):

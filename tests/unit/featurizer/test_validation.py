@@ -79,6 +79,12 @@ def test_a_field_is_named_once_even_when_it_breaks_a_sanity_check_and_a_rule() -
     assert single.value.rules == ["x.finite"] and str(single.value) == "x is nan"
 
 
+def test_an_identity_field_with_a_rule_of_its_own_is_named_once() -> None:
+    with pytest.raises(InvalidRecordError) as caught:
+        validator({"ts": {"type": "long"}, "x": {"max": 1}}).validate(event(1, "a", 1_000, x=5.0) | {"ts": "yesterday"})
+    assert caught.value.rules == ["ts.type", "x.max"]
+
+
 def test_a_valid_event_returns_its_identity() -> None:
     assert validator().validate(event(7, "card", 1_234, x=5.0, n=2)) == ("e7", "card", 1_234)
     assert rule_of(event(1, "a", 1_000, x=5.0, tags={str(i): 1.0 for i in range(4)})) is None
