@@ -40,16 +40,17 @@ def wait_for_port(host: str, port: int, timeout_s: float, process: subprocess.Po
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
             raise StartTimeoutError(f"{what} exited with code {process.returncode} before listening"
-                                    + _log_tail(log_path))
+                                    + _last_log_lines_note(log_path))
         try:
             with socket.create_connection((host, port), timeout=0.5):
                 return
         except OSError:
             time.sleep(0.05)
-    raise StartTimeoutError(f"{what} did not listen on {host}:{port} within {timeout_s:.0f}s" + _log_tail(log_path))
+    raise StartTimeoutError(f"{what} did not listen on {host}:{port} within {timeout_s:.0f}s"
+                            + _last_log_lines_note(log_path))
 
 
-def _log_tail(log_path: Path | None) -> str:
+def _last_log_lines_note(log_path: Path | None) -> str:
     lines = log_tail(log_path, 5)
     return "; last log lines: " + " | ".join(lines) if lines else ""
 
