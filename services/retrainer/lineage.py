@@ -1,9 +1,11 @@
 """Candidates with their lineage: a signed artifact plus everything needed to say where it came from.
 
-Every ``ModelCandidate`` names its parent, the offset ranges it learned from, how many examples
-those were, the estimator and its full parameters, its hold-out metrics, the code that built it
-and when. Versions follow ``streamloop.ml.registry.new_version`` and strictly increase per
-process (a second candidate in the same millisecond is stamped one millisecond later).
+Every ``ModelCandidate`` names its parent, the offset ranges it learned from (with the highest
+offset per partition, ``learned_through``, which tells the publisher which labeled examples the
+candidate never learned), how many examples those were, the estimator and its full parameters,
+its hold-out metrics, the code that built it and when. Versions follow
+``streamloop.ml.registry.new_version`` and strictly increase per process (a second candidate in
+the same millisecond is stamped one millisecond later).
 """
 
 from __future__ import annotations
@@ -38,6 +40,17 @@ def params_json(model: Any) -> str:
     return json.dumps(params, sort_keys=True, default=str)
 
 
+def learned_through(source_offsets: Sequence[OffsetRange]) -> list[dict[str, Any]]:
+    """The highest offset learned in each (topic, partition) of ``source_offsets``."""
+    highest: dict[tuple[str, int], int] = {}
+    for span in source_offsets:
+        if span.end > span.start:
+            key = (span.topic, span.partition)
+            highest[key] = max(highest.get(key, -1), span.end - 1)
+    return [{"topic": topic, "partition": partition, "offset": offset}
+            for (topic, partition), offset in sorted(highest.items())]
+
+
 class CandidateFactory:
     """Stores a model as a signed artifact and returns its ``ModelCandidate`` record (thread-safe)."""
 
@@ -70,6 +83,7 @@ class CandidateFactory:
             "params_json": params_json(model),
             "artifact": artifact.to_record(),
             "source_offsets": [r.to_record() for r in source_offsets],
+            "learned_through": learned_through(source_offsets),
             "sample_count": int(sample_count),
             "heldout_metrics": {k: float(v) for k, v in heldout_metrics.items()},
             "code_version": code_version(),

@@ -107,6 +107,9 @@ def test_an_online_candidate_every_n_labels_with_its_lineage(spec, tmp_path):
                                        {"topic": "lab", "partition": 1, "start": 0, "end": 25}]
     assert second["source_offsets"] == [{"topic": "lab", "partition": 0, "start": 25, "end": 50},
                                         {"topic": "lab", "partition": 1, "start": 25, "end": 50}]
+    # What the publisher needs to score it on examples it never learned (its parent's are its parent's).
+    assert second["learned_through"] == [{"topic": "lab", "partition": 0, "offset": 49},
+                                         {"topic": "lab", "partition": 1, "offset": 49}]
     assert set(first["heldout_metrics"]) >= {"log_loss", "accuracy", "sample_count", "cost", "mean_cost"}
     assert first["code_version"].startswith(streamloop.__version__)
     assert first["estimator"] == "river.preprocessing.StandardScaler | river.linear_model.LogisticRegression"
@@ -174,6 +177,8 @@ def test_a_drift_rebuild_waits_for_examples_after_the_detection_and_trains_on_th
     assert candidate["heldout_metrics"]["sample_count"] == 60
     assert candidate["heldout_metrics"]["accuracy"] >= 0.95
     assert candidate["source_offsets"] == [{"topic": "lab", "partition": p, "start": 0, "end": 100} for p in range(3)]
+    assert candidate["learned_through"] == [{"topic": "lab", "partition": p, "offset": 99} for p in range(3)], \
+        "the whole window, its held-out slice included: at or below these offsets, not held out for the publisher"
     assert harness.processor.process([consumed("drift", drift_event(), 2)]).outputs == [], "a replayed event"
     harness.now += 30_000
     harness.processor.process([consumed("drift", drift_event("CRITICAL"), 4)])
