@@ -73,7 +73,8 @@ def publisher_policy(settings: PublisherSettings) -> PublisherPolicy:
                                                  rollback_watch_samples=settings.rollback_watch_samples),
                            bootstrap=False, ledger_events=settings.ledger_events,
                            staleness_interval_ms=settings.staleness_interval,
-                           min_metric_samples=settings.min_metric_samples)
+                           min_metric_samples=settings.min_metric_samples,
+                           score_held_out=settings.score_held_out)
 
 
 class _Topic:
@@ -114,6 +115,8 @@ class ClosedLoop:
         version = f"{spec.model.name}-pretrained"
         ref = self.store.put_model(initial_model)
         self.publisher.writer.deploy(CHAMPION, version, ref.to_record(), decision_id=f"{version}:promote")
+        # It learned the pretraining events, none of the labeled-examples topic.
+        self.publisher.remember_candidate({"version": version, "trigger": "MANUAL", "learned_through": []})
         self.retrainer = RetrainerProcessor(spec, RetrainerTopics(LABELED, DRIFT, CANDIDATES), self.table,
                                             self.store, self._window, policy=rebuild_policy(RetrainerSettings()),
                                             clock=clock)

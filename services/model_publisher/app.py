@@ -102,6 +102,7 @@ def build(settings: PublisherSettings, install_global_telemetry: bool = True) ->
                               rollback_watch_samples=settings.rollback_watch_samples),
         bootstrap=settings.bootstrap, ledger_events=settings.ledger_events,
         staleness_interval_ms=settings.staleness_interval, min_metric_samples=settings.min_metric_samples,
+        score_held_out=settings.score_held_out,
     )
     processor = PublisherProcessor(ctx.pipeline, topics, table, store, policy=policy, metrics=telemetry.metrics)
     runner = ctx.runner(processor, inputs=["model_candidates", "labeled_examples", "metrics"],

@@ -16,7 +16,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from services.model_publisher.ledger import LossLedger
+from services.model_publisher.ledger import REPLAYED, LossLedger, Paired
 from services.model_publisher.writer import RegistryWriter
 from streamloop.contracts.pipeline import PipelineSpec, PromotionSpec
 from streamloop.kafka.records import OutgoingRecord
@@ -56,6 +56,9 @@ class Judge:
         self.closed: set[str] = set()  # refused, rolled back or retired: never deployed again automatically
         # Candidates that came with prequential losses (retrain.catch_up): judged at catch-up's p-value.
         self.catching_up: set[str] = set()
+        # The ledger's sequence number at each promotion this process decided: the rollback watch
+        # judges a new champion on the events labeled after it, which its promotion did not see.
+        self.promoted_at: dict[str, int] = {}
 
     # -- reading the table -----------------------------------------------------------------------
 
@@ -92,7 +95,7 @@ class Judge:
 
     def _watch(self, champion: dict[str, Any], predecessor: dict[str, Any]) -> tuple[Verdict, list[OutgoingRecord]]:
         new, old = champion["version"], predecessor["version"]
-        pairs = self.ledger.paired(old, new, challenger_role="CHAMPION")
+        pairs = self._watch_pairs(old, new)
         verdict = decide_rollback(pairs.baseline, pairs.challenger, self.spec)
         if verdict.outcome == "rollback":
             log.warning("rolling back %s to %s: %s", new, old, verdict.reason)
@@ -101,6 +104,19 @@ class Judge:
             reason = f"predecessor retired: champion {new} held up over the rollback watch; {verdict.reason}"
             return verdict, self._retire(shadow_slot(old), old, reason, verdict.evidence)
         return verdict, []
+
+    def _watch_pairs(self, old: str, new: str) -> Paired:
+        """The evidence on a new champion that its promotion did not use.
+
+        Events labeled after the promotion, scored by the new version live (as champion, or as a
+        shadow before) or held out (``REPLAYED``). When this process did not decide the promotion
+        (it was before a restart), only the events it scored as champion.
+        """
+        since = self.promoted_at.get(new)
+        if since is None:
+            return self.ledger.paired(old, new, challenger_roles=("CHAMPION",))
+        return self.ledger.paired(old, new, challenger_roles=("CHAMPION", "SHADOW", REPLAYED),
+                                  since_seq=since + 1)
 
     def _rollback(self, champion: dict[str, Any], predecessor: dict[str, Any], verdict: Verdict,
                   ) -> list[OutgoingRecord]:
@@ -186,6 +202,7 @@ class Judge:
                                        decision_id=decision_id),
                     self.writer.retire(slot)]
         decision_id = f"{new}:promote"
+        self.promoted_at[new] = self.ledger.seq
         log.info("promoting %s over %s: %s", new, old, verdict.reason)
         outputs = [
             self.writer.decide("PROMOTE", verdict.reason, decision_id=decision_id, from_version=old, to_version=new,

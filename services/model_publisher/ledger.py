@@ -9,17 +9,21 @@ replaces its entry instead of counting twice.
 A candidate in catch-up brings its learner's prequential losses (role ``PREQUENTIAL``): they are
 added to the entries of events already here, so they pair with the champion's live losses on the
 same events and labels. Only live losses serve as a baseline.
+
+A version's loss on an event it did not score live but never learned (role ``REPLAYED``,
+held_out.py) is as out-of-sample as a live one: it serves on either side.
 """
 
 from __future__ import annotations
 
 from collections import Counter, OrderedDict
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
 import numpy as np
 
 PREQUENTIAL = "PREQUENTIAL"
+REPLAYED = "REPLAYED"
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +53,19 @@ class LossLedger:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+    def __contains__(self, event_id: object) -> bool:
+        return event_id in self._entries
+
+    def roles(self, event_id: str) -> dict[str, str] | None:
+        """The role in which each version has a loss on ``event_id``; None when the ledger has no such event."""
+        entry = self._entries.get(event_id)
+        return None if entry is None else {version: role for version, (_, role) in entry.losses.items()}
+
+    @property
+    def seq(self) -> int:
+        """The sequence number of the last entry added: entries after it have higher ones."""
+        return self._seq
 
     def add(self, event_id: str, segments: Mapping[str, str], losses: Mapping[str, tuple[float, str]]) -> None:
         if not losses:
@@ -91,19 +108,19 @@ class LossLedger:
     def first_seen(self, version: str) -> int | None:
         return self._first_seq.get(version)
 
-    def paired(self, baseline: str, challenger: str, *, challenger_role: str | None = None,
+    def paired(self, baseline: str, challenger: str, *, challenger_roles: Collection[str] | None = None,
                since_seq: int = 0) -> Paired:
-        """Losses of both versions on every event both scored (optionally: ``challenger`` in that role)."""
+        """Losses of both versions on every event both scored (optionally: ``challenger`` in one of those roles)."""
         base: list[float] = []
         chal: list[float] = []
         segments: list[Mapping[str, str]] = []
-        role = challenger_role.upper() if challenger_role else None
+        roles = {role.upper() for role in challenger_roles} if challenger_roles is not None else None
         for entry in self._entries.values():
             if entry.seq < since_seq:
                 continue
             b = entry.losses.get(baseline)
             c = entry.losses.get(challenger)
-            if b is None or c is None or b[1] == PREQUENTIAL or (role is not None and c[1] != role):
+            if b is None or c is None or b[1] == PREQUENTIAL or (roles is not None and c[1] not in roles):
                 continue
             base.append(b[0])
             chal.append(c[0])

@@ -9,7 +9,9 @@ outputs: ``model_deployments``, ``model_decisions`` and ``alerts``.
   so replicas and restarts agree on it.
 - A candidate whose artifact does not verify (hash, signature, unpickles to a model) is refused
   and never deployed; a verified one is registered and deployed as a shadow challenger.
-- Labeled examples feed the loss ledger; ``Judge`` promotes, refuses, rolls back and retires.
+- Labeled examples feed the loss ledger, with each deployed version's loss on the event: as it
+  scored it live, or, when it was deployed after the event and never learned its label, as it
+  scores it here (held_out.py); ``Judge`` promotes, refuses, rolls back and retires.
 - ``tick`` checks staleness and raises or clears alerts.
 """
 
@@ -21,8 +23,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from services.model_publisher.held_out import HeldOutScorer
 from services.model_publisher.judging import Judge, JudgingPolicy
-from services.model_publisher.ledger import LossLedger
+from services.model_publisher.ledger import REPLAYED, LossLedger
 from services.model_publisher.staleness import Champion, StalenessMonitor
 from services.model_publisher.writer import RegistryWriter
 from streamloop.contracts.pipeline import PipelineSpec
@@ -32,7 +35,7 @@ from streamloop.ml import build_model
 from streamloop.ml.artifacts import ArtifactRef, ArtifactStore
 from streamloop.ml.exceptions import ModelError
 from streamloop.ml.promotion import NO_SEGMENT_VALUE, event_loss
-from streamloop.ml.registry import CHAMPION, DeploymentTable, bootstrap_version, millis, shadow_slot
+from streamloop.ml.registry import CANARY, CHAMPION, DeploymentTable, bootstrap_version, millis, shadow_slot
 
 log = logging.getLogger(__name__)
 SOURCE = "model-publisher"
@@ -55,6 +58,7 @@ class PublisherPolicy:
     ledger_events: int = 100_000
     staleness_interval_ms: int = 5_000
     min_metric_samples: int = 100
+    score_held_out: bool = True
 
 
 def wall_clock_ms() -> int:
@@ -78,7 +82,12 @@ class PublisherProcessor:
         self.judge = Judge(pipeline, table, self.ledger, self.writer, self.policy.judging)
         self.staleness = StalenessMonitor(pipeline, SOURCE, self.policy.min_metric_samples)
         self._metrics = metrics
-        self._candidates: dict[str, dict[str, Any]] = {}
+        # The bootstrap version is derived from the spec and untrained: its lineage is known
+        # without its (never published) candidate record, also after a restart.
+        self._candidates: dict[str, dict[str, Any]] = {
+            bootstrap_version(pipeline.model): {"version": bootstrap_version(pipeline.model), "trigger": "BOOTSTRAP",
+                                                "learned_through": []}}
+        self.held_out = HeldOutScorer(pipeline, store, self._candidates, self.metric)
         self._high_water: dict[tuple[str, int], int] = {}
         self._bootstrapped = False
         self._next_staleness_ms = 0
@@ -130,7 +139,7 @@ class PublisherProcessor:
         version = bootstrap_version(model_spec)
         artifact = self.store.put_model(build_model(model_spec)).to_record()
         self._candidates[version] = {"version": version, "created_at": self.clock(), "heldout_metrics": {},
-                                     "trigger": "BOOTSTRAP"}
+                                     "trigger": "BOOTSTRAP", "learned_through": []}
         reason = (f"bootstrap: the registry has no champion for {self.pipeline.name}/{model_spec.name}; an untrained "
                   f"{model_spec.estimator} serves until a trained candidate beats it")
         log.info("bootstrapping champion %s", version)
@@ -211,6 +220,11 @@ class PublisherProcessor:
                 losses[prediction["model_version"]] = (loss, str(prediction.get("role") or ""))
         if not losses:
             return 0
+        if self.policy.score_held_out:
+            held_out = self._held_out_losses(record, losses)
+            losses.update({version: (loss, REPLAYED) for version, loss in held_out.items()})
+            if held_out and self._metrics is not None:
+                self._metrics.counter("streamloop_publisher_held_out_scores")(len(held_out), {})
         segments = example.get("segments") or {}
         # An event without a segment value is in that field's NO_SEGMENT_VALUE segment, not in none
         # (the collector's metrics count it the same way), so the guard sees a regression there too.
@@ -218,6 +232,16 @@ class PublisherProcessor:
                   for name in self.pipeline.segments}
         self.ledger.add(example["event_id"], wanted, losses)
         return 1
+
+    def _held_out_losses(self, record: ConsumedRecord, scored_live: dict[str, Any]) -> dict[str, float]:
+        slots = self.table.slots(self.pipeline.name, self.pipeline.model.name)
+        deployed = {r["version"]: r for slot, r in slots.items() if slot != CANARY}  # a canary is judged A/B
+        before = self.ledger.roles(record.value["event_id"])
+        if before is not None:
+            # The event again, at a later offset: a version may have learned its first copy, so it
+            # is held out only if it was the first time.
+            deployed = {v: r for v, r in deployed.items() if before.get(v) == REPLAYED}
+        return self.held_out.losses(record, deployed, scored_live)
 
     # -- staleness -----------------------------------------------------------------------------
 

@@ -29,4 +29,7 @@ class PublisherSettings(BaseSettings):
     ledger_events: int = Field(default=100_000, ge=100, description="Recent labeled events kept for comparisons.")
     staleness_interval: DurationMs = Field(default=5_000, description="How often staleness is checked.")
     min_metric_samples: int = Field(default=100, ge=1, description="Smallest live metric window for metric decay.")
+    score_held_out: bool = Field(default=True, description=(
+        "Score a deployed version on labeled examples of events from before its deployment that it never "
+        "learned, so its evidence does not wait for its first live labels."))
     table_timeout_s: float = Field(default=60.0, gt=0, description="Wait this long for the deployments table.")

@@ -20,7 +20,7 @@ def test_backfilled_losses_pair_only_with_live_events_and_never_serve_as_a_basel
     assert pairs.baseline.tolist() == [0.5, 2.5] and pairs.challenger.tolist() == [0.1, 0.3]
     assert pairs.segments == [{"country": "US"}] * 2
     assert len(ledger.paired("new", "champ")) == 0, "a baseline must have scored the event live"
-    assert len(ledger.paired("champ", "new", challenger_role="CHAMPION")) == 0, "nor is it a rollback watch's"
+    assert len(ledger.paired("champ", "new", challenger_roles=("CHAMPION",))) == 0, "nor is it a rollback watch's"
     assert ledger.losses("new", PREQUENTIAL).tolist() == [0.1, 0.3]
     ledger.forget({"new"})
     assert ledger.count("new") == 0 and len(ledger) == 3

@@ -1,0 +1,113 @@
+"""Scoring a deployed version on labeled examples it never learned (ledger role ``REPLAYED``).
+
+A version scores live only the events that arrive after it is deployed, and their labels come
+back seconds later. The events just before its deployment, whose labels arrive after it, are
+evidence too, as long as the version never learned those labels: then its prediction, made here
+from the example's logged features, is as out-of-sample as a live one. Without it, every
+promotion would wait a label delay before the new champion's first loss, and a challenger could
+not be judged against it until then.
+
+What a version learned is in its candidate's lineage: ``learned_through`` gives the highest
+labeled-examples offset per partition it learned itself; an ONLINE candidate continued its
+parent, so its parent's line counts too. An example at a higher offset was never learned. A
+version whose line is not fully known (no lineage, or a candidate without ``learned_through``)
+is never scored here.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from streamloop.contracts.pipeline import PipelineSpec
+from streamloop.kafka.records import ConsumedRecord
+from streamloop.ml.artifacts import ArtifactRef, ArtifactStore
+from streamloop.ml.exceptions import ModelError
+from streamloop.ml.prediction import predict
+from streamloop.ml.promotion import event_loss
+from streamloop.ml.training import training_pair
+
+log = logging.getLogger(__name__)
+
+LearnedOffsets = dict[tuple[str, int], int]
+
+
+def learned_offsets(version: str, lineage: Mapping[str, Mapping[str, Any]]) -> LearnedOffsets | None:
+    """The highest offset per (topic, partition) that ``version``'s line learned; None when unknown.
+
+    Walks ONLINE candidates back to the model their learner started from (iteratively: an online
+    line publishes a snapshot every few hundred labels, for as long as it runs).
+    """
+    learned: LearnedOffsets = {}
+    seen: set[str] = set()
+    current: str | None = version
+    while current is not None:
+        candidate = lineage.get(current)
+        if candidate is None or candidate.get("learned_through") is None or current in seen:
+            return None
+        seen.add(current)
+        for entry in candidate["learned_through"]:
+            key = (entry["topic"], int(entry["partition"]))
+            learned[key] = max(learned.get(key, -1), int(entry["offset"]))
+        if candidate.get("trigger") != "ONLINE":
+            return learned  # a model built from scratch (or untrained): it knows only its own offsets
+        current = candidate.get("parent_version")
+        if current is None:
+            return None  # an online line must have started from some model
+    return None
+
+
+class HeldOutScorer:
+    """Losses of deployed versions on examples they did not score live and never learned."""
+
+    def __init__(self, pipeline: PipelineSpec, store: ArtifactStore, lineage: Mapping[str, Mapping[str, Any]],
+                 metric: str) -> None:
+        self.pipeline = pipeline
+        self.store = store
+        self.lineage = lineage
+        self.metric = metric
+        self._models: dict[str, Any] = {}
+        self._learned: dict[str, LearnedOffsets] = {}
+
+    def losses(self, record: ConsumedRecord, deployed: Mapping[str, Mapping[str, Any]],
+               scored_live: Mapping[str, Any]) -> dict[str, float]:
+        """Each version of ``deployed`` (version -> deployment) not in ``scored_live``, held out from ``record``."""
+        self._models = {v: m for v, m in self._models.items() if v in deployed}  # retired: unload
+        losses: dict[str, float] = {}
+        x: dict[str, float] | None = None
+        for version, deployment in deployed.items():
+            if version in scored_live or not self._held_out(version, record):
+                continue
+            model = self._model(version, deployment)
+            if model is None:
+                continue
+            if x is None:
+                x, _ = training_pair(self.pipeline.model, record.value)
+            try:
+                prediction = predict(model, x, self.pipeline.model).record_fields()
+            except Exception as exc:  # noqa: BLE001 - a version that cannot score this example is only not scored here
+                log.debug("cannot score %s on held-out example %s: %s", version, record.value.get("event_id"), exc)
+                continue
+            loss = event_loss(self.metric, self.pipeline.model, record.value.get("label"), prediction)
+            if loss is not None:
+                losses[version] = loss
+        return losses
+
+    def _held_out(self, version: str, record: ConsumedRecord) -> bool:
+        learned = self._learned.get(version)
+        if learned is None:
+            learned = learned_offsets(version, self.lineage)
+            if learned is None:
+                return False  # not cached: the lineage may still arrive (read back at start-up)
+            self._learned[version] = learned
+        return record.offset > learned.get((record.topic, record.partition), -1)
+
+    def _model(self, version: str, deployment: Mapping[str, Any]) -> Any:
+        if version not in self._models:
+            try:
+                self._models[version] = self.store.load_model(ArtifactRef.from_record(deployment["artifact"]))
+            except (ModelError, KeyError, ValueError) as exc:
+                log.warning("cannot load %s to score it on held-out examples: %s", version, exc)
+                self._models[version] = None
+        return self._models[version]
