@@ -139,3 +139,28 @@ def test_a_candidate_bringing_prequential_losses_is_judged_at_once(publisher, to
     promotion = next(d for d in made if d["kind"] == "PROMOTE" and d["to_version"] == new)
     assert promotion["evidence"]["sample_count"] == 600, "no shadow label was needed"
     assert [d["kind"] for d in made if d["to_version"] == new] == ["REGISTER", "SHADOW", "PROMOTE"]
+
+
+def test_a_restarted_publisher_scores_a_shadow_on_examples_its_lineage_never_learned(publisher, topics, demo_pipeline,
+                                                                                     service_env):
+    store = artifact_store(Path(service_env["STREAMLOOP_ARTIFACT_STORE"].removeprefix("file://")),
+                           key=service_env["STREAMLOOP_ARTIFACT_SIGNING_KEY"].encode())
+    old = bootstrap_version(demo_pipeline.model)
+    model = build_model(demo_pipeline.model)
+    model.learn_one({"amount": 3.0}, True)
+    challenger = candidate(demo_pipeline, store, model=model, parent=old)
+    challenger["learned_through"] = []  # learned nothing from the labeled-examples topic
+    new = challenger["version"]
+    with publisher() as service:
+        wait_for(lambda: service.app.processor._bootstrapped, what="bootstrap")
+        topics.produce("model_candidates", [challenger])
+        topics.read("model_deployments", until=lambda rs: any(k and k.endswith(shadow_slot(new)) for k, _ in rs))
+    # Restarted, it knows the shadow's lineage only from the candidates topic, through its Avro schema.
+    with publisher() as service:
+        wait_for(lambda: service.app.processor._bootstrapped, what="the registry to be read")
+        # Events the champion served before the shadow was deployed, labeled now.
+        topics.produce("labeled_examples", examples(50, models={old: (0.6, "CHAMPION")}))
+        ledger = service.app.processor.ledger
+        wait_for(lambda: ledger.count(old) == 50, what="the champion's 50 live losses")
+        assert ledger.losses(new, "REPLAYED").size == 50
+        assert len(ledger.paired(old, new)) == 50, "the shadow's held-out losses pair with the champion's live ones"
