@@ -8,7 +8,7 @@ import pytest
 
 from services.model_publisher.app import build
 from services.model_publisher.settings import PublisherSettings
-from streamloop.ml import build_model
+from streamloop.ml import ArtifactStore, build_model
 from streamloop.ml.registry import CHAMPION, bootstrap_version, shadow_slot, slot_key
 from tests.integration.model_publisher.harness import ServiceThread, Topics, apply_env, values, wait_for
 from tests.unit.model_publisher.factories import artifact_store, candidate, examples
@@ -51,6 +51,20 @@ def decisions(topics: Topics, until=None, timeout_s: float = 60.0) -> list[dict]
                               timeout_s=timeout_s))
 
 
+def service_store(service_env) -> ArtifactStore:  # noqa: ANN001
+    """The artifact store the service under test verifies against."""
+    return artifact_store(Path(service_env["STREAMLOOP_ARTIFACT_STORE"].removeprefix("file://")),
+                          key=service_env["STREAMLOOP_ARTIFACT_SIGNING_KEY"].encode())
+
+
+def bootstrap_challenger(spec, service_env, amount: float) -> tuple[str, dict]:  # noqa: ANN001
+    """The bootstrap champion's version, and a signed candidate continuing it (an artifact of its own)."""
+    old = bootstrap_version(spec.model)
+    model = build_model(spec.model)
+    model.learn_one({"amount": amount}, True)
+    return old, candidate(spec, service_store(service_env), model=model, parent=old)
+
+
 def test_the_publisher_bootstraps_a_champion_once_even_when_started_twice(publisher, topics, demo_pipeline):
     version = bootstrap_version(demo_pipeline.model)
     for _ in range(2):
@@ -66,12 +80,7 @@ def test_the_publisher_bootstraps_a_champion_once_even_when_started_twice(publis
 
 
 def test_shadow_then_promotion_then_automatic_rollback(publisher, topics, demo_pipeline, service_env):
-    store = artifact_store(Path(service_env["STREAMLOOP_ARTIFACT_STORE"].removeprefix("file://")),
-                           key=service_env["STREAMLOOP_ARTIFACT_SIGNING_KEY"].encode())
-    old = bootstrap_version(demo_pipeline.model)
-    model = build_model(demo_pipeline.model)
-    model.learn_one({"amount": 1.0}, True)  # a different artifact from the bootstrap's
-    challenger = candidate(demo_pipeline, store, model=model, parent=old)
+    old, challenger = bootstrap_challenger(demo_pipeline, service_env, amount=1.0)
     new = challenger["version"]
     with publisher() as service:
         wait_for(lambda: service.app.processor._bootstrapped, what="bootstrap")
@@ -102,11 +111,9 @@ def test_shadow_then_promotion_then_automatic_rollback(publisher, topics, demo_p
 
 
 def test_a_tampered_candidate_is_refused_and_never_deployed(publisher, topics, demo_pipeline, service_env):
-    store = artifact_store(Path(service_env["STREAMLOOP_ARTIFACT_STORE"].removeprefix("file://")),
-                           key=service_env["STREAMLOOP_ARTIFACT_SIGNING_KEY"].encode())
     model = build_model(demo_pipeline.model)
     model.learn_one({"amount": 2.0}, False)
-    tampered = candidate(demo_pipeline, store, model=model)
+    tampered = candidate(demo_pipeline, service_store(service_env), model=model)
     path = Path(tampered["artifact"]["uri"].removeprefix("file://"))
     path.write_bytes(path.read_bytes()[:-1] + b"\x00")
     with publisher() as service:
@@ -119,12 +126,7 @@ def test_a_tampered_candidate_is_refused_and_never_deployed(publisher, topics, d
 
 
 def test_a_candidate_bringing_prequential_losses_is_judged_at_once(publisher, topics, demo_pipeline, service_env):
-    store = artifact_store(Path(service_env["STREAMLOOP_ARTIFACT_STORE"].removeprefix("file://")),
-                           key=service_env["STREAMLOOP_ARTIFACT_SIGNING_KEY"].encode())
-    old = bootstrap_version(demo_pipeline.model)
-    model = build_model(demo_pipeline.model)
-    model.learn_one({"amount": 2.0}, True)
-    challenger = candidate(demo_pipeline, store, model=model, parent=old)
+    old, challenger = bootstrap_challenger(demo_pipeline, service_env, amount=2.0)
     new = challenger["version"]
     with publisher() as service:
         wait_for(lambda: service.app.processor._bootstrapped, what="bootstrap")
@@ -143,12 +145,7 @@ def test_a_candidate_bringing_prequential_losses_is_judged_at_once(publisher, to
 
 def test_a_restarted_publisher_scores_a_shadow_on_examples_its_lineage_never_learned(publisher, topics, demo_pipeline,
                                                                                      service_env):
-    store = artifact_store(Path(service_env["STREAMLOOP_ARTIFACT_STORE"].removeprefix("file://")),
-                           key=service_env["STREAMLOOP_ARTIFACT_SIGNING_KEY"].encode())
-    old = bootstrap_version(demo_pipeline.model)
-    model = build_model(demo_pipeline.model)
-    model.learn_one({"amount": 3.0}, True)
-    challenger = candidate(demo_pipeline, store, model=model, parent=old)
+    old, challenger = bootstrap_challenger(demo_pipeline, service_env, amount=3.0)
     challenger["learned_through"] = []  # learned nothing from the labeled-examples topic
     new = challenger["version"]
     with publisher() as service:
