@@ -17,7 +17,7 @@ is never scored here.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from streamloop.contracts.pipeline import PipelineSpec
@@ -71,13 +71,13 @@ class HeldOutScorer:
         self._learned: dict[str, LearnedOffsets] = {}
 
     def losses(self, record: ConsumedRecord, deployed: Mapping[str, Mapping[str, Any]],
-               scored_live: Mapping[str, Any]) -> dict[str, float]:
-        """Each version of ``deployed`` (version -> deployment) not in ``scored_live``, held out from ``record``."""
+               skip: Collection[str]) -> dict[str, float]:
+        """Each version of ``deployed`` (version -> deployment), but those in ``skip``, held out from ``record``."""
         self._models = {v: m for v, m in self._models.items() if v in deployed}  # retired: unload
         losses: dict[str, float] = {}
         x: dict[str, float] | None = None
         for version, deployment in deployed.items():
-            if version in scored_live or not self._held_out(version, record):
+            if version in skip or not self._held_out(version, record):
                 continue
             model = self._model(version, deployment)
             if model is None:

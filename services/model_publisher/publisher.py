@@ -236,12 +236,13 @@ class PublisherProcessor:
     def _held_out_losses(self, record: ConsumedRecord, scored_live: dict[str, Any]) -> dict[str, float]:
         slots = self.table.slots(self.pipeline.name, self.pipeline.model.name)
         deployed = {r["version"]: r for slot, r in slots.items() if slot != CANARY}  # a canary is judged A/B
+        skip = set(scored_live)
         before = self.ledger.roles(record.value["event_id"])
         if before is not None:
             # The event again, at a later offset: a version may have learned its first copy, so it
             # is held out only if it was the first time.
-            deployed = {v: r for v, r in deployed.items() if before.get(v) == REPLAYED}
-        return self.held_out.losses(record, deployed, scored_live)
+            skip |= {v for v in deployed if before.get(v) != REPLAYED}
+        return self.held_out.losses(record, deployed, skip)
 
     # -- staleness -----------------------------------------------------------------------------
 

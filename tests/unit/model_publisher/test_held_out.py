@@ -73,10 +73,13 @@ def deploy_shadow(harness: Harness, champion: str, through: list[dict[str, Any]]
     return record["version"]
 
 
-def test_a_shadow_is_scored_on_examples_past_what_it_learned_and_not_on_the_others(harness):
+def test_a_shadow_is_scored_on_examples_past_what_it_learned_and_not_on_the_others(harness, monkeypatch):
     champion = harness.bootstrap()
     harness.feed("lab", examples(100, models={champion: (0.6, "CHAMPION")}))  # offsets 0-99
     shadow = deploy_shadow(harness, champion, learned(119))
+    loads = []
+    load_model = harness.store.load_model
+    monkeypatch.setattr(harness.store, "load_model", lambda ref: loads.append(ref) or load_model(ref))
     # Events scored before the shadow was deployed, labeled now (offsets 100-149): only the champion scored them.
     harness.feed("lab", examples(50, start=100, models={champion: (0.6, "CHAMPION")}))
     ledger = harness.processor.ledger
@@ -89,6 +92,7 @@ def test_a_shadow_is_scored_on_examples_past_what_it_learned_and_not_on_the_othe
     # Events it scored live keep their live loss.
     harness.feed("lab", examples(20, start=300, models={champion: (0.6, "CHAMPION"), shadow: (0.9, "SHADOW")}))
     assert ledger.losses(shadow, "SHADOW").size == 20 and ledger.losses(shadow, REPLAYED).size == 30
+    assert len(loads) == 1, "a deployed version is loaded once, not per example"
 
 
 def test_a_shadow_whose_line_is_unknown_or_a_publisher_told_not_to_is_scored_live_only(harness, demo_pipeline,
