@@ -62,7 +62,9 @@ class OnlineLearner:
         self.spec = model_spec
         self._loss_metric = loss_metric
         self._prequential: deque[tuple[str, float]] = deque(maxlen=prequential_window)
-        self._backlog: deque[tuple[dict[str, Any], Any, float]] = deque(maxlen=replay_backlog)
+        # (x, y, 0/1 error, the record's topic-partition-offset): the offset goes into the lineage of
+        # whichever snapshot replays it, which after a reset is another line than the one that learned it.
+        self._backlog: deque[tuple[dict[str, Any], Any, float, tuple[str, int, int]]] = deque(maxlen=replay_backlog)
         self.model: Any = None
         self.parent_version: str | None = None
         self._chain: set[str] = set()
@@ -127,20 +129,24 @@ class OnlineLearner:
         if self.model is None or not valid(self.spec, record.value):
             return False
         x, y = training_pair(self.spec, record.value)
-        self._test(event_id, x, y, record.value["label"])
+        self._test(event_id, x, y, record.value["label"], (record.topic, record.partition, record.offset))
         for _ in range(repeats):
             self.model.learn_one(x, y)
-        span = self._ranges.get(key)
-        if span is None:
-            self._ranges[key] = OffsetRange(record.topic, record.partition, record.offset, record.offset + 1)
-        else:
-            span.start = min(span.start, record.offset)
-            span.end = max(span.end, record.offset + 1)
+        self._learned_offset(record.topic, record.partition, record.offset)
         self.pending += 1
         self.learned_total += 1
         return True
 
-    def _test(self, event_id: str | None, x: dict[str, Any], y: Any, label: Any) -> None:
+    def _learned_offset(self, topic: str, partition: int, offset: int) -> None:
+        span = self._ranges.get((topic, partition))
+        if span is None:
+            self._ranges[(topic, partition)] = OffsetRange(topic, partition, offset, offset + 1)
+        else:
+            span.start = min(span.start, offset)
+            span.end = max(span.end, offset + 1)
+
+    def _test(self, event_id: str | None, x: dict[str, Any], y: Any, label: Any,
+              position: tuple[str, int, int]) -> None:
         """Score the example before it is learned, for whichever record wants the prediction.
 
         Once the metric window is full and catch-up keeps no record, nothing does: no scoring.
@@ -159,7 +165,7 @@ class OnlineLearner:
                 self._prequential.append((event_id, loss))
         if self._backlog.maxlen:
             error = event_loss("zero_one", self.spec, label, prediction) if prediction else None
-            self._backlog.append((x, y, 1.0 if error is None else error))
+            self._backlog.append((x, y, 1.0 if error is None else error, position))
 
     def replay_since_change(self, passes: int) -> int:
         """Learn the backlog's examples since the estimated rise of its error rate ``passes`` more times.
@@ -168,11 +174,13 @@ class OnlineLearner:
         """
         if self.model is None or not passes:
             return 0
-        since = change_point([error for _, _, error in self._backlog])
+        since = change_point([error for _, _, error, _ in self._backlog])
         recent = list(self._backlog)[len(self._backlog) - since:] if since else []
         for _ in range(passes):
-            for x, y, _ in recent:
+            for x, y, _, _ in recent:
                 self.model.learn_one(x, y)
+        for *_, (topic, partition, offset) in recent:
+            self._learned_offset(topic, partition, offset)  # the next snapshot's lineage: it learned them
         return since
 
     def snapshot(self) -> Snapshot:

@@ -127,6 +127,22 @@ def test_the_replay_learns_the_examples_since_the_change_point_again(demo_pipeli
     assert learner.pending == 400, "a replay is not new labels"
 
 
+def test_what_a_replay_learns_is_in_the_next_snapshots_lineage_even_after_a_reset(demo_pipeline, monkeypatch):
+    spec = demo_pipeline.model
+    learner = OnlineLearner(spec, replay_backlog=400)
+    learner.reset(build_model(spec), "fraud-a")
+    for i in range(160):  # offsets 0-79 on each of two partitions
+        learner.learn(consumed("lab", labeled_example(i, label=i % 3 == 0), offset=i // 2, partition=i % 2))
+    # The champion changes to another line (a rebuild, or a rollback): this learner starts from it
+    # and learns one label; a concept drift then replays the backlog into it.
+    learner.reset(build_model(spec), "fraud-rebuilt")
+    learner.learn(consumed("lab", labeled_example(500, label=True), offset=80, partition=0))
+    monkeypatch.setattr("services.retrainer.online.change_point", lambda errors: len(errors))
+    assert learner.replay_since_change(1) == 161
+    spans = {r.partition: (r.start, r.end) for r in learner.snapshot().source_offsets}
+    assert spans == {0: (0, 81), 1: (0, 80)}, "the publisher must not take partition 1's 0-79 for held out"
+
+
 @pytest.fixture
 def catch_up_spec(demo_pipeline) -> PipelineSpec:
     return with_policy(demo_pipeline,
