@@ -10,6 +10,9 @@ A candidate in catch-up brings its learner's prequential losses (role ``PREQUENT
 added to the entries of events already here, so they pair with the champion's live losses on the
 same events and labels. Only live losses serve as a baseline.
 
+Each entry has the sequence number of the event's first sighting, also when a duplicate
+replaces it: "entries since" a moment (a promotion) means events first labeled after it.
+
 A version's loss on an event it did not score live but never learned (role ``REPLAYED``,
 held_out.py) is as out-of-sample as a live one: it serves on either side.
 """
@@ -64,7 +67,7 @@ class LossLedger:
 
     @property
     def seq(self) -> int:
-        """The sequence number of the last entry added: entries after it have higher ones."""
+        """The sequence number of the last new event: events first seen after it have higher ones."""
         return self._seq
 
     def add(self, event_id: str, segments: Mapping[str, str], losses: Mapping[str, tuple[float, str]]) -> None:
@@ -73,12 +76,15 @@ class LossLedger:
         previous = self._entries.pop(event_id, None)
         if previous is not None:
             self._counts.subtract(previous.losses.keys())
-        self._seq += 1
+            seq = previous.seq  # the same event: evidence from before a promotion stays before it
+        else:
+            self._seq += 1
+            seq = self._seq
         normalized = {version: (float(loss), role.upper()) for version, (loss, role) in losses.items()}
-        self._entries[event_id] = Entry(self._seq, dict(segments), normalized)
+        self._entries[event_id] = Entry(seq, dict(segments), normalized)
         self._counts.update(normalized.keys())
         for version in normalized:
-            self._first_seq.setdefault(version, self._seq)
+            self._first_seq[version] = min(self._first_seq.get(version, seq), seq)
         while len(self._entries) > self.max_events:
             _, dropped = self._entries.popitem(last=False)
             self._counts.subtract(dropped.losses.keys())

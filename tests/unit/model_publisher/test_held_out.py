@@ -144,3 +144,15 @@ def test_the_watch_never_reuses_the_evidence_that_promoted_the_champion(harness)
     assert [(d["kind"], d["to_version"] or d["from_version"]) for d in promoted] == [
         ("PROMOTE", rival), ("RETIRE", old)]
     assert harness.slot(CHAMPION)["version"] == rival
+
+
+def test_events_labeled_again_after_a_promotion_are_no_fresh_evidence_for_its_watch(demo_pipeline, tmp_path):
+    harness = Harness(demo_pipeline, tmp_path, PublisherPolicy(judging=JudgingPolicy(rollback_watch_samples=300)))
+    old = harness.bootstrap()
+    new = deploy_shadow(harness, old, None)
+    batch = examples(600, models={old: (0.5, "CHAMPION"), new: (0.9, "SHADOW")})
+    harness.feed("lab", batch)
+    assert harness.slot(CHAMPION)["version"] == new
+    # The collector emits 300 of the same events again (at least once), at new offsets.
+    assert decisions(harness.feed("lab", batch[:300])) == []
+    assert harness.slot(shadow_slot(old)) is not None, "the predecessor is not retired on the promotion's evidence"
