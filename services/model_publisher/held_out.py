@@ -23,7 +23,6 @@ from typing import Any
 from streamloop.contracts.pipeline import PipelineSpec
 from streamloop.kafka.records import ConsumedRecord
 from streamloop.ml.artifacts import ArtifactRef, ArtifactStore
-from streamloop.ml.exceptions import ModelError
 from streamloop.ml.prediction import predict
 from streamloop.ml.promotion import event_loss
 from streamloop.ml.training import training_pair
@@ -69,6 +68,13 @@ class HeldOutScorer:
         self.metric = metric
         self._models: dict[str, Any] = {}
         self._learned: dict[str, LearnedOffsets] = {}
+        # Versions whose line is not fully known, until the lineage changes: a walk costs up to a
+        # whole online line (tens of thousands of snapshots after weeks), not to be paid per example.
+        self._unknown: set[str] = set()
+
+    def lineage_changed(self) -> None:
+        """A candidate record arrived: a line that was not fully known may be now."""
+        self._unknown.clear()
 
     def losses(self, record: ConsumedRecord, deployed: Mapping[str, Mapping[str, Any]],
                skip: Collection[str]) -> dict[str, float]:
@@ -82,9 +88,9 @@ class HeldOutScorer:
             model = self._model(version, deployment)
             if model is None:
                 continue
-            if x is None:
-                x, _ = training_pair(self.pipeline.model, record.value)
             try:
+                if x is None:
+                    x, _ = training_pair(self.pipeline.model, record.value)
                 prediction = predict(model, x, self.pipeline.model).record_fields()
             except Exception as exc:  # noqa: BLE001 - a version that cannot score this example is only not scored here
                 log.debug("cannot score %s on held-out example %s: %s", version, record.value.get("event_id"), exc)
@@ -97,9 +103,14 @@ class HeldOutScorer:
     def _held_out(self, version: str, record: ConsumedRecord) -> bool:
         learned = self._learned.get(version)
         if learned is None:
+            if version in self._unknown:
+                return False
             learned = learned_offsets(version, self.lineage)
             if learned is None:
-                return False  # not cached: the lineage may still arrive (read back at start-up)
+                log.warning("the line of %s is not fully known (a candidate record without learned_through, or "
+                            "one no longer on the candidates topic): it is scored on live events only", version)
+                self._unknown.add(version)
+                return False
             self._learned[version] = learned
         return record.offset > learned.get((record.topic, record.partition), -1)
 
@@ -107,7 +118,7 @@ class HeldOutScorer:
         if version not in self._models:
             try:
                 self._models[version] = self.store.load_model(ArtifactRef.from_record(deployment["artifact"]))
-            except (ModelError, KeyError, ValueError) as exc:
+            except Exception as exc:  # noqa: BLE001 - unpickling (signed) bytes can raise anything; scored live only
                 log.warning("cannot load %s to score it on held-out examples: %s", version, exc)
                 self._models[version] = None
         return self._models[version]

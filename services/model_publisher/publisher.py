@@ -154,6 +154,7 @@ class PublisherProcessor:
     def remember_candidate(self, candidate: dict[str, Any]) -> None:
         """Lineage of a version (creation time, validation metrics), e.g. read back at start-up."""
         self._candidates[candidate["version"]] = candidate
+        self.held_out.lineage_changed()
 
     def _on_candidate(self, candidate: dict[str, Any]) -> list[OutgoingRecord]:
         if candidate.get("pipeline") != self.pipeline.name or candidate.get("model_name") != self.pipeline.model.name:
@@ -180,7 +181,7 @@ class PublisherProcessor:
             return [self.writer.decide("REFUSE", f"artifact does not load: {type(exc).__name__}: {exc}",
                                        decision_id=f"{version}:refuse", to_version=version)]
         del model
-        self._candidates[version] = candidate
+        self.remember_candidate(candidate)
         if candidate.get("prequential_losses"):
             added = self.ledger.backfill(version, {p["event_id"]: p["loss"] for p in candidate["prequential_losses"]})
             self.judge.catching_up.add(version)

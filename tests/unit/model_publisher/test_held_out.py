@@ -156,3 +156,33 @@ def test_events_labeled_again_after_a_promotion_are_no_fresh_evidence_for_its_wa
     # The collector emits 300 of the same events again (at least once), at new offsets.
     assert decisions(harness.feed("lab", batch[:300])) == []
     assert harness.slot(shadow_slot(old)) is not None, "the predecessor is not retired on the promotion's evidence"
+
+
+def test_an_unknown_line_is_walked_once_until_a_candidate_arrives(harness, monkeypatch):
+    import services.model_publisher.held_out as held_out
+
+    walks = []
+    walk = held_out.learned_offsets
+
+    def counted_walk(version, lineage):  # noqa: ANN001, ANN202
+        walks.append(version)
+        return walk(version, lineage)
+
+    monkeypatch.setattr(held_out, "learned_offsets", counted_walk)
+    champion = harness.bootstrap()
+    orphan = deploy_shadow(harness, "not-read-yet", learned(-1))
+    harness.feed("lab", examples(50, models={champion: (0.6, "CHAMPION")}))
+    assert walks.count(orphan) == 1, "not once per example"
+    deploy_shadow(harness, champion, learned(-1))  # any candidate may complete a line
+    harness.feed("lab", examples(10, start=50, models={champion: (0.6, "CHAMPION")}))
+    assert walks.count(orphan) == 2
+
+
+def test_an_example_the_held_out_scorer_cannot_use_is_still_filed_live(harness):
+    champion = harness.bootstrap()
+    shadow = deploy_shadow(harness, champion, learned(-1))
+    broken = examples(1, models={champion: (0.6, "CHAMPION")})[0]
+    broken["numeric"] = {"amount": "not a number"}
+    result = harness.feed("lab", [broken])
+    assert result.rejections == [], "a valid labeled example is not a dead letter for the publisher's own scoring"
+    assert harness.processor.ledger.count(champion) == 1 and harness.processor.ledger.count(shadow) == 0
