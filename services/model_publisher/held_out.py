@@ -72,6 +72,10 @@ class HeldOutScorer:
         # whole online line (tens of thousands of snapshots after weeks), not to be paid per example.
         self._unknown: set[str] = set()
 
+    def verified(self, version: str, model: Any) -> None:
+        """A candidate's model the publisher has just loaded and verified, to be deployed."""
+        self._models[version] = model
+
     def lineage_changed(self) -> None:
         """A candidate record arrived: a line that was not fully known may be now."""
         self._unknown.clear()

@@ -138,8 +138,7 @@ class PublisherProcessor:
         model_spec = self.pipeline.model
         version = bootstrap_version(model_spec)
         artifact = self.store.put_model(build_model(model_spec)).to_record()
-        self._candidates[version] = {"version": version, "created_at": self.clock(), "heldout_metrics": {},
-                                     "trigger": "BOOTSTRAP", "learned_through": []}
+        self._candidates[version]["created_at"] = self.clock()  # its lineage is pre-seeded (see __init__)
         reason = (f"bootstrap: the registry has no champion for {self.pipeline.name}/{model_spec.name}; an untrained "
                   f"{model_spec.estimator} serves until a trained candidate beats it")
         log.info("bootstrapping champion %s", version)
@@ -180,6 +179,8 @@ class PublisherProcessor:
             self.judge.closed.add(version)
             return [self.writer.decide("REFUSE", f"artifact does not load: {type(exc).__name__}: {exc}",
                                        decision_id=f"{version}:refuse", to_version=version)]
+        if self.policy.score_held_out:
+            self.held_out.verified(version, model)  # deployed next: not read from the store again
         del model
         self.remember_candidate(candidate)
         if candidate.get("prequential_losses"):

@@ -92,6 +92,21 @@ def test_a_shadow_is_scored_on_examples_past_what_it_learned_and_not_on_the_othe
     # Events it scored live keep their live loss.
     harness.feed("lab", examples(20, start=300, models={champion: (0.6, "CHAMPION"), shadow: (0.9, "SHADOW")}))
     assert ledger.losses(shadow, "SHADOW").size == 20 and ledger.losses(shadow, REPLAYED).size == 30
+    assert loads == [], "the model verified at registration is the one scored: never read again"
+
+
+def test_a_restarted_publisher_loads_a_deployed_version_once_not_per_example(harness, demo_pipeline, tmp_path,
+                                                                             monkeypatch):
+    champion = harness.bootstrap()
+    shadow = deploy_shadow(harness, champion, learned(-1))
+    restarted = Harness(demo_pipeline, tmp_path, table=harness.table)
+    restarted.processor.remember_candidate(harness.processor._candidates[shadow])  # noqa: SLF001 - read back
+    loads = []
+    load_model = restarted.store.load_model
+    monkeypatch.setattr(restarted.store, "load_model", lambda ref: loads.append(ref) or load_model(ref))
+    restarted.feed("lab", examples(20, models={champion: (0.6, "CHAMPION")}))
+    restarted.feed("lab", examples(20, start=20, models={champion: (0.6, "CHAMPION")}))
+    assert restarted.processor.ledger.losses(shadow, REPLAYED).size == 40
     assert len(loads) == 1, "a deployed version is loaded once, not per example"
 
 
