@@ -279,6 +279,8 @@ class PromotionSpec(_Spec):
     canary_weight: Share = 0.0
     rollback_margin: float = Field(default=0.02, ge=0)
     rollback_min_samples: int = Field(default=300, ge=10)
+    # 1.0: any regression beyond the margin rolls back, significant or not.
+    rollback_p_value: float = Field(default=0.05, gt=0, le=1)
 
 
 class StalenessSpec(_Spec):

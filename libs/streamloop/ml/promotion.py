@@ -271,12 +271,15 @@ def decide_promotion(baseline: Sequence[float] | np.ndarray, challenger: Sequenc
 
 def decide_rollback(predecessor: Sequence[float] | np.ndarray, champion: Sequence[float] | np.ndarray,
                     spec: PromotionSpec) -> Verdict:
-    """Roll back a newly promoted champion whose live loss exceeds its predecessor's by the margin.
+    """Roll back a newly promoted champion that is significantly worse than its predecessor.
 
-    Both models scored the same post-promotion events (the predecessor as a shadow). No
-    significance is required: a regression beyond ``spec.rollback_margin`` on at least
-    ``spec.rollback_min_samples`` events is enough, because keeping a bad model costs more
-    than re-serving the one that was fine before. The p-value is reported as evidence.
+    Both models scored the same post-promotion events (the predecessor as a shadow). A rollback
+    needs both: a live loss beyond ``spec.rollback_margin`` above the predecessor's, on at least
+    ``spec.rollback_min_samples`` events, and a one-sided paired test that the new champion's
+    loss is larger at ``p < spec.rollback_p_value``. The watch looks again at every labeled
+    event, so a margin alone rolls back a champion that is as good as its predecessor whenever
+    the noise of a few hundred events crosses it, undoing a promotion that was itself
+    significant. A badly worse model is still significant within the first few hundred events.
     """
     base = np.asarray(predecessor, dtype=np.float64)
     new = np.asarray(champion, dtype=np.float64)
@@ -289,11 +292,13 @@ def decide_rollback(predecessor: Sequence[float] | np.ndarray, champion: Sequenc
     regression = relative_change(evidence["challenger_mean_loss"], evidence["baseline_mean_loss"])
     evidence["relative_regression"] = regression
     summary = (f"live mean loss {evidence['challenger_mean_loss']:.4g} vs predecessor "
-               f"{evidence['baseline_mean_loss']:.4g} ({regression:+.2%}) on {base.size} events")
-    if regression > spec.rollback_margin:
-        return Verdict("rollback", f"new champion worse than its predecessor: {summary} "
-                                   f"(margin {spec.rollback_margin:.2%})", evidence)
-    return Verdict("keep", f"within the rollback margin: {summary}", evidence)
+               f"{evidence['baseline_mean_loss']:.4g} ({regression:+.2%}), p={p_value:.3g} on {base.size} events")
+    if regression <= spec.rollback_margin:
+        return Verdict("keep", f"within the rollback margin: {summary}", evidence)
+    if p_value >= spec.rollback_p_value:
+        return Verdict("keep", f"not significantly worse: {summary} (needs p<{spec.rollback_p_value:g})", evidence)
+    return Verdict("rollback", f"new champion worse than its predecessor: {summary} "
+                               f"(margin {spec.rollback_margin:.2%}, p<{spec.rollback_p_value:g})", evidence)
 
 
 def decide_canary(champion: Sequence[float] | np.ndarray, canary: Sequence[float] | np.ndarray,

@@ -166,6 +166,21 @@ def test_rollback_when_the_new_champion_is_worse_beyond_the_margin():
     assert decide_rollback(predecessor[:299], predecessor[:299] * 2, SPEC).outcome == "wait"
 
 
+def test_a_regression_beyond_the_margin_that_is_only_noise_is_kept():
+    # Two equally good models: the new champion's mean loss ends up 3 % above its predecessor's on
+    # these 300 events by chance, far from significant.
+    predecessor = losses(300, 0.4, 0.2)
+    noise = rng.normal(0.0, 0.2, 300)
+    champion = predecessor + noise - noise.mean() + 0.03 * predecessor.mean()
+    verdict = decide_rollback(predecessor, champion, SPEC)
+    assert verdict.evidence["relative_regression"] == pytest.approx(0.03)
+    assert verdict.evidence["p_value"] > SPEC.rollback_p_value
+    assert verdict.outcome == "keep" and "not significantly worse" in verdict.reason
+    # Without the significance requirement, the same events roll back.
+    margin_only = SPEC.model_copy(update={"rollback_p_value": 1.0})
+    assert decide_rollback(predecessor, champion, margin_only).outcome == "rollback"
+
+
 def test_canary_is_promoted_or_rolled_back_on_its_share_of_traffic():
     champion = losses(2000, 0.4, 0.05)
     assert decide_canary(champion, losses(300, 0.38, 0.05), SPEC).outcome == "promote"
