@@ -7,13 +7,16 @@ under the same ``decision_id`` is under rollback watch; a ``canary`` slot is a c
 One look per challenger: a shadow is judged once, when it and the champion have both scored
 ``promotion.min_samples`` labeled events, and promoted or refused (and retired) then. Looking
 again and again until a test passes would inflate the false-promotion rate far above
-``promotion.p_value``; the retrainer's next candidate gets its own look.
+``promotion.p_value``; the retrainer's next candidate gets its own look. The one exception is a
+catch-up candidate whose learner's prequential losses did not win: it gets a second look, on its
+own scores alone, which are other events than the first look's, so the two tests are independent
+and the false-promotion rate at most doubles.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from services.model_publisher.ledger import REPLAYED, LossLedger, Paired
@@ -32,6 +35,9 @@ from streamloop.ml.registry import (
     shadow_slot,
     watched_predecessor,
 )
+
+# A version's own scores: live (any role it served in) or held out, never its learner's record.
+OWN_SCORES = ("CHAMPION", "SHADOW", "CANARY", REPLAYED)
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +62,9 @@ class Judge:
         self.closed: set[str] = set()  # refused, rolled back or retired: never deployed again automatically
         # Candidates that came with prequential losses (retrain.catch_up): judged at catch-up's p-value.
         self.catching_up: set[str] = set()
+        # Catch-up candidates whose prequential losses did not win: judged again, once, on their own
+        # scores (live and held-out) alone, since a learner's record is not its snapshot's.
+        self.on_own_scores: set[str] = set()
         # The ledger's sequence number at each promotion this process decided: the rollback watch
         # judges a new champion on the events labeled after it, which its promotion did not see.
         self.promoted_at: dict[str, int] = {}
@@ -160,13 +169,22 @@ class Judge:
             version = record["version"]
             if (current, version) in self._judged or version == current:
                 continue
-            if min(self.ledger.count(version), self.ledger.count(current)) < self.spec.min_samples:
+            own_scores = version in self.on_own_scores
+            if min(self.ledger.count(version, prequential=not own_scores),
+                   self.ledger.count(current)) < self.spec.min_samples:
                 continue
-            pairs = self.ledger.paired(current, version)
-            verdict = decide_promotion(pairs.baseline, pairs.challenger, pairs.segments, self._spec_for(version),
-                                       self.policy.paired_test)
+            pairs = self.ledger.paired(current, version, challenger_roles=OWN_SCORES if own_scores else None)
+            spec = self.spec if own_scores else self._spec_for(version)
+            verdict = decide_promotion(pairs.baseline, pairs.challenger, pairs.segments, spec, self.policy.paired_test)
             if verdict.outcome == "wait":
                 continue
+            if verdict.outcome == "refuse" and version in self.catching_up and not own_scores:
+                log.info("%s not promoted on its learner's prequential losses, judged next on its own scores: %s",
+                         version, verdict.reason)
+                self.on_own_scores.add(version)
+                continue
+            if own_scores:
+                verdict = replace(verdict, reason=f"on its own scores: {verdict.reason}")
             self._judged.add((current, version))
             if verdict.outcome == "promote":
                 passed.append((verdict, slot, record))

@@ -51,6 +51,7 @@ class LossLedger:
         self.max_events = max_events
         self._entries: OrderedDict[str, Entry] = OrderedDict()
         self._counts: Counter[str] = Counter()
+        self._prequential: Counter[str] = Counter()
         self._first_seq: dict[str, int] = {}
         self._seq = 0
 
@@ -75,7 +76,7 @@ class LossLedger:
             return
         previous = self._entries.pop(event_id, None)
         if previous is not None:
-            self._counts.subtract(previous.losses.keys())
+            self._uncount(previous)
             seq = previous.seq  # the same event: evidence from before a promotion stays before it
         else:
             self._seq += 1
@@ -87,7 +88,7 @@ class LossLedger:
             self._first_seq[version] = min(self._first_seq.get(version, seq), seq)
         while len(self._entries) > self.max_events:
             _, dropped = self._entries.popitem(last=False)
-            self._counts.subtract(dropped.losses.keys())
+            self._uncount(dropped)
 
     def backfill(self, version: str, losses: Mapping[str, float]) -> int:
         """Add ``version``'s prequential losses to the events already here; returns how many were added.
@@ -103,13 +104,22 @@ class LossLedger:
             losses_here = {**entry.losses, version: (float(loss), PREQUENTIAL)}
             self._entries[event_id] = Entry(entry.seq, entry.segments, losses_here)
             self._counts[version] += 1
+            self._prequential[version] += 1
             self._first_seq[version] = min(self._first_seq.get(version, entry.seq), entry.seq)
             added += 1
         return added
 
-    def count(self, version: str) -> int:
-        """Events in the ledger that ``version`` scored (an upper bound of any pairing with it)."""
-        return max(self._counts.get(version, 0), 0)
+    def _uncount(self, entry: Entry) -> None:
+        self._counts.subtract(entry.losses.keys())
+        self._prequential.subtract(v for v, (_, role) in entry.losses.items() if role == PREQUENTIAL)
+
+    def count(self, version: str, *, prequential: bool = True) -> int:
+        """Events in the ledger with a loss of ``version`` (an upper bound of any pairing with it).
+
+        ``prequential=False``: only those it scored itself, live or held out.
+        """
+        total = self._counts.get(version, 0) - (0 if prequential else self._prequential.get(version, 0))
+        return max(total, 0)
 
     def first_seen(self, version: str) -> int | None:
         return self._first_seq.get(version)
@@ -153,4 +163,5 @@ class LossLedger:
                     del self._entries[event_id]
         for version in versions:
             self._counts.pop(version, None)
+            self._prequential.pop(version, None)
             self._first_seq.pop(version, None)

@@ -1,4 +1,7 @@
-"""A candidate in catch-up brings prequential losses: paired with the champion's live ones and judged at once."""
+"""A candidate in catch-up brings prequential losses: paired with the champion's live ones and judged at once.
+
+If they do not win, the candidate is judged once more, on its own scores alone.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ def test_backfilled_losses_pair_only_with_live_events_and_never_serve_as_a_basel
     assert ledger.backfill("new", {"e0": 0.1, "e2": 0.3, "e9": 0.9}) == 2, "e9 has no live loss to pair with"
     assert ledger.backfill("new", {"e0": 0.7}) == 0, "a loss already here is kept"
     assert ledger.count("new") == 2
+    assert ledger.count("new", prequential=False) == 0, "none it scored itself"
     pairs = ledger.paired("champ", "new")
     assert pairs.baseline.tolist() == [0.5, 2.5] and pairs.challenger.tolist() == [0.1, 0.3]
     assert pairs.segments == [{"country": "US"}] * 2
@@ -49,10 +53,32 @@ def test_a_candidate_clearly_better_on_its_prequential_record_is_promoted_at_onc
     assert harness.slot(shadow_slot(champion))["version"] == champion, "the rollback watch follows as always"
 
 
-def test_a_candidate_no_better_on_its_prequential_record_is_refused_at_once(harness):
+def test_a_candidate_no_better_on_its_prequential_record_is_judged_again_on_its_own_scores(harness):
     champion, live = live_champion(harness)
-    result = harness.feed("cand", [catching_up(harness, champion, live)])
-    assert [d["kind"] for d in decisions(result)] == ["REGISTER", "SHADOW", "REFUSE"]
+    record = catching_up(harness, champion, live)
+    assert [d["kind"] for d in decisions(harness.feed("cand", [record]))] == ["REGISTER", "SHADOW"], \
+        "not refused at once: a learner's record is not its snapshot's"
+    version = record["version"]
+    assert harness.slot(shadow_slot(version)) is not None
+    # Its own scores: 499 are not enough, and the 600 prequential losses do not count towards them.
+    own = {champion: (0.6, "CHAMPION"), version: (0.9, "SHADOW")}
+    assert decisions(harness.feed("lab", examples(499, start=1000, models=own))) == []
+    promoted = decisions(harness.feed("lab", examples(1, start=1499, models=own)))
+    assert [d["kind"] for d in promoted] == ["PROMOTE"]
+    assert promoted[0]["evidence"]["sample_count"] == 500, "judged on its own scores alone"
+    assert harness.slot(CHAMPION)["version"] == version
+
+
+def test_a_candidate_no_better_on_its_own_scores_either_is_refused(harness):
+    champion, live = live_champion(harness)
+    record = catching_up(harness, champion, live)
+    harness.feed("cand", [record])
+    refused = decisions(harness.feed("lab", examples(500, start=1000, models={
+        champion: (0.6, "CHAMPION"), record["version"]: (0.6, "SHADOW")})))
+    assert [d["kind"] for d in refused] == ["REFUSE"]
+    assert refused[0]["evidence"]["sample_count"] == 500
+    assert refused[0]["reason"].startswith("on its own scores: no significant improvement")
+    assert harness.slot(shadow_slot(record["version"])) is None
     assert harness.slot(CHAMPION)["version"] == champion
 
 
@@ -73,9 +99,21 @@ def test_catch_up_p_value_applies_to_prequential_candidates_only(demo_pipeline, 
         # 0.01 better on average, +-0.3 event by event: t = 0.01 / (0.3 / sqrt(600)) = 0.82
         slightly_better = [loss - 0.01 + (0.3 if i % 2 else -0.3) for i, loss in enumerate(live)]
         verdicts[p_value] = decisions(harness.feed("cand", [catching_up(harness, champion, slightly_better)]))[-1]
-    assert verdicts[None]["kind"] == "REFUSE" and "needs p<0.05" in verdicts[None]["reason"]
+    assert verdicts[None]["kind"] == "SHADOW", "not promoted at promotion.p_value: left to its own scores"
     assert verdicts[0.5]["kind"] == "PROMOTE", verdicts[0.5]["reason"]
     assert 0.05 < verdicts[0.5]["evidence"]["p_value"] < 0.5
+
+
+def test_the_second_look_on_its_own_scores_uses_the_promotion_p_value(demo_pipeline, tmp_path):
+    spec = with_policy(demo_pipeline, retrain={"catch_up": CatchUpSpec(labels=1000, p_value=0.5)})
+    harness = Harness(spec, tmp_path)
+    champion, live = live_champion(harness)
+    record = catching_up(harness, champion, live)
+    assert decisions(harness.feed("cand", [record]))[-1]["kind"] == "SHADOW"
+    verdict = decisions(harness.feed("lab", examples(600, start=1000, seed=1, models={
+        champion: (0.6, "CHAMPION"), record["version"]: (0.603, "SHADOW")})))[-1]
+    assert verdict["kind"] == "REFUSE" and "needs p<0.05" in verdict["reason"], verdict["reason"]
+    assert 0.05 < verdict["evidence"]["p_value"] < 0.5, "catch-up's 0.5 would have promoted it"
 
 
 def test_a_shadow_judged_on_live_labels_keeps_the_promotion_p_value(demo_pipeline, tmp_path):
