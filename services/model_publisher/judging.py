@@ -9,8 +9,8 @@ One look per challenger: a shadow is judged once, when it and the champion have 
 again and again until a test passes would inflate the false-promotion rate far above
 ``promotion.p_value``; the retrainer's next candidate gets its own look. The one exception is a
 catch-up candidate whose learner's prequential losses did not win: it gets a second look, on its
-own scores alone, which are other events than the first look's, so the two tests are independent
-and the false-promotion rate at most doubles.
+own scores alone and on events labeled after the first look, so the two tests are independent and
+the false-promotion rate is at most catch-up's p-value plus the promotion's.
 """
 
 from __future__ import annotations
@@ -63,8 +63,11 @@ class Judge:
         # Candidates that came with prequential losses (retrain.catch_up): judged at catch-up's p-value.
         self.catching_up: set[str] = set()
         # Catch-up candidates whose prequential losses did not win: judged again, once, on their own
-        # scores (live and held-out) alone, since a learner's record is not its snapshot's.
-        self.on_own_scores: set[str] = set()
+        # scores (live and held-out) alone, since a learner's record is not its snapshot's; only on
+        # events labeled after the first look, which it used: (ledger seq, own scores) at that look.
+        self.on_own_scores: dict[str, tuple[int, int]] = {}
+        # The ledger's sequence number when each canary went on trial: its baseline starts there.
+        self.canary_since: dict[str, int] = {}
         # The ledger's sequence number at each promotion this process decided: the rollback watch
         # judges a new champion on the events labeled after it, which its promotion did not see.
         self.promoted_at: dict[str, int] = {}
@@ -105,7 +108,8 @@ class Judge:
     def _watch(self, champion: dict[str, Any], predecessor: dict[str, Any]) -> tuple[Verdict, list[OutgoingRecord]]:
         new, old = champion["version"], predecessor["version"]
         pairs = self._watch_pairs(old, new)
-        verdict = decide_rollback(pairs.baseline, pairs.challenger, self.spec)
+        verdict = decide_rollback(pairs.baseline, pairs.challenger, self.spec, self.policy.paired_test,
+                                  final=len(pairs) >= self.policy.rollback_watch_samples)
         if verdict.outcome == "rollback":
             log.warning("rolling back %s to %s: %s", new, old, verdict.reason)
             return verdict, self._rollback(champion, predecessor, verdict)
@@ -147,7 +151,9 @@ class Judge:
     def _trial(self, champion: dict[str, Any], canary: dict[str, Any]) -> list[OutgoingRecord]:
         """A canary serves its share of events instead of the champion: an A/B comparison."""
         version = canary["version"]
-        since = self.ledger.first_seen(version) or 0
+        # After a restart, the canary's first loss here: a catch-up candidate's backfilled record
+        # starts before it existed, and the champion's losses from then are no baseline for it.
+        since = self.canary_since.get(version, self.ledger.first_seen(version) or 0)
         verdict = decide_canary(self.ledger.losses(champion["version"], "CHAMPION", since),
                                 self.ledger.losses(version, "CANARY"), self.spec)
         if verdict.outcome == "promote":
@@ -169,11 +175,18 @@ class Judge:
             version = record["version"]
             if (current, version) in self._judged or version == current:
                 continue
-            own_scores = version in self.on_own_scores
-            if min(self.ledger.count(version, prequential=not own_scores),
-                   self.ledger.count(current)) < self.spec.min_samples:
+            first_look = self.on_own_scores.get(version)
+            own_scores = first_look is not None
+            if own_scores:
+                seq, scored = first_look
+                enough = self.ledger.count(version, prequential=False) - scored >= self.spec.min_samples
+                pairs = self.ledger.paired(current, version, challenger_roles=OWN_SCORES, since_seq=seq + 1) \
+                    if enough else None
+            else:
+                enough = min(self.ledger.count(version), self.ledger.count(current)) >= self.spec.min_samples
+                pairs = self.ledger.paired(current, version) if enough else None
+            if pairs is None:
                 continue
-            pairs = self.ledger.paired(current, version, challenger_roles=OWN_SCORES if own_scores else None)
             spec = self.spec if own_scores else self._spec_for(version)
             verdict = decide_promotion(pairs.baseline, pairs.challenger, pairs.segments, spec, self.policy.paired_test)
             if verdict.outcome == "wait":
@@ -181,10 +194,11 @@ class Judge:
             if verdict.outcome == "refuse" and version in self.catching_up and not own_scores:
                 log.info("%s not promoted on its learner's prequential losses, judged next on its own scores: %s",
                          version, verdict.reason)
-                self.on_own_scores.add(version)
+                self.on_own_scores[version] = (self.ledger.seq, self.ledger.count(version, prequential=False))
                 continue
             if own_scores:
                 verdict = replace(verdict, reason=f"on its own scores: {verdict.reason}")
+                del self.on_own_scores[version]
             self._judged.add((current, version))
             if verdict.outcome == "promote":
                 passed.append((verdict, slot, record))
@@ -214,6 +228,7 @@ class Judge:
             reason = f"to canary at {self.spec.canary_weight:.0%} of traffic: {verdict.reason}"
             evidence = {**verdict.evidence, "canary_weight": self.spec.canary_weight}
             log.info("promoting %s to canary: %s", new, verdict.reason)
+            self.canary_since[new] = self.ledger.seq + 1
             return [self.writer.decide("PROMOTE", reason, decision_id=decision_id, from_version=old, to_version=new,
                                        evidence=evidence),
                     self.writer.deploy(CANARY, new, record["artifact"], previous_version=old,
@@ -247,8 +262,11 @@ class Judge:
                 self.writer.retire(slot)]
 
     def make_room(self) -> list[OutgoingRecord]:
-        """Retire the oldest challengers so a new one fits within ``max_shadows``."""
-        challengers = self.challengers(self.slots())
+        """Retire the oldest challengers so a new one fits within ``max_shadows``.
+
+        Candidates waiting for their second look go first: they have already failed one.
+        """
+        challengers = sorted(self.challengers(self.slots()), key=lambda sr: sr[1]["version"] not in self.on_own_scores)
         outputs: list[OutgoingRecord] = []
         while len(challengers) >= self.policy.max_shadows:
             slot, record = challengers.pop(0)

@@ -270,7 +270,7 @@ def decide_promotion(baseline: Sequence[float] | np.ndarray, challenger: Sequenc
 
 
 def decide_rollback(predecessor: Sequence[float] | np.ndarray, champion: Sequence[float] | np.ndarray,
-                    spec: PromotionSpec) -> Verdict:
+                    spec: PromotionSpec, test: PairedTest = "t", *, final: bool = False) -> Verdict:
     """Roll back a newly promoted champion that is significantly worse than its predecessor.
 
     Both models scored the same post-promotion events (the predecessor as a shadow). A rollback
@@ -280,6 +280,10 @@ def decide_rollback(predecessor: Sequence[float] | np.ndarray, champion: Sequenc
     event, so a margin alone rolls back a champion that is as good as its predecessor whenever
     the noise of a few hundred events crosses it, undoing a promotion that was itself
     significant. A badly worse model is still significant within the first few hundred events.
+
+    Beyond the margin but not yet significant is ``wait``, not ``keep``: the watch goes on, and
+    the caller holds challengers back meanwhile, so none can replace a champion that may yet be
+    rolled back. On the watch's last look (``final``) the margin alone decides.
     """
     base = np.asarray(predecessor, dtype=np.float64)
     new = np.asarray(champion, dtype=np.float64)
@@ -287,7 +291,7 @@ def decide_rollback(predecessor: Sequence[float] | np.ndarray, champion: Sequenc
         return Verdict("wait", f"{base.size} of {spec.rollback_min_samples} post-promotion samples",
                        {"sample_count": float(base.size)})
     # Tested the other way round: is the new champion's loss larger?
-    statistic, p_value = paired_test(new, base)
+    statistic, p_value = paired_test(new, base, test)
     evidence = _evidence(base, new, statistic, p_value, [])
     regression = relative_change(evidence["challenger_mean_loss"], evidence["baseline_mean_loss"])
     evidence["relative_regression"] = regression
@@ -295,10 +299,14 @@ def decide_rollback(predecessor: Sequence[float] | np.ndarray, champion: Sequenc
                f"{evidence['baseline_mean_loss']:.4g} ({regression:+.2%}), p={p_value:.3g} on {base.size} events")
     if regression <= spec.rollback_margin:
         return Verdict("keep", f"within the rollback margin: {summary}", evidence)
-    if p_value >= spec.rollback_p_value:
-        return Verdict("keep", f"not significantly worse: {summary} (needs p<{spec.rollback_p_value:g})", evidence)
-    return Verdict("rollback", f"new champion worse than its predecessor: {summary} "
-                               f"(margin {spec.rollback_margin:.2%}, p<{spec.rollback_p_value:g})", evidence)
+    if p_value < spec.rollback_p_value:
+        return Verdict("rollback", f"new champion worse than its predecessor: {summary} "
+                                   f"(margin {spec.rollback_margin:.2%}, p<{spec.rollback_p_value:g})", evidence)
+    if final:
+        return Verdict("rollback", f"new champion still worse than its predecessor at the end of the watch: "
+                                   f"{summary} (margin {spec.rollback_margin:.2%})", evidence)
+    return Verdict("wait", f"worse beyond the margin, not yet significantly: {summary} "
+                           f"(needs p<{spec.rollback_p_value:g})", evidence)
 
 
 def decide_canary(champion: Sequence[float] | np.ndarray, canary: Sequence[float] | np.ndarray,

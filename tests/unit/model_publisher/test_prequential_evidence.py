@@ -5,7 +5,9 @@ If they do not win, the candidate is judged once more, on its own scores alone.
 
 from __future__ import annotations
 
+from services.model_publisher.judging import JudgingPolicy
 from services.model_publisher.ledger import PREQUENTIAL, LossLedger
+from services.model_publisher.publisher import PublisherPolicy
 from streamloop.contracts.pipeline import CatchUpSpec
 from streamloop.ml.registry import CHAMPION, shadow_slot
 from tests.unit.model_publisher.factories import candidate, examples, with_policy
@@ -125,3 +127,53 @@ def test_a_shadow_judged_on_live_labels_keeps_the_promotion_p_value(demo_pipelin
     verdict = decisions(harness.feed("lab", live))[-1]
     assert verdict["kind"] == "REFUSE" and "needs p<0.05" in verdict["reason"], verdict["reason"]
     assert 0.05 < verdict["evidence"]["p_value"] < 0.5, "catch-up's 0.5 would have promoted it"
+
+
+def test_the_second_look_uses_only_events_labeled_after_the_first(harness):
+    champion, live = live_champion(harness)
+    # 300 prequential losses pair: the first look also takes 200 live shadow scores, then refuses.
+    record = catching_up(harness, champion, [loss * 2 for loss in live[:300]])
+    version = record["version"]
+    harness.feed("cand", [record])
+    assert decisions(harness.feed("lab", examples(200, start=1000, seed=3, models={
+        champion: (0.6, "CHAMPION"), version: (0.9, "SHADOW")}))) == []
+    assert version in harness.processor.judge.on_own_scores
+    level = {champion: (0.6, "CHAMPION"), version: (0.6, "SHADOW")}
+    assert decisions(harness.feed("lab", examples(300, start=2000, seed=4, models=level))) == [], \
+        "the 200 scores the first look used must not count again"
+    second = decisions(harness.feed("lab", examples(200, start=2300, seed=5, models=level)))
+    assert [(d["kind"], d["evidence"]["sample_count"]) for d in second] == [("REFUSE", 500)]
+
+
+def test_a_candidate_waiting_for_its_second_look_makes_room_first(demo_pipeline, tmp_path):
+    harness = Harness(demo_pipeline, tmp_path, PublisherPolicy(judging=JudgingPolicy(max_shadows=2)))
+    champion, live = live_champion(harness)
+    harness.now += 1000
+    rebuild = harness.shadow(parent=None, trigger="REBUILD")
+    harness.now += 1000
+    waiting = catching_up(harness, champion, live)
+    harness.feed("cand", [waiting])
+    harness.now += 1000
+    newest = catching_up(harness, champion, live)
+    retired = [d["from_version"] for d in decisions(harness.feed("cand", [newest])) if d["kind"] == "RETIRE"]
+    assert retired == [waiting["version"]], "the one that already failed a look goes, not the older rebuild"
+    assert harness.slot(shadow_slot(rebuild)) is not None
+
+
+def test_a_catch_up_candidate_on_canary_trial_is_compared_with_the_champion_from_its_trial_on(
+        demo_pipeline, tmp_path):
+    harness = Harness(with_policy(demo_pipeline, promotion={"canary_weight": 0.2}), tmp_path)
+    champion = harness.bootstrap()
+    harness.feed("lab", examples(600, models={champion: (0.9, "CHAMPION")}))  # before the drift
+    record = catching_up(harness, champion, harness.processor.ledger.losses(champion, "CHAMPION").tolist())
+    version = record["version"]
+    harness.feed("cand", [record])
+    promoted = decisions(harness.feed("lab", examples(500, start=1000, seed=2, models={
+        champion: (0.6, "CHAMPION"), version: (0.65, "SHADOW")})))
+    assert [d["kind"] for d in promoted] == ["PROMOTE"] and harness.slot("canary")["version"] == version
+    trial = []
+    for start in range(2000, 3500, 100):
+        batch = examples(80, start=start, seed=start, models={champion: (0.6, "CHAMPION")}) + \
+            examples(20, start=start + 80, seed=start + 1, models={version: (0.65, "CANARY")})
+        trial += [d["kind"] for d in decisions(harness.feed("lab", batch))]
+    assert trial == ["PROMOTE"], "better than the champion on the same traffic; its pre-drift losses are no baseline"

@@ -166,7 +166,7 @@ def test_rollback_when_the_new_champion_is_worse_beyond_the_margin():
     assert decide_rollback(predecessor[:299], predecessor[:299] * 2, SPEC).outcome == "wait"
 
 
-def test_a_regression_beyond_the_margin_that_is_only_noise_is_kept():
+def test_a_regression_beyond_the_margin_that_may_be_noise_waits_for_significance():
     # Two equally good models: the new champion's mean loss ends up 3 % above its predecessor's on
     # these 300 events by chance, far from significant.
     predecessor = losses(300, 0.4, 0.2)
@@ -175,8 +175,10 @@ def test_a_regression_beyond_the_margin_that_is_only_noise_is_kept():
     verdict = decide_rollback(predecessor, champion, SPEC)
     assert verdict.evidence["relative_regression"] == pytest.approx(0.03)
     assert verdict.evidence["p_value"] > SPEC.rollback_p_value
-    assert verdict.outcome == "keep" and "not significantly worse" in verdict.reason
-    # Without the significance requirement, the same events roll back.
+    assert verdict.outcome == "wait" and "not yet significantly" in verdict.reason
+    # The watch's last look: the margin alone decides.
+    assert decide_rollback(predecessor, champion, SPEC, final=True).outcome == "rollback"
+    # Without the significance requirement, the same events roll back at once.
     margin_only = SPEC.model_copy(update={"rollback_p_value": 1.0})
     assert decide_rollback(predecessor, champion, margin_only).outcome == "rollback"
 

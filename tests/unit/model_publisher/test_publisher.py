@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,16 @@ from streamloop.contracts.pipeline import PipelineSpec
 from streamloop.kafka.records import OutgoingRecord, ProcessResult
 from streamloop.ml import ArtifactRef
 from streamloop.ml.registry import CANARY, CHAMPION, DeploymentTable, bootstrap_version, shadow_slot, slot_key
-from tests.unit.model_publisher.factories import T0, artifact_store, candidate, consumed, examples, with_policy
+from tests.unit.model_publisher.factories import (
+    T0,
+    artifact_store,
+    candidate,
+    consumed,
+    examples,
+    labeled_example,
+    prediction,
+    with_policy,
+)
 
 TOPICS = PublisherTopics("cand", "lab", "met", "dep", "dec", "alerts")
 
@@ -191,6 +201,28 @@ def test_a_challenger_waits_for_the_rollback_watch_and_cannot_pre_empt_a_rollbac
     rollback = decisions(harness.feed("lab", examples(150, start=1200, models=live)))
     assert [(d["kind"], d["from_version"], d["to_version"]) for d in rollback] == [("ROLLBACK", new, old)]
     assert harness.slot(CHAMPION)["version"] == old
+
+
+def test_a_champion_worse_beyond_the_margin_but_not_yet_significantly_still_holds_challengers_back(harness):
+    a = harness.bootstrap()
+    b = harness.shadow(parent=a)
+    promoted = decisions(harness.feed("lab", examples(500, models={a: (0.6, "CHAMPION"), b: (0.8, "SHADOW")})))
+    assert promoted[-1]["kind"] == "PROMOTE" and harness.slot(CHAMPION)["version"] == b
+    c = harness.shadow(parent=b)
+    # Live, B is about 10 % worse than A, event by event in opposite phase: far from significant on
+    # 600 events. C is 5 % better than B on every event, so still worse than A.
+    kinds = []
+    for start in range(0, 600, 50):
+        batch = []
+        for i in range(start, start + 50):
+            label = i % 3 == 0
+            p_a, p_b = (0.98, 0.3345) if i % 2 == 0 else (0.37, 0.98)
+            p_c = math.exp(0.95 * math.log(p_b))
+            batch.append(labeled_example(i, label, [prediction(v, p if label else 1 - p, role) for v, p, role in (
+                (a, p_a, "SHADOW"), (b, p_b, "CHAMPION"), (c, p_c, "SHADOW"))], event_id=f"post-{i}"))
+        kinds += [d["kind"] for d in decisions(harness.feed("lab", batch))]
+    assert kinds == [], "the watch waits for significance, and no challenger may replace B meanwhile"
+    assert harness.slot(CHAMPION)["version"] == b and harness.slot(shadow_slot(a))["version"] == a
 
 
 def test_a_champion_that_holds_up_retires_its_predecessor_after_the_watch(demo_pipeline, tmp_path):
