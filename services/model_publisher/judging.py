@@ -156,6 +156,8 @@ class Judge:
         since = self.canary_since.get(version, self.ledger.first_seen(version) or 0)
         verdict = decide_canary(self.ledger.losses(champion["version"], "CHAMPION", since),
                                 self.ledger.losses(version, "CANARY"), self.spec)
+        if verdict.outcome != "wait":
+            self.canary_since.pop(version, None)
         if verdict.outcome == "promote":
             return self._promote(champion, CANARY, canary, verdict, to_canary=False)
         if verdict.outcome == "rollback":
@@ -256,6 +258,7 @@ class Judge:
 
     def _retire(self, slot: str, version: str, reason: str, evidence: dict[str, float]) -> list[OutgoingRecord]:
         self.closed.add(version)
+        self.on_own_scores.pop(version, None)
         self.ledger.forget({version})
         return [self.writer.decide("RETIRE", reason, decision_id=f"{version}:retire", from_version=version,
                                    evidence=evidence),
