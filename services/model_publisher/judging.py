@@ -177,19 +177,11 @@ class Judge:
             version = record["version"]
             if (current, version) in self._judged or version == current:
                 continue
-            first_look = self.on_own_scores.get(version)
-            own_scores = first_look is not None
-            if own_scores:
-                seq, scored = first_look
-                enough = self.ledger.count(version, prequential=False) - scored >= self.spec.min_samples
-                pairs = self.ledger.paired(current, version, challenger_roles=OWN_SCORES, since_seq=seq + 1) \
-                    if enough else None
-            else:
-                enough = min(self.ledger.count(version), self.ledger.count(current)) >= self.spec.min_samples
-                pairs = self.ledger.paired(current, version) if enough else None
-            if pairs is None:
+            own_scores = version in self.on_own_scores
+            look = self._look(current, version)
+            if look is None:
                 continue
-            spec = self.spec if own_scores else self._spec_for(version)
+            pairs, spec = look
             verdict = decide_promotion(pairs.baseline, pairs.challenger, pairs.segments, spec, self.policy.paired_test)
             if verdict.outcome == "wait":
                 continue
@@ -215,6 +207,22 @@ class Judge:
             verdict, slot, record = max(passed, key=lambda p: p[0].evidence["relative_improvement"])
             outputs += self._promote(champion, slot, record, verdict, to_canary=self.spec.canary_weight > 0)
         return outputs
+
+    def _look(self, current: str, version: str) -> tuple[Paired, PromotionSpec] | None:
+        """The evidence to judge ``version`` on against ``current`` now, and at which spec; None: too little yet.
+
+        The counts are upper bounds of the pairs, checked first so the ledger is not scanned for a
+        challenger that cannot have enough.
+        """
+        first_look = self.on_own_scores.get(version)
+        if first_look is not None:  # the second look: its own scores, on events labeled since the first
+            seq, scored = first_look
+            if self.ledger.count(version, prequential=False) - scored < self.spec.min_samples:
+                return None
+            return self.ledger.paired(current, version, challenger_roles=OWN_SCORES, since_seq=seq + 1), self.spec
+        if min(self.ledger.count(version), self.ledger.count(current)) < self.spec.min_samples:
+            return None
+        return self.ledger.paired(current, version), self._spec_for(version)
 
     def _spec_for(self, version: str) -> PromotionSpec:
         p_value = self.pipeline.retrain.catch_up.p_value
