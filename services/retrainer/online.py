@@ -11,6 +11,7 @@ event id it has learned recently (the collector may emit one event twice at two 
 
 from __future__ import annotations
 
+import copy
 from collections import OrderedDict, deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -65,6 +66,9 @@ class OnlineLearner:
         # (x, y, 0/1 error, the record's topic-partition-offset): the offset goes into the lineage of
         # whichever snapshot replays it, which after a reset is another line than the one that learned it.
         self._backlog: deque[tuple[dict[str, Any], Any, float, tuple[str, int, int]]] = deque(maxlen=replay_backlog)
+        # The last replay's starting point: the model before it and the position of the first
+        # example since the change point, for a refit that starts over from there.
+        self._change: tuple[Any, tuple[str, int, int]] | None = None
         self.model: Any = None
         self.parent_version: str | None = None
         self._chain: set[str] = set()
@@ -84,6 +88,7 @@ class OnlineLearner:
     def reset(self, model: Any, version: str) -> None:
         """Continue from ``model`` (a champion); what was learned but not published is dropped."""
         self.model = model
+        self._change = None  # a refit would start over from another line's model
         self.parent_version = version
         self._chain = {version}
         self._clear_pending()
@@ -170,18 +175,41 @@ class OnlineLearner:
     def replay_since_change(self, passes: int) -> int:
         """Learn the backlog's examples since the estimated rise of its error rate ``passes`` more times.
 
-        In order, oldest first, as they arrived; returns how many examples that was.
+        In order, oldest first, as they arrived; returns how many examples that was. The model
+        before the replay is kept, for ``refit_since_change``.
         """
         if self.model is None or not passes:
             return 0
         since = change_point([error for _, _, error, _ in self._backlog])
         recent = list(self._backlog)[len(self._backlog) - since:] if since else []
-        for _ in range(passes):
-            for x, y, _, _ in recent:
-                self.model.learn_one(x, y)
-        for *_, (topic, partition, offset) in recent:
-            self._learned_offset(topic, partition, offset)  # the next snapshot's lineage: it learned them
+        self._change = (copy.deepcopy(self.model), recent[0][3]) if recent else None
+        self._replay(recent, passes)
         return since
+
+    def refit_since_change(self, passes: int) -> int:
+        """Start over from the model before the last replay; learn every example since the change ``passes`` times.
+
+        The examples that arrived since the replay are in the backlog too, so the refit weighs
+        each example of the new concept alike, where more passes into the live model would learn
+        the first ones again at every call. Once the change point's first example has left the
+        backlog, the refit takes the whole backlog: all of it is from after the change. Returns
+        how many examples that was; 0, and the model untouched, without a replay since the last reset.
+        """
+        if self.model is None or not passes or self._change is None:
+            return 0
+        before, first = self._change
+        backlog = list(self._backlog)
+        start = next((i for i, (*_, position) in enumerate(backlog) if position == first), 0)
+        self.model = copy.deepcopy(before)
+        self._replay(backlog[start:], passes)
+        return len(backlog) - start
+
+    def _replay(self, examples: list[tuple[dict[str, Any], Any, float, tuple[str, int, int]]], passes: int) -> None:
+        for _ in range(passes):
+            for x, y, _, _ in examples:
+                self.model.learn_one(x, y)
+        for *_, (topic, partition, offset) in examples:
+            self._learned_offset(topic, partition, offset)  # the next snapshot's lineage: it learned them
 
     def snapshot(self) -> Snapshot:
         """What was learned since the parent; serialize ``model`` before learning again, then call ``published``.

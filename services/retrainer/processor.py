@@ -181,7 +181,11 @@ class RetrainerProcessor:
 
     # -- online candidates ---------------------------------------------------------------------
 
-    def _publish_online(self) -> OutgoingRecord:
+    def _publish_online(self, *, refit: bool = True) -> OutgoingRecord:
+        """Publish the online learner; in catch-up, refit first (``replay_each_candidate``) unless it just replayed."""
+        catch_up = self.catch_up.spec
+        if refit and self.catch_up.active and catch_up.replay_each_candidate:
+            self.learner.refit_since_change(catch_up.replay_passes)
         snapshot = self.learner.snapshot()
         record = self.factory.build(snapshot.model, "ONLINE", snapshot.parent_version, snapshot.source_offsets,
                                     snapshot.sample_count, snapshot.metrics,
@@ -224,7 +228,7 @@ class RetrainerProcessor:
         log.info("concept drift: catch-up for %d labels; replayed the %d examples since the estimated change "
                  "point %d times", self.catch_up.spec.labels, replayed, self.catch_up.spec.replay_passes)
         self._count("streamloop_retrainer_catch_ups")
-        return [self._publish_online()] if self.learner.pending else []
+        return [self._publish_online(refit=False)] if self.learner.pending else []
 
     def _await_drift_rebuild(self, event: dict[str, Any]) -> None:
         now = self.clock()

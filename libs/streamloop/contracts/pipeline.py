@@ -245,6 +245,14 @@ class CatchUpSpec(_Spec):
     ``repeats_decay="linear"`` lowers the repeats from ``repeats`` at the drift to 1 at the end,
     as a learning-rate schedule would: many repeats move an SGD model to the new concept quickly,
     but held to the end they keep its steps large and it jitters around the new optimum.
+
+    ``replay_each_candidate`` makes every candidate of the catch-up a refit: the learner's model
+    at the drift, with ``replay_passes`` passes over all the examples since the change point (as
+    many as ``replay_backlog`` keeps). Replayed once, at the drift, the first candidate is near
+    the best the labels allow, and the later ones are that model jittered by the repeats of
+    each new label. Replaying more passes into the live model at every candidate instead would
+    learn the first examples after the change dozens of times over (measured in
+    docs/benchmarks.md: it cost Phishing five seeds of twelve).
     """
 
     labels: int = Field(default=0, ge=0)  # how long catch-up lasts after a concept drift; 0: never
@@ -252,6 +260,7 @@ class CatchUpSpec(_Spec):
     repeats_decay: Literal["linear", "none"] = "linear"
     publish_every_labels: int | None = Field(default=None, ge=10)  # None: half of promotion.min_samples
     replay_passes: int = Field(default=0, ge=0, le=100)
+    replay_each_candidate: bool = True  # False: the replay happens once, at the drift
     replay_backlog: int = Field(default=1000, ge=60)
     p_value: float | None = Field(default=None, gt=0, lt=1)  # None: promotion.p_value
 

@@ -143,6 +143,63 @@ def test_what_a_replay_learns_is_in_the_next_snapshots_lineage_even_after_a_rese
     assert spans == {0: (0, 81), 1: (0, 80)}, "the publisher must not take partition 1's 0-79 for held out"
 
 
+def _concept_change(start: int, count: int, *, inverted: bool) -> list:
+    """Examples whose every feature keeps the old concept's value; from the change on, only the label flips."""
+    return [consumed("lab", labeled_example(i, label=i % 3 == 0) | ({"label": i % 3 != 0} if inverted else {}),
+                     offset=i) for i in range(start, start + count)]
+
+
+def test_a_refit_starts_over_from_the_model_before_the_replay(demo_pipeline):
+    spec = demo_pipeline.model
+    learner = OnlineLearner(spec, replay_backlog=500)
+    learner.reset(build_model(spec), "fraud-a")
+    for record in _concept_change(0, 300, inverted=False) + _concept_change(300, 100, inverted=True):
+        learner.learn(record)
+    before_replay = copy.deepcopy(learner.model)
+    since = learner.replay_since_change(2)
+    later = _concept_change(400, 30, inverted=True)
+    for record in later:
+        learner.learn(record, repeats=3)
+    assert learner.refit_since_change(2) == since + 30
+    expected = copy.deepcopy(before_replay)
+    examples = (_concept_change(0, 300, inverted=False) + _concept_change(300, 100, inverted=True))[400 - since:]
+    for _ in range(2):
+        for record in examples + later:
+            expected.learn_one(*training_pair(spec, record.value))
+    assert pickle.dumps(learner.model) == pickle.dumps(expected), \
+        "every example since the change learned twice, the later ones' repeats gone"
+    refitted = pickle.dumps(learner.model)
+    learner.refit_since_change(2)
+    assert pickle.dumps(learner.model) == refitted, "a second refit learns nothing twice over"
+
+
+def test_once_the_change_point_has_left_the_backlog_a_refit_takes_all_of_it(demo_pipeline):
+    spec = demo_pipeline.model
+    learner = OnlineLearner(spec, replay_backlog=400)
+    learner.reset(build_model(spec), "fraud-a")
+    for record in _concept_change(0, 300, inverted=False) + _concept_change(300, 100, inverted=True):
+        learner.learn(record)
+    learner.replay_since_change(1)
+    for record in _concept_change(400, 400, inverted=True):
+        learner.learn(record)
+    assert learner.refit_since_change(1) == 400
+
+
+def test_a_refit_needs_a_replay_on_this_line(demo_pipeline):
+    spec = demo_pipeline.model
+    learner = OnlineLearner(spec, replay_backlog=400)
+    learner.reset(build_model(spec), "fraud-a")
+    for record in _concept_change(0, 300, inverted=False) + _concept_change(300, 100, inverted=True):
+        learner.learn(record)
+    unchanged = pickle.dumps(learner.model)
+    assert learner.refit_since_change(2) == 0 and pickle.dumps(learner.model) == unchanged, "no replay yet"
+    learner.replay_since_change(2)
+    learner.reset(build_model(spec), "fraud-rebuilt")
+    unchanged = pickle.dumps(learner.model)
+    assert learner.refit_since_change(2) == 0 and pickle.dumps(learner.model) == unchanged, \
+        "the model before the replay belongs to another line"
+
+
 @pytest.fixture
 def catch_up_spec(demo_pipeline) -> PipelineSpec:
     return with_policy(demo_pipeline,
@@ -182,3 +239,24 @@ def test_catch_up_is_off_unless_the_spec_asks(demo_pipeline, tmp_path):
     assert harness.processor.process([consumed("drift", drift_event("CRITICAL"), 0)]).outputs == []
     published = candidates(harness.processor.process(labeled(20, start=30)))
     assert [c["prequential_losses"] for c in published] == [[]]
+
+
+@pytest.mark.parametrize("each_candidate", [True, False])
+def test_with_replay_each_candidate_every_catch_up_candidate_but_the_first_is_a_refit(
+        catch_up_spec, tmp_path, monkeypatch, each_candidate):
+    catch_up = catch_up_spec.retrain.catch_up.model_copy(
+        update={"replay_passes": 2, "replay_backlog": 200, "replay_each_candidate": each_candidate})
+    spec = with_policy(catch_up_spec, retrain={"catch_up": catch_up})
+    refits: list[int] = []
+    refit = OnlineLearner.refit_since_change
+    monkeypatch.setattr(OnlineLearner, "refit_since_change",
+                        lambda self, passes: refits.append(passes) or refit(self, passes))
+    harness = Harness(spec, tmp_path)
+    harness.processor.process(labeled(70))
+    first = candidates(harness.processor.process([consumed("drift", drift_event(), 0)]))
+    assert len(first) == 1 and refits == [], "the drift's own replay is the first candidate's"
+    during = candidates(harness.processor.process(labeled(100, start=70)))
+    assert len(during) == 5
+    assert refits == ([2] * 5 if each_candidate else [])
+    candidates(harness.processor.process(labeled(1000, start=170)))
+    assert len(refits) == (5 if each_candidate else 0), "catch-up over: no refit"
