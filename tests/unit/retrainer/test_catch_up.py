@@ -149,12 +149,19 @@ def _concept_change(start: int, count: int, *, inverted: bool) -> list:
                      offset=i) for i in range(start, start + count)]
 
 
+def _learner_past_a_change(spec, backlog: int) -> tuple[OnlineLearner, list]:
+    """A learner that learned 300 examples of the old concept, then 100 whose labels flipped."""
+    learner = OnlineLearner(spec, replay_backlog=backlog)
+    learner.reset(build_model(spec), "fraud-a")
+    records = _concept_change(0, 300, inverted=False) + _concept_change(300, 100, inverted=True)
+    for record in records:
+        learner.learn(record)
+    return learner, records
+
+
 def test_a_refit_starts_over_from_the_model_before_the_replay(demo_pipeline):
     spec = demo_pipeline.model
-    learner = OnlineLearner(spec, replay_backlog=500)
-    learner.reset(build_model(spec), "fraud-a")
-    for record in _concept_change(0, 300, inverted=False) + _concept_change(300, 100, inverted=True):
-        learner.learn(record)
+    learner, records = _learner_past_a_change(spec, 500)
     before_replay = copy.deepcopy(learner.model)
     since = learner.replay_since_change(2)
     later = _concept_change(400, 30, inverted=True)
@@ -162,7 +169,7 @@ def test_a_refit_starts_over_from_the_model_before_the_replay(demo_pipeline):
         learner.learn(record, repeats=3)
     assert learner.refit_since_change(2) == since + 30
     expected = copy.deepcopy(before_replay)
-    examples = (_concept_change(0, 300, inverted=False) + _concept_change(300, 100, inverted=True))[400 - since:]
+    examples = records[400 - since:]
     for _ in range(2):
         for record in examples + later:
             expected.learn_one(*training_pair(spec, record.value))
@@ -175,10 +182,7 @@ def test_a_refit_starts_over_from_the_model_before_the_replay(demo_pipeline):
 
 def test_once_the_change_point_has_left_the_backlog_a_refit_takes_all_of_it(demo_pipeline):
     spec = demo_pipeline.model
-    learner = OnlineLearner(spec, replay_backlog=400)
-    learner.reset(build_model(spec), "fraud-a")
-    for record in _concept_change(0, 300, inverted=False) + _concept_change(300, 100, inverted=True):
-        learner.learn(record)
+    learner, _ = _learner_past_a_change(spec, 400)
     learner.replay_since_change(1)
     for record in _concept_change(400, 400, inverted=True):
         learner.learn(record)
@@ -187,10 +191,7 @@ def test_once_the_change_point_has_left_the_backlog_a_refit_takes_all_of_it(demo
 
 def test_a_refit_needs_a_replay_on_this_line(demo_pipeline):
     spec = demo_pipeline.model
-    learner = OnlineLearner(spec, replay_backlog=400)
-    learner.reset(build_model(spec), "fraud-a")
-    for record in _concept_change(0, 300, inverted=False) + _concept_change(300, 100, inverted=True):
-        learner.learn(record)
+    learner, _ = _learner_past_a_change(spec, 400)
     unchanged = pickle.dumps(learner.model)
     assert learner.refit_since_change(2) == 0 and pickle.dumps(learner.model) == unchanged, "no replay yet"
     learner.replay_since_change(2)
