@@ -109,17 +109,26 @@ def test_repeats_learn_a_label_more_than_once(demo_pipeline):
     assert thrice.learned_total == 1 and thrice.pending == 1, "one label, however often learned"
 
 
+def _concept_change(start: int, count: int, *, inverted: bool) -> list:
+    """Examples whose every feature keeps the old concept's value; from the change on, only the label flips."""
+    return [consumed("lab", labeled_example(i, label=i % 3 == 0) | ({"label": i % 3 != 0} if inverted else {}),
+                     offset=i) for i in range(start, start + count)]
+
+
+def _learner_past_a_change(spec, backlog: int) -> tuple[OnlineLearner, list]:
+    """A learner that learned 300 examples of the old concept, then 100 whose labels flipped."""
+    learner = OnlineLearner(spec, replay_backlog=backlog)
+    learner.reset(build_model(spec), "fraud-a")
+    records = _concept_change(0, 300, inverted=False) + _concept_change(300, 100, inverted=True)
+    for record in records:
+        learner.learn(record)
+    return learner, records
+
+
 def test_the_replay_learns_the_examples_since_the_change_point_again(demo_pipeline):
     spec = demo_pipeline.model
-    learner = OnlineLearner(spec, replay_backlog=400)
-    learner.reset(build_model(spec), "fraud-a")
     # 300 examples of the old concept, then 100 with their labels inverted: the errors rise.
-    old = [consumed("lab", labeled_example(i, label=i % 3 == 0), offset=i) for i in range(300)]
-    # Every feature (amount, distance, merchant) keeps its old-concept value; only the label flips.
-    new = [consumed("lab", labeled_example(i, label=i % 3 == 0) | {"label": i % 3 != 0}, offset=i)
-           for i in range(300, 400)]
-    for record in old + new:
-        learner.learn(record)
+    learner, _ = _learner_past_a_change(spec, 400)
     before = pickle.dumps(learner.model)
     assert learner.replay_since_change(0) == 0 and pickle.dumps(learner.model) == before
     since = learner.replay_since_change(2)
@@ -142,22 +151,6 @@ def test_what_a_replay_learns_is_in_the_next_snapshots_lineage_even_after_a_rese
     assert learner.replay_since_change(1) == 161
     spans = {r.partition: (r.start, r.end) for r in learner.snapshot().source_offsets}
     assert spans == {0: (0, 81), 1: (0, 80)}, "the publisher must not take partition 1's 0-79 for held out"
-
-
-def _concept_change(start: int, count: int, *, inverted: bool) -> list:
-    """Examples whose every feature keeps the old concept's value; from the change on, only the label flips."""
-    return [consumed("lab", labeled_example(i, label=i % 3 == 0) | ({"label": i % 3 != 0} if inverted else {}),
-                     offset=i) for i in range(start, start + count)]
-
-
-def _learner_past_a_change(spec, backlog: int) -> tuple[OnlineLearner, list]:
-    """A learner that learned 300 examples of the old concept, then 100 whose labels flipped."""
-    learner = OnlineLearner(spec, replay_backlog=backlog)
-    learner.reset(build_model(spec), "fraud-a")
-    records = _concept_change(0, 300, inverted=False) + _concept_change(300, 100, inverted=True)
-    for record in records:
-        learner.learn(record)
-    return learner, records
 
 
 def test_a_refit_starts_over_from_the_model_before_the_replay(demo_pipeline):
@@ -265,15 +258,14 @@ def test_with_replay_each_candidate_every_catch_up_candidate_but_the_first_is_a_
     (candidate,) = candidates(harness.processor.process(_concept_change(400, 20, inverted=True)))
     published = pickle.dumps(harness.store.load_model(ArtifactRef.from_record(candidate["artifact"])))
     assert pickle.dumps(learner.model) == published, "the learner goes on from its candidate"
-    assert (len(refits), all(refits)) == ((1, True) if each_candidate else (0, True))
+    assert len(refits) == (1 if each_candidate else 0) and all(refits)
     assert refit(learner, 2) > 0
     if each_candidate:
         assert pickle.dumps(learner.model) == published, "the candidate was the refit: another one changes nothing"
+        (span,) = candidate["source_offsets"]
+        assert (span["start"], span["end"]) == (420 - refits[0], 420), "a refit's lineage names all it learned"
     else:
         assert pickle.dumps(learner.model) != published, "the candidate was the live model, repeats and all"
-    (span,) = candidate["source_offsets"]
-    if each_candidate:
-        assert (span["start"], span["end"]) == (420 - refits[0], 420), "a refit's lineage names all it learned"
     harness.processor.process(_concept_change(420, 2000, inverted=True))
     # Catch-up lasts 100 labels: four more candidates, each refit on 20 more examples, then none.
     assert refits == ([refits[0] + 20 * k for k in range(5)] if each_candidate else []), \
