@@ -12,6 +12,9 @@ can judge it on them at once.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from statistics import NormalDist
+
+import numpy as np
 
 from streamloop.contracts.pipeline import CatchUpSpec
 
@@ -38,6 +41,38 @@ def change_point(errors: Sequence[float], min_side: int = 30) -> int:
         if mean_after > mean_before and statistic > best:
             best, after = statistic, n - t
     return after
+
+
+def significant_rise(errors: Sequence[float], alpha: float = 0.01, min_side: int = 30) -> int:
+    """How many of the trailing ``errors`` follow a significant rise of their mean; 0 when none.
+
+    A drift event tells the first catch-up that something changed. A later one during catch-up
+    may be a second change or another detector's view of the first (the detectors watch the
+    champion), and only the learner's own errors tell which. A learner in catch-up adapts to a
+    new concept within tens of labels, so its rise may be over before the detectors fire: the
+    rise sought is of the errors from some start ``a`` to some end ``b`` over all those before
+    ``a`` (at least ``min_side`` of each), and the errors of a learner still getting better after
+    its replay, high first and then lower, make none. The largest one-sided z-statistic over all
+    (a, b) must pass a Bonferroni bound for the number of pairs tried. That is conservative, and
+    both mistakes cost little: a missed second change leaves the refits one change behind until
+    its examples leave the backlog, and their worse candidates are refused; a false one restarts
+    the refits from the live model, which had learned the current concept.
+    """
+    values = np.asarray(errors, dtype=float)
+    n = len(values)
+    variance = float(values.var()) if n else 0.0
+    if n < 2 * min_side or variance == 0:
+        return 0
+    sums = np.concatenate(([0.0], np.cumsum(values)))
+    best_z, best_start, tried = 0.0, 0, 0
+    for start in range(min_side, n - min_side + 1):
+        ends = np.arange(start + min_side, n + 1)
+        rise = (sums[ends] - sums[start]) / (ends - start) - sums[start] / start
+        z = rise / np.sqrt(variance * (1 / start + 1 / (ends - start)))
+        tried += len(ends)
+        if z.max() > best_z:
+            best_z, best_start = float(z.max()), start
+    return n - best_start if best_z > NormalDist().inv_cdf(1 - alpha / tried) else 0
 
 
 class CatchUp:

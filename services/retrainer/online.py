@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from services.retrainer.catch_up import change_point
+from services.retrainer.catch_up import change_point, significant_rise
 from services.retrainer.examples import score, valid
 from streamloop.contracts.pipeline import ModelSpec
 from streamloop.kafka.records import ConsumedRecord
@@ -50,6 +50,18 @@ class Snapshot:
     prequential_losses: list[tuple[str, float]] = field(default_factory=list)
 
 
+Example = tuple[dict[str, Any], Any, float, tuple[str, int, int]]  # x, y, 0/1 error, topic-partition-offset
+
+
+@dataclass
+class ReplayStart:
+    """Where the last replay started: what a refit starts over from, and what a later change is sought in."""
+
+    model: Any  # the model before the replay
+    first: tuple[str, int, int]  # the position of the first example since the change point
+    last: tuple[str, int, int]  # the newest example's position at the replay: errors after it are the replay's
+
+
 class OnlineLearner:
     """One model learning online, with the lineage of what it learned since its last snapshot.
 
@@ -65,10 +77,8 @@ class OnlineLearner:
         self._prequential: deque[tuple[str, float]] = deque(maxlen=prequential_window)
         # (x, y, 0/1 error, the record's topic-partition-offset): the offset goes into the lineage of
         # whichever snapshot replays it, which after a reset is another line than the one that learned it.
-        self._backlog: deque[tuple[dict[str, Any], Any, float, tuple[str, int, int]]] = deque(maxlen=replay_backlog)
-        # The last replay's starting point: the model before it and the position of the first
-        # example since the change point, for a refit that starts over from there.
-        self._change: tuple[Any, tuple[str, int, int]] | None = None
+        self._backlog: deque[Example] = deque(maxlen=replay_backlog)
+        self._replay_start: ReplayStart | None = None
         self.model: Any = None
         self.parent_version: str | None = None
         self._chain: set[str] = set()
@@ -88,7 +98,7 @@ class OnlineLearner:
     def reset(self, model: Any, version: str) -> None:
         """Continue from ``model`` (a champion); what was learned but not published is dropped."""
         self.model = model
-        self._change = None  # a refit would start over from another line's model
+        self._replay_start = None  # a refit would start over from another line's model
         self.parent_version = version
         self._chain = {version}
         self._clear_pending()
@@ -180,9 +190,30 @@ class OnlineLearner:
         """
         if self.model is None or not passes:
             return 0
-        since = change_point([error for _, _, error, _ in self._backlog])
-        recent = list(self._backlog)[len(self._backlog) - since:] if since else []
-        self._change = (copy.deepcopy(self.model), recent[0][3]) if recent else None
+        self._replay_start = None
+        backlog = list(self._backlog)
+        return self._replay_from(change_point([error for _, _, error, _ in backlog]), backlog, passes)
+
+    def replay_since_new_change(self, passes: int) -> int:
+        """Another concept drift during catch-up: replay again if this learner's own errors rose since its last replay.
+
+        Only a significant rise counts (``significant_rise``): the drift detectors watch the
+        champion, and a second detector re-detecting the first change says nothing new about this
+        learner. A rise moves the refits' starting point to it, so they stop learning the
+        replaced concept. Returns how many examples were replayed; 0, and nothing changed, for none.
+        """
+        if self.model is None or not passes or self._replay_start is None:
+            return 0
+        backlog = list(self._backlog)
+        last = self._replay_start.last
+        after = next((i + 1 for i, (*_, position) in enumerate(backlog) if position == last), 0)
+        return self._replay_from(significant_rise([error for _, _, error, _ in backlog[after:]]), backlog, passes)
+
+    def _replay_from(self, since: int, backlog: list[Example], passes: int) -> int:
+        if not since:
+            return 0
+        recent = backlog[len(backlog) - since:]
+        self._replay_start = ReplayStart(copy.deepcopy(self.model), recent[0][3], backlog[-1][3])
         self._replay(recent, passes)
         return since
 
@@ -195,16 +226,15 @@ class OnlineLearner:
         backlog, the refit takes the whole backlog: all of it is from after the change. Returns
         how many examples that was; 0, and the model untouched, without a replay since the last reset.
         """
-        if self.model is None or not passes or self._change is None:
+        if self.model is None or not passes or self._replay_start is None:
             return 0
-        before, first = self._change
         backlog = list(self._backlog)
-        start = next((i for i, (*_, position) in enumerate(backlog) if position == first), 0)
-        self.model = copy.deepcopy(before)
+        start = next((i for i, (*_, position) in enumerate(backlog) if position == self._replay_start.first), 0)
+        self.model = copy.deepcopy(self._replay_start.model)
         self._replay(backlog[start:], passes)
         return len(backlog) - start
 
-    def _replay(self, examples: list[tuple[dict[str, Any], Any, float, tuple[str, int, int]]], passes: int) -> None:
+    def _replay(self, examples: list[Example], passes: int) -> None:
         for _ in range(passes):
             for x, y, _, _ in examples:
                 self.model.learn_one(x, y)

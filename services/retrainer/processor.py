@@ -19,7 +19,9 @@ window reader and the executor a rebuild runs on), so it is tested without a bro
 - A concept drift at or above that severity also starts ``retrain.catch_up`` when the spec enables
   it (catch_up.py): the online challenger replays the examples since the estimated change point,
   learns faster, is published at once and then more often, and each of its candidates carries its
-  prequential losses for the publisher to judge it on at once.
+  prequential losses for the publisher to judge it on at once. A concept drift during catch-up
+  restarts its countdown, and replays again only if the learner's own errors rose significantly
+  since its last replay: a second change, not another detector's view of the first.
 """
 
 from __future__ import annotations
@@ -222,13 +224,26 @@ class RetrainerProcessor:
         return outputs
 
     def _start_catch_up(self) -> list[OutgoingRecord]:
-        if not self.catch_up.start() or self.learner.model is None:
+        """Start catch-up, or during one restart its countdown and replay again if the learner's errors rose."""
+        started = self.catch_up.start()
+        if not self.catch_up.active or self.learner.model is None:
             return []
-        replayed = self.learner.replay_since_change(self.catch_up.spec.replay_passes)
-        log.info("concept drift: catch-up for %d labels; replayed the %d examples since the estimated change "
-                 "point %d times", self.catch_up.spec.labels, replayed, self.catch_up.spec.replay_passes)
-        self._count("streamloop_retrainer_catch_ups")
-        return [self._publish_online(refit=False)] if self.learner.pending else []
+        passes = self.catch_up.spec.replay_passes
+        if started:
+            replayed = self.learner.replay_since_change(passes)
+            log.info("concept drift: catch-up for %d labels; replayed the %d examples since the estimated change "
+                     "point %d times", self.catch_up.spec.labels, replayed, passes)
+            self._count("streamloop_retrainer_catch_ups")
+        else:
+            replayed = self.learner.replay_since_new_change(passes)
+            if not replayed:
+                log.info("concept drift during catch-up, and no significant rise of the learner's errors since its "
+                         "last replay: catch-up's countdown restarts")
+                return []
+            log.info("concept drift during catch-up, and the learner's errors rose again: replayed the %d examples "
+                     "since that rise %d times", replayed, passes)
+            self._count("streamloop_retrainer_catch_up_replays")
+        return [self._publish_online(refit=False)] if self.learner.pending or replayed else []
 
     def _await_drift_rebuild(self, event: dict[str, Any]) -> None:
         now = self.clock()
