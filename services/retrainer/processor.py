@@ -20,8 +20,9 @@ window reader and the executor a rebuild runs on), so it is tested without a bro
   it (catch_up.py): the online challenger replays the examples since the estimated change point,
   learns faster, is published at once and then more often, and each of its candidates carries its
   prequential losses for the publisher to judge it on at once. A concept drift during catch-up
-  restarts its countdown, and replays again only if the learner's own errors rose significantly
-  since its last replay: a second change, not another detector's view of the first.
+  restarts its countdown; with refits (``replay_each_candidate``) it also replays again, from a
+  new starting point, if the learner's own errors rose significantly since its last replay: a
+  second change, not another detector's view of the first.
 """
 
 from __future__ import annotations
@@ -224,7 +225,7 @@ class RetrainerProcessor:
         return outputs
 
     def _start_catch_up(self) -> list[OutgoingRecord]:
-        """Start catch-up, or during one restart its countdown and replay again if the learner's errors rose."""
+        """Start catch-up; during one, restart its countdown and, with refits, replay again if the errors rose."""
         started = self.catch_up.start()
         if not self.catch_up.active or self.learner.model is None:
             return []
@@ -234,6 +235,11 @@ class RetrainerProcessor:
             log.info("concept drift: catch-up for %d labels; replayed the %d examples since the estimated change "
                      "point %d times", self.catch_up.spec.labels, replayed, passes)
             self._count("streamloop_retrainer_catch_ups")
+        elif not self.catch_up.spec.replay_each_candidate:
+            # Without refits nothing goes back to the replay's starting point, so a second change
+            # leaves nothing stale; the countdown's restart brings the repeats back.
+            log.info("concept drift during catch-up: catch-up's countdown restarts")
+            return []
         else:
             replayed = self.learner.replay_since_new_change(passes)
             if not replayed:

@@ -346,3 +346,16 @@ def test_after_a_second_change_during_catch_up_the_refits_learn_the_newest_conce
                          score(model, catch_up_spec.model, training_pair(catch_up_spec.model, r.value)[0]))
               for r in fresh]
     assert sum(losses) / len(losses) < 0.05, "the live model with its repeats gets there (~0.02 in the review)"
+
+
+def test_without_refits_a_later_drift_only_restarts_the_countdown(catch_up_spec, tmp_path, monkeypatch):
+    harness = _catch_up_harness(catch_up_spec, tmp_path, labels=2000, repeats=10, replay_passes=9,
+                                replay_backlog=1000, publish_every_labels=50, replay_each_candidate=False)
+    monkeypatch.setattr(OnlineLearner, "replay_since_new_change", lambda self, passes: pytest.fail("replayed"))
+    process = harness.processor.process
+    process(_concept_change(0, 400, inverted=False) + _concept_change(400, 150, inverted=True))
+    process([consumed("drift", drift_event(), 0)])
+    process(_concept_change(550, 300, inverted=True) + _concept_change(850, 150, inverted=False))
+    harness.processor.catch_up.labels_left = 700
+    assert candidates(process([consumed("drift", drift_event(), 1)])) == []
+    assert harness.processor.catch_up.labels_left == 2000
