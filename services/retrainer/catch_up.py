@@ -12,9 +12,9 @@ can judge it on them at once.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from statistics import NormalDist
 
 import numpy as np
+from scipy.stats import hypergeom, norm
 
 from streamloop.contracts.pipeline import CatchUpSpec
 
@@ -44,7 +44,7 @@ def change_point(errors: Sequence[float], min_side: int = 30) -> int:
 
 
 def significant_rise(errors: Sequence[float], alpha: float = 0.01, min_side: int = 30) -> int:
-    """How many of the trailing ``errors`` follow a significant rise of their mean; 0 when none.
+    """How many of the trailing ``errors`` follow a significant rise of their rate; 0 when none.
 
     A drift event tells the first catch-up that something changed. A later one during catch-up
     may be a second change or another detector's view of the first (the detectors watch the
@@ -52,28 +52,48 @@ def significant_rise(errors: Sequence[float], alpha: float = 0.01, min_side: int
     new concept within tens of labels, so its rise may be over before the detectors fire: the
     rise sought is of the errors from some start ``a`` to some end ``b`` over all those before
     ``a`` (at least ``min_side`` of each), and the errors of a learner still getting better after
-    its replay, high first and then lower, make none. The largest one-sided z-statistic over all
-    (a, b) must pass a Bonferroni bound for the number of pairs tried. Both mistakes cost little:
-    a missed second change leaves the refits one change behind until its examples leave the
-    backlog, and their worse candidates are refused; a false one restarts the refits from the
-    live model, which had learned the current concept. docs/benchmarks.md has both rates, measured
-    (false alarms: at most 4 in 300 steady streams).
+    its replay, high first and then lower, make none.
+
+    Each (a, b) gets a one-sided Fisher test (given the errors in [0, b), those in [a, b) are
+    hypergeometric when nothing changed; squared errors get a z-test), and the smallest p-value
+    must pass a Bonferroni bound for all the pairs. The exact test matters: a learner that is
+    nearly always right makes few errors, and with the normal approximation one error in a
+    thousand passed for a rise. Only the ``_CHECKED`` pairs likeliest by the normal approximation
+    get the exact test; any subset keeps the bound valid. Both mistakes cost little: a missed
+    second change leaves the refits one change behind until its examples leave the backlog, and
+    their worse candidates are refused; a false one restarts the refits from the live model,
+    which had learned the current concept.
+    docs/benchmarks.md has the rates of both, measured.
     """
     values = np.asarray(errors, dtype=float)
     n = len(values)
-    variance = float(values.var()) if n else 0.0
-    if n < 2 * min_side or variance == 0:
+    if n < 2 * min_side or values.min() == values.max():
         return 0
+    starts, ends = _rise_windows(n, min_side)
     sums = np.concatenate(([0.0], np.cumsum(values)))
-    best_z, best_start, tried = 0.0, 0, 0
-    for start in range(min_side, n - min_side + 1):
-        ends = np.arange(start + min_side, n + 1)
-        rise = (sums[ends] - sums[start]) / (ends - start) - sums[start] / start
-        z = rise / np.sqrt(variance * (1 / start + 1 / (ends - start)))
-        tried += len(ends)
-        if z.max() > best_z:
-            best_z, best_start = float(z.max()), start
-    return n - best_start if best_z > NormalDist().inv_cdf(1 - alpha / tried) else 0
+    inside, length = sums[ends] - sums[starts], ends - starts
+    rise = inside / length - sums[starts] / starts
+    z = rise / np.sqrt(values.var() * (1 / starts + 1 / length))
+    likeliest = np.argpartition(z, -_CHECKED)[-_CHECKED:] if len(z) > _CHECKED else np.arange(len(z))
+    likeliest = likeliest[rise[likeliest] > 0]
+    if not len(likeliest):
+        return 0
+    if np.isin(values, (0.0, 1.0)).all():
+        p_values = hypergeom.sf(inside[likeliest] - 1, ends[likeliest], sums[ends[likeliest]], length[likeliest])
+    else:  # squared errors (regression) are no counts: the normal approximation
+        p_values = norm.sf(z[likeliest])
+    best = likeliest[p_values.argmin()]
+    return n - int(starts[best]) if p_values.min() < alpha / len(starts) else 0
+
+
+_CHECKED = 2000  # pairs given the exact test: 8 ms of scipy, where all 443,211 pairs of 1,000 errors take 3 s
+
+
+def _rise_windows(n: int, min_side: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every (start, end) with at least ``min_side`` errors before the start and from it to the end."""
+    starts = [np.full(n - start - min_side + 1, start) for start in range(min_side, n - min_side + 1)]
+    ends = [np.arange(start + min_side, n + 1) for start in range(min_side, n - min_side + 1)]
+    return np.concatenate(starts), np.concatenate(ends)
 
 
 class CatchUp:

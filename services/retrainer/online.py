@@ -194,6 +194,11 @@ class OnlineLearner:
         backlog = list(self._backlog)
         return self._replay_from(change_point([error for _, _, error, _ in backlog]), backlog, passes)
 
+    @property
+    def replayed_on_this_line(self) -> bool:
+        """True when a replay since the last reset found a change point: refits start from it."""
+        return self._replay_start is not None
+
     def replay_since_new_change(self, passes: int) -> int:
         """Another concept drift during catch-up: replay again if this learner's own errors rose since its last replay.
 

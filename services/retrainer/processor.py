@@ -235,11 +235,18 @@ class RetrainerProcessor:
             log.info("concept drift: catch-up for %d labels; replayed the %d examples since the estimated change "
                      "point %d times", self.catch_up.spec.labels, replayed, passes)
             self._count("streamloop_retrainer_catch_ups")
-        elif not self.catch_up.spec.replay_each_candidate:
+        elif not self.catch_up.spec.replay_each_candidate or not passes:
             # Without refits nothing goes back to the replay's starting point, so a second change
             # leaves nothing stale; the countdown's restart brings the repeats back.
             log.info("concept drift during catch-up: catch-up's countdown restarts")
             return []
+        elif not self.learner.replayed_on_this_line:
+            # Restarted from a champion since (a rollback, another line), or the first replay found
+            # no change point: as after catch-up, a first replay.
+            replayed = self.learner.replay_since_change(passes)
+            log.info("concept drift during catch-up, no replay yet on this line: replayed the %d examples since the "
+                     "estimated change point %d times", replayed, passes)
+            self._count("streamloop_retrainer_catch_up_replays")
         else:
             replayed = self.learner.replay_since_new_change(passes)
             if not replayed:
