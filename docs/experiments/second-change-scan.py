@@ -8,7 +8,9 @@ error stream, each sampled ``SAMPLES`` times per row:
 - steady: no change at all; every hit is a false alarm;
 - burst: a learner that adapted to a second change, its errors at 0.9 for a few labels and then
   back to the base rate (the shape a learner in catch-up leaves, with its repeats);
-- persistent: the errors rise from the base rate and stay there.
+- persistent: the errors rise from the base rate and stay there;
+- a persistent rise after a learner's adapting, high errors first: the errors before a rise
+  include them.
 
     .venv/bin/python docs/experiments/second-change-scan.py
 """
@@ -57,6 +59,9 @@ def main() -> None:
     for base in (0.01, 0.05, 0.15):
         for rise in (0.05, 0.1, 0.2):
             print(row(f"persistent +{rise} after 300", base, [(base, 300), (base + rise, 300)]))
+    for adapting in (0, 60, 120):  # the learner's own high errors after its last replay, first
+        print(row(f"{adapting} at 0.5, {260 - adapting} at 0.05, then 100 at 0.35", 0.05,
+                  [(0.5, adapting), (0.05, 260 - adapting), (0.35, 100)]))
 
 
 if __name__ == "__main__":
