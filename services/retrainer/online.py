@@ -98,7 +98,11 @@ class OnlineLearner:
     def reset(self, model: Any, version: str) -> None:
         """Continue from ``model`` (a champion); what was learned but not published is dropped."""
         self.model = model
-        self._replay_start = None  # a refit would start over from another line's model
+        if version not in self._chain:
+            # A refit would start over from another line's model. A version of this line (a
+            # rollback to one) keeps it: the refits start over from before the replay anyway,
+            # where a first replay would teach that version the same examples again.
+            self._replay_start = None
         self.parent_version = version
         self._chain = {version}
         self._clear_pending()

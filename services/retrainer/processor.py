@@ -241,9 +241,13 @@ class RetrainerProcessor:
             log.info("concept drift during catch-up: catch-up's countdown restarts")
             return []
         elif not self.learner.replayed_on_this_line:
-            # Restarted from a champion since (a rollback, another line), or the first replay found
-            # no change point: as after catch-up, a first replay.
+            # Restarted from another line's champion since (a rebuild's, say), or the first replay
+            # found no change point: as after catch-up, a first replay.
             replayed = self.learner.replay_since_change(passes)
+            if not replayed:
+                log.info("concept drift during catch-up, no replay yet on this line and no change point among its "
+                         "errors: catch-up's countdown restarts")
+                return []
             log.info("concept drift during catch-up, no replay yet on this line: replayed the %d examples since the "
                      "estimated change point %d times", replayed, passes)
             self._count("streamloop_retrainer_catch_up_replays")

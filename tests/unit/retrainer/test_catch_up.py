@@ -15,8 +15,9 @@ from streamloop.contracts.pipeline import CatchUpSpec, PipelineSpec, RetrainSpec
 from streamloop.ml import build_model
 from streamloop.ml.artifacts import ArtifactRef
 from streamloop.ml.promotion import event_loss
+from streamloop.ml.registry import CHAMPION, deployment_record, slot_key
 from streamloop.ml.training import training_pair
-from tests.unit.model_publisher.factories import consumed, drift_event, labeled_example, with_policy
+from tests.unit.model_publisher.factories import T0, consumed, drift_event, labeled_example, with_policy
 from tests.unit.retrainer.test_retrainer import Harness, candidates, labeled
 
 
@@ -66,11 +67,23 @@ def test_a_learner_that_is_nearly_always_right_makes_no_rise_of_a_few_errors():
     assert 300 <= significant_rise(burst) <= 320, "twelve errors in a row, where one in a hundred is usual"
 
 
+def test_the_bound_counts_every_pair_tried():
+    def errors(in_burst: int) -> list[float]:
+        """One error in ten, then ``in_burst`` errors in 30, then one in ten again."""
+        usual = [float(i % 10 == 0) for i in range(200)]
+        return usual + [float(i < in_burst) for i in range(30)] + usual[:100]
+
+    assert significant_rise(errors(14)) == 0, "p = 1.1e-6: under 0.05 and over 0.01 of the 36,856 pairs"
+    assert significant_rise(errors(14), alpha=0.05) == 140
+    assert significant_rise(errors(15)) == 140
+
+
 def test_squared_errors_rise_too():
     rng = random.Random(8)
-    steady = [rng.random() ** 2 * 0.5 for _ in range(400)]
+    steady = [0.0] + [rng.random() ** 2 * 0.5 for _ in range(400)]
     risen = steady + [0.5 + rng.random() ** 2 for _ in range(100)]
     assert significant_rise(steady) == 0 and 95 <= significant_rise(risen) <= 105
+    assert significant_rise([0.0] * 400 + [25.0] + [0.0] * 599) == 0, "one outlier is no rise"
     assert significant_rise([0.0] * 300) == 0 and significant_rise([1.0] * 100 + [0.0] * 200) == 0
 
 
@@ -262,6 +275,21 @@ def test_a_later_drift_replays_again_only_after_the_learners_own_errors_rose(dem
     assert learner.replay_since_new_change(2) == 0, "sought among the errors since the second replay: none yet"
 
 
+def test_once_the_last_replay_has_left_the_backlog_a_second_change_is_sought_in_all_of_it(demo_pipeline):
+    spec = demo_pipeline.model
+    learner, _ = _learner_past_a_change(spec, 300)
+    learner.replay_since_change(2)
+    rng = random.Random(9)
+    for record in _concept_change(400, 400, inverted=True):  # the replay's examples leave the backlog
+        if rng.random() < 0.1:
+            record.value["label"] = not record.value["label"]
+        learner.learn(record, repeats=3)
+    assert learner.replay_since_new_change(2) == 0
+    for record in _concept_change(800, 100, inverted=False):
+        learner.learn(record, repeats=3)
+    assert 60 <= learner.replay_since_new_change(2) <= 100
+
+
 def test_a_later_drift_needs_a_first_replay_on_this_line(demo_pipeline):
     spec = demo_pipeline.model
     learner, _ = _learner_past_a_change(spec, 1000)
@@ -377,18 +405,19 @@ def test_without_refits_a_later_drift_only_restarts_the_countdown(catch_up_spec,
     process([consumed("drift", drift_event(), 0)])
     process(_concept_change(550, 300, inverted=True) + _concept_change(850, 150, inverted=False))
     harness.processor.catch_up.labels_left = 700
+    monkeypatch.setattr(OnlineLearner, "replay_since_change", lambda self, passes: pytest.fail("replayed"))
     assert candidates(process([consumed("drift", drift_event(), 1)])) == []
     assert harness.processor.catch_up.labels_left == 2000
 
 
-def test_a_later_drift_on_a_line_restarted_during_catch_up_replays_as_a_first_drift(catch_up_spec, tmp_path):
+def test_a_later_drift_after_a_restart_from_another_line_replays_as_a_first_drift(catch_up_spec, tmp_path):
     harness = _catch_up_harness(catch_up_spec, tmp_path, labels=2000, repeats=10, replay_passes=9,
                                 replay_backlog=1000, publish_every_labels=50)
     process, learner = harness.processor.process, harness.processor.learner
     process(_concept_change(0, 400, inverted=False) + _concept_change(400, 150, inverted=True))
     process([consumed("drift", drift_event(), 0)])
     assert learner.replayed_on_this_line
-    harness.set_champion("fraud-other-line")  # a rollback, say: the learner restarts from it
+    harness.set_champion("fraud-other-line")  # a rebuild's, say: the learner restarts from it
     process(_concept_change(550, 200, inverted=True))
     assert harness.processor.catch_up.active and not learner.replayed_on_this_line
     restarted = pickle.dumps(learner.model)
@@ -396,3 +425,22 @@ def test_a_later_drift_on_a_line_restarted_during_catch_up_replays_as_a_first_dr
     assert learner.replayed_on_this_line and pickle.dumps(learner.model) != restarted
     published = harness.store.load_model(ArtifactRef.from_record(candidate["artifact"]))
     assert pickle.dumps(published) == pickle.dumps(learner.model), "the replay, published at once"
+
+
+def test_a_rollback_to_a_version_of_this_line_keeps_the_refits_start(catch_up_spec, tmp_path):
+    harness = _catch_up_harness(catch_up_spec, tmp_path, labels=2000, repeats=10, replay_passes=9,
+                                replay_backlog=1000, publish_every_labels=50)
+    process, learner = harness.processor.process, harness.processor.learner
+    process(_concept_change(0, 400, inverted=False) + _concept_change(400, 150, inverted=True))
+    (replayed,) = candidates(process([consumed("drift", drift_event(), 0)]))
+    process(_concept_change(550, 100, inverted=True))
+    ref = ArtifactRef.from_record(replayed["artifact"])
+    harness.table.apply(slot_key("card-fraud", "fraud", CHAMPION), deployment_record(
+        "card-fraud", "fraud", CHAMPION, replayed["version"], ref.to_record(), deployed_at=T0,
+        decision_id="fraud-later:rollback"))
+    process(_concept_change(650, 10, inverted=True))
+    assert learner.parent_version == replayed["version"], "restarted from the version rolled back to"
+    assert learner.replayed_on_this_line, "it is this line's: its refits start where they did"
+    assert learner.refit_since_change(9) >= 110 + 30, "from the change point on, not from the rollback"
+    assert candidates(process([consumed("drift", drift_event(), 1)])) == [], \
+        "a re-detection: no second replay of what the version rolled back to learned"
