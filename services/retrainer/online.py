@@ -60,6 +60,7 @@ class ReplayStart:
     model: Any  # the model before the replay
     first: tuple[str, int, int]  # the position of the first example since the change point
     last: tuple[str, int, int]  # the newest example's position at the replay: errors after it are the replay's
+    published: set[str] = field(default_factory=set)  # the versions published since: they learned the replay
 
 
 class OnlineLearner:
@@ -98,10 +99,11 @@ class OnlineLearner:
     def reset(self, model: Any, version: str) -> None:
         """Continue from ``model`` (a champion); what was learned but not published is dropped."""
         self.model = model
-        if version not in self._chain:
+        if self._replay_start and version not in self._chain | self._replay_start.published:
             # A refit would start over from another line's model. A version of this line (a
-            # rollback to one) keeps it: the refits start over from before the replay anyway,
-            # where a first replay would teach that version the same examples again.
+            # rollback to one, or a candidate of it promoted after a rollback) keeps it: the
+            # refits start over from before the replay anyway, where a first replay would teach
+            # that version the same examples again.
             self._replay_start = None
         self.parent_version = version
         self._chain = {version}
@@ -264,6 +266,8 @@ class OnlineLearner:
         """The last snapshot is now ``version``: the parent of the next one."""
         self.parent_version = version
         self._chain.add(version)
+        if self._replay_start:
+            self._replay_start.published.add(version)
         self._clear_pending()
 
     def high_water(self) -> dict[tuple[str, int], int]:

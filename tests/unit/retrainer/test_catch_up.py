@@ -433,7 +433,7 @@ def test_a_rollback_to_a_version_of_this_line_keeps_the_refits_start(catch_up_sp
     process, learner = harness.processor.process, harness.processor.learner
     process(_concept_change(0, 400, inverted=False) + _concept_change(400, 150, inverted=True))
     (replayed,) = candidates(process([consumed("drift", drift_event(), 0)]))
-    process(_concept_change(550, 100, inverted=True))
+    *_, queued = candidates(process(_concept_change(550, 100, inverted=True)))
     ref = ArtifactRef.from_record(replayed["artifact"])
     harness.table.apply(slot_key("card-fraud", "fraud", CHAMPION), deployment_record(
         "card-fraud", "fraud", CHAMPION, replayed["version"], ref.to_record(), deployed_at=T0,
@@ -444,3 +444,7 @@ def test_a_rollback_to_a_version_of_this_line_keeps_the_refits_start(catch_up_sp
     assert learner.refit_since_change(9) >= 110 + 30, "from the change point on, not from the rollback"
     assert candidates(process([consumed("drift", drift_event(), 1)])) == [], \
         "a re-detection: no second replay of what the version rolled back to learned"
+    harness.set_champion(queued["version"])  # a candidate of this line from before the rollback, promoted
+    process(_concept_change(660, 10, inverted=True))
+    assert learner.parent_version == queued["version"] and learner.replayed_on_this_line, \
+        "it learned the replay too: its refits start where they did"
