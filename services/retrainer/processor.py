@@ -240,27 +240,29 @@ class RetrainerProcessor:
             # leaves nothing stale; the countdown's restart brings the repeats back.
             log.info("concept drift during catch-up: catch-up's countdown restarts")
             return []
-        elif not self.learner.replayed_on_this_line:
-            # Restarted from another line's champion since (a rebuild's, say), or the first replay
-            # found no change point: as after catch-up, a first replay.
-            replayed = self.learner.replay_since_change(passes)
-            if not replayed:
-                log.info("concept drift during catch-up, no replay yet on this line and no change point among its "
-                         "errors: catch-up's countdown restarts")
-                return []
-            log.info("concept drift during catch-up, no replay yet on this line: replayed the %d examples since the "
-                     "estimated change point %d times", replayed, passes)
-            self._count("streamloop_retrainer_catch_up_replays")
         else:
-            replayed = self.learner.replay_since_new_change(passes)
+            replayed = self._replay_during_catch_up(passes)
             if not replayed:
-                log.info("concept drift during catch-up, and no significant rise of the learner's errors since its "
-                         "last replay: catch-up's countdown restarts")
                 return []
-            log.info("concept drift during catch-up, and the learner's errors rose again: replayed the %d examples "
-                     "since that rise %d times", replayed, passes)
             self._count("streamloop_retrainer_catch_up_replays")
         return [self._publish_online(refit=False)] if self.learner.pending or replayed else []
+
+    def _replay_during_catch_up(self, passes: int) -> int:
+        """Another concept drift during catch-up: how many examples it replayed; 0, only the countdown restarts."""
+        if self.learner.replayed_on_this_line:
+            replayed, since = self.learner.replay_since_new_change(passes), "the rise of the learner's errors"
+            none = "no significant rise of the learner's errors since its last replay"
+        else:
+            # Restarted from another line's champion since (a rebuild's, say), or the first replay
+            # found no change point: as after catch-up, a first replay.
+            replayed, since = self.learner.replay_since_change(passes), "the estimated change point"
+            none = "no replay yet on this line and no change point among its errors"
+        if replayed:
+            log.info("concept drift during catch-up: replayed the %d examples since %s %d times", replayed, since,
+                     passes)
+        else:
+            log.info("concept drift during catch-up, %s: catch-up's countdown restarts", none)
+        return replayed
 
     def _await_drift_rebuild(self, event: dict[str, Any]) -> None:
         now = self.clock()
