@@ -73,7 +73,7 @@ def test_the_bound_counts_every_pair_tried():
         usual = [float(i % 10 == 0) for i in range(200)]
         return usual + [float(i < in_burst) for i in range(30)] + usual[:100]
 
-    assert significant_rise(errors(14)) == 0, "p = 1.1e-6: under 0.05 and over 0.01 of the 36,856 pairs"
+    assert significant_rise(errors(14)) == 0, "p = 1.1e-6, between 0.01 and 0.05 over the 36,856 pairs"
     assert significant_rise(errors(14), alpha=0.05) == 140
     assert significant_rise(errors(15)) == 140
 
