@@ -202,7 +202,7 @@ class OnlineLearner:
 
     @property
     def replayed_on_this_line(self) -> bool:
-        """True when a replay since the last reset found a change point: refits start from it."""
+        """True while refits have a start: a replay found a change point, and no other line's champion came since."""
         return self._replay_start is not None
 
     def replay_since_new_change(self, passes: int) -> int:

@@ -374,12 +374,20 @@ def test_with_replay_each_candidate_every_catch_up_candidate_but_the_first_is_a_
         "one refit per candidate until catch-up is over"
 
 
-def test_after_a_second_change_during_catch_up_the_refits_learn_the_newest_concept(catch_up_spec, tmp_path):
+def _past_the_first_drift(catch_up_spec, tmp_path, **catch_up_fields) -> tuple[Harness, list[dict]]:
+    """The examples' pipeline's catch-up, 400 labels of one concept, 150 of another, then its drift event.
+
+    Returns the harness and the candidates the drift published.
+    """
     harness = _catch_up_harness(catch_up_spec, tmp_path, labels=2000, repeats=10, replay_passes=9,
-                                replay_backlog=1000, publish_every_labels=50)
+                                replay_backlog=1000, publish_every_labels=50, **catch_up_fields)
+    harness.processor.process(_concept_change(0, 400, inverted=False) + _concept_change(400, 150, inverted=True))
+    return harness, candidates(harness.processor.process([consumed("drift", drift_event(), 0)]))
+
+
+def test_after_a_second_change_during_catch_up_the_refits_learn_the_newest_concept(catch_up_spec, tmp_path):
+    harness, _ = _past_the_first_drift(catch_up_spec, tmp_path)
     process = harness.processor.process
-    process(_concept_change(0, 400, inverted=False) + _concept_change(400, 150, inverted=True))
-    process([consumed("drift", drift_event(), 0)])
     process(_concept_change(550, 300, inverted=True))  # concept B, caught up with
     harness.processor.catch_up.labels_left = 700
     assert candidates(process([consumed("drift", drift_event(), 1)])) == [], \
@@ -397,12 +405,9 @@ def test_after_a_second_change_during_catch_up_the_refits_learn_the_newest_conce
 
 
 def test_without_refits_a_later_drift_only_restarts_the_countdown(catch_up_spec, tmp_path, monkeypatch):
-    harness = _catch_up_harness(catch_up_spec, tmp_path, labels=2000, repeats=10, replay_passes=9,
-                                replay_backlog=1000, publish_every_labels=50, replay_each_candidate=False)
+    harness, _ = _past_the_first_drift(catch_up_spec, tmp_path, replay_each_candidate=False)
     monkeypatch.setattr(OnlineLearner, "replay_since_new_change", lambda self, passes: pytest.fail("replayed"))
     process = harness.processor.process
-    process(_concept_change(0, 400, inverted=False) + _concept_change(400, 150, inverted=True))
-    process([consumed("drift", drift_event(), 0)])
     process(_concept_change(550, 300, inverted=True) + _concept_change(850, 150, inverted=False))
     harness.processor.catch_up.labels_left = 700
     monkeypatch.setattr(OnlineLearner, "replay_since_change", lambda self, passes: pytest.fail("replayed"))
@@ -411,11 +416,8 @@ def test_without_refits_a_later_drift_only_restarts_the_countdown(catch_up_spec,
 
 
 def test_a_later_drift_after_a_restart_from_another_line_replays_as_a_first_drift(catch_up_spec, tmp_path):
-    harness = _catch_up_harness(catch_up_spec, tmp_path, labels=2000, repeats=10, replay_passes=9,
-                                replay_backlog=1000, publish_every_labels=50)
+    harness, _ = _past_the_first_drift(catch_up_spec, tmp_path)
     process, learner = harness.processor.process, harness.processor.learner
-    process(_concept_change(0, 400, inverted=False) + _concept_change(400, 150, inverted=True))
-    process([consumed("drift", drift_event(), 0)])
     assert learner.replayed_on_this_line
     harness.set_champion("fraud-other-line")  # a rebuild's, say: the learner restarts from it
     process(_concept_change(550, 200, inverted=True))
@@ -428,11 +430,8 @@ def test_a_later_drift_after_a_restart_from_another_line_replays_as_a_first_drif
 
 
 def test_a_rollback_to_a_version_of_this_line_keeps_the_refits_start(catch_up_spec, tmp_path):
-    harness = _catch_up_harness(catch_up_spec, tmp_path, labels=2000, repeats=10, replay_passes=9,
-                                replay_backlog=1000, publish_every_labels=50)
+    harness, (replayed,) = _past_the_first_drift(catch_up_spec, tmp_path)
     process, learner = harness.processor.process, harness.processor.learner
-    process(_concept_change(0, 400, inverted=False) + _concept_change(400, 150, inverted=True))
-    (replayed,) = candidates(process([consumed("drift", drift_event(), 0)]))
     *_, queued = candidates(process(_concept_change(550, 100, inverted=True)))
     ref = ArtifactRef.from_record(replayed["artifact"])
     harness.table.apply(slot_key("card-fraud", "fraud", CHAMPION), deployment_record(
