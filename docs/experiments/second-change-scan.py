@@ -13,10 +13,13 @@ error stream, each sampled ``SAMPLES`` times per row:
   include them.
 
     .venv/bin/python docs/experiments/second-change-scan.py
+    .venv/bin/python docs/experiments/second-change-scan.py --cost    # time and peak memory of one test
 """
 
 import random
 import sys
+import time
+import tracemalloc
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -47,7 +50,23 @@ def row(shape: str, base: float, segments: list[tuple[float, int]]) -> str:
     return f"| {shape} | {base} | {n} | {significant} of {SAMPLES} | {estimated} of {SAMPLES} |"
 
 
+def cost() -> None:
+    rng = random.Random(7)  # noqa: S311 - a reproducible sample, not a secret
+    for n in (1000, 5000):
+        errors = [float(rng.random() < 0.1) for _ in range(n)]
+        tracemalloc.start()
+        started = time.perf_counter()
+        significant_rise(errors)
+        elapsed = time.perf_counter() - started
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        print(f"{n:,} errors: {elapsed * 1000:.0f} ms, peak {peak / 1e6:.1f} MB")
+
+
 def main() -> None:
+    if sys.argv[1:] == ["--cost"]:
+        cost()
+        return
     print("| shape | base error rate | errors | significant_rise (alpha 0.01) | change_point alone |")
     print("|---|---|---|---|---|")
     for base in (0.002, 0.005, 0.01, 0.05, 0.15, 0.3):
