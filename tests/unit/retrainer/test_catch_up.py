@@ -374,13 +374,14 @@ def test_with_replay_each_candidate_every_catch_up_candidate_but_the_first_is_a_
         "one refit per candidate until catch-up is over"
 
 
-def _past_the_first_drift(catch_up_spec, tmp_path, **catch_up_fields) -> tuple[Harness, list[dict]]:
+def _past_the_first_drift(catch_up_spec, tmp_path, metrics=None, **catch_up_fields) -> tuple[Harness, list[dict]]:
     """The examples' pipeline's catch-up, 400 labels of one concept, 150 of another, then its drift event.
 
     Returns the harness and the candidates the drift published.
     """
     harness = _catch_up_harness(catch_up_spec, tmp_path, labels=2000, repeats=10, replay_passes=9,
                                 replay_backlog=1000, publish_every_labels=50, **catch_up_fields)
+    harness.processor._metrics = metrics
     harness.processor.process(_concept_change(0, 400, inverted=False) + _concept_change(400, 150, inverted=True))
     return harness, candidates(harness.processor.process([consumed("drift", drift_event(), 0)]))
 
@@ -402,6 +403,29 @@ def test_after_a_second_change_during_catch_up_the_refits_learn_the_newest_conce
                          score(model, catch_up_spec.model, training_pair(catch_up_spec.model, r.value)[0]))
               for r in fresh]
     assert sum(losses) / len(losses) < 0.05, "the live model with its repeats gets there (~0.02 in the review)"
+
+
+def test_the_catch_up_counters_count_replays_not_re_detections(catch_up_spec, tmp_path):
+    from prometheus_client import generate_latest
+
+    from streamloop.telemetry import ServiceMetrics
+
+    metrics = ServiceMetrics("retrainer")
+    try:
+        harness, _ = _past_the_first_drift(catch_up_spec, tmp_path, metrics)
+        process = harness.processor.process
+        process(_concept_change(550, 300, inverted=True))
+        process([consumed("drift", drift_event(), 1)])  # a re-detection of the first change
+        text = generate_latest(metrics.registry).decode()
+        assert 'streamloop_retrainer_catch_ups_total{pipeline="card-fraud",service="retrainer"} 1.0' in text
+        assert "streamloop_retrainer_catch_up_replays_total{" not in text, "a re-detection replays nothing"
+        process(_concept_change(850, 150, inverted=False))
+        process([consumed("drift", drift_event(), 2)])  # a second change
+        text = generate_latest(metrics.registry).decode()
+    finally:
+        metrics.shutdown()
+    assert 'streamloop_retrainer_catch_ups_total{pipeline="card-fraud",service="retrainer"} 1.0' in text
+    assert 'streamloop_retrainer_catch_up_replays_total{pipeline="card-fraud",service="retrainer"} 1.0' in text
 
 
 def test_without_refits_a_later_drift_only_restarts_the_countdown(catch_up_spec, tmp_path, monkeypatch):
