@@ -50,18 +50,20 @@ def significant_rise(errors: Sequence[float], alpha: float = 0.01, min_side: int
     may be a second change or another detector's view of the first (the detectors watch the
     champion), and only the learner's own errors tell which. A learner in catch-up adapts to a
     new concept within tens of labels, so its rise may be over before the detectors fire: the
-    rise sought is of the errors from some start ``a`` to some end ``b`` over all those before
-    ``a`` (at least ``min_side`` of each), and the errors of a learner still getting better after
-    its replay, high first and then lower, make none.
+    rise sought is of the errors from some start ``a`` to some end ``b`` (at least ``min_side``)
+    over those before ``a``: all of them, or only the last ``min_side``, twice, four times as many
+    and so on. The short baselines see a change soon after the last replay, whose errors before
+    ``a`` begin with the learner's own while it adapted, high first and then lower; such errors
+    make no rise of their own.
 
-    A pair gets a one-sided Fisher test (given the errors in [0, b), those in [a, b) are
-    hypergeometric when nothing changed), and the smallest p-value must pass a Bonferroni bound
-    for all the pairs. The exact test matters: a learner that is nearly always right makes few
-    errors, and with the normal approximation one error in a thousand passed for a rise. Both
-    mistakes cost little: a missed second change leaves the refits one change behind until its
-    examples leave the backlog, and their worse candidates are refused; a false one restarts
-    the refits from the live model, which had learned the current concept. docs/benchmarks.md
-    has the rates of both, measured.
+    A triple gets a one-sided Fisher test (given the errors in the baseline and [a, b), those in
+    [a, b) are hypergeometric when nothing changed), and the smallest p-value must pass a
+    Bonferroni bound for all the triples. The exact test matters: a learner that is nearly
+    always right makes few errors, and with the normal approximation one error in a thousand
+    passed for a rise. Both mistakes cost little: a missed second change leaves the refits one
+    change behind until its examples leave the backlog, and their worse candidates are refused;
+    a false one restarts the refits from the live model, which had learned the current concept.
+    docs/benchmarks.md has the rates of both, measured.
     """
     values = np.asarray(errors, dtype=float)
     n = len(values)
@@ -74,25 +76,33 @@ def significant_rise(errors: Sequence[float], alpha: float = 0.01, min_side: int
         if values.min() == values.max():
             return 0
     sums = np.concatenate(([0.0], np.cumsum(values)))
-    variance = values.var()
-    starts, ends, pairs = [], [], 0
-    for start in range(min_side, n - min_side + 1):
-        # Each start's likeliest end by the normal approximation gets the exact test: the bound
-        # counts every pair, so testing fewer keeps it valid, and memory stays linear in n.
-        end = np.arange(start + min_side, n + 1)
-        rise = (sums[end] - sums[start]) / (end - start) - sums[start] / start
-        z = rise / np.sqrt(variance * (1 / start + 1 / (end - start)))
-        best = int(z.argmax())
-        pairs += len(end)
-        if rise[best] > 0:
-            starts.append(start)
-            ends.append(int(end[best]))
-    if not starts:
+    # Each start's baselines: all the errors before it, or only the last min_side, 2 min_side...;
+    # its windows: up to the newest error, or min_side, 2 min_side... long. Index 0 is "all".
+    lengths = np.array([0, *_doubling(min_side, n)])
+    all_before, to_newest = lengths[None, :, None] == 0, lengths[None, None, :] == 0
+    start = np.arange(min_side, n - min_side + 1)[:, None, None]
+    before = np.where(all_before, start, lengths[None, :, None])
+    after = np.where(to_newest, n - start, lengths[None, None, :])
+    tested = (all_before | (before < start)) & (to_newest | (start + after < n))
+    start_at, first, end = (np.broadcast_to(a, tested.shape)[tested] for a in (start, start - before, start + after))
+    in_window, in_baseline = sums[end] - sums[start_at], sums[start_at] - sums[first]
+    # Only rises need the exact test: the bound counts every triple, so testing fewer keeps it valid.
+    rose = in_window * (start_at - first) > in_baseline * (end - start_at)
+    if not rose.any():
         return 0
-    start_at, end_at = np.array(starts), np.array(ends)
-    p_values = hypergeom.sf(sums[end_at] - sums[start_at] - 1, end_at, sums[end_at], end_at - start_at)
+    start_at, first, end, in_window = start_at[rose], first[rose], end[rose], in_window[rose]
+    p_values = hypergeom.sf(in_window - 1, end - first, sums[end] - sums[first], end - start_at)
     best = int(p_values.argmin())
-    return n - int(start_at[best]) if p_values[best] < alpha / pairs else 0
+    return n - int(start_at[best]) if p_values[best] < alpha / int(tested.sum()) else 0
+
+
+def _doubling(min_side: int, n: int) -> list[int]:
+    """The windows' lengths: ``min_side``, twice, four times as many and so on, below ``n``."""
+    lengths, length = [], min_side
+    while length < n:
+        lengths.append(length)
+        length *= 2
+    return lengths
 
 
 class CatchUp:

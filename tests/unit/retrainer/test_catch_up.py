@@ -56,6 +56,21 @@ def test_a_significant_rise_is_one_a_steady_error_rate_would_rarely_make():
     assert significant_rise([0.0] * 300 + [1.0] * 20) == 30, "the rise's errors and the next ones: min_side of them"
 
 
+def test_a_second_change_soon_after_the_last_replay_is_seen():
+    """The errors since the last replay begin with the learner's own while it adapted, high first."""
+    rng = random.Random(11)
+
+    def errors(adapting: int) -> list[float]:
+        return [float(rng.random() < rate) for rate, count in ((0.5, adapting), (0.05, 260 - adapting), (0.35, 100))
+                for _ in range(count)]
+
+    found = [significant_rise(errors(120)) for _ in range(20)]
+    assert sum(60 <= since <= 130 for since in found) >= 15, f"against all errors before it: 0 of 20. {found}"
+    settling = [[float(rng.random() < rate) for rate, count in ((0.5, 120), (0.2, 100), (0.05, 300))
+                 for _ in range(count)] for _ in range(50)]
+    assert sum(bool(significant_rise(errors)) for errors in settling) <= 1, "getting better in steps is no rise"
+
+
 def test_a_learner_that_is_nearly_always_right_makes_no_rise_of_a_few_errors():
     assert significant_rise([0.0] * 400 + [1.0] + [0.0] * 599) == 0, "one error in a thousand"
     assert significant_rise([0.0] * 300 + [1.0, 1.0] + [0.0] * 300) == 0
@@ -67,15 +82,15 @@ def test_a_learner_that_is_nearly_always_right_makes_no_rise_of_a_few_errors():
     assert 300 <= significant_rise(burst) <= 320, "twelve errors in a row, where one in a hundred is usual"
 
 
-def test_the_bound_counts_every_pair_tried():
+def test_the_bound_counts_every_triple_tried():
     def errors(in_burst: int) -> list[float]:
         """One error in ten, then ``in_burst`` errors in 30, then one in ten again."""
         usual = [float(i % 10 == 0) for i in range(200)]
         return usual + [float(i < in_burst) for i in range(30)] + usual[:100]
 
-    assert significant_rise(errors(14)) == 0, "p = 1.1e-6, between 0.01 and 0.05 over the 36,856 pairs"
-    assert significant_rise(errors(14), alpha=0.05) == 140
-    assert significant_rise(errors(15)) == 140
+    assert significant_rise(errors(13)) == 0, "p = 5.7e-6, between 0.01 and 0.05 over the 3,648 triples"
+    assert significant_rise(errors(13), alpha=0.05) == 140
+    assert significant_rise(errors(14)) == 140
 
 
 def test_squared_errors_rise_too():
