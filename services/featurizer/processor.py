@@ -85,6 +85,7 @@ class FeaturizerProcessor:
         # horizon (time_since_previous_s is capped there): that much is kept behind the newest.
         self.retention = self.horizon + self._lateness
         self.forget_after = self.retention + disorder_ms
+        self.disorder_ms = disorder_ms
         # Replay far enough back that every event still buffered at the end offset is read again.
         self.lookback_ms = self.retention + 2 * disorder_ms
         self._late_policy = spec.features.late_events
@@ -102,6 +103,9 @@ class FeaturizerProcessor:
         self._validation_failures = metrics.counter(
             "streamloop_validation_failures", "Input events dead-lettered by validation, by rule.")
         self._late = metrics.counter("streamloop_late_events", "Events later than the allowed lateness, by policy.")
+        self._future = metrics.counter(
+            "streamloop_featurizer_future_events",
+            "Events dated more than the disorder after their Kafka timestamp: featurized, not the partition's clock.")
         self._replayed = metrics.counter("streamloop_featurizer_replayed_records",
                                          "Records seen again: re-emitted (replay) or re-applied to rebuild state.")
         self._store_writes = metrics.counter("streamloop_feature_store_writes",
@@ -195,7 +199,13 @@ class FeaturizerProcessor:
             entities[entity_key] = entity
         entity.applied(key, value, self.retention)
         if event_time > part.watermark:
-            part.watermark = event_time
+            # One event dated years ahead would make every other entity of the partition look
+            # forgotten from then on; past the disorder the Kafka timestamp vouches for, an event
+            # time does not move the partition's clock (the timestamp is replayed with it).
+            if record.timestamp_ms <= 0 or event_time <= record.timestamp_ms + self.disorder_ms:
+                part.watermark = event_time
+            elif emit:
+                self._future(1)
         return output
 
     def _output(self, record: ConsumedRecord, entity: EntityState, key: int, value: dict[str, Any],
