@@ -114,6 +114,7 @@ class Collector:
         self.sources = app.topic(*self.inputs, **_RAW)
         self.keyed = app.topic(f"{group}-by-event", partitions=self.keyed_partitions, internal=True, **_RAW)
         self.joined = app.topic(f"{group}-joined", partitions=1, internal=True, **_RAW)
+        self.keyed_dead_letters = app.topic(f"{group}-by-event.dlq", partitions=1, internal=True, **_RAW)
         self.outputs = {role: app.topic(ctx.topic(role).name, **_RAW) for role in OUTPUTS}
         self.dead_letter_topics = {name: app.topic(ctx.topic(role).dead_letter_topic, **_RAW)
                                    for name, role in self.inputs.items()}
@@ -210,23 +211,27 @@ class Collector:
             await topic.send(key=None, value=b"", partition=partition, headers=control_headers(RESUME))
         log.info("%s: resume markers written to %s", SERVICE, topic.get_topic_name())
 
-    async def _dead_letter(self, message: Any, stage: str, error: BaseException) -> None:
+    async def _dead_letter(self, message: Any, stage: str, error: BaseException, topic: Any = None) -> None:
         headers = dead_letters.dead_letter_headers(
             header_list(message.headers), topic=message.topic, partition=message.partition,
             offset=message.offset, stage=stage, error=error, service=SERVICE)
-        await self.dead_letter_topics[message.topic].send(key=message.key, value=message.value, headers=headers)
+        topic = topic if topic is not None else self.dead_letter_topics[message.topic]
+        await topic.send(key=message.key, value=message.value, headers=headers)
         self.telemetry.metrics.record_dead_letters(message.topic, type(error).__name__)
         log.warning("dead-lettered %s[%d]@%d: %s", message.topic, message.partition, message.offset, error)
 
     async def _dead_letter_keyed(self, message: Any, error: BaseException) -> None:
-        """A keyed record the join cannot apply goes to its source topic's dead-letter topic."""
+        """A keyed record the join cannot apply goes to its source topic's dead-letter topic.
+
+        One without a known origin (not written by this pipeline's re-key stage) goes to the
+        keyed topic's own.
+        """
         try:
             _, source = read_keyed(header_list(message.headers))
-        except InvalidRecordError:
+        except (InvalidRecordError, ValueError):
             source = None
         if source is None or source.topic not in self.dead_letter_topics:
-            log.error("dropping keyed record %s[%d]@%d of unknown origin: %s", message.topic, message.partition,
-                      message.offset, error)
+            await self._dead_letter(message, dead_letters.STAGE_VALIDATION, error, self.keyed_dead_letters)
             return
         headers = dead_letters.dead_letter_headers(
             header_list(message.headers), topic=source.topic, partition=source.partition, offset=source.offset,

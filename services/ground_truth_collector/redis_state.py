@@ -6,6 +6,11 @@ once the batch's outputs are acknowledged and before its offsets are committed. 
 therefore never ahead of the outputs: a crash before the flush replays the batch and decides it
 again; a crash after it finds the records already applied (the join ignores replays). Values are
 JSON, the same as the faust table's changelog, so the state is readable with redis-cli.
+
+Each store takes the partition over when it is made (a counter beside the hash, incremented), and
+a flush writes only while the counter is still its own: a replica that stalled past the
+consumer's poll interval lost the partition to another, and its late flush would overwrite the
+new owner's newer state (an event decided twice, differently).
 """
 
 from __future__ import annotations
@@ -21,6 +26,20 @@ import redis
 log = logging.getLogger(__name__)
 _DELETED = None
 T = TypeVar("T")
+
+# KEYS: the hash, its owner counter. ARGV: the owner's number, how many fields to delete, those
+# fields, then field and value pairs to set. One call per field: no unpack() limit on big batches.
+_WRITE_IF_OWNER = """
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
+local deleted = tonumber(ARGV[2])
+for i = 3, 2 + deleted do redis.call('HDEL', KEYS[1], ARGV[i]) end
+for i = 3 + deleted, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+return 1
+"""
+
+
+class PartitionTakenOver(Exception):  # noqa: N818 - a state, not a failure of this code
+    """Another replica took the partition over since this store read it: its writes are refused."""
 
 
 def retrying(action: Callable[[], T], what: str) -> T:
@@ -54,6 +73,10 @@ class RedisPartitionStore:
         self.client = client
         self.key = key
         self.partition = partition
+        self.owner_key = f"{key}:owner"
+        # Taken over before it is read: a late flush of the last owner after this read is refused.
+        self.owner = str(retrying(lambda: client.incr(self.owner_key), f"taking {key} over"))
+        self._write_if_owner = client.register_script(_WRITE_IF_OWNER)
         stored = retrying(lambda: client.hgetall(key), f"reading {key}")
         self.data: dict[str, str] = {
             (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
@@ -81,17 +104,17 @@ class RedisPartitionStore:
         return len(self._pending)
 
     def flush(self) -> None:
+        """Write the batch's changes; :class:`PartitionTakenOver` if another replica owns the partition now."""
         if not self._pending:
             return
-        pipe = self.client.pipeline(transaction=True)
         deleted = [key for key, value in self._pending.items() if value is _DELETED]
         written = {key: json.dumps(value, separators=(",", ":"))
                    for key, value in self._pending.items() if value is not _DELETED}
-        if deleted:
-            pipe.hdel(self.key, *deleted)
-        if written:
-            pipe.hset(self.key, mapping=written)
-        retrying(pipe.execute, f"writing {self.key}")
+        args = [self.owner, len(deleted), *deleted, *(item for pair in written.items() for item in pair)]
+        if not retrying(lambda: self._write_if_owner(keys=[self.key, self.owner_key], args=args),
+                        f"writing {self.key}"):
+            self._pending.clear()
+            raise PartitionTakenOver(f"{self.key} was taken over by another replica; this batch's state is dropped")
         for key in deleted:
             self.data.pop(key, None)
         self.data.update(written)

@@ -38,6 +38,9 @@ class RunnerCollector:
         spec, kafka = ctx.pipeline, settings.common.kafka
         group = ctx.group_id
         self.keyed_topic, self.joined_topic = f"{group}-by-event", f"{group}-joined"
+        # A keyed record damaged further on than its event id goes to its source's dead-letter
+        # topic; one this pipeline's re-key stage did not write (no origin) goes to this one.
+        self.keyed_dead_letter_topic = f"{self.keyed_topic}.dlq"
         self.keyed_partitions = settings.keyed_partitions or ctx.topic("labels").partitions
         raw = RawSerde()
         inputs = {ctx.topic(role).name: role for role in INPUT_ROLES}
@@ -78,7 +81,8 @@ class RunnerCollector:
             StageRunner(SERVICE, f"{group}.join", kafka, StageTopics(
                 {self.keyed_topic: raw},
                 {self.joined_topic: raw, ctx.topic("labeled_examples").name: raw,
-                 ctx.topic("unmatched_labels").name: raw}), self.join, runner_settings, metrics),
+                 ctx.topic("unmatched_labels").name: raw},
+                {**dead, self.keyed_topic: self.keyed_dead_letter_topic}), self.join, runner_settings, metrics),
             StageRunner(SERVICE, f"{group}.score", kafka, StageTopics(
                 {self.joined_topic: raw}, {ctx.topic("metrics").name: ctx.serde("metrics")}),
                 self.score, runner_settings, metrics),
@@ -90,7 +94,7 @@ class RunnerCollector:
         admin = AdminClient(self.settings.common.kafka.admin())
         wait_for_broker(admin, timeout_s=60)
         ensure_topics(admin, [NewTopic(self.keyed_topic, self.keyed_partitions, 1),
-                              NewTopic(self.joined_topic, 1, 1)])
+                              NewTopic(self.joined_topic, 1, 1), NewTopic(self.keyed_dead_letter_topic, 1, 1)])
 
     def stop(self, *_: object) -> None:
         self._stop.set()

@@ -21,13 +21,14 @@ docs/ground-truth-collector.md says why this is the default and the faust app an
 
 from __future__ import annotations
 
+import logging
 import time
 import zlib
 from collections.abc import Callable, Mapping, Sequence
 
 from services.ground_truth_collector.entries import JoinInput, Kind, SourceRef
 from services.ground_truth_collector.join import Decision, JoinConfig, JoinCounters, Joined, JoinPartition
-from services.ground_truth_collector.redis_state import RedisPartitionStore, RedisValue
+from services.ground_truth_collector.redis_state import PartitionTakenOver, RedisPartitionStore, RedisValue
 from services.ground_truth_collector.routing import (
     HEADER_DECIDED_AT,
     HEADER_JOIN_CLOCK,
@@ -49,10 +50,18 @@ from services.ground_truth_collector.routing import (
 from services.ground_truth_collector.scoring import MetricsStage
 from streamloop.kafka import dead_letters
 from streamloop.kafka.exceptions import InvalidRecordError
-from streamloop.kafka.records import ConsumedRecord, OutgoingRecord, ProcessResult, Rejection, TopicPartitionRef
+from streamloop.kafka.records import (
+    ConsumedRecord,
+    OutgoingRecord,
+    ProcessResult,
+    RecordOrigin,
+    Rejection,
+    TopicPartitionRef,
+)
 from streamloop.ml.evaluation import EvaluationConfig, WindowReport
 from streamloop.serde import Serde, SerdeError
 
+log = logging.getLogger(__name__)
 _EMPTY = {"bytes": b""}
 
 
@@ -158,6 +167,7 @@ class JoinStage:
         self.examples_topic, self.unmatched_topic = examples_topic, unmatched_topic
         self.idle_after_ms = idle_after_ms
         self.counters = counters if counters is not None else JoinCounters()
+        self._delivered_counts = self.counters.as_dict()
         self.partitions: dict[int, JoinPartition] = {}
         self.stores: dict[int, RedisPartitionStore] = {}
         self._announced: dict[int, tuple[int | None, int]] = {}
@@ -196,9 +206,19 @@ class JoinStage:
             else:
                 try:
                     kind, source = read_keyed(record.headers)
-                    value = with_millis(kind, self.source_serdes[source.topic].decode(record.value["bytes"]))
-                except (SerdeError, InvalidRecordError, KeyError) as exc:
-                    result.rejections.append(Rejection(record, exc, dead_letters.STAGE_PROCESS))
+                    serde = self.source_serdes[source.topic]
+                except (InvalidRecordError, KeyError, ValueError) as exc:
+                    # Not written by this pipeline's re-key stage: the keyed topic's own dead letters.
+                    result.rejections.append(Rejection(record, exc, dead_letters.STAGE_VALIDATION))
+                    continue
+                try:
+                    value = with_millis(kind, serde.decode(record.value["bytes"]))
+                except (SerdeError, InvalidRecordError) as exc:
+                    # The re-key stage read only the event id: the rest is checked here, and a
+                    # damaged record goes where its source's dead letters go, naming its origin.
+                    stage = dead_letters.STAGE_DECODE if isinstance(exc, SerdeError) else dead_letters.STAGE_VALIDATION
+                    origin = RecordOrigin(source.topic, source.partition, source.offset)
+                    result.rejections.append(Rejection(record, exc, stage, origin))
                     continue
                 decisions = join.apply(JoinInput(kind, record.key or "", value, source, record.timestamp_ms))
             for decision in decisions:
@@ -252,8 +272,23 @@ class JoinStage:
         return result
 
     def delivered(self) -> None:
-        for store in self.stores.values():
-            store.flush()
+        for partition, store in list(self.stores.items()):
+            try:
+                store.flush()
+            except PartitionTakenOver as exc:
+                # The consumer lost the partition while this batch was in flight; its offsets will
+                # not commit either, and the new owner decides the batch again from its own state.
+                log.warning("%s", exc)
+                self.on_revoked([TopicPartitionRef(self.keyed_topic, partition)])
+        self._delivered_counts = self.counters.as_dict()
+
+    def discard(self) -> None:
+        """A batch failed part-way: each partition is read again from Redis, as after the last delivered batch."""
+        self.partitions.clear()
+        self.stores.clear()
+        self._announced.clear()
+        for name, count in self._delivered_counts.items():
+            setattr(self.counters, name, count)
 
     @property
     def pending(self) -> int:

@@ -8,7 +8,14 @@ from streamloop.kafka.exceptions import (
     KafkaRuntimeError,
     UnknownTopicError,
 )
-from streamloop.kafka.records import ConsumedRecord, OutgoingRecord, Processor, ProcessResult, Rejection
+from streamloop.kafka.records import (
+    ConsumedRecord,
+    OutgoingRecord,
+    Processor,
+    ProcessResult,
+    RecordOrigin,
+    Rejection,
+)
 from streamloop.kafka.runner import RunnerSettings, StageRunner, StageTopics
 
 __all__ = [
@@ -21,6 +28,7 @@ __all__ = [
     "OutgoingRecord",
     "ProcessResult",
     "Processor",
+    "RecordOrigin",
     "Rejection",
     "RunnerSettings",
     "StageRunner",

@@ -46,11 +46,24 @@ class OutgoingRecord:
 
 @dataclass(frozen=True, slots=True)
 class Rejection:
-    """An input that must not be processed; it goes to the dead-letter topic with the reason."""
+    """An input that must not be processed; it goes to the dead-letter topic with the reason.
+
+    ``origin`` is where a forwarded record was first written (an internal topic's record carries
+    it in its headers): its dead letter then goes to that topic's dead-letter topic and names it,
+    where the user looks for it.
+    """
 
     record: ConsumedRecord
     error: Exception
     stage: str = "VALIDATION"
+    origin: RecordOrigin | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RecordOrigin:
+    topic: str
+    partition: int
+    offset: int
 
 
 @dataclass
@@ -70,7 +83,7 @@ class TopicPartitionRef:
 
 
 class Processor(Protocol):
-    """The pure logic of a stage. Optional hooks: ``on_assigned``, ``on_revoked``, ``tick``."""
+    """The pure logic of a stage. Optional hooks: ``on_assigned``, ``on_revoked``, ``tick``, and the protocols below."""
 
     def process(self, batch: Sequence[ConsumedRecord]) -> ProcessResult: ...
 
@@ -85,6 +98,13 @@ class Delivered(Protocol):
     def delivered(self) -> None:
         """Called once a batch's outputs are acknowledged, before its offsets are committed:
         where a stateful stage persists what the batch changed (state never ahead of outputs)."""
+        ...
+
+
+class Discarding(Protocol):
+    def discard(self) -> None:
+        """Called when a batch failed part-way, before its records are processed again one by
+        one: forget what was changed since the last delivered batch, so none looks like a replay."""
         ...
 
 

@@ -37,6 +37,7 @@ from streamloop.kafka.records import (
     OutgoingRecord,
     Processor,
     ProcessResult,
+    RecordOrigin,
     Rejection,
     TopicPartitionRef,
 )
@@ -52,6 +53,20 @@ TRACEPARENT = "traceparent"
 # identities; outputs with no input record (ticks) and dead letters have none.
 _Identity = tuple[str, str, int, int, int] | None
 _Encoded = tuple[str, bytes | None, bytes | None, Headers, int | None, _Identity]
+
+
+@dataclass(frozen=True, slots=True)
+class _DeadLetter:
+    message: Message
+    stage: str
+    error: BaseException
+    origin: RecordOrigin | None = None
+
+    @property
+    def source(self) -> RecordOrigin:
+        """The record the user wrote: the message itself, or the one it was forwarded from."""
+        message = self.message
+        return self.origin or RecordOrigin(message.topic(), message.partition(), message.offset())
 
 
 class RunnerSettings(BaseModel):
@@ -215,7 +230,7 @@ class StageRunner:
         started = time.perf_counter()
         records: list[ConsumedRecord] = []
         raw: dict[tuple[str, int, int], Message] = {}
-        dead: list[tuple[Message, str, BaseException]] = []
+        dead: list[_DeadLetter] = []
         next_offsets: dict[tuple[str, int], int] = {}
         for message in messages:
             error = message.error()
@@ -228,7 +243,7 @@ class StageRunner:
             try:
                 value = self.topics.inputs[topic].decode(message.value())
             except SerdeError as exc:
-                dead.append((message, dead_letters.STAGE_DECODE, exc))
+                dead.append(_DeadLetter(message, dead_letters.STAGE_DECODE, exc))
                 continue
             key = message.key()
             records.append(ConsumedRecord(
@@ -243,7 +258,8 @@ class StageRunner:
                 result = self._process(records)
         for rejection in result.rejections:
             source = rejection.record
-            dead.append((raw[(source.topic, source.partition, source.offset)], rejection.stage, rejection.error))
+            dead.append(_DeadLetter(raw[(source.topic, source.partition, source.offset)], rejection.stage,
+                                    rejection.error, rejection.origin))
         if self._deliver_with_retry(result, dead, raw):
             if hasattr(self.processor, "delivered"):
                 self.processor.delivered()
@@ -272,7 +288,7 @@ class StageRunner:
             latencies = [max(0.0, now_s - m.timestamp()[1] / 1000) for m in topic_messages if m.timestamp()[1] > 0]
             self.metrics.record_batch(
                 topic, len({m.partition() for m in topic_messages}), len(topic_messages), seconds,
-                errors=sum(1 for d in dead if d[0].topic() == topic), latencies=latencies,
+                errors=sum(1 for d in dead if d.message.topic() == topic), latencies=latencies,
             )
 
     def _process(self, records: list[ConsumedRecord]) -> ProcessResult:
@@ -282,6 +298,8 @@ class StageRunner:
             return self.processor.process(records)
         except Exception:  # noqa: BLE001 - isolate the poison record instead of crash-looping
             log.exception("%s: batch of %d failed; retrying record by record", self.service, len(records))
+        if hasattr(self.processor, "discard"):
+            return self._process_again(records)
         result = ProcessResult()
         for record in records:
             try:
@@ -290,19 +308,41 @@ class StageRunner:
                 result.rejections.append(Rejection(record, exc, dead_letters.STAGE_PROCESS))
         return result
 
+    def _process_again(self, records: list[ConsumedRecord]) -> ProcessResult:
+        """Record by record from the state before the batch, which a stateful stage discards.
+
+        The failed attempt changed the state (the records it got through would look like
+        replays, and their outputs were never sent), and so may a failing record part-way: after
+        each failure everything is discarded and the records that passed are processed again.
+        """
+        poison: dict[int, Exception] = {}
+        while True:
+            self.processor.discard()
+            result, at = ProcessResult(), 0
+            try:
+                for at, record in enumerate(records):
+                    if at not in poison:
+                        result.extend(self.processor.process([record]))
+                break
+            except Exception as exc:  # noqa: BLE001
+                poison[at] = exc
+        result.rejections += [Rejection(records[at], exc, dead_letters.STAGE_PROCESS) for at, exc in poison.items()]
+        return result
+
     # -- produce and commit ------------------------------------------------------------------
 
     def _deliver_with_retry(
         self,
         result: ProcessResult,
-        dead: list[tuple[Message, str, BaseException]],
+        dead: list[_DeadLetter],
         raw: dict[tuple[str, int, int], Message] | None = None,
     ) -> bool:
         """Produce outputs and dead letters until acknowledged; False if stopped before that."""
         encoded, encode_failures = self._encode(result.outputs, raw)
         for source, exc in encode_failures:
             if raw is not None and source is not None:
-                dead.append((raw[(source.topic, source.partition, source.offset)], dead_letters.STAGE_ENCODE, exc))
+                dead.append(_DeadLetter(raw[(source.topic, source.partition, source.offset)],
+                                        dead_letters.STAGE_ENCODE, exc))
             else:
                 log.error("%s: dropped an output that does not match its schema: %s", self.service, exc)
         backoff = self.settings.retry_backoff_s
@@ -367,7 +407,7 @@ class StageRunner:
                             out.partition, identity))
         return encoded, failures
 
-    def _produce_all(self, encoded: list, dead: list[tuple[Message, str, BaseException]],
+    def _produce_all(self, encoded: list, dead: list[_DeadLetter],
                      acked_outputs: set[int], acked_letters: set[int]) -> None:
         """Produce and wait for every acknowledgement; the indexes acknowledged go into the two sets."""
         assert self.producer is not None
@@ -386,11 +426,12 @@ class StageRunner:
         for index, record in enumerate(encoded):
             topic, key, value, headers, partition, _identity = record
             self._produce(topic, key, value, headers, on_delivery(acked_outputs, index, record), partition)
-        for index, (message, stage, error) in enumerate(dead):
-            dlq = self.topics.dead_letters.get(message.topic(), message.topic() + ".dlq")
+        for index, dead_letter in enumerate(dead):
+            message, source = dead_letter.message, dead_letter.source
+            dlq = self.topics.dead_letters.get(source.topic, source.topic + ".dlq")
             headers = dead_letters.dead_letter_headers(
-                message.headers(), topic=message.topic(), partition=message.partition(),
-                offset=message.offset(), stage=stage, error=error, service=self.service,
+                message.headers(), topic=source.topic, partition=source.partition, offset=source.offset,
+                stage=dead_letter.stage, error=dead_letter.error, service=self.service,
             )
             letter = (dlq, message.key(), message.value(), headers, None, None)
             self._produce(dlq, message.key(), message.value(), headers, on_delivery(acked_letters, index, letter))
@@ -406,14 +447,15 @@ class StageRunner:
         if failures:
             raise DeliveryError(f"{len(failures)} records not acknowledged: {failures[0]}")
 
-    def _count_delivered(self, outputs: int, letters: list[tuple[Message, str, BaseException]]) -> None:
+    def _count_delivered(self, outputs: int, letters: list[_DeadLetter]) -> None:
         self.stats.produced += outputs
         self.stats.dead_lettered += len(letters)
-        for message, _stage, error in letters:
-            self.metrics.record_dead_letters(message.topic(), type(error).__name__)
+        for letter in letters:
+            self.metrics.record_dead_letters(letter.source.topic, type(letter.error).__name__)
         if letters:
+            first = letters[0].source
             log.warning("%s: %d records dead-lettered (first: %s at %s[%d]@%d)", self.service, len(letters),
-                        letters[0][2], letters[0][0].topic(), letters[0][0].partition(), letters[0][0].offset())
+                        letters[0].error, first.topic, first.partition, first.offset)
 
     def _produce(self, topic: str, key: bytes | None, value: bytes | None, headers: Headers, callback,
                  partition: int | None = None) -> None:

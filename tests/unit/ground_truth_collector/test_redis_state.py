@@ -4,44 +4,45 @@ from __future__ import annotations
 
 import json
 
-from services.ground_truth_collector.redis_state import RedisPartitionStore
+import pytest
 
-
-class Pipeline:
-    def __init__(self, client: Client) -> None:
-        self.client = client
-        self.commands: list[tuple] = []
-
-    def hdel(self, key: str, *fields: str) -> None:
-        self.commands.append(("hdel", key, fields))
-
-    def hset(self, key: str, mapping: dict[str, str]) -> None:
-        self.commands.append(("hset", key, mapping))
-
-    def execute(self) -> None:
-        for command, key, argument in self.commands:
-            stored = self.client.hashes.setdefault(key, {})
-            if command == "hdel":
-                for name in argument:
-                    stored.pop(name, None)
-            else:
-                stored.update(argument)
-        self.client.executed.append(self.commands)
+from services.ground_truth_collector.redis_state import PartitionTakenOver, RedisPartitionStore
 
 
 class Client:
-    """What the store uses of redis-py: hgetall and a transactional pipeline of hdel and hset."""
+    """What the store uses of redis-py: incr, hgetall and its one script, written over again here.
+
+    tests/integration/ground_truth_collector/test_redis_state.py runs the real script on Redis.
+    """
 
     def __init__(self) -> None:
         self.hashes: dict[str, dict[str, str]] = {}
+        self.counters: dict[str, int] = {}
         self.executed: list[list[tuple]] = []
+
+    def incr(self, key: str) -> int:
+        self.counters[key] = self.counters.get(key, 0) + 1
+        return self.counters[key]
 
     def hgetall(self, key: str) -> dict[str, str]:
         return dict(self.hashes.get(key, {}))
 
-    def pipeline(self, transaction: bool = True) -> Pipeline:
-        assert transaction
-        return Pipeline(self)
+    def register_script(self, _source: str):  # noqa: ANN201 - redis-py's Script: keys and args in, the result out
+        def write_if_owner(keys: list[str], args: list) -> int:
+            key, owner_key = keys
+            if str(self.counters.get(owner_key)) != args[0]:
+                return 0
+            deleted = args[2:2 + args[1]]
+            pairs = args[2 + args[1]:]
+            written = dict(zip(pairs[::2], pairs[1::2], strict=True))
+            stored = self.hashes.setdefault(key, {})
+            for name in deleted:
+                stored.pop(name, None)
+            stored.update(written)
+            commands = [("hdel", key, tuple(deleted))] * bool(deleted) + [("hset", key, written)] * bool(written)
+            self.executed.append(commands)
+            return 1
+        return write_if_owner
 
 
 def test_a_batch_writes_each_key_once_with_its_last_value() -> None:
@@ -75,3 +76,15 @@ def test_a_discarded_batch_leaves_the_committed_state_as_it_was() -> None:
     store.delete("e1", 0)
     store.flush()
     assert store.get("e1") is None and client.hashes["join:0"] == {}
+
+
+def test_a_store_whose_partition_was_taken_over_writes_nothing() -> None:
+    client = Client()
+    stalled = RedisPartitionStore(client, "join:0", 0)
+    stalled.put("e1", {"status": "OPEN"}, 0)
+    owner = RedisPartitionStore(client, "join:0", 0)  # the new owner reads the partition
+    owner.put("e1", {"status": "JOINED"}, 0)
+    owner.flush()
+    with pytest.raises(PartitionTakenOver):
+        stalled.flush()
+    assert RedisPartitionStore(client, "join:0", 0).get("e1") == {"status": "JOINED"}

@@ -1,0 +1,36 @@
+"""The join's Redis store on a real Redis: its script writes a batch only while the store owns the partition."""
+
+from __future__ import annotations
+
+import pytest
+import redis
+
+from services.ground_truth_collector.redis_state import PartitionTakenOver, RedisPartitionStore
+
+pytestmark = pytest.mark.integration
+
+
+def test_a_replica_that_lost_its_partition_cannot_overwrite_the_new_owner_s_state(redis_url: str,
+                                                                                   unique_name: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    key = f"{unique_name}:join:0"
+    first = RedisPartitionStore(client, key, 0)
+    first.put("gone", {"status": "OPEN"}, 0)
+    first.flush()
+
+    stalled = RedisPartitionStore(client, key, 0)
+    stalled.put("e1", {"status": "OPEN", "labels": 1}, 0)
+    owner = RedisPartitionStore(client, key, 0)  # took the partition over while the other stalled
+    owner.delete("gone", 0)
+    # A big batch: the script writes field by field (no unpack() limit).
+    for index in range(10_000):
+        owner.put(f"event-{index}", {"status": "JOINED", "index": index}, 0)
+    owner.put("e1", {"status": "JOINED"}, 0)
+    owner.flush()
+    with pytest.raises(PartitionTakenOver):
+        stalled.flush()
+
+    restarted = RedisPartitionStore(client, key, 0)
+    assert restarted.get("e1") == {"status": "JOINED"} and restarted.get("gone") is None
+    assert restarted.get("event-9999") == {"status": "JOINED", "index": 9999}
+    assert client.hlen(key) == 10_001

@@ -1,0 +1,101 @@
+"""The join stage on the stage runner: damaged keyed records, and a batch that fails part-way."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from services.ground_truth_collector import join as join_module
+from services.ground_truth_collector.entries import Kind, SourceRef
+from services.ground_truth_collector.join import JoinConfig
+from services.ground_truth_collector.redis_state import RedisPartitionStore
+from services.ground_truth_collector.routing import TICK, control_headers, keyed_headers
+from services.ground_truth_collector.stages import JoinStage
+from streamloop.contracts.samples import sample_record
+from streamloop.contracts.schemas import SchemaRepository
+from streamloop.kafka import KafkaSettings, dead_letters
+from streamloop.kafka.records import ConsumedRecord, RecordOrigin, TopicPartitionRef
+from streamloop.kafka.runner import RunnerSettings, StageRunner, StageTopics
+from streamloop.serde import SingleObjectSerde
+from streamloop.serde.raw import RawSerde
+from tests.kafka_fakes import FakeConsumer, FakeMessage, FakeProducer
+from tests.unit.ground_truth_collector.test_redis_state import Client
+
+REPOSITORY = SchemaRepository()
+SERDES = {topic: SingleObjectSerde(REPOSITORY.load(path), REPOSITORY) for topic, path in (
+    ("f", "features/feature_vector.avsc"), ("p", "inference/prediction.avsc"), ("l", "labels/label.avsc"),
+    ("ex", "labels/labeled_example.avsc"), ("um", "labels/unmatched_label.avsc"))}
+KEYED, T0 = "grp-by-event", 1_700_000_000_000
+
+
+def at(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, UTC)
+
+
+def keyed(offset: int, topic: str, kind: Kind, event_id: str, **fields) -> ConsumedRecord:
+    """A record as the re-key stage forwards it: its source's bytes, kind and origin in headers."""
+    value = SERDES[topic].encode({**sample_record(SERDES[topic].schema, offset), "event_id": event_id, **fields})
+    return ConsumedRecord(KEYED, 0, offset, event_id, {"bytes": value}, T0,
+                          keyed_headers(kind, SourceRef(topic, 3, 100 + offset), []))
+
+
+def event(event_id: str, first: int) -> list[ConsumedRecord]:
+    """A label, then the event's features and prediction: joined once the prediction arrives."""
+    return [keyed(first, "l", Kind.LABEL, event_id, label_time=at(T0 + 1000)),
+            keyed(first + 1, "f", Kind.FEATURES, event_id, event_time=at(T0), pipeline="p"),
+            keyed(first + 2, "p", Kind.PREDICTION, event_id, event_time=at(T0), pipeline="p")]
+
+
+def stage(client: Client) -> JoinStage:
+    config = JoinConfig(pipeline="p", horizon_ms=60_000, grace_ms=0, remember_ms=0, idle_after_ms=1, sources=())
+    return JoinStage(config, lambda p: RedisPartitionStore(client, f"join:{p}", p),
+                     {topic: SERDES[topic] for topic in "fpl"}, SERDES["ex"], SERDES["um"], keyed_topic=KEYED,
+                     joined_topic="grp-joined", examples_topic="ex", unmatched_topic="um", idle_after_ms=1)
+
+
+def test_a_record_damaged_after_its_event_id_is_rejected_naming_its_source() -> None:
+    good = keyed(0, "f", Kind.FEATURES, "e1", event_time=at(T0), pipeline="p")
+    damaged = ConsumedRecord(KEYED, 0, 0, "e1", {"bytes": good.value["bytes"][:30]}, T0, good.headers)
+    unknown = ConsumedRecord(KEYED, 0, 1, "e2", good.value, T0, [])
+    first, second = stage(Client()).process([damaged, unknown]).rejections
+    assert (first.stage, first.origin) == (dead_letters.STAGE_DECODE, RecordOrigin("f", 3, 100))
+    assert second.origin is None, "no origin in its headers: the keyed topic's own dead letters"
+
+
+def test_a_batch_that_fails_part_way_still_joins_every_other_label(monkeypatch: pytest.MonkeyPatch) -> None:
+    apply = join_module.JoinPartition.apply
+
+    def failing_on_e2(self, item):
+        if item.event_id == "e2":
+            raise RuntimeError("any unexpected error on one record")
+        return apply(self, item)
+
+    monkeypatch.setattr(join_module.JoinPartition, "apply", failing_on_e2)
+    join = stage(Client())
+    runner = StageRunner("collector", "grp.join", KafkaSettings(bootstrap_servers="127.0.0.1:1"),
+                         StageTopics({KEYED: RawSerde()}, {"grp-joined": RawSerde(), "ex": RawSerde(),
+                                                           "um": RawSerde()}), join, RunnerSettings())
+    runner.producer, runner.consumer = FakeProducer(), FakeConsumer()
+    runner._assigned.add((KEYED, 0))
+    records = event("e1", 0) + event("e3", 3) + [keyed(6, "l", Kind.LABEL, "e2", label_time=at(T0 + 1000))]
+    runner._run_batch([FakeMessage(r.value["bytes"], r.offset, key=r.key.encode(), topic=KEYED, headers=r.headers)
+                       for r in records])
+    examples = [key for topic, key, _value, _headers in runner.producer.produced if topic == "ex"]
+    assert len(examples) == 2, "e1 and e3 joined, though the failed attempt had applied them"
+    assert join.counters.joined == 2 and join.counters.replayed == 0
+    assert runner.stats.dead_lettered == 1 and runner.consumer.commits[-1][0].offset == 7
+
+
+def test_a_replica_that_lost_its_partition_leaves_the_new_owner_s_decisions_alone() -> None:
+    client = Client()
+    stalled, owner = stage(client), stage(client)
+    stalled.process(event("e1", 0)[:1])  # applied the label, then stalled past the poll interval
+    decided = owner.process(event("e1", 0))  # the new owner, from the last committed offset
+    owner.delivered()
+    stalled.delivered()  # its late flush is refused, and it lets the partition go
+    assert [o.topic for o in decided.outputs if o.topic in ("ex", "um")] == ["ex"] and not stalled.partitions
+    owner.on_revoked([TopicPartitionRef(KEYED, 0)])  # any later rebalance reads the partition again
+    tick = ConsumedRecord(KEYED, 0, 3, None, {"bytes": b""}, T0 + 600_000, control_headers(TICK))
+    again = owner.process([tick])
+    assert [o.topic for o in again.outputs if o.topic in ("ex", "um")] == [], "e1 stays joined, not unmatched"

@@ -1,0 +1,100 @@
+"""A batch that fails part-way, and rejections of forwarded records: where their dead letters go."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from streamloop.kafka import KafkaSettings, dead_letters
+from streamloop.kafka.records import ConsumedRecord, OutgoingRecord, ProcessResult, RecordOrigin, Rejection
+from streamloop.kafka.runner import RunnerSettings, StageRunner, StageTopics
+from streamloop.serde.raw import RawSerde
+from tests.kafka_fakes import FakeConsumer, FakeMessage, FakeProducer
+
+SOURCE, SINK = "in.raw", "out.raw"
+
+
+class RunningCount:
+    """Counts the records of each key and outputs the count so far; a record ``poison`` fails after
+    counting, as a stage that fails part-way through a record changes its state first."""
+
+    def __init__(self, discards: bool) -> None:
+        self.counts: dict[str, int] = {}
+        self._delivered: dict[str, int] = {}
+        if discards:
+            self.discard = lambda: setattr(self, "counts", dict(self._delivered))
+
+    def process(self, batch: Sequence[ConsumedRecord]) -> ProcessResult:
+        result = ProcessResult()
+        for record in batch:
+            self.counts[record.key] = self.counts.get(record.key, 0) + 1
+            if record.value["bytes"] == b"poison":
+                raise ValueError("poison")
+            result.outputs.append(OutgoingRecord(SINK, record.key, {"bytes": str(self.counts[record.key]).encode()},
+                                                 source=record))
+        return result
+
+    def delivered(self) -> None:
+        self._delivered = dict(self.counts)
+
+
+def runner(processor, dead: dict[str, str] | None = None) -> StageRunner:
+    stage = StageRunner("rejections", "rejections-group", KafkaSettings(bootstrap_servers="127.0.0.1:1"),
+                        StageTopics({SOURCE: RawSerde()}, {SINK: RawSerde()}, dead or {}), processor,
+                        RunnerSettings(retry_backoff_s=0.001))
+    stage.producer, stage.consumer = FakeProducer(), FakeConsumer()
+    stage._assigned.add((SOURCE, 0))
+    return stage
+
+
+def batch(*values: bytes, first: int = 0) -> list[FakeMessage]:
+    return [FakeMessage(value, offset, key=b"k", topic=SOURCE) for offset, value in enumerate(values, start=first)]
+
+
+def test_a_stage_that_discards_is_processed_again_from_its_state_before_the_failed_batch() -> None:
+    stage = runner(RunningCount(discards=True))
+    stage._run_batch(batch(b"a"))
+    stage._run_batch(batch(b"b", b"poison", b"c", b"poison", b"d", first=1))
+    produced = [(topic, value) for topic, _key, value, _headers in stage.producer.produced]
+    assert produced == [(SINK, b"1"), (SINK, b"2"), (SINK, b"3"), (SINK, b"4"),
+                        ("in.raw.dlq", b"poison"), ("in.raw.dlq", b"poison")], "each good record counted once"
+    assert stage.processor.counts == {"k": 4} and stage.consumer.commits[-1][0].offset == 6
+
+
+def test_a_stateless_stage_gets_the_failed_batch_again_record_by_record() -> None:
+    stage = runner(Doubling())
+    stage._run_batch(batch(b"b", b"poison", b"c"))
+    produced = [(topic, value) for topic, _key, value, _headers in stage.producer.produced]
+    assert produced == [(SINK, b"bb"), (SINK, b"cc"), ("in.raw.dlq", b"poison")]
+
+
+class Doubling:
+    """Nothing to discard: each output depends on its record alone."""
+
+    def process(self, batch: Sequence[ConsumedRecord]) -> ProcessResult:
+        if any(record.value["bytes"] == b"poison" for record in batch):
+            raise ValueError("poison")
+        return ProcessResult(outputs=[OutgoingRecord(SINK, r.key, {"bytes": r.value["bytes"] * 2}, source=r)
+                                      for r in batch])
+
+
+class Forwarding:
+    """Rejects every record as one forwarded from ``origin.topic``, where the user wrote it."""
+
+    def process(self, batch: Sequence[ConsumedRecord]) -> ProcessResult:
+        origin = RecordOrigin("user.events", 2, 40)
+        return ProcessResult(rejections=[
+            Rejection(r, ValueError("damaged"), dead_letters.STAGE_DECODE, origin) if r.value["bytes"] != b"no origin"
+            else Rejection(r, ValueError("unknown"), dead_letters.STAGE_VALIDATION) for r in batch])
+
+
+def test_a_rejection_with_an_origin_is_dead_lettered_where_the_origin_s_are_and_names_it() -> None:
+    stage = runner(Forwarding(), dead={"user.events": "user.events.invalid", SOURCE: "in.raw.invalid"})
+    stage._run_batch(batch(b"damaged", b"no origin"))
+    (forwarded, _, value, headers), (own, _, _, own_headers) = stage.producer.produced
+    errors = dead_letters.read_error_headers(headers)
+    assert (forwarded, value) == ("user.events.invalid", b"damaged")
+    assert (errors[dead_letters.TOPIC], errors[dead_letters.PARTITION], errors[dead_letters.OFFSET]) == (
+        "user.events", "2", "40")
+    assert errors[dead_letters.STAGE] == dead_letters.STAGE_DECODE
+    assert own == "in.raw.invalid" and dead_letters.read_error_headers(own_headers)[dead_letters.OFFSET] == "1"
+    assert stage.stats.dead_lettered == 2 and stage.consumer.commits[-1][0].offset == 2
