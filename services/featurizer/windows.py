@@ -69,19 +69,41 @@ def horizon_ms(features: FeaturesSpec) -> int:
     return longest + features.allowed_lateness
 
 
+# An aggregation beyond a double (a sum of values near 1e308) is undefined, as an empty window's
+# is: raising would dead-letter the event live, while a restore, which builds no vectors, would
+# keep it in the window, and the state rebuilt would differ from the state lost.
+
+
+def _sum(values: Sequence[float]) -> float | None:
+    try:
+        return math.fsum(values)
+    except OverflowError:
+        return None
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    try:
+        return math.fsum(values) / len(values) if values else None
+    except OverflowError:
+        return None
+
+
 def _std(values: Sequence[float]) -> float | None:
     if not values:
         return None
-    mean = math.fsum(values) / len(values)
-    return math.sqrt(math.fsum([(x - mean) ** 2 for x in values]) / len(values))
+    try:
+        mean = math.fsum(values) / len(values)
+        return math.sqrt(math.fsum([(x - mean) ** 2 for x in values]) / len(values))
+    except OverflowError:
+        return None
 
 
 # Each takes the window's non-null values, oldest first; None means "undefined" (an empty window).
 AGGREGATORS: dict[str, Callable[[Sequence[Any]], float | None]] = {
     "count": lambda values: float(len(values)),
     "distinct_count": lambda values: float(len(set(values))),
-    "sum": math.fsum,
-    "mean": lambda values: math.fsum(values) / len(values) if values else None,
+    "sum": _sum,
+    "mean": _mean,
     "std": _std,
     "min": lambda values: float(min(values)) if values else None,
     "max": lambda values: float(max(values)) if values else None,

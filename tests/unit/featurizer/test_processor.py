@@ -149,6 +149,18 @@ def test_a_restore_from_the_input_topic_gives_the_uninterrupted_vectors(cut: int
     assert len(history.replays) == 1
 
 
+def test_a_restore_gives_the_uninterrupted_vectors_after_sums_beyond_a_double() -> None:
+    spec = make_spec({"allowed_lateness": 0, "aggregations": [
+        {"name": "x_sum", "field": "x", "agg": "sum", "window": {"kind": "sliding", "size": 60_000}}]})
+    recs = records([event(1, "a", 1_000, x=1e308), event(2, "a", 1_001, x=1e308), event(3, "a", 1_002, x=-1e308)])
+    uninterrupted = processor(spec)
+    expected = vectors(uninterrupted.process(recs))
+    assert "x_sum" not in expected["e2"]["numeric"], "beyond a double: undefined, and the event is kept"
+    restored = processor(spec, history=ListHistory({0: recs}, committed={0: 2}))
+    restored.on_assigned([TopicPartitionRef("events", 0)])
+    assert vectors(restored.process(recs[2:]))["e3"] == expected["e3"]
+
+
 def test_revoked_partitions_given_back_at_their_committed_offset_keep_their_state() -> None:
     recs = records(stream(3, count=50))
     history = ListHistory({0: recs}, committed={0: None})

@@ -68,6 +68,12 @@ def test_distinct_count_of_strings_and_undefined_on_empty_windows() -> None:
         aggregate("median", [1.0])
 
 
+def test_an_aggregation_beyond_a_double_is_undefined_not_an_error() -> None:
+    assert [aggregate(agg, [1e308, 1e308]) for agg in ("sum", "mean", "std")] == [None, None, None]
+    assert aggregate("std", [1e200, -1e200]) is None, "its squares are beyond a double"
+    assert aggregate("max", [1e308, 1e308]) == 1e308
+
+
 def test_horizon_is_the_longest_window_plus_lateness() -> None:
     assert horizon_ms(all_aggregations_spec(lateness=30_000).features) == 90_000
     assert horizon_ms(make_spec({"ttl": "1h", "allowed_lateness": "1s"}).features) == 3_601_000
