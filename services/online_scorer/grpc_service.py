@@ -46,6 +46,7 @@ from services.online_scorer.request_features import RequestFeatures
 from services.online_scorer.scoring import Scored, Scorer
 from streamloop.contracts import PipelineSpec
 from streamloop.contracts.generated.scoring.v1 import scoring_pb2, scoring_pb2_grpc
+from streamloop.ml.exceptions import ModelError
 from streamloop.ml.prediction import default_output
 from streamloop.store import FeatureRead, FeatureStore
 from streamloop.telemetry import ServiceMetrics
@@ -113,7 +114,7 @@ class ScoringServicer(scoring_pb2_grpc.ScoringServiceServicer):
         validate(request, self.limits)
         self.request_features.check(request.numeric_features, request.categorical_features)
         result = self._score_all([request], context)[0]
-        if isinstance(result, ScorerError):
+        if isinstance(result, Exception):
             raise result
         return result
 
@@ -128,7 +129,7 @@ class ScoringServicer(scoring_pb2_grpc.ScoringServiceServicer):
             self.request_features.check(item.numeric_features, item.categorical_features, where=f"requests[{i}].")
         results = []
         for result in self._score_all(request.requests, context):
-            if isinstance(result, ScorerError):
+            if isinstance(result, Exception):
                 code, message = status_of(result)
                 results.append(scoring_pb2.ScoreResult(error=scoring_pb2.ScoreError(code=code.value[0],
                                                                                      message=message)))
@@ -139,20 +140,26 @@ class ScoringServicer(scoring_pb2_grpc.ScoringServiceServicer):
     # -- shared --------------------------------------------------------------------------------
 
     def _score_all(self, requests: Sequence[scoring_pb2.ScoreRequest],
-                   context: grpc.ServicerContext) -> list[scoring_pb2.ScoreResponse | ScorerError]:
+                   context: grpc.ServicerContext) -> list[scoring_pb2.ScoreResponse | ScorerError | ModelError]:
         champion = self.holder.current.champion  # one model version for the whole call
         if champion is None:
             raise NoChampion("no champion model is loaded yet")
         _check_deadline(context, "reading features")
         rows = self.store.read_many(self.group, [r.entity_id for r in requests])
         _check_deadline(context, "scoring")
-        results: list[scoring_pb2.ScoreResponse | ScorerError] = []
+        results: list[scoring_pb2.ScoreResponse | ScorerError | ModelError] = []
         for i, (request, row) in enumerate(zip(requests, rows, strict=True)):
             if i and i % 100 == 0:  # a large explained batch takes tens of ms
                 _check_deadline(context, "scoring")
-            results.append(self._score_one(champion, request, row))
+            try:
+                results.append(self._score_one(champion, request, row))
+            except ModelError as exc:
+                # One entity's stored features or the model's answer for them: that entity's
+                # error, not the whole batch's.
+                log.warning("scoring %r with %s failed: %s", request.entity_id, champion.version, exc)
+                results.append(exc)
         if self._count is not None:
-            self._count(sum(1 for r in results if not isinstance(r, ScorerError)),
+            self._count(sum(1 for r in results if not isinstance(r, Exception)),
                         {"path": "grpc", "role": champion.role, "model_version": champion.version})
         return results
 

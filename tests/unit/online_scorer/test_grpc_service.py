@@ -13,12 +13,14 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from prometheus_client import generate_latest
 
+from services.online_scorer import scoring as scoring_module
 from services.online_scorer.client import score
 from services.online_scorer.errors import ScoreFailed, ScorerUnreachable
 from services.online_scorer.grpc_service import SERVICE_NAME, RequestLimits, ScoringServer, ScoringServicer
 from services.online_scorer.models import ModelHolder
 from services.online_scorer.scoring import Scorer
 from streamloop.contracts.generated.scoring.v1 import scoring_pb2, scoring_pb2_grpc
+from streamloop.ml.prediction import ModelOutputError
 from streamloop.stack.process import free_port
 from streamloop.store import FeatureStoreUnavailable, FeatureWrite
 from tests.unit.online_scorer.fakes import MemoryFeatureStore, publish, slot_key, trained_model
@@ -236,6 +238,26 @@ def test_score_batch_answers_each_entity_with_one_read(served: Served) -> None:
     single = served.stub.Score(scoring_pb2.ScoreRequest(entity_id="card-1"), timeout=5)
     assert response.results[0].response.prediction == single.prediction
     assert served.store.reads == 2
+
+
+def test_a_model_that_fails_on_one_entity_fails_only_that_entity_s_result(served: Served, monkeypatch) -> None:
+    predict = scoring_module.predict
+
+    def failing_on_13(model, x, spec):
+        if x.get("amount") == 13.0:
+            raise ModelOutputError("the classifier returned probability nan for True")
+        return predict(model, x, spec)
+
+    monkeypatch.setattr(scoring_module, "predict", failing_on_13)
+    served.store.write("features", FeatureWrite("card-13", NOW - 10, 1, {"amount": 13.0}, {}))
+    request = scoring_pb2.ScoreBatchRequest(requests=[scoring_pb2.ScoreRequest(entity_id="card-1"),
+                                                      scoring_pb2.ScoreRequest(entity_id="card-13")])
+    response = served.stub.ScoreBatch(request, timeout=5)
+    assert [r.WhichOneof("result") for r in response.results] == ["response", "error"]
+    assert response.results[1].error.code == grpc.StatusCode.INTERNAL.value[0]
+    assert response.results[1].error.message == "the model failed: the classifier returned probability nan for True"
+    code, details = status_of_call(served.stub.Score, scoring_pb2.ScoreRequest(entity_id="card-13"), timeout=5)
+    assert (code, details) == (grpc.StatusCode.INTERNAL, response.results[1].error.message), "the same, alone"
 
 
 def test_score_batch_rejects_a_malformed_item_by_index(served: Served) -> None:
