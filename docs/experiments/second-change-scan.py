@@ -10,7 +10,8 @@ error stream, each sampled ``SAMPLES`` times per row:
   back to the base rate (the shape a learner in catch-up leaves, with its repeats);
 - persistent: the errors rise from the base rate and stay there;
 - a persistent rise after a learner's adapting, high errors first: the errors before a rise
-  include them.
+  include them;
+- settling: a learner getting better in steps, no rise at all.
 
     .venv/bin/python docs/experiments/second-change-scan.py
     .venv/bin/python docs/experiments/second-change-scan.py --cost    # time and peak memory of one test
@@ -81,6 +82,9 @@ def main() -> None:
     for adapting in (0, 60, 120):  # the learner's own high errors after its last replay, first
         print(row(f"{adapting} at 0.5, {260 - adapting} at 0.05, then 100 at 0.35", 0.05,
                   [(0.5, adapting), (0.05, 260 - adapting), (0.35, 100)]))
+    for base in (0.01, 0.05):  # a learner getting better in steps: every hit a false alarm
+        print(row(f"settling: 120 at 0.5, 100 at 0.2, then 300 at {base}", base,
+                  [(0.5, 120), (0.2, 100), (base, 300)]))
 
 
 if __name__ == "__main__":
