@@ -123,13 +123,22 @@ class RunnerCollector:
         log.info("%s: joining labels on %s (%d partitions) with the stage runner", SERVICE, self.keyed_topic,
                  self.keyed_partitions)
         next_report = time.monotonic()
-        while any(t.is_alive() for t in threads):
+        while any(t.is_alive() for t in threads) and not self._stop.is_set():
             self._stop.wait(0.5)
             if time.monotonic() >= next_report:
                 next_report = time.monotonic() + self.settings.metrics_report_interval / 1000
                 self.report.report(self.counters.as_dict(), self.join.pending, self.join.entries)
+        # A stage waiting for Redis or the broker (both stopped with it, say) would hold the
+        # process for ever: it gets stop_timeout to finish its batch, then the process leaves
+        # without it. What it had not committed is read again.
+        deadline = time.monotonic() + self.settings.stop_timeout / 1000
         for thread in threads:
-            thread.join()
+            thread.join(max(0.0, deadline - time.monotonic()))
+        stuck = [thread.name for thread in threads if thread.is_alive()]
+        if stuck:
+            log.error("%s: %s did not stop within %d ms; leaving without committing their batch (it is read again)",
+                      SERVICE, ", ".join(stuck), self.settings.stop_timeout)
+            self.exit_code = self.exit_code or 1
         log.info("%s: stopped; counters %s", SERVICE, self.counters.as_dict())
         self.telemetry.shutdown()
         return self.exit_code

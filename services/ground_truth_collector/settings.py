@@ -55,3 +55,7 @@ class CollectorSettings(BaseSettings):
     data_dir: Path | None = Field(
         default=None, description="faust's data directory; unset: a temporary one (the memory store keeps nothing).")
     metrics_report_interval: PositiveDurationMs = 5_000
+    stop_timeout: PositiveDurationMs = Field(
+        default=30_000, description="How long a stop waits for the stages to finish their batch (one may wait for "
+                                    "Redis or the broker) before the process exits without them; their batch is "
+                                    "not committed and is read again.")

@@ -19,6 +19,7 @@ from streamloop.contracts import Catalog
 from streamloop.kafka.dead_letters import read_error_headers
 from streamloop.ml.evaluation import millis
 from streamloop.serde import make_serde
+from streamloop.stack.redis_server import EmbeddedRedis
 from tests.conftest import DEMO_SPEC, REPO_ROOT
 from tests.integration.ground_truth_collector.scenario import Scenario
 from tests.topic_io import drain
@@ -221,3 +222,33 @@ def test_labels_join_out_of_order_and_the_state_survives_a_kill(
     assert (errors["VALUE_CONVERTER"]["__connect.errors.topic"], int(errors["VALUE_CONVERTER"][
         "__connect.errors.partition"]), int(errors["VALUE_CONVERTER"]["__connect.errors.offset"])) == (
         features_topic, *damaged_at)
+
+
+def test_a_stop_while_redis_is_gone_leaves_within_the_stop_timeout(
+        service_env: dict[str, str], loop_catalog: Catalog, bootstrap_servers: str, tmp_path: Path) -> None:
+    """Stopped with its Redis (the demo's stack stopped at once), a stage waits for Redis for ever;
+    the process leaves after COLLECTOR_STOP_TIMEOUT, without committing that batch."""
+    serde = {role: make_serde(loop_catalog[role].schema, loop_catalog.repository, loop_catalog[role].name)
+             for role in ("features", "predictions", "shadow_predictions", "labels")}
+    scenario = Scenario((int(time.time() * 1000) // 10_000) * 10_000 - 300_000, HORIZON_MS)
+    records = [(loop_catalog[r.role].name, r.key, serde[r.role].encode(r.value)) for r in scenario.records]
+    with EmbeddedRedis(tmp_path / "redis") as redis_server:
+        env = {**os.environ, **service_env, "REDIS_URL": redis_server.url, "PYTHONPATH": str(REPO_ROOT),
+               "COLLECTOR_STOP_TIMEOUT": "3s", "COLLECTOR_RUNTIME": "runner"}
+        collector = launch(env, tmp_path / "collector.log")
+        try:
+            produce(bootstrap_servers, records[:20])
+            drain(bootstrap_servers, loop_catalog["labeled_examples"].name, timeout_s=60, until=lambda rs: len(rs) > 0)
+            redis_server.stop()
+            produce(bootstrap_servers, records[20:])  # a batch the join cannot write
+            time.sleep(3)
+            collector.send_signal(signal.SIGTERM)
+            started = time.monotonic()
+            code = collector.wait(30)
+            waited = time.monotonic() - started
+        finally:
+            if collector.poll() is None:
+                collector.kill()
+    log = (tmp_path / "collector.log").read_text()
+    assert code == 1 and waited < 15, log[-3000:]
+    assert "did not stop within 3000 ms" in log
