@@ -97,5 +97,6 @@ class Cooldown:
         entry = (millis(record["window_end"]), SEVERITY_RANK.get(str(record["severity"]), 0))
         self._last[key] = max(entry, self._last.get(key, entry))
 
-    def clear(self) -> None:
-        self._last.clear()
+    def clear(self, kinds: tuple[str, ...]) -> None:
+        """Forget the cooldowns of these kinds of detection."""
+        self._last = {key: last for key, last in self._last.items() if key[0] not in kinds}

@@ -143,7 +143,10 @@ class DriftProcessor:
         self.data = DriftMonitor(drift.reference_size, drift.window_size, drift.p_value, drift.correction, **options)
         # One score, one test: nothing to correct.
         self.prediction = DriftMonitor(drift.reference_size, drift.window_size, drift.p_value, "none", **options)
-        self.cooldown.clear()
+        # The concept detectors go on across champions (they watch the served model's errors),
+        # and so do their cooldowns: cleared on every promotion, one drift was published again
+        # at each of catch-up's promotions.
+        self.cooldown.clear(kinds=("DATA", "PREDICTION"))
 
     def _reset_concept(self) -> None:
         drift, s = self.spec.drift, self.settings
@@ -171,6 +174,7 @@ class DriftProcessor:
 
     def process(self, batch: Sequence[ConsumedRecord]) -> ProcessResult:
         self._refresh_champion()
+        self._warmed_up()
         for record in batch:
             key = (record.topic, record.partition)
             if record.offset <= self._applied.get(key, -1):
@@ -181,15 +185,25 @@ class DriftProcessor:
 
     def tick(self, now_ms: int) -> ProcessResult:
         self._refresh_champion()
+        self._warmed_up()
         return self._flush()
 
     def on_assigned(self, partitions: Sequence[TopicPartitionRef]) -> None:
+        if not self._warmed_up():
+            log.info("no champion known yet: the warm start waits for one")
+
+    def _warmed_up(self) -> bool:
+        """Rebuild the state by replay once per assignment, as soon as the champion is known.
+
+        Until then every record is skipped (nothing to compare it with) and committed, so a
+        later replay up to the committed offsets still covers them.
+        """
         if self.history is None or self._warm:
-            return
-        self._warm = True
+            return True
         champion = self._refresh_champion()
         if champion is None:
-            return
+            return False
+        self._warm = True
         try:
             self._warm_start(self.history, champion)
         except (StreamloopError, KafkaException) as exc:
@@ -197,6 +211,7 @@ class DriftProcessor:
             log.warning("warm start failed, starting with empty windows: %s", exc)
             self._reset()
             self._reset_concept()
+        return True
 
     def on_revoked(self, partitions: Sequence[TopicPartitionRef]) -> None:
         # Global state cannot be split: losing any partition drops it all; the next owner replays.
@@ -206,6 +221,7 @@ class DriftProcessor:
         self.champion = None
         self._reset()
         self._reset_concept()
+        self.cooldown.clear(kinds=("CONCEPT",))  # the next owner restores them from the drift topic
 
     def _flush(self) -> ProcessResult:
         outputs, self._pending = self._pending, []
@@ -216,21 +232,27 @@ class DriftProcessor:
     def _warm_start(self, history: History, champion: Champion) -> None:
         started = time.perf_counter()
         for event in history.latest(self.topics.drift_events, self.settings.events_replay):
-            if (event.get("pipeline"), event.get("model_name"), event.get("model_version")) == (
-                    champion.pipeline, champion.model_name, champion.version):
+            if (event.get("pipeline"), event.get("model_name")) != (champion.pipeline, champion.model_name):
+                continue
+            # A concept event's cooldown outlives its champion, as its detectors do.
+            if event.get("kind") == "CONCEPT" or event.get("model_version") == champion.version:
                 self.cooldown.restore(event)
         drift = self.spec.drift
-        plan = [(self.topics.features, drift.window_size), (self.topics.predictions, drift.window_size),
-                (self.topics.labeled_examples, self.settings.concept_replay)]
-        for topic, tail_size in plan:
+        for topic in (self.topics.features, self.topics.predictions):
             reference = history.since(topic, champion.deployed_at, drift.reference_size)
             seen = {(r.partition, r.offset) for r in reference}
-            recent = [r for r in history.tail(topic, tail_size) if (r.partition, r.offset) not in seen]
-            for record in reference + recent:
-                self._ingest(record)
-            self.stats.replayed += len(reference) + len(recent)
+            recent = [r for r in history.tail(topic, drift.window_size) if (r.partition, r.offset) not in seen]
+            self._replay(reference + recent)
+        # Only the last labels: the concept detectors have no reference, and the first labels
+        # after the deployment put before them made a jump of their own (a false CRITICAL).
+        self._replay(history.tail(self.topics.labeled_examples, self.settings.concept_replay))
         log.info("warm start for %s %s: replayed %d records, %d detections pending (%.2fs)", champion.model_name,
                  champion.version, self.stats.replayed, len(self._pending), time.perf_counter() - started)
+
+    def _replay(self, records: list[ConsumedRecord]) -> None:
+        for record in records:
+            self._ingest(record)
+        self.stats.replayed += len(records)
 
     # -- one record ------------------------------------------------------------------------
 

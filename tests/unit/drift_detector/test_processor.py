@@ -22,6 +22,7 @@ from services.drift_detector.settings import DriftSettings
 from streamloop.contracts import PipelineSpec, SchemaRepository
 from streamloop.contracts.pipeline import DriftSpec
 from streamloop.kafka.records import ConsumedRecord, ProcessResult, TopicPartitionRef
+from streamloop.ml.evaluation import millis
 from streamloop.serde import SingleObjectSerde
 from streamloop.telemetry import ServiceMetrics
 
@@ -326,3 +327,44 @@ def test_a_promotion_that_lowers_the_error_is_no_alarm(spec: PipelineSpec) -> No
     champions.current = Champion("card-fraud", "fraud", "v2", at(4000))
     events = run(p, labeled(4000, 4000, 0.1, version="v2", seed=3))
     assert all(e["severity"] == "INFO" for e in events if e["kind"] == "CONCEPT")
+
+
+def test_promotions_keep_the_concept_cooldown(spec: PipelineSpec) -> None:
+    """A catch-up promotes every few hundred labels; each promotion made one drift an event again."""
+    ten_minutes = 600_000
+    champions = Champions()
+    p = processor(spec.model_copy(update={"drift": spec.drift.model_copy(update={"cooldown": ten_minutes})}),
+                  champions)
+    events = run(p, labeled(3000, 0, 0.1))
+    for step, first in enumerate(range(3000, 9000, 300)):  # the error rises gradually: detectors fire again
+        champions.current = Champion("card-fraud", "fraud", f"v{step + 2}", at(first))
+        events += run(p, labeled(300, first, 0.1 + 0.025 * step, version=f"v{step + 2}", seed=step))
+    ends: dict[str, list[int]] = {}
+    for event in events:
+        if event["kind"] == "CONCEPT":
+            ends.setdefault(event["detector"], []).append(millis(event["window_end"]))
+    gaps = {detector: [b - a for a, b in zip(times, times[1:], strict=False)] for detector, times in ends.items()}
+    assert ends and all(gap >= ten_minutes for times in gaps.values() for gap in times), gaps
+
+
+def test_a_restart_does_not_report_an_old_concept_drift_again(spec: PipelineSpec) -> None:
+    """The concept detectors are warmed with the last labels only: the first labels after the
+    deployment, put before them, made a jump of their own."""
+    consumed = labeled(6000, 0, 0.10) + labeled(20000, 6000, 0.35, seed=3)
+    live = [e for e in run(processor(spec), consumed) if e["kind"] == "CONCEPT"]
+    assert live, "the change at label 6,000 is reported live"
+    p = processor(spec, history=History({TOPICS.labeled_examples: consumed}, live))
+    p.on_assigned([TopicPartitionRef(TOPICS.labeled_examples, 0)])
+    assert p.tick(0).outputs == [] and p.stats.replayed == p.settings.concept_replay
+
+
+def test_the_warm_start_waits_for_the_champion(spec: PipelineSpec) -> None:
+    consumed = features(REFERENCE + 3 * WINDOW)
+    champions = Champions(None)
+    p = processor(spec, champions, History({TOPICS.features: consumed}))
+    p.on_assigned([TopicPartitionRef(TOPICS.features, 0)])
+    assert p.stats.replayed == 0, "no champion yet: nothing to compare with"
+    champions.current = CHAMPION  # the deployments reader caught up
+    events = run(p, features(WINDOW, start_index=REFERENCE + 3 * WINDOW, shift=1.0, seed=5))
+    assert p.stats.replayed == REFERENCE + WINDOW
+    assert [(e["kind"], e["feature"]) for e in events] == [("DATA", "amount")], "a drift right after the restart"
