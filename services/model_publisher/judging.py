@@ -109,7 +109,7 @@ class Judge:
         new, old = champion["version"], predecessor["version"]
         pairs = self._watch_pairs(old, new)
         verdict = decide_rollback(pairs.baseline, pairs.challenger, self.spec, self.policy.paired_test,
-                                  final=len(pairs) >= self.policy.rollback_watch_samples)
+                                  watch_samples=self.policy.rollback_watch_samples)
         if verdict.outcome == "rollback":
             log.warning("rolling back %s to %s: %s", new, old, verdict.reason)
             return verdict, self._rollback(champion, predecessor, verdict)

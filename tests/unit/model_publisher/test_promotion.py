@@ -16,11 +16,13 @@ from streamloop.ml.promotion import (
     event_loss,
     holdout_metrics,
     paired_test,
+    rollback_looks,
 )
 
 SPEC = PromotionSpec(min_samples=500, p_value=0.05, min_improvement=0.0, segment_min_samples=100,
                      segment_max_regression=0.05, rollback_margin=0.02, rollback_min_samples=300)
 rng = np.random.default_rng(42)
+WATCH = 5_000  # the publisher's rollback watch (PUBLISHER_ROLLBACK_WATCH_SAMPLES)
 
 
 def losses(n: int, mean: float, spread: float = 0.2) -> np.ndarray:
@@ -157,13 +159,13 @@ def test_holdout_metrics_are_named_as_snapshots_name_them():
 
 def test_rollback_when_the_new_champion_is_worse_beyond_the_margin():
     predecessor = losses(400, 0.4, 0.05)
-    verdict = decide_rollback(predecessor, predecessor * 1.10, SPEC)
-    assert verdict.outcome == "rollback"
+    verdict = decide_rollback(predecessor, predecessor * 1.10, SPEC, watch_samples=WATCH)
+    assert verdict.outcome == "rollback", "at the first look"
     assert verdict.evidence["relative_regression"] == pytest.approx(0.10)
     assert verdict.evidence["p_value"] < 0.001
-    assert decide_rollback(predecessor, predecessor * 1.01, SPEC).outcome == "keep"
-    assert decide_rollback(predecessor, predecessor * 0.8, SPEC).outcome == "keep"
-    assert decide_rollback(predecessor[:299], predecessor[:299] * 2, SPEC).outcome == "wait"
+    assert decide_rollback(predecessor, predecessor * 1.01, SPEC, watch_samples=WATCH).outcome == "keep"
+    assert decide_rollback(predecessor, predecessor * 0.8, SPEC, watch_samples=WATCH).outcome == "keep"
+    assert decide_rollback(predecessor[:299], predecessor[:299] * 2, SPEC, watch_samples=WATCH).outcome == "wait"
 
 
 def test_a_regression_beyond_the_margin_that_may_be_noise_waits_for_significance():
@@ -172,15 +174,32 @@ def test_a_regression_beyond_the_margin_that_may_be_noise_waits_for_significance
     predecessor = losses(300, 0.4, 0.2)
     noise = rng.normal(0.0, 0.2, 300)
     champion = predecessor + noise - noise.mean() + 0.03 * predecessor.mean()
-    verdict = decide_rollback(predecessor, champion, SPEC)
+    verdict = decide_rollback(predecessor, champion, SPEC, watch_samples=WATCH)
     assert verdict.evidence["relative_regression"] == pytest.approx(0.03)
     assert verdict.evidence["p_value"] > SPEC.rollback_p_value
     assert verdict.outcome == "wait" and "not yet significantly" in verdict.reason
-    # The watch's last look: the margin alone decides.
-    assert decide_rollback(predecessor, champion, SPEC, final=True).outcome == "rollback"
+    # The watch's last look: not shown worse over the whole watch, so kept.
+    assert decide_rollback(predecessor, champion, SPEC, watch_samples=300).outcome == "keep"
     # Without the significance requirement, the same events roll back at once.
     margin_only = SPEC.model_copy(update={"rollback_p_value": 1.0})
-    assert decide_rollback(predecessor, champion, margin_only).outcome == "rollback"
+    assert decide_rollback(predecessor, champion, margin_only, watch_samples=WATCH).outcome == "rollback"
+
+
+def test_the_watch_tests_a_few_prefixes_so_its_looks_do_not_add_up_to_false_rollbacks():
+    """Called at every labeled batch, a test of the growing sample each time rolled back about a
+    quarter of champions exactly as good as their predecessor (a review: 43 of 200 at p < 0.05)."""
+    assert rollback_looks(300, 5_000) == [300, 600, 1_200, 2_400, 4_800, 5_000]
+    simulate = np.random.default_rng(0)
+    rolled = 0
+    for _ in range(100):
+        ease = simulate.normal(2.0, 1.5, WATCH)  # each event's logit of its true class; two equal models
+        old, new = (np.log1p(np.exp(-(ease + simulate.normal(0, 0.4, WATCH)))) for _ in range(2))
+        for n in range(300, WATCH + 1, 100):
+            verdict = decide_rollback(old[:n], new[:n], SPEC, watch_samples=WATCH)
+            if verdict.outcome == "rollback" or (verdict.outcome == "keep" and n == WATCH):
+                rolled += verdict.outcome == "rollback"
+                break
+    assert rolled <= 9, f"{rolled} of 100: under rollback_p_value (5 %) in expectation"
 
 
 def test_canary_is_promoted_or_rolled_back_on_its_share_of_traffic():
