@@ -21,6 +21,7 @@ from __future__ import annotations
 import hmac
 import logging
 import math
+import socket
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -325,6 +326,18 @@ class ServerTLS:
                                            require_client_auth=self.client_ca is not None)
 
 
+def _check_listen_address(host: str, port: int) -> None:
+    """Refuse an address this host cannot listen on, before gRPC tries: its C core would log the
+    failed bind on stderr beside our one line. Probes port 0 so a busy ``port`` is left to gRPC."""
+    try:
+        family, kind, protocol, _, address = socket.getaddrinfo(
+            host.strip("[]"), 0, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+        with socket.socket(family, kind, protocol) as probe:
+            probe.bind(address)
+    except OSError as exc:
+        raise ScorerError(f"cannot listen for gRPC on {host}:{port}: {exc.strerror or exc}") from exc
+
+
 class ScoringServer:
     """The gRPC server: scoring, health and reflection, on a thread pool."""
 
@@ -342,10 +355,14 @@ class ScoringServer:
         self.health = health.HealthServicer(experimental_non_blocking=True)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection((SERVICE_NAME, HEALTH_SERVICE, reflection.SERVICE_NAME), self.server)
-        if tls is None:
-            self.port = self.server.add_insecure_port(f"{host}:{port}")
-        else:
-            self.port = self.server.add_secure_port(f"{host}:{port}", tls.credentials())
+        _check_listen_address(host, port)
+        try:
+            if tls is None:
+                self.port = self.server.add_insecure_port(f"{host}:{port}")
+            else:
+                self.port = self.server.add_secure_port(f"{host}:{port}", tls.credentials())
+        except RuntimeError as exc:  # grpcio 1.6x and later raise where older ones returned 0
+            raise ScorerError(f"cannot listen for gRPC on {host}:{port}: {exc}") from exc
         self.tls = tls is not None
         self._mtls = tls is not None and tls.client_ca is not None
         self.authenticated = auth_token is not None

@@ -138,13 +138,27 @@ def test_score_says_when_no_scorer_listens(cli_env):
     assert "Traceback" not in result.stderr
 
 
-@pytest.mark.parametrize("arguments", [["--rate", "0"], ["--events", "0"], ["--drift-at", "1.5"]])
+@pytest.mark.parametrize("arguments", [["--rate", "0"], ["--rate", "inf"], ["--events", "0"], ["--drift-at", "1.5"]])
 def test_demo_refuses_bad_arguments_before_starting_anything(cli_env, tmp_path: Path, arguments: list[str]):
     data_dir = tmp_path / "demo-state"
     result = streamloop("demo", *arguments, "--headless", "--json", "--data-dir", str(data_dir), env=cli_env)
     assert result.returncode == 2, result.stderr
     assert f"Invalid value for '{arguments[0]}'" in result.stderr and "Traceback" not in result.stderr
     assert not data_dir.exists(), "nothing was started"
+
+
+@pytest.mark.parametrize("command", ["up", "demo"])
+def test_up_and_demo_refuse_an_unknown_broker_and_an_unusable_data_directory(tmp_path: Path, command: str):
+    data_dir = tmp_path / "state"
+    broker = streamloop(command, "--broker", "kafka", "--data-dir", str(data_dir), env={})
+    assert broker.returncode == 2
+    assert broker.stderr == "streamloop: --broker must be noida or tansu, not 'kafka'\n"
+    assert not data_dir.exists(), "nothing was started"
+
+    unusable = streamloop(command, "--data-dir", "/proc/streamloop", env={})
+    assert unusable.returncode == 2
+    assert unusable.stderr.startswith("streamloop: cannot use /proc/streamloop") and unusable.stderr.count("\n") == 1
+    assert "No such file or directory" in unusable.stderr
 
 
 def test_up_and_demo_refuse_a_model_the_spec_cannot_build(cli_env, tmp_path: Path):
@@ -237,3 +251,69 @@ def test_version_and_short_help(cli_env):
     assert streamloop("--version", env=cli_env).stdout.strip() == __version__
     short = streamloop("-h", env=cli_env)
     assert short.returncode == 0 and "Usage:" in short.stdout and "demo" in short.stdout
+
+
+def test_a_bad_kafka_or_scorer_variable_is_one_line_naming_it(tmp_path: Path):
+    lag = streamloop("lag", env={"KAFKA_BOOTSTRAP_SERVERS": "host:abc"})
+    assert lag.returncode == 2
+    assert lag.stderr == ("streamloop: invalid settings: bootstrap_servers (KAFKA_BOOTSTRAP_SERVERS): 'host:abc' "
+                          "is not host:port with a port from 1 to 65535\n")
+    missing = tmp_path / "token"
+    score = streamloop("score", "card-1", "--address", "127.0.0.1:1", env={"SCORER_AUTH_TOKEN": f"file:{missing}"})
+    assert score.returncode == 2
+    assert score.stderr == (f"streamloop: invalid settings: auth_token (SCORER_AUTH_TOKEN): cannot read the secret "
+                            f"file {missing}: No such file or directory\n")
+
+
+SIGNING_KEY = "0123456789abcdef0123"
+# service, variable, value ({missing}: a file that does not exist), how the line after "<service>: " starts
+SERVICE_SETTING_ERRORS = [
+    ("featurizer", "STREAMLOOP_LOG_LEVEL", "LOUD", "invalid settings: log_level (STREAMLOOP_LOG_LEVEL): Input should "
+                                                   "be 'DEBUG', 'INFO', 'WARNING', 'ERROR' or 'CRITICAL'"),
+    ("featurizer", "STREAMLOOP_RUNNER", "{bad", "invalid settings: runner (STREAMLOOP_RUNNER): not JSON ("),
+    ("featurizer", "STREAMLOOP_RUNNER", '{"batchsize": 5}',
+     "invalid settings: runner.batchsize (STREAMLOOP_RUNNER): unknown key; the keys are batch_size, "),
+    ("retrainer", "RETRAINER_REBUILD_DRIFT_KINDS", "CONCEPT",
+     "invalid settings: rebuild_drift_kinds (RETRAINER_REBUILD_DRIFT_KINDS): not JSON ("),
+    ("online-scorer", "STREAMLOOP_ARTIFACT_PREVIOUS_KEYS", "notjson",
+     "invalid settings: previous_keys (STREAMLOOP_ARTIFACT_PREVIOUS_KEYS): not JSON ("),
+    ("featurizer", "REDIS_PASSWORD", "file:{missing}",
+     "invalid settings: password (REDIS_PASSWORD): cannot read the secret file {missing}: No such file"),
+    ("ground-truth-collector", "KAFKA_SASL_PASSWORD", "file:{missing}",
+     "invalid settings: sasl_password (KAFKA_SASL_PASSWORD): cannot read the secret file {missing}: No such file"),
+    ("model-publisher", "STREAMLOOP_ARTIFACT_SIGNING_KEY", "file:{missing}",
+     "invalid settings: signing_key (STREAMLOOP_ARTIFACT_SIGNING_KEY): cannot read the secret file {missing}: "),
+    ("drift-detector", "SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO", "file:{missing}",
+     "invalid settings: basic_auth_user_info (SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO): cannot read the secret file "),
+    ("online-scorer", "SCORER_AUTH_TOKEN", "file:{missing}",
+     "invalid settings: auth_token (SCORER_AUTH_TOKEN): cannot read the secret file {missing}: No such file"),
+    ("featurizer", "KAFKA_BOOTSTRAP_SERVERS", "",
+     "invalid settings: bootstrap_servers (KAFKA_BOOTSTRAP_SERVERS): empty"),
+    ("featurizer", "KAFKA_BOOTSTRAP_SERVERS", "host:abc",
+     "invalid settings: bootstrap_servers (KAFKA_BOOTSTRAP_SERVERS): 'host:abc' is not host:port"),
+    ("online-scorer", "SCORER_TLS_CERT_FILE", "/etc/hostname",
+     "invalid settings: SCORER_TLS_CERT_FILE and SCORER_TLS_KEY_FILE are set together"),
+    ("online-scorer", "SCORER_GRPC_HOST", "999.9.9.9", "cannot listen for gRPC on 999.9.9.9:50051: "),
+]
+
+
+@pytest.mark.parametrize(("service", "variable", "value", "expected"), SERVICE_SETTING_ERRORS,
+                         ids=[f"{case[0]}-{case[1]}={case[2]}" for case in SERVICE_SETTING_ERRORS])
+def test_a_service_with_a_bad_setting_exits_2_with_one_line(tmp_path: Path, service: str, variable: str, value: str,
+                                                            expected: str):
+    missing = tmp_path / "missing-secret"
+    env = {"STREAMLOOP_ARTIFACT_SIGNING_KEY": SIGNING_KEY, "STREAMLOOP_ARTIFACT_STORE": (tmp_path / "a").as_uri(),
+           variable: value.replace("{missing}", str(missing))}
+    result = streamloop("service", service, env=env)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith(f"{service}: {expected.replace('{missing}', str(missing))}"), result.stderr
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("service", ["model-publisher", "ground-truth-collector"])
+def test_a_service_that_cannot_reach_the_broker_exits_1_with_one_line(tmp_path: Path, service: str):
+    env = {"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1", "STREAMLOOP_BROKER_WAIT_S": "2",
+           "STREAMLOOP_ARTIFACT_SIGNING_KEY": SIGNING_KEY, "STREAMLOOP_ARTIFACT_STORE": (tmp_path / "a").as_uri()}
+    result = streamloop("service", service, env=env)
+    assert result.returncode == 1
+    assert result.stderr == f"{service}: cannot reach a Kafka broker at 127.0.0.1:1 within 2 s\n"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import threading
 import time
@@ -17,6 +18,7 @@ from rich.table import Table
 
 from streamloop.cli.connection import DEMO_PIPELINE, DataDirOption, fail, load_runnable_pipeline
 from streamloop.cli.model_commands import artifact_store
+from streamloop.cli.stack_launch import broker_kind, prepare_stack, stop_on_sigterm
 from streamloop.contracts import PipelineSpec, load_catalog
 from streamloop.errors import StreamloopError
 from streamloop.ml.registry_client import RegistryClient
@@ -42,8 +44,9 @@ def _progress(driver: LoopDriver, total: int, stack: Stack) -> Table:
 
 
 def _positive(value: float) -> float:
-    if not value > 0:
-        raise typer.BadParameter(f"{value} is not more than 0")
+    # inf would pace nothing: every event at once, the one thing the rate is there to prevent.
+    if not (value > 0 and math.isfinite(value)):
+        raise typer.BadParameter(f"{value} is not a finite number more than 0")
     return value
 
 
@@ -51,7 +54,7 @@ def _positive(value: float) -> float:
 def demo(
     events: int = typer.Option(50_000, "--events", min=1, envvar="STREAMLOOP_DEMO_EVENTS", help="Events to stream."),
     rate: float = typer.Option(400.0, "--rate", envvar="STREAMLOOP_DEMO_RATE", callback=_positive,
-                               help="Events per second (more than 0)."),
+                               help="Events per second (a finite number more than 0)."),
     seed: int = typer.Option(7, "--seed", envvar="STREAMLOOP_DEMO_SEED", help="Seed of the synthetic domain."),
     drift_at: float = typer.Option(0.5, "--drift-at", min=0.0, max=1.0,
                                    help="Where the concept drifts, as a share of the events."),
@@ -67,14 +70,16 @@ def demo(
              "bootstrap model by hand, to watch the publisher roll the bad promotion back."),
 ) -> None:
     """Run the whole loop on the embedded stack and report what it did."""
+    kind = broker_kind(broker)
     console = Console(stderr=True)
     spec = load_runnable_pipeline(pipeline)
     try:
         generator = load_generator(spec)
     except (StreamloopError, FileNotFoundError) as exc:
         raise fail(str(exc), 2) from None
-    stack = Stack.prepare(spec, pipeline, data_dir / "demo", fresh=True, broker_kind=broker,  # type: ignore[arg-type]
+    stack = prepare_stack(spec, pipeline, data_dir / "demo", fresh=True, broker_kind=kind,
                           replicas=embedded_replicas(os.environ))
+    stop_on_sigterm()
     try:
         with console.status("starting broker, Redis, topics and services"):
             stack.start_infrastructure()
@@ -156,7 +161,10 @@ def _wait_for_champion(driver: LoopDriver, stack: Stack, console: Console, timeo
             for line in stack.supervise_once():
                 console.print(line)
             if time.monotonic() > deadline:
-                raise fail(f"no champion was deployed within {timeout_s:.0f}s; see {stack.data_dir / 'logs'}")
+                # An error the command handles (it stops the stack), not an exit past it: the
+                # stack was left running.
+                logs = stack.data_dir / "logs"
+                raise StreamloopError(f"no champion was deployed within {timeout_s:.0f}s; see {logs}")
             time.sleep(0.2)
 
 

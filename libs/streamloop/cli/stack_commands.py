@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import runpy
-import signal
 import sys
 import time
 from pathlib import Path
@@ -23,6 +22,7 @@ from streamloop.cli.connection import (
     load_runnable_pipeline,
     resolve_pipeline_path,
 )
+from streamloop.cli.stack_launch import broker_kind, prepare_stack, stop_on_sigterm
 from streamloop.errors import StreamloopError
 from streamloop.kafka.admin import wait_for_broker
 from streamloop.kafka.configuration import KafkaSettings
@@ -52,8 +52,7 @@ def up(
     no_services: bool = typer.Option(False, "--no-services", help="Start only the broker, Redis and topics."),
 ) -> None:
     """Start the broker, Redis, the topics and every service; Ctrl-C stops everything."""
-    if broker not in ("noida", "tansu"):
-        raise fail(f"--broker must be noida or tansu, not {broker!r}", 2)
+    kind = broker_kind(broker)
     unknown = set(service or []) - set(SERVICES)
     if unknown:
         raise fail(f"unknown service {sorted(unknown)[0]!r}; services: {', '.join(SERVICES)}", 2)
@@ -61,11 +60,11 @@ def up(
     if read_state(data_dir):
         raise fail(f"a stack is already running from {data_dir} (see `streamloop status`)")
     spec = load_runnable_pipeline(path)
-    stack = Stack.prepare(spec, path, data_dir, fresh=fresh, broker_kind=broker,  # type: ignore[arg-type]
+    stack = prepare_stack(spec, path, data_dir, fresh=fresh, broker_kind=kind,
                           services=[] if no_services else (service or list(SERVICES)),
                           replicas=embedded_replicas(os.environ))
     console = Console(stderr=True)
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    stop_on_sigterm()
     try:
         with console.status("starting broker, Redis and topics"):
             stack.start_infrastructure()

@@ -183,5 +183,6 @@ def lag(
         return
     table = Table("group", "topic", "partition", "committed", "end", "lag")
     for row in rows:
-        table.add_row(row.group, row.topic, str(row.partition), str(row.committed), str(row.end_offset), str(row.lag))
+        committed = "-" if row.committed is None or row.committed < 0 else str(row.committed)
+        table.add_row(row.group, row.topic, str(row.partition), committed, str(row.end_offset), str(row.lag))
     Console().print(table)

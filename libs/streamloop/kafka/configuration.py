@@ -7,6 +7,7 @@ producers, consumers, the admin client and faust (through ``faust_broker_options
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,10 +19,20 @@ LIBRDKAFKA_LOGGER = logging.getLogger("streamloop.librdkafka")
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 
 
+# host:port, the host a name, an IPv4 address or a bracketed IPv6 address ([::1]:9092).
+_BROKER_ADDRESS = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[^\s:,\[\]/]+):(\d{1,5})")
+
+
 def _read_secret_file(value: Any) -> Any:
     # Secrets may be given as "file:/run/secrets/x" so they never sit in the environment.
     if isinstance(value, str) and value.startswith("file:"):
-        return Path(value[5:]).read_text().strip()
+        path = Path(value[5:])
+        try:
+            return path.read_text().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            # A ValueError becomes a validation error naming the variable, not a traceback.
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise ValueError(f"cannot read the secret file {path}: {reason}") from exc
     return value
 
 
@@ -65,6 +76,19 @@ class KafkaSettings(BaseSettings):
     linger_ms: int = Field(default=5, ge=0)
     # librdkafka's default message.max.bytes; artifacts never travel in records (see docs).
     message_max_bytes: int = Field(default=1_000_000, ge=1_000)
+
+    @field_validator("bootstrap_servers")
+    @classmethod
+    def _broker_addresses(cls, value: str) -> str:
+        # librdkafka takes an empty list or a bad port without complaint and retries for ever, so
+        # a typo would only show as a service that never consumes, or as an unreachable "host:0".
+        if not value.strip():
+            raise ValueError("empty; give host:port[,host:port...]")
+        for address in value.split(","):
+            match = _BROKER_ADDRESS.fullmatch(address.strip())
+            if match is None or not 0 < int(match.group(2)) <= 65535:
+                raise ValueError(f"{address.strip()!r} is not host:port with a port from 1 to 65535")
+        return value
 
     @field_validator("sasl_password", "ssl_key_password", mode="before")
     @classmethod

@@ -70,7 +70,8 @@ class _DeadLetter:
 
 
 class RunnerSettings(BaseModel):
-    model_config = ConfigDict(frozen=True)
+    # STREAMLOOP_RUNNER is JSON typed by hand: a misspelt knob must fail, not leave the default.
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     batch_size: int = Field(default=500, ge=1)
     poll_timeout_s: float = Field(default=0.05, gt=0)

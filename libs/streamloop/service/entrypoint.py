@@ -1,7 +1,9 @@
 """The start of every service's ``main``: settings from the environment, logging, the service built.
 
 A bad setting or spec ends the process with exit code 2 and one line on stderr naming what is
-wrong, never a traceback (the orchestrator shows the line; restarting would not help).
+wrong, never a traceback (the orchestrator shows the line; restarting would not help). A broker
+that does not answer within ``STREAMLOOP_BROKER_WAIT_S`` ends it with exit code 1 and one line: a
+restart may find it.
 """
 
 from __future__ import annotations
@@ -10,35 +12,51 @@ import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from confluent_kafka.admin import AdminClient
 from pydantic import ValidationError
+from pydantic_settings import SettingsError
 
 from streamloop.errors import StreamloopError
+from streamloop.kafka.admin import wait_for_broker
+from streamloop.kafka.configuration import KafkaSettings
+from streamloop.kafka.exceptions import BrokerUnavailableError
 from streamloop.service.context import configure_logging
+from streamloop.service.settings_errors import describe_settings_error, describe_validation_error
 
 S = TypeVar("S")
 A = TypeVar("A")
 
 EXIT_BAD_CONFIGURATION = 2
-
-
-def first_error(exc: ValidationError) -> str:
-    error = exc.errors()[0]
-    return f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']}"
+EXIT_BROKER_UNREACHABLE = 1
 
 
 def start_service(service: str, load_settings: Callable[[], S], build: Callable[[S], A]) -> A | int:
-    """The built service, or the exit code when its settings or spec are unusable."""
+    """The built service once its broker answers, or the exit code when it cannot start."""
     try:
         settings: Any = load_settings()
     except ValidationError as exc:
-        print(f"{service}: invalid settings: {first_error(exc)}", file=sys.stderr)
+        print(f"{service}: invalid settings: {describe_validation_error(exc, load_settings)}", file=sys.stderr)
+        return EXIT_BAD_CONFIGURATION
+    except SettingsError as exc:
+        print(f"{service}: invalid settings: {describe_settings_error(exc, load_settings)}", file=sys.stderr)
         return EXIT_BAD_CONFIGURATION
     configure_logging(settings.common.log_level, service)
     try:
-        return build(settings)
+        built = build(settings)
     except ValidationError as exc:
-        print(f"{service}: invalid settings: {first_error(exc)}", file=sys.stderr)
+        print(f"{service}: invalid settings: {describe_validation_error(exc, load_settings)}", file=sys.stderr)
         return EXIT_BAD_CONFIGURATION
     except (StreamloopError, OSError, ValueError) as exc:
         print(f"{service}: {' '.join(str(exc).split())}", file=sys.stderr)
         return EXIT_BAD_CONFIGURATION
+    # Checked once the spec and settings are known good, so that those errors come at once; a
+    # service would otherwise fail later, in whichever client first needs the broker, with its trace.
+    kafka: KafkaSettings = settings.common.kafka
+    waited_s: float = settings.common.broker_wait_s
+    try:
+        wait_for_broker(AdminClient(kafka.admin()), timeout_s=waited_s)
+    except BrokerUnavailableError:
+        print(f"{service}: cannot reach a Kafka broker at {kafka.bootstrap_servers} within {waited_s:g} s",
+              file=sys.stderr)
+        return EXIT_BROKER_UNREACHABLE
+    return built

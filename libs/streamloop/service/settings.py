@@ -7,7 +7,7 @@ Environment variables: ``STREAMLOOP_PIPELINE`` (path of the pipeline spec), ``KA
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, field_validator
@@ -18,6 +18,8 @@ from streamloop.kafka.runner import RunnerSettings
 
 if TYPE_CHECKING:
     import redis
+
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
 
 def redact_url(url: str | None) -> str | None:
@@ -101,8 +103,15 @@ class CommonSettings(BaseSettings):
 
     pipeline: Path = Field(default=Path("pipeline.yaml"), description="Path of the pipeline spec.")
     topic_prefix: str = Field(default="", description="Prepended to every topic name (namespaces a deployment).")
-    log_level: str = "INFO"
+    log_level: LogLevel = "INFO"
     instance_id: str | None = Field(default=None, description="Distinguishes replicas in logs and client ids.")
+    broker_wait_s: float = Field(default=60.0, gt=0,
+                                 description="How long start-up waits for a Kafka broker to answer before exiting 1.")
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     serde: SerdeSettings = Field(default_factory=SerdeSettings)
     runner: RunnerSettings = Field(default_factory=RunnerSettings)
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _any_case(cls, value: Any) -> Any:
+        return value.strip().upper() if isinstance(value, str) else value

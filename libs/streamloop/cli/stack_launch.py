@@ -1,0 +1,49 @@
+"""What ``up`` and ``demo`` share before and while they run a local stack."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+from types import FrameType
+from typing import Any, get_args
+
+from pydantic import ValidationError
+
+from streamloop.cli.connection import fail
+from streamloop.contracts import PipelineSpec
+from streamloop.kafka.configuration import KafkaSettings
+from streamloop.service.settings_errors import describe_validation_error
+from streamloop.stack.broker import BrokerKind
+from streamloop.stack.launcher import Stack
+
+
+def broker_kind(broker: str) -> BrokerKind:
+    """The ``--broker`` value, or one line and exit 2 before anything starts."""
+    kinds: tuple[str, ...] = get_args(BrokerKind)
+    if broker not in kinds:
+        raise fail(f"--broker must be {' or '.join(kinds)}, not {broker!r}", 2)
+    return broker  # type: ignore[return-value]
+
+
+def prepare_stack(spec: PipelineSpec, pipeline_path: Path, data_dir: Path, **options: Any) -> Stack:
+    """``Stack.prepare``, with what would fail once processes run refused first, in one line."""
+    try:
+        # The stack's clients read KAFKA_* too; a bad one would fail with the broker already up.
+        KafkaSettings(bootstrap_servers=os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or "127.0.0.1:9092")
+    except ValidationError as exc:
+        raise fail(f"invalid settings: {describe_validation_error(exc, KafkaSettings)}", 2) from None
+    try:
+        return Stack.prepare(spec, pipeline_path, data_dir, **options)
+    except OSError as exc:
+        raise fail(f"cannot use {data_dir} as the data directory: {exc.strerror or exc}", 2) from None
+
+
+def _interrupt(_signum: int, _frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def stop_on_sigterm() -> None:
+    """Make SIGTERM (``kill``, a supervisor, ``docker stop``) end the command as Ctrl-C does, so
+    the command stops the stack in order (services first) instead of leaving it behind."""
+    signal.signal(signal.SIGTERM, _interrupt)

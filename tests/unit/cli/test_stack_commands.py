@@ -1,0 +1,118 @@
+"""``up`` and ``demo`` stopped by SIGTERM, and ``lag``'s table, with the stack and the broker faked."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+
+import pytest
+from typer.testing import CliRunner
+
+from streamloop.cli import demo_command, topic_commands
+from streamloop.cli.connection import Connection
+from streamloop.cli.main import app
+from streamloop.kafka.lag import PartitionLag
+from streamloop.stack.launcher import Stack
+from tests.conftest import DEMO_SPEC
+
+
+class SigtermNotHandled(Exception):
+    """Raised by the test's own SIGTERM handler: the command left SIGTERM as it found it."""
+
+
+@pytest.fixture
+def sigterm_not_handled() -> Iterator[None]:
+    # Without a handler of the command's, SIGTERM would end the test run itself.
+    def not_handled(_signum, _frame):
+        raise SigtermNotHandled
+
+    previous = signal.signal(signal.SIGTERM, not_handled)
+    yield
+    signal.signal(signal.SIGTERM, previous)
+
+
+class TerminatedStack:
+    """A stack that receives SIGTERM while it starts, and records how it was stopped."""
+
+    def __init__(self) -> None:
+        self.processes: list = []
+        self.stopped = 0
+
+    def start_infrastructure(self) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler runs here
+
+    def stop(self) -> None:
+        self.stopped += 1
+
+
+@pytest.mark.parametrize(("command", "exit_code"), [(["demo", "--headless"], 130), (["up"], 0)])
+def test_sigterm_stops_the_stack_as_ctrl_c_does(monkeypatch, tmp_path, sigterm_not_handled, command, exit_code):
+    stack = TerminatedStack()
+    monkeypatch.setattr(Stack, "prepare", lambda *_args, **_kwargs: stack)
+    started = time.monotonic()
+    result = CliRunner().invoke(app, [*command, "-p", str(DEMO_SPEC), "--data-dir", str(tmp_path)])
+    assert not isinstance(result.exception, SigtermNotHandled), "SIGTERM is not handled"
+    assert result.exit_code == exit_code, result.output
+    assert stack.stopped == 1, "the stack is stopped once: services first, then Redis and the broker"
+    assert time.monotonic() - started < 5
+
+
+def test_lag_shows_a_partition_without_a_committed_offset_as_a_dash(monkeypatch, demo_pipeline):
+    rows = [PartitionLag("g", "t", 0, 7, 10), PartitionLag("g", "t", 1, None, 4)]
+    monkeypatch.setattr(topic_commands, "connect", lambda *_args: Connection(demo_pipeline, None, "b:1", "redis://r"))
+    monkeypatch.setattr(topic_commands, "reachable_admin", lambda _bootstrap: None)
+    monkeypatch.setattr(topic_commands, "group_lag", lambda *_args: rows)
+    result = CliRunner().invoke(app, ["lag"], env={"COLUMNS": "120"})
+    assert result.exit_code == 0, result.output
+    lines = [line.split("│")[1:-1] for line in result.stdout.splitlines() if line.count("│") == 7]
+    assert [[cell.strip() for cell in line] for line in lines] == [  # group, topic, partition, committed, end, lag
+        ["g", "t", "0", "7", "10", "3"],
+        ["g", "t", "1", "-", "4", "4"],
+    ]
+    assert "None" not in result.stdout
+
+
+class ChampionlessStack(TerminatedStack):
+    """A stack that starts, but whose publisher never deploys a champion."""
+
+    def __init__(self, data_dir) -> None:
+        super().__init__()
+        self.data_dir = data_dir
+        self.bootstrap_servers, self.redis_url = "127.0.0.1:1", "redis://127.0.0.1:1"
+
+    def start_infrastructure(self) -> None:
+        pass
+
+    start_services = start_infrastructure
+
+    def start_dashboard(self) -> None:
+        return None
+
+    def supervise_once(self) -> list[str]:
+        return []
+
+    def client_settings(self) -> dict:
+        return {}
+
+
+class SilentDriver:
+    def __init__(self, *_args) -> None:
+        self.observed = type("Observed", (), {"decisions": []})()
+
+    def start_readers(self) -> None:
+        pass
+
+
+def test_a_demo_without_a_champion_stops_its_stack(monkeypatch, tmp_path):
+    stack = ChampionlessStack(tmp_path)
+    monkeypatch.setattr(Stack, "prepare", lambda *_args, **_kwargs: stack)
+    monkeypatch.setattr(demo_command, "LoopDriver", SilentDriver)
+    monkeypatch.setattr(demo_command, "load_catalog", lambda _spec: None)
+    wait = demo_command._wait_for_champion
+    monkeypatch.setattr(demo_command, "_wait_for_champion", lambda *args: wait(*args, timeout_s=0.2))
+    result = CliRunner().invoke(app, ["demo", "--headless", "-p", str(DEMO_SPEC), "--data-dir", str(tmp_path)])
+    assert result.exit_code == 1 and "no champion was deployed within 0s" in result.output
+    assert stack.stopped == 1, "the stack is not left running"

@@ -1,0 +1,93 @@
+"""Settings every service reads: what they refuse, and the one line that names the variable to fix."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+from pydantic_settings import SettingsError
+
+from services.online_scorer.settings import ScorerSettings
+from streamloop.kafka.configuration import KafkaSettings
+from streamloop.service.settings import CommonSettings, RedisSettings
+from streamloop.service.settings_errors import describe_settings_error, describe_validation_error
+
+
+@pytest.mark.parametrize("servers", ["127.0.0.1:9092", "kafka-0:9092,kafka-1:9092", "a:1, b:2", "[::1]:9092",
+                                     "streamloop-kafka-bootstrap.kafka.svc:9093"])
+def test_broker_lists_of_host_and_port_are_accepted(servers: str) -> None:
+    assert KafkaSettings(bootstrap_servers=servers).common()["bootstrap.servers"] == servers
+
+
+@pytest.mark.parametrize(("servers", "why"), [
+    ("", "empty"), ("  ", "empty"), ("host:abc", "'host:abc' is not host:port"), ("host", "'host' is not host:port"),
+    ("host:0", "'host:0'"), ("host:65536", "'host:65536'"), ("a:1,", "'' is not host:port"),
+])
+def test_an_empty_or_portless_broker_list_is_refused_naming_the_variable(servers: str, why: str) -> None:
+    with pytest.raises(ValidationError) as caught:
+        KafkaSettings(bootstrap_servers=servers)
+    line = describe_validation_error(caught.value, KafkaSettings)
+    assert line.startswith("bootstrap_servers (KAFKA_BOOTSTRAP_SERVERS): ") and why in line
+
+
+def test_the_log_level_is_one_logging_knows_in_any_case(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STREAMLOOP_LOG_LEVEL", "debug")
+    assert CommonSettings().log_level == "DEBUG"
+    monkeypatch.setenv("STREAMLOOP_LOG_LEVEL", "LOUD")
+    with pytest.raises(ValidationError) as caught:
+        CommonSettings()
+    assert describe_validation_error(caught.value, CommonSettings) == (
+        "log_level (STREAMLOOP_LOG_LEVEL): Input should be 'DEBUG', 'INFO', 'WARNING', 'ERROR' or 'CRITICAL'")
+
+
+def test_a_misspelt_runner_key_is_refused_with_the_keys_there_are(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STREAMLOOP_RUNNER", '{"batchsize": 5}')
+    with pytest.raises(ValidationError) as caught:
+        ScorerSettings()
+    line = describe_validation_error(caught.value, ScorerSettings)
+    assert line.startswith("runner.batchsize (STREAMLOOP_RUNNER): unknown key; the keys are batch_size, ")
+
+
+@pytest.mark.parametrize(("variable", "settings", "field"), [
+    ("REDIS_PASSWORD", RedisSettings, "password"), ("KAFKA_SASL_PASSWORD", KafkaSettings, "sasl_password"),
+    ("KAFKA_SSL_KEY_PASSWORD", KafkaSettings, "ssl_key_password"),
+    ("SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO", ScorerSettings, "basic_auth_user_info"),
+    ("STREAMLOOP_ARTIFACT_SIGNING_KEY", ScorerSettings, "signing_key"),
+    ("SCORER_AUTH_TOKEN", ScorerSettings, "auth_token"),
+])
+def test_a_secret_file_that_cannot_be_read_names_the_variable_and_the_file(
+        monkeypatch: pytest.MonkeyPatch, tmp_path, variable: str, settings: type, field: str) -> None:
+    missing = tmp_path / "missing-secret"
+    monkeypatch.setenv(variable, f"file:{missing}")
+    with pytest.raises(ValidationError) as caught:
+        settings()
+    assert describe_validation_error(caught.value, settings) == (
+        f"{field} ({variable}): cannot read the secret file {missing}: No such file or directory")
+
+
+def test_a_secret_file_is_read_and_stripped(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    secret = tmp_path / "password"
+    secret.write_text("from-a-file\n")
+    monkeypatch.setenv("REDIS_PASSWORD", f"file:{secret}")
+    password = RedisSettings().password
+    assert password is not None and password.get_secret_value() == "from-a-file"
+
+
+@pytest.mark.parametrize(("variable", "value", "expected"), [
+    ("STREAMLOOP_RUNNER", "{bad", 'runner (STREAMLOOP_RUNNER): not JSON (Expecting property name enclosed in '
+                                   'double quotes: line 1 column 2 (char 1)); expected a JSON object'),
+    ("STREAMLOOP_ARTIFACT_PREVIOUS_KEYS", "notjson", "previous_keys (STREAMLOOP_ARTIFACT_PREVIOUS_KEYS): not JSON"),
+])
+def test_a_json_variable_that_is_not_json_is_named(monkeypatch: pytest.MonkeyPatch, variable: str, value: str,
+                                                   expected: str) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(SettingsError) as caught:
+        ScorerSettings()
+    assert describe_settings_error(caught.value, ScorerSettings).startswith(expected)
+
+
+def test_a_check_of_several_variables_is_its_own_message(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SCORER_TLS_CERT_FILE", "/etc/hostname")
+    with pytest.raises(ValidationError) as caught:
+        ScorerSettings()
+    assert describe_validation_error(caught.value, ScorerSettings) == (
+        "SCORER_TLS_CERT_FILE and SCORER_TLS_KEY_FILE are set together")
