@@ -99,7 +99,9 @@ def test_shadow_then_promotion_then_automatic_rollback(publisher, topics, demo_p
         assert registry[champion_key(demo_pipeline)]["previous_version"] == old
         assert registry[slot_key("card-fraud", "fraud", shadow_slot(old))]["role"] == "SHADOW"
 
-        topics.produce("labeled_examples", examples(350, start=10_000, models={new: (0.6, "CHAMPION"),
+        # Enough for a later look of the watch (at 600 pairs): its first, at 300, may also hold events
+        # of the promotion's batch labeled after the promotion, where the new version was still better.
+        topics.produce("labeled_examples", examples(700, start=10_000, models={new: (0.6, "CHAMPION"),
                                                                                 old: (0.8, "SHADOW")}))
         made = decisions(topics, until=lambda ds: any(d["kind"] == "ROLLBACK" for d in ds))
         rollback = next(d for d in made if d["kind"] == "ROLLBACK")
