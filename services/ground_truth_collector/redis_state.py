@@ -7,10 +7,11 @@ therefore never ahead of the outputs: a crash before the flush replays the batch
 again; a crash after it finds the records already applied (the join ignores replays). Values are
 JSON, the same as the faust table's changelog, so the state is readable with redis-cli.
 
-Each store takes the partition over when it is made (a counter beside the hash, incremented), and
-a flush writes only while the counter is still its own: a replica that stalled past the
-consumer's poll interval lost the partition to another, and its late flush would overwrite the
-new owner's newer state (an event decided twice, differently).
+Each store takes the partition over when it is made (a counter in the hash, incremented), and a
+flush writes only while the counter is still its own: a replica that stalled past the consumer's
+poll interval lost the partition to another, and its late flush would overwrite the new owner's
+newer state (an event decided twice, differently). The counter is a field of the hash, not a key
+of its own, so the write script names one key and stays valid on Redis Cluster.
 """
 
 from __future__ import annotations
@@ -27,13 +28,15 @@ log = logging.getLogger(__name__)
 _DELETED = None
 T = TypeVar("T")
 
-# KEYS: the hash, its owner counter. ARGV: the owner's number, how many fields to delete, those
+# The owner counter's field; event ids are never empty, and the join's own fields start with \x00 too.
+OWNER_FIELD = "\x00owner"
+# KEYS: the hash. ARGV: the owner field, the owner's number, how many fields to delete, those
 # fields, then field and value pairs to set. One call per field: no unpack() limit on big batches.
 _WRITE_IF_OWNER = """
-if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
-local deleted = tonumber(ARGV[2])
-for i = 3, 2 + deleted do redis.call('HDEL', KEYS[1], ARGV[i]) end
-for i = 3 + deleted, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
+local deleted = tonumber(ARGV[3])
+for i = 4, 3 + deleted do redis.call('HDEL', KEYS[1], ARGV[i]) end
+for i = 4 + deleted, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 return 1
 """
 
@@ -73,14 +76,14 @@ class RedisPartitionStore:
         self.client = client
         self.key = key
         self.partition = partition
-        self.owner_key = f"{key}:owner"
         # Taken over before it is read: a late flush of the last owner after this read is refused.
-        self.owner = str(retrying(lambda: client.incr(self.owner_key), f"taking {key} over"))
+        self.owner = str(retrying(lambda: client.hincrby(key, OWNER_FIELD, 1), f"taking {key} over"))
         self._write_if_owner = client.register_script(_WRITE_IF_OWNER)
         stored = retrying(lambda: client.hgetall(key), f"reading {key}")
         self.data: dict[str, str] = {
             (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
             for k, v in stored.items()}
+        self.data.pop(OWNER_FIELD, None)
         self._pending: dict[str, dict[str, Any] | None] = {}
 
     def get(self, key: str) -> dict[str, Any] | None:
@@ -110,8 +113,8 @@ class RedisPartitionStore:
         deleted = [key for key, value in self._pending.items() if value is _DELETED]
         written = {key: json.dumps(value, separators=(",", ":"))
                    for key, value in self._pending.items() if value is not _DELETED}
-        args = [self.owner, len(deleted), *deleted, *(item for pair in written.items() for item in pair)]
-        if not retrying(lambda: self._write_if_owner(keys=[self.key, self.owner_key], args=args),
+        args = [OWNER_FIELD, self.owner, len(deleted), *deleted, *(item for pair in written.items() for item in pair)]
+        if not retrying(lambda: self._write_if_owner(keys=[self.key], args=args),
                         f"writing {self.key}"):
             self._pending.clear()
             raise PartitionTakenOver(f"{self.key} was taken over by another replica; this batch's state is dropped")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import redis
 
-from services.ground_truth_collector.redis_state import PartitionTakenOver, RedisPartitionStore
+from services.ground_truth_collector.redis_state import OWNER_FIELD, PartitionTakenOver, RedisPartitionStore
 
 pytestmark = pytest.mark.integration
 
@@ -33,4 +33,5 @@ def test_a_replica_that_lost_its_partition_cannot_overwrite_the_new_owner_s_stat
     restarted = RedisPartitionStore(client, key, 0)
     assert restarted.get("e1") == {"status": "JOINED"} and restarted.get("gone") is None
     assert restarted.get("event-9999") == {"status": "JOINED", "index": 9999}
-    assert client.hlen(key) == 10_001
+    assert client.hlen(key) == 10_002, "the entries and the owner counter, one hash: one key for Redis Cluster"
+    assert restarted.get(OWNER_FIELD) is None, "the counter is no entry of the join's"

@@ -6,34 +6,35 @@ import json
 
 import pytest
 
-from services.ground_truth_collector.redis_state import PartitionTakenOver, RedisPartitionStore
+from services.ground_truth_collector.redis_state import OWNER_FIELD, PartitionTakenOver, RedisPartitionStore
 
 
 class Client:
-    """What the store uses of redis-py: incr, hgetall and its one script, written over again here.
+    """What the store uses of redis-py: hincrby, hgetall and its one script, written over again here.
 
     tests/integration/ground_truth_collector/test_redis_state.py runs the real script on Redis.
     """
 
     def __init__(self) -> None:
         self.hashes: dict[str, dict[str, str]] = {}
-        self.counters: dict[str, int] = {}
         self.executed: list[list[tuple]] = []
 
-    def incr(self, key: str) -> int:
-        self.counters[key] = self.counters.get(key, 0) + 1
-        return self.counters[key]
+    def hincrby(self, key: str, field: str, amount: int) -> int:
+        stored = self.hashes.setdefault(key, {})
+        stored[field] = str(int(stored.get(field, "0")) + amount)
+        return int(stored[field])
 
     def hgetall(self, key: str) -> dict[str, str]:
         return dict(self.hashes.get(key, {}))
 
     def register_script(self, _source: str):  # noqa: ANN201 - redis-py's Script: keys and args in, the result out
         def write_if_owner(keys: list[str], args: list) -> int:
-            key, owner_key = keys
-            if str(self.counters.get(owner_key)) != args[0]:
+            (key,) = keys
+            owner_field, owner, count = args[:3]
+            if self.hashes.get(key, {}).get(owner_field) != owner:
                 return 0
-            deleted = args[2:2 + args[1]]
-            pairs = args[2 + args[1]:]
+            deleted = args[3:3 + count]
+            pairs = args[3 + count:]
             written = dict(zip(pairs[::2], pairs[1::2], strict=True))
             stored = self.hashes.setdefault(key, {})
             for name in deleted:
@@ -75,7 +76,7 @@ def test_a_discarded_batch_leaves_the_committed_state_as_it_was() -> None:
     assert store.get("e1") == {"predictions": ["v1"]}
     store.delete("e1", 0)
     store.flush()
-    assert store.get("e1") is None and client.hashes["join:0"] == {}
+    assert store.get("e1") is None and set(client.hashes["join:0"]) == {OWNER_FIELD}
 
 
 def test_a_store_whose_partition_was_taken_over_writes_nothing() -> None:
