@@ -8,6 +8,7 @@ from pydantic_settings import SettingsError
 
 from services.online_scorer.settings import ScorerSettings
 from streamloop.kafka.configuration import KafkaSettings
+from streamloop.ml.settings import ArtifactSettings
 from streamloop.service.settings import CommonSettings, RedisSettings
 from streamloop.service.settings_errors import describe_settings_error, describe_validation_error
 
@@ -70,6 +71,20 @@ def test_a_secret_file_is_read_and_stripped(monkeypatch: pytest.MonkeyPatch, tmp
     monkeypatch.setenv("REDIS_PASSWORD", f"file:{secret}")
     password = RedisSettings().password
     assert password is not None and password.get_secret_value() == "from-a-file"
+
+
+def test_a_retired_signing_key_may_be_read_from_a_file(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    retired = tmp_path / "retired-key"
+    retired.write_text("a-retired-key-of-16-bytes\n")
+    monkeypatch.setenv("STREAMLOOP_ARTIFACT_SIGNING_KEY", "the-current-key-of-16-bytes")
+    keys_json = f'{{"2025": "file:{retired}", "2024": "inline-key-16-bytes"}}'
+    monkeypatch.setenv("STREAMLOOP_ARTIFACT_PREVIOUS_KEYS", keys_json)
+    keys = {key_id: key.get_secret_value() for key_id, key in ArtifactSettings().previous_keys.items()}
+    assert keys == {"2025": "a-retired-key-of-16-bytes", "2024": "inline-key-16-bytes"}
+    monkeypatch.setenv("STREAMLOOP_ARTIFACT_PREVIOUS_KEYS", f'{{"2025": "file:{tmp_path / "gone"}"}}')
+    with pytest.raises(ValidationError) as caught:
+        ArtifactSettings()
+    assert "cannot read the secret file" in describe_validation_error(caught.value, ArtifactSettings)
 
 
 @pytest.mark.parametrize(("variable", "value", "expected"), [

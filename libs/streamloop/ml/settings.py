@@ -18,12 +18,19 @@ class ArtifactSettings(BaseSettings):
     store: str = Field(default="file://./.streamloop/artifacts", description="Directory (file:// URI) of artifacts.")
     signing_key: SecretStr | None = Field(default=None, description="HMAC key; 'file:/path' reads it from a file.")
     signing_key_id: str = "default"
-    previous_keys: dict[str, SecretStr] = Field(default_factory=dict, description="Retired keys still accepted.")
+    previous_keys: dict[str, SecretStr] = Field(
+        default_factory=dict, description="Retired keys still accepted, by id; 'file:/path' reads one from a file.")
 
     @field_validator("signing_key", mode="before")
     @classmethod
     def _secret_from_file(cls, value: Any) -> Any:
         return _read_secret_file(value)
+
+    @field_validator("previous_keys", mode="before")
+    @classmethod
+    def _secrets_from_files(cls, value: Any) -> Any:
+        # A retired key is as secret as the current one: it must not have to sit in the environment.
+        return {key_id: _read_secret_file(key) for key_id, key in value.items()} if isinstance(value, dict) else value
 
     def signer(self) -> ArtifactSigner:
         if self.signing_key is None:
