@@ -49,7 +49,7 @@ from streamloop.contracts import PipelineSpec
 from streamloop.contracts.generated.scoring.v1 import scoring_pb2, scoring_pb2_grpc
 from streamloop.ml.exceptions import ModelError
 from streamloop.ml.prediction import default_output
-from streamloop.store import FeatureRead, FeatureStore
+from streamloop.store import FeatureRead, FeatureStore, UnreadableFeatureRow
 from streamloop.telemetry import ServiceMetrics
 
 log = logging.getLogger(__name__)
@@ -141,17 +141,21 @@ class ScoringServicer(scoring_pb2_grpc.ScoringServiceServicer):
     # -- shared --------------------------------------------------------------------------------
 
     def _score_all(self, requests: Sequence[scoring_pb2.ScoreRequest],
-                   context: grpc.ServicerContext) -> list[scoring_pb2.ScoreResponse | ScorerError | ModelError]:
+                   context: grpc.ServicerContext,
+                   ) -> list[scoring_pb2.ScoreResponse | ScorerError | ModelError | UnreadableFeatureRow]:
         champion = self.holder.current.champion  # one model version for the whole call
         if champion is None:
             raise NoChampion("no champion model is loaded yet")
         _check_deadline(context, "reading features")
-        rows = self.store.read_many(self.group, [r.entity_id for r in requests])
+        rows = self._read_rows([r.entity_id for r in requests])
         _check_deadline(context, "scoring")
-        results: list[scoring_pb2.ScoreResponse | ScorerError | ModelError] = []
+        results: list[scoring_pb2.ScoreResponse | ScorerError | ModelError | UnreadableFeatureRow] = []
         for i, (request, row) in enumerate(zip(requests, rows, strict=True)):
             if i and i % 100 == 0:  # a large explained batch takes tens of ms
                 _check_deadline(context, "scoring")
+            if isinstance(row, UnreadableFeatureRow):
+                results.append(row)
+                continue
             try:
                 results.append(self._score_one(champion, request, row))
             except ModelError as exc:
@@ -163,6 +167,21 @@ class ScoringServicer(scoring_pb2_grpc.ScoringServiceServicer):
             self._count(sum(1 for r in results if not isinstance(r, Exception)),
                         {"path": "grpc", "role": champion.role, "model_version": champion.version})
         return results
+
+    def _read_rows(self, entity_ids: list[str]) -> list[FeatureRead | None | UnreadableFeatureRow]:
+        """One round trip; if a row cannot be read, each entity's row or its own error, one by one."""
+        try:
+            return list(self.store.read_many(self.group, entity_ids))
+        except UnreadableFeatureRow:
+            if len(entity_ids) == 1:
+                raise
+        rows: list[FeatureRead | None | UnreadableFeatureRow] = []
+        for entity_id in entity_ids:
+            try:
+                rows.append(self.store.read_many(self.group, [entity_id])[0])
+            except UnreadableFeatureRow as exc:
+                rows.append(exc)
+        return rows
 
     def _score_one(self, champion: LoadedModel, request: scoring_pb2.ScoreRequest,
                    row: FeatureRead | None) -> scoring_pb2.ScoreResponse | ScorerError:

@@ -22,7 +22,7 @@ from services.online_scorer.scoring import Scorer
 from streamloop.contracts.generated.scoring.v1 import scoring_pb2, scoring_pb2_grpc
 from streamloop.ml.prediction import ModelOutputError
 from streamloop.stack.process import free_port
-from streamloop.store import FeatureStoreUnavailable, FeatureWrite
+from streamloop.store import FeatureStoreUnavailable, FeatureWrite, UnreadableFeatureRow
 from tests.unit.online_scorer.fakes import MemoryFeatureStore, publish, slot_key, trained_model
 
 NOW = 1_700_000_100_000
@@ -258,6 +258,23 @@ def test_a_model_that_fails_on_one_entity_fails_only_that_entity_s_result(served
     assert response.results[1].error.message == "the model failed: the classifier returned probability nan for True"
     code, details = status_of_call(served.stub.Score, scoring_pb2.ScoreRequest(entity_id="card-13"), timeout=5)
     assert (code, details) == (grpc.StatusCode.INTERNAL, response.results[1].error.message), "the same, alone"
+
+
+def test_an_unreadable_stored_row_fails_only_its_entity_s_result(served: Served, monkeypatch) -> None:
+    read_many = served.store.read_many
+
+    def corrupt_card_13(group, entity_keys, now_ms=None):
+        if "card-13" in entity_keys:
+            raise UnreadableFeatureRow("streamloop:card-fraud:features:card-13: corrupt row")
+        return read_many(group, entity_keys, now_ms)
+
+    monkeypatch.setattr(served.store, "read_many", corrupt_card_13)
+    request = scoring_pb2.ScoreBatchRequest(requests=[scoring_pb2.ScoreRequest(entity_id="card-1"),
+                                                      scoring_pb2.ScoreRequest(entity_id="card-13")])
+    response = served.stub.ScoreBatch(request, timeout=5)
+    assert [r.WhichOneof("result") for r in response.results] == ["response", "error"]
+    code, details = status_of_call(served.stub.Score, scoring_pb2.ScoreRequest(entity_id="card-13"), timeout=5)
+    assert (response.results[1].error.code, response.results[1].error.message) == (code.value[0], details)
 
 
 def test_score_batch_rejects_a_malformed_item_by_index(served: Served) -> None:
