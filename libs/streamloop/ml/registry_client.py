@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from streamloop.contracts import Catalog, PipelineSpec
 from streamloop.kafka.configuration import KafkaSettings
@@ -43,11 +43,15 @@ def read_topic(kafka: KafkaSettings, topic: str, decode: Callable[[bytes], dict[
     config.pop("group.instance.id", None)  # assign() joins no group
     consumer = Consumer(config)
     try:
-        metadata = consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
-        if metadata is None or metadata.error is not None:
-            raise RegistryError(f"topic {topic} is not readable: {metadata.error if metadata else 'missing'}")
-        ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s)
-                for p in metadata.partitions}
+        try:
+            metadata = consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
+            if metadata is None or metadata.error is not None:
+                raise RegistryError(f"topic {topic} is not readable: {metadata.error if metadata else 'missing'}")
+            ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s)
+                    for p in metadata.partitions}
+        except KafkaException as exc:
+            # A broker gone since the service started: the callers' error, not librdkafka's trace.
+            raise RegistryError(f"cannot read {topic}: {exc.args[0].str() if exc.args else exc}") from exc
         pending = {p for p, (low, high) in ends.items() if high > low}
         consumer.assign([TopicPartition(topic, p, ends[p][0]) for p in pending])
         records: list[tuple[str | None, dict[str, Any] | None]] = []
