@@ -178,7 +178,7 @@ class ScoringServicer(scoring_pb2_grpc.ScoringServiceServicer):
         rows: list[FeatureRead | None | UnreadableFeatureRow] = []
         for entity_id in entity_ids:
             try:
-                rows.append(self.store.read_many(self.group, [entity_id])[0])
+                rows.append(self.store.read(self.group, entity_id))
             except UnreadableFeatureRow as exc:
                 rows.append(exc)
         return rows
