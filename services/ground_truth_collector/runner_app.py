@@ -22,7 +22,7 @@ from services.ground_truth_collector.routing import INPUT_ROLES
 from services.ground_truth_collector.settings import SERVICE, CollectorSettings
 from services.ground_truth_collector.stages import JoinStage, RekeyStage, ScoreStage
 from streamloop.kafka import StageRunner
-from streamloop.kafka.admin import ensure_topics, wait_for_broker
+from streamloop.kafka.admin import ensure_topics
 from streamloop.kafka.runner import RunnerSettings, StageTopics
 from streamloop.ml.evaluation import EvaluationConfig
 from streamloop.serde.raw import RawSerde
@@ -91,8 +91,8 @@ class RunnerCollector:
         self.exit_code = 0
 
     def ensure_internal_topics(self) -> None:
+        # No wait for the broker here: start_service waited for it (STREAMLOOP_BROKER_WAIT_S).
         admin = AdminClient(self.settings.common.kafka.admin())
-        wait_for_broker(admin, timeout_s=60)
         ensure_topics(admin, [NewTopic(self.keyed_topic, self.keyed_partitions, 1),
                               NewTopic(self.joined_topic, 1, 1), NewTopic(self.keyed_dead_letter_topic, 1, 1)])
 
