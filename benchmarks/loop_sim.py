@@ -38,7 +38,7 @@ from services.retrainer.processor import RebuildPolicy, RetrainerProcessor, Retr
 from services.retrainer.settings import RetrainerSettings
 from streamloop.contracts.pipeline import PipelineSpec
 from streamloop.kafka.records import ConsumedRecord
-from streamloop.ml.artifacts import ArtifactRef, ArtifactSigner, ArtifactStore
+from streamloop.ml.artifacts import ArtifactIdentity, ArtifactSigner, ArtifactStore
 from streamloop.ml.prediction import ModelOutputError, predict
 from streamloop.ml.registry import CHAMPION, DeploymentTable, role_of
 
@@ -113,7 +113,7 @@ class ClosedLoop:
             self.table, self.store, policy=publisher_policy(PublisherSettings()), clock=clock)
         # The champion at the start: the model trained before the stream, deployed as a promotion would.
         version = f"{spec.model.name}-pretrained"
-        ref = self.store.put_model(initial_model)
+        ref = self.store.put_model(initial_model, ArtifactIdentity(spec.name, spec.model.name, version))
         self.publisher.writer.deploy(CHAMPION, version, ref.to_record(), decision_id=f"{version}:promote")
         # It learned the pretraining events, none of the labeled-examples topic.
         self.publisher.remember_candidate({"version": version, "trigger": "MANUAL", "learned_through": []})
@@ -148,7 +148,7 @@ class ClosedLoop:
     def _model(self, record: Mapping[str, Any]) -> Any:
         version = record["version"]
         if version not in self._models:
-            self._models[version] = self.store.load_model(ArtifactRef.from_record(record["artifact"]))
+            self._models[version] = self.store.load_published(record)
         return self._models[version]
 
     def _score(self, x: dict[str, float]) -> list[dict[str, Any]]:

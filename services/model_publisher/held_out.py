@@ -22,7 +22,7 @@ from typing import Any
 
 from streamloop.contracts.pipeline import PipelineSpec
 from streamloop.kafka.records import ConsumedRecord
-from streamloop.ml.artifacts import ArtifactRef, ArtifactStore
+from streamloop.ml.artifacts import ArtifactStore
 from streamloop.ml.prediction import predict
 from streamloop.ml.promotion import event_loss
 from streamloop.ml.training import training_pair
@@ -121,7 +121,7 @@ class HeldOutScorer:
     def _model(self, version: str, deployment: Mapping[str, Any]) -> Any:
         if version not in self._models:
             try:
-                self._models[version] = self.store.load_model(ArtifactRef.from_record(deployment["artifact"]))
+                self._models[version] = self.store.load_published(deployment)
             except Exception as exc:  # noqa: BLE001 - unpickling (signed) bytes can raise anything; scored live only
                 log.warning("cannot load %s to score it on held-out examples: %s", version, exc)
                 self._models[version] = None

@@ -32,7 +32,7 @@ from streamloop.contracts.pipeline import PipelineSpec
 from streamloop.kafka.dead_letters import STAGE_PROCESS
 from streamloop.kafka.records import ConsumedRecord, OutgoingRecord, ProcessResult, Rejection
 from streamloop.ml import build_model
-from streamloop.ml.artifacts import ArtifactRef, ArtifactStore
+from streamloop.ml.artifacts import ArtifactIdentity, ArtifactStore
 from streamloop.ml.exceptions import ModelError
 from streamloop.ml.promotion import NO_SEGMENT_VALUE, event_loss
 from streamloop.ml.registry import CANARY, CHAMPION, DeploymentTable, bootstrap_version, millis, shadow_slot
@@ -137,7 +137,8 @@ class PublisherProcessor:
             return []
         model_spec = self.pipeline.model
         version = bootstrap_version(model_spec)
-        artifact = self.store.put_model(build_model(model_spec)).to_record()
+        identity = ArtifactIdentity(self.pipeline.name, model_spec.name, version)
+        artifact = self.store.put_model(build_model(model_spec), identity).to_record()
         self._candidates[version]["created_at"] = self.clock()  # its lineage is pre-seeded (see __init__)
         reason = (f"bootstrap: the registry has no champion for {self.pipeline.name}/{model_spec.name}; an untrained "
                   f"{model_spec.estimator} serves until a trained candidate beats it")
@@ -164,7 +165,7 @@ class PublisherProcessor:
         if version in self.judge.closed or self.table.find(self.pipeline.name, self.pipeline.model.name, version):
             return []  # already registered (a replay) or already decided against
         try:
-            model = self.store.load_model(ArtifactRef.from_record(candidate["artifact"]))
+            model = self.store.load_published(candidate)
             if not callable(getattr(model, "learn_one", None)):
                 raise ModelError(f"the artifact holds a {type(model).__name__}, not a river model")
         except (ModelError, KeyError, ValueError) as exc:

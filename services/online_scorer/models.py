@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 from services.online_scorer.errors import ModelLoadError
 from streamloop.contracts import PipelineSpec
-from streamloop.ml import ArtifactRef, ArtifactStore
+from streamloop.ml import ArtifactIdentity, ArtifactRef, ArtifactStore
 from streamloop.ml.prediction import predict
 from streamloop.telemetry import ServiceMetrics
 
@@ -169,7 +169,7 @@ class ModelHolder:
         """Fetch, verify and warm the deployment's model; nothing is swapped here."""
         ref = ArtifactRef.from_record(record["artifact"])
         try:
-            model = self.artifacts.load_model(ref)
+            model = self.artifacts.load_model(ref, ArtifactIdentity.of(record))
         except Exception as exc:  # noqa: BLE001 - integrity, missing file, unpickling: all keep the old model
             raise ModelLoadError(f"cannot load {record['model_name']} {record['version']} from {ref.uri}: "
                                  f"{type(exc).__name__}: {exc}") from exc

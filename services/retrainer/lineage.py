@@ -18,7 +18,7 @@ from typing import Any
 
 from services.retrainer.online import OffsetRange
 from streamloop.contracts.pipeline import PipelineSpec
-from streamloop.ml.artifacts import ArtifactStore
+from streamloop.ml.artifacts import ArtifactIdentity, ArtifactStore
 from streamloop.ml.registry import code_version, new_version
 
 TRIGGERS = ("ONLINE", "DRIFT", "SCHEDULE", "BOOTSTRAP", "MANUAL")
@@ -71,12 +71,14 @@ class CandidateFactory:
               prequential_losses: Sequence[tuple[str, float]] = ()) -> dict[str, Any]:
         if trigger not in TRIGGERS:
             raise ValueError(f"unknown candidate trigger {trigger!r}")
-        artifact = self.store.put_model(model)
+        stored = self.store.store_model(model)
         created = self._created_ms()
+        version = new_version(self.pipeline.model.name, stored.sha256, created)
+        artifact = self.store.sign(stored, ArtifactIdentity(self.pipeline.name, self.pipeline.model.name, version))
         return {
             "pipeline": self.pipeline.name,
             "model_name": self.pipeline.model.name,
-            "version": new_version(self.pipeline.model.name, artifact.sha256, created),
+            "version": version,
             "parent_version": parent_version,
             "trigger": trigger,
             "estimator": estimator_description(self.pipeline),

@@ -40,7 +40,7 @@ from services.retrainer.rebuild import RebuildSkipped, rebuild
 from streamloop.contracts.pipeline import PipelineSpec
 from streamloop.kafka.dead_letters import STAGE_PROCESS
 from streamloop.kafka.records import ConsumedRecord, OutgoingRecord, ProcessResult, Rejection
-from streamloop.ml.artifacts import ArtifactRef, ArtifactStore
+from streamloop.ml.artifacts import ArtifactStore
 from streamloop.ml.exceptions import ModelError
 from streamloop.ml.registry import DeploymentTable, millis
 
@@ -173,7 +173,7 @@ class RetrainerProcessor:
             log.info("champion %s is this learner's own line; it keeps learning", version)
             return
         try:
-            model = self.store.load_model(ArtifactRef.from_record(champion["artifact"]))
+            model = self.store.load_published(champion)
         except ModelError as exc:
             log.error("cannot load champion %s (%s); no online learning until the next champion", version, exc)
             self._count("streamloop_retrainer_champion_load_failures")

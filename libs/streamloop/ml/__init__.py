@@ -1,6 +1,6 @@
 """Models: building the spec's river model, feature assembly, and signed artifacts."""
 
-from streamloop.ml.artifacts import ArtifactRef, ArtifactSigner, ArtifactStore
+from streamloop.ml.artifacts import ArtifactIdentity, ArtifactRef, ArtifactSigner, ArtifactStore
 from streamloop.ml.estimators import build_model, final_estimator
 from streamloop.ml.exceptions import (
     ArtifactIntegrityError,
@@ -12,6 +12,7 @@ from streamloop.ml.exceptions import (
 from streamloop.ml.features import InvalidFeatureValue, assemble_features
 
 __all__ = [
+    "ArtifactIdentity",
     "ArtifactIntegrityError",
     "ArtifactNotFoundError",
     "ArtifactRef",

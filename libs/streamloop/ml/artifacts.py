@@ -5,18 +5,24 @@ carries an ``ArtifactRef`` (URI, SHA-256, HMAC signature) and the bytes live in 
 service can read. The store here is a directory (``file://``), a shared volume in production;
 the interface is small enough for an object-store backend.
 
+The signature covers the digest *and* the identity the artifact is published as (pipeline, model,
+version), so a writer of the registry topics cannot relabel a signed model: not as another
+version, nor as another pipeline's model.
+
 Verification order matters: the digest is checked against the reference and the signature over
-the digest is checked with the configured key *before* ``pickle.loads`` ever sees the bytes.
+digest and identity is checked with the configured key *before* ``pickle.loads`` sees the bytes.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import os
 import pickle
 import stat
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +33,32 @@ from streamloop.ml.exceptions import ArtifactIntegrityError, ArtifactNotFoundErr
 _MIN_KEY_BYTES = 16
 # Far above any model we build (tree ensembles are 3-80 MB); a reference claiming more is refused unread.
 MAX_ARTIFACT_BYTES = 2 * 1024**3
+
+
+@dataclass(frozen=True)
+class ArtifactIdentity:
+    """What an artifact is published as; its signature binds this, not only the bytes."""
+
+    pipeline: str
+    model_name: str
+    version: str
+
+    @classmethod
+    def of(cls, record: Mapping[str, Any]) -> ArtifactIdentity:
+        """The identity a candidate or deployment record claims for its artifact."""
+        return cls(str(record["pipeline"]), str(record["model_name"]), str(record["version"]))
+
+    def __str__(self) -> str:
+        return f"{self.pipeline}/{self.model_name} {self.version}"
+
+
+@dataclass(frozen=True)
+class StoredArtifact:
+    """Bytes in the store, not yet signed as any version (a version's name may need the digest)."""
+
+    uri: str
+    sha256: str
+    size_bytes: int
 
 
 @dataclass(frozen=True)
@@ -48,7 +80,7 @@ class ArtifactRef:
 
 
 class ArtifactSigner:
-    """HMAC-SHA256 over the artifact's SHA-256 digest, with named keys so keys can be rotated."""
+    """HMAC-SHA256 over the artifact's SHA-256 digest and identity, with named keys so keys rotate."""
 
     def __init__(self, keys: dict[str, bytes], active_key_id: str) -> None:
         for key_id, key in keys.items():
@@ -59,16 +91,30 @@ class ArtifactSigner:
         self._keys = keys
         self.active_key_id = active_key_id
 
-    def sign(self, digest: str) -> str:
-        return hmac.new(self._keys[self.active_key_id], digest.encode(), hashlib.sha256).hexdigest()
+    def sign(self, digest: str, identity: ArtifactIdentity) -> str:
+        return _hmac(self._keys[self.active_key_id], _signed_message(digest, identity))
 
-    def verify(self, digest: str, signature: str, key_id: str) -> None:
+    def verify(self, digest: str, identity: ArtifactIdentity, signature: str, key_id: str) -> None:
         key = self._keys.get(key_id)
         if key is None:
             raise ArtifactIntegrityError(f"artifact signed with unknown key {key_id!r}")
-        expected = hmac.new(key, digest.encode(), hashlib.sha256).hexdigest()
-        if not hmac.compare_digest(expected, signature):
-            raise ArtifactIntegrityError("artifact signature does not verify")
+        if hmac.compare_digest(_hmac(key, _signed_message(digest, identity)), signature):
+            return
+        if hmac.compare_digest(_hmac(key, digest.encode()), signature):
+            # streamloop 0.1.0 signed the digest alone; such a reference names no version it could be checked against.
+            raise ArtifactIntegrityError(f"artifact signature covers its content but not an identity (signed by an "
+                                         f"older streamloop); it is not loaded as {identity}: publish the model again")
+        raise ArtifactIntegrityError(f"artifact signature does not verify for {identity}")
+
+
+def _signed_message(digest: str, identity: ArtifactIdentity) -> bytes:
+    # A JSON array cannot be read two ways, whatever characters the names hold.
+    return json.dumps(["streamloop-artifact/2", identity.pipeline, identity.model_name, identity.version,
+                       digest]).encode()
+
+
+def _hmac(key: bytes, message: bytes) -> str:
+    return hmac.new(key, message, hashlib.sha256).hexdigest()
 
 
 class ArtifactStore:
@@ -80,7 +126,7 @@ class ArtifactStore:
         self.root.mkdir(parents=True, exist_ok=True)
         self.signer = signer
 
-    def put_bytes(self, data: bytes) -> ArtifactRef:
+    def store_bytes(self, data: bytes) -> StoredArtifact:
         digest = hashlib.sha256(data).hexdigest()
         path = self.root / f"{digest}.pkl"
         if not path.exists():
@@ -89,14 +135,20 @@ class ArtifactStore:
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)
             os.replace(tmp, path)
-        return ArtifactRef(path.resolve().as_uri(), digest, self.signer.sign(digest), self.signer.active_key_id,
-                           len(data))
+        return StoredArtifact(path.resolve().as_uri(), digest, len(data))
 
-    def put_model(self, model: Any) -> ArtifactRef:
-        return self.put_bytes(pickle.dumps(model, protocol=pickle.HIGHEST_PROTOCOL))
+    def store_model(self, model: Any) -> StoredArtifact:
+        return self.store_bytes(pickle.dumps(model, protocol=pickle.HIGHEST_PROTOCOL))
 
-    def get_verified_bytes(self, ref: ArtifactRef) -> bytes:
-        """The artifact's bytes once their SHA-256 matches the reference and its HMAC verifies.
+    def sign(self, stored: StoredArtifact, identity: ArtifactIdentity) -> ArtifactRef:
+        return ArtifactRef(stored.uri, stored.sha256, self.signer.sign(stored.sha256, identity),
+                           self.signer.active_key_id, stored.size_bytes)
+
+    def put_model(self, model: Any, identity: ArtifactIdentity) -> ArtifactRef:
+        return self.sign(self.store_model(model), identity)
+
+    def get_verified_bytes(self, ref: ArtifactRef, identity: ArtifactIdentity) -> bytes:
+        """The artifact's bytes once their SHA-256 matches the reference and its HMAC verifies for ``identity``.
 
         The reference comes from a topic, so it is not trusted either: only a regular file of exactly
         ``size_bytes`` (at most MAX_ARTIFACT_BYTES) is read, so a URI naming ``/dev/zero``, a FIFO
@@ -121,9 +173,13 @@ class ArtifactStore:
         digest = hashlib.sha256(data).hexdigest()
         if not hmac.compare_digest(digest, ref.sha256):
             raise ArtifactIntegrityError(f"artifact {ref.uri} content hash does not match its reference")
-        self.signer.verify(digest, ref.signature, ref.key_id)
+        self.signer.verify(digest, identity, ref.signature, ref.key_id)
         return data
 
-    def load_model(self, ref: ArtifactRef) -> Any:
-        data = self.get_verified_bytes(ref)
+    def load_model(self, ref: ArtifactRef, identity: ArtifactIdentity) -> Any:
+        data = self.get_verified_bytes(ref, identity)
         return pickle.loads(data)  # noqa: S301 - hash and HMAC signature verified just above
+
+    def load_published(self, record: Mapping[str, Any]) -> Any:
+        """The model of a candidate or deployment record, verified as the version the record names."""
+        return self.load_model(ArtifactRef.from_record(record["artifact"]), ArtifactIdentity.of(record))

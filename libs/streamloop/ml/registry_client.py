@@ -17,7 +17,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, Topi
 
 from streamloop.contracts import Catalog, PipelineSpec
 from streamloop.kafka.configuration import KafkaSettings
-from streamloop.ml.artifacts import ArtifactRef, ArtifactStore
+from streamloop.ml.artifacts import ArtifactIdentity, ArtifactRef, ArtifactStore
 from streamloop.ml.exceptions import RegistryError
 from streamloop.ml.registry import (
     CHAMPION,
@@ -193,7 +193,8 @@ class RegistryClient:
     def _change(self, kind: str, version: str, artifact: dict[str, Any], champion: dict[str, Any] | None,
                 reason: str, state: RegistryState, *, previous_version: str | None) -> dict[str, Any]:
         if self.store is not None:
-            self.store.get_verified_bytes(ArtifactRef.from_record(artifact))
+            self.store.get_verified_bytes(ArtifactRef.from_record(artifact),
+                                          ArtifactIdentity(self.pipeline.name, self.model_name, version))
         now = int(time.time() * 1000)
         pipeline, model = self.pipeline.name, self.model_name
         old = champion["version"] if champion else None

@@ -9,7 +9,7 @@ import yaml
 
 from services.retrainer.app import build
 from services.retrainer.settings import RetrainerSettings
-from streamloop.ml import ArtifactRef, build_model
+from streamloop.ml import ArtifactIdentity, build_model
 from streamloop.ml.registry import CHAMPION, deployment_record
 from tests.conftest import DEMO_SPEC
 from tests.integration.model_publisher.harness import ServiceThread, Topics, apply_env, values, wait_for
@@ -43,7 +43,7 @@ def store(service_env):
 @pytest.fixture
 def retrainer(service_env, monkeypatch, tmp_path, topics, store, demo_pipeline):
     """Start the retrainer with a champion in the registry and the given ``retrain`` overrides."""
-    ref = store.put_model(build_model(demo_pipeline.model))
+    ref = store.put_model(build_model(demo_pipeline.model), ArtifactIdentity("card-fraud", "fraud", CHAMPION_VERSION))
     topics.produce("model_deployments", [deployment_record("card-fraud", "fraud", CHAMPION, CHAMPION_VERSION,
                                                            ref.to_record(), deployed_at=T0)])
 
@@ -77,7 +77,7 @@ def test_an_online_candidate_after_n_labels_with_lineage_offsets(retrainer, topi
     assert sum(r["end"] - r["start"] for r in ranges) == 200
     assert len({r["partition"] for r in ranges}) > 1, "the labels are spread over partitions"
     assert first["heldout_metrics"]["sample_count"] == 200 and "log_loss" in first["heldout_metrics"]
-    model = store.load_model(ArtifactRef.from_record(first["artifact"]))
+    model = store.load_published(first)
     assert callable(model.learn_one)
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from streamloop.contracts.pipeline import PipelineSpec
 from streamloop.kafka.records import ConsumedRecord
-from streamloop.ml import ArtifactSigner, ArtifactStore, build_model
+from streamloop.ml import ArtifactIdentity, ArtifactSigner, ArtifactStore, build_model
 from streamloop.ml.registry import code_version, new_version
 
 SIGNING_KEY = b"test-signing-key-0123456789abcdef"
@@ -72,10 +72,12 @@ def examples(count: int, *, start: int = 0, seed: int = 7, fraud_share: float = 
 
 def candidate(spec: PipelineSpec, store: ArtifactStore, *, model: Any = None, trigger: str = "ONLINE",
               parent: str | None = None, created_ms: int = T0) -> dict[str, Any]:
-    ref = store.put_model(model if model is not None else build_model(spec.model))
+    stored = store.store_model(model if model is not None else build_model(spec.model))
+    version = new_version(spec.model.name, stored.sha256, created_ms)
+    ref = store.sign(stored, ArtifactIdentity(spec.name, spec.model.name, version))
     return {
         "pipeline": spec.name, "model_name": spec.model.name,
-        "version": new_version(spec.model.name, ref.sha256, created_ms), "parent_version": parent,
+        "version": version, "parent_version": parent,
         "trigger": trigger, "estimator": spec.model.estimator, "params_json": "{}",
         "artifact": ref.to_record(), "source_offsets": [], "sample_count": 10,
         "heldout_metrics": {"log_loss": 0.3, "accuracy": 0.9}, "code_version": code_version(),

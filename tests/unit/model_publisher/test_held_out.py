@@ -79,7 +79,8 @@ def test_a_shadow_is_scored_on_examples_past_what_it_learned_and_not_on_the_othe
     shadow = deploy_shadow(harness, champion, learned(119))
     loads = []
     load_model = harness.store.load_model
-    monkeypatch.setattr(harness.store, "load_model", lambda ref: loads.append(ref) or load_model(ref))
+    monkeypatch.setattr(harness.store, "load_model",
+                        lambda ref, identity: loads.append(ref) or load_model(ref, identity))
     # Events scored before the shadow was deployed, labeled now (offsets 100-149): only the champion scored them.
     harness.feed("lab", examples(50, start=100, models={champion: (0.6, "CHAMPION")}))
     ledger = harness.processor.ledger
@@ -103,7 +104,8 @@ def test_a_restarted_publisher_loads_a_deployed_version_once_not_per_example(har
     restarted.processor.remember_candidate(harness.processor._candidates[shadow])  # noqa: SLF001 - read back
     loads = []
     load_model = restarted.store.load_model
-    monkeypatch.setattr(restarted.store, "load_model", lambda ref: loads.append(ref) or load_model(ref))
+    monkeypatch.setattr(restarted.store, "load_model",
+                        lambda ref, identity: loads.append(ref) or load_model(ref, identity))
     restarted.feed("lab", examples(20, models={champion: (0.6, "CHAMPION")}))
     restarted.feed("lab", examples(20, start=20, models={champion: (0.6, "CHAMPION")}))
     assert restarted.processor.ledger.losses(shadow, REPLAYED).size == 40

@@ -11,7 +11,6 @@ from services.model_publisher.judging import JudgingPolicy
 from services.model_publisher.publisher import PublisherPolicy, PublisherProcessor, PublisherTopics
 from streamloop.contracts.pipeline import PipelineSpec
 from streamloop.kafka.records import OutgoingRecord, ProcessResult
-from streamloop.ml import ArtifactRef
 from streamloop.ml.registry import CANARY, CHAMPION, DeploymentTable, bootstrap_version, shadow_slot, slot_key
 from tests.unit.model_publisher.factories import (
     T0,
@@ -80,7 +79,7 @@ def test_bootstrap_publishes_an_initial_champion_once(harness, demo_pipeline):
     champion = deployments(result)[slot_key("card-fraud", "fraud", CHAMPION)]
     assert champion["version"] == version and champion["role"] == "CHAMPION"
     assert champion["decision_id"] == f"{version}:promote"
-    assert callable(harness.store.load_model(ArtifactRef.from_record(champion["artifact"])).learn_one)
+    assert callable(harness.store.load_published(champion).learn_one)
     assert harness.processor.tick(T0 + 10_000).outputs == []
 
 

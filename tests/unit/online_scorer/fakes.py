@@ -11,7 +11,7 @@ from typing import Any
 from river import base
 
 from streamloop.contracts import PipelineSpec
-from streamloop.ml import ArtifactRef, ArtifactStore, build_model
+from streamloop.ml import ArtifactIdentity, ArtifactRef, ArtifactStore, build_model
 from streamloop.store import FeatureRead, FeatureStore, FeatureWrite
 
 NUMERIC = ("amount", "amount_mean_1h", "amount_max_1h", "txn_count_10m", "distance_from_home_km")
@@ -71,7 +71,8 @@ def deployment(spec: PipelineSpec, ref: ArtifactRef, version: str, *, slot: str 
 
 
 def publish(store: ArtifactStore, spec: PipelineSpec, model: Any, version: str, **kwargs: Any) -> dict:
-    return deployment(spec, store.put_model(model), version, **kwargs)
+    return deployment(spec, store.put_model(model, ArtifactIdentity(spec.name, spec.model.name, version)), version,
+                      **kwargs)
 
 
 def slot_key(record: dict) -> str:

@@ -373,7 +373,7 @@ def test_with_replay_each_candidate_every_catch_up_candidate_but_the_first_is_a_
     assert len(first) == 1 and refits == [], "the drift's own replay is the first candidate's"
     # Exactly one catch-up candidate (every 20 labels), published at the end of the batch.
     (candidate,) = candidates(harness.processor.process(_concept_change(400, 20, inverted=True)))
-    published = pickle.dumps(harness.store.load_model(ArtifactRef.from_record(candidate["artifact"])))
+    published = pickle.dumps(harness.store.load_published(candidate))
     assert pickle.dumps(learner.model) == published, "the learner goes on from its candidate"
     assert len(refits) == (1 if each_candidate else 0) and all(refits)
     assert refit(learner, 2) > 0
@@ -412,7 +412,7 @@ def test_after_a_second_change_during_catch_up_the_refits_learn_the_newest_conce
     process(_concept_change(850, 150, inverted=False))  # concept C: A again
     assert len(candidates(process([consumed("drift", drift_event(), 2)]))) == 1, "a replay, published at once"
     (candidate, *_) = candidates(process(_concept_change(1000, 150, inverted=False)))
-    model = harness.store.load_model(ArtifactRef.from_record(candidate["artifact"]))
+    model = harness.store.load_published(candidate)
     fresh = _concept_change(5000, 300, inverted=False)
     losses = [event_loss("log_loss", catch_up_spec.model, r.value["label"],
                          score(model, catch_up_spec.model, training_pair(catch_up_spec.model, r.value)[0]))
@@ -464,7 +464,7 @@ def test_a_later_drift_after_a_restart_from_another_line_replays_as_a_first_drif
     restarted = pickle.dumps(learner.model)
     (candidate,) = candidates(process([consumed("drift", drift_event(), 1)]))
     assert learner.replayed_on_this_line and pickle.dumps(learner.model) != restarted
-    published = harness.store.load_model(ArtifactRef.from_record(candidate["artifact"]))
+    published = harness.store.load_published(candidate)
     assert pickle.dumps(published) == pickle.dumps(learner.model), "the replay, published at once"
 
 

@@ -15,7 +15,7 @@ from services.retrainer.processor import RebuildPolicy, RetrainerProcessor, Retr
 from services.retrainer.rebuild import RebuildSkipped, rebuild, recent_window
 from streamloop.contracts.pipeline import PipelineSpec
 from streamloop.kafka.records import ConsumedRecord
-from streamloop.ml import ArtifactRef, build_model
+from streamloop.ml import ArtifactIdentity, build_model
 from streamloop.ml.registry import CHAMPION, DeploymentTable, deployment_record, slot_key
 from tests.unit.model_publisher.factories import (
     T0,
@@ -59,7 +59,8 @@ class Harness:
         return self._window
 
     def set_champion(self, version: str, model=None) -> str:
-        ref = self.store.put_model(model if model is not None else build_model(self.spec.model))
+        ref = self.store.put_model(model if model is not None else build_model(self.spec.model),
+                                   ArtifactIdentity(self.spec.name, self.spec.model.name, version))
         key = slot_key(self.spec.name, self.spec.model.name, CHAMPION)
         self.table.apply(key, deployment_record(self.spec.name, self.spec.model.name, CHAMPION, version,
                                                 ref.to_record(), deployed_at=self.now))
@@ -115,7 +116,7 @@ def test_an_online_candidate_every_n_labels_with_its_lineage(spec, tmp_path):
     assert first["estimator"] == "river.preprocessing.StandardScaler | river.linear_model.LogisticRegression"
     assert json.loads(first["params_json"])["LogisticRegression"]["l2"] == 0.0001
     assert first["created_at"] == T0 + 5_000 and second["created_at"] == T0 + 5_001
-    model = harness.store.load_model(ArtifactRef.from_record(second["artifact"]))
+    model = harness.store.load_published(second)
     fraud = model.predict_proba_one({"amount": 900.0, "distance_from_home_km": 800.0, "merchant_category=jewelry": 1.0})
     assert fraud[True] > 0.5, "the candidate learned from the labels"
     assert harness.processor.learner.pending == 20
@@ -125,7 +126,7 @@ def test_the_learner_keeps_going_when_its_own_snapshot_is_promoted_and_restarts_
     harness = Harness(spec, tmp_path)
     first = candidates(harness.processor.process(labeled(60)))[0]
     live = harness.processor.learner.model
-    harness.set_champion(first["version"], model=harness.store.load_model(ArtifactRef.from_record(first["artifact"])))
+    harness.set_champion(first["version"], model=harness.store.load_published(first))
     harness.processor.process(labeled(5, start=60))
     assert harness.processor.learner.model is live, "a promoted snapshot of this learner: keep learning"
     assert harness.processor.learner.pending == 15
@@ -224,10 +225,10 @@ def test_the_window_is_the_most_recent_examples_one_per_event(spec):
 def test_a_rollback_restarts_the_learner_from_the_champion_it_returns_to(spec, tmp_path):
     harness = Harness(spec, tmp_path)
     first = candidates(harness.processor.process(labeled(50)))[0]
-    harness.set_champion(first["version"], model=harness.store.load_model(ArtifactRef.from_record(first["artifact"])))
+    harness.set_champion(first["version"], model=harness.store.load_published(first))
     harness.processor.process(labeled(10, start=50))
     live = harness.processor.learner.model
-    ref = harness.store.put_model(build_model(spec.model))
+    ref = harness.store.put_model(build_model(spec.model), ArtifactIdentity("card-fraud", "fraud", harness.champion))
     harness.table.apply(slot_key("card-fraud", "fraud", CHAMPION), deployment_record(
         "card-fraud", "fraud", CHAMPION, harness.champion, ref.to_record(), deployed_at=T0,
         previous_version=first["version"], decision_id=f"{first['version']}:rollback"))

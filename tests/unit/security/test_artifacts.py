@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import hmac
 import os
 import pickle
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from streamloop.ml import ArtifactIntegrityError, ArtifactRef, ArtifactSigner, ArtifactStore
+from streamloop.ml import ArtifactIdentity, ArtifactIntegrityError, ArtifactRef, ArtifactSigner, ArtifactStore
 from streamloop.ml.exceptions import ArtifactNotFoundError, ModelError
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -34,23 +36,30 @@ class Exploit:
         return (os.makedirs, (str(self.marker),))
 
 
-def hostile_refs(root: Path, store: ArtifactStore, marker: Path) -> dict[str, ArtifactRef]:
-    """Every way a reference can lie; none of them may execute the payload."""
+def hostile_refs(root: Path, store: ArtifactStore, marker: Path, identity: ArtifactIdentity) -> dict[str, ArtifactRef]:
+    """Every way a reference to be loaded as ``identity`` can lie; none of them may execute the payload."""
     payload = pickle.dumps(Exploit(marker))
     digest = hashlib.sha256(payload).hexdigest()
     path = root / f"{digest}.pkl"
     path.write_bytes(payload)
     uri = path.resolve().as_uri()
-    good = store.put_model({"a": "model"})
+    good = store.put_model({"a": "model"}, identity)
     good_path = Path(good.uri.removeprefix("file://"))
     swapped = root / "swapped.pkl"
     swapped.write_bytes(payload)
     attacker = ArtifactSigner({"default": OTHER_KEY}, "default")
+    stored = store.store_bytes(payload)
     return {
         "unsigned": ArtifactRef(uri, digest, "", "default", len(payload)),
         "forged signature": ArtifactRef(uri, digest, "0" * 64, "default", len(payload)),
-        "signed with another key": ArtifactRef(uri, digest, attacker.sign(digest), "default", len(payload)),
-        "unknown key id": ArtifactRef(uri, digest, attacker.sign(digest), "attacker", len(payload)),
+        "signed with another key": ArtifactRef(uri, digest, attacker.sign(digest, identity), "default", len(payload)),
+        "unknown key id": ArtifactRef(uri, digest, attacker.sign(digest, identity), "attacker", len(payload)),
+        # Signed with the real key, but as something else: relabelled, it must not load.
+        "signed as another version": store.sign(stored, replace(identity, version=identity.version + "-other")),
+        "signed as another pipeline's model": store.sign(stored, replace(identity, pipeline="another-pipeline")),
+        "signed as another model": store.sign(stored, replace(identity, model_name="another-model")),
+        "signed over the digest alone (streamloop 0.1.0)": ArtifactRef(
+            uri, digest, hmac.new(KEY, digest.encode(), hashlib.sha256).hexdigest(), "default", len(payload)),
         "bytes swapped under a signed ref": ArtifactRef(swapped.resolve().as_uri(), good.sha256, good.signature,
                                                         good.key_id, len(payload)),
         "signed ref, tampered file": _tampered(good, good_path, payload),
@@ -75,16 +84,35 @@ def marker(tmp_path: Path) -> Path:
     return tmp_path / "PWNED"
 
 
+IDENTITY = ArtifactIdentity("card-fraud", "fraud", "fraud-20261206120000000-0badcafe")
+
+
 def test_the_store_refuses_every_hostile_reference(store, marker, tmp_path) -> None:
-    refs = hostile_refs(store.root, store, marker)
+    refs = hostile_refs(store.root, store, marker, IDENTITY)
     for name, ref in refs.items():
         with pytest.raises((ArtifactIntegrityError, ArtifactNotFoundError)):
-            store.load_model(ref)
+            store.load_model(ref, IDENTITY)
         assert not marker.exists(), name
     # The payload really is live: a store that trusts the attacker's key would run it.
     gullible = ArtifactStore(store.root, ArtifactSigner({"default": OTHER_KEY}, "default"))
-    gullible.load_model(refs["signed with another key"])
+    gullible.load_model(refs["signed with another key"], IDENTITY)
     assert marker.exists()
+
+
+def test_a_relabelled_artifact_loads_only_as_what_it_was_signed_as(store, marker) -> None:
+    refs = hostile_refs(store.root, store, marker, IDENTITY)
+    with pytest.raises(ArtifactIntegrityError, match="does not verify for card-fraud/fraud fraud-2026"):
+        store.load_model(refs["signed as another version"], IDENTITY)
+    assert not marker.exists()
+    store.load_model(refs["signed as another version"], replace(IDENTITY, version=IDENTITY.version + "-other"))
+    assert marker.exists()
+
+
+def test_a_signature_over_the_digest_alone_is_refused_with_what_to_do(store, marker) -> None:
+    ref = hostile_refs(store.root, store, marker, IDENTITY)["signed over the digest alone (streamloop 0.1.0)"]
+    with pytest.raises(ArtifactIntegrityError, match="signed by an older streamloop.*publish the model again"):
+        store.load_model(ref, IDENTITY)
+    assert not marker.exists()
 
 
 def test_the_scorer_never_loads_a_hostile_deployment(spec, store, marker) -> None:
@@ -92,8 +120,9 @@ def test_the_scorer_never_loads_a_hostile_deployment(spec, store, marker) -> Non
     from tests.unit.online_scorer.fakes import deployment, slot_key
 
     holder = ModelHolder(spec, store)
-    for name, ref in hostile_refs(store.root, store, marker).items():
-        record = deployment(spec, ref, f"v-{abs(hash(name))}")
+    identity = ArtifactIdentity(spec.name, spec.model.name, "fraud-hostile")
+    for name, ref in hostile_refs(store.root, store, marker, identity).items():
+        record = deployment(spec, ref, identity.version)
         holder.on_deployment(slot_key(record), record)
         assert holder.current.champion is None, name
     assert not marker.exists()
@@ -104,9 +133,12 @@ def test_the_retrainer_never_continues_from_a_hostile_champion(demo_pipeline, st
     from tests.unit.retrainer.test_retrainer import Harness
 
     harness = Harness(demo_pipeline, tmp_path / "h")
-    for i, ref in enumerate(hostile_refs(harness.store.root, harness.store, marker).values()):
+    for i in range(len(hostile_refs(harness.store.root, harness.store, marker, IDENTITY))):
+        # A version of its own each time, so that every one is a new champion to load.
+        identity = ArtifactIdentity(demo_pipeline.name, demo_pipeline.model.name, f"fraud-x-{i}")
+        ref = list(hostile_refs(harness.store.root, harness.store, marker, identity).values())[i]
         key = slot_key(demo_pipeline.name, demo_pipeline.model.name, CHAMPION)
-        record = deployment_record(demo_pipeline.name, demo_pipeline.model.name, CHAMPION, f"fraud-x-{i}",
+        record = deployment_record(demo_pipeline.name, demo_pipeline.model.name, CHAMPION, identity.version,
                                    ref.to_record(), deployed_at=harness.now)
         harness.table.apply(key, record)
         harness.processor._sync_champion()  # what every batch does first
@@ -121,8 +153,9 @@ def test_the_publisher_refuses_hostile_candidates(demo_pipeline, marker, tmp_pat
     harness = Harness(demo_pipeline, tmp_path)
     harness.bootstrap()
     records = []
-    for i, ref in enumerate(hostile_refs(harness.store.root, harness.store, marker).values()):
+    for i in range(len(hostile_refs(harness.store.root, harness.store, marker, IDENTITY))):
         record = candidate(harness.spec, harness.store, created_ms=1_700_000_000_000 + i)
+        ref = list(hostile_refs(harness.store.root, harness.store, marker, ArtifactIdentity.of(record)).values())[i]
         record["artifact"] = ref.to_record()
         records.append(record)
     refused = decisions(harness.feed("cand", records))
@@ -140,9 +173,10 @@ def test_the_registry_client_verifies_before_a_manual_promotion(demo_pipeline, s
                             store=store)
     produced: list = []
     client._produce = produced.append  # type: ignore[method-assign]
-    for ref in hostile_refs(store.root, store, marker).values():
+    identity = ArtifactIdentity(demo_pipeline.name, demo_pipeline.model.name, "fraud-evil")
+    for ref in hostile_refs(store.root, store, marker, identity).values():
         with pytest.raises(ModelError):
-            client._change("PROMOTE", "fraud-evil", ref.to_record(), None, "test",
+            client._change("PROMOTE", identity.version, ref.to_record(), None, "test",
                            RegistryState(DeploymentTable(), [], [], {}), previous_version=None)
     assert produced == [] and not marker.exists()
 
