@@ -95,10 +95,7 @@ class DriftService:
 
 def build(settings: DriftSettings) -> DriftService:
     ctx = ServiceContext.load(SERVICE, settings.common)
-    telemetry_settings = settings.telemetry
-    if telemetry_settings.service_name == "streamloop":
-        telemetry_settings = telemetry_settings.model_copy(update={"service_name": SERVICE})
-    telemetry = configure_telemetry(telemetry_settings)
+    telemetry = configure_telemetry(settings.telemetry.for_service(SERVICE))
     kafka = settings.common.kafka
     spec = ctx.pipeline
 

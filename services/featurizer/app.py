@@ -8,7 +8,6 @@ rebuilds its windows by replaying the input topic through :class:`KafkaPartition
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import threading
 
@@ -67,10 +66,7 @@ def build(settings: FeaturizerSettings, telemetry: Telemetry | None = None) -> F
     schema = input_topic.schema
     assert schema is not None  # the catalog always resolves the input schema
     if telemetry is None:
-        telemetry_settings = settings.telemetry
-        if "OTEL_SERVICE_NAME" not in os.environ:
-            telemetry_settings = telemetry_settings.model_copy(update={"service_name": SERVICE})
-        telemetry = configure_telemetry(telemetry_settings)
+        telemetry = configure_telemetry(settings.telemetry.for_service(SERVICE))
     redis = settings.redis
     store = RedisFeatureStore(redis.client(), ctx.pipeline.name, ttl_ms=ctx.pipeline.features.ttl,
                               key_prefix=redis.key_prefix)

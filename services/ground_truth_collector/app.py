@@ -514,10 +514,7 @@ class Collector:
 
 def build(settings: CollectorSettings) -> Collector:
     ctx = ServiceContext.load(SERVICE, settings.common)
-    telemetry_settings = settings.telemetry
-    if telemetry_settings.service_name == "streamloop":
-        telemetry_settings = telemetry_settings.model_copy(update={"service_name": SERVICE})
-    return Collector(ctx, settings, configure_telemetry(telemetry_settings))
+    return Collector(ctx, settings, configure_telemetry(settings.telemetry.for_service(SERVICE)))
 
 
 def main() -> int:
@@ -530,9 +527,6 @@ def main() -> int:
 
 def build_runner(settings: CollectorSettings) -> RunnerCollector:
     ctx = ServiceContext.load(SERVICE, settings.common)
-    telemetry_settings = settings.telemetry
-    if telemetry_settings.service_name == "streamloop":
-        telemetry_settings = telemetry_settings.model_copy(update={"service_name": SERVICE})
-    collector = RunnerCollector(ctx, settings, configure_telemetry(telemetry_settings))
+    collector = RunnerCollector(ctx, settings, configure_telemetry(settings.telemetry.for_service(SERVICE)))
     collector.install_signal_handlers()
     return collector

@@ -88,7 +88,7 @@ def wait_for_table(reader: CompactedTopicReader, table: DeploymentTable, timeout
 def build(settings: PublisherSettings, install_global_telemetry: bool = True) -> PublisherApp:
     ctx = ServiceContext.load(SERVICE, settings.common)
     store = settings.artifacts.artifact_store()
-    telemetry = configure_telemetry(settings.telemetry, install_global=install_global_telemetry)
+    telemetry = configure_telemetry(settings.telemetry.for_service(SERVICE), install_global=install_global_telemetry)
     table = DeploymentTable()
     reader = CompactedTopicReader(settings.common.kafka, ctx.topic("model_deployments").name,
                                   ctx.serde("model_deployments"), on_change=table.apply, name=f"{SERVICE}-deployments")

@@ -10,7 +10,6 @@ One process runs three things around one :class:`ModelHolder`:
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import threading
 from typing import Any
@@ -138,10 +137,7 @@ def build(settings: ScorerSettings, telemetry: Telemetry | None = None) -> Score
     ctx = ServiceContext.load(SERVICE, settings.common)
     artifacts = settings.artifacts.artifact_store()  # fails on a missing signing key before anything starts
     if telemetry is None:
-        telemetry_settings = settings.telemetry
-        if "OTEL_SERVICE_NAME" not in os.environ:
-            telemetry_settings = telemetry_settings.model_copy(update={"service_name": SERVICE})
-        telemetry = configure_telemetry(telemetry_settings)
+        telemetry = configure_telemetry(settings.telemetry.for_service(SERVICE))
     metrics = telemetry.metrics
     kafka = settings.common.kafka
     alerts = KafkaAlertPublisher(kafka, ctx.topic("alerts"), ctx.serde("alerts"))

@@ -54,7 +54,7 @@ class RetrainerApp:
 def build(settings: RetrainerSettings, install_global_telemetry: bool = True) -> RetrainerApp:
     ctx = ServiceContext.load(SERVICE, settings.common)
     store = settings.artifacts.artifact_store()
-    telemetry = configure_telemetry(settings.telemetry, install_global=install_global_telemetry)
+    telemetry = configure_telemetry(settings.telemetry.for_service(SERVICE), install_global=install_global_telemetry)
     table = DeploymentTable()
     deployments = ctx.topic("model_deployments").name
     reader = CompactedTopicReader(settings.common.kafka, deployments, ctx.serde("model_deployments"),

@@ -9,6 +9,7 @@ import logging
 import socket
 import urllib.request
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from confluent_kafka import Message
@@ -356,6 +357,25 @@ def test_settings_read_the_standard_variables(monkeypatch: pytest.MonkeyPatch) -
     assert (settings.service_name, settings.traces_sampler_ratio) == ("scorer", 0.25)
     assert (settings.traces_exporter, settings.metrics_port) == ("console", -1)
     assert settings.metrics_host == "127.0.0.1"
+
+
+def test_a_service_names_its_telemetry_unless_otel_service_name_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OTEL_SERVICE_NAME", raising=False)
+    assert TelemetrySettings().for_service("retrainer").service_name == "retrainer"
+    assert TelemetrySettings(service_name="chosen").for_service("retrainer").service_name == "chosen"
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "streamloop")  # chosen, even though it is the default's value
+    assert TelemetrySettings().for_service("retrainer").service_name == "streamloop"
+
+
+def test_every_service_names_its_telemetry_after_itself() -> None:
+    """The alerts select series by ``service``; a service left as "streamloop" would silence them."""
+    root = Path(__file__).resolve().parents[2]
+    calls = {}
+    for app in sorted(root.glob("services/*/app.py")):
+        source = app.read_text()
+        calls[app.parent.name] = (source.count("configure_telemetry("), source.count(".for_service(SERVICE)"))
+    assert len(calls) == 6
+    assert all(configured and configured == named for configured, named in calls.values()), calls
 
 
 def test_settings_defaults_and_bounds(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -2,7 +2,7 @@
 
 | variable                   | field                  | default       |
 |----------------------------|------------------------|---------------|
-| ``OTEL_SERVICE_NAME``      | ``service_name``       | ``streamloop``|
+| ``OTEL_SERVICE_NAME``      | ``service_name``       | the service's name (``streamloop`` outside one) |
 | ``OTEL_TRACES_SAMPLER_ARG``| ``traces_sampler_ratio``| ``0.01``     |
 | ``OTEL_TRACES_EXPORTER``   | ``traces_exporter``    | ``none``      |
 | ``STREAMLOOP_METRICS_PORT``| ``metrics_port``       | ``0`` (off)   |
@@ -64,6 +64,12 @@ class TelemetrySettings(BaseSettings):
     # 0 = no endpoint; -1 = let the OS pick a free port (tests, several services on one host).
     metrics_port: int = Field(0, ge=-1, le=65535, validation_alias=AliasChoices("STREAMLOOP_METRICS_PORT"))
     metrics_host: str = Field("127.0.0.1", validation_alias=AliasChoices("STREAMLOOP_METRICS_HOST"))
+
+    def for_service(self, name: str) -> TelemetrySettings:
+        """These settings, named after ``name`` unless OTEL_SERVICE_NAME (or the caller) chose a name."""
+        if "service_name" in self.model_fields_set:
+            return self
+        return self.model_copy(update={"service_name": name})
 
     @field_validator("traces_exporter", mode="before")
     @classmethod
