@@ -23,7 +23,7 @@ from services.ground_truth_collector.settings import SERVICE, CollectorSettings
 from services.ground_truth_collector.stages import JoinStage, RekeyStage, ScoreStage
 from streamloop.kafka import StageRunner
 from streamloop.kafka.admin import ensure_topics
-from streamloop.kafka.runner import RunnerSettings, StageTopics
+from streamloop.kafka.runner import StageTopics
 from streamloop.ml.evaluation import EvaluationConfig
 from streamloop.serde.raw import RawSerde
 from streamloop.service.context import ServiceContext
@@ -56,8 +56,7 @@ class RunnerCollector:
         source_serdes = {name: ctx.serde(role) for name, role in inputs.items()}
         redis = settings.redis.client()
         state_prefix = f"{settings.redis.key_prefix}:collector:{group}"
-        runner_settings = RunnerSettings(batch_size=settings.batch_size, poll_timeout_s=settings.batch_wait / 1000,
-                                         tick_interval_s=settings.tick_interval / 1000)
+        runner_settings = settings.stage_runner()
 
         self.rekey = RekeyStage({name: INPUT_ROLES[role] for name, role in inputs.items()}, source_serdes,
                                 self.keyed_topic, self.keyed_partitions, spec.model.task, settings.idle_after)

@@ -9,6 +9,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from streamloop.contracts.pipeline import DurationMs, PositiveDurationMs
+from streamloop.kafka.runner import RunnerSettings
 from streamloop.service.settings import CommonSettings, RedisSettings
 from streamloop.telemetry.settings import TelemetrySettings
 
@@ -59,3 +60,19 @@ class CollectorSettings(BaseSettings):
         default=30_000, description="How long a stop waits for the stages to finish their batch (one may wait for "
                                     "Redis or the broker) before the process exits without them; their batch is "
                                     "not committed and is read again.")
+
+    def stage_runner(self) -> RunnerSettings:
+        """``STREAMLOOP_RUNNER``'s knobs for the runner runtime's three stages.
+
+        Three have collector settings of their own, which the faust runtime reads too: batch_size
+        (COLLECTOR_BATCH_SIZE), poll_timeout_s (COLLECTOR_BATCH_WAIT) and tick_interval_s
+        (COLLECTOR_TICK_INTERVAL). A collector setting that is set wins; one left at its default
+        yields to the same knob set in STREAMLOOP_RUNNER.
+        """
+        runner = self.common.runner
+        own = {"batch_size": ("batch_size", self.batch_size),
+               "poll_timeout_s": ("batch_wait", self.batch_wait / 1000),
+               "tick_interval_s": ("tick_interval", self.tick_interval / 1000)}
+        return runner.model_copy(update={
+            knob: value for knob, (field, value) in own.items()
+            if field in self.model_fields_set or knob not in runner.model_fields_set})
