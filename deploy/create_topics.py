@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -40,7 +39,7 @@ from streamloop.service.settings import CommonSettings
 
 log = logging.getLogger("streamloop.create_topics")
 
-REPLICATION_ENV = "STREAMLOOP_TOPIC_REPLICATION_FACTOR"
+REPLICATION_ENV = "STREAMLOOP_TOPIC_REPLICATION_FACTOR"  # read by NewTopicSettings, as the collector does
 MIN_INSYNC_ENV = "STREAMLOOP_TOPIC_MIN_INSYNC_REPLICAS"
 
 
@@ -96,19 +95,14 @@ def wait_for_topics(admin: AdminClient, names: list[str], timeout_s: float) -> l
         time.sleep(2)
 
 
-def _env_int(name: str) -> int | None:
-    value = os.environ.get(name, "").strip()
-    return int(value) if value else None
-
-
 def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--dry-run", action="store_true", help="Print the plan; create and register nothing.")
     parser.add_argument("--wait", type=float, metavar="SECONDS", default=None,
                         help="Create nothing: wait this long for every topic to exist (exit 1 if not).")
-    parser.add_argument("--replication-factor", type=int, default=_env_int(REPLICATION_ENV) or 1,
+    parser.add_argument("--replication-factor", type=int, default=None,
                         help=f"Replicas of each new topic (env {REPLICATION_ENV}; default 1).")
-    parser.add_argument("--min-insync-replicas", type=int, default=_env_int(MIN_INSYNC_ENV),
+    parser.add_argument("--min-insync-replicas", type=int, default=None,
                         help=f"min.insync.replicas of each new topic (env {MIN_INSYNC_ENV}; default: the broker's).")
     parser.add_argument("--no-schemas", action="store_true", help="Do not register schemas even with a registry.")
     parser.add_argument("--broker-timeout", type=float, default=120.0, help="How long to wait for the broker.")
@@ -122,7 +116,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         common = CommonSettings()
         catalog = load_catalog(load_pipeline(common.pipeline), topic_prefix=common.topic_prefix)
-        work = plan(catalog, args.replication_factor, args.min_insync_replicas)
+        new_topics = common.new_topics
+        work = plan(catalog, args.replication_factor or new_topics.replication_factor,
+                    new_topics.min_insync_replicas if args.min_insync_replicas is None else args.min_insync_replicas)
     except (ValidationError, StreamloopError, ValueError) as exc:
         print(f"create_topics: {exc}", file=sys.stderr)
         return 2

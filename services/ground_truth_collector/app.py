@@ -111,17 +111,21 @@ class Collector:
     def _wire(self) -> None:
         app, ctx, settings = self.app, self.ctx, self.settings
         group = ctx.group_id
+        replicated = settings.common.new_topics.config()  # min.insync.replicas, as on the catalog's topics
         self.sources = app.topic(*self.inputs, **_RAW)
-        self.keyed = app.topic(f"{group}-by-event", partitions=self.keyed_partitions, internal=True, **_RAW)
-        self.joined = app.topic(f"{group}-joined", partitions=1, internal=True, **_RAW)
-        self.keyed_dead_letters = app.topic(f"{group}-by-event.dlq", partitions=1, internal=True, **_RAW)
+        self.keyed = app.topic(f"{group}-by-event", partitions=self.keyed_partitions, internal=True,
+                               config=replicated, **_RAW)
+        self.joined = app.topic(f"{group}-joined", partitions=1, internal=True, config=replicated, **_RAW)
+        self.keyed_dead_letters = app.topic(f"{group}-by-event.dlq", partitions=1, internal=True, config=replicated,
+                                            **_RAW)
         self.outputs = {role: app.topic(ctx.topic(role).name, **_RAW) for role in OUTPUTS}
         self.dead_letter_topics = {name: app.topic(ctx.topic(role).dead_letter_topic, **_RAW)
                                    for name, role in self.inputs.items()}
         # bytes key and value types make the changelog raw bytes (a faust.Schema would turn them into JSON).
         self.state = TableStore(app.Table("join-state", partitions=self.keyed_partitions, key_type=bytes,
-                                          value_type=bytes))
-        self.scoring_state = TableStore(app.Table("scoring-state", partitions=1, key_type=bytes, value_type=bytes))
+                                          value_type=bytes, extra_topic_configs=replicated))
+        self.scoring_state = TableStore(app.Table("scoring-state", partitions=1, key_type=bytes, value_type=bytes,
+                                                  extra_topic_configs=replicated))
         app.agent(self.sources, name="key_by_event")(self._key_by_event)
         app.agent(self.keyed, name="join")(self._join)
         app.agent(self.joined, name="score")(self._score)

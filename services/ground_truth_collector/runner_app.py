@@ -92,8 +92,11 @@ class RunnerCollector:
     def ensure_internal_topics(self) -> None:
         # No wait for the broker here: start_service waited for it (STREAMLOOP_BROKER_WAIT_S).
         admin = AdminClient(self.settings.common.kafka.admin())
-        ensure_topics(admin, [NewTopic(self.keyed_topic, self.keyed_partitions, 1),
-                              NewTopic(self.joined_topic, 1, 1), NewTopic(self.keyed_dead_letter_topic, 1, 1)])
+        replicated = self.settings.common.new_topics  # as the catalog's topics are (deploy/create_topics.py)
+        ensure_topics(admin, [
+            NewTopic(name, partitions, replicated.replication_factor, config=replicated.config())
+            for name, partitions in ((self.keyed_topic, self.keyed_partitions), (self.joined_topic, 1),
+                                     (self.keyed_dead_letter_topic, 1))])
 
     def stop(self, *_: object) -> None:
         self._stop.set()

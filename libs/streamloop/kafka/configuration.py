@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 LIBRDKAFKA_LOGGER = logging.getLogger("streamloop.librdkafka")
@@ -175,3 +175,27 @@ class KafkaSettings(BaseSettings):
                 ssl_context=options.get("broker_credentials"),
             )
         return options
+
+
+class NewTopicSettings(BaseSettings):
+    """How topics streamloop creates are replicated: the catalog's (deploy/create_topics.py) and the
+    collector's internal ones alike, so that ``acks=all`` means the same on all of them."""
+
+    model_config = SettingsConfigDict(env_prefix="STREAMLOOP_TOPIC_", frozen=True, extra="ignore")
+
+    replication_factor: int = Field(default=1, ge=1, description="Replicas of each topic streamloop creates.")
+    min_insync_replicas: int | None = Field(
+        default=None, ge=1, description="Their min.insync.replicas; unset: the broker's default.")
+
+    @model_validator(mode="after")
+    def _insync_within_replicas(self) -> NewTopicSettings:
+        if self.min_insync_replicas is not None and self.min_insync_replicas > self.replication_factor:
+            raise ValueError(f"STREAMLOOP_TOPIC_MIN_INSYNC_REPLICAS ({self.min_insync_replicas}) exceeds "
+                             f"STREAMLOOP_TOPIC_REPLICATION_FACTOR ({self.replication_factor})")
+        return self
+
+    def config(self) -> dict[str, str]:
+        """Topic configuration to create a topic with."""
+        if self.min_insync_replicas is None:
+            return {}
+        return {"min.insync.replicas": str(self.min_insync_replicas)}

@@ -61,6 +61,20 @@ def test_dry_run_prints_the_plan(monkeypatch, capsys):
     assert "schema t1.models.model-deployment.v1-value" in out
 
 
+def test_the_replication_variables_reach_the_plan(monkeypatch, capsys):
+    monkeypatch.setenv("STREAMLOOP_PIPELINE", str(DEMO_SPEC))
+    monkeypatch.setenv("STREAMLOOP_TOPIC_REPLICATION_FACTOR", "3")
+    monkeypatch.setenv("STREAMLOOP_TOPIC_MIN_INSYNC_REPLICAS", "2")
+    assert create_topics.main(["--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert ('topic features.feature-vector.v1 partitions=6 replication=3 '
+            'config={"cleanup.policy": "delete", "min.insync.replicas": "2",') in out
+    monkeypatch.setenv("STREAMLOOP_TOPIC_REPLICATION_FACTOR", "1")
+    assert create_topics.main(["--dry-run"]) == 2
+    assert "STREAMLOOP_TOPIC_MIN_INSYNC_REPLICAS (2) exceeds STREAMLOOP_TOPIC_REPLICATION_FACTOR (1)" in \
+        capsys.readouterr().err
+
+
 def test_a_bad_spec_exits_2_with_one_line(monkeypatch, capsys, tmp_path):
     monkeypatch.setenv("STREAMLOOP_PIPELINE", str(tmp_path / "missing.yaml"))
     assert create_topics.main(["--dry-run"]) == 2

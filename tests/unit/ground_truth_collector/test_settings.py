@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from services.ground_truth_collector.settings import CollectorSettings
+from services.ground_truth_collector.settings import SERVICE, CollectorSettings
+from streamloop.service.context import ServiceContext
+from streamloop.telemetry import Telemetry, configure_telemetry
+from tests.conftest import DEMO_SPEC
 
 
 @pytest.fixture(autouse=True)
@@ -27,3 +30,36 @@ def test_a_collector_setting_that_is_set_wins_over_streamloop_runner(monkeypatch
     monkeypatch.setenv("COLLECTOR_BATCH_WAIT", "20ms")
     runner = CollectorSettings().stage_runner()
     assert (runner.batch_size, runner.poll_timeout_s, runner.tick_interval_s) == (40, 0.02, 0.2)
+
+
+@pytest.fixture
+def replicated(monkeypatch: pytest.MonkeyPatch) -> tuple[ServiceContext, CollectorSettings, Telemetry]:
+    monkeypatch.setenv("STREAMLOOP_PIPELINE", str(DEMO_SPEC))
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:1")  # nothing is contacted
+    monkeypatch.setenv("STREAMLOOP_TOPIC_REPLICATION_FACTOR", "3")
+    monkeypatch.setenv("STREAMLOOP_TOPIC_MIN_INSYNC_REPLICAS", "2")
+    settings = CollectorSettings()
+    telemetry = configure_telemetry(settings.telemetry.for_service(SERVICE), install_global=False)
+    return ServiceContext.load(SERVICE, settings.common), settings, telemetry
+
+
+def test_the_runner_runtime_replicates_its_internal_topics_as_configured(replicated, monkeypatch) -> None:
+    """On a cluster whose min.insync.replicas is 2, a topic of one replica refuses every acks=all write."""
+    from services.ground_truth_collector import runner_app
+
+    created: list = []
+    monkeypatch.setattr(runner_app, "ensure_topics", lambda _admin, topics: created.extend(topics))
+    runner_app.RunnerCollector(*replicated).ensure_internal_topics()
+    group = replicated[0].group_id
+    assert [t.topic for t in created] == [f"{group}-by-event", f"{group}-joined", f"{group}-by-event.dlq"]
+    assert {(t.replication_factor, tuple(t.config.items())) for t in created} == {(3, (("min.insync.replicas", "2"),))}
+
+
+def test_the_faust_runtime_replicates_its_topics_and_changelogs_as_configured(replicated) -> None:
+    from services.ground_truth_collector.app import Collector
+
+    collector = Collector(*replicated)
+    assert collector.app.conf.topic_replication_factor == 3  # faust's default for a topic that names none
+    internal = [collector.keyed, collector.joined, collector.keyed_dead_letters,
+                collector.state.table.changelog_topic, collector.scoring_state.table.changelog_topic]
+    assert [(t.replicas, t.config) for t in internal] == [(None, {"min.insync.replicas": "2"})] * 5
