@@ -126,6 +126,57 @@ def test_explain_shows_an_events_logged_prediction_and_its_contributions(cli_env
     assert "Traceback" not in missing.stderr
 
 
+def test_with_a_schema_registry_the_cli_reads_and_writes_what_the_services_do(cli_env, loop_catalog, tmp_path):
+    """The deployments set SCHEMA_REGISTRY_URL, so services write Confluent's format: tail, produce,
+    explain and models must speak it too. In process: the mock registry lives in this process."""
+    import uuid
+
+    from confluent_kafka import Producer
+    from typer.testing import CliRunner
+
+    from streamloop.cli.main import app
+    from streamloop.contracts.samples import sample_record
+    from streamloop.ml.registry import CHAMPION, deployment_record, slot_key
+    from streamloop.service.settings import SerdeSettings
+
+    registry = f"mock://{uuid.uuid4().hex}"
+    env = {**cli_env, "SCHEMA_REGISTRY_URL": registry, "STREAMLOOP_PIPELINE": str(DEMO_SPEC)}
+    services = SerdeSettings(url=registry, auto_register=True)  # what a service is given
+    labels, predictions, deployments = (loop_catalog[r] for r in ("labels", "predictions", "model_deployments"))
+    producer = Producer({"bootstrap.servers": cli_env["KAFKA_BOOTSTRAP_SERVERS"]})
+    label = {"event_id": "e1", "label": True, "label_time": 1_700_000_000_000}
+    prediction = sample_record(predictions.schema, 7) | {"event_id": "txn-7"}
+    deployed = deployment_record("card-fraud", "fraud", CHAMPION, "fraud-v1", {
+        "uri": "file:///nowhere.pkl", "sha256": "a" * 64, "signature": "b" * 64, "key_id": "default",
+        "size_bytes": 1}, deployed_at=1_700_000_000_000)
+    for topic, key, record in ((labels, b"e1", label), (predictions, b"card-1", prediction),
+                               (deployments, slot_key("card-fraud", "fraud", CHAMPION).encode(), deployed)):
+        value = services.serde(topic, loop_catalog.repository).encode(record)
+        assert value[0] == 0, "Confluent's magic byte"
+        producer.produce(topic.name, key=key, value=value)
+    assert producer.flush(30) == 0
+    runner = CliRunner()
+
+    tailed = runner.invoke(app, ["tail", labels.name, "--from-beginning", "--max", "1", "--timeout", "20"], env=env)
+    assert tailed.exit_code == 0, tailed.output
+    value = json.loads(tailed.stdout)["value"]
+    assert (value["event_id"], value["label"], value["label_time"]) == ("e1", True, "2023-11-14T22:13:20+00:00")
+
+    produced = runner.invoke(app, ["produce", labels.name], input=json.dumps(label | {"event_id": "e2"}) + "\n",
+                             env=env)
+    assert produced.exit_code == 0, produced.output
+    tailed = runner.invoke(app, ["tail", labels.name, "--from-beginning", "--max", "2", "--timeout", "20"], env=env)
+    assert sorted(json.loads(line)["value"]["event_id"] for line in tailed.stdout.splitlines()) == ["e1", "e2"]
+
+    explained = runner.invoke(app, ["explain", "txn-7"], env=env)
+    assert explained.exit_code == 0, explained.output
+    assert json.loads(explained.stdout)["model_version"] == prediction["model_version"]
+
+    listed = runner.invoke(app, ["models", "list", "--json"], env=env)
+    assert listed.exit_code == 0, listed.output
+    assert [row["version"] for row in json.loads(listed.stdout)] == ["fraud-v1"]
+
+
 def test_models_list_says_when_the_broker_is_unreachable(cli_env):
     result = streamloop("models", "list", env={**cli_env, "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"})
     assert result.returncode == 1 and "cannot reach a Kafka broker" in result.stderr

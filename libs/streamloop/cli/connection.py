@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -13,12 +13,16 @@ from typing import Any
 
 import typer
 from confluent_kafka.admin import AdminClient
+from pydantic import ValidationError
 
-from streamloop.contracts import Catalog, PipelineSpec, load_catalog, load_pipeline
+from streamloop.contracts import Catalog, PipelineSpec, TopicSpec, load_catalog, load_pipeline
 from streamloop.errors import StreamloopError
 from streamloop.kafka.admin import wait_for_broker
 from streamloop.kafka.configuration import KafkaSettings
 from streamloop.kafka.exceptions import BrokerUnavailableError
+from streamloop.serde import Serde
+from streamloop.service.settings import SerdeSettings
+from streamloop.service.settings_errors import describe_validation_error
 from streamloop.stack.launcher import read_state
 
 DEMO_PIPELINE = Path(__file__).resolve().parents[3] / "examples" / "card_fraud" / "pipeline.yaml"
@@ -58,6 +62,11 @@ class Connection:
     catalog: Catalog
     bootstrap_servers: str
     redis_url: str
+    # SCHEMA_REGISTRY_*: with a registry the services write Confluent's format, so the CLI must read it.
+    serde_settings: SerdeSettings = field(default_factory=SerdeSettings)
+
+    def serde(self, topic: TopicSpec) -> Serde:
+        return self.serde_settings.serde(topic, self.catalog.repository)
 
 
 def load_runnable_pipeline(path: Path) -> PipelineSpec:
@@ -86,12 +95,16 @@ def connect(pipeline: Path | None, data_dir: Path, bootstrap_servers: str | None
         spec = load_pipeline(resolve_pipeline_path(pipeline, data_dir))
         prefix = os.environ.get("STREAMLOOP_TOPIC_PREFIX", state.get("topic_prefix", ""))
         catalog = load_catalog(spec, topic_prefix=prefix)
+        serde_settings = SerdeSettings()
     except StreamloopError as exc:
         raise fail(str(exc), 2) from None
+    except ValidationError as exc:
+        raise fail(f"invalid settings: {describe_validation_error(exc, SerdeSettings)}", 2) from None
     return Connection(
         spec, catalog,
         bootstrap_servers or state.get("bootstrap_servers") or "127.0.0.1:9092",
         os.environ.get("REDIS_URL") or state.get("redis_url") or "redis://127.0.0.1:6379/0",
+        serde_settings,
     )
 
 

@@ -17,6 +17,7 @@ from services.online_scorer.client import score as score_entity
 from services.online_scorer.errors import ScorerError
 from streamloop.cli.connection import (
     BootstrapOption,
+    Connection,
     DataDirOption,
     PipelineOption,
     connect,
@@ -29,7 +30,7 @@ from streamloop.ml.artifacts import ArtifactStore
 from streamloop.ml.exceptions import ModelError
 from streamloop.ml.registry_client import RegistryClient
 from streamloop.ml.settings import ArtifactSettings
-from streamloop.serde import SerdeError, make_serde
+from streamloop.serde import SerdeError
 from streamloop.stack.launcher import read_state
 
 app = typer.Typer()
@@ -54,7 +55,7 @@ def _registry(pipeline: Path | None, data_dir: Path, bootstrap_servers: str | No
     # tampered or unsigned artifact is refused before it is ever published as champion.
     store = artifact_store(data_dir) if verify else None
     return RegistryClient(conn.pipeline, conn.catalog, KafkaSettings(bootstrap_servers=conn.bootstrap_servers),
-                          store=store)
+                          serde_for=lambda role: conn.serde(conn.catalog[role]), store=store)
 
 
 def _print_json(value: Any) -> None:
@@ -201,7 +202,7 @@ def explain(
     found = [
         {"topic": role, **record}
         for role in ("predictions", "shadow_predictions")
-        for record in _find_event(conn.catalog, role, event_id, conn.bootstrap_servers)
+        for record in _find_event(conn, role, event_id)
     ]
     if not found:
         raise fail(f"no prediction of event {event_id!r} on {conn.catalog['predictions'].name}")
@@ -215,11 +216,11 @@ def explain(
             Console(stderr=True).print(table)
 
 
-def _find_event(catalog, role: str, event_id: str, bootstrap_servers: str) -> list[dict[str, Any]]:
+def _find_event(conn: Connection, role: str, event_id: str) -> list[dict[str, Any]]:
     """Scan a topic from its oldest record to its current end; records of the event, decoded."""
-    topic = catalog[role]
-    serde = make_serde(topic.schema, catalog.repository, topic.name)
-    consumer = Consumer(KafkaSettings(bootstrap_servers=bootstrap_servers).consumer("streamloop-cli-explain"))
+    topic = conn.catalog[role]
+    serde = conn.serde(topic)
+    consumer = Consumer(KafkaSettings(bootstrap_servers=conn.bootstrap_servers).consumer("streamloop-cli-explain"))
     needle = event_id.encode()
     found: list[dict[str, Any]] = []
     try:

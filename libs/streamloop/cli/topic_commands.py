@@ -29,7 +29,7 @@ from streamloop.contracts.catalog import DEAD_LETTER_SUFFIX
 from streamloop.kafka.configuration import KafkaSettings
 from streamloop.kafka.dead_letters import read_error_headers
 from streamloop.kafka.lag import group_lag
-from streamloop.serde import SerdeError, SingleObjectSerde
+from streamloop.serde import Serde, SerdeError
 
 app = typer.Typer()
 
@@ -54,7 +54,7 @@ def produce(
     except UnicodeDecodeError as exc:
         raise fail(f"{file} is not UTF-8 text (byte {exc.start}); nothing produced") from None
     reachable_admin(conn.bootstrap_servers)
-    serde = SingleObjectSerde(spec.schema, conn.catalog.repository)
+    serde = conn.serde(spec)
     producer = Producer(KafkaSettings(bootstrap_servers=conn.bootstrap_servers).producer())
     failures: list[str] = []
 
@@ -122,7 +122,7 @@ def tail(
     metadata = admin.list_topics(timeout=10).topics.get(topic)
     if metadata is None or metadata.error is not None:
         raise fail(f"topic {topic} does not exist on {conn.bootstrap_servers}")
-    serde = SingleObjectSerde(spec.schema, conn.catalog.repository)
+    serde = conn.serde(spec)
     consumer = Consumer(KafkaSettings(bootstrap_servers=conn.bootstrap_servers).consumer("streamloop-cli-tail"))
     offset = -2 if from_beginning else -1  # OFFSET_BEGINNING / OFFSET_END
     consumer.assign([TopicPartition(topic, p, offset) for p in metadata.partitions])
@@ -146,7 +146,7 @@ def tail(
         consumer.close()
 
 
-def _render(message, serde: SingleObjectSerde, dead_letters: bool) -> dict[str, Any]:
+def _render(message, serde: Serde, dead_letters: bool) -> dict[str, Any]:
     meta = {"partition": message.partition(), "offset": message.offset(),
             "key": message.key().decode("utf-8", "replace") if message.key() else None}
     if dead_letters:

@@ -18,7 +18,6 @@ The I/O half of the dashboard; what the numbers mean is in assembly.py and its p
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 import uuid
@@ -34,7 +33,8 @@ from streamloop.dashboard.records import ROLES
 from streamloop.kafka.configuration import KafkaSettings
 from streamloop.kafka.lag import group_lag
 from streamloop.kafka.pacing import FetchPacer
-from streamloop.serde import SerdeError, make_serde
+from streamloop.serde import SerdeError
+from streamloop.service.settings import SerdeSettings
 
 log = logging.getLogger(__name__)
 
@@ -53,10 +53,9 @@ class TopicRecordReader:
         self._on_error = on_error or (lambda _error: None)
         self._poll_timeout_s = poll_timeout_s
         self._idle_pause_s = idle_pause_s
-        registry = os.environ.get("SCHEMA_REGISTRY_URL") or None
+        serde = SerdeSettings()  # SCHEMA_REGISTRY_*: the format the services write
         self._roles = {catalog[role].name: role for role in ROLES}
-        self._serdes = {catalog[role].name: make_serde(catalog[role].schema, catalog.repository, catalog[role].name,
-                                                       registry_url=registry) for role in ROLES}
+        self._serdes = {catalog[role].name: serde.serde(catalog[role], catalog.repository) for role in ROLES}
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self.undecodable = 0
@@ -132,8 +131,7 @@ class PredictionTailReader:
                  tail: int = 20, timeout_s: float = 3.0) -> None:
         self._kafka = kafka
         self._topic = catalog["predictions"].name
-        self._serde = make_serde(catalog["predictions"].schema, catalog.repository, self._topic,
-                                 registry_url=os.environ.get("SCHEMA_REGISTRY_URL") or None)
+        self._serde = SerdeSettings().serde(catalog["predictions"], catalog.repository)
         self._on_record = on_record
         self._tail = tail
         self._timeout_s = timeout_s

@@ -9,6 +9,7 @@ confluent-kafka's in-process mock registry, which the tests use.
 from __future__ import annotations
 
 import json
+import threading
 from typing import Any
 
 import fastavro
@@ -27,6 +28,9 @@ from streamloop.serde.exceptions import (
 from streamloop.serde.limits import check_bounded
 
 CONFLUENT_MAGIC = 0
+
+_CLIENTS: dict[tuple[str, tuple[tuple[str, Any], ...]], SchemaRegistryClient] = {}
+_CLIENTS_LOCK = threading.Lock()
 
 
 class ConfluentSerde:
@@ -56,7 +60,13 @@ class ConfluentSerde:
 
     @staticmethod
     def client(url: str, **config: Any) -> SchemaRegistryClient:
-        return SchemaRegistryClient.new_client({"url": url, **config})
+        """One client per registry and credentials in a process: the topics' serdes share its schema cache
+        (and, with ``mock://``, its schemas, so a process's writers and readers agree as on a real registry)."""
+        key = (url, tuple(sorted(config.items())))
+        with _CLIENTS_LOCK:
+            if key not in _CLIENTS:
+                _CLIENTS[key] = SchemaRegistryClient.new_client({"url": url, **config})
+            return _CLIENTS[key]
 
     def encode(self, record: dict[str, Any]) -> bytes:
         try:

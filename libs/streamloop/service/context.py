@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from streamloop.contracts import Catalog, PipelineSpec, TopicSpec, load_catalog, load_pipeline
 from streamloop.kafka.records import Processor
 from streamloop.kafka.runner import RunnerMetrics, StageRunner, StageTopics
-from streamloop.serde import Serde, make_serde
+from streamloop.serde import Serde
 from streamloop.service.settings import CommonSettings
 from streamloop.telemetry.tracing import KafkaTracer
 
@@ -39,11 +39,7 @@ class ServiceContext:
     def serde(self, role: str) -> Serde:
         topic = self.catalog[role]
         if topic.name not in self._serdes:
-            self._serdes[topic.name] = make_serde(
-                topic.schema, self.catalog.repository, topic.name,
-                registry_url=self.common.serde.url, auto_register=self.common.serde.auto_register,
-                registry_config=self.common.serde.registry_config(),
-            )
+            self._serdes[topic.name] = self.common.serde.serde(topic, self.catalog.repository)
         return self._serdes[topic.name]
 
     def topic(self, role: str) -> TopicSpec:

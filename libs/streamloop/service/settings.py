@@ -19,6 +19,10 @@ from streamloop.kafka.runner import RunnerSettings
 if TYPE_CHECKING:
     import redis
 
+    from streamloop.contracts import TopicSpec
+    from streamloop.contracts.schemas import SchemaRepository
+    from streamloop.serde import Serde
+
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
 
@@ -59,6 +63,17 @@ class SerdeSettings(_RedactedUrl, BaseSettings):
         if self.basic_auth_user_info is None:
             return {}
         return {"basic.auth.user.info": self.basic_auth_user_info.get_secret_value()}
+
+    def serde(self, topic: TopicSpec, repository: SchemaRepository) -> Serde:
+        """The topic's serde: Confluent's wire format through the registry when one is set, else single-object.
+
+        Every reader and writer of a deployment builds it here (services, CLI, dashboard), so they
+        all agree on the format.
+        """
+        from streamloop.serde import make_serde
+
+        return make_serde(topic.schema, repository, topic.name, registry_url=self.url,
+                          auto_register=self.auto_register, registry_config=self.registry_config())
 
 
 class RedisSettings(_RedactedUrl, BaseSettings):
