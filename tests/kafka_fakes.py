@@ -7,9 +7,9 @@ TOPIC = "features.feature-vector.v1"
 
 class FakeMessage:
     def __init__(self, value: bytes | None, offset: int, key: bytes | None = b"k", topic: str = TOPIC,
-                 partition: int = 0, headers=None) -> None:
+                 partition: int = 0, headers=None, timestamp_ms: int = 1_700_000_000_000) -> None:
         self._value, self._offset, self._key, self._topic = value, offset, key, topic
-        self._partition, self._headers = partition, headers
+        self._partition, self._headers, self._timestamp_ms = partition, headers, timestamp_ms
 
     def error(self):
         return None
@@ -33,7 +33,7 @@ class FakeMessage:
         return self._headers
 
     def timestamp(self):
-        return (1, 1_700_000_000_000)
+        return (1, self._timestamp_ms)
 
 
 class FakeProducer:

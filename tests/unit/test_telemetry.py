@@ -284,6 +284,13 @@ def test_lag_gauges_use_kafka_lag_exporter_names(served: Served) -> None:
     assert sample_value(text, "kafka_consumergroup_group_max_lag", group="featurizer") == 4
 
 
+def test_an_unreachable_broker_is_counted_per_service(served: Served) -> None:
+    metrics, scrape = served
+    metrics.record_broker_unreachable()
+    metrics.record_broker_unreachable()
+    assert sample_value(scrape(), "streamloop_broker_unreachable_total", service="featurizer") == 2
+
+
 def test_batches_count_messages_errors_and_latencies(served: Served) -> None:
     metrics, scrape = served
     metrics.record_batch(TOPIC, 2, 100, 0.02)

@@ -94,7 +94,10 @@ class RunnerMetrics(Protocol):
 
     def record_dead_letters(self, topic: str, error_class: str, count: int = 1) -> None: ...
 
-    def set_lag(self, group: str, lags: dict[tuple[str, int], float]) -> None: ...
+    def record_broker_unreachable(self) -> None: ...
+
+    def set_lag(self, group: str, lags: dict[tuple[str, int], float],
+                lag_seconds: dict[tuple[str, int], float] | None = None) -> None: ...
 
 
 class _NoMetrics:
@@ -102,10 +105,14 @@ class _NoMetrics:
                      errors: int = 0, latencies: Sequence[float] | None = None) -> None:
         pass
 
+    def record_broker_unreachable(self) -> None:
+        pass
+
     def record_dead_letters(self, topic: str, error_class: str, count: int = 1) -> None:
         pass
 
-    def set_lag(self, group: str, lags: dict[tuple[str, int], float]) -> None:
+    def set_lag(self, group: str, lags: dict[tuple[str, int], float],
+                lag_seconds: dict[tuple[str, int], float] | None = None) -> None:
         pass
 
 
@@ -164,6 +171,9 @@ class StageRunner:
         self._consumer_fatal: KafkaError | None = None
         self._last_unreachable_log = 0.0
         self._assigned: set[tuple[str, int]] = set()
+        # Kafka timestamp (ms) of the last record consumed from each partition, for
+        # kafka_consumergroup_group_lag_seconds.
+        self._last_consumed_ms: dict[tuple[str, int], int] = {}
         self.consumer: Consumer | None = None
         self.pacer: FetchPacer | None = None
         self.producer: Producer | None = None
@@ -241,6 +251,9 @@ class StageRunner:
             topic, partition, offset = message.topic(), message.partition(), message.offset()
             next_offsets[(topic, partition)] = offset + 1
             raw[(topic, partition, offset)] = message
+            timestamp = message.timestamp()[1]
+            if timestamp > 0:
+                self._last_consumed_ms[(topic, partition)] = timestamp
             try:
                 value = self.topics.inputs[topic].decode(message.value())
             except SerdeError as exc:
@@ -551,6 +564,8 @@ class StageRunner:
         # Batches are processed, delivered and committed before consume() returns to the
         # rebalance, so nothing is in flight here: the processor only drops its state.
         self._assigned.difference_update((tp.topic, tp.partition) for tp in partitions)
+        for tp in partitions:
+            self._last_consumed_ms.pop((tp.topic, tp.partition), None)
         if self.pacer is not None:
             self.pacer.rebalanced()
         if hasattr(self.processor, "on_revoked"):
@@ -562,6 +577,7 @@ class StageRunner:
             log.error("%s: fatal client error: %s", self.service, error.str())
             return
         if error.code() in (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT, KafkaError._RESOLVE):
+            self.metrics.record_broker_unreachable()  # every one counted; only the log is rate-limited
             now = time.monotonic()
             if now - self._last_unreachable_log > 10:
                 self._last_unreachable_log = now
@@ -587,9 +603,10 @@ class StageRunner:
         if self.consumer is None or not self._assigned:
             return
         partitions = [TopicPartition(t, p) for t, p in sorted(self._assigned)]
+        now_ms = time.time() * 1000
         try:
             positions = self.consumer.position(partitions)
-            lag = {}
+            lag, lag_seconds = {}, {}
             for tp in positions:
                 # While the pacer holds the partitions back, librdkafka does not know the position.
                 known = self.pacer.position(tp.topic, tp.partition) if self.pacer is not None else None
@@ -598,8 +615,16 @@ class StageRunner:
                 _low, high = self.consumer.get_watermark_offsets(tp, cached=True)
                 if high is None or high < 0:
                     continue
-                lag[(tp.topic, tp.partition)] = max(0, high - tp.offset) if tp.offset >= 0 else high
-            self.metrics.set_lag(self.group_id, lag)
+                key = (tp.topic, tp.partition)
+                lag[key] = max(0, high - tp.offset) if tp.offset >= 0 else high
+                if not lag[key]:
+                    lag_seconds[key] = 0.0
+                elif key in self._last_consumed_ms:
+                    # The next record is no older than the last one consumed: an upper bound on the age
+                    # of the oldest waiting record, off by the gap between two records. Unknown until
+                    # a record of the partition was consumed.
+                    lag_seconds[key] = max(0.0, now_ms - self._last_consumed_ms[key]) / 1000
+            self.metrics.set_lag(self.group_id, lag, lag_seconds)
         except KafkaException as exc:
             log.debug("%s: lag report skipped: %s", self.service, exc)
 

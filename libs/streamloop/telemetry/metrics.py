@@ -20,6 +20,7 @@ Names, as they appear at ``/metrics``: OpenTelemetry's exporter appends the unit
 - ``streamloop_batch_partitions{service,topic}`` (partitions the last batch spanned)
 - ``streamloop_errors_total{service,topic}``
 - ``streamloop_dead_letters_total{service,topic,error_class}``
+- ``streamloop_broker_unreachable_total{service}``
 - ``kafka_consumergroup_group_lag{group,topic,partition}``, ``kafka_consumergroup_group_max_lag{group}``,
   ``kafka_consumergroup_group_lag_seconds{group,topic,partition}`` (kafka-lag-exporter's names,
   so its dashboards and alerts work unchanged)
@@ -153,6 +154,10 @@ class ServiceMetrics:
         self._dead_letters = self._meter.create_counter(
             "streamloop.dead_letters", unit="{record}", description="Records sent to a dead-letter topic."
         )
+        self._broker_unreachable = self._meter.create_counter(
+            "streamloop.broker_unreachable", unit="{error}",
+            description="Times librdkafka reported the brokers unreachable (transport, resolve, all down).",
+        )
         self._meter.create_observable_gauge(
             "kafka_consumergroup_group_lag",
             callbacks=[self._observe_lag],
@@ -204,6 +209,9 @@ class ServiceMetrics:
         self._errors.add(errors, attributes)
         if latencies is not None and len(latencies):
             self._latency.observe_many((self.service, topic), latencies)
+
+    def record_broker_unreachable(self) -> None:
+        self._broker_unreachable.add(1, {"service": self.service})
 
     def record_dead_letters(self, topic: str, error_class: str, count: int = 1) -> None:
         """Count ``topic``'s records sent to its dead-letter topic, by the class of their error."""
