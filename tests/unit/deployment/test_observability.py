@@ -65,6 +65,32 @@ def test_promtool_accepts_the_config_and_the_rules_pass_their_tests():
         assert result.returncode == 0, result.stdout + result.stderr
 
 
+KUBERNETES_SCRAPE = DEPLOY / "prometheus" / "kubernetes-scrape.yml"
+
+
+def test_the_alerts_name_services_by_a_label_both_deployments_set(manifests):
+    """Compose names a scrape job per service; Kubernetes' pod discovery gives one job for all. So the
+    alerts select on streamloop_service, which prometheus.yml sets per target and the Kubernetes
+    scrape job sets from the pod's app.kubernetes.io/name."""
+    from tests.unit.deployment.test_kubernetes import workloads
+
+    for job in prometheus_config()["scrape_configs"]:
+        if job["job_name"] in SERVICES:
+            assert [c["labels"]["streamloop_service"] for c in job["static_configs"]] == [job["job_name"]]
+    (scrape,) = yaml.safe_load(KUBERNETES_SCRAPE.read_text())["scrape_configs"]
+    assert scrape["kubernetes_sd_configs"] == [{"role": "pod", "namespaces": {"names": ["streamloop"]}}]
+    relabels = {r["target_label"]: r for r in scrape["relabel_configs"] if "target_label" in r}
+    assert relabels["streamloop_service"]["source_labels"] == ["__meta_kubernetes_pod_label_app_kubernetes_io_name"]
+    assert relabels["__address__"]["source_labels"][1] == "__meta_kubernetes_pod_annotation_prometheus_io_port"
+    for name, workload in workloads(manifests).items():
+        template = workload.doc["spec"]["template"]["metadata"]
+        assert template["labels"]["app.kubernetes.io/name"] == name
+        assert template["annotations"]["prometheus.io/scrape"] == "true"
+    for rule in alert_rules().values():
+        assert "job=" not in rule["expr"] and "job!" not in rule["expr"], rule["alert"]
+    assert "streamloop_service=~" in alert_rules()["StreamloopServiceDown"]["expr"]
+
+
 def test_alerts_cover_what_operations_must_know():
     rules = alert_rules()
     expected = {
