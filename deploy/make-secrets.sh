@@ -4,6 +4,8 @@
 #
 #   deploy/make-secrets.sh            # then: docker compose up -d --build
 #
+# The files: the artifact signing key, the scorer's gRPC bearer token, Grafana's admin password.
+#
 # Compose bind-mounts secret files with their own owner and mode. Run as root, the files are
 # given to the containers' users (10001 streamloop, 472 grafana) with mode 0400; otherwise they
 # are made readable to all local users (0644), which is fine on a single-user machine only.
@@ -31,5 +33,6 @@ write() {  # write FILE OWNER_UID CONTENT_COMMAND...
 random_hex() { od -An -N32 -tx1 /dev/urandom | tr -d ' \n'; }
 
 write artifact-signing.key 10001 random_hex
+write scorer-auth-token 10001 random_hex
 write grafana-admin-password 472 random_hex
 [ "$(id -u)" = 0 ] || echo "note: files are mode 0644 (not root); see docs/operations.md#secrets"

@@ -22,7 +22,7 @@ from tests.unit.deployment.conftest import (
 
 INFRASTRUCTURE = {"kafka", "schema-registry", "redis"}
 SECRET_ENV = {"STREAMLOOP_ARTIFACT_SIGNING_KEY", "KAFKA_SASL_PASSWORD", "REDIS_PASSWORD",
-              "SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO", "KAFKA_SSL_KEY_PASSWORD"}
+              "SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO", "KAFKA_SSL_KEY_PASSWORD", "SCORER_AUTH_TOKEN"}
 
 
 def compose_schema() -> dict[str, Any]:
@@ -142,6 +142,13 @@ def test_secrets_are_files_never_values(compose):
             secret = env[key].removeprefix("file:/run/secrets/")
             assert secret in [s if isinstance(s, str) else s["source"] for s in svc.get("secrets", [])], name
         assert "GF_SECURITY_ADMIN_PASSWORD" not in env
+
+
+def test_the_scorer_takes_calls_only_with_its_token_which_make_secrets_writes(compose):
+    scorer = compose["services"]["online-scorer"]
+    assert scorer["environment"]["SCORER_AUTH_TOKEN"] == "file:/run/secrets/scorer_auth_token"
+    assert compose["secrets"]["scorer_auth_token"]["file"].endswith("./deploy/secrets/scorer-auth-token}")
+    assert "write scorer-auth-token 10001 random_hex" in (DEPLOY / "make-secrets.sh").read_text()
 
 
 def test_the_secret_files_stay_out_of_git():

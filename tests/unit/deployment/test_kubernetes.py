@@ -39,7 +39,7 @@ WORKLOAD_KINDS = ("StatefulSet", "Deployment")
 SECRET_DIR = "/var/run/secrets/streamloop/"  # noqa: S105 - a mount path, not a password
 # Environment variables that carry credentials: only ever file: paths or secretKeyRefs.
 SECRET_ENV = {"KAFKA_SASL_PASSWORD", "KAFKA_SSL_KEY_PASSWORD", "REDIS_PASSWORD",
-              "SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO", "STREAMLOOP_ARTIFACT_SIGNING_KEY"}
+              "SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO", "STREAMLOOP_ARTIFACT_SIGNING_KEY", "SCORER_AUTH_TOKEN"}
 
 
 def is_keda(manifest: Manifest) -> bool:
@@ -260,6 +260,12 @@ def test_credentials_are_referenced_never_inlined(manifests):
                     assert value.startswith("file:" + SECRET_DIR), f"{m} {c['name']}: {name} must be a file path"
                     directory = str(Path(value.removeprefix("file:")).parent)
                     assert mounts.get(directory) in secret_volumes, f"{m} {c['name']}: {directory} is not a Secret"
+
+
+def test_the_scorer_takes_calls_only_with_its_token(manifests):
+    scorer = workloads(manifests)["online-scorer"].doc["spec"]["template"]["spec"]
+    assert env_of(containers(scorer)[-1])["SCORER_AUTH_TOKEN"]["value"].startswith("file:" + SECRET_DIR)
+    assert "SCORER_REFLECTION_OPEN" not in env_of(containers(scorer)[-1])
 
 
 # --- scaling --------------------------------------------------------------------------------
