@@ -91,6 +91,7 @@ class PublisherProcessor:
         self._high_water: dict[tuple[str, int], int] = {}
         self._bootstrapped = False
         self._next_staleness_ms = 0
+        self._exported_champion: str | None = None
 
     # -- the runner's hooks --------------------------------------------------------------------
 
@@ -261,9 +262,21 @@ class PublisherProcessor:
             attributes = {"pipeline": self.pipeline.name, "model_name": self.pipeline.model.name}
             for name, value in self.staleness.gauges.items():
                 self._metrics.gauge(f"streamloop_{name}")(value, attributes)
+            self._export_champion(version, attributes)
         for alert in alerts:
             log.warning("alert %s %s: %s", alert["alert"], alert["state"].lower(), alert["message"])
         return [self.writer.alert(alert) for alert in alerts]
+
+    def _export_champion(self, version: str, attributes: dict[str, str]) -> None:
+        """``streamloop_registry_champion_info``: beside the scorers' ``streamloop_model_info``, it shows
+        a scorer that still serves another champion (one that could not load the new one)."""
+        if version == self._exported_champion:
+            return
+        info = self._metrics.gauge("streamloop_registry_champion_info")
+        if self._exported_champion is not None:
+            info(0, {**attributes, "version": self._exported_champion})
+        info(1, {**attributes, "version": version})
+        self._exported_champion = version
 
     def _count(self, outcome: str) -> None:
         if self._metrics is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from services.model_publisher.staleness import Champion, StalenessMonitor, decay_metric, metric_decay
+from streamloop.ml.registry import CHAMPION, shadow_slot
 from tests.unit.model_publisher.factories import T0, consumed, with_policy
 from tests.unit.model_publisher.test_publisher import Harness
 
@@ -81,9 +82,13 @@ def test_decay_direction_and_metric_choice(demo_pipeline):
 class Gauges:
     def __init__(self) -> None:
         self.values: dict[str, float] = {}
+        self.series: dict[tuple[str, tuple], float] = {}
 
     def gauge(self, name: str):
-        return lambda value, attributes=None: self.values.__setitem__(name, value)
+        def set_value(value, attributes=None):
+            self.values[name] = value
+            self.series[(name, tuple(sorted((attributes or {}).items())))] = value
+        return set_value
 
     def counter(self, name: str):
         return lambda amount=1, attributes=None: None
@@ -101,3 +106,23 @@ def test_the_publisher_emits_alert_records_and_gauges(demo_pipeline, tmp_path):
     assert [(o.key, o.value["state"]) for o in alerts] == [("no_labels", "RAISED")]
     assert gauges.values["streamloop_label_silence_seconds"] == 660
     assert "streamloop_model_age_seconds" in gauges.values
+
+
+def test_the_publisher_exports_the_registry_s_champion_beside_what_scorers_serve(demo_pipeline, tmp_path):
+    """StreamloopChampionNotServed compares it with the scorers' streamloop_model_info."""
+    harness = Harness(demo_pipeline, tmp_path)
+    gauges = Gauges()
+    harness.processor._metrics = gauges
+    first = harness.bootstrap()
+    harness.processor.tick(T0)
+
+    def champion_info() -> dict[str, float]:
+        return {dict(labels)["version"]: value for (name, labels), value in gauges.series.items()
+                if name == "streamloop_registry_champion_info"}
+
+    assert champion_info() == {first: 1}
+    second = harness.shadow(parent=first)
+    harness.processor.writer.deploy(CHAMPION, second, harness.slot(shadow_slot(second))["artifact"],
+                                    decision_id=f"{second}:promote")
+    harness.processor.tick(T0 + 10 * 60_000)
+    assert champion_info() == {first: 0, second: 1}
