@@ -11,4 +11,4 @@ Shared mechanics used by every service; one concern per subpackage:
 - ``cli``: the ``streamloop`` command
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -119,6 +119,26 @@ def models_promote(
     print(f"promoted {decision['to_version']} (was {decision['from_version'] or 'none'})", file=sys.stderr)
 
 
+@models_app.command("re-sign")
+def models_re_sign(
+    pipeline: Path | None = PipelineOption,
+    data_dir: Path = DataDirOption,
+    bootstrap_servers: str | None = BootstrapOption,
+) -> None:
+    """After an upgrade from streamloop 0.1: sign the deployed models again, bound to their versions.
+
+    0.1 signed an artifact's content alone, which the services now refuse. Only signatures made with
+    the configured keys over bytes that still match are signed again; nothing else changes.
+    """
+    try:
+        signed = _registry(pipeline, data_dir, bootstrap_servers, verify=True).sign_again()
+    except ModelError as exc:
+        raise fail(str(exc)) from None
+    for line in signed:
+        print(f"signed again: {line}", file=sys.stderr)
+    print(f"{len(signed)} deployment{'s' if len(signed) != 1 else ''} signed again", file=sys.stderr)
+
+
 @models_app.command("rollback")
 def models_rollback(
     reason: str = typer.Option("manual rollback", "--reason", help="Recorded in the decision event."),

@@ -100,11 +100,16 @@ class ArtifactSigner:
             raise ArtifactIntegrityError(f"artifact signed with unknown key {key_id!r}")
         if hmac.compare_digest(_hmac(key, _signed_message(digest, identity)), signature):
             return
-        if hmac.compare_digest(_hmac(key, digest.encode()), signature):
-            # streamloop 0.1.0 signed the digest alone; such a reference names no version it could be checked against.
-            raise ArtifactIntegrityError(f"artifact signature covers its content but not an identity (signed by an "
-                                         f"older streamloop); it is not loaded as {identity}: publish the model again")
+        if self.signed_content_only(digest, signature, key_id):
+            raise ArtifactIntegrityError(f"artifact signature covers its content but not an identity (signed by "
+                                         f"streamloop 0.1); it is not loaded as {identity}: run `streamloop models "
+                                         f"re-sign` to sign the registry's deployments again")
         raise ArtifactIntegrityError(f"artifact signature does not verify for {identity}")
+
+    def signed_content_only(self, digest: str, signature: str, key_id: str) -> bool:
+        """Whether ``signature`` is streamloop 0.1's, over the digest alone, made with one of our keys."""
+        key = self._keys.get(key_id)
+        return key is not None and hmac.compare_digest(_hmac(key, digest.encode()), signature)
 
 
 def _signed_message(digest: str, identity: ArtifactIdentity) -> bytes:
@@ -148,7 +153,13 @@ class ArtifactStore:
         return self.sign(self.store_model(model), identity)
 
     def get_verified_bytes(self, ref: ArtifactRef, identity: ArtifactIdentity) -> bytes:
-        """The artifact's bytes once their SHA-256 matches the reference and its HMAC verifies for ``identity``.
+        """The artifact's bytes once their SHA-256 matches the reference and its HMAC verifies for ``identity``."""
+        data = self._bytes_matching(ref)
+        self.signer.verify(ref.sha256, identity, ref.signature, ref.key_id)
+        return data
+
+    def _bytes_matching(self, ref: ArtifactRef) -> bytes:
+        """The referenced bytes, once their SHA-256 matches the reference; the signature is not checked here.
 
         The reference comes from a topic, so it is not trusted either: only a regular file of exactly
         ``size_bytes`` (at most MAX_ARTIFACT_BYTES) is read, so a URI naming ``/dev/zero``, a FIFO
@@ -173,8 +184,23 @@ class ArtifactStore:
         digest = hashlib.sha256(data).hexdigest()
         if not hmac.compare_digest(digest, ref.sha256):
             raise ArtifactIntegrityError(f"artifact {ref.uri} content hash does not match its reference")
-        self.signer.verify(digest, identity, ref.signature, ref.key_id)
         return data
+
+    def sign_again(self, ref: ArtifactRef, identity: ArtifactIdentity) -> ArtifactRef | None:
+        """A streamloop 0.1 reference (signed over the digest alone) signed again for ``identity``.
+
+        None when ``ref`` already verifies for ``identity``. The bytes are read and hashed, and the
+        old signature must verify with one of the configured keys, so this never signs what we did
+        not sign before; it does bind whatever identity the old record claimed.
+        """
+        self._bytes_matching(ref)
+        try:
+            self.signer.verify(ref.sha256, identity, ref.signature, ref.key_id)
+            return None
+        except ArtifactIntegrityError:
+            if not self.signer.signed_content_only(ref.sha256, ref.signature, ref.key_id):
+                raise
+        return self.sign(StoredArtifact(ref.uri, ref.sha256, ref.size_bytes), identity)
 
     def load_model(self, ref: ArtifactRef, identity: ArtifactIdentity) -> Any:
         data = self.get_verified_bytes(ref, identity)

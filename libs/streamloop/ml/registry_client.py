@@ -226,6 +226,30 @@ class RegistryClient:
         self._produce(outputs)
         return decision
 
+    def sign_again(self) -> list[str]:
+        """Sign the deployed slots' streamloop 0.1 artifacts again, bound to the version each slot names.
+
+        0.1 signed an artifact's digest alone; readers now refuse that (the signature must bind the
+        identity too), so after an upgrade the deployed models would not load. Each slot whose
+        artifact carries such a signature, made with one of the configured keys over bytes that
+        still match it, is written again with its record unchanged but the new signature. Returns
+        ``slot version`` lines for those; slots already current are left alone.
+        """
+        if self.store is None:
+            raise RegistryError("signing again needs the artifact store and the signing key")
+        state = self.state()
+        outputs: list[tuple[str, str, dict[str, Any] | None]] = []
+        signed_again = []
+        for slot, record in sorted(state.table.slots(self.pipeline.name, self.model_name).items()):
+            signed = self.store.sign_again(ArtifactRef.from_record(record["artifact"]), ArtifactIdentity.of(record))
+            if signed is not None:
+                outputs.append(("model_deployments", slot_key(self.pipeline.name, self.model_name, slot),
+                                {**record, "artifact": signed.to_record()}))
+                signed_again.append(f"{slot} {record['version']}")
+        if outputs:
+            self._produce(outputs)
+        return signed_again
+
     def _produce(self, outputs: list[tuple[str, str, dict[str, Any] | None]]) -> None:
         producer = Producer(self.kafka.producer())
         failures: list[str] = []

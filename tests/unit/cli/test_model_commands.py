@@ -53,3 +53,18 @@ def test_the_listing_keeps_every_version_whole_on_one_line_at_80_columns(harness
     assert max(len(line) for line in lines) <= 80
     for version in [champion, *challengers]:
         assert any(f"│ {version} " in line for line in lines), f"{version} is cut or wrapped:\n{listing.stdout}"
+
+
+def test_re_sign_says_what_it_signed_again(harness, monkeypatch):
+    from tests.unit.model_publisher.factories import SIGNING_KEY
+    from tests.unit.model_publisher.test_registry_client import _signed_by_streamloop_0_1
+
+    registry, first = bootstrapped(harness)
+    _signed_by_streamloop_0_1(registry, SIGNING_KEY)
+    registry.store = harness.store
+    use(registry, monkeypatch)
+    done = CliRunner().invoke(app, ["models", "re-sign"])
+    assert done.exit_code == 0, done.output
+    assert done.stderr == f"signed again: champion {first}\n1 deployment signed again\n"
+    again = CliRunner().invoke(app, ["models", "re-sign"])
+    assert again.stderr == "0 deployments signed again\n"

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+from pathlib import Path
+
 import pytest
 
-from streamloop.ml.exceptions import RegistryError
-from streamloop.ml.registry import champion_predecessors
+from streamloop.ml.exceptions import ArtifactIntegrityError, RegistryError
+from streamloop.ml.registry import CHAMPION, champion_predecessors
+from tests.unit.model_publisher.factories import SIGNING_KEY
 from tests.unit.model_publisher.memory_registry import InMemoryRegistry, bootstrapped, new_candidates
 from tests.unit.model_publisher.test_publisher import examples, promote
 
@@ -117,3 +122,45 @@ def test_a_manual_promotion_retires_the_predecessor_the_last_one_kept_as_the_pub
     retired = [d for d in registry.state().decisions if d["kind"] == "RETIRE"]
     assert [(d["from_version"], d["automatic"]) for d in retired] == [(first, False)]
     assert registry.rollback()["to_version"] == a
+
+
+def _signed_by_streamloop_0_1(registry: InMemoryRegistry, key: bytes) -> dict:
+    """The champion's deployment record as streamloop 0.1 wrote it: the HMAC over the digest alone."""
+    champion = registry.champion()
+    artifact = champion["artifact"]
+    legacy = {**artifact, "signature": hmac.new(key, artifact["sha256"].encode(), hashlib.sha256).hexdigest()}
+    record = {**champion, "artifact": legacy}
+    registry.topics["model_deployments"].append((f"card-fraud/fraud/{CHAMPION}", record))
+    return record
+
+
+def test_re_sign_binds_0_1_signatures_to_their_versions_and_changes_nothing_else(harness):
+    registry, first = bootstrapped(harness)
+    legacy = _signed_by_streamloop_0_1(registry, SIGNING_KEY)
+    with pytest.raises(ArtifactIntegrityError, match="signed by streamloop 0.1.*streamloop models re-sign"):
+        harness.store.load_published(legacy)
+    registry.store = harness.store
+
+    assert registry.sign_again() == [f"{CHAMPION} {first}"]
+    champion = registry.champion()
+    assert champion["artifact"]["signature"] != legacy["artifact"]["signature"]
+    assert {**champion, "artifact": None} == {**legacy, "artifact": None}
+    assert {k: v for k, v in champion["artifact"].items() if k != "signature"} == \
+        {k: v for k, v in legacy["artifact"].items() if k != "signature"}
+    assert callable(harness.store.load_published(champion).learn_one)
+    written = len(registry.topics["model_deployments"])
+    assert registry.sign_again() == [] and len(registry.topics["model_deployments"]) == written, "already current"
+
+
+def test_re_sign_refuses_what_we_did_not_sign_or_what_changed_since(harness, tmp_path):
+    registry, _first = bootstrapped(harness)
+    registry.store = harness.store
+    _signed_by_streamloop_0_1(registry, b"another-key-that-is-not-ours-0123")
+    written = len(registry.topics["model_deployments"])
+    with pytest.raises(ArtifactIntegrityError, match="does not verify"):
+        registry.sign_again()
+    legacy = _signed_by_streamloop_0_1(registry, SIGNING_KEY)
+    Path(legacy["artifact"]["uri"].removeprefix("file://")).write_bytes(b"x" * legacy["artifact"]["size_bytes"])
+    with pytest.raises(ArtifactIntegrityError, match="content hash does not match"):
+        registry.sign_again()
+    assert len(registry.topics["model_deployments"]) == written + 1, "only the test's own record was added"

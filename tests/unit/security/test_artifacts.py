@@ -58,7 +58,7 @@ def hostile_refs(root: Path, store: ArtifactStore, marker: Path, identity: Artif
         "signed as another version": store.sign(stored, replace(identity, version=identity.version + "-other")),
         "signed as another pipeline's model": store.sign(stored, replace(identity, pipeline="another-pipeline")),
         "signed as another model": store.sign(stored, replace(identity, model_name="another-model")),
-        "signed over the digest alone (streamloop 0.1.0)": ArtifactRef(
+        "signed over the digest alone (streamloop 0.1)": ArtifactRef(
             uri, digest, hmac.new(KEY, digest.encode(), hashlib.sha256).hexdigest(), "default", len(payload)),
         "bytes swapped under a signed ref": ArtifactRef(swapped.resolve().as_uri(), good.sha256, good.signature,
                                                         good.key_id, len(payload)),
@@ -109,8 +109,8 @@ def test_a_relabelled_artifact_loads_only_as_what_it_was_signed_as(store, marker
 
 
 def test_a_signature_over_the_digest_alone_is_refused_with_what_to_do(store, marker) -> None:
-    ref = hostile_refs(store.root, store, marker, IDENTITY)["signed over the digest alone (streamloop 0.1.0)"]
-    with pytest.raises(ArtifactIntegrityError, match="signed by an older streamloop.*publish the model again"):
+    ref = hostile_refs(store.root, store, marker, IDENTITY)["signed over the digest alone (streamloop 0.1)"]
+    with pytest.raises(ArtifactIntegrityError, match="signed by streamloop 0.1.*run `streamloop models re-sign`"):
         store.load_model(ref, IDENTITY)
     assert not marker.exists()
 
