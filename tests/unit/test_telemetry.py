@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -272,11 +273,13 @@ def sample_value(text: str, name: str, **labels: str) -> float | None:
 
 def test_lag_gauges_use_kafka_lag_exporter_names(served: Served) -> None:
     metrics, scrape = served
-    metrics.set_lag("featurizer", {(TOPIC, 0): 12, (TOPIC, 1): 30}, lag_seconds={(TOPIC, 0): 1.5})
+    metrics.set_lag("featurizer", {(TOPIC, 0): 12, (TOPIC, 1): 30, (TOPIC, 2): 0},
+                    behind_since={(TOPIC, 0): time.time() - 90, (TOPIC, 1): time.time() - 5})
     text = scrape()
     assert f'kafka_consumergroup_group_lag{{group="featurizer",partition="0",topic="{TOPIC}"}} 12.0' in text
     assert 'kafka_consumergroup_group_max_lag{group="featurizer"} 30.0' in text
-    assert sample_value(text, "kafka_consumergroup_group_lag_seconds", partition="0") == 1.5
+    assert 90 <= sample_value(text, "kafka_consumergroup_group_lag_seconds", partition="0") < 95
+    assert sample_value(text, "kafka_consumergroup_group_lag_seconds", partition="2") == 0.0
 
     metrics.set_lag("featurizer", {(TOPIC, 1): 4})
     text = scrape()

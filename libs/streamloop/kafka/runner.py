@@ -97,7 +97,7 @@ class RunnerMetrics(Protocol):
     def record_broker_unreachable(self) -> None: ...
 
     def set_lag(self, group: str, lags: dict[tuple[str, int], float],
-                lag_seconds: dict[tuple[str, int], float] | None = None) -> None: ...
+                behind_since: dict[tuple[str, int], float] | None = None) -> None: ...
 
 
 class _NoMetrics:
@@ -112,7 +112,7 @@ class _NoMetrics:
         pass
 
     def set_lag(self, group: str, lags: dict[tuple[str, int], float],
-                lag_seconds: dict[tuple[str, int], float] | None = None) -> None:
+                behind_since: dict[tuple[str, int], float] | None = None) -> None:
         pass
 
 
@@ -171,9 +171,11 @@ class StageRunner:
         self._consumer_fatal: KafkaError | None = None
         self._last_unreachable_log = 0.0
         self._assigned: set[tuple[str, int]] = set()
-        # Kafka timestamp (ms) of the last record consumed from each partition, for
-        # kafka_consumergroup_group_lag_seconds.
+        # For kafka_consumergroup_group_lag_seconds, per partition: the Kafka timestamp (ms) of the
+        # last record consumed, and when (epoch s) it was last seen caught up or was assigned.
         self._last_consumed_ms: dict[tuple[str, int], int] = {}
+        self._caught_up_at: dict[tuple[str, int], float] = {}
+        self._assigned_at: dict[tuple[str, int], float] = {}
         self.consumer: Consumer | None = None
         self.pacer: FetchPacer | None = None
         self.producer: Producer | None = None
@@ -555,6 +557,9 @@ class StageRunner:
 
     def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._assigned.update((tp.topic, tp.partition) for tp in partitions)
+        now = time.time()
+        for tp in partitions:
+            self._assigned_at.setdefault((tp.topic, tp.partition), now)
         if self.pacer is not None:
             self.pacer.rebalanced(partitions)
         if hasattr(self.processor, "on_assigned"):
@@ -565,7 +570,8 @@ class StageRunner:
         # rebalance, so nothing is in flight here: the processor only drops its state.
         self._assigned.difference_update((tp.topic, tp.partition) for tp in partitions)
         for tp in partitions:
-            self._last_consumed_ms.pop((tp.topic, tp.partition), None)
+            for known in (self._last_consumed_ms, self._caught_up_at, self._assigned_at):
+                known.pop((tp.topic, tp.partition), None)
         if self.pacer is not None:
             self.pacer.rebalanced()
         if hasattr(self.processor, "on_revoked"):
@@ -600,13 +606,18 @@ class StageRunner:
         log.warning("%s: consume error: %s", self.service, error.str())
 
     def _report_lag(self) -> None:
-        if self.consumer is None or not self._assigned:
+        if self.consumer is None:
+            return
+        if not self._assigned:
+            # A replica left without partitions (scaled past the partition count) exports none,
+            # rather than the last figures of partitions it no longer has.
+            self.metrics.set_lag(self.group_id, {}, {})
             return
         partitions = [TopicPartition(t, p) for t, p in sorted(self._assigned)]
-        now_ms = time.time() * 1000
+        now = time.time()
         try:
             positions = self.consumer.position(partitions)
-            lag, lag_seconds = {}, {}
+            lag, behind_since = {}, {}
             for tp in positions:
                 # While the pacer holds the partitions back, librdkafka does not know the position.
                 known = self.pacer.position(tp.topic, tp.partition) if self.pacer is not None else None
@@ -617,16 +628,28 @@ class StageRunner:
                     continue
                 key = (tp.topic, tp.partition)
                 lag[key] = max(0, high - tp.offset) if tp.offset >= 0 else high
-                if not lag[key]:
-                    lag_seconds[key] = 0.0
-                elif key in self._last_consumed_ms:
-                    # The next record is no older than the last one consumed: an upper bound on the age
-                    # of the oldest waiting record, off by the gap between two records. Unknown until
-                    # a record of the partition was consumed.
-                    lag_seconds[key] = max(0.0, now_ms - self._last_consumed_ms[key]) / 1000
-            self.metrics.set_lag(self.group_id, lag, lag_seconds)
+                if lag[key]:
+                    behind_since[key] = self._behind_since(key)
+                else:
+                    self._caught_up_at[key] = now
+            # The metrics compute the age at each scrape, so it keeps growing while this thread is
+            # stuck (a delivery retried, a slow dependency) and cannot report again.
+            self.metrics.set_lag(self.group_id, lag, behind_since)
         except KafkaException as exc:
             log.debug("%s: lag report skipped: %s", self.service, exc)
+
+    def _behind_since(self, key: tuple[str, int]) -> float:
+        """When (epoch s) the oldest record still waiting in a partition with lag was written, at the latest.
+
+        It is no older than the last record consumed (by Kafka timestamp), nor than the last time the
+        partition was seen caught up; with neither known, the assignment time stands in (a record
+        may have waited longer: the figure is then a floor).
+        """
+        bounds = [self._caught_up_at.get(key)]
+        if key in self._last_consumed_ms:
+            bounds.append(self._last_consumed_ms[key] / 1000)
+        known = [b for b in bounds if b is not None]
+        return max(known) if known else self._assigned_at.get(key, time.time())
 
     def _sleep(self, seconds: float) -> None:
         self._stopping.wait(seconds)

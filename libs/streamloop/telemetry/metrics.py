@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -132,7 +133,7 @@ class ServiceMetrics:
         self._topic_attributes: dict[str, dict[str, str]] = {}
         self._custom: dict[str, tuple[str, Callable[..., None]]] = {}
         self._lags: dict[str, dict[TopicPartition, float]] = {}
-        self._lag_seconds: dict[str, dict[TopicPartition, float]] = {}
+        self._behind_since: dict[str, dict[TopicPartition, float]] = {}
 
         self._messages = self._meter.create_counter(
             "messaging.process.messages", unit="{message}", description="Records processed."
@@ -174,7 +175,7 @@ class ServiceMetrics:
             "kafka_consumergroup_group_lag_seconds",
             callbacks=[self._observe_lag_seconds],
             unit="s",
-            description="Age of the oldest record a group has not yet processed, per partition.",
+            description="How long a partition with lag has been behind: its oldest waiting record's age, estimated.",
         )
         self._latency = BatchedHistogram(
             "streamloop_event_latency_seconds",
@@ -221,12 +222,16 @@ class ServiceMetrics:
         self,
         group: str,
         lags: Mapping[TopicPartition, float],
-        lag_seconds: Mapping[TopicPartition, float] | None = None,
+        behind_since: Mapping[TopicPartition, float] | None = None,
     ) -> None:
-        """Replace a group's lag per (topic, partition); partitions left out stop being exported."""
+        """Replace a group's lag per (topic, partition); partitions left out stop being exported.
+
+        ``behind_since`` (epoch seconds, for partitions with lag) makes ``..._lag_seconds`` the time
+        since then, computed at each scrape; a partition with lag 0 reads 0.
+        """
         self._lags[group] = dict(lags)
-        if lag_seconds is not None:
-            self._lag_seconds[group] = dict(lag_seconds)
+        if behind_since is not None:
+            self._behind_since[group] = dict(behind_since)
 
     def _observe_lag(self, _options: CallbackOptions) -> Iterator[Observation]:
         for group, lags in list(self._lags.items()):
@@ -239,8 +244,10 @@ class ServiceMetrics:
                 yield Observation(max(lags.values()), {"group": group})
 
     def _observe_lag_seconds(self, _options: CallbackOptions) -> Iterator[Observation]:
-        for group, lags in list(self._lag_seconds.items()):
-            for (topic, partition), seconds in lags.items():
+        now = time.time()
+        for group, since in list(self._behind_since.items()):
+            for (topic, partition), lag in self._lags.get(group, {}).items():
+                seconds = max(0.0, now - since[(topic, partition)]) if lag and (topic, partition) in since else 0.0
                 yield Observation(seconds, {"group": group, "topic": topic, "partition": str(partition)})
 
     def counter(self, name: str, description: str = "", unit: str = "") -> Adder:

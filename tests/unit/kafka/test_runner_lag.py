@@ -33,8 +33,11 @@ class PositionedConsumer(FakeConsumer):
 
 
 class LagRecorder:
+    """The lag the runner reports, and the ages a scrape at ``now`` would read from it."""
+
     def __init__(self) -> None:
-        self.reports: list[tuple[dict, dict | None]] = []
+        self.lags: dict = {}
+        self.behind_since: dict | None = None
         self.unreachable = 0
 
     def record_batch(self, *_args, **_kwargs) -> None:
@@ -46,8 +49,11 @@ class LagRecorder:
     def record_broker_unreachable(self) -> None:
         self.unreachable += 1
 
-    def set_lag(self, _group: str, lags: dict, lag_seconds: dict | None = None) -> None:
-        self.reports.append((lags, lag_seconds))
+    def set_lag(self, _group: str, lags: dict, behind_since: dict | None = None) -> None:
+        self.lags, self.behind_since = lags, behind_since
+
+    def ages(self, now: float) -> dict:
+        return {key: (now - self.behind_since[key]) if lag else 0.0 for key, lag in self.lags.items()}
 
 
 class Accept:
@@ -64,7 +70,8 @@ def reported() -> tuple[StageRunner, LagRecorder, PositionedConsumer]:
     stage.producer, stage.consumer = FakeProducer(), consumer
     stage._on_assign(consumer, [TopicPartition(SOURCE, p) for p in (0, 1, 2)])
     now_ms = int(time.time() * 1000)
-    # Partition 0 consumed up to a record two minutes old, five more wait; partition 1 caught up.
+    # Partition 0 consumed up to a record two minutes old, five more wait; partition 1 caught up;
+    # nothing of partition 2 consumed yet.
     stage._run_batch([FakeMessage(b"x", offset, topic=SOURCE, partition=0, timestamp_ms=now_ms - 180_000 + offset)
                       for offset in range(4)]
                      + [FakeMessage(b"x", 4, topic=SOURCE, partition=0, timestamp_ms=now_ms - 120_000),
@@ -72,26 +79,44 @@ def reported() -> tuple[StageRunner, LagRecorder, PositionedConsumer]:
     return stage, metrics, consumer
 
 
-def test_a_partition_behind_reports_the_age_of_its_last_consumed_record(reported) -> None:
+def test_a_partition_behind_is_as_old_as_its_last_consumed_record(reported) -> None:
     stage, metrics, _consumer = reported
     stage._report_lag()
-    lags, seconds = metrics.reports[-1]
-    assert lags == {(SOURCE, 0): 5, (SOURCE, 1): 0, (SOURCE, 2): 4}
-    assert seconds is not None and set(seconds) == {(SOURCE, 0), (SOURCE, 1)}, "partition 2: nothing consumed yet"
-    assert 120 <= seconds[(SOURCE, 0)] < 125
-    assert seconds[(SOURCE, 1)] == 0.0, "caught up: no time lag, however old its last record"
+    assert metrics.lags == {(SOURCE, 0): 5, (SOURCE, 1): 0, (SOURCE, 2): 4}
+    ages = metrics.ages(time.time())
+    assert 120 <= ages[(SOURCE, 0)] < 125
+    assert ages[(SOURCE, 1)] == 0.0, "caught up: no time lag, however old its last record"
+    assert 0 <= ages[(SOURCE, 2)] < 5, "nothing consumed yet: behind since its assignment, at least"
 
 
-def test_a_stalled_partition_s_time_lag_grows_and_a_revoked_one_is_forgotten(reported, monkeypatch) -> None:
+def test_the_age_grows_at_each_scrape_while_the_runner_cannot_report(reported) -> None:
+    """A runner stuck retrying a delivery reports nothing; the age is computed when scraped."""
+    stage, metrics, _consumer = reported
+    stage._report_lag()
+    assert 720 <= metrics.ages(time.time() + 600)[(SOURCE, 0)] < 725
+
+
+def test_a_sparse_partition_is_no_further_behind_than_when_it_was_last_caught_up(reported, monkeypatch) -> None:
+    """On a quiet partition the last record may be days old; the new one waited only since the last report."""
     stage, metrics, consumer = reported
-    later = time.time() + 600
+    stage._report_lag()  # partition 1 caught up now, its last record a minute old
+    consumer.ends[1] = 4  # a record arrives
+    later = time.time() + 5
     monkeypatch.setattr(time, "time", lambda: later)
     stage._report_lag()
-    assert 720 <= metrics.reports[-1][1][(SOURCE, 0)] < 725, "ten minutes on, nothing consumed: ten minutes older"
+    assert metrics.lags[(SOURCE, 1)] == 1
+    assert 4 <= metrics.ages(later)[(SOURCE, 1)] < 6
+
+
+def test_a_revoked_partition_is_forgotten_and_a_replica_without_partitions_exports_none(reported) -> None:
+    stage, metrics, consumer = reported
     stage._on_revoke(consumer, [TopicPartition(SOURCE, 0)])
     stage._on_assign(consumer, [TopicPartition(SOURCE, 0)])
     stage._report_lag()
-    assert (SOURCE, 0) not in metrics.reports[-1][1], "a partition handed back is not judged by an old record"
+    assert metrics.ages(time.time())[(SOURCE, 0)] < 5, "handed back: not judged by a record consumed before"
+    stage._on_revoke(consumer, [TopicPartition(SOURCE, p) for p in (0, 1, 2)])
+    stage._report_lag()
+    assert (metrics.lags, metrics.behind_since) == ({}, {})
 
 
 def test_every_unreachable_broker_report_is_counted_though_the_log_is_rate_limited(reported, caplog) -> None:
