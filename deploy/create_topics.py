@@ -35,6 +35,7 @@ from pydantic import ValidationError
 from streamloop.contracts import Catalog, load_catalog, load_pipeline
 from streamloop.errors import StreamloopError
 from streamloop.kafka.admin import ensure_topics, topic_specs, wait_for_broker
+from streamloop.kafka.configuration import NewTopicSettings
 from streamloop.service.settings import CommonSettings
 
 log = logging.getLogger("streamloop.create_topics")
@@ -101,7 +102,8 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--wait", type=float, metavar="SECONDS", default=None,
                         help="Create nothing: wait this long for every topic to exist (exit 1 if not).")
     parser.add_argument("--replication-factor", type=int, default=None,
-                        help=f"Replicas of each new topic (env {REPLICATION_ENV}; default 1).")
+                        help=f"Replicas of each new topic (env {REPLICATION_ENV}; default 1). The collector "
+                             f"creates its internal topics from the environment only: prefer the variable.")
     parser.add_argument("--min-insync-replicas", type=int, default=None,
                         help=f"min.insync.replicas of each new topic (env {MIN_INSYNC_ENV}; default: the broker's).")
     parser.add_argument("--no-schemas", action="store_true", help="Do not register schemas even with a registry.")
@@ -116,8 +118,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         common = CommonSettings()
         catalog = load_catalog(load_pipeline(common.pipeline), topic_prefix=common.topic_prefix)
-        new_topics = common.new_topics
-        work = plan(catalog, args.replication_factor or new_topics.replication_factor,
+        new_topics = NewTopicSettings()
+        work = plan(catalog,
+                    new_topics.replication_factor if args.replication_factor is None else args.replication_factor,
                     new_topics.min_insync_replicas if args.min_insync_replicas is None else args.min_insync_replicas)
     except (ValidationError, StreamloopError, ValueError) as exc:
         print(f"create_topics: {exc}", file=sys.stderr)

@@ -111,7 +111,7 @@ class Collector:
     def _wire(self) -> None:
         app, ctx, settings = self.app, self.ctx, self.settings
         group = ctx.group_id
-        replicated = settings.common.new_topics.config()  # min.insync.replicas, as on the catalog's topics
+        replicated = settings.new_topics.config()  # min.insync.replicas, as on the catalog's topics
         self.sources = app.topic(*self.inputs, **_RAW)
         self.keyed = app.topic(f"{group}-by-event", partitions=self.keyed_partitions, internal=True,
                                config=replicated, **_RAW)

@@ -44,7 +44,7 @@ def faust_options(settings: CollectorSettings, keyed_partitions: int) -> dict[st
         "web_enabled": False,
         "topic_partitions": keyed_partitions,
         # Internal topics and changelogs replicated as the catalog's are (STREAMLOOP_TOPIC_*).
-        "topic_replication_factor": common.new_topics.replication_factor,
+        "topic_replication_factor": settings.new_topics.replication_factor,
         "producer_acks": -1,
         "broker_client_id": kafka.client_id,
         "consumer_auto_offset_reset": "earliest",

@@ -92,7 +92,7 @@ class RunnerCollector:
     def ensure_internal_topics(self) -> None:
         # No wait for the broker here: start_service waited for it (STREAMLOOP_BROKER_WAIT_S).
         admin = AdminClient(self.settings.common.kafka.admin())
-        replicated = self.settings.common.new_topics  # as the catalog's topics are (deploy/create_topics.py)
+        replicated = self.settings.new_topics  # as the catalog's topics are (deploy/create_topics.py)
         ensure_topics(admin, [
             NewTopic(name, partitions, replicated.replication_factor, config=replicated.config())
             for name, partitions in ((self.keyed_topic, self.keyed_partitions), (self.joined_topic, 1),

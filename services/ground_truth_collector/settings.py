@@ -9,6 +9,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from streamloop.contracts.pipeline import DurationMs, PositiveDurationMs
+from streamloop.kafka.configuration import NewTopicSettings
 from streamloop.kafka.runner import RunnerSettings
 from streamloop.service.settings import CommonSettings, RedisSettings
 from streamloop.telemetry.settings import TelemetrySettings
@@ -22,6 +23,8 @@ class CollectorSettings(BaseSettings):
     common: CommonSettings = Field(default_factory=CommonSettings)
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
     redis: RedisSettings = Field(default_factory=RedisSettings)
+    # STREAMLOOP_TOPIC_REPLICATION_FACTOR and _MIN_INSYNC_REPLICAS: its internal topics and changelogs.
+    new_topics: NewTopicSettings = Field(default_factory=NewTopicSettings)
 
     runtime: Literal["runner", "faust"] = Field(
         default="runner", description="runner: three confluent-kafka stage runners, join state in Redis; "

@@ -106,3 +106,14 @@ def test_a_check_of_several_variables_is_its_own_message(monkeypatch: pytest.Mon
         ScorerSettings()
     assert describe_validation_error(caught.value, ScorerSettings) == (
         "SCORER_TLS_CERT_FILE and SCORER_TLS_KEY_FILE are set together")
+
+
+def test_only_the_topic_creators_read_the_replication_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A mistake in them stops the topics job and the collector, not every service."""
+    from services.ground_truth_collector.settings import CollectorSettings
+
+    monkeypatch.setenv("STREAMLOOP_TOPIC_REPLICATION_FACTOR", "1")
+    monkeypatch.setenv("STREAMLOOP_TOPIC_MIN_INSYNC_REPLICAS", "2")
+    assert CommonSettings().topic_prefix is not None
+    with pytest.raises(ValidationError, match="STREAMLOOP_TOPIC_MIN_INSYNC_REPLICAS \\(2\\) exceeds"):
+        CollectorSettings()

@@ -179,9 +179,12 @@ class KafkaSettings(BaseSettings):
 
 class NewTopicSettings(BaseSettings):
     """How topics streamloop creates are replicated: the catalog's (deploy/create_topics.py) and the
-    collector's internal ones alike, so that ``acks=all`` means the same on all of them."""
+    collector's internal ones alike, so that ``acks=all`` means the same on all of them. Only those
+    two read it, so a mistake here stops them, not every service."""
 
-    model_config = SettingsConfigDict(env_prefix="STREAMLOOP_TOPIC_", frozen=True, extra="ignore")
+    # An empty variable (``${VAR:-}`` in compose, ``VAR=`` in .env) means unset, as it always did.
+    model_config = SettingsConfigDict(env_prefix="STREAMLOOP_TOPIC_", frozen=True, extra="ignore",
+                                      env_ignore_empty=True)
 
     replication_factor: int = Field(default=1, ge=1, description="Replicas of each topic streamloop creates.")
     min_insync_replicas: int | None = Field(

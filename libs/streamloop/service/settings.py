@@ -13,7 +13,7 @@ from urllib.parse import urlsplit, urlunsplit
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from streamloop.kafka.configuration import KafkaSettings, NewTopicSettings, _read_secret_file
+from streamloop.kafka.configuration import KafkaSettings, _read_secret_file
 from streamloop.kafka.runner import RunnerSettings
 
 if TYPE_CHECKING:
@@ -125,7 +125,6 @@ class CommonSettings(BaseSettings):
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     serde: SerdeSettings = Field(default_factory=SerdeSettings)
     runner: RunnerSettings = Field(default_factory=RunnerSettings)
-    new_topics: NewTopicSettings = Field(default_factory=NewTopicSettings)
 
     @field_validator("log_level", mode="before")
     @classmethod

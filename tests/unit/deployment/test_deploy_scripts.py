@@ -69,7 +69,12 @@ def test_the_replication_variables_reach_the_plan(monkeypatch, capsys):
     out = capsys.readouterr().out
     assert ('topic features.feature-vector.v1 partitions=6 replication=3 '
             'config={"cleanup.policy": "delete", "min.insync.replicas": "2",') in out
+    monkeypatch.setenv("STREAMLOOP_TOPIC_REPLICATION_FACTOR", "")  # empty: unset, as in a ${VAR:-} compose entry
+    monkeypatch.setenv("STREAMLOOP_TOPIC_MIN_INSYNC_REPLICAS", "")
+    assert create_topics.main(["--dry-run"]) == 0
+    assert "partitions=6 replication=1 " in capsys.readouterr().out
     monkeypatch.setenv("STREAMLOOP_TOPIC_REPLICATION_FACTOR", "1")
+    monkeypatch.setenv("STREAMLOOP_TOPIC_MIN_INSYNC_REPLICAS", "2")
     assert create_topics.main(["--dry-run"]) == 2
     assert "STREAMLOOP_TOPIC_MIN_INSYNC_REPLICAS (2) exceeds STREAMLOOP_TOPIC_REPLICATION_FACTOR (1)" in \
         capsys.readouterr().err
