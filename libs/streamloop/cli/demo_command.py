@@ -84,7 +84,7 @@ def demo(
         with console.status("starting broker, Redis, topics and services"):
             stack.start_infrastructure()
             stack.start_services()
-        driver = LoopDriver(spec, load_catalog(spec), stack.client_settings())
+        driver = LoopDriver(spec, load_catalog(spec), stack.client_settings(), stack.serde_settings())
         driver.start_readers()
         console.print(f"Kafka {stack.bootstrap_servers}  Redis {stack.redis_url}  logs {stack.data_dir / 'logs'}")
         console.print(f"dashboard {stack.start_dashboard() or 'off'}")
@@ -143,6 +143,8 @@ def _promote_badly(driver: LoopDriver, spec: PipelineSpec, stack: Stack, console
     at = len(driver.observed.produced_at_ms)
     # Verified like any promotion: the bad model is untrained, not tampered with.
     registry = RegistryClient(spec, driver.catalog, stack.client_settings(),
+                              serde_for=lambda role: driver.serde_settings.serde(driver.catalog[role],
+                                                                                  driver.catalog.repository),
                               store=artifact_store(stack.data_dir))
     try:
         bootstrap = next(row["version"] for row in registry.models() if row["trigger"] == "BOOTSTRAP")

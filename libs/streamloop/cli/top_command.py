@@ -120,7 +120,7 @@ def top(
     settings = DashboardSettings(scrape_interval_s=interval, lag_interval_s=max(interval, 2.0))
     collector = DashboardCollector(
         connection.pipeline, connection.catalog, KafkaSettings(bootstrap_servers=connection.bootstrap_servers),
-        lambda: targets_from_state(read_state(data_dir) or {}), settings,
+        lambda: targets_from_state(read_state(data_dir) or {}), settings, connection.serde_settings,
     ).start()
     console = Console()
     try:

@@ -28,6 +28,7 @@ from streamloop.dashboard.exceptions import DashboardError, DashboardPortError
 from streamloop.dashboard.server import DashboardServer
 from streamloop.dashboard.settings import DEFAULT_PORT, DashboardSettings
 from streamloop.kafka.configuration import KafkaSettings
+from streamloop.service.settings import SerdeSettings
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ class Dashboard:
 
 
 def start_dashboard(pipeline: PipelineSpec, catalog: Catalog, kafka: KafkaSettings, targets: Targets,
-                    settings: DashboardSettings | None = None) -> Dashboard:
+                    settings: DashboardSettings | None = None, serde: SerdeSettings | None = None) -> Dashboard:
     """Start the readers and the web server; the default port falls back to a free one when taken."""
     settings = settings or DashboardSettings()
     try:
@@ -57,7 +58,7 @@ def start_dashboard(pipeline: PipelineSpec, catalog: Catalog, kafka: KafkaSettin
             raise
         log.info("port %d is taken; the dashboard uses a free port", DEFAULT_PORT)
         server = DashboardServer(lambda: collector.snapshot(), settings.host, 0)
-    collector = DashboardCollector(pipeline, catalog, kafka, targets, settings).start()
+    collector = DashboardCollector(pipeline, catalog, kafka, targets, settings, serde).start()
     return Dashboard(collector, server.start())
 
 

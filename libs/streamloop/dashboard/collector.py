@@ -19,6 +19,7 @@ from streamloop.dashboard.prometheus import ScrapeTarget, scrape
 from streamloop.dashboard.settings import DashboardSettings
 from streamloop.dashboard.sources import LagReader, PredictionTailReader, TopicRecordReader
 from streamloop.kafka.configuration import KafkaSettings
+from streamloop.service.settings import SerdeSettings
 
 log = logging.getLogger(__name__)
 
@@ -42,16 +43,16 @@ def targets_from_processes(processes: Iterable[Any]) -> list[ScrapeTarget]:
 
 class DashboardCollector:
     def __init__(self, pipeline: PipelineSpec, catalog: Catalog, kafka: KafkaSettings, targets: Targets,
-                 settings: DashboardSettings | None = None) -> None:
+                 settings: DashboardSettings | None = None, serde: SerdeSettings | None = None) -> None:
         self.settings = settings or DashboardSettings()
         self.model = DashboardModel(pipeline.name, metric="accuracy" if pipeline.model.task == "classification"
                                     else "rmse")
         self._targets = targets
         self._reader = TopicRecordReader(kafka, catalog, self.model.add_record,
-                                         on_error=lambda e: self.model.source_error("kafka", e))
+                                         on_error=lambda e: self.model.source_error("kafka", e), serde=serde)
         self._lag = LagReader(kafka, catalog)
         self._predictions = PredictionTailReader(kafka, catalog, self.model.add_prediction,
-                                                 tail=self.settings.explanation_tail)
+                                                 tail=self.settings.explanation_tail, serde=serde)
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
 

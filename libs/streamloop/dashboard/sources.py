@@ -46,14 +46,14 @@ class TopicRecordReader:
 
     def __init__(self, kafka: KafkaSettings, catalog: Catalog, on_record: OnRecord,
                  on_error: Callable[[str | None], None] | None = None, poll_timeout_s: float = 0.3,
-                 idle_pause_s: float = 0.5) -> None:
+                 idle_pause_s: float = 0.5, serde: SerdeSettings | None = None) -> None:
         self._kafka = kafka
         self._catalog = catalog
         self._on_record = on_record
         self._on_error = on_error or (lambda _error: None)
         self._poll_timeout_s = poll_timeout_s
         self._idle_pause_s = idle_pause_s
-        serde = SerdeSettings()  # SCHEMA_REGISTRY_*: the format the services write
+        serde = serde or SerdeSettings()  # SCHEMA_REGISTRY_*: the format the services write
         self._roles = {catalog[role].name: role for role in ROLES}
         self._serdes = {catalog[role].name: serde.serde(catalog[role], catalog.repository) for role in ROLES}
         self._stopping = threading.Event()
@@ -128,10 +128,10 @@ class PredictionTailReader:
     """Reads up to ``tail`` of the newest prediction records per partition on each ``read_once``."""
 
     def __init__(self, kafka: KafkaSettings, catalog: Catalog, on_record: Callable[[dict[str, Any]], None],
-                 tail: int = 20, timeout_s: float = 3.0) -> None:
+                 tail: int = 20, timeout_s: float = 3.0, serde: SerdeSettings | None = None) -> None:
         self._kafka = kafka
         self._topic = catalog["predictions"].name
-        self._serde = SerdeSettings().serde(catalog["predictions"], catalog.repository)
+        self._serde = (serde or SerdeSettings()).serde(catalog["predictions"], catalog.repository)
         self._on_record = on_record
         self._tail = tail
         self._timeout_s = timeout_s

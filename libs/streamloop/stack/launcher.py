@@ -25,6 +25,7 @@ from streamloop.contracts import PipelineSpec, load_catalog
 from streamloop.dashboard import Dashboard, DashboardSettings, start_dashboard, targets_from_processes
 from streamloop.kafka.admin import ensure_topics, topic_specs, wait_for_broker
 from streamloop.kafka.configuration import KafkaSettings
+from streamloop.service.settings import SerdeSettings
 from streamloop.stack.broker import (
     ANSWERS_EMPTY_FETCH_AT_ONCE,
     DEFAULT_BROKER,
@@ -143,8 +144,16 @@ class Stack:
             path.chmod(0o600)
         return path
 
+    def serde_settings(self) -> SerdeSettings:
+        """How the stack's topics are encoded: the embedded stack has no Schema Registry, so
+        single-object encoding whatever the shell's SCHEMA_REGISTRY_* say; with an external broker,
+        as those say."""
+        return SerdeSettings(url=None) if self.broker is not None else SerdeSettings()
+
     def service_env(self, name: str, replica: int, metrics_port: int) -> dict[str, str]:
-        env = {key: value for key, value in os.environ.items() if not key.startswith("PYTEST")}
+        embedded = self.broker is not None
+        env = {key: value for key, value in os.environ.items()
+               if not key.startswith("PYTEST") and not (embedded and key.startswith("SCHEMA_REGISTRY_"))}
         env.update({
             "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap_servers,
             "KAFKA_GROUP_INSTANCE_ID": f"{name}-{replica}",
@@ -209,7 +218,7 @@ class Stack:
         catalog = load_catalog(self.pipeline, topic_prefix=self.extra_env.get("STREAMLOOP_TOPIC_PREFIX", ""))
         self.dashboard = start_dashboard(self.pipeline, catalog, self.client_settings(),
                                          lambda: targets_from_processes(self.processes),
-                                         settings)
+                                         settings, self.serde_settings())
         self.write_state()
         return self.dashboard.url
 

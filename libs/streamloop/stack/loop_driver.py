@@ -25,7 +25,8 @@ from streamloop.contracts import Catalog, PipelineSpec
 from streamloop.kafka.configuration import KafkaSettings
 from streamloop.kafka.pacing import FetchPacer
 from streamloop.ml.training import training_pair
-from streamloop.serde import SerdeError, SingleObjectSerde
+from streamloop.serde import Serde, SerdeError
+from streamloop.service.settings import SerdeSettings
 from streamloop.stack.loop_observation import LoopObservation, summarize
 
 # Backpressure, in seconds of the offered rate: the driver holds events back while more than this
@@ -50,17 +51,19 @@ def load_generator(pipeline: PipelineSpec) -> ModuleType:
 
 
 class LoopDriver:
-    def __init__(self, pipeline: PipelineSpec, catalog: Catalog, kafka: KafkaSettings) -> None:
+    def __init__(self, pipeline: PipelineSpec, catalog: Catalog, kafka: KafkaSettings,
+                 serde: SerdeSettings | None = None) -> None:
         self.pipeline = pipeline
         self.catalog = catalog
         self.kafka = kafka
+        self.serde_settings = serde or SerdeSettings(url=None)
         self.observed = LoopObservation()
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._readers: list[threading.Thread] = []
 
-    def _serde(self, role: str) -> SingleObjectSerde:
-        return SingleObjectSerde(self.catalog[role].schema, self.catalog.repository)
+    def _serde(self, role: str) -> Serde:
+        return self.serde_settings.serde(self.catalog[role], self.catalog.repository)
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -107,7 +110,7 @@ class LoopDriver:
         finally:
             consumer.close()
 
-    def _on_dead_letter(self, topic: str, value: bytes | None, input_dlq: str, input_serde: SingleObjectSerde) -> None:
+    def _on_dead_letter(self, topic: str, value: bytes | None, input_dlq: str, input_serde: Serde) -> None:
         event_id = None
         if topic == input_dlq:  # an event refused at the door (its bytes are kept as they came)
             try:
@@ -231,7 +234,7 @@ class LoopDriver:
             return "labels"
         return None
 
-    def _send_due_labels(self, producer: Producer, topic: str, serde: SingleObjectSerde,
+    def _send_due_labels(self, producer: Producer, topic: str, serde: Serde,
                          pending: list, now: float) -> None:
         while pending and pending[0][0] <= now:
             _, _, label = heapq.heappop(pending)

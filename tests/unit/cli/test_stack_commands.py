@@ -97,6 +97,9 @@ class ChampionlessStack(TerminatedStack):
     def client_settings(self) -> dict:
         return {}
 
+    def serde_settings(self) -> None:
+        return None
+
 
 class SilentDriver:
     def __init__(self, *_args) -> None:

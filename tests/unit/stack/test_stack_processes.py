@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Consumer
 
-from streamloop.contracts import load_pipeline
+from streamloop.contracts import load_catalog, load_pipeline
 from streamloop.kafka import KafkaSettings
 from streamloop.stack.broker import EmbeddedBroker
 from streamloop.stack.launcher import Stack, last_log_line
@@ -114,3 +114,20 @@ def test_a_service_that_exits_is_reported_with_the_last_line_it_logged(tmp_path:
     log.write_text("y" * 400 + "\n")
     assert last_log_line(log) == "y" * 300 + "..."
     assert last_log_line(tmp_path / "never-written.log") is None
+
+
+def test_an_embedded_stack_speaks_single_object_whatever_the_shell_s_registry(tmp_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """The embedded stack has no Schema Registry: a SCHEMA_REGISTRY_URL exported for a compose stack
+    must reach neither its services nor its driver, dashboard and registry client."""
+    monkeypatch.setenv("SCHEMA_REGISTRY_URL", "http://127.0.0.1:8081")
+    monkeypatch.setenv("SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO", "user:password")
+    embedded = _stack_on("noida", tmp_path)
+    assert not [k for k in embedded.service_env("featurizer", 0, 9000) if k.startswith("SCHEMA_REGISTRY_")]
+    assert embedded.serde_settings().url is None
+    catalog = load_catalog(load_pipeline(DEMO_SPEC))
+    assert embedded.serde_settings().serde(catalog["input"], catalog.repository).wire_format == "avro-single-object"
+    external = Stack.prepare(load_pipeline(DEMO_SPEC), DEMO_SPEC, tmp_path / "external")
+    assert external.broker is None
+    assert external.service_env("featurizer", 0, 9000)["SCHEMA_REGISTRY_URL"] == "http://127.0.0.1:8081"
+    assert external.serde_settings().url == "http://127.0.0.1:8081"
