@@ -128,7 +128,8 @@ def test_staleness_alerts_use_the_spec_thresholds():
 
 def test_the_dashboard_shows_what_the_issue_asks_for():
     read = set().union(*(metric_names(t["expr"]) for p in panels() for t in p["targets"]))
-    for metric in ("kafka_consumergroup_group_lag", "messaging_process_messages_total",
+    for metric in ("kafka_consumergroup_group_lag", "kafka_consumergroup_group_lag_seconds",
+                   "messaging_process_messages_total",
                    "streamloop_event_latency_seconds", "streamloop_dead_letters_total", "streamloop_model_info",
                    "streamloop_model_age_seconds", "streamloop_model_accuracy", "streamloop_drift_psi"):
         assert metric in read, f"no panel shows {metric}"
