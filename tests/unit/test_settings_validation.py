@@ -114,6 +114,6 @@ def test_only_the_topic_creators_read_the_replication_variables(monkeypatch: pyt
 
     monkeypatch.setenv("STREAMLOOP_TOPIC_REPLICATION_FACTOR", "1")
     monkeypatch.setenv("STREAMLOOP_TOPIC_MIN_INSYNC_REPLICAS", "2")
-    assert CommonSettings().topic_prefix is not None
+    CommonSettings()  # every other service still starts: this raises nothing
     with pytest.raises(ValidationError, match="STREAMLOOP_TOPIC_MIN_INSYNC_REPLICAS \\(2\\) exceeds"):
         CollectorSettings()

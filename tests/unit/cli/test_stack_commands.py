@@ -42,7 +42,7 @@ class TerminatedStack:
 
     def start_infrastructure(self) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
-        time.sleep(5)  # the handler runs here
+        time.sleep(60)  # the handler runs here and ends the sleep: unhandled, the test takes a minute
 
     def stop(self) -> None:
         self.stopped += 1
@@ -57,7 +57,7 @@ def test_sigterm_stops_the_stack_as_ctrl_c_does(monkeypatch, tmp_path, sigterm_n
     assert not isinstance(result.exception, SigtermNotHandled), "SIGTERM is not handled"
     assert result.exit_code == exit_code, result.output
     assert stack.stopped == 1, "the stack is stopped once: services first, then Redis and the broker"
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < 30, "SIGTERM ended the start-up at once"
 
 
 def test_lag_shows_a_partition_without_a_committed_offset_as_a_dash(monkeypatch, demo_pipeline):

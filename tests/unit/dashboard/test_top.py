@@ -15,7 +15,9 @@ def test_top_renders_the_same_snapshot():
                      "online-scorer ← f", "in.dlq",
                      "amount +1.250, country -0.500"):
         assert expected in screen, expected
-    console.print(render_snapshot(DashboardModel("p").snapshot()))
+    empty = Console(record=True, width=160)
+    empty.print(render_snapshot(DashboardModel("p").snapshot()))
+    assert "champion -  accuracy -" in empty.export_text(), "nothing known yet: dashes, not a crash"
 
 
 def test_sparkline_scales_between_min_and_max():

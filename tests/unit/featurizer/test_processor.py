@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import threading
 import time
 
 import pytest
@@ -296,16 +297,35 @@ def test_metrics_reach_prometheus_under_their_documented_names() -> None:
 
 
 def test_the_background_writer_coalesces_and_writes_everything_by_stop() -> None:
-    store = MemoryStore()
+    """While a write is in flight, rows of one entity queue up as one: the newest."""
+    store = GatedStore()
     proc = processor(make_spec(COUNT_1M), store=store)
     proc.writer.start()
     try:
-        for i in range(50):
+        proc.process(records([event(0, "k0", 1_000)], first_offset=0))
+        assert store.entered.wait(5), "the first write reached the store"
+        for i in range(1, 50):  # the writer is held inside that first write meanwhile
             proc.process(records([event(i, f"k{i % 5}", 1_000 + i)], first_offset=i))
+        store.gate.set()
         deadline = time.monotonic() + 5
         while proc.writer.pending and time.monotonic() < deadline:
             time.sleep(0.01)
     finally:
+        store.gate.set()
         proc.writer.stop()
     assert {k: w.sequence for (_, k), w in store.rows.items()} == {f"k{i}": 45 + i for i in range(5)}
-    assert sum(store.calls) <= 50 and proc.writer.pending == 0
+    assert sum(store.calls) <= 1 + 5, f"49 rows of 5 entities held back coalesce to 5 writes, not {store.calls}"
+    assert proc.writer.pending == 0
+
+
+class GatedStore(MemoryStore):
+    """Holds the first write until ``gate`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered, self.gate = threading.Event(), threading.Event()
+
+    def write_many(self, group, writes, now_ms=None):
+        self.entered.set()
+        assert self.gate.wait(10), "the test never opened the gate"
+        return super().write_many(group, writes, now_ms)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import zlib
 
 import numpy as np
 import pytest
@@ -23,6 +24,13 @@ SPEC = PromotionSpec(min_samples=500, p_value=0.05, min_improvement=0.0, segment
                      segment_max_regression=0.05, rollback_margin=0.02, rollback_min_samples=300)
 rng = np.random.default_rng(42)
 WATCH = 5_000  # the publisher's rollback watch (PUBLISHER_ROLLBACK_WATCH_SAMPLES)
+
+
+@pytest.fixture(autouse=True)
+def _a_generator_of_its_own(request: pytest.FixtureRequest) -> None:
+    """Each test's data depend on its name only, not on which tests ran before it (-k, reordering)."""
+    global rng  # noqa: PLW0603 - the helpers below draw from it
+    rng = np.random.default_rng(zlib.crc32(request.node.name.encode()))
 
 
 def losses(n: int, mean: float, spread: float = 0.2) -> np.ndarray:

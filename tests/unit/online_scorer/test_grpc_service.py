@@ -219,8 +219,11 @@ def test_deadlines_are_respected_and_late_work_is_skipped(spec, artifacts, metri
     try:
         code, _ = status_of_call(s.stub.Score, scoring_pb2.ScoreRequest(entity_id="card-1"), timeout=0.1)
         assert code is grpc.StatusCode.DEADLINE_EXCEEDED
-        time.sleep(0.6)  # the handler notices the passed deadline after its slow read and stops there
-        exposition = generate_latest(metrics.registry).decode()
+        # The handler notices the passed deadline after its slow read (0.4 s) and stops there.
+        deadline, exposition = time.monotonic() + 10, ""
+        while 'code="DEADLINE_EXCEEDED",method="Score"' not in exposition and time.monotonic() < deadline:
+            time.sleep(0.05)
+            exposition = generate_latest(metrics.registry).decode()
         assert 'code="DEADLINE_EXCEEDED",method="Score"' in exposition
         assert "streamloop_predictions_total" not in exposition
     finally:
@@ -297,13 +300,17 @@ def test_health_and_graceful_stop_finish_in_flight_calls(spec, artifacts, metric
     s.server.set_serving(True)
     assert status() == health_pb2.HealthCheckResponse.SERVING
     in_flight = s.stub.Score.future(scoring_pb2.ScoreRequest(entity_id="card-1"), timeout=10)
-    time.sleep(0.1)
+    deadline = time.monotonic() + 10
+    while not s.store.reads and time.monotonic() < deadline:  # the call is in the handler, in its slow read
+        time.sleep(0.01)
+    assert s.store.reads == 1
     s.server.begin_shutdown()
     assert status() == health_pb2.HealthCheckResponse.NOT_SERVING
     stopper = threading.Thread(target=s.server.stop, args=(5.0,))
     stopper.start()
     assert in_flight.result().model_version == "v1", "the call in flight completes"
     stopper.join(10)
+    assert not stopper.is_alive(), "the graceful stop finished"
     s.channel.close()
 
 

@@ -168,6 +168,7 @@ def test_swaps_are_atomic_under_concurrent_scoring(spec, catalog, artifacts) -> 
     stop.set()
     for thread in threads:
         thread.join(10)
+    assert not any(thread.is_alive() for thread in threads), "a scoring thread is stuck (the holder's lock?)"
     assert not errors, errors[:1]
     assert len({v for v, _ in seen}) > 1, "swaps happened while scoring"
     assert all(p == pytest.approx(versions[v]) for v, p in seen)
