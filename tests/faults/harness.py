@@ -244,7 +244,7 @@ class FaultLoop:
                 producer.send(labels_topic, key, value)
             producer.flush(120)
 
-        thread = threading.Thread(target=run, daemon=True, name="fault-producer")
+        thread = ProducingThread(run)
         thread.start()
         return thread
 
@@ -271,7 +271,8 @@ class FaultLoop:
             time.sleep(0.3)
         return False
 
-    def wait_consumed(self, service: str, roles: list[str], timeout_s: float) -> dict[str, Any]:
+    def wait_consumed(self, service: str, roles: list[str], timeout_s: float, *, stage: str = "",
+                      topics: list[str] | None = None) -> dict[str, Any]:
         """Wait until the service's group has committed past every record now in its input topics.
 
         The stage runner commits a batch only after processing it, so a restarted service whose
@@ -279,12 +280,11 @@ class FaultLoop:
         the kill. Returns the partitions still behind (topic, partition: committed, end), empty
         when none is, and the records it had to reach.
         """
-        group = f"{self.prefix}streamloop.{self.spec.name}.{service}"
+        group = f"{self.group_of(service)}{stage}"
         probe = Consumer(self.kafka.consumer(f"{self.prefix}consumed-probe"))
         targets: dict[tuple[str, int], int] = {}
         try:
-            for role in roles:
-                topic = self.catalog[role].name
+            for topic in topics if topics is not None else [self.catalog[role].name for role in roles]:
                 for partition in probe.list_topics(topic, timeout=10).topics[topic].partitions:
                     low, high = probe.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
                     if high > low:
@@ -301,6 +301,10 @@ class FaultLoop:
             if not behind or time.monotonic() > deadline:
                 return {"behind": behind, "records": sum(targets.values())}
             time.sleep(0.5)
+
+    def group_of(self, service: str) -> str:
+        """The service's consumer group (a stage's is this plus ``.<stage>``, the collector's internal topics too)."""
+        return f"{self.prefix}streamloop.{self.spec.name}.{service}"
 
     # -- the feature store against a clean replay
 
@@ -356,6 +360,36 @@ class FaultLoop:
     def id_counts(self, role: str, id_field: str) -> Counter[str]:
         """How many records of the topic carry each id (a replayed stage writes a record again)."""
         return Counter(str(r.value[id_field]) for records in self.read_topic(role).values() for r in records)
+
+
+class ProducingThread(threading.Thread):
+    """The user's producer: ``finish`` fails the test when it did not get every record acknowledged."""
+
+    def __init__(self, run: Callable[[], None]) -> None:
+        super().__init__(daemon=True, name="fault-producer")
+        self._produce = run
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self._produce()
+        except BaseException as exc:  # noqa: BLE001 - handed to the test's thread by finish()
+            self.error = exc
+
+    def finish(self, timeout_s: float) -> None:
+        self.join(timeout_s)
+        assert not self.is_alive(), f"the user's producer is still sending after {timeout_s} s"
+        if self.error is not None:
+            raise AssertionError(f"the user's producer failed: {self.error}") from self.error
+
+
+def wait_until(condition: Callable[[], bool], producer: ProducingThread, timeout_s: float = 60.0) -> None:
+    """Wait for something the producing thread makes happen; fail at once if that thread died."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert producer.is_alive() or condition(), f"the user's producer ended first: {producer.error}"
+        assert time.monotonic() < deadline, f"not reached within {timeout_s} s"
+        time.sleep(0.05)
 
 
 def when(index: int) -> tuple[dict[int, Callable[[], None]], threading.Event]:

@@ -26,6 +26,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from streamloop.stack.broker import EmbeddedBroker
 from tests.faults.harness import FaultLoop, events, when
 from tests.faults.verification import ScenarioResult, assert_sound, verify
+from tests.preconditions import require
 
 pytestmark = [
     pytest.mark.faults,
@@ -47,7 +48,7 @@ def _fill(bootstrap: str, topic: str, records: int = RECORDS) -> None:
         producer.produce(topic, key=str(i).encode(), value=b"v" * 100,
                          on_delivery=lambda error, _m: acked.append(error is None))
     producer.flush(30)
-    assert sum(acked) == records
+    require(sum(acked) == records, f"{sum(acked)} of {records} records acknowledged before the fault")
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "g", "enable.auto.commit": False,
                          "auto.offset.reset": "earliest"})
     consumer.subscribe([topic])
@@ -56,7 +57,7 @@ def _fill(bootstrap: str, topic: str, records: int = RECORDS) -> None:
         seen += sum(1 for m in consumer.consume(500, 0.5) if m.error() is None)
     consumer.commit(asynchronous=False)
     consumer.close()
-    assert seen == records
+    require(seen == records, f"{seen} of {records} records consumed before the fault")
 
 
 def _state(bootstrap: str, topic: str) -> tuple[int | None, int | None]:
@@ -75,7 +76,7 @@ def _state(bootstrap: str, topic: str) -> tuple[int | None, int | None]:
 
 
 def _sigkill_and_start(broker: EmbeddedBroker) -> None:
-    assert broker.process is not None
+    require(broker.process is not None, "the broker was not started")
     os.killpg(broker.process.pid, signal.SIGKILL)
     broker.process.wait(10)
     broker.process = None
@@ -102,7 +103,7 @@ def test_a_graceful_broker_restart_keeps_topics_records_and_offsets(tmp_path: Pa
         assert after == (None, None)
 
 
-@pytest.mark.xfail(strict=True, reason=(
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
     "noida-db 0.2.3 saves its data directory asynchronously: records acknowledged (acks=all) and offsets "
     "committed within about a second before a SIGKILL are lost (measured: all 2,000 of 2,000 acked records in one "
     "probe, the committed offsets in another)"))
@@ -143,7 +144,7 @@ def test_the_loop_recovers_from_a_broker_restart_mid_stream(private_loop: tuple[
     moments["down"] = time.monotonic()
     broker.restart()  # SIGTERM, then start on the same port and data directory
     moments["up"] = time.monotonic()
-    producer.join(180)
+    producer.finish(180)
     # A label whose feature vector or prediction the broker dropped is answered only once its entry
     # expires: the join horizon (2 min) and grace (30 s) after the event, with the clock moved on by
     # ticks once the sources fall idle (30 s). The wait ends as soon as every label is back.
@@ -164,10 +165,11 @@ def test_the_loop_recovers_from_a_broker_restart_mid_stream(private_loop: tuple[
     # error, may put an event in the input topic twice. The restart hits every stage at once, so the
     # copies compound (measured: 2 in the input topic, 2 vectors, 4 predictions) and the end-to-end
     # count is bounded by the stages' product, not by a constant.
-    # What the broker dropped is bounded (measured: 1-20 of 600 events, 0-6 labels), so the checks
-    # below always cover most of the stream; a broker that dropped everything would fail here.
-    assert result.events_in >= 0.9 * len(demo), result
-    assert result.notes["labels_not_in_label_topic"] <= 0.1 * sum(1 for d in demo if d.label_copies), result
+    # What the broker dropped is bounded (measured: 1-20 of 600 events, 0-6 labels: what it acknowledged
+    # in about its last second); the bounds leave half as much again, and the user's producer finished
+    # with every record acknowledged (finish() above), so nothing else is counted as the broker's.
+    assert len(demo) - result.events_in <= 30, result
+    assert result.notes["labels_not_in_label_topic"] <= 10, result
     # A dropped feature vector or prediction leaves its label unmatched: counted, not failed.
     assert_sound(result, max_copies=None, same_input=result.notes["not_in_input_topic"] == 0,
                  max_copies_per_stage=3, labels_joined=False)

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 import pytest
 
 from streamloop.stack.broker import DEFAULT_BROKER
-from tests.faults.harness import SESSION_TIMEOUT_MS, FaultLoop, events
+from tests.faults.harness import SESSION_TIMEOUT_MS, FaultLoop, events, wait_until
 from tests.faults.verification import ScenarioResult, assert_sound, verify
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
@@ -54,8 +54,7 @@ def test_one_of_two_featurizers_killed_and_restarted(loop: FaultLoop):
         os.kill(victim.pid, signal.SIGKILL)  # type: ignore[arg-type]
 
     producer = loop.stream(demo, RATE, at={KILL_AT: kill})
-    while "killed" not in moments:
-        time.sleep(0.05)
+    wait_until(lambda: "killed" in moments, producer)
     time.sleep(HOLD_S)
     # Events produced while the victim was dead and predicted before its restart: the survivor's share,
     # or everything if the broker moved the victim's partitions to the survivor.
@@ -65,7 +64,7 @@ def test_one_of_two_featurizers_killed_and_restarted(loop: FaultLoop):
         served = sum(1 for i in during if observed.predictions[i] or observed.dead_letters[i])
     loop._supervising.set()
     restarted_at = loop.wait_until_restarted(victim)
-    producer.join(120)
+    producer.finish(120)
     result = verify(loop, ScenarioResult("two featurizers, one SIGKILLed past the session timeout"), demo)
     first_after = min((t for t in loop.reader.observed.first_prediction_at.values() if t > restarted_at),
                       default=None)

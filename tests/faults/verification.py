@@ -65,7 +65,7 @@ class ScenarioResult:
 
 
 def verify(loop: FaultLoop, result: ScenarioResult, demo_events: list[Any], *, timeout_s: float = 120.0,
-           labels: bool = False, broker_may_lose: bool = False) -> ScenarioResult:
+           labels: bool = True, broker_may_lose: bool = False) -> ScenarioResult:
     """Wait for every event and label to come back, then count and compare (see the module docstring).
 
     ``broker_may_lose``: the fault is a broker restart, and noida-db may drop records it had
@@ -90,8 +90,8 @@ def verify(loop: FaultLoop, result: ScenarioResult, demo_events: list[Any], *, t
     complete = loop.wait_accounted(ids, timeout_s)
     result.notes["wait_outputs_s"] = round(time.monotonic() - phase, 1)
     phase = time.monotonic()
-    # Labels are checked where the fault touches their path (the collector's own test, the broker
-    # restart): the collector takes tens of seconds to settle a run's labels on this machine.
+    # Every scenario counts its labels: a fault anywhere upstream (a replayed prediction, Redis, where
+    # the collector keeps its join state) can cost one. ``labels=False`` only for a test that says why.
     if not labels:
         labeled_ids = []
     labels_complete = loop.wait_labels(labeled_ids, timeout_s)
