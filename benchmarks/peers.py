@@ -2,6 +2,7 @@
 
     pip install -e '.[benchmark]'          # into its own venv: quixstreams pins confluent-kafka<2.13
     python benchmarks/peers.py [--drain-events 20000,100000] [--seconds 5] [--only river,quix,feast]
+                               [--events N] [--cards N] [--entities N] [--broker noida|tansu] [--timeout S]
 
 Three comparisons (each peer does the same job as the streamloop part it is compared with):
 
@@ -18,7 +19,7 @@ Three comparisons (each peer does the same job as the streamloop part it is comp
 - Feast: ``get_online_features`` of one entity from a Redis online store on the same Redis
   server (in-process SDK, and the ``feast serve`` HTTP feature server), against our feature
   read (``RedisFeatureStore.read_many`` of one key) and gRPC Score (feature read + model + reply,
-  the server from benchmarks/grpc_score.py in a child process).
+  and again with ``explain``; the server from benchmarks/grpc_score.py in a child process).
 """
 
 from __future__ import annotations
@@ -147,6 +148,9 @@ def river_vs_inference(tmp: Path, events: int) -> dict[str, float]:
 # -- Quix Streams vs the featurizer -----------------------------------------------------------------------
 
 
+QUIX_SAME_CONSUMER_SETTINGS = ("fetch.wait.max.ms", "fetch.min.bytes", "queued.min.messages", "fetch.queue.backoff.ms")
+
+
 def quix_child(bootstrap: str, input_topic: str, output_topic: str, state_dir: str) -> None:
     """The Quix Streams app (a child process): tumbling 1 h mean and count of the amount per card."""
     from quixstreams import Application
@@ -154,6 +158,8 @@ def quix_child(bootstrap: str, input_topic: str, output_topic: str, state_dir: s
     from quixstreams.models.serializers import Deserializer
 
     from streamloop.contracts import load_catalog, load_pipeline
+    from streamloop.kafka.configuration import KafkaSettings
+    from streamloop.kafka.runner import RunnerSettings
     from streamloop.serde import SingleObjectSerde
 
     catalog = load_catalog(load_pipeline(PEERS_SPEC))
@@ -165,8 +171,17 @@ def quix_child(bootstrap: str, input_topic: str, output_topic: str, state_dir: s
         def __call__(self, value: bytes, ctx: object) -> dict:
             return serde.decode(value)
 
+    # The featurizer's Kafka settings where Quix has the same knob: it checkpoints (commits, flushes
+    # its state and changelog) every batch of the stage runner's size instead of every 5 s, compresses
+    # as our producer does, and fetches as every client of this broker does (the parent passes them
+    # as KAFKA_* variables, as the stack passes them to the featurizer).
+    kafka = KafkaSettings(bootstrap_servers=bootstrap)
+    consumer, producer = kafka.consumer("unused"), kafka.producer()
     app = Application(broker_address=bootstrap, consumer_group=f"quix-bench-{uuid.uuid4().hex[:8]}",
-                      auto_offset_reset="earliest", state_dir=state_dir, loglevel="WARNING")
+                      auto_offset_reset="earliest", state_dir=state_dir, loglevel="WARNING",
+                      commit_every=RunnerSettings().batch_size,
+                      consumer_extra_config={k: consumer[k] for k in QUIX_SAME_CONSUMER_SETTINGS if k in consumer},
+                      producer_extra_config={k: producer[k] for k in ("linger.ms", "compression.type")})
     source = app.topic(input_topic, value_deserializer=SingleObjectAvro(), key_deserializer="string",
                        timestamp_extractor=lambda value, headers, ts, kind: int(value["timestamp"].timestamp() * 1000))
     sink = app.topic(output_topic, value_serializer="json", key_serializer="string")
@@ -253,6 +268,7 @@ def quix_vs_featurizer(stack, events: int, cards: int, timeout_s: float) -> dict
 
     from streamloop.contracts import load_catalog
     from streamloop.serde import SingleObjectSerde
+    from streamloop.stack.broker import client_fetch_environment
 
     print(f"\nQuix Streams vs the featurizer: tumbling 1 h mean + count per card, {events:,} events, "
           f"{cards:,} cards, broker {stack.broker_kind} at {stack.bootstrap_servers}")
@@ -283,7 +299,8 @@ def quix_vs_featurizer(stack, events: int, cards: int, timeout_s: float) -> dict
         log = open(stack.data_dir / "logs" / "quix.log", "w")  # noqa: SIM115 - closed below
         argv = [sys.executable, __file__, "--quix-child", stack.bootstrap_servers, input_topic, quix_out,
                 str(stack.data_dir / "quix-state")]
-        child = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)  # noqa: S603 - this script
+        env = {**os.environ, **client_fetch_environment(stack.broker_kind, os.environ)}
+        child = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)  # noqa: S603 - this script
         try:
             results["Quix Streams"] = watch(consumer, quix_out, events, child.pid, broker_pid, timeout_s)
         finally:
@@ -413,6 +430,9 @@ def feast_vs_grpc(tmp: Path, redis_url: str, seconds: float, entities: int) -> N
             timed_loop(lambda i: stub.Score(requests[i % entities], timeout=5), 1.0)
             lat, rate, _ = timed_loop(lambda i: stub.Score(requests[i % entities], timeout=5), seconds)
             sequential_rows.append(("streamloop gRPC Score (features + model + reply), sequential", lat, rate))
+            explained = [scoring_pb2.ScoreRequest(entity_id=f"card-{i}", explain=True) for i in range(entities)]
+            lat, rate, _ = timed_loop(lambda i: stub.Score(explained[i % entities], timeout=5), seconds)
+            sequential_rows.append(("streamloop gRPC Score, explain=true (+ explanation), sequential", lat, rate))
             lat16, rate16, failed = in_flight(stub, requests, seconds, 16)
     finally:
         stop.set()
@@ -424,7 +444,8 @@ def feast_vs_grpc(tmp: Path, redis_url: str, seconds: float, entities: int) -> N
                                        f"= {calls / base:.2f}x Feast SDK calls/s")
     p50, p99 = percentiles(lat16)
     report("feast vs score", "streamloop gRPC Score, 16 in flight",
-           f"p50 {p50:6.2f} ms  p99 {p99:6.2f} ms  {rate16:7,.0f} calls/s  ({failed} failed)")
+           f"p50 {p50:6.2f} ms  p99 {p99:6.2f} ms  {rate16:7,.0f} calls/s  = {rate16 / base:.2f}x Feast SDK calls/s "
+           f"({failed} failed)")
 
 
 def main() -> None:
