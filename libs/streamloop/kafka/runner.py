@@ -639,11 +639,12 @@ class StageRunner:
             log.debug("%s: lag report skipped: %s", self.service, exc)
 
     def _behind_since(self, key: tuple[str, int]) -> float:
-        """When (epoch s) the oldest record still waiting in a partition with lag was written, at the latest.
+        """The earliest time (epoch s) the oldest record still waiting in a partition with lag can date from.
 
-        It is no older than the last record consumed (by Kafka timestamp), nor than the last time the
-        partition was seen caught up; with neither known, the assignment time stands in (a record
-        may have waited longer: the figure is then a floor).
+        That record is no older than the last one consumed (by Kafka timestamp), nor than the last
+        time the partition was seen caught up, so the age computed from this is an upper bound.
+        With neither known, the assignment time stands in, and the age is then a floor: a record
+        may have waited since before the assignment.
         """
         bounds = [self._caught_up_at.get(key)]
         if key in self._last_consumed_ms:
