@@ -67,6 +67,7 @@ class HeldOutScorer:
         self.lineage = lineage
         self.metric = metric
         self._models: dict[str, Any] = {}
+        self._failed_signatures: dict[str, str] = {}
         self._learned: dict[str, LearnedOffsets] = {}
         # Versions whose line is not fully known, until the lineage changes: a walk costs up to a
         # whole online line (tens of thousands of snapshots after weeks), not to be paid per example.
@@ -119,10 +120,15 @@ class HeldOutScorer:
         return record.offset > learned.get((record.topic, record.partition), -1)
 
     def _model(self, version: str, deployment: Mapping[str, Any]) -> Any:
-        if version not in self._models:
+        signature = deployment["artifact"]["signature"]
+        # A version that failed to load is tried again once its record is signed again (models re-sign).
+        if version not in self._models or (self._models[version] is None
+                                           and self._failed_signatures.get(version) != signature):
             try:
                 self._models[version] = self.store.load_published(deployment)
+                self._failed_signatures.pop(version, None)
             except Exception as exc:  # noqa: BLE001 - unpickling (signed) bytes can raise anything; scored live only
                 log.warning("cannot load %s to score it on held-out examples: %s", version, exc)
                 self._models[version] = None
+                self._failed_signatures[version] = signature
         return self._models[version]

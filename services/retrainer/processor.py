@@ -103,6 +103,7 @@ class RetrainerProcessor:
         self.factory = CandidateFactory(pipeline, store, clock)
         self._metrics = metrics
         self._champion_version: str | None = None
+        self._champion_signature: str | None = None  # a champion signed again (models re-sign) is loaded again
         self._drift_high_water: dict[int, int] = {}
         self._rebuild: Future | None = None
         self._rebuild_trigger: str | None = None
@@ -164,12 +165,16 @@ class RetrainerProcessor:
 
     def _sync_champion(self) -> None:
         champion = self.table.champion(self.pipeline.name, self.pipeline.model.name)
-        if champion is None or champion["version"] == self._champion_version:
+        if champion is None or (champion["version"], champion["artifact"]["signature"]) == (
+                self._champion_version, self._champion_signature):
             return
         version = champion["version"]
-        self._champion_version = version
+        if version == self._champion_version and self.learner.model is not None:
+            self._champion_signature = champion["artifact"]["signature"]
+            return  # only its signature changed, and its model is loaded: nothing to learn from scratch
+        self._champion_version, self._champion_signature = version, champion["artifact"]["signature"]
         rollback = ":rollback" in (champion.get("decision_id") or "")
-        if self.learner.continues(version) and not rollback:
+        if self.learner.continues(version) and self.learner.model is not None and not rollback:
             log.info("champion %s is this learner's own line; it keeps learning", version)
             return
         try:

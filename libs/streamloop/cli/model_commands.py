@@ -128,15 +128,19 @@ def models_re_sign(
     """After an upgrade from streamloop 0.1: sign the deployed models again, bound to their versions.
 
     0.1 signed an artifact's content alone, which the services now refuse. Only signatures made with
-    the configured keys over bytes that still match are signed again; nothing else changes.
+    the configured keys over bytes that still match, in records that name their own slot, are
+    signed again; nothing else changes. Exits 1 when a slot was left as it was.
     """
     try:
-        signed = _registry(pipeline, data_dir, bootstrap_servers, verify=True).sign_again()
+        report = _registry(pipeline, data_dir, bootstrap_servers, verify=True).sign_again()
     except ModelError as exc:
         raise fail(str(exc)) from None
-    for line in signed:
-        print(f"signed again: {line}", file=sys.stderr)
-    print(f"{len(signed)} deployment{'s' if len(signed) != 1 else ''} signed again", file=sys.stderr)
+    for line in report:
+        print(line, file=sys.stderr)
+    signed = sum(line.startswith("signed again") for line in report)
+    print(f"{signed} deployment{'s' if signed != 1 else ''} signed again", file=sys.stderr)
+    if signed < len(report):
+        raise typer.Exit(1)
 
 
 @models_app.command("rollback")

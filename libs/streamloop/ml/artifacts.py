@@ -91,8 +91,8 @@ class ArtifactSigner:
         self._keys = keys
         self.active_key_id = active_key_id
 
-    def sign(self, digest: str, identity: ArtifactIdentity) -> str:
-        return _hmac(self._keys[self.active_key_id], _signed_message(digest, identity))
+    def sign(self, digest: str, identity: ArtifactIdentity, key_id: str | None = None) -> str:
+        return _hmac(self._keys[key_id or self.active_key_id], _signed_message(digest, identity))
 
     def verify(self, digest: str, identity: ArtifactIdentity, signature: str, key_id: str) -> None:
         key = self._keys.get(key_id)
@@ -103,7 +103,8 @@ class ArtifactSigner:
         if self.signed_content_only(digest, signature, key_id):
             raise ArtifactIntegrityError(f"artifact signature covers its content but not an identity (signed by "
                                          f"streamloop 0.1); it is not loaded as {identity}: run `streamloop models "
-                                         f"re-sign` to sign the registry's deployments again")
+                                         f"re-sign` to sign the deployed slots again (a version that is not "
+                                         f"deployed must be published again)")
         raise ArtifactIntegrityError(f"artifact signature does not verify for {identity}")
 
     def signed_content_only(self, digest: str, signature: str, key_id: str) -> bool:
@@ -191,7 +192,8 @@ class ArtifactStore:
 
         None when ``ref`` already verifies for ``identity``. The bytes are read and hashed, and the
         old signature must verify with one of the configured keys, so this never signs what we did
-        not sign before; it does bind whatever identity the old record claimed.
+        not sign before; it does bind whatever identity the caller names (the caller checks it).
+        The new signature is made with the old one's key, so retiring that key still retires it.
         """
         self._bytes_matching(ref)
         try:
@@ -200,7 +202,8 @@ class ArtifactStore:
         except ArtifactIntegrityError:
             if not self.signer.signed_content_only(ref.sha256, ref.signature, ref.key_id):
                 raise
-        return self.sign(StoredArtifact(ref.uri, ref.sha256, ref.size_bytes), identity)
+        return ArtifactRef(ref.uri, ref.sha256, self.signer.sign(ref.sha256, identity, ref.key_id), ref.key_id,
+                           ref.size_bytes)
 
     def load_model(self, ref: ArtifactRef, identity: ArtifactIdentity) -> Any:
         data = self.get_verified_bytes(ref, identity)

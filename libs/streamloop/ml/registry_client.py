@@ -18,7 +18,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, Topi
 from streamloop.contracts import Catalog, PipelineSpec
 from streamloop.kafka.configuration import KafkaSettings
 from streamloop.ml.artifacts import ArtifactIdentity, ArtifactRef, ArtifactStore
-from streamloop.ml.exceptions import RegistryError
+from streamloop.ml.exceptions import ModelError, RegistryError
 from streamloop.ml.registry import (
     CHAMPION,
     DeploymentTable,
@@ -232,23 +232,41 @@ class RegistryClient:
         0.1 signed an artifact's digest alone; readers now refuse that (the signature must bind the
         identity too), so after an upgrade the deployed models would not load. Each slot whose
         artifact carries such a signature, made with one of the configured keys over bytes that
-        still match it, is written again with its record unchanged but the new signature. Returns
-        ``slot version`` lines for those; slots already current are left alone.
+        still match it, is written again with its record unchanged but the new signature. A slot
+        whose record names another pipeline, model or slot than its key is refused: signing it
+        would bless exactly the relabelling the identity now prevents. A slot that changed while
+        this ran (a promotion, a retirement) is left to its new record.
+
+        Returns one line per slot: ``signed again``, ``left`` (with why) or nothing when current.
         """
         if self.store is None:
             raise RegistryError("signing again needs the artifact store and the signing key")
-        state = self.state()
+        pipeline, model = self.pipeline.name, self.model_name
+        signed: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
+        report = []
+        for slot, record in sorted(self.state().table.slots(pipeline, model).items()):
+            if (record.get("pipeline"), record.get("model_name"), record.get("slot")) != (pipeline, model, slot):
+                report.append(f"left {slot} {record.get('version')}: its record names "
+                              f"{record.get('pipeline')}/{record.get('model_name')}/{record.get('slot')}")
+                continue
+            try:
+                ref = self.store.sign_again(ArtifactRef.from_record(record["artifact"]), ArtifactIdentity.of(record))
+            except ModelError as exc:
+                report.append(f"left {slot} {record['version']}: {exc}")
+                continue
+            if ref is not None:
+                signed[slot] = (record, {**record, "artifact": ref.to_record()})
+        current = self.state().table.slots(pipeline, model) if signed else {}
         outputs: list[tuple[str, str, dict[str, Any] | None]] = []
-        signed_again = []
-        for slot, record in sorted(state.table.slots(self.pipeline.name, self.model_name).items()):
-            signed = self.store.sign_again(ArtifactRef.from_record(record["artifact"]), ArtifactIdentity.of(record))
-            if signed is not None:
-                outputs.append(("model_deployments", slot_key(self.pipeline.name, self.model_name, slot),
-                                {**record, "artifact": signed.to_record()}))
-                signed_again.append(f"{slot} {record['version']}")
+        for slot, (before, after) in signed.items():
+            if current.get(slot) != before:
+                report.append(f"left {slot} {before['version']}: the slot changed meanwhile; run again")
+                continue
+            outputs.append(("model_deployments", slot_key(pipeline, model, slot), after))
+            report.append(f"signed again {slot} {before['version']}")
         if outputs:
             self._produce(outputs)
-        return signed_again
+        return sorted(report, key=lambda line: not line.startswith("signed"))
 
     def _produce(self, outputs: list[tuple[str, str, dict[str, Any] | None]]) -> None:
         producer = Producer(self.kafka.producer())

@@ -65,6 +65,9 @@ def test_re_sign_says_what_it_signed_again(harness, monkeypatch):
     use(registry, monkeypatch)
     done = CliRunner().invoke(app, ["models", "re-sign"])
     assert done.exit_code == 0, done.output
-    assert done.stderr == f"signed again: champion {first}\n1 deployment signed again\n"
+    assert done.stderr == f"signed again champion {first}\n1 deployment signed again\n"
     again = CliRunner().invoke(app, ["models", "re-sign"])
     assert again.stderr == "0 deployments signed again\n"
+    _signed_by_streamloop_0_1(registry, b"another-key-that-is-not-ours-0123", slot="shadow/not-ours")
+    left = CliRunner().invoke(app, ["models", "re-sign"])
+    assert left.exit_code == 1 and left.stderr.startswith(f"left shadow/not-ours {first}: ")

@@ -203,3 +203,21 @@ def test_an_example_the_held_out_scorer_cannot_use_is_still_filed_live(harness):
     result = harness.feed("lab", [broken])
     assert result.rejections == [], "a valid labeled example is not a dead letter for the publisher's own scoring"
     assert harness.processor.ledger.count(champion) == 1 and harness.processor.ledger.count(shadow) == 0
+
+
+def test_a_version_that_failed_to_load_is_tried_again_once_signed_again(harness):
+    """After an upgrade from 0.1: refused until `models re-sign` writes its record again, then scored."""
+    import hashlib
+    import hmac
+
+    from tests.unit.model_publisher.factories import SIGNING_KEY
+
+    champion = harness.bootstrap()
+    deployment = harness.slot("champion")
+    digest = deployment["artifact"]["sha256"]
+    signature = hmac.new(SIGNING_KEY, digest.encode(), hashlib.sha256).hexdigest()
+    legacy = {**deployment, "artifact": {**deployment["artifact"], "signature": signature}}
+    scorer = harness.processor.held_out
+    assert scorer._model(champion, legacy) is None
+    assert scorer._model(champion, legacy) is None, "the same record is not read again"
+    assert callable(scorer._model(champion, deployment).predict_proba_one), "signed again: loaded"

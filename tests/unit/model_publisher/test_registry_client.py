@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from pathlib import Path
 
 import pytest
 
@@ -124,13 +123,14 @@ def test_a_manual_promotion_retires_the_predecessor_the_last_one_kept_as_the_pub
     assert registry.rollback()["to_version"] == a
 
 
-def _signed_by_streamloop_0_1(registry: InMemoryRegistry, key: bytes) -> dict:
-    """The champion's deployment record as streamloop 0.1 wrote it: the HMAC over the digest alone."""
+def _signed_by_streamloop_0_1(registry: InMemoryRegistry, key: bytes, slot: str = CHAMPION, **claims) -> dict:
+    """The champion's deployment record as streamloop 0.1 wrote it (the HMAC over the digest alone),
+    in ``slot``, claiming ``claims`` (pipeline, version, ...) in its body."""
     champion = registry.champion()
     artifact = champion["artifact"]
     legacy = {**artifact, "signature": hmac.new(key, artifact["sha256"].encode(), hashlib.sha256).hexdigest()}
-    record = {**champion, "artifact": legacy}
-    registry.topics["model_deployments"].append((f"card-fraud/fraud/{CHAMPION}", record))
+    record = {**champion, "slot": slot, "artifact": legacy, **claims}
+    registry.topics["model_deployments"].append((f"card-fraud/fraud/{slot}", record))
     return record
 
 
@@ -141,26 +141,53 @@ def test_re_sign_binds_0_1_signatures_to_their_versions_and_changes_nothing_else
         harness.store.load_published(legacy)
     registry.store = harness.store
 
-    assert registry.sign_again() == [f"{CHAMPION} {first}"]
+    assert registry.sign_again() == [f"signed again {CHAMPION} {first}"]
     champion = registry.champion()
     assert champion["artifact"]["signature"] != legacy["artifact"]["signature"]
     assert {**champion, "artifact": None} == {**legacy, "artifact": None}
     assert {k: v for k, v in champion["artifact"].items() if k != "signature"} == \
-        {k: v for k, v in legacy["artifact"].items() if k != "signature"}
+        {k: v for k, v in legacy["artifact"].items() if k != "signature"}, "the same key id: retiring it retires this"
     assert callable(harness.store.load_published(champion).learn_one)
     written = len(registry.topics["model_deployments"])
     assert registry.sign_again() == [] and len(registry.topics["model_deployments"]) == written, "already current"
 
 
-def test_re_sign_refuses_what_we_did_not_sign_or_what_changed_since(harness, tmp_path):
-    registry, _first = bootstrapped(harness)
+def test_re_sign_leaves_what_we_did_not_sign_what_changed_and_what_claims_another_slot(harness):
+    registry, first = bootstrapped(harness)
     registry.store = harness.store
-    _signed_by_streamloop_0_1(registry, b"another-key-that-is-not-ours-0123")
     written = len(registry.topics["model_deployments"])
-    with pytest.raises(ArtifactIntegrityError, match="does not verify"):
-        registry.sign_again()
-    legacy = _signed_by_streamloop_0_1(registry, SIGNING_KEY)
-    Path(legacy["artifact"]["uri"].removeprefix("file://")).write_bytes(b"x" * legacy["artifact"]["size_bytes"])
-    with pytest.raises(ArtifactIntegrityError, match="content hash does not match"):
-        registry.sign_again()
-    assert len(registry.topics["model_deployments"]) == written + 1, "only the test's own record was added"
+    _signed_by_streamloop_0_1(registry, b"another-key-that-is-not-ours-0123", slot="shadow/not-ours")
+    # Under one slot's key, a body claiming another pipeline: signing it would let it serve there.
+    _signed_by_streamloop_0_1(registry, SIGNING_KEY, slot="shadow/evil", pipeline="other-pipeline",
+                              version="v-evil")
+    # A 0.1 signature of other bytes than the file holds: the signature is ours, the content is not.
+    forged = hmac.new(SIGNING_KEY, b"0" * 64, hashlib.sha256).hexdigest()
+    registry.topics["model_deployments"].append(("card-fraud/fraud/shadow/tampered", {
+        **registry.champion(), "slot": "shadow/tampered", "version": "v-tampered",
+        "artifact": {**registry.champion()["artifact"], "sha256": "0" * 64, "signature": forged}}))
+    good = _signed_by_streamloop_0_1(registry, SIGNING_KEY)  # the champion, as 0.1 left it
+    report = registry.sign_again()
+    assert report[0] == f"signed again {CHAMPION} {first}", "one bad slot does not block the others"
+    assert sorted(line.split(":")[0] for line in report[1:]) == [
+        "left shadow/evil v-evil", f"left shadow/not-ours {first}", "left shadow/tampered v-tampered"]
+    assert "names other-pipeline/fraud/shadow/evil" in next(line for line in report if "evil" in line)
+    assert "does not verify" in next(line for line in report if "not-ours" in line)
+    assert "content hash does not match" in next(line for line in report if "tampered" in line)
+    assert written + 4 + 1 == len(registry.topics["model_deployments"]), "only the champion was written again"
+    assert registry.champion()["artifact"]["signature"] != good["artifact"]["signature"]
+
+
+def test_re_sign_leaves_a_slot_that_changed_while_it_ran(harness, monkeypatch):
+    registry, first = bootstrapped(harness)
+    registry.store = harness.store
+    _signed_by_streamloop_0_1(registry, SIGNING_KEY)
+    sign_again = harness.store.sign_again
+
+    def meanwhile_promoted(ref, identity):
+        registry.topics["model_deployments"].append((f"card-fraud/fraud/{CHAMPION}",
+                                                     {**registry.champion(), "version": "promoted-meanwhile"}))
+        return sign_again(ref, identity)
+
+    monkeypatch.setattr(harness.store, "sign_again", meanwhile_promoted)
+    assert registry.sign_again() == [f"left {CHAMPION} {first}: the slot changed meanwhile; run again"]
+    assert registry.champion()["version"] == "promoted-meanwhile"

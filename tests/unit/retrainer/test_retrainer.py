@@ -244,3 +244,24 @@ def test_a_record_that_cannot_be_learned_is_dead_lettered_and_the_batch_flows(sp
     result = harness.processor.process([batch[0], broken, batch[2]])
     assert [r.record.offset for r in result.rejections] == [1]
     assert harness.processor.learner.learned_total == 2
+
+
+def test_a_champion_signed_again_after_a_failed_load_is_loaded_then(spec, tmp_path):
+    """After an upgrade from 0.1 the champion does not load until `models re-sign` writes it again."""
+    import hashlib
+    import hmac
+
+    from tests.unit.model_publisher.factories import SIGNING_KEY
+
+    harness = Harness(spec, tmp_path)
+    harness.set_champion("fraud-v1")
+    key = slot_key(spec.name, spec.model.name, CHAMPION)
+    current = harness.table.champion(spec.name, spec.model.name)
+    digest = current["artifact"]["sha256"]
+    legacy = hmac.new(SIGNING_KEY, digest.encode(), hashlib.sha256).hexdigest()
+    harness.table.apply(key, {**current, "artifact": {**current["artifact"], "signature": legacy}})
+    harness.processor.process(labeled(1))
+    assert harness.processor.learner.model is None, "a 0.1 signature is refused"
+    harness.table.apply(key, current)  # what `streamloop models re-sign` writes: same version, new signature
+    harness.processor.process(labeled(1, start=1))
+    assert harness.processor.learner.model is not None, "loaded once signed again"
