@@ -137,8 +137,8 @@ def produce(producer: Producer, topic: str, values: list[str], partitions: int =
         producer.produce(topic, value=value.encode(), key=value.encode(), partition=i % partitions,
                          on_delivery=on_delivery, **kwargs)
         producer.poll(0)
-    assert producer.flush(TIMEOUT_S) == 0, "records still queued after flush"
-    assert not errors, f"delivery errors: {errors[:3]}"
+    require(producer.flush(TIMEOUT_S) == 0, "records still queued after flush")
+    require(not errors, f"delivery errors: {errors[:3]}")
     return reports
 
 

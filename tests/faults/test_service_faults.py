@@ -76,6 +76,9 @@ def test_sigkill_mid_stream_and_restart(loop: FaultLoop, service: str):
     loop.wait_until_restarted(process)
     assert process.pid != killed["pid"]
     result = verify(loop, ScenarioResult(f"sigkill {service}"), demo)
+    # Read before the wait below fixes its targets, so every candidate here is one the publisher must reach.
+    candidates = {r.value["version"] for rs in loop.read_topic("model_candidates").values() for r in rs} \
+        if service == "model-publisher" else set()
     consumed = loop.wait_consumed(service, INPUTS[service], timeout_s=90)
     if service == "ground-truth-collector":  # and its two stateful stages, on its internal topics
         group = loop.group_of(service)
@@ -85,7 +88,6 @@ def test_sigkill_mid_stream_and_restart(loop: FaultLoop, service: str):
             consumed[f"records{stage}"] = stage_consumed["records"]
     result.notes["inputs_consumed"] = consumed
     if service == "model-publisher":  # its own outputs: every candidate it read was registered or refused
-        candidates = {r.value["version"] for rs in loop.read_topic("model_candidates").values() for r in rs}
         decided = {r.value["to_version"] for rs in loop.read_topic("model_decisions").values() for r in rs
                    if r.value["kind"] in ("REGISTER", "REFUSE")}
         result.notes["candidates"] = len(candidates)
@@ -101,6 +103,8 @@ def test_sigkill_mid_stream_and_restart(loop: FaultLoop, service: str):
     # The killed service's own inputs: its group went on past every record, those it had read but
     # not committed before the kill included (the outputs above only count the inference path's).
     assert consumed["records"] > 0 and not consumed["behind"], consumed
+    if service == "ground-truth-collector":
+        assert consumed["records.join"] > 0 and consumed["records.score"] > 0, consumed
     if service == "model-publisher":
         assert result.notes["candidates"] > 0 and not result.notes["candidates_undecided"], result.notes
     assert_sound(result)

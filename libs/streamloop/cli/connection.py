@@ -95,7 +95,10 @@ def connect(pipeline: Path | None, data_dir: Path, bootstrap_servers: str | None
         spec = load_pipeline(resolve_pipeline_path(pipeline, data_dir))
         prefix = os.environ.get("STREAMLOOP_TOPIC_PREFIX", state.get("topic_prefix", ""))
         catalog = load_catalog(spec, topic_prefix=prefix)
-        serde_settings = SerdeSettings()
+        # The running embedded stack has no Schema Registry and speaks single-object encoding
+        # (Stack.serde_settings), whatever SCHEMA_REGISTRY_* the shell exports for another cluster.
+        on_embedded_stack = bootstrap_servers is None and state.get("broker", "external") != "external"
+        serde_settings = SerdeSettings(url=None) if on_embedded_stack else SerdeSettings()
     except StreamloopError as exc:
         raise fail(str(exc), 2) from None
     except ValidationError as exc:

@@ -132,8 +132,8 @@ class ServiceMetrics:
         self._servers: list[Any] = []
         self._topic_attributes: dict[str, dict[str, str]] = {}
         self._custom: dict[str, tuple[str, Callable[..., None]]] = {}
-        self._lags: dict[str, dict[TopicPartition, float]] = {}
-        self._behind_since: dict[str, dict[TopicPartition, float]] = {}
+        # group -> (lag per partition, when each partition with lag fell behind, if reported)
+        self._lag_reports: dict[str, tuple[dict[TopicPartition, float], dict[TopicPartition, float] | None]] = {}
 
         self._messages = self._meter.create_counter(
             "messaging.process.messages", unit="{message}", description="Records processed."
@@ -229,24 +229,25 @@ class ServiceMetrics:
         ``behind_since`` (epoch seconds, for partitions with lag) makes ``..._lag_seconds`` the time
         since then, computed at each scrape; a partition with lag 0 reads 0.
         """
-        self._lags[group] = dict(lags)
-        if behind_since is not None:
-            self._behind_since[group] = dict(behind_since)
+        # One assignment, so that a scrape never pairs this report's lags with the last one's times.
+        self._lag_reports[group] = (dict(lags), None if behind_since is None else dict(behind_since))
 
     def _observe_lag(self, _options: CallbackOptions) -> Iterator[Observation]:
-        for group, lags in list(self._lags.items()):
+        for group, (lags, _since) in list(self._lag_reports.items()):
             for (topic, partition), lag in lags.items():
                 yield Observation(lag, {"group": group, "topic": topic, "partition": str(partition)})
 
     def _observe_max_lag(self, _options: CallbackOptions) -> Iterator[Observation]:
-        for group, lags in list(self._lags.items()):
+        for group, (lags, _since) in list(self._lag_reports.items()):
             if lags:
                 yield Observation(max(lags.values()), {"group": group})
 
     def _observe_lag_seconds(self, _options: CallbackOptions) -> Iterator[Observation]:
         now = time.time()
-        for group, since in list(self._behind_since.items()):
-            for (topic, partition), lag in self._lags.get(group, {}).items():
+        for group, (lags, since) in list(self._lag_reports.items()):
+            if since is None:
+                continue
+            for (topic, partition), lag in lags.items():
                 seconds = max(0.0, now - since[(topic, partition)]) if lag and (topic, partition) in since else 0.0
                 yield Observation(seconds, {"group": group, "topic": topic, "partition": str(partition)})
 
