@@ -146,9 +146,11 @@ class ArtifactStore:
     def store_model(self, model: Any) -> StoredArtifact:
         return self.store_bytes(pickle.dumps(model, protocol=pickle.HIGHEST_PROTOCOL))
 
-    def sign(self, stored: StoredArtifact, identity: ArtifactIdentity) -> ArtifactRef:
-        return ArtifactRef(stored.uri, stored.sha256, self.signer.sign(stored.sha256, identity),
-                           self.signer.active_key_id, stored.size_bytes)
+    def sign(self, stored: StoredArtifact, identity: ArtifactIdentity, key_id: str | None = None) -> ArtifactRef:
+        """A reference to ``stored`` signed for ``identity`` with ``key_id`` (default: the active key)."""
+        key_id = key_id or self.signer.active_key_id
+        return ArtifactRef(stored.uri, stored.sha256, self.signer.sign(stored.sha256, identity, key_id), key_id,
+                           stored.size_bytes)
 
     def put_model(self, model: Any, identity: ArtifactIdentity) -> ArtifactRef:
         return self.sign(self.store_model(model), identity)
@@ -196,14 +198,10 @@ class ArtifactStore:
         The new signature is made with the old one's key, so retiring that key still retires it.
         """
         self._bytes_matching(ref)
-        try:
-            self.signer.verify(ref.sha256, identity, ref.signature, ref.key_id)
-            return None
-        except ArtifactIntegrityError:
-            if not self.signer.signed_content_only(ref.sha256, ref.signature, ref.key_id):
-                raise
-        return ArtifactRef(ref.uri, ref.sha256, self.signer.sign(ref.sha256, identity, ref.key_id), ref.key_id,
-                           ref.size_bytes)
+        if self.signer.signed_content_only(ref.sha256, ref.signature, ref.key_id):
+            return self.sign(StoredArtifact(ref.uri, ref.sha256, ref.size_bytes), identity, ref.key_id)
+        self.signer.verify(ref.sha256, identity, ref.signature, ref.key_id)  # current, or refused as any reader would
+        return None
 
     def load_model(self, ref: ArtifactRef, identity: ArtifactIdentity) -> Any:
         data = self.get_verified_bytes(ref, identity)
