@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Collection, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from streamloop.contracts.pipeline import PipelineSpec
@@ -57,6 +58,13 @@ def learned_offsets(version: str, lineage: Mapping[str, Mapping[str, Any]]) -> L
     return None
 
 
+@dataclass(frozen=True)
+class _Unloadable:
+    """A version whose model did not load from the record signed ``signature``."""
+
+    signature: str
+
+
 class HeldOutScorer:
     """Losses of deployed versions on examples they did not score live and never learned."""
 
@@ -66,8 +74,7 @@ class HeldOutScorer:
         self.store = store
         self.lineage = lineage
         self.metric = metric
-        self._models: dict[str, Any] = {}
-        self._failed_signatures: dict[str, str] = {}
+        self._models: dict[str, Any] = {}  # version -> its model, or _Unloadable
         self._learned: dict[str, LearnedOffsets] = {}
         # Versions whose line is not fully known, until the lineage changes: a walk costs up to a
         # whole online line (tens of thousands of snapshots after weeks), not to be paid per example.
@@ -121,14 +128,13 @@ class HeldOutScorer:
 
     def _model(self, version: str, deployment: Mapping[str, Any]) -> Any:
         signature = deployment["artifact"]["signature"]
+        cached = self._models.get(version)
         # A version that failed to load is tried again once its record is signed again (models re-sign).
-        if version not in self._models or (self._models[version] is None
-                                           and self._failed_signatures.get(version) != signature):
+        if cached is None or (isinstance(cached, _Unloadable) and cached.signature != signature):
             try:
-                self._models[version] = self.store.load_published(deployment)
-                self._failed_signatures.pop(version, None)
+                cached = self.store.load_published(deployment)
             except Exception as exc:  # noqa: BLE001 - unpickling (signed) bytes can raise anything; scored live only
                 log.warning("cannot load %s to score it on held-out examples: %s", version, exc)
-                self._models[version] = None
-                self._failed_signatures[version] = signature
-        return self._models[version]
+                cached = _Unloadable(signature)
+            self._models[version] = cached
+        return None if isinstance(cached, _Unloadable) else cached
