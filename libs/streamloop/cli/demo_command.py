@@ -143,8 +143,7 @@ def _promote_badly(driver: LoopDriver, spec: PipelineSpec, stack: Stack, console
     at = len(driver.observed.produced_at_ms)
     # Verified like any promotion: the bad model is untrained, not tampered with.
     registry = RegistryClient(spec, driver.catalog, stack.client_settings(),
-                              serde_for=lambda role: driver.serde_settings.serde(driver.catalog[role],
-                                                                                  driver.catalog.repository),
+                              serde_for=driver.serde,
                               store=artifact_store(stack.data_dir))
     try:
         bootstrap = next(row["version"] for row in registry.models() if row["trigger"] == "BOOTSTRAP")

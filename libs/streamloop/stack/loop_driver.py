@@ -62,7 +62,8 @@ class LoopDriver:
         self._stop = threading.Event()
         self._readers: list[threading.Thread] = []
 
-    def _serde(self, role: str) -> Serde:
+    def serde(self, role: str) -> Serde:
+        """The role's serde, in the stack's wire format (its registry client reads with it too)."""
         return self.serde_settings.serde(self.catalog[role], self.catalog.repository)
 
     # -- reading -------------------------------------------------------------------------------
@@ -83,7 +84,7 @@ class LoopDriver:
 
     def _read(self, topics: dict[str, tuple[str, Callable]], dead_letter_topics: list[str]) -> None:
         consumer = Consumer(self.kafka.consumer("streamloop-loop-driver"))
-        serdes = {name: self._serde(role) for name, (role, _) in topics.items()}
+        serdes = {name: self.serde(role) for name, (role, _) in topics.items()}
         assignment = []
         metadata = consumer.list_topics(timeout=10).topics
         for name in [*topics, *dead_letter_topics]:
@@ -93,7 +94,7 @@ class LoopDriver:
         # latencies come from record timestamps) and keeps it from spinning on noida (kafka/pacing.py).
         pacer = FetchPacer(consumer, 0.05)
         pacer.assign(assignment)
-        input_dlq, input_serde = self.catalog["input"].dead_letter_topic, self._serde("input")
+        input_dlq, input_serde = self.catalog["input"].dead_letter_topic, self.serde("input")
         try:
             while not self._stop.is_set():
                 for message in pacer.consume(1000, 0.1):
@@ -176,7 +177,7 @@ class LoopDriver:
         """Produce events at ``rate_per_s`` and each label after its delay; returns when all are sent."""
         input_topic = self.catalog["input"]
         label_topic = self.catalog["labels"]
-        event_serde, label_serde = self._serde("input"), self._serde("labels")
+        event_serde, label_serde = self.serde("input"), self.serde("labels")
         producer = Producer(self.kafka.producer(**{"linger.ms": 2}))
         pending_labels: list[tuple[float, int, dict]] = []
         started = time.monotonic()
