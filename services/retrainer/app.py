@@ -1,7 +1,8 @@
 """The retrainer's composition root: the only module that wires its I/O.
 
 Reads ``labeled_examples`` and ``drift_events`` through the stage runner, the deployments table
-through a ``CompactedTopicReader``, replays rebuild windows with a ``KafkaWindowReader`` and writes
+through a ``CompactedTopicReader``, replays rebuild windows with a ``KafkaWindowReader``, reads back
+after a restart what the online challenger had learned (``KafkaResume``) and writes
 ``model_candidates``; artifacts go to the signed artifact store.
 """
 
@@ -12,8 +13,10 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from services.retrainer.processor import InlineExecutor, RebuildPolicy, RetrainerProcessor, RetrainerTopics
+from services.retrainer.resume import KafkaResume
 from services.retrainer.settings import RetrainerSettings
 from services.retrainer.window import KafkaWindowReader
+from streamloop.kafka.group_history import GroupHistory
 from streamloop.kafka.runner import StageRunner
 from streamloop.kafka.table_reader import CompactedTopicReader
 from streamloop.ml.registry import DeploymentTable
@@ -70,12 +73,16 @@ def build(settings: RetrainerSettings, install_global_telemetry: bool = True) ->
     )
     topics = RetrainerTopics(ctx.topic("labeled_examples").name, ctx.topic("drift_events").name,
                              ctx.topic("model_candidates").name)
+    history = GroupHistory(settings.common.kafka, ctx.group_id, {
+        topics.labeled_examples: ctx.serde("labeled_examples"), topics.model_candidates: ctx.serde("model_candidates"),
+    }, timeout_s=settings.resume_timeout_s)
+    resume = KafkaResume(history, labeled_topic=topics.labeled_examples, candidates_topic=topics.model_candidates,
+                         pipeline=ctx.pipeline.name, limit=settings.resume_max_labels)
     processor = RetrainerProcessor(ctx.pipeline, topics, table, store, window, policy=policy, executor=executor,
-                                   metrics=telemetry.metrics, remember_events=settings.remember_events)
+                                   metrics=telemetry.metrics, remember_events=settings.remember_events, resume=resume)
     runner = ctx.runner(processor, inputs=["labeled_examples", "drift_events"], outputs=["model_candidates"],
                         metrics=telemetry.metrics)
     return RetrainerApp(runner, processor, reader, executor, telemetry, settings.table_timeout_s)
-
 
 
 def main() -> int:

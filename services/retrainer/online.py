@@ -119,6 +119,17 @@ class OnlineLearner:
         """
         return version in self._chain
 
+    def forget_passed(self) -> None:
+        """Forget the offsets and event ids that passed by unlearned, so they may be learned when read again.
+
+        For a learner that never learned: until its first champion loads, records pass by without
+        a model (``learn`` returns False), yet they count as seen.
+        """
+        if self.learned_total:
+            raise RuntimeError("this learner has learned: forgetting what it saw would let it learn twice")
+        self._high_water.clear()
+        self._recent_events.clear()
+
     def _clear_pending(self) -> None:
         self._ranges = {}
         self._labels = []

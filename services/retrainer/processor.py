@@ -23,6 +23,9 @@ window reader and the executor a rebuild runs on), so it is tested without a bro
   restarts its countdown; with refits (``replay_each_candidate``) it also replays again, from a
   new starting point, if the learner's own errors rose significantly since its last replay: a
   second change, not another detector's view of the first.
+- After a restart or a takeover, the first champion the process sees is loaded together with the
+  labels its line had learned since it (``resume``, resume.py): the restarted learner has learned
+  what the killed one had, and the runner delivers again what that one read but did not commit.
 """
 
 from __future__ import annotations
@@ -48,6 +51,8 @@ log = logging.getLogger(__name__)
 
 SEVERITY_RANK = {"INFO": 0, "WARNING": 1, "CRITICAL": 2}
 WindowReader = Callable[[int], list[ConsumedRecord]]
+# The labeled examples the given champion's line had learned before this process started.
+ResumeReader = Callable[[dict[str, Any]], list[ConsumedRecord]]
 
 
 @dataclass(frozen=True)
@@ -82,7 +87,7 @@ class RetrainerProcessor:
     def __init__(self, pipeline: PipelineSpec, topics: RetrainerTopics, table: DeploymentTable,
                  store: ArtifactStore, window: WindowReader, *, policy: RebuildPolicy | None = None,
                  executor: Executor | None = None, clock: Callable[[], int] = wall_clock_ms,
-                 metrics: Any = None, remember_events: int = 100_000) -> None:
+                 metrics: Any = None, remember_events: int = 100_000, resume: ResumeReader | None = None) -> None:
         self.pipeline = pipeline
         self.topics = topics
         self.table = table
@@ -104,6 +109,8 @@ class RetrainerProcessor:
         self._metrics = metrics
         self._champion_version: str | None = None
         self._champion_signature: str | None = None  # a champion signed again (models re-sign) is loaded again
+        self.resume = resume
+        self._resumed = False  # only the process's first champion: later ones restart the line on purpose
         self._drift_high_water: dict[int, int] = {}
         self._rebuild: Future | None = None
         self._rebuild_trigger: str | None = None
@@ -186,6 +193,26 @@ class RetrainerProcessor:
         self.learner.reset(model, version)
         self._last_publish_ms = self.clock()
         log.info("online challenger restarts from champion %s", version)
+        if not self._resumed:
+            self._resumed = True
+            if model is not None and self.resume is not None:
+                self._resume_line(champion)
+
+    def _resume_line(self, champion: dict[str, Any]) -> None:
+        """Learn again what this champion's line had learned before the process started."""
+        try:
+            records = self.resume(champion)  # type: ignore[misc]
+        except Exception as exc:  # noqa: BLE001 - without them the line goes on from the next label, as before
+            log.warning("cannot read back the labels learned since champion %s (%s); the online challenger "
+                        "starts from the next label", champion["version"], exc)
+            self._count("streamloop_retrainer_resumes", 1, {"outcome": "failed"})
+            return
+        self.learner.forget_passed()  # those read before this champion loaded were not learned
+        learned = sum(self.learner.learn(r) for r in records if r.value.get("pipeline") == self.pipeline.name)
+        self._count("streamloop_retrainer_resumes", 1, {"outcome": "resumed"})
+        self._count("streamloop_retrainer_labels_learned", learned)
+        log.info("online challenger resumed: %d labels learned since champion %s learned again (%d read)",
+                 learned, champion["version"], len(records))
 
     # -- online candidates ---------------------------------------------------------------------
 

@@ -70,6 +70,18 @@ def new_version(model_name: str, content_sha256: str, created_ms: int) -> str:
     return f"{model_name}-{stamp}-{content_sha256[:8]}"
 
 
+def version_created_ms(version: str) -> int | None:
+    """The creation time a ``new_version`` carries, in ms since the epoch; None for any other version."""
+    stamp = version.rsplit("-", 2)[-2] if version.count("-") >= 2 else ""
+    if len(stamp) != 17 or not stamp.isdigit():
+        return None
+    try:
+        created = datetime.strptime(stamp[:14], "%Y%m%d%H%M%S").replace(tzinfo=UTC)
+    except ValueError:
+        return None
+    return int(created.timestamp()) * 1000 + int(stamp[14:])
+
+
 def bootstrap_version(model: ModelSpec) -> str:
     """The initial champion's version: derived from the model spec, so every replica agrees on it."""
     spec = json.dumps({"estimator": model.estimator, "params": model.params, "preprocessing": model.preprocessing},

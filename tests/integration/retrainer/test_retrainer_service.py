@@ -110,3 +110,29 @@ def test_a_concept_drift_in_catch_up_publishes_a_candidate_with_its_prequential_
     losses = online[0]["prequential_losses"]
     assert sorted(p["event_id"] for p in losses) == sorted(f"evt-{i}" for i in range(300))
     assert all(p["loss"] >= 0 for p in losses)
+
+
+def test_a_restarted_retrainer_learns_again_what_its_line_learned_since_the_champion(retrainer, topics):
+    """Killed with labels learned but not published, the learner would lose them: their offsets are committed."""
+    settings = {"online_publish_every_labels": 200, "online_publish_every": "10m", "schedule": None}
+    with retrainer(**settings) as service:
+        topics.produce("labeled_examples", labeled(250))
+        first = candidates(topics, "ONLINE")[0]
+        # The publisher promotes it; the line goes on from it (50 labels learned since, unpublished).
+        topics.produce("model_deployments", [deployment_record(
+            "card-fraud", "fraud", CHAMPION, first["version"], first["artifact"], deployed_at=T0 + 1,
+            previous_version=CHAMPION_VERSION, decision_id=f"{first['version']}:promote")])
+        wait_for(lambda: service.app.processor.learner.learned_total == 250
+                 and service.app.processor.learner.continues(first["version"]), timeout_s=60,
+                 what="250 labels learned and the candidate promoted")
+    assert first["sample_count"] == 200 and first["parent_version"] == CHAMPION_VERSION
+    with retrainer(**settings) as service:
+        wait_for(lambda: service.app.processor.learner.learned_total == 50, timeout_s=60,
+                 what="the 50 unpublished labels learned again")
+        topics.produce("labeled_examples", labeled(150, start=250))
+        online = [c for c in candidates(topics, "ONLINE") if c["parent_version"] == first["version"]]
+    assert len(online) == 1 and online[0]["sample_count"] == 200, "50 learned again + 150 new"
+    after = {e["partition"]: e["offset"] + 1 for e in first["learned_through"]}
+    assert {r["partition"]: r["start"] for r in online[0]["source_offsets"]} == after, \
+        "the line goes on where the promoted candidate stopped, in every partition"
+    assert sum(r["end"] - r["start"] for r in online[0]["source_offsets"]) == 200

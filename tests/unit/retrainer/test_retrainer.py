@@ -67,12 +67,6 @@ class Harness:
         return version
 
 
-@pytest.fixture
-def spec(demo_pipeline) -> PipelineSpec:
-    return with_policy(demo_pipeline, retrain={"online_publish_every_labels": 50, "online_publish_every": None,
-                                               "rebuild_window": 300, "holdout_share": 0.2, "schedule": None})
-
-
 def candidates(result) -> list[dict]:
     assert all(o.topic == "cand" and o.key == "fraud" for o in result.outputs)
     return [o.value for o in result.outputs]

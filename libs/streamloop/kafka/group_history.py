@@ -1,0 +1,154 @@
+"""Reading again what a consumer group consumed before, without joining the group.
+
+A service that keeps state in memory rebuilds it after a restart or a takeover by reading its
+own past input: ranges that end at its group's committed offsets, which is exactly where its stage
+runner resumes, so no record is fed twice (once replayed, once live). The consumer here carries
+the group id only to look the committed offsets up: it never subscribes, so it never joins the
+group (and cannot disturb the runner's membership), and it never commits; it reads with ``assign``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from confluent_kafka import Consumer, KafkaException, TopicPartition
+
+from streamloop.kafka.configuration import KafkaSettings
+from streamloop.kafka.exceptions import KafkaRuntimeError
+from streamloop.kafka.records import ConsumedRecord
+from streamloop.serde import Serde, SerdeError
+
+log = logging.getLogger(__name__)
+
+Ranges = dict[int, tuple[int, int]]  # partition -> [start, stop)
+
+
+class HistoryUnavailableError(KafkaRuntimeError):
+    """The group's past input could not be read (offsets unknown, or the read timed out)."""
+
+
+@dataclass(frozen=True)
+class PartitionBounds:
+    low: int
+    high: int
+    committed: int  # clamped to [low, high]; low when the group has committed nothing here
+
+
+class GroupHistory:
+    """``bounds``, ``offsets_at`` and ``read`` over the topics a group consumes (or any other topic)."""
+
+    def __init__(self, kafka: KafkaSettings, group_id: str, serdes: Mapping[str, Serde],
+                 timeout_s: float = 30.0) -> None:
+        self.group_id = group_id
+        self.serdes = dict(serdes)
+        self.timeout_s = timeout_s
+        self._common = kafka.common()
+        self._fetch_wait = kafka.fetch_wait_max_ms
+
+    def _consumer(self) -> Consumer:
+        return Consumer({
+            **self._common,
+            "group.id": self.group_id,
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "enable.partition.eof": False,
+            "fetch.wait.max.ms": self._fetch_wait,
+        })
+
+    def bounds(self, topic: str) -> dict[int, PartitionBounds]:
+        consumer = self._consumer()
+        try:
+            return self._bounds(consumer, topic)
+        finally:
+            consumer.close()
+
+    def _bounds(self, consumer: Consumer, topic: str) -> dict[int, PartitionBounds]:
+        try:
+            metadata = consumer.list_topics(topic, timeout=self.timeout_s).topics[topic]
+            if metadata.error is not None:
+                raise KafkaException(metadata.error)
+            committed = consumer.committed([TopicPartition(topic, p) for p in sorted(metadata.partitions)],
+                                           timeout=self.timeout_s)
+            bounds = {}
+            for tp in committed:
+                low, high = consumer.get_watermark_offsets(TopicPartition(topic, tp.partition), timeout=self.timeout_s)
+                position = tp.offset if tp.offset >= 0 else low
+                bounds[tp.partition] = PartitionBounds(low, high, min(max(position, low), high))
+            return bounds
+        except KafkaException as exc:
+            raise HistoryUnavailableError(f"cannot read the offsets of {topic}: {exc}") from exc
+
+    def offsets_at(self, topic: str, time_ms: int) -> dict[int, int]:
+        """Per partition, the first offset whose timestamp is at or after ``time_ms`` (the high watermark if none)."""
+        consumer = self._consumer()
+        try:
+            bounds = self._bounds(consumer, topic)
+            found = consumer.offsets_for_times([TopicPartition(topic, p, time_ms) for p in bounds],
+                                               timeout=self.timeout_s)
+        except KafkaException as exc:
+            raise HistoryUnavailableError(f"cannot find the offsets of {topic} at {time_ms}: {exc}") from exc
+        finally:
+            consumer.close()
+        return {tp.partition: tp.offset if tp.error is None and tp.offset >= 0 else bounds[tp.partition].high
+                for tp in found}
+
+    def read(self, topic: str, ranges: Mapping[int, tuple[int, int]]) -> list[ConsumedRecord]:
+        """Every decodable record in ``[start, stop)`` of each partition, in offset order per partition.
+
+        Undecodable records are left out: the live run dead-lettered them.
+        """
+        ranges = {p: r for p, r in ranges.items() if r[1] > r[0]}
+        if not ranges:
+            return []
+        consumer = self._consumer()
+        try:
+            return self._read(consumer, topic, ranges)
+        except KafkaException as exc:
+            raise HistoryUnavailableError(f"cannot read {topic} again: {exc}") from exc
+        finally:
+            consumer.close()
+
+    def _read(self, consumer: Consumer, topic: str, ranges: Ranges) -> list[ConsumedRecord]:
+        serde = self.serdes[topic]
+        consumer.assign([TopicPartition(topic, p, start) for p, (start, _stop) in ranges.items()])
+        remaining = dict(ranges)
+        records: list[ConsumedRecord] = []
+        deadline = time.monotonic() + self.timeout_s
+        while remaining:
+            if time.monotonic() > deadline:
+                raise HistoryUnavailableError(f"reading {topic} again timed out with {len(remaining)} partitions left")
+            messages = consumer.consume(1000, 0.2)
+            if not messages:
+                _drop_passed(consumer, topic, remaining)
+            for message in messages:
+                if message.error() is not None:
+                    continue
+                partition, offset = message.partition(), message.offset()
+                bound = remaining.get(partition)
+                if bound is None or offset >= bound[1]:
+                    continue
+                if offset + 1 >= bound[1]:
+                    del remaining[partition]
+                try:
+                    value = serde.decode(message.value())
+                except SerdeError:
+                    continue
+                key = message.key()
+                records.append(ConsumedRecord(topic, partition, offset,
+                                              key.decode("utf-8", "replace") if isinstance(key, bytes) else key,
+                                              value, message.timestamp()[1], list(message.headers() or [])))
+        return records
+
+
+def _drop_passed(consumer: Consumer, topic: str, remaining: Ranges) -> None:
+    """Partitions whose position passed the stop offset (a gap: control records, compaction) are done."""
+    try:
+        for tp in consumer.position([TopicPartition(topic, p) for p in remaining]):
+            if tp.offset >= remaining[tp.partition][1]:
+                del remaining[tp.partition]
+    except KafkaException as exc:
+        log.debug("position check skipped: %s", exc)
+

@@ -1,0 +1,106 @@
+"""Where the online challenger resumes after a restart: its champion, plus every label it had learned since.
+
+The learner lives in memory, and the runner commits a batch's offsets once it is processed. So a
+retrainer that restarted (or a replica that took over) used to start again from the champion
+with the next label: what its line had learned since the champion but not yet published was gone,
+its offsets committed. Now, at the first champion it sees, the process reads those labels again
+and learns them before its first batch. Where the line started from that champion:
+
+- an ``ONLINE`` candidate the line kept learning from (not a rollback target): the offset after
+  its ``learned_through``, per partition; from its ``created_at`` in a partition it learned
+  nothing in;
+- any other champion (a rebuild, the bootstrap, a rollback target, or one whose candidate record
+  has left the candidates topic): the learner restarted from it when it was deployed, so from the
+  first label at or after its ``deployed_at``.
+
+The read ends at the retrainer group's committed offsets, where the runner resumes, so no label
+is learned twice; it keeps the most recent ``limit`` labels at most.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from streamloop.kafka.group_history import GroupHistory, PartitionBounds, Ranges
+from streamloop.kafka.records import ConsumedRecord
+from streamloop.ml.registry import millis, version_created_ms
+
+log = logging.getLogger(__name__)
+
+# How many candidate records after a version's creation time are searched for it: a candidate is
+# produced right after it is built, so it is among the first few.
+CANDIDATE_SCAN = 1_000
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    offsets: dict[int, int]  # partition -> the first offset to learn again
+    time_ms: int  # in the other partitions: the first label at or after this time
+
+
+def resume_point(champion: Mapping[str, Any], candidate: Mapping[str, Any] | None, labeled_topic: str) -> ResumePoint:
+    """Where the line that started from ``champion`` (with its ``candidate`` record, if found) began learning."""
+    rollback = ":rollback" in (champion.get("decision_id") or "")
+    if rollback or candidate is None or candidate.get("trigger") != "ONLINE":
+        return ResumePoint({}, millis(champion["deployed_at"]))
+    offsets = {entry["partition"]: entry["offset"] + 1 for entry in candidate.get("learned_through") or []
+               if entry["topic"] == labeled_topic}
+    return ResumePoint(offsets, millis(candidate["created_at"]))
+
+
+def resume_ranges(point: ResumePoint, at_time: Mapping[int, int], bounds: Mapping[int, PartitionBounds],
+                  limit: int) -> Ranges:
+    """``[start, committed)`` per partition, at most ``limit`` long (the most recent labels)."""
+    ranges: Ranges = {}
+    for partition, bound in bounds.items():
+        start = point.offsets.get(partition, at_time.get(partition, bound.committed))
+        start = max(start, bound.low, bound.committed - limit)
+        if start < bound.committed:
+            ranges[partition] = (start, bound.committed)
+    return ranges
+
+
+def most_recent(records: list[ConsumedRecord], limit: int) -> list[ConsumedRecord]:
+    """The ``limit`` most recent records, oldest first, the order they are learned in."""
+    ordered = sorted(records, key=lambda r: (r.timestamp_ms, r.partition, r.offset))
+    return ordered[len(ordered) - limit:] if len(ordered) > limit else ordered
+
+
+class KafkaResume:
+    """``resume(champion)``: the labeled examples the champion's line had learned, read again from Kafka."""
+
+    def __init__(self, history: GroupHistory, *, labeled_topic: str, candidates_topic: str, pipeline: str,
+                 limit: int) -> None:
+        self.history = history
+        self.labeled_topic = labeled_topic
+        self.candidates_topic = candidates_topic
+        self.pipeline = pipeline
+        self.limit = limit
+
+    def __call__(self, champion: Mapping[str, Any]) -> list[ConsumedRecord]:
+        if self.limit <= 0:
+            return []
+        point = resume_point(champion, self.candidate(champion["version"]), self.labeled_topic)
+        bounds = self.history.bounds(self.labeled_topic)
+        at_time = {} if set(point.offsets) >= set(bounds) else self.history.offsets_at(self.labeled_topic,
+                                                                                          point.time_ms)
+        records = self.history.read(self.labeled_topic, resume_ranges(point, at_time, bounds, self.limit))
+        return most_recent(records, self.limit)
+
+    def candidate(self, version: str) -> dict[str, Any] | None:
+        """The candidate record of ``version``, searched from its creation time; None when it is not there."""
+        created = version_created_ms(version)
+        if created is None:
+            return None  # the bootstrap, or a version no retrainer built
+        starts = self.history.offsets_at(self.candidates_topic, created)
+        bounds = self.history.bounds(self.candidates_topic)
+        ranges = {p: (start, min(bounds[p].high, start + CANDIDATE_SCAN)) for p, start in starts.items()}
+        for record in self.history.read(self.candidates_topic, ranges):
+            if record.value.get("version") == version and record.value.get("pipeline") == self.pipeline:
+                return record.value
+        log.info("candidate %s not found in %s (retention?); resuming from its deployment", version,
+                 self.candidates_topic)
+        return None

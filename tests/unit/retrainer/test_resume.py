@@ -1,0 +1,137 @@
+"""After a restart the online challenger learns again what its line had learned since the champion."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from services.retrainer.online import OnlineLearner
+from services.retrainer.resume import ResumePoint, most_recent, resume_point, resume_ranges
+from streamloop.kafka.group_history import PartitionBounds
+from streamloop.ml import build_model
+from streamloop.ml.registry import CHAMPION, new_version, slot_key, version_created_ms
+from tests.unit.model_publisher.factories import T0, consumed, labeled_example
+from tests.unit.retrainer.test_retrainer import Harness, candidates, labeled
+
+ONLINE_CANDIDATE = {
+    "version": "fraud-20260101000000000-aaaaaaaa", "trigger": "ONLINE", "created_at": T0 + 9_000,
+    "learned_through": [{"topic": "lab", "partition": 0, "offset": 41},
+                        {"topic": "other", "partition": 1, "offset": 7}],
+}
+
+
+def champion(decision_id: str | None = None, deployed_at: int | datetime = T0 + 20_000) -> dict:
+    return {"version": ONLINE_CANDIDATE["version"], "deployed_at": deployed_at, "decision_id": decision_id}
+
+
+def test_a_version_tells_when_it_was_created():
+    assert version_created_ms(new_version("fraud", "0123456789abcdef", 1_765_000_000_123)) == 1_765_000_000_123
+    assert version_created_ms(new_version("card-fraud-x", "0123456789abcdef", 5)) == 5
+    assert version_created_ms("fraud-bootstrap-0123abcd") is None
+    assert version_created_ms("fraud-20261399000000000-0123abcd") is None, "no 13th month"
+    assert version_created_ms("fraud") is None
+
+
+def test_an_online_champion_resumes_after_what_it_learned_another_from_its_deployment():
+    assert resume_point(champion("v:promote"), ONLINE_CANDIDATE, "lab") == ResumePoint({0: 42}, T0 + 9_000)
+    deployed = datetime.fromtimestamp((T0 + 20_000) / 1000, UTC)
+    for decision, candidate in [("v:rollback", ONLINE_CANDIDATE),  # the line restarted from it at the rollback
+                                ("v:promote", {**ONLINE_CANDIDATE, "trigger": "DRIFT"}),
+                                ("v:promote", None)]:  # the bootstrap, or its record left the topic
+        assert resume_point(champion(decision, deployed), candidate, "lab") == ResumePoint({}, T0 + 20_000)
+
+
+def test_ranges_end_at_the_committed_offsets_and_keep_the_most_recent_labels():
+    bounds = {0: PartitionBounds(0, 100, 90), 1: PartitionBounds(10, 60, 50), 2: PartitionBounds(0, 5, 5),
+              3: PartitionBounds(0, 0, 0)}
+    point = ResumePoint({0: 42, 2: 9}, T0)
+    at_time = {0: 3, 1: 0, 2: 1, 3: 0}
+    assert resume_ranges(point, at_time, bounds, limit=1_000) == {0: (42, 90), 1: (10, 50)}
+    assert resume_ranges(point, at_time, bounds, limit=20) == {0: (70, 90), 1: (30, 50)}
+    assert resume_ranges(ResumePoint({}, T0), {0: 95, 1: 30}, bounds, limit=1_000) == {1: (30, 50)}
+    records = [consumed("lab", {}, offset=i, partition=i % 2, timestamp_ms=T0 + 10 * (5 - i)) for i in range(5)]
+    assert [r.offset for r in most_recent(records, 3)] == [2, 1, 0], "oldest first, by time"
+
+
+class FakeResume:
+    def __init__(self, records=(), error: Exception | None = None) -> None:
+        self.records = list(records)
+        self.error = error
+        self.calls: list[str] = []
+
+    def __call__(self, deployment: dict) -> list:
+        self.calls.append(deployment["version"])
+        if self.error:
+            raise self.error
+        return self.records
+
+
+class Counters:
+    def __init__(self) -> None:
+        self.counts: dict[tuple[str, tuple], float] = {}
+
+    def counter(self, name):
+        def add(amount, attributes):
+            key = (name, tuple(sorted(attributes.items())))
+            self.counts[key] = self.counts.get(key, 0) + amount
+        return add
+
+
+def restarted(spec, tmp_path, resume: FakeResume) -> Harness:
+    harness = Harness(spec, tmp_path)
+    harness.processor.resume = resume
+    harness.processor._metrics = Counters()
+    return harness
+
+
+def test_a_restarted_learner_learns_again_what_its_line_had_learned_since_the_champion(spec, tmp_path):
+    earlier = labeled(30, partitions=2)  # offsets 0-14 of partitions 0 and 1, read again
+    foreign = consumed("lab", labeled_example(99, True, pipeline="other-pipeline"), offset=15, partition=0)
+    resume = FakeResume([*earlier, foreign])
+    harness = restarted(spec, tmp_path, resume)
+    published = candidates(harness.processor.process(labeled(20, start=30, partitions=2)))
+    assert resume.calls == [harness.champion]
+    # 30 read again + 20 live = 50 = online_publish_every_labels: one candidate with all of them.
+    assert [c["sample_count"] for c in published] == [50]
+    assert published[0]["parent_version"] == harness.champion
+    assert published[0]["source_offsets"] == [{"topic": "lab", "partition": 0, "start": 0, "end": 25},
+                                              {"topic": "lab", "partition": 1, "start": 0, "end": 25}]
+    counts = harness.processor._metrics.counts
+    assert counts[("streamloop_retrainer_resumes", (("outcome", "resumed"), ("pipeline", "card-fraud")))] == 1
+    assert counts[("streamloop_retrainer_labels_learned", (("pipeline", "card-fraud"),))] == 50
+    # A later champion from another line restarts the learner from it, without reading anything again.
+    harness.set_champion("fraud-20990101000000000-deadbeef")
+    harness.processor.process(labeled(1, start=50))
+    assert resume.calls == [harness.champion] and harness.processor.learner.pending == 1
+
+
+def test_labels_that_passed_before_the_first_champion_loaded_are_learned_when_read_again(spec, tmp_path):
+    resume = FakeResume()
+    harness = restarted(spec, tmp_path, resume)
+    harness.table.apply(slot_key(spec.name, spec.model.name, CHAMPION), None)  # the table has no champion yet
+    before = labeled(10)
+    harness.processor.process(before)
+    assert harness.processor.learner.learned_total == 0 and resume.calls == []
+    resume.records = before  # committed by the runner, so read again once the champion loads
+    harness.set_champion(harness.champion)
+    harness.processor.process(labeled(5, start=10))
+    assert resume.calls == [harness.champion]
+    assert harness.processor.learner.learned_total == 15 and harness.processor.learner.skipped_duplicates == 0
+
+
+def test_a_failed_read_leaves_the_learner_going_on_from_the_next_label(spec, tmp_path):
+    resume = FakeResume(error=TimeoutError("reading lab again timed out"))
+    harness = restarted(spec, tmp_path, resume)
+    harness.processor.process(labeled(5))
+    assert harness.processor.learner.learned_total == 5 and harness.processor.learner.parent_version == harness.champion
+    counts = harness.processor._metrics.counts
+    assert counts[("streamloop_retrainer_resumes", (("outcome", "failed"), ("pipeline", "card-fraud")))] == 1
+
+
+def test_a_learner_that_learned_cannot_forget_what_it_saw(spec):
+    learner = OnlineLearner(spec.model)
+    learner.reset(build_model(spec.model), "fraud-a")
+    assert learner.learn(labeled(1)[0])
+    with pytest.raises(RuntimeError, match="learn twice"):
+        learner.forget_passed()
