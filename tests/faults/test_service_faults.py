@@ -9,6 +9,7 @@ Counts and timings print as one ``fault_scenario`` JSON line per test (docs/reli
 from __future__ import annotations
 
 import os
+import re
 import signal
 import threading
 import time
@@ -53,6 +54,50 @@ def _seed(name: str) -> int:
     return zlib.crc32(name.encode()) % 1_000_000
 
 
+RESUMED = re.compile(r"online challenger resumed: (\d+) labels learned since champion (\S+) learned again")
+
+
+def resumed_line(loop: FaultLoop, pid: int, timeout_s: float = 60.0) -> dict:
+    """What the restarted retrainer (``pid``) learned again, and the first candidate of the line it resumed.
+
+    From its log line and the candidates topic: the line's first candidate must start, in every
+    partition, right after what its champion had learned when that champion is an online
+    candidate (services/retrainer/resume.py); before, it started at the committed offsets.
+    """
+    log_path = loop.service("retrainer").log_path
+    found = None
+    deadline = time.monotonic() + timeout_s
+    while found is None and time.monotonic() < deadline:
+        lines = [line for line in log_path.read_text(errors="replace").splitlines() if f"retrainer[{pid}]" in line]
+        found = next((m for m in map(RESUMED.search, lines) if m), None)
+        if found is None and any("cannot read back the labels" in line for line in lines):
+            return {"resumed": False}
+        time.sleep(0.5)
+    if found is None:
+        return {"resumed": None}
+    champion = found.group(2)
+    notes: dict = {"resumed": True, "learned_again": int(found.group(1)), "champion": champion}
+    while time.monotonic() < deadline:
+        candidates = {r.value["version"]: r.value for rs in loop.read_topic("model_candidates").values() for r in rs}
+        line = sorted((c for c in candidates.values() if c["parent_version"] == champion and c["trigger"] == "ONLINE"),
+                      key=lambda c: c["version"])
+        if line:
+            parent = candidates.get(champion)
+            rollbacks = {r.value["to_version"] for rs in loop.read_topic("model_decisions").values() for r in rs
+                         if r.value["kind"] == "ROLLBACK"}
+            # A rollback target's line restarted at its deployment, not after what it had learned.
+            notes["champion_trigger"] = "ROLLBACK" if champion in rollbacks else parent["trigger"] if parent else None
+            notes["champion_next"] = {e["partition"]: e["offset"] + 1 for e in parent["learned_through"]} \
+                if parent else {}
+            notes["line_starts"] = {r["partition"]: r["start"] for r in line[0]["source_offsets"]}
+            notes["first_offsets"] = {p: min(r.offset for r in rs)
+                                      for p, rs in loop.read_topic("labeled_examples").items() if rs}
+            return notes
+        time.sleep(0.5)
+    notes["line_starts"] = None  # the champion changed before the resumed line published
+    return notes
+
+
 @pytest.mark.parametrize("service", ["featurizer", "online-scorer", "ground-truth-collector", "drift-detector",
                                      "retrainer", "model-publisher"])
 def test_sigkill_mid_stream_and_restart(loop: FaultLoop, service: str):
@@ -92,6 +137,8 @@ def test_sigkill_mid_stream_and_restart(loop: FaultLoop, service: str):
                    if r.value["kind"] in ("REGISTER", "REFUSE")}
         result.notes["candidates"] = len(candidates)
         result.notes["candidates_undecided"] = sorted(candidates - decided)
+    if service == "retrainer":  # its own output: the restarted learner went on with its line's labels
+        result.notes["resume"] = resumed_line(loop, process.pid)  # type: ignore[arg-type]
     deadline = time.monotonic() + 60
     while not recovery and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -107,6 +154,14 @@ def test_sigkill_mid_stream_and_restart(loop: FaultLoop, service: str):
         assert consumed["records.join"] > 0 and consumed["records.score"] > 0, consumed
     if service == "model-publisher":
         assert result.notes["candidates"] > 0 and not result.notes["candidates_undecided"], result.notes
+    if service == "retrainer":
+        resume = result.notes["resume"]
+        assert resume["resumed"], resume
+        if resume["line_starts"] is not None and resume["champion_trigger"] == "ONLINE":
+            shared = set(resume["line_starts"]) & set(resume["champion_next"])
+            assert shared and all(resume["line_starts"][p] == resume["champion_next"][p] for p in shared), resume
+        if resume["line_starts"] is not None and "-bootstrap-" in resume["champion"]:  # it learned every label
+            assert all(resume["first_offsets"][p] == start for p, start in resume["line_starts"].items()), resume
     assert_sound(result)
 
 
