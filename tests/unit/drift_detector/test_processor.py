@@ -15,12 +15,12 @@ import pytest
 from prometheus_client import generate_latest
 
 from services.drift_detector.events import Champion
-from services.drift_detector.exceptions import HistoryUnavailableError
 from services.drift_detector.metrics import PrometheusDriftMetrics
 from services.drift_detector.processor import DriftProcessor, DriftTopics, class_name
 from services.drift_detector.settings import DriftSettings
 from streamloop.contracts import PipelineSpec, SchemaRepository
 from streamloop.contracts.pipeline import DriftSpec
+from streamloop.kafka.group_history import HistoryUnavailableError
 from streamloop.kafka.records import ConsumedRecord, ProcessResult, TopicPartitionRef
 from streamloop.ml.evaluation import millis
 from streamloop.serde import SingleObjectSerde
