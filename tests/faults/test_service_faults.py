@@ -54,6 +54,26 @@ def _seed(name: str) -> int:
     return zlib.crc32(name.encode()) % 1_000_000
 
 
+WARM_START = re.compile(r"warm start for \S+ (\S+): replayed (\d+) records")
+
+
+def service_log(loop: FaultLoop, service: str, pid: int) -> list[str]:
+    """The log lines of one process of ``service`` (the log file is shared by its restarts)."""
+    text = loop.service(service).log_path.read_text(errors="replace")
+    return [line for line in text.splitlines() if f"{service}[{pid}]" in line]
+
+
+def warm_start(loop: FaultLoop, pid: int, timeout_s: float = 60.0) -> dict:
+    """How many records the restarted drift detector (``pid``) replayed to refill its windows (history.py)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        found = next((m for m in map(WARM_START.search, service_log(loop, "drift-detector", pid)) if m), None)
+        if found:
+            return {"champion": found.group(1), "replayed": int(found.group(2))}
+        time.sleep(0.5)
+    return {"replayed": None}
+
+
 RESUMED = re.compile(r"online challenger resumed: (\d+) labels learned since champion (\S+) learned again")
 
 
@@ -64,11 +84,10 @@ def resumed_line(loop: FaultLoop, pid: int, timeout_s: float = 60.0) -> dict:
     partition, right after what its champion had learned when that champion is an online
     candidate (services/retrainer/resume.py); before, it started at the committed offsets.
     """
-    log_path = loop.service("retrainer").log_path
     found = None
     deadline = time.monotonic() + timeout_s
     while found is None and time.monotonic() < deadline:
-        lines = [line for line in log_path.read_text(errors="replace").splitlines() if f"retrainer[{pid}]" in line]
+        lines = service_log(loop, "retrainer", pid)
         found = next((m for m in map(RESUMED.search, lines) if m), None)
         if found is None and any("cannot read back the labels" in line for line in lines):
             return {"resumed": False}
@@ -137,6 +156,8 @@ def test_sigkill_mid_stream_and_restart(loop: FaultLoop, service: str):
                    if r.value["kind"] in ("REGISTER", "REFUSE")}
         result.notes["candidates"] = len(candidates)
         result.notes["candidates_undecided"] = sorted(candidates - decided)
+    if service == "drift-detector":  # its own state: the restarted detector refilled its windows
+        result.notes["warm_start"] = warm_start(loop, process.pid)  # type: ignore[arg-type]
     if service == "retrainer":  # its own output: the restarted learner went on with its line's labels
         result.notes["resume"] = resumed_line(loop, process.pid)  # type: ignore[arg-type]
     deadline = time.monotonic() + 60
@@ -154,6 +175,10 @@ def test_sigkill_mid_stream_and_restart(loop: FaultLoop, service: str):
         assert consumed["records.join"] > 0 and consumed["records.score"] > 0, consumed
     if service == "model-publisher":
         assert result.notes["candidates"] > 0 and not result.notes["candidates_undecided"], result.notes
+    if service == "drift-detector":
+        # Features and predictions each refill at least a window (more than one window of each was
+        # consumed before the kill): reference records since the champion's deployment, then the latest.
+        assert (result.notes["warm_start"]["replayed"] or 0) >= 2 * loop.spec.drift.window_size, result.notes
     if service == "retrainer":
         resume = result.notes["resume"]
         assert resume["resumed"], resume
