@@ -206,9 +206,11 @@ class ModelHolder:
         self._current = ModelSet(champion, canary, shadows)  # the one assignment readers observe
         if self._info is not None:
             if old is not None:
-                self._info(0, {"model_name": old.name, "slot": slot, "role": old.role, "version": old.version})
+                self._info(0, {"pipeline": self.pipeline.name, "model_name": old.name, "slot": slot, "role": old.role,
+                               "version": old.version})
             if new is not None:
-                self._info(1, {"model_name": new.name, "slot": slot, "role": new.role, "version": new.version})
+                self._info(1, {"pipeline": self.pipeline.name, "model_name": new.name, "slot": slot, "role": new.role,
+                               "version": new.version})
         if champion is not None:
             self.champion_ready.set()
 
@@ -243,4 +245,5 @@ class ModelHolder:
         if self._age is None:
             return
         for slot, model in self._current.slots().items():
-            self._age((now_ms - model.deployed_at_ms) / 1000, {"model_name": model.name, "slot": slot})
+            self._age((now_ms - model.deployed_at_ms) / 1000,
+                      {"pipeline": self.pipeline.name, "model_name": model.name, "slot": slot})

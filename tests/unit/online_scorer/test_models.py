@@ -180,8 +180,9 @@ def test_metrics_name_the_served_version(spec, artifacts, metrics) -> None:
     deploy(holder, publish(artifacts, spec, ConstantClassifier(0.2), "v2", deployed_at=1_700_000_000_000))
     holder.report_age(1_700_000_060_000)
     exposition = generate_latest(metrics.registry).decode()
-    assert 'streamloop_model_info{model_name="fraud",role="CHAMPION",service="online-scorer",slot="champion",' \
-           'version="v2"} 1.0' in exposition
+    assert 'streamloop_model_info{model_name="fraud",pipeline="card-fraud",role="CHAMPION",service="online-scorer",' \
+           'slot="champion",version="v2"} 1.0' in exposition
     assert 'version="v1"} 0.0' in exposition
-    assert 'streamloop_model_age_seconds{model_name="fraud",service="online-scorer",slot="champion"} 60.0' \
+    assert 'streamloop_model_age_seconds{model_name="fraud",pipeline="card-fraud",service="online-scorer",' \
+           'slot="champion"} 60.0' \
         in exposition
