@@ -287,6 +287,17 @@ def test_lag_gauges_use_kafka_lag_exporter_names(served: Served) -> None:
     assert sample_value(text, "kafka_consumergroup_group_max_lag", group="featurizer") == 4
 
 
+def test_the_age_of_the_last_lag_report_grows_while_the_runner_reports_none(served: Served, monkeypatch) -> None:
+    metrics, scrape = served
+    assert sample_value(scrape(), "streamloop_lag_report_age_seconds", group="featurizer") is None
+    metrics.set_lag("featurizer", {(TOPIC, 0): 0})
+    assert sample_value(scrape(), "streamloop_lag_report_age_seconds", group="featurizer") < 5
+    later = time.time() + 400  # the runner's loop stuck for 400 s: its lag figures are that old
+    monkeypatch.setattr(time, "time", lambda: later)
+    assert 399 < sample_value(scrape(), "streamloop_lag_report_age_seconds", group="featurizer") < 405
+    assert sample_value(scrape(), "kafka_consumergroup_group_lag", partition="0") == 0.0, "the last figure, stale"
+
+
 def test_an_unreachable_broker_is_counted_per_service(served: Served) -> None:
     metrics, scrape = served
     metrics.record_broker_unreachable()

@@ -134,6 +134,7 @@ class ServiceMetrics:
         self._custom: dict[str, tuple[str, Callable[..., None]]] = {}
         # group -> (lag per partition, when each partition with lag fell behind, if reported)
         self._lag_reports: dict[str, tuple[dict[TopicPartition, float], dict[TopicPartition, float] | None]] = {}
+        self._lag_reported_at: dict[str, float] = {}  # group -> epoch s of its last report
 
         self._messages = self._meter.create_counter(
             "messaging.process.messages", unit="{message}", description="Records processed."
@@ -176,6 +177,13 @@ class ServiceMetrics:
             callbacks=[self._observe_lag_seconds],
             unit="s",
             description="How long a partition with lag has been behind: its oldest waiting record's age, estimated.",
+        )
+        self._meter.create_observable_gauge(
+            "streamloop_lag_report_age",
+            callbacks=[self._observe_report_age],
+            unit="s",
+            description="Time since the stage runner last reported its lag; it reports from its consume loop, "
+                        "so this grows while the loop is stuck and the lag figures are stale.",
         )
         self._latency = BatchedHistogram(
             "streamloop_event_latency_seconds",
@@ -231,6 +239,7 @@ class ServiceMetrics:
         """
         # One assignment, so that a scrape never pairs this report's lags with the last one's times.
         self._lag_reports[group] = (dict(lags), None if behind_since is None else dict(behind_since))
+        self._lag_reported_at[group] = time.time()
 
     def _observe_lag(self, _options: CallbackOptions) -> Iterator[Observation]:
         for group, (lags, _since) in list(self._lag_reports.items()):
@@ -241,6 +250,11 @@ class ServiceMetrics:
         for group, (lags, _since) in list(self._lag_reports.items()):
             if lags:
                 yield Observation(max(lags.values()), {"group": group})
+
+    def _observe_report_age(self, _options: CallbackOptions) -> Iterator[Observation]:
+        now = time.time()
+        for group, reported_at in list(self._lag_reported_at.items()):
+            yield Observation(max(0.0, now - reported_at), {"group": group})
 
     def _observe_lag_seconds(self, _options: CallbackOptions) -> Iterator[Observation]:
         now = time.time()
