@@ -14,7 +14,7 @@ and learns them before its first batch. Where the line started from that champio
   first label at or after its ``deployed_at``.
 
 The read ends at the retrainer group's committed offsets, where the runner resumes, so no label
-is learned twice; it keeps the most recent ``limit`` labels at most.
+is learned twice; it reads the most recent ``limit`` labels at most, split evenly over the partitions.
 """
 
 from __future__ import annotations
@@ -53,11 +53,16 @@ def resume_point(champion: Mapping[str, Any], candidate: Mapping[str, Any] | Non
 
 def resume_ranges(point: ResumePoint, at_time: Mapping[int, int], bounds: Mapping[int, PartitionBounds],
                   limit: int) -> Ranges:
-    """``[start, committed)`` per partition, at most ``limit`` long (the most recent labels)."""
+    """``[start, committed)`` per partition; ``limit`` labels in all, split evenly (the most recent of each).
+
+    Split, so that no more than ``limit`` are ever held: labels are keyed by entity, so the
+    partitions fill at about the same pace.
+    """
+    per_partition = -(-limit // max(len(bounds), 1))
     ranges: Ranges = {}
     for partition, bound in bounds.items():
         start = point.offsets.get(partition, at_time.get(partition, bound.committed))
-        start = max(start, bound.low, bound.committed - limit)
+        start = max(start, bound.low, bound.committed - per_partition)
         if start < bound.committed:
             ranges[partition] = (start, bound.committed)
     return ranges

@@ -36,7 +36,8 @@ class RetrainerSettings(BaseSettings):
     table_timeout_s: float = Field(default=60.0, gt=0, description="Wait this long for the deployments table.")
     remember_events: int = Field(default=100_000, ge=0, description="Recent event ids kept to skip duplicates.")
     resume_max_labels: int = Field(
-        default=100_000, ge=0,
+        default=20_000, ge=0,
         description="After a restart, at most this many of the labels learned since the champion are learned "
-                    "again (the most recent); 0 turns the resume off.")
+                    "again (the most recent); 0 turns the resume off. They are held decoded while read: "
+                    "about 5 KB each for the demo's examples.")
     resume_timeout_s: float = Field(default=60.0, gt=0, description="How long reading those labels again may take.")

@@ -42,13 +42,13 @@ def test_an_online_champion_resumes_after_what_it_learned_another_from_its_deplo
         assert resume_point(champion(decision, deployed), candidate, "lab") == ResumePoint({}, T0 + 20_000)
 
 
-def test_ranges_end_at_the_committed_offsets_and_keep_the_most_recent_labels():
+def test_ranges_end_at_the_committed_offsets_and_keep_the_most_recent_labels_of_each_partition():
     bounds = {0: PartitionBounds(0, 100, 90), 1: PartitionBounds(10, 60, 50), 2: PartitionBounds(0, 5, 5),
               3: PartitionBounds(0, 0, 0)}
     point = ResumePoint({0: 42, 2: 9}, T0)
     at_time = {0: 3, 1: 0, 2: 1, 3: 0}
     assert resume_ranges(point, at_time, bounds, limit=1_000) == {0: (42, 90), 1: (10, 50)}
-    assert resume_ranges(point, at_time, bounds, limit=20) == {0: (70, 90), 1: (30, 50)}
+    assert resume_ranges(point, at_time, bounds, limit=80) == {0: (70, 90), 1: (30, 50)}, "20 per partition"
     assert resume_ranges(ResumePoint({}, T0), {0: 95, 1: 30}, bounds, limit=1_000) == {1: (30, 50)}
     records = [consumed("lab", {}, offset=i, partition=i % 2, timestamp_ms=T0 + 10 * (5 - i)) for i in range(5)]
     assert [r.offset for r in most_recent(records, 3)] == [2, 1, 0], "oldest first, by time"
