@@ -44,6 +44,7 @@ class RetrainerApp:
                 self.processor.table.ready = True
             else:
                 log.warning("deployments table not caught up after %.0fs; starting anyway", self.table_timeout_s)
+            self.processor.prepare()
             return self.runner.run()
         finally:
             self.table_reader.stop()

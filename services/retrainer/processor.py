@@ -110,7 +110,7 @@ class RetrainerProcessor:
         self._champion_version: str | None = None
         self._champion_signature: str | None = None  # a champion signed again (models re-sign) is loaded again
         self.resume = resume
-        self._resumed = False  # only the process's first champion: later ones restart the line on purpose
+        self._resumed = False  # only the process's first loaded champion: later ones restart the line on purpose
         self._drift_high_water: dict[int, int] = {}
         self._rebuild: Future | None = None
         self._rebuild_trigger: str | None = None
@@ -193,10 +193,18 @@ class RetrainerProcessor:
         self.learner.reset(model, version)
         self._last_publish_ms = self.clock()
         log.info("online challenger restarts from champion %s", version)
-        if not self._resumed:
-            self._resumed = True
-            if model is not None and self.resume is not None:
+        if model is not None and not self._resumed:
+            self._resumed = True  # a champion that did not load leaves it to the next one that does
+            if self.resume is not None:
                 self._resume_line(champion)
+
+    def prepare(self) -> None:
+        """Load the champion, and resume its line, before the runner joins the group.
+
+        Then reading the labels again cannot hold up a batch past the group's poll interval. With
+        no champion yet, the first one is loaded (and its line resumed) at the first batch.
+        """
+        self._sync_champion()
 
     def _resume_line(self, champion: dict[str, Any]) -> None:
         """Learn again what this champion's line had learned before the process started."""

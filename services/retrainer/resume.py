@@ -10,15 +10,18 @@ and learns them before its first batch. Where the line started from that champio
   its ``learned_through``, per partition; from its ``created_at`` in a partition it learned
   nothing in;
 - any other champion (a rebuild, the bootstrap, a rollback target, or one whose candidate record
-  has left the candidates topic): the learner restarted from it when it was deployed, so from the
-  first label at or after its ``deployed_at``.
+  has left the candidates topic): the learner restarted from it when it saw it deployed, so from
+  the first label at or after its ``deployed_at``. That is close, not exact: a learner behind on
+  its labels restarted later than that, one ahead of them sooner.
 
 The read ends at the retrainer group's committed offsets, where the runner resumes, so no label
-is learned twice; it reads the most recent ``limit`` labels at most, split evenly over the partitions.
+is learned twice; it reads the most recent ``limit`` labels at most (of every pipeline on the
+topic), split evenly over the partitions.
 """
 
 from __future__ import annotations
 
+import heapq
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -31,8 +34,9 @@ from streamloop.ml.registry import millis, version_created_ms
 log = logging.getLogger(__name__)
 
 # How many candidate records after a version's creation time are searched for it: a candidate is
-# produced right after it is built, so it is among the first few.
-CANDIDATE_SCAN = 1_000
+# produced right after it is built, so it is among the first few (each one, with its prequential
+# losses, is tens of KB decoded).
+CANDIDATE_SCAN = 100
 
 
 @dataclass(frozen=True)
@@ -69,8 +73,17 @@ def resume_ranges(point: ResumePoint, at_time: Mapping[int, int], bounds: Mappin
 
 
 def most_recent(records: list[ConsumedRecord], limit: int) -> list[ConsumedRecord]:
-    """The ``limit`` most recent records, oldest first, the order they are learned in."""
-    ordered = sorted(records, key=lambda r: (r.timestamp_ms, r.partition, r.offset))
+    """The ``limit`` most recent records, oldest first, the order they are learned in.
+
+    Each partition stays in offset order, the order the runner delivered them in (the learner
+    skips an offset below its partition's highest learned: a replay); partitions interleave by
+    timestamp. Timestamps need not grow with offsets (two collector replicas' clocks), so a
+    plain sort by time could put an offset before a lower one and lose the lower one.
+    """
+    by_partition: dict[int, list[ConsumedRecord]] = {}
+    for record in sorted(records, key=lambda r: (r.partition, r.offset)):
+        by_partition.setdefault(record.partition, []).append(record)
+    ordered = list(heapq.merge(*by_partition.values(), key=lambda r: r.timestamp_ms))
     return ordered[len(ordered) - limit:] if len(ordered) > limit else ordered
 
 

@@ -40,4 +40,5 @@ class RetrainerSettings(BaseSettings):
         description="After a restart, at most this many of the labels learned since the champion are learned "
                     "again (the most recent); 0 turns the resume off. They are held decoded while read: "
                     "about 5 KB each for the demo's examples.")
-    resume_timeout_s: float = Field(default=60.0, gt=0, description="How long reading those labels again may take.")
+    resume_timeout_s: float = Field(default=60.0, gt=0,
+                                    description="How long each broker call of reading those labels again may wait.")

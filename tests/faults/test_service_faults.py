@@ -18,6 +18,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from streamloop.ml.registry import millis
 from tests.faults.harness import SESSION_TIMEOUT_MS, FaultLoop, events, wait_processing, wait_until, when
 from tests.faults.verification import ScenarioResult, assert_sound, verify
 
@@ -77,8 +78,10 @@ def warm_start(loop: FaultLoop, pid: int, timeout_s: float = 60.0) -> dict:
 RESUMED = re.compile(r"online challenger resumed: (\d+) labels learned since champion (\S+) learned again")
 
 
-def resumed_line(loop: FaultLoop, pid: int, timeout_s: float = 60.0) -> dict:
+def resumed_line(loop: FaultLoop, pid: int, killed_at_ms: int, timeout_s: float = 60.0) -> dict:
     """What the restarted retrainer (``pid``) learned again, and the first candidate of the line it resumed.
+
+    Only candidates created after the kill count: the killed process's own start where they should.
 
     From its log line and the candidates topic: the line's first candidate must start, in every
     partition, right after what its champion had learned when that champion is an online
@@ -98,8 +101,8 @@ def resumed_line(loop: FaultLoop, pid: int, timeout_s: float = 60.0) -> dict:
     notes: dict = {"resumed": True, "learned_again": int(found.group(1)), "champion": champion}
     while time.monotonic() < deadline:
         candidates = {r.value["version"]: r.value for rs in loop.read_topic("model_candidates").values() for r in rs}
-        line = sorted((c for c in candidates.values() if c["parent_version"] == champion and c["trigger"] == "ONLINE"),
-                      key=lambda c: c["version"])
+        line = sorted((c for c in candidates.values() if c["parent_version"] == champion and c["trigger"] == "ONLINE"
+                       and millis(c["created_at"]) > killed_at_ms), key=lambda c: c["version"])
         if line:
             parent = candidates.get(champion)
             rollbacks = {r.value["to_version"] for rs in loop.read_topic("model_decisions").values() for r in rs
@@ -130,6 +133,7 @@ def test_sigkill_mid_stream_and_restart(loop: FaultLoop, service: str):
     def kill() -> None:
         killed["pid"] = process.pid  # type: ignore[assignment]
         killed["at"] = time.monotonic()
+        killed["at_ms"] = time.time() * 1000
         os.kill(process.pid, signal.SIGKILL)  # type: ignore[arg-type]
         threading.Thread(target=lambda: recovery.append(wait_processing(process, killed["at"], killed["pid"])),
                          daemon=True).start()
@@ -159,7 +163,7 @@ def test_sigkill_mid_stream_and_restart(loop: FaultLoop, service: str):
     if service == "drift-detector":  # its own state: the restarted detector refilled its windows
         result.notes["warm_start"] = warm_start(loop, process.pid)  # type: ignore[arg-type]
     if service == "retrainer":  # its own output: the restarted learner went on with its line's labels
-        result.notes["resume"] = resumed_line(loop, process.pid)  # type: ignore[arg-type]
+        result.notes["resume"] = resumed_line(loop, process.pid, int(killed["at_ms"]))  # type: ignore[arg-type]
     deadline = time.monotonic() + 60
     while not recovery and time.monotonic() < deadline:
         time.sleep(0.2)

@@ -10,7 +10,7 @@ from services.retrainer.online import OnlineLearner
 from services.retrainer.resume import ResumePoint, most_recent, resume_point, resume_ranges
 from streamloop.kafka.group_history import PartitionBounds
 from streamloop.ml import build_model
-from streamloop.ml.registry import CHAMPION, new_version, slot_key, version_created_ms
+from streamloop.ml.registry import CHAMPION, deployment_record, new_version, slot_key, version_created_ms
 from tests.unit.model_publisher.factories import T0, consumed, labeled_example
 from tests.unit.retrainer.test_retrainer import Harness, candidates, labeled
 
@@ -50,8 +50,14 @@ def test_ranges_end_at_the_committed_offsets_and_keep_the_most_recent_labels_of_
     assert resume_ranges(point, at_time, bounds, limit=1_000) == {0: (42, 90), 1: (10, 50)}
     assert resume_ranges(point, at_time, bounds, limit=80) == {0: (70, 90), 1: (30, 50)}, "20 per partition"
     assert resume_ranges(ResumePoint({}, T0), {0: 95, 1: 30}, bounds, limit=1_000) == {1: (30, 50)}
-    records = [consumed("lab", {}, offset=i, partition=i % 2, timestamp_ms=T0 + 10 * (5 - i)) for i in range(5)]
-    assert [r.offset for r in most_recent(records, 3)] == [2, 1, 0], "oldest first, by time"
+    # Partition 1's times are all earlier than partition 0's; partition 0's go backwards at offset 2
+    # (another collector replica's clock): it stays in offset order, or offset 1 would be skipped.
+    times = {(0, 0): 50, (0, 1): 70, (0, 2): 60, (0, 3): 80, (1, 0): 10, (1, 1): 20}
+    records = [consumed("lab", labeled_example(10 * p + o, o % 2 == 0), offset=o, partition=p, timestamp_ms=T0 + t)
+               for (p, o), t in times.items()]
+    assert [(r.partition, r.offset) for r in most_recent(records, 10)] == [(1, 0), (1, 1), (0, 0), (0, 1),
+                                                                           (0, 2), (0, 3)]
+    assert [(r.partition, r.offset) for r in most_recent(records, 3)] == [(0, 1), (0, 2), (0, 3)]
 
 
 class FakeResume:
@@ -118,6 +124,38 @@ def test_labels_that_passed_before_the_first_champion_loaded_are_learned_when_re
     harness.processor.process(labeled(5, start=10))
     assert resume.calls == [harness.champion]
     assert harness.processor.learner.learned_total == 15 and harness.processor.learner.skipped_duplicates == 0
+
+
+def test_labels_read_again_are_all_learned_though_their_times_go_backwards(spec, tmp_path):
+    earlier = [consumed("lab", labeled_example(i, i % 3 == 0), offset=i, partition=0,
+                        timestamp_ms=T0 + (1_000 if i == 3 else i)) for i in range(8)]
+    resume = FakeResume(most_recent(earlier, 100))
+    harness = restarted(spec, tmp_path, resume)
+    harness.processor.prepare()
+    assert harness.processor.learner.learned_total == 8 and harness.processor.learner.skipped_duplicates == 0
+
+
+def test_the_champion_is_loaded_and_its_line_resumed_before_the_first_batch(spec, tmp_path):
+    resume = FakeResume(labeled(10))
+    harness = restarted(spec, tmp_path, resume)
+    harness.processor.prepare()
+    assert resume.calls == [harness.champion] and harness.processor.learner.learned_total == 10
+    harness.processor.process(labeled(5, start=10))
+    assert resume.calls == [harness.champion] and harness.processor.learner.learned_total == 15
+
+
+def test_a_champion_that_does_not_load_leaves_the_resume_to_the_next_one(spec, tmp_path):
+    resume = FakeResume(labeled(13))  # what the runner will have committed when the next champion loads
+    harness = restarted(spec, tmp_path, resume)
+    signed_for_another = harness.table.champion(spec.name, spec.model.name)["artifact"]
+    harness.table.apply(slot_key(spec.name, spec.model.name, CHAMPION), deployment_record(
+        spec.name, spec.model.name, CHAMPION, "fraud-20990101000000000-0badc0de", signed_for_another, deployed_at=T0))
+    harness.processor.process(labeled(3, start=10))
+    assert harness.processor.learner.model is None and resume.calls == []
+    harness.set_champion("fraud-20990101000000001-00c0ffee")
+    harness.processor.process(labeled(2, start=13))
+    assert resume.calls == ["fraud-20990101000000001-00c0ffee"]
+    assert harness.processor.learner.learned_total == 15, "13 read again (the 3 that passed unlearned too) + 2 live"
 
 
 def test_a_failed_read_leaves_the_learner_going_on_from_the_next_label(spec, tmp_path):
