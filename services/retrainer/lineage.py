@@ -2,10 +2,11 @@
 
 Every ``ModelCandidate`` names its parent, the offset ranges it learned from (with the highest
 offset per partition, ``learned_through``, which tells the publisher which labeled examples the
-candidate never learned), how many examples those were, the estimator and its full parameters,
-its hold-out metrics, the code that built it and when. Versions follow
-``streamloop.ml.registry.new_version`` and strictly increase per process (a second candidate in
-the same millisecond is stamped one millisecond later).
+candidate never learned; an online snapshot also gives, as ``read_through``, the highest offset
+its learner had read, where a restarted retrainer goes on from), how many examples those were,
+the estimator and its full parameters, its hold-out metrics, the code that built it and when.
+Versions follow ``streamloop.ml.registry.new_version`` and strictly increase per process (a
+second candidate in the same millisecond is stamped one millisecond later).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from services.retrainer.online import OffsetRange
@@ -68,7 +69,8 @@ class CandidateFactory:
 
     def build(self, model: Any, trigger: str, parent_version: str | None, source_offsets: Sequence[OffsetRange],
               sample_count: int, heldout_metrics: dict[str, float],
-              prequential_losses: Sequence[tuple[str, float]] = ()) -> dict[str, Any]:
+              prequential_losses: Sequence[tuple[str, float]] = (),
+              read_through: Mapping[tuple[str, int], int] | None = None) -> dict[str, Any]:
         if trigger not in TRIGGERS:
             raise ValueError(f"unknown candidate trigger {trigger!r}")
         stored = self.store.store_model(model)
@@ -91,4 +93,7 @@ class CandidateFactory:
             "code_version": code_version(),
             "created_at": created,
             "prequential_losses": [{"event_id": e, "loss": float(loss)} for e, loss in prequential_losses],
+            "read_through": None if read_through is None else [
+                {"topic": topic, "partition": partition, "offset": offset}
+                for (topic, partition), offset in sorted(read_through.items())],
         }

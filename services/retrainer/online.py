@@ -48,6 +48,8 @@ class Snapshot:
     # (event id, loss) of the learner's last test-then-train predictions, each made before it
     # learned that label: out-of-sample evidence the publisher can pair with the champion's.
     prequential_losses: list[tuple[str, float]] = field(default_factory=list)
+    # The highest offset read per (topic, partition), learned or skipped: where the line stands.
+    read_through: dict[tuple[str, int], int] = field(default_factory=dict)
 
 
 Example = tuple[dict[str, Any], Any, float, tuple[str, int, int]]  # x, y, 0/1 error, topic-partition-offset
@@ -129,6 +131,11 @@ class OnlineLearner:
             raise RuntimeError("this learner has learned: forgetting what it saw would let it learn twice")
         self._high_water.clear()
         self._recent_events.clear()
+
+    def mark_read(self, positions: Mapping[tuple[str, int], int]) -> None:
+        """The line has read these (topic, partition)s up to these offsets (-1: nothing yet)."""
+        for key, offset in positions.items():
+            self._high_water[key] = max(offset, self._high_water.get(key, -1))
 
     def _clear_pending(self) -> None:
         self._ranges = {}
@@ -271,7 +278,8 @@ class OnlineLearner:
         """
         metrics = holdout_metrics(self.spec, self._labels, self._predictions) if self._labels else {}
         ranges = sorted(self._ranges.values(), key=lambda r: (r.topic, r.partition))
-        return Snapshot(self.model, self.parent_version, ranges, self.pending, metrics, list(self._prequential))
+        return Snapshot(self.model, self.parent_version, ranges, self.pending, metrics, list(self._prequential),
+                        dict(self._high_water))
 
     def published(self, version: str) -> None:
         """The last snapshot is now ``version``: the parent of the next one."""

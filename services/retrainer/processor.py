@@ -40,6 +40,7 @@ from services.retrainer.catch_up import CatchUp
 from services.retrainer.lineage import CandidateFactory, wall_clock_ms
 from services.retrainer.online import OnlineLearner
 from services.retrainer.rebuild import RebuildSkipped, rebuild
+from services.retrainer.resume import Resumed
 from streamloop.contracts.pipeline import PipelineSpec
 from streamloop.kafka.dead_letters import STAGE_PROCESS
 from streamloop.kafka.records import ConsumedRecord, OutgoingRecord, ProcessResult, Rejection
@@ -52,7 +53,7 @@ log = logging.getLogger(__name__)
 SEVERITY_RANK = {"INFO": 0, "WARNING": 1, "CRITICAL": 2}
 WindowReader = Callable[[int], list[ConsumedRecord]]
 # The labeled examples the given champion's line had learned before this process started.
-ResumeReader = Callable[[dict[str, Any]], list[ConsumedRecord]]
+ResumeReader = Callable[[dict[str, Any]], Resumed]
 
 
 @dataclass(frozen=True)
@@ -209,14 +210,17 @@ class RetrainerProcessor:
     def _resume_line(self, champion: dict[str, Any]) -> None:
         """Learn again what this champion's line had learned before the process started."""
         try:
-            records = self.resume(champion)  # type: ignore[misc]
+            resumed = self.resume(champion)  # type: ignore[misc]
         except Exception as exc:  # noqa: BLE001 - without them the line goes on from the next label, as before
             log.warning("cannot read back the labels learned since champion %s (%s); the online challenger "
                         "starts from the next label", champion["version"], exc)
             self._count("streamloop_retrainer_resumes", 1, {"outcome": "failed"})
             return
         self.learner.forget_passed()  # those read before this champion loaded were not learned
+        records = resumed.records
         learned = sum(self.learner.learn(r) for r in records if r.value.get("pipeline") == self.pipeline.name)
+        # Every partition, one that gave no label too: the next snapshot says where the line stands.
+        self.learner.mark_read(resumed.read_through)
         self._count("streamloop_retrainer_resumes", 1, {"outcome": "resumed"})
         self._count("streamloop_retrainer_labels_learned", learned)
         log.info("online challenger resumed: %d labels learned since champion %s learned again (%d read)",
@@ -232,7 +236,7 @@ class RetrainerProcessor:
         snapshot = self.learner.snapshot()
         record = self.factory.build(snapshot.model, "ONLINE", snapshot.parent_version, snapshot.source_offsets,
                                     snapshot.sample_count, snapshot.metrics,
-                                    snapshot.prequential_losses if self.catch_up.active else ())
+                                    snapshot.prequential_losses if self.catch_up.active else (), snapshot.read_through)
         self.learner.published(record["version"])
         self._last_publish_ms = self.clock()
         log.info("online candidate %s (%d new labels, parent %s)", record["version"], snapshot.sample_count,

@@ -7,8 +7,10 @@ its offsets committed. Now, at the first champion it sees, the process reads tho
 and learns them before its first batch. Where the line started from that champion:
 
 - an ``ONLINE`` candidate the line kept learning from (not a rollback target): the offset after
-  its ``learned_through``, per partition; from its ``created_at`` in a partition it learned
-  nothing in;
+  its ``read_through``, per partition (the highest offset its learner had read). A candidate from
+  before that field gives ``learned_through``, which leaves out a partition it learned nothing in
+  since its parent: there, from its ``created_at``, which may miss labels produced before it and
+  read after;
 - any other champion (a rebuild, the bootstrap, a rollback target, or one whose candidate record
   has left the candidates topic): the learner restarted from it when it saw it deployed, so from
   the first label at or after its ``deployed_at``. That is close, not exact: a learner behind on
@@ -40,6 +42,16 @@ CANDIDATE_SCAN = 100
 
 
 @dataclass(frozen=True)
+class Resumed:
+    """The labels to learn again, oldest first, and how far the group had read in every partition."""
+
+    records: list[ConsumedRecord]
+    # (topic, partition) -> the group's committed offset - 1: the line stands there once the
+    # records are learned, in a partition that gave none of them too (-1: nothing read yet).
+    read_through: dict[tuple[str, int], int]
+
+
+@dataclass(frozen=True)
 class ResumePoint:
     offsets: dict[int, int]  # partition -> the first offset to learn again
     time_ms: int  # in the other partitions: the first label at or after this time
@@ -50,8 +62,11 @@ def resume_point(champion: Mapping[str, Any], candidate: Mapping[str, Any] | Non
     rollback = ":rollback" in (champion.get("decision_id") or "")
     if rollback or candidate is None or candidate.get("trigger") != "ONLINE":
         return ResumePoint({}, millis(champion["deployed_at"]))
-    offsets = {entry["partition"]: entry["offset"] + 1 for entry in candidate.get("learned_through") or []
-               if entry["topic"] == labeled_topic}
+    # read_through: where the line stood, in every partition it had read. A candidate written
+    # before it gives learned_through, which leaves out a partition the candidate learned nothing
+    # in since its parent: there the labels since its creation are the closest safe guess.
+    marks = candidate.get("read_through") or candidate.get("learned_through") or []
+    offsets = {entry["partition"]: entry["offset"] + 1 for entry in marks if entry["topic"] == labeled_topic}
     return ResumePoint(offsets, millis(candidate["created_at"]))
 
 
@@ -98,15 +113,16 @@ class KafkaResume:
         self.pipeline = pipeline
         self.limit = limit
 
-    def __call__(self, champion: Mapping[str, Any]) -> list[ConsumedRecord]:
+    def __call__(self, champion: Mapping[str, Any]) -> Resumed:
         if self.limit <= 0:
-            return []
+            return Resumed([], {})
         point = resume_point(champion, self.candidate(champion["version"]), self.labeled_topic)
         bounds = self.history.bounds(self.labeled_topic)
         at_time = {} if set(point.offsets) >= set(bounds) else self.history.offsets_at(self.labeled_topic,
                                                                                           point.time_ms)
         records = self.history.read(self.labeled_topic, resume_ranges(point, at_time, bounds, self.limit))
-        return most_recent(records, self.limit)
+        return Resumed(most_recent(records, self.limit),
+                       {(self.labeled_topic, p): bound.committed - 1 for p, bound in bounds.items()})
 
     def candidate(self, version: str) -> dict[str, Any] | None:
         """The candidate record of ``version``, searched from its creation time; None when it is not there."""

@@ -84,7 +84,7 @@ def resumed_line(loop: FaultLoop, pid: int, killed_at_ms: int, timeout_s: float 
     Only candidates created after the kill count: the killed process's own start where they should.
 
     From its log line and the candidates topic: the line's first candidate must start, in every
-    partition, right after what its champion had learned when that champion is an online
+    partition, right after what its champion's learner had read when that champion is an online
     candidate (services/retrainer/resume.py); before, it started at the committed offsets.
     """
     found = None
@@ -109,7 +109,7 @@ def resumed_line(loop: FaultLoop, pid: int, killed_at_ms: int, timeout_s: float 
                          if r.value["kind"] == "ROLLBACK"}
             # A rollback target's line restarted at its deployment, not after what it had learned.
             notes["champion_trigger"] = "ROLLBACK" if champion in rollbacks else parent["trigger"] if parent else None
-            notes["champion_next"] = {e["partition"]: e["offset"] + 1 for e in parent["learned_through"]} \
+            notes["champion_next"] = {e["partition"]: e["offset"] + 1 for e in parent["read_through"] or []} \
                 if parent else {}
             notes["line_starts"] = {r["partition"]: r["start"] for r in line[0]["source_offsets"]}
             notes["first_offsets"] = {p: min(r.offset for r in rs)
@@ -187,8 +187,9 @@ def test_sigkill_mid_stream_and_restart(loop: FaultLoop, service: str):
         resume = result.notes["resume"]
         assert resume["resumed"], resume
         if resume["line_starts"] is not None and resume["champion_trigger"] == "ONLINE":
-            shared = set(resume["line_starts"]) & set(resume["champion_next"])
-            assert shared and all(resume["line_starts"][p] == resume["champion_next"][p] for p in shared), resume
+            # read_through names every partition: the line starts where the champion's learner had read to.
+            assert resume["line_starts"] and all(resume["champion_next"].get(p) == start
+                                                 for p, start in resume["line_starts"].items()), resume
         if resume["line_starts"] is not None and "-bootstrap-" in resume["champion"]:  # it learned every label
             assert all(resume["first_offsets"][p] == start for p, start in resume["line_starts"].items()), resume
     assert_sound(result)

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import pytest
 
 from services.retrainer.online import OnlineLearner
-from services.retrainer.resume import ResumePoint, most_recent, resume_point, resume_ranges
+from services.retrainer.resume import Resumed, ResumePoint, most_recent, resume_point, resume_ranges
 from streamloop.kafka.group_history import PartitionBounds
 from streamloop.ml import build_model
 from streamloop.ml.registry import CHAMPION, deployment_record, new_version, slot_key, version_created_ms
@@ -33,8 +33,12 @@ def test_a_version_tells_when_it_was_created():
     assert version_created_ms("fraud") is None
 
 
-def test_an_online_champion_resumes_after_what_it_learned_another_from_its_deployment():
-    assert resume_point(champion("v:promote"), ONLINE_CANDIDATE, "lab") == ResumePoint({0: 42}, T0 + 9_000)
+def test_an_online_champion_resumes_after_what_it_read_another_from_its_deployment():
+    assert resume_point(champion("v:promote"), ONLINE_CANDIDATE, "lab") == ResumePoint({0: 42}, T0 + 9_000), \
+        "a candidate from before read_through: what it learned"
+    read = {**ONLINE_CANDIDATE, "read_through": [{"topic": "lab", "partition": 0, "offset": 45},
+                                                 {"topic": "lab", "partition": 3, "offset": 9}]}
+    assert resume_point(champion("v:promote"), read, "lab") == ResumePoint({0: 46, 3: 10}, T0 + 9_000)
     deployed = datetime.fromtimestamp((T0 + 20_000) / 1000, UTC)
     for decision, candidate in [("v:rollback", ONLINE_CANDIDATE),  # the line restarted from it at the rollback
                                 ("v:promote", {**ONLINE_CANDIDATE, "trigger": "DRIFT"}),
@@ -61,16 +65,17 @@ def test_ranges_end_at_the_committed_offsets_and_keep_the_most_recent_labels_of_
 
 
 class FakeResume:
-    def __init__(self, records=(), error: Exception | None = None) -> None:
+    def __init__(self, records=(), error: Exception | None = None, read_through: dict | None = None) -> None:
         self.records = list(records)
         self.error = error
+        self.read_through = read_through or {}
         self.calls: list[str] = []
 
-    def __call__(self, deployment: dict) -> list:
+    def __call__(self, deployment: dict) -> Resumed:
         self.calls.append(deployment["version"])
         if self.error:
             raise self.error
-        return self.records
+        return Resumed(self.records, self.read_through)
 
 
 class Counters:
@@ -110,6 +115,19 @@ def test_a_restarted_learner_learns_again_what_its_line_had_learned_since_the_ch
     harness.set_champion("fraud-20990101000000000-deadbeef")
     harness.processor.process(labeled(1, start=50))
     assert resume.calls == [harness.champion] and harness.processor.learner.pending == 1
+
+
+def test_the_next_snapshot_says_how_far_the_group_had_read_in_every_partition(spec, tmp_path):
+    # Partition 2 gave no label to learn again (the champion had learned up to its committed
+    # offset); partition 3 has none yet. Without them, a second restart could not tell where the line stood.
+    resume = FakeResume(labeled(40, partitions=2), read_through={
+        ("lab", 0): 19, ("lab", 1): 19, ("lab", 2): 7, ("lab", 3): -1})
+    harness = restarted(spec, tmp_path, resume)
+    published = candidates(harness.processor.process(labeled(10, start=40, partitions=2)))
+    assert published[0]["read_through"] == [{"topic": "lab", "partition": 0, "offset": 24},
+                                            {"topic": "lab", "partition": 1, "offset": 24},
+                                            {"topic": "lab", "partition": 2, "offset": 7},
+                                            {"topic": "lab", "partition": 3, "offset": -1}]
 
 
 def test_labels_that_passed_before_the_first_champion_loaded_are_learned_when_read_again(spec, tmp_path):

@@ -105,6 +105,7 @@ def test_an_online_candidate_every_n_labels_with_its_lineage(spec, tmp_path):
     # What the publisher needs to score it on examples it never learned (its parent's are its parent's).
     assert second["learned_through"] == [{"topic": "lab", "partition": 0, "offset": 49},
                                          {"topic": "lab", "partition": 1, "offset": 49}]
+    assert second["read_through"] == second["learned_through"], "it learned everything it read"
     assert set(first["heldout_metrics"]) >= {"log_loss", "accuracy", "sample_count", "cost", "mean_cost"}
     assert first["code_version"].startswith(streamloop.__version__)
     assert first["estimator"] == "river.preprocessing.StandardScaler | river.linear_model.LogisticRegression"
@@ -128,6 +129,18 @@ def test_the_learner_keeps_going_when_its_own_snapshot_is_promoted_and_restarts_
     more = candidates(harness.processor.process(labeled(50, start=65)))
     assert harness.processor.learner.model is not live
     assert more[0]["parent_version"] == "fraud-20990101000000000-deadbeef" and more[0]["sample_count"] == 50
+
+
+def test_an_online_candidate_says_how_far_its_line_read_in_every_partition(spec, tmp_path):
+    harness = Harness(spec, tmp_path)
+    first = candidates(harness.processor.process(labeled(50, partitions=2)))[0]
+    # Since the first snapshot: partition 1 only, and a copy of an event learned before (skipped).
+    copy = consumed("lab", labeled_example(0, True), offset=25, partition=0)
+    second = candidates(harness.processor.process([copy, *labeled(100, start=50, partitions=2)[1::2]]))[0]
+    assert second["parent_version"] == first["version"]
+    assert second["learned_through"] == [{"topic": "lab", "partition": 1, "offset": 74}]
+    assert second["read_through"] == [{"topic": "lab", "partition": 0, "offset": 25},
+                                      {"topic": "lab", "partition": 1, "offset": 74}]
 
 
 def test_time_based_publishing_needs_new_labels(demo_pipeline, tmp_path):
@@ -174,6 +187,7 @@ def test_a_drift_rebuild_waits_for_examples_after_the_detection_and_trains_on_th
     assert candidate["source_offsets"] == [{"topic": "lab", "partition": p, "start": 0, "end": 100} for p in range(3)]
     assert candidate["learned_through"] == [{"topic": "lab", "partition": p, "offset": 99} for p in range(3)], \
         "the whole window, its held-out slice included: at or below these offsets, not held out for the publisher"
+    assert candidate["read_through"] is None, "a rebuild is no online line to go on from"
     assert harness.processor.process([consumed("drift", drift_event(), 2)]).outputs == [], "a replayed event"
     harness.now += 30_000
     harness.processor.process([consumed("drift", drift_event("CRITICAL"), 4)])
