@@ -46,8 +46,9 @@ class Resumed:
     """The labels to learn again, oldest first, and how far the group had read in every partition."""
 
     records: list[ConsumedRecord]
-    # (topic, partition) -> the group's committed offset - 1: the line stands there once the
-    # records are learned, in a partition that gave none of them too (-1: nothing read yet).
+    # (topic, partition) -> the group's committed offset - 1 (or the champion's read_through, if
+    # further): the line stands there once the records are learned, in a partition that gave
+    # none of them too (-1: nothing read yet).
     read_through: dict[tuple[str, int], int]
 
 
@@ -121,8 +122,12 @@ class KafkaResume:
         at_time = {} if set(point.offsets) >= set(bounds) else self.history.offsets_at(self.labeled_topic,
                                                                                           point.time_ms)
         records = self.history.read(self.labeled_topic, resume_ranges(point, at_time, bounds, self.limit))
+        # Past the committed offsets too where the champion's learner had read further: it was
+        # killed after publishing that champion and before committing, and the runner delivers
+        # those labels again, which the champion has learned.
         return Resumed(most_recent(records, self.limit),
-                       {(self.labeled_topic, p): bound.committed - 1 for p, bound in bounds.items()})
+                       {(self.labeled_topic, p): max(bound.committed, point.offsets.get(p, 0)) - 1
+                        for p, bound in bounds.items()})
 
     def candidate(self, version: str) -> dict[str, Any] | None:
         """The candidate record of ``version``, searched from its creation time; None when it is not there."""

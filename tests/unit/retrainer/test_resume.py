@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import pytest
 
 from services.retrainer.online import OnlineLearner
-from services.retrainer.resume import Resumed, ResumePoint, most_recent, resume_point, resume_ranges
+from services.retrainer.resume import KafkaResume, Resumed, ResumePoint, most_recent, resume_point, resume_ranges
 from streamloop.kafka.group_history import PartitionBounds
 from streamloop.ml import build_model
 from streamloop.ml.registry import CHAMPION, deployment_record, new_version, slot_key, version_created_ms
@@ -191,3 +191,51 @@ def test_a_learner_that_learned_cannot_forget_what_it_saw(spec):
     assert learner.learn(labeled(1)[0])
     with pytest.raises(RuntimeError, match="learn twice"):
         learner.forget_passed()
+
+
+class FakeHistory:
+    """GroupHistory over in-memory topics: {topic: {partition: [(timestamp_ms, value), ...]}} and committed offsets."""
+
+    def __init__(self, topics: dict, committed: dict) -> None:
+        self.topics, self.committed = topics, committed
+        self.times_asked: list[tuple[str, int]] = []
+
+    def bounds(self, topic: str) -> dict:
+        return {p: PartitionBounds(0, len(rs), self.committed.get((topic, p), 0))
+                for p, rs in self.topics[topic].items()}
+
+    def offsets_at(self, topic: str, time_ms: int) -> dict:
+        self.times_asked.append((topic, time_ms))
+        return {p: next((o for o, (t, _) in enumerate(rs) if t >= time_ms), len(rs))
+                for p, rs in self.topics[topic].items()}
+
+    def read(self, topic: str, ranges: dict) -> list:
+        return [consumed(topic, self.topics[topic][p][o][1], offset=o, partition=p,
+                         timestamp_ms=self.topics[topic][p][o][0])
+                for p, (start, stop) in ranges.items() for o in range(start, stop)]
+
+
+def test_kafka_resume_finds_the_champions_candidate_and_reads_after_what_its_learner_had_read():
+    created = T0 + 50_000
+    version = new_version("fraud", "0123456789abcdef", created)
+    candidate = {"version": version, "pipeline": "card-fraud", "trigger": "ONLINE", "created_at": created,
+                 "learned_through": [], "read_through": [{"topic": "lab", "partition": 0, "offset": 5},
+                                                         {"topic": "lab", "partition": 1, "offset": 8}]}
+    other = {**candidate, "version": new_version("fraud", "fedcba9876543210", created)}
+    labels = {p: [(T0 + 1000 * o, labeled_example(10 * p + o, o % 2 == 0)) for o in range(12)] for p in (0, 1)}
+    history = FakeHistory({"cand": {0: [(T0, {"version": "old"}), (created + 3, other), (created + 5, candidate)]},
+                           "lab": labels}, committed={("lab", 0): 10, ("lab", 1): 7})
+    resume = KafkaResume(history, labeled_topic="lab", candidates_topic="cand", pipeline="card-fraud", limit=100)
+    resumed = resume({"version": version, "deployed_at": T0, "decision_id": f"{version}:promote"})
+    assert [(r.partition, r.offset) for r in resumed.records] == [(0, 6), (0, 7), (0, 8), (0, 9)], \
+        "partition 1: its learner had read past the committed offset (killed before the commit)"
+    assert resumed.read_through == {("lab", 0): 9, ("lab", 1): 8}
+    assert history.times_asked == [("cand", created)], "the candidate found from its version's time"
+    # A version with no candidate record (the bootstrap): from the deployment's time on.
+    history.times_asked.clear()
+    resumed = resume({"version": "fraud-bootstrap-0123abcd", "deployed_at": T0 + 4_000, "decision_id": None})
+    assert history.times_asked == [("lab", T0 + 4_000)]
+    assert {(r.partition, r.offset) for r in resumed.records} == {(0, o) for o in range(4, 10)} | {
+        (1, o) for o in range(4, 7)}
+    assert KafkaResume(history, labeled_topic="lab", candidates_topic="cand", pipeline="card-fraud",
+                       limit=0)({"version": version}) == Resumed([], {})
