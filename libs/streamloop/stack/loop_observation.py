@@ -157,6 +157,10 @@ def summarize(obs: LoopObservation, model: ModelSpec, drift_index: int, window: 
         "throttled_s": round(obs.throttled_s, 1),
         "throttled_by": {k: round(v, 1) for k, v in sorted(obs.throttled_by.items())},
         "throughput_eps": round(len(obs.predicted_at_ms) / elapsed_s, 1) if elapsed_s else None,
+        # The rate predictions came out while events flowed: from the first event produced to
+        # the last prediction. throughput_eps also counts the wait for the last labels.
+        "predictions_per_s": _rate(len(obs.predicted_at_ms), min(obs.produced_at_ms.values(), default=None),
+                                   max(obs.predicted_at_ms.values(), default=None)),
         "latency_p50_ms": round(float(np.percentile(latencies, 50)), 1) if latencies else None,
         "latency_p99_ms": round(float(np.percentile(latencies, 99)), 1) if latencies else None,
         "timeline": timeline(obs, by_index, index_of),
@@ -199,6 +203,12 @@ def _retrained_offline(obs: LoopObservation, model_spec: ModelSpec, train_ids: l
     hits = sum(str(predict(model, x, model_spec).predicted_class).lower() == str(label).lower()
                for (x, _y), label in test)
     return round(hits / len(test), 4)
+
+
+def _rate(count: int, first_ms: int | None, last_ms: int | None) -> float | None:
+    if first_ms is None or last_ms is None or last_ms <= first_ms:
+        return None
+    return round(count / ((last_ms - first_ms) / 1000), 1)
 
 
 def _millis(value: Any) -> int:

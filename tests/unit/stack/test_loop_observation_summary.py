@@ -49,6 +49,8 @@ def test_accuracies_around_the_drift_the_reference_and_recovery(demo_pipeline: P
     assert (summary["events_in"], summary["predictions_out"], summary["lost"]) == (1_000, 1_000, 0)
     assert (summary["latency_p50_ms"], summary["latency_p99_ms"]) == (40.0, 40.0)
     assert summary["throughput_eps"] == 100.0
+    # 1,000 predictions from the first event (START_MS) to the last prediction (START_MS + 9,990 + 40 ms).
+    assert summary["predictions_per_s"] == round(1_000 / 10.03, 1)
 
 
 def test_an_event_with_neither_prediction_nor_dead_letter_is_lost_and_a_stuck_loop_is_not_recovered(
