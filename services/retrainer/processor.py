@@ -23,9 +23,10 @@ window reader and the executor a rebuild runs on), so it is tested without a bro
   restarts its countdown; with refits (``replay_each_candidate``) it also replays again, from a
   new starting point, if the learner's own errors rose significantly since its last replay: a
   second change, not another detector's view of the first.
-- After a restart or a takeover, the first champion the process sees is loaded together with the
-  labels its line had learned since it (``resume``, resume.py): the restarted learner has learned
-  what the killed one had, and the runner delivers again what that one read but did not commit.
+- After a restart or a takeover, the first champion the process loads comes with the labels its
+  line had learned since it (``resume``, resume.py), before the runner joins the group: the
+  restarted learner has learned what the killed one had, and the runner delivers again what that
+  one read but did not commit.
 """
 
 from __future__ import annotations

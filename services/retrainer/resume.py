@@ -3,8 +3,9 @@
 The learner lives in memory, and the runner commits a batch's offsets once it is processed. So a
 retrainer that restarted (or a replica that took over) used to start again from the champion
 with the next label: what its line had learned since the champion but not yet published was gone,
-its offsets committed. Now, at the first champion it sees, the process reads those labels again
-and learns them before its first batch. Where the line started from that champion:
+its offsets committed. Now, at the first champion it loads (before the runner joins the group,
+or at the first batch when there was no champion yet), the process reads those labels again and
+learns them. Where the line started from that champion:
 
 - an ``ONLINE`` candidate the line kept learning from (not a rollback target): the offset after
   its ``read_through``, per partition (the highest offset its learner had read). A candidate from
