@@ -183,7 +183,8 @@ class ServiceMetrics:
             callbacks=[self._observe_report_age],
             unit="s",
             description="Time since the stage runner last reported its lag; it reports from its consume loop, "
-                        "so this grows while the loop is stuck and the lag figures are stale.",
+                        "so this grows while the loop is stuck (or the broker cannot answer its lag lookups) "
+                        "and the lag figures are stale.",
         )
         self._latency = BatchedHistogram(
             "streamloop_event_latency_seconds",
