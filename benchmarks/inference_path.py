@@ -27,6 +27,10 @@ with the values the stack sets on noida-db (docs/embedded-stack.md, N5), and pri
 Every phase also reports CPU seconds per process (from /proc) as CPU-µs per event: on a shared
 machine that figure is steadier than the wall clock.
 
+Beside them, river in-process on ``--river-events`` events of the same generator (``loop_vs_river.river_in_process``:
+the featurizer's own processor, then ``predict_proba_one``, on one core), beside each phase: the
+path's delivered rate and latency against the ceiling's, as ratios.
+
 Last, on the same stack, the Avro cost of the path (``--avro-sample`` records of each topic, 0 to
 skip): the CPU this process takes to do the path's four Avro steps on the records the run really
 carried (decode an event and encode its feature vector, as the featurizer does; decode the vector
@@ -339,6 +343,22 @@ def report_avro(cost: AvroCost, flood: dict | None) -> None:
               f"(the broker alone: {2e6 / broker:,.0f})")
 
 
+def report_river(events: int, rate: float, results: list[dict]) -> None:
+    """River in-process on the same generator's events (featurized by the featurizer's own processor, then
+    predicted): the ceiling of the path, beside what the path through the broker delivered, as ratios."""
+    from loop_vs_river import river_in_process
+
+    river = river_in_process(events, seed=11, drift_at=1.0, rate=rate)
+    print(f"\nriver in-process, the same generator's {events:,} events (featurize + predict_proba_one, one core): "
+          f"{river['inference_events_per_s']:,.0f} events/s, p50 {river['latency_p50_ms'] * 1000:.0f} µs, "
+          f"p99 {river['latency_p99_ms'] * 1000:.0f} µs")
+    for r in results:
+        print(f"  {r['phase']} {r['offered']}: the path delivered {r['delivered_rate']:,.0f}/s "
+              f"(river {river['inference_events_per_s'] / r['delivered_rate']:,.0f}x), p50 {r['p50_ms']:.1f} ms "
+              f"(river {r['p50_ms'] / river['latency_p50_ms']:,.0f}x sooner), p99 {r['p99_ms']:.1f} ms "
+              f"(river {r['p99_ms'] / river['latency_p99_ms']:,.0f}x sooner)")
+
+
 def measure(spec: PipelineSpec, catalog: Catalog, rates: list[float], phases: list[list[Encoded]],
             warmup: list[Encoded], avro_sample: int = 0) -> tuple[list[dict], AvroCost | None]:
     """One fresh stack: the warm-up, then each fixed-rate phase, then the flood (a last phase without a rate)."""
@@ -389,6 +409,9 @@ def main() -> None:
                         help="first measure everything with librdkafka's own queued.min.messages and "
                              "fetch.queue.backoff.ms (what the stack overrode before N5), then with the stack's")
     parser.add_argument("--no-reference", action="store_true", help="skip the machine's speed reference")
+    parser.add_argument("--river-events", type=int, default=20_000,
+                        help="events river featurizes and predicts in-process on the same generator, for the "
+                             "ratios (0: skip)")
     parser.add_argument("--avro-sample", type=int, default=2000,
                         help="records of each topic the Avro cost is measured on (0: skip)")
     args = parser.parse_args()
@@ -425,6 +448,8 @@ def main() -> None:
     if avro is not None:
         last = list(measured.values())[-1]
         report_avro(avro, next((r for r in last if r["phase"] == "flood"), None))
+    if args.river_events:
+        report_river(args.river_events, max(rates, default=2000.0), list(measured.values())[-1])
     if len(measured) == 2:
         (before_name, before), (after_name, after) = measured.items()
         print(f"\n{after_name} against {before_name}, phase by phase:")
