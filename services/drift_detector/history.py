@@ -47,7 +47,7 @@ class KafkaHistory:
 
     def since(self, topic: str, time_ms: int, limit: int) -> list[ConsumedRecord]:
         bounds = self.group.bounds(topic)
-        starts = self.group.offsets_at(topic, time_ms)
+        starts = self.group.offsets_at(topic, time_ms, bounds)
         # No record at or after time_ms (the high watermark), or one past the committed offset: nothing to replay.
         ranges = {p: (starts[p], min(bound.committed, starts[p] + limit))
                   for p, bound in bounds.items() if starts.get(p, bound.high) < bound.committed}

@@ -121,7 +121,7 @@ class KafkaResume:
         point = resume_point(champion, self.candidate(champion["version"]), self.labeled_topic)
         bounds = self.history.bounds(self.labeled_topic)
         at_time = {} if set(point.offsets) >= set(bounds) else self.history.offsets_at(self.labeled_topic,
-                                                                                          point.time_ms)
+                                                                                          point.time_ms, bounds)
         records = self.history.read(self.labeled_topic, resume_ranges(point, at_time, bounds, self.limit))
         # Past the committed offsets too where the champion's learner had read further: it was
         # killed after publishing that champion and before committing, and the runner delivers
@@ -135,8 +135,8 @@ class KafkaResume:
         created = version_created_ms(version)
         if created is None:
             return None  # the bootstrap, or a version no retrainer built
-        starts = self.history.offsets_at(self.candidates_topic, created)
         bounds = self.history.bounds(self.candidates_topic)
+        starts = self.history.offsets_at(self.candidates_topic, created, bounds)
         ranges = {p: (start, min(bounds[p].high, start + CANDIDATE_SCAN)) for p, start in starts.items()}
         for record in self.history.read(self.candidates_topic, ranges):
             if record.value.get("version") == version and record.value.get("pipeline") == self.pipeline:

@@ -81,11 +81,11 @@ class GroupHistory:
         except KafkaException as exc:
             raise HistoryUnavailableError(f"cannot read the offsets of {topic}: {exc}") from exc
 
-    def offsets_at(self, topic: str, time_ms: int) -> dict[int, int]:
-        """Per partition, the first offset whose timestamp is at or after ``time_ms`` (the high watermark if none)."""
+    def offsets_at(self, topic: str, time_ms: int, bounds: Mapping[int, PartitionBounds]) -> dict[int, int]:
+        """Per partition of ``bounds`` (``bounds(topic)``, which the caller has read already), the first
+        offset whose timestamp is at or after ``time_ms`` (the high watermark if none)."""
         consumer = self._consumer()
         try:
-            bounds = self._bounds(consumer, topic)
             found = consumer.offsets_for_times([TopicPartition(topic, p, time_ms) for p in bounds],
                                                timeout=self.timeout_s)
         except KafkaException as exc:
