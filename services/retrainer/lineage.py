@@ -48,8 +48,13 @@ def learned_through(source_offsets: Sequence[OffsetRange]) -> list[dict[str, Any
         if span.end > span.start:
             key = (span.topic, span.partition)
             highest[key] = max(highest.get(key, -1), span.end - 1)
+    return offset_marks(highest)
+
+
+def offset_marks(offsets: Mapping[tuple[str, int], int]) -> list[dict[str, Any]]:
+    """``LearnedOffset`` records, one per (topic, partition), in order."""
     return [{"topic": topic, "partition": partition, "offset": offset}
-            for (topic, partition), offset in sorted(highest.items())]
+            for (topic, partition), offset in sorted(offsets.items())]
 
 
 class CandidateFactory:
@@ -93,7 +98,5 @@ class CandidateFactory:
             "code_version": code_version(),
             "created_at": created,
             "prequential_losses": [{"event_id": e, "loss": float(loss)} for e, loss in prequential_losses],
-            "read_through": None if read_through is None else [
-                {"topic": topic, "partition": partition, "offset": offset}
-                for (topic, partition), offset in sorted(read_through.items())],
+            "read_through": None if read_through is None else offset_marks(read_through),
         }
