@@ -5,6 +5,8 @@ Used by the unit and integration tests of the retrainer and the model publisher.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import random
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -17,6 +19,11 @@ from streamloop.ml.registry import code_version, new_version
 
 SIGNING_KEY = b"test-signing-key-0123456789abcdef"
 T0 = 1_700_000_000_000
+
+
+def signed_by_streamloop_0_1(digest: str, key: bytes = SIGNING_KEY) -> str:
+    """The signature streamloop 0.1 wrote: an HMAC over the artifact's digest alone, no identity."""
+    return hmac.new(key, digest.encode(), hashlib.sha256).hexdigest()
 
 
 def artifact_store(root: Path, key: bytes = SIGNING_KEY) -> ArtifactStore:

@@ -11,7 +11,7 @@ from services.model_publisher.publisher import PublisherPolicy
 from streamloop.ml import build_model
 from streamloop.ml.registry import CHAMPION, shadow_slot
 from streamloop.ml.training import training_pair
-from tests.unit.model_publisher.factories import candidate, examples
+from tests.unit.model_publisher.factories import candidate, examples, signed_by_streamloop_0_1
 from tests.unit.model_publisher.test_publisher import Harness, decisions
 
 
@@ -207,15 +207,9 @@ def test_an_example_the_held_out_scorer_cannot_use_is_still_filed_live(harness):
 
 def test_a_version_that_failed_to_load_is_tried_again_once_signed_again(harness):
     """After an upgrade from 0.1: refused until `models re-sign` writes its record again, then scored."""
-    import hashlib
-    import hmac
-
-    from tests.unit.model_publisher.factories import SIGNING_KEY
-
     champion = harness.bootstrap()
     deployment = harness.slot("champion")
-    digest = deployment["artifact"]["sha256"]
-    signature = hmac.new(SIGNING_KEY, digest.encode(), hashlib.sha256).hexdigest()
+    signature = signed_by_streamloop_0_1(deployment["artifact"]["sha256"])
     legacy = {**deployment, "artifact": {**deployment["artifact"], "signature": signature}}
     scorer = harness.processor.held_out
     assert scorer._model(champion, legacy) is None

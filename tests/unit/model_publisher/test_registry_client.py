@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-
 import pytest
 
 from streamloop.ml.exceptions import ArtifactIntegrityError, RegistryError
 from streamloop.ml.registry import CHAMPION, champion_predecessors
-from tests.unit.model_publisher.factories import SIGNING_KEY
+from tests.unit.model_publisher.factories import SIGNING_KEY, signed_by_streamloop_0_1
 from tests.unit.model_publisher.memory_registry import InMemoryRegistry, bootstrapped, new_candidates
 from tests.unit.model_publisher.test_publisher import examples, promote
 
@@ -128,7 +125,7 @@ def _signed_by_streamloop_0_1(registry: InMemoryRegistry, key: bytes, slot: str 
     in ``slot``, claiming ``claims`` (pipeline, version, ...) in its body."""
     champion = registry.champion()
     artifact = champion["artifact"]
-    legacy = {**artifact, "signature": hmac.new(key, artifact["sha256"].encode(), hashlib.sha256).hexdigest()}
+    legacy = {**artifact, "signature": signed_by_streamloop_0_1(artifact["sha256"], key)}
     record = {**champion, "slot": slot, "artifact": legacy, **claims}
     registry.topics["model_deployments"].append((f"card-fraud/fraud/{slot}", record))
     return record
@@ -161,7 +158,7 @@ def test_re_sign_leaves_what_we_did_not_sign_what_changed_and_what_claims_anothe
     _signed_by_streamloop_0_1(registry, SIGNING_KEY, slot="shadow/evil", pipeline="other-pipeline",
                               version="v-evil")
     # A 0.1 signature of other bytes than the file holds: the signature is ours, the content is not.
-    forged = hmac.new(SIGNING_KEY, b"0" * 64, hashlib.sha256).hexdigest()
+    forged = signed_by_streamloop_0_1("0" * 64)
     registry.topics["model_deployments"].append(("card-fraud/fraud/shadow/tampered", {
         **registry.champion(), "slot": "shadow/tampered", "version": "v-tampered",
         "artifact": {**registry.champion()["artifact"], "sha256": "0" * 64, "signature": forged}}))

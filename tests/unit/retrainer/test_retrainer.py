@@ -23,6 +23,7 @@ from tests.unit.model_publisher.factories import (
     consumed,
     drift_event,
     labeled_example,
+    signed_by_streamloop_0_1,
     with_policy,
 )
 
@@ -256,17 +257,11 @@ def test_a_record_that_cannot_be_learned_is_dead_lettered_and_the_batch_flows(sp
 
 def test_a_champion_signed_again_after_a_failed_load_is_loaded_then(spec, tmp_path):
     """After an upgrade from 0.1 the champion does not load until `models re-sign` writes it again."""
-    import hashlib
-    import hmac
-
-    from tests.unit.model_publisher.factories import SIGNING_KEY
-
     harness = Harness(spec, tmp_path)
     harness.set_champion("fraud-v1")
     key = slot_key(spec.name, spec.model.name, CHAMPION)
     current = harness.table.champion(spec.name, spec.model.name)
-    digest = current["artifact"]["sha256"]
-    legacy = hmac.new(SIGNING_KEY, digest.encode(), hashlib.sha256).hexdigest()
+    legacy = signed_by_streamloop_0_1(current["artifact"]["sha256"])
     harness.table.apply(key, {**current, "artifact": {**current["artifact"], "signature": legacy}})
     harness.processor.process(labeled(1))
     assert harness.processor.learner.model is None, "a 0.1 signature is refused"
