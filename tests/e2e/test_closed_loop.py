@@ -56,9 +56,13 @@ def summary(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 
 @pytest.fixture(scope="module")
-def bad_promotion_summary(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    return run_demo(tmp_path_factory.mktemp("bad-promotion"), "--events", str(BAD_PROMOTION_EVENTS),
-                    "--drift-at", "1.0", "--bad-promotion-at", "0.6")
+def bad_promotion_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, list[dict]]:
+    """The summary, and the rows ``--outcomes`` wrote."""
+    data_dir = tmp_path_factory.mktemp("bad-promotion")
+    outcomes = data_dir / "outcomes.jsonl"
+    summary = run_demo(data_dir, "--events", str(BAD_PROMOTION_EVENTS), "--drift-at", "1.0",
+                       "--bad-promotion-at", "0.6", "--outcomes", str(outcomes))
+    return summary, [json.loads(line) for line in outcomes.read_text().splitlines()]
 
 
 def test_every_event_gets_a_prediction(summary: dict):
@@ -106,7 +110,25 @@ def test_a_challenger_is_promoted_and_accuracy_recovers(summary: dict):
     assert summary["accuracy_after_recovery"] >= summary["accuracy_before_drift"] - 0.02, json.dumps(summary)
 
 
-def test_a_bad_promotion_is_rolled_back_automatically(bad_promotion_summary: dict):
-    summary = bad_promotion_summary
+def test_a_bad_promotion_is_rolled_back_automatically(bad_promotion_run: tuple[dict, list[dict]]):
+    summary, _ = bad_promotion_run
     assert summary["bad_promotion_rolled_back"] is True, json.dumps(summary)
     assert summary["rollbacks"] >= 1 and summary["lost"] == 0, json.dumps(summary)
+
+
+def test_the_outcomes_give_every_event_and_the_model_that_served_it(bad_promotion_run: tuple[dict, list[dict]]):
+    summary, rows = bad_promotion_run
+    assert [r["index"] for r in rows] == list(range(BAD_PROMOTION_EVENTS))
+    assert sum(r["correct"] is not None for r in rows) == summary["predictions_out"], json.dumps(summary)
+    assert sum(r["dead_lettered"] for r in rows) == summary["dlq_events"]
+    assert len({r["model_version"] for r in rows if r["model_version"]}) == summary["model_versions"]
+    # The model promoted by hand is the untrained bootstrap: it served the first events, then again
+    # from its promotion by hand until the rollback (the scorer swaps within a second: < 1,000 events).
+    by_hand = next(e for e in summary["timeline"] if e.get("decision") == "PROMOTE" and not e["automatic"])
+    rolled_back = next(e for e in summary["timeline"] if e.get("decision") == "ROLLBACK"
+                       and e["event"] >= by_hand["event"])
+    first_served = next(r for r in rows if r["model_version"])
+    assert first_served["model_version"] == by_hand["serving"], (first_served, by_hand)
+    again = [r["index"] for r in rows if r["model_version"] == by_hand["serving"] and r["index"] >= by_hand["event"]]
+    assert again and again[0] < by_hand["event"] + 1_000, (by_hand, again[:5])
+    assert again[-1] < rolled_back["event"] + 1_000, (rolled_back, again[-5:])

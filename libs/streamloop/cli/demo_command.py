@@ -50,6 +50,21 @@ def _positive(value: float) -> float:
     return value
 
 
+def _writable_file(path: Path | None) -> Path | None:
+    # Checked before anything starts: a typo found after a three-minute run loses the run.
+    if path is not None and not path.resolve().parent.is_dir():
+        raise typer.BadParameter(f"{path.parent} is not a directory")
+    return path
+
+
+def _write_outcomes(path: Path, rows: list[dict]) -> None:
+    try:
+        with path.open("w") as out:
+            out.writelines(json.dumps(row) + "\n" for row in rows)
+    except OSError as exc:
+        raise StreamloopError(f"cannot write the outcomes to {path}: {exc.strerror or exc}") from None
+
+
 @app.command()
 def demo(
     events: int = typer.Option(50_000, "--events", min=1, envvar="STREAMLOOP_DEMO_EVENTS", help="Events to stream."),
@@ -64,6 +79,10 @@ def demo(
                                   help="A pipeline with a generator.py."),
     data_dir: Path = DataDirOption,
     broker: str = typer.Option("noida", "--broker", envvar="STREAMLOOP_BROKER", help="noida or tansu."),
+    outcomes: Path | None = typer.Option(
+        None, "--outcomes", callback=_writable_file,
+        help="When the demo ends, write every event's label, prediction and serving model to this file "
+             "(JSON lines, in event order)."),
     bad_promotion_at: float | None = typer.Option(
         None, "--bad-promotion-at", min=0.0, max=1.0,
         help="At this share of the events (or at the first promotion, if later), promote the untrained "
@@ -106,6 +125,7 @@ def demo(
         driver.wait_for_labels(timeout_s=30)
         elapsed = time.monotonic() - started
         summary = driver.summary(int(events * drift_at), min(5000, events // 5), elapsed, start_ms, rate)
+        rows = driver.event_outcomes() if outcomes is not None else []
         driver.stop()
     except KeyboardInterrupt:
         console.print("interrupted")
@@ -116,6 +136,11 @@ def demo(
         raise fail(str(exc)) from None
     stack.stop()
     _report(summary, console, json_output)
+    if outcomes is not None:
+        try:
+            _write_outcomes(outcomes, rows)
+        except StreamloopError as exc:
+            raise fail(str(exc)) from None
 
 
 def _producing(driver: LoopDriver, stream: Iterator[Any], rate: float, failures: list[BaseException]) -> None:

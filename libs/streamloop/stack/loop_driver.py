@@ -27,7 +27,7 @@ from streamloop.kafka.pacing import FetchPacer
 from streamloop.ml.training import training_pair
 from streamloop.serde import Serde, SerdeError
 from streamloop.service.settings import SerdeSettings
-from streamloop.stack.loop_observation import LoopObservation, summarize
+from streamloop.stack.loop_observation import LoopObservation, event_outcomes, summarize
 
 # Backpressure, in seconds of the offered rate: the driver holds events back while more than this
 # many are unscored, or more labels than this are sent but not yet joined. A loop buried under
@@ -280,3 +280,7 @@ class LoopDriver:
     def summary(self, drift_index: int, window: int, elapsed_s: float, start_ms: int, rate_per_s: float) -> dict:
         with self._lock:
             return summarize(self.observed, self.pipeline.model, drift_index, window, elapsed_s, start_ms, rate_per_s)
+
+    def event_outcomes(self) -> list[dict]:
+        with self._lock:
+            return event_outcomes(self.observed)

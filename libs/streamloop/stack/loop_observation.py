@@ -90,8 +90,7 @@ def summarize(obs: LoopObservation, model: ModelSpec, drift_index: int, window: 
         scored = [e for e in ids if e in obs.predicted]
         if not scored:
             return None
-        hits = sum(str(obs.predicted[e]).lower() == str(obs.labels[e]).lower() for e in scored)
-        return round(hits / len(scored), 4)
+        return round(sum(_served_right(obs, e) for e in scored) / len(scored), 4)
 
     before = [e for i, e in by_index if drift_index - window <= i < drift_index]
     # Right after the drift: the first events, before a detection and a promotion can act.
@@ -165,6 +164,30 @@ def summarize(obs: LoopObservation, model: ModelSpec, drift_index: int, window: 
         "latency_p99_ms": round(float(np.percentile(latencies, 99)), 1) if latencies else None,
         "timeline": timeline(obs, by_index, index_of),
     }
+
+
+def event_outcomes(obs: LoopObservation) -> list[dict]:
+    """Every event produced, in index order: its label, what was served for it and by which model.
+
+    ``correct`` is None for an event without a prediction (dead-lettered, or lost); the summary's
+    accuracies are means of it over their windows. ``streamloop demo --outcomes`` writes these
+    rows, for measures the summary does not give (benchmarks/learning_quality_kafka.py computes
+    the learning-quality benchmark's recovery from them).
+    """
+    rows = []
+    for index, event_id in sorted((obs.index_of[e], e) for e in obs.produced_at_ms):
+        predicted = event_id in obs.predicted
+        rows.append({"index": index, "event_id": event_id, "label": obs.labels[event_id],
+                     "predicted": obs.predicted.get(event_id),
+                     "correct": _served_right(obs, event_id) if predicted else None,
+                     "model_version": obs.model_version.get(event_id),
+                     "dead_lettered": event_id in obs.dead_lettered_events})
+    return rows
+
+
+def _served_right(obs: LoopObservation, event_id: str) -> bool:
+    # Labels and predicted classes compare as text: the label may be a bool, the class is "true".
+    return str(obs.predicted[event_id]).lower() == str(obs.labels[event_id]).lower()
 
 
 def timeline(obs: LoopObservation, by_index: list[tuple[int, str]], index_of: Callable[[dict], int]) -> list[dict]:
