@@ -340,7 +340,8 @@ def rows_for(stream: Stream, seed: int, results: dict[str, Result], seconds: dic
     return rows
 
 
-def plot(stream: Stream, results: dict[str, Result], loop: ClosedLoop, window: int, path: Path) -> None:
+def plot(stream: Stream, results: dict[str, Result], loop: Result, window: int, rate: float, path: Path) -> None:
+    """Accuracy over the last ``window`` events of each approach, with ``loop``'s promotions and detections."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -348,20 +349,18 @@ def plot(stream: Stream, results: dict[str, Result], loop: ClosedLoop, window: i
 
     fig, ax = plt.subplots(figsize=(10, 4.2))
     styles = {"static": ("tab:gray", "-"), "river online": ("tab:blue", "-"), "streamloop loop": ("tab:red", "-"),
-              "no-change": ("tab:olive", ":")}
+              "no-change": ("tab:olive", ":"), "streamloop loop (simulated)": ("tab:orange", "-")}
     for approach, result in results.items():
         color, line = styles[approach]
         ax.plot(windowed(result.correct, window), color=color, linestyle=line, linewidth=1.2, label=approach)
     ax.axvline(stream.drift_at, color="black", linewidth=1.5, label="drift")
-    promotions = [i for i, _ in loop.log.decided("PROMOTE")]
-    for n, i in enumerate(promotions):
+    for n, i in enumerate(loop.promotions):
         ax.axvline(i, color="tab:green", linestyle="--", linewidth=0.9, label="loop promotion" if n == 0 else None)
-    detections = [i for i, e in loop.log.drift_events if e["severity"] in ("WARNING", "CRITICAL")]
-    if detections:
-        ax.plot(detections, [1.005] * len(detections), "v", color="tab:red", markersize=5,
+    if loop.detections:
+        ax.plot(loop.detections, [1.005] * len(loop.detections), "v", color="tab:red", markersize=5,
                 label="loop drift event (WARNING+)")
     ax.set_ylim(0.0 if stream.name == "phishing" else 0.4, 1.02)
-    ax.set_xlabel(f"event (label delay 0.5-5 s at {loop.rate_per_s:g} events/s)")
+    ax.set_xlabel(f"event (label delay 0.5-5 s at {rate:g} events/s)")
     ax.set_ylabel(f"accuracy, last {window} events")
     ax.set_title(f"{stream.name}: abrupt drift at event {stream.drift_at:,} "
                  f"({stream.spec.model.estimator.rsplit('.', 1)[-1]})")
@@ -475,7 +474,7 @@ def main() -> None:
             print_loop(loop, stream.drift_at)
             if not args.no_plots and n == 0:
                 path = IMAGES / f"learning_quality_{name}{args.plot_suffix}.png"
-                plot(stream, results, loop, args.window, path)
+                plot(stream, results, results["streamloop loop"], args.window, args.rate, path)
                 print(f"  plot: {path.relative_to(REPO_ROOT)}")
     print()
     if args.set or args.oracle_window or args.publish_online_on_drift:
