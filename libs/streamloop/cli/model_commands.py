@@ -135,9 +135,9 @@ def models_re_sign(
         report = _registry(pipeline, data_dir, bootstrap_servers, verify=True).sign_again()
     except ModelError as exc:
         raise fail(str(exc)) from None
-    for line in report:
-        print(line, file=sys.stderr)
-    signed = sum(line.startswith("signed again") for line in report)
+    for outcome in report:
+        print(outcome, file=sys.stderr)
+    signed = sum(outcome.signed for outcome in report)
     print(f"{signed} deployment{'s' if signed != 1 else ''} signed again", file=sys.stderr)
     if signed < len(report):
         raise typer.Exit(1)

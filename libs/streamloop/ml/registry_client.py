@@ -36,6 +36,21 @@ from streamloop.ml.registry import (
 from streamloop.serde import Serde, make_serde
 
 
+@dataclass(frozen=True)
+class SlotSigning:
+    """What ``sign_again`` did with one deployed slot: signed it again, or left it, and why."""
+
+    slot: str
+    version: str | None
+    signed: bool
+    why: str | None = None
+
+    def __str__(self) -> str:
+        if self.signed:
+            return f"signed again {self.slot} {self.version}"
+        return f"left {self.slot} {self.version}: {self.why}"
+
+
 def read_topic(kafka: KafkaSettings, topic: str, decode: Callable[[bytes], dict[str, Any]],
                timeout_s: float = 30.0) -> list[tuple[str | None, dict[str, Any] | None]]:
     """Every record of a topic from its beginning to its current end, in offset order per partition."""
@@ -237,22 +252,23 @@ class RegistryClient:
         would bless exactly the relabelling the identity now prevents. A slot that changed while
         this ran (a promotion, a retirement) is left to its new record.
 
-        Returns one line per slot: ``signed again``, ``left`` (with why) or nothing when current.
+        Returns what it did with each slot it signed again or left (with why), signed first;
+        nothing for a slot already current.
         """
         if self.store is None:
             raise RegistryError("signing again needs the artifact store and the signing key")
         pipeline, model = self.pipeline.name, self.model_name
         signed: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
-        report = []
+        report: list[SlotSigning] = []
         for slot, record in sorted(self.state().table.slots(pipeline, model).items()):
             if (record.get("pipeline"), record.get("model_name"), record.get("slot")) != (pipeline, model, slot):
-                report.append(f"left {slot} {record.get('version')}: its record names "
-                              f"{record.get('pipeline')}/{record.get('model_name')}/{record.get('slot')}")
+                report.append(SlotSigning(slot, record.get("version"), signed=False, why=(
+                    f"its record names {record.get('pipeline')}/{record.get('model_name')}/{record.get('slot')}")))
                 continue
             try:
                 ref = self.store.sign_again(ArtifactRef.from_record(record["artifact"]), ArtifactIdentity.of(record))
             except ModelError as exc:
-                report.append(f"left {slot} {record['version']}: {exc}")
+                report.append(SlotSigning(slot, record["version"], signed=False, why=str(exc)))
                 continue
             if ref is not None:
                 signed[slot] = (record, {**record, "artifact": ref.to_record()})
@@ -260,13 +276,14 @@ class RegistryClient:
         outputs: list[tuple[str, str, dict[str, Any] | None]] = []
         for slot, (before, after) in signed.items():
             if current.get(slot) != before:
-                report.append(f"left {slot} {before['version']}: the slot changed meanwhile; run again")
+                report.append(SlotSigning(slot, before["version"], signed=False,
+                                          why="the slot changed meanwhile; run again"))
                 continue
             outputs.append(("model_deployments", slot_key(pipeline, model, slot), after))
-            report.append(f"signed again {slot} {before['version']}")
+            report.append(SlotSigning(slot, before["version"], signed=True))
         if outputs:
             self._produce(outputs)
-        return sorted(report, key=lambda line: not line.startswith("signed"))
+        return sorted(report, key=lambda outcome: not outcome.signed)
 
     def _produce(self, outputs: list[tuple[str, str, dict[str, Any] | None]]) -> None:
         producer = Producer(self.kafka.producer())

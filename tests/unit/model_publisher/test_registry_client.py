@@ -6,6 +6,7 @@ import pytest
 
 from streamloop.ml.exceptions import ArtifactIntegrityError, RegistryError
 from streamloop.ml.registry import CHAMPION, champion_predecessors
+from streamloop.ml.registry_client import SlotSigning
 from tests.unit.model_publisher.factories import SIGNING_KEY, signed_by_streamloop_0_1
 from tests.unit.model_publisher.memory_registry import InMemoryRegistry, bootstrapped, new_candidates
 from tests.unit.model_publisher.test_publisher import examples, promote
@@ -138,7 +139,7 @@ def test_re_sign_binds_0_1_signatures_to_their_versions_and_changes_nothing_else
         harness.store.load_published(legacy)
     registry.store = harness.store
 
-    assert registry.sign_again() == [f"signed again {CHAMPION} {first}"]
+    assert registry.sign_again() == [SlotSigning(CHAMPION, first, signed=True)]
     champion = registry.champion()
     assert champion["artifact"]["signature"] != legacy["artifact"]["signature"]
     assert {**champion, "artifact": None} == {**legacy, "artifact": None}
@@ -163,7 +164,7 @@ def test_re_sign_leaves_what_we_did_not_sign_what_changed_and_what_claims_anothe
         **registry.champion(), "slot": "shadow/tampered", "version": "v-tampered",
         "artifact": {**registry.champion()["artifact"], "sha256": "0" * 64, "signature": forged}}))
     good = _signed_by_streamloop_0_1(registry, SIGNING_KEY)  # the champion, as 0.1 left it
-    report = registry.sign_again()
+    report = [str(outcome) for outcome in registry.sign_again()]
     assert report[0] == f"signed again {CHAMPION} {first}", "one bad slot does not block the others"
     assert sorted(line.split(":")[0] for line in report[1:]) == [
         "left shadow/evil v-evil", f"left shadow/not-ours {first}", "left shadow/tampered v-tampered"]
@@ -186,5 +187,6 @@ def test_re_sign_leaves_a_slot_that_changed_while_it_ran(harness, monkeypatch):
         return sign_again(ref, identity)
 
     monkeypatch.setattr(harness.store, "sign_again", meanwhile_promoted)
-    assert registry.sign_again() == [f"left {CHAMPION} {first}: the slot changed meanwhile; run again"]
+    assert registry.sign_again() == [SlotSigning(CHAMPION, first, signed=False,
+                                                 why="the slot changed meanwhile; run again")]
     assert registry.champion()["version"] == "promoted-meanwhile"
