@@ -22,9 +22,9 @@ publisher's untrained bootstrap champion and sees the pretraining events as the 
 its stream (only the events after them are measured). Its detections are the concept alarms of
 the demo's timeline (WARNING or CRITICAL); the simulation also counts data drift events.
 
-Phishing runs ``examples/phishing/pipeline.yaml`` and its own generator (same seed, count and
-drift point as ``learning_quality.phishing``), so its features come from the real featurizer in
-both; the events are stamped at ``--rate`` here and at 1,000/s in the simulation's recording,
+Phishing runs the example's own generator and schema (same seed, count and drift point as
+``learning_quality.phishing``) under the stream's spec, so its features come from the real
+featurizer in both; the events are stamped at ``--rate`` here and at 1,000/s in the simulation's recording,
 which changes only ``time_since_previous`` (one constant gap per pass either way).
 
 With ``--plots``, the first seed's accuracy over time goes to
@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -76,12 +77,24 @@ def write_recorded_pipeline(stream: lq.Stream, directory: Path, rate: float) -> 
     shutil.copy(GENERATOR, directory / "generator.py")
     # The pretraining events reach the real loop first, their labels at once (the next event):
     # the simulated loop's champion learned them before the stream, in order, as given.
-    delays = [1] * len(stream.pretrain) + [None if ms is None else round(ms * rate / 1000) for ms in stream.delays_ms]
+    # In the simulation a label is learned at the first event at or after its arrival: a ceiling.
+    delays = [1] * len(stream.pretrain) + [None if ms is None else math.ceil(ms * rate / 1000)
+                                           for ms in stream.delays_ms]
     with (directory / "stream.jsonl").open("w") as out:
         for index, ((x, y), delay) in enumerate(zip(stream.pretrain + stream.events, delays, strict=True)):
             event = {"id": f"{stream.name}-{index:07d}", "entity": f"entity-{index % ENTITIES}",
                      **{avro_name(f): float(v) for f, v in x.items()}}
             out.write(json.dumps({"event": event, "label": y, "delay_events": delay}) + "\n")
+    return directory / "pipeline.yaml"
+
+
+def write_phishing_pipeline(stream: lq.Stream, directory: Path) -> Path:
+    """The phishing example's generator and schema, under the stream's spec (``--set`` applies)."""
+    example = lq.PHISHING_SPEC.parent
+    for name in ("generator.py", stream.spec.input.schema_path):
+        shutil.copy(example / name, directory / name)
+    spec = stream.spec.model_dump(mode="json", by_alias=True, exclude={"base_dir"})
+    (directory / "pipeline.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
     return directory / "pipeline.yaml"
 
 
@@ -94,8 +107,12 @@ def run_demo(pipeline: Path, total: int, drift_index: int, seed: int, rate: floa
             "--outcomes", str(outcomes), "--data-dir", str(work / "state")]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "REDIS_", "STREAMLOOP_"))}
     started = time.monotonic()
-    done = subprocess.run(argv, capture_output=True, text=True, cwd=REPO_ROOT, env=env, check=False,  # noqa: S603
-                          timeout=total / rate * 4 + 600)
+    timeout_s = total / rate * 4 + 600
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, cwd=REPO_ROOT, env=env,  # noqa: S603
+                              check=False, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        raise SystemExit(f"the demo did not end within {timeout_s:.0f} s; its logs: {work / 'state'}") from None
     if done.returncode != 0:
         raise SystemExit(f"the demo failed ({done.returncode}):\n{done.stderr[-3000:]}")
     summary = json.loads(done.stdout.strip().splitlines()[-1])
@@ -123,9 +140,13 @@ def measure(name: str, seed: int, args: argparse.Namespace) -> tuple[list[lq.Row
     cpu_s = {r.approach: r.seconds for r in sim_rows}
     with tempfile.TemporaryDirectory(prefix=f"lq-kafka-{name}-") as tmp:
         work = Path(tmp)
-        pipeline = lq.PHISHING_SPEC if name == "phishing" else write_recorded_pipeline(stream, work, args.rate)
+        pipeline = write_phishing_pipeline(stream, work) if name == "phishing" else \
+            write_recorded_pipeline(stream, work, args.rate)
         total, skip = len(stream.pretrain) + len(stream.events), len(stream.pretrain)
         summary, outcomes = run_demo(pipeline, total, skip + stream.drift_at, seed, args.rate, work)
+    # The same events for every approach, checked by their labels (the phishing generator runs twice).
+    if [row["label"] for row in outcomes] != [y for _, y in stream.pretrain + stream.events]:
+        raise SystemExit(f"{name} seed {seed}: the demo's labels are not the simulation's")
     real = real_loop_result(summary, outcomes, skip)
     measured = {"static": results["static"], "river online": results["river online"],
                 SIMULATED_LOOP: results["streamloop loop"], REAL_LOOP: real, "no-change": results["no-change"]}
@@ -172,14 +193,17 @@ def main() -> None:
                   f"dead letters {summary['dlq']}, held back {summary['throttled_s']} s, "
                   f"{summary['promotions']} promotions, {summary['rollbacks']} rollbacks, "
                   f"latency p50 {summary['latency_p50_ms']} ms, p99 {summary['latency_p99_ms']} ms", flush=True)
+            if summary["throttled_s"]:
+                # Labels go out on the wall clock while events wait: fewer events late than recorded.
+                print(f"  warning: the demo held events back for {summary['throttled_s']} s, so its labels came "
+                      "fewer events late than in the recording", flush=True)
     print()
     lq.print_rows(rows)
     print(f"(CPU s: each in-process approach's CPU time; for {REAL_LOOP!r}, the demo's wall time)")
     print("\nrecovery in events after the drift, per stream ('never' counts as longer than any number):")
     for name in dict.fromkeys(r.stream for r in rows):
-        cells = {r.approach: r for r in rows if r.stream == name}
-        by_seed = {r.seed: {a.approach: a.recovery for a in rows if a.stream == name and a.seed == r.seed}
-                   for r in cells.values()}
+        by_seed = {seed: {r.approach: r.recovery for r in rows if r.stream == name and r.seed == seed}
+                   for seed in dict.fromkeys(r.seed for r in rows if r.stream == name)}
         for approach in (REAL_LOOP, SIMULATED_LOOP):
             sooner = sum(_sooner(s[approach], s["river online"]) for s in by_seed.values())
             print(f"  {name:<11} {approach}: sooner than river online on {sooner} of {len(by_seed)} seeds, "

@@ -190,7 +190,8 @@ def test_score_says_when_no_scorer_listens(cli_env):
 
 
 @pytest.mark.parametrize("arguments", [["--rate", "0"], ["--rate", "inf"], ["--events", "0"], ["--drift-at", "1.5"],
-                                       ["--outcomes", "/no/such/directory/outcomes.jsonl"]])
+                                       ["--outcomes", "/no/such/directory/outcomes.jsonl"], ["--outcomes", "/tmp"],
+                                       ["--outcomes", "/proc/outcomes.jsonl"]])
 def test_demo_refuses_bad_arguments_before_starting_anything(cli_env, tmp_path: Path, arguments: list[str]):
     data_dir = tmp_path / "demo-state"
     result = streamloop("demo", *arguments, "--headless", "--json", "--data-dir", str(data_dir), env=cli_env)

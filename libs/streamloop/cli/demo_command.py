@@ -52,8 +52,19 @@ def _positive(value: float) -> float:
 
 def _writable_file(path: Path | None) -> Path | None:
     # Checked before anything starts: a typo found after a three-minute run loses the run.
-    if path is not None and not path.resolve().parent.is_dir():
+    if path is None:
+        return None
+    if path.is_dir():
+        raise typer.BadParameter(f"{path} is a directory")
+    if not path.resolve().parent.is_dir():
         raise typer.BadParameter(f"{path.parent} is not a directory")
+    existed = path.exists()
+    try:  # opened, not asked (os.access): root is told yes where the file system says no
+        path.open("a").close()
+    except OSError as exc:
+        raise typer.BadParameter(f"cannot write {path}: {exc.strerror or exc}") from None
+    if not existed:
+        path.unlink()
     return path
 
 

@@ -69,16 +69,16 @@ def test_an_event_with_neither_prediction_nor_dead_letter_is_lost_and_a_stuck_lo
 def test_event_outcomes_give_every_event_in_index_order_with_what_the_summary_counts(
         demo_pipeline: PipelineSpec) -> None:
     obs = observation(1_000, 500, lambda i: i % 3 != 0 and not 500 <= i < 650)
-    del obs.predicted_at_ms["e10"], obs.predicted["e10"], obs.model_version["e10"]
-    obs.dead_lettered_events.add("e10")
-    del obs.predicted_at_ms["e11"], obs.predicted["e11"], obs.model_version["e11"]  # lost
+    for e in ("e10", "e410", "e411"):
+        del obs.predicted_at_ms[e], obs.predicted[e], obs.model_version[e]
+    obs.dead_lettered_events.update({"e10", "e410"})  # and e411 is lost
     # Produced out of order (two producer threads would): the rows still come in index order.
     obs.produced_at_ms = dict(reversed(list(obs.produced_at_ms.items())))
     rows = event_outcomes(obs)
     assert [r["index"] for r in rows] == list(range(1_000))
     assert rows[10] == {"index": 10, "event_id": "e10", "label": obs.labels["e10"], "predicted": None,
                         "correct": None, "model_version": None, "dead_lettered": True}
-    assert rows[11]["correct"] is None and rows[11]["dead_lettered"] is False
+    assert rows[411]["correct"] is None and rows[411]["dead_lettered"] is False
     assert rows[3]["correct"] is False and rows[4]["correct"] is True and rows[4]["model_version"] == "v1"
     summary = summarize(obs, demo_pipeline.model, drift_index=500, window=100, elapsed_s=10.0, start_ms=START_MS,
                         rate_per_s=RATE)
@@ -87,6 +87,8 @@ def test_event_outcomes_give_every_event_in_index_order_with_what_the_summary_co
         scored = [rows[i]["correct"] for i in span if rows[i]["correct"] is not None]
         return round(sum(scored) / len(scored), 4)
 
-    assert summary["accuracy_before_drift"] == mean_correct(range(400, 500))
+    # Events without a prediction (e410, e411) count in no accuracy, the summary's or the rows'.
+    assert summary["accuracy_before_drift"] == mean_correct(range(400, 500)) != round(
+        sum(bool(rows[i]["correct"]) for i in range(400, 500)) / 100, 4)
     assert summary["accuracy_after_drift"] == mean_correct(range(500, 600)) == 0.0
     assert summary["accuracy_after_recovery"] == mean_correct(range(900, 1_000))
