@@ -144,6 +144,12 @@ def measure(name: str, seed: int, args: argparse.Namespace) -> tuple[list[lq.Row
             write_recorded_pipeline(stream, work, args.rate)
         total, skip = len(stream.pretrain) + len(stream.events), len(stream.pretrain)
         summary, outcomes = run_demo(pipeline, total, skip + stream.drift_at, seed, args.rate, work)
+        if args.keep:
+            kept = args.keep / f"{name}-{seed}"
+            kept.mkdir(parents=True, exist_ok=True)
+            for file in ("pipeline.yaml", "outcomes.jsonl"):
+                shutil.copy(work / file, kept / file)
+            (kept / "summary.json").write_text(json.dumps(summary, indent=1))
     # The same events for every approach, checked by their labels (the phishing generator runs twice).
     if [row["label"] for row in outcomes] != [y for _, y in stream.pretrain + stream.events]:
         raise SystemExit(f"{name} seed {seed}: the demo's labels are not the simulation's")
@@ -178,6 +184,8 @@ def main() -> None:
                         help="events per second, for the real loop and as the simulation's event time")
     parser.add_argument("--window", type=int, default=500, help="accuracy window of the plots")
     parser.add_argument("--plots", action="store_true")
+    parser.add_argument("--keep", type=Path, help="keep each run's spec, outcomes and demo summary here, "
+                        "in <stream>-<seed>/")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                         help="override a policy field of the spec, for every approach (repeatable)")
     args = parser.parse_args()
@@ -193,6 +201,8 @@ def main() -> None:
                   f"dead letters {summary['dlq']}, held back {summary['throttled_s']} s, "
                   f"{summary['promotions']} promotions, {summary['rollbacks']} rollbacks, "
                   f"latency p50 {summary['latency_p50_ms']} ms, p99 {summary['latency_p99_ms']} ms", flush=True)
+            print_timeline(summary, args.pretrain if name != "phishing" else 1250,
+                           next(r for r in new_rows if r.approach == REAL_LOOP))
             if summary["throttled_s"]:
                 # Labels go out on the wall clock while events wait: fewer events late than recorded.
                 print(f"  warning: the demo held events back for {summary['throttled_s']} s, so its labels came "
@@ -208,6 +218,20 @@ def main() -> None:
             sooner = sum(_sooner(s[approach], s["river online"]) for s in by_seed.values())
             print(f"  {name:<11} {approach}: sooner than river online on {sooner} of {len(by_seed)} seeds, "
                   f"than static on {sum(_sooner(s[approach], s['static']) for s in by_seed.values())}")
+
+
+def print_timeline(summary: dict, skip: int, row: lq.Row) -> None:
+    """The real loop's promotions, rollbacks and alarms from 1,000 events before the drift, in measured events."""
+    drift = summary["drift_at"] - skip
+    for entry in summary["timeline"]:
+        at = entry["event"] - skip
+        if at < drift - 1000:
+            continue
+        what = f"{entry['concept_alarm']} {entry['severity']}" if "concept_alarm" in entry else \
+            f"{entry.get('decision', 'serving')} {entry['serving']}" + (
+                f", loss {-entry['improvement']:+.1%}" if entry.get("improvement") is not None else "")
+        print(f"    event {at:>6,} ({at - drift:+,} from drift) {what}")
+    print(f"    recovered after {lq.fmt(row.recovery)} events")
 
 
 def _sooner(a: int | None, b: int | None) -> bool:
