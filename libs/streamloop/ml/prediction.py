@@ -27,7 +27,7 @@ from streamloop.ml.exceptions import ModelError
 
 
 class ModelOutputError(ModelError):
-    """A model returned something that is not a prediction (no probabilities, a NaN value)."""
+    """A model returned something that is not a prediction (a NaN probability or value, a value that is no number)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,9 +76,17 @@ def choose_action(rules: Sequence[ActionRule], probability: float | None = None,
 
 def output_from_probabilities(probabilities: Mapping[Any, float], positive_class: str | None,
                               rules: Sequence[ActionRule]) -> ModelOutput:
-    """A classifier's output; the predicted class is the most probable (first one on a tie)."""
+    """A classifier's output; the predicted class is the most probable (first one on a tie).
+
+    No probabilities at all is a classifier with no opinion yet: river's trees, naive Bayes and
+    nearest neighbours answer so until they learn their first example, and the publisher's
+    bootstrap champion is such a model. It gets no class and the rules' ``otherwise`` action, and
+    its losses are the worst (``streamloop.ml.promotion.event_loss``). Refusing it left a tree
+    pipeline with no champion the scorer would load, so no predictions, no joined labels and no
+    model, ever.
+    """
     if not probabilities:
-        raise ModelOutputError("the classifier returned no probabilities")
+        return ModelOutput(action=choose_action(rules, probability=None))
     texts: dict[str, float] = {}
     for label, probability in probabilities.items():
         probability = float(probability)

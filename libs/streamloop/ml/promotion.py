@@ -83,6 +83,9 @@ def predicted_class(prediction: Mapping[str, Any]) -> str | None:
 def event_loss(metric: str, model: ModelSpec, label: Any, prediction: Mapping[str, Any]) -> float | None:
     """One model's loss on one labeled event; None when its prediction cannot be scored that way.
 
+    A classifier's prediction with neither class nor probabilities (no opinion yet) scores the
+    worst loss, so any model with an opinion can beat an untrained champion.
+
     ``prediction`` has the fields of a ``JoinedPrediction`` (predicted_class, probabilities, value).
     Cost: ``model.cost_matrix[actual][predicted]`` (a missing cell costs 0 when right, 1 when
     wrong), or ``model.cost_function`` per unit over / under for regression.
@@ -102,19 +105,19 @@ def event_loss(metric: str, model: ModelSpec, label: Any, prediction: Mapping[st
         return error * error
     if metric in ("zero_one", "cost"):
         predicted = predicted_class(prediction)
-        if predicted is None:
-            return None
         actual = class_key(label)
+        row = (model.cost_matrix or {}).get(actual, {})
+        if predicted is None:
+            # No opinion (prediction.output_from_probabilities): as wrong as an answer can be.
+            return 1.0 if metric == "zero_one" else float(max(1.0, *row.values()))
         if metric == "zero_one":
             return float(predicted != actual)
-        row = (model.cost_matrix or {}).get(actual, {})
         return float(row.get(predicted, 0.0 if predicted == actual else 1.0))
     p = probability_of_label(label, prediction.get("probabilities") or {}, model.positive_class)
     if p is None:
         predicted = predicted_class(prediction)
-        if predicted is None:
-            return None
-        p = 1.0 if predicted == class_key(label) else 0.0
+        # No opinion: the true class got nothing, as when a model names only other classes.
+        p = 0.0 if predicted is None else (1.0 if predicted == class_key(label) else 0.0)
     p = min(max(p, _EPS), 1.0 - _EPS)
     if metric == "log_loss":
         return -math.log(p)

@@ -134,7 +134,14 @@ def test_event_losses_per_metric():
     assert event_loss("cost", FRAUD, True, _pred(0.3)) == 50.0  # missed fraud
     assert event_loss("cost", FRAUD, False, _pred(0.9)) == 2.0  # false alarm
     assert event_loss("cost", FRAUD, False, _pred(0.1)) == 0.0
-    assert event_loss("log_loss", FRAUD, True, {}) is None
+    # No opinion (an untrained tree's empty probabilities): the worst loss, whatever the metric,
+    # so that a trained challenger can replace an untrained champion.
+    no_opinion = {"predicted_class": None, "probabilities": {}}
+    assert event_loss("log_loss", FRAUD, True, no_opinion) == pytest.approx(-math.log(1e-15))
+    assert event_loss("squared_error", FRAUD, True, no_opinion) == pytest.approx(1.0)
+    assert event_loss("zero_one", FRAUD, False, no_opinion) == 1.0
+    assert event_loss("cost", FRAUD, True, no_opinion) == 50.0 and event_loss("cost", FRAUD, False, no_opinion) == 2.0
+    assert event_loss("log_loss", FRAUD, True, no_opinion) > event_loss("log_loss", FRAUD, True, _pred(0.01))
     regression = ModelSpec(name="eta", task="regression", estimator="river.linear_model.LinearRegression")
     assert event_loss("log_loss", regression, 3.0, {"value": 5.0}) == 4.0  # falls back to squared error
     assert event_loss("absolute_error", regression, 3.0, {"value": 5.0}) == 2.0

@@ -12,6 +12,7 @@ from prometheus_client import generate_latest
 from services.online_scorer.models import ModelHolder, typical_vector
 from services.online_scorer.processor import ScoringProcessor
 from streamloop.kafka import ConsumedRecord
+from streamloop.ml.prediction import choose_action
 from tests.unit.online_scorer.fakes import (
     BrokenClassifier,
     ConstantClassifier,
@@ -85,6 +86,26 @@ def test_a_missing_artifact_or_a_failed_warm_up_keeps_the_current_model(spec, ar
     assert holder.current.champion.version == "v1"
     assert [a["model_version"] for a in alerts] == ["v2", "v3"]
     assert "warm-up" in alerts[1]["message"]
+
+
+def test_an_untrained_tree_loads_and_serves_with_no_opinion(spec, catalog, artifacts) -> None:
+    # The publisher's bootstrap champion is untrained. A Hoeffding tree then answers {} until it
+    # learns: refused at warm-up, it left a tree pipeline with no champion, so no predictions, no
+    # joined labels and no model, ever (found by benchmarks/learning_quality_kafka.py on Agrawal).
+    from river import tree
+
+    holder, alerts = holder_for(spec, artifacts)
+    deploy(holder, publish(artifacts, spec, tree.HoeffdingTreeClassifier(), "bootstrap"))
+    assert holder.current.champion is not None and holder.current.champion.version == "bootstrap", alerts
+    assert alerts == []
+    processor = ScoringProcessor(spec, holder, features=catalog["features"], predictions=catalog["predictions"],
+                                 shadow_predictions=catalog["shadow_predictions"])
+    vector = {"pipeline": spec.name, "event_id": "e1", "entity_key": "card-1", "event_time": 1_700_000_000_000,
+              "numeric": {"amount": 10.0}, "categorical": {}}
+    [prediction] = [o.value for o in processor.process([ConsumedRecord("f", 0, 0, "card-1", vector, 0)]).outputs]
+    assert prediction["model_version"] == "bootstrap"
+    assert prediction["predicted_class"] is None and prediction["probabilities"] == {}
+    assert prediction["action"] == choose_action(spec.model.actions)
 
 
 def test_a_good_load_after_a_failure_clears_the_alert(spec, artifacts) -> None:

@@ -10,6 +10,7 @@ import pytest
 import streamloop.ml.prediction as prediction_module
 from streamloop.contracts.pipeline import ActionRule, ModelSpec
 from streamloop.ml.prediction import (
+    ModelOutput,
     ModelOutputError,
     choose_action,
     default_output,
@@ -68,10 +69,19 @@ def test_regression_value_and_value_rules() -> None:
     assert choose_action([ActionRule(when_value_at_least=0.0, action="x")], probability=0.9) is None
 
 
-@pytest.mark.parametrize("bad", [{}, {True: math.nan, False: 0.5}])
-def test_a_classifier_output_that_is_not_a_prediction_is_an_error(bad: dict) -> None:
+def test_a_classifier_output_that_is_not_a_prediction_is_an_error() -> None:
     with pytest.raises(ModelOutputError):
-        output_from_probabilities(bad, "true", [])
+        output_from_probabilities({True: math.nan, False: 0.5}, "true", [])
+
+
+def test_a_classifier_with_no_opinion_yet_gets_no_class_and_the_default_action() -> None:
+    from river import tree
+
+    rules = [ActionRule(when_probability_at_least=0.8, action="block"), ActionRule(otherwise="allow")]
+    untrained = tree.HoeffdingTreeClassifier()
+    assert untrained.predict_proba_one({"amount": 1.0}) == {}, "river's untrained tree has no opinion"
+    output = output_from_probabilities(untrained.predict_proba_one({"amount": 1.0}), "true", rules)
+    assert output == ModelOutput(predicted_class=None, probabilities={}, value=None, action="allow")
 
 
 @pytest.mark.parametrize("bad", [None, "x", math.inf, math.nan])
