@@ -11,3 +11,7 @@ class BinaryNotFoundError(StackError):
 
 class StartTimeoutError(StackError):
     """A server process did not accept connections in time."""
+
+
+class LoopStalledError(StreamloopError):
+    """The driver waited for a running loop that answered nothing for too long."""

@@ -27,6 +27,7 @@ from streamloop.kafka.pacing import FetchPacer
 from streamloop.ml.training import training_pair
 from streamloop.serde import Serde, SerdeError
 from streamloop.service.settings import SerdeSettings
+from streamloop.stack.exceptions import LoopStalledError
 from streamloop.stack.loop_observation import LoopObservation, event_outcomes, summarize
 
 # Backpressure, in seconds of the offered rate: the driver holds events back while more than this
@@ -35,6 +36,9 @@ from streamloop.stack.loop_observation import LoopObservation, event_outcomes, s
 # collector fell 15,000 labels behind and the first promotion came at event 38,000 or later).
 BACKLOG_EVENTS_S = 2.0
 BACKLOG_LABELS_S = 5.0
+# Held back this long with not one event or label answered, the loop is stuck, not slow: a scorer
+# that loads no champion never answers, and the demo would wait for it forever.
+STALL_TIMEOUT_S = 120.0
 
 
 def load_generator(pipeline: PipelineSpec) -> ModuleType:
@@ -52,8 +56,9 @@ def load_generator(pipeline: PipelineSpec) -> ModuleType:
 
 class LoopDriver:
     def __init__(self, pipeline: PipelineSpec, catalog: Catalog, kafka: KafkaSettings,
-                 serde: SerdeSettings | None = None) -> None:
+                 serde: SerdeSettings | None = None, stall_timeout_s: float = STALL_TIMEOUT_S) -> None:
         self.pipeline = pipeline
+        self.stall_timeout_s = stall_timeout_s
         self.catalog = catalog
         self.kafka = kafka
         self.serde_settings = serde or SerdeSettings(url=None)
@@ -182,6 +187,7 @@ class LoopDriver:
         pending_labels: list[tuple[float, int, dict]] = []
         started = time.monotonic()
         sent = 0
+        answered, answered_changed = self._answered(), started
         for sent, demo_event in enumerate(demo_events, start=1):
             due = started + (sent - 1) / rate_per_s
             while True:
@@ -189,6 +195,14 @@ class LoopDriver:
                 self._send_due_labels(producer, label_topic.name, label_serde, pending_labels, now)
                 behind = self._loop_behind(rate_per_s)
                 if behind is not None:
+                    current = self._answered()
+                    if current != answered:
+                        answered, answered_changed = current, now
+                    elif now - answered_changed > self.stall_timeout_s:
+                        raise LoopStalledError(
+                            f"the loop answered no event and no label for {now - answered_changed:.0f} s while "
+                            f"{behind} waited ({self.observed.events_unanswered()} events unscored, "
+                            f"{self.observed.labels_unanswered()} labels unjoined); its services' logs say why")
                     # The machine does not sustain the offered rate: wait for the loop instead of
                     # burying it, and move the schedule on so no burst follows.
                     time.sleep(0.005)
@@ -196,6 +210,7 @@ class LoopDriver:
                     started += waited
                     self.observed.throttled_by[behind] = self.observed.throttled_by.get(behind, 0.0) + waited
                     continue
+                answered_changed = now  # the stall clock runs only while the driver waits
                 if now >= due:
                     break
                 time.sleep(min(due - now, 0.005))
@@ -219,6 +234,13 @@ class LoopDriver:
             self._send_due_labels(producer, label_topic.name, label_serde, pending_labels, time.monotonic())
             time.sleep(0.01)
         producer.flush(60)
+
+    def _answered(self) -> tuple[int, int]:
+        """Events and labels the loop has answered so far: what moves while it works."""
+        with self._lock:
+            obs = self.observed
+            return (len(obs.predicted_at_ms) + len(obs.dead_lettered_events),
+                    obs.labeled_examples + sum(obs.unmatched_labels.values()))
 
     def _loop_behind(self, rate_per_s: float) -> str | None:
         """What is further behind than the backpressure limits allow ("events" or "labels"), if anything.

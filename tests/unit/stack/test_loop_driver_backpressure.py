@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass
 
 from streamloop.stack import loop_driver
+from streamloop.stack.exceptions import LoopStalledError
 from streamloop.stack.loop_driver import LoopDriver
 
 
@@ -66,3 +67,44 @@ def test_an_event_is_unanswered_until_it_is_predicted_or_dead_lettered() -> None
     observed.predicted_at_ms = {"a": 1, "b": 1}
     observed.dead_lettered_events = {"b", "c"}  # "b" was dead-lettered by one stage and predicted anyway
     assert observed.events_unanswered() == 1  # "d"
+
+
+def test_a_loop_that_answers_nothing_while_the_driver_waits_is_reported_stalled(monkeypatch,
+                                                                              card_driver: LoopDriver) -> None:
+    monkeypatch.setattr(loop_driver, "Producer", Producer)
+    driver = card_driver
+    driver.stall_timeout_s = 0.5
+    failures: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            driver.run(events(2_100), 1000.0)
+        except LoopStalledError as exc:
+            failures.append(exc)
+
+    sending = threading.Thread(target=run)
+    started = time.monotonic()
+    sending.start()
+    sending.join(10)
+    assert not sending.is_alive() and len(failures) == 1, "held back with nothing answered: stalled, not waiting"
+    assert 0.5 <= time.monotonic() - started < 5
+    assert "answered no event and no label" in str(failures[0]) and "2001 events unscored" in str(failures[0])
+
+
+def test_a_loop_that_keeps_answering_is_waited_for_however_long(monkeypatch, card_driver: LoopDriver) -> None:
+    monkeypatch.setattr(loop_driver, "Producer", Producer)
+    driver = card_driver
+    driver.stall_timeout_s = 0.3
+    sending = threading.Thread(target=driver.run, args=(events(2_100), 1000.0))
+    sending.start()
+    deadline = time.monotonic() + 1.5  # five stall timeouts, one event answered every 0.1 s
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+        with driver._lock:
+            unanswered = next(e for e in driver.observed.produced_at_ms if e not in driver.observed.predicted_at_ms)
+            driver.observed.predicted_at_ms[unanswered] = 0
+    assert sending.is_alive(), "slow, not stuck"
+    with driver._lock:
+        driver.observed.predicted_at_ms.update({e: 0 for e in driver.observed.produced_at_ms})
+    sending.join(10)
+    assert len(driver.observed.produced_at_ms) == 2_100
