@@ -223,7 +223,7 @@ def served_class(model, x: dict[str, float], stream: Stream) -> bool | None:
         predicted = predict(model, x, stream.spec.model).predicted_class
     except ModelOutputError:
         return None
-    return predicted == "true"
+    return None if predicted is None else predicted == "true"  # None: no opinion yet, no answer
 
 
 def run_model(stream: Stream, model, learn: bool, rate: float) -> Result:

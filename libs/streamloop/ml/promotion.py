@@ -109,7 +109,7 @@ def event_loss(metric: str, model: ModelSpec, label: Any, prediction: Mapping[st
         row = (model.cost_matrix or {}).get(actual, {})
         if predicted is None:
             # No opinion (prediction.output_from_probabilities): as wrong as an answer can be.
-            return 1.0 if metric == "zero_one" else float(max(1.0, *row.values()))
+            return 1.0 if metric == "zero_one" else float(max([1.0, *row.values()]))
         if metric == "zero_one":
             return float(predicted != actual)
         return float(row.get(predicted, 0.0 if predicted == actual else 1.0))

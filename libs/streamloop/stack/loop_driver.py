@@ -199,10 +199,12 @@ class LoopDriver:
                     if current != answered:
                         answered, answered_changed = current, now
                     elif now - answered_changed > self.stall_timeout_s:
+                        with self._lock:  # the readers add dead letters meanwhile
+                            unscored, unjoined = self.observed.events_unanswered(), self.observed.labels_unanswered()
                         raise LoopStalledError(
                             f"the loop answered no event and no label for {now - answered_changed:.0f} s while "
-                            f"{behind} waited ({self.observed.events_unanswered()} events unscored, "
-                            f"{self.observed.labels_unanswered()} labels unjoined); its services' logs say why")
+                            f"{behind} waited ({unscored} events unscored, {unjoined} labels unjoined); its "
+                            "services' logs say why")
                     # The machine does not sustain the offered rate: wait for the loop instead of
                     # burying it, and move the schedule on so no burst follows.
                     time.sleep(0.005)

@@ -142,6 +142,10 @@ def test_event_losses_per_metric():
     assert event_loss("zero_one", FRAUD, False, no_opinion) == 1.0
     assert event_loss("cost", FRAUD, True, no_opinion) == 50.0 and event_loss("cost", FRAUD, False, no_opinion) == 2.0
     assert event_loss("log_loss", FRAUD, True, no_opinion) > event_loss("log_loss", FRAUD, True, _pred(0.01))
+    # A cost matrix with no row for the true class: a wrong answer's default cost, 1.
+    partial = FRAUD.model_copy(update={"cost_matrix": {"true": {"false": 50.0}}})
+    assert event_loss("cost", partial, False, no_opinion) == 1.0
+    assert event_loss("cost", partial, True, no_opinion) == 50.0
     regression = ModelSpec(name="eta", task="regression", estimator="river.linear_model.LinearRegression")
     assert event_loss("log_loss", regression, 3.0, {"value": 5.0}) == 4.0  # falls back to squared error
     assert event_loss("absolute_error", regression, 3.0, {"value": 5.0}) == 2.0
