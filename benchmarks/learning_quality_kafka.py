@@ -167,8 +167,7 @@ def measure(name: str, seed: int, args: argparse.Namespace) -> tuple[list[lq.Row
         rows.append(row)
     if args.plots and seed == args.first_seed:
         path = lq.IMAGES / f"learning_quality_kafka_{name}.png"
-        curves = {a: measured[a] for a in ("static", "river online", SIMULATED_LOOP, REAL_LOOP, "no-change")}
-        lq.plot(stream, curves, real, args.window, args.rate, path)
+        lq.plot(stream, measured, real, args.window, args.rate, path)
         print(f"  plot: {path.relative_to(REPO_ROOT)}", flush=True)
     return rows, summary
 
