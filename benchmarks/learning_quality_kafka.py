@@ -136,7 +136,7 @@ def real_loop_result(summary: dict, outcomes: list[dict], skip: int) -> lq.Resul
 def measure(name: str, seed: int, args: argparse.Namespace) -> tuple[list[lq.Row], dict]:
     sim_args = argparse.Namespace(pretrain=args.pretrain, events=args.events, set=args.set, rate=args.rate,
                                   oracle_window=False, publish_online_on_drift=False)
-    stream, results, _loop, sim_rows = lq.run(name, seed, sim_args)
+    stream, results, simulated, sim_rows = lq.run(name, seed, sim_args)
     cpu_s = {r.approach: r.seconds for r in sim_rows}
     with tempfile.TemporaryDirectory(prefix=f"lq-kafka-{name}-") as tmp:
         work = Path(tmp)
@@ -169,6 +169,8 @@ def measure(name: str, seed: int, args: argparse.Namespace) -> tuple[list[lq.Row
         path = lq.IMAGES / f"learning_quality_kafka_{name}.png"
         lq.plot(stream, measured, real, args.window, args.rate, path)
         print(f"  plot: {path.relative_to(REPO_ROOT)}", flush=True)
+    print(f"{name} seed {seed}, the simulated loop's drift events and decisions:", flush=True)
+    lq.print_loop(simulated, stream.drift_at)
     return rows, summary
 
 
