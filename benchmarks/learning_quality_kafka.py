@@ -50,6 +50,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import learning_quality as lq  # noqa: E402
 import yaml  # noqa: E402
 
+from streamloop.stack.loop_observation import describe  # noqa: E402
+
 GENERATOR = Path(__file__).resolve().parent / "recorded_stream_generator.py"
 REAL_LOOP, SIMULATED_LOOP = "streamloop loop", "streamloop loop (simulated)"
 ENTITIES = 1000  # the recorded streams have no entity: events are spread over this many keys
@@ -228,10 +230,7 @@ def print_timeline(summary: dict, skip: int, row: lq.Row) -> None:
         at = entry["event"] - skip
         if at < drift - 1000:
             continue
-        what = f"{entry['concept_alarm']} {entry['severity']}" if "concept_alarm" in entry else \
-            f"{entry.get('decision', 'serving')} {entry['serving']}" + (
-                f", loss {-entry['improvement']:+.1%}" if entry.get("improvement") is not None else "")
-        print(f"    event {at:>6,} ({at - drift:+,} from drift) {what}")
+        print(f"    event {at:>6,} ({at - drift:+,} from drift) {describe(entry)}")
     print(f"    recovered after {lq.fmt(row.recovery)} events")
 
 

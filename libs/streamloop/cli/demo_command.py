@@ -24,6 +24,7 @@ from streamloop.errors import StreamloopError
 from streamloop.ml.registry_client import RegistryClient
 from streamloop.stack.launcher import Stack
 from streamloop.stack.loop_driver import LoopDriver, load_generator
+from streamloop.stack.loop_observation import describe
 from streamloop.stack.services import embedded_replicas
 
 app = typer.Typer()
@@ -227,17 +228,6 @@ def _watch(producer: threading.Thread, driver: LoopDriver, stack: Stack, console
             time.sleep(0.25)
 
 
-def _describe(entry: dict) -> str:
-    if "concept_alarm" in entry:
-        return f"concept alarm: {entry['concept_alarm']} ({entry['severity']})"
-    if "decision" not in entry:
-        return f"serving {entry['serving']}"
-    text = f"{entry['decision'].lower()} to {entry['serving']}" + ("" if entry["automatic"] else " (by hand)")
-    if entry.get("improvement") is not None:
-        text += f", loss {-entry['improvement']:+.1%}"
-    return text
-
-
 def _report(summary: dict, console: Console, json_output: bool) -> None:
     table = Table(title="summary", show_header=False)
     for key, value in summary.items():
@@ -246,7 +236,7 @@ def _report(summary: dict, console: Console, json_output: bool) -> None:
     console.print(table)
     timeline = Table(title="timeline (by event index)", show_header=False)
     for entry in summary.get("timeline", []):
-        timeline.add_row(str(entry["event"]), _describe(entry))
+        timeline.add_row(str(entry["event"]), describe(entry))
     console.print(timeline)
     if json_output:
         print(json.dumps(summary), flush=True)

@@ -212,6 +212,18 @@ def timeline(obs: LoopObservation, by_index: list[tuple[int, str]], index_of: Ca
     return sorted(entries, key=lambda e: e["event"])
 
 
+def describe(entry: dict) -> str:
+    """One timeline entry in words: what the demo's timeline table and the benchmarks print."""
+    if "concept_alarm" in entry:
+        return f"concept alarm: {entry['concept_alarm']} ({entry['severity']})"
+    if "decision" not in entry:
+        return f"serving {entry['serving']}"
+    text = f"{entry['decision'].lower()} to {entry['serving']}" + ("" if entry["automatic"] else " (by hand)")
+    if entry.get("improvement") is not None:
+        text += f", loss {-entry['improvement']:+.1%}"
+    return text
+
+
 def _retrained_offline(obs: LoopObservation, model_spec: ModelSpec, train_ids: list[str],
                        test_ids: list[str]) -> float | None:
     """Accuracy on ``test_ids`` of a fresh estimator trained on ``train_ids``' labeled examples."""
