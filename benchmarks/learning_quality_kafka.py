@@ -158,15 +158,10 @@ def measure(name: str, seed: int, args: argparse.Namespace) -> tuple[list[lq.Row
     real = real_loop_result(summary, outcomes, skip)
     measured = {"static": results["static"], "river online": results["river online"],
                 SIMULATED_LOOP: results["streamloop loop"], REAL_LOOP: real, "no-change": results["no-change"]}
-    rows = []
-    for approach, result in measured.items():
-        # rows_for counts promotions for the approach named "streamloop loop" only: ask as that one.
-        asked = "streamloop loop" if approach in (REAL_LOOP, SIMULATED_LOOP) else approach
-        row = lq.rows_for(stream, seed, {asked: result}, {asked: 0.0})[0]
-        row.approach = approach
-        # The real loop's figure is the demo's wall time (seven processes on every core), not CPU time.
-        row.seconds = summary["wall_s"] if approach == REAL_LOOP else cpu_s[asked]
-        rows.append(row)
+    # The real loop's figure is the demo's wall time (seven processes on every core), not CPU time.
+    seconds = {"static": cpu_s["static"], "river online": cpu_s["river online"],
+               SIMULATED_LOOP: cpu_s["streamloop loop"], REAL_LOOP: summary["wall_s"], "no-change": cpu_s["no-change"]}
+    rows = lq.rows_for(stream, seed, measured, seconds)
     if args.plots and seed == args.first_seed:
         path = lq.IMAGES / f"learning_quality_kafka_{name}.png"
         lq.plot(stream, measured, real, args.window, args.rate, path)
