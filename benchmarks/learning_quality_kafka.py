@@ -135,7 +135,7 @@ def real_loop_result(summary: dict, outcomes: list[dict], skip: int) -> lq.Resul
     return result
 
 
-def measure(name: str, seed: int, args: argparse.Namespace) -> tuple[list[lq.Row], dict]:
+def measure(name: str, seed: int, args: argparse.Namespace) -> list[lq.Row]:
     sim_args = argparse.Namespace(pretrain=args.pretrain, events=args.events, set=args.set, rate=args.rate,
                                   oracle_window=False, publish_online_on_drift=False)
     stream, results, simulated, sim_rows = lq.run(name, seed, sim_args)
@@ -168,7 +168,16 @@ def measure(name: str, seed: int, args: argparse.Namespace) -> tuple[list[lq.Row
         print(f"  plot: {path.relative_to(REPO_ROOT)}", flush=True)
     print(f"{name} seed {seed}, the simulated loop's drift events and decisions:", flush=True)
     lq.print_loop(simulated, stream.drift_at)
-    return rows, summary
+    print(f"{name} seed {seed}: the demo took {summary['wall_s']:.0f} s; lost {summary['lost']}, "
+          f"dead letters {summary['dlq']}, held back {summary['throttled_s']} s, "
+          f"{summary['promotions']} promotions, {summary['rollbacks']} rollbacks, "
+          f"latency p50 {summary['latency_p50_ms']} ms, p99 {summary['latency_p99_ms']} ms", flush=True)
+    print_timeline(summary, skip, next(r for r in rows if r.approach == REAL_LOOP))
+    if summary["throttled_s"]:
+        # Labels go out on the wall clock while events wait: fewer events late than recorded.
+        print(f"  warning: the demo held events back for {summary['throttled_s']} s, so its labels came "
+              "fewer events late than in the recording", flush=True)
+    return rows
 
 
 def main() -> None:
@@ -193,18 +202,7 @@ def main() -> None:
     for name in args.streams.split(","):
         for seed in seeds:
             events = args.events if name != "phishing" else min(args.events, 10_000)
-            new_rows, summary = measure(name, seed, argparse.Namespace(**{**vars(args), "events": events}))
-            rows += new_rows
-            print(f"{name} seed {seed}: the demo took {summary['wall_s']:.0f} s; lost {summary['lost']}, "
-                  f"dead letters {summary['dlq']}, held back {summary['throttled_s']} s, "
-                  f"{summary['promotions']} promotions, {summary['rollbacks']} rollbacks, "
-                  f"latency p50 {summary['latency_p50_ms']} ms, p99 {summary['latency_p99_ms']} ms", flush=True)
-            print_timeline(summary, args.pretrain if name != "phishing" else 1250,
-                           next(r for r in new_rows if r.approach == REAL_LOOP))
-            if summary["throttled_s"]:
-                # Labels go out on the wall clock while events wait: fewer events late than recorded.
-                print(f"  warning: the demo held events back for {summary['throttled_s']} s, so its labels came "
-                      "fewer events late than in the recording", flush=True)
+            rows += measure(name, seed, argparse.Namespace(**{**vars(args), "events": events}))
     print()
     lq.print_rows(rows)
     print(f"(CPU s: each in-process approach's CPU time; for {REAL_LOOP!r}, the demo's wall time)")
@@ -226,7 +224,7 @@ def print_timeline(summary: dict, skip: int, row: lq.Row) -> None:
         if at < drift - 1000:
             continue
         print(f"    event {at:>6,} ({at - drift:+,} from drift) {describe(entry)}")
-    print(f"    recovered after {lq.fmt(row.recovery)} events")
+    print(f"    recovered after {row.recovery:,} events" if row.recovery is not None else "    not recovered")
 
 
 def _sooner(a: int | None, b: int | None) -> bool:
