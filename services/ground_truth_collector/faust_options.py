@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
+import shutil
 import tempfile
+from pathlib import Path
 from typing import Any
 
 import mode
@@ -30,6 +33,20 @@ def use_fetch_wait(max_wait_ms: int) -> None:
     faust_aiokafka.AIOKafkaConsumerThread._create_worker_consumer = create
 
 
+def data_dir(settings: CollectorSettings) -> Path:
+    """COLLECTOR_DATA_DIR, created if missing, or a temporary directory removed when the process exits.
+
+    The memory store writes nothing worth keeping there, so a temporary one left behind by every
+    start would only pile up in /tmp.
+    """
+    if settings.data_dir is not None:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)  # faust makes only the last level
+        return settings.data_dir
+    temporary = Path(tempfile.mkdtemp(prefix=f"{SERVICE}-"))
+    atexit.register(shutil.rmtree, temporary, ignore_errors=True)
+    return temporary
+
+
 def faust_options(settings: CollectorSettings, keyed_partitions: int) -> dict[str, Any]:
     common = settings.common
     kafka = common.kafka
@@ -40,7 +57,7 @@ def faust_options(settings: CollectorSettings, keyed_partitions: int) -> dict[st
     return {
         **kafka.faust_broker_options(),
         "store": "memory://",  # the changelog is the state; nothing on local disk to lose or restore
-        "datadir": str(settings.data_dir or tempfile.mkdtemp(prefix=f"{SERVICE}-")),
+        "datadir": str(data_dir(settings)),
         "web_enabled": False,
         "topic_partitions": keyed_partitions,
         # Internal topics and changelogs replicated as the catalog's are (STREAMLOOP_TOPIC_*).

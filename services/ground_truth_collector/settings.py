@@ -57,7 +57,8 @@ class CollectorSettings(BaseSettings):
     batch_wait: PositiveDurationMs = 50
     commit_interval: PositiveDurationMs = 1_000
     data_dir: Path | None = Field(
-        default=None, description="faust's data directory; unset: a temporary one (the memory store keeps nothing).")
+        default=None, description="faust's data directory; unset: a temporary one, removed at exit (the memory "
+                                  "store keeps nothing).")
     metrics_report_interval: PositiveDurationMs = 5_000
     stop_timeout: PositiveDurationMs = Field(
         default=30_000, description="How long a stop waits for the stages to finish their batch (one may wait for "

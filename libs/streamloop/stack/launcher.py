@@ -166,6 +166,9 @@ class Stack:
             "STREAMLOOP_ARTIFACT_SIGNING_KEY": f"file:{self.signing_key_file()}",
             "OTEL_SERVICE_NAME": name,
         })
+        if name == "ground-truth-collector":
+            # Inside the stack's directory, so that a replica killed outright leaves nothing in /tmp.
+            env["COLLECTOR_DATA_DIR"] = str(self.data_dir / "collector" / str(replica))
         if self.broker is not None and ANSWERS_EMPTY_FETCH_AT_ONCE[self.broker.kind] \
                 and "KAFKA_IDLE_FETCH_PAUSE_MS" not in os.environ:
             env["KAFKA_IDLE_FETCH_PAUSE_MS"] = str(IDLE_FETCH_PAUSE_MS.get(name, BACKGROUND_IDLE_FETCH_PAUSE_MS))

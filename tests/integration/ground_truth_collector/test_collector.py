@@ -54,7 +54,9 @@ def collector_env(request: pytest.FixtureRequest, service_env: dict[str, str], t
             "KAFKA_GROUP_INSTANCE_ID": f"{unique_name}-collector-0",
             "COLLECTOR_JOIN_GRACE": "4s", "COLLECTOR_IDLE_AFTER": "3s", "COLLECTOR_TICK_INTERVAL": "250ms",
             "COLLECTOR_METRICS_WINDOW": "10s", "COLLECTOR_METRICS_LATENESS": "1s",
-            "COLLECTOR_COMMIT_INTERVAL": "500ms", "COLLECTOR_STALL_AFTER": "3s", "COLLECTOR_RUNTIME": request.param}
+            "COLLECTOR_COMMIT_INTERVAL": "500ms", "COLLECTOR_STALL_AFTER": "3s", "COLLECTOR_RUNTIME": request.param,
+            # A killed process cannot remove a temporary one.
+            "COLLECTOR_DATA_DIR": str(tmp_path / "faust")}
 
 
 def launch(env: dict[str, str], log_path: Path) -> subprocess.Popen:

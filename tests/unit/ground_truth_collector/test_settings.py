@@ -63,3 +63,30 @@ def test_the_faust_runtime_replicates_its_topics_and_changelogs_as_configured(re
     internal = [collector.keyed, collector.joined, collector.keyed_dead_letters,
                 collector.state.table.changelog_topic, collector.scoring_state.table.changelog_topic]
     assert [(t.replicas, t.config) for t in internal] == [(None, {"min.insync.replicas": "2"})] * 5
+
+
+def test_a_set_data_dir_is_used_and_created_with_its_parents(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """faust creates only the last level of its datadir; the launcher passes stack/collector/<replica>."""
+    from services.ground_truth_collector.faust_options import data_dir
+
+    monkeypatch.setenv("COLLECTOR_DATA_DIR", str(tmp_path / "collector" / "0"))
+    assert data_dir(CollectorSettings()) == tmp_path / "collector" / "0"
+    assert (tmp_path / "collector" / "0").is_dir()
+
+
+def test_an_unset_data_dir_is_a_temporary_one_gone_when_the_process_exits(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every start used to leave one behind in /tmp."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    monkeypatch.delenv("COLLECTOR_DATA_DIR", raising=False)
+    program = ("from pathlib import Path\n"
+               "from services.ground_truth_collector.faust_options import data_dir\n"
+               "from services.ground_truth_collector.settings import CollectorSettings\n"
+               "path = data_dir(CollectorSettings())\n"
+               "assert path.is_dir()\n"
+               "print(path)\n")
+    finished = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, check=True, timeout=60)
+    path = Path(finished.stdout.strip())
+    assert path.name.startswith(f"{SERVICE}-") and not path.exists()

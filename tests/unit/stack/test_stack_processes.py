@@ -88,6 +88,14 @@ def test_on_a_broker_that_answers_fetches_at_once_every_client_waits_while_recor
         assert "queued.min.messages" not in driver_consumer and "fetch.queue.backoff.ms" not in driver_consumer
 
 
+def test_each_collector_replica_keeps_its_faust_directory_inside_the_stacks(tmp_path: Path) -> None:
+    """A replica killed outright (the fault tests do it) then leaves nothing behind in /tmp."""
+    stack = _stack_on("noida", tmp_path)
+    assert stack.service_env("ground-truth-collector", 1, 9000)["COLLECTOR_DATA_DIR"] == str(
+        stack.data_dir / "collector" / "1")
+    assert "COLLECTOR_DATA_DIR" not in stack.service_env("featurizer", 0, 9000)
+
+
 def test_the_environment_overrides_the_stacks_fetch_settings(tmp_path: Path,
                                                             fetch_environment_unset: pytest.MonkeyPatch) -> None:
     fetch_environment_unset.setenv("KAFKA_FETCH_QUEUE_BACKOFF_MS", "20")
