@@ -135,19 +135,20 @@ def real_loop_result(summary: dict, outcomes: list[dict], skip: int) -> lq.Resul
     return result
 
 
-def measure(name: str, seed: int, args: argparse.Namespace) -> list[lq.Row]:
-    sim_args = argparse.Namespace(pretrain=args.pretrain, events=args.events, set=args.set, rate=args.rate,
-                                  oracle_window=False, publish_online_on_drift=False)
-    stream, results, simulated, sim_rows = lq.run(name, seed, sim_args)
-    cpu_s = {r.approach: r.seconds for r in sim_rows}
+def real_loop_name(run: int, runs: int) -> str:
+    return REAL_LOOP if runs == 1 else f"{REAL_LOOP}, run {run}"
+
+
+def run_loop(name: str, seed: int, stream: lq.Stream, total: int, skip: int, args: argparse.Namespace,
+             kept_as: str) -> tuple[dict, list[dict]]:
+    """One run of the real loop on ``stream``: the demo's summary and its per-event outcomes."""
     with tempfile.TemporaryDirectory(prefix=f"lq-kafka-{name}-") as tmp:
         work = Path(tmp)
         pipeline = write_phishing_pipeline(stream, work) if name == "phishing" else \
             write_recorded_pipeline(stream, work, args.rate)
-        total, skip = len(stream.pretrain) + len(stream.events), len(stream.pretrain)
         summary, outcomes = run_demo(pipeline, total, skip + stream.drift_at, seed, args.rate, work)
         if args.keep:
-            kept = args.keep / f"{name}-{seed}"
+            kept = args.keep / kept_as
             kept.mkdir(parents=True, exist_ok=True)
             for file in ("pipeline.yaml", "outcomes.jsonl"):
                 shutil.copy(work / file, kept / file)
@@ -155,28 +156,49 @@ def measure(name: str, seed: int, args: argparse.Namespace) -> list[lq.Row]:
     # The same events for every approach, checked by their labels (the phishing generator runs twice).
     if [row["label"] for row in outcomes] != [y for _, y in stream.pretrain + stream.events]:
         raise SystemExit(f"{name} seed {seed}: the demo's labels are not the simulation's")
-    real = real_loop_result(summary, outcomes, skip)
+    return summary, outcomes
+
+
+def measure(name: str, seed: int, args: argparse.Namespace) -> list[lq.Row]:
+    sim_args = argparse.Namespace(pretrain=args.pretrain, events=args.events, set=args.set, rate=args.rate,
+                                  oracle_window=False, publish_online_on_drift=False)
+    stream, results, simulated, sim_rows = lq.run(name, seed, sim_args)
+    cpu_s = {r.approach: r.seconds for r in sim_rows}
+    total, skip = len(stream.pretrain) + len(stream.events), len(stream.pretrain)
+    runs = []
+    for run in range(1, args.runs + 1):
+        # The in-process approaches are deterministic; the real loop is not (its services batch the
+        # labels as they happen to arrive), so only it is run again.
+        summary, outcomes = run_loop(name, seed, stream, total, skip, args, kept_as=(
+            f"{name}-{seed}" if args.runs == 1 else f"{name}-{seed}-run{run}"))
+        runs.append((real_loop_name(run, args.runs), summary, real_loop_result(summary, outcomes, skip)))
     measured = {"static": results["static"], "river online": results["river online"],
-                SIMULATED_LOOP: results["streamloop loop"], REAL_LOOP: real, "no-change": results["no-change"]}
+                SIMULATED_LOOP: results["streamloop loop"], **{n: real for n, _, real in runs},
+                "no-change": results["no-change"]}
     # The real loop's figure is the demo's wall time (seven processes on every core), not CPU time.
     seconds = {"static": cpu_s["static"], "river online": cpu_s["river online"],
-               SIMULATED_LOOP: cpu_s["streamloop loop"], REAL_LOOP: summary["wall_s"], "no-change": cpu_s["no-change"]}
+               SIMULATED_LOOP: cpu_s["streamloop loop"], **{n: summary["wall_s"] for n, summary, _ in runs},
+               "no-change": cpu_s["no-change"]}
     rows = lq.rows_for(stream, seed, measured, seconds)
     if args.plots and seed == args.first_seed:
         path = lq.IMAGES / f"learning_quality_kafka_{name}.png"
-        lq.plot(stream, measured, real, args.window, args.rate, path)
+        first_name, _, first_real = runs[0]
+        plotted = {k: v for k, v in measured.items() if not k.startswith(REAL_LOOP) or k == first_name}
+        lq.plot(stream, {REAL_LOOP if k == first_name else k: v for k, v in plotted.items()}, first_real,
+                args.window, args.rate, path)
         print(f"  plot: {path.relative_to(REPO_ROOT)}", flush=True)
     print(f"{name} seed {seed}, the simulated loop's drift events and decisions:", flush=True)
     lq.print_loop(simulated, stream.drift_at)
-    print(f"{name} seed {seed}: the demo took {summary['wall_s']:.0f} s; lost {summary['lost']}, "
-          f"dead letters {summary['dlq']}, held back {summary['throttled_s']} s, "
-          f"{summary['promotions']} promotions, {summary['rollbacks']} rollbacks, "
-          f"latency p50 {summary['latency_p50_ms']} ms, p99 {summary['latency_p99_ms']} ms", flush=True)
-    print_timeline(summary, skip, next(r for r in rows if r.approach == REAL_LOOP))
-    if summary["throttled_s"]:
-        # Labels go out on the wall clock while events wait: fewer events late than recorded.
-        print(f"  warning: the demo held events back for {summary['throttled_s']} s, so its labels came "
-              "fewer events late than in the recording", flush=True)
+    for loop_name, summary, _ in runs:
+        print(f"{name} seed {seed}, {loop_name}: the demo took {summary['wall_s']:.0f} s; lost {summary['lost']}, "
+              f"dead letters {summary['dlq']}, held back {summary['throttled_s']} s, "
+              f"{summary['promotions']} promotions, {summary['rollbacks']} rollbacks, "
+              f"latency p50 {summary['latency_p50_ms']} ms, p99 {summary['latency_p99_ms']} ms", flush=True)
+        print_timeline(summary, skip, next(r for r in rows if r.approach == loop_name))
+        if summary["throttled_s"]:
+            # Labels go out on the wall clock while events wait: fewer events late than recorded.
+            print(f"  warning: the demo held events back for {summary['throttled_s']} s, so its labels came "
+                  "fewer events late than in the recording", flush=True)
     return rows
 
 
@@ -191,8 +213,10 @@ def main() -> None:
                         help="events per second, for the real loop and as the simulation's event time")
     parser.add_argument("--window", type=int, default=500, help="accuracy window of the plots")
     parser.add_argument("--plots", action="store_true")
+    parser.add_argument("--runs", type=int, default=1, help="runs of the real loop per stream and seed: it "
+                        "varies from run to run, the in-process approaches do not")
     parser.add_argument("--keep", type=Path, help="keep each run's spec, outcomes and demo summary here, "
-                        "in <stream>-<seed>/")
+                        "in <stream>-<seed>/ (with --runs: <stream>-<seed>-run<n>/)")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                         help="override a policy field of the spec, for every approach (repeatable)")
     args = parser.parse_args()
@@ -210,10 +234,14 @@ def main() -> None:
     for name in dict.fromkeys(r.stream for r in rows):
         by_seed = {seed: {r.approach: r.recovery for r in rows if r.stream == name and r.seed == seed}
                    for seed in dict.fromkeys(r.seed for r in rows if r.stream == name)}
-        for approach in (REAL_LOOP, SIMULATED_LOOP):
+        for approach in [real_loop_name(run, args.runs) for run in range(1, args.runs + 1)] + [SIMULATED_LOOP]:
             sooner = sum(_sooner(s[approach], s["river online"]) for s in by_seed.values())
             print(f"  {name:<11} {approach}: sooner than river online on {sooner} of {len(by_seed)} seeds, "
                   f"than static on {sum(_sooner(s[approach], s['static']) for s in by_seed.values())}")
+        if args.runs > 1:
+            real = [(s[a], s["river online"]) for s in by_seed.values() for a in s if a.startswith(REAL_LOOP + ",")]
+            print(f"  {name:<11} {REAL_LOOP}, every run: sooner than river online in "
+                  f"{sum(_sooner(a, b) for a, b in real)} of {len(real)} runs")
 
 
 def print_timeline(summary: dict, skip: int, row: lq.Row) -> None:
