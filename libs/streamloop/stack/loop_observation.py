@@ -9,6 +9,7 @@ latency and the timeline.
 from __future__ import annotations
 
 import bisect
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -99,11 +100,10 @@ def summarize(obs: LoopObservation, model: ModelSpec, drift_index: int, window: 
     trained_on = [e for i, e in by_index if drift_index <= i < len(by_index) - window]
     reference = _retrained_offline(obs, model, trained_on, after)
     recovered_after = accuracy(after)
-    # The generator stamps event i at start_ms + i / rate, so a window's end names an event index.
     # The demo's drift is a concept drift: it is detected on the error stream. Data-drift
     # events are reported beside it (windowed features warming up shift early on).
     def index_of(event: dict) -> int:
-        return int((_millis(event["window_end"]) - start_ms) * rate_per_s / 1000)
+        return event_index(_millis(event["window_end"]), start_ms, rate_per_s)
 
     # A concept detection with the error going down (a better model took over) is INFO, not drift.
     detected_at = sorted(index_of(d) for d in obs.drift_events
@@ -188,6 +188,16 @@ def event_outcomes(obs: LoopObservation) -> list[dict]:
 def _served_right(obs: LoopObservation, event_id: str) -> bool:
     # Labels and predicted classes compare as text: the label may be a bool, the class is "true".
     return str(obs.predicted[event_id]).lower() == str(obs.labels[event_id]).lower()
+
+
+def event_index(event_time_ms: int, start_ms: int, rate_per_s: float) -> int:
+    """The index of the event stamped ``event_time_ms``: the generators stamp event i at
+    ``start_ms + int(i * 1000 / rate_per_s)``, rounded down, so the inverse rounds up.
+
+    Above 1,000 events/s several events share a millisecond; the first of them is named.
+    """
+    # Rounded first: 2.0000000000000004 is event 2, not 3.
+    return math.ceil(round((event_time_ms - start_ms) * rate_per_s / 1000, 6))
 
 
 def timeline(obs: LoopObservation, by_index: list[tuple[int, str]], index_of: Callable[[dict], int]) -> list[dict]:

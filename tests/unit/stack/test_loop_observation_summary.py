@@ -92,3 +92,20 @@ def test_event_outcomes_give_every_event_in_index_order_with_what_the_summary_co
         sum(bool(rows[i]["correct"]) for i in range(400, 500)) / 100, 4)
     assert summary["accuracy_after_drift"] == mean_correct(range(500, 600)) == 0.0
     assert summary["accuracy_after_recovery"] == mean_correct(range(900, 1_000))
+
+
+def test_an_alarm_names_the_event_whose_time_its_window_ends_at_whatever_the_rate(
+        demo_pipeline: PipelineSpec) -> None:
+    """The generators round each event's time down to the millisecond; at 400/s event 1 is at +2 ms."""
+    from streamloop.stack.loop_observation import event_index
+
+    for rate in (100.0, 300.0, 400.0, 250.0, 1000.0, 7.0):
+        stamped = [START_MS + int(i * 1000 / rate) for i in range(3000)]
+        assert [event_index(t, START_MS, rate) for t in stamped] == list(range(3000)), rate
+    obs = observation(1_000, 500, lambda i: True)
+    obs.drift_events.append({"kind": "CONCEPT", "severity": "CRITICAL", "detector": "adwin",
+                             "window_end": START_MS + int(501 * 1000 / 400.0)})
+    summary = summarize(obs, demo_pipeline.model, drift_index=500, window=100, elapsed_s=10.0, start_ms=START_MS,
+                        rate_per_s=400.0)
+    assert summary["drift_detected_at"] == 501
+    assert [e["event"] for e in summary["timeline"] if "concept_alarm" in e] == [501]
