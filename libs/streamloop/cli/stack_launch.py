@@ -12,6 +12,7 @@ from pydantic import ValidationError
 
 from streamloop.cli.connection import fail
 from streamloop.contracts import PipelineSpec
+from streamloop.errors import StreamloopError
 from streamloop.kafka.configuration import KafkaSettings
 from streamloop.service.settings_errors import describe_validation_error
 from streamloop.stack.broker import BrokerKind
@@ -37,6 +38,8 @@ def prepare_stack(spec: PipelineSpec, pipeline_path: Path, data_dir: Path, **opt
         return Stack.prepare(spec, pipeline_path, data_dir, **options)
     except OSError as exc:
         raise fail(f"cannot use {data_dir} as the data directory: {exc.strerror or exc}", 2) from None
+    except StreamloopError as exc:
+        raise fail(str(exc), 2) from None
 
 
 def _interrupt(_signum: int, _frame: FrameType | None) -> None:

@@ -34,6 +34,7 @@ from streamloop.stack.broker import (
     client_fetch_environment,
     client_fetch_settings,
 )
+from streamloop.stack.exceptions import StackError
 from streamloop.stack.process import free_port, log_tail, spawn, stop, terminate
 from streamloop.stack.redis_server import EmbeddedRedis
 from streamloop.stack.services import BACKGROUND_IDLE_FETCH_PAUSE_MS, IDLE_FETCH_PAUSE_MS, SERVICES
@@ -104,8 +105,10 @@ class Stack:
     def prepare(cls, pipeline: PipelineSpec, pipeline_path: Path, data_dir: Path, fresh: bool = False,
                 **kwargs) -> Stack:
         if fresh and data_dir.exists():
-            # A fresh data directory bounds the embedded broker's growth (it keeps every record).
-            shutil.rmtree(data_dir)
+            # Fresh bounds the embedded broker's growth (it keeps every record).
+            if read_state(data_dir):
+                raise StackError(f"a stack is running from {data_dir}; stop it before starting one there afresh")
+            remove_stack_files(data_dir)
         data_dir.mkdir(parents=True, exist_ok=True)
         return cls(pipeline, pipeline_path.resolve(), data_dir.resolve(), **kwargs)
 
@@ -267,6 +270,21 @@ class Stack:
             ],
         }
         (self.data_dir / STATE_FILE).write_text(json.dumps(state, indent=2))
+
+
+# What a stack writes in its data directory and a fresh start removes. The signing key stays (a
+# new one would sign nothing more safely), and so does anything else there: the directory may be
+# the user's own, holding their pipeline.
+FRESH_ENTRIES = ("broker", "redis", "artifacts", "logs", "collector", STATE_FILE)
+
+
+def remove_stack_files(data_dir: Path) -> None:
+    for name in FRESH_ENTRIES:
+        path = data_dir / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
 
 
 def read_state(data_dir: Path) -> dict | None:

@@ -119,3 +119,16 @@ def test_a_demo_without_a_champion_stops_its_stack(monkeypatch, tmp_path):
     result = CliRunner().invoke(app, ["demo", "--headless", "-p", str(DEMO_SPEC), "--data-dir", str(tmp_path)])
     assert result.exit_code == 1 and "no champion was deployed within 0s" in result.output
     assert stack.stopped == 1, "the stack is not left running"
+
+
+def test_a_second_demo_from_the_same_data_directory_is_refused_not_run_over_the_first(tmp_path) -> None:
+    """The demo starts afresh in <data dir>/demo: it must not delete a running demo's broker and registry."""
+    import json
+
+    running = tmp_path / "demo"
+    (running / "broker").mkdir(parents=True)
+    (running / "stack.json").write_text(json.dumps({"launcher_pid": os.getpid()}))
+    result = CliRunner().invoke(app, ["demo", "--headless", "-p", str(DEMO_SPEC), "--data-dir", str(tmp_path)])
+    assert result.exit_code == 2, result.output
+    assert "a stack is running from" in result.output and "Traceback" not in result.output
+    assert (running / "broker").is_dir()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 import time
@@ -13,6 +15,7 @@ from confluent_kafka import Consumer
 from streamloop.contracts import load_catalog, load_pipeline
 from streamloop.kafka import KafkaSettings
 from streamloop.stack.broker import EmbeddedBroker
+from streamloop.stack.exceptions import StackError
 from streamloop.stack.launcher import Stack, last_log_line
 from streamloop.stack.process import spawn, stop, terminate
 from streamloop.stack.services import embedded_replicas
@@ -139,3 +142,24 @@ def test_an_embedded_stack_speaks_single_object_whatever_the_shell_s_registry(tm
     assert external.broker is None
     assert external.service_env("featurizer", 0, 9000)["SCHEMA_REGISTRY_URL"] == "http://127.0.0.1:8081"
     assert external.serde_settings().url == "http://127.0.0.1:8081"
+
+
+def test_a_fresh_start_removes_only_what_the_stack_keeps_in_its_data_directory(tmp_path: Path) -> None:
+    """``up --fresh --data-dir .`` in a project directory must not delete the project."""
+    (tmp_path / "broker").mkdir()
+    (tmp_path / "broker" / "noida.db").write_text("{}")
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "stack.json").write_text(json.dumps({"launcher_pid": 2 ** 22 + 1}))  # no such process
+    (tmp_path / "signing.key").write_text("key")
+    (tmp_path / "pipeline.yaml").write_text("name: mine")
+    (tmp_path / "src").mkdir()
+    Stack.prepare(load_pipeline(DEMO_SPEC), DEMO_SPEC, tmp_path, fresh=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pipeline.yaml", "signing.key", "src"]
+
+
+def test_a_fresh_start_is_refused_where_a_stack_is_running(tmp_path: Path) -> None:
+    (tmp_path / "broker").mkdir()
+    (tmp_path / "stack.json").write_text(json.dumps({"launcher_pid": os.getpid()}))
+    with pytest.raises(StackError, match="a stack is running from"):
+        Stack.prepare(load_pipeline(DEMO_SPEC), DEMO_SPEC, tmp_path, fresh=True)
+    assert (tmp_path / "broker").is_dir()
