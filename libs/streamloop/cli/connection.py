@@ -23,7 +23,7 @@ from streamloop.kafka.exceptions import BrokerUnavailableError
 from streamloop.serde import Serde
 from streamloop.service.settings import SerdeSettings
 from streamloop.service.settings_errors import describe_validation_error
-from streamloop.stack.launcher import read_state
+from streamloop.stack.launcher import EMBEDDED_BROKER_SECURITY, read_state
 
 DEMO_PIPELINE = Path(__file__).resolve().parents[3] / "examples" / "card_fraud" / "pipeline.yaml"
 
@@ -64,6 +64,11 @@ class Connection:
     redis_url: str
     # SCHEMA_REGISTRY_*: with a registry the services write Confluent's format, so the CLI must read it.
     serde_settings: SerdeSettings = field(default_factory=SerdeSettings)
+    # The running embedded stack: a plaintext broker, whatever KAFKA_SECURITY_PROTOCOL the shell exports.
+    embedded: bool = False
+
+    def kafka_settings(self) -> KafkaSettings:
+        return kafka_settings_for(self.bootstrap_servers, embedded=self.embedded)
 
     def serde(self, topic: TopicSpec) -> Serde:
         return self.serde_settings.serde(topic, self.catalog.repository)
@@ -108,16 +113,23 @@ def connect(pipeline: Path | None, data_dir: Path, bootstrap_servers: str | None
         bootstrap_servers or state.get("bootstrap_servers") or "127.0.0.1:9092",
         os.environ.get("REDIS_URL") or state.get("redis_url") or "redis://127.0.0.1:6379/0",
         serde_settings,
+        on_embedded_stack,
     )
 
 
-def reachable_admin(bootstrap: str) -> AdminClient:
+def kafka_settings_for(bootstrap_servers: str, *, embedded: bool) -> KafkaSettings:
+    """KAFKA_* from the shell, for ``bootstrap_servers``; on the embedded stack without its security settings."""
+    return KafkaSettings(bootstrap_servers=bootstrap_servers, **(EMBEDDED_BROKER_SECURITY if embedded else {}))
+
+
+def reachable_admin(settings: KafkaSettings) -> AdminClient:
     """An admin client of a broker that answers; else one clear line and exit 1."""
-    admin = AdminClient(KafkaSettings(bootstrap_servers=bootstrap).admin())
+    admin = AdminClient(settings.admin())
     try:
         wait_for_broker(admin, timeout_s=5)
     except BrokerUnavailableError:
-        raise fail(f"cannot reach a Kafka broker at {bootstrap} (is `streamloop up` running?)") from None
+        raise fail(f"cannot reach a Kafka broker at {settings.bootstrap_servers} (is `streamloop up` running?)") \
+            from None
     return admin
 
 

@@ -19,7 +19,7 @@ from rich.table import Table
 from streamloop.cli.connection import DEMO_PIPELINE, DataDirOption, fail, load_runnable_pipeline
 from streamloop.cli.model_commands import artifact_store
 from streamloop.cli.stack_launch import broker_kind, prepare_stack, stop_on_sigterm
-from streamloop.contracts import PipelineSpec, load_catalog
+from streamloop.contracts import PipelineSpec
 from streamloop.errors import StreamloopError
 from streamloop.ml.registry_client import RegistryClient
 from streamloop.stack.launcher import Stack
@@ -115,7 +115,7 @@ def demo(
         with console.status("starting broker, Redis, topics and services"):
             stack.start_infrastructure()
             stack.start_services()
-        driver = LoopDriver(spec, load_catalog(spec), stack.client_settings(), stack.serde_settings())
+        driver = LoopDriver(spec, stack.catalog(), stack.client_settings(), stack.serde_settings())
         driver.start_readers()
         console.print(f"Kafka {stack.bootstrap_servers}  Redis {stack.redis_url}  logs {stack.data_dir / 'logs'}")
         console.print(f"dashboard {stack.start_dashboard() or 'off'}")

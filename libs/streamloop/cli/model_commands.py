@@ -25,7 +25,6 @@ from streamloop.cli.connection import (
     json_default,
     reachable_admin,
 )
-from streamloop.kafka.configuration import KafkaSettings
 from streamloop.ml.artifacts import ArtifactStore
 from streamloop.ml.exceptions import ModelError
 from streamloop.ml.registry_client import RegistryClient
@@ -50,11 +49,11 @@ def artifact_store(data_dir: Path) -> ArtifactStore:
 def _registry(pipeline: Path | None, data_dir: Path, bootstrap_servers: str | None,
               verify: bool = False) -> RegistryClient:
     conn = connect(pipeline, data_dir, bootstrap_servers)
-    reachable_admin(conn.bootstrap_servers)
+    reachable_admin(conn.kafka_settings())
     # A registry change names an artifact that scorers will load: it is verified here first, so a
     # tampered or unsigned artifact is refused before it is ever published as champion.
     store = artifact_store(data_dir) if verify else None
-    return RegistryClient(conn.pipeline, conn.catalog, KafkaSettings(bootstrap_servers=conn.bootstrap_servers),
+    return RegistryClient(conn.pipeline, conn.catalog, conn.kafka_settings(),
                           serde_for=lambda role: conn.serde(conn.catalog[role]), store=store)
 
 
@@ -222,7 +221,7 @@ def explain(
 ) -> None:
     """Show the logged prediction(s) of EVENT_ID: model version, output, action and explanation."""
     conn = connect(pipeline, data_dir, bootstrap_servers)
-    reachable_admin(conn.bootstrap_servers)
+    reachable_admin(conn.kafka_settings())
     found = [
         {"topic": role, **record}
         for role in ("predictions", "shadow_predictions")
@@ -244,7 +243,7 @@ def _find_event(conn: Connection, role: str, event_id: str) -> list[dict[str, An
     """Scan a topic from its oldest record to its current end; records of the event, decoded."""
     topic = conn.catalog[role]
     serde = conn.serde(topic)
-    consumer = Consumer(KafkaSettings(bootstrap_servers=conn.bootstrap_servers).consumer("streamloop-cli-explain"))
+    consumer = Consumer(conn.kafka_settings().consumer("streamloop-cli-explain"))
     needle = event_id.encode()
     found: list[dict[str, Any]] = []
     try:

@@ -19,13 +19,13 @@ from streamloop.cli.connection import (
     DataDirOption,
     PipelineOption,
     fail,
+    kafka_settings_for,
     load_runnable_pipeline,
     resolve_pipeline_path,
 )
 from streamloop.cli.stack_launch import broker_kind, prepare_stack, stop_on_sigterm
 from streamloop.errors import StreamloopError
 from streamloop.kafka.admin import wait_for_broker
-from streamloop.kafka.configuration import KafkaSettings
 from streamloop.stack.launcher import Stack, read_state
 from streamloop.stack.services import SERVICES, embedded_replicas
 
@@ -99,7 +99,8 @@ def status(data_dir: Path = DataDirOption) -> None:
     if state is None:
         raise fail(f"no stack is running from {data_dir} (start one with `streamloop up`)")
     console = Console()
-    admin = AdminClient(KafkaSettings(bootstrap_servers=state["bootstrap_servers"]).admin())
+    settings = kafka_settings_for(state["bootstrap_servers"], embedded=state.get("broker", "external") != "external")
+    admin = AdminClient(settings.admin())
     try:
         wait_for_broker(admin, timeout_s=3)
         broker_state = f"up ({len(admin.list_topics(timeout=5).topics)} topics)"

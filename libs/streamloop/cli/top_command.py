@@ -27,7 +27,6 @@ from streamloop.cli.connection import (
     reachable_admin,
 )
 from streamloop.dashboard import DashboardCollector, DashboardSettings, targets_from_state
-from streamloop.kafka.configuration import KafkaSettings
 from streamloop.stack.launcher import read_state
 
 app = typer.Typer()
@@ -116,10 +115,10 @@ def top(
         raise fail("--interval must be positive", 2)
     connection = connect(pipeline, data_dir, bootstrap_servers)
     # Say so at once: the collector would otherwise keep retrying and show a screen of dashes.
-    reachable_admin(connection.bootstrap_servers)
+    reachable_admin(connection.kafka_settings())
     settings = DashboardSettings(scrape_interval_s=interval, lag_interval_s=max(interval, 2.0))
     collector = DashboardCollector(
-        connection.pipeline, connection.catalog, KafkaSettings(bootstrap_servers=connection.bootstrap_servers),
+        connection.pipeline, connection.catalog, connection.kafka_settings(),
         lambda: targets_from_state(read_state(data_dir) or {}), settings, connection.serde_settings,
     ).start()
     console = Console()

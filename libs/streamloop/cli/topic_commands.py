@@ -26,7 +26,6 @@ from streamloop.cli.connection import (
 )
 from streamloop.contracts import CatalogError
 from streamloop.contracts.catalog import DEAD_LETTER_SUFFIX
-from streamloop.kafka.configuration import KafkaSettings
 from streamloop.kafka.dead_letters import read_error_headers
 from streamloop.kafka.lag import group_lag
 from streamloop.serde import Serde, SerdeError
@@ -53,9 +52,9 @@ def produce(
         lines = file.read_text(encoding="utf-8").splitlines() if file else sys.stdin
     except UnicodeDecodeError as exc:
         raise fail(f"{file} is not UTF-8 text (byte {exc.start}); nothing produced") from None
-    reachable_admin(conn.bootstrap_servers)
+    reachable_admin(conn.kafka_settings())
     serde = conn.serde(spec)
-    producer = Producer(KafkaSettings(bootstrap_servers=conn.bootstrap_servers).producer())
+    producer = Producer(conn.kafka_settings().producer())
     failures: list[str] = []
 
     def on_delivery(error, _message) -> None:
@@ -117,13 +116,13 @@ def tail(
         raise fail(str(exc)) from None
     if dead_letters and not spec.dead_letter:
         raise fail(f"{spec.name} has no dead-letter topic (the catalog's dead_letter is false)")
-    admin = reachable_admin(conn.bootstrap_servers)
+    admin = reachable_admin(conn.kafka_settings())
     # All topics, not this one: a metadata request naming a missing topic can make the broker create it.
     metadata = admin.list_topics(timeout=10).topics.get(topic)
     if metadata is None or metadata.error is not None:
         raise fail(f"topic {topic} does not exist on {conn.bootstrap_servers}")
     serde = conn.serde(spec)
-    consumer = Consumer(KafkaSettings(bootstrap_servers=conn.bootstrap_servers).consumer("streamloop-cli-tail"))
+    consumer = Consumer(conn.kafka_settings().consumer("streamloop-cli-tail"))
     offset = -2 if from_beginning else -1  # OFFSET_BEGINNING / OFFSET_END
     consumer.assign([TopicPartition(topic, p, offset) for p in metadata.partitions])
     shown, idle_since = 0, time.monotonic()
@@ -168,9 +167,9 @@ def lag(
 ) -> None:
     """Consumer lag per group, topic and partition (end offset minus committed offset)."""
     conn = connect(pipeline, data_dir, bootstrap_servers)
-    admin = reachable_admin(conn.bootstrap_servers)
+    admin = reachable_admin(conn.kafka_settings())
     try:
-        rows = group_lag(KafkaSettings(bootstrap_servers=conn.bootstrap_servers), admin, group or None)
+        rows = group_lag(conn.kafka_settings(), admin, group or None)
     except KafkaException as exc:
         raise fail(f"cannot read consumer groups: {exc}") from None
     for name in sorted(set(group or []) - {row.group for row in rows}):

@@ -18,10 +18,11 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from confluent_kafka.admin import AdminClient
 
-from streamloop.contracts import PipelineSpec, load_catalog
+from streamloop.contracts import Catalog, PipelineSpec, load_catalog
 from streamloop.dashboard import Dashboard, DashboardSettings, start_dashboard, targets_from_processes
 from streamloop.kafka.admin import ensure_topics, topic_specs, wait_for_broker
 from streamloop.kafka.configuration import KafkaSettings
@@ -83,6 +84,15 @@ class ServiceProcess:
         return self.process.pid if self.process is not None and self.process.poll() is None else None
 
 
+# The embedded broker and Redis are plaintext and without users, whatever the shell exports.
+EMBEDDED_BROKER_DROPPED_ENV = ("KAFKA_SECURITY_PROTOCOL", "KAFKA_SASL_", "KAFKA_SSL_")
+EMBEDDED_REDIS_DROPPED_ENV = ("REDIS_USERNAME", "REDIS_PASSWORD", "REDIS_SSL_")
+EMBEDDED_BROKER_SECURITY: dict[str, Any] = {
+    "security_protocol": "PLAINTEXT", "sasl_mechanism": None, "sasl_username": None, "sasl_password": None,
+    "ssl_ca_location": None, "ssl_certificate_location": None, "ssl_key_location": None, "ssl_key_password": None,
+}
+
+
 @dataclass
 class Stack:
     """One local deployment of a pipeline: infrastructure plus supervised service processes."""
@@ -125,14 +135,24 @@ class Stack:
             self.redis_url = self.redis.url
         admin = AdminClient(self.client_settings().admin())
         wait_for_broker(admin, timeout_s=30)
-        catalog = load_catalog(self.pipeline, topic_prefix=self.extra_env.get("STREAMLOOP_TOPIC_PREFIX", ""))
+        catalog = self.catalog()
         ensure_topics(admin, topic_specs(catalog))
+
+    @property
+    def topic_prefix(self) -> str:
+        """STREAMLOOP_TOPIC_PREFIX as the services get it: from the shell, unless the stack sets it."""
+        return self.extra_env.get("STREAMLOOP_TOPIC_PREFIX", os.environ.get("STREAMLOOP_TOPIC_PREFIX", ""))
+
+    def catalog(self) -> Catalog:
+        """The topics as the services name them: the ones to create, and the ones the driver reads."""
+        return load_catalog(self.pipeline, topic_prefix=self.topic_prefix)
 
     def client_settings(self) -> KafkaSettings:
         """Kafka settings for this process's own clients (the demo's driver, the dashboard), with
         the fetch settings the services get on this broker."""
         fetch = client_fetch_settings(self._broker_kind, os.environ)
-        return KafkaSettings(bootstrap_servers=self.bootstrap_servers, **fetch)
+        plaintext = EMBEDDED_BROKER_SECURITY if self.broker is not None else {}
+        return KafkaSettings(bootstrap_servers=self.bootstrap_servers, **fetch, **plaintext)
 
     @property
     def _broker_kind(self) -> BrokerKind | None:
@@ -154,9 +174,14 @@ class Stack:
         return SerdeSettings(url=None) if self.broker is not None else SerdeSettings()
 
     def service_env(self, name: str, replica: int, metrics_port: int) -> dict[str, str]:
-        embedded = self.broker is not None
-        env = {key: value for key, value in os.environ.items()
-               if not key.startswith("PYTEST") and not (embedded and key.startswith("SCHEMA_REGISTRY_"))}
+        # A shell set up for a production cluster must not point the embedded parts at its
+        # registry, or make them speak TLS and SASL to a plaintext broker and AUTH to a Redis without users.
+        dropped = ("PYTEST",)
+        if self.broker is not None:
+            dropped += ("SCHEMA_REGISTRY_", *EMBEDDED_BROKER_DROPPED_ENV)
+        if self.redis is not None:
+            dropped += EMBEDDED_REDIS_DROPPED_ENV
+        env = {key: value for key, value in os.environ.items() if not key.startswith(dropped)}
         env.update({
             "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap_servers,
             "KAFKA_GROUP_INSTANCE_ID": f"{name}-{replica}",
@@ -221,7 +246,7 @@ class Stack:
         settings = DashboardSettings()
         if not settings.enabled:
             return None
-        catalog = load_catalog(self.pipeline, topic_prefix=self.extra_env.get("STREAMLOOP_TOPIC_PREFIX", ""))
+        catalog = self.catalog()
         self.dashboard = start_dashboard(self.pipeline, catalog, self.client_settings(),
                                          lambda: targets_from_processes(self.processes),
                                          settings, self.serde_settings())
@@ -259,7 +284,7 @@ class Stack:
             "bootstrap_servers": self.bootstrap_servers,
             "redis_url": self.redis_url,
             "broker": self.broker_kind if self.broker else "external",
-            "topic_prefix": self.extra_env.get("STREAMLOOP_TOPIC_PREFIX", ""),
+            "topic_prefix": self.topic_prefix,
             "launcher_pid": os.getpid(),
             "dashboard_url": self.dashboard.url if self.dashboard else None,
             "services": [

@@ -100,6 +100,9 @@ class ChampionlessStack(TerminatedStack):
     def serde_settings(self) -> None:
         return None
 
+    def catalog(self) -> None:
+        return None
+
 
 class SilentDriver:
     def __init__(self, *_args) -> None:
@@ -113,7 +116,6 @@ def test_a_demo_without_a_champion_stops_its_stack(monkeypatch, tmp_path):
     stack = ChampionlessStack(tmp_path)
     monkeypatch.setattr(Stack, "prepare", lambda *_args, **_kwargs: stack)
     monkeypatch.setattr(demo_command, "LoopDriver", SilentDriver)
-    monkeypatch.setattr(demo_command, "load_catalog", lambda _spec: None)
     wait = demo_command._wait_for_champion
     monkeypatch.setattr(demo_command, "_wait_for_champion", lambda *args: wait(*args, timeout_s=0.2))
     result = CliRunner().invoke(app, ["demo", "--headless", "-p", str(DEMO_SPEC), "--data-dir", str(tmp_path)])

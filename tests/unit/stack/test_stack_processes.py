@@ -163,3 +163,35 @@ def test_a_fresh_start_is_refused_where_a_stack_is_running(tmp_path: Path) -> No
     with pytest.raises(StackError, match="a stack is running from"):
         Stack.prepare(load_pipeline(DEMO_SPEC), DEMO_SPEC, tmp_path, fresh=True)
     assert (tmp_path / "broker").is_dir()
+
+
+def test_the_shells_topic_prefix_names_the_topics_the_stack_creates_and_reads(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The services read STREAMLOOP_TOPIC_PREFIX from the shell: the stack must create and read those topics."""
+    monkeypatch.setenv("STREAMLOOP_TOPIC_PREFIX", "team-a.")
+    stack = _stack_on("noida", tmp_path)
+    assert stack.service_env("featurizer", 0, 9000)["STREAMLOOP_TOPIC_PREFIX"] == "team-a."
+    assert stack.catalog()["input"].name.startswith("team-a.")
+    stack.extra_env["STREAMLOOP_TOPIC_PREFIX"] = "team-b."  # what the stack sets itself wins, everywhere
+    assert stack.service_env("featurizer", 0, 9000)["STREAMLOOP_TOPIC_PREFIX"] == "team-b."
+    assert stack.catalog()["input"].name.startswith("team-b.")
+
+
+def test_a_shell_set_up_for_production_does_not_reach_the_embedded_broker_and_redis(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    production = {"KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
+                  "KAFKA_SASL_USERNAME": "scorer", "KAFKA_SASL_PASSWORD": "secret",
+                  "KAFKA_SSL_CA_LOCATION": "/etc/ca.pem", "REDIS_USERNAME": "scorer", "REDIS_PASSWORD": "secret",
+                  "REDIS_SSL_CA_CERTS": "/etc/ca.pem"}
+    for key, value in production.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("KAFKA_LINGER_MS", "7")  # not about security: still the shell's to set
+    stack = _stack_on("noida", tmp_path)
+    stack.redis = object()  # type: ignore[assignment]  # an embedded Redis, never started
+    env = stack.service_env("online-scorer", 0, 9000)
+    assert not set(production) & set(env)
+    assert env["KAFKA_LINGER_MS"] == "7"
+    config = stack.client_settings().consumer("driver")
+    assert config["security.protocol"] == "PLAINTEXT" and "sasl.username" not in config
+    external = Stack.prepare(load_pipeline(DEMO_SPEC), DEMO_SPEC, tmp_path / "external")
+    assert set(production) <= set(external.service_env("online-scorer", 0, 9000)), "an external cluster keeps them"
