@@ -18,7 +18,7 @@ from rich.table import Table
 
 from streamloop.cli.connection import DEMO_PIPELINE, DataDirOption, fail, load_runnable_pipeline
 from streamloop.cli.model_commands import artifact_store
-from streamloop.cli.stack_launch import broker_kind, prepare_stack, stop_on_sigterm
+from streamloop.cli.stack_launch import broker_kind, prepare_stack, stop_on_sigterm, write_traceback
 from streamloop.contracts import PipelineSpec
 from streamloop.errors import StreamloopError
 from streamloop.ml.registry_client import RegistryClient
@@ -146,6 +146,9 @@ def demo(
     except StreamloopError as exc:
         stack.stop()
         raise fail(str(exc)) from None
+    except Exception as exc:  # noqa: BLE001 - stopped in order first; the traceback goes to a file, not the screen
+        stack.stop()
+        raise fail(f"the demo failed: {type(exc).__name__}: {exc} (traceback in {write_traceback(stack)})") from None
     stack.stop()
     _report(summary, console, json_output)
     if outcomes is not None:

@@ -23,7 +23,7 @@ from streamloop.cli.connection import (
     load_runnable_pipeline,
     resolve_pipeline_path,
 )
-from streamloop.cli.stack_launch import broker_kind, prepare_stack, stop_on_sigterm
+from streamloop.cli.stack_launch import broker_kind, prepare_stack, stop_on_sigterm, write_traceback
 from streamloop.errors import StreamloopError
 from streamloop.kafka.admin import wait_for_broker
 from streamloop.stack.launcher import Stack, read_state
@@ -88,6 +88,9 @@ def up(
     except StreamloopError as exc:
         stack.stop()
         raise fail(str(exc)) from None
+    except Exception as exc:  # noqa: BLE001 - stopped in order first; the traceback goes to a file, not the screen
+        stack.stop()
+        raise fail(f"the stack failed: {type(exc).__name__}: {exc} (traceback in {write_traceback(stack)})") from None
     stack.stop()
     console.print("stopped; no process left behind.")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import traceback
 from pathlib import Path
 from types import FrameType
 from typing import Any, get_args
@@ -50,3 +51,11 @@ def stop_on_sigterm() -> None:
     """Make SIGTERM (``kill``, a supervisor, ``docker stop``) end the command as Ctrl-C does, so
     the command stops the stack in order (services first) instead of leaving it behind."""
     signal.signal(signal.SIGTERM, _interrupt)
+
+
+def write_traceback(stack: Stack) -> Path:
+    """The command's own traceback, beside the services' logs, for an error it did not expect."""
+    path = stack.data_dir / "logs" / "command-traceback.log"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(traceback.format_exc())
+    return path

@@ -15,3 +15,7 @@ class StartTimeoutError(StackError):
 
 class LoopStalledError(StreamloopError):
     """The driver waited for a running loop that answered nothing for too long."""
+
+
+class GeneratorError(StreamloopError):
+    """A pipeline's generator.py does not load, or its generate() does not take the demo's arguments."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import heapq
 import importlib.util
+import inspect
 import sys
 import threading
 import time
@@ -27,7 +28,7 @@ from streamloop.kafka.pacing import FetchPacer
 from streamloop.ml.training import training_pair
 from streamloop.serde import Serde, SerdeError
 from streamloop.service.settings import SerdeSettings
-from streamloop.stack.exceptions import LoopStalledError
+from streamloop.stack.exceptions import GeneratorError, LoopStalledError
 from streamloop.stack.loop_observation import LoopObservation, event_outcomes, summarize
 
 # Backpressure, in seconds of the offered rate: the driver holds events back while more than this
@@ -50,7 +51,17 @@ def load_generator(pipeline: PipelineSpec) -> ModuleType:
     module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
     # Registered before it runs: dataclasses look their module up in sys.modules.
     sys.modules[name] = module
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    try:
+        spec.loader.exec_module(module)  # type: ignore[union-attr]
+    except Exception as exc:  # noqa: BLE001 - a user's file: any error is theirs to read, in one line
+        sys.modules.pop(name, None)
+        raise GeneratorError(f"{path} does not load: {type(exc).__name__}: {exc}") from None
+    generate = getattr(module, "generate", None)
+    try:
+        # Checked before the stack starts, not when the first event is due.
+        inspect.signature(generate).bind(1, seed=7, drift_at=0.5, start_ms=0, rate_per_s=1.0)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise GeneratorError(f"{path} must define generate(count, seed, drift_at, start_ms, rate_per_s)") from None
     return module
 
 

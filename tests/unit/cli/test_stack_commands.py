@@ -134,3 +134,21 @@ def test_a_second_demo_from_the_same_data_directory_is_refused_not_run_over_the_
     assert result.exit_code == 2, result.output
     assert "a stack is running from" in result.output and "Traceback" not in result.output
     assert (running / "broker").is_dir()
+
+
+class BrokenStack(ChampionlessStack):
+    """A stack whose start fails with an error no part of streamloop raises on purpose."""
+
+    def start_services(self) -> None:
+        raise RuntimeError("something nobody expected")
+
+
+@pytest.mark.parametrize("command", [["demo", "--headless"], ["up"]])
+def test_an_unexpected_error_stops_the_stack_in_order_and_is_one_line(monkeypatch, tmp_path, command) -> None:
+    stack = BrokenStack(tmp_path)
+    monkeypatch.setattr(Stack, "prepare", lambda *_args, **_kwargs: stack)
+    result = CliRunner().invoke(app, [*command, "-p", str(DEMO_SPEC), "--data-dir", str(tmp_path)])
+    assert result.exit_code == 1, result.output
+    assert "failed: RuntimeError: something nobody expected" in result.output and "Traceback" not in result.output
+    assert stack.stopped == 1, "services first, then Redis and the broker: not left to PDEATHSIG"
+    assert "something nobody expected" in (tmp_path / "logs" / "command-traceback.log").read_text()
