@@ -294,13 +294,17 @@ class Stack:
                 for s in self.processes
             ],
         }
-        (self.data_dir / STATE_FILE).write_text(json.dumps(state, indent=2))
+        # Replaced whole, never truncated in place: `top` and `status` read it while `up` rewrites it
+        # twice a second, and a half-written file would end their reading in a JSON error.
+        partial = self.data_dir / f"{STATE_FILE}.partial"
+        partial.write_text(json.dumps(state, indent=2))
+        partial.replace(self.data_dir / STATE_FILE)
 
 
 # What a stack writes in its data directory and a fresh start removes. The signing key stays (a
 # new one would sign nothing more safely), and so does anything else there: the directory may be
 # the user's own, holding their pipeline.
-FRESH_ENTRIES = ("broker", "redis", "artifacts", "logs", "collector", STATE_FILE)
+FRESH_ENTRIES = ("broker", "redis", "artifacts", "logs", "collector", STATE_FILE, f"{STATE_FILE}.partial")
 
 
 def remove_stack_files(data_dir: Path) -> None:
@@ -314,9 +318,13 @@ def remove_stack_files(data_dir: Path) -> None:
 
 def read_state(data_dir: Path) -> dict | None:
     path = data_dir / STATE_FILE
-    if not path.exists():
+    try:
+        state = json.loads(path.read_text())
+    except FileNotFoundError:
         return None
-    state = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:  # written whole (write_state), so not one being written: damaged
+        log.warning("ignoring %s: %s", path, exc)
+        return None
     try:
         os.kill(int(state["launcher_pid"]), 0)
     except (OSError, ValueError, KeyError):

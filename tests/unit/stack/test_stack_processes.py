@@ -16,7 +16,7 @@ from streamloop.contracts import load_catalog, load_pipeline
 from streamloop.kafka import KafkaSettings
 from streamloop.stack.broker import EmbeddedBroker
 from streamloop.stack.exceptions import StackError
-from streamloop.stack.launcher import Stack, last_log_line
+from streamloop.stack.launcher import Stack, last_log_line, read_state
 from streamloop.stack.process import spawn, stop, terminate
 from streamloop.stack.services import embedded_replicas
 
@@ -195,3 +195,31 @@ def test_a_shell_set_up_for_production_does_not_reach_the_embedded_broker_and_re
     assert config["security.protocol"] == "PLAINTEXT" and "sasl.username" not in config
     external = Stack.prepare(load_pipeline(DEMO_SPEC), DEMO_SPEC, tmp_path / "external")
     assert set(production) <= set(external.service_env("online-scorer", 0, 9000)), "an external cluster keeps them"
+
+
+def test_the_state_file_is_replaced_whole_so_a_reader_never_sees_half_of_it(tmp_path: Path) -> None:
+    import threading
+
+    stack = Stack.prepare(load_pipeline(DEMO_SPEC), DEMO_SPEC, tmp_path)
+    stack.extra_env["STREAMLOOP_TOPIC_PREFIX"] = "x" * 20_000  # a big file: a truncating write is easy to catch
+    stack.write_state()
+    errors: list[BaseException] = []
+    done = threading.Event()
+
+    def read() -> None:
+        while not done.is_set():
+            try:
+                assert read_state(tmp_path)["launcher_pid"] == os.getpid()
+            except BaseException as exc:  # noqa: BLE001 - the test's own evidence
+                errors.append(exc)
+                return
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    for _ in range(300):
+        stack.write_state()
+    done.set()
+    reader.join()
+    assert not errors, errors[0]
+    (tmp_path / "stack.json").write_text('{"launcher_pid": ')
+    assert read_state(tmp_path) is None, "a damaged file is no running stack, and no traceback"
