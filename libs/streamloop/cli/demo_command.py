@@ -133,8 +133,14 @@ def demo(
         _watch(producer, driver, stack, console, events, headless)
         if failures:
             raise StreamloopError(f"the demo stopped producing events: {type(failures[0]).__name__}: {failures[0]}")
-        driver.wait_for_predictions(timeout_s=60)
-        driver.wait_for_labels(timeout_s=30)
+        # A service that dies now is restarted and reported, as during the run: its events and
+        # labels would otherwise count as lost or unjoined with no word why.
+        def supervise() -> None:
+            for line in stack.supervise_once():
+                console.print(line)
+
+        driver.wait_for_predictions(timeout_s=60, on_wait=supervise)
+        driver.wait_for_labels(timeout_s=30, on_wait=supervise)
         elapsed = time.monotonic() - started
         summary = driver.summary(int(events * drift_at), min(5000, events // 5), elapsed, start_ms, rate)
         rows = driver.event_outcomes() if outcomes is not None else []
@@ -199,6 +205,7 @@ def _wait_for_champion(driver: LoopDriver, stack: Stack, console: Console, timeo
     with console.status("waiting for the model publisher to deploy the first champion"):
         deadline = time.monotonic() + timeout_s
         while not driver.observed.decisions:
+            driver.check_readers()
             for line in stack.supervise_once():
                 console.print(line)
             if time.monotonic() > deadline:

@@ -19,3 +19,7 @@ class LoopStalledError(StreamloopError):
 
 class GeneratorError(StreamloopError):
     """A pipeline's generator.py does not load, or its generate() does not take the demo's arguments."""
+
+
+class LoopReaderError(StreamloopError):
+    """The demo's driver could not read the loop's topics (its reading thread ended on an error)."""

@@ -28,7 +28,7 @@ from streamloop.kafka.pacing import FetchPacer
 from streamloop.ml.training import training_pair
 from streamloop.serde import Serde, SerdeError
 from streamloop.service.settings import SerdeSettings
-from streamloop.stack.exceptions import GeneratorError, LoopStalledError
+from streamloop.stack.exceptions import GeneratorError, LoopReaderError, LoopStalledError
 from streamloop.stack.loop_observation import LoopObservation, event_outcomes, summarize
 
 # Backpressure, in seconds of the offered rate: the driver holds events back while more than this
@@ -77,6 +77,7 @@ class LoopDriver:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._readers: list[threading.Thread] = []
+        self.reader_failure: BaseException | None = None
 
     def serde(self, role: str) -> Serde:
         """The role's serde, in the stack's wire format (its registry client reads with it too)."""
@@ -99,6 +100,18 @@ class LoopDriver:
         self._readers.append(thread)
 
     def _read(self, topics: dict[str, tuple[str, Callable]], dead_letter_topics: list[str]) -> None:
+        try:
+            self._read_until_stopped(topics, dead_letter_topics)
+        except Exception as exc:  # noqa: BLE001 - kept for the driver's waits to report, not lost with the thread
+            self.reader_failure = exc
+
+    def check_readers(self) -> None:
+        """Raise if the reading thread died: every wait on the loop would otherwise wait for nothing."""
+        if self.reader_failure is not None:
+            failure = self.reader_failure
+            raise LoopReaderError(f"the demo stopped reading the loop's topics: {type(failure).__name__}: {failure}")
+
+    def _read_until_stopped(self, topics: dict[str, tuple[str, Callable]], dead_letter_topics: list[str]) -> None:
         consumer = Consumer(self.kafka.consumer("streamloop-loop-driver"))
         serdes = {name: self.serde(role) for name, (role, _) in topics.items()}
         assignment = []
@@ -202,6 +215,7 @@ class LoopDriver:
         for sent, demo_event in enumerate(demo_events, start=1):
             due = started + (sent - 1) / rate_per_s
             while True:
+                self.check_readers()
                 now = time.monotonic()
                 self._send_due_labels(producer, label_topic.name, label_serde, pending_labels, now)
                 behind = self._loop_behind(rate_per_s)
@@ -291,22 +305,27 @@ class LoopDriver:
             except BufferError:
                 producer.poll(0.05)
 
-    def wait_for_labels(self, timeout_s: float) -> bool:
-        """Until every label sent came back joined or unmatched (the collector caught up)."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            with self._lock:
-                if self.observed.labels_unanswered() <= 0:
-                    return True
-            time.sleep(0.2)
-        return False
+    def wait_for_labels(self, timeout_s: float, on_wait: Callable[[], None] | None = None) -> bool:
+        """Until every label sent came back joined or unmatched (the collector caught up).
 
-    def wait_for_predictions(self, timeout_s: float) -> bool:
+        ``on_wait`` runs between looks: the demo supervises its services there.
+        """
+        return self._wait_until(lambda obs: obs.labels_unanswered() <= 0, timeout_s, on_wait)
+
+    def wait_for_predictions(self, timeout_s: float, on_wait: Callable[[], None] | None = None) -> bool:
+        """Until every event produced was predicted or dead-lettered."""
+        return self._wait_until(lambda obs: obs.events_unanswered() <= 0, timeout_s, on_wait)
+
+    def _wait_until(self, done: Callable[[LoopObservation], bool], timeout_s: float,
+                    on_wait: Callable[[], None] | None) -> bool:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
+            self.check_readers()
             with self._lock:
-                if self.observed.events_unanswered() <= 0:
+                if done(self.observed):
                     return True
+            if on_wait is not None:
+                on_wait()
             time.sleep(0.2)
         return False
 

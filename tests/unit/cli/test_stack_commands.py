@@ -111,6 +111,9 @@ class SilentDriver:
     def start_readers(self) -> None:
         pass
 
+    def check_readers(self) -> None:
+        pass
+
 
 def test_a_demo_without_a_champion_stops_its_stack(monkeypatch, tmp_path):
     stack = ChampionlessStack(tmp_path)

@@ -108,3 +108,29 @@ def test_a_loop_that_keeps_answering_is_waited_for_however_long(monkeypatch, car
         driver.observed.predicted_at_ms.update({e: 0 for e in driver.observed.produced_at_ms})
     sending.join(10)
     assert len(driver.observed.produced_at_ms) == 2_100
+
+
+def test_a_reader_that_dies_ends_the_driver_s_waits_with_its_error(monkeypatch, card_driver: LoopDriver) -> None:
+    """Without it, the demo said 'no champion deployed' or waited for the stall clock, the cause unseen."""
+    import pytest
+
+    from streamloop.stack.exceptions import LoopReaderError
+
+    def unreachable(*_args) -> None:
+        raise RuntimeError("the broker refused the consumer")
+
+    monkeypatch.setattr(card_driver, "_read_until_stopped", unreachable)
+    monkeypatch.setattr(loop_driver, "Producer", Producer)
+    card_driver.start_readers()
+    card_driver.stop()  # joins the reader: it has ended
+    with pytest.raises(LoopReaderError, match="RuntimeError: the broker refused the consumer"):
+        card_driver.wait_for_predictions(timeout_s=5)
+    with pytest.raises(LoopReaderError):
+        card_driver.run(iter(events(1)), 1000.0)
+
+
+def test_the_drain_runs_the_callers_supervision_between_looks(card_driver: LoopDriver) -> None:
+    card_driver.observed.produced_at_ms["t0"] = 1  # one event never answered
+    looks: list[float] = []
+    assert card_driver.wait_for_predictions(timeout_s=0.5, on_wait=lambda: looks.append(time.monotonic())) is False
+    assert len(looks) >= 2
