@@ -73,11 +73,12 @@ def log_tail(log_path: Path | None, count: int, window_bytes: int = 16_384) -> l
 def spawn(argv: list[str], log_path: Path, env: dict[str, str] | None = None,
           cwd: Path | None = None) -> subprocess.Popen:
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    log = open(log_path, "ab")  # noqa: SIM115 - handed to the child, closed by stop()
-    return subprocess.Popen(  # noqa: S603 - argv built by streamloop from installed binaries
-        argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        env=env, cwd=cwd, preexec_fn=_die_with_parent,
-    )
+    # The child writes to its own copy of the descriptor; this process's copy is closed at once.
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(  # noqa: S603 - argv built by streamloop from installed binaries
+            argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env=env, cwd=cwd, preexec_fn=_die_with_parent,
+        )
 
 
 def terminate(process: subprocess.Popen) -> None:
@@ -99,7 +100,4 @@ def stop(process: subprocess.Popen, timeout_s: float = 10.0, *, terminated: bool
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)
             process.wait(5)
-    for stream in (process.stdout, process.stderr):
-        if stream:
-            stream.close()
     return process.returncode

@@ -223,3 +223,16 @@ def test_the_state_file_is_replaced_whole_so_a_reader_never_sees_half_of_it(tmp_
     assert not errors, errors[0]
     (tmp_path / "stack.json").write_text('{"launcher_pid": ')
     assert read_state(tmp_path) is None, "a damaged file is no running stack, and no traceback"
+
+
+def test_a_spawned_child_writes_its_log_and_this_process_closes_its_copy_at_once(tmp_path: Path) -> None:
+    """Not left to the garbage collector (a ResourceWarning under -X dev), nor to stop(), which never could."""
+    import warnings
+
+    log = tmp_path / "child.log"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        child = spawn([sys.executable, "-c", "print('from the child', flush=True)"], log)
+    assert child.wait(30) == 0
+    assert not [w for w in caught if issubclass(w.category, ResourceWarning)]
+    assert log.read_text() == "from the child\n"
