@@ -69,6 +69,12 @@ def _writable_file(path: Path | None) -> Path | None:
     return path
 
 
+def summary_window(events: int) -> int:
+    """Events in each window the summary compares: a fifth of the run, at most 5,000, at least one
+    (``by_index[-0:]`` would be every event)."""
+    return max(1, min(5000, events // 5))
+
+
 def _write_outcomes(path: Path, rows: list[dict]) -> None:
     try:
         with path.open("w") as out:
@@ -142,7 +148,7 @@ def demo(
         driver.wait_for_predictions(timeout_s=60, on_wait=supervise)
         driver.wait_for_labels(timeout_s=30, on_wait=supervise)
         elapsed = time.monotonic() - started
-        summary = driver.summary(int(events * drift_at), min(5000, events // 5), elapsed, start_ms, rate)
+        summary = driver.summary(int(events * drift_at), summary_window(events), elapsed, start_ms, rate)
         rows = driver.event_outcomes() if outcomes is not None else []
         driver.stop()
     except KeyboardInterrupt:

@@ -155,3 +155,8 @@ def test_an_unexpected_error_stops_the_stack_in_order_and_is_one_line(monkeypatc
     assert "failed: RuntimeError: something nobody expected" in result.output and "Traceback" not in result.output
     assert stack.stopped == 1, "services first, then Redis and the broker: not left to PDEATHSIG"
     assert "something nobody expected" in (tmp_path / "logs" / "command-traceback.log").read_text()
+
+
+@pytest.mark.parametrize(("events", "window"), [(1, 1), (4, 1), (5, 1), (1_000, 200), (50_000, 5_000)])
+def test_the_summary_compares_windows_of_a_fifth_of_the_run_never_empty(events, window) -> None:
+    assert demo_command.summary_window(events) == window
