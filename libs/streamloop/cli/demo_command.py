@@ -114,6 +114,12 @@ def demo(
         generator = load_generator(spec)
     except (StreamloopError, FileNotFoundError) as exc:
         raise fail(str(exc), 2) from None
+    external = [name for name in ("KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL") if os.environ.get(name)]
+    if external:
+        # On a cluster the topics keep earlier runs' records (same event ids, same decisions): the
+        # summary would count them as this run's.
+        raise fail(f"the demo runs on a fresh embedded broker and Redis of its own; unset {' and '.join(external)} "
+                   "(to run the loop on a cluster, use `streamloop up`)", 2)
     stack = prepare_stack(spec, pipeline, data_dir / "demo", fresh=True, broker_kind=kind,
                           replicas=embedded_replicas(os.environ))
     stop_on_sigterm()

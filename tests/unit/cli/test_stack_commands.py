@@ -18,6 +18,13 @@ from streamloop.stack.launcher import Stack
 from tests.conftest import DEMO_SPEC
 
 
+@pytest.fixture(autouse=True)
+def _no_cluster_in_the_shell(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The suite may run against an external Kafka; these commands start (fake) embedded stacks."""
+    for name in ("KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL"):
+        monkeypatch.delenv(name, raising=False)
+
+
 class SigtermNotHandled(Exception):
     """Raised by the test's own SIGTERM handler: the command left SIGTERM as it found it."""
 
@@ -160,3 +167,10 @@ def test_an_unexpected_error_stops_the_stack_in_order_and_is_one_line(monkeypatc
 @pytest.mark.parametrize(("events", "window"), [(1, 1), (4, 1), (5, 1), (1_000, 200), (50_000, 5_000)])
 def test_the_summary_compares_windows_of_a_fifth_of_the_run_never_empty(events, window) -> None:
     assert demo_command.summary_window(events) == window
+
+
+def test_the_demo_refuses_a_cluster_named_by_the_shell_whose_topics_hold_earlier_runs(monkeypatch, tmp_path) -> None:
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "kafka.prod:9092")
+    monkeypatch.setattr(Stack, "prepare", lambda *_args, **_kwargs: pytest.fail("nothing may start"))
+    result = CliRunner().invoke(app, ["demo", "--headless", "-p", str(DEMO_SPEC), "--data-dir", str(tmp_path)])
+    assert result.exit_code == 2 and "unset KAFKA_BOOTSTRAP_SERVERS" in result.output
