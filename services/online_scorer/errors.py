@@ -7,7 +7,7 @@ import grpc
 from streamloop.errors import StreamloopError
 from streamloop.ml.exceptions import ModelError
 from streamloop.ml.features import InvalidFeatureValue
-from streamloop.store import FeatureStoreUnavailable, InvalidEntityKey
+from streamloop.store import FeatureStoreUnavailable, InvalidEntityKey, UnreadableFeatureRow
 
 
 class ScorerError(StreamloopError):
@@ -76,6 +76,10 @@ def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     if isinstance(exc, InvalidFeatureValue):
         # Request-time features are checked before scoring, so this is a stored row gone bad.
         return grpc.StatusCode.FAILED_PRECONDITION, f"the stored features cannot be scored: {exc}"
+    if isinstance(exc, UnreadableFeatureRow):
+        # Its message names the Redis key: not for a client.
+        return grpc.StatusCode.FAILED_PRECONDITION, ("the stored features cannot be read (a damaged row, or one "
+                                                     "written with a schema this scorer does not know)")
     if isinstance(exc, ModelError):
         return grpc.StatusCode.INTERNAL, f"the model failed: {exc}"
     if isinstance(exc, StreamloopError):

@@ -103,7 +103,9 @@ class ModelHolder:
         self._clock = clock
         self._current = ModelSet()
         self._lock = threading.Lock()
-        self._failed_slots: set[str] = set()
+        # Slots whose last deployment failed to load, with that version: RAISED until the slot
+        # loads a version or is retired.
+        self._failed_slots: dict[str, str] = {}
         self.champion_ready = threading.Event()
         self.load_failures = 0
         self._failures = self._info = self._age = None
@@ -161,8 +163,7 @@ class ModelHolder:
         self._swap(slot, new)
         log.info("%s %s version %s is live (slot %s, loaded in %.0f ms)", role.lower(), new.name, version, slot,
                  (time.perf_counter() - started) * 1000)
-        if slot in self._failed_slots:
-            self._failed_slots.discard(slot)
+        if self._failed_slots.pop(slot, None) is not None:
             self._alert("CLEARED", new.name, version, f"slot {slot} loaded version {version}")
 
     def load(self, record: dict[str, Any]) -> Any:
@@ -181,6 +182,9 @@ class ModelHolder:
         return model
 
     def _retire(self, slot: str) -> None:
+        failed = self._failed_slots.pop(slot, None)
+        if failed is not None:  # a shadow slot is named by its version: it never loads again
+            self._alert("CLEARED", self.pipeline.model.name, failed, f"slot {slot} retired")
         current = self._current
         if slot == "champion" or (current.champion is not None and current.champion.slot == slot):
             # Scoring without a champion would stop the stream; the next champion replaces it.
@@ -216,7 +220,7 @@ class ModelHolder:
 
     def _load_failed(self, slot: str, record: dict[str, Any], exc: ModelLoadError) -> None:
         self.load_failures += 1
-        self._failed_slots.add(slot)
+        self._failed_slots[slot] = record["version"]
         serving = self._current.slots().get(slot)
         keeps = f"version {serving.version} keeps serving" if serving else "the slot stays empty"
         log.error("model load failed, %s: %s", keeps, exc)

@@ -66,7 +66,15 @@ class ScoringProcessor:
             assert served is not None
             explain_it = self.scorer.sampled_for_explanation(vector["event_id"])
             x = self.scorer.features(vector["numeric"], vector["categorical"])
-            scored = self.scorer.score_features(served.model, x, vector["categorical"], explain_it=explain_it)
+            try:
+                scored = self.scorer.score_features(served.model, x, vector["categorical"], explain_it=explain_it)
+            except Exception as exc:
+                if served is models.champion:
+                    raise
+                # A failing canary never costs the event its answer: the champion gives it.
+                self._challenger_failed(served, vector["event_id"], exc)
+                served = models.champion
+                scored = self.scorer.score_features(served.model, x, vector["categorical"], explain_it=explain_it)
             prediction = self._prediction(record, served, served.role, scored)
             result.outputs.append(OutgoingRecord(self.predictions.name, self.predictions.key_of(prediction),
                                                  prediction, source=record))
@@ -81,6 +89,14 @@ class ScoringProcessor:
         self.holder.report_age(now_ms)
         return ProcessResult()
 
+    def _challenger_failed(self, challenger: LoadedModel, event_id: str, exc: Exception) -> None:
+        self.shadow_failures += 1
+        if self._shadow_errors is not None:
+            self._shadow_errors(1, {"model_version": challenger.version})
+        if self.shadow_failures % 1000 == 1:
+            log.warning("%s %s failed to score %s (%d challenger failures so far): %s", challenger.role.lower(),
+                        challenger.version, event_id, self.shadow_failures, exc)
+
     def _score_shadows(self, models: ModelSet, record: ConsumedRecord, x: Mapping[str, float],
                        result: ProcessResult, emitted: Counter[tuple[str, str]]) -> None:
         vector = record.value
@@ -88,12 +104,7 @@ class ScoringProcessor:
             try:
                 scored = self.scorer.score_features(shadow.model, x, vector["categorical"])
             except Exception as exc:  # noqa: BLE001 - a failing challenger never costs the champion's answer
-                self.shadow_failures += 1
-                if self._shadow_errors is not None:
-                    self._shadow_errors(1, {"model_version": shadow.version})
-                if self.shadow_failures % 1000 == 1:
-                    log.warning("shadow %s failed to score %s (%d failures so far): %s", shadow.version,
-                                vector["event_id"], self.shadow_failures, exc)
+                self._challenger_failed(shadow, vector["event_id"], exc)
                 continue
             prediction = self._prediction(record, shadow, SHADOW, scored)
             result.outputs.append(OutgoingRecord(self.shadow_predictions.name,

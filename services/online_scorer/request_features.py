@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from services.online_scorer.errors import InvalidScoreRequest
 from streamloop.contracts import PipelineSpec
 from streamloop.ml.categorical import CategoricalEncoder
+from streamloop.ml.features import MAX_TEXT_LENGTH
 
 _LISTED = 12  # names listed in an error before "..."
 
@@ -43,8 +44,14 @@ class RequestFeatures:
                     f"{owner}={name[len(owner) + 1:]!r} in categorical_features")
             raise InvalidScoreRequest(f"{where}numeric_features[{name!r}]: not a numeric feature of pipeline "
                                       f"{self.pipeline!r}; it has {_listed(self.numeric)}")
-        for name in categorical:
-            if name in self.encoders:
+        for name, value in categorical.items():
+            encoder = self.encoders.get(name)
+            if encoder is not None:
+                if encoder.one_hot and len(encoder.prefix) + len(value) > MAX_TEXT_LENGTH:
+                    # Its column, name=value, would be a feature name longer than any the model takes.
+                    raise InvalidScoreRequest(f"{where}categorical_features[{name!r}]: longer than "
+                                              f"{MAX_TEXT_LENGTH - len(encoder.prefix)} characters (one-hot "
+                                              f"column {encoder.prefix}<value>)")
                 continue
             if name in self.numeric:
                 raise InvalidScoreRequest(f"{where}categorical_features[{name!r}]: {name} is a numeric feature of "

@@ -116,6 +116,11 @@ def test_a_request_time_one_hot_category_replaces_the_stored_column(served: Serv
     ({"categorical_features": {"tier": "gold"}},
      "categorical_features['tier']: not a categorical feature of pipeline 'card-fraud'; it has country, "
      "merchant_category"),
+    # Its one-hot column, merchant_category=<value>, would be a feature name longer than 1,024: the
+    # request's fault, not the stored row's (it was FAILED_PRECONDITION).
+    ({"categorical_features": {"merchant_category": "x" * 1020}},
+     "categorical_features['merchant_category']: longer than 1006 characters "
+     "(one-hot column merchant_category=<value>)"),
 ])
 def test_a_feature_the_pipeline_does_not_produce_is_invalid_argument(served: Served, features, problem) -> None:
     # The model has never learned a weight for such a name: scoring it would silently ignore it.
@@ -278,6 +283,8 @@ def test_an_unreadable_stored_row_fails_only_its_entity_s_result(served: Served,
     assert [r.WhichOneof("result") for r in response.results] == ["response", "error"]
     code, details = status_of_call(served.stub.Score, scoring_pb2.ScoreRequest(entity_id="card-13"), timeout=5)
     assert (response.results[1].error.code, response.results[1].error.message) == (code.value[0], details)
+    # The row is bad, not the scorer: as documented, and without the Redis key in the message.
+    assert code is grpc.StatusCode.FAILED_PRECONDITION and "streamloop:" not in details
 
 
 def test_score_batch_rejects_a_malformed_item_by_index(served: Served) -> None:

@@ -207,3 +207,14 @@ def test_metrics_name_the_served_version(spec, artifacts, metrics) -> None:
     assert 'streamloop_model_age_seconds{model_name="fraud",pipeline="card-fraud",service="online-scorer",' \
            'slot="champion"} 60.0' \
         in exposition
+
+
+def test_a_failed_shadow_slot_that_is_retired_clears_its_alert(spec, artifacts) -> None:
+    """A shadow slot is named by its version and never loads again: without this the alert stayed RAISED."""
+    holder, alerts = holder_for(spec, artifacts)
+    deploy(holder, publish(artifacts, spec, ConstantClassifier(0.1), "v1"))
+    shadow = publish(artifacts, spec, BrokenClassifier(), "v9", slot="shadow/v9", role="SHADOW")
+    deploy(holder, shadow)
+    holder.on_deployment(slot_key(shadow), None)
+    assert [(a["state"], a["model_version"]) for a in alerts] == [("RAISED", "v9"), ("CLEARED", "v9")]
+    assert "retired" in alerts[-1]["message"]

@@ -161,3 +161,15 @@ def test_scoring_before_a_champion_is_refused(spec, catalog, artifacts) -> None:
     processor, _ = setup(spec, catalog, artifacts)
     with pytest.raises(RuntimeError, match="champion"):
         processor.process(vectors(spec, 1))
+
+
+def test_a_failing_canary_never_costs_an_event_its_answer(spec, catalog, artifacts) -> None:
+    """The champion answers the canary's events; before, the batch failed and its events went to the DLQ."""
+    canary = {"slot": "canary", "role": "CANARY", "canary_weight": 0.5}
+    processor, holder = setup(spec, catalog, artifacts, (ConstantClassifier(0.1), "v1", {}),
+                              (ConstantClassifier(0.9), "v2", canary))
+    holder.current.canary.model.predict_proba_one = BrokenClassifier().predict_proba_one
+    result = processor.process(vectors(spec, 200))
+    assert not result.rejections
+    assert [(o.value["role"], o.value["model_version"]) for o in result.outputs] == [("CHAMPION", "v1")] * 200
+    assert 60 < processor.shadow_failures < 140, "each canary event is counted as a challenger failure"
