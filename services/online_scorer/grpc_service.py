@@ -38,6 +38,7 @@ from services.online_scorer.errors import (
     NoChampion,
     ScorerError,
     ScoringDeadlineExceeded,
+    TooManyRequestCategories,
     Unauthenticated,
     status_of,
 )
@@ -65,6 +66,7 @@ class RequestLimits:
     max_entity_id_length: int = 1024
     max_name_length: int = 256
     max_category_length: int = 1024
+    max_request_categories: int = 10_000
 
 
 def validate(request: scoring_pb2.ScoreRequest, limits: RequestLimits, where: str = "") -> None:
@@ -105,7 +107,7 @@ class ScoringServicer(scoring_pb2_grpc.ScoringServiceServicer):
         self.group = group
         self.limits = limits or RequestLimits()
         self.scorer = Scorer(pipeline)
-        self.request_features = RequestFeatures(pipeline)
+        self.request_features = RequestFeatures(pipeline, self.limits.max_request_categories)
         self._default = default_output(pipeline.model)
         self._clock = clock
         self._count = metrics.counter(PREDICTIONS_METRIC, "Predictions emitted, by path, role and version.") \
@@ -158,6 +160,8 @@ class ScoringServicer(scoring_pb2_grpc.ScoringServiceServicer):
                 continue
             try:
                 results.append(self._score_one(champion, request, row))
+            except TooManyRequestCategories as exc:
+                results.append(exc)  # that entity's request, not the batch's
             except ModelError as exc:
                 # One entity's stored features or the model's answer for them: that entity's
                 # error, not the whole batch's.
