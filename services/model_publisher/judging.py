@@ -146,6 +146,14 @@ class Judge:
             self.writer.retire(shadow_slot(old)),
         ]
         self.ledger.forget({new})
+        canary = self.slots().get(CANARY)
+        if canary is not None:
+            # It won its trial's place against the version rolled back, and its baseline would
+            # now be the restored one's few events as champion.
+            self.canary_since.pop(canary["version"], None)
+            outputs += self._retire(CANARY, canary["version"], f"its champion {new} was rolled back to {old}; "
+                                                               "a canary is judged against the champion it was "
+                                                               "chosen over", {})
         return outputs
 
     def _trial(self, champion: dict[str, Any], canary: dict[str, Any]) -> list[OutgoingRecord]:
@@ -164,6 +172,8 @@ class Judge:
             decision_id = f"{version}:rollback"
             self.closed.add(version)
             self.ledger.forget({version})
+            # The champion stays: challengers that passed beside this canary are judged again.
+            self._judged = {pair for pair in self._judged if pair[0] != champion["version"]}
             return [self.writer.decide("ROLLBACK", verdict.reason, decision_id=decision_id, from_version=version,
                                        to_version=champion["version"], evidence=verdict.evidence),
                     self.writer.retire(CANARY)]

@@ -132,14 +132,17 @@ class PublisherProcessor:
     def _bootstrap(self) -> list[OutgoingRecord]:
         if self._bootstrapped or not self.table.ready:
             return []
-        self._bootstrapped = True
         champion = self.table.champion(self.pipeline.name, self.pipeline.model.name)
         if champion is not None or not self.policy.bootstrap:
+            self._bootstrapped = True
             return []
         model_spec = self.pipeline.model
         version = bootstrap_version(model_spec)
         identity = ArtifactIdentity(self.pipeline.name, model_spec.name, version)
+        # Marked done only once stored: a store that fails (a full disk) fails the batch, and the
+        # next try bootstraps again instead of leaving the pipeline without a champion.
         artifact = self.store.put_model(build_model(model_spec), identity).to_record()
+        self._bootstrapped = True
         self._candidates[version]["created_at"] = self.clock()  # its lineage is pre-seeded (see __init__)
         reason = (f"bootstrap: the registry has no champion for {self.pipeline.name}/{model_spec.name}; an untrained "
                   f"{model_spec.estimator} serves until a trained candidate beats it")

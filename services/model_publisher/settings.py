@@ -25,8 +25,9 @@ class PublisherSettings(BaseSettings):
     paired_test: Literal["t", "wilcoxon"] = Field(default="t", description="Paired test on per-event losses.")
     max_shadows: int = Field(default=3, ge=1, description="Shadow challengers scored at once; the oldest retire.")
     rollback_watch_samples: int = Field(default=5_000, ge=1,
-                                        description="Post-promotion events after which the predecessor retires, or "
-                                                    "a champion still worse beyond the margin is rolled back.")
+                                        description="Post-promotion events after which the watch ends and the "
+                                                    "predecessor retires; a champion never shown significantly "
+                                                    "worse is kept.")
     ledger_events: int = Field(default=100_000, ge=100, description="Recent labeled events kept for comparisons.")
     staleness_interval: DurationMs = Field(default=5_000, description="How often staleness is checked.")
     min_metric_samples: int = Field(default=100, ge=1, description="Smallest live metric window for metric decay.")

@@ -96,6 +96,20 @@ def test_no_bootstrap_when_the_registry_has_a_champion_or_is_not_read_yet(demo_p
     assert len(waiting.processor.tick(T0).outputs) == 3
 
 
+def test_a_bootstrap_whose_artifact_cannot_be_stored_is_tried_again(harness, monkeypatch):
+    """The store failing once (a full disk) must not leave the pipeline without a champion until a restart."""
+    put_model = harness.store.put_model
+
+    def full_disk(*_args, **_kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(harness.store, "put_model", full_disk)
+    with pytest.raises(OSError):
+        harness.processor.tick(T0)
+    monkeypatch.setattr(harness.store, "put_model", put_model)
+    assert harness.bootstrap() == bootstrap_version(harness.spec.model)
+
+
 def test_a_verified_candidate_becomes_a_shadow_once(harness):
     champion = harness.bootstrap()
     record = candidate(harness.spec, harness.store, parent=champion, created_ms=T0 + 5)
@@ -303,6 +317,46 @@ def test_a_canary_worse_than_the_champion_is_rolled_back(demo_pipeline, tmp_path
                           + examples(400, start=5000, models={new: (0.55, "CANARY")}))
     assert [(d["kind"], d["from_version"], d["to_version"]) for d in decisions(result)] == [("ROLLBACK", new, old)]
     assert harness.slot(CANARY) is None and harness.slot(CHAMPION)["version"] == old
+
+
+def test_a_challenger_that_passed_beside_a_canary_rolled_back_is_judged_again(demo_pipeline, tmp_path):
+    """It was left in its shadow slot with no decision, until another candidate pushed it out."""
+    harness = Harness(with_policy(demo_pipeline, promotion={"canary_weight": 0.2}), tmp_path)
+    old = harness.bootstrap()
+    best, runner_up = harness.shadow(), harness.shadow()
+    result = harness.feed("lab", examples(600, models={old: (0.5, "CHAMPION"), best: (0.8, "SHADOW"),
+                                                       runner_up: (0.75, "SHADOW")}))
+    assert [(d["kind"], d["to_version"]) for d in decisions(result)] == [("PROMOTE", best)]
+    served = {old: (0.7, "CHAMPION"), runner_up: (0.75, "SHADOW")}
+    result = harness.feed("lab", examples(1600, start=1000, models=served)
+                          + examples(400, start=5000, models={best: (0.55, "CANARY")}))
+    assert [(d["kind"], d["from_version"]) for d in decisions(result)] == [("ROLLBACK", best)]
+    result = harness.feed("lab", examples(10, start=9000, models=served))
+    assert [(d["kind"], d["to_version"]) for d in decisions(result)] in (
+        [("PROMOTE", runner_up)], [("REFUSE", runner_up)]), "a decision, whichever the evidence gives"
+    assert harness.slot(shadow_slot(runner_up)) is None or harness.slot(CANARY)["version"] == runner_up
+
+
+def test_a_canary_on_trial_when_its_champion_is_rolled_back_is_retired(demo_pipeline, tmp_path):
+    """It was chosen over the champion rolled back; its trial went on against the restored one's few events."""
+    harness = Harness(with_policy(demo_pipeline, promotion={"canary_weight": 0.2}), tmp_path)
+    first = harness.bootstrap()
+    second = harness.shadow()
+    harness.feed("lab", examples(600, models={first: (0.6, "CHAMPION"), second: (0.8, "SHADOW")}))
+    harness.feed("lab", examples(1600, start=1000, models={first: (0.6, "CHAMPION")})
+                 + examples(400, start=5000, models={second: (0.8, "CANARY")}))
+    assert harness.slot(CHAMPION)["version"] == second, "promoted through its canary trial"
+    third = harness.shadow()
+    # The watch's first look keeps the new champion; the third candidate beats it and goes on trial.
+    result = harness.feed("lab", examples(600, start=10_000, models={
+        second: (0.8, "CHAMPION"), first: (0.6, "SHADOW"), third: (0.95, "SHADOW")}))
+    assert harness.slot(CANARY)["version"] == third, [d["kind"] for d in decisions(result)]
+    # Then the champion goes bad: rolled back to the first, and the canary goes with it.
+    result = harness.feed("lab", examples(2000, start=20_000, models={
+        second: (0.3, "CHAMPION"), first: (0.6, "SHADOW")}))
+    kinds = [(d["kind"], d["from_version"] or d["to_version"]) for d in decisions(result)]
+    assert ("ROLLBACK", second) in kinds and ("RETIRE", third) in kinds, kinds
+    assert harness.slot(CHAMPION)["version"] == first and harness.slot(CANARY) is None
 
 
 def test_a_record_that_cannot_be_judged_is_dead_lettered_and_the_batch_flows(harness):
