@@ -139,9 +139,13 @@ class PublisherProcessor:
         model_spec = self.pipeline.model
         version = bootstrap_version(model_spec)
         identity = ArtifactIdentity(self.pipeline.name, model_spec.name, version)
-        # Marked done only once stored: a store that fails (a full disk) fails the batch, and the
-        # next try bootstraps again instead of leaving the pipeline without a champion.
-        artifact = self.store.put_model(build_model(model_spec), identity).to_record()
+        try:
+            artifact = self.store.put_model(build_model(model_spec), identity).to_record()
+        except Exception:  # noqa: BLE001 - a full disk, an unreachable store: the next batch or tick tries again
+            # Not raised: the batch's records would be replayed one by one and dead-lettered with it.
+            # Not marked done either: the pipeline would have no champion until a restart.
+            log.exception("bootstrapping champion %s failed; trying again at the next batch or tick", version)
+            return []
         self._bootstrapped = True
         self._candidates[version]["created_at"] = self.clock()  # its lineage is pre-seeded (see __init__)
         reason = (f"bootstrap: the registry has no champion for {self.pipeline.name}/{model_spec.name}; an untrained "
