@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from services.model_publisher.judging import JudgingPolicy
 from services.model_publisher.publisher import PublisherPolicy, PublisherProcessor, PublisherTopics
@@ -27,6 +27,7 @@ from streamloop.service.entrypoint import start_service
 from streamloop.telemetry import Telemetry, configure_telemetry
 
 SERVICE = "model-publisher"
+TABLE_POLL_S = 0.5  # how soon a stop ends the wait for the deployments table
 log = logging.getLogger(__name__)
 
 
@@ -40,12 +41,14 @@ class PublisherApp:
     candidates_topic: str
     candidates_serde: Serde
     table_timeout_s: float
+    _stopping: threading.Event = field(default_factory=threading.Event)
 
     def run(self) -> int:
         self.table_reader.start()
         try:
             self._recall_lineage()
-            wait_for_table(self.table_reader, self.processor.table, self.table_timeout_s)
+            if not wait_for_table(self.table_reader, self.processor.table, self.table_timeout_s, self._stopping):
+                return 0  # stopped while waiting: nothing was consumed
             return self.runner.run()
         finally:
             self.table_reader.stop()
@@ -64,25 +67,28 @@ class PublisherApp:
                 self.processor.remember_candidate(candidate)
 
     def stop(self) -> None:
+        self._stopping.set()
         self.runner.stop()
 
 
-def wait_for_table(reader: CompactedTopicReader, table: DeploymentTable, timeout_s: float) -> None:
+def wait_for_table(reader: CompactedTopicReader, table: DeploymentTable, timeout_s: float,
+                   stopping: threading.Event) -> bool:
     """Mark the table ready once the reader caught up: an empty table then means "no champion".
 
-    Waits up to ``timeout_s``; after that the runner starts anyway and a watcher thread marks the
-    table ready later (until then nothing is bootstrapped).
+    Nothing is consumed before: a candidate registered, or a challenger judged, against a table
+    read only in part would be judged against a champion that is no longer one, or without the
+    predecessor a rollback watch needs. The records wait in their topics. An error is logged
+    every ``timeout_s``; False if the service is stopped while it waits.
     """
-    if reader.wait_until_caught_up(timeout_s):
-        table.ready = True
-        return
-    log.error("deployments table not caught up after %.0fs; no bootstrap until it is", timeout_s)
-
-    def mark_when_caught_up() -> None:
-        if reader.wait_until_caught_up(None):
+    waited = 0.0
+    while not stopping.is_set():
+        if reader.wait_until_caught_up(TABLE_POLL_S):
             table.ready = True
-
-    threading.Thread(target=mark_when_caught_up, name="table-ready", daemon=True).start()
+            return True
+        waited += TABLE_POLL_S
+        if waited % timeout_s < TABLE_POLL_S:
+            log.error("deployments table not caught up after %.0fs; nothing is consumed until it is", waited)
+    return False
 
 
 def build(settings: PublisherSettings, install_global_telemetry: bool = True) -> PublisherApp:

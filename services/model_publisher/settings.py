@@ -34,4 +34,6 @@ class PublisherSettings(BaseSettings):
     score_held_out: bool = Field(default=True, description=(
         "Score a deployed version on labeled examples of events from before its deployment that it never "
         "learned, so its evidence does not wait for its first live labels."))
-    table_timeout_s: float = Field(default=60.0, gt=0, description="Wait this long for the deployments table.")
+    table_timeout_s: float = Field(default=60.0, gt=0, description="While the deployments table is not read yet "
+                                                                   "(nothing is consumed before), an error is logged "
+                                                                   "every this many seconds.")
