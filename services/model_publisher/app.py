@@ -9,8 +9,8 @@ reads the candidates topic back for the lineage of the versions in the registry.
 from __future__ import annotations
 
 import logging
-import threading
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from services.model_publisher.judging import JudgingPolicy
 from services.model_publisher.publisher import PublisherPolicy, PublisherProcessor, PublisherTopics
@@ -41,13 +41,13 @@ class PublisherApp:
     candidates_topic: str
     candidates_serde: Serde
     table_timeout_s: float
-    _stopping: threading.Event = field(default_factory=threading.Event)
 
     def run(self) -> int:
         self.table_reader.start()
         try:
             self._recall_lineage()
-            if not wait_for_table(self.table_reader, self.processor.table, self.table_timeout_s, self._stopping):
+            if not wait_for_table(self.table_reader, self.processor.table, self.table_timeout_s,
+                                  lambda: self.runner.stopping):
                 return 0  # stopped while waiting: nothing was consumed
             return self.runner.run()
         finally:
@@ -67,12 +67,11 @@ class PublisherApp:
                 self.processor.remember_candidate(candidate)
 
     def stop(self) -> None:
-        self._stopping.set()
         self.runner.stop()
 
 
 def wait_for_table(reader: CompactedTopicReader, table: DeploymentTable, timeout_s: float,
-                   stopping: threading.Event) -> bool:
+                   stopped: Callable[[], bool]) -> bool:
     """Mark the table ready once the reader caught up: an empty table then means "no champion".
 
     Nothing is consumed before: a candidate registered, or a challenger judged, against a table
@@ -81,7 +80,7 @@ def wait_for_table(reader: CompactedTopicReader, table: DeploymentTable, timeout
     every ``timeout_s``; False if the service is stopped while it waits.
     """
     waited = 0.0
-    while not stopping.is_set():
+    while not stopped():
         if reader.wait_until_caught_up(TABLE_POLL_S):
             table.ready = True
             return True

@@ -24,7 +24,7 @@ class SlowReader:
 def test_the_wait_goes_on_past_the_timeout_until_the_table_is_read(caplog) -> None:
     """It used to start consuming after PUBLISHER_TABLE_TIMEOUT_S with whatever part of the table it had."""
     table, reader = DeploymentTable(), SlowReader(caught_up_at=7)
-    assert wait_for_table(reader, table, timeout_s=1.0, stopping=threading.Event()) is True  # type: ignore[arg-type]
+    assert wait_for_table(reader, table, timeout_s=1.0, stopped=lambda: False) is True  # type: ignore[arg-type]
     assert table.ready and reader.looks == 7
     assert [r.message for r in caplog.records if "not caught up" in r.message] == [
         "deployments table not caught up after 1s; nothing is consumed until it is",
@@ -36,5 +36,5 @@ def test_a_stop_ends_the_wait_with_nothing_consumed(monkeypatch) -> None:
     monkeypatch.setattr(app, "TABLE_POLL_S", 0.01)
     table, stopping = DeploymentTable(), threading.Event()
     threading.Timer(0.2, stopping.set).start()
-    assert wait_for_table(SlowReader(caught_up_at=None), table, timeout_s=60, stopping=stopping) is False  # type: ignore[arg-type]
+    assert wait_for_table(SlowReader(caught_up_at=None), table, timeout_s=60, stopped=stopping.is_set) is False  # type: ignore[arg-type]
     assert not table.ready
