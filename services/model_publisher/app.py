@@ -2,7 +2,8 @@
 
 Reads ``model_candidates``, ``labeled_examples`` and ``metrics`` through the stage runner and its
 own registry (the compacted deployments topic) through a ``CompactedTopicReader``; at start-up it
-reads the candidates topic back for the lineage of the versions in the registry. Writes
+reads the candidates topic back for the lineage of the versions in the registry, and the alerts
+topic for the staleness alerts it left raised. Writes
 ``model_deployments``, ``model_decisions`` and ``alerts``.
 """
 
@@ -41,11 +42,14 @@ class PublisherApp:
     candidates_topic: str
     candidates_serde: Serde
     table_timeout_s: float
+    alerts_topic: str
+    alerts_serde: Serde
 
     def run(self) -> int:
         self.table_reader.start()
         try:
             self._recall_lineage()
+            self._recall_alerts()
             if not wait_for_table(self.table_reader, self.processor.table, self.table_timeout_s,
                                   lambda: self.runner.stopping):
                 return 0  # stopped while waiting: nothing was consumed
@@ -65,6 +69,14 @@ class PublisherApp:
             if candidate and candidate.get("pipeline") == pipeline.name and \
                     candidate.get("model_name") == pipeline.model.name:
                 self.processor.remember_candidate(candidate)
+
+    def _recall_alerts(self) -> None:
+        try:
+            records = read_topic(self.kafka, self.alerts_topic, self.alerts_serde.decode)
+        except StreamloopError as exc:
+            log.warning("cannot read back the alerts raised before (%s); a standing one may be raised again", exc)
+            return
+        self.processor.staleness.recall(alert for _key, alert in records if alert)
 
     def stop(self) -> None:
         self.runner.stop()
@@ -113,7 +125,8 @@ def build(settings: PublisherSettings, install_global_telemetry: bool = True) ->
     runner = ctx.runner(processor, inputs=["model_candidates", "labeled_examples", "metrics"],
                         outputs=["model_deployments", "model_decisions", "alerts"], metrics=telemetry.metrics)
     return PublisherApp(runner, processor, reader, telemetry, settings.common.kafka,
-                        topics.model_candidates, ctx.serde("model_candidates"), settings.table_timeout_s)
+                        topics.model_candidates, ctx.serde("model_candidates"), settings.table_timeout_s,
+                        topics.alerts, ctx.serde("alerts"))
 
 
 

@@ -12,6 +12,7 @@ Three alerts, each raised once when its condition starts to hold and cleared onc
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,6 +66,28 @@ class StalenessMonitor:
         self._live: dict[str, tuple[int, float, int]] = {}  # version -> (window_end, value, samples)
         self._raised: dict[str, str | None] = {}  # alert -> version it was raised for
         self.gauges: dict[str, float] = {}
+
+    def recall(self, alerts: Iterable[dict[str, Any]]) -> None:
+        """Take back which of this monitor's alerts stand raised, from the alerts topic read at start.
+
+        Without it a restart forgot them: an alert raised before it was never CLEARED, and one
+        still holding was RAISED a second time.
+        """
+        for alert in alerts:
+            if (alert.get("source"), alert.get("pipeline"), alert.get("model_name")) != (
+                    self.source, self.pipeline.name, self.pipeline.model.name) or alert.get("alert") not in ALERTS:
+                continue
+            raised = alert.get("state") == "RAISED"
+            if raised:
+                self._raised[alert["alert"]] = alert.get("model_version")
+            else:
+                self._raised.pop(alert["alert"], None)
+            if alert["alert"] == "no_labels" and alert.get("at") is not None:
+                # When labels last came, as the record implies: silence then counts from there,
+                # not from this start, which would clear a silence that goes on.
+                at = millis(alert["at"])
+                last = at - int((alert.get("observed") or 0) * 1000) if raised else at
+                self.observe_label(last)
 
     def observe_label(self, at_ms: int) -> None:
         self._last_label_ms = at_ms if self._last_label_ms is None else max(self._last_label_ms, at_ms)

@@ -126,3 +126,24 @@ def test_the_publisher_exports_the_registry_s_champion_beside_what_scorers_serve
                                     decision_id=f"{second}:promote")
     harness.processor.tick(T0 + 10 * 60_000)
     assert champion_info() == {first: 0, second: 1}
+
+
+def test_a_restarted_monitor_takes_back_its_standing_alerts_from_the_topic(demo_pipeline):
+    """It forgot them: a raised alert was never cleared, and one still holding was raised twice."""
+    before = StalenessMonitor(demo_pipeline)
+    champion = Champion("fraud-a", T0, {})
+    before.observe_label(T0 + 20 * HOUR)
+    stale, silent = before.check(T0 + 25 * HOUR, champion)
+    assert states([stale, silent]) == [("stale_model", "RAISED"), ("no_labels", "RAISED")]
+    scorer_alert = {**silent, "alert": "model_load_failed", "source": "online-scorer"}
+    topic = [stale, silent, scorer_alert, {**stale, "state": "CLEARED"}]  # stale_model cleared since
+    restarted = StalenessMonitor(demo_pipeline)
+    restarted.recall(topic)
+    restarted.observe_label(T0 + 26 * HOUR)
+    assert states(restarted.check(T0 + 26 * HOUR, champion)) == [("stale_model", "RAISED"),
+                                                                 ("no_labels", "CLEARED")]
+    still_silent = StalenessMonitor(demo_pipeline)
+    still_silent.recall(topic)
+    # The silence goes on: neither cleared at the start (counted from the last label, not from the
+    # restart) nor raised a second time.
+    assert states(still_silent.check(T0 + 27 * HOUR, champion)) == [("stale_model", "RAISED")]
