@@ -354,7 +354,7 @@ class RetrainerProcessor:
         retrain = self.pipeline.retrain
         records = self.window(retrain.rebuild_window)
         built = rebuild(self.pipeline.model, records, retrain.rebuild_window, retrain.holdout_share,
-                        self.policy.min_examples, retrain.rebuild_passes)
+                        self.policy.min_examples, retrain.rebuild_passes, pipeline=self.pipeline.name)
         return self.factory.build(built.model, trigger, parent_version, built.source_offsets, built.sample_count,
                                   built.heldout_metrics)
 

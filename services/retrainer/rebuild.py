@@ -36,12 +36,18 @@ class RebuildResult:
     source_offsets: list[OffsetRange]
 
 
-def recent_window(model_spec: ModelSpec, records: Sequence[ConsumedRecord], window: int) -> list[ConsumedRecord]:
-    """The last ``window`` valid examples by label time, one per event id (its latest record)."""
+def recent_window(model_spec: ModelSpec, records: Sequence[ConsumedRecord], window: int, *,
+                  pipeline: str) -> list[ConsumedRecord]:
+    """The last ``window`` valid examples of ``pipeline`` by label time, one per event id (its latest record).
+
+    The labeled-examples topic may carry other pipelines' examples (pipelines that share a topic
+    prefix): their features and classes are not this model's.
+    """
     latest: dict[str, ConsumedRecord] = {}
     anonymous = []
     for record in records:
-        if not valid(model_spec, record.value) or not learnable(record.value):
+        if record.value.get("pipeline") != pipeline or not valid(model_spec, record.value) \
+                or not learnable(record.value):
             continue
         event_id = record.value.get("event_id")
         if event_id is None:
@@ -69,13 +75,13 @@ def offset_ranges(records: Sequence[ConsumedRecord]) -> list[OffsetRange]:
 
 
 def rebuild(model_spec: ModelSpec, records: Sequence[ConsumedRecord], window: int, holdout_share: float,
-            min_examples: int = 10, passes: int = 1) -> RebuildResult:
+            min_examples: int = 10, passes: int = 1, *, pipeline: str) -> RebuildResult:
     """Train a fresh model on the window's older part and evaluate it on the newest ``holdout_share``.
 
     The first pass is in event order; further passes (``passes`` > 1) go over the same training
     part shuffled, with a fixed seed so a rebuild is reproducible from its lineage.
     """
-    examples = recent_window(model_spec, records, window)
+    examples = recent_window(model_spec, records, window, pipeline=pipeline)
     holdout = max(1, round(len(examples) * holdout_share))
     if len(examples) < max(min_examples, 2) or len(examples) - holdout < 1:
         raise RebuildSkipped(f"{len(examples)} labeled examples in the window; a rebuild needs {min_examples}")

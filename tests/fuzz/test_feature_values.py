@@ -89,5 +89,5 @@ def test_a_rebuild_leaves_poisoned_examples_out(spec) -> None:
     records = [consumed("lab", labeled_example(i, label=i % 2 == 0), offset=i) for i in range(6)]
     records[2] = consumed("lab", {**records[2].value, "numeric": {"amount": math.inf}}, offset=2)
     assert not learnable(records[2].value)
-    window = recent_window(spec.model, records, 10)
+    window = recent_window(spec.model, records, 10, pipeline=spec.name)
     assert records[2] not in window and len(window) == 5

@@ -216,7 +216,7 @@ def test_too_few_examples_skip_a_rebuild(spec, tmp_path):
     assert "DRIFT" not in triggers(harness.processor.process(labeled(300, start=1)))
     assert harness.window_sizes == [300], "the rebuild ran and found too few examples in the window"
     with pytest.raises(RebuildSkipped):
-        rebuild(spec.model, labeled(20), 300, 0.2, min_examples=50)
+        rebuild(spec.model, labeled(20), 300, 0.2, min_examples=50, pipeline=spec.name)
 
 
 def test_the_window_is_the_most_recent_examples_one_per_event(spec):
@@ -225,9 +225,9 @@ def test_the_window_is_the_most_recent_examples_one_per_event(spec):
     late = labeled_example(99, True)
     late["label_time"] = T0 - 1  # labeled before everything else
     records.append(consumed("lab", late, offset=51))
-    window = recent_window(spec.model, records, 5)
+    window = recent_window(spec.model, records, 5, pipeline=spec.name)
     assert [r.value["event_id"] for r in window] == ["evt-5", "evt-6", "evt-7", "evt-8", "evt-9"]
-    whole = recent_window(spec.model, records, 100)
+    whole = recent_window(spec.model, records, 100, pipeline=spec.name)
     assert whole[0].value["event_id"] == "evt-99" and len(whole) == 11
 
 
@@ -268,3 +268,14 @@ def test_a_champion_signed_again_after_a_failed_load_is_loaded_then(spec, tmp_pa
     harness.table.apply(key, current)  # what `streamloop models re-sign` writes: same version, new signature
     harness.processor.process(labeled(1, start=1))
     assert harness.processor.learner.model is not None, "loaded once signed again"
+
+
+def test_a_rebuild_learns_only_its_own_pipeline_s_examples(spec):
+    """Pipelines that share a topic prefix share the labeled-examples topic; the window read holds both."""
+    ours = labeled(40)
+    theirs = [consumed("lab", {**r.value, "pipeline": "another-pipeline", "event_id": f"other-{i}"},
+                       offset=100 + i) for i, r in enumerate(labeled(40))]
+    window = recent_window(spec.model, ours + theirs, 1000, pipeline=spec.name)
+    assert {r.value["pipeline"] for r in window} == {spec.name} and len(window) == 40
+    built = rebuild(spec.model, ours + theirs, 1000, 0.25, min_examples=10, pipeline=spec.name)
+    assert built.sample_count == 30, "trained on 30 of ours, held out 10 of ours; none of theirs"
