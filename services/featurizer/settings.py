@@ -7,6 +7,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from streamloop.service import CommonSettings
 from streamloop.service.settings import RedisSettings
+from streamloop.store.redis_store import NAME_PATTERN
 from streamloop.telemetry import TelemetrySettings
 
 
@@ -17,7 +18,9 @@ class FeaturizerSettings(BaseSettings):
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
     redis: RedisSettings = Field(default_factory=RedisSettings)
 
-    feature_group: str = Field(default="features", description="Feature store group the rows are written to.")
+    feature_group: str = Field(default="features", pattern=NAME_PATTERN,
+                               description="Feature store group the rows are written to (letters, digits, '_', "
+                                           "'.', '-'; part of every key, so no ':').")
     disorder_ms: int = Field(
         default=3_600_000, ge=0,
         description="How far an event may trail the newest event of its partition (event time), and how far "

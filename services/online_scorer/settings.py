@@ -13,6 +13,7 @@ from streamloop.kafka.configuration import _read_secret_file
 from streamloop.ml.settings import ArtifactSettings
 from streamloop.service import CommonSettings
 from streamloop.service.settings import RedisSettings
+from streamloop.store.redis_store import NAME_PATTERN
 from streamloop.telemetry import TelemetrySettings
 
 
@@ -38,7 +39,8 @@ class ScorerSettings(BaseSettings):
         description="Distinct request-time values one categorical feature may bring that neither the spec's "
                     "categories nor the entity's stored row hold; each becomes a column the serving model keeps "
                     "(river's scalers add one per unseen name), so beyond this a new one gets RESOURCE_EXHAUSTED.")
-    feature_group: str = Field(default="features", description="Feature store group the featurizer writes.")
+    feature_group: str = Field(default="features", pattern=NAME_PATTERN,
+                               description="Feature store group the featurizer writes.")
     deployments_catch_up_s: float = Field(default=30.0, gt=0,
                                           description="How long start-up waits to read the deployments topic.")
     auth_token: SecretStr | None = Field(

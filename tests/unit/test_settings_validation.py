@@ -117,3 +117,19 @@ def test_only_the_topic_creators_read_the_replication_variables(monkeypatch: pyt
     CommonSettings()  # every other service still starts: this raises nothing
     with pytest.raises(ValidationError, match="STREAMLOOP_TOPIC_MIN_INSYNC_REPLICAS \\(2\\) exceeds"):
         CollectorSettings()
+
+
+@pytest.mark.parametrize(("variable", "settings"), [("FEATURIZER_FEATURE_GROUP", "featurizer"),
+                                                    ("SCORER_FEATURE_GROUP", "scorer")])
+@pytest.mark.parametrize("group", ["fraud:v2", "", "-features"])
+def test_a_feature_group_that_cannot_be_part_of_a_key_is_refused_at_start(monkeypatch, variable, settings, group):
+    """It was checked only at the first write, which took it for Redis being down and retried forever."""
+    from services.featurizer.settings import FeaturizerSettings
+
+    cls = {"featurizer": FeaturizerSettings, "scorer": ScorerSettings}[settings]
+    monkeypatch.setenv(variable, group)
+    with pytest.raises(ValidationError) as caught:
+        cls()
+    assert describe_validation_error(caught.value, cls).startswith(f"feature_group ({variable}): ")
+    monkeypatch.setenv(variable, "fraud.v2")
+    assert cls().feature_group == "fraud.v2"

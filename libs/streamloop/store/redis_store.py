@@ -45,7 +45,9 @@ MAX_TTL_MS = 2**47
 
 # Prefix, pipeline and group are joined with ':'; keeping ':' and glob characters out of them makes
 # every key parse back unambiguously and lets tools SCAN one pipeline or group by pattern.
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+# Key prefixes, pipelines and feature groups: one part of a key, so no ':' (settings check it at start).
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+_NAME = re.compile(NAME_PATTERN)
 
 # KEYS[1]: the entity hash. ARGV: t, s, w, v, now_ms, ttl_ms (integers in canonical decimal).
 # Versions are compared as decimal strings (length first, then an 11-digit head and a 9-digit tail
