@@ -24,3 +24,7 @@ class RestoreCancelled(RestoreError):
 
 class LateEventError(InvalidRecordError):
     """An event arrived after the allowed lateness and the spec's policy is ``dead_letter``."""
+
+
+class FutureEventError(InvalidRecordError):
+    """An event dated more than the disorder after its Kafka timestamp (a producer's clock gone wrong)."""

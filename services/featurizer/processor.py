@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import suppress
 from typing import Any, Protocol
 
-from services.featurizer.exceptions import LateEventError
+from services.featurizer.exceptions import FutureEventError, LateEventError
 from services.featurizer.state import EntityState, PartitionState
 from services.featurizer.store_writer import FeatureRowWriter
 from services.featurizer.validation import RecordValidator
@@ -103,9 +103,6 @@ class FeaturizerProcessor:
         self._validation_failures = metrics.counter(
             "streamloop_validation_failures", "Input events dead-lettered by validation, by rule.")
         self._late = metrics.counter("streamloop_late_events", "Events later than the allowed lateness, by policy.")
-        self._future = metrics.counter(
-            "streamloop_featurizer_future_events",
-            "Events dated more than the disorder after their Kafka timestamp: featurized, not the partition's clock.")
         self._replayed = metrics.counter("streamloop_featurizer_replayed_records",
                                          "Records seen again: re-emitted (replay) or re-applied to rebuild state.")
         self._store_writes = metrics.counter("streamloop_feature_store_writes",
@@ -173,6 +170,14 @@ class FeaturizerProcessor:
         """Validate, insert and (when ``emit``) build one new event's vector; raises on rejection."""
         value = record.value
         event_id, entity_key, event_time = self.validator.validate(value)
+        if record.timestamp_ms > 0 and event_time > record.timestamp_ms + self.disorder_ms:
+            # Featurized, it would be its entity's newest event for years: every later event of
+            # the entity late, the entity never forgotten, its stored row outranking every later
+            # one. The rule reads only the record, so a restore skips it the same.
+            raise FutureEventError(
+                f"event time {event_time} is {event_time - record.timestamp_ms} ms after the record's Kafka "
+                f"timestamp {record.timestamp_ms}, more than FEATURIZER_DISORDER_MS ({self.disorder_ms})",
+                rule=f"{self.spec.input.event_time}.future")
         entities = part.entities
         entity = entities.get(entity_key)
         if entity is not None and entity.max_time < part.watermark - self.forget_after:
@@ -199,13 +204,7 @@ class FeaturizerProcessor:
             entities[entity_key] = entity
         entity.applied(key, value, self.retention)
         if event_time > part.watermark:
-            # One event dated years ahead would make every other entity of the partition look
-            # forgotten from then on; past the disorder the Kafka timestamp vouches for, an event
-            # time does not move the partition's clock (the timestamp is replayed with it).
-            if record.timestamp_ms <= 0 or event_time <= record.timestamp_ms + self.disorder_ms:
-                part.watermark = event_time
-            elif emit:
-                self._future(1)
+            part.watermark = event_time  # never past its Kafka timestamp plus the disorder (above)
         return output
 
     def _output(self, record: ConsumedRecord, entity: EntityState, key: int, value: dict[str, Any],

@@ -201,21 +201,29 @@ def test_entities_silent_longer_than_horizon_plus_disorder_are_forgotten_the_sam
     assert set(swept._partitions[("events", 0)].entities) == {"b"}, "95 s is itself too far behind: swept"
 
 
-def test_an_event_dated_far_past_its_kafka_timestamp_does_not_move_the_partition_s_clock() -> None:
-    """Else one event years ahead makes every other entity of its partition look forgotten."""
+def test_an_event_dated_far_past_its_kafka_timestamp_is_dead_lettered_and_changes_nothing() -> None:
+    """Featurized, one event years ahead became its entity's newest for years: every later event of
+    the entity late, the entity never forgotten, and its stored row ahead of every later one. Nor
+    may it move the partition's clock, which would make every other entity look forgotten."""
     t0, ten_years = 1_700_000_000_000, 10 * 365 * 86_400_000
-    events = [event(1, "a", t0), event(2, "a", t0 + 1_000), event(3, "b", t0 + ten_years), event(4, "a", t0 + 2_000)]
+    events = [event(1, "a", t0), event(2, "a", t0 + 1_000), event(3, "a", t0 + ten_years), event(4, "a", t0 + 2_000)]
     stamped = [ConsumedRecord(r.topic, r.partition, r.offset, r.key, r.value, t0 + 500 * r.offset)
                for r in records(events)]
     metrics = RecordingMetrics()
     proc = processor(SPEC, metrics=metrics, disorder_ms=3_600_000)
-    numeric = vectors(proc.process(stamped))["e4"]["numeric"]
-    assert (numeric["count_sliding"], numeric["time_since_previous_s"]) == (3.0, 1.0)
-    assert set(proc._partitions[("events", 0)].entities) == {"a", "b"}, "the event itself is featurized"
-    assert metrics.counts[("streamloop_featurizer_future_events", ())] == 1
+    result = proc.process(stamped)
+    [rejected] = result.rejections
+    assert rejected.record.value["id"] == "e3" and rejected.error.rule == "ts.future"
+    assert "more than FEATURIZER_DISORDER_MS (3600000)" in str(rejected.error)
+    after = vectors(result)["e4"]
+    assert after["late"] is False, "the entity's later events are on time"
+    assert (after["numeric"]["count_sliding"], after["numeric"]["time_since_previous_s"]) == (3.0, 1.0)
+    assert metrics.counts[("streamloop_validation_failures", (("rule", "ts.future"),))] == 1
+    assert proc._partitions[("events", 0)].watermark == t0 + 2_000
     restored = processor(SPEC, history=ListHistory({0: stamped}, committed={0: 4}), disorder_ms=3_600_000)
     restored.on_assigned([TopicPartitionRef("events", 0)])
-    assert restored._partitions[("events", 0)].watermark == proc._partitions[("events", 0)].watermark == t0 + 2_000
+    assert restored._partitions[("events", 0)].watermark == t0 + 2_000
+    assert restored._partitions[("events", 0)].entities["a"].max_time == t0 + 2_000, "a restore skips it too"
 
 
 def test_buffers_hold_only_the_horizon_and_the_lateness() -> None:
