@@ -27,6 +27,7 @@ served each event, whichever version made it, and go on across promotions.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -351,7 +352,9 @@ class DriftProcessor:
         if self.regression:
             if joined.get("value") is None or isinstance(label, str | bool) or label is None:
                 return None
-            return abs(float(label) - float(joined["value"]))
+            error = abs(float(label) - float(joined["value"]))
+            # One NaN would stay in the detectors' running sums, and in ADWIN's estimate, for good.
+            return error if math.isfinite(error) else None
         predicted = joined.get("predicted_class")
         if predicted is None:
             probabilities = joined.get("probabilities") or {}

@@ -368,3 +368,13 @@ def test_the_warm_start_waits_for_the_champion(spec: PipelineSpec) -> None:
     events = run(p, features(WINDOW, start_index=REFERENCE + 3 * WINDOW, shift=1.0, seed=5))
     assert p.stats.replayed == REFERENCE + WINDOW
     assert [(e["kind"], e["feature"]) for e in events] == [("DATA", "amount")], "a drift right after the restart"
+
+
+def test_a_regression_error_that_is_not_a_number_is_left_out(spec: PipelineSpec) -> None:
+    """The label schema allows a NaN double; one in the detectors' running sums stayed there for good."""
+    regression = spec.model_copy(update={"model": spec.model.model_copy(update={"task": "regression"})})
+    p = processor(regression)
+    served = {"role": "CHAMPION", "model_name": CHAMPION.model_name, "model_version": "v1", "value": 2.0}
+    assert p._error(CHAMPION, {"label": 5.0, "predictions": [served]}) == 3.0
+    assert p._error(CHAMPION, {"label": float("nan"), "predictions": [served]}) is None
+    assert p._error(CHAMPION, {"label": 5.0, "predictions": [{**served, "value": float("inf")}]}) is None
