@@ -147,12 +147,8 @@ def demo(
             raise StreamloopError(f"the demo stopped producing events: {type(failures[0]).__name__}: {failures[0]}")
         # A service that dies now is restarted and reported, as during the run: its events and
         # labels would otherwise count as lost or unjoined with no word why.
-        def supervise() -> None:
-            for line in stack.supervise_once():
-                console.print(line)
-
-        driver.wait_for_predictions(timeout_s=60, on_wait=supervise)
-        driver.wait_for_labels(timeout_s=30, on_wait=supervise)
+        driver.wait_for_predictions(timeout_s=60, on_wait=lambda: _supervise(stack, console))
+        driver.wait_for_labels(timeout_s=30, on_wait=lambda: _supervise(stack, console))
         elapsed = time.monotonic() - started
         summary = driver.summary(int(events * drift_at), summary_window(events), elapsed, start_ms, rate)
         rows = driver.event_outcomes() if outcomes is not None else []
@@ -213,13 +209,18 @@ def _promote_badly(driver: LoopDriver, spec: PipelineSpec, stack: Stack, console
     console.print(f"promoted the untrained {bootstrap} by hand at event {at}; the publisher should roll it back")
 
 
+def _supervise(stack: Stack, console: Console) -> None:
+    """Restart the services that died, saying so."""
+    for line in stack.supervise_once():
+        console.print(line)
+
+
 def _wait_for_champion(driver: LoopDriver, stack: Stack, console: Console, timeout_s: float = 90) -> None:
     with console.status("waiting for the model publisher to deploy the first champion"):
         deadline = time.monotonic() + timeout_s
         while not driver.observed.decisions:
             driver.check_readers()
-            for line in stack.supervise_once():
-                console.print(line)
+            _supervise(stack, console)
             if time.monotonic() > deadline:
                 # An error the command handles (it stops the stack), not an exit past it: the
                 # stack was left running.
@@ -233,8 +234,7 @@ def _watch(producer: threading.Thread, driver: LoopDriver, stack: Stack, console
     if headless:
         last = 0.0
         while producer.is_alive():
-            for line in stack.supervise_once():
-                console.print(line)
+            _supervise(stack, console)
             if time.monotonic() - last > 5:
                 last = time.monotonic()
                 obs = driver.observed
@@ -244,8 +244,7 @@ def _watch(producer: threading.Thread, driver: LoopDriver, stack: Stack, console
         return
     with Live(_progress(driver, total, stack), console=console, refresh_per_second=4) as live:
         while producer.is_alive():
-            for line in stack.supervise_once():
-                console.print(line)
+            _supervise(stack, console)
             live.update(_progress(driver, total, stack))
             time.sleep(0.25)
 
