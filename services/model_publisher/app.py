@@ -60,23 +60,23 @@ class PublisherApp:
 
     def _recall_lineage(self) -> None:
         pipeline = self.processor.pipeline
-        try:
-            records = read_topic(self.kafka, self.candidates_topic, self.candidates_serde.decode)
-        except StreamloopError as exc:
-            log.warning("cannot read back candidate lineage (%s); staleness uses deployment times", exc)
-            return
-        for _key, candidate in records:
-            if candidate and candidate.get("pipeline") == pipeline.name and \
-                    candidate.get("model_name") == pipeline.model.name:
+        for candidate in self._read_back(self.candidates_topic, self.candidates_serde,
+                                         "candidate lineage", "staleness uses deployment times"):
+            if candidate.get("pipeline") == pipeline.name and candidate.get("model_name") == pipeline.model.name:
                 self.processor.remember_candidate(candidate)
 
     def _recall_alerts(self) -> None:
+        self.processor.staleness.recall(self._read_back(self.alerts_topic, self.alerts_serde, "the alerts raised "
+                                                        "before", "a standing one may be raised again"))
+
+    def _read_back(self, topic: str, serde: Serde, what: str, without_it: str) -> list[dict]:
+        """Every value of ``topic`` (tombstones left out); none, with a warning, if it cannot be read."""
         try:
-            records = read_topic(self.kafka, self.alerts_topic, self.alerts_serde.decode)
+            records = read_topic(self.kafka, topic, serde.decode)
         except StreamloopError as exc:
-            log.warning("cannot read back the alerts raised before (%s); a standing one may be raised again", exc)
-            return
-        self.processor.staleness.recall(alert for _key, alert in records if alert)
+            log.warning("cannot read back %s (%s); %s", what, exc, without_it)
+            return []
+        return [value for _key, value in records if value]
 
     def stop(self) -> None:
         self.runner.stop()
