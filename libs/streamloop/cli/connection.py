@@ -23,7 +23,7 @@ from streamloop.kafka.exceptions import BrokerUnavailableError
 from streamloop.serde import Serde
 from streamloop.service.settings import SerdeSettings
 from streamloop.service.settings_errors import describe_validation_error
-from streamloop.stack.launcher import EMBEDDED_BROKER_SECURITY, read_state
+from streamloop.stack.launcher import kafka_settings_for, on_embedded_broker, read_state
 
 DEMO_PIPELINE = Path(__file__).resolve().parents[3] / "examples" / "card_fraud" / "pipeline.yaml"
 
@@ -102,7 +102,7 @@ def connect(pipeline: Path | None, data_dir: Path, bootstrap_servers: str | None
         catalog = load_catalog(spec, topic_prefix=prefix)
         # The running embedded stack has no Schema Registry and speaks single-object encoding
         # (Stack.serde_settings), whatever SCHEMA_REGISTRY_* the shell exports for another cluster.
-        on_embedded_stack = bootstrap_servers is None and state.get("broker", "external") != "external"
+        on_embedded_stack = bootstrap_servers is None and on_embedded_broker(state)
         serde_settings = SerdeSettings(url=None) if on_embedded_stack else SerdeSettings()
     except StreamloopError as exc:
         raise fail(str(exc), 2) from None
@@ -115,11 +115,6 @@ def connect(pipeline: Path | None, data_dir: Path, bootstrap_servers: str | None
         serde_settings,
         on_embedded_stack,
     )
-
-
-def kafka_settings_for(bootstrap_servers: str, *, embedded: bool) -> KafkaSettings:
-    """KAFKA_* from the shell, for ``bootstrap_servers``; on the embedded stack without its security settings."""
-    return KafkaSettings(bootstrap_servers=bootstrap_servers, **(EMBEDDED_BROKER_SECURITY if embedded else {}))
 
 
 def reachable_admin(settings: KafkaSettings) -> AdminClient:

@@ -19,14 +19,13 @@ from streamloop.cli.connection import (
     DataDirOption,
     PipelineOption,
     fail,
-    kafka_settings_for,
     load_runnable_pipeline,
     resolve_pipeline_path,
 )
 from streamloop.cli.stack_launch import broker_kind, prepare_stack, stop_on_sigterm, write_traceback
 from streamloop.errors import StreamloopError
 from streamloop.kafka.admin import wait_for_broker
-from streamloop.stack.launcher import Stack, read_state
+from streamloop.stack.launcher import Stack, kafka_settings_for, on_embedded_broker, read_state
 from streamloop.stack.services import SERVICES, embedded_replicas
 
 app = typer.Typer()
@@ -102,7 +101,7 @@ def status(data_dir: Path = DataDirOption) -> None:
     if state is None:
         raise fail(f"no stack is running from {data_dir} (start one with `streamloop up`)")
     console = Console()
-    settings = kafka_settings_for(state["bootstrap_servers"], embedded=state.get("broker", "external") != "external")
+    settings = kafka_settings_for(state["bootstrap_servers"], embedded=on_embedded_broker(state))
     admin = AdminClient(settings.admin())
     try:
         wait_for_broker(admin, timeout_s=3)

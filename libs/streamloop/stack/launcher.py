@@ -93,6 +93,17 @@ EMBEDDED_BROKER_SECURITY: dict[str, Any] = {
 }
 
 
+def kafka_settings_for(bootstrap_servers: str, *, embedded: bool, **settings: Any) -> KafkaSettings:
+    """KAFKA_* from the shell for ``bootstrap_servers``; for the embedded broker without its security settings."""
+    return KafkaSettings(bootstrap_servers=bootstrap_servers, **settings,
+                         **(EMBEDDED_BROKER_SECURITY if embedded else {}))
+
+
+def on_embedded_broker(state: dict) -> bool:
+    """Whether a running stack's state (``read_state``) names a broker of its own."""
+    return state.get("broker", "external") != "external"
+
+
 @dataclass
 class Stack:
     """One local deployment of a pipeline: infrastructure plus supervised service processes."""
@@ -151,8 +162,7 @@ class Stack:
         """Kafka settings for this process's own clients (the demo's driver, the dashboard), with
         the fetch settings the services get on this broker."""
         fetch = client_fetch_settings(self._broker_kind, os.environ)
-        plaintext = EMBEDDED_BROKER_SECURITY if self.broker is not None else {}
-        return KafkaSettings(bootstrap_servers=self.bootstrap_servers, **fetch, **plaintext)
+        return kafka_settings_for(self.bootstrap_servers, embedded=self.broker is not None, **fetch)
 
     @property
     def _broker_kind(self) -> BrokerKind | None:
