@@ -69,7 +69,7 @@ def build(settings: FeaturizerSettings, telemetry: Telemetry | None = None) -> F
         telemetry = configure_telemetry(settings.telemetry.for_service(SERVICE))
     redis = settings.redis
     store = RedisFeatureStore(redis.client(), ctx.pipeline.name, ttl_ms=ctx.pipeline.features.ttl,
-                              key_prefix=redis.key_prefix)
+                              key_prefix=redis.key_prefix, owns_client=True)
     history = KafkaPartitionHistory(settings.common.kafka, ctx.group_id, {input_topic.name: ctx.serde("input")},
                                     timeout_s=settings.restore_timeout_s)
     processor = FeaturizerProcessor(

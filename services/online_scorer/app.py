@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from typing import Any
 
 from confluent_kafka import KafkaError, Message, Producer
@@ -103,8 +104,9 @@ class ScorerApp:
 
     def _wait_for_champion(self) -> bool:
         """Block until a champion is live (True) or a stop is requested (False), logging progress."""
-        waited = 0
-        reported_catch_up = False
+        started = time.monotonic()
+        reported_catch_up = warned_catch_up = False
+        next_progress_s = 30.0
         while not self._stopping.is_set():
             if not reported_catch_up and self.reader.caught_up:
                 reported_catch_up = True
@@ -116,11 +118,14 @@ class ScorerApp:
                 log.info("champion %s version %s is live; scoring %s", champion.name, champion.version,
                          self.ctx.topic("features").name)
                 return not self._stopping.is_set()
-            waited += 1
-            if not reported_catch_up and waited == int(self.settings.deployments_catch_up_s):
-                log.warning("deployments topic not read after %ds; still trying", waited)
-            if waited % 30 == 0:
-                log.info("no champion deployed yet after %ds (the model publisher deploys the first one)", waited)
+            waited_s = time.monotonic() - started
+            if not (reported_catch_up or warned_catch_up) and waited_s >= self.settings.deployments_catch_up_s:
+                warned_catch_up = True
+                log.warning("deployments topic not read after %.1fs; still trying", waited_s)
+            if waited_s >= next_progress_s:
+                next_progress_s += 30.0
+                log.info("no champion deployed yet after %ds (the model publisher deploys the first one)",
+                         int(waited_s))
         return False
 
     def _shutdown(self) -> None:
@@ -147,7 +152,7 @@ def build(settings: ScorerSettings, telemetry: Telemetry | None = None) -> Score
                                   on_change=holder.on_deployment, name=f"{SERVICE}-deployments")
     redis = settings.redis
     store = RedisFeatureStore(redis.client(), ctx.pipeline.name, ttl_ms=ctx.pipeline.features.ttl,
-                              key_prefix=redis.key_prefix)
+                              key_prefix=redis.key_prefix, owns_client=True)
     limits = RequestLimits(settings.max_request_features, settings.max_batch_entities, settings.max_entity_id_length,
                            max_request_categories=settings.max_request_categories)
     servicer = ScoringServicer(ctx.pipeline, holder, store, group=settings.feature_group, limits=limits,

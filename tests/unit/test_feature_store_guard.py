@@ -147,7 +147,7 @@ def test_invalid_client_options(url: str, options: dict) -> None:
         create_redis_client(url, **options)
 
 
-def test_close_closes_only_a_client_the_store_created() -> None:
+def test_close_closes_only_a_client_the_store_created_or_was_handed() -> None:
     owned = RedisFeatureStore(CLOSED, "p", ttl_ms=1_000)
     with mock.patch.object(redis.Redis, "close") as close:
         owned.close()
@@ -156,3 +156,6 @@ def test_close_closes_only_a_client_the_store_created() -> None:
     with mock.patch.object(redis.Redis, "close") as close, RedisFeatureStore(client, "p", ttl_ms=1_000):
         pass
     close.assert_not_called()
+    with mock.patch.object(redis.Redis, "close") as close:
+        RedisFeatureStore(client, "p", ttl_ms=1_000, owns_client=True).close()
+        close.assert_called_once()

@@ -132,7 +132,8 @@ class RedisFeatureStore(FeatureStore):
     """Feature rows of one pipeline in Redis hashes; TTL counts from each row's event time.
 
     Given a URL, the store owns its client and ``close()`` closes it; a client passed in stays the
-    caller's. The client must not decode responses (``v`` is binary).
+    caller's unless ``owns_client=True`` hands it over. The client must not decode responses (``v`` is
+    binary).
     """
 
     def __init__(
@@ -144,6 +145,7 @@ class RedisFeatureStore(FeatureStore):
         *,
         repository: SchemaRepository | None = None,
         clock: Callable[[], int] = wall_clock_ms,
+        owns_client: bool = False,
     ) -> None:
         _check_name("key_prefix", key_prefix)
         _check_name("pipeline", pipeline)
@@ -156,7 +158,7 @@ class RedisFeatureStore(FeatureStore):
             if client_or_url.get_connection_kwargs().get("decode_responses"):
                 raise InvalidFeatureStoreConfig("the Redis client must use decode_responses=False")
             self._client = client_or_url
-            self._owns_client = False
+            self._owns_client = owns_client
         self.pipeline = pipeline
         self.ttl_ms = ttl_ms
         self.key_prefix = key_prefix

@@ -31,6 +31,7 @@ from streamloop.kafka import ConsumedRecord
 from streamloop.kafka.dead_letters import RULE, RULES, read_error_headers
 from streamloop.serde import SingleObjectSerde
 from streamloop.store import RedisFeatureStore
+from tests.redis_clients import watch_redis_clients
 from tests.topic_io import drain
 
 pytestmark = pytest.mark.integration
@@ -134,6 +135,7 @@ def test_one_vector_per_valid_event_dead_letters_with_rules_and_latest_rows_in_r
     expected = reference_vectors(demo_pipeline, loop_catalog, bootstrap_servers, len(events))
     for name, value in service_env.items():
         monkeypatch.setenv(name, value)
+    redis_clients = watch_redis_clients(monkeypatch)
     app = build(FeaturizerSettings())
     worker = threading.Thread(target=app.run)
     worker.start()
@@ -144,6 +146,7 @@ def test_one_vector_per_valid_event_dead_letters_with_rules_and_latest_rows_in_r
         app.stop()
         worker.join(30)
     assert not worker.is_alive()
+    assert redis_clients.all_closed, f"the featurizer stopped with Redis clients open: {redis_clients}"
 
     counts = Counter(v["event_id"] for v in got)
     assert set(counts) == set(expected) and len(expected) == len(events) - len(invalid)

@@ -19,6 +19,7 @@ from streamloop.ml.settings import ArtifactSettings
 from streamloop.serde import make_serde
 from streamloop.store import FeatureWrite, RedisFeatureStore
 from streamloop.telemetry import TelemetrySettings, configure_telemetry
+from tests.redis_clients import watch_redis_clients
 from tests.topic_io import drain, produce
 from tests.unit.online_scorer.fakes import categorical_features, numeric_features, slot_key
 
@@ -81,10 +82,11 @@ def write_features(store: RedisFeatureStore, vectors: Iterable[dict[str, Any]], 
 
 @contextlib.contextmanager
 def running_scorer(env: dict[str, str], monkeypatch: pytest.MonkeyPatch, **settings: str) -> Iterator[ScorerApp]:
-    """The scorer app in this process (on a thread), on a free gRPC port; stopped on exit."""
+    """The scorer app in this process (on a thread), on a free gRPC port; stopped on exit, its Redis client closed."""
     for name, value in {**env, "SCORER_GRPC_PORT": "0", **settings}.items():
         monkeypatch.setenv(name, value)
     scorer_settings = ScorerSettings()
+    redis_clients = watch_redis_clients(monkeypatch)
     telemetry = configure_telemetry(TelemetrySettings(service_name="online-scorer"), install_global=False)
     app = build(scorer_settings, telemetry=telemetry)
     thread = threading.Thread(target=app.run, name="scorer-app")
@@ -95,3 +97,4 @@ def running_scorer(env: dict[str, str], monkeypatch: pytest.MonkeyPatch, **setti
         app.stop()
         thread.join(60)
         assert not thread.is_alive(), "the scorer did not stop"
+        assert redis_clients.all_closed, f"the scorer stopped with Redis clients open: {redis_clients}"

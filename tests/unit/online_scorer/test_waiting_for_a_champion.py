@@ -1,0 +1,55 @@
+"""Start-up of the scorer before a champion is live: what it tells the operator while it waits."""
+
+from __future__ import annotations
+
+import logging
+import time
+from types import SimpleNamespace
+
+import pytest
+
+from services.online_scorer.app import ScorerApp
+
+
+class NeverCaughtUp:
+    caught_up = False
+
+
+class NoChampion:
+    """A holder no champion ever reaches; after ``stop_after_s`` it calls ``on_timeout``."""
+
+    def __init__(self, stop_after_s: float) -> None:
+        self._deadline = time.monotonic() + stop_after_s
+        self.on_timeout = lambda: None
+
+    def wait_for_champion(self, timeout_s: float) -> bool:
+        time.sleep(min(timeout_s, 0.01))
+        if time.monotonic() >= self._deadline:
+            self.on_timeout()
+        return False
+
+
+def waiting_app(catch_up_s: float, stop_after_s: float) -> ScorerApp:
+    holder = NoChampion(stop_after_s)
+    stoppable = SimpleNamespace(begin_shutdown=lambda: None, stop=lambda: None)
+    app = ScorerApp(SimpleNamespace(deployments_catch_up_s=catch_up_s), ctx=None, telemetry=None, holder=holder,
+                    reader=NeverCaughtUp(), server=stoppable, runner=stoppable, alerts=None, store=None)
+    holder.on_timeout = app.stop
+    return app
+
+
+@pytest.mark.parametrize("catch_up_s", [0.05, 0.3])
+def test_an_unread_deployments_topic_is_warned_about_once_even_below_a_second(
+        catch_up_s: float, caplog: pytest.LogCaptureFixture) -> None:
+    app = waiting_app(catch_up_s, stop_after_s=catch_up_s + 0.2)
+    with caplog.at_level(logging.WARNING, logger="services.online_scorer.app"):
+        assert app._wait_for_champion() is False
+    warnings = [r.getMessage() for r in caplog.records if "deployments topic not read" in r.getMessage()]
+    assert len(warnings) == 1, warnings
+
+
+def test_no_warning_before_the_catch_up_time(caplog: pytest.LogCaptureFixture) -> None:
+    app = waiting_app(catch_up_s=5.0, stop_after_s=0.1)
+    with caplog.at_level(logging.WARNING, logger="services.online_scorer.app"):
+        assert app._wait_for_champion() is False
+    assert not [r for r in caplog.records if "deployments topic not read" in r.getMessage()]
