@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from services.retrainer.catch_up import CatchUp
+from services.retrainer.examples import valid
 from services.retrainer.lineage import CandidateFactory, wall_clock_ms
 from services.retrainer.online import OnlineLearner
 from services.retrainer.rebuild import RebuildSkipped, rebuild
@@ -135,13 +136,16 @@ class RetrainerProcessor:
                 if record.topic == self.topics.labeled_examples:
                     if record.value.get("pipeline") != self.pipeline.name:
                         continue
-                    self._count_fresh(record.value)
+                    # A replayed or unlearnable example is no example of the new concept for the countdown.
+                    fresh = not self.learner.seen(record) and valid(self.pipeline.model, record.value)
                     every = self.catch_up.publish_every(self.pipeline.retrain.online_publish_every_labels)
                     if self.learner.learn(record, self.catch_up.repeats):
                         learned += 1
                         if every is not None and self.learner.pending >= every:
                             result.outputs.append(self._publish_online())
                         self.catch_up.learned()
+                    if fresh:
+                        self._count_fresh(record.value)
                 elif record.topic == self.topics.drift_events:
                     result.outputs.extend(self._on_drift(record))
             except Exception as exc:  # noqa: BLE001 - one bad record goes to the dead letters, the batch flows

@@ -172,7 +172,7 @@ def test_a_drift_rebuild_waits_for_examples_after_the_detection_and_trains_on_th
     assert harness.processor.process([consumed("drift", drift_event(), 2)]).outputs == []
     assert harness.window_sizes == [], "no rebuild on the examples of the concept that just stopped holding"
     # The detection's window ends at T0: the example of T0 itself and earlier ones do not count.
-    before = [consumed("lab", labeled_example(-i, label=False), offset=1000 + i) for i in range(0, 50)]
+    before = [consumed("lab", labeled_example(-i, label=False), offset=i, partition=3) for i in range(0, 50)]
     assert "DRIFT" not in triggers(harness.processor.process(before))
     assert "DRIFT" not in triggers(harness.processor.process(labeled(299, start=1)))
     assert harness.window_sizes == []
@@ -197,6 +197,22 @@ def test_a_drift_rebuild_waits_for_examples_after_the_detection_and_trains_on_th
     harness.processor.process([consumed("drift", drift_event(), 5)])
     assert "DRIFT" in triggers(harness.processor.process(labeled(300, start=601)))
     assert harness.window_sizes == [300, 300]
+
+
+def test_replayed_and_unlabeled_examples_do_not_count_down_to_a_drift_rebuild(spec, tmp_path):
+    harness = Harness(spec, tmp_path, window=labeled(300))
+    harness.processor.process([consumed("drift", drift_event(), 0)])
+    fresh = labeled(299, start=1)
+    assert "DRIFT" not in triggers(harness.processor.process(fresh))
+    assert "DRIFT" not in triggers(harness.processor.process(fresh)), "the same offsets read again"
+    resent = [consumed("lab", labeled_example(i, label=False), offset=i, partition=1) for i in range(1, 50)]
+    assert "DRIFT" not in triggers(harness.processor.process(resent)), "the same events under new offsets"
+    unlabeled = [consumed("lab", {**labeled_example(i, label=False), "label": None}, offset=i, partition=2)
+                 for i in range(1000, 1050)]
+    assert "DRIFT" not in triggers(harness.processor.process(unlabeled))
+    assert harness.window_sizes == []
+    assert "DRIFT" in triggers(harness.processor.process(labeled(1, start=300))), "the 300th new, learnable example"
+    assert harness.window_sizes == [300]
 
 
 def test_a_scheduled_rebuild(demo_pipeline, tmp_path):
