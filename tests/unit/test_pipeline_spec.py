@@ -93,7 +93,27 @@ MISTAKES = [
                  "must not contain '='", id="one-hot-separator-in-a-feature-name"),
     pytest.param(lambda s: s["promotion"].update(canary_weight=1.5), "promotion.canary_weight",
                  "less than or equal to 1", id="share-out-of-range"),
+    pytest.param(_model(positive_class="1"), "model", "'1' needs a negative_class", id="positive-without-negative"),
+    pytest.param(_model(positive_class="fraud", negative_class="fraud"), "model", "both 'fraud'",
+                 id="negative-same-as-positive"),
+    pytest.param(_model(positive_class=None, negative_class="0"), "model", "negative_class needs a positive_class",
+                 id="negative-without-positive"),
 ]
+
+
+@pytest.mark.parametrize(("given", "positive", "negative"), [
+    ({"positive_class": "true"}, "true", "false"),
+    ({"positive_class": True}, "true", "false"),  # YAML's unquoted true
+    ({"positive_class": "False"}, "false", "true"),
+    ({"positive_class": 1, "negative_class": 0}, "1", "0"),
+    ({"positive_class": "fraud", "negative_class": "legit"}, "fraud", "legit"),
+    ({"positive_class": None}, None, None),
+])
+def test_the_two_classes_of_a_binary_model(tmp_path: Path, given: dict[str, Any], positive, negative) -> None:
+    spec = _demo()
+    spec["model"].update(given)
+    model = load_pipeline(_write(tmp_path, spec)).model
+    assert (model.positive_class, model.negative_class) == (positive, negative)
 
 
 @pytest.mark.parametrize(("change", "path", "message"), MISTAKES)

@@ -36,6 +36,19 @@ def parse_duration_ms(value: Any) -> int:
 
 DurationMs = Annotated[int, BeforeValidator(parse_duration_ms), Field(ge=0)]
 PositiveDurationMs = Annotated[int, BeforeValidator(parse_duration_ms), Field(gt=0)]
+
+
+def _class_name(value: Any) -> Any:
+    """A class as every record names it: YAML's booleans and any spelling of them are ``true``/``false``."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str | int) and str(value).lower() in _OTHER_BOOLEAN_CLASS:
+        return str(value).lower()
+    return str(value) if isinstance(value, int) else value
+
+
+_OTHER_BOOLEAN_CLASS = {"true": "false", "false": "true"}
+ClassName = Annotated[str, BeforeValidator(_class_name), Field(min_length=1)]
 Share = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
@@ -193,7 +206,9 @@ class ModelSpec(_Spec):
     estimator: str
     params: dict[str, Any] = Field(default_factory=dict)
     preprocessing: list[str] = Field(default_factory=list)
-    positive_class: str | None = None
+    positive_class: ClassName | None = None
+    # A binary classifier learns positive-vs-rest (True/False) and answers with these two names.
+    negative_class: ClassName | None = None
     actions: list[ActionRule] = Field(default_factory=list)
     explanations: ExplanationSpec = Field(default_factory=ExplanationSpec)
     cost_matrix: dict[str, dict[str, float]] | None = None
@@ -213,9 +228,26 @@ class ModelSpec(_Spec):
                 raise ValueError(f"{where}: {path!r} is not a river class path such as {example}")
         if self.task == "classification" and self.cost_function is not None:
             raise ValueError("cost_function is for regression; use cost_matrix")
+        self._check_binary_classes()
         if self.task == "regression" and self.cost_matrix is not None:
             raise ValueError("cost_matrix is for classification; use cost_function")
         return self
+
+
+    def _check_binary_classes(self) -> None:
+        positive, negative = self.positive_class, self.negative_class
+        if positive is None:
+            if negative is not None:
+                raise ValueError("negative_class needs a positive_class")
+            return
+        if negative is None:
+            if positive not in _OTHER_BOOLEAN_CLASS:
+                raise ValueError(f"positive_class {positive!r} needs a negative_class: the class predicted when an "
+                                 f"event is not {positive!r} (only 'true' and 'false' imply each other)")
+            # Frozen model: the implied name is set once, here, while the spec is validated.
+            object.__setattr__(self, "negative_class", _OTHER_BOOLEAN_CLASS[positive])
+        elif negative == positive:
+            raise ValueError(f"negative_class and positive_class are both {positive!r}")
 
 
 class DriftSpec(_Spec):

@@ -193,12 +193,13 @@ class MetricSet:
         predicted = outcome.predicted()
         if predicted is not None:
             self._classified += 1
-            self._accuracy.update(truth, predicted)
             if self.positive_class is None:
+                self._accuracy.update(truth, predicted)
                 self._f1.update(truth, predicted)
             else:
+                # The model tells the positive class from the rest: so is it right or wrong.
                 actual, guessed = truth == self.positive_class, predicted == self.positive_class
-                for metric in (self._f1, self._precision, self._recall):
+                for metric in (self._accuracy, self._f1, self._precision, self._recall):
                     metric.update(actual, guessed)
             if self.cost_matrix is not None:
                 self._add_cost(classification_cost(self.cost_matrix, truth, predicted))

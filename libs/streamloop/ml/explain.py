@@ -73,7 +73,7 @@ def explain(model: Any, x: Mapping[str, float], *, task: Task, positive_class: s
     ``x`` is the assembled feature dict; with ``categorical`` (the raw categorical features),
     a one-hot feature ``name=value`` is reported as feature ``name`` with value ``value``.
     """
-    explanation = linear_contributions(model, x, positive_class, categorical, top_k=top_k)
+    explanation = linear_contributions(model, x, categorical, top_k=top_k)
     if explanation is None:
         explanation = perturbation_contributions(model, x, task, positive_class, categorical, top_k=top_k)
     return explanation
@@ -90,11 +90,14 @@ def linear_parts(model: Any) -> tuple[list[Any], Any] | None:
     return pre, final
 
 
-def linear_contributions(model: Any, x: Mapping[str, float], positive_class: str | None = None,
-                         categorical: Mapping[str, str] | None = None, *,
+def linear_contributions(model: Any, x: Mapping[str, float], categorical: Mapping[str, str] | None = None, *,
                          top_k: int | None = None) -> Explanation | None:
     """Each feature's weight x standardized value (the ``top_k`` largest, or all), or None when
-    the model is not linear."""
+    the model is not linear.
+
+    A logistic model's score is the log-odds of True, which is the positive class whatever its
+    name (``training.target``): the weights need no sign of their own.
+    """
     parts = linear_parts(model)
     if parts is None:
         return None
@@ -103,11 +106,8 @@ def linear_contributions(model: Any, x: Mapping[str, float], positive_class: str
     for scaler in scalers:
         z = scaler.transform_one(z)
     weights = estimator.weights
-    # The logistic model's score is the log-odds of True; a spec whose positive class is "false"
-    # reads it the other way round.
-    sign = -1.0 if isinstance(estimator, linear_model.LogisticRegression) and positive_class == "false" else 1.0
-    contributions = [(name, sign * weights.get(name, 0.0) * value) for name, value in z.items()]
-    return Explanation(LINEAR, _ranked(contributions, x, categorical, top_k), sign * float(estimator.intercept))
+    contributions = [(name, weights.get(name, 0.0) * value) for name, value in z.items()]
+    return Explanation(LINEAR, _ranked(contributions, x, categorical, top_k), float(estimator.intercept))
 
 
 def perturbation_contributions(model: Any, x: Mapping[str, float], task: Task, positive_class: str | None = None,
@@ -134,6 +134,10 @@ def perturbation_contributions(model: Any, x: Mapping[str, float], task: Task, p
 
 def _target_label(probabilities: Mapping[Any, float], positive_class: str | None) -> Any:
     if positive_class is not None:
+        # A model with a positive class learned it as True (``training.target``), whatever its name:
+        # with the positive class "false", False is the rest.
+        if any(label is True for label in probabilities):
+            return True
         for label in probabilities:
             if label_text(label) == positive_class:
                 return label

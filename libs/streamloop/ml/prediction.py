@@ -109,10 +109,23 @@ def output_from_value(value: Any, rules: Sequence[ActionRule]) -> ModelOutput:
     return ModelOutput(value=number, action=choose_action(rules, value=number))
 
 
+def named_classes(probabilities: Mapping[Any, float], spec: ModelSpec) -> Mapping[Any, float]:
+    """A binary model's answer under the spec's class names.
+
+    With a positive class the model learned positive-vs-rest as True/False (``training.target``):
+    True is ``positive_class`` and False ``negative_class``, whatever the labels are called.
+    """
+    if spec.positive_class is None:
+        return probabilities
+    return {(spec.positive_class if label else spec.negative_class) if isinstance(label, bool) else label: p
+            for label, p in probabilities.items()}
+
+
 def predict(model: Any, x: Mapping[str, float], spec: ModelSpec) -> ModelOutput:
     """Score one assembled feature dict (``assemble_features``) with a river model."""
     if spec.task == "classification":
-        return output_from_probabilities(model.predict_proba_one(x), spec.positive_class, spec.actions)
+        return output_from_probabilities(named_classes(model.predict_proba_one(x), spec), spec.positive_class,
+                                         spec.actions)
     return output_from_value(model.predict_one(x), spec.actions)
 
 

@@ -62,7 +62,7 @@ def test_explanations_name_the_categorical_feature_that_decided() -> None:
     for x, y in events(3_000):
         model.learn_one(x, y)
     x = assemble_features({"amount": 250.0}, {"merchant_category": "jewelry"})
-    explanation = linear_contributions(model, x, spec.positive_class, {"merchant_category": "jewelry"})
+    explanation = linear_contributions(model, x, {"merchant_category": "jewelry"})
     top = explanation.contributions[0]
     assert (top.feature, top.value) == ("merchant_category", "jewelry")
     assert top.contribution == pytest.approx(model["LogisticRegression"].weights["merchant_category=jewelry"])

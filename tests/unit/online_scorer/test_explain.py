@@ -10,8 +10,11 @@ import pytest
 from river import compose, linear_model, preprocessing, tree
 
 import streamloop.ml.explain as explain_module
-from streamloop.ml import assemble_features
+from streamloop.contracts.pipeline import ModelSpec
+from streamloop.ml import assemble_features, build_model
 from streamloop.ml.explain import LINEAR, PERTURBATION, explain, linear_contributions, perturbation_contributions
+from streamloop.ml.prediction import predict
+from streamloop.ml.training import training_pair
 from tests.unit.online_scorer.fakes import categorical_features, numeric_features, trained_model
 
 
@@ -29,7 +32,7 @@ def test_linear_contributions_plus_intercept_are_the_logit(spec) -> None:
     for _ in range(50):
         numeric, categorical = numeric_features(rng), categorical_features(rng)
         x = assemble_features(numeric, categorical)
-        explanation = linear_contributions(model, x, "true", categorical)
+        explanation = linear_contributions(model, x, categorical)
         assert explanation.method == LINEAR
         score = explanation.intercept + math.fsum(c.contribution for c in explanation.contributions)
         z = model["StandardScaler"].transform_one(x)
@@ -66,7 +69,7 @@ def test_top_k_are_the_largest_in_magnitude_and_one_hot_features_show_their_cate
     model = trained_model(spec)
     numeric, categorical = {"amount": 480.0, "distance_from_home_km": 400.0}, {"merchant_category": "jewelry"}
     x = assemble_features(numeric, categorical)
-    full = linear_contributions(model, x, "true", categorical)
+    full = linear_contributions(model, x, categorical)
     top = explain(model, x, task="classification", positive_class="true", top_k=2, categorical=categorical)
     assert [c.feature for c in top.contributions] == [c.feature for c in full.contributions[:2]]
     magnitudes = [abs(c.contribution) for c in full.contributions]
@@ -82,7 +85,7 @@ def test_top_k_is_the_start_of_the_full_ranking_ties_broken_by_shown_name_then_p
     untrained = preprocessing.StandardScaler() | linear_model.LogisticRegression()
     x = {"b": 1.0, "m0": 1.0, "m=x": 1.0, "a": 2.0}
     for top_k in (1, 2, 3, 4, None):
-        explanation = linear_contributions(untrained, x, "true", {"m": "x"}, top_k=top_k)
+        explanation = linear_contributions(untrained, x, {"m": "x"}, top_k=top_k)
         assert [c.feature for c in explanation.contributions] == ["a", "b", "m", "m0"][:top_k]
         assert [c.value for c in explanation.contributions] == [2.0, 1.0, "x", 1.0][:top_k]
     model = trained_model(spec)
@@ -90,20 +93,37 @@ def test_top_k_is_the_start_of_the_full_ranking_ties_broken_by_shown_name_then_p
     for _ in range(30):
         numeric, categorical = numeric_features(rng), categorical_features(rng)
         x = assemble_features(numeric, categorical)
-        for method in (linear_contributions, lambda *args, **kw: perturbation_contributions(
-                args[0], args[1], "classification", *args[2:], **kw)):
-            full = method(model, x, "true", categorical).contributions
+        for method in (linear_contributions, lambda m, x, *args, **kw: perturbation_contributions(
+                m, x, "classification", "true", *args, **kw)):
+            full = method(model, x, categorical).contributions
             for top_k in (1, 3, len(full)):
-                assert method(model, x, "true", categorical, top_k=top_k).contributions == full[:top_k]
+                assert method(model, x, categorical, top_k=top_k).contributions == full[:top_k]
 
 
-def test_a_false_positive_class_flips_the_signs(spec) -> None:
-    model = trained_model(spec)
-    x = {"amount": 480.0}
-    as_true = linear_contributions(model, x, "true")
-    as_false = linear_contributions(model, x, "false")
-    assert as_false.contributions[0].contribution == -as_true.contributions[0].contribution
-    assert as_false.intercept == -as_true.intercept
+@pytest.mark.parametrize(("positive", "negative"), [("1", "0"), ("false", "true")])
+def test_a_positive_class_of_any_name_is_explained_toward_that_class(spec, positive: str, negative: str) -> None:
+    # The model learns positive-vs-rest as True/False whatever the classes are called, so its
+    # log-odds are the positive class's: a perfect sum, and the far, big purchase pushes toward it.
+    model_spec = ModelSpec.model_validate({**spec.model.model_dump(), "positive_class": positive,
+                                           "negative_class": negative})
+    model = build_model(model_spec)
+    rng = random.Random(7)
+    for _ in range(500):
+        numeric, categorical = numeric_features(rng), categorical_features(rng)
+        label = positive if numeric["amount"] + numeric["distance_from_home_km"] > 600 else negative
+        model.learn_one(*training_pair(model_spec, {"numeric": numeric, "categorical": categorical, "label": label}))
+    x = assemble_features({"amount": 900.0, "distance_from_home_km": 700.0}, {"merchant_category": "grocery"})
+    p_positive = predict(model, x, model_spec).probabilities[positive]
+    assert p_positive > 0.9
+    for method in ("linear", "perturbation"):
+        if method == "linear":
+            explanation = linear_contributions(model, x)
+            score = explanation.intercept + math.fsum(c.contribution for c in explanation.contributions)
+            assert score == pytest.approx(_logit(p_positive), rel=1e-9, abs=1e-9)
+        else:
+            explanation = perturbation_contributions(model, x, "classification", positive)
+        by_feature = {c.feature: c.contribution for c in explanation.contributions}
+        assert by_feature["amount"] > 0 and by_feature["distance_from_home_km"] > 0, (method, by_feature)
 
 
 def test_non_linear_models_are_explained_by_perturbation() -> None:

@@ -152,10 +152,9 @@ def test_a_one_hot_column_the_featurizer_encoded_is_explained_as_its_field_and_c
 
     model = trained_model(spec)
     x = {k: v for k, v in STORED.items() if k != "merchant_category=fuel"} | {"merchant_category=jewelry": 1.0}
-    shown = {c.feature: c.value for c in linear_contributions(model, x, "true").contributions}
+    shown = {c.feature: c.value for c in linear_contributions(model, x).contributions}
     assert shown["merchant_category"] == "jewelry" and "merchant_category=jewelry" not in shown
-    zero = {c.feature: c.value for c in linear_contributions(model, {**x, "merchant_category=fuel": 0.0},
-                                                             "true").contributions}
+    zero = {c.feature: c.value for c in linear_contributions(model, {**x, "merchant_category=fuel": 0.0}).contributions}
     assert zero["merchant_category=fuel"] == 0.0, "a column at 0.0 (fixed width) is not the event's category"
 
 

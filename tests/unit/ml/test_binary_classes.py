@@ -1,0 +1,61 @@
+"""A binary model whose classes are not called true/false: 0/1 labels, or a positive class of "false".
+
+The model learns positive-vs-rest as True/False (``training.target``); everything downstream
+(predictions, actions, metrics, promotion losses) must speak the spec's class names.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from streamloop.contracts.pipeline import ModelSpec, PipelineSpec
+from streamloop.ml import build_model
+from streamloop.ml.evaluation import MetricSet, Outcome
+from streamloop.ml.prediction import choose_action, predict
+from streamloop.ml.promotion import event_loss
+from streamloop.ml.training import training_pair
+
+
+def example(rng: random.Random, positive: str, negative: str) -> dict:
+    amount = rng.uniform(0, 1000)
+    label = positive if amount > 500 else negative
+    return {"numeric": {"amount": amount, "distance_from_home_km": rng.uniform(0, 10)},
+            "categorical": {"merchant_category": "grocery"}, "label": label}
+
+
+@pytest.mark.parametrize(("positive", "negative"), [("1", "0"), ("false", "true"), ("fraud", "legit")])
+def test_a_well_trained_model_is_right_under_the_spec_s_class_names(
+        demo_pipeline: PipelineSpec, positive: str, negative: str) -> None:
+    spec = ModelSpec.model_validate({**demo_pipeline.model.model_dump(), "positive_class": positive,
+                                     "negative_class": negative, "cost_matrix": None})
+    model = build_model(spec)
+    rng = random.Random(3)
+    for _ in range(3000):
+        model.learn_one(*training_pair(spec, example(rng, positive, negative)))
+    metrics = MetricSet("classification", positive_class=spec.positive_class)
+    losses = []
+    for i in range(500):
+        event = example(rng, positive, negative)
+        x, _ = training_pair(spec, event)
+        output = predict(model, x, spec)
+        assert set(output.probabilities) == {positive, negative}
+        assert output.predicted_class in (positive, negative)
+        assert output.action == choose_action(spec.actions, probability=output.probabilities[positive])
+        metrics.update(Outcome("m", "v1", "CHAMPION", event["label"], predicted_class=output.predicted_class,
+                               probabilities=output.probabilities, event_id=str(i)))
+        losses.append(event_loss("log_loss", spec, event["label"], output.record_fields()))
+    figures = metrics.metrics()
+    assert figures["accuracy"] >= 0.95 and figures["roc_auc"] >= 0.95 and figures["f1"] >= 0.9, figures
+    assert sum(losses) / len(losses) < 0.3
+
+
+def test_accuracy_is_positive_versus_rest_when_a_label_is_neither_class() -> None:
+    metrics = MetricSet("classification", positive_class="fraud")
+    # A label outside both classes ("review") is "not fraud": the model that said "legit" was right.
+    metrics.update(Outcome("m", "v1", "CHAMPION", "review", predicted_class="legit",
+                           probabilities={"fraud": 0.1, "legit": 0.9}))
+    metrics.update(Outcome("m", "v1", "CHAMPION", "fraud", predicted_class="legit",
+                           probabilities={"fraud": 0.4, "legit": 0.6}))
+    assert metrics.metrics()["accuracy"] == pytest.approx(0.5)
