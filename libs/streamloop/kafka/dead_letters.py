@@ -25,8 +25,13 @@ STAGE_DECODE = "VALUE_CONVERTER"
 STAGE_VALIDATION = "VALIDATION"
 STAGE_PROCESS = "TASK_PUT"
 STAGE_ENCODE = "PRODUCER_SERIALIZATION"
+STAGE_PRODUCE = "KAFKA_PRODUCE"  # Kafka refused the record's output for good (too large, say)
+# Set on a dead letter sent without the original value, which Kafka refused to take (too large
+# with the error headers added): says why, and where the original still is (within retention).
+VALUE_DROPPED = "streamloop.errors.value.dropped"
 
 _MAX_MESSAGE_BYTES = 2_000
+_OWN_HEADERS = (RULE, RULES, VALUE_DROPPED)
 
 
 def dead_letter_headers(
@@ -39,7 +44,8 @@ def dead_letter_headers(
     error: BaseException,
     service: str,
 ) -> Headers:
-    headers = [(k, v) for k, v in (original or []) if not k.startswith(PREFIX)]
+    # A dead letter re-driven and failing again keeps none of its first failure's error headers.
+    headers = [(k, v) for k, v in (original or []) if not k.startswith(PREFIX) and k not in _OWN_HEADERS]
     message = str(error).encode("utf-8", "replace")[:_MAX_MESSAGE_BYTES]
     headers += [
         (TOPIC, topic.encode()),

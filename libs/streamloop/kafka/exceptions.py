@@ -9,6 +9,13 @@ class DeliveryError(KafkaRuntimeError):
     """Some outputs of a batch were not acknowledged by the broker; the batch will be retried."""
 
 
+class RecordRefusedError(KafkaRuntimeError):
+    """Kafka refused one output for good (too large, invalid): sending it again cannot succeed.
+
+    Its input record goes to the dead-letter topic with this error instead.
+    """
+
+
 class BrokerUnavailableError(KafkaRuntimeError):
     """The broker could not be reached within the allowed time."""
 

@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from streamloop.kafka import dead_letters
 from streamloop.kafka.configuration import KafkaSettings
-from streamloop.kafka.exceptions import DeliveryError
+from streamloop.kafka.exceptions import DeliveryError, RecordRefusedError
 from streamloop.kafka.pacing import FetchPacer
 from streamloop.kafka.records import (
     ConsumedRecord,
@@ -55,12 +55,21 @@ _Identity = tuple[str, str, int, int, int] | None
 _Encoded = tuple[str, bytes | None, bytes | None, Headers, int | None, _Identity]
 
 
+# Errors about one record that no retry can cure: it is too large, or the broker finds it invalid.
+# Anything else (a timeout, a missing topic, a refused authorization) may pass once the broker or
+# its configuration recovers, so the batch waits and retries.
+REFUSED_FOR_GOOD = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.INVALID_RECORD, KafkaError.INVALID_MSG,
+                              KafkaError.INVALID_MSG_SIZE, KafkaError.RECORD_LIST_TOO_LARGE})
+
+
 @dataclass(frozen=True, slots=True)
 class _DeadLetter:
     message: Message
     stage: str
     error: BaseException
     origin: RecordOrigin | None = None
+    # Why the original value is left out: Kafka refused the dead letter that carried it.
+    value_dropped: str | None = None
 
     @property
     def source(self) -> RecordOrigin:
@@ -368,25 +377,72 @@ class StageRunner:
             # batch after a broker restart wrote every acknowledged output of it twice.
             acked_outputs: set[int] = set()
             acked_letters: set[int] = set()
+            refused_outputs: dict[int, KafkaError] = {}
+            refused_letters: dict[int, KafkaError] = {}
+            failed: DeliveryError | None = None
             try:
-                self._produce_all(outputs, letters, acked_outputs, acked_letters)
-                self._count_delivered(len(outputs), letters)
-                return True
+                self._produce_all(outputs, letters, acked_outputs, acked_letters, refused_outputs, refused_letters)
             except DeliveryError as exc:
-                self._count_delivered(len(acked_outputs), [d for i, d in enumerate(letters) if i in acked_letters])
-                outputs = [o for i, o in enumerate(outputs) if i not in acked_outputs]
-                letters = [d for i, d in enumerate(letters) if i not in acked_letters]
-                self.stats.delivery_retries += 1
-                if self.stopping:
-                    # Leave without committing: the batch is consumed again after restart.
-                    log.warning("%s: stopping with an undelivered batch; it will be replayed", self.service)
-                    return False
-                log.warning("%s: %s; retrying in %.1fs", self.service, exc, backoff)
-                if self._producer_fatal:
-                    self._recreate_producer()
-                    outputs = self._recently_acknowledged() + outputs
-                self._sleep(backoff)
-                backoff = min(backoff * 2, self.settings.retry_backoff_max_s)
+                failed = exc
+            self._count_delivered(len(acked_outputs), [d for i, d in enumerate(letters) if i in acked_letters])
+            # Refused for good: the output's input record is dead-lettered instead, a dead letter
+            # goes again without the value Kafka would not take.
+            replacements = self._dead_letters_for_refused(outputs, refused_outputs, raw)
+            replacements += self._without_values(letters, refused_letters)
+            outputs = [o for i, o in enumerate(outputs) if i not in acked_outputs and i not in refused_outputs]
+            letters = [d for i, d in enumerate(letters) if i not in acked_letters and i not in refused_letters]
+            letters += replacements
+            if failed is None:
+                if not outputs and not letters:
+                    return True
+                continue  # only the replacements are left: send them at once
+            self.stats.delivery_retries += 1
+            if self.stopping:
+                # Leave without committing: the batch is consumed again after restart.
+                log.warning("%s: stopping with an undelivered batch; it will be replayed", self.service)
+                return False
+            log.warning("%s: %s; retrying in %.1fs", self.service, failed, backoff)
+            if self._producer_fatal:
+                self._recreate_producer()
+                outputs = self._recently_acknowledged() + outputs
+            self._sleep(backoff)
+            backoff = min(backoff * 2, self.settings.retry_backoff_max_s)
+
+    def _dead_letters_for_refused(self, outputs: list[_Encoded], refused: dict[int, KafkaError],
+                                  raw: dict[tuple[str, int, int], Message] | None) -> list[_DeadLetter]:
+        """The input records of outputs Kafka refused for good, as dead letters saying why."""
+        letters: list[_DeadLetter] = []
+        for index, error in sorted(refused.items()):
+            topic, _key, value, _headers, _partition, identity = outputs[index]
+            size = 0 if value is None else len(value)
+            reason = RecordRefusedError(f"output to {topic} ({size:,} bytes) refused by Kafka: {error.str()}")
+            message = raw.get(identity[1:4]) if raw is not None and identity is not None else None
+            if message is None:  # a tick's output: no input record to keep it by
+                log.error("%s: dropped an output with no input record: %s", self.service, reason)
+                self.metrics.record_dead_letters(topic, type(reason).__name__)
+                continue
+            log.error("%s: %s; its input %s[%d]@%d goes to the dead letters", self.service, reason,
+                      message.topic(), message.partition(), message.offset())
+            letters.append(_DeadLetter(message, dead_letters.STAGE_PRODUCE, reason))
+        return letters
+
+    def _without_values(self, letters: list[_DeadLetter], refused: dict[int, KafkaError]) -> list[_DeadLetter]:
+        """Dead letters Kafka refused, to send again without their value; dropped if that was refused too."""
+        again: list[_DeadLetter] = []
+        for index, error in sorted(refused.items()):
+            letter = letters[index]
+            source = letter.source
+            if letter.value_dropped is not None:
+                log.error("%s: a dead letter for %s[%d]@%d was refused even without its value (%s); the "
+                          "record stays in its topic only", self.service, source.topic, source.partition,
+                          source.offset, error.str())
+                continue
+            value = letter.message.value()
+            reason = (f"{0 if value is None else len(value):,} bytes refused by Kafka as a dead letter "
+                      f"({error.str()}); the original is {source.topic}[{source.partition}]@{source.offset}")
+            log.error("%s: %s", self.service, reason)
+            again.append(_DeadLetter(letter.message, letter.stage, letter.error, letter.origin, reason))
+        return again
 
     def _trace_headers(self, out: OutgoingRecord, raw: dict[tuple[str, int, int], Message] | None) -> Headers:
         """Carry the source's trace onward; sampled records get a span of their own as the parent."""
@@ -423,25 +479,32 @@ class StageRunner:
                             out.partition, identity))
         return encoded, failures
 
-    def _produce_all(self, encoded: list, dead: list[_DeadLetter],
-                     acked_outputs: set[int], acked_letters: set[int]) -> None:
-        """Produce and wait for every acknowledgement; the indexes acknowledged go into the two sets."""
-        assert self.producer is not None
-        failures: list[str] = []
+    def _produce_all(self, encoded: list, dead: list[_DeadLetter], acked_outputs: set[int], acked_letters: set[int],
+                     refused_outputs: dict[int, KafkaError], refused_letters: dict[int, KafkaError]) -> None:
+        """Produce and wait for every acknowledgement.
 
-        def on_delivery(acked: set[int], index: int,
+        The indexes acknowledged go into the two sets; those refused for good (``REFUSED_FOR_GOOD``),
+        with their error, into the two dicts. Any other failure raises DeliveryError at the end.
+        """
+        assert self.producer is not None
+        failures: list[KafkaError] = []
+
+        def on_delivery(acked: set[int], refused: dict[int, KafkaError], index: int,
                         record: _Encoded) -> Callable[[KafkaError | None, Message], None]:
             def delivered(error: KafkaError | None, _message: Message) -> None:
                 if error is None:
                     acked.add(index)
                     self._remember_acknowledged(record)
+                elif error.code() in REFUSED_FOR_GOOD:
+                    refused[index] = error
                 else:
-                    failures.append(error.str())
+                    failures.append(error)
             return delivered
 
         for index, record in enumerate(encoded):
             topic, key, value, headers, partition, _identity = record
-            self._produce(topic, key, value, headers, on_delivery(acked_outputs, index, record), partition)
+            self._produce(topic, key, value, headers, on_delivery(acked_outputs, refused_outputs, index, record),
+                          partition)
         for index, dead_letter in enumerate(dead):
             message, source = dead_letter.message, dead_letter.source
             dlq = self.topics.dead_letters.get(source.topic, source.topic + ".dlq")
@@ -449,8 +512,13 @@ class StageRunner:
                 message.headers(), topic=source.topic, partition=source.partition, offset=source.offset,
                 stage=dead_letter.stage, error=dead_letter.error, service=self.service,
             )
-            letter = (dlq, message.key(), message.value(), headers, None, None)
-            self._produce(dlq, message.key(), message.value(), headers, on_delivery(acked_letters, index, letter))
+            value = message.value()
+            if dead_letter.value_dropped is not None:
+                value = None
+                headers.append((dead_letters.VALUE_DROPPED, dead_letter.value_dropped.encode()))
+            letter = (dlq, message.key(), value, headers, None, None)
+            self._produce(dlq, message.key(), value, headers,
+                          on_delivery(acked_letters, refused_letters, index, letter))
         waited = 0.0
         while len(self.producer) > 0:
             try:
@@ -461,7 +529,12 @@ class StageRunner:
             if self.stopping and waited > 10:
                 raise DeliveryError(f"{len(self.producer)} records still queued at shutdown")
         if failures:
-            raise DeliveryError(f"{len(failures)} records not acknowledged: {failures[0]}")
+            lasting = next((f for f in failures if not f.retriable()), None)
+            if lasting is not None:
+                # A missing topic or a refused authorization: nothing heals it but an operator.
+                log.error("%s: Kafka refuses to take records (%s); the batch waits, uncommitted, until that is "
+                          "fixed", self.service, lasting.str())
+            raise DeliveryError(f"{len(failures)} records not acknowledged: {failures[0].str()}")
 
     def _count_delivered(self, outputs: int, letters: list[_DeadLetter]) -> None:
         self.stats.produced += outputs
@@ -486,6 +559,10 @@ class StageRunner:
                 # The local queue is full: let deliveries drain, then try again.
                 self.producer.poll(0.1)
             except KafkaException as exc:
+                error = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+                if error is not None and error.code() in REFUSED_FOR_GOOD:
+                    callback(error, None)  # the client refused it before sending (too large): as the broker would
+                    return
                 raise self._fatal_producer_error(exc) from exc
 
     def _fatal_producer_error(self, exc: KafkaException) -> DeliveryError:

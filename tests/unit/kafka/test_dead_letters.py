@@ -32,3 +32,12 @@ def test_an_error_without_a_rule_has_no_rule_headers() -> None:
     headers = headers_for(ValueError("not a valid Avro record"))
     assert RULE not in headers and RULES not in headers
     assert headers["__connect.errors.exception.class.name"] == "builtins.ValueError"
+
+
+def test_a_dead_letter_that_fails_again_keeps_none_of_its_first_rules() -> None:
+    first = dead_letter_headers([("trace", b"1")], topic="txns", partition=2, offset=41, stage=STAGE_VALIDATION,
+                                error=InvalidRecordError("x", rule="amount.min", rules=["amount.min", "country.max"]),
+                                service="featurizer")
+    again = read_error_headers(dead_letter_headers(first, topic="txns", partition=2, offset=41, stage=STAGE_VALIDATION,
+                                                   error=ValueError("not a valid Avro record"), service="featurizer"))
+    assert RULE not in again and RULES not in again, again

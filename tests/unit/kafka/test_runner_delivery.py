@@ -13,6 +13,7 @@ from streamloop.contracts.samples import sample_record
 from streamloop.contracts.schemas import SchemaRepository
 from streamloop.kafka import KafkaSettings
 from streamloop.kafka import runner as runner_module
+from streamloop.kafka.dead_letters import STAGE_PRODUCE, VALUE_DROPPED, read_error_headers
 from streamloop.kafka.records import ConsumedRecord, OutgoingRecord, ProcessResult
 from streamloop.kafka.runner import RunnerSettings, StageRunner, StageTopics
 from streamloop.serde import SingleObjectSerde
@@ -151,3 +152,98 @@ def test_an_input_read_twice_within_the_window_has_its_outputs_sent_again_once(m
 
 def to_datetime(millis: int) -> datetime:
     return datetime.fromtimestamp(millis / 1000, tz=UTC)
+
+
+LIMIT = 1_000  # bytes: this producer's largest record
+
+
+class SizeLimitedProducer(FakeProducer):
+    """Refuses records above LIMIT bytes: outputs at produce() as the client does, dead letters at delivery as the
+    broker does (its limit, headers included, is a little higher than the client's)."""
+
+    def produce(self, topic, value=None, key=None, headers=None, on_delivery=None, **_pinned) -> None:
+        size = len(value or b"")
+        if size > LIMIT:
+            raise KafkaException(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE, "Message size too large"))
+        self.produced.append((topic, key, value, headers or []))
+        size += sum(len(k) + len(v or b"") for k, v in headers or [])
+        on_delivery(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE) if size > LIMIT + 100 else None, None)
+
+
+class Inflating:
+    """Echo, but the output of a record keyed b"big" grows past the producer's limit."""
+
+    def process(self, batch: Sequence[ConsumedRecord]) -> ProcessResult:
+        return ProcessResult(outputs=[
+            OutgoingRecord(SINK, r.key, {**r.value, "entity_key": "x" * 2 * LIMIT} if r.key == "big" else r.value,
+                           source=r) for r in batch])
+
+
+def limited_runner(processor) -> tuple[StageRunner, SingleObjectSerde, SizeLimitedProducer, FakeConsumer]:
+    serde = SingleObjectSerde(VECTOR, REPOSITORY)
+    runner = StageRunner("delivery", "delivery-group", KafkaSettings(bootstrap_servers="127.0.0.1:1"),
+                         StageTopics(inputs={SOURCE: serde}, outputs={SINK: serde}), processor,
+                         RunnerSettings(retry_backoff_s=0.001))
+    producer, consumer = SizeLimitedProducer(), FakeConsumer()
+    runner.producer, runner.consumer = producer, consumer
+    runner._assigned.add((SOURCE, 0))
+    return runner, serde, producer, consumer
+
+
+def test_an_output_kafka_refuses_as_too_large_dead_letters_its_input_and_the_batch_goes_on() -> None:
+    runner, serde, producer, consumer = limited_runner(Inflating())
+    values = [serde.encode(sample_record(VECTOR, seed)) for seed in range(3)]
+    runner._run_batch([FakeMessage(v, offset, key=b"big" if offset == 1 else b"k", topic=SOURCE)
+                       for offset, v in enumerate(values)])
+
+    assert [v for t, _k, v, _h in producer.produced if t == SINK] == [values[0], values[2]]
+    [(dlq, key, value, headers)] = [p for p in producer.produced if p[0] == SOURCE + ".dlq"]
+    errors = read_error_headers(headers)
+    assert (key, value) == (b"big", values[1]), "the input record, as it was read"
+    assert errors["__connect.errors.stage"] == STAGE_PRODUCE and errors["__connect.errors.offset"] == "1"
+    assert "refused by Kafka" in errors["__connect.errors.exception.message"]
+    assert runner.stats.dead_lettered == 1 and runner.stats.delivery_retries == 0
+    assert consumer.commits[-1][0].offset == 3, "the batch is committed: nothing waits on a record no retry can send"
+
+
+def test_a_dead_letter_too_large_for_kafka_goes_without_its_value_saying_where_the_original_is() -> None:
+    runner, serde, producer, consumer = limited_runner(Echo())
+    undecodable = b"\x00" * (LIMIT - 10)  # fits as an input, not with the error headers a dead letter adds
+    runner._run_batch([FakeMessage(undecodable, 7, topic=SOURCE)])
+
+    letters = [p for p in producer.produced if p[0] == SOURCE + ".dlq"]
+    assert [v for _t, _k, v, _h in letters] == [undecodable, None], "refused once, then sent without the value"
+    headers = dict(letters[-1][3])
+    assert f"the original is {SOURCE}[0]@7" in headers[VALUE_DROPPED].decode()
+    assert read_error_headers(letters[-1][3])["__connect.errors.stage"] == "VALUE_CONVERTER"
+    assert runner.stats.dead_lettered == 1 and consumer.commits[-1][0].offset == 8
+
+
+class UnauthorizedAtFirst(FakeProducer):
+    """Refuses the first two attempts with an error only an operator can fix, then takes everything."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.refusals = 2
+
+    def deliver(self, value: bytes | None):
+        if self.refusals:
+            self.refusals -= 1
+            return KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED)
+        return None
+
+
+def test_an_error_about_the_topic_not_the_record_waits_and_retries_instead_of_dead_lettering() -> None:
+    serde = SingleObjectSerde(VECTOR, REPOSITORY)
+    runner = StageRunner("delivery", "delivery-group", KafkaSettings(bootstrap_servers="127.0.0.1:1"),
+                         StageTopics(inputs={SOURCE: serde}, outputs={SINK: serde}), Echo(),
+                         RunnerSettings(retry_backoff_s=0.001))
+    producer, consumer = UnauthorizedAtFirst(), FakeConsumer()
+    runner.producer, runner.consumer = producer, consumer
+    runner._assigned.add((SOURCE, 0))
+    value = serde.encode(sample_record(VECTOR, 1))
+    runner._run_batch([FakeMessage(value, 0, topic=SOURCE)])
+
+    assert [t for t, _k, _v, _h in producer.produced] == [SINK] * 3
+    assert runner.stats.dead_lettered == 0 and runner.stats.delivery_retries == 2
+    assert consumer.commits[-1][0].offset == 1
