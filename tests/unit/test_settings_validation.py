@@ -133,3 +133,34 @@ def test_a_feature_group_that_cannot_be_part_of_a_key_is_refused_at_start(monkey
     assert describe_validation_error(caught.value, cls).startswith(f"feature_group ({variable}): ")
     monkeypatch.setenv(variable, "fraud.v2")
     assert cls().feature_group == "fraud.v2"
+
+
+def test_sasl_without_a_mechanism_is_refused_naming_both_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KAFKA_SECURITY_PROTOCOL", "SASL_PLAINTEXT")
+    with pytest.raises(ValidationError) as caught:
+        ScorerSettings()
+    assert describe_validation_error(caught.value, ScorerSettings) == (
+        "KAFKA_SASL_MECHANISM is required with KAFKA_SECURITY_PROTOCOL=SASL_PLAINTEXT")
+
+
+@pytest.mark.parametrize("url", ["not a url", "schema-registry:8081", "ftp://registry"])
+def test_a_schema_registry_url_that_is_not_http_is_named(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
+    monkeypatch.setenv("SCHEMA_REGISTRY_URL", url)
+    with pytest.raises(ValidationError) as caught:
+        ScorerSettings()
+    line = describe_validation_error(caught.value, ScorerSettings)
+    assert line.startswith("url (SCHEMA_REGISTRY_URL): ") and "is not an http(s):// URL" in line, line
+
+
+def test_a_kafka_client_configuration_librdkafka_refuses_is_one_line_and_exit_2(capsys, tmp_path) -> None:
+    from types import SimpleNamespace
+
+    from streamloop.service.entrypoint import EXIT_BAD_CONFIGURATION, start_service
+
+    kafka = KafkaSettings(bootstrap_servers="127.0.0.1:1", security_protocol="SSL",
+                          ssl_ca_location=str(tmp_path / "missing-ca.pem"))
+    settings = SimpleNamespace(common=SimpleNamespace(kafka=kafka, broker_wait_s=1.0, log_level="INFO"))
+    assert start_service("featurizer", lambda: settings, lambda _settings: object()) == EXIT_BAD_CONFIGURATION
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("featurizer: invalid Kafka client settings (KAFKA_SECURITY_PROTOCOL") and "\n" not in err
+    assert "missing-ca.pem" in err or "ssl.ca.location" in err, err

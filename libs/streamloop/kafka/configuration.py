@@ -95,6 +95,13 @@ class KafkaSettings(BaseSettings):
     def _secret_from_file(cls, value: Any) -> Any:
         return _read_secret_file(value)
 
+    @model_validator(mode="after")
+    def _sasl_needs_a_mechanism(self) -> KafkaSettings:
+        # librdkafka would fall back to GSSAPI (Kerberos), which this build lacks: a traceback at start.
+        if self.security_protocol.startswith("SASL") and self.sasl_mechanism is None:
+            raise ValueError(f"KAFKA_SASL_MECHANISM is required with KAFKA_SECURITY_PROTOCOL={self.security_protocol}")
+        return self
+
     def common(self) -> dict[str, Any]:
         config: dict[str, Any] = {
             # librdkafka logs through Python logging, so services and the CLI decide what is shown.

@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
 from pydantic import ValidationError
 from pydantic_settings import SettingsError
@@ -49,14 +50,31 @@ def start_service(service: str, load_settings: Callable[[], S], build: Callable[
     except (StreamloopError, OSError, ValueError) as exc:
         print(f"{service}: {' '.join(str(exc).split())}", file=sys.stderr)
         return EXIT_BAD_CONFIGURATION
+    except KafkaException as exc:  # a client built while wiring refused its configuration
+        print(f"{service}: {describe_kafka_client_error(exc)}", file=sys.stderr)
+        return EXIT_BAD_CONFIGURATION
     # Checked once the spec and settings are known good, so that those errors come at once; a
     # service would otherwise fail later, in whichever client first needs the broker, with its trace.
     kafka: KafkaSettings = settings.common.kafka
     waited_s: float = settings.common.broker_wait_s
     try:
-        wait_for_broker(AdminClient(kafka.admin()), timeout_s=waited_s)
+        admin = AdminClient(kafka.admin())
+    except KafkaException as exc:
+        print(f"{service}: {describe_kafka_client_error(exc)}", file=sys.stderr)
+        return EXIT_BAD_CONFIGURATION
+    try:
+        wait_for_broker(admin, timeout_s=waited_s)
     except BrokerUnavailableError:
         print(f"{service}: cannot reach a Kafka broker at {kafka.bootstrap_servers} within {waited_s:g} s",
               file=sys.stderr)
         return EXIT_BROKER_UNREACHABLE
     return built
+
+
+def describe_kafka_client_error(exc: KafkaException) -> str:
+    """librdkafka refusing a client's configuration (a TLS file it cannot read, a SASL mechanism it
+    lacks): one line that points at the variables, which its own message does not name."""
+    error = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+    text = error.str() if error is not None else str(exc)
+    return (f"invalid Kafka client settings (KAFKA_SECURITY_PROTOCOL, KAFKA_SASL_*, KAFKA_SSL_*, "
+            f"KAFKA_CLIENT_ID): {' '.join(text.split())}")

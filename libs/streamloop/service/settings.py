@@ -6,6 +6,7 @@ Environment variables: ``STREAMLOOP_PIPELINE`` (path of the pipeline spec), ``KA
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
@@ -58,6 +59,14 @@ class SerdeSettings(_RedactedUrl, BaseSettings):
     @classmethod
     def _secret_from_file(cls, value: Any) -> Any:
         return _read_secret_file(value)
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        # The registry client's own message ("Invalid url not a url") names no variable.
+        if value is not None and not re.fullmatch(r"https?://[^\s/]+(/\S*)?", value.strip()):
+            raise ValueError(f"{redact_url(value)!r} is not an http(s):// URL, e.g. http://schema-registry:8081")
+        return value.strip() if value is not None else None
 
     def registry_config(self) -> dict[str, Any]:
         if self.basic_auth_user_info is None:
