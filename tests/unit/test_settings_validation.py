@@ -159,8 +159,17 @@ def test_a_kafka_client_configuration_librdkafka_refuses_is_one_line_and_exit_2(
 
     kafka = KafkaSettings(bootstrap_servers="127.0.0.1:1", security_protocol="SSL",
                           ssl_ca_location=str(tmp_path / "missing-ca.pem"))
-    settings = SimpleNamespace(common=SimpleNamespace(kafka=kafka, broker_wait_s=1.0, log_level="INFO"))
+    settings = SimpleNamespace(common=SimpleNamespace(kafka=kafka, broker_wait_s=1.0, log_level="INFO",
+                                                      instance_id=None))
     assert start_service("featurizer", lambda: settings, lambda _settings: object()) == EXIT_BAD_CONFIGURATION
     err = capsys.readouterr().err.strip()
     assert err.startswith("featurizer: invalid Kafka client settings (KAFKA_SECURITY_PROTOCOL") and "\n" not in err
     assert "missing-ca.pem" in err or "ssl.ca.location" in err, err
+
+
+def test_the_instance_id_names_the_replica_in_its_kafka_client_id(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert CommonSettings().kafka.common()["client.id"] == "streamloop"
+    monkeypatch.setenv("STREAMLOOP_INSTANCE_ID", "featurizer-1")
+    assert CommonSettings().kafka.common()["client.id"] == "streamloop-featurizer-1"
+    monkeypatch.setenv("KAFKA_CLIENT_ID", "fraud")
+    assert CommonSettings().kafka.common()["client.id"] == "fraud-featurizer-1"

@@ -15,11 +15,13 @@ from streamloop.service.settings import CommonSettings
 from streamloop.telemetry.tracing import KafkaTracer
 
 
-def configure_logging(level: str, service: str) -> None:
+def configure_logging(level: str, service: str, instance_id: str | None = None) -> None:
+    """Every line names the service and its process; with several replicas, which replica too."""
+    who = f"{service}/{instance_id}" if instance_id else service
     logging.basicConfig(
         level=level.upper(),
         stream=sys.stderr,
-        format=f"%(asctime)s %(levelname)s {service}[{os.getpid()}] %(name)s: %(message)s",
+        format=f"%(asctime)s %(levelname)s {who}[{os.getpid()}] %(name)s: %(message)s",
     )
 
 

@@ -41,7 +41,7 @@ def start_service(service: str, load_settings: Callable[[], S], build: Callable[
     except SettingsError as exc:
         print(f"{service}: invalid settings: {describe_settings_error(exc, load_settings)}", file=sys.stderr)
         return EXIT_BAD_CONFIGURATION
-    configure_logging(settings.common.log_level, service)
+    configure_logging(settings.common.log_level, service, settings.common.instance_id)
     try:
         built = build(settings)
     except ValidationError as exc:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from streamloop.kafka.configuration import KafkaSettings, _read_secret_file
@@ -139,3 +139,12 @@ class CommonSettings(BaseSettings):
     @classmethod
     def _any_case(cls, value: Any) -> Any:
         return value.strip().upper() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _instance_in_client_id(self) -> CommonSettings:
+        # Every replica of every service otherwise connects as "streamloop": broker logs, quotas
+        # and client metrics could not tell them apart.
+        if self.instance_id:
+            kafka = self.kafka.model_copy(update={"client_id": f"{self.kafka.client_id}-{self.instance_id}"})
+            object.__setattr__(self, "kafka", kafka)  # frozen: set once, while validating
+        return self
