@@ -49,14 +49,20 @@ class GroupHistory:
         self._fetch_wait = kafka.fetch_wait_max_ms
 
     def _consumer(self) -> Consumer:
-        return Consumer({
+        return Consumer(self.consumer_config())
+
+    def consumer_config(self) -> dict:
+        return {
             **self._common,
             "group.id": self.group_id,
             "enable.auto.commit": False,
             "enable.auto.offset.store": False,
             "enable.partition.eof": False,
             "fetch.wait.max.ms": self._fetch_wait,
-        })
+            # A range that starts below the log start (retention passed it since ``bounds``) is read
+            # from the first record left; librdkafka's default, latest, would skip to the end.
+            "auto.offset.reset": "earliest",
+        }
 
     def bounds(self, topic: str) -> dict[int, PartitionBounds]:
         consumer = self._consumer()
