@@ -170,9 +170,10 @@ class StageRunner:
         self.metrics: RunnerMetrics = metrics or _NoMetrics()
         self.tracer = tracer
         self.stats = RunnerStats()
-        self._consumer_config = kafka.consumer(group_id, error_cb=self._on_client_error,
+        self._consumer_config = kafka.consumer(group_id, error_cb=self._on_consumer_client_error,
                                                **(consumer_overrides or {}))
-        self._producer_config = kafka.producer(error_cb=self._on_client_error, **(producer_overrides or {}))
+        self._producer_config = kafka.producer(error_cb=self._on_producer_client_error,
+                                               **(producer_overrides or {}))
         self._stopping = threading.Event()
         self._producer_fatal = False
         # (monotonic time acknowledged, the record as produced): the candidates for a re-send.
@@ -238,7 +239,10 @@ class StageRunner:
 
     def _shutdown(self) -> None:
         if self.producer is not None:
-            self.producer.flush(30)
+            try:
+                self.producer.flush(30)
+            except KafkaException as exc:  # a fatal producer raises; the consumer must still leave cleanly
+                log.warning("%s: producer flush at shutdown: %s", self.service, exc)
         if self.consumer is not None:
             try:
                 self.consumer.close()
@@ -398,7 +402,10 @@ class StageRunner:
                 continue  # only the replacements are left: send them at once
             self.stats.delivery_retries += 1
             if self.stopping:
-                # Leave without committing: the batch is consumed again after restart.
+                # Leave without committing: the batch is consumed again after restart. The outputs
+                # a fatal producer error put at risk are not: their inputs are committed already.
+                if self._producer_fatal:
+                    self._resend_before_leaving()
                 log.warning("%s: stopping with an undelivered batch; it will be replayed", self.service)
                 return False
             log.warning("%s: %s; retrying in %.1fs", self.service, failed, backoff)
@@ -620,6 +627,28 @@ class StageRunner:
                         "lost them", self.service, len(records), self.settings.resend_window_s)
         return records
 
+    def _resend_before_leaving(self, timeout_s: float = 10.0) -> None:
+        """On a stop during a fatal producer error: send the recently acknowledged outputs again, once."""
+        self._recreate_producer()
+        records = self._recently_acknowledged()
+        unacknowledged: list[str] = []
+
+        def delivered(error: KafkaError | None, _message: Message) -> None:
+            if error is not None:
+                unacknowledged.append(error.str())
+
+        try:
+            for topic, key, value, headers, partition, _identity in records:
+                self._produce(topic, key, value, headers, delivered, partition)
+            left = self.producer.flush(timeout_s) if self.producer is not None else 0
+        except (KafkaException, DeliveryError) as exc:
+            log.error("%s: stopping: could not send again the outputs a fatal producer error put at risk: %s",
+                      self.service, exc)
+            return
+        if left or unacknowledged:
+            log.error("%s: stopping: %d of the %d outputs sent again were not acknowledged (%s)", self.service,
+                      left + len(unacknowledged), len(records), unacknowledged[0] if unacknowledged else "timeout")
+
     def _recreate_producer(self) -> None:
         log.warning("%s: producer hit a fatal error; creating a new one", self.service)
         assert self.producer is not None
@@ -654,10 +683,19 @@ class StageRunner:
         if hasattr(self.processor, "on_revoked"):
             self.processor.on_revoked([TopicPartitionRef(tp.topic, tp.partition) for tp in partitions])
 
-    def _on_client_error(self, error: KafkaError) -> None:
+    def _on_producer_client_error(self, error: KafkaError) -> None:
+        self._on_client_error(error, producer=True)
+
+    def _on_consumer_client_error(self, error: KafkaError) -> None:
+        # A consumer's fatal error (FENCED_INSTANCE_ID) also reaches consume() as a message error,
+        # which stops the runner; it says nothing about the producer, which needs no re-creation.
+        self._on_client_error(error, producer=False)
+
+    def _on_client_error(self, error: KafkaError, producer: bool) -> None:
         if error.fatal():
-            self._producer_fatal = True
-            log.error("%s: fatal client error: %s", self.service, error.str())
+            if producer:
+                self._producer_fatal = True
+            log.error("%s: fatal %s error: %s", self.service, "producer" if producer else "consumer", error.str())
             return
         if error.code() in (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT, KafkaError._RESOLVE):
             self.metrics.record_broker_unreachable()  # every one counted; only the log is rate-limited

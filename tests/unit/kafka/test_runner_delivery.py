@@ -247,3 +247,26 @@ def test_an_error_about_the_topic_not_the_record_waits_and_retries_instead_of_de
     assert [t for t, _k, _v, _h in producer.produced] == [SINK] * 3
     assert runner.stats.dead_lettered == 0 and runner.stats.delivery_retries == 2
     assert consumer.commits[-1][0].offset == 1
+
+
+def test_a_consumer_s_fatal_error_does_not_condemn_the_producer() -> None:
+    serde = SingleObjectSerde(VECTOR, REPOSITORY)
+    runner = StageRunner("delivery", "delivery-group", KafkaSettings(bootstrap_servers="127.0.0.1:1"),
+                         StageTopics(inputs={SOURCE: serde}, outputs={SINK: serde}), Echo())
+    fenced = KafkaError(KafkaError.FENCED_INSTANCE_ID, "fenced", fatal=True)
+    runner._consumer_config["error_cb"](fenced)
+    assert runner._producer_fatal is False, "re-creating the producer would only resend 5 s of outputs as duplicates"
+    runner._producer_config["error_cb"](KafkaError(KafkaError.OUT_OF_ORDER_SEQUENCE_NUMBER, "desync", fatal=True))
+    assert runner._producer_fatal is True
+
+
+def test_a_stop_during_a_fatal_producer_error_still_sends_the_outputs_at_risk_again(monkeypatch) -> None:
+    runner, serde, replacement = desync_runner(monkeypatch, window_s=60.0)
+    values = [serde.encode(sample_record(VECTOR, seed)) for seed in range(6)]
+    runner._run_batch([FakeMessage(v, offset, topic=SOURCE) for offset, v in enumerate(values[:3])])
+    runner.stop()  # SIGTERM arrives while the next batch meets the fatal error
+    runner._run_batch([FakeMessage(v, offset, topic=SOURCE) for offset, v in enumerate(values[3:], start=3)])
+
+    # The first batch's inputs are committed; its outputs went to a broker that may have lost them.
+    assert [v for _t, _k, v, _h in replacement.produced] == values[:3]
+    assert runner.consumer.commits[-1][0].offset == 3, "the second batch is left uncommitted, to be replayed"

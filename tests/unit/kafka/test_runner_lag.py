@@ -122,7 +122,7 @@ def test_a_revoked_partition_is_forgotten_and_a_replica_without_partitions_expor
 def test_every_unreachable_broker_report_is_counted_though_the_log_is_rate_limited(reported, caplog) -> None:
     stage, metrics, _consumer = reported
     for code in (KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN, KafkaError._RESOLVE):
-        stage._on_client_error(KafkaError(code))
-    stage._on_client_error(KafkaError(KafkaError._MSG_TIMED_OUT))  # not about reaching the broker
+        stage._on_producer_client_error(KafkaError(code))
+    stage._on_consumer_client_error(KafkaError(KafkaError._MSG_TIMED_OUT))  # not about reaching the broker
     assert metrics.unreachable == 3
     assert sum("unreachable" in r.getMessage() for r in caplog.records) == 1
