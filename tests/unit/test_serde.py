@@ -279,3 +279,31 @@ def test_the_leading_event_id_is_read_without_decoding_the_body(repository: Sche
         with pytest.raises(DeserializationError):
             serde.leading_string(data[:HEADER_SIZE + 1], "event_id")  # the id runs past the record
     assert serde.leading_string(b"\x00garbage", "event_id") is None  # not single-object: decode() says why
+
+
+def test_an_unreachable_registry_is_an_outage_not_a_bad_record(repository: SchemaRepository) -> None:
+    """The stage runner waits out a RegistryUnavailableError; a DeserializationError would dead-letter the record."""
+    from confluent_kafka.schema_registry import SchemaRegistryClient
+
+    from streamloop.serde import RegistryUnavailableError
+    from streamloop.serde.confluent import ConfluentSerde
+
+    schema = repository.load("labels/label.avsc")
+    client = SchemaRegistryClient({"url": "http://127.0.0.1:1", "max.retries": 0, "timeout": 2})
+    serde = ConfluentSerde(schema, "labels.label.v1", client, auto_register=True)
+    with pytest.raises(RegistryUnavailableError) as decoding:
+        serde.decode(b"\x00\x00\x00\x00\x07body")
+    assert not isinstance(decoding.value, DeserializationError)
+    with pytest.raises(RegistryUnavailableError) as encoding:
+        serde.encode(sample_record(schema, 1))
+    assert not isinstance(encoding.value, SerializationError)
+
+
+@pytest.mark.parametrize(("status", "down"), [(500, True), (503, True), (429, True), (408, True), (-1, True),
+                                              (401, True), (403, True), (404, False), (422, False)])
+def test_which_registry_answers_are_an_outage(status: int, down: bool) -> None:
+    from confluent_kafka.schema_registry.error import SchemaRegistryError
+
+    from streamloop.serde.confluent import _registry_down
+
+    assert _registry_down(SchemaRegistryError(status, 50001, "x")) is down

@@ -27,6 +27,7 @@ from typing import Any, Protocol
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from pydantic import BaseModel, ConfigDict, Field
 
+from streamloop.errors import DependencyUnavailable
 from streamloop.kafka import dead_letters
 from streamloop.kafka.configuration import KafkaSettings
 from streamloop.kafka.exceptions import DeliveryError, RecordRefusedError
@@ -53,6 +54,10 @@ TRACEPARENT = "traceparent"
 # identities; outputs with no input record (ticks) and dead letters have none.
 _Identity = tuple[str, str, int, int, int] | None
 _Encoded = tuple[str, bytes | None, bytes | None, Headers, int | None, _Identity]
+
+
+class _Abandoned(Exception):  # noqa: N818 - a signal inside the runner, never raised to callers
+    """The runner was stopped while a dependency was unavailable: the batch is left uncommitted."""
 
 
 # Errors about one record that no retry can cure: it is too large, or the broker finds it invalid.
@@ -143,6 +148,7 @@ class RunnerStats:
     commits_failed: int = 0
     delivery_retries: int = 0
     resent: int = 0  # acknowledged outputs sent again after a fatal producer error
+    dependency_waits: int = 0  # retries while a Schema Registry or Redis was unavailable
 
 
 class StageRunner:
@@ -188,6 +194,7 @@ class StageRunner:
         self._assigned_at: dict[tuple[str, int], float] = {}
         self.consumer: Consumer | None = None
         self.pacer: FetchPacer | None = None
+        self._next_tick = 0.0
         self.producer: Producer | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -216,18 +223,16 @@ class StageRunner:
         log.info("%s: consuming %s as group %s", self.service, ", ".join(self.topics.inputs), self.group_id)
         if on_started:
             on_started()
-        next_lag_report = next_tick = time.monotonic()
+        next_lag_report = self._next_tick = time.monotonic()
         try:
             while not self.stopping:
-                messages = self.pacer.consume(self.settings.batch_size, self.settings.poll_timeout_s)
-                if messages:
-                    self._run_batch(messages)
+                try:
+                    self._turn()
+                except _Abandoned as exc:
+                    # Nothing of the batch was committed: its owner reads it again.
+                    log.warning("%s: stopped while %s; the batch will be replayed", self.service, exc)
+                    break
                 now = time.monotonic()
-                if now >= next_tick and hasattr(self.processor, "tick"):
-                    next_tick = now + self.settings.tick_interval_s
-                    if self._deliver_with_retry(self.processor.tick(int(time.time() * 1000)), []) \
-                            and hasattr(self.processor, "delivered"):
-                        self.processor.delivered()
                 if now >= next_lag_report:
                     next_lag_report = now + self.settings.lag_report_interval_s
                     self._report_lag()
@@ -236,6 +241,36 @@ class StageRunner:
         # A consumer that hit a fatal error never consumes again: exit non-zero so that the
         # supervisor (or the orchestrator) restarts the service, which rejoins the group.
         return 1 if self._consumer_fatal is not None else 0
+
+    def _turn(self) -> None:
+        """One batch, if any came, then the processor's tick when it is due."""
+        messages = self.pacer.consume(self.settings.batch_size, self.settings.poll_timeout_s)
+        if messages:
+            self._run_batch(messages)
+        now = time.monotonic()
+        if now >= self._next_tick and hasattr(self.processor, "tick"):
+            self._next_tick = now + self.settings.tick_interval_s
+            if self._deliver_with_retry(self.processor.tick(int(time.time() * 1000)), []) \
+                    and hasattr(self.processor, "delivered"):
+                self.processor.delivered()
+
+    def _patiently(self, what: str, attempt: Callable[[], Any]) -> Any:
+        """``attempt()`` until no dependency is unavailable, with backoff; _Abandoned if stopped meanwhile.
+
+        A Schema Registry or Redis outage is not the records' fault: dead-lettering them (and
+        committing past them) would take good records out of the pipeline for as long as it lasts.
+        """
+        backoff = self.settings.retry_backoff_s
+        while True:
+            try:
+                return attempt()
+            except DependencyUnavailable as exc:
+                if self.stopping:
+                    raise _Abandoned(f"{what} waited for an unavailable dependency ({exc})") from exc
+                self.stats.dependency_waits += 1
+                log.warning("%s: %s: %s; retrying in %.1fs", self.service, what, exc, backoff)
+                self._sleep(backoff)
+                backoff = min(backoff * 2, self.settings.retry_backoff_max_s)
 
     def _shutdown(self) -> None:
         if self.producer is not None:
@@ -270,7 +305,8 @@ class StageRunner:
             if timestamp > 0:
                 self._last_consumed_ms[(topic, partition)] = timestamp
             try:
-                value = self.topics.inputs[topic].decode(message.value())
+                serde = self.topics.inputs[topic]
+                value = self._patiently("decoding", lambda serde=serde, message=message: serde.decode(message.value()))
             except SerdeError as exc:
                 dead.append(_DeadLetter(message, dead_letters.STAGE_DECODE, exc))
                 continue
@@ -281,10 +317,10 @@ class StageRunner:
                 value, message.timestamp()[1], list(message.headers() or []),
             ))
         if self.tracer is None:
-            result = self._process(records)
+            result = self._patiently("processing", self._attempt(records))
         else:
             with self.tracer.process_batch([m for m in messages if m.error() is None], group=self.group_id):
-                result = self._process(records)
+                result = self._patiently("processing", self._attempt(records))
         for rejection in result.rejections:
             source = rejection.record
             dead.append(_DeadLetter(raw[(source.topic, source.partition, source.offset)], rejection.stage,
@@ -320,11 +356,27 @@ class StageRunner:
                 errors=sum(1 for d in dead if d.message.topic() == topic), latencies=latencies,
             )
 
+    def _attempt(self, records: list[ConsumedRecord]) -> Callable[[], ProcessResult]:
+        """Processing the batch, as often as a dependency's outage makes it fail: each retry starts
+        from the state before the batch (``discard``), which the failed attempt may have changed."""
+        attempts = 0
+
+        def attempt() -> ProcessResult:
+            nonlocal attempts
+            if attempts and hasattr(self.processor, "discard"):
+                self.processor.discard()
+            attempts += 1
+            return self._process(records)
+
+        return attempt
+
     def _process(self, records: list[ConsumedRecord]) -> ProcessResult:
         if not records:
             return ProcessResult()
         try:
             return self.processor.process(records)
+        except DependencyUnavailable:
+            raise  # not a poison record: the whole batch waits and is processed again
         except Exception:  # noqa: BLE001 - isolate the poison record instead of crash-looping
             log.exception("%s: batch of %d failed; retrying record by record", self.service, len(records))
         if hasattr(self.processor, "discard"):
@@ -333,6 +385,8 @@ class StageRunner:
         for record in records:
             try:
                 result.extend(self.processor.process([record]))
+            except DependencyUnavailable:
+                raise
             except Exception as exc:  # noqa: BLE001
                 result.rejections.append(Rejection(record, exc, dead_letters.STAGE_PROCESS))
         return result
@@ -353,6 +407,8 @@ class StageRunner:
                     if at not in poison:
                         result.extend(self.processor.process([record]))
                 break
+            except DependencyUnavailable:
+                raise
             except Exception as exc:  # noqa: BLE001
                 poison[at] = exc
         result.rejections += [Rejection(records[at], exc, dead_letters.STAGE_PROCESS) for at, exc in poison.items()]
@@ -367,7 +423,7 @@ class StageRunner:
         raw: dict[tuple[str, int, int], Message] | None = None,
     ) -> bool:
         """Produce outputs and dead letters until acknowledged; False if stopped before that."""
-        encoded, encode_failures = self._encode(result.outputs, raw)
+        encoded, encode_failures = self._patiently("encoding", lambda: self._encode(result.outputs, raw))
         for source, exc in encode_failures:
             if raw is not None and source is not None:
                 dead.append(_DeadLetter(raw[(source.topic, source.partition, source.offset)],

@@ -10,6 +10,7 @@ from typing import Any, Protocol
 
 from streamloop.serde.exceptions import (
     DeserializationError,
+    RegistryUnavailableError,
     SerdeError,
     SerializationError,
     UnboundedSchemaError,
@@ -29,6 +30,7 @@ class Serde(Protocol):
 
 __all__ = [
     "DeserializationError",
+    "RegistryUnavailableError",
     "Serde",
     "SerdeError",
     "SerializationError",

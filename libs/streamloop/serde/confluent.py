@@ -15,6 +15,10 @@ from typing import Any
 import fastavro
 from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
+
+# The registry client talks through httpx2 or httpx, whichever is installed: its transport errors
+# are that module's, so they are caught as that module's.
+from confluent_kafka.schema_registry.common._httpx_compat import httpx
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 from confluent_kafka.serialization import MessageField, SerializationContext
 from confluent_kafka.serialization import SerializationError as ConfluentSerializationError
@@ -22,12 +26,21 @@ from confluent_kafka.serialization import SerializationError as ConfluentSeriali
 from streamloop.contracts.schemas import AvroSchema
 from streamloop.serde.exceptions import (
     DeserializationError,
+    RegistryUnavailableError,
     SerializationError,
     UnknownSchemaError,
 )
 from streamloop.serde.limits import check_bounded
 
 CONFLUENT_MAGIC = 0
+# Refused credentials (401, 403), a timeout (408), rate-limiting (429), 5xx: the registry's or its
+# configuration's trouble, not the record's; another 4xx (404: no such schema) is an answer about it.
+_REGISTRY_DOWN_STATUSES = frozenset({401, 403, 408, 429})
+
+
+def _registry_down(exc: SchemaRegistryError) -> bool:
+    status = getattr(exc, "http_status_code", None)
+    return isinstance(status, int) and (status in _REGISTRY_DOWN_STATUSES or status >= 500 or status < 0)
 
 _CLIENTS: dict[tuple[str, tuple[tuple[str, Any], ...]], SchemaRegistryClient] = {}
 _CLIENTS_LOCK = threading.Lock()
@@ -72,10 +85,14 @@ class ConfluentSerde:
         try:
             return self._serializer(record, self._context)
         except SchemaRegistryError as exc:
+            if _registry_down(exc):
+                raise RegistryUnavailableError(f"cannot look up the schema of {self.topic}: {exc}") from exc
             raise SerializationError(
                 f"schema of {self.topic} is not registered under {self.topic}-value "
                 f"(auto-registration is off): {exc}"
             ) from exc
+        except httpx.HTTPError as exc:
+            raise RegistryUnavailableError(f"cannot look up the schema of {self.topic}: {exc}") from exc
         except (ConfluentSerializationError, ValueError, TypeError, KeyError) as exc:
             raise SerializationError(f"record does not match {self.schema.name}: {exc}") from exc
 
@@ -90,7 +107,11 @@ class ConfluentSerde:
         try:
             record = self._deserializer(data, self._context)
         except SchemaRegistryError as exc:
+            if _registry_down(exc):
+                raise RegistryUnavailableError(f"schema id {schema_id}: {exc}") from exc
             raise UnknownSchemaError(f"schema id {schema_id}: {exc}") from exc
+        except httpx.HTTPError as exc:
+            raise RegistryUnavailableError(f"schema id {schema_id}: registry lookup failed: {exc}") from exc
         except Exception as exc:  # noqa: BLE001 - the deserializer raises many unrelated types on garbage
             raise DeserializationError(f"corrupt {self.schema.name} record: {type(exc).__name__}: {exc}") from exc
         if not isinstance(record, dict):
@@ -102,9 +123,13 @@ class ConfluentSerde:
         try:
             writer = self._registry.get_schema(schema_id)
         except SchemaRegistryError as exc:
+            if _registry_down(exc):
+                raise RegistryUnavailableError(f"schema id {schema_id}: {exc}") from exc
             raise UnknownSchemaError(f"schema id {schema_id}: {exc}") from exc
-        except Exception as exc:  # noqa: BLE001 - an unreachable registry must not crash the consumer
-            raise UnknownSchemaError(f"schema id {schema_id}: registry lookup failed: {exc}") from exc
+        except Exception as exc:  # noqa: BLE001 - transport errors, timeouts: the registry, not the record
+            # An unreachable registry is no proof the record is bad: dead-lettering it (and
+            # committing past it) would take good records out of the pipeline during an outage.
+            raise RegistryUnavailableError(f"schema id {schema_id}: registry lookup failed: {exc}") from exc
         try:
             parsed = fastavro.parse_schema(json.loads(writer.schema_str), _write_hint=False)
         except Exception as exc:  # noqa: BLE001 - e.g. schema references, which streamloop never registers

@@ -1,4 +1,4 @@
-from streamloop.errors import StreamloopError
+from streamloop.errors import DependencyUnavailable, StreamloopError
 
 
 class SerdeError(StreamloopError):
@@ -23,3 +23,7 @@ class WrongSchemaError(DeserializationError):
 
 class UnboundedSchemaError(SerdeError):
     """A schema could make a decoder loop without consuming input (arrays of zero-byte items)."""
+
+
+class RegistryUnavailableError(DependencyUnavailable):
+    """The Schema Registry did not answer (unreachable, timed out, 5xx): the record may be fine."""

@@ -1,11 +1,11 @@
-from streamloop.errors import StreamloopError
+from streamloop.errors import DependencyUnavailable, StreamloopError
 
 
 class FeatureStoreError(StreamloopError):
     """The online feature store failed to read or write."""
 
 
-class FeatureStoreUnavailable(FeatureStoreError):
+class FeatureStoreUnavailable(FeatureStoreError, DependencyUnavailable):
     """The store cannot be reached (connection refused or lost, timeout, loading, read-only replica)."""
 
 
