@@ -33,11 +33,19 @@ log = logging.getLogger(__name__)
 LearnedOffsets = dict[tuple[str, int], int]
 
 
+# Set on a remembered candidate whose ``learned_through`` already holds its whole line's offsets
+# (``compact_lineage``): a walk stops there, so the versions before it may be forgotten.
+LINE_KNOWN = "line_known"
+# What the publisher keeps of a candidate record: its line, and what staleness reads.
+_LINEAGE_FIELDS = ("version", "trigger", "parent_version", "learned_through", "created_at", "heldout_metrics")
+
+
 def learned_offsets(version: str, lineage: Mapping[str, Mapping[str, Any]]) -> LearnedOffsets | None:
     """The highest offset per (topic, partition) that ``version``'s line learned; None when unknown.
 
     Walks ONLINE candidates back to the model their learner started from (iteratively: an online
-    line publishes a snapshot every few hundred labels, for as long as it runs).
+    line publishes a snapshot every few hundred labels, for as long as it runs), or to the first
+    one remembered with its whole line (``LINE_KNOWN``).
     """
     learned: LearnedOffsets = {}
     seen: set[str] = set()
@@ -50,12 +58,29 @@ def learned_offsets(version: str, lineage: Mapping[str, Mapping[str, Any]]) -> L
         for entry in candidate["learned_through"]:
             key = (entry["topic"], int(entry["partition"]))
             learned[key] = max(learned.get(key, -1), int(entry["offset"]))
-        if candidate.get("trigger") != "ONLINE":
-            return learned  # a model built from scratch (or untrained): it knows only its own offsets
+        if candidate.get("trigger") != "ONLINE" or candidate.get(LINE_KNOWN):
+            return learned  # built from scratch (or untrained), or its line's offsets are all here
         current = candidate.get("parent_version")
         if current is None:
             return None  # an online line must have started from some model
     return None
+
+
+def compact_lineage(candidate: Mapping[str, Any], lineage: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """What to remember of ``candidate``: its lineage fields, with its whole line's offsets when known.
+
+    A candidate record carries its prequential losses and artifact too, and an online line
+    publishes one every few hundred labels: kept whole, they grew without bound. With the line's
+    offsets folded in, a walk from this version stops here and the older versions can go.
+    """
+    kept = {name: candidate.get(name) for name in _LINEAGE_FIELDS}
+    if kept["trigger"] == "ONLINE" and kept["learned_through"] is not None:
+        line = learned_offsets(kept["version"], {**lineage, kept["version"]: kept})
+        if line is not None:
+            kept["learned_through"] = [{"topic": topic, "partition": partition, "offset": offset}
+                                       for (topic, partition), offset in sorted(line.items())]
+            kept[LINE_KNOWN] = True
+    return kept
 
 
 @dataclass(frozen=True)
@@ -91,7 +116,11 @@ class HeldOutScorer:
     def losses(self, record: ConsumedRecord, deployed: Mapping[str, Mapping[str, Any]],
                skip: Collection[str]) -> dict[str, float]:
         """Each version of ``deployed`` (version -> deployment), but those in ``skip``, held out from ``record``."""
-        self._models = {v: m for v, m in self._models.items() if v in deployed}  # retired: unload
+        if self._models.keys() - deployed.keys() or self._learned.keys() - deployed.keys():
+            # Retired versions: unloaded, and their lines forgotten.
+            self._models = {v: m for v, m in self._models.items() if v in deployed}
+            self._learned = {v: offsets for v, offsets in self._learned.items() if v in deployed}
+            self._unknown &= deployed.keys()
         losses: dict[str, float] = {}
         x: dict[str, float] | None = None
         for version, deployment in deployed.items():

@@ -16,6 +16,7 @@ the false-promotion rate is at most catch-up's p-value plus the promotion's.
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -49,6 +50,30 @@ class JudgingPolicy:
     rollback_watch_samples: int = 5_000
 
 
+class RecentVersions:
+    """A set of the last ``keep`` versions added.
+
+    ``Judge.closed`` guards against registering again a candidate whose record is read again: a
+    replay of the last uncommitted batch, so a recent one. Kept whole it grew by every candidate.
+    """
+
+    def __init__(self, keep: int = 10_000) -> None:
+        self.keep = keep
+        self._versions: OrderedDict[str, None] = OrderedDict()
+
+    def add(self, version: str) -> None:
+        self._versions[version] = None
+        self._versions.move_to_end(version)
+        while len(self._versions) > self.keep:
+            self._versions.popitem(last=False)
+
+    def __contains__(self, version: object) -> bool:
+        return version in self._versions
+
+    def __len__(self) -> int:
+        return len(self._versions)
+
+
 class Judge:
     def __init__(self, pipeline: PipelineSpec, table: DeploymentTable, ledger: LossLedger, writer: RegistryWriter,
                  policy: JudgingPolicy) -> None:
@@ -59,7 +84,7 @@ class Judge:
         self.writer = writer
         self.policy = policy
         self._judged: set[tuple[str, str]] = set()
-        self.closed: set[str] = set()  # refused, rolled back or retired: never deployed again automatically
+        self.closed = RecentVersions()  # refused, rolled back or retired: never deployed again automatically
         # Candidates that came with prequential losses (retrain.catch_up): judged at catch-up's p-value.
         self.catching_up: set[str] = set()
         # Catch-up candidates whose prequential losses did not win: judged again, once, on their own
@@ -71,6 +96,14 @@ class Judge:
         # The ledger's sequence number at each promotion this process decided: the rollback watch
         # judges a new champion on the events labeled after it, which its promotion did not see.
         self.promoted_at: dict[str, int] = {}
+
+    def forget_retired(self, live: set[str]) -> None:
+        """Drop what is kept per version for versions no longer in the registry's slots."""
+        self.catching_up &= live
+        self._judged = {pair for pair in self._judged if pair[0] in live and pair[1] in live}
+        for per_version in (self.on_own_scores, self.canary_since, self.promoted_at):
+            for version in per_version.keys() - live:
+                del per_version[version]
 
     # -- reading the table -----------------------------------------------------------------------
 

@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from services.model_publisher.held_out import HeldOutScorer
+from services.model_publisher.held_out import HeldOutScorer, compact_lineage
 from services.model_publisher.judging import Judge, JudgingPolicy
 from services.model_publisher.ledger import REPLAYED, LossLedger
 from services.model_publisher.staleness import Champion, StalenessMonitor
@@ -59,6 +59,10 @@ class PublisherPolicy:
     staleness_interval_ms: int = 5_000
     min_metric_samples: int = 100
     score_held_out: bool = True
+    # Candidates remembered for their lineage besides the deployed versions: the most recent ones.
+    # An online line publishes about 1,440 a day; each remembered one holds its whole line's
+    # offsets (held_out.compact_lineage), so the older ones are not needed to know it.
+    lineage_versions: int = 2_000
 
 
 def wall_clock_ms() -> int:
@@ -125,7 +129,22 @@ class PublisherProcessor:
         if self.table.ready and now_ms >= self._next_staleness_ms:
             self._next_staleness_ms = now_ms + self.policy.staleness_interval_ms
             result.outputs += self._check_staleness(now_ms)
+            self._forget_retired()
         return result
+
+    def _forget_retired(self) -> None:
+        """Bound what is kept per version: the deployed ones, and the lineage of the recent candidates."""
+        live = {record["version"] for record in self.table.slots(self.pipeline.name, self.pipeline.model.name).values()}
+        self.judge.forget_retired(live)
+        self.staleness.forget_retired(live)
+        excess = len(self._candidates) - self.policy.lineage_versions
+        if excess > 0:
+            live.add(bootstrap_version(self.pipeline.model))
+            oldest = [v for v in list(self._candidates)[:excess] if v not in live]
+            for version in oldest:
+                del self._candidates[version]
+            if oldest:
+                self.held_out.lineage_changed()
 
     # -- bootstrap -----------------------------------------------------------------------------
 
@@ -161,7 +180,7 @@ class PublisherProcessor:
 
     def remember_candidate(self, candidate: dict[str, Any]) -> None:
         """Lineage of a version (creation time, validation metrics), e.g. read back at start-up."""
-        self._candidates[candidate["version"]] = candidate
+        self._candidates[candidate["version"]] = compact_lineage(candidate, self._candidates)
         self.held_out.lineage_changed()
 
     def _on_candidate(self, candidate: dict[str, Any]) -> list[OutgoingRecord]:

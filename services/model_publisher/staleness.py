@@ -92,6 +92,11 @@ class StalenessMonitor:
     def observe_label(self, at_ms: int) -> None:
         self._last_label_ms = at_ms if self._last_label_ms is None else max(self._last_label_ms, at_ms)
 
+    def forget_retired(self, live: set[str]) -> None:
+        """Drop the live metrics of versions no longer in the registry's slots."""
+        for version in self._live.keys() - live:
+            del self._live[version]
+
     def observe_snapshot(self, snapshot: dict[str, Any]) -> None:
         """Keep the latest overall (unsegmented) value of the decay metric per model version."""
         if snapshot.get("pipeline") != self.pipeline.name or snapshot.get("segment_field") is not None:

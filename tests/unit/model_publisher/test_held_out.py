@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from services.model_publisher.held_out import learned_offsets
+from services.model_publisher.held_out import compact_lineage, learned_offsets
 from services.model_publisher.judging import JudgingPolicy
 from services.model_publisher.ledger import REPLAYED
 from services.model_publisher.publisher import PublisherPolicy
@@ -188,6 +188,7 @@ def test_an_unknown_line_is_walked_once_until_a_candidate_arrives(harness, monke
     monkeypatch.setattr(held_out, "learned_offsets", counted_walk)
     champion = harness.bootstrap()
     orphan = deploy_shadow(harness, "not-read-yet", learned(-1))
+    walks.clear()  # registering it walked its line once (held_out.compact_lineage); scoring is counted here
     harness.feed("lab", examples(50, models={champion: (0.6, "CHAMPION")}))
     assert walks.count(orphan) == 1, "not once per example"
     deploy_shadow(harness, champion, learned(-1))  # any candidate may complete a line
@@ -215,3 +216,36 @@ def test_a_version_that_failed_to_load_is_tried_again_once_signed_again(harness)
     assert scorer._model(champion, legacy) is None
     assert scorer._model(champion, legacy) is None, "the same record is not read again"
     assert callable(scorer._model(champion, deployment).predict_proba_one), "signed again: loaded"
+
+
+def test_a_remembered_online_candidate_holds_its_whole_line_so_its_ancestors_can_go():
+    lineage = {"rebuilt": lineage_record("rebuilt", "DRIFT", None, learned(500) + learned(40, partition=1))}
+    for i, (parent, through) in enumerate([("rebuilt", learned(450)), ("online-0", learned(700))]):
+        record = {**lineage_record(f"online-{i}", "ONLINE", parent, through), "created_at": i,
+                  "heldout_metrics": {"accuracy": 0.9}, "prequential_losses": [{"event_id": "e", "loss": 0.1}] * 500,
+                  "artifact": {"sha256": "x"}}
+        lineage[record["version"]] = compact_lineage(record, lineage)
+    kept = lineage["online-1"]
+    assert "prequential_losses" not in kept and "artifact" not in kept, "only the lineage is kept"
+    assert (kept["created_at"], kept["heldout_metrics"]) == (1, {"accuracy": 0.9}), "what staleness reads"
+    alone = {"online-1": kept}  # its ancestors forgotten
+    assert learned_offsets("online-1", alone) == {("lab", 0): 700, ("lab", 1): 40}
+    orphan = compact_lineage(lineage_record("orphan", "ONLINE", "not-read-yet", learned(10)), lineage)
+    assert learned_offsets("orphan", {"orphan": orphan}) is None, "a line not known when remembered stays unknown"
+
+
+def test_the_publisher_keeps_the_lineage_of_recent_candidates_and_of_deployed_versions_only(demo_pipeline, tmp_path):
+    harness = Harness(demo_pipeline, tmp_path, policy=PublisherPolicy(lineage_versions=5,
+                                                                       judging=JudgingPolicy(max_shadows=2)))
+    champion = harness.bootstrap()
+    line = champion
+    for _ in range(12):
+        line = deploy_shadow(harness, line, learned(harness.offsets.get("cand", 0)))
+    harness.now += 10_000
+    harness.written += harness.processor.tick(harness.now).outputs
+    remembered = harness.processor._candidates
+    deployed = {r["version"] for r in harness.table.slots(demo_pipeline.name, demo_pipeline.model.name).values()}
+    assert len(remembered) <= 5 + len(deployed) and deployed <= remembered.keys(), (len(remembered), deployed)
+    assert learned_offsets(line, remembered) is not None, "the newest line is still known, its ancestors gone"
+    assert not harness.processor.judge.catching_up - deployed
+    assert len(harness.processor.judge.closed) >= 10, "the retired ones are still refused if read again"

@@ -369,3 +369,13 @@ def test_a_record_that_cannot_be_judged_is_dead_lettered_and_the_batch_flows(har
     result = harness.feed("lab", [good[0], broken, good[1]])
     assert [r.record.value["event_id"] for r in result.rejections] == ["broken"]
     assert len(harness.processor.ledger) == 2
+
+
+def test_closed_versions_are_the_most_recent_ones_only() -> None:
+    from services.model_publisher.judging import RecentVersions
+
+    closed = RecentVersions(keep=3)
+    for version in ("a", "b", "c", "a", "d"):
+        closed.add(version)
+    assert [v in closed for v in "abcd"] == [True, False, True, True], "b is the oldest once a is added again"
+    assert len(closed) == 3
