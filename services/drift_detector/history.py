@@ -4,8 +4,9 @@ Nothing here joins a consumer group: the reader assigns partitions and reads off
 ranges end at the detector group's *committed* offsets, which is exactly where the stage runner
 resumes, so no record is fed to the windows twice (once replayed, once live).
 
-- ``since(topic, t, n)``: the first ``n`` records (by timestamp) produced at or after ``t``; the
-  start offsets come from ``offsets_for_times``.
+- ``since(topic, t, n, counts)``: the first ``n`` records (by timestamp) produced at or after
+  ``t`` that ``counts`` accepts (the champion's own: a shared topic also holds other pipelines'
+  records and canary predictions); the start offsets come from ``offsets_for_times``.
 - ``tail(topic, n)``: the last ``n`` records (by timestamp) before the committed offsets.
 - ``latest(topic, n)``: the last ``n`` decoded values of a topic the group does not consume (the
   drift topic, for the cooldowns).
@@ -13,7 +14,7 @@ resumes, so no record is fed to the windows twice (once replayed, once live).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from services.drift_detector.events import Champion
@@ -22,6 +23,8 @@ from streamloop.kafka.group_history import GroupHistory
 from streamloop.kafka.records import ConsumedRecord
 from streamloop.kafka.table_reader import CompactedTopicReader
 from streamloop.serde import Serde
+
+MAX_SINCE_READS = 20
 
 
 class TableChampions:
@@ -45,13 +48,27 @@ class KafkaHistory:
                  timeout_s: float = 30.0) -> None:
         self.group = GroupHistory(kafka, group_id, serdes, timeout_s)
 
-    def since(self, topic: str, time_ms: int, limit: int) -> list[ConsumedRecord]:
+    def since(self, topic: str, time_ms: int, limit: int,
+              counts: Callable[[ConsumedRecord], bool] = lambda _record: True) -> list[ConsumedRecord]:
+        """Read on, ``limit`` records per partition at a time, until ``limit`` records count.
+
+        Reading only the first ``limit`` records left the reference short whenever some did not
+        count, and the detector then filled it with whatever came next: recent, maybe drifted, data.
+        At most ``MAX_SINCE_READS`` rounds, so a topic where almost nothing counts is not read whole.
+        """
         bounds = self.group.bounds(topic)
         starts = self.group.offsets_at(topic, time_ms, bounds)
         # No record at or after time_ms (the high watermark), or one past the committed offset: nothing to replay.
-        ranges = {p: (starts[p], min(bound.committed, starts[p] + limit))
-                  for p, bound in bounds.items() if starts.get(p, bound.high) < bound.committed}
-        return sorted(self.group.read(topic, ranges), key=_order)[:limit]
+        positions = {p: starts[p] for p, bound in bounds.items() if starts.get(p, bound.high) < bound.committed}
+        counted: list[ConsumedRecord] = []
+        for _round in range(MAX_SINCE_READS):
+            ranges = {p: (start, min(bounds[p].committed, start + limit)) for p, start in positions.items()
+                      if start < bounds[p].committed}
+            if not ranges or len(counted) >= limit:
+                break
+            counted += [record for record in self.group.read(topic, ranges) if counts(record)]
+            positions.update({p: end for p, (_start, end) in ranges.items()})
+        return sorted(counted, key=_order)[:limit]
 
     def tail(self, topic: str, limit: int) -> list[ConsumedRecord]:
         if limit <= 0:

@@ -55,7 +55,8 @@ class ChampionSource(Protocol):
 class History(Protocol):
     """Reads back what the detector consumed before (up to its group's committed offsets)."""
 
-    def since(self, topic: str, time_ms: int, limit: int) -> list[ConsumedRecord]: ...
+    def since(self, topic: str, time_ms: int, limit: int,
+              counts: Callable[[ConsumedRecord], bool] = ...) -> list[ConsumedRecord]: ...
 
     def tail(self, topic: str, limit: int) -> list[ConsumedRecord]: ...
 
@@ -240,7 +241,7 @@ class DriftProcessor:
                 self.cooldown.restore(event)
         drift = self.spec.drift
         for topic in (self.topics.features, self.topics.predictions):
-            reference = history.since(topic, champion.deployed_at, drift.reference_size)
+            reference = history.since(topic, champion.deployed_at, drift.reference_size, self._counts_for_reference)
             seen = {(r.partition, r.offset) for r in reference}
             recent = [r for r in history.tail(topic, drift.window_size) if (r.partition, r.offset) not in seen]
             self._replay(reference + recent)
@@ -249,6 +250,14 @@ class DriftProcessor:
         self._replay(history.tail(self.topics.labeled_examples, self.settings.concept_replay))
         log.info("warm start for %s %s: replayed %d records, %d detections pending (%.2fs)", champion.model_name,
                  champion.version, self.stats.replayed, len(self._pending), time.perf_counter() - started)
+
+    def _counts_for_reference(self, record: ConsumedRecord) -> bool:
+        """Whether ``_ingest`` would feed this record to a window: the champion's own, since its deployment."""
+        champion = self.champion
+        if champion is None or record.value.get("pipeline", champion.pipeline) != champion.pipeline \
+                or record.timestamp_ms < champion.deployed_at:
+            return False
+        return record.topic != self.topics.predictions or self._score(champion, record.value) is not None
 
     def _replay(self, records: list[ConsumedRecord]) -> None:
         for record in records:

@@ -42,12 +42,13 @@ def deploy_champion(bootstrap: str, catalog: Catalog, version: str = "v7") -> No
     produce(bootstrap, topic.name, [(topic.key_of(record), serde(catalog, "model_deployments").encode(record))])
 
 
-def feature_vectors(catalog: Catalog, start: int, n: int, shift: float = 0.0, seed: int = 0):
+def feature_vectors(catalog: Catalog, start: int, n: int, shift: float = 0.0, seed: int = 0,
+                    pipeline: str = "card-fraud"):
     rng = np.random.default_rng(seed)
     encoder = serde(catalog, "features")
     for i in range(start, start + n):
         value = {
-            "event_id": f"t{i}", "entity_key": f"card-{i % 97}", "pipeline": "card-fraud",
+            "event_id": f"{pipeline}-t{i}", "entity_key": f"card-{i % 97}", "pipeline": pipeline,
             "event_time": DEPLOYED_AT + 1_000 + i, "computed_at": DEPLOYED_AT + 1_000 + i, "late": False,
             "numeric": {"amount": float(rng.normal(50 + 15 * shift, 15)),
                         "distance_from_home_km": float(rng.exponential(20)),
@@ -157,6 +158,28 @@ def test_a_restarted_detector_rebuilds_its_reference_by_replay(service_env, loop
         assert service.processor is not None
         assert service.processor.stats.replayed >= REFERENCE, "the reference came back from Kafka"
     assert any(e["feature"] == "amount" and e["kind"] == "DATA" for e in events), events
+
+
+def test_a_restart_rebuilds_the_whole_reference_though_most_of_the_topic_is_another_pipeline_s(
+        service_env, loop_catalog, bootstrap_servers, monkeypatch):
+    """Nine of ten vectors are another pipeline's: replaying only the first reference_size records of
+    each partition since the deployment left the reference short, to be filled with live data."""
+    deploy_champion(bootstrap_servers, loop_catalog)
+    features = loop_catalog["features"].name
+    ours = list(feature_vectors(loop_catalog, 0, REFERENCE + WINDOW // 2))
+    others = list(feature_vectors(loop_catalog, 0, 9 * len(ours), seed=3, pipeline="other-pipeline"))
+    mixed = [record for i, own in enumerate(ours) for record in [own, *others[9 * i:9 * i + 9]]]
+    with running(service_env, monkeypatch) as service:
+        produce(bootstrap_servers, features, mixed)
+        wait_committed(bootstrap_servers, service, len(mixed), timeout_s=180)
+        assert service.processor is not None and service.processor.data.reference_ready
+
+    with running(service_env, monkeypatch) as service:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and (service.processor is None or service.processor.stats.replayed == 0):
+            time.sleep(0.2)
+        assert service.processor is not None and service.processor.stats.replayed > 0, "no warm start"
+        assert service.processor.data.reference_ready, "the reference came back whole from Kafka"
 
 
 def test_a_standby_takes_over_and_detects_what_the_active_replica_left(service_env, loop_catalog,

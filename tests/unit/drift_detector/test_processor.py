@@ -48,8 +48,8 @@ class History:
         self.topics = topics
         self.drift_events = drift_events or []
 
-    def since(self, topic: str, time_ms: int, limit: int) -> list[ConsumedRecord]:
-        return [r for r in self.topics.get(topic, []) if r.timestamp_ms >= time_ms][:limit]
+    def since(self, topic: str, time_ms: int, limit: int, counts=lambda _record: True) -> list[ConsumedRecord]:
+        return [r for r in self.topics.get(topic, []) if r.timestamp_ms >= time_ms and counts(r)][:limit]
 
     def tail(self, topic: str, limit: int) -> list[ConsumedRecord]:
         return self.topics.get(topic, [])[-limit:] if limit > 0 else []
@@ -279,7 +279,7 @@ def test_warm_start_restores_cooldowns_from_the_drift_topic(spec: PipelineSpec) 
 
 def test_a_failed_warm_start_leaves_empty_windows_instead_of_crashing(spec: PipelineSpec) -> None:
     class Broken(History):
-        def since(self, topic: str, time_ms: int, limit: int) -> list[ConsumedRecord]:
+        def since(self, topic: str, time_ms: int, limit: int, counts=None) -> list[ConsumedRecord]:
             raise HistoryUnavailableError("replaying features timed out")
 
     p = processor(spec, history=Broken({TOPICS.features: features(REFERENCE)}))
@@ -378,3 +378,14 @@ def test_a_regression_error_that_is_not_a_number_is_left_out(spec: PipelineSpec)
     assert p._error(CHAMPION, {"label": 5.0, "predictions": [served]}) == 3.0
     assert p._error(CHAMPION, {"label": float("nan"), "predictions": [served]}) is None
     assert p._error(CHAMPION, {"label": 5.0, "predictions": [{**served, "value": float("inf")}]}) is None
+
+
+def test_warm_start_fills_the_reference_with_the_champion_s_own_predictions_only(spec: PipelineSpec) -> None:
+    """A canary's predictions share the topic; counted towards the reference, they left it short,
+    and the next live (maybe drifted) predictions filled it up."""
+    champion = predictions(REFERENCE, 0)
+    canary = predictions(REFERENCE, 0, version="v2", role="CANARY", shift=0.5, partition=1)
+    mixed = sorted(champion + canary, key=lambda r: (r.timestamp_ms, r.partition))
+    p = processor(spec, history=History({TOPICS.predictions: mixed}))
+    p.on_assigned([TopicPartitionRef(TOPICS.predictions, 0)])
+    assert p.prediction.reference_ready, "the reference is the champion's first predictions since its deployment"
