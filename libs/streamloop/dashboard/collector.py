@@ -77,11 +77,16 @@ class DashboardCollector:
         next_lag = 0.0
         while not self._stopping.is_set():
             started = time.monotonic()
-            self.scrape_once()
-            if started >= next_lag:
-                self.read_lag_once()
-                self.read_predictions_once()
-                next_lag = started + self.settings.lag_interval_s
+            try:
+                self.scrape_once()
+                if started >= next_lag:
+                    next_lag = started + self.settings.lag_interval_s
+                    self.read_lag_once()
+                    self.read_predictions_once()
+            except Exception:  # noqa: BLE001
+                # A dead collector thread would leave the page showing stale figures forever with
+                # nothing said: log the failure and try again next round.
+                log.exception("dashboard collector round failed; retrying next round")
             self._stopping.wait(max(0.0, self.settings.scrape_interval_s - (time.monotonic() - started)))
 
     def scrape_once(self) -> None:

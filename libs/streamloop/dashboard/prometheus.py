@@ -6,11 +6,13 @@ names are those ServiceMetrics documents (libs/streamloop/telemetry/metrics.py).
 
 from __future__ import annotations
 
+import logging
 import urllib.request
 from dataclasses import dataclass
-from urllib.error import URLError
 
 from prometheus_client.parser import text_string_to_metric_families
+
+log = logging.getLogger(__name__)
 
 MESSAGES = "messaging_process_messages_total"
 EVENT_LATENCY_BUCKET = "streamloop_event_latency_seconds_bucket"
@@ -46,12 +48,16 @@ def parse_samples(text: str, wanted: frozenset[str] = WANTED) -> list[Sample]:
 
 
 def scrape(target: ScrapeTarget, timeout_s: float = 2.0) -> list[Sample] | None:
-    """One target's samples, or None when it does not answer (a service restarting)."""
+    """One target's samples, or None when it does not answer properly (a service restarting)."""
     if not target.url.startswith(("http://", "https://")):
         return None
     try:
         # The URL is a loopback endpoint the launcher assigned, never user input.
         with urllib.request.urlopen(target.url, timeout=timeout_s) as response:  # noqa: S310
             return parse_samples(response.read().decode("utf-8", "replace"))
-    except (URLError, OSError, ValueError):
+    except Exception as exc:  # noqa: BLE001
+        # A service killed mid-response fails anywhere in urllib, http.client (IncompleteRead,
+        # RemoteDisconnected) or the parser (a truncated text): whatever the failure, the target
+        # did not answer this round; it is retried at the next scrape.
+        log.debug("scrape of %s failed: %s: %s", target.url, type(exc).__name__, exc)
         return None

@@ -1,0 +1,67 @@
+"""The collector thread: one failed round is logged and the next round runs, so the page never freezes."""
+
+import logging
+import time
+from pathlib import Path
+
+import pytest
+
+from streamloop.contracts import load_catalog, load_pipeline
+from streamloop.dashboard import DashboardSettings, collector
+from streamloop.dashboard.collector import DashboardCollector
+from streamloop.kafka.configuration import KafkaSettings
+
+DEMO_SPEC = Path(__file__).resolve().parents[3] / "examples" / "card_fraud" / "pipeline.yaml"
+
+
+class _NoBroker:
+    """Stands in for the Kafka readers: this test is about the collector's loop, not the broker."""
+
+    def __init__(self, *_args, **_kwargs) -> None:
+        pass
+
+    def start(self):
+        return self
+
+    def stop(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def read(self):
+        return [], {}
+
+    def read_once(self) -> int:
+        return 0
+
+
+@pytest.fixture
+def without_broker(monkeypatch):
+    for reader in ("TopicRecordReader", "LagReader", "PredictionTailReader"):
+        monkeypatch.setattr(collector, reader, _NoBroker)
+
+
+def test_an_unexpected_failure_is_logged_and_the_next_round_still_scrapes(without_broker, caplog):
+    calls = []
+
+    def targets_failing_once():
+        calls.append(time.monotonic())
+        if len(calls) == 1:
+            raise RuntimeError("process list changed under us")
+        return []
+
+    pipeline = load_pipeline(DEMO_SPEC)
+    running = DashboardCollector(pipeline, load_catalog(pipeline), KafkaSettings(bootstrap_servers="127.0.0.1:1"),
+                                 targets_failing_once, DashboardSettings(scrape_interval_s=0.01))
+    with caplog.at_level(logging.ERROR, logger=collector.__name__):
+        running.start()
+        try:
+            deadline = time.monotonic() + 5
+            while running.model.scrapes < 2 and time.monotonic() < deadline:
+                time.sleep(0.01)
+        finally:
+            running.stop()
+    assert running.model.scrapes >= 2, "the collector stopped after the failed round"
+    failure = next(r for r in caplog.records if r.name == collector.__name__)
+    assert failure.exc_info is not None and "process list changed under us" in str(failure.exc_info[1])
