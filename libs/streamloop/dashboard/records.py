@@ -4,11 +4,17 @@ the model timeline and alerts.
 Pure: fed decoded records (as the topics' Avro schemas define them) in any order and with
 duplicates (delivery is at least once), it keeps what the dashboard shows, bounded. Records are
 keyed by what identifies them, so a replayed record replaces itself instead of counting twice.
+
+Figures per model version are kept for at most ``MODEL_VERSIONS_KEPT`` versions: a loop that
+retrains for months makes thousands of versions, and the page reads them all on every poll.
+When one more arrives, the version seen least recently (by the end of its latest window) is
+forgotten, never one deployed now while another can go.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -17,6 +23,9 @@ from streamloop.dashboard.series import chart, finite
 ROLES = ("metrics", "drift_events", "alerts", "model_deployments", "model_decisions")
 TIMELINE_KINDS = {"PROMOTE", "ROLLBACK"}  # decisions drawn as marks on the accuracy chart
 WORST_SEGMENTS = 5
+# Enough for the champion, its canary and shadows and the recent history of promotions on the
+# chart and in the models table; small enough that /api/snapshot stays a few hundred kilobytes.
+MODEL_VERSIONS_KEPT = 30
 
 
 class _Bounded(OrderedDict):
@@ -32,6 +41,17 @@ class _Bounded(OrderedDict):
             self.popitem(last=False)
 
 
+@dataclass
+class _VersionFigures:
+    """What the metric snapshots say about one model version."""
+
+    model_name: str
+    windows: _Bounded  # (window_start, window_end) -> its overall snapshot (segment_field null)
+    role: str | None = None  # as its latest overall snapshot names it
+    segments: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)  # latest per segment
+    last_seen: int = 0  # the latest window_end of any of its snapshots (epoch ms)
+
+
 def epoch_ms(moment: datetime) -> int:
     return round(moment.timestamp() * 1000)
 
@@ -41,12 +61,11 @@ def _s(ms: Any) -> float:
 
 
 class RecordViews:
-    def __init__(self, history: int = 2000, metric: str = "accuracy") -> None:
+    def __init__(self, history: int = 2000, metric: str = "accuracy",
+                 versions_kept: int = MODEL_VERSIONS_KEPT) -> None:
         self.metric = metric
-        self._overall: dict[str, _Bounded] = {}  # version -> (window_start, window_end) -> snapshot
-        self._roles: dict[str, str] = {}
-        self._models: dict[str, str] = {}
-        self._segments: dict[tuple[str, str, str], dict[str, Any]] = {}  # latest per version and segment
+        self._versions: dict[str, _VersionFigures] = {}
+        self._versions_kept = versions_kept
         self._detections = _Bounded(history)
         self._alerts = _Bounded(history)
         self._alert_state: dict[tuple[str, str], dict[str, Any]] = {}
@@ -69,16 +88,27 @@ class RecordViews:
         if value is None:
             return
         version = value["model_version"]
-        self._models[version] = value["model_name"]
+        figures = self._versions.get(version)
+        if figures is None:
+            figures = self._versions[version] = _VersionFigures(value["model_name"], _Bounded(self._detections.size))
+        figures.model_name = value["model_name"]
+        figures.last_seen = max(figures.last_seen, value["window_end"])
         if value.get("segment_field") is None:
-            self._roles[version] = value["role"]
-            windows = self._overall.setdefault(version, _Bounded(self._detections.size))
-            windows[(value["window_start"], value["window_end"])] = value
-            return
-        segment = (version, value["segment_field"], str(value.get("segment_value")))
-        held = self._segments.get(segment)
-        if held is None or held["window_end"] <= value["window_end"]:
-            self._segments[segment] = value
+            figures.role = value["role"]
+            figures.windows[(value["window_start"], value["window_end"])] = value
+        else:
+            segment = (value["segment_field"], str(value.get("segment_value")))
+            held = figures.segments.get(segment)
+            if held is None or held["window_end"] <= value["window_end"]:
+                figures.segments[segment] = value
+        self._forget_stale_versions()
+
+    def _forget_stale_versions(self) -> None:
+        """Down to ``versions_kept``: the least recently seen go first, deployed ones only if they must."""
+        while len(self._versions) > self._versions_kept:
+            deployed = {d["version"] for d in self._deployments.values()}
+            candidates = [v for v in self._versions if v not in deployed] or list(self._versions)
+            del self._versions[min(candidates, key=lambda v: self._versions[v].last_seen)]
 
     def _on_drift_events(self, _key: str | None, value: dict[str, Any] | None) -> None:
         if value is None:
@@ -141,9 +171,11 @@ class RecordViews:
         marks = [{"x": e["at"], "label": f"{e['kind']} {e['to_version'] or ''}".strip(), "kind": e["kind"]}
                  for e in self.timeline() if e["kind"] in TIMELINE_KINDS]
         metric_series, cost_series = {}, {}
-        for version, windows in self._overall.items():
-            label = f"{version} ({self._roles.get(version, '?').lower()})"
-            ordered = sorted(windows.values(), key=lambda s: s["window_end"])
+        for version, figures in self._versions.items():
+            if not figures.windows:
+                continue
+            label = f"{version} ({(figures.role or '?').lower()})"
+            ordered = sorted(figures.windows.values(), key=lambda s: s["window_end"])
             metric_series[label] = [(_s(s["window_end"]), s["metrics"].get(self.metric)) for s in ordered]
             costs = [(_s(s["window_end"]), s["metrics"]["cost"]) for s in ordered if "cost" in s["metrics"]]
             if costs:
@@ -156,9 +188,9 @@ class RecordViews:
 
     def worst_segments(self, limit: int = WORST_SEGMENTS) -> list[dict[str, Any]]:
         """The segments where the champion (else the latest version) does worst, in its latest windows."""
-        version = self.current_version()
-        rows = [s for (v, _f, _value), s in self._segments.items()
-                if v == version and finite(s["metrics"].get(self.metric)) is not None]
+        figures = self._versions.get(self.current_version() or "")
+        rows = [s for s in (figures.segments.values() if figures else ())
+                if finite(s["metrics"].get(self.metric)) is not None]
         rows.sort(key=lambda s: (s["metrics"][self.metric], -s["sample_count"]))
         return [{"model_version": s["model_version"], "segment": f"{s['segment_field']}={s['segment_value']}",
                  self.metric: finite(s["metrics"][self.metric]), "cost": finite(s["metrics"].get("cost")),
@@ -171,15 +203,17 @@ class RecordViews:
         champions = [d for d in self._deployments.values() if d["role"] == "CHAMPION"]
         if champions:
             return max(champions, key=lambda d: d["deployed_at"])["version"]
-        latest = [(max(w)[1], v) for v, w in self._overall.items() if w]
+        latest = [(max(f.windows)[1], v) for v, f in self._versions.items() if f.windows]
         return max(latest)[1] if latest else None
 
     def tables(self) -> dict[str, Any]:
         latest = []
-        for version, windows in self._overall.items():
-            snapshot = windows[max(windows, key=lambda w: w[1])]
-            latest.append({"model_version": version, "model_name": self._models.get(version),
-                           "role": self._roles.get(version), "window_end": _s(snapshot["window_end"]),
+        for version, figures in self._versions.items():
+            if not figures.windows:
+                continue
+            snapshot = figures.windows[max(figures.windows, key=lambda w: w[1])]
+            latest.append({"model_version": version, "model_name": figures.model_name,
+                           "role": figures.role, "window_end": _s(snapshot["window_end"]),
                            "samples": snapshot["sample_count"],
                            **{k: finite(v) for k, v in sorted(snapshot["metrics"].items())}})
         latest.sort(key=lambda r: r["window_end"], reverse=True)
@@ -199,8 +233,9 @@ class RecordViews:
     def summary(self) -> dict[str, Any]:
         version = self.current_version()
         value = None
-        if version in self._overall and self._overall[version]:
-            windows = self._overall[version]
+        figures = self._versions.get(version or "")
+        if figures is not None and figures.windows:
+            windows = figures.windows
             value = finite(windows[max(windows, key=lambda w: w[1])]["metrics"].get(self.metric))
         kinds = [e["kind"] for e in self._timeline.values()]
         # A promotion replaces a champion; the bootstrap's first PROMOTE (from nothing) is not one.

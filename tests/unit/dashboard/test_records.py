@@ -1,6 +1,6 @@
 """The figures from the monitoring topics: accuracy per version, drift, the timeline, alerts."""
 
-from streamloop.dashboard.records import RecordViews
+from streamloop.dashboard.records import MODEL_VERSIONS_KEPT, RecordViews
 from tests.unit.dashboard.conftest import T0, alert, decision, deployment, drift, snapshot
 
 
@@ -94,3 +94,30 @@ def test_decision_evidence_is_json_safe():
     views = RecordViews()
     views.add("model_decisions", "fraud", decision("REFUSE", T0, "v3"))
     assert views.timeline()[0]["evidence"] == {"sample_count": 500.0, "p_value": None}
+
+
+def test_only_the_most_recently_seen_model_versions_are_kept():
+    views = RecordViews()
+    versions = [f"v{n}" for n in range(MODEL_VERSIONS_KEPT + 5)]
+    for n, version in enumerate(versions):  # a loop retraining for months: one version after another
+        views.add("metrics", version, snapshot(version, T0 + n * 60_000, 0.9, role="SHADOW"))
+        views.add("metrics", version, snapshot(version, T0 + n * 60_000, 0.9, segment=("country", "NG")))
+    # A late copy of a forgotten version's record does not push out a recent one.
+    views.add("metrics", "v0", snapshot("v0", T0, 0.9, role="SHADOW"))
+    kept = versions[5:]
+    assert {row["model_version"] for row in views.tables()["models"]} == set(kept)
+    assert {s["label"].split()[0] for s in views.charts()["accuracy"]["series"]} == set(kept)
+    assert views.current_version() == kept[-1]
+    assert views.worst_segments()[0]["model_version"] == kept[-1], "segments are kept with their version"
+
+
+def test_the_deployed_champion_is_kept_however_long_ago_it_was_seen():
+    views = RecordViews(versions_kept=2)
+    views.add("model_deployments", "card-fraud/fraud/champion", deployment("v1", T0))
+    views.add("metrics", "v1", snapshot("v1", T0, 0.8))
+    views.add("metrics", "v1", snapshot("v1", T0, 0.4, segment=("country", "NG")))
+    for n, version in enumerate(["v2", "v3", "v4"], start=1):
+        views.add("metrics", version, snapshot(version, T0 + n * 60_000, 0.9, role="SHADOW"))
+    assert [row["model_version"] for row in views.tables()["models"]] == ["v4", "v1"]
+    assert views.summary()["accuracy"] == 0.8
+    assert [w["segment"] for w in views.worst_segments()] == ["country=NG"]
