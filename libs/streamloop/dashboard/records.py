@@ -22,6 +22,9 @@ from streamloop.dashboard.series import chart, finite
 
 ROLES = ("metrics", "drift_events", "alerts", "model_deployments", "model_decisions")
 TIMELINE_KINDS = {"PROMOTE", "ROLLBACK"}  # decisions drawn as marks on the accuracy chart
+# The publisher's decision id for sending a challenger to the canary slot (model_publisher/judging.py):
+# a PROMOTE, but the champion stays until the canary passes its trial, a ``<v>:promote`` of its own.
+CANARY_DECISION_SUFFIX = ":canary"
 WORST_SEGMENTS = 5
 # Enough for the champion, its canary and shadows and the recent history of promotions on the
 # chart and in the models table; small enough that /api/snapshot stays a few hundred kilobytes.
@@ -143,7 +146,8 @@ class RecordViews:
         if value is None:
             return
         self._timeline[("DECISION", value["decision_id"])] = {
-            "at": _s(value["decided_at"]), "kind": value["kind"], "model": value["model_name"],
+            "at": _s(value["decided_at"]), "kind": value["kind"], "decision_id": value["decision_id"],
+            "model": value["model_name"],
             "from_version": value.get("from_version"), "to_version": value.get("to_version"),
             "reason": value["reason"], "automatic": value.get("automatic", True),
             "evidence": {k: finite(v) for k, v in (value.get("evidence") or {}).items()},
@@ -167,9 +171,33 @@ class RecordViews:
     def timeline(self) -> list[dict[str, Any]]:
         return sorted(self._timeline.values(), key=lambda e: e["at"])
 
+    def champion_changes(self) -> list[tuple[dict[str, Any], str]]:
+        """Each PROMOTE and ROLLBACK decision in time order, with what it did to the champion.
+
+        ``promotion``: a champion replaced; ``bootstrap``: the first champion, replacing nothing;
+        ``canary``: a challenger sent to the canary slot, the champion unchanged; ``rollback``: a
+        champion replaced by its predecessor; ``canary_rollback``: a canary that failed its trial
+        (rolled back from the canary slot, the champion unchanged).
+        """
+        on_trial: set[str] = set()
+        changes = []
+        for entry in self.timeline():
+            if entry["kind"] not in TIMELINE_KINDS:
+                continue
+            if entry["kind"] == "ROLLBACK":
+                change = "canary_rollback" if entry["from_version"] in on_trial else "rollback"
+                on_trial.discard(entry["from_version"])
+            elif entry.get("decision_id", "").endswith(CANARY_DECISION_SUFFIX):
+                change = "canary"
+                on_trial.add(entry["to_version"])
+            else:
+                change = "promotion" if entry["from_version"] else "bootstrap"
+                on_trial.discard(entry["to_version"])
+            changes.append((entry, change))
+        return changes
+
     def charts(self) -> dict[str, dict[str, Any]]:
-        marks = [{"x": e["at"], "label": f"{e['kind']} {e['to_version'] or ''}".strip(), "kind": e["kind"]}
-                 for e in self.timeline() if e["kind"] in TIMELINE_KINDS]
+        marks = [_mark(entry, change) for entry, change in self.champion_changes()]
         metric_series, cost_series = {}, {}
         for version, figures in self._versions.items():
             if not figures.windows:
@@ -237,14 +265,24 @@ class RecordViews:
         if figures is not None and figures.windows:
             windows = figures.windows
             value = finite(windows[max(windows, key=lambda w: w[1])]["metrics"].get(self.metric))
-        kinds = [e["kind"] for e in self._timeline.values()]
-        # A promotion replaces a champion; the bootstrap's first PROMOTE (from nothing) is not one.
-        promotions = sum(1 for e in self._timeline.values() if e["kind"] == "PROMOTE" and e["from_version"])
+        # A promotion replaces a champion: neither the bootstrap's first PROMOTE (from nothing) nor
+        # a challenger sent to the canary slot is one. A canary failing its trial replaced no
+        # champion either: it is counted apart from the champions rolled back.
+        changes = [change for _entry, change in self.champion_changes()]
         return {
             "champion": version, self.metric: value, "drift_detections": len(self._detections),
-            "promotions": promotions, "rollbacks": kinds.count("ROLLBACK"),
-            "active_alerts": len(self._active_alerts()),
+            "promotions": changes.count("promotion"), "rollbacks": changes.count("rollback"),
+            "canary_rollbacks": changes.count("canary_rollback"), "active_alerts": len(self._active_alerts()),
         }
+
+
+def _mark(entry: dict[str, Any], change: str) -> dict[str, Any]:
+    """A decision as a mark on the accuracy chart, named by what it did to the champion."""
+    if change == "canary":
+        return {"x": entry["at"], "label": f"CANARY {entry['to_version']}", "kind": "CANARY"}
+    if change == "canary_rollback":
+        return {"x": entry["at"], "label": f"ROLLBACK canary {entry['from_version']}", "kind": "ROLLBACK"}
+    return {"x": entry["at"], "label": f"{entry['kind']} {entry['to_version'] or ''}".strip(), "kind": entry["kind"]}
 
 
 def _alert_row(alert: dict[str, Any]) -> dict[str, Any]:

@@ -43,7 +43,7 @@ def test_the_snapshot_has_every_panel_and_is_strict_json():
     assert snap["summary"] == {
         "total_lag": 9, "predictions_per_s": 200.0, "latency_p99_ms": 49.5, "dead_letters": 1, "scrapes": 2,
         "champion": "v1", "accuracy": 0.91, "drift_detections": 1, "promotions": 1, "rollbacks": 0,
-        "active_alerts": 1}
+        "canary_rollbacks": 0, "active_alerts": 1}
     assert snap["sources"]["prometheus"] == {"targets": 2, "answered": 1, "at": 102.0}
     assert snap["sources"]["kafka"]["by_topic"]["metrics"] == 2
     for name in CHARTS - {"cost"} - {"throughput"}:

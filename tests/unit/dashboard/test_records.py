@@ -121,3 +121,21 @@ def test_the_deployed_champion_is_kept_however_long_ago_it_was_seen():
     assert [row["model_version"] for row in views.tables()["models"]] == ["v4", "v1"]
     assert views.summary()["accuracy"] == 0.8
     assert [w["segment"] for w in views.worst_segments()] == ["country=NG"]
+
+
+def test_a_canary_promotion_counts_once_and_a_canary_failing_its_trial_is_no_champion_rollback():
+    views = RecordViews()
+    for kind, at, to_version, from_version, decision_id in [
+        ("PROMOTE", T0, "v1", None, "v1:promote"),  # the bootstrap champion replaces nothing
+        ("PROMOTE", T0 + 10_000, "v2", "v1", "v2:canary"),  # v2 serves a share of events on trial
+        ("PROMOTE", T0 + 20_000, "v2", "v1", "v2:promote"),  # it passed: the champion is replaced
+        ("PROMOTE", T0 + 30_000, "v3", "v2", "v3:canary"),
+        ("ROLLBACK", T0 + 40_000, "v2", "v3", "v3:rollback"),  # v3 failed its trial; v2 stayed champion
+        ("ROLLBACK", T0 + 50_000, "v1", "v2", "v2:rollback"),  # the champion rolled back to v1
+    ]:
+        views.add("model_decisions", "fraud", decision(kind, at, to_version, from_version, decision_id=decision_id))
+    summary = views.summary()
+    assert (summary["promotions"], summary["rollbacks"], summary["canary_rollbacks"]) == (1, 1, 1)
+    assert [(m["kind"], m["label"]) for m in views.charts()["accuracy"]["marks"]] == [
+        ("PROMOTE", "PROMOTE v1"), ("CANARY", "CANARY v2"), ("PROMOTE", "PROMOTE v2"), ("CANARY", "CANARY v3"),
+        ("ROLLBACK", "ROLLBACK canary v3"), ("ROLLBACK", "ROLLBACK v1")]

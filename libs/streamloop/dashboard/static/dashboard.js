@@ -5,8 +5,8 @@
 const POLL_MS = 2000;
 const PALETTE = ["#2e86de", "#e67e22", "#27ae60", "#8e44ad", "#c0392b", "#16a085", "#d35400",
                  "#2c3e50", "#f1c40f", "#7f8c8d", "#e84393", "#00b894"];
-const MARK_COLORS = {PROMOTE: "#27ae60", ROLLBACK: "#c0392b", DATA: "#e67e22", PREDICTION: "#8e44ad",
-                     CONCEPT: "#c0392b"};
+const MARK_COLORS = {PROMOTE: "#27ae60", CANARY: "#16a085", ROLLBACK: "#c0392b", DATA: "#e67e22",
+                     PREDICTION: "#8e44ad", CONCEPT: "#c0392b"};
 const charts = {};
 let updates = 0;
 
@@ -131,7 +131,8 @@ function renderSummary(snapshot) {
   const tiles = [
     ["champion", s.champion], [metric, s[metric]], ["predictions/s", s.predictions_per_s],
     ["p99 latency ms", s.latency_p99_ms], ["consumer lag", s.total_lag], ["drift detections", s.drift_detections],
-    ["promotions", s.promotions], ["rollbacks", s.rollbacks], ["dead letters", s.dead_letters],
+    ["promotions", s.promotions], ["rollbacks", s.rollbacks], ["canary rollbacks", s.canary_rollbacks],
+    ["dead letters", s.dead_letters],
     ["active alerts", s.active_alerts],
   ];
   document.getElementById("summary").innerHTML = tiles.map(([label, value]) =>
