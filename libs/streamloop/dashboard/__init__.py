@@ -52,12 +52,12 @@ def start_dashboard(pipeline: PipelineSpec, catalog: Catalog, kafka: KafkaSettin
     """Start the readers and the web server; the default port falls back to a free one when taken."""
     settings = settings or DashboardSettings()
     try:
-        server = DashboardServer(lambda: collector.snapshot(), settings.host, settings.port)
+        server = DashboardServer(lambda: collector.snapshot(), settings.host, settings.port, settings.allowed_hosts)
     except DashboardPortError:
         if settings.port != DEFAULT_PORT:
             raise
         log.info("port %d is taken; the dashboard uses a free port", DEFAULT_PORT)
-        server = DashboardServer(lambda: collector.snapshot(), settings.host, 0)
+        server = DashboardServer(lambda: collector.snapshot(), settings.host, 0, settings.allowed_hosts)
     collector = DashboardCollector(pipeline, catalog, kafka, targets, settings, serde).start()
     return Dashboard(collector, server.start())
 

@@ -5,6 +5,11 @@ Routes: ``/`` the page, ``/static/<file>`` its script, styles and the vendored u
 
 ``http.server`` is enough here: a handful of read-only routes for one user on loopback, served by
 a ``ThreadingHTTPServer`` on a daemon thread; no framework or extra dependency earns its keep.
+
+Every request must name this server in its ``Host`` header (``allowed_host_names``): loopback
+binding alone does not stop a web page from reading the snapshot (entity keys, event ids) by
+DNS rebinding, where the attacker's own name resolves to 127.0.0.1 and the browser sends it as
+``Host``. Others are answered 403.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+from collections.abc import Iterable
 from functools import partial
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -21,6 +27,10 @@ from typing import Any
 from streamloop.dashboard.exceptions import DashboardPortError
 
 log = logging.getLogger(__name__)
+
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+BIND_ALL = frozenset({"", "0.0.0.0", "::"})  # noqa: S104 - only naming the bind-all addresses
+FORBIDDEN_HOST = b"forbidden: unknown Host header (allow it with STREAMLOOP_DASHBOARD_ALLOWED_HOSTS)\n"
 
 STATIC_TYPES = {
     ".html": "text/html; charset=utf-8",
@@ -44,16 +54,44 @@ def static_file(name: str) -> tuple[bytes, str] | None:
     return path.read_bytes(), STATIC_TYPES[suffix]
 
 
+def host_name(header: str | None) -> str | None:
+    """The name in a ``Host`` header, lowercased, without its port or IPv6 brackets; None when malformed."""
+    if not header:
+        return None
+    header = header.strip().lower()
+    if header.startswith("["):
+        name, bracket, port = header[1:].partition("]")
+        if not bracket or (port and not (port.startswith(":") and port[1:].isdigit())):
+            return None
+    else:
+        name, colon, port = header.partition(":")
+        if colon and not port.isdigit():
+            return None
+    return name.rstrip(".") or None
+
+
+def allowed_host_names(bound_host: str, extra: Iterable[str] = ()) -> frozenset[str]:
+    """The names a request's ``Host`` may give: loopback, the bound address, and ``extra`` (e.g. a proxy's)."""
+    names = set(LOOPBACK_NAMES) | {name.strip().lower().strip("[]") for name in extra if name.strip()}
+    if bound_host not in BIND_ALL:
+        names.add(bound_host.lower().strip("[]"))
+    return frozenset(names)
+
+
 class _Handler(BaseHTTPRequestHandler):
     server_version = "streamloop-dashboard"
 
-    def __init__(self, *args: Any, snapshot: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, snapshot: Any, allowed_hosts: frozenset[str], **kwargs: Any) -> None:
         self._snapshot = snapshot
+        self._allowed_hosts = allowed_hosts
         super().__init__(*args, **kwargs)
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's name
         path = self.path.split("?", 1)[0]
-        if path in ("/", "/index.html"):
+        if host_name(self.headers.get("Host")) not in self._allowed_hosts:
+            # The port does not matter: a rebinding page reaches the right port under its own name.
+            self._send(HTTPStatus.FORBIDDEN, FORBIDDEN_HOST, "text/plain")
+        elif path in ("/", "/index.html"):
             self._static("index.html")
         elif path.startswith("/static/"):
             self._static(path.removeprefix("/static/"))
@@ -85,11 +123,16 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class DashboardServer:
-    """Serves ``snapshot()`` and the page on ``host:port`` (port 0: any free port) from a daemon thread."""
+    """Serves ``snapshot()`` and the page on ``host:port`` (port 0: any free port) from a daemon thread.
 
-    def __init__(self, snapshot: Any, host: str = "127.0.0.1", port: int = 0) -> None:
+    ``allowed_hosts``: names a request's ``Host`` may give besides loopback and ``host`` itself.
+    """
+
+    def __init__(self, snapshot: Any, host: str = "127.0.0.1", port: int = 0,
+                 allowed_hosts: Iterable[str] = ()) -> None:
+        handler = partial(_Handler, snapshot=snapshot, allowed_hosts=allowed_host_names(host, allowed_hosts))
         try:
-            self._server = ThreadingHTTPServer((host, port), partial(_Handler, snapshot=snapshot))
+            self._server = ThreadingHTTPServer((host, port), handler)
         except OSError as exc:
             raise DashboardPortError(f"cannot serve the dashboard on {host}:{port}: {exc}") from exc
         self._server.daemon_threads = True
@@ -98,7 +141,7 @@ class DashboardServer:
     @property
     def url(self) -> str:
         host, port = self._server.server_address[:2]
-        shown = "127.0.0.1" if host in ("0.0.0.0", "") else host  # noqa: S104 - only naming the bind-all address
+        shown = "127.0.0.1" if host in BIND_ALL else host
         if ":" in str(shown):
             shown = f"[{shown}]"
         return f"http://{shown}:{port}/"

@@ -7,12 +7,18 @@
 | ``STREAMLOOP_DASHBOARD_SCRAPE_INTERVAL_S`` | ``scrape_interval_s`` | ``2.0`` (Prometheus endpoints) |
 | ``STREAMLOOP_DASHBOARD_LAG_INTERVAL_S`` | ``lag_interval_s``  | ``5.0`` (lag, dead letters, predictions) |
 | ``STREAMLOOP_DASHBOARD_EXPLANATION_TAIL`` | ``explanation_tail`` | ``20`` (newest predictions per partition) |
+| ``STREAMLOOP_DASHBOARD_ALLOWED_HOSTS`` | ``allowed_hosts`` | none (comma-separated, see below) |
+
+``allowed_hosts``: the names a request's ``Host`` header may give besides loopback and ``host``
+(server.py refuses the others, against DNS rebinding), e.g. the name of a proxy in front of it.
 """
 
 from __future__ import annotations
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_PORT = 8765
 
@@ -25,6 +31,15 @@ class DashboardSettings(BaseSettings):
     scrape_interval_s: float = Field(2.0, gt=0)
     lag_interval_s: float = Field(5.0, gt=0)
     explanation_tail: int = Field(20, ge=1, le=10_000)
+    allowed_hosts: Annotated[tuple[str, ...], NoDecode] = ()
+
+    @field_validator("allowed_hosts", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        # An environment variable is a list the way people write it, not JSON.
+        if isinstance(value, str):
+            return tuple(name.strip() for name in value.split(",") if name.strip())
+        return value
 
     @property
     def enabled(self) -> bool:

@@ -1,12 +1,13 @@
 """The page, its assets and the JSON snapshot over HTTP."""
 
+import http.client
 import json
 import urllib.error
 import urllib.request
 
 import pytest
 
-from streamloop.dashboard import DashboardPortError, DashboardServer
+from streamloop.dashboard import DashboardPortError, DashboardServer, DashboardSettings
 
 
 @pytest.fixture
@@ -46,3 +47,46 @@ def test_a_taken_port_is_a_clear_error(server):
     port = int(server.url.rsplit(":", 1)[1].strip("/"))
     with pytest.raises(DashboardPortError, match=f"127.0.0.1:{port}"):
         DashboardServer(dict, "127.0.0.1", port)
+
+
+def get_with_host(server: DashboardServer, host: str, path: str = "/api/snapshot") -> tuple[int, bytes]:
+    """A request naming ``host`` in its Host header, as a browser does for the name in its address bar."""
+    port = int(server.url.rsplit(":", 1)[1].strip("/"))
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        connection.putrequest("GET", path, skip_host=True)
+        connection.putheader("Host", host)
+        connection.endheaders()
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
+@pytest.mark.parametrize("host", ["evil.example", "evil.example:{port}", "127.0.0.1.evil.example:{port}",
+                                  "localhost:{port}@evil.example", ""])
+def test_a_page_reaching_the_server_under_another_name_is_refused(server, host):
+    """DNS rebinding: the attacker's name resolves to 127.0.0.1, and the browser sends that name as Host."""
+    port = server.url.rsplit(":", 1)[1].strip("/")
+    for path in ("/api/snapshot", "/"):
+        status, body = get_with_host(server, host.format(port=port), path)
+        assert status == 403 and b"Host" in body and b"pipeline" not in body
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1:{port}", "localhost:{port}", "LOCALHOST", "[::1]:{port}"])
+def test_loopback_names_are_served(server, host):
+    port = server.url.rsplit(":", 1)[1].strip("/")
+    assert get_with_host(server, host.format(port=port))[0] == 200
+
+
+def test_configured_names_are_served(monkeypatch):
+    monkeypatch.setenv("STREAMLOOP_DASHBOARD_ALLOWED_HOSTS", "dashboard.internal, Proxy.example")
+    settings = DashboardSettings()
+    assert settings.allowed_hosts == ("dashboard.internal", "Proxy.example")
+    running = DashboardServer(dict, "127.0.0.1", 0, settings.allowed_hosts).start()
+    try:
+        assert get_with_host(running, "proxy.example:443")[0] == 200
+        assert get_with_host(running, "dashboard.internal")[0] == 200
+        assert get_with_host(running, "other.internal")[0] == 403
+    finally:
+        running.stop()
