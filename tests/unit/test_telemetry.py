@@ -323,6 +323,16 @@ def test_batches_count_messages_errors_and_latencies(served: Served) -> None:
     assert sample_value(text, "streamloop_event_latency_seconds_sum", topic=TOPIC) == pytest.approx(7.202)
 
 
+def test_a_latency_below_zero_counts_as_zero(served: Served) -> None:
+    """A producer clock ahead of ours must not pull the sum and the quantiles below the real latencies."""
+    metrics, scrape = served
+    metrics.record_batch(TOPIC, 1, 3, 0.01, latencies=[-5.0, 0.2, 0.3])
+    text = scrape()
+    assert sample_value(text, "streamloop_event_latency_seconds_count", topic=TOPIC) == 3
+    assert sample_value(text, "streamloop_event_latency_seconds_bucket", topic=TOPIC, le="0.001") == 1
+    assert sample_value(text, "streamloop_event_latency_seconds_sum", topic=TOPIC) == pytest.approx(0.5)
+
+
 def test_dead_letters_are_counted_by_error_class(served: Served) -> None:
     metrics, scrape = served
     metrics.record_dead_letters(TOPIC, "DeserializationError", 3)

@@ -16,7 +16,8 @@ Names, as they appear at ``/metrics``: OpenTelemetry's exporter appends the unit
 
 - ``messaging_process_messages_total{service,topic}``
 - ``messaging_process_duration_seconds{service,topic}`` (histogram, one observation per batch)
-- ``streamloop_event_latency_seconds{service,topic}`` (histogram, one observation per event)
+- ``streamloop_event_latency_seconds{service,topic}`` (histogram, one observation per event; a
+  negative latency, from a producer clock ahead of ours, counts as 0)
 - ``streamloop_batch_partitions{service,topic}`` (partitions the last batch spanned)
 - ``streamloop_errors_total{service,topic}``
 - ``streamloop_dead_letters_total{service,topic,error_class}``
@@ -82,6 +83,9 @@ class BatchedHistogram:
         array = array[np.isfinite(array)]
         if array.size == 0:
             return
+        # A negative latency is a producer clock ahead of ours: the event has no measurable latency,
+        # so it counts as 0 rather than pulling the sum and the quantiles below the real ones.
+        array = np.maximum(array, 0.0)
         # side="left": a value equal to a bound belongs to that bound's bucket (Prometheus "le").
         counts = np.bincount(np.searchsorted(self._bounds, array, side="left"), minlength=len(self._le))
         total = float(array.sum())
