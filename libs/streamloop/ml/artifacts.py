@@ -98,7 +98,7 @@ class ArtifactSigner:
         key = self._keys.get(key_id)
         if key is None:
             raise ArtifactIntegrityError(f"artifact signed with unknown key {key_id!r}")
-        if hmac.compare_digest(_hmac(key, _signed_message(digest, identity)), signature):
+        if _hex_matches(_hmac(key, _signed_message(digest, identity)), signature):
             return
         if self.signed_content_only(digest, signature, key_id):
             raise ArtifactIntegrityError(f"artifact signature covers its content but not an identity (signed by "
@@ -110,7 +110,7 @@ class ArtifactSigner:
     def signed_content_only(self, digest: str, signature: str, key_id: str) -> bool:
         """Whether ``signature`` is streamloop 0.1's, over the digest alone, made with one of our keys."""
         key = self._keys.get(key_id)
-        return key is not None and hmac.compare_digest(_hmac(key, digest.encode()), signature)
+        return key is not None and _hex_matches(_hmac(key, digest.encode()), signature)
 
 
 def _signed_message(digest: str, identity: ArtifactIdentity) -> bytes:
@@ -121,6 +121,16 @@ def _signed_message(digest: str, identity: ArtifactIdentity) -> bytes:
 
 def _hmac(key: bytes, message: bytes) -> str:
     return hmac.new(key, message, hashlib.sha256).hexdigest()
+
+
+def _hex_matches(expected: str, claimed: str) -> bool:
+    """``expected == claimed`` in constant time, for a hex digest we computed and one a record claims.
+
+    The claim comes from a topic and may hold any text: one that is not ASCII (on which
+    ``hmac.compare_digest`` raises TypeError) simply does not match, so the caller raises its
+    ArtifactIntegrityError as for any other wrong value.
+    """
+    return isinstance(claimed, str) and claimed.isascii() and hmac.compare_digest(expected, claimed)
 
 
 class ArtifactStore:
@@ -185,7 +195,7 @@ class ArtifactStore:
         except OSError as exc:
             raise ArtifactNotFoundError(f"artifact {ref.uri} cannot be read: {exc.strerror}") from exc
         digest = hashlib.sha256(data).hexdigest()
-        if not hmac.compare_digest(digest, ref.sha256):
+        if not _hex_matches(digest, ref.sha256):
             raise ArtifactIntegrityError(f"artifact {ref.uri} content hash does not match its reference")
         return data
 

@@ -52,6 +52,8 @@ def hostile_refs(root: Path, store: ArtifactStore, marker: Path, identity: Artif
     return {
         "unsigned": ArtifactRef(uri, digest, "", "default", len(payload)),
         "forged signature": ArtifactRef(uri, digest, "0" * 64, "default", len(payload)),
+        "non-ASCII signature": ArtifactRef(uri, digest, "\u00e9" * 64, "default", len(payload)),
+        "non-ASCII digest": ArtifactRef(uri, "\u00e9" * 64, "\u00e9" * 64, "default", len(payload)),
         "signed with another key": ArtifactRef(uri, digest, attacker.sign(digest, identity), "default", len(payload)),
         "unknown key id": ArtifactRef(uri, digest, attacker.sign(digest, identity), "attacker", len(payload)),
         # Signed with the real key, but as something else: relabelled, it must not load.
