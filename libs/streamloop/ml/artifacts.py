@@ -28,7 +28,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from streamloop.ml.exceptions import ArtifactIntegrityError, ArtifactNotFoundError, SigningKeyError
+from streamloop.ml.exceptions import (
+    ArtifactIntegrityError,
+    ArtifactNotFoundError,
+    ArtifactStoreLocationError,
+    SigningKeyError,
+)
 
 _MIN_KEY_BYTES = 16
 # Far above any model we build (tree ensembles are 3-80 MB); a reference claiming more is refused unread.
@@ -133,12 +138,32 @@ def _hex_matches(expected: str, claimed: str) -> bool:
     return isinstance(claimed, str) and claimed.isascii() and hmac.compare_digest(expected, claimed)
 
 
+def store_directory(location: str | Path) -> Path:
+    """The directory a store location names: a path, or a ``file:`` URL.
+
+    ``file:///abs`` (and ``file:/abs``, ``file://localhost/abs``) is absolute; ``file://./rel`` and
+    ``file:rel`` are relative to the working directory, like the path ``rel``. (Read as a URL,
+    ``file://./rel`` names the host ``.``, and its path alone made the default store
+    ``/.streamloop/artifacts`` at the filesystem root.) A file URL naming another host is refused:
+    the store is a local directory, a shared volume in production.
+    """
+    if isinstance(location, Path) or not location.startswith("file:"):
+        return Path(location)
+    parsed = urlparse(location)
+    if parsed.netloc in ("", "localhost"):
+        return Path(parsed.path or ".")
+    if parsed.netloc == ".":
+        return Path("." + parsed.path)
+    raise ArtifactStoreLocationError(
+        f"artifact store {location!r} names the host {parsed.netloc!r}; the store is a local directory: "
+        "file:///absolute/path, or file://./relative/path (relative to the working directory)")
+
+
 class ArtifactStore:
     """A directory of artifacts named by their SHA-256."""
 
     def __init__(self, root: str | Path, signer: ArtifactSigner) -> None:
-        root_str = str(root)
-        self.root = Path(urlparse(root_str).path if root_str.startswith("file://") else root_str)
+        self.root = store_directory(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.signer = signer
 
@@ -148,9 +173,14 @@ class ArtifactStore:
         if not path.exists():
             # Write then rename, so a reader never sees a half-written artifact.
             fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".incoming-")
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-            os.replace(tmp, path)
+            try:
+                with os.fdopen(fd, "wb") as handle:
+                    handle.write(data)
+                os.replace(tmp, path)
+            except BaseException:
+                # A failed write (a full disk) would otherwise leave its partial copy behind at every retry.
+                Path(tmp).unlink(missing_ok=True)
+                raise
         return StoredArtifact(path.resolve().as_uri(), digest, len(data))
 
     def store_model(self, model: Any) -> StoredArtifact:

@@ -17,6 +17,10 @@ class ArtifactIntegrityError(ModelError):
     """An artifact's content hash or signature does not verify; it is never unpickled."""
 
 
+class ArtifactStoreLocationError(ModelError):
+    """The artifact store's location names no local directory (a file URL with a remote host)."""
+
+
 class SigningKeyError(ModelError):
     """No signing key is configured, or it is unusable."""
 

@@ -8,18 +8,30 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from streamloop.kafka.configuration import _read_secret_file
-from streamloop.ml.artifacts import ArtifactSigner, ArtifactStore
-from streamloop.ml.exceptions import SigningKeyError
+from streamloop.ml.artifacts import ArtifactSigner, ArtifactStore, store_directory
+from streamloop.ml.exceptions import ArtifactStoreLocationError, SigningKeyError
 
 
 class ArtifactSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="STREAMLOOP_ARTIFACT_", frozen=True, extra="ignore")
 
-    store: str = Field(default="file://./.streamloop/artifacts", description="Directory (file:// URI) of artifacts.")
+    store: str = Field(default="file://./.streamloop/artifacts",
+                       description="Directory of artifacts: a path or file URL; file://./dir is relative to the "
+                                   "working directory, file:///dir absolute.")
     signing_key: SecretStr | None = Field(default=None, description="HMAC key; 'file:/path' reads it from a file.")
     signing_key_id: str = "default"
     previous_keys: dict[str, SecretStr] = Field(
         default_factory=dict, description="Retired keys still accepted, by id; 'file:/path' reads one from a file.")
+
+    @field_validator("store")
+    @classmethod
+    def _a_local_directory(cls, value: str) -> str:
+        # Said at startup, naming the variable, rather than when the store is first opened.
+        try:
+            store_directory(value)
+        except ArtifactStoreLocationError as exc:
+            raise ValueError(str(exc)) from exc
+        return value
 
     @field_validator("signing_key", mode="before")
     @classmethod

@@ -1,0 +1,62 @@
+"""Where the artifact store lives, and what a failed write leaves behind."""
+
+from __future__ import annotations
+
+import errno
+import io
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from streamloop.ml import ArtifactSigner, ArtifactStore
+from streamloop.ml import artifacts as artifacts_module
+from streamloop.ml.exceptions import ArtifactStoreLocationError
+from streamloop.ml.settings import ArtifactSettings
+from streamloop.service.settings_errors import describe_validation_error
+
+KEY = "unit-test-signing-key-0123456789"
+
+
+def signer() -> ArtifactSigner:
+    return ArtifactSigner({"default": KEY.encode()}, "default")
+
+
+def test_the_default_store_is_relative_to_the_working_directory(monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    store = ArtifactSettings(signing_key=KEY).artifact_store()
+    stored = store.store_bytes(b"model")
+    assert Path(stored.uri.removeprefix("file://")).parent == tmp_path / ".streamloop" / "artifacts"
+
+
+@pytest.mark.parametrize("location", ["file://./stores/a", "file:stores/a", "file:./stores/a", "stores/a"])
+def test_relative_locations_are_under_the_working_directory(monkeypatch, tmp_path: Path, location: str) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert ArtifactStore(location, signer()).root.resolve() == tmp_path / "stores" / "a"
+
+
+@pytest.mark.parametrize("form", ["file://{path}", "file:{path}", "file://localhost{path}", "{path}"])
+def test_absolute_locations_stay_absolute(tmp_path: Path, form: str) -> None:
+    assert ArtifactStore(form.format(path=tmp_path / "abs"), signer()).root == tmp_path / "abs"
+
+
+def test_a_file_url_naming_another_host_is_refused_naming_the_variable() -> None:
+    with pytest.raises(ArtifactStoreLocationError, match="names the host 'fileserver'"):
+        ArtifactStore("file://fileserver/artifacts", signer())
+    with pytest.raises(ValidationError) as caught:
+        ArtifactSettings(store="file://fileserver/artifacts", signing_key=KEY)
+    line = describe_validation_error(caught.value, ArtifactSettings)
+    assert line.startswith("store (STREAMLOOP_ARTIFACT_STORE): ") and "names the host 'fileserver'" in line
+
+
+class _FullDisk(io.FileIO):
+    def write(self, _data) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_a_failed_write_leaves_no_temporary_file(monkeypatch, tmp_path: Path) -> None:
+    store = ArtifactStore(tmp_path / "artifacts", signer())
+    monkeypatch.setattr(artifacts_module.os, "fdopen", lambda fd, mode: _FullDisk(fd, mode))
+    with pytest.raises(OSError, match="No space left"):
+        store.store_bytes(b"model")
+    assert list(store.root.iterdir()) == []
