@@ -165,7 +165,8 @@ def lag(
     data_dir: Path = DataDirOption,
     bootstrap_servers: str | None = BootstrapOption,
 ) -> None:
-    """Consumer lag per group, topic and partition (end offset minus committed offset)."""
+    """Consumer lag per group, topic and partition (end offset minus committed offset, or minus start offset
+    where nothing is committed yet)."""
     conn = connect(pipeline, data_dir, bootstrap_servers)
     admin = reachable_admin(conn.kafka_settings())
     try:

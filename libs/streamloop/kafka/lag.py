@@ -1,6 +1,9 @@
 """Consumer lag per group, topic and partition: end offset minus committed offset.
 
 Figures carry kafka-lag-exporter's meaning, so dashboards built for it read ours unchanged.
+A partition the group has not committed on yet lags by the records it holds (end minus start
+offset): what the group will read, since its ``auto.offset.reset`` is earliest. Not the end
+offset alone, which also counts every record retention has already deleted.
 Lag is clamped at zero: a negative value can only come from a broker reporting a wrong end
 offset (Tansu's T1 defect, docs/embedded-stack.md), and is reported as such by the conformance suite.
 """
@@ -22,11 +25,12 @@ class PartitionLag:
     partition: int
     committed: int | None
     end_offset: int
+    start_offset: int = 0  # the low watermark: the first record retention has kept
 
     @property
     def lag(self) -> int:
         if self.committed is None or self.committed < 0:
-            return self.end_offset
+            return max(0, self.end_offset - max(self.start_offset, 0))
         return max(0, self.end_offset - self.committed)
 
 
@@ -55,8 +59,8 @@ def group_lag(kafka: KafkaSettings, admin: AdminClient, groups: list[str] | None
             for topic in sorted({topic for topic, _ in committed}):
                 partitions = probe.list_topics(topic, timeout=timeout_s).topics[topic].partitions
                 for partition in sorted(partitions):
-                    _low, high = probe.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout_s)
-                    rows.append(PartitionLag(group, topic, partition, committed.get((topic, partition)), high))
+                    low, high = probe.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout_s)
+                    rows.append(PartitionLag(group, topic, partition, committed.get((topic, partition)), high, low))
     finally:
         probe.close()
     return sorted(rows, key=lambda r: (r.group, r.topic, r.partition))

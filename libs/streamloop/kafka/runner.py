@@ -794,11 +794,11 @@ class StageRunner:
                 known = self.pacer.position(tp.topic, tp.partition) if self.pacer is not None else None
                 if known is not None:
                     tp.offset = known
-                _low, high = self.consumer.get_watermark_offsets(tp, cached=True)
+                low, high = self.consumer.get_watermark_offsets(tp, cached=True)
                 if high is None or high < 0:
                     continue
                 key = (tp.topic, tp.partition)
-                lag[key] = max(0, high - tp.offset) if tp.offset >= 0 else high
+                lag[key] = max(0, high - (tp.offset if tp.offset >= 0 else max(low, 0)))  # unknown: from the start
                 if lag[key]:
                     behind_since[key] = self._behind_since(key)
                 else:

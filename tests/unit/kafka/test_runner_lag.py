@@ -7,7 +7,7 @@ import time
 from collections.abc import Sequence
 
 import pytest
-from confluent_kafka import KafkaError, TopicPartition
+from confluent_kafka import OFFSET_INVALID, KafkaError, TopicPartition
 
 from streamloop.kafka import KafkaSettings
 from streamloop.kafka.records import ConsumedRecord, ProcessResult
@@ -19,17 +19,17 @@ SOURCE = "in.raw"
 
 
 class PositionedConsumer(FakeConsumer):
-    """A consumer at ``positions`` of partitions whose high watermarks are ``ends``."""
+    """A consumer at ``positions`` of partitions whose high watermarks are ``ends`` (low: ``starts``, else 0)."""
 
-    def __init__(self, positions: dict[int, int], ends: dict[int, int]) -> None:
+    def __init__(self, positions: dict[int, int], ends: dict[int, int], starts: dict[int, int] | None = None) -> None:
         super().__init__()
-        self.positions, self.ends = positions, ends
+        self.positions, self.ends, self.starts = positions, ends, starts or {}
 
     def position(self, partitions: list[TopicPartition]) -> list[TopicPartition]:
         return [TopicPartition(tp.topic, tp.partition, self.positions[tp.partition]) for tp in partitions]
 
     def get_watermark_offsets(self, tp: TopicPartition, cached: bool = False) -> tuple[int, int]:
-        return 0, self.ends[tp.partition]
+        return self.starts.get(tp.partition, 0), self.ends[tp.partition]
 
 
 class LagRecorder:
@@ -87,6 +87,15 @@ def test_a_partition_behind_is_as_old_as_its_last_consumed_record(reported) -> N
     assert 120 <= ages[(SOURCE, 0)] < 125
     assert ages[(SOURCE, 1)] == 0.0, "caught up: no time lag, however old its last record"
     assert 0 <= ages[(SOURCE, 2)] < 5, "nothing consumed yet: behind since its assignment, at least"
+
+
+def test_an_unknown_position_lags_by_the_records_retention_kept(reported) -> None:
+    """Before its first fetch the position is unknown; the group reads from the start (auto.offset.reset earliest)."""
+    stage, metrics, consumer = reported
+    consumer.positions[2] = OFFSET_INVALID
+    consumer.ends[2], consumer.starts[2] = 1000, 990
+    stage._report_lag()
+    assert metrics.lags[(SOURCE, 2)] == 10
 
 
 def test_the_age_grows_at_each_scrape_while_the_runner_cannot_report(reported) -> None:
