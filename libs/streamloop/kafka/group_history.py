@@ -49,11 +49,11 @@ class GroupHistory:
         self._fetch_wait = kafka.fetch_wait_max_ms
 
     def _consumer(self) -> Consumer:
-        return Consumer(self.consumer_config())
+        return Consumer({**self._common, **self.reading_options()})
 
-    def consumer_config(self) -> dict:
+    def reading_options(self) -> dict:
+        """The reading consumer's options on top of the shared client settings (security included)."""
         return {
-            **self._common,
             "group.id": self.group_id,
             "enable.auto.commit": False,
             "enable.auto.offset.store": False,
