@@ -46,16 +46,28 @@ class PartitionTakenOver(Exception):  # noqa: N818 - a state, not a failure of t
 
 
 def retrying(action: Callable[[], T], what: str) -> T:
-    """Run ``action`` until Redis answers: the stage waits while Redis is down (a restart takes
-    well under a second) instead of failing records that did nothing wrong."""
+    """Run ``action`` until Redis does it: the stage waits instead of failing records that did nothing wrong.
+
+    Every Redis error is waited out, not only a Redis that is down or restarting (connection
+    errors, timeouts): one that refuses the command (out of memory under ``noeviction``,
+    ``READONLY`` after a failover, ``NOPERM``) is as much an infrastructure failure. Raising it
+    would make the stage runner replay the batch record by record, every record would fail the
+    same way, and the whole batch would be dead-lettered and committed: its labels would leave the
+    loop. The stage stalls instead (its lag grows) and says why, until Redis is fixed or the
+    process is stopped (the batch, not committed, is read again).
+    """
     delay, last_log = 0.1, 0.0
     while True:
         try:
             return action()
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
+        except redis.RedisError as exc:
             if time.monotonic() - last_log > 5:
                 last_log = time.monotonic()
-                log.warning("Redis unavailable for %s (%s); retrying", what, exc)
+                if isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
+                    log.warning("Redis unavailable for %s (%s); retrying", what, exc)
+                else:
+                    log.error("Redis refused %s (%s: %s); retrying until Redis is fixed (memory, failover, "
+                              "permissions), nothing is dead-lettered for it", what, type(exc).__name__, exc)
             time.sleep(delay)
             delay = min(delay * 2, 2.0)
 

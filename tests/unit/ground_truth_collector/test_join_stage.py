@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
+import redis
 
 from services.ground_truth_collector import join as join_module
 from services.ground_truth_collector.entries import Kind, SourceRef
@@ -85,6 +86,36 @@ def test_a_batch_that_fails_part_way_still_joins_every_other_label(monkeypatch: 
     assert len(examples) == 2, "e1 and e3 joined, though the failed attempt had applied them"
     assert join.counters.joined == 2 and join.counters.replayed == 0
     assert runner.stats.dead_lettered == 1 and runner.consumer.commits[-1][0].offset == 7
+
+
+class OutOfMemory(Client):
+    """A Redis at maxmemory with noeviction: it refuses to take the partition over, then has room again."""
+
+    def __init__(self, refusals: int) -> None:
+        super().__init__()
+        self.refusals = refusals
+
+    def hincrby(self, key: str, field: str, amount: int) -> int:
+        if self.refusals:
+            self.refusals -= 1
+            raise redis.exceptions.OutOfMemoryError("command not allowed when used memory > 'maxmemory'.")
+        return super().hincrby(key, field, amount)
+
+
+def test_a_redis_that_refuses_commands_dead_letters_nothing() -> None:
+    """A Redis failure is not bad data: the batch waits for Redis, it is not dead-lettered record by record."""
+    join = stage(OutOfMemory(refusals=2))
+    runner = StageRunner("collector", "grp.join", KafkaSettings(bootstrap_servers="127.0.0.1:1"),
+                         StageTopics({KEYED: RawSerde()}, {"grp-joined": RawSerde(), "ex": RawSerde(),
+                                                           "um": RawSerde()}), join, RunnerSettings())
+    runner.producer, runner.consumer = FakeProducer(), FakeConsumer()
+    runner._assigned.add((KEYED, 0))
+    records = event("e1", 0) + event("e2", 3)
+    runner._run_batch([FakeMessage(r.value["bytes"], r.offset, key=r.key.encode(), topic=KEYED, headers=r.headers)
+                       for r in records])
+    assert runner.stats.dead_lettered == 0
+    assert len([key for topic, key, _value, _headers in runner.producer.produced if topic == "ex"]) == 2
+    assert join.counters.joined == 2 and runner.consumer.commits[-1][0].offset == 6
 
 
 def test_a_replica_that_lost_its_partition_leaves_the_new_owner_s_decisions_alone() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import redis
 
 from services.ground_truth_collector.redis_state import OWNER_FIELD, PartitionTakenOver, RedisPartitionStore
 
@@ -89,3 +90,30 @@ def test_a_store_whose_partition_was_taken_over_writes_nothing() -> None:
     with pytest.raises(PartitionTakenOver):
         stalled.flush()
     assert RedisPartitionStore(client, "join:0", 0).get("e1") == {"status": "JOINED"}
+
+
+class FailingOver(Client):
+    """A primary that failed over: its writes are refused READONLY until the new primary answers."""
+
+    def __init__(self, refusals: int) -> None:
+        super().__init__()
+        self.refusals = refusals
+
+    def register_script(self, source: str):  # noqa: ANN201 - as Client's
+        write = super().register_script(source)
+
+        def refusing_while_read_only(keys: list[str], args: list) -> int:
+            if self.refusals:
+                self.refusals -= 1
+                raise redis.ReadOnlyError("You can't write against a read only replica.")
+            return write(keys, args)
+        return refusing_while_read_only
+
+
+def test_a_write_refused_by_redis_is_retried_until_redis_takes_it() -> None:
+    """Raised, the error would make the runner dead-letter the batch: labels lost for a Redis failover."""
+    client = FailingOver(refusals=2)
+    store = RedisPartitionStore(client, "join:0", 0)
+    store.put("e1", {"status": "JOINED"}, 0)
+    store.flush()
+    assert client.refusals == 0 and RedisPartitionStore(client, "join:0", 0).get("e1") == {"status": "JOINED"}
