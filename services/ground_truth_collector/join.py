@@ -15,7 +15,9 @@ Time is the partition's stream time (:class:`StreamClock`), never a wall clock, 
 decides exactly as the first run did. An entry's deadline is its latest known time (event or
 label) + horizon + grace. Then it is remembered for ``remember_ms`` more, an unlabeled event with
 its features (a label that was merely late in arriving still joins, one past the horizon is
-AFTER_HORIZON, a second one DUPLICATE), and then deleted. At most ``max_entries`` entries per
+AFTER_HORIZON, a second one DUPLICATE), a decided one with its label (a label whose event never
+came included: its event's late records are ignored, a label sent again is DUPLICATE), and then
+deleted. At most ``max_entries`` entries per
 partition: beyond that the one nearest its deadline is evicted early.
 
 Replays are recognised per entry: an entry keeps the source (topic, partition, offset) of its
@@ -341,7 +343,9 @@ class JoinPartition:
         elif entry.status is Status.OPEN:
             self.counters.expired_events += 1
             entry.status = Status.EXPIRED
-        if evicted or entry.remembered or not self.config.remember_ms or entry.event_time is None:
+        # A label whose event never came is remembered too: forgotten, its event's late records and
+        # a label sent again would make a new entry, and a second decision for the same event.
+        if evicted or entry.remembered or not self.config.remember_ms:
             self.store.delete(entry.event_id, self.partition)
             self.size -= 1
         else:

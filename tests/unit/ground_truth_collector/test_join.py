@@ -114,6 +114,20 @@ def test_a_label_without_event_is_unmatched_once_stream_time_passes_its_deadline
     assert_accounted(join)
 
 
+def test_a_label_answered_no_matching_event_is_remembered_and_a_label_sent_again_is_a_duplicate():
+    """The first label wins: its event arriving late must not join a second, disagreeing label."""
+    inputs, join = Inputs(), partition()
+    run(join, inputs.label("x", T0, label=True))
+    decided = run(join, clock_mover(inputs, T0 + H + G + 1))
+    assert [d.record["reason"] for d in decided] == ["NO_MATCHING_EVENT"]
+    assert run(join, inputs.features("x", T0 + H + G + 2), inputs.prediction("x", T0 + H + G + 2)) == []
+    again = run(join, inputs.label("x", T0 + H + G + 3, label=False))
+    assert not [d for d in again if isinstance(d, Joined)], "no labeled example carries the second label"
+    assert [d.record["reason"] for d in again] == ["DUPLICATE"] and "disagrees" in again[0].record["detail"]
+    assert join.counters.no_matching_event == 1 and join.counters.ignored_after_decision == 2
+    assert_accounted(join)
+
+
 def test_predictions_without_features_are_no_match_with_their_own_detail():
     inputs, join = Inputs(), partition()
     run(join, inputs.prediction("e1", T0), inputs.label("e1", T0 + 1))
