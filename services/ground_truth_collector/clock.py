@@ -19,8 +19,11 @@ there on, for ``idle_after_ms``, the clock waits until every known source has de
 (the same wait as at the very first start). The marker is in the log, so a replay waits alike.
 
 ``high`` is the largest time seen, used to date decisions. A time more than
-``future_tolerance_ms`` beyond its own record's Kafka timestamp is ignored (one bogus label_time
-in 2100 must not expire the partition).
+``future_tolerance_ms`` beyond its own record's Kafka timestamp is implausible: one bogus
+label_time in 2100 must not expire the partition. Such a record is left out of its source's
+clock altogether, neither setting its time nor keeping it active: a source whose times are all
+implausible (microseconds, a host clock hours ahead) would otherwise be active with no time, or
+stay active at its last plausible time, and hold the clock, and every deadline, for ever.
 """
 
 from __future__ import annotations
@@ -51,19 +54,24 @@ class StreamClock:
         return {"clock": self.clock, "high": self.high, "streams": self._streams, "epoch_ts": self._epoch_ts,
                 "last_ts": self._last_ts}
 
-    def observe(self, source: SourceRef, time: int, timestamp_ms: int) -> None:
-        """One record: its source, its event or label time, its keyed record's timestamp."""
-        stream = self._streams.setdefault(source.stream, [source.offset, None, timestamp_ms])
-        stream[_OFFSET] = max(stream[_OFFSET], source.offset)
+    def observe(self, source: SourceRef, time: int, timestamp_ms: int) -> bool:
+        """One record: its source, its event or label time, its keyed record's timestamp.
+
+        False when the time is implausible: the record then only tells the wall time.
+        """
         plausible = timestamp_ms <= 0 or time <= timestamp_ms + self.future_tolerance_ms
         if plausible:
+            stream = self._streams.setdefault(source.stream, [source.offset, None, timestamp_ms])
+            stream[_OFFSET] = max(stream[_OFFSET], source.offset)
             stream[_TIME] = time if stream[_TIME] is None else max(stream[_TIME], time)
             self.high = time if self.high is None else max(self.high, time)
+            if timestamp_ms > 0:
+                stream[_TS] = timestamp_ms
         if timestamp_ms > 0:
-            stream[_TS] = timestamp_ms
             self._epoch_ts = self._epoch_ts if self._epoch_ts is not None else timestamp_ms
             self._last_ts = timestamp_ms if self._last_ts is None else max(self._last_ts, timestamp_ms)
         self._advance(self._last_ts if self._last_ts is not None else 0)
+        return plausible
 
     def hold(self, source: SourceRef, timestamp_ms: int) -> None:
         """A record from a source that cannot say its time yet: while it is active, the clock waits."""

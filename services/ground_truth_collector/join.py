@@ -93,6 +93,7 @@ class JoinCounters:
     duplicate_predictions: int = 0
     ignored_after_decision: int = 0  # features or predictions for an event already given up on
     replayed: int = 0  # records the entry already holds (a replay after a restart): nothing to do
+    implausible_times: int = 0  # times beyond their Kafka timestamp + future tolerance: left out of the clock
 
     @property
     def decided(self) -> int:
@@ -146,7 +147,8 @@ class JoinPartition:
 
     def apply(self, item: JoinInput) -> list[Decision]:
         """Apply one keyed record; return what to emit. A replayed record changes nothing."""
-        self.time.observe(item.source, item.time, item.timestamp_ms)
+        if not self.time.observe(item.source, item.time, item.timestamp_ms):
+            self.counters.implausible_times += 1
         stored = self.store.get(item.event_id)
         entry = Entry.from_state(stored) if stored is not None else None
         if item.kind is Kind.LABEL:

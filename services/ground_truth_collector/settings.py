@@ -40,7 +40,8 @@ class CollectorSettings(BaseSettings):
     idle_after: PositiveDurationMs = Field(
         default=30_000, description="Wall time without records after which a source stops holding the clock back.")
     future_tolerance: DurationMs = Field(
-        default=3_600_000, description="A time this far beyond its record's Kafka timestamp does not move the clock.")
+        default=3_600_000, description="A time further than this beyond its record's Kafka timestamp is left out "
+                                       "of the clock (it neither moves it nor keeps its source active).")
     tick_interval: PositiveDurationMs = 1_000
     stall_after: PositiveDurationMs = Field(
         default=30_000, description="A partition its agent processed nothing of for this long although the consumer "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from services.ground_truth_collector.clock import StreamClock
-from services.ground_truth_collector.entries import SourceRef
+from services.ground_truth_collector.entries import SourceRef, Unmatched
 from services.ground_truth_collector.join import JoinConfig, JoinPartition
 from services.ground_truth_collector.state import DictStore
 from tests.unit.ground_truth_collector.factory import PIPELINE, Inputs
@@ -94,9 +94,42 @@ def test_when_nothing_ever_moved_the_clock_quiet_ticks_still_start_it():
     assert clock.tick(WALL + 6_000) and clock.clock == T0 + 6_000
 
 
+def test_a_source_whose_times_are_all_implausible_does_not_hold_the_clock():
+    """Shadow predictions stamped in microseconds: active, with no plausible time, they froze every deadline."""
+    clock = StreamClock(idle_after_ms=5_000, future_tolerance_ms=60_000)
+    clock.observe(source("features", 0), T0, T0)
+    assert not clock.observe(source("shadow", 0), T0 * 1_000, T0 + 1)
+    assert clock.observe(source("features", 1), T0 + 10_000, T0 + 2)
+    assert clock.clock == T0 + 10_000
+
+
+def test_a_source_whose_times_turn_implausible_stops_holding_the_clock_once_idle():
+    """A producer host whose clock jumped hours ahead: its last plausible time must not hold the clock for ever."""
+    clock = StreamClock(idle_after_ms=5_000, future_tolerance_ms=60_000)
+    clock.observe(source("labels", 0), T0, T0)
+    clock.observe(source("features", 0), T0 + 1_000, T0)
+    for i in range(1, 10):  # labels keep coming, two hours ahead of their Kafka timestamps
+        clock.observe(source("labels", i), T0 + 7_200_000 + 1_000 * i, T0 + 1_000 * i)
+        clock.observe(source("features", i), T0 + 1_000 * (i + 1), T0 + 1_000 * i)
+    assert clock.clock == T0 + 10_000 and clock.high == T0 + 10_000
+
+
 def test_idle_after_must_be_positive():
     with pytest.raises(ValueError):
         StreamClock(0, 0)
+
+
+def test_implausible_times_are_counted_and_do_not_freeze_the_deadlines():
+    inputs = Inputs()
+    join = JoinPartition(0, DictStore(), JoinConfig(PIPELINE, horizon_ms=10_000, grace_ms=1_000,
+                                                    idle_after_ms=5_000, future_tolerance_ms=60_000))
+    records = [inputs.label("lost", T0)]
+    for i in range(1, 13):  # a shadow model's predictions, stamped in microseconds, keep coming
+        records += [inputs.features(f"e{i}", T0 + 1_000 * i), inputs.prediction(f"e{i}", T0 * 1_000, role="SHADOW")]
+    stamped = [type(r)(r.kind, r.event_id, r.value, r.source, T0 + 500 * i) for i, r in enumerate(records)]
+    decisions = [d for record in stamped for d in join.apply(record) if isinstance(d, Unmatched)]
+    assert [(d.record["event_id"], d.record["reason"]) for d in decisions] == [("lost", "NO_MATCHING_EVENT")]
+    assert join.counters.implausible_times == 12
 
 
 def test_an_event_behind_a_fast_label_source_is_not_expired_by_it():
