@@ -124,12 +124,29 @@ class RunnerCollector:
             thread.start()
         log.info("%s: joining labels on %s (%d partitions) with the stage runner", SERVICE, self.keyed_topic,
                  self.keyed_partitions)
+        try:
+            self._report_until_stopped(threads)
+        except Exception:
+            # Leaving here without stopping would strand the stage threads and skip the telemetry
+            # shutdown: stop cleanly instead (each stage finishes its batch) and exit non-zero.
+            log.exception("%s: reporting failed; stopping", SERVICE)
+            self.exit_code = self.exit_code or 1
+        finally:
+            self.stop()
+            self._wait_for_stages(threads)
+            log.info("%s: stopped; counters %s", SERVICE, self.counters.as_dict())
+            self.telemetry.shutdown()
+        return self.exit_code
+
+    def _report_until_stopped(self, threads: list[threading.Thread]) -> None:
         next_report = time.monotonic()
         while any(t.is_alive() for t in threads) and not self._stop.is_set():
             self._stop.wait(0.5)
             if time.monotonic() >= next_report:
                 next_report = time.monotonic() + self.settings.metrics_report_interval / 1000
                 self.report.report(self.counters.as_dict(), self.join.pending, self.join.entries)
+
+    def _wait_for_stages(self, threads: list[threading.Thread]) -> None:
         # A stage waiting for Redis or the broker (both stopped with it, say) would hold the
         # process for ever: it gets stop_timeout to finish its batch, then the process leaves
         # without it. What it had not committed is read again.
@@ -141,6 +158,3 @@ class RunnerCollector:
             log.error("%s: %s did not stop within %d ms; leaving without committing their batch (it is read again)",
                       SERVICE, ", ".join(stuck), self.settings.stop_timeout)
             self.exit_code = self.exit_code or 1
-        log.info("%s: stopped; counters %s", SERVICE, self.counters.as_dict())
-        self.telemetry.shutdown()
-        return self.exit_code

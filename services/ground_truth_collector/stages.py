@@ -22,6 +22,7 @@ docs/ground-truth-collector.md says why this is the default and the faust app an
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import zlib
 from collections.abc import Callable, Mapping, Sequence
@@ -169,6 +170,9 @@ class JoinStage:
         self.counters = counters if counters is not None else JoinCounters()
         self._delivered_counts = self.counters.as_dict()
         self.partitions: dict[int, JoinPartition] = {}
+        # Only the stage's thread changes ``partitions``, under this lock; another thread (the
+        # report loop) reads it only through a copy taken under it (:meth:`_joins`).
+        self._partitions_lock = threading.Lock()
         self.stores: dict[int, RedisPartitionStore] = {}
         self._announced: dict[int, tuple[int | None, int]] = {}
         self._last_joined_ms = int(time.time() * 1000)
@@ -178,7 +182,8 @@ class JoinStage:
 
     def on_revoked(self, partitions: Sequence[TopicPartitionRef]) -> None:
         for ref in partitions:
-            self.partitions.pop(ref.partition, None)
+            with self._partitions_lock:
+                self.partitions.pop(ref.partition, None)
             self.stores.pop(ref.partition, None)
             self._announced.pop(ref.partition, None)
 
@@ -188,7 +193,8 @@ class JoinStage:
             store = self.store_for(partition)
             self.stores[partition] = store
             join = JoinPartition(partition, store, self.config, self.counters)
-            self.partitions[partition] = join
+            with self._partitions_lock:
+                self.partitions[partition] = join
         return join
 
     def process(self, batch: Sequence[ConsumedRecord]) -> ProcessResult:
@@ -284,19 +290,25 @@ class JoinStage:
 
     def discard(self) -> None:
         """A batch failed part-way: each partition is read again from Redis, as after the last delivered batch."""
-        self.partitions.clear()
+        with self._partitions_lock:
+            self.partitions.clear()
         self.stores.clear()
         self._announced.clear()
         for name, count in self._delivered_counts.items():
             setattr(self.counters, name, count)
 
+    def _joins(self) -> list[JoinPartition]:
+        """The partitions' joins as they are now, safe to read from another thread."""
+        with self._partitions_lock:
+            return list(self.partitions.values())
+
     @property
     def pending(self) -> int:
-        return sum(p.pending for p in self.partitions.values())
+        return sum(p.pending for p in self._joins())
 
     @property
     def entries(self) -> int:
-        return sum(p.size for p in self.partitions.values())
+        return sum(p.size for p in self._joins())
 
 
 class ScoreStage:

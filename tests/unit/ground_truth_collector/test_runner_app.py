@@ -1,0 +1,83 @@
+"""The runner runtime's composition root: its report loop, its counters and its internal topics."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from services.ground_truth_collector.runner_app import RunnerCollector
+from services.ground_truth_collector.settings import SERVICE, CollectorSettings
+from services.ground_truth_collector.stages import JoinStage
+from streamloop.service.context import ServiceContext
+from streamloop.telemetry import Telemetry, configure_telemetry
+from tests.conftest import DEMO_SPEC
+from tests.unit.ground_truth_collector.test_join_stage import stage
+from tests.unit.ground_truth_collector.test_redis_state import Client
+
+
+@pytest.fixture
+def collector(monkeypatch: pytest.MonkeyPatch) -> RunnerCollector:
+    monkeypatch.setenv("STREAMLOOP_PIPELINE", str(DEMO_SPEC))
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:1")  # nothing is contacted
+    settings = CollectorSettings()
+    telemetry = configure_telemetry(settings.telemetry.for_service(SERVICE), install_global=False)
+    return RunnerCollector(ServiceContext.load(SERVICE, settings.common), settings, telemetry)
+
+
+class IdleRunner:
+    """A stage runner that does nothing until it is stopped, as a stage between batches."""
+
+    def __init__(self, group_id: str) -> None:
+        self.group_id = group_id
+        self.stopped = threading.Event()
+
+    def run(self) -> int:
+        self.stopped.wait(10)
+        return 0
+
+    def stop(self) -> None:
+        self.stopped.set()
+
+
+class RecordedShutdown:
+    def __init__(self, telemetry: Telemetry) -> None:
+        self.telemetry = telemetry
+        self.shut_down = False
+
+    def shutdown(self) -> None:
+        self.shut_down = True
+        self.telemetry.shutdown()
+
+
+class Partition:
+    """A join partition read by the report loop while the join thread reads a new partition in."""
+
+    def __init__(self, join: JoinStage) -> None:
+        self.join = join
+        self.size = 0
+
+    @property
+    def pending(self) -> int:
+        self.join.join(len(self.join.partitions))
+        return 1
+
+
+def test_the_state_gauges_read_the_partitions_while_the_join_thread_adds_one() -> None:
+    join = stage(Client())
+    join.partitions[0] = Partition(join)  # type: ignore[assignment] - only pending and size are read
+    assert join.pending == 1, "a partition added meanwhile is counted at the next report"
+    assert len(join.partitions) == 2
+
+
+def test_a_report_loop_that_fails_still_stops_the_stages_and_the_telemetry(collector, monkeypatch) -> None:
+    monkeypatch.setattr(collector, "ensure_internal_topics", lambda: None)
+    collector.runners = [IdleRunner(name) for name in ("grp", "grp.join", "grp.score")]
+    monkeypatch.setattr(collector, "telemetry", RecordedShutdown(collector.telemetry))
+
+    def failing(*_args) -> None:
+        raise RuntimeError("dictionary changed size during iteration")
+
+    monkeypatch.setattr(collector.report, "report", failing)
+    assert collector.run() == 1
+    assert all(runner.stopped.is_set() for runner in collector.runners) and collector.telemetry.shut_down
