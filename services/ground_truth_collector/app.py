@@ -482,7 +482,7 @@ class Collector:
     def _totals(self) -> dict[str, int]:
         totals = self.counters.as_dict()
         if self.scoring is not None:
-            totals.update({f"outcomes_{k}": v for k, v in vars(self.scoring.counters).items()})
+            totals.update(self.scoring.counters.as_events())
         totals["consumer_reseeks"] = self.report.consumer_reseeks
         totals["holes_accepted"] = self.order.holes_accepted
         return totals

@@ -134,7 +134,7 @@ class RunnerCollector:
         finally:
             self.stop()
             self._wait_for_stages(threads)
-            log.info("%s: stopped; counters %s", SERVICE, self.counters.as_dict())
+            log.info("%s: stopped; counters %s", SERVICE, self.totals())
             self.telemetry.shutdown()
         return self.exit_code
 
@@ -144,7 +144,11 @@ class RunnerCollector:
             self._stop.wait(0.5)
             if time.monotonic() >= next_report:
                 next_report = time.monotonic() + self.settings.metrics_report_interval / 1000
-                self.report.report(self.counters.as_dict(), self.join.pending, self.join.entries)
+                self.report.report(self.totals(), self.join.pending, self.join.entries)
+
+    def totals(self) -> dict[str, int]:
+        """What the join and the metrics stage did: streamloop_collector_events_total's events."""
+        return {**self.counters.as_dict(), **self.score.counters.as_events()}
 
     def _wait_for_stages(self, threads: list[threading.Thread]) -> None:
         # A stage waiting for Redis or the broker (both stopped with it, say) would hold the

@@ -22,7 +22,7 @@ instead of being reported twice.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from services.ground_truth_collector.clock import StreamClock
@@ -43,14 +43,20 @@ class ScoringCounters:
     late: int = 0
     snapshots: int = 0
 
+    def as_events(self) -> dict[str, int]:
+        """As exported beside the join's counters (streamloop_collector_events_total{event=outcomes_...})."""
+        return {f"outcomes_{name}": value for name, value in asdict(self).items()}
+
 
 class MetricsStage:
     def __init__(self, config: EvaluationConfig, idle_after_ms: int = 30_000, closed_until: int | None = None,
-                 sources: tuple[str, ...] = (), future_tolerance_ms: int = 3_600_000) -> None:
+                 sources: tuple[str, ...] = (), future_tolerance_ms: int = 3_600_000,
+                 counters: ScoringCounters | None = None) -> None:
         self.config = config
         self.clock = StreamClock(idle_after_ms, future_tolerance_ms, sources)
         self.evaluator = PrequentialEvaluator(config, closed_until=closed_until, auto_advance=False)
-        self.counters = ScoringCounters()
+        # Passed in to outlive the stage, which is rebuilt on every assignment: exported totals only grow.
+        self.counters = counters if counters is not None else ScoringCounters()
 
     @property
     def closed_until(self) -> int | None:

@@ -48,7 +48,7 @@ from services.ground_truth_collector.routing import (
     read_keyed,
     with_millis,
 )
-from services.ground_truth_collector.scoring import MetricsStage
+from services.ground_truth_collector.scoring import MetricsStage, ScoringCounters
 from streamloop.kafka import dead_letters
 from streamloop.kafka.exceptions import InvalidRecordError
 from streamloop.kafka.records import (
@@ -322,6 +322,7 @@ class ScoreStage:
         self.sources = tuple(f"{keyed_topic}:{p}" for p in range(keyed_partitions))
         self.idle_after_ms, self.future_tolerance_ms = idle_after_ms, future_tolerance_ms
         self.on_reports = on_reports
+        self.counters = ScoringCounters()  # of every MetricsStage this stage builds
         self.scoring: MetricsStage | None = None
         self.held: list[tuple[str, int, int, int | None]] = []  # topic, partition, offset, window start
         self._closed_to_save: int | None = None
@@ -338,7 +339,7 @@ class ScoreStage:
         if self.scoring is None:
             stored = self.closed_until.get()
             self.scoring = MetricsStage(self.config, self.idle_after_ms, stored, sources=self.sources,
-                                        future_tolerance_ms=self.future_tolerance_ms)
+                                        future_tolerance_ms=self.future_tolerance_ms, counters=self.counters)
         return self.scoring
 
     def process(self, batch: Sequence[ConsumedRecord]) -> ProcessResult:

@@ -6,14 +6,17 @@ import threading
 
 import pytest
 
+from services.ground_truth_collector.routing import HEADER_DECIDED_AT, HEADER_ORIGIN
 from services.ground_truth_collector.runner_app import RunnerCollector
 from services.ground_truth_collector.settings import SERVICE, CollectorSettings
 from services.ground_truth_collector.stages import JoinStage
+from streamloop.kafka.records import ConsumedRecord, TopicPartitionRef
 from streamloop.service.context import ServiceContext
 from streamloop.telemetry import Telemetry, configure_telemetry
 from tests.conftest import DEMO_SPEC
-from tests.unit.ground_truth_collector.test_join_stage import stage
+from tests.unit.ground_truth_collector.test_join_stage import T0, stage
 from tests.unit.ground_truth_collector.test_redis_state import Client
+from tests.unit.ground_truth_collector.test_scoring import example
 
 
 @pytest.fixture
@@ -81,3 +84,30 @@ def test_a_report_loop_that_fails_still_stops_the_stages_and_the_telemetry(colle
     monkeypatch.setattr(collector.report, "report", failing)
     assert collector.run() == 1
     assert all(runner.stopped.is_set() for runner in collector.runners) and collector.telemetry.shut_down
+
+
+class ClosedUntil:
+    """The metrics stage's closed_until in Redis: every window before it was reported already."""
+
+    def __init__(self, value: int) -> None:
+        self.value = value
+
+    def get(self) -> int:
+        return self.value
+
+    def set(self, value: int) -> None:
+        self.value = value
+
+
+def test_the_metrics_stage_counters_are_exported_and_survive_its_rebuild(collector) -> None:
+    collector.score.closed_until = ClosedUntil(T0 + 60_000)
+    late = example("e1", T0)  # decided in a window already reported
+    headers = [(HEADER_DECIDED_AT, str(T0).encode()), (HEADER_ORIGIN, f"{collector.keyed_topic}:0:1".encode())]
+    record = ConsumedRecord(collector.joined_topic, 0, 0, "e1",
+                            {"bytes": collector.score.example_serde.encode(late)}, T0, headers)
+    collector.score.process([record])
+    assert collector.totals()["outcomes_late"] == 1
+    collector.score.on_assigned([TopicPartitionRef(collector.joined_topic, 0)])  # rebuilt from Redis and a replay
+    collector.score.process([record])
+    assert collector.totals()["outcomes_late"] == 2, "an exported counter never goes back"
+    assert set(collector.totals()) >= {"joined", "no_matching_event", "outcomes_counted", "outcomes_snapshots"}
