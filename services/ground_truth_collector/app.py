@@ -439,7 +439,7 @@ class Collector:
 
     async def _unstick(self, now: float) -> bool:
         """Read a partition again from where its agent stands when it idles on a backlog (pacing.py)."""
-        stall_after = self.settings.stall_after / 1000
+        stall_after = self.settings.stall_after_ms / 1000
         topics = {*self.inputs, self.keyed.get_topic_name(), self.joined.get_topic_name()}
         stuck = await self.pacer.stalled(self.app.consumer, topics, now, stall_after)
         if not stuck:

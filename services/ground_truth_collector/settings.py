@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from streamloop.contracts.pipeline import DurationMs, PositiveDurationMs
@@ -15,6 +15,7 @@ from streamloop.service.settings import CommonSettings, RedisSettings
 from streamloop.telemetry.settings import TelemetrySettings
 
 SERVICE = "ground-truth-collector"
+_STALL_AFTER_DEFAULT_MS = 30_000
 
 
 class CollectorSettings(BaseSettings):
@@ -43,9 +44,10 @@ class CollectorSettings(BaseSettings):
         default=3_600_000, description="A time further than this beyond its record's Kafka timestamp is left out "
                                        "of the clock (it neither moves it nor keeps its source active).")
     tick_interval: PositiveDurationMs = 1_000
-    stall_after: PositiveDurationMs = Field(
-        default=30_000, description="A partition its agent processed nothing of for this long although the consumer "
-                                    "sees records beyond: read them again (faust stall); at most idle_after.")
+    stall_after: PositiveDurationMs | None = Field(
+        default=None, description="A partition its agent processed nothing of for this long although the consumer "
+                                  "sees records beyond: read them again (faust stall); at most idle_after. "
+                                  "Unset: 30 s, or idle_after if that is less (stall_after_ms).")
     keyed_partitions: int | None = Field(
         default=None, ge=1, description="Partitions of the keyed stream; unset: as many as the labels topic.")
 
@@ -65,6 +67,20 @@ class CollectorSettings(BaseSettings):
         default=30_000, description="How long a stop waits for the stages to finish their batch (one may wait for "
                                     "Redis or the broker) before the process exits without them; their batch is "
                                     "not committed and is read again.")
+
+    @model_validator(mode="after")
+    def _stall_within_idle(self) -> CollectorSettings:
+        # A faust agent stuck longer than idle_after stops holding the metrics stage's clock, which
+        # then closes windows the stuck partition still has examples for.
+        if self.stall_after is not None and self.stall_after > self.idle_after:
+            raise ValueError(f"COLLECTOR_STALL_AFTER ({self.stall_after} ms) must be at most COLLECTOR_IDLE_AFTER "
+                             f"({self.idle_after} ms): lower COLLECTOR_STALL_AFTER or raise COLLECTOR_IDLE_AFTER")
+        return self
+
+    @property
+    def stall_after_ms(self) -> int:
+        """COLLECTOR_STALL_AFTER, or when unset 30 s, lowered to COLLECTOR_IDLE_AFTER if that is less."""
+        return self.stall_after if self.stall_after is not None else min(_STALL_AFTER_DEFAULT_MS, self.idle_after)
 
     def stage_runner(self) -> RunnerSettings:
         """``STREAMLOOP_RUNNER``'s knobs for the runner runtime's three stages.

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import pytest
+from pydantic import ValidationError
 
 from services.ground_truth_collector.settings import SERVICE, CollectorSettings
 from streamloop.service.context import ServiceContext
+from streamloop.service.settings_errors import describe_validation_error
 from streamloop.telemetry import Telemetry, configure_telemetry
 from tests.conftest import DEMO_SPEC
 
 
 @pytest.fixture(autouse=True)
 def _no_collector_variables(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("COLLECTOR_BATCH_SIZE", "COLLECTOR_BATCH_WAIT", "COLLECTOR_TICK_INTERVAL", "STREAMLOOP_RUNNER"):
+    for name in ("COLLECTOR_BATCH_SIZE", "COLLECTOR_BATCH_WAIT", "COLLECTOR_TICK_INTERVAL", "STREAMLOOP_RUNNER",
+                 "COLLECTOR_IDLE_AFTER", "COLLECTOR_STALL_AFTER"):
         monkeypatch.delenv(name, raising=False)
 
 
@@ -30,6 +33,24 @@ def test_a_collector_setting_that_is_set_wins_over_streamloop_runner(monkeypatch
     monkeypatch.setenv("COLLECTOR_BATCH_WAIT", "20ms")
     runner = CollectorSettings().stage_runner()
     assert (runner.batch_size, runner.poll_timeout_s, runner.tick_interval_s) == (40, 0.02, 0.2)
+
+
+def test_a_stall_after_longer_than_idle_after_is_refused_naming_both(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A faust partition stuck past idle_after stops holding the metrics clock: windows close without it."""
+    monkeypatch.setenv("COLLECTOR_IDLE_AFTER", "1s")
+    monkeypatch.setenv("COLLECTOR_STALL_AFTER", "10m")
+    with pytest.raises(ValidationError) as refused:
+        CollectorSettings()
+    message = describe_validation_error(refused.value, CollectorSettings)
+    assert "COLLECTOR_STALL_AFTER" in message and "COLLECTOR_IDLE_AFTER" in message
+    monkeypatch.setenv("COLLECTOR_STALL_AFTER", "1s")
+    assert CollectorSettings().stall_after_ms == 1_000, "equal is allowed"
+
+
+def test_an_unset_stall_after_stays_within_idle_after(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert CollectorSettings().stall_after_ms == 30_000
+    monkeypatch.setenv("COLLECTOR_IDLE_AFTER", "3s")
+    assert CollectorSettings().stall_after_ms == 3_000, "a lower idle_after is not refused for a default"
 
 
 @pytest.fixture
