@@ -41,6 +41,8 @@ class RunnerCollector:
         # A keyed record damaged further on than its event id goes to its source's dead-letter
         # topic; one this pipeline's re-key stage did not write (no origin) goes to this one.
         self.keyed_dead_letter_topic = f"{self.keyed_topic}.dlq"
+        # A joined example the metrics stage cannot read (it wrote it itself, so: a bug) goes here.
+        self.joined_dead_letter_topic = f"{self.joined_topic}.dlq"
         self.keyed_partitions = settings.keyed_partitions or ctx.topic("labels").partitions
         raw = RawSerde()
         inputs = {ctx.topic(role).name: role for role in INPUT_ROLES}
@@ -83,7 +85,8 @@ class RunnerCollector:
                  ctx.topic("unmatched_labels").name: raw},
                 {**dead, self.keyed_topic: self.keyed_dead_letter_topic}), self.join, runner_settings, metrics),
             StageRunner(SERVICE, f"{group}.score", kafka, StageTopics(
-                {self.joined_topic: raw}, {ctx.topic("metrics").name: ctx.serde("metrics")}),
+                {self.joined_topic: raw}, {ctx.topic("metrics").name: ctx.serde("metrics")},
+                {self.joined_topic: self.joined_dead_letter_topic}),
                 self.score, runner_settings, metrics),
         ]
         self._stop = threading.Event()
@@ -96,7 +99,7 @@ class RunnerCollector:
         ensure_topics(admin, [
             NewTopic(name, partitions, replicated.replication_factor, config=replicated.config())
             for name, partitions in ((self.keyed_topic, self.keyed_partitions), (self.joined_topic, 1),
-                                     (self.keyed_dead_letter_topic, 1))])
+                                     (self.keyed_dead_letter_topic, 1), (self.joined_dead_letter_topic, 1))])
 
     def stop(self, *_: object) -> None:
         self._stop.set()

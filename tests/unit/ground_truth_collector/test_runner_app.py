@@ -6,7 +6,8 @@ import threading
 
 import pytest
 
-from services.ground_truth_collector.routing import HEADER_DECIDED_AT, HEADER_ORIGIN
+from services.ground_truth_collector import runner_app
+from services.ground_truth_collector.routing import HEADER_DECIDED_AT, HEADER_ORIGIN, INPUT_ROLES
 from services.ground_truth_collector.runner_app import RunnerCollector
 from services.ground_truth_collector.settings import SERVICE, CollectorSettings
 from services.ground_truth_collector.stages import JoinStage
@@ -111,3 +112,15 @@ def test_the_metrics_stage_counters_are_exported_and_survive_its_rebuild(collect
     collector.score.process([record])
     assert collector.totals()["outcomes_late"] == 2, "an exported counter never goes back"
     assert set(collector.totals()) >= {"joined", "no_matching_event", "outcomes_counted", "outcomes_snapshots"}
+
+
+def test_every_topic_a_stage_dead_letters_to_is_created_with_the_internal_topics(collector, monkeypatch) -> None:
+    """A broker that does not create topics on first use would refuse those dead letters for ever."""
+    created: list = []
+    monkeypatch.setattr(runner_app, "ensure_topics", lambda _admin, topics: created.extend(topics))
+    collector.ensure_internal_topics()
+    catalog = {collector.ctx.topic(role).name for role in INPUT_ROLES}  # their dead letters: the topics job's
+    internal_dead_letters = {runner.topics.dead_letters.get(name, f"{name}.dlq")  # as the runner picks them
+                             for runner in collector.runners for name in runner.topics.inputs if name not in catalog}
+    assert internal_dead_letters == {collector.keyed_dead_letter_topic, f"{collector.joined_topic}.dlq"}
+    assert internal_dead_letters <= {t.topic for t in created}

@@ -72,7 +72,8 @@ def test_the_runner_runtime_replicates_its_internal_topics_as_configured(replica
     monkeypatch.setattr(runner_app, "ensure_topics", lambda _admin, topics: created.extend(topics))
     runner_app.RunnerCollector(*replicated).ensure_internal_topics()
     group = replicated[0].group_id
-    assert [t.topic for t in created] == [f"{group}-by-event", f"{group}-joined", f"{group}-by-event.dlq"]
+    assert [t.topic for t in created] == [f"{group}-by-event", f"{group}-joined", f"{group}-by-event.dlq",
+                                          f"{group}-joined.dlq"]
     assert {(t.replication_factor, tuple(t.config.items())) for t in created} == {(3, (("min.insync.replicas", "2"),))}
 
 
