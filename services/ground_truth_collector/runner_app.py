@@ -13,7 +13,8 @@ import signal
 import threading
 import time
 
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient, NewPartitions, NewTopic
 
 from services.ground_truth_collector.join import JoinConfig, JoinCounters
 from services.ground_truth_collector.redis_state import RedisPartitionStore, RedisValue
@@ -21,6 +22,7 @@ from services.ground_truth_collector.reporting import CollectorMetrics
 from services.ground_truth_collector.routing import INPUT_ROLES
 from services.ground_truth_collector.settings import SERVICE, CollectorSettings
 from services.ground_truth_collector.stages import JoinStage, RekeyStage, ScoreStage
+from streamloop.errors import StreamloopError
 from streamloop.kafka import StageRunner
 from streamloop.kafka.admin import ensure_topics
 from streamloop.kafka.runner import StageTopics
@@ -30,6 +32,11 @@ from streamloop.service.context import ServiceContext
 from streamloop.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
+_ADMIN_TIMEOUT_S = 30.0
+
+
+class KeyedTopicError(StreamloopError):
+    """The keyed topic has fewer partitions than the re-key stage writes to, and could not be grown."""
 
 
 class RunnerCollector:
@@ -101,6 +108,41 @@ class RunnerCollector:
             for name, partitions in ((self.keyed_topic, self.keyed_partitions), (self.joined_topic, 1),
                                      (self.keyed_dead_letter_topic, 1), (self.joined_dead_letter_topic, 1))])
 
+    def ensure_keyed_partitions(self) -> None:
+        """Give ``<group>-by-event`` the partitions the re-key stage writes to: an existing topic
+        keeps its count, so after the labels topic grew (docs/operations.md, "Adding partitions")
+        the re-key stage would write to partitions that do not exist, its batches retried for ever."""
+        admin = AdminClient(self.settings.common.kafka.admin())
+        topic, wanted = self.keyed_topic, self.keyed_partitions
+        existing = _partition_count(admin, topic)
+        if existing > wanted:
+            # A topic cannot shrink; the extra partitions are merely left without records.
+            log.warning("%s: %s has %d partitions, more than the %d of COLLECTOR_KEYED_PARTITIONS (unset: the labels "
+                        "topic's); partitions %d to %d get no records", SERVICE, topic, existing, wanted, wanted,
+                        existing - 1)
+            return
+        if existing == wanted:
+            return
+        log.warning("%s: growing %s from %d to %d partitions (COLLECTOR_KEYED_PARTITIONS, unset: the labels "
+                    "topic's); until the join horizon has passed, a label may miss an event keyed before",
+                    SERVICE, topic, existing, wanted)
+        try:
+            for future in admin.create_partitions([NewPartitions(topic, wanted)],
+                                                  operation_timeout=_ADMIN_TIMEOUT_S).values():
+                future.result(_ADMIN_TIMEOUT_S)
+        except KafkaException as exc:
+            if _partition_count(admin, topic) < wanted:  # else another replica grew it first
+                raise KeyedTopicError(
+                    f"{topic} has {existing} partitions, fewer than the {wanted} of COLLECTOR_KEYED_PARTITIONS "
+                    f"(unset: the labels topic's), and could not be grown ({exc.args[0]}): add them with "
+                    f"kafka-topics.sh --alter --topic {topic} --partitions {wanted}") from exc
+        deadline = time.monotonic() + _ADMIN_TIMEOUT_S
+        while _partition_count(admin, topic) < wanted:  # the re-key stage's producer must see them
+            if time.monotonic() > deadline:
+                raise KeyedTopicError(f"{topic} grown to {wanted} partitions, but not visible after "
+                                      f"{_ADMIN_TIMEOUT_S:.0f}s")
+            time.sleep(0.2)
+
     def stop(self, *_: object) -> None:
         self._stop.set()
         for runner in self.runners:
@@ -121,7 +163,13 @@ class RunnerCollector:
             self.stop()
 
     def run(self) -> int:
-        self.ensure_internal_topics()
+        try:
+            self.ensure_internal_topics()
+            self.ensure_keyed_partitions()
+        except KeyedTopicError as exc:
+            log.error("%s: %s", SERVICE, exc)
+            self.telemetry.shutdown()
+            return 1
         threads = [threading.Thread(target=self._run, args=(r,), name=r.group_id, daemon=True) for r in self.runners]
         for thread in threads:
             thread.start()
@@ -165,3 +213,7 @@ class RunnerCollector:
             log.error("%s: %s did not stop within %d ms; leaving without committing their batch (it is read again)",
                       SERVICE, ", ".join(stuck), self.settings.stop_timeout)
             self.exit_code = self.exit_code or 1
+
+
+def _partition_count(admin: AdminClient, topic: str) -> int:
+    return len(admin.list_topics(topic, timeout=_ADMIN_TIMEOUT_S).topics[topic].partitions)

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import threading
+from concurrent.futures import Future
+from types import SimpleNamespace
 
 import pytest
+from confluent_kafka import KafkaError, KafkaException
 
 from services.ground_truth_collector import runner_app
 from services.ground_truth_collector.routing import HEADER_DECIDED_AT, HEADER_ORIGIN, INPUT_ROLES
@@ -34,9 +37,11 @@ class IdleRunner:
 
     def __init__(self, group_id: str) -> None:
         self.group_id = group_id
+        self.started = False
         self.stopped = threading.Event()
 
     def run(self) -> int:
+        self.started = True
         self.stopped.wait(10)
         return 0
 
@@ -76,6 +81,7 @@ def test_the_state_gauges_read_the_partitions_while_the_join_thread_adds_one() -
 
 def test_a_report_loop_that_fails_still_stops_the_stages_and_the_telemetry(collector, monkeypatch) -> None:
     monkeypatch.setattr(collector, "ensure_internal_topics", lambda: None)
+    monkeypatch.setattr(collector, "ensure_keyed_partitions", lambda: None)
     collector.runners = [IdleRunner(name) for name in ("grp", "grp.join", "grp.score")]
     monkeypatch.setattr(collector, "telemetry", RecordedShutdown(collector.telemetry))
 
@@ -124,3 +130,50 @@ def test_every_topic_a_stage_dead_letters_to_is_created_with_the_internal_topics
                              for runner in collector.runners for name in runner.topics.inputs if name not in catalog}
     assert internal_dead_letters == {collector.keyed_dead_letter_topic, f"{collector.joined_topic}.dlq"}
     assert internal_dead_letters <= {t.topic for t in created}
+
+
+class Admin:
+    """The AdminClient calls the collector makes about its keyed topic, on a broker that has it."""
+
+    def __init__(self, topic: str, partitions: int, refuse: KafkaError | None = None) -> None:
+        self.topic, self.partitions, self.refuse = topic, partitions, refuse
+        self.grown_to: list[int] = []
+
+    def list_topics(self, topic: str | None = None, timeout: float = 0) -> SimpleNamespace:
+        partitions = {p: SimpleNamespace(id=p) for p in range(self.partitions)}
+        return SimpleNamespace(topics={self.topic: SimpleNamespace(partitions=partitions, error=None)})
+
+    def create_partitions(self, new: list, operation_timeout: float = 0) -> dict[str, Future]:
+        (request,) = new
+        future: Future = Future()
+        if self.refuse is not None:
+            future.set_exception(KafkaException(self.refuse))
+        else:
+            self.grown_to.append(request.new_total_count)
+            self.partitions = request.new_total_count
+            future.set_result(None)
+        return {request.topic: future}
+
+
+def test_a_keyed_topic_with_fewer_partitions_than_the_labels_topic_is_grown(collector, monkeypatch) -> None:
+    """After docs/operations.md "Adding partitions" the re-key stage writes to the labels topic's count."""
+    admin = Admin(collector.keyed_topic, collector.keyed_partitions - 1)
+    monkeypatch.setattr(runner_app, "AdminClient", lambda _config: admin)
+    collector.ensure_keyed_partitions()
+    assert admin.grown_to == [collector.keyed_partitions]
+    collector.ensure_keyed_partitions()
+    assert admin.grown_to == [collector.keyed_partitions], "grown once"
+
+
+def test_a_keyed_topic_that_cannot_grow_stops_the_start_with_one_line_saying_what_to_do(
+        collector, monkeypatch, caplog) -> None:
+    admin = Admin(collector.keyed_topic, collector.keyed_partitions - 1,
+                  refuse=KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED))
+    monkeypatch.setattr(runner_app, "AdminClient", lambda _config: admin)
+    monkeypatch.setattr(collector, "ensure_internal_topics", lambda: None)  # every topic exists
+    collector.runners = [IdleRunner(name) for name in ("grp", "grp.join", "grp.score")]
+    assert collector.run() == 1
+    assert not any(runner.started for runner in collector.runners)
+    [error] = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert "COLLECTOR_KEYED_PARTITIONS" in error and f"--partitions {collector.keyed_partitions}" in error
+    assert "\n" not in error
