@@ -24,6 +24,8 @@ from typing import Any, TypeVar
 
 import redis
 
+from streamloop.errors import DependencyUnavailable
+
 log = logging.getLogger(__name__)
 _DELETED = None
 T = TypeVar("T")
@@ -45,22 +47,34 @@ class PartitionTakenOver(Exception):  # noqa: N818 - a state, not a failure of t
     """Another replica took the partition over since this store read it: its writes are refused."""
 
 
-def retrying(action: Callable[[], T], what: str) -> T:
+class JoinStateUnavailable(DependencyUnavailable):
+    """Redis did not do what the stage needs to read its state within ``READ_PATIENCE_S``."""
+
+
+# How long a read made while processing a batch waits for Redis before handing the wait to the
+# stage runner, which retries the batch with backoff and can stop meanwhile (no commit).
+READ_PATIENCE_S = 5.0
+
+
+def retrying(action: Callable[[], T], what: str, patience_s: float | None = None) -> T:
     """Run ``action`` until Redis does it: the stage waits instead of failing records that did nothing wrong.
 
     Every Redis error is waited out, not only a Redis that is down or restarting (connection
     errors, timeouts): one that refuses the command (out of memory under ``noeviction``,
-    ``READONLY`` after a failover, ``NOPERM``) is as much an infrastructure failure. Raising it
-    would make the stage runner replay the batch record by record, every record would fail the
+    ``READONLY`` after a failover, ``NOPERM``) is as much an infrastructure failure. Raised as
+    it is, the stage runner would replay the batch record by record, every record would fail the
     same way, and the whole batch would be dead-lettered and committed: its labels would leave the
-    loop. The stage stalls instead (its lag grows) and says why, until Redis is fixed or the
-    process is stopped (the batch, not committed, is read again).
+    loop. With ``patience_s``, after that long it raises JoinStateUnavailable, a
+    ``DependencyUnavailable`` the runner waits out for the whole batch (nothing dead-lettered, a
+    stop leaves it uncommitted); without, it waits here (writes made once a batch is delivered).
     """
-    delay, last_log = 0.1, 0.0
+    delay, last_log, started = 0.1, 0.0, time.monotonic()
     while True:
         try:
             return action()
         except redis.RedisError as exc:
+            if patience_s is not None and time.monotonic() - started >= patience_s:
+                raise JoinStateUnavailable(f"Redis {what}: {type(exc).__name__}: {exc}") from exc
             if time.monotonic() - last_log > 5:
                 last_log = time.monotonic()
                 if isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
@@ -89,9 +103,10 @@ class RedisPartitionStore:
         self.key = key
         self.partition = partition
         # Taken over before it is read: a late flush of the last owner after this read is refused.
-        self.owner = str(retrying(lambda: client.hincrby(key, OWNER_FIELD, 1), f"taking {key} over"))
+        self.owner = str(retrying(lambda: client.hincrby(key, OWNER_FIELD, 1), f"taking {key} over",
+                                  READ_PATIENCE_S))
         self._write_if_owner = client.register_script(_WRITE_IF_OWNER)
-        stored = retrying(lambda: client.hgetall(key), f"reading {key}")
+        stored = retrying(lambda: client.hgetall(key), f"reading {key}", READ_PATIENCE_S)
         self.data: dict[str, str] = {
             (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
             for k, v in stored.items()}
@@ -147,7 +162,7 @@ class RedisValue:
         self.key = key
 
     def get(self) -> Any:
-        raw = retrying(lambda: self.client.get(self.key), f"reading {self.key}")
+        raw = retrying(lambda: self.client.get(self.key), f"reading {self.key}", READ_PATIENCE_S)
         return None if raw is None else json.loads(raw)
 
     def set(self, value: Any) -> None:

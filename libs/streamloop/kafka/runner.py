@@ -250,8 +250,8 @@ class StageRunner:
         now = time.monotonic()
         if now >= self._next_tick and hasattr(self.processor, "tick"):
             self._next_tick = now + self.settings.tick_interval_s
-            if self._deliver_with_retry(self.processor.tick(int(time.time() * 1000)), []) \
-                    and hasattr(self.processor, "delivered"):
+            ticked = self._patiently("ticking", lambda: self.processor.tick(int(time.time() * 1000)))
+            if self._deliver_with_retry(ticked, []) and hasattr(self.processor, "delivered"):
                 self.processor.delivered()
 
     def _patiently(self, what: str, attempt: Callable[[], Any]) -> Any:

@@ -118,6 +118,28 @@ def test_a_redis_that_refuses_commands_dead_letters_nothing() -> None:
     assert join.counters.joined == 2 and runner.consumer.commits[-1][0].offset == 6
 
 
+def test_a_long_redis_outage_is_waited_out_by_the_runner_which_can_stop_meanwhile(monkeypatch) -> None:
+    """Past READ_PATIENCE_S the stage hands the wait to the runner: it retries the whole batch with
+    backoff (from the state before it), dead-letters nothing, and could leave uncommitted on a stop."""
+    import services.ground_truth_collector.redis_state as redis_state
+
+    monkeypatch.setattr(redis_state, "READ_PATIENCE_S", 0.0)
+    monkeypatch.setattr(redis_state.time, "sleep", lambda _s: None)
+    join = stage(OutOfMemory(refusals=3))
+    runner = StageRunner("collector", "grp.join", KafkaSettings(bootstrap_servers="127.0.0.1:1"),
+                         StageTopics({KEYED: RawSerde()}, {"grp-joined": RawSerde(), "ex": RawSerde(),
+                                                           "um": RawSerde()}), join,
+                         RunnerSettings(retry_backoff_s=0.001))
+    runner.producer, runner.consumer = FakeProducer(), FakeConsumer()
+    runner._assigned.add((KEYED, 0))
+    records = event("e1", 0) + event("e2", 3)
+    runner._run_batch([FakeMessage(r.value["bytes"], r.offset, key=r.key.encode(), topic=KEYED, headers=r.headers)
+                       for r in records])
+    assert runner.stats.dependency_waits == 3 and runner.stats.dead_lettered == 0
+    assert len([key for topic, key, _value, _headers in runner.producer.produced if topic == "ex"]) == 2
+    assert join.counters.joined == 2 and runner.consumer.commits[-1][0].offset == 6
+
+
 def test_a_replica_that_lost_its_partition_leaves_the_new_owner_s_decisions_alone() -> None:
     client = Client()
     stalled, owner = stage(client), stage(client)
