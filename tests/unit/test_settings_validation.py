@@ -143,7 +143,15 @@ def test_sasl_without_a_mechanism_is_refused_naming_both_variables(monkeypatch: 
         "KAFKA_SASL_MECHANISM is required with KAFKA_SECURITY_PROTOCOL=SASL_PLAINTEXT")
 
 
-@pytest.mark.parametrize("url", ["not a url", "schema-registry:8081", "ftp://registry"])
+@pytest.mark.parametrize("url", ["http://registry:8081", "https://a:8081,https://b:8081", "mock://tests"])
+def test_a_schema_registry_url_the_client_takes_is_accepted(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
+    monkeypatch.setenv("SCHEMA_REGISTRY_URL", url)
+    assert ScorerSettings().common.serde.url == url
+    monkeypatch.setenv("SCHEMA_REGISTRY_URL", "")
+    assert ScorerSettings().common.serde.url is None, "empty turns the registry off (docker-compose's .env)"
+
+
+@pytest.mark.parametrize("url", ["not a url", "schema-registry:8081", "ftp://registry", "http://a:1,b:2"])
 def test_a_schema_registry_url_that_is_not_http_is_named(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
     monkeypatch.setenv("SCHEMA_REGISTRY_URL", url)
     with pytest.raises(ValidationError) as caught:

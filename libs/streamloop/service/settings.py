@@ -63,10 +63,15 @@ class SerdeSettings(_RedactedUrl, BaseSettings):
     @field_validator("url")
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
-        # The registry client's own message ("Invalid url not a url") names no variable.
-        if value is not None and not re.fullmatch(r"https?://[^\s/]+(/\S*)?", value.strip()):
-            raise ValueError(f"{redact_url(value)!r} is not an http(s):// URL, e.g. http://schema-registry:8081")
-        return value.strip() if value is not None else None
+        # The registry client's own message ("Invalid url not a url") names no variable. It takes a
+        # comma-separated list, and mock:// is its in-process registry (tests, the CLI's own).
+        if value is None or not value.strip():
+            return None  # empty: no registry (compose's way to turn it off)
+        urls = [url.strip() for url in value.split(",")]
+        for url in urls:
+            if not re.fullmatch(r"(https?|mock)://[^\s/,]+(/\S*)?", url):
+                raise ValueError(f"{redact_url(url)!r} is not an http(s):// URL, e.g. http://schema-registry:8081")
+        return ",".join(urls)
 
     def registry_config(self) -> dict[str, Any]:
         if self.basic_auth_user_info is None:
