@@ -16,12 +16,12 @@ from streamloop.telemetry.tracing import KafkaTracer
 
 
 def configure_logging(level: str, service: str, instance_id: str | None = None) -> None:
-    """Every line names the service and its process; with several replicas, which replica too."""
-    who = f"{service}/{instance_id}" if instance_id else service
+    """Every line names the service and its process (``service[pid]``, which tools match), then the replica."""
+    who = f"{service}[{os.getpid()}]" + (f" {instance_id}" if instance_id else "")
     logging.basicConfig(
         level=level.upper(),
         stream=sys.stderr,
-        format=f"%(asctime)s %(levelname)s {who}[{os.getpid()}] %(name)s: %(message)s",
+        format=f"%(asctime)s %(levelname)s {who} %(name)s: %(message)s",
     )
 
 
