@@ -68,6 +68,43 @@ def test_poison_and_invalid_records_are_dead_lettered_while_the_rest_flows(boots
     assert runner.stats.dead_lettered == 3
 
 
+def test_a_dead_letter_too_large_for_kafka_goes_without_its_value_and_the_rest_flows(bootstrap_servers,
+                                                                                     unique_name):
+    """An undecodable record just under the size limit: with the error headers added, the dead letter
+    is too large; it goes without its value, saying where the original is, and the batch commits."""
+    from confluent_kafka import Producer
+
+    from streamloop.kafka.dead_letters import VALUE_DROPPED
+
+    source, sink = f"{unique_name}.in", f"{unique_name}.out"
+    create_topics(bootstrap_servers, [source, sink, source + ".dlq"], partitions=1)
+    good = list(labels(20))
+    writer = Producer({"bootstrap.servers": bootstrap_servers, "message.max.bytes": 1_048_576})
+    produce(bootstrap_servers, source, good[:10])
+    writer.produce(source, key=b"huge", value=b"\x00" * 999_600, headers=[("origin", b"x" * 300)])
+    assert writer.flush(30) == 0
+    produce(bootstrap_servers, source, good[10:])
+
+    runner = build_runner(source, sink, unique_name, KafkaSettings(bootstrap_servers=bootstrap_servers))
+    worker = threading.Thread(target=runner.run)
+    worker.start()
+    try:
+        outputs = drain(bootstrap_servers, sink, expected=20, timeout_s=60)
+        dead = drain(bootstrap_servers, source + ".dlq", expected=1, timeout_s=30)
+    finally:
+        runner.stop()
+        worker.join(30)
+    assert not worker.is_alive(), "runner did not stop on request"
+
+    assert sorted(r.key for r in outputs) == sorted(k.encode() for k, _ in good), "the records after it flowed on"
+    [letter] = dead
+    headers = dict(letter.headers)
+    assert letter.key == b"huge" and letter.value is None
+    assert f"the original is {source}[0]@10" in headers[VALUE_DROPPED].decode()
+    assert read_error_headers(letter.headers)["__connect.errors.stage"] == "VALUE_CONVERTER"
+    assert runner.stats.dead_lettered == 1
+
+
 def _start_worker(source: str, sink: str, group: str, bootstrap: str, log_path: Path) -> subprocess.Popen:
     # The restarted worker keeps its static member id, as the stack's supervisor does, so it takes
     # its partitions back at once (noida-db never evicts a killed dynamic member: N3).
