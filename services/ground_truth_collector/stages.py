@@ -94,7 +94,19 @@ class RekeyStage:
         # The resume records go out before this start's first records, not at the next tick: a
         # batch that came first let the join clock run on the labels alone after a restart, and
         # labels whose features were still to be re-read came out NO_MATCHING_EVENT (seen in CI).
+        # Marked sent only once the batch is through: an attempt that fails part-way (a Schema
+        # Registry outage while decoding) is made again, and must send them again.
         result.outputs += self._resume_records()
+        resuming = self._resume
+        self._resume = False
+        try:
+            self._rekey(batch, result)
+        except BaseException:
+            self._resume = resuming
+            raise
+        return result
+
+    def _rekey(self, batch: Sequence[ConsumedRecord], result: ProcessResult) -> None:
         now = int(time.time() * 1000)
         self._last_record_ms = now
         for record in batch:
@@ -114,7 +126,6 @@ class RekeyStage:
             result.outputs.append(OutgoingRecord(
                 self.keyed_topic, event_id, {"bytes": raw}, keyed_headers(kind, source, record.headers),
                 source=record, partition=partition))
-        return result
 
     def _event_id(self, kind: Kind, topic: str, raw: bytes) -> str:
         """The join key. Read from the record's leading field where it can be: decoding every
@@ -134,13 +145,13 @@ class RekeyStage:
         """Once per (re)assignment, before anything else this start writes: see StreamClock.resume."""
         if not self._resume:
             return []
-        self._resume = False
         return [self._control(RESUME, p) for p in range(self.keyed_partitions)]
 
     def tick(self, now_ms: int) -> ProcessResult:
         result = ProcessResult()
         result.outputs += self._resume_records()
         if result.outputs:
+            self._resume = False
             return result
         if now_ms - self._last_record_ms < self.idle_after_ms:
             return result  # still reading: quiet partitions are only quiet once the inputs are
@@ -344,6 +355,11 @@ class ScoreStage:
 
     def process(self, batch: Sequence[ConsumedRecord]) -> ProcessResult:
         scoring = self._stage()
+        # Decoded before anything changes: this stage has no discard(), and an attempt that a
+        # Schema Registry outage stops part-way is made again whole (it would count twice).
+        examples = {(record.topic, record.partition, record.offset): self.example_serde.decode(record.value["bytes"])
+                    for record in batch
+                    if control_of(record.headers) is None and header(record.headers, HEADER_DECIDED_AT) is not None}
         for record in batch:
             control = control_of(record.headers)
             origin = SourceRef.parse((header(record.headers, HEADER_ORIGIN) or b"?:0:0").decode())
@@ -358,7 +374,7 @@ class ScoreStage:
             elif control is not None or decided_at is None:
                 scoring.tick(record.timestamp_ms)
             else:
-                example = self.example_serde.decode(record.value["bytes"])
+                example = examples[(record.topic, record.partition, record.offset)]
                 window = scoring.add(example, int(decided_at), origin, record.timestamp_ms, join_clock)
             self.held.append((record.topic, record.partition, record.offset, window))
         return self._close(scoring)

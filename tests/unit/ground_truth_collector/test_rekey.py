@@ -41,3 +41,27 @@ def test_after_an_assignment_the_resume_markers_precede_the_first_records() -> N
 def test_an_empty_event_id_is_rejected_as_invalid() -> None:
     result = stage().process([vector(0, "")])
     assert not result.outputs and result.rejections[0].error.rule == "event_id.required"
+
+
+class RegistryDown:
+    """A Confluent-format serde (no leading_string) whose registry is not answering."""
+
+    def decode(self, _data: bytes):
+        from streamloop.serde import RegistryUnavailableError
+
+        raise RegistryUnavailableError("registry lookup failed: connection refused")
+
+
+def test_an_attempt_that_fails_part_way_sends_the_resume_markers_again_when_made_again() -> None:
+    import pytest
+
+    from streamloop.errors import DependencyUnavailable
+
+    rekey = RekeyStage({FEATURES: Kind.FEATURES}, {FEATURES: RegistryDown()}, "t.by-event", 6, "classification",
+                       idle_after_ms=1_000)
+    rekey.on_assigned([TopicPartitionRef(FEATURES, 0)])
+    with pytest.raises(DependencyUnavailable):
+        rekey.process([vector(0, "evt-1")])
+    rekey.serdes = {FEATURES: SERDE}  # the registry answers again: the runner makes the attempt again
+    outputs = rekey.process([vector(0, "evt-1")]).outputs
+    assert [control_of(o.headers) for o in outputs[:6]] == [RESUME] * 6, "the failed attempt's markers were never sent"

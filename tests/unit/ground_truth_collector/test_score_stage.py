@@ -1,0 +1,65 @@
+"""The runner runtime's metrics stage: an attempt stopped part-way by a dependency changes nothing."""
+
+from __future__ import annotations
+
+import pytest
+
+from services.ground_truth_collector.redis_state import RedisValue
+from services.ground_truth_collector.routing import HEADER_DECIDED_AT, HEADER_ORIGIN
+from services.ground_truth_collector.stages import ScoreStage
+from streamloop.contracts.samples import sample_record
+from streamloop.contracts.schemas import SchemaRepository
+from streamloop.errors import DependencyUnavailable
+from streamloop.kafka.records import ConsumedRecord
+from streamloop.ml.evaluation import EvaluationConfig
+from streamloop.serde import RegistryUnavailableError, SingleObjectSerde
+
+REPOSITORY = SchemaRepository()
+EXAMPLES = SingleObjectSerde(REPOSITORY.load("labels/labeled_example.avsc"), REPOSITORY)
+T0 = 1_700_000_000_000
+
+
+class NoRedisValue:
+    def get(self, _key: str) -> None:
+        return None
+
+
+class RegistryDownAfter(SingleObjectSerde):
+    """Decodes ``good`` records, then the registry stops answering."""
+
+    def __init__(self, good: int) -> None:
+        super().__init__(EXAMPLES.schema, REPOSITORY)
+        self.good = good
+
+    def decode(self, data):
+        if self.good == 0:
+            raise RegistryUnavailableError("registry lookup failed: connection refused")
+        self.good -= 1
+        return super().decode(data)
+
+
+def joined(offset: int) -> ConsumedRecord:
+    value = EXAMPLES.encode({**sample_record(EXAMPLES.schema, offset), "event_id": f"e{offset}"})
+    headers = [(HEADER_DECIDED_AT, str(T0 + offset).encode()), (HEADER_ORIGIN, b"t.by-event:0:0")]
+    return ConsumedRecord("t.joined", 0, offset, f"e{offset}", {"bytes": value}, T0 + offset, headers)
+
+
+def score_stage(spec, serde: SingleObjectSerde) -> ScoreStage:  # noqa: ANN001
+    return ScoreStage(EvaluationConfig.from_spec(spec, 60_000, 5_000), RedisValue(NoRedisValue(), "closed_until"),
+                      serde, pipeline="card-fraud", metrics_topic="t.metrics", keyed_topic="t.by-event",
+                      keyed_partitions=1, idle_after_ms=1_000, future_tolerance_ms=3_600_000)
+
+
+def test_a_registry_outage_part_way_through_a_batch_changes_nothing_before_the_attempt_is_made_again(
+        demo_pipeline) -> None:
+    batch = [joined(i) for i in range(4)]
+    undisturbed = score_stage(demo_pipeline, EXAMPLES)
+    undisturbed.process(batch)
+    assert undisturbed.counters.counted > 0
+    stage = score_stage(demo_pipeline, RegistryDownAfter(good=2))
+    with pytest.raises(DependencyUnavailable):
+        stage.process(batch)
+    assert stage.held == [] and stage.counters.counted == 0, "the failed attempt left nothing: it is made again whole"
+    stage.example_serde = EXAMPLES  # the registry answers again
+    stage.process(batch)
+    assert stage.counters == undisturbed.counters, "each example counted once, as without the outage"
