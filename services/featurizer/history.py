@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from services.featurizer.exceptions import RestoreCancelled, RestoreError
+from streamloop.errors import DependencyUnavailable
 from streamloop.kafka import ConsumedRecord, KafkaSettings
 from streamloop.kafka.records import TopicPartitionRef
 from streamloop.serde import Serde, SerdeError
@@ -70,7 +71,7 @@ class KafkaPartitionHistory:
             ranges = self._ranges(consumer, ends, lookback_ms, deadline)
             if ranges:
                 yield from self._read(consumer, ranges, deadline)
-        except KafkaException as exc:
+        except (KafkaException, DependencyUnavailable) as exc:  # a broker or a Schema Registry not answering
             raise RestoreError(f"cannot replay the input to rebuild state: {exc}") from exc
         finally:
             consumer.close()

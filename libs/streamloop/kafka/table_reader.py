@@ -24,6 +24,7 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message, TopicPartition
 
+from streamloop.errors import DependencyUnavailable
 from streamloop.kafka.configuration import KafkaSettings
 from streamloop.kafka.pacing import FetchPacer
 from streamloop.serde import Serde, SerdeError
@@ -156,6 +157,20 @@ class CompactedTopicReader:
                 backoff = min(backoff * 2, 10.0)
         return None
 
+    def _decode_patiently(self, value: bytes) -> dict[str, Any] | None:
+        """Decode, waiting out a Schema Registry that does not answer: the record is fine, and
+        skipping it would leave the table without a deployment until its key is written again."""
+        backoff = 0.5
+        while True:
+            try:
+                return self._serde.decode(value)
+            except DependencyUnavailable as exc:
+                if self._stopping.is_set():
+                    raise
+                log.warning("%s: %s; retrying in %.1fs", self.name, exc, backoff)
+                self._stopping.wait(backoff)
+                backoff = min(backoff * 2, 10.0)
+
     def _apply(self, messages: list[Message]) -> None:
         latest: dict[str, dict[str, Any] | None] = {}
         for message in messages:
@@ -176,7 +191,7 @@ class CompactedTopicReader:
                 self.stats.tombstones += 1
             else:
                 try:
-                    decoded = self._serde.decode(value)
+                    decoded = self._decode_patiently(value)
                 except SerdeError as exc:
                     self.stats.undecodable += 1
                     log.warning("%s: %s[%d]@%d cannot be decoded, skipped: %s", self.name, self.topic,

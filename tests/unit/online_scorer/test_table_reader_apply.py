@@ -40,3 +40,24 @@ def test_apply_coalesces_deletes_and_skips_bad_records(catalog) -> None:
 
     reader._apply([Message(topic="t", partition=0, offset=7, key=b"a", value=None)])
     assert changes[-1] == ("a", None) and reader.get("a") is None
+
+
+def test_a_registry_that_does_not_answer_is_waited_out_not_a_skipped_deployment(catalog, monkeypatch) -> None:
+    from streamloop.serde import RegistryUnavailableError
+
+    serde = make_serde(catalog["alerts"].schema, catalog.repository, "alerts")
+    outages = [2]
+
+    class RegistryDownAtFirst:
+        def decode(self, data: bytes) -> dict:
+            if outages[0]:
+                outages[0] -= 1
+                raise RegistryUnavailableError("registry lookup failed: connection refused")
+            return serde.decode(data)
+
+    reader = CompactedTopicReader(KafkaSettings(), "t", RegistryDownAtFirst())
+    monkeypatch.setattr(reader._stopping, "wait", lambda _s: False)  # no real backoff in a unit test
+    value = serde.encode({"pipeline": "p", "alert": "a", "state": "RAISED", "model_version": "7", "message": "m",
+                          "source": "s", "at": 1})
+    reader._apply([Message(topic="t", partition=0, offset=0, key=b"champion", value=value)])
+    assert reader.get("champion")["model_version"] == "7" and reader.stats.undecodable == 0
