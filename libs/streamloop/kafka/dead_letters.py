@@ -66,9 +66,9 @@ def dead_letter_headers(
 
 
 def read_error_headers(headers: Headers | None) -> dict[str, str]:
-    """The ``__connect.errors.*`` headers of a dead letter, decoded, for tools and tests."""
+    """The ``__connect.errors.*`` and ``streamloop.errors.*`` headers of a dead letter, decoded, for tools and tests."""
     return {
         key: value.decode("utf-8", "replace")
         for key, value in (headers or [])
-        if (key.startswith(PREFIX) or key in (RULE, RULES)) and value is not None
+        if (key.startswith(PREFIX) or key in _OWN_HEADERS) and value is not None
     }

@@ -60,11 +60,26 @@ class _Abandoned(Exception):  # noqa: N818 - a signal inside the runner, never r
     """The runner was stopped while a dependency was unavailable: the batch is left uncommitted."""
 
 
-# Errors about one record that no retry can cure: it is too large, or the broker finds it invalid.
+# Errors that no retry cures when they are about one record: it is too large, or the broker finds
+# it invalid. The broker answers them for a whole produce batch, though (a topic whose
+# max.message.bytes is below the producer's batch), so a record counts as refused only when it
+# was sent alone; the producer's own size check (at produce()) is about one record always.
 # Anything else (a timeout, a missing topic, a refused authorization) may pass once the broker or
 # its configuration recovers, so the batch waits and retries.
-REFUSED_FOR_GOOD = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.INVALID_RECORD, KafkaError.INVALID_MSG,
-                              KafkaError.INVALID_MSG_SIZE, KafkaError.RECORD_LIST_TOO_LARGE})
+REFUSED_FOR_GOOD = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.INVALID_RECORD})
+
+
+class _Refused(Exception):  # noqa: N818 - a signal inside the runner, never raised to callers
+    """The producer refused one record at produce() (larger than its message.max.bytes)."""
+
+    def __init__(self, error: KafkaError) -> None:
+        super().__init__(error.str())
+        self.error = error
+
+
+class _RefusedInBatch(DeliveryError):
+    """The broker refused records sent in a batch as too large or invalid: sent again one at a time,
+    each refusal is then about its own record."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -432,6 +447,7 @@ class StageRunner:
                 log.error("%s: dropped an output that does not match its schema: %s", self.service, exc)
         backoff = self.settings.retry_backoff_s
         outputs, letters = list(encoded), list(dead)
+        alone = False
         while True:
             # A retry sends again only what the broker did not acknowledge: re-sending the whole
             # batch after a broker restart wrote every acknowledged output of it twice.
@@ -441,9 +457,11 @@ class StageRunner:
             refused_letters: dict[int, KafkaError] = {}
             failed: DeliveryError | None = None
             try:
-                self._produce_all(outputs, letters, acked_outputs, acked_letters, refused_outputs, refused_letters)
+                self._produce_all(outputs, letters, acked_outputs, acked_letters, refused_outputs, refused_letters,
+                                  alone=alone)
             except DeliveryError as exc:
                 failed = exc
+            alone = isinstance(failed, _RefusedInBatch)
             self._count_delivered(len(acked_outputs), [d for i, d in enumerate(letters) if i in acked_letters])
             # Refused for good: the output's input record is dead-lettered instead, a dead letter
             # goes again without the value Kafka would not take.
@@ -457,6 +475,9 @@ class StageRunner:
                     return True
                 continue  # only the replacements are left: send them at once
             self.stats.delivery_retries += 1
+            if alone:
+                log.warning("%s: %s; sending them again one at a time", self.service, failed)
+                continue
             if self.stopping:
                 # Leave without committing: the batch is consumed again after restart. The outputs
                 # a fatal producer error put at risk are not: their inputs are committed already.
@@ -475,6 +496,7 @@ class StageRunner:
                                   raw: dict[tuple[str, int, int], Message] | None) -> list[_DeadLetter]:
         """The input records of outputs Kafka refused for good, as dead letters saying why."""
         letters: list[_DeadLetter] = []
+        inputs: set[tuple[str, int, int]] = set()
         for index, error in sorted(refused.items()):
             topic, _key, value, _headers, _partition, identity = outputs[index]
             size = 0 if value is None else len(value)
@@ -482,8 +504,10 @@ class StageRunner:
             message = raw.get(identity[1:4]) if raw is not None and identity is not None else None
             if message is None:  # a tick's output: no input record to keep it by
                 log.error("%s: dropped an output with no input record: %s", self.service, reason)
-                self.metrics.record_dead_letters(topic, type(reason).__name__)
                 continue
+            if identity[1:4] in inputs:
+                continue  # another refused output of the same input: its dead letter is on its way
+            inputs.add(identity[1:4])
             log.error("%s: %s; its input %s[%d]@%d goes to the dead letters", self.service, reason,
                       message.topic(), message.partition(), message.offset())
             letters.append(_DeadLetter(message, dead_letters.STAGE_PRODUCE, reason))
@@ -543,8 +567,9 @@ class StageRunner:
         return encoded, failures
 
     def _produce_all(self, encoded: list, dead: list[_DeadLetter], acked_outputs: set[int], acked_letters: set[int],
-                     refused_outputs: dict[int, KafkaError], refused_letters: dict[int, KafkaError]) -> None:
-        """Produce and wait for every acknowledgement.
+                     refused_outputs: dict[int, KafkaError], refused_letters: dict[int, KafkaError], *,
+                     alone: bool = False) -> None:
+        """Produce and wait for every acknowledgement (``alone``: each before the next is sent).
 
         The indexes acknowledged go into the two sets; those refused for good (``REFUSED_FOR_GOOD``),
         with their error, into the two dicts. Any other failure raises DeliveryError at the end.
@@ -558,7 +583,7 @@ class StageRunner:
                 if error is None:
                     acked.add(index)
                     self._remember_acknowledged(record)
-                elif error.code() in REFUSED_FOR_GOOD:
+                elif error.code() in REFUSED_FOR_GOOD and alone:
                     refused[index] = error
                 else:
                     failures.append(error)
@@ -566,8 +591,13 @@ class StageRunner:
 
         for index, record in enumerate(encoded):
             topic, key, value, headers, partition, _identity = record
-            self._produce(topic, key, value, headers, on_delivery(acked_outputs, refused_outputs, index, record),
-                          partition)
+            try:
+                self._produce(topic, key, value, headers, on_delivery(acked_outputs, refused_outputs, index, record),
+                              partition)
+            except _Refused as refusal:
+                refused_outputs[index] = refusal.error
+            if alone:
+                self._wait_for_deliveries()
         for index, dead_letter in enumerate(dead):
             message, source = dead_letter.message, dead_letter.source
             dlq = self.topics.dead_letters.get(source.topic, source.topic + ".dlq")
@@ -580,8 +610,26 @@ class StageRunner:
                 value = None
                 headers.append((dead_letters.VALUE_DROPPED, dead_letter.value_dropped.encode()))
             letter = (dlq, message.key(), value, headers, None, None)
-            self._produce(dlq, message.key(), value, headers,
-                          on_delivery(acked_letters, refused_letters, index, letter))
+            try:
+                self._produce(dlq, message.key(), value, headers,
+                              on_delivery(acked_letters, refused_letters, index, letter))
+            except _Refused as refusal:
+                refused_letters[index] = refusal.error
+            if alone:
+                self._wait_for_deliveries()
+        self._wait_for_deliveries()
+        if any(f.code() in REFUSED_FOR_GOOD for f in failures):
+            raise _RefusedInBatch(f"{len(failures)} records refused in a batch: {failures[0].str()}")
+        if failures:
+            lasting = next((f for f in failures if not f.retriable()), None)
+            if lasting is not None:
+                # A missing topic or a refused authorization: nothing heals it but an operator.
+                log.error("%s: Kafka refuses to take records (%s); the batch waits, uncommitted, until that is "
+                          "fixed", self.service, lasting.str())
+            raise DeliveryError(f"{len(failures)} records not acknowledged: {failures[0].str()}")
+
+    def _wait_for_deliveries(self) -> None:
+        assert self.producer is not None
         waited = 0.0
         while len(self.producer) > 0:
             try:
@@ -591,13 +639,6 @@ class StageRunner:
             waited += 1.0
             if self.stopping and waited > 10:
                 raise DeliveryError(f"{len(self.producer)} records still queued at shutdown")
-        if failures:
-            lasting = next((f for f in failures if not f.retriable()), None)
-            if lasting is not None:
-                # A missing topic or a refused authorization: nothing heals it but an operator.
-                log.error("%s: Kafka refuses to take records (%s); the batch waits, uncommitted, until that is "
-                          "fixed", self.service, lasting.str())
-            raise DeliveryError(f"{len(failures)} records not acknowledged: {failures[0].str()}")
 
     def _count_delivered(self, outputs: int, letters: list[_DeadLetter]) -> None:
         self.stats.produced += outputs
@@ -624,8 +665,7 @@ class StageRunner:
             except KafkaException as exc:
                 error = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
                 if error is not None and error.code() in REFUSED_FOR_GOOD:
-                    callback(error, None)  # the client refused it before sending (too large): as the broker would
-                    return
+                    raise _Refused(error) from exc  # the producer's own check: about this record
                 raise self._fatal_producer_error(exc) from exc
 
     def _fatal_producer_error(self, exc: KafkaException) -> DeliveryError:
@@ -695,7 +735,10 @@ class StageRunner:
 
         try:
             for topic, key, value, headers, partition, _identity in records:
-                self._produce(topic, key, value, headers, delivered, partition)
+                try:
+                    self._produce(topic, key, value, headers, delivered, partition)
+                except _Refused as refusal:  # it was taken before; a new producer's limit may differ
+                    unacknowledged.append(refusal.error.str())
             left = self.producer.flush(timeout_s) if self.producer is not None else 0
         except (KafkaException, DeliveryError) as exc:
             log.error("%s: stopping: could not send again the outputs a fatal producer error put at risk: %s",

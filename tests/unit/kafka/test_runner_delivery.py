@@ -206,15 +206,29 @@ def test_an_output_kafka_refuses_as_too_large_dead_letters_its_input_and_the_bat
     assert consumer.commits[-1][0].offset == 3, "the batch is committed: nothing waits on a record no retry can send"
 
 
+class InflatingTwice(Inflating):
+    def process(self, batch: Sequence[ConsumedRecord]) -> ProcessResult:
+        once = super().process(batch)
+        return ProcessResult(outputs=once.outputs + once.outputs)
+
+
+def test_two_refused_outputs_of_one_input_dead_letter_it_once() -> None:
+    runner, serde, producer, consumer = limited_runner(InflatingTwice())
+    value = serde.encode(sample_record(VECTOR, 0))
+    runner._run_batch([FakeMessage(value, 0, key=b"big", topic=SOURCE)])
+    assert len([p for p in producer.produced if p[0] == SOURCE + ".dlq"]) == 1 and runner.stats.dead_lettered == 1
+
+
 def test_a_dead_letter_too_large_for_kafka_goes_without_its_value_saying_where_the_original_is() -> None:
     runner, serde, producer, consumer = limited_runner(Echo())
     undecodable = b"\x00" * (LIMIT - 10)  # fits as an input, not with the error headers a dead letter adds
     runner._run_batch([FakeMessage(undecodable, 7, topic=SOURCE)])
 
     letters = [p for p in producer.produced if p[0] == SOURCE + ".dlq"]
-    assert [v for _t, _k, v, _h in letters] == [undecodable, None], "refused once, then sent without the value"
-    headers = dict(letters[-1][3])
-    assert f"the original is {SOURCE}[0]@7" in headers[VALUE_DROPPED].decode()
+    assert [v for _t, _k, v, _h in letters] == [undecodable, undecodable, None], \
+        "refused in a batch, refused again sent alone, then sent without the value"
+    errors = read_error_headers(letters[-1][3])  # what `streamloop topic tail <t>.dlq` shows
+    assert f"the original is {SOURCE}[0]@7" in errors[VALUE_DROPPED]
     assert read_error_headers(letters[-1][3])["__connect.errors.stage"] == "VALUE_CONVERTER"
     assert runner.stats.dead_lettered == 1 and consumer.commits[-1][0].offset == 8
 
@@ -231,6 +245,44 @@ class UnauthorizedAtFirst(FakeProducer):
             self.refusals -= 1
             return KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED)
         return None
+
+
+class BatchLimitedTopic(FakeProducer):
+    """A topic whose max.message.bytes is below the producer's batch: a batch of two or more is refused
+    as too large, each record alone is taken. Records queue until flushed, as librdkafka batches them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.queued: list = []
+
+    def produce(self, topic, value=None, key=None, headers=None, on_delivery=None, **_pinned) -> None:
+        self.produced.append((topic, key, value, headers or []))
+        self.queued.append(on_delivery)
+
+    def flush(self, _timeout: float = 0) -> int:
+        queued, self.queued = self.queued, []
+        for on_delivery in queued:
+            on_delivery(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE) if len(queued) > 1 else None, None)
+        return 0
+
+    def __len__(self) -> int:
+        return len(self.queued)
+
+
+def test_a_batch_refused_as_too_large_is_sent_again_record_by_record_and_nothing_is_dead_lettered() -> None:
+    serde = SingleObjectSerde(VECTOR, REPOSITORY)
+    runner = StageRunner("delivery", "delivery-group", KafkaSettings(bootstrap_servers="127.0.0.1:1"),
+                         StageTopics(inputs={SOURCE: serde}, outputs={SINK: serde}), Echo(),
+                         RunnerSettings(retry_backoff_s=0.001))
+    producer, consumer = BatchLimitedTopic(), FakeConsumer()
+    runner.producer, runner.consumer = producer, consumer
+    runner._assigned.add((SOURCE, 0))
+    values = [serde.encode(sample_record(VECTOR, seed)) for seed in range(3)]
+    runner._run_batch([FakeMessage(v, offset, topic=SOURCE) for offset, v in enumerate(values)])
+
+    assert runner.stats.dead_lettered == 0, "small records refused together are no records refused for good"
+    assert [v for t, _k, v, _h in producer.produced if t == SINK] == values + values
+    assert runner.stats.produced == 3 and consumer.commits[-1][0].offset == 3
 
 
 def test_an_error_about_the_topic_not_the_record_waits_and_retries_instead_of_dead_lettering() -> None:
