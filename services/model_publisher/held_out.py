@@ -17,6 +17,7 @@ is never scored here.
 from __future__ import annotations
 
 import logging
+from collections import ChainMap
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -75,7 +76,8 @@ def compact_lineage(candidate: Mapping[str, Any], lineage: Mapping[str, Mapping[
     """
     kept = {name: candidate.get(name) for name in _LINEAGE_FIELDS}
     if kept["trigger"] == "ONLINE" and kept["learned_through"] is not None:
-        line = learned_offsets(kept["version"], {**lineage, kept["version"]: kept})
+        # A view, not a copy: copying the lineage per candidate made a start-up read-back quadratic.
+        line = learned_offsets(kept["version"], ChainMap({kept["version"]: kept}, lineage))
         if line is not None:
             kept["learned_through"] = [{"topic": topic, "partition": partition, "offset": offset}
                                        for (topic, partition), offset in sorted(line.items())]
