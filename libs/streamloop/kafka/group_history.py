@@ -134,7 +134,12 @@ class GroupHistory:
                     continue
                 partition, offset = message.partition(), message.offset()
                 bound = remaining.get(partition)
-                if bound is None or offset >= bound[1]:
+                if bound is None:
+                    continue
+                if offset >= bound[1]:
+                    # Past the range (retention deleted it whole and the reset went to the log start
+                    # beyond it): nothing of it is left to read.
+                    del remaining[partition]
                     continue
                 if offset + 1 >= bound[1]:
                     del remaining[partition]
