@@ -370,4 +370,7 @@ class DriftProcessor:
             if not probabilities:
                 return None
             predicted = max(probabilities, key=probabilities.__getitem__)
+        positive = self.spec.model.positive_class
+        if positive is not None:  # positive-vs-rest, as the model learned it and the metrics count it
+            return float((class_name(predicted) == positive) != (class_name(label) == positive))
         return float(class_name(predicted) != class_name(label))

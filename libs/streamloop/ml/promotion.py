@@ -111,6 +111,8 @@ def event_loss(metric: str, model: ModelSpec, label: Any, prediction: Mapping[st
             # No opinion (prediction.output_from_probabilities): as wrong as an answer can be.
             return 1.0 if metric == "zero_one" else float(max([1.0, *row.values()]))
         if metric == "zero_one":
+            if model.positive_class is not None:  # positive-vs-rest, as the model learned and accuracy counts
+                return float((predicted == model.positive_class) != (actual == model.positive_class))
             return float(predicted != actual)
         return float(row.get(predicted, 0.0 if predicted == actual else 1.0))
     p = probability_of_label(label, prediction.get("probabilities") or {}, model.positive_class)

@@ -389,3 +389,17 @@ def test_warm_start_fills_the_reference_with_the_champion_s_own_predictions_only
     p = processor(spec, history=History({TOPICS.predictions: mixed}))
     p.on_assigned([TopicPartitionRef(TOPICS.predictions, 0)])
     assert p.prediction.reference_ready, "the reference is the champion's first predictions since its deployment"
+
+
+def test_a_classifier_s_error_is_positive_versus_rest_as_it_learned(spec: PipelineSpec) -> None:
+    named = spec.model_copy(update={"model": spec.model.model_copy(update={"positive_class": "fraud",
+                                                                           "negative_class": "legit"})})
+    p = processor(named)
+
+    def error(label: str, predicted: str) -> float | None:
+        value = {"label": label, "predictions": [{"model_name": "fraud", "model_version": "v1", "role": "CHAMPION",
+                                                  "predicted_class": predicted, "probabilities": {}}]}
+        return p._error(CHAMPION, value)
+
+    assert error("review", "legit") == 0.0, "not fraud, as the model said: no error"
+    assert (error("fraud", "legit"), error("legit", "fraud"), error("fraud", "fraud")) == (1.0, 1.0, 0.0)

@@ -59,3 +59,11 @@ def test_accuracy_is_positive_versus_rest_when_a_label_is_neither_class() -> Non
     metrics.update(Outcome("m", "v1", "CHAMPION", "fraud", predicted_class="legit",
                            probabilities={"fraud": 0.4, "legit": 0.6}))
     assert metrics.metrics()["accuracy"] == pytest.approx(0.5)
+
+
+def test_the_zero_one_loss_is_positive_versus_rest_too(demo_pipeline: PipelineSpec) -> None:
+    spec = ModelSpec.model_validate({**demo_pipeline.model.model_dump(), "positive_class": "fraud",
+                                     "negative_class": "legit", "cost_matrix": None})
+    said_legit = {"predicted_class": "legit", "probabilities": {"fraud": 0.1, "legit": 0.9}}
+    assert event_loss("zero_one", spec, "review", said_legit) == 0.0, "not fraud, as the model said"
+    assert event_loss("zero_one", spec, "fraud", said_legit) == 1.0
