@@ -29,6 +29,20 @@ def labels(count: int, prefix: str = "e"):
         yield event_id, serde.encode({"event_id": event_id, "label": i % 2 == 0, "label_time": 1_700_000_000_000 + i})
 
 
+def run_until_drained(runner, bootstrap: str, sink: str, outputs: int, dlq: str, dead: int):  # noqa: ANN001, ANN201
+    """Run ``runner`` on a thread until ``outputs`` records are in ``sink`` and ``dead`` in ``dlq``; stop it."""
+    worker = threading.Thread(target=runner.run)
+    worker.start()
+    try:
+        drained = drain(bootstrap, sink, expected=outputs, timeout_s=60)
+        letters = drain(bootstrap, dlq, expected=dead, timeout_s=30)
+    finally:
+        runner.stop()
+        worker.join(30)
+    assert not worker.is_alive(), "runner did not stop on request"
+    return drained, letters
+
+
 def test_poison_and_invalid_records_are_dead_lettered_while_the_rest_flows(bootstrap_servers, unique_name):
     source, sink = f"{unique_name}.in", f"{unique_name}.out"
     create_topics(bootstrap_servers, [source, sink, source + ".dlq"], partitions=2)
@@ -39,15 +53,7 @@ def test_poison_and_invalid_records_are_dead_lettered_while_the_rest_flows(boots
             headers=[("origin", b"test")])
 
     runner = build_runner(source, sink, unique_name, KafkaSettings(bootstrap_servers=bootstrap_servers))
-    worker = threading.Thread(target=runner.run)
-    worker.start()
-    try:
-        outputs = drain(bootstrap_servers, sink, expected=200, timeout_s=60)
-        dead = drain(bootstrap_servers, source + ".dlq", expected=3, timeout_s=30)
-    finally:
-        runner.stop()
-        worker.join(30)
-    assert not worker.is_alive(), "runner did not stop on request"
+    outputs, dead = run_until_drained(runner, bootstrap_servers, sink, 200, source + ".dlq", 3)
 
     assert sorted(r.key for r in outputs) == sorted(k.encode() for k, _ in good)
     assert len(dead) == 3
@@ -86,15 +92,7 @@ def test_a_dead_letter_too_large_for_kafka_goes_without_its_value_and_the_rest_f
     produce(bootstrap_servers, source, good[10:])
 
     runner = build_runner(source, sink, unique_name, KafkaSettings(bootstrap_servers=bootstrap_servers))
-    worker = threading.Thread(target=runner.run)
-    worker.start()
-    try:
-        outputs = drain(bootstrap_servers, sink, expected=20, timeout_s=60)
-        dead = drain(bootstrap_servers, source + ".dlq", expected=1, timeout_s=30)
-    finally:
-        runner.stop()
-        worker.join(30)
-    assert not worker.is_alive(), "runner did not stop on request"
+    outputs, dead = run_until_drained(runner, bootstrap_servers, sink, 20, source + ".dlq", 1)
 
     assert sorted(r.key for r in outputs) == sorted(k.encode() for k, _ in good), "the records after it flowed on"
     [letter] = dead

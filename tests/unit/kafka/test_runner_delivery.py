@@ -48,16 +48,29 @@ class Echo:
         return ProcessResult(outputs=[OutgoingRecord(SINK, r.key, r.value, source=r) for r in batch])
 
 
-def test_a_retry_resends_only_the_unacknowledged_outputs() -> None:
+def stage_runner(producer: FakeProducer, processor=None, **settings: float) -> tuple[StageRunner, SingleObjectSerde]:
+    """A runner from SOURCE to SINK on fakes: ``producer``, a consumer that records commits, partition 0 assigned."""
     serde = SingleObjectSerde(VECTOR, REPOSITORY)
     runner = StageRunner("delivery", "delivery-group", KafkaSettings(bootstrap_servers="127.0.0.1:1"),
-                         StageTopics(inputs={SOURCE: serde}, outputs={SINK: serde}), Echo(),
-                         RunnerSettings(retry_backoff_s=0.001))
-    producer, consumer = FlakyProducer(), FakeConsumer()
-    runner.producer, runner.consumer = producer, consumer
+                         StageTopics(inputs={SOURCE: serde}, outputs={SINK: serde}), processor or Echo(),
+                         RunnerSettings(retry_backoff_s=0.001, **settings))
+    runner.producer, runner.consumer = producer, FakeConsumer()
     runner._assigned.add((SOURCE, 0))
-    values = [serde.encode(sample_record(VECTOR, seed)) for seed in range(6)]
+    return runner, serde
+
+
+def run_batch_of(runner: StageRunner, serde: SingleObjectSerde, count: int) -> list[bytes]:
+    """One batch of ``count`` feature vectors at offsets 0.. through ``runner``; their bytes."""
+    values = [serde.encode(sample_record(VECTOR, seed)) for seed in range(count)]
     runner._run_batch([FakeMessage(v, offset, topic=SOURCE) for offset, v in enumerate(values)])
+    return values
+
+
+def test_a_retry_resends_only_the_unacknowledged_outputs() -> None:
+    producer = FlakyProducer()
+    runner, serde = stage_runner(producer)
+    consumer = runner.consumer
+    values = run_batch_of(runner, serde, 6)
 
     assert len(producer.failed) == 3
     # Each output acknowledged exactly once: the retry sent the three that failed, and only those.
@@ -95,14 +108,9 @@ class Stamping:
 
 def desync_runner(monkeypatch, window_s: float, processor=None,
                   healthy: int = 3) -> tuple[StageRunner, SingleObjectSerde, FakeProducer]:
-    serde = SingleObjectSerde(VECTOR, REPOSITORY)
-    runner = StageRunner("delivery", "delivery-group", KafkaSettings(bootstrap_servers="127.0.0.1:1"),
-                         StageTopics(inputs={SOURCE: serde}, outputs={SINK: serde}), processor or Echo(),
-                         RunnerSettings(retry_backoff_s=0.001, resend_window_s=window_s))
+    runner, serde = stage_runner(DesynchronizedProducer(healthy=healthy), processor, resend_window_s=window_s)
     replacement = FakeProducer()
     monkeypatch.setattr(runner_module, "Producer", lambda _config: replacement)
-    runner.producer, runner.consumer = DesynchronizedProducer(healthy=healthy), FakeConsumer()
-    runner._assigned.add((SOURCE, 0))
     return runner, serde, replacement
 
 
@@ -180,14 +188,9 @@ class Inflating:
 
 
 def limited_runner(processor) -> tuple[StageRunner, SingleObjectSerde, SizeLimitedProducer, FakeConsumer]:
-    serde = SingleObjectSerde(VECTOR, REPOSITORY)
-    runner = StageRunner("delivery", "delivery-group", KafkaSettings(bootstrap_servers="127.0.0.1:1"),
-                         StageTopics(inputs={SOURCE: serde}, outputs={SINK: serde}), processor,
-                         RunnerSettings(retry_backoff_s=0.001))
-    producer, consumer = SizeLimitedProducer(), FakeConsumer()
-    runner.producer, runner.consumer = producer, consumer
-    runner._assigned.add((SOURCE, 0))
-    return runner, serde, producer, consumer
+    producer = SizeLimitedProducer()
+    runner, serde = stage_runner(producer, processor)
+    return runner, serde, producer, runner.consumer
 
 
 def test_an_output_kafka_refuses_as_too_large_dead_letters_its_input_and_the_batch_goes_on() -> None:
@@ -270,15 +273,10 @@ class BatchLimitedTopic(FakeProducer):
 
 
 def test_a_batch_refused_as_too_large_is_sent_again_record_by_record_and_nothing_is_dead_lettered() -> None:
-    serde = SingleObjectSerde(VECTOR, REPOSITORY)
-    runner = StageRunner("delivery", "delivery-group", KafkaSettings(bootstrap_servers="127.0.0.1:1"),
-                         StageTopics(inputs={SOURCE: serde}, outputs={SINK: serde}), Echo(),
-                         RunnerSettings(retry_backoff_s=0.001))
-    producer, consumer = BatchLimitedTopic(), FakeConsumer()
-    runner.producer, runner.consumer = producer, consumer
-    runner._assigned.add((SOURCE, 0))
-    values = [serde.encode(sample_record(VECTOR, seed)) for seed in range(3)]
-    runner._run_batch([FakeMessage(v, offset, topic=SOURCE) for offset, v in enumerate(values)])
+    producer = BatchLimitedTopic()
+    runner, serde = stage_runner(producer)
+    consumer = runner.consumer
+    values = run_batch_of(runner, serde, 3)
 
     assert runner.stats.dead_lettered == 0, "small records refused together are no records refused for good"
     assert [v for t, _k, v, _h in producer.produced if t == SINK] == values + values
@@ -286,13 +284,9 @@ def test_a_batch_refused_as_too_large_is_sent_again_record_by_record_and_nothing
 
 
 def test_an_error_about_the_topic_not_the_record_waits_and_retries_instead_of_dead_lettering() -> None:
-    serde = SingleObjectSerde(VECTOR, REPOSITORY)
-    runner = StageRunner("delivery", "delivery-group", KafkaSettings(bootstrap_servers="127.0.0.1:1"),
-                         StageTopics(inputs={SOURCE: serde}, outputs={SINK: serde}), Echo(),
-                         RunnerSettings(retry_backoff_s=0.001))
-    producer, consumer = UnauthorizedAtFirst(), FakeConsumer()
-    runner.producer, runner.consumer = producer, consumer
-    runner._assigned.add((SOURCE, 0))
+    producer = UnauthorizedAtFirst()
+    runner, serde = stage_runner(producer)
+    consumer = runner.consumer
     value = serde.encode(sample_record(VECTOR, 1))
     runner._run_batch([FakeMessage(value, 0, topic=SOURCE)])
 
@@ -302,9 +296,7 @@ def test_an_error_about_the_topic_not_the_record_waits_and_retries_instead_of_de
 
 
 def test_a_consumer_s_fatal_error_does_not_condemn_the_producer() -> None:
-    serde = SingleObjectSerde(VECTOR, REPOSITORY)
-    runner = StageRunner("delivery", "delivery-group", KafkaSettings(bootstrap_servers="127.0.0.1:1"),
-                         StageTopics(inputs={SOURCE: serde}, outputs={SINK: serde}), Echo())
+    runner, _serde = stage_runner(FakeProducer())
     fenced = KafkaError(KafkaError.FENCED_INSTANCE_ID, "fenced", fatal=True)
     runner._consumer_config["error_cb"](fenced)
     assert runner._producer_fatal is False, "re-creating the producer would only resend 5 s of outputs as duplicates"
