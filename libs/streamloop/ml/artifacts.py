@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
 from streamloop.ml.exceptions import (
     ArtifactIntegrityError,
@@ -210,7 +210,8 @@ class ArtifactStore:
         """
         if urlparse(ref.uri).scheme not in ("", "file"):
             raise ArtifactNotFoundError(f"artifact {ref.uri}: only file:// artifacts are supported")
-        path = Path(urlparse(ref.uri).path)
+        # store_bytes writes the URI with Path.as_uri(), which percent-encodes a space or a non-ASCII name.
+        path = Path(unquote(urlparse(ref.uri).path))
         if not 0 <= ref.size_bytes <= MAX_ARTIFACT_BYTES:
             raise ArtifactIntegrityError(f"artifact {ref.uri} claims {ref.size_bytes} bytes")
         try:

@@ -60,3 +60,16 @@ def test_a_failed_write_leaves_no_temporary_file(monkeypatch, tmp_path: Path) ->
     with pytest.raises(OSError, match="No space left"):
         store.store_bytes(b"model")
     assert list(store.root.iterdir()) == []
+
+
+@pytest.mark.parametrize("directory", ["with space", "modèles"])
+def test_a_store_whose_path_needs_percent_encoding_reads_its_artifacts_back(tmp_path: Path, directory: str) -> None:
+    from river import linear_model
+
+    from streamloop.ml import ArtifactIdentity
+
+    store = ArtifactStore(tmp_path / directory, signer())
+    identity = ArtifactIdentity("card-fraud", "fraud", "v1")
+    ref = store.put_model(linear_model.LogisticRegression(), identity)
+    assert "%" in ref.uri, "the URI is percent-encoded"
+    assert isinstance(store.load_model(ref, identity), linear_model.LogisticRegression)
