@@ -145,7 +145,9 @@ class RecordViews:
     def _on_model_decisions(self, _key: str | None, value: dict[str, Any] | None) -> None:
         if value is None:
             return
-        self._timeline[("DECISION", value["decision_id"])] = {
+        # The decision's time too: a decision read again is the same entry, but one id may be decided
+        # twice (a canary's "<v>:rollback", then, promoted by hand, the same version rolled back as champion).
+        self._timeline[("DECISION", value["decision_id"], value["decided_at"])] = {
             "at": _s(value["decided_at"]), "kind": value["kind"], "decision_id": value["decision_id"],
             "model": value["model_name"],
             "from_version": value.get("from_version"), "to_version": value.get("to_version"),

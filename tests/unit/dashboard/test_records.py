@@ -139,3 +139,12 @@ def test_a_canary_promotion_counts_once_and_a_canary_failing_its_trial_is_no_cha
     assert [(m["kind"], m["label"]) for m in views.charts()["accuracy"]["marks"]] == [
         ("PROMOTE", "PROMOTE v1"), ("CANARY", "CANARY v2"), ("PROMOTE", "PROMOTE v2"), ("CANARY", "CANARY v3"),
         ("ROLLBACK", "ROLLBACK canary v3"), ("ROLLBACK", "ROLLBACK v1")]
+
+
+def test_one_decision_id_decided_twice_is_two_timeline_entries_and_a_replay_is_one():
+    views = RecordViews()
+    canary_rollback = decision("ROLLBACK", T0, "v1", "v2", decision_id="v2:rollback")
+    for _ in range(2):  # the record read again
+        views.add("model_decisions", "fraud", canary_rollback)
+    views.add("model_decisions", "fraud", decision("ROLLBACK", T0 + 60_000, "v1", "v2", decision_id="v2:rollback"))
+    assert [e["at"] for e in views.timeline() if e["decision_id"] == "v2:rollback"] == [T0 / 1000, T0 / 1000 + 60]
