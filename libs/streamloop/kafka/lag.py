@@ -29,9 +29,9 @@ class PartitionLag:
 
     @property
     def lag(self) -> int:
-        if self.committed is None or self.committed < 0:
-            return max(0, self.end_offset - max(self.start_offset, 0))
-        return max(0, self.end_offset - self.committed)
+        # No commit, or one retention has passed: the group reads on from the first record kept.
+        committed = -1 if self.committed is None else self.committed
+        return max(0, self.end_offset - max(committed, self.start_offset, 0))
 
 
 def consumer_groups(admin: AdminClient, timeout_s: float = 10.0) -> list[str]:

@@ -21,6 +21,10 @@ def test_a_partition_without_a_commit_lags_by_the_records_retention_kept():
     assert PartitionLag("g", "t", 0, committed=None, end_offset=1000, start_offset=-1).lag == 1000, "start unknown"
 
 
+def test_a_commit_retention_has_passed_lags_by_the_records_kept_not_the_deleted_ones():
+    assert PartitionLag("g", "t", 0, committed=100, end_offset=1000, start_offset=990).lag == 10
+
+
 class _Admin:
     """A group that committed on partition 0 of a two-partition topic, not yet on partition 1."""
 
