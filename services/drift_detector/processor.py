@@ -42,6 +42,7 @@ from streamloop.contracts.pipeline import PipelineSpec
 from streamloop.errors import StreamloopError
 from streamloop.kafka.records import ConsumedRecord, OutgoingRecord, ProcessResult, TopicPartitionRef
 from streamloop.ml.drift import DriftMonitor, WindowReport, categorical_view
+from streamloop.ml.promotion import class_key
 
 log = logging.getLogger(__name__)
 
@@ -93,16 +94,6 @@ class DetectorStats:
 
 
 SERVED_ROLES = ("CHAMPION", "CANARY")
-
-
-def class_name(value: Any) -> str:
-    """A label or predicted class as one canonical string: True/"True"/"true" -> "true", 1.0 -> "1"."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    text = str(value)
-    return text.lower() if text.lower() in ("true", "false") else text
 
 
 class DriftProcessor:
@@ -346,8 +337,8 @@ class DriftProcessor:
         if positive is not None:
             score = probabilities.get(positive)
             if score is None:  # the scorer may spell the class differently ("True" for "true")
-                wanted = class_name(positive)
-                score = next((p for label, p in probabilities.items() if class_name(label) == wanted), None)
+                wanted = class_key(positive)
+                score = next((p for label, p in probabilities.items() if class_key(label) == wanted), None)
             return score
         return max(probabilities.values()) if probabilities else None
 
@@ -372,5 +363,5 @@ class DriftProcessor:
             predicted = max(probabilities, key=probabilities.__getitem__)
         positive = self.spec.model.positive_class
         if positive is not None:  # positive-vs-rest, as the model learned it and the metrics count it
-            return float((class_name(predicted) == positive) != (class_name(label) == positive))
-        return float(class_name(predicted) != class_name(label))
+            return float((class_key(predicted) == positive) != (class_key(label) == positive))
+        return float(class_key(predicted) != class_key(label))

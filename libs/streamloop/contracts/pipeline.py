@@ -42,6 +42,8 @@ def _class_name(value: Any) -> Any:
     """A class as every record names it: YAML's booleans and any spelling of them are ``true``/``false``."""
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # YAML's 1.0: class "1", as a label sent as 1.0 is (ml.promotion.class_key)
     if isinstance(value, str | int) and str(value).lower() in _OTHER_BOOLEAN_CLASS:
         return str(value).lower()
     return str(value) if isinstance(value, int) else value

@@ -40,9 +40,12 @@ HIGHER_IS_BETTER = frozenset({"accuracy", "f1", "roc_auc", "precision", "recall"
 
 
 def class_key(value: Any) -> str:
-    """A class label as the string every record uses: booleans are ``true`` / ``false``."""
+    """A class label as the string every record uses: booleans are ``true`` / ``false``, and a whole
+    number sent as a double (the label schema allows one) is the integer's text: 1.0 is class "1"."""
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
     text = str(value)
     return _BOOL_KEYS.get(text.lower(), text)
 

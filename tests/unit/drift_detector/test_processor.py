@@ -16,13 +16,14 @@ from prometheus_client import generate_latest
 
 from services.drift_detector.events import Champion
 from services.drift_detector.metrics import PrometheusDriftMetrics
-from services.drift_detector.processor import DriftProcessor, DriftTopics, class_name
+from services.drift_detector.processor import DriftProcessor, DriftTopics
 from services.drift_detector.settings import DriftSettings
 from streamloop.contracts import PipelineSpec, SchemaRepository
 from streamloop.contracts.pipeline import DriftSpec
 from streamloop.kafka.group_history import HistoryUnavailableError
 from streamloop.kafka.records import ConsumedRecord, ProcessResult, TopicPartitionRef
 from streamloop.ml.evaluation import millis
+from streamloop.ml.promotion import class_key
 from streamloop.serde import SingleObjectSerde
 from streamloop.telemetry import ServiceMetrics
 
@@ -305,7 +306,8 @@ def test_window_metrics_are_exported(spec: PipelineSpec) -> None:
 
 @pytest.mark.parametrize(("value", "expected"), [(True, "true"), ("True", "true"), (1.0, "1"), (2, "2"), ("x", "x")])
 def test_labels_and_classes_compare_as_one_spelling(value: object, expected: str) -> None:
-    assert class_name(value) == expected
+    """The detector, the metrics, the promotion losses and training spell a class the same way (one function)."""
+    assert class_key(value) == expected
 
 
 def test_a_promotion_right_at_the_drift_does_not_hide_it(spec: PipelineSpec) -> None:

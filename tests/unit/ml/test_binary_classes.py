@@ -67,3 +67,14 @@ def test_the_zero_one_loss_is_positive_versus_rest_too(demo_pipeline: PipelineSp
     said_legit = {"predicted_class": "legit", "probabilities": {"fraud": 0.1, "legit": 0.9}}
     assert event_loss("zero_one", spec, "review", said_legit) == 0.0, "not fraud, as the model said"
     assert event_loss("zero_one", spec, "fraud", said_legit) == 1.0
+
+
+def test_a_whole_number_label_sent_as_a_double_is_the_integer_s_class(demo_pipeline: PipelineSpec) -> None:
+    from streamloop.ml.promotion import class_key
+    from streamloop.ml.training import target
+
+    spec = ModelSpec.model_validate({**demo_pipeline.model.model_dump(), "positive_class": 1.0,
+                                     "negative_class": 0, "cost_matrix": None})
+    assert (spec.positive_class, spec.negative_class) == ("1", "0")
+    assert target(spec, 1.0) is True and target(spec, 1) is True and target(spec, "1") is True
+    assert target(spec, 0.0) is False and class_key(2.5) == "2.5"
