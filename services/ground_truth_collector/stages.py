@@ -80,6 +80,7 @@ class RekeyStage:
         self.task = task
         self.idle_after_ms = idle_after_ms
         self._resume = False
+        self._resume_unacknowledged = False
         self._last_record_ms = 0
         self._last_written: dict[int, int] = {}
 
@@ -94,17 +95,18 @@ class RekeyStage:
         # The resume records go out before this start's first records, not at the next tick: a
         # batch that came first let the join clock run on the labels alone after a restart, and
         # labels whose features were still to be re-read came out NO_MATCHING_EVENT (seen in CI).
-        # Marked sent only once the batch is through: an attempt that fails part-way (a Schema
-        # Registry outage while decoding) is made again, and must send them again.
-        result.outputs += self._resume_records()
-        resuming = self._resume
-        self._resume = False
-        try:
-            self._rekey(batch, result)
-        except BaseException:
-            self._resume = resuming
-            raise
+        result.outputs += self._take_resume_records()
+        self._rekey(batch, result)
         return result
+
+    def delivered(self) -> None:
+        self._resume_unacknowledged = False
+
+    def discard(self) -> None:
+        """The runner drops an attempt's outputs (a record that failed, a dependency's outage) and
+        makes it again: resume records it held go out again with the next attempt."""
+        if self._resume_unacknowledged:
+            self._resume, self._resume_unacknowledged = True, False
 
     def _rekey(self, batch: Sequence[ConsumedRecord], result: ProcessResult) -> None:
         now = int(time.time() * 1000)
@@ -141,17 +143,20 @@ class RekeyStage:
                 return checked_event_id(event_id)
         return event_id_of(kind, serde.decode(raw), self.task)
 
-    def _resume_records(self) -> list[OutgoingRecord]:
-        """Once per (re)assignment, before anything else this start writes: see StreamClock.resume."""
+    def _take_resume_records(self) -> list[OutgoingRecord]:
+        """Once per (re)assignment, before anything else this start writes: see StreamClock.resume.
+
+        Taken, they are owed until the runner says the outputs they went with were delivered.
+        """
         if not self._resume:
             return []
+        self._resume, self._resume_unacknowledged = False, True
         return [self._control(RESUME, p) for p in range(self.keyed_partitions)]
 
     def tick(self, now_ms: int) -> ProcessResult:
         result = ProcessResult()
-        result.outputs += self._resume_records()
+        result.outputs += self._take_resume_records()
         if result.outputs:
-            self._resume = False
             return result
         if now_ms - self._last_record_ms < self.idle_after_ms:
             return result  # still reading: quiet partitions are only quiet once the inputs are

@@ -66,7 +66,8 @@ class _Abandoned(Exception):  # noqa: N818 - a signal inside the runner, never r
 # was sent alone; the producer's own size check (at produce()) is about one record always.
 # Anything else (a timeout, a missing topic, a refused authorization) may pass once the broker or
 # its configuration recovers, so the batch waits and retries.
-REFUSED_FOR_GOOD = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.INVALID_RECORD})
+REFUSED_FOR_GOOD = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.INVALID_RECORD,
+                              KafkaError.RECORD_LIST_TOO_LARGE})
 
 
 class _Refused(Exception):  # noqa: N818 - a signal inside the runner, never raised to callers

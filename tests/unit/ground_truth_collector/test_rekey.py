@@ -43,25 +43,37 @@ def test_an_empty_event_id_is_rejected_as_invalid() -> None:
     assert not result.outputs and result.rejections[0].error.rule == "event_id.required"
 
 
-class RegistryDown:
-    """A Confluent-format serde (no leading_string) whose registry is not answering."""
+class FailingAtFirst:
+    """A Confluent-format serde (no leading_string): "boom" is a poison record, "reg" meets an outage once."""
 
-    def decode(self, _data: bytes):
+    def __init__(self) -> None:
+        self.down_once = True
+
+    def decode(self, data: bytes) -> dict:
         from streamloop.serde import RegistryUnavailableError
 
-        raise RegistryUnavailableError("registry lookup failed: connection refused")
+        value = SERDE.decode(data)
+        if value["event_id"] == "boom":
+            raise RuntimeError("a bug on this record")
+        if value["event_id"] == "reg" and self.down_once:
+            self.down_once = False
+            raise RegistryUnavailableError("registry lookup failed: connection refused")
+        return value
 
 
-def test_an_attempt_that_fails_part_way_sends_the_resume_markers_again_when_made_again() -> None:
-    import pytest
+def test_resume_markers_held_by_an_attempt_the_runner_drops_go_out_with_the_next() -> None:
+    """Record by record after a poison record, then an outage: the runner drops the attempt (discard)
+    and makes it again; its resume markers must be in what is finally sent, once."""
+    from streamloop.kafka import KafkaSettings, RunnerSettings, StageRunner, StageTopics
 
-    from streamloop.errors import DependencyUnavailable
-
-    rekey = RekeyStage({FEATURES: Kind.FEATURES}, {FEATURES: RegistryDown()}, "t.by-event", 6, "classification",
+    rekey = RekeyStage({FEATURES: Kind.FEATURES}, {FEATURES: FailingAtFirst()}, "t.by-event", 6, "classification",
                        idle_after_ms=1_000)
     rekey.on_assigned([TopicPartitionRef(FEATURES, 0)])
-    with pytest.raises(DependencyUnavailable):
-        rekey.process([vector(0, "evt-1")])
-    rekey.serdes = {FEATURES: SERDE}  # the registry answers again: the runner makes the attempt again
-    outputs = rekey.process([vector(0, "evt-1")]).outputs
-    assert [control_of(o.headers) for o in outputs[:6]] == [RESUME] * 6, "the failed attempt's markers were never sent"
+    runner = StageRunner("collector", "g", KafkaSettings(bootstrap_servers="127.0.0.1:1"), StageTopics({}, {}),
+                         rekey, RunnerSettings(retry_backoff_s=0.001))
+    result = runner._patiently("processing", runner._attempt([vector(0, "a"), vector(1, "boom"), vector(2, "reg")]))
+    controls = [control_of(o.headers) for o in result.outputs]
+    assert controls[:6] == [RESUME] * 6 and controls.count(RESUME) == 6
+    assert [o.key for o in result.outputs[6:]] == ["a", "reg"] and len(result.rejections) == 1
+    rekey.delivered()
+    assert not any(control_of(o.headers) == RESUME for o in rekey.process([vector(3, "b")]).outputs)
