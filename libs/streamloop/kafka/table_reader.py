@@ -131,7 +131,8 @@ class CompactedTopicReader:
                         log.info("%s: caught up with %s (%d keys)", self.name, self.topic, len(self._table))
                         self._caught_up.set()
         except Exception:  # noqa: BLE001 - a dead reader must be visible, not silent
-            log.exception("%s: reading %s failed; the table stops updating", self.name, self.topic)
+            if not self._stopping.is_set():  # stopped while it waited for the registry: nothing failed
+                log.exception("%s: reading %s failed; the table stops updating", self.name, self.topic)
         finally:
             consumer.close()
 
