@@ -166,7 +166,7 @@ class RunnerCollector:
         try:
             self.ensure_internal_topics()
             self.ensure_keyed_partitions()
-        except KeyedTopicError as exc:
+        except (KeyedTopicError, KafkaException) as exc:  # KafkaException: the broker did not answer the admin calls
             log.error("%s: %s", SERVICE, exc)
             self.telemetry.shutdown()
             return 1

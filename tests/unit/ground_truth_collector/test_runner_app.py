@@ -177,3 +177,19 @@ def test_a_keyed_topic_that_cannot_grow_stops_the_start_with_one_line_saying_wha
     [error] = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert "COLLECTOR_KEYED_PARTITIONS" in error and f"--partitions {collector.keyed_partitions}" in error
     assert "\n" not in error
+
+
+class SilentBroker(Admin):
+    def list_topics(self, topic: str | None = None, timeout: float = 0) -> SimpleNamespace:
+        raise KafkaException(KafkaError(KafkaError._TRANSPORT, "no broker answered"))
+
+
+def test_a_broker_that_does_not_answer_the_keyed_topic_check_is_one_error_line_and_exit_1(
+        collector, monkeypatch, caplog) -> None:
+    monkeypatch.setattr(runner_app, "AdminClient", lambda _config: SilentBroker(collector.keyed_topic, 1))
+    monkeypatch.setattr(collector, "ensure_internal_topics", lambda: None)
+    collector.runners = [IdleRunner(name) for name in ("grp", "grp.join", "grp.score")]
+    assert collector.run() == 1
+    assert not any(runner.started for runner in collector.runners)
+    [error] = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert "no broker answered" in error
