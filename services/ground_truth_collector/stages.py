@@ -362,10 +362,10 @@ class ScoreStage:
         scoring = self._stage()
         # Decoded before anything changes: this stage has no discard(), and an attempt that a
         # Schema Registry outage stops part-way is made again whole (it would count twice).
-        examples = {(record.topic, record.partition, record.offset): self.example_serde.decode(record.value["bytes"])
-                    for record in batch
-                    if control_of(record.headers) is None and header(record.headers, HEADER_DECIDED_AT) is not None}
-        for record in batch:
+        examples = [self.example_serde.decode(record.value["bytes"])
+                    if control_of(record.headers) is None and header(record.headers, HEADER_DECIDED_AT) is not None
+                    else None for record in batch]
+        for record, example in zip(batch, examples, strict=True):
             control = control_of(record.headers)
             origin = SourceRef.parse((header(record.headers, HEADER_ORIGIN) or b"?:0:0").decode())
             clock = header(record.headers, HEADER_JOIN_CLOCK)
@@ -379,7 +379,6 @@ class ScoreStage:
             elif control is not None or decided_at is None:
                 scoring.tick(record.timestamp_ms)
             else:
-                example = examples[(record.topic, record.partition, record.offset)]
                 window = scoring.add(example, int(decided_at), origin, record.timestamp_ms, join_clock)
             self.held.append((record.topic, record.partition, record.offset, window))
         return self._close(scoring)

@@ -1,3 +1,5 @@
+from confluent_kafka import KafkaError, KafkaException
+
 from streamloop.errors import StreamloopError
 
 
@@ -34,3 +36,8 @@ class InvalidRecordError(KafkaRuntimeError):
         super().__init__(message)
         self.rule = rule
         self.rules = [r for r in rules if r] if rules else ([rule] if rule else [])
+
+
+def kafka_error_of(exc: KafkaException) -> KafkaError | None:
+    """The KafkaError a KafkaException carries (its code, fatal and retriable flags), if it carries one."""
+    return exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None

@@ -18,6 +18,16 @@ from confluent_kafka.admin import AdminClient
 from streamloop.kafka.configuration import KafkaSettings
 
 
+def records_behind(position: int | None, start: int, end: int) -> int:
+    """Records of a partition holding ``[start, end)`` a consumer at ``position`` has yet to read.
+
+    No position (nothing committed: -1 or an OFFSET_* sentinel), or one retention has passed: the
+    consumer reads on from the first record kept (auto.offset.reset earliest), not the deleted ones.
+    """
+    at = -1 if position is None else position
+    return max(0, end - max(at, start, 0))
+
+
 @dataclass(frozen=True)
 class PartitionLag:
     group: str
@@ -29,9 +39,7 @@ class PartitionLag:
 
     @property
     def lag(self) -> int:
-        # No commit, or one retention has passed: the group reads on from the first record kept.
-        committed = -1 if self.committed is None else self.committed
-        return max(0, self.end_offset - max(committed, self.start_offset, 0))
+        return records_behind(self.committed, self.start_offset, self.end_offset)
 
 
 def consumer_groups(admin: AdminClient, timeout_s: float = 10.0) -> list[str]:

@@ -30,7 +30,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from streamloop.errors import DependencyUnavailable
 from streamloop.kafka import dead_letters
 from streamloop.kafka.configuration import KafkaSettings
-from streamloop.kafka.exceptions import DeliveryError, RecordRefusedError
+from streamloop.kafka.exceptions import DeliveryError, RecordRefusedError, kafka_error_of
+from streamloop.kafka.lag import records_behind
 from streamloop.kafka.pacing import FetchPacer
 from streamloop.kafka.records import (
     ConsumedRecord,
@@ -266,12 +267,13 @@ class StageRunner:
         now = time.monotonic()
         if now >= self._next_tick and hasattr(self.processor, "tick"):
             self._next_tick = now + self.settings.tick_interval_s
+            # A lambda: each attempt ticks at its own time.
             ticked = self._patiently("ticking", lambda: self.processor.tick(int(time.time() * 1000)))
             if self._deliver_with_retry(ticked, []) and hasattr(self.processor, "delivered"):
                 self.processor.delivered()
 
-    def _patiently(self, what: str, attempt: Callable[[], Any]) -> Any:
-        """``attempt()`` until no dependency is unavailable, with backoff; _Abandoned if stopped meanwhile.
+    def _patiently(self, what: str, attempt: Callable[..., Any], *args: Any) -> Any:
+        """``attempt(*args)`` until no dependency is unavailable, with backoff; _Abandoned if stopped meanwhile.
 
         A Schema Registry or Redis outage is not the records' fault: dead-lettering them (and
         committing past them) would take good records out of the pipeline for as long as it lasts.
@@ -279,7 +281,7 @@ class StageRunner:
         backoff = self.settings.retry_backoff_s
         while True:
             try:
-                return attempt()
+                return attempt(*args)
             except DependencyUnavailable as exc:
                 if self.stopping:
                     raise _Abandoned(f"{what} waited for an unavailable dependency ({exc})") from exc
@@ -321,8 +323,7 @@ class StageRunner:
             if timestamp > 0:
                 self._last_consumed_ms[(topic, partition)] = timestamp
             try:
-                serde = self.topics.inputs[topic]
-                value = self._patiently("decoding", lambda serde=serde, message=message: serde.decode(message.value()))
+                value = self._patiently("decoding", self.topics.inputs[topic].decode, message.value())
             except SerdeError as exc:
                 dead.append(_DeadLetter(message, dead_letters.STAGE_DECODE, exc))
                 continue
@@ -439,7 +440,7 @@ class StageRunner:
         raw: dict[tuple[str, int, int], Message] | None = None,
     ) -> bool:
         """Produce outputs and dead letters until acknowledged; False if stopped before that."""
-        encoded, encode_failures = self._patiently("encoding", lambda: self._encode(result.outputs, raw))
+        encoded, encode_failures = self._patiently("encoding", self._encode, result.outputs, raw)
         for source, exc in encode_failures:
             if raw is not None and source is not None:
                 dead.append(_DeadLetter(raw[(source.topic, source.partition, source.offset)],
@@ -664,7 +665,7 @@ class StageRunner:
                 # The local queue is full: let deliveries drain, then try again.
                 self.producer.poll(0.1)
             except KafkaException as exc:
-                error = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+                error = kafka_error_of(exc)
                 if error is not None and error.code() in REFUSED_FOR_GOOD:
                     raise _Refused(error) from exc  # the producer's own check: about this record
                 raise self._fatal_producer_error(exc) from exc
@@ -672,7 +673,7 @@ class StageRunner:
     def _fatal_producer_error(self, exc: KafkaException) -> DeliveryError:
         """A fatal producer error (e.g. OUT_OF_ORDER_SEQUENCE_NUMBER after a broker restart lost the
         idempotence state) raised by produce or flush: the batch is retried on a new producer."""
-        error = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+        error = kafka_error_of(exc)
         if error is None or not (error.fatal() or error.code() == KafkaError._FATAL):
             raise exc
         self._producer_fatal = True
@@ -842,7 +843,7 @@ class StageRunner:
                 if high is None or high < 0:
                     continue
                 key = (tp.topic, tp.partition)
-                lag[key] = max(0, high - (tp.offset if tp.offset >= 0 else max(low, 0)))  # unknown: from the start
+                lag[key] = records_behind(tp.offset, low, high)
                 if lag[key]:
                     behind_since[key] = self._behind_since(key)
                 else:

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 from pydantic import ValidationError
 from pydantic_settings import SettingsError
@@ -20,7 +20,7 @@ from pydantic_settings import SettingsError
 from streamloop.errors import StreamloopError
 from streamloop.kafka.admin import wait_for_broker
 from streamloop.kafka.configuration import KafkaSettings
-from streamloop.kafka.exceptions import BrokerUnavailableError
+from streamloop.kafka.exceptions import BrokerUnavailableError, kafka_error_of
 from streamloop.service.context import configure_logging
 from streamloop.service.settings_errors import describe_settings_error, describe_validation_error
 
@@ -74,7 +74,7 @@ def start_service(service: str, load_settings: Callable[[], S], build: Callable[
 def describe_kafka_client_error(exc: KafkaException) -> str:
     """librdkafka refusing a client's configuration (a TLS file it cannot read, a SASL mechanism it
     lacks): one line that points at the variables, which its own message does not name."""
-    error = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+    error = kafka_error_of(exc)
     text = error.str() if error is not None else str(exc)
     return (f"invalid Kafka client settings (KAFKA_SECURITY_PROTOCOL, KAFKA_SASL_*, KAFKA_SSL_*, "
             f"KAFKA_CLIENT_ID): {' '.join(text.split())}")
