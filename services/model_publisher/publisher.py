@@ -134,7 +134,7 @@ class PublisherProcessor:
 
     def _forget_retired(self) -> None:
         """Bound what is kept per version: the deployed ones, and the lineage of the recent candidates."""
-        live = {record["version"] for record in self.table.slots(self.pipeline.name, self.pipeline.model.name).values()}
+        live = {record["version"] for record in self.judge.slots().values()}
         self.judge.forget_retired(live)
         self.staleness.forget_retired(live)
         excess = len(self._candidates) - self.policy.lineage_versions
@@ -264,7 +264,7 @@ class PublisherProcessor:
         return 1
 
     def _held_out_losses(self, record: ConsumedRecord, scored_live: dict[str, Any]) -> dict[str, float]:
-        slots = self.table.slots(self.pipeline.name, self.pipeline.model.name)
+        slots = self.judge.slots()
         deployed = {r["version"]: r for slot, r in slots.items() if slot != CANARY}  # a canary is judged A/B
         skip = set(scored_live)
         before = self.ledger.roles(record.value["event_id"])
