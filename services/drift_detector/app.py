@@ -111,7 +111,7 @@ def build(settings: DriftSettings) -> DriftService:
     history = None
     if settings.replay_on_start:
         serdes = {ctx.topic(role).name: ctx.serde(role) for role in INPUTS + OUTPUTS}
-        history = KafkaHistory(kafka, ctx.group_id, serdes, settings.history_timeout_s)
+        history = KafkaHistory.of_group(kafka, ctx.group_id, serdes, settings.history_timeout_s)
     lease = None
     if settings.standby_lease:
         lease = LeaderLease(kafka, f"{ctx.group_id}.lease", ctx.topic("drift_events").name, settings.lease_poll_s)

@@ -14,6 +14,7 @@ resumes, so no record is fed to the windows twice (once replayed, once live).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -23,6 +24,8 @@ from streamloop.kafka.group_history import GroupHistory
 from streamloop.kafka.records import ConsumedRecord
 from streamloop.kafka.table_reader import CompactedTopicReader
 from streamloop.serde import Serde
+
+log = logging.getLogger(__name__)
 
 MAX_SINCE_READS = 20
 
@@ -44,9 +47,13 @@ class TableChampions:
 class KafkaHistory:
     """The detector's history, read with ``GroupHistory`` under the detector's group id (for its committed offsets)."""
 
-    def __init__(self, kafka: KafkaSettings, group_id: str, serdes: Mapping[str, Serde],
-                 timeout_s: float = 30.0) -> None:
-        self.group = GroupHistory(kafka, group_id, serdes, timeout_s)
+    def __init__(self, group: GroupHistory) -> None:
+        self.group = group
+
+    @classmethod
+    def of_group(cls, kafka: KafkaSettings, group_id: str, serdes: Mapping[str, Serde],
+                 timeout_s: float = 30.0) -> KafkaHistory:
+        return cls(GroupHistory(kafka, group_id, serdes, timeout_s))
 
     def since(self, topic: str, time_ms: int, limit: int,
               counts: Callable[[ConsumedRecord], bool] = lambda _record: True) -> list[ConsumedRecord]:
@@ -60,6 +67,14 @@ class KafkaHistory:
         starts = self.group.offsets_at(topic, time_ms, bounds)
         # No record at or after time_ms (the high watermark), or one past the committed offset: nothing to replay.
         positions = {p: starts[p] for p, bound in bounds.items() if starts.get(p, bound.high) < bound.committed}
+        # A start at a log start above 0 may be retention's doing, not the time's: the records from
+        # time_ms on may have been deleted, and the reference is then built from later, maybe
+        # drifted, data. Kafka cannot tell which; the operator should know to lengthen retention.
+        trimmed = sorted(p for p, start in positions.items() if start == bounds[p].low > 0)
+        if trimmed:
+            log.warning("%s: the records since %d may have aged out of partitions %s (each starts at its "
+                        "log start): a reference read from there is built from the oldest records kept; "
+                        "keep the topic's retention longer than a champion's life", topic, time_ms, trimmed)
         counted: list[ConsumedRecord] = []
         for _round in range(MAX_SINCE_READS):
             ranges = {p: (start, min(bounds[p].committed, start + limit)) for p, start in positions.items()
