@@ -43,7 +43,7 @@ def make_runner() -> tuple[StageRunner, Recording]:
     serde = SingleObjectSerde(VECTOR, REPOSITORY)
     runner = StageRunner("fuzz", "fuzz-group", KafkaSettings(bootstrap_servers="127.0.0.1:1"),
                          StageTopics(inputs={TOPIC: serde}, outputs={}), processor)
-    runner.producer = FakeProducer()
+    runner.delivery.producer = FakeProducer()
     runner.consumer = FakeConsumer()
     runner._assigned.add((TOPIC, 0))
     return runner, processor
@@ -63,7 +63,7 @@ def test_poison_records_become_dead_letters_and_the_batch_flows(values: list) ->
         messages.append(FakeMessage(value, offset, headers=[("origin", b"fuzz")]))
     runner._run_batch(messages)
 
-    dead = [p for p in runner.producer.produced if p[0] == TOPIC + ".dlq"]
+    dead = [p for p in runner.delivery.producer.produced if p[0] == TOPIC + ".dlq"]
     assert len(processor.seen) + len(dead) == len(values)
     assert len(processor.seen) >= good  # garbage that happens to decode is processed, never lost
     for _topic, key, value, headers in dead:

@@ -7,10 +7,8 @@ tolerate seeing a record twice (stateful ones remember the highest offset applie
 
 Nothing is lost: a record that cannot be decoded, breaks a rule or makes the processor raise goes
 to ``<topic>.dlq`` with its original bytes and Kafka Connect's error headers, and the rest of the
-batch flows on. A fatal producer error (the broker lost the idempotent producer's sequence state,
-as noida-db does on a restart, losing acknowledged records with it) sends the outputs acknowledged
-in the last ``resend_window_s`` again on a new producer: the committed input offsets cannot bring
-them back.
+batch flows on. Getting outputs and dead letters acknowledged, through a fatal producer error
+or a record Kafka refuses, is ``streamloop.kafka.delivery``'s part.
 """
 
 from __future__ import annotations
@@ -19,18 +17,17 @@ import logging
 import signal
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 from pydantic import BaseModel, ConfigDict, Field
 
 from streamloop.errors import DependencyUnavailable
 from streamloop.kafka import dead_letters
 from streamloop.kafka.configuration import KafkaSettings
-from streamloop.kafka.exceptions import DeliveryError, RecordRefusedError, kafka_error_of
+from streamloop.kafka.delivery import DeadLetter, Delivery, Encoded, Identity
 from streamloop.kafka.lag import records_behind
 from streamloop.kafka.pacing import FetchPacer
 from streamloop.kafka.records import (
@@ -39,7 +36,6 @@ from streamloop.kafka.records import (
     OutgoingRecord,
     Processor,
     ProcessResult,
-    RecordOrigin,
     Rejection,
     TopicPartitionRef,
 )
@@ -50,54 +46,9 @@ log = logging.getLogger(__name__)
 
 TRACEPARENT = "traceparent"
 
-# Which output a record is, whichever time its input was read: the n-th output to a topic from one
-# input record (its topic, partition and offset). A replayed input yields outputs of the same
-# identities; outputs with no input record (ticks) and dead letters have none.
-_Identity = tuple[str, str, int, int, int] | None
-_Encoded = tuple[str, bytes | None, bytes | None, Headers, int | None, _Identity]
-
 
 class _Abandoned(Exception):  # noqa: N818 - a signal inside the runner, never raised to callers
     """The runner was stopped while a dependency was unavailable: the batch is left uncommitted."""
-
-
-# Errors that no retry cures when they are about one record: it is too large, or the broker finds
-# it invalid. The broker answers them for a whole produce batch, though (a topic whose
-# max.message.bytes is below the producer's batch), so a record counts as refused only when it
-# was sent alone; the producer's own size check (at produce()) is about one record always.
-# Anything else (a timeout, a missing topic, a refused authorization) may pass once the broker or
-# its configuration recovers, so the batch waits and retries.
-REFUSED_FOR_GOOD = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.INVALID_RECORD,
-                              KafkaError.RECORD_LIST_TOO_LARGE})
-
-
-class _Refused(Exception):  # noqa: N818 - a signal inside the runner, never raised to callers
-    """The producer refused one record at produce() (larger than its message.max.bytes)."""
-
-    def __init__(self, error: KafkaError) -> None:
-        super().__init__(error.str())
-        self.error = error
-
-
-class _RefusedInBatch(DeliveryError):
-    """The broker refused records sent in a batch as too large or invalid: sent again one at a time,
-    each refusal is then about its own record."""
-
-
-@dataclass(frozen=True, slots=True)
-class _DeadLetter:
-    message: Message
-    stage: str
-    error: BaseException
-    origin: RecordOrigin | None = None
-    # Why the original value is left out: Kafka refused the dead letter that carried it.
-    value_dropped: str | None = None
-
-    @property
-    def source(self) -> RecordOrigin:
-        """The record the user wrote: the message itself, or the one it was forwarded from."""
-        message = self.message
-        return self.origin or RecordOrigin(message.topic(), message.partition(), message.offset())
 
 
 class RunnerSettings(BaseModel):
@@ -195,12 +146,10 @@ class StageRunner:
         self.stats = RunnerStats()
         self._consumer_config = kafka.consumer(group_id, error_cb=self._on_consumer_client_error,
                                                **(consumer_overrides or {}))
-        self._producer_config = kafka.producer(error_cb=self._on_producer_client_error,
-                                               **(producer_overrides or {}))
         self._stopping = threading.Event()
-        self._producer_fatal = False
-        # (monotonic time acknowledged, the record as produced): the candidates for a re-send.
-        self._acknowledged: deque[tuple[float, _Encoded]] = deque()
+        self.delivery = Delivery(service, kafka, producer_overrides or {}, settings=self.settings,
+                                 dead_letter_topics=topics.dead_letters, stats=self.stats, metrics=self.metrics,
+                                 stopping=self._stopping, report_client_error=self._on_producer_client_error)
         self._consumer_fatal: KafkaError | None = None
         self._last_unreachable_log = 0.0
         self._assigned: set[tuple[str, int]] = set()
@@ -212,7 +161,6 @@ class StageRunner:
         self.consumer: Consumer | None = None
         self.pacer: FetchPacer | None = None
         self._next_tick = 0.0
-        self.producer: Producer | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -229,7 +177,7 @@ class StageRunner:
         signal.signal(signal.SIGINT, self.stop)
 
     def run(self, on_started: Callable[[], None] | None = None) -> int:
-        self.producer = Producer(self._producer_config)
+        self.delivery.open()
         self.consumer = Consumer(self._consumer_config)
         self.pacer = FetchPacer(self.consumer, self.kafka.idle_fetch_pause_ms / 1000,
                                 self.kafka.idle_fetch_listen_ms / 1000)
@@ -269,7 +217,7 @@ class StageRunner:
             self._next_tick = now + self.settings.tick_interval_s
             # A lambda: each attempt ticks at its own time.
             ticked = self._patiently("ticking", lambda: self.processor.tick(int(time.time() * 1000)))
-            if self._deliver_with_retry(ticked, []) and hasattr(self.processor, "delivered"):
+            if self._deliver(ticked, []) and hasattr(self.processor, "delivered"):
                 self.processor.delivered()
 
     def _patiently(self, what: str, attempt: Callable[..., Any], *args: Any) -> Any:
@@ -291,11 +239,7 @@ class StageRunner:
                 backoff = min(backoff * 2, self.settings.retry_backoff_max_s)
 
     def _shutdown(self) -> None:
-        if self.producer is not None:
-            try:
-                self.producer.flush(30)
-            except KafkaException as exc:  # a fatal producer raises; the consumer must still leave cleanly
-                log.warning("%s: producer flush at shutdown: %s", self.service, exc)
+        self.delivery.close()
         if self.consumer is not None:
             try:
                 self.consumer.close()
@@ -309,7 +253,7 @@ class StageRunner:
         started = time.perf_counter()
         records: list[ConsumedRecord] = []
         raw: dict[tuple[str, int, int], Message] = {}
-        dead: list[_DeadLetter] = []
+        dead: list[DeadLetter] = []
         next_offsets: dict[tuple[str, int], int] = {}
         for message in messages:
             error = message.error()
@@ -325,7 +269,7 @@ class StageRunner:
             try:
                 value = self._patiently("decoding", self.topics.inputs[topic].decode, message.value())
             except SerdeError as exc:
-                dead.append(_DeadLetter(message, dead_letters.STAGE_DECODE, exc))
+                dead.append(DeadLetter(message, dead_letters.STAGE_DECODE, exc))
                 continue
             key = message.key()
             records.append(ConsumedRecord(
@@ -340,9 +284,9 @@ class StageRunner:
                 result = self._patiently("processing", self._attempt(records))
         for rejection in result.rejections:
             source = rejection.record
-            dead.append(_DeadLetter(raw[(source.topic, source.partition, source.offset)], rejection.stage,
-                                    rejection.error, rejection.origin))
-        if self._deliver_with_retry(result, dead, raw):
+            dead.append(DeadLetter(raw[(source.topic, source.partition, source.offset)], rejection.stage,
+                                   rejection.error, rejection.origin))
+        if self._deliver(result, dead, raw):
             if hasattr(self.processor, "delivered"):
                 self.processor.delivered()
             self._commit(self._limited(next_offsets))
@@ -431,107 +375,23 @@ class StageRunner:
         result.rejections += [Rejection(records[at], exc, dead_letters.STAGE_PROCESS) for at, exc in poison.items()]
         return result
 
-    # -- produce and commit ------------------------------------------------------------------
+    # -- deliver and commit ------------------------------------------------------------------
 
-    def _deliver_with_retry(
-        self,
-        result: ProcessResult,
-        dead: list[_DeadLetter],
-        raw: dict[tuple[str, int, int], Message] | None = None,
-    ) -> bool:
-        """Produce outputs and dead letters until acknowledged; False if stopped before that."""
+    def _deliver(self, result: ProcessResult, dead: list[DeadLetter],
+                 raw: dict[tuple[str, int, int], Message] | None = None) -> bool:
+        """Encode the outputs and deliver them with the dead letters; False if stopped before all were acknowledged.
+
+        An output that does not match its schema dead-letters its input record, in ``dead``: the
+        batch's metrics count it among the batch's errors.
+        """
         encoded, encode_failures = self._patiently("encoding", self._encode, result.outputs, raw)
         for source, exc in encode_failures:
             if raw is not None and source is not None:
-                dead.append(_DeadLetter(raw[(source.topic, source.partition, source.offset)],
-                                        dead_letters.STAGE_ENCODE, exc))
+                dead.append(DeadLetter(raw[(source.topic, source.partition, source.offset)],
+                                       dead_letters.STAGE_ENCODE, exc))
             else:
                 log.error("%s: dropped an output that does not match its schema: %s", self.service, exc)
-        backoff = self.settings.retry_backoff_s
-        outputs, letters = list(encoded), list(dead)
-        alone = False
-        while True:
-            # A retry sends again only what the broker did not acknowledge: re-sending the whole
-            # batch after a broker restart wrote every acknowledged output of it twice.
-            acked_outputs: set[int] = set()
-            acked_letters: set[int] = set()
-            refused_outputs: dict[int, KafkaError] = {}
-            refused_letters: dict[int, KafkaError] = {}
-            failed: DeliveryError | None = None
-            try:
-                self._produce_all(outputs, letters, acked_outputs, acked_letters, refused_outputs, refused_letters,
-                                  alone=alone)
-            except DeliveryError as exc:
-                failed = exc
-            alone = isinstance(failed, _RefusedInBatch)
-            self._count_delivered(len(acked_outputs), [d for i, d in enumerate(letters) if i in acked_letters])
-            # Refused for good: the output's input record is dead-lettered instead, a dead letter
-            # goes again without the value Kafka would not take.
-            replacements = self._dead_letters_for_refused(outputs, refused_outputs, raw)
-            replacements += self._without_values(letters, refused_letters)
-            outputs = [o for i, o in enumerate(outputs) if i not in acked_outputs and i not in refused_outputs]
-            letters = [d for i, d in enumerate(letters) if i not in acked_letters and i not in refused_letters]
-            letters += replacements
-            if failed is None:
-                if not outputs and not letters:
-                    return True
-                continue  # only the replacements are left: send them at once
-            self.stats.delivery_retries += 1
-            if alone:
-                log.warning("%s: %s; sending them again one at a time", self.service, failed)
-                continue
-            if self.stopping:
-                # Leave without committing: the batch is consumed again after restart. The outputs
-                # a fatal producer error put at risk are not: their inputs are committed already.
-                if self._producer_fatal:
-                    self._resend_before_leaving()
-                log.warning("%s: stopping with an undelivered batch; it will be replayed", self.service)
-                return False
-            log.warning("%s: %s; retrying in %.1fs", self.service, failed, backoff)
-            if self._producer_fatal:
-                self._recreate_producer()
-                outputs = self._recently_acknowledged() + outputs
-            self._sleep(backoff)
-            backoff = min(backoff * 2, self.settings.retry_backoff_max_s)
-
-    def _dead_letters_for_refused(self, outputs: list[_Encoded], refused: dict[int, KafkaError],
-                                  raw: dict[tuple[str, int, int], Message] | None) -> list[_DeadLetter]:
-        """The input records of outputs Kafka refused for good, as dead letters saying why."""
-        letters: list[_DeadLetter] = []
-        inputs: set[tuple[str, int, int]] = set()
-        for index, error in sorted(refused.items()):
-            topic, _key, value, _headers, _partition, identity = outputs[index]
-            size = 0 if value is None else len(value)
-            reason = RecordRefusedError(f"output to {topic} ({size:,} bytes) refused by Kafka: {error.str()}")
-            message = raw.get(identity[1:4]) if raw is not None and identity is not None else None
-            if message is None:  # a tick's output: no input record to keep it by
-                log.error("%s: dropped an output with no input record: %s", self.service, reason)
-                continue
-            if identity[1:4] in inputs:
-                continue  # another refused output of the same input: its dead letter is on its way
-            inputs.add(identity[1:4])
-            log.error("%s: %s; its input %s[%d]@%d goes to the dead letters", self.service, reason,
-                      message.topic(), message.partition(), message.offset())
-            letters.append(_DeadLetter(message, dead_letters.STAGE_PRODUCE, reason))
-        return letters
-
-    def _without_values(self, letters: list[_DeadLetter], refused: dict[int, KafkaError]) -> list[_DeadLetter]:
-        """Dead letters Kafka refused, to send again without their value; dropped if that was refused too."""
-        again: list[_DeadLetter] = []
-        for index, error in sorted(refused.items()):
-            letter = letters[index]
-            source = letter.source
-            if letter.value_dropped is not None:
-                log.error("%s: a dead letter for %s[%d]@%d was refused even without its value (%s); the "
-                          "record stays in its topic only", self.service, source.topic, source.partition,
-                          source.offset, error.str())
-                continue
-            value = letter.message.value()
-            reason = (f"{0 if value is None else len(value):,} bytes refused by Kafka as a dead letter "
-                      f"({error.str()}); the original is {source.topic}[{source.partition}]@{source.offset}")
-            log.error("%s: %s", self.service, reason)
-            again.append(_DeadLetter(letter.message, letter.stage, letter.error, letter.origin, reason))
-        return again
+        return self.delivery.deliver(encoded, dead, raw)
 
     def _trace_headers(self, out: OutgoingRecord, raw: dict[tuple[str, int, int], Message] | None) -> Headers:
         """Carry the source's trace onward; sampled records get a span of their own as the parent."""
@@ -548,12 +408,12 @@ class StageRunner:
         with self.tracer.process_record(message, group=self.group_id):
             return inject_headers(headers)
 
-    def _encode(self, outputs: Sequence[OutgoingRecord], raw=None) -> tuple[list[_Encoded], list]:
+    def _encode(self, outputs: Sequence[OutgoingRecord], raw=None) -> tuple[list[Encoded], list]:
         encoded = []
         failures = []
         ordinals: dict[tuple[str, str, int, int], int] = {}
         for out in outputs:
-            identity: _Identity = None
+            identity: Identity = None
             if out.source is not None:
                 slot = (out.topic, out.source.topic, out.source.partition, out.source.offset)
                 identity = (*slot, ordinals.get(slot, 0))
@@ -568,117 +428,6 @@ class StageRunner:
                             out.partition, identity))
         return encoded, failures
 
-    def _produce_all(self, encoded: list, dead: list[_DeadLetter], acked_outputs: set[int], acked_letters: set[int],
-                     refused_outputs: dict[int, KafkaError], refused_letters: dict[int, KafkaError], *,
-                     alone: bool = False) -> None:
-        """Produce and wait for every acknowledgement (``alone``: each before the next is sent).
-
-        The indexes acknowledged go into the two sets; those refused for good (``REFUSED_FOR_GOOD``),
-        with their error, into the two dicts. Any other failure raises DeliveryError at the end.
-        """
-        assert self.producer is not None
-        failures: list[KafkaError] = []
-
-        def on_delivery(acked: set[int], refused: dict[int, KafkaError], index: int,
-                        record: _Encoded) -> Callable[[KafkaError | None, Message], None]:
-            def delivered(error: KafkaError | None, _message: Message) -> None:
-                if error is None:
-                    acked.add(index)
-                    self._remember_acknowledged(record)
-                elif error.code() in REFUSED_FOR_GOOD and alone:
-                    refused[index] = error
-                else:
-                    failures.append(error)
-            return delivered
-
-        for index, record in enumerate(encoded):
-            topic, key, value, headers, partition, _identity = record
-            try:
-                self._produce(topic, key, value, headers, on_delivery(acked_outputs, refused_outputs, index, record),
-                              partition)
-            except _Refused as refusal:
-                refused_outputs[index] = refusal.error
-            if alone:
-                self._wait_for_deliveries()
-        for index, dead_letter in enumerate(dead):
-            message, source = dead_letter.message, dead_letter.source
-            dlq = self.topics.dead_letters.get(source.topic, source.topic + ".dlq")
-            headers = dead_letters.dead_letter_headers(
-                message.headers(), topic=source.topic, partition=source.partition, offset=source.offset,
-                stage=dead_letter.stage, error=dead_letter.error, service=self.service,
-            )
-            value = message.value()
-            if dead_letter.value_dropped is not None:
-                value = None
-                headers.append((dead_letters.VALUE_DROPPED, dead_letter.value_dropped.encode()))
-            letter = (dlq, message.key(), value, headers, None, None)
-            try:
-                self._produce(dlq, message.key(), value, headers,
-                              on_delivery(acked_letters, refused_letters, index, letter))
-            except _Refused as refusal:
-                refused_letters[index] = refusal.error
-            if alone:
-                self._wait_for_deliveries()
-        self._wait_for_deliveries()
-        if any(f.code() in REFUSED_FOR_GOOD for f in failures):
-            raise _RefusedInBatch(f"{len(failures)} records refused in a batch: {failures[0].str()}")
-        if failures:
-            lasting = next((f for f in failures if not f.retriable()), None)
-            if lasting is not None:
-                # A missing topic or a refused authorization: nothing heals it but an operator.
-                log.error("%s: Kafka refuses to take records (%s); the batch waits, uncommitted, until that is "
-                          "fixed", self.service, lasting.str())
-            raise DeliveryError(f"{len(failures)} records not acknowledged: {failures[0].str()}")
-
-    def _wait_for_deliveries(self) -> None:
-        assert self.producer is not None
-        waited = 0.0
-        while len(self.producer) > 0:
-            try:
-                self.producer.flush(1.0)
-            except KafkaException as exc:
-                raise self._fatal_producer_error(exc) from exc
-            waited += 1.0
-            if self.stopping and waited > 10:
-                raise DeliveryError(f"{len(self.producer)} records still queued at shutdown")
-
-    def _count_delivered(self, outputs: int, letters: list[_DeadLetter]) -> None:
-        self.stats.produced += outputs
-        self.stats.dead_lettered += len(letters)
-        for letter in letters:
-            self.metrics.record_dead_letters(letter.source.topic, type(letter.error).__name__)
-        if letters:
-            first = letters[0].source
-            log.warning("%s: %d records dead-lettered (first: %s at %s[%d]@%d)", self.service, len(letters),
-                        letters[0].error, first.topic, first.partition, first.offset)
-
-    def _produce(self, topic: str, key: bytes | None, value: bytes | None, headers: Headers, callback,
-                 partition: int | None = None) -> None:
-        assert self.producer is not None
-        pinned = {} if partition is None else {"partition": partition}
-        while True:
-            try:
-                self.producer.produce(topic, value=value, key=key, headers=headers, on_delivery=callback, **pinned)
-                self.producer.poll(0)
-                return
-            except BufferError:
-                # The local queue is full: let deliveries drain, then try again.
-                self.producer.poll(0.1)
-            except KafkaException as exc:
-                error = kafka_error_of(exc)
-                if error is not None and error.code() in REFUSED_FOR_GOOD:
-                    raise _Refused(error) from exc  # the producer's own check: about this record
-                raise self._fatal_producer_error(exc) from exc
-
-    def _fatal_producer_error(self, exc: KafkaException) -> DeliveryError:
-        """A fatal producer error (e.g. OUT_OF_ORDER_SEQUENCE_NUMBER after a broker restart lost the
-        idempotence state) raised by produce or flush: the batch is retried on a new producer."""
-        error = kafka_error_of(exc)
-        if error is None or not (error.fatal() or error.code() == KafkaError._FATAL):
-            raise exc
-        self._producer_fatal = True
-        return DeliveryError(f"producer fatal error: {error.str()}")
-
     def _commit(self, next_offsets: dict[tuple[str, int], int]) -> None:
         assert self.consumer is not None
         if not next_offsets:
@@ -692,73 +441,6 @@ class StageRunner:
             # A rebalance took the partitions; the new owner replays from the last commit (duplicates, no loss).
             self.stats.commits_failed += 1
             log.warning("%s: commit failed, batch will be replayed by the partition's owner: %s", self.service, exc)
-
-    def _remember_acknowledged(self, record: _Encoded) -> None:
-        if not self.settings.resend_window_s:
-            return
-        now = time.monotonic()
-        self._acknowledged.append((now, record))
-        self._forget_acknowledged(now)
-
-    def _forget_acknowledged(self, now: float) -> None:
-        horizon = now - self.settings.resend_window_s
-        while self._acknowledged and (self._acknowledged[0][0] < horizon
-                                      or len(self._acknowledged) > self.settings.resend_max_records):
-            self._acknowledged.popleft()
-
-    def _recently_acknowledged(self) -> list[_Encoded]:
-        """The outputs acknowledged within ``resend_window_s``, to send again (taken: they are remembered anew
-        when acknowledged again). Duplicates downstream are the price: at-least-once, nothing lost."""
-        self._forget_acknowledged(time.monotonic())
-        # One copy per identity, the latest: an input read again within the window (its offset
-        # commit was lost) left two acknowledged copies of each of its outputs, and sending both
-        # again wrote four of a record read once (CI, a broker restart).
-        latest: dict[object, _Encoded] = {}
-        for _, record in self._acknowledged:
-            identity = record[5]
-            latest[identity if identity is not None else object()] = record
-        records = list(latest.values())
-        self._acknowledged.clear()
-        if records:
-            self.stats.resent += len(records)
-            log.warning("%s: sending again the %d outputs acknowledged in the last %.0f s: the broker may have "
-                        "lost them", self.service, len(records), self.settings.resend_window_s)
-        return records
-
-    def _resend_before_leaving(self, timeout_s: float = 10.0) -> None:
-        """On a stop during a fatal producer error: send the recently acknowledged outputs again, once."""
-        self._recreate_producer()
-        records = self._recently_acknowledged()
-        unacknowledged: list[str] = []
-
-        def delivered(error: KafkaError | None, _message: Message) -> None:
-            if error is not None:
-                unacknowledged.append(error.str())
-
-        try:
-            for topic, key, value, headers, partition, _identity in records:
-                try:
-                    self._produce(topic, key, value, headers, delivered, partition)
-                except _Refused as refusal:  # it was taken before; a new producer's limit may differ
-                    unacknowledged.append(refusal.error.str())
-            left = self.producer.flush(timeout_s) if self.producer is not None else 0
-        except (KafkaException, DeliveryError) as exc:
-            log.error("%s: stopping: could not send again the outputs a fatal producer error put at risk: %s",
-                      self.service, exc)
-            return
-        if left or unacknowledged:
-            log.error("%s: stopping: %d of the %d outputs sent again were not acknowledged (%s)", self.service,
-                      left + len(unacknowledged), len(records), unacknowledged[0] if unacknowledged else "timeout")
-
-    def _recreate_producer(self) -> None:
-        log.warning("%s: producer hit a fatal error; creating a new one", self.service)
-        assert self.producer is not None
-        try:
-            self.producer.flush(5)
-        except KafkaException as exc:  # a fatal producer raises again; what it holds is produced anew
-            log.warning("%s: discarding the failed producer: %s", self.service, exc)
-        self.producer = Producer(self._producer_config)
-        self._producer_fatal = False
 
     # -- callbacks ---------------------------------------------------------------------------
 
@@ -785,18 +467,16 @@ class StageRunner:
             self.processor.on_revoked([TopicPartitionRef(tp.topic, tp.partition) for tp in partitions])
 
     def _on_producer_client_error(self, error: KafkaError) -> None:
-        self._on_client_error(error, producer=True)
+        self._on_client_error(error, "producer")
 
     def _on_consumer_client_error(self, error: KafkaError) -> None:
         # A consumer's fatal error (FENCED_INSTANCE_ID) also reaches consume() as a message error,
         # which stops the runner; it says nothing about the producer, which needs no re-creation.
-        self._on_client_error(error, producer=False)
+        self._on_client_error(error, "consumer")
 
-    def _on_client_error(self, error: KafkaError, producer: bool) -> None:
+    def _on_client_error(self, error: KafkaError, client: str) -> None:
         if error.fatal():
-            if producer:
-                self._producer_fatal = True
-            log.error("%s: fatal %s error: %s", self.service, "producer" if producer else "consumer", error.str())
+            log.error("%s: fatal %s error: %s", self.service, client, error.str())
             return
         if error.code() in (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT, KafkaError._RESOLVE):
             self.metrics.record_broker_unreachable()  # every one counted; only the log is rate-limited

@@ -77,12 +77,12 @@ def test_a_batch_that_fails_part_way_still_joins_every_other_label(monkeypatch: 
     runner = StageRunner("collector", "grp.join", KafkaSettings(bootstrap_servers="127.0.0.1:1"),
                          StageTopics({KEYED: RawSerde()}, {"grp-joined": RawSerde(), "ex": RawSerde(),
                                                            "um": RawSerde()}), join, RunnerSettings())
-    runner.producer, runner.consumer = FakeProducer(), FakeConsumer()
+    runner.delivery.producer, runner.consumer = FakeProducer(), FakeConsumer()
     runner._assigned.add((KEYED, 0))
     records = event("e1", 0) + event("e3", 3) + [keyed(6, "l", Kind.LABEL, "e2", label_time=at(T0 + 1000))]
     runner._run_batch([FakeMessage(r.value["bytes"], r.offset, key=r.key.encode(), topic=KEYED, headers=r.headers)
                        for r in records])
-    examples = [key for topic, key, _value, _headers in runner.producer.produced if topic == "ex"]
+    examples = [key for topic, key, _value, _headers in runner.delivery.producer.produced if topic == "ex"]
     assert len(examples) == 2, "e1 and e3 joined, though the failed attempt had applied them"
     assert join.counters.joined == 2 and join.counters.replayed == 0
     assert runner.stats.dead_lettered == 1 and runner.consumer.commits[-1][0].offset == 7
@@ -108,13 +108,13 @@ def test_a_redis_that_refuses_commands_dead_letters_nothing() -> None:
     runner = StageRunner("collector", "grp.join", KafkaSettings(bootstrap_servers="127.0.0.1:1"),
                          StageTopics({KEYED: RawSerde()}, {"grp-joined": RawSerde(), "ex": RawSerde(),
                                                            "um": RawSerde()}), join, RunnerSettings())
-    runner.producer, runner.consumer = FakeProducer(), FakeConsumer()
+    runner.delivery.producer, runner.consumer = FakeProducer(), FakeConsumer()
     runner._assigned.add((KEYED, 0))
     records = event("e1", 0) + event("e2", 3)
     runner._run_batch([FakeMessage(r.value["bytes"], r.offset, key=r.key.encode(), topic=KEYED, headers=r.headers)
                        for r in records])
     assert runner.stats.dead_lettered == 0
-    assert len([key for topic, key, _value, _headers in runner.producer.produced if topic == "ex"]) == 2
+    assert len([key for topic, key, _value, _headers in runner.delivery.producer.produced if topic == "ex"]) == 2
     assert join.counters.joined == 2 and runner.consumer.commits[-1][0].offset == 6
 
 
@@ -130,13 +130,13 @@ def test_a_long_redis_outage_is_waited_out_by_the_runner_which_can_stop_meanwhil
                          StageTopics({KEYED: RawSerde()}, {"grp-joined": RawSerde(), "ex": RawSerde(),
                                                            "um": RawSerde()}), join,
                          RunnerSettings(retry_backoff_s=0.001))
-    runner.producer, runner.consumer = FakeProducer(), FakeConsumer()
+    runner.delivery.producer, runner.consumer = FakeProducer(), FakeConsumer()
     runner._assigned.add((KEYED, 0))
     records = event("e1", 0) + event("e2", 3)
     runner._run_batch([FakeMessage(r.value["bytes"], r.offset, key=r.key.encode(), topic=KEYED, headers=r.headers)
                        for r in records])
     assert runner.stats.dependency_waits == 3 and runner.stats.dead_lettered == 0
-    assert len([key for topic, key, _value, _headers in runner.producer.produced if topic == "ex"]) == 2
+    assert len([key for topic, key, _value, _headers in runner.delivery.producer.produced if topic == "ex"]) == 2
     assert join.counters.joined == 2 and runner.consumer.commits[-1][0].offset == 6
 
 

@@ -12,7 +12,7 @@ from confluent_kafka import KafkaError, KafkaException
 from streamloop.contracts.samples import sample_record
 from streamloop.contracts.schemas import SchemaRepository
 from streamloop.kafka import KafkaSettings
-from streamloop.kafka import runner as runner_module
+from streamloop.kafka import delivery as delivery_module
 from streamloop.kafka.dead_letters import STAGE_PRODUCE, VALUE_DROPPED, read_error_headers
 from streamloop.kafka.records import ConsumedRecord, OutgoingRecord, ProcessResult
 from streamloop.kafka.runner import RunnerSettings, StageRunner, StageTopics
@@ -54,7 +54,7 @@ def stage_runner(producer: FakeProducer, processor=None, **settings: float) -> t
     runner = StageRunner("delivery", "delivery-group", KafkaSettings(bootstrap_servers="127.0.0.1:1"),
                          StageTopics(inputs={SOURCE: serde}, outputs={SINK: serde}), processor or Echo(),
                          RunnerSettings(retry_backoff_s=0.001, **settings))
-    runner.producer, runner.consumer = producer, FakeConsumer()
+    runner.delivery.producer, runner.consumer = producer, FakeConsumer()
     runner._assigned.add((SOURCE, 0))
     return runner, serde
 
@@ -110,7 +110,7 @@ def desync_runner(monkeypatch, window_s: float, processor=None,
                   healthy: int = 3) -> tuple[StageRunner, SingleObjectSerde, FakeProducer]:
     runner, serde = stage_runner(DesynchronizedProducer(healthy=healthy), processor, resend_window_s=window_s)
     replacement = FakeProducer()
-    monkeypatch.setattr(runner_module, "Producer", lambda _config: replacement)
+    monkeypatch.setattr(delivery_module, "Producer", lambda _config: replacement)
     return runner, serde, replacement
 
 
@@ -131,7 +131,8 @@ def test_outputs_acknowledged_before_the_window_are_not_sent_again(monkeypatch) 
     runner, serde, replacement = desync_runner(monkeypatch, window_s=60.0)
     values = [serde.encode(sample_record(VECTOR, seed)) for seed in range(6)]
     runner._run_batch([FakeMessage(v, offset, topic=SOURCE) for offset, v in enumerate(values[:3])])
-    runner._acknowledged = deque((acked_at - 61.0, record) for acked_at, record in runner._acknowledged)
+    delivery = runner.delivery
+    delivery._acknowledged = deque((acked_at - 61.0, record) for acked_at, record in delivery._acknowledged)
     runner._run_batch([FakeMessage(v, offset, topic=SOURCE) for offset, v in enumerate(values[3:], start=3)])
     assert [v for _t, _k, v, _h in replacement.produced] == values[3:]
     assert runner.stats.resent == 0
@@ -299,9 +300,11 @@ def test_a_consumer_s_fatal_error_does_not_condemn_the_producer() -> None:
     runner, _serde = stage_runner(FakeProducer())
     fenced = KafkaError(KafkaError.FENCED_INSTANCE_ID, "fenced", fatal=True)
     runner._consumer_config["error_cb"](fenced)
-    assert runner._producer_fatal is False, "re-creating the producer would only resend 5 s of outputs as duplicates"
-    runner._producer_config["error_cb"](KafkaError(KafkaError.OUT_OF_ORDER_SEQUENCE_NUMBER, "desync", fatal=True))
-    assert runner._producer_fatal is True
+    assert runner.delivery._producer_fatal is False, \
+        "re-creating the producer would only resend 5 s of outputs as duplicates"
+    runner.delivery._producer_config["error_cb"](KafkaError(KafkaError.OUT_OF_ORDER_SEQUENCE_NUMBER, "desync",
+                                                            fatal=True))
+    assert runner.delivery._producer_fatal is True
 
 
 def test_a_stop_during_a_fatal_producer_error_still_sends_the_outputs_at_risk_again(monkeypatch) -> None:

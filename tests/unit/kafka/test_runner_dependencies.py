@@ -71,7 +71,7 @@ def stage(processor, input_serde=None, output_serde=None) -> StageRunner:
     runner = StageRunner("dependencies", "dependencies-group", KafkaSettings(bootstrap_servers="127.0.0.1:1"),
                          StageTopics({SOURCE: input_serde or RawSerde()}, {SINK: output_serde or RawSerde()}),
                          processor, RunnerSettings(retry_backoff_s=0.001))
-    runner.producer, runner.consumer = FakeProducer(), FakeConsumer()
+    runner.delivery.producer, runner.consumer = FakeProducer(), FakeConsumer()
     runner._assigned.add((SOURCE, 0))
     return runner
 
@@ -81,7 +81,7 @@ def batch(*values: bytes) -> list[FakeMessage]:
 
 
 def produced(runner: StageRunner) -> list[tuple[str, bytes]]:
-    return [(topic, value) for topic, _key, value, _headers in runner.producer.produced]
+    return [(topic, value) for topic, _key, value, _headers in runner.delivery.producer.produced]
 
 
 def test_a_registry_outage_while_decoding_waits_instead_of_dead_lettering() -> None:

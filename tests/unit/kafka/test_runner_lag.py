@@ -67,7 +67,7 @@ def reported() -> tuple[StageRunner, LagRecorder, PositionedConsumer]:
     stage = StageRunner("lag", "lag-group", KafkaSettings(bootstrap_servers="127.0.0.1:1"),
                         StageTopics({SOURCE: RawSerde()}, {}), Accept(), metrics=metrics)
     consumer = PositionedConsumer(positions={0: 5, 1: 3, 2: 0}, ends={0: 10, 1: 3, 2: 4})
-    stage.producer, stage.consumer = FakeProducer(), consumer
+    stage.delivery.producer, stage.consumer = FakeProducer(), consumer
     stage._on_assign(consumer, [TopicPartition(SOURCE, p) for p in (0, 1, 2)])
     now_ms = int(time.time() * 1000)
     # Partition 0 consumed up to a record two minutes old, five more wait; partition 1 caught up;
@@ -131,7 +131,7 @@ def test_a_revoked_partition_is_forgotten_and_a_replica_without_partitions_expor
 def test_every_unreachable_broker_report_is_counted_though_the_log_is_rate_limited(reported, caplog) -> None:
     stage, metrics, _consumer = reported
     for code in (KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN, KafkaError._RESOLVE):
-        stage._on_producer_client_error(KafkaError(code))
+        stage.delivery._producer_config["error_cb"](KafkaError(code))
     stage._on_consumer_client_error(KafkaError(KafkaError._MSG_TIMED_OUT))  # not about reaching the broker
     assert metrics.unreachable == 3
     assert sum("unreachable" in r.getMessage() for r in caplog.records) == 1

@@ -41,7 +41,7 @@ def runner(processor, dead: dict[str, str] | None = None) -> StageRunner:
     stage = StageRunner("rejections", "rejections-group", KafkaSettings(bootstrap_servers="127.0.0.1:1"),
                         StageTopics({SOURCE: RawSerde()}, {SINK: RawSerde()}, dead or {}), processor,
                         RunnerSettings(retry_backoff_s=0.001))
-    stage.producer, stage.consumer = FakeProducer(), FakeConsumer()
+    stage.delivery.producer, stage.consumer = FakeProducer(), FakeConsumer()
     stage._assigned.add((SOURCE, 0))
     return stage
 
@@ -54,7 +54,7 @@ def test_a_stage_that_discards_is_processed_again_from_its_state_before_the_fail
     stage = runner(RunningCount(discards=True))
     stage._run_batch(batch(b"a"))
     stage._run_batch(batch(b"b", b"poison", b"c", b"poison", b"d", first=1))
-    produced = [(topic, value) for topic, _key, value, _headers in stage.producer.produced]
+    produced = [(topic, value) for topic, _key, value, _headers in stage.delivery.producer.produced]
     assert produced == [(SINK, b"1"), (SINK, b"2"), (SINK, b"3"), (SINK, b"4"),
                         ("in.raw.dlq", b"poison"), ("in.raw.dlq", b"poison")], "each good record counted once"
     assert stage.processor.counts == {"k": 4} and stage.consumer.commits[-1][0].offset == 6
@@ -63,7 +63,7 @@ def test_a_stage_that_discards_is_processed_again_from_its_state_before_the_fail
 def test_a_stateless_stage_gets_the_failed_batch_again_record_by_record() -> None:
     stage = runner(Doubling())
     stage._run_batch(batch(b"b", b"poison", b"c"))
-    produced = [(topic, value) for topic, _key, value, _headers in stage.producer.produced]
+    produced = [(topic, value) for topic, _key, value, _headers in stage.delivery.producer.produced]
     assert produced == [(SINK, b"bb"), (SINK, b"cc"), ("in.raw.dlq", b"poison")]
 
 
@@ -90,7 +90,7 @@ class Forwarding:
 def test_a_rejection_with_an_origin_is_dead_lettered_where_the_origin_s_are_and_names_it() -> None:
     stage = runner(Forwarding(), dead={"user.events": "user.events.invalid", SOURCE: "in.raw.invalid"})
     stage._run_batch(batch(b"damaged", b"no origin"))
-    (forwarded, _, value, headers), (own, _, _, own_headers) = stage.producer.produced
+    (forwarded, _, value, headers), (own, _, _, own_headers) = stage.delivery.producer.produced
     errors = dead_letters.read_error_headers(headers)
     assert (forwarded, value) == ("user.events.invalid", b"damaged")
     assert (errors[dead_letters.TOPIC], errors[dead_letters.PARTITION], errors[dead_letters.OFFSET]) == (

@@ -1,0 +1,411 @@
+"""Getting a batch's outputs and dead letters acknowledged by the broker, whatever it takes.
+
+The runner commits a batch's input offsets only once every output and dead letter of it is
+acknowledged (acks=all, idempotent producer): at-least-once. So delivery never gives up while the
+runner runs; a retry sends again only what the broker did not acknowledge, because re-sending a
+whole batch after a broker restart wrote every acknowledged output of it twice.
+
+Two failures need more than a retry:
+
+- A fatal producer error: the broker lost the idempotent producer's sequence state, as noida-db
+  does on a restart, and lost records it had acknowledged with it. The producer is replaced, and
+  the outputs and dead letters acknowledged in the last ``resend_window_s`` are sent again, since
+  their inputs are committed and no replay would bring them back. Duplicates downstream are the
+  price.
+- A record Kafka refuses for good (too large, invalid): no retry can send it, and waiting for it
+  would hold its partition forever. The output's input record is dead-lettered instead, and a dead
+  letter Kafka refuses goes again without its value. The broker answers such errors for a whole
+  produce batch, so the batch is first sent again one record at a time: only a record refused
+  alone is refused for good.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
+
+from streamloop.kafka import dead_letters
+from streamloop.kafka.configuration import KafkaSettings
+from streamloop.kafka.exceptions import DeliveryError, RecordRefusedError, kafka_error_of
+from streamloop.kafka.records import Headers, RecordOrigin
+
+if TYPE_CHECKING:  # the runner owns a Delivery: importing it at run time would be circular
+    from streamloop.kafka.runner import RunnerMetrics, RunnerSettings, RunnerStats
+
+# The runner's logger: these lines report on the runner's batches, and every log line names its logger.
+log = logging.getLogger("streamloop.kafka.runner")
+
+# Which output a record is, whichever time its input was read: the n-th output to a topic from one
+# input record (its topic, partition and offset). A replayed input yields outputs of the same
+# identities; outputs with no input record (ticks) and dead letters have none.
+Identity = tuple[str, str, int, int, int] | None
+Encoded = tuple[str, bytes | None, bytes | None, Headers, int | None, Identity]
+
+# Errors that no retry cures when they are about one record: it is too large, or the broker finds
+# it invalid. The broker answers them for a whole produce batch, though (a topic whose
+# max.message.bytes is below the producer's batch), so a record counts as refused only when it
+# was sent alone; the producer's own size check (at produce()) is about one record always.
+# Anything else (a timeout, a missing topic, a refused authorization) may pass once the broker or
+# its configuration recovers, so the batch waits and retries.
+REFUSED_FOR_GOOD = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.INVALID_RECORD,
+                              KafkaError.RECORD_LIST_TOO_LARGE})
+
+
+class _Refused(Exception):  # noqa: N818 - a signal inside delivery, never raised to callers
+    """The producer refused one record at produce() (larger than its message.max.bytes)."""
+
+    def __init__(self, error: KafkaError) -> None:
+        super().__init__(error.str())
+        self.error = error
+
+
+class _RefusedInBatch(DeliveryError):
+    """The broker refused records sent in a batch as too large or invalid: sent again one at a time,
+    each refusal is then about its own record."""
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    message: Message
+    stage: str
+    error: BaseException
+    origin: RecordOrigin | None = None
+    # Why the original value is left out: Kafka refused the dead letter that carried it.
+    value_dropped: str | None = None
+
+    @property
+    def source(self) -> RecordOrigin:
+        """The record the user wrote: the message itself, or the one it was forwarded from."""
+        message = self.message
+        return self.origin or RecordOrigin(message.topic(), message.partition(), message.offset())
+
+
+class Delivery:
+    """A runner's producer: delivers outputs and dead letters until acknowledged, replacing the producer
+    after a fatal error."""
+
+    def __init__(
+        self,
+        service: str,
+        kafka: KafkaSettings,
+        producer_overrides: dict[str, Any],
+        *,
+        settings: RunnerSettings,
+        dead_letter_topics: dict[str, str],
+        stats: RunnerStats,
+        metrics: RunnerMetrics,
+        stopping: threading.Event,
+        report_client_error: Callable[[KafkaError], None],
+    ) -> None:
+        self._service = service
+        self._settings = settings
+        self._dead_letter_topics = dead_letter_topics
+        self._stats = stats
+        self._metrics = metrics
+        self._stopping = stopping
+        self._report_client_error = report_client_error
+        self._producer_config = kafka.producer(error_cb=self._on_client_error, **producer_overrides)
+        self._producer_fatal = False
+        # (monotonic time acknowledged, the record as produced): the candidates for a re-send.
+        self._acknowledged: deque[tuple[float, Encoded]] = deque()
+        self.producer: Producer | None = None
+
+    def open(self) -> None:
+        self.producer = Producer(self._producer_config)
+
+    def close(self) -> None:
+        if self.producer is not None:
+            try:
+                self.producer.flush(30)
+            except KafkaException as exc:  # a fatal producer raises; the consumer must still leave cleanly
+                log.warning("%s: producer flush at shutdown: %s", self._service, exc)
+
+    def deliver(self, outputs: list[Encoded], letters: list[DeadLetter],
+                raw: dict[tuple[str, int, int], Message] | None = None) -> bool:
+        """Produce outputs and dead letters until acknowledged; False if stopped before that.
+
+        ``raw``, the batch's input messages by coordinates, is where an output Kafka refuses for good
+        finds the input record to dead-letter.
+        """
+        backoff = self._settings.retry_backoff_s
+        outputs, letters = list(outputs), list(letters)
+        alone = False
+        while True:
+            # A retry sends again only what the broker did not acknowledge: re-sending the whole
+            # batch after a broker restart wrote every acknowledged output of it twice.
+            acked_outputs: set[int] = set()
+            acked_letters: set[int] = set()
+            refused_outputs: dict[int, KafkaError] = {}
+            refused_letters: dict[int, KafkaError] = {}
+            failed: DeliveryError | None = None
+            try:
+                self._produce_all(outputs, letters, acked_outputs, acked_letters, refused_outputs, refused_letters,
+                                  alone=alone)
+            except DeliveryError as exc:
+                failed = exc
+            alone = isinstance(failed, _RefusedInBatch)
+            self._count_delivered(len(acked_outputs), [d for i, d in enumerate(letters) if i in acked_letters])
+            # Refused for good: the output's input record is dead-lettered instead, a dead letter
+            # goes again without the value Kafka would not take.
+            replacements = self._dead_letters_for_refused(outputs, refused_outputs, raw)
+            replacements += self._without_values(letters, refused_letters)
+            outputs = [o for i, o in enumerate(outputs) if i not in acked_outputs and i not in refused_outputs]
+            letters = [d for i, d in enumerate(letters) if i not in acked_letters and i not in refused_letters]
+            letters += replacements
+            if failed is None:
+                if not outputs and not letters:
+                    return True
+                continue  # only the replacements are left: send them at once
+            self._stats.delivery_retries += 1
+            if alone:
+                log.warning("%s: %s; sending them again one at a time", self._service, failed)
+                continue
+            if self._stopping.is_set():
+                # Leave without committing: the batch is consumed again after restart. The outputs
+                # a fatal producer error put at risk are not: their inputs are committed already.
+                if self._producer_fatal:
+                    self._resend_before_leaving()
+                log.warning("%s: stopping with an undelivered batch; it will be replayed", self._service)
+                return False
+            log.warning("%s: %s; retrying in %.1fs", self._service, failed, backoff)
+            if self._producer_fatal:
+                self._recreate_producer()
+                outputs = self._recently_acknowledged() + outputs
+            self._stopping.wait(backoff)
+            backoff = min(backoff * 2, self._settings.retry_backoff_max_s)
+
+    # -- one attempt -------------------------------------------------------------------------
+
+    def _produce_all(self, encoded: list, dead: list[DeadLetter], acked_outputs: set[int], acked_letters: set[int],
+                     refused_outputs: dict[int, KafkaError], refused_letters: dict[int, KafkaError], *,
+                     alone: bool = False) -> None:
+        """Produce and wait for every acknowledgement (``alone``: each before the next is sent).
+
+        The indexes acknowledged go into the two sets; those refused for good (``REFUSED_FOR_GOOD``),
+        with their error, into the two dicts. Any other failure raises DeliveryError at the end.
+        """
+        assert self.producer is not None
+        failures: list[KafkaError] = []
+
+        def on_delivery(acked: set[int], refused: dict[int, KafkaError], index: int,
+                        record: Encoded) -> Callable[[KafkaError | None, Message], None]:
+            def delivered(error: KafkaError | None, _message: Message) -> None:
+                if error is None:
+                    acked.add(index)
+                    self._remember_acknowledged(record)
+                elif error.code() in REFUSED_FOR_GOOD and alone:
+                    refused[index] = error
+                else:
+                    failures.append(error)
+            return delivered
+
+        for index, record in enumerate(encoded):
+            topic, key, value, headers, partition, _identity = record
+            try:
+                self._produce(topic, key, value, headers, on_delivery(acked_outputs, refused_outputs, index, record),
+                              partition)
+            except _Refused as refusal:
+                refused_outputs[index] = refusal.error
+            if alone:
+                self._wait_for_deliveries()
+        for index, dead_letter in enumerate(dead):
+            message, source = dead_letter.message, dead_letter.source
+            dlq = self._dead_letter_topics.get(source.topic, source.topic + ".dlq")
+            headers = dead_letters.dead_letter_headers(
+                message.headers(), topic=source.topic, partition=source.partition, offset=source.offset,
+                stage=dead_letter.stage, error=dead_letter.error, service=self._service,
+            )
+            value = message.value()
+            if dead_letter.value_dropped is not None:
+                value = None
+                headers.append((dead_letters.VALUE_DROPPED, dead_letter.value_dropped.encode()))
+            letter = (dlq, message.key(), value, headers, None, None)
+            try:
+                self._produce(dlq, message.key(), value, headers,
+                              on_delivery(acked_letters, refused_letters, index, letter))
+            except _Refused as refusal:
+                refused_letters[index] = refusal.error
+            if alone:
+                self._wait_for_deliveries()
+        self._wait_for_deliveries()
+        if any(f.code() in REFUSED_FOR_GOOD for f in failures):
+            raise _RefusedInBatch(f"{len(failures)} records refused in a batch: {failures[0].str()}")
+        if failures:
+            lasting = next((f for f in failures if not f.retriable()), None)
+            if lasting is not None:
+                # A missing topic or a refused authorization: nothing heals it but an operator.
+                log.error("%s: Kafka refuses to take records (%s); the batch waits, uncommitted, until that is "
+                          "fixed", self._service, lasting.str())
+            raise DeliveryError(f"{len(failures)} records not acknowledged: {failures[0].str()}")
+
+    def _produce(self, topic: str, key: bytes | None, value: bytes | None, headers: Headers, callback,
+                 partition: int | None = None) -> None:
+        assert self.producer is not None
+        pinned = {} if partition is None else {"partition": partition}
+        while True:
+            try:
+                self.producer.produce(topic, value=value, key=key, headers=headers, on_delivery=callback, **pinned)
+                self.producer.poll(0)
+                return
+            except BufferError:
+                # The local queue is full: let deliveries drain, then try again.
+                self.producer.poll(0.1)
+            except KafkaException as exc:
+                error = kafka_error_of(exc)
+                if error is not None and error.code() in REFUSED_FOR_GOOD:
+                    raise _Refused(error) from exc  # the producer's own check: about this record
+                raise self._fatal_producer_error(exc) from exc
+
+    def _wait_for_deliveries(self) -> None:
+        assert self.producer is not None
+        waited = 0.0
+        while len(self.producer) > 0:
+            try:
+                self.producer.flush(1.0)
+            except KafkaException as exc:
+                raise self._fatal_producer_error(exc) from exc
+            waited += 1.0
+            if self._stopping.is_set() and waited > 10:
+                raise DeliveryError(f"{len(self.producer)} records still queued at shutdown")
+
+    def _count_delivered(self, outputs: int, letters: list[DeadLetter]) -> None:
+        self._stats.produced += outputs
+        self._stats.dead_lettered += len(letters)
+        for letter in letters:
+            self._metrics.record_dead_letters(letter.source.topic, type(letter.error).__name__)
+        if letters:
+            first = letters[0].source
+            log.warning("%s: %d records dead-lettered (first: %s at %s[%d]@%d)", self._service, len(letters),
+                        letters[0].error, first.topic, first.partition, first.offset)
+
+    # -- records Kafka refuses for good ------------------------------------------------------
+
+    def _dead_letters_for_refused(self, outputs: list[Encoded], refused: dict[int, KafkaError],
+                                  raw: dict[tuple[str, int, int], Message] | None) -> list[DeadLetter]:
+        """The input records of outputs Kafka refused for good, as dead letters saying why."""
+        letters: list[DeadLetter] = []
+        inputs: set[tuple[str, int, int]] = set()
+        for index, error in sorted(refused.items()):
+            topic, _key, value, _headers, _partition, identity = outputs[index]
+            size = 0 if value is None else len(value)
+            reason = RecordRefusedError(f"output to {topic} ({size:,} bytes) refused by Kafka: {error.str()}")
+            message = raw.get(identity[1:4]) if raw is not None and identity is not None else None
+            if message is None:  # a tick's output: no input record to keep it by
+                log.error("%s: dropped an output with no input record: %s", self._service, reason)
+                continue
+            if identity[1:4] in inputs:
+                continue  # another refused output of the same input: its dead letter is on its way
+            inputs.add(identity[1:4])
+            log.error("%s: %s; its input %s[%d]@%d goes to the dead letters", self._service, reason,
+                      message.topic(), message.partition(), message.offset())
+            letters.append(DeadLetter(message, dead_letters.STAGE_PRODUCE, reason))
+        return letters
+
+    def _without_values(self, letters: list[DeadLetter], refused: dict[int, KafkaError]) -> list[DeadLetter]:
+        """Dead letters Kafka refused, to send again without their value; dropped if that was refused too."""
+        again: list[DeadLetter] = []
+        for index, error in sorted(refused.items()):
+            letter = letters[index]
+            source = letter.source
+            if letter.value_dropped is not None:
+                log.error("%s: a dead letter for %s[%d]@%d was refused even without its value (%s); the "
+                          "record stays in its topic only", self._service, source.topic, source.partition,
+                          source.offset, error.str())
+                continue
+            value = letter.message.value()
+            reason = (f"{0 if value is None else len(value):,} bytes refused by Kafka as a dead letter "
+                      f"({error.str()}); the original is {source.topic}[{source.partition}]@{source.offset}")
+            log.error("%s: %s", self._service, reason)
+            again.append(DeadLetter(letter.message, letter.stage, letter.error, letter.origin, reason))
+        return again
+
+    # -- a fatal producer error, and the outputs it puts at risk ------------------------------
+
+    def _on_client_error(self, error: KafkaError) -> None:
+        if error.fatal():
+            # librdkafka may say so before produce or flush raises: the next retry still needs a new producer.
+            self._producer_fatal = True
+        self._report_client_error(error)
+
+    def _fatal_producer_error(self, exc: KafkaException) -> DeliveryError:
+        """A fatal producer error (e.g. OUT_OF_ORDER_SEQUENCE_NUMBER after a broker restart lost the
+        idempotence state) raised by produce or flush: the batch is retried on a new producer."""
+        error = kafka_error_of(exc)
+        if error is None or not (error.fatal() or error.code() == KafkaError._FATAL):
+            raise exc
+        self._producer_fatal = True
+        return DeliveryError(f"producer fatal error: {error.str()}")
+
+    def _recreate_producer(self) -> None:
+        log.warning("%s: producer hit a fatal error; creating a new one", self._service)
+        assert self.producer is not None
+        try:
+            self.producer.flush(5)
+        except KafkaException as exc:  # a fatal producer raises again; what it holds is produced anew
+            log.warning("%s: discarding the failed producer: %s", self._service, exc)
+        self.producer = Producer(self._producer_config)
+        self._producer_fatal = False
+
+    def _remember_acknowledged(self, record: Encoded) -> None:
+        if not self._settings.resend_window_s:
+            return
+        now = time.monotonic()
+        self._acknowledged.append((now, record))
+        self._forget_acknowledged(now)
+
+    def _forget_acknowledged(self, now: float) -> None:
+        horizon = now - self._settings.resend_window_s
+        while self._acknowledged and (self._acknowledged[0][0] < horizon
+                                      or len(self._acknowledged) > self._settings.resend_max_records):
+            self._acknowledged.popleft()
+
+    def _recently_acknowledged(self) -> list[Encoded]:
+        """The outputs acknowledged within ``resend_window_s``, to send again (taken: they are remembered anew
+        when acknowledged again). Duplicates downstream are the price: at-least-once, nothing lost."""
+        self._forget_acknowledged(time.monotonic())
+        # One copy per identity, the latest: an input read again within the window (its offset
+        # commit was lost) left two acknowledged copies of each of its outputs, and sending both
+        # again wrote four of a record read once (CI, a broker restart).
+        latest: dict[object, Encoded] = {}
+        for _, record in self._acknowledged:
+            identity = record[5]
+            latest[identity if identity is not None else object()] = record
+        records = list(latest.values())
+        self._acknowledged.clear()
+        if records:
+            self._stats.resent += len(records)
+            log.warning("%s: sending again the %d outputs acknowledged in the last %.0f s: the broker may have "
+                        "lost them", self._service, len(records), self._settings.resend_window_s)
+        return records
+
+    def _resend_before_leaving(self, timeout_s: float = 10.0) -> None:
+        """On a stop during a fatal producer error: send the recently acknowledged outputs again, once."""
+        self._recreate_producer()
+        records = self._recently_acknowledged()
+        unacknowledged: list[str] = []
+
+        def delivered(error: KafkaError | None, _message: Message) -> None:
+            if error is not None:
+                unacknowledged.append(error.str())
+
+        try:
+            for topic, key, value, headers, partition, _identity in records:
+                try:
+                    self._produce(topic, key, value, headers, delivered, partition)
+                except _Refused as refusal:  # it was taken before; a new producer's limit may differ
+                    unacknowledged.append(refusal.error.str())
+            left = self.producer.flush(timeout_s) if self.producer is not None else 0
+        except (KafkaException, DeliveryError) as exc:
+            log.error("%s: stopping: could not send again the outputs a fatal producer error put at risk: %s",
+                      self._service, exc)
+            return
+        if left or unacknowledged:
+            log.error("%s: stopping: %d of the %d outputs sent again were not acknowledged (%s)", self._service,
+                      left + len(unacknowledged), len(records), unacknowledged[0] if unacknowledged else "timeout")
