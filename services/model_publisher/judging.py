@@ -30,6 +30,7 @@ from streamloop.ml.registry import (
     CHAMPION,
     SHADOW_PREFIX,
     DeploymentTable,
+    kept_for_a_watch,
     millis,
     predecessor_replaced,
     restored_previous_version,
@@ -111,12 +112,48 @@ class Judge:
         return self.table.slots(self.pipeline.name, self.pipeline.model.name)
 
     def challengers(self, slots: dict[str, dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
-        """Shadow slots on trial (not the watched predecessor), oldest first."""
+        """Shadow slots on trial (not the watched predecessor, nor the champion's own version), oldest first."""
         kept = watched_predecessor(slots)
-        shadows = [(s, r) for s, r in slots.items() if s.startswith(SHADOW_PREFIX) and r is not kept]
+        champion = slots.get(CHAMPION)
+        current = champion["version"] if champion is not None else None
+        shadows = [(s, r) for s, r in slots.items()
+                   if s.startswith(SHADOW_PREFIX) and r is not kept and r["version"] != current]
         # deployed_at is a datetime in records read back from the topic and an int in those written
         # by this process: compare them as milliseconds.
         return sorted(shadows, key=lambda sr: (millis(sr[1].get("deployed_at")), sr[1]["version"]))
+
+    # -- a decision cut short ----------------------------------------------------------------------
+
+    def repair(self) -> list[OutgoingRecord]:
+        """Retire what a promotion or rollback cut short by a stop left in the table; once, at start-up.
+
+        A decision's deployment records are acknowledged one by one, not together, and a publisher
+        stopped between them leaves a prefix. ``_promote`` and ``_rollback`` write in the order that
+        makes every prefix one of two states, each repaired here, and never a champion whose kept
+        predecessor is lost (no rollback watch): the champion's own version in a shadow slot too
+        (scored twice, judged against itself), or a predecessor kept for a watch that is not the
+        current champion's (judged as a challenger). A decision record lost with them is not
+        written again: the registry's slots are the truth, and its log says why they hold what they do.
+        """
+        slots = self.slots()
+        champion = slots.get(CHAMPION)
+        if champion is None:
+            return []
+        kept = watched_predecessor(slots)
+        outputs: list[OutgoingRecord] = []
+        for slot, record in sorted(slots.items()):
+            if not slot.startswith(SHADOW_PREFIX) or record is kept:
+                continue
+            version = record["version"]
+            if version == champion["version"]:
+                log.warning("retiring slot %s: it holds the champion %s too, left by a promotion or rollback "
+                            "that stopped between its records", slot, version)
+                outputs.append(self.writer.retire(slot))  # the version serves on as champion: nothing to close
+            elif kept_for_a_watch(record):
+                outputs += self._retire(slot, version, f"kept for the rollback watch of {record['decision_id']}, "
+                                                       f"which is not the champion {champion['version']}'s: that "
+                                                       "promotion stopped between its records", {})
+        return outputs
 
     # -- judging ---------------------------------------------------------------------------------
 
@@ -218,7 +255,7 @@ class Judge:
         passed: list[tuple[Verdict, str, dict[str, Any]]] = []
         for slot, record in self.challengers(slots):
             version = record["version"]
-            if (current, version) in self._judged or version == current:
+            if (current, version) in self._judged:
                 continue
             own_scores = version in self.on_own_scores
             look = self._look(current, version)
@@ -290,21 +327,23 @@ class Judge:
         decision_id = f"{new}:promote"
         self.promoted_at[new] = self.ledger.seq
         log.info("promoting %s over %s: %s", new, old, verdict.reason)
+        earlier = watched_predecessor(self.slots())
+        # The deployment records in the order that leaves a publisher stopped between them a state
+        # ``repair`` mends (the old champion kept before the new one serves; slots emptied last).
         outputs = [
             self.writer.decide("PROMOTE", verdict.reason, decision_id=decision_id, from_version=old, to_version=new,
                                evidence=verdict.evidence),
+            # The old champion stays on as a shadow, scored beside the new one, for the rollback
+            # watch, and keeps its own predecessor for when a rollback makes it champion again.
+            self.writer.deploy(shadow_slot(old), old, champion["artifact"], decision_id=decision_id,
+                               previous_version=champion.get("previous_version")),
             self.writer.deploy(CHAMPION, new, record["artifact"], previous_version=old, decision_id=decision_id),
-            self.writer.retire(slot),
         ]
-        earlier = watched_predecessor(self.slots() | {CHAMPION: champion})
         if earlier is not None and earlier["version"] != new:
             # The champion's own predecessor is no longer the one to roll back to.
             outputs += self._retire(shadow_slot(earlier["version"]), earlier["version"],
                                     predecessor_replaced(old, new), {})
-        # The old champion stays on as a shadow, scored beside the new one, for the rollback watch,
-        # and keeps its own predecessor for when a rollback makes it champion again.
-        outputs.append(self.writer.deploy(shadow_slot(old), old, champion["artifact"], decision_id=decision_id,
-                                          previous_version=champion.get("previous_version")))
+        outputs.append(self.writer.retire(slot))
         return outputs
 
     def _retire(self, slot: str, version: str, reason: str, evidence: dict[str, float]) -> list[OutgoingRecord]:

@@ -6,7 +6,8 @@ outputs: ``model_deployments``, ``model_decisions`` and ``alerts``.
 
 - Bootstrap: once the deployments table is caught up and holds no champion, an untrained
   ``build_model(spec.model)`` is registered and promoted under a version derived from the spec,
-  so replicas and restarts agree on it.
+  so replicas and restarts agree on it. With a champion, what a stop left of a decision half
+  written is repaired then (``Judge.repair``).
 - A candidate whose artifact does not verify (hash, signature, unpickles to a model) is refused
   and never deployed; a verified one is registered and deployed as a shadow challenger.
 - Labeled examples feed the loss ledger, with each deployed version's loss on the event: as it
@@ -100,7 +101,7 @@ class PublisherProcessor:
     # -- the runner's hooks --------------------------------------------------------------------
 
     def process(self, batch: Sequence[ConsumedRecord]) -> ProcessResult:
-        result = ProcessResult(outputs=self._bootstrap())
+        result = ProcessResult(outputs=self._start_up())
         evidence = 0  # labeled events, and candidates that brought prequential losses
         for record in batch:
             key = (record.topic, record.partition)
@@ -125,7 +126,7 @@ class PublisherProcessor:
         return result
 
     def tick(self, now_ms: int) -> ProcessResult:
-        result = ProcessResult(outputs=self._bootstrap())
+        result = ProcessResult(outputs=self._start_up())
         if self.table.ready and now_ms >= self._next_staleness_ms:
             self._next_staleness_ms = now_ms + self.policy.staleness_interval_ms
             result.outputs += self._check_staleness(now_ms)
@@ -146,15 +147,17 @@ class PublisherProcessor:
             if oldest:
                 self.held_out.lineage_changed()
 
-    # -- bootstrap -----------------------------------------------------------------------------
+    # -- start-up ------------------------------------------------------------------------------
 
-    def _bootstrap(self) -> list[OutgoingRecord]:
+    def _start_up(self) -> list[OutgoingRecord]:
+        """Once the deployments table is read: a champion bootstrapped if there is none, else the
+        table repaired of a decision a stop cut short (``Judge.repair``)."""
         if self._bootstrapped or not self.table.ready:
             return []
         champion = self.table.champion(self.pipeline.name, self.pipeline.model.name)
         if champion is not None or not self.policy.bootstrap:
             self._bootstrapped = True
-            return []
+            return self.judge.repair()
         model_spec = self.pipeline.model
         version = bootstrap_version(model_spec)
         identity = ArtifactIdentity(self.pipeline.name, model_spec.name, version)

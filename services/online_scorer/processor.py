@@ -79,7 +79,7 @@ class ScoringProcessor:
             result.outputs.append(OutgoingRecord(self.predictions.name, self.predictions.key_of(prediction),
                                                  prediction, source=record))
             emitted[(served.role, served.version)] += 1
-            self._score_shadows(models, record, x, result, emitted)
+            self._score_shadows(models, served, record, x, result, emitted)
         if self._count is not None:
             for (role, version), count in emitted.items():
                 self._count(count, {"path": "stream", "role": role, "model_version": version})
@@ -97,10 +97,15 @@ class ScoringProcessor:
             log.warning("%s %s failed to score %s (%d challenger failures so far): %s", challenger.role.lower(),
                         challenger.version, event_id, self.shadow_failures, exc)
 
-    def _score_shadows(self, models: ModelSet, record: ConsumedRecord, x: Mapping[str, float],
+    def _score_shadows(self, models: ModelSet, served: LoadedModel, record: ConsumedRecord, x: Mapping[str, float],
                        result: ProcessResult, emitted: Counter[tuple[str, str]]) -> None:
         vector = record.value
         for shadow in models.shadows:
+            if shadow.version == served.version:
+                # One version in two slots for a moment (a promotion's records between the old
+                # champion kept as a shadow and the new one serving): scored once, in the role that
+                # served. Twice, the shadow copy would replace the served one in the judge's ledger.
+                continue
             try:
                 scored = self.scorer.score_features(shadow.model, x, vector["categorical"])
             except Exception as exc:  # noqa: BLE001 - a failing challenger never costs the champion's answer

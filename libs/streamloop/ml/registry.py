@@ -45,6 +45,12 @@ def watched_predecessor(slots: dict[str, dict[str, Any]]) -> dict[str, Any] | No
     return None
 
 
+def kept_for_a_watch(record: dict[str, Any]) -> bool:
+    """Whether a shadow slot's record is a champion kept beside its successor by a promotion
+    (automatic ``<new>:promote`` or by hand ``<new>:promote:manual:<ms>``), not a challenger."""
+    return str(record.get("decision_id") or "").split(":")[1:2] == ["promote"]
+
+
 def slot_key(pipeline: str, model_name: str, slot: str) -> str:
     return f"{pipeline}/{model_name}/{slot}"
 

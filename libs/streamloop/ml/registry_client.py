@@ -216,12 +216,18 @@ class RegistryClient:
         decision = decision_record(pipeline, model, kind, reason, decision_id=f"{version}:{kind.lower()}:manual:{now}",
                                    decided_at=now, from_version=old, to_version=version, automatic=False)
         outputs: list[tuple[str, str, dict[str, Any] | None]] = [("model_decisions", model, decision)]
+        # In the publisher's order (Judge._promote): the old champion kept before the new one
+        # serves, slots emptied last, so a stop between the records leaves what Judge.repair mends.
+        if kind == "PROMOTE" and champion is not None:
+            # As after an automatic promotion, the old champion stays on as a shadow under the same
+            # decision: the publisher watches the new one against it and rolls back if it is worse.
+            # It keeps its own predecessor, which it carries again as champion after such a rollback.
+            outputs.append(("model_deployments", slot_key(pipeline, model, shadow_slot(old)), deployment_record(
+                pipeline, model, shadow_slot(old), old, champion["artifact"], deployed_at=now,
+                previous_version=champion.get("previous_version"), decision_id=decision["decision_id"])))
         outputs.append(("model_deployments", slot_key(pipeline, model, CHAMPION), deployment_record(
             pipeline, model, CHAMPION, version, artifact, deployed_at=now, previous_version=previous_version,
             decision_id=decision["decision_id"])))
-        found = state.table.find(pipeline, model, version)
-        if found and found[0] != CHAMPION:
-            outputs.append(("model_deployments", slot_key(pipeline, model, found[0]), None))
         if kind == "PROMOTE" and champion is not None:
             earlier = watched_predecessor(state.table.slots(pipeline, model))
             if earlier is not None and earlier["version"] != version:
@@ -232,12 +238,9 @@ class RegistryClient:
                     decision_id=f"{earlier['version']}:retire:manual:{now}", decided_at=now,
                     from_version=earlier["version"], automatic=False)))
                 outputs.append(("model_deployments", slot_key(pipeline, model, shadow_slot(earlier["version"])), None))
-            # As after an automatic promotion, the old champion stays on as a shadow under the same
-            # decision: the publisher watches the new one against it and rolls back if it is worse.
-            # It keeps its own predecessor, which it carries again as champion after such a rollback.
-            outputs.append(("model_deployments", slot_key(pipeline, model, shadow_slot(old)), deployment_record(
-                pipeline, model, shadow_slot(old), old, champion["artifact"], deployed_at=now,
-                previous_version=champion.get("previous_version"), decision_id=decision["decision_id"])))
+        found = state.table.find(pipeline, model, version)
+        if found and found[0] != CHAMPION:
+            outputs.append(("model_deployments", slot_key(pipeline, model, found[0]), None))
         self._produce(outputs)
         return decision
 

@@ -379,3 +379,91 @@ def test_closed_versions_are_the_most_recent_ones_only() -> None:
         closed.add(version)
     assert [v in closed for v in "abcd"] == [True, False, True, True], "b is the oldest once a is added again"
     assert len(closed) == 3
+
+
+# -- a decision cut short: the deployment records are acknowledged one by one ---------------------
+
+
+def replayed_table(records: list[OutgoingRecord]) -> DeploymentTable:
+    """The table a restarted publisher reads back from these deployment records."""
+    table = DeploymentTable()
+    for record in records:
+        if record.topic == "dep":
+            table.apply(record.key, record.value)
+    return table
+
+
+def restarted_on(harness: Harness, landed: list[OutgoingRecord], tmp_path: Path) -> tuple[Harness, list[dict]]:
+    """A publisher restarted on the registry those records make; its start-up decisions."""
+    restarted = Harness(harness.spec, tmp_path, table=replayed_table(landed))
+    restarted.store = harness.store
+    restarted.processor.store = harness.store
+    start = restarted.processor.tick(harness.now)
+    restarted.written += start.outputs
+    return restarted, decisions(start)
+
+
+def assert_consistent(restarted: Harness) -> None:
+    slots = restarted.table.slots("card-fraud", "fraud")
+    champion = slots[CHAMPION]
+    shadows = {s: r["version"] for s, r in slots.items() if s.startswith("shadow/")}
+    assert champion["version"] not in shadows.values(), shadows
+    kept = [r for r in slots.values() if r is not champion and r.get("decision_id", "").endswith(":promote")]
+    if champion["decision_id"].endswith(":promote") and champion.get("previous_version"):
+        assert kept == [slots[shadow_slot(champion["previous_version"])]], \
+            "a promoted champion keeps its predecessor for the rollback watch, and only that one"
+    else:
+        assert kept == [], "no predecessor kept for a watch that is not the champion's"
+
+
+def test_a_promotion_stopped_between_any_two_of_its_records_restarts_consistent(harness, tmp_path):
+    first, second = promote(harness)
+    third = harness.shadow(parent=second)
+    before = list(harness.written)
+    # ``second`` holds up and ``third`` beats it: a promotion that also retires ``first``, kept for
+    # ``second``'s watch. Its deployment records, each a point a stop may cut the batch at.
+    result = harness.feed("lab", examples(600, start=1000, models={
+        second: (0.8, "CHAMPION"), first: (0.5, "SHADOW"), third: (0.95, "SHADOW")}))
+    assert [d["kind"] for d in decisions(result)] == ["PROMOTE", "RETIRE"]
+    batch = [o for o in result.outputs if o.topic == "dep"]
+    assert len(batch) == 4
+    for cut in range(len(batch) + 1):
+        restarted, repairs = restarted_on(harness, before + batch[:cut], tmp_path / f"cut-{cut}")
+        assert_consistent(restarted)
+        champion = restarted.slot(CHAMPION)["version"]
+        assert champion in (second, third), (cut, champion)
+        assert all(d["from_version"] != champion for d in repairs), "the champion is never retired"
+        if champion == third:
+            assert restarted.slot(shadow_slot(second))["version"] == second, (cut, "the watch's predecessor")
+        else:
+            assert restarted.slot(shadow_slot(third))["version"] == third, (cut, "still a challenger")
+
+
+def test_a_rollback_stopped_between_its_records_restarts_consistent(harness, tmp_path):
+    old, new = promote(harness)
+    before = list(harness.written)
+    result = harness.feed("lab", examples(350, start=1000, models={new: (0.6, "CHAMPION"), old: (0.8, "SHADOW")}))
+    assert [d["kind"] for d in decisions(result)] == ["ROLLBACK"]
+    batch = [o for o in result.outputs if o.topic == "dep"]
+    for cut in range(len(batch) + 1):
+        restarted, _ = restarted_on(harness, before + batch[:cut], tmp_path / f"cut-{cut}")
+        assert_consistent(restarted)
+        champion = restarted.slot(CHAMPION)["version"]
+        assert champion == (new if cut == 0 else old), cut
+        if champion == new:
+            assert restarted.slot(shadow_slot(old))["version"] == old, "the watch goes on after the restart"
+
+
+def test_the_champion_also_in_a_shadow_slot_is_neither_judged_nor_retired_as_a_challenger(demo_pipeline, tmp_path):
+    # A registry a publisher of an earlier order left: the new champion and its own shadow slot.
+    harness = Harness(demo_pipeline, tmp_path, PublisherPolicy(judging=JudgingPolicy(max_shadows=1)))
+    _old, new = promote(harness)
+    harness.table.write(slot_key("card-fraud", "fraud", shadow_slot(new)), {
+        **harness.slot(CHAMPION), "slot": shadow_slot(new), "role": "SHADOW", "decision_id": f"{new}:shadow"})
+    assert harness.processor.judge.challengers(harness.processor.judge.slots()) == []
+    counted = harness.processor.ledger.count(new)
+    rival = harness.shadow(parent=new)
+    assert harness.slot(shadow_slot(rival)) is not None
+    retired = [d["from_version"] for d in decisions(ProcessResult(outputs=harness.written)) if d["kind"] == "RETIRE"]
+    assert new not in retired, "make_room does not take the champion's copy for the oldest challenger"
+    assert harness.processor.ledger.count(new) == counted, "the champion's evidence is kept"

@@ -102,6 +102,18 @@ def test_shadows_score_the_same_events_on_the_shadow_topic(spec, catalog, artifa
     assert all(o.value["explanation"] == [] for o in shadow)
 
 
+def test_a_version_in_a_shadow_slot_and_serving_is_scored_once_in_the_role_that_served(spec, catalog,
+                                                                                      artifacts) -> None:
+    # A promotion's records half applied: v1 kept as a shadow before v2 replaces it as champion.
+    model = ConstantClassifier(0.1)
+    processor, _ = setup(spec, catalog, artifacts, (model, "v1", {}),
+                         (model, "v1", {"slot": "shadow/v1", "role": "SHADOW"}),
+                         (ConstantClassifier(0.7), "v2", {"slot": "shadow/v2", "role": "SHADOW"}))
+    result = processor.process(vectors(spec, 3))
+    assert Counter((o.value["model_version"], o.value["role"]) for o in result.outputs) == {
+        ("v1", "CHAMPION"): 3, ("v2", "SHADOW"): 3}
+
+
 def test_a_failing_shadow_never_costs_the_champion_prediction(spec, catalog, artifacts) -> None:
     processor, holder = setup(spec, catalog, artifacts, (ConstantClassifier(0.1), "v1", {}),
                               (ConstantClassifier(0.7), "v2", {"slot": "shadow/v2", "role": "SHADOW"}))
