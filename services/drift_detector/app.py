@@ -13,10 +13,10 @@ import threading
 from collections.abc import Callable
 
 from services.drift_detector.history import KafkaHistory, TableChampions
-from services.drift_detector.lease import LeaderLease
 from services.drift_detector.metrics import PrometheusDriftMetrics
 from services.drift_detector.processor import DriftProcessor, DriftTopics
 from services.drift_detector.settings import SERVICE, DriftSettings
+from streamloop.kafka.lease import LeaderLease
 from streamloop.kafka.runner import StageRunner
 from streamloop.kafka.table_reader import CompactedTopicReader
 from streamloop.service.context import ServiceContext

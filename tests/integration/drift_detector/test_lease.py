@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from services.drift_detector.lease import LeaderLease
 from streamloop.kafka import KafkaSettings
+from streamloop.kafka.lease import LeaderLease
 from tests.topic_io import create_topics
 
 pytestmark = pytest.mark.integration

@@ -2,15 +2,16 @@
 
 Every replica joins the consumer group ``<group>.lease`` on a one-partition topic. Kafka gives that
 one partition to exactly one member: that replica is active and runs the stage runner, which is
-then the only member of the detector's own group and gets every input partition. The others
+then the only member of the service's own group and gets every input partition. The others
 wait in the lease group. When the active replica dies, stalls or leaves, its lease-group session
 ends, Kafka hands the partition to a standby, and the standby starts its runner (rebuilding its
-windows by replay). Takeover takes about one ``session.timeout.ms`` after a crash, and at once after
-a clean stop of a dynamic member (a static member, ``group.instance.id``, never leaves on close:
-its own restart takes the lease back without a rebalance; a standby waits out its session).
+state as after a restart). Takeover takes about one ``session.timeout.ms`` after a crash, and at
+once after a clean stop of a dynamic member (a static member, ``group.instance.id``, never leaves
+on close: its own restart takes the lease back without a rebalance; a standby waits out its session).
 
 A stalled replica that comes back finds its lease revoked on its next poll and stops its runner;
 until then both runners may briefly share the input partitions (at-least-once: duplicates, no loss).
+The drift detector (global windows) and the model publisher (the registry's single writer) use it.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ class LeaderLease:
             log.info("lease: waiting for %s[0] in group %s", self.topic, self.group_id)
         self._lost.clear()
         while not stop.is_set() and not self.held:
-            self._consumer.poll(self.poll_s)  # drift events are read and ignored; only membership matters
+            self._consumer.poll(self.poll_s)  # the topic's records are never fetched (paused); only membership matters
             self._stop_fetching()
         return self.held
 
@@ -68,7 +69,7 @@ class LeaderLease:
         """Keep the membership alive from a thread; ``on_lost`` runs if the lease is taken away."""
         self._on_lost = on_lost
         self._watching.set()
-        self._thread = threading.Thread(target=self._keep_alive, name="drift-lease", daemon=True)
+        self._thread = threading.Thread(target=self._keep_alive, name=f"lease {self.group_id}", daemon=True)
         self._thread.start()
 
     def unwatch(self) -> None:
