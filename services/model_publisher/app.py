@@ -5,11 +5,17 @@ own registry (the compacted deployments topic) through a ``CompactedTopicReader`
 reads the candidates topic back for the lineage of the versions in the registry, and the alerts
 topic for the staleness alerts it left raised. Writes
 ``model_deployments``, ``model_decisions`` and ``alerts``.
+
+The publisher is the registry's single writer: with ``PUBLISHER_STANDBY_LEASE`` (default) every
+replica first waits for the lease (``streamloop.kafka.lease``), so a second replica is a hot
+standby that takes over when the active one goes away, not a second judge of half the labels.
 """
 
 from __future__ import annotations
 
 import logging
+import signal
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -18,6 +24,7 @@ from services.model_publisher.publisher import PublisherPolicy, PublisherProcess
 from services.model_publisher.settings import PublisherSettings
 from streamloop.errors import StreamloopError
 from streamloop.kafka.configuration import KafkaSettings
+from streamloop.kafka.lease import LeaderLease
 from streamloop.kafka.runner import StageRunner
 from streamloop.kafka.table_reader import CompactedTopicReader
 from streamloop.ml.registry import DeploymentTable
@@ -33,30 +40,82 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class PublisherApp:
-    runner: StageRunner
+class PublisherTerm:
+    """What one term as the active replica judges with, built anew for each: what a publisher knows
+    besides its topics (the ledger, the lineage, the table it wrote through to) is rebuilt as after
+    a restart, and the table read again, since a batch abandoned when the lease was lost may have
+    written through records that never reached the topic."""
+
     processor: PublisherProcessor
+    runner: StageRunner
     table_reader: CompactedTopicReader
-    telemetry: Telemetry
-    kafka: KafkaSettings
-    candidates_topic: str
-    candidates_serde: Serde
-    table_timeout_s: float
-    alerts_topic: str
-    alerts_serde: Serde
+
+
+class PublisherApp:
+    """Waits for the lease, then judges until stopped or the lease is lost (then waits again)."""
+
+    def __init__(self, new_term: Callable[[], PublisherTerm], telemetry: Telemetry, kafka: KafkaSettings, *,
+                 candidates: tuple[str, Serde], alerts: tuple[str, Serde], table_timeout_s: float,
+                 lease: LeaderLease | None = None) -> None:
+        self.new_term = new_term
+        self.term = new_term()
+        self.telemetry = telemetry
+        self.kafka = kafka
+        self.candidates_topic, self.candidates_serde = candidates
+        self.alerts_topic, self.alerts_serde = alerts
+        self.table_timeout_s = table_timeout_s
+        self.lease = lease
+        self._stopping = threading.Event()
+
+    @property
+    def processor(self) -> PublisherProcessor:
+        return self.term.processor
+
+    @property
+    def runner(self) -> StageRunner:
+        return self.term.runner
 
     def run(self) -> int:
-        self.table_reader.start()
         try:
-            self._recall_lineage()
-            self._recall_alerts()
-            if not wait_for_table(self.table_reader, self.processor.table, self.table_timeout_s,
-                                  lambda: self.runner.stopping):
-                return 0  # stopped while waiting: nothing was consumed
-            return self.runner.run()
+            return self._serve()
         finally:
-            self.table_reader.stop()
+            if self.lease is not None:
+                self.lease.close()  # a dynamic member leaves the group: a standby takes over at once
             self.telemetry.shutdown()
+
+    def _serve(self) -> int:
+        first = True
+        while not self._stopping.is_set():
+            if self.lease is not None and not self.lease.acquire(self._stopping):
+                return 0
+            if not first:
+                self.term = self.new_term()
+            first = False
+            if self._stopping.is_set():
+                return 0
+            self.term.table_reader.start()
+            try:
+                code = self._judge()
+            finally:
+                self.term.table_reader.stop()
+            if code is not None:
+                return code
+            self.lease.unwatch()
+        return 0
+
+    def _judge(self) -> int | None:
+        """One term: the runner's exit code, or None when the lease was lost and the replica waits again."""
+        self._recall_lineage()
+        self._recall_alerts()
+        if not wait_for_table(self.term.table_reader, self.processor.table, self.table_timeout_s,
+                              lambda: self.runner.stopping or self._stopping.is_set()):
+            return 0  # stopped while waiting: nothing was consumed
+        if self.lease is not None:
+            self.lease.watch(on_lost=self.runner.stop)
+        code = self.runner.run()
+        if code != 0 or self.lease is None or not self.lease.lost:
+            return code
+        return None
 
     def _recall_lineage(self) -> None:
         pipeline = self.processor.pipeline
@@ -78,8 +137,13 @@ class PublisherApp:
             return []
         return [value for _key, value in records if value]
 
-    def stop(self) -> None:
+    def stop(self, *_: object) -> None:
+        self._stopping.set()
         self.runner.stop()
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self.stop)
+        signal.signal(signal.SIGINT, self.stop)
 
 
 def wait_for_table(reader: CompactedTopicReader, table: DeploymentTable, timeout_s: float,
@@ -106,9 +170,6 @@ def build(settings: PublisherSettings, install_global_telemetry: bool = True) ->
     ctx = ServiceContext.load(SERVICE, settings.common)
     store = settings.artifacts.artifact_store()
     telemetry = configure_telemetry(settings.telemetry.for_service(SERVICE), install_global=install_global_telemetry)
-    table = DeploymentTable()
-    reader = CompactedTopicReader(settings.common.kafka, ctx.topic("model_deployments").name,
-                                  ctx.serde("model_deployments"), on_change=table.apply, name=f"{SERVICE}-deployments")
     topics = PublisherTopics(
         model_candidates=ctx.topic("model_candidates").name, labeled_examples=ctx.topic("labeled_examples").name,
         metrics=ctx.topic("metrics").name, model_deployments=ctx.topic("model_deployments").name,
@@ -121,18 +182,30 @@ def build(settings: PublisherSettings, install_global_telemetry: bool = True) ->
         staleness_interval_ms=settings.staleness_interval, min_metric_samples=settings.min_metric_samples,
         score_held_out=settings.score_held_out,
     )
-    processor = PublisherProcessor(ctx.pipeline, topics, table, store, policy=policy, metrics=telemetry.metrics)
-    runner = ctx.runner(processor, inputs=["model_candidates", "labeled_examples", "metrics"],
-                        outputs=["model_deployments", "model_decisions", "alerts"], metrics=telemetry.metrics)
-    return PublisherApp(runner, processor, reader, telemetry, settings.common.kafka,
-                        topics.model_candidates, ctx.serde("model_candidates"), settings.table_timeout_s,
-                        topics.alerts, ctx.serde("alerts"))
 
+    def new_term() -> PublisherTerm:
+        table = DeploymentTable()
+        reader = CompactedTopicReader(settings.common.kafka, topics.model_deployments, ctx.serde("model_deployments"),
+                                      on_change=table.apply, name=f"{SERVICE}-deployments")
+        processor = PublisherProcessor(ctx.pipeline, topics, table, store, policy=policy, metrics=telemetry.metrics)
+        runner = ctx.runner(processor, inputs=["model_candidates", "labeled_examples", "metrics"],
+                            outputs=["model_deployments", "model_decisions", "alerts"], metrics=telemetry.metrics)
+        return PublisherTerm(processor, runner, reader)
+
+    lease = None
+    if settings.standby_lease:
+        # The decisions topic has one partition, and only the active replica writes it.
+        lease = LeaderLease(settings.common.kafka, f"{ctx.group_id}.lease", topics.model_decisions,
+                            settings.lease_poll_s)
+    return PublisherApp(new_term, telemetry, settings.common.kafka,
+                        candidates=(topics.model_candidates, ctx.serde("model_candidates")),
+                        alerts=(topics.alerts, ctx.serde("alerts")), table_timeout_s=settings.table_timeout_s,
+                        lease=lease)
 
 
 def main() -> int:
     app = start_service(SERVICE, PublisherSettings, build)
     if isinstance(app, int):
         return app
-    app.runner.install_signal_handlers()
+    app.install_signal_handlers()
     return app.run()

@@ -34,6 +34,10 @@ class PublisherSettings(BaseSettings):
     score_held_out: bool = Field(default=True, description=(
         "Score a deployed version on labeled examples of events from before its deployment that it never "
         "learned, so its evidence does not wait for its first live labels."))
+    standby_lease: bool = Field(default=True, description="Active/standby through a one-partition lease group "
+                                                          "(<group>.lease): replicas beyond the first wait as "
+                                                          "standbys instead of judging a share of the labels.")
+    lease_poll_s: float = Field(default=0.5, gt=0, description="How often a standby polls the lease group.")
     table_timeout_s: float = Field(default=60.0, gt=0, description="While the deployments table is not read yet "
                                                                    "(nothing is consumed before), an error is logged "
                                                                    "every this many seconds.")

@@ -60,6 +60,9 @@ class ServiceThread:
         return self
 
     def __exit__(self, *_: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
         self.app.stop()
         self.thread.join(60)
         assert not self.thread.is_alive(), "the service did not stop"

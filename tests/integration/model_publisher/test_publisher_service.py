@@ -79,6 +79,22 @@ def test_the_publisher_bootstraps_a_champion_once_even_when_started_twice(publis
     assert [(d["kind"], d["to_version"]) for d in made] == [("REGISTER", version), ("PROMOTE", version)]
 
 
+def test_a_second_replica_waits_as_a_standby_and_takes_over_when_the_first_stops(publisher, topics, demo_pipeline):
+    version = bootstrap_version(demo_pipeline.model)
+    with publisher() as first, publisher() as second:
+        wait_for(lambda: first.app.processor._bootstrapped or second.app.processor._bootstrapped,
+                 what="one replica to hold the lease and read the registry")
+        active, standby = (first, second) if first.app.processor._bootstrapped else (second, first)
+        wait_for(lambda: active.app.processor.table.champion("card-fraud", "fraud") is not None, what="a champion")
+        assert not standby.app.processor.table.ready, "the standby neither reads the registry nor consumes"
+        active.stop()  # a clean stop: the active replica leaves the lease group
+        wait_for(lambda: standby.app.processor._bootstrapped, what="the standby to take over")
+        assert standby.app.processor.table.champion("card-fraud", "fraud")["version"] == version
+    made = decisions(topics, timeout_s=5)
+    assert [(d["kind"], d["to_version"]) for d in made] == [("REGISTER", version), ("PROMOTE", version)], \
+        "one bootstrap: the replica that took over found the champion"
+
+
 def test_shadow_then_promotion_then_automatic_rollback(publisher, topics, demo_pipeline, service_env):
     old, challenger = bootstrap_challenger(demo_pipeline, service_env, amount=1.0)
     new = challenger["version"]
