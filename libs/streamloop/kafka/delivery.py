@@ -11,7 +11,8 @@ Two failures need more than a retry:
   does on a restart, and lost records it had acknowledged with it. The producer is replaced, and
   the outputs and dead letters acknowledged in the last ``resend_window_s`` are sent again, since
   their inputs are committed and no replay would bring them back. Duplicates downstream are the
-  price.
+  price. For the same reason a stop sends those not yet acknowledged once more before leaving,
+  while the batch's own outputs wait for its replay.
 - A record Kafka refuses for good (too large, invalid): no retry can send it, and waiting for it
   would hold its partition forever. The output's input record is dead-lettered instead, and a dead
   letter Kafka refuses goes again without its value. The broker answers such errors for a whole
@@ -136,6 +137,9 @@ class Delivery:
         """
         backoff = self._settings.retry_backoff_s
         outputs, letters = list(outputs), list(letters)
+        # outputs[:owed] are earlier batches' outputs, sent again after a fatal producer error: their
+        # inputs are committed, so unlike this batch's outputs no replay brings them back.
+        owed = 0
         alone = False
         while True:
             # A retry sends again only what the broker did not acknowledge: re-sending the whole
@@ -151,12 +155,16 @@ class Delivery:
             except DeliveryError as exc:
                 failed = exc
             alone = isinstance(failed, _RefusedInBatch)
-            self._count_delivered(len(acked_outputs), [d for i, d in enumerate(letters) if i in acked_letters])
+            # Outputs sent again were produced once already; stats.resent counts them.
+            self._count_delivered(sum(1 for i in acked_outputs if i >= owed),
+                                  [d for i, d in enumerate(letters) if i in acked_letters])
             # Refused for good: the output's input record is dead-lettered instead, a dead letter
             # goes again without the value Kafka would not take.
             replacements = self._dead_letters_for_refused(outputs, refused_outputs, raw)
             replacements += self._without_values(letters, refused_letters)
-            outputs = [o for i, o in enumerate(outputs) if i not in acked_outputs and i not in refused_outputs]
+            kept = [i for i in range(len(outputs)) if i not in acked_outputs and i not in refused_outputs]
+            owed = sum(1 for i in kept if i < owed)
+            outputs = [outputs[i] for i in kept]
             letters = [d for i, d in enumerate(letters) if i not in acked_letters and i not in refused_letters]
             letters += replacements
             if failed is None:
@@ -168,16 +176,17 @@ class Delivery:
                 log.warning("%s: %s; sending them again one at a time", self._service, failed)
                 continue
             if self._stopping.is_set():
-                # Leave without committing: the batch is consumed again after restart. The outputs
-                # a fatal producer error put at risk are not: their inputs are committed already.
-                if self._producer_fatal:
-                    self._resend_before_leaving()
+                # Leave without committing: the batch is consumed again after restart. Earlier
+                # batches' outputs are not (their inputs are committed already): those sent again
+                # and not yet acknowledged, and those a fatal producer error put at risk, go once more.
+                self._resend_before_leaving(outputs[:owed])
                 log.warning("%s: stopping with an undelivered batch; it will be replayed", self._service)
                 return False
             log.warning("%s: %s; retrying in %.1fs", self._service, failed, backoff)
             if self._producer_fatal:
                 self._recreate_producer()
-                outputs = self._recently_acknowledged() + outputs
+                resent = self._recently_acknowledged()
+                outputs, owed = resent + outputs, owed + len(resent)
             self._stopping.wait(backoff)
             backoff = min(backoff * 2, self._settings.retry_backoff_max_s)
 
@@ -385,10 +394,18 @@ class Delivery:
                         "lost them", self._service, len(records), self._settings.resend_window_s)
         return records
 
-    def _resend_before_leaving(self, timeout_s: float = 10.0) -> None:
-        """On a stop during a fatal producer error: send the recently acknowledged outputs again, once."""
-        self._recreate_producer()
-        records = self._recently_acknowledged()
+    def _resend_before_leaving(self, owed: list[Encoded], timeout_s: float = 10.0) -> None:
+        """On a stop: send once more the earlier batches' outputs that may be lost, waiting at most ``timeout_s``.
+
+        ``owed`` are those sent again after a fatal producer error and not acknowledged yet. During a
+        fatal producer error, the outputs acknowledged in the window join them, on a new producer.
+        """
+        records = owed
+        if self._producer_fatal:
+            self._recreate_producer()
+            records = self._recently_acknowledged() + owed
+        if not records:
+            return
         unacknowledged: list[str] = []
 
         def delivered(error: KafkaError | None, _message: Message) -> None:

@@ -317,3 +317,93 @@ def test_a_stop_during_a_fatal_producer_error_still_sends_the_outputs_at_risk_ag
     # The first batch's inputs are committed; its outputs went to a broker that may have lost them.
     assert [v for _t, _k, v, _h in replacement.produced] == values[:3]
     assert runner.consumer.commits[-1][0].offset == 3, "the second batch is left uncommitted, to be replayed"
+
+
+class TimingOutUntilStopped(FakeProducer):
+    """Times out the first delivery of each value in ``failing``, and the runner is stopped meanwhile (SIGTERM);
+    every other delivery is acknowledged, in ``acknowledged``."""
+
+    def __init__(self, failing: list[bytes], stop) -> None:
+        super().__init__()
+        self.failing, self.stop = set(failing), stop
+        self.acknowledged: list[bytes | None] = []
+
+    def deliver(self, value: bytes | None):
+        if value in self.failing:
+            self.failing.discard(value)
+            self.stop()
+            return KafkaError(KafkaError._MSG_TIMED_OUT)
+        self.acknowledged.append(value)
+        return None
+
+
+def resend_then_stop(monkeypatch, failing) -> tuple[StageRunner, list[bytes], TimingOutUntilStopped]:
+    """A batch acknowledged and committed, then a fatal error in the next one: the new producer sends the first
+    batch's outputs again with the second's, times out the deliveries of ``failing(values)`` and is stopped."""
+    runner, serde, _unused = desync_runner(monkeypatch, window_s=60.0)
+    values = [serde.encode(sample_record(VECTOR, seed)) for seed in range(6)]
+    replacement = TimingOutUntilStopped(failing(values), runner.stop)
+    monkeypatch.setattr(delivery_module, "Producer", lambda _config: replacement)
+    runner._run_batch([FakeMessage(v, offset, topic=SOURCE) for offset, v in enumerate(values[:3])])
+    runner._run_batch([FakeMessage(v, offset, topic=SOURCE) for offset, v in enumerate(values[3:], start=3)])
+    return runner, values, replacement
+
+
+def test_a_stop_while_outputs_sent_again_are_unacknowledged_sends_them_once_more_before_leaving(monkeypatch) -> None:
+    runner, values, replacement = resend_then_stop(monkeypatch, failing=lambda values: values)
+
+    # The first batch's inputs are committed: no replay brings its outputs back, so those sent again after the
+    # fatal error and not acknowledged when the stop came are sent once more. The second batch's are not.
+    assert [v for _t, _k, v, _h in replacement.produced] == values + values[:3]
+    assert replacement.acknowledged == values[:3], "every output sent again is acknowledged: none lost"
+    assert runner.consumer.commits[-1][0].offset == 3, "the second batch is left uncommitted, to be replayed"
+
+
+def test_a_stop_leaves_the_batch_s_own_unacknowledged_outputs_for_its_replay(monkeypatch) -> None:
+    runner, values, replacement = resend_then_stop(monkeypatch, failing=lambda values: values[3:])
+
+    # The outputs sent again were acknowledged; the batch's own were not, and its replay sends them.
+    assert [v for _t, _k, v, _h in replacement.produced] == values
+    assert replacement.acknowledged == values[:3]
+    assert runner.consumer.commits[-1][0].offset == 3
+
+
+class DesynchronizedWhileStopping(DesynchronizedProducer):
+    """Fails as DesynchronizedProducer does, and the runner is stopped (SIGTERM) as it does."""
+
+    def __init__(self, healthy: int, stop) -> None:
+        super().__init__(healthy)
+        self.stop = stop
+
+    def produce(self, topic, value=None, key=None, headers=None, on_delivery=None, **pinned) -> None:
+        if len(self.produced) >= self.healthy:
+            self.stop()
+        super().produce(topic, value, key, headers, on_delivery, **pinned)
+
+
+def test_a_stop_after_a_second_fatal_error_sends_the_window_and_the_unacknowledged_outputs_sent_again(
+        monkeypatch) -> None:
+    runner, serde, _unused = desync_runner(monkeypatch, window_s=60.0)
+    values = [serde.encode(sample_record(VECTOR, seed)) for seed in range(6)]
+    failing_again = DesynchronizedWhileStopping(healthy=1, stop=runner.stop)  # takes one output sent again
+    last = FakeProducer()
+    producers = iter([failing_again, last])
+    monkeypatch.setattr(delivery_module, "Producer", lambda _config: next(producers))
+    runner._run_batch([FakeMessage(v, offset, topic=SOURCE) for offset, v in enumerate(values[:3])])
+    runner._run_batch([FakeMessage(v, offset, topic=SOURCE) for offset, v in enumerate(values[3:], start=3)])
+
+    assert [v for _t, _k, v, _h in failing_again.produced] == values[:1]
+    # On the last producer: the output the failed producer acknowledged (in the window), then the two it never
+    # took. Nothing of the second batch: it is replayed.
+    assert [v for _t, _k, v, _h in last.produced] == values[:3]
+    assert runner.consumer.commits[-1][0].offset == 3
+
+
+def test_outputs_sent_again_count_as_resent_not_as_produced_again(monkeypatch) -> None:
+    runner, serde, replacement = desync_runner(monkeypatch, window_s=60.0)
+    values = [serde.encode(sample_record(VECTOR, seed)) for seed in range(6)]
+    runner._run_batch([FakeMessage(v, offset, topic=SOURCE) for offset, v in enumerate(values[:3])])
+    runner._run_batch([FakeMessage(v, offset, topic=SOURCE) for offset, v in enumerate(values[3:], start=3)])
+
+    assert len(replacement.produced) == 6, "the first batch's three outputs, then the second's"
+    assert (runner.stats.produced, runner.stats.resent) == (6, 3), "each output is produced once, whatever is resent"
