@@ -89,6 +89,7 @@ class FeaturizerProcessor:
         # Replay far enough back that every event still buffered at the end offset is read again.
         self.lookback_ms = self.retention + 2 * disorder_ms
         self._late_policy = spec.features.late_events
+        self._event_id = spec.input.event_id
         self._ttl = spec.features.ttl
         self._fields = len(self.builder.fields)
         self._partitions: dict[_TP, PartitionState] = {}
@@ -128,6 +129,15 @@ class FeaturizerProcessor:
             if (record.topic, record.partition) != current:
                 current = (record.topic, record.partition)
                 part = self._partitions.get(current) or self._ensure(current)
+            if record.offset <= part.applied and not part.took(record.offset, record.value.get(self._event_id)):
+                # Not the record applied at this offset: the broker lost the log's tail and new
+                # records took its offsets. Rewinding the partition, rather than applying just this
+                # record, also drops the lost events from the windows, as a rebuild from the log
+                # would (their producer may send them again), and makes every later record at a
+                # lost offset new without another check.
+                log.warning("%s[%d]@%d holds another event than the one applied there: the log lost its tail; "
+                            "forgetting what was applied from there on", record.topic, record.partition, record.offset)
+                part.rewind(record.offset)
             if record.offset <= part.applied:
                 replayed += 1
                 outcome = self._replay(part, record, now)
@@ -144,6 +154,7 @@ class FeaturizerProcessor:
                     log.exception("featurizing %s[%d]@%d failed", record.topic, record.partition, record.offset)
                     outcome = Rejection(record, exc, STAGE_PROCESS)
                 part.applied = record.offset
+                part.remember(record.offset, record.value.get(self._event_id))
                 if recent is None:
                     recent = self._recent = {}
                 recent[(record.topic, record.partition, record.offset)] = outcome
@@ -315,6 +326,7 @@ class FeaturizerProcessor:
             if part is None or record.offset >= ends[tp]:
                 continue
             replayed += 1
+            part.remember(record.offset, record.value.get(self._event_id))
             # A record that was dead-lettered when first consumed (invalid, late, or failing) left no
             # trace in the state then, and leaves none now.
             with suppress(Exception):

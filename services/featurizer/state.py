@@ -9,10 +9,17 @@ on when a sweep ran, so a state rebuilt by replaying the input topic equals the 
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
+from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
 from services.featurizer.windows import OFFSET_MASK, SHIFT
+
+# A broker that loses a log's tail loses its newest records (noida-db: 1-20 per restart,
+# docs/reliability.md), so the event ids of the newest offsets are what tells a new record at a
+# lost offset from a replay. Up to this many per partition, a few hundred kB.
+REMEMBERED_IDS = 10_000
+_UNSEEN = object()
 
 
 def _insert(keys: list[int], key: int) -> int:
@@ -124,20 +131,57 @@ class EntityState:
         view.max_time = max((k // SHIFT for k in view.keys), default=-1)
         return view
 
+    def truncate(self, offset: int) -> bool:
+        """Drop the events at ``offset`` or later; False when none is left."""
+        kept = self.as_of(offset - 1)
+        self.keys, self.series, self.max_time = kept.keys, kept.series, kept.max_time
+        if self.latest_key & OFFSET_MASK >= offset:
+            # Only the newest event's record is kept: a rebuild rewrites no row until the next event.
+            self.latest_key = self.keys[-1] if self.keys else -1
+            self.latest_value = None
+        return bool(self.keys)
+
     @property
     def size(self) -> int:
         return len(self.keys)
 
 
 class PartitionState:
-    """The entities of one input partition, the highest offset applied and the newest event time."""
+    """The entities of one input partition, the highest offset applied, the newest event time and
+    the event ids of the newest offsets applied."""
 
-    __slots__ = ("entities", "applied", "watermark")
+    __slots__ = ("entities", "applied", "watermark", "_ids", "_id_offsets")
 
     def __init__(self, applied: int = -1) -> None:
         self.entities: dict[str, EntityState] = {}
         self.applied = applied
         self.watermark = -1
+        self._ids: dict[int, object] = {}
+        self._id_offsets: deque[int] = deque()
+
+    def remember(self, offset: int, event_id: object) -> None:
+        """Note the event id (as decoded, None when missing) of the record applied at ``offset``."""
+        self._ids[offset] = event_id
+        self._id_offsets.append(offset)
+        if len(self._id_offsets) > REMEMBERED_IDS:
+            del self._ids[self._id_offsets.popleft()]
+
+    def took(self, offset: int, event_id: object) -> bool:
+        """Whether the record applied at ``offset`` had ``event_id``; assumed so before the ids remembered."""
+        if not self._id_offsets or offset < self._id_offsets[0]:
+            return True
+        # An offset never seen in between held a record that was never decoded: not this one.
+        return self._ids.get(offset, _UNSEEN) == event_id
+
+    def rewind(self, offset: int) -> None:
+        """Forget every event at ``offset`` or later, and that they were applied: the log lost them."""
+        for entity_key, entity in list(self.entities.items()):
+            if not entity.truncate(offset):
+                del self.entities[entity_key]
+        self.watermark = max((entity.max_time for entity in self.entities.values()), default=-1)
+        self.applied = offset - 1
+        while self._id_offsets and self._id_offsets[-1] >= offset:
+            del self._ids[self._id_offsets.pop()]
 
     def sweep(self, forget_after: int) -> int:
         """Drop every entity forgotten by the rule above; returns how many were dropped."""
