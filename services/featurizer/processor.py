@@ -181,23 +181,11 @@ class FeaturizerProcessor:
         """Validate, insert and (when ``emit``) build one new event's vector; raises on rejection."""
         value = record.value
         event_id, entity_key, event_time = self.validator.validate(value)
-        if record.timestamp_ms > 0 and event_time > record.timestamp_ms + self.disorder_ms:
-            # Featurized, it would be its entity's newest event for years: every later event of
-            # the entity late, the entity never forgotten, its stored row outranking every later
-            # one. The rule reads only the record, so a restore skips it the same.
-            raise FutureEventError(
-                f"event time {event_time} is {event_time - record.timestamp_ms} ms after the record's Kafka "
-                f"timestamp {record.timestamp_ms}, more than FEATURIZER_DISORDER_MS ({self.disorder_ms})",
-                rule=f"{self.spec.input.event_time}.future")
         entities = part.entities
         entity = entities.get(entity_key)
         if entity is not None and entity.max_time < part.watermark - self.forget_after:
             entity = None  # forgotten: silent for longer than the horizon (state.py)
-        late = entity is not None and event_time < entity.max_time - self._lateness
-        if late and self._late_policy == "dead_letter":
-            raise LateEventError(
-                f"event time {event_time} is more than {self._lateness} ms behind the entity's newest event "
-                f"({entity.max_time})", rule=f"{self.spec.input.event_time}.allowed_lateness")  # type: ignore[union-attr]
+        late = self._admit(record, event_time, entity.max_time if entity is not None else None)
         key = event_time * SHIFT + record.offset
         fresh = entity is None
         if entity is None:
@@ -217,6 +205,24 @@ class FeaturizerProcessor:
         if event_time > part.watermark:
             part.watermark = event_time  # never past its Kafka timestamp plus the disorder (above)
         return output
+
+    def _admit(self, record: ConsumedRecord, event_time: int, newest: int | None) -> bool:
+        """The rules past validation, the same live and replayed: whether the event is late, or the
+        rejection; ``newest`` is the entity's newest event time, None when it is new or forgotten."""
+        if record.timestamp_ms > 0 and event_time > record.timestamp_ms + self.disorder_ms:
+            # Featurized, it would be its entity's newest event for years: every later event of
+            # the entity late, the entity never forgotten, its stored row outranking every later
+            # one. The rule reads only the record, so a restore skips it the same.
+            raise FutureEventError(
+                f"event time {event_time} is {event_time - record.timestamp_ms} ms after the record's Kafka "
+                f"timestamp {record.timestamp_ms}, more than FEATURIZER_DISORDER_MS ({self.disorder_ms})",
+                rule=f"{self.spec.input.event_time}.future")
+        late = newest is not None and event_time < newest - self._lateness
+        if late and self._late_policy == "dead_letter":
+            raise LateEventError(
+                f"event time {event_time} is more than {self._lateness} ms behind the entity's newest event "
+                f"({newest})", rule=f"{self.spec.input.event_time}.allowed_lateness")
+        return late
 
     def _output(self, record: ConsumedRecord, entity: EntityState, key: int, value: dict[str, Any],
                 event_id: str, entity_key: str, event_time: int, now: int, late: bool) -> OutgoingRecord:
@@ -238,15 +244,15 @@ class FeaturizerProcessor:
         value = record.value
         try:
             event_id, entity_key, event_time = self.validator.validate(value)
+            entity = part.entities.get(entity_key)
+            view = entity.as_of(record.offset - 1) if entity is not None else EntityState(self._fields)
+            # Forgetting is already in the buffer: a forgotten entity's events were dropped before
+            # this record went in, so the view holds none of them. The rule cannot be applied
+            # again: it needs the partition's newest event time back then, and today's would
+            # forget entities that were not forgotten then.
+            late = self._admit(record, event_time, view.max_time if view.keys else None)
         except InvalidRecordError as exc:
             return Rejection(record, exc, STAGE_VALIDATION)
-        entity = part.entities.get(entity_key)
-        view = entity.as_of(record.offset - 1) if entity is not None else EntityState(self._fields)
-        late = bool(view.keys) and event_time < view.max_time - self._lateness
-        if late and self._late_policy == "dead_letter":
-            return Rejection(record, LateEventError("event later than the allowed lateness (replayed)",
-                                                    rule=f"{self.spec.input.event_time}.allowed_lateness"),
-                             STAGE_VALIDATION)
         key = event_time * SHIFT + record.offset
         view.insert(key, self.builder.field_values(value))
         return self._output(record, view, key, value, event_id, entity_key, event_time, now, late)

@@ -249,6 +249,25 @@ def test_an_event_dated_far_past_its_kafka_timestamp_is_dead_lettered_and_change
     assert restored._partitions[("events", 0)].entities["a"].max_time == t0 + 2_000, "a restore skips it too"
 
 
+@pytest.mark.parametrize("policy", ["emit_unwindowed", "dead_letter"])
+def test_a_replay_older_than_the_latest_batch_rejects_what_the_first_pass_rejected(policy: str) -> None:
+    t0, ten_years = 1_700_000_000_000, 10 * 365 * 86_400_000
+    events = [event(1, "a", t0 + 20_000), event(2, "a", t0 + ten_years), event(3, "a", t0 + 5_000),
+              event(4, "a", t0 + 21_000)]
+    stamped = [ConsumedRecord(r.topic, r.partition, r.offset, r.key, r.value, t0 + 500 * r.offset)
+               for r in records(events)]
+    proc = processor(make_spec(COUNT_1M | {"late_events": policy}))
+    first = proc.process(stamped[:3])
+    proc.process(stamped[3:])
+    again = proc.process(stamped[:3])
+    assert [(r.record.offset, r.error.rule, str(r.error)) for r in again.rejections] == \
+        [(r.record.offset, r.error.rule, str(r.error)) for r in first.rejections]
+    assert [type(r.error) for r in again.rejections] == [type(r.error) for r in first.rejections]
+    assert vectors(again) == vectors(first)
+    assert [r.error.rule for r in first.rejections] == \
+        ["ts.future"] + (["ts.allowed_lateness"] if policy == "dead_letter" else [])
+
+
 def test_buffers_hold_only_the_horizon_and_the_lateness() -> None:
     # An on-time event may be 10 s (the lateness) behind the newest and looks back 70 s (the horizon).
     proc = processor(make_spec(COUNT_1M))
