@@ -185,7 +185,7 @@ class FeaturizerProcessor:
         entity = entities.get(entity_key)
         if entity is not None and entity.max_time < part.watermark - self.forget_after:
             entity = None  # forgotten: silent for longer than the horizon (state.py)
-        late = self._admit(record, event_time, entity.max_time if entity is not None else None)
+        late = self._admit(record, entity_key, event_time, entity.max_time if entity is not None else None)
         key = event_time * SHIFT + record.offset
         fresh = entity is None
         if entity is None:
@@ -206,9 +206,17 @@ class FeaturizerProcessor:
             part.watermark = event_time  # never past its Kafka timestamp plus the disorder (above)
         return output
 
-    def _admit(self, record: ConsumedRecord, event_time: int, newest: int | None) -> bool:
+    def _admit(self, record: ConsumedRecord, entity_key: str, event_time: int, newest: int | None) -> bool:
         """The rules past validation, the same live and replayed: whether the event is late, or the
         rejection; ``newest`` is the entity's newest event time, None when it is new or forgotten."""
+        if record.key != entity_key:
+            # State is per partition, and the producer's partitioner places a record by its key:
+            # keyed otherwise, an entity's events are spread over partitions and each of them
+            # sees only its share, so every window would be silently wrong.
+            field = self.spec.input.entity_key
+            found = "the record has no Kafka key" if record.key is None else \
+                f"Kafka key {record.key!r} is not the event's {field} {entity_key!r}"
+            raise InvalidRecordError(f"{found}: events must be keyed by {field}", rule=f"{field}.kafka_key")
         if record.timestamp_ms > 0 and event_time > record.timestamp_ms + self.disorder_ms:
             # Featurized, it would be its entity's newest event for years: every later event of
             # the entity late, the entity never forgotten, its stored row outranking every later
@@ -250,7 +258,7 @@ class FeaturizerProcessor:
             # this record went in, so the view holds none of them. The rule cannot be applied
             # again: it needs the partition's newest event time back then, and today's would
             # forget entities that were not forgotten then.
-            late = self._admit(record, event_time, view.max_time if view.keys else None)
+            late = self._admit(record, entity_key, event_time, view.max_time if view.keys else None)
         except InvalidRecordError as exc:
             return Rejection(record, exc, STAGE_VALIDATION)
         key = event_time * SHIFT + record.offset

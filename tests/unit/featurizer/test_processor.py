@@ -268,6 +268,26 @@ def test_a_replay_older_than_the_latest_batch_rejects_what_the_first_pass_reject
         ["ts.future"] + (["ts.allowed_lateness"] if policy == "dead_letter" else [])
 
 
+def test_an_event_whose_kafka_key_is_not_its_entity_key_is_dead_lettered_and_changes_nothing() -> None:
+    """State is per partition: an event keyed otherwise (by its id, or not at all) lands in a
+    partition that may not hold its entity's other events, and its windows would be silently wrong."""
+    recs = [ConsumedRecord(r.topic, r.partition, r.offset, key, r.value, 0)
+            for r, key in zip(records([event(i, "a", 1_000 * i) for i in range(4)]), ["a", "e1", None, "a"],
+                              strict=True)]
+    metrics = RecordingMetrics()
+    proc = processor(make_spec(COUNT_1M), metrics=metrics)
+    result = proc.process(recs)
+    assert [(r.record.offset, r.error.rule, r.stage) for r in result.rejections] == \
+        [(1, "entity.kafka_key", "VALIDATION"), (2, "entity.kafka_key", "VALIDATION")]
+    assert "Kafka key 'e1' is not the event's entity 'a'" in str(result.rejections[0].error)
+    assert "has no Kafka key: events must be keyed by entity" in str(result.rejections[1].error)
+    assert vectors(result)["e3"]["numeric"]["count"] == 2.0
+    assert metrics.count("streamloop_validation_failures", rule="entity.kafka_key") == 2
+    restored = processor(make_spec(COUNT_1M), history=ListHistory({0: recs}, committed={0: 3}))
+    restored.on_assigned([TopicPartitionRef("events", 0)])
+    assert restored._partitions[("events", 0)].entities["a"].size == 1, "a restore skips them too"
+
+
 def test_buffers_hold_only_the_horizon_and_the_lateness() -> None:
     # An on-time event may be 10 s (the lateness) behind the newest and looks back 70 s (the horizon).
     proc = processor(make_spec(COUNT_1M))
