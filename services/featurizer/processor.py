@@ -306,7 +306,7 @@ class FeaturizerProcessor:
             tp = (ref.topic, ref.partition)
             parked = self._parked.pop(tp, None)
             offset = committed.get(ref)
-            if parked is not None and (self.history is None or offset == parked.applied + 1):
+            if parked is not None and (self.history is None or offset == parked.next_offset):
                 self._partitions[tp] = parked
             elif offset is None or offset <= 0:
                 self._partitions[tp] = PartitionState()  # consumption starts at the beginning
@@ -314,6 +314,14 @@ class FeaturizerProcessor:
                 to_restore[tp] = offset
         if to_restore:
             self._restore(to_restore)
+
+    def committing(self, offsets: Mapping[tuple[str, int], int]) -> None:
+        """The runner's commit: a partition given back at that offset keeps its state, though the
+        batch's last records did not decode and were never applied."""
+        for tp, offset in offsets.items():
+            part = self._partitions.get(tp)
+            if part is not None:
+                part.commit_offset = offset
 
     def on_revoked(self, partitions: Sequence[TopicPartitionRef]) -> None:
         for ref in partitions:

@@ -150,14 +150,21 @@ class PartitionState:
     """The entities of one input partition, the highest offset applied, the newest event time and
     the event ids of the newest offsets applied."""
 
-    __slots__ = ("entities", "applied", "watermark", "_ids", "_id_offsets")
+    __slots__ = ("entities", "applied", "commit_offset", "watermark", "_ids", "_id_offsets")
 
     def __init__(self, applied: int = -1) -> None:
         self.entities: dict[str, EntityState] = {}
         self.applied = applied
+        # Where the runner last committed: past records that did not decode, which are never applied.
+        self.commit_offset = -1
         self.watermark = -1
         self._ids: dict[int, object] = {}
         self._id_offsets: deque[int] = deque()
+
+    @property
+    def next_offset(self) -> int:
+        """The offset consumption goes on from, with this state."""
+        return max(self.applied + 1, self.commit_offset)
 
     def remember(self, offset: int, event_id: object) -> None:
         """Note the event id (as decoded, None when missing) of the record applied at ``offset``."""
@@ -180,6 +187,7 @@ class PartitionState:
                 del self.entities[entity_key]
         self.watermark = max((entity.max_time for entity in self.entities.values()), default=-1)
         self.applied = offset - 1
+        self.commit_offset = -1
         while self._id_offsets and self._id_offsets[-1] >= offset:
             del self._ids[self._id_offsets.pop()]
 

@@ -5,7 +5,7 @@ Processors are pure: they never touch a consumer or producer, so they are tested
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -98,6 +98,14 @@ class Delivered(Protocol):
     def delivered(self) -> None:
         """Called once a batch's outputs are acknowledged, before its offsets are committed:
         where a stateful stage persists what the batch changed (state never ahead of outputs)."""
+        ...
+
+
+class Committing(Protocol):
+    def committing(self, offsets: Mapping[tuple[str, int], int]) -> None:
+        """Called after ``delivered``, with each partition's offset about to be committed: past the
+        batch's records that did not decode too, which the runner dead-letters and the processor
+        never sees. Where a stage learns the offset its state stands at."""
         ...
 
 

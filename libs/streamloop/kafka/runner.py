@@ -289,7 +289,10 @@ class StageRunner:
         if self._deliver(result, dead, raw):
             if hasattr(self.processor, "delivered"):
                 self.processor.delivered()
-            self._commit(self._limited(next_offsets))
+            offsets = self._limited(next_offsets)
+            if hasattr(self.processor, "committing"):
+                self.processor.committing(offsets)
+            self._commit(offsets)
         self.stats.batches += 1
         self.stats.consumed += len(messages)
         self._record_batch(messages, dead, time.perf_counter() - started)

@@ -204,6 +204,25 @@ def test_revoked_partitions_given_back_at_their_committed_offset_keep_their_stat
     assert proc._partitions[("events", 0)].applied == 39
 
 
+def test_a_partition_given_back_past_undecodable_records_it_never_saw_keeps_its_state() -> None:
+    recs = records(stream(3, count=50))
+    history = ListHistory({0: recs}, committed={0: None})
+    proc = processor(SPEC, history=history)
+    ref = TopicPartitionRef("events", 0)
+    proc.on_assigned([ref])
+    proc.process(recs)
+    # Offsets 50 and 51 did not decode: the runner dead-lettered them and commits past them.
+    proc.committing({("events", 0): 52})
+    history.committed_offsets[0] = 52
+    proc.on_revoked([ref])
+    proc.on_assigned([ref])
+    assert history.replays == [], "the runner's offset: state kept, no rebuild"
+    proc.on_revoked([ref])
+    history.committed_offsets[0] = 51  # not where the runner committed: rebuilt
+    proc.on_assigned([ref])
+    assert history.replays == [{ref: 51}]
+
+
 def test_entities_silent_longer_than_horizon_plus_disorder_are_forgotten_the_same_with_or_without_sweeps() -> None:
     # horizon 70 s, kept 10 s more (the lateness); disorder 1 s below: forgotten when 81 s behind the partition
     spec = make_spec(COUNT_1M)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from streamloop.kafka import KafkaSettings, dead_letters
 from streamloop.kafka.records import ConsumedRecord, OutgoingRecord, ProcessResult, RecordOrigin, Rejection
 from streamloop.kafka.runner import RunnerSettings, StageRunner, StageTopics
+from streamloop.serde import SerdeError
 from streamloop.serde.raw import RawSerde
 from tests.kafka_fakes import FakeConsumer, FakeMessage, FakeProducer
 
@@ -98,3 +99,34 @@ def test_a_rejection_with_an_origin_is_dead_lettered_where_the_origin_s_are_and_
     assert errors[dead_letters.STAGE] == dead_letters.STAGE_DECODE
     assert own == "in.raw.invalid" and dead_letters.read_error_headers(own_headers)[dead_letters.OFFSET] == "1"
     assert stage.stats.dead_lettered == 2 and stage.consumer.commits[-1][0].offset == 2
+
+
+class Committing:
+    """Notes where the runner commits each batch."""
+
+    def __init__(self) -> None:
+        self.seen: list[int] = []
+        self.committed: list[dict[tuple[str, int], int]] = []
+
+    def process(self, batch: Sequence[ConsumedRecord]) -> ProcessResult:
+        self.seen += [r.offset for r in batch]
+        return ProcessResult()
+
+    def committing(self, offsets: Mapping[tuple[str, int], int]) -> None:
+        self.committed.append(dict(offsets))
+
+
+class GarbageIsUndecodable(RawSerde):
+    def decode(self, data: bytes | None) -> dict:
+        if data == b"garbage":
+            raise SerdeError("not a record")
+        return super().decode(data)
+
+
+def test_a_stage_is_told_the_offsets_committed_past_records_it_never_saw() -> None:
+    """A stage that keeps state per partition learns that its state stands at the committed offset."""
+    stage = runner(Committing())
+    stage.topics.inputs[SOURCE] = GarbageIsUndecodable()
+    stage._run_batch(batch(b"a", b"b", b"garbage"))
+    assert stage.processor.seen == [0, 1]
+    assert stage.processor.committed == [{(SOURCE, 0): 3}] and stage.consumer.commits[-1][0].offset == 3
