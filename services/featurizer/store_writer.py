@@ -7,8 +7,9 @@ store never holds the vectors up:
 - in the service, a background thread writes them (``start``). While one ``write_many`` is in
   flight the next rows coalesce, so under load fewer rows per event reach Redis, and Redis
   latency stays off the consume loop. Tests and the benchmark call :meth:`flush` instead;
-- a failed write keeps its rows pending, retried with exponential backoff. Rows pending at a crash
-  are written again when the partition's state is rebuilt (docs/featurizer.md).
+- a failed write, whatever it raised, keeps its rows pending, retried with exponential backoff.
+  Rows pending at a crash are written again when the partition's state is rebuilt
+  (docs/featurizer.md).
 
 Writes are guarded by (event time, offset) in the store, so retries and replays are no-ops.
 """
@@ -86,7 +87,8 @@ class FeatureRowWriter:
 
     @property
     def background(self) -> bool:
-        return self._thread is not None
+        """Whether the thread writes the rows; if it ever died, the processor writes them again."""
+        return self._thread is not None and self._thread.is_alive()
 
     def stop(self, timeout_s: float = 10.0) -> None:
         """Stop the thread after one last attempt to write what is pending."""
@@ -100,9 +102,17 @@ class FeatureRowWriter:
         while not self._stopping.is_set():
             self._wake.wait(max(0.05, self._next_attempt - self._monotonic()))
             self._wake.clear()
-            self.flush()
+            self._flush_or_back_off()
         self._next_attempt = 0.0
-        self.flush()
+        self._flush_or_back_off()
+
+    def _flush_or_back_off(self) -> None:
+        # A failing write keeps its rows (_write); anything else raised here must not end the
+        # thread either, or no row would be written again.
+        try:
+            self.flush()
+        except Exception as exc:  # noqa: BLE001
+            self._failed(exc, self.pending)
 
     # -- one attempt ----------------------------------------------------------------------------
 
@@ -113,7 +123,7 @@ class FeatureRowWriter:
             chunk = rows[start:start + self.chunk_size]
             try:
                 applied = self.store.write_many(self.group, chunk, now_ms)
-            except FeatureStoreError as exc:
+            except Exception as exc:  # noqa: BLE001 - whatever the failure, the rows wait for the next attempt
                 self._failed(exc, len(rows) - start)
                 return rows[start:]
             done = sum(applied)
@@ -123,15 +133,17 @@ class FeatureRowWriter:
         self._next_attempt = 0.0
         return []
 
-    def _failed(self, exc: FeatureStoreError, unwritten: int) -> None:
+    def _failed(self, exc: Exception, unwritten: int) -> None:
         self.failures += 1
         now = self._monotonic()
         self._next_attempt = now + self._backoff
         self._backoff = min(self._backoff * 2, self._backoff_max)
         if now - self._last_log > 10:
             self._last_log = now
+            # A FeatureStoreError says what went wrong; anything else is a defect, shown with its traceback.
             log.warning("feature store write failed (%s); %d rows pending, retrying in %.1fs",
-                        exc, unwritten, self._next_attempt - now)
+                        exc, unwritten, self._next_attempt - now,
+                        exc_info=None if isinstance(exc, FeatureStoreError) else exc)
 
 
 def _merge(pending: dict[str, FeatureWrite], writes: Iterable[FeatureWrite]) -> None:
