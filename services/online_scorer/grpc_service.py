@@ -19,6 +19,7 @@ INVALID_ARGUMENT, not INTERNAL.
 from __future__ import annotations
 
 import hmac
+import itertools
 import logging
 import math
 import socket
@@ -110,6 +111,7 @@ class ScoringServicer(scoring_pb2_grpc.ScoringServiceServicer):
         self.request_features = RequestFeatures(pipeline, self.limits.max_request_categories)
         self._default = default_output(pipeline.model)
         self._clock = clock
+        self._model_failures = itertools.count(1)  # next() is atomic: handlers run on many threads
         self._count = metrics.counter(PREDICTIONS_METRIC, "Predictions emitted, by path, role and version.") \
             if metrics else None
 
@@ -144,14 +146,14 @@ class ScoringServicer(scoring_pb2_grpc.ScoringServiceServicer):
 
     def _score_all(self, requests: Sequence[scoring_pb2.ScoreRequest],
                    context: grpc.ServicerContext,
-                   ) -> list[scoring_pb2.ScoreResponse | ScorerError | ModelError | UnreadableFeatureRow]:
+                   ) -> list[scoring_pb2.ScoreResponse | Exception]:
         champion = self.holder.current.champion  # one model version for the whole call
         if champion is None:
             raise NoChampion("no champion model is loaded yet")
         _check_deadline(context, "reading features")
         rows = self._read_rows([r.entity_id for r in requests])
         _check_deadline(context, "scoring")
-        results: list[scoring_pb2.ScoreResponse | ScorerError | ModelError | UnreadableFeatureRow] = []
+        results: list[scoring_pb2.ScoreResponse | Exception] = []
         for i, (request, row) in enumerate(zip(requests, rows, strict=True)):
             if i and i % 100 == 0:  # a large explained batch takes tens of ms
                 _check_deadline(context, "scoring")
@@ -167,10 +169,21 @@ class ScoringServicer(scoring_pb2_grpc.ScoringServiceServicer):
                 # error, not the whole batch's.
                 log.warning("scoring %r with %s failed: %s", request.entity_id, champion.version, exc)
                 results.append(exc)
+            except Exception as exc:  # noqa: BLE001 - one entity's failure is that entity's result
+                # A river model raises its own errors (ValueError, ZeroDivisionError...) on inputs it
+                # cannot handle: still that entity's, INTERNAL with a message that reveals nothing.
+                self._model_failed(champion, request.entity_id, exc)
+                results.append(exc)
         if self._count is not None:
             self._count(sum(1 for r in results if not isinstance(r, Exception)),
                         {"path": "grpc", "role": champion.role, "model_version": champion.version})
         return results
+
+    def _model_failed(self, champion: LoadedModel, entity_id: str, exc: Exception) -> None:
+        failures = next(self._model_failures)
+        if failures % 1000 == 1:  # a model that fails on every entity would log every request
+            log.error("scoring %r with %s failed unexpectedly (%d such failures so far)", entity_id,
+                      champion.version, failures, exc_info=exc)
 
     def _read_rows(self, entity_ids: list[str]) -> list[FeatureRead | None | UnreadableFeatureRow]:
         """One round trip; if a row cannot be read, each entity's row or its own error, one by one."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
@@ -265,6 +266,30 @@ def test_a_model_that_fails_on_one_entity_fails_only_that_entity_s_result(served
     assert response.results[1].error.message == "the model failed: the classifier returned probability nan for True"
     code, details = status_of_call(served.stub.Score, scoring_pb2.ScoreRequest(entity_id="card-13"), timeout=5)
     assert (code, details) == (grpc.StatusCode.INTERNAL, response.results[1].error.message), "the same, alone"
+
+
+def test_a_model_that_raises_anything_on_one_entity_fails_only_that_entity_s_result(served: Served, monkeypatch,
+                                                                                     caplog) -> None:
+    predict = scoring_module.predict
+
+    def failing_on_13(model, x, spec):
+        if x.get("amount") == 13.0:
+            raise ValueError("math domain error in secret_module.py")  # a river model's own error, no ModelError
+        return predict(model, x, spec)
+
+    monkeypatch.setattr(scoring_module, "predict", failing_on_13)
+    served.store.write("features", FeatureWrite("card-13", NOW - 10, 1, {"amount": 13.0}, {}))
+    request = scoring_pb2.ScoreBatchRequest(requests=[scoring_pb2.ScoreRequest(entity_id="card-1"),
+                                                      scoring_pb2.ScoreRequest(entity_id="card-13")])
+    with caplog.at_level(logging.WARNING, logger="services.online_scorer.grpc_service"):
+        response = served.stub.ScoreBatch(request, timeout=5)
+    assert [r.WhichOneof("result") for r in response.results] == ["response", "error"]
+    error = response.results[1].error
+    assert error.code == grpc.StatusCode.INTERNAL.value[0]
+    assert "secret" not in error.message and "ValueError" not in error.message
+    assert any("card-13" in r.getMessage() and r.exc_info for r in caplog.records), "the detail is in the log"
+    code, details = status_of_call(served.stub.Score, scoring_pb2.ScoreRequest(entity_id="card-13"), timeout=5)
+    assert (code, details) == (grpc.StatusCode.INTERNAL, error.message), "the same, alone"
 
 
 def test_an_unreadable_stored_row_fails_only_its_entity_s_result(served: Served, monkeypatch) -> None:
