@@ -389,7 +389,8 @@ def test_the_score_command_sends_numbers_as_numeric_and_says_what_the_scorer_ref
 
 
 def test_request_time_categories_cannot_grow_the_serving_model_without_end(spec, artifacts, metrics) -> None:
-    """Each unseen value is a column river's StandardScaler keeps even when only predicting."""
+    """Request-time values are bounded per feature; and a value the model never learned is a column the
+    Scorer drops before predicting, which river's StandardScaler would otherwise keep."""
     s = Served(spec, artifacts, metrics, limits=RequestLimits(max_request_categories=2))
     try:
         def score(**categorical: str) -> tuple[grpc.StatusCode | None, str]:
@@ -408,8 +409,7 @@ def test_request_time_categories_cannot_grow_the_serving_model_without_end(spec,
         assert code is grpc.StatusCode.RESOURCE_EXHAUSTED and "SCORER_MAX_REQUEST_CATEGORIES" in details
         assert score(country="FR")[0] is None, "the bound is per feature"
         scaler = s.holder.current.champion.model["StandardScaler"]
-        assert "merchant_category=m1" in scaler.vars, "the test sees the growth it bounds"
-        assert "merchant_category=m3" not in scaler.vars
+        assert not [c for c in scaler.vars if c.startswith("merchant_category=m")], "taken values grow nothing"
         batch = scoring_pb2.ScoreBatchRequest(requests=[
             scoring_pb2.ScoreRequest(entity_id="card-1"),
             scoring_pb2.ScoreRequest(entity_id="card-1", categorical_features={"merchant_category": "m4"})])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import random
 from collections import Counter
 
@@ -11,6 +12,7 @@ from services.online_scorer.models import ModelHolder
 from services.online_scorer.processor import ScoringProcessor
 from services.online_scorer.scoring import Scorer
 from streamloop.kafka import ConsumedRecord, InvalidRecordError
+from streamloop.ml.prediction import predict
 from streamloop.serde import make_serde
 from tests.unit.online_scorer.fakes import (
     BrokenClassifier,
@@ -157,6 +159,32 @@ def test_explanations_follow_the_sample_share(spec, catalog, artifacts) -> None:
     assert all(o.value["explanation_method"] is None for o in outputs if not o.value["explanation"])
     again = processor.process(vectors(spec, 2000)).outputs
     assert [bool(o.value["explanation"]) for o in again] == [bool(o.value["explanation"]) for o in outputs]
+
+
+def test_fresh_category_values_never_grow_a_served_model_nor_change_its_scores(spec, catalog, artifacts) -> None:
+    # A producer sending a new merchant_category on every event (the demo's one-hot feature lists
+    # no categories): river's scaler keeps an entry for each unseen column even when only predicting.
+    processor, holder = setup(spec, catalog, artifacts, (trained_model(spec), "v1", {}),
+                              (trained_model(spec, seed=8), "v2", {"slot": "shadow/v2", "role": "SHADOW"}))
+    served = [holder.current.champion.model, holder.current.shadows[0].model]
+    untouched = [pickle.loads(pickle.dumps(m)) for m in served]  # noqa: S301 - river's own answers, on copies
+    known = vectors(spec, 50)
+    before = [o.value["probabilities"] for o in processor.process(known).outputs]
+    sizes = [len(pickle.dumps(m)) for m in served]
+    fresh = [ConsumedRecord(r.topic, r.partition, r.offset, r.key,
+                            {**r.value, "categorical": {**r.value["categorical"], "merchant_category": f"new-{i}"}},
+                            r.timestamp_ms)
+             for i, r in enumerate(vectors(spec, 2000, seed=2))]
+    outputs = processor.process(fresh).outputs
+    assert [len(pickle.dumps(m)) for m in served] == sizes
+    assert [o.value["probabilities"] for o in processor.process(known).outputs] == before
+    # Without the column the model never learned, the answer is bit for bit the one river gives with it.
+    for record, out in zip(fresh, [o for o in outputs if o.value["role"] == "CHAMPION"], strict=True):
+        x = Scorer.features(record.value["numeric"], record.value["categorical"])
+        assert predict(untouched[0], x, spec.model).probabilities == out.value["probabilities"]
+    for record, out in zip(fresh, [o for o in outputs if o.value["role"] == "SHADOW"], strict=True):
+        x = Scorer.features(record.value["numeric"], record.value["categorical"])
+        assert predict(untouched[1], x, spec.model).probabilities == out.value["probabilities"]
 
 
 def test_a_vector_of_another_pipeline_is_rejected(spec, catalog, artifacts) -> None:
