@@ -88,6 +88,5 @@ def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
                                                      "written with a schema this scorer does not know)")
     if isinstance(exc, ModelError):
         return grpc.StatusCode.INTERNAL, f"the model failed: {exc}"
-    if isinstance(exc, StreamloopError):
-        return grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}"
+    # Our own errors too: a FeatureStoreError carries Redis's reply (key names, ACL users, limits).
     return grpc.StatusCode.INTERNAL, "internal error (see the scorer's log)"

@@ -23,7 +23,13 @@ from services.online_scorer.scoring import Scorer
 from streamloop.contracts.generated.scoring.v1 import scoring_pb2, scoring_pb2_grpc
 from streamloop.ml.prediction import ModelOutputError
 from streamloop.stack.process import free_port
-from streamloop.store import FeatureStoreUnavailable, FeatureWrite, UnreadableFeatureRow
+from streamloop.store import (
+    FeatureStoreAccessDenied,
+    FeatureStoreError,
+    FeatureStoreUnavailable,
+    FeatureWrite,
+    UnreadableFeatureRow,
+)
 from tests.unit.online_scorer.fakes import MemoryFeatureStore, publish, slot_key, trained_model
 
 NOW = 1_700_000_100_000
@@ -217,6 +223,22 @@ def test_feature_store_outage_is_unavailable_and_surprises_are_internal(served: 
     monkeypatch.setattr(served.store, "read_many", bug)
     code, details = status_of_call(served.stub.Score, scoring_pb2.ScoreRequest(entity_id="card-1"), timeout=5)
     assert code is grpc.StatusCode.INTERNAL and "secret" not in details
+
+
+@pytest.mark.parametrize("error", [
+    FeatureStoreAccessDenied("cannot read 1 rows from card-fraud/features: NOPERM User scorer has no permissions "
+                             "to access the 'streamloop:card-fraud:features:card-1' key"),
+    FeatureStoreError("cannot read 1 rows from card-fraud/features: ERR max number of clients reached"),
+])
+def test_internal_errors_of_our_own_reveal_nothing_internal(served: Served, monkeypatch, caplog, error) -> None:
+    def failing(*_a, **_k):
+        raise error
+
+    monkeypatch.setattr(served.store, "read_many", failing)
+    with caplog.at_level(logging.ERROR, logger="services.online_scorer.grpc_service"):
+        code, details = status_of_call(served.stub.Score, scoring_pb2.ScoreRequest(entity_id="card-1"), timeout=5)
+    assert (code, details) == (grpc.StatusCode.INTERNAL, "internal error (see the scorer's log)")
+    assert any(r.exc_info and r.exc_info[1] is error for r in caplog.records), "the detail is in the scorer's log"
 
 
 def test_deadlines_are_respected_and_late_work_is_skipped(spec, artifacts, metrics) -> None:
