@@ -25,6 +25,7 @@ from typing import Any
 from streamloop.contracts.pipeline import PipelineSpec
 from streamloop.kafka.records import ConsumedRecord
 from streamloop.ml.artifacts import ArtifactStore
+from streamloop.ml.learned_columns import known_only
 from streamloop.ml.prediction import predict
 from streamloop.ml.promotion import event_loss
 from streamloop.ml.training import training_pair
@@ -134,7 +135,8 @@ class HeldOutScorer:
             try:
                 if x is None:
                     x, _ = training_pair(self.pipeline.model, record.value)
-                prediction = predict(model, x, self.pipeline.model).record_fields()
+                # A copy of a served model: given only the columns it learned, or scoring would grow it.
+                prediction = predict(model, known_only(model, x), self.pipeline.model).record_fields()
             except Exception as exc:  # noqa: BLE001 - a version that cannot score this example is only not scored here
                 log.debug("cannot score %s on held-out example %s: %s", version, record.value.get("event_id"), exc)
                 continue

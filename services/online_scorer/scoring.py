@@ -6,7 +6,7 @@ maps the model's output with ``streamloop.ml.prediction.predict`` and, when aske
 :meth:`Scorer.score` does both. The same features and the same model object therefore give the
 same answer on either path, bit for bit.
 
-A model is given only the columns it has learned (:func:`learned_columns`). river's scalers keep
+A model is given only the columns it has learned (``streamloop.ml.learned_columns``). river's scalers keep
 an entry for every feature name they are asked to transform, even when only predicting, so
 without that a producer sending a new category value on every event (a one-hot feature with no
 ``categories`` in the spec) would grow the champion and every shadow until the next swap. A
@@ -18,18 +18,15 @@ behind a scaler did count it, alike for every neighbour, in its distances; it no
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from river import preprocessing
-
 from services.online_scorer.models import LoadedModel, ModelSet
 from streamloop.contracts import PipelineSpec
-from streamloop.ml.estimators import IndicatorDensifier
 from streamloop.ml.explain import Explanation, explain
 from streamloop.ml.features import assemble_features
+from streamloop.ml.learned_columns import known_only
 from streamloop.ml.prediction import ModelOutput, in_share, predict
 
 CANARY_SALT = "canary"
@@ -40,57 +37,6 @@ EXPLAIN_SALT = "explain"
 class Scored:
     output: ModelOutput
     explanation: Explanation | None = None
-
-
-# Per river scaler, a dict its learn_one fills for every feature it learns and its transform_one
-# reads (a defaultdict: reading an unseen name adds it).
-_STATISTICS: tuple[tuple[type, str], ...] = (
-    (preprocessing.StandardScaler, "vars"),
-    (preprocessing.MinMaxScaler, "min"),
-    (preprocessing.MaxAbsScaler, "abs_max"),
-    (preprocessing.RobustScaler, "median"),
-    (preprocessing.AdaptiveStandardScaler, "vars"),
-)
-
-
-def learned_columns(model: Any) -> dict[str, Any] | None:
-    """The columns the model's first scaler has learned (as its keys), or None when it has no such scaler.
-
-    A pipeline step learns every column that reaches it, and the spec's preprocessing comes first
-    (after the IndicatorDensifier, which only fills in columns already learned), so the first
-    scaler has learned every column any step has. Without a scaler nothing grows when predicting
-    (river's linear models, trees, naive Bayes and k-NN were checked), and nothing is dropped.
-    """
-    steps = getattr(model, "steps", None)
-    if not isinstance(steps, dict):  # not a pipeline
-        return None
-    for step in steps.values():
-        attribute = _statistics_of(type(step))
-        if attribute == _PASS:
-            continue
-        statistics = getattr(step, attribute, None) if attribute is not None else None
-        # Any other first step may rename columns: no telling what it learned.
-        return statistics if isinstance(statistics, dict) else None
-    return None
-
-
-_PASS = ""  # a step that renames no column and learns none of its own (the IndicatorDensifier)
-
-
-@functools.cache
-def _statistics_of(step_class: type) -> str | None:
-    # Per class, not per event: these subclass checks cost half as much as the prediction.
-    if issubclass(step_class, IndicatorDensifier):
-        return _PASS
-    return next((attribute for kind, attribute in _STATISTICS if issubclass(step_class, kind)), None)
-
-
-def known_only(model: Any, x: Mapping[str, float]) -> Mapping[str, float]:
-    """``x`` without the columns ``model`` has never learned (``x`` itself when it has none)."""
-    learned = learned_columns(model)
-    if learned is None or x.keys() <= learned.keys():
-        return x
-    return {name: value for name, value in x.items() if name in learned}
 
 
 class Scorer:

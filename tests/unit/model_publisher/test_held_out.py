@@ -9,6 +9,7 @@ from services.model_publisher.judging import JudgingPolicy
 from services.model_publisher.ledger import REPLAYED
 from services.model_publisher.publisher import PublisherPolicy
 from streamloop.ml import build_model
+from streamloop.ml.learned_columns import learned_columns
 from streamloop.ml.registry import CHAMPION, shadow_slot
 from streamloop.ml.training import training_pair
 from tests.unit.model_publisher.factories import candidate, examples, signed_by_streamloop_0_1
@@ -249,3 +250,16 @@ def test_the_publisher_keeps_the_lineage_of_recent_candidates_and_of_deployed_ve
     assert learned_offsets(line, remembered) is not None, "the newest line is still known, its ancestors gone"
     assert not harness.processor.judge.catching_up - deployed
     assert len(harness.processor.judge.closed) >= 10, "the retired ones are still refused if read again"
+
+
+def test_held_out_scoring_never_grows_a_deployed_version_with_columns_it_never_learned(harness):
+    champion = harness.bootstrap()
+    shadow = deploy_shadow(harness, champion, learned(-1), model=trained_model(harness.spec))
+    fresh = examples(200, models={champion: (0.6, "CHAMPION")})
+    for i, example in enumerate(fresh):
+        example["categorical"] = {"merchant_category": f"never-seen-{i}"}
+    harness.feed("lab", fresh)
+    assert harness.processor.ledger.losses(shadow, REPLAYED).size == 200, "every example was held out"
+    model = harness.processor.held_out._models[shadow]
+    columns = learned_columns(model)
+    assert columns is not None and not [name for name in columns if "never-seen" in name], sorted(columns)
