@@ -153,8 +153,7 @@ def build(settings: ScorerSettings, telemetry: Telemetry | None = None) -> Score
     redis = settings.redis
     store = RedisFeatureStore(redis.client(), ctx.pipeline.name, ttl_ms=ctx.pipeline.features.ttl,
                               key_prefix=redis.key_prefix, owns_client=True)
-    limits = RequestLimits(settings.max_request_features, settings.max_batch_entities, settings.max_entity_id_length,
-                           max_request_categories=settings.max_request_categories)
+    limits = RequestLimits(settings.max_request_features, settings.max_batch_entities, settings.max_entity_id_length)
     servicer = ScoringServicer(ctx.pipeline, holder, store, group=settings.feature_group, limits=limits,
                                metrics=metrics, readers=settings.grpc_workers)
     token = settings.auth_token.get_secret_value() if settings.auth_token else None

@@ -22,12 +22,6 @@ class InvalidScoreRequest(ScorerError):
     code = grpc.StatusCode.INVALID_ARGUMENT
 
 
-class TooManyRequestCategories(ScorerError):
-    """A request-time category value beyond the scorer's bound on new values of that feature."""
-
-    code = grpc.StatusCode.RESOURCE_EXHAUSTED
-
-
 class EntityNotFound(ScorerError):
     """No features are stored for the entity and the spec has no default prediction."""
 

@@ -41,7 +41,6 @@ from services.online_scorer.errors import (
     NoChampion,
     ScorerError,
     ScoringDeadlineExceeded,
-    TooManyRequestCategories,
     Unauthenticated,
     status_of,
 )
@@ -69,7 +68,6 @@ class RequestLimits:
     max_entity_id_length: int = 1024
     max_name_length: int = 256
     max_category_length: int = 1024
-    max_request_categories: int = 10_000
 
 
 def validate(request: scoring_pb2.ScoreRequest, limits: RequestLimits, where: str = "") -> None:
@@ -111,7 +109,7 @@ class ScoringServicer(scoring_pb2_grpc.ScoringServiceServicer):
         self.group = group
         self.limits = limits or RequestLimits()
         self.scorer = Scorer(pipeline)
-        self.request_features = RequestFeatures(pipeline, self.limits.max_request_categories)
+        self.request_features = RequestFeatures(pipeline)
         self._default = default_output(pipeline.model)
         self._clock = clock
         self._model_failures = itertools.count(1)  # next() is atomic: handlers run on many threads
@@ -169,8 +167,6 @@ class ScoringServicer(scoring_pb2_grpc.ScoringServiceServicer):
                 continue
             try:
                 results.append(self._score_one(champion, request, row))
-            except TooManyRequestCategories as exc:
-                results.append(exc)  # that entity's request, not the batch's
             except ModelError as exc:
                 # One entity's stored features or the model's answer for them: that entity's
                 # error, not the whole batch's.

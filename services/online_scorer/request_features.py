@@ -10,10 +10,9 @@ stored value's columns: a one-hot ``merchant_category=fuel`` sent over a stored
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Mapping
 
-from services.online_scorer.errors import InvalidScoreRequest, TooManyRequestCategories
+from services.online_scorer.errors import InvalidScoreRequest
 from streamloop.contracts import PipelineSpec
 from streamloop.ml.categorical import CategoricalEncoder
 from streamloop.ml.features import MAX_TEXT_LENGTH
@@ -24,18 +23,11 @@ _LISTED = 12  # names listed in an error before "..."
 class RequestFeatures:
     """The pipeline's feature names and categorical encoders, compiled once per scorer."""
 
-    def __init__(self, pipeline: PipelineSpec, max_new_categories: int = 10_000) -> None:
+    def __init__(self, pipeline: PipelineSpec) -> None:
         features = pipeline.features
         self.pipeline = pipeline.name
         self.numeric = frozenset(features.numeric_names)
         self.encoders = {c.feature_name: CategoricalEncoder(c) for c in features.categorical}
-        # Request-time values per feature that the spec does not bound and the stored row did not
-        # hold. Scoring one makes the serving model keep a new entry (river's StandardScaler adds
-        # one per unseen feature name even when only predicting), so a client sending random
-        # values would grow it without end; this set, and so that growth, stops at the bound.
-        self.max_new_categories = max_new_categories
-        self._new_categories: dict[str, set[str]] = {name: set() for name in self.encoders}
-        self._lock = threading.Lock()
 
     def check(self, numeric: Mapping[str, float], categorical: Mapping[str, str], where: str = "") -> None:
         """Raise InvalidScoreRequest for the first name the pipeline does not produce as sent."""
@@ -73,35 +65,10 @@ class RequestFeatures:
         merged_numeric = {**stored_numeric, **numeric}
         merged_categorical = dict(stored_categorical)
         for name, value in categorical.items():
-            encoder = self.encoders[name]
-            if not self._bounded(encoder, value, stored_numeric, stored_categorical):
-                self._admit(name, value)
-            encoder.replace(value, merged_numeric, merged_categorical)
+            # A value no model learned is a column the Scorer drops before predicting
+            # (streamloop.ml.learned_columns): any number of new ones grows nothing.
+            self.encoders[name].replace(value, merged_numeric, merged_categorical)
         return merged_numeric, merged_categorical
-
-    @staticmethod
-    def _bounded(encoder: CategoricalEncoder, value: str, stored_numeric: Mapping[str, float],
-                 stored_categorical: Mapping[str, str]) -> bool:
-        """Whether ``value`` adds nothing a client could repeat without end: the spec lists it (or maps
-        every unlisted value to its "other"), or the featurizer stored it for this entity."""
-        if encoder.categories is not None and (encoder.other or value in encoder.categories):
-            return True
-        if encoder.one_hot:
-            return stored_numeric.get(encoder.prefix + value) == 1.0
-        return stored_categorical.get(encoder.name) == value
-
-    def _admit(self, name: str, value: str) -> None:
-        admitted = self._new_categories[name]
-        with self._lock:
-            if value in admitted:
-                return
-            if len(admitted) >= self.max_new_categories:
-                raise TooManyRequestCategories(
-                    f"categorical_features[{name!r}]: this scorer has taken {self.max_new_categories} request-time "
-                    f"values of {name} that its pipeline does not list and no stored row holds; list the "
-                    "feature's categories in the spec (features.categorical[].categories) or raise "
-                    "SCORER_MAX_REQUEST_CATEGORIES")
-            admitted.add(value)
 
 
 def _listed(names: frozenset[str] | Mapping[str, object]) -> str:

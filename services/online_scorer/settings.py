@@ -34,11 +34,6 @@ class ScorerSettings(BaseSettings):
     max_request_features: int = Field(default=256, ge=0, description="Request-time features allowed per entity.")
     max_batch_entities: int = Field(default=1000, ge=1, description="Entities allowed in one ScoreBatch call.")
     max_entity_id_length: int = Field(default=1024, ge=1)
-    max_request_categories: int = Field(
-        default=10_000, ge=0,
-        description="Distinct request-time values one categorical feature may bring that neither the spec's "
-                    "categories nor the entity's stored row hold; each becomes a column the serving model keeps "
-                    "(river's scalers add one per unseen name), so beyond this a new one gets RESOURCE_EXHAUSTED.")
     feature_group: str = Field(default="features", pattern=NAME_PATTERN,
                                description="Feature store group the featurizer writes.")
     deployments_catch_up_s: float = Field(default=30.0, gt=0,
