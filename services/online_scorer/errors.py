@@ -70,7 +70,8 @@ def status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     if isinstance(exc, ScorerError):
         return exc.code, str(exc)
     if isinstance(exc, FeatureStoreUnavailable):
-        return grpc.StatusCode.UNAVAILABLE, f"the feature store is unavailable: {exc}"
+        # Its message is Redis's connection error, which names the server's address: not for a client.
+        return grpc.StatusCode.UNAVAILABLE, "the feature store is unavailable; try again (see the scorer's log)"
     if isinstance(exc, InvalidEntityKey):
         return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
     if isinstance(exc, InvalidFeatureValue):

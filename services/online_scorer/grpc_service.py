@@ -24,6 +24,7 @@ import logging
 import math
 import socket
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent import futures
 from concurrent.futures import ThreadPoolExecutor
@@ -267,6 +268,9 @@ def _check_deadline(context: grpc.ServicerContext, stage: str) -> None:
         raise ScoringDeadlineExceeded(f"the call was cancelled before {stage}")
 
 
+UNAVAILABLE_LOG_INTERVAL_S = 10.0
+
+
 class ErrorInterceptor(grpc.ServerInterceptor):
     """The one place exceptions become gRPC statuses; unexpected ones are logged, not revealed."""
 
@@ -274,6 +278,15 @@ class ErrorInterceptor(grpc.ServerInterceptor):
         self._count = metrics.counter("streamloop_grpc_requests_total", "gRPC calls by method and status.") \
             if metrics else None
         self._wrapped: dict[str, Any] = {}
+        self._unavailable_logged_at = -UNAVAILABLE_LOG_INTERVAL_S
+
+    def _unavailable(self, method: str, exc: Exception) -> None:
+        """Log why the client was told UNAVAILABLE (it is not told: the reason names the server's
+        address), at most every UNAVAILABLE_LOG_INTERVAL_S: an outage fails every call."""
+        now = time.monotonic()
+        if now - self._unavailable_logged_at >= UNAVAILABLE_LOG_INTERVAL_S:
+            self._unavailable_logged_at = now
+            log.warning("%s answered UNAVAILABLE: %s", method, exc)
 
     def intercept_service(self, continuation: Callable[[Any], Any], handler_call_details: Any) -> Any:
         method = handler_call_details.method
@@ -305,6 +318,8 @@ class ErrorInterceptor(grpc.ServerInterceptor):
                 code, message = status_of(exc)
                 if code is grpc.StatusCode.INTERNAL:
                     log.exception("%s failed", method)
+                elif code is grpc.StatusCode.UNAVAILABLE:
+                    self._unavailable(method, exc)
                 if count is not None:
                     count(1, {"method": method, "code": code.name})
                 context.abort(code, message)

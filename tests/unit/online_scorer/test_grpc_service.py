@@ -209,13 +209,18 @@ def test_no_champion_is_unavailable(spec, artifacts, metrics) -> None:
     assert code is grpc.StatusCode.UNAVAILABLE and "no champion" in details
 
 
-def test_feature_store_outage_is_unavailable_and_surprises_are_internal(served: Served, monkeypatch) -> None:
+def test_feature_store_outage_is_unavailable_and_surprises_are_internal(served: Served, monkeypatch, caplog) -> None:
     def unavailable(*_a, **_k):
-        raise FeatureStoreUnavailable("connection refused")
+        raise FeatureStoreUnavailable("Timeout connecting to server 10.0.3.7:6379")
 
     monkeypatch.setattr(served.store, "read_many", unavailable)
-    code, details = status_of_call(served.stub.Score, scoring_pb2.ScoreRequest(entity_id="card-1"), timeout=5)
-    assert code is grpc.StatusCode.UNAVAILABLE and "connection refused" in details
+    with caplog.at_level(logging.WARNING, logger="services.online_scorer.grpc_service"):
+        for _ in range(3):
+            code, details = status_of_call(served.stub.Score, scoring_pb2.ScoreRequest(entity_id="card-1"), timeout=5)
+            assert code is grpc.StatusCode.UNAVAILABLE and "feature store is unavailable" in details
+            assert "10.0.3.7" not in details, "the server's address is not for a client"
+    logged = [r.getMessage() for r in caplog.records if "UNAVAILABLE" in r.getMessage()]
+    assert len(logged) == 1 and "10.0.3.7:6379" in logged[0], "in the scorer's log, once per interval"
 
     def bug(*_a, **_k):
         raise KeyError("secret internals")
