@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -56,13 +57,13 @@ def summary(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 
 @pytest.fixture(scope="module")
-def bad_promotion_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, list[dict]]:
-    """The summary, and the rows ``--outcomes`` wrote."""
+def bad_promotion_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, list[dict], Path]:
+    """The summary, the rows ``--outcomes`` wrote, and the services' logs folder."""
     data_dir = tmp_path_factory.mktemp("bad-promotion")
     outcomes = data_dir / "outcomes.jsonl"
     summary = run_demo(data_dir, "--events", str(BAD_PROMOTION_EVENTS), "--drift-at", "1.0",
                        "--bad-promotion-at", "0.6", "--outcomes", str(outcomes))
-    return summary, [json.loads(line) for line in outcomes.read_text().splitlines()]
+    return summary, [json.loads(line) for line in outcomes.read_text().splitlines()], data_dir / "demo" / "logs"
 
 
 def test_every_event_gets_a_prediction(summary: dict):
@@ -110,14 +111,14 @@ def test_a_challenger_is_promoted_and_accuracy_recovers(summary: dict):
     assert summary["accuracy_after_recovery"] >= summary["accuracy_before_drift"] - 0.02, json.dumps(summary)
 
 
-def test_a_bad_promotion_is_rolled_back_automatically(bad_promotion_run: tuple[dict, list[dict]]):
-    summary, _ = bad_promotion_run
+def test_a_bad_promotion_is_rolled_back_automatically(bad_promotion_run: tuple[dict, list[dict], Path]):
+    summary, _, _ = bad_promotion_run
     assert summary["bad_promotion_rolled_back"] is True, json.dumps(summary)
     assert summary["rollbacks"] >= 1 and summary["lost"] == 0, json.dumps(summary)
 
 
-def test_the_outcomes_give_every_event_and_the_model_that_served_it(bad_promotion_run: tuple[dict, list[dict]]):
-    summary, rows = bad_promotion_run
+def test_the_outcomes_give_every_event_and_the_model_that_served_it(bad_promotion_run: tuple[dict, list[dict], Path]):
+    summary, rows, logs = bad_promotion_run
     assert [r["index"] for r in rows] == list(range(BAD_PROMOTION_EVENTS))
     assert sum(r["correct"] is not None for r in rows) == summary["predictions_out"], json.dumps(summary)
     assert sum(r["dead_lettered"] for r in rows) == summary["dlq_events"]
@@ -125,9 +126,9 @@ def test_the_outcomes_give_every_event_and_the_model_that_served_it(bad_promotio
     # The model promoted by hand is the untrained bootstrap: it served the first events, then again
     # from its promotion by hand until the rollback (the scorer swaps within a second: < 1,000 events).
     # The rollback watch also judges the shadow scores the bootstrap made before it was served, so
-    # the rollback can come as fast as the swap (3 runs: 347-479 events after the promotion, the
-    # swap 187-408 after): when both deployments reach the scorer in one read, it serves nothing
-    # between them, and the rollback must then have come within that second.
+    # the rollback can come as fast as the swap (4 runs: 255-479 events after the promotion, the
+    # swap 187-408 after, and the rollback 214 ms after the swap in the scorer's log): it may then
+    # serve nothing between them. Its log still shows the swap to the bootstrap and back.
     by_hand = next(e for e in summary["timeline"] if e.get("decision") == "PROMOTE" and not e["automatic"])
     rolled_back = next(e for e in summary["timeline"] if e.get("decision") == "ROLLBACK"
                        and e["event"] >= by_hand["event"])
@@ -136,6 +137,11 @@ def test_the_outcomes_give_every_event_and_the_model_that_served_it(bad_promotio
     again = [r["index"] for r in rows if r["model_version"] == by_hand["serving"] and r["index"] >= by_hand["event"]]
     if not again:
         assert rolled_back["event"] < by_hand["event"] + 1_000, (by_hand, rolled_back)
+        scorer_log = "".join(p.read_text() for p in logs.glob("online-scorer-*.log"))
+        went_live = re.findall(r"services\.online_scorer\.models: champion \S+ version (\S+) is live", scorer_log)
+        assert by_hand["serving"] in went_live[1:], ("the scorer swapped to the bootstrap again", went_live)
+        after = went_live[went_live.index(by_hand["serving"], 1) + 1:]
+        assert after and after[0] == rolled_back["serving"], ("and swapped back at the rollback", went_live)
         return
     assert again[0] < by_hand["event"] + 1_000, (by_hand, again[:5])
     assert again[-1] < rolled_back["event"] + 1_000, (rolled_back, again[-5:])
