@@ -130,10 +130,11 @@ class Judge:
         A decision's deployment records are acknowledged one by one, not together, and a publisher
         stopped between them leaves a prefix. ``_promote`` and ``_rollback`` write in the order that
         makes every prefix one of two states, each repaired here, and never a champion whose kept
-        predecessor is lost (no rollback watch): the champion's own version in a shadow slot too
-        (scored twice, judged against itself), or a predecessor kept for a watch that is not the
-        current champion's (judged as a challenger). A decision record lost with them is not
-        written again: the registry's slots are the truth, and its log says why they hold what they do.
+        predecessor is lost (no rollback watch): the champion's own version in a shadow or the
+        canary slot too (scored twice, judged against itself), or a predecessor kept for a watch
+        that is not the current champion's (judged as a challenger). A decision record lost with
+        them is not written again: the registry's slots are the truth, and its log says why they
+        hold what they do.
         """
         slots = self.slots()
         champion = slots.get(CHAMPION)
@@ -142,14 +143,14 @@ class Judge:
         kept = watched_predecessor(slots)
         outputs: list[OutgoingRecord] = []
         for slot, record in sorted(slots.items()):
-            if not slot.startswith(SHADOW_PREFIX) or record is kept:
+            if not (slot.startswith(SHADOW_PREFIX) or slot == CANARY) or record is kept:
                 continue
             version = record["version"]
             if version == champion["version"]:
                 log.warning("retiring slot %s: it holds the champion %s too, left by a promotion or rollback "
                             "that stopped between its records", slot, version)
                 outputs.append(self.writer.retire(slot))  # the version serves on as champion: nothing to close
-            elif kept_for_a_watch(record):
+            elif slot != CANARY and kept_for_a_watch(record):
                 outputs += self._retire(slot, version, f"kept for the rollback watch of {record['decision_id']}, "
                                                        f"which is not the champion {champion['version']}'s: that "
                                                        "promotion stopped between its records", {})
@@ -171,7 +172,7 @@ class Judge:
             if verdict.outcome in ("rollback", "wait"):
                 return outputs
         canary = slots.get(CANARY)
-        if canary is not None:
+        if canary is not None and canary["version"] != champion["version"]:  # else: repair's to retire
             return outputs + self._trial(champion, canary)
         return outputs + self._challengers(champion, slots)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from functools import cache
@@ -48,7 +49,8 @@ def watched_predecessor(slots: dict[str, dict[str, Any]]) -> dict[str, Any] | No
 def kept_for_a_watch(record: dict[str, Any]) -> bool:
     """Whether a shadow slot's record is a champion kept beside its successor by a promotion
     (automatic ``<new>:promote`` or by hand ``<new>:promote:manual:<ms>``), not a challenger."""
-    return str(record.get("decision_id") or "").split(":")[1:2] == ["promote"]
+    # Read from the right: a version may hold a colon.
+    return re.search(r":promote(:manual:\d+)?$", str(record.get("decision_id") or "")) is not None
 
 
 def slot_key(pipeline: str, model_name: str, slot: str) -> str:

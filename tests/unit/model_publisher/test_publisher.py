@@ -439,6 +439,29 @@ def test_a_promotion_stopped_between_any_two_of_its_records_restarts_consistent(
             assert restarted.slot(shadow_slot(third))["version"] == third, (cut, "still a challenger")
 
 
+def test_a_canary_s_promotion_stopped_between_its_records_restarts_consistent(demo_pipeline, tmp_path):
+    harness = Harness(with_policy(demo_pipeline, promotion={"canary_weight": 0.2}), tmp_path)
+    old = harness.bootstrap()
+    new = harness.shadow()
+    harness.feed("lab", examples(600, models={old: (0.5, "CHAMPION"), new: (0.8, "SHADOW")}))
+    assert harness.slot(CANARY)["version"] == new
+    before = list(harness.written)
+    result = harness.feed("lab", examples(1600, start=1000, models={old: (0.5, "CHAMPION")})
+                          + examples(400, start=5000, models={new: (0.8, "CANARY")}))
+    assert [d["kind"] for d in decisions(result)] == ["PROMOTE"]
+    batch = [o for o in result.outputs if o.topic == "dep"]
+    for cut in range(len(batch) + 1):
+        restarted, repairs = restarted_on(harness, before + batch[:cut], tmp_path / f"cut-{cut}")
+        assert_consistent(restarted)
+        champion = restarted.slot(CHAMPION)["version"]
+        canary = restarted.slot(CANARY)
+        assert canary is None or canary["version"] != champion, (cut, "the champion is not on trial against itself")
+        assert all(d["from_version"] != champion for d in repairs), "the champion is never retired"
+        # Judging goes on without judging the champion against itself.
+        later = decisions(restarted.feed("lab", examples(600, start=9000, models={champion: (0.7, "CHAMPION")})))
+        assert all(d["from_version"] != d["to_version"] for d in later), (cut, later)
+
+
 def test_a_rollback_stopped_between_its_records_restarts_consistent(harness, tmp_path):
     old, new = promote(harness)
     before = list(harness.written)

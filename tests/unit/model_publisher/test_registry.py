@@ -8,6 +8,7 @@ from streamloop.ml.registry import (
     DeploymentTable,
     bootstrap_version,
     deployment_record,
+    kept_for_a_watch,
     new_version,
     role_of,
     shadow_slot,
@@ -65,3 +66,11 @@ def test_find_and_slots():
     assert set(table.slots("p", "m")) == {CHAMPION, shadow_slot("v2")}
     assert table.find("p", "m", "v2")[0] == shadow_slot("v2")
     assert table.find("p", "m", "nope") is None
+
+
+def test_a_predecessor_kept_for_a_watch_is_told_by_its_decision_id_read_from_the_right():
+    assert kept_for_a_watch({"decision_id": "fraud-20261207-ab12:promote"})
+    assert kept_for_a_watch({"decision_id": "fraud-20261207-ab12:promote:manual:1765000000000"})
+    assert not kept_for_a_watch({"decision_id": "fraud-20261207-ab12:shadow"})
+    assert not kept_for_a_watch({"decision_id": "team:promote-x:shadow"}), "a version with a colon is a challenger"
+    assert not kept_for_a_watch({"decision_id": None})
