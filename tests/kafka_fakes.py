@@ -65,6 +65,10 @@ class FakeProducer:
 class FakeConsumer:
     def __init__(self) -> None:
         self.commits: list = []
+        self.closed = False
 
     def commit(self, offsets=None, asynchronous=True) -> None:
         self.commits.append(offsets)
+
+    def close(self) -> None:
+        self.closed = True

@@ -91,6 +91,11 @@ class PublisherApp:
             if not first:
                 self.term = self.new_term()
             first = False
+            if self.lease is not None:
+                # At once, not once the registry is read: the lease consumer must be polled from
+                # here on, or a long start-up would drop it from the lease group while this
+                # replica goes on to judge beside the standby that took over.
+                self.lease.watch(on_lost=self.term.runner.stop)
             if self._stopping.is_set():
                 return 0
             self.term.table_reader.start()
@@ -109,13 +114,14 @@ class PublisherApp:
         self._recall_alerts()
         if not wait_for_table(self.term.table_reader, self.processor.table, self.table_timeout_s,
                               lambda: self.runner.stopping or self._stopping.is_set()):
-            return 0  # stopped while waiting: nothing was consumed
-        if self.lease is not None:
-            self.lease.watch(on_lost=self.runner.stop)
+            return None if self._lease_lost() else 0  # stopped while waiting: nothing was consumed
         code = self.runner.run()
-        if code != 0 or self.lease is None or not self.lease.lost:
+        if code != 0 or not self._lease_lost():
             return code
         return None
+
+    def _lease_lost(self) -> bool:
+        return self.lease is not None and self.lease.lost and not self._stopping.is_set()
 
     def _recall_lineage(self) -> None:
         pipeline = self.processor.pipeline

@@ -296,6 +296,9 @@ def test_the_age_of_the_last_lag_report_grows_while_the_runner_reports_none(serv
     monkeypatch.setattr(time, "time", lambda: later)
     assert 399 < sample_value(scrape(), "streamloop_lag_report_age_seconds", group="featurizer") < 405
     assert sample_value(scrape(), "kafka_consumergroup_group_lag", partition="0") == 0.0, "the last figure, stale"
+    metrics.forget_lag("featurizer")  # its runner stopped: nothing stale is left to read as stuck
+    assert sample_value(scrape(), "streamloop_lag_report_age_seconds", group="featurizer") is None
+    assert sample_value(scrape(), "kafka_consumergroup_group_lag", partition="0") is None
 
 
 def test_an_unreachable_broker_is_counted_per_service(served: Served) -> None:

@@ -81,6 +81,8 @@ class RunnerMetrics(Protocol):
     def set_lag(self, group: str, lags: dict[tuple[str, int], float],
                 behind_since: dict[tuple[str, int], float] | None = None) -> None: ...
 
+    def forget_lag(self, group: str) -> None: ...
+
 
 class _NoMetrics:
     def record_batch(self, topic: str, partition_count: int, records: int, seconds: float,
@@ -95,6 +97,9 @@ class _NoMetrics:
 
     def set_lag(self, group: str, lags: dict[tuple[str, int], float],
                 behind_since: dict[tuple[str, int], float] | None = None) -> None:
+        pass
+
+    def forget_lag(self, group: str) -> None:
         pass
 
 
@@ -239,6 +244,7 @@ class StageRunner:
                 backoff = min(backoff * 2, self.settings.retry_backoff_max_s)
 
     def _shutdown(self) -> None:
+        self.metrics.forget_lag(self.group_id)
         self.delivery.close()
         if self.consumer is not None:
             try:

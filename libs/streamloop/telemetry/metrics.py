@@ -246,6 +246,13 @@ class ServiceMetrics:
         self._lag_reports[group] = (dict(lags), None if behind_since is None else dict(behind_since))
         self._lag_reported_at[group] = time.time()
 
+    def forget_lag(self, group: str) -> None:
+        """Stop exporting a group's lag and report age: its runner stopped (a replica that lost its
+        lease goes on serving metrics, and an age growing from its last report would read as a
+        stuck stage)."""
+        self._lag_reports.pop(group, None)
+        self._lag_reported_at.pop(group, None)
+
     def _observe_lag(self, _options: CallbackOptions) -> Iterator[Observation]:
         for group, (lags, _since) in list(self._lag_reports.items()):
             for (topic, partition), lag in lags.items():

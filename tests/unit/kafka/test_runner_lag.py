@@ -39,6 +39,7 @@ class LagRecorder:
         self.lags: dict = {}
         self.behind_since: dict | None = None
         self.unreachable = 0
+        self.forgotten = False
 
     def record_batch(self, *_args, **_kwargs) -> None:
         pass
@@ -51,6 +52,10 @@ class LagRecorder:
 
     def set_lag(self, _group: str, lags: dict, behind_since: dict | None = None) -> None:
         self.lags, self.behind_since = lags, behind_since
+
+    def forget_lag(self, _group: str) -> None:
+        self.lags, self.behind_since = {}, None
+        self.forgotten = True
 
     def ages(self, now: float) -> dict:
         return {key: (now - self.behind_since[key]) if lag else 0.0 for key, lag in self.lags.items()}
@@ -126,6 +131,14 @@ def test_a_revoked_partition_is_forgotten_and_a_replica_without_partitions_expor
     stage._on_revoke(consumer, [TopicPartition(SOURCE, p) for p in (0, 1, 2)])
     stage._report_lag()
     assert (metrics.lags, metrics.behind_since) == ({}, {})
+
+
+def test_a_stopped_runner_stops_exporting_its_lag(reported) -> None:
+    stage, metrics, _consumer = reported
+    stage._report_lag()
+    assert metrics.lags
+    stage._shutdown()  # a replica that lost its lease serves metrics on: no stale lag, no growing report age
+    assert metrics.forgotten and metrics.lags == {}
 
 
 def test_every_unreachable_broker_report_is_counted_though_the_log_is_rate_limited(reported, caplog) -> None:
