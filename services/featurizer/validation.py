@@ -13,6 +13,10 @@ them in one round, not one dead letter at a time:
    included) and no map or array with more than ``input.max_map_size`` entries (``.max_size``);
 3. the declared rules, in the spec's order: ``required``, ``type``, ``min``, ``max``,
    ``allowed``, ``max_length``.
+
+A valid event then meets the processor's own checks (``FeaturizerProcessor._admit``): its Kafka key
+is its entity key (``<entity_key>.kafka_key``), its time is not ahead of the clock (``.future``),
+and it is not later than the lateness policy allows.
 """
 
 from __future__ import annotations
