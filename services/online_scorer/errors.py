@@ -16,6 +16,14 @@ class ScorerError(StreamloopError):
     code = grpc.StatusCode.INTERNAL
 
 
+class ModelFailedUnexpectedly(ScorerError):
+    """The model raised an error of its own on one entity; logged where it happened (rate-limited),
+    so the interceptor does not log it again, and its message reveals nothing."""
+
+    def __init__(self) -> None:
+        super().__init__("internal error (see the scorer's log)")
+
+
 class InvalidScoreRequest(ScorerError):
     """A request is malformed; the message names the field."""
 

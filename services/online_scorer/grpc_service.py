@@ -39,6 +39,7 @@ from grpc_reflection.v1alpha import reflection
 from services.online_scorer.errors import (
     EntityNotFound,
     InvalidScoreRequest,
+    ModelFailedUnexpectedly,
     NoChampion,
     ScorerError,
     ScoringDeadlineExceeded,
@@ -177,7 +178,9 @@ class ScoringServicer(scoring_pb2_grpc.ScoringServiceServicer):
                 # A river model raises its own errors (ValueError, ZeroDivisionError...) on inputs it
                 # cannot handle: still that entity's, INTERNAL with a message that reveals nothing.
                 self._model_failed(champion, request.entity_id, exc)
-                results.append(exc)
+                failed = ModelFailedUnexpectedly()
+                failed.__cause__ = exc
+                results.append(failed)
         if self._count is not None:
             self._count(sum(1 for r in results if not isinstance(r, Exception)),
                         {"path": "grpc", "role": champion.role, "model_version": champion.version})
@@ -316,7 +319,7 @@ class ErrorInterceptor(grpc.ServerInterceptor):
                 response = inner(request, context)
             except Exception as exc:  # noqa: BLE001 - every failure leaves with a status
                 code, message = status_of(exc)
-                if code is grpc.StatusCode.INTERNAL:
+                if code is grpc.StatusCode.INTERNAL and not isinstance(exc, ModelFailedUnexpectedly):
                     log.exception("%s failed", method)
                 elif code is grpc.StatusCode.UNAVAILABLE:
                     self._unavailable(method, exc)
