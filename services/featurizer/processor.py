@@ -129,7 +129,8 @@ class FeaturizerProcessor:
             if (record.topic, record.partition) != current:
                 current = (record.topic, record.partition)
                 part = self._partitions.get(current) or self._ensure(current)
-            if record.offset <= part.applied and not part.took(record.offset, record.value.get(self._event_id)):
+            if record.offset <= part.applied and \
+                    not part.applied_event_at(record.offset, record.value.get(self._event_id)):
                 # Not the record applied at this offset: the broker lost the log's tail and new
                 # records took its offsets. Rewinding the partition, rather than applying just this
                 # record, also drops the lost events from the windows, as a rebuild from the log

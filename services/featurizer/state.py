@@ -173,7 +173,7 @@ class PartitionState:
         if len(self._id_offsets) > REMEMBERED_IDS:
             del self._ids[self._id_offsets.popleft()]
 
-    def took(self, offset: int, event_id: object) -> bool:
+    def applied_event_at(self, offset: int, event_id: object) -> bool:
         """Whether the record applied at ``offset`` had ``event_id``; assumed so before the ids remembered."""
         if not self._id_offsets or offset < self._id_offsets[0]:
             return True
