@@ -35,7 +35,8 @@ GROUP = "features"
 
 def serve(redis_url: str, artifacts_dir: str, record: dict, workers: int, ready, stop) -> None:
     """The child process: the scorer's gRPC server exactly as the app builds it, minus Kafka."""
-    from services.online_scorer.grpc_service import ScoringServer, ScoringServicer
+    from services.online_scorer.grpc_server import ScoringServer
+    from services.online_scorer.grpc_service import ScoringServicer
     from services.online_scorer.models import ModelHolder
     from streamloop.contracts import load_pipeline
     from streamloop.ml import ArtifactSigner, ArtifactStore

@@ -17,7 +17,8 @@ from typing import Any
 
 from confluent_kafka import KafkaError, Message, Producer
 
-from services.online_scorer.grpc_service import RequestLimits, ScoringServer, ScoringServicer
+from services.online_scorer.grpc_server import ScoringServer
+from services.online_scorer.grpc_service import RequestLimits, ScoringServicer
 from services.online_scorer.models import ModelHolder
 from services.online_scorer.processor import ScoringProcessor
 from services.online_scorer.settings import ScorerSettings

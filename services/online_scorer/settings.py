@@ -8,7 +8,7 @@ from typing import Any
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from services.online_scorer.grpc_service import ServerTLS
+from services.online_scorer.grpc_server import ServerTLS
 from streamloop.kafka.configuration import _read_secret_file
 from streamloop.ml.settings import ArtifactSettings
 from streamloop.service import CommonSettings

@@ -11,7 +11,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.online_scorer.grpc_service import ScoringServer, ScoringServicer
+from services.online_scorer.grpc_server import ScoringServer
+from services.online_scorer.grpc_service import ScoringServicer
 from services.online_scorer.models import ModelHolder
 from streamloop.contracts.generated.scoring.v1 import scoring_pb2, scoring_pb2_grpc
 from streamloop.store import FeatureWrite

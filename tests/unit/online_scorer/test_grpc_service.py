@@ -17,7 +17,8 @@ from prometheus_client import generate_latest
 from services.online_scorer import scoring as scoring_module
 from services.online_scorer.client import score
 from services.online_scorer.errors import ScoreFailed, ScorerUnreachable
-from services.online_scorer.grpc_service import SERVICE_NAME, RequestLimits, ScoringServer, ScoringServicer
+from services.online_scorer.grpc_server import ScoringServer
+from services.online_scorer.grpc_service import SERVICE_NAME, RequestLimits, ScoringServicer
 from services.online_scorer.models import ModelHolder
 from services.online_scorer.scoring import Scorer
 from streamloop.contracts.generated.scoring.v1 import scoring_pb2, scoring_pb2_grpc
@@ -214,7 +215,7 @@ def test_feature_store_outage_is_unavailable_and_surprises_are_internal(served: 
         raise FeatureStoreUnavailable("Timeout connecting to server 10.0.3.7:6379")
 
     monkeypatch.setattr(served.store, "read_many", unavailable)
-    with caplog.at_level(logging.WARNING, logger="services.online_scorer.grpc_service"):
+    with caplog.at_level(logging.WARNING, logger="services.online_scorer.grpc_server"):
         for _ in range(3):
             code, details = status_of_call(served.stub.Score, scoring_pb2.ScoreRequest(entity_id="card-1"), timeout=5)
             assert code is grpc.StatusCode.UNAVAILABLE and "feature store is unavailable" in details
@@ -240,7 +241,7 @@ def test_internal_errors_of_our_own_reveal_nothing_internal(served: Served, monk
         raise error
 
     monkeypatch.setattr(served.store, "read_many", failing)
-    with caplog.at_level(logging.ERROR, logger="services.online_scorer.grpc_service"):
+    with caplog.at_level(logging.ERROR, logger="services.online_scorer.grpc_server"):
         code, details = status_of_call(served.stub.Score, scoring_pb2.ScoreRequest(entity_id="card-1"), timeout=5)
     assert (code, details) == (grpc.StatusCode.INTERNAL, "internal error (see the scorer's log)")
     assert any(r.exc_info and r.exc_info[1] is error for r in caplog.records), "the detail is in the scorer's log"
@@ -341,7 +342,7 @@ def test_a_model_that_raises_anything_on_one_entity_fails_only_that_entity_s_res
     assert error.code == grpc.StatusCode.INTERNAL.value[0]
     assert "secret" not in error.message and "ValueError" not in error.message
     assert any("card-13" in r.getMessage() and r.exc_info for r in caplog.records), "the detail is in the log"
-    with caplog.at_level(logging.WARNING, logger="services.online_scorer.grpc_service"):
+    with caplog.at_level(logging.WARNING):
         for _ in range(3):
             code, details = status_of_call(served.stub.Score, scoring_pb2.ScoreRequest(entity_id="card-13"),
                                            timeout=5)

@@ -16,7 +16,8 @@ from pydantic import ValidationError
 
 from services.online_scorer.client import ClientSecurity, score
 from services.online_scorer.errors import ScoreFailed, ScorerUnreachable
-from services.online_scorer.grpc_service import ScoringServer, ScoringServicer, ServerTLS
+from services.online_scorer.grpc_server import ScoringServer, ServerTLS
+from services.online_scorer.grpc_service import ScoringServicer
 from services.online_scorer.models import ModelHolder
 from services.online_scorer.settings import ScorerClientSettings, ScorerSettings
 from streamloop.contracts.generated.scoring.v1 import scoring_pb2, scoring_pb2_grpc
@@ -184,7 +185,7 @@ def test_scorer_settings_read_tls_and_token_from_files_and_never_show_them(monke
 
 def test_an_empty_token_is_refused() -> None:
     from services.online_scorer.errors import ScorerError
-    from services.online_scorer.grpc_service import TokenAuthInterceptor
+    from services.online_scorer.grpc_server import TokenAuthInterceptor
 
     with pytest.raises(ScorerError):
         TokenAuthInterceptor("")
