@@ -60,8 +60,7 @@ class Scorer:
                        explain_it: bool = False) -> Scored:
         """:meth:`score` on features already assembled by :meth:`features` (the stream path
         assembles an event's features once for the champion and every shadow)."""
-        x = known_only(model, x)
-        output = predict(model, x, self.model_spec)
+        output = predict(model, known_only(model, x), self.model_spec)
         if not explain_it:
             return Scored(output)
         explanation = explain(model, x, task=self.model_spec.task, positive_class=self.model_spec.positive_class,

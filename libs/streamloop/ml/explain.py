@@ -14,6 +14,10 @@ Two methods, recorded on the prediction as ``explanation_method``:
   feature's effect. Cost: one extra prediction per feature, which is why the spec samples the
   explained events (``explanations.sample_share``).
 
+A column the model never learned contributes exactly 0 either way (no weight, standardized to 0,
+no split), and asking the model would grow it (``streamloop.ml.learned_columns``): such columns are
+ranked with 0 without reaching the model, so an untrained model's explanation still names features.
+
 Examples
 --------
 >>> from river import linear_model
@@ -34,6 +38,7 @@ from typing import Any, Literal
 from river import compose, linear_model, preprocessing
 
 from streamloop.ml.features import INDICATOR_SEPARATOR
+from streamloop.ml.learned_columns import known_only
 from streamloop.ml.prediction import label_text
 
 LINEAR = "linear_contribution"
@@ -102,18 +107,20 @@ def linear_contributions(model: Any, x: Mapping[str, float], categorical: Mappin
     if parts is None:
         return None
     scalers, estimator = parts
-    z: Mapping[str, float] = x
+    z: Mapping[str, float] = known_only(model, x)
     for scaler in scalers:
         z = scaler.transform_one(z)
     weights = estimator.weights
     contributions = [(name, weights.get(name, 0.0) * value) for name, value in z.items()]
-    return Explanation(LINEAR, _ranked(contributions, x, categorical, top_k), float(estimator.intercept))
+    return Explanation(LINEAR, _ranked(contributions + _unlearned(z, x), x, categorical, top_k),
+                       float(estimator.intercept))
 
 
 def perturbation_contributions(model: Any, x: Mapping[str, float], task: Task, positive_class: str | None = None,
                                categorical: Mapping[str, str] | None = None, *,
                                top_k: int | None = None) -> Explanation:
     """Every feature's drop in the positive-class probability (or value) when it is set to 0."""
+    served, x = x, known_only(model, x)
     if task == "classification":
         base = model.predict_proba_one(x)
         target = _target_label(base, positive_class)
@@ -129,7 +136,12 @@ def perturbation_contributions(model: Any, x: Mapping[str, float], task: Task, p
 
         baseline = score(x)
     contributions = [(name, baseline - score({**x, name: 0.0})) for name in x]
-    return Explanation(PERTURBATION, _ranked(contributions, x, categorical, top_k))
+    return Explanation(PERTURBATION, _ranked(contributions + _unlearned(x, served), served, categorical, top_k))
+
+
+def _unlearned(known: Mapping[str, float], x: Mapping[str, float]) -> list[tuple[str, float]]:
+    """The columns of ``x`` left out of ``known``, each with its contribution: 0."""
+    return [] if known.keys() >= x.keys() else [(name, 0.0) for name in x if name not in known]
 
 
 def _target_label(probabilities: Mapping[Any, float], positive_class: str | None) -> Any:

@@ -154,3 +154,34 @@ def test_perturbation_for_a_regressor_measures_the_value() -> None:
     contributions = {c.feature: c.contribution for c in explanation.contributions}
     assert contributions["a"] == pytest.approx(model.predict_one(x) - model.predict_one({"a": 0.0, "b": 0.1}))
     assert contributions["a"] > 5
+
+
+@pytest.mark.parametrize("kind", ["linear", "perturbation"])
+def test_columns_the_model_never_learned_rank_as_zero_and_never_grow_it(spec, kind: str) -> None:
+    model = trained_model(spec) if kind == "linear" else compose.Pipeline(
+        preprocessing.StandardScaler(), tree.HoeffdingTreeClassifier())
+    if kind == "perturbation":
+        rng = random.Random(5)
+        for _ in range(300):
+            numeric, categorical = numeric_features(rng), categorical_features(rng)
+            model.learn_one(assemble_features(numeric, categorical), numeric["amount"] > 500)
+    learned = dict(model["StandardScaler"].vars)
+    rng = random.Random(9)
+    for i in range(200):
+        numeric, categorical = numeric_features(rng), {**categorical_features(rng), "merchant_category": f"new-{i}"}
+        x = assemble_features(numeric, categorical)
+        full = explain(model, x, task="classification", positive_class="true", top_k=None, categorical=categorical)
+        assert len(full.contributions) == len(x), "every column is ranked, learned or not"
+        shown = next(c for c in full.contributions if c.feature == "merchant_category")
+        assert (shown.value, shown.contribution) == (f"new-{i}", 0.0), "never learned: no effect"
+    assert dict(model["StandardScaler"].vars) == learned, "explaining grew nothing"
+
+
+def test_an_untrained_model_still_names_its_top_features() -> None:
+    model = compose.Pipeline(preprocessing.StandardScaler(), linear_model.LogisticRegression())
+    x = {"amount": 12.0, "distance_km": 3.0, "hour": 7.0, "merchant_category=fuel": 1.0}
+    explanation = explain(model, x, task="classification", positive_class="true", top_k=3,
+                          categorical={"merchant_category": "fuel"})
+    assert [c.contribution for c in explanation.contributions] == [0.0, 0.0, 0.0]
+    assert [c.feature for c in explanation.contributions] == ["amount", "distance_km", "hour"]
+    assert model["StandardScaler"].vars == {}

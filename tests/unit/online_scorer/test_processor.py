@@ -12,6 +12,7 @@ from services.online_scorer.models import ModelHolder
 from services.online_scorer.processor import ScoringProcessor
 from services.online_scorer.scoring import Scorer
 from streamloop.kafka import ConsumedRecord, InvalidRecordError
+from streamloop.ml import build_model
 from streamloop.ml.prediction import predict
 from streamloop.serde import make_serde
 from tests.unit.online_scorer.fakes import (
@@ -213,3 +214,13 @@ def test_a_failing_canary_never_costs_an_event_its_answer(spec, catalog, artifac
     assert not result.rejections
     assert [(o.value["role"], o.value["model_version"]) for o in result.outputs] == [("CHAMPION", "v1")] * 200
     assert 60 < processor.shadow_failures < 140, "each canary event is counted as a challenger failure"
+
+
+def test_an_untrained_champion_s_predictions_are_explained_too(spec, catalog, artifacts) -> None:
+    # The bootstrap champion has learned no column: each contributes 0, but the explanation still
+    # names the top features (the dashboard's explanations table and feature influence read them).
+    processor, _ = setup(spec, catalog, artifacts, (build_model(spec.model), "boot", {}))
+    for out in processor.process(vectors(spec, 5)).outputs:
+        explanation = out.value["explanation"]
+        assert len(explanation) == spec.model.explanations.top_k
+        assert all(c["contribution"] == 0.0 for c in explanation)
