@@ -53,6 +53,11 @@ from streamloop.ml.registry import DeploymentTable, millis
 log = logging.getLogger(__name__)
 
 SEVERITY_RANK = {"INFO": 0, "WARNING": 1, "CRITICAL": 2}
+# After an online candidate's artifact could not be stored (a full disk), the next attempt waits
+# this long, doubling up to PUBLISH_RETRY_MAX_MS: tried at every label, each attempt pickled the
+# model (and, in catch-up, refit it first) only to fail the same way.
+PUBLISH_RETRY_MS = 10_000
+PUBLISH_RETRY_MAX_MS = 300_000
 WindowReader = Callable[[int], list[ConsumedRecord]]
 # The labeled examples the given champion's line had learned before this process started.
 ResumeReader = Callable[[dict[str, Any]], Resumed]
@@ -120,6 +125,8 @@ class RetrainerProcessor:
         now = clock()
         self._last_publish_ms = now
         self._last_rebuild_ms = now
+        self._publish_backoff_ms = 0
+        self._publish_retry_at = now
         self._last_drift_rebuild_ms: int | None = None
         # A drift rebuild waiting for examples of the new concept: (reason, detection's event time).
         self._awaiting_drift: tuple[str, int] | None = None
@@ -142,7 +149,7 @@ class RetrainerProcessor:
                     if self.learner.learn(record, self.catch_up.repeats):
                         learned += 1
                         if every is not None and self.learner.pending >= every:
-                            result.outputs.append(self._publish_online())
+                            result.outputs.extend(self._publish_online())
                         self.catch_up.learned()
                     if fresh:
                         self._count_fresh(record.value)
@@ -168,7 +175,7 @@ class RetrainerProcessor:
         retrain = self.pipeline.retrain
         if (retrain.online_publish_every is not None and self.learner.pending >= self.policy.online_min_labels
                 and now_ms - self._last_publish_ms >= retrain.online_publish_every):
-            result.outputs.append(self._publish_online())
+            result.outputs.extend(self._publish_online())
         if retrain.schedule is not None and now_ms - self._last_rebuild_ms >= retrain.schedule:
             self._start_rebuild("SCHEDULE", f"schedule every {retrain.schedule} ms")
         result.outputs.extend(self._collect_rebuild())
@@ -233,20 +240,45 @@ class RetrainerProcessor:
 
     # -- online candidates ---------------------------------------------------------------------
 
-    def _publish_online(self, *, refit: bool = True) -> OutgoingRecord:
-        """Publish the online learner; in catch-up, refit first (``replay_each_candidate``) unless it just replayed."""
+    def _publish_online(self, *, refit: bool = True) -> list[OutgoingRecord]:
+        """Publish the online learner; in catch-up, refit first (``replay_each_candidate``) unless it just replayed.
+
+        Nothing while a failed attempt waits (``_publish_failed``); the labels stay pending meanwhile.
+        """
+        if self.clock() < self._publish_retry_at:
+            return []
         catch_up = self.catch_up.spec
         if refit and self.catch_up.active and catch_up.replay_each_candidate:
             self.learner.refit_since_change(catch_up.replay_passes)
         snapshot = self.learner.snapshot()
-        record = self.factory.build(snapshot.model, "ONLINE", snapshot.parent_version, snapshot.source_offsets,
-                                    snapshot.sample_count, snapshot.metrics,
-                                    snapshot.prequential_losses if self.catch_up.active else (), snapshot.read_through)
+        try:
+            record = self.factory.build(snapshot.model, "ONLINE", snapshot.parent_version, snapshot.source_offsets,
+                                        snapshot.sample_count, snapshot.metrics,
+                                        snapshot.prequential_losses if self.catch_up.active else (),
+                                        snapshot.read_through)
+        except (OSError, ModelError) as exc:  # the file store's write raises OSError as is (a full disk)
+            self._publish_failed(exc, snapshot.sample_count)
+            return []
+        self._publish_backoff_ms = 0
         self.learner.published(record["version"])
         self._last_publish_ms = self.clock()
         log.info("online candidate %s (%d new labels, parent %s)", record["version"], snapshot.sample_count,
                  snapshot.parent_version)
-        return self._candidate(record)
+        return [self._candidate(record)]
+
+    def _publish_failed(self, exc: Exception, pending: int) -> None:
+        """The candidate's artifact could not be stored: log and count it, and wait before the next attempt.
+
+        Its labels were learned, so the record that happened to trigger the publish is no bad
+        record to dead-letter, and raising out of ``tick`` would stop the service. They stay
+        pending: the next candidate carries them all. One log line per attempt, at most every
+        PUBLISH_RETRY_MS.
+        """
+        self._publish_backoff_ms = min(max(2 * self._publish_backoff_ms, PUBLISH_RETRY_MS), PUBLISH_RETRY_MAX_MS)
+        self._publish_retry_at = self.clock() + self._publish_backoff_ms
+        self._count("streamloop_retrainer_publish_failures")
+        log.error("cannot store the online candidate's artifact (%s); its %d labels stay pending, next attempt in "
+                  "%d s", exc, pending, self._publish_backoff_ms // 1000)
 
     def _candidate(self, record: dict[str, Any]) -> OutgoingRecord:
         self._count("streamloop_retrainer_candidates", 1, {"trigger": record["trigger"]})
@@ -294,7 +326,7 @@ class RetrainerProcessor:
             if not replayed:
                 return []
             self._count("streamloop_retrainer_catch_up_replays")
-        return [self._publish_online(refit=False)] if self.learner.pending or replayed else []
+        return self._publish_online(refit=False) if self.learner.pending or replayed else []
 
     def _replay_during_catch_up(self, passes: int) -> int:
         """Another concept drift during catch-up: how many examples it replayed; 0, only the countdown restarts."""
