@@ -61,6 +61,9 @@ PUBLISH_RETRY_MAX_MS = 300_000
 WindowReader = Callable[[int], list[ConsumedRecord]]
 # The labeled examples the given champion's line had learned before this process started.
 ResumeReader = Callable[[dict[str, Any]], Resumed]
+# (now, retrain.schedule, the champion's deployment or None) -> when the schedule runs from after a
+# restart (the last rebuild before this process), or None: from now.
+ScheduleStart = Callable[[int, int, dict[str, Any] | None], int | None]
 
 
 @dataclass(frozen=True)
@@ -95,7 +98,8 @@ class RetrainerProcessor:
     def __init__(self, pipeline: PipelineSpec, topics: RetrainerTopics, table: DeploymentTable,
                  store: ArtifactStore, window: WindowReader, *, policy: RebuildPolicy | None = None,
                  executor: Executor | None = None, clock: Callable[[], int] = wall_clock_ms,
-                 metrics: Any = None, remember_events: int = 100_000, resume: ResumeReader | None = None) -> None:
+                 metrics: Any = None, remember_events: int = 100_000, resume: ResumeReader | None = None,
+                 schedule_start: ScheduleStart | None = None) -> None:
         self.pipeline = pipeline
         self.topics = topics
         self.table = table
@@ -119,6 +123,7 @@ class RetrainerProcessor:
         self._champion_signature: str | None = None  # a champion signed again (models re-sign) is loaded again
         self.resume = resume
         self._resumed = False  # only the process's first loaded champion: later ones restart the line on purpose
+        self.schedule_start = schedule_start
         self._drift_high_water: dict[int, int] = {}
         self._rebuild: Future | None = None
         self._rebuild_trigger: str | None = None
@@ -212,12 +217,33 @@ class RetrainerProcessor:
                 self._resume_line(champion)
 
     def prepare(self) -> None:
-        """Load the champion, and resume its line, before the runner joins the group.
+        """Load the champion, and resume its line and the schedule, before the runner joins the group.
 
         Then reading the labels again cannot hold up a batch past the group's poll interval. With
         no champion yet, the first one is loaded (and its line resumed) at the first batch.
         """
         self._sync_champion()
+        self._resume_schedule()
+
+    def _resume_schedule(self) -> None:
+        """Run the schedule from the last rebuild before this process, not from its start.
+
+        From its start, a retrainer restarted more often than ``retrain.schedule`` never rebuilt on it.
+        """
+        schedule = self.pipeline.retrain.schedule
+        if schedule is None or self.schedule_start is None:
+            return
+        now = self.clock()
+        try:
+            since = self.schedule_start(now, schedule, self.table.champion(self.pipeline.name,
+                                                                           self.pipeline.model.name))
+        except Exception as exc:  # noqa: BLE001 - the schedule then runs from now, as it did before
+            log.warning("cannot read back when the last rebuild was (%s); the schedule runs from now", exc)
+            return
+        if since is not None:
+            self._last_rebuild_ms = min(since, now)
+            log.info("the schedule runs from %d s ago, read back: the next scheduled rebuild is due in %d s",
+                     (now - since) // 1000, max(since + schedule - now, 0) // 1000)
 
     def _resume_line(self, champion: dict[str, Any]) -> None:
         """Learn again what this champion's line had learned before the process started."""

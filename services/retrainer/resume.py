@@ -20,6 +20,9 @@ learns them. Where the line started from that champion:
 The read ends at the retrainer group's committed offsets, where the runner resumes, so no label
 is learned twice; it reads the most recent ``limit`` labels at most (of every pipeline on the
 topic), split evenly over the partitions.
+
+The schedule (``retrain.schedule``) is read back too: it runs from the newest rebuild in the
+candidates topic, not from the process's start (``KafkaResume.schedule_start``).
 """
 
 from __future__ import annotations
@@ -40,6 +43,10 @@ log = logging.getLogger(__name__)
 # produced right after it is built, so it is among the first few (each one, with its prequential
 # losses, is tens of KB decoded).
 CANDIDATE_SCAN = 100
+# The candidates that end a schedule's period: a drift rebuild restarts the schedule as one of its own does.
+REBUILD_TRIGGERS = frozenset({"SCHEDULE", "DRIFT"})
+# At most this many candidates are read back for the newest rebuild, CANDIDATE_SCAN at a time.
+REBUILD_SCAN = 2_000
 
 
 @dataclass(frozen=True)
@@ -129,6 +136,36 @@ class KafkaResume:
         return Resumed(most_recent(records, self.limit),
                        {(self.labeled_topic, p): max(bound.committed, point.offsets.get(p, 0)) - 1
                         for p, bound in bounds.items()})
+
+    def schedule_start(self, now_ms: int, period_ms: int, champion: Mapping[str, Any] | None) -> int | None:
+        """When the schedule runs from after a restart: the newest rebuild's ``created_at``.
+
+        The pipeline's candidates are read back from the newest, a page at a time, until a
+        rebuild, one older than a period (an older rebuild leaves the schedule due all the same)
+        or REBUILD_SCAN of them. With no rebuild among them, none came since the oldest of them,
+        nor since the champion's deployment: the schedule runs from the earlier of the two. None
+        with neither (no candidate, no champion).
+        """
+        topic = self.candidates_topic
+        bounds = self.history.bounds(topic)
+        stops = {p: bound.high for p, bound in bounds.items()}
+        oldest: int | None = None
+        for _ in range(REBUILD_SCAN // CANDIDATE_SCAN):
+            ranges = {p: (max(bounds[p].low, stop - CANDIDATE_SCAN), stop) for p, stop in stops.items()
+                      if stop > bounds[p].low}
+            if not ranges:
+                break
+            ours = [r.value for r in self.history.read(topic, ranges) if r.value.get("pipeline") == self.pipeline]
+            rebuilt = [millis(c["created_at"]) for c in ours if c.get("trigger") in REBUILD_TRIGGERS]
+            if rebuilt:
+                return max(rebuilt)
+            oldest = min([t for t in (oldest, *(millis(c["created_at"]) for c in ours)) if t is not None],
+                         default=None)
+            if oldest is not None and oldest <= now_ms - period_ms:
+                break
+            stops = {p: start for p, (start, _) in ranges.items()}
+        deployed = millis(champion["deployed_at"]) if champion is not None else None
+        return min([t for t in (oldest, deployed) if t is not None], default=None)
 
     def candidate(self, version: str) -> dict[str, Any] | None:
         """The candidate record of ``version``, searched from its creation time; None when it is not there."""

@@ -7,12 +7,13 @@ from datetime import UTC, datetime
 import pytest
 
 from services.retrainer.online import OnlineLearner
+from services.retrainer.processor import RetrainerProcessor
 from services.retrainer.resume import KafkaResume, Resumed, ResumePoint, most_recent, resume_point, resume_ranges
 from streamloop.kafka.group_history import PartitionBounds
 from streamloop.ml import build_model
 from streamloop.ml.registry import CHAMPION, deployment_record, new_version, slot_key, version_created_ms
-from tests.unit.model_publisher.factories import T0, consumed, labeled_example
-from tests.unit.retrainer.test_retrainer import Harness, candidates, labeled
+from tests.unit.model_publisher.factories import T0, consumed, labeled_example, with_policy
+from tests.unit.retrainer.test_retrainer import TOPICS, Harness, candidates, labeled
 
 ONLINE_CANDIDATE = {
     "version": "fraud-20260101000000000-aaaaaaaa", "trigger": "ONLINE", "created_at": T0 + 9_000,
@@ -199,6 +200,7 @@ class FakeHistory:
     def __init__(self, topics: dict, committed: dict) -> None:
         self.topics, self.committed = topics, committed
         self.times_asked: list[tuple[str, int]] = []
+        self.reads = 0
 
     def bounds(self, topic: str) -> dict:
         return {p: PartitionBounds(0, len(rs), self.committed.get((topic, p), 0))
@@ -211,6 +213,7 @@ class FakeHistory:
                 for p, rs in self.topics[topic].items()}
 
     def read(self, topic: str, ranges: dict) -> list:
+        self.reads += 1
         return [consumed(topic, self.topics[topic][p][o][1], offset=o, partition=p,
                          timestamp_ms=self.topics[topic][p][o][0])
                 for p, (start, stop) in ranges.items() for o in range(start, stop)]
@@ -240,3 +243,53 @@ def test_kafka_resume_finds_the_champions_candidate_and_reads_after_what_its_lea
         (1, o) for o in range(4, 7)}
     assert KafkaResume(history, labeled_topic="lab", candidates_topic="cand", pipeline="card-fraud",
                        limit=0)({"version": version}) == Resumed([], {})
+
+
+HOUR = 3_600_000
+
+
+def candidate_at(created: int, trigger: str = "ONLINE", pipeline: str = "card-fraud") -> tuple[int, dict]:
+    return created, {"version": f"fraud-{created}", "pipeline": pipeline, "trigger": trigger, "created_at": created}
+
+
+def test_after_a_restart_the_schedule_runs_from_the_newest_rebuild_read_back():
+    now, day = T0 + 100 * HOUR, 24 * HOUR
+    deployed = {"version": "fraud-bootstrap-0123abcd", "deployed_at": T0, "decision_id": None}
+    topic: list = []
+    resume = KafkaResume(FakeHistory({"cand": {0: topic}}, committed={}), labeled_topic="lab",
+                         candidates_topic="cand", pipeline="card-fraud", limit=100)
+    assert resume.schedule_start(now, day, None) is None, "nothing known: from now"
+    assert resume.schedule_start(now, day, deployed) == T0, "no rebuild since the champion was deployed"
+    topic += [candidate_at(now - 30 * HOUR, "SCHEDULE"), candidate_at(now - 9 * HOUR, "DRIFT"),
+              *(candidate_at(now - 8 * HOUR + i) for i in range(150)),  # more than a page
+              candidate_at(now - HOUR, "SCHEDULE", pipeline="another-pipeline")]
+    assert resume.schedule_start(now, day, deployed) == now - 9 * HOUR, "a drift rebuild restarts the schedule too"
+    del topic[1]
+    # No rebuild within a day: reading stops at the first candidate older than that, and it is due.
+    topic[1:1] = [candidate_at(now - 25 * HOUR + i) for i in range(500)]
+    history_reads = resume.history.reads
+    assert resume.schedule_start(now, day, None) <= now - day
+    assert resume.history.reads - history_reads <= 3, "not the whole topic"
+    del topic[:501]
+    assert resume.schedule_start(now, day, None) == now - 8 * HOUR, "no rebuild since its oldest candidate"
+    assert resume.schedule_start(now, day, deployed) == T0
+
+
+def test_a_retrainer_restarted_more_often_than_its_schedule_still_rebuilds_on_it(demo_pipeline, tmp_path):
+    spec = with_policy(demo_pipeline, retrain={"online_publish_every_labels": None, "online_publish_every": None,
+                                               "rebuild_window": 200, "schedule": 24 * HOUR})
+    topic: list = []  # the candidates topic: (timestamp, candidate)
+    history = FakeHistory({"cand": {0: topic}}, committed={})
+    for start in (T0, T0 + 20 * HOUR, T0 + 40 * HOUR):  # restarted every 20 hours
+        harness = Harness(spec, tmp_path, window=labeled(200))
+        harness.now = start
+        resume = KafkaResume(history, labeled_topic="lab", candidates_topic="cand", pipeline=spec.name, limit=100)
+        harness.processor = RetrainerProcessor(spec, TOPICS, harness.table, harness.store, harness.read_window,
+                                               clock=lambda harness=harness: harness.now,
+                                               schedule_start=resume.schedule_start)
+        harness.processor.prepare()
+        for harness.now in range(start, start + 20 * HOUR, HOUR // 6):
+            topic += [(harness.now, c) for c in candidates(harness.processor.tick(harness.now))]
+    assert [(c["trigger"], c["created_at"]) for _, c in topic] == [("SCHEDULE", T0 + 24 * HOUR),
+                                                                   ("SCHEDULE", T0 + 48 * HOUR)], \
+        "every 24 hours from the bootstrap champion's deployment"
