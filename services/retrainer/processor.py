@@ -39,7 +39,7 @@ from typing import Any
 
 from services.retrainer.catch_up import CatchUp
 from services.retrainer.examples import valid
-from services.retrainer.lineage import CandidateFactory, wall_clock_ms
+from services.retrainer.lineage import DEFAULT_MAX_RECORD_BYTES, CandidateFactory, wall_clock_ms
 from services.retrainer.online import OnlineLearner
 from services.retrainer.rebuild import RebuildSkipped, rebuild
 from services.retrainer.resume import Resumed
@@ -99,7 +99,8 @@ class RetrainerProcessor:
                  store: ArtifactStore, window: WindowReader, *, policy: RebuildPolicy | None = None,
                  executor: Executor | None = None, clock: Callable[[], int] = wall_clock_ms,
                  metrics: Any = None, remember_events: int = 100_000, resume: ResumeReader | None = None,
-                 schedule_start: ScheduleStart | None = None) -> None:
+                 schedule_start: ScheduleStart | None = None,
+                 max_candidate_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> None:
         self.pipeline = pipeline
         self.topics = topics
         self.table = table
@@ -117,7 +118,7 @@ class RetrainerProcessor:
             pipeline.model, remember_events=remember_events, loss_metric=pipeline.promotion.metric,
             prequential_window=int(pipeline.promotion.min_samples * 1.2) if self.catch_up.enabled else 0,
             replay_backlog=catch_up.replay_backlog if self.catch_up.enabled and catch_up.replay_passes else 0)
-        self.factory = CandidateFactory(pipeline, store, clock)
+        self.factory = CandidateFactory(pipeline, store, clock, max_record_bytes=max_candidate_bytes)
         self._metrics = metrics
         self._champion_version: str | None = None
         self._champion_signature: str | None = None  # a champion signed again (models re-sign) is loaded again

@@ -3,22 +3,36 @@
 from __future__ import annotations
 
 import copy
+import io
+import logging
 import pickle
 import random
+import uuid
 
+import fastavro
 import pytest
 
 from services.retrainer.catch_up import CatchUp, change_point, significant_rise
 from services.retrainer.examples import score
+from services.retrainer.lineage import CandidateFactory
 from services.retrainer.online import OnlineLearner
+from services.retrainer.processor import RetrainerProcessor
 from streamloop.contracts.pipeline import CatchUpSpec, PipelineSpec, RetrainSpec
+from streamloop.contracts.schemas import SchemaRepository
 from streamloop.ml import build_model
 from streamloop.ml.artifacts import ArtifactRef
 from streamloop.ml.promotion import event_loss
 from streamloop.ml.registry import CHAMPION, deployment_record, slot_key
 from streamloop.ml.training import training_pair
-from tests.unit.model_publisher.factories import T0, consumed, drift_event, labeled_example, with_policy
-from tests.unit.retrainer.test_retrainer import Harness, candidates, labeled
+from tests.unit.model_publisher.factories import (
+    T0,
+    artifact_store,
+    consumed,
+    drift_event,
+    labeled_example,
+    with_policy,
+)
+from tests.unit.retrainer.test_retrainer import TOPICS, Harness, candidates, labeled
 
 
 def test_the_change_point_is_where_the_error_rate_rises():
@@ -339,6 +353,38 @@ def test_a_concept_drift_publishes_at_once_then_often_with_prequential_losses(ca
     after = candidates(harness.processor.process(labeled(1000, start=170)))
     assert [c["sample_count"] for c in after] == [1000] and after[0]["prequential_losses"] == [], \
         "catch-up over: the usual cadence, judged as a shadow"
+
+
+def encoded_size(candidate: dict) -> int:
+    encoded = io.BytesIO()
+    fastavro.schemaless_writer(encoded, SchemaRepository().load("models/model_candidate.avsc").parsed, candidate)
+    return len(encoded.getvalue())
+
+
+def test_a_candidate_fits_in_a_kafka_record_whatever_min_samples(demo_pipeline, tmp_path):
+    """1.2 x min_samples losses with UUID event ids took over a megabyte past a min_samples of about 18,500."""
+    spec = with_policy(demo_pipeline, promotion={"min_samples": 20_000})
+    losses = [(str(uuid.UUID(int=i)), 0.25) for i in range(int(1.2 * spec.promotion.min_samples))]
+    factory = CandidateFactory(spec, artifact_store(tmp_path), lambda: T0)  # KafkaSettings' 1,000,000 bytes
+    candidate = factory.build(build_model(spec.model), "ONLINE", "fraud-a", [], 100, {}, losses)
+    assert encoded_size(candidate) < 1_000_000
+    kept = [(p["event_id"], p["loss"]) for p in candidate["prequential_losses"]]
+    assert 11_000 <= len(kept) < len(losses) and kept == losses[-len(kept):], "the most recent, half the limit"
+
+
+def test_the_cap_follows_the_producer_s_limit_and_is_logged_once(catch_up_spec, tmp_path, caplog):
+    harness = Harness(catch_up_spec, tmp_path)
+    harness.processor = RetrainerProcessor(catch_up_spec, TOPICS, harness.table, harness.store, harness.read_window,
+                                           clock=lambda: harness.now, max_candidate_bytes=1_000)
+    harness.processor.process(labeled(70))
+    with caplog.at_level(logging.WARNING, logger="services.retrainer.lineage"):
+        first = candidates(harness.processor.process([consumed("drift", drift_event(), 0)]))
+        during = candidates(harness.processor.process(labeled(40, start=70)))
+    assert [p["event_id"] for p in first[0]["prequential_losses"]] == [f"evt-{i}" for i in range(37, 70)], \
+        "33 of 15 bytes each, of the 500 bytes given to them"
+    assert len(during) == 2 and during[-1]["prequential_losses"][-1]["event_id"] == "evt-109"
+    assert all(encoded_size(c) - encoded_size({**c, "prequential_losses": []}) <= 500 for c in first + during)
+    assert len(caplog.records) == 1 and "the last 33 of 60" in caplog.records[0].getMessage()
 
 
 def test_catch_up_is_off_unless_the_spec_asks(demo_pipeline, tmp_path):
