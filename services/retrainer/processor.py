@@ -287,6 +287,9 @@ class RetrainerProcessor:
             self._publish_failed(exc, snapshot.sample_count)
             return []
         self._publish_backoff_ms = 0
+        # The parent of the next snapshot from now on, not once the runner calls delivered(): the
+        # next one may come in this same batch, and delivered() follows a record Kafka refused too.
+        # Capping the record's size (lineage.py) is what keeps Kafka from refusing it.
         self.learner.published(record["version"])
         self._last_publish_ms = self.clock()
         log.info("online candidate %s (%d new labels, parent %s)", record["version"], snapshot.sample_count,
