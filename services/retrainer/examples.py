@@ -7,13 +7,13 @@ Both the online challenger and a rebuild learn through ``training_pair`` (from
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any
 
 from streamloop.contracts.pipeline import ModelSpec
 from streamloop.ml.features import feature_problem
 from streamloop.ml.prediction import ModelOutputError, predict
+from streamloop.ml.training import label_problem
 
 
 def score(estimator: Any, model: ModelSpec, x: Mapping[str, float]) -> dict[str, Any]:
@@ -34,9 +34,9 @@ def learnable(example: Mapping[str, Any]) -> bool:
 
 
 def valid(model: ModelSpec, example: Mapping[str, Any]) -> bool:
-    label = example.get("label")
-    if label is None:
-        return False
-    if model.task == "regression":
-        return isinstance(label, int | float) and not isinstance(label, bool) and math.isfinite(label)
-    return True
+    """A label the model may learn (``streamloop.ml.training.label_problem``).
+
+    As with ``learnable``, the online learner lets ``training_pair`` raise, and a rebuild leaves
+    such an example out.
+    """
+    return label_problem(model, example.get("label")) is None

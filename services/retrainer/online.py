@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from services.retrainer.catch_up import change_point, significant_rise
-from services.retrainer.examples import score, valid
+from services.retrainer.examples import score
 from streamloop.contracts.pipeline import ModelSpec
 from streamloop.kafka.records import ConsumedRecord
 from streamloop.ml.promotion import event_loss, holdout_metrics
@@ -165,9 +165,10 @@ class OnlineLearner:
             self._recent_events[event_id] = None
             if len(self._recent_events) > self._remember_events:
                 self._recent_events.popitem(last=False)
-        if self.model is None or not valid(self.spec, record.value):
-            return False
+        # Raises for an example no model may learn, with or without one: the runner dead-letters it.
         x, y = training_pair(self.spec, record.value)
+        if self.model is None:
+            return False
         self._test(event_id, x, y, record.value["label"], (record.topic, record.partition, record.offset))
         for _ in range(repeats):
             self.model.learn_one(x, y)

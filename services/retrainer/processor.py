@@ -257,7 +257,14 @@ class RetrainerProcessor:
             return
         self.learner.forget_passed()  # those read before this champion loaded were not learned
         records = resumed.records
-        learned = sum(self.learner.learn(r) for r in records if r.value.get("pipeline") == self.pipeline.name)
+        learned = 0
+        for record in records:
+            if record.value.get("pipeline") == self.pipeline.name:
+                try:
+                    learned += self.learner.learn(record)
+                except Exception:  # noqa: BLE001 - dead-lettered when first read; read again, only left out
+                    log.debug("labeled example %s[%d]@%d left out again", record.topic, record.partition,
+                              record.offset, exc_info=True)
         # Every partition, one that gave no label too: the next snapshot says where the line stands.
         self.learner.mark_read(resumed.read_through)
         self._count("streamloop_retrainer_resumes", 1, {"outcome": "resumed"})

@@ -9,6 +9,10 @@ class EstimatorSpecError(ModelError):
     """The pipeline spec names an estimator that cannot be built with the given parameters."""
 
 
+class InvalidLabel(ModelError, ValueError):
+    """A label no model may learn: none, or for a regression one that is no finite number."""
+
+
 class ArtifactNotFoundError(ModelError):
     """No artifact is stored under that reference."""
 

@@ -6,20 +6,41 @@ rebuilds) and the demo's offline reference model, so they learn exactly what the
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
 from streamloop.contracts.pipeline import ModelSpec
+from streamloop.ml.exceptions import InvalidLabel
 from streamloop.ml.features import assemble_features
 from streamloop.ml.promotion import class_key
 
 
+def label_problem(model: ModelSpec, label: Any) -> str | None:
+    """Why ``model`` cannot learn ``label``, or None.
+
+    A regressor needs a finite number, which a boolean is not here (the collector refuses one
+    too). A classifier takes any label: with a positive class it learns that class against the
+    rest, as accuracy, the promotion losses and the concept detectors count it
+    (docs/pipeline-spec.md), so a label that is neither named class is a negative, not an error.
+    """
+    if label is None:
+        return "the example has no label"
+    if model.task == "regression" and (isinstance(label, bool) or not isinstance(label, int | float)
+                                       or not math.isfinite(label)):
+        return f"a regression label must be a finite number, not {label!r}"
+    return None
+
+
 def target(model: ModelSpec, label: Any) -> Any:
-    """The label as the estimator learns it.
+    """The label as the estimator learns it; InvalidLabel for one it cannot learn (``label_problem``).
 
     A classifier with a positive class learns a boolean (river's binary classifiers need one);
     a boolean label stays boolean; other classes become their text. A regressor learns a float.
     """
+    problem = label_problem(model, label)
+    if problem is not None:
+        raise InvalidLabel(problem)
     if model.task == "regression":
         return float(label)
     if model.positive_class is not None:

@@ -1,10 +1,18 @@
-"""What goes wrong around the retrainer (a full artifact store, say) must not stop it nor cost a label."""
+"""What goes wrong around the retrainer (a full artifact store, a bad label) must not stop it nor cost a label."""
 
 from __future__ import annotations
 
+import math
+
+import pytest
+
 from services.retrainer.processor import PUBLISH_RETRY_MS
-from tests.unit.model_publisher.factories import T0, with_policy
-from tests.unit.retrainer.test_resume import Counters
+from services.retrainer.rebuild import recent_window
+from streamloop.contracts.pipeline import ModelSpec
+from streamloop.ml.exceptions import InvalidLabel
+from streamloop.ml.training import target
+from tests.unit.model_publisher.factories import T0, consumed, labeled_example, with_policy
+from tests.unit.retrainer.test_resume import Counters, FakeResume, restarted
 from tests.unit.retrainer.test_retrainer import Harness, candidates, labeled
 
 FAILURES = ("streamloop_retrainer_publish_failures", (("pipeline", "card-fraud"),))
@@ -59,3 +67,42 @@ def test_a_time_based_publish_that_cannot_be_stored_does_not_stop_the_service(de
     disk.full = False
     harness.now += PUBLISH_RETRY_MS
     assert [c["sample_count"] for c in candidates(harness.processor.tick(harness.now))] == [5]
+
+
+@pytest.fixture
+def regression(spec) -> ModelSpec:
+    return ModelSpec.model_validate({**spec.model.model_dump(), "task": "regression", "positive_class": None,
+                                     "negative_class": None, "estimator": "river.linear_model.LinearRegression",
+                                     "cost_matrix": None, "actions": []})
+
+
+def test_a_regression_label_that_is_no_finite_number_is_dead_lettered_with_the_reason(spec, regression, tmp_path):
+    harness = Harness(spec.model_copy(update={"model": regression}), tmp_path)
+    labels = [12.5, "abc", True, math.nan, math.inf, None, 7]
+    batch = [consumed("lab", {**labeled_example(i, False), "label": label}, offset=i) for i, label in enumerate(labels)]
+    result = harness.processor.process(batch)
+    assert [(r.record.offset, type(r.error)) for r in result.rejections] == [(i, InvalidLabel) for i in range(1, 6)]
+    assert isinstance(result.rejections[0].error, ValueError)
+    assert "a regression label must be a finite number, not 'abc'" in str(result.rejections[0].error)
+    assert harness.processor.learner.learned_total == 2
+    assert [r.offset for r in recent_window(regression, batch, 10, pipeline=spec.name)] == [0, 6], \
+        "a rebuild's window leaves them out instead"
+
+
+def test_a_binary_model_takes_booleans_and_their_text_and_learns_its_positive_class_against_the_rest(spec):
+    assert [target(spec.model, label) for label in (True, "true", "TRUE", False, "false", "fraud", 1)] == [
+        True, True, True, False, False, False, False]
+    with pytest.raises(InvalidLabel, match="no label"):
+        target(spec.model, None)
+
+
+def test_examples_dead_lettered_once_are_left_out_when_read_again_after_a_restart(spec, tmp_path):
+    """They are among the labels a restarted retrainer reads again; learning them raised out of start-up."""
+    earlier = labeled(6)
+    bad_feature = consumed("lab", {**labeled_example(6, True), "numeric": {"amount": math.nan}}, offset=6)
+    no_label = consumed("lab", {**labeled_example(7, True), "label": None}, offset=7)
+    harness = restarted(spec, tmp_path, FakeResume([*earlier, bad_feature, no_label, *labeled(2, start=8)]))
+    harness.processor.prepare()
+    assert harness.processor.learner.learned_total == 8
+    published = candidates(harness.processor.process(labeled(42, start=10)))
+    assert [c["sample_count"] for c in published] == [50]
