@@ -4,6 +4,7 @@ from streamloop.ml.artifacts import ArtifactIdentity, ArtifactRef, ArtifactSigne
 from streamloop.ml.estimators import build_model, final_estimator
 from streamloop.ml.exceptions import (
     ArtifactIntegrityError,
+    ArtifactLoadError,
     ArtifactNotFoundError,
     EstimatorSpecError,
     ModelError,
@@ -14,6 +15,7 @@ from streamloop.ml.features import InvalidFeatureValue, assemble_features
 __all__ = [
     "ArtifactIdentity",
     "ArtifactIntegrityError",
+    "ArtifactLoadError",
     "ArtifactNotFoundError",
     "ArtifactRef",
     "ArtifactSigner",

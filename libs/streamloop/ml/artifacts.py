@@ -30,6 +30,7 @@ from urllib.parse import unquote, urlparse
 
 from streamloop.ml.exceptions import (
     ArtifactIntegrityError,
+    ArtifactLoadError,
     ArtifactNotFoundError,
     ArtifactStoreLocationError,
     SigningKeyError,
@@ -245,8 +246,18 @@ class ArtifactStore:
         return None
 
     def load_model(self, ref: ArtifactRef, identity: ArtifactIdentity) -> Any:
+        """The model, once its bytes verify; ArtifactLoadError when they do not unpickle with the installed code.
+
+        A verified artifact that does not load is a model written by other code: river moved or
+        renamed a class since (ModuleNotFoundError, AttributeError). Wrapped, it is a ModelError
+        like a failed check, which every reader handles by keeping what it has.
+        """
         data = self.get_verified_bytes(ref, identity)
-        return pickle.loads(data)  # noqa: S301 - hash and HMAC signature verified just above
+        try:
+            return pickle.loads(data)  # noqa: S301 - hash and HMAC signature verified just above
+        except Exception as exc:  # noqa: BLE001 - unpickling runs the pickled classes' code, which can raise anything
+            raise ArtifactLoadError(f"artifact {ref.uri} verifies as {identity} but does not load with the installed "
+                                    f"code: {type(exc).__name__}: {exc}") from exc
 
     def load_published(self, record: Mapping[str, Any]) -> Any:
         """The model of a candidate or deployment record, verified as the version the record names."""

@@ -21,6 +21,10 @@ class ArtifactIntegrityError(ModelError):
     """An artifact's content hash or signature does not verify; it is never unpickled."""
 
 
+class ArtifactLoadError(ModelError):
+    """An artifact verified, but does not unpickle with the installed code (a library upgrade moved a class)."""
+
+
 class ArtifactStoreLocationError(ModelError):
     """The artifact store's location names no local directory (a file URL with a remote host)."""
 

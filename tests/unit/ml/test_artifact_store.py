@@ -1,17 +1,20 @@
-"""Where the artifact store lives, and what a failed write leaves behind."""
+"""Where the artifact store lives, what a failed write leaves behind, and what a failed load raises."""
 
 from __future__ import annotations
 
 import errno
 import io
+import pickle
+import sys
+import types
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
-from streamloop.ml import ArtifactSigner, ArtifactStore
+from streamloop.ml import ArtifactIdentity, ArtifactSigner, ArtifactStore
 from streamloop.ml import artifacts as artifacts_module
-from streamloop.ml.exceptions import ArtifactStoreLocationError
+from streamloop.ml.exceptions import ArtifactLoadError, ArtifactStoreLocationError, ModelError
 from streamloop.ml.settings import ArtifactSettings
 from streamloop.service.settings_errors import describe_validation_error
 
@@ -73,3 +76,29 @@ def test_a_store_whose_path_needs_percent_encoding_reads_its_artifacts_back(tmp_
     ref = store.put_model(linear_model.LogisticRegression(), identity)
     assert "%" in ref.uri, "the URI is percent-encoded"
     assert isinstance(store.load_model(ref, identity), linear_model.LogisticRegression)
+
+
+def pickled_from_a_module_gone_since(name: str) -> bytes:
+    """Bytes pickled from a class whose module no longer exists, as after a library upgrade renamed it."""
+    module = types.ModuleType(name)
+    gone = type("Gone", (), {"__module__": name})
+    module.Gone = gone
+    sys.modules[name] = module
+    try:
+        return pickle.dumps(gone())
+    finally:
+        del sys.modules[name]
+
+
+@pytest.mark.parametrize(("data", "cause"), [
+    (pickled_from_a_module_gone_since("river_before_the_upgrade"), ModuleNotFoundError),
+    (pickle.dumps(ArtifactSigner).replace(b"ArtifactSigner", b"ArtifactSignor"), AttributeError),
+    (b"\x80\x05not a pickle", pickle.UnpicklingError),
+], ids=["module-gone", "class-gone", "not-a-pickle"])
+def test_a_verified_artifact_that_does_not_unpickle_is_a_load_error(tmp_path: Path, data: bytes, cause) -> None:
+    store = ArtifactStore(tmp_path / "artifacts", signer())
+    identity = ArtifactIdentity("card-fraud", "fraud", "fraud-20990101000000000-00000001")
+    ref = store.sign(store.store_bytes(data), identity)
+    with pytest.raises(ArtifactLoadError, match="does not load with the installed code") as caught:
+        store.load_model(ref, identity)
+    assert isinstance(caught.value, ModelError) and isinstance(caught.value.__cause__, cause)

@@ -1,4 +1,5 @@
-"""What goes wrong around the retrainer (a full artifact store, a bad label) must not stop it nor cost a label."""
+"""What goes wrong around the retrainer (a full artifact store, a bad label, a champion
+that no longer unpickles) must not stop it nor cost a label."""
 
 from __future__ import annotations
 
@@ -9,8 +10,11 @@ import pytest
 from services.retrainer.processor import PUBLISH_RETRY_MS
 from services.retrainer.rebuild import recent_window
 from streamloop.contracts.pipeline import ModelSpec
+from streamloop.ml import ArtifactIdentity
 from streamloop.ml.exceptions import InvalidLabel
+from streamloop.ml.registry import CHAMPION, deployment_record, slot_key
 from streamloop.ml.training import target
+from tests.unit.ml.test_artifact_store import pickled_from_a_module_gone_since
 from tests.unit.model_publisher.factories import T0, consumed, labeled_example, with_policy
 from tests.unit.retrainer.test_resume import Counters, FakeResume, restarted
 from tests.unit.retrainer.test_retrainer import Harness, candidates, labeled
@@ -106,3 +110,22 @@ def test_examples_dead_lettered_once_are_left_out_when_read_again_after_a_restar
     assert harness.processor.learner.learned_total == 8
     published = candidates(harness.processor.process(labeled(42, start=10)))
     assert [c["sample_count"] for c in published] == [50]
+
+
+def test_a_champion_that_no_longer_unpickles_is_a_load_failure_not_a_crash(spec, tmp_path):
+    """After a river upgrade renamed a class, the champion's artifact verifies but does not unpickle."""
+    resume = FakeResume(labeled(8))  # what the group will have committed when the next champion loads
+    harness = restarted(spec, tmp_path, resume)
+    identity = ArtifactIdentity(spec.name, spec.model.name, "fraud-20990101000000000-00000001")
+    ref = harness.store.sign(harness.store.store_bytes(pickled_from_a_module_gone_since("river_renamed")), identity)
+    harness.table.apply(slot_key(spec.name, spec.model.name, CHAMPION), deployment_record(
+        spec.name, spec.model.name, CHAMPION, identity.version, ref.to_record(), deployed_at=T0))
+    harness.processor.prepare()
+    assert harness.processor.learner.model is None and resume.calls == []
+    counts = harness.processor._metrics.counts
+    assert counts[("streamloop_retrainer_champion_load_failures", (("pipeline", "card-fraud"),))] == 1
+    assert harness.processor.process(labeled(3, start=5)).rejections == []
+    harness.set_champion("fraud-20990101000000001-00000002")
+    harness.processor.process(labeled(2, start=8))
+    assert resume.calls == ["fraud-20990101000000001-00000002"]
+    assert harness.processor.learner.learned_total == 10, "the next champion loads, with the labels since read again"
