@@ -55,6 +55,31 @@ class Snapshot:
 Example = tuple[dict[str, Any], Any, float, tuple[str, int, int]]  # x, y, 0/1 error, topic-partition-offset
 
 
+# The snapshots of its line a learner remembers, newest first: any could be promoted, but the
+# publisher keeps only a few on trial (PUBLISHER_MAX_SHADOWS, 3 by default), the oldest retired
+# first, so one this far back was retired or refused long ago. All of them grew by a version per
+# snapshot for as long as the champion stayed.
+LINE_MEMORY = 1_000
+
+
+class RecentVersions:
+    """The last LINE_MEMORY versions added, for ``in``."""
+
+    def __init__(self, *versions: str) -> None:
+        self._versions: OrderedDict[str, None] = OrderedDict()
+        for version in versions:
+            self.add(version)
+
+    def add(self, version: str) -> None:
+        self._versions[version] = None
+        self._versions.move_to_end(version)
+        if len(self._versions) > LINE_MEMORY:
+            self._versions.popitem(last=False)
+
+    def __contains__(self, version: object) -> bool:
+        return version in self._versions
+
+
 @dataclass
 class ReplayStart:
     """Where the last replay started: what a refit starts over from, and what a later change is sought in."""
@@ -62,7 +87,7 @@ class ReplayStart:
     model: Any  # the model before the replay
     first: tuple[str, int, int]  # the position of the first example since the change point
     last: tuple[str, int, int]  # the newest example's position at the replay: errors after it are the replay's
-    published: set[str] = field(default_factory=set)  # the versions published since: they learned the replay
+    published: RecentVersions = field(default_factory=RecentVersions)  # published since: they learned the replay
 
 
 class OnlineLearner:
@@ -84,7 +109,7 @@ class OnlineLearner:
         self._replay_start: ReplayStart | None = None
         self.model: Any = None
         self.parent_version: str | None = None
-        self._chain: set[str] = set()
+        self._chain = RecentVersions()  # where it started and its snapshots since: ``continues``
         self._high_water: dict[tuple[str, int], int] = {}
         self._recent_events: OrderedDict[str, None] = OrderedDict()
         self._remember_events = remember_events
@@ -101,19 +126,19 @@ class OnlineLearner:
     def reset(self, model: Any, version: str) -> None:
         """Continue from ``model`` (a champion); what was learned but not published is dropped."""
         self.model = model
-        if self._replay_start and version not in self._chain | self._replay_start.published:
+        if self._replay_start and version not in self._chain and version not in self._replay_start.published:
             # A refit would start over from another line's model. A version of this line (a
             # rollback to one, or a candidate of it promoted after a rollback) keeps it: the
             # refits start over from before the replay anyway, where a first replay would teach
             # that version the same examples again.
             self._replay_start = None
         self.parent_version = version
-        self._chain = {version}
+        self._chain = RecentVersions(version)
         self._clear_pending()
         self._prequential.clear()  # another line's predictions are no evidence for this one
 
     def continues(self, version: str) -> bool:
-        """True when ``version`` is this learner's starting point or one of its snapshots.
+        """True when ``version`` is this learner's starting point or one of its snapshots (the last LINE_MEMORY).
 
         Then the learner is a descendant of that version (it learned everything it did and
         more), so it may keep going instead of restarting from it; the processor still restarts

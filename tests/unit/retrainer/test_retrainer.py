@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import streamloop
-from services.retrainer.online import OnlineLearner
+from services.retrainer.online import LINE_MEMORY, OnlineLearner
 from services.retrainer.processor import RebuildPolicy, RetrainerProcessor, RetrainerTopics
 from services.retrainer.rebuild import RebuildSkipped, rebuild, recent_window
 from streamloop.contracts.pipeline import PipelineSpec
@@ -130,6 +130,19 @@ def test_the_learner_keeps_going_when_its_own_snapshot_is_promoted_and_restarts_
     more = candidates(harness.processor.process(labeled(50, start=65)))
     assert harness.processor.learner.model is not live
     assert more[0]["parent_version"] == "fraud-20990101000000000-deadbeef" and more[0]["sample_count"] == 50
+
+
+def test_a_learner_remembers_only_its_line_s_recent_snapshots_while_the_champion_stays(spec):
+    """Any snapshot could be promoted, but the publisher keeps a few on trial: the older ones were retired."""
+    learner = OnlineLearner(spec.model)
+    learner.reset(build_model(spec.model), "fraud-a")
+    versions = [f"fraud-{i:05d}" for i in range(LINE_MEMORY + 500)]
+    for version in versions:
+        learner.published(version)
+    assert all(learner.continues(v) for v in versions[-LINE_MEMORY:]), "a recent snapshot promoted: keep learning"
+    assert not any(learner.continues(v) for v in ["fraud-a", *versions[:-LINE_MEMORY]])
+    learner.reset(build_model(spec.model), versions[-1])
+    assert learner.continues(versions[-1]) and not learner.continues(versions[-2])
 
 
 def test_an_online_candidate_says_how_far_its_line_read_in_every_partition(spec, tmp_path):
