@@ -10,6 +10,7 @@ in one ordered log.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -52,6 +53,9 @@ def event_id_of(kind: Kind, value: Mapping[str, Any], task: str) -> str:
         label = value.get("label")
         if isinstance(label, bool) or not isinstance(label, int | float):
             raise InvalidRecordError(f"a regression label must be a number, not {label!r}", rule="label.type")
+        if not math.isfinite(label):
+            # Joined, it would put a NaN loss in every judgement and metric window it reached.
+            raise InvalidRecordError(f"a regression label must be finite, not {label!r}", rule="label.finite")
     return event_id
 
 
