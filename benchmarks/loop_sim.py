@@ -34,7 +34,8 @@ from services.drift_detector.settings import DriftSettings
 from services.model_publisher.judging import JudgingPolicy
 from services.model_publisher.publisher import PublisherPolicy, PublisherProcessor, PublisherTopics
 from services.model_publisher.settings import PublisherSettings
-from services.retrainer.processor import RebuildPolicy, RetrainerProcessor, RetrainerTopics
+from services.retrainer.processor import RetrainerProcessor, RetrainerTopics
+from services.retrainer.rebuild_policy import RebuildPolicy
 from services.retrainer.settings import RetrainerSettings
 from streamloop.contracts.pipeline import PipelineSpec
 from streamloop.kafka.records import ConsumedRecord

@@ -12,7 +12,8 @@ import logging
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 
-from services.retrainer.processor import InlineExecutor, RebuildPolicy, RetrainerProcessor, RetrainerTopics
+from services.retrainer.processor import RetrainerProcessor, RetrainerTopics
+from services.retrainer.rebuild_policy import InlineExecutor, RebuildPolicy
 from services.retrainer.resume import KafkaResume
 from services.retrainer.settings import RetrainerSettings
 from services.retrainer.window import KafkaWindowReader

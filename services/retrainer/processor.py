@@ -7,15 +7,9 @@ window reader and the executor a rebuild runs on), so it is tested without a bro
   champion's artifact and is published as an ``ONLINE`` candidate every
   ``retrain.online_publish_every_labels`` labels or ``retrain.online_publish_every``.
 - A drift event at or above the configured severity, or ``retrain.schedule``, starts a rebuild:
-  a fresh model on the last ``retrain.rebuild_window`` examples, published as ``DRIFT`` or
-  ``SCHEDULE`` with hold-out metrics. Rebuilds run off the consume loop, one at a time.
-- A drift rebuild waits for ``retrain.rebuild_window`` examples of events after the detection
-  (event time past the detection's window end) and trains on those: the examples before it
-  belong, mostly, to the concept that just stopped holding. Rebuilding at once on the last
-  window, as a schedule does, would teach the new model mostly the old concept (measured in the
-  demo: the rebuild's window was about a third post-drift, its candidate no better than the
-  champion). Once ``retrain.rebuild_window`` examples of the new concept have arrived, the
-  window the reader replays from Kafka is exactly those.
+  a fresh model on a recent window, published as ``DRIFT`` or ``SCHEDULE`` with hold-out metrics.
+  The ``RebuildScheduler`` (rebuild_policy.py) decides when, and says why a drift rebuild waits
+  for examples of the new concept; rebuilds run off the consume loop, one at a time.
 - A concept drift at or above that severity also starts ``retrain.catch_up`` when the spec enables
   it (catch_up.py): the online challenger replays the examples since the estimated change point,
   learns faster, is published at once and then more often, and each of its candidates carries its
@@ -33,7 +27,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from concurrent.futures import Executor, Future
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,29 +35,30 @@ from services.retrainer.catch_up import CatchUp
 from services.retrainer.examples import valid
 from services.retrainer.lineage import DEFAULT_MAX_RECORD_BYTES, CandidateFactory, wall_clock_ms
 from services.retrainer.online import OnlineLearner
-from services.retrainer.rebuild import RebuildSkipped, rebuild
+from services.retrainer.rebuild_policy import (
+    InlineExecutor,
+    RebuildPolicy,
+    RebuildScheduler,
+    ScheduleStart,
+    WindowReader,
+)
 from services.retrainer.resume import Resumed
 from streamloop.contracts.pipeline import PipelineSpec
 from streamloop.kafka.dead_letters import STAGE_PROCESS
 from streamloop.kafka.records import ConsumedRecord, OutgoingRecord, ProcessResult, Rejection
 from streamloop.ml.artifacts import ArtifactStore
 from streamloop.ml.exceptions import ModelError
-from streamloop.ml.registry import DeploymentTable, millis
+from streamloop.ml.registry import DeploymentTable
 
 log = logging.getLogger(__name__)
 
-SEVERITY_RANK = {"INFO": 0, "WARNING": 1, "CRITICAL": 2}
 # After an online candidate's artifact could not be stored (a full disk), the next attempt waits
 # this long, doubling up to PUBLISH_RETRY_MAX_MS: tried at every label, each attempt pickled the
 # model (and, in catch-up, refit it first) only to fail the same way.
 PUBLISH_RETRY_MS = 10_000
 PUBLISH_RETRY_MAX_MS = 300_000
-WindowReader = Callable[[int], list[ConsumedRecord]]
 # The labeled examples the given champion's line had learned before this process started.
 ResumeReader = Callable[[dict[str, Any]], Resumed]
-# (now, retrain.schedule, the champion's deployment or None) -> when the schedule runs from after a
-# restart (the last rebuild before this process), or None: from now.
-ScheduleStart = Callable[[int, int, dict[str, Any] | None], int | None]
 
 
 @dataclass(frozen=True)
@@ -71,27 +66,6 @@ class RetrainerTopics:
     labeled_examples: str
     drift_events: str
     model_candidates: str
-
-
-@dataclass(frozen=True)
-class RebuildPolicy:
-    min_severity: str = "WARNING"
-    drift_kinds: tuple[str, ...] = ("DATA", "PREDICTION", "CONCEPT")
-    min_interval_ms: int = 60_000
-    min_examples: int = 100
-    online_min_labels: int = 1
-
-
-class InlineExecutor(Executor):
-    """Runs a submitted job at once (tests, and a retrainer configured without a rebuild thread)."""
-
-    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
-        future: Future = Future()
-        try:
-            future.set_result(fn(*args, **kwargs))
-        except Exception as exc:  # noqa: BLE001 - handed to whoever collects the future
-            future.set_exception(exc)
-        return future
 
 
 class RetrainerProcessor:
@@ -105,9 +79,7 @@ class RetrainerProcessor:
         self.topics = topics
         self.table = table
         self.store = store
-        self.window = window
         self.policy = policy or RebuildPolicy()
-        self.executor = executor or InlineExecutor()
         self.clock = clock
         catch_up = pipeline.retrain.catch_up
         self.catch_up = CatchUp(catch_up, pipeline.promotion.min_samples)
@@ -124,19 +96,14 @@ class RetrainerProcessor:
         self._champion_signature: str | None = None  # a champion signed again (models re-sign) is loaded again
         self.resume = resume
         self._resumed = False  # only the process's first loaded champion: later ones restart the line on purpose
-        self.schedule_start = schedule_start
         self._drift_high_water: dict[int, int] = {}
-        self._rebuild: Future | None = None
-        self._rebuild_trigger: str | None = None
+        self.rebuilds = RebuildScheduler(pipeline, self.policy, self.factory, window, executor or InlineExecutor(),
+                                         clock, champion_version=lambda: self._champion_version, count=self._count,
+                                         schedule_start=schedule_start)
         now = clock()
         self._last_publish_ms = now
-        self._last_rebuild_ms = now
         self._publish_backoff_ms = 0
         self._publish_retry_at = now
-        self._last_drift_rebuild_ms: int | None = None
-        # A drift rebuild waiting for examples of the new concept: (reason, detection's event time).
-        self._awaiting_drift: tuple[str, int] | None = None
-        self._fresh_examples = 0
 
     # -- the runner's hooks --------------------------------------------------------------------
 
@@ -158,7 +125,7 @@ class RetrainerProcessor:
                             result.outputs.extend(self._publish_online())
                         self.catch_up.learned()
                     if fresh:
-                        self._count_fresh(record.value)
+                        self.rebuilds.count_fresh(record.value)
                 elif record.topic == self.topics.drift_events:
                     result.outputs.extend(self._on_drift(record))
             except Exception as exc:  # noqa: BLE001 - one bad record goes to the dead letters, the batch flows
@@ -173,7 +140,7 @@ class RetrainerProcessor:
     @property
     def awaiting_drift_rebuild(self) -> bool:
         """A drift was accepted and its rebuild waits for examples of events after the detection."""
-        return self._awaiting_drift is not None
+        return self.rebuilds.awaiting_drift
 
     def tick(self, now_ms: int) -> ProcessResult:
         self._sync_champion()
@@ -182,15 +149,17 @@ class RetrainerProcessor:
         if (retrain.online_publish_every is not None and self.learner.pending >= self.policy.online_min_labels
                 and now_ms - self._last_publish_ms >= retrain.online_publish_every):
             result.outputs.extend(self._publish_online())
-        if retrain.schedule is not None and now_ms - self._last_rebuild_ms >= retrain.schedule:
-            self._start_rebuild("SCHEDULE", f"schedule every {retrain.schedule} ms")
+        self.rebuilds.tick(now_ms)
         result.outputs.extend(self._collect_rebuild())
         return result
 
     # -- the champion --------------------------------------------------------------------------
 
+    def _champion(self) -> dict[str, Any] | None:
+        return self.table.champion(self.pipeline.name, self.pipeline.model.name)
+
     def _sync_champion(self) -> None:
-        champion = self.table.champion(self.pipeline.name, self.pipeline.model.name)
+        champion = self._champion()
         if champion is None or (champion["version"], champion["artifact"]["signature"]) == (
                 self._champion_version, self._champion_signature):
             return
@@ -224,27 +193,7 @@ class RetrainerProcessor:
         no champion yet, the first one is loaded (and its line resumed) at the first batch.
         """
         self._sync_champion()
-        self._resume_schedule()
-
-    def _resume_schedule(self) -> None:
-        """Run the schedule from the last rebuild before this process, not from its start.
-
-        From its start, a retrainer restarted more often than ``retrain.schedule`` never rebuilt on it.
-        """
-        schedule = self.pipeline.retrain.schedule
-        if schedule is None or self.schedule_start is None:
-            return
-        now = self.clock()
-        try:
-            since = self.schedule_start(now, schedule, self.table.champion(self.pipeline.name,
-                                                                           self.pipeline.model.name))
-        except Exception as exc:  # noqa: BLE001 - the schedule then runs from now, as it did before
-            log.warning("cannot read back when the last rebuild was (%s); the schedule runs from now", exc)
-            return
-        if since is not None:
-            self._last_rebuild_ms = min(since, now)
-            log.info("the schedule runs from %d s ago, read back: the next scheduled rebuild is due in %d s",
-                     (now - since) // 1000, max(since + schedule - now, 0) // 1000)
+        self.rebuilds.resume_schedule(self._champion)
 
     def _resume_line(self, champion: dict[str, Any]) -> None:
         """Learn again what this champion's line had learned before the process started."""
@@ -321,7 +270,7 @@ class RetrainerProcessor:
         self._count("streamloop_retrainer_candidates", 1, {"trigger": record["trigger"]})
         return OutgoingRecord(self.topics.model_candidates, record["model_name"], record)
 
-    # -- rebuilds ------------------------------------------------------------------------------
+    # -- drift ---------------------------------------------------------------------------------
 
     def _on_drift(self, record: ConsumedRecord) -> list[OutgoingRecord]:
         """Start catch-up and/or a drift rebuild; the online candidate catch-up publishes at once, if any."""
@@ -331,15 +280,10 @@ class RetrainerProcessor:
         event = record.value
         if event.get("pipeline") != self.pipeline.name:
             return []
-        severity = SEVERITY_RANK.get(str(event.get("severity")), 0)
         outputs = []
-        if event.get("kind") == "CONCEPT" and severity >= SEVERITY_RANK[self.policy.min_severity]:
+        if event.get("kind") == "CONCEPT" and self.policy.severe_enough(event):
             outputs = self._start_catch_up()
-        if not self.pipeline.retrain.rebuild_on_drift:
-            return outputs
-        if severity < SEVERITY_RANK[self.policy.min_severity] or event.get("kind") not in self.policy.drift_kinds:
-            return outputs
-        self._await_drift_rebuild(event)
+        self.rebuilds.on_drift(event)
         return outputs
 
     def _start_catch_up(self) -> list[OutgoingRecord]:
@@ -382,71 +326,8 @@ class RetrainerProcessor:
             log.info("concept drift during catch-up, %s: catch-up's countdown restarts", none)
         return replayed
 
-    def _await_drift_rebuild(self, event: dict[str, Any]) -> None:
-        now = self.clock()
-        if self._last_drift_rebuild_ms is not None and now - self._last_drift_rebuild_ms < self.policy.min_interval_ms:
-            log.info("drift event (%s %s) within %d ms of the last rebuild; not rebuilding again",
-                     event.get("kind"), event.get("detector"), self.policy.min_interval_ms)
-            self._count("streamloop_retrainer_rebuilds_skipped", 1, {"reason": "interval"})
-            return
-        feature = f" on {event['feature']}" if event.get("feature") else ""
-        reason = f"{event.get('severity')} {event.get('kind')} drift ({event.get('detector')}){feature}"
-        if self._awaiting_drift is not None:
-            log.info("drift event (%s) while a drift rebuild waits for fresh examples; it waits on", reason)
-            return
-        self._awaiting_drift = (reason, millis(event.get("window_end") or event.get("detected_at") or 0))
-        self._fresh_examples = 0
-        self._last_drift_rebuild_ms = now
-        log.info("drift rebuild (%s) waits for %d examples of events after the detection", reason,
-                 self.pipeline.retrain.rebuild_window)
-
-    def _count_fresh(self, example: dict[str, Any]) -> None:
-        """Count an example of an event after the awaited detection; start the rebuild when enough."""
-        if self._awaiting_drift is None:
-            return
-        reason, detected_at = self._awaiting_drift
-        if millis(example.get("event_time") or 0) <= detected_at:
-            return
-        self._fresh_examples += 1
-        if self._fresh_examples >= self.pipeline.retrain.rebuild_window and self._rebuild is None:
-            self._awaiting_drift = None
-            self._start_rebuild("DRIFT", f"{reason}; trained on the {self._fresh_examples} examples since")
-
-    def _start_rebuild(self, trigger: str, reason: str) -> bool:
-        self._last_rebuild_ms = self.clock()
-        if self._rebuild is not None:
-            log.info("%s rebuild requested (%s) while one is running; skipped", trigger, reason)
-            self._count("streamloop_retrainer_rebuilds_skipped", 1, {"reason": "running"})
-            return False
-        log.info("%s rebuild: %s", trigger, reason)
-        self._rebuild_trigger = trigger
-        self._rebuild = self.executor.submit(self._rebuild_job, trigger, self._champion_version)
-        return True
-
-    def _rebuild_job(self, trigger: str, parent_version: str | None) -> dict[str, Any]:
-        retrain = self.pipeline.retrain
-        records = self.window(retrain.rebuild_window)
-        built = rebuild(self.pipeline.model, records, retrain.rebuild_window, retrain.holdout_share,
-                        self.policy.min_examples, retrain.rebuild_passes, pipeline=self.pipeline.name)
-        return self.factory.build(built.model, trigger, parent_version, built.source_offsets, built.sample_count,
-                                  built.heldout_metrics)
-
     def _collect_rebuild(self) -> list[OutgoingRecord]:
-        if self._rebuild is None or not self._rebuild.done():
-            return []
-        future, trigger, self._rebuild = self._rebuild, self._rebuild_trigger, None
-        try:
-            record = future.result()
-        except RebuildSkipped as exc:
-            log.warning("%s rebuild skipped: %s", trigger, exc)
-            self._count("streamloop_retrainer_rebuilds_skipped", 1, {"reason": "too_few_examples"})
-            return []
-        except Exception:  # noqa: BLE001 - a failed rebuild must not stop online learning
-            log.exception("%s rebuild failed", trigger)
-            self._count("streamloop_retrainer_rebuilds_skipped", 1, {"reason": "failed"})
-            return []
-        log.info("%s candidate %s: %s", trigger, record["version"], record["heldout_metrics"])
-        return [self._candidate(record)]
+        return [self._candidate(record) for record in self.rebuilds.collect()]
 
     def _count(self, name: str, amount: float = 1, attributes: dict[str, str] | None = None) -> None:
         if self._metrics is not None and amount:

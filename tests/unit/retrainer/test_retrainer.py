@@ -11,8 +11,9 @@ import pytest
 
 import streamloop
 from services.retrainer.online import LINE_MEMORY, OnlineLearner
-from services.retrainer.processor import RebuildPolicy, RetrainerProcessor, RetrainerTopics
+from services.retrainer.processor import RetrainerProcessor, RetrainerTopics
 from services.retrainer.rebuild import RebuildSkipped, rebuild, recent_window
+from services.retrainer.rebuild_policy import RebuildPolicy
 from streamloop.contracts.pipeline import PipelineSpec
 from streamloop.kafka.records import ConsumedRecord
 from streamloop.ml import ArtifactIdentity, build_model

@@ -1,0 +1,204 @@
+"""When the retrainer rebuilds: on ``retrain.schedule``, or once a drift's new concept has enough examples.
+
+A module of its own because these decisions keep state of their own (when the last rebuild
+started, the drift waiting for examples, the rebuild running) that online learning never reads:
+the processor owns one ``RebuildScheduler``, feeds it drift events, fresh examples and ticks, and
+publishes the candidates it hands back. How a rebuild trains is rebuild.py.
+
+- A drift event at or above ``RebuildPolicy.min_severity``, of one of its ``drift_kinds``, or
+  ``retrain.schedule`` starts a rebuild: a fresh model on the last ``retrain.rebuild_window``
+  examples, published as ``DRIFT`` or ``SCHEDULE`` with hold-out metrics. Rebuilds run off the
+  consume loop, one at a time.
+- A drift rebuild waits for ``retrain.rebuild_window`` examples of events after the detection
+  (event time past the detection's window end) and trains on those: the examples before it
+  belong, mostly, to the concept that just stopped holding. Rebuilding at once on the last
+  window, as a schedule does, would teach the new model mostly the old concept (measured in the
+  demo: the rebuild's window was about a third post-drift, its candidate no better than the
+  champion). Once ``retrain.rebuild_window`` examples of the new concept have arrived, the
+  window the reader replays from Kafka is exactly those.
+- After a restart the schedule runs from the last rebuild before the process (``ScheduleStart``,
+  resume.py), not from its start.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from concurrent.futures import Executor, Future
+from dataclasses import dataclass
+from typing import Any
+
+from services.retrainer.lineage import CandidateFactory
+from services.retrainer.rebuild import RebuildSkipped, rebuild
+from streamloop.contracts.pipeline import PipelineSpec
+from streamloop.kafka.records import ConsumedRecord
+from streamloop.ml.registry import millis
+
+log = logging.getLogger(__name__)
+
+SEVERITY_RANK = {"INFO": 0, "WARNING": 1, "CRITICAL": 2}
+WindowReader = Callable[[int], list[ConsumedRecord]]
+# (now, retrain.schedule, the champion's deployment or None) -> when the schedule runs from after a
+# restart (the last rebuild before this process), or None: from now.
+ScheduleStart = Callable[[int, int, dict[str, Any] | None], int | None]
+
+
+@dataclass(frozen=True)
+class RebuildPolicy:
+    min_severity: str = "WARNING"
+    drift_kinds: tuple[str, ...] = ("DATA", "PREDICTION", "CONCEPT")
+    min_interval_ms: int = 60_000
+    min_examples: int = 100
+    # Not a rebuild's: the retrainer's settings hand it over with the rest (RETRAINER_ONLINE_MIN_LABELS).
+    online_min_labels: int = 1
+
+    def severe_enough(self, event: dict[str, Any]) -> bool:
+        """The drift event is at or above ``min_severity``; one of unknown severity counts as ``INFO``."""
+        return SEVERITY_RANK.get(str(event.get("severity")), 0) >= SEVERITY_RANK[self.min_severity]
+
+
+class InlineExecutor(Executor):
+    """Runs a submitted job at once (tests, and a retrainer configured without a rebuild thread)."""
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
+        future: Future = Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except Exception as exc:  # noqa: BLE001 - handed to whoever collects the future
+            future.set_exception(exc)
+        return future
+
+
+class RebuildScheduler:
+    """Decides when a rebuild starts, runs one at a time on the executor, and hands back its candidate record.
+
+    ``champion_version`` is read as a rebuild starts, not once it has trained: the candidate
+    descends from the champion it was asked for under. ``count`` is the processor's, so its
+    counters carry the pipeline's label.
+    """
+
+    def __init__(self, pipeline: PipelineSpec, policy: RebuildPolicy, factory: CandidateFactory,
+                 window: WindowReader, executor: Executor, clock: Callable[[], int], *,
+                 champion_version: Callable[[], str | None], count: Callable[..., None],
+                 schedule_start: ScheduleStart | None = None) -> None:
+        self.pipeline = pipeline
+        self.policy = policy
+        self.factory = factory
+        self.window = window
+        self.executor = executor
+        self.clock = clock
+        self.schedule_start = schedule_start
+        self._champion_version = champion_version
+        self._count = count
+        self._running: Future | None = None
+        self._running_trigger: str | None = None
+        self._last_rebuild_ms = clock()
+        self._last_drift_rebuild_ms: int | None = None
+        # A drift rebuild waiting for examples of the new concept: (reason, detection's event time).
+        self._awaiting_drift: tuple[str, int] | None = None
+        self._fresh_examples = 0
+
+    @property
+    def awaiting_drift(self) -> bool:
+        """A drift was accepted and its rebuild waits for examples of events after the detection."""
+        return self._awaiting_drift is not None
+
+    def resume_schedule(self, champion: Callable[[], dict[str, Any] | None]) -> None:
+        """Run the schedule from the last rebuild before this process, not from its start.
+
+        From its start, a retrainer restarted more often than ``retrain.schedule`` never rebuilt on it.
+        """
+        schedule = self.pipeline.retrain.schedule
+        if schedule is None or self.schedule_start is None:
+            return
+        now = self.clock()
+        try:
+            since = self.schedule_start(now, schedule, champion())
+        except Exception as exc:  # noqa: BLE001 - the schedule then runs from now, as it did before
+            log.warning("cannot read back when the last rebuild was (%s); the schedule runs from now", exc)
+            return
+        if since is not None:
+            self._last_rebuild_ms = min(since, now)
+            log.info("the schedule runs from %d s ago, read back: the next scheduled rebuild is due in %d s",
+                     (now - since) // 1000, max(since + schedule - now, 0) // 1000)
+
+    def tick(self, now_ms: int) -> None:
+        schedule = self.pipeline.retrain.schedule
+        if schedule is not None and now_ms - self._last_rebuild_ms >= schedule:
+            self._start("SCHEDULE", f"schedule every {schedule} ms")
+
+    def on_drift(self, event: dict[str, Any]) -> None:
+        """Let a drift event of this pipeline start the wait for a drift rebuild, if the policy accepts it."""
+        if not self.pipeline.retrain.rebuild_on_drift:
+            return
+        if not self.policy.severe_enough(event) or event.get("kind") not in self.policy.drift_kinds:
+            return
+        now = self.clock()
+        if self._last_drift_rebuild_ms is not None and now - self._last_drift_rebuild_ms < self.policy.min_interval_ms:
+            log.info("drift event (%s %s) within %d ms of the last rebuild; not rebuilding again",
+                     event.get("kind"), event.get("detector"), self.policy.min_interval_ms)
+            self._count("streamloop_retrainer_rebuilds_skipped", 1, {"reason": "interval"})
+            return
+        feature = f" on {event['feature']}" if event.get("feature") else ""
+        reason = f"{event.get('severity')} {event.get('kind')} drift ({event.get('detector')}){feature}"
+        if self._awaiting_drift is not None:
+            log.info("drift event (%s) while a drift rebuild waits for fresh examples; it waits on", reason)
+            return
+        self._awaiting_drift = (reason, millis(event.get("window_end") or event.get("detected_at") or 0))
+        self._fresh_examples = 0
+        self._last_drift_rebuild_ms = now
+        log.info("drift rebuild (%s) waits for %d examples of events after the detection", reason,
+                 self.pipeline.retrain.rebuild_window)
+
+    def count_fresh(self, example: dict[str, Any]) -> None:
+        """Count an example of an event after the awaited detection; start the rebuild when enough.
+
+        Only new, learnable examples of this pipeline: a replayed one is no example of the new concept.
+        """
+        if self._awaiting_drift is None:
+            return
+        reason, detected_at = self._awaiting_drift
+        if millis(example.get("event_time") or 0) <= detected_at:
+            return
+        self._fresh_examples += 1
+        if self._fresh_examples >= self.pipeline.retrain.rebuild_window and self._running is None:
+            self._awaiting_drift = None
+            self._start("DRIFT", f"{reason}; trained on the {self._fresh_examples} examples since")
+
+    def collect(self) -> list[dict[str, Any]]:
+        """The candidate record of the rebuild that finished since the last call; none if it failed or was skipped."""
+        if self._running is None or not self._running.done():
+            return []
+        future, trigger, self._running = self._running, self._running_trigger, None
+        try:
+            record = future.result()
+        except RebuildSkipped as exc:
+            log.warning("%s rebuild skipped: %s", trigger, exc)
+            self._count("streamloop_retrainer_rebuilds_skipped", 1, {"reason": "too_few_examples"})
+            return []
+        except Exception:  # noqa: BLE001 - a failed rebuild must not stop online learning
+            log.exception("%s rebuild failed", trigger)
+            self._count("streamloop_retrainer_rebuilds_skipped", 1, {"reason": "failed"})
+            return []
+        log.info("%s candidate %s: %s", trigger, record["version"], record["heldout_metrics"])
+        return [record]
+
+    def _start(self, trigger: str, reason: str) -> None:
+        # A request while one runs still counts as the last rebuild: the schedule waits a full
+        # period again rather than firing at every tick until the running one is done.
+        self._last_rebuild_ms = self.clock()
+        if self._running is not None:
+            log.info("%s rebuild requested (%s) while one is running; skipped", trigger, reason)
+            self._count("streamloop_retrainer_rebuilds_skipped", 1, {"reason": "running"})
+            return
+        log.info("%s rebuild: %s", trigger, reason)
+        self._running_trigger = trigger
+        self._running = self.executor.submit(self._build, trigger, self._champion_version())
+
+    def _build(self, trigger: str, parent_version: str | None) -> dict[str, Any]:
+        retrain = self.pipeline.retrain
+        records = self.window(retrain.rebuild_window)
+        built = rebuild(self.pipeline.model, records, retrain.rebuild_window, retrain.holdout_share,
+                        self.policy.min_examples, retrain.rebuild_passes, pipeline=self.pipeline.name)
+        return self.factory.build(built.model, trigger, parent_version, built.source_offsets, built.sample_count,
+                                  built.heldout_metrics)
