@@ -16,7 +16,6 @@ the false-promotion rate is at most catch-up's p-value plus the promotion's.
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -25,6 +24,7 @@ from services.model_publisher.writer import RegistryWriter
 from streamloop.contracts.pipeline import PipelineSpec, PromotionSpec
 from streamloop.kafka.records import OutgoingRecord
 from streamloop.ml.promotion import PairedTest, Verdict, decide_canary, decide_promotion, decide_rollback
+from streamloop.ml.recent_versions import RecentVersions
 from streamloop.ml.registry import (
     CANARY,
     CHAMPION,
@@ -43,36 +43,15 @@ OWN_SCORES = ("CHAMPION", "SHADOW", "CANARY", REPLAYED)
 
 log = logging.getLogger(__name__)
 
+# The closed versions a Judge remembers (``Judge.closed``); kept whole, that set grew by every candidate.
+CLOSED_MEMORY = 10_000
+
 
 @dataclass(frozen=True)
 class JudgingPolicy:
     paired_test: PairedTest = "t"
     max_shadows: int = 3
     rollback_watch_samples: int = 5_000
-
-
-class RecentVersions:
-    """A set of the last ``keep`` versions added.
-
-    ``Judge.closed`` guards against registering again a candidate whose record is read again: a
-    replay of the last uncommitted batch, so a recent one. Kept whole it grew by every candidate.
-    """
-
-    def __init__(self, keep: int = 10_000) -> None:
-        self.keep = keep
-        self._versions: OrderedDict[str, None] = OrderedDict()
-
-    def add(self, version: str) -> None:
-        self._versions[version] = None
-        self._versions.move_to_end(version)
-        while len(self._versions) > self.keep:
-            self._versions.popitem(last=False)
-
-    def __contains__(self, version: object) -> bool:
-        return version in self._versions
-
-    def __len__(self) -> int:
-        return len(self._versions)
 
 
 class Judge:
@@ -85,7 +64,10 @@ class Judge:
         self.writer = writer
         self.policy = policy
         self._judged: set[tuple[str, str]] = set()
-        self.closed = RecentVersions()  # refused, rolled back or retired: never deployed again automatically
+        # Refused, rolled back or retired: never deployed again automatically. It guards against
+        # registering again a candidate whose record is read again: a replay of the last
+        # uncommitted batch, so a recent one.
+        self.closed = RecentVersions(keep=CLOSED_MEMORY)
         # Candidates that came with prequential losses (retrain.catch_up): judged at catch-up's p-value.
         self.catching_up: set[str] = set()
         # Catch-up candidates whose prequential losses did not win: judged again, once, on their own

@@ -22,6 +22,7 @@ from services.retrainer.examples import score
 from streamloop.contracts.pipeline import ModelSpec
 from streamloop.kafka.records import ConsumedRecord
 from streamloop.ml.promotion import event_loss, holdout_metrics
+from streamloop.ml.recent_versions import RecentVersions
 from streamloop.ml.training import training_pair
 
 
@@ -62,22 +63,9 @@ Example = tuple[dict[str, Any], Any, float, tuple[str, int, int]]  # x, y, 0/1 e
 LINE_MEMORY = 1_000
 
 
-class RecentVersions:
-    """The last LINE_MEMORY versions added, for ``in``."""
-
-    def __init__(self, *versions: str) -> None:
-        self._versions: OrderedDict[str, None] = OrderedDict()
-        for version in versions:
-            self.add(version)
-
-    def add(self, version: str) -> None:
-        self._versions[version] = None
-        self._versions.move_to_end(version)
-        if len(self._versions) > LINE_MEMORY:
-            self._versions.popitem(last=False)
-
-    def __contains__(self, version: object) -> bool:
-        return version in self._versions
+def line_versions(*versions: str) -> RecentVersions:
+    """The versions of a line a learner remembers, ``versions`` first: the last LINE_MEMORY."""
+    return RecentVersions(*versions, keep=LINE_MEMORY)
 
 
 @dataclass
@@ -87,7 +75,7 @@ class ReplayStart:
     model: Any  # the model before the replay
     first: tuple[str, int, int]  # the position of the first example since the change point
     last: tuple[str, int, int]  # the newest example's position at the replay: errors after it are the replay's
-    published: RecentVersions = field(default_factory=RecentVersions)  # published since: they learned the replay
+    published: RecentVersions = field(default_factory=line_versions)  # published since: they learned the replay
 
 
 class OnlineLearner:
@@ -109,7 +97,7 @@ class OnlineLearner:
         self._replay_start: ReplayStart | None = None
         self.model: Any = None
         self.parent_version: str | None = None
-        self._chain = RecentVersions()  # where it started and its snapshots since: ``continues``
+        self._chain = line_versions()  # where it started and its snapshots since: ``continues``
         self._high_water: dict[tuple[str, int], int] = {}
         self._recent_events: OrderedDict[str, None] = OrderedDict()
         self._remember_events = remember_events
@@ -133,7 +121,7 @@ class OnlineLearner:
             # that version the same examples again.
             self._replay_start = None
         self.parent_version = version
-        self._chain = RecentVersions(version)
+        self._chain = line_versions(version)
         self._clear_pending()
         self._prequential.clear()  # another line's predictions are no evidence for this one
 

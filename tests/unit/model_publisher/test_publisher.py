@@ -372,7 +372,7 @@ def test_a_record_that_cannot_be_judged_is_dead_lettered_and_the_batch_flows(har
 
 
 def test_closed_versions_are_the_most_recent_ones_only() -> None:
-    from services.model_publisher.judging import RecentVersions
+    from streamloop.ml.recent_versions import RecentVersions
 
     closed = RecentVersions(keep=3)
     for version in ("a", "b", "c", "a", "d"):
