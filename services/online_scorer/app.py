@@ -156,7 +156,7 @@ def build(settings: ScorerSettings, telemetry: Telemetry | None = None) -> Score
                               key_prefix=redis.key_prefix, owns_client=True)
     limits = RequestLimits(settings.max_request_features, settings.max_batch_entities, settings.max_entity_id_length)
     servicer = ScoringServicer(ctx.pipeline, holder, store, group=settings.feature_group, limits=limits,
-                               metrics=metrics, readers=settings.grpc_workers)
+                               metrics=metrics)
     token = settings.auth_token.get_secret_value() if settings.auth_token else None
     server = ScoringServer(servicer, host=settings.grpc_host, port=settings.grpc_port, workers=settings.grpc_workers,
                            max_concurrent_rpcs=settings.grpc_max_concurrent_rpcs, metrics=metrics,

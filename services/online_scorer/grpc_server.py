@@ -187,7 +187,6 @@ class ScoringServer:
                  max_concurrent_rpcs: int | None = None, metrics: ServiceMetrics | None = None,
                  tls: ServerTLS | None = None, auth_token: str | None = None, reflection_open: bool = False,
                  max_message_bytes: int = 4 * 1024 * 1024) -> None:
-        self.servicer = servicer
         interceptors: list[grpc.ServerInterceptor] = [ErrorInterceptor(metrics)]
         if auth_token is not None:
             interceptors.insert(0, TokenAuthInterceptor(auth_token, reflection_open=reflection_open))
@@ -238,4 +237,3 @@ class ScoringServer:
         """NOT_SERVING at once, then refuse new calls and let in-flight ones finish within ``grace_s``."""
         self.begin_shutdown()
         self.server.stop(grace_s).wait()
-        self.servicer.close()

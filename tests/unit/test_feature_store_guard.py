@@ -138,6 +138,14 @@ def test_client_options() -> None:
         "acl-user", "from-secret")
 
 
+def test_the_socket_timeout_comes_from_the_settings(monkeypatch) -> None:
+    from streamloop.service.settings import RedisSettings
+
+    monkeypatch.setenv("REDIS_SOCKET_TIMEOUT_S", "0.5")
+    options = RedisSettings().client().get_connection_kwargs()
+    assert (options["socket_timeout"], options["socket_connect_timeout"]) == (0.5, 0.5)
+
+
 @pytest.mark.parametrize(("url", "options"), [
     ("redis://cache:6379/0", {"ssl_ca_certs": "/etc/ca.pem"}),
     ("http://cache:6379", {}),

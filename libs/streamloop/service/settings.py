@@ -103,6 +103,9 @@ class RedisSettings(_RedactedUrl, BaseSettings):
     ssl_keyfile: str | None = Field(default=None, description="PEM key of ssl_certfile.")
     ssl_check_hostname: bool = True
     key_prefix: str = "streamloop"
+    socket_timeout_s: float = Field(default=5.0, gt=0, description=(
+        "How long one Redis call waits for a connection or an answer; a lost connection is tried 3 more "
+        "times, so a stalled server holds a call up to four times this."))
 
     @field_validator("password", mode="before")
     @classmethod
@@ -115,7 +118,7 @@ class RedisSettings(_RedactedUrl, BaseSettings):
             "username": self.username,
             "password": self.password.get_secret_value() if self.password else None,
             "ssl_ca_certs": self.ssl_ca_certs, "ssl_certfile": self.ssl_certfile, "ssl_keyfile": self.ssl_keyfile,
-            "ssl_check_hostname": self.ssl_check_hostname,
+            "ssl_check_hostname": self.ssl_check_hostname, "socket_timeout_s": self.socket_timeout_s,
         }
 
     def client(self) -> redis.Redis:
