@@ -135,7 +135,7 @@ class ScoringServicer(scoring_pb2_grpc.ScoringServiceServicer):
             raise NoChampion("no champion model is loaded yet")
         _check_deadline(context, "reading features")
         # Read on the handler's own thread, though redis-py takes no per-call timeout: a read given
-        # up at the caller's deadline on a reader thread cost 14-20 % of the calls served with 16
+        # up at the caller's deadline on a reader thread cost about 15 % of the calls served with 16
         # in flight (docs/benchmarks.md), to free a handler no sooner than the client's own deadline
         # frees the caller. A stalled Redis holds a handler for REDIS_SOCKET_TIMEOUT_S x attempts.
         rows = self._read_rows([r.entity_id for r in requests])
