@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import doctest
+import time
 
 import numpy as np
 import pytest
@@ -58,6 +59,52 @@ def test_chi2_pools_sparse_columns_until_expected_counts_reach_five() -> None:
     assert dof == 2  # the three sparse columns became one
     assert p > 0.9
     assert chi2_homogeneity(np.array([10]), np.array([5])) == (0.0, 1.0, 0)
+
+
+def test_chi2_pools_sparse_columns_of_both_samples_into_one() -> None:
+    # Each sample's tail holds a third of its size beyond the head, one count per category:
+    # pooled into one column they are in proportion, so there is nothing to see.
+    reference = np.array([1000] + [1] * 100 + [0] * 50)
+    current = np.array([500] + [0] * 100 + [1] * 50)
+    statistic, p, dof = chi2_homogeneity(reference, current)
+    assert dof == 1
+    assert statistic == pytest.approx(0.0, abs=1e-9) and p == pytest.approx(1.0)
+
+
+def zipf_sample(rng: np.random.Generator, weights: np.ndarray, size: int) -> list[str]:
+    return [f"c{v}" for v in rng.choice(weights.size, size, p=weights)]
+
+
+ZIPF_400 = 1 / np.arange(1, 401) ** 1.1 / np.sum(1 / np.arange(1, 401) ** 1.1)
+
+
+def test_a_stationary_long_tail_is_not_drift_and_is_tested_in_milliseconds() -> None:
+    flagged, slowest, largest_psi = 0, 0.0, 0.0
+    for seed in range(40):
+        rng = np.random.default_rng(seed)
+        reference = CategoricalReference(zipf_sample(rng, ZIPF_400, 2000))
+        window = zipf_sample(rng, ZIPF_400, 1000)
+        started = time.perf_counter()
+        comparison = reference.compare(window)
+        slowest = max(slowest, time.perf_counter() - started)
+        flagged += comparison.p_value < 0.01
+        largest_psi = max(largest_psi, comparison.psi)
+    print(f"\nstationary Zipf(1.1) over 400: {flagged}/40 flagged, slowest {slowest * 1e3:.1f} ms, "
+          f"largest PSI {largest_psi:.3f}")
+    # 0.4 expected at p < 0.01. Pooling pairwise flagged 40 of 40, with a PSI of ~0.55 (CRITICAL),
+    # and took ~35 ms a window.
+    assert flagged <= 2
+    assert largest_psi < 0.25
+    assert slowest < 0.05
+
+
+def test_a_shift_in_a_long_tails_head_is_still_drift() -> None:
+    shifted = np.roll(ZIPF_400, 3)  # the 3 most frequent categories become rare ones
+    for seed in range(40):
+        rng = np.random.default_rng(seed)
+        reference = CategoricalReference(zipf_sample(rng, ZIPF_400, 2000))
+        comparison = reference.compare(zipf_sample(rng, shifted, 1000))
+        assert comparison.p_value < 1e-6 and comparison.psi >= 0.25, seed
 
 
 def test_psi_of_identical_distributions_is_zero_and_grows_with_the_shift() -> None:
