@@ -10,6 +10,14 @@ stream, because the monitor outlives champions (the processor feeds it the error
 served): a fixed "first errors" baseline would be the bootstrap model's, and a real drift after
 a few promotions would read as an improvement.
 
+Page-Hinkley's ``threshold`` and ``delta`` are in the error's units, and were tuned on 0/1
+errors (SEA at ~10 % error, whose standard deviation is 0.3). An absolute regression error is in
+the target's units: the same threshold never fired at a scale of 0.1 and fired ~3,000 times per
+100k stationary errors at a scale of 100. So a regression error is divided by a scale that gives
+the first ``baseline_size`` errors a standard deviation of 0.3 (the standard deviation, not the
+mean, because it is the noise against the threshold that makes false alarms: scaled to a mean of
+1, 3-18 per 100k), and Page-Hinkley starts once it is known. 0/1 errors are fed as they are.
+
 >>> monitor = ConceptDriftMonitor(["page_hinkley"], binary=True, baseline_size=100, recent_size=100)
 >>> found = [d for t in range(3000) for d in monitor.update(float(t >= 1500 and t % 2 == 0), t)]
 >>> [(d.detector, d.rising, 1500 <= d.end < 2000) for d in found]
@@ -22,10 +30,14 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 from river import drift
 from river.base import DriftDetector
 
 DETECTORS = ("adwin", "page_hinkley", "ddm")
+
+# The standard deviation of a 0/1 error stream at 10 % error, where Page-Hinkley's defaults were tuned.
+PAGE_HINKLEY_ERROR_SD = 0.3
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +85,11 @@ class ConceptDriftMonitor:
         self.detectors: dict[str, DriftDetector] = {
             name: factories[name]() for name in detectors if name not in self.skipped
         }
+        # Regression only: the errors the Page-Hinkley scale is learned from (at least river's
+        # 30 it needs before it tests anything), then the scale.
+        self._scale_sample: list[float] = []
+        self._scale_size = max(baseline_size, 30)
+        self.page_hinkley_scale: float | None = 1.0 if binary else None
         self._recent: deque[float] = deque(maxlen=recent_size)
         self._recent_sum = 0.0
         self._before: deque[float] = deque(maxlen=baseline_size)  # the errors just before the recent ones
@@ -108,13 +125,22 @@ class ConceptDriftMonitor:
                 self._before_sum += leaving
         self._recent.append(error)
         self._recent_sum += error
+        if self.page_hinkley_scale is None:
+            self._learn_scale(error)
         fired = []
         for name, detector in self.detectors.items():
+            if name == "page_hinkley" and self.page_hinkley_scale is None:
+                continue
             if self._since[name] is None:
                 self._since[name] = time
             self._counts[name] += 1
             width, mean = (detector.width, detector.estimation) if name == "adwin" else (0, 0.0)
-            detector.update(bool(error) if name == "ddm" else error)
+            if name == "ddm":
+                detector.update(bool(error))
+            elif name == "page_hinkley" and not self.binary:
+                detector.update(error / self.page_hinkley_scale)  # type: ignore[operator]
+            else:
+                detector.update(error)
             if detector.drift_detected:
                 if name == "adwin":
                     recent, baseline = _adwin_cut(width + 1, (mean * width + error), detector)
@@ -125,6 +151,15 @@ class ConceptDriftMonitor:
                 self._since[name] = None
                 self._counts[name] = 0
         return fired
+
+    def _learn_scale(self, error: float) -> None:
+        self._scale_sample.append(error)
+        if len(self._scale_sample) < self._scale_size:
+            return
+        sd = float(np.std(self._scale_sample))
+        # Errors all equal (a perfect or constant model): no noise to scale to; unscaled, as before.
+        self.page_hinkley_scale = sd / PAGE_HINKLEY_ERROR_SD if sd > 0 else 1.0
+        self._scale_sample = []
 
 
 def _adwin_cut(count: int, total: float, adwin: DriftDetector) -> tuple[float, float]:
