@@ -172,8 +172,11 @@ class DriftProcessor:
             key = (record.topic, record.partition)
             if record.offset <= self._applied.get(key, -1):
                 continue  # a replayed batch: already applied
-            self._applied[key] = record.offset
+            # Applied once ingested, not before: the runner retries a failed batch record by
+            # record (there is no ``discard``), and a failing record marked first was skipped by
+            # the retry instead of raising again and being dead-lettered.
             self._ingest(record)
+            self._applied[key] = record.offset
         return self._flush()
 
     def tick(self, now_ms: int) -> ProcessResult:
@@ -251,9 +254,20 @@ class DriftProcessor:
         return record.topic != self.topics.predictions or self._score(champion, record.value) is not None
 
     def _replay(self, records: list[ConsumedRecord]) -> None:
+        failed = 0
         for record in records:
-            self._ingest(record)
-        self.stats.replayed += len(records)
+            try:
+                self._ingest(record)
+            except Exception as exc:  # noqa: BLE001 - one bad record must not fail on_assigned
+                # It was dead-lettered when it was first consumed; raising here, out of
+                # on_assigned, crash-looped the detector on every restart.
+                if not failed:
+                    log.warning("replay: skipping %s[%d]@%d, which failed: %r (further failures are counted)",
+                                record.topic, record.partition, record.offset, exc)
+                failed += 1
+        if failed:
+            log.warning("replay: skipped %d of %d records that failed", failed, len(records))
+        self.stats.replayed += len(records) - failed
 
     # -- one record ------------------------------------------------------------------------
 
@@ -270,9 +284,11 @@ class DriftProcessor:
             self.stats.skipped += 1  # produced before this champion was deployed
             return
         if record.topic == self.topics.features:
-            self.stats.vectors += 1
+            # Everything that can fail before any state changes: a failing record is retried alone.
             x = categorical_view(value.get("numeric") or {}, value.get("categorical") or {})
-            report = self.data.update(x, millis(value["event_time"]))
+            time_ms = millis(value["event_time"])
+            self.stats.vectors += 1
+            report = self.data.update(x, time_ms)
             if report is not None:
                 self._on_report("DATA", report)
         elif record.topic == self.topics.predictions:
@@ -280,8 +296,9 @@ class DriftProcessor:
             if score is None:
                 self.stats.skipped += 1
                 return
+            time_ms = millis(value["event_time"])
             self.stats.predictions += 1
-            report = self.prediction.update({self.score_name: score}, millis(value["event_time"]))
+            report = self.prediction.update({self.score_name: score}, time_ms)
             if report is not None:
                 self._on_report("PREDICTION", report)
 
@@ -299,8 +316,9 @@ class DriftProcessor:
         if error is None:
             self.stats.skipped += 1
             return
+        time_ms = millis(value["event_time"])
         self.stats.labeled += 1
-        for found in self.concept.update(error, millis(value["event_time"])):
+        for found in self.concept.update(error, time_ms):
             effect = found.recent - found.baseline
             self._emit(Detection("CONCEPT", found.detector, None, found.recent, None, effect,
                                  "CRITICAL" if found.rising else "INFO", found.start, found.end))

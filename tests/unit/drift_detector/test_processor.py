@@ -20,12 +20,16 @@ from services.drift_detector.processor import DriftProcessor, DriftTopics
 from services.drift_detector.settings import DriftSettings
 from streamloop.contracts import PipelineSpec, SchemaRepository
 from streamloop.contracts.pipeline import DriftSpec
+from streamloop.kafka import KafkaSettings
 from streamloop.kafka.group_history import HistoryUnavailableError
 from streamloop.kafka.records import ConsumedRecord, ProcessResult, TopicPartitionRef
+from streamloop.kafka.runner import RunnerSettings, StageRunner, StageTopics
 from streamloop.ml.evaluation import millis
 from streamloop.ml.promotion import class_key
 from streamloop.serde import SingleObjectSerde
+from streamloop.serde.raw import RawSerde
 from streamloop.telemetry import ServiceMetrics
+from tests.kafka_fakes import FakeConsumer, FakeProducer
 
 TOPICS = DriftTopics("features", "predictions", "labeled", "drift")
 DEPLOYED_AT = 1_800_000_000_000
@@ -213,6 +217,25 @@ def test_a_replayed_batch_is_not_counted_twice(spec: PipelineSpec) -> None:
     assert p.stats.vectors == 300 and p.data.pending == 300
 
 
+def without_event_time(record: ConsumedRecord) -> ConsumedRecord:
+    value = {k: v for k, v in record.value.items() if k != "event_time"}
+    return ConsumedRecord(record.topic, record.partition, record.offset, record.key, value, record.timestamp_ms)
+
+
+def test_a_record_that_fails_is_dead_lettered_by_the_runner_not_skipped(spec: PipelineSpec) -> None:
+    p = processor(spec)
+    records = features(10)
+    records[5] = without_event_time(records[5])
+    stage = StageRunner("drift-detector", "drift-group", KafkaSettings(bootstrap_servers="127.0.0.1:1"),
+                        StageTopics({TOPICS.features: RawSerde()}, {TOPICS.drift_events: RawSerde()}), p,
+                        RunnerSettings(retry_backoff_s=0.001))
+    stage.delivery.producer, stage.consumer = FakeProducer(), FakeConsumer()
+    # The batch fails at record 5; the runner then gives the processor each record alone.
+    result = stage._process(records)
+    assert [(r.record.partition, r.record.offset) for r in result.rejections] == [(2, 5)]
+    assert p.stats.vectors == 9 and p.data.pending == 9, "every other record counted once"
+
+
 def test_a_new_champion_replaces_the_reference(spec: PipelineSpec) -> None:
     champions = Champions()
     p = processor(spec, champions)
@@ -287,6 +310,17 @@ def test_a_failed_warm_start_leaves_empty_windows_instead_of_crashing(spec: Pipe
     p.on_assigned([TopicPartitionRef(TOPICS.features, 0)])
     assert not p.data.reference_ready and p.data.pending == 0
     assert run(p, features(REFERENCE + WINDOW)) == [] and p.data.reference_ready
+
+
+def test_a_record_that_fails_in_the_replay_is_skipped(spec: PipelineSpec) -> None:
+    consumed = features(REFERENCE + 3 * WINDOW) + features(WINDOW, start_index=REFERENCE + 3 * WINDOW, shift=1.0)
+    consumed[10] = without_event_time(consumed[10])
+    consumed[-10] = without_event_time(consumed[-10])
+    p = processor(spec, history=History({TOPICS.features: consumed}))
+    p.on_assigned([TopicPartitionRef(TOPICS.features, 0)])
+    assert p.data.reference_ready and p.stats.replayed == REFERENCE + WINDOW - 2
+    # The reference, one vector short, took the first of the last window's, which is two short.
+    assert p.data.pending == WINDOW - 2
 
 
 def test_window_metrics_are_exported(spec: PipelineSpec) -> None:
