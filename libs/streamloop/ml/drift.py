@@ -14,7 +14,7 @@ Pure numpy/scipy, no I/O: the drift-detector service feeds it decoded feature ve
 - Effect size: PSI over the reference's quantile bins (or the pooled categories), with epsilon smoothing.
 - Presence: a feature that appears in fewer (or more) vectors than in the reference, an upstream
   field going null, is tested as a 2 x 2 chi-squared table of present and absent counts (test
-  ``presence``); the values that are present cannot show it.
+  ``presence``); the values that are present cannot show it. A NaN or inf is absent.
 - Many features tested at once: Holm (or Bonferroni) adjusted p-values per window.
 
 >>> import numpy as np
@@ -33,6 +33,7 @@ Pure numpy/scipy, no I/O: the drift-detector service feeds it decoded feature ve
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -207,6 +208,7 @@ class DriftMonitor:
     flag) is tested as categorical. A feature present fewer than ``min_samples`` times in the
     reference is not tested; one present fewer times in the window is not tested for its values,
     but every referenced feature's presence rate is (unless it is present in every vector of both).
+    A value that is NaN or inf is not present.
     """
 
     def __init__(
@@ -269,7 +271,7 @@ class DriftMonitor:
         if self.references is None:
             if self._count >= self.reference_size:
                 self.references = self._build_references(self._columns)
-                self.reference_presence = {name: len(self._columns[name]) for name in self.references}
+                self.reference_presence = {name: _present(self._columns[name]) for name in self.references}
                 self.reference_count = self._count
                 self._clear()
             return None
@@ -312,9 +314,10 @@ class DriftMonitor:
             raise DriftInputError("no reference yet: give reference_size vectors to update() first")
         names: list[str] = []
         comparisons: list[Comparison] = []
+        present = {name: _present(columns.get(name) or ()) for name in self.references}
         for name, reference in self.references.items():
             values = columns.get(name)
-            if values is None or len(values) < self.min_samples:
+            if values is None or present[name] < self.min_samples:
                 continue
             try:
                 if isinstance(reference, CategoricalReference):
@@ -328,9 +331,8 @@ class DriftMonitor:
             names.append(name)
         size = count if count is not None else max((len(v) for v in columns.values()), default=0)
         for name, present_reference in self.reference_presence.items():
-            present = len(columns.get(name) or ())
-            if size and (present_reference < self.reference_count or present < size):
-                comparisons.append(presence_comparison(present_reference, self.reference_count, present, size,
+            if size and (present_reference < self.reference_count or present[name] < size):
+                comparisons.append(presence_comparison(present_reference, self.reference_count, present[name], size,
                                                        self.epsilon, self.min_expected))
                 names.append(name)
         adjusted = adjust_p_values([c.p_value for c in comparisons], self.correction)
@@ -341,6 +343,20 @@ class DriftMonitor:
         )
         self.windows_tested += 1
         return WindowReport(self.windows_tested, start, end, size, results)
+
+
+def _present(values: Sequence[Value]) -> int:
+    """How many of ``values`` are there: strings and finite numbers.
+
+    A NaN or inf is a missing value: the value tests drop it, so counted as present, a feature
+    that turned all NaN was tested by nothing (its KS had no value left, its presence looked whole).
+    """
+    if values and not isinstance(values[0], str):
+        try:
+            return int(np.count_nonzero(np.isfinite(np.asarray(values, dtype=float))))
+        except (TypeError, ValueError):
+            pass  # a stray string among numbers
+    return sum(1 for v in values if isinstance(v, str) or (isinstance(v, int | float) and math.isfinite(v)))
 
 
 def _as_floats(values: Sequence[Value]) -> np.ndarray:

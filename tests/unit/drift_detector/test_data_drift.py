@@ -115,6 +115,32 @@ def test_a_feature_that_goes_missing_is_flagged_by_its_presence(f0_missing, flag
         assert last and last[0].severity == "CRITICAL", "a field gone null moves the presence PSI far"
 
 
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+def test_a_feature_that_turns_non_finite_is_flagged_by_its_presence(value: float) -> None:
+    monitor = DriftMonitor(REFERENCE, WINDOW, ALPHA)
+    rng = np.random.default_rng(8)
+    for i in range(REFERENCE):
+        monitor.update({"x": float(rng.normal()), "y": float(rng.normal())}, i)
+    report = None
+    for i in range(WINDOW):
+        report = monitor.update({"x": value, "y": float(rng.normal())}, REFERENCE + i) or report
+    assert report is not None
+    # The value tests drop non-finite values, so x had nothing else to show its loss.
+    assert [(r.feature, r.test, r.severity) for r in report.drifted] == [("x", "presence", "CRITICAL")]
+
+
+def test_a_feature_partly_non_finite_in_the_reference_too_is_no_drift() -> None:
+    monitor = DriftMonitor(REFERENCE, WINDOW, ALPHA)
+    rng = np.random.default_rng(9)
+    reports = []
+    for i in range(REFERENCE + 5 * WINDOW):
+        x = float("nan") if rng.random() < 0.1 else float(rng.normal())
+        reports.append(monitor.update({"x": x, "y": float(rng.normal())}, i))
+    tested = [r for r in reports if r is not None]
+    assert len(tested) == 5 and all(("x", "presence") in {(f.feature, f.test) for f in r.results} for r in tested)
+    assert not any(r.drifted for r in tested)
+
+
 def test_stationary_stream_false_alarms_stay_within_holms_family_wise_rate() -> None:
     events = 100_000
     # f0 is missing from 10 % of the vectors throughout: its presence is tested in every window too.
