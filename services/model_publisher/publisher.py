@@ -34,7 +34,7 @@ from streamloop.kafka.dead_letters import STAGE_PROCESS
 from streamloop.kafka.records import ConsumedRecord, OutgoingRecord, ProcessResult, Rejection
 from streamloop.ml import build_model
 from streamloop.ml.artifacts import ArtifactIdentity, ArtifactStore
-from streamloop.ml.exceptions import ModelError
+from streamloop.ml.exceptions import ArtifactLoadError, ModelError
 from streamloop.ml.promotion import NO_SEGMENT_VALUE, event_loss
 from streamloop.ml.registry import CANARY, CHAMPION, DeploymentTable, bootstrap_version, millis, shadow_slot
 
@@ -202,7 +202,9 @@ class PublisherProcessor:
             log.error("refusing candidate %s: %s", version, exc)
             self.judge.closed.add(version)
             self._count("refused_unverifiable")
-            return [self.writer.decide("REFUSE", f"artifact does not verify: {exc}",
+            # Bytes that verified but do not unpickle with the installed code: not a forgery.
+            failed = "does not load" if isinstance(exc, ArtifactLoadError) else "does not verify"
+            return [self.writer.decide("REFUSE", f"artifact {failed}: {exc}",
                                        decision_id=f"{version}:refuse", to_version=version,
                                        evidence={"sample_count": float(candidate.get("sample_count") or 0)})]
         except Exception as exc:  # noqa: BLE001 - unpickling arbitrary (if signed) bytes can raise anything

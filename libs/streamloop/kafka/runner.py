@@ -244,13 +244,14 @@ class StageRunner:
                 backoff = min(backoff * 2, self.settings.retry_backoff_max_s)
 
     def _shutdown(self) -> None:
-        self.metrics.forget_lag(self.group_id)
         self.delivery.close()
         if self.consumer is not None:
             try:
                 self.consumer.close()
             except KafkaException as exc:
                 log.warning("%s: consumer close: %s", self.service, exc)
+        # Last: a shutdown stuck on a dead broker goes on showing a growing report age.
+        self.metrics.forget_lag(self.group_id)
         log.info("%s: stopped (%s)", self.service, self.stats)
 
     # -- one batch ---------------------------------------------------------------------------

@@ -490,3 +490,17 @@ def test_the_champion_also_in_a_shadow_slot_is_neither_judged_nor_retired_as_a_c
     retired = [d["from_version"] for d in decisions(ProcessResult(outputs=harness.written)) if d["kind"] == "RETIRE"]
     assert new not in retired, "make_room does not take the champion's copy for the oldest challenger"
     assert harness.processor.ledger.count(new) == counted, "the champion's evidence is kept"
+
+
+def test_a_candidate_that_verifies_but_does_not_unpickle_is_refused_as_not_loading(harness, monkeypatch):
+    from streamloop.ml.exceptions import ArtifactLoadError
+
+    harness.bootstrap()
+
+    def no_such_module(_candidate):
+        raise ArtifactLoadError("No module named 'river_old'")
+
+    monkeypatch.setattr(harness.store, "load_published", no_such_module)
+    record = candidate(harness.spec, harness.store, created_ms=harness.now + 1000)
+    [refusal] = decisions(harness.feed("cand", [record]))
+    assert refusal["kind"] == "REFUSE" and refusal["reason"].startswith("artifact does not load: "), refusal
