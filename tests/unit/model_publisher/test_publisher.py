@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,15 @@ from services.model_publisher.judging import JudgingPolicy
 from services.model_publisher.publisher import PublisherPolicy, PublisherProcessor, PublisherTopics
 from streamloop.contracts.pipeline import PipelineSpec
 from streamloop.kafka.records import OutgoingRecord, ProcessResult
-from streamloop.ml.registry import CANARY, CHAMPION, DeploymentTable, bootstrap_version, shadow_slot, slot_key
+from streamloop.ml.registry import (
+    CANARY,
+    CHAMPION,
+    DeploymentTable,
+    bootstrap_version,
+    kept_for_a_watch,
+    shadow_slot,
+    slot_key,
+)
 from tests.unit.model_publisher.factories import (
     T0,
     artifact_store,
@@ -403,13 +412,24 @@ def restarted_on(harness: Harness, landed: list[OutgoingRecord], tmp_path: Path)
     return restarted, decisions(start)
 
 
+def restarts_at_every_cut(harness: Harness, before: list[OutgoingRecord], result: ProcessResult,
+                          tmp_path: Path) -> Iterator[tuple[int, Harness, list[dict]]]:
+    """At every point a stop may cut ``result``'s deployment records: the publisher restarted on
+    what landed after ``before``, checked consistent, and its start-up decisions."""
+    batch = [o for o in result.outputs if o.topic == "dep"]
+    for cut in range(len(batch) + 1):
+        restarted, repairs = restarted_on(harness, before + batch[:cut], tmp_path / f"cut-{cut}")
+        assert_consistent(restarted)
+        yield cut, restarted, repairs
+
+
 def assert_consistent(restarted: Harness) -> None:
     slots = restarted.table.slots("card-fraud", "fraud")
     champion = slots[CHAMPION]
     shadows = {s: r["version"] for s, r in slots.items() if s.startswith("shadow/")}
     assert champion["version"] not in shadows.values(), shadows
-    kept = [r for r in slots.values() if r is not champion and r.get("decision_id", "").endswith(":promote")]
-    if champion["decision_id"].endswith(":promote") and champion.get("previous_version"):
+    kept = [r for r in slots.values() if r is not champion and kept_for_a_watch(r)]
+    if kept_for_a_watch(champion) and champion.get("previous_version"):
         assert kept == [slots[shadow_slot(champion["previous_version"])]], \
             "a promoted champion keeps its predecessor for the rollback watch, and only that one"
     else:
@@ -425,11 +445,8 @@ def test_a_promotion_stopped_between_any_two_of_its_records_restarts_consistent(
     result = harness.feed("lab", examples(600, start=1000, models={
         second: (0.8, "CHAMPION"), first: (0.5, "SHADOW"), third: (0.95, "SHADOW")}))
     assert [d["kind"] for d in decisions(result)] == ["PROMOTE", "RETIRE"]
-    batch = [o for o in result.outputs if o.topic == "dep"]
-    assert len(batch) == 4
-    for cut in range(len(batch) + 1):
-        restarted, repairs = restarted_on(harness, before + batch[:cut], tmp_path / f"cut-{cut}")
-        assert_consistent(restarted)
+    assert len([o for o in result.outputs if o.topic == "dep"]) == 4
+    for cut, restarted, repairs in restarts_at_every_cut(harness, before, result, tmp_path):
         champion = restarted.slot(CHAMPION)["version"]
         assert champion in (second, third), (cut, champion)
         assert all(d["from_version"] != champion for d in repairs), "the champion is never retired"
@@ -449,10 +466,7 @@ def test_a_canary_s_promotion_stopped_between_its_records_restarts_consistent(de
     result = harness.feed("lab", examples(1600, start=1000, models={old: (0.5, "CHAMPION")})
                           + examples(400, start=5000, models={new: (0.8, "CANARY")}))
     assert [d["kind"] for d in decisions(result)] == ["PROMOTE"]
-    batch = [o for o in result.outputs if o.topic == "dep"]
-    for cut in range(len(batch) + 1):
-        restarted, repairs = restarted_on(harness, before + batch[:cut], tmp_path / f"cut-{cut}")
-        assert_consistent(restarted)
+    for cut, restarted, repairs in restarts_at_every_cut(harness, before, result, tmp_path):
         champion = restarted.slot(CHAMPION)["version"]
         canary = restarted.slot(CANARY)
         assert canary is None or canary["version"] != champion, (cut, "the champion is not on trial against itself")
@@ -467,10 +481,7 @@ def test_a_rollback_stopped_between_its_records_restarts_consistent(harness, tmp
     before = list(harness.written)
     result = harness.feed("lab", examples(350, start=1000, models={new: (0.6, "CHAMPION"), old: (0.8, "SHADOW")}))
     assert [d["kind"] for d in decisions(result)] == ["ROLLBACK"]
-    batch = [o for o in result.outputs if o.topic == "dep"]
-    for cut in range(len(batch) + 1):
-        restarted, _ = restarted_on(harness, before + batch[:cut], tmp_path / f"cut-{cut}")
-        assert_consistent(restarted)
+    for cut, restarted, _ in restarts_at_every_cut(harness, before, result, tmp_path):
         champion = restarted.slot(CHAMPION)["version"]
         assert champion == (new if cut == 0 else old), cut
         if champion == new:
