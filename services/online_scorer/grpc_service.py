@@ -94,7 +94,9 @@ class ScoringServicer(scoring_pb2_grpc.ScoringServiceServicer):
         self.request_features = RequestFeatures(pipeline)
         self._default = default_output(pipeline.model)
         self._clock = clock
-        self._model_failures = itertools.count(1)  # next() is atomic: handlers run on many threads
+        # next() is atomic: handlers run on many threads
+        self._model_failures = itertools.count(1)
+        self._model_errors = itertools.count(1)
         self._count = metrics.counter(PREDICTIONS_METRIC, "Predictions emitted, by path, role and version.") \
             if metrics else None
 
@@ -152,7 +154,10 @@ class ScoringServicer(scoring_pb2_grpc.ScoringServiceServicer):
             except ModelError as exc:
                 # One entity's stored features or the model's answer for them: that entity's
                 # error, not the whole batch's.
-                log.warning("scoring %r with %s failed: %s", request.entity_id, champion.version, exc)
+                errors = next(self._model_errors)
+                if errors % 1000 == 1:  # a model whose every answer is invalid would log every request
+                    log.warning("scoring %r with %s failed: %s (%d such errors so far)", request.entity_id,
+                                champion.version, exc, errors)
                 results.append(exc)
             except Exception as exc:  # noqa: BLE001 - one entity's failure is that entity's result
                 # A river model raises its own errors (ValueError, ZeroDivisionError...) on inputs it

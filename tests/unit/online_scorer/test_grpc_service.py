@@ -284,7 +284,8 @@ def test_score_batch_answers_each_entity_with_one_read(served: Served) -> None:
     assert served.store.reads == 2
 
 
-def test_a_model_that_fails_on_one_entity_fails_only_that_entity_s_result(served: Served, monkeypatch) -> None:
+def test_a_model_that_fails_on_one_entity_fails_only_that_entity_s_result(served: Served, monkeypatch,
+                                                                          caplog) -> None:
     predict = scoring_module.predict
 
     def failing_on_13(model, x, spec):
@@ -296,12 +297,18 @@ def test_a_model_that_fails_on_one_entity_fails_only_that_entity_s_result(served
     served.store.write("features", FeatureWrite("card-13", NOW - 10, 1, {"amount": 13.0}, {}))
     request = scoring_pb2.ScoreBatchRequest(requests=[scoring_pb2.ScoreRequest(entity_id="card-1"),
                                                       scoring_pb2.ScoreRequest(entity_id="card-13")])
-    response = served.stub.ScoreBatch(request, timeout=5)
-    assert [r.WhichOneof("result") for r in response.results] == ["response", "error"]
-    assert response.results[1].error.code == grpc.StatusCode.INTERNAL.value[0]
-    assert response.results[1].error.message == "the model failed: the classifier returned probability nan for True"
-    code, details = status_of_call(served.stub.Score, scoring_pb2.ScoreRequest(entity_id="card-13"), timeout=5)
-    assert (code, details) == (grpc.StatusCode.INTERNAL, response.results[1].error.message), "the same, alone"
+    with caplog.at_level(logging.WARNING, logger="services.online_scorer.grpc_service"):
+        response = served.stub.ScoreBatch(request, timeout=5)
+        assert [r.WhichOneof("result") for r in response.results] == ["response", "error"]
+        assert response.results[1].error.code == grpc.StatusCode.INTERNAL.value[0]
+        assert response.results[1].error.message == \
+            "the model failed: the classifier returned probability nan for True"
+        for _ in range(3):
+            code, details = status_of_call(served.stub.Score, scoring_pb2.ScoreRequest(entity_id="card-13"),
+                                           timeout=5)
+            assert (code, details) == (grpc.StatusCode.INTERNAL, response.results[1].error.message), "the same, alone"
+    logged = [r.getMessage() for r in caplog.records if "card-13" in r.getMessage()]
+    assert len(logged) == 1 and "probability nan" in logged[0], "logged once per 1,000 errors, by any path"
 
 
 def test_a_model_that_raises_anything_on_one_entity_fails_only_that_entity_s_result(served: Served, monkeypatch,
