@@ -40,6 +40,10 @@ class TableReaderStats:
     tombstones: int = 0
     undecodable: int = 0
     callback_errors: int = 0
+    superseded: int = 0
+
+
+_ABSENT = object()
 
 
 class CompactedTopicReader:
@@ -198,7 +202,14 @@ class CompactedTopicReader:
                     log.warning("%s: %s[%d]@%d cannot be decoded, skipped: %s", self.name, self.topic,
                                 message.partition(), message.offset(), exc)
                     continue
-            latest.pop(key, None)  # re-inserted, so callbacks run in the order of the latest records
+            if latest.pop(key, _ABSENT) is not _ABSENT:  # re-inserted: callbacks run in the latest records' order
+                self.stats.superseded += 1
+                if self._caught_up.is_set():
+                    # A live change nobody saw applied (say a promotion and its rollback in one read):
+                    # say so, or the log shows no trace of it.
+                    log.info("%s: %s key %r changed again within one read; only its latest value "
+                             "(%s[%d]@%d) is applied", self.name, self.topic, key, self.topic,
+                             message.partition(), message.offset())
             latest[key] = decoded
         for key, decoded in latest.items():
             with self._lock:

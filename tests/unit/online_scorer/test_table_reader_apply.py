@@ -37,6 +37,7 @@ def test_apply_coalesces_deletes_and_skips_bad_records(catalog) -> None:
     assert changes == [("b", "1"), ("a", "2"), ("boom", "3")]
     assert {k: v["model_version"] for k, v in reader.snapshot().items()} == {"a": "2", "b": "1", "boom": "3"}
     assert (reader.stats.undecodable, reader.stats.tombstones, reader.stats.callback_errors) == (2, 1, 1)
+    assert reader.stats.superseded == 1
 
     reader._apply([Message(topic="t", partition=0, offset=7, key=b"a", value=None)])
     assert changes[-1] == ("a", None) and reader.get("a") is None
@@ -61,3 +62,25 @@ def test_a_registry_that_does_not_answer_is_waited_out_not_a_skipped_deployment(
                           "source": "s", "at": 1})
     reader._apply([Message(topic="t", partition=0, offset=0, key=b"champion", value=value)])
     assert reader.get("champion")["model_version"] == "7" and reader.stats.undecodable == 0
+
+
+def test_a_live_change_superseded_within_one_read_is_logged(catalog, caplog) -> None:
+    # A promotion and its rollback read in one batch: the scorer never serves the first, and
+    # the log must still say the key changed, not hide it (only once the table is up to date).
+    serde = make_serde(catalog["alerts"].schema, catalog.repository, "alerts")
+
+    def alert(version: str) -> bytes:
+        return serde.encode({"pipeline": "p", "alert": "a", "state": "RAISED", "model_version": version,
+                             "message": "m", "source": "s", "at": 1})
+
+    reader = CompactedTopicReader(KafkaSettings(), "t", serde, name="scorer-deployments")
+    catching_up = [Message(topic="t", partition=0, offset=i, key=b"champion", value=alert(str(i))) for i in range(3)]
+    with caplog.at_level("INFO", logger="streamloop.kafka.table_reader"):
+        reader._apply(catching_up)
+        assert "changed again" not in caplog.text
+        reader._caught_up.set()
+        reader._apply([Message(topic="t", partition=0, offset=3, key=b"champion", value=alert("promoted")),
+                       Message(topic="t", partition=0, offset=4, key=b"champion", value=alert("rolled-back"))])
+    assert reader.get("champion")["model_version"] == "rolled-back" and reader.stats.superseded == 3
+    assert "scorer-deployments: t key 'champion' changed again within one read; only its latest value (t[0]@4)" \
+        in caplog.text
