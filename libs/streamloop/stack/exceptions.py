@@ -23,3 +23,7 @@ class GeneratorError(StreamloopError):
 
 class LoopReaderError(StreamloopError):
     """The demo's driver could not read the loop's topics (its reading thread ended on an error)."""
+
+
+class DataDirInUseError(StackError):
+    """Another launcher holds the stack's data directory."""

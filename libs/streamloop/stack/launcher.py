@@ -35,6 +35,7 @@ from streamloop.stack.broker import (
     client_fetch_environment,
     client_fetch_settings,
 )
+from streamloop.stack.data_dir_lock import DataDirLock
 from streamloop.stack.exceptions import StackError
 from streamloop.stack.process import free_port, log_tail, spawn, stop, terminate
 from streamloop.stack.redis_server import EmbeddedRedis
@@ -121,17 +122,24 @@ class Stack:
     redis_url: str = ""
     processes: list[ServiceProcess] = field(default_factory=list)
     dashboard: Dashboard | None = None
+    lock: DataDirLock | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def prepare(cls, pipeline: PipelineSpec, pipeline_path: Path, data_dir: Path, fresh: bool = False,
                 **kwargs) -> Stack:
-        if fresh and data_dir.exists():
-            # Fresh bounds the embedded broker's growth (it keeps every record).
-            if read_state(data_dir):
-                raise StackError(f"a stack is running from {data_dir}; stop it before starting one there afresh")
-            remove_stack_files(data_dir)
+        """A stack on ``data_dir``, holding the directory until ``stop`` (or this process ends)."""
         data_dir.mkdir(parents=True, exist_ok=True)
-        return cls(pipeline, pipeline_path.resolve(), data_dir.resolve(), **kwargs)
+        lock = DataDirLock.acquire(data_dir.resolve())
+        try:
+            if fresh:
+                # Fresh bounds the embedded broker's growth (it keeps every record).
+                if read_state(data_dir):
+                    raise StackError(f"a stack is running from {data_dir}; stop it before starting one there afresh")
+                remove_stack_files(data_dir)
+            return cls(pipeline, pipeline_path.resolve(), data_dir.resolve(), lock=lock, **kwargs)
+        except BaseException:
+            lock.release()
+            raise
 
     # -- infrastructure ----------------------------------------------------------------------
 
@@ -285,6 +293,9 @@ class Stack:
         state = self.data_dir / STATE_FILE
         if state.exists():
             state.unlink()
+        # Last, and not on a failed stop: while a part may still run, the directory stays its own.
+        if self.lock is not None:
+            self.lock.release()
 
     # -- state shared with other commands ----------------------------------------------------
 

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from streamloop.cli import demo_command, topic_commands
 from streamloop.cli.connection import Connection
 from streamloop.cli.main import app
+from streamloop.contracts import load_pipeline
 from streamloop.kafka.lag import PartitionLag
 from streamloop.stack.launcher import Stack
 from tests.conftest import DEMO_SPEC
@@ -144,6 +145,23 @@ def test_a_second_demo_from_the_same_data_directory_is_refused_not_run_over_the_
     assert result.exit_code == 2, result.output
     assert "a stack is running from" in result.output and "Traceback" not in result.output
     assert (running / "broker").is_dir()
+
+
+@pytest.mark.parametrize(("command", "stack_dir"), [(["demo", "--headless"], "demo"), (["up"], ".")])
+def test_a_launch_while_another_stack_starts_there_is_refused_in_one_line(monkeypatch, tmp_path, command,
+                                                                          stack_dir) -> None:
+    """Before its services run, a starting stack has no stack.json, but its broker already uses the directory."""
+    monkeypatch.setattr(Stack, "start_infrastructure", lambda _self: pytest.fail("nothing may start"))
+    starting = Stack.prepare(load_pipeline(DEMO_SPEC), DEMO_SPEC, tmp_path / stack_dir)
+    (tmp_path / stack_dir / "broker").mkdir()
+    try:
+        result = CliRunner().invoke(app, [*command, "-p", str(DEMO_SPEC), "--data-dir", str(tmp_path)])
+    finally:
+        starting.stop()
+    assert result.exit_code == 2, result.output
+    assert "in use by another streamloop launcher" in result.output and f"pid {os.getpid()}" in result.output
+    assert "Traceback" not in result.output
+    assert (tmp_path / stack_dir / "broker").is_dir()
 
 
 class BrokenStack(ChampionlessStack):
