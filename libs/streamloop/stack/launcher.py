@@ -37,7 +37,7 @@ from streamloop.stack.broker import (
 )
 from streamloop.stack.data_dir_lock import DataDirLock
 from streamloop.stack.exceptions import StackError
-from streamloop.stack.process import free_port, log_tail, spawn, stop, terminate
+from streamloop.stack.process import PortAllocator, log_tail, port_taken, spawn, stop, terminate
 from streamloop.stack.redis_server import EmbeddedRedis
 from streamloop.stack.services import BACKGROUND_IDLE_FETCH_PAUSE_MS, IDLE_FETCH_PAUSE_MS, SERVICES
 
@@ -84,6 +84,12 @@ class ServiceProcess:
     def pid(self) -> int | None:
         return self.process.pid if self.process is not None and self.process.poll() is None else None
 
+    @property
+    def ports(self) -> list[int]:
+        """The loopback ports the service listens on, as its environment fixes them."""
+        grpc = int(self.env.get("SCORER_GRPC_PORT", "0"))
+        return [self.metrics_port, *([grpc] if grpc else [])]
+
 
 # The embedded broker and Redis are plaintext and without users, whatever the shell exports.
 EMBEDDED_BROKER_DROPPED_ENV = ("KAFKA_SECURITY_PROTOCOL", "KAFKA_SASL_", "KAFKA_SSL_")
@@ -123,6 +129,7 @@ class Stack:
     processes: list[ServiceProcess] = field(default_factory=list)
     dashboard: Dashboard | None = None
     lock: DataDirLock | None = field(default=None, repr=False, compare=False)
+    ports: PortAllocator = field(default_factory=PortAllocator, repr=False, compare=False)
 
     @classmethod
     def prepare(cls, pipeline: PipelineSpec, pipeline_path: Path, data_dir: Path, fresh: bool = False,
@@ -146,11 +153,11 @@ class Stack:
     def start_infrastructure(self) -> None:
         self.bootstrap_servers = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "")
         if not self.bootstrap_servers:
-            self.broker = EmbeddedBroker(self.broker_kind, self.data_dir / "broker").start()
+            self.broker = EmbeddedBroker(self.broker_kind, self.data_dir / "broker", port=self.ports.take()).start()
             self.bootstrap_servers = self.broker.bootstrap_servers
         self.redis_url = os.environ.get("REDIS_URL", "")
         if not self.redis_url:
-            self.redis = EmbeddedRedis(self.data_dir / "redis").start()
+            self.redis = EmbeddedRedis(self.data_dir / "redis", port=self.ports.take()).start()
             self.redis_url = self.redis.url
         admin = AdminClient(self.client_settings().admin())
         wait_for_broker(admin, timeout_s=30)
@@ -228,11 +235,11 @@ class Stack:
         (self.data_dir / "logs").mkdir(exist_ok=True)
         for name in self.services:
             for replica in range(self.replicas.get(name, 1)):
-                port = free_port()
+                port = self.ports.take()
                 env = self.service_env(name, replica, port)
                 if name == "online-scorer" and "SCORER_GRPC_PORT" not in self.extra_env:
                     # Each replica its own free port: replicas share the loopback, not a port.
-                    env["SCORER_GRPC_PORT"] = str(free_port())
+                    env["SCORER_GRPC_PORT"] = str(self.ports.take())
                 service = ServiceProcess(
                     name, SERVICES[name], replica, env, self.data_dir / "logs" / f"{name}-{replica}.log", port,
                 )
@@ -250,8 +257,11 @@ class Stack:
                 backoff = min(_RESTART_BACKOFF_MAX_S, 2 ** min(service.restarts, 5) * 0.5)
                 service.state, service.next_start = "restarting", now + backoff
                 cause = last_log_line(service.log_path)
+                # Its port is fixed in its environment: restarted, it would fail the same way for good.
+                taken = [port for port in service.ports if port_taken("127.0.0.1", port)]
                 events.append(f"{service.instance_id} exited with code {code}"
                               + (f" ({cause})" if cause else "")
+                              + "".join(f"; port {port} is taken by another process" for port in taken)
                               + f"; restarting in {backoff:.1f}s (log: {service.log_path})")
             elif service.state == "restarting" and now >= service.next_start:
                 service.restarts += 1

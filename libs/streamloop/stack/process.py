@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import os
 import signal
 import socket
@@ -16,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from streamloop.stack.exceptions import StartTimeoutError
+from streamloop.stack.exceptions import StackError, StartTimeoutError
 
 _PR_SET_PDEATHSIG = 1
 
@@ -29,9 +30,46 @@ def _die_with_parent() -> None:
 
 
 def free_port(host: str = "127.0.0.1") -> int:
+    """A port free now; nothing keeps it so until a child binds it (``PortAllocator`` for a stack)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return sock.getsockname()[1]
+
+
+class PortAllocator:
+    """Free ports for one stack's children, never the same one twice.
+
+    A port from ``free_port`` is closed again before the child that will listen on it starts, and
+    the OS may offer it to the next ``free_port`` at once: a stack asks for about nine back to back,
+    and 0.23 % of launches gave two services one port. The port is fixed in the service's
+    environment, so the one that lost crash-looped on every restart.
+    """
+
+    def __init__(self, host: str = "127.0.0.1", attempts: int = 100) -> None:
+        self.host = host
+        self.attempts = attempts
+        self._given: set[int] = set()
+
+    def take(self) -> int:
+        for _ in range(self.attempts):
+            port = free_port(self.host)
+            if port not in self._given:
+                self._given.add(port)
+                return port
+        raise StackError(f"no free port on {self.host} after {self.attempts} tries "
+                         f"({len(self._given)} already given to this stack)")
+
+
+def port_taken(host: str, port: int) -> bool:
+    """Whether another socket listens on ``port``. SO_REUSEADDR as servers bind: a port whose
+    last listener has just exited (its connections in TIME_WAIT) is not taken."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            return exc.errno == errno.EADDRINUSE
+    return False
 
 
 def wait_for_port(host: str, port: int, timeout_s: float, process: subprocess.Popen | None = None,
