@@ -96,7 +96,12 @@ class EmbeddedBroker:
             argv = [binary, "broker", "--listener-url", url, "--advertised-listener-url", url,
                     "--storage-engine", "memory://tansu/"]
         self.process = spawn(argv, self.log_path)
-        wait_for_port(self.host, self.port, timeout_s, self.process, f"{self.kind} broker", self.log_path)
+        try:
+            wait_for_port(self.host, self.port, timeout_s, self.process, f"{self.kind} broker", self.log_path)
+        except BaseException:
+            # A caller that gets no server from start (a timeout, Ctrl-C while waiting) cannot stop it.
+            self.stop()
+            raise
         return self
 
     def stop(self) -> None:

@@ -153,11 +153,14 @@ class Stack:
     def start_infrastructure(self) -> None:
         self.bootstrap_servers = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "")
         if not self.bootstrap_servers:
-            self.broker = EmbeddedBroker(self.broker_kind, self.data_dir / "broker", port=self.ports.take()).start()
+            # Held before it starts, so that stop() reaches whatever start() leaves running.
+            self.broker = EmbeddedBroker(self.broker_kind, self.data_dir / "broker", port=self.ports.take())
+            self.broker.start()
             self.bootstrap_servers = self.broker.bootstrap_servers
         self.redis_url = os.environ.get("REDIS_URL", "")
         if not self.redis_url:
-            self.redis = EmbeddedRedis(self.data_dir / "redis", port=self.ports.take()).start()
+            self.redis = EmbeddedRedis(self.data_dir / "redis", port=self.ports.take())
+            self.redis.start()
             self.redis_url = self.redis.url
         admin = AdminClient(self.client_settings().admin())
         wait_for_broker(admin, timeout_s=30)

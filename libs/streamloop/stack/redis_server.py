@@ -58,7 +58,12 @@ class EmbeddedRedis:
                 "--dir", str(self.data_dir), "--save", "", "--appendonly", "yes",
                 "--appendfsync", "everysec", "--protected-mode", "yes", "--daemonize", "no"]
         self.process = spawn(argv, self.log_path)
-        wait_for_port(self.host, self.port, timeout_s, self.process, "redis-server", self.log_path)
+        try:
+            wait_for_port(self.host, self.port, timeout_s, self.process, "redis-server", self.log_path)
+        except BaseException:
+            # A caller that gets no server from start (a timeout, Ctrl-C while waiting) cannot stop it.
+            self.stop()
+            raise
         return self
 
     def stop(self) -> None:
