@@ -190,9 +190,18 @@ class Stack:
     def signing_key_file(self) -> Path:
         """A per-stack artifact signing key, kept in a 0600 file and passed to services by path."""
         path = self.data_dir / "signing.key"
-        if not path.exists():
-            path.write_text(secrets.token_hex(32))
-            path.chmod(0o600)
+        try:
+            # Created 0600, not chmodded after writing: in between, anyone could have read the key.
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            return path
+        try:
+            with os.fdopen(fd, "w") as key:
+                key.write(secrets.token_hex(32))
+        except BaseException:
+            # An empty key file would be kept, and refused by every service, on every later start.
+            path.unlink(missing_ok=True)
+            raise
         return path
 
     def serde_settings(self) -> SerdeSettings:

@@ -237,3 +237,29 @@ def test_a_spawned_child_writes_its_log_and_this_process_closes_its_copy_at_once
     assert child.wait(30) == 0
     assert not [w for w in caught if issubclass(w.category, ResourceWarning)]
     assert log.read_text() == "from the child\n"
+
+
+def test_the_signing_key_is_never_readable_by_others_not_even_while_it_is_written(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import stat
+
+    modes_before_chmod: list[int] = []
+    real_chmod = os.chmod
+
+    def watched_chmod(path, mode, *args, **kwargs) -> None:
+        modes_before_chmod.append(stat.S_IMODE(os.stat(path).st_mode))
+        real_chmod(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(os, "chmod", watched_chmod)  # Path.chmod calls os.chmod
+    previous = os.umask(0o022)  # the usual umask: a file created plainly is world-readable
+    try:
+        stack = Stack.prepare(load_pipeline(DEMO_SPEC), DEMO_SPEC, tmp_path)
+        key = stack.signing_key_file()
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert all(mode == 0o600 for mode in modes_before_chmod), [oct(m) for m in modes_before_chmod]
+    written = key.read_text()
+    assert len(bytes.fromhex(written)) == 32
+    assert stack.signing_key_file() == key and key.read_text() == written, "an existing key is kept"
+    stack.stop()
