@@ -130,7 +130,8 @@ def real_loop_result(summary: dict, outcomes: list[dict], skip: int) -> lq.Resul
     for entry in summary["timeline"]:
         if entry.get("severity") in ("WARNING", "CRITICAL") and entry["event"] >= skip:
             result.detections.append(entry["event"] - skip)
-        if entry.get("decision") == "PROMOTE" and entry["automatic"] and entry["event"] >= skip:
+        if entry.get("decision") == "PROMOTE" and entry["automatic"] and "canary" not in entry \
+                and entry["event"] >= skip:
             result.promotions.append(entry["event"] - skip)
     return result
 

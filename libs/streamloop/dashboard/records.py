@@ -19,12 +19,9 @@ from datetime import datetime
 from typing import Any
 
 from streamloop.dashboard.series import chart, finite
+from streamloop.ml.registry import champion_changes
 
 ROLES = ("metrics", "drift_events", "alerts", "model_deployments", "model_decisions")
-TIMELINE_KINDS = {"PROMOTE", "ROLLBACK"}  # decisions drawn as marks on the accuracy chart
-# The publisher's decision id for sending a challenger to the canary slot (model_publisher/judging.py):
-# a PROMOTE, but the champion stays until the canary passes its trial, a ``<v>:promote`` of its own.
-CANARY_DECISION_SUFFIX = ":canary"
 WORST_SEGMENTS = 5
 # Enough for the champion, its canary and shadows and the recent history of promotions on the
 # chart and in the models table; small enough that /api/snapshot stays a few hundred kilobytes.
@@ -174,29 +171,9 @@ class RecordViews:
         return sorted(self._timeline.values(), key=lambda e: e["at"])
 
     def champion_changes(self) -> list[tuple[dict[str, Any], str]]:
-        """Each PROMOTE and ROLLBACK decision in time order, with what it did to the champion.
-
-        ``promotion``: a champion replaced; ``bootstrap``: the first champion, replacing nothing;
-        ``canary``: a challenger sent to the canary slot, the champion unchanged; ``rollback``: a
-        champion replaced by its predecessor; ``canary_rollback``: a canary that failed its trial
-        (rolled back from the canary slot, the champion unchanged).
-        """
-        on_trial: set[str] = set()
-        changes = []
-        for entry in self.timeline():
-            if entry["kind"] not in TIMELINE_KINDS:
-                continue
-            if entry["kind"] == "ROLLBACK":
-                change = "canary_rollback" if entry["from_version"] in on_trial else "rollback"
-                on_trial.discard(entry["from_version"])
-            elif entry.get("decision_id", "").endswith(CANARY_DECISION_SUFFIX):
-                change = "canary"
-                on_trial.add(entry["to_version"])
-            else:
-                change = "promotion" if entry["from_version"] else "bootstrap"
-                on_trial.discard(entry["to_version"])
-            changes.append((entry, change))
-        return changes
+        """Each PROMOTE and ROLLBACK decision in time order, with what it did to the champion
+        (``streamloop.ml.registry.champion_changes``)."""
+        return champion_changes(self.timeline())
 
     def charts(self) -> dict[str, dict[str, Any]]:
         marks = [_mark(entry, change) for entry, change in self.champion_changes()]

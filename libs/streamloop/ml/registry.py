@@ -184,6 +184,39 @@ def champion_predecessors(decisions: Iterable[dict[str, Any]]) -> dict[str, str 
     return predecessors
 
 
+
+# The publisher's decision id for sending a challenger to the canary slot (model_publisher/judging.py):
+# a PROMOTE, but the champion stays until the canary passes its trial, a ``<v>:promote`` of its own.
+CANARY_DECISION_SUFFIX = ":canary"
+
+
+def champion_changes(decisions: Iterable[dict[str, Any]]) -> list[tuple[dict[str, Any], str]]:
+    """Each PROMOTE and ROLLBACK decision, in the order given (oldest first), with what it did to the champion.
+
+    ``promotion``: a champion replaced; ``bootstrap``: the first champion, replacing nothing;
+    ``canary``: a challenger sent to the canary slot, the champion unchanged; ``rollback``: a
+    champion replaced by its predecessor; ``canary_rollback``: a canary that failed its trial
+    (rolled back from the canary slot, the champion unchanged). The dashboard and the demo's
+    summary count with this one rule, so that they agree.
+    """
+    on_trial: set[str] = set()
+    changes = []
+    for decision in decisions:
+        if decision["kind"] == "ROLLBACK":
+            # A canary's rollback and a champion's share the id <v>:rollback: only the trial tells them apart.
+            change = "canary_rollback" if decision["from_version"] in on_trial else "rollback"
+            on_trial.discard(decision["from_version"])
+        elif decision["kind"] != "PROMOTE":
+            continue
+        elif (decision.get("decision_id") or "").endswith(CANARY_DECISION_SUFFIX):
+            change = "canary"
+            on_trial.add(decision["to_version"])
+        else:
+            change = "promotion" if decision["from_version"] else "bootstrap"
+            on_trial.discard(decision["to_version"])
+        changes.append((decision, change))
+    return changes
+
 def _identity(value: dict[str, Any] | None) -> tuple[str, str | None] | None:
     return None if value is None else (value["version"], value.get("decision_id"))
 

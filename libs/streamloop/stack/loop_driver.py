@@ -162,11 +162,11 @@ class LoopDriver:
 
     def _on_decision(self, value: dict, _timestamp_ms: int) -> None:
         with self._lock:
-            self.observed.decisions.append(value)
+            self.observed.add_decision(value)
 
     def _on_drift(self, value: dict, _timestamp_ms: int) -> None:
         with self._lock:
-            self.observed.drift_events.append(value)
+            self.observed.add_drift_event(value)
 
     def _on_labeled_example(self, value: dict, _timestamp_ms: int) -> None:
         pair = training_pair(self.pipeline.model, value) if self.pipeline.model.task == "classification" else None

@@ -20,6 +20,7 @@ import numpy as np
 from streamloop.contracts.pipeline import ModelSpec
 from streamloop.ml import build_model
 from streamloop.ml.prediction import predict
+from streamloop.ml.registry import champion_changes
 
 # Recovered: the served accuracy over the last window within this of the offline reference model.
 RECOVERY_MARGIN = 0.02
@@ -40,6 +41,10 @@ class LoopObservation:
     model_version: dict[str, str] = field(default_factory=dict)
     decisions: list[dict] = field(default_factory=list)
     drift_events: list[dict] = field(default_factory=list)
+    # What identifies each decision and drift event kept: the publisher and the detector are
+    # at-least-once, and a record read again must not count again (add_decision, add_drift_event).
+    decisions_seen: set[tuple] = field(default_factory=set)
+    drift_events_seen: set[tuple] = field(default_factory=set)
     labeled_examples: int = 0
     # Answers (labeled examples and unmatched labels) beyond the labels sent for their event: the
     # collector is at-least-once, and a batch replayed after a failed offset commit (noida-db:
@@ -57,6 +62,24 @@ class LoopObservation:
     throttled_by: dict[str, float] = field(default_factory=dict)
     # The first labeled example of each event, as the retrainer learns it: the reference model's data.
     training_pairs: dict[str, tuple[dict[str, float], Any]] = field(default_factory=dict)
+
+    def add_decision(self, decision: dict) -> None:
+        """Keep a decision read from the topic, unless it was read before."""
+        # The id and the time, as the dashboard keys them (dashboard/records.py): one id may be
+        # decided twice (a canary's <v>:rollback, then <v> rolled back as champion after a manual
+        # promotion), and a record read again has both the same.
+        identity = (decision.get("decision_id"), _millis(decision["decided_at"]))
+        if identity not in self.decisions_seen:
+            self.decisions_seen.add(identity)
+            self.decisions.append(decision)
+
+    def add_drift_event(self, event: dict) -> None:
+        """Keep a drift event read from the topic, unless it was read before (it has no id of its own)."""
+        identity = (event["kind"], event["detector"], event.get("feature"), _millis(event["window_end"]),
+                    event.get("severity"))
+        if identity not in self.drift_events_seen:
+            self.drift_events_seen.add(identity)
+            self.drift_events.append(event)
 
     @property
     def throttled_s(self) -> float:
@@ -112,7 +135,9 @@ def summarize(obs: LoopObservation, model: ModelSpec, drift_index: int, window: 
     by_kind: dict[str, int] = {}
     for event in obs.drift_events:
         by_kind[event["kind"]] = by_kind.get(event["kind"], 0) + 1
-    kinds = [d["kind"] for d in obs.decisions]
+    changes = [change for decision, change in decision_changes(obs)
+               # A promotion by hand (the demo's bad promotion) is the user's, not the loop's.
+               if change != "promotion" or decision.get("automatic", True)]
     return {
         "events_in": len(obs.produced_at_ms),
         "predictions_out": len(obs.predicted_at_ms),
@@ -143,9 +168,13 @@ def summarize(obs: LoopObservation, model: ModelSpec, drift_index: int, window: 
         "drift_detected_at": after_drift[0] if after_drift else None,
         "drift_events": by_kind,
         "concept_drift_alarms_before_drift": len(detected_at) - len(after_drift),
-        "promotions": sum(1 for d in obs.decisions
-                          if d["kind"] == "PROMOTE" and d.get("from_version") and d.get("automatic", True)),
-        "rollbacks": kinds.count("ROLLBACK"),
+        # A challenger sent to the canary slot replaces no champion, nor does a canary failing
+        # its trial: counted apart, as the dashboard counts them, so that a model promoted through
+        # a canary is one promotion.
+        "promotions": changes.count("promotion"),
+        "rollbacks": changes.count("rollback"),
+        "canaries": changes.count("canary"),
+        "canary_rollbacks": changes.count("canary_rollback"),
         "bad_promotion_rolled_back": None if obs.bad_promotion is None else any(
             d["kind"] == "ROLLBACK" and d.get("from_version") == obs.bad_promotion["to_version"]
             for d in obs.decisions),
@@ -211,15 +240,26 @@ def timeline(obs: LoopObservation, by_index: list[tuple[int, str]], index_of: Ca
     first = next((obs.model_version[e] for _, e in by_index if e in obs.model_version), None)
     if first is not None:
         entries.append({"event": by_index[0][0], "serving": first})
-    for decision in obs.decisions:
-        if decision["kind"] not in ("PROMOTE", "ROLLBACK") or not decision.get("from_version"):
+    for decision, change in decision_changes(obs):
+        if change == "bootstrap" or not decision.get("from_version"):
             continue  # not a change: the bootstrap champion is the first one served
-        entries.append({"event": bisect.bisect_right(produced, _millis(decision["decided_at"])),
-                        "decision": decision["kind"], "serving": decision["to_version"],
-                        "automatic": decision.get("automatic", True), "improvement": _improvement(decision)})
+        entry = {"event": bisect.bisect_right(produced, _millis(decision["decided_at"])),
+                 "decision": decision["kind"], "serving": decision["to_version"],
+                 "automatic": decision.get("automatic", True), "improvement": _improvement(decision)}
+        if change.startswith("canary"):
+            # A canary serves a share of the events; the champion serves the rest, before and after.
+            entry["canary"] = decision["to_version"] if change == "canary" else decision["from_version"]
+        entries.append(entry)
     entries += [{"event": index_of(d), "concept_alarm": d["detector"], "severity": d.get("severity")}
                 for d in obs.drift_events if d["kind"] == "CONCEPT"]
     return sorted(entries, key=lambda e: e["event"])
+
+
+def decision_changes(obs: LoopObservation) -> list[tuple[dict, str]]:
+    """The PROMOTE and ROLLBACK decisions in the order they were made, with what each did to the
+    champion (``streamloop.ml.registry.champion_changes``: the dashboard's rule)."""
+    # In decision time, not reading order: a canary's trial is told by the PROMOTE before its ROLLBACK.
+    return champion_changes(sorted(obs.decisions, key=lambda d: _millis(d["decided_at"])))
 
 
 def describe(entry: dict) -> str:
@@ -228,6 +268,11 @@ def describe(entry: dict) -> str:
         return f"concept alarm: {entry['concept_alarm']} ({entry['severity']})"
     if "decision" not in entry:
         return f"serving {entry['serving']}"
+    if "canary" in entry:
+        if entry["decision"] == "ROLLBACK":
+            return f"canary {entry['canary']} failed its trial; {entry['serving']} stays champion"
+        return f"canary {entry['canary']} on trial" + (
+            "" if entry.get("improvement") is None else f", loss {-entry['improvement']:+.1%}")
     text = f"{entry['decision'].lower()} to {entry['serving']}" + ("" if entry["automatic"] else " (by hand)")
     if entry.get("improvement") is not None:
         text += f", loss {-entry['improvement']:+.1%}"

@@ -109,3 +109,38 @@ def test_an_alarm_names_the_event_whose_time_its_window_ends_at_whatever_the_rat
                         rate_per_s=400.0)
     assert summary["drift_detected_at"] == 501
     assert [e["event"] for e in summary["timeline"] if "concept_alarm" in e] == [501]
+
+
+def test_a_model_promoted_through_a_canary_is_one_promotion_and_a_record_read_twice_counts_once(
+        card_driver, demo_pipeline: PipelineSpec) -> None:
+    from streamloop.stack.loop_observation import describe
+
+    driver = card_driver
+    driver.observed = observation(1_000, 500, lambda i: True)
+    for kind, at_event, to_version, from_version, decision_id in [
+        ("PROMOTE", 0, "v1", None, "v1:promote"),  # the bootstrap champion replaces nothing
+        ("PROMOTE", 100, "v2", "v1", "v2:canary"),  # v2 serves a share of the events on trial
+        ("PROMOTE", 200, "v2", "v1", "v2:promote"),  # it passed: the champion is replaced, once
+        ("PROMOTE", 300, "v3", "v2", "v3:canary"),
+        ("ROLLBACK", 400, "v2", "v3", "v3:rollback"),  # v3 failed its trial; v2 stayed champion
+        ("PROMOTE", 600, "v4", "v2", "v4:promote"),  # without a canary
+        ("ROLLBACK", 700, "v2", "v4", "v4:rollback"),  # a champion rolled back
+    ]:
+        decision = {"kind": kind, "decision_id": decision_id, "from_version": from_version, "to_version": to_version,
+                    "automatic": True, "decided_at": START_MS + 10 * at_event + 5, "evidence": {}}
+        for _ in range(2):  # the publisher is at-least-once: a record may be read twice
+            driver._on_decision(dict(decision), 0)
+    for _ in range(2):
+        driver._on_drift(alarm("CONCEPT", "CRITICAL", 530), 0)
+    summary = driver.summary(drift_index=500, window=100, elapsed_s=10.0, start_ms=START_MS, rate_per_s=RATE)
+
+    assert (summary["promotions"], summary["rollbacks"]) == (2, 1), json_of(summary)
+    assert (summary["canaries"], summary["canary_rollbacks"]) == (2, 1), json_of(summary)
+    assert summary["drift_events"] == {"CONCEPT": 1} and summary["drift_detected_at"] == 530
+    assert [(e["event"], describe(e)) for e in summary["timeline"] if "decision" in e] == [
+        (101, "canary v2 on trial"), (201, "promote to v2"), (301, "canary v3 on trial"),
+        (401, "canary v3 failed its trial; v2 stays champion"), (601, "promote to v4"), (701, "rollback to v2")]
+
+
+def json_of(summary: dict) -> str:
+    return str({k: v for k, v in summary.items() if k != "timeline"})
