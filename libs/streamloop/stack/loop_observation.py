@@ -118,9 +118,19 @@ def summarize(obs: LoopObservation, model: ModelSpec, drift_index: int, window: 
 
     before = [e for i, e in by_index if drift_index - window <= i < drift_index]
     # Right after the drift: the first events, before a detection and a promotion can act.
-    just_after = [e for i, e in by_index if drift_index <= i < drift_index + min(window, REACTION_WINDOW)]
-    after = [e for _, e in by_index[-window:]]
-    trained_on = [e for i, e in by_index if drift_index <= i < len(by_index) - window]
+    reacted_from = drift_index + min(window, REACTION_WINDOW)
+    just_after = [e for i, e in by_index if drift_index <= i < reacted_from]
+    # The last window, but only what came after the loop could react: with a late drift the last
+    # window would hold pre-drift events, served right by the old champion, and make a loop that
+    # never recovered look half recovered.
+    last = by_index[-window:]
+    measured_from = max(reacted_from, last[0][0]) if last else reacted_from
+    after = [e for i, e in last if i >= measured_from]
+    if len(after) < max(1, len(last) // 2):
+        # Fewer than half the window's events say too little against the reference's 2-point
+        # margin: no recovery is reported (the drift came too late in the run to see one).
+        after = []
+    trained_on = [e for i, e in by_index if drift_index <= i < measured_from]
     reference = _retrained_offline(obs, model, trained_on, after)
     recovered_after = accuracy(after)
     # The demo's drift is a concept drift: it is detected on the error stream. Data-drift

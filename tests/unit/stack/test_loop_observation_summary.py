@@ -144,3 +144,25 @@ def test_a_model_promoted_through_a_canary_is_one_promotion_and_a_record_read_tw
 
 def json_of(summary: dict) -> str:
     return str({k: v for k, v in summary.items() if k != "timeline"})
+
+
+def test_recovery_is_measured_only_on_events_after_the_loop_could_react_and_not_at_all_when_too_few(
+        demo_pipeline: PipelineSpec, monkeypatch) -> None:
+    from streamloop.stack import loop_observation
+
+    def summary_of(drift_at: int) -> dict:
+        obs = observation(1_000, drift_at, lambda i: i < drift_at)  # every answer wrong from the drift on
+        return summarize(obs, demo_pipeline.model, drift_index=drift_at, window=100, elapsed_s=10.0,
+                         start_ms=START_MS, rate_per_s=RATE)
+
+    assert summary_of(500)["accuracy_after_recovery"] == 0.0, "an early drift: the whole last window, as before"
+    # The last window is events 900-999. With a drift at 950 (--drift-at 0.95) half of it came before the
+    # drift, served right by the old champion: it said 0.5. No event of it is after the reaction (the 100
+    # events from the drift), nor enough of it with a drift at 880 (20, fewer than half the window).
+    for drift_at in (950, 880):
+        too_late = summary_of(drift_at)
+        assert (too_late["accuracy_after_recovery"], too_late["accuracy_retrained_offline"], too_late["recovered"]) \
+            == (None, None, None), json_of(too_late)
+    # With a reaction of 20 events, from event 950: 50 events, half the window, all wrong (the window said 0.3).
+    monkeypatch.setattr(loop_observation, "REACTION_WINDOW", 20)
+    assert summary_of(930)["accuracy_after_recovery"] == 0.0
