@@ -17,7 +17,7 @@ from streamloop.errors import StreamloopError
 from streamloop.kafka.configuration import KafkaSettings
 from streamloop.service.settings_errors import describe_validation_error
 from streamloop.stack.broker import BrokerKind
-from streamloop.stack.launcher import Stack
+from streamloop.stack.launcher import Stack, kafka_settings_for
 
 
 def broker_kind(broker: str) -> BrokerKind:
@@ -31,8 +31,10 @@ def broker_kind(broker: str) -> BrokerKind:
 def prepare_stack(spec: PipelineSpec, pipeline_path: Path, data_dir: Path, **options: Any) -> Stack:
     """``Stack.prepare``, with what would fail once processes run refused first, in one line."""
     try:
-        # The stack's clients read KAFKA_* too; a bad one would fail with the broker already up.
-        KafkaSettings(bootstrap_servers=os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or "127.0.0.1:9092")
+        # The stack's clients read KAFKA_* too; a bad one would fail with the broker already up. The
+        # embedded broker's clients leave out the shell's security settings, so they are not checked.
+        external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+        kafka_settings_for(external or "127.0.0.1:9092", embedded=not external)
     except ValidationError as exc:
         raise fail(f"invalid settings: {describe_validation_error(exc, KafkaSettings)}", 2) from None
     try:
