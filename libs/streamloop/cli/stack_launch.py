@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from streamloop.cli.connection import fail
 from streamloop.contracts import PipelineSpec
+from streamloop.dashboard import DashboardSettings
 from streamloop.errors import StreamloopError
 from streamloop.kafka.configuration import KafkaSettings
 from streamloop.service.settings_errors import describe_validation_error
@@ -31,12 +32,15 @@ def broker_kind(broker: str) -> BrokerKind:
 def prepare_stack(spec: PipelineSpec, pipeline_path: Path, data_dir: Path, **options: Any) -> Stack:
     """``Stack.prepare``, with what would fail once processes run refused first, in one line."""
     try:
-        # The stack's clients read KAFKA_* too; a bad one would fail with the broker already up. The
-        # embedded broker's clients leave out the shell's security settings, so they are not checked.
+        # The stack's clients read KAFKA_* too, and its dashboard STREAMLOOP_DASHBOARD_*; a bad one
+        # would fail with the broker and every service already up. The embedded broker's clients
+        # leave out the shell's security settings, so they are not checked.
         external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
         kafka_settings_for(external or "127.0.0.1:9092", embedded=not external)
+        DashboardSettings()
     except ValidationError as exc:
-        raise fail(f"invalid settings: {describe_validation_error(exc, KafkaSettings)}", 2) from None
+        raise fail(f"invalid settings: {describe_validation_error(exc, (KafkaSettings, DashboardSettings))}", 2) \
+            from None
     try:
         return Stack.prepare(spec, pipeline_path, data_dir, **options)
     except OSError as exc:

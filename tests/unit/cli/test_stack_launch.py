@@ -49,3 +49,11 @@ def test_up_on_a_cluster_still_checks_its_security_settings(tmp_path, prepared) 
     result = run(["up"], tmp_path, {**CLUSTER_SECURITY, "KAFKA_BOOTSTRAP_SERVERS": "kafka.prod:9093"})
     assert result.exit_code == 2 and not prepared
     assert "invalid settings" in result.output and "KAFKA_SASL_PASSWORD" in result.output, result.output
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_a_bad_dashboard_setting_is_refused_in_one_line_before_anything_starts(command, tmp_path, prepared) -> None:
+    result = run(command, tmp_path, {"STREAMLOOP_DASHBOARD_PORT": "eighty"})
+    assert result.exit_code == 2 and not prepared, result.output
+    assert result.output.startswith("streamloop: invalid settings: port (STREAMLOOP_DASHBOARD_PORT): "), result.output
+    assert len(result.output.splitlines()) == 1
