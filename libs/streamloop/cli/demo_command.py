@@ -17,7 +17,7 @@ from rich.live import Live
 from rich.table import Table
 
 from streamloop.cli.connection import DEMO_PIPELINE, DataDirOption, fail, load_runnable_pipeline
-from streamloop.cli.model_commands import artifact_store
+from streamloop.cli.model_commands import stack_artifact_settings
 from streamloop.cli.stack_launch import broker_kind, prepare_stack, stop_on_sigterm, write_traceback
 from streamloop.contracts import PipelineSpec
 from streamloop.errors import StreamloopError
@@ -195,10 +195,11 @@ def _promote_badly(driver: LoopDriver, spec: PipelineSpec, stack: Stack, console
             return
         time.sleep(0.2)
     at = len(driver.observed.produced_at_ms)
-    # Verified like any promotion: the bad model is untrained, not tampered with.
+    # Verified like any promotion: the bad model is untrained, not tampered with. Against the
+    # stack's own key and store, which its services sign with, not STREAMLOOP_ARTIFACT_* of the shell.
     registry = RegistryClient(spec, driver.catalog, stack.client_settings(),
                               serde_for=driver.serde,
-                              store=artifact_store(stack.data_dir))
+                              store=stack_artifact_settings(stack.data_dir).artifact_store())
     try:
         bootstrap = next(row["version"] for row in registry.models() if row["trigger"] == "BOOTSTRAP")
         decision = registry.promote(bootstrap, reason="demo: a deliberately bad promotion")

@@ -37,13 +37,30 @@ models_app = typer.Typer(help="The model registry: versions, lineage, promotions
 app.add_typer(models_app, name="models")
 
 
+def stack_artifact_settings(data_dir: Path) -> ArtifactSettings:
+    """The store and signing key a local stack in ``data_dir`` gives its services (Stack.service_env):
+    its own, whatever STREAMLOOP_ARTIFACT_STORE and STREAMLOOP_ARTIFACT_SIGNING_KEY the shell
+    exports; the shell's other STREAMLOOP_ARTIFACT_* reach the services, and are read here too."""
+    return ArtifactSettings(store=(data_dir / "artifacts").resolve().as_uri(),
+                            signing_key=f"file:{(data_dir / 'signing.key').resolve()}")
+
+
 def artifact_store(data_dir: Path) -> ArtifactStore:
-    """The store promotions are verified against: STREAMLOOP_ARTIFACT_* if set, else the local stack's."""
+    """The store promotions are verified against when no local stack runs: STREAMLOOP_ARTIFACT_* if
+    set, else the one a local stack in ``data_dir`` left."""
     settings = ArtifactSettings()
     if settings.signing_key is None and (data_dir / "signing.key").exists():
-        settings = ArtifactSettings(store=(data_dir / "artifacts").resolve().as_uri(),
-                                    signing_key=f"file:{(data_dir / 'signing.key').resolve()}")
+        settings = stack_artifact_settings(data_dir)
     return settings.artifact_store()
+
+
+def _verifying_store(conn: Connection, data_dir: Path) -> ArtifactStore:
+    state = read_state(data_dir)
+    if state is not None and conn.bootstrap_servers == state.get("bootstrap_servers"):
+        # The running local stack's models are signed with its key, in its store: a key exported
+        # for a cluster would refuse them all.
+        return stack_artifact_settings(data_dir).artifact_store()
+    return artifact_store(data_dir)
 
 
 def _registry(pipeline: Path | None, data_dir: Path, bootstrap_servers: str | None,
@@ -52,7 +69,7 @@ def _registry(pipeline: Path | None, data_dir: Path, bootstrap_servers: str | No
     reachable_admin(conn.kafka_settings())
     # A registry change names an artifact that scorers will load: it is verified here first, so a
     # tampered or unsigned artifact is refused before it is ever published as champion.
-    store = artifact_store(data_dir) if verify else None
+    store = _verifying_store(conn, data_dir) if verify else None
     return RegistryClient(conn.pipeline, conn.catalog, conn.kafka_settings(),
                           serde_for=lambda role: conn.serde(conn.catalog[role]), store=store)
 
