@@ -49,7 +49,9 @@ def produce(
     except CatalogError as exc:
         raise fail(str(exc)) from None
     try:
-        lines = file.read_text(encoding="utf-8").splitlines() if file else sys.stdin
+        # Standard input as bytes, decoded line by line below: read as text, a byte that is not
+        # UTF-8 ended the command in a traceback (or, in a C locale, came through as a surrogate).
+        lines = file.read_text(encoding="utf-8").splitlines() if file else getattr(sys.stdin, "buffer", sys.stdin)
     except UnicodeDecodeError as exc:
         raise fail(f"{file} is not UTF-8 text (byte {exc.start}); nothing produced") from None
     reachable_admin(conn.kafka_settings())
@@ -66,6 +68,13 @@ def produce(
     with Progress(transient=True, disable=total is None) as progress:
         task = progress.add_task(f"producing to {topic}", total=total)
         for number, line in enumerate(lines, start=1):
+            if isinstance(line, bytes):
+                try:
+                    line = line.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    producer.flush(30)
+                    raise fail(f"line {number}: not UTF-8 text (byte {exc.start} of the line); "
+                               f"{_records(produced)} produced before it") from None
             if not line.strip():
                 continue
             try:
