@@ -87,8 +87,14 @@ class LoopObservation:
         return sum(self.throttled_by.values())
 
     def labels_awaiting_horizon(self) -> int:
-        """Labels of dead-lettered events: no event to join, NO_MATCHING_EVENT once the horizon passed."""
-        return sum(self.labels_sent_per_event.get(e, 0) for e in self.dead_lettered_events)
+        """Labels of dead-lettered events not answered yet: no event to join, NO_MATCHING_EVENT once
+        the horizon passed.
+
+        Those answered already are counted joined or unmatched, not here too: labels joined, unmatched
+        and awaiting the horizon then add up to the labels sent once none is unanswered.
+        """
+        return sum(self.labels_sent_per_event.get(e, 0) - self.answers_per_event.get(e, 0)
+                   for e in self.dead_lettered_events)
 
     def events_unanswered(self) -> int:
         """Events produced that have neither a prediction nor a dead letter yet."""
@@ -157,8 +163,8 @@ def summarize(obs: LoopObservation, model: ModelSpec, drift_index: int, window: 
         "labels_joined": obs.labeled_examples,
         "label_answers_repeated": obs.label_answers_repeated,
         "labels_unmatched": dict(obs.unmatched_labels),
-        # Labels of dead-lettered events: no event to join, NO_MATCHING_EVENT once the join
-        # horizon has passed (the demo ends before that).
+        # Labels of dead-lettered events not answered yet: no event to join, NO_MATCHING_EVENT
+        # once the join horizon has passed (the demo usually ends before that).
         "labels_awaiting_horizon": obs.labels_awaiting_horizon(),
         # Lost: an event with neither a prediction nor a dead letter.
         "lost": sum(1 for e in obs.produced_at_ms
