@@ -7,6 +7,7 @@ stack's state file.
 
 from __future__ import annotations
 
+import math
 import time
 from datetime import datetime
 from pathlib import Path
@@ -112,8 +113,9 @@ def top(
     once: bool = typer.Option(False, "--once", help="Print one screen after a few readings and exit."),
 ) -> None:
     """Live view of lag, throughput, latency, accuracy, drift, the model timeline, dead letters and alerts."""
-    if interval <= 0:
-        raise fail("--interval must be positive", 2)
+    # nan passes `<= 0` and would be blamed on STREAMLOOP_DASHBOARD_SCRAPE_INTERVAL_S; inf overflows the sleep.
+    if not (interval > 0 and math.isfinite(interval)):
+        raise fail(f"--interval must be a finite number of seconds more than 0, not {interval}", 2)
     connection = connect(pipeline, data_dir, bootstrap_servers)
     # Say so at once: the collector would otherwise keep retrying and show a screen of dashes.
     reachable_admin(connection.kafka_settings())
