@@ -27,3 +27,7 @@ class LoopReaderError(StreamloopError):
 
 class DataDirInUseError(StackError):
     """Another launcher holds the stack's data directory."""
+
+
+class DeliveryError(StreamloopError):
+    """The broker did not take the demo's own events or labels."""

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from types import ModuleType
 from typing import Any
 
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
 from streamloop.contracts import Catalog, PipelineSpec
 from streamloop.kafka.configuration import KafkaSettings
@@ -28,7 +28,7 @@ from streamloop.kafka.pacing import FetchPacer
 from streamloop.ml.training import training_pair
 from streamloop.serde import Serde, SerdeError
 from streamloop.service.settings import SerdeSettings
-from streamloop.stack.exceptions import GeneratorError, LoopReaderError, LoopStalledError
+from streamloop.stack.exceptions import DeliveryError, GeneratorError, LoopReaderError, LoopStalledError
 from streamloop.stack.loop_observation import LoopObservation, event_outcomes, summarize
 
 # Backpressure, in seconds of the offered rate: the driver holds events back while more than this
@@ -40,6 +40,30 @@ BACKLOG_LABELS_S = 5.0
 # Held back this long with not one event or label answered, the loop is stuck, not slow: a scorer
 # that loads no champion never answers, and the demo would wait for it forever.
 STALL_TIMEOUT_S = 120.0
+FLUSH_TIMEOUT_S = 60.0
+
+
+class Deliveries:
+    """The delivery reports of the driver's own events and labels: how many the broker did not take.
+
+    Only failures are reported (``delivery.report.only.error``): a callback per record delivered
+    would cost the producing thread, which paces 50,000 events, for nothing it reports.
+    """
+
+    def __init__(self) -> None:
+        self.failed = 0
+        self.first_error: str | None = None
+
+    def __call__(self, error: KafkaError | None, _message: Any) -> None:
+        if error is not None:
+            self.failed += 1
+            self.first_error = self.first_error or error.str()
+
+    def check(self) -> None:
+        """Raise once a record was refused: the loop would otherwise be blamed for it, as lost or stalled."""
+        if self.failed:
+            raise DeliveryError(f"the broker did not take {self.failed} of the demo's events and labels: "
+                                f"{self.first_error}")
 
 
 def load_generator(pipeline: PipelineSpec) -> ModuleType:
@@ -207,7 +231,9 @@ class LoopDriver:
         input_topic = self.catalog["input"]
         label_topic = self.catalog["labels"]
         event_serde, label_serde = self.serde("input"), self.serde("labels")
-        producer = Producer(self.kafka.producer(**{"linger.ms": 2}))
+        deliveries = Deliveries()
+        producer = Producer(self.kafka.producer(**{"linger.ms": 2, "delivery.report.only.error": True,
+                                                   "on_delivery": deliveries}))
         pending_labels: list[tuple[float, int, dict]] = []
         started = time.monotonic()
         sent = 0
@@ -216,6 +242,7 @@ class LoopDriver:
             due = started + (sent - 1) / rate_per_s
             while True:
                 self.check_readers()
+                deliveries.check()
                 now = time.monotonic()
                 self._send_due_labels(producer, label_topic.name, label_serde, pending_labels, now)
                 behind = self._loop_behind(rate_per_s)
@@ -258,9 +285,14 @@ class LoopDriver:
             if on_progress and sent % 500 == 0:
                 on_progress(sent)
         while pending_labels:
+            deliveries.check()
             self._send_due_labels(producer, label_topic.name, label_serde, pending_labels, time.monotonic())
             time.sleep(0.01)
-        producer.flush(60)
+        undelivered = producer.flush(FLUSH_TIMEOUT_S)
+        deliveries.check()
+        if undelivered:
+            raise DeliveryError(f"{undelivered} of the demo's events and labels were still not delivered "
+                                f"{FLUSH_TIMEOUT_S:.0f} s after the last was sent")
 
     def _answered(self) -> tuple[int, int]:
         """Events and labels the loop has answered so far: what moves while it works."""
