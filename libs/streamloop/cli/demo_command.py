@@ -217,9 +217,14 @@ def _supervise(stack: Stack, console: Console) -> None:
 
 
 def _wait_for_champion(driver: LoopDriver, stack: Stack, console: Console, timeout_s: float = 90) -> None:
+    # A PROMOTE, not any decision: the bootstrap's REGISTER comes first, before the champion is
+    # deployed, and the first events would wait for a scorer with no model.
+    def promoted() -> bool:
+        return any(d["kind"] == "PROMOTE" for d in list(driver.observed.decisions))
+
     with console.status("waiting for the model publisher to deploy the first champion"):
         deadline = time.monotonic() + timeout_s
-        while not driver.observed.decisions:
+        while not promoted():
             driver.check_readers()
             _supervise(stack, console)
             if time.monotonic() > deadline:

@@ -8,12 +8,14 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from rich.console import Console
 from typer.testing import CliRunner
 
 from streamloop.cli import demo_command, topic_commands
 from streamloop.cli.connection import Connection
 from streamloop.cli.main import app
 from streamloop.contracts import load_pipeline
+from streamloop.errors import StreamloopError
 from streamloop.kafka.lag import PartitionLag
 from streamloop.stack.launcher import Stack
 from tests.conftest import DEMO_SPEC
@@ -192,3 +194,12 @@ def test_the_demo_refuses_a_cluster_named_by_the_shell_whose_topics_hold_earlier
     monkeypatch.setattr(Stack, "prepare", lambda *_args, **_kwargs: pytest.fail("nothing may start"))
     result = CliRunner().invoke(app, ["demo", "--headless", "-p", str(DEMO_SPEC), "--data-dir", str(tmp_path)])
     assert result.exit_code == 2 and "unset KAFKA_BOOTSTRAP_SERVERS" in result.output
+
+
+def test_the_demo_waits_for_the_first_champion_not_the_bootstraps_registration(tmp_path) -> None:
+    driver, stack = SilentDriver(), ChampionlessStack(tmp_path)
+    driver.observed.decisions = [{"kind": "REGISTER", "to_version": "v1", "from_version": None}]
+    with pytest.raises(StreamloopError, match="no champion was deployed"):
+        demo_command._wait_for_champion(driver, stack, Console(quiet=True), timeout_s=0.3)
+    driver.observed.decisions.append({"kind": "PROMOTE", "to_version": "v1", "from_version": None})
+    demo_command._wait_for_champion(driver, stack, Console(quiet=True), timeout_s=0.3)
