@@ -49,7 +49,9 @@ class CollectorMetrics:
         self.consumed.clear()
         for name, value in totals.items():
             previous = self._reported.get(name, 0)
-            if value != previous:
+            # Only upward: OpenTelemetry drops a negative add, so lowering the mark after a total
+            # went back (counters restored for a retried batch) would count the retry twice.
+            if value > previous:
                 self._events(value - previous, {"event": name})
                 self._reported[name] = value
         self._pending(pending)

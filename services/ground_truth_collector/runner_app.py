@@ -198,8 +198,12 @@ class RunnerCollector:
                 self.report.report(self.totals(), self.join.pending, self.join.entries)
 
     def totals(self) -> dict[str, int]:
-        """What the join and the metrics stage did: streamloop_collector_events_total's events."""
-        return {**self.counters.as_dict(), **self.score.counters.as_events()}
+        """What the join and the metrics stage did: streamloop_collector_events_total's events.
+
+        The join's as of its last delivered batch (JoinStage.delivered_counts); the metrics
+        stage's never go back, as it has no discard (it decodes a batch whole before it counts).
+        """
+        return {**self.join.delivered_counts, **self.score.counters.as_events()}
 
     def _wait_for_stages(self, threads: list[threading.Thread]) -> None:
         # A stage waiting for Redis or the broker (both stopped with it, say) would hold the

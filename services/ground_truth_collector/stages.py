@@ -184,6 +184,7 @@ class JoinStage:
         self.examples_topic, self.unmatched_topic = examples_topic, unmatched_topic
         self.idle_after_ms = idle_after_ms
         self.counters = counters if counters is not None else JoinCounters()
+        # Replaced whole, never changed in place: the report thread reads it without a lock.
         self._delivered_counts = self.counters.as_dict()
         self.partitions: dict[int, JoinPartition] = {}
         # Only the stage's thread changes ``partitions``, under this lock; another thread (the
@@ -312,6 +313,17 @@ class JoinStage:
         self._announced.clear()
         for name, count in self._delivered_counts.items():
             setattr(self.counters, name, count)
+
+    @property
+    def delivered_counts(self) -> dict[str, int]:
+        """The counters as of the last delivered batch: what to export.
+
+        The live counters include the batch in flight, which may fail and be counted again
+        after :meth:`discard`; exported meanwhile, the retry would be counted twice (a Prometheus
+        counter cannot go back down to the restored value). Taken between batches, they also
+        keep labels_in = decided + pending exact, which a read part-way through a batch does not.
+        """
+        return dict(self._delivered_counts)
 
     def _joins(self) -> list[JoinPartition]:
         """The partitions' joins as they are now, safe to read from another thread."""

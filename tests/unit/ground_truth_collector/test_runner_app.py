@@ -9,16 +9,22 @@ from types import SimpleNamespace
 import pytest
 from confluent_kafka import KafkaError, KafkaException
 
+from services.ground_truth_collector import join as join_module
 from services.ground_truth_collector import runner_app
+from services.ground_truth_collector.entries import Kind
 from services.ground_truth_collector.routing import HEADER_DECIDED_AT, HEADER_ORIGIN, INPUT_ROLES
 from services.ground_truth_collector.runner_app import RunnerCollector
 from services.ground_truth_collector.settings import SERVICE, CollectorSettings
 from services.ground_truth_collector.stages import JoinStage
+from streamloop.kafka import KafkaSettings
 from streamloop.kafka.records import ConsumedRecord, TopicPartitionRef
+from streamloop.kafka.runner import RunnerSettings, StageRunner, StageTopics
+from streamloop.serde.raw import RawSerde
 from streamloop.service.context import ServiceContext
 from streamloop.telemetry import Telemetry, configure_telemetry
 from tests.conftest import DEMO_SPEC
-from tests.unit.ground_truth_collector.test_join_stage import T0, stage
+from tests.kafka_fakes import FakeConsumer, FakeMessage, FakeProducer
+from tests.unit.ground_truth_collector.test_join_stage import KEYED, T0, event, stage
 from tests.unit.ground_truth_collector.test_redis_state import Client
 from tests.unit.ground_truth_collector.test_scoring import example
 
@@ -118,6 +124,53 @@ def test_the_metrics_stage_counters_are_exported_and_survive_its_rebuild(collect
     collector.score.process([record])
     assert collector.totals()["outcomes_late"] == 2, "an exported counter never goes back"
     assert set(collector.totals()) >= {"joined", "no_matching_event", "outcomes_counted", "outcomes_snapshots"}
+
+
+def exported_events(collector: RunnerCollector) -> dict[str, float]:
+    """streamloop_collector_events_total as Prometheus scrapes it, per event."""
+    registry = collector.telemetry.metrics.registry
+    return {sample.labels["event"]: sample.value for family in registry.collect()
+            if family.name == "streamloop_collector_events" for sample in family.samples
+            if sample.name.endswith("_total")}
+
+
+def test_a_batch_retried_without_its_poison_record_exports_only_what_was_delivered(collector, monkeypatch) -> None:
+    """The report thread runs while the join is part-way through a batch; a poison record then
+    fails it, and the runner processes it again without that record, deciding differently."""
+    join = stage(Client())
+    collector.join, collector.counters = join, join.counters
+    apply = join_module.JoinPartition.apply
+
+    def report_then_fail_on_e2_prediction(self, item):
+        decisions = apply(self, item)
+        if item.event_id == "e2" and item.kind is Kind.PREDICTION:
+            collector.report.report(collector.totals(), join.pending, join.entries)  # e2 joined, not delivered
+            raise RuntimeError("poison")
+        return decisions
+
+    monkeypatch.setattr(join_module.JoinPartition, "apply", report_then_fail_on_e2_prediction)
+    runner = StageRunner("collector", "grp.join", KafkaSettings(bootstrap_servers="127.0.0.1:1"),
+                         StageTopics({KEYED: RawSerde()}, {"grp-joined": RawSerde(), "ex": RawSerde(),
+                                                           "um": RawSerde()}), join, RunnerSettings())
+    runner.delivery.producer, runner.consumer = FakeProducer(), FakeConsumer()
+    runner._assigned.add((KEYED, 0))
+    records = event("e1", 0) + event("e2", 3)
+    runner._run_batch([FakeMessage(r.value["bytes"], r.offset, key=r.key.encode(), topic=KEYED, headers=r.headers)
+                       for r in records])
+    collector.report.report(collector.totals(), join.pending, join.entries)
+    exported = exported_events(collector)
+    assert runner.stats.dead_lettered == 1, "e2's prediction"
+    assert (join.counters.joined, join.pending) == (1, 1), "e2's label waits for a prediction"
+    assert exported["labels_in"] == 2 and exported["joined"] == 1
+    decided = ("joined", "after_horizon", "no_matching_event", "duplicate")
+    assert exported["labels_in"] == sum(exported.get(name, 0) for name in decided) + join.pending
+
+
+def test_a_total_that_goes_back_is_not_counted_again_when_it_rises_to_where_it_was(collector) -> None:
+    """OpenTelemetry drops a negative increment: the exported counter stays at the highest total."""
+    for joined in (100, 105, 100, 105, 107):
+        collector.report.report({"joined": joined}, 0, 0)
+    assert exported_events(collector)["joined"] == 107
 
 
 def test_every_topic_a_stage_dead_letters_to_is_created_with_the_internal_topics(collector, monkeypatch) -> None:
