@@ -23,6 +23,10 @@ from streamloop.ml.registry import champion_changes
 
 ROLES = ("metrics", "drift_events", "alerts", "model_deployments", "model_decisions")
 WORST_SEGMENTS = 5
+# Metrics where a larger value is better: streamloop.ml.promotion.HIGHER_IS_BETTER (a test keeps the
+# two equal), which the dashboard does not import as it would load river and scikit-learn. Every
+# other metric a snapshot carries (log_loss, mae, rmse, cost, mean_cost) is a loss.
+HIGHER_IS_BETTER = frozenset({"accuracy", "f1", "roc_auc", "precision", "recall"})
 # Enough for the champion, its canary and shadows and the recent history of promotions on the
 # chart and in the models table; small enough that /api/snapshot stays a few hundred kilobytes.
 MODEL_VERSIONS_KEPT = 30
@@ -198,7 +202,8 @@ class RecordViews:
         figures = self._versions.get(self.current_version() or "")
         rows = [s for s in (figures.segments.values() if figures else ())
                 if finite(s["metrics"].get(self.metric)) is not None]
-        rows.sort(key=lambda s: (s["metrics"][self.metric], -s["sample_count"]))
+        sign = 1 if self.metric in HIGHER_IS_BETTER else -1  # worst first: lowest accuracy, highest rmse
+        rows.sort(key=lambda s: (sign * s["metrics"][self.metric], -s["sample_count"]))
         return [{"model_version": s["model_version"], "segment": f"{s['segment_field']}={s['segment_value']}",
                  self.metric: finite(s["metrics"][self.metric]), "cost": finite(s["metrics"].get("cost")),
                  "samples": s["sample_count"], "window_end": _s(s["window_end"])} for s in rows[:limit]]

@@ -1,6 +1,6 @@
 """The figures from the monitoring topics: accuracy per version, drift, the timeline, alerts."""
 
-from streamloop.dashboard.records import MODEL_VERSIONS_KEPT, RecordViews
+from streamloop.dashboard.records import HIGHER_IS_BETTER, MODEL_VERSIONS_KEPT, RecordViews
 from tests.unit.dashboard.conftest import T0, alert, decision, deployment, drift, snapshot
 
 
@@ -51,6 +51,28 @@ def test_worst_segments_are_the_champions_latest_windows_ordered_by_accuracy():
     worst = views.worst_segments(limit=2)
     assert [(w["segment"], w["accuracy"]) for w in worst] == [("merchant_category=jewelry", 0.6), ("country=NG", 0.7)]
     assert worst[1]["cost"] is None
+
+
+def regression(version: str, segment: tuple | None, rmse: float, samples: int = 100) -> dict:
+    value = snapshot(version, T0, 0.0, segment=segment, samples=samples)
+    return {**value, "metrics": {"rmse": rmse, "mae": rmse / 2}}
+
+
+def test_worst_segments_of_a_loss_are_those_with_the_highest_loss():
+    views = RecordViews(metric="rmse")
+    views.add("metrics", "v1", regression("v1", None, 5.0))
+    for country, rmse in [("NL", 1.0), ("DE", 2.0), ("FR", 50.0), ("US", 3.0), ("IN", 40.0)]:
+        views.add("metrics", "v1", regression("v1", ("country", country), rmse))
+    views.add("metrics", "v1", regression("v1", ("tier", "gold"), 40.0, samples=900))  # ties: more samples first
+    worst = views.worst_segments(limit=3)
+    assert [(w["segment"], w["rmse"]) for w in worst] == [("country=FR", 50.0), ("tier=gold", 40.0),
+                                                          ("country=IN", 40.0)]
+
+
+def test_the_dashboard_knows_which_metrics_are_better_higher_as_the_promotion_does():
+    from streamloop.ml.promotion import HIGHER_IS_BETTER as PROMOTION_HIGHER_IS_BETTER
+
+    assert HIGHER_IS_BETTER == PROMOTION_HIGHER_IS_BETTER
 
 
 def test_deployments_are_a_table_that_tombstones_retire_and_a_timeline():
