@@ -56,9 +56,10 @@ class TopicSpec:
 class Catalog:
     """The topics of one pipeline: the catalog's loop topics plus the pipeline's own input topic."""
 
-    def __init__(self, topics: dict[str, TopicSpec], repository: SchemaRepository) -> None:
+    def __init__(self, topics: dict[str, TopicSpec], repository: SchemaRepository, topic_prefix: str = "") -> None:
         self.topics = topics
         self.repository = repository
+        self.topic_prefix = topic_prefix  # which also begins every consumer group id (service.context)
 
     def __getitem__(self, role: str) -> TopicSpec:
         try:
@@ -112,7 +113,7 @@ def load_catalog(
             topics[role] = _resolve(role, entry, pipeline, repository, topic_prefix)
         except (KeyError, TypeError, ValueError) as exc:
             raise CatalogError(f"catalog topic {role!r}: {exc}") from exc
-    return Catalog(topics, repository)
+    return Catalog(topics, repository, topic_prefix)
 
 
 def _resolve(

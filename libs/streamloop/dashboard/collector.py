@@ -50,7 +50,7 @@ class DashboardCollector:
         self._targets = targets
         self._reader = TopicRecordReader(kafka, catalog, self.model.add_record,
                                          on_error=lambda e: self.model.source_error("kafka", e), serde=serde)
-        self._lag = LagReader(kafka, catalog)
+        self._lag = LagReader(kafka, catalog, pipeline.name)
         self._predictions = PredictionTailReader(kafka, catalog, self.model.add_prediction,
                                                  tail=self.settings.explanation_tail, serde=serde)
         self._stopping = threading.Event()

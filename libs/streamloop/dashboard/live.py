@@ -36,7 +36,8 @@ from streamloop.dashboard.series import (
 QUANTILES = (("p50", 0.5), ("p95", 0.95), ("p99", 0.99))
 # The scorer's event latency is the time from an event to its prediction being delivered.
 PREDICTION_SERVICE = "online-scorer"
-_SERVICE_GROUP = re.compile(r"streamloop\.[^.]+\.([^.]+)$")
+# <prefix>streamloop.<pipeline>.<service>, and .<stage> for a stage of a service (no name has a dot).
+_SERVICE_GROUP = re.compile(r"streamloop\.[^.]+\.([^.]+(?:\.[^.]+)?)$")
 
 
 @dataclass(frozen=True)
@@ -211,7 +212,8 @@ class LiveFigures:
 
 
 def _short_group(group: str) -> str:
-    """``<prefix>streamloop.<pipeline>.<service>`` (a service's group) as ``<service>``; others unchanged."""
+    """``<prefix>streamloop.<pipeline>.<service>`` (a service's group) as ``<service>``, a stage's
+    ``….<service>.<stage>`` as ``<service>.<stage>``: which stage lags; others unchanged."""
     match = _SERVICE_GROUP.search(group)
     return match.group(1) if match else group
 

@@ -10,9 +10,10 @@ The I/O half of the dashboard; what the numbers mean is in assembly.py and its p
   explanations table (explanations.py): the tail of each partition every few seconds, not the
   whole topic, which would cost the broker and this process a fetch and a decode per event for
   fifteen rows.
-- ``LagReader`` asks the broker for the lag of every group that reads one of the pipeline's topics
-  (streamloop.kafka.lag) and counts the records each dead-letter topic holds (high minus low
-  watermark).
+- ``LagReader`` asks the broker for the lag of the pipeline's groups (streamloop.kafka.lag): its
+  services' groups, their stages' groups, and any other group that reads one of its topics; and
+  counts the records each of its dead-letter topics holds (high minus low watermark), the
+  catalog's and those of the services' internal topics.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from streamloop.kafka.configuration import KafkaSettings
 from streamloop.kafka.lag import group_lag
 from streamloop.kafka.pacing import FetchPacer
 from streamloop.serde import SerdeError
+from streamloop.service.context import pipeline_groups
 from streamloop.service.settings import SerdeSettings
 
 log = logging.getLogger(__name__)
@@ -187,19 +189,21 @@ class PredictionTailReader:
 class LagReader:
     """Consumer lag per group, topic and partition, and the size of every dead-letter topic."""
 
-    def __init__(self, kafka: KafkaSettings, catalog: Catalog, timeout_s: float = 5.0) -> None:
+    def __init__(self, kafka: KafkaSettings, catalog: Catalog, pipeline: str, timeout_s: float = 5.0) -> None:
         self._kafka = kafka
         self._admin = AdminClient(kafka.admin())
         self._timeout_s = timeout_s
         self._dead_letter_topics = sorted(t.dead_letter_topic for t in catalog if t.dead_letter)
         self._topics = {t.name for t in catalog}
+        self._groups = pipeline_groups(catalog.topic_prefix, pipeline)
         self._probe: Consumer | None = None
 
     def read(self) -> tuple[list[LagRow], dict[str, int]]:
         lags = group_lag(self._kafka, self._admin, timeout_s=self._timeout_s)
-        # The groups of this pipeline: those reading one of its topics (its services, and users of
-        # its outputs), not every group of a shared cluster.
-        groups = {r.group for r in lags if r.topic in self._topics}
+        # The groups of this pipeline, not every group of a shared cluster: its services' and their
+        # stages' (the collector's join and metrics stages read only its internal topics, so by the
+        # topics alone a join far behind went unseen), and users of its outputs.
+        groups = {r.group for r in lags if r.topic in self._topics or r.group.startswith(self._groups)}
         rows = [LagRow(r.group, r.topic, r.partition, r.lag) for r in lags if r.group in groups]
         return rows, self._dead_letters()
 
@@ -207,8 +211,10 @@ class LagReader:
         if self._probe is None:
             self._probe = Consumer(self._kafka.consumer("streamloop-dashboard-probe"))
         metadata = self._probe.list_topics(timeout=self._timeout_s).topics
+        # The services' internal topics (``<group>-by-event``) have dead letters of their own.
+        internal = [t for t in metadata if t.startswith(self._groups) and t.endswith(".dlq")]
         counts = {}
-        for topic in self._dead_letter_topics:
+        for topic in sorted({*self._dead_letter_topics, *internal}):
             if topic not in metadata:
                 continue
             total = 0

@@ -25,6 +25,16 @@ def configure_logging(level: str, service: str, instance_id: str | None = None) 
     )
 
 
+def pipeline_groups(topic_prefix: str, pipeline: str) -> str:
+    """What every consumer group id of ``pipeline``'s services begins with.
+
+    A service's group is this and its name; a service of several stages names their groups
+    ``<group>.<stage>`` and its internal topics ``<group>-<name>`` (the collector's ``.join`` and
+    ``-by-event``), so whoever shows the pipeline's lag or dead letters finds them by this alone.
+    """
+    return f"{topic_prefix}streamloop.{pipeline}."
+
+
 @dataclass
 class ServiceContext:
     service: str
@@ -56,7 +66,7 @@ class ServiceContext:
 
     @property
     def group_id(self) -> str:
-        return f"{self.common.topic_prefix}streamloop.{self.pipeline.name}.{self.service}"
+        return pipeline_groups(self.common.topic_prefix, self.pipeline.name) + self.service
 
     def runner(self, processor: Processor, inputs: list[str], outputs: list[str],
                metrics: RunnerMetrics | None = None, tracer: KafkaTracer | None = None) -> StageRunner:
