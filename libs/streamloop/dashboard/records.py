@@ -3,7 +3,12 @@ the model timeline and alerts.
 
 Pure: fed decoded records (as the topics' Avro schemas define them) in any order and with
 duplicates (delivery is at least once), it keeps what the dashboard shows, bounded. Records are
-keyed by what identifies them, so a replayed record replaces itself instead of counting twice.
+keyed by what identifies them, so a replayed record replaces itself instead of counting twice
+(a copy that comes more than ``history`` records of its kind after the first would count again).
+
+The summary's counts are not the lengths of those bounded lists: drift detections are counted as
+they first arrive, and promotions and rollbacks that leave the kept history are folded into
+counts first, so the tiles go on counting from the start after months of deployments.
 
 Figures per model version are kept for at most ``MODEL_VERSIONS_KEPT`` versions: a loop that
 retrains for months makes thousands of versions, and the page reads them all on every poll.
@@ -13,13 +18,13 @@ forgotten, never one deployed now while another can go.
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from streamloop.dashboard.series import chart, finite
-from streamloop.ml.registry import champion_changes
+from streamloop.ml.registry import champion_change, champion_changes
 
 ROLES = ("metrics", "drift_events", "alerts", "model_deployments", "model_decisions")
 WORST_SEGMENTS = 5
@@ -68,13 +73,23 @@ class RecordViews:
     def __init__(self, history: int = 2000, metric: str = "accuracy",
                  versions_kept: int = MODEL_VERSIONS_KEPT) -> None:
         self.metric = metric
+        self._history = history
         self._versions: dict[str, _VersionFigures] = {}
         self._versions_kept = versions_kept
         self._detections = _Bounded(history)
+        self._detections_seen = 0
         self._alerts = _Bounded(history)
         self._alert_state: dict[tuple[str, str], dict[str, Any]] = {}
         self._deployments: dict[str, dict[str, Any]] = {}  # the compacted table: key -> current slot
-        self._timeline = _Bounded(history)
+        # Apart: a canary's weight steps and redeploys are many, and pushed the decisions out.
+        self._deploy_history = _Bounded(history)
+        self._decisions = _Bounded(history)
+        # The PROMOTE and ROLLBACK decisions: the latest ``history`` as they are, the older ones
+        # folded into counts (and the canary trials they left open) as they leave.
+        self._changes: dict[tuple[Any, ...], dict[str, Any]] = {}
+        self._settled: Counter[str] = Counter()
+        self._settled_on_trial: set[str] = set()
+        self._settled_keys = _Bounded(history)  # so a late copy of a folded decision is not counted again
         self.records = {role: 0 for role in ROLES}
 
     def add(self, role: str, key: str | None, value: dict[str, Any] | None) -> None:
@@ -118,6 +133,8 @@ class RecordViews:
         if value is None:
             return
         identity = (value["kind"], value["detector"], value.get("feature"), value["window_end"])
+        if identity not in self._detections:
+            self._detections_seen += 1
         self._detections[identity] = value
 
     def _on_alerts(self, _key: str | None, value: dict[str, Any] | None) -> None:
@@ -136,7 +153,7 @@ class RecordViews:
             self._deployments.pop(slot_key, None)
             return
         self._deployments[slot_key] = value
-        self._timeline[("DEPLOY", slot_key, value["version"], value["deployed_at"])] = {
+        self._deploy_history[("DEPLOY", slot_key, value["version"], value["deployed_at"])] = {
             "at": _s(value["deployed_at"]), "kind": f"DEPLOY {value['role']}", "model": value["model_name"],
             "from_version": value.get("previous_version"), "to_version": value["version"],
             "reason": f"slot {value['slot']}" + (f", canary weight {value['canary_weight']:.2f}"
@@ -148,13 +165,23 @@ class RecordViews:
             return
         # The decision's time too: a decision read again is the same entry, but one id may be decided
         # twice (a canary's "<v>:rollback", then, promoted by hand, the same version rolled back as champion).
-        self._timeline[("DECISION", value["decision_id"], value["decided_at"])] = {
+        key = ("DECISION", value["decision_id"], value["decided_at"])
+        entry = self._decisions[key] = {
             "at": _s(value["decided_at"]), "kind": value["kind"], "decision_id": value["decision_id"],
             "model": value["model_name"],
             "from_version": value.get("from_version"), "to_version": value.get("to_version"),
             "reason": value["reason"], "automatic": value.get("automatic", True),
             "evidence": {k: finite(v) for k, v in (value.get("evidence") or {}).items()},
         }
+        if entry["kind"] in ("PROMOTE", "ROLLBACK") and key not in self._settled_keys:
+            self._changes[key] = entry
+            if len(self._changes) > self._history:
+                self._settle_oldest_change()
+
+    def _settle_oldest_change(self) -> None:
+        key = min(self._changes, key=lambda k: self._changes[k]["at"])
+        self._settled[champion_change(self._changes.pop(key), self._settled_on_trial)] += 1
+        self._settled_keys[key] = True
 
     # -- output ------------------------------------------------------------------------------
 
@@ -172,12 +199,13 @@ class RecordViews:
         return rows
 
     def timeline(self) -> list[dict[str, Any]]:
-        return sorted(self._timeline.values(), key=lambda e: e["at"])
+        return sorted([*self._decisions.values(), *self._deploy_history.values()], key=lambda e: e["at"])
 
     def champion_changes(self) -> list[tuple[dict[str, Any], str]]:
         """Each PROMOTE and ROLLBACK decision in time order, with what it did to the champion
-        (``streamloop.ml.registry.champion_changes``)."""
-        return champion_changes(self.timeline())
+        (``streamloop.ml.registry.champion_change``). Only the latest ``history`` of them: the
+        older ones are in the summary's counts alone."""
+        return champion_changes(sorted(self._changes.values(), key=lambda e: e["at"]), self._settled_on_trial)
 
     def charts(self) -> dict[str, dict[str, Any]]:
         marks = [_mark(entry, change) for entry, change in self.champion_changes()]
@@ -252,11 +280,11 @@ class RecordViews:
         # A promotion replaces a champion: neither the bootstrap's first PROMOTE (from nothing) nor
         # a challenger sent to the canary slot is one. A canary failing its trial replaced no
         # champion either: it is counted apart from the champions rolled back.
-        changes = [change for _entry, change in self.champion_changes()]
+        changes = self._settled + Counter(change for _entry, change in self.champion_changes())
         return {
-            "champion": version, self.metric: value, "drift_detections": len(self._detections),
-            "promotions": changes.count("promotion"), "rollbacks": changes.count("rollback"),
-            "canary_rollbacks": changes.count("canary_rollback"), "active_alerts": len(self._active_alerts()),
+            "champion": version, self.metric: value, "drift_detections": self._detections_seen,
+            "promotions": changes["promotion"], "rollbacks": changes["rollback"],
+            "canary_rollbacks": changes["canary_rollback"], "active_alerts": len(self._active_alerts()),
         }
 
 

@@ -190,8 +190,9 @@ def champion_predecessors(decisions: Iterable[dict[str, Any]]) -> dict[str, str 
 CANARY_DECISION_SUFFIX = ":canary"
 
 
-def champion_changes(decisions: Iterable[dict[str, Any]]) -> list[tuple[dict[str, Any], str]]:
-    """Each PROMOTE and ROLLBACK decision, in the order given (oldest first), with what it did to the champion.
+def champion_change(decision: dict[str, Any], on_trial: set[str]) -> str | None:
+    """What one decision did to the champion, given the versions on trial in the canary slot before
+    it (``on_trial``, updated); None for a decision other than PROMOTE and ROLLBACK.
 
     ``promotion``: a champion replaced; ``bootstrap``: the first champion, replacing nothing;
     ``canary``: a challenger sent to the canary slot, the champion unchanged; ``rollback``: a
@@ -199,23 +200,33 @@ def champion_changes(decisions: Iterable[dict[str, Any]]) -> list[tuple[dict[str
     (rolled back from the canary slot, the champion unchanged). The dashboard and the demo's
     summary count with this one rule, so that they agree.
     """
-    on_trial: set[str] = set()
+    if decision["kind"] == "ROLLBACK":
+        # A canary's rollback and a champion's share the id <v>:rollback: only the trial tells them apart.
+        change = "canary_rollback" if decision["from_version"] in on_trial else "rollback"
+        on_trial.discard(decision["from_version"])
+    elif decision["kind"] != "PROMOTE":
+        return None
+    elif (decision.get("decision_id") or "").endswith(CANARY_DECISION_SUFFIX):
+        change = "canary"
+        on_trial.add(decision["to_version"])
+    else:
+        change = "promotion" if decision["from_version"] else "bootstrap"
+        on_trial.discard(decision["to_version"])
+    return change
+
+
+def champion_changes(decisions: Iterable[dict[str, Any]],
+                     on_trial: set[str] | None = None) -> list[tuple[dict[str, Any], str]]:
+    """Each PROMOTE and ROLLBACK decision, in the order given (oldest first), with ``champion_change``'s
+    name for it; ``on_trial``: the canaries on trial before the first (none by default)."""
+    trial = set(on_trial or ())
     changes = []
     for decision in decisions:
-        if decision["kind"] == "ROLLBACK":
-            # A canary's rollback and a champion's share the id <v>:rollback: only the trial tells them apart.
-            change = "canary_rollback" if decision["from_version"] in on_trial else "rollback"
-            on_trial.discard(decision["from_version"])
-        elif decision["kind"] != "PROMOTE":
-            continue
-        elif (decision.get("decision_id") or "").endswith(CANARY_DECISION_SUFFIX):
-            change = "canary"
-            on_trial.add(decision["to_version"])
-        else:
-            change = "promotion" if decision["from_version"] else "bootstrap"
-            on_trial.discard(decision["to_version"])
-        changes.append((decision, change))
+        change = champion_change(decision, trial)
+        if change is not None:
+            changes.append((decision, change))
     return changes
+
 
 def _identity(value: dict[str, Any] | None) -> tuple[str, str | None] | None:
     return None if value is None else (value["version"], value.get("decision_id"))

@@ -170,3 +170,34 @@ def test_one_decision_id_decided_twice_is_two_timeline_entries_and_a_replay_is_o
         views.add("model_decisions", "fraud", canary_rollback)
     views.add("model_decisions", "fraud", decision("ROLLBACK", T0 + 60_000, "v1", "v2", decision_id="v2:rollback"))
     assert [e["at"] for e in views.timeline() if e["decision_id"] == "v2:rollback"] == [T0 / 1000, T0 / 1000 + 60]
+
+
+def test_deployments_never_push_a_promotion_out_of_the_counts():
+    views = RecordViews(history=10)
+    views.add("model_decisions", "fraud", decision("PROMOTE", T0, "v2", "v1", decision_id="v2:promote"))
+    for n in range(30):  # a canary's weight steps and redeploys: each one a timeline entry
+        views.add("model_deployments", "card-fraud/fraud/canary",
+                  deployment(f"v{n + 3}", T0 + 1 + n, "CANARY", "canary"))
+    assert views.summary()["promotions"] == 1
+    assert ("PROMOTE", "PROMOTE v2") in [(m["kind"], m["label"]) for m in views.charts()["accuracy"]["marks"]]
+    assert len(views.timeline()) == 11, "each history is bounded on its own"
+
+
+def test_counts_go_on_past_the_kept_history_and_still_tell_a_canary_s_failed_trial():
+    views = RecordViews(history=2)
+    decisions = [("PROMOTE", "v1", None, "v1:promote"), ("PROMOTE", "v2", "v1", "v2:canary"),
+                 ("PROMOTE", "v2", "v1", "v2:promote"), ("PROMOTE", "v3", "v2", "v3:canary"),
+                 ("ROLLBACK", "v2", "v3", "v3:rollback"), ("PROMOTE", "v4", "v2", "v4:canary"),
+                 ("PROMOTE", "v4", "v2", "v4:promote"), ("ROLLBACK", "v2", "v4", "v4:rollback")]
+    for n, (kind, to_version, from_version, decision_id) in enumerate(decisions):
+        views.add("model_decisions", "fraud", decision(kind, T0 + n * 10_000, to_version, from_version,
+                                                       decision_id=decision_id))
+    # A copy of a decision that has left the kept history (delivery is at least once) is not counted again.
+    views.add("model_decisions", "fraud", decision("ROLLBACK", T0 + 40_000, "v2", "v3", decision_id="v3:rollback"))
+    for n in range(5):  # each detection once, read twice
+        for _ in range(2):
+            views.add("drift_events", "p", drift("amount", T0 + n * 60_000))
+    summary = views.summary()
+    assert (summary["promotions"], summary["rollbacks"], summary["canary_rollbacks"]) == (2, 1, 1)
+    assert summary["drift_detections"] == 5 and len(views.detections()) == 2
+    assert [m["label"] for m in views.charts()["accuracy"]["marks"]] == ["PROMOTE v4", "ROLLBACK v2"]
