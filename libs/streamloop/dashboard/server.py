@@ -10,6 +10,10 @@ Every request must name this server in its ``Host`` header (``allowed_host_names
 binding alone does not stop a web page from reading the snapshot (entity keys, event ids) by
 DNS rebinding, where the attacker's own name resolves to 127.0.0.1 and the browser sends it as
 ``Host``. Others are answered 403.
+
+A connection that sends nothing for ``REQUEST_TIMEOUT_S`` (a request half sent, a response not
+read) is closed: each holds a thread, and without a timeout a few hundred idle ones would pin
+as many threads for ever.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ log = logging.getLogger(__name__)
 
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 BIND_ALL = frozenset({"", "0.0.0.0", "::"})  # noqa: S104 - only naming the bind-all addresses
+REQUEST_TIMEOUT_S = 10.0  # the page's own requests take milliseconds; a slow link, a few seconds
 FORBIDDEN_HOST = b"forbidden: unknown Host header (allow it with STREAMLOOP_DASHBOARD_ALLOWED_HOSTS)\n"
 
 STATIC_TYPES = {
@@ -81,9 +86,11 @@ def allowed_host_names(bound_host: str, extra: Iterable[str] = ()) -> frozenset[
 class _Handler(BaseHTTPRequestHandler):
     server_version = "streamloop-dashboard"
 
-    def __init__(self, *args: Any, snapshot: Any, allowed_hosts: frozenset[str], **kwargs: Any) -> None:
+    def __init__(self, *args: Any, snapshot: Any, allowed_hosts: frozenset[str], timeout: float,
+                 **kwargs: Any) -> None:
         self._snapshot = snapshot
         self._allowed_hosts = allowed_hosts
+        self.timeout = timeout  # before super().__init__, which sets up the socket and handles the request
         super().__init__(*args, **kwargs)
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's name
@@ -125,12 +132,14 @@ class _Handler(BaseHTTPRequestHandler):
 class DashboardServer:
     """Serves ``snapshot()`` and the page on ``host:port`` (port 0: any free port) from a daemon thread.
 
-    ``allowed_hosts``: names a request's ``Host`` may give besides loopback and ``host`` itself.
+    ``allowed_hosts``: names a request's ``Host`` may give besides loopback and ``host`` itself;
+    ``request_timeout_s``: how long a connection may stay silent before it is closed.
     """
 
     def __init__(self, snapshot: Any, host: str = "127.0.0.1", port: int = 0,
-                 allowed_hosts: Iterable[str] = ()) -> None:
-        handler = partial(_Handler, snapshot=snapshot, allowed_hosts=allowed_host_names(host, allowed_hosts))
+                 allowed_hosts: Iterable[str] = (), request_timeout_s: float = REQUEST_TIMEOUT_S) -> None:
+        handler = partial(_Handler, snapshot=snapshot, allowed_hosts=allowed_host_names(host, allowed_hosts),
+                          timeout=request_timeout_s)
         try:
             self._server = ThreadingHTTPServer((host, port), handler)
         except OSError as exc:

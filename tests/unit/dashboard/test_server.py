@@ -2,6 +2,8 @@
 
 import http.client
 import json
+import socket
+import time
 import urllib.error
 import urllib.request
 
@@ -90,3 +92,18 @@ def test_configured_names_are_served(monkeypatch):
         assert get_with_host(running, "other.internal")[0] == 403
     finally:
         running.stop()
+
+
+def test_a_half_sent_request_is_closed_after_the_request_timeout():
+    running = DashboardServer(lambda: {}, request_timeout_s=0.3).start()
+    try:
+        port = int(running.url.rsplit(":", 1)[1].strip("/"))
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as half_sent:
+            half_sent.sendall(b"GET /api/snapshot HTTP/1.1\r\n")  # and never the rest
+            started = time.monotonic()
+            assert half_sent.recv(1) == b"", "the server closes the connection"
+            assert time.monotonic() - started < 3
+        assert get(f"{running.url}healthz")[0] == 200
+    finally:
+        running.stop()
+
