@@ -184,7 +184,6 @@ def champion_predecessors(decisions: Iterable[dict[str, Any]]) -> dict[str, str 
     return predecessors
 
 
-
 # The publisher's decision id for sending a challenger to the canary slot (model_publisher/judging.py):
 # a PROMOTE, but the champion stays until the canary passes its trial, a ``<v>:promote`` of its own.
 CANARY_DECISION_SUFFIX = ":canary"
