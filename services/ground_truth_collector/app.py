@@ -94,6 +94,7 @@ class Collector:
         self.pacer = Pacer(settings.idle_after / 1000)
         self.order = OffsetOrder()
         self._announced: dict[int, tuple[int, float]] = {}  # join partition -> (clock, when) last announced
+        self._owned: set[int] = set()  # keyed partitions of the last assignment
         self._baseline_lock = asyncio.Lock()
         self._partitioner = DefaultPartitioner()
         self.inputs = {ctx.topic(role).name: role for role in INPUT_ROLES}
@@ -132,17 +133,29 @@ class Collector:
         app.timer(settings.tick_interval / 1000)(self._tick)
         app.timer(settings.metrics_report_interval / 1000)(self._report)
         app.on_partitions_revoked.connect(self._on_revoked)
+        app.on_partitions_assigned.connect(self._on_assigned)
 
     def _on_revoked(self, _sender: Any, revoked: set, **_: Any) -> None:
+        # aiokafka's eager protocol revokes every partition, the ones this worker keeps too: only
+        # what is rebuilt from the table is dropped here; the table's entries wait for _on_assigned.
         self.pacer.reassigned()
         self.order.forget((tp.topic, tp.partition) for tp in revoked)
         keyed = {tp.partition for tp in revoked if tp.topic == self.keyed.get_topic_name()}
         for partition in keyed:
             self.partitions.pop(partition, None)
             self._announced.pop(partition, None)
-        self.state.forget(keyed)
         if any(tp.topic == self.joined.get_topic_name() for tp in revoked):
             self.scoring = None
+
+    def _on_assigned(self, _sender: Any, assigned: set, **_: Any) -> None:
+        """Drop the join entries of the keyed partitions that went to another worker.
+
+        faust restores a partition it considers kept (in the previous and the new assignment) only
+        from where its last restore stopped, so that partition's entries must stay in the table.
+        """
+        keyed = {tp.partition for tp in assigned if tp.topic == self.keyed.get_topic_name()}
+        self.state.forget(self._owned - keyed)
+        self._owned = keyed
 
     # -- agent 1: key every input by event_id ------------------------------------------------
 
