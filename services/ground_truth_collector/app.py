@@ -32,6 +32,7 @@ from services.ground_truth_collector.faust_options import faust_options
 from services.ground_truth_collector.join import Decision, JoinConfig, JoinCounters, Joined, JoinPartition
 from services.ground_truth_collector.pacing import OffsetOrder, Pacer
 from services.ground_truth_collector.reporting import CollectorMetrics
+from services.ground_truth_collector.revocation import Revocations
 from services.ground_truth_collector.routing import (
     HEADER_DECIDED_AT,
     HEADER_JOIN_CLOCK,
@@ -90,9 +91,11 @@ class Collector:
         self.counters = JoinCounters()
         self.partitions: dict[int, JoinPartition] = {}
         self.scoring: MetricsStage | None = None
+        self._held: list[tuple[Any, int | None]] = []  # the metrics stage's unacknowledged records, with their windows
         self.report = CollectorMetrics(telemetry.metrics)
         self.pacer = Pacer(settings.idle_after / 1000)
         self.order = OffsetOrder()
+        self.revocations = Revocations()
         self._announced: dict[int, tuple[int, float]] = {}  # join partition -> (clock, when) last announced
         self._owned: set[int] = set()  # keyed partitions of the last assignment
         self._baseline_lock = asyncio.Lock()
@@ -135,9 +138,10 @@ class Collector:
         app.on_partitions_revoked.connect(self._on_revoked)
         app.on_partitions_assigned.connect(self._on_assigned)
 
-    def _on_revoked(self, _sender: Any, revoked: set, **_: Any) -> None:
+    async def _on_revoked(self, _sender: Any, revoked: set, **_: Any) -> None:
         # aiokafka's eager protocol revokes every partition, the ones this worker keeps too: only
         # what is rebuilt from the table is dropped here; the table's entries wait for _on_assigned.
+        await self.revocations.revoke()
         self.pacer.reassigned()
         self.order.forget((tp.topic, tp.partition) for tp in revoked)
         keyed = {tp.partition for tp in revoked if tp.topic == self.keyed.get_topic_name()}
@@ -156,6 +160,7 @@ class Collector:
         keyed = {tp.partition for tp in assigned if tp.topic == self.keyed.get_topic_name()}
         self.state.forget(self._owned - keyed)
         self._owned = keyed
+        self.revocations.assigned()
 
     # -- agent 1: key every input by event_id ------------------------------------------------
 
@@ -170,27 +175,37 @@ class Collector:
             if not resumed:  # before forwarding any backlog: see StreamClock.resume
                 await self._resume(self.keyed, self._keyed_range)
                 resumed = True
-            message = event.message
-            if not await self._in_order(message):
-                continue
-            self.report.consumed[message.topic] += 1
-            kind = INPUT_ROLES[self.inputs[message.topic]]
-            source = SourceRef(message.topic, message.partition, message.offset)
-            headers = header_list(message.headers)
-            try:
-                event_id = event_id_of(kind, self.serdes[message.topic].decode(message.value), task)
-            except (SerdeError, InvalidRecordError) as exc:
-                stage = dead_letters.STAGE_DECODE if isinstance(exc, SerdeError) else dead_letters.STAGE_VALIDATION
-                await self._dead_letter(message, stage, exc)
-                await self._forwarded(stream, event)
-                continue
-            # The partition is chosen here (the producer's default murmur2) to know which went quiet.
-            key = event_id.encode()
-            partition = self._partitioner(key, self._keyed_range, self._keyed_range)
-            await self.keyed.send(key=key, value=message.value, partition=partition,
-                                  headers=keyed_headers(kind, source, headers))
-            self.pacer.keyed(partition)
+            async with self.revocations.work():
+                if self._current(event.message):
+                    await self._forward(stream, event, task)
+
+    async def _forward(self, stream: Any, event: Any, task: str) -> None:
+        message = event.message
+        if not await self._in_order(message):
+            return
+        self.report.consumed[message.topic] += 1
+        kind = INPUT_ROLES[self.inputs[message.topic]]
+        source = SourceRef(message.topic, message.partition, message.offset)
+        headers = header_list(message.headers)
+        try:
+            event_id = event_id_of(kind, self.serdes[message.topic].decode(message.value), task)
+        except (SerdeError, InvalidRecordError) as exc:
+            stage = dead_letters.STAGE_DECODE if isinstance(exc, SerdeError) else dead_letters.STAGE_VALIDATION
+            await self._dead_letter(message, stage, exc)
             await self._forwarded(stream, event)
+            return
+        # The partition is chosen here (the producer's default murmur2) to know which went quiet.
+        key = event_id.encode()
+        partition = self._partitioner(key, self._keyed_range, self._keyed_range)
+        await self.keyed.send(key=key, value=message.value, partition=partition,
+                              headers=keyed_headers(kind, source, headers))
+        self.pacer.keyed(partition)
+        await self._forwarded(stream, event)
+
+    def _current(self, message: Any) -> bool:
+        """False for a record fetched before a revocation: it is not processed nor acknowledged,
+        and is read again from the committed offset if the partition is assigned here again."""
+        return self.revocations.current(message, self.app.consumer_generation_id)
 
     async def _in_order(self, message: Any) -> bool:
         """True to process this record now (and it counts as processed); a record out of order is
@@ -268,30 +283,34 @@ class Collector:
             if not resumed:
                 await self._resume(self.joined, [0])
                 resumed = True
-            pending: list[Any] = []
-            applied = []
-            touched: dict[int, int] = {}  # join partition -> offset of its last record in the batch
-            for event in events:
-                # A partition being read again (OffsetOrder) is busy too: it keeps holding the metrics clock.
-                touched[event.message.partition] = event.message.offset
-                if not await self._in_order(event.message):
-                    continue
-                applied.append(event)
-                try:
-                    decisions = self._apply(event)
-                except Exception as exc:  # noqa: BLE001 - one poison record must not stop the join
-                    log.exception("join failed on %s[%d]@%d", event.message.topic, event.message.partition,
-                                  event.message.offset)
-                    await self._dead_letter_keyed(event.message, exc)
-                    continue
-                for decision in decisions:
-                    pending += await self._send_decision(decision, event.message)
-            pending += await self._announce_clocks(touched)
-            await self._settle(pending)
-            await self._settle(await self.state.flush())
-            for event in applied:
-                await stream.ack(event)
-                self.pacer.done(event.message.topic, event.message.partition, event.message.offset)
+            async with self.revocations.work():
+                await self._join_batch(stream, [event for event in events if self._current(event.message)])
+
+    async def _join_batch(self, stream: Any, events: list[Any]) -> None:
+        pending: list[Any] = []
+        applied = []
+        touched: dict[int, int] = {}  # join partition -> offset of its last record in the batch
+        for event in events:
+            # A partition being read again (OffsetOrder) is busy too: it keeps holding the metrics clock.
+            touched[event.message.partition] = event.message.offset
+            if not await self._in_order(event.message):
+                continue
+            applied.append(event)
+            try:
+                decisions = self._apply(event)
+            except Exception as exc:  # noqa: BLE001 - one poison record must not stop the join
+                log.exception("join failed on %s[%d]@%d", event.message.topic, event.message.partition,
+                              event.message.offset)
+                await self._dead_letter_keyed(event.message, exc)
+                continue
+            for decision in decisions:
+                pending += await self._send_decision(decision, event.message)
+        pending += await self._announce_clocks(touched)
+        await self._settle(pending)
+        await self._settle(await self.state.flush())
+        for event in applied:
+            await stream.ack(event)
+            self.pacer.done(event.message.topic, event.message.partition, event.message.offset)
 
     def _apply(self, event: Any) -> list[Decision]:
         message = event.message
@@ -372,48 +391,52 @@ class Collector:
     # -- agent 3: prequential metrics --------------------------------------------------------
 
     async def _score(self, stream: Any) -> None:
-        held: list[tuple[Any, int | None]] = []
         wait = self.settings.batch_wait / 1000
         async for events in stream.noack_take(self.settings.batch_size, within=wait):
             await self.app.tables.recovery.completed.wait()
-            scoring = self._scoring()
-            for event in events:
-                message = event.message
-                if not await self._in_order(message):
-                    continue
-                self.pacer.done(message.topic, message.partition, message.offset)
-                timestamp_ms = int(message.timestamp * 1000)
-                headers = header_list(message.headers)
-                control = control_of(headers)
-                decided_at = header(headers, HEADER_DECIDED_AT)
-                origin = SourceRef.parse((header(headers, HEADER_ORIGIN) or b"?:0:0").decode())
-                join_clock = header(headers, HEADER_JOIN_CLOCK)
-                if control == WATERMARK:
-                    scoring.watermark(origin, None if join_clock is None else int(join_clock), timestamp_ms)
-                    held.append((event, None))
-                    continue
-                if control is not None or decided_at is None:
-                    if control == RESUME:
-                        scoring.clock.resume(timestamp_ms)
-                    else:
-                        scoring.tick(timestamp_ms)
-                    held.append((event, None))
-                    continue
-                example = self.serdes[self.ctx.topic("labeled_examples").name].decode(message.value)
-                held.append((event, scoring.add(example, int(decided_at), origin, timestamp_ms,
-                                                None if join_clock is None else int(join_clock))))
-            reports = scoring.close()
-            if reports:
-                await self._publish(reports)
-                self.scoring_state.put(_CLOSED_UNTIL, {"closed_until": scoring.closed_until}, 0)
-                await self._settle(await self.scoring_state.flush())
-            still_held = []
-            for event, window in held:
-                if scoring.is_reported(window):
-                    await stream.ack(event)
+            async with self.revocations.work():
+                await self._score_batch(stream, [event for event in events if self._current(event.message)])
+
+    async def _score_batch(self, stream: Any, events: list[Any]) -> None:
+        held = self._held
+        scoring = self._scoring()
+        for event in events:
+            message = event.message
+            if not await self._in_order(message):
+                continue
+            self.pacer.done(message.topic, message.partition, message.offset)
+            timestamp_ms = int(message.timestamp * 1000)
+            headers = header_list(message.headers)
+            control = control_of(headers)
+            decided_at = header(headers, HEADER_DECIDED_AT)
+            origin = SourceRef.parse((header(headers, HEADER_ORIGIN) or b"?:0:0").decode())
+            join_clock = header(headers, HEADER_JOIN_CLOCK)
+            if control == WATERMARK:
+                scoring.watermark(origin, None if join_clock is None else int(join_clock), timestamp_ms)
+                held.append((event, None))
+                continue
+            if control is not None or decided_at is None:
+                if control == RESUME:
+                    scoring.clock.resume(timestamp_ms)
                 else:
-                    still_held.append((event, window))
-            held = still_held
+                    scoring.tick(timestamp_ms)
+                held.append((event, None))
+                continue
+            example = self.serdes[self.ctx.topic("labeled_examples").name].decode(message.value)
+            held.append((event, scoring.add(example, int(decided_at), origin, timestamp_ms,
+                                            None if join_clock is None else int(join_clock))))
+        reports = scoring.close()
+        if reports:
+            await self._publish(reports)
+            self.scoring_state.put(_CLOSED_UNTIL, {"closed_until": scoring.closed_until}, 0)
+            await self._settle(await self.scoring_state.flush())
+        still_held = []
+        for event, window in held:
+            if scoring.is_reported(window):
+                await stream.ack(event)
+            else:
+                still_held.append((event, window))
+        self._held = still_held
 
     def _scoring(self) -> MetricsStage:
         if self.scoring is None:

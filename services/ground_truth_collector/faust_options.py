@@ -73,7 +73,8 @@ def faust_options(settings: CollectorSettings, keyed_partitions: int) -> dict[st
         "producer_max_request_size": kafka.message_max_bytes,
         "consumer_group_instance_id": instance,
         # Held acknowledgements (the metrics windows) must not block a rebalance or shutdown:
-        # unacknowledged records are simply processed again (at-least-once).
+        # unacknowledged records are simply processed again (at-least-once). A revocation still
+        # waits for the batches in flight (revocation.Revocations).
         "stream_wait_empty": False,
         # A failed agent stops the worker; its batch was not acknowledged and is replayed.
         "agent_supervisor": mode.CrashingSupervisor,

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from faust.types import TP
 
-from services.ground_truth_collector.entries import Joined
+from services.ground_truth_collector.entries import Joined, Kind, SourceRef
 from services.ground_truth_collector.join import JoinConfig, JoinPartition
+from services.ground_truth_collector.routing import keyed_headers
 from services.ground_truth_collector.settings import SERVICE, CollectorSettings
 from services.ground_truth_collector.state import TableStore
 from streamloop.service.context import ServiceContext
@@ -57,6 +59,99 @@ def collector(monkeypatch: pytest.MonkeyPatch) -> Any:
     return built
 
 
+class Topic:
+    """A faust topic whose sends are recorded; ``hold`` makes their deliveries wait."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.sent: list[dict[str, Any]] = []
+        self.hold: asyncio.Future | None = None
+
+    def get_topic_name(self) -> str:
+        return self.name
+
+    async def send(self, **record: Any) -> asyncio.Future:
+        self.sent.append(record)
+        if self.hold is not None:
+            return self.hold
+        delivered = asyncio.get_running_loop().create_future()
+        delivered.set_result(None)
+        return delivered
+
+
+class Stream:
+    """An agent's stream: the test hands it batches; acknowledgements are recorded as (partition, offset)."""
+
+    def __init__(self) -> None:
+        self.batches: asyncio.Queue = asyncio.Queue()
+        self.acked: list[tuple[int, int]] = []
+
+    async def noack_take(self, _max: int, within: float) -> Any:
+        while True:
+            yield await self.batches.get()
+
+    def noack(self) -> Stream:
+        return self
+
+    async def events(self) -> Any:
+        while True:
+            for event in await self.batches.get():
+                yield event
+
+    async def ack(self, event: Any) -> None:
+        self.acked.append((event.message.partition, event.message.offset))
+
+
+class Worker:
+    """A collector with its sends and the group's committed offsets faked, assigned every partition."""
+
+    def __init__(self, collector: Any) -> None:
+        self.collector = c = collector
+        self.keyed = Topic(c.keyed.get_topic_name())
+        self.joined = Topic(c.joined.get_topic_name())
+        c.keyed, c.joined = self.keyed, self.joined
+        c.outputs = {role: Topic(topic.get_topic_name()) for role, topic in c.outputs.items()}
+        self.committed = {(self.keyed.name, p): 0 for p in range(c.keyed_partitions)}
+
+        async def load_baseline() -> None:
+            c.pacer.baseline = dict(self.committed)
+
+        c._load_baseline = load_baseline
+        c.app.tables.recovery.completed.set()
+        self.assignment = keyed(c, *range(c.keyed_partitions)) | {TP(self.joined.name, 0)}
+
+    async def start(self) -> None:
+        self.collector.app.consumer_generation_id = 1
+        await self.collector.app.on_partitions_assigned.send(self.assignment)
+
+    async def rebalance(self) -> None:
+        """An eager rebalance that gives this worker all of its partitions back."""
+        await self.collector.app.on_partitions_revoked.send(self.assignment)
+        await self.reassign()
+
+    async def reassign(self) -> None:
+        self.collector.app.consumer_generation_id += 1
+        await self.collector.app.on_partitions_assigned.send(self.assignment)
+
+    def features(self, event_id: str, offset: int, partition: int = 0) -> Any:
+        """A keyed feature vector (source: the features topic's partition 0 at ``offset``), fetched now."""
+        c = self.collector
+        topic = c.ctx.topic("features").name
+        value = {"event_id": event_id, "entity_key": f"card-{event_id}", "event_time": T0, "pipeline": PIPELINE,
+                 "numeric": {"amount": 1.0}, "categorical": {"country": "NL"},
+                 "segments": {"country": "NL", "customer_tier": "gold"}, "computed_at": T0, "late": False}
+        message = SimpleNamespace(
+            topic=self.keyed.name, partition=partition, offset=offset, timestamp=T0 / 1000, key=event_id.encode(),
+            headers=keyed_headers(Kind.FEATURES, SourceRef(topic, 0, offset), []), value=c.serdes[topic].encode(value),
+            tp=TP(self.keyed.name, partition), generation_id=c.app.consumer_generation_id)
+        return SimpleNamespace(message=message)
+
+
+async def settled() -> None:
+    for _ in range(50):
+        await asyncio.sleep(0)
+
+
 def keyed(collector: Any, *partitions: int) -> set[TP]:
     return {TP(collector.keyed.get_topic_name(), p) for p in partitions}
 
@@ -85,3 +180,102 @@ def test_a_rebalance_keeps_the_join_entries_of_the_partitions_the_worker_keeps(c
     assert "moved" in moved and not dict(store.entries(1)), "the partition that moved is left to its new owner"
     decisions = JoinPartition(0, store, config).apply(inputs.label("kept", T0 + 1_000))
     assert [type(d) for d in decisions] == [Joined], "the kept event's label found its event"
+
+
+def test_a_revocation_waits_for_the_join_batch_in_flight(collector) -> None:
+    """The rest of a batch must not run against dropped state nor write into partitions that moved."""
+    async def scenario() -> None:
+        worker = Worker(collector)
+        await worker.start()
+        stream = Stream()
+        agent = asyncio.create_task(collector._join(stream))
+        delivery = asyncio.get_running_loop().create_future()
+        worker.joined.hold = delivery  # the batch waits for its outputs to be acknowledged
+        stream.batches.put_nowait([worker.features("e1", 0), worker.features("e2", 1)])
+        await settled()
+        revocation = asyncio.create_task(collector.app.on_partitions_revoked.send(worker.assignment))
+        await settled()
+        assert not revocation.done(), "the revocation went on while a join batch was in flight"
+        assert stream.acked == []
+        delivery.set_result(None)
+        await asyncio.wait_for(revocation, 1)
+        assert stream.acked == [(0, 0), (0, 1)], "the batch finished, acknowledgements included, first"
+        assert {"e1", "e2"} <= dict(collector.state.entries(0)).keys()
+        agent.cancel()
+
+    asyncio.run(scenario())
+
+
+def test_records_fetched_before_a_revocation_are_left_to_the_replay(collector) -> None:
+    """Processed after the revocation, they refilled the offset bookkeeping it had cleared, and their
+    replay from the committed offset was then skipped as already processed and never acknowledged."""
+    async def scenario() -> None:
+        worker = Worker(collector)
+        await worker.start()
+        stream = Stream()
+        agent = asyncio.create_task(collector._join(stream))
+        stream.batches.put_nowait([worker.features("e1", 0)])
+        await settled()
+        worker.committed[(worker.keyed.name, 0)] = 1
+        fetched_before = [worker.features("e2", 1)]
+        await collector.app.on_partitions_revoked.send(worker.assignment)
+        stream.batches.put_nowait(fetched_before)
+        await settled()
+        assert stream.acked == [(0, 0)], "a record of the revoked assignment was acknowledged"
+        assert "e2" not in dict(collector.state.entries(0))
+        assert collector.order.next == {}
+        await worker.reassign()
+        stream.batches.put_nowait([worker.features("e2", 1)])  # the replay from the committed offset
+        await settled()
+        assert stream.acked == [(0, 0), (0, 1)]
+        assert "e2" in dict(collector.state.entries(0))
+        agent.cancel()
+
+    asyncio.run(scenario())
+
+
+def test_the_keying_agent_leaves_records_fetched_before_a_revocation_to_the_replay(collector) -> None:
+    async def scenario() -> None:
+        worker = Worker(collector)
+        await worker.start()
+        topic = collector.ctx.topic("labels").name
+        value = collector.serdes[topic].encode({"event_id": "e1", "label": True, "label_time": T0, "entity_key": None})
+
+        def label(offset: int) -> Any:
+            return SimpleNamespace(message=SimpleNamespace(
+                topic=topic, partition=0, offset=offset, timestamp=T0 / 1000, key=b"e1", headers=[], value=value,
+                tp=TP(topic, 0), generation_id=collector.app.consumer_generation_id))
+
+        worker.committed[(topic, 0)] = 0
+        stream = Stream()
+        agent = asyncio.create_task(collector._key_by_event(stream))
+        fetched_before = [label(0)]
+        await collector.app.on_partitions_revoked.send(worker.assignment | {TP(topic, 0)})
+        stream.batches.put_nowait(fetched_before)
+        await settled()
+        assert [r for r in worker.keyed.sent if r["key"] is not None] == [], "forwarded after the revocation"
+        assert stream.acked == [] and collector.order.next == {}
+        await worker.reassign()
+        stream.batches.put_nowait([label(0)])
+        await settled()
+        assert [r["key"] for r in worker.keyed.sent if r["key"] is not None] == [b"e1"]
+        assert stream.acked == [(0, 0)]
+        agent.cancel()
+
+    asyncio.run(scenario())
+
+
+def test_a_rejoin_that_keeps_the_generation_leaves_its_records_current() -> None:
+    """A static member may get its assignment back in the generation it had: its records are not stale."""
+    from services.ground_truth_collector.revocation import Revocations
+
+    async def scenario() -> None:
+        revocations = Revocations()
+        record = SimpleNamespace(generation_id=7)
+        await revocations.revoke()
+        assert not revocations.current(record, 7), "until the assignment, every record is of the revoked one"
+        revocations.assigned()
+        assert revocations.current(record, 7)
+        assert not revocations.current(record, 8)
+
+    asyncio.run(scenario())
