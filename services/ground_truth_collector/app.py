@@ -21,6 +21,7 @@ import logging
 import os
 import signal
 import time
+from collections import deque
 from typing import Any
 
 import faust
@@ -91,7 +92,7 @@ class Collector:
         self.counters = JoinCounters()
         self.partitions: dict[int, JoinPartition] = {}
         self.scoring: MetricsStage | None = None
-        self._held: list[tuple[Any, int | None]] = []  # the metrics stage's unacknowledged records, with their windows
+        self._held: deque[tuple[Any, int | None]] = deque()  # the metrics stage's unacked records and windows
         self.report = CollectorMetrics(telemetry.metrics)
         self.pacer = Pacer(settings.idle_after / 1000)
         self.order = OffsetOrder()
@@ -150,6 +151,7 @@ class Collector:
             self._announced.pop(partition, None)
         if any(tp.topic == self.joined.get_topic_name() for tp in revoked):
             self.scoring = None
+            self._held.clear()  # read again from the committed offset by whoever owns the topic next
 
     def _on_assigned(self, _sender: Any, assigned: set, **_: Any) -> None:
         """Drop the join entries of the keyed partitions that went to another worker.
@@ -430,13 +432,12 @@ class Collector:
             await self._publish(reports)
             self.scoring_state.put(_CLOSED_UNTIL, {"closed_until": scoring.closed_until}, 0)
             await self._settle(await self.scoring_state.flush())
-        still_held = []
-        for event, window in held:
-            if scoring.is_reported(window):
-                await stream.ack(event)
-            else:
-                still_held.append((event, window))
-        self._held = still_held
+        # Only ever a prefix, in offset order: faust commits past one unacknowledged record at the
+        # head (it takes committed + 1 for contiguous, and checks nothing for a committed offset
+        # of 0 or none), so a control record acknowledged behind a held example would commit the
+        # example away.
+        while held and scoring.is_reported(held[0][1]):
+            await stream.ack(held.popleft()[0])
 
     def _scoring(self) -> MetricsStage:
         if self.scoring is None:

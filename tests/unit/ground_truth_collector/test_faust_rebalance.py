@@ -3,15 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+from collections import defaultdict
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from faust.transport.consumer import Consumer
 from faust.types import TP
+from intervaltree import IntervalTree
 
 from services.ground_truth_collector.entries import Joined, Kind, SourceRef
 from services.ground_truth_collector.join import JoinConfig, JoinPartition
-from services.ground_truth_collector.routing import keyed_headers
+from services.ground_truth_collector.routing import (
+    HEADER_DECIDED_AT,
+    HEADER_JOIN_CLOCK,
+    HEADER_ORIGIN,
+    WATERMARK,
+    control_headers,
+    keyed_headers,
+)
 from services.ground_truth_collector.settings import SERVICE, CollectorSettings
 from services.ground_truth_collector.state import TableStore
 from streamloop.service.context import ServiceContext
@@ -111,7 +121,8 @@ class Worker:
         self.joined = Topic(c.joined.get_topic_name())
         c.keyed, c.joined = self.keyed, self.joined
         c.outputs = {role: Topic(topic.get_topic_name()) for role, topic in c.outputs.items()}
-        self.committed = {(self.keyed.name, p): 0 for p in range(c.keyed_partitions)}
+        c.scoring_state = TableStore(Table())
+        self.committed = {(self.keyed.name, p): 0 for p in range(c.keyed_partitions)} | {(self.joined.name, 0): 0}
 
         async def load_baseline() -> None:
             c.pacer.baseline = dict(self.committed)
@@ -145,6 +156,42 @@ class Worker:
             headers=keyed_headers(Kind.FEATURES, SourceRef(topic, 0, offset), []), value=c.serdes[topic].encode(value),
             tp=TP(self.keyed.name, partition), generation_id=c.app.consumer_generation_id)
         return SimpleNamespace(message=message)
+
+
+    def joined_record(self, offset: int, origin: int, clock: int, example: bool = False) -> Any:
+        """A record of the joined topic: an example the join partition ``origin`` decided at its
+        ``clock``, or that partition's watermark."""
+        c = self.collector
+        source = (HEADER_ORIGIN, f"{self.keyed.name}:{origin}:{offset}".encode())
+        join_clock = (HEADER_JOIN_CLOCK, str(clock).encode())
+        value = b""
+        if example:
+            prediction = {"model_name": "fraud", "model_version": "v1", "role": "CHAMPION", "predicted_class": "true",
+                          "probabilities": {"true": 0.8, "false": 0.2}, "value": None}
+            value = c.serdes[c.ctx.topic("labeled_examples").name].encode({
+                "event_id": f"e{offset}", "entity_key": "card-1", "pipeline": PIPELINE, "event_time": T0,
+                "label_time": clock, "label": True, "numeric": {}, "categorical": {}, "segments": {},
+                "predictions": [prediction], "features_offset": {"topic": "f", "partition": 0, "offset": offset}})
+            headers = [(HEADER_DECIDED_AT, str(clock).encode()), source, join_clock]
+        else:
+            headers = control_headers(WATERMARK, source, join_clock)
+        message = SimpleNamespace(
+            topic=self.joined.name, partition=0, offset=offset, timestamp=clock / 1000, key=None, headers=headers,
+            value=value, tp=TP(self.joined.name, 0), generation_id=c.app.consumer_generation_id)
+        return SimpleNamespace(message=message)
+
+    def closing(self, first_offset: int) -> list[Any]:
+        """A watermark from every join partition, late enough to close the windows of T0."""
+        return [self.joined_record(first_offset + p, p, T0 + 60_000) for p in range(self.collector.keyed_partitions)]
+
+
+def faust_commit(committed: int, acked: list[int]) -> int | None:
+    """The offset faust's consumer would commit for a partition with these acknowledgements."""
+    tp = TP("joined", 0)
+    consumer = SimpleNamespace(
+        _acked=defaultdict(list, {tp: sorted(acked)}), _acked_index=defaultdict(set, {tp: set(acked)}),
+        _gap=defaultdict(IntervalTree), _committed_offset=defaultdict(lambda: None, {tp: committed}))
+    return Consumer._new_offset(consumer, tp)
 
 
 async def settled() -> None:
@@ -277,5 +324,47 @@ def test_a_rejoin_that_keeps_the_generation_leaves_its_records_current() -> None
         revocations.assigned()
         assert revocations.current(record, 7)
         assert not revocations.current(record, 8)
+
+    asyncio.run(scenario())
+
+
+def test_the_metrics_stage_acknowledges_nothing_behind_an_example_of_an_open_window(collector) -> None:
+    """A watermark acknowledged behind a held example let faust commit past the example, and a
+    crash or rebalance then replayed the window without it."""
+    async def scenario() -> None:
+        worker = Worker(collector)
+        worker.committed[(worker.joined.name, 0)] = 100
+        await worker.start()
+        stream = Stream()
+        agent = asyncio.create_task(collector._score(stream))
+        stream.batches.put_nowait([worker.joined_record(100, 0, T0, example=True), worker.joined_record(101, 0, T0)])
+        await settled()
+        assert faust_commit(100, [offset for _, offset in stream.acked]) is None, "faust commits past the example"
+        assert stream.acked == []
+        stream.batches.put_nowait(worker.closing(102))
+        await settled()
+        assert worker.collector.outputs["metrics"].sent, "the window of the example was reported"
+        assert stream.acked == [(0, offset) for offset in range(100, 108)], "then everything, in offset order"
+        assert faust_commit(100, [offset for _, offset in stream.acked]) == 108
+        agent.cancel()
+
+    asyncio.run(scenario())
+
+
+def test_the_metrics_stage_forgets_its_held_records_on_a_revocation(collector) -> None:
+    """They belong to the revoked assignment; the replay from the committed offset brings them again."""
+    async def scenario() -> None:
+        worker = Worker(collector)
+        await worker.start()
+        stream = Stream()
+        agent = asyncio.create_task(collector._score(stream))
+        stream.batches.put_nowait([worker.joined_record(0, 0, T0, example=True)])
+        await settled()
+        await worker.rebalance()
+        stream.batches.put_nowait([worker.joined_record(0, 0, T0, example=True), *worker.closing(1)])
+        await settled()
+        assert worker.collector.outputs["metrics"].sent
+        assert stream.acked == [(0, offset) for offset in range(7)], "each record once, from the replay"
+        agent.cancel()
 
     asyncio.run(scenario())
