@@ -18,6 +18,10 @@ publishes the candidates it hands back. How a rebuild trains is rebuild.py.
   window the reader replays from Kafka is exactly those.
 - After a restart the schedule runs from the last rebuild before the process (``ScheduleStart``,
   resume.py), not from its start.
+- A rebuild that fails (the artifact store or the window read down, say) is tried again with
+  backoff, up to ``REBUILD_ATTEMPTS`` in all: a drift's rebuild is its answer to the new concept,
+  and the next trigger may be a long way off. A rebuild with too few examples is not failed, and
+  is not tried again; a new trigger meanwhile replaces the retry.
 """
 
 from __future__ import annotations
@@ -41,6 +45,17 @@ WindowReader = Callable[[int], list[ConsumedRecord]]
 # (now, retrain.schedule, the champion's deployment or None) -> when the schedule runs from after a
 # restart (the last rebuild before this process), or None: from now.
 ScheduleStart = Callable[[int, int, dict[str, Any] | None], int | None]
+REBUILD_ATTEMPTS = 5
+REBUILD_RETRY_MS = 5_000
+REBUILD_RETRY_MAX_MS = 300_000
+
+
+@dataclass(frozen=True)
+class _Attempt:
+    trigger: str
+    reason: str
+    number: int = 1  # of REBUILD_ATTEMPTS
+    due_ms: int = 0  # a retry's: not before
 
 
 @dataclass(frozen=True)
@@ -90,8 +105,8 @@ class RebuildScheduler:
         self.schedule_start = schedule_start
         self._champion_version = champion_version
         self._count = count
-        self._running: Future | None = None
-        self._running_trigger: str | None = None
+        self._running: tuple[Future, _Attempt] | None = None
+        self._retry: _Attempt | None = None
         self._last_rebuild_ms = clock()
         self._last_drift_rebuild_ms: int | None = None
         # A drift rebuild waiting for examples of the new concept: (reason, detection's event time).
@@ -126,6 +141,8 @@ class RebuildScheduler:
         schedule = self.pipeline.retrain.schedule
         if schedule is not None and now_ms - self._last_rebuild_ms >= schedule:
             self._start("SCHEDULE", f"schedule every {schedule} ms")
+        elif self._retry is not None and now_ms >= self._retry.due_ms and self._running is None:
+            self._run(self._retry)
 
     def on_drift(self, event: dict[str, Any]) -> None:
         """Let a drift event of this pipeline start the wait for a drift rebuild, if the policy accepts it."""
@@ -167,21 +184,32 @@ class RebuildScheduler:
 
     def collect(self) -> list[dict[str, Any]]:
         """The candidate record of the rebuild that finished since the last call; none if it failed or was skipped."""
-        if self._running is None or not self._running.done():
+        if self._running is None or not self._running[0].done():
             return []
-        future, trigger, self._running = self._running, self._running_trigger, None
+        (future, attempt), self._running = self._running, None
         try:
             record = future.result()
         except RebuildSkipped as exc:
-            log.warning("%s rebuild skipped: %s", trigger, exc)
+            log.warning("%s rebuild skipped: %s", attempt.trigger, exc)
             self._count("streamloop_retrainer_rebuilds_skipped", 1, {"reason": "too_few_examples"})
             return []
         except Exception:  # noqa: BLE001 - a failed rebuild must not stop online learning
-            log.exception("%s rebuild failed", trigger)
-            self._count("streamloop_retrainer_rebuilds_skipped", 1, {"reason": "failed"})
+            self._failed(attempt)
             return []
-        log.info("%s candidate %s: %s", trigger, record["version"], record["heldout_metrics"])
+        log.info("%s candidate %s: %s", attempt.trigger, record["version"], record["heldout_metrics"])
         return [record]
+
+    def _failed(self, attempt: _Attempt) -> None:
+        if attempt.number >= REBUILD_ATTEMPTS:
+            log.exception("%s rebuild failed %d times; no candidate until the next trigger", attempt.trigger,
+                          attempt.number)
+            self._count("streamloop_retrainer_rebuilds_skipped", 1, {"reason": "failed"})
+            return
+        backoff = min(REBUILD_RETRY_MS * 2 ** (attempt.number - 1), REBUILD_RETRY_MAX_MS)
+        log.exception("%s rebuild failed (attempt %d of %d); trying again in %d s", attempt.trigger, attempt.number,
+                      REBUILD_ATTEMPTS, backoff // 1000)
+        self._count("streamloop_retrainer_rebuild_retries")
+        self._retry = _Attempt(attempt.trigger, attempt.reason, attempt.number + 1, self.clock() + backoff)
 
     def _start(self, trigger: str, reason: str) -> None:
         # A request while one runs still counts as the last rebuild: the schedule waits a full
@@ -191,9 +219,14 @@ class RebuildScheduler:
             log.info("%s rebuild requested (%s) while one is running; skipped", trigger, reason)
             self._count("streamloop_retrainer_rebuilds_skipped", 1, {"reason": "running"})
             return
-        log.info("%s rebuild: %s", trigger, reason)
-        self._running_trigger = trigger
-        self._running = self.executor.submit(self._build, trigger, self._champion_version())
+        self._run(_Attempt(trigger, reason))
+
+    def _run(self, attempt: _Attempt) -> None:
+        # A new trigger replaces a retry waiting: both would build on the same latest window.
+        self._retry = None
+        again = f" (attempt {attempt.number} of {REBUILD_ATTEMPTS})" if attempt.number > 1 else ""
+        log.info("%s rebuild: %s%s", attempt.trigger, attempt.reason, again)
+        self._running = (self.executor.submit(self._build, attempt.trigger, self._champion_version()), attempt)
 
     def _build(self, trigger: str, parent_version: str | None) -> dict[str, Any]:
         retrain = self.pipeline.retrain

@@ -9,13 +9,14 @@ import pytest
 
 from services.retrainer.processor import PUBLISH_RETRY_MS
 from services.retrainer.rebuild import recent_window
+from services.retrainer.rebuild_policy import REBUILD_ATTEMPTS, REBUILD_RETRY_MAX_MS, REBUILD_RETRY_MS
 from streamloop.contracts.pipeline import ModelSpec
 from streamloop.ml import ArtifactIdentity
 from streamloop.ml.exceptions import InvalidLabel
 from streamloop.ml.registry import CHAMPION, deployment_record, slot_key
 from streamloop.ml.training import target
 from tests.unit.ml.test_artifact_store import pickled_from_a_module_gone_since
-from tests.unit.model_publisher.factories import T0, consumed, labeled_example, with_policy
+from tests.unit.model_publisher.factories import T0, consumed, drift_event, labeled_example, with_policy
 from tests.unit.retrainer.test_resume import Counters, FakeResume, restarted
 from tests.unit.retrainer.test_retrainer import Harness, candidates, labeled
 
@@ -129,3 +130,50 @@ def test_a_champion_that_no_longer_unpickles_is_a_load_failure_not_a_crash(spec,
     harness.processor.process(labeled(2, start=8))
     assert resume.calls == ["fraud-20990101000000001-00000002"]
     assert harness.processor.learner.learned_total == 10, "the next champion loads, with the labels since read again"
+
+
+def rebuild_only(demo_pipeline):
+    return with_policy(demo_pipeline, retrain={"online_publish_every_labels": None, "online_publish_every": None,
+                                               "rebuild_window": 300, "schedule": None})
+
+
+def test_a_drift_rebuild_that_cannot_be_stored_is_tried_again_with_backoff(demo_pipeline, tmp_path):
+    harness = Harness(rebuild_only(demo_pipeline), tmp_path, window=labeled(300))
+    harness.processor._metrics = Counters()
+    disk = harness.store.store_bytes = FullDisk(harness.store)
+    harness.processor.process([consumed("drift", drift_event(), 0)])
+    # Each attempt reads its window again (the disk is also tried by catch-up's online candidate).
+    assert candidates(harness.processor.process(labeled(300, start=1))) == [] and len(harness.window_sizes) == 1
+    harness.now += REBUILD_RETRY_MS - 1
+    assert candidates(harness.processor.tick(harness.now)) == [] and len(harness.window_sizes) == 1, \
+        "not before its backoff"
+    harness.now += 1
+    # The second attempt runs (inline, collected in the same tick) and fails.
+    assert candidates(harness.processor.tick(harness.now)) == [] and len(harness.window_sizes) == 2
+    disk.full = False
+    harness.now += 2 * REBUILD_RETRY_MS - 1
+    assert candidates(harness.processor.tick(harness.now)) == [] and len(harness.window_sizes) == 2, \
+        "each failure doubles it"
+    harness.now += 1
+    built = candidates(harness.processor.tick(harness.now))
+    assert [c["trigger"] for c in built] == ["DRIFT"] and built[0]["parent_version"] == harness.champion
+    assert harness.window_sizes == [300, 300, 300]
+    retries = ("streamloop_retrainer_rebuild_retries", (("pipeline", "card-fraud"),))
+    assert harness.processor._metrics.counts[retries] == 2
+    harness.now += 3_600_000
+    assert candidates(harness.processor.tick(harness.now)) == [] and harness.window_sizes == [300, 300, 300], \
+        "done: nothing more to try"
+
+
+def test_a_rebuild_that_keeps_failing_is_given_up_after_its_attempts(demo_pipeline, tmp_path):
+    harness = Harness(rebuild_only(demo_pipeline), tmp_path, window=labeled(300))
+    harness.processor._metrics = Counters()
+    disk = harness.store.store_bytes = FullDisk(harness.store)
+    harness.processor.process([consumed("drift", drift_event(), 0)])
+    harness.processor.process(labeled(300, start=1))
+    for _ in range(20):
+        harness.now += REBUILD_RETRY_MAX_MS
+        harness.processor.tick(harness.now)
+    assert len(harness.window_sizes) == REBUILD_ATTEMPTS and disk.full
+    gave_up = ("streamloop_retrainer_rebuilds_skipped", (("pipeline", "card-fraud"), ("reason", "failed")))
+    assert harness.processor._metrics.counts[gave_up] == 1
