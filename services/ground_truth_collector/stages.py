@@ -377,23 +377,38 @@ class ScoreStage:
         examples = [self.example_serde.decode(record.value["bytes"])
                     if control_of(record.headers) is None and header(record.headers, HEADER_DECIDED_AT) is not None
                     else None for record in batch]
+        result = ProcessResult()
         for record, example in zip(batch, examples, strict=True):
-            control = control_of(record.headers)
-            origin = SourceRef.parse((header(record.headers, HEADER_ORIGIN) or b"?:0:0").decode())
-            clock = header(record.headers, HEADER_JOIN_CLOCK)
-            join_clock = None if clock is None else int(clock)
-            decided_at = header(record.headers, HEADER_DECIDED_AT)
-            window = None
-            if control == WATERMARK:
-                scoring.watermark(origin, join_clock, record.timestamp_ms)
-            elif control == RESUME:
-                scoring.clock.resume(record.timestamp_ms)
-            elif control is not None or decided_at is None:
-                scoring.tick(record.timestamp_ms)
-            else:
-                window = scoring.add(example, int(decided_at), origin, record.timestamp_ms, join_clock)
+            try:
+                window = self._apply(scoring, record, example)
+            except Exception as exc:  # noqa: BLE001 - the runner's isolation would count the batch's others twice
+                # Without discard() the runner would process the batch again record by record, from
+                # the state the records before this one already changed: the poison record is
+                # dead-lettered here instead, and the others are counted once.
+                log.exception("metrics stage failed on %s[%d]@%d", record.topic, record.partition, record.offset)
+                result.rejections.append(Rejection(record, exc, dead_letters.STAGE_PROCESS))
+                continue
             self.held.append((record.topic, record.partition, record.offset, window))
-        return self._close(scoring)
+        result.extend(self._close(scoring))
+        return result
+
+    @staticmethod
+    def _apply(scoring: MetricsStage, record: ConsumedRecord, example: dict | None) -> int | None:
+        """One joined record into the metrics; the window it was counted in, if an example."""
+        control = control_of(record.headers)
+        origin = SourceRef.parse((header(record.headers, HEADER_ORIGIN) or b"?:0:0").decode())
+        clock = header(record.headers, HEADER_JOIN_CLOCK)
+        join_clock = None if clock is None else int(clock)
+        decided_at = header(record.headers, HEADER_DECIDED_AT)
+        if control == WATERMARK:
+            scoring.watermark(origin, join_clock, record.timestamp_ms)
+        elif control == RESUME:
+            scoring.clock.resume(record.timestamp_ms)
+        elif control is not None or decided_at is None:
+            scoring.tick(record.timestamp_ms)
+        else:
+            return scoring.add(example, int(decided_at), origin, record.timestamp_ms, join_clock)
+        return None
 
     def tick(self, now_ms: int) -> ProcessResult:
         return ProcessResult() if self.scoring is None else self._close(self.scoring)

@@ -6,6 +6,7 @@ import pytest
 
 from services.ground_truth_collector.redis_state import RedisValue
 from services.ground_truth_collector.routing import HEADER_DECIDED_AT, HEADER_ORIGIN
+from services.ground_truth_collector.scoring import MetricsStage
 from services.ground_truth_collector.stages import ScoreStage
 from streamloop.contracts.samples import sample_record
 from streamloop.contracts.schemas import SchemaRepository
@@ -63,3 +64,25 @@ def test_a_registry_outage_part_way_through_a_batch_changes_nothing_before_the_a
     stage.example_serde = EXAMPLES  # the registry answers again
     stage.process(batch)
     assert stage.counters == undisturbed.counters, "each example counted once, as without the outage"
+
+
+def test_a_record_the_metrics_fail_on_is_dead_lettered_and_the_others_are_counted_once(demo_pipeline,
+                                                                                      monkeypatch) -> None:
+    # Without discard() the runner's record-by-record retry would start from the state the records
+    # before the failing one had already changed, and count them twice.
+    batch = [joined(i) for i in range(4)]
+    without_it = score_stage(demo_pipeline, EXAMPLES)
+    without_it.process([r for r in batch if r.offset != 2])
+    add = MetricsStage.add
+
+    def failing_on_e2(self, example, *args, **kwargs):
+        if example["event_id"] == "e2":
+            raise ZeroDivisionError("a metric that cannot take this example")
+        return add(self, example, *args, **kwargs)
+
+    monkeypatch.setattr(MetricsStage, "add", failing_on_e2)
+    stage = score_stage(demo_pipeline, EXAMPLES)
+    result = stage.process(batch)
+    assert [(r.record.offset, type(r.error).__name__) for r in result.rejections] == [(2, "ZeroDivisionError")]
+    assert stage.counters == without_it.counters and stage.counters.counted == 3
+    assert [offset for _, _, offset, _ in stage.held] == [o for _, _, o, _ in without_it.held]
