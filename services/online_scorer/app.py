@@ -29,7 +29,7 @@ from streamloop.serde import Serde
 from streamloop.service import ServiceContext
 from streamloop.service.entrypoint import start_service
 from streamloop.store import RedisFeatureStore
-from streamloop.telemetry import Telemetry, configure_telemetry
+from streamloop.telemetry import ServiceMetrics, Telemetry, configure_telemetry
 
 SERVICE = "online-scorer"
 
@@ -138,6 +138,18 @@ class ScorerApp:
         log.info("stopped")
 
 
+def grpc_server(settings: ScorerSettings, servicer: ScoringServicer, metrics: ServiceMetrics | None) -> ScoringServer:
+    """The gRPC server the settings describe (bound, not started)."""
+    token = settings.auth_token.get_secret_value() if settings.auth_token else None
+    server = ScoringServer(servicer, host=settings.grpc_host, port=settings.grpc_port, workers=settings.grpc_workers,
+                           max_concurrent_rpcs=settings.grpc_max_concurrent_rpcs, metrics=metrics,
+                           tls=settings.server_tls(), auth_token=token, reflection_open=settings.reflection_open,
+                           health_port=settings.plaintext_health_port())
+    if token is None and settings.grpc_host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("gRPC listens on %s with no bearer token (set SCORER_AUTH_TOKEN)", settings.grpc_host)
+    return server
+
+
 def build(settings: ScorerSettings, telemetry: Telemetry | None = None) -> ScorerApp:
     """Wire the scorer; raises StreamloopError (or ValidationError) on a bad spec or setting."""
     ctx = ServiceContext.load(SERVICE, settings.common)
@@ -157,12 +169,7 @@ def build(settings: ScorerSettings, telemetry: Telemetry | None = None) -> Score
     limits = RequestLimits(settings.max_request_features, settings.max_batch_entities, settings.max_entity_id_length)
     servicer = ScoringServicer(ctx.pipeline, holder, store, group=settings.feature_group, limits=limits,
                                metrics=metrics)
-    token = settings.auth_token.get_secret_value() if settings.auth_token else None
-    server = ScoringServer(servicer, host=settings.grpc_host, port=settings.grpc_port, workers=settings.grpc_workers,
-                           max_concurrent_rpcs=settings.grpc_max_concurrent_rpcs, metrics=metrics,
-                           tls=settings.server_tls(), auth_token=token, reflection_open=settings.reflection_open)
-    if token is None and settings.grpc_host not in ("127.0.0.1", "localhost", "::1"):
-        log.warning("gRPC listens on %s with no bearer token (set SCORER_AUTH_TOKEN)", settings.grpc_host)
+    server = grpc_server(settings, servicer, metrics)
     processor = ScoringProcessor(ctx.pipeline, holder, features=ctx.topic("features"),
                                  predictions=ctx.topic("predictions"),
                                  shadow_predictions=ctx.topic("shadow_predictions"), metrics=metrics)

@@ -4,9 +4,10 @@
 unexpected ones are logged, never revealed. :class:`TokenAuthInterceptor` checks a bearer token on
 every call except the health service (probes carry no token). :class:`ScoringServer` serves
 ``ScoringService`` beside the standard ``grpc.health.v1.Health`` service (NOT_SERVING until a
-champion is live and again from the start of a graceful stop) and server reflection. Request bytes
-are parsed inside the error interceptor, so a message that is not a valid protobuf is
-INVALID_ARGUMENT, not INTERNAL. Security: docs/security.md.
+champion is live and again from the start of a graceful stop) and server reflection; given a
+``health_port``, that health service alone is also served there in plaintext, for probes that
+speak no TLS. Request bytes are parsed inside the error interceptor, so a message that is not a
+valid protobuf is INVALID_ARGUMENT, not INTERNAL. Security: docs/security.md.
 """
 
 from __future__ import annotations
@@ -186,7 +187,7 @@ class ScoringServer:
     def __init__(self, servicer: ScoringServicer, *, host: str = "127.0.0.1", port: int = 0, workers: int = 8,
                  max_concurrent_rpcs: int | None = None, metrics: ServiceMetrics | None = None,
                  tls: ServerTLS | None = None, auth_token: str | None = None, reflection_open: bool = False,
-                 max_message_bytes: int = 4 * 1024 * 1024) -> None:
+                 max_message_bytes: int = 4 * 1024 * 1024, health_port: int | None = None) -> None:
         interceptors: list[grpc.ServerInterceptor] = [ErrorInterceptor(metrics)]
         if auth_token is not None:
             interceptors.insert(0, TokenAuthInterceptor(auth_token, reflection_open=reflection_open))
@@ -211,7 +212,26 @@ class ScoringServer:
         if self.port == 0:
             raise ScorerError(f"cannot listen for gRPC on {host}:{port}")
         self.host = host
+        self.health_server: grpc.Server | None = None
+        self.health_port: int | None = None
+        if health_port is not None:
+            self.health_server, self.health_port = self._plaintext_health(host, health_port)
         self.set_serving(False)
+
+    def _plaintext_health(self, host: str, port: int) -> tuple[grpc.Server, int]:
+        """A second server with the same health servicer and nothing else, in plaintext: probes that
+        speak no TLS reach it, and no scoring call can bypass TLS, the token or the interceptors."""
+        server = grpc.server(ThreadPoolExecutor(max_workers=2, thread_name_prefix="scorer-health"),
+                             maximum_concurrent_rpcs=16)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        _check_listen_address(host, port)
+        try:
+            bound = server.add_insecure_port(f"{host}:{port}")
+        except RuntimeError as exc:
+            raise ScorerError(f"cannot listen for gRPC health on {host}:{port}: {exc}") from exc
+        if bound == 0:
+            raise ScorerError(f"cannot listen for gRPC health on {host}:{port}")
+        return server, bound
 
     @property
     def address(self) -> str:
@@ -222,6 +242,9 @@ class ScoringServer:
         log.info("gRPC scoring service listening on %s (%s, %s)", self.address,
                  "mutual TLS" if self.tls and self._mtls else "TLS" if self.tls else "plaintext",
                  "bearer token required" if self.authenticated else "no authentication")
+        if self.health_server is not None:
+            self.health_server.start()
+            log.info("gRPC health (only) listening on %s:%d (plaintext, for probes)", self.host, self.health_port)
         return self
 
     def set_serving(self, serving: bool) -> None:
@@ -236,4 +259,7 @@ class ScoringServer:
     def stop(self, grace_s: float) -> None:
         """NOT_SERVING at once, then refuse new calls and let in-flight ones finish within ``grace_s``."""
         self.begin_shutdown()
-        self.server.stop(grace_s).wait()
+        stopped = self.server.stop(grace_s)
+        if self.health_server is not None:
+            self.health_server.stop(grace_s).wait()
+        stopped.wait()

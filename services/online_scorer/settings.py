@@ -16,6 +16,8 @@ from streamloop.service.settings import RedisSettings
 from streamloop.store.redis_store import NAME_PATTERN
 from streamloop.telemetry import TelemetrySettings
 
+DEFAULT_TLS_HEALTH_PORT = 50052
+
 
 class ScorerSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SCORER_", frozen=True, extra="ignore")
@@ -45,6 +47,9 @@ class ScorerSettings(BaseSettings):
     tls_key_file: Path | None = Field(default=None, description="PEM private key of tls_cert_file.")
     tls_client_ca_file: Path | None = Field(default=None,
                                             description="PEM CA of client certificates: require mutual TLS.")
+    health_port: int | None = Field(
+        default=None, ge=0, le=65535,
+        description="Plaintext port serving only grpc.health.v1, on grpc_host; unset: 50052 with TLS, else none.")
 
     @field_validator("auth_token", mode="before")
     @classmethod
@@ -58,6 +63,16 @@ class ScorerSettings(BaseSettings):
         if self.tls_client_ca_file is not None and self.tls_cert_file is None:
             raise ValueError("SCORER_TLS_CLIENT_CA_FILE (mutual TLS) needs SCORER_TLS_CERT_FILE and _KEY_FILE")
         return self
+
+    def plaintext_health_port(self) -> int | None:
+        """The port of the plaintext health-only server, or None when health is on the gRPC port.
+
+        Kubelet's gRPC probe and deploy/healthcheck.py speak no TLS, so a TLS scorer without this
+        port could never be seen ready.
+        """
+        if self.health_port is not None:
+            return self.health_port
+        return DEFAULT_TLS_HEALTH_PORT if self.tls_cert_file is not None else None
 
     def server_tls(self) -> ServerTLS | None:
         """The TLS material read from its files, or None for plaintext."""

@@ -101,7 +101,11 @@ def test_every_streamloop_service_has_its_own_healthcheck(compose):
     for name in SERVICES:
         test = compose["services"][name]["healthcheck"]["test"]
         assert test[:3] == ["CMD", "python", "/app/deploy/healthcheck.py"], name
-    assert compose["services"]["online-scorer"]["healthcheck"]["test"][3] == "grpc"
+    scorer = compose["services"]["online-scorer"]
+    assert scorer["healthcheck"]["test"][3] == "grpc"
+    # healthcheck.py speaks no TLS: it checks the plaintext health-only port, never the scoring port.
+    assert scorer["healthcheck"]["test"][4:6] == ["--port", scorer["environment"]["SCORER_HEALTH_PORT"]]
+    assert scorer["environment"]["SCORER_HEALTH_PORT"] != scorer["environment"]["SCORER_GRPC_PORT"]
 
 
 def test_the_topics_job_creates_the_catalog_before_the_services(compose):

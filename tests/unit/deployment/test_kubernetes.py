@@ -194,7 +194,11 @@ def test_every_container_is_non_root_on_a_read_only_filesystem(manifests):
 
 def test_the_scorer_is_probed_over_grpc(manifests):
     container = workloads(manifests)["online-scorer"].doc["spec"]["template"]["spec"]["containers"][0]
-    assert container["readinessProbe"]["grpc"]["port"] == 50051
+    # Kubelet's gRPC probe speaks no TLS: it must probe the plaintext health-only port, which the
+    # scorer serves whether or not SCORER_TLS_* are set, never the (possibly TLS) scoring port.
+    health_port = int(env_of(container)["SCORER_HEALTH_PORT"]["value"])
+    assert container["readinessProbe"]["grpc"]["port"] == health_port == 50052
+    assert {"name": "grpc-health", "containerPort": health_port, "protocol": "TCP"} in container["ports"]
     assert env_of(container)["SCORER_GRPC_PORT"]["value"] == "50051"
     assert env_of(container)["SCORER_GRPC_HOST"]["value"] == ALL_INTERFACES
     # A scorer waiting for its first champion is NOT_SERVING but alive: liveness must not be gRPC.

@@ -14,10 +14,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from pydantic import ValidationError
 
+from services.online_scorer.app import grpc_server
 from services.online_scorer.client import ClientSecurity, score
 from services.online_scorer.errors import ScoreFailed, ScorerUnreachable
 from services.online_scorer.grpc_server import ScoringServer, ServerTLS
-from services.online_scorer.grpc_service import ScoringServicer
+from services.online_scorer.grpc_service import SERVICE_NAME, ScoringServicer
 from services.online_scorer.models import ModelHolder
 from services.online_scorer.settings import ScorerClientSettings, ScorerSettings
 from streamloop.contracts.generated.scoring.v1 import scoring_pb2, scoring_pb2_grpc
@@ -181,6 +182,59 @@ def test_scorer_settings_read_tls_and_token_from_files_and_never_show_them(monke
     monkeypatch.delenv("SCORER_TLS_KEY_FILE")
     with pytest.raises(ValidationError, match="together"):
         ScorerSettings()
+
+
+def _health(address: str, service: str = "") -> int:
+    with grpc.insecure_channel(address) as channel:
+        return health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service=service), timeout=5).status
+
+
+def test_a_tls_scorer_answers_probes_in_plaintext_on_its_health_port_and_nothing_else(
+        monkeypatch, spec, artifacts, pki) -> None:
+    # Kubelet's gRPC probe and deploy/healthcheck.py speak no TLS: without this port a TLS scorer
+    # would never be ready. Mutual TLS, so the probe has no client certificate either.
+    monkeypatch.setenv("SCORER_TLS_CERT_FILE", str(pki.server_cert))
+    monkeypatch.setenv("SCORER_TLS_KEY_FILE", str(pki.server_key))
+    monkeypatch.setenv("SCORER_TLS_CLIENT_CA_FILE", str(pki.ca))
+    monkeypatch.setenv("SCORER_AUTH_TOKEN", TOKEN)
+    monkeypatch.setenv("SCORER_GRPC_PORT", "0")
+    assert ScorerSettings().plaintext_health_port() == 50052  # what the manifests probe
+    monkeypatch.setenv("SCORER_HEALTH_PORT", "0")
+    store = MemoryFeatureStore()
+    holder = ModelHolder(spec, artifacts)
+    server = grpc_server(ScorerSettings(), ScoringServicer(spec, holder, store, clock=lambda: NOW), None).start()
+    try:
+        probe = f"127.0.0.1:{server.health_port}"
+        assert server.health_port not in (None, 0, server.port)
+        assert _health(probe) == _health(probe, SERVICE_NAME) == health_pb2.HealthCheckResponse.NOT_SERVING
+        server.set_serving(True)
+        assert _health(probe) == _health(probe, SERVICE_NAME) == health_pb2.HealthCheckResponse.SERVING
+        with grpc.insecure_channel(probe) as channel:
+            stub = scoring_pb2_grpc.ScoringServiceStub(channel)
+            with pytest.raises(grpc.RpcError) as info:
+                stub.Score(scoring_pb2.ScoreRequest(entity_id="card-1"), timeout=5,
+                           metadata=(("authorization", f"Bearer {TOKEN}"),))
+            assert info.value.code() is grpc.StatusCode.UNIMPLEMENTED
+            with pytest.raises(grpc.RpcError) as info:
+                _list_services(channel, (("authorization", f"Bearer {TOKEN}"),))
+            assert info.value.code() is grpc.StatusCode.UNIMPLEMENTED
+        with pytest.raises(grpc.RpcError) as info:  # the scoring port itself stays TLS-only
+            _health(f"127.0.0.1:{server.port}")
+        assert info.value.code() is grpc.StatusCode.UNAVAILABLE
+        server.begin_shutdown()
+        assert _health(probe) == health_pb2.HealthCheckResponse.NOT_SERVING
+    finally:
+        server.stop(0)
+
+
+def test_a_plaintext_scorer_opens_no_second_port_unless_asked(monkeypatch, pki) -> None:
+    assert ScorerSettings().plaintext_health_port() is None
+    monkeypatch.setenv("SCORER_HEALTH_PORT", "6001")
+    assert ScorerSettings().plaintext_health_port() == 6001
+    monkeypatch.setenv("SCORER_TLS_CERT_FILE", str(pki.server_cert))
+    monkeypatch.setenv("SCORER_TLS_KEY_FILE", str(pki.server_key))
+    assert ScorerSettings().plaintext_health_port() == 6001
 
 
 def test_an_empty_token_is_refused() -> None:
