@@ -334,6 +334,30 @@ def test_redis_clients_are_labelled_for_their_policy(manifests):
         assert (labels.get("streamloop.io/redis-client") == "true") == uses_redis, name
 
 
+def test_redis_tls_is_verified_against_the_ca_its_clients_mount(manifests, k8s_env):
+    # rediss:// always verifies the server's certificate, against the system CAs unless
+    # REDIS_SSL_CA_CERTS names one: a cluster's own CA must reach every pod that talks to Redis.
+    assert k8s_env["REDIS_URL"].startswith("rediss://")
+    ca = Path(k8s_env["REDIS_SSL_CA_CERTS"])
+    clients = set()
+    for name, workload in workloads(manifests).items():
+        pod = workload.doc["spec"]["template"]["spec"]
+        container = pod["containers"][0]
+        if "REDIS_PASSWORD" not in env_of(container):
+            continue
+        clients.add(name)
+        mount = [v for v in container["volumeMounts"] if v["mountPath"] == str(ca.parent)]
+        assert mount, f"{name} does not mount {ca.parent}"
+        secret = {v["name"]: v for v in pod["volumes"]}[mount[0]["name"]]["secret"]
+        assert secret["secretName"] == "streamloop-redis", name
+        assert "items" not in secret or {"key": ca.name, "path": ca.name} in secret["items"], name
+    assert clients == {"featurizer", "online-scorer", "ground-truth-collector"}
+    doc = OPERATIONS_DOC.read_text()
+    row = [line for line in doc.splitlines() if line.startswith("| `streamloop-redis`")]
+    assert len(row) == 1 and f"`{ca.name}`" in row[0]
+    assert f"--from-file={ca.name}=" in doc.split("create secret generic streamloop-redis")[1]
+
+
 # --- topics ---------------------------------------------------------------------------------
 
 
