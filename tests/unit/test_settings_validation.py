@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import importlib
+
 import pytest
 from pydantic import ValidationError
-from pydantic_settings import SettingsError
+from pydantic_settings import BaseSettings, SettingsError
 
 from services.online_scorer.settings import ScorerSettings
 from streamloop.kafka.configuration import KafkaSettings
 from streamloop.ml.settings import ArtifactSettings
 from streamloop.service.settings import CommonSettings, RedisSettings
 from streamloop.service.settings_errors import describe_settings_error, describe_validation_error
+from streamloop.stack.services import SERVICES
 
 
 @pytest.mark.parametrize("servers", ["127.0.0.1:9092", "kafka-0:9092,kafka-1:9092", "a:1, b:2", "[::1]:9092",
@@ -181,3 +184,29 @@ def test_the_instance_id_names_the_replica_in_its_kafka_client_id(monkeypatch: p
     assert CommonSettings().kafka.common()["client.id"] == "streamloop-featurizer-1"
     monkeypatch.setenv("KAFKA_CLIENT_ID", "fraud")
     assert CommonSettings().kafka.common()["client.id"] == "fraud-featurizer-1"
+
+
+def _service_settings() -> dict[str, type[BaseSettings]]:
+    """Each service's settings class: the one in its settings module that embeds CommonSettings."""
+    found = {}
+    for service, package in SERVICES.items():
+        module = importlib.import_module(f"{package}.settings")
+        classes = [c for c in vars(module).values() if isinstance(c, type) and issubclass(c, BaseSettings)
+                   and c.__module__ == module.__name__ and "common" in c.model_fields]
+        assert len(classes) == 1, (service, classes)
+        found[service] = classes[0]
+    return found
+
+
+@pytest.mark.parametrize(("service", "settings"), list(_service_settings().items()))
+def test_every_service_names_the_replica_in_its_client_id_once(
+        monkeypatch: pytest.MonkeyPatch, service: str, settings: type[BaseSettings]) -> None:
+    # Each service validates its CommonSettings() default again; the id must not be appended twice.
+    monkeypatch.setenv("STREAMLOOP_INSTANCE_ID", f"{service}-0")
+    assert settings().common.kafka.common()["client.id"] == f"streamloop-{service}-0"
+    monkeypatch.setenv("KAFKA_CLIENT_ID", "fraud")
+    assert settings().common.kafka.client_id == f"fraud-{service}-0"
+    assert settings(common={"instance_id": "r9"}).common.kafka.client_id == "fraud-r9"
+    assert settings(common=CommonSettings()).common.kafka.client_id == f"fraud-{service}-0"
+    monkeypatch.delenv("STREAMLOOP_INSTANCE_ID")
+    assert settings().common.kafka.client_id == "fraud"

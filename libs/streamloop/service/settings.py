@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from streamloop.kafka.configuration import KafkaSettings, _read_secret_file
@@ -142,6 +142,7 @@ class CommonSettings(BaseSettings):
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     serde: SerdeSettings = Field(default_factory=SerdeSettings)
     runner: RunnerSettings = Field(default_factory=RunnerSettings)
+    _instance_applied: bool = PrivateAttr(default=False)
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -152,7 +153,11 @@ class CommonSettings(BaseSettings):
     def _instance_in_client_id(self) -> CommonSettings:
         # Every replica of every service otherwise connects as "streamloop": broker logs, quotas
         # and client metrics could not tell them apart.
-        if self.instance_id:
+        # Once per object: pydantic runs this again on an instance it already built (each service's
+        # settings validate their CommonSettings() default, and a nested dict goes through __init__
+        # inside the outer validation), which would append the id a second time.
+        if self.instance_id and not self._instance_applied:
             kafka = self.kafka.model_copy(update={"client_id": f"{self.kafka.client_id}-{self.instance_id}"})
             object.__setattr__(self, "kafka", kafka)  # frozen: set once, while validating
+            self._instance_applied = True
         return self

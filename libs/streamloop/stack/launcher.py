@@ -222,7 +222,6 @@ class Stack:
         env.update({
             "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap_servers,
             "KAFKA_GROUP_INSTANCE_ID": f"{name}-{replica}",
-            "KAFKA_CLIENT_ID": f"streamloop-{name}-{replica}",
             "REDIS_URL": self.redis_url,
             "STREAMLOOP_PIPELINE": str(self.pipeline_path),
             "STREAMLOOP_INSTANCE_ID": f"{name}-{replica}",

@@ -10,6 +10,7 @@ from typing import Any
 import jsonschema
 import pytest
 
+from streamloop.service.settings import CommonSettings
 from streamloop.stack.services import SERVICES
 from tests.unit.deployment.conftest import (
     ALL_INTERFACES,
@@ -134,6 +135,18 @@ def test_containers_listen_on_every_interface(compose):
 def test_static_member_ids_are_unique(compose):
     ids = [compose["services"][name]["environment"]["KAFKA_GROUP_INSTANCE_ID"] for name in SERVICES]
     assert len(ids) == len(set(ids))
+
+
+def test_each_replica_names_itself_once_in_its_kafka_client_id(compose, monkeypatch):
+    # README: the client id is <KAFKA_CLIENT_ID>-<instance id>; a KAFKA_CLIENT_ID that already holds
+    # the instance id would name it twice.
+    for name in SERVICES:
+        env = compose["services"][name]["environment"]
+        for key in ("KAFKA_CLIENT_ID", "STREAMLOOP_INSTANCE_ID"):
+            monkeypatch.delenv(key, raising=False)
+            if key in env:
+                monkeypatch.setenv(key, env[key])
+        assert CommonSettings().kafka.client_id == f"streamloop-{name}-0", name
 
 
 def test_secrets_are_files_never_values(compose):

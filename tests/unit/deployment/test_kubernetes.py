@@ -18,6 +18,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from streamloop.service.settings import CommonSettings
 from streamloop.stack.services import SERVICES
 from tests.unit.deployment.conftest import (
     ALL_INTERFACES,
@@ -236,6 +237,20 @@ def test_static_membership_uses_the_stable_pod_name(manifests):
         env = env_of(workload.doc["spec"]["template"]["spec"]["containers"][0])
         assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
         assert env["KAFKA_GROUP_INSTANCE_ID"]["value"] == "$(POD_NAME)"
+
+
+def test_each_replica_names_itself_once_in_its_kafka_client_id(manifests, k8s_env, monkeypatch):
+    # README: the client id is <KAFKA_CLIENT_ID>-<instance id>; a KAFKA_CLIENT_ID that already holds
+    # the pod name would name it twice.
+    pod_name = "some-pod-0"
+    for name, workload in workloads(manifests).items():
+        env = {**k8s_env, **{k: e["value"] for k, e in env_of(
+            workload.doc["spec"]["template"]["spec"]["containers"][0]).items() if "value" in e}}
+        for key in ("KAFKA_CLIENT_ID", "STREAMLOOP_INSTANCE_ID"):
+            monkeypatch.delenv(key, raising=False)
+            if key in env:
+                monkeypatch.setenv(key, env[key].replace("$(POD_NAME)", pod_name))
+        assert CommonSettings().kafka.client_id == f"streamloop-{pod_name}", name
 
 
 def test_every_service_has_a_disruption_budget(manifests):

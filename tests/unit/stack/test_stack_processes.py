@@ -14,6 +14,7 @@ from confluent_kafka import Consumer
 
 from streamloop.contracts import load_catalog, load_pipeline
 from streamloop.kafka import KafkaSettings
+from streamloop.service.settings import CommonSettings
 from streamloop.stack.broker import EmbeddedBroker
 from streamloop.stack.exceptions import StackError
 from streamloop.stack.launcher import Stack, last_log_line, read_state
@@ -176,6 +177,17 @@ def test_the_shells_topic_prefix_names_the_topics_the_stack_creates_and_reads(
     stack.extra_env["STREAMLOOP_TOPIC_PREFIX"] = "team-b."  # what the stack sets itself wins, everywhere
     assert stack.service_env("featurizer", 0, 9000)["STREAMLOOP_TOPIC_PREFIX"] == "team-b."
     assert stack.catalog()["input"].name.startswith("team-b.")
+
+
+def test_each_replica_names_itself_once_in_its_kafka_client_id(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("KAFKA_CLIENT_ID", raising=False)
+    stack = _stack_on("noida", tmp_path)
+    env = stack.service_env("ground-truth-collector", 1, 9000)
+    for key in ("KAFKA_CLIENT_ID", "STREAMLOOP_INSTANCE_ID"):
+        if key in env:
+            monkeypatch.setenv(key, env[key])
+    assert CommonSettings().kafka.client_id == "streamloop-ground-truth-collector-1"
 
 
 def test_a_shell_set_up_for_production_does_not_reach_the_embedded_broker_and_redis(
