@@ -439,6 +439,35 @@ def test_otlp_without_its_package_falls_back_to_none(
     assert "no OTLP exporter is installed" in caplog.text
 
 
+@pytest.mark.parametrize("variable", ["OTEL_EXPORTER_OTLP_PROTOCOL", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"])
+@pytest.mark.parametrize("protocol", ["grpc", "http/json", "GRPC "])
+def test_an_otlp_protocol_other_than_http_protobuf_stops_a_service_at_start(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], variable: str, protocol: str
+) -> None:
+    # Only the HTTP exporter is ever used: a grpc request must not be sent over HTTP to the gRPC port.
+    from services.featurizer import app
+
+    monkeypatch.setattr(settings_module, "otlp_exporter_module", lambda: settings_module.OTLP_TRACE_EXPORTER_MODULE)
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "otlp")
+    monkeypatch.setenv(variable, protocol)
+    assert app.main() == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("featurizer: invalid settings: OTEL_EXPORTER_OTLP_") and "\n" not in err
+    assert f"'{protocol.strip().lower()}': streamloop exports traces over OTLP/HTTP only" in err
+    assert "OTEL_EXPORTER_OTLP_PROTOCOL" in err and "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL" in err
+
+
+def test_http_protobuf_or_no_otlp_protocol_is_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(settings_module, "otlp_exporter_module", lambda: settings_module.OTLP_TRACE_EXPORTER_MODULE)
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "otlp")
+    assert TelemetrySettings().otlp_protocol is None
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
+    assert TelemetrySettings().otlp_protocol == "http/protobuf"
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "none")  # exporting nothing: the SDK's variable is not ours
+    assert TelemetrySettings().traces_exporter == "none"
+
+
 def test_configure_telemetry_bundles_and_shuts_down() -> None:
     exporter = InMemorySpanExporter()
     settings = TelemetrySettings(service_name="labeler", traces_sampler_ratio=1.0, metrics_port=-1)

@@ -5,6 +5,7 @@
 | ``OTEL_SERVICE_NAME``      | ``service_name``       | the service's name (``streamloop`` outside one) |
 | ``OTEL_TRACES_SAMPLER_ARG``| ``traces_sampler_ratio``| ``0.01``     |
 | ``OTEL_TRACES_EXPORTER``   | ``traces_exporter``    | ``none``      |
+| ``OTEL_EXPORTER_OTLP_TRACES_PROTOCOL``, ``OTEL_EXPORTER_OTLP_PROTOCOL`` | ``otlp_protocol`` | unset |
 | ``STREAMLOOP_METRICS_PORT``| ``metrics_port``       | ``0`` (off)   |
 | ``STREAMLOOP_METRICS_HOST``| ``metrics_host``       | ``127.0.0.1`` |
 """
@@ -15,30 +16,26 @@ import importlib.util
 import logging
 from typing import Literal
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 logger = logging.getLogger(__name__)
 
 TracesExporter = Literal["none", "console", "otlp"]
 
-# Either transport will do; the HTTP one is tried first because it needs no grpc channel setup.
-OTLP_TRACE_EXPORTER_MODULES = (
-    "opentelemetry.exporter.otlp.proto.http.trace_exporter",
-    "opentelemetry.exporter.otlp.proto.grpc.trace_exporter",
-)
+# OTLP over HTTP only: the image installs that exporter and nothing installs the gRPC one, so
+# OTEL_EXPORTER_OTLP_PROTOCOL=grpc (or http/json) is refused rather than silently sent over HTTP.
+OTLP_TRACE_EXPORTER_MODULE = "opentelemetry.exporter.otlp.proto.http.trace_exporter"
+OTLP_PROTOCOL = "http/protobuf"
 
 
 def otlp_exporter_module() -> str | None:
-    """The first importable OTLP span exporter module, or None when no OTLP exporter is installed."""
-    for module in OTLP_TRACE_EXPORTER_MODULES:
-        try:
-            if importlib.util.find_spec(module) is not None:
-                return module
-        except ModuleNotFoundError:
-            # find_spec imports the parent packages, and those are what is missing.
-            continue
-    return None
+    """The OTLP/HTTP span exporter module, or None when it is not installed."""
+    try:
+        return OTLP_TRACE_EXPORTER_MODULE if importlib.util.find_spec(OTLP_TRACE_EXPORTER_MODULE) else None
+    except ModuleNotFoundError:
+        # find_spec imports the parent packages, and those are what is missing.
+        return None
 
 
 class TelemetrySettings(BaseSettings):
@@ -61,6 +58,9 @@ class TelemetrySettings(BaseSettings):
         validation_alias=AliasChoices("OTEL_TRACES_SAMPLER_ARG"),
     )
     traces_exporter: TracesExporter = Field("none", validation_alias=AliasChoices("OTEL_TRACES_EXPORTER"))
+    # The SDK's variables, the traces-specific one first as the OpenTelemetry specification orders them.
+    otlp_protocol: str | None = Field(None, validation_alias=AliasChoices(
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"))
     # 0 = no endpoint; -1 = let the OS pick a free port (tests, several services on one host).
     metrics_port: int = Field(0, ge=-1, le=65535, validation_alias=AliasChoices("STREAMLOOP_METRICS_PORT"))
     metrics_host: str = Field("127.0.0.1", validation_alias=AliasChoices("STREAMLOOP_METRICS_HOST"))
@@ -86,4 +86,14 @@ class TelemetrySettings(BaseSettings):
                 "(pip install opentelemetry-exporter-otlp-proto-http); traces are not exported"
             )
             return "none"
+        return value
+
+    @field_validator("otlp_protocol")
+    @classmethod
+    def _only_otlp_over_http(cls, value: str | None, info: ValidationInfo) -> str | None:
+        value = (value or "").strip().lower() or None
+        if value not in (None, OTLP_PROTOCOL) and info.data.get("traces_exporter") == "otlp":
+            raise ValueError(
+                f"{value!r}: streamloop exports traces over OTLP/HTTP only; set OTEL_EXPORTER_OTLP_PROTOCOL "
+                f"(and OTEL_EXPORTER_OTLP_TRACES_PROTOCOL, if set) to {OTLP_PROTOCOL} or leave it unset")
         return value

@@ -12,6 +12,7 @@ import pytest
 
 from streamloop.service.settings import CommonSettings
 from streamloop.stack.services import SERVICES
+from streamloop.telemetry.settings import OTLP_PROTOCOL
 from tests.unit.deployment.conftest import (
     ALL_INTERFACES,
     COMPOSE_IMAGE,
@@ -194,5 +195,6 @@ def test_traces_go_to_the_collector(compose):
         env = compose["services"][name]["environment"]
         assert env["OTEL_TRACES_EXPORTER"] == "otlp"
         assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel-collector:4318"
+        assert env["OTEL_EXPORTER_OTLP_PROTOCOL"] == OTLP_PROTOCOL  # what the services export; else they exit
         assert env["OTEL_SERVICE_NAME"] == name
 

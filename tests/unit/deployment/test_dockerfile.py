@@ -174,7 +174,7 @@ def test_every_variable_the_deployment_sets_is_read_by_something(compose, manife
     create_topics = {"STREAMLOOP_TOPIC_REPLICATION_FACTOR", "STREAMLOOP_TOPIC_MIN_INSYNC_REPLICAS"}
     read_elsewhere = {
         "STREAMLOOP_SCHEMAS_DIR", "STREAMLOOP_GIT_SHA",  # streamloop.contracts.schemas, streamloop.ml.registry
-        "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_PROTOCOL", "OTEL_RESOURCE_ATTRIBUTES",  # the OTel SDK
+        "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_RESOURCE_ATTRIBUTES",  # the OTel SDK
         "PATH", "HOME", "PYTHONDONTWRITEBYTECODE", "PYTHONUNBUFFERED",
         "POD_NAME", "POD_NAMESPACE",  # used to build other values ($(POD_NAME))
     }

@@ -20,6 +20,7 @@ import yaml
 
 from streamloop.service.settings import CommonSettings
 from streamloop.stack.services import SERVICES
+from streamloop.telemetry import settings as telemetry_settings
 from tests.unit.deployment.conftest import (
     ALL_INTERFACES,
     DEPLOY,
@@ -371,6 +372,18 @@ def test_redis_tls_is_verified_against_the_ca_its_clients_mount(manifests, k8s_e
     row = [line for line in doc.splitlines() if line.startswith("| `streamloop-redis`")]
     assert len(row) == 1 and f"`{ca.name}`" in row[0]
     assert f"--from-file={ca.name}=" in doc.split("create secret generic streamloop-redis")[1]
+
+
+def test_traces_go_over_the_one_otlp_protocol_the_services_export(k8s_env, monkeypatch):
+    # The image installs the OTLP/HTTP exporter (the test environment need not).
+    installed = telemetry_settings.OTLP_TRACE_EXPORTER_MODULE
+    monkeypatch.setattr(telemetry_settings, "otlp_exporter_module", lambda: installed)
+    for key, value in k8s_env.items():
+        if key.startswith("OTEL_"):
+            monkeypatch.setenv(key, value)
+    settings = telemetry_settings.TelemetrySettings()
+    assert (settings.traces_exporter, settings.otlp_protocol) == ("otlp", telemetry_settings.OTLP_PROTOCOL)
+    assert k8s_env["OTEL_EXPORTER_OTLP_ENDPOINT"].endswith(":4318")  # the collector's OTLP/HTTP port
 
 
 # --- topics ---------------------------------------------------------------------------------
