@@ -9,6 +9,7 @@ from typing import Any
 
 import jsonschema
 import pytest
+import yaml
 
 from streamloop.service.settings import CommonSettings
 from streamloop.stack.services import SERVICES
@@ -20,7 +21,10 @@ from tests.unit.deployment.conftest import (
     IMAGE_DEPLOY_DIR,
     REPO,
     cli_commands,
+    load_module,
 )
+
+healthcheck = load_module(DEPLOY / "healthcheck.py")
 
 INFRASTRUCTURE = {"kafka", "schema-registry", "redis"}
 SECRET_ENV = {"STREAMLOOP_ARTIFACT_SIGNING_KEY", "KAFKA_SASL_PASSWORD", "REDIS_PASSWORD",
@@ -106,8 +110,30 @@ def test_every_streamloop_service_has_its_own_healthcheck(compose):
     scorer = compose["services"]["online-scorer"]
     assert scorer["healthcheck"]["test"][3] == "grpc"
     # healthcheck.py speaks no TLS: it checks the plaintext health-only port, never the scoring port.
-    assert scorer["healthcheck"]["test"][4:6] == ["--port", scorer["environment"]["SCORER_HEALTH_PORT"]]
-    assert scorer["environment"]["SCORER_HEALTH_PORT"] != scorer["environment"]["SCORER_GRPC_PORT"]
+    health_port = healthcheck_port(scorer)
+    assert health_port == int(scorer["environment"]["SCORER_HEALTH_PORT"])
+    assert health_port != int(scorer["environment"]["SCORER_GRPC_PORT"])
+    for name in SERVICES:
+        if name != "online-scorer":
+            assert healthcheck_port(compose["services"][name]) == int(
+                compose["services"][name]["environment"]["STREAMLOOP_METRICS_PORT"]), name
+
+
+def healthcheck_port(service: dict[str, Any]) -> int:
+    """The port deploy/healthcheck.py checks in this container: --port, else its own default."""
+    test = service["healthcheck"]["test"]
+    if "--port" in test:
+        return int(test[test.index("--port") + 1])
+    return healthcheck.default_port(test[3], service["environment"])
+
+
+def test_prometheus_scrapes_the_port_the_services_serve_metrics_on(compose):
+    config = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    targets = {t for job in config["scrape_configs"] for group in job.get("static_configs", [])
+               for t in group["targets"]}
+    for name in SERVICES:
+        port = compose["services"][name]["environment"]["STREAMLOOP_METRICS_PORT"]
+        assert f"{name}:{port}" in targets, name
 
 
 def test_the_topics_job_creates_the_catalog_before_the_services(compose):

@@ -9,6 +9,7 @@ import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry, start_http_server
 
+from services.online_scorer.settings import DEFAULT_TLS_HEALTH_PORT
 from streamloop.contracts import load_catalog
 from tests.unit.deployment.conftest import DEPLOY, REPO, load_module
 
@@ -112,3 +113,46 @@ def test_grpc_check_follows_the_health_service():
     finally:
         server.stop(None)
     assert healthcheck.main(["grpc", "--port", str(port), "--timeout", "1"]) == 1
+
+
+def test_checks_default_to_the_ports_the_container_s_settings_name():
+    # The image sets 9464 and 50051, but a deployment may move them; the check must follow.
+    assert healthcheck.default_port("metrics", {}) == 9464
+    assert healthcheck.default_port("metrics", {"STREAMLOOP_METRICS_PORT": "9500"}) == 9500
+    assert healthcheck.default_port("grpc", {}) == 50051
+    assert healthcheck.default_port("grpc", {"SCORER_GRPC_PORT": "6000"}) == 6000
+    # A TLS scorer is checked on its plaintext health port, never on the TLS one.
+    tls = {"SCORER_GRPC_PORT": "6000", "SCORER_TLS_CERT_FILE": "/certs/tls.crt"}
+    assert healthcheck.default_port("grpc", tls) == DEFAULT_TLS_HEALTH_PORT
+    assert healthcheck.default_port("grpc", {**tls, "SCORER_HEALTH_PORT": "6001"}) == 6001
+
+
+def test_the_metrics_check_finds_the_port_in_the_environment(monkeypatch):
+    server, thread = start_http_server(0, addr="127.0.0.1", registry=CollectorRegistry())
+    try:
+        monkeypatch.setenv("STREAMLOOP_METRICS_PORT", str(server.server_port))
+        assert healthcheck.main(["metrics"]) == 0
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+    for off in ("0", "-1"):  # no endpoint, or one on a port nobody recorded: unhealthy, never a guess
+        monkeypatch.setenv("STREAMLOOP_METRICS_PORT", off)
+        assert healthcheck.main(["metrics"]) == 1
+
+
+def test_the_grpc_check_finds_the_scorer_s_health_port_in_the_environment(monkeypatch):
+    server = grpc.server(ThreadPoolExecutor(max_workers=2))
+    servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+        monkeypatch.setenv("SCORER_GRPC_PORT", str(port))
+        assert healthcheck.main(["grpc"]) == 0
+        monkeypatch.setenv("SCORER_HEALTH_PORT", str(port))
+        monkeypatch.setenv("SCORER_GRPC_PORT", "1")
+        assert healthcheck.main(["grpc"]) == 0
+    finally:
+        server.stop(None)

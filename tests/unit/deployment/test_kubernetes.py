@@ -217,16 +217,21 @@ def test_stream_service_is_probed_on_its_metrics_endpoint(manifests, service):
 
 
 def test_services_expose_metrics_and_grpc(manifests, k8s_env):
-    assert k8s_env["STREAMLOOP_METRICS_PORT"] == "9464" and k8s_env["STREAMLOOP_METRICS_HOST"] == ALL_INTERFACES
+    # The manifests cannot read the ConfigMap's port: each literal must equal it.
+    port = k8s_env["STREAMLOOP_METRICS_PORT"]
+    assert port == "9464" and k8s_env["STREAMLOOP_METRICS_HOST"] == ALL_INTERFACES
     services = of_kind(manifests, "Service")
     for name, workload in workloads(manifests).items():
         spec = workload.doc["spec"]
         governing = services[spec["serviceName"]].doc["spec"]
         assert governing["clusterIP"] == "None", name
         assert governing["selector"].items() <= spec["template"]["metadata"]["labels"].items(), name
-        assert {"name": "metrics", "port": 9464, "targetPort": "metrics", "protocol": "TCP"} in governing["ports"]
+        assert {"name": "metrics", "port": int(port), "targetPort": "metrics", "protocol": "TCP"} in governing["ports"]
+        container = spec["template"]["spec"]["containers"][0]
+        assert {"name": "metrics", "containerPort": int(port), "protocol": "TCP"} in container["ports"], name
+        assert "STREAMLOOP_METRICS_PORT" not in env_of(container), f"{name} would serve beside its containerPort"
         annotations = spec["template"]["metadata"]["annotations"]
-        assert annotations["prometheus.io/scrape"] == "true" and annotations["prometheus.io/port"] == "9464"
+        assert annotations["prometheus.io/scrape"] == "true" and annotations["prometheus.io/port"] == port
     grpc = services["online-scorer-grpc"].doc["spec"]
     assert [p["port"] for p in grpc["ports"]] == [50051]
 
