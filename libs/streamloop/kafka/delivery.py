@@ -34,7 +34,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from streamloop.kafka import dead_letters
 from streamloop.kafka.configuration import KafkaSettings
-from streamloop.kafka.exceptions import DeliveryError, RecordRefusedError, kafka_error_of
+from streamloop.kafka.exceptions import DeliveryError, RecordRefusedError, kafka_error_of, kafka_exception_of
 from streamloop.kafka.records import Headers, RecordOrigin
 
 if TYPE_CHECKING:  # the runner owns a Delivery: importing it at run time would be circular
@@ -125,7 +125,9 @@ class Delivery:
         if self.producer is not None:
             try:
                 self.producer.flush(30)
-            except KafkaException as exc:  # a fatal producer raises; the consumer must still leave cleanly
+            except (KafkaException, SystemError) as exc:  # a fatal producer raises; the consumer must still leave
+                if kafka_exception_of(exc) is None:
+                    raise
                 log.warning("%s: producer flush at shutdown: %s", self._service, exc)
 
     def deliver(self, outputs: list[Encoded], letters: list[DeadLetter],
@@ -260,14 +262,17 @@ class Delivery:
         pinned = {} if partition is None else {"partition": partition}
         while True:
             try:
-                self.producer.produce(topic, value=value, key=key, headers=headers, on_delivery=callback, **pinned)
-                self.producer.poll(0)
-                return
-            except BufferError:
-                # The local queue is full: let deliveries drain, then try again.
-                self.producer.poll(0.1)
-            except KafkaException as exc:
-                error = kafka_error_of(exc)
+                try:
+                    self.producer.produce(topic, value=value, key=key, headers=headers, on_delivery=callback,
+                                          **pinned)
+                    self.producer.poll(0)
+                    return
+                except BufferError:
+                    # The local queue is full: let deliveries drain, then try again.
+                    self.producer.poll(0.1)
+            except (KafkaException, SystemError) as exc:
+                kafka = kafka_exception_of(exc)
+                error = kafka_error_of(kafka) if kafka is not None else None
                 if error is not None and error.code() in REFUSED_FOR_GOOD:
                     raise _Refused(error) from exc  # the producer's own check: about this record
                 raise self._fatal_producer_error(exc) from exc
@@ -278,7 +283,7 @@ class Delivery:
         while len(self.producer) > 0:
             try:
                 self.producer.flush(1.0)
-            except KafkaException as exc:
+            except (KafkaException, SystemError) as exc:
                 raise self._fatal_producer_error(exc) from exc
             waited += 1.0
             if self._stopping.is_set() and waited > 10:
@@ -343,10 +348,12 @@ class Delivery:
             self._producer_fatal = True
         self._report_client_error(error)
 
-    def _fatal_producer_error(self, exc: KafkaException) -> DeliveryError:
+    def _fatal_producer_error(self, exc: KafkaException | SystemError) -> DeliveryError:
         """A fatal producer error (e.g. OUT_OF_ORDER_SEQUENCE_NUMBER after a broker restart lost the
-        idempotence state) raised by produce or flush: the batch is retried on a new producer."""
-        error = kafka_error_of(exc)
+        idempotence state) raised by produce, poll or flush, itself or as the cause of a SystemError
+        (``kafka_exception_of``): the batch is retried on a new producer. Anything else is raised again."""
+        kafka = kafka_exception_of(exc)
+        error = kafka_error_of(kafka) if kafka is not None else None
         if error is None or not (error.fatal() or error.code() == KafkaError._FATAL):
             raise exc
         self._producer_fatal = True
@@ -357,7 +364,9 @@ class Delivery:
         assert self.producer is not None
         try:
             self.producer.flush(5)
-        except KafkaException as exc:  # a fatal producer raises again; what it holds is produced anew
+        except (KafkaException, SystemError) as exc:  # a fatal producer raises again; what it holds goes anew
+            if kafka_exception_of(exc) is None:
+                raise
             log.warning("%s: discarding the failed producer: %s", self._service, exc)
         self.producer = Producer(self._producer_config)
         self._producer_fatal = False
@@ -419,7 +428,9 @@ class Delivery:
                 except _Refused as refusal:  # it was taken before; a new producer's limit may differ
                     unacknowledged.append(refusal.error.str())
             left = self.producer.flush(timeout_s) if self.producer is not None else 0
-        except (KafkaException, DeliveryError) as exc:
+        except (KafkaException, SystemError, DeliveryError) as exc:
+            if isinstance(exc, SystemError) and kafka_exception_of(exc) is None:
+                raise
             log.error("%s: stopping: could not send again the outputs a fatal producer error put at risk: %s",
                       self._service, exc)
             return

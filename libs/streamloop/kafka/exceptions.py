@@ -41,3 +41,22 @@ class InvalidRecordError(KafkaRuntimeError):
 def kafka_error_of(exc: KafkaException) -> KafkaError | None:
     """The KafkaError a KafkaException carries (its code, fatal and retriable flags), if it carries one."""
     return exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+
+
+def kafka_exception_of(exc: BaseException) -> KafkaException | None:
+    """The KafkaException ``exc`` is, or was raised from; None if neither.
+
+    confluent-kafka raises a client's fatal error (OUT_OF_ORDER_SEQUENCE_NUMBER after a broker
+    restart, say) from the callback dispatch of ``poll()`` or ``flush()`` without setting it aside,
+    so a delivery callback that runs later in the same call fails on its first builtin, and the call
+    raises ``SystemError("<built-in function monotonic> returned a result with an exception set")``
+    with the KafkaException as its cause (seen in a broker-restart fault run).
+    """
+    seen: BaseException | None = exc
+    for _ in range(8):  # a chain is short; a cycle must not loop for ever
+        if seen is None:
+            return None
+        if isinstance(seen, KafkaException):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None

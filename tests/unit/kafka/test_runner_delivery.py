@@ -7,6 +7,7 @@ from collections import deque
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
+import pytest
 from confluent_kafka import KafkaError, KafkaException
 
 from streamloop.contracts.samples import sample_record
@@ -125,6 +126,63 @@ def test_a_fatal_producer_error_sends_the_recently_acknowledged_outputs_again(mo
     assert [v for _t, _k, v, _h in replacement.produced] == values
     assert runner.stats.resent == 3 and runner.stats.delivery_retries == 1
     assert runner.consumer.commits[-1][0].offset == 6
+
+
+class FatalInFlushProducer(FakeProducer):
+    """Acknowledges the first ``healthy`` records; then holds what is produced, and flush() raises as
+    confluent-kafka does when a fatal error comes up in the callback dispatch: a SystemError whose cause is
+    the KafkaException (a delivery callback ran with that exception still set; seen in a broker-restart run)."""
+
+    def __init__(self, healthy: int) -> None:
+        super().__init__()
+        self.healthy = healthy
+        self.held = 0
+
+    def produce(self, topic, value=None, key=None, headers=None, on_delivery=None, **pinned) -> None:
+        if len(self.produced) < self.healthy:
+            super().produce(topic, value, key, headers, on_delivery, **pinned)
+            return
+        self.produced.append((topic, key, value, headers or []))
+        self.held += 1
+
+    def flush(self, _timeout: float = 0) -> int:
+        if not self.held:
+            return 0
+        fatal = KafkaException(KafkaError(KafkaError.OUT_OF_ORDER_SEQUENCE_NUMBER,
+                                          "sequence desynchronization with broker 1", fatal=True))
+        try:
+            raise fatal
+        except KafkaException as exc:
+            raise SystemError("<built-in function monotonic> returned a result with an exception set") from exc
+
+    def __len__(self) -> int:
+        return self.held
+
+
+def test_a_fatal_error_raised_from_flush_as_a_system_error_gets_a_new_producer(monkeypatch) -> None:
+    runner, serde = stage_runner(FatalInFlushProducer(healthy=3), resend_window_s=60.0)
+    replacement = FakeProducer()
+    monkeypatch.setattr(delivery_module, "Producer", lambda _config: replacement)
+    values = [serde.encode(sample_record(VECTOR, seed)) for seed in range(6)]
+    runner._run_batch([FakeMessage(v, offset, topic=SOURCE) for offset, v in enumerate(values[:3])])
+    runner._run_batch([FakeMessage(v, offset, topic=SOURCE) for offset, v in enumerate(values[3:], start=3)])
+
+    # Not a crash (the collector's join stage died of it, and its process with the other stages'
+    # re-send windows): the batch goes on a new producer, after the outputs acknowledged in the window.
+    assert [v for _t, _k, v, _h in replacement.produced] == values
+    assert runner.stats.resent == 3 and runner.stats.delivery_retries == 1
+    assert runner.consumer.commits[-1][0].offset == 6
+
+
+def test_a_system_error_without_a_kafka_cause_is_not_taken_for_a_fatal_producer_error() -> None:
+    class Broken(FakeProducer):
+        def poll(self, _timeout: float = 0) -> int:
+            raise SystemError("a bug, not the broker")
+
+    runner, serde = stage_runner(Broken())
+    with pytest.raises(SystemError, match="a bug"):
+        run_batch_of(runner, serde, 1)
+    assert runner.consumer.commits == []
 
 
 def test_outputs_acknowledged_before_the_window_are_not_sent_again(monkeypatch) -> None:
