@@ -261,9 +261,13 @@ class FaultLoop:
             time.sleep(0.2)
         return False
 
-    def wait_labels(self, labeled_ids: list[str], timeout_s: float) -> bool:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
+    def wait_labels(self, labeled_ids: list[str], timeout_s: float,
+                    deadline: Callable[[], float] | None = None) -> bool:
+        """Wait for every label to come back; until ``timeout_s`` from now, or until ``deadline()`` (a
+        monotonic time, asked again on every round, so it may move on) when given."""
+        end = time.monotonic() + timeout_s
+        until = deadline or (lambda: end)
+        while time.monotonic() < until():
             with self.reader.lock:
                 obs = self.reader.observed
                 if all(obs.labeled[i] + obs.unmatched[i] >= 1 for i in labeled_ids):

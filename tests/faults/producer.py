@@ -8,6 +8,7 @@ from typing import Any
 from confluent_kafka import KafkaException, Producer
 
 from streamloop.kafka.configuration import KafkaSettings
+from streamloop.kafka.exceptions import kafka_exception_of
 
 
 class UserProducer:
@@ -47,7 +48,9 @@ class UserProducer:
                 return
             except BufferError:
                 self._producer.poll(0.05)
-            except KafkaException:
+            except (KafkaException, SystemError) as exc:  # SystemError: see kafka_exception_of
+                if kafka_exception_of(exc) is None:
+                    raise
                 self._fatal = True
 
     def _delivered(self, token: int, error: Any) -> None:
@@ -69,7 +72,9 @@ class UserProducer:
         while self.pending and time.monotonic() < deadline:
             try:
                 self._producer.flush(1.0)
-            except KafkaException:
+            except (KafkaException, SystemError) as exc:
+                if kafka_exception_of(exc) is None:
+                    raise
                 self._fatal = True
             if self._fatal:
                 self._recreate()

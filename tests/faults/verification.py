@@ -12,6 +12,7 @@ import json
 import os
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -65,12 +66,15 @@ class ScenarioResult:
 
 
 def verify(loop: FaultLoop, result: ScenarioResult, demo_events: list[Any], *, timeout_s: float = 120.0,
-           labels: bool = True, broker_may_lose: bool = False) -> ScenarioResult:
+           labels: bool = True, broker_may_lose: bool = False,
+           labels_deadline: Callable[[], float] | None = None) -> ScenarioResult:
     """Wait for every event and label to come back, then count and compare (see the module docstring).
 
     ``broker_may_lose``: the fault is a broker restart, and noida-db may drop records it had
     acknowledged (docs/reliability.md). Events and labels that are not in their topics
     afterwards are counted as lost by the broker, and the checks cover those that are.
+    ``labels_deadline``: when the labels' wait ends (a monotonic time, asked again as it waits),
+    instead of ``timeout_s`` after the outputs are in.
     """
     ids = [str(d.event["transaction_id"]) for d in demo_events]
     labeled_ids = [str(d.event["transaction_id"]) for d in demo_events if d.label_copies]
@@ -94,7 +98,7 @@ def verify(loop: FaultLoop, result: ScenarioResult, demo_events: list[Any], *, t
     # the collector keeps its join state) can cost one. ``labels=False`` only for a test that says why.
     if not labels:
         labeled_ids = []
-    labels_complete = loop.wait_labels(labeled_ids, timeout_s)
+    labels_complete = loop.wait_labels(labeled_ids, timeout_s, labels_deadline)
     result.notes["wait_labels_s"] = round(time.monotonic() - phase, 1)
     phase = time.monotonic()
     with loop.reader.lock:
@@ -112,6 +116,9 @@ def verify(loop: FaultLoop, result: ScenarioResult, demo_events: list[Any], *, t
         result.labels_sent = len(labeled_ids)
         result.labels_back = sum(1 for i in labeled_ids if obs.labeled[i] + obs.unmatched[i])
         result.labels_lost = result.labels_sent - result.labels_back
+        if result.labels_lost:
+            missing = sorted(i for i in labeled_ids if not obs.labeled[i] + obs.unmatched[i])
+            result.notes["labels_missing"] = missing[:10]
         result.labels_unjoined = sum(1 for i in labeled_ids if obs.predictions[i] and not obs.labeled[i])
         result.label_duplicates = sum(max(0, obs.labeled[i] - 1) for i in labeled_ids)
         result.other_dead_letters = obs.other_dead_letters - loop.dead_letters_before
