@@ -111,6 +111,8 @@ class FaultLoop:
         self.dead_letters_before = 0
         self._stop = threading.Event()
         self._supervising = threading.Event()
+        # Held around each supervisor pass: pause_supervision() takes it, so no pass is under way once it returns.
+        self._supervision = threading.Lock()
         self._supervisor = threading.Thread(target=self._supervise, daemon=True, name="fault-supervisor")
 
     # -- life cycle
@@ -140,10 +142,20 @@ class FaultLoop:
 
     def _supervise(self) -> None:
         while not self._stop.is_set():
-            if self._supervising.is_set():
-                for line in self.stack.supervise_once():
-                    self.supervisor_events.append((time.monotonic(), line))
+            with self._supervision:
+                if self._supervising.is_set():
+                    for line in self.stack.supervise_once():
+                        self.supervisor_events.append((time.monotonic(), line))
             time.sleep(0.1)
+
+    def pause_supervision(self) -> None:
+        """Stop restarting services: once this returns, no supervisor pass runs (or is running) until
+        :meth:`resume_supervision`, so a service killed now stays down."""
+        with self._supervision:
+            self._supervising.clear()
+
+    def resume_supervision(self) -> None:
+        self._supervising.set()
 
     def log_tails(self, chars: int = 1500) -> str:
         return "\n".join(f"--- {s.log_path.name}\n{s.log_path.read_text(errors='replace')[-chars:]}"
