@@ -4,6 +4,7 @@ reasons, metric snapshots, dead letters, and a SIGKILL mid-stream after which th
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -226,6 +227,23 @@ def test_labels_join_out_of_order_and_the_state_survives_a_kill(
         features_topic, *damaged_at)
 
 
+# A stage retrying Redis: redis_state.retrying's warning, or the runner's backoff on JoinStateUnavailable.
+WAITING_FOR_REDIS = re.compile(r"Redis unavailable for |: Redis .*; retrying in ")
+
+
+def wait_for_log(path: Path, offset: int, pattern: re.Pattern[str], timeout_s: float) -> str | None:
+    """The first line matching ``pattern`` written to ``path`` after byte ``offset``; None after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with path.open("rb") as log:
+            log.seek(offset)
+            text = log.read().decode(errors="replace")
+        found = next((line for line in text.splitlines() if pattern.search(line)), None)
+        if found is not None or time.monotonic() > deadline:
+            return found
+        time.sleep(0.2)
+
+
 def test_a_stop_while_redis_is_gone_leaves_within_the_stop_timeout(
         service_env: dict[str, str], loop_catalog: Catalog, bootstrap_servers: str, tmp_path: Path) -> None:
     """Stopped with its Redis (the demo's stack stopped at once), a stage waits for Redis for ever;
@@ -241,9 +259,13 @@ def test_a_stop_while_redis_is_gone_leaves_within_the_stop_timeout(
         try:
             produce(bootstrap_servers, records[:20])
             drain(bootstrap_servers, loop_catalog["labeled_examples"].name, timeout_s=60, until=lambda rs: len(rs) > 0)
+            log_path = tmp_path / "collector.log"
+            logged_before = log_path.stat().st_size
             redis_server.stop()
             produce(bootstrap_servers, records[20:])  # a batch the join cannot write
-            time.sleep(3)
+            # SIGTERM only once a stage is waiting for Redis: stopped before that, it leaves cleanly (exit 0).
+            waiting = wait_for_log(log_path, logged_before, WAITING_FOR_REDIS, timeout_s=60)
+            assert waiting, f"no stage waited for Redis within 60 s:\n{log_path.read_text()[-3000:]}"
             collector.send_signal(signal.SIGTERM)
             started = time.monotonic()
             code = collector.wait(30)
