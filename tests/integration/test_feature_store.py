@@ -125,12 +125,20 @@ def test_expired_feature_reads_as_missing_while_the_key_still_exists(
 def test_server_drops_a_key_once_its_event_time_ttl_passes(
     client: redis.Redis, store: RedisFeatureStore
 ) -> None:
+    left_ms = 10_000  # what "soon" has left of its TTL: long enough for a loaded machine to read it in time
     now = int(time.time() * 1000)
+    written = time.monotonic()
     store.write(GROUP, fw("late", now - TTL - 5_000, 0), now_ms=now)  # already past its TTL: kept 1 ms
-    store.write(GROUP, fw("soon", now - TTL + 2_000, 0), now_ms=now)  # 2 s: a loaded machine reads it in time
+    store.write(GROUP, fw("soon", now - TTL + left_ms, 0), now_ms=now)
+    # The server's expiry is the row's event time + TTL, counted from the write (PEXPIRE in the script).
+    late_pttl, soon_pttl = client.pttl(store.key(GROUP, "late")), client.pttl(store.key(GROUP, "soon"))
+    since_ms = (time.monotonic() - written) * 1000
+    assert late_pttl in (-2, 0, 1), late_pttl  # gone, or about to be: never kept without an expiry (-1)
+    assert left_ms - since_ms - 1 <= soon_pttl <= left_ms, (soon_pttl, since_ms)
     late, soon = store.read_many(GROUP, ["late", "soon"])
-    assert late is None and soon is not None
-    deadline = time.monotonic() + 10
+    assert late is None and soon is not None, f"read {time.monotonic() - written:.1f} s after the writes"
+    # Gone from the server once its expiry passes (Redis expires keys lazily and every 100 ms or so).
+    deadline = written + left_ms / 1000 + 30
     while client.exists(store.key(GROUP, "late"), store.key(GROUP, "soon")) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert client.exists(store.key(GROUP, "late"), store.key(GROUP, "soon")) == 0
