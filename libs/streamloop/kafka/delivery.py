@@ -26,7 +26,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -187,7 +187,7 @@ class Delivery:
             log.warning("%s: %s; retrying in %.1fs", self._service, failed, backoff)
             if self._producer_fatal:
                 self._recreate_producer()
-                resent = self._recently_acknowledged()
+                resent = self._recently_acknowledged(besides=outputs)
                 outputs, owed = resent + outputs, owed + len(resent)
             self._stopping.wait(backoff)
             backoff = min(backoff * 2, self._settings.retry_backoff_max_s)
@@ -384,10 +384,16 @@ class Delivery:
                                       or len(self._acknowledged) > self._settings.resend_max_records):
             self._acknowledged.popleft()
 
-    def _recently_acknowledged(self) -> list[Encoded]:
+    def _recently_acknowledged(self, besides: Sequence[Encoded] = ()) -> list[Encoded]:
         """The outputs acknowledged within ``resend_window_s``, to send again (taken: they are remembered anew
-        when acknowledged again). Duplicates downstream are the price: at-least-once, nothing lost."""
+        when acknowledged again). Duplicates downstream are the price: at-least-once, nothing lost.
+
+        ``besides``: records about to be sent anyway. The failed producer's last flush
+        (``_recreate_producer``) can acknowledge outputs the retry still holds as unacknowledged: sent
+        both as a re-send and as the retry, they went twice more for one fault.
+        """
         self._forget_acknowledged(time.monotonic())
+        sending = {id(record) for record in besides}
         # One copy per identity, the latest: an input read again within the window (its offset
         # commit was lost) left two acknowledged copies of each of its outputs, and sending both
         # again wrote four of a record read once (CI, a broker restart).
@@ -395,7 +401,7 @@ class Delivery:
         for _, record in self._acknowledged:
             identity = record[5]
             latest[identity if identity is not None else object()] = record
-        records = list(latest.values())
+        records = [record for record in latest.values() if id(record) not in sending]
         self._acknowledged.clear()
         if records:
             self._stats.resent += len(records)
@@ -412,7 +418,7 @@ class Delivery:
         records = owed
         if self._producer_fatal:
             self._recreate_producer()
-            records = self._recently_acknowledged() + owed
+            records = self._recently_acknowledged(besides=owed) + owed
         if not records:
             return
         unacknowledged: list[str] = []

@@ -185,6 +185,54 @@ def test_a_system_error_without_a_kafka_cause_is_not_taken_for_a_fatal_producer_
     assert runner.consumer.commits == []
 
 
+class AcknowledgedInTheLastFlush(FakeProducer):
+    """Acknowledges the first ``healthy`` records at once; holds the others, whose first flush raises the fatal
+    error, and whose next flush (the failed producer's last, in _recreate_producer) acknowledges them."""
+
+    def __init__(self, healthy: int) -> None:
+        super().__init__()
+        self.healthy = healthy
+        self.held: list = []
+        self.flushes = 0
+
+    def produce(self, topic, value=None, key=None, headers=None, on_delivery=None, **pinned) -> None:
+        if len(self.produced) < self.healthy:
+            super().produce(topic, value, key, headers, on_delivery, **pinned)
+            return
+        self.produced.append((topic, key, value, headers or []))
+        self.held.append(on_delivery)
+
+    def flush(self, _timeout: float = 0) -> int:
+        if not self.held:
+            return 0
+        self.flushes += 1
+        if self.flushes == 1:
+            raise KafkaException(KafkaError(KafkaError.OUT_OF_ORDER_SEQUENCE_NUMBER,
+                                            "sequence desynchronization with broker 1", fatal=True))
+        held, self.held = self.held, []
+        for on_delivery in held:
+            on_delivery(None, None)
+        return 0
+
+    def __len__(self) -> int:
+        return len(self.held)
+
+
+def test_outputs_acknowledged_while_the_failed_producer_flushes_are_sent_again_once(monkeypatch) -> None:
+    runner, serde = stage_runner(AcknowledgedInTheLastFlush(healthy=3), resend_window_s=60.0)
+    replacement = FakeProducer()
+    monkeypatch.setattr(delivery_module, "Producer", lambda _config: replacement)
+    values = [serde.encode(sample_record(VECTOR, seed)) for seed in range(6)]
+    runner._run_batch([FakeMessage(v, offset, topic=SOURCE) for offset, v in enumerate(values[:3])])
+    runner._run_batch([FakeMessage(v, offset, topic=SOURCE) for offset, v in enumerate(values[3:], start=3)])
+
+    # The second batch was acknowledged only by the failed producer's last flush, after the retry had
+    # counted it unacknowledged: it goes once more (with the retry), not as a re-send and a retry both.
+    assert [v for _t, _k, v, _h in replacement.produced] == values
+    assert runner.stats.resent == 3
+    assert runner.consumer.commits[-1][0].offset == 6
+
+
 def test_outputs_acknowledged_before_the_window_are_not_sent_again(monkeypatch) -> None:
     runner, serde, replacement = desync_runner(monkeypatch, window_s=60.0)
     values = [serde.encode(sample_record(VECTOR, seed)) for seed in range(6)]
