@@ -58,28 +58,45 @@ def _seed(name: str) -> int:
 WARM_START = re.compile(r"warm start for \S+ (\S+): replayed (\d+) records")
 
 
-def service_log(loop: FaultLoop, service: str, pid: int) -> list[str]:
-    """The log lines of one process of ``service`` (the log file is shared by its restarts)."""
-    text = loop.service(service).log_path.read_text(errors="replace")
-    return [line for line in text.splitlines() if f"{service}[{pid}]" in line]
+def log_size(loop: FaultLoop, service: str) -> int:
+    path = loop.service(service).log_path
+    return path.stat().st_size if path.exists() else 0
 
 
-def warm_start(loop: FaultLoop, pid: int, timeout_s: float = 60.0) -> dict:
-    """How many records the restarted drift detector (``pid``) replayed to refill its windows (history.py)."""
+def restarted_log(loop: FaultLoop, service: str, since: int, killed_pid: int) -> list[str]:
+    """The lines the restarted instances of ``service`` logged: the log file (shared by its restarts) from
+    byte ``since``, taken at the kill, without the killed process's. Found by position, not by the
+    'service[pid]' prefix: a changed log format (d7e1b66's 'service/instance[pid]') hid every line."""
+    with loop.service(service).log_path.open("rb") as log:
+        log.seek(since)
+        text = log.read().decode(errors="replace")
+    return [line for line in text.splitlines() if f"[{killed_pid}]" not in line]
+
+
+def log_tail(lines: list[str], chars: int = 3000) -> str:
+    return "\n".join(lines)[-chars:]
+
+
+def warm_start(loop: FaultLoop, since: int, killed_pid: int, timeout_s: float = 60.0) -> dict:
+    """How many records the restarted drift detector replayed to refill its windows (history.py)."""
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        found = next((m for m in map(WARM_START.search, service_log(loop, "drift-detector", pid)) if m), None)
+    while True:
+        lines = restarted_log(loop, "drift-detector", since, killed_pid)
+        found = next((m for m in map(WARM_START.search, lines) if m), None)
         if found:
             return {"champion": found.group(1), "replayed": int(found.group(2))}
+        if time.monotonic() > deadline:
+            # Why it may be missing: the replay failed ("warm start failed, starting with empty windows"),
+            # or no champion became known ("the warm start waits for one"); the tail says which.
+            return {"replayed": None, "log": log_tail(lines)}
         time.sleep(0.5)
-    return {"replayed": None}
 
 
 RESUMED = re.compile(r"online challenger resumed: (\d+) labels learned since champion (\S+) learned again")
 
 
-def resumed_line(loop: FaultLoop, pid: int, killed_at_ms: int, timeout_s: float = 60.0) -> dict:
-    """What the restarted retrainer (``pid``) learned again, and the first candidate of the line it resumed.
+def resumed_line(loop: FaultLoop, since: int, killed_pid: int, killed_at_ms: int, timeout_s: float = 60.0) -> dict:
+    """What the restarted retrainer learned again, and the first candidate of the line it resumed.
 
     Only candidates created after the kill count: the killed process's own start where they should.
 
@@ -89,14 +106,17 @@ def resumed_line(loop: FaultLoop, pid: int, killed_at_ms: int, timeout_s: float 
     """
     found = None
     deadline = time.monotonic() + timeout_s
-    while found is None and time.monotonic() < deadline:
-        lines = service_log(loop, "retrainer", pid)
+    while True:
+        lines = restarted_log(loop, "retrainer", since, killed_pid)
         found = next((m for m in map(RESUMED.search, lines) if m), None)
         if found is None and any("cannot read back the labels" in line for line in lines):
-            return {"resumed": False}
+            return {"resumed": False, "log": log_tail(lines)}
+        if found is not None or time.monotonic() > deadline:
+            break
         time.sleep(0.5)
     if found is None:
-        return {"resumed": None}
+        # Why it may be missing: the champion did not load ("cannot load champion"), so no line resumed.
+        return {"resumed": None, "log": log_tail(lines)}
     champion = found.group(2)
     notes: dict = {"resumed": True, "learned_again": int(found.group(1)), "champion": champion}
     while time.monotonic() < deadline:
@@ -131,6 +151,7 @@ def test_sigkill_mid_stream_and_restart(loop: FaultLoop, service: str):
     recovery: list[float | None] = []
 
     def kill() -> None:
+        killed["log_offset"] = log_size(loop, service)  # what the restarted instances log comes after
         killed["pid"] = process.pid  # type: ignore[assignment]
         killed["at"] = time.monotonic()
         killed["at_ms"] = time.time() * 1000
@@ -142,7 +163,8 @@ def test_sigkill_mid_stream_and_restart(loop: FaultLoop, service: str):
     producer.finish(120)
     assert killed, "the kill never ran"
     loop.wait_until_restarted(process)
-    assert process.pid != killed["pid"]
+    restarted_pid = process.pid
+    assert restarted_pid is not None and restarted_pid != killed["pid"]
     result = verify(loop, ScenarioResult(f"sigkill {service}"), demo)
     # Read before the wait below fixes its targets, so every candidate here is one the publisher must reach.
     candidates = {r.value["version"] for rs in loop.read_topic("model_candidates").values() for r in rs} \
@@ -160,16 +182,20 @@ def test_sigkill_mid_stream_and_restart(loop: FaultLoop, service: str):
                    if r.value["kind"] in ("REGISTER", "REFUSE")}
         result.notes["candidates"] = len(candidates)
         result.notes["candidates_undecided"] = sorted(candidates - decided)
+    since, killed_pid = int(killed["log_offset"]), int(killed["pid"])
     if service == "drift-detector":  # its own state: the restarted detector refilled its windows
-        result.notes["warm_start"] = warm_start(loop, process.pid)  # type: ignore[arg-type]
+        result.notes["warm_start"] = warm_start(loop, since, killed_pid)
     if service == "retrainer":  # its own output: the restarted learner went on with its line's labels
-        result.notes["resume"] = resumed_line(loop, process.pid, int(killed["at_ms"]))  # type: ignore[arg-type]
+        result.notes["resume"] = resumed_line(loop, since, killed_pid, int(killed["at_ms"]))
     deadline = time.monotonic() + 60
     while not recovery and time.monotonic() < deadline:
         time.sleep(0.2)
     result.recover_s = recovery[0] if recovery else None
     result.elapsed_s = round(time.monotonic() - started, 1)
-    result.notes |= {"restart_after_s": round(process.started_at - killed["at"], 2), "restarts": process.restarts}
+    result.notes |= {"restart_after_s": round(process.started_at - killed["at"], 2), "restarts": process.restarts,
+                     "restarted_pid": restarted_pid}
+    # The log tails go into the failure messages below, not into the report line.
+    log_of = {key: result.notes[key].pop("log", "") for key in ("warm_start", "resume") if key in result.notes}
     result.report()
     assert result.recover_s is not None, f"{service} did not process anything after its restart"
     # The killed service's own inputs: its group went on past every record, those it had read but
@@ -182,10 +208,11 @@ def test_sigkill_mid_stream_and_restart(loop: FaultLoop, service: str):
     if service == "drift-detector":
         # Features and predictions each refill at least a window (more than one window of each was
         # consumed before the kill): reference records since the champion's deployment, then the latest.
-        assert (result.notes["warm_start"]["replayed"] or 0) >= 2 * loop.spec.drift.window_size, result.notes
+        assert (result.notes["warm_start"]["replayed"] or 0) >= 2 * loop.spec.drift.window_size, \
+            f"{result.notes}\n--- the restarted detector's log:\n{log_of['warm_start']}"
     if service == "retrainer":
         resume = result.notes["resume"]
-        assert resume["resumed"], resume
+        assert resume["resumed"], f"{resume}\n--- the restarted retrainer's log:\n{log_of['resume']}"
         if resume["line_starts"] is not None and resume["champion_trigger"] == "ONLINE":
             # read_through names every partition: the line starts where the champion's learner had read to.
             assert resume["line_starts"] and all(resume["champion_next"].get(p) == start
