@@ -16,6 +16,10 @@ class StartTimeoutError(StackError):
 class LoopStalledError(StreamloopError):
     """The driver waited for a running loop that answered nothing for too long."""
 
+    def __init__(self, message: str, waited_s: float) -> None:
+        super().__init__(message)
+        self.waited_s = waited_s  # on the driver's stall clock: since the loop last answered while it waited
+
 
 class GeneratorError(StreamloopError):
     """A pipeline's generator.py does not load, or its generate() does not take the demo's arguments."""

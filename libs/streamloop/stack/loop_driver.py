@@ -256,7 +256,7 @@ class LoopDriver:
                         raise LoopStalledError(
                             f"the loop answered no event and no label for {now - answered_changed:.0f} s while "
                             f"{behind} waited ({unscored} events unscored, {unjoined} labels unjoined); its "
-                            "services' logs say why")
+                            "services' logs say why", waited_s=now - answered_changed)
                     # The machine does not sustain the offered rate: wait for the loop instead of
                     # burying it, and move the schedule on so no burst follows.
                     time.sleep(0.005)
