@@ -67,7 +67,11 @@ class Accept:
 
 
 @pytest.fixture
-def reported() -> tuple[StageRunner, LagRecorder, PositionedConsumer]:
+def reported(monkeypatch: pytest.MonkeyPatch) -> tuple[StageRunner, LagRecorder, PositionedConsumer]:
+    """The runner with its lag found; the clock (time.time, which the runner and the ages read) is
+    frozen at a whole second, so that each age is exact however slowly the test runs."""
+    now = float(int(time.time()))
+    monkeypatch.setattr(time, "time", lambda: now)
     metrics = LagRecorder()
     stage = StageRunner("lag", "lag-group", KafkaSettings(bootstrap_servers="127.0.0.1:1"),
                         StageTopics({SOURCE: RawSerde()}, {}), Accept(), metrics=metrics)
@@ -88,10 +92,10 @@ def test_a_partition_behind_is_as_old_as_its_last_consumed_record(reported) -> N
     stage, metrics, _consumer = reported
     stage._report_lag()
     assert metrics.lags == {(SOURCE, 0): 5, (SOURCE, 1): 0, (SOURCE, 2): 4}
-    ages = metrics.ages(time.time())
-    assert 120 <= ages[(SOURCE, 0)] < 125
+    ages = metrics.ages(time.time() + 7)  # scraped 7 s after the report
+    assert ages[(SOURCE, 0)] == 127.0
     assert ages[(SOURCE, 1)] == 0.0, "caught up: no time lag, however old its last record"
-    assert 0 <= ages[(SOURCE, 2)] < 5, "nothing consumed yet: behind since its assignment, at least"
+    assert ages[(SOURCE, 2)] == 7.0, "nothing consumed yet: behind since its assignment, at least"
 
 
 def test_an_unknown_position_lags_by_the_records_retention_kept(reported) -> None:
@@ -107,7 +111,7 @@ def test_the_age_grows_at_each_scrape_while_the_runner_cannot_report(reported) -
     """A runner stuck retrying a delivery reports nothing; the age is computed when scraped."""
     stage, metrics, _consumer = reported
     stage._report_lag()
-    assert 720 <= metrics.ages(time.time() + 600)[(SOURCE, 0)] < 725
+    assert metrics.ages(time.time() + 600)[(SOURCE, 0)] == 720.0
 
 
 def test_a_sparse_partition_is_no_further_behind_than_when_it_was_last_caught_up(reported, monkeypatch) -> None:
@@ -119,7 +123,7 @@ def test_a_sparse_partition_is_no_further_behind_than_when_it_was_last_caught_up
     monkeypatch.setattr(time, "time", lambda: later)
     stage._report_lag()
     assert metrics.lags[(SOURCE, 1)] == 1
-    assert 4 <= metrics.ages(later)[(SOURCE, 1)] < 6
+    assert metrics.ages(later)[(SOURCE, 1)] == 5.0
 
 
 def test_a_revoked_partition_is_forgotten_and_a_replica_without_partitions_exports_none(reported) -> None:
@@ -127,7 +131,7 @@ def test_a_revoked_partition_is_forgotten_and_a_replica_without_partitions_expor
     stage._on_revoke(consumer, [TopicPartition(SOURCE, 0)])
     stage._on_assign(consumer, [TopicPartition(SOURCE, 0)])
     stage._report_lag()
-    assert metrics.ages(time.time())[(SOURCE, 0)] < 5, "handed back: not judged by a record consumed before"
+    assert metrics.ages(time.time() + 7)[(SOURCE, 0)] == 7.0, "handed back: not judged by a record consumed before"
     stage._on_revoke(consumer, [TopicPartition(SOURCE, p) for p in (0, 1, 2)])
     stage._report_lag()
     assert (metrics.lags, metrics.behind_since) == ({}, {})
