@@ -271,14 +271,19 @@ def sample_value(text: str, name: str, **labels: str) -> float | None:
     return None
 
 
-def test_lag_gauges_use_kafka_lag_exporter_names(served: Served) -> None:
+def test_lag_gauges_use_kafka_lag_exporter_names(served: Served, monkeypatch: pytest.MonkeyPatch) -> None:
     metrics, scrape = served
+    now = float(int(time.time()))  # frozen, at a whole second: the age read at the scrape is exact
+    monkeypatch.setattr(time, "time", lambda: now)
     metrics.set_lag("featurizer", {(TOPIC, 0): 12, (TOPIC, 1): 30, (TOPIC, 2): 0},
-                    behind_since={(TOPIC, 0): time.time() - 90, (TOPIC, 1): time.time() - 5})
+                    behind_since={(TOPIC, 0): now - 90, (TOPIC, 1): now - 5})
+    later = now + 3  # scraped 3 s after the report: the age is computed at the scrape
+    monkeypatch.setattr(time, "time", lambda: later)
     text = scrape()
     assert f'kafka_consumergroup_group_lag{{group="featurizer",partition="0",topic="{TOPIC}"}} 12.0' in text
     assert 'kafka_consumergroup_group_max_lag{group="featurizer"} 30.0' in text
-    assert 90 <= sample_value(text, "kafka_consumergroup_group_lag_seconds", partition="0") < 95
+    assert sample_value(text, "kafka_consumergroup_group_lag_seconds", partition="0") == 93.0
+    assert sample_value(text, "kafka_consumergroup_group_lag_seconds", partition="1") == 8.0
     assert sample_value(text, "kafka_consumergroup_group_lag_seconds", partition="2") == 0.0
 
     metrics.set_lag("featurizer", {(TOPIC, 1): 4})
