@@ -19,19 +19,21 @@ import shutil
 import subprocess
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from confluent_kafka import Producer
 
 from streamloop.contracts import Catalog, PipelineSpec, load_catalog
+from streamloop.dashboard.prometheus import parse_samples
 from streamloop.kafka.configuration import KafkaSettings
 from streamloop.serde import SingleObjectSerde
 from streamloop.stack.launcher import Stack
 from streamloop.stack.loop_driver import LoopDriver, load_generator
 from tests.conftest import DEMO_SPEC
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(420)]
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -39,6 +41,10 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
                   "--hide-scrollbars", "--window-size=1400,2200"]
 EVENTS = 400
 RATE = 200.0
+SCORER = "online-scorer-0"
+# Generous: each is a condition waited for, and a slow, loaded machine only makes it come later.
+READY_TIMEOUT_S = 120
+FIGURES_TIMEOUT_S = 120
 
 
 def chromium() -> str:
@@ -115,6 +121,47 @@ def wait_for(condition, timeout_s: float, what: str, snapshot) -> dict:
     raise AssertionError(f"timed out waiting for {what}: {json.dumps(snapshot()['summary'])}")
 
 
+def wait_for_all(clauses: dict[str, Callable[[dict], bool]], timeout_s: float, snapshot) -> dict:
+    """The snapshot once every clause holds; on timeout, each clause's state and the summary."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        snap = snapshot()
+        states = {name: bool(clause(snap)) for name, clause in clauses.items()}
+        if all(states.values()):
+            return snap
+        if time.monotonic() >= deadline:
+            unmet = [name for name, held in states.items() if not held]
+            raise AssertionError(f"after {timeout_s:.0f}s, not yet: {unmet}; clauses {states}; "
+                                 f"summary {json.dumps(snap['summary'])}; sources {json.dumps(snap['sources'])}; "
+                                 f"throughput {json.dumps(snap['charts']['throughput']['series'])}; "
+                                 f"latency table {json.dumps(snap['tables']['latency'])}")
+        time.sleep(0.5)
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float, what: Callable[[], str]) -> None:
+    """Until ``condition`` holds; ``what`` says, when it is too late, what was waited for and what was seen."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out after {timeout_s:.0f}s waiting for {what()}"
+        time.sleep(0.5)
+
+
+def scorer_models(metrics_url: str) -> list[dict[str, str]] | str:
+    """The models the scorer's own endpoint says it serves (streamloop_model_info 1), or why it said nothing."""
+    try:
+        with urllib.request.urlopen(metrics_url, timeout=5) as response:  # noqa: S310 - the stack's own endpoint
+            text = response.read().decode()
+    except OSError as exc:
+        return f"its endpoint did not answer: {exc}"
+    return [s.labels for s in parse_samples(text, frozenset({"streamloop_model_info"})) if s.value == 1]
+
+
+def serves_champion(metrics_url: str, version: str) -> bool:
+    models = scorer_models(metrics_url)
+    return not isinstance(models, str) and any(m.get("role") == "CHAMPION" and m.get("version") == version
+                                               for m in models)
+
+
 def scored(snap: dict) -> bool:
     """The throughput chart shows the scorer at work (its current rate may be back to 0 by now)."""
     return any(series["label"].startswith("online-scorer") and any(series["values"])
@@ -145,25 +192,50 @@ def stack(demo_pipeline: PipelineSpec, bootstrap_servers: str, redis_url: str, u
 
 
 def test_the_dashboard_draws_every_chart_with_data(stack: Stack, demo_pipeline: PipelineSpec, unique_name: str,
-                                                   tmp_path: Path):
+                                                   tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     binary = chromium()
     started = time.monotonic()
     url = stack.start_dashboard()
     assert url is not None and json.loads((stack.data_dir / "stack.json").read_text())["dashboard_url"] == url
-    snapshot = stack.dashboard.collector.snapshot  # type: ignore[union-attr]
+    collector = stack.dashboard.collector  # type: ignore[union-attr]
+    snapshot = collector.snapshot
+    # The instances each scrape reached, as the collector hands them to the model.
+    answered: set[str] = set()
+    add_scrape = collector.model.add_scrape
+
+    def recording_scrape(at_s, samples_by_instance, targets) -> None:
+        answered.update(samples_by_instance)
+        add_scrape(at_s, samples_by_instance, targets)
+
+    monkeypatch.setattr(collector.model, "add_scrape", recording_scrape)
 
     champion = wait_for(lambda s: s["summary"]["champion"], 90, "the bootstrap champion", snapshot)
+    # Rates and latency windows are differences between two scrapes of the scorer: one before its
+    # work and one after. The demo's 400 events take the scorer a second or two, so if its champion
+    # were still loading, or the dashboard had not yet reached its endpoint (a scrape is up to 2 s
+    # per target, one after the other), the first scrape that reached it could come after all of
+    # it, and no rate or latency would ever be drawn. Both are waited for before the driver runs.
+    scorer_metrics = f"http://127.0.0.1:{stack.process_of('online-scorer').metrics_port}/metrics"
+    version = champion["summary"]["champion"]
+    wait_until(lambda: serves_champion(scorer_metrics, version), READY_TIMEOUT_S,
+               lambda: f"the scorer to serve champion {version} (it serves {scorer_models(scorer_metrics)})")
+    wait_until(lambda: SCORER in answered, READY_TIMEOUT_S,
+               lambda: f"a dashboard scrape answered by {SCORER} (answered: {sorted(answered)}; "
+                       f"sources {json.dumps(snapshot()['sources'])})")
     catalog = load_catalog(demo_pipeline, topic_prefix=f"{unique_name}.")
     driver = LoopDriver(demo_pipeline, catalog, stack.client_settings())
     events = load_generator(demo_pipeline).generate(EVENTS, seed=11, start_ms=int(time.time() * 1000),
                                                     rate_per_s=RATE)
     driver.run(events, RATE)
     produce_monitoring_records(catalog, stack.bootstrap_servers, champion["summary"]["champion"])
-    snap = wait_for(lambda s: scored(s) and s["summary"]["total_lag"] is not None
-                    and s["charts"]["latency"]["service"] == "online-scorer"
-                    and s["summary"]["accuracy"] is not None and s["summary"]["rollbacks"] == 1
-                    and s["tables"]["explanations"],
-                    60, "throughput, latency, lag, explanations and the monitoring records", snapshot)
+    snap = wait_for_all({
+        "throughput of the scorer": scored,
+        "lag": lambda s: s["summary"]["total_lag"] is not None,
+        "latency of the scorer": lambda s: s["charts"]["latency"]["service"] == "online-scorer",
+        "accuracy": lambda s: s["summary"]["accuracy"] is not None,
+        "one rollback": lambda s: s["summary"]["rollbacks"] == 1,
+        "explanations": lambda s: bool(s["tables"]["explanations"]),
+    }, FIGURES_TIMEOUT_S, snapshot)
     assert snap["tables"]["worst_segments"][0]["segment"] == "country=NG"
     assert [a["alert"] for a in snap["tables"]["alerts_active"]] == ["stale_model"]
     # The demo spec explains every prediction with its top 3 contributions; the scorer's own records.
