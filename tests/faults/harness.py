@@ -243,7 +243,7 @@ class FaultLoop:
                     time.sleep(min(due - now, 0.005))
                 event = demo.event
                 event_id = str(event[input_spec.event_id])
-                producer.send(events_topic, str(event[input_spec.entity_key]), event_serde.encode(event))
+                producer.send(events_topic, str(event[input_spec.entity_key]), event_serde.encode(event), event_id)
                 label = label_serde.encode({
                     "event_id": event_id, "label": demo.label, "entity_key": str(event[input_spec.entity_key]),
                     "label_time": int(event[input_spec.event_time]) + demo.label_delay_ms})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections import Counter
 from typing import Any
 
 from confluent_kafka import KafkaException, Producer
@@ -23,6 +24,10 @@ class UserProducer:
         self.kafka = kafka
         self.pending: dict[int, tuple[str, str, bytes]] = {}
         self.recreated = 0
+        # Each record handed to a producer, by the id it was sent under: a copy the broker took and
+        # then lost in a restart may still have been read (the topic no longer shows it).
+        self.copies_sent: Counter[str] = Counter()
+        self._ids: dict[int, str] = {}
         self._next = 0
         self._fatal = False
         self._producer = self._new()
@@ -30,9 +35,11 @@ class UserProducer:
     def _new(self) -> Producer:
         return Producer(self.kafka.producer(**{"linger.ms": 2}))
 
-    def send(self, topic: str, key: str, value: bytes) -> None:
+    def send(self, topic: str, key: str, value: bytes, record_id: str | None = None) -> None:
         self._next += 1
         self.pending[self._next] = (topic, key, value)
+        if record_id is not None:
+            self._ids[self._next] = record_id
         self._produce(self._next)
 
     def _produce(self, token: int) -> None:
@@ -45,6 +52,8 @@ class UserProducer:
                 self._producer.produce(topic, value=value, key=key.encode(),
                                        on_delivery=lambda error, _m, t=token: self._delivered(t, error))
                 self._producer.poll(0)
+                if token in self._ids:
+                    self.copies_sent[self._ids[token]] += 1
                 return
             except BufferError:
                 self._producer.poll(0.05)
@@ -56,6 +65,7 @@ class UserProducer:
     def _delivered(self, token: int, error: Any) -> None:
         if error is None:
             self.pending.pop(token, None)
+            self._ids.pop(token, None)
         elif error.fatal():
             self._fatal = True
         # Any other error: librdkafka already retried until the message timed out; flush() resends it.

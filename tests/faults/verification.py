@@ -12,6 +12,7 @@ import json
 import os
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -132,8 +133,12 @@ def verify(loop: FaultLoop, result: ScenarioResult, demo_events: list[Any], *, t
             "predictions": result.max_copies,
         }
         # Copies compound: a featurizer replay doubles what the input topic holds, and a scorer
-        # replay doubles that again. What one stage may do is bounded per record it read.
-        featurizer = max((-(-len(emitted[i]) // max(1, input_copies[i])) for i in ids), default=0)
+        # replay doubles that again. What one stage may do is bounded per record it read: per copy
+        # the user's producer sent, where that is more than the topic holds now (a copy the broker
+        # lost in a restart after the featurizer had read it, sent again by the recreated producer).
+        sent = sum((p.copies_sent for p in loop.producers), Counter())
+        read = {i: max(input_copies[i], sent[i]) for i in ids}
+        featurizer = max((-(-len(emitted[i]) // max(1, read[i])) for i in ids), default=0)
         scorer = max((-(-obs.predictions[i] // max(1, len(emitted[i]))) for i in ids), default=0)
         result.notes["max_copies_per_record_read"] = {"featurizer": featurizer, "scorer": scorer}
         result.max_copies_per_stage = max(featurizer, scorer)
