@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 import grpc
 import pytest
@@ -99,19 +101,26 @@ def test_metrics_check_passes_only_when_the_endpoint_answers():
     assert healthcheck.main(["metrics", "--port", str(port), "--timeout", "1"]) == 1
 
 
-def test_grpc_check_follows_the_health_service():
+@contextmanager
+def health_service() -> Iterator[tuple[health.HealthServicer, int]]:
+    """A gRPC server with the standard health service alone, on a free port: (its servicer, the port)."""
     server = grpc.server(ThreadPoolExecutor(max_workers=2))
     servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     try:
+        yield servicer, port
+    finally:
+        server.stop(None)
+
+
+def test_grpc_check_follows_the_health_service():
+    with health_service() as (servicer, port):
         servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
         assert healthcheck.main(["grpc", "--port", str(port)]) == 1
         servicer.set("", health_pb2.HealthCheckResponse.SERVING)
         assert healthcheck.main(["grpc", "--port", str(port)]) == 0
-    finally:
-        server.stop(None)
     assert healthcheck.main(["grpc", "--port", str(port), "--timeout", "1"]) == 1
 
 
@@ -142,17 +151,10 @@ def test_the_metrics_check_finds_the_port_in_the_environment(monkeypatch):
 
 
 def test_the_grpc_check_finds_the_scorer_s_health_port_in_the_environment(monkeypatch):
-    server = grpc.server(ThreadPoolExecutor(max_workers=2))
-    servicer = health.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    try:
+    with health_service() as (servicer, port):
         servicer.set("", health_pb2.HealthCheckResponse.SERVING)
         monkeypatch.setenv("SCORER_GRPC_PORT", str(port))
         assert healthcheck.main(["grpc"]) == 0
         monkeypatch.setenv("SCORER_HEALTH_PORT", str(port))
         monkeypatch.setenv("SCORER_GRPC_PORT", "1")
         assert healthcheck.main(["grpc"]) == 0
-    finally:
-        server.stop(None)

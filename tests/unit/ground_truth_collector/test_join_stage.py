@@ -55,6 +55,16 @@ def stage(client: Client) -> JoinStage:
                      joined_topic="grp-joined", examples_topic="ex", unmatched_topic="um", idle_after_ms=1)
 
 
+def join_runner(join: JoinStage, settings: RunnerSettings | None = None) -> StageRunner:
+    """A runner of the join stage on fake clients, its keyed partition 0 assigned."""
+    runner = StageRunner("collector", "grp.join", KafkaSettings(bootstrap_servers="127.0.0.1:1"),
+                         StageTopics({KEYED: RawSerde()}, {"grp-joined": RawSerde(), "ex": RawSerde(),
+                                                           "um": RawSerde()}), join, settings or RunnerSettings())
+    runner.delivery.producer, runner.consumer = FakeProducer(), FakeConsumer()
+    runner._assigned.add((KEYED, 0))
+    return runner
+
+
 def test_a_record_damaged_after_its_event_id_is_rejected_naming_its_source() -> None:
     good = keyed(0, "f", Kind.FEATURES, "e1", event_time=at(T0), pipeline="p")
     damaged = ConsumedRecord(KEYED, 0, 0, "e1", {"bytes": good.value["bytes"][:30]}, T0, good.headers)
@@ -74,11 +84,7 @@ def test_a_batch_that_fails_part_way_still_joins_every_other_label(monkeypatch: 
 
     monkeypatch.setattr(join_module.JoinPartition, "apply", failing_on_e2)
     join = stage(Client())
-    runner = StageRunner("collector", "grp.join", KafkaSettings(bootstrap_servers="127.0.0.1:1"),
-                         StageTopics({KEYED: RawSerde()}, {"grp-joined": RawSerde(), "ex": RawSerde(),
-                                                           "um": RawSerde()}), join, RunnerSettings())
-    runner.delivery.producer, runner.consumer = FakeProducer(), FakeConsumer()
-    runner._assigned.add((KEYED, 0))
+    runner = join_runner(join)
     records = event("e1", 0) + event("e3", 3) + [keyed(6, "l", Kind.LABEL, "e2", label_time=at(T0 + 1000))]
     runner._run_batch([FakeMessage(r.value["bytes"], r.offset, key=r.key.encode(), topic=KEYED, headers=r.headers)
                        for r in records])
@@ -105,11 +111,7 @@ class OutOfMemory(Client):
 def test_a_redis_that_refuses_commands_dead_letters_nothing() -> None:
     """A Redis failure is not bad data: the batch waits for Redis, it is not dead-lettered record by record."""
     join = stage(OutOfMemory(refusals=2))
-    runner = StageRunner("collector", "grp.join", KafkaSettings(bootstrap_servers="127.0.0.1:1"),
-                         StageTopics({KEYED: RawSerde()}, {"grp-joined": RawSerde(), "ex": RawSerde(),
-                                                           "um": RawSerde()}), join, RunnerSettings())
-    runner.delivery.producer, runner.consumer = FakeProducer(), FakeConsumer()
-    runner._assigned.add((KEYED, 0))
+    runner = join_runner(join)
     records = event("e1", 0) + event("e2", 3)
     runner._run_batch([FakeMessage(r.value["bytes"], r.offset, key=r.key.encode(), topic=KEYED, headers=r.headers)
                        for r in records])
@@ -126,12 +128,7 @@ def test_a_long_redis_outage_is_waited_out_by_the_runner_which_can_stop_meanwhil
     monkeypatch.setattr(redis_state, "READ_PATIENCE_S", 0.0)
     monkeypatch.setattr(redis_state.time, "sleep", lambda _s: None)
     join = stage(OutOfMemory(refusals=3))
-    runner = StageRunner("collector", "grp.join", KafkaSettings(bootstrap_servers="127.0.0.1:1"),
-                         StageTopics({KEYED: RawSerde()}, {"grp-joined": RawSerde(), "ex": RawSerde(),
-                                                           "um": RawSerde()}), join,
-                         RunnerSettings(retry_backoff_s=0.001))
-    runner.delivery.producer, runner.consumer = FakeProducer(), FakeConsumer()
-    runner._assigned.add((KEYED, 0))
+    runner = join_runner(join, RunnerSettings(retry_backoff_s=0.001))
     records = event("e1", 0) + event("e2", 3)
     runner._run_batch([FakeMessage(r.value["bytes"], r.offset, key=r.key.encode(), topic=KEYED, headers=r.headers)
                        for r in records])

@@ -16,15 +16,12 @@ from services.ground_truth_collector.routing import HEADER_DECIDED_AT, HEADER_OR
 from services.ground_truth_collector.runner_app import RunnerCollector
 from services.ground_truth_collector.settings import SERVICE, CollectorSettings
 from services.ground_truth_collector.stages import JoinStage
-from streamloop.kafka import KafkaSettings
 from streamloop.kafka.records import ConsumedRecord, TopicPartitionRef
-from streamloop.kafka.runner import RunnerSettings, StageRunner, StageTopics
-from streamloop.serde.raw import RawSerde
 from streamloop.service.context import ServiceContext
 from streamloop.telemetry import Telemetry, configure_telemetry
 from tests.conftest import DEMO_SPEC
-from tests.kafka_fakes import FakeConsumer, FakeMessage, FakeProducer
-from tests.unit.ground_truth_collector.test_join_stage import KEYED, T0, event, stage
+from tests.kafka_fakes import FakeMessage
+from tests.unit.ground_truth_collector.test_join_stage import KEYED, T0, event, join_runner, stage
 from tests.unit.ground_truth_collector.test_redis_state import Client
 from tests.unit.ground_truth_collector.test_scoring import example
 
@@ -149,11 +146,7 @@ def test_a_batch_retried_without_its_poison_record_exports_only_what_was_deliver
         return decisions
 
     monkeypatch.setattr(join_module.JoinPartition, "apply", report_then_fail_on_e2_prediction)
-    runner = StageRunner("collector", "grp.join", KafkaSettings(bootstrap_servers="127.0.0.1:1"),
-                         StageTopics({KEYED: RawSerde()}, {"grp-joined": RawSerde(), "ex": RawSerde(),
-                                                           "um": RawSerde()}), join, RunnerSettings())
-    runner.delivery.producer, runner.consumer = FakeProducer(), FakeConsumer()
-    runner._assigned.add((KEYED, 0))
+    runner = join_runner(join)
     records = event("e1", 0) + event("e2", 3)
     runner._run_batch([FakeMessage(r.value["bytes"], r.offset, key=r.key.encode(), topic=KEYED, headers=r.headers)
                        for r in records])

@@ -159,13 +159,19 @@ class FatalInFlushProducer(FakeProducer):
         return self.held
 
 
-def test_a_fatal_error_raised_from_flush_as_a_system_error_gets_a_new_producer(monkeypatch) -> None:
-    runner, serde = stage_runner(FatalInFlushProducer(healthy=3), resend_window_s=60.0)
+def two_batches_through(failing: FakeProducer, monkeypatch) -> tuple:
+    """Two batches of three through ``failing``, which a new producer replaces: (runner, replacement, values)."""
+    runner, serde = stage_runner(failing, resend_window_s=60.0)
     replacement = FakeProducer()
     monkeypatch.setattr(delivery_module, "Producer", lambda _config: replacement)
     values = [serde.encode(sample_record(VECTOR, seed)) for seed in range(6)]
     runner._run_batch([FakeMessage(v, offset, topic=SOURCE) for offset, v in enumerate(values[:3])])
     runner._run_batch([FakeMessage(v, offset, topic=SOURCE) for offset, v in enumerate(values[3:], start=3)])
+    return runner, replacement, values
+
+
+def test_a_fatal_error_raised_from_flush_as_a_system_error_gets_a_new_producer(monkeypatch) -> None:
+    runner, replacement, values = two_batches_through(FatalInFlushProducer(healthy=3), monkeypatch)
 
     # Not a crash (the collector's join stage died of it, and its process with the other stages'
     # re-send windows): the batch goes on a new producer, after the outputs acknowledged in the window.
@@ -219,12 +225,7 @@ class AcknowledgedInTheLastFlush(FakeProducer):
 
 
 def test_outputs_acknowledged_while_the_failed_producer_flushes_are_sent_again_once(monkeypatch) -> None:
-    runner, serde = stage_runner(AcknowledgedInTheLastFlush(healthy=3), resend_window_s=60.0)
-    replacement = FakeProducer()
-    monkeypatch.setattr(delivery_module, "Producer", lambda _config: replacement)
-    values = [serde.encode(sample_record(VECTOR, seed)) for seed in range(6)]
-    runner._run_batch([FakeMessage(v, offset, topic=SOURCE) for offset, v in enumerate(values[:3])])
-    runner._run_batch([FakeMessage(v, offset, topic=SOURCE) for offset, v in enumerate(values[3:], start=3)])
+    runner, replacement, values = two_batches_through(AcknowledgedInTheLastFlush(healthy=3), monkeypatch)
 
     # The second batch was acknowledged only by the failed producer's last flush, after the retry had
     # counted it unacknowledged: it goes once more (with the retry), not as a re-send and a retry both.
