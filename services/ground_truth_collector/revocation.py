@@ -53,3 +53,38 @@ class Revocations:
 
     def assigned(self) -> None:
         self.revoking = False
+
+
+class Rebalancing:
+    """faust's rebalance signals, a part of :class:`app.Collector` (whose state they reset)."""
+
+    async def _on_revoked(self, _sender: Any, revoked: set, **_: Any) -> None:
+        # aiokafka's eager protocol revokes every partition, the ones this worker keeps too: only
+        # what is rebuilt from the table is dropped here; the table's entries wait for _on_assigned.
+        await self.revocations.revoke()
+        self.pacer.reassigned()
+        self.order.forget((tp.topic, tp.partition) for tp in revoked)
+        keyed = {tp.partition for tp in revoked if tp.topic == self.keyed.get_topic_name()}
+        for partition in keyed:
+            self.partitions.pop(partition, None)
+            self._announced.pop(partition, None)
+        if any(tp.topic == self.joined.get_topic_name() for tp in revoked):
+            self.scoring = None
+            self._held.clear()  # read again from the committed offset by whoever owns the topic next
+
+    def _on_assigned(self, _sender: Any, assigned: set, **_: Any) -> None:
+        """Drop the join entries of the keyed partitions that went to another worker.
+
+        faust restores a partition it considers kept (in the previous and the new assignment) only
+        from where its last restore stopped, so that partition's entries must stay in the table.
+        """
+        keyed = {tp.partition for tp in assigned if tp.topic == self.keyed.get_topic_name()}
+        self.state.forget(self._owned - keyed)
+        self._owned = keyed
+        self.revocations.assigned()
+
+    def _current(self, message: Any) -> bool:
+        """False for a record fetched before a revocation: it is not processed nor acknowledged,
+        and is read again from the committed offset if the partition is assigned here again."""
+        return self.revocations.current(message, self.app.consumer_generation_id)
+

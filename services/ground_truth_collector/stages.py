@@ -1,7 +1,8 @@
 """The collector as three stage-runner processors: re-key, join, metrics (the default runtime).
 
-The same pipeline as the faust app (app.py), with the same pure parts, on streamloop's own
-confluent-kafka runner, which batches, commits after acknowledgement and dead-letters:
+The same pipeline as the faust app (app.py and its faust_*.py agents), with the same pure parts,
+on streamloop's own confluent-kafka runner, which batches, commits after acknowledgement and
+dead-letters:
 
 1. :class:`RekeyStage` reads features, predictions, shadow predictions and labels, checks each
    record and forwards its original bytes to ``<group>-by-event``, partitioned by event id (CRC-32,

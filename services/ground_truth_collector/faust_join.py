@@ -1,0 +1,161 @@
+"""Agent 2 of the faust runtime: the keyed records, a batch at a time, through one JoinPartition per partition.
+
+A batch's outputs are awaited until acknowledged, then its state is written to the ``join-state``
+table, then its records are acknowledged.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from services.ground_truth_collector.entries import JoinInput, SourceRef
+from services.ground_truth_collector.join import Decision, Joined, JoinPartition
+from services.ground_truth_collector.routing import (
+    HEADER_DECIDED_AT,
+    HEADER_JOIN_CLOCK,
+    HEADER_LABEL_SOURCE,
+    HEADER_ORIGIN,
+    RESUME,
+    TICK,
+    WATERMARK,
+    control_headers,
+    control_of,
+    forwarded_headers,
+    header_list,
+    read_keyed,
+    with_millis,
+)
+from services.ground_truth_collector.settings import SERVICE
+from streamloop.kafka import dead_letters
+from streamloop.kafka.exceptions import InvalidRecordError
+
+log = logging.getLogger(__name__)
+
+
+class JoinAgent:
+    """``join``, a part of :class:`app.Collector` (whose state it uses)."""
+
+    async def _join(self, stream: Any) -> None:
+        wait = self.settings.batch_wait / 1000
+        resumed = False
+        async for events in stream.noack_take(self.settings.batch_size, within=wait):
+            # Never before the table is restored (faust can deliver records during recovery);
+            # what is delivered again after recovery's seek is recognised as a replay.
+            await self.app.tables.recovery.completed.wait()
+            if not resumed:
+                await self._resume(self.joined, [0])
+                resumed = True
+            async with self.revocations.work():
+                await self._join_batch(stream, [event for event in events if self._current(event.message)])
+
+    async def _join_batch(self, stream: Any, events: list[Any]) -> None:
+        pending: list[Any] = []
+        applied = []
+        touched: dict[int, int] = {}  # join partition -> offset of its last record in the batch
+        for event in events:
+            # A partition being read again (OffsetOrder) is busy too: it keeps holding the metrics clock.
+            touched[event.message.partition] = event.message.offset
+            if not await self._in_order(event.message):
+                continue
+            applied.append(event)
+            try:
+                decisions = self._apply(event)
+            except Exception as exc:  # noqa: BLE001 - one poison record must not stop the join
+                log.exception("join failed on %s[%d]@%d", event.message.topic, event.message.partition,
+                              event.message.offset)
+                await self._dead_letter_keyed(event.message, exc)
+                continue
+            for decision in decisions:
+                pending += await self._send_decision(decision, event.message)
+        pending += await self._announce_clocks(touched)
+        await self._settle(pending)
+        await self._settle(await self.state.flush())
+        for event in applied:
+            await stream.ack(event)
+            self.pacer.done(event.message.topic, event.message.partition, event.message.offset)
+
+    def _apply(self, event: Any) -> list[Decision]:
+        message = event.message
+        partition = self.partitions.get(message.partition)
+        if partition is None:
+            partition = JoinPartition(message.partition, self.state, self.join_config, self.counters)
+            self.partitions[message.partition] = partition
+        timestamp_ms = int(message.timestamp * 1000)
+        headers = header_list(message.headers)
+        control = control_of(headers)
+        if control == RESUME:
+            partition.resume(timestamp_ms)
+            return []
+        if control == TICK:
+            return partition.tick(timestamp_ms)
+        kind, source = read_keyed(headers)
+        value = with_millis(kind, self.serdes[source.topic].decode(message.value))
+        item = JoinInput(kind, message.key.decode(), value, source, timestamp_ms)
+        return partition.apply(item)
+
+    async def _send_decision(self, decision: Decision, trigger: Any) -> list[Any]:
+        """Send a decision's records; returns their delivery futures. ``trigger`` is the keyed message."""
+        trigger_headers = header_list(trigger.headers)
+        if isinstance(decision, Joined):
+            value = self.serdes[self.ctx.topic("labeled_examples").name].encode(decision.example)
+            label = (HEADER_LABEL_SOURCE, decision.label_source.text().encode())
+            decided_at = (HEADER_DECIDED_AT, str(decision.decided_at).encode())
+            origin = (HEADER_ORIGIN, SourceRef(trigger.topic, trigger.partition, trigger.offset).text().encode())
+            extra = [label, decided_at, origin]
+            clock = self.partitions[trigger.partition].clock
+            if clock is not None:  # the partition's clock: the metrics stage's watermark (scoring.py)
+                extra.append((HEADER_JOIN_CLOCK, str(clock).encode()))
+            futures = [await self.joined.send(
+                key=decision.example["event_id"].encode(), value=value, partition=0,
+                headers=forwarded_headers(trigger_headers, *extra))]
+            self.pacer.joined()
+            if not decision.late_prediction:
+                futures.append(await self.outputs["labeled_examples"].send(
+                    key=decision.example["entity_key"].encode(), value=value,
+                    headers=forwarded_headers(trigger_headers, label)))
+            return futures
+        value = self.serdes[self.ctx.topic("unmatched_labels").name].encode(decision.record)
+        return [await self.outputs["unmatched_labels"].send(
+            key=decision.record["event_id"].encode(), value=value,
+            headers=forwarded_headers(trigger_headers, (HEADER_LABEL_SOURCE, decision.label_source.text().encode())))]
+
+    async def _announce_clocks(self, touched: dict[int, int]) -> list[Any]:
+        """Tell the metrics stage the clocks of the join partitions a batch moved (or kept busy)."""
+        futures = []
+        now = time.monotonic()
+        keep_alive = self.settings.idle_after / 2000
+        for partition, offset in touched.items():
+            join = self.partitions.get(partition)
+            if join is None or join.time.high is None:
+                continue  # no data record yet: nothing this partition could decide
+            last = self._announced.get(partition)
+            if last is not None and last[0] == join.clock and now - last[1] < keep_alive:
+                continue
+            self._announced[partition] = (join.clock, now)
+            headers = [(HEADER_ORIGIN, SourceRef(self.keyed.get_topic_name(), partition, offset).text().encode())]
+            if join.clock is not None:
+                headers.append((HEADER_JOIN_CLOCK, str(join.clock).encode()))
+            futures.append(await self.joined.send(key=None, value=b"", partition=0,
+                                                  headers=control_headers(WATERMARK, *headers)))
+        return futures
+
+    async def _dead_letter_keyed(self, message: Any, error: BaseException) -> None:
+        """A keyed record the join cannot apply goes to its source topic's dead-letter topic.
+
+        One without a known origin (not written by this pipeline's re-key stage) goes to the
+        keyed topic's own.
+        """
+        try:
+            _, source = read_keyed(header_list(message.headers))
+        except (InvalidRecordError, ValueError):
+            source = None
+        if source is None or source.topic not in self.dead_letter_topics:
+            await self._dead_letter(message, dead_letters.STAGE_VALIDATION, error, self.keyed_dead_letters)
+            return
+        headers = dead_letters.dead_letter_headers(
+            header_list(message.headers), topic=source.topic, partition=source.partition, offset=source.offset,
+            stage=dead_letters.STAGE_PROCESS, error=error, service=SERVICE)
+        await self.dead_letter_topics[source.topic].send(key=message.key, value=message.value, headers=headers)
+        self.telemetry.metrics.record_dead_letters(source.topic, type(error).__name__)

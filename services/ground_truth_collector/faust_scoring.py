@@ -1,0 +1,97 @@
+"""Agent 3 of the faust runtime: the joined examples into the prequential metrics (scoring.py).
+
+MetricSnapshot records are published when a window closes; a window's records are acknowledged
+only once it is reported.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from services.ground_truth_collector.entries import SourceRef
+from services.ground_truth_collector.routing import (
+    HEADER_DECIDED_AT,
+    HEADER_JOIN_CLOCK,
+    HEADER_ORIGIN,
+    RESUME,
+    WATERMARK,
+    control_of,
+    header,
+    header_list,
+)
+from services.ground_truth_collector.scoring import MetricsStage
+from streamloop.ml.evaluation import WindowReport
+
+_CLOSED_UNTIL = "closed_until"
+
+
+class ScoringAgent:
+    """``score``, a part of :class:`app.Collector` (whose state it uses)."""
+
+    async def _score(self, stream: Any) -> None:
+        wait = self.settings.batch_wait / 1000
+        async for events in stream.noack_take(self.settings.batch_size, within=wait):
+            await self.app.tables.recovery.completed.wait()
+            async with self.revocations.work():
+                await self._score_batch(stream, [event for event in events if self._current(event.message)])
+
+    async def _score_batch(self, stream: Any, events: list[Any]) -> None:
+        held = self._held
+        scoring = self._scoring()
+        for event in events:
+            message = event.message
+            if not await self._in_order(message):
+                continue
+            self.pacer.done(message.topic, message.partition, message.offset)
+            timestamp_ms = int(message.timestamp * 1000)
+            headers = header_list(message.headers)
+            control = control_of(headers)
+            decided_at = header(headers, HEADER_DECIDED_AT)
+            origin = SourceRef.parse((header(headers, HEADER_ORIGIN) or b"?:0:0").decode())
+            join_clock = header(headers, HEADER_JOIN_CLOCK)
+            if control == WATERMARK:
+                scoring.watermark(origin, None if join_clock is None else int(join_clock), timestamp_ms)
+                held.append((event, None))
+                continue
+            if control is not None or decided_at is None:
+                if control == RESUME:
+                    scoring.clock.resume(timestamp_ms)
+                else:
+                    scoring.tick(timestamp_ms)
+                held.append((event, None))
+                continue
+            example = self.serdes[self.ctx.topic("labeled_examples").name].decode(message.value)
+            held.append((event, scoring.add(example, int(decided_at), origin, timestamp_ms,
+                                            None if join_clock is None else int(join_clock))))
+        reports = scoring.close()
+        if reports:
+            await self._publish(reports)
+            self.scoring_state.put(_CLOSED_UNTIL, {"closed_until": scoring.closed_until}, 0)
+            await self._settle(await self.scoring_state.flush())
+        # Only ever a prefix, in offset order: faust commits past one unacknowledged record at the
+        # head (it takes committed + 1 for contiguous, and checks nothing for a committed offset
+        # of 0 or none), so a control record acknowledged behind a held example would commit the
+        # example away.
+        while held and scoring.is_reported(held[0][1]):
+            await stream.ack(held.popleft()[0])
+
+    def _scoring(self) -> MetricsStage:
+        if self.scoring is None:
+            stored = self.scoring_state.get(_CLOSED_UNTIL) or {}
+            keyed = self.keyed.get_topic_name()
+            self.scoring = MetricsStage(self.evaluation, self.settings.idle_after, stored.get("closed_until"),
+                                        sources=tuple(f"{keyed}:{p}" for p in self._keyed_range),
+                                        future_tolerance_ms=self.settings.future_tolerance)
+        return self.scoring
+
+    async def _publish(self, reports: list[WindowReport]) -> None:
+        serde = self.serdes[self.ctx.topic("metrics").name]
+        now = int(time.time() * 1000)
+        futures = []
+        for report in reports:
+            snapshot = report.snapshot(self.ctx.pipeline.name, now)
+            futures.append(await self.outputs["metrics"].send(
+                key=snapshot["model_version"].encode(), value=serde.encode(snapshot)))
+        await self._settle(futures)
+        self.report.windows(reports)
