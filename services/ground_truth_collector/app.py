@@ -12,7 +12,8 @@ reasons), each in a module of its own:
    per partition over the ``join-state`` table (memory store, changelog topic). Outputs are awaited
    until acknowledged, then the batch's state is written, then its records are acknowledged.
 3. ``score`` (faust_scoring.py): joined examples through the single-partition ``<app>-joined`` topic
-   into the prequential metrics; MetricSnapshot records when a window closes.
+   into the prequential metrics; MetricSnapshot records when a window closes. A record the metrics
+   fail on goes to ``<app>-joined.dlq``.
 
 What they share: offset order, resume and tick markers (faust_pacing.py: a timer writes tick
 records into both internal topics so idle partitions' clocks can run on), dead letters and
@@ -108,6 +109,8 @@ class Collector(KeyingAgent, JoinAgent, ScoringAgent, Pacing, Outputs, Rebalanci
         self.joined = app.topic(f"{group}-joined", partitions=1, internal=True, config=replicated, **_RAW)
         self.keyed_dead_letters = app.topic(f"{group}-by-event.dlq", partitions=1, internal=True, config=replicated,
                                             **_RAW)
+        self.joined_dead_letters = app.topic(f"{group}-joined.dlq", partitions=1, internal=True, config=replicated,
+                                             **_RAW)
         self.outputs = {role: app.topic(ctx.topic(role).name, **_RAW) for role in OUTPUTS}
         self.dead_letter_topics = {name: app.topic(ctx.topic(role).dead_letter_topic, **_RAW)
                                    for name, role in self.inputs.items()}

@@ -6,6 +6,7 @@ only once it is reported.
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -21,7 +22,11 @@ from services.ground_truth_collector.routing import (
     header_list,
 )
 from services.ground_truth_collector.scoring import MetricsStage
+from streamloop.kafka import dead_letters
+from streamloop.kafka.records import Headers
 from streamloop.ml.evaluation import WindowReport
+
+log = logging.getLogger(__name__)
 
 _CLOSED_UNTIL = "closed_until"
 
@@ -44,26 +49,19 @@ class ScoringAgent:
             if not await self._in_order(message):
                 continue
             self.pacer.done(message.topic, message.partition, message.offset)
-            timestamp_ms = int(message.timestamp * 1000)
             headers = header_list(message.headers)
-            control = control_of(headers)
-            decided_at = header(headers, HEADER_DECIDED_AT)
-            origin = SourceRef.parse((header(headers, HEADER_ORIGIN) or b"?:0:0").decode())
-            join_clock = header(headers, HEADER_JOIN_CLOCK)
-            if control == WATERMARK:
-                scoring.watermark(origin, None if join_clock is None else int(join_clock), timestamp_ms)
-                held.append((event, None))
-                continue
-            if control is not None or decided_at is None:
-                if control == RESUME:
-                    scoring.clock.resume(timestamp_ms)
-                else:
-                    scoring.tick(timestamp_ms)
-                held.append((event, None))
-                continue
-            example = self.serdes[self.ctx.topic("labeled_examples").name].decode(message.value)
-            held.append((event, scoring.add(example, int(decided_at), origin, timestamp_ms,
-                                            None if join_clock is None else int(join_clock))))
+            example = None
+            if control_of(headers) is None and header(headers, HEADER_DECIDED_AT) is not None:
+                example = self.serdes[self.ctx.topic("labeled_examples").name].decode(message.value)
+            try:
+                window = self._apply_scored(scoring, message, headers, example)
+            except Exception as exc:  # noqa: BLE001 - one poison record must not stop the metrics
+                # Raised out of the agent, it stopped the worker (CrashingSupervisor), and every
+                # restart replayed the record and stopped again. It is acknowledged in its turn.
+                log.exception("metrics stage failed on %s[%d]@%d", message.topic, message.partition, message.offset)
+                await self._dead_letter(message, dead_letters.STAGE_PROCESS, exc, self.joined_dead_letters)
+                window = None
+            held.append((event, window))
         reports = scoring.close()
         if reports:
             await self._publish(reports)
@@ -75,6 +73,25 @@ class ScoringAgent:
         # example away.
         while held and scoring.is_reported(held[0][1]):
             await stream.ack(held.popleft()[0])
+
+    @staticmethod
+    def _apply_scored(scoring: MetricsStage, message: Any, headers: Headers, example: dict | None) -> int | None:
+        """One joined record into the metrics; the window it was counted in, if an example."""
+        timestamp_ms = int(message.timestamp * 1000)
+        control = control_of(headers)
+        decided_at = header(headers, HEADER_DECIDED_AT)
+        origin = SourceRef.parse((header(headers, HEADER_ORIGIN) or b"?:0:0").decode())
+        join_clock = header(headers, HEADER_JOIN_CLOCK)
+        if control == WATERMARK:
+            scoring.watermark(origin, None if join_clock is None else int(join_clock), timestamp_ms)
+        elif control == RESUME:
+            scoring.clock.resume(timestamp_ms)
+        elif control is not None or decided_at is None:
+            scoring.tick(timestamp_ms)
+        else:
+            return scoring.add(example, int(decided_at), origin, timestamp_ms,
+                               None if join_clock is None else int(join_clock))
+        return None
 
     def _scoring(self) -> MetricsStage:
         if self.scoring is None:

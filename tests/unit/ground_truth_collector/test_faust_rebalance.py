@@ -368,3 +368,47 @@ def test_the_metrics_stage_forgets_its_held_records_on_a_revocation(collector) -
         agent.cancel()
 
     asyncio.run(scenario())
+
+
+def test_a_record_the_metrics_fail_on_is_dead_lettered_and_acknowledged_in_its_turn(collector,
+                                                                                    monkeypatch) -> None:
+    """Raised out of the agent, the error stopped the worker, and each restart replayed the record and
+    stopped again: the runner's metrics stage dead-letters it and goes on, and so must this one."""
+    from services.ground_truth_collector.scoring import MetricsStage
+    from streamloop.kafka import dead_letters
+
+    add = MetricsStage.add
+
+    def failing_on_e101(self, example, *args, **kwargs):
+        if example["event_id"] == "e101":
+            raise ZeroDivisionError("a metric that cannot take this example")
+        return add(self, example, *args, **kwargs)
+
+    monkeypatch.setattr(MetricsStage, "add", failing_on_e101)
+
+    async def scenario() -> None:
+        worker = Worker(collector)
+        dlq = collector.joined_dead_letters = Topic(f"{collector.ctx.group_id}-joined.dlq")
+        worker.committed[(worker.joined.name, 0)] = 100
+        await worker.start()
+        stream = Stream()
+        agent = asyncio.create_task(collector._score(stream))
+        stream.batches.put_nowait([worker.joined_record(offset, 0, T0, example=True) for offset in (100, 101, 102)])
+        await settled()
+        assert not agent.done(), "the metrics agent stopped on the record"
+        assert [dead_letters.read_error_headers(r["headers"]) | {"value": r["value"]} for r in dlq.sent] == [{
+            dead_letters.TOPIC: worker.joined.name, dead_letters.PARTITION: "0", dead_letters.OFFSET: "101",
+            dead_letters.STAGE: dead_letters.STAGE_PROCESS, dead_letters.CLASS_NAME: "builtins.ZeroDivisionError",
+            dead_letters.MESSAGE: "a metric that cannot take this example", dead_letters.CONNECTOR: SERVICE,
+            "value": worker.joined_record(101, 0, T0, example=True).message.value}]
+        assert stream.acked == [], "nothing behind the example of the open window"
+        stream.batches.put_nowait(worker.closing(103))
+        await settled()
+        assert collector.scoring.counters.counted == 2, "the others, counted once"
+        assert worker.collector.outputs["metrics"].sent, "their window was reported"
+        last = 103 + collector.keyed_partitions
+        assert stream.acked == [(0, offset) for offset in range(100, last)], "the dead letter too, in its turn"
+        assert faust_commit(100, [offset for _, offset in stream.acked]) == last
+        agent.cancel()
+
+    asyncio.run(scenario())

@@ -82,9 +82,9 @@ def test_the_faust_runtime_replicates_its_topics_and_changelogs_as_configured(re
 
     collector = Collector(*replicated)
     assert collector.app.conf.topic_replication_factor == 3  # faust's default for a topic that names none
-    internal = [collector.keyed, collector.joined, collector.keyed_dead_letters,
+    internal = [collector.keyed, collector.joined, collector.keyed_dead_letters, collector.joined_dead_letters,
                 collector.state.table.changelog_topic, collector.scoring_state.table.changelog_topic]
-    assert [(t.replicas, t.config) for t in internal] == [(None, {"min.insync.replicas": "2"})] * 5
+    assert [(t.replicas, t.config) for t in internal] == [(None, {"min.insync.replicas": "2"})] * 6
 
 
 def test_a_set_data_dir_is_used_and_created_with_its_parents(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
