@@ -44,7 +44,7 @@ from services.ground_truth_collector.reporting import CollectorMetrics
 from services.ground_truth_collector.revocation import Rebalancing, Revocations
 from services.ground_truth_collector.routing import INPUT_ROLES
 from services.ground_truth_collector.runner_app import RunnerCollector
-from services.ground_truth_collector.scoring import MetricsStage
+from services.ground_truth_collector.scoring import MetricsStage, ScoringCounters
 from services.ground_truth_collector.settings import SERVICE, CollectorSettings
 from services.ground_truth_collector.state import TableStore
 from streamloop.ml.evaluation import EvaluationConfig
@@ -76,6 +76,10 @@ class Collector(KeyingAgent, JoinAgent, ScoringAgent, Pacing, Outputs, Rebalanci
             sources=tuple(f"{t.name}:{p}" for t in map(ctx.topic, INPUT_ROLES) for p in range(t.partitions)))
         self.evaluation = EvaluationConfig.from_spec(spec, settings.metrics_window, settings.metrics_lateness)
         self.counters = JoinCounters()
+        # One for every MetricsStage this worker builds (a rebalance rebuilds it): exported counters
+        # only ever go up, so a stage's own, starting again at 0, would go unexported until it
+        # passed the last one's total.
+        self.scoring_counters = ScoringCounters()
         self.partitions: dict[int, JoinPartition] = {}
         self.scoring: MetricsStage | None = None
         self._held: deque[tuple[Any, int | None]] = deque()  # the metrics stage's unacked records and windows
@@ -130,9 +134,7 @@ class Collector(KeyingAgent, JoinAgent, ScoringAgent, Pacing, Outputs, Rebalanci
     # -- counters ----------------------------------------------------------------------------
 
     def _totals(self) -> dict[str, int]:
-        totals = self.counters.as_dict()
-        if self.scoring is not None:
-            totals.update(self.scoring.counters.as_events())
+        totals = {**self.counters.as_dict(), **self.scoring_counters.as_events()}
         totals["consumer_reseeks"] = self.report.consumer_reseeks
         totals["holes_accepted"] = self.order.holes_accepted
         return totals

@@ -99,7 +99,8 @@ class ScoringAgent:
             keyed = self.keyed.get_topic_name()
             self.scoring = MetricsStage(self.evaluation, self.settings.idle_after, stored.get("closed_until"),
                                         sources=tuple(f"{keyed}:{p}" for p in self._keyed_range),
-                                        future_tolerance_ms=self.settings.future_tolerance)
+                                        future_tolerance_ms=self.settings.future_tolerance,
+                                        counters=self.scoring_counters)
         return self.scoring
 
     async def _publish(self, reports: list[WindowReport]) -> None:

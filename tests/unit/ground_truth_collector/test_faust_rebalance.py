@@ -370,6 +370,27 @@ def test_the_metrics_stage_forgets_its_held_records_on_a_revocation(collector) -
     asyncio.run(scenario())
 
 
+def test_the_metrics_counters_go_on_from_their_total_across_a_rebalance(collector) -> None:
+    """A rebalance rebuilds the metrics stage; its counters must not start again at 0, or the
+    exported totals (which only go up) stay still until the new count passes the old one."""
+    async def scenario() -> None:
+        worker = Worker(collector)
+        await worker.start()
+        stream = Stream()
+        agent = asyncio.create_task(collector._score(stream))
+        stream.batches.put_nowait([worker.joined_record(0, 0, T0, example=True)])
+        await settled()
+        assert collector._totals()["outcomes_counted"] == 1
+        await worker.rebalance()
+        assert collector._totals()["outcomes_counted"] == 1, "not gone with the stage"
+        stream.batches.put_nowait([worker.joined_record(0, 0, T0, example=True), *worker.closing(1)])
+        await settled()
+        assert collector._totals()["outcomes_counted"] == 2, "the replayed example counted on top (at least once)"
+        agent.cancel()
+
+    asyncio.run(scenario())
+
+
 def test_a_record_the_metrics_fail_on_is_dead_lettered_and_acknowledged_in_its_turn(collector,
                                                                                     monkeypatch) -> None:
     """Raised out of the agent, the error stopped the worker, and each restart replayed the record and
