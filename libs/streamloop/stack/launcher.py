@@ -87,8 +87,8 @@ class ServiceProcess:
     @property
     def ports(self) -> list[int]:
         """The loopback ports the service listens on, as its environment fixes them."""
-        grpc = int(self.env.get("SCORER_GRPC_PORT", "0"))
-        return [self.metrics_port, *([grpc] if grpc else [])]
+        scorer = [int(self.env.get(setting, "0")) for setting in ("SCORER_GRPC_PORT", "SCORER_HEALTH_PORT")]
+        return [self.metrics_port, *(port for port in scorer if port)]
 
 
 # The embedded broker and Redis are plaintext and without users, whatever the shell exports.
@@ -248,9 +248,14 @@ class Stack:
             for replica in range(self.replicas.get(name, 1)):
                 port = self.ports.take()
                 env = self.service_env(name, replica, port)
-                if name == "online-scorer" and "SCORER_GRPC_PORT" not in self.extra_env:
-                    # Each replica its own free port: replicas share the loopback, not a port.
-                    env["SCORER_GRPC_PORT"] = str(self.ports.take())
+                if name == "online-scorer":
+                    # Each replica its own free ports: replicas share the loopback, not a port. The
+                    # health port too when the shell's SCORER_TLS_* turn TLS on (a TLS scorer opens
+                    # one), else every replica would take the one default.
+                    tls = bool(env.get("SCORER_TLS_CERT_FILE"))
+                    for setting in ("SCORER_GRPC_PORT", *(("SCORER_HEALTH_PORT",) if tls else ())):
+                        if setting not in self.extra_env:
+                            env[setting] = str(self.ports.take())
                 service = ServiceProcess(
                     name, SERVICES[name], replica, env, self.data_dir / "logs" / f"{name}-{replica}.log", port,
                 )

@@ -51,13 +51,18 @@ def test_the_allocator_gives_up_in_one_line_when_the_os_offers_nothing_new(monke
 def test_every_service_and_scorer_replica_of_a_stack_gets_ports_of_its_own(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, os_offers_each_port_twice: None) -> None:
     monkeypatch.setattr(ServiceProcess, "start", lambda self: None)  # nothing is spawned
+    monkeypatch.setenv("SCORER_TLS_CERT_FILE", str(tmp_path / "tls.crt"))  # TLS scorers open a health port
     stack = Stack.prepare(load_pipeline(DEMO_SPEC), DEMO_SPEC, tmp_path,
                           replicas={"online-scorer": 2, "ground-truth-collector": 2})
     stack.start_services()
     stack.stop()
+    # Each TLS scorer replica also its own health port (the default, 50052, would be every replica's).
     ports = [s.metrics_port for s in stack.processes] + [
-        int(s.env["SCORER_GRPC_PORT"]) for s in stack.processes if s.name == "online-scorer"]
-    assert len(ports) == 8 + 2
+        int(s.env[setting]) for s in stack.processes if s.name == "online-scorer"
+        for setting in ("SCORER_GRPC_PORT", "SCORER_HEALTH_PORT")]
+    assert len(ports) == 8 + 2 * 2
+    assert all(s.ports == [s.metrics_port, int(s.env["SCORER_GRPC_PORT"]), int(s.env["SCORER_HEALTH_PORT"])]
+               for s in stack.processes if s.name == "online-scorer")
     assert len(set(ports)) == len(ports), sorted(ports)
     assert all(int(s.env["STREAMLOOP_METRICS_PORT"]) == s.metrics_port for s in stack.processes)
 
