@@ -16,14 +16,16 @@ log = logging.getLogger(__name__)
 class Outputs:
     """A part of :class:`app.Collector` (whose topics, telemetry and state it uses)."""
 
-    async def _dead_letter(self, message: Any, stage: str, error: BaseException, topic: Any = None) -> None:
+    async def _dead_letter(self, message: Any, stage: str, error: BaseException, topic: Any = None) -> Any:
+        """Send ``message`` to its dead letters; returns the send's future, to settle before its ack."""
         headers = dead_letters.dead_letter_headers(
             header_list(message.headers), topic=message.topic, partition=message.partition,
             offset=message.offset, stage=stage, error=error, service=SERVICE)
         topic = topic if topic is not None else self.dead_letter_topics[message.topic]
-        await topic.send(key=message.key, value=message.value, headers=headers)
+        delivered = await topic.send(key=message.key, value=message.value, headers=headers)
         self.telemetry.metrics.record_dead_letters(message.topic, type(error).__name__)
         log.warning("dead-lettered %s[%d]@%d: %s", message.topic, message.partition, message.offset, error)
+        return delivered
 
     async def _settle(self, futures: list[Any]) -> None:
         """Wait until every output is acknowledged; a failure stops the worker before state is written."""

@@ -44,6 +44,7 @@ class ScoringAgent:
     async def _score_batch(self, stream: Any, events: list[Any]) -> None:
         held = self._held
         scoring = self._scoring()
+        dead: list[Any] = []
         for event in events:
             message = event.message
             if not await self._in_order(message):
@@ -59,7 +60,8 @@ class ScoringAgent:
                 # Raised out of the agent, it stopped the worker (CrashingSupervisor), and every
                 # restart replayed the record and stopped again. It is acknowledged in its turn.
                 log.exception("metrics stage failed on %s[%d]@%d", message.topic, message.partition, message.offset)
-                await self._dead_letter(message, dead_letters.STAGE_PROCESS, exc, self.joined_dead_letters)
+                dead.append(await self._dead_letter(message, dead_letters.STAGE_PROCESS, exc,
+                                                    self.joined_dead_letters))
                 window = None
             held.append((event, window))
         reports = scoring.close()
@@ -67,6 +69,9 @@ class ScoringAgent:
             await self._publish(reports)
             self.scoring_state.put(_CLOSED_UNTIL, {"closed_until": scoring.closed_until}, 0)
             await self._settle(await self.scoring_state.flush())
+        # A dead letter acknowledged before its record is: a crash in between would commit past a
+        # record whose dead letter was never written.
+        await self._settle(dead)
         # Only ever a prefix, in offset order: faust commits past one unacknowledged record at the
         # head (it takes committed + 1 for contiguous, and checks nothing for a committed offset
         # of 0 or none), so a control record acknowledged behind a held example would commit the

@@ -401,7 +401,7 @@ def test_a_record_the_metrics_fail_on_is_dead_lettered_and_acknowledged_in_its_t
     add = MetricsStage.add
 
     def failing_on_e101(self, example, *args, **kwargs):
-        if example["event_id"] == "e101":
+        if example["event_id"] in ("e101", "e103"):
             raise ZeroDivisionError("a metric that cannot take this example")
         return add(self, example, *args, **kwargs)
 
@@ -423,11 +423,16 @@ def test_a_record_the_metrics_fail_on_is_dead_lettered_and_acknowledged_in_its_t
             dead_letters.MESSAGE: "a metric that cannot take this example", dead_letters.CONNECTOR: SERVICE,
             "value": worker.joined_record(101, 0, T0, example=True).message.value}]
         assert stream.acked == [], "nothing behind the example of the open window"
-        stream.batches.put_nowait(worker.closing(103))
+        dlq.hold = asyncio.get_running_loop().create_future()  # the dead letter of the next one waits
+        stream.batches.put_nowait([worker.joined_record(103, 0, T0, example=True),
+                                   *worker.closing(104)])
+        await settled()
+        assert worker.collector.outputs["metrics"].sent, "their window was reported"
+        assert stream.acked == [], "no record acknowledged before the dead letter of 103 is"
+        dlq.hold.set_result(None)
         await settled()
         assert collector.scoring.counters.counted == 2, "the others, counted once"
-        assert worker.collector.outputs["metrics"].sent, "their window was reported"
-        last = 103 + collector.keyed_partitions
+        last = 104 + collector.keyed_partitions
         assert stream.acked == [(0, offset) for offset in range(100, last)], "the dead letter too, in its turn"
         assert faust_commit(100, [offset for _, offset in stream.acked]) == last
         agent.cancel()
