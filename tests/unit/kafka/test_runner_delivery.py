@@ -128,22 +128,29 @@ def test_a_fatal_producer_error_sends_the_recently_acknowledged_outputs_again(mo
     assert runner.consumer.commits[-1][0].offset == 6
 
 
-class FatalInFlushProducer(FakeProducer):
-    """Acknowledges the first ``healthy`` records; then holds what is produced, and flush() raises as
-    confluent-kafka does when a fatal error comes up in the callback dispatch: a SystemError whose cause is
-    the KafkaException (a delivery callback ran with that exception still set; seen in a broker-restart run)."""
+class HoldsAfterHealthy(FakeProducer):
+    """Acknowledges the first ``healthy`` records at once; holds the delivery callbacks of the others."""
 
     def __init__(self, healthy: int) -> None:
         super().__init__()
         self.healthy = healthy
-        self.held = 0
+        self.held: list = []
 
     def produce(self, topic, value=None, key=None, headers=None, on_delivery=None, **pinned) -> None:
         if len(self.produced) < self.healthy:
             super().produce(topic, value, key, headers, on_delivery, **pinned)
             return
         self.produced.append((topic, key, value, headers or []))
-        self.held += 1
+        self.held.append(on_delivery)
+
+    def __len__(self) -> int:
+        return len(self.held)
+
+
+class FatalInFlushProducer(HoldsAfterHealthy):
+    """Holds what is produced after the first ``healthy`` records, and flush() raises as confluent-kafka
+    does when a fatal error comes up in the callback dispatch: a SystemError whose cause is the
+    KafkaException (a delivery callback ran with that exception still set; seen in a broker-restart run)."""
 
     def flush(self, _timeout: float = 0) -> int:
         if not self.held:
@@ -154,9 +161,6 @@ class FatalInFlushProducer(FakeProducer):
             raise fatal
         except KafkaException as exc:
             raise SystemError("<built-in function monotonic> returned a result with an exception set") from exc
-
-    def __len__(self) -> int:
-        return self.held
 
 
 def two_batches_through(failing: FakeProducer, monkeypatch) -> tuple:
@@ -191,22 +195,13 @@ def test_a_system_error_without_a_kafka_cause_is_not_taken_for_a_fatal_producer_
     assert runner.consumer.commits == []
 
 
-class AcknowledgedInTheLastFlush(FakeProducer):
+class AcknowledgedInTheLastFlush(HoldsAfterHealthy):
     """Acknowledges the first ``healthy`` records at once; holds the others, whose first flush raises the fatal
     error, and whose next flush (the failed producer's last, in _recreate_producer) acknowledges them."""
 
     def __init__(self, healthy: int) -> None:
-        super().__init__()
-        self.healthy = healthy
-        self.held: list = []
+        super().__init__(healthy)
         self.flushes = 0
-
-    def produce(self, topic, value=None, key=None, headers=None, on_delivery=None, **pinned) -> None:
-        if len(self.produced) < self.healthy:
-            super().produce(topic, value, key, headers, on_delivery, **pinned)
-            return
-        self.produced.append((topic, key, value, headers or []))
-        self.held.append(on_delivery)
 
     def flush(self, _timeout: float = 0) -> int:
         if not self.held:
@@ -219,9 +214,6 @@ class AcknowledgedInTheLastFlush(FakeProducer):
         for on_delivery in held:
             on_delivery(None, None)
         return 0
-
-    def __len__(self) -> int:
-        return len(self.held)
 
 
 def test_outputs_acknowledged_while_the_failed_producer_flushes_are_sent_again_once(monkeypatch) -> None:
