@@ -15,9 +15,10 @@ Two failures need more than a retry:
   while the batch's own outputs wait for its replay.
 - A record Kafka refuses for good (too large, invalid): no retry can send it, and waiting for it
   would hold its partition forever. The output's input record is dead-lettered instead, and a dead
-  letter Kafka refuses goes again without its value. The broker answers such errors for a whole
-  produce batch, so the batch is first sent again one record at a time: only a record refused
-  alone is refused for good.
+  letter Kafka refuses goes again without its value. An output with no input record (a tick's) is
+  dropped, logged with Kafka's error and counted in ``RunnerStats.dropped``. The broker answers
+  such errors for a whole produce batch, so the batch is first sent again one record at a time:
+  only a record refused alone is refused for good.
 """
 
 from __future__ import annotations
@@ -311,7 +312,11 @@ class Delivery:
             size = 0 if value is None else len(value)
             reason = RecordRefusedError(f"output to {topic} ({size:,} bytes) refused by Kafka: {error.str()}")
             message = raw.get(identity[1:4]) if raw is not None and identity is not None else None
-            if message is None:  # a tick's output: no input record to keep it by
+            if message is None:
+                # A tick's output: no input record to keep it by, and the dead-letter topics are the
+                # inputs' (its own topic may have none). No retry can send it, and waiting for one
+                # would hold every partition: it is dropped, and counted as lost.
+                self._stats.dropped += 1
                 log.error("%s: dropped an output with no input record: %s", self._service, reason)
                 continue
             if identity[1:4] in inputs:

@@ -117,6 +117,7 @@ class RunnerStats:
     consumed: int = 0
     produced: int = 0
     dead_lettered: int = 0
+    dropped: int = 0  # outputs Kafka refused for good with no input record to dead-letter (a tick's): lost
     batches: int = 0
     commits_failed: int = 0
     delivery_retries: int = 0

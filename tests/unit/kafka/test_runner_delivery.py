@@ -3,6 +3,7 @@ also sends again what was acknowledged in the last window (the broker may have l
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -307,6 +308,48 @@ def test_an_output_kafka_refuses_as_too_large_dead_letters_its_input_and_the_bat
     assert "refused by Kafka" in errors["__connect.errors.exception.message"]
     assert runner.stats.dead_lettered == 1 and runner.stats.delivery_retries == 0
     assert consumer.commits[-1][0].offset == 3, "the batch is committed: nothing waits on a record no retry can send"
+
+
+class TickingPastTheLimit:
+    """Consumes nothing; each tick makes two outputs with no input record, the second too large for Kafka."""
+
+    def __init__(self) -> None:
+        self.deliveries = 0
+
+    def process(self, batch: Sequence[ConsumedRecord]) -> ProcessResult:
+        return ProcessResult()
+
+    def tick(self, now_ms: int) -> ProcessResult:
+        vector = sample_record(VECTOR, 0)
+        return ProcessResult(outputs=[OutgoingRecord(SINK, "small", vector),
+                                      OutgoingRecord(SINK, "big", {**vector, "entity_key": "x" * 2 * LIMIT})])
+
+    def delivered(self) -> None:
+        self.deliveries += 1
+
+
+class BrokerSizeLimited(FakeProducer):
+    """Takes every record at produce() and refuses those above LIMIT bytes at delivery, as the broker does."""
+
+    def deliver(self, value: bytes | None):
+        too_large = len(value or b"") > LIMIT
+        return KafkaError(KafkaError.MSG_SIZE_TOO_LARGE, "Message size too large") if too_large else None
+
+
+@pytest.mark.parametrize("producer", [SizeLimitedProducer(), BrokerSizeLimited()], ids=["by-client", "by-broker"])
+def test_a_tick_s_output_kafka_refuses_is_counted_and_logged_once_with_kafka_s_error(producer, caplog) -> None:
+    processor = TickingPastTheLimit()
+    runner, _serde = stage_runner(producer, processor)
+    runner.pacer = type("Idle", (), {"consume": lambda _self, _n, _t: []})()
+    with caplog.at_level(logging.ERROR, logger="streamloop.kafka.runner"):
+        runner._turn()
+
+    assert not [t for t, _k, _v, _h in producer.produced if t.endswith(".dlq")], "no input record to dead-letter"
+    assert (runner.stats.produced, runner.stats.dropped, runner.stats.dead_lettered) == (1, 1, 0)
+    [logged] = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert "(2,200 bytes) refused by Kafka: Message size too large" in logged
+    assert processor.deliveries == 1, "the tick's outputs are settled: no retry can send the refused one"
+    assert runner.consumer.commits == []
 
 
 class InflatingTwice(Inflating):
