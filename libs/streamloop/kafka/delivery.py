@@ -12,7 +12,8 @@ Two failures need more than a retry:
   the outputs and dead letters acknowledged in the last ``resend_window_s`` are sent again, since
   their inputs are committed and no replay would bring them back. Duplicates downstream are the
   price. For the same reason a stop sends those not yet acknowledged once more before leaving,
-  while the batch's own outputs wait for its replay.
+  while the batch's own outputs wait for its replay, and a runner that leaves for another reason
+  after the error was reported, before a batch met it, sends the window again on its way out.
 - A record Kafka refuses for good (too large, invalid): no retry can send it, and waiting for it
   would hold its partition forever. The output's input record is dead-lettered instead, and a dead
   letter Kafka refuses goes again without its value. An output with no input record (a tick's) is
@@ -73,6 +74,13 @@ class _RefusedInBatch(DeliveryError):
     each refusal is then about its own record."""
 
 
+def _fatal_error_of(exc: BaseException) -> KafkaError | None:
+    """The fatal client error ``exc`` carries, itself or as the cause of a SystemError (``kafka_exception_of``)."""
+    kafka = kafka_exception_of(exc)
+    error = kafka_error_of(kafka) if kafka is not None else None
+    return error if error is not None and (error.fatal() or error.code() == KafkaError._FATAL) else None
+
+
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
     message: Message
@@ -123,13 +131,21 @@ class Delivery:
         self.producer = Producer(self._producer_config)
 
     def close(self) -> None:
-        if self.producer is not None:
-            try:
-                self.producer.flush(30)
-            except (KafkaException, SystemError) as exc:  # a fatal producer raises; the consumer must still leave
-                if kafka_exception_of(exc) is None:
-                    raise
-                log.warning("%s: producer flush at shutdown: %s", self._service, exc)
+        if self.producer is None:
+            return
+        try:
+            self.producer.flush(30)
+        except (KafkaException, SystemError) as exc:  # a fatal producer raises; the consumer must still leave
+            if kafka_exception_of(exc) is None:
+                raise
+            if _fatal_error_of(exc) is not None:
+                self._producer_fatal = True
+            log.warning("%s: producer flush at shutdown: %s", self._service, exc)
+        if self._producer_fatal:
+            # The fatal error came after the last batch was delivered (to the error callback, or
+            # with this flush), and the runner leaves for another reason before a batch meets it:
+            # the window's inputs are committed, and a new process would not know to send it again.
+            self._resend_before_leaving([])
 
     def deliver(self, outputs: list[Encoded], letters: list[DeadLetter],
                 raw: dict[tuple[str, int, int], Message] | None = None) -> bool:
@@ -357,9 +373,8 @@ class Delivery:
         """A fatal producer error (e.g. OUT_OF_ORDER_SEQUENCE_NUMBER after a broker restart lost the
         idempotence state) raised by produce, poll or flush, itself or as the cause of a SystemError
         (``kafka_exception_of``): the batch is retried on a new producer. Anything else is raised again."""
-        kafka = kafka_exception_of(exc)
-        error = kafka_error_of(kafka) if kafka is not None else None
-        if error is None or not (error.fatal() or error.code() == KafkaError._FATAL):
+        error = _fatal_error_of(exc)
+        if error is None:
             raise exc
         self._producer_fatal = True
         return DeliveryError(f"producer fatal error: {error.str()}")

@@ -16,6 +16,7 @@ from streamloop.contracts.schemas import SchemaRepository
 from streamloop.kafka import KafkaSettings
 from streamloop.kafka import delivery as delivery_module
 from streamloop.kafka.dead_letters import STAGE_PRODUCE, VALUE_DROPPED, read_error_headers
+from streamloop.kafka.exceptions import kafka_error_of
 from streamloop.kafka.records import ConsumedRecord, OutgoingRecord, ProcessResult
 from streamloop.kafka.runner import RunnerSettings, StageRunner, StageTopics
 from streamloop.serde import SingleObjectSerde
@@ -549,3 +550,74 @@ def test_outputs_sent_again_count_as_resent_not_as_produced_again(monkeypatch) -
 
     assert len(replacement.produced) == 6, "the first batch's three outputs, then the second's"
     assert (runner.stats.produced, runner.stats.resent) == (6, 3), "each output is produced once, whatever is resent"
+
+
+def fatal_producer_error() -> KafkaException:
+    desync = KafkaError(KafkaError.OUT_OF_ORDER_SEQUENCE_NUMBER, "sequence desynchronization with broker 1", fatal=True)
+    return KafkaException(desync)
+
+
+class FatalAtLastFlush(FakeProducer):
+    """Acknowledges everything; its flush raises the fatal error (``as_system_error``: in the form
+    confluent-kafka gives it from the callback dispatch)."""
+
+    def __init__(self, as_system_error: bool = False) -> None:
+        super().__init__()
+        self.as_system_error = as_system_error
+
+    def flush(self, _timeout: float = 0) -> int:
+        if not self.as_system_error:
+            raise fatal_producer_error()
+        try:
+            raise fatal_producer_error()
+        except KafkaException as exc:
+            raise SystemError("<built-in function monotonic> returned a result with an exception set") from exc
+
+
+def reported_to_the_error_callback(runner: StageRunner) -> None:
+    runner.delivery._producer_config["error_cb"](kafka_error_of(fatal_producer_error()))
+
+
+@pytest.mark.parametrize(("failing", "report"), [
+    (FakeProducer(), reported_to_the_error_callback),
+    (FatalAtLastFlush(), lambda _runner: None),
+    (FatalAtLastFlush(as_system_error=True), lambda _runner: None),
+], ids=["reported-after-the-batch", "raised-by-the-shutdown-flush", "raised-as-a-system-error"])
+def test_a_runner_leaving_after_a_fatal_producer_error_it_had_no_batch_to_meet_sends_the_window_again(
+        failing, report, monkeypatch) -> None:
+    runner, serde = stage_runner(failing, resend_window_s=60.0)
+    replacement = FakeProducer()
+    monkeypatch.setattr(delivery_module, "Producer", lambda _config: replacement)
+    values = run_batch_of(runner, serde, 3)
+    report(runner)
+    # The runner leaves for another reason before a batch meets the producer's fatal error.
+    runner._on_consume_error(KafkaError(KafkaError.FENCED_INSTANCE_ID, "fenced", fatal=True))
+    runner._shutdown()
+
+    # The batch's inputs are committed, and the broker that lost the producer's sequence state may
+    # have lost its outputs with it: no replay brings them back, so they go again before the exit.
+    assert runner.consumer.commits[-1][0].offset == 3
+    assert [v for _t, _k, v, _h in replacement.produced] == values
+    assert runner.stats.resent == 3
+
+
+class FatalMessage(FakeMessage):
+    def error(self):
+        return KafkaError(KafkaError.FENCED_INSTANCE_ID, "fenced", fatal=True)
+
+
+class NeverAcknowledging(FakeProducer):
+    def deliver(self, value: bytes | None):
+        return KafkaError(KafkaError._MSG_TIMED_OUT)
+
+
+def test_a_fatal_consumer_error_leaves_a_batch_whose_outputs_are_unacknowledged_uncommitted() -> None:
+    runner, serde = stage_runner(NeverAcknowledging())
+    values = [serde.encode(sample_record(VECTOR, seed)) for seed in range(3)]
+    runner._run_batch([*(FakeMessage(v, offset, topic=SOURCE) for offset, v in enumerate(values)),
+                       FatalMessage(None, 3, topic=SOURCE)])
+
+    # Stopped by the consumer's fatal error, the runner leaves with the outputs unacknowledged and the
+    # offsets uncommitted: the replica restarted in its place reads the batch again and sends them.
+    assert runner.stopping and runner._consumer_fatal is not None
+    assert runner.consumer.commits == [] and runner.stats.produced == 0
