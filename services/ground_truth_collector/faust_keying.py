@@ -41,7 +41,9 @@ class KeyingAgent:
             event_id = event_id_of(kind, self.serdes[message.topic].decode(message.value), task)
         except (SerdeError, InvalidRecordError) as exc:
             stage = dead_letters.STAGE_DECODE if isinstance(exc, SerdeError) else dead_letters.STAGE_VALIDATION
-            await self._dead_letter(message, stage, exc)
+            # Acknowledged with its dead letter still on its way, a record whose dead letter then
+            # failed was committed past and lost; a failure stops the worker before the ack instead.
+            await self._settle([await self._dead_letter(message, stage, exc)])
             await self._forwarded(stream, event)
             return
         # The partition is chosen here (the producer's default murmur2) to know which went quiet.

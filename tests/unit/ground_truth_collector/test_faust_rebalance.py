@@ -312,6 +312,45 @@ def test_the_keying_agent_leaves_records_fetched_before_a_revocation_to_the_repl
     asyncio.run(scenario())
 
 
+def test_the_keying_agent_acknowledges_a_record_it_dead_lettered_only_once_its_dead_letter_is(collector) -> None:
+    """Acknowledged while its dead letter was on its way, a record whose dead letter then failed was
+    committed past and lost; it must stop the worker instead, the record unacknowledged."""
+    from aiokafka.errors import KafkaTimeoutError
+
+    async def scenario() -> None:
+        worker = Worker(collector)
+        await worker.start()
+        topic = collector.ctx.topic("labels").name
+        dlq = collector.dead_letter_topics[topic] = Topic(f"{topic}.dlq")
+        failures: list[str] = []
+        collector._fail = failures.append
+
+        def undecodable(offset: int) -> Any:
+            return SimpleNamespace(message=SimpleNamespace(
+                topic=topic, partition=0, offset=offset, timestamp=T0 / 1000, key=b"e1", headers=[],
+                value=b"not a label", tp=TP(topic, 0), generation_id=collector.app.consumer_generation_id))
+
+        worker.committed[(topic, 0)] = 0
+        stream = Stream()
+        agent = asyncio.create_task(collector._key_by_event(stream))
+        dlq.hold = asyncio.get_running_loop().create_future()
+        stream.batches.put_nowait([undecodable(0)])
+        await settled()
+        assert len(dlq.sent) == 1 and stream.acked == [], "acknowledged before its dead letter is"
+        dlq.hold.set_result(None)
+        await settled()
+        assert stream.acked == [(0, 0)]
+        dlq.hold = asyncio.get_running_loop().create_future()
+        stream.batches.put_nowait([undecodable(1)])
+        await settled()
+        dlq.hold.set_exception(KafkaTimeoutError())
+        await settled()
+        assert stream.acked == [(0, 0)], "a record whose dead letter failed was acknowledged"
+        assert failures and agent.done() and isinstance(agent.exception(), KafkaTimeoutError)
+
+    asyncio.run(scenario())
+
+
 def test_a_rejoin_that_keeps_the_generation_leaves_its_records_current() -> None:
     """A static member may get its assignment back in the generation it had: its records are not stale."""
     from services.ground_truth_collector.revocation import Revocations
