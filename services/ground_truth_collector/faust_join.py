@@ -65,7 +65,7 @@ class JoinAgent:
             except Exception as exc:  # noqa: BLE001 - one poison record must not stop the join
                 log.exception("join failed on %s[%d]@%d", event.message.topic, event.message.partition,
                               event.message.offset)
-                await self._dead_letter_keyed(event.message, exc)
+                pending.append(await self._dead_letter_keyed(event.message, exc))
                 continue
             for decision in decisions:
                 pending += await self._send_decision(decision, event.message)
@@ -141,8 +141,9 @@ class JoinAgent:
                                                   headers=control_headers(WATERMARK, *headers)))
         return futures
 
-    async def _dead_letter_keyed(self, message: Any, error: BaseException) -> None:
-        """A keyed record the join cannot apply goes to its source topic's dead-letter topic.
+    async def _dead_letter_keyed(self, message: Any, error: BaseException) -> Any:
+        """A keyed record the join cannot apply goes to its source topic's dead-letter topic;
+        returns the send's future, settled with the batch's outputs before its acks.
 
         One without a known origin (not written by this pipeline's re-key stage) goes to the
         keyed topic's own.
@@ -152,10 +153,11 @@ class JoinAgent:
         except (InvalidRecordError, ValueError):
             source = None
         if source is None or source.topic not in self.dead_letter_topics:
-            await self._dead_letter(message, dead_letters.STAGE_VALIDATION, error, self.keyed_dead_letters)
-            return
+            return await self._dead_letter(message, dead_letters.STAGE_VALIDATION, error, self.keyed_dead_letters)
         headers = dead_letters.dead_letter_headers(
             header_list(message.headers), topic=source.topic, partition=source.partition, offset=source.offset,
             stage=dead_letters.STAGE_PROCESS, error=error, service=SERVICE)
-        await self.dead_letter_topics[source.topic].send(key=message.key, value=message.value, headers=headers)
+        delivered = await self.dead_letter_topics[source.topic].send(key=message.key, value=message.value,
+                                                                     headers=headers)
         self.telemetry.metrics.record_dead_letters(source.topic, type(error).__name__)
+        return delivered

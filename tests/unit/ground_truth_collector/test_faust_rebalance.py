@@ -253,6 +253,57 @@ def test_a_revocation_waits_for_the_join_batch_in_flight(collector) -> None:
     asyncio.run(scenario())
 
 
+def test_the_join_acknowledges_the_records_it_dead_lettered_only_once_their_dead_letters_are(collector) -> None:
+    """Acknowledged with their dead letters on their way, records whose dead letters then failed were
+    committed past and lost; a failure must stop the worker before the batch's state and acks."""
+    from aiokafka.errors import KafkaTimeoutError
+
+    async def scenario() -> None:
+        worker = Worker(collector)
+        await worker.start()
+        features = collector.ctx.topic("features").name
+        source_dlq = collector.dead_letter_topics[features] = Topic(f"{features}.dlq")
+        keyed_dlq = collector.keyed_dead_letters = Topic(f"{worker.keyed.name}.dlq")
+        failures: list[str] = []
+        collector._fail = failures.append
+
+        def damaged(event_id: str, offset: int) -> Any:
+            event = worker.features(event_id, offset)
+            event.message.value = b"not a feature vector"
+            return event
+
+        def without_origin(event_id: str, offset: int) -> Any:
+            event = worker.features(event_id, offset)
+            event.message.headers = []
+            return event
+
+        stream = Stream()
+        agent = asyncio.create_task(collector._join(stream))
+        source_dlq.hold = asyncio.get_running_loop().create_future()
+        keyed_dlq.hold = asyncio.get_running_loop().create_future()
+        stream.batches.put_nowait([damaged("e1", 0), without_origin("e2", 1), worker.features("e3", 2)])
+        await settled()
+        assert len(source_dlq.sent) == 1 and len(keyed_dlq.sent) == 1
+        assert stream.acked == [], "acknowledged before their dead letters are"
+        source_dlq.hold.set_result(None)
+        await settled()
+        assert stream.acked == [], "acknowledged before the dead letter of the record without an origin is"
+        keyed_dlq.hold.set_result(None)
+        await settled()
+        assert stream.acked == [(0, 0), (0, 1), (0, 2)]
+        assert "e3" in dict(collector.state.entries(0))
+        source_dlq.hold = asyncio.get_running_loop().create_future()
+        stream.batches.put_nowait([damaged("e4", 3), worker.features("e5", 4)])
+        await settled()
+        source_dlq.hold.set_exception(KafkaTimeoutError())
+        await settled()
+        assert stream.acked == [(0, 0), (0, 1), (0, 2)], "a record whose dead letter failed was acknowledged"
+        assert "e5" not in dict(collector.state.entries(0)), "the batch's state was written"
+        assert failures and agent.done() and isinstance(agent.exception(), KafkaTimeoutError)
+
+    asyncio.run(scenario())
+
+
 def test_records_fetched_before_a_revocation_are_left_to_the_replay(collector) -> None:
     """Processed after the revocation, they refilled the offset bookkeeping it had cleared, and their
     replay from the committed offset was then skipped as already processed and never acknowledged."""
