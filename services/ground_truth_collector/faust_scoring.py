@@ -22,9 +22,11 @@ from services.ground_truth_collector.routing import (
     header_list,
 )
 from services.ground_truth_collector.scoring import MetricsStage
+from streamloop.errors import DependencyUnavailable
 from streamloop.kafka import dead_letters
 from streamloop.kafka.records import Headers
 from streamloop.ml.evaluation import WindowReport
+from streamloop.serde import SerdeError
 
 log = logging.getLogger(__name__)
 
@@ -51,17 +53,18 @@ class ScoringAgent:
                 continue
             self.pacer.done(message.topic, message.partition, message.offset)
             headers = header_list(message.headers)
-            example = None
-            if control_of(headers) is None and header(headers, HEADER_DECIDED_AT) is not None:
-                example = self.serdes[self.ctx.topic("labeled_examples").name].decode(message.value)
             try:
-                window = self._apply_scored(scoring, message, headers, example)
+                window = self._apply_scored(scoring, message, headers, self._example(message, headers))
+            except DependencyUnavailable:
+                # A Schema Registry outage says nothing about the record: dead-lettered, it would be
+                # lost to the metrics. The worker stops instead and reads it again on restart.
+                raise
             except Exception as exc:  # noqa: BLE001 - one poison record must not stop the metrics
                 # Raised out of the agent, it stopped the worker (CrashingSupervisor), and every
                 # restart replayed the record and stopped again. It is acknowledged in its turn.
                 log.exception("metrics stage failed on %s[%d]@%d", message.topic, message.partition, message.offset)
-                dead.append(await self._dead_letter(message, dead_letters.STAGE_PROCESS, exc,
-                                                    self.joined_dead_letters))
+                stage = dead_letters.STAGE_DECODE if isinstance(exc, SerdeError) else dead_letters.STAGE_PROCESS
+                dead.append(await self._dead_letter(message, stage, exc, self.joined_dead_letters))
                 window = None
             held.append((event, window))
         reports = scoring.close()
@@ -78,6 +81,12 @@ class ScoringAgent:
         # example away.
         while held and scoring.is_reported(held[0][1]):
             await stream.ack(held.popleft()[0])
+
+    def _example(self, message: Any, headers: Headers) -> dict | None:
+        """The labeled example a joined record carries; None for one without a decision (a marker)."""
+        if control_of(headers) is not None or header(headers, HEADER_DECIDED_AT) is None:
+            return None
+        return self.serdes[self.ctx.topic("labeled_examples").name].decode(message.value)
 
     @staticmethod
     def _apply_scored(scoring: MetricsStage, message: Any, headers: Headers, example: dict | None) -> int | None:

@@ -528,3 +528,60 @@ def test_a_record_the_metrics_fail_on_is_dead_lettered_and_acknowledged_in_its_t
         agent.cancel()
 
     asyncio.run(scenario())
+
+
+def test_a_joined_record_the_metrics_cannot_decode_is_dead_lettered_and_acknowledged_in_its_turn(collector) -> None:
+    """Decoded outside the dead-letter handling, it stopped the worker, and each restart replayed it
+    and stopped again."""
+    from streamloop.kafka import dead_letters
+
+    async def scenario() -> None:
+        worker = Worker(collector)
+        dlq = collector.joined_dead_letters = Topic(f"{collector.ctx.group_id}-joined.dlq")
+        worker.committed[(worker.joined.name, 0)] = 100
+        await worker.start()
+        stream = Stream()
+        agent = asyncio.create_task(collector._score(stream))
+        undecodable = worker.joined_record(101, 0, T0, example=True)
+        undecodable.message.value = b"not a labeled example"
+        stream.batches.put_nowait([worker.joined_record(100, 0, T0, example=True), undecodable,
+                                   worker.joined_record(102, 0, T0, example=True), *worker.closing(103)])
+        await settled()
+        assert not agent.done(), "the metrics agent stopped on the record"
+        assert [dead_letters.read_error_headers(r["headers"]) | {"value": r["value"]} for r in dlq.sent] == [{
+            dead_letters.TOPIC: worker.joined.name, dead_letters.PARTITION: "0", dead_letters.OFFSET: "101",
+            dead_letters.STAGE: dead_letters.STAGE_DECODE,
+            dead_letters.CLASS_NAME: "streamloop.serde.exceptions.DeserializationError",
+            dead_letters.MESSAGE: "not Avro single-object encoding (expected marker c301, got 6e6f)",
+            dead_letters.CONNECTOR: SERVICE, "value": b"not a labeled example"}]
+        assert collector.scoring.counters.counted == 2, "the others, counted once"
+        last = 103 + collector.keyed_partitions
+        assert stream.acked == [(0, offset) for offset in range(100, last)], "the dead letter too, in its turn"
+        agent.cancel()
+
+    asyncio.run(scenario())
+
+
+def test_a_registry_outage_stops_the_metrics_agent_instead_of_dead_lettering_the_record(collector) -> None:
+    """The record may be fine: dead-lettered, it was lost to the metrics; the worker stops instead,
+    the record unacknowledged, and reads it again on restart."""
+    from streamloop.serde import RegistryUnavailableError
+
+    class RegistryDown:
+        def decode(self, data: bytes) -> Any:
+            raise RegistryUnavailableError("registry lookup failed: connection refused")
+
+    async def scenario() -> None:
+        worker = Worker(collector)
+        dlq = collector.joined_dead_letters = Topic(f"{collector.ctx.group_id}-joined.dlq")
+        await worker.start()
+        batch = [worker.joined_record(0, 0, T0, example=True), *worker.closing(1)]
+        collector.serdes[collector.ctx.topic("labeled_examples").name] = RegistryDown()
+        stream = Stream()
+        agent = asyncio.create_task(collector._score(stream))
+        stream.batches.put_nowait(batch)
+        await settled()
+        assert agent.done() and isinstance(agent.exception(), RegistryUnavailableError)
+        assert dlq.sent == [] and stream.acked == []
+
+    asyncio.run(scenario())
