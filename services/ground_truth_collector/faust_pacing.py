@@ -56,16 +56,23 @@ class Pacing:
 
     async def _tick(self) -> None:
         """Tick the partitions that went quiet while caught up, so their clocks can run on."""
-        now = self.pacer.warmed_up(self.app.tables.recovery.completed.is_set())
-        consumer = self.app.consumer
-        if now is not None:
-            await self._ensure_baseline()
-        if now is None or await self._unstick(now) or not await self.pacer.caught_up(consumer, set(self.inputs)):
-            return
-        for partition in self.pacer.quiet_keyed(now, self._keyed_range):
-            await self.keyed.send(key=None, value=b"", partition=partition, headers=control_headers(TICK))
-        if self.pacer.quiet_joined(now) and await self.pacer.caught_up(consumer, {self.keyed.get_topic_name()}):
-            await self.joined.send(key=None, value=b"", partition=0, headers=control_headers(TICK))
+        # A unit of work, as an agent's batch is (revocation.py): aiokafka reports the revoked
+        # assignment until the next one, and a baseline loaded meanwhile, or by a tick in flight
+        # across the revocation, was kept for the next assignment (the revoked one's committed
+        # offsets, none for a partition gained, whose holes then went unchecked).
+        async with self.revocations.work():
+            if self.revocations.revoking:
+                return
+            now = self.pacer.warmed_up(self.app.tables.recovery.completed.is_set())
+            consumer = self.app.consumer
+            if now is not None:
+                await self._ensure_baseline()
+            if now is None or await self._unstick(now) or not await self.pacer.caught_up(consumer, set(self.inputs)):
+                return
+            for partition in self.pacer.quiet_keyed(now, self._keyed_range):
+                await self.keyed.send(key=None, value=b"", partition=partition, headers=control_headers(TICK))
+            if self.pacer.quiet_joined(now) and await self.pacer.caught_up(consumer, {self.keyed.get_topic_name()}):
+                await self.joined.send(key=None, value=b"", partition=0, headers=control_headers(TICK))
 
     async def _unstick(self, now: float) -> bool:
         """Read a partition again from where its agent stands when it idles on a backlog (pacing.py)."""

@@ -7,8 +7,10 @@ own by then, and would refill the offset bookkeeping the revocation cleared. fau
 (``stream_wait_empty``) waits until every delivered record is acknowledged, which the metrics
 stage, holding a window's acknowledgements until it is reported, would never let happen. Here a
 revocation waits for the units of work in flight only (a batch or a record, up to its
-acknowledgements), and a unit that starts after a revocation began drops the records fetched
-before it: they are read again from the committed offsets once the partitions are assigned.
+acknowledgements, or a tick of the timer), and a unit that starts after a revocation began drops
+the records fetched before it: they are read again from the committed offsets once the partitions
+are assigned. A tick that starts then does nothing: what it judges by (the consumer's assignment,
+the committed offsets) is the revoked assignment's until the next one.
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections import defaultdict
 from types import SimpleNamespace
 from typing import Any
@@ -583,5 +584,106 @@ def test_a_registry_outage_stops_the_metrics_agent_instead_of_dead_lettering_the
         await settled()
         assert agent.done() and isinstance(agent.exception(), RegistryUnavailableError)
         assert dlq.sent == [] and stream.acked == []
+
+    asyncio.run(scenario())
+
+
+class AssignedConsumer:
+    """What pacing uses of faust's consumer. Like aiokafka's, its assignment stays the revoked one
+    until the next is assigned."""
+
+    def __init__(self, assigned: set[TP]) -> None:
+        self.assigned = assigned
+        self.seeks: list[tuple[TP, int]] = []
+
+    def assignment(self) -> set[TP]:
+        return set(self.assigned)
+
+    def highwater(self, tp: TP) -> int | None:
+        return None
+
+    async def seek(self, tp: TP, offset: int) -> None:
+        self.seeks.append((tp, offset))
+
+
+class GainedPartition:
+    """A worker that owned labels[0] and is given labels[1] as well at a rebalance (another worker
+    left); faust hands the keying agent labels[1] from offset 7, past the committed 5 (a hole)."""
+
+    def __init__(self, collector: Any) -> None:
+        self.collector = c = collector
+        self.labels = c.ctx.topic("labels").name
+        self.revoked, self.assigned = {TP(self.labels, 0)}, {TP(self.labels, 0), TP(self.labels, 1)}
+        self.committed = {(self.labels, 0): 0, (self.labels, 1): 5}
+        self.consumer = c.app.consumer = AssignedConsumer(self.revoked)
+        c._committed = lambda tps: {tp: self.committed[tp] for tp in tps}  # the group's, read from the broker
+        c.keyed = Topic(c.keyed.get_topic_name())
+        c.app.tables.recovery.completed.set()
+        c.pacer.idle_after_s = 0  # ticks without a warm-up
+
+    async def start(self) -> None:
+        self.collector.app.consumer_generation_id = 1
+        await self.collector.app.on_partitions_assigned.send(self.revoked)
+
+    async def reassign(self) -> None:
+        self.consumer.assigned = self.assigned
+        self.collector.app.consumer_generation_id += 1
+        await self.collector.app.on_partitions_assigned.send(self.assigned)
+
+    async def past_the_hole(self) -> Stream:
+        """The keying agent, given labels[1] from offset 7."""
+        c = self.collector
+        value = c.serdes[self.labels].encode({"event_id": "e7", "label": True, "label_time": T0, "entity_key": None})
+        stream = Stream()
+        self.agent = asyncio.create_task(c._key_by_event(stream))
+        stream.batches.put_nowait([SimpleNamespace(message=SimpleNamespace(
+            topic=self.labels, partition=1, offset=7, timestamp=T0 / 1000, key=b"e7", headers=[], value=value,
+            tp=TP(self.labels, 1), generation_id=c.app.consumer_generation_id))])
+        for _ in range(500):  # the committed offsets are read in a thread
+            if self.consumer.seeks or stream.acked:
+                break
+            await asyncio.sleep(0.01)
+        await settled()
+        return stream
+
+    def assert_read_again_from_the_committed_offset(self, stream: Stream) -> None:
+        assert self.consumer.seeks == [(TP(self.labels, 1), 5)], "the gained partition's hole went unchecked"
+        assert stream.acked == [] and [r for r in self.collector.keyed.sent if r["key"] is not None] == []
+        self.agent.cancel()
+
+
+def test_a_tick_between_a_revocation_and_the_next_assignment_loads_no_baseline(collector) -> None:
+    """aiokafka reports the revoked assignment until the next one: a baseline the tick timer loaded
+    then was kept for the next assignment, without the partitions the worker gained."""
+    async def scenario() -> None:
+        worker = GainedPartition(collector)
+        await worker.start()
+        await collector.app.on_partitions_revoked.send(worker.revoked)
+        await collector._tick()
+        await worker.reassign()
+        worker.assert_read_again_from_the_committed_offset(await worker.past_the_hole())
+
+    asyncio.run(scenario())
+
+
+def test_a_revocation_waits_for_a_tick_loading_the_baseline(collector) -> None:
+    """Finished after the revocation dropped the baseline, the tick's load put back the revoked
+    assignment's, and it was kept for the next assignment."""
+    async def scenario() -> None:
+        worker = GainedPartition(collector)
+        read = collector._committed
+        broker_answers = threading.Event()
+        collector._committed = lambda tps: broker_answers.wait(5) and read(tps)
+        await worker.start()
+        tick = asyncio.create_task(collector._tick())
+        await settled()
+        revocation = asyncio.create_task(collector.app.on_partitions_revoked.send(worker.revoked))
+        await settled()
+        assert not revocation.done(), "the revocation went on while a tick was loading the baseline"
+        broker_answers.set()
+        await asyncio.wait_for(tick, 5)
+        await asyncio.wait_for(revocation, 5)
+        await worker.reassign()
+        worker.assert_read_again_from_the_committed_offset(await worker.past_the_hole())
 
     asyncio.run(scenario())
