@@ -28,6 +28,7 @@ from services.ground_truth_collector.routing import (
     with_millis,
 )
 from services.ground_truth_collector.settings import SERVICE
+from streamloop.errors import DependencyUnavailable
 from streamloop.kafka import dead_letters
 from streamloop.kafka.exceptions import InvalidRecordError
 
@@ -62,6 +63,12 @@ class JoinAgent:
             applied.append(event)
             try:
                 decisions = self._apply(event)
+            except DependencyUnavailable:
+                # A Schema Registry outage says nothing about the record: dead-lettered, it would be
+                # lost to the join. The worker stops instead, with none of the batch's state written
+                # or acknowledged, and reads the batch again on restart.
+                self.state.discard()
+                raise
             except Exception as exc:  # noqa: BLE001 - one poison record must not stop the join
                 log.exception("join failed on %s[%d]@%d", event.message.topic, event.message.partition,
                               event.message.offset)

@@ -588,6 +588,38 @@ def test_a_registry_outage_stops_the_metrics_agent_instead_of_dead_lettering_the
     asyncio.run(scenario())
 
 
+def test_a_registry_outage_stops_the_join_instead_of_dead_lettering_the_record(collector) -> None:
+    """The record may be fine: dead-lettered, it was lost to the join; the worker stops instead,
+    with nothing of the batch written or acknowledged, and reads it again on restart."""
+    from streamloop.serde import RegistryUnavailableError
+
+    class RegistryDown:
+        def decode(self, data: bytes) -> Any:
+            raise RegistryUnavailableError("registry lookup failed: connection refused")
+
+    async def scenario() -> None:
+        worker = Worker(collector)
+        await worker.start()
+        features = collector.ctx.topic("features").name
+        source_dlq = collector.dead_letter_topics[features] = Topic(f"{features}.dlq")
+        keyed_dlq = collector.keyed_dead_letters = Topic(f"{worker.keyed.name}.dlq")
+        batch = [worker.features("e1", 0), worker.features("e2", 1)]
+        serde = collector.serdes[features]
+        collector.serdes[features] = RegistryDown()
+        stream = Stream()
+        agent = asyncio.create_task(collector._join(stream))
+        stream.batches.put_nowait(batch)
+        await settled()
+        assert agent.done() and isinstance(agent.exception(), RegistryUnavailableError)
+        assert source_dlq.sent == [] and keyed_dlq.sent == [] and stream.acked == []
+        collector.serdes[features] = serde
+        assert not dict(collector.state.entries(0)), "the batch's state was written"
+        await collector.state.flush()
+        assert not dict(collector.state.entries(0)), "the batch's state was left pending, to be written later"
+
+    asyncio.run(scenario())
+
+
 class AssignedConsumer:
     """What pacing uses of faust's consumer. Like aiokafka's, its assignment stays the revoked one
     until the next is assigned."""
