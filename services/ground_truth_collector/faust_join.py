@@ -77,7 +77,7 @@ class JoinAgent:
             for decision in decisions:
                 pending += await self._send_decision(decision, event.message)
         pending += await self._announce_clocks(touched)
-        await self._settle(pending)
+        await self._settle(pending, waiting=self.state)
         await self._settle(await self.state.flush())
         for event in applied:
             await stream.ack(event)

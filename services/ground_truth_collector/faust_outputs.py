@@ -27,13 +27,17 @@ class Outputs:
         log.warning("dead-lettered %s[%d]@%d: %s", message.topic, message.partition, message.offset, error)
         return delivered
 
-    async def _settle(self, futures: list[Any]) -> None:
-        """Wait until every output is acknowledged; a failure stops the worker before state is written."""
+    async def _settle(self, futures: list[Any], waiting: Any = None) -> None:
+        """Wait until every output is acknowledged; a failure stops the worker before the state
+        ``waiting`` on them (the caller's own, if any) is written."""
         if not futures:
             return
         try:
             await asyncio.gather(*futures)
         except Exception as exc:
-            self.state.discard()
+            # Only the caller's: another agent's batch in flight (the join's, when the metrics
+            # agent fails) would otherwise write part of its state and acknowledge all of it.
+            if waiting is not None:
+                waiting.discard()
             self._fail(f"outputs not acknowledged: {exc}")
             raise

@@ -305,6 +305,36 @@ def test_the_join_acknowledges_the_records_it_dead_lettered_only_once_their_dead
     asyncio.run(scenario())
 
 
+def test_an_output_the_metrics_agent_fails_on_leaves_the_join_batch_in_flight_its_state(collector) -> None:
+    """A failed output of the metrics agent dropped the join's pending writes too: the join batch in
+    flight then wrote only the rest of its state, and acknowledged every record of it."""
+    from aiokafka.errors import KafkaTimeoutError
+
+    async def scenario() -> None:
+        worker = Worker(collector)
+        await worker.start()
+        failures: list[str] = []
+        collector._fail = failures.append
+        stream = Stream()
+        agent = asyncio.create_task(collector._join(stream))
+        worker.joined.hold = asyncio.get_running_loop().create_future()  # the join batch waits, its state pending
+        stream.batches.put_nowait([worker.features("e1", 0), worker.features("e2", 1)])
+        await settled()
+        failed = asyncio.get_running_loop().create_future()
+        failed.set_exception(KafkaTimeoutError())
+        with pytest.raises(KafkaTimeoutError):
+            await collector._settle([failed])  # the metrics agent's dead letter, say
+        assert failures, "the worker is stopped"
+        worker.joined.hold.set_result(None)
+        await settled()
+        assert stream.acked == [(0, 0), (0, 1)]
+        assert {"e1", "e2"} <= dict(collector.state.entries(0)).keys(), \
+            "the join acknowledged records whose state it dropped"
+        agent.cancel()
+
+    asyncio.run(scenario())
+
+
 def test_records_fetched_before_a_revocation_are_left_to_the_replay(collector) -> None:
     """Processed after the revocation, they refilled the offset bookkeeping it had cleared, and their
     replay from the committed offset was then skipped as already processed and never acknowledged."""
