@@ -138,7 +138,10 @@ class FeaturizerProcessor:
                 # lost offset new without another check.
                 log.warning("%s[%d]@%d holds another event than the one applied there: the log lost its tail; "
                             "forgetting what was applied from there on", record.topic, record.partition, record.offset)
-                part.rewind(record.offset)
+                # The store's guard keeps a lost event's row over every older version, and the state
+                # keeps only the newest event's record, so the row of an entity's newest remaining
+                # event cannot be computed again: the row is deleted, until the entity's next event.
+                self.writer.discard(part.rewind(record.offset))
             if record.offset <= part.applied:
                 replayed += 1
                 outcome = self._replay(part, record, now)

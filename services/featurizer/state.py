@@ -180,9 +180,15 @@ class PartitionState:
         # An offset never seen in between held a record that was never decoded: not this one.
         return self._ids.get(offset, _UNSEEN) == event_id
 
-    def rewind(self, offset: int) -> None:
-        """Forget every event at ``offset`` or later, and that they were applied: the log lost them."""
+    def rewind(self, offset: int) -> list[str]:
+        """Forget every event at ``offset`` or later, and that they were applied: the log lost them.
+
+        Returns the entities whose newest event was lost: their row in the store is that event's.
+        """
+        lost_rows = []
         for entity_key, entity in list(self.entities.items()):
+            if entity.latest_key & OFFSET_MASK >= offset:
+                lost_rows.append(entity_key)
             if not entity.truncate(offset):
                 del self.entities[entity_key]
         self.watermark = max((entity.max_time for entity in self.entities.values()), default=-1)
@@ -190,6 +196,7 @@ class PartitionState:
         self.commit_offset = -1
         while self._id_offsets and self._id_offsets[-1] >= offset:
             del self._ids[self._id_offsets.pop()]
+        return lost_rows
 
     def sweep(self, forget_after: int) -> int:
         """Drop every entity forgotten by the rule above; returns how many were dropped."""

@@ -11,7 +11,9 @@ store never holds the vectors up:
   Rows pending at a crash are written again when the partition's state is rebuilt
   (docs/featurizer.md).
 
-Writes are guarded by (event time, offset) in the store, so retries and replays are no-ops.
+Writes are guarded by (event time, offset) in the store, so retries and replays are no-ops. The
+guard also keeps a row that must go back, a lost event's (docs/featurizer.md, "Replays"): such
+a row is deleted (:meth:`discard`), after every row queued before and before any queued after.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ class FeatureRowWriter:
         self.group = group
         self.chunk_size = chunk_size
         self._pending: dict[str, FeatureWrite] = {}
+        # Entities whose stored row is to be deleted; a pending row of one of them was queued later.
+        self._deletes: set[str] = set()
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stopping = threading.Event()
@@ -52,7 +56,7 @@ class FeatureRowWriter:
 
     @property
     def pending(self) -> int:
-        return len(self._pending)
+        return len(self._pending) + len(self._deletes)
 
     def submit(self, writes: Iterable[FeatureWrite]) -> None:
         """Queue rows; of two rows of one entity only the greater version is kept."""
@@ -62,20 +66,36 @@ class FeatureRowWriter:
             _merge(self._pending, writes)
         self._wake.set()
 
+    def discard(self, entity_keys: Iterable[str]) -> None:
+        """Delete the rows of ``entity_keys``, with those queued for them: rows the guard would
+        keep over any older version. Rows queued later are written after the delete."""
+        if self.store is None:
+            return
+        with self._lock:
+            for entity_key in entity_keys:
+                self._pending.pop(entity_key, None)
+                self._deletes.add(entity_key)
+        self._wake.set()
+
     def flush(self, now_ms: int | None = None) -> bool:
         """Write what is pending now, unless backing off after a failure; True when nothing is left."""
-        if self.store is None or not self._pending:
+        if self.store is None or not (self._pending or self._deletes):
             return True
         if self._monotonic() < self._next_attempt:
             return False
         with self._lock:
             rows, self._pending = self._pending, {}
-        unwritten = self._write(list(rows.values()), now_ms)
-        if unwritten:
+            deletes, self._deletes = self._deletes, set()
+        deleted = not deletes or self._delete(deletes, len(deletes) + len(rows))
+        unwritten = self._write(list(rows.values()), now_ms) if deleted else list(rows.values())
+        if unwritten or not deleted:
             with self._lock:
                 # Rows queued meanwhile are newer or equal; keep the greater version of each entity.
-                _merge(self._pending, unwritten)
-        return not unwritten
+                # A row whose entity was discarded meanwhile is one to delete, not to write.
+                _merge(self._pending, [write for write in unwritten if write.entity_key not in self._deletes])
+                if not deleted:
+                    self._deletes |= deletes
+        return not unwritten and deleted
 
     # -- the background thread ------------------------------------------------------------------
 
@@ -115,6 +135,16 @@ class FeatureRowWriter:
             self._failed(exc, self.pending)
 
     # -- one attempt ----------------------------------------------------------------------------
+
+    def _delete(self, entity_keys: set[str], pending: int) -> bool:
+        """Delete the rows of ``entity_keys``; False when the store failed (``pending`` changes wait)."""
+        assert self.store is not None
+        try:
+            self.store.delete_entities(self.group, sorted(entity_keys))
+        except Exception as exc:  # noqa: BLE001 - as for writes: whatever the failure, the next attempt
+            self._failed(exc, pending)
+            return False
+        return True
 
     def _write(self, rows: list[FeatureWrite], now_ms: int | None) -> list[FeatureWrite]:
         """Write ``rows`` in chunks; returns the rows that were not written."""

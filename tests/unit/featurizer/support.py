@@ -195,7 +195,9 @@ class MemoryStore(FeatureStore):
         raise NotImplementedError
 
     def delete_entities(self, group: str, entity_keys: Sequence[str]) -> int:
-        raise NotImplementedError
+        if self.down:
+            raise FeatureStoreUnavailable("store is down")
+        return sum(self.rows.pop((group, key), None) is not None for key in entity_keys)
 
     def close(self) -> None:
         pass

@@ -130,10 +130,30 @@ def test_new_events_at_offsets_the_broker_lost_are_applied_and_the_lost_ones_for
     assert set(part.entities) == {"a", "b"}
     assert [key & OFFSET_MASK for key in part.entities["a"].keys] == [0, 1, 2], "the lost events left the window"
     assert store.rows[("features", "b")].sequence == 4
+    assert ("features", "a") not in store.rows, "a's row was its lost event's"
     state = _snapshot(proc)
     assert vectors(proc.process(survivors + reused)) == got and _snapshot(proc) == state, "replayed, not rewound"
     after = vectors(proc.process(records([event(5, "a", 6_000)], first_offset=5)))
     assert after["e5"]["numeric"]["count"] == 4.0
+
+
+@pytest.mark.parametrize("first_batches", [[7], [4, 3]], ids=["in-the-latest-batch", "older"])
+def test_rows_of_events_the_broker_lost_leave_the_store(first_batches) -> None:
+    """A lost event's row outranks the rows of the events left: it is deleted, not left to serve."""
+    store = MemoryStore()
+    proc = processor(make_spec(COUNT_1M), store=store)
+    kept = [event(0, "a", 1_000), event(1, "b", 1_500), event(2, "d", 1_800), event(3, "a", 2_000)]
+    lost = [event(4, "a", 5_000), event(5, "b", 5_500), event(6, "c", 6_000)]
+    run_batches(proc, records(kept + lost), sizes=first_batches)
+    assert {entity for _group, entity in store.rows} == {"a", "b", "c", "d"}
+    reused = records([event(90, "a", 3_000), event(91, "e", 7_000)], first_offset=4)
+    proc.process(records(kept) + reused)
+    rows = {entity: (row.event_time_ms, row.sequence, row.numeric["count"])
+            for (_group, entity), row in store.rows.items()}
+    assert rows == {"a": (3_000, 4, 3.0), "d": (1_800, 2, 1.0), "e": (7_000, 5, 1.0)}, \
+        "a: the new event's row, though older; b: its newest event lost; c: all its events lost"
+    proc.process(records([event(92, "b", 3_000)], first_offset=6))
+    assert (store.rows[("features", "b")].event_time_ms, store.rows[("features", "b")].sequence) == (3_000, 6)
 
 
 def test_a_failure_while_featurizing_one_event_dead_letters_it_and_keeps_state(monkeypatch) -> None:
