@@ -4,11 +4,17 @@ the model timeline and alerts.
 Pure: fed decoded records (as the topics' Avro schemas define them) in any order and with
 duplicates (delivery is at least once), it keeps what the dashboard shows, bounded. Records are
 keyed by what identifies them, so a replayed record replaces itself instead of counting twice
-(a copy that comes more than ``history`` records of its kind after the first would count again).
+(a copy that comes more than ``history`` records of its kind after the first is kept as new, and
+a drift detection counted again; promotions and rollbacks never are, below).
 
 The summary's counts are not the lengths of those bounded lists: drift detections are counted as
 they first arrive, and promotions and rollbacks that leave the kept history are folded into
-counts first, so the tiles go on counting from the start after months of deployments.
+counts first, so the tiles go on counting from the start after months of deployments. They are
+folded in decision order, (decided_at, decision_id), the order they reach their topic (one
+partition, written by the publisher's active replica as it decides) but for clock differences
+between hosts, far less than ``history`` decisions. So a promotion or rollback ordered before the
+last one folded was counted when it first came, and a copy of it, however late, is not counted
+again; remembering the keys folded instead would grow with every decision.
 
 Figures per model version are kept for at most ``MODEL_VERSIONS_KEPT`` versions: a loop that
 retrains for months makes thousands of versions, and the page reads them all on every poll.
@@ -89,7 +95,7 @@ class RecordViews:
         self._changes: dict[tuple[Any, ...], dict[str, Any]] = {}
         self._settled: Counter[str] = Counter()
         self._settled_on_trial: set[str] = set()
-        self._settled_keys = _Bounded(history)  # so a late copy of a folded decision is not counted again
+        self._settled_through: tuple[int, str] | None = None  # the last folded, in decision order
         self.records = {role: 0 for role in ROLES}
 
     def add(self, role: str, key: str | None, value: dict[str, Any] | None) -> None:
@@ -173,15 +179,16 @@ class RecordViews:
             "reason": value["reason"], "automatic": value.get("automatic", True),
             "evidence": {k: finite(v) for k, v in (value.get("evidence") or {}).items()},
         }
-        if entry["kind"] in ("PROMOTE", "ROLLBACK") and key not in self._settled_keys:
+        if entry["kind"] in ("PROMOTE", "ROLLBACK") and \
+                (self._settled_through is None or _decision_order(key) > self._settled_through):
             self._changes[key] = entry
             if len(self._changes) > self._history:
                 self._settle_oldest_change()
 
     def _settle_oldest_change(self) -> None:
-        key = min(self._changes, key=lambda k: self._changes[k]["at"])
+        key = min(self._changes, key=_decision_order)
         self._settled[champion_change(self._changes.pop(key), self._settled_on_trial)] += 1
-        self._settled_keys[key] = True
+        self._settled_through = _decision_order(key)
 
     # -- output ------------------------------------------------------------------------------
 
@@ -205,7 +212,8 @@ class RecordViews:
         """Each PROMOTE and ROLLBACK decision in time order, with what it did to the champion
         (``streamloop.ml.registry.champion_change``). Only the latest ``history`` of them: the
         older ones are in the summary's counts alone."""
-        return champion_changes(sorted(self._changes.values(), key=lambda e: e["at"]), self._settled_on_trial)
+        ordered = sorted(self._changes.items(), key=lambda item: _decision_order(item[0]))
+        return champion_changes([entry for _key, entry in ordered], self._settled_on_trial)
 
     def charts(self) -> dict[str, dict[str, Any]]:
         marks = [_mark(entry, change) for entry, change in self.champion_changes()]
@@ -286,6 +294,13 @@ class RecordViews:
             "promotions": changes["promotion"], "rollbacks": changes["rollback"],
             "canary_rollbacks": changes["canary_rollback"], "active_alerts": len(self._active_alerts()),
         }
+
+
+def _decision_order(key: tuple[Any, ...]) -> tuple[int, str]:
+    """A decision's key (``_on_model_decisions``) as (decided_at, decision_id): decisions made in
+    the same millisecond have an order too, the same however the records arrive."""
+    _kind, decision_id, decided_at = key
+    return decided_at, decision_id
 
 
 def _mark(entry: dict[str, Any], change: str) -> dict[str, Any]:

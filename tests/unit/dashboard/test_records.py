@@ -201,3 +201,19 @@ def test_counts_go_on_past_the_kept_history_and_still_tell_a_canary_s_failed_tri
     assert (summary["promotions"], summary["rollbacks"], summary["canary_rollbacks"]) == (2, 1, 1)
     assert summary["drift_detections"] == 5 and len(views.detections()) == 2
     assert [m["label"] for m in views.charts()["accuracy"]["marks"]] == ["PROMOTE v4", "ROLLBACK v2"]
+
+
+def test_a_copy_of_a_folded_decision_is_not_counted_again_however_late():
+    views = RecordViews(history=2)
+    decisions = [decision("PROMOTE", T0, "v1", None, decision_id="v1:promote")]
+    decisions += [decision("PROMOTE", T0 + n * 10_000, f"v{n}", f"v{n - 1}", decision_id=f"v{n}:promote")
+                  for n in range(2, 12)]
+    for record in decisions:
+        views.add("model_decisions", "fraud", record)
+    counted = views.summary()
+    assert (counted["promotions"], counted["rollbacks"]) == (10, 0)
+    for record in decisions:  # the whole topic read again (a consumer reset to its start)
+        views.add("model_decisions", "fraud", record)
+    assert views.summary() == counted
+    views.add("model_decisions", "fraud", decision("ROLLBACK", T0 + 200_000, "v10", "v11", decision_id="v11:rollback"))
+    assert views.summary()["rollbacks"] == 1, "a new decision still counts"
