@@ -16,8 +16,9 @@ publishes the candidates it hands back. How a rebuild trains is rebuild.py.
   demo: the rebuild's window was about a third post-drift, its candidate no better than the
   champion). Once ``retrain.rebuild_window`` examples of the new concept have arrived, the
   window the reader replays from Kafka is exactly those.
-- After a restart the schedule runs from the last rebuild before the process (``ScheduleStart``,
-  resume.py), not from its start.
+- The schedule runs from the end of the last rebuild, when its candidate was created: the one
+  time a restart can read back (``ScheduleStart``, resume.py), so that a restart leaves the
+  schedule where it was, rather than starting it over or moving it by a rebuild's duration.
 - A rebuild that fails (the artifact store or the window read down, say) is tried again with
   backoff, up to ``REBUILD_ATTEMPTS`` in all: a drift's rebuild is its answer to the new concept,
   and the next trigger may be a long way off. A rebuild with too few examples is not failed, and
@@ -197,6 +198,8 @@ class RebuildScheduler:
             self._failed(attempt)
             return []
         log.info("%s candidate %s: %s", attempt.trigger, record["version"], record["heldout_metrics"])
+        # Not the rebuild's start, which no record keeps: a restart would count from this time instead.
+        self._last_rebuild_ms = record["created_at"]
         return [record]
 
     def _failed(self, attempt: _Attempt) -> None:

@@ -293,3 +293,36 @@ def test_a_retrainer_restarted_more_often_than_its_schedule_still_rebuilds_on_it
     assert [(c["trigger"], c["created_at"]) for _, c in topic] == [("SCHEDULE", T0 + 24 * HOUR),
                                                                    ("SCHEDULE", T0 + 48 * HOUR)], \
         "every 24 hours from the bootstrap champion's deployment"
+
+
+def test_a_restart_leaves_the_schedule_where_it_was(demo_pipeline, tmp_path):
+    """A rebuild takes a while, and its candidate is created as it ends: the one time a restart
+    can read back. The schedule runs from there in a process that goes on, too."""
+    spec = with_policy(demo_pipeline, retrain={"online_publish_every_labels": None, "online_publish_every": None,
+                                               "rebuild_window": 200, "schedule": 24 * HOUR})
+
+    def created(lifetimes: list[tuple[int, int]]) -> list[int]:
+        topic: list = []  # the candidates topic: (timestamp, candidate)
+        history = FakeHistory({"cand": {0: topic}}, committed={})
+        for start, end in lifetimes:
+            harness = Harness(spec, tmp_path, window=labeled(200))
+            harness.now = start
+
+            def slow_window(size: int, harness: Harness = harness) -> list:
+                harness.now += HOUR  # reading the window, training, storing the artifact
+                return harness.read_window(size)
+
+            resume = KafkaResume(history, labeled_topic="lab", candidates_topic="cand", pipeline=spec.name,
+                                 limit=100)
+            harness.processor = RetrainerProcessor(spec, TOPICS, harness.table, harness.store, slow_window,
+                                                   clock=lambda harness=harness: harness.now,
+                                                   schedule_start=resume.schedule_start)
+            harness.processor.prepare()
+            for now in range(start, end, HOUR // 6):
+                harness.now = max(harness.now, now)
+                topic += [(harness.now, c) for c in candidates(harness.processor.tick(harness.now))]
+        return [c["created_at"] for _, c in topic]
+
+    uninterrupted = created([(T0, T0 + 60 * HOUR)])
+    assert uninterrupted == [T0 + 25 * HOUR, T0 + 50 * HOUR], "every 24 hours from the last rebuild's candidate"
+    assert created([(T0, T0 + 30 * HOUR), (T0 + 30 * HOUR, T0 + 60 * HOUR)]) == uninterrupted
