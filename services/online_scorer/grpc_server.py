@@ -181,6 +181,14 @@ def _check_listen_address(host: str, port: int) -> None:
         raise ScorerError(f"cannot listen for gRPC on {host}:{port}: {exc.strerror or exc}") from exc
 
 
+def _release_ports(server: grpc.Server) -> None:
+    """Free the ports of a server that is bound but was never started: grpcio's stop() does nothing
+    before start(), and such a server holds its ports even once garbage-collected, until the
+    process exits. Started only to be stopped at once: stop(None) cancels any call that reached it."""
+    server.start()
+    server.stop(None).wait()
+
+
 class ScoringServer:
     """The gRPC server: scoring, health and reflection, on a thread pool."""
 
@@ -215,7 +223,11 @@ class ScoringServer:
         self.health_server: grpc.Server | None = None
         self.health_port: int | None = None
         if health_port is not None:
-            self.health_server, self.health_port = self._plaintext_health(host, health_port)
+            try:
+                self.health_server, self.health_port = self._plaintext_health(host, health_port)
+            except BaseException:
+                _release_ports(self.server)
+                raise
         self.set_serving(False)
 
     def _plaintext_health(self, host: str, port: int) -> tuple[grpc.Server, int]:
@@ -225,12 +237,14 @@ class ScoringServer:
                              maximum_concurrent_rpcs=16)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         _check_listen_address(host, port)
+        # The setting is named because TLS opens this port even when it is unset.
+        where = f"gRPC health on {host}:{port} (SCORER_HEALTH_PORT)"
         try:
             bound = server.add_insecure_port(f"{host}:{port}")
         except RuntimeError as exc:
-            raise ScorerError(f"cannot listen for gRPC health on {host}:{port}: {exc}") from exc
+            raise ScorerError(f"cannot listen for {where}: {exc}") from exc
         if bound == 0:
-            raise ScorerError(f"cannot listen for gRPC health on {host}:{port}")
+            raise ScorerError(f"cannot listen for {where}")
         return server, bound
 
     @property

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -16,7 +17,7 @@ from prometheus_client import generate_latest
 
 from services.online_scorer import scoring as scoring_module
 from services.online_scorer.client import score
-from services.online_scorer.errors import ScoreFailed, ScorerUnreachable
+from services.online_scorer.errors import ScoreFailed, ScorerError, ScorerUnreachable
 from services.online_scorer.grpc_server import ScoringServer
 from services.online_scorer.grpc_service import SERVICE_NAME, RequestLimits, ScoringServicer
 from services.online_scorer.models import ModelHolder
@@ -390,6 +391,22 @@ def test_health_and_graceful_stop_finish_in_flight_calls(spec, artifacts, metric
     stopper.join(10)
     assert not stopper.is_alive(), "the graceful stop finished"
     s.channel.close()
+
+
+def test_a_health_port_it_cannot_bind_frees_the_grpc_port_and_names_the_setting(spec, artifacts) -> None:
+    servicer = ScoringServicer(spec, ModelHolder(spec, artifacts), MemoryFeatureStore())
+    grpc_port = free_port()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        health_port = taken.getsockname()[1]
+        with pytest.raises(ScorerError) as info:
+            ScoringServer(servicer, port=grpc_port, health_port=health_port)
+    message = str(info.value)
+    assert message.startswith(f"cannot listen for gRPC health on 127.0.0.1:{health_port} (SCORER_HEALTH_PORT): ")
+    assert "\n" not in message
+    with socket.socket() as probe:  # refused while the bound, never started scoring server holds it
+        probe.bind(("127.0.0.1", grpc_port))
 
 
 def test_reflection_lists_the_services(served: Served) -> None:
