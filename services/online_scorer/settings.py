@@ -49,12 +49,21 @@ class ScorerSettings(BaseSettings):
                                             description="PEM CA of client certificates: require mutual TLS.")
     health_port: int | None = Field(
         default=None, ge=0, le=65535,
-        description="Plaintext port serving only grpc.health.v1, on grpc_host; unset: 50052 with TLS, else none.")
+        description="Plaintext port serving only grpc.health.v1, on grpc_host; unset: 50052 with TLS, else none. "
+                    "Not 0: probes need a fixed port.")
 
     @field_validator("auth_token", mode="before")
     @classmethod
     def _secret_from_file(cls, value: Any) -> Any:
         return _read_secret_file(value)
+
+    @field_validator("health_port")
+    @classmethod
+    def _health_port_fixed(cls, value: int | None) -> int | None:
+        if value == 0:
+            raise ValueError("must be a fixed port, not 0: the probes (kubelet's, deploy/healthcheck.py) take it "
+                             "from the environment")
+        return value
 
     @model_validator(mode="after")
     def _tls_files_together(self) -> ScorerSettings:

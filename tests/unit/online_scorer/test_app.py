@@ -23,6 +23,14 @@ def test_an_invalid_setting_exits_2_with_one_line(monkeypatch, capsys) -> None:
     assert err.startswith("online-scorer: invalid settings: grpc_port") and "\n" not in err
 
 
+def test_a_health_port_of_0_exits_2_with_one_line(monkeypatch, capsys) -> None:
+    monkeypatch.setenv("SCORER_HEALTH_PORT", "0")
+    assert app.main() == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("online-scorer: invalid settings: health_port (SCORER_HEALTH_PORT): ") and "\n" not in err
+    assert "fixed" in err
+
+
 def test_a_missing_spec_exits_2_with_one_line(monkeypatch, capsys, tmp_path) -> None:
     monkeypatch.setenv("STREAMLOOP_PIPELINE", str(tmp_path / "missing.yaml"))
     assert app.main() == 2

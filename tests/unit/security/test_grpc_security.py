@@ -22,6 +22,7 @@ from services.online_scorer.grpc_service import SERVICE_NAME, ScoringServicer
 from services.online_scorer.models import ModelHolder
 from services.online_scorer.settings import ScorerClientSettings, ScorerSettings
 from streamloop.contracts.generated.scoring.v1 import scoring_pb2, scoring_pb2_grpc
+from streamloop.stack.process import free_port
 from streamloop.store import FeatureWrite
 from tests.unit.online_scorer.fakes import MemoryFeatureStore, publish, slot_key, trained_model
 from tests.unit.security.conftest import Pki
@@ -200,13 +201,14 @@ def test_a_tls_scorer_answers_probes_in_plaintext_on_its_health_port_and_nothing
     monkeypatch.setenv("SCORER_AUTH_TOKEN", TOKEN)
     monkeypatch.setenv("SCORER_GRPC_PORT", "0")
     assert ScorerSettings().plaintext_health_port() == 50052  # what the manifests probe
-    monkeypatch.setenv("SCORER_HEALTH_PORT", "0")
+    health_port = free_port()
+    monkeypatch.setenv("SCORER_HEALTH_PORT", str(health_port))
     store = MemoryFeatureStore()
     holder = ModelHolder(spec, artifacts)
     server = grpc_server(ScorerSettings(), ScoringServicer(spec, holder, store, clock=lambda: NOW), None).start()
     try:
         probe = f"127.0.0.1:{server.health_port}"
-        assert server.health_port not in (None, 0, server.port)
+        assert server.health_port == health_port != server.port
         assert _health(probe) == _health(probe, SERVICE_NAME) == health_pb2.HealthCheckResponse.NOT_SERVING
         server.set_serving(True)
         assert _health(probe) == _health(probe, SERVICE_NAME) == health_pb2.HealthCheckResponse.SERVING
