@@ -2,7 +2,18 @@
 
 from __future__ import annotations
 
+from confluent_kafka import KafkaError, KafkaException
+
 TOPIC = "features.feature-vector.v1"
+
+
+def fatal_error_as_system_error() -> SystemError:
+    """A producer's fatal error as confluent-kafka can raise it out of poll() or flush(): a SystemError
+    caused by the KafkaException (a delivery callback ran with the error still set)."""
+    error = SystemError("<built-in function monotonic> returned a result with an exception set")
+    error.__cause__ = KafkaException(KafkaError(KafkaError.OUT_OF_ORDER_SEQUENCE_NUMBER,
+                                                "sequence desynchronization with broker 1", fatal=True))
+    return error
 
 
 class FakeMessage:

@@ -24,6 +24,7 @@ from services.online_scorer.processor import ScoringProcessor
 from services.online_scorer.settings import ScorerSettings
 from streamloop.contracts import TopicSpec
 from streamloop.kafka import KafkaSettings, StageRunner
+from streamloop.kafka.exceptions import unwrapped_kafka_exceptions
 from streamloop.kafka.table_reader import CompactedTopicReader
 from streamloop.serde import Serde
 from streamloop.service import ServiceContext
@@ -45,12 +46,15 @@ class KafkaAlertPublisher:
         self._serde = serde
 
     def __call__(self, alert: dict[str, Any]) -> None:
-        self._producer.produce(self._topic.name, key=self._topic.key_of(alert).encode(),
-                               value=self._serde.encode(alert), on_delivery=_report_delivery)
-        self._producer.poll(0)
+        with unwrapped_kafka_exceptions():  # the model holder reports why an alert was not sent
+            self._producer.produce(self._topic.name, key=self._topic.key_of(alert).encode(),
+                                   value=self._serde.encode(alert), on_delivery=_report_delivery)
+            self._producer.poll(0)
 
     def close(self, timeout_s: float = 10.0) -> None:
-        if self._producer.flush(timeout_s):
+        with unwrapped_kafka_exceptions():
+            undelivered = self._producer.flush(timeout_s)
+        if undelivered:
             log.warning("some alerts were not delivered before shutdown")
 
 

@@ -1,3 +1,6 @@
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from confluent_kafka import KafkaError, KafkaException
 
 from streamloop.errors import StreamloopError
@@ -60,3 +63,19 @@ def kafka_exception_of(exc: BaseException) -> KafkaException | None:
             return seen
         seen = seen.__cause__ or seen.__context__
     return None
+
+
+@contextmanager
+def unwrapped_kafka_exceptions() -> Iterator[None]:
+    """Raise the SystemError that carries a KafkaException (``kafka_exception_of``) as that KafkaException,
+    so that code around a producer's produce, poll and flush catches and reports one kind of error.
+
+    The SystemError is left out of the chain: it names only the builtin that happened to run next.
+    """
+    try:
+        yield
+    except SystemError as exc:
+        kafka = kafka_exception_of(exc)
+        if kafka is None:
+            raise
+        raise kafka from None
