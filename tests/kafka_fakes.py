@@ -7,12 +7,17 @@ from confluent_kafka import KafkaError, KafkaException
 TOPIC = "features.feature-vector.v1"
 
 
+def fatal_kafka_exception() -> KafkaException:
+    """A producer's fatal error: the broker lost its idempotence state."""
+    return KafkaException(KafkaError(KafkaError.OUT_OF_ORDER_SEQUENCE_NUMBER,
+                                     "sequence desynchronization with broker 1", fatal=True))
+
+
 def fatal_error_as_system_error() -> SystemError:
     """A producer's fatal error as confluent-kafka can raise it out of poll() or flush(): a SystemError
     caused by the KafkaException (a delivery callback ran with the error still set)."""
     error = SystemError("<built-in function monotonic> returned a result with an exception set")
-    error.__cause__ = KafkaException(KafkaError(KafkaError.OUT_OF_ORDER_SEQUENCE_NUMBER,
-                                                "sequence desynchronization with broker 1", fatal=True))
+    error.__cause__ = fatal_kafka_exception()
     return error
 
 

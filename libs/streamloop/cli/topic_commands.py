@@ -27,6 +27,7 @@ from streamloop.cli.connection import (
 from streamloop.contracts import CatalogError
 from streamloop.contracts.catalog import DEAD_LETTER_SUFFIX
 from streamloop.kafka.dead_letters import read_error_headers
+from streamloop.kafka.exceptions import kafka_error_of, unwrapped_kafka_exceptions
 from streamloop.kafka.lag import group_lag
 from streamloop.serde import Serde, SerdeError
 
@@ -65,38 +66,44 @@ def produce(
 
     total = len(lines) if isinstance(lines, list) else None
     produced = 0
-    with Progress(transient=True, disable=total is None) as progress:
-        task = progress.add_task(f"producing to {topic}", total=total)
-        for number, line in enumerate(lines, start=1):
-            if isinstance(line, bytes):
+    try:
+        with unwrapped_kafka_exceptions(), Progress(transient=True, disable=total is None) as progress:
+            task = progress.add_task(f"producing to {topic}", total=total)
+            for number, line in enumerate(lines, start=1):
+                if isinstance(line, bytes):
+                    try:
+                        line = line.decode("utf-8")
+                    except UnicodeDecodeError as exc:
+                        producer.flush(30)
+                        raise fail(f"line {number}: not UTF-8 text (byte {exc.start} of the line); "
+                                   f"{_records(produced)} produced before it") from None
+                if not line.strip():
+                    continue
                 try:
-                    line = line.decode("utf-8")
-                except UnicodeDecodeError as exc:
+                    record = json.loads(line)
+                    if not isinstance(record, dict):
+                        producer.flush(30)
+                        raise fail(f"line {number}: a JSON {type(record).__name__}, not an object; "
+                                   f"{_records(produced)} produced before it")
+                    value = serde.encode(record)
+                    key = spec.key_of(record)
+                except json.JSONDecodeError as exc:
                     producer.flush(30)
-                    raise fail(f"line {number}: not UTF-8 text (byte {exc.start} of the line); "
+                    raise fail(f"line {number}: not JSON ({exc.msg}); "
                                f"{_records(produced)} produced before it") from None
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-                if not isinstance(record, dict):
+                except (SerdeError, KeyError) as exc:
                     producer.flush(30)
-                    raise fail(f"line {number}: a JSON {type(record).__name__}, not an object; "
-                               f"{_records(produced)} produced before it")
-                value = serde.encode(record)
-                key = spec.key_of(record)
-            except json.JSONDecodeError as exc:
-                producer.flush(30)
-                raise fail(f"line {number}: not JSON ({exc.msg}); {_records(produced)} produced before it") from None
-            except (SerdeError, KeyError) as exc:
-                producer.flush(30)
-                raise fail(f"line {number}: invalid {spec.schema.name}: {exc}; "
-                           f"{_records(produced)} produced before it") from None
-            producer.produce(spec.name, value=value, key=key.encode(), on_delivery=on_delivery)
-            producer.poll(0)
-            produced += 1
-            progress.advance(task)
-    producer.flush(60)
+                    raise fail(f"line {number}: invalid {spec.schema.name}: {exc}; "
+                               f"{_records(produced)} produced before it") from None
+                producer.produce(spec.name, value=value, key=key.encode(), on_delivery=on_delivery)
+                produced += 1  # handed to the producer: counted even if poll() then fails
+                producer.poll(0)
+                progress.advance(task)
+            producer.flush(60)
+    except KafkaException as exc:
+        error = kafka_error_of(exc)
+        raise fail(f"the Kafka producer failed ({error.str() if error is not None else exc}) after "
+                   f"{_records(produced)}; some may not have been written") from None
     if failures:
         raise fail(f"{_records(len(failures))} not acknowledged: {failures[0]}")
     print(f"produced {_records(produced)} to {spec.name}", file=sys.stderr)

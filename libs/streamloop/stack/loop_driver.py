@@ -24,6 +24,7 @@ from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
 from streamloop.contracts import Catalog, PipelineSpec
 from streamloop.kafka.configuration import KafkaSettings
+from streamloop.kafka.exceptions import unwrapped_kafka_exceptions
 from streamloop.kafka.pacing import FetchPacer
 from streamloop.ml.training import training_pair
 from streamloop.serde import Serde, SerdeError
@@ -288,7 +289,8 @@ class LoopDriver:
             deliveries.check()
             self._send_due_labels(producer, label_topic.name, label_serde, pending_labels, time.monotonic())
             time.sleep(0.01)
-        undelivered = producer.flush(FLUSH_TIMEOUT_S)
+        with unwrapped_kafka_exceptions():
+            undelivered = producer.flush(FLUSH_TIMEOUT_S)
         deliveries.check()
         if undelivered:
             raise DeliveryError(f"{undelivered} of the demo's events and labels were still not delivered "
@@ -329,13 +331,15 @@ class LoopDriver:
 
     @staticmethod
     def _produce(producer: Producer, topic: str, key: str, value: bytes) -> None:
-        while True:
-            try:
-                producer.produce(topic, value=value, key=key.encode())
-                producer.poll(0)
-                return
-            except BufferError:
-                producer.poll(0.05)
+        # The demo names the producing thread's error: a fatal one as its KafkaException, not as a SystemError.
+        with unwrapped_kafka_exceptions():
+            while True:
+                try:
+                    producer.produce(topic, value=value, key=key.encode())
+                    producer.poll(0)
+                    return
+                except BufferError:
+                    producer.poll(0.05)
 
     def wait_for_labels(self, timeout_s: float, on_wait: Callable[[], None] | None = None) -> bool:
         """Until every label sent came back joined or unmatched (the collector caught up).

@@ -11,6 +11,7 @@ from streamloop.cli import topic_commands
 from streamloop.cli.connection import Connection
 from streamloop.cli.main import app
 from streamloop.contracts import load_catalog
+from tests.kafka_fakes import fatal_error_as_system_error, fatal_kafka_exception
 
 TRANSACTION = {"transaction_id": "t1", "card_id": "c", "timestamp": 1_700_000_000_000, "amount": 1.0,
                "merchant_category": "fuel", "country": "DE", "customer_tier": "gold", "card_present": True,
@@ -60,3 +61,19 @@ def test_utf8_standard_input_is_produced(producers) -> None:
     assert result.exit_code == 0, result.output
     assert result.output == "produced 3 records to payments.transaction.v1\n"
     assert len(producers[0].produced) == 3 and all("café".encode() in v for v in producers[0].produced)
+
+
+@pytest.mark.parametrize("failing", ["poll", "flush"])
+@pytest.mark.parametrize("raised", [fatal_error_as_system_error, fatal_kafka_exception],
+                         ids=["as a SystemError", "as a KafkaException"])
+def test_a_fatal_producer_error_ends_in_one_line_naming_it(producers, monkeypatch, failing, raised) -> None:
+    def fail(*_args) -> int:
+        raise raised()
+
+    monkeypatch.setattr(Producer, failing, fail)
+    stdin = "\n".join(json.dumps({**TRANSACTION, "transaction_id": f"t{i}"}) for i in range(2))
+    result = CliRunner().invoke(app, ["produce", "payments.transaction.v1"], input=stdin.encode())
+    assert result.exit_code == 1, result.output
+    produced = "1 record" if failing == "poll" else "2 records"
+    assert result.output == (f"streamloop: the Kafka producer failed (sequence desynchronization with broker 1) "
+                             f"after {produced}; some may not have been written\n")

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import pytest
-from confluent_kafka import KafkaError
+from confluent_kafka import KafkaError, KafkaException
 
 from streamloop.stack import loop_driver
 from streamloop.stack.exceptions import DeliveryError
 from streamloop.stack.loop_driver import LoopDriver
+from tests.kafka_fakes import fatal_error_as_system_error
 from tests.unit.stack.test_loop_driver_backpressure import events
 
 
@@ -61,3 +62,16 @@ def test_records_still_queued_after_the_flush_end_the_run(producers, card_driver
     with pytest.raises(DeliveryError, match="4 of the demo's events and labels were still not delivered"):
         card_driver.run(iter(events(10)), 10_000.0)
     assert len(card_driver.observed.produced_at_ms) == 10
+
+
+@pytest.mark.parametrize("failing", ["poll", "flush"])
+def test_a_fatal_producer_error_ends_the_run_as_its_kafka_exception(producers, card_driver: LoopDriver, monkeypatch,
+                                                                    failing) -> None:
+    # The demo reports the producing thread's error by its type and message: the broker's, not a
+    # builtin's SystemError (confluent-kafka raises a fatal error in that form from poll and flush).
+    def fail(*_args) -> int:
+        raise fatal_error_as_system_error()
+
+    monkeypatch.setattr(Producer, failing, fail)
+    with pytest.raises(KafkaException, match="sequence desynchronization with broker 1"):
+        card_driver.run(iter(events(10)), 10_000.0)
