@@ -17,6 +17,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, Topi
 
 from streamloop.contracts import Catalog, PipelineSpec
 from streamloop.kafka.configuration import KafkaSettings
+from streamloop.kafka.exceptions import kafka_error_of, unwrapped_kafka_exceptions
 from streamloop.ml.artifacts import ArtifactIdentity, ArtifactRef, ArtifactStore
 from streamloop.ml.exceptions import ModelError, RegistryError
 from streamloop.ml.registry import (
@@ -296,9 +297,16 @@ class RegistryClient:
             if error is not None:
                 failures.append(error.str())
 
-        for role, key, value in outputs:
-            encoded = None if value is None else self._serde_for(role).encode(value)
-            producer.produce(self.catalog[role].name, key=key.encode(), value=encoded, on_delivery=on_delivery)
-        remaining = producer.flush(30)
+        try:
+            with unwrapped_kafka_exceptions():
+                for role, key, value in outputs:
+                    encoded = None if value is None else self._serde_for(role).encode(value)
+                    producer.produce(self.catalog[role].name, key=key.encode(), value=encoded,
+                                     on_delivery=on_delivery)
+                remaining = producer.flush(30)
+        except KafkaException as exc:  # the callers report a RegistryError in one line
+            error = kafka_error_of(exc)
+            text = error.str() if error is not None else str(exc)
+            raise RegistryError(f"registry change not acknowledged: {text}") from exc
         if failures or remaining:
             raise RegistryError(f"registry change not acknowledged: {failures[:1] or f'{remaining} queued'}")
