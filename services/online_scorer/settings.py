@@ -73,6 +73,15 @@ class ScorerSettings(BaseSettings):
             raise ValueError("SCORER_TLS_CLIENT_CA_FILE (mutual TLS) needs SCORER_TLS_CERT_FILE and _KEY_FILE")
         return self
 
+    @model_validator(mode="after")
+    def _health_port_apart(self) -> ScorerSettings:
+        # gRPC binds with SO_REUSEPORT: both servers would bind the one port without an error, and
+        # the kernel would then split connections between scoring and the health-only server at random.
+        if self.plaintext_health_port() == self.grpc_port:
+            raise ValueError(f"SCORER_HEALTH_PORT ({self.grpc_port}) must differ from SCORER_GRPC_PORT: "
+                             "the health-only server has a port of its own")
+        return self
+
     def plaintext_health_port(self) -> int | None:
         """The port of the plaintext health-only server, or None when health is on the gRPC port.
 

@@ -31,6 +31,20 @@ def test_a_health_port_of_0_exits_2_with_one_line(monkeypatch, capsys) -> None:
     assert "fixed" in err
 
 
+@pytest.mark.parametrize("env", [{"SCORER_HEALTH_PORT": "50051"},
+                                 {"SCORER_GRPC_PORT": "50052", "SCORER_TLS_CERT_FILE": "c.pem",
+                                  "SCORER_TLS_KEY_FILE": "k.pem"}], ids=["set", "tls-default"])
+def test_a_health_port_equal_to_the_grpc_port_exits_2_with_one_line(monkeypatch, capsys, env) -> None:
+    """Bound twice without an error (SO_REUSEPORT), the port split connections between the scoring
+    server and the health-only one at random."""
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert app.main() == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("online-scorer: invalid settings: ") and "\n" not in err
+    assert "SCORER_HEALTH_PORT" in err and "SCORER_GRPC_PORT" in err
+
+
 def test_a_missing_spec_exits_2_with_one_line(monkeypatch, capsys, tmp_path) -> None:
     monkeypatch.setenv("STREAMLOOP_PIPELINE", str(tmp_path / "missing.yaml"))
     assert app.main() == 2
