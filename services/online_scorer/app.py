@@ -15,7 +15,7 @@ import threading
 import time
 from typing import Any
 
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from services.online_scorer.grpc_server import ScoringServer
 from services.online_scorer.grpc_service import RequestLimits, ScoringServicer
@@ -24,7 +24,7 @@ from services.online_scorer.processor import ScoringProcessor
 from services.online_scorer.settings import ScorerSettings
 from streamloop.contracts import TopicSpec
 from streamloop.kafka import KafkaSettings, StageRunner
-from streamloop.kafka.exceptions import unwrapped_kafka_exceptions
+from streamloop.kafka.exceptions import fatal_error_of, unwrapped_kafka_exceptions
 from streamloop.kafka.table_reader import CompactedTopicReader
 from streamloop.serde import Serde
 from streamloop.service import ServiceContext
@@ -41,19 +41,36 @@ class KafkaAlertPublisher:
     """Sends Alert records on the alerts topic with its own producer (alerts can precede the runner)."""
 
     def __init__(self, kafka: KafkaSettings, topic: TopicSpec, serde: Serde) -> None:
-        self._producer = Producer(kafka.producer())
+        self._config = kafka.producer()
+        self._producer = Producer(self._config)
         self._topic = topic
         self._serde = serde
 
     def __call__(self, alert: dict[str, Any]) -> None:
+        try:
+            self._send(alert)
+        except KafkaException as exc:
+            if fatal_error_of(exc) is None:
+                raise
+            # A producer past a fatal error (its idempotence state lost in a broker restart, say)
+            # refuses every later alert: the alert in hand goes again on a new one.
+            log.warning("alert producer: %s; sending the alert again on a new producer", exc)
+            self._producer = Producer(self._config)
+            self._send(alert)
+
+    def _send(self, alert: dict[str, Any]) -> None:
         with unwrapped_kafka_exceptions():  # the model holder reports why an alert was not sent
             self._producer.produce(self._topic.name, key=self._topic.key_of(alert).encode(),
                                    value=self._serde.encode(alert), on_delivery=_report_delivery)
             self._producer.poll(0)
 
     def close(self, timeout_s: float = 10.0) -> None:
-        with unwrapped_kafka_exceptions():
-            undelivered = self._producer.flush(timeout_s)
+        try:
+            with unwrapped_kafka_exceptions():
+                undelivered = self._producer.flush(timeout_s)
+        except KafkaException as exc:  # the scorer must still close its store and telemetry
+            log.warning("alert producer flush at shutdown: %s", exc)
+            return
         if undelivered:
             log.warning("some alerts were not delivered before shutdown")
 

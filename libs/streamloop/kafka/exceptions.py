@@ -65,6 +65,14 @@ def kafka_exception_of(exc: BaseException) -> KafkaException | None:
     return None
 
 
+def fatal_error_of(exc: BaseException) -> KafkaError | None:
+    """The fatal client error ``exc`` carries, itself or as the cause of a SystemError
+    (``kafka_exception_of``): a client that raised it is of no further use, only a new one is."""
+    kafka = kafka_exception_of(exc)
+    error = kafka_error_of(kafka) if kafka is not None else None
+    return error if error is not None and (error.fatal() or error.code() == KafkaError._FATAL) else None
+
+
 @contextmanager
 def unwrapped_kafka_exceptions() -> Iterator[None]:
     """Raise the SystemError that carries a KafkaException (``kafka_exception_of``) as that KafkaException,

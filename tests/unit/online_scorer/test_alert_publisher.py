@@ -23,15 +23,36 @@ class FatalProducer(FakeProducer):
         raise fatal_error_as_system_error()
 
 
-def test_a_fatal_producer_error_comes_out_as_its_kafka_exception(monkeypatch, catalog) -> None:
-    # The model holder logs why an alert was not sent: the broker's error, not a builtin's SystemError.
-    monkeypatch.setattr(app, "Producer", lambda _config: FatalProducer())
+def publisher_with(monkeypatch, catalog, *producers: FakeProducer) -> app.KafkaAlertPublisher:
+    """A publisher whose producers are ``producers``, one for each Producer() it creates."""
+    made = iter(producers)
+    monkeypatch.setattr(app, "Producer", lambda _config: next(made))
     topic = catalog["alerts"]
-    publisher = app.KafkaAlertPublisher(KafkaSettings(bootstrap_servers="127.0.0.1:1"), topic,
-                                        make_serde(topic.schema, catalog.repository, topic.name))
+    return app.KafkaAlertPublisher(KafkaSettings(bootstrap_servers="127.0.0.1:1"), topic,
+                                   make_serde(topic.schema, catalog.repository, topic.name))
+
+
+def test_after_a_fatal_producer_error_the_alert_goes_on_a_new_producer(monkeypatch, catalog, caplog) -> None:
+    # Kept, the failed producer refused every later alert until the scorer restarted.
+    healthy = FakeProducer()
+    publisher = publisher_with(monkeypatch, catalog, FatalProducer(), healthy)
+    alert = sample_record(catalog["alerts"].schema)
+    publisher(alert)
+    publisher(alert)
+    assert len(healthy.produced) == 2, "the alert in hand and the next went on the new producer"
+    assert "OUT_OF_ORDER_SEQUENCE_NUMBER" in caplog.text or "sequence desynchronization" in caplog.text
+
+
+def test_a_second_fatal_error_comes_out_as_its_kafka_exception(monkeypatch, catalog) -> None:
+    # The model holder logs why an alert was not sent: the broker's error, not a builtin's SystemError.
+    publisher = publisher_with(monkeypatch, catalog, FatalProducer(), FatalProducer())
     with pytest.raises(KafkaException) as sent:
-        publisher(sample_record(topic.schema))
-    with pytest.raises(KafkaException) as closed:
-        publisher.close(0)
-    for info in (sent, closed):
-        assert kafka_error_of(info.value).code() == KafkaError.OUT_OF_ORDER_SEQUENCE_NUMBER
+        publisher(sample_record(catalog["alerts"].schema))
+    assert kafka_error_of(sent.value).code() == KafkaError.OUT_OF_ORDER_SEQUENCE_NUMBER
+
+
+def test_a_fatal_error_at_close_is_logged_not_raised(monkeypatch, catalog, caplog) -> None:
+    # Raised, it skipped closing the store and telemetry, and the scorer left with a traceback.
+    publisher = publisher_with(monkeypatch, catalog, FatalProducer())
+    publisher.close(0)
+    assert "alert producer flush at shutdown" in caplog.text
