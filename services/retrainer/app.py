@@ -82,7 +82,7 @@ def build(settings: RetrainerSettings, install_global_telemetry: bool = True) ->
                          pipeline=ctx.pipeline.name, limit=settings.resume_max_labels)
     processor = RetrainerProcessor(ctx.pipeline, topics, table, store, window, policy=policy, executor=executor,
                                    metrics=telemetry.metrics, remember_events=settings.remember_events, resume=resume,
-                                   schedule_start=resume.schedule_start,
+                                   timer_starts=resume.timer_starts,
                                    max_candidate_bytes=settings.common.kafka.message_max_bytes)
     runner = ctx.runner(processor, inputs=["labeled_examples", "drift_events"], outputs=["model_candidates"],
                         metrics=telemetry.metrics)

@@ -20,7 +20,8 @@ window reader and the executor a rebuild runs on), so it is tested without a bro
 - After a restart or a takeover, the first champion the process loads comes with the labels its
   line had learned since it (``resume``, resume.py), before the runner joins the group: the
   restarted learner has learned what the killed one had, and the runner delivers again what that
-  one read but did not commit.
+  one read but did not commit. The schedule and time-based online publishing run from their last
+  candidates before the restart, read back (``timer_starts``), not from the process's start.
 """
 
 from __future__ import annotations
@@ -39,10 +40,9 @@ from services.retrainer.rebuild_policy import (
     InlineExecutor,
     RebuildPolicy,
     RebuildScheduler,
-    ScheduleStart,
     WindowReader,
 )
-from services.retrainer.resume import Resumed
+from services.retrainer.resume import Resumed, TimerStarts
 from streamloop.contracts.pipeline import PipelineSpec
 from streamloop.kafka.dead_letters import STAGE_PROCESS
 from streamloop.kafka.records import ConsumedRecord, OutgoingRecord, ProcessResult, Rejection
@@ -59,6 +59,9 @@ PUBLISH_RETRY_MS = 10_000
 PUBLISH_RETRY_MAX_MS = 300_000
 # The labeled examples the given champion's line had learned before this process started.
 ResumeReader = Callable[[dict[str, Any]], Resumed]
+# (now, retrain.schedule, retrain.online_publish_every, the champion's deployment or None) -> when
+# each timer runs from after a restart: its last candidate before this process.
+TimerStartsReader = Callable[[int, int | None, int | None, dict[str, Any] | None], TimerStarts]
 
 
 @dataclass(frozen=True)
@@ -73,7 +76,7 @@ class RetrainerProcessor:
                  store: ArtifactStore, window: WindowReader, *, policy: RebuildPolicy | None = None,
                  executor: Executor | None = None, clock: Callable[[], int] = wall_clock_ms,
                  metrics: Any = None, remember_events: int = 100_000, resume: ResumeReader | None = None,
-                 schedule_start: ScheduleStart | None = None,
+                 timer_starts: TimerStartsReader | None = None,
                  max_candidate_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> None:
         self.pipeline = pipeline
         self.topics = topics
@@ -95,11 +98,11 @@ class RetrainerProcessor:
         self._champion_version: str | None = None
         self._champion_signature: str | None = None  # a champion signed again (models re-sign) is loaded again
         self.resume = resume
+        self.timer_starts = timer_starts
         self._resumed = False  # only the process's first loaded champion: later ones restart the line on purpose
         self._drift_high_water: dict[int, int] = {}
         self.rebuilds = RebuildScheduler(pipeline, self.policy, self.factory, window, executor or InlineExecutor(),
-                                         clock, champion_version=lambda: self._champion_version, count=self._count,
-                                         schedule_start=schedule_start)
+                                         clock, champion_version=lambda: self._champion_version, count=self._count)
         now = clock()
         self._last_publish_ms = now
         self._publish_backoff_ms = 0
@@ -187,13 +190,37 @@ class RetrainerProcessor:
                 self._resume_line(champion)
 
     def prepare(self) -> None:
-        """Load the champion, and resume its line and the schedule, before the runner joins the group.
+        """Load the champion, and resume its line and the timers, before the runner joins the group.
 
         Then reading the labels again cannot hold up a batch past the group's poll interval. With
         no champion yet, the first one is loaded (and its line resumed) at the first batch.
         """
         self._sync_champion()
-        self.rebuilds.resume_schedule(self._champion)
+        self._resume_timers()
+
+    def _resume_timers(self) -> None:
+        """Run the schedule and online publishing from their last candidates before this process, not from its start.
+
+        From its start, a retrainer restarted more often than a timer's period never published on
+        it: no rebuild on ``retrain.schedule``, and, with fewer labels than
+        ``online_publish_every_labels``, no online candidate on ``online_publish_every``. Called
+        after the champion's load, which restarts online publishing's period (``_sync_champion``).
+        """
+        retrain = self.pipeline.retrain
+        if self.timer_starts is None or (retrain.schedule is None and retrain.online_publish_every is None):
+            return
+        now = self.clock()
+        try:
+            starts = self.timer_starts(now, retrain.schedule, retrain.online_publish_every, self._champion())
+        except Exception as exc:  # noqa: BLE001 - the timers then run from now, as they did before
+            log.warning("cannot read back when the last candidates were (%s); the timers run from now", exc)
+            return
+        self.rebuilds.resume_schedule(starts.schedule_ms)
+        if retrain.online_publish_every is not None and starts.online_publish_ms is not None:
+            self._last_publish_ms = min(starts.online_publish_ms, now)
+            log.info("online publishing runs from %d s ago, read back: the next time-based online candidate is "
+                     "due in %d s", (now - starts.online_publish_ms) // 1000,
+                     max(starts.online_publish_ms + retrain.online_publish_every - now, 0) // 1000)
 
     def _resume_line(self, champion: dict[str, Any]) -> None:
         """Learn again what this champion's line had learned before the process started."""

@@ -17,7 +17,7 @@ publishes the candidates it hands back. How a rebuild trains is rebuild.py.
   champion). Once ``retrain.rebuild_window`` examples of the new concept have arrived, the
   window the reader replays from Kafka is exactly those.
 - The schedule runs from the end of the last rebuild, when its candidate was created: the one
-  time a restart can read back (``ScheduleStart``, resume.py), so that a restart leaves the
+  time a restart can read back (``KafkaResume.timer_starts``, resume.py), so that a restart leaves the
   schedule where it was, rather than starting it over or moving it by a rebuild's duration.
 - A rebuild that fails (the artifact store or the window read down, say) is tried again with
   backoff, up to ``REBUILD_ATTEMPTS`` in all: a drift's rebuild is its answer to the new concept,
@@ -43,9 +43,6 @@ log = logging.getLogger(__name__)
 
 SEVERITY_RANK = {"INFO": 0, "WARNING": 1, "CRITICAL": 2}
 WindowReader = Callable[[int], list[ConsumedRecord]]
-# (now, retrain.schedule, the champion's deployment or None) -> when the schedule runs from after a
-# restart (the last rebuild before this process), or None: from now.
-ScheduleStart = Callable[[int, int, dict[str, Any] | None], int | None]
 REBUILD_ATTEMPTS = 5
 REBUILD_RETRY_MS = 5_000
 REBUILD_RETRY_MAX_MS = 300_000
@@ -95,15 +92,13 @@ class RebuildScheduler:
 
     def __init__(self, pipeline: PipelineSpec, policy: RebuildPolicy, factory: CandidateFactory,
                  window: WindowReader, executor: Executor, clock: Callable[[], int], *,
-                 champion_version: Callable[[], str | None], count: Callable[..., None],
-                 schedule_start: ScheduleStart | None = None) -> None:
+                 champion_version: Callable[[], str | None], count: Callable[..., None]) -> None:
         self.pipeline = pipeline
         self.policy = policy
         self.factory = factory
         self.window = window
         self.executor = executor
         self.clock = clock
-        self.schedule_start = schedule_start
         self._champion_version = champion_version
         self._count = count
         self._running: tuple[Future, _Attempt] | None = None
@@ -119,24 +114,18 @@ class RebuildScheduler:
         """A drift was accepted and its rebuild waits for examples of events after the detection."""
         return self._awaiting_drift is not None
 
-    def resume_schedule(self, champion: Callable[[], dict[str, Any] | None]) -> None:
-        """Run the schedule from the last rebuild before this process, not from its start.
+    def resume_schedule(self, since: int | None) -> None:
+        """Run the schedule from the last rebuild before this process (read back by the caller), not from its start.
 
         From its start, a retrainer restarted more often than ``retrain.schedule`` never rebuilt on it.
         """
         schedule = self.pipeline.retrain.schedule
-        if schedule is None or self.schedule_start is None:
+        if schedule is None or since is None:
             return
         now = self.clock()
-        try:
-            since = self.schedule_start(now, schedule, champion())
-        except Exception as exc:  # noqa: BLE001 - the schedule then runs from now, as it did before
-            log.warning("cannot read back when the last rebuild was (%s); the schedule runs from now", exc)
-            return
-        if since is not None:
-            self._last_rebuild_ms = min(since, now)
-            log.info("the schedule runs from %d s ago, read back: the next scheduled rebuild is due in %d s",
-                     (now - since) // 1000, max(since + schedule - now, 0) // 1000)
+        self._last_rebuild_ms = min(since, now)
+        log.info("the schedule runs from %d s ago, read back: the next scheduled rebuild is due in %d s",
+                 (now - since) // 1000, max(since + schedule - now, 0) // 1000)
 
     def tick(self, now_ms: int) -> None:
         schedule = self.pipeline.retrain.schedule

@@ -21,8 +21,10 @@ The read ends at the retrainer group's committed offsets, where the runner resum
 is learned twice; it reads the most recent ``limit`` labels at most (of every pipeline on the
 topic), split evenly over the partitions.
 
-The schedule (``retrain.schedule``) is read back too: it runs from the newest rebuild in the
-candidates topic, not from the process's start (``KafkaResume.schedule_start``).
+The timers are read back too, not started again with the process: the schedule
+(``retrain.schedule``) runs from the newest rebuild in the candidates topic, and time-based online
+publishing (``retrain.online_publish_every``) from the newest online candidate, both found in one
+read of the topic from its end (``KafkaResume.timer_starts``).
 """
 
 from __future__ import annotations
@@ -45,8 +47,10 @@ log = logging.getLogger(__name__)
 CANDIDATE_SCAN = 100
 # The candidates that end a schedule's period: a drift rebuild restarts the schedule as one of its own does.
 REBUILD_TRIGGERS = frozenset({"SCHEDULE", "DRIFT"})
-# At most this many candidates are read back for the newest rebuild, CANDIDATE_SCAN at a time.
-REBUILD_SCAN = 2_000
+# The candidates that end online publishing's period: the online learner's snapshots.
+ONLINE_TRIGGERS = frozenset({"ONLINE"})
+# At most this many candidates are read back for the timers' starts, CANDIDATE_SCAN at a time.
+TIMERS_SCAN = 2_000
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,14 @@ class Resumed:
     # further): the line stands there once the records are learned, in a partition that gave
     # none of them too (-1: nothing read yet).
     read_through: dict[tuple[str, int], int]
+
+
+@dataclass(frozen=True)
+class TimerStarts:
+    """When each timer runs from after a restart, read back; None: from now (not asked for, or nothing known)."""
+
+    schedule_ms: int | None  # retrain.schedule: the newest rebuild's created_at
+    online_publish_ms: int | None  # retrain.online_publish_every: the newest online candidate's created_at
 
 
 @dataclass(frozen=True)
@@ -137,35 +149,50 @@ class KafkaResume:
                        {(self.labeled_topic, p): max(bound.committed, point.offsets.get(p, 0)) - 1
                         for p, bound in bounds.items()})
 
-    def schedule_start(self, now_ms: int, period_ms: int, champion: Mapping[str, Any] | None) -> int | None:
-        """When the schedule runs from after a restart: the newest rebuild's ``created_at``.
+    def timer_starts(self, now_ms: int, schedule_ms: int | None, online_publish_ms: int | None,
+                     champion: Mapping[str, Any] | None) -> TimerStarts:
+        """When the schedule and online publishing run from after a restart: their newest candidate's ``created_at``.
 
-        The pipeline's candidates are read back from the newest, a page at a time, until a
-        rebuild, one older than a period (an older rebuild leaves the schedule due all the same)
-        or REBUILD_SCAN of them. With no rebuild among them, none came since the oldest of them,
-        nor since the champion's deployment: the schedule runs from the earlier of the two. None
-        with neither (no candidate, no champion).
+        A timer whose period is None is not looked for. The pipeline's candidates are read back
+        from the newest, a page at a time, until each timer has its candidate or one older than
+        its period (an older one leaves the timer due all the same), or TIMERS_SCAN of them: one
+        read for both, in which a settled timer is no longer looked for. A timer with no
+        candidate among them had none since the oldest of them, nor since the champion's
+        deployment (online: the learner restarted from it then, at the latest): it runs from the
+        earlier of the two, or None with neither (no candidate, no champion).
         """
-        topic = self.candidates_topic
-        bounds = self.history.bounds(topic)
-        stops = {p: bound.high for p, bound in bounds.items()}
+        periods = {triggers: period for triggers, period in ((REBUILD_TRIGGERS, schedule_ms),
+                                                             (ONLINE_TRIGGERS, online_publish_ms))
+                   if period is not None}
+        newest: dict[frozenset[str], int] = {}
         oldest: int | None = None
-        for _ in range(REBUILD_SCAN // CANDIDATE_SCAN):
-            ranges = {p: (max(bounds[p].low, stop - CANDIDATE_SCAN), stop) for p, stop in stops.items()
-                      if stop > bounds[p].low}
-            if not ranges:
-                break
-            ours = [r.value for r in self.history.read(topic, ranges) if r.value.get("pipeline") == self.pipeline]
-            rebuilt = [millis(c["created_at"]) for c in ours if c.get("trigger") in REBUILD_TRIGGERS]
-            if rebuilt:
-                return max(rebuilt)
-            oldest = min([t for t in (oldest, *(millis(c["created_at"]) for c in ours)) if t is not None],
-                         default=None)
-            if oldest is not None and oldest <= now_ms - period_ms:
-                break
-            stops = {p: start for p, (start, _) in ranges.items()}
+        if periods:
+            topic = self.candidates_topic
+            bounds = self.history.bounds(topic)
+            stops = {p: bound.high for p, bound in bounds.items()}
+            for _ in range(TIMERS_SCAN // CANDIDATE_SCAN):
+                # Settled ones stay as they are: a candidate further back is older still.
+                unsettled = [triggers for triggers, period in periods.items()
+                             if triggers not in newest and (oldest is None or oldest > now_ms - period)]
+                ranges = {p: (max(bounds[p].low, stop - CANDIDATE_SCAN), stop) for p, stop in stops.items()
+                          if stop > bounds[p].low}
+                if not unsettled or not ranges:
+                    break
+                ours = [r.value for r in self.history.read(topic, ranges) if r.value.get("pipeline") == self.pipeline]
+                for triggers in unsettled:
+                    found = [millis(c["created_at"]) for c in ours if c.get("trigger") in triggers]
+                    if found:
+                        newest[triggers] = max(found)
+                oldest = min([t for t in (oldest, *(millis(c["created_at"]) for c in ours)) if t is not None],
+                             default=None)
+                stops = {p: start for p, (start, _) in ranges.items()}
         deployed = millis(champion["deployed_at"]) if champion is not None else None
-        return min([t for t in (oldest, deployed) if t is not None], default=None)
+        none_since = min([t for t in (oldest, deployed) if t is not None], default=None)
+
+        def start(triggers: frozenset[str]) -> int | None:
+            return newest.get(triggers, none_since) if triggers in periods else None
+
+        return TimerStarts(start(REBUILD_TRIGGERS), start(ONLINE_TRIGGERS))
 
     def candidate(self, version: str) -> dict[str, Any] | None:
         """The candidate record of ``version``, searched from its creation time; None when it is not there."""

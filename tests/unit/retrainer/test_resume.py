@@ -8,7 +8,15 @@ import pytest
 
 from services.retrainer.online import OnlineLearner
 from services.retrainer.processor import RetrainerProcessor
-from services.retrainer.resume import KafkaResume, Resumed, ResumePoint, most_recent, resume_point, resume_ranges
+from services.retrainer.resume import (
+    KafkaResume,
+    Resumed,
+    ResumePoint,
+    TimerStarts,
+    most_recent,
+    resume_point,
+    resume_ranges,
+)
 from streamloop.kafka.group_history import PartitionBounds
 from streamloop.ml import build_model
 from streamloop.ml.registry import CHAMPION, deployment_record, new_version, slot_key, version_created_ms
@@ -258,21 +266,55 @@ def test_after_a_restart_the_schedule_runs_from_the_newest_rebuild_read_back():
     topic: list = []
     resume = KafkaResume(FakeHistory({"cand": {0: topic}}, committed={}), labeled_topic="lab",
                          candidates_topic="cand", pipeline="card-fraud", limit=100)
-    assert resume.schedule_start(now, day, None) is None, "nothing known: from now"
-    assert resume.schedule_start(now, day, deployed) == T0, "no rebuild since the champion was deployed"
+
+    def schedule_start(champion: dict | None) -> int | None:
+        return resume.timer_starts(now, day, None, champion).schedule_ms
+
+    assert schedule_start(None) is None, "nothing known: from now"
+    assert schedule_start(deployed) == T0, "no rebuild since the champion was deployed"
     topic += [candidate_at(now - 30 * HOUR, "SCHEDULE"), candidate_at(now - 9 * HOUR, "DRIFT"),
               *(candidate_at(now - 8 * HOUR + i) for i in range(150)),  # more than a page
               candidate_at(now - HOUR, "SCHEDULE", pipeline="another-pipeline")]
-    assert resume.schedule_start(now, day, deployed) == now - 9 * HOUR, "a drift rebuild restarts the schedule too"
+    assert schedule_start(deployed) == now - 9 * HOUR, "a drift rebuild restarts the schedule too"
     del topic[1]
     # No rebuild within a day: reading stops at the first candidate older than that, and it is due.
     topic[1:1] = [candidate_at(now - 25 * HOUR + i) for i in range(500)]
     history_reads = resume.history.reads
-    assert resume.schedule_start(now, day, None) <= now - day
+    assert schedule_start(None) <= now - day
     assert resume.history.reads - history_reads <= 3, "not the whole topic"
     del topic[:501]
-    assert resume.schedule_start(now, day, None) == now - 8 * HOUR, "no rebuild since its oldest candidate"
-    assert resume.schedule_start(now, day, deployed) == T0
+    assert schedule_start(None) == now - 8 * HOUR, "no rebuild since its oldest candidate"
+    assert schedule_start(deployed) == T0
+
+
+def test_after_a_restart_online_publishing_runs_from_the_newest_online_candidate_read_in_the_same_pass():
+    now, day, minute = T0 + 100 * HOUR, 24 * HOUR, 60_000
+    deployed = {"version": "fraud-bootstrap-0123abcd", "deployed_at": T0, "decision_id": None}
+    topic: list = []
+    history = FakeHistory({"cand": {0: topic}}, committed={})
+    resume = KafkaResume(history, labeled_topic="lab", candidates_topic="cand", pipeline="card-fraud", limit=100)
+    assert resume.timer_starts(now, None, minute, None) == TimerStarts(None, None), "nothing known: from now"
+    assert resume.timer_starts(now, None, minute, deployed) == TimerStarts(None, T0), \
+        "none since the champion's deployment, when the learner restarted from it"
+    topic += [candidate_at(now - 9 * HOUR, "DRIFT"), *(candidate_at(now - 8 * HOUR + i) for i in range(150)),
+              candidate_at(now - 40_000), candidate_at(now - 30_000, "MANUAL"),
+              candidate_at(now - 10_000, pipeline="another-pipeline")]
+    reads = history.reads
+    assert resume.timer_starts(now, day, minute, deployed) == TimerStarts(now - 9 * HOUR, now - 40_000)
+    both = history.reads - reads
+    reads = history.reads
+    resume.timer_starts(now, day, None, deployed)
+    assert history.reads - reads == both == 2, "one read back for both timers: the schedule's alone costs as much"
+    reads = history.reads
+    assert resume.timer_starts(now, None, minute, deployed) == TimerStarts(None, now - 40_000)
+    assert history.reads - reads == 1, "no rebuild looked for without a schedule"
+    assert resume.timer_starts(now, None, None, deployed) == TimerStarts(None, None)
+    assert history.reads - reads == 1, "no timer, no read"
+    # The newest online candidate is hours old: online publishing is due at once.
+    del topic[-3]
+    reads = history.reads
+    assert resume.timer_starts(now, None, minute, deployed).online_publish_ms <= now - minute
+    assert history.reads - reads == 1
 
 
 def test_a_retrainer_restarted_more_often_than_its_schedule_still_rebuilds_on_it(demo_pipeline, tmp_path):
@@ -286,13 +328,37 @@ def test_a_retrainer_restarted_more_often_than_its_schedule_still_rebuilds_on_it
         resume = KafkaResume(history, labeled_topic="lab", candidates_topic="cand", pipeline=spec.name, limit=100)
         harness.processor = RetrainerProcessor(spec, TOPICS, harness.table, harness.store, harness.read_window,
                                                clock=lambda harness=harness: harness.now,
-                                               schedule_start=resume.schedule_start)
+                                               timer_starts=resume.timer_starts)
         harness.processor.prepare()
         for harness.now in range(start, start + 20 * HOUR, HOUR // 6):
             topic += [(harness.now, c) for c in candidates(harness.processor.tick(harness.now))]
     assert [(c["trigger"], c["created_at"]) for _, c in topic] == [("SCHEDULE", T0 + 24 * HOUR),
                                                                    ("SCHEDULE", T0 + 48 * HOUR)], \
         "every 24 hours from the bootstrap champion's deployment"
+
+
+def test_a_retrainer_restarted_more_often_than_online_publish_every_still_publishes_on_it(demo_pipeline, tmp_path):
+    """Fewer labels than online_publish_every_labels: only the timer publishes the online challenger."""
+    minute = 60_000
+    spec = with_policy(demo_pipeline, retrain={"online_publish_every_labels": 1_000, "online_publish_every": minute,
+                                               "schedule": None})
+    topic: list = []  # the candidates topic: (timestamp, candidate)
+    history = FakeHistory({"cand": {0: topic}}, committed={})
+    examples = iter(labeled(1_000))
+    for start in range(T0, T0 + 4 * minute, 40_000):  # restarted every 40 s
+        harness = Harness(spec, tmp_path)  # the bootstrap champion, deployed at T0
+        harness.now = start
+        resume = KafkaResume(history, labeled_topic="lab", candidates_topic="cand", pipeline=spec.name, limit=100)
+        harness.processor = RetrainerProcessor(spec, TOPICS, harness.table, harness.store, harness.read_window,
+                                               clock=lambda harness=harness: harness.now,
+                                               timer_starts=resume.timer_starts)
+        harness.processor.prepare()
+        for harness.now in range(start, start + 40_000, 5_000):
+            harness.processor.process([next(examples)])
+            topic += [(harness.now, c) for c in candidates(harness.processor.tick(harness.now))]
+    assert [(c["trigger"], c["created_at"] - T0) for _, c in topic] == [("ONLINE", minute), ("ONLINE", 2 * minute),
+                                                                        ("ONLINE", 3 * minute)], \
+        "every minute from the bootstrap champion's deployment, then from the last online candidate"
 
 
 def test_a_restart_leaves_the_schedule_where_it_was(demo_pipeline, tmp_path):
@@ -316,7 +382,7 @@ def test_a_restart_leaves_the_schedule_where_it_was(demo_pipeline, tmp_path):
                                  limit=100)
             harness.processor = RetrainerProcessor(spec, TOPICS, harness.table, harness.store, slow_window,
                                                    clock=lambda harness=harness: harness.now,
-                                                   schedule_start=resume.schedule_start)
+                                                   timer_starts=resume.timer_starts)
             harness.processor.prepare()
             for now in range(start, end, HOUR // 6):
                 harness.now = max(harness.now, now)
