@@ -350,6 +350,15 @@ def test_dead_letters_are_counted_by_error_class(served: Served) -> None:
     assert f"streamloop_dead_letters_total{{{labels}}} 4.0" in text
 
 
+def test_dropped_outputs_are_counted_by_reason(served: Served) -> None:
+    metrics, scrape = served
+    metrics.record_dropped_outputs(TOPIC, "refused")
+    metrics.record_dropped_outputs(TOPIC, "invalid", 2)
+    text = scrape()
+    assert f'streamloop_outputs_dropped_total{{reason="refused",service="featurizer",topic="{TOPIC}"}} 1.0' in text
+    assert f'streamloop_outputs_dropped_total{{reason="invalid",service="featurizer",topic="{TOPIC}"}} 2.0' in text
+
+
 def test_service_defined_instruments_are_created_once(served: Served) -> None:
     metrics, scrape = served
     written = metrics.counter("featurizer_features_written", "Feature vectors written to Redis.")

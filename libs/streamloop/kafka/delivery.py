@@ -17,7 +17,8 @@ Two failures need more than a retry:
 - A record Kafka refuses for good (too large, invalid): no retry can send it, and waiting for it
   would hold its partition forever. The output's input record is dead-lettered instead, and a dead
   letter Kafka refuses goes again without its value. An output with no input record (a tick's) is
-  dropped, logged with Kafka's error and counted in ``RunnerStats.dropped``. The broker answers
+  dropped, logged with Kafka's error and counted in ``RunnerStats.dropped`` and
+  ``streamloop_outputs_dropped_total`` (reason ``refused``). The broker answers
   such errors for a whole produce batch, so the batch is first sent again one record at a time:
   only a record refused alone is refused for good.
 """
@@ -59,6 +60,12 @@ Encoded = tuple[str, bytes | None, bytes | None, Headers, int | None, Identity]
 # its configuration recovers, so the batch waits and retries.
 REFUSED_FOR_GOOD = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.INVALID_RECORD,
                               KafkaError.RECORD_LIST_TOO_LARGE})
+
+# Why an output with no input record to dead-letter (a tick's) was dropped, as
+# streamloop_outputs_dropped_total's reason: Kafka refused it for good, or it did not match its
+# schema (the runner's encoding).
+DROPPED_REFUSED = "refused"
+DROPPED_INVALID = "invalid"
 
 
 class _Refused(Exception):  # noqa: N818 - a signal inside delivery, never raised to callers
@@ -333,6 +340,7 @@ class Delivery:
                 # inputs' (its own topic may have none). No retry can send it, and waiting for one
                 # would hold every partition: it is dropped, and counted as lost.
                 self._stats.dropped += 1
+                self._metrics.record_dropped_outputs(topic, DROPPED_REFUSED)
                 log.error("%s: dropped an output with no input record: %s", self._service, reason)
                 continue
             if identity[1:4] in inputs:

@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from streamloop.errors import DependencyUnavailable
 from streamloop.kafka import dead_letters
 from streamloop.kafka.configuration import KafkaSettings
-from streamloop.kafka.delivery import DeadLetter, Delivery, Encoded, Identity
+from streamloop.kafka.delivery import DROPPED_INVALID, DeadLetter, Delivery, Encoded, Identity
 from streamloop.kafka.lag import records_behind
 from streamloop.kafka.pacing import FetchPacer
 from streamloop.kafka.records import (
@@ -76,6 +76,8 @@ class RunnerMetrics(Protocol):
 
     def record_dead_letters(self, topic: str, error_class: str, count: int = 1) -> None: ...
 
+    def record_dropped_outputs(self, topic: str, reason: str, count: int = 1) -> None: ...
+
     def record_broker_unreachable(self) -> None: ...
 
     def set_lag(self, group: str, lags: dict[tuple[str, int], float],
@@ -93,6 +95,9 @@ class _NoMetrics:
         pass
 
     def record_dead_letters(self, topic: str, error_class: str, count: int = 1) -> None:
+        pass
+
+    def record_dropped_outputs(self, topic: str, reason: str, count: int = 1) -> None:
         pass
 
     def set_lag(self, group: str, lags: dict[tuple[str, int], float],
@@ -117,7 +122,9 @@ class RunnerStats:
     consumed: int = 0
     produced: int = 0
     dead_lettered: int = 0
-    dropped: int = 0  # outputs Kafka refused for good with no input record to dead-letter (a tick's): lost
+    # Outputs with no input record to dead-letter (a tick's) that Kafka refused for good or that did
+    # not match their schema: lost.
+    dropped: int = 0
     batches: int = 0
     commits_failed: int = 0
     delivery_retries: int = 0
@@ -393,14 +400,18 @@ class StageRunner:
         """Encode the outputs and deliver them with the dead letters; False if stopped before all were acknowledged.
 
         An output that does not match its schema dead-letters its input record, in ``dead``: the
-        batch's metrics count it among the batch's errors.
+        batch's metrics count it among the batch's errors. One with no input record (a tick's) is
+        dropped, and counted as lost as one Kafka refused for good is.
         """
         encoded, encode_failures = self._patiently("encoding", self._encode, result.outputs, raw)
-        for source, exc in encode_failures:
+        for out, exc in encode_failures:
+            source = out.source
             if raw is not None and source is not None:
                 dead.append(DeadLetter(raw[(source.topic, source.partition, source.offset)],
                                        dead_letters.STAGE_ENCODE, exc))
             else:
+                self.stats.dropped += 1
+                self.metrics.record_dropped_outputs(out.topic, DROPPED_INVALID)
                 log.error("%s: dropped an output that does not match its schema: %s", self.service, exc)
         return self.delivery.deliver(encoded, dead, raw)
 
@@ -432,7 +443,7 @@ class StageRunner:
             try:
                 value = None if out.value is None else self.topics.outputs[out.topic].encode(out.value)
             except SerdeError as exc:
-                failures.append((out.source, exc))
+                failures.append((out, exc))
                 continue
             headers = self._trace_headers(out, raw)
             encoded.append((out.topic, out.key.encode() if out.key is not None else None, value, headers,

@@ -21,6 +21,7 @@ Names, as they appear at ``/metrics``: OpenTelemetry's exporter appends the unit
 - ``streamloop_batch_partitions{service,topic}`` (partitions the last batch spanned)
 - ``streamloop_errors_total{service,topic}``
 - ``streamloop_dead_letters_total{service,topic,error_class}``
+- ``streamloop_outputs_dropped_total{service,topic,reason}``
 - ``streamloop_broker_unreachable_total{service}``
 - ``kafka_consumergroup_group_lag{group,topic,partition}``, ``kafka_consumergroup_group_max_lag{group}``,
   ``kafka_consumergroup_group_lag_seconds{group,topic,partition}`` (kafka-lag-exporter's names,
@@ -160,6 +161,11 @@ class ServiceMetrics:
         self._dead_letters = self._meter.create_counter(
             "streamloop.dead_letters", unit="{record}", description="Records sent to a dead-letter topic."
         )
+        self._outputs_dropped = self._meter.create_counter(
+            "streamloop.outputs_dropped", unit="{record}",
+            description="Outputs with no input record to dead-letter (a tick's) that were lost: Kafka refused "
+                        "them for good, or they did not match their schema.",
+        )
         self._broker_unreachable = self._meter.create_counter(
             "streamloop.broker_unreachable", unit="{error}",
             description="Times librdkafka reported the brokers unreachable (transport, resolve, all down).",
@@ -230,6 +236,10 @@ class ServiceMetrics:
     def record_dead_letters(self, topic: str, error_class: str, count: int = 1) -> None:
         """Count ``topic``'s records sent to its dead-letter topic, by the class of their error."""
         self._dead_letters.add(count, {"service": self.service, "topic": topic, "error_class": error_class})
+
+    def record_dropped_outputs(self, topic: str, reason: str, count: int = 1) -> None:
+        """Count outputs to ``topic`` lost with no input record to dead-letter, by ``reason`` (refused, invalid)."""
+        self._outputs_dropped.add(count, {"service": self.service, "topic": topic, "reason": reason})
 
     def set_lag(
         self,

@@ -18,7 +18,7 @@ from streamloop.kafka import delivery as delivery_module
 from streamloop.kafka.dead_letters import STAGE_PRODUCE, VALUE_DROPPED, read_error_headers
 from streamloop.kafka.exceptions import kafka_error_of
 from streamloop.kafka.records import ConsumedRecord, OutgoingRecord, ProcessResult
-from streamloop.kafka.runner import RunnerSettings, StageRunner, StageTopics
+from streamloop.kafka.runner import RunnerMetrics, RunnerSettings, StageRunner, StageTopics
 from streamloop.serde import SingleObjectSerde
 from tests.kafka_fakes import FakeConsumer, FakeMessage, FakeProducer
 
@@ -51,12 +51,13 @@ class Echo:
         return ProcessResult(outputs=[OutgoingRecord(SINK, r.key, r.value, source=r) for r in batch])
 
 
-def stage_runner(producer: FakeProducer, processor=None, **settings: float) -> tuple[StageRunner, SingleObjectSerde]:
+def stage_runner(producer: FakeProducer, processor=None, *, metrics: RunnerMetrics | None = None,
+                 **settings: float) -> tuple[StageRunner, SingleObjectSerde]:
     """A runner from SOURCE to SINK on fakes: ``producer``, a consumer that records commits, partition 0 assigned."""
     serde = SingleObjectSerde(VECTOR, REPOSITORY)
     runner = StageRunner("delivery", "delivery-group", KafkaSettings(bootstrap_servers="127.0.0.1:1"),
                          StageTopics(inputs={SOURCE: serde}, outputs={SINK: serde}), processor or Echo(),
-                         RunnerSettings(retry_backoff_s=0.001, **settings))
+                         RunnerSettings(retry_backoff_s=0.001, **settings), metrics=metrics)
     runner.delivery.producer, runner.consumer = producer, FakeConsumer()
     runner._assigned.add((SOURCE, 0))
     return runner, serde
@@ -337,20 +338,76 @@ class BrokerSizeLimited(FakeProducer):
         return KafkaError(KafkaError.MSG_SIZE_TOO_LARGE, "Message size too large") if too_large else None
 
 
+class DroppedOutputs:
+    """The runner's metrics, of which only the outputs reported dropped are kept."""
+
+    def __init__(self) -> None:
+        self.dropped: list[tuple[str, str, int]] = []
+
+    def record_dropped_outputs(self, topic: str, reason: str, count: int = 1) -> None:
+        self.dropped.append((topic, reason, count))
+
+    def __getattr__(self, _name: str):
+        return lambda *_args, **_kwargs: None
+
+
+IDLE = type("Idle", (), {"consume": lambda _self, _n, _t: []})()
+
+
 @pytest.mark.parametrize("producer", [SizeLimitedProducer(), BrokerSizeLimited()], ids=["by-client", "by-broker"])
 def test_a_tick_s_output_kafka_refuses_is_counted_and_logged_once_with_kafka_s_error(producer, caplog) -> None:
     processor = TickingPastTheLimit()
-    runner, _serde = stage_runner(producer, processor)
-    runner.pacer = type("Idle", (), {"consume": lambda _self, _n, _t: []})()
+    metrics = DroppedOutputs()
+    runner, _serde = stage_runner(producer, processor, metrics=metrics)
+    runner.pacer = IDLE
     with caplog.at_level(logging.ERROR, logger="streamloop.kafka.runner"):
         runner._turn()
 
     assert not [t for t, _k, _v, _h in producer.produced if t.endswith(".dlq")], "no input record to dead-letter"
     assert (runner.stats.produced, runner.stats.dropped, runner.stats.dead_lettered) == (1, 1, 0)
+    assert metrics.dropped == [(SINK, "refused", 1)], "exported while running, not only in the log line at stop"
     [logged] = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert "(2,200 bytes) refused by Kafka: Message size too large" in logged
     assert processor.deliveries == 1, "the tick's outputs are settled: no retry can send the refused one"
     assert runner.consumer.commits == []
+
+
+class TickingOffSchema:
+    """Echo; each tick makes two outputs with no input record, the second no feature vector."""
+
+    def __init__(self) -> None:
+        self.deliveries = 0
+
+    def process(self, batch: Sequence[ConsumedRecord]) -> ProcessResult:
+        outputs = [OutgoingRecord(SINK, r.key, r.value, source=r) for r in batch]
+        return ProcessResult(outputs=[*outputs, OutgoingRecord(SINK, "bad", {"not": "a vector"}, source=batch[0])])
+
+    def tick(self, now_ms: int) -> ProcessResult:
+        return ProcessResult(outputs=[OutgoingRecord(SINK, "good", sample_record(VECTOR, 0)),
+                                      OutgoingRecord(SINK, "bad", {"not": "a vector"})])
+
+    def delivered(self) -> None:
+        self.deliveries += 1
+
+
+def test_a_tick_s_output_that_does_not_match_its_schema_is_counted_as_dropped(caplog) -> None:
+    processor = TickingOffSchema()
+    metrics = DroppedOutputs()
+    runner, serde = stage_runner(FakeProducer(), processor, metrics=metrics)
+    runner.pacer = IDLE
+    with caplog.at_level(logging.ERROR, logger="streamloop.kafka.runner"):
+        runner._turn()
+
+    assert [k for _t, k, _v, _h in runner.delivery.producer.produced] == [b"good"]
+    assert (runner.stats.produced, runner.stats.dropped, runner.stats.dead_lettered) == (1, 1, 0)
+    assert metrics.dropped == [(SINK, "invalid", 1)]
+    [logged] = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert "dropped an output that does not match its schema" in logged
+    assert processor.deliveries == 1, "settled as before: the tick's other outputs were delivered"
+    # A batch's output that does not match its schema dead-letters its input record: nothing is lost.
+    run_batch_of(runner, serde, 2)
+    assert (runner.stats.dropped, runner.stats.dead_lettered) == (1, 1)
+    assert metrics.dropped == [(SINK, "invalid", 1)]
 
 
 class InflatingTwice(Inflating):
