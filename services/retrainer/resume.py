@@ -192,7 +192,12 @@ class KafkaResume:
         def start(triggers: frozenset[str]) -> int | None:
             return newest.get(triggers, none_since) if triggers in periods else None
 
-        return TimerStarts(start(REBUILD_TRIGGERS), start(ONLINE_TRIGGERS))
+        online = start(ONLINE_TRIGGERS)
+        if online is not None and deployed is not None:
+            # The learner restarted from the champion when it was deployed, and a process that went
+            # on counted online publishing's period from then: from a candidate before it, too soon.
+            online = max(online, deployed)
+        return TimerStarts(start(REBUILD_TRIGGERS), online)
 
     def candidate(self, version: str) -> dict[str, Any] | None:
         """The candidate record of ``version``, searched from its creation time; None when it is not there."""

@@ -310,6 +310,9 @@ def test_after_a_restart_online_publishing_runs_from_the_newest_online_candidate
     assert history.reads - reads == 1, "no rebuild looked for without a schedule"
     assert resume.timer_starts(now, None, None, deployed) == TimerStarts(None, None)
     assert history.reads - reads == 1, "no timer, no read"
+    redeployed = {**deployed, "deployed_at": now - 20_000}
+    assert resume.timer_starts(now, None, minute, redeployed) == TimerStarts(None, now - 20_000), \
+        "a champion deployed after the newest online candidate restarted the learner, and the period with it"
     # The newest online candidate is hours old: online publishing is due at once.
     del topic[-3]
     reads = history.reads
