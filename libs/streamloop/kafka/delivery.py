@@ -37,7 +37,13 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from streamloop.kafka import dead_letters
 from streamloop.kafka.configuration import KafkaSettings
-from streamloop.kafka.exceptions import DeliveryError, RecordRefusedError, kafka_error_of, kafka_exception_of
+from streamloop.kafka.exceptions import (
+    DeliveryError,
+    RecordRefusedError,
+    fatal_error_of,
+    kafka_error_of,
+    kafka_exception_of,
+)
 from streamloop.kafka.records import Headers, RecordOrigin
 
 if TYPE_CHECKING:  # the runner owns a Delivery: importing it at run time would be circular
@@ -79,13 +85,6 @@ class _Refused(Exception):  # noqa: N818 - a signal inside delivery, never raise
 class _RefusedInBatch(DeliveryError):
     """The broker refused records sent in a batch as too large or invalid: sent again one at a time,
     each refusal is then about its own record."""
-
-
-def _fatal_error_of(exc: BaseException) -> KafkaError | None:
-    """The fatal client error ``exc`` carries, itself or as the cause of a SystemError (``kafka_exception_of``)."""
-    kafka = kafka_exception_of(exc)
-    error = kafka_error_of(kafka) if kafka is not None else None
-    return error if error is not None and (error.fatal() or error.code() == KafkaError._FATAL) else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,7 +144,7 @@ class Delivery:
         except (KafkaException, SystemError) as exc:  # a fatal producer raises; the consumer must still leave
             if kafka_exception_of(exc) is None:
                 raise
-            if _fatal_error_of(exc) is not None:
+            if fatal_error_of(exc) is not None:
                 self._producer_fatal = True
             log.warning("%s: producer flush at shutdown: %s", self._service, exc)
         if self._producer_fatal:
@@ -381,7 +380,7 @@ class Delivery:
         """A fatal producer error (e.g. OUT_OF_ORDER_SEQUENCE_NUMBER after a broker restart lost the
         idempotence state) raised by produce, poll or flush, itself or as the cause of a SystemError
         (``kafka_exception_of``): the batch is retried on a new producer. Anything else is raised again."""
-        error = _fatal_error_of(exc)
+        error = fatal_error_of(exc)
         if error is None:
             raise exc
         self._producer_fatal = True
