@@ -96,6 +96,7 @@ def test_alerts_cover_what_operations_must_know():
     expected = {
         "StreamloopConsumerLagGrowing": "kafka_consumergroup_group_lag",
         "StreamloopDeadLetters": "streamloop_dead_letters_total",
+        "StreamloopOutputsDropped": "streamloop_outputs_dropped_total",
         "StreamloopDriftCritical": "streamloop_drift_detections_total",
         "StreamloopModelLoadFailures": "streamloop_model_load_failures_total",
         "StreamloopStaleModel": "streamloop_model_age_seconds",
