@@ -16,6 +16,7 @@ the false-promotion rate is at most catch-up's p-value plus the promotion's.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -42,6 +43,11 @@ from streamloop.ml.registry import (
 OWN_SCORES = ("CHAMPION", "SHADOW", "CANARY", REPLAYED)
 
 log = logging.getLogger(__name__)
+
+# The candidates whose line's next snapshot supersedes them: an online learner's. A rebuild (DRIFT,
+# SCHEDULE, MANUAL) answers a drift or a schedule and has no successor; nor has a candidate whose
+# trigger is not known. See make_room.
+SUPERSEDED_BY_THEIR_LINE = frozenset({"ONLINE"})
 
 # The closed versions a Judge remembers (``Judge.closed``); kept whole, that set grew by every candidate.
 CLOSED_MEMORY = 10_000
@@ -337,15 +343,66 @@ class Judge:
                                    evidence=evidence),
                 self.writer.retire(slot)]
 
-    def make_room(self) -> list[OutgoingRecord]:
-        """Retire the oldest challengers so a new one fits within ``max_shadows``.
+    def make_room(self, lineage: Mapping[str, Mapping[str, Any]]) -> list[OutgoingRecord]:
+        """Retire challengers so a new one fits within ``max_shadows``; ``lineage``: each version's candidate.
 
-        Candidates waiting for their second look go first: they have already failed one.
+        The one coming in is always admitted. Of those on trial, first the candidates waiting for a
+        second look (they already failed one); then ``ONLINE`` snapshots, which their line's next
+        snapshot supersedes, before rebuilds, which answer a drift or a schedule and have no
+        successor; within each, the one furthest from its look (fewest paired samples), the oldest
+        on a tie. Retiring the oldest instead took the one closest to its look: with fewer labels
+        per publish interval than ``promotion.min_samples`` / ``max_shadows``, none ever reached
+        it. Ranked so, a challenger only gains rank as it scores, so the best-placed keep their
+        slots until their look and the least-placed slot takes the newcomers.
         """
-        challengers = sorted(self.challengers(self.slots()), key=lambda sr: sr[1]["version"] not in self.on_own_scores)
+        slots = self.slots()
+        challengers = self.challengers(slots)
+        excess = len(challengers) - self.policy.max_shadows + 1
+        if excess <= 0:
+            return []
+        champion = slots.get(CHAMPION)
+        current = champion["version"] if champion is not None else None
+        ranked = []
+        for slot, record in challengers:  # oldest first, and the sort is stable: the oldest go first on a tie
+            version = record["version"]
+            trigger = (lineage.get(version) or {}).get("trigger")
+            failed_a_look = version in self.on_own_scores
+            samples = self._toward_look(current, version)
+            ranked.append(((not failed_a_look, trigger not in SUPERSEDED_BY_THEIR_LINE, samples),
+                           slot, version, self._why_superseded(failed_a_look, trigger, samples)))
+        ranked.sort(key=lambda rank: rank[0])
         outputs: list[OutgoingRecord] = []
-        while len(challengers) >= self.policy.max_shadows:
-            slot, record = challengers.pop(0)
-            outputs += self._retire(slot, record["version"], f"superseded: at most {self.policy.max_shadows} "
-                                                             "shadow challengers are scored at once", {})
+        for (_, _, samples), slot, version, why in ranked[:excess]:
+            outputs += self._retire(slot, version, f"superseded: at most {self.policy.max_shadows} shadow "
+                                                   f"challengers are scored at once; {why}",
+                                    {"sample_count": float(samples)})
         return outputs
+
+    def _why_superseded(self, failed_a_look: bool, trigger: str | None, samples: int) -> str:
+        if failed_a_look:
+            return "it had already failed its first look"
+        if samples < self.spec.min_samples:
+            look = f"the furthest from its look ({samples} of {self.spec.min_samples} paired samples)"
+        else:
+            look = f"the oldest of those ready for their look ({samples} paired samples)"
+        if trigger in SUPERSEDED_BY_THEIR_LINE:
+            return f"an {trigger} snapshot, which its line's newer ones supersede, {look}"
+        kind = f"a {trigger} candidate" if trigger else "a candidate of unknown trigger"
+        return f"{kind}, {look}, with no ONLINE snapshot to retire instead"
+
+    def _toward_look(self, current: str | None, version: str) -> int:
+        """The samples ``version`` has for its next look, at most the ``promotion.min_samples`` it waits for.
+
+        Capped, so that among challengers all ready for it (waiting out a rollback watch or a
+        canary's trial) the oldest goes, as the newer snapshots supersede it.
+        """
+        first_look = self.on_own_scores.get(version)
+        if first_look is not None:
+            samples = self.ledger.count(version, prequential=False) - first_look[1]
+        elif current is None:
+            samples = self.ledger.count(version)
+        elif min(self.ledger.count(version), self.ledger.count(current)) == 0:
+            samples = 0
+        else:
+            samples = len(self.ledger.paired(current, version))
+        return min(max(samples, 0), self.spec.min_samples)

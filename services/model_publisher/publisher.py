@@ -225,7 +225,7 @@ class PublisherProcessor:
         evidence |= {f"heldout.{k}": float(v) for k, v in (candidate.get("heldout_metrics") or {}).items()}
         champion = self.table.champion(self.pipeline.name, self.pipeline.model.name)
         against = champion["version"] if champion else None
-        outputs = self.judge.make_room()
+        outputs = self.judge.make_room(self._candidates)
         outputs += [
             self.writer.decide("REGISTER", f"{candidate['trigger']} candidate registered: artifact verified "
                                            f"(sha256 {candidate['artifact']['sha256'][:12]}), parent "

@@ -23,7 +23,8 @@ class PublisherSettings(BaseSettings):
 
     bootstrap: bool = Field(default=True, description="Publish an untrained champion when the registry has none.")
     paired_test: Literal["t", "wilcoxon"] = Field(default="t", description="Paired test on per-event losses.")
-    max_shadows: int = Field(default=3, ge=1, description="Shadow challengers scored at once; the oldest retire.")
+    max_shadows: int = Field(default=3, ge=1, description="Shadow challengers scored at once; to make room, the "
+                                                          "one furthest from its look retires.")
     rollback_watch_samples: int = Field(default=5_000, ge=1,
                                         description="Post-promotion events after which the watch ends and the "
                                                     "predecessor retires; a champion never shown significantly "

@@ -57,8 +57,8 @@ Example = tuple[dict[str, Any], Any, float, tuple[str, int, int]]  # x, y, 0/1 e
 
 
 # The snapshots of its line a learner remembers, newest first: any could be promoted, but the
-# publisher keeps only a few on trial (PUBLISHER_MAX_SHADOWS, 3 by default), the oldest retired
-# first, so one this far back was retired or refused long ago. All of them grew by a version per
+# publisher keeps only a few on trial (PUBLISHER_MAX_SHADOWS, 3 by default), so one this far back
+# was retired or refused long ago. All of them grew by a version per
 # snapshot for as long as the champion stayed.
 LINE_MEMORY = 1_000
 

@@ -149,7 +149,7 @@ def test_a_candidate_waiting_for_its_second_look_makes_room_first(demo_pipeline,
     harness = Harness(demo_pipeline, tmp_path, PublisherPolicy(judging=JudgingPolicy(max_shadows=2)))
     champion, live = live_champion(harness)
     harness.now += 1000
-    rebuild = harness.shadow(parent=None, trigger="REBUILD")
+    rebuild = harness.shadow(parent=None, trigger="SCHEDULE")
     harness.now += 1000
     waiting = catching_up(harness, champion, live)
     harness.feed("cand", [waiting])

@@ -301,6 +301,53 @@ def test_at_most_max_shadows_challengers(demo_pipeline, tmp_path):
         CHAMPION, shadow_slot(second), shadow_slot(third["version"])}
 
 
+def label_a_second(harness: Harness, seconds: range, skill: dict[str, float], publish: dict[int, str],
+                   ) -> Iterator[tuple[int, dict]]:
+    """One labeled event a second, each deployed version scoring it at its ``skill``; a candidate
+    of ``publish[second]``'s trigger published at that second (its skill: ``skill["new"]``).
+    Yields (second, decision) for every decision."""
+    for second in seconds:
+        harness.now += 1000
+        if second in publish:
+            record = candidate(harness.spec, harness.store, created_ms=harness.now, trigger=publish[second],
+                               parent=harness.slot(CHAMPION)["version"])
+            skill[record["version"]] = skill[publish[second]]
+            yield from ((second, d) for d in decisions(harness.feed("cand", [record])))
+        slots = harness.table.slots(harness.spec.name, harness.spec.model.name)
+        served = {record["version"]: (skill[record["version"]], record["role"]) for record in slots.values()}
+        yield from ((second, d) for d in decisions(harness.feed("lab", examples(1, start=second, seed=second,
+                                                                                 models=served))))
+
+
+def test_at_a_label_a_second_a_snapshot_a_minute_challengers_still_reach_their_look(demo_pipeline, tmp_path):
+    """The retrainer's defaults publish an ONLINE snapshot a minute. Retiring the oldest of 3
+    shadows to make room retired each after 180 labels, before the 500 of its look: no
+    candidate was ever judged, however much better, and the bootstrap champion served on."""
+    spec = with_policy(demo_pipeline, promotion={"min_samples": 500})
+    harness = Harness(spec, tmp_path, PublisherPolicy(judging=JudgingPolicy(max_shadows=3)))
+    skill = {harness.bootstrap(): 0.5, "ONLINE": 0.9}
+    made = list(label_a_second(harness, range(1500), skill, {s: "ONLINE" for s in range(0, 1500, 60)}))
+    promoted = [second for second, d in made if d["kind"] == "PROMOTE"]
+    assert promoted and promoted[0] <= 1000, [(s, d["kind"]) for s, d in made if d["kind"] != "RETIRE"]
+    superseded = [d["reason"] for _, d in made if d["kind"] == "RETIRE" and d["reason"].startswith("superseded")]
+    assert superseded and all(r.startswith("superseded: at most 3 shadow challengers are scored at once; an ONLINE "
+                                           "snapshot") and "(60 of 500 paired samples)" in r
+                              for r in superseded), "the newest goes while the older ones near their look"
+
+
+def test_a_rebuild_is_not_pushed_out_by_online_snapshots_before_its_look(demo_pipeline, tmp_path):
+    """A DRIFT rebuild answers a drift and has no successor; ONLINE snapshots of the drifted line go first."""
+    spec = with_policy(demo_pipeline, promotion={"min_samples": 500})
+    harness = Harness(spec, tmp_path, PublisherPolicy(judging=JudgingPolicy(max_shadows=3)))
+    skill = {harness.bootstrap(): 0.6, "ONLINE": 0.6, "DRIFT": 0.9}
+    publish = {s: "ONLINE" for s in range(0, 1200, 60)} | {150: "DRIFT"}
+    made = list(label_a_second(harness, range(1200), skill, publish))
+    rebuild = next(d["to_version"] for _, d in made if d["kind"] == "REGISTER" and d["reason"].startswith("DRIFT"))
+    about_it = [(second, d["kind"]) for second, d in made
+                if rebuild in (d["to_version"], d["from_version"]) and d["kind"] not in ("REGISTER", "SHADOW")]
+    assert about_it and about_it[0][1] == "PROMOTE" and about_it[0][0] <= 150 + 600, about_it
+
+
 def test_with_a_canary_weight_a_winner_serves_a_share_first_then_becomes_champion(demo_pipeline, tmp_path):
     spec = with_policy(demo_pipeline, promotion={"canary_weight": 0.2})
     harness = Harness(spec, tmp_path)
