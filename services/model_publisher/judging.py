@@ -2,7 +2,8 @@
 
 State lives in the deployments table, not here, so a restarted publisher picks up where the
 last one stopped: a champion whose ``previous_version`` still occupies ``shadow/<previous>``
-under the same ``decision_id`` is under rollback watch; a ``canary`` slot is a canary on trial.
+under the same ``decision_id`` is under rollback watch; a ``canary`` slot is a canary on trial
+against the champion its ``previous_version`` names, and retires when that one is no longer champion.
 
 One look per challenger: a shadow is judged once, when it and the champion have both scored
 ``promotion.min_samples`` labeled events, and promoted or refused (and retired) then. Looking
@@ -151,18 +152,35 @@ class Judge:
         champion = slots.get(CHAMPION)
         if champion is None:
             return []
-        predecessor = watched_predecessor(slots)
         outputs: list[OutgoingRecord] = []
+        canary = slots.get(CANARY)
+        if canary is not None and canary["version"] == champion["version"]:
+            canary = None  # repair's to retire
+        elif canary is not None and canary.get("previous_version") != champion["version"]:
+            outputs += self._retire_canary(canary, self._champion_replaced(canary, champion))
+            canary = None
+        predecessor = watched_predecessor(slots)
         if predecessor is not None:
-            verdict, outputs = self._watch(champion, predecessor)
+            verdict, watched = self._watch(champion, predecessor)
+            outputs += watched
             # Until the watch's first verdict, no challenger may replace the champion: one that
             # paired with it while it was a shadow could otherwise pre-empt the rollback.
             if verdict.outcome in ("rollback", "wait"):
                 return outputs
-        canary = slots.get(CANARY)
-        if canary is not None and canary["version"] != champion["version"]:  # else: repair's to retire
+        if canary is not None:
             return outputs + self._trial(champion, canary)
         return outputs + self._challengers(champion, slots)
+
+    @staticmethod
+    def _champion_replaced(canary: dict[str, Any], champion: dict[str, Any]) -> str:
+        """Why a canary retires whose champion was replaced other than by this process's rollback: by
+        ``streamloop models rollback`` or ``promote``, which leave the canary slot alone, or by a
+        rollback of this publisher's that a stop cut short before it retired the canary."""
+        chosen_over = canary.get("previous_version")
+        if chosen_over is None:
+            return f"its record names no champion it was chosen over, and {champion['version']} is champion"
+        return (f"the champion it was chosen over, {chosen_over}, was replaced by {champion['version']} "
+                f"({champion.get('decision_id')})")
 
     def _watch(self, champion: dict[str, Any], predecessor: dict[str, Any]) -> tuple[Verdict, list[OutgoingRecord]]:
         new, old = champion["version"], predecessor["version"]
@@ -207,13 +225,19 @@ class Judge:
         self.ledger.forget({new})
         canary = self.slots().get(CANARY)
         if canary is not None:
-            # It won its trial's place against the version rolled back, and its baseline would
-            # now be the restored one's few events as champion.
-            self.canary_since.pop(canary["version"], None)
-            outputs += self._retire(CANARY, canary["version"], f"its champion {new} was rolled back to {old}; "
-                                                               "a canary is judged against the champion it was "
-                                                               "chosen over", {})
+            outputs += self._retire_canary(canary, f"its champion {new} was rolled back to {old}")
         return outputs
+
+    def _retire_canary(self, canary: dict[str, Any], why: str) -> list[OutgoingRecord]:
+        """Retire a canary whose champion is no longer the one it was chosen over (its ``previous_version``).
+
+        It won its trial's place against that champion, and its baseline would now be the new
+        one's few events as champion.
+        """
+        log.warning("retiring canary %s: %s", canary["version"], why)
+        self.canary_since.pop(canary["version"], None)
+        return self._retire(CANARY, canary["version"], f"{why}; a canary is judged against the champion it was "
+                                                       "chosen over", {})
 
     def _trial(self, champion: dict[str, Any], canary: dict[str, Any]) -> list[OutgoingRecord]:
         """A canary serves its share of events instead of the champion: an A/B comparison."""

@@ -535,6 +535,35 @@ def test_a_rollback_stopped_between_its_records_restarts_consistent(harness, tmp
             assert restarted.slot(shadow_slot(old))["version"] == old, "the watch goes on after the restart"
 
 
+def test_a_rollback_stopped_before_it_retired_the_canary_retires_it_after_the_restart(demo_pipeline, tmp_path):
+    harness = Harness(with_policy(demo_pipeline, promotion={"canary_weight": 0.2}), tmp_path)
+    first = harness.bootstrap()
+    second = harness.shadow()
+    harness.feed("lab", examples(600, models={first: (0.6, "CHAMPION"), second: (0.8, "SHADOW")}))
+    harness.feed("lab", examples(1600, start=1000, models={first: (0.6, "CHAMPION")})
+                 + examples(400, start=5000, models={second: (0.8, "CANARY")}))
+    third = harness.shadow()
+    harness.feed("lab", examples(600, start=10_000, models={
+        second: (0.8, "CHAMPION"), first: (0.6, "SHADOW"), third: (0.95, "SHADOW")}))
+    assert harness.slot(CANARY)["version"] == third
+    before = list(harness.written)
+    result = harness.feed("lab", examples(2000, start=20_000, models={
+        second: (0.3, "CHAMPION"), first: (0.6, "SHADOW")}))
+    assert [d["kind"] for d in decisions(result)] == ["ROLLBACK", "RETIRE"]
+    cut_short = 0
+    for cut, restarted, _ in restarts_at_every_cut(harness, before, result, tmp_path):
+        canary = restarted.slot(CANARY)
+        if restarted.slot(CHAMPION)["version"] != first or canary is None:
+            continue
+        cut_short += 1
+        later = decisions(restarted.feed("lab", examples(400, start=30_000, models={first: (0.6, "CHAMPION")})
+                                         + examples(300, start=31_000, models={third: (0.95, "CANARY")})))
+        about_the_canary = [(d["kind"], d["reason"]) for d in later if third in (d["from_version"], d["to_version"])]
+        assert [kind for kind, _ in about_the_canary] == ["RETIRE"], (cut, about_the_canary)
+        assert restarted.slot(CANARY) is None
+    assert cut_short, "a cut that restores the champion but leaves the canary"
+
+
 def test_the_champion_also_in_a_shadow_slot_is_neither_judged_nor_retired_as_a_challenger(demo_pipeline, tmp_path):
     # A registry a publisher of an earlier order left: the new champion and its own shadow slot.
     harness = Harness(demo_pipeline, tmp_path, PublisherPolicy(judging=JudgingPolicy(max_shadows=1)))

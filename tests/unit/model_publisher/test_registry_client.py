@@ -1,4 +1,5 @@
-"""``RegistryClient`` without a broker: rollbacks walk back the champion history; what the listing reports."""
+"""``RegistryClient`` without a broker: rollbacks walk back the champion history; what the listing reports;
+how the publisher takes a change made by hand."""
 
 from __future__ import annotations
 
@@ -7,9 +8,9 @@ import pytest
 from streamloop.ml.exceptions import ArtifactIntegrityError, RegistryError
 from streamloop.ml.registry import CHAMPION, champion_predecessors
 from streamloop.ml.registry_client import SlotSigning
-from tests.unit.model_publisher.factories import SIGNING_KEY, signed_by_streamloop_0_1
+from tests.unit.model_publisher.factories import SIGNING_KEY, signed_by_streamloop_0_1, with_policy
 from tests.unit.model_publisher.memory_registry import InMemoryRegistry, bootstrapped, new_candidates
-from tests.unit.model_publisher.test_publisher import examples, promote
+from tests.unit.model_publisher.test_publisher import Harness, decisions, examples, promote
 
 
 def test_a_second_rollback_goes_to_the_champion_before_never_back_to_the_rolled_back_one(harness):
@@ -119,6 +120,56 @@ def test_a_manual_promotion_retires_the_predecessor_the_last_one_kept_as_the_pub
     retired = [d for d in registry.state().decisions if d["kind"] == "RETIRE"]
     assert [(d["from_version"], d["automatic"]) for d in retired] == [(first, False)]
     assert registry.rollback()["to_version"] == a
+
+
+def canary_on_trial(tmp_path, demo_pipeline) -> tuple[Harness, str, str, str]:
+    """A publisher whose canary (third) is on trial, chosen over the champion (second), promoted over the first."""
+    harness = Harness(with_policy(demo_pipeline, promotion={"canary_weight": 0.2}), tmp_path)
+    first = harness.bootstrap()
+    second = harness.shadow()
+    harness.feed("lab", examples(600, models={first: (0.6, "CHAMPION"), second: (0.8, "SHADOW")}))
+    harness.feed("lab", examples(1600, start=1000, models={first: (0.6, "CHAMPION")})
+                 + examples(400, start=5000, models={second: (0.8, "CANARY")}))
+    third = harness.shadow()
+    harness.feed("lab", examples(600, start=10_000, models={
+        second: (0.8, "CHAMPION"), first: (0.6, "SHADOW"), third: (0.95, "SHADOW")}))
+    # Ten canary-served events short of its verdict (promotion.rollback_min_samples: 300).
+    harness.feed("lab", examples(1160, start=20_000, models={second: (0.8, "CHAMPION"), first: (0.6, "SHADOW")})
+                 + examples(290, start=30_000, models={third: (0.95, "CANARY")}))
+    canary = harness.slot("canary")
+    assert (harness.slot(CHAMPION)["version"], canary and canary["version"]) == (second, third)
+    return harness, first, second, third
+
+
+def read_back(harness: Harness, registry: InMemoryRegistry) -> None:
+    """The deployments topic as the publisher's table reads it: its own writes echoed, then the client's."""
+    for key, value in registry.topics["model_deployments"]:
+        harness.table.apply(key, value)
+
+
+@pytest.mark.parametrize("by_hand", ["rollback", "promote"])
+def test_a_canary_retires_when_its_champion_is_changed_by_hand(demo_pipeline, tmp_path, by_hand):
+    """``models rollback`` and ``models promote`` leave the canary slot alone: its trial went on, decided
+    against the new champion's few events as champion instead of the one it was chosen over."""
+    harness, first, second, third = canary_on_trial(tmp_path, demo_pipeline)
+    registry = InMemoryRegistry(harness.spec).add(harness.written)
+    if by_hand == "rollback":
+        decision = registry.rollback()
+    else:
+        (other,) = new_candidates(harness, registry, 1)
+        decision = registry.promote(other)
+    read_back(harness, registry)
+    champion = harness.slot(CHAMPION)
+    assert champion["version"] == decision["to_version"] and champion["decision_id"] == decision["decision_id"]
+    assert harness.slot("canary")["version"] == third, "the client left the canary slot alone"
+
+    result = harness.feed("lab", examples(30, start=40_000, models={champion["version"]: (0.6, "CHAMPION")})
+                          + examples(10, start=41_000, models={third: (0.95, "CANARY")}))
+    about_the_canary = [d for d in decisions(result) if third in (d["from_version"], d["to_version"])]
+    assert [d["kind"] for d in about_the_canary] == ["RETIRE"], [(d["kind"], d["reason"]) for d in about_the_canary]
+    assert f"the champion it was chosen over, {second}, was replaced by {champion['version']} " \
+           f"({decision['decision_id']})" in about_the_canary[0]["reason"]
+    assert harness.slot("canary") is None and harness.slot(CHAMPION)["version"] == decision["to_version"]
 
 
 def _signed_by_streamloop_0_1(registry: InMemoryRegistry, key: bytes, slot: str = CHAMPION, **claims) -> dict:
