@@ -25,8 +25,11 @@ class FeaturizerSettings(BaseSettings):
         default=3_600_000, ge=0,
         description="How far an event may trail the newest event of its partition (event time), and how far "
                     "Kafka timestamps may stray from event times; sizes forgetting and the restore replay.")
-    restore_timeout_s: float = Field(default=600.0, gt=0,
-                                     description="Longest a partition's state rebuild may take before the service "
-                                                 "exits (and is restarted).")
+    restore_timeout_s: float = Field(
+        default=600.0, gt=0,
+        description="Longest a state rebuild may go without progress (no partition read further) before the "
+                    "service exits (and is restarted); also each broker request's timeout during a rebuild. "
+                    "Not a bound on the rebuild as a whole, which grows with the input rate and the partitions "
+                    "assigned at once.")
     sweep_interval_s: float = Field(default=60.0, gt=0,
                                     description="How often forgotten entities are dropped from memory.")
