@@ -76,7 +76,8 @@ class FeaturizerProcessor:
         self.spec = spec
         self.features_topic = features_topic
         self.builder = FeatureBuilder(spec, schema)
-        self.validator = RecordValidator(spec.input, schema)
+        self.validator = RecordValidator(spec.input, schema, categorical=spec.features.categorical,
+                                         segments=spec.segments)
         self.writer = FeatureRowWriter(store, group, monotonic=monotonic)
         self.history = history
         self.horizon = self.builder.horizon

@@ -12,7 +12,10 @@ them in one round, not one dead letter at a time:
 2. sanity, over every field: no NaN or infinite number (``<field>.finite``, nested values
    included) and no map or array with more than ``input.max_map_size`` entries (``.max_size``);
 3. the declared rules, in the spec's order: ``required``, ``type``, ``min``, ``max``,
-   ``allowed``, ``max_length``.
+   ``allowed``, ``max_length``;
+4. what the scorer refuses (``streamloop.ml.features.feature_problem``): a categorical or segment
+   value whose text, or one-hot column ``name=value``, is longer than ``MAX_TEXT_LENGTH``
+   (``<field>.max_length``). Stored, it would fail every scoring of its entity until the next event.
 
 A valid event then meets the processor's own checks (``FeaturizerProcessor._admit``): its Kafka key
 is its entity key (``<entity_key>.kafka_key``), its time is not ahead of the clock (``.future``),
@@ -22,13 +25,15 @@ and it is not later than the lateness policy allows.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from streamloop.contracts.pipeline import FieldRule, InputSpec
+from streamloop.contracts.pipeline import CategoricalSpec, FieldRule, InputSpec
 from streamloop.contracts.schemas import AvroSchema
 from streamloop.kafka import InvalidRecordError
+from streamloop.ml.categorical import CategoricalEncoder, as_text
+from streamloop.ml.features import MAX_TEXT_LENGTH
 
 MAX_TIME_MS = 2**63 - 1
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -124,10 +129,27 @@ class _Rule:
                                      rule=f"{field}.max_length")
 
 
+def _scorer_text_limits(categorical: Sequence[CategoricalSpec], segments: Sequence[str]) -> dict[str, tuple[int, str]]:
+    """Each categorical or segment field: the longest text of it the scorer takes, and as what."""
+    limits = {field: (MAX_TEXT_LENGTH, f"segment {field}") for field in segments}
+    for spec in categorical:
+        encoder = CategoricalEncoder(spec)
+        if encoder.other:
+            continue  # a value off the spec's list becomes __other__: only the spec's own text is emitted
+        if encoder.one_hot:
+            limit, emitted = MAX_TEXT_LENGTH - len(encoder.prefix), f"one-hot column {encoder.prefix}<value>"
+        else:
+            limit, emitted = MAX_TEXT_LENGTH, f"categorical feature {encoder.name}"
+        if spec.field not in limits or limit < limits[spec.field][0]:
+            limits[spec.field] = (limit, emitted)
+    return limits
+
+
 class RecordValidator:
     """Checks one decoded input event; :meth:`validate` returns its identity or raises."""
 
-    def __init__(self, spec: InputSpec, schema: AvroSchema) -> None:
+    def __init__(self, spec: InputSpec, schema: AvroSchema, *, categorical: Sequence[CategoricalSpec] = (),
+                 segments: Sequence[str] = ()) -> None:
         kinds = field_kinds(schema)
         self.event_id = spec.event_id
         self.entity_key = spec.entity_key
@@ -136,6 +158,8 @@ class RecordValidator:
         self._floats = tuple(f for f, k in kinds.items() if k & {"float", "double"})
         self._nested = tuple(f for f, k in kinds.items() if k & {"record", "map", "array", "named"})
         self._rules = tuple(_Rule(field, rule) for field, rule in spec.validation.items())
+        self._text_limits = tuple((field, limit, emitted) for field, (limit, emitted)
+                                  in _scorer_text_limits(categorical, segments).items())
 
     def validate(self, value: dict[str, Any]) -> tuple[str, str, int]:
         """``(event_id, entity_key, event_time_ms)`` of a valid event; raises InvalidRecordError."""
@@ -188,6 +212,15 @@ class RecordValidator:
             except InvalidRecordError as exc:
                 broken.add(rule.field)
                 yield exc
+        for field, limit, emitted in self._text_limits:
+            item = value.get(field)
+            if item is None or field in broken:
+                continue
+            length = len(as_text(item))
+            if length > limit:
+                yield InvalidRecordError(f"{field} is {length} characters long, above the {limit} the scorer takes "
+                                         f"as {emitted} (MAX_TEXT_LENGTH {MAX_TEXT_LENGTH})",
+                                         rule=f"{field}.max_length")
 
     def _check_nested(self, field: str, value: Any) -> None:
         pending = [value]

@@ -9,8 +9,10 @@ import pytest
 from services.featurizer.validation import RecordValidator, to_millis
 from streamloop.contracts import load_pipeline
 from streamloop.kafka import InvalidRecordError
+from streamloop.kafka.dead_letters import RULE, dead_letter_headers, read_error_headers
+from streamloop.ml.features import MAX_TEXT_LENGTH, feature_problem
 from tests.conftest import DEMO_SPEC
-from tests.unit.featurizer.support import SCHEMA, event, make_spec, processor, records
+from tests.unit.featurizer.support import SCHEMA, MemoryStore, event, make_spec, processor, records, vectors
 
 RULES = {
     "x": {"required": True, "min": 0, "max": 100},
@@ -138,3 +140,58 @@ def test_invalid_events_are_dead_lettered_before_touching_state() -> None:
     assert all(r.stage == "VALIDATION" for r in result.rejections)
     assert len(result.outputs) == 1 and result.outputs[0].value["numeric"]["c"] == 1.0  # type: ignore[index]
     assert proc._partitions[("events", 0)].entities["a"].size == 1
+
+
+# -- text the scorer refuses ----------------------------------------------------------------
+
+
+ONE_HOT = {"categorical": [{"field": "cat", "encoding": "one_hot"}]}
+COUNT = {"aggregations": [{"name": "count", "field": "x", "agg": "count", "window": {"kind": "sliding", "size": 1000}}]}
+PASSTHROUGH = {"categorical": [{"field": "cat"}]}
+
+
+@pytest.mark.parametrize(("features", "segments", "longest"), [
+    (ONE_HOT, (), MAX_TEXT_LENGTH - len("cat=")),  # the column cat=<value> is what the scorer bounds
+    (PASSTHROUGH, (), MAX_TEXT_LENGTH),
+    ({}, ("cat",), MAX_TEXT_LENGTH),
+    (PASSTHROUGH | {"categorical": [{"field": "cat"}, {"field": "cat", "name": "cat_hot", "encoding": "one_hot"}]},
+     ("cat",), MAX_TEXT_LENGTH - len("cat_hot=")),
+], ids=["one-hot", "passthrough", "segment", "the-strictest-of-several"])
+def test_categorical_and_segment_text_is_at_most_what_the_scorer_takes(features: dict, segments: tuple,
+                                                                       longest: int) -> None:
+    proc = processor(make_spec(features, segments=segments))
+
+    at_limit = proc.process(records([event(1, "a", 1_000, cat="c" * longest)]))
+    (vector,) = vectors(at_limit).values()
+    assert feature_problem(vector["numeric"], vector["categorical"]) is None, "the scorer takes what passes"
+
+    over = proc.process(records([event(2, "a", 2_000, cat="c" * (longest + 1))], first_offset=1))
+    (rejection,) = over.rejections
+    assert rejection.stage == "VALIDATION" and rejection.error.rule == "cat.max_length"  # type: ignore[attr-defined]
+    assert f"above the {longest} the scorer takes" in str(rejection.error)
+
+
+def test_a_value_off_the_list_that_becomes_other_may_be_of_any_length() -> None:
+    proc = processor(make_spec({"categorical": [{"field": "cat", "encoding": "one_hot", "categories": ["a"],
+                                                 "unknown": "other"}]}))
+    (vector,) = vectors(proc.process(records([event(1, "a", 1_000, cat="c" * 5_000)]))).values()
+    assert vector["numeric"]["cat=__other__"] == 1.0
+
+
+def test_a_categorical_value_too_long_for_the_scorer_is_dead_lettered_before_touching_state() -> None:
+    store = MemoryStore()
+    proc = processor(make_spec(ONE_HOT | COUNT), store=store)
+    too_long = records([event(1, "b", 1_000, cat="c" * MAX_TEXT_LENGTH)])[0]
+    fine = records([event(2, "a", 1_000)], first_offset=1)[0]
+
+    result = proc.process([too_long, fine])
+
+    (rejection,) = result.rejections
+    assert rejection.record is too_long and rejection.stage == "VALIDATION"
+    headers = read_error_headers(dead_letter_headers(None, topic=too_long.topic, partition=too_long.partition,
+                                                     offset=too_long.offset, stage=rejection.stage,
+                                                     error=rejection.error, service="featurizer"))
+    assert headers[RULE] == "cat.max_length"
+    assert [v["entity_key"] for v in vectors(result).values()] == ["a"], "no vector for the rejected event"
+    assert [entity for _group, entity in store.rows] == ["a"], "no row for it either"
+    assert "b" not in proc._partitions[("events", 0)].entities
