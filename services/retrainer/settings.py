@@ -32,7 +32,9 @@ class RetrainerSettings(BaseSettings):
     rebuild_min_interval: DurationMs = Field(default=10_000, description="Drift rebuilds at most this often.")
     rebuild_min_examples: int = Field(default=100, ge=2, description="Fewer labeled examples: no rebuild.")
     rebuild_in_background: bool = Field(default=True, description="Rebuild on a worker thread, off the consume loop.")
-    window_read_timeout_s: float = Field(default=60.0, gt=0)
+    window_read_timeout_s: float = Field(
+        default=60.0, gt=0,
+        description="A rebuild window's read that has not reached every partition's end by then fails (tried again).")
     table_timeout_s: float = Field(default=60.0, gt=0, description="Wait this long for the deployments table.")
     remember_events: int = Field(default=100_000, ge=0, description="Recent event ids kept to skip duplicates.")
     resume_max_labels: int = Field(

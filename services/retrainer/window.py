@@ -4,6 +4,12 @@ A separate consumer that ``assign()``s each partition at its end offset minus th
 up to the end offset seen when it started; it joins no group and commits nothing, so it never
 disturbs the retrainer's own consumer group. Each partition contributes up to ``window`` records;
 ``rebuild.recent_window`` then keeps the ``window`` most recent by label time across partitions.
+
+A read that has not reached every partition's end offset by its deadline fails
+(``WindowReadIncomplete``) rather than returning what it has: a partition is read from its oldest
+record, so what is missing is the newest, the examples a drift rebuild waited for. The rebuild
+then fails and is tried again with backoff (rebuild_policy.py), rather than training on the
+concept that stopped holding, or being skipped for too few examples.
 """
 
 from __future__ import annotations
@@ -15,11 +21,16 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
+from streamloop.errors import DependencyUnavailable
 from streamloop.kafka.configuration import KafkaSettings
 from streamloop.kafka.records import ConsumedRecord
 from streamloop.serde import Serde, SerdeError
 
 log = logging.getLogger(__name__)
+
+
+class WindowReadIncomplete(DependencyUnavailable):
+    """Some partitions were not read to their end offset within the read's timeout."""
 
 
 class KafkaWindowReader:
@@ -81,6 +92,6 @@ class KafkaWindowReader:
                 if offset >= ends[partition] - 1:
                     pending.discard(partition)
         if pending:
-            log.warning("window read of %s stopped after %.0fs with partitions %s unfinished", self.topic,
-                        self.timeout_s, sorted(pending))
+            raise WindowReadIncomplete(f"window read of {self.topic}: partitions {sorted(pending)} not read to "
+                                       f"their end within {self.timeout_s:g}s")
         return records
