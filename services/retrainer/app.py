@@ -41,10 +41,9 @@ class RetrainerApp:
     def run(self) -> int:
         self.table_reader.start()
         try:
-            if self.table_reader.wait_until_caught_up(self.table_timeout_s):
-                self.processor.table.ready = True
-            else:
-                log.warning("deployments table not caught up after %.0fs; starting anyway", self.table_timeout_s)
+            if not self.table_reader.wait_until_caught_up(self.table_timeout_s):
+                log.warning("deployments table not caught up after %.0fs; starting anyway, with no champion loaded "
+                            "until it is", self.table_timeout_s)
             self.processor.prepare()
             return self.runner.run()
         finally:
@@ -61,9 +60,15 @@ def build(settings: RetrainerSettings, install_global_telemetry: bool = True) ->
     store = settings.artifacts.artifact_store()
     telemetry = configure_telemetry(settings.telemetry.for_service(SERVICE), install_global=install_global_telemetry)
     table = DeploymentTable()
+
+    def table_read() -> None:
+        # Set by the reader, not after the wait above: a table read later than RETRAINER_TABLE_TIMEOUT_S
+        # must still become ready, or no champion would ever load.
+        table.ready = True
+
     deployments = ctx.topic("model_deployments").name
     reader = CompactedTopicReader(settings.common.kafka, deployments, ctx.serde("model_deployments"),
-                                  on_change=table.apply, name=f"{SERVICE}-deployments")
+                                  on_change=table.apply, name=f"{SERVICE}-deployments", on_caught_up=table_read)
     window = KafkaWindowReader(settings.common.kafka, ctx.topic("labeled_examples").name,
                                ctx.serde("labeled_examples"), timeout_s=settings.window_read_timeout_s)
     executor: Executor = ThreadPoolExecutor(1, thread_name_prefix="rebuild") if settings.rebuild_in_background \

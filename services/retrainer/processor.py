@@ -162,6 +162,10 @@ class RetrainerProcessor:
         return self.table.champion(self.pipeline.name, self.pipeline.model.name)
 
     def _sync_champion(self) -> None:
+        if not self.table.ready:
+            # A table read in part may show a champion since replaced (its record not compacted away
+            # yet): loading it would spend the one resume on it, and the real one restart the line.
+            return
         champion = self._champion()
         if champion is None or (champion["version"], champion["artifact"]["signature"]) == (
                 self._champion_version, self._champion_signature):
@@ -193,7 +197,8 @@ class RetrainerProcessor:
         """Load the champion, and resume its line and the timers, before the runner joins the group.
 
         Then reading the labels again cannot hold up a batch past the group's poll interval. With
-        no champion yet, the first one is loaded (and its line resumed) at the first batch.
+        no champion yet, or the deployments table not read to its end yet, the first one is loaded
+        (and its line resumed) at the first batch after.
         """
         self._sync_champion()
         self._resume_timers()

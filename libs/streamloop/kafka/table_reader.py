@@ -52,16 +52,22 @@ class CompactedTopicReader:
     ``on_change`` runs on the reader's thread, in offset order per partition. When a consumed
     batch holds several records of one key (a topic not compacted yet), only the latest is
     applied, so a restart does not replay every superseded value through the callback.
+
+    ``on_caught_up`` runs once on the reader's thread, when the table is first read up to date,
+    however long after a ``wait_until_caught_up`` that timed out, and before any waiter sees
+    ``True``: a caller that gave up waiting still learns when the table can be trusted.
     """
 
     def __init__(self, kafka: KafkaSettings, topic: str, serde: Serde, on_change: OnChange | None = None,
                  *, name: str = "table-reader", poll_timeout_s: float = 0.2, batch_size: int = 500,
-                 metadata_timeout_s: float = 10.0, idle_pause_s: float = 0.2) -> None:
+                 metadata_timeout_s: float = 10.0, idle_pause_s: float = 0.2,
+                 on_caught_up: Callable[[], None] | None = None) -> None:
         self.topic = topic
         self.name = name
         self.stats = TableReaderStats()
         self._serde = serde
         self._on_change = on_change
+        self._on_caught_up = on_caught_up
         self._poll_timeout_s = poll_timeout_s
         self._batch_size = batch_size
         self._metadata_timeout_s = metadata_timeout_s
@@ -125,7 +131,7 @@ class CompactedTopicReader:
                 return
             pending = {p for p, end in ends.items() if end > 0}
             if not pending:
-                self._caught_up.set()
+                self._mark_caught_up()
             while not self._stopping.is_set():
                 messages = pacer.consume(self._batch_size, self._poll_timeout_s)
                 self._apply(messages)
@@ -133,12 +139,21 @@ class CompactedTopicReader:
                     pending = self._still_behind(pacer, pending, ends, messages)
                     if not pending:
                         log.info("%s: caught up with %s (%d keys)", self.name, self.topic, len(self._table))
-                        self._caught_up.set()
+                        self._mark_caught_up()
         except Exception:  # noqa: BLE001 - a dead reader must be visible, not silent
             if not self._stopping.is_set():  # stopped while it waited for the registry: nothing failed
                 log.exception("%s: reading %s failed; the table stops updating", self.name, self.topic)
         finally:
             consumer.close()
+
+    def _mark_caught_up(self) -> None:
+        if self._on_caught_up is not None:
+            try:
+                self._on_caught_up()
+            except Exception:  # noqa: BLE001 - one bad callback must not stop the table
+                self.stats.callback_errors += 1
+                log.exception("%s: on_caught_up failed for %s", self.name, self.topic)
+        self._caught_up.set()
 
     def _assign_all(self, pacer: FetchPacer) -> dict[int, int] | None:
         """Assign every partition from the beginning; the high watermarks are the catch-up target."""

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from confluent_kafka import Message
+import json
+import threading
+import time
+from types import SimpleNamespace
+
+from confluent_kafka import Message, TopicPartition
 
 from streamloop.kafka import KafkaSettings
 from streamloop.kafka.table_reader import CompactedTopicReader
@@ -84,3 +89,59 @@ def test_a_live_change_superseded_within_one_read_is_logged(catalog, caplog) -> 
     assert reader.get("champion")["model_version"] == "rolled-back" and reader.stats.superseded == 3
     assert "scorer-deployments: t key 'champion' changed again within one read; only its latest value (t[0]@4)" \
         in caplog.text
+
+
+class SlowTopic:
+    """A one-partition topic of ``values`` whose records after the first arrive only once ``arrived`` is set."""
+
+    def __init__(self, values: list[bytes]) -> None:
+        self.values = values
+        self.arrived = threading.Event()
+        self.next = 0
+
+    def list_topics(self, topic: str, timeout: float) -> SimpleNamespace:
+        return SimpleNamespace(topics={topic: SimpleNamespace(error=None, partitions={0: None})})
+
+    def get_watermark_offsets(self, _tp: TopicPartition, timeout: float) -> tuple[int, int]:
+        return 0, len(self.values)
+
+    def assign(self, _partitions: list[TopicPartition]) -> None:
+        pass
+
+    def consume(self, _count: int, timeout: float) -> list[Message]:
+        if self.next >= len(self.values) or (self.next and not self.arrived.is_set()):
+            time.sleep(timeout)
+            return []
+        offset, self.next = self.next, self.next + 1
+        return [Message(topic="t", partition=0, offset=offset, key=b"champion", value=self.values[offset])]
+
+    def position(self, partitions: list[TopicPartition]) -> list[TopicPartition]:
+        return [TopicPartition(tp.topic, tp.partition, self.next) for tp in partitions]
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_table_read_after_its_waiter_timed_out_still_says_so(monkeypatch) -> None:
+    """The retrainer marks its deployments table ready through ``on_caught_up``: it used to do so only
+    when the start-up wait succeeded, and a table read late was never trusted."""
+    from streamloop.kafka import table_reader
+
+    topic = SlowTopic([b'{"version": "old"}', b'{"version": "current"}'])
+    monkeypatch.setattr(table_reader, "Consumer", lambda _config: topic)
+    seen_when_caught_up: list[dict | None] = []
+
+    def caught_up() -> None:
+        seen_when_caught_up.append(reader.get("champion"))
+
+    reader = CompactedTopicReader(KafkaSettings(), "t", SimpleNamespace(decode=json.loads), idle_pause_s=0,
+                                  poll_timeout_s=0.01, on_caught_up=caught_up)
+    reader.start()
+    try:
+        assert not reader.wait_until_caught_up(0.2) and seen_when_caught_up == []
+        assert reader.get("champion") == {"version": "old"}, "what a table read in part shows"
+        topic.arrived.set()
+        assert reader.wait_until_caught_up(5)
+        assert seen_when_caught_up == [{"version": "current"}], "once, and with the table read to its end"
+    finally:
+        reader.stop()

@@ -153,6 +153,23 @@ def test_labels_that_passed_before_the_first_champion_loaded_are_learned_when_re
     assert harness.processor.learner.learned_total == 15 and harness.processor.learner.skipped_duplicates == 0
 
 
+def test_no_champion_is_loaded_from_a_table_read_in_part(spec, tmp_path):
+    """Past RETRAINER_TABLE_TIMEOUT_S the table may still show a champion since replaced. Loading it
+    spent the one resume on it, and the real one, once read, restarted the learner with nothing."""
+    resume = FakeResume()
+    harness = restarted(spec, tmp_path, resume)  # the table shows the old champion, the bootstrap
+    harness.table.ready = False
+    harness.processor.prepare()
+    harness.processor.process(labeled(5, start=40))  # they pass unlearned, and are committed
+    assert harness.processor.learner.model is None and resume.calls == []
+    real = harness.set_champion("fraud-20990101000000000-deadbeef")
+    resume.records = labeled(45)  # the 40 the real champion's line had learned before the restart, and those 5
+    harness.table.ready = True  # the deployments table is read to its end
+    published = candidates(harness.processor.process(labeled(10, start=45)))
+    assert resume.calls == [real] and harness.processor.learner.learned_total == 55
+    assert [(c["sample_count"], c["parent_version"]) for c in published] == [(50, real)]
+
+
 def test_labels_read_again_are_all_learned_though_their_times_go_backwards(spec, tmp_path):
     earlier = [consumed("lab", labeled_example(i, i % 3 == 0), offset=i, partition=0,
                         timestamp_ms=T0 + (1_000 if i == 3 else i)) for i in range(8)]
