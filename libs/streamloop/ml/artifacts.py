@@ -226,6 +226,10 @@ class ArtifactStore:
                 data = handle.read(ref.size_bytes + 1)
         except OSError as exc:
             raise ArtifactNotFoundError(f"artifact {ref.uri} cannot be read: {exc.strerror}") from exc
+        except ValueError as exc:
+            # A path no file can have (an encoded NUL, %00): raised as is, it got past every reader's
+            # ModelError handling, and a retrainer whose champion named one crash-looped.
+            raise ArtifactNotFoundError(f"artifact {ref.uri} names no file: {exc}") from exc
         digest = hashlib.sha256(data).hexdigest()
         if not _hex_matches(digest, ref.sha256):
             raise ArtifactIntegrityError(f"artifact {ref.uri} content hash does not match its reference")

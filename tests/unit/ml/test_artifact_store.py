@@ -7,6 +7,7 @@ import io
 import pickle
 import sys
 import types
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,12 @@ from pydantic import ValidationError
 
 from streamloop.ml import ArtifactIdentity, ArtifactSigner, ArtifactStore
 from streamloop.ml import artifacts as artifacts_module
-from streamloop.ml.exceptions import ArtifactLoadError, ArtifactStoreLocationError, ModelError
+from streamloop.ml.exceptions import (
+    ArtifactLoadError,
+    ArtifactNotFoundError,
+    ArtifactStoreLocationError,
+    ModelError,
+)
 from streamloop.ml.settings import ArtifactSettings
 from streamloop.service.settings_errors import describe_validation_error
 
@@ -76,6 +82,17 @@ def test_a_store_whose_path_needs_percent_encoding_reads_its_artifacts_back(tmp_
     ref = store.put_model(linear_model.LogisticRegression(), identity)
     assert "%" in ref.uri, "the URI is percent-encoded"
     assert isinstance(store.load_model(ref, identity), linear_model.LogisticRegression)
+
+
+def test_a_uri_naming_no_possible_file_is_an_artifact_not_found(tmp_path: Path) -> None:
+    """An encoded NUL made ``stat()`` raise ValueError, which no reader handles as a ModelError."""
+    store = ArtifactStore(tmp_path / "artifacts", signer())
+    identity = ArtifactIdentity("card-fraud", "fraud", "v1")
+    ref = store.put_model({"a": 1}, identity)
+    hostile = replace(ref, uri=ref.uri + "%00")
+    with pytest.raises(ArtifactNotFoundError, match=r"names no file: embedded null byte") as caught:
+        store.load_model(hostile, identity)
+    assert isinstance(caught.value, ModelError)
 
 
 def pickled_from_a_module_gone_since(name: str) -> bytes:

@@ -132,6 +132,19 @@ def test_a_champion_that_no_longer_unpickles_is_a_load_failure_not_a_crash(spec,
     assert harness.processor.learner.learned_total == 10, "the next champion loads, with the labels since read again"
 
 
+def test_a_champion_whose_uri_names_no_possible_file_is_a_load_failure_not_a_crash(spec, tmp_path):
+    """An encoded NUL in the artifact's URI raised ValueError out of prepare(): the service crash-looped."""
+    harness = restarted(spec, tmp_path, FakeResume())
+    bootstrap = harness.table.champion(spec.name, spec.model.name)
+    artifact = {**bootstrap["artifact"], "uri": bootstrap["artifact"]["uri"] + "%00"}
+    harness.table.apply(slot_key(spec.name, spec.model.name, CHAMPION), deployment_record(
+        spec.name, spec.model.name, CHAMPION, "fraud-20990101000000000-deadbeef", artifact, deployed_at=T0))
+    harness.processor.prepare()
+    assert harness.processor.learner.model is None
+    counts = harness.processor._metrics.counts
+    assert counts[("streamloop_retrainer_champion_load_failures", (("pipeline", "card-fraud"),))] == 1
+
+
 def rebuild_only(demo_pipeline):
     return with_policy(demo_pipeline, retrain={"online_publish_every_labels": None, "online_publish_every": None,
                                                "rebuild_window": 300, "schedule": None})

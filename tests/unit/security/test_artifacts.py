@@ -66,6 +66,7 @@ def hostile_refs(root: Path, store: ArtifactStore, marker: Path, identity: Artif
                                                         good.key_id, len(payload)),
         "signed ref, tampered file": _tampered(good, good_path, payload),
         "device instead of a file": ArtifactRef("file:///dev/zero", digest, "", "default", len(payload)),
+        "a path no file can have": ArtifactRef(uri + "%00", digest, "", "default", len(payload)),
         "size beyond the limit": ArtifactRef(uri, digest, "", "default", 2**62),
         "not a file URI": ArtifactRef("https://evil.example/model.pkl", digest, "", "default", len(payload)),
     }
