@@ -81,6 +81,12 @@ MISTAKES = [
                  "not a duration", id="bad-duration"),
     pytest.param(lambda s: s["staleness"].update(max_model_age=-5), "staleness.max_model_age",
                  "greater than 0", id="negative-duration"),
+    # Not "off": a rebuild, or an online candidate, at every tick.
+    pytest.param(lambda s: s["retrain"].update(schedule=0), "retrain.schedule",
+                 "must be a positive duration, not 0 (0 would fire at every tick); null turns it off",
+                 id="schedule-of-0"),
+    pytest.param(lambda s: s["retrain"].update(online_publish_every="0s"), "retrain.online_publish_every",
+                 "must be a positive duration, not '0s'", id="online-publish-every-0"),
     pytest.param(lambda s: s["input"]["validation"]["amount"].update(min=10, max=1),
                  "input.validation.amount.min", "greater than max", id="min-above-max"),
     pytest.param(_no_cost_matrix, "promotion.metric", "cost_matrix", id="cost-metric-without-costs"),

@@ -38,6 +38,18 @@ DurationMs = Annotated[int, BeforeValidator(parse_duration_ms), Field(ge=0)]
 PositiveDurationMs = Annotated[int, BeforeValidator(parse_duration_ms), Field(gt=0)]
 
 
+def _period_ms(value: Any) -> int:
+    """A timer's period; 0 is refused, not read as "off", which it is not: it fires at every tick."""
+    period = parse_duration_ms(value)
+    if period <= 0:
+        raise ValueError(f"must be a positive duration, not {value!r} (0 would fire at every tick); "
+                         "null turns it off")
+    return period
+
+
+PeriodMs = Annotated[int, BeforeValidator(_period_ms)]
+
+
 def _class_name(value: Any) -> Any:
     """A class as every record names it: YAML's booleans and any spelling of them are ``true``/``false``."""
     if isinstance(value, bool):
@@ -301,14 +313,14 @@ class CatchUpSpec(_Spec):
 
 class RetrainSpec(_Spec):
     online_publish_every_labels: int | None = Field(default=2000, ge=1)
-    online_publish_every: DurationMs | None = 60_000
+    online_publish_every: PeriodMs | None = 60_000
     rebuild_on_drift: bool = True
     rebuild_window: int = Field(default=5000, ge=10)
     # An incremental learner trained once over a few thousand examples is far from converged:
     # more passes over the same window (shuffled) get a rebuilt linear model near what the data allows.
     rebuild_passes: int = Field(default=1, ge=1, le=100)
     holdout_share: float = Field(default=0.2, gt=0, lt=1)
-    schedule: DurationMs | None = None
+    schedule: PeriodMs | None = None
     catch_up: CatchUpSpec = Field(default_factory=CatchUpSpec)
 
 
