@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from services.retrainer.processor import RetrainerProcessor, RetrainerTopics
 from services.retrainer.rebuild_policy import InlineExecutor, RebuildPolicy
 from services.retrainer.resume import KafkaResume
-from services.retrainer.settings import RetrainerSettings
+from services.retrainer.settings import RetrainerSettings, check_against_spec
 from services.retrainer.window import KafkaWindowReader
 from streamloop.kafka.group_history import GroupHistory
 from streamloop.kafka.runner import StageRunner
@@ -57,6 +57,7 @@ class RetrainerApp:
 
 def build(settings: RetrainerSettings, install_global_telemetry: bool = True) -> RetrainerApp:
     ctx = ServiceContext.load(SERVICE, settings.common)
+    check_against_spec(settings, ctx.pipeline.retrain)
     store = settings.artifacts.artifact_store()
     telemetry = configure_telemetry(settings.telemetry.for_service(SERVICE), install_global=install_global_telemetry)
     table = DeploymentTable()

@@ -7,7 +7,8 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from streamloop.contracts.pipeline import DurationMs
+from streamloop.contracts.pipeline import DurationMs, RetrainSpec
+from streamloop.errors import StreamloopError
 from streamloop.ml.settings import ArtifactSettings
 from streamloop.service.settings import CommonSettings
 from streamloop.telemetry import TelemetrySettings
@@ -44,3 +45,17 @@ class RetrainerSettings(BaseSettings):
                     "about 5 KB each for the demo's examples.")
     resume_timeout_s: float = Field(default=60.0, gt=0,
                                     description="How long each broker call of reading those labels again may wait.")
+
+
+class RetrainerSettingsError(StreamloopError):
+    """The settings cannot work with the pipeline spec's ``retrain`` policies."""
+
+
+def check_against_spec(settings: RetrainerSettings, retrain: RetrainSpec) -> None:
+    """Refuse settings that would make the spec's policies do nothing, with nothing said at run time."""
+    if retrain.rebuild_window < settings.rebuild_min_examples:
+        # A window never holds more examples than rebuild_window: every rebuild would be skipped.
+        raise RetrainerSettingsError(
+            f"invalid settings: rebuild_min_examples (RETRAINER_REBUILD_MIN_EXAMPLES) is "
+            f"{settings.rebuild_min_examples}, more than the spec's retrain.rebuild_window ({retrain.rebuild_window}): "
+            "every rebuild would be skipped for too few examples")
