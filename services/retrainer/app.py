@@ -4,11 +4,19 @@ Reads ``labeled_examples`` and ``drift_events`` through the stage runner, the de
 through a ``CompactedTopicReader``, replays rebuild windows with a ``KafkaWindowReader``, reads back
 after a restart what the online challenger had learned (``KafkaResume``) and writes
 ``model_candidates``; artifacts go to the signed artifact store.
+
+One online challenger must see every label: with ``RETRAINER_STANDBY_LEASE`` (default) every
+replica first waits for the lease (``streamloop.kafka.lease``), so a second replica is a standby
+that takes over when the active one goes away, not a second challenger learning half the labels
+and rebuilding on every drift beside the first.
 """
 
 from __future__ import annotations
 
 import logging
+import signal
+import threading
+from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -18,6 +26,7 @@ from services.retrainer.resume import KafkaResume
 from services.retrainer.settings import RetrainerSettings, check_against_spec
 from services.retrainer.window import KafkaWindowReader
 from streamloop.kafka.group_history import GroupHistory
+from streamloop.kafka.lease import LeaderLease
 from streamloop.kafka.runner import StageRunner
 from streamloop.kafka.table_reader import CompactedTopicReader
 from streamloop.ml.registry import DeploymentTable
@@ -30,29 +39,85 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class RetrainerApp:
-    runner: StageRunner
+class RetrainerTerm:
+    """What one term as the active replica learns with, built anew for each: the replica that held
+    the lease meanwhile learned and published on, so the challenger starts as after a restart, its
+    line resumed from the topics, and a rebuild of the last term is not waited for."""
+
     processor: RetrainerProcessor
-    table_reader: CompactedTopicReader
+    runner: StageRunner
     executor: Executor
-    telemetry: Telemetry
-    table_timeout_s: float
+
+
+class RetrainerApp:
+    """Waits for the lease, then learns until stopped or the lease is lost (then waits again).
+
+    The deployments table is read from the start, standby included: it is only read, so a
+    takeover finds it up to date.
+    """
+
+    def __init__(self, new_term: Callable[[], RetrainerTerm], table_reader: CompactedTopicReader,
+                 telemetry: Telemetry, table_timeout_s: float, lease: LeaderLease | None = None) -> None:
+        self.new_term = new_term
+        self.term = new_term()
+        self.table_reader = table_reader
+        self.telemetry = telemetry
+        self.table_timeout_s = table_timeout_s
+        self.lease = lease
+        self._stopping = threading.Event()
+
+    @property
+    def processor(self) -> RetrainerProcessor:
+        return self.term.processor
+
+    @property
+    def runner(self) -> StageRunner:
+        return self.term.runner
 
     def run(self) -> int:
         self.table_reader.start()
         try:
+            return self._serve()
+        finally:
+            if self.lease is not None:
+                self.lease.close()  # a dynamic member leaves the group: a standby takes over at once
+            self.table_reader.stop()
+            self.term.executor.shutdown(wait=False, cancel_futures=True)
+            self.telemetry.shutdown()
+
+    def _serve(self) -> int:
+        """The runner's exit code (non-zero after a fatal consumer error); 0 when stopped before it ran."""
+        first = True
+        while not self._stopping.is_set():
+            if self.lease is not None and not self.lease.acquire(self._stopping):
+                return 0
+            if not first:
+                self.term.executor.shutdown(wait=False, cancel_futures=True)
+                self.term = self.new_term()
+            first = False
+            if self.lease is not None:
+                # At once, not once the champion's labels are read again: the lease consumer must
+                # be polled from here on, or a long start-up would drop it from the lease group.
+                self.lease.watch(on_lost=self.term.runner.stop)
+            if self._stopping.is_set():
+                return 0
             if not self.table_reader.wait_until_caught_up(self.table_timeout_s):
                 log.warning("deployments table not caught up after %.0fs; starting anyway, with no champion loaded "
                             "until it is", self.table_timeout_s)
             self.processor.prepare()
-            return self.runner.run()
-        finally:
-            self.table_reader.stop()
-            self.executor.shutdown(wait=False, cancel_futures=True)
-            self.telemetry.shutdown()
+            code = self.runner.run()
+            if code != 0 or self.lease is None or not self.lease.lost or self._stopping.is_set():
+                return code
+            self.lease.unwatch()
+        return 0
 
-    def stop(self) -> None:
+    def stop(self, *_: object) -> None:
+        self._stopping.set()
         self.runner.stop()
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self.stop)
+        signal.signal(signal.SIGINT, self.stop)
 
 
 def build(settings: RetrainerSettings, install_global_telemetry: bool = True) -> RetrainerApp:
@@ -63,7 +128,7 @@ def build(settings: RetrainerSettings, install_global_telemetry: bool = True) ->
     table = DeploymentTable()
 
     def table_read() -> None:
-        # Set by the reader, not after the wait above: a table read later than RETRAINER_TABLE_TIMEOUT_S
+        # Set by the reader, not by the start-up wait: a table read later than RETRAINER_TABLE_TIMEOUT_S
         # must still become ready, or no champion would ever load.
         table.ready = True
 
@@ -72,8 +137,6 @@ def build(settings: RetrainerSettings, install_global_telemetry: bool = True) ->
                                   on_change=table.apply, name=f"{SERVICE}-deployments", on_caught_up=table_read)
     window = KafkaWindowReader(settings.common.kafka, ctx.topic("labeled_examples").name,
                                ctx.serde("labeled_examples"), timeout_s=settings.window_read_timeout_s)
-    executor: Executor = ThreadPoolExecutor(1, thread_name_prefix="rebuild") if settings.rebuild_in_background \
-        else InlineExecutor()
     policy = RebuildPolicy(
         min_severity=settings.rebuild_min_severity, drift_kinds=tuple(settings.rebuild_drift_kinds),
         min_interval_ms=settings.rebuild_min_interval, min_examples=settings.rebuild_min_examples,
@@ -86,18 +149,29 @@ def build(settings: RetrainerSettings, install_global_telemetry: bool = True) ->
     }, timeout_s=settings.resume_timeout_s)
     resume = KafkaResume(history, labeled_topic=topics.labeled_examples, candidates_topic=topics.model_candidates,
                          pipeline=ctx.pipeline.name, limit=settings.resume_max_labels)
-    processor = RetrainerProcessor(ctx.pipeline, topics, table, store, window, policy=policy, executor=executor,
-                                   metrics=telemetry.metrics, remember_events=settings.remember_events, resume=resume,
-                                   timer_starts=resume.timer_starts,
-                                   max_candidate_bytes=settings.common.kafka.message_max_bytes)
-    runner = ctx.runner(processor, inputs=["labeled_examples", "drift_events"], outputs=["model_candidates"],
-                        metrics=telemetry.metrics)
-    return RetrainerApp(runner, processor, reader, executor, telemetry, settings.table_timeout_s)
+
+    def new_term() -> RetrainerTerm:
+        executor: Executor = ThreadPoolExecutor(1, thread_name_prefix="rebuild") if settings.rebuild_in_background \
+            else InlineExecutor()
+        processor = RetrainerProcessor(ctx.pipeline, topics, table, store, window, policy=policy, executor=executor,
+                                       metrics=telemetry.metrics, remember_events=settings.remember_events,
+                                       resume=resume, timer_starts=resume.timer_starts,
+                                       max_candidate_bytes=settings.common.kafka.message_max_bytes)
+        runner = ctx.runner(processor, inputs=["labeled_examples", "drift_events"], outputs=["model_candidates"],
+                            metrics=telemetry.metrics)
+        return RetrainerTerm(processor, runner, executor)
+
+    lease = None
+    if settings.standby_lease:
+        # The candidates topic has one partition, and only the active replica writes it.
+        lease = LeaderLease(settings.common.kafka, f"{ctx.group_id}.lease", topics.model_candidates,
+                            settings.lease_poll_s)
+    return RetrainerApp(new_term, reader, telemetry, settings.table_timeout_s, lease)
 
 
 def main() -> int:
     app = start_service(SERVICE, RetrainerSettings, build)
     if isinstance(app, int):
         return app
-    app.runner.install_signal_handlers()
+    app.install_signal_handlers()
     return app.run()

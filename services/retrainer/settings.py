@@ -45,6 +45,10 @@ class RetrainerSettings(BaseSettings):
                     "about 5 KB each for the demo's examples.")
     resume_timeout_s: float = Field(default=60.0, gt=0,
                                     description="How long each broker call of reading those labels again may wait.")
+    standby_lease: bool = Field(default=True, description="Active/standby through a one-partition lease group "
+                                                          "(<group>.lease): replicas beyond the first wait as "
+                                                          "standbys instead of learning a share of the labels.")
+    lease_poll_s: float = Field(default=0.5, gt=0, description="How often a standby polls the lease group.")
 
 
 class RetrainerSettingsError(StreamloopError):

@@ -11,7 +11,8 @@ on close: its own restart takes the lease back without a rebalance; a standby wa
 
 A stalled replica that comes back finds its lease revoked on its next poll and stops its runner;
 until then both runners may briefly share the input partitions (at-least-once: duplicates, no loss).
-The drift detector (global windows) and the model publisher (the registry's single writer) use it.
+The drift detector (global windows), the model publisher (the registry's single writer) and the
+retrainer (one online challenger learning from every label) use it.
 """
 
 from __future__ import annotations
