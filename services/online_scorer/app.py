@@ -2,7 +2,8 @@
 
 One process runs three things around one :class:`ModelHolder`:
 
-- a :class:`CompactedTopicReader` of the deployments topic, which loads and swaps models;
+- a :class:`CompactedTopicReader` of the deployments topic, which loads and swaps models once
+  it has read the topic (through a :class:`DeploymentGate`);
 - the gRPC server (health NOT_SERVING until a champion is live);
 - the stage runner scoring the features topic, started only once a champion is live.
 """
@@ -19,7 +20,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from services.online_scorer.grpc_server import ScoringServer
 from services.online_scorer.grpc_service import RequestLimits, ScoringServicer
-from services.online_scorer.models import ModelHolder
+from services.online_scorer.models import DeploymentGate, ModelHolder
 from services.online_scorer.processor import ScoringProcessor
 from services.online_scorer.settings import ScorerSettings
 from streamloop.contracts import TopicSpec
@@ -84,12 +85,13 @@ class ScorerApp:
     """The running scorer; ``run`` blocks until ``stop`` (or a signal) and returns the exit code."""
 
     def __init__(self, settings: ScorerSettings, ctx: ServiceContext, telemetry: Telemetry, holder: ModelHolder,
-                 reader: CompactedTopicReader, server: ScoringServer, runner: StageRunner,
-                 alerts: KafkaAlertPublisher, store: RedisFeatureStore) -> None:
+                 deployments: DeploymentGate, reader: CompactedTopicReader, server: ScoringServer,
+                 runner: StageRunner, alerts: KafkaAlertPublisher, store: RedisFeatureStore) -> None:
         self.settings = settings
         self.ctx = ctx
         self.telemetry = telemetry
         self.holder = holder
+        self.deployments = deployments
         self.reader = reader
         self.server = server
         self.runner = runner
@@ -125,14 +127,15 @@ class ScorerApp:
         return code
 
     def _wait_for_champion(self) -> bool:
-        """Block until a champion is live (True) or a stop is requested (False), logging progress."""
+        """Block until the deployments are applied and a champion is live (True) or a stop is
+        requested (False), logging progress."""
         started = time.monotonic()
-        reported_catch_up = warned_catch_up = False
+        catch_up_deadline = started + self.settings.deployments_catch_up_s
         next_progress_s = 30.0
         while not self._stopping.is_set():
-            if not reported_catch_up and self.reader.caught_up:
-                reported_catch_up = True
-                log.info("deployments read: %d slots", len(self.reader.snapshot()))
+            if not self.deployments.is_open:
+                self._open_deployments_once_read(catch_up_deadline)
+                continue
             if self.holder.wait_for_champion(1.0):
                 champion = self.holder.current.champion
                 if champion is None:  # retired between the wait and this read: wait again
@@ -141,14 +144,32 @@ class ScorerApp:
                          self.ctx.topic("features").name)
                 return not self._stopping.is_set()
             waited_s = time.monotonic() - started
-            if not (reported_catch_up or warned_catch_up) and waited_s >= self.settings.deployments_catch_up_s:
-                warned_catch_up = True
-                log.warning("deployments topic not read after %.1fs; still trying", waited_s)
             if waited_s >= next_progress_s:
                 next_progress_s += 30.0
                 log.info("no champion deployed yet after %ds (the model publisher deploys the first one)",
                          int(waited_s))
         return False
+
+    def _open_deployments_once_read(self, deadline: float) -> None:
+        """Apply the deployments once the reader has read the topic to its end, or at the deadline.
+
+        Until then a batch read may hold a champion since replaced and shadows since retired. Past
+        the deadline, serving the champion read so far beats not serving at all: a reader that
+        cannot get to the end may never get there, and each record read later still swaps its
+        model in as it arrives.
+        """
+        caught_up = self.reader.wait_until_caught_up(min(1.0, max(0.0, deadline - time.monotonic())))
+        if self._stopping.is_set():
+            return
+        if caught_up:
+            log.info("deployments read: %d slots", len(self.reader.snapshot()))
+        elif time.monotonic() >= deadline:
+            log.warning("deployments topic not read to its end after %.1fs; applying the %d slots read so far, "
+                        "and later ones as they are read (the champion served first may be one since replaced)",
+                        self.settings.deployments_catch_up_s, len(self.reader.snapshot()))
+        else:
+            return
+        self.deployments.open(self.reader.snapshot)
 
     def _shutdown(self) -> None:
         self.server.stop(self.settings.grpc_grace_s)
@@ -182,8 +203,9 @@ def build(settings: ScorerSettings, telemetry: Telemetry | None = None) -> Score
     alerts = KafkaAlertPublisher(kafka, ctx.topic("alerts"), ctx.serde("alerts"))
     holder = ModelHolder(ctx.pipeline, artifacts, alerts=alerts, metrics=metrics,
                          service=SERVICE)
+    deployments = DeploymentGate(holder)
     reader = CompactedTopicReader(kafka, ctx.topic("model_deployments").name, ctx.serde("model_deployments"),
-                                  on_change=holder.on_deployment, name=f"{SERVICE}-deployments")
+                                  on_change=deployments.on_deployment, name=f"{SERVICE}-deployments")
     redis = settings.redis
     store = RedisFeatureStore(redis.client(), ctx.pipeline.name, ttl_ms=ctx.pipeline.features.ttl,
                               key_prefix=redis.key_prefix, owns_client=True)
@@ -196,7 +218,7 @@ def build(settings: ScorerSettings, telemetry: Telemetry | None = None) -> Score
                                  shadow_predictions=ctx.topic("shadow_predictions"), metrics=metrics)
     runner = ctx.runner(processor, inputs=["features"], outputs=["predictions", "shadow_predictions"],
                         metrics=metrics)
-    return ScorerApp(settings, ctx, telemetry, holder, reader, server, runner, alerts, store)
+    return ScorerApp(settings, ctx, telemetry, holder, deployments, reader, server, runner, alerts, store)
 
 
 def main() -> int:

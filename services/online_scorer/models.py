@@ -251,3 +251,49 @@ class ModelHolder:
         for slot, model in self._current.slots().items():
             self._age((now_ms - model.deployed_at_ms) / 1000,
                       {"pipeline": self.pipeline.name, "model_name": model.name, "slot": slot})
+
+
+class DeploymentGate:
+    """Holds deployment changes back from the holder until the deployments topic has been read.
+
+    The table reader keeps only the latest record of a key within one consumed batch, not across
+    the whole topic, and the topic's active segment is never compacted. Read from the beginning,
+    an early batch can hold a champion since replaced or rolled back, and shadows since retired:
+    passed on as they came, the old champion would be served (and every retired shadow fetched,
+    verified and warmed) until the later batches arrived. While closed the gate passes nothing on,
+    since the reader's table keeps the latest value of every key; ``open`` applies that table once,
+    and every later change then goes straight to the holder.
+    """
+
+    def __init__(self, holder: ModelHolder) -> None:
+        self._holder = holder
+        self._lock = threading.Lock()
+        self._open = False
+
+    @property
+    def is_open(self) -> bool:
+        return self._open
+
+    def on_deployment(self, key: str, record: dict[str, Any] | None) -> None:
+        """The table reader's callback."""
+        with self._lock:
+            if self._open:
+                self._holder.on_deployment(key, record)
+
+    def open(self, table: Callable[[], dict[str, dict[str, Any]]]) -> None:
+        """Apply every slot of ``table()`` (the reader's snapshot), then let each later change through.
+
+        The snapshot is taken under the gate's lock. The reader updates its table before it calls
+        ``on_deployment``, so a change it made before the snapshot is in it, and one made after
+        reaches the holder through that call, which waits for the lock and finds the gate open:
+        each slot ends at its latest value, whatever the interleaving.
+        """
+        with self._lock:
+            if self._open:
+                return
+            for key, record in table().items():
+                try:
+                    self._holder.on_deployment(key, record)
+                except Exception:  # noqa: BLE001 - one bad record must not keep the other slots out
+                    log.exception("deployment %s could not be applied", key)
+            self._open = True

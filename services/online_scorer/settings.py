@@ -38,8 +38,9 @@ class ScorerSettings(BaseSettings):
     max_entity_id_length: int = Field(default=1024, ge=1)
     feature_group: str = Field(default="features", pattern=NAME_PATTERN,
                                description="Feature store group the featurizer writes.")
-    deployments_catch_up_s: float = Field(default=30.0, gt=0,
-                                          description="How long start-up waits to read the deployments topic.")
+    deployments_catch_up_s: float = Field(
+        default=30.0, gt=0, description="How long start-up waits to read the deployments topic to its end before it "
+                                        "applies (and serves the champion of) what it has read so far.")
     auth_token: SecretStr | None = Field(
         default=None, description="Bearer token every gRPC call must carry (health excepted); 'file:/path' reads it.")
     reflection_open: bool = Field(default=False, description="Serve gRPC reflection without the token.")

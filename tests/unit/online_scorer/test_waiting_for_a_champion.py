@@ -9,15 +9,12 @@ from types import SimpleNamespace
 import pytest
 
 from services.online_scorer.app import ScorerApp
-
-
-class NeverCaughtUp:
-    caught_up = False
+from services.online_scorer.models import DeploymentGate
 
 
 class NoChampion:
-    """A holder no champion ever reaches; ``stop_after_s`` after the app first waits on it, and a few
-    more waits on, it calls ``on_timeout``.
+    """A holder no champion ever reaches; ``stop_after_s`` after the app first waits (on the reader
+    or on it), and a few more waits on, it calls ``on_timeout``.
 
     The clock starts at the first wait, as the app's own does, not when the holder is made: on a
     loaded machine building the app took longer than the margin between the two, and the app was
@@ -33,7 +30,7 @@ class NoChampion:
         self._waits_past_deadline = 0
         self.on_timeout = lambda: None
 
-    def wait_for_champion(self, timeout_s: float) -> bool:
+    def tick(self, timeout_s: float) -> None:
         if self._deadline is None:
             self._deadline = time.monotonic() + self._stop_after_s
         time.sleep(min(timeout_s, 0.01))
@@ -41,14 +38,35 @@ class NoChampion:
             self._waits_past_deadline += 1
             if self._waits_past_deadline >= self.WAITS_PAST_DEADLINE:
                 self.on_timeout()
+
+    def wait_for_champion(self, timeout_s: float) -> bool:
+        self.tick(timeout_s)
         return False
+
+
+class NeverCaughtUp:
+    """A reader that has read nothing and never reads to the end; its waits run the holder's clock
+    (the app waits on the reader until the catch-up time, and only then on the holder)."""
+
+    caught_up = False
+
+    def __init__(self, holder: NoChampion) -> None:
+        self._holder = holder
+
+    def wait_until_caught_up(self, timeout_s: float) -> bool:
+        self._holder.tick(timeout_s)
+        return False
+
+    def snapshot(self) -> dict:
+        return {}
 
 
 def waiting_app(catch_up_s: float, stop_after_s: float) -> ScorerApp:
     holder = NoChampion(stop_after_s)
     stoppable = SimpleNamespace(begin_shutdown=lambda: None, stop=lambda: None)
     app = ScorerApp(SimpleNamespace(deployments_catch_up_s=catch_up_s), ctx=None, telemetry=None, holder=holder,
-                    reader=NeverCaughtUp(), server=stoppable, runner=stoppable, alerts=None, store=None)
+                    deployments=DeploymentGate(holder), reader=NeverCaughtUp(holder), server=stoppable,
+                    runner=stoppable, alerts=None, store=None)
     holder.on_timeout = app.stop
     return app
 
@@ -59,7 +77,7 @@ def test_an_unread_deployments_topic_is_warned_about_once_even_below_a_second(
     app = waiting_app(catch_up_s, stop_after_s=catch_up_s + 0.2)
     with caplog.at_level(logging.WARNING, logger="services.online_scorer.app"):
         assert app._wait_for_champion() is False
-    warnings = [r.getMessage() for r in caplog.records if "deployments topic not read" in r.getMessage()]
+    warnings = [r.getMessage() for r in caplog.records if "deployments topic not read to its end" in r.getMessage()]
     assert len(warnings) == 1, warnings
 
 
@@ -67,4 +85,4 @@ def test_no_warning_before_the_catch_up_time(caplog: pytest.LogCaptureFixture) -
     app = waiting_app(catch_up_s=5.0, stop_after_s=0.1)
     with caplog.at_level(logging.WARNING, logger="services.online_scorer.app"):
         assert app._wait_for_champion() is False
-    assert not [r for r in caplog.records if "deployments topic not read" in r.getMessage()]
+    assert not [r for r in caplog.records if "deployments topic not read to its end" in r.getMessage()]
