@@ -44,12 +44,21 @@ HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 UNAVAILABLE_LOG_INTERVAL_S = 10.0
 
 
+def requests_counter(metrics: ServiceMetrics | None) -> Callable[..., None] | None:
+    """``streamloop_grpc_requests_total{method, code}``, which both interceptors count calls in."""
+    return metrics.counter("streamloop_grpc_requests_total", "gRPC calls by method and status.") if metrics else None
+
+
+def short_method(method_path: str) -> str:
+    """``Score`` for ``/streamloop.scoring.v1.ScoringService/Score``: the metric's ``method`` label."""
+    return method_path.rsplit("/", 1)[-1]
+
+
 class ErrorInterceptor(grpc.ServerInterceptor):
     """The one place exceptions become gRPC statuses; unexpected ones are logged, not revealed."""
 
     def __init__(self, metrics: ServiceMetrics | None = None) -> None:
-        self._count = metrics.counter("streamloop_grpc_requests_total", "gRPC calls by method and status.") \
-            if metrics else None
+        self._count = requests_counter(metrics)
         self._wrapped: dict[str, Any] = {}
         self._unavailable_logged_at = -UNAVAILABLE_LOG_INTERVAL_S
 
@@ -75,7 +84,7 @@ class ErrorInterceptor(grpc.ServerInterceptor):
     def _wrap(self, handler: Any, method_path: str) -> Any:
         if handler.unary_unary is None:
             return handler
-        method = method_path.rsplit("/", 1)[-1]
+        method = short_method(method_path)
         inner = handler.unary_unary
         parse = handler.request_deserializer
         count = self._count
@@ -104,13 +113,16 @@ class ErrorInterceptor(grpc.ServerInterceptor):
                                                    response_serializer=handler.response_serializer)
 
 
-def _abort_handler(handler: Any, code: grpc.StatusCode, message: str) -> Any:
-    """A handler of the same shape as ``handler`` that ends every call with ``code``."""
+def _abort_handler(handler: Any, code: grpc.StatusCode, message: str,
+                   on_abort: Callable[[], None] = lambda: None) -> Any:
+    """A handler of the same shape as ``handler`` that calls ``on_abort``, then ends the call with ``code``."""
 
     def unary(_request: Any, context: grpc.ServicerContext) -> Any:
+        on_abort()
         context.abort(code, message)
 
     def streaming(_requests: Any, context: grpc.ServicerContext) -> Any:
+        on_abort()
         context.abort(code, message)
 
     if handler.unary_unary is not None:
@@ -126,12 +138,14 @@ class TokenAuthInterceptor(grpc.ServerInterceptor):
     """Every call needs ``authorization: Bearer <token>``, except the health service (for probes).
 
     Reflection describes the API, so it needs the token too unless ``reflection_open``. Tokens are
-    compared in constant time and never logged; a refused call is UNAUTHENTICATED.
+    compared in constant time and never logged; a refused call is UNAUTHENTICATED, and counted
+    here: the refusal replaces the handler the error interceptor would have counted it in.
     """
 
-    def __init__(self, token: str, *, reflection_open: bool = False) -> None:
+    def __init__(self, token: str, *, reflection_open: bool = False, metrics: ServiceMetrics | None = None) -> None:
         if not token:
             raise ScorerError("the gRPC bearer token must not be empty")
+        self._count = requests_counter(metrics)
         self._expected = f"Bearer {token}".encode()
         self._open = {f"/{HEALTH_SERVICE}/"}
         if reflection_open:
@@ -152,7 +166,9 @@ class TokenAuthInterceptor(grpc.ServerInterceptor):
         if hmac.compare_digest(supplied, self._expected):
             return handler
         error = Unauthenticated("missing or invalid bearer token")
-        return _abort_handler(handler, error.code, str(error))
+        count, labels = self._count, {"method": short_method(method), "code": error.code.name}
+        return _abort_handler(handler, error.code, str(error),
+                              on_abort=(lambda: count(1, labels)) if count is not None else lambda: None)
 
 
 @dataclass(frozen=True)
@@ -198,7 +214,7 @@ class ScoringServer:
                  max_message_bytes: int = 4 * 1024 * 1024, health_port: int | None = None) -> None:
         interceptors: list[grpc.ServerInterceptor] = [ErrorInterceptor(metrics)]
         if auth_token is not None:
-            interceptors.insert(0, TokenAuthInterceptor(auth_token, reflection_open=reflection_open))
+            interceptors.insert(0, TokenAuthInterceptor(auth_token, reflection_open=reflection_open, metrics=metrics))
         self.server = grpc.server(ThreadPoolExecutor(max_workers=workers, thread_name_prefix="scorer-grpc"),
                                   interceptors=interceptors, maximum_concurrent_rpcs=max_concurrent_rpcs,
                                   options=[("grpc.max_receive_message_length", max_message_bytes)])

@@ -42,7 +42,7 @@ STORED_CATEGORICAL = {"country": "DE"}
 
 class Served:
     def __init__(self, spec, artifacts, metrics, *, champion: bool = True, delay_s: float = 0.0,
-                 limits: RequestLimits | None = None) -> None:
+                 limits: RequestLimits | None = None, auth_token: str | None = None) -> None:
         self.spec = spec
         self.store = MemoryFeatureStore(delay_s)
         stored = FeatureWrite("card-1", NOW - 2_000, 1, dict(STORED), dict(STORED_CATEGORICAL))
@@ -53,7 +53,7 @@ class Served:
             self.holder.on_deployment(slot_key(record), record)
         self.servicer = ScoringServicer(spec, self.holder, self.store, limits=limits, metrics=metrics,
                                         clock=lambda: NOW)
-        self.server = ScoringServer(self.servicer, metrics=metrics).start()
+        self.server = ScoringServer(self.servicer, metrics=metrics, auth_token=auth_token).start()
         self.channel = grpc.insecure_channel(self.server.address)
         self.stub = scoring_pb2_grpc.ScoringServiceStub(self.channel)
 
@@ -260,6 +260,22 @@ def test_deadlines_are_respected_and_late_work_is_skipped(spec, artifacts, metri
             exposition = generate_latest(metrics.registry).decode()
         assert 'code="DEADLINE_EXCEEDED",method="Score"' in exposition
         assert "streamloop_predictions_total" not in exposition
+    finally:
+        s.close()
+
+
+def test_a_call_refused_for_its_token_is_counted_as_unauthenticated(spec, artifacts, metrics) -> None:
+    token = "unit-test-token"  # noqa: S105 - made up
+    s = Served(spec, artifacts, metrics, auth_token=token)
+    try:
+        code, _ = status_of_call(s.stub.Score, scoring_pb2.ScoreRequest(entity_id="card-1"))
+        assert code is grpc.StatusCode.UNAUTHENTICATED
+        s.stub.Score(scoring_pb2.ScoreRequest(entity_id="card-1"), metadata=(("authorization", f"Bearer {token}"),))
+        counted = sorted(line for line in generate_latest(metrics.registry).decode().splitlines()
+                         if line.startswith("streamloop_grpc_requests_total{"))
+        assert len(counted) == 2, counted
+        assert 'code="OK",method="Score"' in counted[0] and counted[0].endswith(" 1.0")
+        assert 'code="UNAUTHENTICATED",method="Score"' in counted[1] and counted[1].endswith(" 1.0")
     finally:
         s.close()
 
