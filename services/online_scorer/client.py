@@ -18,7 +18,7 @@ from typing import Any
 
 import grpc
 
-from services.online_scorer.errors import ScoreFailed, ScorerUnreachable
+from services.online_scorer.errors import ScoreFailed, ScorerError, ScorerUnreachable
 from streamloop.contracts.generated.scoring.v1 import scoring_pb2, scoring_pb2_grpc
 
 
@@ -48,14 +48,25 @@ class ClientSecurity:
         if not self.tls:
             return grpc.insecure_channel(address)
         credentials = grpc.ssl_channel_credentials(
-            root_certificates=self.ca_file.read_bytes() if self.ca_file else None,
-            private_key=self.key_file.read_bytes() if self.key_file else None,
-            certificate_chain=self.cert_file.read_bytes() if self.cert_file else None)
+            root_certificates=_read_pem(self.ca_file, "SCORER_TLS_CA_FILE"),
+            private_key=_read_pem(self.key_file, "SCORER_TLS_CLIENT_KEY_FILE"),
+            certificate_chain=_read_pem(self.cert_file, "SCORER_TLS_CLIENT_CERT_FILE"))
         options = [("grpc.ssl_target_name_override", self.server_name)] if self.server_name else []
         return grpc.secure_channel(address, credentials, options=options)
 
     def metadata(self) -> tuple[tuple[str, str], ...]:
         return (("authorization", f"Bearer {self.token}"),) if self.token else ()
+
+
+def _read_pem(path: Path | None, variable: str) -> bytes | None:
+    """The file's bytes; an unreadable one is a ScorerError naming the variable that points at it,
+    which ``streamloop score`` prints as one line."""
+    if path is None:
+        return None
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ScorerError(f"cannot read {variable} {path}: {exc.strerror or exc}") from exc
 
 
 @dataclass(frozen=True)

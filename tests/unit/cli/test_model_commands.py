@@ -71,3 +71,17 @@ def test_re_sign_says_what_it_signed_again(harness, monkeypatch):
     _signed_by_streamloop_0_1(registry, b"another-key-that-is-not-ours-0123", slot="shadow/not-ours")
     left = CliRunner().invoke(app, ["models", "re-sign"])
     assert left.exit_code == 1 and left.stderr.startswith(f"left shadow/not-ours {first}: ")
+
+
+@pytest.mark.parametrize(("variable", "unreadable", "reason"), [
+    ("SCORER_TLS_CA_FILE", "missing.pem", "No such file or directory"),
+    ("SCORER_TLS_CLIENT_KEY_FILE", ".", "Is a directory"),
+])
+def test_score_with_an_unreadable_tls_file_fails_in_one_line_naming_the_variable(tmp_path, variable, unreadable,
+                                                                                  reason):
+    cert = tmp_path / "client.pem"
+    cert.write_text("-----BEGIN CERTIFICATE-----\n")
+    env = {"SCORER_TLS_CLIENT_CERT_FILE": str(cert), variable: str(tmp_path / unreadable)}
+    result = CliRunner().invoke(app, ["score", "card-1", "--address", "127.0.0.1:1"], env=env)
+    assert result.exit_code == 1
+    assert result.stderr == f"streamloop: cannot read {variable} {tmp_path / unreadable}: {reason}\n"
