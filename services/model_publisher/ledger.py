@@ -15,10 +15,15 @@ replaces it: "entries since" a moment (a promotion) means events first labeled a
 
 A version's loss on an event it did not score live but never learned (role ``REPLAYED``,
 held_out.py) is as out-of-sample as a live one: it serves on either side.
+
+A loss that is not a finite number is left out, as ``event_loss`` leaves out an unscorable
+prediction: one inf made every paired test on its event p = 1 (a NaN p-value), and a candidate
+record's prequential losses may come from a retrainer that still wrote one.
 """
 
 from __future__ import annotations
 
+import math
 from collections import Counter, OrderedDict
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
@@ -72,6 +77,7 @@ class LossLedger:
         return self._seq
 
     def add(self, event_id: str, segments: Mapping[str, str], losses: Mapping[str, tuple[float, str]]) -> None:
+        losses = {version: (loss, role) for version, (loss, role) in losses.items() if math.isfinite(loss)}
         if not losses:
             return
         previous = self._entries.pop(event_id, None)
@@ -99,7 +105,7 @@ class LossLedger:
         added = 0
         for event_id, loss in losses.items():
             entry = self._entries.get(event_id)
-            if entry is None or version in entry.losses:
+            if entry is None or version in entry.losses or not math.isfinite(loss):
                 continue
             losses_here = {**entry.losses, version: (float(loss), PREQUENTIAL)}
             self._entries[event_id] = Entry(entry.seq, entry.segments, losses_here)

@@ -89,11 +89,21 @@ def event_loss(metric: str, model: ModelSpec, label: Any, prediction: Mapping[st
     A classifier's prediction with neither class nor probabilities (no opinion yet) scores the
     worst loss, so any model with an opinion can beat an untrained champion.
 
+    A loss that overflows (the squared error of a finite regression value 1.3e154 off, or its
+    cost at a large unit price) is None too: one inf loss made the paired test's p-value NaN
+    (inf − inf when both models' losses overflowed, an inf variance otherwise), read as p = 1, so
+    every challenger compared on that event was refused and the champion that made it was never
+    rolled back.
+
     ``prediction`` has the fields of a ``JoinedPrediction`` (predicted_class, probabilities, value).
     Cost: ``model.cost_matrix[actual][predicted]`` (a missing cell costs 0 when right, 1 when
     wrong), or ``model.cost_function`` per unit over / under for regression.
     """
-    metric = effective_metric(metric, model.task)
+    loss = _event_loss(effective_metric(metric, model.task), model, label, prediction)
+    return loss if loss is None or math.isfinite(loss) else None
+
+
+def _event_loss(metric: str, model: ModelSpec, label: Any, prediction: Mapping[str, Any]) -> float | None:
     if model.task == "regression":
         value = prediction.get("value")
         if value is None or label is None or isinstance(label, str | bool):

@@ -8,7 +8,7 @@ import zlib
 import numpy as np
 import pytest
 
-from streamloop.contracts.pipeline import ModelSpec, PromotionSpec
+from streamloop.contracts.pipeline import ModelSpec, PromotionSpec, RegressionCost
 from streamloop.ml.promotion import (
     class_key,
     decide_canary,
@@ -150,6 +150,32 @@ def test_event_losses_per_metric():
     assert event_loss("log_loss", regression, 3.0, {"value": 5.0}) == 4.0  # falls back to squared error
     assert event_loss("absolute_error", regression, 3.0, {"value": 5.0}) == 2.0
     assert class_key(True) == "true" and class_key("False") == "false" and class_key("FR") == "FR"
+
+
+ETA = ModelSpec(name="eta", task="regression", estimator="river.linear_model.LinearRegression")
+
+
+def test_a_loss_that_overflows_is_unscorable():
+    """An inf loss made the paired test's p-value NaN, read as p = 1: every challenger compared on
+    that event was refused, and the champion that made it was never rolled back."""
+    absurd = {"value": 1e160}  # finite, as the scorer checks, but its squared error is not
+    assert event_loss("squared_error", ETA, 0.0, absurd) is None
+    assert event_loss("log_loss", ETA, 0.0, absurd) is None, "squared error for regression"
+    assert event_loss("absolute_error", ETA, 0.0, absurd) == 1e160
+    pricey = ETA.model_copy(update={"cost_function": RegressionCost(per_unit_over=1e300)})
+    assert event_loss("cost", pricey, 0.0, {"value": 1e10}) is None
+    assert event_loss("cost", pricey, 0.0, {"value": -1e10}) == 1e10
+    # The rollback watch: a new champion three times worse than its predecessor, one of its
+    # predictions absurd. Its events are paired where both models have a loss, as in the ledger.
+    labels = rng.normal(50, 10, 400)
+    predecessor = [{"value": y + rng.normal(0, 1)} for y in labels]
+    champion = [{"value": y + rng.normal(0, 3)} for y in labels]
+    champion[7] = absurd
+    paired = [(event_loss("squared_error", ETA, y, old), event_loss("squared_error", ETA, y, new))
+              for y, old, new in zip(labels, predecessor, champion, strict=True)]
+    scored = np.array([pair for pair in paired if None not in pair])
+    assert len(scored) == 399
+    assert decide_rollback(scored[:, 0], scored[:, 1], SPEC, watch_samples=WATCH).outcome == "rollback"
 
 
 def test_a_cost_based_decision_follows_the_cost_matrix_not_the_log_loss():
