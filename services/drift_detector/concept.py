@@ -18,6 +18,8 @@ the first ``baseline_size`` errors a standard deviation of 0.3 (the standard dev
 mean, because it is the noise against the threshold that makes false alarms: scaled to a mean of
 1, 3-18 per 100k), and Page-Hinkley starts once it is known. 0/1 errors are fed as they are.
 
+An error beyond ``LARGEST_ERROR`` (or not a number) is left out, counted in ``unusable_errors``.
+
 >>> monitor = ConceptDriftMonitor(["page_hinkley"], binary=True, baseline_size=100, recent_size=100)
 >>> found = [d for t in range(3000) for d in monitor.update(float(t >= 1500 and t % 2 == 0), t)]
 >>> [(d.detector, d.rising, 1500 <= d.end < 2000) for d in found]
@@ -26,6 +28,9 @@ mean, because it is the noise against the threshold that makes false alarms: sca
 
 from __future__ import annotations
 
+import logging
+import math
+import sys
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -34,7 +39,15 @@ import numpy as np
 from river import drift
 from river.base import DriftDetector
 
+log = logging.getLogger(__name__)
+
 DETECTORS = ("adwin", "page_hinkley", "ddm")
+
+# ADWIN keeps a sum of squared deviations: one absurd regression prediction (an error of 1e153,
+# finite, its square too) made it inf, and with an inf variance ADWIN never cut again, not even
+# after a restart that replayed the label. A millionth of the square root of the largest float
+# kept it finite in every case tried (windows of a million errors, 100,000 such errors in one).
+LARGEST_ERROR = math.sqrt(sys.float_info.max) * 1e-6
 
 # The standard deviation of a 0/1 error stream at 10 % error, where Page-Hinkley's defaults were tuned.
 PAGE_HINKLEY_ERROR_SD = 0.3
@@ -97,6 +110,7 @@ class ConceptDriftMonitor:
         self._since: dict[str, int | None] = dict.fromkeys(self.detectors)
         self._counts: dict[str, int] = dict.fromkeys(self.detectors, 0)
         self.examples = 0
+        self.unusable_errors = 0
         # Labels arrive out of event order (each after its own delay), so a detection's window
         # ends at the newest event seen, not at the event whose label happened to come last.
         self._newest = 0
@@ -113,6 +127,12 @@ class ConceptDriftMonitor:
 
     def update(self, error: float, time: int) -> list[ConceptDrift]:
         """Feed one example's error (event time ``time``); returns a ConceptDrift per detector that fired."""
+        if not (math.isfinite(error) and abs(error) <= LARGEST_ERROR):
+            self.unusable_errors += 1
+            if self.unusable_errors == 1:
+                log.warning("concept drift: an error of %g is left out, and any other beyond %.3g (the detectors "
+                            "would not fire again): is a model's prediction absurd?", error, LARGEST_ERROR)
+            return []
         self.examples += 1
         self._newest = max(self._newest, time)
         if len(self._recent) == self._recent.maxlen:

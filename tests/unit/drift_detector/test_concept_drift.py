@@ -73,6 +73,20 @@ def test_detections_report_the_error_increase_over_the_champions_baseline() -> N
     assert 0 <= first.start <= first.end and 3000 <= first.end < 4000
 
 
+@pytest.mark.parametrize("absurd", [1e153, 1e160, float("inf"), float("nan")])
+def test_one_absurd_regression_error_does_not_blind_adwin_for_good(absurd: float) -> None:
+    """An error of 1e153 (finite, and so is its square) made ADWIN's variance inf: it never fired again."""
+    rng = np.random.default_rng(5)
+    m = ConceptDriftMonitor(["adwin"], binary=False)
+    stationary = np.abs(rng.normal(0, 1, 400)).tolist()
+    for t, error in enumerate([*stationary[:200], absurd, *stationary[200:]]):
+        m.update(error, t)
+    assert m.unusable_errors == 1 and m.examples == 400
+    rise = [d for t, error in enumerate(np.abs(rng.normal(0, 100, 5000)), start=401) for d in m.update(error, t)]
+    assert rise and rise[0].detector == "adwin" and rise[0].rising
+    assert rise[0].end < 500 and rise[0].recent < 1e3, "the absurd error is not in the effect either"
+
+
 def test_ddm_is_left_out_for_regression_errors() -> None:
     m = ConceptDriftMonitor(DETECTORS, binary=False)
     assert m.skipped == ["ddm"] and set(m.detectors) == {"adwin", "page_hinkley"}
