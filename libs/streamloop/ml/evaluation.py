@@ -9,7 +9,9 @@ module turns them into metrics:
 - over the whole population and per segment (each of the spec's ``segments`` fields and value);
 - classification: ``accuracy``, ``log_loss``, ``f1``, ``precision``, ``recall``, ``roc_auc``;
   regression: ``mae``, ``rmse``; both: ``cost`` (total) and ``mean_cost`` from the spec's
-  ``cost_matrix`` (``cost[actual][predicted]``) or ``cost_function``;
+  ``cost_matrix`` (``cost[actual][predicted]``) or ``cost_function``; and for classification
+  ``mae`` and ``rmse`` of 1 − p(true class), the promotion metrics ``absolute_error`` and
+  ``squared_error`` as the publisher scores them, so that it can watch either for decay;
 - the label-delay distribution (``p50``, ``p90``, ``p99``, ``max`` of label_time - event_time).
 
 River's metrics do the running sums (Accuracy, LogLoss/CrossEntropy, F1, Precision, Recall, MAE,
@@ -42,6 +44,7 @@ from river import metrics as river_metrics
 from scipy.stats import rankdata
 
 from streamloop.contracts.pipeline import PipelineSpec, RegressionCost
+from streamloop.ml.promotion import true_class_probability
 
 Task = Literal["classification", "regression"]
 ModelKey = tuple[str, str, str]  # (model_name, model_version, role)
@@ -167,6 +170,10 @@ class MetricSet:
         self._probabilistic = 0  # outcomes with probabilities (log loss, ROC AUC)
         self._classified = 0  # outcomes with a predicted class (accuracy, F1)
         self._regressed = 0  # outcomes with a predicted value (MAE, RMSE)
+        # Classification: sums of 1 − p(true class) and of its square over every outcome, an
+        # outcome with no opinion included (the worst), as the candidates' held-out mae and rmse.
+        self._true_class_error = 0.0
+        self._true_class_squared_error = 0.0
         binary = self.positive_class is not None
         if task == "classification":
             self._accuracy = river_metrics.Accuracy()
@@ -191,6 +198,10 @@ class MetricSet:
     def _update_classification(self, outcome: Outcome) -> None:
         truth = class_key(outcome.label)
         predicted = outcome.predicted()
+        as_recorded = {"predicted_class": outcome.predicted_class, "probabilities": outcome.probabilities}
+        error = 1.0 - true_class_probability(outcome.label, as_recorded, self.positive_class)
+        self._true_class_error += error
+        self._true_class_squared_error += error * error
         if predicted is not None:
             self._classified += 1
             if self.positive_class is None:
@@ -244,6 +255,9 @@ class MetricSet:
             auc = roc_auc(self._scores, self._positives) if self._scores else None
             if auc is not None:
                 values["roc_auc"] = auc
+            if self.sample_count:
+                values["mae"] = self._true_class_error / self.sample_count
+                values["rmse"] = math.sqrt(self._true_class_squared_error / self.sample_count)
         elif self._regressed:
             values["mae"] = self._mae.get()
             values["rmse"] = self._rmse.get()

@@ -74,6 +74,19 @@ def probability_of_label(label: Any, probabilities: Mapping[str, float], positiv
     return 0.0
 
 
+def true_class_probability(label: Any, prediction: Mapping[str, Any], positive_class: str | None) -> float:
+    """The probability a prediction gave the class that turned out true, as its losses count it.
+
+    Without probabilities, 1 or 0 as its predicted class is right or wrong; with no opinion at
+    all, 0, as when a model names only other classes. Clipped to [1e-15, 1 - 1e-15].
+    """
+    p = probability_of_label(label, prediction.get("probabilities") or {}, positive_class)
+    if p is None:
+        predicted = predicted_class(prediction)
+        p = 0.0 if predicted is None else (1.0 if predicted == class_key(label) else 0.0)
+    return min(max(p, _EPS), 1.0 - _EPS)
+
+
 def predicted_class(prediction: Mapping[str, Any]) -> str | None:
     if prediction.get("predicted_class") is not None:
         return class_key(prediction["predicted_class"])
@@ -128,12 +141,7 @@ def _event_loss(metric: str, model: ModelSpec, label: Any, prediction: Mapping[s
                 return float((predicted == model.positive_class) != (actual == model.positive_class))
             return float(predicted != actual)
         return float(row.get(predicted, 0.0 if predicted == actual else 1.0))
-    p = probability_of_label(label, prediction.get("probabilities") or {}, model.positive_class)
-    if p is None:
-        predicted = predicted_class(prediction)
-        # No opinion: the true class got nothing, as when a model names only other classes.
-        p = 0.0 if predicted is None else (1.0 if predicted == class_key(label) else 0.0)
-    p = min(max(p, _EPS), 1.0 - _EPS)
+    p = true_class_probability(label, prediction, model.positive_class)
     if metric == "log_loss":
         return -math.log(p)
     if metric == "absolute_error":
@@ -145,10 +153,14 @@ def holdout_metrics(model: ModelSpec, labels: Sequence[Any],
                     predictions: Sequence[Mapping[str, Any]]) -> dict[str, float]:
     """Metrics of predictions on held-out labeled events, named as metric snapshots name them.
 
-    ``accuracy`` and ``log_loss`` (classification), ``mae`` and ``rmse`` (regression), ``cost``
-    (total) and ``mean_cost`` when the spec has costs, and ``sample_count``.
+    ``accuracy`` and ``log_loss`` (classification), ``mae`` and ``rmse`` (of the value for
+    regression; of 1 − p(true class) for classification, as the promotion metrics
+    ``absolute_error`` and ``squared_error`` score it), ``cost`` (total) and ``mean_cost`` when
+    the spec has costs, and ``sample_count``.
     """
-    names = ["log_loss", "zero_one"] if model.task == "classification" else ["absolute_error", "squared_error"]
+    names = ["absolute_error", "squared_error"]
+    if model.task == "classification":
+        names += ["log_loss", "zero_one"]
     if model.cost_matrix or model.cost_function:
         names.append("cost")
     result: dict[str, float] = {"sample_count": float(len(labels))}

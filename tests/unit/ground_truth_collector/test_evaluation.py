@@ -9,7 +9,7 @@ from collections import defaultdict
 import numpy as np
 import pytest
 
-from streamloop.contracts.pipeline import RegressionCost
+from streamloop.contracts.pipeline import ModelSpec, RegressionCost
 from streamloop.ml.evaluation import (
     Added,
     EvaluationConfig,
@@ -22,6 +22,7 @@ from streamloop.ml.evaluation import (
     regression_cost,
     roc_auc,
 )
+from streamloop.ml.promotion import holdout_metrics
 
 COST = {"true": {"true": 0.0, "false": 50.0}, "false": {"true": 2.0, "false": 0.0}}
 COUNTRIES = ["NL", "DE", "FR"]
@@ -47,7 +48,8 @@ def random_outcomes(n: int, seed: int = 7, models=(("fraud", "v1", "CHAMPION"), 
 
 
 def direct_metrics(outcomes: list[Outcome]) -> dict[str, float]:
-    """Accuracy, log loss, F1, precision, recall, ROC AUC and cost from their textbook definitions."""
+    """Accuracy, log loss, F1, precision, recall, ROC AUC, cost, and the mean absolute and root
+    mean squared 1 − p(true class), from their definitions."""
     truth = [o.label is True for o in outcomes]
     predicted = [o.predicted_class == "true" for o in outcomes]
     scores = [o.probabilities["true"] for o in outcomes]
@@ -66,6 +68,9 @@ def direct_metrics(outcomes: list[Outcome]) -> dict[str, float]:
         "recall": recall,
         "f1": 2 * precision * recall / (precision + recall) if precision + recall else 0.0,
     }
+    misses = [1 - min(max(s if t else 1 - s, eps), 1 - eps) for t, s in zip(truth, scores, strict=True)]
+    values["mae"] = sum(misses) / n
+    values["rmse"] = math.sqrt(sum(m * m for m in misses) / n)
     positives = [s for s, t in zip(scores, truth, strict=True) if t]
     negatives = [s for s, t in zip(scores, truth, strict=True) if not t]
     if positives and negatives:  # P(score of a positive > score of a negative), ties half
@@ -200,7 +205,29 @@ def test_multiclass_without_positive_class():
     values = metric_set.metrics()
     assert values["accuracy"] == pytest.approx(2 / 3)
     assert values["log_loss"] == pytest.approx(-(math.log(0.7) + math.log(0.4) + math.log(0.8)) / 3)
+    assert values["mae"] == pytest.approx((0.3 + 0.6 + 0.2) / 3)
+    assert values["rmse"] == pytest.approx(math.sqrt((0.3**2 + 0.6**2 + 0.2**2) / 3))
     assert "roc_auc" not in values and "precision" not in values
+
+
+def test_classification_mae_and_rmse_are_the_candidates_held_out_ones():
+    """The publisher's metric_decay compares a champion's live mae or rmse (promotion metric
+    absolute_error or squared_error) with its candidate's held-out one: both must score the same
+    events the same way, a prediction with no probabilities or no opinion at all included."""
+    spec = ModelSpec(name="fraud", task="classification", estimator="river.linear_model.LogisticRegression",
+                     positive_class="fraud", negative_class="ok")
+    predictions = [{"predicted_class": "fraud", "probabilities": {"fraud": 0.8, "ok": 0.2}},
+                   {"predicted_class": "ok", "probabilities": {"True": 0.3, "False": 0.7}},
+                   {"predicted_class": "fraud", "probabilities": {}},
+                   {"predicted_class": None, "probabilities": {}},
+                   {"predicted_class": None, "probabilities": {"ok": 0.6, "fraud": 0.4}}]
+    labels = ["fraud", "fraud", "ok", "ok", "ok"]
+    metric_set = MetricSet("classification", positive_class="fraud")
+    for label, prediction in zip(labels, predictions, strict=True):
+        metric_set.update(Outcome("fraud", "v1", "CHAMPION", label, **prediction))
+    live, held_out = metric_set.metrics(), holdout_metrics(spec, labels, predictions)
+    assert live["mae"] == pytest.approx(held_out["mae"]) == pytest.approx((0.2 + 0.7 + 1 + 1 + 0.4) / 5)
+    assert live["rmse"] == pytest.approx(held_out["rmse"])
 
 
 def test_roc_auc_and_delay_helpers():

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
+
 from services.model_publisher.staleness import Champion, StalenessMonitor, decay_metric, metric_decay
+from streamloop.ml.evaluation import MetricSet, Outcome
+from streamloop.ml.promotion import holdout_metrics
 from streamloop.ml.registry import CHAMPION, shadow_slot
 from tests.unit.model_publisher.factories import T0, consumed, with_policy
 from tests.unit.model_publisher.test_publisher import Harness
@@ -70,6 +74,30 @@ def test_metric_decay_against_the_validation_metric(demo_pipeline):
     assert raised[0]["observed"] > 0.05 and "log_loss" in raised[0]["message"]
     monitor.observe_snapshot(snapshot("fraud-a", 0.30, end=T0 + 3))
     assert states(monitor.check(T0 + 4000, champion)) == [("metric_decay", "CLEARED")]
+
+
+@pytest.mark.parametrize("metric", ["squared_error", "absolute_error"])
+def test_metric_decay_is_watched_for_a_classifier_promoted_on_a_squared_or_absolute_error(demo_pipeline, metric):
+    """The decay metric is then rmse or mae, which neither the held-out metrics nor the collector's
+    snapshots of a classifier used to carry: metric_decay was never evaluated."""
+    pipeline = with_policy(demo_pipeline, promotion={"metric": metric})
+    labels = [i % 3 == 0 for i in range(300)]
+
+    def predictions(p_right: float) -> list[dict]:
+        return [{"predicted_class": str(y).lower(), "probabilities": {"true": p, "false": 1 - p}}
+                for y, p in ((y, p_right if y else 1 - p_right) for y in labels)]
+
+    validated = holdout_metrics(pipeline.model, labels, predictions(0.9))
+    live = MetricSet("classification", positive_class=pipeline.model.positive_class)
+    for label, prediction in zip(labels, predictions(0.7), strict=True):
+        live.update(Outcome("fraud", "fraud-a", "CHAMPION", label, **prediction))
+    monitor = StalenessMonitor(pipeline)
+    monitor.observe_label(T0)
+    monitor.observe_snapshot({**snapshot("fraud-a", 0.3), "metrics": live.metrics()})
+    raised = monitor.check(T0 + 1000, Champion("fraud-a", T0, validated))
+    assert states(raised) == [("metric_decay", "RAISED")]
+    assert raised[0]["observed"] == pytest.approx(2.0), "1 − p(true class) went from 0.1 to 0.3"
+    assert decay_metric(pipeline) in raised[0]["message"]
 
 
 def test_decay_direction_and_metric_choice(demo_pipeline):
