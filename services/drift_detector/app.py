@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from collections.abc import Callable
 
 from services.drift_detector.history import KafkaHistory, TableChampions
@@ -27,6 +28,7 @@ log = logging.getLogger(__name__)
 
 INPUTS = ["features", "predictions", "labeled_examples"]
 OUTPUTS = ["drift_events"]
+DEPLOYMENTS_POLL_S = 0.5  # how soon a stop ends the wait for the deployments table
 
 
 class DriftService:
@@ -59,10 +61,27 @@ class DriftService:
 
     def run(self, on_started: Callable[[], None] | None = None) -> int:
         try:
+            self._read_deployments()
             return self._serve(on_started)
         finally:
             if self.lease is not None:
                 self.lease.close()  # a dynamic member leaves the group: a standby takes over at once
+
+    def _read_deployments(self) -> None:
+        # Here, not in build: start_service checks the broker once build returns, and this wait
+        # (DRIFT_HISTORY_TIMEOUT_S) told of an unreachable broker only after it, as a warning that
+        # the deployments were not read. In slices: the signal handlers are installed by now, so a
+        # SIGTERM no longer ends the process at once, and must not wait for the whole timeout.
+        self.deployments.start()
+        deadline = time.monotonic() + self.settings.history_timeout_s
+        while not self._stopping.is_set():
+            remaining = deadline - time.monotonic()
+            if self.deployments.wait_until_caught_up(max(min(remaining, DEPLOYMENTS_POLL_S), 0.0)):
+                return
+            if remaining <= DEPLOYMENTS_POLL_S:
+                log.warning("deployments not read to the end within %gs; the champion may come later",
+                            self.settings.history_timeout_s)
+                return
 
     def _serve(self, on_started: Callable[[], None] | None) -> int:
         """The runner's exit code (non-zero after a fatal consumer error); 0 when stopped before it ran."""
@@ -101,10 +120,7 @@ def build(settings: DriftSettings) -> DriftService:
 
     topic = ctx.topic("model_deployments")
     deployments = CompactedTopicReader(kafka, topic.name, ctx.serde("model_deployments"),
-                                       name=f"{SERVICE}-deployments").start()
-    if not deployments.wait_until_caught_up(settings.history_timeout_s):
-        log.warning("deployments not read to the end within %.0fs; the champion may come later",
-                    settings.history_timeout_s)
+                                       name=f"{SERVICE}-deployments")
     champions = TableChampions(
         deployments, topic.key_of({"pipeline": spec.name, "model_name": spec.model.name, "slot": "champion"}))
 
