@@ -35,6 +35,7 @@ from services.online_scorer.scoring import Scored, Scorer
 from streamloop.contracts import PipelineSpec
 from streamloop.contracts.generated.scoring.v1 import scoring_pb2, scoring_pb2_grpc
 from streamloop.ml.exceptions import ModelError
+from streamloop.ml.features import MAX_FEATURE_MAGNITUDE
 from streamloop.ml.prediction import default_output
 from streamloop.store import FeatureRead, FeatureStore, UnreadableFeatureRow
 from streamloop.telemetry import ServiceMetrics
@@ -69,6 +70,10 @@ def validate(request: scoring_pb2.ScoreRequest, limits: RequestLimits, where: st
             raise InvalidScoreRequest(f"{where}numeric_features: a name is longer than {limits.max_name_length}")
         if not math.isfinite(value):
             raise InvalidScoreRequest(f"{where}numeric_features[{name!r}]: {value} is not a finite number")
+        if abs(value) > MAX_FEATURE_MAGNITUDE:
+            # Refused by the assembly function too, but that error means a stored row gone bad.
+            raise InvalidScoreRequest(f"{where}numeric_features[{name!r}]: {value:.3g} is beyond "
+                                      f"±{MAX_FEATURE_MAGNITUDE:.0e}, larger than any real value")
     for name, value in request.categorical_features.items():
         if not name:
             raise InvalidScoreRequest(f"{where}categorical_features: a feature has an empty name")

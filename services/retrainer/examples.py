@@ -25,7 +25,7 @@ def score(estimator: Any, model: ModelSpec, x: Mapping[str, float]) -> dict[str,
 
 
 def learnable(example: Mapping[str, Any]) -> bool:
-    """Features a model may learn from (streamloop.ml.features policy: no NaN, inf or oversized input).
+    """Features a model may learn from (streamloop.ml.features policy: no NaN, inf, huge or oversized input).
 
     The online learner lets ``training_pair`` raise, so such a record is dead-lettered with the
     reason; a rebuild leaves it out instead of failing on it.

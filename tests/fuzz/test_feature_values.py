@@ -1,4 +1,4 @@
-"""Feature values a model must never see: NaN, infinities, non-numbers, oversized maps and names.
+"""Feature values a model must never see: NaN, infinities, huge numbers, non-numbers, oversized maps and names.
 
 The policy is in ``streamloop.ml.features`` (refuse with a reason, never clean); these tests hold
 each path to it: the one assembly function, the stream scorer, the online learner and a rebuild.
@@ -15,7 +15,13 @@ from hypothesis import strategies as st
 
 from services.retrainer.examples import learnable
 from services.retrainer.rebuild import recent_window
-from streamloop.ml.features import MAX_FEATURES, MAX_TEXT_LENGTH, InvalidFeatureValue, assemble_features
+from streamloop.ml.features import (
+    MAX_FEATURE_MAGNITUDE,
+    MAX_FEATURES,
+    MAX_TEXT_LENGTH,
+    InvalidFeatureValue,
+    assemble_features,
+)
 from tests.fuzz.conftest import FUZZ
 from tests.unit.model_publisher.factories import consumed, labeled_example
 
@@ -26,20 +32,21 @@ NAMES = st.text(min_size=1, max_size=20)
 @FUZZ
 @given(numeric=st.dictionaries(NAMES, st.floats(allow_nan=True, allow_infinity=True), max_size=20),
        categorical=st.dictionaries(NAMES, st.text(max_size=30), max_size=10))
-def test_assembly_accepts_exactly_the_finite_features(numeric, categorical) -> None:
-    finite = all(math.isfinite(v) for v in numeric.values())
-    if finite:
+def test_assembly_accepts_exactly_the_finite_features_within_the_bound(numeric, categorical) -> None:
+    if all(math.isfinite(v) and abs(v) <= MAX_FEATURE_MAGNITUDE for v in numeric.values()):
         x = assemble_features(numeric, categorical)
         assert all(math.isfinite(v) for v in x.values())
         assert len(x) <= len(numeric) + len(categorical)
     else:
-        with pytest.raises(InvalidFeatureValue, match="numeric feature .* is (nan|inf|-inf)"):
+        with pytest.raises(InvalidFeatureValue, match=r"numeric feature .* is (nan|inf|-inf|\S+, beyond ±1e\+100)"):
             assemble_features(numeric, categorical)
 
 
 @pytest.mark.parametrize(("numeric", "categorical", "reason"), [
     ({"amount": math.nan}, {}, "is nan"),
     ({"amount": -math.inf}, {}, "is -inf"),
+    ({"amount": 1e160}, {}, "'amount' is 1e\\+160, beyond ±1e\\+100"),
+    ({"amount": -10**400}, {}, "an integer of 1329 bits, beyond"),
     ({"amount": "12"}, {}, "not a number"),
     ({"amount": True}, {}, "not a number"),
     ({"": 1.0}, {}, "empty"),
@@ -51,6 +58,12 @@ def test_assembly_accepts_exactly_the_finite_features(numeric, categorical) -> N
 def test_each_refusal_names_its_reason(numeric, categorical, reason) -> None:
     with pytest.raises(InvalidFeatureValue, match=reason):
         assemble_features(numeric, categorical)
+
+
+def test_no_real_value_is_beyond_the_bound_and_a_square_within_it_stays_finite() -> None:
+    epoch_nanoseconds, avogadro = 1.7e18, 6.02214076e23
+    assert assemble_features({"t": epoch_nanoseconds, "n": avogadro, "m": -MAX_FEATURE_MAGNITUDE}, {})
+    assert math.isfinite(MAX_FEATURE_MAGNITUDE ** 2 * 1e100), "a sum of squares over far more examples than exist"
 
 
 def test_an_unseen_category_is_a_new_one_hot_key_not_an_error() -> None:

@@ -116,6 +116,8 @@ def test_specific_poison(server: Server) -> None:
             grpc.StatusCode.INVALID_ARGUMENT),
         (scoring_pb2.ScoreRequest(entity_id="card-1", numeric_features={"amount": -math.inf}),
             grpc.StatusCode.INVALID_ARGUMENT),
+        (scoring_pb2.ScoreRequest(entity_id="card-1", numeric_features={"amount": 1e308}),
+            grpc.StatusCode.INVALID_ARGUMENT),
         (scoring_pb2.ScoreRequest(entity_id="card-1", numeric_features={f"f{i}": 1.0 for i in range(300)}),
             grpc.StatusCode.INVALID_ARGUMENT),
         (scoring_pb2.ScoreRequest(entity_id="card-1", categorical_features={"country": "x" * 5000}),

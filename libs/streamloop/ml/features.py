@@ -3,10 +3,12 @@
 The stream scorer and the gRPC scorer both call ``assemble_features``, and the retrainer learns
 from the same dict, so a model never sees features built two different ways.
 
-Policy for values a model must never see (docs/security.md): a NaN or infinite number, a
-non-number, more than ``MAX_FEATURES`` features, or a name or category longer than
-``MAX_TEXT_LENGTH`` raise :class:`InvalidFeatureValue` naming the feature. One NaN learned by an
-online model turns every weight into NaN, so such inputs are refused, not cleaned: the stream paths
+Policy for values a model must never see (docs/security.md): a NaN or infinite number, a number
+beyond ``MAX_FEATURE_MAGNITUDE``, a non-number, more than ``MAX_FEATURES`` features, or a name or
+category longer than ``MAX_TEXT_LENGTH`` raise :class:`InvalidFeatureValue` naming the feature.
+One NaN learned by an online model turns every weight into NaN, and so does one finite value
+whose square overflows (a scaler's variance, a gradient step): such inputs are refused, not
+cleaned, and the online learner stays usable for the labels after them. The stream paths
 dead-letter the record with the reason, the gRPC path answers INVALID_ARGUMENT (request-time
 features) or FAILED_PRECONDITION (stored ones). An unseen category is *not* an error: it adds a
 ``name=value`` key the model has no weight for yet.
@@ -23,10 +25,28 @@ MAX_FEATURES = 4096
 # One-hot columns are ``name=value``; the spec forbids it in feature names, so it marks an indicator.
 INDICATOR_SEPARATOR = "="
 MAX_TEXT_LENGTH = 1024
+# A googol: no measurement comes near it (epoch nanoseconds are ~1.7e18, the atoms of the
+# observable universe ~1e80), and its square, 1e200, leaves the sum of squares a scaler or a
+# gradient keeps 1e108 examples of headroom before a double overflows (~1.8e308). 1e160 squared
+# is already infinite.
+MAX_FEATURE_MAGNITUDE = 1e100
 
 
 class InvalidFeatureValue(ModelError, ValueError):
-    """A feature value a model must not see (non-finite, not a number, too many, too long)."""
+    """A feature value a model must not see (non-finite, too large, not a number, too many, too long)."""
+
+
+def number_problem(value: object) -> str | None:
+    """Why this number must not reach a model (``... is nan``, ``... is 1e+160, beyond ±1e+100``), or None."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return f"is a {type(value).__name__}, not a number"
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"is {value}"
+    if abs(value) > MAX_FEATURE_MAGNITUDE:
+        # An int that large has no float form to print (Avro sends doubles; a test or JSON may not).
+        shown = f"{value:.3g}" if isinstance(value, float) else f"an integer of {value.bit_length()} bits"
+        return f"is {shown}, beyond ±{MAX_FEATURE_MAGNITUDE:.0e}"
+    return None
 
 
 def feature_problem(numeric: Mapping[str, object], categorical: Mapping[str, object]) -> str | None:
@@ -36,10 +56,9 @@ def feature_problem(numeric: Mapping[str, object], categorical: Mapping[str, obj
     for name, value in numeric.items():
         if not isinstance(name, str) or not name or len(name) > MAX_TEXT_LENGTH:
             return f"numeric feature name {str(name)[:40]!r} is empty, not text or too long"
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            return f"numeric feature {name!r} is a {type(value).__name__}, not a number"
-        if not math.isfinite(value):
-            return f"numeric feature {name!r} is {value}"
+        problem = number_problem(value)
+        if problem is not None:
+            return f"numeric feature {name!r} {problem}"
     for name, value in categorical.items():
         if not isinstance(name, str) or not name or len(name) > MAX_TEXT_LENGTH:
             return f"categorical feature name {str(name)[:40]!r} is empty, not text or too long"

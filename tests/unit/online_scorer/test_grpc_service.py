@@ -172,6 +172,7 @@ def test_a_one_hot_column_the_featurizer_encoded_is_explained_as_its_field_and_c
     ({"entity_id": "x" * 2000}, "entity_id: longer than 1024"),
     ({"entity_id": "card-1", "numeric_features": {"amount": math.nan}}, "numeric_features['amount']: nan"),
     ({"entity_id": "card-1", "numeric_features": {"amount": math.inf}}, "is not a finite number"),
+    ({"entity_id": "card-1", "numeric_features": {"amount": -1e160}}, "numeric_features['amount']: -1e+160 is beyond"),
     ({"entity_id": "card-1", "numeric_features": {f"f{i}": 1.0 for i in range(300)}}, "300 request-time features"),
     ({"entity_id": "card-1", "numeric_features": {"f0": 1.0}}, "numeric_features['f0']: not a numeric feature"),
     ({"entity_id": "card-1", "categorical_features": {"": "x"}}, "categorical_features: a feature has an empty name"),

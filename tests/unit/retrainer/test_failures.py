@@ -1,4 +1,4 @@
-"""What goes wrong around the retrainer (a full artifact store, a bad label, a champion
+"""What goes wrong around the retrainer (a full artifact store, a bad label or feature, a champion
 that no longer unpickles) must not stop it nor cost a label."""
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from services.retrainer.rebuild_policy import REBUILD_ATTEMPTS, REBUILD_RETRY_MA
 from streamloop.contracts.pipeline import ModelSpec
 from streamloop.ml import ArtifactIdentity
 from streamloop.ml.exceptions import InvalidLabel
+from streamloop.ml.features import InvalidFeatureValue
+from streamloop.ml.prediction import predict
 from streamloop.ml.registry import CHAMPION, deployment_record, slot_key
 from streamloop.ml.training import target
 from tests.unit.ml.test_artifact_store import pickled_from_a_module_gone_since
@@ -92,6 +94,23 @@ def test_a_regression_label_that_is_no_finite_number_is_dead_lettered_with_the_r
     assert harness.processor.learner.learned_total == 2
     assert [r.offset for r in recent_window(regression, batch, 10, pipeline=spec.name)] == [0, 6], \
         "a rebuild's window leaves them out instead"
+
+
+def test_a_huge_finite_feature_is_dead_lettered_and_the_online_challenger_stays_usable(spec, tmp_path):
+    """1e160 is finite, but the scaler squares it: inf, then NaN weights in every later candidate."""
+    harness = Harness(spec, tmp_path)
+    huge = consumed("lab", {**labeled_example(40, True), "numeric": {"amount": 1e160, "distance_from_home_km": 3.0}},
+                    offset=40)
+    result = harness.processor.process([*labeled(40), huge, *labeled(60, start=41)])
+    assert [r.record.offset for r in result.rejections] == [40]
+    assert isinstance(result.rejections[0].error, InvalidFeatureValue)
+    assert "numeric feature 'amount' is 1e+160, beyond ±1e+100" in str(result.rejections[0].error)
+    published = candidates(result)
+    assert [c["sample_count"] for c in published] == [50, 50]
+    assert published[-1]["heldout_metrics"]["accuracy"] > 0.9
+    output = predict(harness.store.load_published(published[-1]), {"amount": 20.0, "distance_from_home_km": 3.0},
+                     spec.model)
+    assert all(math.isfinite(p) for p in output.probabilities.values()) and output.predicted_class == "false"
 
 
 def test_a_binary_model_takes_booleans_and_their_text_and_learns_its_positive_class_against_the_rest(spec):
