@@ -24,7 +24,7 @@ from typing import Any, Protocol
 from services.online_scorer.errors import ModelLoadError
 from streamloop.contracts import PipelineSpec
 from streamloop.ml import ArtifactIdentity, ArtifactRef, ArtifactStore
-from streamloop.ml.prediction import predict
+from streamloop.ml.prediction import warm_up
 from streamloop.telemetry import ServiceMetrics
 
 log = logging.getLogger(__name__)
@@ -78,16 +78,6 @@ class ModelSet:
 
 class AlertSink(Protocol):
     def __call__(self, alert: dict[str, Any]) -> None: ...
-
-
-def typical_vector(model: Any) -> dict[str, float]:
-    """A warm-up input: the first scaler's running means when there is one, else no features."""
-    steps = getattr(model, "steps", None)
-    first = next(iter(steps.values()), None) if isinstance(steps, dict) else None
-    means = getattr(first, "means", None)
-    if isinstance(means, dict):
-        return {name: float(mean) for name, mean in list(means.items()) if isinstance(mean, int | float)}
-    return {}
 
 
 class ModelHolder:
@@ -175,7 +165,7 @@ class ModelHolder:
             raise ModelLoadError(f"cannot load {record['model_name']} {record['version']} from {ref.uri}: "
                                  f"{type(exc).__name__}: {exc}") from exc
         try:
-            predict(model, typical_vector(model), self.pipeline.model)
+            warm_up(model, self.pipeline.model)
         except Exception as exc:  # noqa: BLE001
             raise ModelLoadError(f"{record['model_name']} {record['version']} failed its warm-up prediction: "
                                  f"{type(exc).__name__}: {exc}") from exc

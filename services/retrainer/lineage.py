@@ -14,6 +14,10 @@ dropped. Everything in it is a few KB but its prequential losses, 1.2 x ``promot
 of them, about 45 bytes each with UUID event ids: past a min_samples of about 18,500 they alone
 filled a megabyte. They get half the limit, the most recent first; the other half is far more
 than the rest of a record takes.
+
+A model that fails the scorer's warm-up prediction (``streamloop.ml.prediction.warm_up``) is
+not published (``UnusableCandidate``): every scorer would refuse it, yet the publisher would put
+it on trial as a shadow, in place of one that can predict.
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ from typing import Any
 from services.retrainer.online import OffsetRange
 from streamloop.contracts.pipeline import PipelineSpec
 from streamloop.ml.artifacts import ArtifactIdentity, ArtifactStore
+from streamloop.ml.exceptions import ModelError
+from streamloop.ml.prediction import warm_up
 from streamloop.ml.registry import code_version, new_version
 
 log = logging.getLogger(__name__)
@@ -35,6 +41,10 @@ log = logging.getLogger(__name__)
 TRIGGERS = ("ONLINE", "DRIFT", "SCHEDULE", "BOOTSTRAP", "MANUAL")
 # librdkafka's default message.max.bytes, KafkaSettings' default too.
 DEFAULT_MAX_RECORD_BYTES = 1_000_000
+
+
+class UnusableCandidate(ModelError):
+    """A built model that fails the scorer's warm-up prediction; nothing was stored for it."""
 
 
 def wall_clock_ms() -> int:
@@ -86,7 +96,10 @@ def offset_marks(offsets: Mapping[tuple[str, int], int]) -> list[dict[str, Any]]
 
 
 class CandidateFactory:
-    """Stores a model as a signed artifact and returns its ``ModelCandidate`` record (thread-safe)."""
+    """Stores a model as a signed artifact and returns its ``ModelCandidate`` record (thread-safe).
+
+    ``build`` raises UnusableCandidate, before storing anything, for a model that cannot predict.
+    """
 
     def __init__(self, pipeline: PipelineSpec, store: ArtifactStore, clock: Callable[[], int] = wall_clock_ms,
                  max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> None:
@@ -109,6 +122,11 @@ class CandidateFactory:
               read_through: Mapping[tuple[str, int], int] | None = None) -> dict[str, Any]:
         if trigger not in TRIGGERS:
             raise ValueError(f"unknown candidate trigger {trigger!r}")
+        try:
+            warm_up(model, self.pipeline.model)
+        except Exception as exc:  # noqa: BLE001 - the scorer refuses a model for whatever its warm-up raises
+            raise UnusableCandidate(f"the {trigger} candidate fails the scorer's warm-up prediction: "
+                                    f"{type(exc).__name__}: {exc}") from exc
         kept = most_recent_within(prequential_losses, self.max_losses_bytes)
         if len(kept) < len(prequential_losses) and not self._capped:
             self._capped = True  # the same every time for a pipeline: once is enough

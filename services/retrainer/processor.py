@@ -34,7 +34,7 @@ from typing import Any
 
 from services.retrainer.catch_up import CatchUp
 from services.retrainer.examples import valid
-from services.retrainer.lineage import DEFAULT_MAX_RECORD_BYTES, CandidateFactory, wall_clock_ms
+from services.retrainer.lineage import DEFAULT_MAX_RECORD_BYTES, CandidateFactory, UnusableCandidate, wall_clock_ms
 from services.retrainer.online import OnlineLearner
 from services.retrainer.rebuild_policy import (
     InlineExecutor,
@@ -179,6 +179,15 @@ class RetrainerProcessor:
         if self.learner.continues(version) and self.learner.model is not None and not rollback:
             log.info("champion %s is this learner's own line; it keeps learning", version)
             return
+        model = self._restart_from(champion)
+        if model is not None and not self._resumed:
+            self._resumed = True  # a champion that did not load leaves it to the next one that does
+            if self.resume is not None:
+                self._resume_line(champion)
+
+    def _restart_from(self, champion: dict[str, Any]) -> Any:
+        """Restart the online challenger from ``champion``'s model (None when it does not load)."""
+        version = champion["version"]
         try:
             model = self.store.load_published(champion)
         except ModelError as exc:
@@ -188,10 +197,7 @@ class RetrainerProcessor:
         self.learner.reset(model, version)
         self._last_publish_ms = self.clock()
         log.info("online challenger restarts from champion %s", version)
-        if model is not None and not self._resumed:
-            self._resumed = True  # a champion that did not load leaves it to the next one that does
-            if self.resume is not None:
-                self._resume_line(champion)
+        return model
 
     def prepare(self) -> None:
         """Load the champion, and resume its line and the timers, before the runner joins the group.
@@ -271,6 +277,9 @@ class RetrainerProcessor:
                                         snapshot.sample_count, snapshot.metrics,
                                         snapshot.prequential_losses if self.catch_up.active else (),
                                         snapshot.read_through)
+        except UnusableCandidate as exc:
+            self._unusable(exc, snapshot.sample_count)
+            return []
         except (OSError, ModelError) as exc:  # the file store's write raises OSError as is (a full disk)
             self._publish_failed(exc, snapshot.sample_count)
             return []
@@ -297,6 +306,24 @@ class RetrainerProcessor:
         self._count("streamloop_retrainer_publish_failures")
         log.error("cannot store the online candidate's artifact (%s); its %d labels stay pending, next attempt in "
                   "%d s", exc, pending, self._publish_backoff_ms // 1000)
+
+    def _unusable(self, exc: UnusableCandidate, pending: int) -> None:
+        """The online challenger cannot predict: not published, and restarted from the champion.
+
+        Its later snapshots could not predict either (NaN weights stay NaN), so its line is
+        dropped, with the labels it learned since its last candidate. A champion that does not
+        load leaves the learner without a model, as after a deployment.
+        """
+        self._count("streamloop_retrainer_unusable_candidates", 1, {"trigger": "ONLINE"})
+        log.error("online challenger not published: %s; it restarts from the champion, dropping its %d labels since "
+                  "its last candidate", exc, pending)
+        champion = self._champion()
+        if champion is None:  # the slot was retired: the next champion deployed loads, whichever it is
+            self._champion_version = self._champion_signature = None
+            self.learner.reset(None, self.learner.parent_version or "")
+            return
+        self._champion_version, self._champion_signature = champion["version"], champion["artifact"]["signature"]
+        self._restart_from(champion)
 
     def _candidate(self, record: dict[str, Any]) -> OutgoingRecord:
         self._count("streamloop_retrainer_candidates", 1, {"trigger": record["trigger"]})

@@ -33,7 +33,7 @@ from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 from typing import Any
 
-from services.retrainer.lineage import CandidateFactory
+from services.retrainer.lineage import CandidateFactory, UnusableCandidate
 from services.retrainer.rebuild import RebuildSkipped, rebuild
 from streamloop.contracts.pipeline import PipelineSpec
 from streamloop.kafka.records import ConsumedRecord
@@ -182,6 +182,11 @@ class RebuildScheduler:
         except RebuildSkipped as exc:
             log.warning("%s rebuild skipped: %s", attempt.trigger, exc)
             self._count("streamloop_retrainer_rebuilds_skipped", 1, {"reason": "too_few_examples"})
+            return []
+        except UnusableCandidate as exc:
+            # Not tried again: the window read again builds much the same model. The next trigger tries.
+            log.error("%s rebuild not published: %s", attempt.trigger, exc)
+            self._count("streamloop_retrainer_unusable_candidates", 1, {"trigger": attempt.trigger})
             return []
         except Exception:  # noqa: BLE001 - a failed rebuild must not stop online learning
             self._failed(attempt)

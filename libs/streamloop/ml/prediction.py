@@ -129,6 +129,25 @@ def predict(model: Any, x: Mapping[str, float], spec: ModelSpec) -> ModelOutput:
     return output_from_value(model.predict_one(x), spec.actions)
 
 
+def typical_vector(model: Any) -> dict[str, float]:
+    """A warm-up input: the first scaler's running means when there is one, else no features."""
+    steps = getattr(model, "steps", None)
+    first = next(iter(steps.values()), None) if isinstance(steps, dict) else None
+    means = getattr(first, "means", None)
+    if isinstance(means, dict):
+        return {name: float(mean) for name, mean in list(means.items()) if isinstance(mean, int | float)}
+    return {}
+
+
+def warm_up(model: Any, spec: ModelSpec) -> ModelOutput:
+    """The prediction a scorer makes before it serves ``model``; whatever it raises, the scorer refuses the model.
+
+    The retrainer makes it too before it publishes a candidate: one that fails it (NaN weights,
+    say) would be refused by every scorer, and only take a shadow's place at the publisher.
+    """
+    return predict(model, typical_vector(model), spec)
+
+
 def default_output(spec: ModelSpec) -> ModelOutput | None:
     """The spec's ``default_prediction`` as an output, or None when the spec has none.
 

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from prometheus_client import generate_latest
 
-from services.online_scorer.models import ModelHolder, typical_vector
+from services.online_scorer.models import ModelHolder
 from services.online_scorer.processor import ScoringProcessor
 from streamloop.kafka import ConsumedRecord
-from streamloop.ml.prediction import choose_action
+from streamloop.ml.prediction import choose_action, typical_vector
 from tests.unit.online_scorer.fakes import (
     BrokenClassifier,
     ConstantClassifier,

@@ -1,9 +1,10 @@
 """What goes wrong around the retrainer (a full artifact store, a bad label or feature, a champion
-that no longer unpickles) must not stop it nor cost a label."""
+that no longer unpickles, a model that cannot predict) must not stop it nor cost a label."""
 
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 
@@ -14,7 +15,7 @@ from streamloop.contracts.pipeline import ModelSpec
 from streamloop.ml import ArtifactIdentity
 from streamloop.ml.exceptions import InvalidLabel
 from streamloop.ml.features import InvalidFeatureValue
-from streamloop.ml.prediction import predict
+from streamloop.ml.prediction import predict, warm_up
 from streamloop.ml.registry import CHAMPION, deployment_record, slot_key
 from streamloop.ml.training import target
 from tests.unit.ml.test_artifact_store import pickled_from_a_module_gone_since
@@ -209,3 +210,43 @@ def test_a_rebuild_that_keeps_failing_is_given_up_after_its_attempts(demo_pipeli
     assert len(harness.window_sizes) == REBUILD_ATTEMPTS and disk.full
     gave_up = ("streamloop_retrainer_rebuilds_skipped", (("pipeline", "card-fraud"), ("reason", "failed")))
     assert harness.processor._metrics.counts[gave_up] == 1
+
+
+def test_an_online_challenger_that_cannot_predict_is_not_published_and_restarts_from_the_champion(spec, tmp_path):
+    """The scorer refuses a model whose warm-up prediction fails; the publisher would still put it on trial."""
+    harness = Harness(spec, tmp_path)
+    harness.processor._metrics = Counters()
+    harness.processor.process(labeled(30))
+    poisoned = harness.processor.learner.model
+    poisoned.learn_one({"amount": 1e160}, True)  # past the checks: the scaler's variance overflows, weights turn NaN
+    writes = harness.store.store_bytes = FullDisk(harness.store)
+    writes.full = False
+    result = harness.processor.process(labeled(20, start=30))
+    assert result.outputs == [] and result.rejections == [], "no candidate, and no label is to blame"
+    assert writes.attempts == 0, "nothing stored for it"
+    unusable = ("streamloop_retrainer_unusable_candidates", (("pipeline", "card-fraud"), ("trigger", "ONLINE")))
+    assert harness.processor._metrics.counts[unusable] == 1
+    learner = harness.processor.learner
+    assert learner.model is not poisoned and learner.parent_version == harness.champion and learner.pending == 0
+    published = candidates(harness.processor.process(labeled(50, start=50)))
+    assert [(c["sample_count"], c["parent_version"]) for c in published] == [(50, harness.champion)]
+    output = warm_up(harness.store.load_published(published[0]), spec.model)
+    assert all(math.isfinite(p) for p in output.probabilities.values())
+
+
+def test_a_rebuild_that_cannot_predict_is_not_published_nor_tried_again(demo_pipeline, tmp_path, monkeypatch):
+    from services.retrainer import rebuild_policy
+    from tests.unit.online_scorer.fakes import BrokenClassifier
+
+    built = rebuild_policy.rebuild
+    monkeypatch.setattr(rebuild_policy, "rebuild", lambda *a, **k: replace(built(*a, **k), model=BrokenClassifier()))
+    harness = Harness(rebuild_only(demo_pipeline), tmp_path, window=labeled(300))
+    harness.processor._metrics = Counters()
+    harness.processor.process([consumed("drift", drift_event(), 0)])
+    published = candidates(harness.processor.process(labeled(300, start=1)))
+    assert [c["trigger"] for c in published] == ["ONLINE"] and len(harness.window_sizes) == 1, "catch-up's alone"
+    unusable = ("streamloop_retrainer_unusable_candidates", (("pipeline", "card-fraud"), ("trigger", "DRIFT")))
+    assert harness.processor._metrics.counts[unusable] == 1
+    harness.now += REBUILD_RETRY_MAX_MS
+    assert candidates(harness.processor.tick(harness.now)) == [] and len(harness.window_sizes) == 1, \
+        "the same window would build the same model"
