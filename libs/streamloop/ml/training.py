@@ -15,6 +15,8 @@ from streamloop.ml.exceptions import InvalidLabel
 from streamloop.ml.features import assemble_features
 from streamloop.ml.promotion import class_key
 
+_BOOLEAN_CLASSES = {"true": True, "false": False}
+
 
 def label_problem(model: ModelSpec, label: Any) -> str | None:
     """Why ``model`` cannot learn ``label``, or None.
@@ -35,8 +37,12 @@ def label_problem(model: ModelSpec, label: Any) -> str | None:
 def target(model: ModelSpec, label: Any) -> Any:
     """The label as the estimator learns it; InvalidLabel for one it cannot learn (``label_problem``).
 
-    A classifier with a positive class learns a boolean (river's binary classifiers need one);
-    a boolean label stays boolean; other classes become their text. A regressor learns a float.
+    A classifier with a positive class learns a boolean (river's binary classifiers need one).
+    Without one, a class is its ``class_key`` (1.0 is "1"), but ``true`` and ``false`` in any
+    form (a boolean or its text) are the booleans: the records, the metrics and the spec read
+    them as one class each, and two forms of one class broke the estimators (a tree sorts its
+    classes, and True < "true" raises; LogisticRegression takes ``int(label)``, and int("true")
+    raises). A regressor learns a float.
     """
     problem = label_problem(model, label)
     if problem is not None:
@@ -45,7 +51,8 @@ def target(model: ModelSpec, label: Any) -> Any:
         return float(label)
     if model.positive_class is not None:
         return class_key(label) == class_key(model.positive_class)
-    return label if isinstance(label, bool) else class_key(label)
+    key = class_key(label)
+    return _BOOLEAN_CLASSES.get(key, key)
 
 
 def training_pair(model: ModelSpec, example: Mapping[str, Any]) -> tuple[dict[str, float], Any]:

@@ -78,3 +78,30 @@ def test_a_whole_number_label_sent_as_a_double_is_the_integer_s_class(demo_pipel
     assert (spec.positive_class, spec.negative_class) == ("1", "0")
     assert target(spec, 1.0) is True and target(spec, 1) is True and target(spec, "1") is True
     assert target(spec, 0.0) is False and class_key(2.5) == "2.5"
+
+
+@pytest.mark.parametrize("estimator", ["river.linear_model.LogisticRegression", "river.tree.HoeffdingTreeClassifier"])
+def test_without_a_positive_class_a_boolean_and_its_text_are_one_class(demo_pipeline: PipelineSpec,
+                                                                       estimator: str) -> None:
+    """Two label sources, one sending booleans, the other their text: one pair of classes, as the records read them."""
+    from streamloop.ml.training import target
+
+    spec = ModelSpec.model_validate({**demo_pipeline.model.model_dump(), "estimator": estimator, "params": {},
+                                     "positive_class": None, "negative_class": None, "cost_matrix": None})
+    assert [target(spec, label) for label in (True, "true", "True", "TRUE", False, "false", "False")] == [
+        True, True, True, True, False, False, False]
+    assert target(spec, "fraud") == "fraud" and target(spec, 1.0) == "1", "other classes are their text"
+    model = build_model(spec)
+    rng = random.Random(5)
+    spellings = ([True, "true", "True"], [False, "false", "False"])
+    for i in range(2000):
+        event = example(rng, "fraud", "legit")
+        event["label"] = spellings[event["label"] == "legit"][i % 3]
+        model.learn_one(*training_pair(spec, event))
+    right = 0
+    for _ in range(200):
+        event = example(rng, "true", "false")
+        output = predict(model, training_pair(spec, event)[0], spec)
+        assert set(output.probabilities) == {"true", "false"}
+        right += output.predicted_class == event["label"]
+    assert right >= 180

@@ -121,6 +121,23 @@ def test_a_binary_model_takes_booleans_and_their_text_and_learns_its_positive_cl
         target(spec.model, None)
 
 
+def test_labels_sent_as_booleans_and_as_their_text_are_learned_as_one_pair_of_classes(spec, tmp_path):
+    """A second label source sends "true"/"false": the tree sorted True with "true" and rejected every later label."""
+    tree = spec.model.model_copy(update={"estimator": "river.tree.HoeffdingTreeClassifier", "params": {},
+                                         "positive_class": None, "negative_class": None, "actions": [],
+                                         "cost_matrix": None})
+    harness = Harness(spec.model_copy(update={"model": tree}), tmp_path)
+    batch = labeled(200)
+    for record in batch[100:]:
+        record.value["label"] = "true" if record.value["label"] else "false"
+    result = harness.processor.process(batch)
+    assert result.rejections == [] and harness.processor.learner.learned_total == 200
+    assert [c["sample_count"] for c in candidates(result)] == [50, 50, 50, 50]
+    output = predict(harness.processor.learner.model, {"amount": 900.0, "distance_from_home_km": 800.0,
+                                                       "merchant_category=jewelry": 1.0}, tree)
+    assert set(output.probabilities) == {"true", "false"}
+
+
 def test_examples_dead_lettered_once_are_left_out_when_read_again_after_a_restart(spec, tmp_path):
     """They are among the labels a restarted retrainer reads again; learning them raised out of start-up."""
     earlier = labeled(6)
