@@ -44,21 +44,12 @@ from river import metrics as river_metrics
 from scipy.stats import rankdata
 
 from streamloop.contracts.pipeline import PipelineSpec, RegressionCost
-from streamloop.ml.promotion import true_class_probability
+from streamloop.ml.promotion import class_key, true_class_probability
 
 Task = Literal["classification", "regression"]
 ModelKey = tuple[str, str, str]  # (model_name, model_version, role)
 SegmentKey = tuple[str, str | None] | None  # None: the whole population
 DELAY_QUANTILES = (("p50", 50.0), ("p90", 90.0), ("p99", 99.0))
-_BOOL_TEXT = {"true": "true", "false": "false"}
-
-
-def class_key(value: Any) -> str:
-    """A class label as every record writes it: booleans (and their spellings) are ``true``/``false``."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    text = str(value)
-    return _BOOL_TEXT.get(text.lower(), text)
 
 
 @dataclass(frozen=True, slots=True)

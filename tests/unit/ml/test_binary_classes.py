@@ -105,3 +105,21 @@ def test_without_a_positive_class_a_boolean_and_its_text_are_one_class(demo_pipe
         assert set(output.probabilities) == {"true", "false"}
         right += output.predicted_class == event["label"]
     assert right >= 180
+
+
+def test_the_collector_s_metrics_read_a_double_label_as_the_retrainer_s_do(demo_pipeline: PipelineSpec) -> None:
+    """Labels sent as Avro doubles (1.0, 0.0): the collector read "1.0" against the prediction "1": false decay."""
+    from streamloop.ml.promotion import holdout_metrics
+
+    spec = ModelSpec.model_validate({**demo_pipeline.model.model_dump(), "positive_class": 1, "negative_class": 0,
+                                     "cost_matrix": None})
+    labels = [1.0, 0.0, 1.0, 0.0, 1.0]
+    predictions = [{"predicted_class": "1" if y else "0", "probabilities": {"1": 0.9 if y else 0.2,
+                                                                           "0": 0.1 if y else 0.8}}
+                   for y in (1, 0, 1, 1, 0)]
+    metrics = MetricSet("classification", positive_class=spec.positive_class)
+    for label, prediction in zip(labels, predictions, strict=True):
+        metrics.update(Outcome("m", "v1", "CHAMPION", label, **prediction))
+    collected, heldout = metrics.metrics(), holdout_metrics(spec, labels, predictions)
+    assert collected["accuracy"] == pytest.approx(heldout["accuracy"]) == pytest.approx(0.6)
+    assert collected["log_loss"] == pytest.approx(heldout["log_loss"])
