@@ -20,8 +20,10 @@ window reader and the executor a rebuild runs on), so it is tested without a bro
 - After a restart or a takeover, the first champion the process loads comes with the labels its
   line had learned since it (``resume``, resume.py), before the runner joins the group: the
   restarted learner has learned what the killed one had, and the runner delivers again what that
-  one read but did not commit. The schedule and time-based online publishing run from their last
-  candidates before the restart, read back (``timer_starts``), not from the process's start.
+  one read but did not commit. Only the labels since the line's last online candidate are
+  pending, as they were in the killed process. The schedule and time-based online publishing run
+  from their last candidates before the restart, read back (``timer_starts``), not from the
+  process's start.
 """
 
 from __future__ import annotations
@@ -244,6 +246,24 @@ class RetrainerProcessor:
             return
         self.learner.forget_passed()  # those read before this champion loaded were not learned
         records = resumed.records
+        snapshots = resumed.snapshots
+        published = [r for r in records if snapshots.had(r)] if snapshots else []
+        learned = self._learn_again(published)
+        if snapshots:
+            # As the killed process did: the labels since the last snapshot alone are pending, so
+            # the next candidate comes `every` labels after it, not at the first new label.
+            for version in snapshots.versions:
+                self.learner.published(version)
+        learned += self._learn_again([r for r in records if not (snapshots and snapshots.had(r))])
+        # Every partition, one that gave no label too: the next snapshot says where the line stands.
+        self.learner.mark_read(resumed.read_through)
+        self._count("streamloop_retrainer_resumes", 1, {"outcome": "resumed"})
+        self._count("streamloop_retrainer_labels_learned", learned)
+        log.info("online challenger resumed: %d labels learned since champion %s learned again (%d read); %d since "
+                 "its line's last candidate %s", learned, champion["version"], len(records), self.learner.pending,
+                 snapshots.versions[-1] if snapshots else "(none)")
+
+    def _learn_again(self, records: list[ConsumedRecord]) -> int:
         learned = 0
         for record in records:
             if record.value.get("pipeline") == self.pipeline.name:
@@ -252,12 +272,7 @@ class RetrainerProcessor:
                 except Exception:  # noqa: BLE001 - dead-lettered when first read; read again, only left out
                     log.debug("labeled example %s[%d]@%d left out again", record.topic, record.partition,
                               record.offset, exc_info=True)
-        # Every partition, one that gave no label too: the next snapshot says where the line stands.
-        self.learner.mark_read(resumed.read_through)
-        self._count("streamloop_retrainer_resumes", 1, {"outcome": "resumed"})
-        self._count("streamloop_retrainer_labels_learned", learned)
-        log.info("online challenger resumed: %d labels learned since champion %s learned again (%d read)",
-                 learned, champion["version"], len(records))
+        return learned
 
     # -- online candidates ---------------------------------------------------------------------
 

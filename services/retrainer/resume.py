@@ -21,6 +21,13 @@ The read ends at the retrainer group's committed offsets, where the runner resum
 is learned twice; it reads the most recent ``limit`` labels at most (of every pipeline on the
 topic), split evenly over the partitions.
 
+The line's snapshots since its start are read back too (``LineSnapshots``): the ``ONLINE``
+candidates of the pipeline created since, the newest with its ``read_through``. The labels at or
+below it are learned first, then the learner takes those candidates as published, so the labels
+after the newest alone count towards the next one, as in a process that kept running. Counting
+every label since the champion, each restart published a near-duplicate of the last candidate at
+its first new label.
+
 The timers are read back too, not started again with the process: the schedule
 (``retrain.schedule``) runs from the newest rebuild in the candidates topic, and time-based online
 publishing (``retrain.online_publish_every``) from the newest online candidate, both found in one
@@ -31,7 +38,7 @@ from __future__ import annotations
 
 import heapq
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,6 +61,20 @@ TIMERS_SCAN = 2_000
 
 
 @dataclass(frozen=True)
+class LineSnapshots:
+    """The line's newest ``ONLINE`` candidate, what it had read, and the line's others read back with it."""
+
+    versions: list[str]  # oldest first, the newest last: those of its page of the candidates topic
+    # (topic, partition) -> the highest offset the newest one's learner had read: it learned the
+    # labels at or below it, and none above.
+    read_through: dict[tuple[str, int], int]
+
+    def had(self, record: ConsumedRecord) -> bool:
+        """True for a label the newest snapshot had read (learned, or skipped as every learner did)."""
+        return record.offset <= self.read_through.get((record.topic, record.partition), -1)
+
+
+@dataclass(frozen=True)
 class Resumed:
     """The labels to learn again, oldest first, and how far the group had read in every partition."""
 
@@ -62,6 +83,7 @@ class Resumed:
     # further): the line stands there once the records are learned, in a partition that gave
     # none of them too (-1: nothing read yet).
     read_through: dict[tuple[str, int], int]
+    snapshots: LineSnapshots | None = None  # None: the line published none since its start
 
 
 @dataclass(frozen=True)
@@ -83,12 +105,35 @@ def resume_point(champion: Mapping[str, Any], candidate: Mapping[str, Any] | Non
     rollback = ":rollback" in (champion.get("decision_id") or "")
     if rollback or candidate is None or candidate.get("trigger") != "ONLINE":
         return ResumePoint({}, millis(champion["deployed_at"]))
-    # read_through: where the line stood, in every partition it had read. A candidate written
-    # before it gives learned_through, which leaves out a partition the candidate learned nothing
-    # in since its parent: there the labels since its creation are the closest safe guess.
-    marks = candidate.get("read_through") or candidate.get("learned_through") or []
-    offsets = {entry["partition"]: entry["offset"] + 1 for entry in marks if entry["topic"] == labeled_topic}
+    # read_through: where the line stood, in every partition it had read. Without it, in a
+    # partition learned_through leaves out, the labels since its creation are the closest safe guess.
+    offsets = {entry["partition"]: entry["offset"] + 1 for entry in read_marks(candidate)
+               if entry["topic"] == labeled_topic}
     return ResumePoint(offsets, millis(candidate["created_at"]))
+
+
+def read_marks(candidate: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """A candidate's ``read_through``; one written before that field gives ``learned_through``.
+
+    That one leaves out a partition the candidate learned nothing in since its parent.
+    """
+    return candidate.get("read_through") or candidate.get("learned_through") or []
+
+
+def line_snapshots(candidates: list[Mapping[str, Any]], since_ms: int, labeled_topic: str) -> LineSnapshots | None:
+    """The ``ONLINE`` ones among ``candidates`` created at or after ``since_ms``, the line's start.
+
+    Only one learner publishes for a pipeline (one retrainer), so an online candidate since its
+    line started is that line's. Close, not exact, as ``resume_point`` is: a learner behind on the
+    deployments table published a snapshot of the previous line a moment after the deployment.
+    """
+    ours = sorted((c for c in candidates
+                   if c.get("trigger") in ONLINE_TRIGGERS and millis(c["created_at"]) >= since_ms),
+                  key=lambda c: millis(c["created_at"]))
+    if not ours:
+        return None
+    marks = {(m["topic"], m["partition"]): m["offset"] for m in read_marks(ours[-1]) if m["topic"] == labeled_topic}
+    return LineSnapshots([c["version"] for c in ours], marks)
 
 
 def resume_ranges(point: ResumePoint, at_time: Mapping[int, int], bounds: Mapping[int, PartitionBounds],
@@ -147,7 +192,33 @@ class KafkaResume:
         # those labels again, which the champion has learned.
         return Resumed(most_recent(records, self.limit),
                        {(self.labeled_topic, p): max(bound.committed, point.offsets.get(p, 0)) - 1
-                        for p, bound in bounds.items()})
+                        for p, bound in bounds.items()},
+                       self.snapshots_since(point.time_ms))
+
+    def snapshots_since(self, since_ms: int) -> LineSnapshots | None:
+        """The line's snapshots (``line_snapshots``), read back from the candidates topic's end.
+
+        Pages go back until one holds such a snapshot (the newest of the line is among its
+        newest candidates) or a candidate older than the line, or for TIMERS_SCAN candidates.
+        """
+        for ours in self._newest_first():
+            found = line_snapshots(ours, since_ms, self.labeled_topic)
+            if found is not None or any(millis(c["created_at"]) < since_ms for c in ours):
+                return found
+        return None
+
+    def _newest_first(self) -> Iterator[list[dict[str, Any]]]:
+        """The pipeline's candidates from the end, CANDIDATE_SCAN of each partition a page, TIMERS_SCAN at most."""
+        topic = self.candidates_topic
+        bounds = self.history.bounds(topic)
+        stops = {p: bound.high for p, bound in bounds.items()}
+        for _ in range(TIMERS_SCAN // CANDIDATE_SCAN):
+            ranges = {p: (max(bounds[p].low, stop - CANDIDATE_SCAN), stop) for p, stop in stops.items()
+                      if stop > bounds[p].low}
+            if not ranges:
+                return
+            yield [r.value for r in self.history.read(topic, ranges) if r.value.get("pipeline") == self.pipeline]
+            stops = {p: start for p, (start, _) in ranges.items()}
 
     def timer_starts(self, now_ms: int, schedule_ms: int | None, online_publish_ms: int | None,
                      champion: Mapping[str, Any] | None) -> TimerStarts:
@@ -166,26 +237,19 @@ class KafkaResume:
                    if period is not None}
         newest: dict[frozenset[str], int] = {}
         oldest: int | None = None
-        if periods:
-            topic = self.candidates_topic
-            bounds = self.history.bounds(topic)
-            stops = {p: bound.high for p, bound in bounds.items()}
-            for _ in range(TIMERS_SCAN // CANDIDATE_SCAN):
-                # Settled ones stay as they are: a candidate further back is older still.
-                unsettled = [triggers for triggers, period in periods.items()
-                             if triggers not in newest and (oldest is None or oldest > now_ms - period)]
-                ranges = {p: (max(bounds[p].low, stop - CANDIDATE_SCAN), stop) for p, stop in stops.items()
-                          if stop > bounds[p].low}
-                if not unsettled or not ranges:
-                    break
-                ours = [r.value for r in self.history.read(topic, ranges) if r.value.get("pipeline") == self.pipeline]
-                for triggers in unsettled:
-                    found = [millis(c["created_at"]) for c in ours if c.get("trigger") in triggers]
-                    if found:
-                        newest[triggers] = max(found)
-                oldest = min([t for t in (oldest, *(millis(c["created_at"]) for c in ours)) if t is not None],
-                             default=None)
-                stops = {p: start for p, (start, _) in ranges.items()}
+        unsettled = list(periods)
+        for ours in self._newest_first() if periods else ():
+            for triggers in unsettled:
+                found = [millis(c["created_at"]) for c in ours if c.get("trigger") in triggers]
+                if found:
+                    newest[triggers] = max(found)
+            oldest = min([t for t in (oldest, *(millis(c["created_at"]) for c in ours)) if t is not None],
+                         default=None)
+            # Settled ones stay as they are: a candidate further back is older still.
+            unsettled = [triggers for triggers, period in periods.items()
+                         if triggers not in newest and (oldest is None or oldest > now_ms - period)]
+            if not unsettled:
+                break
         deployed = millis(champion["deployed_at"]) if champion is not None else None
         none_since = min([t for t in (oldest, deployed) if t is not None], default=None)
 

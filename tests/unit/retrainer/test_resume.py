@@ -10,9 +10,11 @@ from services.retrainer.online import OnlineLearner
 from services.retrainer.processor import RetrainerProcessor
 from services.retrainer.resume import (
     KafkaResume,
+    LineSnapshots,
     Resumed,
     ResumePoint,
     TimerStarts,
+    line_snapshots,
     most_recent,
     resume_point,
     resume_ranges,
@@ -74,17 +76,19 @@ def test_ranges_end_at_the_committed_offsets_and_keep_the_most_recent_labels_of_
 
 
 class FakeResume:
-    def __init__(self, records=(), error: Exception | None = None, read_through: dict | None = None) -> None:
+    def __init__(self, records=(), error: Exception | None = None, read_through: dict | None = None,
+                 snapshots: LineSnapshots | None = None) -> None:
         self.records = list(records)
         self.error = error
         self.read_through = read_through or {}
+        self.snapshots = snapshots
         self.calls: list[str] = []
 
     def __call__(self, deployment: dict) -> Resumed:
         self.calls.append(deployment["version"])
         if self.error:
             raise self.error
-        return Resumed(self.records, self.read_through)
+        return Resumed(self.records, self.read_through, self.snapshots)
 
 
 class Counters:
@@ -124,6 +128,25 @@ def test_a_restarted_learner_learns_again_what_its_line_had_learned_since_the_ch
     harness.set_champion("fraud-20990101000000000-deadbeef")
     harness.processor.process(labeled(1, start=50))
     assert resume.calls == [harness.champion] and harness.processor.learner.pending == 1
+
+
+def test_after_a_restart_the_labels_its_line_s_last_snapshot_had_are_not_counted_again(spec, tmp_path):
+    """Each restart published a near-duplicate of the last candidate at its first new label."""
+    last = "fraud-20231114221320000-0000000b"
+    resume = FakeResume(labeled(60, partitions=2), read_through={("lab", 0): 29, ("lab", 1): 29},
+                        snapshots=LineSnapshots(["fraud-20231114221310000-0000000a", last],
+                                                {("lab", 0): 24, ("lab", 1): 24}))
+    harness = restarted(spec, tmp_path, resume)
+    harness.processor.prepare()
+    learner = harness.processor.learner
+    assert learner.learned_total == 60 and learner.pending == 10, "50 of them were in its last candidate"
+    assert candidates(harness.processor.process(labeled(1, start=60, partitions=2))) == []
+    assert candidates(harness.processor.process(labeled(38, start=61, partitions=2))) == [], "49 past it"
+    [published] = candidates(harness.processor.process(labeled(1, start=99, partitions=2)))
+    assert published["sample_count"] == 50 and published["parent_version"] == last
+    assert published["source_offsets"] == [{"topic": "lab", "partition": 0, "start": 25, "end": 50},
+                                           {"topic": "lab", "partition": 1, "start": 25, "end": 50}]
+    assert learner.continues("fraud-20231114221310000-0000000a"), "promoted, it is an ancestor of this learner"
 
 
 def test_the_next_snapshot_says_how_far_the_group_had_read_in_every_partition(spec, tmp_path):
@@ -270,6 +293,52 @@ def test_kafka_resume_finds_the_champions_candidate_and_reads_after_what_its_lea
                        limit=0)({"version": version}) == Resumed([], {})
 
 
+def test_the_line_s_snapshots_are_its_online_candidates_since_it_started():
+    def online(created: int, version: str, **marks) -> dict:
+        return {"version": version, "pipeline": "card-fraud", "trigger": "ONLINE", "created_at": created, **marks}
+
+    newest = online(T0 + 30, "c", read_through=[{"topic": "lab", "partition": 0, "offset": 99},
+                                                {"topic": "other", "partition": 0, "offset": 7}])
+    read = [online(T0 + 20, "b"), newest, online(T0 - 1, "before"), {**online(T0 + 40, "d"), "trigger": "DRIFT"}]
+    assert line_snapshots(read, T0, "lab") == LineSnapshots(["b", "c"], {("lab", 0): 99})
+    assert line_snapshots(read, T0 + 31, "lab") is None
+    older = online(T0 + 30, "c", learned_through=[{"topic": "lab", "partition": 2, "offset": 5}])
+    assert line_snapshots([older], T0, "lab").read_through == {("lab", 2): 5}, "a candidate from before read_through"
+    snapshots = LineSnapshots(["c"], {("lab", 0): 99})
+    assert snapshots.had(consumed("lab", {}, 99)) and not snapshots.had(consumed("lab", {}, 100))
+    assert not snapshots.had(consumed("lab", {}, 0, partition=1)), "a partition it had read nothing in"
+
+
+def test_a_crash_looping_retrainer_publishes_as_one_that_kept_running(spec, tmp_path):
+    """One process learns 60 labels (a candidate at 50), then five restarts learn 10 new labels each."""
+    labels = labeled(110)
+    history = FakeHistory({"lab": {0: [(T0 + r.offset, r.value) for r in labels]}, "cand": {0: []}}, committed={})
+
+    def run(lifetimes: list[int]) -> list[dict]:
+        history.topics["cand"][0].clear()
+        history.committed.clear()
+        read = 0
+        for count in lifetimes:
+            harness = Harness(spec, tmp_path)  # the bootstrap champion throughout, deployed at T0
+            harness.now = T0 + 1_000 + read
+            harness.processor.resume = KafkaResume(history, labeled_topic="lab", candidates_topic="cand",
+                                                   pipeline=spec.name, limit=1_000)
+            harness.processor.prepare()
+            published = candidates(harness.processor.process(labels[read:read + count]))
+            history.topics["cand"][0] += [(c["created_at"], c) for c in published]
+            read += count
+            history.committed[("lab", 0)] = read
+        return [c for _, c in history.topics["cand"][0]]
+
+    kept_running = [(c["sample_count"], c["source_offsets"]) for c in run([110])]
+    restarted = run([60, 10, 10, 10, 10, 10])
+    assert [(c["sample_count"], c["source_offsets"]) for c in restarted] == kept_running == [
+        (50, [{"topic": "lab", "partition": 0, "start": 0, "end": 50}]),
+        (50, [{"topic": "lab", "partition": 0, "start": 50, "end": 100}])]
+    assert restarted[1]["parent_version"] == restarted[0]["version"]
+
+
+HOUR = 3_600_000
 HOUR = 3_600_000
 
 
