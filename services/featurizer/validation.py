@@ -135,7 +135,7 @@ def _scorer_text_limits(categorical: Sequence[CategoricalSpec], segments: Sequen
     for spec in categorical:
         encoder = CategoricalEncoder(spec)
         if encoder.other:
-            continue  # a value off the spec's list becomes __other__: only the spec's own text is emitted
+            continue  # a value off the spec's list becomes __other__: only the spec's own text, which fits, is emitted
         if encoder.one_hot:
             limit, emitted = MAX_TEXT_LENGTH - len(encoder.prefix), f"one-hot column {encoder.prefix}<value>"
         else:

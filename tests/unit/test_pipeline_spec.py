@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from streamloop.contracts import PipelineSpec, PipelineSpecError, load_pipeline
+from streamloop.contracts.pipeline import MAX_TEXT_LENGTH
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEMO_DIR = REPO_ROOT / "examples" / "card_fraud"
@@ -105,6 +106,49 @@ MISTAKES = [
     pytest.param(_model(positive_class=None, negative_class="0"), "model", "negative_class needs a positive_class",
                  id="negative-without-positive"),
 ]
+
+
+def _categorical(index: int, **changes: Any) -> Callable[[dict[str, Any]], None]:
+    return lambda spec: spec["features"]["categorical"][index].update(changes)
+
+
+# The demo's categorical[0] is merchant_category, one-hot; categorical[1] is country, passed through.
+ONE_HOT_ROOM = MAX_TEXT_LENGTH - len("merchant_category=")
+TOO_LONG = [
+    pytest.param(lambda s: s["features"]["aggregations"][0].update(name="a" * (MAX_TEXT_LENGTH + 1)),
+                 "features.aggregations[0].name", id="aggregation-name"),
+    pytest.param(lambda s: s["features"]["passthrough"][0].update(name="p" * (MAX_TEXT_LENGTH + 1)),
+                 "features.passthrough[0].name", id="passthrough-name"),
+    pytest.param(lambda s: s["features"]["passthrough"][0].update(field="f" * (MAX_TEXT_LENGTH + 1)),
+                 "features.passthrough[0].field", id="passthrough-field-as-its-name"),
+    pytest.param(_categorical(1, name="c" * (MAX_TEXT_LENGTH + 1)), "features.categorical[1].name",
+                 id="categorical-name"),
+    pytest.param(_categorical(0, categories=["fuel", "x" * (ONE_HOT_ROOM + 1)]),
+                 "features.categorical[0].categories[1]", id="one-hot-column-of-a-category"),
+    pytest.param(_categorical(1, categories=["DE", "x" * (MAX_TEXT_LENGTH + 1)]),
+                 "features.categorical[1].categories[1]", id="passthrough-category"),
+    pytest.param(_categorical(0, name="m" * (MAX_TEXT_LENGTH - len("=__other__") + 1), categories=["a"],
+                              unknown="other"),
+                 "features.categorical[0].name", id="one-hot-other-column"),
+]
+
+
+@pytest.mark.parametrize(("change", "path"), TOO_LONG)
+def test_a_feature_name_or_category_longer_than_a_model_takes_is_refused(tmp_path: Path, change, path: str) -> None:
+    # Served, such a name or column fails every vector that carries it, in the scorer.
+    error = _error(tmp_path, change)
+    assert f"\n  {path}: " in error and f"longer than the {MAX_TEXT_LENGTH} a model takes" in error, error
+    assert len(error) < 400, "the message does not echo the long text"
+
+
+def test_names_and_categories_that_just_fit_load(tmp_path: Path) -> None:
+    spec = _demo()
+    spec["features"]["aggregations"][0]["name"] = "a" * MAX_TEXT_LENGTH
+    spec["features"]["categorical"][0]["categories"] = ["x" * ONE_HOT_ROOM]
+    spec["features"]["categorical"][1]["categories"] = ["y" * MAX_TEXT_LENGTH]
+    spec["features"]["categorical"][1]["unknown"] = "other"
+    features = load_pipeline(_write(tmp_path, spec)).features
+    assert features.categorical[0].categories == ["x" * ONE_HOT_ROOM]
 
 
 @pytest.mark.parametrize(("given", "positive", "negative"), [

@@ -65,6 +65,24 @@ _OTHER_BOOLEAN_CLASS = {"true": "false", "false": "true"}
 ClassName = Annotated[str, BeforeValidator(_class_name), Field(min_length=1)]
 Share = Annotated[float, Field(ge=0.0, le=1.0)]
 
+# The longest feature name or categorical text a model takes (streamloop.ml.features refuses
+# longer). It lives here, below ml, so that a spec naming longer text is refused at load: served,
+# it would fail every vector that carries it.
+MAX_TEXT_LENGTH = 1024
+# What ``unknown: other`` turns a value off the ``categories`` list into.
+OTHER_CATEGORY = "__other__"
+
+
+def _check_length(where: str, what: str, text: str) -> None:
+    if len(text) > MAX_TEXT_LENGTH:
+        raise ValueError(f"{where}: {what} is {len(text)} characters, longer than the {MAX_TEXT_LENGTH} "
+                         f"a model takes")
+
+
+def _feature_name_at(name: str | None) -> tuple[str, str]:
+    """Where a feature's name is set and what it is: its own ``name``, else its ``field``'s."""
+    return ("name", "the feature name") if name else ("field", "the feature name (the field's: no name is set)")
+
 
 class _Spec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -124,6 +142,11 @@ class AggregationSpec(_Spec):
     agg: Aggregation
     window: WindowSpec
 
+    @model_validator(mode="after")
+    def _name_fits(self) -> AggregationSpec:
+        _check_length("name", "the feature name", self.name)
+        return self
+
 
 class PassthroughSpec(_Spec):
     field: str
@@ -133,6 +156,11 @@ class PassthroughSpec(_Spec):
     @property
     def feature_name(self) -> str:
         return self.name or self.field
+
+    @model_validator(mode="after")
+    def _name_fits(self) -> PassthroughSpec:
+        _check_length(*_feature_name_at(self.name), self.feature_name)
+        return self
 
 
 class CategoricalSpec(_Spec):
@@ -145,6 +173,23 @@ class CategoricalSpec(_Spec):
     @property
     def feature_name(self) -> str:
         return self.name or self.field
+
+    @model_validator(mode="after")
+    def _texts_fit(self) -> CategoricalSpec:
+        name_at, name_what = _feature_name_at(self.name)
+        _check_length(name_at, name_what, self.feature_name)
+        one_hot = self.encoding == "one_hot"
+        # A one-hot category reaches the model in the name of its column, name=category.
+        for i, category in enumerate(self.categories or []):
+            if one_hot:
+                _check_length(f"categories[{i}]", "its one-hot column <name>=<category>",
+                              f"{self.feature_name}={category}")
+            else:
+                _check_length(f"categories[{i}]", "the category", category)
+        if one_hot and self.unknown == "other" and self.categories is not None:
+            _check_length(name_at, f"the one-hot column <name>={OTHER_CATEGORY} (unknown: other)",
+                          f"{self.feature_name}={OTHER_CATEGORY}")
+        return self
 
 
 TIME_SINCE_PREVIOUS = "time_since_previous_s"

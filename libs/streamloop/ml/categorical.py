@@ -9,10 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from streamloop.contracts.pipeline import OTHER_CATEGORY as OTHER
 from streamloop.contracts.pipeline import CategoricalSpec
 from streamloop.ml.features import INDICATOR_SEPARATOR
-
-OTHER = "__other__"
 
 
 def as_text(value: Any) -> str:

@@ -19,12 +19,12 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
+from streamloop.contracts.pipeline import MAX_TEXT_LENGTH
 from streamloop.ml.exceptions import ModelError
 
 MAX_FEATURES = 4096
 # One-hot columns are ``name=value``; the spec forbids it in feature names, so it marks an indicator.
 INDICATOR_SEPARATOR = "="
-MAX_TEXT_LENGTH = 1024
 # A googol: no measurement comes near it (epoch nanoseconds are ~1.7e18, the atoms of the
 # observable universe ~1e80), and its square, 1e200, leaves the sum of squares a scaler or a
 # gradient keeps 1e108 examples of headroom before a double overflows (~1.8e308). 1e160 squared
