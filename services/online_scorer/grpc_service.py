@@ -51,7 +51,6 @@ class RequestLimits:
     max_batch: int = 1000
     max_entity_id_length: int = 1024
     max_name_length: int = 256
-    max_category_length: int = 1024
 
 
 def validate(request: scoring_pb2.ScoreRequest, limits: RequestLimits, where: str = "") -> None:
@@ -74,14 +73,12 @@ def validate(request: scoring_pb2.ScoreRequest, limits: RequestLimits, where: st
             # Refused by the assembly function too, but that error means a stored row gone bad.
             raise InvalidScoreRequest(f"{where}numeric_features[{name!r}]: {value:.3g} is beyond "
                                       f"±{MAX_FEATURE_MAGNITUDE:.0e}, larger than any real value")
-    for name, value in request.categorical_features.items():
+    # A categorical value's length is RequestFeatures.check's: the spec decides the text it is encoded as.
+    for name in request.categorical_features:
         if not name:
             raise InvalidScoreRequest(f"{where}categorical_features: a feature has an empty name")
         if len(name) > limits.max_name_length:
             raise InvalidScoreRequest(f"{where}categorical_features: a name is longer than {limits.max_name_length}")
-        if len(value) > limits.max_category_length:
-            raise InvalidScoreRequest(f"{where}categorical_features[{name!r}]: longer than "
-                                      f"{limits.max_category_length} characters")
 
 
 class ScoringServicer(scoring_pb2_grpc.ScoringServiceServicer):

@@ -5,7 +5,9 @@ produce would be silently ignored by the model (it has never learned a weight fo
 refused as INVALID_ARGUMENT with the names the pipeline does have. A categorical feature is
 encoded by the spec's :class:`~streamloop.ml.categorical.CategoricalEncoder`, replacing the
 stored value's columns: a one-hot ``merchant_category=fuel`` sent over a stored
-``merchant_category=grocery`` leaves one hot column, not two.
+``merchant_category=grocery`` leaves one hot column, not two. Its length is checked as the
+featurizer checks an event's, on the text as encoded: a value off the spec's list under
+``unknown: other`` becomes ``__other__``, so it may be any length.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ class RequestFeatures:
         self.encoders = {c.feature_name: CategoricalEncoder(c) for c in features.categorical}
 
     def check(self, numeric: Mapping[str, float], categorical: Mapping[str, str], where: str = "") -> None:
-        """Raise InvalidScoreRequest for the first name the pipeline does not produce as sent."""
+        """Raise InvalidScoreRequest for the first name the pipeline does not produce as sent, or text too long."""
         for name in numeric:
             if name in self.numeric:
                 continue
@@ -47,11 +49,7 @@ class RequestFeatures:
         for name, value in categorical.items():
             encoder = self.encoders.get(name)
             if encoder is not None:
-                if encoder.one_hot and len(encoder.prefix) + len(value) > MAX_TEXT_LENGTH:
-                    # Its column, name=value, would be a feature name longer than any the model takes.
-                    raise InvalidScoreRequest(f"{where}categorical_features[{name!r}]: longer than "
-                                              f"{MAX_TEXT_LENGTH - len(encoder.prefix)} characters (one-hot "
-                                              f"column {encoder.prefix}<value>)")
+                _check_length(encoder, value, f"{where}categorical_features[{name!r}]")
                 continue
             if name in self.numeric:
                 raise InvalidScoreRequest(f"{where}categorical_features[{name!r}]: {name} is a numeric feature of "
@@ -69,6 +67,19 @@ class RequestFeatures:
             # (streamloop.ml.learned_columns): any number of new ones grows nothing.
             self.encoders[name].replace(value, merged_numeric, merged_categorical)
         return merged_numeric, merged_categorical
+
+
+def _check_length(encoder: CategoricalEncoder, value: str, where: str) -> None:
+    """Refuse the text the scorer would refuse, as the featurizer does: the text as encoded, so a value
+    off the spec's list under ``unknown: other``, sent as ``__other__``, may be any length."""
+    text = encoder.text(value)
+    if encoder.one_hot:
+        if len(encoder.prefix) + len(text) > MAX_TEXT_LENGTH:
+            # Its column, name=value, would be a feature name longer than any the model takes.
+            raise InvalidScoreRequest(f"{where}: longer than {MAX_TEXT_LENGTH - len(encoder.prefix)} characters "
+                                      f"(one-hot column {encoder.prefix}<value>)")
+    elif len(text) > MAX_TEXT_LENGTH:
+        raise InvalidScoreRequest(f"{where}: longer than {MAX_TEXT_LENGTH} characters")
 
 
 def _listed(names: frozenset[str] | Mapping[str, object]) -> str:

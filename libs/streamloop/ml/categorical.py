@@ -45,13 +45,16 @@ class CategoricalEncoder:
             numeric.update(self.zeros)
         if value is None:
             return
-        text = as_text(value)
-        if self.other and text not in self.categories:  # type: ignore[operator]
-            text = OTHER
+        text = self.text(value)
         if self.one_hot:
             numeric[self.keys.get(text) or self.prefix + text] = 1.0
         else:
             categorical[self.name] = text
+
+    def text(self, value: Any) -> str:
+        """The text a non-null value is encoded as: ``__other__`` for one off the list under ``unknown: other``."""
+        text = as_text(value)
+        return OTHER if self.other and text not in self.categories else text  # type: ignore[operator]
 
     def replace(self, value: Any, numeric: dict[str, float], categorical: dict[str, str]) -> None:
         """Encode ``value`` over an already encoded vector: this feature's old columns go first."""

@@ -23,6 +23,7 @@ from services.online_scorer.grpc_service import SERVICE_NAME, RequestLimits, Sco
 from services.online_scorer.models import ModelHolder
 from services.online_scorer.scoring import Scorer
 from streamloop.contracts.generated.scoring.v1 import scoring_pb2, scoring_pb2_grpc
+from streamloop.ml.features import MAX_TEXT_LENGTH
 from streamloop.ml.prediction import ModelOutputError
 from streamloop.stack.process import free_port
 from streamloop.store import (
@@ -130,6 +131,8 @@ def test_a_request_time_one_hot_category_replaces_the_stored_column(served: Serv
     ({"categorical_features": {"merchant_category": "x" * 1020}},
      "categorical_features['merchant_category']: longer than 1006 characters "
      "(one-hot column merchant_category=<value>)"),
+    ({"categorical_features": {"country": "x" * (MAX_TEXT_LENGTH + 1)}},
+     "categorical_features['country']: longer than 1024 characters"),
 ])
 def test_a_feature_the_pipeline_does_not_produce_is_invalid_argument(served: Served, features, problem) -> None:
     # The model has never learned a weight for such a name: scoring it would silently ignore it.
@@ -508,3 +511,23 @@ def test_any_value_of_a_category_the_spec_lists_with_an_other_sets_one_column(sp
     for value in ("grocery", "anything", "else"):
         numeric, _ = features.merge(STORED, STORED_CATEGORICAL, {}, {"merchant_category": value})
         assert sum(v for k, v in numeric.items() if k.startswith("merchant_category=")) == 1.0
+
+
+def test_an_over_long_value_the_spec_turns_into_other_is_taken(spec, artifacts, metrics) -> None:
+    # As the featurizer takes it: off the list under unknown: other, any value is encoded as __other__, which fits.
+    categorical = [c.model_copy(update={"categories": ["fuel", "grocery", "DE"], "unknown": "other"})
+                   for c in spec.features.categorical]
+    listed = spec.model_copy(update={"features": spec.features.model_copy(update={"categorical": categorical})})
+    s = Served(listed, artifacts, metrics)
+    try:
+        def probabilities(merchant_category: str, country: str) -> dict[str, float]:
+            categorical = {"merchant_category": merchant_category, "country": country}
+            response = s.stub.Score(scoring_pb2.ScoreRequest(entity_id="card-1", categorical_features=categorical),
+                                    timeout=5)
+            return dict(response.prediction.probabilities)
+
+        long = "x" * (MAX_TEXT_LENGTH + 1)  # one-hot or as text, longer than the scorer takes
+        assert probabilities(long, long) == probabilities("short", "other")
+        assert probabilities("fuel", "DE") != probabilities(long, long), "the test tells __other__ from a listed value"
+    finally:
+        s.close()
