@@ -6,7 +6,8 @@ Checks run in this order; ``rule`` is the first failure, and an event that break
 rule names all of them (one per field) in ``rules`` and in its message, so that a producer fixes
 them in one round, not one dead letter at a time:
 
-1. identity: the event id and entity key are present and non-empty (``<field>.required``); the
+1. identity: the event id and entity key are present and non-empty (``<field>.required``) and at
+   most ``MAX_KEY_BYTES`` long in UTF-8 (``.max_length``: both are Kafka and Redis keys); the
    event time is present (``.required``), a timestamp or an integer (``.type``) and in
    ``[0, 2**63 - 1]`` ms (``.range``);
 2. sanity, over every field: no NaN or infinite number (``<field>.finite``, nested values
@@ -29,7 +30,7 @@ from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from streamloop.contracts.pipeline import CategoricalSpec, FieldRule, InputSpec
+from streamloop.contracts.pipeline import MAX_KEY_BYTES, CategoricalSpec, FieldRule, InputSpec
 from streamloop.contracts.schemas import AvroSchema
 from streamloop.kafka import InvalidRecordError
 from streamloop.ml.categorical import CategoricalEncoder, as_text
@@ -154,6 +155,7 @@ class RecordValidator:
         self.event_id = spec.event_id
         self.entity_key = spec.entity_key
         self.event_time = spec.event_time
+        self._keys = ((spec.event_id, "the event id"), (spec.entity_key, "the entity key"))
         self.max_size = spec.max_map_size
         self._floats = tuple(f for f, k in kinds.items() if k & {"float", "double"})
         self._nested = tuple(f for f, k in kinds.items() if k & {"record", "map", "array", "named"})
@@ -172,15 +174,17 @@ class RecordValidator:
     def _violations(self, value: dict[str, Any]) -> Iterator[InvalidRecordError]:
         """Every check the event fails, in the order above; at most one per field."""
         broken: set[str] = set()
-        event_id = value.get(self.event_id)
-        if event_id is None or event_id == "":
-            broken.add(self.event_id)
-            yield InvalidRecordError(f"{self.event_id} (the event id) is missing", rule=f"{self.event_id}.required")
-        entity = value.get(self.entity_key)
-        if entity is None or entity == "":
-            broken.add(self.entity_key)
-            yield InvalidRecordError(f"{self.entity_key} (the entity key) is missing",
-                                     rule=f"{self.entity_key}.required")
+        for field, what in self._keys:
+            key = value.get(field)
+            if key is None or key == "":
+                broken.add(field)
+                yield InvalidRecordError(f"{field} ({what}) is missing", rule=f"{field}.required")
+                continue
+            length = len((key if isinstance(key, str) else str(key)).encode())
+            if length > MAX_KEY_BYTES:
+                broken.add(field)
+                yield InvalidRecordError(f"{field} ({what}) is {length} bytes long in UTF-8, above the "
+                                         f"{MAX_KEY_BYTES} a key may be (MAX_KEY_BYTES)", rule=f"{field}.max_length")
         raw_time = value.get(self.event_time)
         event_time = to_millis(raw_time)
         if event_time is None:

@@ -34,6 +34,7 @@ from services.online_scorer.request_features import RequestFeatures
 from services.online_scorer.scoring import Scored, Scorer
 from streamloop.contracts import PipelineSpec
 from streamloop.contracts.generated.scoring.v1 import scoring_pb2, scoring_pb2_grpc
+from streamloop.contracts.pipeline import MAX_KEY_BYTES
 from streamloop.ml.exceptions import ModelError
 from streamloop.ml.features import MAX_FEATURE_MAGNITUDE
 from streamloop.ml.prediction import default_output
@@ -49,7 +50,7 @@ SERVICE_NAME = scoring_pb2.DESCRIPTOR.services_by_name["ScoringService"].full_na
 class RequestLimits:
     max_features: int = 256
     max_batch: int = 1000
-    max_entity_id_length: int = 1024
+    max_entity_id_length: int = MAX_KEY_BYTES  # in UTF-8 bytes, as the featurizer bounds the keys it stores
     max_name_length: int = 256
 
 
@@ -57,8 +58,8 @@ def validate(request: scoring_pb2.ScoreRequest, limits: RequestLimits, where: st
     """Raise InvalidScoreRequest naming the first problem of a request."""
     if not request.entity_id:
         raise InvalidScoreRequest(f"{where}entity_id: must not be empty")
-    if len(request.entity_id) > limits.max_entity_id_length:
-        raise InvalidScoreRequest(f"{where}entity_id: longer than {limits.max_entity_id_length} characters")
+    if len(request.entity_id.encode()) > limits.max_entity_id_length:
+        raise InvalidScoreRequest(f"{where}entity_id: longer than {limits.max_entity_id_length} bytes in UTF-8")
     count = len(request.numeric_features) + len(request.categorical_features)
     if count > limits.max_features:
         raise InvalidScoreRequest(f"{where}features: {count} request-time features, at most {limits.max_features}")

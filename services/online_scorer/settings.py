@@ -9,6 +9,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.online_scorer.grpc_server import ServerTLS
+from streamloop.contracts.pipeline import MAX_KEY_BYTES
 from streamloop.kafka.configuration import _read_secret_file
 from streamloop.ml.settings import ArtifactSettings
 from streamloop.service import CommonSettings
@@ -35,7 +36,9 @@ class ScorerSettings(BaseSettings):
     grpc_grace_s: float = Field(default=5.0, ge=0, description="How long a graceful stop waits for in-flight calls.")
     max_request_features: int = Field(default=256, ge=0, description="Request-time features allowed per entity.")
     max_batch_entities: int = Field(default=1000, ge=1, description="Entities allowed in one ScoreBatch call.")
-    max_entity_id_length: int = Field(default=1024, ge=1)
+    max_entity_id_length: int = Field(
+        default=MAX_KEY_BYTES, ge=1, le=MAX_KEY_BYTES,
+        description="Longest entity id accepted, in UTF-8 bytes; the featurizer stores no longer key.")
     feature_group: str = Field(default="features", pattern=NAME_PATTERN,
                                description="Feature store group the featurizer writes.")
     deployments_catch_up_s: float = Field(

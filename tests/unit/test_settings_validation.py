@@ -9,6 +9,7 @@ from pydantic import ValidationError
 from pydantic_settings import BaseSettings, SettingsError
 
 from services.online_scorer.settings import ScorerSettings
+from streamloop.contracts.pipeline import MAX_KEY_BYTES
 from streamloop.kafka.configuration import KafkaSettings
 from streamloop.ml.settings import ArtifactSettings
 from streamloop.service.settings import CommonSettings, RedisSettings
@@ -144,6 +145,15 @@ def test_sasl_without_a_mechanism_is_refused_naming_both_variables(monkeypatch: 
         ScorerSettings()
     assert describe_validation_error(caught.value, ScorerSettings) == (
         "KAFKA_SASL_MECHANISM is required with KAFKA_SECURITY_PROTOCOL=SASL_PLAINTEXT")
+
+
+def test_the_scorer_takes_no_longer_entity_id_than_the_featurizer_stores(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert ScorerSettings().max_entity_id_length == MAX_KEY_BYTES
+    monkeypatch.setenv("SCORER_MAX_ENTITY_ID_LENGTH", str(MAX_KEY_BYTES + 1))
+    with pytest.raises(ValidationError) as caught:
+        ScorerSettings()
+    line = describe_validation_error(caught.value, ScorerSettings)
+    assert line.startswith("max_entity_id_length (SCORER_MAX_ENTITY_ID_LENGTH): ") and str(MAX_KEY_BYTES) in line, line
 
 
 @pytest.mark.parametrize("url", ["http://registry:8081", "https://a:8081,https://b:8081", "mock://tests"])

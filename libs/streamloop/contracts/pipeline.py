@@ -105,6 +105,17 @@ class FieldRule(_Spec):
         return self
 
 
+# The longest event id or entity key, in UTF-8 bytes, held where input enters (the featurizer, the
+# scorer's gRPC API). Each is a Kafka key (most topics are keyed by entity key, labels by event id),
+# an entity key ends a Redis key of the feature store and an event id is a field of the collector's
+# join state; records carry both again as fields. Neither system bounds them usefully (Redis takes
+# keys up to 512 MB; Kafka a record up to message.max.bytes, 1 MB by default, past which a key near
+# it would carry the featurizer's own output), while every stored entity and every record pays for a
+# key's length. Redis's documentation already calls a 1,024-byte key a bad idea: this is a ceiling
+# for mistakes, not a size to aim for, and the entity id the scorer's gRPC API has always taken.
+MAX_KEY_BYTES = 1024
+
+
 class InputSpec(_Spec):
     topic: str
     schema_path: str = Field(alias="schema")

@@ -8,6 +8,7 @@ import pytest
 
 from services.featurizer.validation import RecordValidator, to_millis
 from streamloop.contracts import load_pipeline
+from streamloop.contracts.pipeline import MAX_KEY_BYTES
 from streamloop.kafka import InvalidRecordError
 from streamloop.kafka.dead_letters import RULE, dead_letter_headers, read_error_headers
 from streamloop.ml.features import MAX_TEXT_LENGTH, feature_problem
@@ -195,3 +196,35 @@ def test_a_categorical_value_too_long_for_the_scorer_is_dead_lettered_before_tou
     assert [v["entity_key"] for v in vectors(result).values()] == ["a"], "no vector for the rejected event"
     assert [entity for _group, entity in store.rows] == ["a"], "no row for it either"
     assert "b" not in proc._partitions[("events", 0)].entities
+
+
+# -- keys ------------------------------------------------------------------------------------
+
+
+def test_an_event_id_or_entity_key_longer_than_a_key_may_be_is_refused() -> None:
+    # Both are Kafka keys and Redis keys: bounded in UTF-8 bytes, what those systems store.
+    at_limit = "é" * (MAX_KEY_BYTES // 2)
+    assert validator().validate(event(1, at_limit, 1_000, x=5.0) | {"id": "k" * MAX_KEY_BYTES}) == (
+        "k" * MAX_KEY_BYTES, at_limit, 1_000)
+    two_byte = "é" * (MAX_KEY_BYTES // 2 + 1)  # within MAX_KEY_BYTES characters, past it in bytes
+    with pytest.raises(InvalidRecordError) as caught:
+        validator().validate(event(1, two_byte, 1_000, x=5.0) | {"id": "k" * (MAX_KEY_BYTES + 1)})
+    assert caught.value.rules == ["id.max_length", "entity.max_length"]
+    assert str(caught.value).split("; ") == [
+        f"id (the event id) is {MAX_KEY_BYTES + 1} bytes long in UTF-8, above the {MAX_KEY_BYTES} a key may be "
+        "(MAX_KEY_BYTES)",
+        f"entity (the entity key) is {MAX_KEY_BYTES + 2} bytes long in UTF-8, above the {MAX_KEY_BYTES} a key may "
+        "be (MAX_KEY_BYTES)"]
+
+
+def test_an_over_long_entity_key_is_dead_lettered_before_touching_state() -> None:
+    store = MemoryStore()
+    proc = processor(make_spec(COUNT), store=store)
+    too_long = records([event(1, "b" * (MAX_KEY_BYTES + 1), 1_000)])[0]
+
+    result = proc.process([too_long, records([event(2, "a", 1_000)], first_offset=1)[0]])
+
+    (rejection,) = result.rejections
+    assert rejection.record is too_long and rejection.stage == "VALIDATION"
+    assert rejection.error.rule == "entity.max_length"  # type: ignore[attr-defined]
+    assert [entity for _group, entity in store.rows] == ["a"], "no Redis key for it"

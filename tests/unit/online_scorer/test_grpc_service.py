@@ -23,6 +23,7 @@ from services.online_scorer.grpc_service import SERVICE_NAME, RequestLimits, Sco
 from services.online_scorer.models import ModelHolder
 from services.online_scorer.scoring import Scorer
 from streamloop.contracts.generated.scoring.v1 import scoring_pb2, scoring_pb2_grpc
+from streamloop.contracts.pipeline import MAX_KEY_BYTES
 from streamloop.ml.features import MAX_TEXT_LENGTH
 from streamloop.ml.prediction import ModelOutputError
 from streamloop.stack.process import free_port
@@ -173,6 +174,8 @@ def test_a_one_hot_column_the_featurizer_encoded_is_explained_as_its_field_and_c
 @pytest.mark.parametrize(("request_kwargs", "problem"), [
     ({"entity_id": ""}, "entity_id: must not be empty"),
     ({"entity_id": "x" * 2000}, "entity_id: longer than 1024"),
+    # The featurizer bounds the keys it stores in UTF-8 bytes: 513 characters here, 1,026 bytes.
+    ({"entity_id": "é" * (MAX_KEY_BYTES // 2 + 1)}, f"entity_id: longer than {MAX_KEY_BYTES} bytes in UTF-8"),
     ({"entity_id": "card-1", "numeric_features": {"amount": math.nan}}, "numeric_features['amount']: nan"),
     ({"entity_id": "card-1", "numeric_features": {"amount": math.inf}}, "is not a finite number"),
     ({"entity_id": "card-1", "numeric_features": {"amount": -1e160}}, "numeric_features['amount']: -1e+160 is beyond"),
@@ -191,6 +194,9 @@ def test_unknown_entity_is_not_found(served: Served) -> None:
     code, details = status_of_call(served.stub.Score, scoring_pb2.ScoreRequest(entity_id="card-404"), timeout=5)
     assert code is grpc.StatusCode.NOT_FOUND
     assert "card-404" in details
+    longest = "é" * (MAX_KEY_BYTES // 2)  # as long a key as the featurizer stores
+    code, _ = status_of_call(served.stub.Score, scoring_pb2.ScoreRequest(entity_id=longest), timeout=5)
+    assert code is grpc.StatusCode.NOT_FOUND
 
 
 def test_unknown_entity_gets_the_spec_default_prediction(spec, artifacts, metrics) -> None:
