@@ -34,7 +34,7 @@ from services.online_scorer.request_features import RequestFeatures
 from services.online_scorer.scoring import Scored, Scorer
 from streamloop.contracts import PipelineSpec
 from streamloop.contracts.generated.scoring.v1 import scoring_pb2, scoring_pb2_grpc
-from streamloop.contracts.pipeline import MAX_KEY_BYTES
+from streamloop.contracts.pipeline import MAX_KEY_BYTES, MAX_TEXT_LENGTH
 from streamloop.ml.exceptions import ModelError
 from streamloop.ml.features import MAX_FEATURE_MAGNITUDE
 from streamloop.ml.prediction import default_output
@@ -51,7 +51,7 @@ class RequestLimits:
     max_features: int = 256
     max_batch: int = 1000
     max_entity_id_length: int = MAX_KEY_BYTES  # in UTF-8 bytes, as the featurizer bounds the keys it stores
-    max_name_length: int = 256
+    max_name_length: int = MAX_TEXT_LENGTH  # as long as the spec lets a feature name be
 
 
 def validate(request: scoring_pb2.ScoreRequest, limits: RequestLimits, where: str = "") -> None:

@@ -537,3 +537,16 @@ def test_an_over_long_value_the_spec_turns_into_other_is_taken(spec, artifacts, 
         assert probabilities("fuel", "DE") != probabilities(long, long), "the test tells __other__ from a listed value"
     finally:
         s.close()
+
+
+def test_a_request_time_feature_name_may_be_as_long_as_the_spec_allows() -> None:
+    # The spec takes names up to MAX_TEXT_LENGTH; a request limit of 256 refused the longer ones it allows.
+    from services.online_scorer.errors import InvalidScoreRequest
+    from services.online_scorer.grpc_service import validate
+    from streamloop.contracts.pipeline import MAX_TEXT_LENGTH
+
+    longest = "n" * MAX_TEXT_LENGTH
+    validate(scoring_pb2.ScoreRequest(entity_id="card-1", numeric_features={longest: 1.0},
+                                      categorical_features={longest: "a"}), RequestLimits())
+    with pytest.raises(InvalidScoreRequest, match="a name is longer than"):
+        validate(scoring_pb2.ScoreRequest(entity_id="card-1", numeric_features={longest + "n": 1.0}), RequestLimits())
