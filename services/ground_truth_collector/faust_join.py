@@ -20,6 +20,7 @@ from services.ground_truth_collector.routing import (
     RESUME,
     TICK,
     WATERMARK,
+    checked_event_id,
     control_headers,
     control_of,
     forwarded_headers,
@@ -99,7 +100,10 @@ class JoinAgent:
             return partition.tick(timestamp_ms)
         kind, source = read_keyed(headers)
         value = with_millis(kind, self.serdes[source.topic].decode(message.value))
-        item = JoinInput(kind, message.key.decode(), value, source, timestamp_ms)
+        # Checked again: a keyed record written before the re-key agent refused reserved or
+        # oversized event ids would still overwrite the join's own entries in the table.
+        event_id = checked_event_id(message.key.decode() if message.key is not None else None)
+        item = JoinInput(kind, event_id, value, source, timestamp_ms)
         return partition.apply(item)
 
     async def _send_decision(self, decision: Decision, trigger: Any) -> list[Any]:

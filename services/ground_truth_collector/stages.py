@@ -237,6 +237,9 @@ class JoinStage:
                     continue
                 try:
                     value = with_millis(kind, serde.decode(record.value["bytes"]))
+                    # Checked again: a keyed record written before the re-key stage refused reserved
+                    # or oversized event ids would still overwrite the join's own fields in Redis.
+                    event_id = checked_event_id(record.key)
                 except (SerdeError, InvalidRecordError) as exc:
                     # The re-key stage read only the event id: the rest is checked here, and a
                     # damaged record goes where its source's dead letters go, naming its origin.
@@ -244,7 +247,7 @@ class JoinStage:
                     origin = RecordOrigin(source.topic, source.partition, source.offset)
                     result.rejections.append(Rejection(record, exc, stage, origin))
                     continue
-                decisions = join.apply(JoinInput(kind, record.key or "", value, source, record.timestamp_ms))
+                decisions = join.apply(JoinInput(kind, event_id, value, source, record.timestamp_ms))
             for decision in decisions:
                 result.outputs += self._outputs(decision, record, join)
         result.outputs += self._watermarks(touched)

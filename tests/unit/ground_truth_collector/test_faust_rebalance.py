@@ -254,6 +254,29 @@ def test_a_revocation_waits_for_the_join_batch_in_flight(collector) -> None:
     asyncio.run(scenario())
 
 
+def test_the_join_dead_letters_a_keyed_record_whose_event_id_it_reserves(collector) -> None:
+    """One forwarded before the re-key agent refused such ids would replace the partition's clock."""
+    from streamloop.kafka import dead_letters
+
+    async def scenario() -> None:
+        worker = Worker(collector)
+        await worker.start()
+        features = collector.ctx.topic("features").name
+        source_dlq = collector.dead_letter_topics[features] = Topic(f"{features}.dlq")
+        stream = Stream()
+        agent = asyncio.create_task(collector._join(stream))
+        stream.batches.put_nowait([worker.features("e1", 0), worker.features("\x00meta/0", 1)])
+        await settled()
+        [letter] = source_dlq.sent
+        assert dead_letters.read_error_headers(letter["headers"])[dead_letters.RULE] == "event_id.reserved"
+        assert stream.acked == [(0, 0), (0, 1)]
+        assert "event_id" not in collector.state.get("\x00meta/0"), "the partition's clock was replaced"
+        assert "e1" in dict(collector.state.entries(0))
+        agent.cancel()
+
+    asyncio.run(scenario())
+
+
 def test_the_join_acknowledges_the_records_it_dead_lettered_only_once_their_dead_letters_are(collector) -> None:
     """Acknowledged with their dead letters on their way, records whose dead letters then failed were
     committed past and lost; a failure must stop the worker before the batch's state and acks."""
@@ -388,6 +411,37 @@ def test_the_keying_agent_leaves_records_fetched_before_a_revocation_to_the_repl
         stream.batches.put_nowait([label(0)])
         await settled()
         assert [r["key"] for r in worker.keyed.sent if r["key"] is not None] == [b"e1"]
+        assert stream.acked == [(0, 0)]
+        agent.cancel()
+
+    asyncio.run(scenario())
+
+
+def test_the_keying_agent_dead_letters_a_label_whose_event_id_the_join_reserves(collector) -> None:
+    """Forwarded, "\x00owner" would have taken the place of a join entry of the table's own (its
+    clocks are under NUL-prefixed keys too), as it overwrote the owner counter in Redis."""
+    from streamloop.kafka import dead_letters
+
+    async def scenario() -> None:
+        worker = Worker(collector)
+        await worker.start()
+        topic = collector.ctx.topic("labels").name
+        dlq = collector.dead_letter_topics[topic] = Topic(f"{topic}.dlq")
+        value = collector.serdes[topic].encode({"event_id": "\x00meta/0", "label": True, "label_time": T0,
+                                                "entity_key": None})
+        message = SimpleNamespace(topic=topic, partition=0, offset=0, timestamp=T0 / 1000, key=b"\x00meta/0",
+                                  headers=[], value=value, tp=TP(topic, 0),
+                                  generation_id=collector.app.consumer_generation_id)
+        worker.committed[(topic, 0)] = 0
+        stream = Stream()
+        agent = asyncio.create_task(collector._key_by_event(stream))
+        stream.batches.put_nowait([SimpleNamespace(message=message)])
+        await settled()
+        assert [r for r in worker.keyed.sent if r["key"] is not None] == [], "forwarded to the join"
+        [letter] = dlq.sent
+        errors = dead_letters.read_error_headers(letter["headers"])
+        assert (errors[dead_letters.STAGE], errors[dead_letters.RULE]) == (dead_letters.STAGE_VALIDATION,
+                                                                           "event_id.reserved")
         assert stream.acked == [(0, 0)]
         agent.cancel()
 

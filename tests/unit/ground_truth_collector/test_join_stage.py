@@ -74,6 +74,22 @@ def test_a_record_damaged_after_its_event_id_is_rejected_naming_its_source() -> 
     assert second.origin is None, "no origin in its headers: the keyed topic's own dead letters"
 
 
+def test_a_keyed_record_with_a_reserved_event_id_goes_to_its_source_s_dead_letters() -> None:
+    """One forwarded before the re-key stage refused such ids: applied, "\x00owner" overwrote the
+    partition's owner counter in Redis, and every later takeover failed on it, for ever."""
+    client = Client()
+    runner = join_runner(stage(client))
+    records = [keyed(0, "f", Kind.FEATURES, "\x00owner", event_time=at(T0), pipeline="p"), *event("e1", 1)]
+    runner._run_batch([FakeMessage(r.value["bytes"], r.offset, key=r.key.encode(), topic=KEYED, headers=r.headers)
+                       for r in records])
+    [(topic, _, _, headers)] = [p for p in runner.delivery.producer.produced if p[0].endswith(".dlq")]
+    errors = dead_letters.read_error_headers(headers)
+    assert (topic, errors[dead_letters.OFFSET], errors[dead_letters.RULE]) == ("f.dlq", "100", "event_id.reserved")
+    assert runner.consumer.commits[-1][0].offset == 4
+    assert stage(client).join(0).counters.joined == 0, "a new owner takes the partition over"
+    assert [t for t, *_ in runner.delivery.producer.produced].count("ex") == 1
+
+
 def test_a_batch_that_fails_part_way_still_joins_every_other_label(monkeypatch: pytest.MonkeyPatch) -> None:
     apply = join_module.JoinPartition.apply
 

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import pytest
+
 from services.ground_truth_collector.entries import Kind
 from services.ground_truth_collector.routing import RESUME, control_of
 from services.ground_truth_collector.stages import RekeyStage, keyed_partition
+from streamloop.contracts.pipeline import MAX_KEY_BYTES
 from streamloop.contracts.samples import sample_record
 from streamloop.contracts.schemas import SchemaRepository
+from streamloop.kafka import dead_letters
 from streamloop.kafka.records import ConsumedRecord, TopicPartitionRef
 from streamloop.serde import SingleObjectSerde
 
@@ -41,6 +45,65 @@ def test_after_an_assignment_the_resume_markers_precede_the_first_records() -> N
 def test_an_empty_event_id_is_rejected_as_invalid() -> None:
     result = stage().process([vector(0, "")])
     assert not result.outputs and result.rejections[0].error.rule == "event_id.required"
+
+
+SERDES = {topic: SingleObjectSerde(REPOSITORY.load(path), REPOSITORY) for topic, path in (
+    ("t.predictions", "inference/prediction.avsc"), ("t.labels", "labels/label.avsc"))}
+KINDS = {FEATURES: Kind.FEATURES, "t.predictions": Kind.PREDICTION, "t.labels": Kind.LABEL}
+
+
+def record_of(topic: str, offset: int, event_id: str, **fields) -> ConsumedRecord:
+    serde = SERDE if topic == FEATURES else SERDES[topic]
+    value = serde.encode({**sample_record(serde.schema, offset), "event_id": event_id, **fields})
+    return ConsumedRecord(topic, 0, offset, "k", {"bytes": value}, 1_700_000_000_000)
+
+
+def rekeying(task: str) -> RekeyStage:
+    return RekeyStage(KINDS, {FEATURES: SERDE, **SERDES}, "t.by-event", 6, task, idle_after_ms=1_000)
+
+
+# A regression label is decoded whole (its type check), the others read from their leading field.
+CASES = [(FEATURES, "classification", {}), ("t.predictions", "classification", {}),
+         ("t.labels", "classification", {"label": True}), ("t.labels", "regression", {"label": 2.5})]
+REFUSED = [("\x00owner", "event_id.reserved"), ("\x00meta/0", "event_id.reserved"), ("e1\x00", "event_id.reserved"),
+           ("e" * 1025, "event_id.max_length"), ("é" * 513, "event_id.max_length")]
+
+
+@pytest.mark.parametrize(("topic", "task", "fields"), CASES)
+@pytest.mark.parametrize(("event_id", "rule"), REFUSED)
+def test_an_event_id_the_join_state_cannot_hold_is_rejected_as_invalid(topic, task, fields, event_id, rule) -> None:
+    """A NUL names the join's own fields in its state ("\x00owner" overwrote the owner counter and
+    stopped the partition's join for good); a key is at most MAX_KEY_BYTES long in UTF-8."""
+    result = rekeying(task).process([record_of(topic, 0, event_id, **fields)])
+    assert not result.outputs
+    [rejection] = result.rejections
+    assert (rejection.stage, rejection.error.rule) == (dead_letters.STAGE_VALIDATION, rule)
+
+
+@pytest.mark.parametrize(("topic", "task", "fields"), CASES)
+def test_an_event_id_of_max_key_bytes_and_other_control_characters_pass(topic, task, fields) -> None:
+    event_ids = ["e" * MAX_KEY_BYTES, "é" * (MAX_KEY_BYTES // 2), "tab\tnew\nline\x01"]
+    records = [record_of(topic, offset, event_id, **fields) for offset, event_id in enumerate(event_ids)]
+    result = rekeying(task).process(records)
+    assert not result.rejections and [o.key for o in result.outputs] == event_ids
+
+
+def test_a_reserved_event_id_goes_to_its_source_topics_dead_letters_with_its_rule() -> None:
+    from streamloop.kafka import KafkaSettings, RunnerSettings, StageRunner, StageTopics
+    from streamloop.serde.raw import RawSerde
+    from tests.kafka_fakes import FakeConsumer, FakeMessage, FakeProducer
+
+    topics = StageTopics({"t.labels": RawSerde()}, {"t.by-event": RawSerde()}, {"t.labels": "t.labels.dlq"})
+    runner = StageRunner("collector", "g", KafkaSettings(bootstrap_servers="127.0.0.1:1"), topics,
+                         rekeying("classification"), RunnerSettings())
+    runner.delivery.producer, runner.consumer = FakeProducer(), FakeConsumer()
+    label = record_of("t.labels", 7, "\x00owner", label=True)
+    runner._run_batch([FakeMessage(label.value["bytes"], 7, key=b"\x00owner", topic="t.labels")])
+    [(topic, _, value, headers)] = runner.delivery.producer.produced
+    assert (topic, value) == ("t.labels.dlq", label.value["bytes"]), "dead-lettered, not forwarded to the join"
+    errors = dead_letters.read_error_headers(headers)
+    assert (errors[dead_letters.STAGE], errors[dead_letters.RULE]) == (dead_letters.STAGE_VALIDATION,
+                                                                       "event_id.reserved")
 
 
 class FailingAtFirst:
