@@ -73,6 +73,13 @@ class StreamClock:
         self._advance(self._last_ts if self._last_ts is not None else 0)
         return plausible
 
+    @property
+    def latest_plausible(self) -> int | None:
+        """The latest time any record seen so far could plausibly carry: the largest Kafka timestamp
+        + future tolerance (None before a record had one). No plausible time is beyond it, and a
+        time beyond it is implausible for its own record too (whose timestamp is no later)."""
+        return None if self._last_ts is None else self._last_ts + self.future_tolerance_ms
+
     def hold(self, source: SourceRef, timestamp_ms: int) -> None:
         """A record from a source that cannot say its time yet: while it is active, the clock waits."""
         stream = self._streams.setdefault(source.stream, [source.offset, None, timestamp_ms])

@@ -13,12 +13,12 @@ decision, so ``labels_in = joined + after_horizon + no_matching_event + duplicat
 
 Time is the partition's stream time (:class:`StreamClock`), never a wall clock, so a replay
 decides exactly as the first run did. An entry's deadline is its latest known time (event or
-label) + horizon + grace. Then it is remembered for ``remember_ms`` more, an unlabeled event with
-its features (a label that was merely late in arriving still joins, one past the horizon is
-AFTER_HORIZON, a second one DUPLICATE), a decided one with its label (a label whose event never
-came included: its event's late records are ignored, a label sent again is DUPLICATE), and then
-deleted. At most ``max_entries`` entries per
-partition: beyond that the one nearest its deadline is evicted early.
+label), taken no later than the latest plausible time (StreamClock.latest_plausible), + horizon +
+grace. Then it is remembered for ``remember_ms`` more, an unlabeled event with its features (a
+label that was merely late in arriving still joins, one past the horizon is AFTER_HORIZON, a
+second one DUPLICATE), a decided one with its label (a label whose event never came included: its
+event's late records are ignored, a label sent again is DUPLICATE), and then deleted. At most
+``max_entries`` entries per partition: beyond that the one nearest its deadline is evicted early.
 
 Replays are recognised per entry: an entry keeps the source (topic, partition, offset) of its
 label, feature vector and predictions, and of every later label it answered DUPLICATE, so a
@@ -370,8 +370,13 @@ class JoinPartition:
         return max(decided, time.clock) if time.clock is not None else decided
 
     def _deadline(self, entry: Entry) -> int:
-        times = [t for t in (entry.event_time, entry.label_time) if t is not None]
-        return max(times) + self.config.horizon_ms + self.config.grace_ms
+        latest = max(t for t in (entry.event_time, entry.label_time) if t is not None)
+        # An implausible time (a label_time in microseconds) would put the deadline beyond any the
+        # clock reaches: the label never decided, its entry kept until the cap evicted others.
+        bound = self.time.latest_plausible
+        if bound is not None:
+            latest = min(latest, bound)
+        return latest + self.config.horizon_ms + self.config.grace_ms
 
     def _insert(self, entry: Entry) -> None:
         entry.deadline = self._deadline(entry)

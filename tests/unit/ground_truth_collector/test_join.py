@@ -195,6 +195,39 @@ def test_state_is_bounded_by_the_cap_and_evicts_the_entry_nearest_its_deadline()
     assert_accounted(join)
 
 
+def test_a_label_with_an_implausible_time_is_decided_like_any_other_and_leaves_the_state():
+    """A label_time in microseconds set a deadline no clock reaches: the label never decided, its
+    entry (and its event's, stamped alike) kept until the cap evicted legitimate entries instead."""
+    inputs, join = Inputs(), partition(max_entries=3, future_tolerance_ms=3_600_000)
+    day = 86_400_000
+
+    def at(record, timestamp_ms: int):
+        return type(record)(record.kind, record.event_id, record.value, record.source, timestamp_ms)
+
+    assert run(join, at(inputs.label("micro-label", T0 * 1_000), T0)) == []
+    assert run(join, at(inputs.features("micro-event", T0 * 1_000), T0)) == []
+    assert join.counters.implausible_times == 2 and join.size == 2
+    decisions = []
+    for days in range(1, 4):
+        ts = T0 + days * day
+        decisions += run(join, at(inputs.features(f"ok{days}", ts), ts))
+        decisions += join.tick(ts + 10_000)
+    assert [(d.record["event_id"], d.record["reason"]) for d in decisions] == [("micro-label", "NO_MATCHING_EVENT")]
+    assert decisions[0].record["label_time"] == T0 * 1_000, "the label as it was sent"
+    assert join.pending == 0 and join.counters.evicted == 0
+    assert sorted(k for k, _ in join.store.entries(0) if not k.startswith(META_PREFIX)) == ["ok3"]
+    assert join.size == 1
+    assert_accounted(join)
+
+
+def test_a_time_within_the_future_tolerance_keeps_its_deadline():
+    """A label source ahead of the others by less than the tolerance is plausible: its label waits as long as ever."""
+    inputs, join = Inputs(), partition(future_tolerance_ms=60_000)
+    ahead = inputs.label("e1", T0 + 50_000)
+    run(join, type(ahead)(ahead.kind, ahead.event_id, ahead.value, ahead.source, T0))
+    assert join.store.get("e1")["deadline"] == T0 + 50_000 + H + G
+
+
 def test_state_empties_once_stream_time_has_passed_every_deadline():
     inputs, join = Inputs(), partition()
     for i in range(20):
