@@ -166,7 +166,10 @@ class RunnerCollector:
         try:
             self.ensure_internal_topics()
             self.ensure_keyed_partitions()
-        except (KeyedTopicError, KafkaException) as exc:  # KafkaException: the broker did not answer the admin calls
+        except (StreamloopError, KafkaException) as exc:
+            # KafkaException: the broker did not answer the admin calls. StreamloopError: the keyed
+            # topic could not be grown, or topics just created never became visible
+            # (BrokerUnavailableError): a start-up condition to report in one line, not a traceback.
             log.error("%s: %s", SERVICE, exc)
             self.telemetry.shutdown()
             return 1

@@ -239,3 +239,33 @@ def test_a_broker_that_does_not_answer_the_keyed_topic_check_is_one_error_line_a
     assert not any(runner.started for runner in collector.runners)
     [error] = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert "no broker answered" in error
+
+
+class NeverVisible(Admin):
+    """A broker that accepts the new topics but never lists them (ensure_topics waits, then gives up)."""
+
+    def list_topics(self, topic: str | None = None, timeout: float = 0) -> SimpleNamespace:
+        return SimpleNamespace(topics={})
+
+    def create_topics(self, new: list, operation_timeout: float = 0) -> dict[str, Future]:
+        created: dict[str, Future] = {}
+        for request in new:
+            created[request.topic] = future = Future()
+            future.set_result(None)
+        return created
+
+
+def test_internal_topics_that_never_become_visible_are_one_error_line_and_exit_1(
+        collector, monkeypatch, caplog) -> None:
+    """BrokerUnavailableError escaped run() as a traceback, and the telemetry was never shut down."""
+    from streamloop.kafka import admin as kafka_admin
+
+    monkeypatch.setattr(runner_app, "AdminClient", lambda _config: NeverVisible(collector.keyed_topic, 1))
+    monkeypatch.setattr(runner_app, "ensure_topics",
+                        lambda admin, topics: kafka_admin.ensure_topics(admin, topics, timeout_s=0.01))
+    monkeypatch.setattr(collector, "telemetry", RecordedShutdown(collector.telemetry))
+    collector.runners = [IdleRunner(name) for name in ("grp", "grp.join", "grp.score")]
+    assert collector.run() == 1
+    assert not any(runner.started for runner in collector.runners) and collector.telemetry.shut_down
+    [error] = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert "topics not visible" in error.getMessage() and error.exc_info is None
