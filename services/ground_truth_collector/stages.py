@@ -376,13 +376,19 @@ class ScoreStage:
 
     def process(self, batch: Sequence[ConsumedRecord]) -> ProcessResult:
         scoring = self._stage()
-        # Decoded before anything changes: this stage has no discard(), and an attempt that a
-        # Schema Registry outage stops part-way is made again whole (it would count twice).
-        examples = [self.example_serde.decode(record.value["bytes"])
-                    if control_of(record.headers) is None and header(record.headers, HEADER_DECIDED_AT) is not None
-                    else None for record in batch]
         result = ProcessResult()
-        for record, example in zip(batch, examples, strict=True):
+        # Decoded before anything changes: this stage has no discard(), and an attempt that a
+        # Schema Registry outage (DependencyUnavailable, let through) stops part-way is made again
+        # whole (it would count twice).
+        decoded: list[tuple[ConsumedRecord, dict | None]] = []
+        for record in batch:
+            try:
+                decoded.append((record, self._example(record)))
+            except SerdeError as exc:
+                # Raised out of process(), it failed the whole batch: the runner logged a traceback
+                # and dead-lettered the record as a processing failure, after the batch's others.
+                result.rejections.append(Rejection(record, exc, dead_letters.STAGE_DECODE))
+        for record, example in decoded:
             try:
                 window = self._apply(scoring, record, example)
             except Exception as exc:  # noqa: BLE001 - the runner's isolation would count the batch's others twice
@@ -395,6 +401,12 @@ class ScoreStage:
             self.held.append((record.topic, record.partition, record.offset, window))
         result.extend(self._close(scoring))
         return result
+
+    def _example(self, record: ConsumedRecord) -> dict | None:
+        """The labeled example a joined record carries; None for a control record."""
+        if control_of(record.headers) is None and header(record.headers, HEADER_DECIDED_AT) is not None:
+            return self.example_serde.decode(record.value["bytes"])
+        return None
 
     @staticmethod
     def _apply(scoring: MetricsStage, record: ConsumedRecord, example: dict | None) -> int | None:

@@ -1,4 +1,5 @@
-"""The runner runtime's metrics stage: an attempt stopped part-way by a dependency changes nothing."""
+"""The runner runtime's metrics stage: an attempt stopped part-way by a dependency changes nothing; a record
+it cannot decode or count is dead-lettered alone."""
 
 from __future__ import annotations
 
@@ -86,3 +87,30 @@ def test_a_record_the_metrics_fail_on_is_dead_lettered_and_the_others_are_counte
     assert [(r.record.offset, type(r.error).__name__) for r in result.rejections] == [(2, "ZeroDivisionError")]
     assert stage.counters == without_it.counters and stage.counters.counted == 3
     assert [offset for _, _, offset, _ in stage.held] == [o for _, _, o, _ in without_it.held]
+
+
+def test_a_joined_record_that_cannot_be_decoded_is_dead_lettered_at_decode_and_the_others_counted_once(
+        demo_pipeline, caplog) -> None:
+    """Decoded outside the per-record handling, it failed the whole batch: a traceback ("batch of N
+    failed"), and a dead letter that named the processing stage instead of the decoding."""
+    from streamloop.kafka import KafkaSettings, RunnerSettings, StageRunner, StageTopics, dead_letters
+    from streamloop.serde.raw import RawSerde
+    from tests.kafka_fakes import FakeConsumer, FakeMessage, FakeProducer
+
+    batch = [joined(i) for i in range(4)]
+    without_it = score_stage(demo_pipeline, EXAMPLES)
+    without_it.process([r for r in batch if r.offset != 2])
+    stage = score_stage(demo_pipeline, EXAMPLES)
+    runner = StageRunner("collector", "g.score", KafkaSettings(bootstrap_servers="127.0.0.1:1"),
+                         StageTopics({"t.joined": RawSerde()}, {"t.metrics": RawSerde()},
+                                     {"t.joined": "t.joined.dlq"}), stage, RunnerSettings())
+    runner.delivery.producer, runner.consumer = FakeProducer(), FakeConsumer()
+    values = {r.offset: r.value["bytes"] for r in batch} | {2: b"not a labeled example"}
+    runner._run_batch([FakeMessage(values[r.offset], r.offset, key=r.key.encode(), topic="t.joined",
+                                   headers=r.headers) for r in batch])
+    [(topic, _, value, headers)] = runner.delivery.producer.produced
+    assert (topic, value) == ("t.joined.dlq", b"not a labeled example")
+    errors = dead_letters.read_error_headers(headers)
+    assert (errors[dead_letters.OFFSET], errors[dead_letters.STAGE]) == ("2", dead_letters.STAGE_DECODE)
+    assert stage.counters == without_it.counters and stage.counters.counted == 3
+    assert not [r for r in caplog.records if r.exc_info], "a traceback for a record that cannot be decoded"
