@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -44,8 +45,10 @@ def store(service_env):
 def retrainer(service_env, monkeypatch, tmp_path, topics, store, demo_pipeline):
     """Start the retrainer with a champion in the registry and the given ``retrain`` overrides."""
     ref = store.put_model(build_model(demo_pipeline.model), ArtifactIdentity("card-fraud", "fraud", CHAMPION_VERSION))
+    # Deployed now: a restarted retrainer counts online publishing's period from the champion's
+    # deployment, and the tests' "10m" must not come due while they run.
     topics.produce("model_deployments", [deployment_record("card-fraud", "fraud", CHAMPION, CHAMPION_VERSION,
-                                                           ref.to_record(), deployed_at=T0)])
+                                                           ref.to_record(), deployed_at=int(time.time() * 1000))])
 
     def start(**retrain: object) -> ServiceThread:
         apply_env(monkeypatch, {**service_env, "STREAMLOOP_PIPELINE": str(spec_file(tmp_path, **retrain)),
@@ -59,10 +62,13 @@ def labeled(count: int, start: int = 0) -> list[dict]:
     return [labeled_example(i, label=(i % 3 == 0)) for i in range(start, start + count)]
 
 
-def candidates(topics: Topics, trigger: str) -> list[dict]:
-    found = topics.read("model_candidates", timeout_s=90,
-                        until=lambda rs: any(v and v["trigger"] == trigger for _, v in rs))
-    return [c for c in values(found) if c["trigger"] == trigger]
+def candidates(topics: Topics, trigger: str, parent: str | None = None) -> list[dict]:
+    """The candidates of ``trigger`` (of ``parent``, if given) once there is one."""
+    def wanted(candidate: dict | None) -> bool:
+        return bool(candidate) and candidate["trigger"] == trigger and parent in (None, candidate["parent_version"])
+
+    found = topics.read("model_candidates", timeout_s=90, until=lambda rs: any(wanted(v) for _, v in rs))
+    return [c for c in values(found) if wanted(c)]
 
 
 def test_an_online_candidate_after_n_labels_with_lineage_offsets(retrainer, topics, store, loop_catalog):
@@ -130,7 +136,8 @@ def test_a_restarted_retrainer_learns_again_what_its_line_learned_since_the_cham
         wait_for(lambda: service.app.processor.learner.learned_total == 50, timeout_s=60,
                  what="the 50 unpublished labels learned again")
         topics.produce("labeled_examples", labeled(150, start=250))
-        online = [c for c in candidates(topics, "ONLINE") if c["parent_version"] == first["version"]]
+        # Waited for by parent: the first candidate is on the topic already.
+        online = candidates(topics, "ONLINE", parent=first["version"])
     assert len(online) == 1 and online[0]["sample_count"] == 200, "50 learned again + 150 new"
     # Where the promoted candidate's learner had read to: a partition it learned nothing in since
     # its parent is there too (its labels may have been produced before the snapshot, read after).
