@@ -11,7 +11,10 @@ Each store takes the partition over when it is made (a counter in the hash, incr
 flush writes only while the counter is still its own: a replica that stalled past the consumer's
 poll interval lost the partition to another, and its late flush would overwrite the new owner's
 newer state (an event decided twice, differently). The counter is a field of the hash, not a key
-of its own, so the write script names one key and stays valid on Redis Cluster.
+of its own, so the write script names one key and stays valid on Redis Cluster. A store is made
+once per assignment of its partition; a batch processed again reads the hash again with
+:meth:`RedisPartitionStore.reload`, which takes nothing over: a replica that lost the partition
+while it retried a batch would otherwise take it back from the new owner on every retry.
 """
 
 from __future__ import annotations
@@ -106,12 +109,19 @@ class RedisPartitionStore:
         self.owner = str(retrying(lambda: client.hincrby(key, OWNER_FIELD, 1), f"taking {key} over",
                                   READ_PATIENCE_S))
         self._write_if_owner = client.register_script(_WRITE_IF_OWNER)
-        stored = retrying(lambda: client.hgetall(key), f"reading {key}", READ_PATIENCE_S)
-        self.data: dict[str, str] = {
-            (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
-            for k, v in stored.items()}
-        self.data.pop(OWNER_FIELD, None)
+        self.data: dict[str, str] = {}
         self._pending: dict[str, dict[str, Any] | None] = {}
+        self.reload()
+
+    def reload(self) -> None:
+        """Read the hash again, as it was after the last flush that was written, keeping the owner
+        number: only a new assignment takes the partition over (a new store)."""
+        stored = retrying(lambda: self.client.hgetall(self.key), f"reading {self.key}", READ_PATIENCE_S)
+        data = {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
+                for k, v in stored.items()}
+        data.pop(OWNER_FIELD, None)
+        self.data = data
+        self._pending.clear()
 
     def get(self, key: str) -> dict[str, Any] | None:
         if key in self._pending:

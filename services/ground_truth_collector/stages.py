@@ -196,7 +196,9 @@ class JoinStage:
         self._last_joined_ms = int(time.time() * 1000)
 
     def on_assigned(self, partitions: Sequence[TopicPartitionRef]) -> None:
-        pass  # each partition is read from Redis when its first record arrives
+        # Each partition is read from Redis, and taken over, when its first record arrives; one
+        # assigned again is taken over again, whatever this replica held of it before.
+        self.on_revoked(partitions)
 
     def on_revoked(self, partitions: Sequence[TopicPartitionRef]) -> None:
         for ref in partitions:
@@ -208,8 +210,12 @@ class JoinStage:
     def join(self, partition: int) -> JoinPartition:
         join = self.partitions.get(partition)
         if join is None:
-            store = self.store_for(partition)
-            self.stores[partition] = store
+            store = self.stores.get(partition)
+            if store is None:
+                store = self.store_for(partition)  # the assignment's one take-over
+                self.stores[partition] = store
+            else:
+                store.reload()  # after discard(): the owner number stays this assignment's
             join = JoinPartition(partition, store, self.config, self.counters)
             with self._partitions_lock:
                 self.partitions[partition] = join
@@ -310,10 +316,15 @@ class JoinStage:
         self._delivered_counts = self.counters.as_dict()
 
     def discard(self) -> None:
-        """A batch failed part-way: each partition is read again from Redis, as after the last delivered batch."""
+        """A batch failed part-way: each partition is read again from Redis, as after the last delivered batch.
+
+        The stores are kept, and with them the owner numbers they took the partitions over with:
+        made anew, each retry would take its partitions over again, and a replica that lost one
+        while it retried (a slow Redis, waits past the poll interval) would take it back from its
+        new owner, whose next flush would then be refused.
+        """
         with self._partitions_lock:
             self.partitions.clear()
-        self.stores.clear()
         self._announced.clear()
         for name, count in self._delivered_counts.items():
             setattr(self.counters, name, count)

@@ -65,6 +65,15 @@ def join_runner(join: JoinStage, settings: RunnerSettings | None = None) -> Stag
     return runner
 
 
+def messages(records: list[ConsumedRecord]) -> list[FakeMessage]:
+    return [FakeMessage(r.value["bytes"], r.offset, key=r.key.encode() if r.key else None, topic=r.topic,
+                        partition=r.partition, headers=r.headers, timestamp_ms=r.timestamp_ms) for r in records]
+
+
+def examples(runner: StageRunner) -> list[bytes]:
+    return [key for topic, key, _value, _headers in runner.delivery.producer.produced if topic == "ex"]
+
+
 def test_a_record_damaged_after_its_event_id_is_rejected_naming_its_source() -> None:
     good = keyed(0, "f", Kind.FEATURES, "e1", event_time=at(T0), pipeline="p")
     damaged = ConsumedRecord(KEYED, 0, 0, "e1", {"bytes": good.value["bytes"][:30]}, T0, good.headers)
@@ -165,3 +174,20 @@ def test_a_replica_that_lost_its_partition_leaves_the_new_owner_s_decisions_alon
     tick = ConsumedRecord(KEYED, 0, 3, None, {"bytes": b""}, T0 + 600_000, control_headers(TICK))
     again = owner.process([tick])
     assert [o.topic for o in again.outputs if o.topic in ("ex", "um")] == [], "e1 stays joined, not unmatched"
+
+
+def test_a_replica_retrying_a_batch_of_a_partition_it_lost_leaves_it_to_the_new_owner() -> None:
+    """A retry (a slow Redis, backoff up to 30 s) read the partition again without taking it over:
+    made anew each time, its store took the partition back, and the owner's next flush was refused."""
+    client = Client()
+    stale, owner = stage(client), stage(client)
+    features = keyed(0, "f", Kind.FEATURES, "e0", event_time=at(T0), pipeline="p")
+    stale.process([features])  # then it waits for Redis, past the poll interval: the partition moves
+    owner_runner = join_runner(owner)
+    owner_runner._run_batch(messages([features]))  # the new owner takes the partition over
+    stale.discard()
+    stale.process([features])  # the stale replica's retry
+    owner_runner._run_batch(messages(event("e2", 1)))
+    assert len(examples(owner_runner)) == 1 and owner.counters.joined == 1
+    assert "e2" in client.hashes["join:0"], "the owner's state was written"
+    assert owner_runner.consumer.commits[-1][0].offset == 4
