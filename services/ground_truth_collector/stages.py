@@ -193,6 +193,15 @@ class JoinStage:
         self._partitions_lock = threading.Lock()
         self.stores: dict[int, RedisPartitionStore] = {}
         self._announced: dict[int, tuple[int | None, int]] = {}
+        # The offsets (first, next) of each partition's records given to process() since the last
+        # delivered batch, failed attempts included: a retry is the same batch.
+        self._batch_offsets: dict[int, tuple[int, int]] = {}
+        # Partitions another replica took over while this one held them, each with the first offset
+        # whose state was refused: their records are left alone and their commits held there until
+        # the partition is assigned again (see delivered()).
+        self._taken_over: dict[int, int] = {}
+        # What the stage did about ownership, exported with the join's counters (delivered_counts).
+        self.ownership_counts = {"partition_taken_over": 0}
         self._last_joined_ms = int(time.time() * 1000)
 
     def on_assigned(self, partitions: Sequence[TopicPartitionRef]) -> None:
@@ -202,10 +211,14 @@ class JoinStage:
 
     def on_revoked(self, partitions: Sequence[TopicPartitionRef]) -> None:
         for ref in partitions:
-            with self._partitions_lock:
-                self.partitions.pop(ref.partition, None)
-            self.stores.pop(ref.partition, None)
-            self._announced.pop(ref.partition, None)
+            self._forget(ref.partition)
+            self._taken_over.pop(ref.partition, None)
+
+    def _forget(self, partition: int) -> None:
+        with self._partitions_lock:
+            self.partitions.pop(partition, None)
+        self.stores.pop(partition, None)
+        self._announced.pop(partition, None)
 
     def join(self, partition: int) -> JoinPartition:
         join = self.partitions.get(partition)
@@ -225,6 +238,10 @@ class JoinStage:
         result = ProcessResult()
         touched: dict[int, int] = {}
         for record in batch:
+            if record.partition in self._taken_over:
+                continue
+            first, _ = self._batch_offsets.get(record.partition, (record.offset, 0))
+            self._batch_offsets[record.partition] = (min(first, record.offset), record.offset + 1)
             join = self.join(record.partition)
             touched[record.partition] = record.offset
             control = control_of(record.headers)
@@ -309,11 +326,29 @@ class JoinStage:
             try:
                 store.flush()
             except PartitionTakenOver as exc:
-                # The consumer lost the partition while this batch was in flight; its offsets will
-                # not commit either, and the new owner decides the batch again from its own state.
-                log.warning("%s", exc)
-                self.on_revoked([TopicPartitionRef(self.keyed_topic, partition)])
+                self._give_up(partition, exc)
+        self._batch_offsets.clear()
         self._delivered_counts = self.counters.as_dict()
+
+    def _give_up(self, partition: int, refused: PartitionTakenOver) -> None:
+        """Another replica took the partition over: this one lost it in Kafka (it stalled past the
+        poll interval, or its batch waited for Redis that long), and a rebalance is on its way.
+
+        The batch's state is not in Redis, so its offsets must not be committed (commit_limit):
+        committed, its records would be in neither the state nor a replay, and a label among them
+        would never be decided. Nor may the partition be taken back, which would refuse the new
+        owner's writes in turn: its records are left alone until it is assigned again, when its
+        consumer starts again from the commit held here.
+        """
+        held_at = self._batch_offsets[partition][0]
+        log.warning("%s; offsets of %s[%d] from %d are not committed and its records are left to the new owner "
+                    "until the partition is assigned again", refused, self.keyed_topic, partition, held_at)
+        self._taken_over[partition] = held_at
+        self.ownership_counts["partition_taken_over"] += 1
+        self._forget(partition)
+
+    def commit_limit(self, topic: str, partition: int) -> int | None:
+        return self._taken_over.get(partition) if topic == self.keyed_topic else None
 
     def discard(self) -> None:
         """A batch failed part-way: each partition is read again from Redis, as after the last delivered batch.
@@ -338,7 +373,7 @@ class JoinStage:
         counter cannot go back down to the restored value). Taken between batches, they also
         keep labels_in = decided + pending exact, which a read part-way through a batch does not.
         """
-        return dict(self._delivered_counts)
+        return {**self._delivered_counts, **self.ownership_counts}
 
     def _joins(self) -> list[JoinPartition]:
         """The partitions' joins as they are now, safe to read from another thread."""

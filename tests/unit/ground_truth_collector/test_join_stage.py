@@ -191,3 +191,25 @@ def test_a_replica_retrying_a_batch_of_a_partition_it_lost_leaves_it_to_the_new_
     assert len(examples(owner_runner)) == 1 and owner.counters.joined == 1
     assert "e2" in client.hashes["join:0"], "the owner's state was written"
     assert owner_runner.consumer.commits[-1][0].offset == 4
+
+
+def test_a_flush_refused_by_a_take_over_commits_nothing_of_the_partition_until_it_is_assigned_again() -> None:
+    """Committed, the refused batch's label was in neither Redis nor a replay: never decided."""
+    client = Client()
+    owner = stage(client)
+    runner = join_runner(owner)
+    features = keyed(0, "f", Kind.FEATURES, "e0", event_time=at(T0), pipeline="p")
+    runner._run_batch(messages([features]))
+    stage(client).process([features])  # another replica takes the partition over
+    label, *event_records = event("e2", 1)
+    runner._run_batch(messages([label]))
+    runner._run_batch(messages(event_records))
+    assert [c[0].offset for c in runner.consumer.commits] == [1, 1, 1], "held at the refused batch's first record"
+    assert examples(runner) == [] and owner.delivered_counts["partition_taken_over"] == 1
+    assert "e2" not in client.hashes["join:0"]
+
+    partition = [TopicPartitionRef(KEYED, 0)]
+    owner.on_revoked(partition)
+    owner.on_assigned(partition)  # the partition comes back, read from the commit held
+    runner._run_batch(messages(event("e2", 1)))
+    assert len(examples(runner)) == 1 and runner.consumer.commits[-1][0].offset == 4
