@@ -81,10 +81,14 @@ class FakeProducer:
 class FakeConsumer:
     def __init__(self) -> None:
         self.commits: list = []
+        self.seeks: list = []
         self.closed = False
 
     def commit(self, offsets=None, asynchronous=True) -> None:
         self.commits.append(offsets)
+
+    def seek(self, partition) -> None:
+        self.seeks.append(partition)
 
     def close(self) -> None:
         self.closed = True

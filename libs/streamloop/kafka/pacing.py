@@ -104,6 +104,16 @@ class FetchPacer:
         offset = self._positions.get((topic, partition))
         return offset if offset is not None and offset >= 0 else None
 
+    def seek(self, position: TopicPartition) -> None:
+        """Read an assigned partition again from ``position.offset``; held back, it comes back there."""
+        where = (position.topic, position.partition)
+        if self.enabled:
+            self._positions[where] = position.offset
+        if self._held_back is not None:
+            self._held_back = [position if (tp.topic, tp.partition) == where else tp for tp in self._held_back]
+        else:
+            self.consumer.seek(position)
+
     def consume(self, num_messages: int, timeout_s: float) -> list[Message]:
         if not self.enabled:
             return self.consumer.consume(num_messages, timeout_s)

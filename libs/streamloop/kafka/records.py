@@ -123,6 +123,15 @@ class CommitLimited(Protocol):
         ...
 
 
+class Rewinding(Protocol):
+    def rewinds(self) -> Mapping[tuple[str, int], int]:
+        """Called after ``delivered``: partitions to read again from an earlier offset, each asked
+        for once. The runner commits none of them further than that offset and seeks the consumer
+        back to it, so their next batches start there. Where a stage whose state turned out to be
+        behind the committed offset (a store that lost acknowledged writes) gets what it lacks."""
+        ...
+
+
 class Ticking(Protocol):
     def tick(self, now_ms: int) -> ProcessResult:
         """Called between batches, also when idle: time-based work (window close, publish by time)."""

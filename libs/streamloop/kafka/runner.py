@@ -17,7 +17,7 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -304,22 +304,43 @@ class StageRunner:
         if self._deliver(result, dead, raw):
             if hasattr(self.processor, "delivered"):
                 self.processor.delivered()
-            offsets = self._limited(next_offsets)
+            rewinds = self.processor.rewinds() if hasattr(self.processor, "rewinds") else {}
+            offsets = self._limited(next_offsets, rewinds)
             if hasattr(self.processor, "committing"):
                 self.processor.committing(offsets)
             self._commit(offsets)
+            self._rewind(rewinds)
         self.stats.batches += 1
         self.stats.consumed += len(messages)
         self._record_batch(messages, dead, time.perf_counter() - started)
 
-    def _limited(self, next_offsets: dict[tuple[str, int], int]) -> dict[tuple[str, int], int]:
-        if not hasattr(self.processor, "commit_limit"):
-            return next_offsets
+    def _limited(self, next_offsets: dict[tuple[str, int], int],
+                 rewinds: Mapping[tuple[str, int], int]) -> dict[tuple[str, int], int]:
         limited = {}
-        for (topic, partition), offset in next_offsets.items():
-            limit = self.processor.commit_limit(topic, partition)
-            limited[(topic, partition)] = offset if limit is None else min(offset, limit)
+        # A partition to read again is committed at its rewind even without records in the batch.
+        for (topic, partition), offset in {**rewinds, **next_offsets}.items():
+            limits = [offset, rewinds.get((topic, partition))]
+            if hasattr(self.processor, "commit_limit"):
+                limits.append(self.processor.commit_limit(topic, partition))
+            limited[(topic, partition)] = min(limit for limit in limits if limit is not None)
         return limited
+
+    def _rewind(self, rewinds: Mapping[tuple[str, int], int]) -> None:
+        """Seek the partitions the processor asked to read again (``Rewinding``) back to their offsets.
+
+        A seek that fails raises out of run(): the process exits, and the restart reads from the
+        commit, which _limited held at the rewind's offset.
+        """
+        for (topic, partition), offset in rewinds.items():
+            if (topic, partition) not in self._assigned:
+                continue  # revoked meanwhile: its next owner reads from the commit
+            log.warning("%s: reading %s[%d] again from offset %d, as the processor asked", self.service, topic,
+                        partition, offset)
+            position = TopicPartition(topic, partition, offset)
+            if self.pacer is not None:
+                self.pacer.seek(position)
+            else:
+                self.consumer.seek(position)
 
     def _record_batch(self, messages: list[Message], dead: list, seconds: float) -> None:
         """Per-batch metrics; latency is record timestamp (event produced) to batch delivered."""

@@ -109,3 +109,14 @@ def test_a_group_member_starts_from_committed_offsets_and_a_rebalance_voids_what
     pacer._resume_at = 0  # the pause is over
     assert pacer.consume(100, 0.1) == []
     assert consumer.history[-1] == {("t", 1): 2}, "the stale assignment (t[0], t[1]) was not restored"
+
+
+def test_a_partition_sought_back_while_resting_comes_back_at_that_offset():
+    consumer = FakeConsumer({("t", 0): 5})
+    pacer = FetchPacer(consumer, pause_s=10, listen_s=0)
+    pacer.assign([TopicPartition("t", 0, OFFSET_BEGINNING)])
+    assert len(pacer.consume(10, 0.1)) == 5 and pacer.resting
+    pacer.seek(TopicPartition("t", 0, 2))  # the stage asked to read it again from there
+    pacer._resume_at = 0
+    assert [m.offset() for m in pacer.consume(10, 0.1)] == [2, 3, 4]
+    assert pacer.position("t", 0) == 5

@@ -130,3 +130,29 @@ def test_a_stage_is_told_the_offsets_committed_past_records_it_never_saw() -> No
     stage._run_batch(batch(b"a", b"b", b"garbage"))
     assert stage.processor.seen == [0, 1]
     assert stage.processor.committed == [{(SOURCE, 0): 3}] and stage.consumer.commits[-1][0].offset == 3
+
+
+class RewindingOnce:
+    """Asks, after its first batch, to read partition 0 again from offset 1 (its state lacks record 1 on)."""
+
+    def __init__(self) -> None:
+        self.seen: list[int] = []
+        self.asked = {(SOURCE, 0): 1}
+
+    def process(self, batch: Sequence[ConsumedRecord]) -> ProcessResult:
+        self.seen += [r.offset for r in batch]
+        return ProcessResult()
+
+    def rewinds(self) -> Mapping[tuple[str, int], int]:
+        asked, self.asked = self.asked, {}
+        return asked
+
+
+def test_a_stage_that_asks_to_read_a_partition_again_gets_a_seek_and_no_commit_past_it() -> None:
+    stage = runner(RewindingOnce())
+    stage._run_batch(batch(b"a", b"b", b"c", first=5))
+    [committed] = stage.consumer.commits[-1]
+    [sought] = stage.consumer.seeks
+    assert (committed.offset, sought.topic, sought.partition, sought.offset) == (1, SOURCE, 0, 1)
+    stage._run_batch(batch(b"b", b"c", first=1))
+    assert stage.consumer.commits[-1][0].offset == 3 and len(stage.consumer.seeks) == 1, "asked for once"
