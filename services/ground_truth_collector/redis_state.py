@@ -1,11 +1,12 @@
 """Join state in Redis, one hash per keyed partition, for the stage-runner runtime.
 
-A :class:`RedisPartitionStore` mirrors its partition's hash in memory (read once, when the
-partition is assigned) and buffers a batch's writes until :meth:`flush`, which the runner calls
-once the batch's outputs are acknowledged and before its offsets are committed. State is
-therefore never ahead of the outputs: a crash before the flush replays the batch and decides it
-again; a crash after it finds the records already applied (the join ignores replays). Values are
-JSON, the same as the faust table's changelog, so the state is readable with redis-cli.
+A :class:`RedisPartitionStore` mirrors its partition's hash in memory (read when the partition
+is assigned, and again for a batch processed again) and buffers a batch's writes until
+:meth:`flush`, which the runner calls once the batch's outputs are acknowledged and before its
+offsets are committed. State is therefore never ahead of the outputs: a crash before the flush
+replays the batch and decides it again; a crash after it finds the records already applied (the
+join ignores replays). Values are JSON, the same as the faust table's changelog, so the state is
+readable with redis-cli.
 
 Each store takes the partition over when it is made (a counter in the hash, incremented), and a
 flush writes only while the counter is still its own: a replica that stalled past the consumer's
@@ -15,6 +16,12 @@ of its own, so the write script names one key and stays valid on Redis Cluster. 
 once per assignment of its partition; a batch processed again reads the hash again with
 :meth:`RedisPartitionStore.reload`, which takes nothing over: a replica that lost the partition
 while it retried a batch would otherwise take it back from the new owner on every retry.
+
+A flush also records the keyed partition's next offset (:meth:`RedisPartitionStore.advance`) in
+the same script call, so the hash always says which records it holds. Redis can lose writes it
+acknowledged (up to a second of them with ``appendfsync everysec`` on a crash, more on a failover
+to an asynchronous replica) after their offsets were committed: the recorded offset is then below
+the committed one, and the join stage reads the gap again (stages.py).
 """
 
 from __future__ import annotations
@@ -35,6 +42,8 @@ T = TypeVar("T")
 
 # The owner counter's field; event ids are never empty, and the join's own fields start with \x00 too.
 OWNER_FIELD = "\x00owner"
+# The next offset of the keyed partition the state stands at: written by the script that writes the state.
+OFFSET_FIELD = "\x00next_offset"
 # KEYS: the hash. ARGV: the owner field, the owner's number, how many fields to delete, those
 # fields, then field and value pairs to set. One call per field: no unpack() limit on big batches.
 _WRITE_IF_OWNER = """
@@ -110,7 +119,9 @@ class RedisPartitionStore:
                                   READ_PATIENCE_S))
         self._write_if_owner = client.register_script(_WRITE_IF_OWNER)
         self.data: dict[str, str] = {}
+        self.next_offset: int | None = None  # none recorded: a new partition, or state older than the field
         self._pending: dict[str, dict[str, Any] | None] = {}
+        self._pending_offset: int | None = None
         self.reload()
 
     def reload(self) -> None:
@@ -120,8 +131,9 @@ class RedisPartitionStore:
         data = {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
                 for k, v in stored.items()}
         data.pop(OWNER_FIELD, None)
-        self.data = data
-        self._pending.clear()
+        recorded = data.pop(OFFSET_FIELD, None)
+        self.data, self.next_offset = data, None if recorded is None else int(recorded)
+        self.discard()
 
     def get(self, key: str) -> dict[str, Any] | None:
         if key in self._pending:
@@ -143,25 +155,34 @@ class RedisPartitionStore:
     def pending_writes(self) -> int:
         return len(self._pending)
 
+    def advance(self, next_offset: int) -> None:
+        """The keyed partition's offset after the batch's records, written with their state by :meth:`flush`."""
+        self._pending_offset = next_offset
+
     def flush(self) -> None:
         """Write the batch's changes; :class:`PartitionTakenOver` if another replica owns the partition now."""
-        if not self._pending:
+        if not self._pending and self._pending_offset is None:
             return
         deleted = [key for key, value in self._pending.items() if value is _DELETED]
         written = {key: json.dumps(value, separators=(",", ":"))
                    for key, value in self._pending.items() if value is not _DELETED}
-        args = [OWNER_FIELD, self.owner, len(deleted), *deleted, *(item for pair in written.items() for item in pair)]
+        offset = {} if self._pending_offset is None else {OFFSET_FIELD: str(self._pending_offset)}
+        args = [OWNER_FIELD, self.owner, len(deleted), *deleted,
+                *(item for pair in (written | offset).items() for item in pair)]
         if not retrying(lambda: self._write_if_owner(keys=[self.key], args=args),
                         f"writing {self.key}"):
-            self._pending.clear()
+            self.discard()
             raise PartitionTakenOver(f"{self.key} was taken over by another replica; this batch's state is dropped")
         for key in deleted:
             self.data.pop(key, None)
         self.data.update(written)
-        self._pending.clear()
+        if self._pending_offset is not None:
+            self.next_offset = self._pending_offset
+        self.discard()
 
     def discard(self) -> None:
         self._pending.clear()
+        self._pending_offset = None
 
 
 class RedisValue:

@@ -12,7 +12,8 @@ dead-letters:
 2. :class:`JoinStage` runs one :class:`JoinPartition` per keyed partition over a Redis hash
    (redis_state.py), emits labeled examples and unmatched labels, copies every joined example to
    the single-partition ``<group>-joined`` topic with its decision time and its partition's clock,
-   and writes WATERMARK records there. State is written after the batch's outputs are acknowledged.
+   and writes WATERMARK records there. State is written after the batch's outputs are acknowledged,
+   with the keyed offset it stands at: a partition whose state Redis lost is read again.
 3. :class:`ScoreStage` reads ``<group>-joined`` into the prequential metrics (scoring.py) and emits
    a MetricSnapshot per model version, window and segment when a window closes; it commits no
    further than the first record of a window not yet reported, so a restart rebuilds open windows.
@@ -200,8 +201,15 @@ class JoinStage:
         # whose state was refused: their records are left alone and their commits held there until
         # the partition is assigned again (see delivered()).
         self._taken_over: dict[int, int] = {}
-        # What the stage did about ownership, exported with the join's counters (delivered_counts).
-        self.ownership_counts = {"partition_taken_over": 0}
+        # Partitions whose first record since the assignment was checked against the offset their
+        # Redis state stands at; those to read again from that offset (the runner takes them in
+        # rewinds()); those read again so since the assignment. See _state_behind().
+        self._checked: set[int] = set()
+        self._rewinds: dict[int, int] = {}
+        self._rewound: set[int] = set()
+        # What the stage did about ownership and lost state, exported with the join's counters
+        # (delivered_counts). All keys are there from the start: the report thread copies the dict.
+        self.state_counts = {"partition_taken_over": 0, "state_rewound": 0, "state_lost_records": 0}
         self._last_joined_ms = int(time.time() * 1000)
 
     def on_assigned(self, partitions: Sequence[TopicPartitionRef]) -> None:
@@ -213,6 +221,9 @@ class JoinStage:
         for ref in partitions:
             self._forget(ref.partition)
             self._taken_over.pop(ref.partition, None)
+            self._checked.discard(ref.partition)
+            self._rewinds.pop(ref.partition, None)
+            self._rewound.discard(ref.partition)
 
     def _forget(self, partition: int) -> None:
         with self._partitions_lock:
@@ -238,11 +249,13 @@ class JoinStage:
         result = ProcessResult()
         touched: dict[int, int] = {}
         for record in batch:
-            if record.partition in self._taken_over:
+            if record.partition in self._taken_over or record.partition in self._rewinds:
+                continue
+            join = self.join(record.partition)
+            if record.partition not in self._checked and self._state_behind(record.partition, record.offset):
                 continue
             first, _ = self._batch_offsets.get(record.partition, (record.offset, 0))
             self._batch_offsets[record.partition] = (min(first, record.offset), record.offset + 1)
-            join = self.join(record.partition)
             touched[record.partition] = record.offset
             control = control_of(record.headers)
             if control == RESUME:
@@ -275,6 +288,43 @@ class JoinStage:
                 result.outputs += self._outputs(decision, record, join)
         result.outputs += self._watermarks(touched)
         return result
+
+    def _state_behind(self, partition: int, offset: int) -> bool:
+        """Whether the partition's Redis state lacks records before ``offset``, the first one read
+        since the partition was assigned (the committed offset): Redis lost writes it had
+        acknowledged (``appendfsync everysec`` and a crash, a failover to an asynchronous replica)
+        after their offsets were committed. Those records' labels would never be decided, and
+        labels for their events would come out NO_MATCHING_EVENT: the partition is read again
+        from where its state stands (rewinds()), and its records until then are left alone.
+
+        Records the state already holds (it may stand past the commit: a commit that failed)
+        are recognised by the join as replays; those whose state was lost are applied again.
+        """
+        recorded = self.stores[partition].next_offset
+        if recorded is None or offset <= recorded:
+            self._checked.add(partition)
+            return False
+        if partition not in self._rewound:
+            log.warning("%s[%d]: the join state in Redis stands at offset %d, before the committed %d (Redis lost "
+                        "writes it had acknowledged): reading the partition again from %d", self.keyed_topic,
+                        partition, recorded, offset, recorded)
+            self._rewinds[partition] = recorded
+            return True
+        log.error("%s[%d]: the join state in Redis lost offsets %d to %d, and read again from %d the partition "
+                  "starts at %d: Kafka no longer has them (retention). Labels among them get no decision, and labels "
+                  "for their events may come out NO_MATCHING_EVENT", self.keyed_topic, partition, recorded,
+                  offset - 1, recorded, offset)
+        self.state_counts["state_lost_records"] += offset - recorded
+        self._checked.add(partition)
+        return False
+
+    def rewinds(self) -> dict[tuple[str, int], int]:
+        """Partitions to read again from the offset their state stands at: the runner seeks there."""
+        asked = {(self.keyed_topic, partition): offset for partition, offset in self._rewinds.items()}
+        self._rewound.update(self._rewinds)
+        self.state_counts["state_rewound"] += len(self._rewinds)
+        self._rewinds = {}
+        return asked
 
     def _outputs(self, decision: Decision, trigger: ConsumedRecord, join: JoinPartition) -> list[OutgoingRecord]:
         label = (HEADER_LABEL_SOURCE, decision.label_source.text().encode())
@@ -323,6 +373,8 @@ class JoinStage:
 
     def delivered(self) -> None:
         for partition, store in list(self.stores.items()):
+            if partition in self._batch_offsets:
+                store.advance(self._batch_offsets[partition][1])
             try:
                 store.flush()
             except PartitionTakenOver as exc:
@@ -344,7 +396,7 @@ class JoinStage:
         log.warning("%s; offsets of %s[%d] from %d are not committed and its records are left to the new owner "
                     "until the partition is assigned again", refused, self.keyed_topic, partition, held_at)
         self._taken_over[partition] = held_at
-        self.ownership_counts["partition_taken_over"] += 1
+        self.state_counts["partition_taken_over"] += 1
         self._forget(partition)
 
     def commit_limit(self, topic: str, partition: int) -> int | None:
@@ -373,7 +425,7 @@ class JoinStage:
         counter cannot go back down to the restored value). Taken between batches, they also
         keep labels_in = decided + pending exact, which a read part-way through a batch does not.
         """
-        return {**self._delivered_counts, **self.ownership_counts}
+        return {**self._delivered_counts, **self.state_counts}
 
     def _joins(self) -> list[JoinPartition]:
         """The partitions' joins as they are now, safe to read from another thread."""

@@ -5,7 +5,12 @@ from __future__ import annotations
 import pytest
 import redis
 
-from services.ground_truth_collector.redis_state import OWNER_FIELD, PartitionTakenOver, RedisPartitionStore
+from services.ground_truth_collector.redis_state import (
+    OFFSET_FIELD,
+    OWNER_FIELD,
+    PartitionTakenOver,
+    RedisPartitionStore,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -35,3 +40,15 @@ def test_a_replica_that_lost_its_partition_cannot_overwrite_the_new_owner_s_stat
     assert restarted.get("event-9999") == {"status": "JOINED", "index": 9999}
     assert client.hlen(key) == 10_002, "the entries and the owner counter, one hash: one key for Redis Cluster"
     assert restarted.get(OWNER_FIELD) is None, "the counter is no entry of the join's"
+
+
+def test_the_script_writes_the_partition_s_offset_with_its_state(redis_url: str, unique_name: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    key = f"{unique_name}:join:0"
+    store = RedisPartitionStore(client, key, 0)
+    store.put("e1", {"status": "OPEN"}, 0)
+    store.advance(42)
+    store.flush()
+    assert client.hget(key, OFFSET_FIELD) == b"42"
+    restarted = RedisPartitionStore(client, key, 0)
+    assert restarted.next_offset == 42 and restarted.get(OFFSET_FIELD) is None

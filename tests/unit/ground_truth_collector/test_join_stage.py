@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 
 import pytest
 import redis
+from confluent_kafka import TopicPartition
 
 from services.ground_truth_collector import join as join_module
 from services.ground_truth_collector.entries import Kind, SourceRef
@@ -213,3 +214,56 @@ def test_a_flush_refused_by_a_take_over_commits_nothing_of_the_partition_until_i
     owner.on_assigned(partition)  # the partition comes back, read from the commit held
     runner._run_batch(messages(event("e2", 1)))
     assert len(examples(runner)) == 1 and runner.consumer.commits[-1][0].offset == 4
+
+
+def reassigned(runner: StageRunner) -> None:
+    partition = [TopicPartition(KEYED, 0)]
+    runner._on_revoke(None, partition)
+    runner._on_assign(None, partition)
+
+
+def test_state_redis_lost_after_its_offsets_were_committed_is_read_again_from_kafka() -> None:
+    """Redis acknowledged a batch's state, its offsets were committed, then Redis lost it (appendfsync
+    everysec and a crash, a failover to an asynchronous replica): its label would never be decided."""
+    client = Client()
+    join = stage(client)
+    runner = join_runner(join)
+    runner._run_batch(messages([keyed(0, "f", Kind.FEATURES, "e0", event_time=at(T0), pipeline="p")]))
+    persisted = {key: dict(fields) for key, fields in client.hashes.items()}
+    label, *event_records = event("e2", 1)
+    runner._run_batch(messages([label]))
+    client.hashes = persisted  # what Redis still has after it comes back
+    reassigned(runner)
+    runner._run_batch(messages(event_records))  # from the committed offset, 2
+    [sought] = runner.consumer.seeks
+    assert (sought.partition, sought.offset, runner.consumer.commits[-1][0].offset) == (0, 1, 1)
+    assert examples(runner) == [], "nothing decided past the records the state lacks"
+    runner._run_batch(messages(event("e2", 1)))  # from where the consumer was sought back to
+    assert len(examples(runner)) == 1 and join.counters.joined == 1
+    assert runner.consumer.commits[-1][0].offset == 4 and join.delivered_counts["state_rewound"] == 1
+
+
+def test_a_replay_of_state_redis_still_holds_decides_nothing_again() -> None:
+    client = Client()
+    join = stage(client)
+    runner = join_runner(join)
+    runner._run_batch(messages(event("e1", 0)))
+    reassigned(runner)
+    runner._run_batch(messages(event("e1", 0)))  # the last commit failed: the batch is read again
+    assert len(examples(runner)) == 1 and join.counters.replayed == 3 and runner.consumer.seeks == []
+
+
+def test_records_redis_lost_and_kafka_no_longer_has_are_counted_and_the_partition_goes_on() -> None:
+    client = Client()
+    join = stage(client)
+    runner = join_runner(join)
+    runner._run_batch(messages([keyed(0, "f", Kind.FEATURES, "e0", event_time=at(T0), pipeline="p")]))
+    persisted = {key: dict(fields) for key, fields in client.hashes.items()}
+    runner._run_batch(messages(event("e1", 1)))
+    client.hashes = persisted
+    reassigned(runner)
+    runner._run_batch(messages(event("e2", 4)))
+    assert len(runner.consumer.seeks) == 1
+    runner._run_batch(messages(event("e2", 4)))  # offsets 1 to 3 are gone from Kafka: read from the first left
+    assert len(examples(runner)) == 2 and join.delivered_counts["state_lost_records"] == 3
+    assert runner.consumer.commits[-1][0].offset == 7 and len(runner.consumer.seeks) == 1

@@ -7,7 +7,12 @@ import json
 import pytest
 import redis
 
-from services.ground_truth_collector.redis_state import OWNER_FIELD, PartitionTakenOver, RedisPartitionStore
+from services.ground_truth_collector.redis_state import (
+    OFFSET_FIELD,
+    OWNER_FIELD,
+    PartitionTakenOver,
+    RedisPartitionStore,
+)
 
 
 class Client:
@@ -90,6 +95,24 @@ def test_a_store_whose_partition_was_taken_over_writes_nothing() -> None:
     with pytest.raises(PartitionTakenOver):
         stalled.flush()
     assert RedisPartitionStore(client, "join:0", 0).get("e1") == {"status": "JOINED"}
+
+
+def test_the_partition_s_offset_is_written_in_the_call_that_writes_its_state() -> None:
+    """Redis keeps both or neither: the offset read back always says which records the state holds."""
+    client = Client()
+    store = RedisPartitionStore(client, "join:0", 0)
+    assert store.next_offset is None, "nothing recorded yet"
+    store.put("e1", {"status": "OPEN"}, 0)
+    store.advance(7)
+    store.flush()
+    [[(_command, _key, written)]] = client.executed
+    assert set(written) == {"e1", OFFSET_FIELD} and store.next_offset == 7
+    restarted = RedisPartitionStore(client, "join:0", 0)
+    assert restarted.next_offset == 7 and [key for key, _ in restarted.entries(0)] == ["e1"]
+    store.advance(9)
+    with pytest.raises(PartitionTakenOver):
+        store.flush()
+    assert RedisPartitionStore(client, "join:0", 0).next_offset == 7, "a refused batch records nothing"
 
 
 class FailingOver(Client):
