@@ -7,7 +7,8 @@ rule names all of them (one per field) in ``rules`` and in its message, so that 
 them in one round, not one dead letter at a time:
 
 1. identity: the event id and entity key are present and non-empty (``<field>.required``) and at
-   most ``MAX_KEY_BYTES`` long in UTF-8 (``.max_length``: both are Kafka and Redis keys); the
+   most ``MAX_KEY_BYTES`` long in UTF-8 (``.max_length``: both are Kafka and Redis keys), the
+   event id without a NUL (``.reserved``: the ground-truth collector's own state fields); the
    event time is present (``.required``), a timestamp or an integer (``.type``) and in
    ``[0, 2**63 - 1]`` ms (``.range``);
 2. sanity, over every field: no NaN or infinite number (``<field>.finite``, nested values
@@ -180,7 +181,16 @@ class RecordValidator:
                 broken.add(field)
                 yield InvalidRecordError(f"{field} ({what}) is missing", rule=f"{field}.required")
                 continue
-            length = len((key if isinstance(key, str) else str(key)).encode())
+            text = key if isinstance(key, str) else str(key)
+            if field == self.event_id and "\x00" in text:
+                # Its vector, prediction and label would all be refused by the ground-truth
+                # collector, whose join state names its own fields with NUL: refused here, the
+                # producer finds it in its own dead letters, not in three of the pipeline's.
+                broken.add(field)
+                yield InvalidRecordError(f"{field} ({what}) contains NUL, which the ground-truth collector reserves",
+                                         rule=f"{field}.reserved")
+                continue
+            length = len(text.encode())
             if length > MAX_KEY_BYTES:
                 broken.add(field)
                 yield InvalidRecordError(f"{field} ({what}) is {length} bytes long in UTF-8, above the "

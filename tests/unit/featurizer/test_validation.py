@@ -217,6 +217,15 @@ def test_an_event_id_or_entity_key_longer_than_a_key_may_be_is_refused() -> None
         "be (MAX_KEY_BYTES)"]
 
 
+def test_an_event_id_with_a_nul_is_refused() -> None:
+    # The collector refuses it downstream (NUL names its own state's fields); refused here, the
+    # producer sees it in its input's dead letters.
+    with pytest.raises(InvalidRecordError) as caught:
+        validator().validate(event(1, "a", 1_000, x=5.0) | {"id": "\x00owner"})
+    assert caught.value.rule == "id.reserved"
+    assert validator().validate(event(1, "a", 1_000, x=5.0) | {"id": "tab\tok"})[0] == "tab\tok"
+
+
 def test_an_over_long_entity_key_is_dead_lettered_before_touching_state() -> None:
     store = MemoryStore()
     proc = processor(make_spec(COUNT), store=store)
