@@ -176,3 +176,22 @@ def test_the_gate_applies_the_table_once_open_and_every_change_after_it(spec, ar
     assert [m.version for m in holder.current.shadows] == ["v2"]
     gate.on_deployment(v2_key, None)
     assert holder.current.shadows == ()
+
+
+def test_a_slot_the_holder_cannot_apply_keeps_no_other_slot_out(spec, artifacts, caplog) -> None:
+    # The gate applies the whole table in one go: one record the holder raises on must not leave
+    # the champion, or any slot after it, unapplied.
+    class RefusesTheShadow(ModelHolder):
+        def on_deployment(self, key: str, record: dict | None) -> None:
+            if record is not None and record["version"] == "bad":
+                raise RuntimeError("a record the holder cannot take")
+            super().on_deployment(key, record)
+
+    holder = RefusesTheShadow(spec, artifacts)
+    gate = DeploymentGate(holder)
+    bad_key, bad = shadow(spec, artifacts, "bad")
+    v1_key, v1 = champion(spec, artifacts, "v1")
+    with caplog.at_level(logging.ERROR):
+        gate.open(lambda: {bad_key: bad, v1_key: v1})
+    assert holder.current.champion.version == "v1" and gate.is_open
+    assert f"deployment {bad_key} could not be applied" in caplog.text
