@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ from streamloop.service.entrypoint import start_service
 from streamloop.telemetry import Telemetry, configure_telemetry
 
 SERVICE = "retrainer"
+TABLE_POLL_S = 0.5  # how soon a stop or a lost lease ends the wait for the deployments table
 log = logging.getLogger(__name__)
 
 
@@ -53,7 +55,7 @@ class RetrainerApp:
     """Waits for the lease, then learns until stopped or the lease is lost (then waits again).
 
     The deployments table is read from the start, standby included: it is only read, so a
-    takeover finds it up to date.
+    takeover finds it up to date. Nothing is consumed until it is read to its end (``_wait_for_table``).
     """
 
     def __init__(self, new_term: Callable[[], RetrainerTerm], table_reader: CompactedTopicReader,
@@ -96,20 +98,53 @@ class RetrainerApp:
                 self.term = self.new_term()
             first = False
             if self.lease is not None:
-                # At once, not once the champion's labels are read again: the lease consumer must
-                # be polled from here on, or a long start-up would drop it from the lease group.
+                # At once, not once the table and the champion's labels are read: the lease consumer
+                # must be polled from here on, or a long start-up would drop it from the lease group.
                 self.lease.watch(on_lost=self.term.runner.stop)
-            if self._stopping.is_set():
-                return 0
-            if not self.table_reader.wait_until_caught_up(self.table_timeout_s):
-                log.warning("deployments table not caught up after %.0fs; starting anyway, with no champion loaded "
-                            "until it is", self.table_timeout_s)
-            self.processor.prepare()
-            code = self.runner.run()
-            if code != 0 or self.lease is None or not self.lease.lost or self._stopping.is_set():
+            code = self._learn()
+            if code is not None:
                 return code
             self.lease.unwatch()
         return 0
+
+    def _learn(self) -> int | None:
+        """One term: the runner's exit code, or None when the lease was lost and the replica waits again."""
+        if self._wait_for_table():
+            self.processor.prepare()
+            # Stopped during the resume: joining the group only to leave it would rebalance it twice for nothing.
+            if not self._interrupted():
+                code = self.runner.run()
+                if code != 0:
+                    return code
+        return None if self._lease_lost() else 0
+
+    def _wait_for_table(self) -> bool:
+        """Wait until the deployments table is read to its end; False when stopped or the lease is lost first.
+
+        Nothing is consumed before, and the champion's line is not resumed: a table read in part
+        may show a champion since replaced, whose line would be resumed in place of the real one's
+        (which, once read, restarts the learner with nothing). Starting anyway and loading the
+        champion at a later batch ran the resume (up to RETRAINER_RESUME_MAX_LABELS labels read
+        and learned) inside that batch, past the group's poll interval, and consumed labels it
+        could not learn while the reader lagged. They wait in their topic; a warning every
+        ``table_timeout_s`` says how long it has waited.
+        """
+        started = time.monotonic()
+        warnings = 0
+        while not self._interrupted():
+            if self.table_reader.wait_until_caught_up(min(TABLE_POLL_S, self.table_timeout_s)):
+                return True
+            waited = time.monotonic() - started
+            if waited >= (warnings + 1) * self.table_timeout_s:
+                warnings = int(waited // self.table_timeout_s)
+                log.warning("deployments table not caught up after %.0fs; nothing is consumed until it is", waited)
+        return False
+
+    def _interrupted(self) -> bool:
+        return self._stopping.is_set() or (self.lease is not None and self.lease.lost)
+
+    def _lease_lost(self) -> bool:
+        return self.lease is not None and self.lease.lost and not self._stopping.is_set()
 
     def stop(self, *_: object) -> None:
         self._stopping.set()
@@ -128,8 +163,8 @@ def build(settings: RetrainerSettings, install_global_telemetry: bool = True) ->
     table = DeploymentTable()
 
     def table_read() -> None:
-        # Set by the reader, not by the start-up wait: a table read later than RETRAINER_TABLE_TIMEOUT_S
-        # must still become ready, or no champion would ever load.
+        # Set by the reader as it catches up, before the start-up wait sees it has: the processor
+        # loads no champion from a table read in part (its own guard, besides the wait).
         table.ready = True
 
     deployments = ctx.topic("model_deployments").name

@@ -165,8 +165,10 @@ class RetrainerProcessor:
 
     def _sync_champion(self) -> None:
         if not self.table.ready:
-            # A table read in part may show a champion since replaced (its record not compacted away
-            # yet): loading it would spend the one resume on it, and the real one restart the line.
+            # The app prepares nothing before the table is read (app.py); this holds whoever else
+            # drives the processor to it. A table read in part may show a champion since replaced
+            # (its record not compacted away yet): loading it would spend the one resume on it, and
+            # the real one restart the line.
             return
         champion = self._champion()
         if champion is None or (champion["version"], champion["artifact"]["signature"]) == (
@@ -204,9 +206,10 @@ class RetrainerProcessor:
     def prepare(self) -> None:
         """Load the champion, and resume its line and the timers, before the runner joins the group.
 
-        Then reading the labels again cannot hold up a batch past the group's poll interval. With
-        no champion yet, or the deployments table not read to its end yet, the first one is loaded
-        (and its line resumed) at the first batch after.
+        Then reading the labels again cannot hold up a batch past the group's poll interval. The
+        app calls it once the deployments table is read to its end, so the champion it loads is
+        the current one. With no champion yet, the first one deployed is loaded (and its line
+        resumed) at the batch after.
         """
         self._sync_champion()
         self._resume_timers()

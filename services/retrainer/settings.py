@@ -36,7 +36,10 @@ class RetrainerSettings(BaseSettings):
     window_read_timeout_s: float = Field(
         default=60.0, gt=0,
         description="A rebuild window's read that has not reached every partition's end by then fails (tried again).")
-    table_timeout_s: float = Field(default=60.0, gt=0, description="Wait this long for the deployments table.")
+    table_timeout_s: float = Field(
+        default=60.0, gt=0,
+        description="Nothing is consumed until the deployments table is read; a warning every this many seconds "
+                    "until it is.")
     remember_events: int = Field(default=100_000, ge=0, description="Recent event ids kept to skip duplicates.")
     resume_max_labels: int = Field(
         default=20_000, ge=0,

@@ -3,6 +3,7 @@ a replica beyond the first waits as a standby on the lease."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -99,10 +100,30 @@ class FakeTerms:
         return term
 
 
-def started(lease: FakeLease) -> tuple[RetrainerApp, FakeTerms, threading.Thread]:
+class FakeTableReader:
+    """A deployments table read to its end once ``caught_up`` is set."""
+
+    def __init__(self, caught_up: bool = False) -> None:
+        self.caught_up = threading.Event()
+        if caught_up:
+            self.caught_up.set()
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+    def wait_until_caught_up(self, timeout: float) -> bool:
+        return self.caught_up.wait(timeout)
+
+
+def started(lease: FakeLease | None, reader: FakeTableReader | None = None,
+            table_timeout_s: float = 60.0) -> tuple[RetrainerApp, FakeTerms, threading.Thread]:
     terms = FakeTerms()
-    reader = SimpleNamespace(start=lambda: None, stop=lambda: None, wait_until_caught_up=lambda _timeout: True)
-    app = RetrainerApp(terms, reader, SimpleNamespace(shutdown=lambda: None), 60.0, lease)  # type: ignore[arg-type]
+    reader = reader or FakeTableReader(caught_up=True)
+    app = RetrainerApp(terms, reader, SimpleNamespace(shutdown=lambda: None), table_timeout_s,  # type: ignore[arg-type]
+                       lease)
     thread = threading.Thread(target=app.run, daemon=True)
     thread.start()
     return app, terms, thread
@@ -143,5 +164,63 @@ def test_a_replica_that_lost_the_lease_stops_and_starts_afresh_when_it_takes_it_
         "a fresh challenger, its line resumed from the topics as after a restart"
     assert first.executor._shutdown, "the last term's rebuild is not waited for"  # type: ignore[attr-defined]
     app.stop()
+    thread.join(5)
+    assert not thread.is_alive()
+
+
+def test_nothing_is_consumed_until_the_deployments_table_is_read(caplog: pytest.LogCaptureFixture) -> None:
+    """Past RETRAINER_TABLE_TIMEOUT_S it started anyway: it consumed and committed labels it could not
+    learn, and when the table was read, resumed the champion's line inside a batch, past the poll interval."""
+    reader = FakeTableReader()
+    with caplog.at_level(logging.WARNING, logger=app.__name__):
+        retrainer, terms, thread = started(None, reader, table_timeout_s=0.2)
+        time.sleep(0.9)
+        term = terms.made[0]
+        assert not term.runner.running.is_set() and term.processor.prepared == 0
+        waits = [r.args[0] for r in caplog.records if "deployments table not caught up" in r.getMessage()]
+        assert len(waits) >= 2 and waits == sorted(waits) and waits[0] >= 0.2, \
+            "a warning every RETRAINER_TABLE_TIMEOUT_S, with how long it has waited, not one and then silence"
+        reader.caught_up.set()
+        assert term.runner.running.wait(5) and term.processor.prepared == 1, "then the champion's line, then the group"
+    retrainer.stop()
+    thread.join(5)
+    assert not thread.is_alive() and len(terms.made) == 1
+
+
+def test_a_stop_while_the_table_is_not_read_ends_the_run_at_once_with_nothing_resumed() -> None:
+    """The wait ran its whole RETRAINER_TABLE_TIMEOUT_S, then the resume, before a stop took: a rollout
+    while Kafka was slow outlived the pod's grace period and ended in SIGKILL."""
+    lease = FakeLease()
+    lease.granted.set()
+    retrainer, terms, thread = started(lease, FakeTableReader())
+    time.sleep(0.3)
+    stopped_at = time.monotonic()
+    retrainer.stop()
+    thread.join(5)
+    assert not thread.is_alive() and time.monotonic() - stopped_at < 2
+    term = terms.made[0]
+    assert term.processor.prepared == 0 and not term.runner.running.is_set() and lease.closed
+
+
+def test_a_lease_lost_while_the_table_is_not_read_sends_the_replica_back_to_standby() -> None:
+    lease = FakeLease()
+    lease.granted.set()
+    reader = FakeTableReader()
+    retrainer, terms, thread = started(lease, reader)
+    time.sleep(0.3)
+    lease.take_away()  # another replica took over
+    time.sleep(0.8)
+    first = terms.made[0]
+    assert first.processor.prepared == 0 and not first.runner.running.is_set() and len(terms.made) == 1, \
+        "no resume and no join for a term already over"
+    lease.granted.set()
+    reader.caught_up.set()
+    for _ in range(500):
+        if len(terms.made) == 2 and terms.made[1].runner.running.is_set():
+            break
+        time.sleep(0.01)
+    second = terms.made[1]
+    assert second.runner.running.is_set() and second.processor.prepared == 1 and first.processor.prepared == 0
+    retrainer.stop()
     thread.join(5)
     assert not thread.is_alive()

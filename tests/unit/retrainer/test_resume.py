@@ -177,8 +177,9 @@ def test_labels_that_passed_before_the_first_champion_loaded_are_learned_when_re
 
 
 def test_no_champion_is_loaded_from_a_table_read_in_part(spec, tmp_path):
-    """Past RETRAINER_TABLE_TIMEOUT_S the table may still show a champion since replaced. Loading it
-    spent the one resume on it, and the real one, once read, restarted the learner with nothing."""
+    """The processor's own guard (the app prepares nothing before the table is read, test_app.py): a
+    table read in part may still show a champion since replaced. Loading it spent the one resume on
+    it, and the real one, once read, restarted the learner with nothing."""
     resume = FakeResume()
     harness = restarted(spec, tmp_path, resume)  # the table shows the old champion, the bootstrap
     harness.table.ready = False
