@@ -229,8 +229,9 @@ class KafkaResume:
         its period (an older one leaves the timer due all the same), or TIMERS_SCAN of them: one
         read for both, in which a settled timer is no longer looked for. A timer with no
         candidate among them had none since the oldest of them, nor since the champion's
-        deployment (online: the learner restarted from it then, at the latest): it runs from the
-        earlier of the two, or None with neither (no candidate, no champion).
+        deployment: it runs from the earlier of the two, or None with neither (no candidate, no
+        champion). Online publishing never runs from before the deployment, when the learner
+        restarted from the champion: with a champion and no ONLINE candidate, from its deployment.
         """
         periods = {triggers: period for triggers, period in ((REBUILD_TRIGGERS, schedule_ms),
                                                              (ONLINE_TRIGGERS, online_publish_ms))
