@@ -251,6 +251,33 @@ def test_an_online_challenger_that_cannot_predict_is_not_published_and_restarts_
     assert all(math.isfinite(p) for p in output.probabilities.values())
 
 
+def test_an_online_challenger_that_cannot_predict_with_its_champion_retired_waits_for_the_next_champion(
+        spec, tmp_path):
+    """No champion to restart from: the learner drops its model, and the next champion deployed loads,
+    the very record retired and written again included (its version is no longer taken as loaded)."""
+    harness = Harness(spec, tmp_path)
+    harness.processor._metrics = Counters()
+    harness.processor.process(labeled(30))
+    harness.processor.learner.model.learn_one({"amount": 1e160}, True)  # weights turn NaN
+    key = slot_key(spec.name, spec.model.name, CHAMPION)
+    deployed = harness.table.champion(spec.name, spec.model.name)
+    harness.table.apply(key, None)  # the slot is retired
+    result = harness.processor.process(labeled(20, start=30))
+    assert result.outputs == [] and result.rejections == [], "no candidate, and no label is to blame"
+    unusable = ("streamloop_retrainer_unusable_candidates", (("pipeline", "card-fraud"), ("trigger", "ONLINE")))
+    assert harness.processor._metrics.counts[unusable] == 1
+    learner = harness.processor.learner
+    assert learner.model is None and learner.pending == 0
+    learned = learner.learned_total
+    assert candidates(harness.processor.process(labeled(60, start=50))) == [] and learner.learned_total == learned, \
+        "nothing to learn with until a champion is deployed"
+    harness.table.apply(key, deployed)
+    published = candidates(harness.processor.process(labeled(50, start=110)))
+    assert [(c["sample_count"], c["parent_version"]) for c in published] == [(50, harness.champion)]
+    output = warm_up(harness.store.load_published(published[0]), spec.model)
+    assert all(math.isfinite(p) for p in output.probabilities.values())
+
+
 def test_a_rebuild_that_cannot_predict_is_not_published_nor_tried_again(demo_pipeline, tmp_path, monkeypatch):
     from services.retrainer import rebuild_policy
     from tests.unit.online_scorer.fakes import BrokenClassifier
