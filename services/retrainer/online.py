@@ -23,7 +23,7 @@ from streamloop.contracts.pipeline import ModelSpec
 from streamloop.kafka.records import ConsumedRecord
 from streamloop.ml.promotion import event_loss, holdout_metrics
 from streamloop.ml.recent_versions import RecentVersions
-from streamloop.ml.training import training_pair
+from streamloop.ml.training import target, training_pair
 
 
 @dataclass
@@ -53,7 +53,9 @@ class Snapshot:
     read_through: dict[tuple[str, int], int] = field(default_factory=dict)
 
 
-Example = tuple[dict[str, Any], Any, float, tuple[str, int, int]]  # x, y, 0/1 error, topic-partition-offset
+# x, label, 0/1 error, topic-partition-offset. The label as it came, not the target: a replay may go
+# into another line's model, which may know a true/false class in the other form (``target``).
+Example = tuple[dict[str, Any], Any, float, tuple[str, int, int]]
 
 
 # The snapshots of its line a learner remembers, newest first: any could be promoted, but the
@@ -179,10 +181,11 @@ class OnlineLearner:
             if len(self._recent_events) > self._remember_events:
                 self._recent_events.popitem(last=False)
         # Raises for an example no model may learn, with or without one: the runner dead-letters it.
-        x, y = training_pair(self.spec, record.value)
+        # The champion it continues decides the form of a true/false class (``target``).
+        x, y = training_pair(self.spec, record.value, self.model)
         if self.model is None:
             return False
-        self._test(event_id, x, y, record.value["label"], (record.topic, record.partition, record.offset))
+        self._test(event_id, x, record.value["label"], (record.topic, record.partition, record.offset))
         for _ in range(repeats):
             self.model.learn_one(x, y)
         self._learned_offset(record.topic, record.partition, record.offset)
@@ -198,8 +201,7 @@ class OnlineLearner:
             span.start = min(span.start, offset)
             span.end = max(span.end, offset + 1)
 
-    def _test(self, event_id: str | None, x: dict[str, Any], y: Any, label: Any,
-              position: tuple[str, int, int]) -> None:
+    def _test(self, event_id: str | None, x: dict[str, Any], label: Any, position: tuple[str, int, int]) -> None:
         """Score the example before it is learned, for whichever record wants the prediction.
 
         Once the metric window is full and catch-up keeps no record, nothing does: no scoring.
@@ -218,7 +220,7 @@ class OnlineLearner:
                 self._prequential.append((event_id, loss))
         if self._backlog.maxlen:
             error = event_loss("zero_one", self.spec, label, prediction) if prediction else None
-            self._backlog.append((x, y, 1.0 if error is None else error, position))
+            self._backlog.append((x, label, 1.0 if error is None else error, position))
 
     def replay_since_change(self, passes: int) -> int:
         """Learn the backlog's examples since the estimated rise of its error rate ``passes`` more times.
@@ -279,8 +281,8 @@ class OnlineLearner:
 
     def _replay(self, examples: list[Example], passes: int) -> None:
         for _ in range(passes):
-            for x, y, _, _ in examples:
-                self.model.learn_one(x, y)
+            for x, label, _, _ in examples:
+                self.model.learn_one(x, target(self.spec, label, self.model))
         for *_, (topic, partition, offset) in examples:
             self._learned_offset(topic, partition, offset)  # the next snapshot's lineage: it learned them
 

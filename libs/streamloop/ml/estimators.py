@@ -19,6 +19,7 @@ and only the hot column is present in an event:
 from __future__ import annotations
 
 import importlib
+from collections.abc import Collection
 from typing import Any
 
 from river import base, compose, preprocessing
@@ -132,3 +133,28 @@ def final_estimator(model: base.Estimator) -> base.Estimator:
     if isinstance(model, compose.Pipeline):
         return list(model.steps.values())[-1]
     return model
+
+
+# Where river's classifiers keep the classes they have learned: trees, kNN and the dummy
+# classifiers a set, the Mondrian tree a private set, naive Bayes a Counter of them.
+_CLASS_ATTRIBUTES = ("classes", "_classes", "class_counts")
+
+
+def learned_classes(model: base.Estimator) -> set[Any] | None:
+    """The classes ``model`` has learned, in the form it learned them; None when it keeps no such list.
+
+    A pipeline answers for its final step, an ensemble for its members (a wrapper ensemble's own
+    model is the untrained template it copied), any other wrapper for the model it wraps.
+    LogisticRegression and the other binary linear models keep none: they take booleans only.
+    """
+    estimator = final_estimator(model)
+    if isinstance(estimator, base.Ensemble):
+        known = [classes for member in estimator if (classes := learned_classes(member)) is not None]
+        return set().union(*known) if known else None
+    if isinstance(estimator, base.Wrapper):
+        return learned_classes(estimator._wrapped_model)
+    for name in _CLASS_ATTRIBUTES:
+        classes = getattr(estimator, name, None)
+        if isinstance(classes, Collection) and not isinstance(classes, str):
+            return set(classes)
+    return None

@@ -14,7 +14,7 @@ from streamloop.contracts.pipeline import ModelSpec, PipelineSpec
 from streamloop.ml import build_model
 from streamloop.ml.evaluation import MetricSet, Outcome
 from streamloop.ml.prediction import choose_action, predict
-from streamloop.ml.promotion import event_loss
+from streamloop.ml.promotion import class_key, event_loss
 from streamloop.ml.training import training_pair
 
 
@@ -70,7 +70,6 @@ def test_the_zero_one_loss_is_positive_versus_rest_too(demo_pipeline: PipelineSp
 
 
 def test_a_whole_number_label_sent_as_a_double_is_the_integer_s_class(demo_pipeline: PipelineSpec) -> None:
-    from streamloop.ml.promotion import class_key
     from streamloop.ml.training import target
 
     spec = ModelSpec.model_validate({**demo_pipeline.model.model_dump(), "positive_class": 1.0,
@@ -123,3 +122,37 @@ def test_the_collector_s_metrics_read_a_double_label_as_the_retrainer_s_do(demo_
     collected, heldout = metrics.metrics(), holdout_metrics(spec, labels, predictions)
     assert collected["accuracy"] == pytest.approx(heldout["accuracy"]) == pytest.approx(0.6)
     assert collected["log_loss"] == pytest.approx(heldout["log_loss"])
+
+
+def test_a_tree_that_learned_true_and_false_as_text_keeps_them_as_text_and_a_fresh_one_learns_booleans(
+        demo_pipeline: PipelineSpec) -> None:
+    """A champion trained before the booleans were learned as such (357bdee) knows "true"/"false" as text:
+    fed True beside them, the tree sorted True with "true" and rejected every later label after the upgrade."""
+    from streamloop.ml.estimators import learned_classes
+
+    spec = ModelSpec.model_validate({**demo_pipeline.model.model_dump(), "params": {"grace_period": 50},
+                                     "estimator": "river.tree.HoeffdingTreeClassifier", "positive_class": None,
+                                     "negative_class": None, "cost_matrix": None})
+    rng = random.Random(7)
+    champion = build_model(spec)
+    for _ in range(300):
+        event = example(rng, "true", "false")
+        champion.learn_one(training_pair(spec, event)[0], event["label"])  # as the older code learned it
+    assert learned_classes(champion) == {"true", "false"}
+    spellings = ([True, "true", "True"], [False, "false", "False"])
+    for i in range(600):
+        event = example(rng, "true", "false")
+        event["label"] = spellings[event["label"] == "false"][i % 3]
+        x, y = training_pair(spec, event, champion)
+        assert y == class_key(event["label"]), "the form the champion knows"
+        champion.learn_one(x, y)
+        assert set(predict(champion, x, spec).probabilities) == {"true", "false"}
+    assert learned_classes(champion) == {"true", "false"}
+
+    fresh = build_model(spec)
+    assert learned_classes(fresh) == set()
+    for i in range(100):
+        event = example(rng, "true", "false")
+        event["label"] = spellings[event["label"] == "false"][i % 3]
+        fresh.learn_one(*training_pair(spec, event, fresh))
+    assert learned_classes(fresh) == {True, False}, "a model with no classes yet learns the booleans"

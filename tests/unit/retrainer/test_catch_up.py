@@ -233,6 +233,30 @@ def test_what_a_replay_learns_is_in_the_next_snapshots_lineage_even_after_a_rese
     assert spans == {0: (0, 81), 1: (0, 80)}, "the publisher must not take partition 1's 0-79 for held out"
 
 
+def test_a_replay_into_another_line_s_tree_learns_true_and_false_in_the_form_that_tree_knows(demo_pipeline,
+                                                                                               monkeypatch):
+    """The backlog was learned by a tree that knows "true"/"false" as text (trained before 357bdee); a
+    rebuild's tree, which learned booleans, replaced it: replaying the text into it raised TypeError."""
+    spec = demo_pipeline.model.model_copy(update={"estimator": "river.tree.HoeffdingTreeClassifier", "params": {},
+                                                  "positive_class": None, "negative_class": None, "actions": [],
+                                                  "cost_matrix": None})
+    old, rebuilt = build_model(spec), build_model(spec)
+    for record in _concept_change(1000, 200, inverted=False):
+        x, y = training_pair(spec, record.value)
+        old.learn_one(x, "true" if y else "false")
+        rebuilt.learn_one(x, y)
+    learner = OnlineLearner(spec, replay_backlog=400)
+    learner.reset(old, "fraud-a")
+    for record in _concept_change(0, 150, inverted=False) + _concept_change(150, 50, inverted=True):
+        learner.learn(record)
+    learner.reset(rebuilt, "fraud-rebuilt")
+    learner.learn(consumed("lab", labeled_example(500, label=True), offset=500))
+    monkeypatch.setattr("services.retrainer.online.change_point", lambda errors: len(errors))
+    assert learner.replay_since_change(1) == 201
+    x, _ = training_pair(spec, labeled_example(501, label=True))
+    assert set(score(learner.model, spec, x)["probabilities"]) == {"true", "false"}
+
+
 def test_a_refit_starts_over_from_the_model_before_the_replay(demo_pipeline):
     spec = demo_pipeline.model
     learner, records = _learner_past_a_change(spec, 500)

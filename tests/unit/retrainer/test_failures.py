@@ -12,12 +12,12 @@ from services.retrainer.processor import PUBLISH_RETRY_MS
 from services.retrainer.rebuild import recent_window
 from services.retrainer.rebuild_policy import REBUILD_ATTEMPTS, REBUILD_RETRY_MAX_MS, REBUILD_RETRY_MS
 from streamloop.contracts.pipeline import ModelSpec
-from streamloop.ml import ArtifactIdentity
+from streamloop.ml import ArtifactIdentity, build_model
 from streamloop.ml.exceptions import InvalidLabel
 from streamloop.ml.features import InvalidFeatureValue
 from streamloop.ml.prediction import predict, warm_up
 from streamloop.ml.registry import CHAMPION, deployment_record, slot_key
-from streamloop.ml.training import target
+from streamloop.ml.training import target, training_pair
 from tests.unit.ml.test_artifact_store import pickled_from_a_module_gone_since
 from tests.unit.model_publisher.factories import T0, consumed, drift_event, labeled_example, with_policy
 from tests.unit.retrainer.test_resume import Counters, FakeResume, restarted
@@ -133,6 +133,28 @@ def test_labels_sent_as_booleans_and_as_their_text_are_learned_as_one_pair_of_cl
     result = harness.processor.process(batch)
     assert result.rejections == [] and harness.processor.learner.learned_total == 200
     assert [c["sample_count"] for c in candidates(result)] == [50, 50, 50, 50]
+    output = predict(harness.processor.learner.model, {"amount": 900.0, "distance_from_home_km": 800.0,
+                                                       "merchant_category=jewelry": 1.0}, tree)
+    assert set(output.probabilities) == {"true", "false"}
+
+
+def test_a_tree_champion_that_learned_true_and_false_as_text_goes_on_learning_them(spec, tmp_path):
+    """A tree trained before 357bdee learned "true"/"false" as text; its online challenger then got booleans,
+    and the tree sorted True with "true": every label after the upgrade was dead-lettered with a TypeError."""
+    tree = spec.model.model_copy(update={"estimator": "river.tree.HoeffdingTreeClassifier", "params": {},
+                                         "positive_class": None, "negative_class": None, "actions": [],
+                                         "cost_matrix": None})
+    champion = build_model(tree)
+    for record in labeled(200, start=1000):
+        champion.learn_one(training_pair(tree, record.value)[0], "true" if record.value["label"] else "false")
+    harness = Harness(spec.model_copy(update={"model": tree}), tmp_path)
+    harness.champion = harness.set_champion("fraud-20990101000000000-0000a1d0", champion)
+    batch = labeled(200)
+    for record in batch[100:]:
+        record.value["label"] = "true" if record.value["label"] else "false"
+    result = harness.processor.process(batch)
+    assert result.rejections == [] and harness.processor.learner.learned_total == 200
+    assert [(c["sample_count"], c["parent_version"]) for c in candidates(result)][0] == (50, harness.champion)
     output = predict(harness.processor.learner.model, {"amount": 900.0, "distance_from_home_km": 800.0,
                                                        "merchant_category=jewelry": 1.0}, tree)
     assert set(output.probabilities) == {"true", "false"}
