@@ -31,7 +31,7 @@ from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from streamloop.contracts.pipeline import MAX_KEY_BYTES, CategoricalSpec, FieldRule, InputSpec
+from streamloop.contracts.pipeline import CategoricalSpec, FieldRule, InputSpec, key_problem
 from streamloop.contracts.schemas import AvroSchema
 from streamloop.kafka import InvalidRecordError
 from streamloop.ml.categorical import CategoricalEncoder, as_text
@@ -181,20 +181,12 @@ class RecordValidator:
                 broken.add(field)
                 yield InvalidRecordError(f"{field} ({what}) is missing", rule=f"{field}.required")
                 continue
-            text = key if isinstance(key, str) else str(key)
-            if field == self.event_id and "\x00" in text:
-                # Its vector, prediction and label would all be refused by the ground-truth
-                # collector, whose join state names its own fields with NUL: refused here, the
-                # producer finds it in its own dead letters, not in three of the pipeline's.
+            problem = key_problem(key if isinstance(key, str) else str(key), f"{field} ({what})",
+                                  reserved_nul=field == self.event_id)
+            if problem is not None:
                 broken.add(field)
-                yield InvalidRecordError(f"{field} ({what}) contains NUL, which the ground-truth collector reserves",
-                                         rule=f"{field}.reserved")
-                continue
-            length = len(text.encode())
-            if length > MAX_KEY_BYTES:
-                broken.add(field)
-                yield InvalidRecordError(f"{field} ({what}) is {length} bytes long in UTF-8, above the "
-                                         f"{MAX_KEY_BYTES} a key may be (MAX_KEY_BYTES)", rule=f"{field}.max_length")
+                rule, message = problem
+                yield InvalidRecordError(message, rule=f"{field}.{rule}")
         raw_time = value.get(self.event_time)
         event_time = to_millis(raw_time)
         if event_time is None:

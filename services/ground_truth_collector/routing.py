@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from services.ground_truth_collector.entries import Kind, SourceRef
-from streamloop.contracts.pipeline import MAX_KEY_BYTES
+from streamloop.contracts.pipeline import key_problem
 from streamloop.kafka.exceptions import InvalidRecordError
 from streamloop.kafka.records import Headers
 from streamloop.ml.evaluation import millis
@@ -41,21 +41,17 @@ _OWN_HEADERS = (HEADER_KIND, HEADER_SOURCE)
 
 
 def checked_event_id(event_id: Any) -> str:
-    """The join key: a non-empty string of at most MAX_KEY_BYTES in UTF-8, without a NUL."""
+    """The join key: a non-empty string of at most MAX_KEY_BYTES in UTF-8, without a NUL.
+
+    It is a field of the join state and a Kafka key: ``key_problem`` holds it to the rules the
+    featurizer holds event ids to.
+    """
     if not isinstance(event_id, str) or not event_id:
         raise InvalidRecordError("event_id is empty", rule="event_id.required")
-    if "\x00" in event_id:
-        # Event ids are fields of the join state beside the join's own (the owner counter, each
-        # partition's clock), whose names start with NUL: one label named like them overwrote
-        # the owner counter and stopped its partition's join for good.
-        raise InvalidRecordError(f"event_id {event_id[:64]!r} contains NUL, which the join reserves for its own state",
-                                 rule="event_id.reserved")
-    length = len(event_id.encode())
-    if length > MAX_KEY_BYTES:
-        # Stored as a field of the join state and sent as a Kafka key: held to the bound the
-        # featurizer and the scorer hold event ids and entity keys to.
-        raise InvalidRecordError(f"event_id is {length} bytes long in UTF-8, above the {MAX_KEY_BYTES} a key may be "
-                                 f"(MAX_KEY_BYTES)", rule="event_id.max_length")
+    problem = key_problem(event_id, "event_id", reserved_nul=True)
+    if problem is not None:
+        rule, message = problem
+        raise InvalidRecordError(message, rule=f"event_id.{rule}")
     return event_id
 
 

@@ -116,6 +116,24 @@ class FieldRule(_Spec):
 MAX_KEY_BYTES = 1024
 
 
+def key_problem(key: str, subject: str, *, reserved_nul: bool) -> tuple[str, str] | None:
+    """Why ``key`` cannot be an event id or entity key: ``(rule suffix, message about subject)``, or None.
+
+    ``reserved_nul`` for an event id: they are fields of the ground-truth collector's join state
+    beside the join's own (the owner counter, each partition's clock), whose names start with NUL,
+    and one label named like them overwrote the owner counter and stopped its partition's join.
+    The featurizer refuses such an id too, so its producer finds it in its own dead letters rather
+    than the collector in three of the pipeline's.
+    """
+    if reserved_nul and "\x00" in key:
+        return "reserved", f"{subject} contains NUL, which the ground-truth collector reserves"
+    length = len(key.encode())
+    if length > MAX_KEY_BYTES:
+        return "max_length", (f"{subject} is {length} bytes long in UTF-8, above the {MAX_KEY_BYTES} a key may be "
+                              f"(MAX_KEY_BYTES)")
+    return None
+
+
 class InputSpec(_Spec):
     topic: str
     schema_path: str = Field(alias="schema")
