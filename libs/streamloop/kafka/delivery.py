@@ -72,6 +72,8 @@ REFUSED_FOR_GOOD = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.INVALID_
 # schema (the runner's encoding).
 DROPPED_REFUSED = "refused"
 DROPPED_INVALID = "invalid"
+_DROPPED_AS = {DROPPED_REFUSED: "dropped an output with no input record",
+               DROPPED_INVALID: "dropped an output that does not match its schema"}
 
 
 class _Refused(Exception):  # noqa: N818 - a signal inside delivery, never raised to callers
@@ -152,6 +154,15 @@ class Delivery:
             # with this flush), and the runner leaves for another reason before a batch meets it:
             # the window's inputs are committed, and a new process would not know to send it again.
             self._resend_before_leaving([])
+
+    def drop(self, topic: str, reason: str, error: object) -> None:
+        """An output to ``topic`` with no input record to dead-letter (a tick's) cannot be sent: counted as lost.
+
+        ``reason`` is DROPPED_REFUSED or DROPPED_INVALID, ``error`` why, for the log.
+        """
+        self._stats.dropped += 1
+        self._metrics.record_dropped_outputs(topic, reason)
+        log.error("%s: %s: %s", self._service, _DROPPED_AS[reason], error)
 
     def deliver(self, outputs: list[Encoded], letters: list[DeadLetter],
                 raw: dict[tuple[str, int, int], Message] | None = None) -> bool:
@@ -338,9 +349,7 @@ class Delivery:
                 # A tick's output: no input record to keep it by, and the dead-letter topics are the
                 # inputs' (its own topic may have none). No retry can send it, and waiting for one
                 # would hold every partition: it is dropped, and counted as lost.
-                self._stats.dropped += 1
-                self._metrics.record_dropped_outputs(topic, DROPPED_REFUSED)
-                log.error("%s: dropped an output with no input record: %s", self._service, reason)
+                self.drop(topic, DROPPED_REFUSED, reason)
                 continue
             if identity[1:4] in inputs:
                 continue  # another refused output of the same input: its dead letter is on its way

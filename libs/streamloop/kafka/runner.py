@@ -431,9 +431,7 @@ class StageRunner:
                 dead.append(DeadLetter(raw[(source.topic, source.partition, source.offset)],
                                        dead_letters.STAGE_ENCODE, exc))
             else:
-                self.stats.dropped += 1
-                self.metrics.record_dropped_outputs(out.topic, DROPPED_INVALID)
-                log.error("%s: dropped an output that does not match its schema: %s", self.service, exc)
+                self.delivery.drop(out.topic, DROPPED_INVALID, exc)
         return self.delivery.deliver(encoded, dead, raw)
 
     def _trace_headers(self, out: OutgoingRecord, raw: dict[tuple[str, int, int], Message] | None) -> Headers:
