@@ -20,7 +20,13 @@ from streamloop.kafka.exceptions import kafka_error_of
 from streamloop.kafka.records import ConsumedRecord, OutgoingRecord, ProcessResult
 from streamloop.kafka.runner import RunnerMetrics, RunnerSettings, StageRunner, StageTopics
 from streamloop.serde import SingleObjectSerde
-from tests.kafka_fakes import FakeConsumer, FakeMessage, FakeProducer
+from tests.kafka_fakes import (
+    FakeConsumer,
+    FakeMessage,
+    FakeProducer,
+    fatal_error_as_system_error,
+    fatal_kafka_exception,
+)
 
 REPOSITORY = SchemaRepository()
 VECTOR = REPOSITORY.load("features/feature_vector.avsc")
@@ -92,8 +98,7 @@ class DesynchronizedProducer(FakeProducer):
 
     def produce(self, topic, value=None, key=None, headers=None, on_delivery=None, **pinned) -> None:
         if len(self.produced) >= self.healthy:
-            raise KafkaException(KafkaError(KafkaError.OUT_OF_ORDER_SEQUENCE_NUMBER,
-                                            "sequence desynchronization with broker 1", fatal=True))
+            raise fatal_kafka_exception()
         super().produce(topic, value, key, headers, on_delivery, **pinned)
 
 
@@ -158,12 +163,7 @@ class FatalInFlushProducer(HoldsAfterHealthy):
     def flush(self, _timeout: float = 0) -> int:
         if not self.held:
             return 0
-        fatal = KafkaException(KafkaError(KafkaError.OUT_OF_ORDER_SEQUENCE_NUMBER,
-                                          "sequence desynchronization with broker 1", fatal=True))
-        try:
-            raise fatal
-        except KafkaException as exc:
-            raise SystemError("<built-in function monotonic> returned a result with an exception set") from exc
+        raise fatal_error_as_system_error()
 
 
 def two_batches_through(failing: FakeProducer, monkeypatch) -> tuple:
@@ -211,8 +211,7 @@ class AcknowledgedInTheLastFlush(HoldsAfterHealthy):
             return 0
         self.flushes += 1
         if self.flushes == 1:
-            raise KafkaException(KafkaError(KafkaError.OUT_OF_ORDER_SEQUENCE_NUMBER,
-                                            "sequence desynchronization with broker 1", fatal=True))
+            raise fatal_kafka_exception()
         held, self.held = self.held, []
         for on_delivery in held:
             on_delivery(None, None)
@@ -609,11 +608,6 @@ def test_outputs_sent_again_count_as_resent_not_as_produced_again(monkeypatch) -
     assert (runner.stats.produced, runner.stats.resent) == (6, 3), "each output is produced once, whatever is resent"
 
 
-def fatal_producer_error() -> KafkaException:
-    desync = KafkaError(KafkaError.OUT_OF_ORDER_SEQUENCE_NUMBER, "sequence desynchronization with broker 1", fatal=True)
-    return KafkaException(desync)
-
-
 class FatalAtLastFlush(FakeProducer):
     """Acknowledges everything; its flush raises the fatal error (``as_system_error``: in the form
     confluent-kafka gives it from the callback dispatch)."""
@@ -623,16 +617,11 @@ class FatalAtLastFlush(FakeProducer):
         self.as_system_error = as_system_error
 
     def flush(self, _timeout: float = 0) -> int:
-        if not self.as_system_error:
-            raise fatal_producer_error()
-        try:
-            raise fatal_producer_error()
-        except KafkaException as exc:
-            raise SystemError("<built-in function monotonic> returned a result with an exception set") from exc
+        raise fatal_error_as_system_error() if self.as_system_error else fatal_kafka_exception()
 
 
 def reported_to_the_error_callback(runner: StageRunner) -> None:
-    runner.delivery._producer_config["error_cb"](kafka_error_of(fatal_producer_error()))
+    runner.delivery._producer_config["error_cb"](kafka_error_of(fatal_kafka_exception()))
 
 
 @pytest.mark.parametrize(("failing", "report"), [
