@@ -652,18 +652,34 @@ class FatalMessage(FakeMessage):
         return KafkaError(KafkaError.FENCED_INSTANCE_ID, "fenced", fatal=True)
 
 
-class NeverAcknowledging(FakeProducer):
+class AcknowledgingUntilTold(FakeProducer):
+    """Acknowledges records while ``acknowledging``; later ones time out, as on an unreachable broker."""
+
+    acknowledging = True
+
     def deliver(self, value: bytes | None):
-        return KafkaError(KafkaError._MSG_TIMED_OUT)
+        return None if self.acknowledging else KafkaError(KafkaError._MSG_TIMED_OUT)
 
 
-def test_a_fatal_consumer_error_leaves_a_batch_whose_outputs_are_unacknowledged_uncommitted() -> None:
-    runner, serde = stage_runner(NeverAcknowledging())
-    values = [serde.encode(sample_record(VECTOR, seed)) for seed in range(3)]
-    runner._run_batch([*(FakeMessage(v, offset, topic=SOURCE) for offset, v in enumerate(values)),
-                       FatalMessage(None, 3, topic=SOURCE)])
+def test_a_runner_leaving_on_a_fatal_consumer_error_with_a_sound_producer_sends_nothing_again() -> None:
+    """A property pin, not the test of 058d418's fix (those are the ``..._sends_the_window_again`` cases above,
+    which fail without it): what that fix left as it was, on purpose, holds.
 
-    # Stopped by the consumer's fatal error, the runner leaves with the outputs unacknowledged and the
-    # offsets uncommitted: the replica restarted in its place reads the batch again and sends them.
+    Without a fatal producer error the runner has no sign that the broker lost what it acknowledged,
+    so leaving re-sends no window (duplicates at every restart otherwise), and the batch in hand is
+    safe anyway: its outputs unacknowledged, its offsets stay uncommitted for the replica restarted
+    in its place to read again."""
+    producer = AcknowledgingUntilTold()
+    runner, serde = stage_runner(producer, resend_window_s=60.0)
+    run_batch_of(runner, serde, 3)
+    producer.acknowledging = False
+    values = [serde.encode(sample_record(VECTOR, seed)) for seed in range(3, 6)]
+    runner._run_batch([*(FakeMessage(v, offset, topic=SOURCE) for offset, v in enumerate(values, start=3)),
+                       FatalMessage(None, 6, topic=SOURCE)])
+    sent_before_leaving = len(producer.produced)
+    runner._shutdown()
+
     assert runner.stopping and runner._consumer_fatal is not None
-    assert runner.consumer.commits == [] and runner.stats.produced == 0
+    assert [c[0].offset for c in runner.consumer.commits] == [3], "the second batch stays uncommitted"
+    assert runner.stats.produced == 3 and runner.stats.resent == 0
+    assert len(producer.produced) == sent_before_leaving, "the window is not sent again on the way out"
