@@ -408,10 +408,15 @@ class JoinStage:
         The stores are kept, and with them the owner numbers they took the partitions over with:
         made anew, each retry would take its partitions over again, and a replica that lost one
         while it retried (a slow Redis, waits past the poll interval) would take it back from its
-        new owner, whose next flush would then be refused.
+        new owner, whose next flush would then be refused. Their pending writes go, every store's:
+        a partition the retry does not read again (its only record in the batch was the poison one,
+        skipped record by record) would otherwise flush the failed attempt's writes with the batch,
+        the state of a dead-lettered record.
         """
         with self._partitions_lock:
             self.partitions.clear()
+        for store in self.stores.values():
+            store.discard()
         self._announced.clear()
         for name, count in self._delivered_counts.items():
             setattr(self.counters, name, count)

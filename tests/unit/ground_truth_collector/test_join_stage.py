@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime
 
 import pytest
@@ -118,6 +119,28 @@ def test_a_batch_that_fails_part_way_still_joins_every_other_label(monkeypatch: 
     assert len(examples) == 2, "e1 and e3 joined, though the failed attempt had applied them"
     assert join.counters.joined == 2 and join.counters.replayed == 0
     assert runner.stats.dead_lettered == 1 and runner.consumer.commits[-1][0].offset == 7
+
+
+def test_a_dead_lettered_record_leaves_nothing_of_its_failed_attempt_in_redis(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Alone of its partition in the batch, the poison record is skipped by the record-by-record
+    retry, which reads no other record of that partition again: the writes it made before failing
+    were flushed with the batch, a label decided in Redis though dead-lettered, with no example."""
+    apply = join_module.JoinPartition.apply
+
+    def failing_after_a_write(self, item):
+        decisions = apply(self, item)  # the label's entry is put before the error
+        if item.event_id == "e2":
+            raise RuntimeError("any unexpected error on one record")
+        return decisions
+
+    monkeypatch.setattr(join_module.JoinPartition, "apply", failing_after_a_write)
+    client = Client()
+    runner = join_runner(stage(client))
+    runner._assigned.add((KEYED, 1))
+    poison = dataclasses.replace(keyed(0, "l", Kind.LABEL, "e2", label_time=at(T0 + 1000)), partition=1)
+    runner._run_batch(messages([*event("e1", 0), poison]))
+    assert runner.stats.dead_lettered == 1 and len(examples(runner)) == 1
+    assert "e2" not in client.hashes["join:1"], "the dead-lettered label's state"
 
 
 class OutOfMemory(Client):
