@@ -195,7 +195,8 @@ class JoinStage:
         self.stores: dict[int, RedisPartitionStore] = {}
         self._announced: dict[int, tuple[int | None, int]] = {}
         # The offsets (first, next) of each partition's records given to process() since the last
-        # delivered batch, failed attempts included: a retry is the same batch.
+        # delivered batch, failed attempts included: a retry is the same batch. A partition whose
+        # only records were dead-lettered gets its offset written too, its state unchanged.
         self._batch_offsets: dict[int, tuple[int, int]] = {}
         # Partitions another replica took over while this one held them, each with the first offset
         # whose state was refused: their records are left alone and their commits held there until
@@ -254,8 +255,10 @@ class JoinStage:
             join = self.join(record.partition)
             if record.partition not in self._checked and self._state_behind(record.partition, record.offset):
                 continue
-            first, _ = self._batch_offsets.get(record.partition, (record.offset, 0))
-            self._batch_offsets[record.partition] = (min(first, record.offset), record.offset + 1)
+            # The furthest record given, not the last: a record-by-record retry skips a poison
+            # record, and the offset recorded must still be the one the runner commits, past it.
+            first, next_offset = self._batch_offsets.get(record.partition, (record.offset, 0))
+            self._batch_offsets[record.partition] = (min(first, record.offset), max(next_offset, record.offset + 1))
             touched[record.partition] = record.offset
             control = control_of(record.headers)
             if control == RESUME:

@@ -12,7 +12,7 @@ from confluent_kafka import TopicPartition
 from services.ground_truth_collector import join as join_module
 from services.ground_truth_collector.entries import Kind, SourceRef
 from services.ground_truth_collector.join import JoinConfig
-from services.ground_truth_collector.redis_state import RedisPartitionStore
+from services.ground_truth_collector.redis_state import OFFSET_FIELD, RedisPartitionStore
 from services.ground_truth_collector.routing import TICK, control_headers, keyed_headers
 from services.ground_truth_collector.stages import JoinStage
 from streamloop.contracts.samples import sample_record
@@ -141,6 +141,37 @@ def test_a_dead_lettered_record_leaves_nothing_of_its_failed_attempt_in_redis(mo
     runner._run_batch(messages([*event("e1", 0), poison]))
     assert runner.stats.dead_lettered == 1 and len(examples(runner)) == 1
     assert "e2" not in client.hashes["join:1"], "the dead-lettered label's state"
+
+
+def test_the_offset_written_with_the_state_is_the_one_committed_past_dead_lettered_records(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The record-by-record retry ends on the last good record: written as the partition's next
+    offset, one behind the commit, it looked like state Redis had lost at the next assignment (a
+    false warning, a rewind, the poison record dead-lettered twice)."""
+    apply = join_module.JoinPartition.apply
+
+    def failing_on_e2(self, item):
+        if item.event_id in ("e2", "e4"):
+            raise RuntimeError("any unexpected error on one record")
+        return apply(self, item)
+
+    monkeypatch.setattr(join_module.JoinPartition, "apply", failing_on_e2)
+    client = Client()
+    join = stage(client)
+    runner = join_runner(join)
+    runner._assigned.add((KEYED, 1))
+    last = keyed(6, "l", Kind.LABEL, "e2", label_time=at(T0 + 1000))  # the last of its partition
+    alone = dataclasses.replace(keyed(0, "l", Kind.LABEL, "e4", label_time=at(T0 + 1000)), partition=1)
+    runner._run_batch(messages([*event("e1", 0), *event("e3", 3), last, alone]))
+    assert sorted((c.partition, c.offset) for c in runner.consumer.commits[-1]) == [(0, 7), (1, 1)]
+    assert (client.hashes["join:0"][OFFSET_FIELD], client.hashes["join:1"][OFFSET_FIELD]) == ("7", "1")
+    partitions = [TopicPartition(KEYED, 0), TopicPartition(KEYED, 1)]
+    runner._on_revoke(None, partitions)
+    runner._on_assign(None, partitions)
+    later = keyed(7, "l", Kind.LABEL, "e9", label_time=at(T0 + 1000))
+    runner._run_batch(messages([later, dataclasses.replace(later, partition=1, offset=1)]))
+    assert runner.consumer.seeks == [] and join.delivered_counts["state_rewound"] == 0
+    assert runner.stats.dead_lettered == 2, "each poison record once"
 
 
 class OutOfMemory(Client):
