@@ -21,7 +21,12 @@ A flush also records the keyed partition's next offset (:meth:`RedisPartitionSto
 the same script call, so the hash always says which records it holds. Redis can lose writes it
 acknowledged (up to a second of them with ``appendfsync everysec`` on a crash, more on a failover
 to an asynchronous replica) after their offsets were committed: the recorded offset is then below
-the committed one, and the join stage reads the gap again (stages.py).
+the committed one, and the join stage reads the gap again (stages.py). A replica that goes on
+running would not see it at an assignment, and its next flush would record its own offset over
+the gap: the script therefore writes only while the hash's offset is still the one the store last
+read or wrote (a compare-and-set), and a refused flush reads the hash again and raises
+:class:`StateLost`. What it cannot see is a hash lost whole, owner counter included: the flush is
+refused as a take-over (the counter is not the store's), and a new store finds no offset to compare.
 """
 
 from __future__ import annotations
@@ -44,19 +49,30 @@ T = TypeVar("T")
 OWNER_FIELD = "\x00owner"
 # The next offset of the keyed partition the state stands at: written by the script that writes the state.
 OFFSET_FIELD = "\x00next_offset"
-# KEYS: the hash. ARGV: the owner field, the owner's number, how many fields to delete, those
-# fields, then field and value pairs to set. One call per field: no unpack() limit on big batches.
+# KEYS: the hash. ARGV: the owner field, the owner's number, the offset field, the offset the store
+# expects there ('' for none), how many fields to delete, those fields, then field and value pairs
+# to set. One call per field: no unpack() limit on big batches. Returns 1 when written, 0 when the
+# owner is another's, -1 when the offset is not the one expected (Redis lost writes).
 _WRITE_IF_OWNER = """
 if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
-local deleted = tonumber(ARGV[3])
-for i = 4, 3 + deleted do redis.call('HDEL', KEYS[1], ARGV[i]) end
-for i = 4 + deleted, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+if (redis.call('HGET', KEYS[1], ARGV[3]) or '') ~= ARGV[4] then return -1 end
+local deleted = tonumber(ARGV[5])
+for i = 6, 5 + deleted do redis.call('HDEL', KEYS[1], ARGV[i]) end
+for i = 6 + deleted, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 return 1
 """
 
 
 class PartitionTakenOver(Exception):  # noqa: N818 - a state, not a failure of this code
     """Another replica took the partition over since this store read it: its writes are refused."""
+
+
+class StateLost(Exception):  # noqa: N818 - a state, not a failure of this code
+    """The hash's offset is not the one this store last read or wrote: Redis lost acknowledged writes.
+
+    The batch's writes are dropped, and the store has read the hash again: its ``next_offset``
+    says where the state Redis kept stands.
+    """
 
 
 class JoinStateUnavailable(DependencyUnavailable):
@@ -119,15 +135,16 @@ class RedisPartitionStore:
                                   READ_PATIENCE_S))
         self._write_if_owner = client.register_script(_WRITE_IF_OWNER)
         self.data: dict[str, str] = {}
-        self.next_offset: int | None = None  # none recorded: a new partition, or state older than the field
+        # What the hash says, as last read or written; none: a new partition, or state older than the field.
+        self.next_offset: int | None = None
         self._pending: dict[str, dict[str, Any] | None] = {}
         self._pending_offset: int | None = None
         self.reload()
 
-    def reload(self) -> None:
+    def reload(self, patience_s: float | None = READ_PATIENCE_S) -> None:
         """Read the hash again, as it was after the last flush that was written, keeping the owner
         number: only a new assignment takes the partition over (a new store)."""
-        stored = retrying(lambda: self.client.hgetall(self.key), f"reading {self.key}", READ_PATIENCE_S)
+        stored = retrying(lambda: self.client.hgetall(self.key), f"reading {self.key}", patience_s)
         data = {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
                 for k, v in stored.items()}
         data.pop(OWNER_FIELD, None)
@@ -160,19 +177,28 @@ class RedisPartitionStore:
         self._pending_offset = next_offset
 
     def flush(self) -> None:
-        """Write the batch's changes; :class:`PartitionTakenOver` if another replica owns the partition now."""
+        """Write the batch's changes; :class:`PartitionTakenOver` if another replica owns the partition
+        now, :class:`StateLost` if Redis lost state this store had written or read."""
         if not self._pending and self._pending_offset is None:
             return
         deleted = [key for key, value in self._pending.items() if value is _DELETED]
         written = {key: json.dumps(value, separators=(",", ":"))
                    for key, value in self._pending.items() if value is not _DELETED}
         offset = {} if self._pending_offset is None else {OFFSET_FIELD: str(self._pending_offset)}
-        args = [OWNER_FIELD, self.owner, len(deleted), *deleted,
+        expected = "" if self.next_offset is None else str(self.next_offset)
+        args = [OWNER_FIELD, self.owner, OFFSET_FIELD, expected, len(deleted), *deleted,
                 *(item for pair in (written | offset).items() for item in pair)]
-        if not retrying(lambda: self._write_if_owner(keys=[self.key], args=args),
-                        f"writing {self.key}"):
+        outcome = retrying(lambda: self._write_if_owner(keys=[self.key], args=args), f"writing {self.key}")
+        if outcome == 0:
             self.discard()
             raise PartitionTakenOver(f"{self.key} was taken over by another replica; this batch's state is dropped")
+        if outcome != 1:
+            # Read now, the stage needs the offset Redis kept to read the partition again from
+            # there; patiently, as the write: the batch is delivered, there is nothing to retry.
+            self.reload(patience_s=None)
+            raise StateLost(f"{self.key} records offset {self.next_offset}, not the {expected or 'none'} this "
+                            f"replica last wrote or read (Redis lost writes it had acknowledged); this batch's "
+                            f"state is dropped")
         for key in deleted:
             self.data.pop(key, None)
         self.data.update(written)

@@ -31,7 +31,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from services.ground_truth_collector.entries import JoinInput, Kind, SourceRef
 from services.ground_truth_collector.join import Decision, JoinConfig, JoinCounters, Joined, JoinPartition
-from services.ground_truth_collector.redis_state import PartitionTakenOver, RedisPartitionStore, RedisValue
+from services.ground_truth_collector.redis_state import PartitionTakenOver, RedisPartitionStore, RedisValue, StateLost
 from services.ground_truth_collector.routing import (
     HEADER_DECIDED_AT,
     HEADER_JOIN_CLOCK,
@@ -202,12 +202,17 @@ class JoinStage:
         # whose state was refused: their records are left alone and their commits held there until
         # the partition is assigned again (see delivered()).
         self._taken_over: dict[int, int] = {}
-        # Partitions whose first record since the assignment was checked against the offset their
-        # Redis state stands at; those to read again from that offset (the runner takes them in
-        # rewinds()); those read again so since the assignment. See _state_behind().
+        # Partitions whose state, as last read from Redis (assigned, or read again for a retry),
+        # was checked against the first record read of them; the offset each partition's state
+        # was taken to stand at when Redis recorded none (where its reading started); those to
+        # read again from an offset (the runner takes them in rewinds()); those read again from
+        # an offset until their next write, and the records Kafka no longer had of them, counted
+        # once that write is made. See _state_behind() and delivered().
         self._checked: set[int] = set()
+        self._read_from: dict[int, int] = {}
         self._rewinds: dict[int, int] = {}
-        self._rewound: set[int] = set()
+        self._rewound: dict[int, int] = {}
+        self._lost: dict[int, int] = {}
         # What the stage did about ownership and lost state, exported with the join's counters
         # (delivered_counts). All keys are there from the start: the report thread copies the dict.
         self.state_counts = {"partition_taken_over": 0, "state_rewound": 0, "state_lost_records": 0}
@@ -223,8 +228,9 @@ class JoinStage:
             self._forget(ref.partition)
             self._taken_over.pop(ref.partition, None)
             self._checked.discard(ref.partition)
-            self._rewinds.pop(ref.partition, None)
-            self._rewound.discard(ref.partition)
+            self._batch_offsets.pop(ref.partition, None)
+            for known in (self._read_from, self._rewinds, self._rewound, self._lost):
+                known.pop(ref.partition, None)
 
     def _forget(self, partition: int) -> None:
         with self._partitions_lock:
@@ -241,6 +247,8 @@ class JoinStage:
                 self.stores[partition] = store
             else:
                 store.reload()  # after discard(): the owner number stays this assignment's
+                # Checked again: Redis may have lost writes since the last read (a failover).
+                self._checked.discard(partition)
             join = JoinPartition(partition, store, self.config, self.counters)
             with self._partitions_lock:
                 self.partitions[partition] = join
@@ -293,33 +301,62 @@ class JoinStage:
         return result
 
     def _state_behind(self, partition: int, offset: int) -> bool:
-        """Whether the partition's Redis state lacks records before ``offset``, the first one read
-        since the partition was assigned (the committed offset): Redis lost writes it had
-        acknowledged (``appendfsync everysec`` and a crash, a failover to an asynchronous replica)
-        after their offsets were committed. Those records' labels would never be decided, and
-        labels for their events would come out NO_MATCHING_EVENT: the partition is read again
-        from where its state stands (rewinds()), and its records until then are left alone.
+        """Whether the partition's Redis state, as just read, lacks records before the batch's first
+        one (``offset``, or an earlier record of the batch a failed attempt got): Redis lost writes
+        it had acknowledged (``appendfsync everysec`` and a crash, a failover to an asynchronous
+        replica) after their offsets were committed. Checked when the partition is assigned (its
+        first record is at the committed offset) and whenever a retry reads it again. Those
+        records' labels would never be decided, and labels for their events would come out
+        NO_MATCHING_EVENT: the partition is read again from where its state stands (rewinds()),
+        and its records until then are left alone.
 
         Records the state already holds (it may stand past the commit: a commit that failed)
         are recognised by the join as replays; those whose state was lost are applied again.
         """
-        recorded = self.stores[partition].next_offset
-        if recorded is None or offset <= recorded:
+        offset = self._batch_offsets.get(partition, (offset, 0))[0]
+        recorded = self._stands_at(partition, offset)
+        if offset <= recorded:
             self._checked.add(partition)
             return False
-        if partition not in self._rewound:
-            log.warning("%s[%d]: the join state in Redis stands at offset %d, before the committed %d (Redis lost "
-                        "writes it had acknowledged): reading the partition again from %d", self.keyed_topic,
-                        partition, recorded, offset, recorded)
-            self._rewinds[partition] = recorded
+        if self._rewound.get(partition) != recorded:
+            log.warning("%s[%d]: the join state in Redis stands at offset %d, before the %d the partition is read "
+                        "from (Redis lost writes it had acknowledged): reading the partition again from %d",
+                        self.keyed_topic, partition, recorded, offset, recorded)
+            self._read_again(partition, recorded)
             return True
         log.error("%s[%d]: the join state in Redis lost offsets %d to %d, and read again from %d the partition "
                   "starts at %d: Kafka no longer has them (retention). Labels among them get no decision, and labels "
                   "for their events may come out NO_MATCHING_EVENT", self.keyed_topic, partition, recorded,
                   offset - 1, recorded, offset)
-        self.state_counts["state_lost_records"] += offset - recorded
+        self._lost[partition] = offset - recorded  # counted once written: a retry checks again
         self._checked.add(partition)
         return False
+
+    def _stands_at(self, partition: int, offset: int) -> int:
+        """The offset the partition's state stands at: Redis's record, or with none (a new partition,
+        state older than the field) where this assignment started reading it, ``offset`` if not yet."""
+        recorded = self.stores[partition].next_offset
+        read_from = self._read_from.setdefault(partition, offset)
+        return read_from if recorded is None else recorded
+
+    def _read_again(self, partition: int, offset: int) -> None:
+        self._rewinds[partition] = offset
+        self._batch_offsets.pop(partition, None)  # nothing of the partition is written before the rewind
+
+    def _lost_while_running(self, partition: int, refused: StateLost) -> None:
+        """Redis lost writes while this replica held the partition (a restart from its AOF, a failover):
+        the hash's offset is not the one its last write recorded. Written over, the batch's offset
+        would claim the lost records for good (nothing else looks again before an assignment): the
+        partition is read again from where the state Redis kept stands."""
+        first = self._batch_offsets[partition][0]
+        offset = min(self._stands_at(partition, first), first)
+        log.warning("%s; reading %s[%d] again from offset %d (its batch's decisions go out again)", refused,
+                    self.keyed_topic, partition, offset)
+        with self._partitions_lock:
+            self.partitions.pop(partition, None)  # read again with the store, checked again then
+        self._announced.pop(partition, None)
+        self._lost.pop(partition, None)
+        self._read_again(partition, offset)
 
     def rewinds(self) -> dict[tuple[str, int], int]:
         """Partitions to read again from the offset their state stands at: the runner seeks there."""
@@ -382,6 +419,12 @@ class JoinStage:
                 store.flush()
             except PartitionTakenOver as exc:
                 self._give_up(partition, exc)
+            except StateLost as exc:
+                self._lost_while_running(partition, exc)
+            else:
+                if partition in self._batch_offsets:  # written: the state stands past a rewind
+                    self._rewound.pop(partition, None)
+                    self.state_counts["state_lost_records"] += self._lost.pop(partition, 0)
         self._batch_offsets.clear()
         self._delivered_counts = self.counters.as_dict()
 

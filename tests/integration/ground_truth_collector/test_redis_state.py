@@ -10,6 +10,7 @@ from services.ground_truth_collector.redis_state import (
     OWNER_FIELD,
     PartitionTakenOver,
     RedisPartitionStore,
+    StateLost,
 )
 
 pytestmark = pytest.mark.integration
@@ -52,3 +53,28 @@ def test_the_script_writes_the_partition_s_offset_with_its_state(redis_url: str,
     assert client.hget(key, OFFSET_FIELD) == b"42"
     restarted = RedisPartitionStore(client, key, 0)
     assert restarted.next_offset == 42 and restarted.get(OFFSET_FIELD) is None
+
+
+def test_the_script_writes_only_over_the_offset_the_store_last_wrote_or_read(redis_url: str,
+                                                                                unique_name: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    key = f"{unique_name}:join:0"
+    store = RedisPartitionStore(client, key, 0)
+    store.put("e1", {"status": "OPEN"}, 0)
+    store.advance(42)
+    store.flush()
+    client.hdel(key, OFFSET_FIELD, "e1")  # what a Redis restarted without that write holds
+    store.put("e2", {"status": "OPEN"}, 0)
+    store.advance(43)
+    with pytest.raises(StateLost):
+        store.flush()
+    assert client.hget(key, OFFSET_FIELD) is None and client.hget(key, "e2") is None
+    assert store.next_offset is None and store.get("e1") is None, "read again"
+    store.put("e1", {"status": "OPEN"}, 0)
+    store.advance(42)
+    store.flush()  # no offset expected, none there
+    client.hset(key, OFFSET_FIELD, "40")
+    store.advance(43)
+    with pytest.raises(StateLost):
+        store.flush()
+    assert client.hget(key, OFFSET_FIELD) == b"40" and store.next_offset == 40

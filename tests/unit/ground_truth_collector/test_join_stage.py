@@ -321,3 +321,80 @@ def test_records_redis_lost_and_kafka_no_longer_has_are_counted_and_the_partitio
     runner._run_batch(messages(event("e2", 4)))  # offsets 1 to 3 are gone from Kafka: read from the first left
     assert len(examples(runner)) == 2 and join.delivered_counts["state_lost_records"] == 3
     assert runner.consumer.commits[-1][0].offset == 7 and len(runner.consumer.seeks) == 1
+
+
+def test_state_redis_loses_while_the_replica_runs_on_is_read_again_at_its_next_write() -> None:
+    """No assignment comes after the loss: the next write recorded its own offset over the gap, and
+    the hash claimed records whose state it no longer had (e2's label), for good."""
+    client = Client()
+    join = stage(client)
+    runner = join_runner(join)
+    runner._run_batch(messages([keyed(0, "f", Kind.FEATURES, "e0", event_time=at(T0), pipeline="p")]))
+    persisted = {key: dict(fields) for key, fields in client.hashes.items()}
+    label, features, prediction = event("e2", 1)
+    runner._run_batch(messages([label]))
+    client.hashes = persisted  # Redis restarts from its AOF without that write; the collector runs on
+    runner._run_batch(messages([features]))
+    [sought] = runner.consumer.seeks
+    assert (sought.partition, sought.offset, runner.consumer.commits[-1][0].offset) == (0, 1, 1)
+    assert client.hashes["join:0"][OFFSET_FIELD] == "1", "nothing written over the gap"
+    runner._run_batch(messages([label, features, prediction]))  # from where the consumer was sought back to
+    assert len(examples(runner)) == 1 and "e2" in client.hashes["join:0"]
+    assert runner.consumer.commits[-1][0].offset == 4 and join.delivered_counts["state_rewound"] == 1
+
+    persisted = {key: dict(fields) for key, fields in client.hashes.items()}
+    runner._run_batch(messages([keyed(4, "l", Kind.LABEL, "e3", label_time=at(T0 + 1000))]))
+    client.hashes = persisted  # a second loss in the same assignment: read again as the first
+    runner._run_batch(messages([keyed(5, "f", Kind.FEATURES, "e3", event_time=at(T0), pipeline="p")]))
+    assert [s.offset for s in runner.consumer.seeks] == [1, 4] and join.delivered_counts["state_lost_records"] == 0
+
+
+def test_state_redis_lost_in_a_failover_a_batch_waited_out_is_checked_when_the_retry_reads_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The retry read the failed-over hash, behind the partition's offsets, but the partition had been
+    checked at its assignment: the batch was applied to it and its offset written over the gap."""
+    import services.ground_truth_collector.redis_state as redis_state
+
+    monkeypatch.setattr(redis_state, "READ_PATIENCE_S", 0.0)
+    monkeypatch.setattr(redis_state.time, "sleep", lambda _s: None)
+    client = OutOfMemory(refusals=0)
+    join = stage(client)
+    runner = join_runner(join, RunnerSettings(retry_backoff_s=0.001))
+    runner._assigned.add((KEYED, 1))
+    runner._run_batch(messages([keyed(0, "f", Kind.FEATURES, "e0", event_time=at(T0), pipeline="p")]))
+    persisted = {key: dict(fields) for key, fields in client.hashes.items()}
+    label, features, prediction = event("e2", 1)
+    runner._run_batch(messages([label]))
+    client.hashes, client.refusals = persisted, 1  # a failover to a replica without that write, mid-batch
+    other = dataclasses.replace(keyed(0, "f", Kind.FEATURES, "e5", event_time=at(T0), pipeline="p"), partition=1)
+    runner._run_batch(messages([features, other]))  # partition 1's first read waits: the batch is retried
+    assert runner.stats.dependency_waits == 1
+    assert [(s.partition, s.offset) for s in runner.consumer.seeks] == [(0, 1)]
+    assert sorted((c.partition, c.offset) for c in runner.consumer.commits[-1]) == [(0, 1), (1, 1)]
+    runner._run_batch(messages([label, features, prediction]))
+    assert len(examples(runner)) == 1 and client.hashes["join:0"][OFFSET_FIELD] == "4"
+
+
+def test_records_kafka_no_longer_has_are_counted_once_though_a_retry_checks_again(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A retry reads the state again, still behind the partition's first offset: no second rewind."""
+    import services.ground_truth_collector.redis_state as redis_state
+
+    monkeypatch.setattr(redis_state, "READ_PATIENCE_S", 0.0)
+    monkeypatch.setattr(redis_state.time, "sleep", lambda _s: None)
+    client = OutOfMemory(refusals=0)
+    join = stage(client)
+    runner = join_runner(join, RunnerSettings(retry_backoff_s=0.001))
+    runner._assigned.add((KEYED, 1))
+    runner._run_batch(messages([keyed(0, "f", Kind.FEATURES, "e0", event_time=at(T0), pipeline="p")]))
+    persisted = {key: dict(fields) for key, fields in client.hashes.items()}
+    runner._run_batch(messages(event("e1", 1)))
+    client.hashes = persisted
+    reassigned(runner)
+    runner._run_batch(messages(event("e2", 4)))
+    client.refusals = 1
+    other = dataclasses.replace(keyed(0, "f", Kind.FEATURES, "e5", event_time=at(T0), pipeline="p"), partition=1)
+    runner._run_batch(messages([*event("e2", 4), other]))  # offsets 1 to 3 are gone from Kafka
+    assert runner.stats.dependency_waits == 1 and len(runner.consumer.seeks) == 1
+    assert len(examples(runner)) == 2 and join.delivered_counts["state_lost_records"] == 3, "e1 before the loss, e2"
+    assert client.hashes["join:0"][OFFSET_FIELD] == "7"

@@ -12,6 +12,7 @@ from services.ground_truth_collector.redis_state import (
     OWNER_FIELD,
     PartitionTakenOver,
     RedisPartitionStore,
+    StateLost,
 )
 
 
@@ -36,11 +37,13 @@ class Client:
     def register_script(self, _source: str):  # noqa: ANN201 - redis-py's Script: keys and args in, the result out
         def write_if_owner(keys: list[str], args: list) -> int:
             (key,) = keys
-            owner_field, owner, count = args[:3]
+            owner_field, owner, offset_field, expected, count = args[:5]
             if self.hashes.get(key, {}).get(owner_field) != owner:
                 return 0
-            deleted = args[3:3 + count]
-            pairs = args[3 + count:]
+            if self.hashes.get(key, {}).get(offset_field, "") != expected:
+                return -1
+            deleted = args[5:5 + count]
+            pairs = args[5 + count:]
             written = dict(zip(pairs[::2], pairs[1::2], strict=True))
             stored = self.hashes.setdefault(key, {})
             for name in deleted:
@@ -113,6 +116,32 @@ def test_the_partition_s_offset_is_written_in_the_call_that_writes_its_state() -
     with pytest.raises(PartitionTakenOver):
         store.flush()
     assert RedisPartitionStore(client, "join:0", 0).next_offset == 7, "a refused batch records nothing"
+
+
+def test_a_flush_over_state_redis_lost_writes_nothing_and_reads_the_hash_again() -> None:
+    """The offset is compared and set: written over the state Redis kept, this batch's offset would
+    claim the records whose state Redis lost."""
+    client = Client()
+    store = RedisPartitionStore(client, "join:0", 0)
+    store.put("e1", {"status": "OPEN"}, 0)
+    store.advance(3)
+    store.flush()
+    persisted = {key: dict(fields) for key, fields in client.hashes.items()}
+    store.put("e2", {"status": "OPEN"}, 0)
+    store.advance(5)
+    store.flush()
+    client.hashes = persisted  # Redis restarted without the last write
+    store.put("e3", {"status": "OPEN"}, 0)
+    store.advance(6)
+    with pytest.raises(StateLost):
+        store.flush()
+    kept = client.hashes["join:0"]
+    assert set(kept) == {OWNER_FIELD, OFFSET_FIELD, "e1"} and kept[OFFSET_FIELD] == "3", "nothing written"
+    assert (store.next_offset, store.get("e2"), store.pending_writes) == (3, None, 0), "read again"
+    store.put("e2", {"status": "OPEN"}, 0)  # the records from offset 3, read again
+    store.advance(5)
+    store.flush()
+    assert client.hashes["join:0"][OFFSET_FIELD] == "5"
 
 
 class FailingOver(Client):
