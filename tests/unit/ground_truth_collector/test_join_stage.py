@@ -12,7 +12,7 @@ from confluent_kafka import TopicPartition
 from services.ground_truth_collector import join as join_module
 from services.ground_truth_collector.entries import Kind, SourceRef
 from services.ground_truth_collector.join import JoinConfig
-from services.ground_truth_collector.redis_state import OFFSET_FIELD, RedisPartitionStore
+from services.ground_truth_collector.redis_state import OFFSET_FIELD, OWNER_FIELD, RedisPartitionStore
 from services.ground_truth_collector.routing import TICK, control_headers, keyed_headers
 from services.ground_truth_collector.stages import JoinStage
 from streamloop.contracts.samples import sample_record
@@ -97,8 +97,12 @@ def test_a_keyed_record_with_a_reserved_event_id_goes_to_its_source_s_dead_lette
     errors = dead_letters.read_error_headers(headers)
     assert (topic, errors[dead_letters.OFFSET], errors[dead_letters.RULE]) == ("f.dlq", "100", "event_id.reserved")
     assert runner.consumer.commits[-1][0].offset == 4
-    assert stage(client).join(0).counters.joined == 0, "a new owner takes the partition over"
     assert [t for t, *_ in runner.delivery.producer.produced].count("ex") == 1
+    successor = stage(client)  # a new owner takes the partition over, and reads e1 joined
+    successor.process(event("e1", 1))
+    successor.delivered()
+    assert client.hashes["join:0"][OWNER_FIELD] == "2" and successor.counters.replayed == 3
+    assert successor.delivered_counts["partition_taken_over"] == 0, "its write was not refused"
 
 
 def test_a_batch_that_fails_part_way_still_joins_every_other_label(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from streamloop.kafka import KafkaSettings, dead_letters
+from streamloop.kafka.pacing import FetchPacer
 from streamloop.kafka.records import ConsumedRecord, OutgoingRecord, ProcessResult, RecordOrigin, Rejection
 from streamloop.kafka.runner import RunnerSettings, StageRunner, StageTopics
 from streamloop.serde import SerdeError
@@ -156,3 +157,15 @@ def test_a_stage_that_asks_to_read_a_partition_again_gets_a_seek_and_no_commit_p
     assert (committed.offset, sought.topic, sought.partition, sought.offset) == (1, SOURCE, 0, 1)
     stage._run_batch(batch(b"b", b"c", first=1))
     assert stage.consumer.commits[-1][0].offset == 3 and len(stage.consumer.seeks) == 1, "asked for once"
+
+
+def test_a_rewind_goes_through_the_fetch_pacer_which_reads_from_there_and_tracks_it() -> None:
+    """In production the runner seeks through its pacer (run() makes one); reading, not resting, the
+    pacer seeks the consumer and moves the position it would re-assign the partition at."""
+    stage = runner(RewindingOnce())
+    stage.pacer = FetchPacer(stage.consumer, pause_s=10, listen_s=0)
+    assert stage.pacer.enabled and not stage.pacer.resting
+    stage._run_batch(batch(b"a", b"b", b"c", first=5))
+    [sought] = stage.consumer.seeks
+    assert (sought.topic, sought.partition, sought.offset) == (SOURCE, 0, 1)
+    assert stage.pacer.position(SOURCE, 0) == 1 and stage.consumer.commits[-1][0].offset == 1
