@@ -17,6 +17,7 @@ from services.ground_truth_collector.routing import (
     HEADER_ORIGIN,
     RESUME,
     WATERMARK,
+    carries_example,
     control_of,
     header,
     header_list,
@@ -84,7 +85,7 @@ class ScoringAgent:
 
     def _example(self, message: Any, headers: Headers) -> dict | None:
         """The labeled example a joined record carries; None for one without a decision (a marker)."""
-        if control_of(headers) is not None or header(headers, HEADER_DECIDED_AT) is None:
+        if not carries_example(headers):
             return None
         return self.serdes[self.ctx.topic("labeled_examples").name].decode(message.value)
 

@@ -115,6 +115,12 @@ def control_of(headers: Headers) -> str | None:
     return text if text in (TICK, RESUME, WATERMARK) else None
 
 
+def carries_example(headers: Headers) -> bool:
+    """Whether a joined record carries a labeled example: a data record with its decision time.
+    Markers (TICK, RESUME, WATERMARK) carry none, and are never decoded as examples."""
+    return control_of(headers) is None and header(headers, HEADER_DECIDED_AT) is not None
+
+
 def read_keyed(headers: Headers) -> tuple[Kind, SourceRef]:
     """(kind, source) of a keyed data record."""
     kind = header(headers, HEADER_KIND)

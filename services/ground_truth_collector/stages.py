@@ -40,6 +40,7 @@ from services.ground_truth_collector.routing import (
     RESUME,
     TICK,
     WATERMARK,
+    carries_example,
     checked_event_id,
     control_headers,
     control_of,
@@ -553,9 +554,7 @@ class ScoreStage:
 
     def _example(self, record: ConsumedRecord) -> dict | None:
         """The labeled example a joined record carries; None for a control record."""
-        if control_of(record.headers) is None and header(record.headers, HEADER_DECIDED_AT) is not None:
-            return self.example_serde.decode(record.value["bytes"])
-        return None
+        return self.example_serde.decode(record.value["bytes"]) if carries_example(record.headers) else None
 
     @staticmethod
     def _apply(scoring: MetricsStage, record: ConsumedRecord, example: dict | None) -> int | None:
