@@ -14,8 +14,6 @@ standby that takes over when the active one goes away, not a second judge of hal
 from __future__ import annotations
 
 import logging
-import signal
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -32,6 +30,7 @@ from streamloop.ml.registry_client import read_topic
 from streamloop.serde import Serde
 from streamloop.service.context import ServiceContext
 from streamloop.service.entrypoint import start_service
+from streamloop.service.leased import LeasedService
 from streamloop.telemetry import Telemetry, configure_telemetry
 
 SERVICE = "model-publisher"
@@ -51,62 +50,34 @@ class PublisherTerm:
     table_reader: CompactedTopicReader
 
 
-class PublisherApp:
+class PublisherApp(LeasedService[PublisherTerm]):
     """Waits for the lease, then judges until stopped or the lease is lost (then waits again)."""
 
     def __init__(self, new_term: Callable[[], PublisherTerm], telemetry: Telemetry, kafka: KafkaSettings, *,
                  candidates: tuple[str, Serde], alerts: tuple[str, Serde], table_timeout_s: float,
                  lease: LeaderLease | None = None) -> None:
-        self.new_term = new_term
-        self.term = new_term()
+        super().__init__(new_term, lease)
         self.telemetry = telemetry
         self.kafka = kafka
         self.candidates_topic, self.candidates_serde = candidates
         self.alerts_topic, self.alerts_serde = alerts
         self.table_timeout_s = table_timeout_s
-        self.lease = lease
-        self._stopping = threading.Event()
 
     @property
     def processor(self) -> PublisherProcessor:
         return self.term.processor
 
-    @property
-    def runner(self) -> StageRunner:
-        return self.term.runner
+    def _shut_down(self) -> None:
+        self.telemetry.shutdown()
 
-    def run(self) -> int:
+    def _run_term(self) -> int | None:
+        if self._stopping.is_set():
+            return 0
+        self.term.table_reader.start()
         try:
-            return self._serve()
+            return self._judge()
         finally:
-            if self.lease is not None:
-                self.lease.close()  # a dynamic member leaves the group: a standby takes over at once
-            self.telemetry.shutdown()
-
-    def _serve(self) -> int:
-        first = True
-        while not self._stopping.is_set():
-            if self.lease is not None and not self.lease.acquire(self._stopping):
-                return 0
-            if not first:
-                self.term = self.new_term()
-            first = False
-            if self.lease is not None:
-                # At once, not once the registry is read: the lease consumer must be polled from
-                # here on, or a long start-up would drop it from the lease group while this
-                # replica goes on to judge beside the standby that took over.
-                self.lease.watch(on_lost=self.term.runner.stop)
-            if self._stopping.is_set():
-                return 0
-            self.term.table_reader.start()
-            try:
-                code = self._judge()
-            finally:
-                self.term.table_reader.stop()
-            if code is not None:
-                return code
-            self.lease.unwatch()
-        return 0
+            self.term.table_reader.stop()
 
     def _judge(self) -> int | None:
         """One term: the runner's exit code, or None when the lease was lost and the replica waits again."""
@@ -119,9 +90,6 @@ class PublisherApp:
         if code != 0 or not self._lease_lost():
             return code
         return None
-
-    def _lease_lost(self) -> bool:
-        return self.lease is not None and self.lease.lost and not self._stopping.is_set()
 
     def _recall_lineage(self) -> None:
         pipeline = self.processor.pipeline
@@ -142,14 +110,6 @@ class PublisherApp:
             log.warning("cannot read back %s (%s); %s", what, exc, without_it)
             return []
         return [value for _key, value in records if value]
-
-    def stop(self, *_: object) -> None:
-        self._stopping.set()
-        self.runner.stop()
-
-    def install_signal_handlers(self) -> None:
-        signal.signal(signal.SIGTERM, self.stop)
-        signal.signal(signal.SIGINT, self.stop)
 
 
 def wait_for_table(reader: CompactedTopicReader, table: DeploymentTable, timeout_s: float,

@@ -14,8 +14,6 @@ and rebuilding on every drift beside the first.
 from __future__ import annotations
 
 import logging
-import signal
-import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
@@ -33,6 +31,7 @@ from streamloop.kafka.table_reader import CompactedTopicReader
 from streamloop.ml.registry import DeploymentTable
 from streamloop.service.context import ServiceContext
 from streamloop.service.entrypoint import start_service
+from streamloop.service.leased import LeasedService
 from streamloop.telemetry import Telemetry, configure_telemetry
 
 SERVICE = "retrainer"
@@ -51,7 +50,7 @@ class RetrainerTerm:
     executor: Executor
 
 
-class RetrainerApp:
+class RetrainerApp(LeasedService[RetrainerTerm]):
     """Waits for the lease, then learns until stopped or the lease is lost (then waits again).
 
     The deployments table is read from the start, standby included: it is only read, so a
@@ -60,54 +59,29 @@ class RetrainerApp:
 
     def __init__(self, new_term: Callable[[], RetrainerTerm], table_reader: CompactedTopicReader,
                  telemetry: Telemetry, table_timeout_s: float, lease: LeaderLease | None = None) -> None:
-        self.new_term = new_term
-        self.term = new_term()
+        super().__init__(new_term, lease)
         self.table_reader = table_reader
         self.telemetry = telemetry
         self.table_timeout_s = table_timeout_s
-        self.lease = lease
-        self._stopping = threading.Event()
 
     @property
     def processor(self) -> RetrainerProcessor:
         return self.term.processor
 
-    @property
-    def runner(self) -> StageRunner:
-        return self.term.runner
-
     def run(self) -> int:
-        self.table_reader.start()
-        try:
-            return self._serve()
-        finally:
-            if self.lease is not None:
-                self.lease.close()  # a dynamic member leaves the group: a standby takes over at once
-            self.table_reader.stop()
-            self.term.executor.shutdown(wait=False, cancel_futures=True)
-            self.telemetry.shutdown()
+        self.table_reader.start()  # standby included (the class's docstring says why)
+        return super().run()
 
-    def _serve(self) -> int:
-        """The runner's exit code (non-zero after a fatal consumer error); 0 when stopped before it ran."""
-        first = True
-        while not self._stopping.is_set():
-            if self.lease is not None and not self.lease.acquire(self._stopping):
-                return 0
-            if not first:
-                self.term.executor.shutdown(wait=False, cancel_futures=True)
-                self.term = self.new_term()
-            first = False
-            if self.lease is not None:
-                # At once, not once the table and the champion's labels are read: the lease consumer
-                # must be polled from here on, or a long start-up would drop it from the lease group.
-                self.lease.watch(on_lost=self.term.runner.stop)
-            code = self._learn()
-            if code is not None:
-                return code
-            self.lease.unwatch()
-        return 0
+    def _shut_down(self) -> None:
+        self.table_reader.stop()
+        self.term.executor.shutdown(wait=False, cancel_futures=True)
+        self.telemetry.shutdown()
 
-    def _learn(self) -> int | None:
+    def _replace_term(self) -> None:
+        self.term.executor.shutdown(wait=False, cancel_futures=True)  # the last term's rebuild is not waited for
+        super()._replace_term()
+
+    def _run_term(self) -> int | None:
         """One term: the runner's exit code, or None when the lease was lost and the replica waits again."""
         if self._wait_for_table():
             self.processor.prepare()
@@ -142,17 +116,6 @@ class RetrainerApp:
 
     def _interrupted(self) -> bool:
         return self._stopping.is_set() or (self.lease is not None and self.lease.lost)
-
-    def _lease_lost(self) -> bool:
-        return self.lease is not None and self.lease.lost and not self._stopping.is_set()
-
-    def stop(self, *_: object) -> None:
-        self._stopping.set()
-        self.runner.stop()
-
-    def install_signal_handlers(self) -> None:
-        signal.signal(signal.SIGTERM, self.stop)
-        signal.signal(signal.SIGINT, self.stop)
 
 
 def build(settings: RetrainerSettings, install_global_telemetry: bool = True) -> RetrainerApp:
