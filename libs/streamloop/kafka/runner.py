@@ -221,10 +221,13 @@ class StageRunner:
         return 1 if self._consumer_fatal is not None else 0
 
     def _turn(self) -> None:
-        """One batch, if any came, then the processor's tick when it is due."""
+        """One batch, if any came, then the processor's tick when it is due (none after a batch left undelivered)."""
         messages = self.pacer.consume(self.settings.batch_size, self.settings.poll_timeout_s)
-        if messages:
-            self._run_batch(messages)
+        if messages and not self._run_batch(messages):
+            # Stopped before the batch was delivered, and so before its state was saved: a tick's
+            # delivered() would save it now, and the batch's replay would take its records for
+            # replays (a join's labels decided with nothing sent, a window closed unscored).
+            return
         now = time.monotonic()
         if now >= self._next_tick and hasattr(self.processor, "tick"):
             self._next_tick = now + self.settings.tick_interval_s
@@ -264,7 +267,8 @@ class StageRunner:
 
     # -- one batch ---------------------------------------------------------------------------
 
-    def _run_batch(self, messages: list[Message]) -> None:
+    def _run_batch(self, messages: list[Message]) -> bool:
+        """Process, deliver and commit one batch; False if stopped before it was delivered (nothing committed)."""
         started = time.perf_counter()
         records: list[ConsumedRecord] = []
         raw: dict[tuple[str, int, int], Message] = {}
@@ -301,7 +305,8 @@ class StageRunner:
             source = rejection.record
             dead.append(DeadLetter(raw[(source.topic, source.partition, source.offset)], rejection.stage,
                                    rejection.error, rejection.origin))
-        if self._deliver(result, dead, raw):
+        delivered = self._deliver(result, dead, raw)
+        if delivered:
             if hasattr(self.processor, "delivered"):
                 self.processor.delivered()
             rewinds = self.processor.rewinds() if hasattr(self.processor, "rewinds") else {}
@@ -313,6 +318,7 @@ class StageRunner:
         self.stats.batches += 1
         self.stats.consumed += len(messages)
         self._record_batch(messages, dead, time.perf_counter() - started)
+        return delivered
 
     def _limited(self, next_offsets: dict[tuple[str, int], int],
                  rewinds: Mapping[tuple[str, int], int]) -> dict[tuple[str, int], int]:

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 import redis
-from confluent_kafka import TopicPartition
+from confluent_kafka import KafkaError, TopicPartition
 
 from services.ground_truth_collector import join as join_module
 from services.ground_truth_collector.entries import Kind, SourceRef
@@ -402,3 +402,35 @@ def test_records_kafka_no_longer_has_are_counted_once_though_a_retry_checks_agai
     assert runner.stats.dependency_waits == 1 and len(runner.consumer.seeks) == 1
     assert len(examples(runner)) == 2 and join.delivered_counts["state_lost_records"] == 3, "e1 before the loss, e2"
     assert client.hashes["join:0"][OFFSET_FIELD] == "7"
+
+
+class Unreachable(FakeProducer):
+    def deliver(self, value: bytes | None):
+        return KafkaError(KafkaError._MSG_TIMED_OUT, "broker unreachable")
+
+
+class OneBatch:
+    def __init__(self, batch: list[FakeMessage]) -> None:
+        self.batch = batch
+
+    def consume(self, _count: int, _timeout: float) -> list[FakeMessage]:
+        batch, self.batch = self.batch, []
+        return batch
+
+
+def test_a_batch_left_undelivered_at_a_stop_is_joined_again_after_the_restart() -> None:
+    """The tick after it, with no output to deliver, flushed the batch's state: after the restart its
+    records were taken for replays, the label counted as decided and no example ever sent."""
+    client = Client()
+    join = stage(client)
+    join.idle_after_ms = 30_000  # the tick has nothing to say
+    runner = join_runner(join)
+    runner.delivery.producer, runner.pacer = Unreachable(), OneBatch(messages(event("e1", 0)))
+    runner.stop()  # SIGTERM arrives while the batch cannot be delivered
+    runner._turn()
+    assert runner.consumer.commits == []
+
+    again = stage(client)  # the restart reads from the last commit: none
+    restarted = join_runner(again)
+    restarted._run_batch(messages(event("e1", 0)))
+    assert len(examples(restarted)) == 1 and again.counters.joined == 1

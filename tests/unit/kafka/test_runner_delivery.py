@@ -567,6 +567,73 @@ def test_a_stop_leaves_the_batch_s_own_unacknowledged_outputs_for_its_replay(mon
     assert runner.consumer.commits[-1][0].offset == 3
 
 
+class Remembering(Echo):
+    """Echo that keeps each batch's state until delivered() saves it, as the join and the metrics stage do;
+    its tick has no output, as the join's mostly has not."""
+
+    def __init__(self) -> None:
+        self.saved: list[str] = []
+        self.ticks = 0
+        self._unsaved: list[str] = []
+
+    def process(self, batch: Sequence[ConsumedRecord]) -> ProcessResult:
+        self._unsaved += [r.key for r in batch]
+        return super().process(batch)
+
+    def tick(self, now_ms: int) -> ProcessResult:
+        self.ticks += 1
+        return ProcessResult()
+
+    def delivered(self) -> None:
+        self.saved += self._unsaved
+        self._unsaved = []
+
+
+class OneBatch:
+    """A pacer that hands out ``messages`` once, then nothing."""
+
+    def __init__(self, messages: list[FakeMessage]) -> None:
+        self.messages = messages
+
+    def consume(self, _count: int, _timeout: float) -> list[FakeMessage]:
+        messages, self.messages = self.messages, []
+        return messages
+
+
+class Unreachable(FakeProducer):
+    """A broker that acknowledges nothing."""
+
+    def deliver(self, value: bytes | None):
+        return KafkaError(KafkaError._MSG_TIMED_OUT, "broker unreachable")
+
+
+def stopped_during_a_turn(producer: FakeProducer) -> tuple[StageRunner, Remembering]:
+    """One _turn over a batch of two feature vectors with a tick due, the runner stopped (SIGTERM) beforehand."""
+    processor = Remembering()
+    runner, serde = stage_runner(producer, processor)
+    runner.pacer = OneBatch([FakeMessage(serde.encode(sample_record(VECTOR, seed)), seed, key=f"k{seed}".encode(),
+                                         topic=SOURCE) for seed in range(2)])
+    runner.stop()
+    runner._turn()
+    return runner, processor
+
+
+def test_a_batch_left_undelivered_at_a_stop_is_not_saved_by_the_tick_after_it() -> None:
+    runner, processor = stopped_during_a_turn(Unreachable())
+
+    assert runner.consumer.commits == [], "left for its replay"
+    assert processor.saved == [], "its replay must find the state as it was before the batch"
+    assert processor.ticks == 0
+
+
+def test_a_batch_delivered_at_a_stop_is_saved_and_committed_and_the_tick_still_runs() -> None:
+    runner, processor = stopped_during_a_turn(FakeProducer())
+
+    assert runner.consumer.commits[-1][0].offset == 2
+    assert processor.saved == ["k0", "k1"]
+    assert processor.ticks == 1
+
+
 class DesynchronizedWhileStopping(DesynchronizedProducer):
     """Fails as DesynchronizedProducer does, and the runner is stopped (SIGTERM) as it does."""
 
