@@ -24,9 +24,11 @@ to an asynchronous replica) after their offsets were committed: the recorded off
 the committed one, and the join stage reads the gap again (stages.py). A replica that goes on
 running would not see it at an assignment, and its next flush would record its own offset over
 the gap: the script therefore writes only while the hash's offset is still the one the store last
-read or wrote (a compare-and-set), and a refused flush reads the hash again and raises
-:class:`StateLost`. What it cannot see is a hash lost whole, owner counter included: the flush is
-refused as a take-over (the counter is not the store's), and a new store finds no offset to compare.
+read or wrote (a compare-and-set; a call sent again after its reply was lost finds the offset it
+wrote under its own owner, and takes it as written), and a refused flush reads the hash again and
+raises :class:`StateLost`. What it cannot see is a hash lost whole, owner counter included: the
+flush is refused as a take-over (the counter is not the store's), and a new store finds no offset
+to compare.
 """
 
 from __future__ import annotations
@@ -50,15 +52,22 @@ OWNER_FIELD = "\x00owner"
 # The next offset of the keyed partition the state stands at: written by the script that writes the state.
 OFFSET_FIELD = "\x00next_offset"
 # KEYS: the hash. ARGV: the owner field, the owner's number, the offset field, the offset the store
-# expects there ('' for none), how many fields to delete, those fields, then field and value pairs
-# to set. One call per field: no unpack() limit on big batches. Returns 1 when written, 0 when the
-# owner is another's, -1 when the offset is not the one expected (Redis lost writes).
+# expects there ('' for none), the offset the call writes there ('' for none), how many fields to
+# delete, those fields, then field and value pairs to set. One call per field: no unpack() limit on
+# big batches. Returns 1 when written, 0 when the owner is another's, -1 when the offset is not the
+# one expected (Redis lost writes). A call whose reply was lost (a timeout, a reset connection) is
+# sent again by redis-py's Retry or by retrying(): finding its own offset written under its own
+# owner, it was written, and refused it would be taken for lost writes and its batch read again.
 _WRITE_IF_OWNER = """
 if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
-if (redis.call('HGET', KEYS[1], ARGV[3]) or '') ~= ARGV[4] then return -1 end
-local deleted = tonumber(ARGV[5])
-for i = 6, 5 + deleted do redis.call('HDEL', KEYS[1], ARGV[i]) end
-for i = 6 + deleted, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+local recorded = redis.call('HGET', KEYS[1], ARGV[3]) or ''
+if recorded ~= ARGV[4] then
+  if ARGV[5] ~= '' and recorded == ARGV[5] then return 1 end
+  return -1
+end
+local deleted = tonumber(ARGV[6])
+for i = 7, 6 + deleted do redis.call('HDEL', KEYS[1], ARGV[i]) end
+for i = 7 + deleted, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 return 1
 """
 
@@ -184,9 +193,10 @@ class RedisPartitionStore:
         deleted = [key for key, value in self._pending.items() if value is _DELETED]
         written = {key: json.dumps(value, separators=(",", ":"))
                    for key, value in self._pending.items() if value is not _DELETED}
-        offset = {} if self._pending_offset is None else {OFFSET_FIELD: str(self._pending_offset)}
+        writing = "" if self._pending_offset is None else str(self._pending_offset)
+        offset = {OFFSET_FIELD: writing} if writing else {}
         expected = "" if self.next_offset is None else str(self.next_offset)
-        args = [OWNER_FIELD, self.owner, OFFSET_FIELD, expected, len(deleted), *deleted,
+        args = [OWNER_FIELD, self.owner, OFFSET_FIELD, expected, writing, len(deleted), *deleted,
                 *(item for pair in (written | offset).items() for item in pair)]
         outcome = retrying(lambda: self._write_if_owner(keys=[self.key], args=args), f"writing {self.key}")
         if outcome == 0:

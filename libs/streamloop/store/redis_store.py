@@ -97,8 +97,12 @@ def create_redis_client(
     Credentials may be in the URL (``rediss://user:password@host:6380/0``) or given here, which
     keeps secrets out of logged URLs. With ``rediss://`` the server certificate is always verified
     (against ``ssl_ca_certs``, else the system CAs); ``ssl_certfile``/``ssl_keyfile`` add a client
-    certificate (mutual TLS). Lost connections are retried ``retries`` times: safe for writes too,
-    because the write script ignores versions it already holds.
+    certificate (mutual TLS). A command whose connection failed or timed out is sent again, up to
+    ``retries`` times, even when Redis ran it and only the reply was lost: every write made through
+    the client must bear running twice. The feature store's write script ignores versions it already
+    holds; the collector's join state script takes the offset it writes, found under its own owner,
+    as its own write (services/ground_truth_collector/redis_state.py); a SET writes the same value
+    again; an owner counter's HINCRBY counts twice, and the store owns the number it got back.
     """
     scheme = urlsplit(url).scheme
     if scheme not in ("redis", "rediss", "unix"):

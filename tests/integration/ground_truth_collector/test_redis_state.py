@@ -78,3 +78,27 @@ def test_the_script_writes_only_over_the_offset_the_store_last_wrote_or_read(red
     with pytest.raises(StateLost):
         store.flush()
     assert client.hget(key, OFFSET_FIELD) == b"40" and store.next_offset == 40
+
+
+def test_the_script_sent_again_after_its_reply_was_lost_takes_its_own_write_as_written(redis_url: str,
+                                                                                       unique_name: str) -> None:
+    """redis-py's Retry, or retrying(), sends a call again when its reply is lost after Redis ran it."""
+    client = redis.Redis.from_url(redis_url)
+    key = f"{unique_name}:join:0"
+    store = RedisPartitionStore(client, key, 0)
+    store.put("e1", {"status": "OPEN"}, 0)
+    store.advance(5)
+    store.flush()
+    script = store._write_if_owner
+    store._write_if_owner = lambda keys, args: [script(keys=keys, args=args), script(keys=keys, args=args)][-1]
+    store.put("e2", {"status": "JOINED"}, 0)
+    store.delete("e1", 0)
+    store.advance(9)
+    store.flush()
+    assert store.next_offset == 9 and client.hget(key, OFFSET_FIELD) == b"9"
+    assert client.hget(key, "e1") is None and client.hget(key, "e2") == b'{"status":"JOINED"}'
+    client.hset(key, OFFSET_FIELD, "7")  # what a Redis restarted without the write holds
+    store.advance(12)
+    with pytest.raises(StateLost):
+        store.flush()
+    assert client.hget(key, OFFSET_FIELD) == b"7" and store.next_offset == 7

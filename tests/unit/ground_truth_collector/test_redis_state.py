@@ -37,13 +37,14 @@ class Client:
     def register_script(self, _source: str):  # noqa: ANN201 - redis-py's Script: keys and args in, the result out
         def write_if_owner(keys: list[str], args: list) -> int:
             (key,) = keys
-            owner_field, owner, offset_field, expected, count = args[:5]
+            owner_field, owner, offset_field, expected, writing, count = args[:6]
             if self.hashes.get(key, {}).get(owner_field) != owner:
                 return 0
-            if self.hashes.get(key, {}).get(offset_field, "") != expected:
-                return -1
-            deleted = args[5:5 + count]
-            pairs = args[5 + count:]
+            recorded = self.hashes.get(key, {}).get(offset_field, "")
+            if recorded != expected:
+                return 1 if writing and recorded == writing else -1
+            deleted = args[6:6 + count]
+            pairs = args[6 + count:]
             written = dict(zip(pairs[::2], pairs[1::2], strict=True))
             stored = self.hashes.setdefault(key, {})
             for name in deleted:
@@ -142,6 +143,57 @@ def test_a_flush_over_state_redis_lost_writes_nothing_and_reads_the_hash_again()
     store.advance(5)
     store.flush()
     assert client.hashes["join:0"][OFFSET_FIELD] == "5"
+
+
+class LosingReplies(Client):
+    """Redis runs the script, then its reply is lost (a socket timeout, a reset connection) ``losses`` times."""
+
+    def __init__(self, losses: int) -> None:
+        super().__init__()
+        self.losses = losses
+
+    def register_script(self, source: str):  # noqa: ANN201 - as Client's
+        write = super().register_script(source)
+
+        def losing_the_reply(keys: list[str], args: list) -> int:
+            written = write(keys, args)
+            if self.losses:
+                self.losses -= 1
+                raise redis.TimeoutError("Timeout reading from socket")
+            return written
+        return losing_the_reply
+
+
+def test_a_write_sent_again_after_its_reply_was_lost_is_taken_as_written(monkeypatch) -> None:
+    """Refused (the hash holds the offset it wrote, not the one it expects), it was taken for writes
+    Redis lost: a false alarm, and the batch read again."""
+    monkeypatch.setattr("services.ground_truth_collector.redis_state.time.sleep", lambda _s: None)
+    client = LosingReplies(losses=0)
+    store = RedisPartitionStore(client, "join:0", 0)
+    store.put("e1", {"status": "OPEN"}, 0)
+    store.advance(5)
+    store.flush()
+    client.losses = 2  # sent three times, by retrying()
+    store.put("e2", {"status": "JOINED"}, 0)
+    store.delete("e1", 0)
+    store.advance(9)
+    store.flush()
+    assert client.losses == 0 and store.next_offset == 9
+    assert (store.get("e1"), store.get("e2")) == (None, {"status": "JOINED"})
+    kept = client.hashes["join:0"]
+    assert set(kept) == {OWNER_FIELD, OFFSET_FIELD, "e2"} and kept[OFFSET_FIELD] == "9"
+
+
+def test_the_same_write_made_twice_succeeds_twice_but_not_over_another_owner_s() -> None:
+    client = Client()
+    store = RedisPartitionStore(client, "join:0", 0)
+    write = client.register_script("")
+    args = [OWNER_FIELD, store.owner, OFFSET_FIELD, "", "4", 0, "e1", "{}", OFFSET_FIELD, "4"]
+    assert write(["join:0"], args) == write(["join:0"], args) == 1
+    assert write(["join:0"], [OWNER_FIELD, store.owner, OFFSET_FIELD, "", "", 0, "e1", "{}"]) == -1, \
+        "no offset written: nothing tells the call's own write from another's"
+    RedisPartitionStore(client, "join:0", 0)  # takes the partition over
+    assert write(["join:0"], args) == 0
 
 
 class FailingOver(Client):
