@@ -24,6 +24,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from services.ground_truth_collector.settings import CollectorSettings
+from streamloop.kafka.runner import RunnerSettings
 from streamloop.stack.broker import EmbeddedBroker
 from tests.faults.harness import FaultLoop, events, when
 from tests.faults.verification import ScenarioResult, assert_sound, verify
@@ -202,9 +203,15 @@ def test_the_loop_recovers_from_a_broker_restart_mid_stream(private_loop: tuple[
     # with every record acknowledged (finish() above), so nothing else is counted as the broker's.
     assert len(demo) - result.events_in <= 30, result
     assert result.notes["labels_not_in_label_topic"] <= 10, result
+    # Duplicates: besides one replay per event, each stage whose producer met the fatal error sends
+    # the outputs of its last resend_window_s again, from when it meets the error (seconds after the
+    # restart, the window holds outputs written after it too): the featurizer's vectors, which the
+    # scorer scores again, and the scorer's predictions. At most two windows of the stream's rate
+    # (a clean-clone CI run measured 880 duplicates of 599 events; local runs 261-495).
+    resent = 2 * int(RunnerSettings().resend_window_s * 100.0)
     # A dropped feature vector or prediction leaves its label unmatched: counted, not failed.
     assert_sound(result, max_copies=None, same_input=result.notes["not_in_input_topic"] == 0,
-                 max_copies_per_stage=3, labels_joined=False)
+                 max_copies_per_stage=3, labels_joined=False, max_loop_duplicates=result.events_in + resent)
     assert result.notes["max_copies_by_stage"]["input"] <= 2, result
     # Clients reconnect on their own: no service needed more than one restart (no crash loop).
     assert all(count <= 1 for count in restarts.values()), restarts
