@@ -395,8 +395,9 @@ def test_a_challenger_that_passed_beside_a_canary_rolled_back_is_judged_again(de
     assert harness.slot(shadow_slot(runner_up)) is None or harness.slot(CANARY)["version"] == runner_up
 
 
-def test_a_canary_on_trial_when_its_champion_is_rolled_back_is_retired(demo_pipeline, tmp_path):
-    """It was chosen over the champion rolled back; its trial went on against the restored one's few events."""
+def canary_on_trial(demo_pipeline, tmp_path) -> tuple[Harness, str, str, str]:
+    """A publisher whose canary (third) is on trial, chosen over the champion (second), itself
+    promoted over the first through its own canary trial; returns (harness, first, second, third)."""
     harness = Harness(with_policy(demo_pipeline, promotion={"canary_weight": 0.2}), tmp_path)
     first = harness.bootstrap()
     second = harness.shadow()
@@ -409,6 +410,12 @@ def test_a_canary_on_trial_when_its_champion_is_rolled_back_is_retired(demo_pipe
     result = harness.feed("lab", examples(600, start=10_000, models={
         second: (0.8, "CHAMPION"), first: (0.6, "SHADOW"), third: (0.95, "SHADOW")}))
     assert harness.slot(CANARY)["version"] == third, [d["kind"] for d in decisions(result)]
+    return harness, first, second, third
+
+
+def test_a_canary_on_trial_when_its_champion_is_rolled_back_is_retired(demo_pipeline, tmp_path):
+    """It was chosen over the champion rolled back; its trial went on against the restored one's few events."""
+    harness, first, second, third = canary_on_trial(demo_pipeline, tmp_path)
     # Then the champion goes bad: rolled back to the first, and the canary goes with it.
     result = harness.feed("lab", examples(2000, start=20_000, models={
         second: (0.3, "CHAMPION"), first: (0.6, "SHADOW")}))
@@ -536,16 +543,7 @@ def test_a_rollback_stopped_between_its_records_restarts_consistent(harness, tmp
 
 
 def test_a_rollback_stopped_before_it_retired_the_canary_retires_it_after_the_restart(demo_pipeline, tmp_path):
-    harness = Harness(with_policy(demo_pipeline, promotion={"canary_weight": 0.2}), tmp_path)
-    first = harness.bootstrap()
-    second = harness.shadow()
-    harness.feed("lab", examples(600, models={first: (0.6, "CHAMPION"), second: (0.8, "SHADOW")}))
-    harness.feed("lab", examples(1600, start=1000, models={first: (0.6, "CHAMPION")})
-                 + examples(400, start=5000, models={second: (0.8, "CANARY")}))
-    third = harness.shadow()
-    harness.feed("lab", examples(600, start=10_000, models={
-        second: (0.8, "CHAMPION"), first: (0.6, "SHADOW"), third: (0.95, "SHADOW")}))
-    assert harness.slot(CANARY)["version"] == third
+    harness, first, second, third = canary_on_trial(demo_pipeline, tmp_path)
     before = list(harness.written)
     result = harness.feed("lab", examples(2000, start=20_000, models={
         second: (0.3, "CHAMPION"), first: (0.6, "SHADOW")}))

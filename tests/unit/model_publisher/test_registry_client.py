@@ -8,9 +8,9 @@ import pytest
 from streamloop.ml.exceptions import ArtifactIntegrityError, RegistryError
 from streamloop.ml.registry import CHAMPION, champion_predecessors
 from streamloop.ml.registry_client import SlotSigning
-from tests.unit.model_publisher.factories import SIGNING_KEY, signed_by_streamloop_0_1, with_policy
+from tests.unit.model_publisher.factories import SIGNING_KEY, signed_by_streamloop_0_1
 from tests.unit.model_publisher.memory_registry import InMemoryRegistry, bootstrapped, new_candidates
-from tests.unit.model_publisher.test_publisher import Harness, decisions, examples, promote
+from tests.unit.model_publisher.test_publisher import Harness, canary_on_trial, decisions, examples, promote
 
 
 def test_a_second_rollback_goes_to_the_champion_before_never_back_to_the_rolled_back_one(harness):
@@ -122,17 +122,9 @@ def test_a_manual_promotion_retires_the_predecessor_the_last_one_kept_as_the_pub
     assert registry.rollback()["to_version"] == a
 
 
-def canary_on_trial(tmp_path, demo_pipeline) -> tuple[Harness, str, str, str]:
-    """A publisher whose canary (third) is on trial, chosen over the champion (second), promoted over the first."""
-    harness = Harness(with_policy(demo_pipeline, promotion={"canary_weight": 0.2}), tmp_path)
-    first = harness.bootstrap()
-    second = harness.shadow()
-    harness.feed("lab", examples(600, models={first: (0.6, "CHAMPION"), second: (0.8, "SHADOW")}))
-    harness.feed("lab", examples(1600, start=1000, models={first: (0.6, "CHAMPION")})
-                 + examples(400, start=5000, models={second: (0.8, "CANARY")}))
-    third = harness.shadow()
-    harness.feed("lab", examples(600, start=10_000, models={
-        second: (0.8, "CHAMPION"), first: (0.6, "SHADOW"), third: (0.95, "SHADOW")}))
+def canary_short_of_its_verdict(tmp_path, demo_pipeline) -> tuple[Harness, str, str, str]:
+    """``test_publisher.canary_on_trial``, its canary ten served events short of its verdict."""
+    harness, first, second, third = canary_on_trial(demo_pipeline, tmp_path)
     # Ten canary-served events short of its verdict (promotion.rollback_min_samples: 300).
     harness.feed("lab", examples(1160, start=20_000, models={second: (0.8, "CHAMPION"), first: (0.6, "SHADOW")})
                  + examples(290, start=30_000, models={third: (0.95, "CANARY")}))
@@ -151,7 +143,7 @@ def read_back(harness: Harness, registry: InMemoryRegistry) -> None:
 def test_a_canary_retires_when_its_champion_is_changed_by_hand(demo_pipeline, tmp_path, by_hand):
     """``models rollback`` and ``models promote`` leave the canary slot alone: its trial went on, decided
     against the new champion's few events as champion instead of the one it was chosen over."""
-    harness, first, second, third = canary_on_trial(tmp_path, demo_pipeline)
+    harness, first, second, third = canary_short_of_its_verdict(tmp_path, demo_pipeline)
     registry = InMemoryRegistry(harness.spec).add(harness.written)
     if by_hand == "rollback":
         decision = registry.rollback()
