@@ -19,6 +19,17 @@ mean, because it is the noise against the threshold that makes false alarms: sca
 1, 3-18 per 100k), and Page-Hinkley starts once it is known. 0/1 errors are fed as they are.
 
 An error beyond ``LARGEST_ERROR`` (or not a number) is left out, counted in ``unusable_errors``.
+A regression error far above the recent ones is clipped to a cut-off, counted in ``clipped_errors``:
+one error of 1e6 among errors near 0.5 made both detectors raise a false alarm at once, held
+ADWIN's variance so high that a drift right after it went unseen, and, among the errors
+Page-Hinkley's scale is learned from, made that scale so large that Page-Hinkley never fired again.
+The cut-off (``ErrorCutoff``) is the median plus ``CUTOFF_SPREADS`` times the distance from the
+median to the 90th percentile of the last ``CUTOFF_WINDOW`` errors. Unlike Page-Hinkley's scale,
+learned once, it follows the errors: a sustained rise is clipped only for its first ~150 errors
+(to a cut-off still far above the old level, so the detectors see the rise at once), not away.
+The detectors start once the first cut-off is known (after ``CUTOFF_WINDOW_MIN`` errors, held until
+then), and everything the monitor keeps (the detectors, Page-Hinkley's scale, the recent and
+baseline error rates) takes the clipped error. 0/1 errors are never clipped.
 
 >>> monitor = ConceptDriftMonitor(["page_hinkley"], binary=True, baseline_size=100, recent_size=100)
 >>> found = [d for t in range(3000) for d in monitor.update(float(t >= 1500 and t % 2 == 0), t)]
@@ -48,6 +59,21 @@ DETECTORS = ("adwin", "page_hinkley", "ddm")
 # after a restart that replayed the label. A millionth of the square root of the largest float
 # kept it finite in every case tried (windows of a million errors, 100,000 such errors in one).
 LARGEST_ERROR = math.sqrt(sys.float_info.max) * 1e-6
+
+# The regression error's cut-off: median + CUTOFF_SPREADS x (90th percentile - median) of the last
+# CUTOFF_WINDOW errors, but at least their CUTOFF_FLOOR_RANK-th largest, so an error level that 10 of
+# the last 1,000 errors share (1 %) is never clipped, whatever the rest; with no spread at all (that
+# floor at the median: the errors mostly equal) nothing is clipped. The upper spread rather than the
+# MAD, because absolute errors are skewed: 1.1 % of a log-normal(0, 1) stream lies beyond 10 (scaled)
+# MADs; of 300k stationary errors this cut-off clipped 0.05 % (log-normal(0, 1)), 0.1 % (Pareto(3))
+# and 0-2 errors (half-normal, exponential, log-normal(0, 0.5)). The window is rebuilt by a restart's
+# replay (DRIFT_CONCEPT_REPLAY, 2,000 labels) as the detectors are; the cut-off is computed again
+# every CUTOFF_REFRESH errors (one partition of 1,000 values, ~20 us: ~0.5 us per error in all).
+CUTOFF_SPREADS = 10.0
+CUTOFF_WINDOW = 1000
+CUTOFF_WINDOW_MIN = 100
+CUTOFF_FLOOR_RANK = 10
+CUTOFF_REFRESH = 50
 
 # The standard deviation of a 0/1 error stream at 10 % error, where Page-Hinkley's defaults were tuned.
 PAGE_HINKLEY_ERROR_SD = 0.3
@@ -111,6 +137,10 @@ class ConceptDriftMonitor:
         self._counts: dict[str, int] = dict.fromkeys(self.detectors, 0)
         self.examples = 0
         self.unusable_errors = 0
+        # Regression only: the cut-off, and the errors held until it is first known.
+        self.cutoff = None if binary else ErrorCutoff()
+        self._held: list[tuple[float, int]] = []
+        self.clipped_errors = 0
         # Labels arrive out of event order (each after its own delay), so a detection's window
         # ends at the newest event seen, not at the event whose label happened to come last.
         self._newest = 0
@@ -133,6 +163,28 @@ class ConceptDriftMonitor:
                 log.warning("concept drift: an error of %g is left out, and any other beyond %.3g (the detectors "
                             "would not fire again): is a model's prediction absurd?", error, LARGEST_ERROR)
             return []
+        if self.cutoff is None:
+            return self._feed(error, time)
+        self.cutoff.learn(error)
+        cutoff = self.cutoff.value
+        if cutoff is None:
+            self._held.append((error, time))
+            return []
+        held, self._held = self._held, []
+        found = [drift for e, t in held for drift in self._feed(self._clip(e, cutoff), t)]
+        return found + self._feed(self._clip(error, cutoff), time)
+
+    def _clip(self, error: float, cutoff: float) -> float:
+        if error <= cutoff:
+            return error
+        self.clipped_errors += 1
+        if self.clipped_errors == 1:
+            log.warning("concept drift: an error of %g is clipped to %.3g, and any other far above the recent "
+                        "ones (the detectors would raise a false alarm and miss a drift after it): is a "
+                        "model's prediction far off?", error, cutoff)
+        return cutoff
+
+    def _feed(self, error: float, time: int) -> list[ConceptDrift]:
         self.examples += 1
         self._newest = max(self._newest, time)
         if len(self._recent) == self._recent.maxlen:
@@ -180,6 +232,39 @@ class ConceptDriftMonitor:
         # Errors all equal (a perfect or constant model): no noise to scale to; unscaled, as before.
         self.page_hinkley_scale = sd / PAGE_HINKLEY_ERROR_SD if sd > 0 else 1.0
         self._scale_sample = []
+
+
+class ErrorCutoff:
+    """The cut-off above which a regression error is clipped, learned from the last ``CUTOFF_WINDOW`` errors.
+
+    ``value`` is None until ``CUTOFF_WINDOW_MIN`` errors are in, then refreshed every ``CUTOFF_REFRESH``;
+    ``inf`` when the errors have no spread to measure one against.
+
+    >>> cutoff = ErrorCutoff()
+    >>> for error in [0.4, 0.5, 0.6, 0.5] * 25:
+    ...     cutoff.learn(error)
+    >>> round(cutoff.value, 2)
+    1.5
+    """
+
+    def __init__(self) -> None:
+        self._window: deque[float] = deque(maxlen=CUTOFF_WINDOW)
+        self._unseen = 0  # errors learned since the cut-off was last computed
+        self.value: float | None = None
+
+    def learn(self, error: float) -> None:
+        self._window.append(error)
+        self._unseen += 1
+        if len(self._window) >= CUTOFF_WINDOW_MIN and (self.value is None or self._unseen >= CUTOFF_REFRESH):
+            self._refresh()
+
+    def _refresh(self) -> None:
+        count = len(self._window)
+        ranks = (count // 2, (count - 1) * 9 // 10, count - CUTOFF_FLOOR_RANK)  # median, 90th percentile, floor
+        median, high, floor = np.partition(np.fromiter(self._window, dtype=float, count=count), ranks)[list(ranks)]
+        cutoff = float(max(median + CUTOFF_SPREADS * (high - median), floor))
+        self.value = cutoff if cutoff > median else math.inf
+        self._unseen = 0
 
 
 def _adwin_cut(count: int, total: float, adwin: DriftDetector) -> tuple[float, float]:

@@ -7,11 +7,14 @@ to ~16-20 %. Detector settings are the service defaults. Run with ``-s`` to see 
 
 from __future__ import annotations
 
+import doctest
+
 import numpy as np
 import pytest
 from river.datasets import synth
 
-from services.drift_detector.concept import DETECTORS, ConceptDriftMonitor
+from services.drift_detector import concept
+from services.drift_detector.concept import CUTOFF_WINDOW, DETECTORS, ConceptDriftMonitor
 from services.drift_detector.settings import DriftSettings
 
 DRIFT_AT = 20_000
@@ -109,3 +112,77 @@ def test_page_hinkley_on_regression_errors_is_the_same_whatever_the_targets_scal
     # after 149-276.
     assert alarms <= MAX_FALSE_ALARMS_PER_100K
     assert delay is not None and delay <= 1_000
+
+
+SHIFT_AT = 6_000
+
+
+def first_alarms(errs: np.ndarray, start: int) -> tuple[dict[str, int], int, ConceptDriftMonitor]:
+    """Each regression detector's first alarm at or after ``start`` (errors after it), and the alarms before."""
+    m = monitor(("adwin", "page_hinkley"), binary=False)
+    first: dict[str, int] = {}
+    early = 0
+    for t, error in enumerate(errs):
+        for drift in m.update(float(error), t):
+            if t < start:
+                early += 1
+            elif drift.rising:
+                first.setdefault(drift.detector, t - start)
+    return first, early, m
+
+
+@pytest.mark.parametrize("outlier_at", [10, 1_000, SHIFT_AT - 100],
+                         ids=["among-the-first-errors", "in-page-hinkleys-scale-sample", "just-before-the-drift"])
+def test_one_outlier_among_regression_errors_does_not_delay_the_next_drift(outlier_at: int) -> None:
+    """One error of 1e6 among |N(0.5, 0.1)| errors, then the error level rises by one standard deviation.
+
+    Unclipped (seeds 0-9): just before the drift, the outlier raised a false alarm from both detectors
+    at once and held ADWIN's variance so high that neither had fired 4,000 errors after the drift;
+    among the errors Page-Hinkley learns its scale from, it made that scale ~10^5 times too large (a
+    false alarm from ADWIN, none ever from Page-Hinkley); as the 10th error, neither fired at all.
+    Clipped: ADWIN 111-143 errors after the drift with the outlier or without it, Page-Hinkley 268-387
+    with it against 287-373 without it.
+    """
+    rng = np.random.default_rng(0)
+    errs = np.abs(np.concatenate([rng.normal(0.5, 0.1, SHIFT_AT), rng.normal(0.6, 0.1, 4_000)]))
+    clean, clean_early, _ = first_alarms(errs, SHIFT_AT)
+    errs[outlier_at] = 1e6
+    found, early, m = first_alarms(errs, SHIFT_AT)
+    print(f"\noutlier at {outlier_at}: delays {found} (without it {clean}); alarms before the drift {early}")
+    assert clean_early == 0 and set(clean) == {"adwin", "page_hinkley"}
+    assert early == 0, "one outlier is not a drift"
+    for name, delay in clean.items():
+        assert name in found and found[name] <= delay + 64, name
+    assert m.clipped_errors == 1 and m.unusable_errors == 0 and m.examples == len(errs)
+
+
+def test_a_sustained_rise_of_regression_errors_is_clipped_only_until_the_cutoff_follows() -> None:
+    """Errors ten times higher for good are a drift, not outliers: the cut-off moves up within ~150 errors."""
+    rng = np.random.default_rng(1)
+    rise = 5_000
+    errs = np.abs(np.concatenate([rng.normal(0.5, 0.1, rise), rng.normal(5.0, 1.0, 3_000)]))
+    m = monitor(("adwin", "page_hinkley"), binary=False)
+    found: dict[str, int] = {}
+    last_clipped = None
+    for t, error in enumerate(errs):
+        clipped = m.clipped_errors
+        for drift in m.update(float(error), t):
+            assert t >= rise and drift.rising, "no alarm before the rise"
+            found.setdefault(drift.detector, t - rise)
+        if m.clipped_errors > clipped:
+            last_clipped = t - rise
+    print(f"\nerrors x10: delays {found}; {m.clipped_errors} clipped, the last {last_clipped} errors after the rise")
+    assert set(found) == {"adwin", "page_hinkley"} and max(found.values()) <= 100
+    assert last_clipped is not None and last_clipped < CUTOFF_WINDOW / 5
+    assert m.recent == pytest.approx(5.0, rel=0.05), "the detectors see the new level, not the cut-off"
+
+
+def test_classification_errors_are_never_clipped() -> None:
+    m = monitor()
+    for t in range(3_000):
+        m.update(float(t % 100 == 0), t)
+    assert m.cutoff is None and m.clipped_errors == 0 and m.examples == 3_000
+
+
+def test_doctests_run() -> None:
+    assert doctest.testmod(concept).failed == 0
