@@ -155,6 +155,11 @@ class ConceptDriftMonitor:
     def recent(self) -> float:
         return self._recent_sum / len(self._recent) if self._recent else 0.0
 
+    @property
+    def adjusted_errors(self) -> dict[str, int]:
+        """The errors left out and clipped so far, by the reason their metric gives."""
+        return {"unusable": self.unusable_errors, "clipped": self.clipped_errors}
+
     def update(self, error: float, time: int) -> list[ConceptDrift]:
         """Feed one example's error (event time ``time``); returns a ConceptDrift per detector that fired."""
         if not (math.isfinite(error) and abs(error) <= LARGEST_ERROR):

@@ -1,4 +1,4 @@
-"""The detector's Prometheus series, recorded once per window (never per event).
+"""The detector's Prometheus series, recorded once per window or batch (never per event).
 
 - ``streamloop_drift_psi{kind,feature}``: PSI of the last window's values against the reference
 - ``streamloop_drift_statistic{kind,feature,test}``: KS D or chi-squared statistic of the last window;
@@ -8,6 +8,9 @@
 - ``streamloop_drift_detections_total{kind,detector,severity,emitted}``: detections; ``emitted="false"``
   when the cooldown or ``DRIFT_MIN_SEVERITY`` held them back
 - ``streamloop_drift_error_rate{model}``: the champion's error rate over the last window of labels
+- ``streamloop_drift_errors_adjusted_total{model,reason}``: regression errors the concept detectors
+  took clipped to the cut-off (``reason="clipped"``) or left out, beyond ``LARGEST_ERROR``
+  (``reason="unusable"``); a restart's replayed labels are not counted again
 """
 
 from __future__ import annotations
@@ -25,6 +28,10 @@ class PrometheusDriftMetrics:
         self._windows = metrics.counter("streamloop_drift_windows", "Windows tested against the reference.")
         self._detections = metrics.counter("streamloop_drift_detections", "Drift detections.")
         self._error_rate = metrics.gauge("streamloop_drift_error_rate", "Champion error rate, last window of labels.")
+        self._errors_adjusted = metrics.counter(
+            "streamloop_drift_errors_adjusted",
+            "Regression errors the concept detectors took clipped (far above the recent ones) or left out (unusable: "
+            "absurd).")
 
     def window(self, kind: Kind, report: WindowReport) -> None:
         self._windows(1, {"kind": kind})
@@ -43,3 +50,6 @@ class PrometheusDriftMetrics:
 
     def error_rate(self, model: str, value: float) -> None:
         self._error_rate(value, {"model": model})
+
+    def errors_adjusted(self, model: str, reason: str, count: int) -> None:
+        self._errors_adjusted(count, {"model": model, "reason": reason})

@@ -71,6 +71,8 @@ class DriftMetrics(Protocol):
 
     def error_rate(self, model: str, value: float) -> None: ...
 
+    def errors_adjusted(self, model: str, reason: str, count: int) -> None: ...
+
 
 @dataclass(frozen=True)
 class DriftTopics:
@@ -149,6 +151,7 @@ class DriftProcessor:
             page_hinkley_threshold=s.page_hinkley_threshold, page_hinkley_delta=s.page_hinkley_delta,
             ddm_drift_threshold=s.ddm_drift_threshold, ddm_warm_start=s.ddm_warm_start,
         )
+        self._exported = self.concept.adjusted_errors  # the errors left out or clipped, as exported
 
     def _refresh_champion(self) -> Champion | None:
         current = self.champions.champion()
@@ -207,6 +210,9 @@ class DriftProcessor:
             log.warning("warm start failed, starting with empty windows: %s", exc)
             self._reset()
             self._reset_concept()
+        # A replayed label's error was exported when first consumed: again, every restart and
+        # take-over would raise the alert on an absurd prediction anew.
+        self._exported = self.concept.adjusted_errors
         return True
 
     def on_revoked(self, partitions: Sequence[TopicPartitionRef]) -> None:
@@ -220,6 +226,12 @@ class DriftProcessor:
         self.cooldown.clear(kinds=("CONCEPT",))  # the next owner restores them from the drift topic
 
     def _flush(self) -> ProcessResult:
+        adjusted = self.concept.adjusted_errors
+        if self.metrics is not None:
+            for reason, count in adjusted.items():
+                if count > self._exported[reason]:
+                    self.metrics.errors_adjusted(self.spec.model.name, reason, count - self._exported[reason])
+        self._exported = adjusted
         outputs, self._pending = self._pending, []
         return ProcessResult(outputs=outputs)
 

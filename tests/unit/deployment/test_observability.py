@@ -98,6 +98,7 @@ def test_alerts_cover_what_operations_must_know():
         "StreamloopDeadLetters": "streamloop_dead_letters_total",
         "StreamloopOutputsDropped": "streamloop_outputs_dropped_total",
         "StreamloopDriftCritical": "streamloop_drift_detections_total",
+        "StreamloopDriftErrorsUnusable": "streamloop_drift_errors_adjusted_total",
         "StreamloopModelLoadFailures": "streamloop_model_load_failures_total",
         "StreamloopStaleModel": "streamloop_model_age_seconds",
         "StreamloopNoLabels": "streamloop_label_silence_seconds",

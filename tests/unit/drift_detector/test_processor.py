@@ -338,6 +338,43 @@ def test_window_metrics_are_exported(spec: PipelineSpec) -> None:
     service_metrics.shutdown()
 
 
+def labeled_errors(errors: list[float]) -> list[ConsumedRecord]:
+    """A regression model's labels, each served a prediction ``error`` below it."""
+    served = {"model_name": "fraud", "model_version": "v1", "role": "CHAMPION", "value": 1.0}
+    return [ConsumedRecord(TOPICS.labeled_examples, 0, i, None,
+                           {"event_id": f"e{i}", "pipeline": "card-fraud", "label": 1.0 + error,
+                            "event_time": datetime.fromtimestamp(at(i) / 1000, UTC), "predictions": [served]}, at(i))
+            for i, error in enumerate(errors)]
+
+
+def test_regression_errors_left_out_or_clipped_are_exported_once(spec: PipelineSpec) -> None:
+    """An absurd error is left out and one far above the rest clipped (test_concept_drift.py); both are
+    exported by reason, once: a restart replays the labels into the detectors, not into the counter."""
+    regression = spec.model_copy(update={"model": spec.model.model_copy(update={"task": "regression"})})
+    errors = [float(e) for e in np.abs(np.random.default_rng(0).normal(0.5, 0.1, 300))]
+    errors[5], errors[10], errors[200] = 1e200, 1e6, 1e6  # the 10th is held until the cut-off is known
+    service_metrics = ServiceMetrics("drift-detector")
+
+    def exported(reason: str) -> float | None:
+        return service_metrics.registry.get_sample_value(
+            "streamloop_drift_errors_adjusted_total", {"service": "drift-detector", "model": "fraud", "reason": reason})
+
+    metrics = PrometheusDriftMetrics(service_metrics)
+    p = DriftProcessor(regression, TOPICS, DriftSettings(), Champions(), metrics=metrics)
+    run(p, labeled_errors(errors))
+    assert (p.concept.unusable_errors, p.concept.clipped_errors) == (1, 2)
+    assert (exported("unusable"), exported("clipped")) == (1.0, 2.0)
+    history = History({TOPICS.labeled_examples: labeled_errors(errors)})
+    restarted = DriftProcessor(regression, TOPICS, DriftSettings(), Champions(), history, metrics)
+    restarted.on_assigned([TopicPartitionRef(TOPICS.labeled_examples, 0)])
+    restarted.tick(0)
+    assert restarted.stats.replayed == 300 and restarted.concept.clipped_errors == 2
+    assert (exported("unusable"), exported("clipped")) == (1.0, 2.0)
+    run(restarted, labeled_errors(errors + [1e200])[-1:])
+    assert (exported("unusable"), exported("clipped")) == (2.0, 2.0)
+    service_metrics.shutdown()
+
+
 @pytest.mark.parametrize(("value", "expected"), [(True, "true"), ("True", "true"), (1.0, "1"), (2, "2"), ("x", "x")])
 def test_labels_and_classes_compare_as_one_spelling(value: object, expected: str) -> None:
     """The detector, the metrics, the promotion losses and training spell a class the same way (one function)."""
