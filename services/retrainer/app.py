@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from services.retrainer.processor import RetrainerProcessor, RetrainerTopics
 from services.retrainer.rebuild_policy import InlineExecutor, RebuildPolicy
-from services.retrainer.resume import KafkaResume
+from services.retrainer.resume import KafkaResume, ResumeCancelled
 from services.retrainer.settings import RetrainerSettings, check_against_spec
 from services.retrainer.window import KafkaWindowReader
 from streamloop.kafka.group_history import GroupHistory
@@ -48,6 +48,13 @@ class RetrainerTerm:
     processor: RetrainerProcessor
     runner: StageRunner
     executor: Executor
+
+    def __post_init__(self) -> None:
+        # The term is over once its runner stops: a stop, or the lease lost (LeasedService stops
+        # the runner for both). Its resume, in prepare() or at a first champion's batch, is then
+        # given up between two slices, not read and learned to its end (up to
+        # RETRAINER_RESUME_MAX_LABELS) before the stop takes or while another replica learns on.
+        self.processor.cancelled = lambda: self.runner.stopping
 
 
 class RetrainerApp(LeasedService[RetrainerTerm]):
@@ -83,14 +90,26 @@ class RetrainerApp(LeasedService[RetrainerTerm]):
 
     def _run_term(self) -> int | None:
         """One term: the runner's exit code, or None when the lease was lost and the replica waits again."""
-        if self._wait_for_table():
-            self.processor.prepare()
-            # Stopped during the resume: joining the group only to leave it would rebalance it twice for nothing.
-            if not self._interrupted():
-                code = self.runner.run()
-                if code != 0:
-                    return code
+        if self._wait_for_table() and self._prepare():
+            code = self.runner.run()
+            if code != 0:
+                return code
         return None if self._lease_lost() else 0
+
+    def _prepare(self) -> bool:
+        """Resume the champion's line (``prepare``); False when a stop or a lost lease came during it.
+
+        The resume is given up between two slices of its read and of its learning (the term's
+        ``cancelled``), and nothing of it kept: nothing is consumed, committed or published after
+        it, and the next term (a fresh processor) resumes the line from the start.
+        """
+        try:
+            self.processor.prepare()
+        except ResumeCancelled as exc:
+            log.info("resume %s: the term is over (a stop, or the lease lost); nothing of it is kept", exc)
+            return False
+        # Stopped at the resume's end: joining the group only to leave it would rebalance it twice for nothing.
+        return not self._interrupted()
 
     def _wait_for_table(self) -> bool:
         """Wait until the deployments table is read to its end; False when stopped or the lease is lost first.

@@ -24,6 +24,9 @@ window reader and the executor a rebuild runs on), so it is tested without a bro
   pending, as they were in the killed process. The schedule and time-based online publishing run
   from their last candidates before the restart, read back (``timer_starts``), not from the
   process's start.
+- The resume may read and learn tens of thousands of labels: it is given up between two slices
+  once its term is over (``cancelled``: a stop, or the lease lost to another replica), and the
+  processor keeps nothing of it (``ResumeCancelled``); the next resume starts over.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import logging
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from services.retrainer.catch_up import CatchUp
@@ -44,9 +48,10 @@ from services.retrainer.rebuild_policy import (
     RebuildScheduler,
     WindowReader,
 )
-from services.retrainer.resume import Resumed, TimerStarts
+from services.retrainer.resume import Cancelled, ResumeCancelled, Resumed, TimerStarts, never
 from streamloop.contracts.pipeline import PipelineSpec
 from streamloop.kafka.dead_letters import STAGE_PROCESS
+from streamloop.kafka.group_history import HistoryReadCancelled
 from streamloop.kafka.records import ConsumedRecord, OutgoingRecord, ProcessResult, Rejection
 from streamloop.ml.artifacts import ArtifactStore
 from streamloop.ml.exceptions import ModelError
@@ -59,11 +64,15 @@ log = logging.getLogger(__name__)
 # model (and, in catch-up, refit it first) only to fail the same way.
 PUBLISH_RETRY_MS = 10_000
 PUBLISH_RETRY_MAX_MS = 300_000
-# The labeled examples the given champion's line had learned before this process started.
-ResumeReader = Callable[[dict[str, Any]], Resumed]
-# (now, retrain.schedule, retrain.online_publish_every, the champion's deployment or None) -> when
-# each timer runs from after a restart: its last candidate before this process.
-TimerStartsReader = Callable[[int, int | None, int | None, dict[str, Any] | None], TimerStarts]
+# Labels learned again between two looks at whether the resume is cancelled: about 15 ms for the
+# demo's model, longer for a heavier one (a tree).
+RESUME_SLICE = 1_000
+# The labeled examples the given champion's line had learned before this process started; the
+# read gives up between slices once ``cancelled`` is true (HistoryReadCancelled).
+ResumeReader = Callable[[dict[str, Any], Cancelled], Resumed]
+# (now, retrain.schedule, retrain.online_publish_every, the champion's deployment or None,
+# cancelled) -> when each timer runs from after a restart: its last candidate before this process.
+TimerStartsReader = Callable[[int, int | None, int | None, dict[str, Any] | None, Cancelled], TimerStarts]
 
 
 @dataclass(frozen=True)
@@ -91,10 +100,11 @@ class RetrainerProcessor:
         # A little over min_samples: a few of the learner's events may be missing from the
         # publisher's ledger (a label the champion's prediction never joined), and the judge
         # looks once it has min_samples pairs.
-        self.learner = OnlineLearner(
-            pipeline.model, remember_events=remember_events, loss_metric=pipeline.promotion.metric,
+        self._new_learner = partial(
+            OnlineLearner, pipeline.model, remember_events=remember_events, loss_metric=pipeline.promotion.metric,
             prequential_window=int(pipeline.promotion.min_samples * 1.2) if self.catch_up.enabled else 0,
             replay_backlog=catch_up.replay_backlog if self.catch_up.enabled and catch_up.replay_passes else 0)
+        self.learner = self._new_learner()
         self.factory = CandidateFactory(pipeline, store, clock, max_record_bytes=max_candidate_bytes)
         self._metrics = metrics
         self._champion_version: str | None = None
@@ -102,6 +112,9 @@ class RetrainerProcessor:
         self.resume = resume
         self.timer_starts = timer_starts
         self._resumed = False  # only the process's first loaded champion: later ones restart the line on purpose
+        # True once the term this processor learns in is over (its runner stopping, set by
+        # app.RetrainerTerm): the resume is then given up between two slices.
+        self.cancelled: Cancelled = never
         self._drift_high_water: dict[int, int] = {}
         self.rebuilds = RebuildScheduler(pipeline, self.policy, self.factory, window, executor or InlineExecutor(),
                                          clock, champion_version=lambda: self._champion_version, count=self._count)
@@ -187,7 +200,23 @@ class RetrainerProcessor:
         if model is not None and not self._resumed:
             self._resumed = True  # a champion that did not load leaves it to the next one that does
             if self.resume is not None:
-                self._resume_line(champion)
+                try:
+                    self._resume_line(champion)
+                except ResumeCancelled:
+                    self._forget_resume()
+                    raise
+
+    def _forget_resume(self) -> None:
+        """Drop what a cancelled resume changed: the next sync loads the champion again and resumes from the start.
+
+        The learner is a new one: the champion's model learned a part of the labels in place, and
+        a learner that learned cannot forget what it saw (``forget_passed``). A new one is as good
+        as the one before the resume: that one had learned nothing (the resume is the first
+        champion's), and the resume forgets what passed by unlearned.
+        """
+        self._champion_version = self._champion_signature = None
+        self._resumed = False
+        self.learner = self._new_learner()
 
     def _restart_from(self, champion: dict[str, Any]) -> Any:
         """Restart the online challenger from ``champion``'s model (None when it does not load)."""
@@ -209,7 +238,8 @@ class RetrainerProcessor:
         Then reading the labels again cannot hold up a batch past the group's poll interval. The
         app calls it once the deployments table is read to its end, so the champion it loads is
         the current one. With no champion yet, the first one deployed is loaded (and its line
-        resumed) at the batch after.
+        resumed) at the batch after. Raises ``ResumeCancelled`` once ``cancelled`` is true: the
+        line is then resumed from the start if it is called again.
         """
         self._sync_champion()
         self._resume_timers()
@@ -227,7 +257,10 @@ class RetrainerProcessor:
             return
         now = self.clock()
         try:
-            starts = self.timer_starts(now, retrain.schedule, retrain.online_publish_every, self._champion())
+            starts = self.timer_starts(now, retrain.schedule, retrain.online_publish_every, self._champion(),
+                                       self.cancelled)
+        except HistoryReadCancelled as exc:  # not "from now": the term is over, and nothing was changed yet
+            raise ResumeCancelled("given up while reading back when the last candidates were") from exc
         except Exception as exc:  # noqa: BLE001 - the timers then run from now, as they did before
             log.warning("cannot read back when the last candidates were (%s); the timers run from now", exc)
             return
@@ -241,7 +274,10 @@ class RetrainerProcessor:
     def _resume_line(self, champion: dict[str, Any]) -> None:
         """Learn again what this champion's line had learned before the process started."""
         try:
-            resumed = self.resume(champion)  # type: ignore[misc]
+            resumed = self.resume(champion, self.cancelled)  # type: ignore[misc]
+        except HistoryReadCancelled as exc:  # not "from the next label": the term is over
+            raise ResumeCancelled(f"given up while reading back the labels learned since champion "
+                                  f"{champion['version']}") from exc
         except Exception as exc:  # noqa: BLE001 - without them the line goes on from the next label, as before
             log.warning("cannot read back the labels learned since champion %s (%s); the online challenger "
                         "starts from the next label", champion["version"], exc)
@@ -267,8 +303,11 @@ class RetrainerProcessor:
                  snapshots.versions[-1] if snapshots else "(none)")
 
     def _learn_again(self, records: list[ConsumedRecord]) -> int:
+        """Learn ``records``, RESUME_SLICE at a time; ``ResumeCancelled`` once ``cancelled`` is true between two."""
         learned = 0
-        for record in records:
+        for at, record in enumerate(records):
+            if at % RESUME_SLICE == 0 and self.cancelled():
+                raise ResumeCancelled(f"given up while learning again the labels read back ({at} of {len(records)})")
             if record.value.get("pipeline") == self.pipeline.name:
                 try:
                     learned += self.learner.learn(record)

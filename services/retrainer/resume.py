@@ -32,16 +32,21 @@ The timers are read back too, not started again with the process: the schedule
 (``retrain.schedule``) runs from the newest rebuild in the candidates topic, and time-based online
 publishing (``retrain.online_publish_every``) from the newest online candidate, both found in one
 read of the topic from its end (``KafkaResume.timer_starts``).
+
+Every read gives up between two slices once ``cancelled`` is true (``HistoryReadCancelled``): a
+stop, or a lease lost to another replica, ends a resume of ``limit`` labels at once, and the
+processor keeps nothing of it (``ResumeCancelled``).
 """
 
 from __future__ import annotations
 
 import heapq
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from streamloop.errors import DependencyUnavailable
 from streamloop.kafka.group_history import GroupHistory, PartitionBounds, Ranges
 from streamloop.kafka.records import ConsumedRecord
 from streamloop.ml.registry import millis, version_created_ms
@@ -58,6 +63,22 @@ REBUILD_TRIGGERS = frozenset({"SCHEDULE", "DRIFT"})
 ONLINE_TRIGGERS = frozenset({"ONLINE"})
 # At most this many candidates are read back for the timers' starts, CANDIDATE_SCAN at a time.
 TIMERS_SCAN = 2_000
+# Asked between slices of a read: True once the read should be given up.
+Cancelled = Callable[[], bool]
+
+
+def never() -> bool:
+    return False
+
+
+class ResumeCancelled(DependencyUnavailable):
+    """A stop, or a lost lease, came during the resume: it was given up, and the processor kept nothing of it.
+
+    A ``DependencyUnavailable`` to the stage runner, for the resume a first champion starts inside
+    a batch: raised only once the runner is stopping (the term's ``cancelled``), it leaves the
+    batch uncommitted, its outputs unsent, nothing dead-lettered. Any other error would have the
+    runner process the batch again record by record, and dead-letter every one of them.
+    """
 
 
 @dataclass(frozen=True)
@@ -179,35 +200,36 @@ class KafkaResume:
         self.pipeline = pipeline
         self.limit = limit
 
-    def __call__(self, champion: Mapping[str, Any]) -> Resumed:
+    def __call__(self, champion: Mapping[str, Any], cancelled: Cancelled = never) -> Resumed:
+        """Raises ``HistoryReadCancelled`` once ``cancelled`` is true, between two slices of a read."""
         if self.limit <= 0:
             return Resumed([], {})
-        point = resume_point(champion, self.candidate(champion["version"]), self.labeled_topic)
+        point = resume_point(champion, self.candidate(champion["version"], cancelled), self.labeled_topic)
         bounds = self.history.bounds(self.labeled_topic)
         at_time = {} if set(point.offsets) >= set(bounds) else self.history.offsets_at(self.labeled_topic,
                                                                                           point.time_ms, bounds)
-        records = self.history.read(self.labeled_topic, resume_ranges(point, at_time, bounds, self.limit))
+        records = self.history.read(self.labeled_topic, resume_ranges(point, at_time, bounds, self.limit), cancelled)
         # Past the committed offsets too where the champion's learner had read further: it was
         # killed after publishing that champion and before committing, and the runner delivers
         # those labels again, which the champion has learned.
         return Resumed(most_recent(records, self.limit),
                        {(self.labeled_topic, p): max(bound.committed, point.offsets.get(p, 0)) - 1
                         for p, bound in bounds.items()},
-                       self.snapshots_since(point.time_ms))
+                       self.snapshots_since(point.time_ms, cancelled))
 
-    def snapshots_since(self, since_ms: int) -> LineSnapshots | None:
+    def snapshots_since(self, since_ms: int, cancelled: Cancelled = never) -> LineSnapshots | None:
         """The line's snapshots (``line_snapshots``), read back from the candidates topic's end.
 
         Pages go back until one holds such a snapshot (the newest of the line is among its
         newest candidates) or a candidate older than the line, or for TIMERS_SCAN candidates.
         """
-        for ours in self._newest_first():
+        for ours in self._newest_first(cancelled):
             found = line_snapshots(ours, since_ms, self.labeled_topic)
             if found is not None or any(millis(c["created_at"]) < since_ms for c in ours):
                 return found
         return None
 
-    def _newest_first(self) -> Iterator[list[dict[str, Any]]]:
+    def _newest_first(self, cancelled: Cancelled) -> Iterator[list[dict[str, Any]]]:
         """The pipeline's candidates from the end, CANDIDATE_SCAN of each partition a page, TIMERS_SCAN at most."""
         topic = self.candidates_topic
         bounds = self.history.bounds(topic)
@@ -217,11 +239,12 @@ class KafkaResume:
                       if stop > bounds[p].low}
             if not ranges:
                 return
-            yield [r.value for r in self.history.read(topic, ranges) if r.value.get("pipeline") == self.pipeline]
+            yield [r.value for r in self.history.read(topic, ranges, cancelled)
+                   if r.value.get("pipeline") == self.pipeline]
             stops = {p: start for p, (start, _) in ranges.items()}
 
     def timer_starts(self, now_ms: int, schedule_ms: int | None, online_publish_ms: int | None,
-                     champion: Mapping[str, Any] | None) -> TimerStarts:
+                     champion: Mapping[str, Any] | None, cancelled: Cancelled = never) -> TimerStarts:
         """When the schedule and online publishing run from after a restart: their newest candidate's ``created_at``.
 
         A timer whose period is None is not looked for. The pipeline's candidates are read back
@@ -239,7 +262,7 @@ class KafkaResume:
         newest: dict[frozenset[str], int] = {}
         oldest: int | None = None
         unsettled = list(periods)
-        for ours in self._newest_first() if periods else ():
+        for ours in self._newest_first(cancelled) if periods else ():
             for triggers in unsettled:
                 found = [millis(c["created_at"]) for c in ours if c.get("trigger") in triggers]
                 if found:
@@ -264,7 +287,7 @@ class KafkaResume:
             online = max(online, deployed)
         return TimerStarts(start(REBUILD_TRIGGERS), online)
 
-    def candidate(self, version: str) -> dict[str, Any] | None:
+    def candidate(self, version: str, cancelled: Cancelled = never) -> dict[str, Any] | None:
         """The candidate record of ``version``, searched from its creation time; None when it is not there."""
         created = version_created_ms(version)
         if created is None:
@@ -272,7 +295,7 @@ class KafkaResume:
         bounds = self.history.bounds(self.candidates_topic)
         starts = self.history.offsets_at(self.candidates_topic, created, bounds)
         ranges = {p: (start, min(bounds[p].high, start + CANDIDATE_SCAN)) for p, start in starts.items()}
-        for record in self.history.read(self.candidates_topic, ranges):
+        for record in self.history.read(self.candidates_topic, ranges, cancelled):
             if record.value.get("version") == version and record.value.get("pipeline") == self.pipeline:
                 return record.value
         log.info("candidate %s not found in %s (retention?); resuming from its deployment", version,

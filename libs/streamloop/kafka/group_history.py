@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
@@ -24,10 +24,19 @@ from streamloop.serde import Serde, SerdeError
 log = logging.getLogger(__name__)
 
 Ranges = dict[int, tuple[int, int]]  # partition -> [start, stop)
+READ_SLICE = 1_000  # records taken per consume(): a read's cancellation is looked at between two
 
 
 class HistoryUnavailableError(KafkaRuntimeError):
     """The group's past input could not be read (offsets unknown, or the read timed out)."""
+
+
+class HistoryReadCancelled(KafkaRuntimeError):
+    """The caller's ``cancelled`` turned true during a read (a stop, say): it was given up, and returned nothing.
+
+    No ``HistoryUnavailableError``: a caller that goes on without its history when it cannot be
+    read must not go on when it was asked to stop.
+    """
 
 
 @dataclass(frozen=True)
@@ -101,32 +110,40 @@ class GroupHistory:
         return {tp.partition: tp.offset if tp.error is None and tp.offset >= 0 else bounds[tp.partition].high
                 for tp in found}
 
-    def read(self, topic: str, ranges: Mapping[int, tuple[int, int]]) -> list[ConsumedRecord]:
+    def read(self, topic: str, ranges: Mapping[int, tuple[int, int]],
+             cancelled: Callable[[], bool] | None = None) -> list[ConsumedRecord]:
         """Every decodable record in ``[start, stop)`` of each partition, in offset order per partition.
 
-        Undecodable records are left out: the live run dead-lettered them.
+        Undecodable records are left out: the live run dead-lettered them. ``cancelled`` is asked
+        before each slice (one ``consume``: up to READ_SLICE records, or 0.2 s); once it is true
+        the read raises ``HistoryReadCancelled``, so a read of many thousand records does not hold
+        a stop up until its end.
         """
         ranges = {p: r for p, r in ranges.items() if r[1] > r[0]}
         if not ranges:
             return []
         consumer = self._consumer()
         try:
-            return self._read(consumer, topic, ranges)
+            return self._read(consumer, topic, ranges, cancelled)
         except KafkaException as exc:
             raise HistoryUnavailableError(f"cannot read {topic} again: {exc}") from exc
         finally:
             consumer.close()
 
-    def _read(self, consumer: Consumer, topic: str, ranges: Ranges) -> list[ConsumedRecord]:
+    def _read(self, consumer: Consumer, topic: str, ranges: Ranges,
+              cancelled: Callable[[], bool] | None = None) -> list[ConsumedRecord]:
         serde = self.serdes[topic]
         consumer.assign([TopicPartition(topic, p, start) for p, (start, _stop) in ranges.items()])
         remaining = dict(ranges)
         records: list[ConsumedRecord] = []
         deadline = time.monotonic() + self.timeout_s
         while remaining:
+            if cancelled is not None and cancelled():
+                raise HistoryReadCancelled(f"reading {topic} again was given up with {len(remaining)} partitions left "
+                                           f"({len(records)} records read)")
             if time.monotonic() > deadline:
                 raise HistoryUnavailableError(f"reading {topic} again timed out with {len(remaining)} partitions left")
-            messages = consumer.consume(1000, 0.2)
+            messages = consumer.consume(READ_SLICE, 0.2)
             if not messages:
                 _drop_passed(consumer, topic, remaining)
             for message in messages:

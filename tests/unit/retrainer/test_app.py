@@ -44,8 +44,10 @@ class FakeLease:
         self.lost = False
         self.on_lost = None
         self.closed = False
+        self.acquires = 0  # how often the replica waited for it: once more each time it went back to standby
 
     def acquire(self, stop: threading.Event) -> bool:
+        self.acquires += 1
         while not stop.is_set() and not self.granted.is_set():
             time.sleep(0.01)
         self.lost = False
@@ -78,6 +80,10 @@ class FakeRunner:
 
     def stop(self) -> None:
         self.stopped.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self.stopped.is_set()
 
 
 class FakeProcessor:

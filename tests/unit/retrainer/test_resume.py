@@ -16,10 +16,11 @@ from services.retrainer.resume import (
     TimerStarts,
     line_snapshots,
     most_recent,
+    never,
     resume_point,
     resume_ranges,
 )
-from streamloop.kafka.group_history import PartitionBounds
+from streamloop.kafka.group_history import HistoryReadCancelled, PartitionBounds
 from streamloop.ml import build_model
 from streamloop.ml.registry import CHAMPION, deployment_record, new_version, slot_key, version_created_ms
 from tests.unit.model_publisher.factories import T0, consumed, labeled_example, with_policy
@@ -84,7 +85,7 @@ class FakeResume:
         self.snapshots = snapshots
         self.calls: list[str] = []
 
-    def __call__(self, deployment: dict) -> Resumed:
+    def __call__(self, deployment: dict, cancelled=never) -> Resumed:
         self.calls.append(deployment["version"])
         if self.error:
             raise self.error
@@ -261,8 +262,10 @@ class FakeHistory:
         return {p: next((o for o, (t, _) in enumerate(rs) if t >= time_ms), len(rs))
                 for p, rs in self.topics[topic].items()}
 
-    def read(self, topic: str, ranges: dict) -> list:
+    def read(self, topic: str, ranges: dict, cancelled=None) -> list:
         self.reads += 1
+        if cancelled is not None and cancelled():  # as GroupHistory does before its first slice
+            raise HistoryReadCancelled(f"reading {topic} again was given up")
         return [consumed(topic, self.topics[topic][p][o][1], offset=o, partition=p,
                          timestamp_ms=self.topics[topic][p][o][0])
                 for p, (start, stop) in ranges.items() for o in range(start, stop)]
