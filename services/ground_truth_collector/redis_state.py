@@ -28,7 +28,9 @@ read or wrote (a compare-and-set; a call sent again after its reply was lost fin
 wrote under its own owner, and takes it as written), and a refused flush reads the hash again and
 raises :class:`StateLost`. What it cannot see is a hash lost whole, owner counter included: the
 flush is refused as a take-over (the counter is not the store's), and a new store finds no offset
-to compare.
+to compare. A flush refused so with no other owner (that, or a failover that lost the counter's
+increment) is not waited on for ever: the join stage takes the partition back once no replica
+has written the hash for a while (:func:`ownership`, given_up.py).
 """
 
 from __future__ import annotations
@@ -219,6 +221,18 @@ class RedisPartitionStore:
     def discard(self) -> None:
         self._pending.clear()
         self._pending_offset = None
+
+
+def ownership(client: Any, key: str) -> tuple[str | None, str | None]:
+    """A partition hash's owner number and offset as Redis has them now (None for a field it lacks),
+    read without taking anything over: both change whenever a replica takes the partition over or
+    writes its state (given_up.py). Patiently, as a write: it is read once a batch is delivered."""
+    owner, offset = retrying(lambda: client.hmget(key, [OWNER_FIELD, OFFSET_FIELD]), f"reading {key}'s owner")
+    return _text(owner), _text(offset)
+
+
+def _text(value: bytes | str | None) -> str | None:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 class RedisValue:

@@ -74,7 +74,7 @@ class RunnerCollector:
             ctx.serde("labeled_examples"), ctx.serde("unmatched_labels"), keyed_topic=self.keyed_topic,
             joined_topic=self.joined_topic, examples_topic=ctx.topic("labeled_examples").name,
             unmatched_topic=ctx.topic("unmatched_labels").name, idle_after_ms=settings.idle_after,
-            counters=self.counters)
+            counters=self.counters, take_back_after_ms=settings.take_back_after_ms)
         self.score = ScoreStage(
             EvaluationConfig.from_spec(spec, settings.metrics_window, settings.metrics_lateness),
             RedisValue(redis, f"{state_prefix}:closed_until"), ctx.serde("labeled_examples"), pipeline=spec.name,

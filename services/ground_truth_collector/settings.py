@@ -16,6 +16,7 @@ from streamloop.telemetry.settings import TelemetrySettings
 
 SERVICE = "ground-truth-collector"
 _STALL_AFTER_DEFAULT_MS = 30_000
+_TAKE_BACK_AFTER_DEFAULT_MS = 120_000
 
 
 class CollectorSettings(BaseSettings):
@@ -50,6 +51,11 @@ class CollectorSettings(BaseSettings):
                                   "Unset: 30 s, or idle_after if that is less (stall_after_ms).")
     keyed_partitions: int | None = Field(
         default=None, ge=1, description="Partitions of the keyed stream; unset: as many as the labels topic.")
+    take_back_after: PositiveDurationMs | None = Field(
+        default=None, description="runner: a keyed partition whose join-state write another take-over refused, its "
+                                  "hash then written by no replica for this long, is taken back from its held commit "
+                                  "(given_up.py); at least twice the longer of KAFKA_SESSION_TIMEOUT_MS and "
+                                  "KAFKA_MAX_POLL_INTERVAL_MS. Unset: 2 min, or that if longer (take_back_after_ms).")
 
     # Prequential metrics.
     metrics_window: PositiveDurationMs = 10_000
@@ -76,6 +82,31 @@ class CollectorSettings(BaseSettings):
             raise ValueError(f"COLLECTOR_STALL_AFTER ({self.stall_after} ms) must be at most COLLECTOR_IDLE_AFTER "
                              f"({self.idle_after} ms): lower COLLECTOR_STALL_AFTER or raise COLLECTOR_IDLE_AFTER")
         return self
+
+    @model_validator(mode="after")
+    def _take_back_after_the_group_would_have_moved_it(self) -> CollectorSettings:
+        # Sooner, a replica could take a partition back from the group's owner of it before its
+        # consumer learned it had lost it (given_up.py).
+        kafka = self.common.kafka
+        floor = self._take_back_floor_ms
+        if self.take_back_after is not None and self.take_back_after < floor:
+            raise ValueError(f"COLLECTOR_TAKE_BACK_AFTER ({self.take_back_after} ms) must be at least twice the longer "
+                             f"of KAFKA_SESSION_TIMEOUT_MS ({kafka.session_timeout_ms} ms) and "
+                             f"KAFKA_MAX_POLL_INTERVAL_MS ({kafka.max_poll_interval_ms} ms): {floor} ms")
+        return self
+
+    @property
+    def _take_back_floor_ms(self) -> int:
+        kafka = self.common.kafka
+        return 2 * max(kafka.session_timeout_ms, kafka.max_poll_interval_ms)
+
+    @property
+    def take_back_after_ms(self) -> int:
+        """COLLECTOR_TAKE_BACK_AFTER, or when unset 2 min, raised to twice the longer of the consumer's
+        session timeout and poll interval if that is more."""
+        if self.take_back_after is not None:
+            return self.take_back_after
+        return max(_TAKE_BACK_AFTER_DEFAULT_MS, self._take_back_floor_ms)
 
     @property
     def stall_after_ms(self) -> int:

@@ -23,6 +23,7 @@ docs/ground-truth-collector.md says why this is the default and the faust app an
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -30,8 +31,15 @@ import zlib
 from collections.abc import Callable, Mapping, Sequence
 
 from services.ground_truth_collector.entries import JoinInput, Kind, SourceRef
+from services.ground_truth_collector.given_up import GivenUpPartitions
 from services.ground_truth_collector.join import Decision, JoinConfig, JoinCounters, Joined, JoinPartition
-from services.ground_truth_collector.redis_state import PartitionTakenOver, RedisPartitionStore, RedisValue, StateLost
+from services.ground_truth_collector.redis_state import (
+    PartitionTakenOver,
+    RedisPartitionStore,
+    RedisValue,
+    StateLost,
+    ownership,
+)
 from services.ground_truth_collector.routing import (
     HEADER_DECIDED_AT,
     HEADER_JOIN_CLOCK,
@@ -177,7 +185,8 @@ class JoinStage:
     def __init__(self, config: JoinConfig, store_for: Callable[[int], RedisPartitionStore],
                  source_serdes: Mapping[str, Serde], example_serde: Serde, unmatched_serde: Serde, *,
                  keyed_topic: str, joined_topic: str, examples_topic: str, unmatched_topic: str,
-                 idle_after_ms: int, counters: JoinCounters | None = None) -> None:
+                 idle_after_ms: int, counters: JoinCounters | None = None, take_back_after_ms: int = 120_000,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
         self.config = config
         self.store_for = store_for
         self.source_serdes = source_serdes
@@ -201,8 +210,9 @@ class JoinStage:
         self._batch_offsets: dict[int, tuple[int, int]] = {}
         # Partitions another replica took over while this one held them, each with the first offset
         # whose state was refused: their records are left alone and their commits held there until
-        # the partition is assigned again (see delivered()).
-        self._taken_over: dict[int, int] = {}
+        # the partition is assigned again, or taken back once no one writes its state (given_up.py;
+        # the runner reads it again from there, rewinds()).
+        self._taken_over = GivenUpPartitions(take_back_after_ms / 1000, monotonic)
         # Partitions whose state, as last read from Redis (assigned, or read again for a retry),
         # was checked against the first record read of them; the offset each partition's state
         # was taken to stand at when Redis recorded none (where its reading started); those to
@@ -216,7 +226,8 @@ class JoinStage:
         self._lost: dict[int, int] = {}
         # What the stage did about ownership and lost state, exported with the join's counters
         # (delivered_counts). All keys are there from the start: the report thread copies the dict.
-        self.state_counts = {"partition_taken_over": 0, "state_rewound": 0, "state_lost_records": 0}
+        self.state_counts = {"partition_taken_over": 0, "partition_taken_back": 0, "state_rewound": 0,
+                             "state_lost_records": 0}
         self._last_joined_ms = int(time.time() * 1000)
 
     def on_assigned(self, partitions: Sequence[TopicPartitionRef]) -> None:
@@ -227,11 +238,16 @@ class JoinStage:
     def on_revoked(self, partitions: Sequence[TopicPartitionRef]) -> None:
         for ref in partitions:
             self._forget(ref.partition)
-            self._taken_over.pop(ref.partition, None)
-            self._checked.discard(ref.partition)
+            self._taken_over.release(ref.partition)
+            self._read_as_assigned(ref.partition)
             self._batch_offsets.pop(ref.partition, None)
-            for known in (self._read_from, self._rewinds, self._rewound, self._lost):
-                known.pop(ref.partition, None)
+            self._rewinds.pop(ref.partition, None)
+
+    def _read_as_assigned(self, partition: int) -> None:
+        """Check the partition's state again at the first record read, as after an assignment."""
+        self._checked.discard(partition)
+        for known in (self._read_from, self._rewound, self._lost):
+            known.pop(partition, None)
 
     def _forget(self, partition: int) -> None:
         with self._partitions_lock:
@@ -360,10 +376,15 @@ class JoinStage:
         self._read_again(partition, offset)
 
     def rewinds(self) -> dict[tuple[str, int], int]:
-        """Partitions to read again from the offset their state stands at: the runner seeks there."""
-        asked = {(self.keyed_topic, partition): offset for partition, offset in self._rewinds.items()}
-        self._rewound.update(self._rewinds)
+        """Partitions to read again from the offset their state stands at, and those taken back from
+        their held commit: the runner seeks there."""
+        back = self._taken_over.taken_back()
+        asked = {(self.keyed_topic, partition): offset for partition, offset in {**self._rewinds, **back}.items()}
+        # Read again from there, as from a rewind: state found behind it is read again from where
+        # it stands, and records Kafka no longer has from there are counted as lost.
+        self._rewound.update(self._rewinds | back)
         self.state_counts["state_rewound"] += len(self._rewinds)
+        self.state_counts["partition_taken_back"] += len(back)
         self._rewinds = {}
         return asked
 
@@ -427,27 +448,43 @@ class JoinStage:
                     self._rewound.pop(partition, None)
                     self.state_counts["state_lost_records"] += self._lost.pop(partition, 0)
         self._batch_offsets.clear()
+        self._take_back_unwritten()
         self._delivered_counts = self.counters.as_dict()
 
     def _give_up(self, partition: int, refused: PartitionTakenOver) -> None:
         """Another replica took the partition over: this one lost it in Kafka (it stalled past the
         poll interval, or its batch waited for Redis that long), and a rebalance is on its way.
+        Or Redis lost the owner counter (a failover, a hash evicted whole), and none may come.
 
         The batch's state is not in Redis, so its offsets must not be committed (commit_limit):
         committed, its records would be in neither the state nor a replay, and a label among them
-        would never be decided. Nor may the partition be taken back, which would refuse the new
-        owner's writes in turn: its records are left alone until it is assigned again, when its
-        consumer starts again from the commit held here.
+        would never be decided. Nor may the partition be taken back at once, which would refuse
+        the new owner's writes in turn: its records are left alone until it is assigned again,
+        when its consumer starts again from the commit held here, or until its hash has gone a
+        whole COLLECTOR_TAKE_BACK_AFTER unwritten (_take_back_unwritten, given_up.py).
         """
         held_at = self._batch_offsets[partition][0]
         log.warning("%s; offsets of %s[%d] from %d are not committed and its records are left to the new owner "
-                    "until the partition is assigned again", refused, self.keyed_topic, partition, held_at)
-        self._taken_over[partition] = held_at
+                    "until the partition is assigned again, or its state goes %.0f s unwritten", refused,
+                    self.keyed_topic, partition, held_at, self._taken_over.take_back_after_s)
+        store = self.stores[partition]  # dropped, with what it read: only its hash's mark is read again
+        self._taken_over.give_up(partition, held_at, functools.partial(ownership, store.client, store.key))
         self.state_counts["partition_taken_over"] += 1
         self._forget(partition)
 
+    def _take_back_unwritten(self) -> None:
+        """Take back each partition given up whose hash no one wrote for a whole wait: no other
+        replica progresses it, and no rebalance may come to end the hold (given_up.py). Read again
+        from the held commit as if assigned again: its first record takes it over (a new owner
+        number) and checks the state Redis has against its offset."""
+        for partition, (held_at, mark) in self._taken_over.unwritten().items():
+            log.warning("%s[%d]: its join state in Redis (owner %s, offset %s) was written by no replica for %.0f s "
+                        "since this one gave the partition up; taking it back, reading from offset %d again",
+                        self.keyed_topic, partition, mark[0], mark[1], self._taken_over.take_back_after_s, held_at)
+            self._read_as_assigned(partition)  # the runner seeks back to held_at (rewinds())
+
     def commit_limit(self, topic: str, partition: int) -> int | None:
-        return self._taken_over.get(partition) if topic == self.keyed_topic else None
+        return self._taken_over.held_at(partition) if topic == self.keyed_topic else None
 
     def discard(self) -> None:
         """A batch failed part-way: each partition is read again from Redis, as after the last delivered batch.

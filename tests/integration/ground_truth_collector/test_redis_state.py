@@ -11,6 +11,7 @@ from services.ground_truth_collector.redis_state import (
     PartitionTakenOver,
     RedisPartitionStore,
     StateLost,
+    ownership,
 )
 
 pytestmark = pytest.mark.integration
@@ -102,3 +103,19 @@ def test_the_script_sent_again_after_its_reply_was_lost_takes_its_own_write_as_w
     with pytest.raises(StateLost):
         store.flush()
     assert client.hget(key, OFFSET_FIELD) == b"7" and store.next_offset == 7
+
+
+def test_the_owner_and_offset_are_read_without_taking_the_partition_over(redis_url: str, unique_name: str) -> None:
+    """What a replica that gave the partition up reads to tell whether another writes it (given_up.py)."""
+    client = redis.Redis.from_url(redis_url)
+    key = f"{unique_name}:join:0"
+    assert ownership(client, key) == (None, None), "no hash"
+    store = RedisPartitionStore(client, key, 0)
+    assert ownership(client, key) == ("1", None)
+    store.put("e1", {"status": "OPEN"}, 0)
+    store.advance(42)
+    store.flush()
+    assert ownership(client, key) == ("1", "42") and ownership(client, key) == ("1", "42")
+    store.advance(43)
+    store.flush()
+    assert ownership(client, key) == ("1", "43"), "the store still owns it: nothing was taken over"

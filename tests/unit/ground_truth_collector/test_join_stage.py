@@ -50,11 +50,11 @@ def event(event_id: str, first: int) -> list[ConsumedRecord]:
             keyed(first + 2, "p", Kind.PREDICTION, event_id, event_time=at(T0), pipeline="p")]
 
 
-def stage(client: Client) -> JoinStage:
+def stage(client: Client, **options) -> JoinStage:
     config = JoinConfig(pipeline="p", horizon_ms=60_000, grace_ms=0, remember_ms=0, idle_after_ms=1, sources=())
     return JoinStage(config, lambda p: RedisPartitionStore(client, f"join:{p}", p),
                      {topic: SERDES[topic] for topic in "fpl"}, SERDES["ex"], SERDES["um"], keyed_topic=KEYED,
-                     joined_topic="grp-joined", examples_topic="ex", unmatched_topic="um", idle_after_ms=1)
+                     joined_topic="grp-joined", examples_topic="ex", unmatched_topic="um", idle_after_ms=1, **options)
 
 
 def join_runner(join: JoinStage, settings: RunnerSettings | None = None) -> StageRunner:
@@ -272,6 +272,86 @@ def test_a_flush_refused_by_a_take_over_commits_nothing_of_the_partition_until_i
     owner.on_assigned(partition)  # the partition comes back, read from the commit held
     runner._run_batch(messages(event("e2", 1)))
     assert len(examples(runner)) == 1 and runner.consumer.commits[-1][0].offset == 4
+
+
+def test_a_partition_given_up_with_no_rebalance_to_come_is_taken_back_once_no_replica_writes_its_state() -> None:
+    """A failover to a replica without this replica's take-over (its increment of the owner counter)
+    refused its next write as another's take-over, though no other replica owned the partition.
+    With static membership no rebalance came to end the hold: its commits stayed where they were,
+    and its labels were never joined."""
+    client, now = Client(), [0.0]
+    previous = stage(client)  # the partition's last owner, before a restart
+    previous.process([keyed(0, "f", Kind.FEATURES, "e0", event_time=at(T0), pipeline="p")])
+    previous.delivered()
+    persisted = {key: dict(fields) for key, fields in client.hashes.items()}
+    join = stage(client, take_back_after_ms=120_000, monotonic=lambda: now[0])
+    runner = join_runner(join)
+    (label, features, prediction), later = event("e2", 1), keyed(4, "l", Kind.LABEL, "e3", label_time=at(T0 + 1000))
+    runner._run_batch(messages([label]))  # takes the partition over: owner 2
+    client.hashes = persisted  # the failover: owner 1 again, and the label's state gone with it
+    runner._run_batch(messages([features]))  # refused as a take-over: given up
+    now[0] += 119
+    runner._run_batch(messages([prediction]))
+    assert [c[0].offset for c in runner.consumer.commits] == [2, 2, 2] and runner.consumer.seeks == []
+    now[0] += 1  # two minutes in which no replica wrote the partition's hash
+    runner._run_batch(messages([later]))
+    assert [s.offset for s in runner.consumer.seeks] == [2] and runner.consumer.commits[-1][0].offset == 2
+    runner._run_batch(messages([features, prediction, later]))  # from the held commit: taken over again
+    assert client.hashes["join:0"][OWNER_FIELD] == "2" and client.hashes["join:0"][OFFSET_FIELD] == "1"
+    assert [s.offset for s in runner.consumer.seeks] == [2, 1], "the state stands before it: read from there"
+    runner._run_batch(messages([label, features, prediction, later]))
+    assert len(examples(runner)) == 1 and join.counters.joined == 1
+    assert runner.consumer.commits[-1][0].offset == 5 and client.hashes["join:0"][OFFSET_FIELD] == "5"
+    counts = join.delivered_counts
+    assert (counts["partition_taken_over"], counts["partition_taken_back"], counts["state_rewound"]) == (1, 1, 1)
+
+
+def test_a_partition_given_up_is_left_alone_while_another_replica_writes_its_state() -> None:
+    """Only a hash that no replica wrote for a whole wait is taken back: one that another writes is
+    that replica's, and taking it back would refuse its writes in turn."""
+    client, now = Client(), [0.0]
+    stalled = stage(client, take_back_after_ms=120_000, monotonic=lambda: now[0])
+    runner = join_runner(stalled)
+    runner._run_batch(messages([keyed(0, "f", Kind.FEATURES, "e0", event_time=at(T0), pipeline="p")]))
+    owner = stage(client)  # took the partition over while the other stalled
+    records = event("e2", 1) + event("e3", 4)
+    owner.process(records[:1])
+    owner.delivered()
+    runner._run_batch(messages(records[:1]))  # refused: given up
+    for offset in range(1, 6):
+        now[0] += 60
+        owner.process(records[offset:offset + 1])  # the owner goes on, writing the partition's offset
+        owner.delivered()
+        runner._run_batch(messages(records[offset:offset + 1]))
+    assert runner.consumer.seeks == [] and {c[0].offset for c in runner.consumer.commits} == {1}
+    assert owner.delivered_counts["partition_taken_over"] == 0 and client.hashes["join:0"][OFFSET_FIELD] == "7"
+    tick = ConsumedRecord(KEYED, 0, 7, None, {"bytes": b""}, T0, control_headers(TICK))
+    now[0] += 120  # the owner stopped: its last write came after the stalled replica last read the hash
+    runner._run_batch(messages([tick]))
+    assert runner.consumer.seeks == [], "taken back a whole wait after the hash was first read unchanged"
+    now[0] += 120
+    runner._run_batch(messages([tick]))
+    assert [s.offset for s in runner.consumer.seeks] == [1]
+
+
+def test_a_partition_to_take_back_that_is_revoked_first_is_read_from_its_held_commit_as_any_assignment() -> None:
+    """Found unwritten after a tick, the partition is taken back at the next batch (only a batch
+    commits and seeks); revoked meanwhile, nothing of the take-back is left to its next assignment."""
+    client, now = Client(), [0.0]
+    join = stage(client, take_back_after_ms=120_000, monotonic=lambda: now[0])
+    runner = join_runner(join)
+    runner._run_batch(messages([keyed(0, "f", Kind.FEATURES, "e0", event_time=at(T0), pipeline="p")]))
+    del client.hashes["join:0"]  # evicted whole
+    label, features, prediction = event("e2", 1)
+    runner._run_batch(messages([label]))
+    now[0] += 120
+    runner.pacer, runner._next_tick = OneBatch([]), 0.0
+    runner._turn()  # no batch: ticked, and found unwritten
+    runner.pacer = None
+    reassigned(runner)
+    runner._run_batch(messages([label, features, prediction]))  # from the held commit
+    assert runner.consumer.seeks == [] and len(examples(runner)) == 1
+    assert runner.consumer.commits[-1][0].offset == 4 and join.delivered_counts["partition_taken_back"] == 0
 
 
 def reassigned(runner: StageRunner) -> None:

@@ -17,7 +17,7 @@ from services.ground_truth_collector.redis_state import (
 
 
 class Client:
-    """What the store uses of redis-py: hincrby, hgetall and its one script, written over again here.
+    """What the store uses of redis-py: hincrby, hgetall, hmget and its one script, written over again here.
 
     tests/integration/ground_truth_collector/test_redis_state.py runs the real script on Redis.
     """
@@ -33,6 +33,9 @@ class Client:
 
     def hgetall(self, key: str) -> dict[str, str]:
         return dict(self.hashes.get(key, {}))
+
+    def hmget(self, key: str, fields: list[str]) -> list[str | None]:
+        return [self.hashes.get(key, {}).get(name) for name in fields]
 
     def register_script(self, _source: str):  # noqa: ANN201 - redis-py's Script: keys and args in, the result out
         def write_if_owner(keys: list[str], args: list) -> int:

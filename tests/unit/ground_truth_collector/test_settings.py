@@ -15,7 +15,8 @@ from tests.conftest import DEMO_SPEC
 @pytest.fixture(autouse=True)
 def _no_collector_variables(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("COLLECTOR_BATCH_SIZE", "COLLECTOR_BATCH_WAIT", "COLLECTOR_TICK_INTERVAL", "STREAMLOOP_RUNNER",
-                 "COLLECTOR_IDLE_AFTER", "COLLECTOR_STALL_AFTER"):
+                 "COLLECTOR_IDLE_AFTER", "COLLECTOR_STALL_AFTER", "COLLECTOR_TAKE_BACK_AFTER",
+                 "KAFKA_SESSION_TIMEOUT_MS", "KAFKA_MAX_POLL_INTERVAL_MS"):
         monkeypatch.delenv(name, raising=False)
 
 
@@ -51,6 +52,27 @@ def test_an_unset_stall_after_stays_within_idle_after(monkeypatch: pytest.Monkey
     assert CollectorSettings().stall_after_ms == 30_000
     monkeypatch.setenv("COLLECTOR_IDLE_AFTER", "3s")
     assert CollectorSettings().stall_after_ms == 3_000, "a lower idle_after is not refused for a default"
+
+
+def test_a_take_back_sooner_than_the_group_would_have_moved_the_partition_is_refused_naming_each(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sooner, a replica could take a partition back from the group's owner of it before its consumer
+    learned that it had lost it (given_up.py)."""
+    monkeypatch.setenv("KAFKA_MAX_POLL_INTERVAL_MS", "90000")
+    monkeypatch.setenv("COLLECTOR_TAKE_BACK_AFTER", "2m")
+    with pytest.raises(ValidationError) as refused:
+        CollectorSettings()
+    message = describe_validation_error(refused.value, CollectorSettings)
+    assert "COLLECTOR_TAKE_BACK_AFTER" in message and "KAFKA_MAX_POLL_INTERVAL_MS" in message
+    monkeypatch.setenv("COLLECTOR_TAKE_BACK_AFTER", "3m")
+    assert CollectorSettings().take_back_after_ms == 180_000, "twice the poll interval is allowed"
+
+
+def test_an_unset_take_back_after_is_two_minutes_or_longer_as_the_consumer_s_timeouts_need(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    assert CollectorSettings().take_back_after_ms == 120_000
+    monkeypatch.setenv("KAFKA_SESSION_TIMEOUT_MS", "75000")
+    assert CollectorSettings().take_back_after_ms == 150_000, "a longer session timeout is not refused for a default"
 
 
 @pytest.fixture
