@@ -96,3 +96,6 @@ class GivenUpPartitions:
 
     def __contains__(self, partition: object) -> bool:
         return partition in self._held
+
+    def __len__(self) -> int:
+        return len(self._held)

@@ -6,6 +6,8 @@
 - ``streamloop_collector_events_total{event}``: the join's and the metrics stage's counters
   (labels_in, joined, after_horizon, no_matching_event, duplicate, evicted, replayed, outcomes_late...)
 - ``streamloop_collector_pending_labels``, ``streamloop_collector_join_entries``: join state size
+- ``streamloop_collector_partitions_given_up``: keyed partitions the runner runtime's join holds
+  given up to another replica's take-over (their commits held, their records left alone)
 """
 
 from __future__ import annotations
@@ -30,6 +32,10 @@ class CollectorMetrics:
         self._events = metrics.counter("streamloop_collector_events", "What the join and the metrics stage did.")
         self._pending = metrics.gauge("streamloop_collector_pending_labels", "Labels waiting for their event.")
         self._entries = metrics.gauge("streamloop_collector_join_entries", "Entries in the join state.")
+        self._given_up = metrics.gauge(
+            "streamloop_collector_partitions_given_up",
+            "Keyed partitions whose join-state write another replica's take-over refused, held (commits, records) "
+            "until assigned again or taken back.")
 
     def windows(self, reports: Iterable[WindowReport]) -> None:
         for report in reports:
@@ -42,8 +48,9 @@ class CollectorMetrics:
             for quantile, value in report.label_delay_ms.items():
                 self._delay(value / 1000, {**model, "quantile": quantile})
 
-    def report(self, totals: Mapping[str, int], pending: int, entries: int) -> None:
-        """Called periodically: consumed records per topic, counter increments, state gauges."""
+    def report(self, totals: Mapping[str, int], pending: int, entries: int, given_up: int | None = None) -> None:
+        """Called periodically: consumed records per topic, counter increments, state gauges
+        (``given_up`` by the runner runtime only: the faust app has no take-over to refuse it)."""
         for topic, count in self.consumed.items():
             self.metrics.record_batch(topic, 1, count, 0.0)
         self.consumed.clear()
@@ -56,3 +63,5 @@ class CollectorMetrics:
                 self._reported[name] = value
         self._pending(pending)
         self._entries(entries)
+        if given_up is not None:
+            self._given_up(given_up)

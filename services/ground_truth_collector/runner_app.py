@@ -198,7 +198,11 @@ class RunnerCollector:
             self._stop.wait(0.5)
             if time.monotonic() >= next_report:
                 next_report = time.monotonic() + self.settings.metrics_report_interval / 1000
-                self.report.report(self.totals(), self.join.pending, self.join.entries)
+                self.report_state()
+
+    def report_state(self) -> None:
+        """Export the counters and the join's gauges, as they are now."""
+        self.report.report(self.totals(), self.join.pending, self.join.entries, self.join.given_up)
 
     def totals(self) -> dict[str, int]:
         """What the join and the metrics stage did: streamloop_collector_events_total's events.

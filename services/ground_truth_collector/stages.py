@@ -526,6 +526,13 @@ class JoinStage:
         return sum(p.pending for p in self._joins())
 
     @property
+    def given_up(self) -> int:
+        """The keyed partitions held given up now (their commits and records), those to take back
+        included until the runner reads them again: streamloop_collector_partitions_given_up. The
+        report thread reads it; a dict's length is read whole."""
+        return len(self._taken_over)
+
+    @property
     def entries(self) -> int:
         return sum(p.size for p in self._joins())
 

@@ -97,6 +97,7 @@ def test_alerts_cover_what_operations_must_know():
         "StreamloopConsumerLagGrowing": "kafka_consumergroup_group_lag",
         "StreamloopDeadLetters": "streamloop_dead_letters_total",
         "StreamloopOutputsDropped": "streamloop_outputs_dropped_total",
+        "StreamloopCollectorPartitionGivenUp": "streamloop_collector_partitions_given_up",
         "StreamloopDriftCritical": "streamloop_drift_detections_total",
         "StreamloopDriftErrorsUnusable": "streamloop_drift_errors_adjusted_total",
         "StreamloopModelLoadFailures": "streamloop_model_load_failures_total",

@@ -21,7 +21,7 @@ from streamloop.service.context import ServiceContext
 from streamloop.telemetry import Telemetry, configure_telemetry
 from tests.conftest import DEMO_SPEC
 from tests.kafka_fakes import FakeMessage
-from tests.unit.ground_truth_collector.test_join_stage import KEYED, T0, event, join_runner, stage
+from tests.unit.ground_truth_collector.test_join_stage import KEYED, T0, at, event, join_runner, keyed, messages, stage
 from tests.unit.ground_truth_collector.test_redis_state import Client
 from tests.unit.ground_truth_collector.test_scoring import example
 
@@ -157,6 +157,33 @@ def test_a_batch_retried_without_its_poison_record_exports_only_what_was_deliver
     assert exported["labels_in"] == 2 and exported["joined"] == 1
     decided = ("joined", "after_horizon", "no_matching_event", "duplicate")
     assert exported["labels_in"] == sum(exported.get(name, 0) for name in decided) + join.pending
+
+
+def exported_gauge(collector: RunnerCollector, name: str) -> float | None:
+    registry = collector.telemetry.metrics.registry
+    values = [sample.value for family in registry.collect() if family.name == name for sample in family.samples]
+    return values[0] if values else None
+
+
+def test_the_partitions_held_given_up_are_exported_until_taken_back(collector) -> None:
+    """What an alert can watch: partition_taken_over counts the refused writes, not how long the
+    partition then stays held (StreamloopCollectorPartitionGivenUp, deploy/prometheus/alerts.yml)."""
+    client, now = Client(), [0.0]
+    join = stage(client, take_back_after_ms=120_000, monotonic=lambda: now[0])
+    collector.join, collector.counters = join, join.counters
+    runner = join_runner(join)
+    runner._run_batch(messages([keyed(0, "f", Kind.FEATURES, "e0", event_time=at(T0), pipeline="p")]))
+    collector.report_state()
+    assert exported_gauge(collector, "streamloop_collector_partitions_given_up") == 0
+    del client.hashes["join:0"]  # evicted whole: the next write is refused as a take-over
+    label, features, prediction = event("e2", 1)
+    runner._run_batch(messages([label]))
+    collector.report_state()
+    assert exported_gauge(collector, "streamloop_collector_partitions_given_up") == 1
+    now[0] += 120
+    runner._run_batch(messages([features]))  # the hash went unwritten: taken back, read again from 1
+    collector.report_state()
+    assert exported_gauge(collector, "streamloop_collector_partitions_given_up") == 0
 
 
 def test_a_total_that_goes_back_is_not_counted_again_when_it_rises_to_where_it_was(collector) -> None:
