@@ -226,13 +226,18 @@ def _confluent(schema: AvroSchema, auto_register: bool):
 
 
 def test_confluent_without_auto_register_needs_a_registered_schema(repository: SchemaRepository) -> None:
+    """Not registered (yet) is the deployment's trouble, not the record's: the runner waits, dead-letters nothing."""
     from confluent_kafka.schema_registry import Schema
+
+    from streamloop.errors import DependencyUnavailable
+    from streamloop.serde import SchemaNotRegisteredError
 
     schema = repository.load("labels/label.avsc")
     serde, client = _confluent(schema, auto_register=False)
     record = sample_record(schema, 4)
-    with pytest.raises(SerializationError, match="labels.label.v1-value"):
+    with pytest.raises(SchemaNotRegisteredError, match="labels.label.v1-value") as refused:
         serde.encode(record)
+    assert isinstance(refused.value, DependencyUnavailable) and not isinstance(refused.value, SerdeError)
     schema_id = client.register_schema("labels.label.v1-value", Schema(json.dumps(schema.raw), "AVRO"))
     data = serde.encode(record)
     assert data[0] == 0 and int.from_bytes(data[1:5], "big") == schema_id
@@ -245,6 +250,47 @@ def test_confluent_with_auto_register_just_works(repository: SchemaRepository) -
     for seed in range(4):
         record = sample_record(schema, seed)
         assert serde.decode(serde.encode(record)) == record
+
+
+@pytest.mark.parametrize("auto_register", [False, True])
+@pytest.mark.parametrize("status", [404, 409, 422])
+def test_confluent_encoding_never_blames_the_record_for_the_registrys_answer(
+    repository: SchemaRepository, status: int, auto_register: bool
+) -> None:
+    """Encoding, the registry is asked about the service's own schema: no answer of its says the record is bad."""
+    from confluent_kafka.schema_registry.error import SchemaRegistryError
+
+    from streamloop.serde import RegistryUnavailableError
+    from streamloop.serde.confluent import ConfluentSerde
+
+    class Refusing:
+        def lookup_schema(self, *_args, **_kwargs):
+            raise SchemaRegistryError(status, status * 100 + 1, "refused")
+
+        register_schema = lookup_schema
+
+    schema = repository.load("labels/label.avsc")
+    serde = ConfluentSerde(schema, "labels.label.v1", Refusing(), auto_register=auto_register)
+    with pytest.raises(RegistryUnavailableError, match="labels.label.v1-value") as refused:
+        serde.encode(sample_record(schema, 1))
+    assert not isinstance(refused.value, SerdeError)
+
+
+def test_confluent_bytes_are_confluent_kafkas_own(repository: SchemaRepository) -> None:
+    """The same bytes as confluent-kafka's AvroSerializer writes, and its AvroDeserializer reads ours."""
+    from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
+    from confluent_kafka.serialization import MessageField, SerializationContext
+
+    context = SerializationContext("labels.label.v1", MessageField.VALUE)
+    for name in ("labels/label.avsc", "features/feature_vector.avsc", "inference/prediction.avsc"):
+        schema = repository.load(name)
+        serde, client = _confluent(schema, auto_register=True)
+        theirs = AvroSerializer(client, json.dumps(schema.raw), conf={"auto.register.schemas": False})
+        for seed in range(4):
+            record = sample_record(schema, seed)
+            ours = serde.encode(record)
+            assert ours == theirs(record, context), name
+            assert AvroDeserializer(client, json.dumps(schema.raw))(ours, context) == record, name
 
 
 @pytest.mark.parametrize(

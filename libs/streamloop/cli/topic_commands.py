@@ -26,6 +26,7 @@ from streamloop.cli.connection import (
 )
 from streamloop.contracts import CatalogError
 from streamloop.contracts.catalog import DEAD_LETTER_SUFFIX
+from streamloop.errors import DependencyUnavailable
 from streamloop.kafka.dead_letters import read_error_headers
 from streamloop.kafka.exceptions import kafka_error_of, unwrapped_kafka_exceptions
 from streamloop.kafka.lag import group_lag
@@ -95,6 +96,9 @@ def produce(
                     producer.flush(30)
                     raise fail(f"line {number}: invalid {spec.schema.name}: {exc}; "
                                f"{_records(produced)} produced before it") from None
+                except DependencyUnavailable as exc:  # the Schema Registry: not answering, or without the schema
+                    producer.flush(30)
+                    raise fail(f"line {number}: {exc}; {_records(produced)} produced before it") from None
                 producer.produce(spec.name, value=value, key=key.encode(), on_delivery=on_delivery)
                 produced += 1  # handed to the producer: counted even if poll() then fails
                 producer.poll(0)

@@ -11,6 +11,7 @@ from typing import Any, Protocol
 from streamloop.serde.exceptions import (
     DeserializationError,
     RegistryUnavailableError,
+    SchemaNotRegisteredError,
     SerdeError,
     SerializationError,
     UnboundedSchemaError,
@@ -31,6 +32,7 @@ class Serde(Protocol):
 __all__ = [
     "DeserializationError",
     "RegistryUnavailableError",
+    "SchemaNotRegisteredError",
     "Serde",
     "SerdeError",
     "SerializationError",

@@ -4,29 +4,37 @@ Used when ``SCHEMA_REGISTRY_URL`` is set, so streamloop's topics interoperate wi
 ecosystem. Auto-registration is off unless asked for: in production, schemas are registered by
 the deployment pipeline, not by whichever producer starts first. ``mock://`` URLs select
 confluent-kafka's in-process mock registry, which the tests use.
+
+Encoding has two steps, kept apart because they fail for different reasons: the registry's id for
+the topic's schema (looked up once), then the record's body. Whatever the registry answers in the
+first step is about the service's own schema, never about the record, so every such failure is a
+``RegistryUnavailableError`` (``SchemaNotRegisteredError`` when it has no such schema yet): the stage
+runner waits for it instead of dead-lettering the batch. Only the second step raises
+``SerializationError``.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import threading
 from typing import Any
 
 import fastavro
-from confluent_kafka.schema_registry import SchemaRegistryClient
-from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
+from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
+from confluent_kafka.schema_registry.avro import AvroDeserializer
 
 # The registry client talks through httpx2 or httpx, whichever is installed: its transport errors
 # are that module's, so they are caught as that module's.
 from confluent_kafka.schema_registry.common._httpx_compat import httpx
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 from confluent_kafka.serialization import MessageField, SerializationContext
-from confluent_kafka.serialization import SerializationError as ConfluentSerializationError
 
 from streamloop.contracts.schemas import AvroSchema
 from streamloop.serde.exceptions import (
     DeserializationError,
     RegistryUnavailableError,
+    SchemaNotRegisteredError,
     SerializationError,
     UnknownSchemaError,
 )
@@ -34,7 +42,8 @@ from streamloop.serde.limits import check_bounded
 
 CONFLUENT_MAGIC = 0
 # Refused credentials (401, 403), a timeout (408), rate-limiting (429), 5xx: the registry's or its
-# configuration's trouble, not the record's; another 4xx (404: no such schema) is an answer about it.
+# configuration's trouble, not the record's. Decoding, another 4xx (404: no such schema id) is an
+# answer about the record, which named the id; encoding, every answer is about the service's schema.
 _REGISTRY_DOWN_STATUSES = frozenset({401, 403, 408, 429})
 
 
@@ -66,9 +75,10 @@ class ConfluentSerde:
         self._bounded: set[int] = set()
         schema_str = json.dumps(schema.raw)
         self._context = SerializationContext(topic, MessageField.VALUE)
-        self._serializer = AvroSerializer(
-            registry, schema_str, conf={"auto.register.schemas": auto_register}
-        )
+        self._subject = f"{topic}-value"  # confluent-kafka's default subject name strategy (TopicNameStrategy)
+        self._registry_schema = Schema(schema_str, "AVRO")
+        self._auto_register = auto_register
+        self._schema_id: int | None = None  # the registry's id for ``schema``, once known
         self._deserializer = AvroDeserializer(registry, schema_str)
 
     @staticmethod
@@ -82,19 +92,42 @@ class ConfluentSerde:
             return _CLIENTS[key]
 
     def encode(self, record: dict[str, Any]) -> bytes:
+        schema_id = self._schema_id if self._schema_id is not None else self._registered_id()
+        buffer = io.BytesIO()
+        buffer.write(CONFLUENT_MAGIC.to_bytes(1, "big") + schema_id.to_bytes(4, "big"))
         try:
-            return self._serializer(record, self._context)
+            fastavro.schemaless_writer(buffer, self.schema.parsed, record)
+        except (ValueError, TypeError, KeyError) as exc:
+            raise SerializationError(f"record does not match {self.schema.name}: {exc}") from exc
+        return buffer.getvalue()
+
+    def _registered_id(self) -> int:
+        """The registry's id for this topic's schema: looked up (or, if asked for, registered) once.
+
+        Nothing here depends on the record: whatever fails is the registry's or the deployment's
+        trouble, and the record may be fine.
+        """
+        try:
+            if self._auto_register:
+                schema_id = self._registry.register_schema(self._subject, self._registry_schema)
+            else:
+                schema_id = self._registry.lookup_schema(self._subject, self._registry_schema).schema_id
         except SchemaRegistryError as exc:
             if _registry_down(exc):
-                raise RegistryUnavailableError(f"cannot look up the schema of {self.topic}: {exc}") from exc
-            raise SerializationError(
-                f"schema of {self.topic} is not registered under {self.topic}-value "
-                f"(auto-registration is off): {exc}"
+                raise RegistryUnavailableError(f"cannot look up {self._subject}: {exc}") from exc
+            if exc.http_status_code == 404:  # no such subject (40401), schema (40403), or either (mock: 40400)
+                raise SchemaNotRegisteredError(
+                    f"{self.schema.name} is not registered under {self._subject}; deploy/create_topics.py "
+                    f"registers it (auto-registration is {'on' if self._auto_register else 'off'}): {exc}"
+                ) from exc
+            # 409 (incompatible with the subject's versions), 422 (invalid): a deployment to fix.
+            raise RegistryUnavailableError(
+                f"the registry refused {self.schema.name} under {self._subject}: {exc}"
             ) from exc
         except httpx.HTTPError as exc:
-            raise RegistryUnavailableError(f"cannot look up the schema of {self.topic}: {exc}") from exc
-        except (ConfluentSerializationError, ValueError, TypeError, KeyError) as exc:
-            raise SerializationError(f"record does not match {self.schema.name}: {exc}") from exc
+            raise RegistryUnavailableError(f"cannot look up {self._subject}: {exc}") from exc
+        self._schema_id = schema_id
+        return schema_id
 
     def decode(self, data: bytes | None) -> dict[str, Any]:
         if data is None:

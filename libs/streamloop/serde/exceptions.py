@@ -27,3 +27,7 @@ class UnboundedSchemaError(SerdeError):
 
 class RegistryUnavailableError(DependencyUnavailable):
     """The Schema Registry did not answer (unreachable, timed out, 5xx): the record may be fine."""
+
+
+class SchemaNotRegisteredError(RegistryUnavailableError):
+    """The registry has no id for the schema a service writes with (yet): the deployment registers it."""

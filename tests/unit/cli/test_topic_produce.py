@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 
 import pytest
 from typer.testing import CliRunner
@@ -11,6 +12,7 @@ from streamloop.cli import topic_commands
 from streamloop.cli.connection import Connection
 from streamloop.cli.main import app
 from streamloop.contracts import load_catalog
+from streamloop.service.settings import SerdeSettings
 from tests.kafka_fakes import fatal_error_as_system_error, fatal_kafka_exception
 
 TRANSACTION = {"transaction_id": "t1", "card_id": "c", "timestamp": 1_700_000_000_000, "amount": 1.0,
@@ -33,14 +35,19 @@ class Producer:
 
 
 @pytest.fixture
-def producers(monkeypatch, demo_pipeline) -> list[Producer]:
+def serde_settings() -> SerdeSettings:
+    return SerdeSettings(url=None)
+
+
+@pytest.fixture
+def producers(monkeypatch, demo_pipeline, serde_settings) -> list[Producer]:
     made: list[Producer] = []
 
     def producer(config) -> Producer:
         made.append(Producer(config))
         return made[-1]
 
-    connection = Connection(demo_pipeline, load_catalog(demo_pipeline), "127.0.0.1:1", "redis://r")
+    connection = Connection(demo_pipeline, load_catalog(demo_pipeline), "127.0.0.1:1", "redis://r", serde_settings)
     monkeypatch.setattr(topic_commands, "connect", lambda *_args: connection)
     monkeypatch.setattr(topic_commands, "reachable_admin", lambda _settings: None)
     monkeypatch.setattr(topic_commands, "Producer", producer)
@@ -77,3 +84,14 @@ def test_a_fatal_producer_error_ends_in_one_line_naming_it(producers, monkeypatc
     produced = "1 record" if failing == "poll" else "2 records"
     assert result.output == (f"streamloop: the Kafka producer failed (sequence desynchronization with broker 1) "
                              f"after {produced}; some may not have been written\n")
+
+
+@pytest.mark.parametrize("serde_settings", [SerdeSettings(url=f"mock://{uuid.uuid4().hex}")])
+def test_a_schema_the_registry_does_not_have_ends_in_one_line_naming_the_subject(producers) -> None:
+    stdin = json.dumps(TRANSACTION) + "\n"
+    result = CliRunner().invoke(app, ["produce", "payments.transaction.v1"], input=stdin.encode())
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith("streamloop: line 1: examples.payments.Transaction is not registered under "
+                                    "payments.transaction.v1-value; deploy/create_topics.py registers it ")
+    assert result.output.endswith("; 0 records produced before it\n") and result.output.count("\n") == 1
+    assert producers[0].produced == []

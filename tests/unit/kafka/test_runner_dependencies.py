@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import uuid
 from collections.abc import Sequence
 
 import pytest
@@ -95,6 +97,43 @@ def test_a_registry_outage_while_encoding_waits_instead_of_dead_lettering() -> N
     runner = stage(Echo(), output_serde=RegistryDownAtFirst(outages=2))
     runner._run_batch(batch(b"a", b"b"))
     assert produced(runner) == [(SINK, b"a"), (SINK, b"b")]
+    assert runner.stats.dependency_waits == 2 and runner.consumer.commits[-1][0].offset == 2
+
+
+def test_an_output_schema_not_yet_registered_waits_instead_of_dead_lettering() -> None:
+    """Pods that start before the topics Job registered a changed schema: the batch waits for it, whole.
+
+    The schema looked up while encoding is the stage's own output schema, so the registry's "not
+    found" says nothing about the input records; dead-lettered, every one would be lost.
+    """
+    from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
+
+    from streamloop.contracts.samples import sample_record
+    from streamloop.contracts.schemas import SchemaRepository
+    from streamloop.serde.confluent import ConfluentSerde
+
+    label = SchemaRepository().load("labels/label.avsc")
+    registry = SchemaRegistryClient.new_client({"url": f"mock://{uuid.uuid4().hex}"})
+    serde = ConfluentSerde(label, SINK, registry)  # auto-registration off, as in production
+
+    class Labels:
+        def process(self, batch: Sequence[ConsumedRecord]) -> ProcessResult:
+            return ProcessResult(outputs=[OutgoingRecord(SINK, r.key, sample_record(label, r.offset), source=r)
+                                          for r in batch])
+
+    runner = stage(Labels(), output_serde=serde)
+    waits: list[float] = []
+
+    def the_job_registers_it_meanwhile(seconds: float) -> None:
+        waits.append(seconds)
+        if len(waits) == 2:
+            registry.register_schema(f"{SINK}-value", Schema(json.dumps(label.raw), "AVRO"))
+
+    runner._sleep = the_job_registers_it_meanwhile
+    assert runner._run_batch(batch(b"a", b"b"))
+    assert [topic for topic, _value in produced(runner)] == [SINK, SINK], "not one dead letter"
+    assert [serde.decode(value) for _topic, value in produced(runner)] == [sample_record(label, 0),
+                                                                           sample_record(label, 1)]
     assert runner.stats.dependency_waits == 2 and runner.consumer.commits[-1][0].offset == 2
 
 
