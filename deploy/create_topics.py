@@ -8,13 +8,16 @@ CLI command ``streamloop topics create``. Settings come from the environment eve
 
     python deploy/create_topics.py              # create what is missing, register the schemas
     python deploy/create_topics.py --dry-run    # print the plan, touch nothing
-    python deploy/create_topics.py --wait 300   # only wait until every topic exists (init containers)
+    python deploy/create_topics.py --wait 300   # only wait until every topic exists and, with a
+                                                # registry, every schema is registered (init containers)
 
 Topics that exist are never altered (partitions can only be added by hand: docs/operations.md).
 With a Schema Registry (``SCHEMA_REGISTRY_URL``), each catalog topic's current schema is registered
 under ``<topic>-value``: the services run with auto-registration off, so production schemas are
 registered here, by the deployment, not by whichever producer starts first. Registering the same
-schema again is a no-op; an incompatible one fails the run, before any service sees it.
+schema again is a no-op; an incompatible one fails the run, before any service sees it. ``--wait``
+waits for those registrations too (the Job creates the topics first): a service started before
+them would only wait for its output schema, batch after batch, logging that it is not registered.
 
 Exit codes: 0 done, 1 the broker or the registry refused or did not answer, 2 a bad spec or setting.
 """
@@ -72,11 +75,19 @@ def plan(catalog: Catalog, replication_factor: int = 1, min_insync_replicas: int
     return Plan(topics, subjects)
 
 
+def _registry_client(registry_url: str, registry_config: dict):
+    """The process's client of that registry, as the services get theirs (a ``mock://`` one keeps its
+    schemas for the process: the tests register and look up through the same one)."""
+    from streamloop.serde.confluent import ConfluentSerde
+
+    return ConfluentSerde.client(registry_url, **registry_config)
+
+
 def register_schemas(registry_url: str, registry_config: dict, subjects: dict[str, str]) -> list[str]:
     """Register each subject's schema; returns ``subject=id`` lines. Raises on an incompatible schema."""
-    from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
+    from confluent_kafka.schema_registry import Schema
 
-    client = SchemaRegistryClient.new_client({"url": registry_url, **registry_config})  # mock:// in tests
+    client = _registry_client(registry_url, registry_config)
     return [f"{subject}={client.register_schema(subject, Schema(schema, 'AVRO'))}"
             for subject, schema in sorted(subjects.items())]
 
@@ -96,11 +107,40 @@ def wait_for_topics(admin: AdminClient, names: list[str], timeout_s: float) -> l
         time.sleep(2)
 
 
+def wait_for_subjects(registry_url: str, registry_config: dict, subjects: dict[str, str],
+                      timeout_s: float) -> list[str]:
+    """Block until each subject has its schema registered; returns the subjects still without it when
+    ``timeout_s`` ran out. The schema itself is looked up, so an older version does not count."""
+    from confluent_kafka.schema_registry import Schema
+    from confluent_kafka.schema_registry.error import SchemaRegistryError
+
+    client = _registry_client(registry_url, registry_config)
+    deadline = time.monotonic() + timeout_s
+    missing = sorted(subjects)
+    while True:
+        waiting = []
+        for subject in missing:
+            try:
+                client.lookup_schema(subject, Schema(subjects[subject], "AVRO"))
+            except SchemaRegistryError as exc:
+                if exc.http_status_code != 404:  # not yet registered is what this waits for; say anything else
+                    log.info("registry: %s: %s", subject, exc)
+                waiting.append(subject)
+            except Exception as exc:  # noqa: BLE001 - the registry client's transport errors
+                log.info("registry not answering yet: %s: %s", type(exc).__name__, exc)
+                waiting.append(subject)
+        missing = waiting
+        if not missing or time.monotonic() >= deadline:
+            return missing
+        time.sleep(2)
+
+
 def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--dry-run", action="store_true", help="Print the plan; create and register nothing.")
     parser.add_argument("--wait", type=float, metavar="SECONDS", default=None,
-                        help="Create nothing: wait this long for every topic to exist (exit 1 if not).")
+                        help="Create nothing: wait this long for every topic to exist and, with a registry "
+                             "(unless --no-schemas), every schema to be registered (exit 1 if not).")
     parser.add_argument("--replication-factor", type=int, default=None,
                         help=f"Replicas of each new topic (env {REPLICATION_ENV}; default 1). The collector "
                              f"creates its internal topics from the environment only: prefer the variable.")
@@ -132,11 +172,20 @@ def main(argv: list[str] | None = None) -> int:
     try:
         wait_for_broker(admin, timeout_s=args.broker_timeout)
         if args.wait is not None:
+            deadline = time.monotonic() + args.wait
             missing = wait_for_topics(admin, [t.topic for t in work.topics], args.wait)
             if missing:
                 print(f"create_topics: still missing after {args.wait:.0f}s: {', '.join(missing)}", file=sys.stderr)
                 return 1
             log.info("all %d topics exist", len(work.topics))
+            if common.serde.url and not args.no_schemas:
+                unregistered = wait_for_subjects(common.serde.url, common.serde.registry_config(), work.subjects,
+                                                 max(0.0, deadline - time.monotonic()))
+                if unregistered:
+                    print(f"create_topics: schemas still not registered after {args.wait:.0f}s: "
+                          f"{', '.join(unregistered)}", file=sys.stderr)
+                    return 1
+                log.info("all %d schemas are registered", len(work.subjects))
             return 0
         created = ensure_topics(admin, work.topics, timeout_s=60)
         log.info("%d topics created, %d already existed", len(created), len(work.topics) - len(created))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -12,7 +14,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry, start_http_server
 
 from services.online_scorer.settings import DEFAULT_TLS_HEALTH_PORT
-from streamloop.contracts import load_catalog
+from streamloop.contracts import load_catalog, load_pipeline
 from tests.unit.deployment.conftest import DEPLOY, REPO, load_module
 
 create_topics = load_module(DEPLOY / "create_topics.py")
@@ -53,6 +55,44 @@ def test_schemas_register_once_under_topic_value_subjects(catalog):
     again = create_topics.register_schemas("mock://deploy-scripts", {}, subjects)
     assert first == again  # registering the same schema is a no-op: same ids
     assert len(first) == len(subjects)
+
+
+def test_waiting_for_the_schemas_ends_when_the_job_has_registered_each(catalog, monkeypatch):
+    from confluent_kafka.schema_registry import Schema
+
+    from streamloop.serde.confluent import ConfluentSerde
+
+    registry = f"mock://{uuid.uuid4().hex}"
+    subjects = create_topics.plan(catalog).subjects
+    assert create_topics.wait_for_subjects(registry, {}, subjects, timeout_s=0) == sorted(subjects)
+    first = sorted(subjects)[0]
+    # An older schema under the subject is not the one the services write with: still waiting.
+    ConfluentSerde.client(registry).register_schema(
+        first, Schema(json.dumps({"type": "record", "name": "Old", "fields": []}), "AVRO"))
+    assert first in create_topics.wait_for_subjects(registry, {}, subjects, timeout_s=0)
+    sleeps: list[float] = []
+
+    def the_job_runs_meanwhile(seconds: float) -> None:
+        sleeps.append(seconds)
+        create_topics.register_schemas(registry, {}, subjects)
+
+    monkeypatch.setattr(create_topics.time, "sleep", the_job_runs_meanwhile)
+    assert create_topics.wait_for_subjects(registry, {}, subjects, timeout_s=60) == []
+    assert len(sleeps) == 1
+
+
+def test_the_init_containers_wait_holds_a_service_until_its_schemas_are_registered(monkeypatch, capsys):
+    registry = f"mock://{uuid.uuid4().hex}"
+    monkeypatch.setenv("STREAMLOOP_PIPELINE", str(DEMO_SPEC))
+    monkeypatch.setenv("SCHEMA_REGISTRY_URL", registry)
+    monkeypatch.setattr(create_topics, "AdminClient", lambda _config: None)
+    monkeypatch.setattr(create_topics, "wait_for_broker", lambda _admin, timeout_s: None)
+    monkeypatch.setattr(create_topics, "wait_for_topics", lambda _admin, _names, _timeout: [])
+    assert create_topics.main(["--wait", "0"]) == 1
+    assert "create_topics: schemas still not registered after 0s: " in capsys.readouterr().err
+    assert create_topics.main(["--wait", "0", "--no-schemas"]) == 0
+    create_topics.register_schemas(registry, {}, create_topics.plan(load_catalog(load_pipeline(DEMO_SPEC))).subjects)
+    assert create_topics.main(["--wait", "0"]) == 0
 
 
 def test_dry_run_prints_the_plan(monkeypatch, capsys):

@@ -403,6 +403,12 @@ def test_a_job_creates_the_topics_and_services_wait_for_them(manifests, k8s_env)
     for name, workload in workloads(manifests).items():
         init = workload.doc["spec"]["template"]["spec"]["initContainers"]
         assert init[0]["command"][:3] == ["python", "/app/deploy/create_topics.py", "--wait"], name
+        # It waits for the schemas too, so it reads the registry as the service does.
+        env = {e["name"]: e.get("value") for e in init[0]["env"]}
+        assert env["SCHEMA_REGISTRY_BASIC_AUTH_USER_INFO"] == \
+            "file:/var/run/secrets/streamloop/schema-registry/basic-auth-user-info", name
+        mounts = {m["name"]: m["mountPath"] for m in init[0]["volumeMounts"]}
+        assert mounts["schema-registry-credentials"] == "/var/run/secrets/streamloop/schema-registry", name
 
 
 def test_the_artifact_store_is_one_shared_volume(manifests, k8s_env):
