@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import random
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastavro.schema import fingerprint as fastavro_fingerprint
@@ -192,6 +194,73 @@ def test_unknown_enum_symbol_is_a_serialization_error(repository: SchemaReposito
     record = {**sample_record(prediction, 2), "role": "INTERN"}
     with pytest.raises(SerializationError):
         SingleObjectSerde(prediction, repository).encode(record)
+
+
+class _SelfContaining(dict):
+    """A map that contains itself (built lazily: a parametrize id must not recurse)."""
+
+
+_BAD_VALUES = [math.inf, -math.inf, math.nan, 2**70, -(2**70), "x", b"x", [1], [math.inf], {"a": 1},
+               {"a": "x"}, {"a": math.inf}, object(), True, None, _SelfContaining]
+
+
+def _bad_value(bad: Any) -> Any:
+    if bad is _SelfContaining:
+        loop = _SelfContaining()
+        loop["a"] = loop
+        return loop
+    return bad
+
+
+@pytest.mark.parametrize("wire_format", ["single-object", "confluent"])
+def test_a_record_that_does_not_fit_is_a_serde_error_in_every_field(repository: SchemaRepository,
+                                                                    wire_format: str) -> None:
+    """Any value in any field of any schema either encodes or raises a SerdeError, never another type.
+
+    The stage runner dead-letters (or, for a tick's output, drops) a record on SerdeError only;
+    anything else stops the service, on the same record at every restart. The Confluent serde
+    let AttributeError (a str for a map) and OverflowError (inf for a long) through.
+    """
+    from streamloop.serde.confluent import ConfluentSerde
+
+    escaped = {}
+    for schema in repository.all_current():
+        serde = (SingleObjectSerde(schema, repository) if wire_format == "single-object"
+                 else _confluent(schema, auto_register=True)[0])
+        assert isinstance(serde, SingleObjectSerde | ConfluentSerde)
+        base = sample_record(schema, 0)
+        for field in schema.field_names:
+            for bad in _BAD_VALUES:
+                try:
+                    serde.encode({**base, field: _bad_value(bad)})
+                except SerdeError:
+                    pass
+                except Exception as exc:  # noqa: BLE001 - collected, to name every escape at once
+                    escaped[(schema.name, field, repr(bad)[:30])] = f"{type(exc).__name__}: {exc}"[:100]
+        for record in (None, [], "x", 1):
+            try:
+                serde.encode(record)
+            except SerdeError:
+                pass
+            except Exception as exc:  # noqa: BLE001
+                escaped[(schema.name, "(record)", repr(record))] = f"{type(exc).__name__}: {exc}"[:100]
+    assert escaped == {}
+
+
+def test_a_bad_output_of_a_batch_is_dead_lettered_in_either_wire_format(repository: SchemaRepository) -> None:
+    """The runner turns the serde's error into its input record's dead letter (stage PRODUCER_SERIALIZATION)."""
+    from streamloop.kafka.configuration import KafkaSettings
+    from streamloop.kafka.records import ConsumedRecord, OutgoingRecord
+    from streamloop.kafka.runner import StageRunner, StageTopics
+
+    vector = repository.load("features/feature_vector.avsc")
+    bad = {**sample_record(vector, 0), "event_time": math.inf}
+    source = ConsumedRecord("in", 0, 7, "k", {}, 0, [])
+    for serde in (SingleObjectSerde(vector, repository), _confluent(vector, auto_register=True)[0]):
+        runner = StageRunner("svc", "g", KafkaSettings(), StageTopics(inputs={}, outputs={"features": serde}),
+                             processor=object())
+        encoded, failures = runner._encode([OutgoingRecord("features", "k", bad, source=source)], None)
+        assert encoded == [] and [type(exc) for _out, exc in failures] == [SerializationError], serde.wire_format
 
 
 # Arbitrary bytes: only typed errors, never a crash or a hang. The body strategy puts a valid

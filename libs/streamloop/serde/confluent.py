@@ -35,10 +35,10 @@ from streamloop.serde.exceptions import (
     DeserializationError,
     RegistryUnavailableError,
     SchemaNotRegisteredError,
-    SerializationError,
     UnknownSchemaError,
 )
 from streamloop.serde.limits import check_bounded
+from streamloop.serde.single_object import write_body
 
 CONFLUENT_MAGIC = 0
 # Refused credentials (401, 403), a timeout (408), rate-limiting (429), 5xx: the registry's or its
@@ -95,10 +95,7 @@ class ConfluentSerde:
         schema_id = self._schema_id if self._schema_id is not None else self._registered_id()
         buffer = io.BytesIO()
         buffer.write(CONFLUENT_MAGIC.to_bytes(1, "big") + schema_id.to_bytes(4, "big"))
-        try:
-            fastavro.schemaless_writer(buffer, self.schema.parsed, record)
-        except (ValueError, TypeError, KeyError) as exc:
-            raise SerializationError(f"record does not match {self.schema.name}: {exc}") from exc
+        write_body(buffer, self.schema, record)  # as confluent-kafka's AvroSerializer: not strict
         return buffer.getvalue()
 
     def _registered_id(self) -> int:

@@ -45,10 +45,7 @@ class SingleObjectSerde:
     def encode(self, record: dict[str, Any]) -> bytes:
         buffer = io.BytesIO()
         buffer.write(self._header)
-        try:
-            fastavro.schemaless_writer(buffer, self.schema.parsed, record, strict_allow_default=True)
-        except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
-            raise SerializationError(f"record does not match {self.schema.name}: {exc}") from exc
+        write_body(buffer, self.schema, record, strict_allow_default=True)
         return buffer.getvalue()
 
     def decode(self, data: bytes | None) -> dict[str, Any]:
@@ -112,6 +109,21 @@ def _read_long(data: bytes, position: int) -> tuple[int, int]:
         if not byte & 0x80:
             return (result >> 1) ^ -(result & 1), position
         shift += 7
+
+
+def write_body(buffer: io.BytesIO, schema: AvroSchema, record: Any, **options: Any) -> None:
+    """Write ``record``'s Avro body with ``schema``; whatever fails is the record's: SerializationError.
+
+    The schema was parsed (and so checked) long before, so only the record's values can fail here,
+    each with the error its value raised deep in fastavro: ValueError, TypeError, KeyError, but
+    also AttributeError (a string where a map goes), OverflowError (infinity in a long),
+    RecursionError (a record that contains itself). Anything but a SerdeError would escape the
+    stage runner and stop the service on the same record at every restart.
+    """
+    try:
+        fastavro.schemaless_writer(buffer, schema.parsed, record, **options)
+    except Exception as exc:  # noqa: BLE001 - see above: the types are the values', not a contract
+        raise SerializationError(f"record does not match {schema.name}: {type(exc).__name__}: {exc}") from exc
 
 
 def read_body(data: bytes, start: int, writer: AvroSchema, reader: AvroSchema) -> dict[str, Any]:
