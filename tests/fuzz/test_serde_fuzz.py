@@ -214,6 +214,16 @@ def test_confluent_truncated_and_wrong_schema(confluent, seed: int, data) -> Non
         serde.decode(other)  # a FeatureVector's id on the label topic: cannot resolve to Label
 
 
+@FUZZ
+@given(seed=st.integers(0, 1000), extra=st.binary(min_size=1, max_size=64), which=st.sampled_from([0, 3]))
+def test_confluent_trailing_bytes_are_an_error(confluent, seed: int, extra: bytes, which: int) -> None:
+    """Bytes after a whole body are no part of the record: refused, as single-object decoding refuses them."""
+    serde = confluent[which]
+    encoded = serde.encode(sample_record(serde.schema, seed))
+    with pytest.raises(DeserializationError, match="trailing"):
+        serde.decode(encoded + extra)
+
+
 @given(claim=HUGE)
 @FUZZ
 def test_confluent_huge_length_prefixes_do_not_allocate(confluent, claim: int) -> None:

@@ -383,6 +383,32 @@ def test_confluent_garbage_is_a_deserialization_error(repository: SchemaReposito
         serde.decode(None)
 
 
+@pytest.mark.parametrize("extra", [b"\x00", b"\x00junk", b"garbage-after-the-body"])
+def test_confluent_trailing_garbage_is_a_deserialization_error(repository: SchemaRepository, extra: bytes) -> None:
+    schema = repository.load("labels/label.avsc")
+    serde, _ = _confluent(schema, auto_register=True)
+    data = serde.encode(sample_record(schema, 2))
+    assert serde.decode(data) == sample_record(schema, 2)
+    with pytest.raises(DeserializationError, match=f"{len(extra)} trailing bytes after the {schema.name} body"):
+        serde.decode(data + extra)
+
+
+def test_confluent_reads_an_older_writer_with_its_own_schema(repository: SchemaRepository) -> None:
+    """A record written with a historical version (its own registry id) is read into the current shape."""
+    from confluent_kafka.schema_registry import Schema
+
+    current = repository.load("labels/label.avsc")
+    old = AvroSchema.from_file(LABEL_V1)
+    serde, client = _confluent(current, auto_register=True)
+    old_id = client.register_schema("labels.label.v1-value", Schema(json.dumps(old.raw), "AVRO"))
+    record = sample_record(old, 3)
+    body = SingleObjectSerde(old, repository).encode(record)[HEADER_SIZE:]
+    decoded = serde.decode(b"\x00" + old_id.to_bytes(4, "big") + body)
+    assert {k: decoded[k] for k in record} == record
+    with pytest.raises(DeserializationError, match="trailing"):
+        serde.decode(b"\x00" + old_id.to_bytes(4, "big") + body + b"\x00")
+
+
 @pytest.mark.parametrize("event_id", ["e", "txn-7-00001234", "x" * 300, "é" * 70])
 def test_the_leading_event_id_is_read_without_decoding_the_body(repository: SchemaRepository, event_id: str) -> None:
     for name in ("features/feature_vector.avsc", "inference/prediction.avsc", "labels/label.avsc"):

@@ -11,6 +11,10 @@ first step is about the service's own schema, never about the record, so every s
 ``RegistryUnavailableError`` (``SchemaNotRegisteredError`` when it has no such schema yet): the stage
 runner waits for it instead of dead-lettering the batch. Only the second step raises
 ``SerializationError``.
+
+Decoding reads the body as single-object decoding does (``read_body``), with the writer schema the
+registry has under the record's id: the same errors, the same rules (a writer of another record
+name, trailing bytes after the body).
 """
 
 from __future__ import annotations
@@ -20,15 +24,12 @@ import json
 import threading
 from typing import Any
 
-import fastavro
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
-from confluent_kafka.schema_registry.avro import AvroDeserializer
 
 # The registry client talks through httpx2 or httpx, whichever is installed: its transport errors
 # are that module's, so they are caught as that module's.
 from confluent_kafka.schema_registry.common._httpx_compat import httpx
 from confluent_kafka.schema_registry.error import SchemaRegistryError
-from confluent_kafka.serialization import MessageField, SerializationContext
 
 from streamloop.contracts.schemas import AvroSchema
 from streamloop.serde.exceptions import (
@@ -36,9 +37,10 @@ from streamloop.serde.exceptions import (
     RegistryUnavailableError,
     SchemaNotRegisteredError,
     UnknownSchemaError,
+    WrongSchemaError,
 )
 from streamloop.serde.limits import check_bounded
-from streamloop.serde.single_object import write_body
+from streamloop.serde.single_object import read_body, write_body
 
 CONFLUENT_MAGIC = 0
 # Refused credentials (401, 403), a timeout (408), rate-limiting (429), 5xx: the registry's or its
@@ -71,15 +73,13 @@ class ConfluentSerde:
         self.schema = schema
         self.topic = topic
         self._registry = registry
-        # Registry ids whose writer schema was checked to decode in bounded time.
-        self._bounded: set[int] = set()
+        # Writer schemas by registry id, each checked to decode in bounded time.
+        self._writers: dict[int, AvroSchema] = {}
         schema_str = json.dumps(schema.raw)
-        self._context = SerializationContext(topic, MessageField.VALUE)
         self._subject = f"{topic}-value"  # confluent-kafka's default subject name strategy (TopicNameStrategy)
         self._registry_schema = Schema(schema_str, "AVRO")
         self._auto_register = auto_register
         self._schema_id: int | None = None  # the registry's id for ``schema``, once known
-        self._deserializer = AvroDeserializer(registry, schema_str)
 
     @staticmethod
     def client(url: str, **config: Any) -> SchemaRegistryClient:
@@ -132,26 +132,15 @@ class ConfluentSerde:
         if len(data) < 5 or data[0] != CONFLUENT_MAGIC:
             raise DeserializationError("not the Confluent wire format (expected magic byte 0)")
         schema_id = int.from_bytes(data[1:5], "big")
-        if schema_id not in self._bounded:
-            self._check_writer(schema_id)
-        try:
-            record = self._deserializer(data, self._context)
-        except SchemaRegistryError as exc:
-            if _registry_down(exc):
-                raise RegistryUnavailableError(f"schema id {schema_id}: {exc}") from exc
-            raise UnknownSchemaError(f"schema id {schema_id}: {exc}") from exc
-        except httpx.HTTPError as exc:
-            raise RegistryUnavailableError(f"schema id {schema_id}: registry lookup failed: {exc}") from exc
-        except Exception as exc:  # noqa: BLE001 - the deserializer raises many unrelated types on garbage
-            raise DeserializationError(f"corrupt {self.schema.name} record: {type(exc).__name__}: {exc}") from exc
-        if not isinstance(record, dict):
-            raise DeserializationError(f"decoded a {type(record).__name__}, expected a {self.schema.name} record")
-        return record
+        writer = self._writers.get(schema_id) or self._writer(schema_id)
+        # The whole payload, as single-object decoding reads it: trailing bytes are an error.
+        return read_body(data, 5, writer, self.schema)
 
-    def _check_writer(self, schema_id: int) -> None:
-        """Refuse a writer schema that could make decoding loop (see ``streamloop.serde.limits``)."""
+    def _writer(self, schema_id: int) -> AvroSchema:
+        """The writer schema the registry has under ``schema_id``, refused if it could make decoding loop
+        (see ``streamloop.serde.limits``); the reader's own schema object when it is the same schema."""
         try:
-            writer = self._registry.get_schema(schema_id)
+            registered = self._registry.get_schema(schema_id)
         except SchemaRegistryError as exc:
             if _registry_down(exc):
                 raise RegistryUnavailableError(f"schema id {schema_id}: {exc}") from exc
@@ -161,8 +150,19 @@ class ConfluentSerde:
             # committing past it) would take good records out of the pipeline during an outage.
             raise RegistryUnavailableError(f"schema id {schema_id}: registry lookup failed: {exc}") from exc
         try:
-            parsed = fastavro.parse_schema(json.loads(writer.schema_str), _write_hint=False)
+            raw = json.loads(registered.schema_str)
+        except Exception as exc:  # noqa: BLE001 - not JSON: nothing any Avro reader could use
+            raise UnknownSchemaError(f"schema id {schema_id} cannot be parsed: {exc}") from exc
+        if not isinstance(raw, dict):  # a primitive or a union: no record this topic carries
+            raise WrongSchemaError(f"schema id {schema_id} is {json.dumps(raw)[:80]}, this topic carries "
+                                   f"{self.schema.name}")
+        try:
+            writer = AvroSchema.from_dict(raw, f"registry id {schema_id}")
         except Exception as exc:  # noqa: BLE001 - e.g. schema references, which streamloop never registers
             raise UnknownSchemaError(f"schema id {schema_id} cannot be parsed: {exc}") from exc
-        check_bounded(parsed, f"schema id {schema_id}")
-        self._bounded.add(schema_id)
+        if writer.fingerprint == self.schema.fingerprint:
+            writer = self.schema  # read without resolving, as single-object decoding reads its own
+        else:
+            check_bounded(writer.parsed, f"schema id {schema_id}")
+        self._writers[schema_id] = writer
+        return writer
