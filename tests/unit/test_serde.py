@@ -169,6 +169,44 @@ def test_another_record_type_is_a_wrong_schema_error(
         stranger.decode(data)
 
 
+_LABEL = {"type": "record", "name": "Label", "namespace": "streamloop.labels", "fields": [{"name": "event_id",
+                                                                                       "type": "string"}]}
+_RENAMES = {
+    "alias-full-name": ({"name": "GroundTruth", "aliases": ["streamloop.labels.Label"]}, True),
+    "alias-short-name": ({"name": "GroundTruth", "aliases": ["Label"]}, True),
+    "no-alias": ({"name": "GroundTruth"}, False),
+    "alias-of-another-record": ({"name": "GroundTruth", "aliases": ["other.Label", "Labels"]}, False),
+    "namespace-only": ({"namespace": "streamloop.truth"}, True),
+}
+
+
+@pytest.mark.parametrize("wire_format", ["single-object", "confluent"])
+@pytest.mark.parametrize("rename", list(_RENAMES))
+def test_a_renamed_record_is_read_exactly_when_the_evolution_check_passes_it(wire_format: str, rename: str) -> None:
+    """A reader renamed with the old name among its aliases reads the old writer's records, as Avro
+    resolves them and as the evolution check says; the decoders refused every other record name."""
+    from streamloop.contracts.evolution import check_compatibility
+    from streamloop.serde.confluent import ConfluentSerde
+
+    changes, readable = _RENAMES[rename]
+    old = AvroSchema.from_dict(_LABEL, "old")
+    new = AvroSchema.from_dict({**_LABEL, **changes}, "new")
+    assert (check_compatibility(old, new) == []) is readable, "the evolution check's verdict"
+    if wire_format == "single-object":
+        repository = SchemaRepository(SCHEMAS)
+        writer, reader = SingleObjectSerde(old, repository), SingleObjectSerde(new, repository)
+    else:
+        client = ConfluentSerde.client(f"mock://{uuid.uuid4().hex}")
+        writer = ConfluentSerde(old, "labels.label.v1", client, auto_register=True)
+        reader = ConfluentSerde(new, "labels.label.v1", client)
+    data = writer.encode({"event_id": "e1"})
+    if readable:
+        assert reader.decode(data) == {"event_id": "e1"}
+    else:
+        with pytest.raises(WrongSchemaError):
+            reader.decode(data)
+
+
 def test_trailing_garbage_is_a_deserialization_error(label_serde: SingleObjectSerde, label_bytes: bytes):
     with pytest.raises(DeserializationError, match="trailing"):
         label_serde.decode(label_bytes + b"\x00junk")

@@ -22,7 +22,7 @@ from typing import Any
 import fastavro
 
 from streamloop.contracts.samples import PRIMITIVES, named_types, sample_records
-from streamloop.contracts.schemas import AvroSchema
+from streamloop.contracts.schemas import AvroSchema, same_name
 
 # Writer type → reader types it is promoted to (Avro specification, "Schema Resolution").
 PROMOTIONS = {
@@ -95,7 +95,7 @@ class _Resolution:
                 return self.logical(writer, reader, where)
             change = f"type changes from {_describe(writer)} to {_describe(reader)}"
             return [f"{where}: {change}, which Avro cannot promote"]
-        if wkind in _NAMED and not _same_name(writer, reader):
+        if wkind in _NAMED and not same_name(writer, reader):
             return [f"{where}: named type changes from {writer['name']} to {reader['name']} (and no alias)"]
         problems = self.logical(writer, reader, where)
         if wkind in ("record", "error"):
@@ -141,7 +141,7 @@ class _Resolution:
             return False
         wkind, rkind = _kind(writer), _kind(reader)
         if wkind in _NAMED or rkind in _NAMED:
-            return wkind == rkind and _same_name(writer, reader)
+            return wkind == rkind and same_name(writer, reader)
         return wkind == rkind or rkind in PROMOTIONS.get(wkind, ())
 
     @staticmethod
@@ -206,9 +206,3 @@ def _describe(schema: Any) -> str:
     logical = schema.get("logicalType")
     return f"{kind} ({logical})" if logical else kind
 
-
-def _same_name(writer: dict[str, Any], reader: dict[str, Any]) -> bool:
-    # As fastavro does: unqualified names match, or the writer's name is one of the reader's aliases.
-    short = writer["name"].rsplit(".", 1)[-1]
-    aliases = reader.get("aliases", [])
-    return short == reader["name"].rsplit(".", 1)[-1] or writer["name"] in aliases or short in aliases

@@ -66,6 +66,16 @@ class AvroSchema:
         return [f["name"] for f in self.raw.get("fields", [])]
 
 
+def same_name(writer: dict[str, Any], reader: dict[str, Any]) -> bool:
+    """Whether a reader's named type (record, enum, fixed) reads the writer's, by name, as fastavro
+    resolves them: the same unqualified name, or the writer's name, full or unqualified, among the
+    reader's aliases. The one rule of the evolution check and of the decoders, so that a change the
+    check passes (a record renamed with an alias) is one the services read."""
+    short = writer["name"].rsplit(".", 1)[-1]
+    aliases = reader.get("aliases", [])
+    return short == reader["name"].rsplit(".", 1)[-1] or writer["name"] in aliases or short in aliases
+
+
 class SchemaRepository:
     """Every schema streamloop may read: current ones by path, all versions by fingerprint."""
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import fastavro
 
-from streamloop.contracts.schemas import AvroSchema, SchemaRepository
+from streamloop.contracts.schemas import AvroSchema, SchemaRepository, same_name
 from streamloop.serde.exceptions import (
     DeserializationError,
     SerdeError,
@@ -126,9 +126,20 @@ def write_body(buffer: io.BytesIO, schema: AvroSchema, record: Any, **options: A
         raise SerializationError(f"record does not match {schema.name}: {type(exc).__name__}: {exc}") from exc
 
 
+def _same_record(writer: AvroSchema, reader: AvroSchema) -> bool:
+    if isinstance(writer.parsed, dict) and isinstance(reader.parsed, dict) and "name" in writer.parsed \
+            and "name" in reader.parsed:
+        return same_name(writer.parsed, reader.parsed)
+    return writer.name == reader.name
+
+
 def read_body(data: bytes, start: int, writer: AvroSchema, reader: AvroSchema) -> dict[str, Any]:
-    """Decode an Avro body written with ``writer`` into ``reader``'s shape, checking it is whole."""
-    if writer is not reader and writer.name != reader.name:
+    """Decode an Avro body written with ``writer`` into ``reader``'s shape, checking it is whole.
+
+    A writer of another record name is refused before reading, unless the evolution check's rule
+    lets the reader read it (``same_name``: the name among the reader's aliases, a record renamed).
+    """
+    if writer is not reader and not _same_record(writer, reader):
         raise WrongSchemaError(f"record was written as {writer.name}, this topic carries {reader.name}")
     buffer = io.BytesIO(data)
     buffer.seek(start)
