@@ -32,7 +32,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from streamloop.contracts.pipeline import CategoricalSpec, FieldRule, InputSpec, key_problem
-from streamloop.contracts.schemas import AvroSchema
+from streamloop.contracts.schemas import AvroSchema, field_kinds
 from streamloop.kafka import InvalidRecordError
 from streamloop.ml.categorical import CategoricalEncoder, as_text
 from streamloop.ml.features import MAX_TEXT_LENGTH
@@ -40,7 +40,6 @@ from streamloop.ml.features import MAX_TEXT_LENGTH
 MAX_TIME_MS = 2**63 - 1
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MILLISECOND = timedelta(milliseconds=1)
-_PRIMITIVES = frozenset({"null", "boolean", "int", "long", "float", "double", "bytes", "string"})
 
 _TYPE_CHECKS = {
     "string": lambda v: isinstance(v, str),
@@ -48,24 +47,6 @@ _TYPE_CHECKS = {
     "long": lambda v: isinstance(v, int) and not isinstance(v, bool),
     "boolean": lambda v: isinstance(v, bool),
 }
-
-
-def type_kinds(avro_type: Any) -> set[str]:
-    """The kinds a field's Avro type can hold: primitive names, or record/map/array/enum/fixed/named."""
-    if isinstance(avro_type, list):
-        return set().union(*(type_kinds(t) for t in avro_type)) if avro_type else set()
-    if isinstance(avro_type, dict):
-        kind = avro_type.get("type")
-        if kind in ("record", "error"):
-            return {"record"}
-        if kind in ("map", "array", "enum", "fixed"):
-            return {kind}
-        return type_kinds(kind)
-    return {avro_type} if avro_type in _PRIMITIVES else {"named"}
-
-
-def field_kinds(schema: AvroSchema) -> dict[str, set[str]]:
-    return {f["name"]: type_kinds(f["type"]) for f in schema.raw.get("fields", [])}
 
 
 def to_millis(value: Any) -> int | None:

@@ -13,11 +13,10 @@ from typing import Any
 
 from services.featurizer.exceptions import FeaturizerConfigError
 from services.featurizer.state import EntityState
-from services.featurizer.validation import field_kinds
 from services.featurizer.windows import AGGREGATORS, NUMERIC_AGGREGATIONS, SHIFT, horizon_ms, window_start
 from streamloop.contracts import PipelineSpec
 from streamloop.contracts.pipeline import TIME_SINCE_PREVIOUS
-from streamloop.contracts.schemas import AvroSchema
+from streamloop.contracts.schemas import AvroSchema, field_kinds
 from streamloop.ml.categorical import CategoricalEncoder, as_text
 
 _NUMERIC = frozenset({"int", "long", "float", "double", "boolean"})

@@ -197,6 +197,49 @@ def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
     assert "model.estimator: " in error and "features.ttl: " in error, error
 
 
+def test_an_unquoted_no_in_allowed_is_refused_where_it_is(tmp_path: Path) -> None:
+    # YAML 1.1 reads the unquoted NO as False: served, every Norwegian event was dead-lettered.
+    spec = _demo()
+    spec["input"]["validation"]["country"] = {"required": True, "allowed": ["DE", "FR", "@NO@", "SE"]}
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False).replace("'@NO@'", "NO").replace("@NO@", "NO"))
+    assert yaml.safe_load(path.read_text())["input"]["validation"]["country"]["allowed"][2] is False
+    with pytest.raises(PipelineSpecError) as caught:
+        load_pipeline(path)
+    error = str(caught.value)
+    assert "input.validation.country.allowed[2]: False is a boolean" in error and "quote it" in error, error
+    assert "allowed[0]" not in error and "allowed[3]" not in error, error
+
+
+@pytest.mark.parametrize(
+    ("field", "allowed", "index"),
+    [
+        ("amount", [1, "2"], 1),  # a double: text never equals it
+        ("amount", [True], 0),
+        ("card_present", [True, 1], 1),  # a boolean: True == 1 in Python, never in an event
+        ("country", ["DE", 49], 1),
+        ("country", [1.5], 0),
+    ],
+    ids=["text-for-double", "boolean-for-double", "number-for-boolean", "number-for-string", "fraction-for-string"],
+)
+def test_an_allowed_value_the_field_never_holds_is_refused(tmp_path: Path, field: str, allowed: list[Any],
+                                                            index: int) -> None:
+    error = _error(tmp_path, lambda s: s["input"]["validation"].update({field: {"allowed": allowed}}))
+    assert f"input.validation.{field}.allowed[{index}]: " in error, error
+    assert error.count(".allowed[") == 1, error
+
+
+def test_allowed_values_that_fit_their_field_load(tmp_path: Path) -> None:
+    spec = _demo()
+    spec["input"]["validation"].update(
+        country={"allowed": ["DE", "NO"]},
+        amount={"allowed": [1, 2.5]},  # an integer fits a double
+        card_present={"allowed": [True]},
+        distance_from_home_km={"allowed": [0, 10.0]},  # a union with null
+    )
+    assert load_pipeline(_write(tmp_path, spec)).input.validation["country"].allowed == ["DE", "NO"]
+
+
 def test_invalid_yaml_is_a_spec_error(tmp_path: Path) -> None:
     path = tmp_path / "pipeline.yaml"
     path.write_text("name: card-fraud\ninput: {topic: [unclosed\n")

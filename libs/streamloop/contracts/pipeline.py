@@ -16,7 +16,7 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from streamloop.contracts.exceptions import PipelineSpecError
-from streamloop.contracts.schemas import AvroSchema
+from streamloop.contracts.schemas import AvroSchema, field_kinds
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
 _UNIT_MS = {"ms": 1, "s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
@@ -462,8 +462,47 @@ class PipelineSpec(_Spec):
         named += [(f"features.categorical[{i}].field", c.field) for i, c in enumerate(self.features.categorical)]
         named += [(f"segments[{i}]", s) for i, s in enumerate(self.segments)]
         problems = [f"{where}: no field {name!r} in {schema.name}" for where, name in named if name not in fields]
+        kinds = field_kinds(schema)
+        for name, rule in self.input.validation.items():
+            for i, value in enumerate(rule.allowed or ()) if name in kinds else ():
+                problem = _allowed_misfit(value, kinds[name])
+                if problem:
+                    problems.append(f"input.validation.{name}.allowed[{i}]: {problem}")
         if problems:
             raise PipelineSpecError(_report(source or self.base_dir, problems))
+
+
+# What each kind of ``allowed`` value can equal once an event is decoded (an enum decodes as its
+# symbol's text); a field whose type is a named reference ("named") is not resolved and takes any.
+_ALLOWED_FITS: dict[type, frozenset[str]] = {
+    bool: frozenset({"boolean"}),
+    str: frozenset({"string", "enum"}),
+    int: frozenset({"int", "long", "float", "double"}),
+    float: frozenset({"float", "double"}),
+}
+
+
+def _allowed_misfit(value: str | int | float | bool, kinds: set[str]) -> str | None:
+    """Why an ``allowed`` value can never equal a value of a field of these kinds, or None.
+
+    YAML 1.1 (``yaml.safe_load``) reads an unquoted ``NO``, ``no``, ``yes``, ``on`` or ``off`` as a
+    boolean and ``0123`` as a number: ``allowed: [DE, NO]`` on a string field would dead-letter
+    every Norwegian event (rule ``<field>.allowed``) with nothing wrong at load.
+    """
+    if "named" in kinds:
+        return None
+    fits = _ALLOWED_FITS[type(value)]
+    if isinstance(value, float) and value.is_integer():
+        fits = _ALLOWED_FITS[int]
+    if fits & kinds:
+        return None
+    held = " or ".join(sorted(kinds - {"null"})) or "null"
+    kind = {bool: "a boolean", str: "text", int: "a number", float: "a fractional number"}[type(value)]
+    message = f"{value!r} is {kind}, which the field's Avro type ({held}) never holds"
+    if "string" in kinds or "enum" in kinds:
+        hint = " (YAML reads an unquoted yes, no, on or off as a boolean)" if isinstance(value, bool) else ""
+        message += f"; quote it in the spec to mean text{hint}"
+    return message
 
 
 def _syntax_error(exc: Exception) -> str:

@@ -28,6 +28,27 @@ def schemas_root() -> Path:
         return Path(configured)
     return Path(__file__).resolve().parents[3] / "schemas"
 
+_PRIMITIVES = frozenset({"null", "boolean", "int", "long", "float", "double", "bytes", "string"})
+
+
+def type_kinds(avro_type: Any) -> set[str]:
+    """The kinds a field's Avro type can hold: primitive names, or record/map/array/enum/fixed/named."""
+    if isinstance(avro_type, list):
+        return set().union(*(type_kinds(t) for t in avro_type)) if avro_type else set()
+    if isinstance(avro_type, dict):
+        kind = avro_type.get("type")
+        if kind in ("record", "error"):
+            return {"record"}
+        if kind in ("map", "array", "enum", "fixed"):
+            return {kind}
+        return type_kinds(kind)
+    return {avro_type} if avro_type in _PRIMITIVES else {"named"}
+
+
+def field_kinds(schema: AvroSchema) -> dict[str, set[str]]:
+    """Each top-level field of ``schema``: the kinds its type can hold (:func:`type_kinds`)."""
+    return {f["name"]: type_kinds(f["type"]) for f in schema.raw.get("fields", [])}
+
 
 @dataclass(frozen=True)
 class AvroSchema:
