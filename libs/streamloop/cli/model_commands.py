@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import typer
 from confluent_kafka import Consumer, TopicPartition
@@ -31,6 +33,8 @@ from streamloop.ml.registry_client import RegistryClient
 from streamloop.ml.settings import ArtifactSettings
 from streamloop.serde import SerdeError
 from streamloop.stack.launcher import read_state
+
+T = TypeVar("T")
 
 app = typer.Typer()
 models_app = typer.Typer(help="The model registry: versions, lineage, promotions and rollbacks.", no_args_is_help=True)
@@ -74,6 +78,31 @@ def _registry(pipeline: Path | None, data_dir: Path, bootstrap_servers: str | No
                           serde_for=lambda role: conn.serde(conn.catalog[role]), store=store)
 
 
+def _run(pipeline: Path | None, data_dir: Path, bootstrap_servers: str | None,
+         action: Callable[[RegistryClient], T], verify: bool = False) -> T:
+    """``action`` on the registry; a registry error is one line, and records it skipped are said first."""
+    registry = None
+    try:
+        registry = _registry(pipeline, data_dir, bootstrap_servers, verify)
+        result = action(registry)
+    except ModelError as exc:
+        _say_skipped(registry)
+        raise fail(str(exc)) from None
+    _say_skipped(registry)
+    return result
+
+
+def _say_skipped(registry: RegistryClient | None) -> None:
+    """One line: how many registry records could not be decoded and were left out, and the first of them."""
+    if registry is None or not registry.skipped:
+        return
+    skipped = registry.skipped
+    topics = ", ".join(f"{topic}: {count}" for topic, count in Counter(r.topic for r in skipped).items())
+    print(f"streamloop: {len(skipped)} registry record{'s' if len(skipped) != 1 else ''} cannot be decoded "
+          f"and {'were' if len(skipped) != 1 else 'was'} left out, as the services leave them ({topics}); "
+          f"the first: {skipped[0]}", file=sys.stderr)
+
+
 def _print_json(value: Any) -> None:
     print(json.dumps(value, default=json_default, indent=2), flush=True)
 
@@ -86,10 +115,7 @@ def models_list(
     bootstrap_servers: str | None = BootstrapOption,
 ) -> None:
     """Every known version, oldest first: where it serves, what made it, the last decision about it."""
-    try:
-        rows = _registry(pipeline, data_dir, bootstrap_servers).models()
-    except ModelError as exc:
-        raise fail(str(exc)) from None
+    rows = _run(pipeline, data_dir, bootstrap_servers, RegistryClient.models)
     if json_output:
         _print_json(rows)
         return
@@ -113,10 +139,7 @@ def models_show(
     bootstrap_servers: str | None = BootstrapOption,
 ) -> None:
     """One version's lineage, held-out metrics, slots and decisions, as JSON."""
-    try:
-        _print_json(_registry(pipeline, data_dir, bootstrap_servers).show(version))
-    except ModelError as exc:
-        raise fail(str(exc)) from None
+    _print_json(_run(pipeline, data_dir, bootstrap_servers, lambda registry: registry.show(version)))
 
 
 @models_app.command("promote")
@@ -128,10 +151,8 @@ def models_promote(
     bootstrap_servers: str | None = BootstrapOption,
 ) -> None:
     """Make VERSION the champion (a manual decision; the scorers swap to it live)."""
-    try:
-        decision = _registry(pipeline, data_dir, bootstrap_servers, verify=True).promote(version, reason)
-    except ModelError as exc:
-        raise fail(str(exc)) from None
+    decision = _run(pipeline, data_dir, bootstrap_servers, lambda registry: registry.promote(version, reason),
+                    verify=True)
     print(f"promoted {decision['to_version']} (was {decision['from_version'] or 'none'})", file=sys.stderr)
 
 
@@ -147,10 +168,7 @@ def models_re_sign(
     the configured keys over bytes that still match, in records that name their own slot, are
     signed again; nothing else changes. Exits 1 when a slot was left as it was.
     """
-    try:
-        report = _registry(pipeline, data_dir, bootstrap_servers, verify=True).sign_again()
-    except ModelError as exc:
-        raise fail(str(exc)) from None
+    report = _run(pipeline, data_dir, bootstrap_servers, RegistryClient.sign_again, verify=True)
     for outcome in report:
         print(outcome, file=sys.stderr)
     signed = sum(outcome.signed for outcome in report)
@@ -171,10 +189,7 @@ def models_rollback(
     Run again, it goes one champion further back, never to the version it rolled back from.
     With none further back, it fails and changes nothing.
     """
-    try:
-        decision = _registry(pipeline, data_dir, bootstrap_servers, verify=True).rollback(reason)
-    except ModelError as exc:
-        raise fail(str(exc)) from None
+    decision = _run(pipeline, data_dir, bootstrap_servers, lambda registry: registry.rollback(reason), verify=True)
     print(f"rolled back to {decision['to_version']} (from {decision['from_version']})", file=sys.stderr)
 
 

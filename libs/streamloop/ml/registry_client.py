@@ -3,10 +3,16 @@
 ``RegistryClient`` reads the deployments, decisions and candidates topics from the beginning and
 writes manual promotions and rollbacks with the same records and rules the model publisher uses
 (streamloop.ml.registry, docs/model-registry.md).
+
+A record that cannot be decoded (written by a newer streamloop, or damaged) is skipped and
+counted, as the services' table readers skip it (streamloop.kafka.table_reader): the decisions
+topic keeps every record forever, and one such record must not stop every ``streamloop models``
+command. A Schema Registry that does not answer is a :class:`RegistryError`, not a record's fault.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -16,6 +22,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from streamloop.contracts import Catalog, PipelineSpec
+from streamloop.errors import DependencyUnavailable
 from streamloop.kafka.configuration import KafkaSettings
 from streamloop.kafka.exceptions import kafka_error_of, unwrapped_kafka_exceptions
 from streamloop.ml.artifacts import ArtifactIdentity, ArtifactRef, ArtifactStore
@@ -34,7 +41,9 @@ from streamloop.ml.registry import (
     slot_key,
     watched_predecessor,
 )
-from streamloop.serde import Serde, make_serde
+from streamloop.serde import Serde, SerdeError, make_serde
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -52,8 +61,29 @@ class SlotSigning:
         return f"left {self.slot} {self.version}: {self.why}"
 
 
-def read_topic(kafka: KafkaSettings, topic: str, decode: Callable[[bytes], dict[str, Any]],
-               timeout_s: float = 30.0) -> list[tuple[str | None, dict[str, Any] | None]]:
+@dataclass(frozen=True)
+class RawRecord:
+    key: str | None
+    value: bytes | None
+    partition: int
+    offset: int
+
+
+@dataclass(frozen=True)
+class SkippedRecord:
+    """A record ``read_topic`` could not decode and left out."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: str | None
+    why: str
+
+    def __str__(self) -> str:
+        return f"{self.topic}[{self.partition}]@{self.offset}: {self.why}"
+
+
+def read_raw(kafka: KafkaSettings, topic: str, timeout_s: float = 30.0) -> list[RawRecord]:
     """Every record of a topic from its beginning to its current end, in offset order per partition."""
     config = kafka.consumer(f"{kafka.client_id}.registry-reader.{os.getpid()}", **{"enable.partition.eof": True})
     config.pop("group.instance.id", None)  # assign() joins no group
@@ -70,7 +100,7 @@ def read_topic(kafka: KafkaSettings, topic: str, decode: Callable[[bytes], dict[
             raise RegistryError(f"cannot read {topic}: {exc.args[0].str() if exc.args else exc}") from exc
         pending = {p for p, (low, high) in ends.items() if high > low}
         consumer.assign([TopicPartition(topic, p, ends[p][0]) for p in pending])
-        records: list[tuple[str | None, dict[str, Any] | None]] = []
+        records: list[RawRecord] = []
         deadline = time.monotonic() + timeout_s
         while pending and time.monotonic() < deadline:
             for message in consumer.consume(500, 0.2):
@@ -79,9 +109,8 @@ def read_topic(kafka: KafkaSettings, topic: str, decode: Callable[[bytes], dict[
                     raise RegistryError(f"reading {topic}: {error.str()}")
                 if error is None and message.offset() < ends[message.partition()][1]:
                     key = message.key()
-                    value = message.value()
-                    records.append((key.decode() if key is not None else None,
-                                    decode(value) if value is not None else None))
+                    records.append(RawRecord(key.decode() if key is not None else None, message.value(),
+                                             message.partition(), message.offset()))
                 if error is not None or message.offset() >= ends[message.partition()][1] - 1:
                     pending.discard(message.partition())
         if pending:
@@ -89,6 +118,30 @@ def read_topic(kafka: KafkaSettings, topic: str, decode: Callable[[bytes], dict[
         return records
     finally:
         consumer.close()
+
+
+def read_topic(kafka: KafkaSettings, topic: str, decode: Callable[[bytes], dict[str, Any]],
+               timeout_s: float = 30.0, *, skipped: list[SkippedRecord] | None = None,
+               ) -> list[tuple[str | None, dict[str, Any] | None]]:
+    """Every record of a topic from its beginning to its current end, decoded, in offset order per partition.
+
+    A record ``decode`` refuses is left out, logged, and appended to ``skipped`` when given.
+    """
+    records: list[tuple[str | None, dict[str, Any] | None]] = []
+    for raw in read_raw(kafka, topic, timeout_s):
+        if raw.value is None:
+            records.append((raw.key, None))
+            continue
+        try:
+            records.append((raw.key, decode(raw.value)))
+        except DependencyUnavailable as exc:
+            raise RegistryError(f"cannot decode {topic}: {exc}") from exc
+        except SerdeError as exc:
+            left = SkippedRecord(topic, raw.partition, raw.offset, raw.key, str(exc))
+            log.warning("%s[%d]@%d cannot be decoded, skipped: %s", topic, raw.partition, raw.offset, exc)
+            if skipped is not None:
+                skipped.append(left)
+    return records
 
 
 @dataclass
@@ -123,15 +176,18 @@ class RegistryClient:
         self._serde_for = serde_for or (lambda role: make_serde(catalog[role].schema, catalog.repository,
                                                                 catalog[role].name))
         self.model_name = pipeline.model.name
+        # What the last state() could not decode and left out, as the services' table readers do.
+        self.skipped: list[SkippedRecord] = []
 
     def _read(self, role: str) -> list[tuple[str | None, dict[str, Any] | None]]:
-        return read_topic(self.kafka, self.catalog[role].name, self._serde_for(role).decode)
+        return read_topic(self.kafka, self.catalog[role].name, self._serde_for(role).decode, skipped=self.skipped)
 
     def _mine(self, record: dict[str, Any] | None) -> bool:
         return record is not None and record["pipeline"] == self.pipeline.name and \
             record["model_name"] == self.model_name
 
     def state(self) -> RegistryState:
+        self.skipped = []
         table = DeploymentTable()
         history = []
         for key, value in self._read("model_deployments"):
@@ -290,6 +346,13 @@ class RegistryClient:
         return sorted(report, key=lambda outcome: not outcome.signed)
 
     def _produce(self, outputs: list[tuple[str, str, dict[str, Any] | None]]) -> None:
+        try:
+            # Every record encoded before any is produced: a Schema Registry that does not answer
+            # leaves the registry as it was, not a decision without its deployment.
+            encoded = [(self.catalog[role].name, key.encode(), None if value is None else
+                        self._serde_for(role).encode(value)) for role, key, value in outputs]
+        except DependencyUnavailable as exc:
+            raise RegistryError(f"registry change not written: {exc}") from exc
         producer = Producer(self.kafka.producer())
         failures: list[str] = []
 
@@ -299,10 +362,8 @@ class RegistryClient:
 
         try:
             with unwrapped_kafka_exceptions():
-                for role, key, value in outputs:
-                    encoded = None if value is None else self._serde_for(role).encode(value)
-                    producer.produce(self.catalog[role].name, key=key.encode(), value=encoded,
-                                     on_delivery=on_delivery)
+                for topic, key, value in encoded:
+                    producer.produce(topic, key=key, value=value, on_delivery=on_delivery)
                 remaining = producer.flush(30)
         except KafkaException as exc:  # the callers report a RegistryError in one line
             error = kafka_error_of(exc)

@@ -7,6 +7,9 @@ from typer.testing import CliRunner
 
 from streamloop.cli import model_commands
 from streamloop.cli.main import app
+from streamloop.ml import registry_client
+from streamloop.ml.registry_client import RawRecord, RegistryClient
+from streamloop.serde import RegistryUnavailableError
 from tests.unit.model_publisher.factories import candidate
 from tests.unit.model_publisher.memory_registry import InMemoryRegistry, bootstrapped, new_candidates
 from tests.unit.model_publisher.test_publisher import Harness
@@ -19,6 +22,71 @@ def harness(demo_pipeline, tmp_path) -> Harness:
 
 def use(registry: InMemoryRegistry, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(model_commands, "_registry", lambda *_args, **_kwargs: registry)
+
+
+def on_a_broker(registry: InMemoryRegistry, monkeypatch: pytest.MonkeyPatch,
+                extra: dict[str, list[bytes]] | None = None) -> RegistryClient:
+    """A client that reads what ``registry`` holds as a broker holds it, encoded, each role's ``extra`` bytes
+    first, and writes into ``registry``."""
+
+    class OnABroker(RegistryClient):
+        def _produce(self, outputs: list[tuple[str, str, dict | None]]) -> None:
+            registry._produce(outputs)
+
+    client = OnABroker(registry.pipeline, registry.catalog, registry.kafka)
+    roles = {registry.catalog[role].name: role for role in registry.topics}
+    serde_for = client._serde_for  # the writers' serdes, whatever a test makes the client read with
+
+    def read_raw(_kafka, topic: str, _timeout_s: float = 30.0) -> list[RawRecord]:
+        serde = serde_for(roles[topic])
+        values = [("poison", value) for value in (extra or {}).get(roles[topic], [])]
+        values += [(key, None if value is None else serde.encode(value))
+                   for key, value in registry.topics[roles[topic]]]
+        return [RawRecord(key, value, 0, offset) for offset, (key, value) in enumerate(values)]
+
+    monkeypatch.setattr(registry_client, "read_raw", read_raw)
+    monkeypatch.setattr(model_commands, "_registry", lambda *_args, **_kwargs: client)
+    return client
+
+
+def test_a_registry_record_that_cannot_be_decoded_is_left_out_and_said_in_one_line(harness, monkeypatch):
+    # Written by a newer streamloop (a fingerprint this one does not know), on the decisions topic,
+    # which keeps every record forever: before, every `streamloop models` command failed on it.
+    registry, first = bootstrapped(harness)
+    (a,) = new_candidates(harness, registry, 1)
+    decisions = registry.catalog["model_decisions"].name
+    on_a_broker(registry, monkeypatch, {"model_decisions": [b"\xc3\x01" + b"\x00" * 8 + b"x"]})
+    runner = CliRunner()
+    said = (f"streamloop: 1 registry record cannot be decoded and was left out, as the services leave them "
+            f"({decisions}: 1); the first: {decisions}[0]@")
+
+    listing = runner.invoke(app, ["models", "list", "--json"])
+    assert listing.exit_code == 0, listing.output
+    assert first in listing.stdout and a in listing.stdout
+    assert listing.stderr.startswith(said) and listing.stderr.count("\n") == 1, listing.stderr
+    assert "fingerprint" in listing.stderr
+
+    promoted = runner.invoke(app, ["models", "promote", a])
+    assert promoted.exit_code == 0, promoted.output
+    assert promoted.stderr.startswith(said) and promoted.stderr.endswith(f"promoted {a} (was {first})\n")
+    assert runner.invoke(app, ["models", "rollback"]).stderr.endswith(f"rolled back to {first} (from {a})\n")
+    assert runner.invoke(app, ["models", "show", a]).exit_code == 0
+
+
+def test_a_schema_registry_that_does_not_answer_is_one_line(harness, monkeypatch):
+    registry, _first = bootstrapped(harness)
+    client = on_a_broker(registry, monkeypatch)
+
+    class Unanswered:
+        def decode(self, _value: bytes) -> dict:
+            raise RegistryUnavailableError("schema id 3: registry lookup failed: connection refused")
+
+    client._serde_for = lambda _role: Unanswered()
+    for command in (["models", "list"], ["models", "show", "v"], ["models", "rollback"]):
+        result = CliRunner().invoke(app, command)
+        assert result.exit_code == 1, result.output
+        assert result.stderr == (f"streamloop: cannot decode {registry.catalog['model_deployments'].name}: "
+                                 f"schema id 3: registry lookup failed: connection refused\n")
 
 
 def test_rolling_back_again_goes_further_back_then_fails_in_one_line(harness, monkeypatch):

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import pytest
 
+from streamloop.ml import registry_client
 from streamloop.ml.exceptions import ArtifactIntegrityError, RegistryError
 from streamloop.ml.registry import CHAMPION, champion_predecessors
-from streamloop.ml.registry_client import SlotSigning
+from streamloop.ml.registry_client import RegistryClient, SlotSigning
+from streamloop.serde import RegistryUnavailableError
+from tests.kafka_fakes import FakeProducer
 from tests.unit.model_publisher.factories import SIGNING_KEY, signed_by_streamloop_0_1
 from tests.unit.model_publisher.memory_registry import InMemoryRegistry, bootstrapped, new_candidates
 from tests.unit.model_publisher.test_publisher import Harness, canary_on_trial, decisions, examples, promote
@@ -233,3 +236,24 @@ def test_re_sign_leaves_a_slot_that_changed_while_it_ran(harness, monkeypatch):
     assert registry.sign_again() == [SlotSigning(CHAMPION, first, signed=False,
                                                  why="the slot changed meanwhile; run again")]
     assert registry.champion()["version"] == "promoted-meanwhile"
+
+
+def test_a_change_the_schema_registry_cannot_encode_writes_nothing(harness, monkeypatch):
+    registry, first = bootstrapped(harness)
+    (a,) = new_candidates(harness, registry, 1)
+    outputs: list = []
+    monkeypatch.setattr(registry, "_produce", outputs.extend)
+    registry.promote(a)
+    assert [role for role, _key, _value in outputs][:2] == ["model_decisions", "model_deployments"]
+
+    class Unanswered:
+        def encode(self, _value: dict) -> bytes:
+            raise RegistryUnavailableError("cannot look up the schema of models.model-deployment.v1: timed out")
+
+    serde_for = registry._serde_for
+    registry._serde_for = lambda role: Unanswered() if role == "model_deployments" else serde_for(role)
+    producer = FakeProducer()
+    monkeypatch.setattr(registry_client, "Producer", lambda _config: producer)
+    with pytest.raises(RegistryError, match="^registry change not written: cannot look up the schema"):
+        RegistryClient._produce(registry, outputs)
+    assert producer.produced == [], "not the decision without its deployment"
