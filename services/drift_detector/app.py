@@ -120,7 +120,7 @@ def build(settings: DriftSettings) -> DriftService:
 
     topic = ctx.topic("model_deployments")
     deployments = CompactedTopicReader(kafka, topic.name, ctx.serde("model_deployments"),
-                                       name=f"{SERVICE}-deployments")
+                                       name=f"{SERVICE}-deployments", metrics=telemetry.metrics)
     champions = TableChampions(
         deployments, topic.key_of({"pipeline": spec.name, "model_name": spec.model.name, "slot": "champion"}))
 

@@ -152,7 +152,7 @@ def build(settings: PublisherSettings, install_global_telemetry: bool = True) ->
     def new_term() -> PublisherTerm:
         table = DeploymentTable()
         reader = CompactedTopicReader(settings.common.kafka, topics.model_deployments, ctx.serde("model_deployments"),
-                                      on_change=table.apply, name=f"{SERVICE}-deployments")
+                                      on_change=table.apply, name=f"{SERVICE}-deployments", metrics=telemetry.metrics)
         processor = PublisherProcessor(ctx.pipeline, topics, table, store, policy=policy, metrics=telemetry.metrics)
         runner = ctx.runner(processor, inputs=["model_candidates", "labeled_examples", "metrics"],
                             outputs=["model_deployments", "model_decisions", "alerts"], metrics=telemetry.metrics)

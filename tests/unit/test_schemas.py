@@ -139,6 +139,16 @@ def test_state_topics_are_compacted(catalog) -> None:
             assert topic.dead_letter_topic.endswith(".dlq")
 
 
+def test_a_table_topic_has_no_dead_letter_topic(catalog) -> None:
+    # Every replica of every reader reads a compacted topic whole (CompactedTopicReader): forwarding
+    # what it cannot decode, each would write it again. They skip it and count it
+    # (streamloop_table_undecodable_records_total, alert StreamloopTableUndecodable) instead.
+    for topic in catalog:
+        if topic.cleanup_policy == "compact":
+            assert not topic.dead_letter, topic.role
+            assert topic.dead_letter_topic not in catalog.all_topic_names(), topic.role
+
+
 def test_producers_and_consumers_are_known_services(catalog) -> None:
     for topic in catalog:
         assert topic.producers, f"{topic.role} has no producer"

@@ -5,6 +5,10 @@ this way. The reader is not a consumer-group member: it assigns itself every par
 beginning and never commits, so each replica sees the whole table (not a share of it) and a
 restart rebuilds it from the topic. A tombstone (null value) deletes its key.
 
+A record that cannot be decoded (or has no key) is skipped, logged and counted, in ``stats`` and
+in ``streamloop_table_undecodable_records_total`` when ``metrics`` is given; it is not forwarded to
+a dead-letter topic, since every replica of every reader would write it there again.
+
 Usage::
 
     reader = CompactedTopicReader(kafka, topic, serde, on_change=holder.on_deployment).start()
@@ -20,7 +24,7 @@ import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message, TopicPartition
 
@@ -43,6 +47,12 @@ class TableReaderStats:
     superseded: int = 0
 
 
+class TableReaderMetrics(Protocol):
+    """What a table reader reports (streamloop.telemetry.ServiceMetrics implements it)."""
+
+    def record_table_undecodable(self, topic: str, count: int = 1) -> None: ...
+
+
 _ABSENT = object()
 
 
@@ -61,10 +71,13 @@ class CompactedTopicReader:
     def __init__(self, kafka: KafkaSettings, topic: str, serde: Serde, on_change: OnChange | None = None,
                  *, name: str = "table-reader", poll_timeout_s: float = 0.2, batch_size: int = 500,
                  metadata_timeout_s: float = 10.0, idle_pause_s: float = 0.2,
-                 on_caught_up: Callable[[], None] | None = None) -> None:
+                 on_caught_up: Callable[[], None] | None = None, metrics: TableReaderMetrics | None = None) -> None:
         self.topic = topic
         self.name = name
         self.stats = TableReaderStats()
+        self._metrics = metrics
+        if metrics is not None:
+            metrics.record_table_undecodable(topic, 0)  # the series exists from the start: increase() sees the first
         self._serde = serde
         self._on_change = on_change
         self._on_caught_up = on_caught_up
@@ -191,6 +204,11 @@ class CompactedTopicReader:
                 self._stopping.wait(backoff)
                 backoff = min(backoff * 2, 10.0)
 
+    def _undecodable(self) -> None:
+        self.stats.undecodable += 1
+        if self._metrics is not None:
+            self._metrics.record_table_undecodable(self.topic)
+
     def _apply(self, messages: list[Message]) -> None:
         latest: dict[str, dict[str, Any] | None] = {}
         for message in messages:
@@ -199,7 +217,7 @@ class CompactedTopicReader:
                 continue
             raw_key = message.key()
             if raw_key is None:
-                self.stats.undecodable += 1
+                self._undecodable()
                 log.warning("%s: %s[%d]@%d has no key; skipped", self.name, self.topic, message.partition(),
                             message.offset())
                 continue
@@ -213,7 +231,7 @@ class CompactedTopicReader:
                 try:
                     decoded = self._decode_patiently(value)
                 except SerdeError as exc:
-                    self.stats.undecodable += 1
+                    self._undecodable()
                     log.warning("%s: %s[%d]@%d cannot be decoded, skipped: %s", self.name, self.topic,
                                 message.partition(), message.offset(), exc)
                     continue

@@ -22,6 +22,7 @@ Names, as they appear at ``/metrics``: OpenTelemetry's exporter appends the unit
 - ``streamloop_errors_total{service,topic}``
 - ``streamloop_dead_letters_total{service,topic,error_class}``
 - ``streamloop_outputs_dropped_total{service,topic,reason}``
+- ``streamloop_table_undecodable_records_total{service,topic}`` (a table reader's skipped records)
 - ``streamloop_broker_unreachable_total{service}``
 - ``kafka_consumergroup_group_lag{group,topic,partition}``, ``kafka_consumergroup_group_max_lag{group}``,
   ``kafka_consumergroup_group_lag_seconds{group,topic,partition}`` (kafka-lag-exporter's names,
@@ -166,6 +167,11 @@ class ServiceMetrics:
             description="Outputs with no input record to dead-letter (a tick's) that were lost: Kafka refused "
                         "them for good, or they did not match their schema.",
         )
+        self._table_undecodable = self._meter.create_counter(
+            "streamloop.table_undecodable_records", unit="{record}",
+            description="Records a table reader (the deployments table) could not decode, or without a key, "
+                        "and skipped: forwarded nowhere.",
+        )
         self._broker_unreachable = self._meter.create_counter(
             "streamloop.broker_unreachable", unit="{error}",
             description="Times librdkafka reported the brokers unreachable (transport, resolve, all down).",
@@ -240,6 +246,10 @@ class ServiceMetrics:
     def record_dropped_outputs(self, topic: str, reason: str, count: int = 1) -> None:
         """Count outputs to ``topic`` lost with no input record to dead-letter, by ``reason`` (refused, invalid)."""
         self._outputs_dropped.add(count, {"service": self.service, "topic": topic, "reason": reason})
+
+    def record_table_undecodable(self, topic: str, count: int = 1) -> None:
+        """Count records of the table ``topic`` a reader skipped because it could not decode them."""
+        self._table_undecodable.add(count, {"service": self.service, "topic": topic})
 
     def set_lag(
         self,

@@ -3,6 +3,7 @@ the services, the compose file and the pipeline spec."""
 
 from __future__ import annotations
 
+import ast
 import json
 import shutil
 import subprocess
@@ -111,6 +112,20 @@ def test_alerts_cover_what_operations_must_know():
     for rule in rules.values():
         assert rule["labels"]["severity"] in ("warning", "critical")
         assert rule["annotations"]["summary"]
+
+
+def test_every_table_reader_of_a_service_exports_what_it_skips():
+    # StreamloopTableUndecodable reads streamloop_table_undecodable_records_total: a reader built
+    # without metrics skips an undecodable deployment with only a log line.
+    alert = alert_rules()["StreamloopTableUndecodable"]
+    assert "streamloop_table_undecodable_records_total" in metric_names(alert["expr"])
+    readers = []
+    for path in sorted((REPO / "services").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "CompactedTopicReader":
+                readers.append((str(path.relative_to(REPO)), {keyword.arg for keyword in node.keywords}))
+    assert len(readers) >= 4, readers  # scorer, retrainer, drift detector, publisher
+    assert [path for path, keywords in readers if "metrics" not in keywords] == []
 
 
 def test_staleness_alerts_use_the_spec_thresholds():

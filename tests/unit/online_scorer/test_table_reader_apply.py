@@ -8,10 +8,13 @@ import time
 from types import SimpleNamespace
 
 from confluent_kafka import Message, TopicPartition
+from prometheus_client import generate_latest
 
 from streamloop.kafka import KafkaSettings
 from streamloop.kafka.table_reader import CompactedTopicReader
 from streamloop.serde import make_serde
+from streamloop.telemetry import ServiceMetrics
+from tests.unit.test_telemetry import sample_value
 
 
 def test_apply_coalesces_deletes_and_skips_bad_records(catalog) -> None:
@@ -46,6 +49,26 @@ def test_apply_coalesces_deletes_and_skips_bad_records(catalog) -> None:
 
     reader._apply([Message(topic="t", partition=0, offset=7, key=b"a", value=None)])
     assert changes[-1] == ("a", None) and reader.get("a") is None
+
+
+def test_skipped_records_are_counted_for_prometheus_from_zero(catalog) -> None:
+    # An undecodable champion record left every scorer on the old champion with only a log line.
+    serde = make_serde(catalog["alerts"].schema, catalog.repository, "alerts")
+    metrics = ServiceMetrics("online-scorer")
+    try:
+        reader = CompactedTopicReader(KafkaSettings(), "t", serde, metrics=metrics)
+
+        def skipped() -> float | None:
+            text = generate_latest(metrics.registry).decode()
+            return sample_value(text, "streamloop_table_undecodable_records_total", service="online-scorer", topic="t")
+
+        assert skipped() == 0, "the series exists before the first, so increase() sees it"
+        reader._apply([Message(topic="t", partition=0, offset=0, key=b"c", value=b"not avro"),
+                       Message(topic="t", partition=0, offset=1, key=None, value=b"x"),
+                       Message(topic="t", partition=0, offset=2, key=b"gone", value=None)])
+        assert skipped() == 2 == reader.stats.undecodable
+    finally:
+        metrics.shutdown()
 
 
 def test_a_registry_that_does_not_answer_is_waited_out_not_a_skipped_deployment(catalog, monkeypatch) -> None:
