@@ -298,8 +298,30 @@ class RegistryClient:
         found = state.table.find(pipeline, model, version)
         if found and found[0] != CHAMPION:
             outputs.append(("model_deployments", slot_key(pipeline, model, found[0]), None))
+        self._unchanged_since(state, kind)
         self._produce(outputs)
         return decision
+
+    def _unchanged_since(self, state: RegistryState, kind: str) -> None:
+        """Refuse a change computed from slots that changed since they were read, as ``sign_again`` does.
+
+        The publisher changes slots on its own (a promotion, a rollback, a new shadow): a manual
+        change computed from the slots before it would displace its champion with no decision
+        naming it (the new champion's ``previous_version`` the one before). Read again just before
+        writing; what is left is the window between that read and the write (milliseconds, not
+        the artifact's verification), which only a single writer could close.
+        """
+        pipeline, model = self.pipeline.name, self.model_name
+        before = state.table.slots(pipeline, model)
+        now = self.state().table.slots(pipeline, model)
+        if now == before:
+            return
+        changed = sorted(slot for slot in before.keys() | now.keys() if before.get(slot) != now.get(slot))
+        champion = now.get(CHAMPION)
+        what = "promotion" if kind == "PROMOTE" else kind.lower()
+        raise RegistryError(
+            f"the registry changed while the {what} was prepared ({', '.join(changed)}; the champion is now "
+            f"{champion['version'] if champion else 'none'}); nothing was written: run it again")
 
     def sign_again(self) -> list[str]:
         """Sign the deployed slots' streamloop 0.1 artifacts again, bound to the version each slot names.

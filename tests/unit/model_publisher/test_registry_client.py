@@ -257,3 +257,35 @@ def test_a_change_the_schema_registry_cannot_encode_writes_nothing(harness, monk
     with pytest.raises(RegistryError, match="^registry change not written: cannot look up the schema"):
         RegistryClient._produce(registry, outputs)
     assert producer.produced == [], "not the decision without its deployment"
+
+
+@pytest.mark.parametrize("change", ["promote", "rollback"])
+def test_a_manual_change_refuses_when_the_publisher_changed_the_slots_meanwhile(harness, monkeypatch, change):
+    # The publisher promotes B between the client's read and its write: written anyway, the change
+    # would displace B with no decision, and name as previous_version the champion before B.
+    registry, first = bootstrapped(harness)
+    a, b = new_candidates(harness, registry, 2)
+    registry.promote(a)
+    registry.store = harness.store
+    verify = harness.store.get_verified_bytes
+    by_the_publisher = {**registry.champion(), "version": b, "previous_version": a}
+
+    def meanwhile_promoted(ref, identity):
+        registry.topics["model_deployments"].append((f"card-fraud/fraud/{CHAMPION}", by_the_publisher))
+        return verify(ref, identity)
+
+    monkeypatch.setattr(harness.store, "get_verified_bytes", meanwhile_promoted)
+    written = {role: len(records) for role, records in registry.topics.items()}
+    refused = (f"^the registry changed while the (promotion|rollback) was prepared \\(champion; the champion is "
+               f"now {b}\\); nothing was written: run it again$")
+    with pytest.raises(RegistryError, match=refused):
+        registry.promote(first) if change == "promote" else registry.rollback()
+    assert {role: len(records) for role, records in registry.topics.items()} == {
+        **written, "model_deployments": written["model_deployments"] + 1}, "only the publisher's record"
+    assert registry.champion() == by_the_publisher
+
+    monkeypatch.setattr(harness.store, "get_verified_bytes", verify)
+    if change == "promote":
+        assert registry.promote(first)["from_version"] == b, "run again, it replaces the publisher's champion"
+    else:
+        assert registry.rollback()["to_version"] == a
