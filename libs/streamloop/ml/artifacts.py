@@ -139,6 +139,21 @@ def _hex_matches(expected: str, claimed: str) -> bool:
     return isinstance(claimed, str) and claimed.isascii() and hmac.compare_digest(expected, claimed)
 
 
+def _holds(path: Path, size: int, digest: str) -> bool:
+    """Whether ``path`` is a regular file of ``size`` bytes whose SHA-256 is ``digest``."""
+    try:
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode) or info.st_size != size:
+            return False
+        sha256 = hashlib.sha256()
+        with path.open("rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                sha256.update(chunk)
+    except OSError:
+        return False
+    return sha256.hexdigest() == digest
+
+
 def store_directory(location: str | Path) -> Path:
     """The directory a store location names: a path, or a ``file:`` URL.
 
@@ -169,9 +184,15 @@ class ArtifactStore:
         self.signer = signer
 
     def store_bytes(self, data: bytes) -> StoredArtifact:
+        """Store ``data`` under its SHA-256; a copy already there is kept only if it still holds them.
+
+        A damaged copy (truncated, overwritten) was trusted by its name: never repaired, and every
+        reference signed to the same bytes again (the deterministic bootstrap model's) failed to
+        verify. It is written again, as a missing one is.
+        """
         digest = hashlib.sha256(data).hexdigest()
         path = self.root / f"{digest}.pkl"
-        if not path.exists():
+        if not _holds(path, len(data), digest):
             # Write then rename, so a reader never sees a half-written artifact.
             fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".incoming-")
             try:

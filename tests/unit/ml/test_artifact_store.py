@@ -71,6 +71,29 @@ def test_a_failed_write_leaves_no_temporary_file(monkeypatch, tmp_path: Path) ->
     assert list(store.root.iterdir()) == []
 
 
+@pytest.mark.parametrize("damage", [lambda data: b"x" * len(data), lambda data: data[:-1], lambda data: b""],
+                         ids=["same-size", "truncated", "empty"])
+def test_storing_bytes_again_repairs_a_damaged_copy(tmp_path: Path, damage) -> None:
+    # The copy was trusted by its name: storing the same bytes again (the deterministic bootstrap
+    # model) signed a reference that never verified.
+    store = ArtifactStore(tmp_path / "artifacts", signer())
+    identity = ArtifactIdentity("card-fraud", "fraud", "v1")
+    data = pickle.dumps({"model": 1})
+    stored = store.store_bytes(data)
+    path = Path(stored.uri.removeprefix("file://"))
+    path.write_bytes(damage(data))
+    ref = store.sign(store.store_bytes(data), identity)
+    assert store.load_model(ref, identity) == {"model": 1}
+    assert path.read_bytes() == data and [p.name for p in store.root.iterdir()] == [path.name], "no temporary left"
+
+
+def test_an_intact_copy_is_not_written_again(tmp_path: Path, monkeypatch) -> None:
+    store = ArtifactStore(tmp_path / "artifacts", signer())
+    store.store_bytes(b"model")
+    monkeypatch.setattr(artifacts_module.os, "replace", lambda *_args: pytest.fail("an intact copy was replaced"))
+    assert store.store_bytes(b"model").size_bytes == 5
+
+
 @pytest.mark.parametrize("directory", ["with space", "modèles"])
 def test_a_store_whose_path_needs_percent_encoding_reads_its_artifacts_back(tmp_path: Path, directory: str) -> None:
     from river import linear_model
