@@ -124,6 +124,50 @@ def test_new_writer_is_read_by_an_old_reader(label_bytes: bytes, repository: Sch
     assert record["event_id"] == "e-1"
 
 
+def test_an_old_deployment_cannot_read_a_new_writer_so_readers_are_upgraded_first(label_bytes: bytes) -> None:
+    # No registry: a reader resolves only the fingerprints its own schemas/ holds. One deployed
+    # before label.avsc changed (v1 current, no history) dead-letters what an upgraded writer sends.
+    old_deployment = SchemaRepository(SCHEMAS)
+    old_reader = SingleObjectSerde(AvroSchema.from_file(LABEL_V1), old_deployment)
+    with pytest.raises(UnknownSchemaError):
+        old_reader.decode(label_bytes)
+
+
+def _card_fraud_with_a_new_input_field(directory: Path) -> tuple[Path, AvroSchema]:
+    """The demo spec whose input schema gained an optional field, the old one kept in history/; the old one."""
+    from streamloop.contracts import load_pipeline
+
+    demo = REPO_ROOT / "examples" / "card_fraud"
+    old = load_pipeline(demo / "pipeline.yaml").input_schema()
+    (directory / "history").mkdir(parents=True)
+    (directory / "pipeline.yaml").write_text((demo / "pipeline.yaml").read_text())
+    raw = json.loads((demo / "transaction.avsc").read_text())
+    (directory / "history" / "transaction.1.avsc").write_text(json.dumps(raw))
+    raw["fields"].append({"name": "channel", "type": ["null", "string"], "default": None})
+    (directory / "transaction.avsc").write_text(json.dumps(raw))
+    return directory / "pipeline.yaml", old
+
+
+def test_the_featurizer_reads_the_input_an_old_producer_still_sends_from_the_schemas_history(tmp_path: Path):
+    # The input schema's history/ is registered as streamloop's own schemas' is: the featurizer
+    # upgraded to the new schema first still reads the producers not upgraded yet.
+    from streamloop.contracts import load_catalog, load_pipeline
+    from streamloop.serde import make_serde
+
+    spec_path, old = _card_fraud_with_a_new_input_field(tmp_path / "pipeline")
+    catalog = load_catalog(load_pipeline(spec_path))
+    featurizer = make_serde(catalog["input"].schema, catalog.repository, catalog["input"].name)
+    old_producer = SingleObjectSerde(old, SchemaRepository(SCHEMAS))
+    sent = sample_record(old, 3)
+    record = featurizer.decode(old_producer.encode(sent))
+    assert record["channel"] is None and record["transaction_id"] == sent["transaction_id"]
+
+    (tmp_path / "pipeline" / "history" / "transaction.1.avsc").unlink()
+    catalog = load_catalog(load_pipeline(spec_path))
+    with pytest.raises(UnknownSchemaError):
+        make_serde(catalog["input"].schema, catalog.repository, catalog["input"].name).decode(old_producer.encode(sent))
+
+
 # Typed errors -----------------------------------------------------------------------------
 
 

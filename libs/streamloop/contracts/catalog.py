@@ -129,7 +129,8 @@ def _resolve(
     if role == "labels":
         name = pipeline.labels.topic
     if schema_ref == PIPELINE_REF + "input":
-        schema = repository.register(pipeline.input_schema())
+        # With its history: an upgraded featurizer still reads the producers not upgraded yet.
+        schema = repository.register_with_history(pipeline.input_schema_file)
     else:
         schema = repository.load(schema_ref)
     if key == PIPELINE_REF + "entity_key":

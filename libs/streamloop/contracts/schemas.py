@@ -3,7 +3,8 @@
 The .avsc files are the source of truth (as in confluent-kafka-python's examples); records stay
 plain dicts and are only encoded at the serializer edge. Historical versions of a schema live
 beside it in ``history/<record>.<n>.avsc`` so that readers can still decode what old writers
-produced, and the evolution tests can check every change in both directions.
+produced, and the evolution tests can check every change in both directions; the user's input
+schema too, in a ``history/`` folder beside its .avsc.
 """
 
 from __future__ import annotations
@@ -113,8 +114,17 @@ class SchemaRepository:
         path = self.root / "avro" / relative_path
         if not path.is_file():
             raise SchemaNotFoundError(f"no schema file {path}")
-        schema = self.register_file(path)
+        schema = self.register_with_history(path)
         self._by_path[relative_path] = schema
+        return schema
+
+    def register_with_history(self, path: Path) -> AvroSchema:
+        """The schema in ``path``, registered with its earlier versions beside it in ``history/<stem>.<n>.avsc``.
+
+        Single-object readers know a writer's schema only if it is registered here: without its
+        history, a reader dead-letters every record an older writer still sends (``UnknownSchemaError``).
+        """
+        schema = self.register_file(path)
         history = path.parent / "history"
         for old in sorted(history.glob(f"{path.stem}.*.avsc")) if history.is_dir() else []:
             self.register_file(old)

@@ -1,8 +1,11 @@
 """Avro single-object encoding: ``C3 01`` + 8-byte little-endian CRC-64-AVRO fingerprint + body.
 
 No registry is needed: any Avro library holding the .avsc can read our topics. A reader resolves
-the writer's schema by fingerprint (current or historical version) and reads with its own, so
-producers and consumers can be upgraded in either order when the change is compatible.
+the writer's schema by fingerprint among the versions its own schemas hold (the current one and
+those in ``history/``) and reads with its own. It reads every older writer, never a newer one:
+when a schema changes, upgrade a topic's consumers before its producers, or they raise
+``UnknownSchemaError`` on the new records (dead letters). With a Schema Registry
+(``streamloop.serde.confluent``) readers fetch any writer's schema, and the order does not matter.
 """
 
 from __future__ import annotations
