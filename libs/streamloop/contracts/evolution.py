@@ -8,8 +8,10 @@ written with the writer schema are decoded by fastavro with the reader schema, s
 the rules leave to the library (and keeps the rules honest).
 
 Historical versions live in ``schemas/avro/<domain>/history/<record>.<n>.avsc``; every one must
-stay compatible both ways with the current schema, so producers and consumers can be upgraded
-in either order.
+stay compatible both ways with the current schema. With a Schema Registry, producers and
+consumers can then be upgraded in either order; without one (single-object encoding), a reader
+knows only the versions it holds, so a topic's consumers are upgraded before its producers
+(docs/operations.md).
 """
 
 from __future__ import annotations
