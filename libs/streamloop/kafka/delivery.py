@@ -62,8 +62,9 @@ Encoded = tuple[str, bytes | None, bytes | None, Headers, int | None, Identity]
 # it invalid. The broker answers them for a whole produce batch, though (a topic whose
 # max.message.bytes is below the producer's batch), so a record counts as refused only when it
 # was sent alone; the producer's own size check (at produce()) is about one record always.
-# Anything else (a timeout, a missing topic, a refused authorization) may pass once the broker or
-# its configuration recovers, so the batch waits and retries.
+# Anything else (a timeout, a missing topic, a refused authorization, a pinned partition the topic
+# lacks), in a delivery report or raised by produce(), may pass once the broker or its configuration
+# recovers, so the batch waits and retries.
 REFUSED_FOR_GOOD = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.INVALID_RECORD,
                               KafkaError.RECORD_LIST_TOO_LARGE})
 
@@ -76,12 +77,18 @@ _DROPPED_AS = {DROPPED_REFUSED: "dropped an output with no input record",
                DROPPED_INVALID: "dropped an output that does not match its schema"}
 
 
-class _Refused(Exception):  # noqa: N818 - a signal inside delivery, never raised to callers
-    """The producer refused one record at produce() (larger than its message.max.bytes)."""
+class _NotTaken(Exception):  # noqa: N818 - a signal inside delivery, never raised to callers
+    """produce() raised a non-fatal error for one record, which is not queued: its topic is missing or
+    unauthorized, or its pinned partition does not exist (librdkafka reports such an error in the
+    first delivery report, then at produce() once it knows the topic's state)."""
 
     def __init__(self, error: KafkaError) -> None:
         super().__init__(error.str())
         self.error = error
+
+
+class _Refused(_NotTaken):
+    """The producer refused one record at produce() for good (larger than its message.max.bytes)."""
 
 
 class _RefusedInBatch(DeliveryError):
@@ -234,7 +241,8 @@ class Delivery:
         """Produce and wait for every acknowledgement (``alone``: each before the next is sent).
 
         The indexes acknowledged go into the two sets; those refused for good (``REFUSED_FOR_GOOD``),
-        with their error, into the two dicts. Any other failure raises DeliveryError at the end.
+        with their error, into the two dicts. Any other failure, in a delivery report or raised by
+        produce() for one record, raises DeliveryError at the end.
         """
         assert self.producer is not None
         failures: list[KafkaError] = []
@@ -251,15 +259,21 @@ class Delivery:
                     failures.append(error)
             return delivered
 
-        for index, record in enumerate(encoded):
+        def send(record: Encoded, acked: set[int], refused: dict[int, KafkaError], index: int) -> None:
             topic, key, value, headers, partition, _identity = record
             try:
-                self._produce(topic, key, value, headers, on_delivery(acked_outputs, refused_outputs, index, record),
-                              partition)
+                self._produce(topic, key, value, headers, on_delivery(acked, refused, index, record), partition)
             except _Refused as refusal:
-                refused_outputs[index] = refusal.error
+                refused[index] = refusal.error
+            except _NotTaken as failure:
+                # As if in its delivery report: the other records go on (raising here would have the
+                # retry send again those still queued, twice), and this one waits with the batch.
+                failures.append(failure.error)
             if alone:
                 self._wait_for_deliveries()
+
+        for index, record in enumerate(encoded):
+            send(record, acked_outputs, refused_outputs, index)
         for index, dead_letter in enumerate(dead):
             message, source = dead_letter.message, dead_letter.source
             dlq = self._dead_letter_topics.get(source.topic, source.topic + ".dlq")
@@ -271,14 +285,7 @@ class Delivery:
             if dead_letter.value_dropped is not None:
                 value = None
                 headers.append((dead_letters.VALUE_DROPPED, dead_letter.value_dropped.encode()))
-            letter = (dlq, message.key(), value, headers, None, None)
-            try:
-                self._produce(dlq, message.key(), value, headers,
-                              on_delivery(acked_letters, refused_letters, index, letter))
-            except _Refused as refusal:
-                refused_letters[index] = refusal.error
-            if alone:
-                self._wait_for_deliveries()
+            send((dlq, message.key(), value, headers, None, None), acked_letters, refused_letters, index)
         self._wait_for_deliveries()
         if any(f.code() in REFUSED_FOR_GOOD for f in failures):
             raise _RefusedInBatch(f"{len(failures)} records refused in a batch: {failures[0].str()}")
@@ -292,24 +299,37 @@ class Delivery:
 
     def _produce(self, topic: str, key: bytes | None, value: bytes | None, headers: Headers, callback,
                  partition: int | None = None) -> None:
+        """Queue one record: _Refused if the producer refuses it for good, _NotTaken if produce() fails
+        for it otherwise, DeliveryError on a fatal producer error."""
         assert self.producer is not None
         pinned = {} if partition is None else {"partition": partition}
         while True:
             try:
-                try:
-                    self.producer.produce(topic, value=value, key=key, headers=headers, on_delivery=callback,
-                                          **pinned)
-                    self.producer.poll(0)
-                    return
-                except BufferError:
-                    # The local queue is full: let deliveries drain, then try again.
-                    self.producer.poll(0.1)
+                self.producer.produce(topic, value=value, key=key, headers=headers, on_delivery=callback, **pinned)
+                break
+            except BufferError:
+                # The local queue is full: let deliveries drain, then try again.
+                self._poll(0.1)
             except (KafkaException, SystemError) as exc:
-                kafka = kafka_exception_of(exc)
-                error = kafka_error_of(kafka) if kafka is not None else None
-                if error is not None and error.code() in REFUSED_FOR_GOOD:
-                    raise _Refused(error) from exc  # the producer's own check: about this record
-                raise self._fatal_producer_error(exc) from exc
+                raise self._not_taken(exc) from exc
+        self._poll(0)
+
+    def _not_taken(self, exc: KafkaException | SystemError) -> Exception:
+        """What produce() raising ``exc`` means for its record (anything unexplained is raised again)."""
+        kafka = kafka_exception_of(exc)
+        error = kafka_error_of(kafka) if kafka is not None else None
+        if error is not None and error.code() in REFUSED_FOR_GOOD:
+            return _Refused(error)  # the producer's own check: about this record
+        if error is None or fatal_error_of(exc) is not None:
+            return self._fatal_producer_error(exc)
+        return _NotTaken(error)
+
+    def _poll(self, timeout_s: float) -> None:
+        assert self.producer is not None
+        try:
+            self.producer.poll(timeout_s)
+        except (KafkaException, SystemError) as exc:
+            raise self._fatal_producer_error(exc) from exc
 
     def _wait_for_deliveries(self) -> None:
         assert self.producer is not None
@@ -467,8 +487,8 @@ class Delivery:
             for topic, key, value, headers, partition, _identity in records:
                 try:
                     self._produce(topic, key, value, headers, delivered, partition)
-                except _Refused as refusal:  # it was taken before; a new producer's limit may differ
-                    unacknowledged.append(refusal.error.str())
+                except _NotTaken as failure:  # taken before; a new producer's limit may differ, a topic may go
+                    unacknowledged.append(failure.error.str())
             left = self.producer.flush(timeout_s) if self.producer is not None else 0
         except (KafkaException, SystemError, DeliveryError) as exc:
             if isinstance(exc, SystemError) and kafka_exception_of(exc) is None:

@@ -495,6 +495,82 @@ def test_an_error_about_the_topic_not_the_record_waits_and_retries_instead_of_de
     assert consumer.commits[-1][0].offset == 1
 
 
+class MissingTopic(FakeProducer):
+    """``topic`` is missing, unauthorized or lacks the pinned partition (``code``) until ``raising`` more
+    produce() calls to it have failed; librdkafka says so in the delivery report of the first record, whose
+    topic it does not know yet, then by raising from produce() itself. What it acknowledged is in ``taken``."""
+
+    def __init__(self, topic: str, code: int, raising: int = 2) -> None:
+        super().__init__()
+        self.topic, self.code, self.raising = topic, code, raising
+        self.reported, self.raised = False, 0
+        self.taken: list[bytes | None] = []
+        self.on_raise = lambda _raised: None
+
+    def produce(self, topic, value=None, key=None, headers=None, on_delivery=None, **_pinned) -> None:
+        error = None
+        if topic == self.topic and self.raising:
+            if self.reported:
+                self.raising -= 1
+                self.raised += 1
+                self.on_raise(self.raised)
+                raise KafkaException(KafkaError(self.code))
+            self.reported, error = True, KafkaError(self.code)
+        else:
+            self.taken.append(value)
+        self.produced.append((topic, key, value, headers or []))
+        on_delivery(error, None)
+
+
+NOT_THERE = [KafkaError._UNKNOWN_TOPIC, KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError._UNKNOWN_PARTITION]
+
+
+@pytest.mark.parametrize("code", NOT_THERE, ids=lambda code: KafkaError(code).name())
+@pytest.mark.parametrize("missing", [SINK, SOURCE + ".dlq"], ids=["output", "dead-letter"])
+def test_a_topic_produce_itself_refuses_waits_and_retries_as_after_its_delivery_report(code, missing, caplog) -> None:
+    """Broker auto-creation off, an ACL missing, a partition count too low: the batch's retry met the error
+    at produce() rather than in a delivery report, and the runner died of it (a crash loop)."""
+    producer = MissingTopic(missing, code)
+    runner, serde = stage_runner(producer)
+    values = [serde.encode(sample_record(VECTOR, 0)), b"\x00not a vector", serde.encode(sample_record(VECTOR, 2))]
+    with caplog.at_level(logging.ERROR, logger="streamloop.kafka.runner"):
+        runner._run_batch([FakeMessage(v, offset, topic=SOURCE) for offset, v in enumerate(values)])
+
+    # Each record was acknowledged once: a retry sent only what was not, after produce() raised for one
+    # record the others went on.
+    assert sorted(producer.taken) == sorted(values) and producer.raised == 2
+    assert (runner.stats.produced, runner.stats.dead_lettered) == (2, 1), "the missing topic's records wait"
+    assert runner.stats.delivery_retries >= 2
+    assert [c[0].offset for c in runner.consumer.commits] == [3], "committed once, all acknowledged"
+    assert any("Kafka refuses to take records" in r.getMessage() for r in caplog.records)
+
+
+def test_a_batch_whose_topic_stays_missing_is_left_uncommitted_at_a_stop() -> None:
+    producer = MissingTopic(SINK, KafkaError._UNKNOWN_TOPIC, raising=1_000)
+    runner, serde = stage_runner(producer)
+    producer.on_raise = lambda raised: raised >= 3 and runner.stop()
+    run_batch_of(runner, serde, 2)
+
+    assert producer.raised == 3 and runner.stats.delivery_retries == 2
+    assert runner.consumer.commits == [], "left for its replay"
+
+
+def test_an_output_at_risk_that_produce_refuses_at_a_stop_does_not_hold_back_the_others(monkeypatch) -> None:
+    runner, serde, _unused = desync_runner(monkeypatch, window_s=60.0)
+    replacement = MissingTopic(SINK, KafkaError._UNKNOWN_PARTITION, raising=1)
+    replacement.reported = True  # the new producer's first produce() raises
+    monkeypatch.setattr(delivery_module, "Producer", lambda _config: replacement)
+    values = [serde.encode(sample_record(VECTOR, seed)) for seed in range(6)]
+    runner._run_batch([FakeMessage(v, offset, topic=SOURCE) for offset, v in enumerate(values[:3])])
+    runner.stop()  # SIGTERM arrives while the next batch meets the fatal error
+    runner._run_batch([FakeMessage(v, offset, topic=SOURCE) for offset, v in enumerate(values[3:], start=3)])
+
+    # The first batch's outputs are sent again on the way out; the one produce() refused is reported,
+    # and the others still go (they went unsent after it).
+    assert replacement.raised == 1 and replacement.taken == values[1:3]
+    assert runner.consumer.commits[-1][0].offset == 3
+
+
 def test_a_consumer_s_fatal_error_does_not_condemn_the_producer() -> None:
     runner, _serde = stage_runner(FakeProducer())
     fenced = KafkaError(KafkaError.FENCED_INSTANCE_ID, "fenced", fatal=True)
