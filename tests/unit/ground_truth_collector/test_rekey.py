@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from confluent_kafka import KafkaError, KafkaException
 
 from services.ground_truth_collector.entries import Kind
 from services.ground_truth_collector.routing import RESUME, control_of
@@ -10,9 +11,12 @@ from services.ground_truth_collector.stages import RekeyStage, keyed_partition
 from streamloop.contracts.pipeline import MAX_KEY_BYTES
 from streamloop.contracts.samples import sample_record
 from streamloop.contracts.schemas import SchemaRepository
-from streamloop.kafka import dead_letters
+from streamloop.kafka import KafkaSettings, StageRunner, dead_letters
 from streamloop.kafka.records import ConsumedRecord, TopicPartitionRef
+from streamloop.kafka.runner import RunnerSettings, StageTopics
 from streamloop.serde import SingleObjectSerde
+from streamloop.serde.raw import RawSerde
+from tests.kafka_fakes import FakeConsumer, FakeMessage, FakeProducer
 
 REPOSITORY = SchemaRepository()
 FEATURES = "t.features"
@@ -140,3 +144,50 @@ def test_resume_markers_held_by_an_attempt_the_runner_drops_go_out_with_the_next
     assert [o.key for o in result.outputs[6:]] == ["a", "reg"] and len(result.rejections) == 1
     rekey.delivered()
     assert not any(control_of(o.headers) == RESUME for o in rekey.process([vector(3, "b")]).outputs)
+
+
+class KeyedTopic(FakeProducer):
+    """The keyed topic with ``partitions`` partitions, grown to ``grown`` once produce() has refused ``refusals``
+    records pinned past them. librdkafka reports the first such record in its delivery report, before it knows
+    the topic's partition count, then raises _UNKNOWN_PARTITION from produce(). What it took is in ``taken``."""
+
+    def __init__(self, partitions: int, grown: int, refusals: int) -> None:
+        super().__init__()
+        self.partitions, self.grown, self.refusals = partitions, grown, refusals
+        self.reported, self.refused = False, 0
+        self.taken: list[tuple[bytes | None, int]] = []
+
+    def produce(self, topic, value=None, key=None, headers=None, on_delivery=None, partition=-1) -> None:
+        error = None
+        if partition >= self.partitions:
+            if self.reported:
+                self.refused += 1
+                if self.refused == self.refusals:
+                    self.partitions = self.grown  # the operator added them (docs/operations.md)
+                raise KafkaException(KafkaError(KafkaError._UNKNOWN_PARTITION))
+            self.reported, error = True, KafkaError(KafkaError._UNKNOWN_PARTITION)
+        else:
+            self.taken.append((key, partition))
+        self.produced.append((topic, key, value, headers or []))
+        on_delivery(error, None)
+
+
+def test_a_keyed_partition_the_topic_lacks_holds_the_batch_until_it_is_added_and_never_stops_the_stage() -> None:
+    """ensure_keyed_partitions grows the keyed topic at start; one that has fewer partitions anyway (grown
+    by hand later, or a replica started with another count) has the batch wait and retry, uncommitted.
+    produce() raised _UNKNOWN_PARTITION out of the runner on the first retry: the collector stopped."""
+    producer = KeyedTopic(partitions=2, grown=6, refusals=3)
+    runner = StageRunner("ground-truth-collector", "collector", KafkaSettings(bootstrap_servers="127.0.0.1:1"),
+                         StageTopics({FEATURES: RawSerde()}, {"t.by-event": RawSerde()}), stage(),
+                         RunnerSettings(retry_backoff_s=0.001))
+    runner.delivery.producer, runner.consumer = producer, FakeConsumer()
+    runner._assigned.add((FEATURES, 0))
+    event_ids = ["evt-1", "evt-6", "evt-2", "evt-8"]  # partitions 3, 0, 5 and 1 of 6
+    runner._run_batch([FakeMessage(SERDE.encode({**sample_record(SERDE.schema, offset), "event_id": event_id}),
+                                   offset, topic=FEATURES) for offset, event_id in enumerate(event_ids)])
+
+    assert sorted(producer.taken) == sorted((e.encode(), keyed_partition(e, 6)) for e in event_ids), \
+        "each in its partition, once"
+    assert producer.refused == 3 and runner.stats.delivery_retries >= 2
+    assert runner.stats.dead_lettered == 0
+    assert [c[0].offset for c in runner.consumer.commits] == [4], "committed once, all acknowledged"
