@@ -204,10 +204,10 @@ def test_the_loop_recovers_from_a_broker_restart_mid_stream(private_loop: tuple[
     assert len(demo) - result.events_in <= 30, result
     assert result.notes["labels_not_in_label_topic"] <= 10, result
     # Duplicates: besides one replay per event, each stage whose producer met the fatal error sends
-    # the outputs of its last resend_window_s again, from when it meets the error (seconds after the
-    # restart, the window holds outputs written after it too): the featurizer's vectors, which the
-    # scorer scores again, and the scorer's predictions. At most two windows of the stream's rate
-    # (a clean-clone CI run measured 880 duplicates of 599 events; local runs 261-495).
+    # again the outputs of the resend_window_s up to its last acknowledgement (under this traffic
+    # seconds after the restart, so the window holds outputs written after it too): the featurizer's
+    # vectors, which the scorer scores again, and the scorer's predictions. At most two windows of the
+    # stream's rate (a clean-clone CI run measured 880 duplicates of 599 events; local runs 261-495).
     resent = 2 * int(RunnerSettings().resend_window_s * 100.0)
     # A dropped feature vector or prediction leaves its label unmatched: counted, not failed.
     assert_sound(result, max_copies=None, same_input=result.notes["not_in_input_topic"] == 0,

@@ -9,11 +9,14 @@ Two failures need more than a retry:
 
 - A fatal producer error: the broker lost the idempotent producer's sequence state, as noida-db
   does on a restart, and lost records it had acknowledged with it. The producer is replaced, and
-  the outputs and dead letters acknowledged in the last ``resend_window_s`` are sent again, since
-  their inputs are committed and no replay would bring them back. Duplicates downstream are the
-  price. For the same reason a stop sends those not yet acknowledged once more before leaving,
-  while the batch's own outputs wait for its replay, and a runner that leaves for another reason
-  after the error was reported, before a batch met it, sends the window again on its way out.
+  the outputs and dead letters acknowledged in the ``resend_window_s`` up to the last
+  acknowledgement are sent again, since their inputs are committed and no replay would bring them
+  back. Up to the last acknowledgement, not to the error: a stage with no output for a minute
+  after the restart meets the error a minute later, and what it wrote just before the restart is
+  what the broker lost. Duplicates downstream are the price. For the same reason a stop sends
+  those not yet acknowledged once more before leaving, while the batch's own outputs wait for its
+  replay, and a runner that leaves for another reason after the error was reported, before a
+  batch met it, sends the window again on its way out.
 - A record Kafka refuses for good (too large, invalid): no retry can send it, and waiting for it
   would hold its partition forever. The output's input record is dead-lettered instead, and a dead
   letter Kafka refuses goes again without its value. An output with no input record (a tick's) is
@@ -138,7 +141,8 @@ class Delivery:
         self._report_client_error = report_client_error
         self._producer_config = kafka.producer(error_cb=self._on_client_error, **producer_overrides)
         self._producer_fatal = False
-        # (monotonic time acknowledged, the record as produced): the candidates for a re-send.
+        # (monotonic time acknowledged, the record as produced), oldest first: the candidates for a
+        # re-send, those of the resend_window_s up to the newest (_forget_acknowledged).
         self._acknowledged: deque[tuple[float, Encoded]] = deque()
         self.producer: Producer | None = None
 
@@ -430,25 +434,31 @@ class Delivery:
     def _remember_acknowledged(self, record: Encoded) -> None:
         if not self._settings.resend_window_s:
             return
-        now = time.monotonic()
-        self._acknowledged.append((now, record))
-        self._forget_acknowledged(now)
+        self._acknowledged.append((time.monotonic(), record))
+        self._forget_acknowledged()
 
-    def _forget_acknowledged(self, now: float) -> None:
-        horizon = now - self._settings.resend_window_s
-        while self._acknowledged and (self._acknowledged[0][0] < horizon
-                                      or len(self._acknowledged) > self._settings.resend_max_records):
+    def _forget_acknowledged(self) -> None:
+        """Keep what was acknowledged in the ``resend_window_s`` up to the newest acknowledgement, at most
+        ``resend_max_records``. Measured back from the newest, not from now: what a stage wrote just
+        before a broker restart stays at risk however long the stage then goes without an output, and
+        only a later acknowledgement makes it older."""
+        if not self._acknowledged:
+            return
+        horizon = self._acknowledged[-1][0] - self._settings.resend_window_s
+        while self._acknowledged[0][0] < horizon or len(self._acknowledged) > self._settings.resend_max_records:
             self._acknowledged.popleft()
 
     def _recently_acknowledged(self, besides: Sequence[Encoded] = ()) -> list[Encoded]:
-        """The outputs acknowledged within ``resend_window_s``, to send again (taken: they are remembered anew
-        when acknowledged again). Duplicates downstream are the price: at-least-once, nothing lost.
+        """The outputs acknowledged in the ``resend_window_s`` up to the last acknowledgement, to send again
+        (taken: they are remembered anew when acknowledged again). Duplicates downstream are the price:
+        at-least-once, nothing lost.
 
         ``besides``: records about to be sent anyway. The failed producer's last flush
         (``_recreate_producer``) can acknowledge outputs the retry still holds as unacknowledged: sent
         both as a re-send and as the retry, they went twice more for one fault.
         """
-        self._forget_acknowledged(time.monotonic())
+        # Trimmed as records are acknowledged (_forget_acknowledged), never for the time since the last.
+        last = self._acknowledged[-1][0] if self._acknowledged else 0.0
         sending = {id(record) for record in besides}
         # One copy per identity, the latest: an input read again within the window (its offset
         # commit was lost) left two acknowledged copies of each of its outputs, and sending both
@@ -461,8 +471,9 @@ class Delivery:
         self._acknowledged.clear()
         if records:
             self._stats.resent += len(records)
-            log.warning("%s: sending again the %d outputs acknowledged in the last %.0f s: the broker may have "
-                        "lost them", self._service, len(records), self._settings.resend_window_s)
+            log.warning("%s: sending again the %d outputs acknowledged in the %.0f s up to the last "
+                        "acknowledgement (%.0f s ago): the broker may have lost them", self._service, len(records),
+                        self._settings.resend_window_s, time.monotonic() - last)
         return records
 
     def _resend_before_leaving(self, owed: list[Encoded], timeout_s: float = 10.0) -> None:

@@ -61,9 +61,10 @@ class RunnerSettings(BaseModel):
     retry_backoff_max_s: float = Field(default=30.0, gt=0)
     lag_report_interval_s: float = Field(default=5.0, gt=0)
     tick_interval_s: float = Field(default=0.5, gt=0)
-    # Outputs acknowledged this recently are sent again after a fatal producer error: that error
-    # (OUT_OF_ORDER_SEQUENCE_NUMBER, say) means the broker lost sequence state, and noida-db then
-    # also lost records it had acknowledged (docs/reliability.md). 0 turns it off.
+    # Outputs acknowledged in this many seconds up to the last acknowledgement (not up to now: a stage
+    # idle since a broker restart meets the error late) are sent again after a fatal producer error:
+    # that error (OUT_OF_ORDER_SEQUENCE_NUMBER, say) means the broker lost sequence state, and
+    # noida-db then also lost records it had acknowledged (docs/reliability.md). 0 turns it off.
     resend_window_s: float = Field(default=5.0, ge=0)
     resend_max_records: int = Field(default=50_000, ge=1)
 

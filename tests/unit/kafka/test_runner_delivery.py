@@ -4,7 +4,6 @@ also sends again what was acknowledged in the last window (the broker may have l
 from __future__ import annotations
 
 import logging
-from collections import deque
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
@@ -228,20 +227,83 @@ def test_outputs_acknowledged_while_the_failed_producer_flushes_are_sent_again_o
     assert runner.consumer.commits[-1][0].offset == 6
 
 
+class Clock:
+    """The delivery module's ``time``: a monotonic clock the test moves."""
+
+    def __init__(self) -> None:
+        self.now = 1_000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+def clocked(monkeypatch) -> Clock:
+    clock = Clock()
+    monkeypatch.setattr(delivery_module, "time", clock)
+    return clock
+
+
 def test_outputs_acknowledged_before_the_window_are_not_sent_again(monkeypatch) -> None:
-    runner, serde, replacement = desync_runner(monkeypatch, window_s=60.0)
-    values = [serde.encode(sample_record(VECTOR, seed)) for seed in range(6)]
+    runner, serde, replacement = desync_runner(monkeypatch, window_s=60.0, healthy=6)
+    clock = clocked(monkeypatch)
+    values = [serde.encode(sample_record(VECTOR, seed)) for seed in range(9)]
     runner._run_batch([FakeMessage(v, offset, topic=SOURCE) for offset, v in enumerate(values[:3])])
-    delivery = runner.delivery
-    delivery._acknowledged = deque((acked_at - 61.0, record) for acked_at, record in delivery._acknowledged)
-    runner._run_batch([FakeMessage(v, offset, topic=SOURCE) for offset, v in enumerate(values[3:], start=3)])
+    clock.now += 61.0
+    runner._run_batch([FakeMessage(v, offset, topic=SOURCE) for offset, v in enumerate(values[3:6], start=3)])
+    runner._run_batch([FakeMessage(v, offset, topic=SOURCE) for offset, v in enumerate(values[6:], start=6)])
+    # The window ends at the last acknowledgement (the second batch's): the first batch's, 61 s before it,
+    # are not sent again.
     assert [v for _t, _k, v, _h in replacement.produced] == values[3:]
-    assert runner.stats.resent == 0
+    assert runner.stats.resent == 3
 
     off, serde, replacement = desync_runner(monkeypatch, window_s=0.0)
     off._run_batch([FakeMessage(v, offset, topic=SOURCE) for offset, v in enumerate(values[:3])])
-    off._run_batch([FakeMessage(v, offset, topic=SOURCE) for offset, v in enumerate(values[3:], start=3)])
-    assert [v for _t, _k, v, _h in replacement.produced] == values[3:], "a window of 0 turns it off"
+    off._run_batch([FakeMessage(v, offset, topic=SOURCE) for offset, v in enumerate(values[3:6], start=3)])
+    assert [v for _t, _k, v, _h in replacement.produced] == values[3:6], "a window of 0 turns it off"
+
+
+def test_a_stage_idle_past_the_window_after_a_broker_restart_sends_its_last_outputs_again(monkeypatch) -> None:
+    """The window ends at the last acknowledgement, not when the fatal error is met: a low-rate stage (the
+    publisher, the drift detector, the retrainer) meets it at its next batch, a minute after the restart,
+    and the outputs it wrote just before the restart were older than the window by then, so never sent again
+    although the broker lost them and their inputs are committed."""
+    runner, serde, replacement = desync_runner(monkeypatch, window_s=5.0)
+    clock = clocked(monkeypatch)
+    values = [serde.encode(sample_record(VECTOR, seed)) for seed in range(6)]
+    runner._run_batch([FakeMessage(v, offset, topic=SOURCE) for offset, v in enumerate(values[:3])])
+    clock.now += 60.0  # the broker restarts; no input for a minute
+    runner._run_batch([FakeMessage(v, offset, topic=SOURCE) for offset, v in enumerate(values[3:], start=3)])
+
+    assert [v for _t, _k, v, _h in replacement.produced] == values
+    assert runner.stats.resent == 3
+    assert runner.consumer.commits[-1][0].offset == 6
+
+
+def test_a_runner_leaving_long_after_its_last_output_sends_the_window_again(monkeypatch) -> None:
+    runner, serde = stage_runner(FakeProducer(), resend_window_s=5.0)
+    clock = clocked(monkeypatch)
+    replacement = FakeProducer()
+    monkeypatch.setattr(delivery_module, "Producer", lambda _config: replacement)
+    values = run_batch_of(runner, serde, 3)
+    clock.now += 60.0
+    reported_to_the_error_callback(runner)
+    runner._on_consume_error(KafkaError(KafkaError.FENCED_INSTANCE_ID, "fenced", fatal=True))
+    runner._shutdown()
+
+    assert [v for _t, _k, v, _h in replacement.produced] == values
+    assert runner.stats.resent == 3
+
+
+def test_the_window_keeps_at_most_resend_max_records_the_latest(monkeypatch) -> None:
+    runner, serde = stage_runner(DesynchronizedProducer(healthy=3), resend_window_s=60.0, resend_max_records=2)
+    replacement = FakeProducer()
+    monkeypatch.setattr(delivery_module, "Producer", lambda _config: replacement)
+    values = [serde.encode(sample_record(VECTOR, seed)) for seed in range(6)]
+    runner._run_batch([FakeMessage(v, offset, topic=SOURCE) for offset, v in enumerate(values[:3])])
+    runner._run_batch([FakeMessage(v, offset, topic=SOURCE) for offset, v in enumerate(values[3:], start=3)])
+
+    assert [v for _t, _k, v, _h in replacement.produced] == values[1:]
+    assert runner.stats.resent == 2
 
 
 def test_an_input_read_twice_within_the_window_has_its_outputs_sent_again_once(monkeypatch) -> None:
