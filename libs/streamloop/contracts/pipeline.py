@@ -558,9 +558,11 @@ def load_pipeline(path: str | Path, check_schema: bool = True) -> PipelineSpec:
     """Read, validate and cross-check a pipeline spec file (.yaml, .yml or .toml)."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise PipelineSpecError(f"cannot read pipeline spec {path}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise PipelineSpecError(f"cannot read pipeline spec {path}: not UTF-8 text (byte {exc.start})") from exc
     try:
         data = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
     except (yaml.YAMLError, tomllib.TOMLDecodeError) as exc:

@@ -75,9 +75,15 @@ class AvroSchema:
     @classmethod
     def from_file(cls, path: Path) -> AvroSchema:
         try:
-            raw = json.loads(path.read_text())
+            raw = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as exc:
             raise SchemaNotFoundError(f"cannot read Avro schema {path}: {exc}") from exc
+        except UnicodeDecodeError as exc:
+            raise SchemaNotFoundError(f"cannot read Avro schema {path}: not UTF-8 text (byte {exc.start})") from exc
+        if not isinstance(raw, dict):
+            # "string" or ["null", "string"] is Avro, but not a record: no name, no fields to read.
+            raise SchemaNotFoundError(f"invalid Avro schema {path}: expected a JSON object (a record schema), "
+                                      f"not {_json_kind(raw)}")
         try:
             return cls.from_dict(raw, str(path))
         except (fastavro.schema.SchemaParseException, TypeError, KeyError, ValueError) as exc:
@@ -96,6 +102,11 @@ def same_name(writer: dict[str, Any], reader: dict[str, Any]) -> bool:
     short = writer["name"].rsplit(".", 1)[-1]
     aliases = reader.get("aliases", [])
     return short == reader["name"].rsplit(".", 1)[-1] or writer["name"] in aliases or short in aliases
+
+
+def _json_kind(value: Any) -> str:
+    kinds = {str: "a string", list: "an array", bool: "a boolean", int: "a number", float: "a number"}
+    return kinds.get(type(value), "null")
 
 
 class SchemaRepository:
