@@ -7,7 +7,6 @@ stack's state file.
 
 from __future__ import annotations
 
-import math
 import time
 from datetime import datetime
 from pathlib import Path
@@ -28,6 +27,7 @@ from streamloop.cli.connection import (
     reachable_admin,
 )
 from streamloop.dashboard import DashboardCollector, DashboardSettings, targets_from_state
+from streamloop.dashboard.settings import MAX_INTERVAL_S
 from streamloop.stack.launcher import read_state
 
 app = typer.Typer()
@@ -109,13 +109,16 @@ def top(
     pipeline: Path | None = PipelineOption,
     data_dir: Path = DataDirOption,
     bootstrap_servers: str | None = BootstrapOption,
-    interval: float = typer.Option(2.0, "--interval", help="Seconds between refreshes."),
+    interval: float = typer.Option(2.0, "--interval",
+                                   help=f"Seconds between refreshes (more than 0, at most {MAX_INTERVAL_S})."),
     once: bool = typer.Option(False, "--once", help="Print one screen after a few readings and exit."),
 ) -> None:
     """Live view of lag, throughput, latency, accuracy, drift, the model timeline, dead letters and alerts."""
-    # nan passes `<= 0` and would be blamed on STREAMLOOP_DASHBOARD_SCRAPE_INTERVAL_S; inf overflows the sleep.
-    if not (interval > 0 and math.isfinite(interval)):
-        raise fail(f"--interval must be a finite number of seconds more than 0, not {interval}", 2)
+    # nan passes `<= 0` and would be blamed on STREAMLOOP_DASHBOARD_SCRAPE_INTERVAL_S; inf, and a
+    # finite 1e300, overflow the sleep.
+    if not (0 < interval <= MAX_INTERVAL_S):
+        raise fail(f"--interval must be a finite number of seconds more than 0 and at most {MAX_INTERVAL_S} "
+                   f"(a day), not {interval}", 2)
     connection = connect(pipeline, data_dir, bootstrap_servers)
     # Say so at once: the collector would otherwise keep retrying and show a screen of dashes.
     reachable_admin(connection.kafka_settings())

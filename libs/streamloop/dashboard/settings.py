@@ -9,6 +9,8 @@
 | ``STREAMLOOP_DASHBOARD_EXPLANATION_TAIL`` | ``explanation_tail`` | ``20`` (newest predictions per partition) |
 | ``STREAMLOOP_DASHBOARD_ALLOWED_HOSTS`` | ``allowed_hosts`` | none (comma-separated, see below) |
 
+Both intervals are more than 0 and at most 86400 s (a day).
+
 ``allowed_hosts``: the names a request's ``Host`` header may give besides loopback and ``host``
 (server.py refuses the others, against DNS rebinding), e.g. the name of a proxy in front of it.
 """
@@ -21,6 +23,9 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_PORT = 8765
+# The longest wait between readings, a day: far longer ones overflow the thread's timed wait
+# (OverflowError, which would end the collector thread) and would show nothing anyway.
+MAX_INTERVAL_S = 86_400
 
 
 class DashboardSettings(BaseSettings):
@@ -28,8 +33,8 @@ class DashboardSettings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(DEFAULT_PORT, ge=-1, le=65535)
-    scrape_interval_s: float = Field(2.0, gt=0)
-    lag_interval_s: float = Field(5.0, gt=0)
+    scrape_interval_s: float = Field(2.0, gt=0, le=MAX_INTERVAL_S)
+    lag_interval_s: float = Field(5.0, gt=0, le=MAX_INTERVAL_S)
     explanation_tail: int = Field(20, ge=1, le=10_000)
     allowed_hosts: Annotated[tuple[str, ...], NoDecode] = ()
 
