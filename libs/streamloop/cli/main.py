@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import typer
 from pydantic import ValidationError
 from pydantic_settings import SettingsError
+from typer.core import TyperGroup
 
 from services.online_scorer.settings import ScorerClientSettings
 from streamloop import __version__
@@ -18,8 +21,42 @@ from streamloop.kafka.configuration import LIBRDKAFKA_LOGGER, KafkaSettings
 from streamloop.ml.settings import ArtifactSettings
 from streamloop.service.settings_errors import describe_settings_error, describe_validation_error
 
+# Newer typer carries its own copy of click, whose exceptions it raises; older typer raised click's.
+try:
+    from typer._click import exceptions as click_exceptions
+except ImportError:  # pragma: no cover - typer without its own click
+    from click import exceptions as click_exceptions
+
 # What the commands read from the environment, searched to name the variable of a bad setting.
 CLI_SETTINGS = (KafkaSettings, ArtifactSettings, ScorerClientSettings, DashboardSettings)
+
+
+@contextmanager
+def _usage_error_in_one_line() -> Iterator[None]:
+    try:
+        yield
+    except click_exceptions.ClickException as exc:
+        if isinstance(exc, getattr(click_exceptions, "NoArgsIsHelpError", ())):
+            raise  # `streamloop` alone: the help, as asked
+        print(f"streamloop: {exc.format_message()}", file=sys.stderr)
+        raise typer.Exit(exc.exit_code) from None
+
+
+class _OneLineUsageErrors(TyperGroup):
+    """A bad option or argument (``demo --events 0``, ``produce -f /nonexistent``, an unknown
+    command) is one line, as every other error of the CLI is, not typer's box of several.
+
+    Every subcommand's arguments are parsed within the top group's invoke, the top group's own
+    options within its make_context.
+    """
+
+    def make_context(self, *args: Any, **kwargs: Any) -> Any:
+        with _usage_error_in_one_line():
+            return super().make_context(*args, **kwargs)
+
+    def invoke(self, ctx: Any) -> Any:
+        with _usage_error_in_one_line():
+            return super().invoke(ctx)
 
 
 class _StreamloopApp(typer.Typer):
@@ -38,6 +75,7 @@ class _StreamloopApp(typer.Typer):
 
 app = _StreamloopApp(
     name="streamloop",
+    cls=_OneLineUsageErrors,
     help="Closed-loop machine learning on event streams.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
