@@ -175,15 +175,12 @@ class LoopDriver:
         with self._lock:
             self.observed.dead_letters += 1
             if event_id is not None:
-                self.observed.dead_lettered_events.add(event_id)
+                self.observed.add_dead_lettered_event(event_id)
 
     def _on_prediction(self, value: dict, timestamp_ms: int) -> None:
-        event_id = value["event_id"]
         with self._lock:
-            if event_id not in self.observed.predicted_at_ms:
-                self.observed.predicted_at_ms[event_id] = timestamp_ms
-                self.observed.predicted[event_id] = value.get("predicted_class")
-                self.observed.model_version[event_id] = value["model_version"]
+            self.observed.add_prediction(value["event_id"], timestamp_ms, value.get("predicted_class"),
+                                         value["model_version"])
 
     def _on_decision(self, value: dict, _timestamp_ms: int) -> None:
         with self._lock:
@@ -197,7 +194,7 @@ class LoopDriver:
         pair = training_pair(self.pipeline.model, value) if self.pipeline.model.task == "classification" else None
         event_id = str(value["event_id"])
         with self._lock:
-            if not self._first_answer(event_id):
+            if not self.observed.count_answer(event_id):
                 return
             self.observed.labeled_examples += 1
             if pair is not None:
@@ -205,19 +202,10 @@ class LoopDriver:
 
     def _on_unmatched_label(self, value: dict, _timestamp_ms: int) -> None:
         with self._lock:
-            if not self._first_answer(str(value["event_id"])):
+            if not self.observed.count_answer(str(value["event_id"])):
                 return
             reason = str(value["reason"])
             self.observed.unmatched_labels[reason] = self.observed.unmatched_labels.get(reason, 0) + 1
-
-    def _first_answer(self, event_id: str) -> bool:
-        """False for an answer beyond the labels sent for the event: a repeat, counted apart (hold the lock)."""
-        answered = self.observed.answers_per_event.get(event_id, 0)
-        if answered >= self.observed.labels_sent_per_event.get(event_id, 0):
-            self.observed.label_answers_repeated += 1
-            return False
-        self.observed.answers_per_event[event_id] = answered + 1
-        return True
 
     def stop(self) -> None:
         self._stop.set()
@@ -253,7 +241,7 @@ class LoopDriver:
                         answered, answered_changed = current, now
                     elif now - answered_changed > self.stall_timeout_s:
                         with self._lock:  # the readers add dead letters meanwhile
-                            unscored, unjoined = self.observed.events_unanswered(), self.observed.labels_unanswered()
+                            unscored, unjoined = self.observed.backlog()
                         raise LoopStalledError(
                             f"the loop answered no event and no label for {now - answered_changed:.0f} s while "
                             f"{behind} waited ({unscored} events unscored, {unjoined} labels unjoined); its "
@@ -311,7 +299,7 @@ class LoopDriver:
         but not yet joined or returned unmatched (the collector is the loop's slowest stage).
         """
         with self._lock:
-            unscored, unjoined = self.observed.events_unanswered(), self.observed.labels_unanswered()
+            unscored, unjoined = self.observed.backlog()
         if unscored > BACKLOG_EVENTS_S * rate_per_s:
             return "events"
         if unjoined > BACKLOG_LABELS_S * rate_per_s:
@@ -324,9 +312,7 @@ class LoopDriver:
             _, _, label = heapq.heappop(pending)
             # Counted before it is sent, so that its answer always finds it counted.
             with self._lock:
-                self.observed.labels_sent += 1
-                self.observed.labels_sent_per_event[label["event_id"]] = \
-                    self.observed.labels_sent_per_event.get(label["event_id"], 0) + 1
+                self.observed.count_label_sent(label["event_id"])
             self._produce(producer, topic, label["event_id"], serde.encode(label))
 
     @staticmethod

@@ -62,6 +62,10 @@ class LoopObservation:
     throttled_by: dict[str, float] = field(default_factory=dict)
     # The first labeled example of each event, as the retrainer learns it: the reference model's data.
     training_pairs: dict[str, tuple[dict[str, float], Any]] = field(default_factory=dict)
+    # The two sums over the dead-lettered events in events_unanswered and labels_awaiting_horizon,
+    # kept by the add_ and count_ methods below as the sets change, for backlog().
+    _dead_lettered_unpredicted: int = field(default=0, init=False, repr=False)
+    _dead_lettered_labels_unanswered: int = field(default=0, init=False, repr=False)
 
     def add_decision(self, decision: dict) -> None:
         """Keep a decision read from the topic, unless it was read before."""
@@ -81,6 +85,58 @@ class LoopObservation:
             self.drift_events_seen.add(identity)
             self.drift_events.append(event)
 
+    def add_prediction(self, event_id: str, timestamp_ms: int, predicted: str | None, model_version: str) -> None:
+        """Keep an event's first prediction (a prediction read again changes nothing)."""
+        if event_id in self.predicted_at_ms:
+            return
+        self.predicted_at_ms[event_id] = timestamp_ms
+        self.predicted[event_id] = predicted
+        self.model_version[event_id] = model_version
+        if event_id in self.dead_lettered_events:
+            self._dead_lettered_unpredicted -= 1
+
+    def add_dead_lettered_event(self, event_id: str) -> None:
+        """Keep an input event the loop sent to its dead-letter topic."""
+        if event_id in self.dead_lettered_events:
+            return
+        self.dead_lettered_events.add(event_id)
+        if event_id not in self.predicted_at_ms:
+            self._dead_lettered_unpredicted += 1
+        self._dead_lettered_labels_unanswered += \
+            self.labels_sent_per_event.get(event_id, 0) - self.answers_per_event.get(event_id, 0)
+
+    def count_label_sent(self, event_id: str) -> None:
+        """Count a label the driver sends for the event (each copy of it)."""
+        self.labels_sent += 1
+        self.labels_sent_per_event[event_id] = self.labels_sent_per_event.get(event_id, 0) + 1
+        if event_id in self.dead_lettered_events:
+            self._dead_lettered_labels_unanswered += 1
+
+    def count_answer(self, event_id: str) -> bool:
+        """Count a label's answer (a labeled example or an unmatched label); False for an answer
+        beyond the labels sent for the event: a repeat, counted apart."""
+        answered = self.answers_per_event.get(event_id, 0)
+        if answered >= self.labels_sent_per_event.get(event_id, 0):
+            self.label_answers_repeated += 1
+            return False
+        self.answers_per_event[event_id] = answered + 1
+        if event_id in self.dead_lettered_events:
+            self._dead_lettered_labels_unanswered -= 1
+        return True
+
+    def backlog(self) -> tuple[int, int]:
+        """``events_unanswered()`` and ``labels_unanswered()``, in a time that does not grow with the
+        dead letters: the driver asks before every event it sends, under the lock the readers take.
+
+        Those walk the dead-lettered events (with 5,000 of 50,000 dead-lettered, 1 to 2 ms of the
+        2.5 ms each event has at 400 events/s); this reads the counters the add_ and count_ methods
+        keep, so it equals them only when the observation changed through those.
+        """
+        unscored = len(self.produced_at_ms) - len(self.predicted_at_ms) - self._dead_lettered_unpredicted
+        unjoined = self.labels_sent - self.labeled_examples - sum(self.unmatched_labels.values()) \
+            - self._dead_lettered_labels_unanswered
+        return unscored, unjoined
+
     @property
     def throttled_s(self) -> float:
         """All the time the driver waited for the loop to catch up."""
@@ -97,9 +153,10 @@ class LoopObservation:
                    for e in self.dead_lettered_events)
 
     def events_unanswered(self) -> int:
-        """Events produced that have neither a prediction nor a dead letter yet."""
-        # Asked before every event sent (backpressure), so it must not walk the predictions:
-        # `set - dict.keys()` did (it iterates the keys), and took 57 % of the driver's CPU.
+        """Events produced that have neither a prediction nor a dead letter yet (``backlog()`` without
+        walking the dead letters)."""
+        # It must not walk the predictions: `set - dict.keys()` did (it iterates the keys), and
+        # took 57 % of the driver's CPU when it was asked before every event sent.
         return len(self.produced_at_ms) - len(self.predicted_at_ms) \
             - sum(1 for e in self.dead_lettered_events if e not in self.predicted_at_ms)
 
