@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import secrets
-import shutil
 import subprocess
 import sys
 import time
@@ -40,10 +39,10 @@ from streamloop.stack.exceptions import StackError
 from streamloop.stack.process import PortAllocator, log_tail, port_taken, spawn, stop, terminate
 from streamloop.stack.redis_server import EmbeddedRedis
 from streamloop.stack.services import BACKGROUND_IDLE_FETCH_PAUSE_MS, IDLE_FETCH_PAUSE_MS, SERVICES
+from streamloop.stack.stack_files import STATE_FILE, foreign_entries, mark, refuse_foreign, remove_stack_files
 
 log = logging.getLogger(__name__)
 
-STATE_FILE = "stack.json"
 _RESTART_BACKOFF_MAX_S = 30.0
 
 
@@ -134,14 +133,21 @@ class Stack:
     @classmethod
     def prepare(cls, pipeline: PipelineSpec, pipeline_path: Path, data_dir: Path, fresh: bool = False,
                 **kwargs) -> Stack:
-        """A stack on ``data_dir``, holding the directory until ``stop`` (or this process ends)."""
+        """A stack on ``data_dir``, holding the directory until ``stop`` (or this process ends).
+
+        ``fresh`` removes what earlier stacks kept there (stack_files.py), and is refused where
+        those entries are someone else's."""
         data_dir.mkdir(parents=True, exist_ok=True)
+        foreign = foreign_entries(data_dir)  # before the lock, whose file is a sign of an earlier stack
         lock = DataDirLock.acquire(data_dir.resolve())
         try:
+            # Marked before any refusal: the lock's file now says "a stack was here" to the next launcher.
+            mark(data_dir, foreign)
             if fresh:
                 # Fresh bounds the embedded broker's growth (it keeps every record).
                 if read_state(data_dir):
                     raise StackError(f"a stack is running from {data_dir}; stop it before starting one there afresh")
+                refuse_foreign(data_dir, foreign)
                 remove_stack_files(data_dir)
             return cls(pipeline, pipeline_path.resolve(), data_dir.resolve(), lock=lock, **kwargs)
         except BaseException:
@@ -346,21 +352,6 @@ class Stack:
         partial = self.data_dir / f"{STATE_FILE}.partial"
         partial.write_text(json.dumps(state, indent=2))
         partial.replace(self.data_dir / STATE_FILE)
-
-
-# What a stack writes in its data directory and a fresh start removes. The signing key stays (a
-# new one would sign nothing more safely), and so does anything else there: the directory may be
-# the user's own, holding their pipeline.
-FRESH_ENTRIES = ("broker", "redis", "artifacts", "logs", "collector", STATE_FILE, f"{STATE_FILE}.partial")
-
-
-def remove_stack_files(data_dir: Path) -> None:
-    for name in FRESH_ENTRIES:
-        path = data_dir / name
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        elif path.exists() or path.is_symlink():
-            path.unlink()
 
 
 def read_state(data_dir: Path) -> dict | None:

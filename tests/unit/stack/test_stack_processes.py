@@ -155,8 +155,10 @@ def test_a_fresh_start_removes_only_what_the_stack_keeps_in_its_data_directory(t
     (tmp_path / "pipeline.yaml").write_text("name: mine")
     (tmp_path / "src").mkdir()
     Stack.prepare(load_pipeline(DEMO_SPEC), DEMO_SPEC, tmp_path, fresh=True)
-    # stack.lock is the new stack's own, held while it runs (test_stack_data_dir_lock.py).
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["pipeline.yaml", "signing.key", "src", "stack.lock"]
+    # stack.lock is the new stack's own, held while it runs (test_stack_data_dir_lock.py); the
+    # marker says the directory is a stack's (test_stack_files.py).
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        ".streamloop-stack", "pipeline.yaml", "signing.key", "src", "stack.lock"]
 
 
 def test_a_fresh_start_is_refused_where_a_stack_is_running(tmp_path: Path) -> None:
