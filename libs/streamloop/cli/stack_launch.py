@@ -42,7 +42,8 @@ def prepare_stack(spec: PipelineSpec, pipeline_path: Path, data_dir: Path, **opt
         raise fail(f"invalid settings: {describe_validation_error(exc, (KafkaSettings, DashboardSettings))}", 2) \
             from None
     try:
-        return Stack.prepare(spec, pipeline_path, data_dir, **options)
+        # check: each service's settings too, as the stack will give them (a service exits 2 on a bad one).
+        return Stack.prepare(spec, pipeline_path, data_dir, check=True, **options)
     except OSError as exc:
         raise fail(f"cannot use {data_dir} as the data directory: {exc.strerror or exc}", 2) from None
     except StreamloopError as exc:

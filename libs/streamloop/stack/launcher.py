@@ -3,11 +3,14 @@
 ``streamloop up`` and the end-to-end tests use this one launcher. External infrastructure is
 used instead of the embedded one when ``KAFKA_BOOTSTRAP_SERVERS`` / ``REDIS_URL`` are set.
 Services are supervised: one that exits unexpectedly is restarted with backoff under the same
-static member id (so it takes its partitions straight back; see docs/embedded-stack.md).
+static member id (so it takes its partitions straight back; see docs/embedded-stack.md); one
+that exits 2 on its settings or spec ends the supervision with StackError, as a restart would
+exit the same way. ``Stack.prepare(check=True)`` refuses such settings before anything starts.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -15,6 +18,7 @@ import secrets
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +29,7 @@ from streamloop.contracts import Catalog, PipelineSpec, load_catalog
 from streamloop.dashboard import Dashboard, DashboardSettings, start_dashboard, targets_from_processes
 from streamloop.kafka.admin import ensure_topics, topic_specs, wait_for_broker
 from streamloop.kafka.configuration import KafkaSettings
+from streamloop.service.entrypoint import EXIT_BAD_CONFIGURATION
 from streamloop.service.settings import SerdeSettings
 from streamloop.stack.broker import (
     ANSWERS_EMPTY_FETCH_AT_ONCE,
@@ -38,6 +43,7 @@ from streamloop.stack.data_dir_lock import DataDirLock
 from streamloop.stack.exceptions import StackError
 from streamloop.stack.process import PortAllocator, log_tail, port_taken, spawn, stop, terminate
 from streamloop.stack.redis_server import EmbeddedRedis
+from streamloop.stack.service_settings import settings_problem
 from streamloop.stack.services import BACKGROUND_IDLE_FETCH_PAUSE_MS, IDLE_FETCH_PAUSE_MS, SERVICES
 from streamloop.stack.stack_files import STATE_FILE, foreign_entries, mark, refuse_foreign, remove_stack_files
 
@@ -110,6 +116,16 @@ def on_embedded_broker(state: dict) -> bool:
     return state.get("broker", "external") != "external"
 
 
+@dataclass(frozen=True)
+class _Infrastructure:
+    """The broker and Redis a service's environment names: embedded ones drop the shell's security settings."""
+
+    broker_kind: BrokerKind | None  # None: an external broker
+    embedded_redis: bool
+    bootstrap_servers: str
+    redis_url: str
+
+
 @dataclass
 class Stack:
     """One local deployment of a pipeline: infrastructure plus supervised service processes."""
@@ -132,11 +148,12 @@ class Stack:
 
     @classmethod
     def prepare(cls, pipeline: PipelineSpec, pipeline_path: Path, data_dir: Path, fresh: bool = False,
-                **kwargs) -> Stack:
+                check: bool = False, **kwargs) -> Stack:
         """A stack on ``data_dir``, holding the directory until ``stop`` (or this process ends).
 
         ``fresh`` removes what earlier stacks kept there (stack_files.py), and is refused where
-        those entries are someone else's."""
+        those entries are someone else's. ``check`` first refuses what would fail once the
+        processes run (``check_service_settings``), before anything is removed."""
         data_dir.mkdir(parents=True, exist_ok=True)
         foreign = foreign_entries(data_dir)  # before the lock, whose file is a sign of an earlier stack
         lock = DataDirLock.acquire(data_dir.resolve())
@@ -148,8 +165,12 @@ class Stack:
                 if read_state(data_dir):
                     raise StackError(f"a stack is running from {data_dir}; stop it before starting one there afresh")
                 refuse_foreign(data_dir, foreign)
+            stack = cls(pipeline, pipeline_path.resolve(), data_dir.resolve(), lock=lock, **kwargs)
+            if check:
+                stack.check_service_settings()
+            if fresh:
                 remove_stack_files(data_dir)
-            return cls(pipeline, pipeline_path.resolve(), data_dir.resolve(), lock=lock, **kwargs)
+            return stack
         except BaseException:
             lock.release()
             raise
@@ -217,18 +238,22 @@ class Stack:
         return SerdeSettings(url=None) if self.broker is not None else SerdeSettings()
 
     def service_env(self, name: str, replica: int, metrics_port: int) -> dict[str, str]:
+        return self._service_env(name, replica, metrics_port, _Infrastructure(
+            self._broker_kind, self.redis is not None, self.bootstrap_servers, self.redis_url))
+
+    def _service_env(self, name: str, replica: int, metrics_port: int, infra: _Infrastructure) -> dict[str, str]:
         # A shell set up for a production cluster must not point the embedded parts at its
         # registry, or make them speak TLS and SASL to a plaintext broker and AUTH to a Redis without users.
         dropped = ("PYTEST",)
-        if self.broker is not None:
+        if infra.broker_kind is not None:
             dropped += ("SCHEMA_REGISTRY_", *EMBEDDED_BROKER_DROPPED_ENV)
-        if self.redis is not None:
+        if infra.embedded_redis:
             dropped += EMBEDDED_REDIS_DROPPED_ENV
         env = {key: value for key, value in os.environ.items() if not key.startswith(dropped)}
         env.update({
-            "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap_servers,
+            "KAFKA_BOOTSTRAP_SERVERS": infra.bootstrap_servers,
             "KAFKA_GROUP_INSTANCE_ID": f"{name}-{replica}",
-            "REDIS_URL": self.redis_url,
+            "REDIS_URL": infra.redis_url,
             "STREAMLOOP_PIPELINE": str(self.pipeline_path),
             "STREAMLOOP_INSTANCE_ID": f"{name}-{replica}",
             "STREAMLOOP_METRICS_PORT": str(metrics_port),
@@ -239,12 +264,41 @@ class Stack:
         if name == "ground-truth-collector":
             # Inside the stack's directory, so that a replica killed outright leaves nothing in /tmp.
             env["COLLECTOR_DATA_DIR"] = str(self.data_dir / "collector" / str(replica))
-        if self.broker is not None and ANSWERS_EMPTY_FETCH_AT_ONCE[self.broker.kind] \
+        if infra.broker_kind is not None and ANSWERS_EMPTY_FETCH_AT_ONCE[infra.broker_kind] \
                 and "KAFKA_IDLE_FETCH_PAUSE_MS" not in os.environ:
             env["KAFKA_IDLE_FETCH_PAUSE_MS"] = str(IDLE_FETCH_PAUSE_MS.get(name, BACKGROUND_IDLE_FETCH_PAUSE_MS))
-        env.update(client_fetch_environment(self._broker_kind, os.environ))
+        env.update(client_fetch_environment(infra.broker_kind, os.environ))
         env.update(self.extra_env)
         return env
+
+    def _launch_env(self, name: str, replica: int, take_port: Callable[[], int],
+                    infra: _Infrastructure | None = None) -> tuple[int, dict[str, str]]:
+        """A replica's metrics port and its whole environment, its ports from ``take_port``."""
+        port = take_port()
+        env = self.service_env(name, replica, port) if infra is None else self._service_env(name, replica, port, infra)
+        if name == "online-scorer":
+            # Each replica its own free ports: replicas share the loopback, not a port. The
+            # health port too when the shell's SCORER_TLS_* turn TLS on (a TLS scorer opens
+            # one), else every replica would take the one default.
+            tls = bool(env.get("SCORER_TLS_CERT_FILE"))
+            for setting in ("SCORER_GRPC_PORT", *(("SCORER_HEALTH_PORT",) if tls else ())):
+                if setting not in self.extra_env:
+                    env[setting] = str(take_port())
+        return port, env
+
+    def check_service_settings(self) -> None:
+        """Refuse, before anything starts, the settings a service would exit 2 on: each service's
+        settings class built from the environment the stack will give it (the shell's, less what
+        the embedded broker and Redis leave out, plus the stack's own)."""
+        external_kafka, external_redis = os.environ.get("KAFKA_BOOTSTRAP_SERVERS"), os.environ.get("REDIS_URL")
+        # What start_infrastructure will set up; the ports are stand-ins for the free ones it takes.
+        planned = _Infrastructure(None if external_kafka else self.broker_kind, not external_redis,
+                                  external_kafka or "127.0.0.1:9092", external_redis or "redis://127.0.0.1:6379/0")
+        stand_in_ports = itertools.count(40000)
+        for name in dict.fromkeys(self.services):
+            problem = settings_problem(name, self._launch_env(name, 0, stand_in_ports.__next__, planned)[1])
+            if problem is not None:
+                raise StackError(problem)
 
     # -- services ----------------------------------------------------------------------------
 
@@ -252,16 +306,7 @@ class Stack:
         (self.data_dir / "logs").mkdir(exist_ok=True)
         for name in self.services:
             for replica in range(self.replicas.get(name, 1)):
-                port = self.ports.take()
-                env = self.service_env(name, replica, port)
-                if name == "online-scorer":
-                    # Each replica its own free ports: replicas share the loopback, not a port. The
-                    # health port too when the shell's SCORER_TLS_* turn TLS on (a TLS scorer opens
-                    # one), else every replica would take the one default.
-                    tls = bool(env.get("SCORER_TLS_CERT_FILE"))
-                    for setting in ("SCORER_GRPC_PORT", *(("SCORER_HEALTH_PORT",) if tls else ())):
-                        if setting not in self.extra_env:
-                            env[setting] = str(self.ports.take())
+                port, env = self._launch_env(name, replica, self.ports.take)
                 service = ServiceProcess(
                     name, SERVICES[name], replica, env, self.data_dir / "logs" / f"{name}-{replica}.log", port,
                 )
@@ -270,21 +315,26 @@ class Stack:
         self.write_state()
 
     def supervise_once(self) -> list[str]:
-        """Restart services that died; returns a line per event worth telling the user."""
+        """Restart services that died; returns a line per event worth telling the user.
+
+        A service that exited with EXIT_BAD_CONFIGURATION (its settings or spec, service/entrypoint.py)
+        would fail the same way at every restart: StackError, for the caller to stop the stack on."""
         events = []
         now = time.monotonic()
         for service in self.processes:
             if service.state == "running" and service.process is not None and service.process.poll() is not None:
                 code = service.process.returncode
-                backoff = min(_RESTART_BACKOFF_MAX_S, 2 ** min(service.restarts, 5) * 0.5)
-                service.state, service.next_start = "restarting", now + backoff
                 cause = last_log_line(service.log_path)
                 # Its port is fixed in its environment: restarted, it would fail the same way for good.
                 taken = [port for port in service.ports if port_taken("127.0.0.1", port)]
-                events.append(f"{service.instance_id} exited with code {code}"
-                              + (f" ({cause})" if cause else "")
-                              + "".join(f"; port {port} is taken by another process" for port in taken)
-                              + f"; restarting in {backoff:.1f}s (log: {service.log_path})")
+                exited = (f"{service.instance_id} exited with code {code}" + (f" ({cause})" if cause else "")
+                          + "".join(f"; port {port} is taken by another process" for port in taken))
+                if code == EXIT_BAD_CONFIGURATION:
+                    service.state = "failed"
+                    raise StackError(f"{exited}; not restarted, it would exit the same way (log: {service.log_path})")
+                backoff = min(_RESTART_BACKOFF_MAX_S, 2 ** min(service.restarts, 5) * 0.5)
+                service.state, service.next_start = "restarting", now + backoff
+                events.append(f"{exited}; restarting in {backoff:.1f}s (log: {service.log_path})")
             elif service.state == "restarting" and now >= service.next_start:
                 service.restarts += 1
                 service.start()

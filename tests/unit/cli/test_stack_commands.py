@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import time
 from collections.abc import Iterator
 
@@ -203,3 +204,34 @@ def test_the_demo_waits_for_the_first_champion_not_the_bootstraps_registration(t
         demo_command._wait_for_champion(driver, stack, Console(quiet=True), timeout_s=0.3)
     driver.observed.decisions.append({"kind": "PROMOTE", "to_version": "v1", "from_version": None})
     demo_command._wait_for_champion(driver, stack, Console(quiet=True), timeout_s=0.3)
+
+
+@pytest.mark.timeout(60)  # before the fix, `up` restarted the service until stopped
+def test_up_stops_the_stack_in_one_line_when_a_service_exits_on_its_settings(monkeypatch, tmp_path) -> None:
+    """Not restarted every 2 s to 30 s for as long as `up` runs: the stack is stopped and the cause named."""
+    cause = "drift-detector: invalid settings: pipeline: the retrainer's window is shorter than its batch"
+
+    def start_services(self: Stack) -> None:
+        from streamloop.stack.launcher import ServiceProcess
+        from streamloop.stack.process import spawn
+
+        log = self.data_dir / "logs" / "drift-detector-0.log"
+        service = ServiceProcess("drift-detector", "services.drift_detector", 0, {}, log, 0)
+        service.process = spawn([sys.executable, "-c", f"import sys; print({cause!r}); sys.exit(2)"], log)
+        service.state = "running"
+        self.processes.append(service)
+        self.write_state()
+
+    stopped: list[bool] = []
+    stop = Stack.stop
+    monkeypatch.setattr(Stack, "start_infrastructure", lambda _self: None)
+    monkeypatch.setattr(Stack, "start_services", start_services)
+    monkeypatch.setattr(Stack, "stop", lambda self: (stopped.append(True), stop(self))[1])
+    started = time.monotonic()
+    result = CliRunner().invoke(app, ["up", "-p", str(DEMO_SPEC), "--data-dir", str(tmp_path)],
+                                env={"STREAMLOOP_DASHBOARD_PORT": "-1"})
+    assert result.exit_code == 1, result.output
+    assert f"streamloop: drift-detector-0 exited with code 2 ({cause}); not restarted" in result.output
+    assert "restarting" not in result.output
+    assert stopped == [True] and not (tmp_path / "stack.json").exists()
+    assert time.monotonic() - started < 20

@@ -57,3 +57,56 @@ def test_a_bad_dashboard_setting_is_refused_in_one_line_before_anything_starts(c
     assert result.exit_code == 2 and not prepared, result.output
     assert result.output.startswith("streamloop: invalid settings: port (STREAMLOOP_DASHBOARD_PORT): "), result.output
     assert len(result.output.splitlines()) == 1
+
+
+@pytest.fixture
+def nothing_starts(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """The real Stack.prepare; set once the command got past it to starting the broker (which then ends it)."""
+    started: list[bool] = []
+
+    def start_infrastructure(_self):
+        started.append(True)
+        raise StreamloopError("infrastructure started")
+
+    monkeypatch.setattr(Stack, "start_infrastructure", start_infrastructure)
+    return started
+
+
+@pytest.mark.parametrize("command", [["demo", "--headless"], ["up"], ["up", "--service", "drift-detector"]])
+def test_a_bad_service_setting_is_refused_in_one_line_before_anything_starts(command, tmp_path,
+                                                                              nothing_starts) -> None:
+    """A service exits 2 on it, after the broker, Redis and every other service had started."""
+    result = run(command, tmp_path, {"STREAMLOOP_LOG_LEVEL": "LOUD"})
+    assert result.exit_code == 2 and not nothing_starts, result.output
+    assert result.output.startswith("streamloop: "), result.output
+    assert "invalid settings: log_level (STREAMLOOP_LOG_LEVEL): Input should be 'DEBUG'" in result.output
+    assert len(result.output.splitlines()) == 1
+    assert not (tmp_path / "broker").exists() and not (tmp_path / "demo" / "broker").exists()
+
+
+def test_the_refusal_names_the_service_and_only_the_launched_services_are_checked(tmp_path, nothing_starts) -> None:
+    bad_scorer = {"SCORER_GRPC_WORKERS": "none"}
+    result = run(["up"], tmp_path, bad_scorer)
+    assert result.exit_code == 2 and not nothing_starts, result.output
+    assert result.output.startswith("streamloop: online-scorer: invalid settings: "), result.output
+    assert "SCORER_GRPC_WORKERS" in result.output
+    result = run(["up", "--service", "drift-detector"], tmp_path, bad_scorer)
+    assert nothing_starts, result.output
+
+
+def test_a_fresh_start_refused_for_a_bad_setting_removes_nothing(tmp_path, nothing_starts) -> None:
+    run(["up"], tmp_path, {})  # a stack's directory, its files made as a stack makes them
+    (tmp_path / "broker").mkdir()
+    (tmp_path / "broker" / "noida.log").write_text("kept")
+    result = run(["up", "--fresh"], tmp_path, {"STREAMLOOP_LOG_LEVEL": "LOUD"})
+    assert result.exit_code == 2 and (tmp_path / "broker" / "noida.log").read_text() == "kept", result.output
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_the_service_settings_check_leaves_out_what_the_embedded_stack_leaves_out(command, tmp_path,
+                                                                                  nothing_starts) -> None:
+    """A shell set up for a production cluster and its registry: the embedded stack's services never see those."""
+    result = run(command, tmp_path, {**CLUSTER_SECURITY, "SCHEMA_REGISTRY_URL": "not a url",
+                                     "REDIS_PASSWORD": "file:/nonexistent/password"})
+    assert nothing_starts, result.output
+    assert "invalid settings" not in result.output

@@ -17,7 +17,7 @@ from streamloop.kafka import KafkaSettings
 from streamloop.service.settings import CommonSettings
 from streamloop.stack.broker import EmbeddedBroker
 from streamloop.stack.exceptions import StackError
-from streamloop.stack.launcher import Stack, last_log_line, read_state
+from streamloop.stack.launcher import ServiceProcess, Stack, last_log_line, read_state
 from streamloop.stack.process import spawn, stop, terminate
 from streamloop.stack.services import embedded_replicas
 
@@ -277,3 +277,30 @@ def test_the_signing_key_is_never_readable_by_others_not_even_while_it_is_writte
     assert len(bytes.fromhex(written)) == 32
     assert stack.signing_key_file() == key and key.read_text() == written, "an existing key is kept"
     stack.stop()
+
+
+def test_a_service_that_exits_on_its_settings_ends_the_supervision_instead_of_restarting_for_ever(
+        tmp_path: Path) -> None:
+    """Exit code 2 is a bad setting or spec (service/entrypoint.py): every restart would exit the same way."""
+    stack = Stack.prepare(load_pipeline(DEMO_SPEC), DEMO_SPEC, tmp_path)
+    log = tmp_path / "drift-detector-0.log"
+    cause = "drift-detector: invalid settings: log_level (STREAMLOOP_LOG_LEVEL): Input should be 'DEBUG'"
+    failing = ServiceProcess("drift-detector", "services.drift_detector", 0, {}, log, 0)
+    failing.process = spawn([sys.executable, "-c", f"import sys; print({cause!r}, file=sys.stderr); sys.exit(2)"], log)
+    crashed = ServiceProcess("retrainer", "services.retrainer", 0, {}, tmp_path / "retrainer-0.log", 0)
+    crashed.process = spawn([sys.executable, "-c", "raise SystemExit(1)"], crashed.log_path)
+    for service in (failing, crashed):
+        service.process.wait(10)
+        service.state = "running"
+    stack.processes = [failing, crashed]
+    try:
+        with pytest.raises(StackError) as failed:
+            stack.supervise_once()
+        assert str(failed.value) == (f"drift-detector-0 exited with code 2 ({cause}); not restarted, it would "
+                                     f"exit the same way (log: {log})")
+        assert failing.state == "failed" and failing.restarts == 0
+        events = stack.supervise_once()  # a crash (exit 1) is still restarted; the failed service never
+        assert len(events) == 1 and events[0].startswith("retrainer-0 exited with code 1; restarting in "), events
+        assert failing.state == "failed" and failing.restarts == 0
+    finally:
+        stack.stop()
