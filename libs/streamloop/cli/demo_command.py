@@ -133,7 +133,7 @@ def demo(
                    "(to run the loop on a cluster, use `streamloop up`)", 2)
     stack = prepare_stack(spec, pipeline, data_dir / "demo", fresh=True, broker_kind=kind,
                           replicas=embedded_replicas(os.environ))
-    stop_on_sigterm()
+    stop_on_sigterm(stack)
     try:
         with console.status("starting broker, Redis, topics and services"):
             stack.start_infrastructure()

@@ -65,7 +65,7 @@ def up(
                           services=[] if no_services else (service or list(SERVICES)),
                           replicas=embedded_replicas(os.environ))
     console = Console(stderr=True)
-    stop_on_sigterm()
+    stop_on_sigterm(stack)
     try:
         with console.status("starting broker, Redis and topics"):
             stack.start_infrastructure()

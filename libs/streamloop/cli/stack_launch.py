@@ -50,14 +50,45 @@ def prepare_stack(spec: PipelineSpec, pipeline_path: Path, data_dir: Path, **opt
         raise fail(str(exc), 2) from None
 
 
-def _interrupt(_signum: int, _frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
+KILL_HINT = b"already stopping; press Ctrl-C again to kill\n"
+KILLED = b"killed every process of the stack\n"
 
 
-def stop_on_sigterm() -> None:
+class _Interrupts:
+    """SIGINT and SIGTERM while a command runs ``stack``.
+
+    The first ends the command as Ctrl-C does (KeyboardInterrupt), and the command stops the stack
+    in order. One that comes after it, or while the stack stops, no longer interrupts the stop
+    (which cut it short: stack.json left behind, the broker and Redis signalled while services
+    still drained): the first says that a further one kills, which then SIGKILLs every process group
+    of the stack, and the stop goes on to find them gone.
+    """
+
+    def __init__(self, stack: Stack) -> None:
+        self.stack = stack
+        self.interrupted = False
+        self.during_stop = 0
+
+    def __call__(self, _signum: int, _frame: FrameType | None) -> None:
+        if not (self.interrupted or self.stack.stopping):
+            self.interrupted = True
+            raise KeyboardInterrupt
+        self.during_stop += 1
+        # os.write, not print: the handler may run inside a write to stderr (rich's live view).
+        if self.during_stop == 1:
+            os.write(2, KILL_HINT)
+        else:
+            self.stack.kill()
+            os.write(2, KILLED)
+
+
+def stop_on_sigterm(stack: Stack) -> None:
     """Make SIGTERM (``kill``, a supervisor, ``docker stop``) end the command as Ctrl-C does, so
-    the command stops the stack in order (services first) instead of leaving it behind."""
-    signal.signal(signal.SIGTERM, _interrupt)
+    the command stops the stack in order (services first) instead of leaving it behind; and make
+    a second Ctrl-C or SIGTERM wait for that stop, a third kill it (``_Interrupts``)."""
+    interrupts = _Interrupts(stack)
+    signal.signal(signal.SIGTERM, interrupts)
+    signal.signal(signal.SIGINT, interrupts)
 
 
 def write_traceback(stack: Stack) -> Path:

@@ -41,7 +41,7 @@ from streamloop.stack.broker import (
 )
 from streamloop.stack.data_dir_lock import DataDirLock
 from streamloop.stack.exceptions import StackError
-from streamloop.stack.process import PortAllocator, log_tail, port_taken, spawn, stop, terminate
+from streamloop.stack.process import PortAllocator, kill, log_tail, port_taken, spawn, stop, terminate
 from streamloop.stack.redis_server import EmbeddedRedis
 from streamloop.stack.service_settings import settings_problem
 from streamloop.stack.services import BACKGROUND_IDLE_FETCH_PAUSE_MS, IDLE_FETCH_PAUSE_MS, SERVICES
@@ -145,6 +145,7 @@ class Stack:
     dashboard: Dashboard | None = None
     lock: DataDirLock | None = field(default=None, repr=False, compare=False)
     ports: PortAllocator = field(default_factory=PortAllocator, repr=False, compare=False)
+    stopping: bool = field(default=False, repr=False, compare=False)  # while stop() runs
 
     @classmethod
     def prepare(cls, pipeline: PipelineSpec, pipeline_path: Path, data_dir: Path, fresh: bool = False,
@@ -360,24 +361,35 @@ class Stack:
         raise KeyError(f"{name}-{replica}")
 
     def stop(self) -> None:
-        if self.dashboard is not None:
-            self.dashboard.stop()
-        # Every service drains and leaves its group at the same time: one after another, the
-        # stop took about a second per process (7 s of every demo run).
-        for service in self.processes:
-            service.terminate()
-        for service in reversed(self.processes):
-            service.stop(terminated=True)
-        if self.redis is not None:
-            self.redis.stop()
-        if self.broker is not None:
-            self.broker.stop()
-        state = self.data_dir / STATE_FILE
-        if state.exists():
-            state.unlink()
+        self.stopping = True
+        try:
+            if self.dashboard is not None:
+                self.dashboard.stop()
+            # Every service drains and leaves its group at the same time: one after another, the
+            # stop took about a second per process (7 s of every demo run).
+            for service in self.processes:
+                service.terminate()
+            for service in reversed(self.processes):
+                service.stop(terminated=True)
+            if self.redis is not None:
+                self.redis.stop()
+            if self.broker is not None:
+                self.broker.stop()
+        finally:
+            # Whatever ended the stop, `status` and `top` no longer show the stack as running.
+            self.stopping = False
+            (self.data_dir / STATE_FILE).unlink(missing_ok=True)
         # Last, and not on a failed stop: while a part may still run, the directory stays its own.
         if self.lock is not None:
             self.lock.release()
+
+    def kill(self) -> None:
+        """SIGKILL every process of the stack at once, without waiting (a stop that takes too long
+        for the user: ``stop`` then finds each one gone). Safe from a signal handler during ``stop``."""
+        parts = [self.redis, self.broker]
+        for child in [s.process for s in self.processes] + [part.process for part in parts if part is not None]:
+            if child is not None:
+                kill(child)
 
     # -- state shared with other commands ----------------------------------------------------
 

@@ -126,6 +126,15 @@ def terminate(process: subprocess.Popen) -> None:
             os.killpg(process.pid, signal.SIGTERM)
 
 
+def kill(process: subprocess.Popen) -> None:
+    """SIGKILL the child's process group now, without waiting. Safe in a signal handler while
+    ``stop`` waits for the same child: it reads ``returncode``, not ``poll()``, which takes the lock
+    that wait holds."""
+    if process.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+
+
 def stop(process: subprocess.Popen, timeout_s: float = 10.0, *, terminated: bool = False) -> int | None:
     """SIGTERM the child's process group (unless ``terminate`` already did), SIGKILL it if it
     lingers; returns the exit code."""

@@ -50,6 +50,7 @@ class TerminatedStack:
     def __init__(self) -> None:
         self.processes: list = []
         self.stopped = 0
+        self.stopping = False
 
     def start_infrastructure(self) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
