@@ -47,19 +47,31 @@ class Dashboard:
         self.collector.stop()
 
 
-def start_dashboard(pipeline: PipelineSpec, catalog: Catalog, kafka: KafkaSettings, targets: Targets,
-                    settings: DashboardSettings | None = None, serde: SerdeSettings | None = None) -> Dashboard:
-    """Start the readers and the web server; the default port falls back to a free one when taken."""
+def bind_dashboard(settings: DashboardSettings | None = None) -> DashboardServer:
+    """The web server, its port bound but not yet served (``start_dashboard`` serves it); the
+    default port falls back to a free one when taken, any other taken port is DashboardPortError."""
     settings = settings or DashboardSettings()
     try:
-        server = DashboardServer(lambda: collector.snapshot(), settings.host, settings.port, settings.allowed_hosts)
+        return DashboardServer(None, settings.host, settings.port, settings.allowed_hosts)
     except DashboardPortError:
         if settings.port != DEFAULT_PORT:
             raise
         log.info("port %d is taken; the dashboard uses a free port", DEFAULT_PORT)
-        server = DashboardServer(lambda: collector.snapshot(), settings.host, 0, settings.allowed_hosts)
-    collector = DashboardCollector(pipeline, catalog, kafka, targets, settings, serde).start()
-    return Dashboard(collector, server.start())
+        return DashboardServer(None, settings.host, 0, settings.allowed_hosts)
+
+
+def start_dashboard(pipeline: PipelineSpec, catalog: Catalog, kafka: KafkaSettings, targets: Targets,
+                    settings: DashboardSettings | None = None, serde: SerdeSettings | None = None,
+                    server: DashboardServer | None = None) -> Dashboard:
+    """Start the readers and serve the page, on ``server`` (from ``bind_dashboard``) or a new one."""
+    settings = settings or DashboardSettings()
+    server = server or bind_dashboard(settings)
+    try:
+        collector = DashboardCollector(pipeline, catalog, kafka, targets, settings, serde).start()
+    except BaseException:
+        server.stop()
+        raise
+    return Dashboard(collector, server.start(collector.snapshot))
 
 
 __all__ = [
@@ -70,6 +82,7 @@ __all__ = [
     "DashboardPortError",
     "DashboardServer",
     "DashboardSettings",
+    "bind_dashboard",
     "start_dashboard",
     "targets_from_processes",
     "targets_from_state",

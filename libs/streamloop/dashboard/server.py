@@ -11,6 +11,9 @@ binding alone does not stop a web page from reading the snapshot (entity keys, e
 DNS rebinding, where the attacker's own name resolves to 127.0.0.1 and the browser sends it as
 ``Host``. Others are answered 403.
 
+An address with a colon (``::1``, ``::``) is served over IPv6; ``::`` takes IPv4 connections too
+where the system allows it (as ``python -m http.server --bind ::`` does).
+
 A connection that sends nothing for ``REQUEST_TIMEOUT_S`` (a request half sent, a response not
 read) is closed: each holds a thread, and without a timeout a few hundred idle ones would pin
 as many threads for ever.
@@ -18,8 +21,10 @@ as many threads for ever.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import socket
 import threading
 from collections.abc import Iterable
 from functools import partial
@@ -129,19 +134,35 @@ class _Handler(BaseHTTPRequestHandler):
         log.debug("dashboard: " + format, *args)
 
 
+class _IPv6Server(ThreadingHTTPServer):
+    address_family = socket.AF_INET6
+
+    def server_bind(self) -> None:
+        if self.server_address[0] == "::":
+            # Bind-all on IPv6 takes IPv4 too, as 0.0.0.0 would; a system that refuses keeps IPv6 only.
+            with contextlib.suppress(OSError):
+                self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        super().server_bind()
+
+
 class DashboardServer:
     """Serves ``snapshot()`` and the page on ``host:port`` (port 0: any free port) from a daemon thread.
 
-    ``allowed_hosts``: names a request's ``Host`` may give besides loopback and ``host`` itself;
-    ``request_timeout_s``: how long a connection may stay silent before it is closed.
+    The port is bound here, and served from ``start``: a launcher binds it before it starts
+    anything, so that a taken port is found first, and hands ``start`` the snapshot once its
+    collector exists. ``allowed_hosts``: names a request's ``Host`` may give besides loopback and
+    ``host`` itself; ``request_timeout_s``: how long a connection may stay silent before it is closed.
     """
 
     def __init__(self, snapshot: Any, host: str = "127.0.0.1", port: int = 0,
                  allowed_hosts: Iterable[str] = (), request_timeout_s: float = REQUEST_TIMEOUT_S) -> None:
-        handler = partial(_Handler, snapshot=snapshot, allowed_hosts=allowed_host_names(host, allowed_hosts),
-                          timeout=request_timeout_s)
+        self.snapshot = snapshot
+        handler = partial(_Handler, snapshot=lambda: self.snapshot(),
+                          allowed_hosts=allowed_host_names(host, allowed_hosts), timeout=request_timeout_s)
+        address = host.strip("[]")  # [::1], as a URL writes it
+        server = _IPv6Server if ":" in address else ThreadingHTTPServer
         try:
-            self._server = ThreadingHTTPServer((host, port), handler)
+            self._server = server((address, port), handler)
         except OSError as exc:
             raise DashboardPortError(f"cannot serve the dashboard on {host}:{port}: {exc}") from exc
         self._server.daemon_threads = True
@@ -150,17 +171,24 @@ class DashboardServer:
     @property
     def url(self) -> str:
         host, port = self._server.server_address[:2]
-        shown = "127.0.0.1" if host in BIND_ALL else host
-        if ":" in str(shown):
-            shown = f"[{shown}]"
+        if host in BIND_ALL:
+            host = "::1" if self._server.address_family == socket.AF_INET6 else "127.0.0.1"
+        shown = f"[{host}]" if ":" in str(host) else host
         return f"http://{shown}:{port}/"
 
-    def start(self) -> DashboardServer:
+    def start(self, snapshot: Any = None) -> DashboardServer:
+        """Serve from now on; ``snapshot``, when given, is what ``/api/snapshot`` answers."""
+        if snapshot is not None:
+            self.snapshot = snapshot
         self._thread.start()
         return self
 
     def stop(self) -> None:
-        self._server.shutdown()
+        """Stop serving and free the port; a server bound but never started only frees it."""
+        started = self._thread.ident is not None
+        if started:
+            self._server.shutdown()  # waits for serve_forever: never started, it would wait for ever
         self._server.server_close()
-        self._thread.join(5)
+        if started:
+            self._thread.join(5)
 

@@ -26,7 +26,14 @@ from typing import Any
 from confluent_kafka.admin import AdminClient
 
 from streamloop.contracts import Catalog, PipelineSpec, load_catalog
-from streamloop.dashboard import Dashboard, DashboardSettings, start_dashboard, targets_from_processes
+from streamloop.dashboard import (
+    Dashboard,
+    DashboardServer,
+    DashboardSettings,
+    bind_dashboard,
+    start_dashboard,
+    targets_from_processes,
+)
 from streamloop.kafka.admin import ensure_topics, topic_specs, wait_for_broker
 from streamloop.kafka.configuration import KafkaSettings
 from streamloop.service.entrypoint import EXIT_BAD_CONFIGURATION
@@ -143,6 +150,7 @@ class Stack:
     redis_url: str = ""
     processes: list[ServiceProcess] = field(default_factory=list)
     dashboard: Dashboard | None = None
+    dashboard_server: DashboardServer | None = field(default=None, repr=False, compare=False)  # bound, not served
     lock: DataDirLock | None = field(default=None, repr=False, compare=False)
     ports: PortAllocator = field(default_factory=PortAllocator, repr=False, compare=False)
     stopping: bool = field(default=False, repr=False, compare=False)  # while stop() runs
@@ -154,10 +162,12 @@ class Stack:
 
         ``fresh`` removes what earlier stacks kept there (stack_files.py), and is refused where
         those entries are someone else's. ``check`` first refuses what would fail once the
-        processes run (``check_service_settings``), before anything is removed."""
+        processes run, before anything is removed: each service's settings
+        (``check_service_settings``), and a dashboard port that is taken (``bind_dashboard``)."""
         data_dir.mkdir(parents=True, exist_ok=True)
         foreign = foreign_entries(data_dir)  # before the lock, whose file is a sign of an earlier stack
         lock = DataDirLock.acquire(data_dir.resolve())
+        stack = None
         try:
             # Marked before any refusal: the lock's file now says "a stack was here" to the next launcher.
             mark(data_dir, foreign)
@@ -169,10 +179,13 @@ class Stack:
             stack = cls(pipeline, pipeline_path.resolve(), data_dir.resolve(), lock=lock, **kwargs)
             if check:
                 stack.check_service_settings()
+                stack.bind_dashboard()
             if fresh:
                 remove_stack_files(data_dir)
             return stack
         except BaseException:
+            if stack is not None and stack.dashboard_server is not None:
+                stack.dashboard_server.stop()
             lock.release()
             raise
 
@@ -342,15 +355,23 @@ class Stack:
                 self.write_state()
         return events
 
+    def bind_dashboard(self) -> None:
+        """Take the dashboard's port now, before any process starts, so that a taken one fails
+        first (DashboardPortError); ``start_dashboard`` serves on it."""
+        settings = DashboardSettings()
+        if settings.enabled and self.dashboard_server is None:
+            self.dashboard_server = bind_dashboard(settings)
+
     def start_dashboard(self) -> str | None:
         """Serve the dashboard from threads of this process (docs/dashboard.md); its URL, None when off."""
         settings = DashboardSettings()
         if not settings.enabled:
             return None
         catalog = self.catalog()
+        server, self.dashboard_server = self.dashboard_server, None
         self.dashboard = start_dashboard(self.pipeline, catalog, self.client_settings(),
                                          lambda: targets_from_processes(self.processes),
-                                         settings, self.serde_settings())
+                                         settings, self.serde_settings(), server)
         self.write_state()
         return self.dashboard.url
 
@@ -365,6 +386,9 @@ class Stack:
         try:
             if self.dashboard is not None:
                 self.dashboard.stop()
+            if self.dashboard_server is not None:  # bound, never served
+                self.dashboard_server.stop()
+                self.dashboard_server = None
             # Every service drains and leaves its group at the same time: one after another, the
             # stop took about a second per process (7 s of every demo run).
             for service in self.processes:

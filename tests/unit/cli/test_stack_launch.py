@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import json
+import socket
+import urllib.request
+
 import pytest
 from typer.testing import CliRunner
 
 from streamloop.cli.main import app
+from streamloop.contracts import load_pipeline
 from streamloop.errors import StreamloopError
 from streamloop.stack.launcher import Stack
+from streamloop.stack.process import port_taken
 from tests.conftest import DEMO_SPEC
 
 COMMANDS = [["demo", "--headless"], ["up"]]
@@ -110,3 +116,57 @@ def test_the_service_settings_check_leaves_out_what_the_embedded_stack_leaves_ou
                                      "REDIS_PASSWORD": "file:/nonexistent/password"})
     assert nothing_starts, result.output
     assert "invalid settings" not in result.output
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_a_taken_dashboard_port_is_refused_in_one_line_before_anything_starts(command, tmp_path,
+                                                                              nothing_starts) -> None:
+    """It was found only once the broker, Redis and every service had started."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run(command, tmp_path, {"STREAMLOOP_DASHBOARD_PORT": str(port)})
+    assert result.exit_code == 2 and not nothing_starts, result.output
+    assert result.output.startswith(f"streamloop: cannot serve the dashboard on 127.0.0.1:{port}: "), result.output
+    assert len(result.output.splitlines()) == 1
+
+
+def test_the_dashboard_is_served_on_the_port_bound_before_anything_started(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("STREAMLOOP_DASHBOARD_PORT", "0")
+
+    class Collector:
+        def __init__(self, *_args) -> None:
+            pass
+
+        def start(self):
+            return self
+
+        def snapshot(self) -> dict:
+            return {"pipeline": "card-fraud"}
+
+        def stop(self) -> None:
+            pass
+
+    monkeypatch.setattr("streamloop.dashboard.DashboardCollector", Collector)
+    stack = Stack.prepare(load_pipeline(DEMO_SPEC), DEMO_SPEC, tmp_path, check=True)
+    assert stack.dashboard_server is not None
+    port = int(stack.dashboard_server.url.rsplit(":", 1)[1].strip("/"))
+    assert port_taken("127.0.0.1", port), "held from prepare on"
+    stack.bootstrap_servers = "127.0.0.1:1"
+    url = stack.start_dashboard()
+    try:
+        assert url == f"http://127.0.0.1:{port}/"
+        with urllib.request.urlopen(f"{url}api/snapshot", timeout=5) as response:  # noqa: S310 - loopback
+            assert json.loads(response.read()) == {"pipeline": "card-fraud"}
+    finally:
+        stack.stop()
+    assert not port_taken("127.0.0.1", port)
+
+
+def test_a_dashboard_port_bound_but_never_served_is_freed_by_the_stop(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("STREAMLOOP_DASHBOARD_PORT", "0")
+    stack = Stack.prepare(load_pipeline(DEMO_SPEC), DEMO_SPEC, tmp_path, check=True)
+    port = int(stack.dashboard_server.url.rsplit(":", 1)[1].strip("/"))
+    stack.stop()
+    assert not port_taken("127.0.0.1", port)

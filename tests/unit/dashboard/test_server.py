@@ -107,3 +107,62 @@ def test_a_half_sent_request_is_closed_after_the_request_timeout():
     finally:
         running.stop()
 
+
+
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as sock:
+            sock.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+ipv6 = pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback here")
+
+
+@ipv6
+@pytest.mark.parametrize("host", ["::1", "[::1]"])
+def test_an_ipv6_address_is_served_over_ipv6(host):
+    """docs/dashboard.md accepts ::1 and ::; an AF_INET server refused them ("Address family not supported")."""
+    running = DashboardServer(lambda: {"pipeline": "p"}, host, 0).start()
+    try:
+        assert running.url.startswith("http://[::1]:")
+        status, _kind, body = get(f"{running.url}api/snapshot")
+        assert status == 200 and json.loads(body) == {"pipeline": "p"}
+    finally:
+        running.stop()
+
+
+@ipv6
+def test_the_ipv6_bind_all_address_is_served_and_shown_as_loopback():
+    running = DashboardServer(lambda: {"pipeline": "p"}, "::", 0).start()
+    try:
+        assert running.url.startswith("http://[::1]:")
+        assert get(f"{running.url}healthz")[0] == 200
+        port = int(running.url.rsplit(":", 1)[1].strip("/"))
+        if not running._server.socket.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY):
+            assert get(f"http://127.0.0.1:{port}/healthz")[0] == 200, "IPv4 too, as 0.0.0.0 would"
+    finally:
+        running.stop()
+
+
+def test_a_server_bound_but_never_started_frees_its_port_at_once():
+    """A launcher binds the port before anything starts, and may stop before serving it."""
+    bound = DashboardServer(None, "127.0.0.1", 0)
+    port = int(bound.url.rsplit(":", 1)[1].strip("/"))
+    with pytest.raises(DashboardPortError):
+        DashboardServer(dict, "127.0.0.1", port)
+    started = time.monotonic()
+    bound.stop()
+    assert time.monotonic() - started < 1, "stop waited for a serve_forever that never ran"
+    DashboardServer(dict, "127.0.0.1", port).stop()
+
+
+def test_the_snapshot_given_at_start_is_the_one_served():
+    bound = DashboardServer(None, "127.0.0.1", 0)
+    try:
+        bound.start(lambda: {"pipeline": "late"})
+        assert json.loads(get(f"{bound.url}api/snapshot")[2]) == {"pipeline": "late"}
+    finally:
+        bound.stop()
