@@ -142,6 +142,8 @@ def demo(
         driver.start_readers()
         console.print(f"Kafka {stack.bootstrap_servers}  Redis {stack.redis_url}  logs {stack.data_dir / 'logs'}")
         console.print(f"dashboard {stack.start_dashboard() or 'off'}")
+        # Not where `top` and `models` look by default; on stderr, as all progress is (--json: stdout is the summary).
+        console.print(f"watch it: streamloop top --data-dir {data_dir / 'demo'}", soft_wrap=True, markup=False)
         _wait_for_champion(driver, stack, console)
         start_ms = int(time.time() * 1000)
         stream = generator.generate(events, seed=seed, drift_at=drift_at, start_ms=start_ms, rate_per_s=rate)

@@ -236,3 +236,25 @@ def test_up_stops_the_stack_in_one_line_when_a_service_exits_on_its_settings(mon
     assert "restarting" not in result.output
     assert stopped == [True] and not (tmp_path / "stack.json").exists()
     assert time.monotonic() - started < 20
+
+
+class DashboardStack(ChampionlessStack):
+    def start_dashboard(self) -> str:
+        return "http://127.0.0.1:8765/"
+
+
+def test_the_demo_says_how_to_watch_it_on_stderr_and_keeps_stdout_for_the_summary(monkeypatch, tmp_path) -> None:
+    """The demo's stack is in <data dir>/demo, where `top` and `models` do not look unless told."""
+    data_dir = tmp_path / ("a-long-directory-name-" * 4)  # a command wrapped over two lines cannot be pasted
+    stack = DashboardStack(data_dir / "demo")
+    monkeypatch.setattr(Stack, "prepare", lambda *_args, **_kwargs: stack)
+    monkeypatch.setattr(demo_command, "LoopDriver", SilentDriver)
+    wait = demo_command._wait_for_champion
+    monkeypatch.setattr(demo_command, "_wait_for_champion", lambda *args: wait(*args, timeout_s=0.2))
+    result = CliRunner().invoke(app, ["demo", "--headless", "--json", "-p", str(DEMO_SPEC),
+                                      "--data-dir", str(data_dir)])
+    assert result.exit_code == 1, result.output  # no champion: the run ends after its start lines
+    lines = result.stderr.splitlines()
+    assert "dashboard http://127.0.0.1:8765/" in lines
+    assert f"watch it: streamloop top --data-dir {data_dir / 'demo'}" in lines, result.stderr
+    assert result.stdout == "", "stdout carries the summary's JSON only"
