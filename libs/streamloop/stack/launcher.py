@@ -15,8 +15,6 @@ import json
 import logging
 import os
 import secrets
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -48,8 +46,9 @@ from streamloop.stack.broker import (
 )
 from streamloop.stack.data_dir_lock import DataDirLock
 from streamloop.stack.exceptions import StackError
-from streamloop.stack.process import PortAllocator, kill, log_tail, port_taken, spawn, stop, terminate
+from streamloop.stack.process import PortAllocator, kill, port_taken
 from streamloop.stack.redis_server import EmbeddedRedis
+from streamloop.stack.service_process import ServiceProcess, last_log_line
 from streamloop.stack.service_settings import settings_problem
 from streamloop.stack.services import BACKGROUND_IDLE_FETCH_PAUSE_MS, IDLE_FETCH_PAUSE_MS, SERVICES
 from streamloop.stack.stack_files import STATE_FILE, foreign_entries, mark, refuse_foreign, remove_stack_files
@@ -57,50 +56,6 @@ from streamloop.stack.stack_files import STATE_FILE, foreign_entries, mark, refu
 log = logging.getLogger(__name__)
 
 _RESTART_BACKOFF_MAX_S = 30.0
-
-
-@dataclass
-class ServiceProcess:
-    name: str
-    module: str
-    replica: int
-    env: dict[str, str]
-    log_path: Path
-    metrics_port: int
-    process: subprocess.Popen | None = field(default=None, repr=False)
-    restarts: int = 0
-    state: str = "stopped"
-    next_start: float = 0.0
-    started_at: float = 0.0
-
-    @property
-    def instance_id(self) -> str:
-        return f"{self.name}-{self.replica}"
-
-    def start(self) -> None:
-        self.process = spawn([sys.executable, "-m", self.module], self.log_path, env=self.env)
-        self.state = "running"
-        self.started_at = time.monotonic()
-
-    def terminate(self) -> None:
-        """Ask the service to stop (SIGTERM) without waiting: ``stop`` waits."""
-        if self.process is not None:
-            terminate(self.process)
-
-    def stop(self, terminated: bool = False) -> None:
-        if self.process is not None:
-            stop(self.process, timeout_s=20, terminated=terminated)
-        self.state = "stopped"
-
-    @property
-    def pid(self) -> int | None:
-        return self.process.pid if self.process is not None and self.process.poll() is None else None
-
-    @property
-    def ports(self) -> list[int]:
-        """The loopback ports the service listens on, as its environment fixes them."""
-        scorer = [int(self.env.get(setting, "0")) for setting in ("SCORER_GRPC_PORT", "SCORER_HEALTH_PORT")]
-        return [self.metrics_port, *(port for port in scorer if port)]
 
 
 # The embedded broker and Redis are plaintext and without users, whatever the shell exports.
@@ -454,11 +409,3 @@ def read_state(data_dir: Path) -> dict | None:
     except (OSError, ValueError, KeyError):
         return None
     return state
-
-
-def last_log_line(path: Path, limit: int = 300) -> str | None:
-    """The last line a service wrote before it exited: usually the cause, shown without opening the log."""
-    lines = log_tail(path, 1)
-    if not lines:
-        return None
-    return lines[-1] if len(lines[-1]) <= limit else lines[-1][:limit] + "..."
