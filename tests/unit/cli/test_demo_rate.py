@@ -6,24 +6,7 @@ import pytest
 from typer.testing import CliRunner
 
 from streamloop.cli.main import app
-from streamloop.errors import StreamloopError
-from streamloop.stack.launcher import Stack
 from tests.conftest import DEMO_SPEC
-
-
-@pytest.fixture
-def prepared(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
-    """Set once the demo got past its checks to preparing the stack (which then ends it)."""
-    for name in ("KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL"):
-        monkeypatch.delenv(name, raising=False)
-    calls: list[bool] = []
-
-    def prepare(*_args, **_kwargs):
-        calls.append(True)
-        raise StreamloopError("stack prepared")
-
-    monkeypatch.setattr(Stack, "prepare", prepare)
-    return calls
 
 
 def demo(tmp_path, *arguments: str, env: dict[str, str] | None = None):

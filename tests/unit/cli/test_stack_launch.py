@@ -27,19 +27,6 @@ def _no_cluster_in_the_shell(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(name, raising=False)
 
 
-@pytest.fixture
-def prepared(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
-    """Set once the command got past its checks to preparing the stack (which then ends it, exit 2)."""
-    calls: list[bool] = []
-
-    def prepare(*_args, **_kwargs):
-        calls.append(True)
-        raise StreamloopError("stack prepared")
-
-    monkeypatch.setattr(Stack, "prepare", prepare)
-    return calls
-
-
 def run(command: list[str], tmp_path, env: dict[str, str]):
     return CliRunner().invoke(app, [*command, "-p", str(DEMO_SPEC), "--data-dir", str(tmp_path)], env=env)
 
