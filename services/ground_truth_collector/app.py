@@ -31,6 +31,8 @@ from typing import Any
 
 import faust
 from aiokafka.partitioner import DefaultPartitioner
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient
 
 from services.ground_truth_collector.faust_join import JoinAgent
 from services.ground_truth_collector.faust_keying import KeyingAgent
@@ -38,6 +40,12 @@ from services.ground_truth_collector.faust_options import faust_options
 from services.ground_truth_collector.faust_outputs import Outputs
 from services.ground_truth_collector.faust_pacing import Pacing
 from services.ground_truth_collector.faust_scoring import ScoringAgent
+from services.ground_truth_collector.internal_topics import (
+    dead_letter_topic,
+    internal_topics,
+    joined_topic,
+    keyed_topic,
+)
 from services.ground_truth_collector.join import JoinConfig, JoinCounters, JoinPartition
 from services.ground_truth_collector.pacing import OffsetOrder, Pacer
 from services.ground_truth_collector.reporting import CollectorMetrics
@@ -47,6 +55,8 @@ from services.ground_truth_collector.runner_app import RunnerCollector
 from services.ground_truth_collector.scoring import MetricsStage, ScoringCounters
 from services.ground_truth_collector.settings import SERVICE, CollectorSettings
 from services.ground_truth_collector.state import TableStore
+from streamloop.errors import StreamloopError
+from streamloop.kafka.admin import ensure_topics
 from streamloop.ml.evaluation import EvaluationConfig
 from streamloop.service.context import ServiceContext
 from streamloop.service.entrypoint import start_service
@@ -108,13 +118,14 @@ class Collector(KeyingAgent, JoinAgent, ScoringAgent, Pacing, Outputs, Rebalanci
         group = ctx.group_id
         replicated = settings.new_topics.config()  # min.insync.replicas, as on the catalog's topics
         self.sources = app.topic(*self.inputs, **_RAW)
-        self.keyed = app.topic(f"{group}-by-event", partitions=self.keyed_partitions, internal=True,
-                               config=replicated, **_RAW)
-        self.joined = app.topic(f"{group}-joined", partitions=1, internal=True, config=replicated, **_RAW)
-        self.keyed_dead_letters = app.topic(f"{group}-by-event.dlq", partitions=1, internal=True, config=replicated,
+        keyed, joined = keyed_topic(group), joined_topic(group)
+        self.keyed = app.topic(keyed, partitions=self.keyed_partitions, internal=True, config=replicated, **_RAW)
+        self.joined = app.topic(joined, partitions=1, internal=True, config=replicated, **_RAW)
+        # Never iterated by an agent, so faust never declares them: prepare_topics creates them.
+        self.keyed_dead_letters = app.topic(dead_letter_topic(keyed), partitions=1, internal=True, config=replicated,
                                             **_RAW)
-        self.joined_dead_letters = app.topic(f"{group}-joined.dlq", partitions=1, internal=True, config=replicated,
-                                             **_RAW)
+        self.joined_dead_letters = app.topic(dead_letter_topic(joined), partitions=1, internal=True,
+                                             config=replicated, **_RAW)
         self.outputs = {role: app.topic(ctx.topic(role).name, **_RAW) for role in OUTPUTS}
         self.dead_letter_topics = {name: app.topic(ctx.topic(role).dead_letter_topic, **_RAW)
                                    for name, role in self.inputs.items()}
@@ -152,7 +163,27 @@ class Collector(KeyingAgent, JoinAgent, ScoringAgent, Pacing, Outputs, Rebalanci
         self.exit_code = 1
         os.kill(os.getpid(), signal.SIGTERM)
 
+    def prepare_topics(self) -> None:
+        """Create the collector's internal topics before the worker starts, as the runner does.
+
+        faust declares only the topics its agents read and its tables' changelogs: the two
+        dead-letter topics, only ever written to, were never created, and on a broker that does not
+        create topics on first use the first dead letter waited for its topic until the producer's
+        request timeout, then stopped the worker, again at every restart.
+        """
+        # No wait for the broker here: start_service waited for it (STREAMLOOP_BROKER_WAIT_S).
+        admin = AdminClient(self.settings.common.kafka.admin())
+        ensure_topics(admin, internal_topics(self.ctx.group_id, self.keyed_partitions, self.settings.new_topics))
+
     def run(self) -> int:
+        try:
+            self.prepare_topics()
+        except (StreamloopError, KafkaException) as exc:
+            # KafkaException: the broker did not answer the admin calls. StreamloopError: topics just
+            # created never became visible: a start-up condition to report in one line, not a traceback.
+            log.error("%s: %s", SERVICE, exc)
+            self.telemetry.shutdown()
+            return 1
         worker = faust.Worker(self.app, loglevel=self.settings.common.log_level.lower(), quiet=True,
                               override_logging=False, redirect_stdouts=False)
         try:

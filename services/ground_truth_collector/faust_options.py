@@ -13,6 +13,8 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 
 from services.ground_truth_collector.settings import SERVICE, CollectorSettings
 
+PRODUCER_REQUEST_TIMEOUT_S = 30.0
+
 _create_worker_consumer = faust_aiokafka.AIOKafkaConsumerThread._create_worker_consumer
 
 
@@ -71,6 +73,13 @@ def faust_options(settings: CollectorSettings, keyed_partitions: int) -> dict[st
         "broker_commit_every": settings.batch_size,
         "producer_linger": kafka.linger_ms / 1000,
         "producer_max_request_size": kafka.message_max_bytes,
+        # How long a send waits for its topic's metadata and for the broker's acknowledgement
+        # before it fails (and the worker stops, its batch unacknowledged, to be replayed). faust's
+        # default is 1,200 s: a record for a topic that does not exist held the worker for 20
+        # minutes before it stopped, and a broker that stopped answering went unnoticed as long.
+        # 30 s is Kafka's own producer default (request.timeout.ms): time enough for a leader
+        # election or a follower to catch up with acks=all, and for aiokafka's retries within it.
+        "producer_request_timeout": PRODUCER_REQUEST_TIMEOUT_S,
         "consumer_group_instance_id": instance,
         # Held acknowledgements (the metrics windows) must not block a rebalance or shutdown:
         # unacknowledged records are simply processed again (at-least-once). A revocation still

@@ -14,8 +14,14 @@ import threading
 import time
 
 from confluent_kafka import KafkaException
-from confluent_kafka.admin import AdminClient, NewPartitions, NewTopic
+from confluent_kafka.admin import AdminClient, NewPartitions
 
+from services.ground_truth_collector.internal_topics import (
+    dead_letter_topic,
+    internal_topics,
+    joined_topic,
+    keyed_topic,
+)
 from services.ground_truth_collector.join import JoinConfig, JoinCounters
 from services.ground_truth_collector.redis_state import RedisPartitionStore, RedisValue
 from services.ground_truth_collector.reporting import CollectorMetrics
@@ -44,12 +50,12 @@ class RunnerCollector:
         self.ctx, self.settings, self.telemetry = ctx, settings, telemetry
         spec, kafka = ctx.pipeline, settings.common.kafka
         group = ctx.group_id
-        self.keyed_topic, self.joined_topic = f"{group}-by-event", f"{group}-joined"
+        self.keyed_topic, self.joined_topic = keyed_topic(group), joined_topic(group)
         # A keyed record damaged further on than its event id goes to its source's dead-letter
         # topic; one this pipeline's re-key stage did not write (no origin) goes to this one.
-        self.keyed_dead_letter_topic = f"{self.keyed_topic}.dlq"
+        self.keyed_dead_letter_topic = dead_letter_topic(self.keyed_topic)
         # A joined example the metrics stage cannot read (it wrote it itself, so: a bug) goes here.
-        self.joined_dead_letter_topic = f"{self.joined_topic}.dlq"
+        self.joined_dead_letter_topic = dead_letter_topic(self.joined_topic)
         self.keyed_partitions = settings.keyed_partitions or ctx.topic("labels").partitions
         raw = RawSerde()
         inputs = {ctx.topic(role).name: role for role in INPUT_ROLES}
@@ -102,11 +108,7 @@ class RunnerCollector:
     def ensure_internal_topics(self) -> None:
         # No wait for the broker here: start_service waited for it (STREAMLOOP_BROKER_WAIT_S).
         admin = AdminClient(self.settings.common.kafka.admin())
-        replicated = self.settings.new_topics  # as the catalog's topics are (deploy/create_topics.py)
-        ensure_topics(admin, [
-            NewTopic(name, partitions, replicated.replication_factor, config=replicated.config())
-            for name, partitions in ((self.keyed_topic, self.keyed_partitions), (self.joined_topic, 1),
-                                     (self.keyed_dead_letter_topic, 1), (self.joined_dead_letter_topic, 1))])
+        ensure_topics(admin, internal_topics(self.ctx.group_id, self.keyed_partitions, self.settings.new_topics))
 
     def ensure_keyed_partitions(self) -> None:
         """Give ``<group>-by-event`` the partitions the re-key stage writes to: an existing topic

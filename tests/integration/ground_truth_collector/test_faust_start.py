@@ -1,0 +1,57 @@
+"""The faust runtime's start against the embedded broker: the topics it makes ready before its worker runs."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from confluent_kafka.admin import AdminClient
+
+from streamloop.contracts import Catalog
+from tests.conftest import REPO_ROOT
+
+pytestmark = pytest.mark.integration
+
+GROUP_SUFFIX = "streamloop.card-fraud.ground-truth-collector"
+
+
+@contextmanager
+def faust_worker(service_env: dict[str, str], tmp_path: Path) -> Iterator[subprocess.Popen]:
+    """A faust collector, from its start until it logs that its worker is ready; stopped on the way out."""
+    env = {**os.environ, **service_env, "PYTHONPATH": str(REPO_ROOT), "COLLECTOR_RUNTIME": "faust",
+           "KAFKA_GROUP_INSTANCE_ID": f"{service_env['STREAMLOOP_TOPIC_PREFIX']}collector-0",
+           "COLLECTOR_DATA_DIR": str(tmp_path / "faust")}
+    log = tmp_path / "collector.log"
+    with log.open("ab") as output:
+        process = subprocess.Popen([sys.executable, "-m", "services.ground_truth_collector"], env=env,
+                                   cwd=REPO_ROOT, stdout=output, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 90
+        while b"Worker ready" not in log.read_bytes():
+            assert process.poll() is None, f"the collector exited ({process.returncode}):\n{log.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, f"no worker ready within 90 s:\n{log.read_text()[-3000:]}"
+            time.sleep(0.5)
+        yield process
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+def test_the_faust_runtime_creates_its_dead_letter_topics_at_start(
+        service_env: dict[str, str], loop_catalog: Catalog, bootstrap_servers: str, tmp_path: Path) -> None:
+    """Never iterated, they were never declared: a broker without auto-create refused the first dead letter."""
+    group = service_env["STREAMLOOP_TOPIC_PREFIX"] + GROUP_SUFFIX
+    with faust_worker(service_env, tmp_path):
+        topics = AdminClient({"bootstrap.servers": bootstrap_servers}).list_topics(timeout=10).topics
+    assert {f"{group}-by-event.dlq", f"{group}-joined.dlq"} <= set(topics)
