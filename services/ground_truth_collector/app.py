@@ -42,6 +42,7 @@ from services.ground_truth_collector.faust_pacing import Pacing
 from services.ground_truth_collector.faust_scoring import ScoringAgent
 from services.ground_truth_collector.internal_topics import (
     dead_letter_topic,
+    grow_keyed_topics,
     internal_topics,
     joined_topic,
     keyed_topic,
@@ -164,23 +165,34 @@ class Collector(KeyingAgent, JoinAgent, ScoringAgent, Pacing, Outputs, Rebalanci
         os.kill(os.getpid(), signal.SIGTERM)
 
     def prepare_topics(self) -> None:
-        """Create the collector's internal topics before the worker starts, as the runner does.
+        """Create the collector's internal topics and grow the keyed ones before the worker starts,
+        as the runner does.
 
         faust declares only the topics its agents read and its tables' changelogs: the two
         dead-letter topics, only ever written to, were never created, and on a broker that does not
         create topics on first use the first dead letter waited for its topic until the producer's
-        request timeout, then stopped the worker, again at every restart.
+        request timeout, then stopped the worker, again at every restart. And faust leaves an
+        existing topic as it is: after the labels topic grew, the keying agent and the join's
+        changelog writes went to partitions the keyed topic and the changelog lacked (aiokafka's
+        "Unrecognized partition"), and the worker stopped at every restart. The changelog is grown
+        with the keyed topic: each entry is written to the changelog partition of its keyed
+        partition, named explicitly (TableStore.flush), so the entries already there stay where
+        their partition's worker restores them, and the new partitions start empty, as the keyed
+        topic's do.
         """
         # No wait for the broker here: start_service waited for it (STREAMLOOP_BROKER_WAIT_S).
         admin = AdminClient(self.settings.common.kafka.admin())
         ensure_topics(admin, internal_topics(self.ctx.group_id, self.keyed_partitions, self.settings.new_topics))
+        grow_keyed_topics(admin, [self.keyed.get_topic_name(), self.state.table.changelog_topic.get_topic_name()],
+                          self.keyed_partitions)
 
     def run(self) -> int:
         try:
             self.prepare_topics()
         except (StreamloopError, KafkaException) as exc:
-            # KafkaException: the broker did not answer the admin calls. StreamloopError: topics just
-            # created never became visible: a start-up condition to report in one line, not a traceback.
+            # KafkaException: the broker did not answer the admin calls. StreamloopError: a keyed topic
+            # could not be grown, or topics just created never became visible: a start-up condition
+            # to report in one line, not a traceback.
             log.error("%s: %s", SERVICE, exc)
             self.telemetry.shutdown()
             return 1

@@ -14,10 +14,11 @@ import threading
 import time
 
 from confluent_kafka import KafkaException
-from confluent_kafka.admin import AdminClient, NewPartitions
+from confluent_kafka.admin import AdminClient
 
 from services.ground_truth_collector.internal_topics import (
     dead_letter_topic,
+    grow_keyed_topics,
     internal_topics,
     joined_topic,
     keyed_topic,
@@ -38,11 +39,6 @@ from streamloop.service.context import ServiceContext
 from streamloop.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
-_ADMIN_TIMEOUT_S = 30.0
-
-
-class KeyedTopicError(StreamloopError):
-    """The keyed topic has fewer partitions than the re-key stage writes to, and could not be grown."""
 
 
 class RunnerCollector:
@@ -114,36 +110,7 @@ class RunnerCollector:
         """Give ``<group>-by-event`` the partitions the re-key stage writes to: an existing topic
         keeps its count, so after the labels topic grew (docs/operations.md, "Adding partitions")
         the re-key stage would write to partitions that do not exist, its batches retried for ever."""
-        admin = AdminClient(self.settings.common.kafka.admin())
-        topic, wanted = self.keyed_topic, self.keyed_partitions
-        existing = _partition_count(admin, topic)
-        if existing > wanted:
-            # A topic cannot shrink; the extra partitions are merely left without records.
-            log.warning("%s: %s has %d partitions, more than the %d of COLLECTOR_KEYED_PARTITIONS (unset: the labels "
-                        "topic's); partitions %d to %d get no records", SERVICE, topic, existing, wanted, wanted,
-                        existing - 1)
-            return
-        if existing == wanted:
-            return
-        log.warning("%s: growing %s from %d to %d partitions (COLLECTOR_KEYED_PARTITIONS, unset: the labels "
-                    "topic's); until the join horizon has passed, a label may miss an event keyed before",
-                    SERVICE, topic, existing, wanted)
-        try:
-            for future in admin.create_partitions([NewPartitions(topic, wanted)],
-                                                  operation_timeout=_ADMIN_TIMEOUT_S).values():
-                future.result(_ADMIN_TIMEOUT_S)
-        except KafkaException as exc:
-            if _partition_count(admin, topic) < wanted:  # else another replica grew it first
-                raise KeyedTopicError(
-                    f"{topic} has {existing} partitions, fewer than the {wanted} of COLLECTOR_KEYED_PARTITIONS "
-                    f"(unset: the labels topic's), and could not be grown ({exc.args[0]}): add them with "
-                    f"kafka-topics.sh --alter --topic {topic} --partitions {wanted}") from exc
-        deadline = time.monotonic() + _ADMIN_TIMEOUT_S
-        while _partition_count(admin, topic) < wanted:  # the re-key stage's producer must see them
-            if time.monotonic() > deadline:
-                raise KeyedTopicError(f"{topic} grown to {wanted} partitions, but not visible after "
-                                      f"{_ADMIN_TIMEOUT_S:.0f}s")
-            time.sleep(0.2)
+        grow_keyed_topics(AdminClient(self.settings.common.kafka.admin()), [self.keyed_topic], self.keyed_partitions)
 
     def stop(self, *_: object) -> None:
         self._stop.set()
@@ -227,6 +194,3 @@ class RunnerCollector:
                       SERVICE, ", ".join(stuck), self.settings.stop_timeout)
             self.exit_code = self.exit_code or 1
 
-
-def _partition_count(admin: AdminClient, topic: str) -> int:
-    return len(admin.list_topics(topic, timeout=_ADMIN_TIMEOUT_S).topics[topic].partitions)

@@ -12,10 +12,13 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin import AdminClient, NewTopic
 
 from streamloop.contracts import Catalog
+from streamloop.kafka.admin import ensure_topics
+from streamloop.serde import make_serde
 from tests.conftest import REPO_ROOT
+from tests.topic_io import end_offsets, produce
 
 pytestmark = pytest.mark.integration
 
@@ -55,3 +58,28 @@ def test_the_faust_runtime_creates_its_dead_letter_topics_at_start(
     with faust_worker(service_env, tmp_path):
         topics = AdminClient({"bootstrap.servers": bootstrap_servers}).list_topics(timeout=10).topics
     assert {f"{group}-by-event.dlq", f"{group}-joined.dlq"} <= set(topics)
+
+
+def test_the_faust_runtime_grows_the_keyed_topic_and_its_changelog_with_the_labels_topic(
+        service_env: dict[str, str], loop_catalog: Catalog, bootstrap_servers: str, tmp_path: Path) -> None:
+    """The labels topic grew from 3 partitions to 6 (docs/operations.md, "Adding partitions"); faust left
+    both topics at 3, and the first resume marker to keyed partition 3 stopped the worker, at every restart."""
+    group = service_env["STREAMLOOP_TOPIC_PREFIX"] + GROUP_SUFFIX
+    keyed, changelog = f"{group}-by-event", f"{group}-join-state-changelog"
+    labels = loop_catalog["labels"]
+    assert labels.partitions == 6
+    admin = AdminClient({"bootstrap.servers": bootstrap_servers})
+    ensure_topics(admin, [NewTopic(keyed, 3, 1), NewTopic(changelog, 3, 1, config={"cleanup.policy": "compact"})])
+    serde = make_serde(labels.schema, loop_catalog.repository, labels.name)
+    with faust_worker(service_env, tmp_path) as worker:
+        listed = admin.list_topics(timeout=10).topics
+        assert (len(listed[keyed].partitions), len(listed[changelog].partitions)) == (6, 6)
+        produce(bootstrap_servers, labels.name, [(b"e1", serde.encode(
+            {"event_id": "e1", "label": True, "label_time": int(time.time() * 1000), "entity_key": None}))])
+        deadline = time.monotonic() + 60
+        while min(end_offsets(bootstrap_servers, keyed).values()) == 0 and time.monotonic() < deadline:
+            assert worker.poll() is None, (tmp_path / "collector.log").read_text()[-3000:]
+            time.sleep(0.5)
+        assert min(end_offsets(bootstrap_servers, keyed).values()) > 0, "a resume marker in every keyed partition"
+        time.sleep(2)
+        assert worker.poll() is None, (tmp_path / "collector.log").read_text()[-3000:]

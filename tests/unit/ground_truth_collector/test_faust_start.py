@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from concurrent.futures import Future
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -30,6 +32,31 @@ def built(settings: CollectorSettings, runtime: Any) -> Any:
     return runtime(ServiceContext.load(SERVICE, settings.common), settings, telemetry)
 
 
+class Broker:
+    """The AdminClient calls of the start, on a broker with these topics (name -> partitions)."""
+
+    def __init__(self, topics: dict[str, int] | None = None, refuse: KafkaError | None = None) -> None:
+        self.topics = dict(topics or {})
+        self.refuse = refuse
+        self.grown: list[tuple[str, int]] = []
+
+    def list_topics(self, topic: str | None = None, timeout: float = 0) -> SimpleNamespace:
+        assert topic is None, "a metadata request naming a topic may create it (auto-create)"
+        return SimpleNamespace(topics={name: SimpleNamespace(partitions={p: None for p in range(count)}, error=None)
+                                       for name, count in self.topics.items()})
+
+    def create_partitions(self, new: list, operation_timeout: float = 0) -> dict[str, Future]:
+        (request,) = new
+        future: Future = Future()
+        if self.refuse is not None:
+            future.set_exception(KafkaException(self.refuse))
+        else:
+            self.grown.append((request.topic, request.new_total_count))
+            self.topics[request.topic] = request.new_total_count
+            future.set_result(None)
+        return {request.topic: future}
+
+
 class RecordedShutdown:
     def __init__(self) -> None:
         self.shut_down = False
@@ -42,7 +69,7 @@ def test_the_faust_runtime_creates_the_internal_topics_the_runner_creates(settin
     """faust declares only the topics its agents read: the two dead-letter topics were never created,
     and on a broker without auto-create the first dead letter stopped the worker, at every restart."""
     created: dict[str, list] = {"faust": [], "runner": []}
-    monkeypatch.setattr(faust_app, "AdminClient", lambda _config: None)
+    monkeypatch.setattr(faust_app, "AdminClient", lambda _config: Broker())
     monkeypatch.setattr(faust_app, "ensure_topics", lambda _admin, topics: created["faust"].extend(topics))
     monkeypatch.setattr(runner_app, "ensure_topics", lambda _admin, topics: created["runner"].extend(topics))
     collector = built(settings, faust_app.Collector)
@@ -58,7 +85,7 @@ def test_topics_the_faust_runtime_cannot_create_stop_its_start_with_one_line(set
     def refused(_admin, _topics) -> None:
         raise KafkaException(KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED, "not authorized to create"))
 
-    monkeypatch.setattr(faust_app, "AdminClient", lambda _config: None)
+    monkeypatch.setattr(faust_app, "AdminClient", lambda _config: Broker())
     monkeypatch.setattr(faust_app, "ensure_topics", refused)
     monkeypatch.setattr(faust_app.faust, "Worker", lambda *a, **k: pytest.fail("the worker was started"))
     collector = built(settings, faust_app.Collector)
@@ -72,3 +99,59 @@ def test_topics_the_faust_runtime_cannot_create_stop_its_start_with_one_line(set
 def test_a_send_the_broker_cannot_take_fails_within_kafka_s_producer_timeout(settings) -> None:
     """faust's default (1,200 s) held a send to a missing topic for 20 minutes before the worker stopped."""
     assert faust_options(settings, 3)["producer_request_timeout"] == 30
+
+
+def keyed_and_changelog(collector: Any) -> tuple[str, str]:
+    return collector.keyed.get_topic_name(), collector.state.table.changelog_topic.get_topic_name()
+
+
+@pytest.fixture
+def grown_to_6(settings, monkeypatch) -> Any:
+    """A collector whose keyed partitions (the labels topic's, or COLLECTOR_KEYED_PARTITIONS) went from 3 to 6."""
+    monkeypatch.setenv("COLLECTOR_KEYED_PARTITIONS", "6")
+    monkeypatch.setattr(faust_app, "ensure_topics", lambda _admin, _topics: None)  # they all exist
+    return built(CollectorSettings(), faust_app.Collector)
+
+
+def test_the_keyed_topic_and_the_join_changelog_grow_with_the_labels_topic(grown_to_6, monkeypatch) -> None:
+    """faust leaves an existing topic as it is: the keying agent's and the join's sends to partitions
+    3 to 5 failed ("Unrecognized partition") and the worker stopped, at every restart."""
+    keyed, changelog = keyed_and_changelog(grown_to_6)
+    broker = Broker({keyed: 3, changelog: 3})
+    monkeypatch.setattr(faust_app, "AdminClient", lambda _config: broker)
+    grown_to_6.prepare_topics()
+    assert sorted(broker.grown) == sorted([(keyed, 6), (changelog, 6)])
+    grown_to_6.prepare_topics()
+    assert len(broker.grown) == 2, "grown once"
+
+
+def test_a_keyed_topic_grown_by_hand_takes_the_join_changelog_with_it(grown_to_6, monkeypatch) -> None:
+    """faust's assignor keeps a keyed partition and its changelog partition on one worker only while
+    both topics have one count."""
+    keyed, changelog = keyed_and_changelog(grown_to_6)
+    broker = Broker({keyed: 8, changelog: 3})
+    monkeypatch.setattr(faust_app, "AdminClient", lambda _config: broker)
+    grown_to_6.prepare_topics()
+    assert broker.grown == [(changelog, 8)], "the keyed topic cannot shrink: the changelog follows it"
+
+
+def test_a_changelog_not_created_yet_is_left_to_faust(grown_to_6, monkeypatch) -> None:
+    keyed, changelog = keyed_and_changelog(grown_to_6)
+    broker = Broker({keyed: 6})
+    monkeypatch.setattr(faust_app, "AdminClient", lambda _config: broker)
+    grown_to_6.prepare_topics()
+    assert broker.grown == [] and changelog not in broker.topics
+
+
+def test_a_changelog_that_cannot_grow_stops_the_start_with_one_line_saying_what_to_do(
+        grown_to_6, monkeypatch, caplog) -> None:
+    keyed, changelog = keyed_and_changelog(grown_to_6)
+    broker = Broker({keyed: 6, changelog: 3}, refuse=KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED))
+    monkeypatch.setattr(faust_app, "AdminClient", lambda _config: broker)
+    monkeypatch.setattr(faust_app.faust, "Worker", lambda *a, **k: pytest.fail("the worker was started"))
+    grown_to_6.telemetry = RecordedShutdown()
+    assert grown_to_6.run() == 1
+    [error] = [r for r in caplog.records if r.levelname == "ERROR"]
+    message = error.getMessage()
+    assert f"kafka-topics.sh --alter --topic {changelog} --partitions 6" in message and "\n" not in message
+    assert error.exc_info is None
