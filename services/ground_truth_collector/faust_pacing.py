@@ -69,10 +69,14 @@ class Pacing:
                 await self._ensure_baseline()
             if now is None or await self._unstick(now) or not await self.pacer.caught_up(consumer, set(self.inputs)):
                 return
+            # A tick counts as the partition's last record, as the runner's do (stages.py): a quiet
+            # partition is ticked once per idle_after, not at every turn of the timer (every second).
             for partition in self.pacer.quiet_keyed(now, self._keyed_range):
                 await self.keyed.send(key=None, value=b"", partition=partition, headers=control_headers(TICK))
+                self.pacer.keyed(partition)
             if self.pacer.quiet_joined(now) and await self.pacer.caught_up(consumer, {self.keyed.get_topic_name()}):
                 await self.joined.send(key=None, value=b"", partition=0, headers=control_headers(TICK))
+                self.pacer.joined()
 
     async def _unstick(self, now: float) -> bool:
         """Read a partition again from where its agent stands when it idles on a backlog (pacing.py)."""

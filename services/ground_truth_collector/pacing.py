@@ -24,8 +24,8 @@ class Pacer:
     def __init__(self, idle_after_s: float) -> None:
         self.idle_after_s = idle_after_s
         self.processed: dict[tuple[str, int], int] = {}  # next offset to process, per consumed partition
-        self.last_keyed: dict[int, float] = {}  # monotonic time of the last record keyed to a partition
-        self.last_joined = 0.0  # monotonic time of the last joined example sent to the metrics stage
+        self.last_keyed: dict[int, float] = {}  # monotonic time of the last record (or tick) keyed to a partition
+        self.last_joined = 0.0  # monotonic time of the last joined example (or tick) sent to the metrics stage
         self.ready_since: float | None = None
         self.last_reseek = 0.0
         # Where each partition started in this assignment (the group's committed offsets): a

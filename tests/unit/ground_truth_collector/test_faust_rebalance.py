@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections import defaultdict
+from collections import Counter, defaultdict
 from types import SimpleNamespace
 from typing import Any
 
@@ -803,3 +803,26 @@ def test_a_revocation_waits_for_a_tick_loading_the_baseline(collector) -> None:
         worker.assert_read_again_from_the_committed_offset(await worker.past_the_hole())
 
     asyncio.run(scenario())
+
+
+def test_an_idle_worker_ticks_each_quiet_partition_once_per_idle_after(collector, monkeypatch) -> None:
+    """A tick did not count as the partition's last record: every quiet keyed partition and the joined
+    topic got one at every turn of the timer (each second), 30 times what the runner writes."""
+    from services.ground_truth_collector import pacing
+
+    now = [1_000.0]
+    monkeypatch.setattr(pacing.time, "monotonic", lambda: now[0])
+
+    async def scenario() -> None:
+        worker = Worker(collector)
+        collector.app.consumer = AssignedConsumer(set())  # nothing to read: caught up
+        await worker.start()
+        idle_after = collector.settings.idle_after / 1000
+        for _ in range(int(3 * idle_after) + 1):  # the timer, once a second, for three idle_afters
+            await collector._tick()
+            now[0] += 1
+
+    asyncio.run(scenario())
+    ticks = Counter(record["partition"] for record in collector.keyed.sent)
+    assert ticks == {p: 3 for p in range(collector.keyed_partitions)}, "at idle_after, twice it and three times it"
+    assert len(collector.joined.sent) == 3
