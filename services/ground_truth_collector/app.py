@@ -131,10 +131,13 @@ class Collector(KeyingAgent, JoinAgent, ScoringAgent, Pacing, Outputs, Rebalanci
         self.dead_letter_topics = {name: app.topic(ctx.topic(role).dead_letter_topic, **_RAW)
                                    for name, role in self.inputs.items()}
         # bytes key and value types make the changelog raw bytes (a faust.Schema would turn them into JSON).
+        # An entry larger than the producer takes is refused when it is put, while its record can
+        # still be dead-lettered (state.py).
+        limit = settings.common.kafka.message_max_bytes
         self.state = TableStore(app.Table("join-state", partitions=self.keyed_partitions, key_type=bytes,
-                                          value_type=bytes, extra_topic_configs=replicated))
+                                          value_type=bytes, extra_topic_configs=replicated), max_bytes=limit)
         self.scoring_state = TableStore(app.Table("scoring-state", partitions=1, key_type=bytes, value_type=bytes,
-                                                  extra_topic_configs=replicated))
+                                                  extra_topic_configs=replicated), max_bytes=limit)
         app.agent(self.sources, name="key_by_event")(self._key_by_event)
         app.agent(self.keyed, name="join")(self._join)
         app.agent(self.joined, name="score")(self._score)

@@ -28,10 +28,9 @@ from services.ground_truth_collector.routing import (
     read_keyed,
     with_millis,
 )
-from services.ground_truth_collector.settings import SERVICE
 from streamloop.errors import DependencyUnavailable
 from streamloop.kafka import dead_letters
-from streamloop.kafka.exceptions import InvalidRecordError
+from streamloop.kafka.exceptions import InvalidRecordError, RecordRefusedError
 
 log = logging.getLogger(__name__)
 
@@ -70,13 +69,21 @@ class JoinAgent:
                 # or acknowledged, and reads the batch again on restart.
                 self.state.discard()
                 raise
+            except RecordRefusedError as exc:  # its join entry is larger than Kafka takes (TableStore.put)
+                pending.append(await self._dead_letter_keyed(event.message, exc, dead_letters.STAGE_PRODUCE))
+                continue
             except Exception as exc:  # noqa: BLE001 - one poison record must not stop the join
                 log.exception("join failed on %s[%d]@%d", event.message.topic, event.message.partition,
                               event.message.offset)
                 pending.append(await self._dead_letter_keyed(event.message, exc))
                 continue
+            # An output Kafka refuses for good (too large, say) would stop the worker at every restart:
+            # the record it came from is dead-lettered instead, as the runner does, and the others go out.
+            refused: list[RecordRefusedError] = []
             for decision in decisions:
-                pending += await self._send_decision(decision, event.message)
+                pending += await self._send_decision(decision, event.message, refused)
+            if refused:
+                pending.append(await self._dead_letter_keyed(event.message, refused[0], dead_letters.STAGE_PRODUCE))
         pending += await self._announce_clocks(touched)
         await self._settle(pending, waiting=self.state)
         await self._settle(await self.state.flush())
@@ -106,8 +113,9 @@ class JoinAgent:
         item = JoinInput(kind, event_id, value, source, timestamp_ms)
         return partition.apply(item)
 
-    async def _send_decision(self, decision: Decision, trigger: Any) -> list[Any]:
-        """Send a decision's records; returns their delivery futures. ``trigger`` is the keyed message."""
+    async def _send_decision(self, decision: Decision, trigger: Any, refused: list[RecordRefusedError]) -> list[Any]:
+        """Send a decision's records; returns their delivery futures. ``trigger`` is the keyed message;
+        ``refused`` gets why Kafka refused a record for good (Outputs._send)."""
         trigger_headers = header_list(trigger.headers)
         if isinstance(decision, Joined):
             value = self.serdes[self.ctx.topic("labeled_examples").name].encode(decision.example)
@@ -118,19 +126,19 @@ class JoinAgent:
             clock = self.partitions[trigger.partition].clock
             if clock is not None:  # the partition's clock: the metrics stage's watermark (scoring.py)
                 extra.append((HEADER_JOIN_CLOCK, str(clock).encode()))
-            futures = [await self.joined.send(
-                key=decision.example["event_id"].encode(), value=value, partition=0,
-                headers=forwarded_headers(trigger_headers, *extra))]
-            self.pacer.joined()
+            futures = await self._send(self.joined, refused, key=decision.example["event_id"].encode(), value=value,
+                                       partition=0, headers=forwarded_headers(trigger_headers, *extra))
+            if futures:
+                self.pacer.joined()
             if not decision.late_prediction:
-                futures.append(await self.outputs["labeled_examples"].send(
-                    key=decision.example["entity_key"].encode(), value=value,
-                    headers=forwarded_headers(trigger_headers, label)))
+                futures += await self._send(self.outputs["labeled_examples"], refused,
+                                            key=decision.example["entity_key"].encode(), value=value,
+                                            headers=forwarded_headers(trigger_headers, label))
             return futures
         value = self.serdes[self.ctx.topic("unmatched_labels").name].encode(decision.record)
-        return [await self.outputs["unmatched_labels"].send(
-            key=decision.record["event_id"].encode(), value=value,
-            headers=forwarded_headers(trigger_headers, (HEADER_LABEL_SOURCE, decision.label_source.text().encode())))]
+        return await self._send(
+            self.outputs["unmatched_labels"], refused, key=decision.record["event_id"].encode(), value=value,
+            headers=forwarded_headers(trigger_headers, (HEADER_LABEL_SOURCE, decision.label_source.text().encode())))
 
     async def _announce_clocks(self, touched: dict[int, int]) -> list[Any]:
         """Tell the metrics stage the clocks of the join partitions a batch moved (or kept busy)."""
@@ -152,8 +160,10 @@ class JoinAgent:
                                                   headers=control_headers(WATERMARK, *headers)))
         return futures
 
-    async def _dead_letter_keyed(self, message: Any, error: BaseException) -> Any:
-        """A keyed record the join cannot apply goes to its source topic's dead-letter topic;
+    async def _dead_letter_keyed(self, message: Any, error: BaseException,
+                                 stage: str = dead_letters.STAGE_PROCESS) -> Any:
+        """A keyed record the join cannot apply (or whose output Kafka refused: ``stage``
+        KAFKA_PRODUCE) goes to its source topic's dead-letter topic, with its source's coordinates;
         returns the send's future, settled with the batch's outputs before its acks.
 
         One without a known origin (not written by this pipeline's re-key stage) goes to the
@@ -165,10 +175,5 @@ class JoinAgent:
             source = None
         if source is None or source.topic not in self.dead_letter_topics:
             return await self._dead_letter(message, dead_letters.STAGE_VALIDATION, error, self.keyed_dead_letters)
-        headers = dead_letters.dead_letter_headers(
-            header_list(message.headers), topic=source.topic, partition=source.partition, offset=source.offset,
-            stage=dead_letters.STAGE_PROCESS, error=error, service=SERVICE)
-        delivered = await self.dead_letter_topics[source.topic].send(key=message.key, value=message.value,
-                                                                     headers=headers)
-        self.telemetry.metrics.record_dead_letters(source.topic, type(error).__name__)
-        return delivered
+        return await self._dead_letter(message, stage, error, self.dead_letter_topics[source.topic],
+                                       origin=(source.topic, source.partition, source.offset))

@@ -7,7 +7,7 @@ from typing import Any
 from services.ground_truth_collector.entries import SourceRef
 from services.ground_truth_collector.routing import INPUT_ROLES, event_id_of, header_list, keyed_headers
 from streamloop.kafka import dead_letters
-from streamloop.kafka.exceptions import InvalidRecordError
+from streamloop.kafka.exceptions import InvalidRecordError, RecordRefusedError
 from streamloop.serde import SerdeError
 
 
@@ -49,9 +49,14 @@ class KeyingAgent:
         # The partition is chosen here (the producer's default murmur2) to know which went quiet.
         key = event_id.encode()
         partition = self._partitioner(key, self._keyed_range, self._keyed_range)
-        await self.keyed.send(key=key, value=message.value, partition=partition,
-                              headers=keyed_headers(kind, source, headers))
-        self.pacer.keyed(partition)
+        refused: list[RecordRefusedError] = []
+        if await self._send(self.keyed, refused, key=key, value=message.value, partition=partition,
+                            headers=keyed_headers(kind, source, headers)):
+            self.pacer.keyed(partition)
+        else:
+            # Too large with the keyed headers, say: no retry can send it, and it stopped the worker at
+            # every restart. Dead-lettered, as the runner's re-key stage does, and acknowledged in turn.
+            await self._settle([await self._dead_letter(message, dead_letters.STAGE_PRODUCE, refused[0])])
         await self._forwarded(stream, event)
 
     async def _forwarded(self, stream: Any, event: Any) -> None:

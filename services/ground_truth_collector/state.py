@@ -5,7 +5,15 @@ its changelog topic) only in :meth:`TableStore.flush`, which the collector calls
 batch's outputs are acknowledged, and the batch's records are acknowledged only once the
 changelog has the writes. State can therefore never get ahead of the outputs: a crash
 before the flush replays the batch from Kafka and decides it again, a crash after it finds the
-records below the replay watermarks. Values are JSON, so the changelog is readable with any tool.
+records below the replay watermarks. Values are JSON, so the changelog is readable with any tool:
+UTF-8 since non-ASCII text is written as it is (``\\uXXXX`` escapes, as entries written before
+were, read the same).
+
+An entry is encoded when it is put, and one larger than the producer takes
+(``KAFKA_MESSAGE_MAX_BYTES``) is refused there (:class:`EntryTooLargeError`), while the join
+applies the record that made it: the record is dead-lettered in its turn. Refused by the producer
+only at the flush, after the batch's outputs went out, it stopped the worker, and every restart
+replayed the batch into the same refusal.
 """
 
 from __future__ import annotations
@@ -13,6 +21,24 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from typing import Any
+
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
+
+from streamloop.kafka.exceptions import RecordRefusedError
+
+
+class EntryTooLargeError(RecordRefusedError):
+    """A join-state entry's changelog record would be larger than Kafka takes; its record goes to the
+    dead letters (stage KAFKA_PRODUCE) and the entry keeps what it had before."""
+
+
+def encode(value: dict[str, Any]) -> bytes:
+    """An entry as its changelog record's value: compact JSON in UTF-8 (non-ASCII text unescaped)."""
+    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    try:
+        return text.encode()
+    except UnicodeEncodeError:  # a lone surrogate, which UTF-8 cannot carry: escaped, as JSON allows
+        return json.dumps(value, separators=(",", ":")).encode()
 
 
 class DictStore:
@@ -44,20 +70,28 @@ _DELETED = None
 class TableStore:
     """A faust Table (raw bytes keys and values) as a StateStore with writes held until ``flush``."""
 
-    def __init__(self, table: Any, last_prefix: bytes = b"\x00") -> None:
+    def __init__(self, table: Any, last_prefix: bytes = b"\x00", max_bytes: int | None = None) -> None:
         self.table = table
         self.last_prefix = last_prefix
-        self._pending: dict[bytes, tuple[int, dict[str, Any] | None]] = {}
+        self.max_bytes = max_bytes  # the producer's limit for one record (producer_max_request_size)
+        # key -> (partition, the entry encoded); None: deleted
+        self._pending: dict[bytes, tuple[int, bytes | None]] = {}
 
     def get(self, key: str) -> dict[str, Any] | None:
         raw_key = key.encode()
-        if raw_key in self._pending:
-            return self._pending[raw_key][1]
-        raw = self.table.data.get(raw_key)
+        # Decoded again, as the table's are: nothing may depend on sharing objects with the store.
+        raw = self._pending[raw_key][1] if raw_key in self._pending else self.table.data.get(raw_key)
         return None if raw is None else json.loads(raw)
 
     def put(self, key: str, value: dict[str, Any], partition: int) -> None:
-        self._pending[key.encode()] = (partition, value)
+        raw_key, raw = key.encode(), encode(value)
+        if self.max_bytes is not None:
+            size = DefaultRecordBatchBuilder.estimate_size_in_bytes(raw_key, raw, [])
+            if size > self.max_bytes:
+                raise EntryTooLargeError(
+                    f"the join state of {key!r} would be a {size:,}-byte changelog record, more than the "
+                    f"{self.max_bytes:,} bytes Kafka takes (KAFKA_MESSAGE_MAX_BYTES)")
+        self._pending[raw_key] = (partition, raw)
 
     def delete(self, key: str, partition: int) -> None:
         self._pending[key.encode()] = (partition, _DELETED)
@@ -94,12 +128,10 @@ class TableStore:
         # got the watermark also got every entry written with it. Written first, a crash in the
         # middle of the flush would leave a watermark claiming records whose entries are lost.
         writes = sorted(self._pending.items(), key=lambda item: item[0].startswith(self.last_prefix))
-        for raw_key, (partition, value) in writes:
-            if value is _DELETED:
+        for raw_key, (partition, raw) in writes:
+            if raw is _DELETED:
                 data.pop(raw_key, None)
-                raw = None
             else:
-                raw = json.dumps(value, separators=(",", ":")).encode()
                 data[raw_key] = raw
             futures.append(await changelog.send(key=raw_key, value=raw, partition=partition))
         self._pending.clear()

@@ -1,0 +1,205 @@
+"""The faust runtime with records Kafka refuses for good (too large): dead-lettered, never a stopped worker."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from aiokafka.errors import MessageSizeTooLargeError
+from faust.exceptions import ProducerSendError
+from faust.types import TP
+
+from services.ground_truth_collector.entries import Kind, SourceRef
+from services.ground_truth_collector.routing import keyed_headers
+from services.ground_truth_collector.settings import SERVICE, CollectorSettings
+from services.ground_truth_collector.state import TableStore
+from streamloop.kafka import dead_letters
+from streamloop.service.context import ServiceContext
+from streamloop.telemetry import configure_telemetry
+from tests.conftest import DEMO_SPEC
+from tests.unit.ground_truth_collector.factory import PIPELINE
+from tests.unit.ground_truth_collector.test_faust_rebalance import T0, Stream, Table, Topic, Worker, settled
+
+
+@pytest.fixture
+def collector(monkeypatch: pytest.MonkeyPatch) -> Any:
+    from services.ground_truth_collector.app import Collector
+
+    monkeypatch.setenv("STREAMLOOP_PIPELINE", str(DEMO_SPEC))
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:1")  # nothing is contacted
+    settings = CollectorSettings()
+    telemetry = configure_telemetry(settings.telemetry.for_service(SERVICE), install_global=False)
+    built = Collector(ServiceContext.load(SERVICE, settings.common), settings, telemetry)
+    built.state = TableStore(Table(), max_bytes=settings.common.kafka.message_max_bytes)
+    return built
+
+
+def too_large() -> ProducerSendError:
+    """What faust raises when aiokafka's own size check (producer_max_request_size) refuses a record."""
+    try:
+        raise MessageSizeTooLargeError("The message is 1048700 bytes when serialized which is larger than the "
+                                       "maximum request size you have configured with the max_request_size "
+                                       "configuration")
+    except MessageSizeTooLargeError as exc:
+        try:
+            raise ProducerSendError(f"Error while sending: {exc!r}") from exc
+        except ProducerSendError as send_error:
+            return send_error
+
+
+class Refusing(Topic):
+    """A topic whose producer refuses the records ``refuse`` picks as too large."""
+
+    def __init__(self, name: str, refuse: Any = lambda record: True) -> None:
+        super().__init__(name)
+        self.refuse = refuse
+        self.refused: list[dict[str, Any]] = []
+
+    async def send(self, **record: Any) -> asyncio.Future:
+        if self.refuse(record):
+            self.refused.append(record)
+            raise too_large()
+        return await super().send(**record)
+
+
+def keyed(worker: Worker, role: str, value: dict[str, Any], offset: int, kind: Kind) -> Any:
+    """A keyed record forwarded from ``role``'s topic, partition 0 at ``offset``, as the keying agent writes it."""
+    c = worker.collector
+    topic = c.ctx.topic(role).name
+    message = SimpleNamespace(
+        topic=worker.keyed.name, partition=0, offset=offset, timestamp=T0 / 1000, key=value["event_id"].encode(),
+        headers=keyed_headers(kind, SourceRef(topic, 0, offset), []), value=c.serdes[topic].encode(value),
+        tp=TP(worker.keyed.name, 0), generation_id=c.app.consumer_generation_id)
+    return SimpleNamespace(message=message)
+
+
+def features(event_id: str, numeric: dict[str, float] | None = None) -> dict[str, Any]:
+    return {"event_id": event_id, "entity_key": f"card-{event_id}", "event_time": T0, "pipeline": PIPELINE,
+            "numeric": numeric or {"amount": 1.0}, "categorical": {"country": "NL"},
+            "segments": {"country": "NL", "customer_tier": "gold"}, "computed_at": T0, "late": False}
+
+
+def prediction(event_id: str) -> dict[str, Any]:
+    return {"event_id": event_id, "entity_key": f"card-{event_id}", "event_time": T0, "pipeline": PIPELINE,
+            "model_name": "fraud", "model_version": "v1", "role": "CHAMPION", "predicted_class": "true",
+            "probabilities": {"true": 0.8, "false": 0.2}, "value": None, "scored_at": T0,
+            "feature_freshness_ms": 0}
+
+
+def label(event_id: str) -> dict[str, Any]:
+    return {"event_id": event_id, "label": True, "label_time": T0 + 1_000, "entity_key": None}
+
+
+def letter_of(record: dict[str, Any]) -> dict[str, str]:
+    return dead_letters.read_error_headers(record["headers"])
+
+
+def test_an_output_kafka_refuses_for_good_dead_letters_its_record_and_the_join_goes_on(collector) -> None:
+    """The send raised out of the agent: the worker stopped, and every restart replayed the record into
+    the same refusal. The runner dead-letters the record, stage KAFKA_PRODUCE, and goes on."""
+    async def scenario() -> None:
+        worker = Worker(collector)
+        await worker.start()
+        labels = collector.ctx.topic("labels").name
+        dlq = collector.dead_letter_topics[labels] = Topic(f"{labels}.dlq")
+        collector.joined = Refusing(worker.joined.name, lambda record: record["key"] == b"e1")
+        stream = Stream()
+        agent = asyncio.create_task(collector._join(stream))
+        stream.batches.put_nowait([
+            keyed(worker, "features", features("e1"), 0, Kind.FEATURES),
+            keyed(worker, "predictions", prediction("e1"), 1, Kind.PREDICTION),
+            keyed(worker, "labels", label("e1"), 2, Kind.LABEL),  # joined: its example is refused
+            keyed(worker, "features", features("e2"), 3, Kind.FEATURES),
+            keyed(worker, "predictions", prediction("e2"), 4, Kind.PREDICTION),
+            keyed(worker, "labels", label("e2"), 5, Kind.LABEL)])
+        await settled()
+        assert not agent.done(), "the join stopped on the refused output"
+        [letter] = dlq.sent
+        assert {k: letter_of(letter)[k] for k in (dead_letters.TOPIC, dead_letters.PARTITION, dead_letters.OFFSET,
+                                                  dead_letters.STAGE, dead_letters.CLASS_NAME)} == {
+            dead_letters.TOPIC: labels, dead_letters.PARTITION: "0", dead_letters.OFFSET: "2",
+            dead_letters.STAGE: dead_letters.STAGE_PRODUCE,
+            dead_letters.CLASS_NAME: "streamloop.kafka.exceptions.RecordRefusedError"}
+        assert "MessageSizeTooLargeError" in letter_of(letter)[dead_letters.MESSAGE]
+        assert letter["value"] == keyed(worker, "labels", label("e1"), 2, Kind.LABEL).message.value
+        assert [r["key"] for r in collector.joined.sent if r["key"] is not None] == [b"e2"]
+        assert [r["key"] for r in collector.outputs["labeled_examples"].sent] == [b"card-e1", b"card-e2"], \
+            "the record's other output went out"
+        assert stream.acked == [(0, offset) for offset in range(6)], "the record too, in its turn"
+        agent.cancel()
+
+    asyncio.run(scenario())
+
+
+def test_a_join_entry_larger_than_kafka_takes_dead_letters_its_record_before_its_state_is_written(
+        collector) -> None:
+    """Refused by the producer at the changelog write, after the batch's outputs, it stopped the worker
+    with the whole batch unacknowledged, and every restart met it again."""
+    async def scenario() -> None:
+        worker = Worker(collector)
+        await worker.start()
+        topic = collector.ctx.topic("features").name
+        dlq = collector.dead_letter_topics[topic] = Topic(f"{topic}.dlq")
+        large = {f"f{i:05d}": 0.123456789 for i in range(60_000)}  # ~1.3 MB of JSON, ~0.5 MB of Avro
+        stream = Stream()
+        agent = asyncio.create_task(collector._join(stream))
+        stream.batches.put_nowait([keyed(worker, "features", features("big", large), 0, Kind.FEATURES),
+                                   keyed(worker, "features", features("e1"), 1, Kind.FEATURES)])
+        await settled()
+        assert not agent.done(), "the join stopped on the entry"
+        [letter] = dlq.sent
+        assert (letter_of(letter)[dead_letters.OFFSET], letter_of(letter)[dead_letters.STAGE],
+                letter_of(letter)[dead_letters.CLASS_NAME]) == (
+            "0", dead_letters.STAGE_PRODUCE, "services.ground_truth_collector.state.EntryTooLargeError")
+        assert stream.acked == [(0, 0), (0, 1)]
+        entries = dict(collector.state.entries(0))
+        assert "e1" in entries and "big" not in entries
+        agent.cancel()
+
+    asyncio.run(scenario())
+
+
+def test_a_record_too_large_to_forward_is_dead_lettered_without_its_value_if_need_be(collector) -> None:
+    """The keyed headers make a record the source topic took too large for the keyed topic; its dead
+    letter, the error headers added, is then too large as well, and goes without its value."""
+    async def scenario() -> None:
+        worker = Worker(collector)
+        await worker.start()
+        topic = collector.ctx.topic("labels").name
+        collector.keyed = Refusing(worker.keyed.name, lambda record: record["key"] is not None)
+        dlq = collector.dead_letter_topics[topic] = Refusing(f"{topic}.dlq", lambda r: r["value"] is not None)
+        value = collector.serdes[topic].encode(label("e1"))
+        worker.committed[(topic, 0)] = 0
+        stream = Stream()
+        agent = asyncio.create_task(collector._key_by_event(stream))
+        stream.batches.put_nowait([SimpleNamespace(message=SimpleNamespace(
+            topic=topic, partition=0, offset=0, timestamp=T0 / 1000, key=b"e1", headers=[], value=value,
+            tp=TP(topic, 0), generation_id=collector.app.consumer_generation_id))])
+        await settled()
+        assert not agent.done(), "the keying agent stopped on the record"
+        assert [r["value"] for r in dlq.refused] == [value]
+        [letter] = dlq.sent
+        errors = letter_of(letter)
+        assert letter["value"] is None and "refused by Kafka as a dead letter" in errors[dead_letters.VALUE_DROPPED]
+        assert (errors[dead_letters.TOPIC], errors[dead_letters.OFFSET], errors[dead_letters.STAGE]) == (
+            topic, "0", dead_letters.STAGE_PRODUCE)
+        assert stream.acked == [(0, 0)]
+        agent.cancel()
+
+    asyncio.run(scenario())
+
+
+def test_join_entries_are_utf_8_and_the_escaped_ones_written_before_still_read() -> None:
+    """Escaped, a non-ASCII character took 6 bytes (12 outside the BMP) of an entry's room in Kafka."""
+    table = Table()
+    table.data[b"old"] = json.dumps({"partition": 0, "categorical": {"city": "Zürich"}}).encode()
+    store = TableStore(table)
+    store.put("new", {"partition": 0, "categorical": {"city": "Zürich 東京"}}, 0)
+    asyncio.run(store.flush())
+    assert table.data[b"new"] == '{"partition":0,"categorical":{"city":"Zürich 東京"}}'.encode()
+    assert store.get("old") == {"partition": 0, "categorical": {"city": "Zürich"}}
+    assert dict(store.entries(0)) == {"old": {"partition": 0, "categorical": {"city": "Zürich"}},
+                                      "new": {"partition": 0, "categorical": {"city": "Zürich 東京"}}}
