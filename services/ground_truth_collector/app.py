@@ -36,7 +36,8 @@ from confluent_kafka.admin import AdminClient
 
 from services.ground_truth_collector.faust_join import JoinAgent
 from services.ground_truth_collector.faust_keying import KeyingAgent
-from services.ground_truth_collector.faust_options import faust_options
+from services.ground_truth_collector.faust_membership import refuse_a_second_worker
+from services.ground_truth_collector.faust_options import faust_options, group_instance_id
 from services.ground_truth_collector.faust_outputs import Outputs
 from services.ground_truth_collector.faust_pacing import Pacing
 from services.ground_truth_collector.faust_scoring import ScoringAgent
@@ -189,13 +190,20 @@ class Collector(KeyingAgent, JoinAgent, ScoringAgent, Pacing, Outputs, Rebalanci
         grow_keyed_topics(admin, [self.keyed.get_topic_name(), self.state.table.changelog_topic.get_topic_name()],
                           self.keyed_partitions)
 
+    def refuse_a_second_worker(self) -> None:
+        """Stop the start if another worker is in the group: the faust runtime runs one (faust_membership.py)."""
+        kafka = self.settings.common.kafka
+        refuse_a_second_worker(AdminClient(kafka.admin()), self.ctx.group_id, group_instance_id(self.settings),
+                               wait_s=kafka.session_timeout_ms / 1000 + 5)
+
     def run(self) -> int:
         try:
+            self.refuse_a_second_worker()
             self.prepare_topics()
         except (StreamloopError, KafkaException) as exc:
-            # KafkaException: the broker did not answer the admin calls. StreamloopError: a keyed topic
-            # could not be grown, or topics just created never became visible: a start-up condition
-            # to report in one line, not a traceback.
+            # KafkaException: the broker did not answer the admin calls. StreamloopError: another
+            # worker is in the group, a keyed topic could not be grown, or topics just created never
+            # became visible: a start-up condition to report in one line, not a traceback.
             log.error("%s: %s", SERVICE, exc)
             self.telemetry.shutdown()
             return 1

@@ -49,13 +49,21 @@ def data_dir(settings: CollectorSettings) -> Path:
     return temporary
 
 
+def group_instance_id(settings: CollectorSettings) -> str | None:
+    """The worker's group.instance.id: KAFKA_GROUP_INSTANCE_ID, else one named after STREAMLOOP_INSTANCE_ID.
+
+    Static membership: on the embedded broker a restarted member gets its partitions back only
+    with the same group.instance.id (docs/ground-truth-collector.md).
+    """
+    common = settings.common
+    return common.kafka.group_instance_id or (f"{SERVICE}-{common.instance_id}" if common.instance_id else None)
+
+
 def faust_options(settings: CollectorSettings, keyed_partitions: int) -> dict[str, Any]:
     common = settings.common
     kafka = common.kafka
     use_fetch_wait(kafka.fetch_wait_max_ms)
-    # Static membership: on the embedded broker a restarted member gets its partitions back only
-    # with the same group.instance.id (docs/ground-truth-collector.md).
-    instance = kafka.group_instance_id or (f"{SERVICE}-{common.instance_id}" if common.instance_id else None)
+    instance = group_instance_id(settings)
     return {
         **kafka.faust_broker_options(),
         "store": "memory://",  # the changelog is the state; nothing on local disk to lose or restore

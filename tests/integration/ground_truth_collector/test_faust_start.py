@@ -25,16 +25,21 @@ pytestmark = pytest.mark.integration
 GROUP_SUFFIX = "streamloop.card-fraud.ground-truth-collector"
 
 
+def launch(service_env: dict[str, str], tmp_path: Path, replica: int = 0) -> subprocess.Popen:
+    """A faust collector worker, its log in ``tmp_path``/collector-<replica>.log."""
+    env = {**os.environ, **service_env, "PYTHONPATH": str(REPO_ROOT), "COLLECTOR_RUNTIME": "faust",
+           "KAFKA_GROUP_INSTANCE_ID": f"{service_env['STREAMLOOP_TOPIC_PREFIX']}collector-{replica}",
+           "COLLECTOR_DATA_DIR": str(tmp_path / f"faust-{replica}")}
+    with (tmp_path / f"collector-{replica}.log").open("ab") as output:
+        return subprocess.Popen([sys.executable, "-m", "services.ground_truth_collector"], env=env,
+                                cwd=REPO_ROOT, stdout=output, stderr=subprocess.STDOUT)
+
+
 @contextmanager
 def faust_worker(service_env: dict[str, str], tmp_path: Path) -> Iterator[subprocess.Popen]:
     """A faust collector, from its start until it logs that its worker is ready; stopped on the way out."""
-    env = {**os.environ, **service_env, "PYTHONPATH": str(REPO_ROOT), "COLLECTOR_RUNTIME": "faust",
-           "KAFKA_GROUP_INSTANCE_ID": f"{service_env['STREAMLOOP_TOPIC_PREFIX']}collector-0",
-           "COLLECTOR_DATA_DIR": str(tmp_path / "faust")}
-    log = tmp_path / "collector.log"
-    with log.open("ab") as output:
-        process = subprocess.Popen([sys.executable, "-m", "services.ground_truth_collector"], env=env,
-                                   cwd=REPO_ROOT, stdout=output, stderr=subprocess.STDOUT)
+    process = launch(service_env, tmp_path)
+    log = tmp_path / "collector-0.log"
     try:
         deadline = time.monotonic() + 90
         while b"Worker ready" not in log.read_bytes():
@@ -78,8 +83,26 @@ def test_the_faust_runtime_grows_the_keyed_topic_and_its_changelog_with_the_labe
             {"event_id": "e1", "label": True, "label_time": int(time.time() * 1000), "entity_key": None}))])
         deadline = time.monotonic() + 60
         while min(end_offsets(bootstrap_servers, keyed).values()) == 0 and time.monotonic() < deadline:
-            assert worker.poll() is None, (tmp_path / "collector.log").read_text()[-3000:]
+            assert worker.poll() is None, (tmp_path / "collector-0.log").read_text()[-3000:]
             time.sleep(0.5)
         assert min(end_offsets(bootstrap_servers, keyed).values()) > 0, "a resume marker in every keyed partition"
         time.sleep(2)
-        assert worker.poll() is None, (tmp_path / "collector.log").read_text()[-3000:]
+        assert worker.poll() is None, (tmp_path / "collector-0.log").read_text()[-3000:]
+
+
+def test_a_second_faust_worker_is_refused_at_start_and_the_first_goes_on(
+        service_env: dict[str, str], loop_catalog: Catalog, bootstrap_servers: str, tmp_path: Path) -> None:
+    """The faust runtime's changelog writes are not fenced: it runs one worker per group."""
+    with faust_worker(service_env, tmp_path) as first:
+        second = launch(service_env, tmp_path, replica=1)
+        try:
+            code = second.wait(60)  # the first's membership waited out for a session timeout (10 s), then refused
+        finally:
+            if second.poll() is None:
+                second.kill()
+        log = (tmp_path / "collector-1.log").read_text()
+        assert code == 1, log[-3000:]
+        [error] = [line for line in log.splitlines() if " ERROR " in line]
+        assert "one worker per consumer group" in error and "collector-0" in error, error
+        assert "Worker ready" not in log
+        assert first.poll() is None, (tmp_path / "collector-0.log").read_text()[-3000:]

@@ -150,6 +150,7 @@ def streamloop_env_names(compose: dict[str, Any], manifests) -> set[str]:
 
 def settings_env_names() -> set[str]:
     """Every environment variable streamloop's settings classes read."""
+    from services.ground_truth_collector.settings import CollectorSettings
     from services.online_scorer.settings import ScorerSettings
     from streamloop.kafka.configuration import KafkaSettings
     from streamloop.ml.settings import ArtifactSettings
@@ -158,7 +159,7 @@ def settings_env_names() -> set[str]:
 
     names = set()
     for cls in (KafkaSettings, CommonSettings, SerdeSettings, RedisSettings, ArtifactSettings, TelemetrySettings,
-                ScorerSettings):
+                ScorerSettings, CollectorSettings):
         prefix = cls.model_config.get("env_prefix", "")
         for field_name, info in cls.model_fields.items():
             alias = info.validation_alias

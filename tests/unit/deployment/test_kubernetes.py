@@ -337,6 +337,33 @@ def test_replicas_are_set_by_keda_or_fixed(manifests):
         assert (env.get(lease) or "true").lower() not in ("false", "0", "no"), (service, env.get(lease))
 
 
+def faust_collector_scaled_out(manifests: list[Manifest], env: dict[str, str]) -> str | None:
+    """Why the collector's manifests would run more than one faust worker per group; None if they do not."""
+    workload = workloads(manifests)["ground-truth-collector"]
+    own = {e["name"]: e.get("value") for e in workload.doc["spec"]["template"]["spec"]["containers"][0]["env"]}
+    if (own.get("COLLECTOR_RUNTIME") or env.get("COLLECTOR_RUNTIME") or "runner").lower() != "faust":
+        return None
+    scaled = of_kind(manifests, "ScaledObject").get("ground-truth-collector")
+    if scaled is not None and scaled.doc["spec"]["maxReplicaCount"] != 1:
+        return f"KEDA scales it to {scaled.doc['spec']['maxReplicaCount']} replicas"
+    if scaled is None and workload.doc["spec"].get("replicas", 1) != 1:
+        return f"{workload.doc['spec']['replicas']} replicas"
+    return None
+
+
+def test_the_faust_collector_runs_one_worker_per_group(manifests, k8s_env):
+    """Its changelog writes are not fenced: a second worker's would overwrite the state of partitions it
+    lost while stalled (docs/ground-truth-collector.md, "Scaling"). The runner scales out."""
+    assert faust_collector_scaled_out(manifests, k8s_env) is None
+    switched = copy.deepcopy(manifests)
+    container = workloads(switched)["ground-truth-collector"].doc["spec"]["template"]["spec"]["containers"][0]
+    [runtime] = [e for e in container["env"] if e["name"] == "COLLECTOR_RUNTIME"]
+    runtime["value"] = "faust"
+    assert "KEDA scales it to" in (faust_collector_scaled_out(switched, k8s_env) or "")
+    of_kind(switched, "ScaledObject")["ground-truth-collector"].doc["spec"]["maxReplicaCount"] = 1
+    assert faust_collector_scaled_out(switched, k8s_env) is None
+
+
 # --- network --------------------------------------------------------------------------------
 
 

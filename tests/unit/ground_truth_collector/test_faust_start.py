@@ -35,15 +35,25 @@ def built(settings: CollectorSettings, runtime: Any) -> Any:
 class Broker:
     """The AdminClient calls of the start, on a broker with these topics (name -> partitions)."""
 
-    def __init__(self, topics: dict[str, int] | None = None, refuse: KafkaError | None = None) -> None:
+    def __init__(self, topics: dict[str, int] | None = None, refuse: KafkaError | None = None,
+                 members: list[list[SimpleNamespace]] | None = None) -> None:
         self.topics = dict(topics or {})
         self.refuse = refuse
         self.grown: list[tuple[str, int]] = []
+        self.members = members or [[]]  # the group's members at each description (the last one stays)
+        self.described = 0
 
     def list_topics(self, topic: str | None = None, timeout: float = 0) -> SimpleNamespace:
         assert topic is None, "a metadata request naming a topic may create it (auto-create)"
         return SimpleNamespace(topics={name: SimpleNamespace(partitions={p: None for p in range(count)}, error=None)
                                        for name, count in self.topics.items()})
+
+    def describe_consumer_groups(self, groups: list[str], request_timeout: float = 0) -> dict[str, Future]:
+        (group,) = groups
+        future: Future = Future()
+        future.set_result(SimpleNamespace(members=self.members[min(self.described, len(self.members) - 1)]))
+        self.described += 1
+        return {group: future}
 
     def create_partitions(self, new: list, operation_timeout: float = 0) -> dict[str, Future]:
         (request,) = new
@@ -155,3 +165,58 @@ def test_a_changelog_that_cannot_grow_stops_the_start_with_one_line_saying_what_
     message = error.getMessage()
     assert f"kafka-topics.sh --alter --topic {changelog} --partitions 6" in message and "\n" not in message
     assert error.exc_info is None
+
+
+def member(instance: str | None, client: str = "streamloop-collector") -> SimpleNamespace:
+    return SimpleNamespace(client_id=client, host="/10.0.0.7", group_instance_id=instance)
+
+
+@pytest.fixture
+def worker_1(settings, monkeypatch) -> Any:
+    """A faust worker of instance collector-1 whose topics all exist, its sleeps counted instead of slept."""
+    monkeypatch.setenv("KAFKA_GROUP_INSTANCE_ID", "collector-1")
+    monkeypatch.setattr(faust_app, "ensure_topics", lambda _admin, _topics: None)
+    monkeypatch.setattr(faust_app.faust, "Worker", lambda *a, **k: pytest.fail("the worker was started"))
+    collector = built(CollectorSettings(), faust_app.Collector)
+    now = [0.0]
+
+    def sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    from services.ground_truth_collector import faust_membership
+
+    monkeypatch.setattr(faust_membership, "time", SimpleNamespace(monotonic=lambda: now[0], sleep=sleep))
+    collector.waited = now
+    return collector
+
+
+def test_a_second_faust_worker_in_the_group_is_refused_at_start_in_one_line(worker_1, monkeypatch, caplog) -> None:
+    """Its changelog writes are not fenced: a worker that stalled past its session timeout wrote its
+    batch's state into partitions the other had taken over (the runner fences with a compare-and-set)."""
+    broker = Broker(members=[[member("collector-0", "streamloop-ground-truth-collector-0")]])
+    monkeypatch.setattr(faust_app, "AdminClient", lambda _config: broker)
+    worker_1.telemetry = RecordedShutdown()
+    assert worker_1.run() == 1
+    [error] = [r for r in caplog.records if r.levelname == "ERROR"]
+    message = error.getMessage()
+    assert "one worker per consumer group" in message and "instance collector-0" in message
+    assert "\n" not in message and error.exc_info is None
+    session_timeout = worker_1.settings.common.kafka.session_timeout_ms / 1000
+    assert session_timeout < worker_1.waited[0] <= session_timeout + 10, "a member gone without leaving expires"
+
+
+def test_a_worker_waits_out_a_member_gone_without_leaving(worker_1, monkeypatch) -> None:
+    keyed, changelog = keyed_and_changelog(worker_1)
+    gone = [member(None)]  # dynamic: stays until its session times out
+    broker = Broker({keyed: 6, changelog: 6}, members=[gone, gone, gone, []])
+    monkeypatch.setattr(faust_app, "AdminClient", lambda _config: broker)
+    worker_1.refuse_a_second_worker()
+    assert broker.described == 4 and worker_1.waited[0] == 3
+
+
+def test_a_restarted_worker_finds_its_own_membership_and_starts(worker_1, monkeypatch) -> None:
+    """A static member stays in the group after a restart (it never leaves on close)."""
+    broker = Broker(members=[[member("collector-1")]])
+    monkeypatch.setattr(faust_app, "AdminClient", lambda _config: broker)
+    worker_1.refuse_a_second_worker()
+    assert worker_1.waited[0] == 0
