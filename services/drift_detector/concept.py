@@ -16,7 +16,11 @@ the target's units: the same threshold never fired at a scale of 0.1 and fired ~
 100k stationary errors at a scale of 100. So a regression error is divided by a scale that gives
 the first ``baseline_size`` errors a standard deviation of 0.3 (the standard deviation, not the
 mean, because it is the noise against the threshold that makes false alarms: scaled to a mean of
-1, 3-18 per 100k), and Page-Hinkley starts once it is known. 0/1 errors are fed as they are.
+1, 3-18 per 100k), and Page-Hinkley starts once it is known. It is learned again, the same way,
+after each Page-Hinkley alarm (from the errors after it, Page-Hinkley starting afresh once it is
+known), so it follows a new error level: learned once, a scale tuned to errors 100 times lower
+than the new level made Page-Hinkley fire again every ~40 errors for as long as that level lasted.
+0/1 errors are fed as they are.
 
 An error beyond ``LARGEST_ERROR`` (or not a number) is left out, counted in ``unusable_errors``.
 A regression error far above the recent ones is clipped to a cut-off, counted in ``clipped_errors``:
@@ -25,8 +29,9 @@ ADWIN's variance so high that a drift right after it went unseen, and, among the
 Page-Hinkley's scale is learned from, made that scale so large that Page-Hinkley never fired again.
 The cut-off (``ErrorCutoff``) is the median plus ``CUTOFF_SPREADS`` times the distance from the
 median to the 90th percentile of the last ``CUTOFF_WINDOW`` errors. Unlike Page-Hinkley's scale,
-learned once, it follows the errors: a sustained rise is clipped only for its first ~150 errors
-(to a cut-off still far above the old level, so the detectors see the rise at once), not away.
+learned again only after an alarm, it follows the errors all the time: a sustained rise is clipped
+only for its first ~150 errors (to a cut-off still far above the old level, so the detectors see
+the rise at once), not away.
 The detectors start once the first cut-off is known (after ``CUTOFF_WINDOW_MIN`` errors, held until
 then), and everything the monitor keeps (the detectors, Page-Hinkley's scale, the recent and
 baseline error rates) takes the clipped error. 0/1 errors are never clipped.
@@ -125,7 +130,9 @@ class ConceptDriftMonitor:
             name: factories[name]() for name in detectors if name not in self.skipped
         }
         # Regression only: the errors the Page-Hinkley scale is learned from (at least river's
-        # 30 it needs before it tests anything), then the scale.
+        # 30 it needs before it tests anything), then the scale; None while it is learned, at the
+        # start and again after each Page-Hinkley alarm, when Page-Hinkley is not fed.
+        self._new_page_hinkley = factories["page_hinkley"]
         self._scale_sample: list[float] = []
         self._scale_size = max(baseline_size, 30)
         self.page_hinkley_scale: float | None = 1.0 if binary else None
@@ -227,7 +234,17 @@ class ConceptDriftMonitor:
                                           self._counts[name], rising=name != "adwin" or recent > baseline))
                 self._since[name] = None
                 self._counts[name] = 0
+                if name == "page_hinkley" and not self.binary:
+                    self._learn_scale_again()
         return fired
+
+    def _learn_scale_again(self) -> None:
+        """Page-Hinkley starts afresh once its scale is learned again, from the errors that follow."""
+        self.page_hinkley_scale = None
+        self._scale_sample = []
+        self.detectors["page_hinkley"] = self._new_page_hinkley()
+        self._since["page_hinkley"] = None
+        self._counts["page_hinkley"] = 0
 
     def _learn_scale(self, error: float) -> None:
         self._scale_sample.append(error)

@@ -177,6 +177,40 @@ def test_a_sustained_rise_of_regression_errors_is_clipped_only_until_the_cutoff_
     assert m.recent == pytest.approx(5.0, rel=0.05), "the detectors see the new level, not the cut-off"
 
 
+# Page-Hinkley's alarms over the 5,000 errors after its first one at a 100-fold rise: measured 0
+# (seeds 0-9) with its scale learned again after an alarm; 122-133 with the scale learned once.
+MAX_REPEATED_ALARMS = 1
+
+
+def test_page_hinkley_learns_its_scale_again_after_a_100_fold_rise() -> None:
+    """|N(0.5, 0.1)| errors, then 100 times higher for good: one alarm, then quiet, and still able to see a rise.
+
+    With its scale learned once from the first errors, Page-Hinkley fired again every ~40 errors for as long as
+    the new level lasted: noise, and no way to tell a further drift. Learned again from the errors after its
+    alarm, it fires once, and a later one-standard-deviation rise at the new level is found as at the old one.
+    """
+    rng = np.random.default_rng(3)
+    later = SHIFT_AT + 8_000
+    errs = np.abs(np.concatenate([rng.normal(0.5, 0.1, SHIFT_AT), rng.normal(50.0, 10.0, later - SHIFT_AT),
+                                  rng.normal(60.0, 10.0, 4_000)]))
+    m = monitor(("page_hinkley",), binary=False)
+    alarms = []
+    first_scale = None
+    for t, error in enumerate(errs):
+        alarms += [t for drift in m.update(float(error), t) if drift.rising]
+        if t == SHIFT_AT - 1:
+            first_scale = m.page_hinkley_scale
+    assert alarms and SHIFT_AT <= alarms[0] <= SHIFT_AT + 100, "the rise is found at once"
+    repeated = sum(alarms[0] < t <= alarms[0] + 5_000 for t in alarms)
+    found_later = next((t - later for t in alarms if t >= later), None)
+    print(f"\nerrors x100: first alarm {alarms[0] - SHIFT_AT} errors after the rise, {repeated} more in the next "
+          f"5,000; scale {first_scale:.3g} -> {m.page_hinkley_scale:.3g}; a later rise of one sd found after "
+          f"{found_later}")
+    assert repeated <= MAX_REPEATED_ALARMS
+    assert first_scale is not None and m.page_hinkley_scale > 50 * first_scale
+    assert found_later is not None and found_later <= 1_000
+
+
 def test_classification_errors_are_never_clipped() -> None:
     m = monitor()
     for t in range(3_000):
