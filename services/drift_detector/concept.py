@@ -17,9 +17,11 @@ the target's units: the same threshold never fired at a scale of 0.1 and fired ~
 the first ``baseline_size`` errors a standard deviation of 0.3 (the standard deviation, not the
 mean, because it is the noise against the threshold that makes false alarms: scaled to a mean of
 1, 3-18 per 100k), and Page-Hinkley starts once it is known. It is learned again, the same way,
-after each Page-Hinkley alarm (from the errors after it, Page-Hinkley starting afresh once it is
-known), so it follows a new error level: learned once, a scale tuned to errors 100 times lower
-than the new level made Page-Hinkley fire again every ~40 errors for as long as that level lasted.
+after each Page-Hinkley alarm and each fall of the error ADWIN finds (from the errors after it,
+Page-Hinkley starting afresh once it is known), so it follows a new error level: learned once, a
+scale tuned to errors 100 times lower than the new level made Page-Hinkley fire again every ~40
+errors for as long as that level lasted, and one tuned to errors 100 times higher hid a later rise
+of the new level's standard deviation for good.
 0/1 errors are fed as they are.
 
 An error beyond ``LARGEST_ERROR`` (or not a number) is left out, counted in ``unusable_errors``.
@@ -29,7 +31,7 @@ ADWIN's variance so high that a drift right after it went unseen, and, among the
 Page-Hinkley's scale is learned from, made that scale so large that Page-Hinkley never fired again.
 The cut-off (``ErrorCutoff``) is the median plus ``CUTOFF_SPREADS`` times the distance from the
 median to the 90th percentile of the last ``CUTOFF_WINDOW`` errors. Unlike Page-Hinkley's scale,
-learned again only after an alarm, it follows the errors all the time: a sustained rise is clipped
+learned again only after a detection, it follows the errors all the time: a sustained rise is clipped
 only for its first ~150 errors (to a cut-off still far above the old level, so the detectors see
 the rise at once), not away.
 The detectors start once the first cut-off is known (after ``CUTOFF_WINDOW_MIN`` errors, held until
@@ -131,7 +133,8 @@ class ConceptDriftMonitor:
         }
         # Regression only: the errors the Page-Hinkley scale is learned from (at least river's
         # 30 it needs before it tests anything), then the scale; None while it is learned, at the
-        # start and again after each Page-Hinkley alarm, when Page-Hinkley is not fed.
+        # start and again after each Page-Hinkley alarm or fall of the error seen by ADWIN, when
+        # Page-Hinkley is not fed.
         self._new_page_hinkley = factories["page_hinkley"]
         self._scale_sample: list[float] = []
         self._scale_size = max(baseline_size, 30)
@@ -234,7 +237,10 @@ class ConceptDriftMonitor:
                                           self._counts[name], rising=name != "adwin" or recent > baseline))
                 self._since[name] = None
                 self._counts[name] = 0
-                if name == "page_hinkley" and not self.binary:
+                # After a fall, too (seen by ADWIN alone: Page-Hinkley watches for a rise), or a scale
+                # learned on errors 100 times higher would hide any rise but a huge one.
+                if not self.binary and "page_hinkley" in self.detectors and (
+                        name == "page_hinkley" or (name == "adwin" and recent < baseline)):
                     self._learn_scale_again()
         return fired
 

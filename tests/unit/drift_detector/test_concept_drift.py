@@ -211,6 +211,27 @@ def test_page_hinkley_learns_its_scale_again_after_a_100_fold_rise() -> None:
     assert found_later is not None and found_later <= 1_000
 
 
+def test_page_hinkley_learns_its_scale_again_after_adwin_finds_a_100_fold_fall() -> None:
+    """|N(50, 10)| errors, then 100 times lower (a better champion), then a rise of the new standard deviation.
+
+    Page-Hinkley never fires on a fall, so its scale, learned on the first errors, stayed 100 times too large
+    and it never saw the later rise (seeds 0-4); learned again after ADWIN's cut, it finds it as from the start.
+    """
+    rng = np.random.default_rng(4)
+    later = SHIFT_AT + 5_000
+    errs = np.abs(np.concatenate([rng.normal(50.0, 10.0, SHIFT_AT), rng.normal(0.5, 0.1, later - SHIFT_AT),
+                                  rng.normal(0.6, 0.1, 4_000)]))
+    m = monitor(("adwin", "page_hinkley"), binary=False)
+    found = [(t, d.detector, d.rising) for t, error in enumerate(errs) for d in m.update(float(error), t)]
+    fall = next((t - SHIFT_AT for t, name, rising in found if name == "adwin" and not rising), None)
+    found_later = next((t - later for t, name, rising in found if name == "page_hinkley" and t >= later), None)
+    print(f"\nerrors /100: ADWIN's falling cut {fall} errors after the fall; Page-Hinkley finds a later rise "
+          f"of one sd after {found_later}; scale {m.page_hinkley_scale:.3g}")
+    assert [name for t, name, _ in found if t < later] == ["adwin"], "the fall is ADWIN's alone"
+    assert fall is not None and 0 <= fall <= 100
+    assert found_later is not None and found_later <= 1_000
+
+
 def test_classification_errors_are_never_clipped() -> None:
     m = monitor()
     for t in range(3_000):
