@@ -21,6 +21,7 @@ from services.retrainer.catch_up import change_point, significant_rise
 from services.retrainer.examples import score
 from streamloop.contracts.pipeline import ModelSpec
 from streamloop.kafka.records import ConsumedRecord
+from streamloop.ml.exceptions import InvalidLabel
 from streamloop.ml.promotion import event_loss, holdout_metrics
 from streamloop.ml.recent_versions import RecentVersions
 from streamloop.ml.training import target, training_pair
@@ -181,7 +182,7 @@ class OnlineLearner:
             if len(self._recent_events) > self._remember_events:
                 self._recent_events.popitem(last=False)
         # Raises for an example no model may learn, with or without one: the runner dead-letters it.
-        # The champion it continues decides the form of a true/false class (``target``).
+        # The model it continues decides the form of a class, and refuses a class beside booleans (``target``).
         x, y = training_pair(self.spec, record.value, self.model)
         if self.model is None:
             return False
@@ -280,9 +281,18 @@ class OnlineLearner:
         return len(backlog) - start
 
     def _replay(self, examples: list[Example], passes: int) -> None:
+        # Each label in the form the model it goes into learns it (``target``), which learning does not
+        # change. One it cannot learn (a class beside the booleans of a model that learned them so, after
+        # a rollback to it) is left out, as ``learn`` refuses it.
+        pairs = []
+        for x, label, _, _ in examples:
+            try:
+                pairs.append((x, target(self.spec, label, self.model)))
+            except InvalidLabel:
+                continue
         for _ in range(passes):
-            for x, label, _, _ in examples:
-                self.model.learn_one(x, target(self.spec, label, self.model))
+            for x, y in pairs:
+                self.model.learn_one(x, y)
         for *_, (topic, partition, offset) in examples:
             self._learned_offset(topic, partition, offset)  # the next snapshot's lineage: it learned them
 

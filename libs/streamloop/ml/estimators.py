@@ -18,6 +18,7 @@ and only the hot column is present in an event:
 
 from __future__ import annotations
 
+import functools
 import importlib
 from collections.abc import Collection
 from typing import Any
@@ -158,3 +159,21 @@ def learned_classes(model: base.Estimator) -> set[Any] | None:
         if isinstance(classes, Collection) and not isinstance(classes, str):
             return set(classes)
     return None
+
+
+def learns_any_class(model: base.Estimator) -> bool:
+    """False for a binary classifier (LogisticRegression and river's other linear ones: ``int(label)``).
+
+    river's own tag: a pipeline answers for its final step, a wrapper for the model it wraps.
+    """
+    return bool(getattr(final_estimator(model), "_multiclass", True))
+
+
+def spec_learns_any_class(spec: ModelSpec) -> bool:
+    """``learns_any_class`` for a fresh model of ``spec`` (one is built once per estimator and params)."""
+    return _fresh_learns_any_class(spec.model_dump_json(include={"name", "task", "estimator", "params"}))
+
+
+@functools.lru_cache(maxsize=32)
+def _fresh_learns_any_class(spec_json: str) -> bool:
+    return learns_any_class(build_model(ModelSpec.model_validate_json(spec_json)))

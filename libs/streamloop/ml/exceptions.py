@@ -10,7 +10,7 @@ class EstimatorSpecError(ModelError):
 
 
 class InvalidLabel(ModelError, ValueError):
-    """A label no model may learn: none, or for a regression one that is no finite number."""
+    """A label no model may learn (none, or for a regression one that is no finite number), or one this model cannot."""
 
 
 class ArtifactNotFoundError(ModelError):

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from streamloop.contracts.pipeline import ModelSpec
-from streamloop.ml.estimators import learned_classes
+from streamloop.ml.estimators import learned_classes, learns_any_class, spec_learns_any_class
 from streamloop.ml.exceptions import InvalidLabel
 from streamloop.ml.features import assemble_features
 from streamloop.ml.promotion import class_key
@@ -39,13 +39,18 @@ def target(model: ModelSpec, label: Any, estimator: Any = None) -> Any:
     """The label as ``estimator`` learns it; InvalidLabel for one it cannot learn (``label_problem``).
 
     A classifier with a positive class learns a boolean (river's binary classifiers need one).
-    Without one, a class is its ``class_key`` (1.0 is "1"), but ``true`` and ``false`` in any
-    form (a boolean or its text) are one class each, as the records, the metrics and the spec
-    read them: two forms of one class broke the estimators (a tree sorts its classes, and
-    True < "true" raises; LogisticRegression takes ``int(label)``, and int("true") raises). They
-    are the booleans, except for an ``estimator`` that has learned text classes (a tree fed
-    "true"/"false" before booleans were learned as such, or one whose other classes are text):
-    it keeps the text, which it can sort with what it knows. A regressor learns a float.
+    Without one, a class is learned as its ``class_key``, the name the records, the metrics and
+    the spec give it: 1.0 is "1", and ``true`` and ``false`` in any form (a boolean or its text)
+    are "true" and "false". A model's classes must be of one type (a tree sorts them, and
+    True < "fraud" raises), and the labels may name any class later, so the form is the
+    estimator's, never the order the labels came in: every learner (the online challenger, a
+    catch-up replay, a rebuild's fresh model) learns one label alike. Two exceptions keep the
+    booleans for ``true`` and ``false``: a binary classifier (LogisticRegression and river's other
+    linear ones, ``learns_any_class``), which takes ``int(label)``; and a model that has learned
+    them as booleans (trees, naive Bayes and the like fed them so before text classes were
+    learned as text), which keeps them and cannot learn another class beside them: InvalidLabel,
+    until a rebuild's model, which learns every class as text, replaces it. A regressor learns
+    a float. ``estimator`` None is a fresh model of ``model``.
     """
     problem = label_problem(model, label)
     if problem is not None:
@@ -55,12 +60,17 @@ def target(model: ModelSpec, label: Any, estimator: Any = None) -> Any:
     if model.positive_class is not None:
         return class_key(label) == class_key(model.positive_class)
     key = class_key(label)
-    if key not in _BOOLEAN_CLASSES:
-        return key
+    boolean = _BOOLEAN_CLASSES.get(key)
+    if not (learns_any_class(estimator) if estimator is not None else spec_learns_any_class(model)):
+        return key if boolean is None else boolean
     known = learned_classes(estimator) if estimator is not None else None
-    if known and any(isinstance(known_class, str) for known_class in known):
+    if not known or not any(isinstance(known_class, bool) for known_class in known):
         return key
-    return _BOOLEAN_CLASSES[key]
+    if boolean is None:
+        raise InvalidLabel(f"the model learned true and false as booleans (before classes were learned as "
+                           f"text) and cannot learn {key!r} beside them; a rebuild's model learns every class "
+                           f"as text")
+    return boolean
 
 
 def training_pair(model: ModelSpec, example: Mapping[str, Any],

@@ -79,16 +79,21 @@ def test_a_whole_number_label_sent_as_a_double_is_the_integer_s_class(demo_pipel
     assert target(spec, 0.0) is False and class_key(2.5) == "2.5"
 
 
-@pytest.mark.parametrize("estimator", ["river.linear_model.LogisticRegression", "river.tree.HoeffdingTreeClassifier"])
+@pytest.mark.parametrize(("estimator", "yes", "no"), [("river.linear_model.LogisticRegression", True, False),
+                                                      ("river.tree.HoeffdingTreeClassifier", "true", "false")])
 def test_without_a_positive_class_a_boolean_and_its_text_are_one_class(demo_pipeline: PipelineSpec,
-                                                                       estimator: str) -> None:
-    """Two label sources, one sending booleans, the other their text: one pair of classes, as the records read them."""
+                                                                       estimator: str, yes: object, no: object) -> None:
+    """Two label sources, one sending booleans, the other their text: one pair of classes, as the records read them.
+
+    A binary classifier learns them as the booleans (it takes ``int(label)``); any other as their text, so that
+    another class beside them is text too."""
     from streamloop.ml.training import target
 
     spec = ModelSpec.model_validate({**demo_pipeline.model.model_dump(), "estimator": estimator, "params": {},
                                      "positive_class": None, "negative_class": None, "cost_matrix": None})
-    assert [target(spec, label) for label in (True, "true", "True", "TRUE", False, "false", "False")] == [
-        True, True, True, True, False, False, False]
+    forms = [target(spec, label) for label in (True, "true", "True", "TRUE", False, "false", "False")]
+    assert forms == [yes, yes, yes, yes, no, no, no]
+    assert all(type(form) is type(yes) for form in forms)
     assert target(spec, "fraud") == "fraud" and target(spec, 1.0) == "1", "other classes are their text"
     model = build_model(spec)
     rng = random.Random(5)
@@ -124,7 +129,7 @@ def test_the_collector_s_metrics_read_a_double_label_as_the_retrainer_s_do(demo_
     assert collected["log_loss"] == pytest.approx(heldout["log_loss"])
 
 
-def test_a_tree_that_learned_true_and_false_as_text_keeps_them_as_text_and_a_fresh_one_learns_booleans(
+def test_a_tree_that_learned_true_and_false_as_text_keeps_them_as_text_and_a_fresh_one_learns_them_as_text(
         demo_pipeline: PipelineSpec) -> None:
     """A champion trained before the booleans were learned as such (357bdee) knows "true"/"false" as text:
     fed True beside them, the tree sorted True with "true" and rejected every later label after the upgrade."""
@@ -155,4 +160,62 @@ def test_a_tree_that_learned_true_and_false_as_text_keeps_them_as_text_and_a_fre
         event = example(rng, "true", "false")
         event["label"] = spellings[event["label"] == "false"][i % 3]
         fresh.learn_one(*training_pair(spec, event, fresh))
-    assert learned_classes(fresh) == {True, False}, "a model with no classes yet learns the booleans"
+    assert learned_classes(fresh) == {"true", "false"}, "a model with no classes yet learns them as text"
+
+
+def _tree(demo_pipeline: PipelineSpec) -> ModelSpec:
+    return ModelSpec.model_validate({**demo_pipeline.model.model_dump(), "params": {"grace_period": 50},
+                                     "estimator": "river.tree.HoeffdingTreeClassifier", "positive_class": None,
+                                     "negative_class": None, "cost_matrix": None})
+
+
+def test_a_fresh_tree_told_true_then_a_text_class_learns_every_class_as_text(demo_pipeline: PipelineSpec) -> None:
+    """True first, then "fraud": the fresh tree learned the boolean, then the text beside it, and sorted them at its
+    next prediction (TypeError); "true" from a second source was then a third class beside True."""
+    from streamloop.ml.estimators import learned_classes
+    from streamloop.ml.training import target
+
+    spec = _tree(demo_pipeline)
+    rng = random.Random(11)
+    model = build_model(spec)
+    spellings = ([True, "true", "True"], [False, "false", "FALSE"], ["fraud"])
+    right = tested = 0
+    for i in range(1500):
+        event = example(rng, "true", "false")
+        amount = event["numeric"]["amount"]
+        kind = 0 if amount < 333 else 1 if amount < 666 else 2
+        event["label"] = spellings[kind][i % len(spellings[kind])] if i else True
+        x, y = training_pair(spec, event, model)
+        assert y == target(spec, event["label"]), "the form a rebuild's fresh model learns it in"
+        if i >= 1000:
+            tested += 1
+            right += predict(model, x, spec).predicted_class == class_key(event["label"])
+        model.learn_one(x, y)
+    assert learned_classes(model) == {"true", "false", "fraud"}
+    assert set(predict(model, x, spec).probabilities) == {"true", "false", "fraud"}
+    assert right >= 0.9 * tested
+
+
+def test_a_tree_that_learned_true_and_false_as_booleans_keeps_them_and_refuses_another_class(
+        demo_pipeline: PipelineSpec) -> None:
+    """A tree fed booleans by older versions cannot sort a text class with them: the label is refused with the
+    reason (dead-lettered), and the tree goes on predicting and learning true and false in any spelling."""
+    from streamloop.ml.estimators import learned_classes
+    from streamloop.ml.exceptions import InvalidLabel
+    from streamloop.ml.training import target
+
+    spec = _tree(demo_pipeline)
+    rng = random.Random(13)
+    legacy = build_model(spec)
+    for _ in range(300):
+        event = example(rng, "true", "false")
+        legacy.learn_one(training_pair(spec, event)[0], event["label"] == "true")  # as the older code learned it
+    assert learned_classes(legacy) == {True, False}
+    assert [target(spec, label, legacy) for label in (True, "true", "TRUE", False, "false")] == [
+        True, True, True, False, False]
+    with pytest.raises(InvalidLabel, match="cannot learn 'fraud' beside them; a rebuild's model learns every"):
+        target(spec, "fraud", legacy)
+    event = example(rng, "true", "false")
+    legacy.learn_one(*training_pair(spec, event, legacy))
+    assert set(predict(legacy, training_pair(spec, event)[0], spec).probabilities) == {"true", "false"}
+    assert learned_classes(legacy) == {True, False}

@@ -21,6 +21,7 @@ from streamloop.contracts.pipeline import CatchUpSpec, PipelineSpec, RetrainSpec
 from streamloop.contracts.schemas import SchemaRepository
 from streamloop.ml import build_model
 from streamloop.ml.artifacts import ArtifactRef
+from streamloop.ml.estimators import learned_classes
 from streamloop.ml.promotion import event_loss
 from streamloop.ml.registry import CHAMPION, deployment_record, slot_key
 from streamloop.ml.training import training_pair
@@ -255,6 +256,34 @@ def test_a_replay_into_another_line_s_tree_learns_true_and_false_in_the_form_tha
     assert learner.replay_since_change(1) == 201
     x, _ = training_pair(spec, labeled_example(501, label=True))
     assert set(score(learner.model, spec, x)["probabilities"]) == {"true", "false"}
+
+
+def test_a_replay_into_a_tree_that_learned_booleans_leaves_out_a_class_it_cannot_learn_beside_them(demo_pipeline,
+                                                                                                     monkeypatch):
+    """The backlog was learned by a tree of text classes, "legit" among them; the line was then rolled back to a
+    tree that learned True/False (older versions): replaying "legit" into it made every later prediction raise."""
+    spec = demo_pipeline.model.model_copy(update={"estimator": "river.tree.HoeffdingTreeClassifier", "params": {},
+                                                  "positive_class": None, "negative_class": None, "actions": [],
+                                                  "cost_matrix": None})
+    legacy = build_model(spec)
+    for record in _concept_change(1000, 200, inverted=False):
+        legacy.learn_one(training_pair(spec, record.value)[0], record.value["label"])  # as older versions did
+    learner = OnlineLearner(spec, replay_backlog=400)
+    learner.reset(build_model(spec), "fraud-a")
+    records = _concept_change(0, 150, inverted=False) + _concept_change(150, 50, inverted=True)
+    for record in records[::5]:
+        record.value["label"] = "legit"
+    for record in records:
+        learner.learn(record)
+    assert learned_classes(learner.model) == {"true", "false", "legit"}
+    learner.reset(legacy, "fraud-legacy")
+    learner.learn(consumed("lab", labeled_example(500, label=True), offset=500))
+    monkeypatch.setattr("services.retrainer.online.change_point", lambda errors: len(errors))
+    assert learner.replay_since_change(1) == 201
+    assert learned_classes(learner.model) == {True, False}
+    x, _ = training_pair(spec, labeled_example(501, label=True))
+    assert set(score(learner.model, spec, x)["probabilities"]) == {"true", "false"}
+    assert learner.refit_since_change(2) == 201 and learned_classes(learner.model) == {True, False}
 
 
 def test_a_refit_starts_over_from_the_model_before_the_replay(demo_pipeline):

@@ -9,10 +9,11 @@ from dataclasses import replace
 import pytest
 
 from services.retrainer.processor import PUBLISH_RETRY_MS
-from services.retrainer.rebuild import recent_window
+from services.retrainer.rebuild import rebuild, recent_window
 from services.retrainer.rebuild_policy import REBUILD_ATTEMPTS, REBUILD_RETRY_MAX_MS, REBUILD_RETRY_MS
 from streamloop.contracts.pipeline import ModelSpec
 from streamloop.ml import ArtifactIdentity, build_model
+from streamloop.ml.estimators import learned_classes
 from streamloop.ml.exceptions import InvalidLabel
 from streamloop.ml.features import InvalidFeatureValue
 from streamloop.ml.prediction import predict, warm_up
@@ -136,6 +137,57 @@ def test_labels_sent_as_booleans_and_as_their_text_are_learned_as_one_pair_of_cl
     output = predict(harness.processor.learner.model, {"amount": 900.0, "distance_from_home_km": 800.0,
                                                        "merchant_category=jewelry": 1.0}, tree)
     assert set(output.probabilities) == {"true", "false"}
+
+
+def test_a_tree_told_true_then_a_text_class_learns_both_as_a_rebuild_does(spec, tmp_path):
+    """A fresh tree's first label was True, the next ones "legit": it learned the boolean and the text beside it,
+    so the online challenger's next prediction sorted them (TypeError) and every later label was dead-lettered."""
+    tree = spec.model.model_copy(update={"estimator": "river.tree.HoeffdingTreeClassifier", "params": {},
+                                         "positive_class": None, "negative_class": None, "actions": [],
+                                         "cost_matrix": None})
+    harness = Harness(spec.model_copy(update={"model": tree}), tmp_path)
+    batch = labeled(200)
+    for record in batch:
+        if not record.value["label"]:
+            record.value["label"] = "legit"
+        elif record.offset % 2:
+            record.value["label"] = "True"
+    assert batch[0].value["label"] is True
+    result = harness.processor.process(batch)
+    assert result.rejections == [] and harness.processor.learner.learned_total == 200
+    assert [c["sample_count"] for c in candidates(result)] == [50, 50, 50, 50]
+    online = harness.processor.learner.model
+    jewelry = {"amount": 900.0, "distance_from_home_km": 800.0, "merchant_category=jewelry": 1.0}
+    assert set(predict(online, jewelry, tree).probabilities) == {"true", "legit"}
+    rebuilt = rebuild(tree, batch, 200, 0.2, pipeline=spec.name).model
+    assert learned_classes(rebuilt) == learned_classes(online) == {"true", "legit"}
+    assert predict(rebuilt, jewelry, tree).predicted_class == predict(online, jewelry, tree).predicted_class == "true"
+
+
+def test_a_tree_champion_that_learned_booleans_dead_letters_another_class_and_goes_on_learning(spec, tmp_path):
+    """Fed True/False by older versions, the tree cannot learn "legit" beside them: that label is dead-lettered with
+    the reason, the others are learned, and a rebuild, whose fresh tree learns every class as text, can replace it."""
+    tree = spec.model.model_copy(update={"estimator": "river.tree.HoeffdingTreeClassifier", "params": {},
+                                         "positive_class": None, "negative_class": None, "actions": [],
+                                         "cost_matrix": None})
+    champion = build_model(tree)
+    for record in labeled(200, start=1000):
+        champion.learn_one(training_pair(tree, record.value)[0], record.value["label"])  # as older versions did
+    assert learned_classes(champion) == {True, False}
+    harness = Harness(spec.model_copy(update={"model": tree}), tmp_path)
+    harness.champion = harness.set_champion("fraud-20990101000000000-0000a1d0", champion)
+    batch = labeled(100)
+    batch[10].value["label"] = "legit"
+    batch[11].value["label"] = "false"
+    result = harness.processor.process(batch)
+    assert [(r.record.offset, type(r.error)) for r in result.rejections] == [(10, InvalidLabel)]
+    assert "cannot learn 'legit' beside them" in str(result.rejections[0].error)
+    assert harness.processor.learner.learned_total == 99
+    assert learned_classes(harness.processor.learner.model) == {True, False}
+    output = predict(harness.processor.learner.model, {"amount": 900.0, "distance_from_home_km": 800.0,
+                                                       "merchant_category=jewelry": 1.0}, tree)
+    assert set(output.probabilities) == {"true", "false"}
+    assert learned_classes(rebuild(tree, batch, 100, 0.2, pipeline=spec.name).model) == {"true", "false", "legit"}
 
 
 def test_a_tree_champion_that_learned_true_and_false_as_text_goes_on_learning_them(spec, tmp_path):
