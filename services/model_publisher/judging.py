@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 from services.model_publisher.ledger import REPLAYED, LossLedger, Paired
 from services.model_publisher.writer import RegistryWriter
@@ -49,6 +49,17 @@ log = logging.getLogger(__name__)
 # SCHEDULE, MANUAL) answers a drift or a schedule and has no successor; nor has a candidate whose
 # trigger is not known. See make_room.
 SUPERSEDED_BY_THEIR_LINE = frozenset({"ONLINE"})
+
+
+class _OnTrial(NamedTuple):
+    """A challenger as ``Judge.make_room`` ranks it."""
+
+    slot: str
+    version: str
+    trigger: str | None
+    waiting: bool  # for its second look: it failed its first (``Judge.on_own_scores``)
+    samples: int  # toward its next look (``Judge._toward_look``)
+
 
 # The closed versions a Judge remembers (``Judge.closed``); kept whole, that set grew by every candidate.
 CLOSED_MEMORY = 10_000
@@ -371,13 +382,18 @@ class Judge:
         """Retire challengers so a new one fits within ``max_shadows``; ``lineage``: each version's candidate.
 
         The one coming in is always admitted. Of those on trial, first the candidates waiting for a
-        second look (they already failed one); then ``ONLINE`` snapshots, which their line's next
-        snapshot supersedes, before rebuilds, which answer a drift or a schedule and have no
-        successor; within each, the one furthest from its look (fewest paired samples), the oldest
-        on a tie. Retiring the oldest instead took the one closest to its look: with fewer labels
-        per publish interval than ``promotion.min_samples`` / ``max_shadows``, none ever reached
-        it. Ranked so, a challenger only gains rank as it scores, so the best-placed keep their
-        slots until their look and the least-placed slot takes the newcomers.
+        second look (they already failed one) but the one nearest it, which keeps its place among
+        the others; then ``ONLINE`` snapshots, which their line's next snapshot supersedes, before
+        rebuilds, which answer a drift or a schedule and have no successor; within each, the one
+        furthest from its look (fewest samples toward it), a candidate waiting for its second look
+        before another as far from its own, then the oldest. Retiring the oldest instead took the
+        one closest to its look: with fewer labels per publish interval than
+        ``promotion.min_samples`` / ``max_shadows``, none ever reached it. Retiring every waiting
+        candidate first did the same to them: once catch-up ended, each ONLINE snapshot, a minute
+        apart, pushed out one that had 60 to 480 of the 500 labels its second look waits for.
+        Keeping them all by their place instead held fresh snapshots back behind candidates that
+        had failed a look. Ranked so, a challenger only gains rank as it scores, so the best-placed
+        keep their slots until their look and the least-placed slot takes the newcomers.
         """
         slots = self.slots()
         challengers = self.challengers(slots)
@@ -386,26 +402,34 @@ class Judge:
             return []
         champion = slots.get(CHAMPION)
         current = champion["version"] if champion is not None else None
-        ranked = []
-        for slot, record in challengers:  # oldest first, and the sort is stable: the oldest go first on a tie
-            version = record["version"]
-            trigger = (lineage.get(version) or {}).get("trigger")
-            failed_a_look = version in self.on_own_scores
-            samples = self._toward_look(current, version)
-            ranked.append(((not failed_a_look, trigger not in SUPERSEDED_BY_THEIR_LINE, samples),
-                           slot, version, self._why_superseded(failed_a_look, trigger, samples)))
-        ranked.sort(key=lambda rank: rank[0])
+        on_trial = [_OnTrial(slot, record["version"], (lineage.get(record["version"]) or {}).get("trigger"),
+                             record["version"] in self.on_own_scores, self._toward_look(current, record["version"]))
+                    for slot, record in challengers]  # oldest first
+        waiting = [c for c in on_trial if c.waiting]
+        nearest = max(waiting, key=lambda c: c.samples).version if waiting else None  # the oldest on a tie
+
+        def rank(c: _OnTrial) -> tuple[bool, bool, int, bool]:
+            by_place = not c.waiting or c.version == nearest
+            return by_place, c.trigger not in SUPERSEDED_BY_THEIR_LINE, c.samples, not c.waiting
+
         outputs: list[OutgoingRecord] = []
-        for (_, _, samples), slot, version, why in ranked[:excess]:
-            outputs += self._retire(slot, version, f"superseded: at most {self.policy.max_shadows} shadow "
-                                                   f"challengers are scored at once; {why}",
-                                    {"sample_count": float(samples)})
+        for c in sorted(on_trial, key=rank)[:excess]:  # a stable sort: the oldest go first on a tie
+            why = self._why_superseded(c.waiting, c.trigger, c.samples, None if c.version == nearest else nearest)
+            outputs += self._retire(c.slot, c.version, f"superseded: at most {self.policy.max_shadows} shadow "
+                                                       f"challengers are scored at once; {why}",
+                                    {"sample_count": float(c.samples)})
         return outputs
 
-    def _why_superseded(self, failed_a_look: bool, trigger: str | None, samples: int) -> str:
+    def _why_superseded(self, failed_a_look: bool, trigger: str | None, samples: int, nearer: str | None) -> str:
         if failed_a_look:
-            return "it had already failed its first look"
-        if samples < self.spec.min_samples:
+            counted = f"{samples} of {self.spec.min_samples} samples since its first look"
+            if nearer is not None:
+                return f"waiting for its second look ({counted}), and {nearer} is nearer its own"
+            if samples < self.spec.min_samples:
+                look = f"waiting for its second look, the furthest from its look ({counted})"
+            else:
+                look = f"waiting for its second look, the oldest of those ready for their look ({counted})"
+        elif samples < self.spec.min_samples:
             look = f"the furthest from its look ({samples} of {self.spec.min_samples} paired samples)"
         else:
             look = f"the oldest of those ready for their look ({samples} paired samples)"

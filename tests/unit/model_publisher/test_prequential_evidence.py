@@ -5,10 +5,13 @@ If they do not win, the candidate is judged once more, on its own scores alone.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from services.model_publisher.judging import JudgingPolicy
 from services.model_publisher.ledger import PREQUENTIAL, LossLedger
 from services.model_publisher.publisher import PublisherPolicy
 from streamloop.contracts.pipeline import CatchUpSpec
+from streamloop.ml.promotion import event_loss
 from streamloop.ml.registry import CHAMPION, shadow_slot
 from tests.unit.model_publisher.factories import candidate, examples, with_policy
 from tests.unit.model_publisher.test_publisher import Harness, decisions
@@ -177,3 +180,66 @@ def test_a_catch_up_candidate_on_canary_trial_is_compared_with_the_champion_from
             examples(20, start=start + 80, seed=start + 1, models={version: (0.65, "CANARY")})
         trial += [d["kind"] for d in decisions(harness.feed("lab", batch))]
     assert trial == ["PROMOTE"], "better than the champion on the same traffic; its pre-drift losses are no baseline"
+
+
+def a_snapshot_a_minute(harness: Harness, seconds: range, catching_up: range, skill: dict[str, float],
+                        ) -> Iterator[tuple[int, dict]]:
+    """A label a second (the champion scoring at 0.7) and, from second 600, an ONLINE snapshot a minute scoring at
+    ``skill["ONLINE"]``; during ``catching_up``, each is a catch-up candidate instead, scoring at
+    ``skill["catch-up"]`` with a prequential record on the last 600 labels no better than the champion's own, so
+    it waits for its second look. Yields (second, decision) for every decision."""
+    skills = {harness.slot(CHAMPION)["version"]: 0.7}
+    champion_losses: dict[str, float] = {}
+    for second in seconds:
+        harness.now += 1000
+        if second >= 600 and second % 60 == 0:
+            record = candidate(harness.spec, harness.store, created_ms=harness.now,
+                               parent=harness.slot(CHAMPION)["version"])
+            skills[record["version"]] = skill["ONLINE"]
+            if second in catching_up:
+                record["prequential_losses"] = [{"event_id": event_id, "loss": loss}
+                                                for event_id, loss in list(champion_losses.items())[-600:]]
+                skills[record["version"]] = skill["catch-up"]
+            yield from ((second, d) for d in decisions(harness.feed("cand", [record])))
+        slots = harness.table.slots(harness.spec.name, harness.spec.model.name)
+        served = {record["version"]: (skills[record["version"]], record["role"]) for record in slots.values()}
+        [example] = examples(1, start=second, seed=second, models=served)
+        served_by = next(p for p in example["predictions"] if p["role"] == "CHAMPION")
+        champion_losses[example["event_id"]] = event_loss("log_loss", harness.spec.model, example["label"], served_by)
+        yield from ((second, d) for d in decisions(harness.feed("lab", [example])))
+
+
+def test_at_a_label_a_second_catch_up_candidates_still_get_their_second_look(demo_pipeline, tmp_path):
+    """Retiring every candidate waiting for its second look first, the ONLINE snapshots published once catch-up
+    was over pushed each out, a minute apart, the last with 480 of the 500 labels that look waits for: none had
+    one, and snapshots better on their own scores than on their learner's record were never promoted. The one
+    nearest its second look now keeps its place among the others and reaches it."""
+    spec = with_policy(demo_pipeline, promotion={"min_samples": 500})
+    harness = Harness(spec, tmp_path, PublisherPolicy(judging=JudgingPolicy(max_shadows=3)))
+    harness.bootstrap()
+    made = list(a_snapshot_a_minute(harness, range(1500), range(600, 901), {"catch-up": 0.8, "ONLINE": 0.8}))
+    looks = [(second, d["kind"]) for second, d in made if d["reason"].startswith("on its own scores")]
+    assert looks and looks[0] == (1099, "PROMOTE"), [(s, d["kind"], d["reason"][:90]) for s, d in made]
+    first = next(d["to_version"] for second, d in made if d["kind"] == "REGISTER" and second == 600)
+    assert next(d["to_version"] for _, d in made if d["kind"] == "PROMOTE") == first, "at its 500th label since 600"
+    retired = [(second, d["reason"]) for second, d in made if d["kind"] == "RETIRE" and second < 1099]
+    assert [second for second, _ in retired] == [780, 840, 900, 960, 1020, 1080]
+    assert all("waiting for its second look (" in r and f"and {first} is nearer its own" in r for _, r in retired[:5])
+    assert retired[5][1].endswith("an ONLINE snapshot, which its line's newer ones supersede, the furthest from its "
+                                  "look (60 of 500 paired samples)"), "then the newest snapshot makes room"
+
+
+def test_at_a_label_a_second_waiting_candidates_do_not_hold_fresh_snapshots_back(demo_pipeline, tmp_path):
+    """A long catch-up whose candidates are no better than the champion, then better ONLINE snapshots: one waiting
+    candidate at a time keeps its place, so the first snapshot after catch-up is judged at its 500th label, as
+    when every waiting candidate made room first. Kept all by their place, two waiting ones held two slots and it
+    was promoted 360 labels later."""
+    spec = with_policy(demo_pipeline, promotion={"min_samples": 500})
+    harness = Harness(spec, tmp_path, PublisherPolicy(judging=JudgingPolicy(max_shadows=3)))
+    harness.bootstrap()
+    made = list(a_snapshot_a_minute(harness, range(3200), range(600, 2601), {"catch-up": 0.7, "ONLINE": 0.8}))
+    looks = [d["kind"] for _, d in made if d["reason"].startswith("on its own scores")]
+    assert len(looks) >= 5 and set(looks) == {"REFUSE"}
+    promoted = [(second, d["to_version"]) for second, d in made if d["kind"] == "PROMOTE"]
+    after = next(d["to_version"] for second, d in made if d["kind"] == "REGISTER" and second == 2640)
+    assert promoted and promoted[0] == (2640 + 499, after), [(s, d["kind"], d["reason"][:90]) for s, d in made]
