@@ -184,6 +184,22 @@ def test_features_without_prediction_are_joined_with_no_prediction_at_the_deadli
     assert join.counters.joined_without_prediction == 1
 
 
+def test_a_deadline_moved_later_by_the_label_is_not_cut_short_by_the_first_one():
+    """The heap keeps the entry's first deadline too; popped, it is stale (the stored one is later) and passed over."""
+    inputs, join = Inputs(), partition()
+    # Features at T0: deadline T0 + H + G. The label at T0 + 8 s moves it to T0 + 8 s + H + G.
+    assert run(join, inputs.features("e1", T0), inputs.label("e1", T0 + 8_000)) == []
+    assert join.store.get("e1")["deadline"] == T0 + 8_000 + H + G
+    # Stream time passes the first deadline, not the second: still waiting for a prediction.
+    assert run(join, inputs.features("other", T0 + H + G + 1_000)) == []
+    assert join.pending == 1
+    decisions = run(join, inputs.prediction("e1", T0 + H + G + 2_000))
+    assert [type(d) for d in decisions] == [Joined]
+    assert [p["model_version"] for p in decisions[0].example["predictions"]] == ["v1"]
+    assert join.counters.joined_without_prediction == 0
+    assert_accounted(join)
+
+
 def test_state_is_bounded_by_the_cap_and_evicts_the_entry_nearest_its_deadline():
     inputs, join = Inputs(), partition(max_entries=3)
     run(join, inputs.label("first", T0))  # nearest deadline: it waits for an event
