@@ -322,6 +322,32 @@ def test_an_input_read_twice_within_the_window_has_its_outputs_sent_again_once(m
     assert runner.stats.resent == 3
 
 
+class Twice:
+    """Two outputs of each input to the same topic, as the scorer's predictions of two shadows are."""
+
+    def process(self, batch: Sequence[ConsumedRecord]) -> ProcessResult:
+        return ProcessResult(outputs=[OutgoingRecord(SINK, r.key, {**r.value, "computed_at": n}, source=r)
+                                      for r in batch for n in (1, 2)])
+
+
+def test_every_output_of_an_input_with_several_is_sent_again(monkeypatch) -> None:
+    """Outputs of one input to one topic are told apart by their place among its outputs; as one,
+    only the last of each input was kept for the window and sent again."""
+    runner, serde, replacement = desync_runner(monkeypatch, window_s=60.0, processor=Twice(), healthy=6)
+    values = [serde.encode(sample_record(VECTOR, seed)) for seed in range(6)]
+    runner._run_batch([FakeMessage(v, offset, topic=SOURCE) for offset, v in enumerate(values[:3])])
+    runner._run_batch([FakeMessage(v, offset, topic=SOURCE) for offset, v in enumerate(values[3:], start=3)])
+
+    # The six outputs of offsets 0-2 were acknowledged, then the producer failed: all six are sent
+    # again, then the second batch's six.
+    sent = [serde.decode(v) for _t, _k, v, _h in replacement.produced]
+    ids = [serde.decode(v)["event_id"] for v in values]
+    assert [(r["event_id"], r["computed_at"]) for r in sent] == [
+        (event_id, to_datetime(n)) for event_id in ids for n in (1, 2)]
+    assert runner.stats.resent == 6
+    assert runner.consumer.commits[-1][0].offset == 6
+
+
 def to_datetime(millis: int) -> datetime:
     return datetime.fromtimestamp(millis / 1000, tz=UTC)
 
