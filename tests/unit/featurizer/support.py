@@ -75,7 +75,13 @@ def event(i: int, entity: str, ts: int, x: float | None = 1.0, **fields: Any) ->
 
 
 def records(events: Sequence[dict[str, Any]], partition: int = 0, first_offset: int = 0) -> list[ConsumedRecord]:
-    return [ConsumedRecord(TOPIC, partition, first_offset + i, e["entity"], e, 0) for i, e in enumerate(events)]
+    """Records as a producer sends them: each stamped (CreateTime) when it is sent, never before the
+    events sent so far, so an event that arrives late carries a Kafka timestamp past its event time."""
+    sent_at, stamped = 0, []
+    for i, e in enumerate(events):
+        sent_at = max(sent_at, e["ts"])
+        stamped.append(ConsumedRecord(TOPIC, partition, first_offset + i, e["entity"], e, sent_at))
+    return stamped
 
 
 def processor(spec: PipelineSpec, **kwargs: Any) -> FeaturizerProcessor:
@@ -204,7 +210,12 @@ class MemoryStore(FeatureStore):
 
 
 class ListHistory:
-    """A PartitionHistory over in-memory partitions: committed offsets and the records before them."""
+    """A PartitionHistory over in-memory partitions: committed offsets and the records before them.
+
+    A replay starts where KafkaPartitionHistory's does: at the first offset whose timestamp is at
+    least ``lookback_ms`` before the timestamp of the last record before the end offset (from the
+    first record when that is not past 0), so a restore that looks back too little is seen here too.
+    """
 
     def __init__(self, partitions: dict[int, list[ConsumedRecord]], committed: dict[int, int | None]) -> None:
         self.partitions = partitions
@@ -217,7 +228,12 @@ class ListHistory:
     def replay(self, ends, lookback_ms):  # noqa: ANN001 - the protocol's signature
         self.replays.append(dict(ends))
         for ref, end in ends.items():
-            yield from (r for r in self.partitions[ref.partition] if r.offset < end)
+            before = sorted((r for r in self.partitions[ref.partition] if r.offset < end), key=lambda r: r.offset)
+            if not before:
+                continue
+            since = before[-1].timestamp_ms - lookback_ms
+            start = 0 if since <= 0 else next(i for i, r in enumerate(before) if r.timestamp_ms >= since)
+            yield from before[start:]
 
 
 class RecordingMetrics:

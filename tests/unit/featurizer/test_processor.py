@@ -13,6 +13,7 @@ from services.featurizer.windows import OFFSET_MASK
 from streamloop.kafka import OutgoingRecord, Rejection
 from streamloop.kafka.records import ConsumedRecord, TopicPartitionRef
 from tests.unit.featurizer.support import (
+    TOPIC,
     ListHistory,
     MemoryStore,
     RecordingMetrics,
@@ -203,6 +204,27 @@ def test_a_restore_gives_the_uninterrupted_vectors_after_sums_beyond_a_double() 
     restored = processor(spec, history=ListHistory({0: recs}, committed={0: 2}))
     restored.on_assigned([TopicPartitionRef("events", 0)])
     assert vectors(restored.process(recs[2:]))["e3"] == expected["e3"]
+
+
+def test_a_restore_reads_back_an_event_dated_ahead_of_its_kafka_timestamp_by_up_to_the_disorder() -> None:
+    """The rebuild starts by Kafka timestamp, anchored at the last record's: it goes back the
+    retention for the state, once the disorder because the anchor's event may trail its timestamp
+    by that much, and once more because a needed event may be dated ahead of its own by that much."""
+    spec, disorder, skew = make_spec(COUNT_1M), 1_000_000, 999_000  # skew: within the disorder
+    assert processor(spec, disorder_ms=disorder).retention == 80_000
+    t0 = 1_700_000_000_000
+    e0, e1, e2 = event(0, "a", t0), event(1, "b", t0 + 80_000), event(2, "a", t0 + 55_000)
+    # (event, Kafka timestamp): e0's producer clock runs behind (event time ahead of its timestamp),
+    # e1's ahead (event time behind it); e2, needing e0 in its 60 s window, comes after the commit.
+    recs = [ConsumedRecord(TOPIC, 0, offset, e["entity"], e, e["ts"] + shift)
+            for offset, (e, shift) in enumerate([(e0, -skew), (e1, skew), (e2, 0)])]
+    straight = vectors(processor(spec, disorder_ms=disorder).process(recs))
+    assert straight["e2"]["numeric"]["count"] == 2.0
+    history = ListHistory({0: recs}, committed={0: 2})
+    restored = processor(spec, history=history, disorder_ms=disorder)
+    restored.on_assigned([TopicPartitionRef(TOPIC, 0)])
+    assert history.replays == [{TopicPartitionRef(TOPIC, 0): 2}]
+    assert vectors(restored.process(recs[2:]))["e2"] == straight["e2"]
 
 
 def test_revoked_partitions_given_back_at_their_committed_offset_keep_their_state() -> None:
