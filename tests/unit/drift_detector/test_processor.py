@@ -431,6 +431,22 @@ def test_a_restart_does_not_report_an_old_concept_drift_again(spec: PipelineSpec
     assert p.tick(0).outputs == [] and p.stats.replayed == p.settings.concept_replay
 
 
+def test_a_concept_alarm_of_the_previous_champion_is_not_raised_again_after_a_restart(spec: PipelineSpec) -> None:
+    """A concept event's cooldown outlives its champion, as its detectors do: restored across a
+    restart even when the alarm named the champion before (the loop promoted a new one after it)."""
+    consumed = labeled(6000, 0, 0.10) + labeled(1000, 6000, 0.35, seed=3)
+    live = [e for e in run(processor(spec), consumed) if e["kind"] == "CONCEPT"]
+    assert live and all(e["model_version"] == "v1" for e in live)
+    # v2 was promoted after the alarm; the detector restarts and replays the last labels, which
+    # still hold the jump.
+    champions = Champions(Champion("card-fraud", "fraud", "v2", at(6900)))
+    p = processor(spec, champions, History({TOPICS.labeled_examples: consumed}, live))
+    p.on_assigned([TopicPartitionRef(TOPICS.labeled_examples, 0)])
+    assert p.champion is not None and p.champion.version == "v2"
+    assert p.stats.detections >= 1, "the replay finds the jump again"
+    assert p.tick(0).outputs == [], "within the cooldown of the alarm raised before the restart"
+
+
 def test_the_warm_start_waits_for_the_champion(spec: PipelineSpec) -> None:
     consumed = features(REFERENCE + 3 * WINDOW)
     champions = Champions(None)
