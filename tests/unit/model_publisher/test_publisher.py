@@ -377,6 +377,20 @@ def test_a_canary_worse_than_the_champion_is_rolled_back(demo_pipeline, tmp_path
     assert harness.slot(CANARY) is None and harness.slot(CHAMPION)["version"] == old
 
 
+def test_of_two_challengers_that_pass_at_once_the_better_is_promoted_though_it_is_the_newer(demo_pipeline,
+                                                                                           tmp_path):
+    """The better of those that passed by relative improvement, not the first judged (the older)."""
+    harness = Harness(demo_pipeline, tmp_path)
+    old = harness.bootstrap()
+    runner_up, best = harness.shadow(), harness.shadow()
+    result = harness.feed("lab", examples(600, models={old: (0.5, "CHAMPION"), best: (0.8, "SHADOW"),
+                                                       runner_up: (0.75, "SHADOW")}))
+    assert [(d["kind"], d["to_version"]) for d in decisions(result)] == [("PROMOTE", best)]
+    champion = harness.slot(CHAMPION)
+    assert champion["version"] == best and champion["previous_version"] == old
+    assert harness.slot(shadow_slot(runner_up))["version"] == runner_up, "left to be judged against the new one"
+
+
 def test_a_challenger_that_passed_beside_a_canary_rolled_back_is_judged_again(demo_pipeline, tmp_path):
     """It was left in its shadow slot with no decision, until another candidate pushed it out."""
     harness = Harness(with_policy(demo_pipeline, promotion={"canary_weight": 0.2}), tmp_path)
