@@ -6,6 +6,7 @@ The model learns positive-vs-rest as True/False (``training.target``); everythin
 
 from __future__ import annotations
 
+import math
 import random
 
 import pytest
@@ -67,6 +68,21 @@ def test_the_zero_one_loss_is_positive_versus_rest_too(demo_pipeline: PipelineSp
     said_legit = {"predicted_class": "legit", "probabilities": {"fraud": 0.1, "legit": 0.9}}
     assert event_loss("zero_one", spec, "review", said_legit) == 0.0, "not fraud, as the model said"
     assert event_loss("zero_one", spec, "fraud", said_legit) == 1.0
+
+
+def test_the_log_loss_is_positive_versus_rest_too(demo_pipeline: PipelineSpec) -> None:
+    """A label of neither class is "not the positive class", as the model learned it: its loss is
+    that of 1 - P(positive), not of a class the model gave no probability (the clipped worst)."""
+    spec = ModelSpec.model_validate({**demo_pipeline.model.model_dump(), "positive_class": "1",
+                                     "negative_class": "0", "cost_matrix": None})
+    said_one = {"predicted_class": "1", "probabilities": {"1": 0.8, "0": 0.2}}
+    assert event_loss("log_loss", spec, "2", said_one) == pytest.approx(-math.log(0.2))
+    assert event_loss("log_loss", spec, "1", said_one) == pytest.approx(-math.log(0.8))
+    # A model that reports True/False while the labels carry the classes' names, "2" among them.
+    as_booleans = {"predicted_class": "true", "probabilities": {"true": 0.7, "false": 0.3}}
+    assert event_loss("log_loss", spec, "1", as_booleans) == pytest.approx(-math.log(0.7))
+    assert event_loss("log_loss", spec, "2", as_booleans) == pytest.approx(-math.log(0.3))
+    assert event_loss("log_loss", spec, "0", as_booleans) == pytest.approx(-math.log(0.3))
 
 
 def test_a_whole_number_label_sent_as_a_double_is_the_integer_s_class(demo_pipeline: PipelineSpec) -> None:
