@@ -247,6 +247,20 @@ def test_the_watch_tests_a_few_prefixes_so_its_looks_do_not_add_up_to_false_roll
     assert rolled <= 9, f"{rolled} of 100: under rollback_p_value (5 %) in expectation"
 
 
+def test_between_looks_the_verdict_is_the_last_look_s():
+    """The test runs on the prefix of the last look reached, not on every sample so far: evidence
+    and verdict between two looks are those of the earlier one."""
+    old, new = losses(WATCH, 0.4), losses(WATCH, 0.4)
+    for count, look in [(300, 300), (599, 300), (600, 600), (1_199, 600), (4_799, 2_400), (4_999, 4_800),
+                        (WATCH, WATCH)]:
+        verdict = decide_rollback(old[:count], new[:count], SPEC, watch_samples=WATCH)
+        assert verdict.evidence["sample_count"] == look, count
+        at_the_look = decide_rollback(old[:look], new[:look], SPEC, watch_samples=WATCH)
+        assert (verdict.outcome, verdict.reason, verdict.evidence) == \
+            (at_the_look.outcome, at_the_look.reason, at_the_look.evidence), count
+        assert f"on the first {look} events" in verdict.reason, count
+
+
 def test_canary_is_promoted_or_rolled_back_on_its_share_of_traffic():
     champion = losses(2000, 0.4, 0.05)
     assert decide_canary(champion, losses(300, 0.38, 0.05), SPEC).outcome == "promote"
