@@ -8,12 +8,13 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 
 import pytest
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from streamloop.contracts.samples import sample_record
 from streamloop.contracts.schemas import SchemaRepository
 from streamloop.kafka import KafkaSettings
 from streamloop.kafka import delivery as delivery_module
+from streamloop.kafka import runner as runner_module
 from streamloop.kafka.dead_letters import STAGE_PRODUCE, VALUE_DROPPED, read_error_headers
 from streamloop.kafka.exceptions import kafka_error_of
 from streamloop.kafka.records import ConsumedRecord, OutgoingRecord, ProcessResult
@@ -914,3 +915,47 @@ def test_a_runner_leaving_on_a_fatal_consumer_error_with_a_sound_producer_sends_
     assert [c[0].offset for c in runner.consumer.commits] == [3], "the second batch stays uncommitted"
     assert runner.stats.produced == 3 and runner.stats.resent == 0
     assert len(producer.produced) == sent_before_leaving, "the window is not sent again on the way out"
+
+
+class SubscribedConsumer(FakeConsumer):
+    """A consumer run() subscribes: hands out ``batches`` one by one, then calls ``when_drained``."""
+
+    def __init__(self, batches: list[list[FakeMessage]], when_drained) -> None:  # noqa: ANN001 - a callback
+        super().__init__()
+        self.batches, self.when_drained = batches, when_drained
+
+    def subscribe(self, topics, **_callbacks) -> None:  # noqa: ANN001 - the client's signature
+        pass
+
+    def consume(self, _num_messages: int, _timeout: float) -> list[FakeMessage]:
+        if self.batches:
+            return self.batches.pop(0)
+        self.when_drained()
+        return []
+
+    def assignment(self) -> list:
+        return []
+
+    def position(self, partitions: list[TopicPartition]) -> list[TopicPartition]:
+        return partitions
+
+    def get_watermark_offsets(self, _partition: TopicPartition, cached: bool = False) -> tuple[int, int]:
+        return 0, -1  # not known: no lag reported
+
+
+@pytest.mark.parametrize("fatal", [True, False], ids=["fatal-consumer-error", "stopped"])
+def test_run_exits_1_after_a_fatal_consumer_error_and_0_after_a_stop(monkeypatch, fatal: bool) -> None:
+    """A consumer that hit a fatal error never consumes again: the exit status has the supervisor
+    (or the orchestrator) restart the service, which rejoins the group; a stop is a clean exit."""
+    producer = FakeProducer()
+    runner, serde = stage_runner(producer)
+    value = serde.encode(sample_record(VECTOR, 0))
+    batch = [FakeMessage(value, 0, topic=SOURCE), *([FatalMessage(None, 1, topic=SOURCE)] if fatal else [])]
+    consumer = SubscribedConsumer([batch], when_drained=runner.stop)
+    monkeypatch.setattr(runner_module, "Consumer", lambda _config: consumer)
+    monkeypatch.setattr(delivery_module, "Producer", lambda _config: producer)
+
+    assert runner.run() == (1 if fatal else 0)
+    assert (runner._consumer_fatal is not None) is fatal
+    assert consumer.batches == [] and consumer.closed
+    assert [v for _t, _k, v, _h in producer.produced] == [value], "the batch in hand was finished"
