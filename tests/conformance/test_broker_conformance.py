@@ -64,6 +64,17 @@ KNOWN_DEFECTS: dict[str, dict[str, str]] = {
 }
 
 
+class FetchResponseDropped(AssertionError):
+    """librdkafka dropped a fetch response above receive.message.max.bytes: N2's symptom."""
+
+
+# What each known defect's failure looks like; any other failure of its test is a failure, not the
+# defect: an assertion, but never a broker that is unreachable or a set-up that failed.
+DEFECT_SYMPTOMS: dict[str, tuple[type[BaseException], ...]] = {
+    "test_fetch_response_size_is_bounded": (FetchResponseDropped,),
+}
+
+
 def _report(what: str, **figures: object) -> None:
     print(f"conformance: {what}: " + ", ".join(f"{k}={v}" for k, v in figures.items()))
 
@@ -90,9 +101,10 @@ def consumer_config(bootstrap_servers: str, group: str, **overrides: object) -> 
 def _known_defect(request: pytest.FixtureRequest, embedded_broker: EmbeddedBroker | None) -> None:
     reason = KNOWN_DEFECTS.get(embedded_broker.kind, {}).get(request.node.name) if embedded_broker else None
     if reason:
-        # Only the defect may fail it: its assertion, or the client's error when the broker's answer is
-        # malformed (N2's oversized fetch). A broken set-up (PreconditionError) or any other error fails.
-        request.applymarker(pytest.mark.xfail(reason=reason, strict=True, raises=(AssertionError, KafkaException)))
+        # Only the defect may fail it (DEFECT_SYMPTOMS, else its assertion). A broken set-up
+        # (PreconditionError), a broker that does not answer (KafkaException) or any other error fails.
+        symptoms = DEFECT_SYMPTOMS.get(request.node.name, (AssertionError,))
+        request.applymarker(pytest.mark.xfail(reason=reason, strict=True, raises=symptoms))
 
 
 @pytest.fixture(scope="module")
@@ -524,8 +536,24 @@ def test_an_empty_fetch_is_held_for_fetch_wait(bootstrap_servers: str, make_topi
     assert rate < 20, f"{rate:.0f} Fetch/s from one idle consumer with fetch.wait.max.ms=500"
 
 
+RESPONSE_TOO_LARGE = "increase receive.message.max.bytes"  # librdkafka's log line when it drops one
+
+
+def _dropped_responses(consumer: KafkaConsumer, caplog: pytest.LogCaptureFixture) -> list[str]:
+    """librdkafka's log lines of fetch responses it dropped as too large, polling up to 2 s for one:
+    the log line is served by poll(), and may come after the error it caused."""
+    deadline = time.monotonic() + 2.0
+    while True:
+        found = [r.getMessage() for r in caplog.records
+                 if r.name == LIBRDKAFKA_LOG.name and RESPONSE_TOO_LARGE in r.getMessage()]
+        if found or time.monotonic() >= deadline:
+            return found
+        with contextlib.suppress(KafkaException):
+            consumer.poll(0.2)
+
+
 def test_fetch_response_size_is_bounded(
-    bootstrap_servers: str, make_topic: TopicFactory, unique_name: str
+    bootstrap_servers: str, make_topic: TopicFactory, unique_name: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A consumer catching up on a backlog larger than its receive buffer still drains it.
 
@@ -543,7 +571,14 @@ def test_fetch_response_size_is_bounded(
                                            "receive.message.max.bytes": 1_000_000}))
     consumer.assign([TopicPartition(topic, p, 0) for p in range(2)])
     try:
-        got = consume(consumer, 4000, timeout_s=5.0)
+        try:
+            got = consume(consumer, 4000, timeout_s=5.0)
+        except KafkaException as exc:  # the connection dropped with the response: _BAD_MSG
+            if dropped := _dropped_responses(consumer, caplog):
+                raise FetchResponseDropped(f"{exc}, after: {dropped[0]}") from exc
+            raise
+        if len(got) < 4000 and (dropped := _dropped_responses(consumer, caplog)):
+            raise FetchResponseDropped(f"{len(got)} of 4000 records delivered: {dropped[0]}")
     finally:
         consumer.close()
     assert len(got) == 4000
