@@ -11,7 +11,10 @@ What a test checks after its fault (``verification.verify``):
 
 - every input event has a prediction or a dead letter, by event id (0 lost); duplicates are
   counted per event;
-- every label sent came back as a labeled example or an unmatched label;
+- every predicted event has a shadow prediction from each shadow its scorer certainly held when
+  it scored it (the shadows' spans read from the scorer's log, :meth:`FaultLoop.scorer_processes`);
+- every copy of a label sent came back as a labeled example or an unmatched label (the first
+  copy joined, each later one a DUPLICATE), and repeated labeled examples are counted per event;
 - Redis holds what a clean run holds: the featurizer's pure processor, applied in offset order
   to every record of the input topic (the very records the faulted run consumed, with their
   offsets), writes its rows through the same store code under another key prefix, and the two
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import heapq
+import math
 import os
 import re
 import signal
@@ -35,7 +39,8 @@ import urllib.request
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +69,11 @@ SESSION_TIMEOUT_MS = 6000
 # Every 40th event breaks a validation rule (a negative amount): it must come back as a dead letter.
 INVALID_EVERY = 40
 
+# A service's log line begins ``<asctime> <level> <service>[<pid>]`` (streamloop.service.context).
+LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) \S+ [\w-]+\[(\d+)\]")
+# The scorer's model holder logs each shadow swapped in or out (services/online_scorer/models.py).
+SHADOW_SWAP = re.compile(r" services\.online_scorer\.models: shadow \S+ version (\S+) (is live|retired) \(slot ")
+
 
 def fault_pipeline() -> PipelineSpec:
     return load_pipeline(FAULT_SPEC)
@@ -85,6 +95,50 @@ def events(count: int, seed: int, rate_per_s: float) -> list[Any]:
 
 
 # -- the loop -----------------------------------------------------------------------------------
+
+
+@dataclass
+class ScorerProcess:
+    """One process of a scorer replica as its log tells it: from its first line to the next process's
+    first line, and each shadow it held, from the line that swapped it in to the one that swapped it out."""
+
+    pid: int
+    started_ms: int
+    ended_ms: float = math.inf
+    shadows: list[tuple[str, int, float]] = field(default_factory=list)  # (version, live from, retired at)
+
+
+def log_time_ms(stamp: str) -> int:
+    """A log line's asctime (local time, milliseconds) as epoch milliseconds."""
+    return int(datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp() * 1000)
+
+
+def scorer_processes_of(log_text: str) -> list[ScorerProcess]:
+    """The processes one scorer replica's log file holds (its restarts append to it), in order."""
+    processes: list[ScorerProcess] = []
+    live: dict[str, int] = {}
+    for line in log_text.splitlines():
+        found = LOG_LINE.match(line)
+        if found is None:  # a traceback's or a wrapped message's continuation
+            continue
+        at, pid = log_time_ms(found.group(1)), int(found.group(2))
+        if not processes or processes[-1].pid != pid:
+            if processes:
+                processes[-1].ended_ms = at
+                processes[-1].shadows += [(version, since, at) for version, since in live.items()]
+            processes.append(ScorerProcess(pid, at))
+            live = {}
+        swap = SHADOW_SWAP.search(line)
+        if swap is None:
+            continue
+        version, what = swap.groups()
+        if what == "is live":
+            live.setdefault(version, at)
+        elif version in live:
+            processes[-1].shadows.append((version, live.pop(version), at))
+    if processes:
+        processes[-1].shadows += [(version, since, math.inf) for version, since in live.items()]
+    return processes
 
 
 class FaultLoop:
@@ -273,16 +327,17 @@ class FaultLoop:
             time.sleep(0.2)
         return False
 
-    def wait_labels(self, labeled_ids: list[str], timeout_s: float,
+    def wait_labels(self, label_copies: dict[str, int], timeout_s: float,
                     deadline: Callable[[], float] | None = None) -> bool:
-        """Wait for every label to come back; until ``timeout_s`` from now, or until ``deadline()`` (a
-        monotonic time, asked again on every round, so it may move on) when given."""
+        """Wait until every copy of every label came back (``label_copies``: event id -> copies sent), each
+        as a labeled example or an unmatched label; until ``timeout_s`` from now, or until ``deadline()``
+        (a monotonic time, asked again on every round, so it may move on) when given."""
         end = time.monotonic() + timeout_s
         until = deadline or (lambda: end)
         while time.monotonic() < until():
             with self.reader.lock:
                 obs = self.reader.observed
-                if all(obs.labeled[i] + obs.unmatched[i] >= 1 for i in labeled_ids):
+                if all(obs.labeled[i] + obs.unmatched[i] >= copies for i, copies in label_copies.items()):
                     return True
             time.sleep(0.3)
         return False
@@ -317,6 +372,11 @@ class FaultLoop:
             if not behind or time.monotonic() > deadline:
                 return {"behind": behind, "records": sum(targets.values())}
             time.sleep(0.5)
+
+    def scorer_processes(self) -> list[list[ScorerProcess]]:
+        """Each scorer replica's processes, from its log file."""
+        return [scorer_processes_of(s.log_path.read_text(errors="replace")) if s.log_path.exists() else []
+                for s in self.stack.processes if s.name == "online-scorer"]
 
     def group_of(self, service: str) -> str:
         """The service's consumer group (a stage's is this plus ``.<stage>``, the collector's internal topics too)."""

@@ -1,4 +1,4 @@
-"""Everything the loop emits, read back by event id: predictions, vectors, labels, dead letters."""
+"""Everything the loop emits, read back by event id: predictions, shadow predictions, vectors, labels, dead letters."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from confluent_kafka import Consumer, TopicPartition
 
 from streamloop.contracts import Catalog
 from streamloop.kafka.configuration import KafkaSettings
+from streamloop.ml.registry import millis
 from streamloop.serde import SerdeError, SingleObjectSerde
 
 
@@ -20,6 +21,10 @@ from streamloop.serde import SerdeError, SingleObjectSerde
 class Observed:
     predictions: Counter = field(default_factory=Counter)        # event id -> predictions seen
     versions: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
+    # event id -> (scored_at ms, version that served) of each prediction seen
+    scorings: dict[str, list[tuple[int, str]]] = field(default_factory=lambda: defaultdict(list))
+    # event id -> shadow predictions seen, by version
+    shadow_predictions: dict[str, Counter] = field(default_factory=lambda: defaultdict(Counter))
     vectors: dict[str, list[dict]] = field(default_factory=lambda: defaultdict(list))
     dead_letters: Counter = field(default_factory=Counter)       # event id -> dead letters seen
     other_dead_letters: int = 0
@@ -31,7 +36,8 @@ class Observed:
 
 
 class OutputReader:
-    """Reads predictions, feature vectors, labeled examples, unmatched labels and dead letters by event id."""
+    """Reads predictions, shadow predictions, feature vectors, labeled examples, unmatched labels and dead
+    letters by event id."""
 
     def __init__(self, catalog: Catalog, bootstrap_servers: str) -> None:
         self.catalog = catalog
@@ -56,6 +62,7 @@ class OutputReader:
         c = self.catalog
         handlers: dict[str, Callable[[bytes], None]] = {
             c["predictions"].name: self._on(self._serde("predictions"), self._prediction),
+            c["shadow_predictions"].name: self._on(self._serde("shadow_predictions"), self._shadow_prediction),
             c["features"].name: self._on(self._serde("features"), self._vector),
             c["labeled_examples"].name: self._on(self._serde("labeled_examples"), self._labeled),
             c["unmatched_labels"].name: self._on(self._serde("unmatched_labels"), self._unmatched),
@@ -116,6 +123,10 @@ class OutputReader:
         self.observed.predictions[event_id] += 1
         self.observed.versions[event_id].add(value["model_version"])
         self.observed.first_prediction_at.setdefault(event_id, time.monotonic())
+        self.observed.scorings[event_id].append((millis(value["scored_at"]), value["model_version"]))
+
+    def _shadow_prediction(self, value: dict) -> None:
+        self.observed.shadow_predictions[value["event_id"]][value["model_version"]] += 1
 
     def _vector(self, value: dict) -> None:
         self.observed.vectors[value["event_id"]].append(

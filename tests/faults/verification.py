@@ -18,10 +18,18 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from streamloop.store import RedisFeatureStore, create_redis_client
-from tests.faults.harness import FEATURE_GROUP
+from tests.faults.harness import FEATURE_GROUP, ScorerProcess
 
 if TYPE_CHECKING:
     from tests.faults.harness import FaultLoop
+    from tests.faults.outputs import Observed
+
+# A batch is scored with the shadows its scorer held when the batch began: a shadow is certainly
+# held for a prediction scored this long after the log line that swapped it in (a batch takes far
+# less), and until the line that swapped it out (logged right after the swap; less a margin for
+# the log's millisecond stamps).
+SHADOW_SETTLED_MS = 1_000
+SHADOW_RETIRED_MARGIN_MS = 50
 
 
 @dataclass
@@ -42,12 +50,22 @@ class ScenarioResult:
     max_copies: int = 0
     # The most copies one stage wrote per record it read, rounded up (see ``verify``).
     max_copies_per_stage: int = 0
+    # Shadow predictions of predicted events, and those missing: (event, shadow) pairs where the
+    # scorer certainly held the shadow when it scored the event (``shadow_gaps``), with no shadow prediction.
+    shadow_predictions: int = 0
+    shadow_missing: int = 0
+    # Label copies: an event's label may be sent more than once (``label_copies``); each copy comes
+    # back as a labeled example (the first) or an unmatched label (a later one, DUPLICATE).
     labels_sent: int = 0
     labels_back: int = 0
     labels_lost: int = 0
     # Labels of predicted events that came back only as unmatched: a join that lost its state.
     labels_unjoined: int = 0
+    labeled_events: int = 0
+    # Labeled examples beyond one per event, and the most of one event (as duplicates and max_copies
+    # count predictions).
     label_duplicates: int = 0
+    max_label_copies: int = 0
     redis_entities: int = 0
     redis_mismatches: int = 0
     vector_mismatches: int = 0
@@ -80,7 +98,7 @@ def verify(loop: FaultLoop, result: ScenarioResult, demo_events: list[Any], *, t
     instead of ``timeout_s`` after the outputs are in.
     """
     ids = [str(d.event["transaction_id"]) for d in demo_events]
-    labeled_ids = [str(d.event["transaction_id"]) for d in demo_events if d.label_copies]
+    label_copies = {str(d.event["transaction_id"]): d.label_copies for d in demo_events if d.label_copies}
     input_copies = loop.id_counts("input", loop.spec.input.event_id)
     in_input = set(input_copies)
     # Events the producing side never got into the input topic are not the loop's to lose; counted apart.
@@ -88,11 +106,15 @@ def verify(loop: FaultLoop, result: ScenarioResult, demo_events: list[Any], *, t
     if loop.producers:
         result.notes["user_producer_recreated"] = loop.producers[-1].recreated
     if broker_may_lose:
-        in_labels = loop.ids_in("labels", "event_id")
-        result.notes["labels_not_in_label_topic"] = sum(1 for i in labeled_ids if i not in in_labels)
+        in_labels = loop.id_counts("labels", "event_id")
+        result.notes["labels_not_in_label_topic"] = sum(1 for i in label_copies if i not in in_labels)
+        result.notes["label_copies_not_in_label_topic"] = sum(max(0, copies - in_labels[i])
+                                                              for i, copies in label_copies.items())
         ids = [i for i in ids if i in in_input]
-        # A label whose event the broker dropped waits for the join horizon (2 minutes) to come back unmatched.
-        labeled_ids = [i for i in labeled_ids if i in in_labels and i in in_input]
+        # A label whose event the broker dropped waits for the join horizon (2 minutes) to come back
+        # unmatched; a copy the broker dropped is not the loop's to answer.
+        label_copies = {i: min(copies, in_labels[i]) for i, copies in label_copies.items()
+                        if i in in_labels and i in in_input}
     phase = time.monotonic()
     complete = loop.wait_accounted(ids, timeout_s)
     result.notes["wait_outputs_s"] = round(time.monotonic() - phase, 1)
@@ -100,8 +122,8 @@ def verify(loop: FaultLoop, result: ScenarioResult, demo_events: list[Any], *, t
     # Every scenario counts its labels: a fault anywhere upstream (a replayed prediction, Redis, where
     # the collector keeps its join state) can cost one. ``labels=False`` only for a test that says why.
     if not labels:
-        labeled_ids = []
-    labels_complete = loop.wait_labels(labeled_ids, timeout_s, labels_deadline)
+        label_copies = {}
+    labels_complete = loop.wait_labels(label_copies, timeout_s, labels_deadline)
     result.notes["wait_labels_s"] = round(time.monotonic() - phase, 1)
     phase = time.monotonic()
     with loop.reader.lock:
@@ -116,14 +138,24 @@ def verify(loop: FaultLoop, result: ScenarioResult, demo_events: list[Any], *, t
         result.lost = sum(1 for i in ids if not obs.predictions[i] and not obs.dead_letters[i])
         result.duplicates = sum(max(0, obs.predictions[i] - 1) for i in ids)
         result.max_copies = max((obs.predictions[i] for i in ids), default=0)
-        result.labels_sent = len(labeled_ids)
-        result.labels_back = sum(1 for i in labeled_ids if obs.labeled[i] + obs.unmatched[i])
+        answered = {i: obs.labeled[i] + obs.unmatched[i] for i in label_copies}
+        result.labels_sent = sum(label_copies.values())
+        result.labels_back = sum(min(answered[i], copies) for i, copies in label_copies.items())
         result.labels_lost = result.labels_sent - result.labels_back
         if result.labels_lost:
-            missing = sorted(i for i in labeled_ids if not obs.labeled[i] + obs.unmatched[i])
+            missing = sorted(f"{i} ({answered[i]} of {copies})" for i, copies in label_copies.items()
+                             if answered[i] < copies)
             result.notes["labels_missing"] = missing[:10]
-        result.labels_unjoined = sum(1 for i in labeled_ids if obs.predictions[i] and not obs.labeled[i])
-        result.label_duplicates = sum(max(0, obs.labeled[i] - 1) for i in labeled_ids)
+        result.labels_unjoined = sum(1 for i in label_copies if obs.predictions[i] and not obs.labeled[i])
+        result.labeled_events = len(label_copies)
+        result.label_duplicates = sum(max(0, obs.labeled[i] - 1) for i in label_copies)
+        result.max_label_copies = max((obs.labeled[i] for i in label_copies), default=0)
+        result.shadow_predictions = sum(sum(obs.shadow_predictions[i].values()) for i in ids)
+        checked, gaps = shadow_gaps(loop.scorer_processes(), obs, ids)
+        result.shadow_missing = len(gaps)
+        result.notes["shadow_pairs_checked"] = checked
+        if gaps:
+            result.notes["shadow_missing"] = gaps[:10]
         result.other_dead_letters = obs.other_dead_letters - loop.dead_letters_before
         versions = set().union(*(obs.versions[i] for i in ids if obs.versions[i]))
         emitted = {i: list(obs.vectors[i]) for i in ids}
@@ -176,6 +208,31 @@ def verify(loop: FaultLoop, result: ScenarioResult, demo_events: list[Any], *, t
     return result
 
 
+def held_shadows(replicas: list[list[ScorerProcess]], scored_at: int) -> set[str]:
+    """The shadows every scorer process running at ``scored_at`` certainly held then (whichever of them scored)."""
+    held: list[set[str]] = []
+    for processes in replicas:
+        running = next((p for p in processes if p.started_ms <= scored_at < p.ended_ms), None)
+        if running is not None:
+            held.append({version for version, since, retired in running.shadows
+                         if since + SHADOW_SETTLED_MS <= scored_at < retired - SHADOW_RETIRED_MARGIN_MS})
+    return set.intersection(*held) if held else set()
+
+
+def shadow_gaps(replicas: list[list[ScorerProcess]], obs: Observed, ids: list[str]) -> tuple[int, list[str]]:
+    """(event, shadow) pairs checked, and those without a shadow prediction: for each prediction of
+    an event, every shadow its scorer certainly held, but the version that served it (scored once,
+    in the role that served: services/online_scorer/processor.py)."""
+    checked, gaps = 0, []
+    for i in ids:
+        required: set[str] = set()
+        for scored_at, served in obs.scorings[i]:
+            required |= held_shadows(replicas, scored_at) - {served}
+        checked += len(required)
+        gaps += [f"{i}: {version}" for version in sorted(required) if not obs.shadow_predictions[i][version]]
+    return checked, gaps
+
+
 def clean_replay(loop: FaultLoop) -> tuple[str, dict[str, dict]]:
     """Apply the featurizer's processor to the whole input topic in offset order.
 
@@ -204,7 +261,7 @@ def clean_replay(loop: FaultLoop) -> tuple[str, dict[str, dict]]:
 
 def assert_sound(result: ScenarioResult, max_copies: int | None = 2, *, same_input: bool = True,
                  max_copies_per_stage: int = 2, labels_joined: bool = True,
-                 max_loop_duplicates: int | None = None) -> None:
+                 max_loop_duplicates: int | None = None, max_label_duplicates: int | None = None) -> None:
     """The assertions every scenario shares (after :func:`verify`).
 
     ``max_copies``: the most predictions of one event, end to end; ``None`` when the fault hits
@@ -214,6 +271,10 @@ def assert_sound(result: ScenarioResult, max_copies: int | None = 2, *, same_inp
     had already consumed): a replay of what is left is then no reference for Redis or the vectors.
     ``max_loop_duplicates``: the most duplicates the loop may write beyond the user's own copies;
     one per event unless the scenario derives another bound (a broker restart's re-sent windows).
+    ``max_label_duplicates``: the same for labeled examples, beyond one per labeled event; one per
+    labeled event unless the scenario derives another bound. The labeled examples of one event are
+    bounded as its predictions are: by ``max_copies``, or the per-stage bound where that is ``None``
+    (only the collector's join writes them, so they do not compound across stages).
     ``labels_joined=False`` when the broker may have dropped feature vectors or predictions, so a
     label may rightly come back unmatched; otherwise every label of a predicted event is joined
     (each arrives seconds after its event, well inside the join horizon).
@@ -230,7 +291,14 @@ def assert_sound(result: ScenarioResult, max_copies: int | None = 2, *, same_inp
     # A user's producer that replaced itself after a fatal error sends its last seconds again: the
     # copies it put in the input topic are each processed, and are not the loop's duplicates.
     assert result.loop_duplicates <= (result.events_in if max_loop_duplicates is None else max_loop_duplicates), result
-    assert result.labels_lost == 0, result
+    # Every shadow the scorer held scored every event it scored (the shadows' predictions are the
+    # judge's evidence): a lost one would go unnoticed by the counts above.
+    assert result.shadow_missing == 0, f"shadow predictions missing: {result}"
+    assert result.labels_lost == 0, f"label copies not answered: {result}"
+    # Repeated labeled examples are the collector's duplicates: bounded as the predictions' are.
+    assert result.max_label_copies <= (max_copies if max_copies is not None else max_copies_per_stage), result
+    assert result.label_duplicates <= (result.labeled_events if max_label_duplicates is None
+                                       else max_label_duplicates), result
     if labels_joined:
         assert result.labels_unjoined == 0, f"labels of predicted events came back unmatched: {result}"
     if same_input:
