@@ -95,6 +95,20 @@ def warm_start(loop: FaultLoop, since: int, killed_pid: int, timeout_s: float = 
 RESUMED = re.compile(r"online challenger resumed: (\d+) labels learned since champion (\S+) learned again")
 
 
+def of_line(candidates: dict[str, dict], version: str | None, champion: str, before_ms: int) -> bool:
+    """Whether ``version`` is ``champion`` or one of its line's online snapshots created before ``before_ms``."""
+    seen: set[str] = set()
+    while version is not None and version not in seen:
+        if version == champion:
+            return True
+        seen.add(version)
+        record = candidates.get(version)
+        if record is None or record["trigger"] != "ONLINE" or millis(record["created_at"]) > before_ms:
+            return False
+        version = record["parent_version"]
+    return False
+
+
 def resumed_line(loop: FaultLoop, since: int, killed_pid: int, killed_at_ms: int, timeout_s: float = 60.0) -> dict:
     """What the restarted retrainer learned again, and the first candidate of the line it resumed.
 
@@ -102,7 +116,9 @@ def resumed_line(loop: FaultLoop, since: int, killed_pid: int, killed_at_ms: int
 
     From its log line and the candidates topic: the line's first candidate must start, in every
     partition, right after what its champion's learner had read when that champion is an online
-    candidate (services/retrainer/resume.py); before, it started at the committed offsets.
+    candidate (services/retrainer/resume.py); before, it started at the committed offsets. When the
+    line had published snapshots since its champion before the kill, the resumed line goes on from
+    the newest (its parent): it must start right after what that snapshot's learner had read.
     """
     found = None
     deadline = time.monotonic() + timeout_s
@@ -121,9 +137,15 @@ def resumed_line(loop: FaultLoop, since: int, killed_pid: int, killed_at_ms: int
     notes: dict = {"resumed": True, "learned_again": int(found.group(1)), "champion": champion}
     while time.monotonic() < deadline:
         candidates = {r.value["version"]: r.value for rs in loop.read_topic("model_candidates").values() for r in rs}
-        line = sorted((c for c in candidates.values() if c["parent_version"] == champion and c["trigger"] == "ONLINE"
-                       and millis(c["created_at"]) > killed_at_ms), key=lambda c: c["version"])
+        line = sorted((c for c in candidates.values()
+                       if c["trigger"] == "ONLINE" and millis(c["created_at"]) > killed_at_ms
+                       and of_line(candidates, c["parent_version"], champion, killed_at_ms)),
+                      key=lambda c: c["version"])
         if line:
+            notes["parent"] = line[0]["parent_version"]
+            if notes["parent"] != champion:  # the newest snapshot of the line before the kill
+                snapshot = candidates[notes["parent"]]
+                notes["parent_next"] = {e["partition"]: e["offset"] + 1 for e in snapshot["read_through"] or []}
             parent = candidates.get(champion)
             rollbacks = {r.value["to_version"] for rs in loop.read_topic("model_decisions").values() for r in rs
                          if r.value["kind"] == "ROLLBACK"}
@@ -213,12 +235,29 @@ def test_sigkill_mid_stream_and_restart(loop: FaultLoop, service: str):
     if service == "retrainer":
         resume = result.notes["resume"]
         assert resume["resumed"], f"{resume}\n--- the restarted retrainer's log:\n{log_of['resume']}"
-        if resume["line_starts"] is not None and resume["champion_trigger"] == "ONLINE":
+        checked = []
+        # The line goes on from its newest snapshot since the champion, if it had published one before the kill.
+        continued = resume.get("parent") not in (None, resume["champion"])
+        if resume["line_starts"] is not None and not continued and resume["champion_trigger"] == "ONLINE":
             # read_through names every partition: the line starts where the champion's learner had read to.
             assert resume["line_starts"] and all(resume["champion_next"].get(p) == start
                                                  for p, start in resume["line_starts"].items()), resume
-        if resume["line_starts"] is not None and "-bootstrap-" in resume["champion"]:  # it learned every label
+            checked.append("online champion")
+        if resume["line_starts"] is not None and not continued and "-bootstrap-" in resume["champion"]:
+            # it learned every label
             assert all(resume["first_offsets"][p] == start for p, start in resume["line_starts"].items()), resume
+            checked.append("bootstrap champion")
+        if resume["line_starts"] is not None and continued:
+            # Where the snapshot's learner had read to, in every partition.
+            assert resume["line_starts"] and all(resume["parent_next"].get(p) == start
+                                                 for p, start in resume["line_starts"].items()), resume
+            checked.append("the line's newest snapshot")
+        # None applying is no pass: where the resumed line started would go unchecked.
+        assert checked, (
+            "the resumed line's start was not checked: "
+            + ("the champion changed before the resumed line published" if resume["line_starts"] is None else
+               f"the champion {resume['champion']} is neither the bootstrap nor an online candidate (its "
+               f"trigger: {resume.get('champion_trigger')})") + f"; {resume}")
     assert_sound(result)
 
 
