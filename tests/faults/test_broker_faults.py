@@ -205,10 +205,11 @@ def test_the_loop_recovers_from_a_broker_restart_mid_stream(private_loop: tuple[
     assert result.notes["labels_not_in_label_topic"] <= 10, result
     assert result.notes["label_copies_not_in_label_topic"] <= 20, result  # two copies of each at most
     # Duplicates: besides one replay per event, each stage whose producer met the fatal error sends
-    # again the outputs of the resend_window_s up to its last acknowledgement (under this traffic
-    # seconds after the restart, so the window holds outputs written after it too): the featurizer's
-    # vectors, which the scorer scores again, and the scorer's predictions. At most two windows of the
-    # stream's rate (a clean-clone CI run measured 880 duplicates of 599 events; local runs 261-495).
+    # again the outputs of the resend_window_s before its producer saw the broker go away (under this
+    # traffic, the restart itself; the error, seconds after it, when an acknowledgement came between):
+    # the featurizer's vectors, which the scorer scores again, and the scorer's predictions. At most two
+    # windows of the stream's rate (a clean-clone CI run measured 880 duplicates of 599 events; local
+    # runs 261-495).
     window = int(RunnerSettings().resend_window_s * 100.0)
     resent = 2 * window
     # Labeled examples are written by one stage, the collector's join: besides one replay per labeled

@@ -9,14 +9,22 @@ Two failures need more than a retry:
 
 - A fatal producer error: the broker lost the idempotent producer's sequence state, as noida-db
   does on a restart, and lost records it had acknowledged with it. The producer is replaced, and
-  the outputs and dead letters acknowledged in the ``resend_window_s`` up to the last
-  acknowledgement are sent again, since their inputs are committed and no replay would bring them
-  back. Up to the last acknowledgement, not to the error: a stage with no output for a minute
-  after the restart meets the error a minute later, and what it wrote just before the restart is
-  what the broker lost. Duplicates downstream are the price. For the same reason a stop sends
+  the outputs and dead letters acknowledged in the ``resend_window_s`` before the broker went
+  away are sent again, since their inputs are committed and no replay would bring them back. The
+  broker went away at the first sign of it since the last acknowledgement: a connection lost or
+  refused, or every broker down, as the producer's error callback reports it (the runner serves
+  the callbacks between batches, so an idle stage times it within a turn), or the fatal error
+  itself when nothing came before it. Not when the error is met: a stage with no output for a
+  minute after the restart meets it a minute later, and what it wrote just before the restart is
+  what the broker lost. Nor back from the last acknowledgement: a stage idle for a day would send
+  its day-old outputs again, undoing whatever was written over them since (a rollback in a
+  compacted table). Duplicates downstream are the price. For the same reason a stop sends
   those not yet acknowledged once more before leaving, while the batch's own outputs wait for its
   replay, and a runner that leaves for another reason after the error was reported, before a
-  batch met it, sends the window again on its way out.
+  batch met it, sends the window again on its way out. What is left: an output at risk is sent
+  again only when the stage next produces, so another writer's newer record of the same key in a
+  compacted table, written in between, ends up before it; and an acknowledgement after the broker
+  came back (another partition's) ends the sign, leaving the window back from the fatal error.
 - A record Kafka refuses for good (too large, invalid): no retry can send it, and waiting for it
   would hold its partition forever. The output's input record is dead-lettered instead, and a dead
   letter Kafka refuses goes again without its value. An output with no input record (a tick's) is
@@ -70,6 +78,11 @@ Encoded = tuple[str, bytes | None, bytes | None, Headers, int | None, Identity]
 # recovers, so the batch waits and retries.
 REFUSED_FOR_GOOD = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.INVALID_RECORD,
                               KafkaError.RECORD_LIST_TOO_LARGE})
+
+# Client errors that say the broker went away: a connection lost or refused, every broker down, a
+# name that no longer resolves. librdkafka reconnects on its own; the runner reports them, and the
+# first the producer reports since its last acknowledgement anchors the re-send window.
+BROKER_UNREACHABLE = frozenset({KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT, KafkaError._RESOLVE})
 
 # Why an output with no input record to dead-letter (a tick's) was dropped, as
 # streamloop_outputs_dropped_total's reason: Kafka refused it for good, or it did not match its
@@ -142,12 +155,30 @@ class Delivery:
         self._producer_config = kafka.producer(error_cb=self._on_client_error, **producer_overrides)
         self._producer_fatal = False
         # (monotonic time acknowledged, the record as produced), oldest first: the candidates for a
-        # re-send, those of the resend_window_s up to the newest (_forget_acknowledged).
+        # re-send, no older than the resend_window_s before the newest (_forget_acknowledged).
         self._acknowledged: deque[tuple[float, Encoded]] = deque()
+        # Monotonic time of the first sign since the last acknowledgement that the broker went away
+        # (BROKER_UNREACHABLE, or the fatal error itself): the re-send window ends there.
+        self._gone_at: float | None = None
         self.producer: Producer | None = None
 
     def open(self) -> None:
         self.producer = Producer(self._producer_config)
+
+    def serve(self) -> None:
+        """Serve the producer's callbacks while no batch is delivered, as the runner does at every turn.
+
+        Its error callback then reports a broker that went away within a turn of it, not at the stage's
+        next output, which may be a day later: that moment bounds the outputs sent again after a fatal
+        error. A fatal error raised here marks the producer for replacement, which the next batch (or
+        the exit) does.
+        """
+        if self.producer is None:
+            return
+        try:
+            self.producer.poll(0)
+        except (KafkaException, SystemError) as exc:
+            self._fatal_producer_error(exc)
 
     def close(self) -> None:
         if self.producer is None:
@@ -159,6 +190,7 @@ class Delivery:
                 raise
             if fatal_error_of(exc) is not None:
                 self._producer_fatal = True
+                self._broker_gone()
             log.warning("%s: producer flush at shutdown: %s", self._service, exc)
         if self._producer_fatal:
             # The fatal error came after the last batch was delivered (to the error callback, or
@@ -231,8 +263,7 @@ class Delivery:
                 return False
             log.warning("%s: %s; retrying in %.1fs", self._service, failed, backoff)
             if self._producer_fatal:
-                self._recreate_producer()
-                resent = self._recently_acknowledged(besides=outputs)
+                resent = self._replace_producer(besides=outputs)
                 outputs, owed = resent + outputs, owed + len(resent)
             self._stopping.wait(backoff)
             backoff = min(backoff * 2, self._settings.retry_backoff_max_s)
@@ -407,7 +438,16 @@ class Delivery:
         if error.fatal():
             # librdkafka may say so before produce or flush raises: the next retry still needs a new producer.
             self._producer_fatal = True
+            self._broker_gone()
+        elif error.code() in BROKER_UNREACHABLE:
+            self._broker_gone()
         self._report_client_error(error)
+
+    def _broker_gone(self) -> None:
+        """A sign that the broker went away, and may lose what it acknowledged last: the first since the
+        last acknowledgement is when the re-send window ends."""
+        if self._gone_at is None:
+            self._gone_at = time.monotonic()
 
     def _fatal_producer_error(self, exc: KafkaException | SystemError) -> DeliveryError:
         """A fatal producer error (e.g. OUT_OF_ORDER_SEQUENCE_NUMBER after a broker restart lost the
@@ -417,6 +457,7 @@ class Delivery:
         if error is None:
             raise exc
         self._producer_fatal = True
+        self._broker_gone()
         return DeliveryError(f"producer fatal error: {error.str()}")
 
     def _recreate_producer(self) -> None:
@@ -431,49 +472,65 @@ class Delivery:
         self.producer = Producer(self._producer_config)
         self._producer_fatal = False
 
+    def _replace_producer(self, besides: Sequence[Encoded] = ()) -> list[Encoded]:
+        """A new producer for a failed one, and the outputs its fatal error put at risk, to send again."""
+        # Every fatal error leaves a sign (_broker_gone), which no acknowledgement ends while the producer
+        # is failed (its last flush may acknowledge some): now only stands in, should one be missing.
+        gone_at = self._gone_at if self._gone_at is not None else time.monotonic()
+        self._recreate_producer()
+        self._gone_at = None
+        return self._recently_acknowledged(gone_at, besides=besides)
+
     def _remember_acknowledged(self, record: Encoded) -> None:
+        if not self._producer_fatal:
+            # The broker is there: a sign before this acknowledgement says nothing of what it lost since.
+            self._gone_at = None
         if not self._settings.resend_window_s:
             return
         self._acknowledged.append((time.monotonic(), record))
         self._forget_acknowledged()
 
     def _forget_acknowledged(self) -> None:
-        """Keep what was acknowledged in the ``resend_window_s`` up to the newest acknowledgement, at most
-        ``resend_max_records``. Measured back from the newest, not from now: what a stage wrote just
-        before a broker restart stays at risk however long the stage then goes without an output, and
-        only a later acknowledgement makes it older."""
+        """Keep at most ``resend_max_records``, none acknowledged more than ``resend_window_s`` before the
+        newest or, after a sign of the broker going away, before that sign: the window ends at the first
+        sign since the newest acknowledgement (acknowledgements after it come only from a failed
+        producer's last flush), and these are all it can hold. Not trimmed for the time since: a stage
+        idle after a broker restart still has what it wrote just before."""
         if not self._acknowledged:
             return
-        horizon = self._acknowledged[-1][0] - self._settings.resend_window_s
+        end = self._acknowledged[-1][0] if self._gone_at is None else min(self._gone_at, self._acknowledged[-1][0])
+        horizon = end - self._settings.resend_window_s
         while self._acknowledged[0][0] < horizon or len(self._acknowledged) > self._settings.resend_max_records:
             self._acknowledged.popleft()
 
-    def _recently_acknowledged(self, besides: Sequence[Encoded] = ()) -> list[Encoded]:
-        """The outputs acknowledged in the ``resend_window_s`` up to the last acknowledgement, to send again
-        (taken: they are remembered anew when acknowledged again). Duplicates downstream are the price:
-        at-least-once, nothing lost.
+    def _recently_acknowledged(self, gone_at: float, besides: Sequence[Encoded] = ()) -> list[Encoded]:
+        """The outputs acknowledged in the ``resend_window_s`` before ``gone_at`` (when the broker went away),
+        to send again (taken: they are remembered anew when acknowledged again). Duplicates downstream are
+        the price: at-least-once, nothing lost. Those acknowledged after it (by the failed producer's last
+        flush) are at risk as well, and go too.
 
         ``besides``: records about to be sent anyway. The failed producer's last flush
         (``_recreate_producer``) can acknowledge outputs the retry still holds as unacknowledged: sent
         both as a re-send and as the retry, they went twice more for one fault.
         """
-        # Trimmed as records are acknowledged (_forget_acknowledged), never for the time since the last.
-        last = self._acknowledged[-1][0] if self._acknowledged else 0.0
+        horizon = gone_at - self._settings.resend_window_s
         sending = {id(record) for record in besides}
         # One copy per identity, the latest: an input read again within the window (its offset
         # commit was lost) left two acknowledged copies of each of its outputs, and sending both
         # again wrote four of a record read once (CI, a broker restart).
         latest: dict[object, Encoded] = {}
-        for _, record in self._acknowledged:
+        for acknowledged_at, record in self._acknowledged:
+            if acknowledged_at < horizon:
+                continue
             identity = record[5]
             latest[identity if identity is not None else object()] = record
         records = [record for record in latest.values() if id(record) not in sending]
         self._acknowledged.clear()
         if records:
             self._stats.resent += len(records)
-            log.warning("%s: sending again the %d outputs acknowledged in the %.0f s up to the last "
-                        "acknowledgement (%.0f s ago): the broker may have lost them", self._service, len(records),
-                        self._settings.resend_window_s, time.monotonic() - last)
+            log.warning("%s: sending again the %d outputs acknowledged in the %.0f s before the broker went away "
+                        "(%.0f s ago): it may have lost them", self._service, len(records),
+                        self._settings.resend_window_s, time.monotonic() - gone_at)
         return records
 
     def _resend_before_leaving(self, owed: list[Encoded], timeout_s: float = 10.0) -> None:
@@ -484,8 +541,7 @@ class Delivery:
         """
         records = owed
         if self._producer_fatal:
-            self._recreate_producer()
-            records = self._recently_acknowledged(besides=owed) + owed
+            records = self._replace_producer(besides=owed) + owed
         if not records:
             return
         unacknowledged: list[str] = []

@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from streamloop.errors import DependencyUnavailable
 from streamloop.kafka import dead_letters
 from streamloop.kafka.configuration import KafkaSettings
-from streamloop.kafka.delivery import DROPPED_INVALID, DeadLetter, Delivery, Encoded, Identity
+from streamloop.kafka.delivery import BROKER_UNREACHABLE, DROPPED_INVALID, DeadLetter, Delivery, Encoded, Identity
 from streamloop.kafka.lag import records_behind
 from streamloop.kafka.pacing import FetchPacer
 from streamloop.kafka.records import (
@@ -61,10 +61,12 @@ class RunnerSettings(BaseModel):
     retry_backoff_max_s: float = Field(default=30.0, gt=0)
     lag_report_interval_s: float = Field(default=5.0, gt=0)
     tick_interval_s: float = Field(default=0.5, gt=0)
-    # Outputs acknowledged in this many seconds up to the last acknowledgement (not up to now: a stage
-    # idle since a broker restart meets the error late) are sent again after a fatal producer error:
-    # that error (OUT_OF_ORDER_SEQUENCE_NUMBER, say) means the broker lost sequence state, and
-    # noida-db then also lost records it had acknowledged (docs/reliability.md). 0 turns it off.
+    # Outputs acknowledged in this many seconds before the broker went away are sent again after a
+    # fatal producer error: that error (OUT_OF_ORDER_SEQUENCE_NUMBER, say) means the broker lost
+    # sequence state, and noida-db then also lost records it had acknowledged (docs/reliability.md).
+    # The broker went away at the producer's first connection error since its last acknowledgement
+    # (or at the fatal error, with none before it): not at the error, which a stage idle since a
+    # restart meets late, nor at the last acknowledgement, which may be a day old. 0 turns it off.
     resend_window_s: float = Field(default=5.0, ge=0)
     resend_max_records: int = Field(default=50_000, ge=1)
 
@@ -223,6 +225,10 @@ class StageRunner:
 
     def _turn(self) -> None:
         """One batch, if any came, then the processor's tick when it is due (none after a batch left undelivered)."""
+        # The producer's callbacks, served at every turn (a poll(0): no wait): its error callback then
+        # reports a broker that went away while the stage has nothing to send, which is where the
+        # re-send window after a fatal producer error ends (delivery.py).
+        self.delivery.serve()
         messages = self.pacer.consume(self.settings.batch_size, self.settings.poll_timeout_s)
         if messages and not self._run_batch(messages):
             # Stopped before the batch was delivered, and so before its state was saved: a tick's
@@ -252,6 +258,7 @@ class StageRunner:
                     raise _Abandoned(f"{what} waited for an unavailable dependency ({exc})") from exc
                 self.stats.dependency_waits += 1
                 log.warning("%s: %s: %s; retrying in %.1fs", self.service, what, exc, backoff)
+                self.delivery.serve()  # as at every turn: these waits reach 30 s
                 self._sleep(backoff)
                 backoff = min(backoff * 2, self.settings.retry_backoff_max_s)
 
@@ -526,7 +533,7 @@ class StageRunner:
         if error.fatal():
             log.error("%s: fatal %s error: %s", self.service, client, error.str())
             return
-        if error.code() in (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT, KafkaError._RESOLVE):
+        if error.code() in BROKER_UNREACHABLE:
             self.metrics.record_broker_unreachable()  # every one counted; only the log is rate-limited
             now = time.monotonic()
             if now - self._last_unreachable_log > 10:

@@ -1,5 +1,5 @@
 """Delivery retries: a batch sends again only what was not acknowledged, and a fatal producer error
-also sends again what was acknowledged in the last window (the broker may have lost it)."""
+also sends again what was acknowledged in the window before the broker went away (it may have lost it)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from streamloop.contracts.samples import sample_record
 from streamloop.contracts.schemas import SchemaRepository
+from streamloop.errors import DependencyUnavailable
 from streamloop.kafka import KafkaSettings
 from streamloop.kafka import delivery as delivery_module
 from streamloop.kafka import runner as runner_module
@@ -263,8 +264,13 @@ def test_outputs_acknowledged_before_the_window_are_not_sent_again(monkeypatch) 
     assert [v for _t, _k, v, _h in replacement.produced] == values[3:6], "a window of 0 turns it off"
 
 
+def broker_went_away(runner: StageRunner, code: int = KafkaError._ALL_BROKERS_DOWN) -> None:
+    """The runner's producer reports a connection lost (librdkafka's error callback, served by a poll)."""
+    runner.delivery._producer_config["error_cb"](KafkaError(code, "1/1 brokers are down"))
+
+
 def test_a_stage_idle_past_the_window_after_a_broker_restart_sends_its_last_outputs_again(monkeypatch) -> None:
-    """The window ends at the last acknowledgement, not when the fatal error is met: a low-rate stage (the
+    """The window ends when the broker went away, not when the fatal error is met: a low-rate stage (the
     publisher, the drift detector, the retrainer) meets it at its next batch, a minute after the restart,
     and the outputs it wrote just before the restart were older than the window by then, so never sent again
     although the broker lost them and their inputs are committed."""
@@ -272,12 +278,78 @@ def test_a_stage_idle_past_the_window_after_a_broker_restart_sends_its_last_outp
     clock = clocked(monkeypatch)
     values = [serde.encode(sample_record(VECTOR, seed)) for seed in range(6)]
     runner._run_batch([FakeMessage(v, offset, topic=SOURCE) for offset, v in enumerate(values[:3])])
-    clock.now += 60.0  # the broker restarts; no input for a minute
+    clock.now += 1.0
+    broker_went_away(runner)  # the broker restarts; no input for a minute
+    clock.now += 59.0
     runner._run_batch([FakeMessage(v, offset, topic=SOURCE) for offset, v in enumerate(values[3:], start=3)])
 
     assert [v for _t, _k, v, _h in replacement.produced] == values
     assert runner.stats.resent == 3
     assert runner.consumer.commits[-1][0].offset == 6
+
+
+def test_only_the_outputs_acknowledged_in_the_window_before_the_connection_was_lost_are_sent_again(
+        monkeypatch) -> None:
+    runner, serde, replacement = desync_runner(monkeypatch, window_s=5.0, healthy=6)
+    clock = clocked(monkeypatch)
+    values = [serde.encode(sample_record(VECTOR, seed)) for seed in range(9)]
+    runner._run_batch([FakeMessage(v, offset, topic=SOURCE) for offset, v in enumerate(values[:3])])
+    clock.now += 10.0
+    runner._run_batch([FakeMessage(v, offset, topic=SOURCE) for offset, v in enumerate(values[3:6], start=3)])
+    clock.now += 2.0
+    broker_went_away(runner, KafkaError._TRANSPORT)
+    clock.now += 60.0
+    runner._run_batch([FakeMessage(v, offset, topic=SOURCE) for offset, v in enumerate(values[6:], start=6)])
+
+    # The second batch was acknowledged 2 s before the connection was lost, the first 12 s before.
+    assert [v for _t, _k, v, _h in replacement.produced] == values[3:]
+    assert runner.stats.resent == 3
+
+
+def test_outputs_acknowledged_a_day_before_the_fatal_error_are_not_sent_again(monkeypatch) -> None:
+    """No sign of the broker going away before the fatal error: the window ends at the error. Measured back
+    from the last acknowledgement instead, a publisher idle for a day wrote its day-old champion record to
+    the compacted deployments table again, undoing a rollback made since."""
+    runner, serde, replacement = desync_runner(monkeypatch, window_s=5.0)
+    clock = clocked(monkeypatch)
+    values = [serde.encode(sample_record(VECTOR, seed)) for seed in range(6)]
+    runner._run_batch([FakeMessage(v, offset, topic=SOURCE) for offset, v in enumerate(values[:3])])
+    clock.now += 86_400.0
+    runner._run_batch([FakeMessage(v, offset, topic=SOURCE) for offset, v in enumerate(values[3:], start=3)])
+
+    assert [v for _t, _k, v, _h in replacement.produced] == values[3:]
+    assert runner.stats.resent == 0
+
+
+def test_outputs_acknowledged_a_day_before_the_broker_went_away_are_not_sent_again(monkeypatch) -> None:
+    """A broker restart a day after the stage's last output: what the stage wrote a day ago was not at risk."""
+    runner, serde, replacement = desync_runner(monkeypatch, window_s=5.0)
+    clock = clocked(monkeypatch)
+    values = [serde.encode(sample_record(VECTOR, seed)) for seed in range(6)]
+    runner._run_batch([FakeMessage(v, offset, topic=SOURCE) for offset, v in enumerate(values[:3])])
+    clock.now += 86_400.0
+    broker_went_away(runner)
+    clock.now += 60.0
+    runner._run_batch([FakeMessage(v, offset, topic=SOURCE) for offset, v in enumerate(values[3:], start=3)])
+
+    assert [v for _t, _k, v, _h in replacement.produced] == values[3:]
+    assert runner.stats.resent == 0
+
+
+def test_a_connection_lost_before_an_acknowledgement_no_longer_ends_the_window(monkeypatch) -> None:
+    """The broker went away a moment and answered again: that sign says nothing of a fatal error a day later."""
+    runner, serde, replacement = desync_runner(monkeypatch, window_s=5.0, healthy=6)
+    clock = clocked(monkeypatch)
+    values = [serde.encode(sample_record(VECTOR, seed)) for seed in range(9)]
+    runner._run_batch([FakeMessage(v, offset, topic=SOURCE) for offset, v in enumerate(values[:3])])
+    clock.now += 1.0
+    broker_went_away(runner, KafkaError._TRANSPORT)
+    runner._run_batch([FakeMessage(v, offset, topic=SOURCE) for offset, v in enumerate(values[3:6], start=3)])
+    clock.now += 86_400.0
+    runner._run_batch([FakeMessage(v, offset, topic=SOURCE) for offset, v in enumerate(values[6:], start=6)])
+
+    assert [v for _t, _k, v, _h in replacement.produced] == values[6:]
+    assert runner.stats.resent == 0
 
 
 def test_a_runner_leaving_long_after_its_last_output_sends_the_window_again(monkeypatch) -> None:
@@ -286,12 +358,59 @@ def test_a_runner_leaving_long_after_its_last_output_sends_the_window_again(monk
     replacement = FakeProducer()
     monkeypatch.setattr(delivery_module, "Producer", lambda _config: replacement)
     values = run_batch_of(runner, serde, 3)
-    clock.now += 60.0
+    clock.now += 1.0
+    broker_went_away(runner)
+    clock.now += 59.0
     reported_to_the_error_callback(runner)
     runner._on_consume_error(KafkaError(KafkaError.FENCED_INSTANCE_ID, "fenced", fatal=True))
     runner._shutdown()
 
     assert [v for _t, _k, v, _h in replacement.produced] == values
+    assert runner.stats.resent == 3
+
+
+class GoingAway(DesynchronizedProducer):
+    """DesynchronizedProducer whose poll() serves the client errors in ``pending`` to ``error_cb``, as
+    librdkafka's producer serves its error callback: only when polled (or flushed)."""
+
+    def __init__(self, healthy: int) -> None:
+        super().__init__(healthy)
+        self.pending: list[KafkaError] = []
+        self.error_cb = None
+        self.polls = 0
+
+    def poll(self, _timeout: float = 0) -> int:
+        self.polls += 1
+        served, self.pending = self.pending, []
+        for error in served:
+            self.error_cb(error)
+        return len(served)
+
+
+def test_an_idle_runner_serves_the_producer_s_callbacks_so_the_window_ends_when_the_broker_went_away(
+        monkeypatch) -> None:
+    """With nothing to send, the runner still polls its producer at every turn: the connection lost is
+    reported then, a minute before the stage's next batch meets the fatal error. Served only by that
+    batch's produce(), it came after the error, and the outputs of just before the restart were not sent
+    again."""
+    producer = GoingAway(healthy=3)
+    runner, serde = stage_runner(producer, resend_window_s=5.0)
+    producer.error_cb = runner.delivery._producer_config["error_cb"]
+    replacement = FakeProducer()
+    monkeypatch.setattr(delivery_module, "Producer", lambda _config: replacement)
+    clock = clocked(monkeypatch)
+    runner.pacer = OneBatch([])
+    values = run_batch_of(runner, serde, 3)
+    clock.now += 1.0
+    producer.pending.append(KafkaError(KafkaError._ALL_BROKERS_DOWN, "1/1 brokers are down"))
+    polls = producer.polls
+    runner._turn()  # nothing to consume
+    assert producer.polls == polls + 1 and not producer.pending
+    clock.now += 59.0
+    more = [serde.encode(sample_record(VECTOR, seed)) for seed in range(3, 6)]
+    runner._run_batch([FakeMessage(v, offset, topic=SOURCE) for offset, v in enumerate(more, start=3)])
+
+    assert [v for _t, _k, v, _h in replacement.produced] == values + more
     assert runner.stats.resent == 3
 
 
@@ -959,3 +1078,56 @@ def test_run_exits_1_after_a_fatal_consumer_error_and_0_after_a_stop(monkeypatch
     assert (runner._consumer_fatal is not None) is fatal
     assert consumer.batches == [] and consumer.closed
     assert [v for _t, _k, v, _h in producer.produced] == [value], "the batch in hand was finished"
+
+
+def test_a_runner_waiting_for_a_dependency_serves_the_producer_s_callbacks_too() -> None:
+    producer = GoingAway(healthy=0)
+    runner, _serde = stage_runner(producer)
+    producer.error_cb = runner.delivery._producer_config["error_cb"]
+    producer.pending.append(KafkaError(KafkaError._TRANSPORT, "Disconnected"))
+    outages = iter([DependencyUnavailable("redis: connection refused")])
+
+    def attempt() -> str:
+        for outage in outages:
+            raise outage
+        return "done"
+
+    assert runner._patiently("processing", attempt) == "done"
+    assert producer.polls == 1 and not producer.pending
+    assert runner.delivery._gone_at is not None
+
+
+class AcknowledgingInItsLastFlush(FakeProducer):
+    """Acknowledges what is produced; ``late`` is held, its acknowledgement given by the next flush()."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.late = None
+
+    def flush(self, _timeout: float = 0) -> int:
+        late, self.late = self.late, None
+        if late is not None:
+            late(None, None)
+        return 0
+
+
+def test_an_acknowledgement_the_failed_producer_gives_late_keeps_the_window_before_the_broker_went_away(
+        monkeypatch) -> None:
+    """The failed producer's last flush acknowledges a record a minute after the fatal error was reported:
+    the window before the broker went away still holds the outputs acknowledged then."""
+    producer = AcknowledgingInItsLastFlush()
+    runner, serde = stage_runner(producer, resend_window_s=5.0)
+    replacement = FakeProducer()
+    monkeypatch.setattr(delivery_module, "Producer", lambda _config: replacement)
+    clock = clocked(monkeypatch)
+    values = run_batch_of(runner, serde, 3)
+    clock.now += 1.0
+    reported_to_the_error_callback(runner)
+    late = (SINK, None, b"late", [], None, None)
+    producer.late = lambda error, _message: runner.delivery._remember_acknowledged(late)
+    clock.now += 60.0
+    runner._on_consume_error(KafkaError(KafkaError.FENCED_INSTANCE_ID, "fenced", fatal=True))
+    runner._shutdown()
+
+    assert [v for _t, _k, v, _h in replacement.produced] == [*values, b"late"]
+    assert runner.stats.resent == 4
