@@ -7,7 +7,8 @@
 - ``streamloop_drift_windows_total{kind}``: windows tested
 - ``streamloop_drift_detections_total{kind,detector,severity,emitted}``: detections; ``emitted="false"``
   when the cooldown or ``DRIFT_MIN_SEVERITY`` held them back
-- ``streamloop_drift_error_rate{model}``: the champion's error rate over the last window of labels
+- ``streamloop_drift_error_rate{model}``: the champion's error rate over the last window of labels, set
+  each time the concept detectors have taken in another window of errors (none before the first)
 - ``streamloop_drift_errors_adjusted_total{model,reason}``: regression errors the concept detectors
   took clipped to the cut-off (``reason="clipped"``) or left out, beyond ``LARGEST_ERROR``
   (``reason="unusable"``); a restart's replayed labels are not counted again

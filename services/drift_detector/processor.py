@@ -330,11 +330,16 @@ class DriftProcessor:
             return
         time_ms = millis(value["event_time"])
         self.stats.labeled += 1
+        window = self.spec.drift.window_size
+        windows_before = self.concept.examples // window
         for found in self.concept.update(error, time_ms):
             effect = found.recent - found.baseline
             self._emit(Detection("CONCEPT", found.detector, None, found.recent, None, effect,
                                  "CRITICAL" if found.rising else "INFO", found.start, found.end))
-        if self.metrics is not None and self.concept.examples % self.spec.drift.window_size == 0:
+        # Once per window_size errors the detectors took in. Not by examples % window_size: a regression's
+        # first errors are held until the cut-off is known (0 taken in, a 0.0 exported at every label), then
+        # go in at once, past the multiple, and the next export came only a window later.
+        if self.metrics is not None and self.concept.examples // window > windows_before:
             self.metrics.error_rate(champion.model_name, self.concept.recent)
 
     def _emit(self, detection: Detection) -> None:

@@ -375,6 +375,47 @@ def test_regression_errors_left_out_or_clipped_are_exported_once(spec: PipelineS
     service_metrics.shutdown()
 
 
+class ErrorRates:
+    """DriftMetrics that keep what the error-rate gauge is set to, in order."""
+
+    def __init__(self) -> None:
+        self.rates: list[float] = []
+
+    def window(self, *_args: object) -> None:
+        pass
+
+    def detection(self, *_args: object) -> None:
+        pass
+
+    def error_rate(self, _model: str, value: float) -> None:
+        self.rates.append(value)
+
+    def errors_adjusted(self, *_args: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize("task", ["regression", "classification"])
+def test_the_error_rate_gauge_is_set_once_per_window_of_errors_taken_in(spec: PipelineSpec, task: str) -> None:
+    """A regression's first 100 errors are held until the clipping cut-off is known: the detectors had taken in
+    none, and the gauge was set to 0.0 at each of them (99 times, the true rate ~2.0); then the held errors went
+    in at once, past the multiple of the window, and the gauge stayed at 0.0 a window longer."""
+    rates = ErrorRates()
+    if task == "regression":
+        spec = spec.model_copy(update={"model": spec.model.model_copy(update={"task": "regression"})})
+        records = labeled_errors([float(e) for e in np.abs(np.random.default_rng(0).normal(2.0, 0.1, 2 * WINDOW))])
+    else:
+        records = labeled(2 * WINDOW, 0, 0.2)
+    p = DriftProcessor(spec, TOPICS, DriftSettings(), Champions(), metrics=rates)
+    run(p, records[:100])
+    assert rates.rates == []
+    run(p, records[100:])
+
+    assert p.concept.examples == 2 * WINDOW
+    assert len(rates.rates) == 2, rates.rates
+    assert all(rate == pytest.approx(2.0 if task == "regression" else 0.2, abs=0.1) for rate in rates.rates), \
+        rates.rates
+
+
 @pytest.mark.parametrize(("value", "expected"), [(True, "true"), ("True", "true"), (1.0, "1"), (2, "2"), ("x", "x")])
 def test_labels_and_classes_compare_as_one_spelling(value: object, expected: str) -> None:
     """The detector, the metrics, the promotion losses and training spell a class the same way (one function)."""
