@@ -134,6 +134,71 @@ def test_a_venv_without_pip_is_made_again_and_installed(repo, log, tmp_path) -> 
     assert json.loads(demo)["args"] == ["demo"] and (venv / ".installed").exists()
 
 
+def working_creator(tmp_path: Path, log: Path) -> Path:
+    """A $PYTHON whose -m venv makes a working venv (of the wrappers above)."""
+    creator = tmp_path / "python3"
+    creator.write_text(CREATOR.format(python=sys.executable,
+                                      make=MAKE_WORKING.format(template=fake_venv(tmp_path / "template", log))))
+    creator.chmod(0o755)
+    return creator
+
+
+def site_packages(venv: Path) -> Path:
+    return next(venv.glob("lib/python*/site-packages"))
+
+
+def test_a_fresh_clone_gets_its_venv_and_ci_runs_the_tests(repo, log, tmp_path) -> None:
+    result = run([str(repo / ".ci" / "run")], tmp_path, tmp_path, PYTHON=str(working_creator(tmp_path, log)))
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    assert calls(log) == [f"{repo} -m pip install --quiet --disable-pip-version-check --upgrade pip",
+                          f"{repo} -m pip install --quiet --disable-pip-version-check -e {repo}[dev]",
+                          f"{repo} -m pytest"]
+
+
+def test_a_venv_holding_only_what_venv_puts_there_is_made_again(repo, log, tmp_path) -> None:
+    """setuptools and its files, caches, an empty dist-info of pip: nothing of the user's."""
+    venv = repo / ".venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    packages = site_packages(venv)
+    for name in ("setuptools", "setuptools-65.5.0.dist-info", "pkg_resources", "_distutils_hack", "__pycache__",
+                 "pip-23.2.1.dist-info"):
+        (packages / name).mkdir()
+    (packages / "distutils-precedence.pth").write_text("import _distutils_hack\n")
+    result = run([str(repo / "dev"), "demo"], tmp_path, tmp_path, PYTHON=str(working_creator(tmp_path, log)))
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.endswith("; creating it again\n"), result.stderr
+    assert (venv / ".installed").exists() and not (packages / "setuptools").exists()
+
+
+@pytest.mark.parametrize("holds", ["a package", "a ./dev install"])
+def test_a_venv_without_pip_that_holds_packages_is_refused_and_left_as_it_is(repo, log, tmp_path, holds) -> None:
+    """uv venv and uv sync make venvs without pip: removed to be made again, the user's packages went with it,
+    and offline no venv was left at all."""
+    venv = repo / ".venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    kept = venv / ".installed" if holds == "a ./dev install" else site_packages(venv) / "requests" / "__init__.py"
+    kept.parent.mkdir(exist_ok=True)
+    kept.write_text("")
+    result = run([str(repo / "dev"), "demo"], tmp_path, tmp_path, PYTHON=str(working_creator(tmp_path, log)))
+    assert result.returncode == 1
+    assert result.stderr == f"dev: {venv} cannot be used ({venv}/bin/python has no pip (No module named pip)) and " \
+                            "holds installed packages; remove it or set STREAMLOOP_VENV\n"
+    assert kept.exists() and (venv / "bin" / "python").exists() and not calls(log)
+
+
+def test_a_venv_of_an_old_python_with_streamloop_installed_is_refused_and_left_as_it_is(repo, log, tmp_path) -> None:
+    venv = installed(repo, log)
+    pyproject = repo / "pyproject.toml"
+    pyproject.write_text(pyproject.read_text().replace('requires-python = ">=3.11"', 'requires-python = ">=99.1"'))
+    version = ".".join(map(str, sys.version_info[:3]))
+    result = run([str(repo / "dev"), "demo"], tmp_path, tmp_path, PYTHON=sys.executable)
+    assert result.returncode == 1 and not calls(log)
+    assert result.stderr == f"dev: {venv} cannot be used ({venv}/bin/python is Python {version}, not 99.1 or " \
+                            "newer) and holds installed packages; remove it or set STREAMLOOP_VENV\n"
+    assert (venv / ".installed").exists()
+
+
 def test_a_venv_python_cannot_make_says_what_to_install_and_leaves_nothing_behind(repo, log, tmp_path) -> None:
     creator = tmp_path / "python3"
     creator.write_text(CREATOR.format(python=sys.executable, make=MAKE_BROKEN.format(python=sys.executable)))
@@ -149,7 +214,7 @@ def test_a_venv_python_cannot_make_says_what_to_install_and_leaves_nothing_behin
 
 
 def test_a_python_older_than_the_project_needs_is_named(repo, log, tmp_path) -> None:
-    installed(repo, log)
+    fake_venv(repo / ".venv", log)  # nothing installed in it yet: made again (one with packages is refused, below)
     pyproject = repo / "pyproject.toml"
     pyproject.write_text(pyproject.read_text().replace('requires-python = ">=3.11"', 'requires-python = ">=99.1"'))
     version = ".".join(map(str, sys.version_info[:3]))
