@@ -23,7 +23,7 @@ import importlib
 from collections.abc import Collection
 from typing import Any
 
-from river import base, compose, preprocessing
+from river import base, compose, linear_model, preprocessing
 
 from streamloop.contracts.pipeline import ModelSpec
 from streamloop.ml.exceptions import EstimatorSpecError
@@ -136,29 +136,43 @@ def final_estimator(model: base.Estimator) -> base.Estimator:
     return model
 
 
-# Where river's classifiers keep the classes they have learned: trees, kNN and the dummy
-# classifiers a set, the Mondrian tree a private set, naive Bayes a Counter of them.
+# Where river's classifiers keep the classes they have learned: trees, kNN and NoChangeClassifier
+# a set, the Mondrian tree a private set, naive Bayes a Counter of them.
 _CLASS_ATTRIBUTES = ("classes", "_classes", "class_counts")
 
 
 def learned_classes(model: base.Estimator) -> set[Any] | None:
-    """The classes ``model`` has learned, in the form it learned them; None when it keeps no such list.
+    """The classes ``model`` has learned, in the form it learned them; None when it cannot say.
 
     A pipeline answers for its final step, an ensemble for its members (a wrapper ensemble's own
-    model is the untrained template it copied), any other wrapper for the model it wraps.
-    LogisticRegression and the other binary linear models keep none: they take booleans only.
+    model is the untrained template it copied), any other wrapper for the model it wraps, or for
+    itself when that one has learned nothing (one-vs-rest trains copies of it). SoftmaxRegression
+    keeps a weight vector per class. A multiclass model with no such list (PriorClassifier, the
+    one-vs-rest wrapper) is asked for its probabilities of no features: it names every class it
+    has learned. LogisticRegression and the other binary linear models keep none and are not asked:
+    they take booleans only.
     """
     estimator = final_estimator(model)
     if isinstance(estimator, base.Ensemble):
         known = [classes for member in estimator if (classes := learned_classes(member)) is not None]
         return set().union(*known) if known else None
-    if isinstance(estimator, base.Wrapper):
-        return learned_classes(estimator._wrapped_model)
+    classes = learned_classes(estimator._wrapped_model) if isinstance(estimator, base.Wrapper) else None
+    if classes:
+        return classes
     for name in _CLASS_ATTRIBUTES:
-        classes = getattr(estimator, name, None)
-        if isinstance(classes, Collection) and not isinstance(classes, str):
-            return set(classes)
-    return None
+        attribute = getattr(estimator, name, None)
+        if isinstance(attribute, Collection) and not isinstance(attribute, str):
+            return set(attribute)
+    if isinstance(estimator, linear_model.SoftmaxRegression):
+        return set(estimator.weights)
+    if learns_any_class(estimator):
+        try:
+            probabilities = estimator.predict_proba_one({})
+        except Exception:  # noqa: BLE001 - a model that cannot predict without features cannot say
+            probabilities = None
+        if probabilities:
+            return set(probabilities)
+    return classes
 
 
 def learns_any_class(model: base.Estimator) -> bool:

@@ -47,10 +47,11 @@ def target(model: ModelSpec, label: Any, estimator: Any = None) -> Any:
     catch-up replay, a rebuild's fresh model) learns one label alike. Two exceptions keep the
     booleans for ``true`` and ``false``: a binary classifier (LogisticRegression and river's other
     linear ones, ``learns_any_class``), which takes ``int(label)``; and a model that has learned
-    them as booleans (trees, naive Bayes and the like fed them so before text classes were
-    learned as text), which keeps them and cannot learn another class beside them: InvalidLabel,
-    until a rebuild's model, which learns every class as text, replaces it. A regressor learns
-    a float. ``estimator`` None is a fresh model of ``model``.
+    them as booleans (fed them so before text classes were learned as text; ``learned_classes``
+    asks every multiclass model, SoftmaxRegression and the one-vs-rest wrapper too), which keeps
+    them and cannot learn another class beside them: InvalidLabel, until a rebuild's model, which
+    learns every class as text, replaces it. A regressor learns a float. ``estimator`` None is a
+    fresh model of ``model``.
     """
     problem = label_problem(model, label)
     if problem is not None:

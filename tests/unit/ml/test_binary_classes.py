@@ -235,3 +235,43 @@ def test_a_tree_that_learned_true_and_false_as_booleans_keeps_them_and_refuses_a
     legacy.learn_one(*training_pair(spec, event, legacy))
     assert set(predict(legacy, training_pair(spec, event)[0], spec).probabilities) == {"true", "false"}
     assert learned_classes(legacy) == {True, False}
+
+
+@pytest.mark.parametrize("estimator", ["river.linear_model.SoftmaxRegression", "river.dummy.PriorClassifier"])
+def test_a_multiclass_model_with_no_class_list_that_learned_booleans_keeps_them(estimator: str) -> None:
+    """SoftmaxRegression and PriorClassifier keep no list of classes: one fed booleans by older versions was
+    taken for a model with none and learned "true" and "false" beside True and False, four classes whose
+    probabilities, folded by class name, added up to more than 1."""
+    from streamloop.ml.estimators import learned_classes
+    from streamloop.ml.exceptions import InvalidLabel
+    from streamloop.ml.training import target
+
+    spec = ModelSpec.model_validate({"name": "m", "task": "classification", "estimator": estimator})
+    assert learned_classes(build_model(spec)) in (None, set()), "a fresh one has learned nothing"
+    legacy = build_model(spec)
+    for i in range(200):
+        label = i % 2 == 0
+        legacy.learn_one({"amount": float(label)}, label)  # as the older code learned it
+    assert learned_classes(legacy) == {True, False}
+    assert [target(spec, label, legacy) for label in (True, "true", False, "FALSE")] == [True, True, False, False]
+    with pytest.raises(InvalidLabel, match="cannot learn 'fraud' beside them"):
+        target(spec, "fraud", legacy)
+    for i in range(20):
+        label = ("true", "false")[i % 2]
+        legacy.learn_one({"amount": float(label == "true")}, target(spec, label, legacy))
+    assert learned_classes(legacy) == {True, False}
+    assert set(legacy.predict_proba_one({"amount": 1.0})) == {True, False}
+    probabilities = predict(legacy, {"amount": 1.0}, spec).probabilities
+    assert set(probabilities) == {"true", "false"} and sum(probabilities.values()) == pytest.approx(1)
+
+
+def test_a_one_vs_rest_wrapper_names_the_classes_it_learned_not_its_untrained_template() -> None:
+    from river import linear_model, multiclass
+
+    from streamloop.ml.estimators import learned_classes
+
+    model = multiclass.OneVsRestClassifier(linear_model.LogisticRegression())
+    assert not learned_classes(model)
+    for i in range(30):
+        model.learn_one({"amount": float(i % 3)}, (True, False)[i % 2])
+    assert learned_classes(model) == {True, False}
