@@ -61,6 +61,7 @@ class JoinAgent:
             if not await self._in_order(event.message):
                 continue
             applied.append(event)
+            self.state.mark()
             try:
                 decisions = self._apply(event)
             except DependencyUnavailable:
@@ -70,6 +71,7 @@ class JoinAgent:
                 self.state.discard()
                 raise
             except RecordRefusedError as exc:  # its join entry is larger than Kafka takes (TableStore.put)
+                self.state.rollback()  # none of its writes go out: the join is as before it
                 pending.append(await self._dead_letter_keyed(event.message, exc, dead_letters.STAGE_PRODUCE))
                 continue
             except Exception as exc:  # noqa: BLE001 - one poison record must not stop the join

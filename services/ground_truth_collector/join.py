@@ -32,6 +32,7 @@ horizon + grace + remember in stream time, is treated as new.
 from __future__ import annotations
 
 import heapq
+import logging
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
@@ -54,6 +55,9 @@ from services.ground_truth_collector.entries import (
     prediction_identity,
     unmatched_label,
 )
+from streamloop.kafka.exceptions import RecordRefusedError
+
+log = logging.getLogger(__name__)
 
 META_PREFIX = "\x00meta/"
 
@@ -94,6 +98,7 @@ class JoinCounters:
     ignored_after_decision: int = 0  # features or predictions for an event already given up on
     replayed: int = 0  # records the entry already holds (a replay after a restart): nothing to do
     implausible_times: int = 0  # times beyond their Kafka timestamp + future tolerance: left out of the clock
+    forgotten_too_large: int = 0  # entries deleted at their deadline: remembered, larger than the store takes
 
     @property
     def decided(self) -> int:
@@ -146,17 +151,30 @@ class JoinPartition:
         return self.time.clock
 
     def apply(self, item: JoinInput) -> list[Decision]:
-        """Apply one keyed record; return what to emit. A replayed record changes nothing."""
-        if not self.time.observe(item.source, item.time, item.timestamp_ms):
-            self.counters.implausible_times += 1
-        stored = self.store.get(item.event_id)
-        entry = Entry.from_state(stored) if stored is not None else None
-        if item.kind is Kind.LABEL:
-            decisions = self._on_label(entry, item)
-        elif item.kind is Kind.FEATURES:
-            decisions = self._on_features(entry, item)
-        else:
-            decisions = self._on_prediction(entry, item)
+        """Apply one keyed record; return what to emit. A replayed record changes nothing.
+
+        The store may refuse the record's own entry (RecordRefusedError: larger than Kafka takes);
+        the join is then as before the record (its counters and clock too), and the caller takes
+        back the store's writes since it began (``TableStore.rollback``) and dead-letters the record.
+        """
+        counters, pending, size = vars(self.counters).copy(), self.pending, self.size
+        time = StreamClock(self.config.idle_after_ms, self.config.future_tolerance_ms, self.config.sources,
+                           self.time.to_state())
+        try:
+            if not self.time.observe(item.source, item.time, item.timestamp_ms):
+                self.counters.implausible_times += 1
+            stored = self.store.get(item.event_id)
+            entry = Entry.from_state(stored) if stored is not None else None
+            if item.kind is Kind.LABEL:
+                decisions = self._on_label(entry, item)
+            elif item.kind is Kind.FEATURES:
+                decisions = self._on_features(entry, item)
+            else:
+                decisions = self._on_prediction(entry, item)
+        except RecordRefusedError:
+            vars(self.counters).update(counters)
+            self.pending, self.size, self.time = pending, size, time
+            raise
         decisions += self._expire()
         self._save_meta()
         return decisions
@@ -347,14 +365,22 @@ class JoinPartition:
             entry.status = Status.EXPIRED
         # A label whose event never came is remembered too: forgotten, its event's late records and
         # a label sent again would make a new entry, and a second decision for the same event.
-        if evicted or entry.remembered or not self.config.remember_ms:
-            self.store.delete(entry.event_id, self.partition)
-            self.size -= 1
-        else:
+        if not (evicted or entry.remembered or not self.config.remember_ms):
             entry.remembered = True
             entry.deadline += self.config.remember_ms
-            self._save(entry)
-            heapq.heappush(self._heap, (entry.deadline, entry.event_id))
+            try:
+                self._save(entry)
+            except RecordRefusedError as exc:
+                # Not the applied record's doing: refused, the pass would stop half done, the record
+                # blamed, and the entry (off the heap) would never expire. Forgotten instead.
+                log.warning("join partition %d: %s; deleted at its deadline instead of remembered", self.partition,
+                            exc)
+                self.counters.forgotten_too_large += 1
+            else:
+                heapq.heappush(self._heap, (entry.deadline, entry.event_id))
+                return decisions
+        self.store.delete(entry.event_id, self.partition)
+        self.size -= 1
         return decisions
 
     # -- time, deadlines and storage -----------------------------------------------------------

@@ -10,10 +10,16 @@ UTF-8 since non-ASCII text is written as it is (``\\uXXXX`` escapes, as entries 
 were, read the same).
 
 An entry is encoded when it is put, and one larger than the producer takes
-(``KAFKA_MESSAGE_MAX_BYTES``) is refused there (:class:`EntryTooLargeError`), while the join
-applies the record that made it: the record is dead-lettered in its turn. Refused by the producer
-only at the flush, after the batch's outputs went out, it stopped the worker, and every restart
-replayed the batch into the same refusal.
+(``KAFKA_MESSAGE_MAX_BYTES``) is refused there (:class:`EntryTooLargeError`). Only the entry of
+the record being applied is ever refused: the join catches the refusal of an entry it writes on
+its own (one that reached its deadline, remembered a few bytes larger, or written before the limit
+was lowered) and deletes that entry instead (``JoinPartition._on_deadline``), so an expiry pass
+always completes. The record that made its entry too large is dead-lettered in its turn, and
+none of its writes go out: the collector marks the held writes before it applies a record
+(:meth:`TableStore.mark`) and rolls back to the mark when the record is refused
+(:meth:`TableStore.rollback`). Refused by the producer only at the flush, after the batch's
+outputs went out, it stopped the worker, and every restart replayed the batch into the same
+refusal.
 """
 
 from __future__ import annotations
@@ -65,6 +71,7 @@ class DictStore:
 
 
 _DELETED = None
+_UNSET = object()
 
 
 class TableStore:
@@ -76,6 +83,8 @@ class TableStore:
         self.max_bytes = max_bytes  # the producer's limit for one record (producer_max_request_size)
         # key -> (partition, the entry encoded); None: deleted
         self._pending: dict[bytes, tuple[int, bytes | None]] = {}
+        # What the writes since the mark replaced in _pending (_UNSET: nothing), to roll them back.
+        self._undo: dict[bytes, tuple[int, bytes | None] | object] = {}
 
     def get(self, key: str) -> dict[str, Any] | None:
         raw_key = key.encode()
@@ -91,10 +100,28 @@ class TableStore:
                 raise EntryTooLargeError(
                     f"the join state of {key!r} would be a {size:,}-byte changelog record, more than the "
                     f"{self.max_bytes:,} bytes Kafka takes (KAFKA_MESSAGE_MAX_BYTES)")
-        self._pending[raw_key] = (partition, raw)
+        self._hold(raw_key, (partition, raw))
 
     def delete(self, key: str, partition: int) -> None:
-        self._pending[key.encode()] = (partition, _DELETED)
+        self._hold(key.encode(), (partition, _DELETED))
+
+    def _hold(self, raw_key: bytes, write: tuple[int, bytes | None]) -> None:
+        if raw_key not in self._undo:
+            self._undo[raw_key] = self._pending.get(raw_key, _UNSET)
+        self._pending[raw_key] = write
+
+    def mark(self) -> None:
+        """Before a record is applied: :meth:`rollback` takes back every write after this."""
+        self._undo.clear()
+
+    def rollback(self) -> None:
+        """Take back the writes since :meth:`mark`: a refused record's state is never flushed."""
+        for raw_key, before in self._undo.items():
+            if before is _UNSET:
+                self._pending.pop(raw_key, None)
+            else:
+                self._pending[raw_key] = before  # type: ignore[assignment]
+        self._undo.clear()
 
     def entries(self, partition: int) -> Iterator[tuple[str, dict[str, Any]]]:
         """Committed entries of one partition (read at assignment, before any write is pending)."""
@@ -135,7 +162,9 @@ class TableStore:
                 data[raw_key] = raw
             futures.append(await changelog.send(key=raw_key, value=raw, partition=partition))
         self._pending.clear()
+        self._undo.clear()
         return futures
 
     def discard(self) -> None:
         self._pending.clear()
+        self._undo.clear()

@@ -203,3 +203,79 @@ def test_join_entries_are_utf_8_and_the_escaped_ones_written_before_still_read()
     assert store.get("old") == {"partition": 0, "categorical": {"city": "Zürich"}}
     assert dict(store.entries(0)) == {"old": {"partition": 0, "categorical": {"city": "Zürich"}},
                                       "new": {"partition": 0, "categorical": {"city": "Zürich 東京"}}}
+
+
+def test_a_record_whose_entry_is_refused_leaves_the_join_as_it_was_before_it() -> None:
+    """The label of an event with a large feature vector makes its entry too large: refused and dead-lettered,
+    it had still counted as a label in and pending (labels_in = decided + pending, off by one for good), and
+    moved the clock its meta entry, rolled back, did not."""
+    from services.ground_truth_collector.join import JoinConfig, JoinPartition
+    from services.ground_truth_collector.state import EntryTooLargeError
+    from tests.unit.ground_truth_collector.factory import Inputs
+
+    inputs, table = Inputs(), Table()
+    config = JoinConfig(PIPELINE, horizon_ms=10_000, grace_ms=1_000, idle_after_ms=5_000)
+    big = inputs.features("e1", T0)
+    big.value["numeric"] = {f"f{i}": float(i) for i in range(3000)}
+    store = TableStore(table)
+    JoinPartition(0, store, config).apply(big)
+    asyncio.run(store.flush())
+    store = TableStore(table, max_bytes=len(table.data[b"e1"]) + 100)  # the entry fits; with a label it does not
+    join = JoinPartition(0, store, config)
+    before = (join.counters.as_dict(), join.pending, join.size, json.dumps(join.time.to_state()))
+    store.mark()
+    with pytest.raises(EntryTooLargeError, match="'e1'"):
+        join.apply(inputs.label("e1", T0 + 5_000))
+    store.rollback()
+    assert (join.counters.as_dict(), join.pending, join.size, json.dumps(join.time.to_state())) == before
+    assert store.pending_writes == 0 and join.counters.labels_in == join.counters.decided + join.pending
+
+
+def test_an_entry_that_no_longer_fits_is_deleted_at_its_deadline_and_the_expiry_pass_completes() -> None:
+    """Remembered at its deadline (a few bytes larger), or written before KAFKA_MESSAGE_MAX_BYTES was lowered,
+    an entry was refused while an unrelated record was applied: that record was dead-lettered, the decisions
+    already made in the pass were lost while their entries were written (e1 JOINED, its example never sent),
+    and the entry, off the deadline heap, never expired."""
+    from aiokafka.record.default_records import DefaultRecordBatchBuilder
+
+    from services.ground_truth_collector.join import JoinConfig, Joined, JoinPartition
+    from tests.unit.ground_truth_collector.factory import Inputs
+
+    inputs, table = Inputs(), Table()
+    config = JoinConfig(PIPELINE, horizon_ms=10_000, grace_ms=1_000, idle_after_ms=5_000)
+    store = TableStore(table)  # a run before the limit was lowered
+    join = JoinPartition(0, store, config)
+    join.apply(inputs.features("e1", T0 - 1_000))
+    join.apply(inputs.label("e1", T0 - 900))  # waits for a prediction until T0 + 10,100
+    big = inputs.features("big", T0)  # never labeled: remembered at T0 + 11,000
+    big.value["numeric"] = {f"f{i}": float(i) for i in range(3000)}
+    join.apply(big)
+    asyncio.run(store.flush())
+    limit = DefaultRecordBatchBuilder.estimate_size_in_bytes(b"big", table.data[b"big"], [])  # fits, just
+
+    store = TableStore(table, max_bytes=limit)  # restarted
+    join = JoinPartition(0, store, config)
+    decisions = join.apply(inputs.features("x", T0 + 60_000))
+    assert [type(d) for d in decisions] == [Joined] and decisions[0].example["event_id"] == "e1"
+    assert join.counters.forgotten_too_large == 1 and join.size == 2
+    asyncio.run(store.flush())
+    assert set(table.data) == {b"e1", b"x", b"\x00meta/0"}
+    assert json.loads(table.data[b"e1"])["status"] == "joined"
+
+
+def test_a_rollback_takes_back_the_writes_since_the_mark_only() -> None:
+    table = Table()
+    store = TableStore(table)
+    store.put("kept", {"partition": 0, "n": 1}, 0)
+    store.put("changed", {"partition": 0, "n": 1}, 0)
+    store.mark()
+    store.put("changed", {"partition": 0, "n": 2}, 0)
+    store.delete("kept", 0)
+    store.put("new", {"partition": 0, "n": 1}, 0)
+    store.put("new", {"partition": 0, "n": 2}, 0)
+    assert store.get("kept") is None and store.get("changed") == {"partition": 0, "n": 2}
+    store.rollback()
+    assert store.pending_writes == 2 and store.get("new") is None
+    asyncio.run(store.flush())
+    assert {key: json.loads(value) for key, value in table.data.items()} == {
+        b"kept": {"partition": 0, "n": 1}, b"changed": {"partition": 0, "n": 1}}
