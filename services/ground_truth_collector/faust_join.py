@@ -28,8 +28,10 @@ from services.ground_truth_collector.routing import (
     read_keyed,
     with_millis,
 )
+from services.ground_truth_collector.settings import SERVICE
 from streamloop.errors import DependencyUnavailable
 from streamloop.kafka import dead_letters
+from streamloop.kafka.delivery import DROPPED_REFUSED
 from streamloop.kafka.exceptions import InvalidRecordError, RecordRefusedError
 
 log = logging.getLogger(__name__)
@@ -84,7 +86,10 @@ class JoinAgent:
             refused: list[RecordRefusedError] = []
             for decision in decisions:
                 pending += await self._send_decision(decision, event.message, refused)
-            if refused:
+            if refused and control_of(header_list(event.message.headers)) == TICK:
+                for error in refused:  # a tick's decisions: no input record to dead-letter
+                    self._drop_refused(error)
+            elif refused:
                 pending.append(await self._dead_letter_keyed(event.message, refused[0], dead_letters.STAGE_PRODUCE))
         pending += await self._announce_clocks(touched)
         await self._settle(pending, waiting=self.state)
@@ -141,6 +146,13 @@ class JoinAgent:
         return await self._send(
             self.outputs["unmatched_labels"], refused, key=decision.record["event_id"].encode(), value=value,
             headers=forwarded_headers(trigger_headers, (HEADER_LABEL_SOURCE, decision.label_source.text().encode())))
+
+    def _drop_refused(self, error: RecordRefusedError) -> None:
+        """An output of a tick's decision Kafka refused for good: lost, logged and counted as the runner's
+        delivery counts it (``streamloop_outputs_dropped_total{topic,reason="refused"}``). Dead-lettered,
+        the tick record (no source) went to <group>-by-event.dlq as a VALIDATION failure."""
+        self.telemetry.metrics.record_dropped_outputs(error.topic or "unknown", DROPPED_REFUSED)
+        log.error("%s: dropped an output with no input record: %s", SERVICE, error)
 
     async def _announce_clocks(self, touched: dict[int, int]) -> list[Any]:
         """Tell the metrics stage the clocks of the join partitions a batch moved (or kept busy)."""

@@ -47,8 +47,9 @@ class Outputs:
             if error is None:
                 raise
             size = len(record.get("value") or b"")
-            refused.append(RecordRefusedError(
-                f"output to {topic.get_topic_name()} ({size:,} bytes) refused by Kafka: {error}"))
+            name = topic.get_topic_name()
+            refused.append(RecordRefusedError(f"output to {name} ({size:,} bytes) refused by Kafka: {error}",
+                                              topic=name))
             return []
 
     async def _dead_letter(self, message: Any, stage: str, error: BaseException, topic: Any = None,

@@ -17,8 +17,13 @@ class DeliveryError(KafkaRuntimeError):
 class RecordRefusedError(KafkaRuntimeError):
     """Kafka refused one output for good (too large, invalid): sending it again cannot succeed.
 
-    Its input record goes to the dead-letter topic with this error instead.
+    Its input record goes to the dead-letter topic with this error instead; an output with none
+    (a tick's) is dropped and counted under ``topic``, the output's, when the raiser knows it.
     """
+
+    def __init__(self, message: str, *, topic: str | None = None) -> None:
+        super().__init__(message)
+        self.topic = topic
 
 
 class BrokerUnavailableError(KafkaRuntimeError):

@@ -13,7 +13,7 @@ from faust.exceptions import ProducerSendError
 from faust.types import TP
 
 from services.ground_truth_collector.entries import Kind, SourceRef
-from services.ground_truth_collector.routing import keyed_headers
+from services.ground_truth_collector.routing import TICK, control_headers, keyed_headers
 from services.ground_truth_collector.settings import SERVICE, CollectorSettings
 from services.ground_truth_collector.state import TableStore
 from streamloop.kafka import dead_letters
@@ -279,3 +279,36 @@ def test_a_rollback_takes_back_the_writes_since_the_mark_only() -> None:
     asyncio.run(store.flush())
     assert {key: json.loads(value) for key, value in table.data.items()} == {
         b"kept": {"partition": 0, "n": 1}, b"changed": {"partition": 0, "n": 1}}
+
+
+def test_an_output_of_a_tick_s_decision_kafka_refuses_is_dropped_and_counted_as_the_runner_does(
+        collector, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A tick has no source record: its refused output dead-lettered the tick itself to <group>-by-event.dlq,
+    stage VALIDATION. The runner drops the output and counts it (Delivery.drop)."""
+    async def scenario() -> None:
+        worker = Worker(collector)
+        await worker.start()
+        dropped: list[tuple[str, str]] = []
+        monkeypatch.setattr(collector.telemetry.metrics, "record_dropped_outputs",
+                            lambda topic, reason, count=1: dropped.append((topic, reason)))
+        keyed_dlq = collector.keyed_dead_letters = Topic(f"{worker.keyed.name}.dlq")
+        examples = collector.ctx.topic("labeled_examples").name
+        collector.outputs["labeled_examples"] = Refusing(examples)
+        stream = Stream()
+        agent = asyncio.create_task(collector._join(stream))
+        stream.batches.put_nowait([keyed(worker, "features", features("e1"), 0, Kind.FEATURES),
+                                   keyed(worker, "labels", label("e1"), 1, Kind.LABEL)])  # waits for a prediction
+        await settled()
+        tick = SimpleNamespace(message=SimpleNamespace(
+            topic=worker.keyed.name, partition=0, offset=2, timestamp=(T0 + 3_600_000) / 1000, key=None,
+            headers=control_headers(TICK), value=b"", tp=TP(worker.keyed.name, 0),
+            generation_id=collector.app.consumer_generation_id))
+        stream.batches.put_nowait([tick])  # joined without a prediction at its deadline
+        await settled()
+        assert not agent.done()
+        assert [r["key"] for r in collector.outputs["labeled_examples"].refused] == [b"card-e1"]
+        assert keyed_dlq.sent == [] and dropped == [(examples, "refused")]
+        assert stream.acked == [(0, 0), (0, 1), (0, 2)]
+        agent.cancel()
+
+    asyncio.run(scenario())
