@@ -20,7 +20,8 @@ What a test checks after its fault (``verification.verify``):
   offsets), writes its rows through the same store code under another key prefix, and the two
   key sets and every hash (event time ``t``, sequence ``s``, features ``v``; not ``w``, the wall
   clock of the first write) must be equal. Every feature vector the faulted featurizer emitted,
-  duplicates included, must equal the clean processor's vector for that event;
+  duplicates included, must equal the clean processor's vector for that event (for one of its
+  copies, when the user's producer put the event in the input topic twice);
 - the scorer's served champion (``streamloop_model_info{slot="champion"}``) is the registry's
   champion slot, and every prediction names a version the registry deployed.
 """

@@ -193,8 +193,7 @@ def verify(loop: FaultLoop, result: ScenarioResult, demo_events: list[Any], *, t
     result.notes["redis_s"] = round(time.monotonic() - phase, 1)
     result.redis_entities = len(expected)
     result.redis_mismatches = len(mismatched)
-    result.vector_mismatches = sum(1 for i, copies in emitted.items() for v in copies
-                                   if v != clean_vectors.get(i))
+    result.vector_mismatches = vector_mismatches(emitted, clean_vectors)
 
     deadline = time.monotonic() + 60
     while True:
@@ -233,10 +232,10 @@ def shadow_gaps(replicas: list[list[ScorerProcess]], obs: Observed, ids: list[st
     return checked, gaps
 
 
-def clean_replay(loop: FaultLoop) -> tuple[str, dict[str, dict]]:
+def clean_replay(loop: FaultLoop) -> tuple[str, dict[str, list[dict]]]:
     """Apply the featurizer's processor to the whole input topic in offset order.
 
-    Returns the key prefix it wrote its rows under and its vector per event id.
+    Returns the key prefix it wrote its rows under and its vectors per event id (:func:`replay_vectors`).
     """
     from services.featurizer.processor import FeaturizerProcessor
 
@@ -246,17 +245,37 @@ def clean_replay(loop: FaultLoop) -> tuple[str, dict[str, dict]]:
     topic = loop.catalog["input"]
     processor = FeaturizerProcessor(loop.spec, topic.schema, features_topic=loop.catalog["features"].name,
                                     store=store, group=FEATURE_GROUP)
-    vectors: dict[str, dict] = {}
     try:
-        for _partition, records in sorted(loop.read_topic("input").items()):
-            for start in range(0, len(records), 500):
-                for output in processor.process(records[start:start + 500]).outputs:
-                    v = output.value
-                    vectors[v["event_id"]] = {"numeric": v["numeric"], "categorical": v["categorical"],
-                                              "late": v["late"]}
+        vectors = replay_vectors(processor, loop.read_topic("input"))
     finally:
         store.close()
     return replay_prefix, vectors
+
+
+def replay_vectors(processor: Any, partitions: dict[int, list[Any]]) -> dict[str, list[dict]]:
+    """The vectors ``processor`` emits over each partition's records in offset order, per event id.
+
+    One per copy of the event in the input topic: the user's producer, replaced after a fatal
+    error, sends its unacknowledged records again, and each copy is an event of its own at its
+    own offset, so the second copy's windows hold the first and its vector differs from the first's.
+    """
+    vectors: dict[str, list[dict]] = {}
+    for _partition, records in sorted(partitions.items()):
+        for start in range(0, len(records), 500):
+            for output in processor.process(records[start:start + 500]).outputs:
+                v = output.value
+                vectors.setdefault(v["event_id"], []).append(
+                    {"numeric": v["numeric"], "categorical": v["categorical"], "late": v["late"]})
+    return vectors
+
+
+def vector_mismatches(emitted: dict[str, list[dict]], clean: dict[str, list[dict]]) -> int:
+    """The emitted vectors equal to none of the clean replay's vectors of their event.
+
+    A vector does not say which copy of its event it was computed for (no input offset), so each
+    one must be the clean vector of one of the event's copies; replays of either copy are the same.
+    """
+    return sum(1 for i, copies in emitted.items() for v in copies if v not in clean.get(i, ()))
 
 
 def assert_sound(result: ScenarioResult, max_copies: int | None = 2, *, same_input: bool = True,
