@@ -21,6 +21,17 @@ def fatal_error_as_system_error() -> SystemError:
     return error
 
 
+def fatal_error_lost_as_system_error() -> SystemError:
+    """A producer's fatal error as confluent-kafka can also raise it out of poll() or flush(): lost, a bare
+    SystemError (a later callback in the same call cleared the exception, which the call still fails with)."""
+    return SystemError("<method 'flush' of 'cimpl.Producer' objects> returned NULL without setting an exception")
+
+
+def fatal_state_exception() -> KafkaException:
+    """What produce() raises on a producer past a fatal error, whatever the error was."""
+    return KafkaException(KafkaError(KafkaError._FATAL, "Unable to produce message: Local: Fatal error"))
+
+
 class FakeMessage:
     def __init__(self, value: bytes | None, offset: int, key: bytes | None = b"k", topic: str = TOPIC,
                  partition: int = 0, headers=None, timestamp_ms: int = 1_700_000_000_000) -> None:

@@ -160,6 +160,8 @@ class Delivery:
         # Monotonic time of the first sign since the last acknowledgement that the broker went away
         # (BROKER_UNREACHABLE, or the fatal error itself): the re-send window ends there.
         self._gone_at: float | None = None
+        # The topic last produced to: what _probed_fatal_error asks the producer about.
+        self._last_topic: str | None = None
         self.producer: Producer | None = None
 
     def open(self) -> None:
@@ -186,9 +188,10 @@ class Delivery:
         try:
             self.producer.flush(30)
         except (KafkaException, SystemError) as exc:  # a fatal producer raises; the consumer must still leave
-            if kafka_exception_of(exc) is None:
+            fatal = self._fatal_error_of(exc)
+            if fatal is None and kafka_exception_of(exc) is None:
                 raise
-            if fatal_error_of(exc) is not None:
+            if fatal is not None:
                 self._producer_fatal = True
                 self._broker_gone()
             log.warning("%s: producer flush at shutdown: %s", self._service, exc)
@@ -340,6 +343,7 @@ class Delivery:
         pinned = {} if partition is None else {"partition": partition}
         while True:
             try:
+                self._last_topic = topic
                 self.producer.produce(topic, value=value, key=key, headers=headers, on_delivery=callback, **pinned)
                 break
             except BufferError:
@@ -451,14 +455,51 @@ class Delivery:
 
     def _fatal_producer_error(self, exc: KafkaException | SystemError) -> DeliveryError:
         """A fatal producer error (e.g. OUT_OF_ORDER_SEQUENCE_NUMBER after a broker restart lost the
-        idempotence state) raised by produce, poll or flush, itself or as the cause of a SystemError
-        (``kafka_exception_of``): the batch is retried on a new producer. Anything else is raised again."""
-        error = fatal_error_of(exc)
+        idempotence state) raised by produce, poll or flush, itself, as the cause of a SystemError
+        (``kafka_exception_of``) or lost from a SystemError (``_fatal_error_of``): the batch is retried
+        on a new producer. Anything else is raised again."""
+        error = self._fatal_error_of(exc)
         if error is None:
             raise exc
         self._producer_fatal = True
         self._broker_gone()
         return DeliveryError(f"producer fatal error: {error.str()}")
+
+    def _fatal_error_of(self, exc: KafkaException | SystemError) -> KafkaError | None:
+        """The fatal producer error ``exc`` carries (``fatal_error_of``) or, for a SystemError that carries
+        no KafkaException, the one the producer is in (``_probed_fatal_error``).
+
+        confluent-kafka raises a fatal error from the callback dispatch of poll() or flush() by setting
+        it as the pending exception, not setting it aside as it does a callback's own exception, and
+        the dispatch goes on: a Python callback that runs later in the same call (a log line through
+        the ``logger``, an error callback, a delivery report) can clear it without a trace (a cold
+        logging call does), and the call then fails with
+        ``SystemError("<method 'flush' of 'cimpl.Producer' objects> returned NULL without setting an
+        exception")`` (seen in a broker-restart fault run of the online scorer).
+        """
+        error = fatal_error_of(exc)
+        if error is None and isinstance(exc, SystemError) and kafka_exception_of(exc) is None:
+            error = self._probed_fatal_error()
+        return error
+
+    def _probed_fatal_error(self) -> KafkaError | None:
+        """The producer's fatal error (_FATAL), if it is in one; None if not, or if it cannot tell.
+
+        confluent-kafka has no call for it, and poll() and flush() return as usual once the error was
+        raised (or lost): produce() is asked instead, with a record one byte over message.max.bytes,
+        which librdkafka answers at once without queueing it: _FATAL if the producer is in a fatal
+        error (checked first), MSG_SIZE_TOO_LARGE otherwise.
+        """
+        if self.producer is None or self._last_topic is None:
+            return None  # a producer that never produced has lost no idempotence state
+        limit = int(self._producer_config.get("message.max.bytes", 1_000_000))
+        try:
+            self.producer.produce(self._last_topic, value=bytes(limit + 1))
+        except KafkaException as exc:
+            return fatal_error_of(exc)
+        except (BufferError, SystemError):
+            return None
+        return None
 
     def _recreate_producer(self) -> None:
         log.warning("%s: producer hit a fatal error; creating a new one", self._service)
@@ -466,7 +507,7 @@ class Delivery:
         try:
             self.producer.flush(5)
         except (KafkaException, SystemError) as exc:  # a fatal producer raises again; what it holds goes anew
-            if kafka_exception_of(exc) is None:
+            if kafka_exception_of(exc) is None and self._fatal_error_of(exc) is None:
                 raise
             log.warning("%s: discarding the failed producer: %s", self._service, exc)
         self.producer = Producer(self._producer_config)
@@ -558,7 +599,7 @@ class Delivery:
                     unacknowledged.append(failure.error.str())
             left = self.producer.flush(timeout_s) if self.producer is not None else 0
         except (KafkaException, SystemError, DeliveryError) as exc:
-            if isinstance(exc, SystemError) and kafka_exception_of(exc) is None:
+            if isinstance(exc, SystemError) and kafka_exception_of(exc) is None and self._fatal_error_of(exc) is None:
                 raise
             log.error("%s: stopping: could not send again the outputs a fatal producer error put at risk: %s",
                       self._service, exc)

@@ -26,7 +26,9 @@ from tests.kafka_fakes import (
     FakeMessage,
     FakeProducer,
     fatal_error_as_system_error,
+    fatal_error_lost_as_system_error,
     fatal_kafka_exception,
+    fatal_state_exception,
 )
 
 REPOSITORY = SchemaRepository()
@@ -957,6 +959,47 @@ def test_outputs_sent_again_count_as_resent_not_as_produced_again(monkeypatch) -
 
     assert len(replacement.produced) == 6, "the first batch's three outputs, then the second's"
     assert (runner.stats.produced, runner.stats.resent) == (6, 3), "each output is produced once, whatever is resent"
+
+
+class FatalLostInFlushProducer(HoldsAfterHealthy):
+    """Holds what is produced after the first ``healthy`` records; flush() then raises a bare SystemError,
+    as confluent-kafka does when a callback later in the same flush cleared the fatal error it raised,
+    and produce() raises the fatal state from then on (poll and flush return as usual). ``fatal=False``:
+    the same SystemError from a producer in no fatal error (produce() refuses only an oversized record)."""
+
+    def __init__(self, healthy: int, fatal: bool = True) -> None:
+        super().__init__(healthy)
+        self.fatal = fatal
+        self.failed = False
+
+    def produce(self, topic, value=None, key=None, headers=None, on_delivery=None, **pinned) -> None:
+        if self.failed and self.fatal:
+            raise fatal_state_exception()
+        if value is not None and len(value) > 1_000_000:
+            raise KafkaException(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE, "Message size too large"))
+        super().produce(topic, value, key, headers, on_delivery, **pinned)
+
+    def flush(self, _timeout: float = 0) -> int:
+        if not self.held:
+            return 0
+        self.failed = True
+        raise fatal_error_lost_as_system_error()
+
+
+def test_a_fatal_error_lost_from_flush_as_a_bare_system_error_gets_a_new_producer(monkeypatch) -> None:
+    runner, replacement, values = two_batches_through(FatalLostInFlushProducer(healthy=3), monkeypatch)
+
+    # The SystemError carries no KafkaException, but the producer is past a fatal error (produce() says
+    # so): not a crash that loses the re-send window (the online scorer's, after a broker restart),
+    # the batch goes on a new producer, after the outputs acknowledged in the window.
+    assert [v for _t, _k, v, _h in replacement.produced] == values
+    assert runner.stats.resent == 3 and runner.stats.delivery_retries == 1
+    assert runner.consumer.commits[-1][0].offset == 6
+
+
+def test_a_bare_system_error_from_a_producer_in_no_fatal_error_is_raised_again(monkeypatch) -> None:
+    with pytest.raises(SystemError, match="returned NULL without setting an exception"):
+        two_batches_through(FatalLostInFlushProducer(healthy=3, fatal=False), monkeypatch)
 
 
 class FatalAtLastFlush(FakeProducer):
