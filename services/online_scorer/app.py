@@ -25,7 +25,7 @@ from services.online_scorer.processor import ScoringProcessor
 from services.online_scorer.settings import ScorerSettings
 from streamloop.contracts import TopicSpec
 from streamloop.kafka import KafkaSettings, StageRunner
-from streamloop.kafka.exceptions import fatal_error_of, unwrapped_kafka_exceptions
+from streamloop.kafka.exceptions import fatal_producer_error_of, unwrapped_kafka_exceptions
 from streamloop.kafka.table_reader import CompactedTopicReader
 from streamloop.serde import Serde
 from streamloop.service import ServiceContext
@@ -50,14 +50,18 @@ class KafkaAlertPublisher:
     def __call__(self, alert: dict[str, Any]) -> None:
         try:
             self._send(alert)
-        except KafkaException as exc:
-            if fatal_error_of(exc) is None:
+        except (KafkaException, SystemError) as exc:
+            if self._fatal_error_of(exc) is None:
                 raise
             # A producer past a fatal error (its idempotence state lost in a broker restart, say)
-            # refuses every later alert: the alert in hand goes again on a new one.
+            # refuses every later alert: the alert in hand goes again on a new one. A bare SystemError
+            # from poll() is the error lost in confluent-kafka's callback dispatch when produce() says so.
             log.warning("alert producer: %s; sending the alert again on a new producer", exc)
             self._producer = Producer(self._config)
             self._send(alert)
+
+    def _fatal_error_of(self, exc: BaseException) -> KafkaError | None:
+        return fatal_producer_error_of(exc, self._producer, self._topic.name, self._config)
 
     def _send(self, alert: dict[str, Any]) -> None:
         with unwrapped_kafka_exceptions():  # the model holder reports why an alert was not sent
@@ -69,7 +73,9 @@ class KafkaAlertPublisher:
         try:
             with unwrapped_kafka_exceptions():
                 undelivered = self._producer.flush(timeout_s)
-        except KafkaException as exc:  # the scorer must still close its store and telemetry
+        except (KafkaException, SystemError) as exc:  # the scorer must still close its store and telemetry
+            if isinstance(exc, SystemError) and self._fatal_error_of(exc) is None:
+                raise
             log.warning("alert producer flush at shutdown: %s", exc)
             return
         if undelivered:

@@ -52,6 +52,7 @@ from streamloop.kafka.exceptions import (
     DeliveryError,
     RecordRefusedError,
     fatal_error_of,
+    fatal_producer_error_of,
     kafka_error_of,
     kafka_exception_of,
 )
@@ -160,7 +161,7 @@ class Delivery:
         # Monotonic time of the first sign since the last acknowledgement that the broker went away
         # (BROKER_UNREACHABLE, or the fatal error itself): the re-send window ends there.
         self._gone_at: float | None = None
-        # The topic last produced to: what _probed_fatal_error asks the producer about.
+        # The topic last produced to: what fatal_producer_error_of asks the producer about.
         self._last_topic: str | None = None
         self.producer: Producer | None = None
 
@@ -466,40 +467,9 @@ class Delivery:
         return DeliveryError(f"producer fatal error: {error.str()}")
 
     def _fatal_error_of(self, exc: KafkaException | SystemError) -> KafkaError | None:
-        """The fatal producer error ``exc`` carries (``fatal_error_of``) or, for a SystemError that carries
-        no KafkaException, the one the producer is in (``_probed_fatal_error``).
-
-        confluent-kafka raises a fatal error from the callback dispatch of poll() or flush() by setting
-        it as the pending exception, not setting it aside as it does a callback's own exception, and
-        the dispatch goes on: a Python callback that runs later in the same call (a log line through
-        the ``logger``, an error callback, a delivery report) can clear it without a trace (a cold
-        logging call does), and the call then fails with
-        ``SystemError("<method 'flush' of 'cimpl.Producer' objects> returned NULL without setting an
-        exception")`` (seen in a broker-restart fault run of the online scorer).
-        """
-        error = fatal_error_of(exc)
-        if error is None and isinstance(exc, SystemError) and kafka_exception_of(exc) is None:
-            error = self._probed_fatal_error()
-        return error
-
-    def _probed_fatal_error(self) -> KafkaError | None:
-        """The producer's fatal error (_FATAL), if it is in one; None if not, or if it cannot tell.
-
-        confluent-kafka has no call for it, and poll() and flush() return as usual once the error was
-        raised (or lost): produce() is asked instead, with a record one byte over message.max.bytes,
-        which librdkafka answers at once without queueing it: _FATAL if the producer is in a fatal
-        error (checked first), MSG_SIZE_TOO_LARGE otherwise.
-        """
-        if self.producer is None or self._last_topic is None:
-            return None  # a producer that never produced has lost no idempotence state
-        limit = int(self._producer_config.get("message.max.bytes", 1_000_000))
-        try:
-            self.producer.produce(self._last_topic, value=bytes(limit + 1))
-        except KafkaException as exc:
-            return fatal_error_of(exc)
-        except (BufferError, SystemError):
-            return None
-        return None
+        """The fatal producer error ``exc`` carries or, for a bare SystemError, the one the producer is
+        in (``fatal_producer_error_of``, asked about the topic last produced to)."""
+        return fatal_producer_error_of(exc, self.producer, self._last_topic, self._producer_config)
 
     def _recreate_producer(self) -> None:
         log.warning("%s: producer hit a fatal error; creating a new one", self._service)

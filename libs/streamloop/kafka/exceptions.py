@@ -1,7 +1,8 @@
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from typing import Any
 
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import KafkaError, KafkaException, Producer
 
 from streamloop.errors import StreamloopError
 
@@ -76,6 +77,46 @@ def fatal_error_of(exc: BaseException) -> KafkaError | None:
     kafka = kafka_exception_of(exc)
     error = kafka_error_of(kafka) if kafka is not None else None
     return error if error is not None and (error.fatal() or error.code() == KafkaError._FATAL) else None
+
+
+
+def fatal_producer_error_of(exc: BaseException, producer: Producer | None, topic: str | None,
+                            config: Mapping[str, Any]) -> KafkaError | None:
+    """The fatal producer error ``exc`` carries (``fatal_error_of``) or, for a SystemError that carries
+    no KafkaException, the one ``producer`` is in (``probed_fatal_error``, asked about ``topic``, a
+    topic it produced to; None if there is none or no producer: one that never produced lost nothing).
+
+    confluent-kafka raises a fatal error from the callback dispatch of poll() or flush() by setting
+    it as the pending exception, not setting it aside as it does a callback's own exception, and
+    the dispatch goes on: a Python callback that runs later in the same call (a log line through
+    the ``logger``, an error callback, a delivery report) can clear it without a trace (a cold
+    logging call does), and the call then fails with
+    ``SystemError("<method 'flush' of 'cimpl.Producer' objects> returned NULL without setting an
+    exception")`` (seen in a broker-restart fault run of the online scorer).
+    """
+    error = fatal_error_of(exc)
+    if (error is None and isinstance(exc, SystemError) and kafka_exception_of(exc) is None
+            and producer is not None and topic is not None):
+        error = probed_fatal_error(producer, topic, config)
+    return error
+
+
+def probed_fatal_error(producer: Producer, topic: str, config: Mapping[str, Any]) -> KafkaError | None:
+    """The fatal error (_FATAL) ``producer``, made with ``config``, is in; None if none, or if it cannot tell.
+
+    confluent-kafka has no call for it, and poll() and flush() return as usual once the error was
+    raised (or lost): produce() is asked instead, with a record to ``topic`` one byte over
+    message.max.bytes, which librdkafka answers at once without queueing it: _FATAL if the producer
+    is in a fatal error (checked first), MSG_SIZE_TOO_LARGE otherwise.
+    """
+    limit = int(config.get("message.max.bytes", 1_000_000))
+    try:
+        producer.produce(topic, value=bytes(limit + 1))
+    except KafkaException as exc:
+        return fatal_error_of(exc)
+    except (BufferError, SystemError):
+        return None
+    return None
 
 
 @contextmanager

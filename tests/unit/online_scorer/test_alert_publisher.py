@@ -10,7 +10,12 @@ from streamloop.contracts.samples import sample_record
 from streamloop.kafka import KafkaSettings
 from streamloop.kafka.exceptions import kafka_error_of
 from streamloop.serde import make_serde
-from tests.kafka_fakes import FakeProducer, fatal_error_as_system_error
+from tests.kafka_fakes import (
+    FakeProducer,
+    fatal_error_as_system_error,
+    fatal_error_lost_as_system_error,
+    fatal_state_exception,
+)
 
 
 class FatalProducer(FakeProducer):
@@ -21,6 +26,31 @@ class FatalProducer(FakeProducer):
 
     def flush(self, _timeout: float = 0) -> int:
         raise fatal_error_as_system_error()
+
+
+class FatalLostProducer(FakeProducer):
+    """poll and flush raise the fatal error lost, a bare SystemError (a later callback in the same call
+    cleared it), and produce() raises the fatal state from then on. ``fatal=False``: the same SystemError
+    from a producer in no fatal error (produce() refuses only a record over message.max.bytes)."""
+
+    def __init__(self, fatal: bool = True) -> None:
+        super().__init__()
+        self.fatal = fatal
+        self.failed = False
+
+    def produce(self, topic, value=None, key=None, headers=None, on_delivery=None, **pinned) -> None:
+        if self.failed and self.fatal:
+            raise fatal_state_exception()
+        if value is not None and len(value) > 1_000_000:
+            raise KafkaException(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE, "Message size too large"))
+        super().produce(topic, value, key, headers, on_delivery, **pinned)
+
+    def poll(self, _timeout: float = 0) -> int:
+        self.failed = True
+        raise fatal_error_lost_as_system_error()
+
+    def flush(self, _timeout: float = 0) -> int:
+        return self.poll()
 
 
 def publisher_with(monkeypatch, catalog, *producers: FakeProducer) -> app.KafkaAlertPublisher:
@@ -54,5 +84,29 @@ def test_a_second_fatal_error_comes_out_as_its_kafka_exception(monkeypatch, cata
 def test_a_fatal_error_at_close_is_logged_not_raised(monkeypatch, catalog, caplog) -> None:
     # Raised, it skipped closing the store and telemetry, and the scorer left with a traceback.
     publisher = publisher_with(monkeypatch, catalog, FatalProducer())
+    publisher.close(0)
+    assert "alert producer flush at shutdown" in caplog.text
+
+
+def test_a_fatal_error_lost_as_a_bare_system_error_gets_a_new_producer(monkeypatch, catalog) -> None:
+    # The SystemError carries no KafkaException, but produce() says the producer is past a fatal error:
+    # raised, every later alert went to the failed producer until the scorer restarted.
+    healthy = FakeProducer()
+    publisher = publisher_with(monkeypatch, catalog, FatalLostProducer(), healthy)
+    alert = sample_record(catalog["alerts"].schema)
+    publisher(alert)
+    publisher(alert)
+    assert len(healthy.produced) == 2, "the alert in hand and the next went on the new producer"
+
+
+def test_a_bare_system_error_from_a_producer_in_no_fatal_error_is_raised_again(monkeypatch, catalog) -> None:
+    publisher = publisher_with(monkeypatch, catalog, FatalLostProducer(fatal=False), FakeProducer())
+    with pytest.raises(SystemError, match="returned NULL without setting an exception"):
+        publisher(sample_record(catalog["alerts"].schema))
+
+
+def test_a_fatal_error_lost_at_close_is_logged_not_raised(monkeypatch, catalog, caplog) -> None:
+    # Raised, it skipped closing the store and telemetry, as the SystemError-caused form did.
+    publisher = publisher_with(monkeypatch, catalog, FatalLostProducer())
     publisher.close(0)
     assert "alert producer flush at shutdown" in caplog.text
