@@ -441,7 +441,10 @@ class Delivery:
 
     def _on_client_error(self, error: KafkaError) -> None:
         if error.fatal():
-            # librdkafka may say so before produce or flush raises: the next retry still needs a new producer.
+            # Never from confluent-kafka (1.0 on): it raises a fatal error from the poll() or flush() that serves
+            # the callback instead of calling error_cb (_fatal_producer_error takes it there), and passes
+            # error_cb only errors with fatal() False. Kept for a client that does call it so: the next retry
+            # still needs a new producer.
             self._producer_fatal = True
             self._broker_gone()
         elif error.code() in BROKER_UNREACHABLE:
