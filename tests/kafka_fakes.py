@@ -63,6 +63,23 @@ class FakeMessage:
         return (1, self._timestamp_ms)
 
 
+class InFatalStateAfterFailing:
+    """Mixed in before a fake producer: once ``failed`` (and ``fatal``), produce() raises the fatal state,
+    and it refuses a value over message.max.bytes as librdkafka does, the probe a bare SystemError is
+    checked with (streamloop.kafka.exceptions.fatal_producer_error_of). ``fatal=False``: a producer in
+    no fatal error."""
+
+    fatal = True
+    failed = False
+
+    def produce(self, topic, value=None, key=None, headers=None, on_delivery=None, **pinned) -> None:  # noqa: ANN001
+        if self.failed and self.fatal:
+            raise fatal_state_exception()
+        if value is not None and len(value) > 1_000_000:
+            raise KafkaException(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE, "Message size too large"))
+        super().produce(topic, value, key, headers, on_delivery, **pinned)
+
+
 class FakeProducer:
     """Records what is produced and acknowledges it at once; ``deliver`` decides the outcome."""
 

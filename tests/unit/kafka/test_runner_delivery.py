@@ -25,10 +25,10 @@ from tests.kafka_fakes import (
     FakeConsumer,
     FakeMessage,
     FakeProducer,
+    InFatalStateAfterFailing,
     fatal_error_as_system_error,
     fatal_error_lost_as_system_error,
     fatal_kafka_exception,
-    fatal_state_exception,
 )
 
 REPOSITORY = SchemaRepository()
@@ -961,7 +961,7 @@ def test_outputs_sent_again_count_as_resent_not_as_produced_again(monkeypatch) -
     assert (runner.stats.produced, runner.stats.resent) == (6, 3), "each output is produced once, whatever is resent"
 
 
-class FatalLostInFlushProducer(HoldsAfterHealthy):
+class FatalLostInFlushProducer(InFatalStateAfterFailing, HoldsAfterHealthy):
     """Holds what is produced after the first ``healthy`` records; flush() then raises a bare SystemError,
     as confluent-kafka does when a callback later in the same flush cleared the fatal error it raised,
     and produce() raises the fatal state from then on (poll and flush return as usual). ``fatal=False``:
@@ -970,14 +970,6 @@ class FatalLostInFlushProducer(HoldsAfterHealthy):
     def __init__(self, healthy: int, fatal: bool = True) -> None:
         super().__init__(healthy)
         self.fatal = fatal
-        self.failed = False
-
-    def produce(self, topic, value=None, key=None, headers=None, on_delivery=None, **pinned) -> None:
-        if self.failed and self.fatal:
-            raise fatal_state_exception()
-        if value is not None and len(value) > 1_000_000:
-            raise KafkaException(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE, "Message size too large"))
-        super().produce(topic, value, key, headers, on_delivery, **pinned)
 
     def flush(self, _timeout: float = 0) -> int:
         if not self.held:

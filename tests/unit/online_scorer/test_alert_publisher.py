@@ -12,9 +12,9 @@ from streamloop.kafka.exceptions import kafka_error_of
 from streamloop.serde import make_serde
 from tests.kafka_fakes import (
     FakeProducer,
+    InFatalStateAfterFailing,
     fatal_error_as_system_error,
     fatal_error_lost_as_system_error,
-    fatal_state_exception,
 )
 
 
@@ -28,7 +28,7 @@ class FatalProducer(FakeProducer):
         raise fatal_error_as_system_error()
 
 
-class FatalLostProducer(FakeProducer):
+class FatalLostProducer(InFatalStateAfterFailing, FakeProducer):
     """poll and flush raise the fatal error lost, a bare SystemError (a later callback in the same call
     cleared it), and produce() raises the fatal state from then on. ``fatal=False``: the same SystemError
     from a producer in no fatal error (produce() refuses only a record over message.max.bytes)."""
@@ -36,14 +36,6 @@ class FatalLostProducer(FakeProducer):
     def __init__(self, fatal: bool = True) -> None:
         super().__init__()
         self.fatal = fatal
-        self.failed = False
-
-    def produce(self, topic, value=None, key=None, headers=None, on_delivery=None, **pinned) -> None:
-        if self.failed and self.fatal:
-            raise fatal_state_exception()
-        if value is not None and len(value) > 1_000_000:
-            raise KafkaException(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE, "Message size too large"))
-        super().produce(topic, value, key, headers, on_delivery, **pinned)
 
     def poll(self, _timeout: float = 0) -> int:
         self.failed = True
