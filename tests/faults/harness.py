@@ -12,7 +12,8 @@ What a test checks after its fault (``verification.verify``):
 - every input event has a prediction or a dead letter, by event id (0 lost); duplicates are
   counted per event;
 - every predicted event has a shadow prediction from each shadow its scorer certainly held when
-  it scored it (the shadows' spans read from the scorer's log, :meth:`FaultLoop.scorer_processes`);
+  it scored it (the shadows' spans read from the scorer's log, :meth:`FaultLoop.scorer_processes`),
+  but for a prediction a scorer restart cut short and the restarted scorer made again;
 - every copy of a label sent came back as a labeled example or an unmatched label (the first
   copy joined, each later one a DUPLICATE), and repeated labeled examples are counted per event;
 - Redis holds what a clean run holds: the featurizer's pure processor, applied in offset order

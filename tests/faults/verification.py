@@ -9,6 +9,7 @@ What is checked, and why, is in ``harness.py``'s docstring.
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 import uuid
@@ -218,14 +219,36 @@ def held_shadows(replicas: list[list[ScorerProcess]], scored_at: int) -> set[str
     return set.intersection(*held) if held else set()
 
 
+def cut_short(replicas: list[list[ScorerProcess]], scored_at: int, later: list[int]) -> bool:
+    """Whether the copy scored at ``scored_at`` may have lost its shadow predictions to a restart:
+    a scorer process running then was replaced (killed and restarted, its log says), and the event
+    was scored again at or after the replacement's first line (``later``: its other copies' times).
+
+    A batch's outputs are all sent before its offsets are committed, but a SIGKILL between the
+    prediction's delivery and a shadow prediction's leaves that batch uncommitted with part of its
+    outputs out: the next process scores it again, with the shadows deployed then. A shadow retired
+    (or promoted) in between never scores that event again, and need not have: the copy that
+    stands is the re-score. The copy cut short is not held to its shadows; the re-score is.
+    """
+    for processes in replicas:
+        running = next((p for p in processes if p.started_ms <= scored_at < p.ended_ms), None)
+        if running is not None and running.ended_ms != math.inf and any(t >= running.ended_ms for t in later):
+            return True
+    return False
+
+
 def shadow_gaps(replicas: list[list[ScorerProcess]], obs: Observed, ids: list[str]) -> tuple[int, list[str]]:
     """(event, shadow) pairs checked, and those without a shadow prediction: for each prediction of
     an event, every shadow its scorer certainly held, but the version that served it (scored once,
-    in the role that served: services/online_scorer/processor.py)."""
+    in the role that served: services/online_scorer/processor.py). A prediction the scorer's
+    restart may have cut short, and that was scored again after it, is held to nothing (``cut_short``)."""
     checked, gaps = 0, []
     for i in ids:
         required: set[str] = set()
+        times = [scored_at for scored_at, _ in obs.scorings[i]]
         for scored_at, served in obs.scorings[i]:
+            if cut_short(replicas, scored_at, [t for t in times if t > scored_at]):
+                continue
             required |= held_shadows(replicas, scored_at) - {served}
         checked += len(required)
         gaps += [f"{i}: {version}" for version in sorted(required) if not obs.shadow_predictions[i][version]]
