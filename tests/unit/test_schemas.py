@@ -14,6 +14,7 @@ import pytest
 
 from streamloop.contracts import PipelineSpec, SchemaRepository, load_catalog
 from streamloop.contracts.evolution import check_both_ways, check_compatibility, current_of, history_files
+from streamloop.contracts.exceptions import CatalogError
 from streamloop.contracts.samples import sample_record, sample_records, shadowed_union_branches
 from streamloop.contracts.schemas import AvroSchema
 from streamloop.serde import SingleObjectSerde
@@ -98,6 +99,17 @@ def test_every_union_branch_can_be_written(schema: AvroSchema, request: pytest.F
 @pytest.fixture(scope="module")
 def catalog(demo_pipeline: PipelineSpec):
     return load_catalog(demo_pipeline)
+
+
+@pytest.mark.parametrize("content", [b"\xff\xfe\x00topics", b"topics: [a, b]\n", b"topics: 3\n"],
+                         ids=["not-utf-8", "a-list", "a-number"])
+def test_an_unreadable_topic_catalog_is_a_catalog_error(tmp_path: Path, demo_pipeline, content: bytes) -> None:
+    """A custom STREAMLOOP_SCHEMAS_DIR's topics.yaml that is not UTF-8, or whose topics are no mapping, raised
+    UnicodeDecodeError or AttributeError (a traceback) instead of the one-line catalog error."""
+    path = tmp_path / "topics.yaml"
+    path.write_bytes(content)
+    with pytest.raises(CatalogError, match="cannot read the topic catalog"):
+        load_catalog(demo_pipeline, path=path)
 
 
 def test_catalog_names_a_schema_for_every_topic(catalog) -> None:

@@ -104,9 +104,11 @@ def load_catalog(
     path = path or root / "topics.yaml"
     repository = repository or SchemaRepository(root)
     try:
-        raw = yaml.safe_load(path.read_text())["topics"]
-    except (OSError, yaml.YAMLError, KeyError, TypeError) as exc:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))["topics"]
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, KeyError, TypeError) as exc:
         raise CatalogError(f"cannot read the topic catalog {path}: {exc}") from exc
+    if not isinstance(raw, dict):  # one line, as for the pipeline spec, not an AttributeError
+        raise CatalogError(f"cannot read the topic catalog {path}: 'topics' is not a mapping of roles to topics")
     topics: dict[str, TopicSpec] = {}
     for role, entry in raw.items():
         try:
