@@ -48,7 +48,8 @@ from services.ground_truth_collector.internal_topics import (
     joined_topic,
     keyed_topic,
 )
-from services.ground_truth_collector.join import JoinConfig, JoinCounters, JoinPartition
+from services.ground_truth_collector.join import JoinPartition
+from services.ground_truth_collector.join_interface import JoinConfig, JoinCounters
 from services.ground_truth_collector.pacing import OffsetOrder, Pacer
 from services.ground_truth_collector.reporting import CollectorMetrics
 from services.ground_truth_collector.revocation import Rebalancing, Revocations

@@ -14,7 +14,7 @@ So a partition held for ``COLLECTOR_TAKE_BACK_AFTER`` during which its hash was 
 owner number and offset read the same at both ends of the wait) is taken back as an assignment
 would take it: the runner seeks the consumer back to the held commit (with the next batch, if it
 was found after a tick: only a batch commits and seeks), and the first record read again takes
-the partition over (a new owner number) and checks the state against its offset (stages.py).
+the partition over (a new owner number) and checks the state against its offset (join_stage.py).
 Why that is safe:
 
 - Two replicas never both write the state: the write script writes only under the hash's owner

@@ -21,7 +21,7 @@ A flush also records the keyed partition's next offset (:meth:`RedisPartitionSto
 the same script call, so the hash always says which records it holds. Redis can lose writes it
 acknowledged (up to a second of them with ``appendfsync everysec`` on a crash, more on a failover
 to an asynchronous replica) after their offsets were committed: the recorded offset is then below
-the committed one, and the join stage reads the gap again (stages.py). A replica that goes on
+the committed one, and the join stage reads the gap again (join_stage.py). A replica that goes on
 running would not see it at an assignment, and its next flush would record its own offset over
 the gap: the script therefore writes only while the hash's offset is still the one the store last
 read or wrote (a compare-and-set; a call sent again after its reply was lost finds the offset it
@@ -126,7 +126,7 @@ def retrying(action: Callable[[], T], what: str, patience_s: float | None = None
 
 
 class RedisPartitionStore:
-    """The StateStore of one join partition (services/ground_truth_collector/join.py).
+    """The StateStore of one join partition (services/ground_truth_collector/join_interface.py).
 
     Committed entries are kept as their JSON text, so nothing the join holds shares objects with
     them: a get parses, and a batch that is discarded leaves them as they were. A batch's writes

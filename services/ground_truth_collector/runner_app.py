@@ -1,9 +1,13 @@
 """Composition root of the collector's default runtime: three stage runners in one process.
 
-stages.py has the pipeline; each stage is its own consumer group (``<group>``, ``<group>.join``,
+The same pipeline as the faust app (app.py and its faust_*.py agents), with the same pure parts,
+on streamloop's own confluent-kafka runner, which batches, commits after acknowledgement and
+dead-letters. One module per stage: re-key (rekey_stage.py), join (join_stage.py) and metrics
+(score_stage.py). Each stage is its own consumer group (``<group>``, ``<group>.join``,
 ``<group>.score``), so each scales and commits on its own, and the three run on threads of one
 process: if any stops with an error, all stop and the process exits non-zero (the supervisor or
 the orchestrator restarts it, and every stage resumes from its committed offsets).
+docs/ground-truth-collector.md says why this is the default and the faust app an option.
 """
 
 from __future__ import annotations
@@ -23,12 +27,14 @@ from services.ground_truth_collector.internal_topics import (
     joined_topic,
     keyed_topic,
 )
-from services.ground_truth_collector.join import JoinConfig, JoinCounters
+from services.ground_truth_collector.join_interface import JoinConfig, JoinCounters
+from services.ground_truth_collector.join_stage import JoinStage
 from services.ground_truth_collector.redis_state import RedisPartitionStore, RedisValue
+from services.ground_truth_collector.rekey_stage import RekeyStage
 from services.ground_truth_collector.reporting import CollectorMetrics
 from services.ground_truth_collector.routing import INPUT_ROLES
+from services.ground_truth_collector.score_stage import ScoreStage
 from services.ground_truth_collector.settings import SERVICE, CollectorSettings
-from services.ground_truth_collector.stages import JoinStage, RekeyStage, ScoreStage
 from streamloop.errors import StreamloopError
 from streamloop.kafka import StageRunner
 from streamloop.kafka.admin import ensure_topics

@@ -6,7 +6,8 @@ import pytest
 
 from services.ground_truth_collector.clock import StreamClock
 from services.ground_truth_collector.entries import SourceRef, Unmatched
-from services.ground_truth_collector.join import JoinConfig, JoinPartition
+from services.ground_truth_collector.join import JoinPartition
+from services.ground_truth_collector.join_interface import JoinConfig
 from services.ground_truth_collector.state import DictStore
 from tests.unit.ground_truth_collector.factory import PIPELINE, Inputs
 

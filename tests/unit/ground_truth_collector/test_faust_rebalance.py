@@ -14,7 +14,8 @@ from faust.types import TP
 from intervaltree import IntervalTree
 
 from services.ground_truth_collector.entries import Joined, Kind, SourceRef
-from services.ground_truth_collector.join import JoinConfig, JoinPartition
+from services.ground_truth_collector.join import JoinPartition
+from services.ground_truth_collector.join_interface import JoinConfig
 from services.ground_truth_collector.routing import (
     HEADER_DECIDED_AT,
     HEADER_JOIN_CLOCK,

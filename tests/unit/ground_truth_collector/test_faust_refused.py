@@ -209,7 +209,8 @@ def test_a_record_whose_entry_is_refused_leaves_the_join_as_it_was_before_it() -
     """The label of an event with a large feature vector makes its entry too large: refused and dead-lettered,
     it had still counted as a label in and pending (labels_in = decided + pending, off by one for good), and
     moved the clock its meta entry, rolled back, did not."""
-    from services.ground_truth_collector.join import JoinConfig, JoinPartition
+    from services.ground_truth_collector.join import JoinPartition
+    from services.ground_truth_collector.join_interface import JoinConfig
     from services.ground_truth_collector.state import EntryTooLargeError
     from tests.unit.ground_truth_collector.factory import Inputs
 
@@ -238,7 +239,8 @@ def test_an_entry_that_no_longer_fits_is_deleted_at_its_deadline_and_the_expiry_
     and the entry, off the deadline heap, never expired."""
     from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
-    from services.ground_truth_collector.join import JoinConfig, Joined, JoinPartition
+    from services.ground_truth_collector.join import Joined, JoinPartition
+    from services.ground_truth_collector.join_interface import JoinConfig
     from tests.unit.ground_truth_collector.factory import Inputs
 
     inputs, table = Inputs(), Table()

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from services.ground_truth_collector.entries import Joined, Unmatched
-from services.ground_truth_collector.join import META_PREFIX, JoinConfig, JoinCounters, JoinPartition
+from services.ground_truth_collector.join import JoinPartition
+from services.ground_truth_collector.join_interface import META_PREFIX, JoinConfig, JoinCounters
 from services.ground_truth_collector.state import DictStore
 from tests.unit.ground_truth_collector.factory import FEATURES, PIPELINE, Inputs, clock_mover
 

@@ -9,7 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from services.ground_truth_collector.entries import Joined, Kind, SourceRef, Unmatched
-from services.ground_truth_collector.join import JoinConfig, JoinCounters, JoinPartition
+from services.ground_truth_collector.join import JoinPartition
+from services.ground_truth_collector.join_interface import JoinConfig, JoinCounters
 from services.ground_truth_collector.state import DictStore
 from tests.unit.ground_truth_collector.factory import PIPELINE, Inputs, clock_mover
 

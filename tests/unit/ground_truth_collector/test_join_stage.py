@@ -11,10 +11,10 @@ from confluent_kafka import KafkaError, TopicPartition
 
 from services.ground_truth_collector import join as join_module
 from services.ground_truth_collector.entries import Kind, SourceRef
-from services.ground_truth_collector.join import JoinConfig
+from services.ground_truth_collector.join_interface import JoinConfig
+from services.ground_truth_collector.join_stage import JoinStage
 from services.ground_truth_collector.redis_state import OFFSET_FIELD, OWNER_FIELD, RedisPartitionStore
 from services.ground_truth_collector.routing import TICK, control_headers, keyed_headers
-from services.ground_truth_collector.stages import JoinStage
 from streamloop.contracts.samples import sample_record
 from streamloop.contracts.schemas import SchemaRepository
 from streamloop.kafka import KafkaSettings, dead_letters

@@ -12,10 +12,10 @@ from confluent_kafka import KafkaError, KafkaException
 from services.ground_truth_collector import join as join_module
 from services.ground_truth_collector import runner_app
 from services.ground_truth_collector.entries import Kind
+from services.ground_truth_collector.join_stage import JoinStage
 from services.ground_truth_collector.routing import HEADER_DECIDED_AT, HEADER_ORIGIN, INPUT_ROLES
 from services.ground_truth_collector.runner_app import RunnerCollector
 from services.ground_truth_collector.settings import SERVICE, CollectorSettings
-from services.ground_truth_collector.stages import JoinStage
 from streamloop.kafka.records import ConsumedRecord, TopicPartitionRef
 from streamloop.service.context import ServiceContext
 from streamloop.telemetry import Telemetry, configure_telemetry

@@ -7,8 +7,8 @@ import pytest
 
 from services.ground_truth_collector.redis_state import RedisValue
 from services.ground_truth_collector.routing import HEADER_DECIDED_AT, HEADER_ORIGIN
+from services.ground_truth_collector.score_stage import ScoreStage
 from services.ground_truth_collector.scoring import MetricsStage
-from services.ground_truth_collector.stages import ScoreStage
 from streamloop.contracts.samples import sample_record
 from streamloop.contracts.schemas import SchemaRepository
 from streamloop.errors import DependencyUnavailable

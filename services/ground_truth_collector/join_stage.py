@@ -1,24 +1,11 @@
-"""The collector as three stage-runner processors: re-key, join, metrics (the default runtime).
+"""The collector's second stage (stage-runner runtime): the keyed stream through the join.
 
-The same pipeline as the faust app (app.py and its faust_*.py agents), with the same pure parts,
-on streamloop's own confluent-kafka runner, which batches, commits after acknowledgement and
-dead-letters:
-
-1. :class:`RekeyStage` reads features, predictions, shadow predictions and labels, checks each
-   record and forwards its original bytes to ``<group>-by-event``, partitioned by event id (CRC-32,
-   so every replica agrees), with its kind and origin in headers (routing.py). It writes a RESUME
-   record into every keyed partition when it gets partitions, and TICK records into keyed
-   partitions that went quiet while it is idle, so their clocks can run on (clock.py).
-2. :class:`JoinStage` runs one :class:`JoinPartition` per keyed partition over a Redis hash
-   (redis_state.py), emits labeled examples and unmatched labels, copies every joined example to
-   the single-partition ``<group>-joined`` topic with its decision time and its partition's clock,
-   and writes WATERMARK records there. State is written after the batch's outputs are acknowledged,
-   with the keyed offset it stands at: a partition whose state Redis lost is read again.
-3. :class:`ScoreStage` reads ``<group>-joined`` into the prequential metrics (scoring.py) and emits
-   a MetricSnapshot per model version, window and segment when a window closes; it commits no
-   further than the first record of a window not yet reported, so a restart rebuilds open windows.
-
-docs/ground-truth-collector.md says why this is the default and the faust app an option.
+:class:`JoinStage` runs one :class:`JoinPartition` per keyed partition over a Redis hash
+(redis_state.py), emits labeled examples and unmatched labels, copies every joined example to the
+single-partition ``<group>-joined`` topic with its decision time and its partition's clock, and
+writes WATERMARK records there. State is written after the batch's outputs are acknowledged, with
+the keyed offset it stands at: a partition whose state Redis lost is read again, and one another
+replica took over is left to it (given_up.py).
 """
 
 from __future__ import annotations
@@ -27,19 +14,13 @@ import functools
 import logging
 import threading
 import time
-import zlib
 from collections.abc import Callable, Mapping, Sequence
 
-from services.ground_truth_collector.entries import JoinInput, Kind, SourceRef
+from services.ground_truth_collector.entries import JoinInput, SourceRef
 from services.ground_truth_collector.given_up import GivenUpPartitions
-from services.ground_truth_collector.join import Decision, JoinConfig, JoinCounters, Joined, JoinPartition
-from services.ground_truth_collector.redis_state import (
-    PartitionTakenOver,
-    RedisPartitionStore,
-    RedisValue,
-    StateLost,
-    ownership,
-)
+from services.ground_truth_collector.join import Decision, Joined, JoinPartition
+from services.ground_truth_collector.join_interface import JoinConfig, JoinCounters
+from services.ground_truth_collector.redis_state import PartitionTakenOver, RedisPartitionStore, StateLost, ownership
 from services.ground_truth_collector.routing import (
     HEADER_DECIDED_AT,
     HEADER_JOIN_CLOCK,
@@ -48,18 +29,13 @@ from services.ground_truth_collector.routing import (
     RESUME,
     TICK,
     WATERMARK,
-    carries_example,
     checked_event_id,
     control_headers,
     control_of,
-    event_id_of,
     forwarded_headers,
-    header,
-    keyed_headers,
     read_keyed,
     with_millis,
 )
-from services.ground_truth_collector.scoring import MetricsStage, ScoringCounters
 from streamloop.kafka import dead_letters
 from streamloop.kafka.exceptions import InvalidRecordError
 from streamloop.kafka.records import (
@@ -70,115 +46,10 @@ from streamloop.kafka.records import (
     Rejection,
     TopicPartitionRef,
 )
-from streamloop.ml.evaluation import EvaluationConfig, WindowReport
 from streamloop.serde import Serde, SerdeError
 
 log = logging.getLogger(__name__)
 _EMPTY = {"bytes": b""}
-
-
-def keyed_partition(event_id: str, partitions: int) -> int:
-    return zlib.crc32(event_id.encode()) % partitions
-
-
-class RekeyStage:
-    def __init__(self, kinds: Mapping[str, Kind], serdes: Mapping[str, Serde], keyed_topic: str,
-                 keyed_partitions: int, task: str, idle_after_ms: int) -> None:
-        self.kinds = kinds
-        self.serdes = serdes
-        self.keyed_topic = keyed_topic
-        self.keyed_partitions = keyed_partitions
-        self.task = task
-        self.idle_after_ms = idle_after_ms
-        self._resume = False
-        self._resume_unacknowledged = False
-        self._last_record_ms = 0
-        self._last_written: dict[int, int] = {}
-
-    def on_assigned(self, partitions: Sequence[TopicPartitionRef]) -> None:
-        self._resume = True
-
-    def on_revoked(self, partitions: Sequence[TopicPartitionRef]) -> None:
-        pass
-
-    def process(self, batch: Sequence[ConsumedRecord]) -> ProcessResult:
-        result = ProcessResult()
-        # The resume records go out before this start's first records, not at the next tick: a
-        # batch that came first let the join clock run on the labels alone after a restart, and
-        # labels whose features were still to be re-read came out NO_MATCHING_EVENT (seen in CI).
-        result.outputs += self._take_resume_records()
-        self._rekey(batch, result)
-        return result
-
-    def delivered(self) -> None:
-        self._resume_unacknowledged = False
-
-    def discard(self) -> None:
-        """The runner drops an attempt's outputs (a record that failed, a dependency's outage) and
-        makes it again: resume records it held go out again with the next attempt."""
-        if self._resume_unacknowledged:
-            self._resume, self._resume_unacknowledged = True, False
-
-    def _rekey(self, batch: Sequence[ConsumedRecord], result: ProcessResult) -> None:
-        now = int(time.time() * 1000)
-        self._last_record_ms = now
-        for record in batch:
-            kind = self.kinds[record.topic]
-            raw = record.value["bytes"]
-            try:
-                event_id = self._event_id(kind, record.topic, raw)
-            except SerdeError as exc:
-                result.rejections.append(Rejection(record, exc, dead_letters.STAGE_DECODE))
-                continue
-            except InvalidRecordError as exc:
-                result.rejections.append(Rejection(record, exc, dead_letters.STAGE_VALIDATION))
-                continue
-            partition = keyed_partition(event_id, self.keyed_partitions)
-            self._last_written[partition] = now
-            source = SourceRef(record.topic, record.partition, record.offset)
-            result.outputs.append(OutgoingRecord(
-                self.keyed_topic, event_id, {"bytes": raw}, keyed_headers(kind, source, record.headers),
-                source=record, partition=partition))
-
-    def _event_id(self, kind: Kind, topic: str, raw: bytes) -> str:
-        """The join key. Read from the record's leading field where it can be: decoding every
-        feature vector and prediction whole, only for the join stage to decode it again, took a
-        quarter of the collector's CPU (py-spy, demo at 400 events/s). The join stage decodes and
-        dead-letters what is damaged further on; a regression label is decoded whole here for its
-        type check."""
-        serde = self.serdes[topic]
-        peek = getattr(serde, "leading_string", None)
-        if peek is not None and not (kind is Kind.LABEL and self.task == "regression"):
-            event_id = peek(raw, "event_id")
-            if event_id is not None:
-                return checked_event_id(event_id)
-        return event_id_of(kind, serde.decode(raw), self.task)
-
-    def _take_resume_records(self) -> list[OutgoingRecord]:
-        """Once per (re)assignment, before anything else this start writes: see StreamClock.resume.
-
-        Taken, they are owed until the runner says the outputs they went with were delivered.
-        """
-        if not self._resume:
-            return []
-        self._resume, self._resume_unacknowledged = False, True
-        return [self._control(RESUME, p) for p in range(self.keyed_partitions)]
-
-    def tick(self, now_ms: int) -> ProcessResult:
-        result = ProcessResult()
-        result.outputs += self._take_resume_records()
-        if result.outputs:
-            return result
-        if now_ms - self._last_record_ms < self.idle_after_ms:
-            return result  # still reading: quiet partitions are only quiet once the inputs are
-        for partition in range(self.keyed_partitions):
-            if now_ms - self._last_written.get(partition, 0) >= self.idle_after_ms:
-                self._last_written[partition] = now_ms
-                result.outputs.append(self._control(TICK, partition))
-        return result
-
-    def _control(self, kind: str, partition: int) -> OutgoingRecord:
-        return OutgoingRecord(self.keyed_topic, None, _EMPTY, control_headers(kind), partition=partition)
 
 
 class JoinStage:
@@ -535,111 +406,3 @@ class JoinStage:
     @property
     def entries(self) -> int:
         return sum(p.size for p in self._joins())
-
-
-class ScoreStage:
-    def __init__(self, config: EvaluationConfig, closed_until: RedisValue, example_serde: Serde, *,
-                 pipeline: str, metrics_topic: str, keyed_topic: str, keyed_partitions: int, idle_after_ms: int,
-                 future_tolerance_ms: int, on_reports: Callable[[list[WindowReport]], None] | None = None) -> None:
-        self.config = config
-        self.closed_until = closed_until
-        self.example_serde = example_serde
-        self.pipeline, self.metrics_topic = pipeline, metrics_topic
-        self.sources = tuple(f"{keyed_topic}:{p}" for p in range(keyed_partitions))
-        self.idle_after_ms, self.future_tolerance_ms = idle_after_ms, future_tolerance_ms
-        self.on_reports = on_reports
-        self.counters = ScoringCounters()  # of every MetricsStage this stage builds
-        self.scoring: MetricsStage | None = None
-        self.held: list[tuple[str, int, int, int | None]] = []  # topic, partition, offset, window start
-        self._closed_to_save: int | None = None
-
-    def on_assigned(self, partitions: Sequence[TopicPartitionRef]) -> None:
-        self.scoring = None  # rebuilt from Redis and the replay from the committed offset
-        self.held.clear()
-
-    def on_revoked(self, partitions: Sequence[TopicPartitionRef]) -> None:
-        self.scoring = None
-        self.held.clear()
-
-    def _stage(self) -> MetricsStage:
-        if self.scoring is None:
-            stored = self.closed_until.get()
-            self.scoring = MetricsStage(self.config, self.idle_after_ms, stored, sources=self.sources,
-                                        future_tolerance_ms=self.future_tolerance_ms, counters=self.counters)
-        return self.scoring
-
-    def process(self, batch: Sequence[ConsumedRecord]) -> ProcessResult:
-        scoring = self._stage()
-        result = ProcessResult()
-        # Decoded before anything changes: this stage has no discard(), and an attempt that a
-        # Schema Registry outage (DependencyUnavailable, let through) stops part-way is made again
-        # whole (it would count twice).
-        decoded: list[tuple[ConsumedRecord, dict | None]] = []
-        for record in batch:
-            try:
-                decoded.append((record, self._example(record)))
-            except SerdeError as exc:
-                # Raised out of process(), it failed the whole batch: the runner logged a traceback
-                # and dead-lettered the record as a processing failure, after the batch's others.
-                result.rejections.append(Rejection(record, exc, dead_letters.STAGE_DECODE))
-        for record, example in decoded:
-            try:
-                window = self._apply(scoring, record, example)
-            except Exception as exc:  # noqa: BLE001 - the runner's isolation would count the batch's others twice
-                # Without discard() the runner would process the batch again record by record, from
-                # the state the records before this one already changed: the poison record is
-                # dead-lettered here instead, and the others are counted once.
-                log.exception("metrics stage failed on %s[%d]@%d", record.topic, record.partition, record.offset)
-                result.rejections.append(Rejection(record, exc, dead_letters.STAGE_PROCESS))
-                continue
-            self.held.append((record.topic, record.partition, record.offset, window))
-        result.extend(self._close(scoring))
-        return result
-
-    def _example(self, record: ConsumedRecord) -> dict | None:
-        """The labeled example a joined record carries; None for a control record."""
-        return self.example_serde.decode(record.value["bytes"]) if carries_example(record.headers) else None
-
-    @staticmethod
-    def _apply(scoring: MetricsStage, record: ConsumedRecord, example: dict | None) -> int | None:
-        """One joined record into the metrics; the window it was counted in, if an example."""
-        control = control_of(record.headers)
-        origin = SourceRef.parse((header(record.headers, HEADER_ORIGIN) or b"?:0:0").decode())
-        clock = header(record.headers, HEADER_JOIN_CLOCK)
-        join_clock = None if clock is None else int(clock)
-        decided_at = header(record.headers, HEADER_DECIDED_AT)
-        if control == WATERMARK:
-            scoring.watermark(origin, join_clock, record.timestamp_ms)
-        elif control == RESUME:
-            scoring.clock.resume(record.timestamp_ms)
-        elif control is not None or decided_at is None:
-            scoring.tick(record.timestamp_ms)
-        else:
-            return scoring.add(example, int(decided_at), origin, record.timestamp_ms, join_clock)
-        return None
-
-    def tick(self, now_ms: int) -> ProcessResult:
-        return ProcessResult() if self.scoring is None else self._close(self.scoring)
-
-    def _close(self, scoring: MetricsStage) -> ProcessResult:
-        result = ProcessResult()
-        reports = scoring.close()
-        if reports:
-            now = int(time.time() * 1000)
-            result.outputs += [OutgoingRecord(self.metrics_topic, snapshot["model_version"], snapshot)
-                               for snapshot in (report.snapshot(self.pipeline, now) for report in reports)]
-            self._closed_to_save = scoring.closed_until
-            if self.on_reports is not None:
-                self.on_reports(reports)
-        self.held = [h for h in self.held if not scoring.is_reported(h[3])]
-        return result
-
-    def delivered(self) -> None:
-        if self._closed_to_save is not None:
-            self.closed_until.set(self._closed_to_save)
-            self._closed_to_save = None
-
-    def commit_limit(self, topic: str, partition: int) -> int | None:
-        """Records of windows not yet reported stay replayable (the faust app holds their acks)."""
-        offsets = [offset for t, p, offset, _ in self.held if (t, p) == (topic, partition)]
-        return min(offsets) if offsets else None
