@@ -7,6 +7,7 @@ checks without editing this file.
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ import pytest
 
 from streamloop.contracts import PipelineSpec, SchemaRepository, load_catalog
 from streamloop.contracts.evolution import check_both_ways, check_compatibility, current_of, history_files
-from streamloop.contracts.exceptions import CatalogError
+from streamloop.contracts.exceptions import CatalogError, SchemaHistoryError
 from streamloop.contracts.samples import sample_record, sample_records, shadowed_union_branches
 from streamloop.contracts.schemas import AvroSchema
 from streamloop.serde import SingleObjectSerde
@@ -201,6 +202,24 @@ def test_repository_registers_history_by_fingerprint(history_file: Path) -> None
     repository.load(str(current_of(history_file).relative_to(AVRO_ROOT)))
     old = AvroSchema.from_file(history_file)
     assert repository.by_fingerprint(old.fingerprint).canonical == old.canonical
+
+
+def test_the_repository_refuses_a_kept_version_the_current_schema_cannot_read(tmp_path: Path) -> None:
+    labels = tmp_path / "avro" / "labels"
+    (labels / "history").mkdir(parents=True)
+    (labels / "label.avsc").write_text((AVRO_ROOT / "labels" / "label.avsc").read_text())
+    kept = labels / "history" / "label.1.avsc"
+    kept.write_text((AVRO_ROOT / "labels" / "history" / "label.1.avsc").read_text())
+    assert SchemaRepository(tmp_path).load("labels/label.avsc").name == "streamloop.labels.Label"
+
+    raw = json.loads(kept.read_text())
+    raw["fields"] = [f for f in raw["fields"] if f["name"] != "event_id"]  # the current one needs it, no default
+    kept.write_text(json.dumps(raw))
+    with pytest.raises(SchemaHistoryError) as caught:
+        SchemaRepository(tmp_path).load("labels/label.avsc")
+    assert str(caught.value).startswith(
+        f"{kept}: the current label.avsc cannot read this kept version: event_id: the reader needs this field, "
+        "the writer does not write it, and it has no default"), caught.value
 
 
 def _label() -> AvroSchema:

@@ -168,6 +168,32 @@ def test_the_featurizer_reads_the_input_an_old_producer_still_sends_from_the_sch
         make_serde(catalog["input"].schema, catalog.repository, catalog["input"].name).decode(old_producer.encode(sent))
 
 
+def test_a_kept_input_version_the_current_schema_cannot_read_is_refused_at_load(tmp_path: Path, monkeypatch,
+                                                                                 capsys) -> None:
+    # Registered, it would dead-letter each record an old producer sends (WrongSchemaError) only
+    # when the first one came. Refused at load instead, in one line naming the file and the problem.
+    from services.featurizer.app import build
+    from services.featurizer.settings import FeaturizerSettings
+    from streamloop.contracts import SchemaHistoryError, load_catalog, load_pipeline
+    from streamloop.service.entrypoint import EXIT_BAD_CONFIGURATION, start_service
+
+    spec_path, _old = _card_fraud_with_a_new_input_field(tmp_path / "pipeline")
+    kept = (tmp_path / "pipeline" / "history" / "transaction.1.avsc").resolve()
+    raw = json.loads(kept.read_text())
+    next(f for f in raw["fields"] if f["name"] == "amount")["type"] = "string"
+    kept.write_text(json.dumps(raw))
+    with pytest.raises(SchemaHistoryError) as caught:
+        load_catalog(load_pipeline(spec_path))
+    message = str(caught.value)
+    assert message.startswith(f"{kept}: the current transaction.avsc cannot read this kept version: amount: "
+                              "type changes from string to double, which Avro cannot promote"), message
+    assert "\n" not in message
+
+    monkeypatch.setenv("STREAMLOOP_PIPELINE", str(spec_path))
+    assert start_service("featurizer", FeaturizerSettings, build) == EXIT_BAD_CONFIGURATION
+    assert capsys.readouterr().err == f"featurizer: {message}\n"
+
+
 # Typed errors -----------------------------------------------------------------------------
 
 

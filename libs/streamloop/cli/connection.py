@@ -75,11 +75,14 @@ class Connection:
 
 
 def load_runnable_pipeline(path: Path) -> PipelineSpec:
-    """A spec the services can run, for the commands that start them: valid, and its model builds.
+    """A spec the services can run, for the commands that start them: valid, its model builds, and
+    its topic catalog resolves as every service resolves it.
 
     The spec's own validation does not import river (every CLI command reads the spec), so an
     estimator that does not exist or parameters it does not take would otherwise surface only as a
-    service crash-looping on start.
+    service crash-looping on start. The catalog is resolved here too, before anything starts: a
+    kept version of the input schema (``history/``) that the current one cannot read is refused
+    now, as each service would refuse it, not after the broker has started.
     """
     from streamloop.ml.estimators import build_model
     from streamloop.ml.exceptions import EstimatorSpecError
@@ -87,6 +90,7 @@ def load_runnable_pipeline(path: Path) -> PipelineSpec:
     try:
         spec = load_pipeline(path)
         build_model(spec.model)
+        load_catalog(spec)
     except EstimatorSpecError as exc:
         raise fail(f"invalid pipeline spec ({path}): model: {exc}", 2) from None
     except StreamloopError as exc:

@@ -5,6 +5,7 @@ from streamloop.contracts.exceptions import (
     CatalogError,
     ContractError,
     PipelineSpecError,
+    SchemaHistoryError,
     SchemaNotFoundError,
 )
 from streamloop.contracts.pipeline import PipelineSpec, load_pipeline
@@ -16,6 +17,7 @@ __all__ = [
     "ContractError",
     "PipelineSpec",
     "PipelineSpecError",
+    "SchemaHistoryError",
     "SchemaNotFoundError",
     "SchemaRepository",
     "TopicSpec",

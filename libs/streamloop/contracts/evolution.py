@@ -8,7 +8,9 @@ written with the writer schema are decoded by fastavro with the reader schema, s
 the rules leave to the library (and keeps the rules honest).
 
 Historical versions live in ``schemas/avro/<domain>/history/<record>.<n>.avsc``; every one must
-stay compatible both ways with the current schema. With a Schema Registry, producers and
+stay compatible both ways with the current schema (the tests check both). Loading a schema with its
+history (the input schema's too) checks the way a reader needs, and refuses a kept version the
+current schema cannot read (:func:`refuse_unreadable`). With a Schema Registry, producers and
 consumers can then be upgraded in either order; without one (single-object encoding), a reader
 knows only the versions it holds, so a topic's consumers are upgraded before its producers
 (docs/operations.md).
@@ -23,6 +25,7 @@ from typing import Any
 
 import fastavro
 
+from streamloop.contracts.exceptions import SchemaHistoryError
 from streamloop.contracts.samples import PRIMITIVES, named_types, sample_records
 from streamloop.contracts.schemas import AvroSchema, same_name
 
@@ -55,6 +58,24 @@ def check_both_ways(old: AvroSchema, new: AvroSchema, seeds: Iterable[int] = DEF
     backward = [f"backward (old writer, new reader): {p}" for p in check_compatibility(old, new, seeds)]
     forward = [f"forward (new writer, old reader): {p}" for p in check_compatibility(new, old, seeds)]
     return backward + forward
+
+
+def refuse_unreadable(old: AvroSchema, current: AvroSchema) -> None:
+    """Raise ``SchemaHistoryError`` when ``current`` cannot read what ``old``, a kept version, wrote.
+
+    Backward only: a single-object reader holds the current schema and resolves older writers to
+    it (``SchemaRepository.register_with_history`` calls this for every file in ``history/``).
+    The error is one line, naming the file and the first problem.
+    """
+    problems = check_compatibility(old, current)
+    if not problems:
+        return
+    more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+    raise SchemaHistoryError(
+        f"{old.source}: the current {Path(current.source).name} cannot read this kept version: "
+        f"{' '.join(problems[0].split())}{more}; its records would be dead-lettered. Make the current schema "
+        "read it (a default, an alias, a promotable type) or remove the file once no producer writes it"
+    )
 
 
 def history_files(avro_root: Path) -> list[Path]:

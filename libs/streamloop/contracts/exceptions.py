@@ -13,5 +13,9 @@ class SchemaNotFoundError(ContractError):
     """No schema is known under that name or fingerprint."""
 
 
+class SchemaHistoryError(ContractError):
+    """A kept earlier version of a schema (``history/``) cannot be read with the current one."""
+
+
 class PipelineSpecError(ContractError):
     """The pipeline spec is invalid; the message names each bad field."""

@@ -134,11 +134,19 @@ class SchemaRepository:
 
         Single-object readers know a writer's schema only if it is registered here: without its
         history, a reader dead-letters every record an older writer still sends (``UnknownSchemaError``).
+        A kept version the current schema cannot read is refused here, at load, with a
+        ``SchemaHistoryError`` naming the file and the problem: registered, it would only
+        dead-letter its writers' records (``WrongSchemaError``) when the first one arrived.
         """
+        # Imported here: the evolution check builds on this module.
+        from streamloop.contracts.evolution import refuse_unreadable
+
         schema = self.register_file(path)
         history = path.parent / "history"
-        for old in sorted(history.glob(f"{path.stem}.*.avsc")) if history.is_dir() else []:
-            self.register_file(old)
+        for old_path in sorted(history.glob(f"{path.stem}.*.avsc")) if history.is_dir() else []:
+            old = AvroSchema.from_file(old_path)
+            refuse_unreadable(old, schema)
+            self.register(old)
         return schema
 
     def register_file(self, path: Path) -> AvroSchema:

@@ -13,6 +13,7 @@ from streamloop.errors import StreamloopError
 from streamloop.stack.launcher import Stack
 from tests.conftest import DEMO_SPEC
 
+DEMO_SCHEMA = DEMO_SPEC.parent / "transaction.avsc"
 # Commands that start the stack from the spec, and one that reads it to reach a running stack.
 COMMANDS = [["demo", "--headless"], ["up"], ["lag"]]
 # file written over the demo's copy -> its bytes -> what the one line says after the file's path
@@ -25,6 +26,12 @@ UNUSABLE = {
                         "invalid Avro schema {path}: expected a JSON object (a record schema), not a string"),
     "schema a union": ("transaction.avsc", b'["null", "string"]',
                        "invalid Avro schema {path}: expected a JSON object (a record schema), not an array"),
+    "kept schema version unreadable": (
+        "history/transaction.1.avsc", DEMO_SCHEMA.read_bytes().replace(b'"amount", "type": "double"',
+                                                                        b'"amount", "type": "string"'),
+        "{path}: the current transaction.avsc cannot read this kept version: amount: type changes from string "
+        "to double, which Avro cannot promote (and 1 more); its records would be dead-lettered. Make the current "
+        "schema read it (a default, an alias, a promotable type) or remove the file once no producer writes it"),
 }
 
 
@@ -45,6 +52,7 @@ def test_a_spec_or_schema_that_cannot_be_read_is_one_line(command: list[str], ca
     name, content, message = UNUSABLE[case]
     pipeline = tmp_path / "pipeline"
     shutil.copytree(DEMO_SPEC.parent, pipeline)
+    (pipeline / name).parent.mkdir(exist_ok=True)
     (pipeline / name).write_bytes(content)
     spec = pipeline / "pipeline.yaml"
     result = CliRunner().invoke(app, [*command, "-p", str(spec), "--data-dir", str(tmp_path / "data")])
