@@ -23,7 +23,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(ROOT), str(ROOT / "libs")]
 
-from streamloop.contracts.pipeline import PromotionSpec  # noqa: E402
+from streamloop.contracts.learning_specs import PromotionSpec  # noqa: E402
 from streamloop.ml.promotion import decide_rollback  # noqa: E402
 
 SPEC = PromotionSpec(rollback_margin=0.02, rollback_min_samples=300, rollback_p_value=0.05)

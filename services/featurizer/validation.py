@@ -31,7 +31,7 @@ from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from streamloop.contracts.pipeline import CategoricalSpec, FieldRule, InputSpec, key_problem
+from streamloop.contracts.feature_specs import CategoricalSpec, FieldRule, InputSpec, key_problem
 from streamloop.contracts.schemas import AvroSchema, field_kinds
 from streamloop.kafka import InvalidRecordError
 from streamloop.ml.categorical import CategoricalEncoder, as_text

@@ -15,7 +15,7 @@ from services.featurizer.exceptions import FeaturizerConfigError
 from services.featurizer.state import EntityState
 from services.featurizer.windows import AGGREGATORS, NUMERIC_AGGREGATIONS, SHIFT, horizon_ms, window_start
 from streamloop.contracts import PipelineSpec
-from streamloop.contracts.pipeline import TIME_SINCE_PREVIOUS
+from streamloop.contracts.feature_specs import TIME_SINCE_PREVIOUS
 from streamloop.contracts.schemas import AvroSchema, field_kinds
 from streamloop.ml.categorical import CategoricalEncoder, as_text
 

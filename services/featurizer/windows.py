@@ -14,7 +14,7 @@ hopping    ``[k * hop, t]``, k the least integer with  size 1h, hop 10m: [11:40:
            that contains t
 =========  ==========================================  ==========================================
 
->>> from streamloop.contracts.pipeline import WindowSpec
+>>> from streamloop.contracts.feature_specs import WindowSpec
 >>> start = window_start(WindowSpec(kind="hopping", size=60, hop=20))
 >>> start(125)  # windows [80, 140) and [100, 160) and [120, 180) contain 125; [80, 140) is the oldest
 80
@@ -30,7 +30,7 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from streamloop.contracts.pipeline import FeaturesSpec, WindowSpec
+from streamloop.contracts.feature_specs import FeaturesSpec, WindowSpec
 
 # A buffered event is ordered by its version key: event time, then Kafka offset (docs/featurizer.md).
 # Offsets are below 2**63, so key >> 64 is the event time and key & OFFSET_MASK the offset.

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from services.ground_truth_collector.entries import Kind, SourceRef
-from streamloop.contracts.pipeline import key_problem
+from streamloop.contracts.feature_specs import key_problem
 from streamloop.kafka.exceptions import InvalidRecordError
 from streamloop.kafka.records import Headers
 from streamloop.ml.evaluation import millis

@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from streamloop.contracts.pipeline import DurationMs, PositiveDurationMs
+from streamloop.contracts.spec_base import DurationMs, PositiveDurationMs
 from streamloop.kafka.configuration import NewTopicSettings
 from streamloop.kafka.runner import RunnerSettings
 from streamloop.service.settings import CommonSettings, RedisSettings

@@ -23,7 +23,8 @@ from typing import Any, NamedTuple
 
 from services.model_publisher.ledger import REPLAYED, LossLedger, Paired
 from services.model_publisher.writer import RegistryWriter
-from streamloop.contracts.pipeline import PipelineSpec, PromotionSpec
+from streamloop.contracts.learning_specs import PromotionSpec
+from streamloop.contracts.pipeline import PipelineSpec
 from streamloop.kafka.records import OutgoingRecord
 from streamloop.ml.promotion import PairedTest, Verdict, decide_canary, decide_promotion, decide_rollback
 from streamloop.ml.recent_versions import RecentVersions

@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from streamloop.contracts.pipeline import DurationMs
+from streamloop.contracts.spec_base import DurationMs
 from streamloop.ml.settings import ArtifactSettings
 from streamloop.service.settings import CommonSettings
 from streamloop.telemetry import TelemetrySettings

@@ -33,8 +33,8 @@ from services.online_scorer.processor import PREDICTIONS_METRIC
 from services.online_scorer.request_features import RequestFeatures
 from services.online_scorer.scoring import Scored, Scorer
 from streamloop.contracts import PipelineSpec
+from streamloop.contracts.feature_specs import MAX_KEY_BYTES, MAX_TEXT_LENGTH
 from streamloop.contracts.generated.scoring.v1 import scoring_pb2, scoring_pb2_grpc
-from streamloop.contracts.pipeline import MAX_KEY_BYTES, MAX_TEXT_LENGTH
 from streamloop.ml.exceptions import ModelError
 from streamloop.ml.features import MAX_FEATURE_MAGNITUDE
 from streamloop.ml.prediction import default_output

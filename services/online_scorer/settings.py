@@ -9,7 +9,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.online_scorer.grpc_server import ServerTLS
-from streamloop.contracts.pipeline import MAX_KEY_BYTES
+from streamloop.contracts.feature_specs import MAX_KEY_BYTES
 from streamloop.kafka.configuration import _read_secret_file
 from streamloop.ml.settings import ArtifactSettings
 from streamloop.service import CommonSettings

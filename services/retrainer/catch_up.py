@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 from scipy.stats import hypergeom
 
-from streamloop.contracts.pipeline import CatchUpSpec
+from streamloop.contracts.learning_specs import CatchUpSpec
 
 
 def change_point(errors: Sequence[float], min_side: int = 30) -> int:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from streamloop.contracts.pipeline import ModelSpec
+from streamloop.contracts.learning_specs import ModelSpec
 from streamloop.ml.features import feature_problem
 from streamloop.ml.prediction import ModelOutputError, predict
 from streamloop.ml.training import label_problem

@@ -19,7 +19,7 @@ from typing import Any
 
 from services.retrainer.catch_up import change_point, significant_rise
 from services.retrainer.examples import score
-from streamloop.contracts.pipeline import ModelSpec
+from streamloop.contracts.learning_specs import ModelSpec
 from streamloop.kafka.records import ConsumedRecord
 from streamloop.ml.exceptions import InvalidLabel
 from streamloop.ml.promotion import event_loss, holdout_metrics

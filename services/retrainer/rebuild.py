@@ -15,7 +15,7 @@ from typing import Any
 
 from services.retrainer.examples import learnable, score, valid
 from services.retrainer.online import OffsetRange
-from streamloop.contracts.pipeline import ModelSpec
+from streamloop.contracts.learning_specs import ModelSpec
 from streamloop.errors import StreamloopError
 from streamloop.kafka.records import ConsumedRecord
 from streamloop.ml import build_model

@@ -7,7 +7,8 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from streamloop.contracts.pipeline import DurationMs, RetrainSpec
+from streamloop.contracts.learning_specs import RetrainSpec
+from streamloop.contracts.spec_base import DurationMs
 from streamloop.errors import StreamloopError
 from streamloop.ml.settings import ArtifactSettings
 from streamloop.service.settings import CommonSettings

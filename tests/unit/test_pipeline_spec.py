@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from streamloop.contracts import PipelineSpec, PipelineSpecError, load_pipeline
-from streamloop.contracts.pipeline import MAX_TEXT_LENGTH
+from streamloop.contracts.feature_specs import MAX_TEXT_LENGTH
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEMO_DIR = REPO_ROOT / "examples" / "card_fraud"

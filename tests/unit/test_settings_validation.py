@@ -9,7 +9,7 @@ from pydantic import ValidationError
 from pydantic_settings import BaseSettings, SettingsError
 
 from services.online_scorer.settings import ScorerSettings
-from streamloop.contracts.pipeline import MAX_KEY_BYTES
+from streamloop.contracts.feature_specs import MAX_KEY_BYTES
 from streamloop.kafka.configuration import KafkaSettings
 from streamloop.ml.settings import ArtifactSettings
 from streamloop.service.settings import CommonSettings, RedisSettings

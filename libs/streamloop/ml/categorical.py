@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from streamloop.contracts.pipeline import OTHER_CATEGORY as OTHER
-from streamloop.contracts.pipeline import CategoricalSpec
+from streamloop.contracts.feature_specs import OTHER_CATEGORY as OTHER
+from streamloop.contracts.feature_specs import CategoricalSpec
 from streamloop.ml.features import INDICATOR_SEPARATOR
 
 

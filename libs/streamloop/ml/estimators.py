@@ -25,7 +25,7 @@ from typing import Any
 
 from river import base, compose, linear_model, preprocessing
 
-from streamloop.contracts.pipeline import ModelSpec
+from streamloop.contracts.learning_specs import ModelSpec
 from streamloop.ml.exceptions import EstimatorSpecError
 from streamloop.ml.features import INDICATOR_SEPARATOR
 

@@ -43,7 +43,8 @@ import numpy as np
 from river import metrics as river_metrics
 from scipy.stats import rankdata
 
-from streamloop.contracts.pipeline import PipelineSpec, RegressionCost
+from streamloop.contracts.learning_specs import RegressionCost
+from streamloop.contracts.pipeline import PipelineSpec
 from streamloop.ml.promotion import class_key, true_class_probability
 
 Task = Literal["classification", "regression"]

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
-from streamloop.contracts.pipeline import MAX_TEXT_LENGTH
+from streamloop.contracts.feature_specs import MAX_TEXT_LENGTH
 from streamloop.ml.exceptions import ModelError
 
 MAX_FEATURES = 4096

@@ -6,7 +6,7 @@ The spec's action rules then map the positive-class probability (or the value) t
 
 Examples
 --------
->>> from streamloop.contracts.pipeline import ActionRule
+>>> from streamloop.contracts.learning_specs import ActionRule
 >>> rules = [ActionRule(when_probability_at_least=0.8, action="block"), ActionRule(otherwise="allow")]
 >>> output_from_probabilities({False: 0.1, True: 0.9}, positive_class="true", rules=rules)
 ModelOutput(predicted_class='true', probabilities={'false': 0.1, 'true': 0.9}, value=None, action='block')
@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from streamloop.contracts.pipeline import ActionRule, ModelSpec
+from streamloop.contracts.learning_specs import ActionRule, ModelSpec
 from streamloop.ml.exceptions import ModelError
 
 

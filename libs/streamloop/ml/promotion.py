@@ -8,7 +8,7 @@ All margins are relative to the baseline's mean loss (``delta / baseline``), so 
 means the same for log loss, squared error or a cost in currency units (docs/model-registry.md).
 
 >>> import numpy as np
->>> from streamloop.contracts.pipeline import PromotionSpec
+>>> from streamloop.contracts.learning_specs import PromotionSpec
 >>> rng = np.random.default_rng(0)
 >>> champion = rng.uniform(0.4, 0.6, 600)
 >>> verdict = decide_promotion(champion, champion - 0.1, [{}] * 600, PromotionSpec())
@@ -28,7 +28,7 @@ from typing import Any, Literal
 import numpy as np
 from scipy import stats
 
-from streamloop.contracts.pipeline import ModelSpec, PromotionSpec
+from streamloop.contracts.learning_specs import ModelSpec, PromotionSpec
 
 PairedTest = Literal["t", "wilcoxon"]
 Outcome = Literal["promote", "refuse", "wait", "rollback", "keep"]

@@ -23,7 +23,7 @@ from threading import RLock
 from typing import Any
 
 import streamloop
-from streamloop.contracts.pipeline import ModelSpec
+from streamloop.contracts.learning_specs import ModelSpec
 
 CHAMPION = "champion"
 CANARY = "canary"

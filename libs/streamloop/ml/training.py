@@ -10,7 +10,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from streamloop.contracts.pipeline import ModelSpec
+from streamloop.contracts.learning_specs import ModelSpec
 from streamloop.ml.estimators import learned_classes, learns_any_class, spec_learns_any_class
 from streamloop.ml.exceptions import InvalidLabel
 from streamloop.ml.features import assemble_features

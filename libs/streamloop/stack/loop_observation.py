@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from streamloop.contracts.pipeline import ModelSpec
+from streamloop.contracts.learning_specs import ModelSpec
 from streamloop.ml import build_model
 from streamloop.ml.prediction import predict
 from streamloop.ml.registry import champion_changes

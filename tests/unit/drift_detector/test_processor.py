@@ -19,7 +19,7 @@ from services.drift_detector.metrics import PrometheusDriftMetrics
 from services.drift_detector.processor import DriftProcessor, DriftTopics
 from services.drift_detector.settings import DriftSettings
 from streamloop.contracts import PipelineSpec, SchemaRepository
-from streamloop.contracts.pipeline import DriftSpec
+from streamloop.contracts.learning_specs import DriftSpec
 from streamloop.kafka import KafkaSettings
 from streamloop.kafka.group_history import HistoryUnavailableError
 from streamloop.kafka.records import ConsumedRecord, ProcessResult, TopicPartitionRef

@@ -8,7 +8,7 @@ import pytest
 
 from services.featurizer.validation import RecordValidator, to_millis
 from streamloop.contracts import load_pipeline
-from streamloop.contracts.pipeline import MAX_KEY_BYTES
+from streamloop.contracts.feature_specs import MAX_KEY_BYTES
 from streamloop.kafka import InvalidRecordError
 from streamloop.kafka.dead_letters import RULE, dead_letter_headers, read_error_headers
 from streamloop.ml.features import MAX_TEXT_LENGTH, feature_problem

@@ -8,7 +8,7 @@ import random
 import pytest
 
 from services.featurizer.windows import AGGREGATORS, aggregate, horizon_ms, version_key, window_start
-from streamloop.contracts.pipeline import WindowSpec
+from streamloop.contracts.feature_specs import WindowSpec
 from tests.unit.featurizer.support import (
     AGGREGATIONS,
     WINDOWS,

@@ -9,7 +9,7 @@ from collections import defaultdict
 import numpy as np
 import pytest
 
-from streamloop.contracts.pipeline import ModelSpec, RegressionCost
+from streamloop.contracts.learning_specs import ModelSpec, RegressionCost
 from streamloop.ml.evaluation import (
     Added,
     EvaluationConfig,

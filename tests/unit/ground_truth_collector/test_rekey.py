@@ -8,7 +8,7 @@ from confluent_kafka import KafkaError, KafkaException
 from services.ground_truth_collector.entries import Kind
 from services.ground_truth_collector.rekey_stage import RekeyStage, keyed_partition
 from services.ground_truth_collector.routing import RESUME, control_of
-from streamloop.contracts.pipeline import MAX_KEY_BYTES
+from streamloop.contracts.feature_specs import MAX_KEY_BYTES
 from streamloop.contracts.samples import sample_record
 from streamloop.contracts.schemas import SchemaRepository
 from streamloop.kafka import KafkaSettings, StageRunner, dead_letters

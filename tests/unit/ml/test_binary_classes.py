@@ -11,7 +11,8 @@ import random
 
 import pytest
 
-from streamloop.contracts.pipeline import ModelSpec, PipelineSpec
+from streamloop.contracts.learning_specs import ModelSpec
+from streamloop.contracts.pipeline import PipelineSpec
 from streamloop.ml import build_model
 from streamloop.ml.evaluation import MetricSet, Outcome
 from streamloop.ml.prediction import choose_action, predict

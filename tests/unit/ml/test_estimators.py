@@ -8,7 +8,7 @@ import pytest
 from river import linear_model, preprocessing
 
 from streamloop.contracts import load_pipeline
-from streamloop.contracts.pipeline import ModelSpec
+from streamloop.contracts.learning_specs import ModelSpec
 from streamloop.ml import assemble_features, build_model
 from streamloop.ml.estimators import IndicatorDensifier, IndicatorPassthroughScaler
 from streamloop.ml.explain import linear_contributions

@@ -7,7 +7,7 @@ import math
 import numpy as np
 
 from services.model_publisher.ledger import PREQUENTIAL, LossLedger
-from streamloop.contracts.pipeline import PromotionSpec
+from streamloop.contracts.learning_specs import PromotionSpec
 from streamloop.ml.promotion import decide_rollback
 
 

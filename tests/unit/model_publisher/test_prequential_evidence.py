@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from services.model_publisher.judging import JudgingPolicy
 from services.model_publisher.ledger import PREQUENTIAL, LossLedger
 from services.model_publisher.publisher import PublisherPolicy
-from streamloop.contracts.pipeline import CatchUpSpec
+from streamloop.contracts.learning_specs import CatchUpSpec
 from streamloop.ml.promotion import event_loss
 from streamloop.ml.registry import CHAMPION, shadow_slot
 from tests.unit.model_publisher.factories import candidate, examples, with_policy

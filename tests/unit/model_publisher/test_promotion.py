@@ -8,7 +8,7 @@ import zlib
 import numpy as np
 import pytest
 
-from streamloop.contracts.pipeline import ModelSpec, PromotionSpec, RegressionCost
+from streamloop.contracts.learning_specs import ModelSpec, PromotionSpec, RegressionCost
 from streamloop.ml.promotion import (
     class_key,
     decide_canary,

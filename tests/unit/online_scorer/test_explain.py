@@ -10,7 +10,7 @@ import pytest
 from river import compose, linear_model, preprocessing, tree
 
 import streamloop.ml.explain as explain_module
-from streamloop.contracts.pipeline import ModelSpec
+from streamloop.contracts.learning_specs import ModelSpec
 from streamloop.ml import assemble_features, build_model
 from streamloop.ml.explain import LINEAR, PERTURBATION, explain, linear_contributions, perturbation_contributions
 from streamloop.ml.prediction import predict

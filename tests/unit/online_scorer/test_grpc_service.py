@@ -22,8 +22,8 @@ from services.online_scorer.grpc_server import ScoringServer
 from services.online_scorer.grpc_service import SERVICE_NAME, RequestLimits, ScoringServicer
 from services.online_scorer.models import ModelHolder
 from services.online_scorer.scoring import Scorer
+from streamloop.contracts.feature_specs import MAX_KEY_BYTES
 from streamloop.contracts.generated.scoring.v1 import scoring_pb2, scoring_pb2_grpc
-from streamloop.contracts.pipeline import MAX_KEY_BYTES
 from streamloop.ml.features import MAX_TEXT_LENGTH
 from streamloop.ml.prediction import ModelOutputError
 from streamloop.stack.process import free_port
@@ -543,7 +543,7 @@ def test_a_request_time_feature_name_may_be_as_long_as_the_spec_allows() -> None
     # The spec takes names up to MAX_TEXT_LENGTH; a request limit of 256 refused the longer ones it allows.
     from services.online_scorer.errors import InvalidScoreRequest
     from services.online_scorer.grpc_service import validate
-    from streamloop.contracts.pipeline import MAX_TEXT_LENGTH
+    from streamloop.contracts.feature_specs import MAX_TEXT_LENGTH
 
     longest = "n" * MAX_TEXT_LENGTH
     validate(scoring_pb2.ScoreRequest(entity_id="card-1", numeric_features={longest: 1.0},

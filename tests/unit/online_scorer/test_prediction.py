@@ -8,7 +8,7 @@ import math
 import pytest
 
 import streamloop.ml.prediction as prediction_module
-from streamloop.contracts.pipeline import ActionRule, ModelSpec
+from streamloop.contracts.learning_specs import ActionRule, ModelSpec
 from streamloop.ml.prediction import (
     ModelOutput,
     ModelOutputError,

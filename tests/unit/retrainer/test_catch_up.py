@@ -17,7 +17,8 @@ from services.retrainer.examples import score
 from services.retrainer.lineage import CandidateFactory
 from services.retrainer.online import OnlineLearner
 from services.retrainer.processor import RetrainerProcessor
-from streamloop.contracts.pipeline import CatchUpSpec, PipelineSpec, RetrainSpec
+from streamloop.contracts.learning_specs import CatchUpSpec, RetrainSpec
+from streamloop.contracts.pipeline import PipelineSpec
 from streamloop.contracts.schemas import SchemaRepository
 from streamloop.ml import build_model
 from streamloop.ml.artifacts import ArtifactRef

@@ -11,7 +11,7 @@ import pytest
 from services.retrainer.processor import PUBLISH_RETRY_MS
 from services.retrainer.rebuild import rebuild, recent_window
 from services.retrainer.rebuild_policy import REBUILD_ATTEMPTS, REBUILD_RETRY_MAX_MS, REBUILD_RETRY_MS
-from streamloop.contracts.pipeline import ModelSpec
+from streamloop.contracts.learning_specs import ModelSpec
 from streamloop.ml import ArtifactIdentity, build_model
 from streamloop.ml.estimators import learned_classes
 from streamloop.ml.exceptions import InvalidLabel
