@@ -35,7 +35,9 @@ read of the topic from its end (``KafkaResume.timer_starts``).
 
 Every read gives up between two slices once ``cancelled`` is true (``HistoryReadCancelled``): a
 stop, or a lease lost to another replica, ends a resume of ``limit`` labels at once, and the
-processor keeps nothing of it (``ResumeCancelled``).
+processor keeps nothing of it (``ResumeCancelled``). The offsets' lookups too (``bounds``,
+``offsets_at``) wait for their answer in slices of ``CALL_SLICE_S``: a broker that does not answer
+no longer holds a stop up to ``RETRAINER_RESUME_TIMEOUT_S``.
 """
 
 from __future__ import annotations
@@ -201,13 +203,14 @@ class KafkaResume:
         self.limit = limit
 
     def __call__(self, champion: Mapping[str, Any], cancelled: Cancelled = never) -> Resumed:
-        """Raises ``HistoryReadCancelled`` once ``cancelled`` is true, between two slices of a read."""
+        """Raises ``HistoryReadCancelled`` once ``cancelled`` is true, between two slices of a read or of a lookup."""
         if self.limit <= 0:
             return Resumed([], {})
         point = resume_point(champion, self.candidate(champion["version"], cancelled), self.labeled_topic)
-        bounds = self.history.bounds(self.labeled_topic)
+        bounds = self.history.bounds(self.labeled_topic, cancelled)
         at_time = {} if set(point.offsets) >= set(bounds) else self.history.offsets_at(self.labeled_topic,
-                                                                                          point.time_ms, bounds)
+                                                                                          point.time_ms, bounds,
+                                                                                          cancelled)
         records = self.history.read(self.labeled_topic, resume_ranges(point, at_time, bounds, self.limit), cancelled)
         # Past the committed offsets too where the champion's learner had read further: it was
         # killed after publishing that champion and before committing, and the runner delivers
@@ -232,7 +235,7 @@ class KafkaResume:
     def _newest_first(self, cancelled: Cancelled) -> Iterator[list[dict[str, Any]]]:
         """The pipeline's candidates from the end, CANDIDATE_SCAN of each partition a page, TIMERS_SCAN at most."""
         topic = self.candidates_topic
-        bounds = self.history.bounds(topic)
+        bounds = self.history.bounds(topic, cancelled)
         stops = {p: bound.high for p, bound in bounds.items()}
         for _ in range(TIMERS_SCAN // CANDIDATE_SCAN):
             ranges = {p: (max(bounds[p].low, stop - CANDIDATE_SCAN), stop) for p, stop in stops.items()
@@ -292,8 +295,8 @@ class KafkaResume:
         created = version_created_ms(version)
         if created is None:
             return None  # the bootstrap, or a version no retrainer built
-        bounds = self.history.bounds(self.candidates_topic)
-        starts = self.history.offsets_at(self.candidates_topic, created, bounds)
+        bounds = self.history.bounds(self.candidates_topic, cancelled)
+        starts = self.history.offsets_at(self.candidates_topic, created, bounds, cancelled)
         ranges = {p: (start, min(bounds[p].high, start + CANDIDATE_SCAN)) for p, start in starts.items()}
         for record in self.history.read(self.candidates_topic, ranges, cancelled):
             if record.value.get("version") == version and record.value.get("pipeline") == self.pipeline:

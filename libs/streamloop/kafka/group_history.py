@@ -5,6 +5,13 @@ own past input: ranges that end at its group's committed offsets, which is exact
 runner resumes, so no record is fed twice (once replayed, once live). The consumer here carries
 the group id only to look the committed offsets up: it never subscribes, so it never joins the
 group (and cannot disturb the runner's membership), and it never commits; it reads with ``assign``.
+
+Every broker call takes a ``cancelled`` (a stop, a lost lease) that it looks at every CALL_SLICE_S
+at least: a read between two slices of records, and each call that looks offsets up (the topic's
+partitions, the committed offsets, the watermarks, a timestamp's offsets) between two waits of
+CALL_SLICE_S for its answer, asked again until ``timeout_s`` has passed. As one call of
+``timeout_s``, a lookup the broker did not answer held a stop for that long (a minute for the
+retrainer's resume).
 """
 
 from __future__ import annotations
@@ -13,8 +20,9 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from streamloop.kafka.configuration import KafkaSettings
 from streamloop.kafka.exceptions import KafkaRuntimeError
@@ -25,6 +33,14 @@ log = logging.getLogger(__name__)
 
 Ranges = dict[int, tuple[int, int]]  # partition -> [start, stop)
 READ_SLICE = 1_000  # records taken per consume(): a read's cancellation is looked at between two
+# How long one wait for a lookup's answer lasts (list_topics, committed, the watermarks,
+# offsets_for_times): its cancellation is looked at between two.
+CALL_SLICE_S = 0.5
+# What librdkafka raises when a lookup had no answer within its timeout (it waits the whole
+# timeout for each of them, whatever the broker did): asked again while ``timeout_s`` lasts.
+UNANSWERED = frozenset({KafkaError._TIMED_OUT, KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN})
+Cancelled = Callable[[], bool]
+T = TypeVar("T")
 
 
 class HistoryUnavailableError(KafkaRuntimeError):
@@ -73,36 +89,50 @@ class GroupHistory:
             "auto.offset.reset": "earliest",
         }
 
-    def bounds(self, topic: str) -> dict[int, PartitionBounds]:
+    def bounds(self, topic: str, cancelled: Cancelled | None = None) -> dict[int, PartitionBounds]:
+        """Each partition's watermarks and the group's committed offset; ``HistoryReadCancelled`` once
+        ``cancelled`` is true, between two waits of CALL_SLICE_S for an answer."""
         consumer = self._consumer()
         try:
-            return self._bounds(consumer, topic)
+            return self._bounds(consumer, topic, cancelled)
         finally:
             consumer.close()
 
-    def _bounds(self, consumer: Consumer, topic: str) -> dict[int, PartitionBounds]:
+    def _bounds(self, consumer: Consumer, topic: str, cancelled: Cancelled | None = None) -> dict[int, PartitionBounds]:
         try:
-            metadata = consumer.list_topics(topic, timeout=self.timeout_s).topics[topic]
+            metadata = self._answer(lambda timeout: consumer.list_topics(topic, timeout=timeout),
+                                    f"the partitions of {topic}", cancelled).topics[topic]
             if metadata.error is not None:
                 raise KafkaException(metadata.error)
-            committed = consumer.committed([TopicPartition(topic, p) for p in sorted(metadata.partitions)],
-                                           timeout=self.timeout_s)
+            committed = self._answer(
+                lambda timeout: consumer.committed([TopicPartition(topic, p) for p in sorted(metadata.partitions)],
+                                                   timeout=timeout),
+                f"the committed offsets of {topic}", cancelled)
             bounds = {}
             for tp in committed:
-                low, high = consumer.get_watermark_offsets(TopicPartition(topic, tp.partition), timeout=self.timeout_s)
+                low, high = self._answer(
+                    lambda timeout, tp=tp: consumer.get_watermark_offsets(TopicPartition(topic, tp.partition),
+                                                                          timeout=timeout),
+                    f"the watermarks of {topic} [{tp.partition}]", cancelled)
                 position = tp.offset if tp.offset >= 0 else low
                 bounds[tp.partition] = PartitionBounds(low, high, min(max(position, low), high))
             return bounds
         except KafkaException as exc:
             raise HistoryUnavailableError(f"cannot read the offsets of {topic}: {exc}") from exc
 
-    def offsets_at(self, topic: str, time_ms: int, bounds: Mapping[int, PartitionBounds]) -> dict[int, int]:
+    def offsets_at(self, topic: str, time_ms: int, bounds: Mapping[int, PartitionBounds],
+                   cancelled: Cancelled | None = None) -> dict[int, int]:
         """Per partition of ``bounds`` (``bounds(topic)``, which the caller has read already), the first
-        offset whose timestamp is at or after ``time_ms`` (the high watermark if none)."""
+        offset whose timestamp is at or after ``time_ms`` (the high watermark if none).
+
+        ``HistoryReadCancelled`` once ``cancelled`` is true, between two waits of CALL_SLICE_S for the answer.
+        """
         consumer = self._consumer()
         try:
-            found = consumer.offsets_for_times([TopicPartition(topic, p, time_ms) for p in bounds],
-                                               timeout=self.timeout_s)
+            found = self._answer(
+                lambda timeout: consumer.offsets_for_times([TopicPartition(topic, p, time_ms) for p in bounds],
+                                                           timeout=timeout),
+                f"the offsets of {topic} at {time_ms}", cancelled)
         except KafkaException as exc:
             raise HistoryUnavailableError(f"cannot find the offsets of {topic} at {time_ms}: {exc}") from exc
         finally:
@@ -111,7 +141,7 @@ class GroupHistory:
                 for tp in found}
 
     def read(self, topic: str, ranges: Mapping[int, tuple[int, int]],
-             cancelled: Callable[[], bool] | None = None) -> list[ConsumedRecord]:
+             cancelled: Cancelled | None = None) -> list[ConsumedRecord]:
         """Every decodable record in ``[start, stop)`` of each partition, in offset order per partition.
 
         Undecodable records are left out: the live run dead-lettered them. ``cancelled`` is asked
@@ -131,7 +161,7 @@ class GroupHistory:
             consumer.close()
 
     def _read(self, consumer: Consumer, topic: str, ranges: Ranges,
-              cancelled: Callable[[], bool] | None = None) -> list[ConsumedRecord]:
+              cancelled: Cancelled | None = None) -> list[ConsumedRecord]:
         serde = self.serdes[topic]
         consumer.assign([TopicPartition(topic, p, start) for p, (start, _stop) in ranges.items()])
         remaining = dict(ranges)
@@ -169,6 +199,34 @@ class GroupHistory:
                                               key.decode("utf-8", "replace") if isinstance(key, bytes) else key,
                                               value, message.timestamp()[1], list(message.headers() or [])))
         return records
+
+    def _answer(self, call: Callable[[float], T], what: str, cancelled: Cancelled | None) -> T:
+        """``call(timeout)``'s answer, waited for CALL_SLICE_S at a time and for ``timeout_s`` in all.
+
+        A wait that ends unanswered (UNANSWERED) is asked again, so ``cancelled`` is looked at every
+        CALL_SLICE_S; librdkafka goes on connecting and finding the coordinator between two, so a
+        slow broker answers a later one. Any other error is raised at once, as the one long call
+        raised it; the last unanswered one once ``timeout_s`` has passed. A broker that takes longer
+        than CALL_SLICE_S over one request, once connected, answers none of them: the lookup fails
+        at ``timeout_s``, as one it never answered.
+        """
+        if cancelled is None:
+            return call(self.timeout_s)
+        deadline = time.monotonic() + self.timeout_s
+        while True:
+            if cancelled():
+                raise HistoryReadCancelled(f"looking up {what} was given up")
+            started = time.monotonic()
+            wait = min(CALL_SLICE_S, deadline - started)
+            try:
+                return call(max(wait, 0.0))
+            except KafkaException as exc:
+                error = exc.args[0] if exc.args else None
+                if not isinstance(error, KafkaError) or error.code() not in UNANSWERED \
+                        or time.monotonic() >= deadline:
+                    raise
+            # Unanswered sooner than asked (not librdkafka's way, but no busy loop if it were).
+            time.sleep(max(started + wait - time.monotonic(), 0.0))
 
 
 def _drop_passed(consumer: Consumer, topic: str, remaining: Ranges) -> None:

@@ -252,11 +252,11 @@ class FakeHistory:
         self.times_asked: list[tuple[str, int]] = []
         self.reads = 0
 
-    def bounds(self, topic: str) -> dict:
+    def bounds(self, topic: str, cancelled=None) -> dict:
         return {p: PartitionBounds(0, len(rs), self.committed.get((topic, p), 0))
                 for p, rs in self.topics[topic].items()}
 
-    def offsets_at(self, topic: str, time_ms: int, bounds: dict) -> dict:
+    def offsets_at(self, topic: str, time_ms: int, bounds: dict, cancelled=None) -> dict:
         assert bounds == self.bounds(topic), "the bounds the caller read"
         self.times_asked.append((topic, time_ms))
         return {p: next((o for o, (t, _) in enumerate(rs) if t >= time_ms), len(rs))

@@ -28,6 +28,7 @@ from streamloop.kafka.runner import RunnerSettings, StageRunner, StageTopics
 from streamloop.ml.registry import CHAMPION, slot_key
 from streamloop.serde.raw import RawSerde
 from tests.kafka_fakes import FakeConsumer, FakeMessage, FakeProducer
+from tests.unit.kafka.test_group_history import Unanswered
 from tests.unit.model_publisher.factories import T0, labeled_example, with_policy
 from tests.unit.retrainer.test_app import FakeLease, FakeRunner, FakeTableReader
 from tests.unit.retrainer.test_resume import HOUR, FakeHistory, FakeResume, candidate_at, restarted
@@ -81,8 +82,9 @@ class ResumingTerms:
         self.history = GroupHistory(KafkaSettings(bootstrap_servers="127.0.0.1:1"), "retrainer",
                                     {"lab": LabelsFromBytes()})
         self.history._consumer = self._consumer  # type: ignore[method-assign]
-        self.history.bounds = lambda topic: {0: PartitionBounds(0, LABELS, LABELS)} if topic == "lab" else {}
-        self.history.offsets_at = lambda _topic, _time_ms, _bounds: {0: 0}
+        self.history.bounds = lambda topic, _cancelled=None: \
+            {0: PartitionBounds(0, LABELS, LABELS)} if topic == "lab" else {}
+        self.history.offsets_at = lambda _topic, _time_ms, _bounds, _cancelled=None: {0: 0}
 
     def _consumer(self) -> LabelsConsumer:
         consumer = LabelsConsumer(SLICE_S if not self.consumers else 0.0)
@@ -156,6 +158,38 @@ def test_a_lease_lost_during_the_resume_sends_the_replica_back_to_standby_and_th
     app.stop()
     thread.join(5)
     assert not thread.is_alive()
+
+
+@pytest.mark.parametrize("ended_by", ["stop", "lease lost"])
+def test_a_stop_or_a_lost_lease_while_the_broker_does_not_answer_a_lookup_of_the_resume_acts_at_once(
+        spec, tmp_path, ended_by: str) -> None:
+    """The lookups of the resume (the offsets, a timestamp's) were one broker call of RETRAINER_RESUME_TIMEOUT_S
+    each, a minute, not sliced as its reads are: a stop, or a lease lost, during one waited for all of it."""
+    terms = ResumingTerms(spec, tmp_path)
+    hanging = Unanswered("committed")  # the group's committed offsets of the labels, which the resume ends at
+    terms.history = GroupHistory(KafkaSettings(bootstrap_servers="127.0.0.1:1"), "retrainer",
+                                 {"lab": LabelsFromBytes()}, timeout_s=60.0)
+    terms.history._consumer = lambda: hanging  # type: ignore[method-assign]
+    lease = FakeLease() if ended_by == "lease lost" else None
+    if lease is not None:
+        lease.granted.set()
+    app, thread, codes = running(terms, lease)
+    assert wait_until(lambda: hanging.waits, 5), "the lookup under way"
+    time.sleep(0.2)
+    ended_at = time.monotonic()
+    if lease is None:
+        app.stop()
+        thread.join(10)
+        assert not thread.is_alive() and codes == [0]
+    else:
+        lease.take_away()
+        assert wait_until(lambda: lease.acquires == 2, 10), "back to standby"
+    assert time.monotonic() - ended_at < 1.5, "at the end of the wait under way, not once the minute has passed"
+    assert not terms.made[0].runner.running.is_set() and hanging.closed
+    if lease is not None:
+        app.stop()
+        thread.join(5)
+        assert not thread.is_alive()
 
 
 def test_a_resume_cancelled_while_learning_again_keeps_nothing_and_the_next_is_the_whole_line(spec, tmp_path):
