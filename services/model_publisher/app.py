@@ -24,7 +24,7 @@ from streamloop.errors import StreamloopError
 from streamloop.kafka.configuration import KafkaSettings
 from streamloop.kafka.lease import LeaderLease
 from streamloop.kafka.runner import StageRunner
-from streamloop.kafka.table_reader import CompactedTopicReader
+from streamloop.kafka.table_reader import CompactedTopicReader, wait_until_read
 from streamloop.ml.registry import DeploymentTable
 from streamloop.ml.registry_client import read_topic
 from streamloop.serde import Serde
@@ -34,7 +34,6 @@ from streamloop.service.leased import LeasedService
 from streamloop.telemetry import Telemetry, configure_telemetry
 
 SERVICE = "model-publisher"
-TABLE_POLL_S = 0.5  # how soon a stop ends the wait for the deployments table
 log = logging.getLogger(__name__)
 
 
@@ -119,17 +118,12 @@ def wait_for_table(reader: CompactedTopicReader, table: DeploymentTable, timeout
     Nothing is consumed before: a candidate registered, or a challenger judged, against a table
     read only in part would be judged against a champion that is no longer one, or without the
     predecessor a rollback watch needs. The records wait in their topics. An error is logged
-    every ``timeout_s``; False if the service is stopped while it waits.
+    every ``timeout_s``; False if the service is stopped while it waits (``wait_until_read``).
     """
-    waited = 0.0
-    while not stopped():
-        if reader.wait_until_caught_up(TABLE_POLL_S):
-            table.ready = True
-            return True
-        waited += TABLE_POLL_S
-        if waited % timeout_s < TABLE_POLL_S:
-            log.error("deployments table not caught up after %.0fs; nothing is consumed until it is", waited)
-    return False
+    if not wait_until_read(reader, stopped, log_every_s=timeout_s, what="deployments table", level=logging.ERROR):
+        return False
+    table.ready = True
+    return True
 
 
 def build(settings: PublisherSettings, install_global_telemetry: bool = True) -> PublisherApp:

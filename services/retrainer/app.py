@@ -14,7 +14,6 @@ and rebuilding on every drift beside the first.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ from services.retrainer.window import KafkaWindowReader
 from streamloop.kafka.group_history import GroupHistory
 from streamloop.kafka.lease import LeaderLease
 from streamloop.kafka.runner import StageRunner
-from streamloop.kafka.table_reader import CompactedTopicReader
+from streamloop.kafka.table_reader import CompactedTopicReader, wait_until_read
 from streamloop.ml.registry import DeploymentTable
 from streamloop.service.context import ServiceContext
 from streamloop.service.entrypoint import start_service
@@ -35,7 +34,6 @@ from streamloop.service.leased import LeasedService
 from streamloop.telemetry import Telemetry, configure_telemetry
 
 SERVICE = "retrainer"
-TABLE_POLL_S = 0.5  # how soon a stop or a lost lease ends the wait for the deployments table
 log = logging.getLogger(__name__)
 
 
@@ -120,18 +118,10 @@ class RetrainerApp(LeasedService[RetrainerTerm]):
         champion at a later batch ran the resume (up to RETRAINER_RESUME_MAX_LABELS labels read
         and learned) inside that batch, past the group's poll interval, and consumed labels it
         could not learn while the reader lagged. They wait in their topic; a warning every
-        ``table_timeout_s`` says how long it has waited.
+        ``table_timeout_s`` says how long it has waited (``wait_until_read``).
         """
-        started = time.monotonic()
-        warnings = 0
-        while not self._interrupted():
-            if self.table_reader.wait_until_caught_up(min(TABLE_POLL_S, self.table_timeout_s)):
-                return True
-            waited = time.monotonic() - started
-            if waited >= (warnings + 1) * self.table_timeout_s:
-                warnings = int(waited // self.table_timeout_s)
-                log.warning("deployments table not caught up after %.0fs; nothing is consumed until it is", waited)
-        return False
+        return wait_until_read(self.table_reader, self._interrupted, log_every_s=self.table_timeout_s,
+                               what="deployments table")
 
     def _interrupted(self) -> bool:
         return self._stopping.is_set() or (self.lease is not None and self.lease.lost)

@@ -15,6 +15,10 @@ Usage::
     reader.wait_until_caught_up(timeout_s=30)
     ...
     reader.stop()
+
+A service that must consume nothing before its table is read to its end (the publisher, the
+retrainer) waits with ``wait_until_read``: as long as it takes, a line every so often saying how
+long, and no longer once the service is stopped.
 """
 
 from __future__ import annotations
@@ -36,6 +40,8 @@ from streamloop.serde import Serde, SerdeError
 log = logging.getLogger(__name__)
 
 OnChange = Callable[[str, dict[str, Any] | None], None]
+# How long one look of ``wait_until_read`` waits for the table at most: how soon a stop ends the wait.
+TABLE_POLL_S = 0.5
 
 
 @dataclass
@@ -45,6 +51,36 @@ class TableReaderStats:
     undecodable: int = 0
     callback_errors: int = 0
     superseded: int = 0
+
+
+class CatchingUp(Protocol):
+    """What ``wait_until_read`` waits on: a ``CompactedTopicReader``."""
+
+    def wait_until_caught_up(self, timeout_s: float | None = None) -> bool: ...
+
+
+def wait_until_read(reader: CatchingUp, stopped: Callable[[], bool], *, log_every_s: float, what: str,
+                    level: int = logging.WARNING) -> bool:
+    """Wait until ``reader`` has read its table to its end: True then; False once ``stopped()`` is, first.
+
+    There is no timeout: a service that consumed with a table read in part would act on a value
+    since replaced. While it waits, a line at ``level`` every ``log_every_s`` says how long
+    it has waited ("<what> not caught up after 120s"). ``stopped`` is asked before each look,
+    TABLE_POLL_S (or ``log_every_s``, if shorter) apart: a stop, or a lost lease, ends the wait
+    that soon. The time waited is the looks' (a look that finds the table behind has waited its
+    whole timeout).
+    """
+    poll_s = min(TABLE_POLL_S, log_every_s)
+    waited = 0.0
+    lines = 0
+    while not stopped():
+        if reader.wait_until_caught_up(poll_s):
+            return True
+        waited += poll_s
+        if waited >= (lines + 1) * log_every_s:
+            lines = int(waited // log_every_s)
+            log.log(level, "%s not caught up after %.0fs; nothing is consumed until it is", what, waited)
+    return False
 
 
 class TableReaderMetrics(Protocol):

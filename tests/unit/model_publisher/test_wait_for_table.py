@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import threading
 
-from services.model_publisher import app
 from services.model_publisher.app import wait_for_table
+from streamloop.kafka import table_reader
 from streamloop.ml.registry import DeploymentTable
 
 
@@ -30,10 +30,12 @@ def test_the_wait_goes_on_past_the_timeout_until_the_table_is_read(caplog) -> No
         "deployments table not caught up after 1s; nothing is consumed until it is",
         "deployments table not caught up after 2s; nothing is consumed until it is",
         "deployments table not caught up after 3s; nothing is consumed until it is"]
+    assert {r.levelname for r in caplog.records if "not caught up" in r.message} == {"ERROR"}, \
+        "no champion can be judged meanwhile: an error, where the retrainer's is a warning"
 
 
 def test_a_stop_ends_the_wait_with_nothing_consumed(monkeypatch) -> None:
-    monkeypatch.setattr(app, "TABLE_POLL_S", 0.01)
+    monkeypatch.setattr(table_reader, "TABLE_POLL_S", 0.01)
     table, stopping = DeploymentTable(), threading.Event()
     threading.Timer(0.2, stopping.set).start()
     assert wait_for_table(SlowReader(caught_up_at=None), table, timeout_s=60, stopped=stopping.is_set) is False  # type: ignore[arg-type]

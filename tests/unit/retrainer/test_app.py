@@ -183,7 +183,7 @@ def test_nothing_is_consumed_until_the_deployments_table_is_read(caplog: pytest.
         time.sleep(0.9)
         term = terms.made[0]
         assert not term.runner.running.is_set() and term.processor.prepared == 0
-        waits = [r.args[0] for r in caplog.records if "deployments table not caught up" in r.getMessage()]
+        waits = [r.args[-1] for r in caplog.records if "deployments table not caught up" in r.getMessage()]
         assert len(waits) >= 2 and waits == sorted(waits) and waits[0] >= 0.2, \
             "a warning every RETRAINER_TABLE_TIMEOUT_S, with how long it has waited, not one and then silence"
         reader.caught_up.set()
