@@ -36,8 +36,9 @@ read of the topic from its end (``KafkaResume.timer_starts``).
 Every read gives up between two slices once ``cancelled`` is true (``HistoryReadCancelled``): a
 stop, or a lease lost to another replica, ends a resume of ``limit`` labels at once, and the
 processor keeps nothing of it (``ResumeCancelled``). The offsets' lookups too (``bounds``,
-``offsets_at``) wait for their answer in slices of ``CALL_SLICE_S``: a broker that does not answer
-no longer holds a stop up to ``RETRAINER_RESUME_TIMEOUT_S``.
+``offsets_at``) wait for their answer in slices (``CALL_SLICE_S``, doubling up to
+``CALL_SLICE_MAX_S``): a broker that does not answer no longer holds a stop up to
+``RETRAINER_RESUME_TIMEOUT_S``.
 """
 
 from __future__ import annotations

@@ -6,10 +6,11 @@ runner resumes, so no record is fed twice (once replayed, once live). The consum
 the group id only to look the committed offsets up: it never subscribes, so it never joins the
 group (and cannot disturb the runner's membership), and it never commits; it reads with ``assign``.
 
-Every broker call takes a ``cancelled`` (a stop, a lost lease) that it looks at every CALL_SLICE_S
-at least: a read between two slices of records, and each call that looks offsets up (the topic's
-partitions, the committed offsets, the watermarks, a timestamp's offsets) between two waits of
-CALL_SLICE_S for its answer, asked again until ``timeout_s`` has passed. As one call of
+Every broker call takes a ``cancelled`` (a stop, a lost lease) that it looks at often: a read
+between two slices of records, and each call that looks offsets up (the topic's partitions, the
+committed offsets, the watermarks, a timestamp's offsets) between two waits for its answer, the
+first of CALL_SLICE_S, each next twice as long up to CALL_SLICE_MAX_S, asked again until
+``timeout_s`` has passed. As one call of
 ``timeout_s``, a lookup the broker did not answer held a stop for that long (a minute for the
 retrainer's resume).
 """
@@ -36,6 +37,10 @@ READ_SLICE = 1_000  # records taken per consume(): a read's cancellation is look
 # How long one wait for a lookup's answer lasts (list_topics, committed, the watermarks,
 # offsets_for_times): its cancellation is looked at between two.
 CALL_SLICE_S = 0.5
+# Each wait left unanswered doubles the next, up to this: a broker that needs longer than one slice
+# for a request (a loaded machine, a topic with many segments to search by time) still answers one,
+# and a stop waits at most this long.
+CALL_SLICE_MAX_S = 4.0
 # What librdkafka raises when a lookup had no answer within its timeout (it waits the whole
 # timeout for each of them, whatever the broker did): asked again while ``timeout_s`` lasts.
 UNANSWERED = frozenset({KafkaError._TIMED_OUT, KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN})
@@ -203,21 +208,22 @@ class GroupHistory:
     def _answer(self, call: Callable[[float], T], what: str, cancelled: Cancelled | None) -> T:
         """``call(timeout)``'s answer, waited for CALL_SLICE_S at a time and for ``timeout_s`` in all.
 
-        A wait that ends unanswered (UNANSWERED) is asked again, so ``cancelled`` is looked at every
-        CALL_SLICE_S; librdkafka goes on connecting and finding the coordinator between two, so a
-        slow broker answers a later one. Any other error is raised at once, as the one long call
-        raised it; the last unanswered one once ``timeout_s`` has passed. A broker that takes longer
-        than CALL_SLICE_S over one request, once connected, answers none of them: the lookup fails
-        at ``timeout_s``, as one it never answered.
+        A wait that ends unanswered (UNANSWERED) is asked again, for twice as long each time up to
+        CALL_SLICE_MAX_S, and ``cancelled`` is looked at between two; librdkafka goes on connecting
+        and finding the coordinator between two, so a slow broker answers a later one, and one that
+        takes longer than CALL_SLICE_S over a single request answers a longer wait. Any other error
+        is raised at once, as the one long call raised it; the last unanswered one once
+        ``timeout_s`` has passed.
         """
         if cancelled is None:
             return call(self.timeout_s)
         deadline = time.monotonic() + self.timeout_s
+        slice_s = CALL_SLICE_S
         while True:
             if cancelled():
                 raise HistoryReadCancelled(f"looking up {what} was given up")
             started = time.monotonic()
-            wait = min(CALL_SLICE_S, deadline - started)
+            wait = min(slice_s, deadline - started)
             try:
                 return call(max(wait, 0.0))
             except KafkaException as exc:
@@ -225,6 +231,7 @@ class GroupHistory:
                 if not isinstance(error, KafkaError) or error.code() not in UNANSWERED \
                         or time.monotonic() >= deadline:
                     raise
+            slice_s = min(2 * slice_s, CALL_SLICE_MAX_S)
             # Unanswered sooner than asked (not librdkafka's way, but no busy loop if it were).
             time.sleep(max(started + wait - time.monotonic(), 0.0))
 

@@ -10,6 +10,7 @@ from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from streamloop.kafka import KafkaSettings
 from streamloop.kafka.group_history import (
+    CALL_SLICE_MAX_S,
     CALL_SLICE_S,
     UNANSWERED,
     GroupHistory,
@@ -171,3 +172,29 @@ def test_a_lookup_unanswered_for_the_whole_timeout_or_refused_fails_as_the_one_l
     consumer = Unanswered("offsets_for_times", answered_at=1)
     history_over(consumer, timeout_s=7.0).offsets_at("t", 1_000, {0: PartitionBounds(0, 50, 40)})
     assert consumer.waits == [7.0]
+
+
+def test_a_broker_slower_than_one_slice_answers_a_longer_wait() -> None:
+    """Waits of one fixed half second would each be given up before a loaded broker's answer came: the
+    lookup failed at the timeout although the broker answered every request in a second."""
+    consumer = SlowerThanOneSlice("committed", needs_s=1.5)
+    history = history_over(consumer, timeout_s=20.0)
+    asked = time.monotonic()
+    assert history.bounds("t", cancelled=lambda: False)
+    assert consumer.waits[:3] == [CALL_SLICE_S, 2 * CALL_SLICE_S, 4 * CALL_SLICE_S]
+    assert time.monotonic() - asked < 0.5 + 1.0 + 2.0 + 1.0
+    assert max(consumer.waits) <= CALL_SLICE_MAX_S
+
+
+class SlowerThanOneSlice(Unanswered):
+    """A broker that answers ``hangs`` only to a wait at least ``needs_s`` long."""
+
+    def __init__(self, hangs: str, needs_s: float) -> None:
+        super().__init__(hangs)
+        self.needs_s = needs_s
+
+    def _lookup(self, name: str, timeout: float, answer):
+        if name == self.hangs and timeout >= self.needs_s:
+            self.waits.append(timeout)
+            return answer
+        return super()._lookup(name, timeout, answer)
