@@ -103,6 +103,7 @@ class Collector(KeyingAgent, JoinAgent, ScoringAgent, Pacing, Outputs, Rebalanci
         self._announced: dict[int, tuple[int, float]] = {}  # join partition -> (clock, when) last announced
         self._owned: set[int] = set()  # keyed partitions of the last assignment
         self._baseline_lock = asyncio.Lock()
+        self._alone = asyncio.Lock()  # records sent again alone go one at a time (faust_outputs.py)
         self._partitioner = DefaultPartitioner()
         self.inputs = {ctx.topic(role).name: role for role in INPUT_ROLES}
         self.serdes = {ctx.topic(role).name: ctx.serde(role) for role in [*INPUT_ROLES, *OUTPUTS]}
@@ -153,6 +154,8 @@ class Collector(KeyingAgent, JoinAgent, ScoringAgent, Pacing, Outputs, Rebalanci
     def _totals(self) -> dict[str, int]:
         totals = {**self.counters.as_dict(), **self.scoring_counters.as_events()}
         totals["consumer_reseeks"] = self.report.consumer_reseeks
+        totals["outputs_refused_in_batch"] = self.report.refused_in_batch
+        totals["outputs_refused_alone"] = self.report.refused_alone
         totals["holes_accepted"] = self.order.holes_accepted
         return totals
 

@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 from services.ground_truth_collector.entries import JoinInput, SourceRef
+from services.ground_truth_collector.faust_outputs import IfRefused
 from services.ground_truth_collector.join import Decision, Joined, JoinPartition
 from services.ground_truth_collector.routing import (
     HEADER_DECIDED_AT,
@@ -47,14 +48,16 @@ class JoinAgent:
             # Never before the table is restored (faust can deliver records during recovery);
             # what is delivered again after recovery's seek is recognised as a replay.
             await self.app.tables.recovery.completed.wait()
+            markers = []
             if not resumed:
-                await self._resume(self.joined, [0])
+                markers = await self._resume(self.joined, [0])
                 resumed = True
             async with self.revocations.work():
-                await self._join_batch(stream, [event for event in events if self._current(event.message)])
+                await self._join_batch(stream, [event for event in events if self._current(event.message)], markers)
 
-    async def _join_batch(self, stream: Any, events: list[Any]) -> None:
-        pending: list[Any] = []
+    async def _join_batch(self, stream: Any, events: list[Any], markers: list[Any] | None = None) -> None:
+        """``markers``: sends to await with the batch's outputs (the resume markers, Pacing._resume)."""
+        pending: list[Any] = list(markers or [])
         applied = []
         touched: dict[int, int] = {}  # join partition -> offset of its last record in the batch
         for event in events:
@@ -83,17 +86,22 @@ class JoinAgent:
                 continue
             # An output Kafka refuses for good (too large, say) would stop the worker at every restart:
             # the record it came from is dead-lettered instead, as the runner does, and the others go out.
+            # Refused by the broker after the send (Outputs._acknowledged), alike, once it is awaited.
             refused: list[RecordRefusedError] = []
+            tick = control_of(header_list(event.message.headers)) == TICK
+            if_refused = self._drop_refused if tick else self._dead_letter_once(
+                lambda error, message=event.message: self._dead_letter_keyed(message, error,
+                                                                             dead_letters.STAGE_PRODUCE))
             for decision in decisions:
-                pending += await self._send_decision(decision, event.message, refused)
-            if refused and control_of(header_list(event.message.headers)) == TICK:
+                pending += await self._send_decision(decision, event.message, refused, if_refused)
+            if refused and tick:
                 for error in refused:  # a tick's decisions: no input record to dead-letter
-                    self._drop_refused(error)
+                    await self._drop_refused(error)
             elif refused:
-                pending.append(await self._dead_letter_keyed(event.message, refused[0], dead_letters.STAGE_PRODUCE))
+                pending.append(await if_refused(refused[0]))
         pending += await self._announce_clocks(touched)
         await self._settle(pending, waiting=self.state)
-        await self._settle(await self.state.flush())
+        await self._settle(await self.state.flush(self._send_state))
         for event in applied:
             await stream.ack(event)
             self.pacer.done(event.message.topic, event.message.partition, event.message.offset)
@@ -120,9 +128,11 @@ class JoinAgent:
         item = JoinInput(kind, event_id, value, source, timestamp_ms)
         return partition.apply(item)
 
-    async def _send_decision(self, decision: Decision, trigger: Any, refused: list[RecordRefusedError]) -> list[Any]:
+    async def _send_decision(self, decision: Decision, trigger: Any, refused: list[RecordRefusedError],
+                             if_refused: IfRefused) -> list[Any]:
         """Send a decision's records; returns their delivery futures. ``trigger`` is the keyed message;
-        ``refused`` gets why Kafka refused a record for good (Outputs._send)."""
+        ``refused`` gets why Kafka refused a record for good at the send, ``if_refused`` why after it
+        (Outputs._send)."""
         trigger_headers = header_list(trigger.headers)
         if isinstance(decision, Joined):
             value = self.serdes[self.ctx.topic("labeled_examples").name].encode(decision.example)
@@ -133,21 +143,23 @@ class JoinAgent:
             clock = self.partitions[trigger.partition].clock
             if clock is not None:  # the partition's clock: the metrics stage's watermark (scoring.py)
                 extra.append((HEADER_JOIN_CLOCK, str(clock).encode()))
-            futures = await self._send(self.joined, refused, key=decision.example["event_id"].encode(), value=value,
-                                       partition=0, headers=forwarded_headers(trigger_headers, *extra))
+            futures = await self._send(self.joined, refused, if_refused=if_refused,
+                                       key=decision.example["event_id"].encode(), value=value, partition=0,
+                                       headers=forwarded_headers(trigger_headers, *extra))
             if futures:
                 self.pacer.joined()
             if not decision.late_prediction:
-                futures += await self._send(self.outputs["labeled_examples"], refused,
+                futures += await self._send(self.outputs["labeled_examples"], refused, if_refused=if_refused,
                                             key=decision.example["entity_key"].encode(), value=value,
                                             headers=forwarded_headers(trigger_headers, label))
             return futures
         value = self.serdes[self.ctx.topic("unmatched_labels").name].encode(decision.record)
         return await self._send(
-            self.outputs["unmatched_labels"], refused, key=decision.record["event_id"].encode(), value=value,
+            self.outputs["unmatched_labels"], refused, if_refused=if_refused,
+            key=decision.record["event_id"].encode(), value=value,
             headers=forwarded_headers(trigger_headers, (HEADER_LABEL_SOURCE, decision.label_source.text().encode())))
 
-    def _drop_refused(self, error: RecordRefusedError) -> None:
+    async def _drop_refused(self, error: RecordRefusedError) -> None:
         """An output of a tick's decision Kafka refused for good: lost, logged and counted as the runner's
         delivery counts it (``streamloop_outputs_dropped_total{topic,reason="refused"}``). Dead-lettered,
         the tick record (no source) went to <group>-by-event.dlq as a VALIDATION failure."""
@@ -170,8 +182,9 @@ class JoinAgent:
             headers = [(HEADER_ORIGIN, SourceRef(self.keyed.get_topic_name(), partition, offset).text().encode())]
             if join.clock is not None:
                 headers.append((HEADER_JOIN_CLOCK, str(join.clock).encode()))
-            futures.append(await self.joined.send(key=None, value=b"", partition=0,
-                                                  headers=control_headers(WATERMARK, *headers)))
+            # Never refused for itself (no value), but maybe with a batch of examples: sent again alone.
+            futures += await self._send(self.joined, None, key=None, value=b"", partition=0,
+                                        headers=control_headers(WATERMARK, *headers))
         return futures
 
     async def _dead_letter_keyed(self, message: Any, error: BaseException,

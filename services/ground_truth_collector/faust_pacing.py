@@ -49,10 +49,16 @@ class Pacing:
             gaps.pop(tp, None)
         await consumer.seek(tp, offset)
 
-    async def _resume(self, topic: Any, partitions: list[int]) -> None:
+    async def _resume(self, topic: Any, partitions: list[int]) -> list[Any]:
+        """Send resume markers; returns what to await with the first batch, before its acknowledgements
+        (a marker sent with a batch the broker refuses is sent again alone, Outputs._send: never awaited,
+        it was lost with it)."""
+        futures = []
         for partition in partitions:
-            await topic.send(key=None, value=b"", partition=partition, headers=control_headers(RESUME))
+            futures += await self._send(topic, None, key=None, value=b"", partition=partition,
+                                        headers=control_headers(RESUME))
         log.info("%s: resume markers written to %s", SERVICE, topic.get_topic_name())
+        return futures
 
     async def _tick(self) -> None:
         """Tick the partitions that went quiet while caught up, so their clocks can run on."""
@@ -71,12 +77,17 @@ class Pacing:
                 return
             # A tick counts as the partition's last record, as the runner's do (stages.py): a quiet
             # partition is ticked once per idle_after, not at every turn of the timer (every second).
+            # Awaited: sent with a batch the broker refuses, they are sent again alone (Outputs._send).
+            futures = []
             for partition in self.pacer.quiet_keyed(now, self._keyed_range):
-                await self.keyed.send(key=None, value=b"", partition=partition, headers=control_headers(TICK))
+                futures += await self._send(self.keyed, None, key=None, value=b"", partition=partition,
+                                            headers=control_headers(TICK))
                 self.pacer.keyed(partition)
             if self.pacer.quiet_joined(now) and await self.pacer.caught_up(consumer, {self.keyed.get_topic_name()}):
-                await self.joined.send(key=None, value=b"", partition=0, headers=control_headers(TICK))
+                futures += await self._send(self.joined, None, key=None, value=b"", partition=0,
+                                            headers=control_headers(TICK))
                 self.pacer.joined()
+            await self._settle(futures)
 
     async def _unstick(self, now: float) -> bool:
         """Read a partition again from where its agent stands when it idles on a backlog (pacing.py)."""

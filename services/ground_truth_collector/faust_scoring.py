@@ -72,7 +72,7 @@ class ScoringAgent:
         if reports:
             await self._publish(reports)
             self.scoring_state.put(_CLOSED_UNTIL, {"closed_until": scoring.closed_until}, 0)
-            await self._settle(await self.scoring_state.flush())
+            await self._settle(await self.scoring_state.flush(self._send_state))
         # A dead letter acknowledged before its record is: a crash in between would commit past a
         # record whose dead letter was never written.
         await self._settle(dead)
@@ -124,7 +124,9 @@ class ScoringAgent:
         futures = []
         for report in reports:
             snapshot = report.snapshot(self.ctx.pipeline.name, now)
-            futures.append(await self.outputs["metrics"].send(
-                key=snapshot["model_version"].encode(), value=serde.encode(snapshot)))
+            # Refused with its batch by the broker, sent again alone (Outputs._send); refused for itself,
+            # at the send or alone, it stops the worker, as before.
+            futures += await self._send(self.outputs["metrics"], None, key=snapshot["model_version"].encode(),
+                                        value=serde.encode(snapshot))
         await self._settle(futures)
         self.report.windows(reports)

@@ -24,6 +24,10 @@ class CollectorMetrics:
         self.metrics = metrics
         self.consumed: Counter[str] = Counter()
         self.consumer_reseeks = 0
+        # faust runtime (faust_outputs.py): records the broker refused with their batch, sent again alone,
+        # and those it refused alone too (dead-lettered in their input record's place, or dropped).
+        self.refused_in_batch = 0
+        self.refused_alone = 0
         self._reported: dict[str, int] = {}
         self._accuracy = metrics.gauge("streamloop_model_accuracy",
                                        "Prequential accuracy of the last closed window, per model.")

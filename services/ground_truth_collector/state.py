@@ -25,7 +25,7 @@ refusal.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
@@ -141,9 +141,10 @@ class TableStore:
     def pending_writes(self) -> int:
         return len(self._pending)
 
-    async def flush(self) -> list[Any]:
+    async def flush(self, send: Callable[..., Awaitable[Any]] | None = None) -> list[Any]:
         """Apply the held writes to the table and send them to its changelog; returns the sends'
-        delivery futures, to be awaited before the batch's records are acknowledged.
+        delivery futures, to be awaited before the batch's records are acknowledged. ``send(topic,
+        key=, value=, partition=)``: how to send one (the changelog topic's own ``send`` if None).
 
         ``Table.send_changelog`` is not used: it goes through faust's producer buffer, whose flush
         gives up after 0.1 s, so faust's own commit can get ahead of the changelog (and a crash
@@ -160,7 +161,10 @@ class TableStore:
                 data.pop(raw_key, None)
             else:
                 data[raw_key] = raw
-            futures.append(await changelog.send(key=raw_key, value=raw, partition=partition))
+            if send is None:
+                futures.append(await changelog.send(key=raw_key, value=raw, partition=partition))
+            else:
+                futures.append(await send(changelog, key=raw_key, value=raw, partition=partition))
         self._pending.clear()
         self._undo.clear()
         return futures

@@ -13,7 +13,7 @@ from faust.exceptions import ProducerSendError
 from faust.types import TP
 
 from services.ground_truth_collector.entries import Kind, SourceRef
-from services.ground_truth_collector.routing import TICK, control_headers, keyed_headers
+from services.ground_truth_collector.routing import RESUME, TICK, control_headers, keyed_headers
 from services.ground_truth_collector.settings import SERVICE, CollectorSettings
 from services.ground_truth_collector.state import TableStore
 from streamloop.kafka import dead_letters
@@ -311,6 +311,143 @@ def test_an_output_of_a_tick_s_decision_kafka_refuses_is_dropped_and_counted_as_
         assert [r["key"] for r in collector.outputs["labeled_examples"].refused] == [b"card-e1"]
         assert keyed_dlq.sent == [] and dropped == [(examples, "refused")]
         assert stream.acked == [(0, 0), (0, 1), (0, 2)]
+        agent.cancel()
+
+    asyncio.run(scenario())
+
+
+class BatchLimited(Topic):
+    """A topic whose max.message.bytes (``limit``) is below the producer's, as the broker checks it: the
+    records sent in one turn of the event loop go in one batch, and a batch larger than ``limit`` is
+    refused whole (aiokafka fails every record of it with the broker's MessageSizeTooLargeError). A record
+    sent alone (Outputs._send_alone) is a batch of its own. ``sent`` has what the broker took."""
+
+    def __init__(self, name: str, limit: int) -> None:
+        super().__init__(name)
+        self.limit = limit
+        self.queued: list[tuple[dict[str, Any], asyncio.Future]] = []
+        self.batches: list[int] = []  # the size of each batch the broker was sent, in records
+        self.refused: list[dict[str, Any]] = []  # refused alone
+
+    async def send(self, **record: Any) -> asyncio.Future:
+        loop = asyncio.get_running_loop()
+        if not self.queued:
+            loop.call_soon(self._flush)  # the batch goes once the sender yields (aiokafka's linger)
+        delivered = loop.create_future()
+        self.queued.append((record, delivered))
+        return delivered
+
+    async def send_alone(self, **record: Any) -> asyncio.Future:
+        delivered = asyncio.get_running_loop().create_future()
+        self._deliver([(record, delivered)])
+        return delivered
+
+    def _flush(self) -> None:
+        queued, self.queued = self.queued, []
+        self._deliver(queued)
+
+    def _deliver(self, batch: list[tuple[dict[str, Any], asyncio.Future]]) -> None:
+        self.batches.append(len(batch))
+        if sum(len(record["value"] or b"") for record, _ in batch) > self.limit:
+            if len(batch) == 1:
+                self.refused.append(batch[0][0])
+            for _, delivered in batch:
+                delivered.set_exception(MessageSizeTooLargeError())
+            return
+        for record, delivered in batch:
+            self.sent.append(record)
+            delivered.set_result(None)
+
+
+def sent_alone_by_the_fake(collector: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Outputs._send_alone hands aiokafka a batch of one record: here, to the topic's fake broker."""
+    async def send_alone(topic: Any, record: dict[str, Any]) -> asyncio.Future:
+        return await topic.send_alone(**record)
+
+    monkeypatch.setattr(collector, "_send_alone", send_alone, raising=False)
+
+
+def test_a_batch_the_broker_refuses_is_sent_again_alone_and_only_a_record_refused_alone_is_dead_lettered(
+        collector, monkeypatch: pytest.MonkeyPatch) -> None:
+    """aiokafka's size check takes every record (below the producer's max), the broker refuses their batch
+    (above the topic's max.message.bytes) and aiokafka fails every record in it: the batch's settle raised,
+    the worker stopped, and every restart met the same refusal. The small records of the batch are sent
+    again alone and delivered; the one too large alone has its label dead-lettered, once for its two outputs,
+    and every record is acknowledged."""
+    async def scenario() -> None:
+        worker = Worker(collector)
+        await worker.start()
+        sent_alone_by_the_fake(collector, monkeypatch)
+        failures: list[str] = []
+        collector._fail = failures.append
+        labels = collector.ctx.topic("labels").name
+        dlq = collector.dead_letter_topics[labels] = Topic(f"{labels}.dlq")
+        large = {f"f{i:04d}": float(i) for i in range(300)}  # an example of ~3.5 kB
+        limit = 1_500  # above an example of one feature, below the three examples together
+        examples = collector.outputs["labeled_examples"] = BatchLimited(collector.ctx.topic("labeled_examples").name,
+                                                                        limit)
+        collector.joined = BatchLimited(worker.joined.name, limit)
+        stream = Stream()
+        agent = asyncio.create_task(collector._join(stream))
+        batch = []
+        for n, event_id in enumerate(["e1", "e2", "e3"]):
+            batch += [keyed(worker, "features", features(event_id, large if event_id == "e1" else None), 3 * n,
+                            Kind.FEATURES),
+                      keyed(worker, "predictions", prediction(event_id), 3 * n + 1, Kind.PREDICTION),
+                      keyed(worker, "labels", label(event_id), 3 * n + 2, Kind.LABEL)]
+        stream.batches.put_nowait(batch)
+        await settled()
+
+        assert not agent.done() and failures == [], "the worker stopped on the batch refused after the send"
+        assert examples.batches == [3, 1, 1, 1] and max(collector.joined.batches) >= 3, "no batch was refused"
+        assert [r["key"] for r in examples.sent] == [b"card-e2", b"card-e3"], "an innocent record was lost"
+        assert [r["key"] for r in collector.joined.sent if r["key"] is not None] == [b"e2", b"e3"]
+        assert [r["key"] for r in examples.refused] == [b"card-e1"]
+        [letter] = dlq.sent
+        errors = letter_of(letter)
+        assert (errors[dead_letters.TOPIC], errors[dead_letters.OFFSET], errors[dead_letters.STAGE]) == (
+            labels, "2", dead_letters.STAGE_PRODUCE)
+        assert "MessageSizeTooLargeError" in errors[dead_letters.MESSAGE]
+        assert letter["value"] == batch[2].message.value
+        assert stream.acked == [(0, offset) for offset in range(9)]
+        totals = collector._totals()
+        assert totals["outputs_refused_alone"] == 2  # e1's example and its joined record
+        # Refused with their batches: three examples, and three joined records with the batch's watermark and
+        # the resume marker sent before it.
+        assert totals["outputs_refused_in_batch"] == 3 + 5
+        assert [r["headers"] for r in collector.joined.sent if r["key"] is None][0] == control_headers(RESUME)
+        agent.cancel()
+
+    asyncio.run(scenario())
+
+
+def test_the_keying_agent_acknowledges_its_records_once_the_broker_took_their_forwards(
+        collector, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Acknowledged once their forwards were queued, records whose batch the broker then refused (the keyed
+    topic's max.message.bytes below the producer's batch) were committed past by faust (its commit waits for
+    the producer's sends, not for their success): lost. They are sent again alone and acknowledged then."""
+    async def scenario() -> None:
+        worker = Worker(collector)
+        await worker.start()
+        sent_alone_by_the_fake(collector, monkeypatch)
+        topic = collector.ctx.topic("labels").name
+        dlq = collector.dead_letter_topics[topic] = Topic(f"{topic}.dlq")
+        keyed_topic = collector.keyed = BatchLimited(worker.keyed.name, limit=50)
+        worker.committed[(topic, 0)] = 0
+        values = [collector.serdes[topic].encode(label(f"e{n}")) for n in range(3)]
+        assert all(len(value) <= 50 for value in values) and sum(map(len, values)) > 50
+        stream = Stream()
+        agent = asyncio.create_task(collector._key_by_event(stream))
+        stream.batches.put_nowait([SimpleNamespace(message=SimpleNamespace(
+            topic=topic, partition=0, offset=n, timestamp=T0 / 1000, key=f"e{n}".encode(), headers=[], value=value,
+            tp=TP(topic, 0), generation_id=collector.app.consumer_generation_id)) for n, value in enumerate(values)])
+        await settled()
+        assert not agent.done()
+        assert sorted(r["value"] for r in keyed_topic.sent if r["key"] is not None) == sorted(values)
+        assert dlq.sent == [] and stream.acked == [(0, 0), (0, 1), (0, 2)]
+        resumed = [r["partition"] for r in keyed_topic.sent if r["headers"] == control_headers(RESUME)]
+        assert sorted(resumed) == list(range(collector.keyed_partitions)), "the resume markers sent with them"
+        assert collector._totals()["outputs_refused_in_batch"] == 3 + collector.keyed_partitions
         agent.cancel()
 
     asyncio.run(scenario())
