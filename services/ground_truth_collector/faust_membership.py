@@ -13,9 +13,11 @@ worker joins, the group may have no member but this worker's own earlier members
 ``group.instance.id``, back after a restart).
 
 A member gone without leaving the group (a dynamic one, or a static one under another id) is
-waited out for a session timeout, when the broker expires it. Not caught: two workers started
-at the same moment (neither is a member yet), and a broker that lists no members (Tansu answers
-DescribeGroups without them); the deployments are what keeps them from happening.
+waited out for a session timeout, when the broker expires it. Not caught (the service README
+says so precisely): two workers started within the seconds between the check and the join
+(neither is a member yet when the other checks), a broker that lists no members (Tansu answers
+DescribeGroups without them), and a second worker given this one's group.instance.id; the
+deployments are what keeps them from happening.
 """
 
 from __future__ import annotations
