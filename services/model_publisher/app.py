@@ -129,6 +129,7 @@ def wait_for_table(reader: CompactedTopicReader, table: DeploymentTable, timeout
 def build(settings: PublisherSettings, install_global_telemetry: bool = True) -> PublisherApp:
     ctx = ServiceContext.load(SERVICE, settings.common)
     store = settings.artifacts.artifact_store()
+    verifier = settings.artifacts.deployment_verifier()
     telemetry = configure_telemetry(settings.telemetry.for_service(SERVICE), install_global=install_global_telemetry)
     topics = PublisherTopics(
         model_candidates=ctx.topic("model_candidates").name, labeled_examples=ctx.topic("labeled_examples").name,
@@ -146,7 +147,8 @@ def build(settings: PublisherSettings, install_global_telemetry: bool = True) ->
     def new_term() -> PublisherTerm:
         table = DeploymentTable()
         reader = CompactedTopicReader(settings.common.kafka, topics.model_deployments, ctx.serde("model_deployments"),
-                                      on_change=table.apply, name=f"{SERVICE}-deployments", metrics=telemetry.metrics)
+                                      on_change=table.apply, name=f"{SERVICE}-deployments", metrics=telemetry.metrics,
+                                      verify=verifier, on_refused=table.refuse)
         processor = PublisherProcessor(ctx.pipeline, topics, table, store, policy=policy, metrics=telemetry.metrics)
         runner = ctx.runner(processor, inputs=["model_candidates", "labeled_examples", "metrics"],
                             outputs=["model_deployments", "model_decisions", "alerts"], metrics=telemetry.metrics)

@@ -83,7 +83,8 @@ class PublisherProcessor:
         self.metric = pipeline.promotion.metric
         self.ledger = LossLedger(self.policy.ledger_events)
         self.writer = RegistryWriter(pipeline, table, deployments_topic=topics.model_deployments,
-                                     decisions_topic=topics.model_decisions, alerts_topic=topics.alerts, clock=clock)
+                                     decisions_topic=topics.model_decisions, alerts_topic=topics.alerts, clock=clock,
+                                     signer=store.signer)
         self.judge = Judge(pipeline, table, self.ledger, self.writer, self.policy.judging)
         self.staleness = StalenessMonitor(pipeline, SOURCE, self.policy.min_metric_samples)
         self._metrics = metrics
@@ -158,6 +159,16 @@ class PublisherProcessor:
         if champion is not None or not self.policy.bootstrap:
             self._bootstrapped = True
             return self.judge.repair()
+        refused = self.table.refused(self.pipeline.name, self.pipeline.model.name, CHAMPION)
+        if refused is not None:
+            # An untrained model must not silently replace a champion this publisher cannot verify (one
+            # written before records were signed, or a forgery): the operator decides (docs/security.md).
+            self._bootstrapped = True
+            log.error("not bootstrapping: the registry's champion record (%s) does not verify, so the table holds no "
+                      "champion; sign the deployed slots with `streamloop models re-sign` (with "
+                      "STREAMLOOP_ARTIFACT_ACCEPT_UNSIGNED_DEPLOYMENTS=true for records written before signing), "
+                      "or promote a version by hand", refused.get("version"))
+            return []
         model_spec = self.pipeline.model
         version = bootstrap_version(model_spec)
         identity = ArtifactIdentity(self.pipeline.name, model_spec.name, version)

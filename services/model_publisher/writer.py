@@ -1,7 +1,9 @@
 """The publisher's writes to the registry: deployment slots and the decisions that explain them.
 
 Each deployment change is also written through to the publisher's own ``DeploymentTable``, so the
-next decision (in the same batch) sees it before the compacted topic echoes it back.
+next decision (in the same batch) sees it before the compacted topic echoes it back. Every
+deployment record is signed with the artifact signing key (streamloop.ml.deployment_signing),
+and stamped no earlier than the record it replaces, which readers would refuse as a replay.
 """
 
 from __future__ import annotations
@@ -11,13 +13,16 @@ from typing import Any
 
 from streamloop.contracts.pipeline import PipelineSpec
 from streamloop.kafka.records import OutgoingRecord
-from streamloop.ml.registry import CANARY, DeploymentTable, decision_record, deployment_record, slot_key
+from streamloop.ml.artifacts import ArtifactSigner
+from streamloop.ml.deployment_signing import sign_deployment
+from streamloop.ml.registry import CANARY, DeploymentTable, decision_record, deployment_record, millis, slot_key
 
 
 class RegistryWriter:
     def __init__(self, pipeline: PipelineSpec, table: DeploymentTable, *, deployments_topic: str,
-                 decisions_topic: str, alerts_topic: str, clock: Callable[[], int]) -> None:
+                 decisions_topic: str, alerts_topic: str, clock: Callable[[], int], signer: ArtifactSigner) -> None:
         self.pipeline = pipeline
+        self.signer = signer
         self.table = table
         self.deployments_topic = deployments_topic
         self.decisions_topic = decisions_topic
@@ -28,10 +33,13 @@ class RegistryWriter:
     def deploy(self, slot: str, version: str, artifact: dict[str, Any], *, previous_version: str | None = None,
                decision_id: str | None = None) -> OutgoingRecord:
         weight = self.pipeline.promotion.canary_weight if slot == CANARY else 0.0
-        record = deployment_record(self.pipeline.name, self.model_name, slot, version, artifact,
-                                   deployed_at=self.clock(), canary_weight=weight,
-                                   previous_version=previous_version, decision_id=decision_id)
         key = slot_key(self.pipeline.name, self.model_name, slot)
+        replaced = self.table.slot(self.pipeline.name, self.model_name, slot)
+        # A clock behind the slot's record (another host's, or stepped back) would make readers refuse this one.
+        deployed_at = max(self.clock(), millis(replaced["deployed_at"]) + 1 if replaced else 0)
+        record = sign_deployment(self.signer, deployment_record(
+            self.pipeline.name, self.model_name, slot, version, artifact, deployed_at=deployed_at,
+            canary_weight=weight, previous_version=previous_version, decision_id=decision_id))
         self.table.write(key, record)
         return OutgoingRecord(self.deployments_topic, key, record)
 

@@ -212,7 +212,7 @@ def build(settings: ScorerSettings, telemetry: Telemetry | None = None) -> Score
     deployments = DeploymentGate(holder)
     reader = CompactedTopicReader(kafka, ctx.topic("model_deployments").name, ctx.serde("model_deployments"),
                                   on_change=deployments.on_deployment, name=f"{SERVICE}-deployments",
-                                  metrics=metrics)
+                                  metrics=metrics, verify=settings.artifacts.deployment_verifier())
     redis = settings.redis
     store = RedisFeatureStore(redis.client(), ctx.pipeline.name, ttl_ms=ctx.pipeline.features.ttl,
                               key_prefix=redis.key_prefix, owns_client=True)

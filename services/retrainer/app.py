@@ -142,7 +142,7 @@ def build(settings: RetrainerSettings, install_global_telemetry: bool = True) ->
     deployments = ctx.topic("model_deployments").name
     reader = CompactedTopicReader(settings.common.kafka, deployments, ctx.serde("model_deployments"),
                                   on_change=table.apply, name=f"{SERVICE}-deployments", on_caught_up=table_read,
-                                  metrics=telemetry.metrics)
+                                  metrics=telemetry.metrics, verify=settings.artifacts.deployment_verifier())
     window = KafkaWindowReader(settings.common.kafka, ctx.topic("labeled_examples").name,
                                ctx.serde("labeled_examples"), timeout_s=settings.window_read_timeout_s)
     policy = RebuildPolicy(

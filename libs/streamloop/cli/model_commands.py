@@ -28,7 +28,7 @@ from streamloop.cli.connection import (
     reachable_admin,
 )
 from streamloop.ml.artifacts import ArtifactStore
-from streamloop.ml.exceptions import ModelError
+from streamloop.ml.exceptions import ModelError, SigningKeyError
 from streamloop.ml.registry_client import RegistryClient
 from streamloop.ml.settings import ArtifactSettings
 from streamloop.serde import SerdeError
@@ -49,33 +49,45 @@ def stack_artifact_settings(data_dir: Path) -> ArtifactSettings:
                             signing_key=f"file:{(data_dir / 'signing.key').resolve()}")
 
 
-def artifact_store(data_dir: Path) -> ArtifactStore:
-    """The store promotions are verified against when no local stack runs: STREAMLOOP_ARTIFACT_* if
-    set, else the one a local stack in ``data_dir`` left."""
+def artifact_settings(data_dir: Path) -> ArtifactSettings:
+    """The store and keys promotions are verified against when no local stack runs: STREAMLOOP_ARTIFACT_*
+    if set, else the ones a local stack in ``data_dir`` left."""
     settings = ArtifactSettings()
     if settings.signing_key is None and (data_dir / "signing.key").exists():
         settings = stack_artifact_settings(data_dir)
-    return settings.artifact_store()
+    return settings
 
 
-def _verifying_store(conn: Connection, data_dir: Path) -> ArtifactStore:
+def artifact_store(data_dir: Path) -> ArtifactStore:
+    return artifact_settings(data_dir).artifact_store()
+
+
+def _verifying_settings(conn: Connection, data_dir: Path) -> ArtifactSettings:
     state = read_state(data_dir)
     if state is not None and conn.bootstrap_servers == state.get("bootstrap_servers"):
         # The running local stack's models are signed with its key, in its store: a key exported
         # for a cluster would refuse them all.
-        return stack_artifact_settings(data_dir).artifact_store()
-    return artifact_store(data_dir)
+        return stack_artifact_settings(data_dir)
+    return artifact_settings(data_dir)
 
 
 def _registry(pipeline: Path | None, data_dir: Path, bootstrap_servers: str | None,
               verify: bool = False) -> RegistryClient:
     conn = connect(pipeline, data_dir, bootstrap_servers)
     reachable_admin(conn.kafka_settings())
+    settings = _verifying_settings(conn, data_dir)
     # A registry change names an artifact that scorers will load: it is verified here first, so a
     # tampered or unsigned artifact is refused before it is ever published as champion.
-    store = _verifying_store(conn, data_dir) if verify else None
+    store = settings.artifact_store() if verify else None
+    try:
+        # Deployment records are verified as the services verify them; listing without a key shows them unverified.
+        verifier = settings.deployment_verifier()
+    except SigningKeyError:
+        if verify:
+            raise
+        verifier = None
     return RegistryClient(conn.pipeline, conn.catalog, conn.kafka_settings(),
-                          serde_for=lambda role: conn.serde(conn.catalog[role]), store=store)
+                          serde_for=lambda role: conn.serde(conn.catalog[role]), store=store, verifier=verifier)
 
 
 def _run(pipeline: Path | None, data_dir: Path, bootstrap_servers: str | None,
@@ -98,8 +110,8 @@ def _say_skipped(registry: RegistryClient | None) -> None:
         return
     skipped = registry.skipped
     topics = ", ".join(f"{topic}: {count}" for topic, count in Counter(r.topic for r in skipped).items())
-    print(f"streamloop: {len(skipped)} registry record{'s' if len(skipped) != 1 else ''} cannot be decoded "
-          f"and {'were' if len(skipped) != 1 else 'was'} left out, as the services leave them ({topics}); "
+    print(f"streamloop: {len(skipped)} registry record{'s' if len(skipped) != 1 else ''} cannot be decoded or "
+          f"verified and {'were' if len(skipped) != 1 else 'was'} left out, as the services leave them ({topics}); "
           f"the first: {skipped[0]}", file=sys.stderr)
 
 

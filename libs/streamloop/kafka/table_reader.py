@@ -9,6 +9,12 @@ A record that cannot be decoded (or has no key) is skipped, logged and counted, 
 in ``streamloop_table_undecodable_records_total`` when ``metrics`` is given; it is not forwarded to
 a dead-letter topic, since every replica of every reader would write it there again.
 
+With ``verify``, a decoded value is applied only if ``verify(key, value, current)`` returns
+(``current``: the value the table holds for the key, or the batch's latest one); one it refuses
+with ``RecordUnverified`` is skipped the same way and counted in ``stats.unverified`` and in
+``streamloop_table_unverified_records_total``, and the key keeps its previous value. The
+deployments table's readers pass ``streamloop.ml.deployment_signing.DeploymentVerifier``.
+
 Usage::
 
     reader = CompactedTopicReader(kafka, topic, serde, on_change=holder.on_deployment).start()
@@ -32,7 +38,7 @@ from typing import Any, Protocol
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message, TopicPartition
 
-from streamloop.errors import DependencyUnavailable
+from streamloop.errors import DependencyUnavailable, StreamloopError
 from streamloop.kafka.configuration import KafkaSettings
 from streamloop.kafka.pacing import FetchPacer
 from streamloop.serde import Serde, SerdeError
@@ -42,6 +48,12 @@ log = logging.getLogger(__name__)
 OnChange = Callable[[str, dict[str, Any] | None], None]
 # How long one look of ``wait_until_read`` waits for the table at most: how soon a stop ends the wait.
 TABLE_POLL_S = 0.5
+# Raises RecordUnverified for a value the table must not apply (key, value, the key's current value).
+Verify = Callable[[str, dict[str, Any], dict[str, Any] | None], None]
+
+
+class RecordUnverified(StreamloopError):
+    """A decoded table record its reader must not act on (a deployment record that does not verify)."""
 
 
 @dataclass
@@ -49,6 +61,7 @@ class TableReaderStats:
     records: int = 0
     tombstones: int = 0
     undecodable: int = 0
+    unverified: int = 0
     callback_errors: int = 0
     superseded: int = 0
 
@@ -88,6 +101,8 @@ class TableReaderMetrics(Protocol):
 
     def record_table_undecodable(self, topic: str, count: int = 1) -> None: ...
 
+    def record_table_unverified(self, topic: str, count: int = 1) -> None: ...
+
 
 _ABSENT = object()
 
@@ -107,13 +122,18 @@ class CompactedTopicReader:
     def __init__(self, kafka: KafkaSettings, topic: str, serde: Serde, on_change: OnChange | None = None,
                  *, name: str = "table-reader", poll_timeout_s: float = 0.2, batch_size: int = 500,
                  metadata_timeout_s: float = 10.0, idle_pause_s: float = 0.2,
-                 on_caught_up: Callable[[], None] | None = None, metrics: TableReaderMetrics | None = None) -> None:
+                 on_caught_up: Callable[[], None] | None = None, metrics: TableReaderMetrics | None = None,
+                 verify: Verify | None = None, on_refused: OnChange | None = None) -> None:
         self.topic = topic
         self.name = name
         self.stats = TableReaderStats()
         self._metrics = metrics
+        self._verify = verify
+        self._on_refused = on_refused
         if metrics is not None:
             metrics.record_table_undecodable(topic, 0)  # the series exists from the start: increase() sees the first
+            if verify is not None:
+                metrics.record_table_unverified(topic, 0)
         self._serde = serde
         self._on_change = on_change
         self._on_caught_up = on_caught_up
@@ -245,6 +265,19 @@ class CompactedTopicReader:
         if self._metrics is not None:
             self._metrics.record_table_undecodable(self.topic)
 
+    def _unverified(self, message: Message, key: str, value: dict[str, Any], exc: RecordUnverified) -> None:
+        self.stats.unverified += 1
+        if self._metrics is not None:
+            self._metrics.record_table_unverified(self.topic)
+        log.warning("%s: %s[%d]@%d is not applied (key %r keeps its previous value): %s", self.name, self.topic,
+                    message.partition(), message.offset(), key, exc)
+        if self._on_refused is not None:
+            try:
+                self._on_refused(key, value)
+            except Exception:  # noqa: BLE001 - one bad callback must not stop the table
+                self.stats.callback_errors += 1
+                log.exception("%s: on_refused failed for %s key %r", self.name, self.topic, key)
+
     def _apply(self, messages: list[Message]) -> None:
         latest: dict[str, dict[str, Any] | None] = {}
         for message in messages:
@@ -271,6 +304,16 @@ class CompactedTopicReader:
                     log.warning("%s: %s[%d]@%d cannot be decoded, skipped: %s", self.name, self.topic,
                                 message.partition(), message.offset(), exc)
                     continue
+                if self._verify is not None:
+                    current = latest.get(key, _ABSENT)
+                    if current is _ABSENT:
+                        with self._lock:
+                            current = self._table.get(key)
+                    try:
+                        self._verify(key, decoded, current)  # type: ignore[arg-type]
+                    except RecordUnverified as exc:
+                        self._unverified(message, key, decoded, exc)
+                        continue
             if latest.pop(key, _ABSENT) is not _ABSENT:  # re-inserted: callbacks run in the latest records' order
                 self.stats.superseded += 1
                 if self._caught_up.is_set():

@@ -113,6 +113,21 @@ class ArtifactSigner:
                                          f"deployed must be published again)")
         raise ArtifactIntegrityError(f"artifact signature does not verify for {identity}")
 
+    def sign_message(self, message: bytes, key_id: str | None = None) -> str:
+        """HMAC of another signed message with the same keys (a deployment record's: ml/deployment_signing.py).
+
+        Its first element names what it is (``streamloop-deployment/1``), as an artifact's names
+        ``streamloop-artifact/2``, so no signature of one kind verifies as the other.
+        """
+        return _hmac(self._keys[key_id or self.active_key_id], message)
+
+    def knows(self, key_id: str) -> bool:
+        return key_id in self._keys
+
+    def message_verifies(self, message: bytes, signature: str, key_id: str) -> bool:
+        key = self._keys.get(key_id)
+        return key is not None and _hex_matches(_hmac(key, message), signature)
+
     def signed_content_only(self, digest: str, signature: str, key_id: str) -> bool:
         """Whether ``signature`` is streamloop 0.1's, over the digest alone, made with one of our keys."""
         key = self._keys.get(key_id)

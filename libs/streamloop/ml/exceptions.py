@@ -35,3 +35,7 @@ class SigningKeyError(ModelError):
 
 class RegistryError(ModelError):
     """The model registry cannot be read, or a requested change to it is not possible."""
+
+
+class DeploymentRecordError(ModelError):
+    """A deployment record is not signed, or its signature does not verify; no reader acts on it."""

@@ -16,7 +16,7 @@ import json
 import os
 import re
 from collections.abc import Iterable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import cache
 from pathlib import Path
 from threading import RLock
@@ -29,6 +29,7 @@ CHAMPION = "champion"
 CANARY = "canary"
 SHADOW_PREFIX = "shadow/"
 ROLES = {CHAMPION: "CHAMPION", CANARY: "CANARY"}
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def shadow_slot(version: str) -> str:
@@ -64,6 +65,8 @@ def role_of(slot: str) -> str:
 def millis(value: Any) -> int:
     """Milliseconds since the epoch from what fastavro reads (``datetime``) or writes (``int``)."""
     if isinstance(value, datetime):
+        if value.tzinfo is not None:  # exact: a signed record's time must read back to the same integer
+            return (value - _EPOCH) // timedelta(milliseconds=1)
         return int(value.timestamp() * 1000)
     return int(value or 0)
 
@@ -242,13 +245,27 @@ class DeploymentTable:
     def __init__(self) -> None:
         self._slots: dict[str, dict[str, Any]] = {}
         self._pending: dict[str, tuple[str, str | None] | None] = {}
+        # The latest record of each key its reader refused (it does not verify), until one is applied.
+        self._refused: dict[str, dict[str, Any]] = {}
         self._lock = RLock()
         self.ready = False
+
+    def refuse(self, key: str, value: dict[str, Any] | None) -> None:
+        """The reader's ``on_refused``: a record of ``key`` it did not apply (docs/security.md)."""
+        with self._lock:
+            if value is not None:
+                self._refused[key] = value
+
+    def refused(self, pipeline: str, model_name: str, slot: str) -> dict[str, Any] | None:
+        """The record of a slot the reader refused since it last applied one, if any."""
+        with self._lock:
+            return self._refused.get(slot_key(pipeline, model_name, slot))
 
     def apply(self, key: str | None, value: dict[str, Any] | None) -> None:
         if key is None:
             return
         with self._lock:
+            self._refused.pop(key, None)
             if key in self._pending:
                 if self._pending[key] != _identity(value):
                     return
@@ -267,8 +284,11 @@ class DeploymentTable:
             self._slots[key] = value
 
     def slot(self, pipeline: str, model_name: str, slot: str) -> dict[str, Any] | None:
+        return self.record(slot_key(pipeline, model_name, slot))
+
+    def record(self, key: str) -> dict[str, Any] | None:
         with self._lock:
-            return self._slots.get(slot_key(pipeline, model_name, slot))
+            return self._slots.get(key)
 
     def champion(self, pipeline: str, model_name: str) -> dict[str, Any] | None:
         return self.slot(pipeline, model_name, CHAMPION)

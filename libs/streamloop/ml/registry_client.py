@@ -8,6 +8,10 @@ A record that cannot be decoded (written by a newer streamloop, or damaged) is s
 counted, as the services' table readers skip it (streamloop.kafka.table_reader): the decisions
 topic keeps every record forever, and one such record must not stop every ``streamloop models``
 command. A Schema Registry that does not answer is a :class:`RegistryError`, not a record's fault.
+
+With a verifier (given, or made from the store's signing keys), a deployment record that does not
+verify (streamloop.ml.deployment_signing) is left out the same way, as the services refuse it;
+every deployment record this client writes is signed.
 """
 
 from __future__ import annotations
@@ -25,8 +29,9 @@ from streamloop.contracts import Catalog, PipelineSpec
 from streamloop.errors import DependencyUnavailable
 from streamloop.kafka.configuration import KafkaSettings
 from streamloop.kafka.exceptions import kafka_error_of, unwrapped_kafka_exceptions
-from streamloop.ml.artifacts import ArtifactIdentity, ArtifactRef, ArtifactStore
-from streamloop.ml.exceptions import ModelError, RegistryError
+from streamloop.ml.artifacts import ArtifactIdentity, ArtifactRef, ArtifactSigner, ArtifactStore
+from streamloop.ml.deployment_signing import DeploymentVerifier, is_signed, sign_deployment
+from streamloop.ml.exceptions import DeploymentRecordError, ModelError, RegistryError
 from streamloop.ml.registry import (
     CHAMPION,
     DeploymentTable,
@@ -127,13 +132,20 @@ def read_topic(kafka: KafkaSettings, topic: str, decode: Callable[[bytes], dict[
 
     A record ``decode`` refuses is left out, logged, and appended to ``skipped`` when given.
     """
-    records: list[tuple[str | None, dict[str, Any] | None]] = []
+    return [(raw.key, value) for raw, value in read_decoded(kafka, topic, decode, timeout_s, skipped=skipped)]
+
+
+def read_decoded(kafka: KafkaSettings, topic: str, decode: Callable[[bytes], dict[str, Any]],
+                 timeout_s: float = 30.0, *, skipped: list[SkippedRecord] | None = None,
+                 ) -> list[tuple[RawRecord, dict[str, Any] | None]]:
+    """``read_topic``, each value beside its raw record (key, partition, offset)."""
+    records: list[tuple[RawRecord, dict[str, Any] | None]] = []
     for raw in read_raw(kafka, topic, timeout_s):
         if raw.value is None:
-            records.append((raw.key, None))
+            records.append((raw, None))
             continue
         try:
-            records.append((raw.key, decode(raw.value)))
+            records.append((raw, decode(raw.value)))
         except DependencyUnavailable as exc:
             raise RegistryError(f"cannot decode {topic}: {exc}") from exc
         except SerdeError as exc:
@@ -168,29 +180,69 @@ class RegistryClient:
     """Reads and changes one pipeline's model registry; what ``streamloop models`` runs."""
 
     def __init__(self, pipeline: PipelineSpec, catalog: Catalog, kafka: KafkaSettings,
-                 serde_for: Callable[[str], Serde] | None = None, store: ArtifactStore | None = None) -> None:
+                 serde_for: Callable[[str], Serde] | None = None, store: ArtifactStore | None = None,
+                 verifier: DeploymentVerifier | None = None, signer: ArtifactSigner | None = None) -> None:
         self.pipeline = pipeline
         self.catalog = catalog
         self.kafka = kafka
         self.store = store
+        self._verifier = verifier
+        self._signer = signer
         self._serde_for = serde_for or (lambda role: make_serde(catalog[role].schema, catalog.repository,
                                                                 catalog[role].name))
         self.model_name = pipeline.model.name
         # What the last state() could not decode and left out, as the services' table readers do.
         self.skipped: list[SkippedRecord] = []
 
+    @property
+    def signer(self) -> ArtifactSigner | None:
+        """The keys deployment records are signed and verified with: given, or the store's."""
+        return self._signer or (self.store.signer if self.store is not None else None)
+
+    @property
+    def verifier(self) -> DeploymentVerifier | None:
+        """None without a signing key (`models list` where none is found): deployment records are shown unverified."""
+        if self._verifier is not None or self.signer is None:
+            return self._verifier
+        return DeploymentVerifier(self.signer)
+
+    def _signing_key(self) -> ArtifactSigner:
+        if self.signer is None:
+            raise RegistryError("changing the registry needs the artifact signing key: readers refuse deployment "
+                                "records that are not signed")
+        return self.signer
+
+    def _sign(self, record: dict[str, Any]) -> dict[str, Any]:
+        return sign_deployment(self._signing_key(), record)
+
+    def _read_positioned(self, role: str) -> list[tuple[RawRecord, dict[str, Any] | None]]:
+        return read_decoded(self.kafka, self.catalog[role].name, self._serde_for(role).decode, skipped=self.skipped)
+
     def _read(self, role: str) -> list[tuple[str | None, dict[str, Any] | None]]:
-        return read_topic(self.kafka, self.catalog[role].name, self._serde_for(role).decode, skipped=self.skipped)
+        return [(raw.key, value) for raw, value in self._read_positioned(role)]
 
     def _mine(self, record: dict[str, Any] | None) -> bool:
         return record is not None and record["pipeline"] == self.pipeline.name and \
             record["model_name"] == self.model_name
 
-    def state(self) -> RegistryState:
+    def state(self, *, accept_unsigned: bool = False) -> RegistryState:
+        """The registry's topics read whole; ``accept_unsigned``: apply unsigned deployment records too
+        (``sign_again`` signs them), whatever the verifier's setting."""
         self.skipped = []
         table = DeploymentTable()
         history = []
-        for key, value in self._read("model_deployments"):
+        topic = self.catalog["model_deployments"].name
+        verifier = self.verifier
+        for raw, value in self._read_positioned("model_deployments"):
+            key = raw.key
+            if value is not None and key is not None and verifier is not None and \
+                    not (accept_unsigned and not is_signed(value)):
+                try:
+                    verifier.check(key, value, table.record(key))
+                except DeploymentRecordError as exc:
+                    log.warning("%s[%d]@%d is left out: %s", topic, raw.partition, raw.offset, exc)
+                    self.skipped.append(SkippedRecord(topic, raw.partition, raw.offset, key, str(exc)))
+                    continue
             table.apply(key, value)
             if self._mine(value):
                 history.append(value)
@@ -264,11 +316,14 @@ class RegistryClient:
 
     def _change(self, kind: str, version: str, artifact: dict[str, Any], champion: dict[str, Any] | None,
                 reason: str, state: RegistryState, *, previous_version: str | None) -> dict[str, Any]:
+        self._signing_key()  # before anything is read or verified
         if self.store is not None:
             self.store.get_verified_bytes(ArtifactRef.from_record(artifact),
                                           ArtifactIdentity(self.pipeline.name, self.model_name, version))
         now = int(time.time() * 1000)
         pipeline, model = self.pipeline.name, self.model_name
+        # Never stamped before a slot's record: readers refuse an older one as a replay (this host's clock may lag).
+        stamp = max([now] + [millis(r.get("deployed_at")) + 1 for r in state.table.slots(pipeline, model).values()])
         old = champion["version"] if champion else None
         decision = decision_record(pipeline, model, kind, reason, decision_id=f"{version}:{kind.lower()}:manual:{now}",
                                    decided_at=now, from_version=old, to_version=version, automatic=False)
@@ -279,12 +334,13 @@ class RegistryClient:
             # As after an automatic promotion, the old champion stays on as a shadow under the same
             # decision: the publisher watches the new one against it and rolls back if it is worse.
             # It keeps its own predecessor, which it carries again as champion after such a rollback.
-            outputs.append(("model_deployments", slot_key(pipeline, model, shadow_slot(old)), deployment_record(
-                pipeline, model, shadow_slot(old), old, champion["artifact"], deployed_at=now,
-                previous_version=champion.get("previous_version"), decision_id=decision["decision_id"])))
-        outputs.append(("model_deployments", slot_key(pipeline, model, CHAMPION), deployment_record(
-            pipeline, model, CHAMPION, version, artifact, deployed_at=now, previous_version=previous_version,
-            decision_id=decision["decision_id"])))
+            outputs.append(("model_deployments", slot_key(pipeline, model, shadow_slot(old)), self._sign(
+                deployment_record(pipeline, model, shadow_slot(old), old, champion["artifact"], deployed_at=stamp,
+                                  previous_version=champion.get("previous_version"),
+                                  decision_id=decision["decision_id"]))))
+        outputs.append(("model_deployments", slot_key(pipeline, model, CHAMPION), self._sign(deployment_record(
+            pipeline, model, CHAMPION, version, artifact, deployed_at=stamp, previous_version=previous_version,
+            decision_id=decision["decision_id"]))))
         if kind == "PROMOTE" and champion is not None:
             earlier = watched_predecessor(state.table.slots(pipeline, model))
             if earlier is not None and earlier["version"] != version:
@@ -324,7 +380,8 @@ class RegistryClient:
             f"{champion['version'] if champion else 'none'}); nothing was written: run it again")
 
     def sign_again(self) -> list[str]:
-        """Sign the deployed slots' streamloop 0.1 artifacts again, bound to the version each slot names.
+        """Sign the deployed slots' streamloop 0.1 artifacts again, bound to the version each slot names,
+        and sign the deployment records written before records were signed.
 
         0.1 signed an artifact's digest alone; readers now refuse that (the signature must bind the
         identity too), so after an upgrade the deployed models would not load. Each slot whose
@@ -334,6 +391,11 @@ class RegistryClient:
         would bless exactly the relabelling the identity now prevents. A slot that changed while
         this ran (a promotion, a retirement) is left to its new record.
 
+        A slot whose record carries no signature (written before streamloop signed deployment
+        records, docs/security.md) is read whatever ``accept_unsigned_deployments`` says, and written
+        again unchanged but signed, once its artifact verifies as the version it names: this
+        vouches for the record, so run it on a registry you trust, as for 0.1 artifacts.
+
         Returns what it did with each slot it signed again or left (with why), signed first;
         nothing for a slot already current.
         """
@@ -342,7 +404,7 @@ class RegistryClient:
         pipeline, model = self.pipeline.name, self.model_name
         signed: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
         report: list[SlotSigning] = []
-        for slot, record in sorted(self.state().table.slots(pipeline, model).items()):
+        for slot, record in sorted(self.state(accept_unsigned=True).table.slots(pipeline, model).items()):
             if (record.get("pipeline"), record.get("model_name"), record.get("slot")) != (pipeline, model, slot):
                 report.append(SlotSigning(slot, record.get("version"), signed=False, why=(
                     f"its record names {record.get('pipeline')}/{record.get('model_name')}/{record.get('slot')}")))
@@ -352,9 +414,10 @@ class RegistryClient:
             except ModelError as exc:
                 report.append(SlotSigning(slot, record["version"], signed=False, why=str(exc)))
                 continue
-            if ref is not None:
-                signed[slot] = (record, {**record, "artifact": ref.to_record()})
-        current = self.state().table.slots(pipeline, model) if signed else {}
+            if ref is not None or not is_signed(record):
+                artifact = ref.to_record() if ref is not None else record["artifact"]
+                signed[slot] = (record, self._sign({**record, "artifact": artifact}))
+        current = self.state(accept_unsigned=True).table.slots(pipeline, model) if signed else {}
         outputs: list[tuple[str, str, dict[str, Any] | None]] = []
         for slot, (before, after) in signed.items():
             if current.get(slot) != before:

@@ -9,6 +9,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from streamloop.kafka.configuration import _read_secret_file
 from streamloop.ml.artifacts import ArtifactSigner, ArtifactStore, store_directory
+from streamloop.ml.deployment_signing import DeploymentVerifier
 from streamloop.ml.exceptions import ArtifactStoreLocationError, SigningKeyError
 
 
@@ -22,6 +23,11 @@ class ArtifactSettings(BaseSettings):
     signing_key_id: str = "default"
     previous_keys: dict[str, SecretStr] = Field(
         default_factory=dict, description="Retired keys still accepted, by id; 'file:/path' reads one from a file.")
+
+    accept_unsigned_deployments: bool = Field(
+        default=False, description="Apply deployment records that carry no signature (written before streamloop "
+                                   "signed them): only while upgrading, until `streamloop models re-sign` has "
+                                   "signed the deployed slots.")
 
     @field_validator("store")
     @classmethod
@@ -53,3 +59,7 @@ class ArtifactSettings(BaseSettings):
 
     def artifact_store(self) -> ArtifactStore:
         return ArtifactStore(self.store, self.signer())
+
+    def deployment_verifier(self) -> DeploymentVerifier:
+        """What a reader of the deployments table checks each record with (ml/deployment_signing.py)."""
+        return DeploymentVerifier(self.signer(), accept_unsigned=self.accept_unsigned_deployments)

@@ -23,6 +23,7 @@ Names, as they appear at ``/metrics``: OpenTelemetry's exporter appends the unit
 - ``streamloop_dead_letters_total{service,topic,error_class}``
 - ``streamloop_outputs_dropped_total{service,topic,reason}``
 - ``streamloop_table_undecodable_records_total{service,topic}`` (a table reader's skipped records)
+- ``streamloop_table_unverified_records_total{service,topic}`` (deployment records that did not verify)
 - ``streamloop_broker_unreachable_total{service}``
 - ``kafka_consumergroup_group_lag{group,topic,partition}``, ``kafka_consumergroup_group_max_lag{group}``,
   ``kafka_consumergroup_group_lag_seconds{group,topic,partition}`` (kafka-lag-exporter's names,
@@ -172,6 +173,11 @@ class ServiceMetrics:
             description="Records a table reader (the deployments table) could not decode, or without a key, "
                         "and skipped: forwarded nowhere.",
         )
+        self._table_unverified = self._meter.create_counter(
+            "streamloop.table_unverified_records", unit="{record}",
+            description="Deployment records a table reader did not apply: unsigned, not verifying with its keys, "
+                        "keyed by another slot, or older than the slot's record (a replay).",
+        )
         self._broker_unreachable = self._meter.create_counter(
             "streamloop.broker_unreachable", unit="{error}",
             description="Times librdkafka reported the brokers unreachable (transport, resolve, all down).",
@@ -250,6 +256,10 @@ class ServiceMetrics:
     def record_table_undecodable(self, topic: str, count: int = 1) -> None:
         """Count records of the table ``topic`` a reader skipped because it could not decode them."""
         self._table_undecodable.add(count, {"service": self.service, "topic": topic})
+
+    def record_table_unverified(self, topic: str, count: int = 1) -> None:
+        """Count records of the table ``topic`` a reader skipped because they did not verify."""
+        self._table_unverified.add(count, {"service": self.service, "topic": topic})
 
     def set_lag(
         self,

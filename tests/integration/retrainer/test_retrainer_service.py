@@ -11,10 +11,11 @@ import yaml
 from services.retrainer.app import build
 from services.retrainer.settings import RetrainerSettings
 from streamloop.ml import ArtifactIdentity, build_model
+from streamloop.ml.deployment_signing import sign_deployment
 from streamloop.ml.registry import CHAMPION, deployment_record
 from tests.conftest import DEMO_SPEC
 from tests.integration.model_publisher.harness import ServiceThread, Topics, apply_env, values, wait_for
-from tests.unit.model_publisher.factories import T0, artifact_store, drift_event, labeled_example
+from tests.unit.model_publisher.factories import artifact_store, drift_event, labeled_example
 
 pytestmark = pytest.mark.integration
 
@@ -47,8 +48,8 @@ def retrainer(service_env, monkeypatch, tmp_path, topics, store, demo_pipeline):
     ref = store.put_model(build_model(demo_pipeline.model), ArtifactIdentity("card-fraud", "fraud", CHAMPION_VERSION))
     # Deployed now: a restarted retrainer counts online publishing's period from the champion's
     # deployment, and the tests' "10m" must not come due while they run.
-    topics.produce("model_deployments", [deployment_record("card-fraud", "fraud", CHAMPION, CHAMPION_VERSION,
-                                                           ref.to_record(), deployed_at=int(time.time() * 1000))])
+    topics.produce("model_deployments", [sign_deployment(store.signer, deployment_record(
+        "card-fraud", "fraud", CHAMPION, CHAMPION_VERSION, ref.to_record(), deployed_at=int(time.time() * 1000)))])
 
     def start(**retrain: object) -> ServiceThread:
         apply_env(monkeypatch, {**service_env, "STREAMLOOP_PIPELINE": str(spec_file(tmp_path, **retrain)),
@@ -118,16 +119,17 @@ def test_a_concept_drift_in_catch_up_publishes_a_candidate_with_its_prequential_
     assert all(p["loss"] >= 0 for p in losses)
 
 
-def test_a_restarted_retrainer_learns_again_what_its_line_learned_since_the_champion(retrainer, topics):
+def test_a_restarted_retrainer_learns_again_what_its_line_learned_since_the_champion(retrainer, topics, store):
     """Killed with labels learned but not published, the learner would lose them: their offsets are committed."""
     settings = {"online_publish_every_labels": 200, "online_publish_every": "10m", "schedule": None}
     with retrainer(**settings) as service:
         topics.produce("labeled_examples", labeled(250))
         first = candidates(topics, "ONLINE")[0]
         # The publisher promotes it; the line goes on from it (50 labels learned since, unpublished).
-        topics.produce("model_deployments", [deployment_record(
-            "card-fraud", "fraud", CHAMPION, first["version"], first["artifact"], deployed_at=T0 + 1,
-            previous_version=CHAMPION_VERSION, decision_id=f"{first['version']}:promote")])
+        # Signed, and deployed after the bootstrap champion's record: readers refuse an older one as a replay.
+        topics.produce("model_deployments", [sign_deployment(store.signer, deployment_record(
+            "card-fraud", "fraud", CHAMPION, first["version"], first["artifact"], deployed_at=int(time.time() * 1000),
+            previous_version=CHAMPION_VERSION, decision_id=f"{first['version']}:promote"))])
         wait_for(lambda: service.app.processor.learner.learned_total == 250
                  and service.app.processor.learner.continues(first["version"]), timeout_s=60,
                  what="250 labels learned and the candidate promoted")

@@ -33,7 +33,7 @@ def on_a_broker(registry: InMemoryRegistry, monkeypatch: pytest.MonkeyPatch,
         def _produce(self, outputs: list[tuple[str, str, dict | None]]) -> None:
             registry._produce(outputs)
 
-    client = OnABroker(registry.pipeline, registry.catalog, registry.kafka)
+    client = OnABroker(registry.pipeline, registry.catalog, registry.kafka, signer=registry.signer)
     roles = {registry.catalog[role].name: role for role in registry.topics}
     serde_for = client._serde_for  # the writers' serdes, whatever a test makes the client read with
 
@@ -57,7 +57,7 @@ def test_a_registry_record_that_cannot_be_decoded_is_left_out_and_said_in_one_li
     decisions = registry.catalog["model_decisions"].name
     on_a_broker(registry, monkeypatch, {"model_decisions": [b"\xc3\x01" + b"\x00" * 8 + b"x"]})
     runner = CliRunner()
-    said = (f"streamloop: 1 registry record cannot be decoded and was left out, as the services leave them "
+    said = (f"streamloop: 1 registry record cannot be decoded or verified and was left out, as the services leave them "
             f"({decisions}: 1); the first: {decisions}[0]@")
 
     listing = runner.invoke(app, ["models", "list", "--json"])

@@ -102,6 +102,7 @@ def test_alerts_cover_what_operations_must_know():
         "StreamloopDriftCritical": "streamloop_drift_detections_total",
         "StreamloopDriftErrorsUnusable": "streamloop_drift_errors_adjusted_total",
         "StreamloopModelLoadFailures": "streamloop_model_load_failures_total",
+        "StreamloopTableUnverified": "streamloop_table_unverified_records_total",
         "StreamloopStaleModel": "streamloop_model_age_seconds",
         "StreamloopNoLabels": "streamloop_label_silence_seconds",
         "StreamloopMetricDecay": "streamloop_metric_decay",
@@ -126,6 +127,11 @@ def test_every_table_reader_of_a_service_exports_what_it_skips():
                 readers.append((str(path.relative_to(REPO)), {keyword.arg for keyword in node.keywords}))
     assert len(readers) >= 4, readers  # scorer, retrainer, drift detector, publisher
     assert [path for path, keywords in readers if "metrics" not in keywords] == []
+    # Every service that loads models verifies the deployment records it acts on (docs/security.md);
+    # the drift detector holds no signing key and only reads the champion's version and time.
+    verifying = {path for path, keywords in readers if "verify" in keywords}
+    assert verifying == {"services/model_publisher/app.py", "services/online_scorer/app.py",
+                         "services/retrainer/app.py"}, readers
 
 
 def test_staleness_alerts_use_the_spec_thresholds():

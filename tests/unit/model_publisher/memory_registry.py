@@ -11,8 +11,9 @@ from typing import Any
 from streamloop.contracts import PipelineSpec, load_catalog
 from streamloop.kafka.configuration import KafkaSettings
 from streamloop.kafka.records import OutgoingRecord
-from streamloop.ml.registry_client import RegistryClient
-from tests.unit.model_publisher.factories import T0, candidate
+from streamloop.ml.artifacts import ArtifactSigner
+from streamloop.ml.registry_client import RawRecord, RegistryClient
+from tests.unit.model_publisher.factories import SIGNING_KEY, T0, candidate
 from tests.unit.model_publisher.test_publisher import TOPICS, Harness
 
 # The publisher harness's topic names, as the client's catalog roles.
@@ -23,12 +24,14 @@ ROLES = {TOPICS.model_deployments: "model_deployments", TOPICS.model_decisions: 
 class InMemoryRegistry(RegistryClient):
     """Reads back, in order, what it or the publisher wrote; nothing is compacted."""
 
-    def __init__(self, pipeline: PipelineSpec) -> None:
-        super().__init__(pipeline, load_catalog(pipeline), KafkaSettings(bootstrap_servers="unused:9092"))
+    def __init__(self, pipeline: PipelineSpec, key: bytes = SIGNING_KEY) -> None:
+        # The harness's key: it signs and verifies deployment records as the publisher does.
+        super().__init__(pipeline, load_catalog(pipeline), KafkaSettings(bootstrap_servers="unused:9092"),
+                         signer=ArtifactSigner({"default": key}, "default"))
         self.topics: dict[str, list[tuple[str | None, dict[str, Any] | None]]] = {role: [] for role in ROLES.values()}
 
-    def _read(self, role: str) -> list[tuple[str | None, dict[str, Any] | None]]:
-        return list(self.topics[role])
+    def _read_positioned(self, role: str) -> list[tuple[RawRecord, dict[str, Any] | None]]:
+        return [(RawRecord(key, None, 0, offset), value) for offset, (key, value) in enumerate(self.topics[role])]
 
     def _produce(self, outputs: list[tuple[str, str, dict[str, Any] | None]]) -> None:
         for role, key, value in outputs:

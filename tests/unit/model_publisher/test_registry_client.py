@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from streamloop.ml import registry_client
+from streamloop.ml.deployment_signing import DeploymentVerifier, sign_deployment
 from streamloop.ml.exceptions import ArtifactIntegrityError, RegistryError
 from streamloop.ml.registry import CHAMPION, champion_predecessors
 from streamloop.ml.registry_client import RegistryClient, SlotSigning
@@ -173,7 +174,8 @@ def _signed_by_streamloop_0_1(registry: InMemoryRegistry, key: bytes, slot: str 
     champion = registry.champion()
     artifact = champion["artifact"]
     legacy = {**artifact, "signature": signed_by_streamloop_0_1(artifact["sha256"], key)}
-    record = {**champion, "slot": slot, "artifact": legacy, **claims}
+    # 0.1 wrote no record signature either: re-sign signs the record too.
+    record = {**champion, "slot": slot, "artifact": legacy, "record_signature": None, **claims}
     registry.topics["model_deployments"].append((f"card-fraud/fraud/{slot}", record))
     return record
 
@@ -188,7 +190,8 @@ def test_re_sign_binds_0_1_signatures_to_their_versions_and_changes_nothing_else
     assert registry.sign_again() == [SlotSigning(CHAMPION, first, signed=True)]
     champion = registry.champion()
     assert champion["artifact"]["signature"] != legacy["artifact"]["signature"]
-    assert {**champion, "artifact": None} == {**legacy, "artifact": None}
+    assert {**champion, "artifact": None, "record_signature": None} == {**legacy, "artifact": None}
+    DeploymentVerifier(harness.store.signer).check(f"card-fraud/fraud/{CHAMPION}", champion)  # the record signed too
     assert {k: v for k, v in champion["artifact"].items() if k != "signature"} == \
         {k: v for k, v in legacy["artifact"].items() if k != "signature"}, "the same key id: retiring it retires this"
     assert callable(harness.store.load_published(champion).learn_one)
@@ -208,7 +211,8 @@ def test_re_sign_leaves_what_we_did_not_sign_what_changed_and_what_claims_anothe
     forged = signed_by_streamloop_0_1("0" * 64)
     registry.topics["model_deployments"].append(("card-fraud/fraud/shadow/tampered", {
         **registry.champion(), "slot": "shadow/tampered", "version": "v-tampered",
-        "artifact": {**registry.champion()["artifact"], "sha256": "0" * 64, "signature": forged}}))
+        "artifact": {**registry.champion()["artifact"], "sha256": "0" * 64, "signature": forged},
+        "record_signature": None}))
     good = _signed_by_streamloop_0_1(registry, SIGNING_KEY)  # the champion, as 0.1 left it
     report = [str(outcome) for outcome in registry.sign_again()]
     assert report[0] == f"signed again {CHAMPION} {first}", "one bad slot does not block the others"
@@ -228,8 +232,8 @@ def test_re_sign_leaves_a_slot_that_changed_while_it_ran(harness, monkeypatch):
     sign_again = harness.store.sign_again
 
     def meanwhile_promoted(ref, identity):
-        registry.topics["model_deployments"].append((f"card-fraud/fraud/{CHAMPION}",
-                                                     {**registry.champion(), "version": "promoted-meanwhile"}))
+        registry.topics["model_deployments"].append((f"card-fraud/fraud/{CHAMPION}", sign_deployment(
+            harness.store.signer, {**registry.champion(), "version": "promoted-meanwhile"})))
         return sign_again(ref, identity)
 
     monkeypatch.setattr(harness.store, "sign_again", meanwhile_promoted)
@@ -268,7 +272,8 @@ def test_a_manual_change_refuses_when_the_publisher_changed_the_slots_meanwhile(
     registry.promote(a)
     registry.store = harness.store
     verify = harness.store.get_verified_bytes
-    by_the_publisher = {**registry.champion(), "version": b, "previous_version": a}
+    by_the_publisher = sign_deployment(harness.store.signer, {**registry.champion(), "version": b,
+                                                              "previous_version": a})
 
     def meanwhile_promoted(ref, identity):
         registry.topics["model_deployments"].append((f"card-fraud/fraud/{CHAMPION}", by_the_publisher))

@@ -12,6 +12,7 @@ from river import base
 
 from streamloop.contracts import PipelineSpec
 from streamloop.ml import ArtifactIdentity, ArtifactRef, ArtifactStore, build_model
+from streamloop.ml.deployment_signing import sign_deployment
 from streamloop.store import FeatureRead, FeatureStore, FeatureWrite
 
 NUMERIC = ("amount", "amount_mean_1h", "amount_max_1h", "txn_count_10m", "distance_from_home_km")
@@ -71,8 +72,9 @@ def deployment(spec: PipelineSpec, ref: ArtifactRef, version: str, *, slot: str 
 
 
 def publish(store: ArtifactStore, spec: PipelineSpec, model: Any, version: str, **kwargs: Any) -> dict:
-    return deployment(spec, store.put_model(model, ArtifactIdentity(spec.name, spec.model.name, version)), version,
-                      **kwargs)
+    """A deployment record of ``model``, its artifact and the record signed as the publisher signs them."""
+    return sign_deployment(store.signer, deployment(
+        spec, store.put_model(model, ArtifactIdentity(spec.name, spec.model.name, version)), version, **kwargs))
 
 
 def slot_key(record: dict) -> str:

@@ -1,0 +1,208 @@
+"""Deployment records are signed, and no reader acts on one that does not verify (docs/security.md).
+
+Before, a writer of the deployments topic could make every scorer serve any version ever signed:
+the artifact's signature binds its bytes to a version, not to a slot, nor to the rest of the record.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+from confluent_kafka import Message
+from prometheus_client import generate_latest
+
+from streamloop.contracts import load_catalog
+from streamloop.contracts.schemas import AvroSchema
+from streamloop.kafka import KafkaSettings
+from streamloop.kafka.table_reader import CompactedTopicReader
+from streamloop.ml.artifacts import ArtifactSigner
+from streamloop.ml.deployment_signing import DeploymentVerifier, sign_deployment
+from streamloop.ml.exceptions import DeploymentRecordError
+from streamloop.ml.registry import CHAMPION, DeploymentTable, deployment_record, slot_key
+from streamloop.ml.settings import ArtifactSettings
+from streamloop.serde import make_serde
+from streamloop.serde.single_object import SingleObjectSerde
+from streamloop.telemetry import ServiceMetrics
+from tests.unit.model_publisher.factories import SIGNING_KEY, T0
+from tests.unit.model_publisher.test_publisher import TOPICS, Harness
+from tests.unit.test_telemetry import sample_value
+
+KEY = slot_key("card-fraud", "fraud", CHAMPION)
+ARTIFACT = {"uri": "file:///artifacts/a.pkl", "sha256": "a" * 64, "signature": "b" * 64, "key_id": "default",
+            "size_bytes": 10}
+SIGNER = ArtifactSigner({"default": SIGNING_KEY}, "default")
+
+
+@pytest.fixture
+def catalog(demo_pipeline):
+    return load_catalog(demo_pipeline)
+
+
+@pytest.fixture
+def harness(demo_pipeline, tmp_path) -> Harness:
+    return Harness(demo_pipeline, tmp_path)
+
+
+def champion(version: str = "v1", deployed_at: int = T0, **fields) -> dict:
+    return {**deployment_record("card-fraud", "fraud", CHAMPION, version, ARTIFACT, deployed_at=deployed_at,
+                                decision_id=f"{version}:promote"), **fields}
+
+
+def test_a_signed_record_verifies_and_any_field_changed_after_signing_does_not():
+    verifier = DeploymentVerifier(SIGNER)
+    signed = sign_deployment(SIGNER, champion())
+    verifier.check(KEY, signed)
+    altered = {"version": "v0-known-bad", "previous_version": "v0", "decision_id": "other", "deployed_at": T0 + 1,
+               "canary_weight": 0.5, "role": "SHADOW",
+               "artifact": {**ARTIFACT, "uri": "file:///elsewhere.pkl"}}
+    for field, value in altered.items():
+        with pytest.raises(DeploymentRecordError, match="does not verify"):
+            verifier.check(KEY, {**signed, field: value})
+
+
+def test_a_record_keyed_under_another_slot_is_refused():
+    # A signed shadow record copied under the champion's key would make a challenger serve.
+    shadow = sign_deployment(SIGNER, deployment_record("card-fraud", "fraud", "shadow/v2", "v2", ARTIFACT,
+                                                       deployed_at=T0))
+    with pytest.raises(DeploymentRecordError, match="names the slot 'card-fraud/fraud/shadow/v2'"):
+        DeploymentVerifier(SIGNER).check(KEY, shadow)
+
+
+def test_unsigned_records_are_refused_unless_the_upgrade_setting_allows_them():
+    with pytest.raises(DeploymentRecordError, match="unsigned.*STREAMLOOP_ARTIFACT_ACCEPT_UNSIGNED_DEPLOYMENTS"):
+        DeploymentVerifier(SIGNER).check(KEY, champion())
+    DeploymentVerifier(SIGNER, accept_unsigned=True).check(KEY, champion())
+    with pytest.raises(DeploymentRecordError, match="does not verify"):  # the setting admits no forgery
+        DeploymentVerifier(SIGNER, accept_unsigned=True).check(KEY, {**sign_deployment(SIGNER, champion()),
+                                                                     "version": "v0"})
+
+
+def test_a_foreign_or_unknown_key_is_refused_and_keys_rotate_in_two_phases():
+    foreign = ArtifactSigner({"default": b"an-attackers-key-0123456789abcdef"}, "default")
+    with pytest.raises(DeploymentRecordError, match="does not verify"):
+        DeploymentVerifier(SIGNER).check(KEY, sign_deployment(foreign, champion()))
+    new_key = ArtifactSigner({"k2": b"the-next-signing-key-0123456789ab"}, "k2")
+    with pytest.raises(DeploymentRecordError, match="unknown key 'k2'"):
+        DeploymentVerifier(SIGNER).check(KEY, sign_deployment(new_key, champion()))
+    # Phase 1: k2 accepted beside the active key; phase 2: k2 signs, the old key is accepted.
+    phase_1 = ArtifactSettings(signing_key=SIGNING_KEY.decode(),
+                               previous_keys={"k2": "the-next-signing-key-0123456789ab"})
+    phase_2 = ArtifactSettings(signing_key="the-next-signing-key-0123456789ab", signing_key_id="k2",
+                               previous_keys={"default": SIGNING_KEY.decode()})
+    for settings in (phase_1, phase_2):
+        for writer in (phase_1, phase_2):
+            settings.deployment_verifier().check(KEY, sign_deployment(writer.signer(), champion()))
+
+
+def test_a_replayed_older_record_does_not_displace_its_successor():
+    verifier = DeploymentVerifier(SIGNER)
+    old, new = sign_deployment(SIGNER, champion("v1", T0)), sign_deployment(SIGNER, champion("v2", T0 + 5))
+    verifier.check(KEY, new, old)
+    verifier.check(KEY, new, new)  # the same record again (a re-read, `models re-sign`)
+    with pytest.raises(DeploymentRecordError, match="older than the one it would replace.*a replayed record"):
+        verifier.check(KEY, old, new)
+
+
+def test_a_signed_record_verifies_after_the_avro_round_trip_and_old_writers_records_decode(catalog):
+    serde = make_serde(catalog["model_deployments"].schema, catalog.repository, "model_deployments")
+    signed = sign_deployment(SIGNER, champion(deployed_at=1_700_000_000_123))
+    decoded = serde.decode(serde.encode(signed))
+    assert isinstance(decoded["deployed_at"], datetime) and decoded["deployed_at"].tzinfo is UTC
+    DeploymentVerifier(SIGNER).check(KEY, decoded)
+    # A record an older streamloop wrote, with the schema before the signature field: decoded, unsigned.
+    old = AvroSchema.from_file(catalog.repository.root / "avro" / "models" / "history" / "model_deployment.1.avsc")
+    legacy = serde.decode(SingleObjectSerde(old, catalog.repository).encode(champion()))
+    assert legacy["record_signature"] is None
+    with pytest.raises(DeploymentRecordError, match="unsigned"):
+        DeploymentVerifier(SIGNER).check(KEY, legacy)
+
+
+def reader_of(catalog, metrics=None, table: DeploymentTable | None = None) -> tuple[CompactedTopicReader, list]:
+    serde = make_serde(catalog["model_deployments"].schema, catalog.repository, "model_deployments")
+    changes: list = []
+    table = table or DeploymentTable()
+
+    def on_change(key, value):
+        changes.append((key, value and value["version"]))
+        table.apply(key, value)
+
+    reader = CompactedTopicReader(KafkaSettings(), "dep", serde, on_change, metrics=metrics,
+                                  verify=DeploymentVerifier(SIGNER), on_refused=table.refuse)
+    return reader, changes
+
+
+def message(catalog, offset: int, record: dict | None, key: str = KEY) -> Message:
+    serde = make_serde(catalog["model_deployments"].schema, catalog.repository, "model_deployments")
+    return Message(topic="dep", partition=0, offset=offset, key=key.encode(),
+                   value=None if record is None else serde.encode(record))
+
+
+def test_the_table_reader_skips_counts_and_survives_records_that_do_not_verify(catalog, caplog):
+    metrics = ServiceMetrics("online-scorer")
+    try:
+        reader, changes = reader_of(catalog, metrics)
+
+        def unverified() -> float | None:
+            text = generate_latest(metrics.registry).decode()
+            return sample_value(text, "streamloop_table_unverified_records_total", service="online-scorer",
+                                topic="dep")
+
+        assert unverified() == 0, "the series exists before the first"
+        good = sign_deployment(SIGNER, champion("v2", T0 + 10))
+        reader._apply([message(catalog, 0, good)])
+        forged = [
+            champion("v0-known-bad", T0 + 20),  # unsigned
+            {**sign_deployment(SIGNER, champion("v0", T0 + 20)), "version": "v0-known-bad"},  # altered
+            sign_deployment(SIGNER, champion("v1", T0)),  # signed, but older: a replay
+        ]
+        with caplog.at_level("WARNING", logger="streamloop.kafka.table_reader"):
+            reader._apply([message(catalog, 1 + i, record) for i, record in enumerate(forged)])
+        assert changes == [(KEY, "v2")], "no forged record reached the scorer"
+        assert reader.get(KEY)["version"] == "v2"
+        assert reader.stats.unverified == 3 == unverified()
+        assert "dep[0]@1 is not applied (key 'card-fraud/fraud/champion' keeps its previous value): " \
+               "deployment record card-fraud/fraud/champion (v0-known-bad) is unsigned" in caplog.text
+        later = sign_deployment(SIGNER, champion("v3", T0 + 30))
+        reader._apply([message(catalog, 4, later)])
+        assert changes[-1] == (KEY, "v3"), "the reader goes on"
+    finally:
+        metrics.shutdown()
+
+
+def test_a_refused_record_in_a_batch_leaves_the_batchs_valid_one_for_that_key(catalog):
+    reader, changes = reader_of(catalog)
+    good = sign_deployment(SIGNER, champion("v2", T0 + 10))
+    reader._apply([message(catalog, 0, good), message(catalog, 1, champion("v0-known-bad", T0 + 20))])
+    assert changes == [(KEY, "v2")]
+
+
+def test_the_publisher_does_not_bootstrap_over_a_champion_it_cannot_verify(demo_pipeline, tmp_path, catalog, caplog):
+    # An upgraded registry (unsigned records) with the setting off: an untrained model must not
+    # silently replace the champion; the operator signs the slots or allows unsigned records.
+    table = DeploymentTable()
+    reader, _changes = reader_of(catalog, table=table)
+    reader._apply([message(catalog, 0, champion("v-trained", T0))])
+    harness = Harness(demo_pipeline, tmp_path, table=table)
+    with caplog.at_level("ERROR"):
+        assert harness.processor.tick(T0).outputs == []
+    assert "not bootstrapping: the registry's champion record (v-trained) does not verify" in caplog.text
+    assert harness.slot(CHAMPION) is None
+
+
+def test_every_deployment_record_the_publisher_writes_verifies(harness):
+    first = harness.bootstrap()
+    harness.shadow(parent=first)
+    deployments = [o for o in harness.written if o.topic == TOPICS.model_deployments and o.value is not None]
+    assert len(deployments) == 2
+    for output in deployments:
+        DeploymentVerifier(harness.store.signer).check(output.key, output.value)
+
+
+def test_the_publisher_never_stamps_a_slot_before_its_record(harness):
+    # A clock behind the slot's record (another host's after a takeover) would write what readers refuse.
+    first = harness.bootstrap()
+    stamped = harness.slot(CHAMPION)["deployed_at"]
+    harness.now = T0 - 60_000
+    harness.processor.writer.deploy(CHAMPION, first, harness.slot(CHAMPION)["artifact"])
+    assert harness.slot(CHAMPION)["deployed_at"] == stamped + 1
