@@ -2,8 +2,9 @@
 
 Reads ``model_candidates``, ``labeled_examples`` and ``metrics`` through the stage runner and its
 own registry (the compacted deployments topic) through a ``CompactedTopicReader``; at start-up it
-reads the candidates topic back for the lineage of the versions in the registry, and the alerts
-topic for the staleness alerts it left raised. Writes
+reads the candidates topic back for the lineage of the versions in the registry, the alerts
+topic for the staleness alerts it left raised, and the end of the decisions topic for the
+decisions a stop cut short (recovery.py). Writes
 ``model_deployments``, ``model_decisions`` and ``alerts``.
 
 The publisher is the registry's single writer: with ``PUBLISHER_STANDBY_LEASE`` (default) every
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 
 from services.model_publisher.judging import JudgingPolicy
 from services.model_publisher.publisher import PublisherPolicy, PublisherProcessor, PublisherTopics
+from services.model_publisher.recovery import DECISIONS_TAIL, LoggedDecisions
 from services.model_publisher.settings import PublisherSettings
 from streamloop.errors import StreamloopError
 from streamloop.kafka.configuration import KafkaSettings
@@ -53,13 +55,14 @@ class PublisherApp(LeasedService[PublisherTerm]):
     """Waits for the lease, then judges until stopped or the lease is lost (then waits again)."""
 
     def __init__(self, new_term: Callable[[], PublisherTerm], telemetry: Telemetry, kafka: KafkaSettings, *,
-                 candidates: tuple[str, Serde], alerts: tuple[str, Serde], table_timeout_s: float,
-                 lease: LeaderLease | None = None) -> None:
+                 candidates: tuple[str, Serde], alerts: tuple[str, Serde], decisions: tuple[str, Serde],
+                 table_timeout_s: float, lease: LeaderLease | None = None) -> None:
         super().__init__(new_term, lease)
         self.telemetry = telemetry
         self.kafka = kafka
         self.candidates_topic, self.candidates_serde = candidates
         self.alerts_topic, self.alerts_serde = alerts
+        self.decisions_topic, self.decisions_serde = decisions
         self.table_timeout_s = table_timeout_s
 
     @property
@@ -82,6 +85,7 @@ class PublisherApp(LeasedService[PublisherTerm]):
         """One term: the runner's exit code, or None when the lease was lost and the replica waits again."""
         self._recall_lineage()
         self._recall_alerts()
+        self._recall_decisions()
         if not wait_for_table(self.term.table_reader, self.processor.table, self.table_timeout_s,
                               lambda: self.runner.stopping or self._stopping.is_set()):
             return None if self._lease_lost() else 0  # stopped while waiting: nothing was consumed
@@ -93,21 +97,33 @@ class PublisherApp(LeasedService[PublisherTerm]):
     def _recall_lineage(self) -> None:
         pipeline = self.processor.pipeline
         for candidate in self._read_back(self.candidates_topic, self.candidates_serde,
-                                         "candidate lineage", "staleness uses deployment times"):
+                                         "candidate lineage", "staleness uses deployment times") or []:
             if candidate.get("pipeline") == pipeline.name and candidate.get("model_name") == pipeline.model.name:
                 self.processor.remember_candidate(candidate)
 
     def _recall_alerts(self) -> None:
         self.processor.staleness.recall(self._read_back(self.alerts_topic, self.alerts_serde, "the alerts raised "
-                                                        "before", "a standing one may be raised again"))
+                                                        "before", "a standing one may be raised again") or [])
 
-    def _read_back(self, topic: str, serde: Serde, what: str, without_it: str) -> list[dict]:
-        """Every value of ``topic`` (tombstones left out); none, with a warning, if it cannot be read."""
+    def _recall_decisions(self) -> None:
+        """The end of the decisions topic: what a stop cut short is completed from it (recovery.py)."""
+        pipeline = self.processor.pipeline
+        decisions = self._read_back(self.decisions_topic, self.decisions_serde, "the last decisions",
+                                    "a decision a stop cut short is not completed", tail=DECISIONS_TAIL)
+        if decisions is None:
+            return
+        mine = [d for d in decisions
+                if d.get("pipeline") == pipeline.name and d.get("model_name") == pipeline.model.name]
+        self.processor.recall_decisions(LoggedDecisions(mine, whole=len(decisions) < DECISIONS_TAIL))
+
+    def _read_back(self, topic: str, serde: Serde, what: str, without_it: str, *,
+                   tail: int | None = None) -> list[dict] | None:
+        """Every value of ``topic`` (tombstones left out); None, with a warning, if it cannot be read."""
         try:
-            records = read_topic(self.kafka, topic, serde.decode)
+            records = read_topic(self.kafka, topic, serde.decode, tail=tail)
         except StreamloopError as exc:
             log.warning("cannot read back %s (%s); %s", what, exc, without_it)
-            return []
+            return None
         return [value for _key, value in records if value]
 
 
@@ -161,7 +177,9 @@ def build(settings: PublisherSettings, install_global_telemetry: bool = True) ->
                             settings.lease_poll_s)
     return PublisherApp(new_term, telemetry, settings.common.kafka,
                         candidates=(topics.model_candidates, ctx.serde("model_candidates")),
-                        alerts=(topics.alerts, ctx.serde("alerts")), table_timeout_s=settings.table_timeout_s,
+                        alerts=(topics.alerts, ctx.serde("alerts")),
+                        decisions=(topics.model_decisions, ctx.serde("model_decisions")),
+                        table_timeout_s=settings.table_timeout_s,
                         lease=lease)
 
 

@@ -129,13 +129,12 @@ class Judge:
         """Retire what a promotion or rollback cut short by a stop left in the table; once, at start-up.
 
         A decision's deployment records are acknowledged one by one, not together, and a publisher
-        stopped between them leaves a prefix. ``_promote`` and ``_rollback`` write in the order that
+        stopped between them leaves a prefix. ``promote`` and ``rollback`` write in the order that
         makes every prefix one of two states, each repaired here, and never a champion whose kept
         predecessor is lost (no rollback watch): the champion's own version in a shadow or the
         canary slot too (scored twice, judged against itself), or a predecessor kept for a watch
-        that is not the current champion's (judged as a challenger). A decision record lost with
-        them is not written again: the registry's slots are the truth, and its log says why they
-        hold what they do.
+        that is not the current champion's (judged as a challenger). Before it, recovery.py has
+        completed the decisions whose records landed on one topic and not the other.
         """
         slots = self.slots()
         champion = slots.get(CHAMPION)
@@ -152,7 +151,7 @@ class Judge:
                             "that stopped between its records", slot, version)
                 outputs.append(self.writer.retire(slot))  # the version serves on as champion: nothing to close
             elif slot != CANARY and kept_for_a_watch(record):
-                outputs += self._retire(slot, version, f"kept for the rollback watch of {record['decision_id']}, "
+                outputs += self.retire(slot, version, f"kept for the rollback watch of {record['decision_id']}, "
                                                        f"which is not the champion {champion['version']}'s: that "
                                                        "promotion stopped between its records", {})
         return outputs
@@ -169,7 +168,7 @@ class Judge:
         if canary is not None and canary["version"] == champion["version"]:
             canary = None  # repair's to retire
         elif canary is not None and canary.get("previous_version") != champion["version"]:
-            outputs += self._retire_canary(canary, self._champion_replaced(canary, champion))
+            outputs += self.retire_canary(canary, self._champion_replaced(canary, champion))
             canary = None
         predecessor = watched_predecessor(slots)
         if predecessor is not None:
@@ -201,10 +200,10 @@ class Judge:
                                   watch_samples=self.policy.rollback_watch_samples)
         if verdict.outcome == "rollback":
             log.warning("rolling back %s to %s: %s", new, old, verdict.reason)
-            return verdict, self._rollback(champion, predecessor, verdict)
+            return verdict, self.rollback(champion, predecessor, verdict)
         if verdict.outcome == "keep" and len(pairs) >= self.policy.rollback_watch_samples:
             reason = f"predecessor retired: champion {new} held up over the rollback watch; {verdict.reason}"
-            return verdict, self._retire(shadow_slot(old), old, reason, verdict.evidence)
+            return verdict, self.retire(shadow_slot(old), old, reason, verdict.evidence)
         return verdict, []
 
     def _watch_pairs(self, old: str, new: str) -> Paired:
@@ -220,7 +219,7 @@ class Judge:
         return self.ledger.paired(old, new, challenger_roles=("CHAMPION", "SHADOW", REPLAYED),
                                   since_seq=since + 1)
 
-    def _rollback(self, champion: dict[str, Any], predecessor: dict[str, Any], verdict: Verdict,
+    def rollback(self, champion: dict[str, Any], predecessor: dict[str, Any], verdict: Verdict,
                   ) -> list[OutgoingRecord]:
         new, old = champion["version"], predecessor["version"]
         decision_id = f"{new}:rollback"
@@ -228,7 +227,7 @@ class Judge:
         outputs = [
             self.writer.decide("ROLLBACK", verdict.reason, decision_id=decision_id, from_version=new,
                                to_version=old, evidence=verdict.evidence),
-            # The kept predecessor carries its own predecessor (see _promote), which it names again as
+            # The kept predecessor carries its own predecessor (see promote), which it names again as
             # champion: another rollback goes further back, never to the version rolled back here.
             self.writer.deploy(CHAMPION, old, predecessor["artifact"], decision_id=decision_id,
                                previous_version=restored_previous_version(predecessor.get("previous_version"), new)),
@@ -237,10 +236,10 @@ class Judge:
         self.ledger.forget({new})
         canary = self.slots().get(CANARY)
         if canary is not None:
-            outputs += self._retire_canary(canary, f"its champion {new} was rolled back to {old}")
+            outputs += self.retire_canary(canary, f"its champion {new} was rolled back to {old}")
         return outputs
 
-    def _retire_canary(self, canary: dict[str, Any], why: str) -> list[OutgoingRecord]:
+    def retire_canary(self, canary: dict[str, Any], why: str) -> list[OutgoingRecord]:
         """Retire a canary whose champion is no longer the one it was chosen over (its ``previous_version``).
 
         It won its trial's place against that champion, and its baseline would now be the new
@@ -248,7 +247,7 @@ class Judge:
         """
         log.warning("retiring canary %s: %s", canary["version"], why)
         self.canary_since.pop(canary["version"], None)
-        return self._retire(CANARY, canary["version"], f"{why}; a canary is judged against the champion it was "
+        return self.retire(CANARY, canary["version"], f"{why}; a canary is judged against the champion it was "
                                                        "chosen over", {})
 
     def _trial(self, champion: dict[str, Any], canary: dict[str, Any]) -> list[OutgoingRecord]:
@@ -262,7 +261,7 @@ class Judge:
         if verdict.outcome != "wait":
             self.canary_since.pop(version, None)
         if verdict.outcome == "promote":
-            return self._promote(champion, CANARY, canary, verdict, to_canary=False)
+            return self.promote(champion, CANARY, canary, verdict, to_canary=False)
         if verdict.outcome == "rollback":
             decision_id = f"{version}:rollback"
             self.closed.add(version)
@@ -310,7 +309,7 @@ class Judge:
                         self.writer.retire(slot)]
         if passed:
             verdict, slot, record = max(passed, key=lambda p: p[0].evidence["relative_improvement"])
-            outputs += self._promote(champion, slot, record, verdict, to_canary=self.spec.canary_weight > 0)
+            outputs += self.promote(champion, slot, record, verdict, to_canary=self.spec.canary_weight > 0)
         return outputs
 
     def _look(self, current: str, version: str) -> tuple[Paired, PromotionSpec] | None:
@@ -335,7 +334,7 @@ class Judge:
             return self.spec.model_copy(update={"p_value": p_value})
         return self.spec
 
-    def _promote(self, champion: dict[str, Any], slot: str, record: dict[str, Any], verdict: Verdict, *,
+    def promote(self, champion: dict[str, Any], slot: str, record: dict[str, Any], verdict: Verdict, *,
                  to_canary: bool) -> list[OutgoingRecord]:
         new, old = record["version"], champion["version"]
         if to_canary:
@@ -366,12 +365,12 @@ class Judge:
         ]
         if earlier is not None and earlier["version"] != new:
             # The champion's own predecessor is no longer the one to roll back to.
-            outputs += self._retire(shadow_slot(earlier["version"]), earlier["version"],
+            outputs += self.retire(shadow_slot(earlier["version"]), earlier["version"],
                                     predecessor_replaced(old, new), {})
         outputs.append(self.writer.retire(slot))
         return outputs
 
-    def _retire(self, slot: str, version: str, reason: str, evidence: dict[str, float]) -> list[OutgoingRecord]:
+    def retire(self, slot: str, version: str, reason: str, evidence: dict[str, float]) -> list[OutgoingRecord]:
         self.closed.add(version)
         self.on_own_scores.pop(version, None)
         self.ledger.forget({version})
@@ -416,7 +415,7 @@ class Judge:
         outputs: list[OutgoingRecord] = []
         for c in sorted(on_trial, key=rank)[:excess]:  # a stable sort: the oldest go first on a tie
             why = self._why_superseded(c.waiting, c.trigger, c.samples, None if c.version == nearest else nearest)
-            outputs += self._retire(c.slot, c.version, f"superseded: at most {self.policy.max_shadows} shadow "
+            outputs += self.retire(c.slot, c.version, f"superseded: at most {self.policy.max_shadows} shadow "
                                                        f"challengers are scored at once; {why}",
                                     {"sample_count": float(c.samples)})
         return outputs

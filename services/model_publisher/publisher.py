@@ -7,7 +7,8 @@ outputs: ``model_deployments``, ``model_decisions`` and ``alerts``.
 - Bootstrap: once the deployments table is caught up and holds no champion, an untrained
   ``build_model(spec.model)`` is registered and promoted under a version derived from the spec,
   so replicas and restarts agree on it. With a champion, what a stop left of a decision half
-  written is repaired then (``Judge.repair``).
+  written is completed then from the decisions read back (recovery.py), and what a stop left of
+  its deployment records repaired (``Judge.repair``).
 - A candidate whose artifact does not verify (hash, signature, unpickles to a model) is refused
   and never deployed; a verified one is registered and deployed as a shadow challenger.
 - Labeled examples feed the loss ledger, with each deployed version's loss on the event: as it
@@ -27,6 +28,7 @@ from typing import Any
 from services.model_publisher.held_out import HeldOutScorer, compact_lineage
 from services.model_publisher.judging import Judge, JudgingPolicy
 from services.model_publisher.ledger import REPLAYED, LossLedger
+from services.model_publisher.recovery import LoggedDecisions, complete, relog
 from services.model_publisher.staleness import Champion, StalenessMonitor
 from services.model_publisher.writer import RegistryWriter
 from streamloop.contracts.pipeline import PipelineSpec
@@ -98,10 +100,23 @@ class PublisherProcessor:
         self._bootstrapped = False
         self._next_staleness_ms = 0
         self._exported_champion: str | None = None
+        self._logged: LoggedDecisions | None = None  # none read back: nothing is completed
 
     # -- the runner's hooks --------------------------------------------------------------------
 
+    def recall_decisions(self, logged: LoggedDecisions) -> None:
+        """The decisions at the end of the log, read back before the first batch (app.py)."""
+        self._logged = logged
+
+    def _unlogged(self, result: ProcessResult) -> ProcessResult:
+        if self._logged is not None:
+            result.outputs = self._logged.unlogged(result.outputs, self.topics.model_decisions)
+        return result
+
     def process(self, batch: Sequence[ConsumedRecord]) -> ProcessResult:
+        return self._unlogged(self._process(batch))
+
+    def _process(self, batch: Sequence[ConsumedRecord]) -> ProcessResult:
         result = ProcessResult(outputs=self._start_up())
         evidence = 0  # labeled events, and candidates that brought prequential losses
         for record in batch:
@@ -127,6 +142,9 @@ class PublisherProcessor:
         return result
 
     def tick(self, now_ms: int) -> ProcessResult:
+        return self._unlogged(self._tick(now_ms))
+
+    def _tick(self, now_ms: int) -> ProcessResult:
         result = ProcessResult(outputs=self._start_up())
         if self.table.ready and now_ms >= self._next_staleness_ms:
             self._next_staleness_ms = now_ms + self.policy.staleness_interval_ms
@@ -158,7 +176,9 @@ class PublisherProcessor:
         champion = self.table.champion(self.pipeline.name, self.pipeline.model.name)
         if champion is not None or not self.policy.bootstrap:
             self._bootstrapped = True
-            return self.judge.repair()
+            completed = [] if self._logged is None else \
+                complete(self.judge, self._logged) + relog(self.judge, self._logged)
+            return completed + self.judge.repair()
         refused = self.table.refused(self.pipeline.name, self.pipeline.model.name, CHAMPION)
         if refused is not None:
             # An untrained model must not silently replace a champion this publisher cannot verify (one

@@ -49,10 +49,11 @@ class RegistryWriter:
         return OutgoingRecord(self.deployments_topic, key, None)
 
     def decide(self, kind: str, reason: str, *, decision_id: str, from_version: str | None = None,
-               to_version: str | None = None, evidence: dict[str, float] | None = None) -> OutgoingRecord:
+               to_version: str | None = None, evidence: dict[str, float] | None = None,
+               automatic: bool = True) -> OutgoingRecord:
         record = decision_record(self.pipeline.name, self.model_name, kind, reason, decision_id=decision_id,
                                  decided_at=self.clock(), from_version=from_version, to_version=to_version,
-                                 evidence=evidence)
+                                 evidence=evidence, automatic=automatic)
         return OutgoingRecord(self.decisions_topic, self.model_name, record)
 
     def alert(self, record: dict[str, Any]) -> OutgoingRecord:

@@ -88,8 +88,9 @@ class SkippedRecord:
         return f"{self.topic}[{self.partition}]@{self.offset}: {self.why}"
 
 
-def read_raw(kafka: KafkaSettings, topic: str, timeout_s: float = 30.0) -> list[RawRecord]:
-    """Every record of a topic from its beginning to its current end, in offset order per partition."""
+def read_raw(kafka: KafkaSettings, topic: str, timeout_s: float = 30.0, *, tail: int | None = None) -> list[RawRecord]:
+    """Every record of a topic from its beginning (or the last ``tail`` of each partition) to its
+    current end, in offset order per partition."""
     config = kafka.consumer(f"{kafka.client_id}.registry-reader.{os.getpid()}", **{"enable.partition.eof": True})
     config.pop("group.instance.id", None)  # assign() joins no group
     consumer = Consumer(config)
@@ -103,6 +104,8 @@ def read_raw(kafka: KafkaSettings, topic: str, timeout_s: float = 30.0) -> list[
         except KafkaException as exc:
             # A broker gone since the service started: the callers' error, not librdkafka's trace.
             raise RegistryError(f"cannot read {topic}: {exc.args[0].str() if exc.args else exc}") from exc
+        if tail is not None:
+            ends = {p: (max(low, high - tail), high) for p, (low, high) in ends.items()}
         pending = {p for p, (low, high) in ends.items() if high > low}
         consumer.assign([TopicPartition(topic, p, ends[p][0]) for p in pending])
         records: list[RawRecord] = []
@@ -126,21 +129,22 @@ def read_raw(kafka: KafkaSettings, topic: str, timeout_s: float = 30.0) -> list[
 
 
 def read_topic(kafka: KafkaSettings, topic: str, decode: Callable[[bytes], dict[str, Any]],
-               timeout_s: float = 30.0, *, skipped: list[SkippedRecord] | None = None,
+               timeout_s: float = 30.0, *, skipped: list[SkippedRecord] | None = None, tail: int | None = None,
                ) -> list[tuple[str | None, dict[str, Any] | None]]:
     """Every record of a topic from its beginning to its current end, decoded, in offset order per partition.
 
     A record ``decode`` refuses is left out, logged, and appended to ``skipped`` when given.
     """
-    return [(raw.key, value) for raw, value in read_decoded(kafka, topic, decode, timeout_s, skipped=skipped)]
+    return [(raw.key, value) for raw, value in read_decoded(kafka, topic, decode, timeout_s, skipped=skipped,
+                                                            tail=tail)]
 
 
 def read_decoded(kafka: KafkaSettings, topic: str, decode: Callable[[bytes], dict[str, Any]],
-                 timeout_s: float = 30.0, *, skipped: list[SkippedRecord] | None = None,
+                 timeout_s: float = 30.0, *, skipped: list[SkippedRecord] | None = None, tail: int | None = None,
                  ) -> list[tuple[RawRecord, dict[str, Any] | None]]:
     """``read_topic``, each value beside its raw record (key, partition, offset)."""
     records: list[tuple[RawRecord, dict[str, Any] | None]] = []
-    for raw in read_raw(kafka, topic, timeout_s):
+    for raw in read_raw(kafka, topic, timeout_s, tail=tail):
         if raw.value is None:
             records.append((raw, None))
             continue
@@ -328,7 +332,7 @@ class RegistryClient:
         decision = decision_record(pipeline, model, kind, reason, decision_id=f"{version}:{kind.lower()}:manual:{now}",
                                    decided_at=now, from_version=old, to_version=version, automatic=False)
         outputs: list[tuple[str, str, dict[str, Any] | None]] = [("model_decisions", model, decision)]
-        # In the publisher's order (Judge._promote): the old champion kept before the new one
+        # In the publisher's order (Judge.promote): the old champion kept before the new one
         # serves, slots emptied last, so a stop between the records leaves what Judge.repair mends.
         if kind == "PROMOTE" and champion is not None:
             # As after an automatic promotion, the old champion stays on as a shadow under the same

@@ -70,3 +70,20 @@ def test_list_show_promote_and_roll_back_by_hand(service_env, monkeypatch, loop_
                  what="the publisher to see the manual change")
         wait_for(lambda: client.state().table.slot("card-fraud", "fraud", shadow_slot(boot)) is None,
                  what="the rolled-back-to version to leave its shadow slot")
+
+
+def test_a_tail_read_returns_the_last_records_of_the_topic(loop_catalog, bootstrap_servers):
+    # The publisher reads back only the end of the decisions topic, which keeps every decision forever.
+    from streamloop.ml.registry import decision_record
+    from streamloop.ml.registry_client import read_topic
+
+    topics = Topics(loop_catalog, bootstrap_servers)
+    model = "tail-model"
+    topics.produce("model_decisions", [decision_record("tail", model, "RETIRE", "r", decision_id=f"v{i}:retire",
+                                                       decided_at=i, from_version=f"v{i}") for i in range(5)])
+    kafka = KafkaSettings(bootstrap_servers=bootstrap_servers)
+    name, decode = loop_catalog["model_decisions"].name, topics.serde("model_decisions").decode
+    mine = [v["decision_id"] for _k, v in read_topic(kafka, name, decode) if v["model_name"] == model]
+    assert mine[-5:] == [f"v{i}:retire" for i in range(5)]
+    tail = [v["decision_id"] for _k, v in read_topic(kafka, name, decode, tail=2)]
+    assert tail == ["v3:retire", "v4:retire"]

@@ -37,7 +37,7 @@ def on_a_broker(registry: InMemoryRegistry, monkeypatch: pytest.MonkeyPatch,
     roles = {registry.catalog[role].name: role for role in registry.topics}
     serde_for = client._serde_for  # the writers' serdes, whatever a test makes the client read with
 
-    def read_raw(_kafka, topic: str, _timeout_s: float = 30.0) -> list[RawRecord]:
+    def read_raw(_kafka, topic: str, _timeout_s: float = 30.0, *, tail: int | None = None) -> list[RawRecord]:
         serde = serde_for(roles[topic])
         values = [("poison", value) for value in (extra or {}).get(roles[topic], [])]
         values += [(key, None if value is None else serde.encode(value))

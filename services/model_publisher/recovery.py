@@ -1,0 +1,192 @@
+"""Completing, at start-up, the decisions a stop cut short: a decision's records are not atomic.
+
+A decision writes its decision records (the decisions topic) and its deployment records (the
+deployments topic), acknowledged one by one. Each topic has one partition and the producer is
+idempotent, so each holds a prefix of what the publisher wrote, independently of the other: a
+stop can leave a decision logged whose slots never changed, or slots changed under a decision the
+log never got. Kafka transactions would make the two atomic, but the embedded Tansu broker shows
+aborted records to ``read_committed`` readers (docs/embedded-stack.md, T2), every reader of the
+deployments table would have to read committed only, and the stage runner's delivery recovery is
+built on an idempotent producer. So the publisher completes what it finds from its read-back,
+before ``Judge.repair`` mends what a prefix of one decision's deployment records left:
+
+- ``complete``: a PROMOTE, ROLLBACK, REFUSE or RETIRE that no later decision supersedes, whose
+  slot changes are not in the table and whose starting point still holds (the champion it
+  replaced still serves, its challenger is still in its slot), is carried out again: the same
+  deployment records under the same decision id; decision records already logged are left out.
+- ``relog``: a slot whose record names a decision the log does not hold gets that decision
+  written, derived from the slot (kind and versions from the decision id and the record; its
+  reason says it was recovered, its evidence is lost: ``{"recovered": 1}``).
+- ``LoggedDecisions.unlogged``: a version's registration (REGISTER, SHADOW) and the bootstrap's
+  PROMOTE are written once: the replay of the batch a stop left uncommitted does them again.
+
+Only the tail of the decisions topic is read (``DECISIONS_TAIL`` records): only the publisher's
+last batch can be cut short, and a slot deployed before the tail's oldest decision is taken as
+logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from services.model_publisher.judging import Judge
+from streamloop.kafka.records import OutgoingRecord
+from streamloop.ml.promotion import Verdict
+from streamloop.ml.registry import (
+    CANARY,
+    CANARY_DECISION_SUFFIX,
+    CHAMPION,
+    SHADOW_PREFIX,
+    decision_subjects,
+    millis,
+    watched_predecessor,
+)
+
+log = logging.getLogger(__name__)
+
+DECISIONS_TAIL = 2_000
+RECOVERED_EVIDENCE = {"recovered": 1.0}
+# The ids the publisher and `streamloop models` give the decisions a slot record names (read from the
+# right: a version may hold a colon).
+_SLOT_DECISION = re.compile(r"^(?P<version>.+):(?P<kind>promote|canary|rollback|shadow)(?P<manual>:manual:\d+)?$")
+
+
+@dataclass
+class LoggedDecisions:
+    """This model's decisions at the end of the decisions topic, oldest first, as read back at start-up."""
+
+    decisions: list[dict[str, Any]] = field(default_factory=list)
+    whole: bool = True  # the tail read is the whole topic
+    ids: set[str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.ids = {d["decision_id"] for d in self.decisions}
+
+    def since_ms(self) -> int | None:
+        """Slots deployed before this are taken as logged: the decisions of their time were not read."""
+        if self.whole or not self.decisions:
+            return None
+        return min(millis(d["decided_at"]) for d in self.decisions)
+
+    def unlogged(self, outputs: Iterable[OutgoingRecord], decisions_topic: str) -> list[OutgoingRecord]:
+        """``outputs`` without the registrations and bootstrap decisions already logged (a replay's)."""
+        def logged(output: OutgoingRecord) -> bool:
+            value = output.value
+            if output.topic != decisions_topic or value is None or value["decision_id"] not in self.ids:
+                return False
+            return value["kind"] in ("REGISTER", "SHADOW") or (value["kind"] == "PROMOTE" and not value["from_version"])
+        return [output for output in outputs if not logged(output)]
+
+
+def complete(judge: Judge, logged: LoggedDecisions) -> list[OutgoingRecord]:
+    """Carry out again the decisions at the log's end whose slot changes never landed."""
+    last: list[dict[str, Any]] = []
+    named_later: set[str] = set()
+    for decision in reversed(logged.decisions):
+        subjects = decision_subjects(decision)
+        if not subjects & named_later:
+            last.append(decision)
+        named_later |= subjects
+    outputs: list[OutgoingRecord] = []
+    for decision in reversed(last):
+        outputs += _complete_one(judge, decision)
+    decisions_topic = judge.writer.decisions_topic
+    return [o for o in outputs if o.topic != decisions_topic or o.value["decision_id"] not in logged.ids]
+
+
+def _complete_one(judge: Judge, decision: dict[str, Any]) -> list[OutgoingRecord]:
+    slots = judge.slots()
+    champion = slots.get(CHAMPION)
+    kind, decision_id = decision["kind"], decision["decision_id"]
+    old, new = decision["from_version"], decision["to_version"]
+    if champion is None:
+        return []
+    evidence = dict(decision.get("evidence") or {})
+    if kind == "PROMOTE" and old is not None and champion["version"] == old and \
+            champion.get("decision_id") != decision_id:
+        to_canary = decision_id.endswith(CANARY_DECISION_SUFFIX)
+        canary = slots.get(CANARY)
+        if to_canary and canary is not None and canary["version"] == new:
+            return []  # done: the canary is on trial
+        sources = [(s, r) for s, r in sorted(slots.items()) if r["version"] == new and
+                   (s.startswith(SHADOW_PREFIX) or (s == CANARY and not to_canary))]
+        if sources:
+            _say(decision, "carried out")
+            slot, record = sources[0]
+            return judge.promote(champion, slot, record, Verdict("promote", decision["reason"], evidence),
+                                 to_canary=to_canary)
+    elif kind == "ROLLBACK" and champion["version"] == old and champion.get("decision_id") != decision_id:
+        predecessor = watched_predecessor(slots)
+        if predecessor is not None and predecessor["version"] == new:
+            _say(decision, "carried out")
+            return judge.rollback(champion, predecessor, Verdict("rollback", decision["reason"], evidence))
+    elif kind == "ROLLBACK" and champion["version"] == new and (slots.get(CANARY) or {}).get("version") == old:
+        _say(decision, "carried out (the canary retired)")
+        judge.closed.add(old)
+        return [judge.writer.retire(CANARY)]
+    elif kind in ("REFUSE", "RETIRE"):
+        version = new if kind == "REFUSE" else old
+        left = [s for s, r in sorted(slots.items()) if s != CHAMPION and r["version"] == version]
+        if left:
+            _say(decision, f"carried out ({', '.join(left)} retired)")
+            judge.closed.add(version)
+            return [judge.writer.retire(slot) for slot in left]
+    return []
+
+
+def _say(decision: dict[str, Any], what: str) -> None:
+    log.warning("decision %s %s: logged, but its slot changes were not written (the publisher stopped between its "
+                "records); %s now", decision["decision_id"], decision["kind"], what)
+
+
+def relog(judge: Judge, logged: LoggedDecisions) -> list[OutgoingRecord]:
+    """Write the decisions the slots name that the log does not hold."""
+    since = logged.since_ms()
+    written: set[str] = set()
+    outputs: list[OutgoingRecord] = []
+    slots = judge.slots()
+    champion = slots.get(CHAMPION)
+    for slot, record in sorted(slots.items(), key=lambda sr: sr[0] != CHAMPION):
+        decision_id = record.get("decision_id")
+        if not decision_id or decision_id in logged.ids or decision_id in written:
+            continue
+        if since is not None and millis(record.get("deployed_at")) < since:
+            continue
+        match = _SLOT_DECISION.match(decision_id)
+        if match is None or (match["kind"] == "promote" and slot != CHAMPION and
+                             (champion is None or champion["version"] != match["version"])):
+            # An old champion kept for a promotion that never made its successor champion: no
+            # promotion happened, and Judge.repair retires the slot.
+            continue
+        written.add(decision_id)
+        version, kind, automatic = match["version"], match["kind"], match["manual"] is None
+        reason = (f"recovered at start-up: slot {slot} holds {record['version']} under {decision_id}, which the "
+                  "decision log does not hold (its writer stopped between the decision's records); the reason and "
+                  "evidence are lost")
+        log.warning("writing decision %s again: %s", decision_id, reason)
+
+        def decide(kind: str, decision_id: str, from_version: str | None, to_version: str | None,
+                   automatic: bool = automatic, reason: str = reason) -> OutgoingRecord:
+            return judge.writer.decide(kind, reason, decision_id=decision_id, from_version=from_version,
+                                       to_version=to_version, evidence=RECOVERED_EVIDENCE, automatic=automatic)
+
+        if kind == "shadow":
+            against = champion["version"] if champion is not None else None
+            if f"{version}:register" not in logged.ids:
+                outputs.append(decide("REGISTER", f"{version}:register", None, version))
+            outputs.append(decide("SHADOW", decision_id, against, version))
+        elif kind in ("promote", "canary"):
+            # The new version's own slot names the one it replaced; the old champion kept beside it is that one.
+            previous = record.get("previous_version") if slot in (CHAMPION, CANARY) else record["version"]
+            if previous is None and f"{version}:register" not in logged.ids:
+                outputs.append(decide("REGISTER", f"{version}:register", None, version))  # the bootstrap's
+            outputs.append(decide("PROMOTE", decision_id, previous, version))
+        elif kind == "rollback" and slot == CHAMPION:
+            outputs.append(decide("ROLLBACK", decision_id, version, record["version"]))
+        else:
+            written.discard(decision_id)
+    return outputs
