@@ -183,10 +183,10 @@ class Collector(KeyingAgent, JoinAgent, ScoringAgent, Pacing, Outputs, Rebalanci
         existing topic as it is: after the labels topic grew, the keying agent and the join's
         changelog writes went to partitions the keyed topic and the changelog lacked (aiokafka's
         "Unrecognized partition"), and the worker stopped at every restart. The changelog is grown
-        with the keyed topic: each entry is written to the changelog partition of its keyed
-        partition, named explicitly (TableStore.flush), so the entries already there stay where
-        their partition's worker restores them, and the new partitions start empty, as the keyed
-        topic's do.
+        with the keyed topic: each entry is written to the changelog partition of the keyed
+        partition it was made in, named explicitly (TableStore.flush), even when a record keyed to
+        a new partition changes it (join.py), so the entries already there stay where their
+        partition's worker restores them, and the new partitions start empty, as the keyed topic's do.
         """
         # No wait for the broker here: start_service waited for it (STREAMLOOP_BROKER_WAIT_S).
         admin = AdminClient(self.settings.common.kafka.admin())

@@ -27,6 +27,13 @@ again after a restart. (A per-source offset watermark would be cheaper, but faus
 source partition with a gap after a rebalance and then redeliver the gap; a watermark would
 silently skip it.) A replay of a record whose entry was already deleted, i.e. older than
 horizon + grace + remember in stream time, is treated as new.
+
+After the keyed topic grew, an event's records can go to another partition than its entry was
+made in; the faust runtime's one table still finds the entry. The entry stays its first partition's
+(``Entry.partition``): stored and deleted there (in its changelog partition, which restores it), and
+expired there, at the deadline another partition's record moved it to. Stored by the partition
+whose record changed it, it was in two changelog partitions, and a restart brought back whichever
+was restored last: the event unlabeled again, say, and a label sent again joined a second time.
 """
 
 from __future__ import annotations
@@ -317,7 +324,7 @@ class JoinPartition:
             else:
                 heapq.heappush(self._heap, (entry.deadline, entry.event_id))
                 return decisions
-        self.store.delete(entry.event_id, self.partition)
+        self.store.delete(entry.event_id, entry.partition)
         self.size -= 1
         return decisions
 
@@ -344,24 +351,33 @@ class JoinPartition:
 
     def _insert(self, entry: Entry) -> None:
         entry.deadline = self._deadline(entry)
-        self.store.put(entry.event_id, entry.to_state(), self.partition)
+        self.store.put(entry.event_id, entry.to_state(), entry.partition)
         heapq.heappush(self._heap, (entry.deadline, entry.event_id))
         self.size += 1
 
     def _save(self, entry: Entry) -> None:
+        """Store an entry in the partition it was created in (``entry.partition``), whichever
+        partition's record changed it (see the module docstring, "After the keyed topic grew")."""
         if entry.status is Status.OPEN and not entry.remembered:
             deadline = self._deadline(entry)
-            if deadline != entry.deadline:
-                entry.deadline = deadline
+            # Moved later, the entry's heap item (at the old deadline) puts it back at the new one
+            # when it comes up (_pop_due); moved earlier, only a new item would come up in time.
+            if deadline < entry.deadline and entry.partition == self.partition:
                 heapq.heappush(self._heap, (deadline, entry.event_id))
-        self.store.put(entry.event_id, entry.to_state(), self.partition)
+            entry.deadline = deadline
+        self.store.put(entry.event_id, entry.to_state(), entry.partition)
 
     def _pop_due(self, force: bool) -> Entry | None:
         while self._heap and (force or self.time.clock is not None and self._heap[0][0] < self.time.clock):
             deadline, event_id = heapq.heappop(self._heap)
             stored = self.store.get(event_id)
-            if stored is not None and stored["deadline"] == deadline:
-                return Entry.from_state(stored)
+            if stored is None or stored["partition"] != self.partition:
+                continue  # deleted; or a key made again by another partition's record, after this one deleted it
+            if stored["deadline"] > deadline:
+                heapq.heappush(self._heap, (stored["deadline"], event_id))  # moved later since it was pushed
+                continue
+            # Due; at a deadline moved earlier by another partition's record (no item of its own), late.
+            return Entry.from_state(stored)
         return None
 
     def _expire(self) -> list[Decision]:
