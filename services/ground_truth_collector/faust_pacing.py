@@ -75,7 +75,7 @@ class Pacing:
                 await self._ensure_baseline()
             if now is None or await self._unstick(now) or not await self.pacer.caught_up(consumer, set(self.inputs)):
                 return
-            # A tick counts as the partition's last record, as the runner's do (stages.py): a quiet
+            # A tick counts as the partition's last record, as the runner's do (rekey_stage.py): a quiet
             # partition is ticked once per idle_after, not at every turn of the timer (every second).
             # Awaited: sent with a batch the broker refuses, they are sent again alone (Outputs._send).
             futures = []
