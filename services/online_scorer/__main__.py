@@ -1,3 +1,8 @@
-from services.online_scorer.app import main
+# The first line before the imports: on a busy machine they take seconds (libs/streamloop/startup.py).
+from streamloop.startup import announce
 
-raise SystemExit(main())
+startup = announce("online-scorer")
+
+from services.online_scorer.app import main  # noqa: E402 - after the line above, on purpose
+
+raise SystemExit(main(startup))

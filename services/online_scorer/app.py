@@ -30,6 +30,7 @@ from streamloop.kafka.table_reader import CompactedTopicReader
 from streamloop.serde import Serde
 from streamloop.service import ServiceContext
 from streamloop.service.entrypoint import start_service
+from streamloop.startup import Startup
 from streamloop.store import RedisFeatureStore
 from streamloop.telemetry import ServiceMetrics, Telemetry, configure_telemetry
 
@@ -228,9 +229,13 @@ def build(settings: ScorerSettings, telemetry: Telemetry | None = None) -> Score
     return ScorerApp(settings, ctx, telemetry, holder, deployments, reader, server, runner, alerts, store)
 
 
-def main() -> int:
+def main(startup: Startup | None = None) -> int:
+    imported, imported_at = startup.imported() if startup is not None else None, time.monotonic()
     app = start_service(SERVICE, ScorerSettings, build)
     if isinstance(app, int):
         return app
+    if imported is not None:
+        log.info("%s; read its settings, wired itself and heard from the broker in %.1f s", imported,
+                 time.monotonic() - imported_at)
     app.install_signal_handlers()
     return app.run()

@@ -13,6 +13,7 @@ from confluent_kafka import Consumer
 from confluent_kafka.admin import AdminClient
 
 from tests.conftest import DEMO_SPEC
+from tests.faults.harness import LOG_LINE
 
 pytestmark = pytest.mark.integration
 
@@ -350,6 +351,15 @@ SERVICE_SETTING_ERRORS = [
 ]
 
 
+def failure_line(stderr: str) -> str:
+    """The one line naming what is wrong: the last. Before it only the service's own INFO log lines
+    (the scorer's first, written before its imports), never a traceback."""
+    *before, last = stderr.splitlines()
+    assert all(LOG_LINE.match(line) and " INFO " in line for line in before), stderr
+    assert "Traceback" not in stderr and stderr.endswith("\n"), stderr
+    return last
+
+
 @pytest.mark.parametrize(("service", "variable", "value", "expected"), SERVICE_SETTING_ERRORS,
                          ids=[f"{case[0]}-{case[1]}={case[2]}" for case in SERVICE_SETTING_ERRORS])
 def test_a_service_with_a_bad_setting_exits_2_with_one_line(tmp_path: Path, service: str, variable: str, value: str,
@@ -359,8 +369,8 @@ def test_a_service_with_a_bad_setting_exits_2_with_one_line(tmp_path: Path, serv
            variable: value.replace("{missing}", str(missing))}
     result = streamloop("service", service, env=env)
     assert result.returncode == 2, result.stderr
-    assert result.stderr.startswith(f"{service}: {expected.replace('{missing}', str(missing))}"), result.stderr
-    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert failure_line(result.stderr).startswith(f"{service}: {expected.replace('{missing}', str(missing))}"), \
+        result.stderr
 
 
 @pytest.mark.parametrize("service", ["model-publisher", "ground-truth-collector"])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from dataclasses import dataclass, field
 
@@ -12,17 +11,13 @@ from streamloop.kafka.records import Processor
 from streamloop.kafka.runner import RunnerMetrics, StageRunner, StageTopics
 from streamloop.serde import Serde
 from streamloop.service.settings import CommonSettings
+from streamloop.startup import log_format
 from streamloop.telemetry.tracing import KafkaTracer
 
 
 def configure_logging(level: str, service: str, instance_id: str | None = None) -> None:
     """Every line names the service and its process (``service[pid]``, which tools match), then the replica."""
-    who = f"{service}[{os.getpid()}]" + (f" {instance_id}" if instance_id else "")
-    logging.basicConfig(
-        level=level.upper(),
-        stream=sys.stderr,
-        format=f"%(asctime)s %(levelname)s {who} %(name)s: %(message)s",
-    )
+    logging.basicConfig(level=level.upper(), stream=sys.stderr, format=log_format(service, instance_id))
 
 
 def pipeline_groups(topic_prefix: str, pipeline: str) -> str:
