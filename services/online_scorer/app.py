@@ -139,10 +139,17 @@ class ScorerApp:
         started = time.monotonic()
         catch_up_deadline = started + self.settings.deployments_catch_up_s
         next_progress_s = 30.0
+        log.info("reading %s to its end before applying any deployment (at most %.0f s)", self.reader.topic,
+                 self.settings.deployments_catch_up_s)
+        told_no_champion = False
         while not self._stopping.is_set():
             if not self.deployments.is_open:
                 self._open_deployments_once_read(catch_up_deadline)
                 continue
+            if not told_no_champion and self.holder.current.champion is None:
+                told_no_champion = True  # at once, not 30 s on: the operator sees what it waits for
+                log.info("no champion live yet (none deployed, or it did not load); waiting for one before "
+                         "consuming %s", self.ctx.topic("features").name)
             if self.holder.wait_for_champion(1.0):
                 champion = self.holder.current.champion
                 if champion is None:  # retired between the wait and this read: wait again

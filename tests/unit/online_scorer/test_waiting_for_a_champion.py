@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 
 from services.online_scorer.app import ScorerApp
-from services.online_scorer.models import DeploymentGate
+from services.online_scorer.models import DeploymentGate, ModelSet
 
 
 class NoChampion:
@@ -23,6 +23,7 @@ class NoChampion:
     """
 
     WAITS_PAST_DEADLINE = 3
+    current = ModelSet()
 
     def __init__(self, stop_after_s: float) -> None:
         self._stop_after_s = stop_after_s
@@ -49,6 +50,7 @@ class NeverCaughtUp:
     (the app waits on the reader until the catch-up time, and only then on the holder)."""
 
     caught_up = False
+    topic = "models.model-deployment.v1"
 
     def __init__(self, holder: NoChampion) -> None:
         self._holder = holder
@@ -61,11 +63,19 @@ class NeverCaughtUp:
         return {}
 
 
-def waiting_app(catch_up_s: float, stop_after_s: float) -> ScorerApp:
+class ReadAtOnce(NeverCaughtUp):
+    """A reader of an empty deployments topic: read to its end at once."""
+
+    def wait_until_caught_up(self, timeout_s: float) -> bool:
+        return True
+
+
+def waiting_app(catch_up_s: float, stop_after_s: float, reader: type[NeverCaughtUp] = NeverCaughtUp) -> ScorerApp:
     holder = NoChampion(stop_after_s)
     stoppable = SimpleNamespace(begin_shutdown=lambda: None, stop=lambda: None)
-    app = ScorerApp(SimpleNamespace(deployments_catch_up_s=catch_up_s), ctx=None, telemetry=None, holder=holder,
-                    deployments=DeploymentGate(holder), reader=NeverCaughtUp(holder), server=stoppable,
+    ctx = SimpleNamespace(topic=lambda role: SimpleNamespace(name=f"{role}.v1"))
+    app = ScorerApp(SimpleNamespace(deployments_catch_up_s=catch_up_s), ctx=ctx, telemetry=None, holder=holder,
+                    deployments=DeploymentGate(holder), reader=reader(holder), server=stoppable,
                     runner=stoppable, alerts=None, store=None)
     holder.on_timeout = app.stop
     return app
@@ -86,3 +96,24 @@ def test_no_warning_before_the_catch_up_time(caplog: pytest.LogCaptureFixture) -
     with caplog.at_level(logging.WARNING, logger="services.online_scorer.app"):
         assert app._wait_for_champion() is False
     assert not [r for r in caplog.records if "deployments topic not read to its end" in r.getMessage()]
+
+
+def test_what_it_waits_for_is_logged_at_once(caplog: pytest.LogCaptureFixture) -> None:
+    """A restarted scorer said nothing between its start and its first champion; with no champion
+    deployed, nothing for its first 30 s. Now each wait is named as it begins."""
+    app = waiting_app(catch_up_s=30.0, stop_after_s=0.1, reader=ReadAtOnce)
+    with caplog.at_level(logging.INFO, logger="services.online_scorer.app"):
+        assert app._wait_for_champion() is False
+    said = [r.getMessage() for r in caplog.records]
+    assert said[0] == "reading models.model-deployment.v1 to its end before applying any deployment (at most 30 s)"
+    waiting = [m for m in said if m.startswith("no champion live yet")]
+    assert waiting == ["no champion live yet (none deployed, or it did not load); waiting for one before consuming "
+                       "features.v1"], said
+
+
+def test_the_deployments_read_is_named_while_it_has_not_ended(caplog: pytest.LogCaptureFixture) -> None:
+    app = waiting_app(catch_up_s=5.0, stop_after_s=0.1)
+    with caplog.at_level(logging.INFO, logger="services.online_scorer.app"):
+        assert app._wait_for_champion() is False
+    said = [r.getMessage() for r in caplog.records]
+    assert said == ["reading models.model-deployment.v1 to its end before applying any deployment (at most 5 s)"]
