@@ -174,6 +174,8 @@ class StageRunner:
         self._last_consumed_ms: dict[tuple[str, int], int] = {}
         self._caught_up_at: dict[tuple[str, int], float] = {}
         self._assigned_at: dict[tuple[str, int], float] = {}
+        # When run() subscribed, until the first assignment: how long the group join took is logged.
+        self._joining_since: float | None = None
         self.consumer: Consumer | None = None
         self.pacer: FetchPacer | None = None
         self._next_tick = 0.0
@@ -201,7 +203,9 @@ class StageRunner:
             list(self.topics.inputs), on_assign=self._on_assign, on_revoke=self._on_revoke,
             on_lost=self._on_revoke,
         )
-        log.info("%s: consuming %s as group %s", self.service, ", ".join(self.topics.inputs), self.group_id)
+        self._joining_since = time.monotonic()
+        log.info("%s: consuming %s as group %s; waiting for the group to assign partitions", self.service,
+                 ", ".join(self.topics.inputs), self.group_id)
         if on_started:
             on_started()
         next_lag_report = self._next_tick = time.monotonic()
@@ -500,6 +504,13 @@ class StageRunner:
     # -- callbacks ---------------------------------------------------------------------------
 
     def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # The join's wait is the group's: a member that left without a word (SIGKILL) and had no
+        # static id (KAFKA_GROUP_INSTANCE_ID) holds its partitions until its session times out.
+        joined = f", {time.monotonic() - self._joining_since:.1f} s after subscribing" \
+            if self._joining_since is not None else ""
+        self._joining_since = None
+        log.info("%s: assigned %d partition%s%s%s", self.service, len(partitions), "" if len(partitions) == 1 else "s",
+                 f" of {', '.join(sorted({tp.topic for tp in partitions}))}" if partitions else "", joined)
         self._assigned.update((tp.topic, tp.partition) for tp in partitions)
         now = time.time()
         for tp in partitions:
