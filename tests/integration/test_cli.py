@@ -353,7 +353,7 @@ SERVICE_SETTING_ERRORS = [
 
 def failure_line(stderr: str) -> str:
     """The one line naming what is wrong: the last. Before it only the service's own INFO log lines
-    (the scorer's first, written before its imports), never a traceback."""
+    (its start, the broker it waits for), never a traceback."""
     *before, last = stderr.splitlines()
     assert all(LOG_LINE.match(line) and " INFO " in line for line in before), stderr
     assert "Traceback" not in stderr and stderr.endswith("\n"), stderr
@@ -379,4 +379,6 @@ def test_a_service_that_cannot_reach_the_broker_exits_1_with_one_line(tmp_path: 
            "STREAMLOOP_ARTIFACT_SIGNING_KEY": SIGNING_KEY, "STREAMLOOP_ARTIFACT_STORE": (tmp_path / "a").as_uri()}
     result = streamloop("service", service, env=env)
     assert result.returncode == 1
-    assert result.stderr == f"{service}: cannot reach a Kafka broker at 127.0.0.1:1 within 2 s\n"
+    assert failure_line(result.stderr) == f"{service}: cannot reach a Kafka broker at 127.0.0.1:1 within 2 s", \
+        result.stderr
+    assert "no Kafka broker answered yet" in result.stderr  # said as the wait began

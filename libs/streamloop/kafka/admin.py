@@ -10,7 +10,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from streamloop.contracts.catalog import Catalog
 from streamloop.kafka.configuration import KafkaSettings
-from streamloop.kafka.exceptions import BrokerUnavailableError
+from streamloop.kafka.exceptions import BrokerUnavailableError, kafka_error_of
 
 log = logging.getLogger(__name__)
 
@@ -19,16 +19,29 @@ def admin_client(kafka: KafkaSettings) -> AdminClient:
     return AdminClient(kafka.admin())
 
 
+FIRST_ASK_S = 1.0
+
+
 def wait_for_broker(admin: AdminClient, timeout_s: float = 30.0) -> None:
-    """Block until the broker answers a metadata request, or raise BrokerUnavailableError."""
+    """Block until the broker answers a metadata request, or raise BrokerUnavailableError.
+
+    The first request waits at most FIRST_ASK_S: past it, a line says what the caller waits for
+    (a service's start-up said nothing for up to a minute while its broker was down).
+    """
     deadline = time.monotonic() + timeout_s
     last: Exception | None = None
+    ask_s = FIRST_ASK_S
     while time.monotonic() < deadline:
         try:
-            admin.list_topics(timeout=min(5.0, max(0.5, deadline - time.monotonic())))
+            admin.list_topics(timeout=min(ask_s, max(0.5, deadline - time.monotonic())))
             return
         except KafkaException as exc:
+            if last is None:
+                error = kafka_error_of(exc)
+                log.info("no Kafka broker answered yet (%s); waiting for one, for at most %.0f s in all",
+                         error.str() if error is not None else exc, timeout_s)
             last = exc
+            ask_s = 5.0
             time.sleep(0.5)
     raise BrokerUnavailableError(f"no Kafka broker answered within {timeout_s:.0f}s ({last})")
 

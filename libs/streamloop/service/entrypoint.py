@@ -3,8 +3,8 @@
 A bad setting or spec ends the process with exit code 2 and one line on stderr naming what is
 wrong, never a traceback (the orchestrator shows the line; restarting would not help); it is the
 last line, after the service's INFO log lines, if any (the scorer's "starting"). A broker
-that does not answer within ``STREAMLOOP_BROKER_WAIT_S`` ends it with exit code 1 and one line: a
-restart may find it.
+that does not answer within ``STREAMLOOP_BROKER_WAIT_S`` ends it with exit code 1 and one line,
+after an INFO line that said it waits: a restart may find it.
 """
 
 from __future__ import annotations
