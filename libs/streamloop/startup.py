@@ -24,6 +24,8 @@ from typing import TextIO
 
 LOGGER = "streamloop.startup"
 
+_announced: Startup | None = None  # the process's first line, once written by first_line()
+
 
 def log_format(service: str, instance_id: str | None = None) -> str:
     """Every line names the service and its process (``service[pid]``, which tools match), then the replica."""
@@ -70,3 +72,12 @@ def announce(service: str, environ: Mapping[str, str] | None = None, stream: Tex
     out.write(line + "\n")
     out.flush()
     return startup
+
+
+def first_line(service: str) -> Startup:
+    """``announce`` once per process: ``streamloop service NAME`` (what containers run) writes the
+    line before the command's own imports, and the service's ``__main__`` then finds it written."""
+    global _announced
+    if _announced is None or _announced.service != service:
+        _announced = announce(service)
+    return _announced

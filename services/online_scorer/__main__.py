@@ -1,7 +1,7 @@
 # The first line before the imports: on a busy machine they take seconds (libs/streamloop/startup.py).
-from streamloop.startup import announce
+from streamloop.startup import first_line
 
-startup = announce("online-scorer")
+startup = first_line("online-scorer")
 
 from services.online_scorer.app import main  # noqa: E402 - after the line above, on purpose
 

@@ -9,8 +9,9 @@ import time
 
 import pytest
 
+from streamloop import startup
 from streamloop.service.context import configure_logging
-from streamloop.startup import Startup, announce
+from streamloop.startup import Startup, announce, first_line
 from tests.faults.harness import LOG_LINE
 
 
@@ -62,3 +63,12 @@ def test_imported_says_where_the_time_went() -> None:
     assert starved.imported() == "imported its modules in 9.0 s (1.8 s of CPU time; the rest waiting for a CPU)"
     idle = Startup("online-scorer", wall_s=time.monotonic() - 1.9, cpu_s=time.process_time() - 1.8)
     assert idle.imported() == "imported its modules in 1.9 s (1.8 s of CPU time)"
+
+
+def test_first_line_is_written_once_per_process(monkeypatch: pytest.MonkeyPatch,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("STREAMLOOP_LOG_LEVEL", "INFO")
+    monkeypatch.setattr(startup, "_announced", None)
+    first = first_line("online-scorer")
+    assert first_line("online-scorer") is first
+    assert capsys.readouterr().err.count("online-scorer starting") == 1
