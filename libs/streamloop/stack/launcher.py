@@ -2,8 +2,8 @@
 
 ``streamloop up`` and the end-to-end tests use this one launcher. External infrastructure is
 used instead of the embedded one when ``KAFKA_BOOTSTRAP_SERVERS`` / ``REDIS_URL`` are set.
-Services are supervised: one that exits unexpectedly is restarted with backoff under the same
-static member id (so it takes its partitions straight back; see docs/embedded-stack.md); one
+Services are supervised: one that exits unexpectedly is restarted with backoff (0.5 s doubling to
+30 s over exits in a row, starting over once it ran a minute) under the same static member id (so it takes its partitions straight back; see docs/embedded-stack.md); one
 that exits 2 on its settings or spec ends the supervision with StackError, as a restart would
 exit the same way. ``Stack.prepare(check=True)`` refuses such settings before anything starts.
 """
@@ -56,6 +56,10 @@ from streamloop.stack.stack_files import STATE_FILE, foreign_entries, mark, refu
 log = logging.getLogger(__name__)
 
 _RESTART_BACKOFF_MAX_S = 30.0
+# A service that ran this long before it exited had recovered: its next restart waits the first
+# backoff again. Counted over all its restarts, the backoff of a service killed once an hour reached
+# the 30 s cap by its seventh kill, and each of those restarts kept it down for that long.
+_RESTART_BACKOFF_RESET_AFTER_S = 60.0
 
 
 # The embedded broker and Redis are plaintext and without users, whatever the shell exports.
@@ -301,7 +305,10 @@ class Stack:
                 if code == EXIT_BAD_CONFIGURATION:
                     service.state = "failed"
                     raise StackError(f"{exited}; not restarted, it would exit the same way (log: {service.log_path})")
-                backoff = min(_RESTART_BACKOFF_MAX_S, 2 ** min(service.restarts, 5) * 0.5)
+                if now - service.started_at >= _RESTART_BACKOFF_RESET_AFTER_S:
+                    service.crash_streak = 0
+                backoff = min(_RESTART_BACKOFF_MAX_S, 2 ** min(service.crash_streak, 5) * 0.5)
+                service.crash_streak += 1
                 service.state, service.next_start = "restarting", now + backoff
                 events.append(f"{exited}; restarting in {backoff:.1f}s (log: {service.log_path})")
             elif service.state == "restarting" and now >= service.next_start:

@@ -21,6 +21,8 @@ class ServiceProcess:
     metrics_port: int
     process: subprocess.Popen | None = field(default=None, repr=False)
     restarts: int = 0
+    # Exits in a row, each soon after its start: what the restart backoff doubles on (Stack.supervise_once).
+    crash_streak: int = 0
     state: str = "stopped"
     next_start: float = 0.0
     started_at: float = 0.0

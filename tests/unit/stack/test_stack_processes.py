@@ -304,3 +304,25 @@ def test_a_service_that_exits_on_its_settings_ends_the_supervision_instead_of_re
         assert failing.state == "failed" and failing.restarts == 0
     finally:
         stack.stop()
+
+
+def test_the_restart_backoff_starts_over_once_a_service_ran_long_before_it_exited(tmp_path: Path) -> None:
+    """Doubled over every restart since the stack started, a service killed now and then (an hour apart)
+    waited longer at each restart, 30 s from its seventh, although each time it had run fine."""
+    stack = Stack.prepare(load_pipeline(DEMO_SPEC), DEMO_SPEC, tmp_path)
+    crashed = ServiceProcess("retrainer", "services.retrainer", 0, {}, tmp_path / "retrainer-0.log", 0)
+    crashed.process = spawn([sys.executable, "-c", "raise SystemExit(1)"], crashed.log_path)
+    crashed.process.wait(10)
+    stack.processes = [crashed]
+
+    def backoff_after_running(seconds: float) -> str:
+        crashed.state, crashed.started_at = "running", time.monotonic() - seconds
+        [event] = stack.supervise_once()
+        return event.split("restarting in ")[1].split("s ")[0]
+
+    try:
+        assert [backoff_after_running(1.0) for _ in range(3)] == ["0.5", "1.0", "2.0"], "crashes in a row double it"
+        assert backoff_after_running(3_600.0) == "0.5", "after an hour up, the first backoff again"
+        assert backoff_after_running(1.0) == "1.0"
+    finally:
+        stack.stop()
