@@ -3,9 +3,10 @@
 ``streamloop up`` and the end-to-end tests use this one launcher. External infrastructure is
 used instead of the embedded one when ``KAFKA_BOOTSTRAP_SERVERS`` / ``REDIS_URL`` are set.
 Services are supervised: one that exits unexpectedly is restarted with backoff (0.5 s doubling to
-30 s over exits in a row, starting over once it ran a minute) under the same static member id (so it takes its partitions straight back; see docs/embedded-stack.md); one
-that exits 2 on its settings or spec ends the supervision with StackError, as a restart would
-exit the same way. ``Stack.prepare(check=True)`` refuses such settings before anything starts.
+30 s over exits in a row, starting over once it ran a minute) under the same static member id (so
+it takes its partitions straight back; see docs/embedded-stack.md); one that exits 2 on its
+settings or spec ends the supervision with StackError, as a restart would exit the same way.
+``Stack.prepare(check=True)`` refuses such settings before anything starts.
 """
 
 from __future__ import annotations
