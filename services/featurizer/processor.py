@@ -6,7 +6,9 @@ touches a consumer. The two things it talks to are injected: a :class:`FeatureSt
 recent input so the windows are rebuilt before the partition's first batch (docs/featurizer.md).
 
 Per event: validate (before any state), decide lateness, insert into the entity's sorted buffer,
-compute the vector over buffered events with a version key <= the event's own, evict. Per batch:
+compute the vector over buffered events with a version key <= the event's own, evict. A copy of
+a buffered event (same event id, another offset: a producer's re-send) is not applied: the
+original's vector is emitted again. Per batch:
 each entity's greatest-version row is queued for the store (written by the writer's thread in
 the service, at once in tests), and the metrics are recorded.
 """
@@ -107,6 +109,9 @@ class FeaturizerProcessor:
         self._late = metrics.counter("streamloop_late_events", "Events later than the allowed lateness, by policy.")
         self._replayed = metrics.counter("streamloop_featurizer_replayed_records",
                                          "Records seen again: re-emitted (replay) or re-applied to rebuild state.")
+        self._copies = metrics.counter("streamloop_featurizer_duplicate_events",
+                                       "Copies of a buffered event (same event id, another offset): not applied, "
+                                       "the original's vector emitted again.")
         self._store_writes = metrics.counter("streamloop_feature_store_writes",
                                              "Feature rows written to the store, by result (applied or stale).")
         self._entities_gauge = metrics.gauge("streamloop_featurizer_entities", "Entities with buffered events.")
@@ -121,7 +126,7 @@ class FeaturizerProcessor:
         result = ProcessResult()
         now = self._clock()
         failures: Counter[str] = Counter()
-        late = replayed = 0
+        late = replayed = copies = 0
         rows: dict[str, tuple[int, OutgoingRecord]] = {}
         current: _TP | None = None
         part = PartitionState()
@@ -147,8 +152,9 @@ class FeaturizerProcessor:
                 replayed += 1
                 outcome = self._replay(part, record, now)
             else:
+                applied = True
                 try:
-                    outcome = self._apply(part, record, now, emit=True)
+                    outcome, applied = self._apply(part, record, now, emit=True)
                 except LateEventError as exc:
                     outcome = Rejection(record, exc, STAGE_VALIDATION)
                     late += 1
@@ -163,7 +169,9 @@ class FeaturizerProcessor:
                 if recent is None:
                     recent = self._recent = {}
                 recent[(record.topic, record.partition, record.offset)] = outcome
-                if isinstance(outcome, OutgoingRecord):
+                if not applied:
+                    copies += 1  # the original's vector again: not late again, and no new row
+                elif isinstance(outcome, OutgoingRecord):
                     late += outcome.value["late"]  # type: ignore[index]
                     key = outcome.value["event_time"] * SHIFT + record.offset  # type: ignore[index]
                     best = rows.get(outcome.key)  # type: ignore[arg-type]
@@ -180,22 +188,35 @@ class FeaturizerProcessor:
             self._late(late, {"policy": self._late_policy})
         if replayed:
             self._replayed(replayed, {"kind": "re-emitted"})
+        if copies:
+            self._copies(copies)
         return result
 
-    def _apply(self, part: PartitionState, record: ConsumedRecord, now: int, emit: bool) -> OutgoingRecord | None:
-        """Validate, insert and (when ``emit``) build one new event's vector; raises on rejection."""
+    def _apply(self, part: PartitionState, record: ConsumedRecord, now: int,
+               emit: bool) -> tuple[OutgoingRecord | None, bool]:
+        """Validate, insert and (when ``emit``) build one new event's vector; raises on rejection.
+
+        Returns the vector and whether the event was applied: a copy of a buffered event is not.
+        """
         value = record.value
         event_id, entity_key, event_time = self.validator.validate(value)
         entities = part.entities
         entity = entities.get(entity_key)
         if entity is not None and entity.max_time < part.watermark - self.forget_after:
             entity = None  # forgotten: silent for longer than the horizon (state.py)
+        if entity is not None:
+            original = entity.by_id.get(event_id)
+            if original is not None:
+                # The same event again (an at-least-once producer's re-send): counted once, and
+                # its vector is the original's, so downstream sees one vector per event id.
+                return (self._copy_output(record, entity, original, value, event_id, entity_key, now)
+                        if emit else None), False
         late = self._admit(record, entity_key, event_time, entity.max_time if entity is not None else None)
         key = event_time * SHIFT + record.offset
         fresh = entity is None
         if entity is None:
             entity = EntityState(self._fields)
-        entity.insert(key, self.builder.field_values(value))
+        entity.insert(key, self.builder.field_values(value), event_id)
         output = None
         if emit:
             try:
@@ -209,7 +230,7 @@ class FeaturizerProcessor:
         entity.applied(key, value, self.retention)
         if event_time > part.watermark:
             part.watermark = event_time  # never past its Kafka timestamp plus the disorder (above)
-        return output
+        return output, True
 
     def _admit(self, record: ConsumedRecord, entity_key: str, event_time: int, newest: int | None) -> bool:
         """The rules past validation, the same live and replayed: whether the event is late, or the
@@ -246,6 +267,22 @@ class FeaturizerProcessor:
         }
         return OutgoingRecord(self.features_topic, entity_key, vector, source=record)
 
+    def _copy_output(self, record: ConsumedRecord, entity: EntityState, original: int, value: dict[str, Any],
+                     event_id: str, entity_key: str, now: int) -> OutgoingRecord:
+        """The vector of the buffered event ``original`` (its version key) again, for a copy of it.
+
+        As a replay of the original's offset: over the events that had arrived by then (the
+        original's own values included), with its event time and lateness. Only the copy's record
+        is read, for the passthrough, categorical and segment fields: an at-least-once re-send
+        carries the same payload, so the vector is the original's but for ``computed_at``, while
+        nothing the original read has been evicted (the original still on time: docs/featurizer.md).
+        """
+        view = entity.as_of(original & OFFSET_MASK)
+        event_time = original // SHIFT
+        newest = max((k // SHIFT for k in view.keys if k != original), default=None)
+        late = self._admit(record, entity_key, event_time, newest)
+        return self._output(record, view, original, value, event_id, entity_key, event_time, now, late)
+
     # -- replays -----------------------------------------------------------------------------
 
     def _replay(self, part: PartitionState, record: ConsumedRecord, now: int) -> Outcome:
@@ -259,6 +296,10 @@ class FeaturizerProcessor:
             event_id, entity_key, event_time = self.validator.validate(value)
             entity = part.entities.get(entity_key)
             view = entity.as_of(record.offset - 1) if entity is not None else EntityState(self._fields)
+            original = view.by_id.get(event_id)
+            if original is not None:
+                assert entity is not None
+                return self._copy_output(record, entity, original, value, event_id, entity_key, now)
             # Forgetting is already in the buffer: a forgotten entity's events were dropped before
             # this record went in, so the view holds none of them. The rule cannot be applied
             # again: it needs the partition's newest event time back then, and today's would
@@ -267,7 +308,7 @@ class FeaturizerProcessor:
         except InvalidRecordError as exc:
             return Rejection(record, exc, STAGE_VALIDATION)
         key = event_time * SHIFT + record.offset
-        view.insert(key, self.builder.field_values(value))
+        view.insert(key, self.builder.field_values(value), event_id)
         return self._output(record, view, key, value, event_id, entity_key, event_time, now, late)
 
     # -- the store ---------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """Per-partition, per-entity event buffers, sorted by version key (event time, then offset).
 
-An entity keeps the events it still needs: those newer than ``max_time - horizon``. A whole
+An entity keeps the events it still needs: those newer than ``max_time - horizon``, and the event
+id of each, so that a copy of a buffered event (same id, another offset) is known. A whole
 entity is forgotten once its newest event trails its partition's newest event by more than
 ``horizon + disorder`` (docs/featurizer.md, "State"). Both rules depend only on the events, never
 on when a sweep ran, so a state rebuilt by replaying the input topic equals the original.
@@ -68,23 +69,31 @@ class Series:
 
 
 class EntityState:
-    """The buffered events of one entity: every event's key, and one :class:`Series` per field.
+    """The buffered events of one entity: every event's key and id, and one :class:`Series` per field.
 
     ``latest`` is the version key and record of the entity's greatest-version event, whose
-    features are the entity's row in the online store.
+    features are the entity's row in the online store. ``ids`` holds the event id of each key
+    (same order), ``by_id`` maps a buffered event's id to its key: both leave with the event.
     """
 
-    __slots__ = ("keys", "series", "max_time", "latest_key", "latest_value")
+    __slots__ = ("keys", "ids", "by_id", "series", "max_time", "latest_key", "latest_value")
 
     def __init__(self, fields: int) -> None:
         self.keys: list[int] = []
+        self.ids: list[str] = []
+        self.by_id: dict[str, int] = {}
         self.series: list[Series] = [Series() for _ in range(fields)]
         self.max_time = -1
         self.latest_key = -1
         self.latest_value: dict[str, Any] | None = None
 
-    def insert(self, key: int, values: Sequence[Any]) -> None:
-        _insert(self.keys, key)
+    def insert(self, key: int, values: Sequence[Any], event_id: str) -> None:
+        index = _insert(self.keys, key)
+        if index == len(self.ids):
+            self.ids.append(event_id)
+        else:
+            self.ids.insert(index, event_id)
+        self.by_id[event_id] = key
         for series, value in zip(self.series, values, strict=True):
             if value is not None:
                 series.insert(key, value)
@@ -94,6 +103,7 @@ class EntityState:
         index = bisect_left(self.keys, key)
         if index < len(self.keys) and self.keys[index] == key:
             del self.keys[index]
+            self.by_id.pop(self.ids.pop(index), None)
         for series in self.series:
             series.remove(key)
 
@@ -107,7 +117,12 @@ class EntityState:
             self.latest_value = value
         cutoff = (self.max_time - horizon + 1) * SHIFT
         if self.keys[0] < cutoff:
-            del self.keys[:bisect_left(self.keys, cutoff)]
+            index = bisect_left(self.keys, cutoff)
+            del self.keys[:index]
+            by_id = self.by_id
+            for event_id in self.ids[:index]:
+                del by_id[event_id]
+            del self.ids[:index]
             for series in self.series:
                 series.evict_before(cutoff)
 
@@ -123,7 +138,10 @@ class EntityState:
         Exact as long as nothing that event's windows needed was evicted since (docs/featurizer.md).
         """
         view = EntityState(0)
-        view.keys = [k for k in self.keys if k & OFFSET_MASK <= offset]
+        kept = [i for i, k in enumerate(self.keys) if k & OFFSET_MASK <= offset]
+        view.keys = [self.keys[i] for i in kept]
+        view.ids = [self.ids[i] for i in kept]
+        view.by_id = dict(zip(view.ids, view.keys, strict=True))
         view.series = []
         for series in self.series:
             kept = [i for i, k in enumerate(series.keys) if k & OFFSET_MASK <= offset]
@@ -134,7 +152,8 @@ class EntityState:
     def truncate(self, offset: int) -> bool:
         """Drop the events at ``offset`` or later; False when none is left."""
         kept = self.as_of(offset - 1)
-        self.keys, self.series, self.max_time = kept.keys, kept.series, kept.max_time
+        self.keys, self.ids, self.by_id = kept.keys, kept.ids, kept.by_id
+        self.series, self.max_time = kept.series, kept.max_time
         if self.latest_key & OFFSET_MASK >= offset:
             # Only the newest event's record is kept: a rebuild rewrites no row until the next event.
             self.latest_key = self.keys[-1] if self.keys else -1

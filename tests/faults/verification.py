@@ -279,8 +279,9 @@ def replay_vectors(processor: Any, partitions: dict[int, list[Any]]) -> dict[str
     """The vectors ``processor`` emits over each partition's records in offset order, per event id.
 
     One per copy of the event in the input topic: the user's producer, replaced after a fatal
-    error, sends its unacknowledged records again, and each copy is an event of its own at its
-    own offset, so the second copy's windows hold the first and its vector differs from the first's.
+    error, sends its unacknowledged records again. A copy of an event still in its entity's
+    buffer is not counted again and re-emits the first copy's vector (docs/featurizer.md); a copy
+    of one already evicted is a late event of its own, with a vector of its own.
     """
     vectors: dict[str, list[dict]] = {}
     for _partition, records in sorted(partitions.items()):

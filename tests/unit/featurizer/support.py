@@ -263,17 +263,35 @@ def reference_run(spec: PipelineSpec, recs: Sequence[ConsumedRecord], horizon: i
 
     Walks the records in arrival order; an entity's known events are those accepted before.
     """
+    return {record.value["id"]: outcome
+            for record, outcome in zip(recs, reference_outcomes(spec, recs, horizon).values(), strict=True)}
+
+
+def reference_outcomes(spec: PipelineSpec, recs: Sequence[ConsumedRecord],
+                       horizon: int) -> dict[int, tuple[bool, dict]]:
+    """Offset -> (late, expected numeric), or (True, {}) when dead-lettered, as :func:`reference_run`.
+
+    A copy of an accepted event (same id and entity) is counted once while the original is
+    still retained, its event time within ``horizon + allowed_lateness`` of the entity's newest
+    (docs/featurizer.md): its outcome is the original's. Later, it is an event of its own.
+    """
     lateness = spec.features.allowed_lateness
     known: dict[tuple[int, str], list[Known]] = {}
-    expected: dict[str, tuple[bool, dict]] = {}
+    originals: dict[tuple[int, str, str], tuple[Known, tuple[bool, dict]]] = {}
+    expected: dict[int, tuple[bool, dict]] = {}
     for record in recs:
         value = record.value
         entity = known.setdefault((record.partition, value["entity"]), [])
+        original = originals.get((record.partition, value["entity"], value["id"]))
+        if original is not None and original[0].time > max(k.time for k in entity) - horizon - lateness:
+            expected[record.offset] = original[1]
+            continue
         current = Known(value["ts"], record.offset, value)
         late = bool(entity) and current.time < max(k.time for k in entity) - lateness
         if late and spec.features.late_events == "dead_letter":
-            expected[value["id"]] = (True, {})
+            expected[record.offset] = (True, {})
             continue
         entity.append(current)
-        expected[value["id"]] = (late, expected_numeric(spec, entity, current, horizon))
+        expected[record.offset] = (late, expected_numeric(spec, entity, current, horizon))
+        originals[(record.partition, value["entity"], value["id"])] = (current, expected[record.offset])
     return expected

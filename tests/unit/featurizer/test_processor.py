@@ -115,6 +115,60 @@ def test_replays_older_than_the_last_batch_are_recomputed_as_they_were() -> None
     assert _snapshot(proc) == state
 
 
+SUM_1M = {**COUNT_1M, "aggregations": COUNT_1M["aggregations"] + [
+    {"name": "sum", "field": "x", "agg": "sum", "window": {"kind": "sliding", "size": 60_000}}]}
+
+
+@pytest.mark.parametrize("batches", [[1, 2], [3], [1, 1, 1]], ids=["later-batch", "same-batch", "one-by-one"])
+def test_an_event_sent_again_is_counted_once_and_its_copy_re_emits_the_original_vector(batches) -> None:
+    """An at-least-once producer's re-send (same event id, a new offset): not a second event."""
+    store = MemoryStore()
+    metrics = RecordingMetrics()
+    proc = processor(make_spec(SUM_1M), store=store, metrics=metrics)
+    e1 = event(1, "card", 100_000, x=10.0)
+    recs = records([e1, dict(e1), event(2, "card", 110_000, x=1.0)])
+    result = run_batches(proc, recs, sizes=batches)
+    got = [{k: v for k, v in out.value.items() if k != "computed_at"} for out in result.outputs]
+    assert [v["event_id"] for v in got] == ["e1", "e1", "e2"] and not result.rejections
+    assert got[1] == got[0], "downstream sees one vector per event id"
+    assert got[2]["numeric"] | {"time_since_previous_s": 0} == {"count": 2.0, "sum": 11.0, "time_since_previous_s": 0}
+    assert store.rows[("features", "card")].numeric == got[2]["numeric"]
+    assert metrics.count("streamloop_featurizer_duplicate_events") == 1
+    assert [k & OFFSET_MASK for k in proc._partitions[("events", 0)].entities["card"].keys] == [0, 2]
+
+    live = _snapshot(proc)
+    rebuilt = processor(make_spec(SUM_1M), store=MemoryStore(), history=ListHistory({0: recs}, committed={0: 3}))
+    rebuilt.on_assigned([TopicPartitionRef("events", 0)])
+    assert _snapshot(rebuilt) == live, "a restore skips the copy as live processing did"
+    assert rebuilt.writer.store.rows == store.rows
+    # A replay of the copy's offset, from an older batch than the latest, re-emits the original's vector too.
+    proc.process(records([event(3, "card", 111_000)], first_offset=3))
+    assert vectors(proc.process(recs[1:2]))["e1"] == got[0]
+    assert metrics.count("streamloop_featurizer_duplicate_events") == 1, "a replay is no new copy"
+
+
+@pytest.mark.parametrize("policy", ["emit_unwindowed", "dead_letter"])
+def test_a_copy_arriving_after_its_original_left_the_buffer_is_a_late_event_and_no_window_counts_it(policy) -> None:
+    """Retained: events within horizon + lateness (80 s here) of the entity's newest. Older ones
+    are evicted with their ids; a copy of one is later than the lateness, so the policy applies,
+    and a copy applied under emit_unwindowed is evicted at once."""
+    store = MemoryStore()
+    proc = processor(make_spec(SUM_1M | {"late_events": policy}), store=store)
+    e1 = event(1, "card", 100_000, x=10.0)
+    proc.process(records([e1, event(2, "card", 200_000, x=1.0)]))
+    result = proc.process(records([dict(e1), event(3, "card", 201_000, x=2.0)], first_offset=2))
+    if policy == "dead_letter":
+        assert [r.record.offset for r in result.rejections] == [2]
+        assert isinstance(result.rejections[0].error, LateEventError)
+    else:
+        copy = result.outputs[0].value
+        assert copy["late"] is True and copy["numeric"]["count"] == 1.0
+    assert result.outputs[-1].value["numeric"] | {"time_since_previous_s": 0} == \
+        {"count": 2.0, "sum": 3.0, "time_since_previous_s": 0}
+    assert [k & OFFSET_MASK for k in proc._partitions[("events", 0)].entities["card"].keys] == [1, 3]
+    assert store.rows[("features", "card")].numeric["count"] == 2.0
+
+
 @pytest.mark.parametrize("first_batches", [[5], [3, 1, 1]], ids=["in-the-latest-batch", "older"])
 def test_new_events_at_offsets_the_broker_lost_are_applied_and_the_lost_ones_forgotten(first_batches) -> None:
     """noida-db can lose the tail of a log on restart: new events then take the lost offsets, and
@@ -420,7 +474,8 @@ def test_metrics_reach_prometheus_under_their_documented_names() -> None:
     try:
         proc = processor(make_spec(COUNT_1M | {"late_events": "dead_letter"}, validation={"x": {"min": 0}}),
                          metrics=metrics, store=MemoryStore())
-        proc.process(records([event(0, "a", 100_000), event(1, "a", 1_000), event(2, "a", 100_001, x=-1.0)]))
+        proc.process(records([event(0, "a", 100_000), event(1, "a", 1_000), event(2, "a", 100_001, x=-1.0),
+                              event(0, "a", 100_000)]))
         proc.tick(0)
         text = generate_latest(metrics.registry).decode()
     finally:
@@ -429,6 +484,7 @@ def test_metrics_reach_prometheus_under_their_documented_names() -> None:
     assert 'streamloop_late_events_total{policy="dead_letter",service="featurizer"} 1.0' in text
     assert 'streamloop_feature_store_writes_total{result="applied",service="featurizer"} 1.0' in text
     assert 'streamloop_feature_store_pending_writes{service="featurizer"} 0.0' in text
+    assert 'streamloop_featurizer_duplicate_events_total{service="featurizer"} 1.0' in text
 
 
 def test_the_background_writer_coalesces_and_writes_everything_by_stop() -> None:

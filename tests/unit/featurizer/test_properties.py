@@ -5,7 +5,9 @@
 - a late vector never holds more than that (nothing from a later event time, nothing that
   arrived later), whatever the policy;
 - a featurizer rebuilt from the input topic at any offset emits exactly the vectors of an
-  uninterrupted one.
+  uninterrupted one;
+- with events sent again (same event id, a later offset), each copy of a retained event is
+  counted once and re-emits its original's vector, live and after a rebuild alike.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from tests.unit.featurizer.support import (
     event,
     processor,
     records,
+    reference_outcomes,
     reference_run,
     run_batches,
     vectors,
@@ -91,3 +94,60 @@ def test_a_rebuilt_featurizer_emits_the_uninterrupted_vectors(items: list, sizes
     rebuilt.on_assigned([TopicPartitionRef("events", 0)])
     got = vectors(run_batches(rebuilt, recs[cut:], sizes[::-1]))
     assert got == {k: v for k, v in expected.items() if int(k[1:]) >= cut}
+
+
+# Events sent again: (index of the original, how many records after it the copy arrives).
+resends = st.lists(st.tuples(st.integers(0, 79), st.integers(0, 40)), max_size=12)
+
+
+def with_copies(events: list[dict], copies: list[tuple[int, int]]) -> list[dict]:
+    placed = [(float(i), e) for i, e in enumerate(events)]
+    placed += [(i + after + 0.5, dict(events[i])) for i, after in copies if i < len(events)]
+    return [e for _, e in sorted(placed, key=lambda item: item[0])]
+
+
+def by_offset(result) -> dict[int, dict | None]:  # noqa: ANN001
+    """Each record's vector without computed_at, None when it was dead-lettered."""
+    found: dict[int, dict | None] = {r.record.offset: None for r in result.rejections}
+    for output in result.outputs:
+        found[output.source.offset] = {k: v for k, v in output.value.items() if k != "computed_at"}
+    return found
+
+
+@settings(max_examples=120, deadline=None)
+@given(items=steps, copies=resends, sizes=batch_sizes, cut_share=st.floats(0, 1),
+       policy=st.sampled_from(sorted(SPECS)))
+def test_a_copy_of_a_retained_event_is_counted_once_and_re_emits_the_original_vector(
+        items: list, copies: list, sizes: list[int], cut_share: float, policy: str) -> None:
+    spec = SPECS[policy]
+    proc = processor(spec)
+    recs = records(with_copies(build_stream(items), copies))
+    got = by_offset(run_batches(proc, recs, sizes))
+    expected = reference_outcomes(spec, recs, proc.horizon)
+    first: dict[str, int] = {}
+    newest: dict[str, int] = {}
+    for record in recs:
+        late, numeric = expected[record.offset]
+        vector = got[record.offset]
+        if late and policy == "dead_letter":
+            assert vector is None, record.offset
+            continue
+        assert vector is not None and vector["late"] == late, record.offset
+        original = first.setdefault(record.value["id"], record.offset)
+        if original == record.offset or expected[original] is not expected[record.offset]:
+            newest[record.key] = max(newest.get(record.key, vector["event_time"]), vector["event_time"])
+            if not late:
+                assert_close(vector["numeric"], numeric, f"{record.value['id']}@{record.offset}")
+            continue
+        # A copy: the original's vector again, exactly while the original would still be on time
+        # (older, the events its windows read may have been evicted, as for a replay).
+        if got[original]["event_time"] >= newest[record.key] - spec.features.allowed_lateness:
+            assert vector == got[original], f"copy {record.offset} of {original}"
+        else:
+            assert {k: vector[k] for k in ("event_id", "event_time", "late")} == \
+                {k: got[original][k] for k in ("event_id", "event_time", "late")}
+
+    cut = int(len(recs) * cut_share)
+    rebuilt = processor(spec, history=ListHistory({0: recs}, committed={0: cut or None}))
+    rebuilt.on_assigned([TopicPartitionRef("events", 0)])
+    assert by_offset(run_batches(rebuilt, recs[cut:], sizes[::-1])) == {o: v for o, v in got.items() if o >= cut}
