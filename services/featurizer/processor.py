@@ -9,8 +9,9 @@ Per event: validate (before any state), decide lateness, insert into the entity'
 compute the vector over buffered events with a version key <= the event's own, evict. A copy of
 a buffered event (same event id, another offset: a producer's re-send) is not applied: the
 original's vector is emitted again. Per batch:
-each entity's greatest-version row is queued for the store (written by the writer's thread in
-the service, at once in tests), and the metrics are recorded.
+each entity's row is queued for the store (written by the writer's thread in the service, at
+once in tests): its features over every event arrived, as of its greatest-version event, with
+the greatest offset applied as the revision. Then the metrics are recorded.
 """
 
 from __future__ import annotations
@@ -127,7 +128,8 @@ class FeaturizerProcessor:
         now = self._clock()
         failures: Counter[str] = Counter()
         late = replayed = copies = 0
-        rows: dict[str, tuple[int, OutgoingRecord]] = {}
+        # Per entity applied to: its partition, and the vector when it is the row (below).
+        rows: dict[str, tuple[PartitionState, OutgoingRecord | None]] = {}
         current: _TP | None = None
         part = PartitionState()
         recent = None
@@ -144,10 +146,13 @@ class FeaturizerProcessor:
                 # lost offset new without another check.
                 log.warning("%s[%d]@%d holds another event than the one applied there: the log lost its tail; "
                             "forgetting what was applied from there on", record.topic, record.partition, record.offset)
-                # The store's guard keeps a lost event's row over every older version, and the state
-                # keeps only the newest event's record, so the row of an entity's newest remaining
-                # event cannot be computed again: the row is deleted, until the entity's next event.
-                self.writer.discard(part.rewind(record.offset))
+                # The store's guard keeps a row holding a lost event over every older version: it is
+                # deleted, and computed again without the lost events where the entity's newest event
+                # is left. The state keeps only the newest event's record, so when that one was lost
+                # the row cannot be computed again: the entity has none until its next event.
+                lost = part.rewind(record.offset)
+                self.writer.discard(lost)
+                self.writer.submit(self._rows(part, lost))
             if record.offset <= part.applied:
                 replayed += 1
                 outcome = self._replay(part, record, now)
@@ -173,15 +178,16 @@ class FeaturizerProcessor:
                     copies += 1  # the original's vector again: not late again, and no new row
                 elif isinstance(outcome, OutgoingRecord):
                     late += outcome.value["late"]  # type: ignore[index]
-                    key = outcome.value["event_time"] * SHIFT + record.offset  # type: ignore[index]
-                    best = rows.get(outcome.key)  # type: ignore[arg-type]
-                    if best is None or key > best[0]:
-                        rows[outcome.key] = (key, outcome)  # type: ignore[index]
+                    # The event's vector is the entity's row when it is the entity's greatest
+                    # version; one that arrived out of order changes the row, computed again.
+                    entity_key: str = outcome.key  # type: ignore[assignment]
+                    newest = part.entities[entity_key].latest_key & OFFSET_MASK == record.offset
+                    rows[entity_key] = (part, outcome if newest else None)
             if isinstance(outcome, OutgoingRecord):
                 result.outputs.append(outcome)
             else:
                 result.rejections.append(outcome)
-        self._write_rows(rows.values(), now)
+        self._write_rows(rows, now)
         for rule, count in failures.items():
             self._validation_failures(count, {"rule": rule})
         if late:
@@ -313,17 +319,46 @@ class FeaturizerProcessor:
 
     # -- the store ---------------------------------------------------------------------------
 
-    def _write_rows(self, rows: Iterable[tuple[int, OutgoingRecord]], now: int) -> None:
+    def _write_rows(self, rows: Mapping[str, tuple[PartitionState, OutgoingRecord | None]], now: int) -> None:
+        """Queue the row of each entity the batch applied events to.
+
+        A row is the entity's features over every event that has arrived, as of its greatest-version
+        event (time t), versioned (t, the greatest offset applied to the entity): an event that
+        arrives out of order, on time or late, is in the row at once, and its offset makes the
+        version greater than the row it replaces, though t is the same (the store refuses equal
+        versions). When the batch's last event of the entity is its greatest version, the row is
+        that event's vector; otherwise it is computed again.
+        """
         if self.writer.store is None:
             return
         writes = []
-        for key, output in rows:
-            vector = output.value
-            assert vector is not None
-            writes.append(FeatureWrite(vector["entity_key"], vector["event_time"], key & OFFSET_MASK,
-                                       vector["numeric"], vector["categorical"]))
+        for entity_key, (part, output) in rows.items():
+            entity = part.entities.get(entity_key)
+            if entity is None or entity.latest_value is None:
+                continue  # rewound: the lost events took the row with them
+            vector = output.value if output is not None and output.source is not None and \
+                entity.last_offset == output.source.offset else None
+            if vector is None:
+                writes.extend(self._rows(part, [entity_key]))
+            else:
+                writes.append(FeatureWrite(entity_key, vector["event_time"], entity.last_offset,
+                                           vector["numeric"], vector["categorical"]))
         self.writer.submit(writes)
         self._flush(now)
+
+    def _rows(self, part: PartitionState, entity_keys: Iterable[str], now: int | None = None) -> list[FeatureWrite]:
+        """The rows of these entities computed from their buffers; with ``now``, only those within the TTL."""
+        writes = []
+        for entity_key in entity_keys:
+            entity = part.entities.get(entity_key)
+            if entity is None or entity.latest_value is None:
+                continue  # its greatest-version event was lost: no row until its next event
+            event_time = entity.latest_key // SHIFT
+            if now is not None and now - event_time > self._ttl:
+                continue
+            numeric, categorical, _ = self.builder.build(entity, entity.latest_key, entity.latest_value)
+            writes.append(FeatureWrite(entity_key, event_time, entity.last_offset, numeric, categorical))
+        return writes
 
     def _flush(self, now: int) -> None:
         """Write pending rows now, unless the writer's own thread does; report what was written."""
@@ -412,13 +447,7 @@ class FeaturizerProcessor:
         now = self._clock()
         writes = []
         for part in parts:
-            for entity_key, entity in part.entities.items():
-                event_time, offset = entity.latest_key // SHIFT, entity.latest_key & OFFSET_MASK
-                if entity.latest_value is None or now - event_time > self._ttl:
-                    continue
-                numeric, categorical, _ = self.builder.build(entity.as_of(offset), entity.latest_key,
-                                                             entity.latest_value)
-                writes.append(FeatureWrite(entity_key, event_time, offset, numeric, categorical))
+            writes += self._rows(part, part.entities, now)
         self.writer.submit(writes)
         self._flush(now)
 

@@ -71,12 +71,13 @@ class Series:
 class EntityState:
     """The buffered events of one entity: every event's key and id, and one :class:`Series` per field.
 
-    ``latest`` is the version key and record of the entity's greatest-version event, whose
-    features are the entity's row in the online store. ``ids`` holds the event id of each key
+    ``latest`` is the version key and record of the entity's greatest-version event: the entity's
+    row in the online store is its features over every buffered event, and ``last_offset``, the
+    greatest offset applied, is the row's revision. ``ids`` holds the event id of each key
     (same order), ``by_id`` maps a buffered event's id to its key: both leave with the event.
     """
 
-    __slots__ = ("keys", "ids", "by_id", "series", "max_time", "latest_key", "latest_value")
+    __slots__ = ("keys", "ids", "by_id", "series", "max_time", "latest_key", "latest_value", "last_offset")
 
     def __init__(self, fields: int) -> None:
         self.keys: list[int] = []
@@ -86,6 +87,7 @@ class EntityState:
         self.max_time = -1
         self.latest_key = -1
         self.latest_value: dict[str, Any] | None = None
+        self.last_offset = -1
 
     def insert(self, key: int, values: Sequence[Any], event_id: str) -> None:
         index = _insert(self.keys, key)
@@ -115,6 +117,9 @@ class EntityState:
         if key > self.latest_key:
             self.latest_key = key
             self.latest_value = value
+        offset = key & OFFSET_MASK
+        if offset > self.last_offset:
+            self.last_offset = offset
         cutoff = (self.max_time - horizon + 1) * SHIFT
         if self.keys[0] < cutoff:
             index = bisect_left(self.keys, cutoff)
@@ -147,6 +152,7 @@ class EntityState:
             kept = [i for i, k in enumerate(series.keys) if k & OFFSET_MASK <= offset]
             view.series.append(Series([series.keys[i] for i in kept], [series.values[i] for i in kept]))
         view.max_time = max((k // SHIFT for k in view.keys), default=-1)
+        view.last_offset = max((k & OFFSET_MASK for k in view.keys), default=-1)
         return view
 
     def truncate(self, offset: int) -> bool:
@@ -154,6 +160,8 @@ class EntityState:
         kept = self.as_of(offset - 1)
         self.keys, self.ids, self.by_id = kept.keys, kept.ids, kept.by_id
         self.series, self.max_time = kept.series, kept.max_time
+        if self.last_offset >= offset:
+            self.last_offset = kept.last_offset
         if self.latest_key & OFFSET_MASK >= offset:
             # Only the newest event's record is kept: a rebuild rewrites no row until the next event.
             self.latest_key = self.keys[-1] if self.keys else -1
@@ -202,11 +210,11 @@ class PartitionState:
     def rewind(self, offset: int) -> list[str]:
         """Forget every event at ``offset`` or later, and that they were applied: the log lost them.
 
-        Returns the entities whose newest event was lost: their row in the store is that event's.
+        Returns the entities whose row in the store holds a lost event (a revision at or past ``offset``).
         """
         lost_rows = []
         for entity_key, entity in list(self.entities.items()):
-            if entity.latest_key & OFFSET_MASK >= offset:
+            if entity.last_offset >= offset:
                 lost_rows.append(entity_key)
             if not entity.truncate(offset):
                 del self.entities[entity_key]

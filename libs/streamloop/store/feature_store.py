@@ -31,8 +31,10 @@ def is_expired(event_time_ms: int, ttl_ms: int, now_ms: int) -> bool:
 class FeatureWrite:
     """The features of one entity computed from one source event.
 
-    ``sequence`` breaks ties between equal event times: use the Kafka offset of the source event,
-    which orders events of one entity because an entity is always keyed to one partition.
+    ``sequence`` breaks ties between equal event times: use a Kafka offset, which orders events
+    of one entity because an entity is always keyed to one partition. The featurizer uses the
+    greatest offset it applied to the entity, so a row recomputed over an event that arrived out of
+    order replaces the row of the same event time (docs/featurizer.md, "The online store").
     """
 
     entity_key: str

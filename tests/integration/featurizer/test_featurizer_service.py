@@ -30,9 +30,10 @@ from streamloop.contracts import Catalog, PipelineSpec
 from streamloop.kafka import ConsumedRecord
 from streamloop.kafka.dead_letters import RULE, RULES, read_error_headers
 from streamloop.serde import SingleObjectSerde
-from streamloop.store import RedisFeatureStore
+from streamloop.store import FeatureStore, RedisFeatureStore
 from tests.redis_clients import watch_redis_clients
 from tests.topic_io import drain
+from tests.unit.featurizer.support import MemoryStore
 
 pytestmark = pytest.mark.integration
 
@@ -90,14 +91,15 @@ def produce_events(bootstrap: str, topic: str, serde: SingleObjectSerde, events:
     assert not failures, failures[:3]
 
 
-def reference_vectors(pipeline: PipelineSpec, catalog: Catalog, bootstrap: str,
-                      expected_records: int) -> dict[str, dict[str, Any]]:
-    """What an uninterrupted featurizer emits for the input topic as stored (partition and offset order)."""
+def reference_vectors(pipeline: PipelineSpec, catalog: Catalog, bootstrap: str, expected_records: int,
+                      store: FeatureStore | None = None) -> dict[str, dict[str, Any]]:
+    """What an uninterrupted featurizer emits for the input topic as stored (partition and offset
+    order); the rows it writes go to ``store``."""
     topic = catalog["input"]
     serde = SingleObjectSerde(topic.schema, catalog.repository)
     stored = drain(bootstrap, topic.name, expected=expected_records, timeout_s=60)
     assert len(stored) == expected_records
-    reference = FeaturizerProcessor(pipeline, topic.schema, features_topic=catalog["features"].name)
+    reference = FeaturizerProcessor(pipeline, topic.schema, features_topic=catalog["features"].name, store=store)
     by_partition: dict[int, list[ConsumedRecord]] = {}
     for r in stored:
         by_partition.setdefault(r.partition, []).append(
@@ -132,7 +134,8 @@ def test_one_vector_per_valid_event_dead_letters_with_rules_and_latest_rows_in_r
         demo, loop_catalog, demo_pipeline, bootstrap_servers, redis_url, service_env, unique_name, monkeypatch):
     events, invalid, serde = demo
     produce_events(bootstrap_servers, loop_catalog["input"].name, serde, events)
-    expected = reference_vectors(demo_pipeline, loop_catalog, bootstrap_servers, len(events))
+    reference_rows = MemoryStore()
+    expected = reference_vectors(demo_pipeline, loop_catalog, bootstrap_servers, len(events), reference_rows)
     for name, value in service_env.items():
         monkeypatch.setenv(name, value)
     redis_clients = watch_redis_clients(monkeypatch)
@@ -165,13 +168,10 @@ def test_one_vector_per_valid_event_dead_letters_with_rules_and_latest_rows_in_r
         assert headers.get(RULES) == (rules if "," in rules else None), "every rule, when there are several"
         assert headers["__connect.errors.stage"] == "VALIDATION"
 
-    latest: dict[str, dict[str, Any]] = {}
-    offsets = {}  # the reference's greatest version per card is what Redis must hold
-    for vector in got:
-        card = vector["entity_key"]
-        version = (vector["event_time"], vector["event_id"])
-        if card not in offsets or version > offsets[card]:
-            offsets[card], latest[card] = version, vector
+    # Each card's row is its features over every event arrived, as of its newest event: the
+    # reference's row, not the newest event's vector, when events arrived after it out of order.
+    latest = {entity: row for (_group, entity), row in reference_rows.rows.items()}
+    assert set(latest) == {v["entity_key"] for v in got}
     store = RedisFeatureStore(redis_url, demo_pipeline.name, ttl_ms=demo_pipeline.features.ttl,
                               key_prefix=unique_name)
     try:
@@ -181,12 +181,12 @@ def test_one_vector_per_valid_event_dead_letters_with_rules_and_latest_rows_in_r
         store.close()
     fresh = 0
     for card, row in zip(sorted(latest), rows, strict=True):
-        if now - latest[card]["event_time"] > demo_pipeline.features.ttl:
+        if now - latest[card].event_time_ms > demo_pipeline.features.ttl:
             assert row is None, "expired by event time"
             continue
         fresh += 1
-        assert row is not None and row.event_time_ms == latest[card]["event_time"]
-        assert (row.numeric, row.categorical) == (latest[card]["numeric"], latest[card]["categorical"])
+        assert row is not None and row.event_time_ms == latest[card].event_time_ms
+        assert (row.numeric, row.categorical) == (latest[card].numeric, latest[card].categorical)
     assert fresh >= len(latest) // 2
 
 

@@ -421,10 +421,51 @@ def test_one_store_write_per_batch_with_each_entity_latest_row() -> None:
     proc.process(records([event(0, "a", 5_000), event(1, "b", 1_000), event(2, "a", 9_000), event(3, "a", 7_000)]))
     assert store.calls == [2]
     row = store.rows[("features", "a")]
-    assert (row.event_time_ms, row.sequence, row.numeric["count"]) == (9_000, 2, 2.0)
-    proc.process(records([event(4, "a", 8_000)], first_offset=4))  # older than the row: the guard keeps 9 s
-    assert store.rows[("features", "a")].sequence == 2
-    assert metrics.count("streamloop_feature_store_writes", result="stale") == 1
+    assert (row.event_time_ms, row.sequence, row.numeric["count"]) == (9_000, 3, 3.0), "7 s arrived after 9 s"
+    proc.process(records([event(4, "a", 8_000)], first_offset=4))
+    row = store.rows[("features", "a")]
+    assert (row.event_time_ms, row.sequence, row.numeric["count"]) == (9_000, 4, 4.0)
+    assert metrics.count("streamloop_feature_store_writes", result="applied") == 3
+
+
+@pytest.mark.parametrize("late_events", ["emit_unwindowed", "dead_letter"])
+def test_an_event_arriving_out_of_order_is_in_the_entity_row_at_once(late_events: str) -> None:
+    """The row is the entity's features over every event arrived, as of its newest event; the
+    revision (the greatest offset applied) lets it replace the row of the same event time."""
+    store = MemoryStore()
+    spec = make_spec(SUM_1M | {"late_events": late_events})
+    proc = processor(spec, store=store)
+    recs = records([event(1, "card", 100_000, x=10.0), event(2, "card", 90_000, x=5.0),   # 10 s behind: on time
+                    event(3, "card", 85_000, x=2.0),    # 15 s behind: late
+                    event(4, "card", 100_000, x=1.0)])  # the same millisecond as the newest, after it
+    rows = []
+    for record in recs:
+        proc.process([record])
+        row = store.rows[("features", "card")]
+        rows.append((row.event_time_ms, row.sequence, row.numeric["count"], row.numeric["sum"],
+                     row.numeric["time_since_previous_s"]))
+    late_row = (100_000, 2, 3.0, 17.0, 10.0) if late_events == "emit_unwindowed" else (100_000, 1, 2.0, 15.0, 10.0)
+    assert rows == [(100_000, 0, 1.0, 10.0, 70.0), (100_000, 1, 2.0, 15.0, 10.0), late_row,
+                    (100_000, 3, late_row[2] + 1, late_row[3] + 1, 0.0)]
+    last = proc.process(records([event(5, "card", 95_000, x=4.0)], first_offset=4)).outputs[0].value
+    assert last["numeric"]["count"] == late_row[2], "its own vector: only what is at or before its time"
+    assert store.rows[("features", "card")].numeric["count"] == late_row[2] + 2
+
+    recs += records([event(5, "card", 95_000, x=4.0)], first_offset=4)
+    rebuilt = processor(spec, store=MemoryStore(), history=ListHistory({0: recs}, committed={0: 5}))
+    rebuilt.on_assigned([TopicPartitionRef("events", 0)])
+    assert rebuilt.writer.store.rows == store.rows, "a restore writes the same row"
+
+
+def test_a_row_holding_an_out_of_order_event_the_broker_lost_is_computed_again_without_it() -> None:
+    store = MemoryStore()
+    proc = processor(make_spec(SUM_1M), store=store)
+    kept = [event(0, "a", 10_000, x=1.0), event(1, "a", 20_000, x=2.0)]
+    proc.process(records(kept + [event(2, "a", 15_000, x=4.0)]))
+    assert (store.rows[("features", "a")].sequence, store.rows[("features", "a")].numeric["sum"]) == (2, 7.0)
+    proc.process(records(kept + [event(90, "b", 30_000)]))  # offset 2 lost; b's event took it
+    assert (store.rows[("features", "a")].sequence, store.rows[("features", "a")].numeric["sum"]) == (1, 3.0)
+    assert store.rows[("features", "b")].sequence == 2
 
 
 def test_rows_wait_while_the_store_is_down_and_a_restore_rewrites_lost_ones() -> None:

@@ -7,7 +7,9 @@
 - a featurizer rebuilt from the input topic at any offset emits exactly the vectors of an
   uninterrupted one;
 - with events sent again (same event id, a later offset), each copy of a retained event is
-  counted once and re-emits its original's vector, live and after a rebuild alike.
+  counted once and re-emits its original's vector, live and after a rebuild alike;
+- after every batch, each entity's store row is its features over every event arrived, as of
+  its newest event, versioned (that event's time, the greatest offset applied).
 """
 
 from __future__ import annotations
@@ -17,10 +19,13 @@ from hypothesis import strategies as st
 
 from streamloop.kafka.records import TopicPartitionRef
 from tests.unit.featurizer.support import (
+    Known,
     ListHistory,
+    MemoryStore,
     all_aggregations_spec,
     assert_close,
     event,
+    expected_numeric,
     processor,
     records,
     reference_outcomes,
@@ -151,3 +156,31 @@ def test_a_copy_of_a_retained_event_is_counted_once_and_re_emits_the_original_ve
     rebuilt = processor(spec, history=ListHistory({0: recs}, committed={0: cut or None}))
     rebuilt.on_assigned([TopicPartitionRef("events", 0)])
     assert by_offset(run_batches(rebuilt, recs[cut:], sizes[::-1])) == {o: v for o, v in got.items() if o >= cut}
+
+
+@settings(max_examples=100, deadline=None)
+@given(items=steps, sizes=batch_sizes, policy=st.sampled_from(sorted(SPECS)))
+def test_each_row_is_the_entity_features_over_every_event_arrived_as_of_its_newest(
+        items: list, sizes: list[int], policy: str) -> None:
+    spec = SPECS[policy]
+    store = MemoryStore()
+    proc = processor(spec, store=store)
+    recs = records(build_stream(items))
+    outcomes = reference_outcomes(spec, recs, proc.horizon)
+    start, i = 0, 0
+    while start < len(recs):
+        end = start + sizes[i % len(sizes)]
+        proc.process(recs[start:end])
+        start, i = end, i + 1
+        arrived: dict[str, list[Known]] = {}
+        for record in recs[:end]:
+            if outcomes[record.offset] != (True, {}):
+                arrived.setdefault(record.key, []).append(Known(record.value["ts"], record.offset, record.value))
+        assert {entity for _group, entity in store.rows} == set(arrived)
+        for entity, known in arrived.items():
+            row = store.rows[("features", entity)]
+            newest = max(known, key=lambda k: (k.time, k.offset))
+            assert (row.event_time_ms, row.sequence) == (newest.time, max(k.offset for k in known))
+            expected = expected_numeric(spec, known, newest, proc.horizon)
+            assert set(row.numeric) == set(expected), entity
+            assert_close(row.numeric, expected, f"row of {entity} after offset {end - 1}")
