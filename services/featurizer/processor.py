@@ -2,16 +2,16 @@
 
 Pure as far as Kafka goes: it is handed decoded records, returns records to produce and never
 touches a consumer. The two things it talks to are injected: a :class:`FeatureStore` (through
-:class:`FeatureRowWriter`) and a :class:`PartitionHistory`, which replays an assigned partition's
-recent input so the windows are rebuilt before the partition's first batch (docs/featurizer.md).
+:class:`FeatureRowWriter`, fed by :class:`LatestRows`) and a :class:`PartitionHistory`, which
+replays an assigned partition's recent input so the windows are rebuilt before the partition's
+first batch (docs/featurizer.md).
 
 Per event: validate (before any state), decide lateness, insert into the entity's sorted buffer,
 compute the vector over buffered events with a version key <= the event's own, evict. A copy of
 a buffered event (same event id, another offset: a producer's re-send) is not applied: the
 original's vector is emitted again. Per batch:
-each entity's row is queued for the store (written by the writer's thread in the service, at
-once in tests): its features over every event arrived, as of its greatest-version event, with
-the greatest offset applied as the revision. Then the metrics are recorded.
+each entity's row is queued for the store (latest_rows.py; written by the writer's thread in the
+service, at once in tests). Then the metrics are recorded.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from contextlib import suppress
 from typing import Any, Protocol
 
 from services.featurizer.exceptions import FutureEventError, LateEventError
+from services.featurizer.latest_rows import LatestRows
 from services.featurizer.state import EntityState, PartitionState
 from services.featurizer.store_writer import FeatureRowWriter
 from services.featurizer.validation import RecordValidator
@@ -34,7 +35,7 @@ from streamloop.contracts.schemas import AvroSchema
 from streamloop.kafka import ConsumedRecord, InvalidRecordError, OutgoingRecord, ProcessResult, Rejection
 from streamloop.kafka.dead_letters import STAGE_PROCESS, STAGE_VALIDATION
 from streamloop.kafka.records import TopicPartitionRef
-from streamloop.store import FeatureStore, FeatureWrite
+from streamloop.store import FeatureStore
 from streamloop.store.feature_store import wall_clock_ms
 
 log = logging.getLogger(__name__)
@@ -94,7 +95,6 @@ class FeaturizerProcessor:
         self.lookback_ms = self.retention + 2 * disorder_ms
         self._late_policy = spec.features.late_events
         self._event_id = spec.input.event_id
-        self._ttl = spec.features.ttl
         self._fields = len(self.builder.fields)
         self._partitions: dict[_TP, PartitionState] = {}
         self._parked: dict[_TP, PartitionState] = {}
@@ -113,13 +113,14 @@ class FeaturizerProcessor:
         self._copies = metrics.counter("streamloop_featurizer_duplicate_events",
                                        "Copies of a buffered event (same event id, another offset): not applied, "
                                        "the original's vector emitted again.")
-        self._store_writes = metrics.counter("streamloop_feature_store_writes",
-                                             "Feature rows written to the store, by result (applied or stale).")
+        store_writes = metrics.counter("streamloop_feature_store_writes",
+                                       "Feature rows written to the store, by result (applied or stale).")
         self._entities_gauge = metrics.gauge("streamloop_featurizer_entities", "Entities with buffered events.")
         self._events_gauge = metrics.gauge("streamloop_featurizer_buffered_events", "Events held in windows.")
-        self._pending_gauge = metrics.gauge("streamloop_feature_store_pending_writes",
-                                            "Feature rows queued for the store (waiting for it, when it is down).")
-        self._reported = (0, 0)
+        pending_gauge = metrics.gauge("streamloop_feature_store_pending_writes",
+                                      "Feature rows queued for the store (waiting for it, when it is down).")
+        self.latest_rows = LatestRows(self.builder, self.writer, ttl=spec.features.ttl,
+                                      writes=store_writes, pending=pending_gauge)
 
     # -- the batch ---------------------------------------------------------------------------
 
@@ -146,13 +147,8 @@ class FeaturizerProcessor:
                 # lost offset new without another check.
                 log.warning("%s[%d]@%d holds another event than the one applied there: the log lost its tail; "
                             "forgetting what was applied from there on", record.topic, record.partition, record.offset)
-                # The store's guard keeps a row holding a lost event over every older version: it is
-                # deleted, and computed again without the lost events where the entity's newest event
-                # is left. The state keeps only the newest event's record, so when that one was lost
-                # the row cannot be computed again: the entity has none until its next event.
-                lost = part.rewind(record.offset)
-                self.writer.discard(lost)
-                self.writer.submit(self._rows(part, lost))
+                # The rows holding a lost event are deleted, and computed again where they can be.
+                self.latest_rows.replace_lost(part, part.rewind(record.offset))
             if record.offset <= part.applied:
                 replayed += 1
                 outcome = self._replay(part, record, now)
@@ -187,7 +183,7 @@ class FeaturizerProcessor:
                 result.outputs.append(outcome)
             else:
                 result.rejections.append(outcome)
-        self._write_rows(rows, now)
+        self.latest_rows.queue_batch(rows, now)
         for rule, count in failures.items():
             self._validation_failures(count, {"rule": rule})
         if late:
@@ -317,62 +313,6 @@ class FeaturizerProcessor:
         view.insert(key, self.builder.field_values(value), event_id)
         return self._output(record, view, key, value, event_id, entity_key, event_time, now, late)
 
-    # -- the store ---------------------------------------------------------------------------
-
-    def _write_rows(self, rows: Mapping[str, tuple[PartitionState, OutgoingRecord | None]], now: int) -> None:
-        """Queue the row of each entity the batch applied events to.
-
-        A row is the entity's features over every event that has arrived, as of its greatest-version
-        event (time t), versioned (t, the greatest offset applied to the entity): an event that
-        arrives out of order, on time or late, is in the row at once, and its offset makes the
-        version greater than the row it replaces, though t is the same (the store refuses equal
-        versions). When the batch's last event of the entity is its greatest version, the row is
-        that event's vector; otherwise it is computed again.
-        """
-        if self.writer.store is None:
-            return
-        writes = []
-        for entity_key, (part, output) in rows.items():
-            entity = part.entities.get(entity_key)
-            if entity is None or entity.latest_value is None:
-                continue  # rewound: the lost events took the row with them
-            vector = output.value if output is not None and output.source is not None and \
-                entity.last_offset == output.source.offset else None
-            if vector is None:
-                writes.extend(self._rows(part, [entity_key]))
-            else:
-                writes.append(FeatureWrite(entity_key, vector["event_time"], entity.last_offset,
-                                           vector["numeric"], vector["categorical"]))
-        self.writer.submit(writes)
-        self._flush(now)
-
-    def _rows(self, part: PartitionState, entity_keys: Iterable[str], now: int | None = None) -> list[FeatureWrite]:
-        """The rows of these entities computed from their buffers; with ``now``, only those within the TTL."""
-        writes = []
-        for entity_key in entity_keys:
-            entity = part.entities.get(entity_key)
-            if entity is None or entity.latest_value is None:
-                continue  # its greatest-version event was lost: no row until its next event
-            event_time = entity.latest_key // SHIFT
-            if now is not None and now - event_time > self._ttl:
-                continue
-            numeric, categorical, _ = self.builder.build(entity, entity.latest_key, entity.latest_value)
-            writes.append(FeatureWrite(entity_key, event_time, entity.last_offset, numeric, categorical))
-        return writes
-
-    def _flush(self, now: int) -> None:
-        """Write pending rows now, unless the writer's own thread does; report what was written."""
-        writer = self.writer
-        if not writer.background:
-            writer.flush(now)
-        applied, stale = writer.applied, writer.stale
-        if applied > self._reported[0]:
-            self._store_writes(applied - self._reported[0], {"result": "applied"})
-        if stale > self._reported[1]:
-            self._store_writes(stale - self._reported[1], {"result": "stale"})
-        self._reported = (applied, stale)
-        self._pending_gauge(writer.pending)
-
     # -- partitions --------------------------------------------------------------------------
 
     def on_assigned(self, partitions: Sequence[TopicPartitionRef]) -> None:
@@ -435,27 +375,16 @@ class FeaturizerProcessor:
             with suppress(Exception):
                 self._apply(part, record, 0, emit=False)
         self._partitions.update(parts)
-        self._rewrite_rows(parts.values())
+        self.latest_rows.rewrite(parts.values(), self._clock())
         self._replayed(replayed, {"kind": "restored"})
         log.info("rebuilt %d partitions from %d input records in %.2fs (%d entities)", len(parts), replayed,
                  self._monotonic() - started, sum(len(p.entities) for p in parts.values()))
-
-    def _rewrite_rows(self, parts: Iterable[PartitionState]) -> None:
-        """Queue each rebuilt entity's latest row again: rows pending at a crash are not lost."""
-        if self.writer.store is None:
-            return
-        now = self._clock()
-        writes = []
-        for part in parts:
-            writes += self._rows(part, part.entities, now)
-        self.writer.submit(writes)
-        self._flush(now)
 
     # -- time --------------------------------------------------------------------------------
 
     def tick(self, now_ms: int) -> ProcessResult:
         """Retry pending store rows; every sweep interval, drop forgotten entities and report sizes."""
-        self._flush(now_ms)
+        self.latest_rows.flush(now_ms)
         if self._monotonic() >= self._next_sweep:
             self._next_sweep = self._monotonic() + self._sweep_interval
             for part in self._partitions.values():
