@@ -222,6 +222,26 @@ def test_the_repository_refuses_a_kept_version_the_current_schema_cannot_read(tm
         "the writer does not write it, and it has no default"), caught.value
 
 
+def test_a_kept_version_that_differs_by_a_logical_type_only_loads_with_a_warning(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """fastavro reads a plain long written under an older version into a timestamp-millis field, as it
+    did before kept versions were checked at load: refusing it stopped every service over records that
+    decode. The evolution test still refuses the change for schemas/ (both ways, logical types too)."""
+    labels = tmp_path / "avro" / "labels"
+    (labels / "history").mkdir(parents=True)
+    (labels / "label.avsc").write_text((AVRO_ROOT / "labels" / "label.avsc").read_text())
+    kept = labels / "history" / "label.1.avsc"
+    raw = json.loads((AVRO_ROOT / "labels" / "history" / "label.1.avsc").read_text())
+    [label_time] = [f for f in raw["fields"] if f["name"] == "label_time"]
+    label_time["type"] = "long"
+    kept.write_text(json.dumps(raw))
+    with caplog.at_level("WARNING", logger="streamloop.contracts.evolution"):
+        assert SchemaRepository(tmp_path).load("labels/label.avsc").name == "streamloop.labels.Label"
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{kept}: read by the current label.avsc, but label_time: logical type changes from none to "
+        "timestamp-millis"]
+
+
 def _label() -> AvroSchema:
     return AvroSchema.from_file(AVRO_ROOT / "labels" / "label.avsc")
 

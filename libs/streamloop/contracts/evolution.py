@@ -19,6 +19,7 @@ knows only the versions it holds, so a topic's consumers are upgraded before its
 from __future__ import annotations
 
 import io
+import logging
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,10 @@ PROMOTIONS = {
 }
 _NAMED = {"record", "error", "enum", "fixed"}
 DEFAULT_SEEDS = range(8)
+# The one problem that is not a failure to read: the bytes resolve, the number's meaning changed.
+LOGICAL_TYPE_CHANGE = "logical type changes from"
+
+log = logging.getLogger(__name__)
 
 
 def check_compatibility(
@@ -65,9 +70,16 @@ def refuse_unreadable(old: AvroSchema, current: AvroSchema) -> None:
 
     Backward only: a single-object reader holds the current schema and resolves older writers to
     it (``SchemaRepository.register_with_history`` calls this for every file in ``history/``).
-    The error is one line, naming the file and the first problem.
+    The error is one line, naming the file and the first problem. A logical type that changed
+    (``long`` to ``timestamp-millis``, say) is not refused here: fastavro reads those records, as
+    it did before this check, so it is logged as a warning; the repository's own evolution test
+    still refuses it for the schemas under ``schemas/``.
     """
     problems = check_compatibility(old, current)
+    meanings = [p for p in problems if LOGICAL_TYPE_CHANGE in p]
+    for problem in meanings:
+        log.warning("%s: read by the current %s, but %s", old.source, Path(current.source).name, problem)
+    problems = [p for p in problems if p not in meanings]
     if not problems:
         return
     more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
@@ -174,7 +186,7 @@ class _Resolution:
         wlogical = writer.get("logicalType") if isinstance(writer, dict) else None
         rlogical = reader.get("logicalType") if isinstance(reader, dict) else None
         if wlogical != rlogical:
-            return [f"{where}: logical type changes from {wlogical or 'none'} to {rlogical or 'none'}"]
+            return [f"{where}: {LOGICAL_TYPE_CHANGE} {wlogical or 'none'} to {rlogical or 'none'}"]
         return []
 
 
