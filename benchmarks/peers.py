@@ -161,7 +161,7 @@ def quix_child(bootstrap: str, input_topic: str, output_topic: str, state_dir: s
 
     from streamloop.contracts import load_catalog, load_pipeline
     from streamloop.kafka.configuration import KafkaSettings
-    from streamloop.kafka.runner import RunnerSettings
+    from streamloop.kafka.runner_settings import RunnerSettings
     from streamloop.serde import SingleObjectSerde
 
     catalog = load_catalog(load_pipeline(PEERS_SPEC))

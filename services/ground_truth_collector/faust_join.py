@@ -32,7 +32,7 @@ from services.ground_truth_collector.routing import (
 from services.ground_truth_collector.settings import SERVICE
 from streamloop.errors import DependencyUnavailable
 from streamloop.kafka import dead_letters
-from streamloop.kafka.delivery import DROPPED_REFUSED
+from streamloop.kafka.delivery_records import DROPPED_REFUSED
 from streamloop.kafka.exceptions import InvalidRecordError, RecordRefusedError
 
 log = logging.getLogger(__name__)

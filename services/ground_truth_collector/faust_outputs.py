@@ -22,8 +22,8 @@ from typing import Any
 from services.ground_truth_collector.routing import header_list
 from services.ground_truth_collector.settings import SERVICE
 from streamloop.kafka import dead_letters
-from streamloop.kafka.delivery import REFUSED_FOR_GOOD
 from streamloop.kafka.exceptions import RecordRefusedError
+from streamloop.kafka.refused_records import REFUSED_FOR_GOOD
 
 log = logging.getLogger(__name__)
 

@@ -38,7 +38,7 @@ from services.ground_truth_collector.settings import SERVICE, CollectorSettings
 from streamloop.errors import StreamloopError
 from streamloop.kafka import StageRunner
 from streamloop.kafka.admin import ensure_topics
-from streamloop.kafka.runner import StageTopics
+from streamloop.kafka.runner_settings import StageTopics
 from streamloop.ml.evaluation import EvaluationConfig
 from streamloop.serde.raw import RawSerde
 from streamloop.service.context import ServiceContext

@@ -10,7 +10,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from streamloop.contracts.spec_base import DurationMs, PositiveDurationMs
 from streamloop.kafka.configuration import NewTopicSettings
-from streamloop.kafka.runner import RunnerSettings
+from streamloop.kafka.runner_settings import RunnerSettings
 from streamloop.service.settings import CommonSettings, RedisSettings
 from streamloop.telemetry.settings import TelemetrySettings
 

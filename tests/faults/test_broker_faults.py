@@ -24,7 +24,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from services.ground_truth_collector.settings import CollectorSettings
-from streamloop.kafka.runner import RunnerSettings
+from streamloop.kafka.runner_settings import RunnerSettings
 from streamloop.stack.broker import EmbeddedBroker
 from tests.faults.harness import FaultLoop, events, when
 from tests.faults.verification import ScenarioResult, assert_sound, verify

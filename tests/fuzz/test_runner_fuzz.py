@@ -17,7 +17,8 @@ from streamloop.contracts.schemas import SchemaRepository
 from streamloop.kafka import KafkaSettings
 from streamloop.kafka import dead_letters as dl
 from streamloop.kafka.records import ConsumedRecord, ProcessResult
-from streamloop.kafka.runner import StageRunner, StageTopics
+from streamloop.kafka.runner import StageRunner
+from streamloop.kafka.runner_settings import StageTopics
 from streamloop.kafka.table_reader import CompactedTopicReader
 from streamloop.serde import SingleObjectSerde
 from tests.fuzz.conftest import FUZZ

@@ -359,7 +359,8 @@ def test_a_bad_output_of_a_batch_is_dead_lettered_in_either_wire_format(reposito
     """The runner turns the serde's error into its input record's dead letter (stage PRODUCER_SERIALIZATION)."""
     from streamloop.kafka.configuration import KafkaSettings
     from streamloop.kafka.records import ConsumedRecord, OutgoingRecord
-    from streamloop.kafka.runner import StageRunner, StageTopics
+    from streamloop.kafka.runner import StageRunner
+    from streamloop.kafka.runner_settings import StageTopics
 
     vector = repository.load("features/feature_vector.avsc")
     bad = {**sample_record(vector, 0), "event_time": math.inf}

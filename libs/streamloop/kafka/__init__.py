@@ -16,7 +16,8 @@ from streamloop.kafka.records import (
     RecordOrigin,
     Rejection,
 )
-from streamloop.kafka.runner import RunnerSettings, StageRunner, StageTopics
+from streamloop.kafka.runner import StageRunner
+from streamloop.kafka.runner_settings import RunnerSettings, StageTopics
 
 __all__ = [
     "BrokerUnavailableError",

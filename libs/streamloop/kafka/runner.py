@@ -7,8 +7,11 @@ tolerate seeing a record twice (stateful ones remember the highest offset applie
 
 Nothing is lost: a record that cannot be decoded, breaks a rule or makes the processor raise goes
 to ``<topic>.dlq`` with its original bytes and Kafka Connect's error headers, and the rest of the
-batch flows on. Getting outputs and dead letters acknowledged, through a fatal producer error
-or a record Kafka refuses, is ``streamloop.kafka.delivery``'s part.
+batch flows on (``streamloop.kafka.poison_records``). Getting outputs and dead letters acknowledged,
+through a fatal producer error or a record Kafka refuses, is ``streamloop.kafka.delivery``'s part.
+
+Beside the loop: its knobs and topics (``runner_settings``), what it reports (``runner_metrics``),
+and its side of a rebalance with the lag of the partitions it holds (``partition_assignment``).
 """
 
 from __future__ import annotations
@@ -18,28 +21,23 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
-from pydantic import BaseModel, ConfigDict, Field
 
 from streamloop.errors import DependencyUnavailable
 from streamloop.kafka import dead_letters
 from streamloop.kafka.configuration import KafkaSettings
-from streamloop.kafka.delivery import BROKER_UNREACHABLE, DROPPED_INVALID, DeadLetter, Delivery, Encoded, Identity
-from streamloop.kafka.lag import records_behind
+from streamloop.kafka.delivery import Delivery
+from streamloop.kafka.delivery_records import DROPPED_INVALID, DeadLetter, Encoded, Identity
 from streamloop.kafka.pacing import FetchPacer
-from streamloop.kafka.records import (
-    ConsumedRecord,
-    Headers,
-    OutgoingRecord,
-    Processor,
-    ProcessResult,
-    Rejection,
-    TopicPartitionRef,
-)
-from streamloop.serde import Serde, SerdeError
+from streamloop.kafka.partition_assignment import PartitionAssignment
+from streamloop.kafka.poison_records import PoisonRecordIsolation
+from streamloop.kafka.records import ConsumedRecord, Headers, OutgoingRecord, Processor, ProcessResult
+from streamloop.kafka.resend_window import BROKER_UNREACHABLE
+from streamloop.kafka.runner_metrics import RunnerMetrics, RunnerStats, _NoMetrics
+from streamloop.kafka.runner_settings import RunnerSettings, StageTopics
+from streamloop.serde import SerdeError
 from streamloop.telemetry.tracing import KafkaTracer, inject_headers, is_sampled
 
 log = logging.getLogger(__name__)
@@ -51,91 +49,7 @@ class _Abandoned(Exception):  # noqa: N818 - a signal inside the runner, never r
     """The runner was stopped while a dependency was unavailable: the batch is left uncommitted."""
 
 
-class RunnerSettings(BaseModel):
-    # STREAMLOOP_RUNNER is JSON typed by hand: a misspelt knob must fail, not leave the default.
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    batch_size: int = Field(default=500, ge=1)
-    poll_timeout_s: float = Field(default=0.05, gt=0)
-    retry_backoff_s: float = Field(default=0.5, gt=0)
-    retry_backoff_max_s: float = Field(default=30.0, gt=0)
-    lag_report_interval_s: float = Field(default=5.0, gt=0)
-    tick_interval_s: float = Field(default=0.5, gt=0)
-    # Outputs acknowledged in this many seconds before the broker went away are sent again after a
-    # fatal producer error: that error (OUT_OF_ORDER_SEQUENCE_NUMBER, say) means the broker lost
-    # sequence state, and noida-db then also lost records it had acknowledged (docs/reliability.md).
-    # The broker went away at the producer's first connection error since its last acknowledgement
-    # (or at the fatal error, with none before it): not at the error, which a stage idle since a
-    # restart meets late, nor at the last acknowledgement, which may be a day old. 0 turns it off.
-    resend_window_s: float = Field(default=5.0, ge=0)
-    resend_max_records: int = Field(default=50_000, ge=1)
-
-
-class RunnerMetrics(Protocol):
-    """What the runner reports, once per batch (streamloop.telemetry.ServiceMetrics implements it)."""
-
-    def record_batch(self, topic: str, partition_count: int, records: int, seconds: float,
-                     errors: int = 0, latencies: Sequence[float] | None = None) -> None: ...
-
-    def record_dead_letters(self, topic: str, error_class: str, count: int = 1) -> None: ...
-
-    def record_dropped_outputs(self, topic: str, reason: str, count: int = 1) -> None: ...
-
-    def record_broker_unreachable(self) -> None: ...
-
-    def set_lag(self, group: str, lags: dict[tuple[str, int], float],
-                behind_since: dict[tuple[str, int], float] | None = None) -> None: ...
-
-    def forget_lag(self, group: str) -> None: ...
-
-
-class _NoMetrics:
-    def record_batch(self, topic: str, partition_count: int, records: int, seconds: float,
-                     errors: int = 0, latencies: Sequence[float] | None = None) -> None:
-        pass
-
-    def record_broker_unreachable(self) -> None:
-        pass
-
-    def record_dead_letters(self, topic: str, error_class: str, count: int = 1) -> None:
-        pass
-
-    def record_dropped_outputs(self, topic: str, reason: str, count: int = 1) -> None:
-        pass
-
-    def set_lag(self, group: str, lags: dict[tuple[str, int], float],
-                behind_since: dict[tuple[str, int], float] | None = None) -> None:
-        pass
-
-    def forget_lag(self, group: str) -> None:
-        pass
-
-
-@dataclass
-class StageTopics:
-    """What a stage reads (with the serde of each topic) and what it may write."""
-
-    inputs: dict[str, Serde]
-    outputs: dict[str, Serde]
-    dead_letters: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass
-class RunnerStats:
-    consumed: int = 0
-    produced: int = 0
-    dead_lettered: int = 0
-    # Outputs with no input record to dead-letter (a tick's) that Kafka refused for good or that did
-    # not match their schema: lost.
-    dropped: int = 0
-    batches: int = 0
-    commits_failed: int = 0
-    delivery_retries: int = 0
-    resent: int = 0  # acknowledged outputs sent again after a fatal producer error
-    dependency_waits: int = 0  # retries while a Schema Registry or Redis was unavailable
-
-
-class StageRunner:
+class StageRunner(PartitionAssignment, PoisonRecordIsolation):
     """Runs one processor as a member of a consumer group until stopped."""
 
     def __init__(
@@ -231,7 +145,7 @@ class StageRunner:
         """One batch, if any came, then the processor's tick when it is due (none after a batch left undelivered)."""
         # The producer's callbacks, served at every turn (a poll(0): no wait): its error callback then
         # reports a broker that went away while the stage has nothing to send, which is where the
-        # re-send window after a fatal producer error ends (delivery.py).
+        # re-send window after a fatal producer error ends (resend_window.py).
         self.delivery.serve()
         messages = self.pacer.consume(self.settings.batch_size, self.settings.poll_timeout_s)
         if messages and not self._run_batch(messages):
@@ -374,64 +288,6 @@ class StageRunner:
                 errors=sum(1 for d in dead if d.message.topic() == topic), latencies=latencies,
             )
 
-    def _attempt(self, records: list[ConsumedRecord]) -> Callable[[], ProcessResult]:
-        """Processing the batch, as often as a dependency's outage makes it fail: each retry starts
-        from the state before the batch (``discard``), which the failed attempt may have changed."""
-        attempts = 0
-
-        def attempt() -> ProcessResult:
-            nonlocal attempts
-            if attempts and hasattr(self.processor, "discard"):
-                self.processor.discard()
-            attempts += 1
-            return self._process(records)
-
-        return attempt
-
-    def _process(self, records: list[ConsumedRecord]) -> ProcessResult:
-        if not records:
-            return ProcessResult()
-        try:
-            return self.processor.process(records)
-        except DependencyUnavailable:
-            raise  # not a poison record: the whole batch waits and is processed again
-        except Exception:  # noqa: BLE001 - isolate the poison record instead of crash-looping
-            log.exception("%s: batch of %d failed; retrying record by record", self.service, len(records))
-        if hasattr(self.processor, "discard"):
-            return self._process_again(records)
-        result = ProcessResult()
-        for record in records:
-            try:
-                result.extend(self.processor.process([record]))
-            except DependencyUnavailable:
-                raise
-            except Exception as exc:  # noqa: BLE001
-                result.rejections.append(Rejection(record, exc, dead_letters.STAGE_PROCESS))
-        return result
-
-    def _process_again(self, records: list[ConsumedRecord]) -> ProcessResult:
-        """Record by record from the state before the batch, which a stateful stage discards.
-
-        The failed attempt changed the state (the records it got through would look like
-        replays, and their outputs were never sent), and so may a failing record part-way: after
-        each failure everything is discarded and the records that passed are processed again.
-        """
-        poison: dict[int, Exception] = {}
-        while True:
-            self.processor.discard()
-            result, at = ProcessResult(), 0
-            try:
-                for at, record in enumerate(records):
-                    if at not in poison:
-                        result.extend(self.processor.process([record]))
-                break
-            except DependencyUnavailable:
-                raise
-            except Exception as exc:  # noqa: BLE001
-                poison[at] = exc
-        result.rejections += [Rejection(records[at], exc, dead_letters.STAGE_PROCESS) for at, exc in poison.items()]
-        return result
-
     # -- deliver and commit ------------------------------------------------------------------
 
     def _deliver(self, result: ProcessResult, dead: list[DeadLetter],
@@ -503,35 +359,6 @@ class StageRunner:
 
     # -- callbacks ---------------------------------------------------------------------------
 
-    def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        # The join's wait is the group's: a member that left without a word (SIGKILL) and had no
-        # static id (KAFKA_GROUP_INSTANCE_ID) holds its partitions until its session times out.
-        joined = f", {time.monotonic() - self._joining_since:.1f} s after subscribing" \
-            if self._joining_since is not None else ""
-        self._joining_since = None
-        log.info("%s: assigned %d partition%s%s%s", self.service, len(partitions), "" if len(partitions) == 1 else "s",
-                 f" of {', '.join(sorted({tp.topic for tp in partitions}))}" if partitions else "", joined)
-        self._assigned.update((tp.topic, tp.partition) for tp in partitions)
-        now = time.time()
-        for tp in partitions:
-            self._assigned_at.setdefault((tp.topic, tp.partition), now)
-        if self.pacer is not None:
-            self.pacer.rebalanced(partitions)
-        if hasattr(self.processor, "on_assigned"):
-            self.processor.on_assigned([TopicPartitionRef(tp.topic, tp.partition) for tp in partitions])
-
-    def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        # Batches are processed, delivered and committed before consume() returns to the
-        # rebalance, so nothing is in flight here: the processor only drops its state.
-        self._assigned.difference_update((tp.topic, tp.partition) for tp in partitions)
-        for tp in partitions:
-            for known in (self._last_consumed_ms, self._caught_up_at, self._assigned_at):
-                known.pop((tp.topic, tp.partition), None)
-        if self.pacer is not None:
-            self.pacer.rebalanced()
-        if hasattr(self.processor, "on_revoked"):
-            self.processor.on_revoked([TopicPartitionRef(tp.topic, tp.partition) for tp in partitions])
-
     def _on_producer_client_error(self, error: KafkaError) -> None:
         self._on_client_error(error, "producer")
 
@@ -566,53 +393,6 @@ class StageRunner:
             self._stopping.set()
             return
         log.warning("%s: consume error: %s", self.service, error.str())
-
-    def _report_lag(self) -> None:
-        if self.consumer is None:
-            return
-        if not self._assigned:
-            # A replica left without partitions (scaled past the partition count) exports none,
-            # rather than the last figures of partitions it no longer has.
-            self.metrics.set_lag(self.group_id, {}, {})
-            return
-        partitions = [TopicPartition(t, p) for t, p in sorted(self._assigned)]
-        now = time.time()
-        try:
-            positions = self.consumer.position(partitions)
-            lag, behind_since = {}, {}
-            for tp in positions:
-                # While the pacer holds the partitions back, librdkafka does not know the position.
-                known = self.pacer.position(tp.topic, tp.partition) if self.pacer is not None else None
-                if known is not None:
-                    tp.offset = known
-                low, high = self.consumer.get_watermark_offsets(tp, cached=True)
-                if high is None or high < 0:
-                    continue
-                key = (tp.topic, tp.partition)
-                lag[key] = records_behind(tp.offset, low, high)
-                if lag[key]:
-                    behind_since[key] = self._behind_since(key)
-                else:
-                    self._caught_up_at[key] = now
-            # The metrics compute the age at each scrape, so it keeps growing while this thread is
-            # stuck (a delivery retried, a slow dependency) and cannot report again.
-            self.metrics.set_lag(self.group_id, lag, behind_since)
-        except KafkaException as exc:
-            log.debug("%s: lag report skipped: %s", self.service, exc)
-
-    def _behind_since(self, key: tuple[str, int]) -> float:
-        """The earliest time (epoch s) the oldest record still waiting in a partition with lag can date from.
-
-        That record is no older than the last one consumed (by Kafka timestamp), nor than the last
-        time the partition was seen caught up, so the age computed from this is an upper bound.
-        With neither known, the assignment time stands in, and the age is then a floor: a record
-        may have waited since before the assignment.
-        """
-        bounds = [self._caught_up_at.get(key)]
-        if key in self._last_consumed_ms:
-            bounds.append(self._last_consumed_ms[key] / 1000)
-        known = [b for b in bounds if b is not None]
-        return max(known) if known else self._assigned_at.get(key, time.time())
 
     def _sleep(self, seconds: float) -> None:
         self._stopping.wait(seconds)

@@ -8,7 +8,9 @@ from dataclasses import dataclass, field
 
 from streamloop.contracts import Catalog, PipelineSpec, TopicSpec, load_catalog, load_pipeline
 from streamloop.kafka.records import Processor
-from streamloop.kafka.runner import RunnerMetrics, StageRunner, StageTopics
+from streamloop.kafka.runner import StageRunner
+from streamloop.kafka.runner_metrics import RunnerMetrics
+from streamloop.kafka.runner_settings import StageTopics
 from streamloop.serde import Serde
 from streamloop.service.settings import CommonSettings
 from streamloop.startup import log_format

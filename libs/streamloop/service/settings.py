@@ -15,7 +15,7 @@ from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_valid
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from streamloop.kafka.configuration import KafkaSettings, _read_secret_file
-from streamloop.kafka.runner import RunnerSettings
+from streamloop.kafka.runner_settings import RunnerSettings
 
 if TYPE_CHECKING:
     import redis

@@ -23,7 +23,8 @@ from streamloop.contracts.learning_specs import DriftSpec
 from streamloop.kafka import KafkaSettings
 from streamloop.kafka.group_history import HistoryUnavailableError
 from streamloop.kafka.records import ConsumedRecord, ProcessResult, TopicPartitionRef
-from streamloop.kafka.runner import RunnerSettings, StageRunner, StageTopics
+from streamloop.kafka.runner import StageRunner
+from streamloop.kafka.runner_settings import RunnerSettings, StageTopics
 from streamloop.ml.evaluation import millis
 from streamloop.ml.promotion import class_key
 from streamloop.serde import SingleObjectSerde

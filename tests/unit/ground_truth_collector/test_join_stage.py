@@ -19,7 +19,8 @@ from streamloop.contracts.samples import sample_record
 from streamloop.contracts.schemas import SchemaRepository
 from streamloop.kafka import KafkaSettings, dead_letters
 from streamloop.kafka.records import ConsumedRecord, RecordOrigin, TopicPartitionRef
-from streamloop.kafka.runner import RunnerSettings, StageRunner, StageTopics
+from streamloop.kafka.runner import StageRunner
+from streamloop.kafka.runner_settings import RunnerSettings, StageTopics
 from streamloop.serde import SingleObjectSerde
 from streamloop.serde.raw import RawSerde
 from tests.kafka_fakes import FakeConsumer, FakeMessage, FakeProducer

@@ -13,7 +13,7 @@ from streamloop.contracts.samples import sample_record
 from streamloop.contracts.schemas import SchemaRepository
 from streamloop.kafka import KafkaSettings, StageRunner, dead_letters
 from streamloop.kafka.records import ConsumedRecord, TopicPartitionRef
-from streamloop.kafka.runner import RunnerSettings, StageTopics
+from streamloop.kafka.runner_settings import RunnerSettings, StageTopics
 from streamloop.serde import SingleObjectSerde
 from streamloop.serde.raw import RawSerde
 from tests.kafka_fakes import FakeConsumer, FakeMessage, FakeProducer

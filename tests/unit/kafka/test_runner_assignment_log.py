@@ -11,7 +11,8 @@ from confluent_kafka import TopicPartition
 
 from streamloop.kafka import KafkaSettings
 from streamloop.kafka.records import ConsumedRecord, ProcessResult
-from streamloop.kafka.runner import StageRunner, StageTopics
+from streamloop.kafka.runner import StageRunner
+from streamloop.kafka.runner_settings import StageTopics
 from streamloop.serde.raw import RawSerde
 from tests.kafka_fakes import FakeConsumer
 

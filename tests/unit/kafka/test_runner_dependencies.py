@@ -11,7 +11,8 @@ import pytest
 from streamloop.kafka import KafkaSettings
 from streamloop.kafka import runner as runner_module
 from streamloop.kafka.records import ConsumedRecord, OutgoingRecord, ProcessResult
-from streamloop.kafka.runner import RunnerSettings, StageRunner, StageTopics
+from streamloop.kafka.runner import StageRunner
+from streamloop.kafka.runner_settings import RunnerSettings, StageTopics
 from streamloop.serde import RegistryUnavailableError
 from streamloop.serde.raw import RawSerde
 from streamloop.store import FeatureStoreUnavailable

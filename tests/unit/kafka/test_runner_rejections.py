@@ -7,7 +7,8 @@ from collections.abc import Mapping, Sequence
 from streamloop.kafka import KafkaSettings, dead_letters
 from streamloop.kafka.pacing import FetchPacer
 from streamloop.kafka.records import ConsumedRecord, OutgoingRecord, ProcessResult, RecordOrigin, Rejection
-from streamloop.kafka.runner import RunnerSettings, StageRunner, StageTopics
+from streamloop.kafka.runner import StageRunner
+from streamloop.kafka.runner_settings import RunnerSettings, StageTopics
 from streamloop.serde import SerdeError
 from streamloop.serde.raw import RawSerde
 from tests.kafka_fakes import FakeConsumer, FakeMessage, FakeProducer

@@ -24,7 +24,8 @@ from streamloop.errors import DependencyUnavailable
 from streamloop.kafka import KafkaSettings
 from streamloop.kafka import runner as runner_module
 from streamloop.kafka.group_history import READ_SLICE, GroupHistory, PartitionBounds
-from streamloop.kafka.runner import RunnerSettings, StageRunner, StageTopics
+from streamloop.kafka.runner import StageRunner
+from streamloop.kafka.runner_settings import RunnerSettings, StageTopics
 from streamloop.ml.registry import CHAMPION, slot_key
 from streamloop.serde.raw import RawSerde
 from tests.kafka_fakes import FakeConsumer, FakeMessage, FakeProducer
