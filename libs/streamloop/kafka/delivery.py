@@ -71,7 +71,11 @@ class Delivery(ResendWindow, RefusedRecords):
         self.producer: Producer | None = None
 
     def open(self) -> None:
-        self.producer = Producer(self._producer_config)
+        self.producer = self._new_producer()
+
+    def _new_producer(self) -> Producer:
+        """A producer on the settings' configuration: the first, and each replacing a failed one."""
+        return Producer(self._producer_config)
 
     def serve(self) -> None:
         """Serve the producer's callbacks while no batch is delivered, as the runner does at every turn.

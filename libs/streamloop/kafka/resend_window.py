@@ -52,6 +52,7 @@ class ResendWindow:
     _stats: RunnerStats
     _report_client_error: Callable[[KafkaError], None]
     _producer_config: dict
+    _new_producer: Callable[[], Producer]
     _producer_fatal: bool
     _acknowledged: deque[tuple[float, Encoded]]
     _gone_at: float | None
@@ -102,7 +103,7 @@ class ResendWindow:
             if kafka_exception_of(exc) is None and self._fatal_error_of(exc) is None:
                 raise
             log.warning("%s: discarding the failed producer: %s", self._service, exc)
-        self.producer = Producer(self._producer_config)
+        self.producer = self._new_producer()
         self._producer_fatal = False
 
     def _replace_producer(self, besides: Sequence[Encoded] = ()) -> list[Encoded]:

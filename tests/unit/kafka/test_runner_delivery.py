@@ -125,7 +125,7 @@ def desync_runner(monkeypatch, window_s: float, processor=None,
                   healthy: int = 3) -> tuple[StageRunner, SingleObjectSerde, FakeProducer]:
     runner, serde = stage_runner(DesynchronizedProducer(healthy=healthy), processor, resend_window_s=window_s)
     replacement = FakeProducer()
-    monkeypatch.setattr(resend_window_module, "Producer", lambda _config: replacement)
+    monkeypatch.setattr(delivery_module, "Producer", lambda _config: replacement)
     return runner, serde, replacement
 
 
@@ -176,7 +176,7 @@ def two_batches_through(failing: FakeProducer, monkeypatch) -> tuple:
     """Two batches of three through ``failing``, which a new producer replaces: (runner, replacement, values)."""
     runner, serde = stage_runner(failing, resend_window_s=60.0)
     replacement = FakeProducer()
-    monkeypatch.setattr(resend_window_module, "Producer", lambda _config: replacement)
+    monkeypatch.setattr(delivery_module, "Producer", lambda _config: replacement)
     values = [serde.encode(sample_record(VECTOR, seed)) for seed in range(6)]
     runner._run_batch([FakeMessage(v, offset, topic=SOURCE) for offset, v in enumerate(values[:3])])
     runner._run_batch([FakeMessage(v, offset, topic=SOURCE) for offset, v in enumerate(values[3:], start=3)])
@@ -361,7 +361,7 @@ def test_a_runner_leaving_long_after_its_last_output_sends_the_window_again(monk
     runner, serde = stage_runner(FakeProducer(), resend_window_s=5.0)
     clock = clocked(monkeypatch)
     replacement = FakeProducer()
-    monkeypatch.setattr(resend_window_module, "Producer", lambda _config: replacement)
+    monkeypatch.setattr(delivery_module, "Producer", lambda _config: replacement)
     values = run_batch_of(runner, serde, 3)
     clock.now += 1.0
     broker_went_away(runner)
@@ -402,7 +402,7 @@ def test_an_idle_runner_serves_the_producer_s_callbacks_so_the_window_ends_when_
     runner, serde = stage_runner(producer, resend_window_s=5.0)
     producer.error_cb = runner.delivery._producer_config["error_cb"]
     replacement = FakeProducer()
-    monkeypatch.setattr(resend_window_module, "Producer", lambda _config: replacement)
+    monkeypatch.setattr(delivery_module, "Producer", lambda _config: replacement)
     clock = clocked(monkeypatch)
     runner.pacer = OneBatch([])
     values = run_batch_of(runner, serde, 3)
@@ -422,7 +422,7 @@ def test_an_idle_runner_serves_the_producer_s_callbacks_so_the_window_ends_when_
 def test_the_window_keeps_at_most_resend_max_records_the_latest(monkeypatch) -> None:
     runner, serde = stage_runner(DesynchronizedProducer(healthy=3), resend_window_s=60.0, resend_max_records=2)
     replacement = FakeProducer()
-    monkeypatch.setattr(resend_window_module, "Producer", lambda _config: replacement)
+    monkeypatch.setattr(delivery_module, "Producer", lambda _config: replacement)
     values = [serde.encode(sample_record(VECTOR, seed)) for seed in range(6)]
     runner._run_batch([FakeMessage(v, offset, topic=SOURCE) for offset, v in enumerate(values[:3])])
     runner._run_batch([FakeMessage(v, offset, topic=SOURCE) for offset, v in enumerate(values[3:], start=3)])
@@ -772,7 +772,7 @@ def test_an_output_at_risk_that_produce_refuses_at_a_stop_does_not_hold_back_the
     runner, serde, _unused = desync_runner(monkeypatch, window_s=60.0)
     replacement = MissingTopic(SINK, KafkaError._UNKNOWN_PARTITION, raising=1)
     replacement.reported = True  # the new producer's first produce() raises
-    monkeypatch.setattr(resend_window_module, "Producer", lambda _config: replacement)
+    monkeypatch.setattr(delivery_module, "Producer", lambda _config: replacement)
     values = [serde.encode(sample_record(VECTOR, seed)) for seed in range(6)]
     runner._run_batch([FakeMessage(v, offset, topic=SOURCE) for offset, v in enumerate(values[:3])])
     runner.stop()  # SIGTERM arrives while the next batch meets the fatal error
@@ -831,7 +831,7 @@ def resend_then_stop(monkeypatch, failing) -> tuple[StageRunner, list[bytes], Ti
     runner, serde, _unused = desync_runner(monkeypatch, window_s=60.0)
     values = [serde.encode(sample_record(VECTOR, seed)) for seed in range(6)]
     replacement = TimingOutUntilStopped(failing(values), runner.stop)
-    monkeypatch.setattr(resend_window_module, "Producer", lambda _config: replacement)
+    monkeypatch.setattr(delivery_module, "Producer", lambda _config: replacement)
     runner._run_batch([FakeMessage(v, offset, topic=SOURCE) for offset, v in enumerate(values[:3])])
     runner._run_batch([FakeMessage(v, offset, topic=SOURCE) for offset, v in enumerate(values[3:], start=3)])
     return runner, values, replacement
@@ -943,7 +943,7 @@ def test_a_stop_after_a_second_fatal_error_sends_the_window_and_the_unacknowledg
     failing_again = DesynchronizedWhileStopping(healthy=1, stop=runner.stop)  # takes one output sent again
     last = FakeProducer()
     producers = iter([failing_again, last])
-    monkeypatch.setattr(resend_window_module, "Producer", lambda _config: next(producers))
+    monkeypatch.setattr(delivery_module, "Producer", lambda _config: next(producers))
     runner._run_batch([FakeMessage(v, offset, topic=SOURCE) for offset, v in enumerate(values[:3])])
     runner._run_batch([FakeMessage(v, offset, topic=SOURCE) for offset, v in enumerate(values[3:], start=3)])
 
@@ -1022,7 +1022,7 @@ def test_a_runner_leaving_after_a_fatal_producer_error_it_had_no_batch_to_meet_s
         failing, report, monkeypatch) -> None:
     runner, serde = stage_runner(failing, resend_window_s=60.0)
     replacement = FakeProducer()
-    monkeypatch.setattr(resend_window_module, "Producer", lambda _config: replacement)
+    monkeypatch.setattr(delivery_module, "Producer", lambda _config: replacement)
     values = run_batch_of(runner, serde, 3)
     report(runner)
     # The runner leaves for another reason before a batch meets the producer's fatal error.
@@ -1156,7 +1156,7 @@ def test_an_acknowledgement_the_failed_producer_gives_late_keeps_the_window_befo
     producer = AcknowledgingInItsLastFlush()
     runner, serde = stage_runner(producer, resend_window_s=5.0)
     replacement = FakeProducer()
-    monkeypatch.setattr(resend_window_module, "Producer", lambda _config: replacement)
+    monkeypatch.setattr(delivery_module, "Producer", lambda _config: replacement)
     clock = clocked(monkeypatch)
     values = run_batch_of(runner, serde, 3)
     clock.now += 1.0
