@@ -220,9 +220,10 @@ class Judge:
                                   since_seq=since + 1)
 
     def rollback(self, champion: dict[str, Any], predecessor: dict[str, Any], verdict: Verdict,
-                  ) -> list[OutgoingRecord]:
+                 decision_id: str | None = None) -> list[OutgoingRecord]:
+        """``decision_id``: a logged decision's, carried out again at start-up (recovery.py)."""
         new, old = champion["version"], predecessor["version"]
-        decision_id = f"{new}:rollback"
+        decision_id = decision_id or f"{new}:rollback"
         self.closed.add(new)
         outputs = [
             self.writer.decide("ROLLBACK", verdict.reason, decision_id=decision_id, from_version=new,
@@ -335,10 +336,11 @@ class Judge:
         return self.spec
 
     def promote(self, champion: dict[str, Any], slot: str, record: dict[str, Any], verdict: Verdict, *,
-                 to_canary: bool) -> list[OutgoingRecord]:
+                 to_canary: bool, decision_id: str | None = None) -> list[OutgoingRecord]:
+        """``decision_id``: a logged decision's, carried out again at start-up (recovery.py)."""
         new, old = record["version"], champion["version"]
         if to_canary:
-            decision_id = f"{new}:canary"
+            decision_id = decision_id or f"{new}:canary"
             reason = f"to canary at {self.spec.canary_weight:.0%} of traffic: {verdict.reason}"
             evidence = {**verdict.evidence, "canary_weight": self.spec.canary_weight}
             log.info("promoting %s to canary: %s", new, verdict.reason)
@@ -348,7 +350,7 @@ class Judge:
                     self.writer.deploy(CANARY, new, record["artifact"], previous_version=old,
                                        decision_id=decision_id),
                     self.writer.retire(slot)]
-        decision_id = f"{new}:promote"
+        decision_id = decision_id or f"{new}:promote"
         self.promoted_at[new] = self.ledger.seq
         log.info("promoting %s over %s: %s", new, old, verdict.reason)
         earlier = watched_predecessor(self.slots())

@@ -13,7 +13,11 @@ before ``Judge.repair`` mends what a prefix of one decision's deployment records
 - ``complete``: a PROMOTE, ROLLBACK, REFUSE or RETIRE that no later decision supersedes, whose
   slot changes are not in the table and whose starting point still holds (the champion it
   replaced still serves, its challenger is still in its slot), is carried out again: the same
-  deployment records under the same decision id; decision records already logged are left out.
+  deployment records under the same decision id (a manual one's too); decision records already
+  logged are left out. A later decision supersedes one that names a version it names, and any
+  later change of the champion (a PROMOTE not to the canary, a ROLLBACK, automatic or manual)
+  supersedes every earlier one; nor is a decision carried out over a champion deployed after it
+  under a decision the log lost.
 - ``relog``: a slot whose record names a decision the log does not hold gets that decision
   written, derived from the slot (kind and versions from the decision id and the record; its
   reason says it was recovered, its evidence is lost: ``{"recovered": 1}``).
@@ -49,6 +53,8 @@ from streamloop.ml.registry import (
 log = logging.getLogger(__name__)
 
 DECISIONS_TAIL = 2_000
+# The pseudo-subject of every decision that changes the champion (``_superseded_by``).
+CHAMPION_CHANGE = "champion"
 RECOVERED_EVIDENCE = {"recovered": 1.0}
 # The ids the publisher and `streamloop models` give the decisions a slot record names (read from the
 # right: a version may hold a colon).
@@ -87,23 +93,44 @@ def complete(judge: Judge, logged: LoggedDecisions) -> list[OutgoingRecord]:
     last: list[dict[str, Any]] = []
     named_later: set[str] = set()
     for decision in reversed(logged.decisions):
-        subjects = decision_subjects(decision)
+        subjects = _superseded_by(decision)
         if not subjects & named_later:
             last.append(decision)
         named_later |= subjects
     outputs: list[OutgoingRecord] = []
     for decision in reversed(last):
-        outputs += _complete_one(judge, decision)
+        outputs += _complete_one(judge, decision, logged)
     decisions_topic = judge.writer.decisions_topic
     return [o for o in outputs if o.topic != decisions_topic or o.value["decision_id"] not in logged.ids]
 
 
-def _complete_one(judge: Judge, decision: dict[str, Any]) -> list[OutgoingRecord]:
+def _superseded_by(decision: dict[str, Any]) -> set[str]:
+    """What a later decision must name to supersede this one: its versions, and ``champion`` if it changes it.
+
+    A decision that changes the champion (a PROMOTE not to the canary, a ROLLBACK) was taken
+    from the champion of its time: any later one was taken after it and supersedes it, whatever
+    versions each names. Without this, an operator's promotion back to the previous champion
+    (``second`` -> ``first``) left the publisher's own ``first`` -> ``second`` unsuperseded, and
+    every restart carried it out again, then the operator's.
+    """
+    subjects = decision_subjects(decision)
+    if decision["kind"] == "ROLLBACK" or (
+            decision["kind"] == "PROMOTE" and not decision["decision_id"].endswith(CANARY_DECISION_SUFFIX)):
+        subjects |= {CHAMPION_CHANGE}
+    return subjects
+
+
+def _complete_one(judge: Judge, decision: dict[str, Any], logged: LoggedDecisions) -> list[OutgoingRecord]:
     slots = judge.slots()
     champion = slots.get(CHAMPION)
     kind, decision_id = decision["kind"], decision["decision_id"]
     old, new = decision["from_version"], decision["to_version"]
     if champion is None:
+        return []
+    if champion.get("decision_id") not in logged.ids and \
+            millis(champion.get("deployed_at")) > millis(decision["decided_at"]):
+        # The champion changed after this decision, under one the log lost (relog writes it): that
+        # later decision stands, and this one is not carried out over it.
         return []
     evidence = dict(decision.get("evidence") or {})
     if kind == "PROMOTE" and old is not None and champion["version"] == old and \
@@ -118,12 +145,13 @@ def _complete_one(judge: Judge, decision: dict[str, Any]) -> list[OutgoingRecord
             _say(decision, "carried out")
             slot, record = sources[0]
             return judge.promote(champion, slot, record, Verdict("promote", decision["reason"], evidence),
-                                 to_canary=to_canary)
+                                 to_canary=to_canary, decision_id=decision_id)
     elif kind == "ROLLBACK" and champion["version"] == old and champion.get("decision_id") != decision_id:
         predecessor = watched_predecessor(slots)
         if predecessor is not None and predecessor["version"] == new:
             _say(decision, "carried out")
-            return judge.rollback(champion, predecessor, Verdict("rollback", decision["reason"], evidence))
+            return judge.rollback(champion, predecessor, Verdict("rollback", decision["reason"], evidence),
+                                  decision_id=decision_id)
     elif kind == "ROLLBACK" and champion["version"] == new and (slots.get(CANARY) or {}).get("version") == old:
         _say(decision, "carried out (the canary retired)")
         judge.closed.add(old)

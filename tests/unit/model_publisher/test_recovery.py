@@ -8,12 +8,17 @@ never got stayed unexplained. Every pair of prefixes is tried here.
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
+
+import pytest
 
 from services.model_publisher.recovery import RECOVERED_EVIDENCE, LoggedDecisions
 from streamloop.kafka.records import OutgoingRecord, ProcessResult
-from streamloop.ml.registry import CANARY, CHAMPION, decision_subjects, shadow_slot
+from streamloop.ml.exceptions import RegistryError
+from streamloop.ml.registry import CANARY, CHAMPION, decision_subjects, shadow_slot, watched_predecessor
 from tests.unit.model_publisher.factories import candidate
+from tests.unit.model_publisher.memory_registry import InMemoryRegistry
 from tests.unit.model_publisher.test_publisher import (
     Harness,
     assert_consistent,
@@ -137,3 +142,103 @@ def test_a_candidate_registered_again_by_the_replay_is_not_logged_twice(harness,
     replay = restarted.feed("cand", [record])
     assert [o.topic for o in replay.outputs] == ["dep"]
     assert restarted.slot(shadow_slot(record["version"]))["decision_id"] == f"{record['version']}:shadow"
+
+
+# -- the log and the slots agree: a restart writes nothing ----------------------------------------
+
+
+def restart_on_the_registry(harness: Harness, registry: InMemoryRegistry, root: Path) -> tuple[Harness, list]:
+    """The publisher restarted on everything ``registry`` holds, its whole decision log read back."""
+    dep = [OutgoingRecord("dep", k, v) for k, v in registry.topics["model_deployments"]]
+    restarted = Harness(harness.spec, root, table=replayed_table(dep))
+    restarted.store = restarted.processor.store = harness.store
+    restarted.processor.recall_decisions(LoggedDecisions([v for _k, v in registry.topics["model_decisions"]]))
+    return restarted, restarted.processor.tick(harness.now + 1).outputs
+
+
+def test_a_manual_promotion_back_to_the_previous_champion_is_not_undone_by_a_restart(harness, tmp_path):
+    first, second = promote(harness)  # the publisher's PROMOTE first -> second
+    registry = InMemoryRegistry(harness.spec).add(harness.written)
+    harness.now += 10_000
+    manual = registry.promote(first, reason="operator: second misbehaves")  # PROMOTE second -> first, by hand
+    for n in (1, 2):
+        restarted, outputs = restart_on_the_registry(harness, registry, tmp_path / f"r{n}")
+        assert outputs == [], "a restart must not change slots nobody decided to change again"
+        assert restarted.slot(CHAMPION)["version"] == first
+        assert restarted.slot(CHAMPION)["decision_id"] == manual["decision_id"]
+
+
+def test_a_manual_promotion_whose_slots_were_cut_short_is_carried_out_under_its_own_id(harness, tmp_path):
+    first, second = promote(harness)
+    registry = InMemoryRegistry(harness.spec).add(harness.written)
+    harness.now += 10_000
+    landed = list(registry.topics["model_deployments"])
+    manual = registry.promote(first, reason="operator")
+    registry.topics["model_deployments"] = landed  # its decision landed, none of its deployment records
+    restarted, outputs = restart_on_the_registry(harness, registry, tmp_path / "r")
+    assert [o.topic for o in outputs if o.topic == "dec"] == [], "its decision is logged already"
+    assert restarted.slot(CHAMPION)["version"] == first
+    assert restarted.slot(CHAMPION)["decision_id"] == manual["decision_id"]
+
+
+def test_a_champion_changed_under_a_decision_the_log_lost_is_not_changed_back(harness, tmp_path):
+    first, second = promote(harness)
+    registry = InMemoryRegistry(harness.spec).add(harness.written)
+    harness.now += 10_000
+    manual = registry.promote(first, reason="operator")
+    registry.topics["model_decisions"] = [(k, v) for k, v in registry.topics["model_decisions"]
+                                          if v["decision_id"] != manual["decision_id"]]
+    restarted, outputs = restart_on_the_registry(harness, registry, tmp_path / "r")
+    assert [o.topic for o in outputs] == ["dec"], "only the lost decision is written again"
+    assert restarted.slot(CHAMPION)["decision_id"] == manual["decision_id"]
+
+
+def echo(harness: Harness, records: list[OutgoingRecord]) -> None:
+    """The deployments topic read back into the live publisher's table: its own writes, then others'."""
+    for record in records:
+        if record.topic == "dep":
+            harness.table.apply(record.key, record.value)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_after_any_sequence_of_automatic_and_manual_decisions_a_restart_writes_nothing(demo_pipeline, tmp_path,
+                                                                                      seed):
+    rng = random.Random(seed)
+    harness = Harness(demo_pipeline, tmp_path / "live")
+    promote(harness)
+    registry = InMemoryRegistry(harness.spec).add(harness.written)
+    echo(harness, harness.written)
+    known = {r["version"] for _k, r in registry.topics["model_deployments"] if r}
+    for step in range(6):
+        harness.now += 10_000
+        slots = harness.table.slots("card-fraud", "fraud")
+        champion = slots[CHAMPION]
+        action = rng.choice(["auto", "manual promote", "manual rollback"])
+        if action == "auto":
+            kept = watched_predecessor(slots)
+            before = len(harness.written)
+            new = harness.shadow(parent=champion["version"])
+            models = {champion["version"]: (0.8, "CHAMPION"), new: (0.95, "SHADOW")}
+            if kept is not None:
+                models[kept["version"]] = (0.5, "SHADOW")
+            harness.feed("lab", examples(600, start=1000 * (step + 1), seed=seed, models=models))
+            registry.add(harness.written[before:])
+            echo(harness, harness.written[before:])
+            assert harness.slot(CHAMPION)["version"] == new, "the publisher promoted the better shadow"
+            known.add(new)
+        else:
+            written = len(registry.topics["model_deployments"]), len(registry.topics["model_decisions"])
+            try:
+                if action == "manual promote":
+                    registry.promote(rng.choice(sorted(known - {champion["version"]})), reason="operator")
+                else:
+                    registry.rollback(reason="operator")
+            except RegistryError:
+                continue  # nothing to roll back to
+            echo(harness, [OutgoingRecord("dep", k, v) for k, v in registry.topics["model_deployments"][written[0]:]])
+        restarted, outputs = restart_on_the_registry(harness, registry, tmp_path / f"r{step}")
+        assert outputs == [], (seed, step, action, [(o.topic, o.key, (o.value or {}).get("decision_id"))
+                                                    for o in outputs])
+        def summary(h):
+            return {s: (r["version"], r.get("decision_id")) for s, r in h.table.slots("card-fraud", "fraud").items()}
+        assert summary(restarted) == summary(harness), (seed, step, action)
