@@ -171,6 +171,14 @@ def _say(decision: dict[str, Any], what: str) -> None:
                 "records); %s now", decision["decision_id"], decision["kind"], what)
 
 
+def _last_champion(logged: LoggedDecisions, target: str) -> str | None:
+    """The champion the log's last champion change made, unless it is ``target`` (then not known)."""
+    for decision in reversed(logged.decisions):
+        if CHAMPION_CHANGE in _superseded_by(decision):
+            return decision["to_version"] if decision["to_version"] != target else None
+    return None
+
+
 def relog(judge: Judge, logged: LoggedDecisions) -> list[OutgoingRecord]:
     """Write the decisions the slots name that the log does not hold."""
     since = logged.since_ms()
@@ -214,7 +222,12 @@ def relog(judge: Judge, logged: LoggedDecisions) -> list[OutgoingRecord]:
                 outputs.append(decide("REGISTER", f"{version}:register", None, version))  # the bootstrap's
             outputs.append(decide("PROMOTE", decision_id, previous, version))
         elif kind == "rollback" and slot == CHAMPION:
-            outputs.append(decide("ROLLBACK", decision_id, version, record["version"]))
+            # An automatic rollback's id names the version rolled back (``<from>:rollback``); a manual
+            # one's names its target (``<to>:rollback:manual:<ms>``): the version rolled back from is
+            # then the champion the log last made (the restored record's previous_version is the
+            # target's own predecessor, not it).
+            rolled_back = version if automatic else _last_champion(logged, record["version"])
+            outputs.append(decide("ROLLBACK", decision_id, rolled_back, record["version"]))
         else:
             written.discard(decision_id)
     return outputs

@@ -242,3 +242,16 @@ def test_after_any_sequence_of_automatic_and_manual_decisions_a_restart_writes_n
         def summary(h):
             return {s: (r["version"], r.get("decision_id")) for s, r in h.table.slots("card-fraud", "fraud").items()}
         assert summary(restarted) == summary(harness), (seed, step, action)
+
+
+def test_a_manual_rollback_the_log_lost_is_written_again_from_the_champion_it_rolled_back(harness, tmp_path):
+    first, second = promote(harness)
+    registry = InMemoryRegistry(harness.spec).add(harness.written)
+    harness.now += 10_000
+    manual = registry.rollback(reason="operator")  # ROLLBACK second -> first, by hand; id `<first>:rollback:...`
+    assert (manual["from_version"], manual["to_version"]) == (second, first)
+    registry.topics["model_decisions"] = registry.topics["model_decisions"][:-1]  # its decision lost, slots landed
+    _restarted, outputs = restart_on_the_registry(harness, registry, tmp_path / "r")
+    relogged = [o.value for o in outputs if o.topic == "dec"]
+    assert [(d["kind"], d["decision_id"], d["from_version"], d["to_version"], d["automatic"]) for d in relogged] == [
+        ("ROLLBACK", manual["decision_id"], second, first, False)]
