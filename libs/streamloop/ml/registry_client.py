@@ -30,7 +30,7 @@ from streamloop.errors import DependencyUnavailable
 from streamloop.kafka.configuration import KafkaSettings
 from streamloop.kafka.exceptions import kafka_error_of, unwrapped_kafka_exceptions
 from streamloop.ml.artifacts import ArtifactIdentity, ArtifactRef, ArtifactSigner, ArtifactStore
-from streamloop.ml.deployment_signing import DeploymentVerifier, is_signed, sign_deployment
+from streamloop.ml.deployment_signing import SIGNATURE_FIELD, DeploymentVerifier, is_signed, sign_deployment
 from streamloop.ml.exceptions import DeploymentRecordError, ModelError, RegistryError
 from streamloop.ml.registry import (
     CHAMPION,
@@ -395,6 +395,9 @@ class RegistryClient:
         would bless exactly the relabelling the identity now prevents. A slot that changed while
         this ran (a promotion, a retirement) is left to its new record.
 
+        A slot whose record is signed with a key that is not the active one (the key rotated) is
+        written again unchanged, signed with the active key, so the old key can be dropped.
+
         A slot whose record carries no signature (written before streamloop signed deployment
         records, docs/security.md) is read whatever ``accept_unsigned_deployments`` says, and written
         again unchanged but signed, once its artifact verifies as the version it names: this
@@ -418,7 +421,10 @@ class RegistryClient:
             except ModelError as exc:
                 report.append(SlotSigning(slot, record["version"], signed=False, why=str(exc)))
                 continue
-            if ref is not None or not is_signed(record):
+            # A record signed with a key no longer active is signed again with the active one: once
+            # the old key is dropped (docs/operations.md, Secrets), every reader would refuse it.
+            if ref is not None or not is_signed(record) or \
+                    record[SIGNATURE_FIELD]["key_id"] != self._signing_key().active_key_id:
                 artifact = ref.to_record() if ref is not None else record["artifact"]
                 signed[slot] = (record, self._sign({**record, "artifact": artifact}))
         current = self.state(accept_unsigned=True).table.slots(pipeline, model) if signed else {}

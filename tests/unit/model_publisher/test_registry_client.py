@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from streamloop.ml import registry_client
+from streamloop.ml.artifacts import ArtifactSigner
 from streamloop.ml.deployment_signing import DeploymentVerifier, sign_deployment
 from streamloop.ml.exceptions import ArtifactIntegrityError, RegistryError
 from streamloop.ml.registry import CHAMPION, champion_predecessors
@@ -195,6 +196,22 @@ def test_re_sign_binds_0_1_signatures_to_their_versions_and_changes_nothing_else
     assert {k: v for k, v in champion["artifact"].items() if k != "signature"} == \
         {k: v for k, v in legacy["artifact"].items() if k != "signature"}, "the same key id: retiring it retires this"
     assert callable(harness.store.load_published(champion).learn_one)
+    written = len(registry.topics["model_deployments"])
+    assert registry.sign_again() == [] and len(registry.topics["model_deployments"]) == written, "already current"
+
+
+def test_re_sign_signs_a_record_signed_with_a_rotated_out_key_with_the_active_one(harness):
+    registry, first = bootstrapped(harness)  # the champion record signed with "default"
+    registry.store = harness.store
+    new_key = b"n" * 32
+    registry._signer = ArtifactSigner({"k2": new_key, "default": SIGNING_KEY}, "k2")  # phase 2 of a rotation
+    assert registry.champion()["record_signature"]["key_id"] == "default"
+
+    assert registry.sign_again() == [SlotSigning(CHAMPION, first, signed=True)]
+    champion = registry.champion()
+    assert champion["record_signature"]["key_id"] == "k2"
+    # Once the old key is dropped, readers still accept the champion record.
+    DeploymentVerifier(ArtifactSigner({"k2": new_key}, "k2")).check(f"card-fraud/fraud/{CHAMPION}", champion)
     written = len(registry.topics["model_deployments"])
     assert registry.sign_again() == [] and len(registry.topics["model_deployments"]) == written, "already current"
 
