@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 from collections.abc import Iterable
@@ -24,6 +25,8 @@ from typing import Any
 
 import streamloop
 from streamloop.contracts.learning_specs import ModelSpec
+
+log = logging.getLogger(__name__)
 
 CHAMPION = "champion"
 CANARY = "canary"
@@ -247,14 +250,30 @@ class DeploymentTable:
         self._pending: dict[str, tuple[str, str | None] | None] = {}
         # The latest record of each key its reader refused (it does not verify), until one is applied.
         self._refused: dict[str, dict[str, Any]] = {}
+        # What the reader holds for each key (the topic's records it applied), whatever is pending.
+        self._applied: dict[str, dict[str, Any]] = {}
         self._lock = RLock()
         self.ready = False
 
     def refuse(self, key: str, value: dict[str, Any] | None) -> None:
-        """The reader's ``on_refused``: a record of ``key`` it did not apply (docs/security.md)."""
+        """The reader's ``on_refused``: a record of ``key`` it did not apply (docs/security.md).
+
+        When it is this process's own write, pending its echo, that write will never be applied:
+        another writer's newer record of the slot landed first (a race: the reader refuses the
+        older one as a replay), and every scorer serves that one. The pending write is dropped and
+        the slot takes the reader's record, so this process decides on what the scorers serve.
+        """
         with self._lock:
-            if value is not None:
-                self._refused[key] = value
+            if value is None:
+                return
+            self._refused[key] = value
+            if key in self._pending and self._pending[key] == _identity(value):
+                del self._pending[key]
+                adopted = self._applied.get(key)
+                log.warning("the write of %s (%s) was refused by its reader: a newer record of the slot landed first "
+                            "(%s); taking that one", key, value.get("version"),
+                            adopted.get("version") if adopted else "none")
+                self._set(key, adopted)
 
     def refused(self, pipeline: str, model_name: str, slot: str) -> dict[str, Any] | None:
         """The record of a slot the reader refused since it last applied one, if any."""
@@ -266,6 +285,10 @@ class DeploymentTable:
             return
         with self._lock:
             self._refused.pop(key, None)
+            if value is None:
+                self._applied.pop(key, None)
+            else:
+                self._applied[key] = value
             if key in self._pending:
                 if self._pending[key] != _identity(value):
                     return

@@ -206,3 +206,27 @@ def test_the_publisher_never_stamps_a_slot_before_its_record(harness):
     harness.now = T0 - 60_000
     harness.processor.writer.deploy(CHAMPION, first, harness.slot(CHAMPION)["artifact"])
     assert harness.slot(CHAMPION)["deployed_at"] == stamped + 1
+
+
+def test_a_publisher_write_a_concurrent_newer_write_beat_is_dropped_and_the_publisher_takes_what_scorers_serve(
+        catalog):
+    v1 = sign_deployment(SIGNER, champion("v1", T0))
+    publisher_table = DeploymentTable()
+    publisher_reader, _ = reader_of(catalog, table=publisher_table)
+    scorer_reader, _ = reader_of(catalog)
+    for reader in (publisher_reader, scorer_reader):
+        reader._apply([message(catalog, 0, v1)])
+    # The publisher decides at T0+100 (RegistryWriter.deploy: table.write, then produce), while an
+    # operator's `streamloop models promote v3`, prepared from v1 and stamped T0+150, lands first.
+    v2 = sign_deployment(SIGNER, champion("v2", T0 + 100))
+    publisher_table.write(KEY, v2)
+    v3 = sign_deployment(SIGNER, champion("v3", T0 + 150))
+    for reader in (publisher_reader, scorer_reader):
+        reader._apply([message(catalog, 1, v3)])
+        reader._apply([message(catalog, 2, v2)])
+    assert scorer_reader.get(KEY)["version"] == "v3", "a record older than the slot's is refused everywhere"
+    assert publisher_table.record(KEY)["version"] == "v3", "the publisher judges what the scorers serve"
+    # Its pending write is gone: the slot follows the topic again.
+    v4 = sign_deployment(SIGNER, champion("v4", T0 + 200))
+    publisher_reader._apply([message(catalog, 3, v4)])
+    assert publisher_table.record(KEY)["version"] == "v4"
