@@ -17,13 +17,13 @@ window reader and the executor a rebuild runs on), so it is tested without a bro
   restarts its countdown; with refits (``replay_each_candidate``) it also replays again, from a
   new starting point, if the learner's own errors rose significantly since its last replay: a
   second change, not another detector's view of the first.
-- After a restart or a takeover, the first champion the process loads comes with the labels its
-  line had learned since it (``resume``, resume.py), before the runner joins the group: the
-  restarted learner has learned what the killed one had, and the runner delivers again what that
-  one read but did not commit. Only the labels since the line's last online candidate are
-  pending, as they were in the killed process. The schedule and time-based online publishing run
-  from their last candidates before the restart, read back (``timer_starts``), not from the
-  process's start.
+- After a restart or a takeover, the first champion the process loads comes with the labels its line
+  had learned since it (``resume``, resume.py, learned again by ``LearningAgain``,
+  learning_again.py), before the runner joins the group: the restarted learner has learned what the
+  killed one had, and the runner delivers again what that one read but did not commit. Only the
+  labels since the line's last online candidate are pending, as they were in the killed process. The
+  schedule and time-based online publishing run from their last candidates before the restart, read
+  back (``timer_starts``), not from the process's start.
 - The resume may read and learn tens of thousands of labels: it is given up between two slices
   once its term is over (``cancelled``: a stop, or the lease lost to another replica), and the
   processor keeps nothing of it (``ResumeCancelled``); the next resume starts over.
@@ -40,6 +40,7 @@ from typing import Any
 
 from services.retrainer.catch_up import CatchUp
 from services.retrainer.examples import valid
+from services.retrainer.learning_again import LearningAgain, ResumeReader
 from services.retrainer.lineage import DEFAULT_MAX_RECORD_BYTES, CandidateFactory, UnusableCandidate, wall_clock_ms
 from services.retrainer.online import OnlineLearner
 from services.retrainer.rebuild_policy import (
@@ -48,7 +49,7 @@ from services.retrainer.rebuild_policy import (
     RebuildScheduler,
     WindowReader,
 )
-from services.retrainer.resume import Cancelled, ResumeCancelled, Resumed, TimerStarts, never
+from services.retrainer.resume import Cancelled, ResumeCancelled, TimerStarts, never
 from streamloop.contracts.pipeline import PipelineSpec
 from streamloop.kafka.dead_letters import STAGE_PROCESS
 from streamloop.kafka.group_history import HistoryReadCancelled
@@ -64,12 +65,6 @@ log = logging.getLogger(__name__)
 # model (and, in catch-up, refit it first) only to fail the same way.
 PUBLISH_RETRY_MS = 10_000
 PUBLISH_RETRY_MAX_MS = 300_000
-# Labels learned again between two looks at whether the resume is cancelled: about 15 ms for the
-# demo's model, longer for a heavier one (a tree).
-RESUME_SLICE = 1_000
-# The labeled examples the given champion's line had learned before this process started; the
-# read gives up between slices once ``cancelled`` is true (HistoryReadCancelled).
-ResumeReader = Callable[[dict[str, Any], Cancelled], Resumed]
 # (now, retrain.schedule, retrain.online_publish_every, the champion's deployment or None,
 # cancelled) -> when each timer runs from after a restart: its last candidate before this process.
 TimerStartsReader = Callable[[int, int | None, int | None, dict[str, Any] | None, Cancelled], TimerStarts]
@@ -201,7 +196,8 @@ class RetrainerProcessor:
             self._resumed = True  # a champion that did not load leaves it to the next one that does
             if self.resume is not None:
                 try:
-                    self._resume_line(champion)
+                    LearningAgain(self.resume, self.learner, self.pipeline, self.cancelled,
+                                  self._count).resume_line(champion)
                 except ResumeCancelled:
                     self._forget_resume()
                     raise
@@ -270,51 +266,6 @@ class RetrainerProcessor:
             log.info("online publishing runs from %d s ago, read back: the next time-based online candidate is "
                      "due in %d s", (now - starts.online_publish_ms) // 1000,
                      max(starts.online_publish_ms + retrain.online_publish_every - now, 0) // 1000)
-
-    def _resume_line(self, champion: dict[str, Any]) -> None:
-        """Learn again what this champion's line had learned before the process started."""
-        try:
-            resumed = self.resume(champion, self.cancelled)  # type: ignore[misc]
-        except HistoryReadCancelled as exc:  # not "from the next label": the term is over
-            raise ResumeCancelled(f"given up while reading back the labels learned since champion "
-                                  f"{champion['version']}") from exc
-        except Exception as exc:  # noqa: BLE001 - without them the line goes on from the next label, as before
-            log.warning("cannot read back the labels learned since champion %s (%s); the online challenger "
-                        "starts from the next label", champion["version"], exc)
-            self._count("streamloop_retrainer_resumes", 1, {"outcome": "failed"})
-            return
-        self.learner.forget_passed()  # those read before this champion loaded were not learned
-        records = resumed.records
-        snapshots = resumed.snapshots
-        published = [r for r in records if snapshots.had(r)] if snapshots else []
-        learned = self._learn_again(published)
-        if snapshots:
-            # As the killed process did: the labels since the last snapshot alone are pending, so
-            # the next candidate comes `every` labels after it, not at the first new label.
-            for version in snapshots.versions:
-                self.learner.published(version)
-        learned += self._learn_again([r for r in records if not (snapshots and snapshots.had(r))])
-        # Every partition, one that gave no label too: the next snapshot says where the line stands.
-        self.learner.mark_read(resumed.read_through)
-        self._count("streamloop_retrainer_resumes", 1, {"outcome": "resumed"})
-        self._count("streamloop_retrainer_labels_learned", learned)
-        log.info("online challenger resumed: %d labels learned since champion %s learned again (%d read); %d since "
-                 "its line's last candidate %s", learned, champion["version"], len(records), self.learner.pending,
-                 snapshots.versions[-1] if snapshots else "(none)")
-
-    def _learn_again(self, records: list[ConsumedRecord]) -> int:
-        """Learn ``records``, RESUME_SLICE at a time; ``ResumeCancelled`` once ``cancelled`` is true between two."""
-        learned = 0
-        for at, record in enumerate(records):
-            if at % RESUME_SLICE == 0 and self.cancelled():
-                raise ResumeCancelled(f"given up while learning again the labels read back ({at} of {len(records)})")
-            if record.value.get("pipeline") == self.pipeline.name:
-                try:
-                    learned += self.learner.learn(record)
-                except Exception:  # noqa: BLE001 - dead-lettered when first read; read again, only left out
-                    log.debug("labeled example %s[%d]@%d left out again", record.topic, record.partition,
-                              record.offset, exc_info=True)
-        return learned
 
     # -- online candidates ---------------------------------------------------------------------
 

@@ -17,7 +17,8 @@ from types import SimpleNamespace
 import pytest
 
 from services.retrainer.app import RetrainerApp, RetrainerTerm
-from services.retrainer.processor import RESUME_SLICE, RetrainerProcessor
+from services.retrainer.learning_again import RESUME_SLICE
+from services.retrainer.processor import RetrainerProcessor
 from services.retrainer.rebuild_policy import InlineExecutor
 from services.retrainer.resume import KafkaResume, ResumeCancelled, never
 from streamloop.errors import DependencyUnavailable
