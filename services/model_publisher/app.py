@@ -28,7 +28,7 @@ from streamloop.kafka.lease import LeaderLease
 from streamloop.kafka.runner import StageRunner
 from streamloop.kafka.table_reader import CompactedTopicReader, wait_until_read
 from streamloop.ml.registry import DeploymentTable
-from streamloop.ml.registry_client import read_topic
+from streamloop.ml.registry_client import SkippedRecord, read_topic
 from streamloop.serde import Serde
 from streamloop.service.context import ServiceContext
 from streamloop.service.entrypoint import start_service
@@ -108,19 +108,20 @@ class PublisherApp(LeasedService[PublisherTerm]):
     def _recall_decisions(self) -> None:
         """The end of the decisions topic: what a stop cut short is completed from it (recovery.py)."""
         pipeline = self.processor.pipeline
+        unreadable: list[SkippedRecord] = []
         decisions = self._read_back(self.decisions_topic, self.decisions_serde, "the last decisions",
-                                    "a decision a stop cut short is not completed", tail=DECISIONS_TAIL)
+                                    "a decision a stop cut short is not completed", tail=DECISIONS_TAIL,
+                                    skipped=unreadable)
         if decisions is None:
             return
-        mine = [d for d in decisions
-                if d.get("pipeline") == pipeline.name and d.get("model_name") == pipeline.model.name]
-        self.processor.recall_decisions(LoggedDecisions(mine, whole=len(decisions) < DECISIONS_TAIL))
+        self.processor.recall_decisions(
+            LoggedDecisions.of_tail(decisions, len(unreadable), pipeline.name, pipeline.model.name))
 
     def _read_back(self, topic: str, serde: Serde, what: str, without_it: str, *,
-                   tail: int | None = None) -> list[dict] | None:
+                   tail: int | None = None, skipped: list[SkippedRecord] | None = None) -> list[dict] | None:
         """Every value of ``topic`` (tombstones left out); None, with a warning, if it cannot be read."""
         try:
-            records = read_topic(self.kafka, topic, serde.decode, tail=tail)
+            records = read_topic(self.kafka, topic, serde.decode, tail=tail, skipped=skipped)
         except StreamloopError as exc:
             log.warning("cannot read back %s (%s); %s", what, exc, without_it)
             return None

@@ -67,16 +67,35 @@ class LoggedDecisions:
 
     decisions: list[dict[str, Any]] = field(default_factory=list)
     whole: bool = True  # the tail read is the whole topic
+    # The oldest decision of the tail read, every model's: where the decisions read begin.
+    read_since_ms: int | None = None
     ids: set[str] = field(init=False)
 
     def __post_init__(self) -> None:
         self.ids = {d["decision_id"] for d in self.decisions}
 
+    @classmethod
+    def of_tail(cls, tail: list[dict[str, Any]], unreadable: int, pipeline: str, model_name: str,
+                size: int = DECISIONS_TAIL) -> LoggedDecisions:
+        """This model's decisions in ``tail``, the last ``size`` records of the shared decisions topic,
+        ``unreadable`` of which could not be decoded.
+
+        Where the tail begins is taken from every model's decisions in it: taken from this model's
+        alone, a tail filled by other models' decisions said nothing of where it began, and every
+        live slot's decision, logged before it, was written again as recovered.
+        """
+        mine = [d for d in tail if d.get("pipeline") == pipeline and d.get("model_name") == model_name]
+        whole = len(tail) + unreadable < size
+        since = None if whole or not tail else min(millis(d["decided_at"]) for d in tail)
+        return cls(mine, whole=whole, read_since_ms=since)
+
     def since_ms(self) -> int | None:
         """Slots deployed before this are taken as logged: the decisions of their time were not read."""
-        if self.whole or not self.decisions:
+        if self.whole:
             return None
-        return min(millis(d["decided_at"]) for d in self.decisions)
+        if self.read_since_ms is not None:
+            return self.read_since_ms
+        return min(millis(d["decided_at"]) for d in self.decisions) if self.decisions else None
 
     def unlogged(self, outputs: Iterable[OutgoingRecord], decisions_topic: str) -> list[OutgoingRecord]:
         """``outputs`` without the registrations and bootstrap decisions already logged (a replay's)."""

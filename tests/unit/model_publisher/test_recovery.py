@@ -255,3 +255,22 @@ def test_a_manual_rollback_the_log_lost_is_written_again_from_the_champion_it_ro
     relogged = [o.value for o in outputs if o.topic == "dec"]
     assert [(d["kind"], d["decision_id"], d["from_version"], d["to_version"], d["automatic"]) for d in relogged] == [
         ("ROLLBACK", manual["decision_id"], second, first, False)]
+
+
+def test_a_tail_filled_by_other_models_decisions_says_where_it_begins(harness, tmp_path):
+    """The decisions topic is shared by every model: with its last 2,000 records all another model's, this
+    model's part was empty, the tail was taken to say nothing of where it began, and a restart wrote the
+    live champion's PROMOTE again as recovered, once more at every turnover of the tail."""
+    _first, _second = promote(harness)
+    dep = [o for o in harness.written if o.topic == "dep"]
+    others = [{"pipeline": "other", "model_name": "m", "decision_id": f"o{i}", "kind": "PROMOTE",
+               "decided_at": harness.now + 1 + i} for i in range(5)]
+    logged = LoggedDecisions.of_tail(others, 0, "card-fraud", "fraud", size=5)
+    assert (logged.decisions, logged.whole, logged.since_ms()) == ([], False, harness.now + 1)
+    restarted = Harness(harness.spec, tmp_path / "r", table=replayed_table(dep))
+    restarted.store = restarted.processor.store = harness.store
+    restarted.processor.recall_decisions(logged)
+    assert decisions(restarted.processor.tick(harness.now + 10)) == [], "logged before the tail: nothing written"
+    # A tail short of its size is the whole topic, unless records of it could not be decoded.
+    assert LoggedDecisions.of_tail(others[:4], 0, "card-fraud", "fraud", size=5).whole
+    assert not LoggedDecisions.of_tail(others[:4], 1, "card-fraud", "fraud", size=5).whole
