@@ -3,7 +3,8 @@
 Each deployment change is also written through to the publisher's own ``DeploymentTable``, so the
 next decision (in the same batch) sees it before the compacted topic echoes it back. Every
 deployment record is signed with the artifact signing key (streamloop.ml.deployment_signing),
-and stamped no earlier than the record it replaces, which readers would refuse as a replay.
+and stamped no earlier than the record it replaces, which readers would refuse as a replay;
+every tombstone (a retirement) is signed in its headers, and stamped after the record it retires.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 from streamloop.contracts.pipeline import PipelineSpec
 from streamloop.kafka.records import OutgoingRecord
 from streamloop.ml.artifacts import ArtifactSigner
-from streamloop.ml.deployment_signing import sign_deployment
+from streamloop.ml.deployment_signing import retirement_stamp, sign_deployment, sign_retirement
 from streamloop.ml.registry import CANARY, DeploymentTable, decision_record, deployment_record, millis, slot_key
 
 
@@ -45,8 +46,10 @@ class RegistryWriter:
 
     def retire(self, slot: str) -> OutgoingRecord:
         key = slot_key(self.pipeline.name, self.model_name, slot)
+        retired_at = retirement_stamp(self.clock(), self.table.record(key))
         self.table.write(key, None)
-        return OutgoingRecord(self.deployments_topic, key, None)
+        return OutgoingRecord(self.deployments_topic, key, None,
+                              headers=sign_retirement(self.signer, key, retired_at))
 
     def decide(self, kind: str, reason: str, *, decision_id: str, from_version: str | None = None,
                to_version: str | None = None, evidence: dict[str, float] | None = None,

@@ -9,11 +9,14 @@ A record that cannot be decoded (or has no key) is skipped, logged and counted, 
 in ``streamloop_table_undecodable_records_total`` when ``metrics`` is given; it is not forwarded to
 a dead-letter topic, since every replica of every reader would write it there again.
 
-With ``verify``, a decoded value is applied only if ``verify(key, value, current)`` returns
-(``current``: the value the table holds for the key, or the batch's latest one); one it refuses
-with ``RecordUnverified`` is skipped the same way and counted in ``stats.unverified`` and in
+With ``verify``, a decoded value is applied only if ``verify(key, value, current, headers)``
+returns (``current``: the value the table holds for the key, or the batch's latest one;
+``headers``: the record's Kafka headers), and so is a tombstone, with ``value`` None (a tombstone
+has no value, so a signature it carries is in its headers); one it refuses with
+``RecordUnverified`` is skipped the same way and counted in ``stats.unverified`` and in
 ``streamloop_table_unverified_records_total``, and the key keeps its previous value. The
-deployments table's readers pass ``streamloop.ml.deployment_signing.DeploymentVerifier``.
+deployments table's readers pass ``streamloop.ml.deployment_signing.DeploymentVerifier``; a
+reader without ``verify`` (every other table) applies every tombstone, as before.
 
 Usage::
 
@@ -48,8 +51,9 @@ log = logging.getLogger(__name__)
 OnChange = Callable[[str, dict[str, Any] | None], None]
 # How long one look of ``wait_until_read`` waits for the table at most: how soon a stop ends the wait.
 TABLE_POLL_S = 0.5
-# Raises RecordUnverified for a value the table must not apply (key, value, the key's current value).
-Verify = Callable[[str, dict[str, Any], dict[str, Any] | None], None]
+# Raises RecordUnverified for a record the table must not apply: (key, value or None for a
+# tombstone, the key's current value, the record's headers).
+Verify = Callable[[str, dict[str, Any] | None, dict[str, Any] | None, list[tuple[str, bytes | None]]], None]
 
 
 class RecordUnverified(StreamloopError):
@@ -265,7 +269,7 @@ class CompactedTopicReader:
         if self._metrics is not None:
             self._metrics.record_table_undecodable(self.topic)
 
-    def _unverified(self, message: Message, key: str, value: dict[str, Any], exc: RecordUnverified) -> None:
+    def _unverified(self, message: Message, key: str, value: dict[str, Any] | None, exc: RecordUnverified) -> None:
         self.stats.unverified += 1
         if self._metrics is not None:
             self._metrics.record_table_unverified(self.topic)
@@ -304,16 +308,16 @@ class CompactedTopicReader:
                     log.warning("%s: %s[%d]@%d cannot be decoded, skipped: %s", self.name, self.topic,
                                 message.partition(), message.offset(), exc)
                     continue
-                if self._verify is not None:
-                    current = latest.get(key, _ABSENT)
-                    if current is _ABSENT:
-                        with self._lock:
-                            current = self._table.get(key)
-                    try:
-                        self._verify(key, decoded, current)  # type: ignore[arg-type]
-                    except RecordUnverified as exc:
-                        self._unverified(message, key, decoded, exc)
-                        continue
+            if self._verify is not None:
+                current = latest.get(key, _ABSENT)
+                if current is _ABSENT:
+                    with self._lock:
+                        current = self._table.get(key)
+                try:
+                    self._verify(key, decoded, current, list(message.headers() or []))  # type: ignore[arg-type]
+                except RecordUnverified as exc:
+                    self._unverified(message, key, decoded, exc)
+                    continue
             if latest.pop(key, _ABSENT) is not _ABSENT:  # re-inserted: callbacks run in the latest records' order
                 self.stats.superseded += 1
                 if self._caught_up.is_set():

@@ -13,18 +13,26 @@ it before acting on the record (``DeploymentVerifier``, wired into ``CompactedTo
 - it is not older (``deployed_at``) than the record of that slot the reader holds: a signed
   record replayed later does not displace its successor.
 
-A record that fails is skipped, logged and counted (``streamloop_table_unverified_records_total``):
-the slot keeps its previous record. Records written before streamloop signed them carry no
-signature; they are refused unless ``STREAMLOOP_ARTIFACT_ACCEPT_UNSIGNED_DEPLOYMENTS`` is set
-(an upgrade's window, closed by ``streamloop models re-sign``).
+A tombstone (a retired slot) has no value to sign: its writer signs the retirement in the
+record's headers instead (``sign_retirement``: the key id, an HMAC over the slot's key and the
+``retired_at`` time, and that time), and a reader holding a record of the slot applies it only if
 
-Tombstones (a retired slot) have no value to sign and are not checked (docs/security.md).
+- it is signed, with a key the reader knows, for this key and this ``retired_at``;
+- ``retired_at`` is not before the ``deployed_at`` of the record it would retire: a signed
+  retirement replayed later does not retire the slot's next record.
+
+A record or tombstone that fails is skipped, logged and counted
+(``streamloop_table_unverified_records_total``): the slot keeps its previous record. Records and
+tombstones written before streamloop signed them carry no signature; they are refused unless
+``STREAMLOOP_ARTIFACT_ACCEPT_UNSIGNED_DEPLOYMENTS`` is set (an upgrade's window, closed by
+``streamloop models re-sign``). A tombstone of a slot the reader holds no record of retires
+nothing and is not checked.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from streamloop.kafka.table_reader import RecordUnverified
@@ -34,6 +42,12 @@ from streamloop.ml.registry import millis, slot_key
 
 SIGNATURE_FIELD = "record_signature"
 ACCEPT_UNSIGNED_SETTING = "STREAMLOOP_ARTIFACT_ACCEPT_UNSIGNED_DEPLOYMENTS"
+# A tombstone's signature, in its Kafka headers (a tombstone has no value to carry it).
+RETIRED_AT_HEADER = "streamloop.retirement.retired_at"  # ms since the epoch, decimal
+RETIREMENT_KEY_ID_HEADER = "streamloop.retirement.key_id"
+RETIREMENT_SIGNATURE_HEADER = "streamloop.retirement.signature"
+RETIREMENT_HEADERS = (RETIRED_AT_HEADER, RETIREMENT_KEY_ID_HEADER, RETIREMENT_SIGNATURE_HEADER)
+Headers = Sequence[tuple[str, bytes | None]]
 
 
 def signed_message(record: Mapping[str, Any]) -> bytes:
@@ -57,6 +71,32 @@ def sign_deployment(signer: ArtifactSigner, record: Mapping[str, Any], key_id: s
 
 def is_signed(record: Mapping[str, Any]) -> bool:
     return record.get(SIGNATURE_FIELD) is not None
+
+
+def retirement_message(key: str, retired_at: int) -> bytes:
+    """The bytes a tombstone's signature covers: the slot's key and when it was retired."""
+    return json.dumps(["streamloop-retirement/1", key, int(retired_at)]).encode()
+
+
+def sign_retirement(signer: ArtifactSigner, key: str, retired_at: int,
+                    key_id: str | None = None) -> list[tuple[str, bytes]]:
+    """The headers of a tombstone retiring ``key`` at ``retired_at`` (ms), signed by ``key_id`` (default: active)."""
+    key_id = key_id or signer.active_key_id
+    return [(RETIRED_AT_HEADER, str(int(retired_at)).encode()), (RETIREMENT_KEY_ID_HEADER, key_id.encode()),
+            (RETIREMENT_SIGNATURE_HEADER, signer.sign_message(retirement_message(key, retired_at), key_id).encode())]
+
+
+def retirement_stamp(now: int, retired: Mapping[str, Any] | None) -> int:
+    """When a writer retires a slot holding ``retired``: never before that record, which readers
+    would take for a replayed retirement, whatever the writer's clock."""
+    return max(now, millis(retired["deployed_at"]) + 1 if retired else 0)
+
+
+def _header(headers: Headers | None, name: str) -> str | None:
+    for key, value in headers or ():
+        if key == name and value is not None:
+            return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+    return None
 
 
 class DeploymentVerifier:
@@ -95,9 +135,41 @@ class DeploymentVerifier:
                 f"it would replace ({current.get('version')}, deployed_at {millis(current.get('deployed_at'))}): "
                 "a replayed record")
 
-    def __call__(self, key: str, record: Mapping[str, Any], current: Mapping[str, Any] | None) -> None:
-        """``CompactedTopicReader``'s ``verify``."""
+    def check_retirement(self, key: str, headers: Headers | None, current: Mapping[str, Any] | None) -> None:
+        """Refuse a tombstone of ``key`` unless its ``headers`` sign it and it is not older than ``current``."""
+        if current is None:
+            return  # it retires nothing (the slot is empty already)
+        held = f"{current.get('version')}, deployed_at {millis(current.get('deployed_at'))}"
+        key_id, signature = _header(headers, RETIREMENT_KEY_ID_HEADER), _header(headers, RETIREMENT_SIGNATURE_HEADER)
+        if key_id is None and signature is None:
+            if self.accept_unsigned:
+                return
+            raise DeploymentRecordError(
+                f"tombstone of {key} (retiring {held}) is unsigned (written before streamloop signed them, or "
+                f"forged); set {ACCEPT_UNSIGNED_SETTING}=true to accept it")
         try:
-            self.check(key, record, current)
+            retired_at = int(_header(headers, RETIRED_AT_HEADER) or "")
+        except ValueError as exc:
+            raise DeploymentRecordError(f"tombstone of {key} lacks a valid {RETIRED_AT_HEADER} header") from exc
+        if key_id is None or signature is None:
+            raise DeploymentRecordError(f"tombstone of {key} carries half a signature (key id {key_id!r})")
+        if not self.signer.knows(key_id):
+            raise DeploymentRecordError(f"tombstone of {key} is signed with unknown key {key_id!r}")
+        if not self.signer.message_verifies(retirement_message(key, retired_at), signature, key_id):
+            raise DeploymentRecordError(f"tombstone of {key} does not verify: altered (its key or retired_at), or "
+                                        "signed by another key of that id")
+        if retired_at < millis(current.get("deployed_at")):
+            raise DeploymentRecordError(
+                f"tombstone of {key} (retired_at {retired_at}) is older than the record it would retire ({held}): "
+                "a replayed retirement")
+
+    def __call__(self, key: str, record: Mapping[str, Any] | None, current: Mapping[str, Any] | None,
+                 headers: Headers | None = None) -> None:
+        """``CompactedTopicReader``'s ``verify``: ``record`` None is a tombstone, checked by its ``headers``."""
+        try:
+            if record is None:
+                self.check_retirement(key, headers, current)
+            else:
+                self.check(key, record, current)
         except DeploymentRecordError as exc:
             raise RecordUnverified(str(exc)) from exc

@@ -262,17 +262,19 @@ class DeploymentTable:
         another writer's newer record of the slot landed first (a race: the reader refuses the
         older one as a replay), and every scorer serves that one. The pending write is dropped and
         the slot takes the reader's record, so this process decides on what the scorers serve.
+        The same holds for a retirement (``value`` None, a tombstone): the slot is not retired at
+        any reader, and keeps the record the reader holds. A refused tombstone is not kept as the
+        slot's refused record: the slot's record stays in place.
         """
         with self._lock:
-            if value is None:
-                return
-            self._refused[key] = value
+            if value is not None:
+                self._refused[key] = value
             if key in self._pending and self._pending[key] == _identity(value):
                 del self._pending[key]
                 adopted = self._applied.get(key)
-                log.warning("the write of %s (%s) was refused by its reader: a newer record of the slot landed first "
-                            "(%s); taking that one", key, value.get("version"),
-                            adopted.get("version") if adopted else "none")
+                what = "retirement" if value is None else f"write ({value.get('version')})"
+                log.warning("the %s of %s was refused by its reader: a newer record of the slot landed first "
+                            "(%s); taking that one", what, key, adopted.get("version") if adopted else "none")
                 self._set(key, adopted)
 
     def refused(self, pipeline: str, model_name: str, slot: str) -> dict[str, Any] | None:

@@ -9,9 +9,9 @@ counted, as the services' table readers skip it (streamloop.kafka.table_reader):
 topic keeps every record forever, and one such record must not stop every ``streamloop models``
 command. A Schema Registry that does not answer is a :class:`RegistryError`, not a record's fault.
 
-With a verifier (given, or made from the store's signing keys), a deployment record that does not
-verify (streamloop.ml.deployment_signing) is left out the same way, as the services refuse it;
-every deployment record this client writes is signed.
+With a verifier (given, or made from the store's signing keys), a deployment record or tombstone
+that does not verify (streamloop.ml.deployment_signing) is left out the same way, as the services
+refuse it; every deployment record and tombstone this client writes is signed.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
@@ -30,7 +30,15 @@ from streamloop.errors import DependencyUnavailable
 from streamloop.kafka.configuration import KafkaSettings
 from streamloop.kafka.exceptions import kafka_error_of, unwrapped_kafka_exceptions
 from streamloop.ml.artifacts import ArtifactIdentity, ArtifactRef, ArtifactSigner, ArtifactStore
-from streamloop.ml.deployment_signing import SIGNATURE_FIELD, DeploymentVerifier, is_signed, sign_deployment
+from streamloop.ml.deployment_signing import (
+    RETIREMENT_HEADERS,
+    SIGNATURE_FIELD,
+    DeploymentVerifier,
+    is_signed,
+    retirement_stamp,
+    sign_deployment,
+    sign_retirement,
+)
 from streamloop.ml.exceptions import DeploymentRecordError, ModelError, RegistryError
 from streamloop.ml.registry import (
     CHAMPION,
@@ -72,6 +80,16 @@ class RawRecord:
     value: bytes | None
     partition: int
     offset: int
+    headers: list[tuple[str, bytes | None]] = field(default_factory=list)
+
+
+# A record ``RegistryClient`` writes: (topic role, key, value or None[, headers]); a tombstone of a
+# slot carries its signature in its headers.
+Output = tuple[Any, ...]
+
+
+def _signed_tombstone(raw: RawRecord) -> bool:
+    return any(name in RETIREMENT_HEADERS for name, _ in raw.headers)
 
 
 @dataclass(frozen=True)
@@ -118,7 +136,7 @@ def read_raw(kafka: KafkaSettings, topic: str, timeout_s: float = 30.0, *, tail:
                 if error is None and message.offset() < ends[message.partition()][1]:
                     key = message.key()
                     records.append(RawRecord(key.decode() if key is not None else None, message.value(),
-                                             message.partition(), message.offset()))
+                                             message.partition(), message.offset(), list(message.headers() or [])))
                 if error is not None or message.offset() >= ends[message.partition()][1] - 1:
                     pending.discard(message.partition())
         if pending:
@@ -239,10 +257,13 @@ class RegistryClient:
         verifier = self.verifier
         for raw, value in self._read_positioned("model_deployments"):
             key = raw.key
-            if value is not None and key is not None and verifier is not None and \
-                    not (accept_unsigned and not is_signed(value)):
+            if key is not None and verifier is not None and \
+                    not (accept_unsigned and not (is_signed(value) if value is not None else _signed_tombstone(raw))):
                 try:
-                    verifier.check(key, value, table.record(key))
+                    if value is None:
+                        verifier.check_retirement(key, raw.headers, table.record(key))
+                    else:
+                        verifier.check(key, value, table.record(key))
                 except DeploymentRecordError as exc:
                     log.warning("%s[%d]@%d is left out: %s", topic, raw.partition, raw.offset, exc)
                     self.skipped.append(SkippedRecord(topic, raw.partition, raw.offset, key, str(exc)))
@@ -331,7 +352,7 @@ class RegistryClient:
         old = champion["version"] if champion else None
         decision = decision_record(pipeline, model, kind, reason, decision_id=f"{version}:{kind.lower()}:manual:{now}",
                                    decided_at=now, from_version=old, to_version=version, automatic=False)
-        outputs: list[tuple[str, str, dict[str, Any] | None]] = [("model_decisions", model, decision)]
+        outputs: list[Output] = [("model_decisions", model, decision)]
         # In the publisher's order (Judge.promote): the old champion kept before the new one
         # serves, slots emptied last, so a stop between the records leaves what Judge.repair mends.
         if kind == "PROMOTE" and champion is not None:
@@ -354,13 +375,19 @@ class RegistryClient:
                     pipeline, model, "RETIRE", predecessor_replaced(champion["version"], version),
                     decision_id=f"{earlier['version']}:retire:manual:{now}", decided_at=now,
                     from_version=earlier["version"], automatic=False)))
-                outputs.append(("model_deployments", slot_key(pipeline, model, shadow_slot(earlier["version"])), None))
+                outputs.append(self._retirement(state, shadow_slot(earlier["version"]), now))
         found = state.table.find(pipeline, model, version)
         if found and found[0] != CHAMPION:
-            outputs.append(("model_deployments", slot_key(pipeline, model, found[0]), None))
+            outputs.append(self._retirement(state, found[0], now))
         self._unchanged_since(state, kind)
         self._produce(outputs)
         return decision
+
+    def _retirement(self, state: RegistryState, slot: str, now: int) -> Output:
+        """A signed tombstone retiring ``slot`` (in its headers: readers refuse one that is not signed)."""
+        key = slot_key(self.pipeline.name, self.model_name, slot)
+        return ("model_deployments", key, None,
+                sign_retirement(self._signing_key(), key, retirement_stamp(now, state.table.record(key))))
 
     def _unchanged_since(self, state: RegistryState, kind: str) -> None:
         """Refuse a change computed from slots that changed since they were read, as ``sign_again`` does.
@@ -428,7 +455,7 @@ class RegistryClient:
                 artifact = ref.to_record() if ref is not None else record["artifact"]
                 signed[slot] = (record, self._sign({**record, "artifact": artifact}))
         current = self.state(accept_unsigned=True).table.slots(pipeline, model) if signed else {}
-        outputs: list[tuple[str, str, dict[str, Any] | None]] = []
+        outputs: list[Output] = []
         for slot, (before, after) in signed.items():
             if current.get(slot) != before:
                 report.append(SlotSigning(slot, before["version"], signed=False,
@@ -440,12 +467,13 @@ class RegistryClient:
             self._produce(outputs)
         return sorted(report, key=lambda outcome: not outcome.signed)
 
-    def _produce(self, outputs: list[tuple[str, str, dict[str, Any] | None]]) -> None:
+    def _produce(self, outputs: list[Output]) -> None:
         try:
             # Every record encoded before any is produced: a Schema Registry that does not answer
             # leaves the registry as it was, not a decision without its deployment.
             encoded = [(self.catalog[role].name, key.encode(), None if value is None else
-                        self._serde_for(role).encode(value)) for role, key, value in outputs]
+                        self._serde_for(role).encode(value), list(headers[0]) if headers else None)
+                       for role, key, value, *headers in outputs]
         except DependencyUnavailable as exc:
             raise RegistryError(f"registry change not written: {exc}") from exc
         producer = Producer(self.kafka.producer())
@@ -457,8 +485,8 @@ class RegistryClient:
 
         try:
             with unwrapped_kafka_exceptions():
-                for topic, key, value in encoded:
-                    producer.produce(topic, key=key, value=value, on_delivery=on_delivery)
+                for topic, key, value, headers in encoded:
+                    producer.produce(topic, key=key, value=value, headers=headers, on_delivery=on_delivery)
                 remaining = producer.flush(30)
         except KafkaException as exc:  # the callers report a RegistryError in one line
             error = kafka_error_of(exc)

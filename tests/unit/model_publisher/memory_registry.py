@@ -12,7 +12,7 @@ from streamloop.contracts import PipelineSpec, load_catalog
 from streamloop.kafka.configuration import KafkaSettings
 from streamloop.kafka.records import OutgoingRecord
 from streamloop.ml.artifacts import ArtifactSigner
-from streamloop.ml.registry_client import RawRecord, RegistryClient
+from streamloop.ml.registry_client import Output, RawRecord, RegistryClient
 from tests.unit.model_publisher.factories import SIGNING_KEY, T0, candidate
 from tests.unit.model_publisher.test_publisher import TOPICS, Harness
 
@@ -21,8 +21,20 @@ ROLES = {TOPICS.model_deployments: "model_deployments", TOPICS.model_decisions: 
          TOPICS.model_candidates: "model_candidates"}
 
 
+class Entry(tuple):
+    """One record of a topic: ``(key, value)``, and its ``headers`` (a tombstone's signature) beside."""
+
+    headers: list[tuple[str, bytes]]
+
+    def __new__(cls, key: str | None, value: dict[str, Any] | None, headers: list | None = None) -> Entry:
+        entry = super().__new__(cls, (key, value))
+        entry.headers = list(headers or [])
+        return entry
+
+
 class InMemoryRegistry(RegistryClient):
-    """Reads back, in order, what it or the publisher wrote; nothing is compacted."""
+    """Reads back, in order, what it or the publisher wrote (headers too: a tombstone's signature); nothing
+    is compacted."""
 
     def __init__(self, pipeline: PipelineSpec, key: bytes = SIGNING_KEY) -> None:
         # The harness's key: it signs and verifies deployment records as the publisher does.
@@ -31,17 +43,18 @@ class InMemoryRegistry(RegistryClient):
         self.topics: dict[str, list[tuple[str | None, dict[str, Any] | None]]] = {role: [] for role in ROLES.values()}
 
     def _read_positioned(self, role: str) -> list[tuple[RawRecord, dict[str, Any] | None]]:
-        return [(RawRecord(key, None, 0, offset), value) for offset, (key, value) in enumerate(self.topics[role])]
+        return [(RawRecord(entry[0], None, 0, offset, list(getattr(entry, "headers", []))), entry[1])
+                for offset, entry in enumerate(self.topics[role])]
 
-    def _produce(self, outputs: list[tuple[str, str, dict[str, Any] | None]]) -> None:
-        for role, key, value in outputs:
-            self.topics[role].append((key, value))
+    def _produce(self, outputs: list[Output]) -> None:
+        for role, key, value, *headers in outputs:
+            self.topics[role].append(Entry(key, value, headers[0] if headers else None))
 
     def add(self, records: Iterable[OutgoingRecord]) -> InMemoryRegistry:
         """Append the publisher's (or a test's) records to the topics they were produced to."""
         for record in records:
             if record.topic in ROLES:
-                self.topics[ROLES[record.topic]].append((record.key, record.value))
+                self.topics[ROLES[record.topic]].append(Entry(record.key, record.value, record.headers))
         return self
 
     def add_candidate(self, candidate: dict[str, Any]) -> str:

@@ -127,6 +127,23 @@ def test_a_manual_promotion_retires_the_predecessor_the_last_one_kept_as_the_pub
     assert registry.rollback()["to_version"] == a
 
 
+def test_the_client_signs_its_retirements_and_leaves_out_an_unsigned_one(harness):
+    registry, first = bootstrapped(harness)
+    a, b = new_candidates(harness, registry, 2)
+    registry.promote(a)
+    registry.promote(b)  # retires the shadow of the first champion
+    key = f"card-fraud/fraud/shadow/{first}"
+    tombstones = [entry for entry in registry.topics["model_deployments"] if entry[1] is None]
+    assert [entry[0] for entry in tombstones] == [key]
+    kept = next(value for k, value in registry.topics["model_deployments"] if k == key)
+    DeploymentVerifier(harness.store.signer).check_retirement(key, tombstones[0].headers, kept)
+
+    registry.topics["model_deployments"].append((f"card-fraud/fraud/{CHAMPION}", None))  # by any writer
+    assert registry.champion()["version"] == b
+    assert "tombstone of card-fraud/fraud/champion (retiring " in registry.skipped[-1].why
+    assert registry.state(accept_unsigned=True).table.champion("card-fraud", "fraud") is None
+
+
 def canary_short_of_its_verdict(tmp_path, demo_pipeline) -> tuple[Harness, str, str, str]:
     """``test_publisher.canary_on_trial``, its canary ten served events short of its verdict."""
     harness, first, second, third = canary_on_trial(demo_pipeline, tmp_path)

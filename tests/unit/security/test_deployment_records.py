@@ -17,9 +17,14 @@ from streamloop.contracts.schemas import AvroSchema
 from streamloop.kafka import KafkaSettings
 from streamloop.kafka.table_reader import CompactedTopicReader
 from streamloop.ml.artifacts import ArtifactSigner
-from streamloop.ml.deployment_signing import DeploymentVerifier, sign_deployment
+from streamloop.ml.deployment_signing import (
+    RETIRED_AT_HEADER,
+    DeploymentVerifier,
+    sign_deployment,
+    sign_retirement,
+)
 from streamloop.ml.exceptions import DeploymentRecordError
-from streamloop.ml.registry import CHAMPION, DeploymentTable, deployment_record, slot_key
+from streamloop.ml.registry import CHAMPION, DeploymentTable, deployment_record, millis, slot_key
 from streamloop.ml.settings import ArtifactSettings
 from streamloop.serde import make_serde
 from streamloop.serde.single_object import SingleObjectSerde
@@ -230,3 +235,105 @@ def test_a_publisher_write_a_concurrent_newer_write_beat_is_dropped_and_the_publ
     v4 = sign_deployment(SIGNER, champion("v4", T0 + 200))
     publisher_reader._apply([message(catalog, 3, v4)])
     assert publisher_table.record(KEY)["version"] == "v4"
+
+
+# -- tombstones: a retirement is signed in the tombstone's headers ------------------------------
+
+
+def tombstone(catalog, offset: int, headers: list | None = None, key: str = KEY) -> Message:
+    return Message(topic="dep", partition=0, offset=offset, key=key.encode(), value=None, headers=headers)
+
+
+def test_a_tombstone_retires_a_slot_only_if_signed_for_that_slot_and_not_before_its_record():
+    verifier = DeploymentVerifier(SIGNER)
+    current = sign_deployment(SIGNER, champion("v2", T0 + 10))
+    verifier.check_retirement(KEY, sign_retirement(SIGNER, KEY, T0 + 10), current)
+    verifier.check_retirement(KEY, [], None)  # a slot already empty: it retires nothing
+    with pytest.raises(DeploymentRecordError, match="unsigned.*STREAMLOOP_ARTIFACT_ACCEPT_UNSIGNED_DEPLOYMENTS"):
+        verifier.check_retirement(KEY, [], current)
+    DeploymentVerifier(SIGNER, accept_unsigned=True).check_retirement(KEY, [], current)
+    shadow_key = slot_key("card-fraud", "fraud", "shadow/v1")
+    altered = {
+        "another slot's": sign_retirement(SIGNER, shadow_key, T0 + 20),
+        "a later retired_at": [(RETIRED_AT_HEADER, str(T0 + 99).encode()),
+                               *sign_retirement(SIGNER, KEY, T0 + 20)[1:]],
+        "a foreign key's": sign_retirement(ArtifactSigner({"default": b"an-attackers-key-0123456789abcdef"},
+                                                          "default"), KEY, T0 + 20),
+    }
+    for headers in altered.values():
+        with pytest.raises(DeploymentRecordError, match="does not verify"):
+            verifier.check_retirement(KEY, headers, current)
+        with pytest.raises(DeploymentRecordError, match="does not verify"):  # the setting admits no forgery
+            DeploymentVerifier(SIGNER, accept_unsigned=True).check_retirement(KEY, headers, current)
+    with pytest.raises(DeploymentRecordError, match="unknown key 'k2'"):
+        verifier.check_retirement(KEY, sign_retirement(ArtifactSigner({"k2": SIGNING_KEY}, "k2"), KEY, T0 + 20),
+                                  current)
+    with pytest.raises(DeploymentRecordError, match="retired_at"):
+        verifier.check_retirement(KEY, [h for h in sign_retirement(SIGNER, KEY, T0 + 20)
+                                        if h[0] != RETIRED_AT_HEADER], current)
+    with pytest.raises(DeploymentRecordError, match=r"older than the record it would retire \(v2.*a replayed"):
+        verifier.check_retirement(KEY, sign_retirement(SIGNER, KEY, T0 + 9), current)
+
+
+def test_the_reader_keeps_the_champion_over_a_tombstone_that_is_unsigned_or_replayed(catalog, caplog):
+    metrics = ServiceMetrics("online-scorer")
+    try:
+        reader, changes = reader_of(catalog, metrics)
+        v1 = sign_deployment(SIGNER, champion("v1", T0))
+        reader._apply([message(catalog, 0, v1)])
+        with caplog.at_level("WARNING", logger="streamloop.kafka.table_reader"):
+            reader._apply([tombstone(catalog, 1)])  # anyone who can write the topic
+        assert reader.get(KEY)["version"] == "v1" and changes == [(KEY, "v1")], "the champion keeps serving"
+        assert "dep[0]@1 is not applied (key 'card-fraud/fraud/champion' keeps its previous value): " \
+               "tombstone of card-fraud/fraud/champion (retiring v1" in caplog.text
+        retired_v1 = sign_retirement(SIGNER, KEY, T0 + 5)
+        reader._apply([tombstone(catalog, 2, retired_v1)])
+        assert reader.get(KEY) is None and changes[-1] == (KEY, None), "a signed retirement retires"
+        v2 = sign_deployment(SIGNER, champion("v2", T0 + 10))
+        reader._apply([message(catalog, 3, v2), tombstone(catalog, 4, retired_v1)])  # the old one replayed
+        assert reader.get(KEY)["version"] == "v2" and changes[-1] == (KEY, "v2")
+        assert reader.stats.unverified == 2 == sample_value(
+            generate_latest(metrics.registry).decode(), "streamloop_table_unverified_records_total",
+            service="online-scorer", topic="dep")
+    finally:
+        metrics.shutdown()
+
+
+def test_a_reader_without_verify_applies_every_tombstone(catalog):
+    serde = make_serde(catalog["model_deployments"].schema, catalog.repository, "model_deployments")
+    reader = CompactedTopicReader(KafkaSettings(), "dep", serde)
+    reader._apply([message(catalog, 0, champion("v1", T0)), tombstone(catalog, 1)])
+    assert reader.get(KEY) is None and reader.stats.unverified == 0
+
+
+def test_every_retirement_the_publisher_writes_verifies_and_is_stamped_after_the_slots_record(harness):
+    first = harness.bootstrap()
+    harness.shadow(parent=first)
+    slot = next(s for s in harness.processor.table.slots("card-fraud", "fraud") if s != CHAMPION)
+    key = slot_key("card-fraud", "fraud", slot)
+    record = harness.slot(slot)
+    harness.now = T0 - 60_000  # a clock behind the slot's record
+    retirement = harness.processor.writer.retire(slot)
+    assert retirement.value is None and harness.slot(slot) is None
+    DeploymentVerifier(harness.store.signer).check_retirement(key, retirement.headers, record)
+    assert dict(retirement.headers)[RETIRED_AT_HEADER] == str(millis(record["deployed_at"]) + 1).encode()
+
+
+def test_a_publisher_retirement_a_concurrent_newer_write_beat_is_dropped_and_the_slot_kept(catalog):
+    v1 = sign_deployment(SIGNER, champion("v1", T0))
+    publisher_table = DeploymentTable()
+    publisher_reader, _ = reader_of(catalog, table=publisher_table)
+    publisher_reader._apply([message(catalog, 0, v1)])
+    # The publisher retires the slot at T0+100, while an operator's record stamped T0+150 lands first.
+    publisher_table.write(KEY, None)
+    v3 = sign_deployment(SIGNER, champion("v3", T0 + 150))
+    publisher_reader._apply([message(catalog, 1, v3)])
+    assert publisher_table.record(KEY) is None, "its own retirement, pending its echo"
+    publisher_reader._apply([tombstone(catalog, 2, sign_retirement(SIGNER, KEY, T0 + 100))])
+    assert publisher_reader.get(KEY)["version"] == "v3", "refused: older than the slot's record"
+    assert publisher_table.record(KEY)["version"] == "v3", "the publisher judges what the scorers serve"
+    assert publisher_table.refused("card-fraud", "fraud", CHAMPION) is None, "the slot's record stays in place"
+    # Its own retirement when it lands first still retires, end to end.
+    publisher_table.write(KEY, None)
+    publisher_reader._apply([tombstone(catalog, 3, sign_retirement(SIGNER, KEY, T0 + 200))])
+    assert publisher_table.record(KEY) is None and publisher_reader.get(KEY) is None
