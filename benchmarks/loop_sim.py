@@ -9,7 +9,7 @@ What runs is the real decision code of three services, fed the records they woul
   continuing to learn from every label, published every ``online_publish_every_labels`` labels
   or ``online_publish_every``) and a fresh model rebuilt on the last ``rebuild_window`` labels
   on a drift event;
-- ``services.model_publisher.processor.PublisherProcessor``: candidates deployed as shadows, judged
+- ``services.model_publisher.publisher.PublisherProcessor``: candidates deployed as shadows, judged
   on the same live labels as the champion (paired test), promoted, refused or rolled back.
 
 What is simulated: the topics (in-memory lists with offsets), the scorer (champion and shadows

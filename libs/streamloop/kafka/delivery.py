@@ -61,10 +61,10 @@ class Delivery(ResendWindow, RefusedRecords):
         self._producer_config = kafka.producer(error_cb=self._on_client_error, **producer_overrides)
         self._producer_fatal = False
         # (monotonic time acknowledged, the record as produced), oldest first: the candidates for a
-        # re-send, no older than the resend_window_s before the newest (_forget_acknowledged).
+        # re-send, no older than the resend_window_s before the newest (_forget_acknowledged, resend_window.py).
         self._acknowledged: deque[tuple[float, Encoded]] = deque()
         # Monotonic time of the first sign since the last acknowledgement that the broker went away
-        # (BROKER_UNREACHABLE, or the fatal error itself): the re-send window ends there.
+        # (BROKER_UNREACHABLE, resend_window.py, or the fatal error itself): the re-send window ends there.
         self._gone_at: float | None = None
         # The topic last produced to: what fatal_producer_error_of asks the producer about.
         self._last_topic: str | None = None
