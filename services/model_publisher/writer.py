@@ -30,6 +30,9 @@ class RegistryWriter:
         self.alerts_topic = alerts_topic
         self.clock = clock
         self.model_name = pipeline.model.name
+        # When this writer last retired each slot: the slot's next record is stamped after it, or a
+        # replay of that signed retirement (a re-send, say) would pass as retiring the next record.
+        self._retired_at: dict[str, int] = {}
 
     def deploy(self, slot: str, version: str, artifact: dict[str, Any], *, previous_version: str | None = None,
                decision_id: str | None = None) -> OutgoingRecord:
@@ -37,7 +40,8 @@ class RegistryWriter:
         key = slot_key(self.pipeline.name, self.model_name, slot)
         replaced = self.table.slot(self.pipeline.name, self.model_name, slot)
         # A clock behind the slot's record (another host's, or stepped back) would make readers refuse this one.
-        deployed_at = max(self.clock(), millis(replaced["deployed_at"]) + 1 if replaced else 0)
+        deployed_at = max(self.clock(), millis(replaced["deployed_at"]) + 1 if replaced else 0,
+                          self._retired_at.get(key, -1) + 1)
         record = sign_deployment(self.signer, deployment_record(
             self.pipeline.name, self.model_name, slot, version, artifact, deployed_at=deployed_at,
             canary_weight=weight, previous_version=previous_version, decision_id=decision_id))
@@ -47,6 +51,7 @@ class RegistryWriter:
     def retire(self, slot: str) -> OutgoingRecord:
         key = slot_key(self.pipeline.name, self.model_name, slot)
         retired_at = retirement_stamp(self.clock(), self.table.record(key))
+        self._retired_at[key] = retired_at
         self.table.write(key, None)
         return OutgoingRecord(self.deployments_topic, key, None,
                               headers=sign_retirement(self.signer, key, retired_at))

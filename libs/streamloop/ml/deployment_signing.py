@@ -158,10 +158,12 @@ class DeploymentVerifier:
         if not self.signer.message_verifies(retirement_message(key, retired_at), signature, key_id):
             raise DeploymentRecordError(f"tombstone of {key} does not verify: altered (its key or retired_at), or "
                                         "signed by another key of that id")
-        if retired_at < millis(current.get("deployed_at")):
+        # Every writer stamps a retirement after the record it retires (retirement_stamp), so one no later
+        # than the slot's record retired an earlier one: replayed, it would retire the slot's next record.
+        if retired_at <= millis(current.get("deployed_at")):
             raise DeploymentRecordError(
-                f"tombstone of {key} (retired_at {retired_at}) is older than the record it would retire ({held}): "
-                "a replayed retirement")
+                f"tombstone of {key} (retired_at {retired_at}) is no later than the record it would retire "
+                f"({held}): a replayed retirement")
 
     def __call__(self, key: str, record: Mapping[str, Any] | None, current: Mapping[str, Any] | None,
                  headers: Headers | None = None) -> None:

@@ -24,7 +24,7 @@ from streamloop.ml.deployment_signing import (
     sign_retirement,
 )
 from streamloop.ml.exceptions import DeploymentRecordError
-from streamloop.ml.registry import CHAMPION, DeploymentTable, deployment_record, millis, slot_key
+from streamloop.ml.registry import CANARY, CHAMPION, DeploymentTable, deployment_record, millis, slot_key
 from streamloop.ml.settings import ArtifactSettings
 from streamloop.serde import make_serde
 from streamloop.serde.single_object import SingleObjectSerde
@@ -247,7 +247,7 @@ def tombstone(catalog, offset: int, headers: list | None = None, key: str = KEY)
 def test_a_tombstone_retires_a_slot_only_if_signed_for_that_slot_and_not_before_its_record():
     verifier = DeploymentVerifier(SIGNER)
     current = sign_deployment(SIGNER, champion("v2", T0 + 10))
-    verifier.check_retirement(KEY, sign_retirement(SIGNER, KEY, T0 + 10), current)
+    verifier.check_retirement(KEY, sign_retirement(SIGNER, KEY, T0 + 11), current)  # stamped after it, as writers do
     verifier.check_retirement(KEY, [], None)  # a slot already empty: it retires nothing
     with pytest.raises(DeploymentRecordError, match="unsigned.*STREAMLOOP_ARTIFACT_ACCEPT_UNSIGNED_DEPLOYMENTS"):
         verifier.check_retirement(KEY, [], current)
@@ -271,8 +271,10 @@ def test_a_tombstone_retires_a_slot_only_if_signed_for_that_slot_and_not_before_
     with pytest.raises(DeploymentRecordError, match="retired_at"):
         verifier.check_retirement(KEY, [h for h in sign_retirement(SIGNER, KEY, T0 + 20)
                                         if h[0] != RETIRED_AT_HEADER], current)
-    with pytest.raises(DeploymentRecordError, match=r"older than the record it would retire \(v2.*a replayed"):
+    with pytest.raises(DeploymentRecordError, match=r"no later than the record it would retire \(v2.*a replayed"):
         verifier.check_retirement(KEY, sign_retirement(SIGNER, KEY, T0 + 9), current)
+    with pytest.raises(DeploymentRecordError, match="a replayed retirement"):  # stamped as the record: retired another
+        verifier.check_retirement(KEY, sign_retirement(SIGNER, KEY, T0 + 10), current)
 
 
 def test_the_reader_keeps_the_champion_over_a_tombstone_that_is_unsigned_or_replayed(catalog, caplog):
@@ -337,3 +339,31 @@ def test_a_publisher_retirement_a_concurrent_newer_write_beat_is_dropped_and_the
     publisher_table.write(KEY, None)
     publisher_reader._apply([tombstone(catalog, 3, sign_retirement(SIGNER, KEY, T0 + 200))])
     assert publisher_table.record(KEY) is None and publisher_reader.get(KEY) is None
+
+
+@pytest.mark.parametrize("retired_record_at, retired_at, next_at", [
+    (T0, T0 + 5_000, T0 + 5_000),  # one judging pass: the canary retired, the next canary deployed, one clock value
+    (T0 + 60_000, T0, T0 + 1_000),  # the retired record stamped ahead of the publisher's clock (another host's)
+])
+def test_a_replayed_retirement_does_not_retire_the_slot_s_next_record(catalog, harness, retired_record_at,
+                                                                       retired_at, next_at):
+    """The publisher's next record of a slot it had retired was stamped from its clock alone, and a
+    retirement as late as the record it retires passed: a signed retirement re-sent (or replayed)
+    after the slot's next record retired that one at every reader. Found by a review of the change."""
+    key = slot_key("card-fraud", "fraud", CANARY)
+    writer = harness.processor.writer
+    first = sign_deployment(SIGNER, deployment_record("card-fraud", "fraud", CANARY, "v2", ARTIFACT,
+                                                      deployed_at=retired_record_at, previous_version="v0",
+                                                      decision_id="v2:canary"))
+    harness.table.apply(key, first)
+    harness.now = retired_at
+    retirement = writer.retire(CANARY)
+    harness.now = next_at
+    following = writer.deploy(CANARY, "v3", ARTIFACT, previous_version="v1", decision_id="v3:canary")
+    assert millis(following.value["deployed_at"]) > int(dict(retirement.headers)[RETIRED_AT_HEADER])
+    reader, _changes = reader_of(catalog)
+    reader._apply([message(catalog, 0, first, key=key), tombstone(catalog, 1, retirement.headers, key=key),
+                   message(catalog, 2, following.value, key=key)])
+    assert reader.get(key)["version"] == "v3"
+    reader._apply([tombstone(catalog, 3, retirement.headers, key=key)])  # the same signed retirement again
+    assert reader.get(key)["version"] == "v3", "the replayed retirement is refused"
