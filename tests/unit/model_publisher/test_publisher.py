@@ -10,6 +10,7 @@ import pytest
 
 from services.model_publisher.judging import JudgingPolicy
 from services.model_publisher.publisher import PublisherPolicy, PublisherProcessor, PublisherTopics
+from services.model_publisher.recovery import LoggedDecisions
 from streamloop.contracts.pipeline import PipelineSpec
 from streamloop.kafka.records import OutgoingRecord, ProcessResult
 from streamloop.ml.registry import (
@@ -470,11 +471,20 @@ def replayed_table(records: list[OutgoingRecord]) -> DeploymentTable:
     return table
 
 
+def restarted_harness(harness: Harness, landed: list[OutgoingRecord], root: Path,
+                      logged: LoggedDecisions | None = None) -> Harness:
+    """A publisher restarted on the registry those records make, on ``harness``'s artifact store, with
+    ``logged`` read back from the decisions topic when given; not yet ticked."""
+    restarted = Harness(harness.spec, root, table=replayed_table(landed))
+    restarted.store = restarted.processor.store = harness.store
+    if logged is not None:
+        restarted.processor.recall_decisions(logged)
+    return restarted
+
+
 def restarted_on(harness: Harness, landed: list[OutgoingRecord], tmp_path: Path) -> tuple[Harness, list[dict]]:
     """A publisher restarted on the registry those records make; its start-up decisions."""
-    restarted = Harness(harness.spec, tmp_path, table=replayed_table(landed))
-    restarted.store = harness.store
-    restarted.processor.store = harness.store
+    restarted = restarted_harness(harness, landed, tmp_path)
     start = restarted.processor.tick(harness.now)
     restarted.written += start.outputs
     return restarted, decisions(start)

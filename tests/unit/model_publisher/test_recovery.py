@@ -26,7 +26,7 @@ from tests.unit.model_publisher.test_publisher import (
     decisions,
     examples,
     promote,
-    replayed_table,
+    restarted_harness,
 )
 
 
@@ -39,11 +39,9 @@ def restarts_at_every_pair_of_cuts(harness: Harness, before: list[OutgoingRecord
     logged_before = [o.value for o in before if o.topic == "dec"]
     for d in range(len(batch_decisions) + 1):
         for k in range(len(batch_deployments) + 1):
-            restarted = Harness(harness.spec, tmp_path / f"cut-{d}-{k}",
-                                table=replayed_table(before + batch_deployments[:k]))
-            restarted.store = restarted.processor.store = harness.store
             logged = logged_before + [o.value for o in batch_decisions[:d]]
-            restarted.processor.recall_decisions(LoggedDecisions(logged))
+            restarted = restarted_harness(harness, before + batch_deployments[:k], tmp_path / f"cut-{d}-{k}",
+                                          LoggedDecisions(logged))
             start = restarted.processor.tick(harness.now)
             restarted.written += start.outputs
             assert_consistent(restarted)
@@ -135,9 +133,8 @@ def test_a_candidate_registered_again_by_the_replay_is_not_logged_twice(harness,
     record = candidate(harness.spec, harness.store, parent=champion, created_ms=harness.now)
     registration = harness.feed("cand", [record]).outputs
     assert [o.value["kind"] for o in registration if o.topic == "dec"] == ["REGISTER", "SHADOW"]
-    restarted = Harness(harness.spec, tmp_path / "restarted", table=replayed_table(before))
-    restarted.store = restarted.processor.store = harness.store
-    restarted.processor.recall_decisions(LoggedDecisions([o.value for o in before + registration if o.topic == "dec"]))
+    restarted = restarted_harness(harness, before, tmp_path / "restarted",
+                                  LoggedDecisions([o.value for o in before + registration if o.topic == "dec"]))
     assert restarted.processor.tick(harness.now).outputs == []
     replay = restarted.feed("cand", [record])
     assert [o.topic for o in replay.outputs] == ["dep"]
@@ -150,9 +147,8 @@ def test_a_candidate_registered_again_by_the_replay_is_not_logged_twice(harness,
 def restart_on_the_registry(harness: Harness, registry: InMemoryRegistry, root: Path) -> tuple[Harness, list]:
     """The publisher restarted on everything ``registry`` holds, its whole decision log read back."""
     dep = [OutgoingRecord("dep", k, v) for k, v in registry.topics["model_deployments"]]
-    restarted = Harness(harness.spec, root, table=replayed_table(dep))
-    restarted.store = restarted.processor.store = harness.store
-    restarted.processor.recall_decisions(LoggedDecisions([v for _k, v in registry.topics["model_decisions"]]))
+    restarted = restarted_harness(harness, dep, root,
+                                  LoggedDecisions([v for _k, v in registry.topics["model_decisions"]]))
     return restarted, restarted.processor.tick(harness.now + 1).outputs
 
 
@@ -267,9 +263,7 @@ def test_a_tail_filled_by_other_models_decisions_says_where_it_begins(harness, t
                "decided_at": harness.now + 1 + i} for i in range(5)]
     logged = LoggedDecisions.of_tail(others, 0, "card-fraud", "fraud", size=5)
     assert (logged.decisions, logged.whole, logged.since_ms()) == ([], False, harness.now + 1)
-    restarted = Harness(harness.spec, tmp_path / "r", table=replayed_table(dep))
-    restarted.store = restarted.processor.store = harness.store
-    restarted.processor.recall_decisions(logged)
+    restarted = restarted_harness(harness, dep, tmp_path / "r", logged)
     assert decisions(restarted.processor.tick(harness.now + 10)) == [], "logged before the tail: nothing written"
     # A tail short of its size is the whole topic, unless records of it could not be decoded.
     assert LoggedDecisions.of_tail(others[:4], 0, "card-fraud", "fraud", size=5).whole
