@@ -58,8 +58,9 @@ class Table:
         self.changelog_topic = Changelog()
 
 
-@pytest.fixture
-def collector(monkeypatch: pytest.MonkeyPatch) -> Any:
+def faust_collector(monkeypatch: pytest.MonkeyPatch, *, size_checked: bool = False) -> Any:
+    """The faust runtime's Collector over a fake table, offline; ``size_checked``: its store refuses
+    entries larger than the producer takes (KAFKA_MESSAGE_MAX_BYTES), as the service's does."""
     from services.ground_truth_collector.app import Collector
 
     monkeypatch.setenv("STREAMLOOP_PIPELINE", str(DEMO_SPEC))
@@ -67,8 +68,13 @@ def collector(monkeypatch: pytest.MonkeyPatch) -> Any:
     settings = CollectorSettings()
     telemetry = configure_telemetry(settings.telemetry.for_service(SERVICE), install_global=False)
     built = Collector(ServiceContext.load(SERVICE, settings.common), settings, telemetry)
-    built.state = TableStore(Table())
+    built.state = TableStore(Table(), max_bytes=settings.common.kafka.message_max_bytes if size_checked else None)
     return built
+
+
+@pytest.fixture
+def collector(monkeypatch: pytest.MonkeyPatch) -> Any:
+    return faust_collector(monkeypatch)
 
 
 class Topic:

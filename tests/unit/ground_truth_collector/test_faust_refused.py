@@ -14,27 +14,23 @@ from faust.types import TP
 
 from services.ground_truth_collector.entries import Kind, SourceRef
 from services.ground_truth_collector.routing import RESUME, TICK, control_headers, keyed_headers
-from services.ground_truth_collector.settings import SERVICE, CollectorSettings
 from services.ground_truth_collector.state import TableStore
 from streamloop.kafka import dead_letters
-from streamloop.service.context import ServiceContext
-from streamloop.telemetry import configure_telemetry
-from tests.conftest import DEMO_SPEC
 from tests.unit.ground_truth_collector.factory import PIPELINE
-from tests.unit.ground_truth_collector.test_faust_rebalance import T0, Stream, Table, Topic, Worker, settled
+from tests.unit.ground_truth_collector.test_faust_rebalance import (
+    T0,
+    Stream,
+    Table,
+    Topic,
+    Worker,
+    faust_collector,
+    settled,
+)
 
 
 @pytest.fixture
 def collector(monkeypatch: pytest.MonkeyPatch) -> Any:
-    from services.ground_truth_collector.app import Collector
-
-    monkeypatch.setenv("STREAMLOOP_PIPELINE", str(DEMO_SPEC))
-    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:1")  # nothing is contacted
-    settings = CollectorSettings()
-    telemetry = configure_telemetry(settings.telemetry.for_service(SERVICE), install_global=False)
-    built = Collector(ServiceContext.load(SERVICE, settings.common), settings, telemetry)
-    built.state = TableStore(Table(), max_bytes=settings.common.kafka.message_max_bytes)
-    return built
+    return faust_collector(monkeypatch, size_checked=True)
 
 
 def too_large() -> ProducerSendError:
