@@ -27,7 +27,6 @@ from streamloop.cli.connection import (
     json_default,
     reachable_admin,
 )
-from streamloop.ml.artifacts import ArtifactStore
 from streamloop.ml.exceptions import ModelError, SigningKeyError
 from streamloop.ml.registry_client import RegistryClient
 from streamloop.ml.settings import ArtifactSettings
@@ -58,10 +57,6 @@ def artifact_settings(data_dir: Path) -> ArtifactSettings:
     return settings
 
 
-def artifact_store(data_dir: Path) -> ArtifactStore:
-    return artifact_settings(data_dir).artifact_store()
-
-
 def _verifying_settings(conn: Connection, data_dir: Path) -> ArtifactSettings:
     state = read_state(data_dir)
     if state is not None and conn.bootstrap_servers == state.get("bootstrap_servers"):
@@ -81,10 +76,9 @@ def _registry(pipeline: Path | None, data_dir: Path, bootstrap_servers: str | No
     store = settings.artifact_store() if verify else None
     try:
         # Deployment records are verified as the services verify them; listing without a key shows them unverified.
+        # (With ``verify``, a missing key was raised by the store above.)
         verifier = settings.deployment_verifier()
     except SigningKeyError:
-        if verify:
-            raise
         verifier = None
     return RegistryClient(conn.pipeline, conn.catalog, conn.kafka_settings(),
                           serde_for=lambda role: conn.serde(conn.catalog[role]), store=store, verifier=verifier)
