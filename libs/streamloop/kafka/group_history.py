@@ -26,7 +26,7 @@ from typing import TypeVar
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from streamloop.kafka.configuration import KafkaSettings
-from streamloop.kafka.exceptions import KafkaRuntimeError
+from streamloop.kafka.exceptions import KafkaRuntimeError, kafka_error_of
 from streamloop.kafka.records import ConsumedRecord
 from streamloop.serde import Serde, SerdeError
 
@@ -227,9 +227,8 @@ class GroupHistory:
             try:
                 return call(max(wait, 0.0))
             except KafkaException as exc:
-                error = exc.args[0] if exc.args else None
-                if not isinstance(error, KafkaError) or error.code() not in UNANSWERED \
-                        or time.monotonic() >= deadline:
+                error = kafka_error_of(exc)
+                if error is None or error.code() not in UNANSWERED or time.monotonic() >= deadline:
                     raise
             slice_s = min(2 * slice_s, CALL_SLICE_MAX_S)
             # Unanswered sooner than asked (not librdkafka's way, but no busy loop if it were).
