@@ -15,8 +15,8 @@ from typing import Any
 from streamloop.contracts.pipeline import PipelineSpec
 from streamloop.kafka.records import OutgoingRecord
 from streamloop.ml.artifacts import ArtifactSigner
-from streamloop.ml.deployment_signing import retirement_stamp, sign_deployment, sign_retirement
-from streamloop.ml.registry import CANARY, DeploymentTable, decision_record, deployment_record, millis, slot_key
+from streamloop.ml.deployment_signing import sign_deployment, sign_retirement, stamp_after
+from streamloop.ml.registry import CANARY, DeploymentTable, decision_record, deployment_record, slot_key
 
 
 class RegistryWriter:
@@ -40,8 +40,7 @@ class RegistryWriter:
         key = slot_key(self.pipeline.name, self.model_name, slot)
         replaced = self.table.slot(self.pipeline.name, self.model_name, slot)
         # A clock behind the slot's record (another host's, or stepped back) would make readers refuse this one.
-        deployed_at = max(self.clock(), millis(replaced["deployed_at"]) + 1 if replaced else 0,
-                          self._retired_at.get(key, -1) + 1)
+        deployed_at = max(stamp_after(self.clock(), replaced), self._retired_at.get(key, -1) + 1)
         record = sign_deployment(self.signer, deployment_record(
             self.pipeline.name, self.model_name, slot, version, artifact, deployed_at=deployed_at,
             canary_weight=weight, previous_version=previous_version, decision_id=decision_id))
@@ -50,7 +49,7 @@ class RegistryWriter:
 
     def retire(self, slot: str) -> OutgoingRecord:
         key = slot_key(self.pipeline.name, self.model_name, slot)
-        retired_at = retirement_stamp(self.clock(), self.table.record(key))
+        retired_at = stamp_after(self.clock(), self.table.record(key))
         self._retired_at[key] = retired_at
         self.table.write(key, None)
         return OutgoingRecord(self.deployments_topic, key, None,

@@ -86,10 +86,11 @@ def sign_retirement(signer: ArtifactSigner, key: str, retired_at: int,
             (RETIREMENT_SIGNATURE_HEADER, signer.sign_message(retirement_message(key, retired_at), key_id).encode())]
 
 
-def retirement_stamp(now: int, retired: Mapping[str, Any] | None) -> int:
-    """When a writer retires a slot holding ``retired``: never before that record, which readers
-    would take for a replayed retirement, whatever the writer's clock."""
-    return max(now, millis(retired["deployed_at"]) + 1 if retired else 0)
+def stamp_after(now: int, *records: Mapping[str, Any] | None) -> int:
+    """When a writer stamps a deployment record or a retirement that replaces ``records`` (None: an
+    empty slot): ``now``, but after each of them whatever the writer's clock, as readers refuse a
+    record or a retirement no later than the one it replaces as a replay."""
+    return max([now] + [millis(record["deployed_at"]) + 1 for record in records if record])
 
 
 def _header(headers: Headers | None, name: str) -> str | None:
@@ -158,7 +159,7 @@ class DeploymentVerifier:
         if not self.signer.message_verifies(retirement_message(key, retired_at), signature, key_id):
             raise DeploymentRecordError(f"tombstone of {key} does not verify: altered (its key or retired_at), or "
                                         "signed by another key of that id")
-        # Every writer stamps a retirement after the record it retires (retirement_stamp), so one no later
+        # Every writer stamps a retirement after the record it retires (stamp_after), so one no later
         # than the slot's record retired an earlier one: replayed, it would retire the slot's next record.
         if retired_at <= millis(current.get("deployed_at")):
             raise DeploymentRecordError(

@@ -35,9 +35,9 @@ from streamloop.ml.deployment_signing import (
     SIGNATURE_FIELD,
     DeploymentVerifier,
     is_signed,
-    retirement_stamp,
     sign_deployment,
     sign_retirement,
+    stamp_after,
 )
 from streamloop.ml.exceptions import DeploymentRecordError, ModelError, RegistryError
 from streamloop.ml.registry import (
@@ -348,7 +348,7 @@ class RegistryClient:
         now = int(time.time() * 1000)
         pipeline, model = self.pipeline.name, self.model_name
         # Never stamped before a slot's record: readers refuse an older one as a replay (this host's clock may lag).
-        stamp = max([now] + [millis(r.get("deployed_at")) + 1 for r in state.table.slots(pipeline, model).values()])
+        stamp = stamp_after(now, *state.table.slots(pipeline, model).values())
         old = champion["version"] if champion else None
         decision = decision_record(pipeline, model, kind, reason, decision_id=f"{version}:{kind.lower()}:manual:{now}",
                                    decided_at=now, from_version=old, to_version=version, automatic=False)
@@ -387,7 +387,7 @@ class RegistryClient:
         """A signed tombstone retiring ``slot`` (in its headers: readers refuse one that is not signed)."""
         key = slot_key(self.pipeline.name, self.model_name, slot)
         return ("model_deployments", key, None,
-                sign_retirement(self._signing_key(), key, retirement_stamp(now, state.table.record(key))))
+                sign_retirement(self._signing_key(), key, stamp_after(now, state.table.record(key))))
 
     def _unchanged_since(self, state: RegistryState, kind: str) -> None:
         """Refuse a change computed from slots that changed since they were read, as ``sign_again`` does.
