@@ -166,13 +166,18 @@ class DeploymentVerifier:
                 f"tombstone of {key} (retired_at {retired_at}) is no later than the record it would retire "
                 f"({held}): a replayed retirement")
 
+    def verify(self, key: str, record: Mapping[str, Any] | None, current: Mapping[str, Any] | None,
+               headers: Headers | None = None) -> None:
+        """Refuse a record or, ``record`` None, a tombstone (checked by its ``headers``) read under ``key``."""
+        if record is None:
+            self.check_retirement(key, headers, current)
+        else:
+            self.check(key, record, current)
+
     def __call__(self, key: str, record: Mapping[str, Any] | None, current: Mapping[str, Any] | None,
                  headers: Headers | None = None) -> None:
-        """``CompactedTopicReader``'s ``verify``: ``record`` None is a tombstone, checked by its ``headers``."""
+        """``CompactedTopicReader``'s ``verify``: :meth:`verify`, its refusal as ``RecordUnverified``."""
         try:
-            if record is None:
-                self.check_retirement(key, headers, current)
-            else:
-                self.check(key, record, current)
+            self.verify(key, record, current, headers)
         except DeploymentRecordError as exc:
             raise RecordUnverified(str(exc)) from exc

@@ -260,10 +260,7 @@ class RegistryClient:
             if key is not None and verifier is not None and \
                     not (accept_unsigned and not (is_signed(value) if value is not None else _signed_tombstone(raw))):
                 try:
-                    if value is None:
-                        verifier.check_retirement(key, raw.headers, table.record(key))
-                    else:
-                        verifier.check(key, value, table.record(key))
+                    verifier.verify(key, value, table.record(key), raw.headers)
                 except DeploymentRecordError as exc:
                     log.warning("%s[%d]@%d is left out: %s", topic, raw.partition, raw.offset, exc)
                     self.skipped.append(SkippedRecord(topic, raw.partition, raw.offset, key, str(exc)))
