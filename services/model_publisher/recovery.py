@@ -66,9 +66,9 @@ class LoggedDecisions:
     """This model's decisions at the end of the decisions topic, oldest first, as read back at start-up."""
 
     decisions: list[dict[str, Any]] = field(default_factory=list)
-    whole: bool = True  # the tail read is the whole topic
-    # The oldest decision of the tail read, every model's: where the decisions read begin.
-    read_since_ms: int | None = None
+    # Where the decisions read begin (the oldest of the tail, every model's): slots deployed before
+    # it are taken as logged, the decisions of their time not read. None: the whole topic was read.
+    since_ms: int | None = None
     ids: set[str] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -86,16 +86,7 @@ class LoggedDecisions:
         """
         mine = [d for d in tail if d.get("pipeline") == pipeline and d.get("model_name") == model_name]
         whole = len(tail) + unreadable < size
-        since = None if whole or not tail else min(millis(d["decided_at"]) for d in tail)
-        return cls(mine, whole=whole, read_since_ms=since)
-
-    def since_ms(self) -> int | None:
-        """Slots deployed before this are taken as logged: the decisions of their time were not read."""
-        if self.whole:
-            return None
-        if self.read_since_ms is not None:
-            return self.read_since_ms
-        return min(millis(d["decided_at"]) for d in self.decisions) if self.decisions else None
+        return cls(mine, since_ms=None if whole or not tail else min(millis(d["decided_at"]) for d in tail))
 
     def unlogged(self, outputs: Iterable[OutgoingRecord], decisions_topic: str) -> list[OutgoingRecord]:
         """``outputs`` without the registrations and bootstrap decisions already logged (a replay's)."""
@@ -200,7 +191,7 @@ def _last_champion(logged: LoggedDecisions, target: str) -> str | None:
 
 def relog(judge: Judge, logged: LoggedDecisions) -> list[OutgoingRecord]:
     """Write the decisions the slots name that the log does not hold."""
-    since = logged.since_ms()
+    since = logged.since_ms
     written: set[str] = set()
     outputs: list[OutgoingRecord] = []
     slots = judge.slots()

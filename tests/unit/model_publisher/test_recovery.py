@@ -262,9 +262,9 @@ def test_a_tail_filled_by_other_models_decisions_says_where_it_begins(harness, t
     others = [{"pipeline": "other", "model_name": "m", "decision_id": f"o{i}", "kind": "PROMOTE",
                "decided_at": harness.now + 1 + i} for i in range(5)]
     logged = LoggedDecisions.of_tail(others, 0, "card-fraud", "fraud", size=5)
-    assert (logged.decisions, logged.whole, logged.since_ms()) == ([], False, harness.now + 1)
+    assert (logged.decisions, logged.since_ms) == ([], harness.now + 1)
     restarted = restarted_harness(harness, dep, tmp_path / "r", logged)
     assert decisions(restarted.processor.tick(harness.now + 10)) == [], "logged before the tail: nothing written"
     # A tail short of its size is the whole topic, unless records of it could not be decoded.
-    assert LoggedDecisions.of_tail(others[:4], 0, "card-fraud", "fraud", size=5).whole
-    assert not LoggedDecisions.of_tail(others[:4], 1, "card-fraud", "fraud", size=5).whole
+    assert LoggedDecisions.of_tail(others[:4], 0, "card-fraud", "fraud", size=5).since_ms is None
+    assert LoggedDecisions.of_tail(others[:4], 1, "card-fraud", "fraud", size=5).since_ms == harness.now + 1
