@@ -98,13 +98,12 @@ class ArtifactSigner:
         self.active_key_id = active_key_id
 
     def sign(self, digest: str, identity: ArtifactIdentity, key_id: str | None = None) -> str:
-        return _hmac(self._keys[key_id or self.active_key_id], _signed_message(digest, identity))
+        return self.sign_message(_signed_message(digest, identity), key_id)
 
     def verify(self, digest: str, identity: ArtifactIdentity, signature: str, key_id: str) -> None:
-        key = self._keys.get(key_id)
-        if key is None:
+        if not self.knows(key_id):
             raise ArtifactIntegrityError(f"artifact signed with unknown key {key_id!r}")
-        if _hex_matches(_hmac(key, _signed_message(digest, identity)), signature):
+        if self.message_verifies(_signed_message(digest, identity), signature, key_id):
             return
         if self.signed_content_only(digest, signature, key_id):
             raise ArtifactIntegrityError(f"artifact signature covers its content but not an identity (signed by "
@@ -130,8 +129,7 @@ class ArtifactSigner:
 
     def signed_content_only(self, digest: str, signature: str, key_id: str) -> bool:
         """Whether ``signature`` is streamloop 0.1's, over the digest alone, made with one of our keys."""
-        key = self._keys.get(key_id)
-        return key is not None and _hex_matches(_hmac(key, digest.encode()), signature)
+        return self.message_verifies(digest.encode(), signature, key_id)
 
 
 def _signed_message(digest: str, identity: ArtifactIdentity) -> bytes:
