@@ -45,7 +45,8 @@ def up(
     data_dir: Path = DataDirOption,
     fresh: bool = typer.Option(False, "--fresh", envvar="STREAMLOOP_FRESH",
                                help="Start with an empty broker, Redis and registry: removes what the stack "
-                                    "keeps in the data directory (broker, redis, artifacts, logs), nothing else; "
+                                    "keeps in the data directory (broker, redis, artifacts, logs, the collector's "
+                                    "faust data, stack.json), nothing else; "
                                     "refused where those were there before streamloop used the directory."),
     broker: str = typer.Option("noida", "--broker", envvar="STREAMLOOP_BROKER",
                                help="Embedded broker: noida (default) or tansu."),
