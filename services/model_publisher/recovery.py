@@ -32,7 +32,6 @@ logged.
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,6 +46,7 @@ from streamloop.ml.registry import (
     SHADOW_PREFIX,
     decision_subjects,
     millis,
+    parse_slot_decision_id,
     watched_predecessor,
 )
 
@@ -56,9 +56,6 @@ DECISIONS_TAIL = 2_000
 # The pseudo-subject of every decision that changes the champion (``_superseded_by``).
 CHAMPION_CHANGE = "champion"
 RECOVERED_EVIDENCE = {"recovered": 1.0}
-# The ids the publisher and `streamloop models` give the decisions a slot record names (read from the
-# right: a version may hold a colon).
-_SLOT_DECISION = re.compile(r"^(?P<version>.+):(?P<kind>promote|canary|rollback|shadow)(?P<manual>:manual:\d+)?$")
 
 
 @dataclass
@@ -202,14 +199,14 @@ def relog(judge: Judge, logged: LoggedDecisions) -> list[OutgoingRecord]:
             continue
         if since is not None and millis(record.get("deployed_at")) < since:
             continue
-        match = _SLOT_DECISION.match(decision_id)
-        if match is None or (match["kind"] == "promote" and slot != CHAMPION and
-                             (champion is None or champion["version"] != match["version"])):
+        parsed = parse_slot_decision_id(decision_id)
+        if parsed is None or (parsed.kind == "promote" and slot != CHAMPION and
+                              (champion is None or champion["version"] != parsed.version)):
             # An old champion kept for a promotion that never made its successor champion: no
             # promotion happened, and Judge.repair retires the slot.
             continue
         written.add(decision_id)
-        version, kind, automatic = match["version"], match["kind"], match["manual"] is None
+        version, kind, automatic = parsed.version, parsed.kind, not parsed.manual
         reason = (f"recovered at start-up: slot {slot} holds {record['version']} under {decision_id}, which the "
                   "decision log does not hold (its writer stopped between the decision's records); the reason and "
                   "evidence are lost")

@@ -21,7 +21,7 @@ from datetime import UTC, datetime, timedelta
 from functools import cache
 from pathlib import Path
 from threading import RLock
-from typing import Any
+from typing import Any, NamedTuple
 
 import streamloop
 from streamloop.contracts.learning_specs import ModelSpec
@@ -50,11 +50,34 @@ def watched_predecessor(slots: dict[str, dict[str, Any]]) -> dict[str, Any] | No
     return None
 
 
+class SlotDecisionId(NamedTuple):
+    """What the id of a decision a slot record names says: the version it is named after, its kind
+    (``promote``, ``canary``, ``rollback`` or ``shadow``) and whether an operator took it."""
+
+    version: str
+    kind: str
+    manual: bool
+
+
+# The ids the publisher and `streamloop models` give the decisions a slot record names:
+# ``<version>:<kind>``, or ``<version>:<kind>:manual:<ms>`` by hand. Read from the right: a version may hold a colon.
+_SLOT_DECISION_ID = re.compile(r"^(?P<version>.+):(?P<kind>promote|canary|rollback|shadow)(?P<manual>:manual:\d+)?$")
+
+
+def parse_slot_decision_id(decision_id: str | None) -> SlotDecisionId | None:
+    """The parts of a decision id a slot record names; None for no id or any other (``<v>:register``,
+    ``<v>:refuse``, ``<v>:retire``, an id of no known form)."""
+    match = _SLOT_DECISION_ID.match(decision_id or "")
+    if match is None:
+        return None
+    return SlotDecisionId(match["version"], match["kind"], match["manual"] is not None)
+
+
 def kept_for_a_watch(record: dict[str, Any]) -> bool:
     """Whether a shadow slot's record is a champion kept beside its successor by a promotion
     (automatic ``<new>:promote`` or by hand ``<new>:promote:manual:<ms>``), not a challenger."""
-    # Read from the right: a version may hold a colon.
-    return re.search(r":promote(:manual:\d+)?$", str(record.get("decision_id") or "")) is not None
+    parsed = parse_slot_decision_id(record.get("decision_id"))
+    return parsed is not None and parsed.kind == "promote"
 
 
 def slot_key(pipeline: str, model_name: str, slot: str) -> str:

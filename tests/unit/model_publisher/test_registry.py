@@ -6,10 +6,12 @@ from streamloop.ml.registry import (
     CANARY,
     CHAMPION,
     DeploymentTable,
+    SlotDecisionId,
     bootstrap_version,
     deployment_record,
     kept_for_a_watch,
     new_version,
+    parse_slot_decision_id,
     role_of,
     shadow_slot,
     slot_key,
@@ -74,3 +76,20 @@ def test_a_predecessor_kept_for_a_watch_is_told_by_its_decision_id_read_from_the
     assert not kept_for_a_watch({"decision_id": "fraud-20261207-ab12:shadow"})
     assert not kept_for_a_watch({"decision_id": "team:promote-x:shadow"}), "a version with a colon is a challenger"
     assert not kept_for_a_watch({"decision_id": None})
+
+
+def test_the_decision_ids_a_slot_record_names_are_parsed_from_the_right():
+    v = "fraud-20261207-ab12"
+    for kind in ("promote", "canary", "rollback", "shadow"):
+        assert parse_slot_decision_id(f"{v}:{kind}") == SlotDecisionId(v, kind, manual=False)
+        assert parse_slot_decision_id(f"{v}:{kind}:manual:1765000000000") == SlotDecisionId(v, kind, manual=True)
+    assert parse_slot_decision_id("team:promote-x:shadow") == SlotDecisionId("team:promote-x", "shadow", manual=False)
+    assert parse_slot_decision_id("a:promote:rollback") == SlotDecisionId("a:promote", "rollback", manual=False)
+
+
+def test_ids_no_slot_record_names_and_malformed_ids_are_not_parsed():
+    v = "fraud-20261207-ab12"
+    for malformed in (None, "", v, f"{v}:register", f"{v}:refuse", f"{v}:refuse:{v}", f"{v}:retire",
+                      f"{v}:retire:manual:1", ":promote", f"{v}:promote:manual:", f"{v}:promote:manual:x",
+                      f"{v}:promote:manual", f"{v}:Promote", f"{v}:promote ", f"{v}:promoted"):
+        assert parse_slot_decision_id(malformed) is None, malformed
