@@ -2,11 +2,12 @@
 
 A row is the entity's features over every event that has arrived, as of its greatest-version
 event (time t), versioned (t, the greatest offset applied to the entity): docs/featurizer.md,
-"The online store". The processor decides per event, inline on its hot path, whether an event's
-vector is its entity's row, and hands this module the batch's entities once per batch. Here the
-rows are taken from those vectors or computed again from the entity's buffer, and queued on the
-:class:`FeatureRowWriter`, which does the I/O. After a lost log tail, the rows holding lost events
-are deleted and computed again; after a rebuild, every entity's row is queued again.
+"The online store". The processor hands this module, once per batch, each entity's last vector
+of the batch (nothing is decided per event on its hot path). Here each row is taken from that
+vector when its event is the entity's greatest version, or computed again from the entity's
+buffer, and queued on the :class:`FeatureRowWriter`, which does the I/O. After a lost log tail,
+the rows holding lost events are deleted and computed again; after a rebuild, every entity's row
+is queued again.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from services.featurizer.state import PartitionState
 from services.featurizer.store_writer import FeatureRowWriter
 from services.featurizer.vectors import FeatureBuilder
-from services.featurizer.windows import SHIFT
+from services.featurizer.windows import OFFSET_MASK, SHIFT
 from streamloop.kafka import OutgoingRecord
 from streamloop.store import FeatureWrite
 
@@ -33,9 +34,9 @@ class LatestRows:
         self._pending = pending
         self._reported = (0, 0)
 
-    def queue_batch(self, rows: Mapping[str, tuple[PartitionState, OutgoingRecord | None]], now: int) -> None:
+    def queue_batch(self, rows: Mapping[str, tuple[PartitionState, OutgoingRecord]], now: int) -> None:
         """Queue the row of each entity the batch applied events to: ``rows`` holds its partition,
-        and the vector of the batch's last event of the entity when that is its greatest version.
+        and the vector of the batch's last event applied to the entity.
 
         An event that arrives out of order, on time or late, is in the row at once, and its offset
         makes the version greater than the row it replaces, though t is the same (the store refuses
@@ -49,8 +50,9 @@ class LatestRows:
             entity = part.entities.get(entity_key)
             if entity is None or entity.latest_value is None:
                 continue  # rewound: the lost events took the row with them
-            vector = output.value if output is not None and output.source is not None and \
-                entity.last_offset == output.source.offset else None
+            # The vector is the row when its event is the entity's greatest version.
+            vector = output.value if output.source is not None and \
+                entity.latest_key & OFFSET_MASK == output.source.offset else None
             if vector is None:
                 writes.extend(self.computed(part, [entity_key]))
             else:

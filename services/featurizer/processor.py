@@ -129,8 +129,8 @@ class FeaturizerProcessor:
         now = self._clock()
         failures: Counter[str] = Counter()
         late = replayed = copies = 0
-        # Per entity applied to: its partition, and the vector when it is the row (below).
-        rows: dict[str, tuple[PartitionState, OutgoingRecord | None]] = {}
+        # Per entity applied to: its partition, and the vector of its last event applied (latest_rows.py).
+        rows: dict[str, tuple[PartitionState, OutgoingRecord]] = {}
         current: _TP | None = None
         part = PartitionState()
         recent = None
@@ -174,11 +174,7 @@ class FeaturizerProcessor:
                     copies += 1  # the original's vector again: not late again, and no new row
                 elif isinstance(outcome, OutgoingRecord):
                     late += outcome.value["late"]  # type: ignore[index]
-                    # The event's vector is the entity's row when it is the entity's greatest
-                    # version; one that arrived out of order changes the row, computed again.
-                    entity_key: str = outcome.key  # type: ignore[assignment]
-                    newest = part.entities[entity_key].latest_key & OFFSET_MASK == record.offset
-                    rows[entity_key] = (part, outcome if newest else None)
+                    rows[outcome.key] = (part, outcome)  # type: ignore[index]
             if isinstance(outcome, OutgoingRecord):
                 result.outputs.append(outcome)
             else:
