@@ -6,7 +6,9 @@ scorer restarted by the fault tests spent 8.6–12 s there (1.8–2.0 s of CPU, 
 average 4–9), and wrote nothing until it was done, so its log showed nothing for 10–17 s after
 the kill. ``announce`` writes one line at once, in the format ``configure_logging`` gives every
 later line (tools match its ``service[pid]``), and :meth:`Startup.imported` says afterwards
-where the time went.
+where the time went. Every service's ``__main__`` writes the line (``first_line``) before it
+imports its ``app`` and hands it to ``main``; ``start_service`` logs the "imported" line once the
+broker answers.
 
 Standard library only, and outside ``streamloop.service`` (whose package imports the runner),
 so that importing it costs nothing worth measuring.

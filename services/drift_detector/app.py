@@ -22,6 +22,7 @@ from streamloop.kafka.runner import StageRunner
 from streamloop.kafka.table_reader import CompactedTopicReader
 from streamloop.service.context import ServiceContext
 from streamloop.service.entrypoint import start_service
+from streamloop.startup import Startup
 from streamloop.telemetry import Telemetry, configure_telemetry
 
 log = logging.getLogger(__name__)
@@ -134,8 +135,8 @@ def build(settings: DriftSettings) -> DriftService:
     return DriftService(ctx, settings, telemetry, deployments, champions, history, lease)
 
 
-def main() -> int:
-    service = start_service(SERVICE, DriftSettings, build)
+def main(startup: Startup | None = None) -> int:
+    service = start_service(SERVICE, DriftSettings, build, startup)
     if isinstance(service, int):
         return service
     service.install_signal_handlers()

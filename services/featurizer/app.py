@@ -18,6 +18,7 @@ from services.featurizer.settings import FeaturizerSettings
 from streamloop.kafka import StageRunner
 from streamloop.service import ServiceContext
 from streamloop.service.entrypoint import start_service
+from streamloop.startup import Startup
 from streamloop.store import RedisFeatureStore
 from streamloop.telemetry import Telemetry, configure_telemetry
 
@@ -82,8 +83,8 @@ def build(settings: FeaturizerSettings, telemetry: Telemetry | None = None) -> F
     return FeaturizerApp(ctx, telemetry, processor, runner, store)
 
 
-def main() -> int:
-    app = start_service(SERVICE, FeaturizerSettings, build)
+def main(startup: Startup | None = None) -> int:
+    app = start_service(SERVICE, FeaturizerSettings, build, startup)
     if isinstance(app, int):
         return app
     app.install_signal_handlers()

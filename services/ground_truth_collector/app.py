@@ -63,6 +63,7 @@ from streamloop.kafka.admin import ensure_topics
 from streamloop.ml.evaluation import EvaluationConfig
 from streamloop.service.context import ServiceContext
 from streamloop.service.entrypoint import start_service
+from streamloop.startup import Startup
 from streamloop.telemetry import Telemetry, configure_telemetry
 
 log = logging.getLogger(__name__)
@@ -231,9 +232,9 @@ def build(settings: CollectorSettings) -> Collector:
     return Collector(ctx, settings, configure_telemetry(settings.telemetry.for_service(SERVICE)))
 
 
-def main() -> int:
+def main(startup: Startup | None = None) -> int:
     collector = start_service(
-        SERVICE, CollectorSettings, lambda s: build(s) if s.runtime == "faust" else build_runner(s))
+        SERVICE, CollectorSettings, lambda s: build(s) if s.runtime == "faust" else build_runner(s), startup)
     if isinstance(collector, int):
         return collector
     return collector.run()

@@ -33,6 +33,7 @@ from streamloop.serde import Serde
 from streamloop.service.context import ServiceContext
 from streamloop.service.entrypoint import start_service
 from streamloop.service.leased import LeasedService
+from streamloop.startup import Startup
 from streamloop.telemetry import Telemetry, configure_telemetry
 
 SERVICE = "model-publisher"
@@ -184,8 +185,8 @@ def build(settings: PublisherSettings, install_global_telemetry: bool = True) ->
                         lease=lease)
 
 
-def main() -> int:
-    app = start_service(SERVICE, PublisherSettings, build)
+def main(startup: Startup | None = None) -> int:
+    app = start_service(SERVICE, PublisherSettings, build, startup)
     if isinstance(app, int):
         return app
     app.install_signal_handlers()

@@ -237,12 +237,8 @@ def build(settings: ScorerSettings, telemetry: Telemetry | None = None) -> Score
 
 
 def main(startup: Startup | None = None) -> int:
-    imported, imported_at = startup.imported() if startup is not None else None, time.monotonic()
-    app = start_service(SERVICE, ScorerSettings, build)
+    app = start_service(SERVICE, ScorerSettings, build, startup)
     if isinstance(app, int):
         return app
-    if imported is not None:
-        log.info("%s; read its settings, wired itself and heard from the broker in %.1f s", imported,
-                 time.monotonic() - imported_at)
     app.install_signal_handlers()
     return app.run()

@@ -31,6 +31,7 @@ from streamloop.ml.registry import DeploymentTable
 from streamloop.service.context import ServiceContext
 from streamloop.service.entrypoint import start_service
 from streamloop.service.leased import LeasedService
+from streamloop.startup import Startup
 from streamloop.telemetry import Telemetry, configure_telemetry
 
 SERVICE = "retrainer"
@@ -177,8 +178,8 @@ def build(settings: RetrainerSettings, install_global_telemetry: bool = True) ->
     return RetrainerApp(new_term, reader, telemetry, settings.table_timeout_s, lease)
 
 
-def main() -> int:
-    app = start_service(SERVICE, RetrainerSettings, build)
+def main(startup: Startup | None = None) -> int:
+    app = start_service(SERVICE, RetrainerSettings, build, startup)
     if isinstance(app, int):
         return app
     app.install_signal_handlers()

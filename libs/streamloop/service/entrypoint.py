@@ -2,14 +2,17 @@
 
 A bad setting or spec ends the process with exit code 2 and one line on stderr naming what is
 wrong, never a traceback (the orchestrator shows the line; restarting would not help); it is the
-last line, after the service's INFO log lines, if any (the scorer's "starting"). A broker
+last line, after the service's INFO log lines, if any (its "starting"). A broker
 that does not answer within ``STREAMLOOP_BROKER_WAIT_S`` ends it with exit code 1 and one line,
-after an INFO line that said it waits: a restart may find it.
+after an INFO line that said it waits: a restart may find it. Once it answers, a service that
+wrote its first line (libs/streamloop/startup.py) logs where its start-up time went.
 """
 
 from __future__ import annotations
 
+import logging
 import sys
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -24,6 +27,7 @@ from streamloop.kafka.configuration import KafkaSettings
 from streamloop.kafka.exceptions import BrokerUnavailableError, kafka_error_of
 from streamloop.service.context import configure_logging
 from streamloop.service.settings_errors import describe_settings_error, describe_validation_error
+from streamloop.startup import LOGGER, Startup
 
 S = TypeVar("S")
 A = TypeVar("A")
@@ -32,8 +36,14 @@ EXIT_BAD_CONFIGURATION = 2
 EXIT_BROKER_UNREACHABLE = 1
 
 
-def start_service(service: str, load_settings: Callable[[], S], build: Callable[[S], A]) -> A | int:
-    """The built service once its broker answers, or the exit code when it cannot start."""
+def start_service(service: str, load_settings: Callable[[], S], build: Callable[[S], A],
+                  startup: Startup | None = None) -> A | int:
+    """The built service once its broker answers, or the exit code when it cannot start.
+
+    ``startup``, the service's first line (its ``__main__`` writes it before importing the service),
+    has the time since then logged once the broker answers: the imports, then the rest.
+    """
+    imported, imported_at = startup.imported() if startup is not None else None, time.monotonic()
     try:
         settings: Any = load_settings()
     except ValidationError as exc:
@@ -69,6 +79,9 @@ def start_service(service: str, load_settings: Callable[[], S], build: Callable[
         print(f"{service}: cannot reach a Kafka broker at {kafka.bootstrap_servers} within {waited_s:g} s",
               file=sys.stderr)
         return EXIT_BROKER_UNREACHABLE
+    if imported is not None:
+        logging.getLogger(LOGGER).info("%s; read its settings, wired itself and heard from the broker in %.1f s",
+                                       imported, time.monotonic() - imported_at)
     return built
 
 

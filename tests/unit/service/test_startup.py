@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import re
 import time
 
 import pytest
@@ -72,3 +73,41 @@ def test_first_line_is_written_once_per_process(monkeypatch: pytest.MonkeyPatch,
     first = first_line("online-scorer")
     assert first_line("online-scorer") is first
     assert capsys.readouterr().err.count("online-scorer starting") == 1
+
+
+def _start(monkeypatch: pytest.MonkeyPatch, first: Startup | None, broker_answers: bool = True) -> object:
+    """``start_service`` with stand-in settings and a broker that answers (or not) at once."""
+    from types import SimpleNamespace
+
+    from streamloop.kafka.configuration import KafkaSettings
+    from streamloop.kafka.exceptions import BrokerUnavailableError
+    from streamloop.service import entrypoint
+
+    def wait_for_broker(admin: object, timeout_s: float) -> None:
+        if not broker_answers:
+            raise BrokerUnavailableError("no broker")
+
+    monkeypatch.setattr(entrypoint, "AdminClient", lambda config: object())
+    monkeypatch.setattr(entrypoint, "wait_for_broker", wait_for_broker)
+    settings = SimpleNamespace(common=SimpleNamespace(kafka=KafkaSettings(bootstrap_servers="127.0.0.1:1"),
+                                                      broker_wait_s=1.0, log_level="INFO", instance_id=None))
+    return entrypoint.start_service("featurizer", lambda: settings, lambda _settings: "built", first)
+
+
+def test_start_service_logs_where_the_start_up_time_went(monkeypatch: pytest.MonkeyPatch,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger=startup.LOGGER)
+    first = Startup("featurizer", wall_s=time.monotonic() - 9.0, cpu_s=time.process_time() - 1.8)
+    assert _start(monkeypatch, first) == "built"
+    lines = [r.getMessage() for r in caplog.records if r.name == startup.LOGGER]
+    assert len(lines) == 1, lines
+    assert re.fullmatch(r"imported its modules in 9\.\d s \(1\.\d s of CPU time; the rest waiting for a CPU\); "
+                        r"read its settings, wired itself and heard from the broker in \d+\.\d s", lines[0]), lines
+
+
+def test_start_service_logs_no_start_up_time_without_a_first_line_or_a_broker(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger=startup.LOGGER)
+    assert _start(monkeypatch, None) == "built"
+    assert _start(monkeypatch, Startup("featurizer"), broker_answers=False) == 1  # EXIT_BROKER_UNREACHABLE
+    assert [r for r in caplog.records if r.name == startup.LOGGER] == []
