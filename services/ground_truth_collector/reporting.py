@@ -3,6 +3,10 @@
 - ``streamloop_model_accuracy{model_name,model_version,role}``: accuracy of the last closed window
 - ``streamloop_label_delay_seconds{model_name,model_version,role,quantile}``: label delay (p50, p90,
   p99, max) in the last closed window
+
+  Both carry the last closed window's models only: a version retired before that window, or a
+  promoted canary's CANARY series, is no longer exported, so a panel over ``role="CHAMPION"``
+  reads the current champion, not every past one.
 - ``streamloop_collector_events_total{event}``: the join's and the metrics stage's counters
   (labels_in, joined, after_horizon, no_matching_event, duplicate, evicted, replayed, outcomes_late...)
 - ``streamloop_collector_pending_labels``, ``streamloop_collector_join_entries``: join state size
@@ -29,10 +33,10 @@ class CollectorMetrics:
         self.refused_in_batch = 0
         self.refused_alone = 0
         self._reported: dict[str, int] = {}
-        self._accuracy = metrics.gauge("streamloop_model_accuracy",
-                                       "Prequential accuracy of the last closed window, per model.")
-        self._delay = metrics.gauge("streamloop_label_delay_seconds",
-                                    "Label delay (label_time - event_time) in the last closed window.")
+        self._accuracy = metrics.state_gauge("streamloop_model_accuracy",
+                                             "Prequential accuracy of the last closed window, per model.")
+        self._delay = metrics.state_gauge("streamloop_label_delay_seconds",
+                                          "Label delay (label_time - event_time) in the last closed window.")
         self._events = metrics.counter("streamloop_collector_events", "What the join and the metrics stage did.")
         self._pending = metrics.gauge("streamloop_collector_pending_labels", "Labels waiting for their event.")
         self._entries = metrics.gauge("streamloop_collector_join_entries", "Entries in the join state.")
@@ -42,15 +46,24 @@ class CollectorMetrics:
             "until assigned again or taken back.")
 
     def windows(self, reports: Iterable[WindowReport]) -> None:
-        for report in reports:
-            if report.segment is not None:
+        """Export the last of the closed windows ``reports`` holds (several, when the stage caught up)."""
+        overall = [report for report in reports if report.segment is None]
+        if not overall:
+            return
+        last = max(report.window_end for report in overall)
+        accuracy: list[tuple[float, dict[str, str]]] = []
+        delay: list[tuple[float, dict[str, str]]] = []
+        for report in overall:
+            if report.window_end != last:
                 continue
             name, version, role = report.model
             model = {"model_name": name, "model_version": version, "role": role}
             if "accuracy" in report.metrics:
-                self._accuracy(report.metrics["accuracy"], model)
-            for quantile, value in report.label_delay_ms.items():
-                self._delay(value / 1000, {**model, "quantile": quantile})
+                accuracy.append((report.metrics["accuracy"], model))
+            delay += [(value / 1000, {**model, "quantile": quantile})
+                      for quantile, value in report.label_delay_ms.items()]
+        self._accuracy(accuracy)
+        self._delay(delay)
 
     def report(self, totals: Mapping[str, int], pending: int, entries: int, given_up: int | None = None) -> None:
         """Called periodically: consumed records per topic, counter increments, state gauges

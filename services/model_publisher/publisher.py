@@ -99,7 +99,6 @@ class PublisherProcessor:
         self._high_water: dict[tuple[str, int], int] = {}
         self._bootstrapped = False
         self._next_staleness_ms = 0
-        self._exported_champion: str | None = None
         self._logged: LoggedDecisions | None = None  # none read back: nothing is completed
 
     # -- the runner's hooks --------------------------------------------------------------------
@@ -331,14 +330,9 @@ class PublisherProcessor:
 
     def _export_champion(self, version: str, attributes: dict[str, str]) -> None:
         """``streamloop_registry_champion_info``: beside the scorers' ``streamloop_model_info``, it shows
-        a scorer that still serves another champion (one that could not load the new one)."""
-        if version == self._exported_champion:
-            return
-        info = self._metrics.gauge("streamloop_registry_champion_info")
-        if self._exported_champion is not None:
-            info(0, {**attributes, "version": self._exported_champion})
-        info(1, {**attributes, "version": version})
-        self._exported_champion = version
+        a scorer that still serves another champion (one that could not load the new one). The
+        registry's champion only: an earlier one's series goes."""
+        self._metrics.state_gauge("streamloop_registry_champion_info")([(1, {**attributes, "version": version})])
 
     def _count(self, outcome: str) -> None:
         if self._metrics is not None:

@@ -102,8 +102,11 @@ class ModelHolder:
         if metrics is not None:
             self._failures = metrics.counter("streamloop_model_load_failures_total",
                                              "Deployed models that failed to load.")
-            self._info = metrics.gauge("streamloop_model_info", "1 for each model version being served.")
-            self._age = metrics.gauge("streamloop_model_age_seconds", "Time since the served model was deployed.")
+            # State gauges: a replaced or retired version's series goes (a shadow slot is named by
+            # its version, so every retired shadow would leave an age series behind).
+            self._info = metrics.state_gauge("streamloop_model_info", "1 for each model version being served.")
+            self._age = metrics.state_gauge("streamloop_model_age_seconds",
+                                            "Time since the served model was deployed.")
 
     @property
     def current(self) -> ModelSet:
@@ -190,7 +193,7 @@ class ModelHolder:
     def _swap(self, slot: str, new: LoadedModel | None) -> None:
         current = self._current
         slots = current.slots()
-        old = slots.pop(slot, None)
+        slots.pop(slot, None)
         if new is not None:
             slots[slot] = new
         models = list(slots.values())
@@ -199,12 +202,9 @@ class ModelHolder:
         shadows = tuple(sorted((m for m in models if m.role == SHADOW), key=lambda m: m.slot))
         self._current = ModelSet(champion, canary, shadows)  # the one assignment readers observe
         if self._info is not None:
-            if old is not None:
-                self._info(0, {"pipeline": self.pipeline.name, "model_name": old.name, "slot": slot, "role": old.role,
-                               "version": old.version})
-            if new is not None:
-                self._info(1, {"pipeline": self.pipeline.name, "model_name": new.name, "slot": slot, "role": new.role,
-                               "version": new.version})
+            self._info([(1, {"pipeline": self.pipeline.name, "model_name": m.name, "slot": served, "role": m.role,
+                             "version": m.version}) for served, m in self._current.slots().items()])
+            self.report_age(self._clock())
         if champion is not None:
             self.champion_ready.set()
 
@@ -235,12 +235,13 @@ class ModelHolder:
     # -- metrics -----------------------------------------------------------------------------
 
     def report_age(self, now_ms: int) -> None:
-        """Set ``streamloop_model_age_seconds`` for every served model (called between batches)."""
+        """Set ``streamloop_model_age_seconds`` for every served model, and for no other (called
+        between batches, and at each swap)."""
         if self._age is None:
             return
-        for slot, model in self._current.slots().items():
-            self._age((now_ms - model.deployed_at_ms) / 1000,
-                      {"pipeline": self.pipeline.name, "model_name": model.name, "slot": slot})
+        self._age([((now_ms - model.deployed_at_ms) / 1000,
+                    {"pipeline": self.pipeline.name, "model_name": model.name, "slot": slot})
+                   for slot, model in self._current.slots().items()])
 
 
 class DeploymentGate:

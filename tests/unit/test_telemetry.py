@@ -378,6 +378,35 @@ def test_service_defined_instruments_are_created_once(served: Served) -> None:
         metrics.counter("features written")
 
 
+def test_a_state_gauge_exports_only_the_series_of_its_last_replace(served: Served) -> None:
+    """A gauge keyed by what gets retired (a model version, role, slot): a synchronous gauge kept every
+    label set it had seen at its last value, so a retired version read as current forever."""
+    metrics, scrape = served
+    accuracy = metrics.state_gauge("streamloop_model_accuracy", "Accuracy of the last window.")
+    assert metrics.state_gauge("streamloop_model_accuracy") is accuracy
+    assert sample_value(scrape(), "streamloop_model_accuracy") is None  # nothing before the first replace
+    accuracy([(0.9, {"model_version": "m-1", "role": "CHAMPION"}), (0.8, {"model_version": "m-2", "role": "CANARY"})])
+    text = scrape()
+    assert sample_value(text, "streamloop_model_accuracy", service="featurizer", model_version="m-1") == 0.9
+    assert sample_value(text, "streamloop_model_accuracy", model_version="m-2", role="CANARY") == 0.8
+
+    accuracy([(0.95, {"model_version": "m-2", "role": "CHAMPION"})])
+    text = scrape()
+    assert sample_value(text, "streamloop_model_accuracy", model_version="m-1") is None
+    assert sample_value(text, "streamloop_model_accuracy", role="CANARY") is None
+    assert sample_value(text, "streamloop_model_accuracy", model_version="m-2", role="CHAMPION") == 0.95
+    accuracy([])
+    assert "streamloop_model_accuracy" not in scrape()
+
+    with pytest.raises(MetricNameError, match="already a state gauge, not a gauge"):
+        metrics.gauge("streamloop_model_accuracy")
+    metrics.gauge("featurizer_model_version")
+    with pytest.raises(MetricNameError, match="already a gauge, not a state gauge"):
+        metrics.state_gauge("featurizer_model_version")
+    with pytest.raises(MetricNameError, match="not a valid"):
+        metrics.state_gauge("model accuracy")
+
+
 def test_no_endpoint_when_port_is_zero_and_a_clear_error_when_taken() -> None:
     metrics = ServiceMetrics("scorer")
     try:

@@ -28,6 +28,13 @@ Names, as they appear at ``/metrics``: OpenTelemetry's exporter appends the unit
 - ``kafka_consumergroup_group_lag{group,topic,partition}``, ``kafka_consumergroup_group_max_lag{group}``,
   ``kafka_consumergroup_group_lag_seconds{group,topic,partition}`` (kafka-lag-exporter's names,
   so its dashboards and alerts work unchanged)
+
+Services add their own with ``counter``, ``gauge`` and ``state_gauge``. A gauge from ``gauge``
+exports every label set it was ever set for, each at its last value, for the life of the process:
+right for a fixed set of series, wrong for one keyed by something that is retired (a model
+version, role or slot), whose old series would read as current forever. A ``state_gauge`` is
+replaced whole each time its owner reports, so only the current series are exported (the lag
+gauges above work the same way).
 """
 
 from __future__ import annotations
@@ -65,6 +72,7 @@ _PROMETHEUS_NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
 Attributes = Mapping[str, str]
 Adder = Callable[..., None]
 Setter = Callable[..., None]
+Replacer = Callable[[Iterable[tuple[float, Attributes]]], None]
 TopicPartition = tuple[str, int]
 
 
@@ -316,8 +324,22 @@ class ServiceMetrics:
         return self._custom_instrument("counter", name, description, unit)
 
     def gauge(self, name: str, description: str = "", unit: str = "") -> Setter:
-        """``set(value, attributes=None)`` for a service-defined gauge, created once per name."""
+        """``set(value, attributes=None)`` for a service-defined gauge, created once per name.
+
+        Every label set it is set for stays exported at its last value: for series that are never
+        retired. A gauge keyed by what can be retired (a model version, role, slot) is a ``state_gauge``.
+        """
         return self._custom_instrument("gauge", name, description, unit)
+
+    def state_gauge(self, name: str, description: str = "", unit: str = "") -> Replacer:
+        """``replace(series)`` for a service-defined gauge whose series are its owner's current state,
+        created once per name.
+
+        ``series`` is ``(value, attributes)`` pairs, and they become the gauge's only series: a label
+        set left out (a retired version, a replaced role, an emptied slot) is no longer exported, and
+        ``replace([])`` exports none. Nothing is exported before the first ``replace``.
+        """
+        return self._custom_instrument("state gauge", name, description, unit)
 
     def _custom_instrument(self, kind: str, name: str, description: str, unit: str) -> Callable[..., None]:
         existing = self._custom.get(name)
@@ -339,13 +361,29 @@ class ServiceMetrics:
                 instrument.add(amount, merged(attributes))
 
             recorder: Callable[..., None] = add
-        else:
+        elif kind == "gauge":
             gauge = self._meter.create_gauge(name, unit=unit, description=description)
 
             def set_value(value: float, attributes: Attributes | None = None) -> None:
                 gauge.set(value, merged(attributes))
 
             recorder = set_value
+        else:
+            # Observed at each scrape: the SDK exports exactly what the callback yields, where a
+            # synchronous gauge keeps every label set it has seen.
+            current: tuple[Observation, ...] = ()
+
+            def observe(_options: CallbackOptions) -> tuple[Observation, ...]:
+                return current
+
+            self._meter.create_observable_gauge(name, callbacks=[observe], unit=unit, description=description)
+
+            def replace(series: Iterable[tuple[float, Attributes]]) -> None:
+                nonlocal current
+                # Built first and assigned once: a scrape sees the old set or the new, never a mix.
+                current = tuple(Observation(value, merged(attributes)) for value, attributes in series)
+
+            recorder = replace
         self._custom[name] = (kind, recorder)
         return recorder
 

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 from services.model_publisher.staleness import Champion, StalenessMonitor, decay_metric, metric_decay
 from streamloop.ml.evaluation import MetricSet, Outcome
 from streamloop.ml.promotion import holdout_metrics
 from streamloop.ml.registry import CHAMPION, shadow_slot
+from streamloop.telemetry import ServiceMetrics
 from tests.unit.model_publisher.factories import T0, consumed, with_policy
 from tests.unit.model_publisher.test_publisher import Harness
 
@@ -107,53 +112,49 @@ def test_decay_direction_and_metric_choice(demo_pipeline):
     assert decay_metric(with_policy(demo_pipeline, promotion={"metric": "zero_one"})) == "accuracy"
 
 
-class Gauges:
-    def __init__(self) -> None:
-        self.values: dict[str, float] = {}
-        self.series: dict[tuple[str, tuple], float] = {}
-
-    def gauge(self, name: str):
-        def set_value(value, attributes=None):
-            self.values[name] = value
-            self.series[(name, tuple(sorted((attributes or {}).items())))] = value
-        return set_value
-
-    def counter(self, name: str):
-        return lambda amount=1, attributes=None: None
+@pytest.fixture
+def metrics() -> Iterator[ServiceMetrics]:
+    metrics = ServiceMetrics("model-publisher")
+    yield metrics
+    metrics.shutdown()
 
 
-def test_the_publisher_emits_alert_records_and_gauges(demo_pipeline, tmp_path):
+def exported(metrics: ServiceMetrics) -> dict[str, dict[str, float]]:
+    """Every series the publisher exports, by name, then by version (or "" for a series without one)."""
+    series: dict[str, dict[str, float]] = {}
+    for family in text_string_to_metric_families(generate_latest(metrics.registry).decode()):
+        for sample in family.samples:
+            if sample.labels.get("pipeline") == "card-fraud":
+                series.setdefault(sample.name, {})[sample.labels.get("version", "")] = sample.value
+    return series
+
+
+def test_the_publisher_emits_alert_records_and_gauges(demo_pipeline, tmp_path, metrics):
     harness = Harness(demo_pipeline, tmp_path)
-    gauges = Gauges()
-    harness.processor._metrics = gauges
+    harness.processor._metrics = metrics
     harness.bootstrap()
     harness.processor.process([consumed("lab", {"pipeline": "card-fraud", "event_id": "x", "predictions": []}, 0,
                                         timestamp_ms=T0)])
     result = harness.processor.tick(T0 + 11 * 60_000)
     alerts = [o for o in result.outputs if o.topic == "alerts"]
     assert [(o.key, o.value["state"]) for o in alerts] == [("no_labels", "RAISED")]
-    assert gauges.values["streamloop_label_silence_seconds"] == 660
-    assert "streamloop_model_age_seconds" in gauges.values
+    assert exported(metrics)["streamloop_label_silence_seconds"] == {"": 660}
+    assert "streamloop_model_age_seconds" in exported(metrics)
 
 
-def test_the_publisher_exports_the_registry_s_champion_beside_what_scorers_serve(demo_pipeline, tmp_path):
+def test_the_publisher_exports_the_registry_s_champion_beside_what_scorers_serve(demo_pipeline, tmp_path, metrics):
     """StreamloopChampionNotServed compares it with the scorers' streamloop_model_info."""
     harness = Harness(demo_pipeline, tmp_path)
-    gauges = Gauges()
-    harness.processor._metrics = gauges
+    harness.processor._metrics = metrics
     first = harness.bootstrap()
     harness.processor.tick(T0)
-
-    def champion_info() -> dict[str, float]:
-        return {dict(labels)["version"]: value for (name, labels), value in gauges.series.items()
-                if name == "streamloop_registry_champion_info"}
-
-    assert champion_info() == {first: 1}
+    assert exported(metrics)["streamloop_registry_champion_info"] == {first: 1}
     second = harness.shadow(parent=first)
     harness.processor.writer.deploy(CHAMPION, second, harness.slot(shadow_slot(second))["artifact"],
                                     decision_id=f"{second}:promote")
     harness.processor.tick(T0 + 10 * 60_000)
-    assert champion_info() == {first: 0, second: 1}
+    # An earlier champion is no longer exported (it was, at 0, one more series per promotion).
+    assert exported(metrics)["streamloop_registry_champion_info"] == {second: 1}
 
 
 def test_a_restarted_monitor_takes_back_its_standing_alerts_from_the_topic(demo_pipeline):

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 from services.online_scorer.models import ModelHolder
 from services.online_scorer.processor import ScoringProcessor
@@ -203,10 +204,36 @@ def test_metrics_name_the_served_version(spec, artifacts, metrics) -> None:
     exposition = generate_latest(metrics.registry).decode()
     assert 'streamloop_model_info{model_name="fraud",pipeline="card-fraud",role="CHAMPION",service="online-scorer",' \
            'slot="champion",version="v2"} 1.0' in exposition
-    assert 'version="v1"} 0.0' in exposition
+    assert 'version="v1"' not in exposition, "a replaced version is no longer exported (it was, at 0)"
     assert 'streamloop_model_age_seconds{model_name="fraud",pipeline="card-fraud",service="online-scorer",' \
            'slot="champion"} 60.0' \
         in exposition
+
+
+def exported(metrics, name: str) -> dict[str, float]:
+    """``name``'s series in the exposition, by slot (and version where it has one)."""
+    return {",".join(filter(None, (s.labels["slot"], s.labels.get("version")))): s.value
+            for family in text_string_to_metric_families(generate_latest(metrics.registry).decode())
+            for s in family.samples if s.name == name}
+
+
+def test_a_retired_shadow_s_series_are_no_longer_exported(spec, artifacts, metrics) -> None:
+    """A shadow slot is named by its version: each retired one left an info series at 0 and an age
+    series frozen at its last value, one more per retrained version."""
+    holder, _ = holder_for(spec, artifacts, metrics)
+    deploy(holder, publish(artifacts, spec, ConstantClassifier(0.1), "v1", deployed_at=1_700_000_000_000))
+    shadow = publish(artifacts, spec, ConstantClassifier(0.2), "v2", slot="shadow/v2", role="SHADOW",
+                     deployed_at=1_700_000_030_000)
+    deploy(holder, shadow)
+    assert exported(metrics, "streamloop_model_info") == {"champion,v1": 1, "shadow/v2,v2": 1}
+    # At the swap, from the holder's clock (1_700_000_100_000).
+    assert exported(metrics, "streamloop_model_age_seconds") == {"champion": 100, "shadow/v2": 70}
+
+    holder.on_deployment(slot_key(shadow), None)
+    assert exported(metrics, "streamloop_model_info") == {"champion,v1": 1}
+    assert exported(metrics, "streamloop_model_age_seconds") == {"champion": 100}
+    holder.report_age(1_700_000_160_000)
+    assert exported(metrics, "streamloop_model_age_seconds") == {"champion": 160}
 
 
 def test_a_failed_shadow_slot_that_is_retired_clears_its_alert(spec, artifacts) -> None:
