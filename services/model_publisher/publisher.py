@@ -29,6 +29,7 @@ from services.model_publisher.held_out import HeldOutScorer, compact_lineage
 from services.model_publisher.judging import Judge, JudgingPolicy
 from services.model_publisher.ledger import REPLAYED, LossLedger
 from services.model_publisher.recovery import LoggedDecisions, complete, relog
+from services.model_publisher.staleness import GAUGES as STALENESS_GAUGES
 from services.model_publisher.staleness import Champion, StalenessMonitor
 from services.model_publisher.writer import RegistryWriter
 from streamloop.contracts.pipeline import PipelineSpec
@@ -314,25 +315,35 @@ class PublisherProcessor:
     def _check_staleness(self, now_ms: int) -> list[OutgoingRecord]:
         champion = self.table.champion(self.pipeline.name, self.pipeline.model.name)
         if champion is None:
+            self._export_staleness(None)
             return []
         version = champion["version"]
         lineage = self._candidates.get(version, {})
         created = millis(lineage.get("created_at")) or millis(champion.get("deployed_at"))
         alerts = self.staleness.check(now_ms, Champion(version, created, dict(lineage.get("heldout_metrics") or {})))
-        if self._metrics is not None:
-            attributes = {"pipeline": self.pipeline.name, "model_name": self.pipeline.model.name}
-            for name, value in self.staleness.gauges.items():
-                self._metrics.gauge(f"streamloop_{name}")(value, attributes)
-            self._export_champion(version, attributes)
+        self._export_staleness(version)
         for alert in alerts:
             log.warning("alert %s %s: %s", alert["alert"], alert["state"].lower(), alert["message"])
         return [self.writer.alert(alert) for alert in alerts]
 
-    def _export_champion(self, version: str, attributes: dict[str, str]) -> None:
-        """``streamloop_registry_champion_info``: beside the scorers' ``streamloop_model_info``, it shows
-        a scorer that still serves another champion (one that could not load the new one). The
-        registry's champion only: an earlier one's series goes."""
-        self._metrics.state_gauge("streamloop_registry_champion_info")([(1, {**attributes, "version": version})])
+    def _export_staleness(self, version: str | None) -> None:
+        """The staleness gauges as the last check measured them for the champion ``version`` (None: the
+        registry has none), and ``streamloop_registry_champion_info``.
+
+        A quantity not measured for this champion exports no series rather than the last one that
+        was: ``metric_decay`` of a champion rolled back to (no validation metric, or no live window
+        of enough samples yet) kept the decayed champion's value, and StreamloopMetricDecay firing.
+        The champion info, beside the scorers' ``streamloop_model_info``, shows a scorer that still
+        serves another champion (one that could not load the new one); an earlier one's series goes.
+        """
+        if self._metrics is None:
+            return
+        attributes = {"pipeline": self.pipeline.name, "model_name": self.pipeline.model.name}
+        gauges = self.staleness.gauges if version is not None else {}
+        for name in STALENESS_GAUGES:
+            self._metrics.state_gauge(f"streamloop_{name}")([(gauges[name], attributes)] if name in gauges else [])
+        self._metrics.state_gauge("streamloop_registry_champion_info")(
+            [] if version is None else [(1, {**attributes, "version": version})])
 
     def _count(self, outcome: str) -> None:
         if self._metrics is not None:

@@ -1,7 +1,8 @@
 """Staleness of the serving champion: too old, no labels, or live quality below its validation.
 
 Three alerts, each raised once when its condition starts to hold and cleared once when it stops
-(``Alert`` records, keyed by the alert name), plus a gauge per quantity:
+(``Alert`` records, keyed by the alert name), plus a gauge per quantity measured for the champion
+at the last check (``gauges``; ``metric_decay`` is left out while it is not measured):
 
 - ``stale_model``: the champion was created more than ``staleness.max_model_age`` ago.
 - ``no_labels``: no labeled example for ``staleness.max_label_silence`` (labels stopped).
@@ -24,6 +25,7 @@ from streamloop.ml.registry import millis
 SNAPSHOT_METRIC = {"log_loss": "log_loss", "cost": "mean_cost", "zero_one": "accuracy",
                    "squared_error": "rmse", "absolute_error": "mae"}
 ALERTS = ("stale_model", "no_labels", "metric_decay")
+GAUGES = ("model_age_seconds", "label_silence_seconds", "metric_decay")
 
 
 def decay_metric(pipeline: PipelineSpec) -> str:

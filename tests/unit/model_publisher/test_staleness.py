@@ -176,3 +176,47 @@ def test_a_restarted_monitor_takes_back_its_standing_alerts_from_the_topic(demo_
     # The silence goes on: neither cleared at the start (counted from the last label, not from the
     # restart) nor raised a second time.
     assert states(still_silent.check(T0 + 27 * HOUR, champion)) == [("stale_model", "RAISED")]
+
+
+def test_metric_decay_is_not_exported_once_the_decayed_champion_is_rolled_back(demo_pipeline, tmp_path, metrics):
+    """The gauge kept the decayed champion's last value while decay went unmeasured for the next one:
+    StreamloopMetricDecay fired until the new champion had a live window of 100 samples, and for good
+    when it had no validation metric (the bootstrap version)."""
+    harness = Harness(demo_pipeline, tmp_path)
+    harness.processor._metrics = metrics
+    first = harness.bootstrap()
+    first_artifact = harness.slot(CHAMPION)["artifact"]
+    second = harness.shadow(parent=first)  # validated at log_loss 0.3
+    harness.processor.writer.deploy(CHAMPION, second, harness.slot(shadow_slot(second))["artifact"],
+                                    decision_id=f"{second}:promote")
+    harness.feed("met", [snapshot(second, 0.9, end=harness.now)])
+    harness.processor.tick(harness.now + 10_000)
+    assert exported(metrics)["streamloop_metric_decay"] == {"": pytest.approx(2.0)}
+
+    # Rolled back to a champion validated too, with no live window yet: decay is not measured.
+    third = harness.shadow(parent=first)
+    harness.processor.writer.deploy(CHAMPION, third, harness.slot(shadow_slot(third))["artifact"],
+                                    decision_id=f"{third}:promote")
+    harness.processor.tick(harness.now + 20_000)
+    assert "streamloop_metric_decay" not in exported(metrics)
+    assert exported(metrics)["streamloop_registry_champion_info"] == {third: 1}
+    harness.feed("met", [snapshot(third, 0.3, end=harness.now + 1)])
+    harness.processor.tick(harness.now + 30_000)
+    assert exported(metrics)["streamloop_metric_decay"] == {"": pytest.approx(0.0)}
+
+    # And to the bootstrap version, which has no validation metric: never measured.
+    harness.processor.writer.deploy(CHAMPION, first, first_artifact, decision_id=f"{first}:rollback")
+    harness.processor.tick(harness.now + 40_000)
+    assert "streamloop_metric_decay" not in exported(metrics)
+    assert set(exported(metrics)) >= {"streamloop_model_age_seconds", "streamloop_label_silence_seconds"}
+
+
+def test_the_monitor_s_gauges_leave_metric_decay_out_while_it_is_not_measured(demo_pipeline):
+    monitor = StalenessMonitor(demo_pipeline)
+    monitor.observe_label(T0)
+    monitor.observe_snapshot(snapshot("fraud-a", 2.0))
+    assert states(monitor.check(T0, Champion("fraud-a", T0, {"log_loss": 0.3}))) == [("metric_decay", "RAISED")]
+    assert monitor.gauges["metric_decay"] > 0.05
+    assert states(monitor.check(T0 + 60_000, Champion("fraud-b", T0, {"log_loss": 0.3}))) == [
+        ("metric_decay", "CLEARED")]
+    assert set(monitor.gauges) == {"model_age_seconds", "label_silence_seconds"}
