@@ -1,6 +1,9 @@
-"""confluent-kafka stand-ins (message, producer, consumer) for tests that drive runners without a broker."""
+"""confluent-kafka stand-ins (message, producer, consumer, admin client) for tests that run without a broker."""
 
 from __future__ import annotations
+
+from concurrent.futures import Future
+from types import SimpleNamespace
 
 from confluent_kafka import KafkaError, KafkaException
 
@@ -120,3 +123,51 @@ class FakeConsumer:
 
     def close(self) -> None:
         self.closed = True
+
+
+class FakeAdmin:
+    """The AdminClient calls streamloop makes, on a broker with these topics (name -> partitions).
+
+    ``refuse``: growing a topic fails with that error; ``members``: a consumer group's members at each
+    description (the last one stays). ``grown`` holds each (topic, new count) asked for and granted.
+    """
+
+    def __init__(self, topics: dict[str, int] | None = None, refuse: KafkaError | None = None,
+                 members: list[list[SimpleNamespace]] | None = None) -> None:
+        self.topics = dict(topics or {})
+        self.refuse = refuse
+        self.grown: list[tuple[str, int]] = []
+        self.members = members or [[]]
+        self.described = 0
+
+    def list_topics(self, topic: str | None = None, timeout: float = 0) -> SimpleNamespace:
+        assert topic is None, "a metadata request naming a topic may create it (auto-create)"
+        return SimpleNamespace(topics={
+            name: SimpleNamespace(partitions={p: SimpleNamespace(id=p) for p in range(count)}, error=None)
+            for name, count in self.topics.items()})
+
+    def create_topics(self, new: list, operation_timeout: float = 0) -> dict[str, Future]:
+        created: dict[str, Future] = {}
+        for request in new:
+            self.topics[request.topic] = request.num_partitions
+            created[request.topic] = future = Future()
+            future.set_result(None)
+        return created
+
+    def create_partitions(self, new: list, operation_timeout: float = 0) -> dict[str, Future]:
+        (request,) = new
+        future: Future = Future()
+        if self.refuse is not None:
+            future.set_exception(KafkaException(self.refuse))
+        else:
+            self.grown.append((request.topic, request.new_total_count))
+            self.topics[request.topic] = request.new_total_count
+            future.set_result(None)
+        return {request.topic: future}
+
+    def describe_consumer_groups(self, groups: list[str], request_timeout: float = 0) -> dict[str, Future]:
+        (group,) = groups
+        future: Future = Future()
+        future.set_result(SimpleNamespace(members=self.members[min(self.described, len(self.members) - 1)]))
+        self.described += 1
+        return {group: future}

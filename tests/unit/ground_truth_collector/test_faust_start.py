@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from concurrent.futures import Future
 from types import SimpleNamespace
 from typing import Any
 
@@ -16,6 +15,7 @@ from services.ground_truth_collector.settings import SERVICE, CollectorSettings
 from streamloop.service.context import ServiceContext
 from streamloop.telemetry import configure_telemetry
 from tests.conftest import DEMO_SPEC
+from tests.kafka_fakes import FakeAdmin
 
 
 @pytest.fixture
@@ -32,41 +32,6 @@ def built(settings: CollectorSettings, runtime: Any) -> Any:
     return runtime(ServiceContext.load(SERVICE, settings.common), settings, telemetry)
 
 
-class Broker:
-    """The AdminClient calls of the start, on a broker with these topics (name -> partitions)."""
-
-    def __init__(self, topics: dict[str, int] | None = None, refuse: KafkaError | None = None,
-                 members: list[list[SimpleNamespace]] | None = None) -> None:
-        self.topics = dict(topics or {})
-        self.refuse = refuse
-        self.grown: list[tuple[str, int]] = []
-        self.members = members or [[]]  # the group's members at each description (the last one stays)
-        self.described = 0
-
-    def list_topics(self, topic: str | None = None, timeout: float = 0) -> SimpleNamespace:
-        assert topic is None, "a metadata request naming a topic may create it (auto-create)"
-        return SimpleNamespace(topics={name: SimpleNamespace(partitions={p: None for p in range(count)}, error=None)
-                                       for name, count in self.topics.items()})
-
-    def describe_consumer_groups(self, groups: list[str], request_timeout: float = 0) -> dict[str, Future]:
-        (group,) = groups
-        future: Future = Future()
-        future.set_result(SimpleNamespace(members=self.members[min(self.described, len(self.members) - 1)]))
-        self.described += 1
-        return {group: future}
-
-    def create_partitions(self, new: list, operation_timeout: float = 0) -> dict[str, Future]:
-        (request,) = new
-        future: Future = Future()
-        if self.refuse is not None:
-            future.set_exception(KafkaException(self.refuse))
-        else:
-            self.grown.append((request.topic, request.new_total_count))
-            self.topics[request.topic] = request.new_total_count
-            future.set_result(None)
-        return {request.topic: future}
-
-
 class RecordedShutdown:
     def __init__(self) -> None:
         self.shut_down = False
@@ -79,7 +44,7 @@ def test_the_faust_runtime_creates_the_internal_topics_the_runner_creates(settin
     """faust declares only the topics its agents read: the two dead-letter topics were never created,
     and on a broker without auto-create the first dead letter stopped the worker, at every restart."""
     created: dict[str, list] = {"faust": [], "runner": []}
-    monkeypatch.setattr(faust_app, "AdminClient", lambda _config: Broker())
+    monkeypatch.setattr(faust_app, "AdminClient", lambda _config: FakeAdmin())
     monkeypatch.setattr(faust_app, "ensure_topics", lambda _admin, topics: created["faust"].extend(topics))
     monkeypatch.setattr(runner_app, "ensure_topics", lambda _admin, topics: created["runner"].extend(topics))
     collector = built(settings, faust_app.Collector)
@@ -95,7 +60,7 @@ def test_topics_the_faust_runtime_cannot_create_stop_its_start_with_one_line(set
     def refused(_admin, _topics) -> None:
         raise KafkaException(KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED, "not authorized to create"))
 
-    monkeypatch.setattr(faust_app, "AdminClient", lambda _config: Broker())
+    monkeypatch.setattr(faust_app, "AdminClient", lambda _config: FakeAdmin())
     monkeypatch.setattr(faust_app, "ensure_topics", refused)
     monkeypatch.setattr(faust_app.faust, "Worker", lambda *a, **k: pytest.fail("the worker was started"))
     collector = built(settings, faust_app.Collector)
@@ -127,7 +92,7 @@ def test_the_keyed_topic_and_the_join_changelog_grow_with_the_labels_topic(grown
     """faust leaves an existing topic as it is: the keying agent's and the join's sends to partitions
     3 to 5 failed ("Unrecognized partition") and the worker stopped, at every restart."""
     keyed, changelog = keyed_and_changelog(grown_to_6)
-    broker = Broker({keyed: 3, changelog: 3})
+    broker = FakeAdmin({keyed: 3, changelog: 3})
     monkeypatch.setattr(faust_app, "AdminClient", lambda _config: broker)
     grown_to_6.prepare_topics()
     assert sorted(broker.grown) == sorted([(keyed, 6), (changelog, 6)])
@@ -139,7 +104,7 @@ def test_a_keyed_topic_grown_by_hand_takes_the_join_changelog_with_it(grown_to_6
     """faust's assignor keeps a keyed partition and its changelog partition on one worker only while
     both topics have one count."""
     keyed, changelog = keyed_and_changelog(grown_to_6)
-    broker = Broker({keyed: 8, changelog: 3})
+    broker = FakeAdmin({keyed: 8, changelog: 3})
     monkeypatch.setattr(faust_app, "AdminClient", lambda _config: broker)
     grown_to_6.prepare_topics()
     assert broker.grown == [(changelog, 8)], "the keyed topic cannot shrink: the changelog follows it"
@@ -147,7 +112,7 @@ def test_a_keyed_topic_grown_by_hand_takes_the_join_changelog_with_it(grown_to_6
 
 def test_a_changelog_not_created_yet_is_left_to_faust(grown_to_6, monkeypatch) -> None:
     keyed, changelog = keyed_and_changelog(grown_to_6)
-    broker = Broker({keyed: 6})
+    broker = FakeAdmin({keyed: 6})
     monkeypatch.setattr(faust_app, "AdminClient", lambda _config: broker)
     grown_to_6.prepare_topics()
     assert broker.grown == [] and changelog not in broker.topics
@@ -156,7 +121,7 @@ def test_a_changelog_not_created_yet_is_left_to_faust(grown_to_6, monkeypatch) -
 def test_a_changelog_that_cannot_grow_stops_the_start_with_one_line_saying_what_to_do(
         grown_to_6, monkeypatch, caplog) -> None:
     keyed, changelog = keyed_and_changelog(grown_to_6)
-    broker = Broker({keyed: 6, changelog: 3}, refuse=KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED))
+    broker = FakeAdmin({keyed: 6, changelog: 3}, refuse=KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED))
     monkeypatch.setattr(faust_app, "AdminClient", lambda _config: broker)
     monkeypatch.setattr(faust_app.faust, "Worker", lambda *a, **k: pytest.fail("the worker was started"))
     grown_to_6.telemetry = RecordedShutdown()
@@ -193,7 +158,7 @@ def worker_1(settings, monkeypatch) -> Any:
 def test_a_second_faust_worker_in_the_group_is_refused_at_start_in_one_line(worker_1, monkeypatch, caplog) -> None:
     """Its changelog writes are not fenced: a worker that stalled past its session timeout wrote its
     batch's state into partitions the other had taken over (the runner fences with a compare-and-set)."""
-    broker = Broker(members=[[member("collector-0", "streamloop-ground-truth-collector-0")]])
+    broker = FakeAdmin(members=[[member("collector-0", "streamloop-ground-truth-collector-0")]])
     monkeypatch.setattr(faust_app, "AdminClient", lambda _config: broker)
     worker_1.telemetry = RecordedShutdown()
     assert worker_1.run() == 1
@@ -208,7 +173,7 @@ def test_a_second_faust_worker_in_the_group_is_refused_at_start_in_one_line(work
 def test_a_worker_waits_out_a_member_gone_without_leaving(worker_1, monkeypatch) -> None:
     keyed, changelog = keyed_and_changelog(worker_1)
     gone = [member(None)]  # dynamic: stays until its session times out
-    broker = Broker({keyed: 6, changelog: 6}, members=[gone, gone, gone, []])
+    broker = FakeAdmin({keyed: 6, changelog: 6}, members=[gone, gone, gone, []])
     monkeypatch.setattr(faust_app, "AdminClient", lambda _config: broker)
     worker_1.refuse_a_second_worker()
     assert broker.described == 4 and worker_1.waited[0] == 3
@@ -216,7 +181,7 @@ def test_a_worker_waits_out_a_member_gone_without_leaving(worker_1, monkeypatch)
 
 def test_a_restarted_worker_finds_its_own_membership_and_starts(worker_1, monkeypatch) -> None:
     """A static member stays in the group after a restart (it never leaves on close)."""
-    broker = Broker(members=[[member("collector-1")]])
+    broker = FakeAdmin(members=[[member("collector-1")]])
     monkeypatch.setattr(faust_app, "AdminClient", lambda _config: broker)
     worker_1.refuse_a_second_worker()
     assert worker_1.waited[0] == 0

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-from concurrent.futures import Future
 from types import SimpleNamespace
 
 import pytest
@@ -20,7 +19,7 @@ from streamloop.kafka.records import ConsumedRecord, TopicPartitionRef
 from streamloop.service.context import ServiceContext
 from streamloop.telemetry import Telemetry, configure_telemetry
 from tests.conftest import DEMO_SPEC
-from tests.kafka_fakes import FakeMessage
+from tests.kafka_fakes import FakeAdmin, FakeMessage
 from tests.unit.ground_truth_collector.test_join_stage import KEYED, T0, at, event, join_runner, keyed, messages, stage
 from tests.unit.ground_truth_collector.test_redis_state import Client
 from tests.unit.ground_truth_collector.test_scoring import example
@@ -205,43 +204,20 @@ def test_every_topic_a_stage_dead_letters_to_is_created_with_the_internal_topics
     assert internal_dead_letters <= {t.topic for t in created}
 
 
-class Admin:
-    """The AdminClient calls the collector makes about its keyed topic, on a broker that has it."""
-
-    def __init__(self, topic: str, partitions: int, refuse: KafkaError | None = None) -> None:
-        self.topic, self.partitions, self.refuse = topic, partitions, refuse
-        self.grown_to: list[int] = []
-
-    def list_topics(self, topic: str | None = None, timeout: float = 0) -> SimpleNamespace:
-        partitions = {p: SimpleNamespace(id=p) for p in range(self.partitions)}
-        return SimpleNamespace(topics={self.topic: SimpleNamespace(partitions=partitions, error=None)})
-
-    def create_partitions(self, new: list, operation_timeout: float = 0) -> dict[str, Future]:
-        (request,) = new
-        future: Future = Future()
-        if self.refuse is not None:
-            future.set_exception(KafkaException(self.refuse))
-        else:
-            self.grown_to.append(request.new_total_count)
-            self.partitions = request.new_total_count
-            future.set_result(None)
-        return {request.topic: future}
-
-
 def test_a_keyed_topic_with_fewer_partitions_than_the_labels_topic_is_grown(collector, monkeypatch) -> None:
     """After docs/operations.md "Adding partitions" the re-key stage writes to the labels topic's count."""
-    admin = Admin(collector.keyed_topic, collector.keyed_partitions - 1)
+    admin = FakeAdmin({collector.keyed_topic: collector.keyed_partitions - 1})
     monkeypatch.setattr(runner_app, "AdminClient", lambda _config: admin)
     collector.ensure_keyed_partitions()
-    assert admin.grown_to == [collector.keyed_partitions]
+    assert admin.grown == [(collector.keyed_topic, collector.keyed_partitions)]
     collector.ensure_keyed_partitions()
-    assert admin.grown_to == [collector.keyed_partitions], "grown once"
+    assert admin.grown == [(collector.keyed_topic, collector.keyed_partitions)], "grown once"
 
 
 def test_a_keyed_topic_that_cannot_grow_stops_the_start_with_one_line_saying_what_to_do(
         collector, monkeypatch, caplog) -> None:
-    admin = Admin(collector.keyed_topic, collector.keyed_partitions - 1,
-                  refuse=KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED))
+    admin = FakeAdmin({collector.keyed_topic: collector.keyed_partitions - 1},
+                      refuse=KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED))
     monkeypatch.setattr(runner_app, "AdminClient", lambda _config: admin)
     monkeypatch.setattr(collector, "ensure_internal_topics", lambda: None)  # every topic exists
     collector.runners = [IdleRunner(name) for name in ("grp", "grp.join", "grp.score")]
@@ -252,14 +228,14 @@ def test_a_keyed_topic_that_cannot_grow_stops_the_start_with_one_line_saying_wha
     assert "\n" not in error
 
 
-class SilentBroker(Admin):
+class SilentBroker(FakeAdmin):
     def list_topics(self, topic: str | None = None, timeout: float = 0) -> SimpleNamespace:
         raise KafkaException(KafkaError(KafkaError._TRANSPORT, "no broker answered"))
 
 
 def test_a_broker_that_does_not_answer_the_keyed_topic_check_is_one_error_line_and_exit_1(
         collector, monkeypatch, caplog) -> None:
-    monkeypatch.setattr(runner_app, "AdminClient", lambda _config: SilentBroker(collector.keyed_topic, 1))
+    monkeypatch.setattr(runner_app, "AdminClient", lambda _config: SilentBroker())
     monkeypatch.setattr(collector, "ensure_internal_topics", lambda: None)
     collector.runners = [IdleRunner(name) for name in ("grp", "grp.join", "grp.score")]
     assert collector.run() == 1
@@ -268,18 +244,11 @@ def test_a_broker_that_does_not_answer_the_keyed_topic_check_is_one_error_line_a
     assert "no broker answered" in error
 
 
-class NeverVisible(Admin):
+class NeverVisible(FakeAdmin):
     """A broker that accepts the new topics but never lists them (ensure_topics waits, then gives up)."""
 
     def list_topics(self, topic: str | None = None, timeout: float = 0) -> SimpleNamespace:
         return SimpleNamespace(topics={})
-
-    def create_topics(self, new: list, operation_timeout: float = 0) -> dict[str, Future]:
-        created: dict[str, Future] = {}
-        for request in new:
-            created[request.topic] = future = Future()
-            future.set_result(None)
-        return created
 
 
 def test_internal_topics_that_never_become_visible_are_one_error_line_and_exit_1(
@@ -287,7 +256,7 @@ def test_internal_topics_that_never_become_visible_are_one_error_line_and_exit_1
     """BrokerUnavailableError escaped run() as a traceback, and the telemetry was never shut down."""
     from streamloop.kafka import admin as kafka_admin
 
-    monkeypatch.setattr(runner_app, "AdminClient", lambda _config: NeverVisible(collector.keyed_topic, 1))
+    monkeypatch.setattr(runner_app, "AdminClient", lambda _config: NeverVisible())
     monkeypatch.setattr(runner_app, "ensure_topics",
                         lambda admin, topics: kafka_admin.ensure_topics(admin, topics, timeout_s=0.01))
     monkeypatch.setattr(collector, "telemetry", RecordedShutdown(collector.telemetry))
