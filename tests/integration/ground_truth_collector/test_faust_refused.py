@@ -11,8 +11,8 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from streamloop.kafka.admin import ensure_topics
 from streamloop.kafka.exceptions import RecordRefusedError
-from tests.conftest import DEMO_SPEC
 from tests.topic_io import end_offsets
+from tests.unit.ground_truth_collector.factory import built, collector_settings
 
 pytestmark = pytest.mark.integration
 
@@ -23,19 +23,12 @@ def test_a_batch_the_broker_refuses_is_sent_again_record_by_record_with_the_work
     in batches of their own (aiokafka's send_batch, Outputs._send_alone), and only the one too large alone is
     handed to its replacement."""
     from services.ground_truth_collector.app import _RAW, Collector
-    from services.ground_truth_collector.settings import SERVICE, CollectorSettings
-    from streamloop.service.context import ServiceContext
-    from streamloop.telemetry import configure_telemetry
 
-    monkeypatch.setenv("STREAMLOOP_PIPELINE", str(DEMO_SPEC))
-    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", bootstrap_servers)
-    monkeypatch.setenv("KAFKA_LINGER_MS", "50")  # the records of a turn go in one batch
     name = f"{unique_name}.small"
     ensure_topics(AdminClient({"bootstrap.servers": bootstrap_servers}),
                   [NewTopic(name, 2, 1, config={"max.message.bytes": "1000"})])
-    settings = CollectorSettings()
-    telemetry = configure_telemetry(settings.telemetry.for_service(SERVICE), install_global=False)
-    collector = Collector(ServiceContext.load(SERVICE, settings.common), settings, telemetry)
+    linger = {"KAFKA_LINGER_MS": "50"}  # the records of a turn go in one batch
+    collector = built(collector_settings(monkeypatch, bootstrap_servers, **linger), Collector)
     values = [b"small %d " % n + b"x" * 290 for n in range(4)] + [b"large " + b"y" * 3_000]
     replaced: list[RecordRefusedError] = []
 

@@ -1,11 +1,21 @@
-"""Records for the join tests: each kind from its own source topic, offsets counting up per partition."""
+"""Records for the join tests: each kind from its own source topic, offsets counting up per partition.
+And the collector's runtimes, built from its settings as its entry point builds them.
+
+Used by the unit and integration tests of the collector.
+"""
 
 from __future__ import annotations
 
 from collections import defaultdict
 from typing import Any
 
+import pytest
+
 from services.ground_truth_collector.entries import JoinInput, Kind, SourceRef
+from services.ground_truth_collector.settings import SERVICE, CollectorSettings
+from streamloop.service.context import ServiceContext
+from streamloop.telemetry import Telemetry, configure_telemetry
+from tests.conftest import DEMO_SPEC
 
 PIPELINE = "card-fraud"
 FEATURES, PREDICTIONS, SHADOW, LABELS = "f", "p", "s", "l"
@@ -47,3 +57,28 @@ class Inputs:
 def clock_mover(inputs: Inputs, time: int, event_id: str = "clock") -> JoinInput:
     """A feature vector of an unrelated event whose only purpose is to move stream time."""
     return inputs.features(f"{event_id}-{time}", time, partition=9)
+
+
+OFFLINE = "127.0.0.1:1"  # bootstrap servers at which nothing is contacted
+REPLICATED = {"STREAMLOOP_TOPIC_REPLICATION_FACTOR": "3", "STREAMLOOP_TOPIC_MIN_INSYNC_REPLICAS": "2"}
+
+
+def collector_settings(monkeypatch: pytest.MonkeyPatch, bootstrap_servers: str = OFFLINE,
+                       **env: str) -> CollectorSettings:
+    """The collector's settings on the demo pipeline and ``bootstrap_servers``, with ``env`` set too."""
+    monkeypatch.setenv("STREAMLOOP_PIPELINE", str(DEMO_SPEC))
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", bootstrap_servers)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return CollectorSettings()
+
+
+def runtime_parts(settings: CollectorSettings) -> tuple[ServiceContext, CollectorSettings, Telemetry]:
+    """What a runtime is built from: its context, its settings and its telemetry (not installed globally)."""
+    telemetry = configure_telemetry(settings.telemetry.for_service(SERVICE), install_global=False)
+    return ServiceContext.load(SERVICE, settings.common), settings, telemetry
+
+
+def built(settings: CollectorSettings, runtime: Any) -> Any:
+    """``runtime`` (the faust Collector or the RunnerCollector) over ``settings``."""
+    return runtime(*runtime_parts(settings))

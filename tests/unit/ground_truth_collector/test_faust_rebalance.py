@@ -24,12 +24,9 @@ from services.ground_truth_collector.routing import (
     control_headers,
     keyed_headers,
 )
-from services.ground_truth_collector.settings import SERVICE, CollectorSettings
+from services.ground_truth_collector.settings import SERVICE
 from services.ground_truth_collector.state import TableStore
-from streamloop.service.context import ServiceContext
-from streamloop.telemetry import configure_telemetry
-from tests.conftest import DEMO_SPEC
-from tests.unit.ground_truth_collector.factory import PIPELINE, Inputs
+from tests.unit.ground_truth_collector.factory import PIPELINE, Inputs, built, collector_settings
 
 T0 = 1_700_000_000_000
 
@@ -63,13 +60,10 @@ def faust_collector(monkeypatch: pytest.MonkeyPatch, *, size_checked: bool = Fal
     entries larger than the producer takes (KAFKA_MESSAGE_MAX_BYTES), as the service's does."""
     from services.ground_truth_collector.app import Collector
 
-    monkeypatch.setenv("STREAMLOOP_PIPELINE", str(DEMO_SPEC))
-    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:1")  # nothing is contacted
-    settings = CollectorSettings()
-    telemetry = configure_telemetry(settings.telemetry.for_service(SERVICE), install_global=False)
-    built = Collector(ServiceContext.load(SERVICE, settings.common), settings, telemetry)
-    built.state = TableStore(Table(), max_bytes=settings.common.kafka.message_max_bytes if size_checked else None)
-    return built
+    settings = collector_settings(monkeypatch)
+    collector = built(settings, Collector)
+    collector.state = TableStore(Table(), max_bytes=settings.common.kafka.message_max_bytes if size_checked else None)
+    return collector
 
 
 @pytest.fixture

@@ -11,25 +11,14 @@ from confluent_kafka import KafkaError, KafkaException
 from services.ground_truth_collector import app as faust_app
 from services.ground_truth_collector import runner_app
 from services.ground_truth_collector.faust_options import faust_options
-from services.ground_truth_collector.settings import SERVICE, CollectorSettings
-from streamloop.service.context import ServiceContext
-from streamloop.telemetry import configure_telemetry
-from tests.conftest import DEMO_SPEC
+from services.ground_truth_collector.settings import CollectorSettings
 from tests.kafka_fakes import FakeAdmin
+from tests.unit.ground_truth_collector.factory import REPLICATED, built, collector_settings
 
 
 @pytest.fixture
 def settings(monkeypatch: pytest.MonkeyPatch) -> CollectorSettings:
-    monkeypatch.setenv("STREAMLOOP_PIPELINE", str(DEMO_SPEC))
-    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:1")  # nothing is contacted
-    monkeypatch.setenv("STREAMLOOP_TOPIC_REPLICATION_FACTOR", "3")
-    monkeypatch.setenv("STREAMLOOP_TOPIC_MIN_INSYNC_REPLICAS", "2")
-    return CollectorSettings()
-
-
-def built(settings: CollectorSettings, runtime: Any) -> Any:
-    telemetry = configure_telemetry(settings.telemetry.for_service(SERVICE), install_global=False)
-    return runtime(ServiceContext.load(SERVICE, settings.common), settings, telemetry)
+    return collector_settings(monkeypatch, **REPLICATED)
 
 
 class RecordedShutdown:

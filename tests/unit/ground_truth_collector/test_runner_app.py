@@ -14,12 +14,10 @@ from services.ground_truth_collector.entries import Kind
 from services.ground_truth_collector.join_stage import JoinStage
 from services.ground_truth_collector.routing import HEADER_DECIDED_AT, HEADER_ORIGIN, INPUT_ROLES
 from services.ground_truth_collector.runner_app import RunnerCollector
-from services.ground_truth_collector.settings import SERVICE, CollectorSettings
 from streamloop.kafka.records import ConsumedRecord, TopicPartitionRef
-from streamloop.service.context import ServiceContext
-from streamloop.telemetry import Telemetry, configure_telemetry
-from tests.conftest import DEMO_SPEC
+from streamloop.telemetry import Telemetry
 from tests.kafka_fakes import FakeAdmin, FakeMessage
+from tests.unit.ground_truth_collector.factory import built, collector_settings
 from tests.unit.ground_truth_collector.test_join_stage import KEYED, T0, at, event, join_runner, keyed, messages, stage
 from tests.unit.ground_truth_collector.test_redis_state import Client
 from tests.unit.ground_truth_collector.test_scoring import example
@@ -27,11 +25,7 @@ from tests.unit.ground_truth_collector.test_scoring import example
 
 @pytest.fixture
 def collector(monkeypatch: pytest.MonkeyPatch) -> RunnerCollector:
-    monkeypatch.setenv("STREAMLOOP_PIPELINE", str(DEMO_SPEC))
-    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:1")  # nothing is contacted
-    settings = CollectorSettings()
-    telemetry = configure_telemetry(settings.telemetry.for_service(SERVICE), install_global=False)
-    return RunnerCollector(ServiceContext.load(SERVICE, settings.common), settings, telemetry)
+    return built(collector_settings(monkeypatch), RunnerCollector)
 
 
 class IdleRunner:

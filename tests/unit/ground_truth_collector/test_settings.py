@@ -8,8 +8,8 @@ from pydantic import ValidationError
 from services.ground_truth_collector.settings import SERVICE, CollectorSettings
 from streamloop.service.context import ServiceContext
 from streamloop.service.settings_errors import describe_validation_error
-from streamloop.telemetry import Telemetry, configure_telemetry
-from tests.conftest import DEMO_SPEC
+from streamloop.telemetry import Telemetry
+from tests.unit.ground_truth_collector.factory import REPLICATED, collector_settings, runtime_parts
 
 
 @pytest.fixture(autouse=True)
@@ -77,13 +77,7 @@ def test_an_unset_take_back_after_is_two_minutes_or_longer_as_the_consumer_s_tim
 
 @pytest.fixture
 def replicated(monkeypatch: pytest.MonkeyPatch) -> tuple[ServiceContext, CollectorSettings, Telemetry]:
-    monkeypatch.setenv("STREAMLOOP_PIPELINE", str(DEMO_SPEC))
-    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:1")  # nothing is contacted
-    monkeypatch.setenv("STREAMLOOP_TOPIC_REPLICATION_FACTOR", "3")
-    monkeypatch.setenv("STREAMLOOP_TOPIC_MIN_INSYNC_REPLICAS", "2")
-    settings = CollectorSettings()
-    telemetry = configure_telemetry(settings.telemetry.for_service(SERVICE), install_global=False)
-    return ServiceContext.load(SERVICE, settings.common), settings, telemetry
+    return runtime_parts(collector_settings(monkeypatch, **REPLICATED))
 
 
 def test_the_runner_runtime_replicates_its_internal_topics_as_configured(replicated, monkeypatch) -> None:
