@@ -501,6 +501,44 @@ def restarts_at_every_cut(harness: Harness, before: list[OutgoingRecord], result
         yield cut, restarted, repairs
 
 
+# The batches a stop cuts short: each builder returns the versions, what was written before the batch
+# and the batch's result.
+
+
+def promotion_that_retires(harness: Harness) -> tuple[str, str, str, list[OutgoingRecord], ProcessResult]:
+    """After ``promote``, ``second`` holds up and ``third`` beats it: a promotion that also retires
+    ``first``, kept for ``second``'s watch. Returns (first, second, third, before, result)."""
+    first, second = promote(harness)
+    third = harness.shadow(parent=second)
+    before = list(harness.written)
+    result = harness.feed("lab", examples(600, start=1000, models={
+        second: (0.8, "CHAMPION"), first: (0.5, "SHADOW"), third: (0.95, "SHADOW")}))
+    assert [d["kind"] for d in decisions(result)] == ["PROMOTE", "RETIRE"]
+    return first, second, third, before, result
+
+
+def rollback_of_the_promotion(harness: Harness) -> tuple[str, str, list[OutgoingRecord], ProcessResult]:
+    """After ``promote``, the new champion does worse than the old one it kept: a rollback. Returns
+    (old, new, before, result)."""
+    old, new = promote(harness)
+    before = list(harness.written)
+    result = harness.feed("lab", examples(350, start=1000, models={new: (0.6, "CHAMPION"), old: (0.8, "SHADOW")}))
+    assert [d["kind"] for d in decisions(result)] == ["ROLLBACK"]
+    return old, new, before, result
+
+
+def rollback_during_a_canary_trial(
+        demo_pipeline, tmp_path) -> tuple[Harness, str, str, str, list[OutgoingRecord], ProcessResult]:
+    """``canary_on_trial``, then the champion (second) does worse than the first: a rollback to the first
+    that also retires the canary (third). Returns (harness, first, second, third, before, result)."""
+    harness, first, second, third = canary_on_trial(demo_pipeline, tmp_path)
+    before = list(harness.written)
+    result = harness.feed("lab", examples(2000, start=20_000, models={
+        second: (0.3, "CHAMPION"), first: (0.6, "SHADOW")}))
+    assert [d["kind"] for d in decisions(result)] == ["ROLLBACK", "RETIRE"]
+    return harness, first, second, third, before, result
+
+
 def assert_consistent(restarted: Harness) -> None:
     slots = restarted.table.slots("card-fraud", "fraud")
     champion = slots[CHAMPION]
@@ -515,14 +553,8 @@ def assert_consistent(restarted: Harness) -> None:
 
 
 def test_a_promotion_stopped_between_any_two_of_its_records_restarts_consistent(harness, tmp_path):
-    first, second = promote(harness)
-    third = harness.shadow(parent=second)
-    before = list(harness.written)
-    # ``second`` holds up and ``third`` beats it: a promotion that also retires ``first``, kept for
-    # ``second``'s watch. Its deployment records, each a point a stop may cut the batch at.
-    result = harness.feed("lab", examples(600, start=1000, models={
-        second: (0.8, "CHAMPION"), first: (0.5, "SHADOW"), third: (0.95, "SHADOW")}))
-    assert [d["kind"] for d in decisions(result)] == ["PROMOTE", "RETIRE"]
+    _first, second, third, before, result = promotion_that_retires(harness)
+    # Its deployment records, each a point a stop may cut the batch at.
     assert len([o for o in result.outputs if o.topic == "dep"]) == 4
     for cut, restarted, repairs in restarts_at_every_cut(harness, before, result, tmp_path):
         champion = restarted.slot(CHAMPION)["version"]
@@ -555,10 +587,7 @@ def test_a_canary_s_promotion_stopped_between_its_records_restarts_consistent(de
 
 
 def test_a_rollback_stopped_between_its_records_restarts_consistent(harness, tmp_path):
-    old, new = promote(harness)
-    before = list(harness.written)
-    result = harness.feed("lab", examples(350, start=1000, models={new: (0.6, "CHAMPION"), old: (0.8, "SHADOW")}))
-    assert [d["kind"] for d in decisions(result)] == ["ROLLBACK"]
+    old, new, before, result = rollback_of_the_promotion(harness)
     for cut, restarted, _ in restarts_at_every_cut(harness, before, result, tmp_path):
         champion = restarted.slot(CHAMPION)["version"]
         assert champion == (new if cut == 0 else old), cut
@@ -567,11 +596,7 @@ def test_a_rollback_stopped_between_its_records_restarts_consistent(harness, tmp
 
 
 def test_a_rollback_stopped_before_it_retired_the_canary_retires_it_after_the_restart(demo_pipeline, tmp_path):
-    harness, first, second, third = canary_on_trial(demo_pipeline, tmp_path)
-    before = list(harness.written)
-    result = harness.feed("lab", examples(2000, start=20_000, models={
-        second: (0.3, "CHAMPION"), first: (0.6, "SHADOW")}))
-    assert [d["kind"] for d in decisions(result)] == ["ROLLBACK", "RETIRE"]
+    harness, first, _second, third, before, result = rollback_during_a_canary_trial(demo_pipeline, tmp_path)
     cut_short = 0
     for cut, restarted, _ in restarts_at_every_cut(harness, before, result, tmp_path):
         canary = restarted.slot(CANARY)

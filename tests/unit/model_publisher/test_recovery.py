@@ -22,11 +22,13 @@ from tests.unit.model_publisher.memory_registry import InMemoryRegistry
 from tests.unit.model_publisher.test_publisher import (
     Harness,
     assert_consistent,
-    canary_on_trial,
     decisions,
     examples,
     promote,
+    promotion_that_retires,
     restarted_harness,
+    rollback_during_a_canary_trial,
+    rollback_of_the_promotion,
 )
 
 
@@ -57,12 +59,7 @@ def assert_the_log_explains_the_slots(restarted: Harness, log: list[dict], cut) 
 
 
 def test_a_promotion_cut_short_on_either_topic_is_completed(harness, tmp_path):
-    first, second = promote(harness)
-    third = harness.shadow(parent=second)
-    before = list(harness.written)
-    result = harness.feed("lab", examples(600, start=1000, models={
-        second: (0.8, "CHAMPION"), first: (0.5, "SHADOW"), third: (0.95, "SHADOW")}))
-    assert [d["kind"] for d in decisions(result)] == ["PROMOTE", "RETIRE"]
+    first, second, third, before, result = promotion_that_retires(harness)
     for cut, restarted, log in restarts_at_every_pair_of_cuts(harness, before, result, tmp_path):
         assert_the_log_explains_the_slots(restarted, log, cut)
         promoted = [d for d in log if d["kind"] == "PROMOTE" and d["to_version"] == third]
@@ -84,11 +81,7 @@ def test_a_promotion_cut_short_on_either_topic_is_completed(harness, tmp_path):
 
 
 def test_slots_changed_under_a_decision_the_log_never_got_get_it_written(harness, tmp_path):
-    first, second = promote(harness)
-    third = harness.shadow(parent=second)
-    before = list(harness.written)
-    result = harness.feed("lab", examples(600, start=1000, models={
-        second: (0.8, "CHAMPION"), first: (0.5, "SHADOW"), third: (0.95, "SHADOW")}))
+    _first, second, third, before, result = promotion_that_retires(harness)
     _cut, restarted, log = next(r for r in restarts_at_every_pair_of_cuts(harness, before, result, tmp_path)
                                 if r[0] == (0, 4))
     recovered = [d for d in log if d["evidence"] == RECOVERED_EVIDENCE]
@@ -99,10 +92,7 @@ def test_slots_changed_under_a_decision_the_log_never_got_get_it_written(harness
 
 
 def test_a_rollback_cut_short_on_either_topic_is_completed(harness, tmp_path):
-    old, new = promote(harness)
-    before = list(harness.written)
-    result = harness.feed("lab", examples(350, start=1000, models={new: (0.6, "CHAMPION"), old: (0.8, "SHADOW")}))
-    assert [d["kind"] for d in decisions(result)] == ["ROLLBACK"]
+    old, new, before, result = rollback_of_the_promotion(harness)
     for cut, restarted, log in restarts_at_every_pair_of_cuts(harness, before, result, tmp_path):
         assert_the_log_explains_the_slots(restarted, log, cut)
         rolled_back = any(d["kind"] == "ROLLBACK" for d in log)
@@ -111,11 +101,7 @@ def test_a_rollback_cut_short_on_either_topic_is_completed(harness, tmp_path):
 
 
 def test_a_canary_rollback_and_its_retirement_cut_short_are_completed(demo_pipeline, tmp_path):
-    harness, first, second, third = canary_on_trial(demo_pipeline, tmp_path)
-    before = list(harness.written)
-    result = harness.feed("lab", examples(2000, start=20_000, models={
-        second: (0.3, "CHAMPION"), first: (0.6, "SHADOW")}))
-    assert [d["kind"] for d in decisions(result)] == ["ROLLBACK", "RETIRE"]
+    harness, first, _second, third, before, result = rollback_during_a_canary_trial(demo_pipeline, tmp_path)
     for cut, restarted, log in restarts_at_every_pair_of_cuts(harness, before, result, tmp_path):
         assert_the_log_explains_the_slots(restarted, log, cut)
         if any(d["kind"] == "ROLLBACK" for d in log[-3:]):
