@@ -14,7 +14,7 @@ from streamloop.kafka.records import OutgoingRecord
 from streamloop.ml.artifacts import ArtifactSigner
 from streamloop.ml.registry_client import Output, RawRecord, RegistryClient
 from tests.unit.model_publisher.factories import SIGNING_KEY, T0, candidate
-from tests.unit.model_publisher.test_publisher import TOPICS, Harness
+from tests.unit.model_publisher.test_publisher import TOPICS, Harness, promote
 
 # The publisher harness's topic names, as the client's catalog roles.
 ROLES = {TOPICS.model_deployments: "model_deployments", TOPICS.model_decisions: "model_decisions",
@@ -69,6 +69,13 @@ def bootstrapped(harness: Harness) -> tuple[InMemoryRegistry, str]:
     """A registry whose champion is the publisher's bootstrap model, which has no predecessor."""
     first = harness.bootstrap()
     return InMemoryRegistry(harness.spec).add(harness.written), first
+
+
+def promoted(harness: Harness) -> tuple[InMemoryRegistry, str, str]:
+    """A registry whose champion (second) the publisher promoted over its bootstrap model (first), kept for
+    the watch; returns (registry, first, second)."""
+    first, second = promote(harness)
+    return InMemoryRegistry(harness.spec).add(harness.written), first, second
 
 
 def new_candidates(harness: Harness, registry: InMemoryRegistry, count: int) -> list[str]:

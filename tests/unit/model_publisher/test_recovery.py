@@ -18,7 +18,7 @@ from streamloop.kafka.records import OutgoingRecord, ProcessResult
 from streamloop.ml.exceptions import RegistryError
 from streamloop.ml.registry import CANARY, CHAMPION, decision_subjects, shadow_slot, watched_predecessor
 from tests.unit.model_publisher.factories import candidate
-from tests.unit.model_publisher.memory_registry import InMemoryRegistry
+from tests.unit.model_publisher.memory_registry import InMemoryRegistry, promoted
 from tests.unit.model_publisher.test_publisher import (
     Harness,
     assert_consistent,
@@ -139,8 +139,7 @@ def restart_on_the_registry(harness: Harness, registry: InMemoryRegistry, root: 
 
 
 def test_a_manual_promotion_back_to_the_previous_champion_is_not_undone_by_a_restart(harness, tmp_path):
-    first, second = promote(harness)  # the publisher's PROMOTE first -> second
-    registry = InMemoryRegistry(harness.spec).add(harness.written)
+    registry, first, second = promoted(harness)  # the publisher's PROMOTE first -> second
     harness.now += 10_000
     manual = registry.promote(first, reason="operator: second misbehaves")  # PROMOTE second -> first, by hand
     for n in (1, 2):
@@ -151,8 +150,7 @@ def test_a_manual_promotion_back_to_the_previous_champion_is_not_undone_by_a_res
 
 
 def test_a_manual_promotion_whose_slots_were_cut_short_is_carried_out_under_its_own_id(harness, tmp_path):
-    first, second = promote(harness)
-    registry = InMemoryRegistry(harness.spec).add(harness.written)
+    registry, first, second = promoted(harness)
     harness.now += 10_000
     landed = list(registry.topics["model_deployments"])
     manual = registry.promote(first, reason="operator")
@@ -164,8 +162,7 @@ def test_a_manual_promotion_whose_slots_were_cut_short_is_carried_out_under_its_
 
 
 def test_a_champion_changed_under_a_decision_the_log_lost_is_not_changed_back(harness, tmp_path):
-    first, second = promote(harness)
-    registry = InMemoryRegistry(harness.spec).add(harness.written)
+    registry, first, second = promoted(harness)
     harness.now += 10_000
     manual = registry.promote(first, reason="operator")
     registry.topics["model_decisions"] = [(k, v) for k, v in registry.topics["model_decisions"]
@@ -187,8 +184,7 @@ def test_after_any_sequence_of_automatic_and_manual_decisions_a_restart_writes_n
                                                                                       seed):
     rng = random.Random(seed)
     harness = Harness(demo_pipeline, tmp_path / "live")
-    promote(harness)
-    registry = InMemoryRegistry(harness.spec).add(harness.written)
+    registry, _first, _second = promoted(harness)
     echo(harness, harness.written)
     known = {r["version"] for _k, r in registry.topics["model_deployments"] if r}
     for step in range(6):
@@ -227,8 +223,7 @@ def test_after_any_sequence_of_automatic_and_manual_decisions_a_restart_writes_n
 
 
 def test_a_manual_rollback_the_log_lost_is_written_again_from_the_champion_it_rolled_back(harness, tmp_path):
-    first, second = promote(harness)
-    registry = InMemoryRegistry(harness.spec).add(harness.written)
+    registry, first, second = promoted(harness)
     harness.now += 10_000
     manual = registry.rollback(reason="operator")  # ROLLBACK second -> first, by hand; id `<first>:rollback:...`
     assert (manual["from_version"], manual["to_version"]) == (second, first)
