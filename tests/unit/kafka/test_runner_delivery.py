@@ -75,10 +75,20 @@ def stage_runner(producer: FakeProducer, processor=None, *, metrics: RunnerMetri
     return runner, serde
 
 
+def encoded(serde: SingleObjectSerde, count: int) -> list[bytes]:
+    """``count`` feature vectors' bytes, each of its own seed."""
+    return [serde.encode(sample_record(VECTOR, seed)) for seed in range(count)]
+
+
+def run_values(runner: StageRunner, values: list[bytes], start: int = 0, stop: int | None = None) -> None:
+    """One batch of ``values[start:stop]`` through ``runner``, each at its place in ``values`` as its offset."""
+    runner._run_batch([FakeMessage(v, offset, topic=SOURCE) for offset, v in enumerate(values[start:stop], start)])
+
+
 def run_batch_of(runner: StageRunner, serde: SingleObjectSerde, count: int) -> list[bytes]:
     """One batch of ``count`` feature vectors at offsets 0.. through ``runner``; their bytes."""
-    values = [serde.encode(sample_record(VECTOR, seed)) for seed in range(count)]
-    runner._run_batch([FakeMessage(v, offset, topic=SOURCE) for offset, v in enumerate(values)])
+    values = encoded(serde, count)
+    run_values(runner, values)
     return values
 
 
@@ -131,9 +141,9 @@ def desync_runner(monkeypatch, window_s: float, processor=None,
 
 def test_a_fatal_producer_error_sends_the_recently_acknowledged_outputs_again(monkeypatch) -> None:
     runner, serde, replacement = desync_runner(monkeypatch, window_s=60.0)
-    values = [serde.encode(sample_record(VECTOR, seed)) for seed in range(6)]
-    runner._run_batch([FakeMessage(v, offset, topic=SOURCE) for offset, v in enumerate(values[:3])])
-    runner._run_batch([FakeMessage(v, offset, topic=SOURCE) for offset, v in enumerate(values[3:], start=3)])
+    values = encoded(serde, 6)
+    run_values(runner, values, 0, 3)
+    run_values(runner, values, 3)
 
     # The first batch was acknowledged and committed, but the broker that lost its sequence state
     # may have lost those records too: the new producer sends them again before the second batch.
@@ -177,9 +187,9 @@ def two_batches_through(failing: FakeProducer, monkeypatch) -> tuple:
     runner, serde = stage_runner(failing, resend_window_s=60.0)
     replacement = FakeProducer()
     monkeypatch.setattr(delivery_module, "Producer", lambda _config: replacement)
-    values = [serde.encode(sample_record(VECTOR, seed)) for seed in range(6)]
-    runner._run_batch([FakeMessage(v, offset, topic=SOURCE) for offset, v in enumerate(values[:3])])
-    runner._run_batch([FakeMessage(v, offset, topic=SOURCE) for offset, v in enumerate(values[3:], start=3)])
+    values = encoded(serde, 6)
+    run_values(runner, values, 0, 3)
+    run_values(runner, values, 3)
     return runner, replacement, values
 
 
@@ -250,22 +260,28 @@ def clocked(monkeypatch) -> Clock:
     return clock
 
 
+def failing_at_the_last_batch(monkeypatch, window_s: float,
+                              batches: int) -> tuple[StageRunner, FakeProducer, Clock, list[bytes]]:
+    """A runner (re-send window ``window_s``) for ``batches`` batches of three feature vectors, its producer
+    failing at the last one, on a clock the test moves; returns (runner, replacement, clock, values)."""
+    runner, serde, replacement = desync_runner(monkeypatch, window_s=window_s, healthy=3 * (batches - 1))
+    return runner, replacement, clocked(monkeypatch), encoded(serde, 3 * batches)
+
+
 def test_outputs_acknowledged_before_the_window_are_not_sent_again(monkeypatch) -> None:
-    runner, serde, replacement = desync_runner(monkeypatch, window_s=60.0, healthy=6)
-    clock = clocked(monkeypatch)
-    values = [serde.encode(sample_record(VECTOR, seed)) for seed in range(9)]
-    runner._run_batch([FakeMessage(v, offset, topic=SOURCE) for offset, v in enumerate(values[:3])])
+    runner, replacement, clock, values = failing_at_the_last_batch(monkeypatch, 60.0, batches=3)
+    run_values(runner, values, 0, 3)
     clock.now += 61.0
-    runner._run_batch([FakeMessage(v, offset, topic=SOURCE) for offset, v in enumerate(values[3:6], start=3)])
-    runner._run_batch([FakeMessage(v, offset, topic=SOURCE) for offset, v in enumerate(values[6:], start=6)])
+    run_values(runner, values, 3, 6)
+    run_values(runner, values, 6)
     # The window ends at the last acknowledgement (the second batch's): the first batch's, 61 s before it,
     # are not sent again.
     assert [v for _t, _k, v, _h in replacement.produced] == values[3:]
     assert runner.stats.resent == 3
 
-    off, serde, replacement = desync_runner(monkeypatch, window_s=0.0)
-    off._run_batch([FakeMessage(v, offset, topic=SOURCE) for offset, v in enumerate(values[:3])])
-    off._run_batch([FakeMessage(v, offset, topic=SOURCE) for offset, v in enumerate(values[3:6], start=3)])
+    off, _serde, replacement = desync_runner(monkeypatch, window_s=0.0)
+    run_values(off, values, 0, 3)
+    run_values(off, values, 3, 6)
     assert [v for _t, _k, v, _h in replacement.produced] == values[3:6], "a window of 0 turns it off"
 
 
@@ -279,14 +295,12 @@ def test_a_stage_idle_past_the_window_after_a_broker_restart_sends_its_last_outp
     publisher, the drift detector, the retrainer) meets it at its next batch, a minute after the restart,
     and the outputs it wrote just before the restart were older than the window by then, so never sent again
     although the broker lost them and their inputs are committed."""
-    runner, serde, replacement = desync_runner(monkeypatch, window_s=5.0)
-    clock = clocked(monkeypatch)
-    values = [serde.encode(sample_record(VECTOR, seed)) for seed in range(6)]
-    runner._run_batch([FakeMessage(v, offset, topic=SOURCE) for offset, v in enumerate(values[:3])])
+    runner, replacement, clock, values = failing_at_the_last_batch(monkeypatch, 5.0, batches=2)
+    run_values(runner, values, 0, 3)
     clock.now += 1.0
     broker_went_away(runner)  # the broker restarts; no input for a minute
     clock.now += 59.0
-    runner._run_batch([FakeMessage(v, offset, topic=SOURCE) for offset, v in enumerate(values[3:], start=3)])
+    run_values(runner, values, 3)
 
     assert [v for _t, _k, v, _h in replacement.produced] == values
     assert runner.stats.resent == 3
@@ -295,16 +309,14 @@ def test_a_stage_idle_past_the_window_after_a_broker_restart_sends_its_last_outp
 
 def test_only_the_outputs_acknowledged_in_the_window_before_the_connection_was_lost_are_sent_again(
         monkeypatch) -> None:
-    runner, serde, replacement = desync_runner(monkeypatch, window_s=5.0, healthy=6)
-    clock = clocked(monkeypatch)
-    values = [serde.encode(sample_record(VECTOR, seed)) for seed in range(9)]
-    runner._run_batch([FakeMessage(v, offset, topic=SOURCE) for offset, v in enumerate(values[:3])])
+    runner, replacement, clock, values = failing_at_the_last_batch(monkeypatch, 5.0, batches=3)
+    run_values(runner, values, 0, 3)
     clock.now += 10.0
-    runner._run_batch([FakeMessage(v, offset, topic=SOURCE) for offset, v in enumerate(values[3:6], start=3)])
+    run_values(runner, values, 3, 6)
     clock.now += 2.0
     broker_went_away(runner, KafkaError._TRANSPORT)
     clock.now += 60.0
-    runner._run_batch([FakeMessage(v, offset, topic=SOURCE) for offset, v in enumerate(values[6:], start=6)])
+    run_values(runner, values, 6)
 
     # The second batch was acknowledged 2 s before the connection was lost, the first 12 s before.
     assert [v for _t, _k, v, _h in replacement.produced] == values[3:]
@@ -315,12 +327,10 @@ def test_outputs_acknowledged_a_day_before_the_fatal_error_are_not_sent_again(mo
     """No sign of the broker going away before the fatal error: the window ends at the error. Measured back
     from the last acknowledgement instead, a publisher idle for a day wrote its day-old champion record to
     the compacted deployments table again, undoing a rollback made since."""
-    runner, serde, replacement = desync_runner(monkeypatch, window_s=5.0)
-    clock = clocked(monkeypatch)
-    values = [serde.encode(sample_record(VECTOR, seed)) for seed in range(6)]
-    runner._run_batch([FakeMessage(v, offset, topic=SOURCE) for offset, v in enumerate(values[:3])])
+    runner, replacement, clock, values = failing_at_the_last_batch(monkeypatch, 5.0, batches=2)
+    run_values(runner, values, 0, 3)
     clock.now += 86_400.0
-    runner._run_batch([FakeMessage(v, offset, topic=SOURCE) for offset, v in enumerate(values[3:], start=3)])
+    run_values(runner, values, 3)
 
     assert [v for _t, _k, v, _h in replacement.produced] == values[3:]
     assert runner.stats.resent == 0
@@ -328,14 +338,12 @@ def test_outputs_acknowledged_a_day_before_the_fatal_error_are_not_sent_again(mo
 
 def test_outputs_acknowledged_a_day_before_the_broker_went_away_are_not_sent_again(monkeypatch) -> None:
     """A broker restart a day after the stage's last output: what the stage wrote a day ago was not at risk."""
-    runner, serde, replacement = desync_runner(monkeypatch, window_s=5.0)
-    clock = clocked(monkeypatch)
-    values = [serde.encode(sample_record(VECTOR, seed)) for seed in range(6)]
-    runner._run_batch([FakeMessage(v, offset, topic=SOURCE) for offset, v in enumerate(values[:3])])
+    runner, replacement, clock, values = failing_at_the_last_batch(monkeypatch, 5.0, batches=2)
+    run_values(runner, values, 0, 3)
     clock.now += 86_400.0
     broker_went_away(runner)
     clock.now += 60.0
-    runner._run_batch([FakeMessage(v, offset, topic=SOURCE) for offset, v in enumerate(values[3:], start=3)])
+    run_values(runner, values, 3)
 
     assert [v for _t, _k, v, _h in replacement.produced] == values[3:]
     assert runner.stats.resent == 0
@@ -343,15 +351,13 @@ def test_outputs_acknowledged_a_day_before_the_broker_went_away_are_not_sent_aga
 
 def test_a_connection_lost_before_an_acknowledgement_no_longer_ends_the_window(monkeypatch) -> None:
     """The broker went away a moment and answered again: that sign says nothing of a fatal error a day later."""
-    runner, serde, replacement = desync_runner(monkeypatch, window_s=5.0, healthy=6)
-    clock = clocked(monkeypatch)
-    values = [serde.encode(sample_record(VECTOR, seed)) for seed in range(9)]
-    runner._run_batch([FakeMessage(v, offset, topic=SOURCE) for offset, v in enumerate(values[:3])])
+    runner, replacement, clock, values = failing_at_the_last_batch(monkeypatch, 5.0, batches=3)
+    run_values(runner, values, 0, 3)
     clock.now += 1.0
     broker_went_away(runner, KafkaError._TRANSPORT)
-    runner._run_batch([FakeMessage(v, offset, topic=SOURCE) for offset, v in enumerate(values[3:6], start=3)])
+    run_values(runner, values, 3, 6)
     clock.now += 86_400.0
-    runner._run_batch([FakeMessage(v, offset, topic=SOURCE) for offset, v in enumerate(values[6:], start=6)])
+    run_values(runner, values, 6)
 
     assert [v for _t, _k, v, _h in replacement.produced] == values[6:]
     assert runner.stats.resent == 0
@@ -423,9 +429,9 @@ def test_the_window_keeps_at_most_resend_max_records_the_latest(monkeypatch) -> 
     runner, serde = stage_runner(DesynchronizedProducer(healthy=3), resend_window_s=60.0, resend_max_records=2)
     replacement = FakeProducer()
     monkeypatch.setattr(delivery_module, "Producer", lambda _config: replacement)
-    values = [serde.encode(sample_record(VECTOR, seed)) for seed in range(6)]
-    runner._run_batch([FakeMessage(v, offset, topic=SOURCE) for offset, v in enumerate(values[:3])])
-    runner._run_batch([FakeMessage(v, offset, topic=SOURCE) for offset, v in enumerate(values[3:], start=3)])
+    values = encoded(serde, 6)
+    run_values(runner, values, 0, 3)
+    run_values(runner, values, 3)
 
     assert [v for _t, _k, v, _h in replacement.produced] == values[1:]
     assert runner.stats.resent == 2
@@ -433,11 +439,11 @@ def test_the_window_keeps_at_most_resend_max_records_the_latest(monkeypatch) -> 
 
 def test_an_input_read_twice_within_the_window_has_its_outputs_sent_again_once(monkeypatch) -> None:
     runner, serde, replacement = desync_runner(monkeypatch, window_s=60.0, processor=Stamping(), healthy=6)
-    values = [serde.encode(sample_record(VECTOR, seed)) for seed in range(6)]
+    values = encoded(serde, 6)
     first = [FakeMessage(v, offset, topic=SOURCE) for offset, v in enumerate(values[:3])]
     runner._run_batch(first)
     runner._run_batch(first)  # read again: the group rejoined from an offset commit the broker lost
-    runner._run_batch([FakeMessage(v, offset, topic=SOURCE) for offset, v in enumerate(values[3:], start=3)])
+    run_values(runner, values, 3)
 
     # Six outputs of offsets 0-2 were acknowledged (two copies each), then the producer failed.
     # Each output is sent again once, as its latest copy; then the third batch.
@@ -459,9 +465,9 @@ def test_every_output_of_an_input_with_several_is_sent_again(monkeypatch) -> Non
     """Outputs of one input to one topic are told apart by their place among its outputs; as one,
     only the last of each input was kept for the window and sent again."""
     runner, serde, replacement = desync_runner(monkeypatch, window_s=60.0, processor=Twice(), healthy=6)
-    values = [serde.encode(sample_record(VECTOR, seed)) for seed in range(6)]
-    runner._run_batch([FakeMessage(v, offset, topic=SOURCE) for offset, v in enumerate(values[:3])])
-    runner._run_batch([FakeMessage(v, offset, topic=SOURCE) for offset, v in enumerate(values[3:], start=3)])
+    values = encoded(serde, 6)
+    run_values(runner, values, 0, 3)
+    run_values(runner, values, 3)
 
     # The six outputs of offsets 0-2 were acknowledged, then the producer failed: all six are sent
     # again, then the second batch's six.
@@ -510,7 +516,7 @@ def limited_runner(processor) -> tuple[StageRunner, SingleObjectSerde, SizeLimit
 
 def test_an_output_kafka_refuses_as_too_large_dead_letters_its_input_and_the_batch_goes_on() -> None:
     runner, serde, producer, consumer = limited_runner(Inflating())
-    values = [serde.encode(sample_record(VECTOR, seed)) for seed in range(3)]
+    values = encoded(serde, 3)
     runner._run_batch([FakeMessage(v, offset, key=b"big" if offset == 1 else b"k", topic=SOURCE)
                        for offset, v in enumerate(values)])
 
@@ -747,7 +753,7 @@ def test_a_topic_produce_itself_refuses_waits_and_retries_as_after_its_delivery_
     runner, serde = stage_runner(producer)
     values = [serde.encode(sample_record(VECTOR, 0)), b"\x00not a vector", serde.encode(sample_record(VECTOR, 2))]
     with caplog.at_level(logging.ERROR, logger="streamloop.kafka.runner"):
-        runner._run_batch([FakeMessage(v, offset, topic=SOURCE) for offset, v in enumerate(values)])
+        run_values(runner, values)
 
     # Each record was acknowledged once: a retry sent only what was not, after produce() raised for one
     # record the others went on.
@@ -773,10 +779,10 @@ def test_an_output_at_risk_that_produce_refuses_at_a_stop_does_not_hold_back_the
     replacement = MissingTopic(SINK, KafkaError._UNKNOWN_PARTITION, raising=1)
     replacement.reported = True  # the new producer's first produce() raises
     monkeypatch.setattr(delivery_module, "Producer", lambda _config: replacement)
-    values = [serde.encode(sample_record(VECTOR, seed)) for seed in range(6)]
-    runner._run_batch([FakeMessage(v, offset, topic=SOURCE) for offset, v in enumerate(values[:3])])
+    values = encoded(serde, 6)
+    run_values(runner, values, 0, 3)
     runner.stop()  # SIGTERM arrives while the next batch meets the fatal error
-    runner._run_batch([FakeMessage(v, offset, topic=SOURCE) for offset, v in enumerate(values[3:], start=3)])
+    run_values(runner, values, 3)
 
     # The first batch's outputs are sent again on the way out; the one produce() refused is reported,
     # and the others still go (they went unsent after it).
@@ -797,10 +803,10 @@ def test_a_consumer_s_fatal_error_does_not_condemn_the_producer() -> None:
 
 def test_a_stop_during_a_fatal_producer_error_still_sends_the_outputs_at_risk_again(monkeypatch) -> None:
     runner, serde, replacement = desync_runner(monkeypatch, window_s=60.0)
-    values = [serde.encode(sample_record(VECTOR, seed)) for seed in range(6)]
-    runner._run_batch([FakeMessage(v, offset, topic=SOURCE) for offset, v in enumerate(values[:3])])
+    values = encoded(serde, 6)
+    run_values(runner, values, 0, 3)
     runner.stop()  # SIGTERM arrives while the next batch meets the fatal error
-    runner._run_batch([FakeMessage(v, offset, topic=SOURCE) for offset, v in enumerate(values[3:], start=3)])
+    run_values(runner, values, 3)
 
     # The first batch's inputs are committed; its outputs went to a broker that may have lost them.
     assert [v for _t, _k, v, _h in replacement.produced] == values[:3]
@@ -829,11 +835,11 @@ def resend_then_stop(monkeypatch, failing) -> tuple[StageRunner, list[bytes], Ti
     """A batch acknowledged and committed, then a fatal error in the next one: the new producer sends the first
     batch's outputs again with the second's, times out the deliveries of ``failing(values)`` and is stopped."""
     runner, serde, _unused = desync_runner(monkeypatch, window_s=60.0)
-    values = [serde.encode(sample_record(VECTOR, seed)) for seed in range(6)]
+    values = encoded(serde, 6)
     replacement = TimingOutUntilStopped(failing(values), runner.stop)
     monkeypatch.setattr(delivery_module, "Producer", lambda _config: replacement)
-    runner._run_batch([FakeMessage(v, offset, topic=SOURCE) for offset, v in enumerate(values[:3])])
-    runner._run_batch([FakeMessage(v, offset, topic=SOURCE) for offset, v in enumerate(values[3:], start=3)])
+    run_values(runner, values, 0, 3)
+    run_values(runner, values, 3)
     return runner, values, replacement
 
 
@@ -939,13 +945,13 @@ class DesynchronizedWhileStopping(DesynchronizedProducer):
 def test_a_stop_after_a_second_fatal_error_sends_the_window_and_the_unacknowledged_outputs_sent_again(
         monkeypatch) -> None:
     runner, serde, _unused = desync_runner(monkeypatch, window_s=60.0)
-    values = [serde.encode(sample_record(VECTOR, seed)) for seed in range(6)]
+    values = encoded(serde, 6)
     failing_again = DesynchronizedWhileStopping(healthy=1, stop=runner.stop)  # takes one output sent again
     last = FakeProducer()
     producers = iter([failing_again, last])
     monkeypatch.setattr(delivery_module, "Producer", lambda _config: next(producers))
-    runner._run_batch([FakeMessage(v, offset, topic=SOURCE) for offset, v in enumerate(values[:3])])
-    runner._run_batch([FakeMessage(v, offset, topic=SOURCE) for offset, v in enumerate(values[3:], start=3)])
+    run_values(runner, values, 0, 3)
+    run_values(runner, values, 3)
 
     assert [v for _t, _k, v, _h in failing_again.produced] == values[:1]
     # On the last producer: the output the failed producer acknowledged (in the window), then the two it never
@@ -956,9 +962,9 @@ def test_a_stop_after_a_second_fatal_error_sends_the_window_and_the_unacknowledg
 
 def test_outputs_sent_again_count_as_resent_not_as_produced_again(monkeypatch) -> None:
     runner, serde, replacement = desync_runner(monkeypatch, window_s=60.0)
-    values = [serde.encode(sample_record(VECTOR, seed)) for seed in range(6)]
-    runner._run_batch([FakeMessage(v, offset, topic=SOURCE) for offset, v in enumerate(values[:3])])
-    runner._run_batch([FakeMessage(v, offset, topic=SOURCE) for offset, v in enumerate(values[3:], start=3)])
+    values = encoded(serde, 6)
+    run_values(runner, values, 0, 3)
+    run_values(runner, values, 3)
 
     assert len(replacement.produced) == 6, "the first batch's three outputs, then the second's"
     assert (runner.stats.produced, runner.stats.resent) == (6, 3), "each output is produced once, whatever is resent"
