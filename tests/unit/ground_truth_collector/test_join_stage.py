@@ -205,13 +205,30 @@ def test_a_redis_that_refuses_commands_dead_letters_nothing() -> None:
     assert join.counters.joined == 2 and runner.consumer.commits[-1][0].offset == 6
 
 
-def test_a_long_redis_outage_is_waited_out_by_the_runner_which_can_stop_meanwhile(monkeypatch) -> None:
-    """Past READ_PATIENCE_S the stage hands the wait to the runner: it retries the whole batch with
-    backoff (from the state before it), dead-letters nothing, and could leave uncommitted on a stop."""
+def without_read_patience(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The stage hands a Redis that does not answer to the runner at once (READ_PATIENCE_S 0, no sleeps)."""
     import services.ground_truth_collector.redis_state as redis_state
 
     monkeypatch.setattr(redis_state, "READ_PATIENCE_S", 0.0)
     monkeypatch.setattr(redis_state.time, "sleep", lambda _s: None)
+
+
+def e0_written(monkeypatch: pytest.MonkeyPatch) -> tuple[OutOfMemory, JoinStage, StageRunner, dict]:
+    """A join runner without read patience, on partitions 0 and 1, once partition 0's first record (e0) is
+    written to Redis; returns (client, join, runner, the client's hashes then)."""
+    without_read_patience(monkeypatch)
+    client = OutOfMemory(refusals=0)
+    join = stage(client)
+    runner = join_runner(join, RunnerSettings(retry_backoff_s=0.001))
+    runner._assigned.add((KEYED, 1))
+    runner._run_batch(messages([keyed(0, "f", Kind.FEATURES, "e0", event_time=at(T0), pipeline="p")]))
+    return client, join, runner, {key: dict(fields) for key, fields in client.hashes.items()}
+
+
+def test_a_long_redis_outage_is_waited_out_by_the_runner_which_can_stop_meanwhile(monkeypatch) -> None:
+    """Past READ_PATIENCE_S the stage hands the wait to the runner: it retries the whole batch with
+    backoff (from the state before it), dead-letters nothing, and could leave uncommitted on a stop."""
+    without_read_patience(monkeypatch)
     join = stage(OutOfMemory(refusals=3))
     runner = join_runner(join, RunnerSettings(retry_backoff_s=0.001))
     records = event("e1", 0) + event("e2", 3)
@@ -438,16 +455,7 @@ def test_state_redis_lost_in_a_failover_a_batch_waited_out_is_checked_when_the_r
         monkeypatch: pytest.MonkeyPatch) -> None:
     """The retry read the failed-over hash, behind the partition's offsets, but the partition had been
     checked at its assignment: the batch was applied to it and its offset written over the gap."""
-    import services.ground_truth_collector.redis_state as redis_state
-
-    monkeypatch.setattr(redis_state, "READ_PATIENCE_S", 0.0)
-    monkeypatch.setattr(redis_state.time, "sleep", lambda _s: None)
-    client = OutOfMemory(refusals=0)
-    join = stage(client)
-    runner = join_runner(join, RunnerSettings(retry_backoff_s=0.001))
-    runner._assigned.add((KEYED, 1))
-    runner._run_batch(messages([keyed(0, "f", Kind.FEATURES, "e0", event_time=at(T0), pipeline="p")]))
-    persisted = {key: dict(fields) for key, fields in client.hashes.items()}
+    client, join, runner, persisted = e0_written(monkeypatch)
     label, features, prediction = event("e2", 1)
     runner._run_batch(messages([label]))
     client.hashes, client.refusals = persisted, 1  # a failover to a replica without that write, mid-batch
@@ -463,16 +471,7 @@ def test_state_redis_lost_in_a_failover_a_batch_waited_out_is_checked_when_the_r
 def test_records_kafka_no_longer_has_are_counted_once_though_a_retry_checks_again(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """A retry reads the state again, still behind the partition's first offset: no second rewind."""
-    import services.ground_truth_collector.redis_state as redis_state
-
-    monkeypatch.setattr(redis_state, "READ_PATIENCE_S", 0.0)
-    monkeypatch.setattr(redis_state.time, "sleep", lambda _s: None)
-    client = OutOfMemory(refusals=0)
-    join = stage(client)
-    runner = join_runner(join, RunnerSettings(retry_backoff_s=0.001))
-    runner._assigned.add((KEYED, 1))
-    runner._run_batch(messages([keyed(0, "f", Kind.FEATURES, "e0", event_time=at(T0), pipeline="p")]))
-    persisted = {key: dict(fields) for key, fields in client.hashes.items()}
+    client, join, runner, persisted = e0_written(monkeypatch)
     runner._run_batch(messages(event("e1", 1)))
     client.hashes = persisted
     reassigned(runner)
