@@ -410,6 +410,16 @@ def test_after_a_restart_online_publishing_runs_from_the_newest_online_candidate
     assert history.reads - reads == 1
 
 
+def restarted_on(history: FakeHistory, harness: Harness, read_window=None) -> None:
+    """``harness``'s processor as a restart builds it: its timers start from what ``history`` reads back of
+    the candidates topic; on the harness's clock, reading ``read_window`` (the harness's own unless given)."""
+    resume = KafkaResume(history, labeled_topic="lab", candidates_topic="cand", pipeline=harness.spec.name, limit=100)
+    harness.processor = RetrainerProcessor(harness.spec, TOPICS, harness.table, harness.store,
+                                           read_window or harness.read_window, clock=lambda: harness.now,
+                                           timer_starts=resume.timer_starts)
+    harness.processor.prepare()
+
+
 def test_a_retrainer_restarted_more_often_than_its_schedule_still_rebuilds_on_it(demo_pipeline, tmp_path):
     spec = with_policy(demo_pipeline, retrain={"online_publish_every_labels": None, "online_publish_every": None,
                                                "rebuild_window": 200, "schedule": 24 * HOUR})
@@ -418,11 +428,7 @@ def test_a_retrainer_restarted_more_often_than_its_schedule_still_rebuilds_on_it
     for start in (T0, T0 + 20 * HOUR, T0 + 40 * HOUR):  # restarted every 20 hours
         harness = Harness(spec, tmp_path, window=labeled(200))
         harness.now = start
-        resume = KafkaResume(history, labeled_topic="lab", candidates_topic="cand", pipeline=spec.name, limit=100)
-        harness.processor = RetrainerProcessor(spec, TOPICS, harness.table, harness.store, harness.read_window,
-                                               clock=lambda harness=harness: harness.now,
-                                               timer_starts=resume.timer_starts)
-        harness.processor.prepare()
+        restarted_on(history, harness)
         for harness.now in range(start, start + 20 * HOUR, HOUR // 6):
             topic += [(harness.now, c) for c in candidates(harness.processor.tick(harness.now))]
     assert [(c["trigger"], c["created_at"]) for _, c in topic] == [("SCHEDULE", T0 + 24 * HOUR),
@@ -441,11 +447,7 @@ def test_a_retrainer_restarted_more_often_than_online_publish_every_still_publis
     for start in range(T0, T0 + 4 * minute, 40_000):  # restarted every 40 s
         harness = Harness(spec, tmp_path)  # the bootstrap champion, deployed at T0
         harness.now = start
-        resume = KafkaResume(history, labeled_topic="lab", candidates_topic="cand", pipeline=spec.name, limit=100)
-        harness.processor = RetrainerProcessor(spec, TOPICS, harness.table, harness.store, harness.read_window,
-                                               clock=lambda harness=harness: harness.now,
-                                               timer_starts=resume.timer_starts)
-        harness.processor.prepare()
+        restarted_on(history, harness)
         for harness.now in range(start, start + 40_000, 5_000):
             harness.processor.process([next(examples)])
             topic += [(harness.now, c) for c in candidates(harness.processor.tick(harness.now))]
@@ -471,12 +473,7 @@ def test_a_restart_leaves_the_schedule_where_it_was(demo_pipeline, tmp_path):
                 harness.now += HOUR  # reading the window, training, storing the artifact
                 return harness.read_window(size)
 
-            resume = KafkaResume(history, labeled_topic="lab", candidates_topic="cand", pipeline=spec.name,
-                                 limit=100)
-            harness.processor = RetrainerProcessor(spec, TOPICS, harness.table, harness.store, slow_window,
-                                                   clock=lambda harness=harness: harness.now,
-                                                   timer_starts=resume.timer_starts)
-            harness.processor.prepare()
+            restarted_on(history, harness, slow_window)
             for now in range(start, end, HOUR // 6):
                 harness.now = max(harness.now, now)
                 topic += [(harness.now, c) for c in candidates(harness.processor.tick(harness.now))]
