@@ -135,6 +135,15 @@ def started(lease: FakeLease | None, reader: FakeTableReader | None = None,
     return app, terms, thread
 
 
+def second_term(terms: FakeTerms) -> RetrainerTerm:
+    """The second term made, once its runner runs (up to 5 s)."""
+    for _ in range(500):
+        if len(terms.made) == 2 and terms.made[1].runner.running.is_set():
+            break
+        time.sleep(0.01)
+    return terms.made[1]
+
+
 def test_a_second_replica_waits_as_a_standby_and_takes_over_when_given_the_lease() -> None:
     """Two replicas each trained a challenger on their share of the labels, and both rebuilt on every drift."""
     lease = FakeLease()
@@ -161,11 +170,7 @@ def test_a_replica_that_lost_the_lease_stops_and_starts_afresh_when_it_takes_it_
     time.sleep(0.2)
     assert len(terms.made) == 1, "it waits as a standby"
     lease.granted.set()
-    for _ in range(500):
-        if len(terms.made) == 2 and terms.made[1].runner.running.is_set():
-            break
-        time.sleep(0.01)
-    second = terms.made[1]
+    second = second_term(terms)
     assert second.runner.running.is_set() and second.processor.prepared == 1, \
         "a fresh challenger, its line resumed from the topics as after a restart"
     assert first.executor._shutdown, "the last term's rebuild is not waited for"  # type: ignore[attr-defined]
@@ -221,11 +226,7 @@ def test_a_lease_lost_while_the_table_is_not_read_sends_the_replica_back_to_stan
         "no resume and no join for a term already over"
     lease.granted.set()
     reader.caught_up.set()
-    for _ in range(500):
-        if len(terms.made) == 2 and terms.made[1].runner.running.is_set():
-            break
-        time.sleep(0.01)
-    second = terms.made[1]
+    second = second_term(terms)
     assert second.runner.running.is_set() and second.processor.prepared == 1 and first.processor.prepared == 0
     retrainer.stop()
     thread.join(5)
