@@ -311,19 +311,26 @@ def test_score_batch_answers_each_entity_with_one_read(served: Served) -> None:
     assert served.store.reads == 2
 
 
-def test_a_model_that_fails_on_one_entity_fails_only_that_entity_s_result(served: Served, monkeypatch,
-                                                                          caplog) -> None:
+def failing_on_card_13(served: Served, monkeypatch, error: Exception) -> scoring_pb2.ScoreBatchRequest:
+    """The model raises ``error`` on card-13's features (written to the store), and scores the others;
+    returns a batch of card-1 and card-13."""
     predict = scoring_module.predict
 
     def failing_on_13(model, x, spec):
         if x.get("amount") == 13.0:
-            raise ModelOutputError("the classifier returned probability nan for True")
+            raise type(error)(*error.args)  # a new one at each call, as a model raises
         return predict(model, x, spec)
 
     monkeypatch.setattr(scoring_module, "predict", failing_on_13)
     served.store.write("features", FeatureWrite("card-13", NOW - 10, 1, {"amount": 13.0}, {}))
-    request = scoring_pb2.ScoreBatchRequest(requests=[scoring_pb2.ScoreRequest(entity_id="card-1"),
-                                                      scoring_pb2.ScoreRequest(entity_id="card-13")])
+    return scoring_pb2.ScoreBatchRequest(requests=[scoring_pb2.ScoreRequest(entity_id="card-1"),
+                                                   scoring_pb2.ScoreRequest(entity_id="card-13")])
+
+
+def test_a_model_that_fails_on_one_entity_fails_only_that_entity_s_result(served: Served, monkeypatch,
+                                                                          caplog) -> None:
+    request = failing_on_card_13(served, monkeypatch,
+                                 ModelOutputError("the classifier returned probability nan for True"))
     with caplog.at_level(logging.WARNING, logger="services.online_scorer.grpc_service"):
         response = served.stub.ScoreBatch(request, timeout=5)
         assert [r.WhichOneof("result") for r in response.results] == ["response", "error"]
@@ -340,17 +347,8 @@ def test_a_model_that_fails_on_one_entity_fails_only_that_entity_s_result(served
 
 def test_a_model_that_raises_anything_on_one_entity_fails_only_that_entity_s_result(served: Served, monkeypatch,
                                                                                      caplog) -> None:
-    predict = scoring_module.predict
-
-    def failing_on_13(model, x, spec):
-        if x.get("amount") == 13.0:
-            raise ValueError("math domain error in secret_module.py")  # a river model's own error, no ModelError
-        return predict(model, x, spec)
-
-    monkeypatch.setattr(scoring_module, "predict", failing_on_13)
-    served.store.write("features", FeatureWrite("card-13", NOW - 10, 1, {"amount": 13.0}, {}))
-    request = scoring_pb2.ScoreBatchRequest(requests=[scoring_pb2.ScoreRequest(entity_id="card-1"),
-                                                      scoring_pb2.ScoreRequest(entity_id="card-13")])
+    # A river model's own error, no ModelError.
+    request = failing_on_card_13(served, monkeypatch, ValueError("math domain error in secret_module.py"))
     with caplog.at_level(logging.WARNING, logger="services.online_scorer.grpc_service"):
         response = served.stub.ScoreBatch(request, timeout=5)
     assert [r.WhichOneof("result") for r in response.results] == ["response", "error"]
