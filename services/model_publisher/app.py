@@ -167,7 +167,8 @@ def build(settings: PublisherSettings, install_global_telemetry: bool = True) ->
         reader = CompactedTopicReader(settings.common.kafka, topics.model_deployments, ctx.serde("model_deployments"),
                                       on_change=table.apply, name=f"{SERVICE}-deployments", metrics=telemetry.metrics,
                                       verify=verifier, on_refused=table.refuse)
-        processor = PublisherProcessor(ctx.pipeline, topics, table, store, policy=policy, metrics=telemetry.metrics)
+        processor = PublisherProcessor(ctx.pipeline, topics, table, store, policy=policy, metrics=telemetry.metrics,
+                                       read_retirement=reader.retirement)
         runner = ctx.runner(processor, inputs=["model_candidates", "labeled_examples", "metrics"],
                             outputs=["model_deployments", "model_decisions", "alerts"], metrics=telemetry.metrics)
         return PublisherTerm(processor, runner, reader)

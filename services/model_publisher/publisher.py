@@ -76,7 +76,8 @@ def wall_clock_ms() -> int:
 class PublisherProcessor:
     def __init__(self, pipeline: PipelineSpec, topics: PublisherTopics, table: DeploymentTable,
                  store: ArtifactStore, *, policy: PublisherPolicy | None = None,
-                 clock: Callable[[], int] = wall_clock_ms, metrics: Any = None) -> None:
+                 clock: Callable[[], int] = wall_clock_ms, metrics: Any = None,
+                 read_retirement: Callable[[str], int | None] = lambda _key: None) -> None:
         self.pipeline = pipeline
         self.topics = topics
         self.table = table
@@ -87,7 +88,7 @@ class PublisherProcessor:
         self.ledger = LossLedger(self.policy.ledger_events)
         self.writer = RegistryWriter(pipeline, table, deployments_topic=topics.model_deployments,
                                      decisions_topic=topics.model_decisions, alerts_topic=topics.alerts, clock=clock,
-                                     signer=store.signer)
+                                     signer=store.signer, read_retirement=read_retirement)
         self.judge = Judge(pipeline, table, self.ledger, self.writer, self.policy.judging)
         self.staleness = StalenessMonitor(pipeline, SOURCE, self.policy.min_metric_samples)
         self._metrics = metrics

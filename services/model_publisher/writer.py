@@ -3,8 +3,10 @@
 Each deployment change is also written through to the publisher's own ``DeploymentTable``, so the
 next decision (in the same batch) sees it before the compacted topic echoes it back. Every
 deployment record is signed with the artifact signing key (streamloop.ml.deployment_signing),
-and stamped no earlier than the record it replaces, which readers would refuse as a replay;
-every tombstone (a retirement) is signed in its headers, and stamped after the record it retires.
+and stamped no earlier than the record it replaces and after the slot's last retirement (its own,
+or one its reader read: another writer's, or a term's before), which readers would refuse as a
+replay; every tombstone (a retirement) is signed in its headers, and stamped after the record it
+retires.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from streamloop.ml.registry import CANARY, DeploymentTable, decision_record, dep
 
 class RegistryWriter:
     def __init__(self, pipeline: PipelineSpec, table: DeploymentTable, *, deployments_topic: str,
-                 decisions_topic: str, alerts_topic: str, clock: Callable[[], int], signer: ArtifactSigner) -> None:
+                 decisions_topic: str, alerts_topic: str, clock: Callable[[], int], signer: ArtifactSigner,
+                 read_retirement: Callable[[str], int | None] = lambda _key: None) -> None:
         self.pipeline = pipeline
         self.signer = signer
         self.table = table
@@ -31,8 +34,12 @@ class RegistryWriter:
         self.clock = clock
         self.model_name = pipeline.model.name
         # When this writer last retired each slot: the slot's next record is stamped after it, or a
-        # replay of that signed retirement (a re-send, say) would pass as retiring the next record.
+        # replay of that signed retirement (a re-send, say) would pass as retiring the next record,
+        # and readers would refuse the next record as a replay (its reader may not have read it yet).
         self._retired_at: dict[str, int] = {}
+        # When the slot was last retired as the deployments table's reader read it (CompactedTopicReader
+        # .retirement): by another writer (`streamloop models`, a term before this one), with its clock.
+        self.read_retirement = read_retirement
 
     def deploy(self, slot: str, version: str, artifact: dict[str, Any], *, previous_version: str | None = None,
                decision_id: str | None = None) -> OutgoingRecord:
@@ -40,7 +47,8 @@ class RegistryWriter:
         key = slot_key(self.pipeline.name, self.model_name, slot)
         replaced = self.table.slot(self.pipeline.name, self.model_name, slot)
         # A clock behind the slot's record (another host's, or stepped back) would make readers refuse this one.
-        deployed_at = max(stamp_after(self.clock(), replaced), self._retired_at.get(key, -1) + 1)
+        deployed_at = stamp_after(self.clock(), replaced, retired=(self._retired_at.get(key),
+                                                                   self.read_retirement(key)))
         record = sign_deployment(self.signer, deployment_record(
             self.pipeline.name, self.model_name, slot, version, artifact, deployed_at=deployed_at,
             canary_weight=weight, previous_version=previous_version, decision_id=decision_id))

@@ -9,14 +9,23 @@ A record that cannot be decoded (or has no key) is skipped, logged and counted, 
 in ``streamloop_table_undecodable_records_total`` when ``metrics`` is given; it is not forwarded to
 a dead-letter topic, since every replica of every reader would write it there again.
 
-With ``verify``, a decoded value is applied only if ``verify(key, value, current, headers)``
-returns (``current``: the value the table holds for the key, or the batch's latest one;
-``headers``: the record's Kafka headers), and so is a tombstone, with ``value`` None (a tombstone
-has no value, so a signature it carries is in its headers); one it refuses with
-``RecordUnverified`` is skipped the same way and counted in ``stats.unverified`` and in
-``streamloop_table_unverified_records_total``, and the key keeps its previous value. The
-deployments table's readers pass ``streamloop.ml.deployment_signing.DeploymentVerifier``; a
-reader without ``verify`` (every other table) applies every tombstone, as before.
+With ``verify``, a decoded value is applied only if ``verify(key, value, current, headers,
+retirement)`` returns (``current``: the value the table holds for the key, or the batch's latest
+one; ``headers``: the record's Kafka headers; ``retirement``: the key's, below), and so is a
+tombstone, with ``value`` None (a tombstone has no value, so a signature it carries is in its
+headers); one it refuses with ``RecordUnverified`` is skipped the same way and counted in
+``stats.unverified`` and in ``streamloop_table_unverified_records_total``, and the key keeps its
+previous value. The deployments table's readers pass
+``streamloop.ml.deployment_signing.DeploymentVerifier``; a reader without ``verify`` (every other
+table) applies every tombstone, as before.
+
+A key a tombstone emptied holds no value to check the next record against, so a verifying reader
+keeps the key's retirement: what ``verify`` returned for the tombstone (the deployments table: the
+time the slot was retired, signed), passed to ``verify`` with the key's next records, until one is
+applied (its value then guards the key) or ``verify`` returns None for a later tombstone. It
+keeps that of the ``RETIREMENTS_KEPT`` keys retired last (``Retirements``): a key retired once and
+never written again (a shadow slot is named after its version) would otherwise be kept for as long
+as the reader runs.
 
 Usage::
 
@@ -52,8 +61,12 @@ OnChange = Callable[[str, dict[str, Any] | None], None]
 # How long one look of ``wait_until_read`` waits for the table at most: how soon a stop ends the wait.
 TABLE_POLL_S = 0.5
 # Raises RecordUnverified for a record the table must not apply: (key, value or None for a
-# tombstone, the key's current value, the record's headers).
-Verify = Callable[[str, dict[str, Any] | None, dict[str, Any] | None, list[tuple[str, bytes | None]]], None]
+# tombstone, the key's current value, the record's headers, the key's retirement or None). For a
+# tombstone it returns the key's retirement from then on (None: none); for a value, what it returns is dropped.
+Verify = Callable[[str, dict[str, Any] | None, dict[str, Any] | None, list[tuple[str, bytes | None]], Any], Any]
+# How many keys' retirements a verifying reader keeps: those retired last. Days of a busy model's
+# shadow slots, which its publisher retires one by one, in about 2 MB.
+RETIREMENTS_KEPT = 10_000
 
 
 class RecordUnverified(StreamloopError):
@@ -68,6 +81,34 @@ class TableReaderStats:
     unverified: int = 0
     callback_errors: int = 0
     superseded: int = 0
+
+
+class Retirements:
+    """Each emptied key's retirement (what ``verify`` returned for its tombstone), for the ``limit``
+    keys retired last: retiring a key again makes it the latest, and the one retired first is
+    forgotten when there is no room. Not thread-safe: its owner locks."""
+
+    def __init__(self, limit: int = RETIREMENTS_KEPT) -> None:
+        self.limit = limit
+        self._by_key: dict[str, Any] = {}  # in the order they were retired
+
+    def get(self, key: str) -> Any:
+        return self._by_key.get(key)
+
+    def set(self, key: str, retirement: Any) -> None:
+        """``key``'s retirement from now on; None: it has none (a value was applied)."""
+        self._by_key.pop(key, None)
+        if retirement is None:
+            return
+        self._by_key[key] = retirement
+        if len(self._by_key) > self.limit:
+            del self._by_key[next(iter(self._by_key))]
+
+    def items(self) -> list[tuple[str, Any]]:
+        return list(self._by_key.items())
+
+    def __len__(self) -> int:
+        return len(self._by_key)
 
 
 class CatchingUp(Protocol):
@@ -158,6 +199,7 @@ class CompactedTopicReader:
             "enable.partition.eof": False,
         }
         self._table: dict[str, dict[str, Any]] = {}
+        self._retirements = Retirements()
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._caught_up = threading.Event()
@@ -192,6 +234,12 @@ class CompactedTopicReader:
     def snapshot(self) -> dict[str, dict[str, Any]]:
         with self._lock:
             return dict(self._table)
+
+    def retirement(self, key: str) -> Any:
+        """The retirement ``verify`` returned for the tombstone that emptied ``key``, if it holds no value
+        since (None without ``verify``)."""
+        with self._lock:
+            return self._retirements.get(key)
 
     # -- the thread --------------------------------------------------------------------------
 
@@ -284,6 +332,7 @@ class CompactedTopicReader:
 
     def _apply(self, messages: list[Message]) -> None:
         latest: dict[str, dict[str, Any] | None] = {}
+        retirements: dict[str, Any] = {}  # the batch's keys' retirements after it, applied with ``latest``
         for message in messages:
             if message.error() is not None:
                 log.warning("%s: consume error on %s: %s", self.name, self.topic, message.error().str())
@@ -310,14 +359,18 @@ class CompactedTopicReader:
                     continue
             if self._verify is not None:
                 current = latest.get(key, _ABSENT)
+                retirement = retirements.get(key, _ABSENT)
                 if current is _ABSENT:
                     with self._lock:
                         current = self._table.get(key)
+                        retirement = self._retirements.get(key)
+                headers = list(message.headers() or [])
                 try:
-                    self._verify(key, decoded, current, list(message.headers() or []))  # type: ignore[arg-type]
+                    retired = self._verify(key, decoded, current, headers, retirement)  # type: ignore[arg-type]
                 except RecordUnverified as exc:
                     self._unverified(message, key, decoded, exc)
                     continue
+                retirements[key] = retired if decoded is None else None
             if latest.pop(key, _ABSENT) is not _ABSENT:  # re-inserted: callbacks run in the latest records' order
                 self.stats.superseded += 1
                 if self._caught_up.is_set():
@@ -329,6 +382,8 @@ class CompactedTopicReader:
             latest[key] = decoded
         for key, decoded in latest.items():
             with self._lock:
+                if key in retirements:
+                    self._retirements.set(key, retirements[key])
                 if decoded is None:
                     existed = self._table.pop(key, None) is not None
                 else:

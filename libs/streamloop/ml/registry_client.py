@@ -11,7 +11,9 @@ command. A Schema Registry that does not answer is a :class:`RegistryError`, not
 
 With a verifier (given, or made from the store's signing keys), a deployment record or tombstone
 that does not verify (streamloop.ml.deployment_signing) is left out the same way, as the services
-refuse it; every deployment record and tombstone this client writes is signed.
+refuse it, a record replayed after its slot was retired too (each read keeps the slots'
+retirements as the services' readers do); every deployment record and tombstone this client
+writes is signed, and stamped after the records and the retirements of the model's slots.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from streamloop.contracts import Catalog, PipelineSpec
 from streamloop.errors import DependencyUnavailable
 from streamloop.kafka.configuration import KafkaSettings
 from streamloop.kafka.exceptions import kafka_error_of, unwrapped_kafka_exceptions
+from streamloop.kafka.table_reader import Retirements
 from streamloop.ml.artifacts import ArtifactIdentity, ArtifactRef, ArtifactSigner, ArtifactStore
 from streamloop.ml.deployment_signing import (
     RETIREMENT_HEADERS,
@@ -180,12 +183,14 @@ def read_decoded(kafka: KafkaSettings, topic: str, decode: Callable[[bytes], dic
 
 @dataclass
 class RegistryState:
-    """What the registry topics hold for one model: current slots, deployment history, decisions, candidates."""
+    """What the registry topics hold for one model: current slots, deployment history, decisions, candidates,
+    and when each slot that is empty was retired, as far as a verifying read knows (by key)."""
 
     table: DeploymentTable
     history: list[dict[str, Any]]
     decisions: list[dict[str, Any]]
     candidates: dict[str, dict[str, Any]]
+    retired: dict[str, int] = field(default_factory=dict)
 
     def artifact_of(self, pipeline: str, model_name: str, version: str) -> dict[str, Any] | None:
         found = self.table.find(pipeline, model_name, version)
@@ -252,6 +257,7 @@ class RegistryClient:
         (``sign_again`` signs them), whatever the verifier's setting."""
         self.skipped = []
         table = DeploymentTable()
+        retirements = Retirements()  # as the services' table readers keep them (CompactedTopicReader)
         history = []
         topic = self.catalog["model_deployments"].name
         verifier = self.verifier
@@ -260,17 +266,20 @@ class RegistryClient:
             if key is not None and verifier is not None and \
                     not (accept_unsigned and not (is_signed(value) if value is not None else _signed_tombstone(raw))):
                 try:
-                    verifier.verify(key, value, table.record(key), raw.headers)
+                    retired_at = verifier.verify(key, value, table.record(key), raw.headers, retirements.get(key))
                 except DeploymentRecordError as exc:
                     log.warning("%s[%d]@%d is left out: %s", topic, raw.partition, raw.offset, exc)
                     self.skipped.append(SkippedRecord(topic, raw.partition, raw.offset, key, str(exc)))
                     continue
+                retirements.set(key, retired_at)
+            elif key is not None and value is not None:
+                retirements.set(key, None)  # applied unverified: the record's deployed_at guards the slot
             table.apply(key, value)
             if self._mine(value):
                 history.append(value)
         decisions = [v for _, v in self._read("model_decisions") if self._mine(v)]
         candidates = {v["version"]: v for _, v in self._read("model_candidates") if self._mine(v)}
-        return RegistryState(table, history, decisions, candidates)  # type: ignore[arg-type]
+        return RegistryState(table, history, decisions, candidates, dict(retirements.items()))  # type: ignore[arg-type]
 
     def models(self) -> list[dict[str, Any]]:
         """One row per known version: lineage summary, current slots, last decision about it; oldest first."""
@@ -344,8 +353,11 @@ class RegistryClient:
                                           ArtifactIdentity(self.pipeline.name, self.model_name, version))
         now = int(time.time() * 1000)
         pipeline, model = self.pipeline.name, self.model_name
-        # Never stamped before a slot's record: readers refuse an older one as a replay (this host's clock may lag).
-        stamp = stamp_after(now, *state.table.slots(pipeline, model).values())
+        # Never stamped before a slot's record, nor before a slot's retirement (a slot used again, as
+        # the old champion's shadow): readers refuse either as a replay (this host's clock may lag).
+        mine = slot_key(pipeline, model, "")
+        stamp = stamp_after(now, *state.table.slots(pipeline, model).values(),
+                            retired=[at for key, at in state.retired.items() if key.startswith(mine)])
         old = champion["version"] if champion else None
         decision = decision_record(pipeline, model, kind, reason, decision_id=f"{version}:{kind.lower()}:manual:{now}",
                                    decided_at=now, from_version=old, to_version=version, automatic=False)

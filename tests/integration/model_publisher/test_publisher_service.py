@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -9,8 +10,11 @@ import pytest
 from services.model_publisher.app import build
 from services.model_publisher.settings import PublisherSettings
 from streamloop.ml import ArtifactStore, build_model
-from streamloop.ml.registry import CHAMPION, bootstrap_version, shadow_slot, slot_key
+from streamloop.ml.deployment_signing import DeploymentVerifier, sign_retirement
+from streamloop.ml.registry import CHAMPION, bootstrap_version, millis, shadow_slot, slot_key
+from streamloop.ml.registry_client import RegistryClient
 from tests.integration.model_publisher.harness import ServiceThread, Topics, apply_env, values, wait_for
+from tests.topic_io import produce
 from tests.unit.model_publisher.factories import artifact_store, candidate, examples
 
 pytestmark = pytest.mark.integration
@@ -126,6 +130,28 @@ def test_shadow_then_promotion_then_automatic_rollback(publisher, topics, demo_p
         wait_for(lambda: slots(topics).get(champion_key(demo_pipeline), {}).get("version") == old,
                  what="the predecessor to be champion again")
     assert [d["kind"] for d in made] == ["REGISTER", "PROMOTE", "REGISTER", "SHADOW", "PROMOTE", "ROLLBACK"]
+
+
+def test_a_slot_retired_by_another_writer_ahead_of_the_publishers_clock_is_deployed_again(
+        publisher, topics, demo_pipeline, service_env):
+    """Readers refuse a record of a slot stamped no later than its retirement (a replay): the publisher
+    stamps its next record of the slot after a retirement its reader read, not only after its own
+    (here another writer's, an hour ahead, kept from a tombstone whose record compaction removed)."""
+    _old, challenger = bootstrap_challenger(demo_pipeline, service_env, amount=1.0)
+    key = slot_key("card-fraud", "fraud", shadow_slot(challenger["version"]))
+    signer = service_store(service_env).signer
+    ahead = int(time.time() * 1000) + 3_600_000
+    produce(topics.bootstrap, topics.catalog["model_deployments"].name, [(key.encode(), None)],
+            headers=sign_retirement(signer, key, ahead))
+    with publisher() as service:
+        wait_for(lambda: service.app.processor._bootstrapped, what="bootstrap")
+        topics.produce("model_candidates", [challenger])
+        topics.read("model_deployments", until=lambda rs: any(k == key and v is not None for k, v in rs))
+        assert millis(slots(topics)[key]["deployed_at"]) == ahead + 1
+        client = RegistryClient(demo_pipeline, topics.catalog, service.app.kafka, verifier=DeploymentVerifier(signer))
+        assert client.state().table.record(key)["version"] == challenger["version"] and client.skipped == []
+        wait_for(lambda: service.app.processor.table.record(key) is not None, what="the publisher to keep its shadow")
+        assert service.app.term.table_reader.stats.unverified == 0
 
 
 def test_a_tampered_candidate_is_refused_and_never_deployed(publisher, topics, demo_pipeline, service_env):

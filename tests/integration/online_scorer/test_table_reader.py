@@ -9,7 +9,11 @@ import pytest
 
 from streamloop.kafka import KafkaSettings
 from streamloop.kafka.table_reader import CompactedTopicReader
+from streamloop.ml.artifacts import ArtifactSigner
+from streamloop.ml.deployment_signing import DeploymentVerifier, sign_deployment, sign_retirement
+from streamloop.ml.registry_client import RegistryClient
 from tests.integration.online_scorer.harness import publish_deployment, serde
+from tests.topic_io import produce
 from tests.unit.online_scorer.fakes import deployment, slot_key
 
 pytestmark = pytest.mark.integration
@@ -83,3 +87,36 @@ def test_an_empty_topic_is_caught_up_at_once_and_a_missing_one_is_waited_for(
         assert not missing.wait_until_caught_up(1.5)
     finally:
         missing.stop()
+
+
+def test_a_verifying_reader_refuses_a_record_replayed_after_its_slot_was_retired(
+        demo_pipeline, loop_catalog, bootstrap_servers) -> None:
+    """A signed shadow record re-produced after its signed retirement served again at every reader:
+    after the tombstone a reader held nothing of the slot to compare it with."""
+    signer = ArtifactSigner({"default": b"test-signing-key-0123456789abcdef"}, "default")
+    spec, topic = demo_pipeline, loop_catalog["model_deployments"].name
+    old = sign_deployment(signer, {**record(demo_pipeline, "shadow/v9", "v9"), "deployed_at": 1_700_000_000_000})
+    key = slot_key(old)
+    publish_deployment(bootstrap_servers, loop_catalog, old)
+    produce(bootstrap_servers, topic, [(key.encode(), None)], headers=sign_retirement(signer, key, 1_700_000_000_005))
+    publish_deployment(bootstrap_servers, loop_catalog, old)  # the old record, re-produced by a writer of the topic
+
+    kafka = KafkaSettings(bootstrap_servers=bootstrap_servers)
+    reader = CompactedTopicReader(kafka, topic, serde(loop_catalog, "model_deployments"),
+                                  verify=DeploymentVerifier(signer)).start()
+    try:
+        assert reader.wait_until_caught_up(30)
+        assert reader.get(key) is None and reader.stats.unverified == 1, "the retired slot stays empty"
+        assert reader.retirement(key) == 1_700_000_000_005
+        client = RegistryClient(spec, loop_catalog, kafka, verifier=DeploymentVerifier(signer))
+        state = client.state()
+        assert state.table.record(key) is None and state.retired == {key: 1_700_000_000_005}
+        assert [skipped.offset for skipped in client.skipped] == [2], "`streamloop models` leaves it out too"
+        # The slot used again: a record stamped after the retirement serves, and the reader forgets it.
+        again = sign_deployment(signer, {**old, "deployed_at": 1_700_000_000_006})
+        publish_deployment(bootstrap_servers, loop_catalog, again)
+        assert eventually(lambda: reader.get(key) is not None)
+        assert reader.retirement(key) is None and reader.stats.unverified == 1
+        assert client.state().table.record(key)["version"] == "v9"
+    finally:
+        reader.stop()

@@ -12,11 +12,17 @@ import random
 from pathlib import Path
 
 import pytest
+from confluent_kafka import Message
 
 from services.model_publisher.recovery import RECOVERED_EVIDENCE, LoggedDecisions
+from streamloop.contracts import load_catalog
+from streamloop.kafka import KafkaSettings
 from streamloop.kafka.records import OutgoingRecord, ProcessResult
+from streamloop.kafka.table_reader import CompactedTopicReader
+from streamloop.ml.deployment_signing import DeploymentVerifier
 from streamloop.ml.exceptions import RegistryError
 from streamloop.ml.registry import CANARY, CHAMPION, decision_subjects, shadow_slot, watched_predecessor
+from streamloop.serde import make_serde
 from tests.unit.model_publisher.factories import candidate
 from tests.unit.model_publisher.memory_registry import InMemoryRegistry, promoted
 from tests.unit.model_publisher.test_publisher import (
@@ -172,11 +178,28 @@ def test_a_champion_changed_under_a_decision_the_log_lost_is_not_changed_back(ha
     assert restarted.slot(CHAMPION)["decision_id"] == manual["decision_id"]
 
 
-def echo(harness: Harness, records: list[OutgoingRecord]) -> None:
-    """The deployments topic read back into the live publisher's table: its own writes, then others'."""
-    for record in records:
-        if record.topic == "dep":
-            harness.table.apply(record.key, record.value)
+class ReadBack:
+    """The deployments topic read back into the live publisher's table by a verifying reader, wired
+    as the app wires it (its retirements stamp the publisher's next record of a slot): its own
+    writes, then others' (``streamloop models``', stamped by this host's clock, years ahead of the
+    harness's)."""
+
+    def __init__(self, harness: Harness) -> None:
+        catalog = load_catalog(harness.spec)
+        self.serde = make_serde(catalog["model_deployments"].schema, catalog.repository, "model_deployments")
+        self.reader = CompactedTopicReader(KafkaSettings(), "dep", self.serde, harness.table.apply,
+                                           verify=DeploymentVerifier(harness.store.signer),
+                                           on_refused=harness.table.refuse)
+        harness.processor.writer.read_retirement = self.reader.retirement
+        self.offset = 0
+
+    def echo(self, records: list[OutgoingRecord]) -> None:
+        for record in records:
+            if record.topic == "dep":
+                self.reader._apply([Message(
+                    topic="dep", partition=0, offset=self.offset, key=record.key.encode(), headers=record.headers,
+                    value=None if record.value is None else self.serde.encode(record.value))])
+                self.offset += 1
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -185,7 +208,8 @@ def test_after_any_sequence_of_automatic_and_manual_decisions_a_restart_writes_n
     rng = random.Random(seed)
     harness = Harness(demo_pipeline, tmp_path / "live")
     registry, _first, _second = promoted(harness)
-    echo(harness, harness.written)
+    read_back = ReadBack(harness)
+    read_back.echo(harness.written)
     known = {r["version"] for _k, r in registry.topics["model_deployments"] if r}
     for step in range(6):
         harness.now += 10_000
@@ -201,7 +225,7 @@ def test_after_any_sequence_of_automatic_and_manual_decisions_a_restart_writes_n
                 models[kept["version"]] = (0.5, "SHADOW")
             harness.feed("lab", examples(600, start=1000 * (step + 1), seed=seed, models=models))
             registry.add(harness.written[before:])
-            echo(harness, harness.written[before:])
+            read_back.echo(harness.written[before:])
             assert harness.slot(CHAMPION)["version"] == new, "the publisher promoted the better shadow"
             known.add(new)
         else:
@@ -213,7 +237,9 @@ def test_after_any_sequence_of_automatic_and_manual_decisions_a_restart_writes_n
                     registry.rollback(reason="operator")
             except RegistryError:
                 continue  # nothing to roll back to
-            echo(harness, [OutgoingRecord("dep", k, v) for k, v in registry.topics["model_deployments"][written[0]:]])
+            read_back.echo([OutgoingRecord("dep", entry[0], entry[1], headers=entry.headers)
+                            for entry in registry.topics["model_deployments"][written[0]:]])
+        assert registry.skipped == [], (seed, step, action, "every reader takes every record written")
         restarted, outputs = restart_on_the_registry(harness, registry, tmp_path / f"r{step}")
         assert outputs == [], (seed, step, action, [(o.topic, o.key, (o.value or {}).get("decision_id"))
                                                     for o in outputs])

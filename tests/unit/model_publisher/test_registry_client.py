@@ -3,18 +3,20 @@ how the publisher takes a change made by hand."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from streamloop.ml import registry_client
 from streamloop.ml.artifacts import ArtifactSigner
-from streamloop.ml.deployment_signing import DeploymentVerifier, sign_deployment
+from streamloop.ml.deployment_signing import DeploymentVerifier, sign_deployment, sign_retirement
 from streamloop.ml.exceptions import ArtifactIntegrityError, RegistryError
-from streamloop.ml.registry import CHAMPION, champion_predecessors
+from streamloop.ml.registry import CHAMPION, champion_predecessors, millis
 from streamloop.ml.registry_client import RegistryClient, SlotSigning
 from streamloop.serde import RegistryUnavailableError
 from tests.kafka_fakes import FakeProducer
 from tests.unit.model_publisher.factories import SIGNING_KEY, signed_by_streamloop_0_1
-from tests.unit.model_publisher.memory_registry import InMemoryRegistry, bootstrapped, new_candidates
+from tests.unit.model_publisher.memory_registry import Entry, InMemoryRegistry, bootstrapped, new_candidates
 from tests.unit.model_publisher.test_publisher import Harness, canary_on_trial, decisions, examples, promote
 
 
@@ -142,6 +144,37 @@ def test_the_client_signs_its_retirements_and_leaves_out_an_unsigned_one(harness
     assert registry.champion()["version"] == b
     assert "tombstone of card-fraud/fraud/champion (retiring " in registry.skipped[-1].why
     assert registry.state(accept_unsigned=True).table.champion("card-fraud", "fraud") is None
+
+
+def test_the_client_leaves_out_a_record_replayed_after_its_slot_was_retired(harness):
+    registry, first = bootstrapped(harness)
+    a, b = new_candidates(harness, registry, 2)
+    registry.promote(a)
+    registry.promote(b)  # retires the shadow of the first champion
+    key = f"card-fraud/fraud/shadow/{first}"
+    retired = next(value for k, value in registry.topics["model_deployments"] if k == key)
+    registry.topics["model_deployments"].append((key, retired))  # re-produced by a writer of the topic
+    state = registry.state()
+    assert state.table.record(key) is None and key in state.retired
+    assert "is no later than the slot's retirement" in registry.skipped[-1].why
+
+
+def test_a_manual_change_stamps_a_slot_after_its_retirement_whatever_this_hosts_clock(harness):
+    """`streamloop models promote` keeps the old champion on in its shadow slot: one retired before
+    (by the publisher, its clock an hour ahead of this host's; compaction kept only the tombstone)
+    must get a record stamped after that retirement, or every reader refuses it as a replay."""
+    registry, first = bootstrapped(harness)
+    (a,) = new_candidates(harness, registry, 1)
+    key = f"card-fraud/fraud/shadow/{first}"
+    ahead = int(time.time() * 1000) + 3_600_000
+    registry.topics["model_deployments"].append(Entry(key, None, sign_retirement(registry.signer, key, ahead)))
+    registry.promote(a)
+    written = [value for k, value in registry.topics["model_deployments"] if k == key][-1]
+    assert millis(written["deployed_at"]) == ahead + 1
+    state = registry.state()
+    assert state.table.record(key)["version"] == first and registry.skipped == []
+    assert state.table.champion("card-fraud", "fraud")["version"] == a
+    assert millis(state.table.champion("card-fraud", "fraud")["deployed_at"]) == ahead + 1, "one stamp for the change"
 
 
 def canary_short_of_its_verdict(tmp_path, demo_pipeline) -> tuple[Harness, str, str, str]:

@@ -12,10 +12,11 @@ import pytest
 from confluent_kafka import Message
 from prometheus_client import generate_latest
 
+from services.model_publisher.publisher import PublisherProcessor
 from streamloop.contracts import load_catalog
 from streamloop.contracts.schemas import AvroSchema
 from streamloop.kafka import KafkaSettings
-from streamloop.kafka.table_reader import CompactedTopicReader
+from streamloop.kafka.table_reader import CompactedTopicReader, Retirements
 from streamloop.ml.artifacts import ArtifactSigner
 from streamloop.ml.deployment_signing import (
     RETIRED_AT_HEADER,
@@ -367,3 +368,119 @@ def test_a_replayed_retirement_does_not_retire_the_slot_s_next_record(catalog, h
     assert reader.get(key)["version"] == "v3"
     reader._apply([tombstone(catalog, 3, retirement.headers, key=key)])  # the same signed retirement again
     assert reader.get(key)["version"] == "v3", "the replayed retirement is refused"
+
+
+# -- a record replayed after its slot was retired ------------------------------------------------
+
+SHADOW_KEY = slot_key("card-fraud", "fraud", "shadow/v1")
+
+
+def shadow(version: str = "v1", deployed_at: int = T0) -> dict:
+    return sign_deployment(SIGNER, deployment_record("card-fraud", "fraud", "shadow/v1", version, ARTIFACT,
+                                                     deployed_at=deployed_at, decision_id=f"{version}:shadow"))
+
+
+def test_a_record_replayed_after_its_slot_was_retired_is_refused(catalog, caplog):
+    """Once a reader applied a signed retirement it held nothing of the slot to compare with, so an
+    old signed record of the slot, re-produced to the topic, served again. Readers now remember the
+    retirement's time per slot and refuse a record of the slot stamped no later, as a replay."""
+    metrics = ServiceMetrics("online-scorer")
+    try:
+        reader, changes = reader_of(catalog, metrics)
+        old = shadow("v1", T0)
+        reader._apply([message(catalog, 0, old, key=SHADOW_KEY)])
+        reader._apply([tombstone(catalog, 1, sign_retirement(SIGNER, SHADOW_KEY, T0 + 5), key=SHADOW_KEY)])
+        assert reader.get(SHADOW_KEY) is None and changes == [(SHADOW_KEY, "v1"), (SHADOW_KEY, None)]
+        with caplog.at_level("WARNING", logger="streamloop.kafka.table_reader"):
+            reader._apply([message(catalog, 2, old, key=SHADOW_KEY)])  # the old record re-produced
+            reader._apply([message(catalog, 3, shadow("v1", T0 + 5), key=SHADOW_KEY)])  # stamped as the retirement
+        assert reader.get(SHADOW_KEY) is None and changes[-1] == (SHADOW_KEY, None), "the retired slot stays empty"
+        assert reader.stats.unverified == 2 == sample_value(
+            generate_latest(metrics.registry).decode(), "streamloop_table_unverified_records_total",
+            service="online-scorer", topic="dep")
+        assert "dep[0]@2 is not applied (key 'card-fraud/fraud/shadow/v1' keeps its previous value): deployment " \
+               "record card-fraud/fraud/shadow/v1 (v1, deployed_at 1700000000000) is no later than the slot's " \
+               "retirement (retired_at 1700000000005): a replayed record" in caplog.text
+        # A slot used again after its retirement: its next record is stamped after it, and serves.
+        reader._apply([message(catalog, 4, shadow("v1", T0 + 6), key=SHADOW_KEY)])
+        assert millis(reader.get(SHADOW_KEY)["deployed_at"]) == T0 + 6 and changes[-1] == (SHADOW_KEY, "v1")
+        assert reader.retirement(SHADOW_KEY) is None, "the record's own deployed_at guards the slot now"
+        reader._apply([message(catalog, 5, old, key=SHADOW_KEY)])
+        assert millis(reader.get(SHADOW_KEY)["deployed_at"]) == T0 + 6 and reader.stats.unverified == 3
+    finally:
+        metrics.shutdown()
+
+
+def test_a_replay_in_the_retirements_own_batch_is_refused_too(catalog):
+    reader, changes = reader_of(catalog)
+    old = shadow("v1", T0)
+    reader._apply([message(catalog, 0, old, key=SHADOW_KEY),
+                   tombstone(catalog, 1, sign_retirement(SIGNER, SHADOW_KEY, T0 + 5), key=SHADOW_KEY),
+                   message(catalog, 2, old, key=SHADOW_KEY)])
+    assert reader.get(SHADOW_KEY) is None and reader.stats.unverified == 1
+    assert reader.retirement(SHADOW_KEY) == T0 + 5
+
+
+def test_a_reader_started_after_compaction_remembers_a_retirement_whose_record_is_gone(catalog, caplog):
+    # Compaction removed the retired record and kept its tombstone (for delete.retention.ms): the
+    # tombstone retires nothing at a reader that starts now, but a signed one is remembered.
+    reader, changes = reader_of(catalog)
+    with caplog.at_level("WARNING", logger="streamloop.kafka.table_reader"):
+        reader._apply([tombstone(catalog, 7, sign_retirement(SIGNER, SHADOW_KEY, T0 + 5), key=SHADOW_KEY),
+                       tombstone(catalog, 8, [], key=SHADOW_KEY)])  # unsigned: checked for nothing, as before
+    assert reader.stats.unverified == 0 and "is not applied" not in caplog.text
+    assert reader.retirement(SHADOW_KEY) == T0 + 5, "an unsigned tombstone does not erase a signed one's time"
+    reader._apply([message(catalog, 9, shadow("v1", T0), key=SHADOW_KEY)])
+    assert reader.get(SHADOW_KEY) is None and changes == [] and reader.stats.unverified == 1
+    # A forged time is not remembered: it would refuse the slot's legitimate next record.
+    forged = [(RETIRED_AT_HEADER, str(T0 + 99_999).encode()), *sign_retirement(SIGNER, SHADOW_KEY, T0 + 5)[1:]]
+    reader._apply([tombstone(catalog, 10, forged, key=SHADOW_KEY)])
+    assert reader.retirement(SHADOW_KEY) == T0 + 5 and reader.stats.unverified == 1
+    # A later signed retirement of the empty slot (a re-send, a writer's second) moves it on; an
+    # earlier one (replayed) does not move it back.
+    reader._apply([tombstone(catalog, 11, sign_retirement(SIGNER, SHADOW_KEY, T0 + 8), key=SHADOW_KEY),
+                   tombstone(catalog, 12, sign_retirement(SIGNER, SHADOW_KEY, T0 + 2), key=SHADOW_KEY)])
+    assert reader.retirement(SHADOW_KEY) == T0 + 8
+
+
+def test_the_verifier_refuses_a_record_no_later_than_the_slots_retirement():
+    verifier = DeploymentVerifier(SIGNER)
+    verifier.check(KEY, sign_deployment(SIGNER, champion("v2", T0 + 6)), None, retired_at=T0 + 5)
+    for deployed_at in (T0, T0 + 5):
+        with pytest.raises(DeploymentRecordError, match=r"no later than the slot's retirement \(retired_at "
+                                                        r"1700000000005\): a replayed record"):
+            verifier.check(KEY, sign_deployment(SIGNER, champion("v1", deployed_at)), None, retired_at=T0 + 5)
+    # An unsigned record, with the upgrade's setting, is refused the same way.
+    with pytest.raises(DeploymentRecordError, match="a replayed record"):
+        DeploymentVerifier(SIGNER, accept_unsigned=True).check(KEY, champion("v1", T0), None, retired_at=T0 + 5)
+
+
+def test_the_readers_memory_of_retirements_is_bounded_the_oldest_forgotten_first():
+    retirements = Retirements(limit=2)
+    for i, key in enumerate(("a", "b", "a", "c")):
+        retirements.set(key, T0 + i)
+    assert (retirements.get("a"), retirements.get("b"), retirements.get("c")) == (T0 + 2, None, T0 + 3)
+    retirements.set("a", None)
+    assert retirements.get("a") is None and len(retirements) == 1
+
+
+def test_the_publisher_stamps_a_slot_after_a_retirement_of_it_its_reader_read(catalog, demo_pipeline, harness):
+    """Its own last retirement of a slot is not the only one: `streamloop models`, or the publisher's
+    term before this one, retired it with a clock ahead of this one. Stamped by its clock alone, the
+    slot's next record would be refused at every reader as a replay."""
+    key = slot_key("card-fraud", "fraud", CANARY)
+    table = DeploymentTable()
+    reader, _changes = reader_of(catalog, table=table)
+    processor = PublisherProcessor(demo_pipeline, TOPICS, table, harness.store, clock=lambda: harness.now,
+                                   read_retirement=reader.retirement)
+    first = sign_deployment(SIGNER, deployment_record("card-fraud", "fraud", CANARY, "v2", ARTIFACT, deployed_at=T0,
+                                                      previous_version="v0", decision_id="v2:canary"))
+    reader._apply([message(catalog, 0, first, key=key)])
+    reader._apply([tombstone(catalog, 1, sign_retirement(SIGNER, key, T0 + 60_000), key=key)])
+    assert table.record(key) is None
+    harness.now = T0 + 1_000
+    following = processor.writer.deploy(CANARY, "v3", ARTIFACT, previous_version="v1", decision_id="v3:canary")
+    assert millis(following.value["deployed_at"]) == T0 + 60_001
+    reader._apply([message(catalog, 2, following.value, key=key)])
+    assert reader.get(key)["version"] == "v3" and table.record(key)["version"] == "v3"
+    assert reader.stats.unverified == 0
