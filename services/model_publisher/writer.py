@@ -36,6 +36,8 @@ class RegistryWriter:
         # When this writer last retired each slot: the slot's next record is stamped after it, or a
         # replay of that signed retirement (a re-send, say) would pass as retiring the next record,
         # and readers would refuse the next record as a replay (its reader may not have read it yet).
+        # Only until it no longer matters (_forget_retirements), or it grew by a slot for each
+        # retirement of a term, most of them shadow slots named after a version never deployed again.
         self._retired_at: dict[str, int] = {}
         # When the slot was last retired as the deployments table's reader read it (CompactedTopicReader
         # .retirement): by another writer (`streamloop models`, a term before this one), with its clock.
@@ -53,15 +55,24 @@ class RegistryWriter:
             self.pipeline.name, self.model_name, slot, version, artifact, deployed_at=deployed_at,
             canary_weight=weight, previous_version=previous_version, decision_id=decision_id))
         self.table.write(key, record)
+        self._retired_at.pop(key, None)  # the slot's record, stamped after it, is what guards the slot now
         return OutgoingRecord(self.deployments_topic, key, record)
 
     def retire(self, slot: str) -> OutgoingRecord:
         key = slot_key(self.pipeline.name, self.model_name, slot)
         retired_at = stamp_after(self.clock(), self.table.record(key))
+        self._forget_retirements()
         self._retired_at[key] = retired_at
         self.table.write(key, None)
         return OutgoingRecord(self.deployments_topic, key, None,
                               headers=sign_retirement(self.signer, key, retired_at))
+
+    def _forget_retirements(self) -> None:
+        """Forget this writer's retirements its reader has read: ``read_retirement`` says them from then on."""
+        for key, retired_at in list(self._retired_at.items()):
+            read = self.read_retirement(key)
+            if read is not None and read >= retired_at:
+                del self._retired_at[key]
 
     def decide(self, kind: str, reason: str, *, decision_id: str, from_version: str | None = None,
                to_version: str | None = None, evidence: dict[str, float] | None = None,

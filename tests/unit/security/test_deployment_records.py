@@ -484,3 +484,43 @@ def test_the_publisher_stamps_a_slot_after_a_retirement_of_it_its_reader_read(ca
     reader._apply([message(catalog, 2, following.value, key=key)])
     assert reader.get(key)["version"] == "v3" and table.record(key)["version"] == "v3"
     assert reader.stats.unverified == 0
+
+
+def test_the_publisher_forgets_its_own_retirement_of_a_slot_once_it_no_longer_matters(catalog, demo_pipeline,
+                                                                                        harness):
+    """The writer kept when it retired each slot for its whole term: one more for every shadow slot
+    retired, a slot named after a version that is seldom deployed again."""
+    table = DeploymentTable()
+    reader, _changes = reader_of(catalog, table=table)
+    writer = PublisherProcessor(demo_pipeline, TOPICS, table, harness.store, clock=lambda: harness.now,
+                                read_retirement=reader.retirement).writer
+    offsets = iter(range(100))
+
+    def read(*outputs) -> None:  # the topic echoes the writer's records to its reader
+        reader._apply([message(catalog, next(offsets), o.value, key=o.key) if o.value is not None else
+                       tombstone(catalog, next(offsets), o.headers, key=o.key) for o in outputs])
+
+    # One judging pass retires the canary and deploys the next, at one clock value (before the echo).
+    first = writer.deploy(CANARY, "v2", ARTIFACT, previous_version="v1", decision_id="v2:canary")
+    retirement = writer.retire(CANARY)
+    following = writer.deploy(CANARY, "v3", ARTIFACT, previous_version="v1", decision_id="v3:canary")
+    assert millis(following.value["deployed_at"]) == int(dict(retirement.headers)[RETIRED_AT_HEADER]) + 1
+    assert writer._retired_at == {}, "the slot's record, stamped after the retirement, guards it now"
+    read(first, retirement, following)
+    assert reader.get(following.key)["version"] == "v3"
+    # Shadow slots retired one after another: each kept until its reader has read it.
+    retired = {}
+    for version in ("v4", "v5", "v6"):
+        harness.now += 1_000
+        deployed = writer.deploy(f"shadow/{version}", version, ARTIFACT, decision_id=f"{version}:shadow")
+        retired[version] = writer.retire(f"shadow/{version}")
+        read(deployed, retired[version])
+    assert list(writer._retired_at) == [retired["v6"].key], "the others' echoes came before the next retirement"
+    # As before, whatever the clock: the slots' next records are stamped after their retirements.
+    harness.now = T0 - 60_000
+    for version in ("v4", "v6"):
+        again = writer.deploy(f"shadow/{version}", version, ARTIFACT, decision_id=f"{version}:shadow:again")
+        assert millis(again.value["deployed_at"]) == int(dict(retired[version].headers)[RETIRED_AT_HEADER]) + 1
+        read(again)
+        assert millis(reader.get(again.key)["deployed_at"]) == millis(again.value["deployed_at"])
+    assert writer._retired_at == {} and reader.stats.unverified == 0
