@@ -19,13 +19,12 @@ from services.ground_truth_collector.routing import (
     WATERMARK,
     carries_example,
     control_of,
-    header,
     header_list,
 )
 from services.ground_truth_collector.scoring import MetricsStage
 from streamloop.errors import DependencyUnavailable
 from streamloop.kafka import dead_letters
-from streamloop.kafka.records import Headers
+from streamloop.kafka.records import Headers, header
 from streamloop.ml.evaluation import WindowReport
 from streamloop.serde import SerdeError
 

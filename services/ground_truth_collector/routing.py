@@ -11,13 +11,13 @@ in one ordered log.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from services.ground_truth_collector.entries import Kind, SourceRef
 from streamloop.contracts.feature_specs import key_problem
 from streamloop.kafka.exceptions import InvalidRecordError
-from streamloop.kafka.records import Headers
+from streamloop.kafka.records import Headers, header
 from streamloop.ml.evaluation import millis
 
 HEADER_KIND = "streamloop.join.kind"
@@ -87,13 +87,6 @@ def header_list(headers: Any) -> Headers:
     if isinstance(headers, Mapping):
         return [(str(k), bytes(v)) for k, v in headers.items() if v is not None]
     return [(str(k), bytes(v)) for k, v in headers if v is not None]
-
-
-def header(headers: Iterable[tuple[str, bytes]], name: str) -> bytes | None:
-    for key, value in headers:
-        if key == name:
-            return value
-    return None
 
 
 def keyed_headers(kind: Kind, source: SourceRef, original: Headers) -> Headers:

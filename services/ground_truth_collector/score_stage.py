@@ -21,11 +21,17 @@ from services.ground_truth_collector.routing import (
     WATERMARK,
     carries_example,
     control_of,
-    header,
 )
 from services.ground_truth_collector.scoring import MetricsStage, ScoringCounters
 from streamloop.kafka import dead_letters
-from streamloop.kafka.records import ConsumedRecord, OutgoingRecord, ProcessResult, Rejection, TopicPartitionRef
+from streamloop.kafka.records import (
+    ConsumedRecord,
+    OutgoingRecord,
+    ProcessResult,
+    Rejection,
+    TopicPartitionRef,
+    header,
+)
 from streamloop.ml.evaluation import EvaluationConfig, WindowReport
 from streamloop.serde import Serde, SerdeError
 

@@ -5,11 +5,20 @@ Processors are pure: they never touch a consumer or producer, so they are tested
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 Headers = list[tuple[str, bytes]]
+
+
+def header(headers: Iterable[tuple[str, bytes | None]] | None, name: str) -> bytes | None:
+    """The value of the first header called ``name`` that has one (a header without a value counts
+    as absent), or None."""
+    for key, value in headers or ():
+        if key == name and value is not None:
+            return value
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,10 +32,7 @@ class ConsumedRecord:
     headers: Headers = field(default_factory=list)
 
     def header(self, name: str) -> bytes | None:
-        for key, value in self.headers:
-            if key == name:
-                return value
-        return None
+        return header(self.headers, name)
 
 
 @dataclass(frozen=True, slots=True)

@@ -49,6 +49,7 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from streamloop.kafka.records import header
 from streamloop.kafka.table_reader import RecordUnverified
 from streamloop.ml.artifacts import ArtifactSigner
 from streamloop.ml.exceptions import DeploymentRecordError
@@ -109,11 +110,12 @@ def stamp_after(now: int, *records: Mapping[str, Any] | None, retired: Iterable[
                + [int(at) + 1 for at in retired if at is not None])
 
 
-def _header(headers: Headers | None, name: str) -> str | None:
-    for key, value in headers or ():
-        if key == name and value is not None:
-            return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
-    return None
+def _text(headers: Headers | None, name: str) -> str | None:
+    """The value of header ``name`` (``header``), as text."""
+    value = header(headers, name)
+    if value is None:
+        return None
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
 def _later(*times: int | None) -> int | None:
@@ -197,7 +199,7 @@ class DeploymentVerifier:
     def _signed_retired_at(self, key: str, headers: Headers | None, retiring: str) -> int | None:
         """The ``retired_at`` a tombstone's ``headers`` sign for ``key``; None if unsigned and that is
         accepted; raises ``DeploymentRecordError`` otherwise."""
-        key_id, signature = _header(headers, RETIREMENT_KEY_ID_HEADER), _header(headers, RETIREMENT_SIGNATURE_HEADER)
+        key_id, signature = _text(headers, RETIREMENT_KEY_ID_HEADER), _text(headers, RETIREMENT_SIGNATURE_HEADER)
         if key_id is None and signature is None:
             if self.accept_unsigned:
                 return None
@@ -205,7 +207,7 @@ class DeploymentVerifier:
                 f"tombstone of {key}{retiring} is unsigned (written before streamloop signed them, or "
                 f"forged); set {ACCEPT_UNSIGNED_SETTING}=true to accept it")
         try:
-            retired_at = int(_header(headers, RETIRED_AT_HEADER) or "")
+            retired_at = int(_text(headers, RETIRED_AT_HEADER) or "")
         except ValueError as exc:
             raise DeploymentRecordError(f"tombstone of {key} lacks a valid {RETIRED_AT_HEADER} header") from exc
         if key_id is None or signature is None:
