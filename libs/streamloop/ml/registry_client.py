@@ -208,13 +208,12 @@ class RegistryClient:
 
     def __init__(self, pipeline: PipelineSpec, catalog: Catalog, kafka: KafkaSettings,
                  serde_for: Callable[[str], Serde] | None = None, store: ArtifactStore | None = None,
-                 verifier: DeploymentVerifier | None = None, signer: ArtifactSigner | None = None) -> None:
+                 verifier: DeploymentVerifier | None = None) -> None:
         self.pipeline = pipeline
         self.catalog = catalog
         self.kafka = kafka
         self.store = store
         self._verifier = verifier
-        self._signer = signer
         self._serde_for = serde_for or (lambda role: make_serde(catalog[role].schema, catalog.repository,
                                                                 catalog[role].name))
         self.model_name = pipeline.model.name
@@ -223,8 +222,8 @@ class RegistryClient:
 
     @property
     def signer(self) -> ArtifactSigner | None:
-        """The keys deployment records are signed and verified with: given, or the store's."""
-        return self._signer or (self.store.signer if self.store is not None else None)
+        """The keys deployment records are signed and verified with: the store's."""
+        return self.store.signer if self.store is not None else None
 
     @property
     def verifier(self) -> DeploymentVerifier | None:

@@ -30,10 +30,12 @@ def on_a_broker(registry: InMemoryRegistry, monkeypatch: pytest.MonkeyPatch,
     first, and writes into ``registry``."""
 
     class OnABroker(RegistryClient):
+        signer = registry.signer  # the registry's keys, without its store
+
         def _produce(self, outputs: list[tuple[str, str, dict | None]]) -> None:
             registry._produce(outputs)
 
-    client = OnABroker(registry.pipeline, registry.catalog, registry.kafka, signer=registry.signer)
+    client = OnABroker(registry.pipeline, registry.catalog, registry.kafka)
     roles = {registry.catalog[role].name: role for role in registry.topics}
     serde_for = client._serde_for  # the writers' serdes, whatever a test makes the client read with
 

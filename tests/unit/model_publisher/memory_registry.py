@@ -37,10 +37,15 @@ class InMemoryRegistry(RegistryClient):
     is compacted."""
 
     def __init__(self, pipeline: PipelineSpec, key: bytes = SIGNING_KEY) -> None:
-        # The harness's key: it signs and verifies deployment records as the publisher does.
-        super().__init__(pipeline, load_catalog(pipeline), KafkaSettings(bootstrap_servers="unused:9092"),
-                         signer=ArtifactSigner({"default": key}, "default"))
+        super().__init__(pipeline, load_catalog(pipeline), KafkaSettings(bootstrap_servers="unused:9092"))
+        # The harness's key: it signs and verifies deployment records as the publisher does (no
+        # store: the artifacts the tests promote are not verified).
+        self._keys = ArtifactSigner({"default": key}, "default")
         self.topics: dict[str, list[tuple[str | None, dict[str, Any] | None]]] = {role: [] for role in ROLES.values()}
+
+    @property
+    def signer(self) -> ArtifactSigner:
+        return self._keys
 
     def _read_positioned(self, role: str) -> list[tuple[RawRecord, dict[str, Any] | None]]:
         return [(RawRecord(entry[0], None, 0, offset, list(getattr(entry, "headers", []))), entry[1])

@@ -254,7 +254,7 @@ def test_re_sign_signs_a_record_signed_with_a_rotated_out_key_with_the_active_on
     registry, first = bootstrapped(harness)  # the champion record signed with "default"
     registry.store = harness.store
     new_key = b"n" * 32
-    registry._signer = ArtifactSigner({"k2": new_key, "default": SIGNING_KEY}, "k2")  # phase 2 of a rotation
+    registry._keys = ArtifactSigner({"k2": new_key, "default": SIGNING_KEY}, "k2")  # phase 2 of a rotation
     assert registry.champion()["record_signature"]["key_id"] == "default"
 
     assert registry.sign_again() == [SlotSigning(CHAMPION, first, signed=True)]
