@@ -60,6 +60,7 @@ KNOWN_DEFECTS: dict[str, dict[str, str]] = {
         "test_read_committed_hides_aborted_records": "Tansu T2: aborted records reach read_committed",
         "test_faust_table_restores_from_changelog": "Tansu T1: faust stops restoring at the wrong end",
         "test_killed_member_partitions_move_on[static]": "Tansu T5: a static replacement waits for the session",
+        "test_described_group_names_its_members_assignments": "Tansu T6: a described group has no members",
     },
 }
 
@@ -288,6 +289,29 @@ def _lags(consumer: KafkaConsumer, topic: str, partitions: int) -> list[int]:
     committed = consumer.committed(tps, timeout=TIMEOUT_S)
     ends = [consumer.get_watermark_offsets(tp, timeout=TIMEOUT_S)[1] for tp in tps]
     return [end - max(tp.offset, 0) for end, tp in zip(ends, committed, strict=True)]
+
+
+def test_described_group_names_its_members_assignments(
+    admin: AdminClient, bootstrap_servers: str, make_topic: TopicFactory, unique_name: str
+) -> None:
+    """Lag of a group that has joined but not committed yet is read from its members' assignments."""
+    topic = make_topic(partitions=2)
+    assigned: list[TopicPartition] = []
+    consumer = KafkaConsumer(consumer_config(bootstrap_servers, unique_name))
+    consumer.subscribe([topic], on_assign=lambda _consumer, partitions: assigned.extend(partitions))
+    try:
+        deadline = time.monotonic() + 20
+        while not assigned and time.monotonic() < deadline:
+            consumer.poll(0.05)
+        require(assigned, "the consumer was assigned nothing within 20 s")
+        described = admin.describe_consumer_groups([unique_name], request_timeout=TIMEOUT_S)[unique_name]
+        members = described.result(TIMEOUT_S).members
+    finally:
+        consumer.close()
+    described_partitions = sorted((tp.topic, tp.partition) for member in members if member.assignment
+                                  for tp in member.assignment.topic_partitions)
+    _report("describe group", members=len(members), assigned=described_partitions)
+    assert described_partitions == [(topic, 0), (topic, 1)]
 
 
 def test_committed_offsets_survive_consumer_close(

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from confluent_kafka.admin import AdminClient
 
 from tests.conftest import DEMO_SPEC
 from tests.faults.harness import LOG_LINE
+from tests.preconditions import require
 
 pytestmark = pytest.mark.integration
 
@@ -95,6 +97,33 @@ def test_lag_reports_committed_and_end_offsets(cli_env, loop_catalog, bootstrap_
     assert rows and all(r["group"] == group and r["topic"] == topic for r in rows)
     assert sum(r["end_offset"] for r in rows) == 30
     assert sum(r["lag"] for r in rows) == 30 - 10
+
+
+def test_lag_of_a_group_assigned_partitions_it_has_not_committed_on(cli_env, loop_catalog, bootstrap_servers,
+                                                                     unique_name):
+    """A first batch not committed yet (or stuck): the group lags by every record, it is not left out."""
+    topic = loop_catalog["labels"].name
+    lines = "".join(json.dumps({"event_id": f"k{i}", "label": 1, "label_time": 1}) + "\n" for i in range(30))
+    assert streamloop("produce", topic, env=cli_env, stdin=lines).returncode == 0
+    group = f"{unique_name}-first-batch"
+    consumer = Consumer({"bootstrap.servers": bootstrap_servers, "group.id": group, "auto.offset.reset": "earliest",
+                         "enable.auto.commit": False})
+    assigned: list = []
+    consumer.subscribe([topic], on_assign=lambda _consumer, partitions: assigned.extend(partitions))
+    try:
+        deadline = time.monotonic() + 30
+        while not assigned and time.monotonic() < deadline:
+            consumer.poll(0.2)
+        require(assigned, f"{group} was assigned no partition of {topic} within 30 s")
+        result = streamloop("lag", "--json", "--group", group, env=cli_env)
+    finally:
+        consumer.close()
+    assert result.returncode == 0, result.stderr
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    partitions = AdminClient({"bootstrap.servers": bootstrap_servers}).list_topics(topic, timeout=10).topics[topic]
+    assert sorted(r["partition"] for r in rows) == sorted(partitions.partitions)
+    assert all(r["group"] == group and r["topic"] == topic and r["committed"] is None for r in rows)
+    assert sum(r["lag"] for r in rows) == sum(r["end_offset"] for r in rows) == 30
 
 
 def test_explain_shows_an_events_logged_prediction_and_its_contributions(cli_env, loop_catalog):
@@ -296,7 +325,8 @@ def test_lag_of_a_group_without_offsets_says_so(cli_env, unique_name):
     result = streamloop("lag", "--json", "-g", f"{unique_name}-no-such-group", env=cli_env)
     assert result.returncode == 0 and result.stdout == ""
     assert result.stderr.strip() == (f"streamloop: group {unique_name}-no-such-group has no committed offsets "
-                                     "(an unknown group, or one that has not committed yet)")
+                                     "and no assigned partitions (an unknown group, or one without members "
+                                     "that has not committed yet)")
 
 
 def test_version_and_short_help(cli_env):

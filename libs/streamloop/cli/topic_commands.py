@@ -194,8 +194,8 @@ def lag(
     except KafkaException as exc:
         raise fail(f"cannot read consumer groups: {exc}") from None
     for name in sorted(set(group or []) - {row.group for row in rows}):
-        print(f"streamloop: group {name} has no committed offsets (an unknown group, or one that has not "
-              "committed yet)", file=sys.stderr)
+        print(f"streamloop: group {name} has no committed offsets and no assigned partitions (an unknown "
+              "group, or one without members that has not committed yet)", file=sys.stderr)
     if json_output:
         for row in rows:
             print(json.dumps({"group": row.group, "topic": row.topic, "partition": row.partition,

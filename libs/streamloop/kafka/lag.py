@@ -1,21 +1,32 @@
 """Consumer lag per group, topic and partition: end offset minus committed offset.
 
 Figures carry kafka-lag-exporter's meaning, so dashboards built for it read ours unchanged.
-A partition the group has not committed on yet lags by the records it holds (end minus start
-offset): what the group will read, since its ``auto.offset.reset`` is earliest. Not the end
-offset alone, which also counts every record retention has already deleted.
+A group's partitions are those it has committed on and those its members are assigned (with
+every other partition of the same topics): a group that has joined but not committed yet (its
+first batch, a stage rebuilding its state, a first batch that is stuck) lags too, and by the
+most. A partition the group has not committed on yet lags by the records it holds (end minus
+start offset): what the group will read, since its ``auto.offset.reset`` is earliest (every
+streamloop consumer's, KafkaSettings.consumer), and what its runner reports for it
+(partition_assignment). A foreign group that resets to latest reads less; until it commits, it
+is shown the records it may skip. Not the end offset alone, which also counts every record
+retention has already deleted.
+Where the broker cannot describe a group (an admin API missing or failing), its assignments are
+unknown and only the topics it has committed on are shown.
 Lag is clamped at zero: a negative value can only come from a broker reporting a wrong end
 offset (Tansu's T1 defect, docs/embedded-stack.md), and is reported as such by the conformance suite.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
-from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, TopicPartition
+from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from streamloop.kafka.configuration import KafkaSettings
+
+log = logging.getLogger(__name__)
 
 
 def records_behind(position: int | None, start: int, end: int) -> int:
@@ -47,12 +58,42 @@ def consumer_groups(admin: AdminClient, timeout_s: float = 10.0) -> list[str]:
     return sorted(g.group_id for g in result.valid)
 
 
+def assigned_partitions(admin: AdminClient, groups: list[str],
+                        timeout_s: float = 10.0) -> dict[str, set[tuple[str, int]]]:
+    """The partitions each group's members are assigned now, described in one admin call for all groups.
+
+    A group the broker cannot describe is left out (its assignments unknown), not failed: lag is
+    then read from its commits alone. Tansu, for one, describes a stable group with no members.
+    """
+    assigned: dict[str, set[tuple[str, int]]] = {}
+    try:
+        futures = admin.describe_consumer_groups(groups, request_timeout=timeout_s)
+    except KafkaException as exc:
+        log.debug("lag: cannot describe consumer groups: %s", exc)
+        return assigned
+    for group, future in futures.items():
+        try:
+            description = future.result(timeout_s)
+        except KafkaException as exc:
+            log.debug("lag: cannot describe group %s: %s", group, exc)
+            continue
+        assigned[group] = {
+            (tp.topic, tp.partition)
+            for member in description.members or []
+            if member.assignment is not None
+            for tp in member.assignment.topic_partitions or []
+        }
+    return assigned
+
+
 def group_lag(kafka: KafkaSettings, admin: AdminClient, groups: list[str] | None = None,
               timeout_s: float = 10.0) -> list[PartitionLag]:
-    groups = groups if groups is not None else consumer_groups(admin, timeout_s)
+    # Once each: DescribeGroups refuses a group named twice.
+    groups = sorted(set(groups)) if groups is not None else consumer_groups(admin, timeout_s)
     rows: list[PartitionLag] = []
     if not groups:
         return rows
+    assigned = assigned_partitions(admin, groups, timeout_s)
     probe = Consumer(kafka.consumer("streamloop-lag-probe"))
     try:
         for group in groups:
@@ -63,8 +104,9 @@ def group_lag(kafka: KafkaSettings, admin: AdminClient, groups: list[str] | None
                 for tp in futures[group].result(timeout_s).topic_partitions or []
                 if tp.error is None and tp.offset >= 0
             }
-            # Every partition of each topic the group reads, also those it has not committed on yet.
-            for topic in sorted({topic for topic, _ in committed}):
+            # Every partition of each topic the group reads (has committed on or is assigned), also
+            # those it has not committed on yet.
+            for topic in sorted({topic for topic, _ in (*committed, *assigned.get(group, ()))}):
                 partitions = probe.list_topics(topic, timeout=timeout_s).topics[topic].partitions
                 for partition in sorted(partitions):
                     low, high = probe.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout_s)
