@@ -21,8 +21,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, KafkaException, TopicPartition
-from confluent_kafka.admin import AdminClient
+from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, IsolationLevel, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from streamloop.kafka.configuration import KafkaSettings
 
@@ -86,31 +86,90 @@ def assigned_partitions(admin: AdminClient, groups: list[str],
     return assigned
 
 
+def watermarks(kafka: KafkaSettings, admin: AdminClient, partitions: list[TopicPartition], timeout_s: float = 10.0,
+               probe: Consumer | None = None) -> dict[tuple[str, int], tuple[int, int]]:
+    """The start and end offset (low and high watermark) of each partition.
+
+    Two ListOffsets calls for all partitions (earliest and latest, each one request per leader),
+    read_committed as a consumer's get_watermark_offsets is. A partition they do not answer for (a
+    broker without the admin API, an error) is asked again by ``probe``'s get_watermark_offsets:
+    one round trip each, by a consumer made for the call unless the caller passes its own.
+    """
+    marks: dict[tuple[str, int], tuple[int, int]] = {}
+    if not partitions:
+        return marks
+    answers: list[dict[tuple[str, int], int]] = [{}, {}]
+    try:
+        pending = [admin.list_offsets({tp: spec for tp in partitions}, isolation_level=IsolationLevel.READ_COMMITTED,
+                                      request_timeout=timeout_s)
+                   for spec in (OffsetSpec.earliest(), OffsetSpec.latest())]
+        for futures, answer in zip(pending, answers, strict=True):
+            for tp, future in futures.items():
+                try:
+                    answer[(tp.topic, tp.partition)] = future.result(timeout_s).offset
+                except KafkaException as exc:
+                    log.debug("lag: no ListOffsets answer for %s[%d]: %s", tp.topic, tp.partition, exc)
+    except KafkaException as exc:
+        log.debug("lag: ListOffsets failed, asking per partition: %s", exc)
+    start, end = answers
+    unanswered = []
+    for tp in partitions:
+        key = (tp.topic, tp.partition)
+        if key in start and key in end:
+            marks[key] = (start[key], end[key])
+        else:
+            unanswered.append(tp)
+    if unanswered:
+        own = probe is None
+        probe = probe if probe is not None else Consumer(kafka.consumer("streamloop-lag-probe"))
+        try:
+            for tp in unanswered:
+                marks[(tp.topic, tp.partition)] = probe.get_watermark_offsets(
+                    TopicPartition(tp.topic, tp.partition), timeout=timeout_s)
+        finally:
+            if own:
+                probe.close()
+    return marks
+
+
 def group_lag(kafka: KafkaSettings, admin: AdminClient, groups: list[str] | None = None,
-              timeout_s: float = 10.0) -> list[PartitionLag]:
+              timeout_s: float = 10.0, probe: Consumer | None = None) -> list[PartitionLag]:
+    """Lag of ``groups`` (by default every group on the cluster), in one collection round.
+
+    Its cost does not grow with the groups that read the same topic: the groups' commits are asked
+    for all at once, the topics' partitions in one metadata request, and each partition's offsets
+    once for all groups (``watermarks``; ``probe``, if given, is its fallback, kept by the caller
+    across rounds).
+    """
     # Once each: DescribeGroups refuses a group named twice.
     groups = sorted(set(groups)) if groups is not None else consumer_groups(admin, timeout_s)
-    rows: list[PartitionLag] = []
     if not groups:
-        return rows
+        return []
+    # One OffsetFetch per group (the admin API takes a single group), all in flight together.
+    fetching = {group: admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group)],
+                                                         request_timeout=timeout_s)[group]
+                for group in groups}
     assigned = assigned_partitions(admin, groups, timeout_s)
-    probe = Consumer(kafka.consumer("streamloop-lag-probe"))
-    try:
-        for group in groups:
-            futures = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group)],
-                                                        request_timeout=timeout_s)
-            committed = {
-                (tp.topic, tp.partition): tp.offset
-                for tp in futures[group].result(timeout_s).topic_partitions or []
-                if tp.error is None and tp.offset >= 0
-            }
-            # Every partition of each topic the group reads (has committed on or is assigned), also
-            # those it has not committed on yet.
-            for topic in sorted({topic for topic, _ in (*committed, *assigned.get(group, ()))}):
-                partitions = probe.list_topics(topic, timeout=timeout_s).topics[topic].partitions
-                for partition in sorted(partitions):
-                    low, high = probe.get_watermark_offsets(TopicPartition(topic, partition), timeout=timeout_s)
-                    rows.append(PartitionLag(group, topic, partition, committed.get((topic, partition)), high, low))
-    finally:
-        probe.close()
-    return sorted(rows, key=lambda r: (r.group, r.topic, r.partition))
+    committed = {
+        group: {
+            (tp.topic, tp.partition): tp.offset
+            for tp in future.result(timeout_s).topic_partitions or []
+            if tp.error is None and tp.offset >= 0
+        }
+        for group, future in fetching.items()
+    }
+    # Every partition of each topic a group reads (has committed on or is assigned), also those it
+    # has not committed on yet.
+    reads = {group: {topic for topic, _ in (*committed[group], *assigned.get(group, ()))} for group in groups}
+    read = set().union(*reads.values())
+    metadata = admin.list_topics(timeout=timeout_s).topics if read else {}
+    partitions = {topic: sorted(metadata[topic].partitions) for topic in read if topic in metadata}
+    marks = watermarks(kafka, admin, [TopicPartition(topic, p) for topic, ps in partitions.items() for p in ps],
+                       timeout_s, probe)
+    return [
+        PartitionLag(group, topic, partition, committed[group].get((topic, partition)),
+                     marks[(topic, partition)][1], marks[(topic, partition)][0])
+        for group in groups
+        for topic in sorted(reads[group] & partitions.keys())
+        for partition in partitions[topic]
+    ]

@@ -5,7 +5,9 @@ from __future__ import annotations
 from concurrent.futures import Future
 from types import SimpleNamespace
 
+import pytest
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
+from confluent_kafka.admin import OffsetSpec
 
 from streamloop.kafka import KafkaSettings, lag
 from streamloop.kafka.lag import PartitionLag, group_lag
@@ -34,15 +36,24 @@ def _done(result) -> Future:
     return done
 
 
+WATERMARKS = {("t", 0): (90, 100), ("t", 1): (990, 1000)}
+REFUSED = KafkaException(KafkaError(KafkaError.UNSUPPORTED_VERSION, "not supported by the broker"))
+
+
 class _Admin:
-    """Groups with their commits and their members' assignments, as the broker describes them.
+    """Groups with their commits and their members' assignments, as the broker describes them, and
+    topic ``t``'s two partitions with their offsets.
 
     By default a group that committed on partition 0 of a two-partition topic, not yet on partition 1.
+    ``offsets_refused`` fails the ListOffsets call, ``unanswered`` the answer for those partitions.
     """
 
-    def __init__(self, commits=None, assignments=None) -> None:
+    def __init__(self, commits=None, assignments=None, offsets_refused=False, unanswered=()) -> None:
         self.commits = commits if commits is not None else {"g": [TopicPartition("t", 0, 95)]}
         self.assignments = assignments if assignments is not None else {}
+        self.offsets_refused, self.unanswered = offsets_refused, set(unanswered)
+        self.offsets_asked: list[list[tuple[str, int]]] = []
+        self.metadata_asked = 0
 
     def list_consumer_group_offsets(self, requests, request_timeout):
         group = requests[0].group_id
@@ -58,51 +69,104 @@ class _Admin:
             return SimpleNamespace(group_id=group, members=members)
         return {group: _done(description(group)) for group in groups}
 
+    def list_topics(self, timeout):
+        self.metadata_asked += 1
+        return SimpleNamespace(topics={"t": SimpleNamespace(partitions={0: None, 1: None})})
+
+    def list_offsets(self, specs, isolation_level, request_timeout):
+        if self.offsets_refused:
+            raise REFUSED
+        self.offsets_asked.append(sorted((tp.topic, tp.partition) for tp in specs))
+        side = 0 if next(iter(specs.values())) is OffsetSpec.earliest() else 1
+        return {tp: _done(REFUSED if (tp.topic, tp.partition) in self.unanswered
+                          else SimpleNamespace(offset=WATERMARKS[(tp.topic, tp.partition)][side]))
+                for tp in specs}
+
 
 class _Probe:
-    WATERMARKS = {0: (90, 100), 1: (990, 1000)}
+    """The consumer lag falls back on: records what it was asked, and whether it was closed."""
 
-    def __init__(self, _config) -> None:
-        pass
-
-    def list_topics(self, topic, timeout):
-        return SimpleNamespace(topics={topic: SimpleNamespace(partitions={0: None, 1: None})})
+    def __init__(self, _config=None) -> None:
+        self.asked: list[tuple[str, int]] = []
+        self.closed = False
 
     def get_watermark_offsets(self, tp, timeout):
-        return self.WATERMARKS[tp.partition]
+        self.asked.append((tp.topic, tp.partition))
+        return WATERMARKS[(tp.topic, tp.partition)]
 
     def close(self) -> None:
-        pass
+        self.closed = True
+
+
+@pytest.fixture
+def probes(monkeypatch) -> list[_Probe]:
+    """The consumers lag makes for itself."""
+    made: list[_Probe] = []
+
+    def make(config) -> _Probe:
+        made.append(_Probe(config))
+        return made[-1]
+
+    monkeypatch.setattr(lag, "Consumer", make)
+    return made
 
 
 KAFKA = KafkaSettings(bootstrap_servers="127.0.0.1:1")
 
 
-def test_group_lag_reads_the_start_of_partitions_the_group_has_not_committed_on(monkeypatch):
-    monkeypatch.setattr(lag, "Consumer", _Probe)
+def test_group_lag_reads_the_start_of_partitions_the_group_has_not_committed_on(probes):
     rows = group_lag(KAFKA, _Admin(), groups=["g"])
     assert [(r.partition, r.committed, r.lag) for r in rows] == [(0, 95, 5), (1, None, 10)]
 
 
-def test_a_group_assigned_partitions_it_has_not_committed_on_lags_by_their_records(monkeypatch):
+def test_a_group_assigned_partitions_it_has_not_committed_on_lags_by_their_records(probes):
     """Its first batch not committed yet (or stuck): each partition lags by all it holds, not by nothing."""
-    monkeypatch.setattr(lag, "Consumer", _Probe)
     admin = _Admin(commits={"g": [TopicPartition("t", 0, 95)]}, assignments={"g": [], "first-batch": [0, 1]})
     rows = group_lag(KAFKA, admin, groups=["first-batch", "g"])
     assert [(r.group, r.partition, r.committed, r.lag) for r in rows] == [
         ("first-batch", 0, None, 10), ("first-batch", 1, None, 10), ("g", 0, 95, 5), ("g", 1, None, 10)]
 
 
-def test_a_group_assigned_one_partition_lags_on_every_partition_of_its_topic(monkeypatch):
+def test_a_group_assigned_one_partition_lags_on_every_partition_of_its_topic(probes):
     """The other partition's member may not have joined yet: its records are still to be read."""
-    monkeypatch.setattr(lag, "Consumer", _Probe)
     rows = group_lag(KAFKA, _Admin(commits={}, assignments={"g": [1]}), groups=["g"])
     assert [(r.partition, r.committed, r.lag) for r in rows] == [(0, None, 10), (1, None, 10)]
 
 
-def test_a_group_the_broker_cannot_describe_lags_on_the_topics_it_committed_on(monkeypatch):
-    monkeypatch.setattr(lag, "Consumer", _Probe)
-    refused = KafkaException(KafkaError(KafkaError.UNSUPPORTED_VERSION, "DescribeGroups"))
-    admin = _Admin(commits={"g": [TopicPartition("t", 0, 95)], "new": []}, assignments={"g": refused, "new": refused})
+def test_a_group_the_broker_cannot_describe_lags_on_the_topics_it_committed_on(probes):
+    admin = _Admin(commits={"g": [TopicPartition("t", 0, 95)], "new": []}, assignments={"g": REFUSED, "new": REFUSED})
     rows = group_lag(KAFKA, admin, groups=["g", "new"])
     assert [(r.group, r.partition, r.committed, r.lag) for r in rows] == [("g", 0, 95, 5), ("g", 1, None, 10)]
+
+
+def test_each_partitions_offsets_are_asked_once_per_round_whatever_the_groups_reading_it(probes):
+    """Three groups on one topic: one metadata request, one earliest and one latest ListOffsets over its
+    two partitions, and no consumer made; not a lookup per group and partition."""
+    admin = _Admin(commits={g: [TopicPartition("t", 0, 95)] for g in ("a", "b", "c")})
+    rows = group_lag(KAFKA, admin, groups=["a", "b", "c"])
+    assert [(r.group, r.partition, r.lag) for r in rows] == [
+        (g, p, lag) for g in ("a", "b", "c") for p, lag in ((0, 5), (1, 10))]
+    assert admin.offsets_asked == [[("t", 0), ("t", 1)]] * 2
+    assert admin.metadata_asked == 1
+    assert probes == []
+
+
+def test_a_broker_without_list_offsets_is_asked_per_partition_by_one_consumer(probes):
+    rows = group_lag(KAFKA, _Admin(offsets_refused=True, commits={"a": [TopicPartition("t", 0, 95)],
+                                                                  "b": [TopicPartition("t", 1, 995)]}),
+                     groups=["a", "b"])
+    assert [(r.group, r.partition, r.lag) for r in rows] == [("a", 0, 5), ("a", 1, 10), ("b", 0, 10), ("b", 1, 5)]
+    assert [(p.asked, p.closed) for p in probes] == [([("t", 0), ("t", 1)], True)]
+
+
+def test_only_the_partitions_list_offsets_did_not_answer_for_are_asked_again(probes):
+    rows = group_lag(KAFKA, _Admin(unanswered={("t", 1)}), groups=["g"])
+    assert [(r.partition, r.lag) for r in rows] == [(0, 5), (1, 10)]
+    assert [(p.asked, p.closed) for p in probes] == [([("t", 1)], True)]
+
+
+def test_a_callers_consumer_is_the_fallback_and_stays_open_for_its_next_round(probes):
+    mine = _Probe()
+    for _ in range(2):
+        group_lag(KAFKA, _Admin(offsets_refused=True), groups=["g"], probe=mine)
+    assert (mine.asked, mine.closed, probes) == ([("t", 0), ("t", 1)] * 2, False, [])
