@@ -97,12 +97,17 @@ class RecordViews:
         self._settled_on_trial: set[str] = set()
         self._settled_through: tuple[int, str] | None = None  # the last folded, in decision order
         self.records = {role: 0 for role in ROLES}
+        # charts() as last built: rebuilding them reads every kept window (60,000 at most), and each
+        # page polls every 2 s, while snapshots and decisions, all they draw, come once a window.
+        self._charts: dict[str, dict[str, Any]] | None = None
 
     def add(self, role: str, key: str | None, value: dict[str, Any] | None) -> None:
         """One decoded record of ``role``'s topic; ``value`` None is a tombstone."""
         if role not in self.records:
             return
         self.records[role] += 1
+        if role in ("metrics", "model_decisions"):
+            self._charts = None
         if value is not None:
             # fastavro decodes timestamp-millis as aware datetimes; the figures work in epoch millis.
             value = {k: epoch_ms(v) if isinstance(v, datetime) else v for k, v in value.items()}
@@ -216,6 +221,11 @@ class RecordViews:
         return champion_changes([entry for _key, entry in ordered], self._settled_on_trial)
 
     def charts(self) -> dict[str, dict[str, Any]]:
+        if self._charts is None:
+            self._charts = self._build_charts()
+        return self._charts
+
+    def _build_charts(self) -> dict[str, dict[str, Any]]:
         marks = [_mark(entry, change) for entry, change in self.champion_changes()]
         metric_series, cost_series = {}, {}
         for version, figures in self._versions.items():

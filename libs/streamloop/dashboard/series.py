@@ -4,6 +4,10 @@ A chart, as the dashboard serves it, is one x axis (Unix seconds) shared by ever
 ``None`` where a series has no point; uPlot draws exactly that shape::
 
     {"x": [t0, t1, ...], "series": [{"label": "v1", "values": [0.91, None, ...]}], "marks": [...]}
+
+A chart carries at most ``MAX_CHART_X`` x values however long its history: the loop keeps 30
+model versions of up to 2,000 windows each, and versions that lived at different times share no
+window, so the union alone could reach 60,000 x values (19 MB of JSON at every poll).
 """
 
 from __future__ import annotations
@@ -14,6 +18,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 Point = tuple[float, float | None]
+
+# About one x value per pixel of a chart (the page draws them some 560 to 700 pixels wide). The
+# newest half are kept as they are, older points are averaged per equal slice of time.
+MAX_CHART_X = 500
 
 
 def finite(value: Any) -> float | None:
@@ -47,18 +55,56 @@ class Ring:
 
 
 def chart(named: Mapping[str, Iterable[Point]], *, title: str, unit: str = "",
-          marks: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any]:
-    """Series with their own x values, aligned on the union of every x (missing points are None)."""
+          marks: Sequence[Mapping[str, Any]] = (), max_x: int = MAX_CHART_X) -> dict[str, Any]:
+    """Series with their own x values, aligned on the union of every x (missing points are None).
+
+    Beyond ``max_x`` x values, the newest ``max_x // 2`` stay as they are and the older ones are
+    merged per equal slice of time into its latest x, each series' value there the mean of its
+    finite values in the slice.
+    """
     materialized = {label: list(points) for label, points in named.items()}
     xs = sorted({x for points in materialized.values() for x, _ in points})
+    merged_into = _merged_x(xs, max_x)
+    if merged_into is not None:
+        xs = sorted(set(merged_into.values()))
     index = {x: i for i, x in enumerate(xs)}
     series = []
     for label, points in materialized.items():
-        values: list[float | None] = [None] * len(xs)
-        for x, y in points:
-            values[index[x]] = finite(y)
+        if merged_into is None:
+            values: list[float | None] = [None] * len(xs)
+            for x, y in points:
+                values[index[x]] = finite(y)
+        else:
+            values = _means(points, merged_into, index, len(xs))
         series.append({"label": label, "values": values})
     return {"title": title, "unit": unit, "x": xs, "series": series, "marks": list(marks)}
+
+
+def _merged_x(xs: Sequence[float], max_x: int) -> dict[float, float] | None:
+    """Each x (sorted, distinct) -> the x it is drawn at, ``max_x`` of them at most; None when all fit."""
+    if len(xs) <= max_x:
+        return None
+    kept = max(1, max_x // 2)
+    slices = max(1, max_x - kept)
+    older, recent = xs[:-kept], xs[-kept:]
+    low, width = older[0], (older[-1] - older[0]) / slices
+    slice_of = [min(int((x - low) / width), slices - 1) if width > 0 else 0 for x in older]
+    latest = {}
+    for x, at in zip(older, slice_of, strict=True):
+        latest[at] = x  # xs are sorted: the last x of each slice wins
+    return {**{x: latest[at] for x, at in zip(older, slice_of, strict=True)}, **{x: x for x in recent}}
+
+
+def _means(points: Iterable[Point], merged_into: Mapping[float, float], index: Mapping[float, int],
+           size: int) -> list[float | None]:
+    sums, counts = [0.0] * size, [0] * size
+    for x, y in points:
+        value = finite(y)
+        if value is not None:
+            at = index[merged_into[x]]
+            sums[at] += value
+            counts[at] += 1
+    return [total / count if count else None for total, count in zip(sums, counts, strict=True)]
 
 
 def chart_points(spec: Mapping[str, Any]) -> int:

@@ -5,7 +5,7 @@ import json
 from streamloop.dashboard import DashboardModel
 from streamloop.dashboard.live import LagRow
 from streamloop.dashboard.prometheus import Sample
-from streamloop.dashboard.series import chart_points
+from streamloop.dashboard.series import MAX_CHART_X, chart_points
 from tests.unit.dashboard.conftest import T0, alert, decision, deployment, drift, prediction, snapshot
 
 CHARTS = {"lag", "throughput", "latency", "accuracy", "cost", "drift", "dead_letters"}
@@ -58,3 +58,24 @@ def test_an_empty_model_answers_empty_panels():
     assert snap["summary"]["champion"] is None and snap["summary"]["total_lag"] is None
     json.dumps(snap, allow_nan=False)
 
+
+
+def test_the_snapshot_stays_small_however_long_the_history():
+    # 30 versions (all the dashboard keeps) of 2,000 windows (all it keeps of each), one after the
+    # other as months of retraining leave them: no two share a window end. Drawn on the union of
+    # their x values, that was a chart of 60,000 x values and a 19 MB snapshot at every poll.
+    model = DashboardModel("card-fraud")
+    for version in range(30):
+        for window in range(2000):
+            model.add_record("metrics", None, snapshot(f"v{version}", T0 + (version * 2000 + window) * 10_000,
+                                                       0.9, role="SHADOW", cost=1.0))
+    snap = model.snapshot()
+    size = len(json.dumps(snap, allow_nan=False, separators=(",", ":")))
+    assert size < 300_000, f"{size:,} bytes"
+    for name in ("accuracy", "cost"):
+        chart = snap["charts"][name]
+        assert len(chart["series"]) == 30 and len(chart["x"]) <= MAX_CHART_X, name
+    # The newest windows are drawn as they are.
+    accuracy = snap["charts"]["accuracy"]
+    latest = next(s["values"] for s in accuracy["series"] if s["label"] == "v29 (shadow)")
+    assert accuracy["x"][-1] == (T0 + 59_999 * 10_000) / 1000 and latest[-1] == 0.9

@@ -217,3 +217,16 @@ def test_a_copy_of_a_folded_decision_is_not_counted_again_however_late():
     assert views.summary() == counted
     views.add("model_decisions", "fraud", decision("ROLLBACK", T0 + 200_000, "v10", "v11", decision_id="v11:rollback"))
     assert views.summary()["rollbacks"] == 1, "a new decision still counts"
+
+
+def test_the_charts_are_built_again_only_when_a_snapshot_or_a_decision_comes():
+    views = RecordViews()
+    views.add("metrics", "v1", snapshot("v1", T0, 0.9))
+    drawn = views.charts()
+    views.add("drift_events", "p", drift("amount", T0))
+    views.add("alerts", "stale_model", alert("stale_model", "RAISED", T0))
+    assert views.charts() is drawn, "nothing the charts draw changed"
+    views.add("model_decisions", "fraud", decision("PROMOTE", T0 + 30_000, "v2", "v1"))
+    assert [m["label"] for m in views.charts()["accuracy"]["marks"]] == ["PROMOTE v2"]
+    views.add("metrics", "v1", snapshot("v1", T0 + 60_000, 0.8))
+    assert views.charts()["accuracy"]["series"][0]["values"] == [0.9, 0.8]

@@ -3,6 +3,7 @@ import math
 import pytest
 
 from streamloop.dashboard.series import (
+    MAX_CHART_X,
     CounterRates,
     Ring,
     chart,
@@ -19,6 +20,22 @@ def test_chart_aligns_series_on_the_union_of_their_x_values():
     assert spec["series"] == [{"label": "a", "values": [0.5, None, 0.7]}, {"label": "b", "values": [None, 1.0, None]}]
     assert chart_points(spec) == 3
     assert spec["title"] == "t" and spec["marks"] == []
+
+
+def test_a_long_history_is_charted_in_at_most_max_x_values_the_newest_as_they_are():
+    # "a" has 100 points at x 0..99, "b" the odd ones of them only, one not finite.
+    a = [(float(x), float(x)) for x in range(100)]
+    b = [(float(x), 1.0 if x != 9 else math.nan) for x in range(1, 100, 2)]
+    spec = chart({"a": a, "b": b}, title="t", max_x=10)
+    # The newest 5 as they are; the 95 older ones in 5 equal slices of time (width 94 / 5), each
+    # drawn at its latest x with the mean of what each series has in it.
+    assert spec["x"] == [18.0, 37.0, 56.0, 75.0, 94.0, 95.0, 96.0, 97.0, 98.0, 99.0]
+    values = {s["label"]: s["values"] for s in spec["series"]}
+    assert values["a"] == [9.0, 28.0, 47.0, 66.0, 85.0, 95.0, 96.0, 97.0, 98.0, 99.0]
+    assert values["b"] == [1.0, 1.0, 1.0, 1.0, 1.0, 1.0, None, 1.0, None, 1.0]
+    # Within the limit, nothing is merged.
+    assert chart({"a": a}, title="t", max_x=100)["x"] == [x for x, _ in a]
+    assert MAX_CHART_X <= 1000
 
 
 def test_ring_keeps_the_last_points_and_drops_non_finite_values():
