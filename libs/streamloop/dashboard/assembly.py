@@ -13,7 +13,9 @@ The snapshot::
                 "alerts_active", "alerts_recent", "explanations", "feature_influence": [<row>, ...]},
      "sources": {"kafka": ..., "prometheus": ..., "lag": ..., "predictions": ...}}
 
-Each chart is ``{"title", "unit", "x", "series": [{"label", "values"}], "marks"}`` (series.py).
+Each chart is ``{"title", "unit", "x", "series": [{"label", "values"}], "marks", "gaps"}`` (series.py).
+A lag reading older than ``lag_stale_after_s`` is not shown: the lag and dead-letter tiles and
+rows are None, and ``sources.lag.stale`` is true.
 """
 
 from __future__ import annotations
@@ -30,10 +32,12 @@ from streamloop.dashboard.records import RecordViews
 
 
 class DashboardModel:
-    def __init__(self, pipeline: str = "", *, history: int = 360, metric: str = "accuracy") -> None:
+    def __init__(self, pipeline: str = "", *, history: int = 360, metric: str = "accuracy",
+                 lag_stale_after_s: float = 15.0) -> None:
+        """``lag_stale_after_s``: three lag readings at the default interval (the collector passes its own)."""
         self.pipeline = pipeline
         self._records = RecordViews(metric=metric)
-        self._live = LiveFigures(history=history)
+        self._live = LiveFigures(history=history, lag_stale_after_s=lag_stale_after_s)
         self._explained = ExplainedPredictions()
         self._lock = threading.Lock()
         self._sources: dict[str, dict[str, Any]] = {
@@ -66,6 +70,12 @@ class DashboardModel:
             self._live.add_dead_letter_counts(at_s, dead_letters)
             self._sources["lag"] = {"at": at_s, "error": None}
 
+    def lag_failed(self, at_s: float, error: str) -> None:
+        """A reading of lag and dead-letter counts that failed at ``at_s``."""
+        with self._lock:
+            self._live.lag_unread(at_s)
+            self._sources["lag"]["error"] = error
+
     def source_error(self, source: str, error: str | None) -> None:
         with self._lock:
             self._sources[source]["error"] = error
@@ -77,16 +87,18 @@ class DashboardModel:
     # -- output ------------------------------------------------------------------------------
 
     def snapshot(self, now_s: float | None = None) -> dict[str, Any]:
+        now = time.time() if now_s is None else now_s
         with self._lock:
             detections = self._records.detections()
             charts = {**self._live.charts(detections), **self._records.charts()}
-            tables = {**self._live.tables(), **self._records.tables(),
+            tables = {**self._live.tables(now), **self._records.tables(),
                       "explanations": self._explained.rows(), "feature_influence": self._explained.influence()}
-            summary = {**self._live.summary(), **self._records.summary()}
+            summary = {**self._live.summary(now), **self._records.summary()}
             sources = {name: dict(values) for name, values in self._sources.items()}
             sources["kafka"]["by_topic"] = dict(self._records.records)
+            sources["lag"]["stale"] = sources["lag"]["at"] is not None and self._live.lag_stale(now)
         return {
-            "generated_at": round(time.time() if now_s is None else now_s, 3),
+            "generated_at": round(now, 3),
             "pipeline": self.pipeline,
             "summary": summary,
             "charts": charts,

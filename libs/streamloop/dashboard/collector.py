@@ -24,6 +24,8 @@ from streamloop.service.settings import SerdeSettings
 log = logging.getLogger(__name__)
 
 Targets = Callable[[], list[ScrapeTarget]]
+# Lag older than this many readings is shown as unknown: the broker has not answered for a while.
+LAG_STALE_READINGS = 3
 
 
 def metrics_url(port: int, host: str = "127.0.0.1") -> str:
@@ -45,8 +47,10 @@ class DashboardCollector:
     def __init__(self, pipeline: PipelineSpec, catalog: Catalog, kafka: KafkaSettings, targets: Targets,
                  settings: DashboardSettings | None = None, serde: SerdeSettings | None = None) -> None:
         self.settings = settings or DashboardSettings()
+        # Lag is read at most once a round: every lag interval, or every scrape interval if longer.
+        reading_s = max(self.settings.lag_interval_s, self.settings.scrape_interval_s)
         self.model = DashboardModel(pipeline.name, metric="accuracy" if pipeline.model.task == "classification"
-                                    else "rmse")
+                                    else "rmse", lag_stale_after_s=LAG_STALE_READINGS * reading_s)
         self._targets = targets
         self._reader = TopicRecordReader(kafka, catalog, self.model.add_record,
                                          on_error=lambda e: self.model.source_error("kafka", e), serde=serde)
@@ -102,7 +106,7 @@ class DashboardCollector:
         try:
             rows, dead_letters = self._lag.read()
         except Exception as exc:  # noqa: BLE001 - an unreachable broker shows on the page, it does not crash
-            self.model.source_error("lag", f"{type(exc).__name__}: {exc}")
+            self.model.lag_failed(time.time(), f"{type(exc).__name__}: {exc}")
             return
         self.model.add_lag(time.time(), rows, dead_letters)
 

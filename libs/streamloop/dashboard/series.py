@@ -3,7 +3,12 @@
 A chart, as the dashboard serves it, is one x axis (Unix seconds) shared by every series, with
 ``None`` where a series has no point; uPlot draws exactly that shape::
 
-    {"x": [t0, t1, ...], "series": [{"label": "v1", "values": [0.91, None, ...]}], "marks": [...]}
+    {"x": [t0, t1, ...], "series": [{"label": "v1", "values": [0.91, None, ...]}], "marks": [...],
+     "gaps": false}
+
+``gaps`` says what a None is. False: only that the series has no point at that x (another has),
+and the page joins the series' points across it. True: the series' source was not read then
+(every series has a point, or a None, at every x), and the page draws a gap there.
 
 A chart carries at most ``MAX_CHART_X`` x values however long its history: the loop keeps 30
 model versions of up to 2,000 windows each, and versions that lived at different times share no
@@ -55,7 +60,7 @@ class Ring:
 
 
 def chart(named: Mapping[str, Iterable[Point]], *, title: str, unit: str = "",
-          marks: Sequence[Mapping[str, Any]] = (), max_x: int = MAX_CHART_X) -> dict[str, Any]:
+          marks: Sequence[Mapping[str, Any]] = (), max_x: int = MAX_CHART_X, gaps: bool = False) -> dict[str, Any]:
     """Series with their own x values, aligned on the union of every x (missing points are None).
 
     Beyond ``max_x`` x values, the newest ``max_x // 2`` stay as they are and the older ones are
@@ -77,7 +82,7 @@ def chart(named: Mapping[str, Iterable[Point]], *, title: str, unit: str = "",
         else:
             values = _means(points, merged_into, index, len(xs))
         series.append({"label": label, "values": values})
-    return {"title": title, "unit": unit, "x": xs, "series": series, "marks": list(marks)}
+    return {"title": title, "unit": unit, "x": xs, "series": series, "marks": list(marks), "gaps": gaps}
 
 
 def _merged_x(xs: Sequence[float], max_x: int) -> dict[float, float] | None:

@@ -36,10 +36,10 @@ def loaded_model() -> DashboardModel:
 
 
 def test_the_snapshot_has_every_panel_and_is_strict_json():
-    snap = loaded_model().snapshot(now_s=200.0)
+    snap = loaded_model().snapshot(now_s=104.0)  # 2 s after the last readings
     assert set(snap["charts"]) == CHARTS and set(snap["tables"]) >= TABLES
     text = json.dumps(snap, allow_nan=False)  # NaN evidence and the like never reach the page
-    assert json.loads(text)["generated_at"] == 200.0
+    assert json.loads(text)["generated_at"] == 104.0
     assert snap["summary"] == {
         "total_lag": 9, "predictions_per_s": 200.0, "latency_p99_ms": 49.5, "dead_letters": 1, "scrapes": 2,
         "champion": "v1", "accuracy": 0.91, "drift_detections": 1, "promotions": 1, "rollbacks": 0,
@@ -50,6 +50,18 @@ def test_the_snapshot_has_every_panel_and_is_strict_json():
         chart = snap["charts"][name]
         assert all(len(s["values"]) == len(chart["x"]) for s in chart["series"]), name
         assert chart["series"], name
+
+
+def test_lag_not_read_for_three_readings_is_unknown_not_the_last_figure():
+    model = DashboardModel("p")
+    model.add_lag(100.0, [LagRow("streamloop.p.featurizer", "in", 0, 4200)], {"in.dlq": 3})
+    assert model.snapshot(now_s=115.0)["summary"]["total_lag"] == 4200
+    model.lag_failed(120.0, "KafkaException: broker down")  # and every reading after it
+    snap = model.snapshot(now_s=100.0 + 3600)
+    assert snap["summary"]["total_lag"] is None and snap["summary"]["dead_letters"] is None
+    assert snap["tables"]["lag"] == [{"group": "streamloop.p.featurizer", "topic": "in", "lag": None}]
+    assert snap["sources"]["lag"] == {"at": 100.0, "error": "KafkaException: broker down", "stale": True}
+    assert snap["charts"]["lag"]["series"][0]["values"] == [4200, None]
 
 
 def test_an_empty_model_answers_empty_panels():

@@ -113,3 +113,41 @@ def test_lag_is_summed_per_group_and_topic_and_dead_letter_topics_are_counted():
     assert charts["lag"]["series"][1] == {"label": "featurizer ← in", "values": [12]}
     assert charts["dead_letters"]["series"][0]["values"] == [2]
     assert live.summary()["total_lag"] == 12 and live.summary()["dead_letters"] == 2
+
+
+def test_a_service_that_stops_answering_is_no_longer_shown_live_and_leaves_a_gap(scorer):
+    live = LiveFigures()
+    live.add_scrape(100.0, {"online-scorer-0": read(scorer)})
+    scorer.record_batch("features.feature-vector.v1", 1, 400, 0.01, latencies=[0.02] * 400)
+    live.add_scrape(102.0, {"online-scorer-0": read(scorer)})
+    assert live.summary()["predictions_per_s"] == 200.0 and live.summary()["latency_p99_ms"] <= 25
+    for at in (104.0, 106.0):  # the scorer crashed: it answers no scrape
+        live.add_scrape(at, {})
+    assert live.tables()["throughput"] == [] and live.tables()["latency"] == []
+    assert live.summary()["predictions_per_s"] is None and live.summary()["latency_p99_ms"] is None
+    charts = live.charts([])
+    assert charts["throughput"]["gaps"] and charts["latency"]["gaps"], "the page draws its Nones as gaps"
+    assert charts["throughput"]["x"] == [102.0, 104.0, 106.0]
+    assert charts["throughput"]["series"][0]["values"] == [200.0, None, None]
+    assert [s["values"][1:] for s in charts["latency"]["series"]] == [[None, None]] * 3
+    scorer.record_batch("features.feature-vector.v1", 1, 100, 0.01, latencies=[0.02] * 100)
+    live.add_scrape(108.0, {"online-scorer-0": read(scorer)})  # back (the same process: 100 more in 6 s)
+    assert live.tables()["throughput"][0]["rate"] == pytest.approx(100 / 6, abs=0.01)
+
+
+def test_lag_not_read_for_a_while_is_unknown_and_a_failed_reading_is_a_gap():
+    live = LiveFigures(lag_stale_after_s=15.0)
+    live.add_lag(100.0, [LagRow("featurizer", "in", 0, 12)])
+    live.add_dead_letter_counts(100.0, {"in.dlq": 2})
+    live.lag_unread(105.0)  # the broker does not answer
+    assert live.summary(now_s=115.0)["total_lag"] == 12 and live.summary(now_s=115.0)["dead_letters"] == 2
+    assert not live.lag_stale(115.0) and live.lag_stale(115.1)
+    assert live.summary(now_s=3700.0)["total_lag"] is None and live.summary(now_s=3700.0)["dead_letters"] is None
+    tables = live.tables(now_s=3700.0)
+    assert tables["lag"] == [{"group": "featurizer", "topic": "in", "lag": None}]
+    assert tables["dead_letter_topics"] == [{"topic": "in.dlq", "records": None}]
+    charts = live.charts([])
+    assert charts["lag"]["gaps"] and charts["lag"]["series"][0]["values"] == [12, None]
+    assert charts["dead_letters"]["series"][0]["values"] == [2, None]
+    live.add_lag(3700.0, [LagRow("featurizer", "in", 0, 3)])
+    assert live.summary(now_s=3702.0)["total_lag"] == 3

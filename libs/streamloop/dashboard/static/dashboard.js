@@ -56,6 +56,17 @@ function marksPlugin(getMarks) {
   };
 }
 
+// In a chart whose nulls are gaps, a value alone between two of them draws no line: show it as a point.
+function lonePoints(u, seriesIdx, show) {
+  if (show) return null;
+  const values = u.data[seriesIdx];
+  const lone = [];
+  for (let i = 0; i < values.length; i++) {
+    if (values[i] != null && values[i - 1] == null && values[i + 1] == null) lone.push(i);
+  }
+  return lone;
+}
+
 function renderChart(name, spec) {
   const figure = document.getElementById(`chart-${name}`);
   if (!figure || !spec) return;
@@ -73,7 +84,9 @@ function renderChart(name, spec) {
     return;
   }
   const data = [spec.x, ...spec.series.map((s) => s.values)];
-  const key = spec.series.map((s) => s.label).join("\u0000");
+  // spec.gaps: a null is a round its source did not answer, drawn as a gap; otherwise only a
+  // point another series has, and the line joins across it.
+  const key = [spec.gaps ? "gaps" : "joined", ...spec.series.map((s) => s.label)].join("\u0000");
   if (state && state.key === key) {
     state.marks = spec.marks;
     state.plot.setData(data);
@@ -86,8 +99,8 @@ function renderChart(name, spec) {
       height: 230,
       scales: {x: {time: true}},
       series: [{}, ...spec.series.map((s, i) => ({
-        label: s.label, stroke: PALETTE[i % PALETTE.length], width: 1.5, spanGaps: true,
-        points: {show: spec.x.length < 60},
+        label: s.label, stroke: PALETTE[i % PALETTE.length], width: 1.5, spanGaps: !spec.gaps,
+        points: {show: spec.x.length < 60, filter: spec.gaps ? lonePoints : null},
       }))],
       axes: [{}, {label: spec.unit, size: 60}],
       legend: {live: false},
@@ -125,14 +138,21 @@ function escapeHtml(text) {
   return String(text).replace(/[&<>"']/g, (c) => ({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;"}[c]));
 }
 
+// Lag and dead-letter counts come from the broker: once not read for a while they are unknown.
+function lagLabel(label, snapshot) {
+  const lag = snapshot.sources.lag;
+  return lag && lag.stale ? `${label} (not read since ${fmtTime(lag.at)})` : label;
+}
+
 function renderSummary(snapshot) {
   const s = snapshot.summary;
   const metric = "accuracy" in s ? "accuracy" : "rmse";
   const tiles = [
     ["champion", s.champion], [metric, s[metric]], ["predictions/s", s.predictions_per_s],
-    ["p99 latency ms", s.latency_p99_ms], ["consumer lag", s.total_lag], ["drift detections", s.drift_detections],
+    ["p99 latency ms", s.latency_p99_ms], [lagLabel("consumer lag", snapshot), s.total_lag],
+    ["drift detections", s.drift_detections],
     ["promotions", s.promotions], ["rollbacks", s.rollbacks], ["canary rollbacks", s.canary_rollbacks],
-    ["dead letters", s.dead_letters],
+    [lagLabel("dead letters", snapshot), s.dead_letters],
     ["active alerts", s.active_alerts],
   ];
   document.getElementById("summary").innerHTML = tiles.map(([label, value]) =>
