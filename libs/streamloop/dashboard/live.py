@@ -3,7 +3,8 @@
 Pure: fed Prometheus samples (per service instance) and lag rows with the time they were read,
 it keeps bounded history and answers chart and table data. Counters and histograms are turned
 into per-interval rates and quantiles here, per instance first, so a restarted replica (whose
-counters start again at zero) never shows as a negative rate.
+counters start again at zero) never shows as a negative rate, and dead letters are counted as
+each instance's increases, so a replica that is down or restarted takes nothing from the total.
 
 Nothing is shown as live that was not read: the current rates and latencies are those of the
 instances that answered the latest scrape, lag and dead-letter counts older than
@@ -70,7 +71,8 @@ class LiveFigures:
         self._lag: dict[tuple[str, str], Ring] = {}
         self._lag_now: dict[tuple[str, str], int] = {}
         self._lag_at: float | None = None
-        self._dead_letter_classes: dict[tuple[str, str, str], float] = {}
+        self._dead_letter_counters = CounterRates()
+        self._dead_letter_classes: dict[tuple[str, str, str], float] = {}  # records since first read
         self._dead_letter_topics: dict[str, int] = {}
         self._dead_letter_total = Ring(history)
         self._psi: dict[str, Ring] = {}
@@ -86,7 +88,6 @@ class LiveFigures:
         rates: dict[tuple[str, str], float] = {}
         latency_delta: dict[str, dict[float, float]] = {}
         latency_total: dict[str, dict[float, float]] = {}
-        dead_letters: dict[tuple[str, str, str], float] = {}
         psi_read: set[str] = set()
         for instance, samples in samples_by_instance.items():
             # A series that is new on an instance read before was created since: it started at zero.
@@ -108,7 +109,10 @@ class LiveFigures:
                     buckets.setdefault(key, {})[bound] = sample.value
                 elif sample.name == DEAD_LETTERS:
                     key3 = (labels.get("service", instance), labels.get("topic", ""), labels.get("error_class", ""))
-                    dead_letters[key3] = dead_letters.get(key3, 0.0) + sample.value
+                    # The first reading of a series counts whole: its records since its process started.
+                    increase = self._dead_letter_counters.increase((instance, *key3), at_s, sample.value)
+                    self._dead_letter_classes[key3] = self._dead_letter_classes.get(key3, 0.0) + (
+                        sample.value if increase is None else increase)
                 elif sample.name in (DRIFT_PSI, DRIFT_STATISTIC, DRIFT_P_VALUE):
                     self._drift_sample(at_s, sample, psi_read)
             for (service, topic), current in buckets.items():
@@ -138,8 +142,6 @@ class LiveFigures:
             if service not in latency_total:  # none of its instances answered (an idle one has no point)
                 _gap(rings, (), at_s)
         _gap(self._psi, psi_read, at_s)
-        if samples_by_instance:
-            self._dead_letter_classes.update(dead_letters)
 
     def _drift_sample(self, at_s: float, sample: Sample, psi_read: set[str]) -> None:
         if sample.labels.get("test") == "presence":

@@ -151,3 +151,27 @@ def test_lag_not_read_for_a_while_is_unknown_and_a_failed_reading_is_a_gap():
     assert charts["dead_letters"]["series"][0]["values"] == [2, None]
     live.add_lag(3700.0, [LagRow("featurizer", "in", 0, 3)])
     assert live.summary(now_s=3702.0)["total_lag"] == 3
+
+
+def test_dead_letters_by_error_never_drop_when_a_replica_is_down_or_restarts():
+    replicas = [ServiceMetrics("featurizer"), ServiceMetrics("featurizer")]
+    restarted = ServiceMetrics("featurizer")
+    try:
+        replicas[0].record_dead_letters("in", "RuleViolation", 40)
+        replicas[1].record_dead_letters("in", "RuleViolation", 10)
+        live = LiveFigures()
+
+        def records() -> int:
+            return sum(row["records"] for row in live.tables()["dead_letter_errors"])
+
+        live.add_scrape(100.0, {"featurizer-0": read(replicas[0]), "featurizer-1": read(replicas[1])})
+        assert records() == 50
+        live.add_scrape(102.0, {"featurizer-1": read(replicas[1])})  # featurizer-0 is down
+        assert records() == 50
+        restarted.record_dead_letters("in", "RuleViolation", 2)  # featurizer-0 again: from zero, 2 more
+        replicas[1].record_dead_letters("in", "RuleViolation", 3)
+        live.add_scrape(104.0, {"featurizer-0": read(restarted), "featurizer-1": read(replicas[1])})
+        assert records() == 55
+    finally:
+        for metrics in (*replicas, restarted):
+            metrics.shutdown()
