@@ -5,7 +5,8 @@ The I/O half of the dashboard; what the numbers mean is in assembly.py and its p
 - ``TopicRecordReader`` reads the five monitoring topics (metric snapshots, drift events, alerts,
   deployments, decisions) from the beginning on a thread of its own. Like the registry's table
   reader it assigns itself every partition and never joins a group or commits, so it neither
-  shows up as a lagging group nor takes records from anyone.
+  shows up as a lagging group nor takes records from anyone. A Schema Registry that does not
+  answer is waited out, and a reading that fails starts again: the page never freezes.
 - ``PredictionTailReader`` samples the newest records of the predictions topic for the
   explanations table (explanations.py): the tail of each partition every few seconds, not the
   whole topic, which would cost the broker and this process a fetch and a decode per event for
@@ -25,15 +26,17 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from streamloop.contracts import Catalog
 from streamloop.dashboard.live import LagRow
 from streamloop.dashboard.records import ROLES
+from streamloop.errors import DependencyUnavailable
 from streamloop.kafka.configuration import KafkaSettings
 from streamloop.kafka.lag import group_lag
 from streamloop.kafka.pacing import FetchPacer
+from streamloop.kafka.patience import patiently
 from streamloop.serde import SerdeError
 from streamloop.service.context import pipeline_groups
 from streamloop.service.settings import SerdeSettings
@@ -44,23 +47,39 @@ OnRecord = Callable[[str, str | None, dict[str, Any] | None], None]
 
 
 class TopicRecordReader:
-    """Reads the monitoring topics from their start and hands each decoded record to ``on_record``."""
+    """Reads the monitoring topics from their start and hands each decoded record to ``on_record``.
+
+    What keeps the topics from the page is said through ``on_error`` for as long as it lasts, and
+    taken back (``None``) once it is over: a broker not answering, topics not created yet, a
+    Schema Registry not answering. A record whose schema lookup fails is not skipped: it is
+    decoded again, with a doubling backoff, until the registry answers (kafka/patience.py). A
+    record ``on_record`` fails on is logged, counted (``unapplied``) and passed. Should the reading
+    fail anyway (a fatal consumer error), it starts again with a new consumer, after a backoff,
+    from the record after the last one handed over, so the page never freezes on what it had.
+    """
 
     def __init__(self, kafka: KafkaSettings, catalog: Catalog, on_record: OnRecord,
                  on_error: Callable[[str | None], None] | None = None, poll_timeout_s: float = 0.3,
-                 idle_pause_s: float = 0.5, serde: SerdeSettings | None = None) -> None:
+                 idle_pause_s: float = 0.5, serde: SerdeSettings | None = None,
+                 restart_backoff_s: float = 1.0) -> None:
         self._kafka = kafka
         self._catalog = catalog
         self._on_record = on_record
         self._on_error = on_error or (lambda _error: None)
         self._poll_timeout_s = poll_timeout_s
         self._idle_pause_s = idle_pause_s
+        self._restart_backoff_s = restart_backoff_s
         serde = serde or SerdeSettings()  # SCHEMA_REGISTRY_*: the format the services write
         self._roles = {catalog[role].name: role for role in ROLES}
         self._serdes = {catalog[role].name: serde.serde(catalog[role], catalog.repository) for role in ROLES}
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
+        # (topic, partition) -> the next offset to hand over: where a restarted reading begins.
+        self._next: dict[tuple[str, int], int] = {}
+        self._problems: dict[str, str] = {}  # what keeps records from the page now, by kind
         self.undecodable = 0
+        self.unapplied = 0
+        self.restarts = 0
 
     def start(self) -> TopicRecordReader:
         self._thread = threading.Thread(target=self._run, name="dashboard-topic-reader", daemon=True)
@@ -73,6 +92,23 @@ class TopicRecordReader:
             self._thread.join(10)
 
     def _run(self) -> None:
+        backoff = self._restart_backoff_s
+        while not self._stopping.is_set():
+            started = time.monotonic()
+            try:
+                self._read()
+            except Exception as exc:  # noqa: BLE001 - shown on the page, and the reading starts again
+                if self._stopping.is_set():  # stopped while it waited for the registry: nothing failed
+                    return
+                if time.monotonic() - started > 60:
+                    backoff = self._restart_backoff_s  # it had been reading: not a failure in a row
+                self.restarts += 1
+                log.exception("dashboard topic reader failed; reading again in %.1fs", backoff)
+                self._problem("reader", f"{type(exc).__name__}: {exc}; reading again in {backoff:.0f}s")
+                self._stopping.wait(backoff)
+                backoff = min(backoff * 2, 30.0)
+
+    def _read(self) -> None:
         consumer = Consumer({
             **self._kafka.common(),
             "group.id": f"streamloop-dashboard.{uuid.uuid4().hex[:12]}",  # a client label; nothing is committed
@@ -81,31 +117,54 @@ class TopicRecordReader:
             "auto.offset.reset": "earliest",
             "enable.partition.eof": False,
         })
-        # The monitoring topics are quiet most of the time: rest between reads (kafka/pacing.py).
-        pacer = FetchPacer(consumer, self._idle_pause_s)
         try:
+            # The monitoring topics are quiet most of the time: rest between reads (kafka/pacing.py).
+            pacer = FetchPacer(consumer, self._idle_pause_s)
             self._assign(pacer)
             while not self._stopping.is_set():
                 for message in pacer.consume(500, self._poll_timeout_s):
-                    if message.error() is not None:
-                        continue
-                    topic = message.topic()
-                    key = message.key()
-                    try:
-                        value = None if message.value() is None else self._serdes[topic].decode(message.value())
-                    except SerdeError:
-                        self.undecodable += 1
-                        continue
-                    self._on_record(self._roles[topic],
-                                    key.decode("utf-8", "replace") if isinstance(key, bytes) else key, value)
-        except Exception as exc:  # noqa: BLE001 - reported on the page rather than killing the stack
-            log.exception("dashboard topic reader stopped")
-            self._on_error(f"{type(exc).__name__}: {exc}")
+                    if message.error() is None:
+                        self._hand_over(message)
         finally:
             consumer.close()
 
+    def _hand_over(self, message: Message) -> None:
+        topic, raw = message.topic(), message.value()
+        try:
+            value = None if raw is None else patiently(lambda: self._serdes[topic].decode(raw), self._stopping,
+                                                       self._registry_waiting)
+        except SerdeError:
+            self.undecodable += 1
+            self._problem("registry", None)  # it answered: the bytes are what is wrong
+        else:
+            self._problem("registry", None)
+            key = message.key()
+            try:
+                self._on_record(self._roles[topic], key.decode("utf-8", "replace") if isinstance(key, bytes) else key,
+                                value)
+            except Exception:  # noqa: BLE001 - one record the page cannot take must not stop the others
+                self.unapplied += 1
+                log.exception("dashboard: %s[%d]@%d could not be applied", topic, message.partition(),
+                              message.offset())
+        self._next[(topic, message.partition())] = message.offset() + 1
+
+    def _registry_waiting(self, exc: DependencyUnavailable, backoff_s: float) -> None:
+        log.warning("dashboard topic reader: %s; decoding again in %.1fs", exc, backoff_s)
+        self._problem("registry", f"{type(exc).__name__}: {exc}; decoding again in {backoff_s:.1f}s")
+
+    def _problem(self, kind: str, problem: str | None) -> None:
+        """Say (or take back, with None) one thing that keeps records from the page."""
+        if self._problems.get(kind) == problem:
+            return
+        if problem is None:
+            del self._problems[kind]
+        else:
+            self._problems[kind] = problem
+        self._on_error("; ".join(self._problems.values()) or None)
+
     def _assign(self, pacer: FetchPacer) -> None:
-        """Every partition of every monitoring topic, waiting for topics that do not exist yet."""
+        """Every partition of every monitoring topic, waiting for topics that do not exist yet;
+        from where an earlier reading left off, or the beginning."""
         consumer = pacer.consumer
         missing = set(self._roles)
         assignment: list[TopicPartition] = []
@@ -113,17 +172,19 @@ class TopicRecordReader:
             try:
                 metadata = consumer.list_topics(timeout=5).topics
             except KafkaException as exc:
-                self._on_error(f"broker unreachable: {exc}")
+                self._problem("broker", f"broker unreachable: {exc}")
                 self._stopping.wait(2)
                 continue
+            self._problem("broker", None)
             for name in sorted(missing & set(metadata)):
-                assignment += [TopicPartition(name, p, OFFSET_BEGINNING) for p in metadata[name].partitions]
+                assignment += [TopicPartition(name, p, self._next.get((name, p), OFFSET_BEGINNING))
+                               for p in metadata[name].partitions]
                 missing.discard(name)
+            self._problem("topics", f"waiting for topics {', '.join(sorted(missing))}" if missing else None)
             if missing:
-                self._on_error(f"waiting for topics {', '.join(sorted(missing))}")
                 self._stopping.wait(2)
         pacer.assign(assignment)
-        self._on_error(None)
+        self._problem("reader", None)
 
 
 class PredictionTailReader:

@@ -53,6 +53,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message,
 from streamloop.errors import DependencyUnavailable, StreamloopError
 from streamloop.kafka.configuration import KafkaSettings
 from streamloop.kafka.pacing import FetchPacer
+from streamloop.kafka.patience import patiently
 from streamloop.serde import Serde, SerdeError
 
 log = logging.getLogger(__name__)
@@ -301,16 +302,10 @@ class CompactedTopicReader:
     def _decode_patiently(self, value: bytes) -> dict[str, Any] | None:
         """Decode, waiting out a Schema Registry that does not answer: the record is fine, and
         skipping it would leave the table without a deployment until its key is written again."""
-        backoff = 0.5
-        while True:
-            try:
-                return self._serde.decode(value)
-            except DependencyUnavailable as exc:
-                if self._stopping.is_set():
-                    raise
-                log.warning("%s: %s; retrying in %.1fs", self.name, exc, backoff)
-                self._stopping.wait(backoff)
-                backoff = min(backoff * 2, 10.0)
+        return patiently(lambda: self._serde.decode(value), self._stopping, self._waiting)
+
+    def _waiting(self, exc: DependencyUnavailable, backoff_s: float) -> None:
+        log.warning("%s: %s; retrying in %.1fs", self.name, exc, backoff_s)
 
     def _undecodable(self) -> None:
         self.stats.undecodable += 1
