@@ -49,19 +49,20 @@ OnRecord = Callable[[str, str | None, dict[str, Any] | None], None]
 class TopicRecordReader:
     """Reads the monitoring topics from their start and hands each decoded record to ``on_record``.
 
-    What keeps the topics from the page is said through ``on_error`` for as long as it lasts, and
-    taken back (``None``) once it is over: a broker not answering, topics not created yet, a
-    Schema Registry not answering. A record whose schema lookup fails is not skipped: it is
-    decoded again, with a doubling backoff, until the registry answers (kafka/patience.py). A
-    record ``on_record`` fails on is logged, counted (``unapplied``) and passed. Should the reading
-    fail anyway (a fatal consumer error), it starts again with a new consumer, after a backoff,
-    from the record after the last one handed over, so the page never freezes on what it had.
+    The topics that exist are read at once, and each other one as soon as it appears. What keeps
+    records from the page is said through ``on_error`` for as long as it lasts, and taken back
+    (``None``) once it is over: a broker not answering, topics missing (named), a Schema Registry
+    not answering. A record whose schema lookup fails is not skipped: it is decoded again, with a
+    doubling backoff, until the registry answers (kafka/patience.py). A record ``on_record`` fails
+    on is logged, counted (``unapplied``) and passed. Should the reading fail anyway (a fatal
+    consumer error), it starts again with a new consumer, after a backoff, from the record after
+    the last one handed over, so the page never freezes on what it had.
     """
 
     def __init__(self, kafka: KafkaSettings, catalog: Catalog, on_record: OnRecord,
                  on_error: Callable[[str | None], None] | None = None, poll_timeout_s: float = 0.3,
                  idle_pause_s: float = 0.5, serde: SerdeSettings | None = None,
-                 restart_backoff_s: float = 1.0) -> None:
+                 restart_backoff_s: float = 1.0, topic_look_s: float = 2.0) -> None:
         self._kafka = kafka
         self._catalog = catalog
         self._on_record = on_record
@@ -69,6 +70,7 @@ class TopicRecordReader:
         self._poll_timeout_s = poll_timeout_s
         self._idle_pause_s = idle_pause_s
         self._restart_backoff_s = restart_backoff_s
+        self._topic_look_s = topic_look_s
         serde = serde or SerdeSettings()  # SCHEMA_REGISTRY_*: the format the services write
         self._roles = {catalog[role].name: role for role in ROLES}
         self._serdes = {catalog[role].name: serde.serde(catalog[role], catalog.repository) for role in ROLES}
@@ -120,8 +122,15 @@ class TopicRecordReader:
         try:
             # The monitoring topics are quiet most of the time: rest between reads (kafka/pacing.py).
             pacer = FetchPacer(consumer, self._idle_pause_s)
-            self._assign(pacer)
+            pacer.assign([])
+            missing, next_look = set(self._roles), 0.0
             while not self._stopping.is_set():
+                if missing and time.monotonic() >= next_look:
+                    missing = self._add_topics(pacer, missing)
+                    next_look = time.monotonic() + self._topic_look_s
+                if len(missing) == len(self._roles):  # nothing assigned to fetch from: wait for the next look
+                    self._stopping.wait(max(0.0, next_look - time.monotonic()))
+                    continue
                 for message in pacer.consume(500, self._poll_timeout_s):
                     if message.error() is None:
                         self._hand_over(message)
@@ -162,29 +171,29 @@ class TopicRecordReader:
             self._problems[kind] = problem
         self._on_error("; ".join(self._problems.values()) or None)
 
-    def _assign(self, pacer: FetchPacer) -> None:
-        """Every partition of every monitoring topic, waiting for topics that do not exist yet;
-        from where an earlier reading left off, or the beginning."""
-        consumer = pacer.consumer
-        missing = set(self._roles)
-        assignment: list[TopicPartition] = []
-        while missing and not self._stopping.is_set():
-            try:
-                metadata = consumer.list_topics(timeout=5).topics
-            except KafkaException as exc:
-                self._problem("broker", f"broker unreachable: {exc}")
-                self._stopping.wait(2)
-                continue
-            self._problem("broker", None)
-            for name in sorted(missing & set(metadata)):
-                assignment += [TopicPartition(name, p, self._next.get((name, p), OFFSET_BEGINNING))
-                               for p in metadata[name].partitions]
-                missing.discard(name)
-            self._problem("topics", f"waiting for topics {', '.join(sorted(missing))}" if missing else None)
-            if missing:
-                self._stopping.wait(2)
-        pacer.assign(assignment)
+    def _add_topics(self, pacer: FetchPacer, missing: set[str]) -> set[str]:
+        """Assign every partition of the ``missing`` topics that exist now; those still missing.
+
+        From where an earlier reading left off, or the beginning. The topics found are read at
+        once: one not created yet, or hidden from this client by an ACL, keeps only itself off
+        the page, and is looked for again every ``topic_look_s``.
+        """
+        try:
+            metadata = pacer.consumer.list_topics(timeout=5).topics
+        except KafkaException as exc:
+            self._problem("broker", f"broker unreachable: {exc}")
+            return missing
+        self._problem("broker", None)
+        found = sorted(name for name in missing
+                       if name in metadata and metadata[name].error is None and metadata[name].partitions)
+        if found:
+            pacer.add([TopicPartition(name, p, self._next.get((name, p), OFFSET_BEGINNING))
+                       for name in found for p in metadata[name].partitions])
+        missing = missing.difference(found)
+        self._problem("topics", f"waiting for topics {', '.join(sorted(missing))} (not created yet, or not "
+                                "readable by this client)" if missing else None)
         self._problem("reader", None)
+        return missing
 
 
 class PredictionTailReader:

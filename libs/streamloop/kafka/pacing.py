@@ -81,6 +81,25 @@ class FetchPacer:
                 self._positions[(tp.topic, tp.partition)] = self._resolve(tp, tp.offset)
         self.consumer.assign(partitions)
 
+    def add(self, partitions: Iterable[TopicPartition]) -> None:
+        """Assign more partitions (for consumers outside a group), keeping those assigned.
+
+        While the pacer holds the assignment back, the new partitions are held back with it and
+        come back with it; otherwise they are added at once (``incremental_assign``).
+        """
+        partitions = list(partitions)
+        if self.enabled:
+            resolved = []
+            for tp in partitions:
+                position = self._positions[(tp.topic, tp.partition)] = self._resolve(tp, tp.offset)
+                # At an explicit offset, as ``consume`` assigns them again after a rest.
+                resolved.append(TopicPartition(tp.topic, tp.partition, position) if position >= 0 else tp)
+            partitions = resolved
+        if self._held_back is not None:
+            self._held_back += partitions
+        else:
+            self.consumer.incremental_assign(partitions)
+
     def rebalanced(self, assigned: list[TopicPartition] | None = None) -> None:
         """The group changed this member's partitions: positions and anything held back are void.
 

@@ -1,4 +1,5 @@
-"""The monitoring-topic reader against a broker stood in for: it outlives a registry hiccup and its own failures."""
+"""The monitoring-topic reader against a broker stood in for: it outlives a registry hiccup and its own
+failures, and reads the topics that exist while it waits for the others."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from streamloop.kafka.configuration import KafkaSettings
 from streamloop.serde.exceptions import RegistryUnavailableError
 from streamloop.service.settings import SerdeSettings
 from tests.kafka_fakes import FakeMessage
-from tests.unit.dashboard.conftest import T0, alert
+from tests.unit.dashboard.conftest import T0, alert, decision
 
 DEMO_SPEC = Path(__file__).resolve().parents[3] / "examples" / "card_fraud" / "pipeline.yaml"
 
@@ -187,7 +188,9 @@ def test_a_reader_that_fails_reads_again_from_the_record_after_the_last_it_hande
         time.sleep(0.1)
         assert page.alerts() == ["alert_0", "alert_1", "alert_2", "alert_3"], "none lost, none twice"
         assert reader.restarts == 1 and broker.consumers[0].closed
-        assert broker.consumers[1].assignments[0][catalog["alerts"].name] == 2
+        started = {topic: start for assignment in broker.consumers[1].assignments
+                   for topic, start in assignment.items()}
+        assert started[catalog["alerts"].name] == 2
         assert any(e is not None and e.startswith("KafkaException:") for e in page.errors), page.errors
         assert page.errors[-1] is None, "the error goes once the topics are read again"
     finally:
@@ -211,5 +214,29 @@ def test_a_record_the_page_cannot_take_is_counted_and_the_next_ones_still_come(c
         eventually(lambda: len(page.alerts()) == 3)
         assert page.alerts() == ["alert_0", "alert_2", "alert_3"]
         assert reader.unapplied == 1 and reader.restarts == 0
+    finally:
+        reader.stop()
+
+
+def test_the_topics_that_exist_are_read_while_a_missing_one_is_waited_for_and_named(catalog, alerts, monkeypatch):
+    broker = broker_with(catalog, alerts, monkeypatch)
+    alerts_topic = catalog["alerts"].name
+    with broker.lock:
+        del broker.logs[alerts_topic]  # not created yet, or hidden from the dashboard by an ACL
+        broker.logs[catalog["model_decisions"].name] = [
+            SerdeSettings().serde(catalog["model_decisions"], catalog.repository).encode(decision("PROMOTE", T0, "v2"))]
+    page = Page()
+    reader = page.reader(catalog).start()
+    try:
+        eventually(lambda: [role for role, _key, _value in page.records] == ["model_decisions"])
+        eventually(lambda: page.errors[-1] is not None)
+        assert page.errors[-1].startswith(f"waiting for topics {alerts_topic} ("), page.errors
+        assert alerts_topic not in page.errors[-1].partition(" (")[2]
+        with broker.lock:
+            broker.logs[alerts_topic] = alerts
+        eventually(lambda: len(page.alerts()) == 4)
+        eventually(lambda: page.errors[-1] is None)
+        assert len(broker.consumers) == 1 and reader.restarts == 0, "added to the reading, not read again"
+        assert [role for role, _key, _value in page.records].count("model_decisions") == 1
     finally:
         reader.stop()

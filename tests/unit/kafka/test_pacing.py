@@ -23,6 +23,11 @@ class FakeConsumer:
         self.assigned = {(tp.topic, tp.partition): self._start(tp) for tp in partitions}
         self.history.append(dict(self.assigned))
 
+    def incremental_assign(self, partitions):
+        self.calls.append("incremental_assign")
+        self.assigned.update({(tp.topic, tp.partition): self._start(tp) for tp in partitions})
+        self.history.append(dict(self.assigned))
+
     def unassign(self):
         self.calls.append("unassign")
         self.assigned = {}
@@ -120,3 +125,26 @@ def test_a_partition_sought_back_while_resting_comes_back_at_that_offset():
     pacer._resume_at = 0
     assert [m.offset() for m in pacer.consume(10, 0.1)] == [2, 3, 4]
     assert pacer.position("t", 0) == 5
+
+
+def test_a_partition_added_while_reading_is_fetched_beside_the_others():
+    consumer = FakeConsumer({("t", 0): 2, ("u", 0): 3})
+    pacer = FetchPacer(consumer, pause_s=10, listen_s=0)
+    pacer.assign([TopicPartition("t", 0, OFFSET_BEGINNING)])
+    assert len(pacer.consume(1, 0.1)) == 1 and not pacer.resting
+    pacer.add([TopicPartition("u", 0, OFFSET_BEGINNING)])
+    assert consumer.calls[-1] == "incremental_assign" and consumer.history[-1] == {("t", 0): 1, ("u", 0): 0}
+    assert sorted((m.topic(), m.offset()) for m in pacer.consume(10, 0.1)) == [("t", 1), ("u", 0), ("u", 1), ("u", 2)]
+    assert pacer.resting and pacer.position("u", 0) == 3
+
+
+def test_a_partition_added_while_resting_comes_back_with_the_others():
+    consumer = FakeConsumer({("t", 0): 2, ("u", 0): 1})
+    pacer = FetchPacer(consumer, pause_s=10, listen_s=0)
+    pacer.assign([TopicPartition("t", 0, OFFSET_BEGINNING)])
+    assert len(pacer.consume(10, 0.1)) == 2 and pacer.resting
+    pacer.add([TopicPartition("u", 0, OFFSET_BEGINNING)])
+    assert consumer.assigned == {}, "nothing is fetched while resting, the new partition neither"
+    pacer._resume_at = 0  # the pause is over
+    assert [(m.topic(), m.offset()) for m in pacer.consume(10, 0.1)] == [("u", 0)]
+    assert consumer.history[-1] == {("t", 0): 2, ("u", 0): 0}, "both come back"
