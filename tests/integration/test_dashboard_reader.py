@@ -1,7 +1,11 @@
-"""The dashboard's monitoring-topic reader against the embedded broker: topics that appear late are added."""
+"""The dashboard's monitoring-topic reader against the embedded broker: topics that appear late are added,
+and it says when it has read the topics up to where they ended when it began."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -13,8 +17,9 @@ from streamloop.dashboard.records import ROLES
 from streamloop.dashboard.sources import TopicRecordReader
 from streamloop.kafka.configuration import KafkaSettings
 from streamloop.service.settings import SerdeSettings
+from tests.conftest import DEMO_SPEC
 from tests.topic_io import create_topics, produce
-from tests.unit.dashboard.conftest import T0, alert, decision
+from tests.unit.dashboard.conftest import T0, alert, decision, deployment
 
 pytestmark = pytest.mark.integration
 
@@ -55,3 +60,48 @@ def test_a_topic_created_after_the_others_are_read_is_added_to_the_reading(demo_
         assert reader.restarts == 0
     finally:
         reader.stop()
+
+
+def test_caught_up_once_the_records_there_at_the_start_are_handed_over(demo_pipeline, bootstrap_servers, unique_name):
+    catalog = load_catalog(demo_pipeline, topic_prefix=f"{unique_name}.")
+    create_topics(bootstrap_servers, [catalog[role].name for role in ROLES])
+    serde = SerdeSettings().serde(catalog["alerts"], catalog.repository)
+    produce(bootstrap_servers, catalog["alerts"].name,
+            [(b"a", serde.encode(alert(f"alert_{n}", "RAISED", T0 + n))) for n in range(50)])
+    records: list[Any] = []
+    reader = TopicRecordReader(KafkaSettings(bootstrap_servers=bootstrap_servers), catalog,
+                               lambda _role, _key, value: records.append(value), poll_timeout_s=0.1)
+    assert not reader.caught_up
+    reader.start()
+    try:
+        assert reader.wait_until_caught_up(30)
+        assert len(records) == 50
+    finally:
+        reader.stop()
+
+
+def test_top_once_shows_what_the_topics_held_when_it_started(demo_pipeline, bootstrap_servers, unique_name, tmp_path):
+    catalog = load_catalog(demo_pipeline, topic_prefix=f"{unique_name}.")
+    create_topics(bootstrap_servers, [catalog[role].name for role in ROLES])
+
+    def encoded(role: str, record: dict[str, Any]) -> bytes:
+        return SerdeSettings().serde(catalog[role], catalog.repository).encode(record)
+
+    name = demo_pipeline.model.name
+    champion = {**deployment("v7", T0), "pipeline": demo_pipeline.name, "model_name": name}
+    produce(bootstrap_servers, catalog["model_deployments"].name,
+            [(f"{demo_pipeline.name}/{name}/champion".encode(), encoded("model_deployments", champion))])
+    promotions = [{**decision("PROMOTE", T0 + n, f"v{n + 1}", f"v{n}"), "pipeline": demo_pipeline.name,
+                   "model_name": name} for n in range(1, 7)]
+    produce(bootstrap_servers, catalog["model_decisions"].name,
+            [(name.encode(), encoded("model_decisions", p)) for p in promotions])
+    result = subprocess.run(
+        [sys.executable, "-m", "streamloop.cli.main", "top", "--once", "--interval", "0.5"],
+        capture_output=True, text=True, timeout=60,
+        env={**os.environ, "KAFKA_BOOTSTRAP_SERVERS": bootstrap_servers, "STREAMLOOP_TOPIC_PREFIX": f"{unique_name}.",
+             "STREAMLOOP_DATA_DIR": str(tmp_path / "no-stack"), "STREAMLOOP_PIPELINE": str(DEMO_SPEC),
+             "COLUMNS": "400"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert "champion v7" in result.stdout and "promotions 6" in result.stdout, result.stdout
+    assert "monitoring topics:" not in result.stdout and "not read to their end" not in result.stderr

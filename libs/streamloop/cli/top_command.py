@@ -86,6 +86,8 @@ def render_snapshot(snapshot: dict[str, Any]) -> Group:
         f"dead letters {s['dead_letters']}  active alerts {s['active_alerts']}",
     )
     parts: list[Any] = [head]
+    if snapshot["sources"]["kafka"]["error"]:  # say what keeps records of the monitoring topics off the screen
+        parts.append(Text(f"monitoring topics: {snapshot['sources']['kafka']['error']}", style="yellow"))
     for alert in t["alerts_active"]:
         parts.append(Text(f"ALERT {alert['alert']}: {alert['message']} ({alert['source']})", style="bold red"))
     parts += [
@@ -111,7 +113,8 @@ def top(
     bootstrap_servers: str | None = BootstrapOption,
     interval: float = typer.Option(2.0, "--interval",
                                    help=f"Seconds between refreshes (more than 0, at most {MAX_INTERVAL_S})."),
-    once: bool = typer.Option(False, "--once", help="Print one screen after a few readings and exit."),
+    once: bool = typer.Option(False, "--once", help="Print one screen once the monitoring topics are read and "
+                                                     "a few readings are in, and exit."),
 ) -> None:
     """Live view of lag, throughput, latency, accuracy, drift, the model timeline, dead letters and alerts."""
     # nan passes `<= 0` and would be blamed on STREAMLOOP_DASHBOARD_SCRAPE_INTERVAL_S; inf, and a
@@ -130,7 +133,11 @@ def top(
     console = Console()
     try:
         if once:
-            _settle(collector, timeout_s=3 * interval + 10)
+            timeout_s = 3 * interval + 10
+            _settle(collector, timeout_s)
+            if not collector.topics_caught_up:
+                typer.echo(f"streamloop: the monitoring topics were not read to their end within {timeout_s:.0f}s; "
+                           "the screen may miss their latest records", err=True)
             console.print(render_snapshot(collector.snapshot()))
             return
         with Live(render_snapshot(collector.snapshot()), console=console, refresh_per_second=2,
@@ -145,10 +152,11 @@ def top(
 
 
 def _settle(collector: DashboardCollector, timeout_s: float) -> None:
-    """Wait for two scrapes (rates need two readings), one lag reading and the topics read so far."""
+    """Wait for two scrapes (rates need two readings), one lag reading and the monitoring topics read up
+    to where they ended at start-up (before that, the screen showed an old champion and no promotions)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         sources = collector.snapshot()["sources"]
-        if collector.model.scrapes >= 2 and sources["lag"]["at"] is not None and sources["kafka"]["error"] is None:
+        if collector.model.scrapes >= 2 and sources["lag"]["at"] is not None and collector.topics_caught_up:
             return
         time.sleep(0.2)

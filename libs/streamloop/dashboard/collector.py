@@ -77,6 +77,11 @@ class DashboardCollector:
     def snapshot(self) -> dict[str, Any]:
         return self.model.snapshot()
 
+    @property
+    def topics_caught_up(self) -> bool:
+        """Whether the monitoring topics are read up to where they ended when the reader assigned them."""
+        return self._reader.caught_up
+
     def _run(self) -> None:
         next_lag = 0.0
         while not self._stopping.is_set():

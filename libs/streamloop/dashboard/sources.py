@@ -33,6 +33,7 @@ from streamloop.contracts import Catalog
 from streamloop.dashboard.live import LagRow
 from streamloop.dashboard.records import ROLES
 from streamloop.errors import DependencyUnavailable
+from streamloop.kafka.catch_up import Partition, end_offsets, still_behind
 from streamloop.kafka.configuration import KafkaSettings
 from streamloop.kafka.lag import group_lag
 from streamloop.kafka.pacing import FetchPacer
@@ -77,8 +78,12 @@ class TopicRecordReader:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         # (topic, partition) -> the next offset to hand over: where a restarted reading begins.
-        self._next: dict[tuple[str, int], int] = {}
+        self._next: dict[Partition, int] = {}
         self._problems: dict[str, str] = {}  # what keeps records from the page now, by kind
+        # Where each partition ended when it was first assigned, and those not read that far yet.
+        self._ends: dict[Partition, int] = {}
+        self._pending: set[Partition] = set()
+        self._caught_up = threading.Event()
         self.undecodable = 0
         self.unapplied = 0
         self.restarts = 0
@@ -92,6 +97,18 @@ class TopicRecordReader:
         self._stopping.set()
         if self._thread is not None:
             self._thread.join(10)
+
+    @property
+    def caught_up(self) -> bool:
+        """Whether the topics found are read up to where each partition ended when it was assigned.
+
+        False until the broker has been asked which topics there are; False again while a topic
+        found later is read up to its end. Records written since are live changes, not a backlog.
+        """
+        return self._caught_up.is_set()
+
+    def wait_until_caught_up(self, timeout_s: float | None = None) -> bool:
+        return self._caught_up.wait(timeout_s)
 
     def _run(self) -> None:
         backoff = self._restart_backoff_s
@@ -131,9 +148,13 @@ class TopicRecordReader:
                 if len(missing) == len(self._roles):  # nothing assigned to fetch from: wait for the next look
                     self._stopping.wait(max(0.0, next_look - time.monotonic()))
                     continue
-                for message in pacer.consume(500, self._poll_timeout_s):
+                messages = pacer.consume(500, self._poll_timeout_s)
+                for message in messages:
                     if message.error() is None:
                         self._hand_over(message)
+                if self._pending:
+                    self._pending = still_behind(pacer, self._pending, self._ends, messages)
+                    self._note_caught_up()
         finally:
             consumer.close()
 
@@ -183,9 +204,14 @@ class TopicRecordReader:
         except KafkaException as exc:
             self._problem("broker", f"broker unreachable: {exc}")
             return missing
-        self._problem("broker", None)
         found = sorted(name for name in missing
                        if name in metadata and metadata[name].error is None and metadata[name].partitions)
+        try:
+            self._note_ends(pacer.consumer, {name: list(metadata[name].partitions) for name in found})
+        except KafkaException as exc:
+            self._problem("broker", f"broker unreachable: {exc}")
+            return missing
+        self._problem("broker", None)
         if found:
             pacer.add([TopicPartition(name, p, self._next.get((name, p), OFFSET_BEGINNING))
                        for name in found for p in metadata[name].partitions])
@@ -193,7 +219,24 @@ class TopicRecordReader:
         self._problem("topics", f"waiting for topics {', '.join(sorted(missing))} (not created yet, or not "
                                 "readable by this client)" if missing else None)
         self._problem("reader", None)
+        self._note_caught_up()
         return missing
+
+    def _note_ends(self, consumer: Consumer, found: dict[str, list[int]]) -> None:
+        """The end offsets of partitions assigned for the first time: what being caught up means."""
+        for name, partitions in found.items():
+            first = [p for p in partitions if (name, p) not in self._ends]
+            for partition, end in end_offsets(consumer, name, first, 5).items():
+                self._ends[(name, partition)] = end
+                if end > self._next.get((name, partition), 0):
+                    self._pending.add((name, partition))
+
+    def _note_caught_up(self) -> None:
+        if self._pending:
+            self._caught_up.clear()
+        elif not self._caught_up.is_set():
+            log.info("dashboard: the monitoring topics are read up to where they ended when assigned")
+            self._caught_up.set()
 
 
 class PredictionTailReader:

@@ -51,6 +51,7 @@ from typing import Any, Protocol
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message, TopicPartition
 
 from streamloop.errors import DependencyUnavailable, StreamloopError
+from streamloop.kafka.catch_up import end_offsets, still_behind
 from streamloop.kafka.configuration import KafkaSettings
 from streamloop.kafka.pacing import FetchPacer
 from streamloop.kafka.patience import patiently
@@ -286,11 +287,7 @@ class CompactedTopicReader:
                 metadata = consumer.list_topics(self.topic, timeout=self._metadata_timeout_s).topics[self.topic]
                 if metadata.error is not None or not metadata.partitions:
                     raise KafkaException(metadata.error)
-                ends = {}
-                for partition in metadata.partitions:
-                    low, high = consumer.get_watermark_offsets(
-                        TopicPartition(self.topic, partition), timeout=self._metadata_timeout_s)
-                    ends[partition] = high if high > low else 0
+                ends = end_offsets(consumer, self.topic, metadata.partitions, self._metadata_timeout_s)
                 pacer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in ends])
                 return ends
             except KafkaException as exc:
@@ -393,18 +390,6 @@ class CompactedTopicReader:
 
     def _still_behind(self, pacer: FetchPacer, pending: set[int], ends: dict[int, int],
                       messages: list[Message]) -> set[int]:
-        for message in messages:
-            if message.error() is None and message.offset() + 1 >= ends.get(message.partition(), 0):
-                pending.discard(message.partition())
-        if pending and not messages:
-            # Control records (transaction markers) are never delivered; the position passes them.
-            # While the pacer holds the partitions back, its own position is the one known.
-            try:
-                for tp in pacer.consumer.position([TopicPartition(self.topic, p) for p in pending]):
-                    offset = pacer.position(tp.topic, tp.partition) if pacer.resting else tp.offset
-                    if offset is not None and offset >= ends[tp.partition]:
-                        pending.discard(tp.partition)
-            except KafkaException as exc:
-                log.debug("%s: position check skipped: %s", self.name, exc)
-        return pending
-
+        behind = still_behind(pacer, {(self.topic, p) for p in pending}, {(self.topic, p): e for p, e in ends.items()},
+                              messages)
+        return {partition for _topic, partition in behind}

@@ -23,3 +23,16 @@ def test_top_renders_the_same_snapshot():
 def test_sparkline_scales_between_min_and_max():
     assert sparkline([0.0, None, 0.5, 1.0]) == "▁▅█"
     assert sparkline([2.0, 2.0]) == "▁▁" and sparkline([]) == ""
+
+
+def test_top_says_what_keeps_the_monitoring_topics_off_the_screen():
+    model = DashboardModel("p")
+    model.source_error("kafka", "waiting for topics monitoring.alert.v1 (not created yet, or not readable by "
+                                "this client)")
+    console = Console(record=True, width=200)
+    console.print(render_snapshot(model.snapshot()))
+    assert "monitoring topics: waiting for topics monitoring.alert.v1" in console.export_text()
+    model.source_error("kafka", None)
+    console = Console(record=True, width=200)
+    console.print(render_snapshot(model.snapshot()))
+    assert "monitoring topics:" not in console.export_text()

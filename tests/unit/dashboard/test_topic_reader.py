@@ -1,5 +1,6 @@
 """The monitoring-topic reader against a broker stood in for: it outlives a registry hiccup and its own
-failures, and reads the topics that exist while it waits for the others."""
+failures, reads the topics that exist while it waits for the others, and says when it has read them
+up to where they ended when it began."""
 
 from __future__ import annotations
 
@@ -238,5 +239,47 @@ def test_the_topics_that_exist_are_read_while_a_missing_one_is_waited_for_and_na
         eventually(lambda: page.errors[-1] is None)
         assert len(broker.consumers) == 1 and reader.restarts == 0, "added to the reading, not read again"
         assert [role for role, _key, _value in page.records].count("model_decisions") == 1
+    finally:
+        reader.stop()
+
+
+def test_caught_up_once_every_record_there_at_assignment_is_handed_over(catalog, alerts, monkeypatch):
+    broker = broker_with(catalog, alerts, monkeypatch)
+    page = Page()
+    reader = page.reader(catalog)
+    # A registry slow to answer holds the first record back: caught up must wait for it.
+    reader._serdes[catalog["alerts"].name] = FlakyRegistry(reader._serdes[catalog["alerts"].name], 1)
+    assert not reader.caught_up
+    reader.start()
+    try:
+        assert reader.wait_until_caught_up(10)
+        assert len(page.alerts()) == 4, "every record there at assignment is handed over first"
+        with broker.lock:
+            broker.logs[catalog["alerts"].name] += [alerts[0]]  # a live record, not a backlog
+        eventually(lambda: len(page.alerts()) == 5)
+        assert reader.caught_up
+    finally:
+        reader.stop()
+
+
+def test_a_topic_that_appears_later_is_read_to_its_end_before_the_reader_is_caught_up_again(catalog, alerts,
+                                                                                          monkeypatch):
+    broker = broker_with(catalog, alerts, monkeypatch)
+    alerts_topic = catalog["alerts"].name
+    with broker.lock:
+        del broker.logs[alerts_topic]
+    page = Page()
+    reader = page.reader(catalog)
+    reader.start()
+    try:
+        assert reader.wait_until_caught_up(10), "the topics found hold nothing: caught up, the missing one named"
+        assert page.errors[-1].startswith(f"waiting for topics {alerts_topic}")
+        flaky = reader._serdes[alerts_topic] = FlakyRegistry(reader._serdes[alerts_topic], 10_000)
+        with broker.lock:
+            broker.logs[alerts_topic] = alerts
+        eventually(lambda: flaky.lookups > 0)
+        assert not reader.caught_up, "its records are a backlog until they are read"
+        flaky.failures = 0
+        assert reader.wait_until_caught_up(10) and len(page.alerts()) == 4
     finally:
         reader.stop()
