@@ -216,7 +216,7 @@ def build(settings: ScorerSettings, telemetry: Telemetry | None = None) -> Score
     kafka = settings.common.kafka
     alerts = KafkaAlertPublisher(kafka, ctx.topic("alerts"), ctx.serde("alerts"))
     holder = ModelHolder(ctx.pipeline, artifacts, alerts=alerts, metrics=metrics,
-                         service=SERVICE)
+                         service=SERVICE, instance=settings.common.instance_id)
     deployments = DeploymentGate(holder)
     reader = CompactedTopicReader(kafka, ctx.topic("model_deployments").name, ctx.serde("model_deployments"),
                                   on_change=deployments.on_deployment, name=f"{SERVICE}-deployments",

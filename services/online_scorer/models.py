@@ -8,7 +8,9 @@ single reference assignment, so a request or batch that took the old set keeps s
 
 A load that fails leaves the current models serving; it is logged, counted
 (``streamloop_model_load_failures_total``) and reported as an Alert (``model_load_failed``,
-RAISED; CLEARED once that slot loads again).
+RAISED; CLEARED once that slot loads again or is retired). Both name the version that failed and,
+in their labels, the slot and this replica (``instance``), so that a slot loading fine clears its
+own failure only, not another slot's or another replica's.
 """
 
 from __future__ import annotations
@@ -85,10 +87,11 @@ class ModelHolder:
 
     def __init__(self, pipeline: PipelineSpec, artifacts: ArtifactStore, *, alerts: AlertSink | None = None,
                  metrics: ServiceMetrics | None = None, service: str = "online-scorer",
-                 clock: Callable[[], int] = wall_clock_ms) -> None:
+                 instance: str | None = None, clock: Callable[[], int] = wall_clock_ms) -> None:
         self.pipeline = pipeline
         self.artifacts = artifacts
         self.service = service
+        self.instance = instance  # STREAMLOOP_INSTANCE_ID: which replica's alerts these are
         self._alerts = alerts
         self._clock = clock
         self._current = ModelSet()
@@ -141,6 +144,9 @@ class ModelHolder:
             # apart from a canary weight that may have been ramped.
             if loaded.canary_weight != float(record.get("canary_weight") or 0.0):
                 self._swap(slot, replace(loaded, canary_weight=float(record.get("canary_weight") or 0.0)))
+            failed = self._failed_slots.pop(slot, None)
+            if failed is not None:  # a failed version rolled back: the slot serves what it holds again
+                self._alert("CLEARED", loaded.name, failed, slot, f"slot {slot} is back to version {version}")
             return
         started = time.perf_counter()
         try:
@@ -156,8 +162,9 @@ class ModelHolder:
         self._swap(slot, new)
         log.info("%s %s version %s is live (slot %s, loaded in %.0f ms)", role.lower(), new.name, version, slot,
                  (time.perf_counter() - started) * 1000)
-        if self._failed_slots.pop(slot, None) is not None:
-            self._alert("CLEARED", new.name, version, f"slot {slot} loaded version {version}")
+        failed = self._failed_slots.pop(slot, None)
+        if failed is not None:  # the version that failed is the one cleared, whichever loaded now
+            self._alert("CLEARED", new.name, failed, slot, f"slot {slot} loaded version {version}")
 
     def load(self, record: dict[str, Any]) -> Any:
         """Fetch, verify and warm the deployment's model; nothing is swapped here."""
@@ -177,7 +184,7 @@ class ModelHolder:
     def _retire(self, slot: str) -> None:
         failed = self._failed_slots.pop(slot, None)
         if failed is not None:  # a shadow slot is named by its version: it never loads again
-            self._alert("CLEARED", self.pipeline.model.name, failed, f"slot {slot} retired")
+            self._alert("CLEARED", self.pipeline.model.name, failed, slot, f"slot {slot} retired")
         current = self._current
         if slot == "champion" or (current.champion is not None and current.champion.slot == slot):
             # Scoring without a champion would stop the stream; the next champion replaces it.
@@ -217,15 +224,16 @@ class ModelHolder:
         if self._failures is not None:
             reason = type(exc.__cause__).__name__ if exc.__cause__ is not None else "ModelLoadError"
             self._failures(1, {"model_name": record["model_name"], "slot": slot, "reason": reason})
-        self._alert("RAISED", record["model_name"], record["version"], f"{exc}; {keeps}")
+        self._alert("RAISED", record["model_name"], record["version"], slot, f"slot {slot}: {exc}; {keeps}")
 
-    def _alert(self, state: str, model_name: str, version: str, message: str) -> None:
+    def _alert(self, state: str, model_name: str, version: str, slot: str, message: str) -> None:
         if self._alerts is None:
             return
+        labels = {"slot": slot} | ({"instance": self.instance} if self.instance else {})
         alert = {
             "pipeline": self.pipeline.name, "alert": ALERT_LOAD_FAILED, "state": state,
             "model_name": model_name, "model_version": version, "message": message,
-            "observed": None, "threshold": None, "source": self.service, "at": self._clock(),
+            "observed": None, "threshold": None, "source": self.service, "at": self._clock(), "labels": labels,
         }
         try:
             self._alerts(alert)

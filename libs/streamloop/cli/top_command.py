@@ -89,7 +89,8 @@ def render_snapshot(snapshot: dict[str, Any]) -> Group:
     if snapshot["sources"]["kafka"]["error"]:  # say what keeps records of the monitoring topics off the screen
         parts.append(Text(f"monitoring topics: {snapshot['sources']['kafka']['error']}", style="yellow"))
     for alert in t["alerts_active"]:
-        parts.append(Text(f"ALERT {alert['alert']}: {alert['message']} ({alert['source']})", style="bold red"))
+        where = " ".join([alert["source"], *(f"{k}={v}" for k, v in alert["labels"].items())])
+        parts.append(Text(f"ALERT {alert['alert']}: {alert['message']} ({where})", style="bold red"))
     parts += [
         _table(f"{metric} per model version", _series(c["accuracy"]), ["series", "last", "trend"]),
         _table("worst segments of the champion", t["worst_segments"], ["segment", metric, "cost", "samples"], 5),

@@ -85,7 +85,7 @@ class RecordViews:
         self._detections = _Bounded(history)
         self._detections_seen = 0
         self._alerts = _Bounded(history)
-        self._alert_state: dict[tuple[str, str], dict[str, Any]] = {}
+        self._alert_state: dict[tuple[Any, ...], dict[str, Any]] = {}
         self._deployments: dict[str, dict[str, Any]] = {}  # the compacted table: key -> current slot
         # Apart: a canary's weight steps and redeploys are many, and pushed the decisions out.
         self._deploy_history = _Bounded(history)
@@ -151,9 +151,13 @@ class RecordViews:
     def _on_alerts(self, _key: str | None, value: dict[str, Any] | None) -> None:
         if value is None:
             return
-        self._alerts[(value["alert"], value.get("model_version"), value["state"], value["at"])] = value
-        # The latest state of each alert wins, whatever order copies arrive in.
-        which = (value["alert"], value.get("model_name") or "")
+        labels = tuple(sorted((value.get("labels") or {}).items()))
+        self._alerts[(value["alert"], value.get("model_version"), value["state"], value["at"], labels)] = value
+        # The latest state of each alert wins, whatever order copies arrive in. An alert is told
+        # apart by its name, its model and its labels: a model_load_failed by the slot that failed
+        # and the scorer replica it failed on, so that a slot or a replica loading fine does not
+        # clear the failure of another (records written before labels have none: one per model).
+        which = (value["alert"], value.get("model_name") or "", labels)
         held = self._alert_state.get(which)
         if held is None or held["at"] <= value["at"]:
             self._alert_state[which] = value
@@ -325,4 +329,5 @@ def _mark(entry: dict[str, Any], change: str) -> dict[str, Any]:
 def _alert_row(alert: dict[str, Any]) -> dict[str, Any]:
     return {"at": _s(alert["at"]), "alert": alert["alert"], "state": alert["state"], "source": alert["source"],
             "model_version": alert.get("model_version"), "message": alert["message"],
-            "observed": finite(alert.get("observed")), "threshold": finite(alert.get("threshold"))}
+            "observed": finite(alert.get("observed")), "threshold": finite(alert.get("threshold")),
+            "labels": dict(alert.get("labels") or {})}

@@ -69,7 +69,7 @@ def test_a_tampered_artifact_is_refused_and_the_old_model_keeps_serving(
     vectors = random_vectors(spec, 20, "t", entities=5)
     with feature_store(service_env, spec) as store:
         write_features(store, vectors, now_ms=int(time.time() * 1000))
-    with running_scorer(service_env, monkeypatch) as app:
+    with running_scorer(service_env, monkeypatch, STREAMLOOP_INSTANCE_ID="online-scorer-3") as app:
         assert app.started.wait(60)
         tampered = publish(artifacts, spec, ConstantClassifier(0.95), "v2")
         path = Path(tampered["artifact"]["uri"].removeprefix("file://"))
@@ -79,6 +79,7 @@ def test_a_tampered_artifact_is_refused_and_the_old_model_keeps_serving(
         alerts = drain_decoded(bootstrap_servers, loop_catalog, "alerts", expected=1, timeout_s=30)
         assert [(a["alert"], a["state"], a["model_version"]) for a in alerts] == [("model_load_failed", "RAISED", "v2")]
         assert "content hash does not match" in alerts[0]["message"]
+        assert alerts[0]["labels"] == {"slot": "champion", "instance": "online-scorer-3"}
         produce_vectors(bootstrap_servers, loop_catalog, vectors)
         predictions = drain_decoded(bootstrap_servers, loop_catalog, "predictions", expected=20)
         assert {p["model_version"] for p in predictions} == {"v1"}

@@ -42,10 +42,11 @@ def decision(kind: str, at: int, to_version: str, from_version: str | None = Non
             "decided_at": at}
 
 
-def alert(name: str, state: str, at: int, version: str = "v1") -> dict[str, Any]:
+def alert(name: str, state: str, at: int, version: str = "v1", labels: dict[str, str] | None = None,
+          source: str = "model-publisher") -> dict[str, Any]:
     return {"pipeline": "card-fraud", "alert": name, "state": state, "model_name": "fraud", "model_version": version,
-            "message": f"{name} {state.lower()}", "observed": 900.0, "threshold": 600.0, "source": "model-publisher",
-            "at": datetime.fromtimestamp(at / 1000, tz=UTC)}
+            "message": f"{name} {state.lower()}", "observed": 900.0, "threshold": 600.0, "source": source,
+            "at": datetime.fromtimestamp(at / 1000, tz=UTC), "labels": labels or {}}
 
 
 def prediction(event_id: str, at_ms: int, contributions: list[tuple[str, float]], *, version: str = "v1",

@@ -100,7 +100,34 @@ def test_alerts_raised_then_cleared_leave_the_active_list_and_datetimes_are_read
     assert [a["alert"] for a in tables["alerts_active"]] == ["no_labels"]
     assert tables["alerts_recent"][0] == {
         "at": (T0 + 10) / 1000, "alert": "stale_model", "state": "CLEARED", "source": "model-publisher",
-        "model_version": "v1", "message": "stale_model cleared", "observed": 900.0, "threshold": 600.0}
+        "model_version": "v1", "message": "stale_model cleared", "observed": 900.0, "threshold": 600.0, "labels": {}}
+
+
+def test_a_load_failure_is_cleared_only_by_its_own_slot_and_replica():
+    views = RecordViews()
+
+    def load_failed(state: str, at: int, version: str, slot: str, instance: str) -> None:
+        views.add("alerts", "model_load_failed", alert("model_load_failed", state, at, version,
+                                                       {"slot": slot, "instance": instance}, "online-scorer"))
+
+    load_failed("RAISED", T0, "v2", "champion", "online-scorer-0")  # v1 keeps serving there
+    load_failed("RAISED", T0 + 1, "v2", "champion", "online-scorer-1")
+    load_failed("RAISED", T0 + 2, "v3", "canary", "online-scorer-0")
+    load_failed("CLEARED", T0 + 3, "v3", "canary", "online-scorer-0")  # the canary slot loaded v4
+    load_failed("CLEARED", T0 + 4, "v2", "champion", "online-scorer-1")  # replica 1 loaded v2 after all
+    active = views.tables()["alerts_active"]
+    assert [(a["model_version"], a["labels"]) for a in active] == [
+        ("v2", {"slot": "champion", "instance": "online-scorer-0"})]
+    assert views.summary()["active_alerts"] == 1
+
+
+def test_alerts_written_before_labels_are_one_per_alert_and_model_as_before():
+    views = RecordViews()
+    for state, at, version in [("RAISED", T0, "v2"), ("CLEARED", T0 + 1, "v3")]:
+        record = alert("model_load_failed", state, at, version, source="online-scorer")
+        del record["labels"]
+        views.add("alerts", "model_load_failed", record)
+    assert views.tables()["alerts_active"] == []
 
 
 def test_detections_carry_their_statistics_and_a_label_for_the_chart():

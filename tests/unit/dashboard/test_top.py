@@ -4,6 +4,7 @@ from rich.console import Console
 
 from streamloop.cli.top_command import render_snapshot, sparkline
 from streamloop.dashboard import DashboardModel
+from tests.unit.dashboard.conftest import T0, alert
 from tests.unit.dashboard.test_assembly import loaded_model
 
 
@@ -36,3 +37,13 @@ def test_top_says_what_keeps_the_monitoring_topics_off_the_screen():
     console = Console(record=True, width=200)
     console.print(render_snapshot(model.snapshot()))
     assert "monitoring topics:" not in console.export_text()
+
+
+def test_top_names_the_slot_and_replica_of_an_active_load_failure():
+    model = DashboardModel("p")
+    model.add_record("alerts", "model_load_failed", alert("model_load_failed", "RAISED", T0, "v2", {
+        "slot": "champion", "instance": "online-scorer-0"}, "online-scorer"))
+    console = Console(record=True, width=200)
+    console.print(render_snapshot(model.snapshot()))
+    assert "ALERT model_load_failed: model_load_failed raised (online-scorer slot=champion instance=online-scorer-0)" \
+        in console.export_text()

@@ -10,10 +10,12 @@ import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from services.online_scorer.models import ModelHolder
+from services.online_scorer.models import ALERT_LOAD_FAILED, ModelHolder
 from services.online_scorer.processor import ScoringProcessor
+from streamloop.dashboard.records import RecordViews
 from streamloop.kafka import ConsumedRecord
 from streamloop.ml.prediction import choose_action, typical_vector
+from streamloop.service.settings import SerdeSettings
 from tests.unit.online_scorer.fakes import (
     BrokenClassifier,
     ConstantClassifier,
@@ -23,9 +25,10 @@ from tests.unit.online_scorer.fakes import (
 )
 
 
-def holder_for(spec, artifacts, metrics=None) -> tuple[ModelHolder, list[dict]]:
+def holder_for(spec, artifacts, metrics=None, instance=None) -> tuple[ModelHolder, list[dict]]:
     alerts: list[dict] = []
-    return ModelHolder(spec, artifacts, alerts=alerts.append, metrics=metrics, clock=lambda: 1_700_000_100_000), alerts
+    return ModelHolder(spec, artifacts, alerts=alerts.append, metrics=metrics, instance=instance,
+                       clock=lambda: 1_700_000_100_000), alerts
 
 
 def deploy(holder: ModelHolder, record: dict) -> None:
@@ -109,11 +112,51 @@ def test_an_untrained_tree_loads_and_serves_with_no_opinion(spec, catalog, artif
     assert prediction["action"] == choose_action(spec.model.actions)
 
 
-def test_a_good_load_after_a_failure_clears_the_alert(spec, artifacts) -> None:
+def test_a_good_load_after_a_failure_clears_the_alert_of_the_version_that_failed(spec, artifacts) -> None:
     holder, alerts = holder_for(spec, artifacts)
     deploy(holder, publish(artifacts, spec, BrokenClassifier(), "v1"))
     deploy(holder, publish(artifacts, spec, ConstantClassifier(0.1), "v2"))
-    assert [(a["state"], a["model_version"]) for a in alerts] == [("RAISED", "v1"), ("CLEARED", "v2")]
+    assert [(a["state"], a["model_version"], a["labels"]) for a in alerts] == [
+        ("RAISED", "v1", {"slot": "champion"}), ("CLEARED", "v1", {"slot": "champion"})]
+    assert alerts[1]["message"] == "slot champion loaded version v2"
+
+
+def test_a_failed_slot_deployed_again_with_the_version_it_serves_is_cleared(spec, artifacts) -> None:
+    holder, alerts = holder_for(spec, artifacts)
+    champion = publish(artifacts, spec, ConstantClassifier(0.1), "v1")
+    deploy(holder, champion)
+    deploy(holder, publish(artifacts, spec, BrokenClassifier(), "v2"))
+    deploy(holder, champion)  # v2 rolled back: the slot holds what it serves again
+    assert [(a["state"], a["model_version"]) for a in alerts] == [("RAISED", "v2"), ("CLEARED", "v2")]
+    assert alerts[1]["message"] == "slot champion is back to version v1"
+
+
+def test_a_slot_loading_fine_clears_its_own_failure_only(spec, catalog, artifacts) -> None:
+    # The scorer clears per slot: a canary loading fine must not hide the champion slot's failure,
+    # nor one replica's CLEARED another replica's failure, on the dashboard that reads these alerts.
+    replica_0, alerts_0 = holder_for(spec, artifacts, instance="online-scorer-0")
+    replica_1, alerts_1 = holder_for(spec, artifacts, instance="online-scorer-1")
+    champion = publish(artifacts, spec, ConstantClassifier(0.1), "v1")
+    broken_champion = publish(artifacts, spec, BrokenClassifier(), "v2")
+    broken_canary = publish(artifacts, spec, BrokenClassifier(), "v3", slot="canary", role="CANARY", canary_weight=0.1)
+    canary = publish(artifacts, spec, ConstantClassifier(0.3), "v4", slot="canary", role="CANARY", canary_weight=0.1)
+    for holder in (replica_0, replica_1):
+        for record in (champion, broken_champion, broken_canary):
+            deploy(holder, record)
+    deploy(replica_1, canary)
+    deploy(replica_1, publish(artifacts, spec, ConstantClassifier(0.2), "v5"))  # replica 0 has not read it yet
+    assert [(a["state"], a["model_version"], a["labels"]["slot"]) for a in alerts_1] == [
+        ("RAISED", "v2", "champion"), ("RAISED", "v3", "canary"), ("CLEARED", "v3", "canary"),
+        ("CLEARED", "v2", "champion")]
+    assert {a["labels"]["instance"] for a in alerts_0} == {"online-scorer-0"}
+
+    serde = SerdeSettings().serde(catalog["alerts"], catalog.repository)  # as the topic carries them
+    views = RecordViews()
+    for alert in alerts_0 + alerts_1:
+        views.add("alerts", ALERT_LOAD_FAILED, serde.decode(serde.encode(alert)))
+    assert sorted((a["model_version"], a["labels"]["slot"], a["labels"]["instance"])
+                  for a in views.tables()["alerts_active"]) == [
+        ("v2", "champion", "online-scorer-0"), ("v3", "canary", "online-scorer-0")]
 
 
 def test_the_same_deployment_again_is_not_reloaded(spec, artifacts) -> None:

@@ -158,9 +158,11 @@ function renderSummary(snapshot) {
   document.getElementById("summary").innerHTML = tiles.map(([label, value]) =>
     `<div class="tile"><b>${escapeHtml(fmt(value))}</b><small>${escapeHtml(label)}</small></div>`).join("");
   const active = snapshot.tables.alerts_active;
-  document.getElementById("alerts-active").innerHTML = active.map((a) =>
-    `<div>⚠ <b>${escapeHtml(a.alert)}</b> ${escapeHtml(a.message)} (${escapeHtml(a.source)}, since ${fmtTime(a.at)})</div>`,
-  ).join("");
+  document.getElementById("alerts-active").innerHTML = active.map((a) => {
+    // Labels tell apart alerts of one name (a model_load_failed's slot and scorer replica).
+    const where = [a.source, ...Object.entries(a.labels || {}).map(([k, v]) => `${k}=${v}`)].join(" ");
+    return `<div>⚠ <b>${escapeHtml(a.alert)}</b> ${escapeHtml(a.message)} (${escapeHtml(where)}, since ${fmtTime(a.at)})</div>`;
+  }).join("");
 }
 
 function render(snapshot) {
