@@ -83,7 +83,7 @@ def render_snapshot(snapshot: dict[str, Any]) -> Group:
         f"p99 latency {_fmt(s['latency_p99_ms'])} ms  lag {_fmt(s['total_lag'])}  "
         f"drift detections {s['drift_detections']}  promotions {s['promotions']}  rollbacks {s['rollbacks']}  "
         f"canary rollbacks {s['canary_rollbacks']}  "
-        f"dead letters {s['dead_letters']}  active alerts {s['active_alerts']}",
+        f"dead letters {_fmt(s['dead_letters'])}  active alerts {s['active_alerts']}",
     )
     parts: list[Any] = [head]
     if snapshot["sources"]["kafka"]["error"]:  # say what keeps records of the monitoring topics off the screen

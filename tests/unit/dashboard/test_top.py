@@ -18,7 +18,9 @@ def test_top_renders_the_same_snapshot():
         assert expected in screen, expected
     empty = Console(record=True, width=160)
     empty.print(render_snapshot(DashboardModel("p").snapshot()))
-    assert "champion -  accuracy -" in empty.export_text(), "nothing known yet: dashes, not a crash"
+    nothing_yet = empty.export_text()
+    assert "champion -  accuracy -" in nothing_yet, "nothing known yet: dashes, not a crash"
+    assert "dead letters -" in nothing_yet, "not read yet: a dash, not None"
 
 
 def test_sparkline_scales_between_min_and_max():
