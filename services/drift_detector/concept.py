@@ -26,8 +26,8 @@ ADWIN is scaled the same way, for the same reason: its bound has a term for valu
 does not scale with the errors, so a 20 % rise of |N(0, 0.01)| errors went unseen and
 heavy-tailed errors in large units raised false alarms (docs/drift-detector.md). Its scale is
 learned from its first ``ADWIN_SCALE_SAMPLE`` errors, which it is then fed, so it starts when it
-did; and, since its window is never reset, again after a cut whose window (what it kept, topped
-up to ``ADWIN_SCALE_SAMPLE`` errors) is at a new error level, ADWIN starting afresh on that window.
+did; and again from the ``ADWIN_SCALE_SAMPLE`` errors after each of its cuts, as river's ADWIN
+empties its window after a detection anyway: it starts afresh on those errors, in their scale.
 0/1 errors are fed as they are.
 
 An error beyond ``LARGEST_ERROR`` (or not a number) is left out, counted in ``unusable_errors``.
@@ -91,13 +91,8 @@ CUTOFF_REFRESH = 50
 # The standard deviation of a 0/1 error stream at 10 % error, where ADWIN's and Page-Hinkley's
 # defaults were tuned: a regression error is scaled to it for each of them.
 TUNED_ERROR_SD = 0.3
-# ADWIN's scale is learned from this many errors (its first ones, or its window after a cut)...
+# ADWIN's scale is learned from this many errors (its first ones, or those after a cut).
 ADWIN_SCALE_SAMPLE = CUTOFF_WINDOW_MIN
-# ...and learned again after a cut only if the errors it kept have a scaled standard deviation more
-# than this many times above or below TUNED_ERROR_SD: a new error level, not a shift within one.
-ADWIN_RESCALE_RATIO = 3.0
-# The last errors fed to ADWIN, for a scale learned again from the part of its window it kept.
-ADWIN_KEPT_ERRORS = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,13 +145,11 @@ class ConceptDriftMonitor:
         # start and again after each Page-Hinkley alarm or fall of the error seen by ADWIN, when
         # Page-Hinkley is not fed.
         self._new_page_hinkley = factories["page_hinkley"]
-        # Regression only: ADWIN's scale (None while it is learned, at the start and after a cut that
-        # kept a new error level), the errors it is learned from, and the last errors ADWIN was fed.
+        # Regression only: ADWIN's scale (None while it is learned, at the start and after each cut)
+        # and the errors it is learned from.
         self._new_adwin = factories["adwin"]
         self.adwin_scale: float | None = 1.0 if binary else None
         self._adwin_sample: list[float] = []
-        self._adwin_fed: deque[float] = deque(maxlen=0 if binary else ADWIN_KEPT_ERRORS)
-        self._adwin_look_in: int | None = None  # errors until the window after a cut is looked at
         self._scale_sample: list[float] = []
         self._scale_size = max(baseline_size, 30)
         self.page_hinkley_scale: float | None = 1.0 if binary else None
@@ -275,7 +268,6 @@ class ConceptDriftMonitor:
             width, mean = adwin.width, adwin.estimation  # type: ignore[attr-defined]
             adwin.update(error)
             return _adwin_cut(width + 1, mean * width + error, adwin) if adwin.drift_detected else None
-        self._adwin_fed.append(error)
         if self.adwin_scale is None:
             self._adwin_sample.append(error)
             if len(self._adwin_sample) >= ADWIN_SCALE_SAMPLE:
@@ -285,17 +277,11 @@ class ConceptDriftMonitor:
         width, mean = adwin.width, adwin.estimation  # type: ignore[attr-defined]
         adwin.update(error / scale)
         if not adwin.drift_detected:
-            if self._adwin_look_in is not None:
-                self._adwin_look_in -= 1
-                if self._adwin_look_in <= 0:
-                    self._rescale_adwin_if_level_changed()
             return None
         recent, baseline = _adwin_cut(width + 1, mean * width + error / scale, adwin)
-        # Whether the errors after the cut are a new level is told from ADWIN_SCALE_SAMPLE of them: those
-        # it kept, and as many of the next ones as that takes (fed to it meanwhile, in the old scale).
-        self._adwin_look_in = ADWIN_SCALE_SAMPLE - int(adwin.width)  # type: ignore[attr-defined]
-        if self._adwin_look_in <= 0:
-            self._rescale_adwin_if_level_changed()
+        # river's ADWIN starts again from an empty window at its next error: learn the scale of the
+        # errors after the cut first, which may be at a level 100 times lower or higher.
+        self.adwin_scale = None
         return recent * scale, baseline * scale
 
     def _restart_adwin(self, errors: Sequence[float]) -> None:
@@ -311,22 +297,6 @@ class ConceptDriftMonitor:
         for error in errors:
             adwin.update(error / scale)
         self._adwin_sample = []
-
-    def _rescale_adwin_if_level_changed(self) -> None:
-        """After a cut, ADWIN starts again on its window if that spread, in its scale, is far from the tuned one.
-
-        A window in the target's units tells an error level 100 times lower only from large changes
-        (ADWIN's bound has a term for values in [0, 1] that does not scale with them), and one 100
-        times higher by its variance alone, with more false alarms on heavy-tailed errors.
-        """
-        self._adwin_look_in = None
-        window = int(self.detectors["adwin"].width)  # type: ignore[attr-defined]
-        kept_errors = list(self._adwin_fed)[-window:] if window else []
-        if len(kept_errors) < 2:
-            return
-        spread = float(np.std(kept_errors)) / self.adwin_scale  # type: ignore[operator]
-        if not TUNED_ERROR_SD / ADWIN_RESCALE_RATIO <= spread <= TUNED_ERROR_SD * ADWIN_RESCALE_RATIO:
-            self._restart_adwin(kept_errors)
 
     def _learn_scale_again(self) -> None:
         """Page-Hinkley starts afresh once its scale is learned again, from the errors that follow."""
