@@ -417,6 +417,45 @@ def test_a_batch_the_broker_refuses_is_sent_again_alone_and_only_a_record_refuse
     asyncio.run(scenario())
 
 
+def test_a_dead_letter_refused_after_the_send_is_settled_once_for_the_two_outputs_it_replaces(
+        collector, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both outputs of a label are refused alone and replaced by one dead letter, which the broker refuses
+    too: it is sent again alone once and goes once without its value, not once for each output awaiting it."""
+    async def scenario() -> None:
+        worker = Worker(collector)
+        await worker.start()
+        sent_alone_by_the_fake(collector, monkeypatch)
+        failures: list[str] = []
+        collector._fail = failures.append
+        labels = collector.ctx.topic("labels").name
+        dlq = collector.dead_letter_topics[labels] = BatchLimited(f"{labels}.dlq", limit=0)  # no value fits
+        large = {f"f{i:04d}": float(i) for i in range(300)}  # an example of ~3.5 kB
+        examples = collector.outputs["labeled_examples"] = BatchLimited(collector.ctx.topic("labeled_examples").name,
+                                                                        1_500)
+        collector.joined = BatchLimited(worker.joined.name, 1_500)
+        stream = Stream()
+        agent = asyncio.create_task(collector._join(stream))
+        batch = [keyed(worker, "features", features("e1", large), 0, Kind.FEATURES),
+                 keyed(worker, "predictions", prediction("e1"), 1, Kind.PREDICTION),
+                 keyed(worker, "labels", label("e1"), 2, Kind.LABEL)]
+        stream.batches.put_nowait(batch)
+        await settled()
+
+        assert not agent.done() and failures == []
+        assert examples.sent == [] and [r["key"] for r in collector.joined.sent if r["key"] is not None] == []
+        [letter] = dlq.sent
+        assert letter["value"] is None and dead_letters.VALUE_DROPPED in letter_of(letter)
+        assert [r["value"] for r in dlq.refused] == [batch[2].message.value] * 2, "sent, then sent again alone, once"
+        assert stream.acked == [(0, 0), (0, 1), (0, 2)]
+        totals = collector._totals()
+        # e1's example, its joined record (with the resume marker and the batch's watermark) and the dead letter.
+        assert totals["outputs_refused_in_batch"] == 1 + 3 + 1
+        assert totals["outputs_refused_alone"] == 3
+        agent.cancel()
+
+    asyncio.run(scenario())
+
+
 def test_the_keying_agent_acknowledges_its_records_once_the_broker_took_their_forwards(
         collector, monkeypatch: pytest.MonkeyPatch) -> None:
     """Acknowledged once their forwards were queued, records whose batch the broker then refused (the keyed
