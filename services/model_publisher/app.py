@@ -80,6 +80,7 @@ class PublisherApp(LeasedService[PublisherTerm]):
         try:
             return self._judge()
         finally:
+            self.processor.forget_gauges()  # however the term ended: a standby's would read as current
             self.term.table_reader.stop()
 
     def _judge(self) -> int | None:

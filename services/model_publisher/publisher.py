@@ -327,9 +327,20 @@ class PublisherProcessor:
             log.warning("alert %s %s: %s", alert["alert"], alert["state"].lower(), alert["message"])
         return [self.writer.alert(alert) for alert in alerts]
 
+    def forget_gauges(self) -> None:
+        """Export none of the staleness gauges nor ``streamloop_registry_champion_info``: this
+        processor's term ended (the lease lost, or the service stopped).
+
+        A replica that lost the lease goes on serving its metrics as a standby; its last readings,
+        left there, read as the registry's now: its ``metric_decay`` kept StreamloopMetricDecay
+        firing after the new leader rolled back, and its champion info hid a scorer serving
+        another champion (StreamloopChampionNotServed).
+        """
+        self._export_staleness(None)
+
     def _export_staleness(self, version: str | None) -> None:
         """The staleness gauges as the last check measured them for the champion ``version`` (None: the
-        registry has none), and ``streamloop_registry_champion_info``.
+        registry has none, or this processor no longer judges), and ``streamloop_registry_champion_info``.
 
         A quantity not measured for this champion exports no series rather than the last one that
         was: ``metric_decay`` of a champion rolled back to (no validation metric, or no live window

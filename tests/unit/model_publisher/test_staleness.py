@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from services.model_publisher import app as publisher_app
+from services.model_publisher.app import PublisherApp, PublisherTerm
 from services.model_publisher.staleness import Champion, StalenessMonitor, decay_metric, metric_decay
+from streamloop.kafka.configuration import KafkaSettings
 from streamloop.ml.evaluation import MetricSet, Outcome
 from streamloop.ml.promotion import holdout_metrics
 from streamloop.ml.registry import CHAMPION, shadow_slot
@@ -220,3 +225,68 @@ def test_the_monitor_s_gauges_leave_metric_decay_out_while_it_is_not_measured(de
     assert states(monitor.check(T0 + 60_000, Champion("fraud-b", T0, {"log_loss": 0.3}))) == [
         ("metric_decay", "CLEARED")]
     assert set(monitor.gauges) == {"model_age_seconds", "label_silence_seconds"}
+
+
+class TermRunner:
+    """The term's stage runner: ``judge`` is its batches; then it ends as ``ending`` says."""
+
+    def __init__(self, judge: Callable[[], None], ending: str) -> None:
+        self.judge, self.ending = judge, ending
+        self.stopping = False
+
+    def run(self) -> int:
+        self.judge()
+        if self.ending == "failed":
+            raise RuntimeError("the runner failed")
+        return 0  # stopped, or the lease lost (LeaderLease.watch stopped it)
+
+    def stop(self) -> None:
+        self.stopping = True
+
+
+class ReadTable:
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def wait_until_caught_up(self, _timeout_s: float | None = None) -> bool:
+        return True
+
+
+STATE_GAUGES = {"streamloop_model_age_seconds", "streamloop_label_silence_seconds", "streamloop_metric_decay",
+                "streamloop_registry_champion_info"}
+
+
+@pytest.mark.parametrize("ending", ["lease lost", "stopped", "failed"])
+def test_a_term_that_ends_exports_no_staleness_gauge_nor_champion(demo_pipeline, tmp_path, metrics, monkeypatch,
+                                                                   ending):
+    """A replica that lost the lease went on exporting its last readings as a standby: with two
+    replicas, StreamloopMetricDecay kept firing after the new leader rolled back, and the frozen
+    champion info hid a scorer not serving the registry's champion (StreamloopChampionNotServed)."""
+    harness = Harness(demo_pipeline, tmp_path)
+    harness.processor._metrics = metrics
+
+    def judge() -> None:
+        first = harness.bootstrap()
+        second = harness.shadow(parent=first)
+        harness.processor.writer.deploy(CHAMPION, second, harness.slot(shadow_slot(second))["artifact"],
+                                        decision_id=f"{second}:promote")
+        harness.feed("met", [snapshot(second, 0.9, end=harness.now)])
+        harness.processor.tick(harness.now + 10_000)
+        assert set(exported(metrics)) >= STATE_GAUGES
+        assert exported(metrics)["streamloop_metric_decay"] == {"": pytest.approx(2.0)}
+        assert exported(metrics)["streamloop_registry_champion_info"] == {second: 1}
+
+    monkeypatch.setattr(publisher_app, "read_topic", lambda *_args, **_kwargs: [])
+    term = PublisherTerm(harness.processor, TermRunner(judge, ending), ReadTable())  # type: ignore[arg-type]
+    lease = SimpleNamespace(lost=ending == "lease lost")
+    serde: Any = SimpleNamespace(decode=lambda data: data)  # nothing is read: read_topic is faked
+    app = PublisherApp(lambda: term, SimpleNamespace(), KafkaSettings(), candidates=("cand", serde),  # type: ignore[arg-type]
+                       alerts=("alerts", serde), decisions=("dec", serde), table_timeout_s=1.0,
+                       lease=lease)  # type: ignore[arg-type]
+    if ending == "failed":
+        with pytest.raises(RuntimeError):
+            app._run_term()
+    else:
+        assert app._run_term() == (None if ending == "lease lost" else 0)
+    assert not set(exported(metrics)) & STATE_GAUGES
