@@ -6,7 +6,8 @@
 
   Both carry the last closed window's models only: a version retired before that window, or a
   promoted canary's CANARY series, is no longer exported, so a panel over ``role="CHAMPION"``
-  reads the current champion, not every past one.
+  reads the current champion, not every past one. And only while this replica holds the metrics
+  stage's partition: both are emptied (``forget``) when it is revoked.
 - ``streamloop_collector_events_total{event}``: the join's and the metrics stage's counters
   (labels_in, joined, after_horizon, no_matching_event, duplicate, evicted, replayed, outcomes_late...)
 - ``streamloop_collector_pending_labels``, ``streamloop_collector_join_entries``: join state size
@@ -64,6 +65,13 @@ class CollectorMetrics:
                       for quantile, value in report.label_delay_ms.items()]
         self._accuracy(accuracy)
         self._delay(delay)
+
+    def forget(self) -> None:
+        """Export no window: the metrics stage's partition was revoked. The replica that has it now
+        reports the next windows; this one's last, left there, would read as current for the life of
+        the process (the replica's other stages go on, and so does its /metrics)."""
+        self._accuracy([])
+        self._delay([])
 
     def report(self, totals: Mapping[str, int], pending: int, entries: int, given_up: int | None = None) -> None:
         """Called periodically: consumed records per topic, counter increments, state gauges

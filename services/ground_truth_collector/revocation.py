@@ -73,6 +73,7 @@ class Rebalancing:
         if any(tp.topic == self.joined.get_topic_name() for tp in revoked):
             self.scoring = None
             self._held.clear()  # read again from the committed offset by whoever owns the topic next
+            self.report.forget()
 
     def _on_assigned(self, _sender: Any, assigned: set, **_: Any) -> None:
         """Drop the join entries of the keyed partitions that went to another worker.

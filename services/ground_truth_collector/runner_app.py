@@ -88,7 +88,8 @@ class RunnerCollector:
             RedisValue(redis, f"{state_prefix}:closed_until"), ctx.serde("labeled_examples"), pipeline=spec.name,
             metrics_topic=ctx.topic("metrics").name, keyed_topic=self.keyed_topic,
             keyed_partitions=self.keyed_partitions, idle_after_ms=settings.idle_after,
-            future_tolerance_ms=settings.future_tolerance, on_reports=self.report.windows)
+            future_tolerance_ms=settings.future_tolerance, on_reports=self.report.windows,
+            forget_reports=self.report.forget)
         dead = {name: ctx.topic(role).dead_letter_topic for name, role in inputs.items()}
         metrics = telemetry.metrics
         self.runners = [

@@ -41,7 +41,8 @@ log = logging.getLogger(__name__)
 class ScoreStage:
     def __init__(self, config: EvaluationConfig, closed_until: RedisValue, example_serde: Serde, *,
                  pipeline: str, metrics_topic: str, keyed_topic: str, keyed_partitions: int, idle_after_ms: int,
-                 future_tolerance_ms: int, on_reports: Callable[[list[WindowReport]], None] | None = None) -> None:
+                 future_tolerance_ms: int, on_reports: Callable[[list[WindowReport]], None] | None = None,
+                 forget_reports: Callable[[], None] | None = None) -> None:
         self.config = config
         self.closed_until = closed_until
         self.example_serde = example_serde
@@ -49,6 +50,7 @@ class ScoreStage:
         self.sources = tuple(f"{keyed_topic}:{p}" for p in range(keyed_partitions))
         self.idle_after_ms, self.future_tolerance_ms = idle_after_ms, future_tolerance_ms
         self.on_reports = on_reports
+        self.forget_reports = forget_reports  # what on_reports exported is not this replica's once revoked
         self.counters = ScoringCounters()  # of every MetricsStage this stage builds
         self.scoring: MetricsStage | None = None
         self.held: list[tuple[str, int, int, int | None]] = []  # topic, partition, offset, window start
@@ -61,6 +63,8 @@ class ScoreStage:
     def on_revoked(self, partitions: Sequence[TopicPartitionRef]) -> None:
         self.scoring = None
         self.held.clear()
+        if self.forget_reports is not None:
+            self.forget_reports()
 
     def _stage(self) -> MetricsStage:
         if self.scoring is None:

@@ -546,6 +546,31 @@ def test_the_metrics_stage_forgets_its_held_records_on_a_revocation(collector) -
     asyncio.run(scenario())
 
 
+def test_a_revoked_metrics_stage_exports_no_window(collector) -> None:
+    """A worker that lost the joined topic's partition went on exporting its last window's accuracy
+    and label delay as current, beside the window reports of the worker that has it now."""
+    def exported(name: str) -> dict[tuple[str, str], float]:
+        return {(sample.labels["model_version"], sample.labels["role"]): sample.value
+                for family in collector.report.metrics.registry.collect() if family.name == name
+                for sample in family.samples}
+
+    async def scenario() -> None:
+        worker = Worker(collector)
+        await worker.start()
+        stream = Stream()
+        agent = asyncio.create_task(collector._score(stream))
+        stream.batches.put_nowait([worker.joined_record(0, 0, T0, example=True), *worker.closing(1)])
+        await settled()
+        assert exported("streamloop_model_accuracy") == {("v1", "CHAMPION"): 1.0}
+        assert exported("streamloop_label_delay_seconds")
+        await collector.app.on_partitions_revoked.send(worker.assignment)
+        assert exported("streamloop_model_accuracy") == {}
+        assert exported("streamloop_label_delay_seconds") == {}
+        agent.cancel()
+
+    asyncio.run(scenario())
+
+
 def test_the_metrics_counters_go_on_from_their_total_across_a_rebalance(collector) -> None:
     """A rebalance rebuilds the metrics stage; its counters must not start again at 0, or the
     exported totals (which only go up) stay still until the new count passes the old one."""

@@ -64,3 +64,16 @@ def test_several_windows_closed_at_once_export_the_last(metrics) -> None:
     # its segments') change nothing.
     collector.windows([report("m-3", "CHAMPION", 2 * WINDOW_MS, 0.1, ("country", "FR"))])
     assert exported(metrics, "streamloop_model_accuracy") == {("m-2", "CHAMPION"): 0.95}
+
+
+def test_a_revoked_metrics_stage_exports_no_window(metrics) -> None:
+    """The replica that has the partition now reports the next windows; this one's last stayed
+    exported, as current, for the life of the process."""
+    collector = CollectorMetrics(metrics)
+    collector.windows([report("m-1", "CHAMPION", 0, 0.9)])
+    assert exported(metrics, "streamloop_model_accuracy") == {("m-1", "CHAMPION"): 0.9}
+    collector.forget()
+    assert exported(metrics, "streamloop_model_accuracy") == {}
+    assert exported(metrics, "streamloop_label_delay_seconds") == {}
+    collector.windows([report("m-1", "CHAMPION", WINDOW_MS, 0.8)])  # assigned again: its next window
+    assert exported(metrics, "streamloop_model_accuracy") == {("m-1", "CHAMPION"): 0.8}

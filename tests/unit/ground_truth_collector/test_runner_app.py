@@ -6,13 +6,20 @@ import threading
 from types import SimpleNamespace
 
 import pytest
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from services.ground_truth_collector import join as join_module
 from services.ground_truth_collector import runner_app
 from services.ground_truth_collector.entries import Kind
 from services.ground_truth_collector.join_stage import JoinStage
-from services.ground_truth_collector.routing import HEADER_DECIDED_AT, HEADER_ORIGIN, INPUT_ROLES
+from services.ground_truth_collector.routing import (
+    HEADER_DECIDED_AT,
+    HEADER_JOIN_CLOCK,
+    HEADER_ORIGIN,
+    INPUT_ROLES,
+    WATERMARK,
+    control_headers,
+)
 from services.ground_truth_collector.runner_app import RunnerCollector
 from streamloop.kafka.records import ConsumedRecord, TopicPartitionRef
 from streamloop.telemetry import Telemetry
@@ -114,6 +121,37 @@ def test_the_metrics_stage_counters_are_exported_and_survive_its_rebuild(collect
     collector.score.process([record])
     assert collector.totals()["outcomes_late"] == 2, "an exported counter never goes back"
     assert set(collector.totals()) >= {"joined", "no_matching_event", "outcomes_counted", "outcomes_snapshots"}
+
+
+def test_a_revoked_metrics_stage_exports_no_window(collector) -> None:
+    """A replica that lost the metrics stage's partition went on exporting its last window's accuracy
+    and label delay as current, beside the window reports of the replica that has it now."""
+    collector.score.closed_until = ClosedUntil(T0)
+    keyed = collector.keyed_topic
+    closed = T0 + 60_000  # past the window of T0 and its lateness
+    example_headers = [(HEADER_DECIDED_AT, str(T0).encode()), (HEADER_ORIGIN, f"{keyed}:0:1".encode()),
+                       (HEADER_JOIN_CLOCK, str(T0).encode())]
+    records = [ConsumedRecord(collector.joined_topic, 0, 0, "e1",
+                              {"bytes": collector.score.example_serde.encode(example("e1", T0))}, T0, example_headers)]
+    records += [ConsumedRecord(collector.joined_topic, 0, 1 + p, None, {"bytes": b""}, closed, control_headers(
+        WATERMARK, (HEADER_ORIGIN, f"{keyed}:{p}:2".encode()), (HEADER_JOIN_CLOCK, str(closed).encode())))
+        for p in range(collector.keyed_partitions)]
+    score_runner = collector.runners[2]
+    assert score_runner.processor is collector.score
+    score_runner._on_assign(None, [TopicPartition(collector.joined_topic, 0)])
+    collector.score.process(records)
+    assert exported_series(collector, "streamloop_model_accuracy") == {("v1", "CHAMPION"): 1.0}
+    assert exported_series(collector, "streamloop_label_delay_seconds")
+    score_runner._on_revoke(None, [TopicPartition(collector.joined_topic, 0)])
+    assert exported_series(collector, "streamloop_model_accuracy") == {}
+    assert exported_series(collector, "streamloop_label_delay_seconds") == {}
+
+
+def exported_series(collector: RunnerCollector, name: str) -> dict[tuple[str, str], float]:
+    """``name``'s series as Prometheus scrapes them, by (version, role) (a quantile's: its last)."""
+    registry = collector.telemetry.metrics.registry
+    return {(sample.labels["model_version"], sample.labels["role"]): sample.value for family in registry.collect()
+            if family.name == name for sample in family.samples}
 
 
 def exported_events(collector: RunnerCollector) -> dict[str, float]:
