@@ -96,6 +96,7 @@ class ModelHolder:
         self._clock = clock
         self._current = ModelSet()
         self._lock = threading.Lock()
+        self._age_lock = threading.Lock()  # report_age's: see there
         # Slots whose last deployment failed to load, with that version: RAISED until the slot
         # loads a version or is retired.
         self._failed_slots: dict[str, str] = {}
@@ -247,9 +248,15 @@ class ModelHolder:
         between batches, and at each swap)."""
         if self._age is None:
             return
-        self._age([((now_ms - model.deployed_at_ms) / 1000,
-                    {"pipeline": self.pipeline.name, "model_name": model.name, "slot": slot})
-                   for slot, model in self._current.slots().items()])
+        # The served set is read and the gauge replaced under one lock: the runner thread reports
+        # between batches while a swap reports on the table reader's, and a report that read the set
+        # before a swap and replaced the gauge after it brought a retired slot's series back until
+        # the next report. Not the holder's _lock: a deployment holds it while its model loads
+        # (fetched, verified, warmed), and the runner would wait that long between batches.
+        with self._age_lock:
+            self._age([((now_ms - model.deployed_at_ms) / 1000,
+                        {"pipeline": self.pipeline.name, "model_name": model.name, "slot": slot})
+                       for slot, model in self._current.slots().items()])
 
 
 class DeploymentGate:

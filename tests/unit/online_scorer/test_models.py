@@ -288,3 +288,55 @@ def test_a_failed_shadow_slot_that_is_retired_clears_its_alert(spec, artifacts) 
     holder.on_deployment(slot_key(shadow), None)
     assert [(a["state"], a["model_version"]) for a in alerts] == [("RAISED", "v9"), ("CLEARED", "v9")]
     assert "retired" in alerts[-1]["message"]
+
+
+class AnnouncedLock:
+    """A lock that says when a thread has to wait for it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.waited = threading.Event()
+
+    def __enter__(self) -> AnnouncedLock:
+        if not self._lock.acquire(blocking=False):
+            self.waited.set()
+            self._lock.acquire()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._lock.release()
+
+
+def test_an_age_report_that_read_the_slots_before_a_retirement_does_not_bring_the_slot_back(
+        spec, artifacts, metrics, monkeypatch) -> None:
+    """The runner thread's report (between batches) read the served slots, the table reader's thread
+    retired a shadow and replaced the gauge, then the report replaced it with what it had read: the
+    retired slot's age was exported again until the next report."""
+    holder, _ = holder_for(spec, artifacts, metrics)
+    deploy(holder, publish(artifacts, spec, ConstantClassifier(0.1), "v1", deployed_at=1_700_000_000_000))
+    shadow = publish(artifacts, spec, ConstantClassifier(0.2), "v2", slot="shadow/v2", role="SHADOW",
+                     deployed_at=1_700_000_030_000)
+    deploy(holder, shadow)
+    lock = AnnouncedLock()
+    monkeypatch.setattr(holder, "_age_lock", lock, raising=False)
+    replace, runner = holder._age, threading.current_thread()
+    retiring = threading.Thread(target=holder.on_deployment, args=(slot_key(shadow), None), daemon=True)
+
+    def report_racing_a_retirement(series) -> None:  # noqa: ANN001
+        if threading.current_thread() is not runner:
+            replace(series)  # the retirement's own report
+            return
+        series = list(series)  # read: the champion and the shadow
+        retiring.start()
+        # The retirement runs until it has replaced the gauge itself, or until it waits for this report.
+        for _ in range(500):
+            if not retiring.is_alive() or lock.waited.wait(0.01):
+                break
+        replace(series)
+
+    monkeypatch.setattr(holder, "_age", report_racing_a_retirement)
+    holder.report_age(1_700_000_160_000)
+    retiring.join(5)
+    assert not retiring.is_alive()
+    assert exported(metrics, "streamloop_model_info") == {"champion,v1": 1}
+    assert set(exported(metrics, "streamloop_model_age_seconds")) == {"champion"}
