@@ -17,7 +17,7 @@ from services.drift_detector.history import KafkaHistory, TableChampions
 from services.drift_detector.metrics import PrometheusDriftMetrics
 from services.drift_detector.processor import DriftProcessor, DriftTopics
 from services.drift_detector.settings import SERVICE, DriftSettings
-from streamloop.kafka.lease import LeaderLease
+from streamloop.kafka.lease import LeaderLease, lease_group
 from streamloop.kafka.runner import StageRunner
 from streamloop.kafka.table_reader import CompactedTopicReader
 from streamloop.service.context import ServiceContext
@@ -131,7 +131,7 @@ def build(settings: DriftSettings) -> DriftService:
         history = KafkaHistory.of_group(kafka, ctx.group_id, serdes, settings.history_timeout_s)
     lease = None
     if settings.standby_lease:
-        lease = LeaderLease(kafka, f"{ctx.group_id}.lease", ctx.topic("drift_events").name, settings.lease_poll_s)
+        lease = LeaderLease(kafka, lease_group(ctx.group_id), ctx.topic("drift_events").name, settings.lease_poll_s)
     return DriftService(ctx, settings, telemetry, deployments, champions, history, lease)
 
 

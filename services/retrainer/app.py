@@ -24,7 +24,7 @@ from services.retrainer.resume import KafkaResume, ResumeCancelled
 from services.retrainer.settings import RetrainerSettings, check_against_spec
 from services.retrainer.window import KafkaWindowReader
 from streamloop.kafka.group_history import GroupHistory
-from streamloop.kafka.lease import LeaderLease
+from streamloop.kafka.lease import LeaderLease, lease_group
 from streamloop.kafka.runner import StageRunner
 from streamloop.kafka.table_reader import CompactedTopicReader, wait_until_read
 from streamloop.ml.registry import DeploymentTable
@@ -173,7 +173,7 @@ def build(settings: RetrainerSettings, install_global_telemetry: bool = True) ->
     lease = None
     if settings.standby_lease:
         # The candidates topic has one partition, and only the active replica writes it.
-        lease = LeaderLease(settings.common.kafka, f"{ctx.group_id}.lease", topics.model_candidates,
+        lease = LeaderLease(settings.common.kafka, lease_group(ctx.group_id), topics.model_candidates,
                             settings.lease_poll_s)
     return RetrainerApp(new_term, reader, telemetry, settings.table_timeout_s, lease)
 

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -124,6 +125,35 @@ def test_lag_of_a_group_assigned_partitions_it_has_not_committed_on(cli_env, loo
     assert sorted(r["partition"] for r in rows) == sorted(partitions.partitions)
     assert all(r["group"] == group and r["topic"] == topic and r["committed"] is None for r in rows)
     assert sum(r["lag"] for r in rows) == sum(r["end_offset"] for r in rows) == 30
+
+
+def test_lag_leaves_out_a_leader_lease_that_holds_a_data_topics_partition(cli_env, loop_catalog, bootstrap_servers,
+                                                                          unique_name):
+    """The drift detector's, publisher's and retrainer's leases hold a partition of a data topic and never
+    read it: shown, each lagged by every record of that topic, growing for ever."""
+    from streamloop.kafka import KafkaSettings
+    from streamloop.kafka.lease import LeaderLease, lease_group
+
+    topic = loop_catalog["labels"].name
+    lines = "".join(json.dumps({"event_id": f"k{i}", "label": 1, "label_time": 1}) + "\n" for i in range(30))
+    assert streamloop("produce", topic, env=cli_env, stdin=lines).returncode == 0
+    group = lease_group(f"{unique_name}-service")
+    lease = LeaderLease(KafkaSettings(bootstrap_servers=bootstrap_servers), group, topic, poll_s=0.2)
+    stop = threading.Event()
+    deadline = threading.Timer(30, stop.set)
+    deadline.start()
+    try:
+        require(lease.acquire(stop), f"{group} was assigned no partition of {topic} within 30 s")
+        every_group = streamloop("lag", "--json", env=cli_env)
+        named = streamloop("lag", "--json", "--group", group, env=cli_env)
+    finally:
+        deadline.cancel()
+        lease.close()
+    assert every_group.returncode == 0, every_group.stderr
+    assert [line for line in every_group.stdout.splitlines() if json.loads(line)["group"] == group] == []
+    assert named.returncode == 0 and named.stdout == "", named.stderr
+    assert named.stderr.strip() == (f"streamloop: group {group} is a leader lease (streamloop.kafka.lease): it "
+                                    "holds a partition and reads nothing, so it has no lag")
 
 
 def test_explain_shows_an_events_logged_prediction_and_its_contributions(cli_env, loop_catalog):

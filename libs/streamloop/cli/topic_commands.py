@@ -30,6 +30,7 @@ from streamloop.errors import DependencyUnavailable
 from streamloop.kafka.dead_letters import read_error_headers
 from streamloop.kafka.exceptions import kafka_error_of, unwrapped_kafka_exceptions
 from streamloop.kafka.lag import group_lag
+from streamloop.kafka.lease import is_lease_group
 from streamloop.serde import Serde, SerdeError
 
 app = typer.Typer()
@@ -194,6 +195,10 @@ def lag(
     except KafkaException as exc:
         raise fail(f"cannot read consumer groups: {exc}") from None
     for name in sorted(set(group or []) - {row.group for row in rows}):
+        if is_lease_group(name):
+            print(f"streamloop: group {name} is a leader lease (streamloop.kafka.lease): it holds a partition "
+                  "and reads nothing, so it has no lag", file=sys.stderr)
+            continue
         print(f"streamloop: group {name} has no committed offsets and no assigned partitions (an unknown "
               "group, or one without members that has not committed yet)", file=sys.stderr)
     if json_output:

@@ -10,6 +10,9 @@ streamloop consumer's, KafkaSettings.consumer), and what its runner reports for 
 (partition_assignment). A foreign group that resets to latest reads less; until it commits, it
 is shown the records it may skip. Not the end offset alone, which also counts every record
 retention has already deleted.
+A leader lease's group (``<group>.lease``, streamloop.kafka.lease) is left out, also when named: its
+member is assigned a partition of a data topic only to hold it, never reads it (paused) nor commits
+on it, so it would lag by every record of that topic, growing for ever, while no one waits on it.
 Where the broker cannot describe a group (an admin API missing or failing), its assignments are
 unknown and only the topics it has committed on are shown.
 Lag is clamped at zero: a negative value can only come from a broker reporting a wrong end
@@ -25,6 +28,7 @@ from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, IsolationLev
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from streamloop.kafka.configuration import KafkaSettings
+from streamloop.kafka.lease import is_lease_group
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +138,8 @@ def watermarks(kafka: KafkaSettings, admin: AdminClient, partitions: list[TopicP
 
 def group_lag(kafka: KafkaSettings, admin: AdminClient, groups: list[str] | None = None,
               timeout_s: float = 10.0, probe: Consumer | None = None) -> list[PartitionLag]:
-    """Lag of ``groups`` (by default every group on the cluster), in one collection round.
+    """Lag of ``groups`` (by default every group on the cluster), in one collection round; never a
+    lease group's, which reads nothing.
 
     Its cost does not grow with the groups that read the same topic: the groups' commits are asked
     for all at once, the topics' partitions in one metadata request, and each partition's offsets
@@ -143,6 +148,7 @@ def group_lag(kafka: KafkaSettings, admin: AdminClient, groups: list[str] | None
     """
     # Once each: DescribeGroups refuses a group named twice.
     groups = sorted(set(groups)) if groups is not None else consumer_groups(admin, timeout_s)
+    groups = [group for group in groups if not is_lease_group(group)]
     if not groups:
         return []
     # One OffsetFetch per group (the admin API takes a single group), all in flight together.

@@ -1,6 +1,6 @@
 """Active/standby for a service whose state is global: a lease held through a one-partition group.
 
-Every replica joins the consumer group ``<group>.lease`` on a one-partition topic. Kafka gives that
+Every replica joins the consumer group ``<group>.lease`` (``lease_group``) on a one-partition topic. Kafka gives that
 one partition to exactly one member: that replica is active and runs the stage runner, which is
 then the only member of the service's own group and gets every input partition. The others
 wait in the lease group. When the active replica dies, stalls or leaves, its lease-group session
@@ -13,6 +13,11 @@ A stalled replica that comes back finds its lease revoked on its next poll and s
 until then both runners may briefly share the input partitions (at-least-once: duplicates, no loss).
 The drift detector (global windows), the model publisher (the registry's single writer) and the
 retrainer (one online challenger learning from every label) use it.
+
+The lease's topic is one of the service's data topics, which the lease consumer is assigned but
+never reads (paused) nor commits on: the lease group is no reader of it. Its id always ends with
+``LEASE_GROUP_SUFFIX`` (the constructor refuses any other), which is how consumer lag
+(streamloop.kafka.lag) knows to leave it out instead of showing it behind by every record of the topic.
 """
 
 from __future__ import annotations
@@ -27,9 +32,23 @@ from streamloop.kafka.configuration import KafkaSettings
 
 log = logging.getLogger(__name__)
 
+LEASE_GROUP_SUFFIX = ".lease"
+
+
+def lease_group(group_id: str) -> str:
+    """The lease group of the service whose consumer group is ``group_id``."""
+    return f"{group_id}{LEASE_GROUP_SUFFIX}"
+
+
+def is_lease_group(group_id: str) -> bool:
+    return group_id.endswith(LEASE_GROUP_SUFFIX)
+
 
 class LeaderLease:
     def __init__(self, kafka: KafkaSettings, group_id: str, topic: str, poll_s: float = 0.5) -> None:
+        if not is_lease_group(group_id):
+            # Consumer lag would count it as a reader of ``topic`` that never commits.
+            raise ValueError(f"a lease group's id ends with {LEASE_GROUP_SUFFIX!r} (lease_group), not {group_id!r}")
         self.group_id = group_id
         self.topic = topic
         self.poll_s = poll_s

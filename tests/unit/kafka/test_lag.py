@@ -11,6 +11,7 @@ from confluent_kafka.admin import OffsetSpec
 
 from streamloop.kafka import KafkaSettings, lag
 from streamloop.kafka.lag import PartitionLag, group_lag
+from streamloop.kafka.lease import LeaderLease, lease_group
 
 
 def test_a_committed_partition_lags_by_the_records_after_its_commit():
@@ -41,8 +42,8 @@ REFUSED = KafkaException(KafkaError(KafkaError.UNSUPPORTED_VERSION, "not support
 
 
 class _Admin:
-    """Groups with their commits and their members' assignments, as the broker describes them, and
-    topic ``t``'s two partitions with their offsets.
+    """Groups (those with commits or assignments) with their commits and their members' assignments,
+    as the broker describes them, and topic ``t``'s two partitions with their offsets.
 
     By default a group that committed on partition 0 of a two-partition topic, not yet on partition 1.
     ``offsets_refused`` fails the ListOffsets call, ``unanswered`` the answer for those partitions.
@@ -54,6 +55,9 @@ class _Admin:
         self.offsets_refused, self.unanswered = offsets_refused, set(unanswered)
         self.offsets_asked: list[list[tuple[str, int]]] = []
         self.metadata_asked = 0
+
+    def list_consumer_groups(self, request_timeout):
+        return _done(SimpleNamespace(valid=[SimpleNamespace(group_id=g) for g in {*self.commits, *self.assignments}]))
 
     def list_consumer_group_offsets(self, requests, request_timeout):
         group = requests[0].group_id
@@ -131,6 +135,24 @@ def test_a_group_assigned_one_partition_lags_on_every_partition_of_its_topic(pro
     """The other partition's member may not have joined yet: its records are still to be read."""
     rows = group_lag(KAFKA, _Admin(commits={}, assignments={"g": [1]}), groups=["g"])
     assert [(r.partition, r.committed, r.lag) for r in rows] == [(0, None, 10), (1, None, 10)]
+
+
+def test_a_lease_group_reads_nothing_and_is_left_out_even_when_named(probes):
+    """The drift detector's lease member is assigned drift_events[0], paused, and never commits: shown,
+    it lagged by every record of the topic, growing for ever, in streamloop lag, top and the dashboard."""
+    service, lease = "p.streamloop.demo.drift-detector", lease_group("p.streamloop.demo.drift-detector")
+    admin = _Admin(commits={service: [TopicPartition("t", 0, 100), TopicPartition("t", 1, 1000)]},
+                   assignments={lease: [0], service: [0, 1]})
+    for groups in (None, [service, lease]):
+        rows = group_lag(KAFKA, admin, groups=groups)
+        assert [(r.group, r.partition, r.lag) for r in rows] == [(service, 0, 0), (service, 1, 0)], groups
+    assert group_lag(KAFKA, admin, groups=[lease]) == []
+
+
+def test_a_lease_is_refused_a_group_id_lag_would_not_know_as_a_lease():
+    with pytest.raises(ValueError, match="ends with '.lease'"):
+        LeaderLease(KAFKA, "p.streamloop.demo.drift-detector-lease", "t")
+    assert LeaderLease(KAFKA, lease_group("g"), "t").group_id == "g.lease"
 
 
 def test_a_group_the_broker_cannot_describe_lags_on_the_topics_it_committed_on(probes):
