@@ -69,8 +69,16 @@ def _table(title: str, rows: list[dict[str, Any]], columns: list[str], limit: in
 
 
 def _series(chart: dict[str, Any]) -> list[dict[str, Any]]:
-    return [{"series": s["label"], "last": next((v for v in reversed(s["values"]) if v is not None), None),
-             "trend": sparkline(s["values"])} for s in chart["series"]]
+    """Each series' last value and trend. In a chart with ``gaps`` (series.chart) a None is a round its
+    source did not answer, so the newest value is the current one, None when the source stopped
+    answering: not the last figure it gave, which the page has long stopped showing."""
+    def last(values: list[float | None]) -> float | None:
+        if chart["gaps"]:
+            return values[-1] if values else None
+        return next((v for v in reversed(values) if v is not None), None)
+
+    return [{"series": s["label"], "last": last(s["values"]), "trend": sparkline(s["values"])}
+            for s in chart["series"]]
 
 
 def render_snapshot(snapshot: dict[str, Any]) -> Group:

@@ -1,11 +1,29 @@
-"""Records as the monitoring topics carry them (decoded), for the dashboard's assembly tests."""
+"""Records as the monitoring topics carry them (decoded), for the dashboard's assembly tests, and a
+scorer's /metrics as the dashboard scrapes them."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
+from prometheus_client import generate_latest
+
+from streamloop.dashboard.prometheus import Sample, parse_samples
+from streamloop.telemetry import ServiceMetrics
+
 T0 = 1_700_000_000_000  # ms
+
+
+@pytest.fixture
+def scorer():
+    metrics = ServiceMetrics("online-scorer")
+    yield metrics
+    metrics.shutdown()
+
+
+def read(metrics: ServiceMetrics) -> list[Sample]:
+    return parse_samples(generate_latest(metrics.registry).decode())
 
 
 def snapshot(version: str, window_end: int, accuracy: float, *, role: str = "CHAMPION", segment: tuple | None = None,

@@ -1,22 +1,10 @@
 """Figures from the services' /metrics endpoints (as ServiceMetrics writes them) and from lag readings."""
 
 import pytest
-from prometheus_client import generate_latest
 
 from streamloop.dashboard.live import LagRow, LiveFigures
-from streamloop.dashboard.prometheus import parse_samples
 from streamloop.telemetry import ServiceMetrics
-
-
-@pytest.fixture
-def scorer():
-    metrics = ServiceMetrics("online-scorer")
-    yield metrics
-    metrics.shutdown()
-
-
-def read(metrics: ServiceMetrics):
-    return parse_samples(generate_latest(metrics.registry).decode())
+from tests.unit.dashboard.conftest import read
 
 
 def test_throughput_is_the_rate_between_scrapes_summed_over_replicas(scorer):

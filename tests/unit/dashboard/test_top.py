@@ -4,7 +4,7 @@ from rich.console import Console
 
 from streamloop.cli.top_command import render_snapshot, sparkline
 from streamloop.dashboard import DashboardModel
-from tests.unit.dashboard.conftest import T0, alert
+from tests.unit.dashboard.conftest import T0, alert, read
 from tests.unit.dashboard.test_assembly import loaded_model
 
 
@@ -21,6 +21,27 @@ def test_top_renders_the_same_snapshot():
     nothing_yet = empty.export_text()
     assert "champion -  accuracy -" in nothing_yet, "nothing known yet: dashes, not a crash"
     assert "dead letters -" in nothing_yet, "not read yet: a dash, not None"
+
+
+def test_top_shows_no_throughput_for_a_service_that_stopped_answering(scorer):
+    """Ten minutes after the scorer's last answer, top still showed its 1,000 records/s of then."""
+    at = T0 / 1000
+    model = DashboardModel("demo")
+    model.add_scrape(at, {"online-scorer-0": read(scorer)}, 1)
+    scorer.record_batch("features.v1", 1, 2000, 0.01)
+    model.add_scrape(at + 2, {"online-scorer-0": read(scorer)}, 1)
+    assert throughput_rows(model.snapshot(now_s=at + 2)) == [["online-scorer ← features.v1", "1000.0"]]
+    for i in range(300):  # scrapes the scorer does not answer
+        model.add_scrape(at + 4 + 2 * i, {}, 1)
+    assert throughput_rows(model.snapshot(now_s=at + 604)) == [["online-scorer ← features.v1", "-"]]
+
+
+def throughput_rows(snapshot: dict) -> list[list[str]]:
+    """The series and last value of each row of top's throughput table."""
+    console = Console(record=True, width=160)
+    console.print(render_snapshot(snapshot))
+    screen = console.export_text().split("throughput (records/s)")[1].split("event latency")[0]
+    return [[cell.strip() for cell in line.split("│")[1:3]] for line in screen.splitlines() if line.count("│") == 4]
 
 
 def test_sparkline_scales_between_min_and_max():
