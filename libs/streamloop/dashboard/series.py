@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence, Set
 from typing import Any
 
 Point = tuple[float, float | None]
@@ -65,11 +65,15 @@ def chart(named: Mapping[str, Iterable[Point]], *, title: str, unit: str = "",
 
     Beyond ``max_x`` x values, the newest ``max_x // 2`` stay as they are and the older ones are
     merged per equal slice of time into its latest x, each series' value there the mean of its
-    finite values in the slice.
+    finite values in the slice. A slice also ends at each series' last finite point: drawn at the
+    slice's latest x, a series that ended inside it (a version retired) would reach past its end,
+    up to a slice later, over the marks of what followed. So each series is drawn within the x of
+    its own first and last point; the older x values are then fewer slices, one fewer per ending.
     """
     materialized = {label: list(points) for label, points in named.items()}
     xs = sorted({x for points in materialized.values() for x, _ in points})
-    merged_into = _merged_x(xs, max_x)
+    ends = {max((x for x, y in points if finite(y) is not None), default=None) for points in materialized.values()}
+    merged_into = _merged_x(xs, max_x, ends - {None})
     if merged_into is not None:
         xs = sorted(set(merged_into.values()))
     index = {x: i for i, x in enumerate(xs)}
@@ -85,19 +89,28 @@ def chart(named: Mapping[str, Iterable[Point]], *, title: str, unit: str = "",
     return {"title": title, "unit": unit, "x": xs, "series": series, "marks": list(marks), "gaps": gaps}
 
 
-def _merged_x(xs: Sequence[float], max_x: int) -> dict[float, float] | None:
-    """Each x (sorted, distinct) -> the x it is drawn at, ``max_x`` of them at most; None when all fit."""
+def _merged_x(xs: Sequence[float], max_x: int, ends: Set[float] = frozenset()) -> dict[float, float] | None:
+    """Each x (sorted, distinct) -> the x it is drawn at, None when all fit: ``max_x`` of them at most
+    (more only when over ``max_x // 2`` series end among the older x values); a slice closes after
+    each x of ``ends``."""
     if len(xs) <= max_x:
         return None
     kept = max(1, max_x // 2)
-    slices = max(1, max_x - kept)
     older, recent = xs[:-kept], xs[-kept:]
+    cuts = {x for x in ends if older[0] <= x < older[-1]}
+    slices = max(1, max_x - kept - len(cuts))
     low, width = older[0], (older[-1] - older[0]) / slices
-    slice_of = [min(int((x - low) / width), slices - 1) if width > 0 else 0 for x in older]
+    merged: list[int] = []  # the slice each older x is merged into, numbered from 0
+    previous = None
+    for i, x in enumerate(older):
+        at = min(int((x - low) / width), slices - 1) if width > 0 else 0
+        closed = at != previous or (i > 0 and older[i - 1] in cuts)
+        merged.append((merged[-1] if merged else -1) + int(closed))
+        previous = at
     latest = {}
-    for x, at in zip(older, slice_of, strict=True):
+    for x, at in zip(older, merged, strict=True):
         latest[at] = x  # xs are sorted: the last x of each slice wins
-    return {**{x: latest[at] for x, at in zip(older, slice_of, strict=True)}, **{x: x for x in recent}}
+    return {**{x: latest[at] for x, at in zip(older, merged, strict=True)}, **{x: x for x in recent}}
 
 
 def _means(points: Iterable[Point], merged_into: Mapping[float, float], index: Mapping[float, int],

@@ -38,6 +38,25 @@ def test_a_long_history_is_charted_in_at_most_max_x_values_the_newest_as_they_ar
     assert MAX_CHART_X <= 1000
 
 
+def test_a_merged_slice_never_draws_a_series_past_its_last_point():
+    """v1 champion until its retirement at 60,000 s, then v2, then v3 from 90,000 s: each slice was drawn
+    at its latest x of any series, so v1's line ran on to 60,270 s, past the PROMOTE of v2."""
+    lives = {"v1": range(60, 60_001, 60), "v2": range(60_030, 90_001, 60), "v3": range(90_030, 120_001, 60)}
+    named = {label: [(float(t), 0.9) for t in times] for label, times in lives.items()}
+    spec = chart(named, title="acc", marks=[{"x": 60_000, "label": "PROMOTE v2"}])
+    assert len(spec["x"]) == MAX_CHART_X
+    for series in spec["series"]:
+        drawn = [x for x, value in zip(spec["x"], series["values"], strict=True) if value is not None]
+        times = lives[series["label"]]
+        assert times[0] <= drawn[0] and drawn[-1] == times[-1], series["label"]
+    # A source that stopped answering: its last slice ends at its last reading, the rest is a gap.
+    gone = chart({"up": [(float(x), 1.0) for x in range(100)],
+                  "gone": [(float(x), 1.0 if x <= 30 else None) for x in range(100)]}, title="t", max_x=10, gaps=True)
+    values = dict(zip(gone["x"], gone["series"][1]["values"], strict=True))
+    assert max(x for x, value in values.items() if value is not None) == 30.0
+    assert len(gone["x"]) == 10
+
+
 def test_ring_keeps_the_last_points_and_drops_non_finite_values():
     ring = Ring(2)
     for x, y in [(1, 1.0), (2, math.inf), (3, 3.0)]:
