@@ -312,7 +312,8 @@ class LagReader:
         self._probe: Consumer | None = None
 
     def read(self) -> tuple[list[LagRow], dict[str, int]]:
-        lags = group_lag(self._kafka, self._admin, timeout_s=self._timeout_s)
+        # Its probe is also lag's fallback, not a consumer made and closed at every round.
+        lags = group_lag(self._kafka, self._admin, timeout_s=self._timeout_s, probe=self._consumer())
         # The groups of this pipeline, not every group of a shared cluster: its services' and their
         # stages' (the collector's join and metrics stages read only its internal topics, so by the
         # topics alone a join far behind went unseen), and users of its outputs.
@@ -320,10 +321,14 @@ class LagReader:
         rows = [LagRow(r.group, r.topic, r.partition, r.lag) for r in lags if r.group in groups]
         return rows, self._dead_letters()
 
-    def _dead_letters(self) -> dict[str, int]:
+    def _consumer(self) -> Consumer:
         if self._probe is None:
             self._probe = Consumer(self._kafka.consumer("streamloop-dashboard-probe"))
-        metadata = self._probe.list_topics(timeout=self._timeout_s).topics
+        return self._probe
+
+    def _dead_letters(self) -> dict[str, int]:
+        probe = self._consumer()
+        metadata = probe.list_topics(timeout=self._timeout_s).topics
         # The services' internal topics (``<group>-by-event``) have dead letters of their own.
         internal = [t for t in metadata if t.startswith(self._groups) and t.endswith(".dlq")]
         counts = {}
@@ -332,8 +337,7 @@ class LagReader:
                 continue
             total = 0
             for partition in metadata[topic].partitions:
-                low, high = self._probe.get_watermark_offsets(TopicPartition(topic, partition),
-                                                              timeout=self._timeout_s)
+                low, high = probe.get_watermark_offsets(TopicPartition(topic, partition), timeout=self._timeout_s)
                 total += max(0, high - max(low, 0))
             counts[topic] = total
         return counts

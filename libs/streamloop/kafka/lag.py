@@ -97,7 +97,9 @@ def watermarks(kafka: KafkaSettings, admin: AdminClient, partitions: list[TopicP
     Two ListOffsets calls for all partitions (earliest and latest, each one request per leader),
     read_committed as a consumer's get_watermark_offsets is. A partition they do not answer for (a
     broker without the admin API, an error) is asked again by ``probe``'s get_watermark_offsets:
-    one round trip each, by a consumer made for the call unless the caller passes its own.
+    one round trip each, by a consumer made for the call unless the caller passes its own. A
+    partition that fails that too (its leader away) is left out, and said so in a warning once until
+    it is read again: not the whole round, every other partition of every group, failed with it.
     """
     marks: dict[tuple[str, int], tuple[int, int]] = {}
     if not partitions:
@@ -128,12 +130,38 @@ def watermarks(kafka: KafkaSettings, admin: AdminClient, partitions: list[TopicP
         probe = probe if probe is not None else Consumer(kafka.consumer("streamloop-lag-probe"))
         try:
             for tp in unanswered:
-                marks[(tp.topic, tp.partition)] = probe.get_watermark_offsets(
-                    TopicPartition(tp.topic, tp.partition), timeout=timeout_s)
+                key = (tp.topic, tp.partition)
+                try:
+                    marks[key] = probe.get_watermark_offsets(TopicPartition(tp.topic, tp.partition),
+                                                             timeout=timeout_s)
+                except KafkaException as exc:
+                    _UNREAD.failed(key, exc)
         finally:
             if own:
                 probe.close()
+    _UNREAD.read(marks)
     return marks
+
+
+class _Unread:
+    """The partitions whose offsets could not be read, each said once (until read again), not at every round."""
+
+    def __init__(self) -> None:
+        self._keys: set[tuple[str, int]] = set()
+
+    def failed(self, key: tuple[str, int], exc: KafkaException) -> None:
+        if key not in self._keys:
+            self._keys.add(key)
+            log.warning("lag: cannot read the offsets of %s[%d], left out of the lag until they are read: %s",
+                        *key, exc)
+
+    def read(self, marks: dict[tuple[str, int], tuple[int, int]]) -> None:
+        for key in self._keys & marks.keys():
+            self._keys.discard(key)
+            log.info("lag: the offsets of %s[%d] are read again", *key)
+
+
+_UNREAD = _Unread()
 
 
 def group_lag(kafka: KafkaSettings, admin: AdminClient, groups: list[str] | None = None,
@@ -178,4 +206,5 @@ def group_lag(kafka: KafkaSettings, admin: AdminClient, groups: list[str] | None
         for group in groups
         for topic in sorted(reads[group] & partitions.keys())
         for partition in partitions[topic]
+        if (topic, partition) in marks  # offsets not read: left out (watermarks)
     ]

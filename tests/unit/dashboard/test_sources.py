@@ -70,3 +70,18 @@ def test_a_stage_s_lag_is_drawn_under_its_service_and_stage(reader):
     assert f"ground-truth-collector.join ← {COLLECTOR}-by-event" in labels
     assert f"ground-truth-collector ← {PREFIX}labels.label.v1" in labels
     assert live.summary()["total_lag"] == 59_000
+
+
+def test_lag_falls_back_on_the_reader_s_own_probe_not_a_consumer_made_every_round(reader, monkeypatch):
+    asked = []
+
+    def group_lag(*_args, probe=None, **_kwargs):
+        asked.append(probe)
+        return []
+
+    monkeypatch.setattr(sources, "group_lag", group_lag)
+    monkeypatch.setattr(sources, "Consumer", lambda _config: pytest.fail("the reader has its probe"))
+    probe = reader._probe
+    for _ in range(2):
+        reader.read()
+    assert asked == [probe, probe]

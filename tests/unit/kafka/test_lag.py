@@ -88,14 +88,18 @@ class _Admin:
 
 
 class _Probe:
-    """The consumer lag falls back on: records what it was asked, and whether it was closed."""
+    """The consumer lag falls back on: records what it was asked, and whether it was closed; fails on
+    the partitions in ``failing``."""
 
-    def __init__(self, _config=None) -> None:
+    def __init__(self, _config=None, failing=()) -> None:
         self.asked: list[tuple[str, int]] = []
         self.closed = False
+        self.failing = set(failing)
 
     def get_watermark_offsets(self, tp, timeout):
         self.asked.append((tp.topic, tp.partition))
+        if (tp.topic, tp.partition) in self.failing:
+            raise KafkaException(KafkaError(KafkaError._TIMED_OUT, "leader not available"))
         return WATERMARKS[(tp.topic, tp.partition)]
 
     def close(self) -> None:
@@ -192,3 +196,25 @@ def test_a_callers_consumer_is_the_fallback_and_stays_open_for_its_next_round(pr
     for _ in range(2):
         group_lag(KAFKA, _Admin(offsets_refused=True), groups=["g"], probe=mine)
     assert (mine.asked, mine.closed, probes) == ([("t", 0), ("t", 1)] * 2, False, [])
+
+
+def test_a_partition_whose_offsets_cannot_be_read_at_all_is_left_out_not_the_whole_round(probes, caplog):
+    """ListOffsets did not answer for t[1] and its fallback failed too: the KafkaException failed the
+    round for every group and partition. t[1] is left out, said once, not at every round."""
+    admin = _Admin(commits={g: [TopicPartition("t", 0, 95)] for g in ("a", "b")}, unanswered={("t", 1)})
+    mine = _Probe(failing={("t", 1)})
+    caplog.set_level("INFO", logger=lag.__name__)
+    for _ in range(2):
+        rows = group_lag(KAFKA, admin, groups=["a", "b"], probe=mine)
+        assert [(r.group, r.partition, r.lag) for r in rows] == [("a", 0, 5), ("b", 0, 5)]
+
+    def said() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.name == lag.__name__]
+
+    assert said() == [
+        "lag: cannot read the offsets of t[1], left out of the lag until they are read: "
+        "KafkaError{code=_TIMED_OUT,val=-185,str=\"leader not available\"}"]
+    mine.failing.clear()
+    rows = group_lag(KAFKA, admin, groups=["a"], probe=mine)
+    assert [(r.partition, r.lag) for r in rows] == [(0, 5), (1, 10)]
+    assert said()[1:] == ["lag: the offsets of t[1] are read again"]
