@@ -24,7 +24,7 @@ from services.model_publisher.recovery import DECISIONS_TAIL, LoggedDecisions
 from services.model_publisher.settings import PublisherSettings
 from streamloop.errors import StreamloopError
 from streamloop.kafka.configuration import KafkaSettings
-from streamloop.kafka.lease import LeaderLease
+from streamloop.kafka.lease import LeaderLease, lease_group
 from streamloop.kafka.runner import StageRunner
 from streamloop.kafka.table_reader import CompactedTopicReader, wait_until_read
 from streamloop.ml.registry import DeploymentTable
@@ -177,7 +177,7 @@ def build(settings: PublisherSettings, install_global_telemetry: bool = True) ->
     lease = None
     if settings.standby_lease:
         # The decisions topic has one partition, and only the active replica writes it.
-        lease = LeaderLease(settings.common.kafka, f"{ctx.group_id}.lease", topics.model_decisions,
+        lease = LeaderLease(settings.common.kafka, lease_group(ctx.group_id), topics.model_decisions,
                             settings.lease_poll_s)
     return PublisherApp(new_term, telemetry, settings.common.kafka,
                         candidates=(topics.model_candidates, ctx.serde("model_candidates")),
