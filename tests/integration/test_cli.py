@@ -137,7 +137,7 @@ def test_lag_leaves_out_a_leader_lease_that_holds_a_data_topics_partition(cli_en
     topic = loop_catalog["labels"].name
     lines = "".join(json.dumps({"event_id": f"k{i}", "label": 1, "label_time": 1}) + "\n" for i in range(30))
     assert streamloop("produce", topic, env=cli_env, stdin=lines).returncode == 0
-    group = lease_group(f"{unique_name}-service")
+    group = lease_group(f"streamloop.{unique_name}.service")  # a service's group, as ServiceContext names it
     lease = LeaderLease(KafkaSettings(bootstrap_servers=bootstrap_servers), group, topic, poll_s=0.2)
     stop = threading.Event()
     deadline = threading.Timer(30, stop.set)

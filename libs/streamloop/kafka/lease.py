@@ -16,8 +16,10 @@ retrainer (one online challenger learning from every label) use it.
 
 The lease's topic is one of the service's data topics, which the lease consumer is assigned but
 never reads (paused) nor commits on: the lease group is no reader of it. Its id always ends with
-``LEASE_GROUP_SUFFIX`` (the constructor refuses any other), which is how consumer lag
-(streamloop.kafka.lag) knows to leave it out instead of showing it behind by every record of the topic.
+``LEASE_GROUP_SUFFIX`` (the constructor refuses any other), and a service's is its own consumer
+group's id with that suffix (``lease_group``), under ``streamloop.`` like every service group: that
+is how consumer lag (streamloop.kafka.lag) knows to leave it out instead of showing it behind by
+every record of the topic, and still shows another application's group that happens to end the same way.
 """
 
 from __future__ import annotations
@@ -41,12 +43,13 @@ def lease_group(group_id: str) -> str:
 
 
 def is_lease_group(group_id: str) -> bool:
-    return group_id.endswith(LEASE_GROUP_SUFFIX)
+    """Whether ``group_id`` is a streamloop service's lease (``[prefix]streamloop.<pipeline>.<service>.lease``)."""
+    return group_id.endswith(LEASE_GROUP_SUFFIX) and ".streamloop." in f".{group_id}"
 
 
 class LeaderLease:
     def __init__(self, kafka: KafkaSettings, group_id: str, topic: str, poll_s: float = 0.5) -> None:
-        if not is_lease_group(group_id):
+        if not group_id.endswith(LEASE_GROUP_SUFFIX):
             # Consumer lag would count it as a reader of ``topic`` that never commits.
             raise ValueError(f"a lease group's id ends with {LEASE_GROUP_SUFFIX!r} (lease_group), not {group_id!r}")
         self.group_id = group_id

@@ -153,6 +153,14 @@ def test_a_lease_group_reads_nothing_and_is_left_out_even_when_named(probes):
     assert group_lag(KAFKA, admin, groups=[lease]) == []
 
 
+def test_another_application_s_group_that_ends_as_a_lease_does_is_shown(probes):
+    """Only a streamloop service's lease is left out: billing.lease is some other reader's group."""
+    admin = _Admin(commits={"billing.lease": [TopicPartition("t", 0, 4)]}, assignments={"billing.lease": [0]})
+    for groups in (None, ["billing.lease"]):
+        assert [(r.group, r.partition) for r in group_lag(KAFKA, admin, groups=groups)] == [
+            ("billing.lease", 0), ("billing.lease", 1)], groups
+
+
 def test_a_lease_is_refused_a_group_id_lag_would_not_know_as_a_lease():
     with pytest.raises(ValueError, match="ends with '.lease'"):
         LeaderLease(KAFKA, "p.streamloop.demo.drift-detector-lease", "t")
