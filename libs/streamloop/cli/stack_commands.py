@@ -10,6 +10,7 @@ from pathlib import Path
 
 import redis
 import typer
+from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 from rich.console import Console
 from rich.live import Live
@@ -110,6 +111,8 @@ def status(data_dir: Path = DataDirOption) -> None:
         broker_state = f"up ({len(admin.list_topics(timeout=5).topics)} topics)"
     except StreamloopError:
         broker_state = "UNREACHABLE"
+    except KafkaException as exc:  # it answered, then did not list its topics in time
+        broker_state = f"UNREACHABLE ({exc.args[0].str() if exc.args else exc})"
     try:
         redis.Redis.from_url(state["redis_url"], socket_timeout=2).ping()
         redis_state = "up"
@@ -121,7 +124,7 @@ def status(data_dir: Path = DataDirOption) -> None:
     table = Table("service", "pid", "state", "restarts", "metrics")
     for s in state["services"]:
         table.add_row(f"{s['name']}-{s['replica']}", str(s["pid"] or "-"), s["state"], str(s["restarts"]),
-                      f"http://127.0.0.1:{s['metrics_port']}/metrics")
+                      f"http://127.0.0.1:{s['metrics_port']}/metrics" if s.get("metrics_port") else "-")
     console.print(table)
 
 

@@ -258,3 +258,33 @@ def test_the_demo_says_how_to_watch_it_on_stderr_and_keeps_stdout_for_the_summar
     assert "dashboard http://127.0.0.1:8765/" in lines
     assert f"watch it: streamloop top --data-dir {data_dir / 'demo'}" in lines, result.stderr
     assert result.stdout == "", "stdout carries the summary's JSON only"
+
+
+def test_status_says_a_broker_that_does_not_list_its_topics_is_unreachable_and_a_service_without_metrics_port_has_none(
+        tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``list_topics`` timing out after the broker answered escaped as a KafkaException traceback, and a
+    service started without a metrics port was shown as http://127.0.0.1:None/metrics."""
+    from confluent_kafka import KafkaError, KafkaException
+
+    from streamloop.cli import stack_commands
+
+    class Admin:
+        def __init__(self, _config) -> None:
+            pass
+
+        def list_topics(self, timeout: float):
+            raise KafkaException(KafkaError(KafkaError._TIMED_OUT, "Failed to get metadata: Local: Timed out"))
+
+    state = {"pipeline": "card-fraud", "bootstrap_servers": "127.0.0.1:9", "broker": "noida",
+             "redis_url": "redis://127.0.0.1:1/0",
+             "services": [{"name": "featurizer", "replica": 0, "pid": 42, "state": "running", "restarts": 0,
+                           "metrics_port": None}]}
+    monkeypatch.setattr(stack_commands, "read_state", lambda _data_dir: state)
+    monkeypatch.setattr(stack_commands, "AdminClient", Admin)
+    monkeypatch.setattr(stack_commands, "wait_for_broker", lambda admin, timeout_s: None)
+    result = CliRunner().invoke(app, ["status", "--data-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    shown = " ".join(result.output.split())  # the console wraps long lines
+    assert "Kafka 127.0.0.1:9 (noida): UNREACHABLE (Failed to get metadata: Local: Timed out)" in shown
+    assert "None" not in shown
+    assert "featurizer-0" in shown and "Redis redis://127.0.0.1:1/0: UNREACHABLE" in shown
