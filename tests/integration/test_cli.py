@@ -29,6 +29,12 @@ def streamloop(*args: str, env: dict[str, str], stdin: str | None = None) -> sub
     )
 
 
+def produce_labels(topic: str, count: int, env: dict[str, str]) -> None:
+    """``count`` labels (event ids k0, k1, ...) produced to ``topic`` through ``streamloop produce``."""
+    lines = "".join(json.dumps({"event_id": f"k{i}", "label": 1, "label_time": 1}) + "\n" for i in range(count))
+    assert streamloop("produce", topic, env=env, stdin=lines).returncode == 0
+
+
 @pytest.fixture
 def cli_env(loop_catalog, bootstrap_servers, unique_name, tmp_path) -> dict[str, str]:
     return {"KAFKA_BOOTSTRAP_SERVERS": bootstrap_servers, "STREAMLOOP_TOPIC_PREFIX": f"{unique_name}.",
@@ -78,8 +84,7 @@ def test_unknown_topic_and_unreachable_broker_are_one_line_errors(cli_env, tmp_p
 
 def test_lag_reports_committed_and_end_offsets(cli_env, loop_catalog, bootstrap_servers, unique_name):
     topic = loop_catalog["labels"].name
-    lines = "".join(json.dumps({"event_id": f"k{i}", "label": 1, "label_time": 1}) + "\n" for i in range(30))
-    assert streamloop("produce", topic, env=cli_env, stdin=lines).returncode == 0
+    produce_labels(topic, 30, cli_env)
     group = f"{unique_name}-reader"
     consumer = Consumer({"bootstrap.servers": bootstrap_servers, "group.id": group, "auto.offset.reset": "earliest",
                          "enable.auto.commit": False})
@@ -104,8 +109,7 @@ def test_lag_of_a_group_assigned_partitions_it_has_not_committed_on(cli_env, loo
                                                                      unique_name):
     """A first batch not committed yet (or stuck): the group lags by every record, it is not left out."""
     topic = loop_catalog["labels"].name
-    lines = "".join(json.dumps({"event_id": f"k{i}", "label": 1, "label_time": 1}) + "\n" for i in range(30))
-    assert streamloop("produce", topic, env=cli_env, stdin=lines).returncode == 0
+    produce_labels(topic, 30, cli_env)
     group = f"{unique_name}-first-batch"
     consumer = Consumer({"bootstrap.servers": bootstrap_servers, "group.id": group, "auto.offset.reset": "earliest",
                          "enable.auto.commit": False})
@@ -135,8 +139,7 @@ def test_lag_leaves_out_a_leader_lease_that_holds_a_data_topics_partition(cli_en
     from streamloop.kafka.lease import LeaderLease, lease_group
 
     topic = loop_catalog["labels"].name
-    lines = "".join(json.dumps({"event_id": f"k{i}", "label": 1, "label_time": 1}) + "\n" for i in range(30))
-    assert streamloop("produce", topic, env=cli_env, stdin=lines).returncode == 0
+    produce_labels(topic, 30, cli_env)
     group = lease_group(f"streamloop.{unique_name}.service")  # a service's group, as ServiceContext names it
     lease = LeaderLease(KafkaSettings(bootstrap_servers=bootstrap_servers), group, topic, poll_s=0.2)
     stop = threading.Event()

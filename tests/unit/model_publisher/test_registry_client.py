@@ -129,12 +129,17 @@ def test_a_manual_promotion_retires_the_predecessor_the_last_one_kept_as_the_pub
     assert registry.rollback()["to_version"] == a
 
 
-def test_the_client_signs_its_retirements_and_leaves_out_an_unsigned_one(harness):
+def first_champions_shadow_retired(harness) -> tuple[InMemoryRegistry, str, str]:
+    """A registry whose second promotion (of b) retired the first champion's shadow slot: (registry, b, its key)."""
     registry, first = bootstrapped(harness)
     a, b = new_candidates(harness, registry, 2)
     registry.promote(a)
-    registry.promote(b)  # retires the shadow of the first champion
-    key = f"card-fraud/fraud/shadow/{first}"
+    registry.promote(b)
+    return registry, b, f"card-fraud/fraud/shadow/{first}"
+
+
+def test_the_client_signs_its_retirements_and_leaves_out_an_unsigned_one(harness):
+    registry, b, key = first_champions_shadow_retired(harness)
     tombstones = [entry for entry in registry.topics["model_deployments"] if entry[1] is None]
     assert [entry[0] for entry in tombstones] == [key]
     kept = next(value for k, value in registry.topics["model_deployments"] if k == key)
@@ -147,11 +152,7 @@ def test_the_client_signs_its_retirements_and_leaves_out_an_unsigned_one(harness
 
 
 def test_the_client_leaves_out_a_record_replayed_after_its_slot_was_retired(harness):
-    registry, first = bootstrapped(harness)
-    a, b = new_candidates(harness, registry, 2)
-    registry.promote(a)
-    registry.promote(b)  # retires the shadow of the first champion
-    key = f"card-fraud/fraud/shadow/{first}"
+    registry, _b, key = first_champions_shadow_retired(harness)
     retired = next(value for k, value in registry.topics["model_deployments"] if k == key)
     registry.topics["model_deployments"].append((key, retired))  # re-produced by a writer of the topic
     state = registry.state()
