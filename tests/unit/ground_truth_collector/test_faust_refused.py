@@ -363,6 +363,17 @@ def sent_alone_by_the_fake(collector: Any, monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setattr(collector, "_send_alone", send_alone, raising=False)
 
 
+async def started_with_failures_kept(collector: Any, monkeypatch: pytest.MonkeyPatch) -> tuple[Worker, list[str]]:
+    """A started worker whose records refused with their batch are sent alone to the fake broker, and the
+    reasons the collector would stop the worker for, kept instead."""
+    worker = Worker(collector)
+    await worker.start()
+    sent_alone_by_the_fake(collector, monkeypatch)
+    failures: list[str] = []
+    collector._fail = failures.append
+    return worker, failures
+
+
 def test_a_batch_the_broker_refuses_is_sent_again_alone_and_only_a_record_refused_alone_is_dead_lettered(
         collector, monkeypatch: pytest.MonkeyPatch) -> None:
     """aiokafka's size check takes every record (below the producer's max), the broker refuses their batch
@@ -371,11 +382,7 @@ def test_a_batch_the_broker_refuses_is_sent_again_alone_and_only_a_record_refuse
     again alone and delivered; the one too large alone has its label dead-lettered, once for its two outputs,
     and every record is acknowledged."""
     async def scenario() -> None:
-        worker = Worker(collector)
-        await worker.start()
-        sent_alone_by_the_fake(collector, monkeypatch)
-        failures: list[str] = []
-        collector._fail = failures.append
+        worker, failures = await started_with_failures_kept(collector, monkeypatch)
         labels = collector.ctx.topic("labels").name
         dlq = collector.dead_letter_topics[labels] = Topic(f"{labels}.dlq")
         large = {f"f{i:04d}": float(i) for i in range(300)}  # an example of ~3.5 kB
@@ -422,11 +429,7 @@ def test_a_dead_letter_refused_after_the_send_is_settled_once_for_the_two_output
     """Both outputs of a label are refused alone and replaced by one dead letter, which the broker refuses
     too: it is sent again alone once and goes once without its value, not once for each output awaiting it."""
     async def scenario() -> None:
-        worker = Worker(collector)
-        await worker.start()
-        sent_alone_by_the_fake(collector, monkeypatch)
-        failures: list[str] = []
-        collector._fail = failures.append
+        worker, failures = await started_with_failures_kept(collector, monkeypatch)
         labels = collector.ctx.topic("labels").name
         dlq = collector.dead_letter_topics[labels] = BatchLimited(f"{labels}.dlq", limit=0)  # no value fits
         large = {f"f{i:04d}": float(i) for i in range(300)}  # an example of ~3.5 kB
