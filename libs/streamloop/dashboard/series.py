@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence, Set
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 Point = tuple[float, float | None]
@@ -72,8 +72,7 @@ def chart(named: Mapping[str, Iterable[Point]], *, title: str, unit: str = "",
     """
     materialized = {label: list(points) for label, points in named.items()}
     xs = sorted({x for points in materialized.values() for x, _ in points})
-    ends = {max((x for x, y in points if finite(y) is not None), default=None) for points in materialized.values()}
-    merged_into = _merged_x(xs, max_x, ends - {None})
+    merged_into = _merged_x(xs, max_x, materialized.values())
     if merged_into is not None:
         xs = sorted(set(merged_into.values()))
     index = {x: i for i, x in enumerate(xs)}
@@ -89,12 +88,13 @@ def chart(named: Mapping[str, Iterable[Point]], *, title: str, unit: str = "",
     return {"title": title, "unit": unit, "x": xs, "series": series, "marks": list(marks), "gaps": gaps}
 
 
-def _merged_x(xs: Sequence[float], max_x: int, ends: Set[float] = frozenset()) -> dict[float, float] | None:
+def _merged_x(xs: Sequence[float], max_x: int, series: Iterable[Sequence[Point]]) -> dict[float, float] | None:
     """Each x (sorted, distinct) -> the x it is drawn at, None when all fit: ``max_x`` of them at most
     (more only when over ``max_x // 2`` series end among the older x values); a slice closes after
-    each x of ``ends``."""
+    each series' last finite point."""
     if len(xs) <= max_x:
         return None
+    ends = {max((x for x, y in points if finite(y) is not None), default=None) for points in series} - {None}
     kept = max(1, max_x // 2)
     older, recent = xs[:-kept], xs[-kept:]
     cuts = {x for x in ends if older[0] <= x < older[-1]}
