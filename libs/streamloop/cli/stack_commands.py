@@ -26,6 +26,7 @@ from streamloop.cli.connection import (
 from streamloop.cli.stack_launch import broker_kind, prepare_stack, stop_on_sigterm, write_traceback
 from streamloop.errors import StreamloopError
 from streamloop.kafka.admin import wait_for_broker
+from streamloop.kafka.exceptions import kafka_error_of
 from streamloop.stack.launcher import Stack, kafka_settings_for, on_embedded_broker, read_state
 from streamloop.stack.services import SERVICES, embedded_replicas
 
@@ -112,7 +113,8 @@ def status(data_dir: Path = DataDirOption) -> None:
     except StreamloopError:
         broker_state = "UNREACHABLE"
     except KafkaException as exc:  # it answered, then did not list its topics in time
-        broker_state = f"UNREACHABLE ({exc.args[0].str() if exc.args else exc})"
+        error = kafka_error_of(exc)
+        broker_state = f"UNREACHABLE ({error.str() if error else exc})"
     try:
         redis.Redis.from_url(state["redis_url"], socket_timeout=2).ping()
         redis_state = "up"
