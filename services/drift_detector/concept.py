@@ -263,11 +263,6 @@ class ConceptDriftMonitor:
 
     def _update_adwin(self, error: float) -> tuple[float, float] | None:
         """Feed ADWIN one error (scaled, for regression); the mean error on each side if it cut its window."""
-        if self.binary:
-            adwin = self.detectors["adwin"]
-            width, mean = adwin.width, adwin.estimation  # type: ignore[attr-defined]
-            adwin.update(error)
-            return _adwin_cut(width + 1, mean * width + error, adwin) if adwin.drift_detected else None
         if self.adwin_scale is None:
             self._adwin_sample.append(error)
             if len(self._adwin_sample) >= ADWIN_SCALE_SAMPLE:
@@ -279,9 +274,10 @@ class ConceptDriftMonitor:
         if not adwin.drift_detected:
             return None
         recent, baseline = _adwin_cut(width + 1, mean * width + error / scale, adwin)
-        # river's ADWIN starts again from an empty window at its next error: learn the scale of the
-        # errors after the cut first, which may be at a level 100 times lower or higher.
-        self.adwin_scale = None
+        if not self.binary:  # 0/1 errors keep their scale of 1
+            # river's ADWIN starts again from an empty window at its next error: learn the scale of the
+            # errors after the cut first, which may be at a level 100 times lower or higher.
+            self.adwin_scale = None
         return recent * scale, baseline * scale
 
     def _restart_adwin(self, errors: Sequence[float]) -> None:
@@ -290,9 +286,7 @@ class ConceptDriftMonitor:
         A cut while it is fed them is not reported: they are a sample of one error level, and the
         detections that matter are those of the errors after them.
         """
-        sd = float(np.std(errors))
-        # Errors all equal (a perfect or constant model): no noise to scale to; unscaled, as before.
-        scale = self.adwin_scale = sd / TUNED_ERROR_SD if sd > 0 else 1.0
+        scale = self.adwin_scale = _scale_of(errors)
         adwin = self.detectors["adwin"] = self._new_adwin()
         for error in errors:
             adwin.update(error / scale)
@@ -310,10 +304,15 @@ class ConceptDriftMonitor:
         self._scale_sample.append(error)
         if len(self._scale_sample) < self._scale_size:
             return
-        sd = float(np.std(self._scale_sample))
-        # Errors all equal (a perfect or constant model): no noise to scale to; unscaled, as before.
-        self.page_hinkley_scale = sd / TUNED_ERROR_SD if sd > 0 else 1.0
+        self.page_hinkley_scale = _scale_of(self._scale_sample)
         self._scale_sample = []
+
+
+def _scale_of(errors: Sequence[float]) -> float:
+    """What to divide regression errors by so that ``errors`` have a standard deviation of ``TUNED_ERROR_SD``."""
+    sd = float(np.std(errors))
+    # Errors all equal (a perfect or constant model): no noise to scale to; unscaled, as before.
+    return sd / TUNED_ERROR_SD if sd > 0 else 1.0
 
 
 class ErrorCutoff:
