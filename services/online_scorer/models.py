@@ -145,9 +145,8 @@ class ModelHolder:
             # apart from a canary weight that may have been ramped.
             if loaded.canary_weight != float(record.get("canary_weight") or 0.0):
                 self._swap(slot, replace(loaded, canary_weight=float(record.get("canary_weight") or 0.0)))
-            failed = self._failed_slots.pop(slot, None)
-            if failed is not None:  # a failed version rolled back: the slot serves what it holds again
-                self._alert("CLEARED", loaded.name, failed, slot, f"slot {slot} is back to version {version}")
+            # a failed version rolled back: the slot serves what it holds again
+            self._clear_failure(slot, loaded.name, f"slot {slot} is back to version {version}")
             return
         started = time.perf_counter()
         try:
@@ -163,9 +162,7 @@ class ModelHolder:
         self._swap(slot, new)
         log.info("%s %s version %s is live (slot %s, loaded in %.0f ms)", role.lower(), new.name, version, slot,
                  (time.perf_counter() - started) * 1000)
-        failed = self._failed_slots.pop(slot, None)
-        if failed is not None:  # the version that failed is the one cleared, whichever loaded now
-            self._alert("CLEARED", new.name, failed, slot, f"slot {slot} loaded version {version}")
+        self._clear_failure(slot, new.name, f"slot {slot} loaded version {version}")
 
     def load(self, record: dict[str, Any]) -> Any:
         """Fetch, verify and warm the deployment's model; nothing is swapped here."""
@@ -183,9 +180,8 @@ class ModelHolder:
         return model
 
     def _retire(self, slot: str) -> None:
-        failed = self._failed_slots.pop(slot, None)
-        if failed is not None:  # a shadow slot is named by its version: it never loads again
-            self._alert("CLEARED", self.pipeline.model.name, failed, slot, f"slot {slot} retired")
+        # a shadow slot is named by its version: it never loads again
+        self._clear_failure(slot, self.pipeline.model.name, f"slot {slot} retired")
         current = self._current
         if slot == "champion" or (current.champion is not None and current.champion.slot == slot):
             # Scoring without a champion would stop the stream; the next champion replaces it.
@@ -215,6 +211,12 @@ class ModelHolder:
             self.report_age(self._clock())
         if champion is not None:
             self.champion_ready.set()
+
+    def _clear_failure(self, slot: str, model_name: str, message: str) -> None:
+        """CLEAR the slot's raised load failure, if any, naming the version that failed, whichever serves now."""
+        failed = self._failed_slots.pop(slot, None)
+        if failed is not None:
+            self._alert("CLEARED", model_name, failed, slot, message)
 
     def _load_failed(self, slot: str, record: dict[str, Any], exc: ModelLoadError) -> None:
         self.load_failures += 1
